@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Sampling speed and start-up times, measured through the installed `chargen` command.
+
+    python benchmarks/sampling.py [--repeat 5] [--json bench-out/sampling.json]
+
+Rows: `python -c "import torch"` (the cost chargen avoids), `chargen --help`, `chargen sample -n 10`
+with the bundled model, names per second for `-n 20000` (and `-n 10000`), and characters per second
+for one long prose sample from a 2x256 LSTM (random weights: speed does not depend on training).
+Each is the median of --repeat runs, all in this one process, so the ratios are fair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def chargen_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("chargen")
+    return [str(exe)] if exe.exists() else [shutil.which("chargen") or "chargen"]
+
+
+def timed(cmd: list[str], repeat: int, stdout=subprocess.DEVNULL) -> tuple[float, int]:
+    """Median wall time of `repeat` runs, and the peak RSS (KB) of the children."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, check=True)
+        times.append(time.perf_counter() - t)
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return statistics.median(times), rss
+
+
+def prose_checkpoint(directory: Path) -> Path:
+    import torch
+
+    from chargen.checkpoint import save_checkpoint
+    from chargen.config import ModelConfig
+    from chargen.model import CharRNN
+    from chargen.tokenizer import Vocab
+    from chargen.training import model_weights
+
+    vocab = Vocab.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
+    config = ModelConfig(vocab_size=len(vocab), layers=2, hidden=256, embed=64)
+    torch.manual_seed(0)
+    path = directory / "prose.safetensors"
+    save_checkpoint(path, weights=model_weights(CharRNN(config)), model_config=config, vocab_json=vocab.to_json(),
+                    train_config={}, info={"line_oriented": False})
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=Path("bench-out/sampling.json"))
+    args = ap.parse_args()
+    cg = chargen_cmd()
+    env_note = {k: os.environ.get(k) for k in ("CHARGEN_CHECKPOINT",) if os.environ.get(k)}
+    rows = []
+
+    t_torch, _ = timed([sys.executable, "-c", "import torch"], args.repeat)
+    rows.append({"config": 'python -c "import torch"', "seconds": t_torch})
+    t_help, _ = timed([*cg, "--help"], args.repeat)
+    rows.append({"config": "chargen --help", "seconds": t_help, "vs_import_torch": t_help / t_torch})
+    t10, rss10 = timed([*cg, "sample", "-n", "10"], args.repeat)
+    rows.append({"config": "chargen sample -n 10", "seconds": t10, "vs_import_torch": t10 / t_torch, "peak_rss_mb": rss10 / 1024})
+    for n in (10000, 20000):
+        t, rss = timed([*cg, "sample", "-n", str(n), "--seed", "1"], args.repeat)
+        rows.append({"config": f"chargen sample -n {n}", "seconds": t, "names_per_sec": n / t, "peak_rss_mb": rss / 1024})
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = prose_checkpoint(Path(tmp))
+        length = 20000
+        t, rss = timed([*cg, "sample", "-c", str(ckpt), "-l", str(length), "--seed", "1"], max(1, args.repeat // 2))
+        rows.append({"config": f"one prose sample, -l {length} (2x256 LSTM)", "seconds": t,
+                     "chars_per_sec": length / t, "peak_rss_mb": rss / 1024})
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"chargen sampling ({platform.node()}, {os.cpu_count()} CPUs, median of {args.repeat})")
+    for col in ("config", "time (s)", "names/s", "chars/s", "x import torch", "peak RSS (MB)"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        table.add_row(r["config"], fmt(r["seconds"], ".3f"), fmt(r.get("names_per_sec"), ",.0f"),
+                      fmt(r.get("chars_per_sec"), ",.0f"), fmt(r.get("vs_import_torch"), ".2f"),
+                      fmt(r.get("peak_rss_mb"), ".0f"))
+    Console().print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
+                                     "cpus": os.cpu_count(), "env": env_note, "rows": rows}, indent=2))
+    print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

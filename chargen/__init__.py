@@ -1,0 +1,51 @@
+"""chargen: train a character-level LSTM on your own text and sample from it.
+
+    >>> import chargen
+    >>> model = chargen.load()                 # the bundled names model
+    >>> model.sample(n=3, prompt="Ma", seed=1)
+
+Importing chargen is cheap: torch and numpy load only when a function needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ChargenError,
+    CheckpointError,
+    ConfigError,
+    CorpusError,
+    SamplingError,
+    TrainingError,
+    UsageError,
+    VocabularyError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "load",
+    "train",
+    "Model",
+    "ChargenError",
+    "CheckpointError",
+    "ConfigError",
+    "CorpusError",
+    "SamplingError",
+    "TrainingError",
+    "UsageError",
+    "VocabularyError",
+]
+
+if TYPE_CHECKING:
+    from .api import Model, load, train
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load", "train", "Model"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'chargen' has no attribute {name!r}")

@@ -1,0 +1,199 @@
+"""The Python API the CLI is built on: load a checkpoint and sample, or train a model.
+
+Nothing here prints or exits; every failure is a ChargenError.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from .checkpoint import BEST, Checkpoint, read_checkpoint
+from .config import SampleConfig
+from .errors import ChargenError, CheckpointError, UsageError
+
+ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
+BUNDLED_NAME = "names.safetensors"
+
+
+def bundled_checkpoint() -> Path:
+    """The pretrained names model: inside the installed package, or in the source tree's checkpoints/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_bundled" / BUNDLED_NAME, here.parent / "checkpoints" / BUNDLED_NAME):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"the bundled model {BUNDLED_NAME} is missing from this install; pass --checkpoint")
+
+
+def default_checkpoint() -> Path:
+    env = os.environ.get(ENV_CHECKPOINT)
+    return Path(env) if env else bundled_checkpoint()
+
+
+class Model:
+    """A trained chargen model, ready to sample from.
+
+    The numpy backend (the default on CPU) starts fast and never imports torch; the torch
+    backend runs on any device torch supports (`device="cuda"`).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, backend: str = "auto", device: Optional[str] = None):
+        if backend not in ("auto", "numpy", "torch"):
+            raise UsageError(f"--backend must be auto, numpy or torch (got {backend!r})")
+        if backend == "auto":
+            backend = "torch" if device not in (None, "cpu") else "numpy"
+        if backend == "numpy" and device not in (None, "cpu"):
+            raise UsageError(f"the numpy backend runs on the CPU only; use --backend torch for --device {device}")
+        self.checkpoint = checkpoint
+        self.vocab = checkpoint.vocab
+        self.backend = backend
+        if backend == "numpy":
+            from .npmodel import NumpyCharRNN
+
+            self.stepper = NumpyCharRNN(checkpoint.model_config, checkpoint.weights)
+        else:
+            from .model import CharRNN
+            from .sampling import TorchStepper
+            from .training import load_weights, resolve_device
+
+            model = CharRNN(checkpoint.model_config)
+            load_weights(model, checkpoint.weights)
+            dev = resolve_device(device or "auto")
+            self.stepper = TorchStepper(model.to(dev), dev)
+        self._training_lines: Optional[set[str]] = None
+
+    @property
+    def line_oriented(self) -> bool:
+        return self.checkpoint.line_oriented
+
+    @property
+    def training_lines(self) -> Optional[set[str]]:
+        if self._training_lines is None and self.checkpoint.lines is not None:
+            self._training_lines = set(self.checkpoint.lines)
+        return self._training_lines
+
+    def samples(
+        self,
+        n: int = 1,
+        prompt: str | Sequence[str] = "",
+        *,
+        temperature: float = 0.8,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        length: Optional[int] = None,
+        seed: Optional[int] = None,
+        lines: Optional[bool] = None,
+        unique: bool = False,
+        novel: bool = False,
+        on_char=None,
+    ) -> Iterator["Sample"]:  # noqa: F821
+        """Yield `n` Sample objects (text, prompt, logprob) per prompt, in order."""
+        from .sampling import derive_key, generate, random_seed
+
+        line_mode = self.line_oriented if lines is None else lines
+        cfg = SampleConfig(num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                           seed=seed, lines=line_mode, unique=unique, novel=novel)
+        cfg.validate()
+        if novel and self.training_lines is None:
+            raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
+                             f"so --novel cannot be checked")
+        base_seed = random_seed() if seed is None else seed
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        seen: set[str] = set()
+        for j, p in enumerate(prompts):
+            key = derive_key(base_seed, j)
+            yield from generate(self.stepper, self.vocab, p, cfg, lines=line_mode, key=key, seen=seen,
+                                training_lines=self.training_lines if novel else None, on_char=on_char,
+                                start_state=self.checkpoint.start_state)
+
+    def sample(self, n: int = 10, prompt: str = "", **options: Any) -> list[str]:
+        """`n` samples as strings, e.g. `model.sample(n=10, prompt="Ma", temperature=0.8, seed=1)`."""
+        return [s.text for s in self.samples(n, prompt, **options)]
+
+    def stream(self, prompt: str = "", **options: Any) -> Iterator[str]:
+        """Yield one sample's characters as they are drawn (prose), or lines (line mode)."""
+        line_mode = self.line_oriented if options.get("lines") is None else options["lines"]
+        if line_mode:
+            for s in self.samples(options.pop("n", 1), prompt, **options):
+                yield s.text
+            return
+        chunks: list[str] = []
+        options.pop("n", None)
+        yield prompt
+        for _ in self.samples(1, prompt, on_char=chunks.append, **options):
+            pass
+        yield from chunks
+
+    def eval(self, text: str, *, skip_unknown: bool = False, streams: int = 64) -> dict[str, float]:
+        """Loss of the model on `text`: nats and bits per character, and perplexity.
+
+        The text is laid out in `streams` contiguous streams read in parallel with the state
+        carried, as in training. Characters outside the vocabulary are an error, or with
+        `skip_unknown=True` are dropped and counted.
+        """
+        import math
+
+        import numpy as np
+
+        from .sampling import initial_state, log_softmax
+
+        unknown = self.vocab.count_unknown(text) if skip_unknown else 0
+        ids = self.vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)
+        if len(ids) < 2:
+            raise UsageError("the text is too short to evaluate: it needs at least 2 known characters")
+        # Context for the first character: the start of a line, as when sampling.
+        start = self.vocab.index.get("\n", self.vocab.index.get(" ", 0))
+        ids = np.concatenate([[start], ids])
+        count = len(ids) - 1  # characters scored: every one after the start-of-line context
+        n_streams = max(1, min(streams, count // 64))
+        length = -(-count // n_streams)  # ceil: the last stream is padded and its padding masked
+        padded = np.full(n_streams * length + 1, start, dtype=np.int64)
+        padded[: len(ids)] = ids
+        inputs = padded[:-1].reshape(n_streams, length)  # (B, L)
+        targets = padded[1:].reshape(n_streams, length)
+        real = (np.arange(n_streams * length) < count).reshape(n_streams, length)
+        state = self.stepper.repeat(initial_state(self.stepper, self.checkpoint.start_state), n_streams)
+        total = 0.0
+        for t in range(length):
+            logits, state = self.stepper.step(inputs[:, t], state)
+            nll = -np.take_along_axis(log_softmax(logits), targets[:, t, None], axis=-1)[:, 0]
+            total += float(nll[real[:, t]].sum())
+        loss = total / count
+        return {"loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(loss), "chars": count,
+                "skipped": unknown}
+
+    def __repr__(self) -> str:
+        c = self.checkpoint.model_config
+        return f"chargen.Model({self.checkpoint.path}, {c.layers}x{c.hidden} {c.cell}, vocab {c.vocab_size})"
+
+
+def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:
+    """Load a checkpoint file or run directory (its best checkpoint); the bundled names model by default."""
+    return Model(read_checkpoint(path if path is not None else default_checkpoint(), prefer=BEST),
+                 backend=backend, device=device)
+
+
+def train(corpus_paths: Sequence[str], *, out: Optional[str] = None, val_file: Optional[str] = None,
+          precision: str = "auto", resume: Optional[str] = None, overwrite: bool = False, callbacks=None,
+          **options: Any) -> Path:
+    """Train on text files and return the run directory. Options are TrainConfig and ModelConfig
+    fields (`layers`, `hidden`, `time=300`, `max_steps`, ...)."""
+    from .config import ModelConfig, TrainConfig
+    from .data import read_corpus
+    from .training import train as run_training
+
+    model_fields = {"cell", "layers", "hidden", "embed", "dropout"}
+    model_options = {k: v for k, v in options.items() if k in model_fields}
+    train_options = {k: v for k, v in options.items() if k not in model_fields}
+    config = TrainConfig.from_dict(train_options)
+    if model_options:
+        ModelConfig.from_dict({"vocab_size": 1, **model_options})
+    corpus = read_corpus(list(corpus_paths))
+    val_text = read_corpus([val_file]).text if val_file else None
+    out_dir = Path(out) if out else Path("checkpoints") / corpus.name
+    result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, precision=precision,
+                          resume=resume, overwrite=overwrite, callbacks=callbacks)
+    if result.interrupted:
+        raise ChargenError(f"training was stopped by {result.interrupted}; resume it with --resume {out_dir}")
+    return out_dir

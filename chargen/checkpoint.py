@@ -1,0 +1,308 @@
+"""Checkpoints: one safetensors file each, written atomically, readable without torch.
+
+Layout of a chargen checkpoint (format version 1):
+
+    tensors   model weights, float32, named as in CharRNN.state_dict() ("embedding.weight",
+              "rnn.weight_ih_l0", ..., "head.bias");
+              "start_state.<j>": the model's typical state at a line end, (layers, hidden) each,
+              h then c for an LSTM; sampling and eval start from it;
+              "data.lines": the training corpus's distinct lines as UTF-8 bytes joined by "\n"
+              (line-oriented corpora only; what `sample --novel` checks against);
+              "resume.*": in last.safetensors only, what resuming needs: optimizer moments
+              ("resume.optim.<i>.<key>"), the carried hidden state ("resume.state.<j>") and the
+              RNG states ("resume.rng.cpu", "resume.rng.cuda").
+    metadata  strings: "format" = "chargen", "format_version", "model_config" (JSON),
+              "train_config" (JSON), "vocab" (tokenizers JSON), "info" (JSON: steps, characters
+              seen, losses, corpus, versions), "resume" (JSON, last.safetensors only).
+
+Nothing here is ever unpickled: safetensors holds raw tensors and a JSON header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import CheckpointError, ChargenError, TrainingError
+from .tokenizer import Vocab
+
+FORMAT = "chargen"
+FORMAT_VERSION = 1
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model_config: ModelConfig
+    vocab: Vocab
+    weights: dict[str, np.ndarray]
+    train_config: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    resume: Optional[dict[str, Any]] = None
+    resume_tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    lines: Optional[list[str]] = None
+    start_state: Optional[list[np.ndarray]] = None  # [h] or [h, c], each (layers, hidden)
+
+    @property
+    def line_oriented(self) -> bool:
+        return bool(self.info.get("line_oriented", False))
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The weight names and shapes a model of this config has (as CharRNN.state_dict())."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    g, h = gates * config.hidden, config.hidden
+    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (config.vocab_size, config.embed)}
+    for layer in range(config.layers):
+        inp = config.embed if layer == 0 else h
+        shapes[f"rnn.weight_ih_l{layer}"] = (g, inp)
+        shapes[f"rnn.weight_hh_l{layer}"] = (g, h)
+        shapes[f"rnn.bias_ih_l{layer}"] = (g,)
+        shapes[f"rnn.bias_hh_l{layer}"] = (g,)
+    shapes["head.weight"] = (config.vocab_size, h)
+    shapes["head.bias"] = (config.vocab_size,)
+    return shapes
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, rename over `path`, fsync the directory.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one. If the
+    write fails (disk full, read-only directory) the temp file is removed and the old file stays.
+    """
+    path = Path(path)
+    directory = path.parent
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(directory)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TrainingError(f"cannot write {path} ({reason}); the previous file, if any, is intact") from None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: directories cannot be opened; rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    weights: dict[str, np.ndarray],
+    model_config: ModelConfig,
+    vocab_json: str,
+    train_config: dict[str, Any],
+    info: dict[str, Any],
+    lines_blob: Optional[np.ndarray] = None,
+    resume: Optional[dict[str, Any]] = None,
+    resume_tensors: Optional[dict[str, np.ndarray]] = None,
+    start_state: Optional[list[np.ndarray]] = None,
+) -> None:
+    from safetensors.numpy import save
+
+    tensors: dict[str, np.ndarray] = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    for j, t in enumerate(start_state or []):
+        tensors[f"start_state.{j}"] = np.ascontiguousarray(t, dtype=np.float32)
+    if lines_blob is not None:
+        tensors["data.lines"] = np.ascontiguousarray(lines_blob, dtype=np.uint8)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(model_config.to_dict()),
+        "train_config": json.dumps(train_config),
+        "vocab": vocab_json,
+        "info": json.dumps(info),
+    }
+    if resume is not None:
+        metadata["resume"] = json.dumps(resume)
+        for k, v in (resume_tensors or {}).items():
+            tensors[f"resume.{k}"] = np.ascontiguousarray(v)
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def encode_lines(lines: list[str]) -> np.ndarray:
+    return np.frombuffer("\n".join(lines).encode("utf-8"), dtype=np.uint8).copy()
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | os.PathLike, prefer: str = BEST) -> Path:
+    """A run directory means its best (or last) checkpoint; a file means itself."""
+    p = Path(path)
+    if p.is_dir():
+        order = [prefer, LAST if prefer == BEST else BEST]
+        for name in order:
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p} is a directory without {order[0]} or {order[1]}; is it a chargen run directory?")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    return p
+
+
+def _sniff(path: Path, head: bytes, size: int) -> str:
+    """Why this is not a safetensors file, or "" if it looks like one (8-byte length, then '{')."""
+    if not head:
+        return f"{path} is empty, not a chargen checkpoint"
+    if len(head) >= 9 and head[8:9] == b"{":
+        if int.from_bytes(head[:8], "little") > size - 8:
+            return f"{path} is truncated or corrupt (its safetensors header runs past the end of the file)"
+        return ""
+    if head.startswith(b"PK\x03\x04"):
+        return (f"{path} is a zip archive (such as a torch.save file), not a chargen checkpoint; "
+                f"chargen reads only safetensors and never unpickles")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return f"{path} is a pickle file, not a chargen checkpoint; chargen never unpickles"
+    return f"{path} is not a safetensors file, or it is truncated (no safetensors header)"
+
+
+def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume: bool = False) -> Checkpoint:
+    """Load and validate a checkpoint with numpy alone. Any defect is a CheckpointError."""
+    p = resolve_checkpoint(path, prefer)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+        size = p.stat().st_size
+    except IsADirectoryError:
+        raise CheckpointError(f"{p} is a directory") from None
+    except PermissionError:
+        raise CheckpointError(f"{p} cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise CheckpointError(f"{p} cannot be read ({exc.strerror or exc})") from None
+    problem = _sniff(p, head, size)
+    if problem:
+        raise CheckpointError(problem)
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            names = list(f.keys())
+            if metadata.get("format") != FORMAT:
+                raise CheckpointError(f"{p} is a safetensors file but not a chargen checkpoint (no chargen metadata)")
+            wanted = [n for n in names if not n.startswith("resume.") or with_resume]
+            tensors = {n: f.get_tensor(n) for n in wanted}
+    except ChargenError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types, or OSError, for bad files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{p} is corrupt or not a safetensors file ({msg})") from None
+
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{p} has a malformed format version {metadata.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} is chargen checkpoint format {version}, newer than this chargen reads ({FORMAT_VERSION}); upgrade chargen"
+        )
+    if version < 1:
+        raise CheckpointError(f"{p} has an invalid format version {version}")
+
+    def load_json(key: str, required: bool = True) -> Any:
+        raw = metadata.get(key)
+        if raw is None:
+            if required:
+                raise CheckpointError(f"{p} lacks the {key!r} metadata")
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{p} has malformed {key!r} metadata (not JSON)") from None
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{p} has malformed {key!r} metadata (not a JSON object)")
+        return value
+
+    try:
+        model_config = ModelConfig.from_dict(load_json("model_config"))
+    except (ChargenError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{p} has an invalid model config ({exc})") from None
+    vocab = Vocab.from_json(metadata.get("vocab") or "")
+    if len(vocab) != model_config.vocab_size:
+        raise CheckpointError(f"{p}: vocabulary has {len(vocab)} characters but the model expects {model_config.vocab_size}")
+
+    weights = {}
+    for name, shape in expected_shapes(model_config).items():
+        if name not in tensors:
+            raise CheckpointError(f"{p} lacks the tensor {name!r}")
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"{p}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} for its config")
+        if t.dtype != np.float32:
+            t = t.astype(np.float32)
+        weights[name] = t
+
+    lines = None
+    if "data.lines" in tensors:
+        try:
+            blob = tensors["data.lines"].tobytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{p}: the stored training lines are not UTF-8") from None
+        lines = blob.split("\n") if blob else []
+
+    start_state = None
+    n_state = 2 if model_config.cell == "lstm" else 1
+    if all(f"start_state.{j}" in tensors for j in range(n_state)):
+        start_state = [tensors[f"start_state.{j}"].astype(np.float32) for j in range(n_state)]
+        if any(t.shape != (model_config.layers, model_config.hidden) for t in start_state):
+            raise CheckpointError(f"{p}: the stored start state has the wrong shape for its config")
+
+    resume = load_json("resume", required=False) if with_resume else None
+    resume_tensors = {n[len("resume."):]: t for n, t in tensors.items() if n.startswith("resume.")}
+    return Checkpoint(
+        path=p,
+        model_config=model_config,
+        vocab=vocab,
+        weights=weights,
+        train_config=load_json("train_config", required=False) or {},
+        info=load_json("info", required=False) or {},
+        resume=resume,
+        resume_tensors=resume_tensors,
+        lines=lines,
+        start_state=start_state,
+    )

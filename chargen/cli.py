@@ -1,0 +1,551 @@
+"""The command line: parse, call the library, print, and map ChargenError to `Error: ...` + exit code.
+
+stdout carries generated text only; everything else (progress, tables, notices, errors) goes to
+one rich console on stderr. torch and numpy are imported inside the commands that need them, so
+`chargen --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from . import __version__
+from .config import ModelConfig, SampleConfig, TrainConfig
+from .errors import ChargenError, UsageError
+
+app = typer.Typer(
+    name="chargen",
+    help="Train a character-level LSTM on your own text, and sample from it.\n\n"
+    "Example: chargen sample -n 10 | sort -u",
+    add_completion=True,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_console = None
+
+
+def console():
+    """The one stderr console (created lazily: rich costs import time)."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True, highlight=False)
+    return _console
+
+
+def error_line(message: str) -> None:
+    # Plain write, not rich markup: a message may hold brackets, and must stay one line.
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"chargen {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train a character-level LSTM on your own text, and sample from it.
+
+    Example: chargen train corpora/names.txt --time 5m && chargen sample -c checkpoints/names -n 10
+    """
+
+
+def _default(cls, name: str) -> str:
+    value = cls.__dataclass_fields__[name].default
+    return "" if value is None else f" [default: {value}]"
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importing torch here
+    """Draws training on stderr: a live bar, a line per evaluation, a summary table at the end."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.quiet = quiet
+        self.con = console()
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.con,
+            transient=False,
+            redirect_stdout=False,  # stdout is for generated text only; see docs in STYLE.md
+            redirect_stderr=False,
+            disable=quiet,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def on_notice(self, message: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[yellow]note:[/] {message}", markup=True, highlight=False)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.info = info
+        if self.quiet:
+            return
+        m = info["model_config"]
+        resumed = f", resumed at step {info['resumed_from_step']}" if info.get("resumed_from_step") is not None else ""
+        self.con.print(
+            f"{info['corpus']}: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {m['vocab_size']}, "
+            f"unigram entropy {info['unigram_entropy']:.3f} nats"
+            + (", line-oriented" if info["line_oriented"] else ""),
+            highlight=False, markup=False,
+        )
+        stop = []
+        if info["max_steps"]:
+            stop.append(f"{info['max_steps']:,} steps")
+        if info["time_budget"]:
+            from .config import format_duration
+
+            stop.append(format_duration(info["time_budget"]))
+        self.con.print(
+            f"model: {m['layers']}x{m['hidden']} {m['cell']}, embed {m['embed']}, dropout {m['dropout']}, "
+            f"{info['parameters']:,} parameters; batch {info['batch_size']} x seq {info['train_config']['seq_len']}; "
+            f"{info['device']} {info['precision']}; stop at {' or '.join(stop)}{resumed} -> {info['out_dir']}",
+            highlight=False, markup=False,
+        )
+        self.task = self.progress.add_task("train", total=1000, status="starting")
+
+    def on_step(self, p: dict[str, Any]) -> None:
+        if self.task is None:
+            return
+        val = f" val {p['val_loss']:.3f}" if p["val_loss"] == p["val_loss"] else ""
+        status = (f"step {p['step']:,} loss {p['loss']:.3f}{val} | {p['chars_per_sec']:,.0f} chars/s")
+        self.progress.update(self.task, completed=min(1000, int(p["progress"] * 1000)), status=status)
+
+    def on_eval(self, m: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        mark = " *" if m["improved"] else ""
+        self.progress.console.print(
+            f"step {m['step']:>7,}  train {m['train_loss']:.4f}  val {m['val_loss']:.4f} nats "
+            f"({m['val_bpc']:.3f} bpc){mark}",
+            highlight=False, markup=False,
+        )
+
+    def should_stop(self, step: int) -> bool:
+        return False  # Ctrl-C and SIGTERM are caught by the loop itself
+
+    def on_end(self, s: dict[str, Any]) -> None:
+        if self.task is not None and not s.get("interrupted"):
+            self.progress.update(self.task, completed=1000)
+        self.summary = s
+
+
+def _summary_table(s: dict[str, Any]):
+    import math
+
+    from rich.table import Table
+
+    from .config import format_duration
+
+    t = Table(title="chargen train", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("run directory", s["run_dir"])
+    t.add_row("steps", f"{s['steps']:,} ({s['chars_seen']:,} characters, {s['epochs']} full epochs)")
+    best = s["best_val_loss"]
+    if math.isfinite(best):
+        t.add_row("best val loss", f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char")
+    t.add_row("unigram entropy", f"{s['unigram_entropy']:.4f} nats/char (a model that ignores context)")
+    t.add_row("speed", f"{s['chars_per_sec']:,.0f} chars/s ({s['device']} {s['precision']}, "
+                       f"{s['chars_per_sec'] * s['flops_per_char'] / 1e9:,.1f} GFLOP/s)")
+    t.add_row("time", format_duration(s["elapsed"]))
+    return t
+
+
+@app.command()
+def train(
+    corpus: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, or - for stdin.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. [default: checkpoints/<corpus name>]")] = None,
+    val_file: Annotated[Optional[str], typer.Option("--val-file", help="Validate on this file instead of the corpus's tail.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the text, from its end, held out for validation." + _default(TrainConfig, "val_fraction"))] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn. [default: lstm]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: 2]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: 64]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: 0.0]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in." + _default(TrainConfig, "batch_size"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length)." + _default(TrainConfig, "seq_len"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW)." + _default(TrainConfig, "lr"))] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on weight matrices." + _default(TrainConfig, "weight_decay"))] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps before cosine decay." + _default(TrainConfig, "warmup"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm (0: off)." + _default(TrainConfig, "grad_clip"))] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Stop after this wall-clock time: 90s, 5m, 2h. [default: 5m if no other stop is given]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate and save every N steps." + _default(TrainConfig, "eval_every"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default(TrainConfig, "seed"))] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps." + _default(TrainConfig, "device"))] = None,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units).")] = "auto",
+    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory (or from this last.safetensors).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.")] = False,
+) -> None:
+    """Train a character-level LSTM on text files.
+
+    Writes best.safetensors (best validation loss), last.safetensors (for --resume) and
+    metrics.jsonl into the run directory. Ctrl-C saves and tells how to resume.
+
+    Example: chargen train corpora/shakespeare.txt --time 5m
+    """
+    from .config import parse_duration
+
+    given: dict[str, Any] = {
+        k: v for k, v in dict(
+            batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup,
+            grad_clip=grad_clip, max_steps=max_steps, epochs=epochs,
+            time=parse_duration(time) if time is not None else None,
+            eval_every=eval_every, patience=patience, val_fraction=val_fraction, seed=seed, device=device,
+        ).items() if v is not None
+    }
+    model_options = {k: v for k, v in dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout).items()
+                     if v is not None}
+    if model_options:  # check flags before reading a possibly large corpus
+        ModelConfig.from_dict({"vocab_size": 1, **model_options})
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
+
+    from .checkpoint import LAST, read_checkpoint
+    from .data import read_corpus
+
+    corpus_paths = list(corpus or [])
+    out_dir = out
+    config = TrainConfig.from_dict(given)
+    if resume is not None:
+        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
+        if model_options:
+            raise UsageError(f"the model shape is fixed by the run being resumed; drop {', '.join('--' + k for k in model_options)}")
+        # A resumed run keeps its settings; flags given now override them, and train() refuses
+        # the ones that would change the data layout (batch size, window length, split, seed).
+        stored = {**ckpt.train_config, **given}
+        config = TrainConfig.from_dict(stored)
+        out_dir = out_dir or ckpt.path.parent
+        if not corpus_paths:
+            sources = ckpt.info.get("sources") or []
+            if not sources or "stdin" in sources:
+                raise UsageError("give the corpus again: the run was trained on stdin")
+            corpus_paths = list(sources)
+    if not corpus_paths:
+        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    text = read_corpus(corpus_paths)
+    val_text = read_corpus([val_file]).text if val_file else None
+    out_dir = out_dir or Path("checkpoints") / text.name
+
+    from .training import train as run_training
+
+    callbacks = _ProgressCallbacks(quiet)
+    with callbacks:
+        result = run_training(text, config, model_options, out_dir=out_dir, val_text=val_text, precision=precision,
+                              resume=resume, overwrite=overwrite, callbacks=callbacks)
+    if not quiet and hasattr(callbacks, "summary"):
+        console().print(_summary_table(callbacks.summary))
+    if result.interrupted:
+        sys.stderr.write(f"Stopped by {result.interrupted}; saved {out_dir / LAST}. Resume with:\n"
+                         f"  chargen train --resume {out_dir}\n")
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    if not quiet:
+        console().print(f"Sample from it: chargen sample -c {out_dir}", highlight=False, markup=False)
+
+
+# --- sample -----------------------------------------------------------------------------------
+
+
+class _PipeClosed(Exception):
+    """The reader of stdout went away (`| head`): stop quietly, exit 0."""
+
+
+class _Output:
+    """stdout, flushed per line; a closed pipe (e.g. `| head`) ends the command quietly."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stdout
+
+    def write(self, text: str, flush: bool = True) -> None:
+        # Click would turn EPIPE into exit code 1; raise our own (non-OSError) signal instead.
+        if self.stream is None:  # started with stdout closed (`>&-`): nobody is reading
+            raise _PipeClosed()
+        try:
+            self.stream.write(text)
+            if flush:
+                self.stream.flush()
+        except BrokenPipeError:
+            raise _PipeClosed() from None
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ValueError) or self.stream.closed:
+                raise _PipeClosed() from None
+            raise
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory (its best). [default: $CHARGEN_CHECKPOINT, else the bundled names model]")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
+    num: Annotated[int, typer.Option("--num", "-n", help="Samples to print (per prompt).")] = 1,
+    length: Annotated[Optional[int], typer.Option("--length", "-l", help="Maximum characters generated per sample. [default: 200 per line, 1000 for prose]")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Randomness: 0 is greedy, 1 the model's own distribution.")] = SampleConfig.temperature,
+    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k likeliest characters.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Draw only from the likeliest characters whose mass reaches p (nucleus).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same output.")] = None,
+    lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="One line per sample, ending at the newline. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
+    unique: Annotated[bool, typer.Option(help="Never print the same sample twice.")] = False,
+    novel: Annotated[bool, typer.Option(help="Never print a line of the training corpus.")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char per line).")] = "text",
+    backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
+) -> None:
+    """Generate text from a trained model, one sample per line.
+
+    Examples:
+
+      chargen sample -n 10                      # ten names from the bundled model
+
+      chargen sample -n 1000 --unique | sort | head
+
+      chargen sample -c checkpoints/shakespeare -p "ROMEO:" -l 500
+    """
+    if output_format not in ("text", "jsonl"):
+        raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
+    SampleConfig(num=num, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).validate()
+
+    from .api import default_checkpoint, load
+
+    model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
+    line_mode = model.line_oriented if lines is None else lines
+
+    if prompt == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise UsageError("--prompt - reads prompts from stdin, but stdin is closed")
+        prompts = [line.rstrip("\r\n") for line in sys.stdin]
+    else:
+        prompts = [prompt]
+
+    out = _Output()
+    streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
+    samples = model.samples(
+        num, prompts, temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed,
+        lines=line_mode, unique=unique, novel=novel,
+        on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None,
+    )
+    if streaming:
+        out.write(prompts[0], flush=True)
+    for i, s in enumerate(samples):
+        if output_format == "jsonl":
+            out.write(json.dumps({"text": s.text, "prompt": s.prompt, "logprob": round(s.logprob, 4),
+                                  "logprob_per_char": round(s.logprob_per_char, 4), "chars": s.n_chars},
+                                 ensure_ascii=False) + "\n")
+        elif streaming:
+            out.write("\n")
+        elif line_mode:
+            out.write(s.text + "\n")
+        else:
+            # Prose samples hold newlines of their own: a blank line keeps them apart.
+            out.write(("\n" if i else "") + s.text + "\n")
+
+
+# --- eval -------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or run directory (its best).", show_default=False)],
+    files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score, or - for stdin.", show_default=False)],
+    skip_unknown: Annotated[bool, typer.Option(help="Drop characters the model does not know (and count them) instead of failing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
+) -> None:
+    """Score text with a model: loss in nats and bits per character, and perplexity.
+
+    Example: chargen eval checkpoints/shakespeare corpora/shakespeare.txt
+    """
+    from .api import load
+    from .data import read_corpus
+
+    model = load(checkpoint, backend=backend, device=device)
+    for path in files:
+        text = read_corpus([path]).text
+        r = model.eval(text, skip_unknown=skip_unknown)
+        r = {"file": "stdin" if path == "-" else path, **r}
+        if as_json:
+            sys.stdout.write(json.dumps(r) + "\n")
+        else:
+            skipped = f"  ({r['skipped']:,} unknown characters skipped)" if r["skipped"] else ""
+            sys.stdout.write(f"{r['file']}: {r['loss']:.4f} nats/char, {r['bpc']:.4f} bits/char, "
+                             f"perplexity {r['perplexity']:.3f} over {r['chars']:,} characters{skipped}\n")
+        sys.stdout.flush()
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or run directory (its best).", show_default=False)],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", help="Write the vocabulary here as a Hugging Face tokenizer.json.")],
+) -> None:
+    """Export a checkpoint's vocabulary as a Hugging Face tokenizer.json.
+
+    `tokenizers.Tokenizer.from_file` loads it, and it encodes text to the ids chargen uses.
+
+    Example: chargen export checkpoints/shakespeare --tokenizer tokenizer.json
+    """
+    from .checkpoint import BEST, atomic_write, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, prefer=BEST)
+    if tokenizer.is_dir():
+        raise UsageError(f"--tokenizer {tokenizer} is a directory; name a file such as {tokenizer / 'tokenizer.json'}")
+    if not tokenizer.parent.exists():
+        raise UsageError(f"--tokenizer: the directory {tokenizer.parent} does not exist")
+    atomic_write(tokenizer, ckpt.vocab.to_json().encode("utf-8"))
+    console().print(f"wrote {tokenizer} ({len(ckpt.vocab)} characters)", highlight=False, markup=False)
+
+
+# --- info -------------------------------------------------------------------------------------
+
+
+@app.command()
+def info(
+    path: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run directory. [default: the bundled names model]", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
+) -> None:
+    """Describe a checkpoint: model, vocabulary, training, losses, versions.
+
+    Example: chargen info checkpoints/shakespeare
+    """
+    import math
+
+    from .api import default_checkpoint
+    from .checkpoint import BEST, expected_shapes, read_checkpoint
+
+    ckpt = read_checkpoint(path if path is not None else default_checkpoint(), prefer=BEST)
+    cfg, meta = ckpt.model_config, ckpt.info
+    n_params = sum(math.prod(s) for s in expected_shapes(cfg).values())
+    facts = {
+        "path": str(ckpt.path),
+        "model": cfg.to_dict(),
+        "parameters": n_params,
+        "vocab_size": len(ckpt.vocab),
+        "vocab_preview": ckpt.vocab.preview(),
+        "corpus": meta.get("corpus"),
+        "line_oriented": ckpt.line_oriented,
+        "training_lines": len(ckpt.lines) if ckpt.lines is not None else 0,
+        "steps": meta.get("step"),
+        "chars_seen": meta.get("chars_seen"),
+        "val_loss": meta.get("val_loss"),
+        "best_val_loss": meta.get("best_val_loss"),
+        "train_config": ckpt.train_config,
+        "chargen_version": meta.get("chargen_version"),
+        "torch_version": meta.get("torch_version"),
+        "saved_at": meta.get("saved_at"),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(facts, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def loss(v: Any) -> str:
+        return f"{v:.4f} nats/char ({v / math.log(2):.4f} bpc)" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+    t = Table(show_header=False, title=f"chargen checkpoint {ckpt.path}", title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("model", f"{cfg.layers} x {cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}")
+    t.add_row("parameters", f"{n_params:,}")
+    t.add_row("vocabulary", f"{len(ckpt.vocab)} characters: {ckpt.vocab.preview()}")
+    t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
+    t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
+    if meta.get("step") is not None:
+        t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
+    t.add_row("val loss", loss(meta.get("val_loss")))
+    t.add_row("best val loss", loss(meta.get("best_val_loss")))
+    tc = ckpt.train_config
+    if tc:
+        t.add_row("training", f"batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "
+                              f"{meta.get('device', '?')} {meta.get('precision', '?')}")
+    t.add_row("versions", f"chargen {meta.get('chargen_version', '?')}, torch {meta.get('torch_version', '?')}")
+    t.add_row("saved", str(meta.get("saved_at", "?")))
+    Console(highlight=False).print(t)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning ChargenError into `Error: ...` and a closed
+    stdout (`| head`) into a quiet exit."""
+    code = 0
+    try:
+        app(standalone_mode=False)
+    except ChargenError as exc:
+        error_line(str(exc))
+        code = exc.exit_code
+    except (BrokenPipeError, _PipeClosed):
+        code = 0
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        code = 130
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        # Click's usage errors (bad option values, unknown options) and aborts. Typer may vendor its
+        # own copy of click, so recognise them by shape rather than by class.
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            error_line(" ".join(exc.format_message().split()) + hint)
+            code = exc.exit_code
+        elif type(exc).__name__ == "Abort":
+            sys.stderr.write("Aborted.\n")
+            code = 1
+        else:
+            raise
+    _quiet_exit(code)
+
+
+def _quiet_exit(code: int) -> None:
+    # After a broken pipe, Python's own flush at exit would complain again; point stdout at devnull.
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    sys.exit(code)

@@ -1,0 +1,165 @@
+"""Typed configuration: what the model is, how to train it, how to sample from it.
+
+CLI flags map one to one onto these fields (`--batch-size` fills `batch_size`). Every config
+validates itself, and `from_dict` refuses unknown keys, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from .errors import ConfigError, UsageError
+
+CELLS = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    obj = cls(**data)
+    obj.validate()  # type: ignore[attr-defined]
+    return obj
+
+
+def _positive(name: str, value: float | int | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise UsageError(f"--{name.replace('_', '-')} must be greater than 0 (got {value})")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 256
+    embed: int = 64
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise UsageError(f"--cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
+        for name in ("vocab_size", "layers", "hidden", "embed"):
+            _positive(name, getattr(self, name))
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1) (got {self.dropout})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data, "model config")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    seq_len: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    time: Optional[float] = None  # seconds of wall clock
+    eval_every: int = 200
+    patience: Optional[int] = None  # stop after this many evaluations without a new best
+    eval_chars: int = 200_000  # cap on validation characters per evaluation, so evals stay cheap
+    val_fraction: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("batch_size", "seq_len", "eval_every", "eval_chars"):
+            _positive(name, getattr(self, name))
+        for name in ("lr",):
+            _positive(name, getattr(self, name))
+        for name in ("max_steps", "epochs", "time", "patience"):
+            _positive(name, getattr(self, name), allow_none=True)
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be 0 or more (got {self.weight_decay})")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must be 0 or more (got {self.warmup})")
+        if self.grad_clip < 0:
+            raise UsageError(f"--grad-clip must be 0 (off) or more (got {self.grad_clip})")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UsageError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, data, "training config")
+
+
+@dataclass
+class SampleConfig:
+    num: int = 1
+    length: Optional[int] = None  # None: 2000 characters for prose, 100 per line in line mode
+    temperature: float = 0.8
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+    lines: Optional[bool] = None  # None: as the checkpoint says
+    unique: bool = False
+    novel: bool = False
+    max_tries: int = 50  # redraw budget per wanted sample, for --unique / --novel / empty samples
+
+    def validate(self) -> None:
+        if self.num < 1:
+            raise UsageError(f"-n/--num must be at least 1 (got {self.num})")
+        if self.length is not None and self.length < 1:
+            raise UsageError(f"--length must be at least 1 (got {self.length})")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise UsageError(f"--temperature must be 0 (greedy) or more (got {self.temperature})")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1 (got {self.top_k})")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2**63-1 (got {self.seed})")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SampleConfig":
+        return _from_dict(cls, data, "sample config")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '2h', '1.5h', '300' (seconds) -> seconds."""
+    m = _DURATION.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"--time must be a positive duration such as 90s, 5m or 2h (got {text!r})")
+    unit = m.group(2).lower() if m.group(2) else None
+    return float(m.group(1)) * _UNIT[unit]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+__all__ = ["ModelConfig", "TrainConfig", "SampleConfig", "parse_duration", "format_duration"]

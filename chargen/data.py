@@ -1,0 +1,192 @@
+r"""Corpora: read and check them, split train/validation, lay the text out into TBPTT streams.
+
+How the training text becomes batches (batch_size B = 4 streams, seq_len T = 3 here):
+
+    text:   a b c d e f g h i j k l m n o p q r s t u v w x y z ...
+            \_____________/\______________/\______________/\___ ...
+                stream 0        stream 1        stream 2     stream 3
+
+    stream 0: a b c | d e f | g h ...      step 0 takes columns [0, T) of every stream,
+    stream 1: h i j | k l m | n o ...      step 1 takes [T, 2T), and so on. Targets are
+    stream 2: o p q | r s t | u v ...      the same windows shifted one character right.
+    stream 3: v w x | y z . | . . ...
+              step 0  step 1
+
+Each row is a contiguous slice of the corpus, so the hidden state left by a window of row i is
+exactly the state the next window of row i needs: the trainer carries it over (detached).
+Characters past B * L (L = len // B) are dropped; that is fewer than B characters.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator, Optional
+
+import numpy as np
+
+from .errors import CorpusError, UsageError
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class Corpus:
+    text: str
+    name: str  # for the default run directory and `info`
+    sources: list[str]
+
+
+def _describe_source(path: str) -> str:
+    return "stdin" if path == "-" else path
+
+
+def decode_corpus_bytes(raw: bytes, source: str) -> str:
+    """bytes -> text: BOM dropped, CRLF -> LF; a one-line error for anything that is not UTF-8 text."""
+    if raw.startswith(b"\xff\xfe") or raw.startswith(b"\xfe\xff"):
+        raise CorpusError(f"{source} looks like UTF-16 (it starts with a UTF-16 byte-order mark); "
+                          f"convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(
+            f"{source} is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+            f"convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise CorpusError(f"{source} holds a NUL character (at character {nul}); it looks like a binary file, not text")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if not text:
+        raise CorpusError(f"{source} is empty")
+    if not text.strip():
+        raise CorpusError(f"{source} holds only whitespace")
+    return text
+
+
+def _read_bytes(path: str, stdin: Optional[BinaryIO] = None) -> bytes:
+    if path == "-":
+        stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+        if stream is None:
+            raise CorpusError("stdin is closed; pass a corpus file instead of -")
+        try:
+            return stream.read()
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"cannot read stdin ({exc})") from None
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise CorpusError(f"{path} is a directory; pass the text files inside it")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"{path} does not exist") from None
+    except PermissionError:
+        raise CorpusError(f"{path} cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise CorpusError(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
+def read_corpus(paths: list[str], stdin: Optional[BinaryIO] = None) -> Corpus:
+    """Read one or more UTF-8 files ('-' is stdin) into one text; files are joined by newlines."""
+    if not paths:
+        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    if paths.count("-") > 1:
+        raise UsageError("stdin (-) can be given only once")
+    parts = []
+    for path in paths:
+        text = decode_corpus_bytes(_read_bytes(path, stdin), _describe_source(path))
+        if parts and not parts[-1].endswith("\n"):
+            parts[-1] += "\n"
+        parts.append(text)
+    first = paths[0]
+    name = "stdin" if first == "-" else (Path(first).stem or "corpus")
+    return Corpus(text="".join(parts), name=name, sources=[_describe_source(p) for p in paths])
+
+
+def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
+    """The last `val_fraction` of the text is validation, starting at a line start where one is near."""
+    cut = len(text) - max(1, int(len(text) * val_fraction))
+    newline = text.find("\n", cut, min(len(text) - 1, cut + 1000))
+    if newline >= 0:
+        cut = newline + 1
+    return text[:cut], text[cut:]
+
+
+def is_line_oriented(text: str) -> bool:
+    """A corpus of short, non-empty lines (names, band names, titles), as opposed to prose or code.
+
+    Samples from such a model are one line each.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) < 20:
+        return False
+    lengths = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
+    nonempty = lengths > 0
+    if nonempty.mean() < 0.95:  # prose and code have blank lines between paragraphs and blocks
+        return False
+    lengths = lengths[nonempty]
+    return bool(np.median(lengths) <= 32 and np.percentile(lengths, 95) <= 64)
+
+
+def unique_lines(text: str) -> list[str]:
+    return sorted({line for line in text.split("\n") if line})
+
+
+def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
+    """Entropy of the character frequencies in nats: the loss of a model that ignores context."""
+    counts = np.bincount(ids.astype(np.int64), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# --- TBPTT layout ---------------------------------------------------------------------------
+
+
+def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N,) -> (batch_size, N // batch_size): row i is the i-th contiguous slice of the text."""
+    length = len(ids) // batch_size
+    return np.ascontiguousarray(ids[: batch_size * length].reshape(batch_size, length))
+
+
+def windows_per_epoch(streams: np.ndarray, seq_len: int) -> int:
+    """How many (input, target) windows fit; each needs seq_len + 1 characters of its stream."""
+    return max(0, (streams.shape[1] - 1) // seq_len)
+
+
+def window(streams: np.ndarray, k: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k-th window of every stream: inputs (B, T) and targets (B, T), shifted by one."""
+    start = k * seq_len
+    return streams[:, start : start + seq_len], streams[:, start + 1 : start + seq_len + 1]
+
+
+def iter_windows(streams: np.ndarray, seq_len: int, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    for k in range(start, windows_per_epoch(streams, seq_len)):
+        x, y = window(streams, k, seq_len)
+        yield k, x, y
+
+
+def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str) -> int:
+    """The batch size to use: as asked, or fewer streams if the corpus is too short for that many.
+
+    A corpus that cannot fill even one window of seq_len + 1 characters is an error.
+    """
+    if n_train < seq_len + 1:
+        raise CorpusError(
+            f"{source} is too short: its training part has {n_train} characters, but one window needs "
+            f"--seq-len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq-len"
+        )
+    return min(batch_size, n_train // (seq_len + 1))
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

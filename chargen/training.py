@@ -1,0 +1,623 @@
+"""The training loop: truncated BPTT over contiguous streams, AdamW, warmup + cosine decay.
+
+It never prints: everything a user should see goes through a `TrainCallbacks` object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .checkpoint import BEST, LAST, METRICS, Checkpoint, atomic_write, encode_lines, read_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig, format_duration
+from .data import (
+    Corpus,
+    batchify,
+    check_trainable,
+    is_line_oriented,
+    split_train_val,
+    unigram_entropy,
+    unique_lines,
+    window,
+    windows_per_epoch,
+)
+from .errors import ChargenError, CorpusError, TrainingError, UsageError
+from .model import CharRNN, State, detach_state, matmul_weights, state_from_tensors, state_tensors
+from .tokenizer import Vocab
+
+LN2 = math.log(2)
+DEFAULT_TIME = 300.0  # seconds, when no stopping rule is given
+# Distinct training lines are kept in the checkpoint for `sample --novel` up to this many bytes.
+MAX_LINES_BYTES = 8 * 1024 * 1024
+# Settings a resumed run must share with the run it continues (the rest may change).
+RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed")
+
+
+class TrainCallbacks:
+    """Hooks the loop reports through; the default does nothing. The CLI draws a progress bar."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_step(self, progress: dict[str, Any]) -> None: ...
+    def on_eval(self, metrics: dict[str, Any]) -> None: ...
+    def on_notice(self, message: str) -> None: ...
+    def on_end(self, summary: dict[str, Any]) -> None: ...
+
+    def should_stop(self, step: int) -> bool:
+        """Asked after every step: True stops the run as Ctrl-C would (saved, resumable)."""
+        return False
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    chars_seen: int
+    best_val_loss: float
+    last_val_loss: float
+    elapsed: float
+    interrupted: Optional[str] = None  # "SIGINT" / "SIGTERM" / "request" when stopped early
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- device and precision ---------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for, but torch sees no Apple GPU")
+    return torch.device(name)
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """AVX512-BF16 or AMX: the CPU has bf16 matrix units, where bf16 autocast about doubles speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device, notice) -> str:
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability()[0] >= 8 else "fp32"
+        if device.type == "cpu":
+            return "bf16" if cpu_has_bf16_matmul() else "fp32"
+        return "fp32"
+    if name == "fp16" and device.type != "cuda":
+        notice(f"fp16 is only used on CUDA; training in fp32 on {device.type}")
+        return "fp32"
+    if name == "bf16" and device.type == "mps":
+        notice("bf16 autocast is not supported on MPS here; training in fp32")
+        return "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --- stop requests (Ctrl-C, SIGTERM) ----------------------------------------------------------
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves, and returns.
+
+    A second Ctrl-C raises KeyboardInterrupt at once, for a user who really wants out.
+    """
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextmanager
+def stop_on_signals(flag: StopFlag) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if flag.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.signal = name
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --- the schedule -----------------------------------------------------------------------------
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to min_lr_ratio * lr at progress 1."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(max(progress, 0.0), 1.0)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, ids: torch.Tensor, seq_len: int, device: torch.device, precision: str,
+             streams: int = 32) -> float:
+    """Mean cross-entropy (nats/char) over `ids`, laid out in streams with the state carried."""
+    n = ids.numel()
+    if n < 2:
+        return float("nan")
+    streams = max(1, min(streams, (n - 1) // max(seq_len, 1)))
+    length = n // streams
+    data = ids[: streams * length].view(streams, length).to(device)
+    was_training = model.training
+    model.eval()
+    state = None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    try:
+        for start in range(0, length - 1, seq_len):
+            x = data[:, start : start + seq_len]
+            y = data[:, start + 1 : start + seq_len + 1]
+            x = x[:, : y.shape[1]].long()
+            with autocast(device, precision):
+                logits, state = model(x, state)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1).long(), reduction="sum")
+            total += loss.double()
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    return float(total.item() / count)
+
+
+# --- checkpoint plumbing ----------------------------------------------------------------------
+
+
+def model_weights(model: CharRNN) -> dict[str, np.ndarray]:
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def load_weights(model: CharRNN, weights: dict[str, np.ndarray]) -> None:
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{idx}.{key}"] = t.detach().cpu().numpy()
+    return tensors, sd["param_groups"]
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, np.ndarray], groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = torch.from_numpy(np.array(value))
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+@torch.no_grad()
+def line_start_state(model: CharRNN, streams: torch.Tensor, newline_id: Optional[int], context: int = 128,
+                     count: int = 256) -> list[np.ndarray]:
+    """The model's typical state at the end of a line, just before it reads "\n".
+
+    Sampling and evaluation start from here instead of from zeros: during training the state
+    is never zero at a line start (it is carried over), so a zero state is out of distribution
+    and spoils the first characters. It is the mean of the states after `count` real contexts of
+    `context` characters, each ending right before a newline (anywhere, for text without one).
+    Returned as arrays of shape (layers, hidden): [h] or [h, c] for an LSTM.
+    """
+    flat = streams.reshape(-1)
+    n = flat.numel()
+    context = min(context, n - 1)
+    if newline_id is not None:
+        ends = torch.nonzero(flat[context:] == newline_id).flatten() + context
+    else:
+        ends = torch.empty(0, dtype=torch.long, device=flat.device)
+    if ends.numel() == 0:
+        ends = torch.arange(context, n, device=flat.device)
+    pick = ends[torch.linspace(0, ends.numel() - 1, min(count, ends.numel()), device=flat.device).long()]
+    windows = torch.stack([flat[e - context : e] for e in pick.tolist()]).long()  # (count, context)
+    was_training = model.training
+    model.eval()
+    try:
+        _, state = model(windows)
+    finally:
+        model.train(was_training)
+    return [t.float().mean(dim=1).cpu().numpy() for t in state_tensors(state)]
+
+
+def _corpus_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def train(
+    corpus: Corpus,
+    config: TrainConfig,
+    model_options: Optional[dict[str, Any]] = None,
+    *,
+    out_dir: str | os.PathLike,
+    val_text: Optional[str] = None,
+    precision: str = "auto",
+    resume: Optional[str | os.PathLike] = None,
+    overwrite: bool = False,
+    callbacks: Optional[TrainCallbacks] = None,
+) -> TrainResult:
+    """Train a CharRNN on `corpus` and write best/last checkpoints and metrics to `out_dir`.
+
+    `resume` continues the run whose last checkpoint it names (a file or run directory):
+    model, optimizer, hidden state, data position and RNG come back exactly.
+    """
+    cb = callbacks or TrainCallbacks()
+    config.validate()
+    out = Path(out_dir)
+    ckpt: Optional[Checkpoint] = None
+    if resume is not None:
+        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
+        if ckpt.resume is None:
+            raise UsageError(f"{ckpt.path} holds no training state (only last.safetensors does); cannot resume from it")
+        for key in RESUME_FIXED:
+            if key in ckpt.train_config and getattr(config, key) != ckpt.train_config[key]:
+                raise UsageError(
+                    f"--{key.replace('_', '-')} {getattr(config, key)} differs from the run being resumed "
+                    f"({ckpt.train_config[key]}); a resumed run keeps its data layout, so drop the flag"
+                )
+        if ckpt.resume.get("corpus_digest") != _corpus_digest(corpus.text + (val_text or "")):
+            raise UsageError(f"the corpus differs from the one the run in {ckpt.path.parent} was trained on; "
+                             f"resume with the same corpus files")
+    else:
+        if (out / LAST).exists() and not overwrite:
+            raise UsageError(f"{out} already holds a run; continue it with --resume {out}, "
+                             f"or pass --overwrite or another --out")
+
+    # ---- data ----
+    if val_text is not None:
+        train_text, val_part = corpus.text, val_text
+    else:
+        train_text, val_part = split_train_val(corpus.text, config.val_fraction)
+    if ckpt is not None:
+        vocab = ckpt.vocab
+    else:
+        vocab = Vocab.from_text(corpus.text + (val_text or ""))
+    train_ids = vocab.encode(train_text)
+    val_ids = vocab.encode(val_part, skip_unknown=val_text is not None)
+    source = ", ".join(corpus.sources)
+    batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source)
+    if len(val_ids) < 2:
+        raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
+                          f"character(s); use a longer corpus, a larger --val-fraction or --val-file")
+    if batch_size < config.batch_size:
+        cb.on_notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
+    streams_np = batchify(train_ids, batch_size)
+    n_windows = windows_per_epoch(streams_np, config.seq_len)
+    chars_per_step = batch_size * config.seq_len
+    line_oriented = is_line_oriented(corpus.text)
+
+    # ---- model ----
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    if ckpt is not None:
+        model_config = ckpt.model_config
+    else:
+        model_config = ModelConfig(vocab_size=len(vocab), **(model_options or {}))
+        model_config.validate()
+    model = CharRNN(model_config)
+    if ckpt is not None:
+        load_weights(model, ckpt.weights)
+    model.to(device)
+    precision = resolve_precision(precision, device, cb.on_notice)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embedding")]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.99),
+        foreach=True,
+    )
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    streams = torch.from_numpy(streams_np.astype(np.int64 if streams_np.dtype.itemsize > 2 else np.int32)).to(device)
+    val_tensor = torch.from_numpy(val_ids[: config.eval_chars].astype(np.int64))
+
+    # ---- where we are ----
+    step, epoch, k, chars_seen, elapsed_before = 0, 0, 0, 0, 0.0
+    best_val, last_val = float("inf"), float("nan")
+    metrics: list[dict[str, Any]] = []
+    state: Optional[State] = None
+    if ckpt is not None:
+        r = ckpt.resume
+        assert r is not None
+        step, epoch, k = int(r["step"]), int(r["epoch"]), int(r["window"])
+        chars_seen, elapsed_before = int(r["chars_seen"]), float(r["elapsed"])
+        best_val = float(r.get("best_val_loss", float("inf")))
+        last_val = float(r.get("last_val_loss", float("nan")))
+        _restore_optimizer(optimizer, ckpt.resume_tensors, r["param_groups"])
+        if "state.0" in ckpt.resume_tensors:
+            tensors = [torch.from_numpy(np.array(ckpt.resume_tensors[f"state.{j}"])).to(device)
+                       for j in range(2 if model_config.cell == "lstm" else 1)]
+            state = state_from_tensors(model_config.cell, tensors)
+        torch.set_rng_state(torch.from_numpy(np.array(ckpt.resume_tensors["rng.cpu"])))
+        if device.type == "cuda" and "rng.cuda" in ckpt.resume_tensors:
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(ckpt.resume_tensors["rng.cuda"])))
+        metrics_path = out / METRICS
+        if metrics_path.exists():
+            metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            metrics = [m for m in metrics if m.get("step", 0) <= step]
+
+    # ---- when to stop ----
+    time_budget = config.time
+    if config.max_steps is None and config.epochs is None and config.time is None:
+        time_budget = DEFAULT_TIME
+        cb.on_notice(f"no --max-steps, --epochs or --time given: training for {format_duration(DEFAULT_TIME)} "
+                     f"(Ctrl-C stops early and saves)")
+    step_limits = [s for s in (config.max_steps,
+                               math.ceil(config.epochs * n_windows) if config.epochs is not None else None) if s]
+    max_steps = min(step_limits) if step_limits else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines_blob = None
+    if line_oriented:
+        blob = encode_lines(unique_lines(corpus.text))
+        lines_blob = blob if blob.nbytes <= MAX_LINES_BYTES else None
+    n_lines = len(unique_lines(corpus.text)) if lines_blob is not None else 0
+    run_info = {
+        "corpus": corpus.name,
+        "sources": corpus.sources,
+        "line_oriented": line_oriented,
+        "training_lines": n_lines,
+        "train_chars": int(len(train_ids)),
+        "val_chars": int(len(val_ids)),
+        "unigram_entropy": unigram_entropy(train_ids, len(vocab)),
+        "precision": precision,
+        "device": device.type,
+    }
+    train_config_dict = config.to_dict()
+    vocab_json = vocab.to_json()
+    flops_per_char = 6 * matmul_weights(model_config)
+
+    cb.on_start({
+        **run_info,
+        "out_dir": str(out),
+        "parameters": model.num_parameters(),
+        "model_config": model_config.to_dict(),
+        "train_config": train_config_dict,
+        "batch_size": batch_size,
+        "windows_per_epoch": n_windows,
+        "max_steps": max_steps,
+        "time_budget": time_budget,
+        "resumed_from_step": step if ckpt is not None else None,
+        "flops_per_char": flops_per_char,
+    })
+
+    def save(path: Path, with_resume: bool, val_loss: float) -> None:
+        info = {
+            **run_info,
+            "step": step,
+            "epoch": epoch,
+            "chars_seen": chars_seen,
+            "val_loss": val_loss,
+            "best_val_loss": best_val,
+            "chargen_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        resume_meta, resume_tensors = None, None
+        if with_resume:
+            resume_tensors, groups = _optimizer_tensors(optimizer)
+            if state is not None:
+                for j, t in enumerate(state_tensors(state)):
+                    resume_tensors[f"state.{j}"] = t.detach().float().cpu().numpy()
+            resume_tensors["rng.cpu"] = torch.get_rng_state().numpy()
+            if device.type == "cuda":
+                resume_tensors["rng.cuda"] = torch.cuda.get_rng_state().numpy()
+            resume_meta = {
+                "step": step, "epoch": epoch, "window": k, "chars_seen": chars_seen,
+                "elapsed": elapsed_before + (time.perf_counter() - t0),
+                "best_val_loss": best_val, "last_val_loss": last_val,
+                "param_groups": groups, "corpus_digest": _corpus_digest(corpus.text + (val_text or "")),
+            }
+        rng_state = torch.get_rng_state()  # the state pass must not change what training draws next
+        start = line_start_state(model, streams, vocab.index.get("\n"))
+        torch.set_rng_state(rng_state)
+        save_checkpoint(path, weights=model_weights(model), model_config=model_config, vocab_json=vocab_json,
+                        train_config=train_config_dict, info=info, lines_blob=lines_blob,
+                        resume=resume_meta, resume_tensors=resume_tensors, start_state=start)
+
+    def write_metrics() -> None:
+        atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in metrics).encode())
+
+    evals_since_best = 0
+
+    def run_eval() -> None:
+        nonlocal best_val, last_val, evals_since_best
+        elapsed = elapsed_before + time.perf_counter() - t0
+        val_loss = evaluate(model, val_tensor, config.seq_len, device, precision)
+        train_loss = window_loss_sum / max(window_loss_count, 1)
+        last_val = val_loss
+        improved = val_loss < best_val
+        if improved:
+            best_val = val_loss
+            evals_since_best = 0
+        else:
+            evals_since_best += 1
+        record = {
+            "step": step, "epoch": epoch, "chars_seen": chars_seen,
+            "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "val_bpc": round(val_loss / LN2, 5),
+            "lr": optimizer.param_groups[0]["lr"],
+            "chars_per_sec": round((chars_seen - chars_at_start) / max(time.perf_counter() - t0, 1e-9), 1),
+            "elapsed": round(elapsed, 2),
+        }
+        metrics.append(record)
+        if improved:
+            save(out / BEST, with_resume=False, val_loss=val_loss)
+        save(out / LAST, with_resume=True, val_loss=val_loss)
+        write_metrics()
+        cb.on_eval({**record, "best_val_loss": best_val, "improved": improved})
+
+    def progress_fraction(now: float) -> float:
+        fractions = []
+        if max_steps:
+            fractions.append(step / max_steps)
+        if time_budget:
+            fractions.append((elapsed_before + now - t0) / time_budget)
+        return max(fractions) if fractions else 0.0
+
+    flag = StopFlag()
+    model.train()
+    t0 = time.perf_counter()
+    chars_at_start = chars_seen
+    window_loss_sum, window_loss_count = 0.0, 0
+    loss_acc = torch.zeros((), device=device)
+    acc_steps = 0
+    last_report = 0.0
+    bad_steps = 0
+    steps_since_eval = 0
+    with stop_on_signals(flag):
+        while True:
+            now = time.perf_counter()
+            if max_steps is not None and step >= max_steps:
+                break
+            if time_budget is not None and elapsed_before + now - t0 >= time_budget:
+                break
+            if flag:
+                break
+            if cb.should_stop(step):
+                flag.signal = "request"
+                break
+            if k >= n_windows:  # an epoch is done: back to the start of every stream
+                epoch, k, state = epoch + 1, 0, None
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, progress_fraction(now))
+            x, y = window(streams, k, config.seq_len)
+            with autocast(device, precision):
+                logits, new_state = model(x.long(), state)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1).long())
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf"))
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                # Skip a step with a non-finite loss or gradient; the weights stay as they were.
+                bad_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                state = None
+                if scaler is not None:
+                    scaler.update()
+                if bad_steps >= 20:
+                    raise TrainingError(f"training diverged: {bad_steps} steps in a row had a non-finite loss or gradient; "
+                                        f"try a lower --lr or --grad-clip")
+                k += 1
+                continue
+            bad_steps = 0
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            state = detach_state(new_state)
+            loss_acc += loss.detach()
+            acc_steps += 1
+            step += 1
+            k += 1
+            steps_since_eval += 1
+            chars_seen += chars_per_step
+            if now - last_report > 0.25 or acc_steps >= 50:
+                mean_loss = float(loss_acc.item()) / acc_steps
+                window_loss_sum += mean_loss * acc_steps
+                window_loss_count += acc_steps
+                loss_acc.zero_()
+                acc_steps = 0
+                last_report = now
+                elapsed_now = elapsed_before + time.perf_counter() - t0
+                cb.on_step({
+                    "step": step, "max_steps": max_steps, "epoch": epoch, "loss": mean_loss,
+                    "lr": optimizer.param_groups[0]["lr"], "chars_seen": chars_seen,
+                    "chars_per_sec": (chars_seen - chars_at_start) / max(time.perf_counter() - t0, 1e-9),
+                    "elapsed": elapsed_now, "time_budget": time_budget, "progress": progress_fraction(time.perf_counter()),
+                    "best_val_loss": best_val, "val_loss": last_val,
+                })
+            if step % config.eval_every == 0:
+                if acc_steps:
+                    window_loss_sum += float(loss_acc.item())
+                    window_loss_count += acc_steps
+                    loss_acc.zero_()
+                    acc_steps = 0
+                run_eval()
+                window_loss_sum, window_loss_count = 0.0, 0
+                steps_since_eval = 0
+                if config.patience is not None and evals_since_best >= config.patience:
+                    cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
+                    break
+
+    if acc_steps:
+        window_loss_sum += float(loss_acc.item())
+        window_loss_count += acc_steps
+    if flag:
+        # Stopped by a signal: save where we are at once (no evaluation), so resuming is exact.
+        save(out / LAST, with_resume=True, val_loss=last_val)
+        if not (out / BEST).exists():
+            save(out / BEST, with_resume=False, val_loss=last_val)
+    elif steps_since_eval or not metrics:
+        run_eval()
+    elapsed = elapsed_before + time.perf_counter() - t0
+    result = TrainResult(run_dir=out, steps=step, chars_seen=chars_seen, best_val_loss=best_val,
+                         last_val_loss=last_val, elapsed=elapsed, interrupted=flag.signal, metrics=metrics)
+    cb.on_end({
+        "run_dir": str(out), "steps": step, "epochs": epoch, "chars_seen": chars_seen,
+        "best_val_loss": best_val, "last_val_loss": last_val, "elapsed": elapsed,
+        "chars_per_sec": (chars_seen - chars_at_start) / max(time.perf_counter() - t0, 1e-9),
+        "interrupted": flag.signal, "unigram_entropy": run_info["unigram_entropy"], "precision": precision,
+        "device": device.type, "parameters": model.num_parameters(),
+        "flops_per_char": flops_per_char,
+    })
+    return result

@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny corpora, tiny trained models, and ways to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def chargen_exe() -> str:
+    """The installed console script (next to this Python), as a user would run it."""
+    exe = Path(sys.executable).with_name("chargen")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("chargen")
+    if not found:
+        pytest.fail("the chargen command is not installed; pip install -e '.[test]'")
+    return found
+
+
+def run(args: list[str], *, input: bytes | None = None, env: dict | None = None, cwd=None, timeout: float = 120):
+    """Run the installed chargen command; returns CompletedProcess with bytes stdout/stderr."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100", **(env or {})}
+    return subprocess.run([chargen_exe(), *args], input=input, capture_output=True, env=full_env, cwd=cwd,
+                          timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+
+
+def assert_clean_error(proc, *needles: str) -> str:
+    """A failed command: non-zero exit, exactly one `Error:` line on stderr, no traceback, nothing on stdout."""
+    err = proc.stderr.decode()
+    assert proc.returncode != 0, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert proc.stdout == b""
+    for needle in needles:
+        assert needle.lower() in err.lower(), (needle, err)
+    return err
+
+
+def make_names(n: int = 400, seed: int = 0) -> str:
+    """Pronounceable pseudo-names with a strong pattern a tiny model can learn."""
+    rng = random.Random(seed)
+    onsets, vowels, codas = ["b", "d", "k", "l", "m", "n", "r", "s", "t"], ["a", "e", "i", "o"], ["", "n", "r", "l"]
+    names = set()
+    while len(names) < n:
+        syll = rng.randint(1, 3)
+        name = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(syll))
+        names.add(name.capitalize())
+    return "\n".join(sorted(names, key=lambda s: rng.random())) + "\n"
+
+
+@pytest.fixture
+def names_file(tmp_path: Path) -> Path:
+    p = tmp_path / "names.txt"
+    p.write_text(make_names(), encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def prose_file(tmp_path: Path) -> Path:
+    p = tmp_path / "prose.txt"
+    line = "the quick brown fox jumps over the lazy dog. "
+    p.write_text((line * 3 + "\n\n") * 60, encoding="utf-8")
+    return p
+
+
+TINY = ["--layers", "1", "--hidden", "32", "--embed", "16", "--batch-size", "8", "--seq-len", "32",
+        "--warmup", "5", "--precision", "fp32", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def trained_names(tmp_path_factory) -> Path:
+    """A tiny names model trained once per session through the library (fast)."""
+    from chargen.config import TrainConfig
+    from chargen.data import read_corpus
+    from chargen.training import train
+
+    d = tmp_path_factory.mktemp("names")
+    corpus = d / "names.txt"
+    corpus.write_text(make_names(), encoding="utf-8")
+    config = TrainConfig(batch_size=16, seq_len=32, max_steps=150, eval_every=50, warmup=10, lr=1e-2)
+    train(read_corpus([str(corpus)]), config, {"layers": 1, "hidden": 64, "embed": 16}, out_dir=d / "run", precision="fp32")
+    return d / "run"

@@ -1,0 +1,79 @@
+"""The Python API (what the CLI is built on), eval, and the tokenizer export round-trip."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import chargen
+from chargen.errors import ChargenError, VocabularyError
+
+from .conftest import run
+
+
+def test_api_load_sample_stream_eval(trained_names, tmp_path):
+    model = chargen.load(trained_names)
+    names = model.sample(n=5, prompt="Ma", temperature=0.8, seed=1)
+    assert len(names) == 5 and all(n.startswith("Ma") for n in names)
+    assert model.sample(n=5, prompt="Ma", temperature=0.8, seed=1) == names
+    assert list(model.stream(prompt="Ma", n=5, seed=1)) == names  # line mode streams lines
+    corpus = (trained_names.parent / "names.txt").read_text()
+    r = model.eval(corpus)
+    assert r["chars"] == len(corpus) and r["bpc"] == pytest.approx(r["loss"] / math.log(2))
+    assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+    # a trained model scores its own corpus far better than it scores shuffled characters
+    rng = np.random.default_rng(0)
+    shuffled = "".join(rng.permutation(list(corpus)))
+    assert model.eval(shuffled)["loss"] > r["loss"] + 0.5
+
+
+def test_eval_matches_the_training_loss_definition(trained_names):
+    """Model.eval (numpy, streams) and the torch path agree on the same text."""
+    text = (trained_names.parent / "names.txt").read_text()[:3000]
+    a = chargen.load(trained_names, backend="numpy").eval(text)
+    b = chargen.load(trained_names, backend="torch").eval(text)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    one_stream = chargen.load(trained_names).eval(text, streams=1)
+    assert one_stream["loss"] == pytest.approx(a["loss"], abs=0.05)  # layout changes context a little
+
+
+def test_eval_unknown_characters(trained_names):
+    model = chargen.load(trained_names)
+    with pytest.raises(VocabularyError, match="'#'"):
+        model.eval("Kato\n#Mira\n")
+    r = model.eval("Kato\n#Mira\n##", skip_unknown=True)
+    assert r["skipped"] == 3 and r["chars"] == len("Kato\nMira\n")
+
+
+def test_train_api_returns_the_run_directory(tmp_path, names_file):
+    out = chargen.train([str(names_file)], out=str(tmp_path / "run"), max_steps=5, layers=1, hidden=16, embed=8,
+                        batch_size=4, seq_len=16, precision="fp32")
+    assert (out / "best.safetensors").exists()
+    with pytest.raises(ChargenError, match="unknown"):
+        chargen.train([str(names_file)], out=str(tmp_path / "r2"), max_step=5)
+
+
+def test_cli_eval_and_export_round_trip(trained_names, tmp_path):
+    corpus = trained_names.parent / "names.txt"
+    p = run(["eval", str(trained_names), str(corpus), "--json"])
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["loss"] == pytest.approx(chargen.load(trained_names).eval(corpus.read_text())["loss"], abs=1e-6)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Kato\n#\n")
+    p = run(["eval", str(trained_names), str(bad)])
+    assert p.returncode != 0 and p.stderr.decode().startswith("Error:") and b"'#'" in p.stderr
+    p = run(["eval", str(trained_names), str(bad), "--skip-unknown"])
+    assert p.returncode == 0 and b"1 unknown characters skipped" in p.stdout
+
+    tok_path = tmp_path / "tokenizer.json"
+    p = run(["export", str(trained_names), "--tokenizer", str(tok_path)])
+    assert p.returncode == 0, p.stderr
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_path))
+    model = chargen.load(trained_names)
+    text = corpus.read_text()[:500]
+    assert tok.encode(text).ids == model.vocab.encode(text).tolist()
+    assert tok.decode(tok.encode(text).ids) == text

@@ -1,0 +1,218 @@
+"""The installed `chargen` command, end to end, as a user and a shell pipeline see it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import TINY, assert_clean_error, chargen_exe, run
+
+
+def test_train_then_sample_end_to_end(tmp_path, names_file):
+    out = tmp_path / "run"
+    p = run(["train", str(names_file), "--out", str(out), "--max-steps", "40", "--eval-every", "20", *TINY[:-1]])
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+    assert p.stdout == b""  # training writes nothing to stdout
+    assert "val" in err and "best val loss" in err
+    assert {f.name for f in out.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl"}
+
+    s = run(["sample", "-c", str(out), "-n", "7", "--seed", "1"])
+    assert s.returncode == 0 and s.stderr == b"", s.stderr
+    lines = s.stdout.decode().split("\n")
+    assert lines[-1] == "" and len(lines) == 8  # exactly 7 lines, each ended by one newline
+    alphabet = set(names_file.read_text()) - {"\n"}
+    assert all(line and set(line) <= alphabet for line in lines[:-1])
+    again = run(["sample", "-c", str(out), "-n", "7", "--seed", "1"])
+    assert again.stdout == s.stdout
+
+    info = run(["info", str(out), "--json"])
+    facts = json.loads(info.stdout)
+    assert facts["line_oriented"] and facts["steps"] == 40 and facts["training_lines"] == 400
+
+
+def test_prose_training_from_stdin_and_streaming_sample(tmp_path, prose_file):
+    out = tmp_path / "prose"
+    p = run(["train", "-", "--out", str(out), "--max-steps", "10", *TINY], input=prose_file.read_bytes())
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    s = run(["sample", "-c", str(out), "-p", "the ", "-l", "50", "--seed", "3"])
+    assert s.returncode == 0, s.stderr
+    text = s.stdout.decode()
+    assert text.startswith("the ") and text.endswith("\n") and len(text) == 4 + 50 + 1
+
+
+def test_head_of_pipe_exits_quietly(trained_names):
+    cmd = f"set -o pipefail; '{chargen_exe()}' sample -c '{trained_names}' -n 100000 | head -n 3"
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == b""
+    assert len(p.stdout.decode().splitlines()) == 3
+
+
+def test_closed_stdout_is_quiet(trained_names):
+    cmd = f"'{chargen_exe()}' sample -c '{trained_names}' -n 50 >&-"
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=60)
+    assert b"Traceback" not in p.stderr and b"Broken pipe" not in p.stderr, p.stderr
+
+
+def test_prompts_from_stdin_in_order(trained_names):
+    p = run(["sample", "-c", str(trained_names), "-p", "-", "-n", "2", "--seed", "5"], input=b"Ka\nMo\n\nTe\n")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.decode().splitlines()
+    assert len(lines) == 8
+    assert [line[:2] for line in lines[:4]] == ["Ka", "Ka", "Mo", "Mo"]
+    assert all(lines[4:6]) and [line[:2] for line in lines[6:]] == ["Te", "Te"]
+
+
+def test_jsonl_unique_novel(trained_names):
+    p = run(["sample", "-c", str(trained_names), "-n", "40", "--format", "jsonl", "--unique", "--novel", "--seed", "2"])
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert len(rows) == 40 and len({r["text"] for r in rows}) == 40
+    for r in rows:
+        assert set(r) == {"text", "prompt", "logprob", "logprob_per_char", "chars"}
+        assert r["logprob"] < 0 and r["logprob_per_char"] == pytest.approx(r["logprob"] / r["chars"], abs=1e-3)
+
+
+def test_default_checkpoint_env_override(trained_names):
+    p = run(["sample", "-n", "3", "--seed", "1"], env={"CHARGEN_CHECKPOINT": str(trained_names)})
+    q = run(["sample", "-c", str(trained_names), "-n", "3", "--seed", "1"])
+    assert p.returncode == 0 and p.stdout == q.stdout
+
+
+def test_bundled_model_samples_names():
+    p = run(["sample", "-n", "10", "--seed", "1"], env={"CHARGEN_CHECKPOINT": ""})
+    assert p.returncode == 0, p.stderr
+    names = p.stdout.decode().splitlines()
+    assert len(names) == 10 and all(n and n[0].isupper() and n.isalpha() for n in names), names
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sample", "-n", "0"], "-n/--num"),
+        (["sample", "-t", "-1"], "temperature"),
+        (["sample", "--top-p", "0"], "top-p"),
+        (["sample", "--top-p", "1.5"], "top-p"),
+        (["sample", "--top-k", "0"], "top-k"),
+        (["sample", "-p", "#"], "'#'"),
+        (["sample", "--format", "xml"], "--format"),
+        (["sample", "-c", "/nonexistent/model"], "does not exist"),
+        (["sample", "-n", "many"], "--num"),
+        (["info", "/nonexistent"], "does not exist"),
+        (["train", "--batch-size", "0", "x.txt"], "batch-size"),
+        (["train", "--hidden", "-5", "x.txt"], "hidden"),
+        (["train", "--time", "soon", "x.txt"], "--time"),
+        (["train", "--cell", "transformer", "x.txt"], "--cell"),
+        (["train", "--dropout", "1.5", "x.txt"], "dropout"),
+        (["train", "--precision", "fp8", "x.txt"], "precision"),
+        (["train"], "no corpus"),
+    ],
+)
+def test_bad_values_get_one_error_line(tmp_path, trained_names, args, needle):
+    env = {"CHARGEN_CHECKPOINT": str(trained_names)}
+    assert_clean_error(run(args, env=env, cwd=tmp_path), needle)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+CORPORA = {
+    "empty": (b"", "empty"),
+    "one_char": (b"a", "too short"),
+    "whitespace": (b" \n\n\t  \n", "whitespace"),
+    "random": (bytes(range(256)) * 4, "UTF-8"),
+    "utf16": ("hello world\n".encode("utf-16"), "UTF-16"),
+    "latin1": ("café crème brûlée\n".encode("latin-1") * 50, "byte 3"),
+    "nul": (b"abc\x00def\n" * 50, "NUL"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORPORA))
+def test_bad_corpora(tmp_path, kind):
+    content, needle = CORPORA[kind]
+    f = tmp_path / f"{kind}.txt"
+    f.write_bytes(content)
+    assert_clean_error(run(["train", str(f), "--max-steps", "1", *TINY], cwd=tmp_path), needle, f.name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f.name]
+
+
+def test_corpora_that_must_work(tmp_path):
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"\xef\xbb\xbf" + b"line one\r\nline two\r\n" * 40)
+    emoji = tmp_path / "emoji.txt"
+    emoji.write_text("🙂 café e\u0301 日本 " * 100, encoding="utf-8")
+    long_line = tmp_path / "long.txt"
+    long_line.write_text("abcdefghij" * 2000, encoding="utf-8")
+    for f in (crlf, emoji, long_line):
+        out = tmp_path / f"run-{f.stem}"
+        p = run(["train", str(f), "--out", str(out), "--max-steps", "3", *TINY])
+        assert p.returncode == 0, p.stderr
+        s = run(["sample", "-c", str(out), "-l", "20", "--seed", "1"])
+        assert s.returncode == 0, s.stderr
+    vocab = json.loads(run(["info", str(tmp_path / "run-crlf"), "--json"]).stdout)["vocab_preview"]
+    assert "\r" not in vocab and "\ufeff" not in vocab
+
+
+def test_missing_directory_and_unreadable_corpus_and_closed_stdin(tmp_path):
+    assert_clean_error(run(["train", str(tmp_path / "nope.txt"), *TINY]), "does not exist")
+    assert_clean_error(run(["train", str(tmp_path), *TINY]), "directory")
+    p = subprocess.run([chargen_exe(), "train", "-", *TINY], capture_output=True, stdin=subprocess.DEVNULL)
+    assert_clean_error(p, "stdin is empty")
+    closed = subprocess.run(["bash", "-c", f"'{chargen_exe()}' train - --quiet <&-"], capture_output=True)
+    assert_clean_error(closed, "stdin")
+    if os.geteuid() != 0:
+        f = tmp_path / "secret.txt"
+        f.write_text("hello")
+        f.chmod(0)
+        assert_clean_error(run(["train", str(f), *TINY]), "permission denied")
+
+
+def test_bad_checkpoints_on_the_command_line(tmp_path):
+    cases = {
+        "empty.safetensors": b"",
+        "random.safetensors": os.urandom(1000),
+        "text.safetensors": b"just some text\n",
+    }
+    for name, content in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        assert_clean_error(run(["sample", "-c", str(p)]), name)
+        assert_clean_error(run(["info", str(p)]), name)
+    assert_clean_error(run(["sample", "-c", str(tmp_path)]), "directory")
+
+
+def test_every_command_has_help_with_an_example():
+    from typer.main import get_command
+
+    from chargen.cli import app
+
+    root = get_command(app)
+    assert root.help
+    for name, cmd in root.commands.items():
+        assert cmd.help and "Example" in cmd.help, name
+        for param in cmd.params:
+            if param.name not in ("help",):
+                assert getattr(param, "help", None), f"{name} {param.name} has no help"
+        p = run([name, "--help"])
+        assert p.returncode == 0 and b"Example" in p.stdout
+
+
+def test_version_and_help_import_neither_torch_nor_numpy():
+    p = run(["--version"])
+    assert p.returncode == 0 and p.stdout.decode().startswith("chargen ")
+    code = ("import sys\nfrom chargen.cli import main\nsys.argv=['chargen','--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_sample_does_not_import_torch(trained_names):
+    code = ("import sys\nfrom chargen.cli import main\n"
+            f"sys.argv=['chargen','sample','-c',{str(trained_names)!r},'-n','3']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.decode().splitlines()) == 3

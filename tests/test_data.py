@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chargen.data import (
+    batchify,
+    check_trainable,
+    decode_corpus_bytes,
+    is_line_oriented,
+    iter_windows,
+    read_corpus,
+    split_train_val,
+    windows_per_epoch,
+)
+from chargen.errors import CorpusError
+
+
+@given(n=st.integers(2, 3000), batch=st.integers(1, 16), seq=st.integers(1, 64))
+@settings(max_examples=200, deadline=None)
+def test_tbptt_layout_sees_each_character_once_in_order(n, batch, seq):
+    ids = np.arange(n, dtype=np.int64)
+    if n // batch < 2:
+        return
+    streams = batchify(ids, batch)
+    length = n // batch
+    seen_inputs = [[] for _ in range(batch)]
+    for k, x, y in iter_windows(streams, seq):
+        assert x.shape == y.shape == (batch, seq)
+        assert (y == x + 1).all()  # targets are the next character
+        for i in range(batch):
+            seen_inputs[i].extend(x[i].tolist())
+    w = windows_per_epoch(streams, seq)
+    for i in range(batch):
+        # Stream i is the i-th contiguous slice, read in order, window k+1 right after window k.
+        assert seen_inputs[i] == list(range(i * length, i * length + w * seq))
+    # Every window's characters are distinct: no character is seen twice in an epoch.
+    everything = [c for s in seen_inputs for c in s]
+    assert len(everything) == len(set(everything))
+    # What is left out is less than one window per stream plus the final target.
+    assert length - w * seq <= seq
+
+
+def test_window_k_plus_one_follows_window_k():
+    streams = batchify(np.arange(100), 4)
+    windows = list(iter_windows(streams, 5))
+    for (_, x0, _), (_, x1, _) in zip(windows, windows[1:]):
+        assert (x1[:, 0] == x0[:, -1] + 1).all()
+
+
+def test_bom_and_crlf():
+    assert decode_corpus_bytes(b"\xef\xbb\xbfab\r\ncd\r\n", "f") == "ab\ncd\n"
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        (b"", "empty"),
+        (b"  \n\t \n", "only whitespace"),
+        (b"abc\xff\xfedef", "byte 3"),
+        (b"caf\xe9 latin-1", "not valid UTF-8"),
+        (b"\xff\xfeh\x00i\x00", "UTF-16"),
+        (b"abc\x00def", "NUL"),
+    ],
+)
+def test_bad_bytes(raw, needle):
+    with pytest.raises(CorpusError, match=needle):
+        decode_corpus_bytes(raw, "corpus.txt")
+
+
+def test_read_corpus_joins_files_and_names_errors(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("one")
+    b.write_text("two\n")
+    c = read_corpus([str(a), str(b)])
+    assert c.text == "one\ntwo\n" and c.name == "a"
+    with pytest.raises(CorpusError, match="does not exist"):
+        read_corpus([str(tmp_path / "missing.txt")])
+    with pytest.raises(CorpusError, match="directory"):
+        read_corpus([str(tmp_path)])
+
+
+def test_split_starts_validation_at_a_line():
+    text = "".join(f"line{i}\n" for i in range(100))
+    train, val = split_train_val(text, 0.1)
+    assert train + val == text
+    assert train.endswith("\n") and val.startswith("line")
+    assert 0.08 < len(val) / len(text) < 0.12
+
+
+def test_too_short_for_one_window():
+    with pytest.raises(CorpusError, match="too short"):
+        check_trainable(10, seq_len=32, batch_size=4, source="x.txt")
+    assert check_trainable(100, seq_len=32, batch_size=64, source="x.txt") == 3
+
+
+def test_line_orientation():
+    from tests.conftest import make_names
+
+    assert is_line_oriented(make_names(100))
+    prose = ("It was the best of times, it was the worst of times, it was the age of wisdom.\n"
+             "It was the age of foolishness.\n\n") * 50
+    assert not is_line_oriented(prose)
+    assert not is_line_oriented("one long line without any newline " * 100)

@@ -1,0 +1,89 @@
+"""The sampler: determinism, filters, line mode, redraws, and the torch backend agreeing with numpy."""
+
+import numpy as np
+import pytest
+
+import chargen
+from chargen.errors import SamplingError, UsageError, VocabularyError
+from chargen.sampling import derive_key, draw, sampling_probs, uniforms
+
+
+def test_same_seed_same_output_whatever_the_batch_size(trained_names):
+    model = chargen.load(trained_names)
+    a = model.sample(n=50, seed=7, unique=True)
+    import chargen.sampling as s
+
+    b = [x.text for x in s.generate(model.stepper, model.vocab, "", s.SampleConfig(num=50, unique=True), lines=True,
+                                    key=derive_key(7, 0), seen=set(), batch_size=3,
+                                    start_state=model.checkpoint.start_state)]
+    assert a == b
+    assert model.sample(n=50, seed=8) != a
+
+
+def test_torch_backend_draws_the_same_samples(trained_names):
+    a = chargen.load(trained_names, backend="numpy").samples(n=20, prompt="K", seed=3)
+    b = chargen.load(trained_names, backend="torch").samples(n=20, prompt="K", seed=3)
+    a, b = list(a), list(b)
+    assert [x.text for x in a] == [x.text for x in b]
+    np.testing.assert_allclose([x.logprob for x in a], [x.logprob for x in b], atol=1e-3)
+
+
+def test_line_mode_exact_count_prompt_unique_novel(trained_names):
+    model = chargen.load(trained_names)
+    assert model.line_oriented
+    out = model.sample(n=100, prompt="Ka", seed=1, unique=True, novel=True)
+    assert len(out) == 100 and len(set(out)) == 100
+    assert all(s.startswith("Ka") and "\n" not in s and s for s in out)
+    assert not set(out) & model.training_lines
+
+
+def test_impossible_requests_fail_clearly(trained_names):
+    model = chargen.load(trained_names)
+    with pytest.raises(SamplingError, match="unique"):
+        model.sample(n=5, temperature=0, unique=True)  # greedy has exactly one answer
+    with pytest.raises(VocabularyError, match="'#'"):
+        model.sample(n=1, prompt="#")
+    with pytest.raises(UsageError):
+        model.sample(n=0)
+    with pytest.raises(UsageError):
+        model.sample(n=1, top_p=0)
+
+
+def test_length_caps_and_prose_mode(trained_names):
+    model = chargen.load(trained_names)
+    for s in model.sample(n=20, length=3, seed=2):
+        assert len(s) <= 3
+    prose = model.sample(n=1, lines=False, length=60, seed=2)[0]
+    assert len(prose) == 60 and "\n" in prose  # runs through several names
+    chars = list(model.stream(prompt="Ma", lines=False, length=30, seed=2))
+    assert "".join(chars) == model.sample(n=1, prompt="Ma", lines=False, length=30, seed=2)[0]
+
+
+def test_logprobs_are_real_logprobs(trained_names):
+    model = chargen.load(trained_names)
+    samples = list(model.samples(n=30, seed=4, temperature=1.0))
+    assert all(s.logprob < 0 and s.n_chars == len(s.text) + 1 for s in samples)  # + the ending newline
+    # greedy picks the likeliest path, which is at least as likely per character as typical draws
+    greedy = list(model.samples(n=1, temperature=0))[0]
+    assert greedy.logprob_per_char >= np.median([s.logprob_per_char for s in samples])
+
+
+def test_top_k_and_top_p_filters():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    p = sampling_probs(logits, 1.0, top_k=2, top_p=None)
+    np.testing.assert_allclose(p, [[0.625, 0.375, 0, 0]])
+    p = sampling_probs(logits, 1.0, top_k=None, top_p=0.7)
+    np.testing.assert_allclose(p, [[0.625, 0.375, 0, 0]])
+    p = sampling_probs(logits, 1.0, top_k=None, top_p=0.5)
+    np.testing.assert_allclose(p, [[1, 0, 0, 0]])
+    p = sampling_probs(logits, 1.0, top_k=None, top_p=1.0)
+    np.testing.assert_allclose(p, [[0.5, 0.3, 0.15, 0.05]])
+
+
+def test_draws_follow_the_distribution():
+    p = np.tile(np.array([[0.1, 0.6, 0.3]]), (20000, 1))
+    ids = draw(p, uniforms(derive_key(1), np.arange(20000), 0))
+    freq = np.bincount(ids, minlength=3) / 20000
+    np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.015)
+    u = uniforms(derive_key(1), np.arange(1000), 5)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.05

@@ -1,0 +1,147 @@
+"""Training: it learns, it resumes exactly, it stops on signals with a checkpoint."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from chargen.checkpoint import BEST, LAST, METRICS, read_checkpoint
+from chargen.config import TrainConfig
+from chargen.data import read_corpus
+from chargen.errors import CorpusError, TrainingError, UsageError
+from chargen.training import TrainCallbacks, learning_rate, train
+
+from .conftest import make_names
+
+SMALL = {"layers": 1, "hidden": 64, "embed": 16}
+
+
+def _corpus(tmp_path, text, name="c.txt"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return read_corpus([str(p)])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_loss_falls_far_below_unigram_entropy(tmp_path, precision):
+    # A repetitive corpus: each character is nearly determined by the previous few.
+    text = "".join(f"{w} " for w in ["alpha", "beta", "gamma", "delta", "epsilon"] * 400)
+    corpus = _corpus(tmp_path, text)
+    config = TrainConfig(batch_size=16, seq_len=32, max_steps=120, eval_every=60, warmup=10, lr=1e-2)
+    result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision=precision)
+    info = read_checkpoint(tmp_path / "run").info
+    entropy = info["unigram_entropy"]
+    assert entropy > 2.0
+    assert result.best_val_loss < 0.25 * entropy, (result.best_val_loss, entropy)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [60, 120]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] + 0.05
+    assert abs(metrics[-1]["val_bpc"] - metrics[-1]["val_loss"] / math.log(2)) < 1e-3
+
+
+def test_resume_is_exact(tmp_path):
+    corpus = _corpus(tmp_path, make_names(300))
+    model = {"layers": 2, "hidden": 32, "embed": 8, "dropout": 0.1}  # dropout: the RNG must resume too
+    full = TrainConfig(batch_size=8, seq_len=16, max_steps=40, eval_every=15, warmup=5, lr=5e-3)
+    train(corpus, full, model, out_dir=tmp_path / "once", precision="fp32")
+
+    class StopAt20(TrainCallbacks):
+        def should_stop(self, step):
+            return step >= 20
+
+    first = train(corpus, full, model, out_dir=tmp_path / "twice", precision="fp32", callbacks=StopAt20())
+    assert first.interrupted == "request" and first.steps == 20
+    train(corpus, full, None, out_dir=tmp_path / "twice", precision="fp32", resume=tmp_path / "twice")
+    a = read_checkpoint(tmp_path / "once", prefer=LAST)
+    b = read_checkpoint(tmp_path / "twice", prefer=LAST)
+    assert a.info["step"] == b.info["step"] == 40
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
+    # the metrics file continues rather than restarts
+    steps = [json.loads(line)["step"] for line in (tmp_path / "twice" / METRICS).read_text().splitlines()]
+    assert steps == [15, 30, 40]
+
+
+def test_resume_refuses_a_different_layout_or_corpus(tmp_path):
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=5, eval_every=5, warmup=1)
+    train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    with pytest.raises(UsageError, match="batch-size"):
+        train(corpus, TrainConfig(**{**config.to_dict(), "batch_size": 4, "max_steps": 10}), None,
+              out_dir=tmp_path / "run", resume=tmp_path / "run")
+    other = _corpus(tmp_path, make_names(200, seed=5), "other.txt")
+    with pytest.raises(UsageError, match="corpus differs"):
+        train(other, TrainConfig(**{**config.to_dict(), "max_steps": 10}), None, out_dir=tmp_path / "run",
+              resume=tmp_path / "run")
+    with pytest.raises(UsageError, match="no training state"):
+        train(corpus, config, None, out_dir=tmp_path / "run", resume=tmp_path / "run" / BEST)
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "run")
+
+
+def test_a_stop_request_saves_a_resumable_checkpoint(tmp_path):
+    import os
+    import signal
+
+    corpus = _corpus(tmp_path, make_names(300))
+
+    class StopAtStep(TrainCallbacks):
+        def on_step(self, p):
+            if p["step"] >= 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=1000, eval_every=500, warmup=1)
+    result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32", callbacks=StopAtStep())
+    assert result.interrupted == "SIGINT" and 3 <= result.steps < 1000
+    last = read_checkpoint(tmp_path / "run", prefer=LAST, with_resume=True)
+    assert last.resume["step"] == result.steps
+    assert (tmp_path / "run" / BEST).exists()
+    again = train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": result.steps + 2}), None,
+                  out_dir=tmp_path / "run", resume=tmp_path / "run", precision="fp32")
+    assert again.steps == result.steps + 2
+
+
+def test_nonfinite_loss_is_skipped_then_gives_up(tmp_path, monkeypatch):
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=100, warmup=1)
+    calls = {"n": 0}
+    real = torch.nn.functional.cross_entropy
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in (3, 4) else loss
+
+    monkeypatch.setattr("chargen.training.F.cross_entropy", sometimes_nan)
+    result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    assert result.steps == 30  # two skipped windows, training went on
+    weights = read_checkpoint(tmp_path / "run").weights
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+    monkeypatch.setattr("chargen.training.F.cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(TrainingError, match="diverged"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32")
+
+
+def test_short_corpus_and_short_batch(tmp_path):
+    with pytest.raises(CorpusError, match="too short"):
+        train(_corpus(tmp_path, "abcdefghij" * 3), TrainConfig(seq_len=64, max_steps=1), None, out_dir=tmp_path / "r")
+    notes = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notes.append(message)
+
+    result = train(_corpus(tmp_path, make_names(30), "s.txt"), TrainConfig(batch_size=64, seq_len=16, max_steps=2), SMALL,
+                   out_dir=tmp_path / "r2", callbacks=Notes(), precision="fp32")
+    assert result.steps == 2 and any("streams" in n for n in notes)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    c = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert learning_rate(c, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(c, 10, 0.0) == pytest.approx(1.0)
+    assert learning_rate(c, 50, 0.5) == pytest.approx(0.55)
+    assert learning_rate(c, 99, 1.0) == pytest.approx(0.1)
