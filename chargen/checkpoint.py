@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.jsonl"
+CONFIG = "config.json"
 
 
 @dataclass

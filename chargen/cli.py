@@ -208,7 +208,8 @@ def train(
     patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default(TrainConfig, "seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps." + _default(TrainConfig, "device"))] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units).")] = "auto",
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units). [default: auto]")] = None,
+    config_file: Annotated[Optional[str], typer.Option("--config", help="Read options from a TOML file (keys named like the flags); flags given here win.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory (or from this last.safetensors).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.")] = False,
@@ -220,8 +221,9 @@ def train(
 
     Example: chargen train corpora/shakespeare.txt --time 5m
     """
-    from .config import parse_duration
+    from .config import MODEL_KEYS, RUN_KEYS, load_toml_config, parse_duration
 
+    from_file = load_toml_config(config_file) if config_file else {}
     given: dict[str, Any] = {
         k: v for k, v in dict(
             batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup,
@@ -232,6 +234,16 @@ def train(
     }
     model_options = {k: v for k, v in dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout).items()
                      if v is not None}
+    # The TOML file fills what the flags left unset.
+    model_options = {**{k: v for k, v in from_file.items() if k in MODEL_KEYS}, **model_options}
+    given = {**{k: v for k, v in from_file.items() if k not in MODEL_KEYS and k not in RUN_KEYS}, **given}
+    corpus = corpus or from_file.get("corpus")
+    out = out or (Path(from_file["out"]) if "out" in from_file else None)
+    val_file = val_file or from_file.get("val_file")
+    resume = resume or from_file.get("resume")
+    overwrite = overwrite or bool(from_file.get("overwrite", False))
+    quiet = quiet or bool(from_file.get("quiet", False))
+    precision = precision or from_file.get("precision") or "auto"
     if model_options:  # check flags before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
     if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -508,7 +520,9 @@ def main() -> None:
     stdout (`| head`) into a quiet exit."""
     code = 0
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        if isinstance(rv, int):  # click hands typer.Exit(code) back as a return value here
+            code = rv
     except ChargenError as exc:
         error_line(str(exc))
         code = exc.exit_code

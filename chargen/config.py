@@ -34,8 +34,9 @@ def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
 def _positive(name: str, value: float | int | None, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if value is None or value <= 0:
-        raise UsageError(f"--{name.replace('_', '-')} must be greater than 0 (got {value})")
+    # `not (value > 0)` also catches NaN, which compares False with everything.
+    if value is None or not (value > 0) or not math.isfinite(value):
+        raise UsageError(f"--{name.replace('_', '-')} must be a number greater than 0 (got {value})")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ModelConfig:
             raise UsageError(f"--cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
         for name in ("vocab_size", "layers", "hidden", "embed"):
             _positive(name, getattr(self, name))
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # False for NaN too
             raise UsageError(f"--dropout must be in [0, 1) (got {self.dropout})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,11 +90,11 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         for name in ("max_steps", "epochs", "time", "patience"):
             _positive(name, getattr(self, name), allow_none=True)
-        if self.weight_decay < 0:
+        if not (0 <= self.weight_decay < math.inf):
             raise UsageError(f"--weight-decay must be 0 or more (got {self.weight_decay})")
-        if self.warmup < 0:
+        if not self.warmup >= 0:
             raise UsageError(f"--warmup must be 0 or more (got {self.warmup})")
-        if self.grad_clip < 0:
+        if not (0 <= self.grad_clip < math.inf):
             raise UsageError(f"--grad-clip must be 0 (off) or more (got {self.grad_clip})")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UsageError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})")
@@ -128,7 +129,7 @@ class SampleConfig:
             raise UsageError(f"-n/--num must be at least 1 (got {self.num})")
         if self.length is not None and self.length < 1:
             raise UsageError(f"--length must be at least 1 (got {self.length})")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+        if not (0 <= self.temperature < math.inf):
             raise UsageError(f"--temperature must be 0 (greedy) or more (got {self.temperature})")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1 (got {self.top_k})")
@@ -140,6 +141,43 @@ class SampleConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SampleConfig":
         return _from_dict(cls, data, "sample config")
+
+
+MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout")
+# Keys a TOML config may hold besides TrainConfig and ModelConfig fields (they are CLI options).
+RUN_KEYS = ("corpus", "out", "val_file", "precision", "resume", "overwrite", "quiet")
+
+
+def load_toml_config(path: str) -> dict[str, Any]:
+    """Read `chargen train --config FILE`: flat keys named like the flags (batch_size or batch-size).
+
+    Unknown keys are errors. `time` may be a number of seconds or a duration such as "5m".
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"--config {path} cannot be read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path} is not valid TOML ({exc})") from None
+    known = set(MODEL_KEYS) | set(RUN_KEYS) | {f.name for f in dataclasses.fields(TrainConfig)}
+    data: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"--config {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        data[name] = value
+    if isinstance(data.get("time"), str):
+        data["time"] = parse_duration(data["time"])
+    if isinstance(data.get("corpus"), str):
+        data["corpus"] = [data["corpus"]]
+    return data
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)

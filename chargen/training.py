@@ -5,6 +5,7 @@ It never prints: everything a user should see goes through a `TrainCallbacks` ob
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import BEST, LAST, METRICS, Checkpoint, atomic_write, encode_lines, read_checkpoint, save_checkpoint
+from .checkpoint import BEST, CONFIG, LAST, METRICS, Checkpoint, atomic_write, encode_lines, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, format_duration
 from .data import (
     Corpus,
@@ -46,6 +47,9 @@ DEFAULT_TIME = 300.0  # seconds, when no stopping rule is given
 MAX_LINES_BYTES = 8 * 1024 * 1024
 # Settings a resumed run must share with the run it continues (the rest may change).
 RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed")
+# Divergence: skip non-finite steps; after this many in a row, roll back (at most MAX_ROLLBACKS times).
+BAD_STEPS_BEFORE_ROLLBACK = 5
+MAX_ROLLBACKS = 3
 
 
 class TrainCallbacks:
@@ -368,6 +372,7 @@ def train(
     # ---- where we are ----
     step, epoch, k, chars_seen, elapsed_before = 0, 0, 0, 0, 0.0
     best_val, last_val = float("inf"), float("nan")
+    lr_scale = 1.0  # halved by each divergence rollback
     metrics: list[dict[str, Any]] = []
     state: Optional[State] = None
     if ckpt is not None:
@@ -377,6 +382,7 @@ def train(
         chars_seen, elapsed_before = int(r["chars_seen"]), float(r["elapsed"])
         best_val = float(r.get("best_val_loss", float("inf")))
         last_val = float(r.get("last_val_loss", float("nan")))
+        lr_scale = float(r.get("lr_scale", 1.0))
         _restore_optimizer(optimizer, ckpt.resume_tensors, r["param_groups"])
         if "state.0" in ckpt.resume_tensors:
             tensors = [torch.from_numpy(np.array(ckpt.resume_tensors[f"state.{j}"])).to(device)
@@ -400,7 +406,6 @@ def train(
                                math.ceil(config.epochs * n_windows) if config.epochs is not None else None) if s]
     max_steps = min(step_limits) if step_limits else None
 
-    out.mkdir(parents=True, exist_ok=True)
     lines_blob = None
     if line_oriented:
         blob = encode_lines(unique_lines(corpus.text))
@@ -460,7 +465,7 @@ def train(
             resume_meta = {
                 "step": step, "epoch": epoch, "window": k, "chars_seen": chars_seen,
                 "elapsed": elapsed_before + (time.perf_counter() - t0),
-                "best_val_loss": best_val, "last_val_loss": last_val,
+                "best_val_loss": best_val, "last_val_loss": last_val, "lr_scale": lr_scale,
                 "param_groups": groups, "corpus_digest": _corpus_digest(corpus.text + (val_text or "")),
             }
         rng_state = torch.get_rng_state()  # the state pass must not change what training draws next
@@ -475,12 +480,18 @@ def train(
 
     evals_since_best = 0
 
+    def snapshot() -> dict[str, Any]:
+        """The last known-good weights and optimizer state, kept in memory for a rollback."""
+        return {"step": step, "model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
+
     def run_eval() -> None:
-        nonlocal best_val, last_val, evals_since_best
+        nonlocal best_val, last_val, evals_since_best, good
         elapsed = elapsed_before + time.perf_counter() - t0
         val_loss = evaluate(model, val_tensor, config.seq_len, device, precision)
         train_loss = window_loss_sum / max(window_loss_count, 1)
         last_val = val_loss
+        if math.isfinite(val_loss):
+            good.update(snapshot())
         improved = val_loss < best_val
         if improved:
             best_val = val_loss
@@ -509,6 +520,20 @@ def train(
             fractions.append((elapsed_before + now - t0) / time_budget)
         return max(fractions) if fractions else 0.0
 
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the run directory {out} ({exc.strerror or exc})") from None
+    # The resolved configuration this run trains with, for the record (and `--config` reuse).
+    resolved = {"corpus": corpus.sources, "model": model_config.to_dict(), "train": config.to_dict(),
+                "precision": precision, "device": device.type, "batch_size_used": batch_size}
+    atomic_write(out / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
+    # Temp files of a process killed mid-write are useless: remove them.
+    for stale in out.glob(".*.safetensors.*.tmp"):
+        stale.unlink(missing_ok=True)
+    for stale in out.glob(f".{METRICS}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
     flag = StopFlag()
     model.train()
     t0 = time.perf_counter()
@@ -518,7 +543,12 @@ def train(
     acc_steps = 0
     last_report = 0.0
     bad_steps = 0
+    rollbacks = 0
     steps_since_eval = 0
+    good = snapshot()
+    if ckpt is None:
+        # From the first moment, the run directory holds a resumable checkpoint.
+        save(out / LAST, with_resume=True, val_loss=last_val)
     with stop_on_signals(flag):
         while True:
             now = time.perf_counter()
@@ -534,7 +564,7 @@ def train(
             if k >= n_windows:  # an epoch is done: back to the start of every stream
                 epoch, k, state = epoch + 1, 0, None
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step, progress_fraction(now))
+                group["lr"] = learning_rate(config, step, progress_fraction(now)) * lr_scale
             x, y = window(streams, k, config.seq_len)
             with autocast(device, precision):
                 logits, new_state = model(x.long(), state)
@@ -547,16 +577,27 @@ def train(
                 loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf"))
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                # Skip a step with a non-finite loss or gradient; the weights stay as they were.
+                # Skip a step with a non-finite loss or gradient: the weights stay as they were.
                 bad_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 state = None
                 if scaler is not None:
                     scaler.update()
-                if bad_steps >= 20:
-                    raise TrainingError(f"training diverged: {bad_steps} steps in a row had a non-finite loss or gradient; "
-                                        f"try a lower --lr or --grad-clip")
                 k += 1
+                if bad_steps >= BAD_STEPS_BEFORE_ROLLBACK:
+                    # Persistent: go back to the last good weights and optimizer, halve the learning rate.
+                    if rollbacks >= MAX_ROLLBACKS:
+                        raise TrainingError(
+                            f"training diverged: the loss stayed non-finite after {rollbacks} rollbacks to step "
+                            f"{good['step']} with a lower learning rate; try a lower --lr or --grad-clip"
+                        )
+                    model.load_state_dict(good["model"])
+                    optimizer.load_state_dict(good["optimizer"])
+                    rollbacks += 1
+                    lr_scale *= 0.5
+                    bad_steps = 0
+                    cb.on_notice(f"non-finite loss for {BAD_STEPS_BEFORE_ROLLBACK} steps: rolled back to the weights of "
+                                 f"step {good['step']}, learning rate x{lr_scale:g}")
                 continue
             bad_steps = 0
             if scaler is not None:

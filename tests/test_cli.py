@@ -18,7 +18,9 @@ def test_train_then_sample_end_to_end(tmp_path, names_file):
     assert "Traceback" not in err
     assert p.stdout == b""  # training writes nothing to stdout
     assert "val" in err and "best val loss" in err
-    assert {f.name for f in out.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl"}
+    assert {f.name for f in out.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl", "config.json"}
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["model"]["hidden"] == 32 and resolved["train"]["max_steps"] == 40
 
     s = run(["sample", "-c", str(out), "-n", "7", "--seed", "1"])
     assert s.returncode == 0 and s.stderr == b"", s.stderr
@@ -216,3 +218,50 @@ def test_sample_does_not_import_torch(trained_names):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.decode().splitlines()) == 3
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signals_save_and_tell_how_to_resume(tmp_path, names_file, sig, code):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([chargen_exe(), "train", str(names_file), "--out", str(out), "--max-steps", "100000",
+                             "--eval-every", "100000", *TINY[:-1]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "100"})
+    # Wait until the loop runs (it announces the model), then a little more.
+    line = proc.stderr.readline()
+    while line and not line.startswith(b"model:"):
+        line = proc.stderr.readline()
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, sig))
+    stdout, rest = proc.communicate(timeout=60)
+    err = rest.decode()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and stdout == b""
+    assert f"chargen train --resume {out}" in err
+    from chargen.checkpoint import LAST, read_checkpoint
+
+    step = read_checkpoint(out, prefer=LAST, with_resume=True).resume["step"]
+    assert step > 0
+    p = run(["train", "--resume", str(out), "--max-steps", str(step + 3), "--quiet"])
+    assert p.returncode == 0, p.stderr
+    assert read_checkpoint(out, prefer=LAST, with_resume=True).resume["step"] == step + 3
+
+
+def test_toml_config_flags_override_unknown_keys_fail(tmp_path, names_file):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'corpus = "{names_file}"\nlayers = 1\nhidden = 24\nembed = 8\nbatch-size = 8\nseq_len = 32\n'
+                   f'max_steps = 6\nprecision = "fp32"\nquiet = true\n')
+    out = tmp_path / "run"
+    p = run(["train", "--config", str(cfg), "--hidden", "16", "--out", str(out)])
+    assert p.returncode == 0, p.stderr
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["model"]["hidden"] == 16 and resolved["model"]["layers"] == 1  # the flag won
+    assert resolved["train"]["batch_size"] == 8 and resolved["train"]["max_steps"] == 6
+    bad = tmp_path / "bad.toml"
+    bad.write_text("hidden = 16\nbatchsize = 3\n")
+    assert_clean_error(run(["train", "--config", str(bad), str(names_file)]), "batchsize")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("hidden = = 16\n")
+    assert_clean_error(run(["train", "--config", str(broken), str(names_file)]), "not valid TOML")

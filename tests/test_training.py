@@ -103,26 +103,72 @@ def test_a_stop_request_saves_a_resumable_checkpoint(tmp_path):
     assert again.steps == result.steps + 2
 
 
-def test_nonfinite_loss_is_skipped_then_gives_up(tmp_path, monkeypatch):
+def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypatch):
     corpus = _corpus(tmp_path, make_names(200))
-    config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=100, warmup=1)
-    calls = {"n": 0}
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=10, warmup=1)
     real = torch.nn.functional.cross_entropy
 
-    def sometimes_nan(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] in (3, 4) else loss
+    def nan_on(calls_to_poison):
+        calls = {"n": 0}
 
-    monkeypatch.setattr("chargen.training.F.cross_entropy", sometimes_nan)
-    result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
-    assert result.steps == 30  # two skipped windows, training went on
-    weights = read_checkpoint(tmp_path / "run").weights
-    assert all(np.isfinite(w).all() for w in weights.values())
+        def loss_fn(*args, **kwargs):
+            calls["n"] += 1
+            loss = real(*args, **kwargs)
+            return loss * float("nan") if calls["n"] in calls_to_poison else loss
 
+        return loss_fn
+
+    class Notes(TrainCallbacks):
+        def __init__(self):
+            self.notes = []
+
+        def on_notice(self, message):
+            self.notes.append(message)
+
+    # Two bad windows: skipped, training goes on, no rollback.
+    monkeypatch.setattr("chargen.training.F.cross_entropy", nan_on({3, 4}))
+    notes = Notes()
+    result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32", callbacks=notes)
+    assert result.steps == 30 and not notes.notes
+    assert all(np.isfinite(w).all() for w in read_checkpoint(tmp_path / "run").weights.values())
+
+    # A burst of bad windows after the first evaluation: one rollback with a halved learning rate.
+    # (training calls the loss once per step; evaluation calls it once per window, 2 windows here)
+    monkeypatch.setattr("chargen.training.F.cross_entropy", nan_on(set(range(16, 23))))
+    notes = Notes()
+    result = train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32", callbacks=notes)
+    assert result.steps == 30
+    assert any("rolled back to the weights of step 10" in n and "x0.5" in n for n in notes.notes), notes.notes
+    assert read_checkpoint(tmp_path / "run2", prefer=LAST, with_resume=True).resume["lr_scale"] == 0.5
+    assert all(np.isfinite(w).all() for w in read_checkpoint(tmp_path / "run2").weights.values())
+
+    # Always non-finite: it gives up with a clear message.
     monkeypatch.setattr("chargen.training.F.cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(TrainingError, match="diverged"):
-        train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32")
+    with pytest.raises(TrainingError, match="diverged.*rollbacks"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "run3", precision="fp32")
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import os
+
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=40, eval_every=10, warmup=1)
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def replace(src, dst):
+        if str(dst).endswith(LAST):
+            calls["n"] += 1
+            if calls["n"] >= 3:  # the 1st save is at step 0, the 2nd at step 10
+                raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("chargen.checkpoint.os.replace", replace)
+    with pytest.raises(TrainingError, match="No space left on device.*intact"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    last = read_checkpoint(tmp_path / "run", prefer=LAST, with_resume=True)
+    assert last.resume["step"] == 10  # the first save, whole
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_short_corpus_and_short_batch(tmp_path):
