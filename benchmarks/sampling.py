@@ -31,20 +31,21 @@ def chargen_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("chargen") or "chargen"]
 
 
-def timed(cmd: list[str], repeat: int, stdout=subprocess.DEVNULL) -> tuple[float, int]:
-    """Median wall time of `repeat` runs, and the peak RSS (KB) of the children."""
-    times = []
+def timed(cmd: list[str], repeat: int) -> tuple[float, float]:
+    """Median wall time of `repeat` runs, and the largest peak RSS (MB) of those processes."""
+    times, peak = [], 0
     for _ in range(repeat):
         t = time.perf_counter()
-        subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, check=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
         times.append(time.perf_counter() - t)
-    import resource
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}: {proc.stderr.read().decode()}")
+        peak = max(peak, usage.ru_maxrss)
+    return statistics.median(times), peak / 1024
 
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return statistics.median(times), rss
 
-
-def prose_checkpoint(directory: Path) -> Path:
+def prose_checkpoint(path: Path) -> Path:
     import torch
 
     from chargen.checkpoint import save_checkpoint
@@ -56,7 +57,6 @@ def prose_checkpoint(directory: Path) -> Path:
     vocab = Vocab.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
     config = ModelConfig(vocab_size=len(vocab), layers=2, hidden=256, embed=64)
     torch.manual_seed(0)
-    path = directory / "prose.safetensors"
     save_checkpoint(path, weights=model_weights(CharRNN(config)), model_config=config, vocab_json=vocab.to_json(),
                     train_config={}, info={"line_oriented": False})
     return path
@@ -66,26 +66,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path("bench-out/sampling.json"))
+    ap.add_argument("--make-prose-checkpoint", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_prose_checkpoint:
+        prose_checkpoint(args.make_prose_checkpoint)
+        return
     cg = chargen_cmd()
     env_note = {k: os.environ.get(k) for k in ("CHARGEN_CHECKPOINT",) if os.environ.get(k)}
     rows = []
 
-    t_torch, _ = timed([sys.executable, "-c", "import torch"], args.repeat)
-    rows.append({"config": 'python -c "import torch"', "seconds": t_torch})
-    t_help, _ = timed([*cg, "--help"], args.repeat)
-    rows.append({"config": "chargen --help", "seconds": t_help, "vs_import_torch": t_help / t_torch})
+    t_torch, rss_torch = timed([sys.executable, "-c", "import torch"], args.repeat)
+    rows.append({"config": 'python -c "import torch"', "seconds": t_torch, "peak_rss_mb": rss_torch})
+    t_help, rss_help = timed([*cg, "--help"], args.repeat)
+    rows.append({"config": "chargen --help", "seconds": t_help, "vs_import_torch": t_help / t_torch, "peak_rss_mb": rss_help})
     t10, rss10 = timed([*cg, "sample", "-n", "10"], args.repeat)
-    rows.append({"config": "chargen sample -n 10", "seconds": t10, "vs_import_torch": t10 / t_torch, "peak_rss_mb": rss10 / 1024})
+    rows.append({"config": "chargen sample -n 10", "seconds": t10, "vs_import_torch": t10 / t_torch, "peak_rss_mb": rss10})
     for n in (10000, 20000):
         t, rss = timed([*cg, "sample", "-n", str(n), "--seed", "1"], args.repeat)
-        rows.append({"config": f"chargen sample -n {n}", "seconds": t, "names_per_sec": n / t, "peak_rss_mb": rss / 1024})
+        rows.append({"config": f"chargen sample -n {n}", "seconds": t, "names_per_sec": n / t, "peak_rss_mb": rss})
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = prose_checkpoint(Path(tmp))
+        # Made in a child process: importing torch here would inflate every later child's peak
+        # RSS (a forked child counts its parent's pages until it execs).
+        ckpt = Path(tmp) / "prose.safetensors"
+        subprocess.run([sys.executable, __file__, "--make-prose-checkpoint", str(ckpt)], check=True)
         length = 20000
         t, rss = timed([*cg, "sample", "-c", str(ckpt), "-l", str(length), "--seed", "1"], max(1, args.repeat // 2))
         rows.append({"config": f"one prose sample, -l {length} (2x256 LSTM)", "seconds": t,
-                     "chars_per_sec": length / t, "peak_rss_mb": rss / 1024})
+                     "chars_per_sec": length / t, "peak_rss_mb": rss})
 
     from rich.console import Console
     from rich.table import Table
@@ -98,7 +105,7 @@ def main() -> None:
         table.add_row(r["config"], fmt(r["seconds"], ".3f"), fmt(r.get("names_per_sec"), ",.0f"),
                       fmt(r.get("chars_per_sec"), ",.0f"), fmt(r.get("vs_import_torch"), ".2f"),
                       fmt(r.get("peak_rss_mb"), ".0f"))
-    Console().print(table)
+    Console(width=140).print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                                      "cpus": os.cpu_count(), "env": env_note, "rows": rows}, indent=2))

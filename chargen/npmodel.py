@@ -37,10 +37,19 @@ class NumpyCharRNN:
             self.w_hh_t.append(f32(weights[f"rnn.weight_hh_l{layer}"][order].T))  # (H, G*H)
             self.b_ih.append(f32(weights[f"rnn.bias_ih_l{layer}"][order]))
             self.b_hh.append(f32(weights[f"rnn.bias_hh_l{layer}"][order]))
-        # For an LSTM both biases simply add up; fold them into one.
+        # For an LSTM both biases simply add up: fold them into one. And since
+        # sigmoid(x) = (1 + tanh(x / 2)) / 2, pre-scale the three sigmoid gates by 1/2: then one
+        # tanh over all four gates does the transcendental work of the step.
         if config.cell == "lstm":
-            self.b_ih = [b_i + b_h for b_i, b_h in zip(self.b_ih, self.b_hh)]
+            scale = np.ones(4 * h, np.float32)
+            scale[: 3 * h] = 0.5
+            self.b_ih = [(b_i + b_h) * scale for b_i, b_h in zip(self.b_ih, self.b_hh)]
             self.b_hh = [None] * config.layers
+            self.w_ih_t = [w * scale for w in self.w_ih_t]
+            self.w_hh_t = [w * scale for w in self.w_hh_t]
+        # Layers above the first take [x, h] @ [W_ih; W_hh]: one matrix multiply instead of two.
+        self.w_cat = [None] + [np.ascontiguousarray(np.vstack([self.w_ih_t[k], self.w_hh_t[k]]))
+                               for k in range(1, config.layers)]
         # The first layer's input projection of every character, looked up instead of multiplied.
         self.input_table = f32(emb @ self.w_ih_t[0] + self.b_ih[0])  # (V, G*H), biases included
         self.head_w_t = f32(weights["head.weight"].T)  # (H, V)
@@ -66,35 +75,41 @@ class NumpyCharRNN:
 
     def step(self, ids: np.ndarray, state: NpState) -> tuple[np.ndarray, NpState]:
         """ids (B,) -> logits (B, V) for the next character, and the new state."""
-        cell, hsz = self.config.cell, self.config.hidden
         new_state: NpState = []
         x = None
         for layer, layer_state in enumerate(state):
-            gi = self.input_table[ids] if layer == 0 else x @ self.w_ih_t[layer] + self.b_ih[layer]  # (B, G*H)
-            h = layer_state[0]
-            if cell == "lstm":
-                g = h @ self.w_hh_t[layer]  # (B, 4H), gates i, f, o, g
-                g += gi
-                sig = g[:, : 3 * hsz]
-                sig *= 0.5  # sigmoid(x) = tanh(x / 2) / 2 + 1/2, in place
-                np.tanh(sig, out=sig)
-                sig *= 0.5
-                sig += 0.5
-                cand = np.tanh(g[:, 3 * hsz :])
-                c = g[:, hsz : 2 * hsz] * layer_state[1]
-                c += g[:, :hsz] * cand
-                h = g[:, 2 * hsz : 3 * hsz] * np.tanh(c)
-                new_state.append((h, c))
-            elif cell == "gru":
-                gh = h @ self.w_hh_t[layer] + self.b_hh[layer]  # (B, 3H)
-                r = _sigmoid(gi[:, :hsz] + gh[:, :hsz])
-                z = _sigmoid(gi[:, hsz : 2 * hsz] + gh[:, hsz : 2 * hsz])
-                n = np.tanh(gi[:, 2 * hsz :] + r * gh[:, 2 * hsz :])
-                h = (1.0 - z) * n + z * h
-                new_state.append((h,))
+            if self.config.cell == "lstm":
+                layer_state = self._lstm(layer, ids, x, *layer_state)
             else:
-                h = np.tanh(gi + h @ self.w_hh_t[layer] + self.b_hh[layer])
-                new_state.append((h,))
-            x = h
+                gi = self.input_table[ids] if layer == 0 else x @ self.w_ih_t[layer] + self.b_ih[layer]  # (B, G*H)
+                layer_state = self._gru(layer, gi, *layer_state) if self.config.cell == "gru" else \
+                    (np.tanh(gi + layer_state[0] @ self.w_hh_t[layer] + self.b_hh[layer]),)
+            new_state.append(layer_state)
+            x = layer_state[0]
         logits = x @ self.head_w_t + self.head_b  # (B, V)
         return logits, new_state
+
+    def _lstm(self, layer: int, ids: np.ndarray, x, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hsz = self.config.hidden
+        if layer == 0:
+            g = h @ self.w_hh_t[0]  # (B, 4H): i/2, f/2, o/2 and g, pre-activation
+            g += self.input_table[ids]
+        else:
+            g = np.concatenate([x, h], axis=1) @ self.w_cat[layer]
+            g += self.b_ih[layer]
+        np.tanh(g, out=g)
+        sig = g[:, : 3 * hsz]
+        sig *= 0.5
+        sig += 0.5  # i, f, o are now sigmoids; g[:, 3H:] is the candidate's tanh
+        c = g[:, hsz : 2 * hsz] * c
+        c += g[:, :hsz] * g[:, 3 * hsz :]
+        h = g[:, 2 * hsz : 3 * hsz] * np.tanh(c)
+        return h, c
+
+    def _gru(self, layer: int, gi: np.ndarray, h: np.ndarray) -> tuple[np.ndarray]:
+        hsz = self.config.hidden
+        gh = h @ self.w_hh_t[layer] + self.b_hh[layer]  # (B, 3H)
+        r = _sigmoid(gi[:, :hsz] + gh[:, :hsz])
+        z = _sigmoid(gi[:, hsz : 2 * hsz] + gh[:, hsz : 2 * hsz])
+        n = np.tanh(gi[:, 2 * hsz :] + r * gh[:, 2 * hsz :])
+        return ((1.0 - z) * n + z * h,)
