@@ -18,6 +18,7 @@ from .errors import (
     CorpusError,
     SamplingError,
     TrainingError,
+    TrainingInterrupted,
     UsageError,
     VocabularyError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "CorpusError",
     "SamplingError",
     "TrainingError",
+    "TrainingInterrupted",
     "UsageError",
     "VocabularyError",
 ]

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from .checkpoint import BEST, Checkpoint, read_checkpoint
 from .config import SampleConfig
-from .errors import ChargenError, CheckpointError, UsageError
+from .errors import CheckpointError, UsageError
 
 ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
 BUNDLED_NAME = "names.safetensors"
@@ -174,26 +174,57 @@ def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device
                  backend=backend, device=device)
 
 
-def train(corpus_paths: Sequence[str], *, out: Optional[str] = None, val_file: Optional[str] = None,
-          precision: str = "auto", resume: Optional[str] = None, overwrite: bool = False, callbacks=None,
-          **options: Any) -> Path:
-    """Train on text files and return the run directory. Options are TrainConfig and ModelConfig
-    fields (`layers`, `hidden`, `time=300`, `max_steps`, ...)."""
-    from .config import ModelConfig, TrainConfig
+def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = None,
+          val_file: Optional[str] = None, precision: str = "auto", resume: str | os.PathLike | None = None,
+          overwrite: bool = False, callbacks=None, **options: Any) -> Path:
+    """Train on text files ('-' is stdin) and return the run directory.
+
+    `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
+    (batch_size, seq_len, lr, max_steps, epochs, time in seconds, patience, device, ...); an
+    unknown one is a ConfigError. `resume` continues the run in a run directory (or from its
+    last.safetensors) exactly; its corpus and validation file are read again from the paths it
+    recorded unless given. `callbacks` is a chargen.training.TrainCallbacks. A run stopped by
+    Ctrl-C or SIGTERM raises TrainingInterrupted after saving.
+
+        >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)
+    """
+    from .checkpoint import LAST, read_checkpoint
+    from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
     from .data import read_corpus
+    from .errors import TrainingInterrupted
     from .training import train as run_training
 
-    model_fields = {"cell", "layers", "hidden", "embed", "dropout"}
-    model_options = {k: v for k, v in options.items() if k in model_fields}
-    train_options = {k: v for k, v in options.items() if k not in model_fields}
-    config = TrainConfig.from_dict(train_options)
-    if model_options:
+    model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
+    train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    if model_options:  # check before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
-    corpus = read_corpus(list(corpus_paths))
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    config = TrainConfig.from_dict(train_options)
+    paths = list(corpus_paths)
+    out_dir = Path(out) if out is not None else None
+    if resume is not None:
+        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
+        if model_options:
+            raise UsageError("the model shape is fixed by the run being resumed; drop "
+                             + ", ".join("--" + k for k in model_options))
+        # A resumed run keeps its settings; options given now override them, and the training
+        # loop refuses those that would change the data layout (batch size, window, split, seed).
+        config = TrainConfig.from_dict({**ckpt.train_config, **train_options})
+        out_dir = out_dir or ckpt.path.parent
+        if not paths:
+            sources = ckpt.info.get("sources") or []
+            if not sources or "stdin" in sources:
+                raise UsageError("give the corpus again: the run was trained on stdin")
+            paths = list(sources)
+        val_file = val_file or ckpt.info.get("val_source")
+    if not paths:
+        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    corpus = read_corpus(paths)
     val_text = read_corpus([val_file]).text if val_file else None
-    out_dir = Path(out) if out else Path("checkpoints") / corpus.name
-    result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, precision=precision,
-                          resume=resume, overwrite=overwrite, callbacks=callbacks)
+    out_dir = out_dir or Path("checkpoints") / corpus.name
+    result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
+                          precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks)
     if result.interrupted:
-        raise ChargenError(f"training was stopped by {result.interrupted}; resume it with --resume {out_dir}")
+        raise TrainingInterrupted(result.interrupted, out_dir)
     return out_dir

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import __version__
-from .config import ModelConfig, SampleConfig, TrainConfig
+from .config import SampleConfig, TrainConfig
 from .errors import ChargenError, UsageError
 
 app = typer.Typer(
@@ -244,49 +244,23 @@ def train(
     overwrite = overwrite or bool(from_file.get("overwrite", False))
     quiet = quiet or bool(from_file.get("quiet", False))
     precision = precision or from_file.get("precision") or "auto"
-    if model_options:  # check flags before reading a possibly large corpus
-        ModelConfig.from_dict({"vocab_size": 1, **model_options})
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"--precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
 
-    from .checkpoint import LAST, read_checkpoint
-    from .data import read_corpus
-
-    corpus_paths = list(corpus or [])
-    out_dir = out
-    config = TrainConfig.from_dict(given)
-    if resume is not None:
-        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
-        if model_options:
-            raise UsageError(f"the model shape is fixed by the run being resumed; drop {', '.join('--' + k for k in model_options)}")
-        # A resumed run keeps its settings; flags given now override them, and train() refuses
-        # the ones that would change the data layout (batch size, window length, split, seed).
-        stored = {**ckpt.train_config, **given}
-        config = TrainConfig.from_dict(stored)
-        out_dir = out_dir or ckpt.path.parent
-        if not corpus_paths:
-            sources = ckpt.info.get("sources") or []
-            if not sources or "stdin" in sources:
-                raise UsageError("give the corpus again: the run was trained on stdin")
-            corpus_paths = list(sources)
-    if not corpus_paths:
-        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
-    text = read_corpus(corpus_paths)
-    val_text = read_corpus([val_file]).text if val_file else None
-    out_dir = out_dir or Path("checkpoints") / text.name
-
-    from .training import train as run_training
+    from .api import train as api_train
+    from .errors import TrainingInterrupted
 
     callbacks = _ProgressCallbacks(quiet)
-    with callbacks:
-        result = run_training(text, config, model_options, out_dir=out_dir, val_text=val_text, precision=precision,
-                              resume=resume, overwrite=overwrite, callbacks=callbacks)
+    try:
+        with callbacks:
+            out_dir = api_train(corpus or [], out=out, val_file=val_file, precision=precision, resume=resume,
+                                overwrite=overwrite, callbacks=callbacks, **model_options, **given)
+    except TrainingInterrupted as stop:
+        if not quiet and hasattr(callbacks, "summary"):
+            console().print(_summary_table(callbacks.summary))
+        sys.stderr.write(f"Stopped by {stop.reason}; saved {stop.run_dir / 'last.safetensors'}. Resume with:\n"
+                         f"  chargen train --resume {stop.run_dir}\n")
+        raise typer.Exit(stop.exit_code) from None
     if not quiet and hasattr(callbacks, "summary"):
         console().print(_summary_table(callbacks.summary))
-    if result.interrupted:
-        sys.stderr.write(f"Stopped by {result.interrupted}; saved {out_dir / LAST}. Resume with:\n"
-                         f"  chargen train --resume {out_dir}\n")
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
     if not quiet:
         console().print(f"Sample from it: chargen sample -c {out_dir}", highlight=False, markup=False)
 

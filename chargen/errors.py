@@ -37,3 +37,14 @@ class SamplingError(ChargenError):
 
 class TrainingError(ChargenError):
     """Training cannot go on (divergence, disk full)."""
+
+
+class TrainingInterrupted(ChargenError):
+    """Training was stopped by Ctrl-C, SIGTERM or a callback, after saving a resumable checkpoint."""
+
+    def __init__(self, reason: str, run_dir) -> None:
+        self.reason = reason
+        self.run_dir = run_dir
+        self.exit_code = {"SIGINT": 130, "SIGTERM": 143}.get(reason, 1)
+        super().__init__(f"training was stopped by {reason}; saved {run_dir}/last.safetensors. "
+                         f"Resume with: chargen train --resume {run_dir}")

@@ -37,7 +37,7 @@ from .data import (
     window,
     windows_per_epoch,
 )
-from .errors import ChargenError, CorpusError, TrainingError, UsageError
+from .errors import CorpusError, TrainingError, UsageError
 from .model import CharRNN, State, detach_state, matmul_weights, state_from_tensors, state_tensors
 from .tokenizer import Vocab
 
@@ -287,6 +287,7 @@ def train(
     *,
     out_dir: str | os.PathLike,
     val_text: Optional[str] = None,
+    val_source: Optional[str] = None,
     precision: str = "auto",
     resume: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
@@ -414,6 +415,7 @@ def train(
     run_info = {
         "corpus": corpus.name,
         "sources": corpus.sources,
+        "val_source": val_source,
         "line_oriented": line_oriented,
         "training_lines": n_lines,
         "train_chars": int(len(train_ids)),

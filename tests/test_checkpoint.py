@@ -1,6 +1,5 @@
 """Checkpoints: atomic, loadable without torch, and every defect a clear CheckpointError."""
 
-import io
 import json
 import os
 import pickle

@@ -265,3 +265,33 @@ def test_toml_config_flags_override_unknown_keys_fail(tmp_path, names_file):
     broken = tmp_path / "broken.toml"
     broken.write_text("hidden = = 16\n")
     assert_clean_error(run(["train", "--config", str(broken), str(names_file)]), "not valid TOML")
+
+
+def test_malicious_files_are_refused_by_every_command(tmp_path, names_file):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil_pickle = tmp_path / "evil.pkl"
+    evil_pickle.write_bytes(pickle.dumps(Boom()))
+    import torch
+
+    evil_zip = tmp_path / "evil.pt"
+    torch.save({"state": Boom()}, evil_zip)
+    for evil in (evil_pickle, evil_zip):
+        run_dir = tmp_path / f"run-{evil.suffix[1:]}"
+        run_dir.mkdir()
+        for name in ("best.safetensors", "last.safetensors"):
+            (run_dir / name).write_bytes(evil.read_bytes())
+        assert_clean_error(run(["sample", "-c", str(evil)]), "never unpickles")
+        assert_clean_error(run(["info", str(evil)]), "never unpickles")
+        assert_clean_error(run(["eval", str(evil), str(names_file)]), "never unpickles")
+        assert_clean_error(run(["export", str(evil), "--tokenizer", str(tmp_path / "t.json")]), "never unpickles")
+        assert_clean_error(run(["sample", "-c", str(run_dir)]), "never unpickles")
+        assert_clean_error(run(["train", str(names_file), "--resume", str(run_dir), "--quiet"]), "never unpickles")
+    assert not marker.exists()
+    assert not (tmp_path / "t.json").exists()
