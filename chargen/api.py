@@ -125,40 +125,60 @@ class Model:
             pass
         yield from chunks
 
-    def eval(self, text: str, *, skip_unknown: bool = False, streams: int = 64) -> dict[str, float]:
+    def eval(self, text: str, *, skip_unknown: bool = False, lines: Optional[bool] = None,
+             streams: int = 64) -> dict[str, float]:
         """Loss of the model on `text`: nats and bits per character, and perplexity.
 
-        The text is laid out in `streams` contiguous streams read in parallel with the state
-        carried, as in training. Characters outside the vocabulary are an error, or with
+        A line-oriented model (or lines=True) scores each line on its own, from its start-of-line
+        state, the newline that ends it included: as it samples, and as training validates it.
+        Otherwise the text is laid out in `streams` contiguous streams read in parallel with the
+        state carried, as in training. Characters outside the vocabulary are an error, or with
         `skip_unknown=True` are dropped and counted.
         """
         import math
 
         import numpy as np
 
+        from .data import line_ids
         from .sampling import initial_state, log_softmax
 
         unknown = self.vocab.count_unknown(text) if skip_unknown else 0
         ids = self.vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)
-        if len(ids) < 2:
-            raise UsageError("the text is too short to evaluate: it needs at least 2 known characters")
+        if len(ids) < 1:
+            raise UsageError("the text is too short to evaluate: it holds no known character")
         # Context for the first character: the start of a line, as when sampling.
         start = self.vocab.index.get("\n", self.vocab.index.get(" ", 0))
-        ids = np.concatenate([[start], ids])
-        count = len(ids) - 1  # characters scored: every one after the start-of-line context
-        n_streams = max(1, min(streams, count // 64))
-        length = -(-count // n_streams)  # ceil: the last stream is padded and its padding masked
-        padded = np.full(n_streams * length + 1, start, dtype=np.int64)
-        padded[: len(ids)] = ids
-        inputs = padded[:-1].reshape(n_streams, length)  # (B, L)
-        targets = padded[1:].reshape(n_streams, length)
-        real = (np.arange(n_streams * length) < count).reshape(n_streams, length)
-        state = self.stepper.repeat(initial_state(self.stepper, self.checkpoint.start_state), n_streams)
+        line_mode = (self.line_oriented if lines is None else lines) and "\n" in self.vocab
+        if line_mode:
+            rows = line_ids(self.vocab, self.vocab.decode(ids))
+            if not rows:
+                raise UsageError("the text holds no non-empty line to evaluate")
+            count = sum(len(r) for r in rows)
+            width = max(len(r) for r in rows)
+            targets = np.full((len(rows), width), -1, dtype=np.int64)
+            for i, r in enumerate(rows):
+                targets[i, : len(r)] = r
+            inputs = np.concatenate([np.full((len(rows), 1), start), np.maximum(targets[:, :-1], 0)], axis=1)
+        else:
+            ids = np.concatenate([[start], ids])
+            count = len(ids) - 1  # every character after the start-of-line context
+            n_streams = max(1, min(streams, count // 64))
+            length = -(-count // n_streams)  # ceil: the last stream is padded and its padding masked
+            padded = np.full(n_streams * length + 1, start, dtype=np.int64)
+            padded[: len(ids)] = ids
+            inputs = padded[:-1].reshape(n_streams, length)  # (B, L)
+            targets = padded[1:].reshape(n_streams, length)
+            targets = np.where((np.arange(n_streams * length) < count).reshape(n_streams, length), targets, -1)
         total = 0.0
-        for t in range(length):
-            logits, state = self.stepper.step(inputs[:, t], state)
-            nll = -np.take_along_axis(log_softmax(logits), targets[:, t, None], axis=-1)[:, 0]
-            total += float(nll[real[:, t]].sum())
+        start_state = initial_state(self.stepper, self.checkpoint.start_state)
+        for r0 in range(0, len(inputs), 4096):  # bounded memory however many lines there are
+            x, y = inputs[r0 : r0 + 4096], targets[r0 : r0 + 4096]
+            state = self.stepper.repeat(start_state, len(x))
+            for t in range(x.shape[1]):
+                logits, state = self.stepper.step(x[:, t], state)
+                real = y[:, t] >= 0
+                nll = -np.take_along_axis(log_softmax(logits), np.maximum(y[:, t], 0)[:, None], axis=-1)[:, 0]
+                total += float(nll[real].sum())
         loss = total / count
         return {"loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(loss), "chars": count,
                 "skipped": unknown}
@@ -192,6 +212,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
     from .data import read_corpus
     from .errors import TrainingInterrupted
+    from .training import auto_settings, resolve_device
     from .training import train as run_training
 
     model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
@@ -222,6 +243,17 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
     corpus = read_corpus(paths)
     val_text = read_corpus([val_file]).text if val_file else None
+    if resume is None:
+        # What the user left unset is sized from the corpus and the time budget, and said so.
+        auto_model, auto_train, why = auto_settings(len(corpus.text), config.time, resolve_device(config.device),
+                                                    set(options))
+        if auto_model or auto_train:
+            model_options = {**auto_model, **model_options}
+            config = TrainConfig.from_dict({**train_options, **auto_train})
+            picked = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in {**auto_model, **auto_train}.items())
+            if callbacks is not None:
+                callbacks.on_notice(f"auto: {picked} ({why}; {len(corpus.text):,} characters); "
+                                    f"set these flags to choose yourself")
     out_dir = out_dir or Path("checkpoints") / corpus.name
     result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
                           precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks)

@@ -39,6 +39,7 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+LOSS_SVG = "loss.svg"
 
 
 @dataclass

@@ -152,6 +152,10 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             f"({m['val_bpc']:.3f} bpc){mark}",
             highlight=False, markup=False,
         )
+        if m.get("sample"):
+            from rich.text import Text
+
+            self.progress.console.print(Text(m["sample"], style="dim"), highlight=False)
 
     def should_stop(self, step: int) -> bool:
         return False  # Ctrl-C and SIGTERM are caught by the loop itself
@@ -160,6 +164,17 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         if self.task is not None and not s.get("interrupted"):
             self.progress.update(self.task, completed=1000)
         self.summary = s
+
+
+def _print_curve(run_dir: Path) -> None:
+    from .plot import loss_series, read_metrics, terminal_chart
+
+    try:
+        records = read_metrics(run_dir)
+    except ChargenError:
+        return
+    if len(records) >= 2:
+        sys.stderr.write(terminal_chart(loss_series(records)) + f"\n        curve: {Path(run_dir) / 'loss.svg'}\n")
 
 
 def _summary_table(s: dict[str, Any]):
@@ -191,13 +206,13 @@ def train(
     val_file: Annotated[Optional[str], typer.Option("--val-file", help="Validate on this file instead of the corpus's tail.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the text, from its end, held out for validation." + _default(TrainConfig, "val_fraction"))] = None,
     cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn. [default: lstm]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: 2]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: 64]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: 0.0]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in." + _default(TrainConfig, "batch_size"))] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length)." + _default(TrainConfig, "seq_len"))] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW)." + _default(TrainConfig, "lr"))] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: auto, from corpus size and time budget]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: auto: 128 for small corpora, 256 around 1 MB, 512 beyond, on CPU]")] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: auto: 32 or 64]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: auto: 0.2 for small corpora, else 0]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in. [default: auto: 32, or 64 for corpora over 5M characters]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length). [default: auto: 64 for small corpora, else 128]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW). [default: 3e-3; auto 5e-3 for corpora of 0.3-5M characters]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on weight matrices." + _default(TrainConfig, "weight_decay"))] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps before cosine decay." + _default(TrainConfig, "warmup"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm (0: off)." + _default(TrainConfig, "grad_clip"))] = None,
@@ -206,6 +221,7 @@ def train(
     time: Annotated[Optional[str], typer.Option("--time", help="Stop after this wall-clock time: 90s, 5m, 2h. [default: 5m if no other stop is given]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate and save every N steps." + _default(TrainConfig, "eval_every"))] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss.")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Show a sample every N evaluations, on stderr (0: never). [default: 1]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default(TrainConfig, "seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps." + _default(TrainConfig, "device"))] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units). [default: auto]")] = None,
@@ -229,7 +245,7 @@ def train(
             batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup,
             grad_clip=grad_clip, max_steps=max_steps, epochs=epochs,
             time=parse_duration(time) if time is not None else None,
-            eval_every=eval_every, patience=patience, val_fraction=val_fraction, seed=seed, device=device,
+            eval_every=eval_every, patience=patience, sample_every=sample_every, val_fraction=val_fraction, seed=seed, device=device,
         ).items() if v is not None
     }
     model_options = {k: v for k, v in dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout).items()
@@ -261,6 +277,7 @@ def train(
         raise typer.Exit(stop.exit_code) from None
     if not quiet and hasattr(callbacks, "summary"):
         console().print(_summary_table(callbacks.summary))
+        _print_curve(out_dir)
     if not quiet:
         console().print(f"Sample from it: chargen sample -c {out_dir}", highlight=False, markup=False)
 
@@ -368,6 +385,7 @@ def eval_command(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or run directory (its best).", show_default=False)],
     files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score, or - for stdin.", show_default=False)],
     skip_unknown: Annotated[bool, typer.Option(help="Drop characters the model does not know (and count them) instead of failing.")] = False,
+    lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="Score each line on its own, from the start of a line. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
@@ -382,7 +400,7 @@ def eval_command(
     model = load(checkpoint, backend=backend, device=device)
     for path in files:
         text = read_corpus([path]).text
-        r = model.eval(text, skip_unknown=skip_unknown)
+        r = model.eval(text, skip_unknown=skip_unknown, lines=lines)
         r = {"file": "stdin" if path == "-" else path, **r}
         if as_json:
             sys.stdout.write(json.dumps(r) + "\n")
@@ -425,11 +443,24 @@ def export(
 def info(
     path: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run directory. [default: the bundled names model]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Chart the run's train and val loss, and write loss.svg into the run directory.")] = False,
 ) -> None:
     """Describe a checkpoint: model, vocabulary, training, losses, versions.
 
-    Example: chargen info checkpoints/shakespeare
+    Example: chargen info checkpoints/shakespeare --plot
     """
+    if plot:
+        from .checkpoint import LOSS_SVG, atomic_write
+        from .plot import loss_series, read_metrics, svg_chart, terminal_chart
+
+        run_dir = Path(path) if path is not None else None
+        if run_dir is None or not run_dir.is_dir():
+            raise UsageError("--plot needs a run directory (the one holding metrics.jsonl)")
+        series = loss_series(read_metrics(run_dir))
+        sys.stdout.write(terminal_chart(series) + "\n")
+        atomic_write(run_dir / LOSS_SVG, svg_chart(series, title=f"chargen: {run_dir.name}").encode())
+        console().print(f"wrote {run_dir / LOSS_SVG}", highlight=False, markup=False)
+        return
     import math
 
     from .api import default_checkpoint

@@ -78,6 +78,7 @@ class TrainConfig:
     time: Optional[float] = None  # seconds of wall clock
     eval_every: int = 200
     patience: Optional[int] = None  # stop after this many evaluations without a new best
+    sample_every: int = 1  # show a sample every N evaluations (0: never)
     eval_chars: int = 200_000  # cap on validation characters per evaluation, so evals stay cheap
     val_fraction: float = 0.1
     seed: int = 1337
@@ -92,6 +93,8 @@ class TrainConfig:
             _positive(name, getattr(self, name), allow_none=True)
         if not (0 <= self.weight_decay < math.inf):
             raise UsageError(f"--weight-decay must be 0 or more (got {self.weight_decay})")
+        if not self.sample_every >= 0:
+            raise UsageError(f"--sample-every must be 0 (off) or more (got {self.sample_every})")
         if not self.warmup >= 0:
             raise UsageError(f"--warmup must be 0 or more (got {self.warmup})")
         if not (0 <= self.grad_clip < math.inf):

@@ -24,20 +24,22 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import BEST, CONFIG, LAST, METRICS, Checkpoint, atomic_write, encode_lines, read_checkpoint, save_checkpoint
+from .checkpoint import BEST, CONFIG, LAST, LOSS_SVG, METRICS, Checkpoint, atomic_write, encode_lines, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, format_duration
 from .data import (
     Corpus,
     batchify,
     check_trainable,
     is_line_oriented,
+    line_ids,
+    shuffle_lines,
     split_train_val,
     unigram_entropy,
     unique_lines,
     window,
     windows_per_epoch,
 )
-from .errors import CorpusError, TrainingError, UsageError
+from .errors import ChargenError, CorpusError, TrainingError, UsageError
 from .model import CharRNN, State, detach_state, matmul_weights, state_from_tensors, state_tensors
 from .tokenizer import Vocab
 
@@ -128,6 +130,45 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# --- automatic model size ---------------------------------------------------------------------
+
+
+def auto_settings(n_chars: int, time_budget: Optional[float], device: torch.device,
+                  given: set[str]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Model and batch settings for the options the user left unset, from corpus size and budget.
+
+    In a fixed time budget the model that wins is the largest one that still sees the corpus
+    several times: char-rnn's rule of thumb is parameters of the order of the characters seen.
+    Measured on a 2-core CPU in 5 minutes (docs/benchmarks.md): a 2x256 LSTM at about 35k chars/s
+    sees 10M characters, right for a 1 MB corpus; a 36 KB list of names overfits anything larger
+    than 2x128 within a minute, and wants dropout. A GPU sees ~30x more characters in the same
+    time, so there the sizes step up. Returns (model options, train options, why).
+    """
+    gpu = device.type in ("cuda", "mps")
+    budget = time_budget or DEFAULT_TIME
+    if n_chars < 300_000:
+        model = {"layers": 2, "hidden": 256 if gpu else 128, "embed": 32, "dropout": 0.2}
+        train = {"batch_size": 32, "seq_len": 64}
+        why = "a small corpus: a small model with dropout, short windows"
+    elif n_chars < 5_000_000:
+        # Measured: in 5 minutes on 2 cores, tinyshakespeare reached 1.489 with these settings,
+        # 1.580 with batch 64 and lr 3e-3 (half the updates), and 1.621 with dropout 0.15 (slower
+        # to learn; the budget ends before overfitting matters).
+        model = {"layers": 2, "hidden": 512 if gpu else 256, "embed": 64, "dropout": 0.0}
+        train = {"batch_size": 32, "seq_len": 128, "lr": 5e-3}
+        why = "a corpus of about a megabyte"
+    else:
+        model = {"layers": 3 if gpu else 2, "hidden": 1024 if gpu else 512, "embed": 64, "dropout": 0.0}
+        train = {"batch_size": 128 if gpu else 64, "seq_len": 128}
+        why = "a large corpus: a large model, seen less than once, needs no dropout"
+    if not gpu and budget < 120 and model["hidden"] > 128:
+        model["hidden"] //= 2
+        why += f"; a short budget ({format_duration(budget)}), so half the width"
+    model = {k: v for k, v in model.items() if k not in given}
+    train = {k: v for k, v in train.items() if k not in given}
+    return model, train, why
+
+
 # --- stop requests (Ctrl-C, SIGTERM) ----------------------------------------------------------
 
 
@@ -211,6 +252,37 @@ def evaluate(model: CharRNN, ids: torch.Tensor, seq_len: int, device: torch.devi
     return float(total.item() / count)
 
 
+@torch.no_grad()
+def evaluate_lines(model: CharRNN, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,
+                   device: torch.device, precision: str, batch: int = 512) -> float:
+    """Mean cross-entropy (nats/char) of each line scored on its own: from the start-of-line
+    state, read "\\n", then predict every character of the line and the newline that ends it."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        order = sorted(range(len(lines)), key=lambda i: len(lines[i]))  # similar lengths batch together
+        for b0 in range(0, len(order), batch):
+            group = [lines[i] for i in order[b0 : b0 + batch]]
+            width = max(len(g) for g in group)
+            targets = torch.full((len(group), width), -100, dtype=torch.long)  # -100: ignored padding
+            inputs = torch.full((len(group), width), newline_id, dtype=torch.long)
+            for r, g in enumerate(group):
+                targets[r, : len(g)] = torch.from_numpy(g)
+                inputs[r, 1 : len(g)] = torch.from_numpy(g[:-1])
+            state = [torch.from_numpy(a).to(device)[:, None].expand(-1, len(group), -1).contiguous()
+                     for a in start_state]
+            with autocast(device, precision):
+                logits, _ = model(inputs.to(device), state_from_tensors(model.config.cell, state))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            total += float(loss)
+            count += int((targets != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
 # --- checkpoint plumbing ----------------------------------------------------------------------
 
 
@@ -273,6 +345,25 @@ def line_start_state(model: CharRNN, streams: torch.Tensor, newline_id: Optional
     return [t.float().mean(dim=1).cpu().numpy() for t in state_tensors(state)]
 
 
+def preview_sample(model: CharRNN, vocab: Vocab, start_state: list[np.ndarray], line_oriented: bool,
+                   step: int) -> str:
+    """A short sample to show progress: five lines, or 200 characters of prose."""
+    from .config import SampleConfig
+    from .sampling import TorchStepper, derive_key, generate
+
+    was_training = model.training
+    try:
+        stepper = TorchStepper(model)
+        cfg = SampleConfig(num=5 if line_oriented else 1, length=60 if line_oriented else 200, temperature=0.8)
+        samples = generate(stepper, vocab, "", cfg, lines=line_oriented, key=derive_key(step, 7),
+                           start_state=start_state)
+        return "\n".join(s.text for s in samples)
+    except ChargenError as exc:  # e.g. a model too young to end a line: show why, do not stop training
+        return f"(no sample: {exc})"
+    finally:
+        model.train(was_training)
+
+
 def _corpus_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -321,10 +412,12 @@ def train(
                              f"or pass --overwrite or another --out")
 
     # ---- data ----
+    line_oriented = is_line_oriented(corpus.text)
+    text = shuffle_lines(corpus.text, config.seed) if line_oriented else corpus.text
     if val_text is not None:
-        train_text, val_part = corpus.text, val_text
+        train_text, val_part = text, val_text
     else:
-        train_text, val_part = split_train_val(corpus.text, config.val_fraction)
+        train_text, val_part = split_train_val(text, config.val_fraction)
     if ckpt is not None:
         vocab = ckpt.vocab
     else:
@@ -341,7 +434,6 @@ def train(
     streams_np = batchify(train_ids, batch_size)
     n_windows = windows_per_epoch(streams_np, config.seq_len)
     chars_per_step = batch_size * config.seq_len
-    line_oriented = is_line_oriented(corpus.text)
 
     # ---- model ----
     device = resolve_device(config.device)
@@ -369,6 +461,9 @@ def train(
 
     streams = torch.from_numpy(streams_np.astype(np.int64 if streams_np.dtype.itemsize > 2 else np.int32)).to(device)
     val_tensor = torch.from_numpy(val_ids[: config.eval_chars].astype(np.int64))
+    # A line-oriented model is scored line by line from its start-of-line state, as it samples;
+    # carrying state from the previous (unrelated) line would flatter it.
+    val_lines = line_ids(vocab, vocab.decode(val_ids[: config.eval_chars])) if line_oriented else None
 
     # ---- where we are ----
     step, epoch, k, chars_seen, elapsed_before = 0, 0, 0, 0, 0.0
@@ -442,7 +537,7 @@ def train(
         "flops_per_char": flops_per_char,
     })
 
-    def save(path: Path, with_resume: bool, val_loss: float) -> None:
+    def save(path: Path, with_resume: bool, val_loss: float, start: Optional[list[np.ndarray]] = None) -> None:
         info = {
             **run_info,
             "step": step,
@@ -470,15 +565,17 @@ def train(
                 "best_val_loss": best_val, "last_val_loss": last_val, "lr_scale": lr_scale,
                 "param_groups": groups, "corpus_digest": _corpus_digest(corpus.text + (val_text or "")),
             }
-        rng_state = torch.get_rng_state()  # the state pass must not change what training draws next
-        start = line_start_state(model, streams, vocab.index.get("\n"))
-        torch.set_rng_state(rng_state)
+        if start is None:
+            start = line_start_state(model, streams, vocab.index.get("\n"))
         save_checkpoint(path, weights=model_weights(model), model_config=model_config, vocab_json=vocab_json,
                         train_config=train_config_dict, info=info, lines_blob=lines_blob,
                         resume=resume_meta, resume_tensors=resume_tensors, start_state=start)
 
     def write_metrics() -> None:
+        from .plot import loss_series, svg_chart
+
         atomic_write(out / METRICS, "".join(json.dumps(m) + "\n" for m in metrics).encode())
+        atomic_write(out / LOSS_SVG, svg_chart(loss_series(metrics), title=f"chargen: {corpus.name}").encode())
 
     evals_since_best = 0
 
@@ -489,7 +586,11 @@ def train(
     def run_eval() -> None:
         nonlocal best_val, last_val, evals_since_best, good
         elapsed = elapsed_before + time.perf_counter() - t0
-        val_loss = evaluate(model, val_tensor, config.seq_len, device, precision)
+        start = line_start_state(model, streams, vocab.index.get("\n"))
+        if val_lines:
+            val_loss = evaluate_lines(model, val_lines, start, vocab.index["\n"], device, precision)
+        else:
+            val_loss = evaluate(model, val_tensor, config.seq_len, device, precision)
         train_loss = window_loss_sum / max(window_loss_count, 1)
         last_val = val_loss
         if math.isfinite(val_loss):
@@ -509,10 +610,13 @@ def train(
         }
         metrics.append(record)
         if improved:
-            save(out / BEST, with_resume=False, val_loss=val_loss)
-        save(out / LAST, with_resume=True, val_loss=val_loss)
+            save(out / BEST, with_resume=False, val_loss=val_loss, start=start)
+        save(out / LAST, with_resume=True, val_loss=val_loss, start=start)
         write_metrics()
-        cb.on_eval({**record, "best_val_loss": best_val, "improved": improved})
+        sample = None
+        if config.sample_every and len(metrics) % config.sample_every == 0:
+            sample = preview_sample(model, vocab, start, line_oriented, step)
+        cb.on_eval({**record, "best_val_loss": best_val, "improved": improved, "sample": sample})
 
     def progress_fraction(now: float) -> float:
         fractions = []

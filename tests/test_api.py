@@ -77,3 +77,26 @@ def test_cli_eval_and_export_round_trip(trained_names, tmp_path):
     text = corpus.read_text()[:500]
     assert tok.encode(text).ids == model.vocab.encode(text).tolist()
     assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_line_mode_eval_scores_each_line_on_its_own(trained_names):
+    model = chargen.load(trained_names)
+    a, b = "Kato\n", "Mirabel\n"
+    ra, rb, both = model.eval(a), model.eval(b), model.eval(a + b)
+    expected = (ra["loss"] * ra["chars"] + rb["loss"] * rb["chars"]) / (ra["chars"] + rb["chars"])
+    assert both["loss"] == pytest.approx(expected, abs=1e-5)
+    assert model.eval(b + a)["loss"] == pytest.approx(both["loss"], abs=1e-5)  # order does not matter
+    # streamed, the previous line is context, and the result differs
+    assert model.eval(a + b, lines=False)["loss"] != pytest.approx(both["loss"], abs=1e-4)
+
+
+def test_training_validation_equals_chargen_eval_on_the_held_out_lines(trained_names):
+    """The val loss training reports for a names model is what `chargen eval` says of the held-out names."""
+    from chargen.checkpoint import LAST, read_checkpoint
+    from chargen.data import shuffle_lines, split_train_val
+
+    last = read_checkpoint(trained_names, prefer=LAST)
+    text = (trained_names.parent / "names.txt").read_text()
+    _, val = split_train_val(shuffle_lines(text, last.train_config["seed"]), last.train_config["val_fraction"])
+    reported = last.info["val_loss"]
+    assert chargen.load(trained_names / LAST).eval(val)["loss"] == pytest.approx(reported, abs=2e-4)

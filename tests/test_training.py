@@ -191,3 +191,21 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert learning_rate(c, 10, 0.0) == pytest.approx(1.0)
     assert learning_rate(c, 50, 0.5) == pytest.approx(0.55)
     assert learning_rate(c, 99, 1.0) == pytest.approx(0.1)
+
+
+def test_auto_settings_follow_corpus_size_and_respect_given_flags():
+    from chargen.training import auto_settings
+
+    cpu = torch.device("cpu")
+    model, train_opts, why = auto_settings(50_000, 300, cpu, set())
+    assert model["hidden"] == 128 and model["dropout"] > 0 and train_opts["seq_len"] == 64 and "small" in why
+    model, train_opts, _ = auto_settings(1_000_000, 300, cpu, set())
+    assert model["hidden"] == 256 and train_opts["lr"] == 5e-3
+    model, _, _ = auto_settings(50_000_000, 300, cpu, set())
+    assert model["hidden"] == 512
+    model, _, why = auto_settings(1_000_000, 60, cpu, set())
+    assert model["hidden"] == 128 and "short budget" in why
+    model, train_opts, _ = auto_settings(1_000_000, 300, cpu, {"hidden", "batch_size"})
+    assert "hidden" not in model and "batch_size" not in train_opts and model["layers"] == 2
+    gpu_model, _, _ = auto_settings(1_000_000, 300, torch.device("cuda"), set())
+    assert gpu_model["hidden"] > 256
