@@ -19,7 +19,6 @@ Characters past B * L (L = len // B) are dropped; that is fewer than B character
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,10 +207,3 @@ def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str) ->
             f"--seq-len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq-len"
         )
     return min(batch_size, n_train // (seq_len + 1))
-
-
-def file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

@@ -502,11 +502,12 @@ def train(
                                math.ceil(config.epochs * n_windows) if config.epochs is not None else None) if s]
     max_steps = min(step_limits) if step_limits else None
 
-    lines_blob = None
+    lines_blob, n_lines = None, 0
     if line_oriented:
-        blob = encode_lines(unique_lines(corpus.text))
-        lines_blob = blob if blob.nbytes <= MAX_LINES_BYTES else None
-    n_lines = len(unique_lines(corpus.text)) if lines_blob is not None else 0
+        distinct = unique_lines(corpus.text)
+        blob = encode_lines(distinct)
+        if blob.nbytes <= MAX_LINES_BYTES:
+            lines_blob, n_lines = blob, len(distinct)
     run_info = {
         "corpus": corpus.name,
         "sources": corpus.sources,
