@@ -652,6 +652,20 @@ def train(
     bad_steps = 0
     rollbacks = 0
     steps_since_eval = 0
+
+    def drain_loss() -> float:
+        """Move the on-device loss sum into the window's totals (one sync); the mean drained."""
+        nonlocal window_loss_sum, window_loss_count, acc_steps
+        if not acc_steps:
+            return float("nan")
+        total = float(loss_acc.item())
+        window_loss_sum += total
+        window_loss_count += acc_steps
+        mean = total / acc_steps
+        loss_acc.zero_()
+        acc_steps = 0
+        return mean
+
     good = snapshot()
     if ckpt is None:
         # From the first moment, the run directory holds a resumable checkpoint.
@@ -720,11 +734,7 @@ def train(
             steps_since_eval += 1
             chars_seen += chars_per_step
             if now - last_report > 0.25 or acc_steps >= 50:
-                mean_loss = float(loss_acc.item()) / acc_steps
-                window_loss_sum += mean_loss * acc_steps
-                window_loss_count += acc_steps
-                loss_acc.zero_()
-                acc_steps = 0
+                mean_loss = drain_loss()
                 last_report = now
                 elapsed_now = elapsed_before + time.perf_counter() - t0
                 cb.on_step({
@@ -735,11 +745,7 @@ def train(
                     "best_val_loss": best_val, "val_loss": last_val,
                 })
             if step % config.eval_every == 0:
-                if acc_steps:
-                    window_loss_sum += float(loss_acc.item())
-                    window_loss_count += acc_steps
-                    loss_acc.zero_()
-                    acc_steps = 0
+                drain_loss()
                 run_eval()
                 window_loss_sum, window_loss_count = 0.0, 0
                 steps_since_eval = 0
@@ -747,9 +753,7 @@ def train(
                     cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
                     break
 
-    if acc_steps:
-        window_loss_sum += float(loss_acc.item())
-        window_loss_count += acc_steps
+    drain_loss()
     if flag:
         # Stopped by a signal: save where we are at once (no evaluation), so resuming is exact.
         save(out / LAST, with_resume=True, val_loss=last_val)
