@@ -631,10 +631,6 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the run directory {out} ({exc.strerror or exc})") from None
-    # The resolved configuration this run trains with, for the record (and `--config` reuse).
-    resolved = {"corpus": corpus.sources, "model": model_config.to_dict(), "train": config.to_dict(),
-                "precision": precision, "device": device.type, "batch_size_used": batch_size}
-    atomic_write(out / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
     # Temp files of a process killed mid-write are useless: remove them.
     for stale in out.glob(".*.safetensors.*.tmp"):
         stale.unlink(missing_ok=True)
@@ -668,8 +664,13 @@ def train(
 
     good = snapshot()
     if ckpt is None:
-        # From the first moment, the run directory holds a resumable checkpoint.
+        # From the first moment, the run directory holds a resumable checkpoint: it is the
+        # first file written into it, so a kill at any moment leaves nothing else without it.
         save(out / LAST, with_resume=True, val_loss=last_val)
+    # The resolved configuration this run trains with, for the record (and `--config` reuse).
+    resolved = {"corpus": corpus.sources, "model": model_config.to_dict(), "train": config.to_dict(),
+                "precision": precision, "device": device.type, "batch_size_used": batch_size}
+    atomic_write(out / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
     with stop_on_signals(flag):
         while True:
             now = time.perf_counter()
