@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
-"""Training throughput: chargen's whole training loop against a bare PyTorch loop of the same shapes.
+"""Training throughput: chargen's training loop against a bare PyTorch loop of the same shapes.
 
-    python benchmarks/train_speed.py [--quick] [--seconds 4] [--json bench-out/train_speed.json]
+    python benchmarks/train_speed.py [--quick] [--seconds 3] [--run-steps 100] [--json bench-out/train_speed.json]
 
-For each model (layers 1-3 x hidden 128/256/512/1024; --quick: layers 1-2 x hidden 128-512) and
-precision (fp32, bf16 autocast), batch 64 x seq-len 128 on tinyshakespeare:
-- "bare": embedding + nn.LSTM + linear + AdamW, the state carried and detached, nothing else;
-- "chargen": chargen.training.train with a time budget, so data windows, the schedule, progress
-  reporting, NaN checks, one evaluation and the checkpoints it writes are all counted.
-Both run in this one process, back to back, so the ratio is fair on a noisy machine. The FLOP
-rate is 6 x matmul weights x chars/s, against the machine's measured 2048^2 GEMM rate.
+Two tables, batch 64 x seq-len 128 on tinyshakespeare, everything in this one process and back
+to back, so the ratios are fair on a noisy machine:
+
+1. The grid (layers 1-3 x hidden 128/256/512/1024 x fp32/bf16; --quick: 1-2 x 128-512): steady
+   per-step speed. "bare" is embedding + nn.LSTM + linear + AdamW with the state carried and
+   detached, and nothing else; "chargen" is chargen.training.train itself (its data windows,
+   schedule, progress reporting and NaN checks), timed over the same number of steps after
+   the same warm-up.
+2. Whole runs (2x256 fp32, 2x512 fp32 and bf16): wall time of chargen.training.train from call
+   to return, so start-up, the step-0 checkpoint, evaluation (200,000 validation characters),
+   the start-of-line state, the preview sample, metrics and final checkpoints all count,
+   against the bare loop doing the same steps. The run ends with one evaluation, as a default
+   run does every 200 steps; with --run-steps 100 that is twice the default density, so the
+   overhead shown is an upper bound. The same rows compare bf16 with fp32 after the same
+   number of characters: speed and validation loss.
+
+FLOP rate = 6 x matmul weights x chars/s, against the measured 2048^2 GEMM rate of the dtype.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,36 +34,32 @@ import torch
 import torch.nn.functional as F
 
 from chargen.config import ModelConfig, TrainConfig
-from chargen.data import Corpus
+from chargen.ingest import EncodedCorpus
 from chargen.model import CharRNN, detach_state, matmul_weights
-from chargen.training import autocast, train
+from chargen.training import TrainCallbacks, autocast, train
 
-HERE = Path(__file__).resolve().parent
+from common import DATA, gemm_rate, print_table, write_json
 
-
-def gemm_rate(dtype: torch.dtype) -> float:
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    return 10 * 2 * 2048**3 / (time.perf_counter() - t)
+BATCH, SEQ = 64, 128
+WARMUP = 2
 
 
-def bare_loop(cfg: ModelConfig, ids: torch.Tensor, batch: int, seq: int, precision: str, seconds: float) -> float:
+def bare_loop(cfg: ModelConfig, ids: torch.Tensor, precision: str, *, seconds: float = 0.0,
+              steps: int = 0) -> tuple[int, float]:
+    """The floor: (steps timed, seconds). Runs WARMUP steps, then `steps` steps or for `seconds`."""
     torch.manual_seed(0)
     model = CharRNN(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-    length = ids.numel() // batch
-    streams = ids[: batch * length].view(batch, length)
-    state, k, steps = None, 0, 0
+    length = ids.numel() // BATCH
+    streams = ids[: BATCH * length].view(BATCH, length)
+    state, k, done = None, 0, 0
     device = torch.device("cpu")
-    t0 = None
+    t0 = 0.0
     while True:
-        if (k + 1) * seq + 1 > length:
+        if (k + 1) * SEQ + 1 > length:
             k, state = 0, None
-        x = streams[:, k * seq : (k + 1) * seq].long()
-        y = streams[:, k * seq + 1 : (k + 1) * seq + 1].long()
+        x = streams[:, k * SEQ : (k + 1) * SEQ].long()
+        y = streams[:, k * SEQ + 1 : (k + 1) * SEQ + 1].long()
         with autocast(device, precision):
             logits, state = model(x, state)
         loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), y.reshape(-1))
@@ -66,70 +69,120 @@ def bare_loop(cfg: ModelConfig, ids: torch.Tensor, batch: int, seq: int, precisi
         opt.step()
         state = detach_state(state)
         k += 1
-        steps += 1
-        if t0 is None:
-            if steps == 2:  # two warm-up steps, then the clock starts
-                t0, steps = time.perf_counter(), 0
-        elif time.perf_counter() - t0 >= seconds:
-            return steps * batch * seq / (time.perf_counter() - t0)
+        done += 1
+        if not t0 and done == WARMUP:
+            t0, done = time.perf_counter(), 0
+        elif t0:
+            elapsed = time.perf_counter() - t0
+            if (steps and done >= steps) or (not steps and elapsed >= seconds and done >= 2):
+                return done, elapsed
 
 
-def chargen_loop(text: str, model_options: dict, batch: int, seq: int, precision: str, seconds: float) -> tuple[float, float]:
+class StepClock(TrainCallbacks):
+    """Times the loop from the start of step WARMUP to the start of the last step."""
+
+    def __init__(self) -> None:
+        self.marks: dict[int, float] = {}
+
+    def should_stop(self, step: int) -> bool:
+        self.marks[step] = time.perf_counter()
+        return False
+
+    def rate(self) -> float:
+        first, last = WARMUP, max(self.marks)
+        return (last - first) * BATCH * SEQ / (self.marks[last] - self.marks[first])
+
+
+def chargen_run(corpus: EncodedCorpus, opts: dict, precision: str, steps: int, *, eval_every: int,
+                clock: StepClock | None = None):
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(batch_size=batch, seq_len=seq, time=seconds, eval_every=10**9, lr=1e-3,
-                             sample_every=0, eval_chars=20_000)
-        r = train(Corpus(text=text, name="bench", sources=["tinyshakespeare"]), config, model_options,
-                  out_dir=Path(tmp) / "run", precision=precision)
-        return r.chars_seen / r.elapsed, r.best_val_loss
+        config = TrainConfig(batch_size=BATCH, seq_len=SEQ, max_steps=steps, eval_every=eval_every, lr=3e-3,
+                             warmup=min(100, steps // 4))
+        t = time.perf_counter()
+        result = train(corpus, config, opts, out_dir=Path(tmp) / "run", precision=precision, callbacks=clock)
+        return result, time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt")
+    ap.add_argument("--quick", action="store_true", help="a smaller grid and shorter runs")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per grid row (bare loop)")
+    ap.add_argument("--run-steps", type=int, default=100, help="steps per whole-run row (2x512: 0.6x this)")
+    ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--skip-runs", action="store_true")
+    ap.add_argument("--data", type=Path, default=DATA / "tinyshakespeare.txt")
     ap.add_argument("--json", type=Path, default=Path("bench-out/train_speed.json"))
     args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
     text = args.data.read_text(encoding="utf-8")
-    from chargen.tokenizer import Vocab
-
-    vocab = Vocab.from_text(text)
-    ids = torch.from_numpy(vocab.encode(text).astype("int64"))
+    corpus = EncodedCorpus.from_text(text, "tinyshakespeare", [str(args.data)])
+    ids = torch.from_numpy(corpus.ids.astype("int64"))
     peak = {"fp32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}
-    layers_grid = (1, 2) if args.quick else (1, 2, 3)
-    hidden_grid = (128, 256, 512) if args.quick else (128, 256, 512, 1024)
-    rows = []
-    for layers in layers_grid:
-        for hidden in hidden_grid:
-            for precision in ("fp32", "bf16"):
-                opts = {"layers": layers, "hidden": hidden, "embed": 64, "dropout": 0.0}
-                cfg = ModelConfig(vocab_size=len(vocab), **opts)
-                bare = bare_loop(cfg, ids, 64, 128, precision, args.seconds)
-                ours, val = chargen_loop(text, opts, 64, 128, precision, args.seconds)
-                flops = 6 * matmul_weights(cfg)
-                rows.append({"layers": layers, "hidden": hidden, "precision": precision, "bare_chars_per_sec": bare,
-                             "chargen_chars_per_sec": ours, "ratio": ours / bare, "val_loss": val,
-                             "gflops": flops * ours / 1e9, "peak_gflops": peak[precision] / 1e9})
-                print(f"{layers}x{hidden} {precision}: bare {bare:,.0f}  chargen {ours:,.0f}  ratio {ours / bare:.3f}",
-                      file=sys.stderr, flush=True)
+    print(f"GEMM 2048^2: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", file=sys.stderr)
 
-    from rich.console import Console
-    from rich.table import Table
+    grid = []
+    if not args.skip_grid:
+        layers_grid = (1, 2) if args.quick else (1, 2, 3)
+        hidden_grid = (128, 256, 512) if args.quick else (128, 256, 512, 1024)
+        for layers in layers_grid:
+            for hidden in hidden_grid:
+                for precision in ("fp32", "bf16"):
+                    opts = {"layers": layers, "hidden": hidden, "embed": 64, "dropout": 0.0}
+                    cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts)
+                    steps, secs = bare_loop(cfg, ids, precision, seconds=args.seconds)
+                    bare = steps * BATCH * SEQ / secs
+                    clock = StepClock()
+                    chargen_run(corpus, opts, precision, WARMUP + steps + 1, eval_every=10**9, clock=clock)
+                    ours = clock.rate()
+                    flops = 6 * matmul_weights(cfg)
+                    row = {"layers": layers, "hidden": hidden, "precision": precision, "steps": steps,
+                           "bare_chars_per_sec": bare, "chargen_chars_per_sec": ours, "ratio": ours / bare,
+                           "gflops": flops * ours / 1e9, "peak_gflops": peak[precision] / 1e9}
+                    grid.append(row)
+                    print(f"{layers}x{hidden} {precision}: bare {bare:,.0f}  chargen {ours:,.0f}  "
+                          f"ratio {ours / bare:.3f}", file=sys.stderr, flush=True)
+        print_table(
+            f"1. steady training speed, batch {BATCH} x {SEQ}, chargen's loop vs a bare loop, same steps",
+            ["config", "steps", "bare chars/s", "chargen chars/s", "chargen / bare", "GFLOP/s", "% of GEMM peak"],
+            [[f"{r['layers']}x{r['hidden']} {r['precision']}", str(r["steps"]), f"{r['bare_chars_per_sec']:,.0f}",
+              f"{r['chargen_chars_per_sec']:,.0f}", f"{r['ratio']:.3f}", f"{r['gflops']:.1f}",
+              f"{100 * r['gflops'] / r['peak_gflops']:.0f}%"] for r in grid])
 
-    table = Table(title=f"chargen training throughput, batch 64 x 128, {args.seconds:g} s each "
-                        f"({platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__})")
-    for col in ("config", "bare chars/s", "chargen chars/s", "chargen / bare", "val loss", "GFLOP/s", "% of GEMM peak"):
-        table.add_column(col, justify="left" if col == "config" else "right")
-    for r in rows:
-        table.add_row(f"{r['layers']}x{r['hidden']} {r['precision']}", f"{r['bare_chars_per_sec']:,.0f}",
-                      f"{r['chargen_chars_per_sec']:,.0f}", f"{r['ratio']:.3f}", f"{r['val_loss']:.3f}",
-                      f"{r['gflops']:.1f}", f"{100 * r['gflops'] / r['peak_gflops']:.0f}%")
-    Console(width=140).print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
-                                     "torch": torch.__version__, "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
-                                     "rows": rows}, indent=2))
-    print(f"wrote {args.json}", file=sys.stderr)
+    runs = []
+    if not args.skip_runs:
+        plan = [(256, "fp32", args.run_steps), (512, "fp32", int(args.run_steps * 0.6)),
+                (512, "bf16", int(args.run_steps * 0.6))]
+        for hidden, precision, steps in plan:
+            opts = {"layers": 2, "hidden": hidden, "embed": 64, "dropout": 0.0}
+            cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts)
+            result, wall = chargen_run(corpus, opts, precision, steps, eval_every=steps)
+            # The bare loop does the same steps (its warm-up steps counted too).
+            bare_steps, bare_secs = bare_loop(cfg, ids, precision, steps=steps - WARMUP)
+            bare_wall = bare_secs * steps / bare_steps  # warm-up steps cost about as much as the others
+            chars = steps * BATCH * SEQ
+            row = {"layers": 2, "hidden": hidden, "precision": precision, "steps": steps, "chars": chars,
+                   "chargen_wall": wall, "bare_wall": bare_wall, "chargen_chars_per_sec": chars / wall,
+                   "bare_chars_per_sec": chars / bare_wall, "ratio": bare_wall / wall,
+                   "val_loss": result.best_val_loss, "gflops": 6 * matmul_weights(cfg) * chars / wall / 1e9}
+            runs.append(row)
+            print(f"run 2x{hidden} {precision}: chargen {wall:.1f}s  bare {bare_wall:.1f}s  "
+                  f"val {result.best_val_loss:.4f}", file=sys.stderr, flush=True)
+        fp32_512 = next(r for r in runs if r["hidden"] == 512 and r["precision"] == "fp32")
+        bf16_512 = next(r for r in runs if r["hidden"] == 512 and r["precision"] == "bf16")
+        print_table(
+            "2. whole runs: chargen.training.train from call to return vs the bare loop, same steps "
+            "(start-up, checkpoints, evaluation, sample included)",
+            ["config", "steps", "chars", "chargen s", "bare s", "chargen / bare", "chargen chars/s", "val loss",
+             "GFLOP/s"],
+            [[f"2x{r['hidden']} {r['precision']}", str(r["steps"]), f"{r['chars']:,}", f"{r['chargen_wall']:.1f}",
+              f"{r['bare_wall']:.1f}", f"{r['ratio']:.3f}", f"{r['chargen_chars_per_sec']:,.0f}",
+              f"{r['val_loss']:.4f}", f"{r['gflops']:.1f}"] for r in runs])
+        speedup = bf16_512["chargen_chars_per_sec"] / fp32_512["chargen_chars_per_sec"]
+        delta = bf16_512["val_loss"] - fp32_512["val_loss"]
+        print(f"bf16 vs fp32 at 2x512 after {fp32_512['chars']:,} chars: {speedup:.2f}x the speed, "
+              f"val loss {delta:+.4f} nats (targets: >= 1.6x, within 0.02)")
+    write_json(args.json, {"batch": BATCH, "seq_len": SEQ, "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
+                           "grid": grid, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -212,6 +212,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
     from .data import read_corpus
     from .errors import TrainingInterrupted
+    from .ingest import ingest
     from .training import auto_settings, resolve_device
     from .training import train as run_training
 
@@ -241,18 +242,18 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
         val_file = val_file or ckpt.info.get("val_source")
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
-    corpus = read_corpus(paths)
+    corpus = ingest(paths, notice=callbacks.on_notice if callbacks is not None else None)
     val_text = read_corpus([val_file]).text if val_file else None
     if resume is None:
         # What the user left unset is sized from the corpus and the time budget, and said so.
-        auto_model, auto_train, why = auto_settings(len(corpus.text), config.time, resolve_device(config.device),
+        auto_model, auto_train, why = auto_settings(corpus.n_chars, config.time, resolve_device(config.device),
                                                     set(options))
         if auto_model or auto_train:
             model_options = {**auto_model, **model_options}
             config = TrainConfig.from_dict({**train_options, **auto_train})
             picked = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in {**auto_model, **auto_train}.items())
             if callbacks is not None:
-                callbacks.on_notice(f"auto: {picked} ({why}; {len(corpus.text):,} characters); "
+                callbacks.on_notice(f"auto: {picked} ({why}; {corpus.n_chars:,} characters); "
                                     f"set these flags to choose yourself")
     out_dir = out_dir or Path("checkpoints") / corpus.name
     result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,

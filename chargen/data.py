@@ -19,92 +19,38 @@ Characters past B * L (L = len // B) are dropped; that is fewer than B character
 
 from __future__ import annotations
 
-import sys
+import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 import numpy as np
 
-from .errors import CorpusError, UsageError
-
-BOM = b"\xef\xbb\xbf"
-
+from .errors import CorpusError
+from .ingest import corpus_chunks, corpus_name, describe_source, line_stats, text_chunks
 
 @dataclass
 class Corpus:
+    """A corpus held as one string: for small texts, tests and `chargen eval`. Training on
+    files goes through `ingest`, which never holds the whole text."""
+
     text: str
     name: str  # for the default run directory and `info`
     sources: list[str]
 
 
-def _describe_source(path: str) -> str:
-    return "stdin" if path == "-" else path
+def _join(pieces: Iterator[tuple[bytes, Optional[str]]]) -> str:
+    return "".join(text if text is not None else buf.decode("ascii") for buf, text in pieces)
 
 
 def decode_corpus_bytes(raw: bytes, source: str) -> str:
     """bytes -> text: BOM dropped, CRLF -> LF; a one-line error for anything that is not UTF-8 text."""
-    if raw.startswith(b"\xff\xfe") or raw.startswith(b"\xfe\xff"):
-        raise CorpusError(f"{source} looks like UTF-16 (it starts with a UTF-16 byte-order mark); "
-                          f"convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
-    if raw.startswith(BOM):
-        raw = raw[len(BOM):]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(
-            f"{source} is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
-            f"convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
-    nul = text.find("\x00")
-    if nul >= 0:
-        raise CorpusError(f"{source} holds a NUL character (at character {nul}); it looks like a binary file, not text")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    if not text:
-        raise CorpusError(f"{source} is empty")
-    if not text.strip():
-        raise CorpusError(f"{source} holds only whitespace")
-    return text
-
-
-def _read_bytes(path: str, stdin: Optional[BinaryIO] = None) -> bytes:
-    if path == "-":
-        stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
-        if stream is None:
-            raise CorpusError("stdin is closed; pass a corpus file instead of -")
-        try:
-            return stream.read()
-        except (OSError, ValueError) as exc:
-            raise CorpusError(f"cannot read stdin ({exc})") from None
-    p = Path(path)
-    try:
-        if p.is_dir():
-            raise CorpusError(f"{path} is a directory; pass the text files inside it")
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(f"{path} does not exist") from None
-    except PermissionError:
-        raise CorpusError(f"{path} cannot be read (permission denied)") from None
-    except OSError as exc:
-        raise CorpusError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    return _join(text_chunks(io.BytesIO(raw), source))
 
 
 def read_corpus(paths: list[str], stdin: Optional[BinaryIO] = None) -> Corpus:
     """Read one or more UTF-8 files ('-' is stdin) into one text; files are joined by newlines."""
-    if not paths:
-        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
-    if paths.count("-") > 1:
-        raise UsageError("stdin (-) can be given only once")
-    parts = []
-    for path in paths:
-        text = decode_corpus_bytes(_read_bytes(path, stdin), _describe_source(path))
-        if parts and not parts[-1].endswith("\n"):
-            parts[-1] += "\n"
-        parts.append(text)
-    first = paths[0]
-    name = "stdin" if first == "-" else (Path(first).stem or "corpus")
-    return Corpus(text="".join(parts), name=name, sources=[_describe_source(p) for p in paths])
+    text = _join(corpus_chunks(paths, stdin))
+    return Corpus(text=text, name=corpus_name(paths), sources=[describe_source(p) for p in paths])
 
 
 def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
@@ -119,19 +65,9 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
 def is_line_oriented(text: str) -> bool:
     """A corpus of short, non-empty lines (names, band names, titles), as opposed to prose or code.
 
-    Samples from such a model are one line each.
+    Samples from such a model are one line each. (The rule: `ingest.LineStats.line_oriented`.)
     """
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) < 20:
-        return False
-    lengths = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
-    nonempty = lengths > 0
-    if nonempty.mean() < 0.95:  # prose and code have blank lines between paragraphs and blocks
-        return False
-    lengths = lengths[nonempty]
-    return bool(np.median(lengths) <= 32 and np.percentile(lengths, 95) <= 64)
+    return line_stats(text).line_oriented()
 
 
 def shuffle_lines(text: str, seed: int) -> str:
@@ -177,6 +113,12 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
     """(N,) -> (batch_size, N // batch_size): row i is the i-th contiguous slice of the text."""
     length = len(ids) // batch_size
     return np.ascontiguousarray(ids[: batch_size * length].reshape(batch_size, length))
+
+
+def stream_view(ids: np.ndarray, batch_size: int) -> np.ndarray:
+    """batchify without a copy: a view of `ids` (a memory-mapped file stays one)."""
+    length = len(ids) // batch_size
+    return ids[: batch_size * length].reshape(batch_size, length)
 
 
 def windows_per_epoch(streams: np.ndarray, seq_len: int) -> int:

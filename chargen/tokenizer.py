@@ -87,6 +87,11 @@ class Vocab:
     def unknown_chars(self, text: str) -> list[str]:
         return sorted({ch for ch in text if ch not in self.index})
 
+    def decode_ids(self, ids: np.ndarray) -> str:
+        """decode() for a large id array, vectorized through code points."""
+        table = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        return table[np.asarray(ids)].tobytes().decode("utf-32-le", "surrogatepass")
+
     def decode(self, ids: Iterable[int]) -> str:
         chars = self.chars
         return "".join(chars[int(i)] for i in ids)

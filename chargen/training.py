@@ -28,17 +28,16 @@ from .checkpoint import BEST, CONFIG, LAST, LOSS_SVG, METRICS, Checkpoint, atomi
 from .config import ModelConfig, TrainConfig, format_duration
 from .data import (
     Corpus,
-    batchify,
     check_trainable,
-    is_line_oriented,
     line_ids,
     shuffle_lines,
     split_train_val,
     unigram_entropy,
     unique_lines,
-    window,
+    stream_view,
     windows_per_epoch,
 )
+from .ingest import EncodedCorpus
 from .errors import ChargenError, CorpusError, TrainingError, UsageError
 from .model import CharRNN, State, detach_state, matmul_weights, state_from_tensors, state_tensors
 from .tokenizer import Vocab
@@ -52,6 +51,13 @@ RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed")
 # Divergence: skip non-finite steps; after this many in a row, roll back (at most MAX_ROLLBACKS times).
 BAD_STEPS_BEFORE_ROLLBACK = 5
 MAX_ROLLBACKS = 3
+# A list of lines is shuffled in memory (see data.shuffle_lines) up to this many characters.
+MAX_SHUFFLED_CHARS = 16_000_000
+# The start-of-line state and the unigram entropy are taken from this much of the training text.
+START_STATE_CHARS = 1 << 20
+UNIGRAM_CHARS = 1 << 20
+# On a GPU the training streams are copied to GPU memory whole when they are at most this large.
+DEVICE_DATA_BYTES = 2 << 30
 
 
 class TrainCallbacks:
@@ -316,7 +322,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, np.n
 
 @torch.no_grad()
 def line_start_state(model: CharRNN, streams: torch.Tensor, newline_id: Optional[int], context: int = 128,
-                     count: int = 256) -> list[np.ndarray]:
+                     count: int = 128) -> list[np.ndarray]:
     """The model's typical state at the end of a line, just before it reads "\n".
 
     Sampling and evaluation start from here instead of from zeros: during training the state
@@ -368,11 +374,42 @@ def _corpus_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+# --- batches -----------------------------------------------------------------------------------
+
+
+class WindowLoader:
+    """Window k of every stream as (inputs, targets) long tensors (B, T) on the device.
+
+    On the CPU each window is sliced from the (possibly memory-mapped) streams when needed, so
+    only the pages being read are resident. On a GPU the streams go to GPU memory once when
+    they fit, or else each window goes through pinned memory without blocking.
+    """
+
+    def __init__(self, streams: np.ndarray, seq_len: int, device: torch.device):
+        self.streams, self.seq_len, self.device = streams, seq_len, device
+        self.on_device = None
+        if device.type != "cpu" and streams.nbytes <= DEVICE_DATA_BYTES:
+            dtype = np.uint8 if streams.dtype == np.uint8 else np.int32
+            self.on_device = torch.from_numpy(np.ascontiguousarray(streams).astype(dtype, copy=False)).to(device)
+
+    def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = k * self.seq_len
+        if self.on_device is not None:
+            block = self.on_device[:, start : start + self.seq_len + 1].long()
+        else:
+            block = torch.from_numpy(np.asarray(self.streams[:, start : start + self.seq_len + 1]).astype(np.int64))
+            if self.device.type == "cuda":
+                block = block.pin_memory().to(self.device, non_blocking=True)
+            elif self.device.type != "cpu":
+                block = block.to(self.device)
+        return block[:, :-1], block[:, 1:]  # (B, T) each
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 
 def train(
-    corpus: Corpus,
+    corpus: Corpus | EncodedCorpus,
     config: TrainConfig,
     model_options: Optional[dict[str, Any]] = None,
     *,
@@ -403,35 +440,58 @@ def train(
                     f"--{key.replace('_', '-')} {getattr(config, key)} differs from the run being resumed "
                     f"({ckpt.train_config[key]}); a resumed run keeps its data layout, so drop the flag"
                 )
-        if ckpt.resume.get("corpus_digest") != _corpus_digest(corpus.text + (val_text or "")):
-            raise UsageError(f"the corpus differs from the one the run in {ckpt.path.parent} was trained on; "
-                             f"resume with the same corpus files")
     else:
         if (out / LAST).exists() and not overwrite:
             raise UsageError(f"{out} already holds a run; continue it with --resume {out}, "
                              f"or pass --overwrite or another --out")
 
     # ---- data ----
-    line_oriented = is_line_oriented(corpus.text)
-    text = shuffle_lines(corpus.text, config.seed) if line_oriented else corpus.text
-    if val_text is not None:
-        train_text, val_part = text, val_text
-    else:
-        train_text, val_part = split_train_val(text, config.val_fraction)
-    if ckpt is not None:
-        vocab = ckpt.vocab
-    else:
-        vocab = Vocab.from_text(corpus.text + (val_text or ""))
-    train_ids = vocab.encode(train_text)
-    val_ids = vocab.encode(val_part, skip_unknown=val_text is not None)
+    if isinstance(corpus, Corpus):
+        corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
+    digest = corpus.digest if val_text is None else _corpus_digest(corpus.digest + val_text)
+    if ckpt is not None and ckpt.resume.get("corpus_digest") != digest:
+        raise UsageError(f"the corpus differs from the one the run in {ckpt.path.parent} was trained on; "
+                         f"resume with the same corpus files")
+    vocab = corpus.vocab
+    if ckpt is not None and ckpt.vocab != vocab:
+        raise UsageError(f"the corpus's characters differ from the vocabulary of the run in {ckpt.path.parent}")
+    line_oriented = corpus.lines.line_oriented()
+    if line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
+        line_oriented = False
+        cb.on_notice(f"a list of {corpus.lines.lines:,} lines is too large to shuffle in memory; "
+                     f"training on it as running text, in file order")
+    val_part = None
+    if line_oriented:
+        # Lists are small: shuffle them as text (see shuffle_lines), then encode again.
+        full_text = corpus.text()
+        text = shuffle_lines(full_text, config.seed)
+        if val_text is None:
+            text, val_part = split_train_val(text, config.val_fraction)
+        train_ids = vocab.encode(text)
+    elif val_text is None:
+        # Running text is split in place: the ids may be a memory-mapped file larger than memory.
+        ids = corpus.ids
+        cut = len(ids) - max(1, int(len(ids) * config.val_fraction))
+        newline = vocab.index.get("\n")
+        if newline is not None:  # start validation at a line start where one is near
+            near = np.flatnonzero(np.asarray(ids[cut : min(len(ids) - 1, cut + 1000)]) == newline)
+            if near.size:
+                cut += int(near[0]) + 1
+        train_ids, val_ids = ids[:cut], ids[cut:]
+    else:
+        train_ids = corpus.ids
+    if val_text is not None:
+        val_ids = vocab.encode(val_text, skip_unknown=True)
+    elif val_part is not None:
+        val_ids = vocab.encode(val_part)
     batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source)
     if len(val_ids) < 2:
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
                           f"character(s); use a longer corpus, a larger --val-fraction or --val-file")
     if batch_size < config.batch_size:
         cb.on_notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
-    streams_np = batchify(train_ids, batch_size)
+    streams_np = stream_view(train_ids, batch_size)
     n_windows = windows_per_epoch(streams_np, config.seq_len)
     chars_per_step = batch_size * config.seq_len
 
@@ -459,7 +519,9 @@ def train(
     )
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
-    streams = torch.from_numpy(streams_np.astype(np.int64 if streams_np.dtype.itemsize > 2 else np.int32)).to(device)
+    batches = WindowLoader(streams_np, config.seq_len, device)
+    # Contexts for the start-of-line state come from the first part of the training text.
+    start_ids = torch.from_numpy(np.asarray(train_ids[:START_STATE_CHARS]).astype(np.int64)).to(device)
     val_tensor = torch.from_numpy(val_ids[: config.eval_chars].astype(np.int64))
     # A line-oriented model is scored line by line from its start-of-line state, as it samples;
     # carrying state from the previous (unrelated) line would flatter it.
@@ -504,7 +566,7 @@ def train(
 
     lines_blob, n_lines = None, 0
     if line_oriented:
-        distinct = unique_lines(corpus.text)
+        distinct = unique_lines(full_text)
         blob = encode_lines(distinct)
         if blob.nbytes <= MAX_LINES_BYTES:
             lines_blob, n_lines = blob, len(distinct)
@@ -516,7 +578,7 @@ def train(
         "training_lines": n_lines,
         "train_chars": int(len(train_ids)),
         "val_chars": int(len(val_ids)),
-        "unigram_entropy": unigram_entropy(train_ids, len(vocab)),
+        "unigram_entropy": unigram_entropy(np.asarray(train_ids[:UNIGRAM_CHARS]), len(vocab)),
         "precision": precision,
         "device": device.type,
     }
@@ -564,10 +626,10 @@ def train(
                 "step": step, "epoch": epoch, "window": k, "chars_seen": chars_seen,
                 "elapsed": elapsed_before + (time.perf_counter() - t0),
                 "best_val_loss": best_val, "last_val_loss": last_val, "lr_scale": lr_scale,
-                "param_groups": groups, "corpus_digest": _corpus_digest(corpus.text + (val_text or "")),
+                "param_groups": groups, "corpus_digest": digest,
             }
         if start is None:
-            start = line_start_state(model, streams, vocab.index.get("\n"))
+            start = line_start_state(model, start_ids, vocab.index.get("\n"))
         save_checkpoint(path, weights=model_weights(model), model_config=model_config, vocab_json=vocab_json,
                         train_config=train_config_dict, info=info, lines_blob=lines_blob,
                         resume=resume_meta, resume_tensors=resume_tensors, start_state=start)
@@ -587,7 +649,7 @@ def train(
     def run_eval() -> None:
         nonlocal best_val, last_val, evals_since_best, good
         elapsed = elapsed_before + time.perf_counter() - t0
-        start = line_start_state(model, streams, vocab.index.get("\n"))
+        start = line_start_state(model, start_ids, vocab.index.get("\n"))
         if val_lines:
             val_loss = evaluate_lines(model, val_lines, start, vocab.index["\n"], device, precision)
         else:
@@ -687,10 +749,10 @@ def train(
                 epoch, k, state = epoch + 1, 0, None
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, progress_fraction(now)) * lr_scale
-            x, y = window(streams, k, config.seq_len)
+            x, y = batches.window(k)
             with autocast(device, precision):
-                logits, new_state = model(x.long(), state)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1).long())
+                logits, new_state = model(x, state)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -14,6 +14,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_corpus_cache(tmp_path_factory):
+    """Tests (and the chargen commands they run) keep their corpus caches out of ~/.cache."""
+    os.environ["CHARGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("corpus-cache"))
+    yield
+
+
 def chargen_exe() -> str:
     """The installed console script (next to this Python), as a user would run it."""
     exe = Path(sys.executable).with_name("chargen")

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Ingest speed and memory: corpora of 10 MB, 100 MB and 1 GiB into the encoded cache, and training on 1 GiB.
+
+    python benchmarks/ingest.py [--sizes 10M,100M,1G] [--json bench-out/ingest.json]
+
+The corpora are tinyshakespeare's speeches drawn at random (seeded) until the size is reached,
+written once to bench-out/corpora/ and reused. Each measurement runs in a fresh process, so its
+peak resident memory (ru_maxrss) is its own:
+- "ingest (cold)": chargen.ingest.ingest on an empty cache: both passes, the cache file written;
+- "ingest (cached)": the same call again, which finds the cache and memory-maps it;
+- "chargen train, 1 GiB": the installed command on the largest corpus with an empty cache
+  (`--max-steps 20 --eval-every 10`, automatic model size): ingest, training, evaluation and
+  checkpoints in one process.
+MB/s is corpus bytes over the ingest call's own time (interpreter start-up excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import DATA, print_table, write_json
+
+SIZES = {"10M": 10 * 10**6, "100M": 100 * 10**6, "1G": 1 << 30}
+
+PROBE = r"""
+import json, resource, sys, time
+from chargen.ingest import ingest
+t = time.perf_counter()
+enc = ingest([sys.argv[1]], cache_dir=sys.argv[2])
+elapsed = time.perf_counter() - t
+print(json.dumps({"seconds": elapsed, "chars": enc.n_chars, "vocab": len(enc.vocab), "dtype": str(enc.ids.dtype),
+                  "reused": enc.reused, "line_oriented": enc.lines.line_oriented()}))
+"""
+
+
+def make_corpus(path: Path, size: int, source: Path) -> None:
+    if path.exists() and path.stat().st_size >= size:
+        return
+    # Speeches (blocks between blank lines) drawn at random: the text stays prose, as the original.
+    lines = [block.strip("\n") + "\n\n" for block in source.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+    rng = random.Random(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < size:
+            block = "".join(rng.choices(lines, k=20_000))
+            f.write(block)
+            written += len(block.encode("utf-8"))
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(completed process, wall seconds, peak RSS in MB) of a child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    done = subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), out, err)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
+    return done, wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10M,100M,1G")
+    ap.add_argument("--data", type=Path, default=DATA / "tinyshakespeare.txt")
+    ap.add_argument("--corpora", type=Path, default=Path("bench-out/corpora"))
+    ap.add_argument("--no-train", action="store_true", help="skip the training run on the largest corpus")
+    ap.add_argument("--json", type=Path, default=Path("bench-out/ingest.json"))
+    args = ap.parse_args()
+    rows = []
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    chargen = Path(sys.executable).with_name("chargen")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sizes:
+            path = args.corpora / f"shakespeare-{name}.txt"
+            t = time.perf_counter()
+            make_corpus(path, SIZES[name], args.data)
+            print(f"corpus {path} ready ({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
+            nbytes = path.stat().st_size
+            cache = Path(tmp) / f"cache-{name}"
+            for phase in ("cold", "cached"):
+                done, wall, rss = run_measured([sys.executable, "-c", PROBE, str(path), str(cache)])
+                info = json.loads(done.stdout)
+                rows.append({"corpus": name, "bytes": nbytes, "phase": phase, "seconds": info["seconds"],
+                             "mb_per_sec": nbytes / 1e6 / info["seconds"], "peak_rss_mb": rss, "wall": wall,
+                             "chars": info["chars"], "dtype": info["dtype"], "reused": info["reused"]})
+                print(f"{name} {phase}: {info['seconds']:.2f} s, {nbytes / 1e6 / info['seconds']:,.0f} MB/s, "
+                      f"peak RSS {rss:.0f} MB", file=sys.stderr, flush=True)
+            shutil.rmtree(cache, ignore_errors=True)
+        if not args.no_train and sizes:
+            name = sizes[-1]
+            path = args.corpora / f"shakespeare-{name}.txt"
+            env = {**os.environ, "CHARGEN_CACHE_DIR": str(Path(tmp) / "train-cache")}
+            # Twice: with the model picked for a large corpus (2x512 on a CPU), and with 2x256.
+            for extra, label in (([], "auto model"), (["--hidden", "256"], "--hidden 256")):
+                run_dir = Path(tmp) / f"run{len(extra)}"
+                shutil.rmtree(env["CHARGEN_CACHE_DIR"], ignore_errors=True)
+                cmd = [str(chargen), "train", str(path), "--max-steps", "20", "--eval-every", "10",
+                       "--out", str(run_dir), *extra]
+                done, wall, rss = run_measured(cmd, env)
+                metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                rows.append({"corpus": name, "bytes": path.stat().st_size,
+                             "phase": f"chargen train, cold cache, {label}", "seconds": wall, "mb_per_sec": None,
+                             "peak_rss_mb": rss, "wall": wall, "val_loss": metrics[-1]["val_loss"],
+                             "command": "chargen " + " ".join(cmd[1:])})
+                print(f"train {name} ({label}): {wall:.1f} s, peak RSS {rss:.0f} MB", file=sys.stderr, flush=True)
+    print_table("ingest: corpus -> encoded cache (fresh process each; peak RSS of that process)",
+                ["corpus", "phase", "seconds", "MB/s", "peak RSS MB"],
+                [[f"{r['corpus']} ({r['bytes'] / 1e6:,.0f} MB)", r["phase"], f"{r['seconds']:.2f}",
+                  f"{r['mb_per_sec']:,.0f}" if r["mb_per_sec"] else "", f"{r['peak_rss_mb']:.0f}"] for r in rows])
+    write_json(args.json, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()

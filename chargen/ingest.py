@@ -1,0 +1,472 @@
+r"""Streaming ingest: corpus files -> vocabulary + an encoded, memory-mapped cache of ids.
+
+A corpus may be larger than memory, so it is never held as one string. Two passes over the
+files, a chunk (16 MB) at a time:
+
+    files ──read──> chunks of bytes ──check──> UTF-8 text, BOM dropped, CRLF -> LF
+       pass 1: which characters occur (-> Vocab), line-length statistics, SHA-256 of the text
+       pass 2: characters -> ids (a lookup table), appended to  <cache>/<key>.ids
+                                                                <cache>/<key>.json  (vocab, stats)
+
+The ids file holds one id per character in the smallest unsigned type that fits the vocabulary
+(uint8 for up to 256 characters) and is memory-mapped for training, so the operating system
+pages it in as the streams advance. It is reused while every source file keeps its path, size
+and modification time (as make and rsync judge "unchanged"), and rebuilt when one changes.
+Standard input is spooled to a file first and keyed by its content.
+
+The cache lives in $CHARGEN_CACHE_DIR, else $XDG_CACHE_HOME/chargen, else ~/.cache/chargen;
+the least recently used entries beyond MAX_ENTRIES are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Optional
+
+import numpy as np
+
+from .errors import CheckpointError, CorpusError, UsageError
+from .tokenizer import Vocab
+
+CHUNK_BYTES = 16 << 20
+CACHE_FORMAT = 1
+MAX_ENTRIES = 16
+BOM = b"\xef\xbb\xbf"
+MAX_CODEPOINT = 0x110000
+# Line lengths are histogrammed up to this; longer lines share the last bucket. The
+# line-orientation rule only asks whether the median is <= 32 and the 95th percentile <= 64.
+LONG_LINE = 65
+
+
+# --- reading and checking, a chunk at a time -----------------------------------------------------
+
+
+def describe_source(path: str) -> str:
+    return "stdin" if path == "-" else path
+
+
+def open_source(path: str, stdin: Optional[BinaryIO] = None) -> BinaryIO:
+    """A binary stream for a corpus path ('-' is stdin), or a one-line CorpusError."""
+    if path == "-":
+        stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+        if stream is None or getattr(stream, "closed", False):
+            raise CorpusError("stdin is closed; pass a corpus file instead of -")
+        return stream
+    p = Path(path)
+    if p.is_dir():
+        raise CorpusError(f"{path} is a directory; pass the text files inside it")
+    try:
+        return open(p, "rb")
+    except FileNotFoundError:
+        raise CorpusError(f"{path} does not exist") from None
+    except PermissionError:
+        raise CorpusError(f"{path} cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise CorpusError(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _split_incomplete(buf: bytes) -> tuple[bytes, bytes]:
+    """Split off a UTF-8 sequence cut short at the end of a chunk, to be completed by the next."""
+    n = len(buf)
+    for back in range(1, min(4, n) + 1):
+        b = buf[n - back]
+        if b < 0x80:
+            return buf, b""
+        if b >= 0xC0:  # a lead byte: how long is its sequence?
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return (buf[: n - back], buf[n - back :]) if need > back else (buf, b"")
+    return buf, b""  # only continuation bytes: invalid, the decoder will say so
+
+
+def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, Optional[str]]]:
+    """The checked text of `stream` in pieces: (UTF-8 bytes, the same as str, or None when ASCII).
+
+    BOM dropped, CRLF -> LF; a one-line CorpusError for anything that is not UTF-8 text (with the
+    byte offset), a NUL byte, an empty or whitespace-only file. A multi-byte character or a CRLF
+    cut by a chunk boundary is carried into the next piece, so the pieces join to exactly the
+    text a one-shot decode gives.
+    """
+    offset = 0  # file offset of buf[0]
+    carry = b""
+    first, nonspace, total = True, False, 0
+    while True:
+        try:
+            block = stream.read(chunk_bytes)
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"cannot read {source} ({exc})") from None
+        eof = not block
+        buf = carry + block if carry else block
+        carry = b""
+        if first:
+            if len(buf) < 3 and not eof:
+                carry = buf
+                continue
+            if buf.startswith((b"\xff\xfe", b"\xfe\xff")):
+                raise CorpusError(f"{source} looks like UTF-16 (it starts with a UTF-16 byte-order mark); "
+                                  f"convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
+            if buf.startswith(BOM):
+                buf, offset = buf[len(BOM):], len(BOM)
+            first = False
+        if not eof:
+            buf, carry = _split_incomplete(buf)
+            if buf.endswith(b"\r"):  # maybe half of a CRLF
+                buf, carry = buf[:-1], b"\r" + carry
+        if buf:
+            consumed = len(buf)
+            text = None
+            if not buf.isascii():
+                try:
+                    text = buf.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(
+                        f"{source} is not valid UTF-8 (byte {offset + exc.start}: "
+                        f"{buf[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -f latin1 -t utf-8"
+                    ) from None
+            nul = buf.find(b"\x00")
+            if nul >= 0:
+                raise CorpusError(f"{source} holds a NUL character (at byte {offset + nul}); "
+                                  f"it looks like a binary file, not text")
+            if b"\r\n" in buf:
+                buf = buf.replace(b"\r\n", b"\n")
+                text = text.replace("\r\n", "\n") if text is not None else None
+            if not nonspace:
+                nonspace = bool((text if text is not None else buf.decode("ascii")).strip())
+            offset += consumed
+            total += len(buf)
+            yield buf, text
+        if eof:
+            break
+    if total == 0:
+        raise CorpusError(f"{source} is empty")
+    if not nonspace:
+        raise CorpusError(f"{source} holds only whitespace")
+
+
+def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_bytes: int = CHUNK_BYTES,
+                  names: Optional[list[str]] = None) -> Iterator[tuple[bytes, Optional[str]]]:
+    """The text of several sources in pieces, joined by a newline where one does not end in one.
+    `names` are what errors call the sources (default: the paths)."""
+    check_paths(paths)
+    ends_in_newline = True
+    for i, path in enumerate(paths):
+        stream = open_source(path, stdin)
+        try:
+            if not ends_in_newline:
+                yield b"\n", None
+            name = names[i] if names is not None else describe_source(path)
+            for buf, text in text_chunks(stream, name, chunk_bytes):
+                ends_in_newline = buf.endswith(b"\n")
+                yield buf, text
+        finally:
+            if path != "-":
+                stream.close()
+
+
+def check_paths(paths: list[str]) -> None:
+    if not paths:
+        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    if paths.count("-") > 1:
+        raise UsageError("stdin (-) can be given only once")
+
+
+def codepoints(buf: bytes, text: Optional[str]) -> np.ndarray:
+    """(n,) code points of a chunk: the bytes themselves when ASCII (uint8), else uint32."""
+    if text is None:
+        return np.frombuffer(buf, dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+# --- line statistics: is this a list of names or prose? -------------------------------------------
+
+
+@dataclass
+class LineStats:
+    """Counts to decide line-orientation without holding the text: lines, and the
+    histogram of non-empty line lengths (the last bucket is "LONG_LINE or longer")."""
+
+    lines: int = 0
+    nonempty: int = 0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(LONG_LINE + 1, dtype=np.int64))
+
+    def add_lengths(self, lengths: np.ndarray) -> None:
+        self.lines += len(lengths)
+        filled = lengths[lengths > 0]
+        self.nonempty += len(filled)
+        self.hist += np.bincount(np.minimum(filled, LONG_LINE), minlength=LONG_LINE + 1)
+
+    def _order_stat(self, k: int) -> int:
+        return int(np.searchsorted(np.cumsum(self.hist), k, side="right"))
+
+    def _percentile(self, q: float) -> float:
+        """np.percentile(lengths, q) (linear interpolation) from the histogram."""
+        pos = q / 100 * (self.nonempty - 1)
+        lo, frac = int(pos), pos - int(pos)
+        a = self._order_stat(lo)
+        return a + frac * (self._order_stat(lo + 1) - a) if frac else float(a)
+
+    def line_oriented(self) -> bool:
+        """A corpus of short, non-empty lines (names, band names, titles), not prose or code:
+        at least 20 lines, 95% of them non-empty (prose and code have blank lines between
+        paragraphs and blocks), median length <= 32 and 95th percentile <= 64."""
+        if self.lines < 20 or self.nonempty / self.lines < 0.95:
+            return False
+        return self._percentile(50) <= 32 and self._percentile(95) <= 64
+
+    def to_dict(self) -> dict:
+        return {"lines": self.lines, "nonempty": self.nonempty, "hist": self.hist.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LineStats":
+        return cls(int(d["lines"]), int(d["nonempty"]), np.array(d["hist"], dtype=np.int64))
+
+
+class _LineCounter:
+    def __init__(self) -> None:
+        self.stats = LineStats()
+        self.partial = 0  # length of the line still open at the end of the last chunk
+
+    def add(self, cp: np.ndarray) -> None:
+        nl = np.flatnonzero(cp == 10)
+        if nl.size == 0:
+            self.partial += len(cp)
+            return
+        lengths = np.empty(nl.size, dtype=np.int64)
+        lengths[0] = self.partial + nl[0]
+        lengths[1:] = np.diff(nl) - 1
+        self.stats.add_lengths(lengths)
+        self.partial = len(cp) - int(nl[-1]) - 1
+
+    def finish(self) -> LineStats:
+        if self.partial:  # a last line without a newline is a line
+            self.stats.add_lengths(np.array([self.partial]))
+            self.partial = 0
+        return self.stats
+
+
+def line_stats(text: str) -> LineStats:
+    counter = _LineCounter()
+    counter.add(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32))
+    return counter.finish()
+
+
+# --- the encoded corpus ---------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedCorpus:
+    """A corpus as ids: in memory for small texts, a memory-mapped cache file for large ones."""
+
+    ids: np.ndarray  # (n_chars,), dtype = vocab.dtype
+    vocab: Vocab
+    name: str  # for the default run directory
+    sources: list[str]
+    digest: str  # SHA-256 of the text (first 16 hex digits): a resumed run checks it
+    lines: LineStats
+    cache_file: Optional[Path] = None
+    reused: bool = False
+
+    @property
+    def n_chars(self) -> int:
+        return int(len(self.ids))
+
+    def text(self) -> str:
+        """The whole text (decoded again); only for corpora that fit in memory."""
+        return self.vocab.decode_ids(self.ids)
+
+    @classmethod
+    def from_text(cls, text: str, name: str = "corpus", sources: Optional[list[str]] = None) -> "EncodedCorpus":
+        vocab = Vocab.from_text(text)
+        return cls(ids=vocab.encode(text), vocab=vocab, name=name, sources=sources or [name],
+                   digest=text_digest(text), lines=line_stats(text))
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def corpus_name(paths: list[str]) -> str:
+    return "stdin" if paths[0] == "-" else (Path(paths[0]).stem or "corpus")
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("CHARGEN_CACHE_DIR"):
+        return Path(os.environ["CHARGEN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "chargen"
+
+
+def _file_key(paths: list[str]) -> str:
+    parts = []
+    for p in paths:
+        st = os.stat(p)
+        parts.append([os.path.realpath(p), st.st_size, st.st_mtime_ns, st.st_ino])
+    return hashlib.sha256(json.dumps([CACHE_FORMAT, parts]).encode()).hexdigest()[:24]
+
+
+def _stamp(paths: list[str]) -> list[tuple[int, int]]:
+    return [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+
+
+def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optional[BinaryIO] = None,
+           chunk_bytes: int = CHUNK_BYTES, notice: Optional[Callable[[str], None]] = None) -> EncodedCorpus:
+    """Read, check and encode the corpus into the cache (or find it there); ids come back memory-mapped."""
+    check_paths(paths)
+    for p in paths:  # fail on a missing file before spooling stdin
+        if p != "-":
+            open_source(p).close()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the corpus cache {cache} ({exc.strerror or exc}); "
+                         f"set CHARGEN_CACHE_DIR to a writable folder") from None
+    spool = None
+    try:
+        read_paths = list(paths)
+        if "-" in paths:
+            spool, stdin_digest = _spool_stdin(stdin, cache, chunk_bytes)
+            read_paths[paths.index("-")] = str(spool)
+            key_paths = [p for p in paths if p != "-"]
+            key = hashlib.sha256(json.dumps([CACHE_FORMAT, stdin_digest, paths,
+                                             _file_key(key_paths) if key_paths else ""]).encode()).hexdigest()[:24]
+        else:
+            key = _file_key(paths)
+        meta_path, ids_path = cache / f"{key}.json", cache / f"{key}.ids"
+        sources = [describe_source(p) for p in paths]
+        found = _load_entry(meta_path, ids_path, paths, sources)
+        if found is not None:
+            os.utime(meta_path)  # most recently used
+            return found
+        return _build_entry(paths, read_paths, sources, meta_path, ids_path, chunk_bytes, notice)
+    finally:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+
+
+def _spool_stdin(stdin: Optional[BinaryIO], cache: Path, chunk_bytes: int) -> tuple[Path, str]:
+    """Standard input can be read once; the two passes need a file."""
+    stream = open_source("-", stdin)
+    h = hashlib.sha256()
+    fd, name = tempfile.mkstemp(prefix=".stdin.", suffix=".tmp", dir=cache)
+    with os.fdopen(fd, "wb") as out:
+        while True:
+            try:
+                block = stream.read(chunk_bytes)
+            except (OSError, ValueError) as exc:
+                raise CorpusError(f"cannot read stdin ({exc})") from None
+            if not block:
+                break
+            h.update(block)
+            out.write(block)
+    return Path(name), h.hexdigest()
+
+
+def _load_entry(meta_path: Path, ids_path: Path, paths: list[str], sources: list[str]) -> Optional[EncodedCorpus]:
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        vocab = Vocab.from_json(meta["vocab"])
+        n = int(meta["n_chars"])
+        if ids_path.stat().st_size != n * vocab.dtype.itemsize:
+            return None
+        ids = np.memmap(ids_path, dtype=vocab.dtype, mode="r", shape=(n,))
+        return EncodedCorpus(ids=ids, vocab=vocab, name=corpus_name(paths), sources=sources, digest=meta["digest"],
+                             lines=LineStats.from_dict(meta["lines"]), cache_file=ids_path, reused=True)
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        return None  # absent, half-written or from another version: build it again
+
+
+def _build_entry(paths, read_paths, sources, meta_path: Path, ids_path: Path, chunk_bytes: int,
+                 notice) -> EncodedCorpus:
+    before = _stamp(read_paths)
+    t0 = time.perf_counter()
+
+    # Pass 1: which characters occur, line statistics, digest.
+    seen = np.zeros(MAX_CODEPOINT, dtype=bool)
+    ascii_seen = b""  # the ASCII bytes seen so far, for a fast "anything new?" check
+    lines = _LineCounter()
+    h = hashlib.sha256()
+    n_bytes = 0
+    for buf, text in corpus_chunks(read_paths, chunk_bytes=chunk_bytes, names=sources):
+        h.update(buf)
+        n_bytes += len(buf)
+        if text is None:
+            if buf.translate(None, ascii_seen):  # a byte not seen before
+                seen[np.frombuffer(buf, dtype=np.uint8)] = True
+                ascii_seen = bytes(np.flatnonzero(seen[:128]).astype(np.uint8))
+            cp = np.frombuffer(buf, dtype=np.uint8)
+        else:
+            cp = codepoints(buf, text)
+            seen[cp] = True
+            ascii_seen = bytes(np.flatnonzero(seen[:128]).astype(np.uint8))
+        lines.add(cp)
+    chars = [chr(c) for c in np.flatnonzero(seen)]
+    vocab = Vocab(chars)  # sorted by code point, as Vocab.from_text
+
+    # Pass 2: encode through a lookup table into a temp file, renamed into place when complete.
+    lut = np.zeros(MAX_CODEPOINT, dtype=vocab.dtype)
+    lut[[ord(c) for c in chars]] = np.arange(len(chars), dtype=vocab.dtype)
+    # ASCII chunks of a byte-sized vocabulary are translated by bytes.translate, 5x faster than numpy.
+    table = bytes(lut[:256].astype(np.uint8)) if vocab.dtype == np.uint8 else None
+    n_chars = 0
+    tmp = ids_path.with_name(f".{ids_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            for buf, text in corpus_chunks(read_paths, chunk_bytes=chunk_bytes, names=sources):
+                if text is None and table is not None:
+                    encoded = buf.translate(table)
+                    n_chars += len(encoded)
+                else:
+                    encoded = lut[codepoints(buf, text)]
+                    n_chars += len(encoded)
+                out.write(encoded)
+            out.flush()
+            os.fsync(out.fileno())
+        if _stamp(read_paths) != before:
+            raise CorpusError(f"{', '.join(sources)} changed while it was being read; try again")
+        os.replace(tmp, ids_path)
+        meta = {"format": CACHE_FORMAT, "n_chars": n_chars, "n_bytes": n_bytes, "digest": h.hexdigest()[:16],
+                "vocab": vocab.to_json(), "lines": lines.finish().to_dict(), "sources": sources,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(meta_tmp, meta_path)  # last: an entry without its .json is not an entry
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write the corpus cache in {ids_path.parent} ({exc.strerror or exc}); "
+                         f"set CHARGEN_CACHE_DIR to a writable folder with room for it") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    elapsed = time.perf_counter() - t0
+    if notice is not None and n_bytes >= 8 * CHUNK_BYTES:
+        notice(f"encoded {n_bytes / 1e6:,.0f} MB in {elapsed:.1f} s ({n_bytes / 1e6 / max(elapsed, 1e-9):,.0f} MB/s) "
+               f"into {ids_path}")
+    _prune(ids_path.parent, keep=ids_path.stem)
+    ids = np.memmap(ids_path, dtype=vocab.dtype, mode="r", shape=(n_chars,)) if n_chars else np.zeros(0, vocab.dtype)
+    return EncodedCorpus(ids=ids, vocab=vocab, name=corpus_name(paths), sources=sources, digest=meta["digest"],
+                         lines=lines.stats, cache_file=ids_path)
+
+
+def _prune(cache: Path, keep: str) -> None:
+    """Drop the least recently used entries beyond MAX_ENTRIES (and stale temp files)."""
+    try:
+        entries = sorted(cache.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for meta in entries[MAX_ENTRIES:]:
+            if meta.stem != keep:
+                meta.unlink(missing_ok=True)
+                meta.with_suffix(".ids").unlink(missing_ok=True)
+        day_ago = time.time() - 86400
+        for tmp in cache.glob(".*.tmp"):
+            if tmp.stat().st_mtime < day_ago:
+                tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a cache that cannot be tidied still works

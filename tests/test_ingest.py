@@ -1,0 +1,137 @@
+"""Streaming ingest and the encoded-corpus cache."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chargen.data import read_corpus
+from chargen.errors import CorpusError
+from chargen.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats
+from chargen.tokenizer import Vocab
+
+TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301")), min_size=1, max_size=300).filter(
+    lambda t: t.replace("\r\n", "\n").strip())
+
+
+def _reference(paths):
+    """The one-shot reading: whole files decoded at once, as before chunking existed."""
+    parts = []
+    for p in paths:
+        raw = open(p, "rb").read()
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").replace("\r\n", "\n")
+        if parts and not parts[-1].endswith("\n"):
+            parts[-1] += "\n"
+        parts.append(text)
+    return "".join(parts)
+
+
+@given(texts=st.lists(TEXTS, min_size=1, max_size=3), chunk=st.integers(1, 17), bom=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom):
+    d = tmp_path_factory.mktemp("chunks")
+    paths = []
+    for i, t in enumerate(texts):
+        p = d / f"f{i}.txt"
+        p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + t.encode("utf-8"))
+        paths.append(str(p))
+    expected = _reference(paths)
+    # Pieces cut at any byte join to the same text ...
+    pieces = list(corpus_chunks(paths, chunk_bytes=chunk))
+    assert b"".join(buf for buf, _ in pieces).decode("utf-8") == expected
+    assert all(text is None or text.encode("utf-8") == buf for buf, text in pieces)
+    # ... and the cache built from them holds the same ids, vocabulary, digest and line statistics.
+    enc = ingest(paths, cache_dir=d / "cache", chunk_bytes=chunk)
+    one_shot = EncodedCorpus.from_text(expected)
+    assert enc.vocab == one_shot.vocab
+    assert np.array_equal(np.asarray(enc.ids), one_shot.ids)
+    assert enc.digest == one_shot.digest
+    assert enc.lines.to_dict() == one_shot.lines.to_dict()
+    assert enc.text() == expected
+
+
+def _reference_line_oriented(text):
+    """The rule written out directly on the lines (what LineStats computes from a histogram)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) < 20:
+        return False
+    lengths = np.array([len(x) for x in lines])
+    if (lengths > 0).mean() < 0.95:
+        return False
+    lengths = lengths[lengths > 0]
+    return bool(np.median(lengths) <= 32 and np.percentile(lengths, 95) <= 64)
+
+
+@given(lengths=st.lists(st.integers(0, 90), min_size=0, max_size=80), trailing=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_line_statistics_match_the_rule(lengths, trailing):
+    text = "\n".join("x" * n for n in lengths) + ("\n" if trailing else "")
+    assert line_stats(text).line_oriented() == _reference_line_oriented(text)
+
+
+def test_large_file_in_many_chunks_and_error_offsets(tmp_path):
+    # A corpus of several chunks, non-ASCII characters across boundaries, encodes like a one-shot.
+    text = "".join(f"línea {i} — ünïcode ✓ {'x' * (i % 50)}\r\n" for i in range(3000))
+    p = tmp_path / "big.txt"
+    p.write_bytes(text.encode("utf-8"))
+    enc = ingest([str(p)], cache_dir=tmp_path / "cache", chunk_bytes=4096)
+    assert os.path.getsize(p) > 20 * 4096
+    assert enc.text() == text.replace("\r\n", "\n")
+    assert enc.ids.dtype == np.uint8 and isinstance(enc.ids, np.memmap)
+    # An invalid byte deep inside is reported at its file offset, whatever the chunk size.
+    raw = p.read_bytes()
+    bad = raw[:100_001] + b"\xff" + raw[100_001:]
+    q = tmp_path / "bad.txt"
+    q.write_bytes(bad)
+    for chunk in (1000, 4096, 1 << 20):
+        with pytest.raises(CorpusError, match="byte 100001"):
+            ingest([str(q)], cache_dir=tmp_path / "cache", chunk_bytes=chunk)
+
+
+def test_cache_is_reused_and_rebuilt_when_the_corpus_changes(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("hello world\n" * 100)
+    cache = tmp_path / "cache"
+    first = ingest([str(p)], cache_dir=cache)
+    assert not first.reused and first.cache_file.exists()
+    again = ingest([str(p)], cache_dir=cache)
+    assert again.reused and again.cache_file == first.cache_file
+    assert np.array_equal(np.asarray(again.ids), np.asarray(first.ids))
+    # Same size, new content and time: rebuilt, with the new characters.
+    p.write_text("HELLO WORLD\n" * 100)
+    os.utime(p, ns=(os.stat(p).st_atime_ns, os.stat(p).st_mtime_ns + 10**9))
+    changed = ingest([str(p)], cache_dir=cache)
+    assert not changed.reused
+    assert changed.text() == "HELLO WORLD\n" * 100
+    assert changed.digest != first.digest
+    # A half-written entry (ids file cut short) is not trusted: it is built again.
+    changed.cache_file.write_bytes(b"\x00" * 10)
+    repaired = ingest([str(p)], cache_dir=cache)
+    assert not repaired.reused and repaired.text() == "HELLO WORLD\n" * 100
+
+
+def test_stdin_is_spooled_and_keyed_by_content(tmp_path):
+    cache = tmp_path / "cache"
+    data = "Ana\nBob\nCy\n".encode() * 30
+    a = ingest(["-"], cache_dir=cache, stdin=io.BytesIO(data))
+    b = ingest(["-"], cache_dir=cache, stdin=io.BytesIO(data))
+    assert a.sources == ["stdin"] and a.name == "stdin"
+    assert b.reused and a.text() == data.decode()
+    assert not list(cache.glob(".stdin.*"))  # the spool file is gone
+    with pytest.raises(CorpusError, match="stdin is empty"):
+        ingest(["-"], cache_dir=cache, stdin=io.BytesIO(b""))
+
+
+def test_smallest_dtype_for_large_vocabularies(tmp_path):
+    chars = "".join(chr(0x4E00 + i) for i in range(300))  # 300 CJK characters: more than a byte
+    p = tmp_path / "cjk.txt"
+    p.write_text(chars * 3 + "\n")
+    enc = ingest([str(p)], cache_dir=tmp_path / "cache")
+    assert enc.ids.dtype == np.uint16 and len(enc.vocab) == 301
+    assert enc.text() == chars * 3 + "\n"
+    assert enc.vocab == Vocab.from_text(read_corpus([str(p)]).text)
