@@ -210,11 +210,8 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     """
     from .checkpoint import LAST, read_checkpoint
     from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
-    from .data import read_corpus
-    from .errors import TrainingInterrupted
-    from .ingest import ingest
-    from .training import auto_settings, resolve_device
-    from .training import train as run_training
+    from .distributed import setup as setup_distributed
+    from .distributed import teardown as teardown_distributed
 
     model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
     train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
@@ -242,22 +239,53 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
         val_file = val_file or ckpt.info.get("val_source")
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
-    corpus = ingest(paths, notice=callbacks.on_notice if callbacks is not None else None)
+    dist = setup_distributed(config.device)  # None unless started by torchrun
+    try:
+        return _train(paths, config, model_options, options, out_dir, val_file, precision, resume, overwrite,
+                      callbacks, dist)
+    finally:
+        teardown_distributed(dist)
+
+
+def _train(paths, config, model_options, options, out_dir, val_file, precision, resume, overwrite, callbacks, dist):
+    from .config import TrainConfig
+    from .data import read_corpus
+    from .errors import TrainingInterrupted
+    from .ingest import ingest
+    from .training import auto_settings, resolve_device
+    from .training import train as run_training
+
+    notice = callbacks.on_notice if callbacks is not None and (dist is None or dist.is_main) else None
+    if dist is None:
+        corpus = ingest(paths, notice=notice)
+    else:
+        if "-" in paths:
+            raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
+        # One process per machine encodes the corpus into the cache; the others then map it.
+        if dist.local_rank == 0:
+            corpus = ingest(paths, notice=notice)
+        dist.barrier()
+        if dist.local_rank != 0:
+            corpus = ingest(paths)
+    train_options = {k: v for k, v in options.items() if k not in model_options}
     val_text = read_corpus([val_file]).text if val_file else None
     if resume is None:
         # What the user left unset is sized from the corpus and the time budget, and said so.
-        auto_model, auto_train, why = auto_settings(corpus.n_chars, config.time, resolve_device(config.device),
-                                                    set(options))
+        device = dist.device if dist is not None else resolve_device(config.device)
+        auto_model, auto_train, why = auto_settings(corpus.n_chars, config.time, device, set(options))
+        if dist is not None and "batch_size" in auto_train:
+            # --batch-size is the global batch: keep each process's share as large as one alone would use.
+            auto_train["batch_size"] *= dist.world
+            why += f"; {dist.world} processes"
         if auto_model or auto_train:
             model_options = {**auto_model, **model_options}
             config = TrainConfig.from_dict({**train_options, **auto_train})
             picked = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in {**auto_model, **auto_train}.items())
-            if callbacks is not None:
-                callbacks.on_notice(f"auto: {picked} ({why}; {corpus.n_chars:,} characters); "
-                                    f"set these flags to choose yourself")
+            if notice is not None:
+                notice(f"auto: {picked} ({why}; {corpus.n_chars:,} characters); set these flags to choose yourself")
     out_dir = out_dir or Path("checkpoints") / corpus.name
     result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
-                          precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks)
+                          precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist)
     if result.interrupted:
         raise TrainingInterrupted(result.interrupted, out_dir)
     return out_dir

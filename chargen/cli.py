@@ -264,6 +264,10 @@ def train(
     from .api import train as api_train
     from .errors import TrainingInterrupted
 
+    from .distributed import rank_from_env
+
+    rank = rank_from_env()  # under torchrun, rank 0 alone shows progress
+    quiet = quiet or rank != 0
     callbacks = _ProgressCallbacks(quiet)
     try:
         with callbacks:
@@ -272,8 +276,9 @@ def train(
     except TrainingInterrupted as stop:
         if not quiet and hasattr(callbacks, "summary"):
             console().print(_summary_table(callbacks.summary))
-        sys.stderr.write(f"Stopped by {stop.reason}; saved {stop.run_dir / 'last.safetensors'}. Resume with:\n"
-                         f"  chargen train --resume {stop.run_dir}\n")
+        if rank == 0:
+            sys.stderr.write(f"Stopped by {stop.reason}; saved {stop.run_dir / 'last.safetensors'}. Resume with:\n"
+                             f"  chargen train --resume {stop.run_dir}\n")
         raise typer.Exit(stop.exit_code) from None
     if not quiet and hasattr(callbacks, "summary"):
         console().print(_summary_table(callbacks.summary))

@@ -38,6 +38,7 @@ from .data import (
     windows_per_epoch,
 )
 from .ingest import EncodedCorpus
+from .distributed import Dist
 from .errors import ChargenError, CorpusError, TrainingError, UsageError
 from .model import CharRNN, State, detach_state, matmul_weights, state_from_tensors, state_tensors
 from .tokenizer import Vocab
@@ -113,20 +114,59 @@ def cpu_has_bf16_matmul() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(name: str, device: torch.device, notice) -> str:
+def resolve_precision(name: str, device: torch.device, notice, model_config: Optional[ModelConfig] = None) -> str:
+    """The precision to train in: as asked, or what `auto` finds best here; a one-line notice
+    and fp32 where the asked one cannot work (and where a quick trial step fails)."""
+    hidden = model_config.hidden if model_config is not None else 256
     if name == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability()[0] >= 8 else "fp32"
-        if device.type == "cpu":
-            return "bf16" if cpu_has_bf16_matmul() else "fp32"
-        return "fp32"
-    if name == "fp16" and device.type != "cuda":
-        notice(f"fp16 is only used on CUDA; training in fp32 on {device.type}")
-        return "fp32"
-    if name == "bf16" and device.type == "mps":
-        notice("bf16 autocast is not supported on MPS here; training in fp32")
-        return "fp32"
+            # Ampere and later have bf16 tensor cores; bf16 needs no loss scaling.
+            name = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+        elif device.type == "cpu":
+            # Measured on an AMX CPU (docs/benchmarks.md): bf16 is 1.3x fp32 at hidden 128 and
+            # about 2x from 256 up; smaller models are bound by element-wise work, not matmuls.
+            name = "bf16" if cpu_has_bf16_matmul() and hidden >= 128 else "fp32"
+        else:
+            name = "fp32"
+        if name == "fp32":
+            return name
+        auto = True
+    else:
+        auto = False
+        if name == "fp16" and device.type != "cuda":
+            notice(f"fp16 is only used on CUDA (with a gradient scaler); training in fp32 on {device.type}; "
+                   f"try --precision bf16")
+            return "fp32"
+        if name == "bf16" and device.type == "mps":
+            notice("bf16 autocast is not supported on MPS here; training in fp32")
+            return "fp32"
+        if name == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+            notice("this GPU has no bf16 tensor cores (compute capability < 8.0); training in fp32; "
+                   "try --precision fp16")
+            return "fp32"
+    if name != "fp32":
+        problem = _precision_problem(device, name, model_config.cell if model_config is not None else "lstm")
+        if problem is not None:
+            if not auto:
+                notice(f"{name} does not work here ({problem}); training in fp32")
+            return "fp32"
     return name
+
+
+def _precision_problem(device: torch.device, precision: str, cell: str) -> Optional[str]:
+    """One tiny forward and backward step of the recurrent cell under the autocast; why it failed, if it did."""
+    try:
+        probe = CharRNN(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=8, embed=4)).to(device)
+        x = torch.zeros(2, 3, dtype=torch.long, device=device)
+        with autocast(device, precision):
+            logits, _ = probe(x)
+        loss = logits.float().sum()
+        loss.backward()
+        if not torch.isfinite(loss):
+            return "a trial step gave a non-finite loss"
+        return None
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def autocast(device: torch.device, precision: str):
@@ -230,11 +270,20 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 
 @torch.no_grad()
 def evaluate(model: CharRNN, ids: torch.Tensor, seq_len: int, device: torch.device, precision: str,
-             streams: int = 32) -> float:
-    """Mean cross-entropy (nats/char) over `ids`, laid out in streams with the state carried."""
+             streams: int = 32, dist: Optional[Dist] = None) -> float:
+    """Mean cross-entropy (nats/char) over `ids`, laid out in streams with the state carried.
+    Under torchrun each rank passes its share of the text and the sums are added up."""
+    total, count = _evaluate_sums(model, ids, seq_len, device, precision, streams)
+    if dist is not None:
+        total, count = dist.sum(total, count)
+    return total / count if count else float("nan")
+
+
+def _evaluate_sums(model: CharRNN, ids: torch.Tensor, seq_len: int, device: torch.device, precision: str,
+                   streams: int) -> tuple[float, int]:
     n = ids.numel()
     if n < 2:
-        return float("nan")
+        return 0.0, 0
     streams = max(1, min(streams, (n - 1) // max(seq_len, 1)))
     length = n // streams
     data = ids[: streams * length].view(streams, length).to(device)
@@ -255,12 +304,12 @@ def evaluate(model: CharRNN, ids: torch.Tensor, seq_len: int, device: torch.devi
             count += y.numel()
     finally:
         model.train(was_training)
-    return float(total.item() / count)
+    return float(total.item()), count
 
 
 @torch.no_grad()
 def evaluate_lines(model: CharRNN, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,
-                   device: torch.device, precision: str, batch: int = 512) -> float:
+                   device: torch.device, precision: str, batch: int = 512, dist: Optional[Dist] = None) -> float:
     """Mean cross-entropy (nats/char) of each line scored on its own: from the start-of-line
     state, read "\\n", then predict every character of the line and the newline that ends it."""
     was_training = model.training
@@ -286,7 +335,9 @@ def evaluate_lines(model: CharRNN, lines: list[np.ndarray], start_state: list[np
             count += int((targets != -100).sum())
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    if dist is not None:
+        total, count = dist.sum(total, count)
+    return total / count if count else float("nan")
 
 
 # --- checkpoint plumbing ----------------------------------------------------------------------
@@ -420,13 +471,20 @@ def train(
     resume: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
     callbacks: Optional[TrainCallbacks] = None,
+    dist: Optional[Dist] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` and write best/last checkpoints and metrics to `out_dir`.
 
     `resume` continues the run whose last checkpoint it names (a file or run directory):
     model, optimizer, hidden state, data position and RNG come back exactly.
+    `dist` (from chargen.distributed.setup, under torchrun) trains this rank's share of the
+    streams with DistributedDataParallel; only rank 0 reports and writes.
     """
     cb = callbacks or TrainCallbacks()
+    main = dist is None or dist.is_main
+    world = dist.world if dist is not None else 1
+    if not main:
+        cb = TrainCallbacks()  # the other ranks stay quiet
     config.validate()
     out = Path(out_dir)
     ckpt: Optional[Checkpoint] = None
@@ -441,7 +499,8 @@ def train(
                     f"({ckpt.train_config[key]}); a resumed run keeps its data layout, so drop the flag"
                 )
     else:
-        if (out / LAST).exists() and not overwrite:
+        # Rank 0 alone decides (the others would see the step-0 checkpoint it is about to write).
+        if main and (out / LAST).exists() and not overwrite:
             raise UsageError(f"{out} already holds a run; continue it with --resume {out}, "
                              f"or pass --overwrite or another --out")
 
@@ -489,14 +548,23 @@ def train(
     if len(val_ids) < 2:
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
                           f"character(s); use a longer corpus, a larger --val-fraction or --val-file")
+    if world > 1:
+        if config.batch_size % world:
+            raise UsageError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world}): "
+                             f"each trains an equal share of the streams")
+        batch_size -= batch_size % world
+        if batch_size == 0:
+            raise CorpusError(f"{source} is too short to give each of {world} processes one stream")
     if batch_size < config.batch_size:
         cb.on_notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
-    streams_np = stream_view(train_ids, batch_size)
+    streams_np = stream_view(train_ids, batch_size)  # (B, L): the global layout, whatever the world size
+    # This rank's streams: a contiguous block of B / world rows.
+    local = slice(dist.rank * batch_size // world, (dist.rank + 1) * batch_size // world) if dist else slice(None)
     n_windows = windows_per_epoch(streams_np, config.seq_len)
     chars_per_step = batch_size * config.seq_len
 
     # ---- model ----
-    device = resolve_device(config.device)
+    device = dist.device if dist is not None else resolve_device(config.device)
     torch.manual_seed(config.seed)
     if ckpt is not None:
         model_config = ckpt.model_config
@@ -507,7 +575,7 @@ def train(
     if ckpt is not None:
         load_weights(model, ckpt.weights)
     model.to(device)
-    precision = resolve_precision(precision, device, cb.on_notice)
+    precision = resolve_precision(precision, device, cb.on_notice, model_config)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embedding")]
@@ -518,14 +586,24 @@ def train(
         foreach=True,
     )
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    # Training steps go through `net`: under torchrun, DDP averages the gradients in backward.
+    net: torch.nn.Module = model
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
 
-    batches = WindowLoader(streams_np, config.seq_len, device)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    batches = WindowLoader(streams_np[local], config.seq_len, device)
     # Contexts for the start-of-line state come from the first part of the training text.
     start_ids = torch.from_numpy(np.asarray(train_ids[:START_STATE_CHARS]).astype(np.int64)).to(device)
-    val_tensor = torch.from_numpy(val_ids[: config.eval_chars].astype(np.int64))
+    val_tensor = torch.from_numpy(np.asarray(val_ids[: config.eval_chars]).astype(np.int64))
+    if dist is not None:  # each rank scores its share of the validation text
+        val_tensor = val_tensor[dist.shard(val_tensor.numel())]
     # A line-oriented model is scored line by line from its start-of-line state, as it samples;
     # carrying state from the previous (unrelated) line would flatter it.
     val_lines = line_ids(vocab, vocab.decode(val_ids[: config.eval_chars])) if line_oriented else None
+    if val_lines is not None and dist is not None:
+        val_lines = val_lines[dist.shard(len(val_lines))]
 
     # ---- where we are ----
     step, epoch, k, chars_seen, elapsed_before = 0, 0, 0, 0, 0.0
@@ -543,7 +621,8 @@ def train(
         lr_scale = float(r.get("lr_scale", 1.0))
         _restore_optimizer(optimizer, ckpt.resume_tensors, r["param_groups"])
         if "state.0" in ckpt.resume_tensors:
-            tensors = [torch.from_numpy(np.array(ckpt.resume_tensors[f"state.{j}"])).to(device)
+            # Saved for all streams (layers, B, H); this rank takes its own.
+            tensors = [torch.from_numpy(np.array(ckpt.resume_tensors[f"state.{j}"]))[:, local].contiguous().to(device)
                        for j in range(2 if model_config.cell == "lstm" else 1)]
             state = state_from_tensors(model_config.cell, tensors)
         torch.set_rng_state(torch.from_numpy(np.array(ckpt.resume_tensors["rng.cpu"])))
@@ -601,6 +680,14 @@ def train(
     })
 
     def save(path: Path, with_resume: bool, val_loss: float, start: Optional[list[np.ndarray]] = None) -> None:
+        """Write a checkpoint (rank 0). Under torchrun every rank calls it: the state is gathered."""
+        full_state = None
+        if with_resume and state is not None:
+            full_state = state_tensors(state)
+            if dist is not None:
+                full_state = [dist.gather_streams(t) for t in full_state]
+        if not main:
+            return
         info = {
             **run_info,
             "step": step,
@@ -616,8 +703,8 @@ def train(
         resume_meta, resume_tensors = None, None
         if with_resume:
             resume_tensors, groups = _optimizer_tensors(optimizer)
-            if state is not None:
-                for j, t in enumerate(state_tensors(state)):
+            if full_state is not None:
+                for j, t in enumerate(full_state):
                     resume_tensors[f"state.{j}"] = t.detach().float().cpu().numpy()
             resume_tensors["rng.cpu"] = torch.get_rng_state().numpy()
             if device.type == "cuda":
@@ -626,7 +713,7 @@ def train(
                 "step": step, "epoch": epoch, "window": k, "chars_seen": chars_seen,
                 "elapsed": elapsed_before + (time.perf_counter() - t0),
                 "best_val_loss": best_val, "last_val_loss": last_val, "lr_scale": lr_scale,
-                "param_groups": groups, "corpus_digest": digest,
+                "param_groups": groups, "corpus_digest": digest, "world_size": world,
             }
         if start is None:
             start = line_start_state(model, start_ids, vocab.index.get("\n"))
@@ -650,11 +737,14 @@ def train(
         nonlocal best_val, last_val, evals_since_best, good
         elapsed = elapsed_before + time.perf_counter() - t0
         start = line_start_state(model, start_ids, vocab.index.get("\n"))
-        if val_lines:
-            val_loss = evaluate_lines(model, val_lines, start, vocab.index["\n"], device, precision)
+        if val_lines is not None:
+            val_loss = evaluate_lines(model, val_lines, start, vocab.index["\n"], device, precision, dist=dist)
         else:
-            val_loss = evaluate(model, val_tensor, config.seq_len, device, precision)
-        train_loss = window_loss_sum / max(window_loss_count, 1)
+            val_loss = evaluate(model, val_tensor, config.seq_len, device, precision, dist=dist)
+        loss_sum, loss_count = window_loss_sum, window_loss_count
+        if dist is not None:  # the mean over all ranks' streams, as one process would have it
+            loss_sum, loss_count = dist.sum(loss_sum, loss_count)
+        train_loss = loss_sum / max(loss_count, 1)
         last_val = val_loss
         if math.isfinite(val_loss):
             good.update(snapshot())
@@ -675,29 +765,32 @@ def train(
         if improved:
             save(out / BEST, with_resume=False, val_loss=val_loss, start=start)
         save(out / LAST, with_resume=True, val_loss=val_loss, start=start)
+        if not main:
+            return
         write_metrics()
         sample = None
         if config.sample_every and len(metrics) % config.sample_every == 0:
             sample = preview_sample(model, vocab, start, line_oriented, step)
         cb.on_eval({**record, "best_val_loss": best_val, "improved": improved, "sample": sample})
 
-    def progress_fraction(now: float) -> float:
+    def progress_fraction(elapsed: float) -> float:
         fractions = []
         if max_steps:
             fractions.append(step / max_steps)
         if time_budget:
-            fractions.append((elapsed_before + now - t0) / time_budget)
+            fractions.append(elapsed / time_budget)
         return max(fractions) if fractions else 0.0
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the run directory {out} ({exc.strerror or exc})") from None
-    # Temp files of a process killed mid-write are useless: remove them.
-    for stale in out.glob(".*.safetensors.*.tmp"):
-        stale.unlink(missing_ok=True)
-    for stale in out.glob(f".{METRICS}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    if main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the run directory {out} ({exc.strerror or exc})") from None
+        # Temp files of a process killed mid-write are useless: remove them.
+        for stale in out.glob(".*.safetensors.*.tmp"):
+            stale.unlink(missing_ok=True)
+        for stale in out.glob(f".{METRICS}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     flag = StopFlag()
     model.train()
@@ -732,26 +825,35 @@ def train(
     # The resolved configuration this run trains with, for the record (and `--config` reuse).
     resolved = {"corpus": corpus.sources, "model": model_config.to_dict(), "train": config.to_dict(),
                 "precision": precision, "device": device.type, "batch_size_used": batch_size}
-    atomic_write(out / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
+    if main:
+        atomic_write(out / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
     with stop_on_signals(flag):
         while True:
             now = time.perf_counter()
+            elapsed = elapsed_before + now - t0
             if max_steps is not None and step >= max_steps:
                 break
-            if time_budget is not None and elapsed_before + now - t0 >= time_budget:
+            signalled, requested = bool(flag), cb.should_stop(step)
+            if dist is not None:
+                # Every rank must stop at the same step, and follow the same (time-based) schedule:
+                # agree on the latest clock and on any stop request, in one small all-reduce.
+                elapsed, sig_any, req_any = dist.max(elapsed, float(signalled), float(requested))
+                signalled, requested = sig_any > 0, req_any > 0
+            if time_budget is not None and elapsed >= time_budget:
                 break
-            if flag:
+            if signalled:
+                flag.signal = flag.signal or "SIGTERM"  # seen by another rank
                 break
-            if cb.should_stop(step):
+            if requested:
                 flag.signal = "request"
                 break
             if k >= n_windows:  # an epoch is done: back to the start of every stream
                 epoch, k, state = epoch + 1, 0, None
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step, progress_fraction(now)) * lr_scale
+                group["lr"] = learning_rate(config, step, progress_fraction(elapsed)) * lr_scale
             x, y = batches.window(k)
             with autocast(device, precision):
-                logits, new_state = model(x, state)
+                logits, new_state = net(x, state)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -804,7 +906,7 @@ def train(
                     "step": step, "max_steps": max_steps, "epoch": epoch, "loss": mean_loss,
                     "lr": optimizer.param_groups[0]["lr"], "chars_seen": chars_seen,
                     "chars_per_sec": (chars_seen - chars_at_start) / max(time.perf_counter() - t0, 1e-9),
-                    "elapsed": elapsed_now, "time_budget": time_budget, "progress": progress_fraction(time.perf_counter()),
+                    "elapsed": elapsed_now, "time_budget": time_budget, "progress": progress_fraction(elapsed_now),
                     "best_val_loss": best_val, "val_loss": last_val,
                 })
             if step % config.eval_every == 0:

@@ -210,3 +210,26 @@ def test_auto_settings_follow_corpus_size_and_respect_given_flags():
     assert "hidden" not in model and "batch_size" not in train_opts and model["layers"] == 2
     gpu_model, _, _ = auto_settings(1_000_000, 300, torch.device("cuda"), set())
     assert gpu_model["hidden"] > 256
+
+
+def test_precision_falls_back_with_a_notice(monkeypatch):
+    from chargen import training
+    from chargen.config import ModelConfig
+
+    cpu = torch.device("cpu")
+    notices = []
+    assert training.resolve_precision("fp16", cpu, notices.append) == "fp32"
+    assert "fp16 is only used on CUDA" in notices[-1]
+    # The real trial step works for every cell in bf16 on this CPU ...
+    for cell in ("lstm", "gru", "rnn"):
+        assert training._precision_problem(cpu, "bf16", cell) is None
+    # ... and when it fails, the run goes on in fp32, saying why in one line.
+    monkeypatch.setattr(training, "_precision_problem", lambda *a: "no bf16 kernel for this cell")
+    assert training.resolve_precision("bf16", cpu, notices.append) == "fp32"
+    assert notices[-1] == "bf16 does not work here (no bf16 kernel for this cell); training in fp32"
+    # `auto` never insists: it quietly keeps fp32; tiny models stay in fp32 anyway.
+    count = len(notices)
+    assert training.resolve_precision("auto", cpu, notices.append) == "fp32" and len(notices) == count
+    monkeypatch.undo()
+    small = ModelConfig(vocab_size=10, hidden=64)
+    assert training.resolve_precision("auto", cpu, notices.append, small) == "fp32"
