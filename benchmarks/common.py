@@ -59,6 +59,29 @@ def gemm_rate(dtype, device: str = "cpu", n: int = 2048) -> float:
     return best
 
 
+def run_measured(cmd: list[str], env: dict | None = None, capture: bool = True):
+    """Run a child process: (CompletedProcess, wall seconds, its own peak RSS in MB).
+
+    os.wait4 gives the child's resource usage (subprocess.run would reap it first). stderr goes
+    to a temp file so a chatty child cannot fill a pipe and stall; a failure ends the benchmark.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile() as err_file:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=err_file,
+                                env=env)
+        out = proc.stdout.read() if capture else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        err_file.seek(0)
+        err = err_file.read()
+    done = subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), out, err)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode(errors='replace')[-2000:]}")
+    return done, wall, usage.ru_maxrss / 1024
+
+
 def peak_rss_mb() -> float:
     import resource
 

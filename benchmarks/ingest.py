@@ -21,13 +21,12 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, print_table, write_json
+from common import DATA, print_table, run_measured, write_json
 
 SIZES = {"10M": 10 * 10**6, "100M": 100 * 10**6, "1G": 1 << 30}
 
@@ -55,19 +54,6 @@ def make_corpus(path: Path, size: int, source: Path) -> None:
             block = "".join(rng.choices(lines, k=20_000))
             f.write(block)
             written += len(block.encode("utf-8"))
-
-
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(completed process, wall seconds, peak RSS in MB) of a child process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    done = subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), out, err)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
-    return done, wall, usage.ru_maxrss / 1024
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,16 +34,8 @@ def chargen_cmd() -> list[str]:
 
 def timed(cmd: list[str], repeat: int) -> tuple[float, float]:
     """Median wall time of `repeat` runs, and the largest peak RSS (MB) of those processes."""
-    times, peak = [], 0
-    for _ in range(repeat):
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        times.append(time.perf_counter() - t)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"failed: {' '.join(cmd)}: {proc.stderr.read().decode()}")
-        peak = max(peak, usage.ru_maxrss)
-    return statistics.median(times), peak / 1024
+    runs = [run_measured(cmd, capture=False) for _ in range(repeat)]
+    return statistics.median(wall for _, wall, _ in runs), max(rss for _, _, rss in runs)
 
 
 def prose_checkpoint(path: Path) -> Path:

@@ -113,7 +113,6 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA / "tinyshakespeare.txt")
     ap.add_argument("--json", type=Path, default=Path("bench-out/train_speed.json"))
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     text = args.data.read_text(encoding="utf-8")
     corpus = EncodedCorpus.from_text(text, "tinyshakespeare", [str(args.data)])
     ids = torch.from_numpy(corpus.ids.astype("int64"))

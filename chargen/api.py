@@ -241,13 +241,14 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
     dist = setup_distributed(config.device)  # None unless started by torchrun
     try:
-        return _train(paths, config, model_options, options, out_dir, val_file, precision, resume, overwrite,
+        return _train(paths, config, model_options, train_options, out_dir, val_file, precision, resume, overwrite,
                       callbacks, dist)
     finally:
         teardown_distributed(dist)
 
 
-def _train(paths, config, model_options, options, out_dir, val_file, precision, resume, overwrite, callbacks, dist):
+def _train(paths, config, model_options, train_options, out_dir, val_file, precision, resume, overwrite, callbacks,
+           dist):
     from .config import TrainConfig
     from .data import read_corpus
     from .errors import TrainingInterrupted
@@ -267,12 +268,12 @@ def _train(paths, config, model_options, options, out_dir, val_file, precision, 
         dist.barrier()
         if dist.local_rank != 0:
             corpus = ingest(paths)
-    train_options = {k: v for k, v in options.items() if k not in model_options}
     val_text = read_corpus([val_file]).text if val_file else None
     if resume is None:
         # What the user left unset is sized from the corpus and the time budget, and said so.
         device = dist.device if dist is not None else resolve_device(config.device)
-        auto_model, auto_train, why = auto_settings(corpus.n_chars, config.time, device, set(options))
+        auto_model, auto_train, why = auto_settings(corpus.n_chars, config.time, device,
+                                                    set(model_options) | set(train_options))
         if dist is not None and "batch_size" in auto_train:
             # --batch-size is the global batch: keep each process's share as large as one alone would use.
             auto_train["batch_size"] *= dist.world

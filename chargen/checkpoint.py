@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .config import ModelConfig
-from .errors import CheckpointError, ChargenError, TrainingError
+from .errors import CheckpointError, ChargenError, TrainingError, cannot_read
 from .tokenizer import Vocab
 
 FORMAT = "chargen"
@@ -209,10 +209,8 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         size = p.stat().st_size
     except IsADirectoryError:
         raise CheckpointError(f"{p} is a directory") from None
-    except PermissionError:
-        raise CheckpointError(f"{p} cannot be read (permission denied)") from None
     except OSError as exc:
-        raise CheckpointError(f"{p} cannot be read ({exc.strerror or exc})") from None
+        raise CheckpointError(cannot_read(p, exc)) from None
     problem = _sniff(p, head, size)
     if problem:
         raise CheckpointError(problem)

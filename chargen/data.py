@@ -28,6 +28,7 @@ import numpy as np
 from .errors import CorpusError
 from .ingest import corpus_chunks, corpus_name, describe_source, line_stats, text_chunks
 
+
 @dataclass
 class Corpus:
     """A corpus held as one string: for small texts, tests and `chargen eval`. Training on
@@ -109,14 +110,10 @@ def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
 # --- TBPTT layout ---------------------------------------------------------------------------
 
 
-def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N,) -> (batch_size, N // batch_size): row i is the i-th contiguous slice of the text."""
-    length = len(ids) // batch_size
-    return np.ascontiguousarray(ids[: batch_size * length].reshape(batch_size, length))
-
-
 def stream_view(ids: np.ndarray, batch_size: int) -> np.ndarray:
-    """batchify without a copy: a view of `ids` (a memory-mapped file stays one)."""
+    """(N,) -> (batch_size, N // batch_size): row i is the i-th contiguous slice of the text.
+
+    A view, not a copy: a memory-mapped file stays one."""
     length = len(ids) // batch_size
     return ids[: batch_size * length].reshape(batch_size, length)
 

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=4 -m chargen train corpus.txt ...
 
 torchrun starts one process per GPU (or per CPU slot) and sets RANK, WORLD_SIZE, LOCAL_RANK and
-the rendezvous address in their environment; `from_env` finds them. The backend is NCCL on CUDA
+the rendezvous address in their environment; `setup` finds them. The backend is NCCL on CUDA
 and gloo on the CPU. Every process holds the whole model; DDP averages the gradients in the
 backward pass, so all of them take the same optimizer step. How the work is split:
 

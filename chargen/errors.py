@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def cannot_read(what: object, exc: OSError) -> str:
+    """The one-line reason a file could not be read, as corpus and checkpoint errors both word it."""
+    reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or exc)
+    return f"{what} cannot be read ({reason})"
+
+
 class ChargenError(Exception):
     """Base class of every error chargen reports to a user; the message is one line."""
 

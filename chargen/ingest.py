@@ -32,7 +32,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, CorpusError, UsageError
+from .errors import CheckpointError, CorpusError, UsageError, cannot_read
 from .tokenizer import Vocab
 
 CHUNK_BYTES = 16 << 20
@@ -66,10 +66,8 @@ def open_source(path: str, stdin: Optional[BinaryIO] = None) -> BinaryIO:
         return open(p, "rb")
     except FileNotFoundError:
         raise CorpusError(f"{path} does not exist") from None
-    except PermissionError:
-        raise CorpusError(f"{path} cannot be read (permission denied)") from None
     except OSError as exc:
-        raise CorpusError(f"{path} cannot be read ({exc.strerror or exc})") from None
+        raise CorpusError(cannot_read(path, exc)) from None
 
 
 def _split_incomplete(buf: bytes) -> tuple[bytes, bytes]:
@@ -311,7 +309,7 @@ def _file_key(paths: list[str]) -> str:
 
 
 def _stamp(paths: list[str]) -> list[tuple[int, int]]:
-    return [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, paths)]
 
 
 def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optional[BinaryIO] = None,
@@ -423,10 +421,9 @@ def _build_entry(paths, read_paths, sources, meta_path: Path, ids_path: Path, ch
             for buf, text in corpus_chunks(read_paths, chunk_bytes=chunk_bytes, names=sources):
                 if text is None and table is not None:
                     encoded = buf.translate(table)
-                    n_chars += len(encoded)
                 else:
                     encoded = lut[codepoints(buf, text)]
-                    n_chars += len(encoded)
+                n_chars += len(encoded)
                 out.write(encoded)
             out.flush()
             os.fsync(out.fileno())

@@ -6,7 +6,6 @@ It never prints: everything a user should see goes through a `TrainCallbacks` ob
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -37,7 +36,7 @@ from .data import (
     stream_view,
     windows_per_epoch,
 )
-from .ingest import EncodedCorpus
+from .ingest import EncodedCorpus, text_digest
 from .distributed import Dist
 from .errors import ChargenError, CorpusError, TrainingError, UsageError
 from .model import CharRNN, State, detach_state, matmul_weights, state_from_tensors, state_tensors
@@ -421,10 +420,6 @@ def preview_sample(model: CharRNN, vocab: Vocab, start_state: list[np.ndarray], 
         model.train(was_training)
 
 
-def _corpus_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 # --- batches -----------------------------------------------------------------------------------
 
 
@@ -508,7 +503,7 @@ def train(
     if isinstance(corpus, Corpus):
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
-    digest = corpus.digest if val_text is None else _corpus_digest(corpus.digest + val_text)
+    digest = corpus.digest if val_text is None else text_digest(corpus.digest + val_text)
     if ckpt is not None and ckpt.resume.get("corpus_digest") != digest:
         raise UsageError(f"the corpus differs from the one the run in {ckpt.path.parent} was trained on; "
                          f"resume with the same corpus files")

@@ -4,13 +4,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chargen.data import (
-    batchify,
     check_trainable,
     decode_corpus_bytes,
     is_line_oriented,
     iter_windows,
     read_corpus,
     split_train_val,
+    stream_view,
     windows_per_epoch,
 )
 from chargen.errors import CorpusError
@@ -22,7 +22,7 @@ def test_tbptt_layout_sees_each_character_once_in_order(n, batch, seq):
     ids = np.arange(n, dtype=np.int64)
     if n // batch < 2:
         return
-    streams = batchify(ids, batch)
+    streams = stream_view(ids, batch)
     length = n // batch
     seen_inputs = [[] for _ in range(batch)]
     for k, x, y in iter_windows(streams, seq):
@@ -42,7 +42,7 @@ def test_tbptt_layout_sees_each_character_once_in_order(n, batch, seq):
 
 
 def test_window_k_plus_one_follows_window_k():
-    streams = batchify(np.arange(100), 4)
+    streams = stream_view(np.arange(100), 4)
     windows = list(iter_windows(streams, 5))
     for (_, x0, _), (_, x1, _) in zip(windows, windows[1:]):
         assert (x1[:, 0] == x0[:, -1] + 1).all()
