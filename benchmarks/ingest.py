@@ -8,9 +8,12 @@ written once to bench-out/corpora/ and reused. Each measurement runs in a fresh 
 peak resident memory (ru_maxrss) is its own:
 - "ingest (cold)": chargen.ingest.ingest on an empty cache: both passes, the cache file written;
 - "ingest (cached)": the same call again, which finds the cache and memory-maps it;
-- "chargen train, 1 GiB": the installed command on the largest corpus with an empty cache
-  (`--max-steps 20 --eval-every 10`, automatic model size): ingest, training, evaluation and
-  checkpoints in one process.
+- training memory: the installed `chargen train` (`--max-steps 20 --eval-every 10`) on the
+  smallest and on the largest corpus with an empty cache, so ingest, training, evaluation and
+  checkpoints share one process; once with the automatic model (2x512 for these sizes on a CPU)
+  and once with `--hidden 256`. Beside each, the floor: a bare training step of the same model,
+  batch and precision alone (torch, weights, optimizer, activations), in its own process.
+  Peak RSS equal on both corpora = memory does not grow with the corpus.
 MB/s is corpus bytes over the ingest call's own time (interpreter start-up excluded).
 """
 
@@ -41,6 +44,28 @@ print(json.dumps({"seconds": elapsed, "chars": enc.n_chars, "vocab": len(enc.voc
 """
 
 
+FLOOR = r"""
+import json, sys, torch, torch.nn.functional as F
+from chargen.config import ModelConfig
+from chargen.model import CharRNN, detach_state
+from chargen.training import autocast
+used = json.loads(sys.argv[1])
+model = CharRNN(ModelConfig.from_dict(used["model"]))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+batch, seq = used["batch_size_used"], used["train"]["seq_len"]
+x = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
+state = None
+for _ in range(5):
+    with autocast(torch.device("cpu"), used["precision"]):
+        logits, state = model(x[:, :-1], state)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    state = detach_state(state)
+"""
+
+
 def make_corpus(path: Path, size: int, source: Path) -> None:
     if path.exists() and path.stat().st_size >= size:
         return
@@ -64,7 +89,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="skip the training run on the largest corpus")
     ap.add_argument("--json", type=Path, default=Path("bench-out/ingest.json"))
     args = ap.parse_args()
-    rows = []
+    rows, train_rows = [], []
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     chargen = Path(sys.executable).with_name("chargen")
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,27 +110,39 @@ def main() -> None:
                       f"peak RSS {rss:.0f} MB", file=sys.stderr, flush=True)
             shutil.rmtree(cache, ignore_errors=True)
         if not args.no_train and sizes:
-            name = sizes[-1]
-            path = args.corpora / f"shakespeare-{name}.txt"
-            env = {**os.environ, "CHARGEN_CACHE_DIR": str(Path(tmp) / "train-cache")}
-            # Twice: with the model picked for a large corpus (2x512 on a CPU), and with 2x256.
-            for extra, label in (([], "auto model"), (["--hidden", "256"], "--hidden 256")):
-                run_dir = Path(tmp) / f"run{len(extra)}"
-                shutil.rmtree(env["CHARGEN_CACHE_DIR"], ignore_errors=True)
-                cmd = [str(chargen), "train", str(path), "--max-steps", "20", "--eval-every", "10",
-                       "--out", str(run_dir), *extra]
-                done, wall, rss = run_measured(cmd, env)
-                metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-                rows.append({"corpus": name, "bytes": path.stat().st_size,
-                             "phase": f"chargen train, cold cache, {label}", "seconds": wall, "mb_per_sec": None,
-                             "peak_rss_mb": rss, "wall": wall, "val_loss": metrics[-1]["val_loss"],
-                             "command": "chargen " + " ".join(cmd[1:])})
-                print(f"train {name} ({label}): {wall:.1f} s, peak RSS {rss:.0f} MB", file=sys.stderr, flush=True)
+            # Training memory: the same model on the smallest and on the largest corpus (cold cache:
+            # ingest runs in the same process), against the floor of that model's bare training step.
+            for extra in ([], ["--hidden", "256"]):
+                for name in dict.fromkeys([sizes[0], sizes[-1]]):
+                    path = args.corpora / f"shakespeare-{name}.txt"
+                    env = {**os.environ, "CHARGEN_CACHE_DIR": str(Path(tmp) / f"train-cache-{name}")}
+                    run_dir = Path(tmp) / f"run-{name}-{len(extra)}"
+                    cmd = [str(chargen), "train", str(path), "--max-steps", "20", "--eval-every", "10",
+                           "--out", str(run_dir), *extra]
+                    done, wall, rss = run_measured(cmd, env)
+                    shutil.rmtree(env["CHARGEN_CACHE_DIR"], ignore_errors=True)
+                    used = json.loads((run_dir / "config.json").read_text())
+                    _, _, floor = run_measured([sys.executable, "-c", FLOOR, json.dumps(used)])
+                    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                    model = f"{used['model']['layers']}x{used['model']['hidden']} {used['precision']}, " \
+                            f"batch {used['batch_size_used']} x {used['train']['seq_len']}"
+                    train_rows.append({"corpus": name, "bytes": path.stat().st_size, "model": model,
+                                       "seconds": wall, "peak_rss_mb": rss, "bare_step_peak_rss_mb": floor,
+                                       "val_loss": metrics[-1]["val_loss"], "command": "chargen " + " ".join(cmd[1:])})
+                    print(f"train {name} ({model}): {wall:.1f} s, peak RSS {rss:.0f} MB (bare step {floor:.0f} MB)",
+                          file=sys.stderr, flush=True)
     print_table("ingest: corpus -> encoded cache (fresh process each; peak RSS of that process)",
                 ["corpus", "phase", "seconds", "MB/s", "peak RSS MB"],
                 [[f"{r['corpus']} ({r['bytes'] / 1e6:,.0f} MB)", r["phase"], f"{r['seconds']:.2f}",
                   f"{r['mb_per_sec']:,.0f}" if r["mb_per_sec"] else "", f"{r['peak_rss_mb']:.0f}"] for r in rows])
-    write_json(args.json, {"rows": rows})
+    if train_rows:
+        print_table("training memory: chargen train, 20 steps, cold cache, the same model on each corpus; "
+                    "floor = that model's bare training step alone",
+                    ["model", "corpus", "seconds", "peak RSS MB", "floor MB", "val loss"],
+                    [[r["model"], f"{r['corpus']} ({r['bytes'] / 1e6:,.0f} MB)", f"{r['seconds']:.1f}",
+                      f"{r['peak_rss_mb']:.0f}", f"{r['bare_step_peak_rss_mb']:.0f}", f"{r['val_loss']:.4f}"]
+                     for r in train_rows])
+    write_json(args.json, {"rows": rows, "training": train_rows})
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ from .checkpoint import BEST, CONFIG, LAST, LOSS_SVG, METRICS, Checkpoint, atomi
 from .config import ModelConfig, TrainConfig, format_duration
 from .data import (
     Corpus,
+    FileStreams,
     check_trainable,
     line_ids,
+    read_ids,
     shuffle_lines,
     split_train_val,
     unigram_entropy,
@@ -426,24 +428,34 @@ def preview_sample(model: CharRNN, vocab: Vocab, start_state: list[np.ndarray], 
 class WindowLoader:
     """Window k of every stream as (inputs, targets) long tensors (B, T) on the device.
 
-    On the CPU each window is sliced from the (possibly memory-mapped) streams when needed, so
-    only the pages being read are resident. On a GPU the streams go to GPU memory once when
-    they fit, or else each window goes through pinned memory without blocking.
+    `streams` is an array (B, L), or FileStreams over a cache file: then each window is read
+    from the file when needed, so a corpus larger than memory costs a few megabytes of buffer.
+    On a GPU the streams go to GPU memory once when they fit, or else each window goes through
+    pinned memory without blocking.
     """
 
-    def __init__(self, streams: np.ndarray, seq_len: int, device: torch.device):
+    def __init__(self, streams: np.ndarray | FileStreams, seq_len: int, device: torch.device):
         self.streams, self.seq_len, self.device = streams, seq_len, device
         self.on_device = None
-        if device.type != "cpu" and streams.nbytes <= DEVICE_DATA_BYTES:
-            dtype = np.uint8 if streams.dtype == np.uint8 else np.int32
-            self.on_device = torch.from_numpy(np.ascontiguousarray(streams).astype(dtype, copy=False)).to(device)
+        rows, length = streams.shape
+        itemsize = streams.dtype.itemsize
+        if device.type != "cpu" and rows * length * itemsize <= DEVICE_DATA_BYTES:
+            dtype = torch.uint8 if streams.dtype == np.uint8 else torch.int32
+            self.on_device = torch.empty((rows, length), dtype=dtype, device=device)
+            for i in range(rows):  # a row at a time: never the whole corpus in host memory at once
+                row = streams.row(i) if isinstance(streams, FileStreams) else np.asarray(streams[i])
+                self.on_device[i].copy_(torch.from_numpy(row.astype(np.uint8 if dtype == torch.uint8 else np.int32)))
 
     def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = k * self.seq_len
         if self.on_device is not None:
             block = self.on_device[:, start : start + self.seq_len + 1].long()
         else:
-            block = torch.from_numpy(np.asarray(self.streams[:, start : start + self.seq_len + 1]).astype(np.int64))
+            if isinstance(self.streams, FileStreams):
+                raw = self.streams.block(start, self.seq_len + 1)
+            else:
+                raw = np.asarray(self.streams[:, start : start + self.seq_len + 1])
+            block = torch.from_numpy(raw.astype(np.int64))
             if self.device.type == "cuda":
                 block = block.pin_memory().to(self.device, non_blocking=True)
             elif self.device.type != "cpu":
@@ -515,7 +527,18 @@ def train(
         line_oriented = False
         cb.on_notice(f"a list of {corpus.lines.lines:,} lines is too large to shuffle in memory; "
                      f"training on it as running text, in file order")
-    val_part = None
+    # A large corpus is a cache file: the parts needed are read from it, not touched through its
+    # memory map, which would pin megabytes of read-ahead per touch (see FileStreams).
+    from_file = corpus.cache_file if isinstance(corpus.ids, np.memmap) and not line_oriented else None
+
+    def head(part: np.ndarray, offset: Optional[int], n: int) -> np.ndarray:
+        """part[:n] in memory; `part` starts at `offset` in the corpus (None: it is not the corpus's)."""
+        n = min(n, len(part))
+        if from_file is not None and offset is not None:
+            return read_ids(from_file, part.dtype, offset, offset + n)
+        return np.asarray(part[:n])
+
+    val_part, val_offset = None, None
     if line_oriented:
         # Lists are small: shuffle them as text (see shuffle_lines), then encode again.
         full_text = corpus.text()
@@ -529,10 +552,10 @@ def train(
         cut = len(ids) - max(1, int(len(ids) * config.val_fraction))
         newline = vocab.index.get("\n")
         if newline is not None:  # start validation at a line start where one is near
-            near = np.flatnonzero(np.asarray(ids[cut : min(len(ids) - 1, cut + 1000)]) == newline)
+            near = np.flatnonzero(head(ids[cut : len(ids) - 1], cut, 1000) == newline)
             if near.size:
                 cut += int(near[0]) + 1
-        train_ids, val_ids = ids[:cut], ids[cut:]
+        train_ids, val_ids, val_offset = ids[:cut], ids[cut:], cut
     else:
         train_ids = corpus.ids
     if val_text is not None:
@@ -556,6 +579,10 @@ def train(
     # This rank's streams: a contiguous block of B / world rows.
     local = slice(dist.rank * batch_size // world, (dist.rank + 1) * batch_size // world) if dist else slice(None)
     n_windows = windows_per_epoch(streams_np, config.seq_len)
+    if from_file is not None:  # the same layout, read from the file (train_ids is a prefix of it)
+        local_streams = FileStreams(from_file, train_ids.dtype, batch_size, streams_np.shape[1], rows=local)
+    else:
+        local_streams = streams_np[local]
     chars_per_step = batch_size * config.seq_len
 
     # ---- model ----
@@ -588,10 +615,10 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    batches = WindowLoader(streams_np[local], config.seq_len, device)
+    batches = WindowLoader(local_streams, config.seq_len, device)
     # Contexts for the start-of-line state come from the first part of the training text.
-    start_ids = torch.from_numpy(np.asarray(train_ids[:START_STATE_CHARS]).astype(np.int64)).to(device)
-    val_tensor = torch.from_numpy(np.asarray(val_ids[: config.eval_chars]).astype(np.int64))
+    start_ids = torch.from_numpy(head(train_ids, 0, START_STATE_CHARS).astype(np.int64)).to(device)
+    val_tensor = torch.from_numpy(head(val_ids, val_offset, config.eval_chars).astype(np.int64))
     if dist is not None:  # each rank scores its share of the validation text
         val_tensor = val_tensor[dist.shard(val_tensor.numel())]
     # A line-oriented model is scored line by line from its start-of-line state, as it samples;
@@ -652,7 +679,7 @@ def train(
         "training_lines": n_lines,
         "train_chars": int(len(train_ids)),
         "val_chars": int(len(val_ids)),
-        "unigram_entropy": unigram_entropy(np.asarray(train_ids[:UNIGRAM_CHARS]), len(vocab)),
+        "unigram_entropy": unigram_entropy(head(train_ids, 0, UNIGRAM_CHARS), len(vocab)),
         "precision": precision,
         "device": device.type,
     }
@@ -914,6 +941,8 @@ def train(
                     break
 
     drain_loss()
+    if isinstance(local_streams, FileStreams):
+        local_streams.close()
     if flag:
         # Stopped by a signal: save where we are at once (no evaluation), so resuming is exact.
         save(out / LAST, with_resume=True, val_loss=last_val)

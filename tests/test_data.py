@@ -102,3 +102,29 @@ def test_line_orientation():
              "It was the age of foolishness.\n\n") * 50
     assert not is_line_oriented(prose)
     assert not is_line_oriented("one long line without any newline " * 100)
+
+
+@given(n=st.integers(2, 2000), batch=st.integers(1, 9), seq=st.integers(1, 40), chunk=st.integers(1, 50),
+       wide=st.booleans(), data=st.data())
+@settings(max_examples=100, deadline=None)
+def test_file_streams_read_the_same_windows_as_the_view(tmp_path_factory, n, batch, seq, chunk, wide, data):
+    """FileStreams (reads from the ids file) == stream_view (slices of the array), rows and all."""
+    from chargen.data import FileStreams
+
+    if n // batch < 2:
+        return
+    dtype = np.uint16 if wide else np.uint8
+    ids = (np.arange(n) * 7919 % (60000 if wide else 251)).astype(dtype)
+    path = tmp_path_factory.mktemp("ids") / "c.ids"
+    ids.tofile(path)
+    first = data.draw(st.integers(0, batch - 1))
+    rows = slice(first, data.draw(st.integers(first + 1, batch)))
+    view = stream_view(ids, batch)[rows]
+    streams = FileStreams(path, dtype, batch, n // batch, rows=rows, chunk=chunk)
+    assert streams.shape == view.shape
+    for k in range(windows_per_epoch(view, seq)):
+        block = streams.block(k * seq, seq + 1)
+        assert block.dtype == dtype and np.array_equal(block, view[:, k * seq : k * seq + seq + 1])
+    for i in range(view.shape[0]):
+        assert np.array_equal(streams.row(i), view[i])
+    streams.close()

@@ -65,6 +65,33 @@ def test_resume_is_exact(tmp_path):
     assert steps == [15, 30, 40]
 
 
+def test_a_cached_corpus_read_from_its_file_trains_like_the_text(tmp_path, monkeypatch):
+    """Large corpora are read from the ingest cache file (FileStreams), a few characters per
+    stream at a time; the run must be the same, step for step, as from the text in memory."""
+    import chargen.data
+    from chargen.ingest import EncodedCorpus, ingest
+
+    monkeypatch.setattr(chargen.data, "STREAM_CHUNK", 23)  # refill the buffers every step or so
+    text = "".join(f"line {i} of some prose, with {i % 7} commas,\n" for i in range(300))
+    p = tmp_path / "prose.txt"
+    p.write_text(text)
+    cached = ingest([str(p)], cache_dir=tmp_path / "cache")
+    assert isinstance(cached.ids, np.memmap) and not cached.lines.line_oriented()
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=10, warmup=3, lr=5e-3)
+    a = train(EncodedCorpus.from_text(text, "prose"), config, SMALL, out_dir=tmp_path / "mem", precision="fp32")
+    b = train(cached, config, SMALL, out_dir=tmp_path / "file", precision="fp32")
+    assert [m["val_loss"] for m in a.metrics] == [m["val_loss"] for m in b.metrics]
+    wa, wb = read_checkpoint(tmp_path / "mem", prefer=LAST), read_checkpoint(tmp_path / "file", prefer=LAST)
+    for name in wa.weights:
+        np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
+    # ... and resuming from the file-backed run continues it as the in-memory one would.
+    longer = TrainConfig(**{**config.to_dict(), "max_steps": 45})
+    a2 = train(EncodedCorpus.from_text(text, "prose"), longer, None, out_dir=tmp_path / "mem", precision="fp32",
+               resume=tmp_path / "mem")
+    b2 = train(cached, longer, None, out_dir=tmp_path / "file", precision="fp32", resume=tmp_path / "file")
+    assert a2.steps == b2.steps == 45 and a2.last_val_loss == b2.last_val_loss
+
+
 def test_resume_refuses_a_different_layout_or_corpus(tmp_path):
     corpus = _corpus(tmp_path, make_names(200))
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=5, eval_every=5, warmup=1)
