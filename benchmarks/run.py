@@ -7,9 +7,10 @@
 2. benchmarks/ingest.py       10 MB / 100 MB / 1 GiB corpora into the encoded cache; training on 1 GiB
 3. benchmarks/train_speed.py  the training grid (chargen vs a bare loop, fp32 and bf16) and whole runs
 
-About 18 minutes on a 2-core CPU (--quick: about 5). Run it on a quiet machine: the ratios in
+About 17 minutes on a 2-core CPU (--quick: about 5). Run it on a quiet machine: the ratios in
 each table are measured back to back in one process, the absolute numbers drift with the host.
-The 5-minute quality runs are separate: python benchmarks/quality.py --time 5m.
+Separate, longer: python benchmarks/quality.py --time 5m (the 5-minute quality runs, ~10 min),
+python benchmarks/precision.py (bf16 vs fp32 validation loss at 2x512 over 300 steps, ~15 min).
 """
 
 from __future__ import annotations
