@@ -123,24 +123,23 @@ def stream_view(ids: np.ndarray, batch_size: int) -> np.ndarray:
 STREAM_CHUNK = 1 << 16  # characters read ahead per stream: 4 MB of buffer for 64 streams of uint8
 
 
-def read_ids(path: Path, dtype: np.dtype, start: int, stop: int, *, _file: Optional[BinaryIO] = None) -> np.ndarray:
-    """ids[start:stop] of an ids file, copied with ordinary reads (see FileStreams for why)."""
-    dtype = np.dtype(dtype)
-    out = np.empty(max(0, stop - start), dtype)
+def _read_into(f: BinaryIO, out: np.ndarray, start: int, path: Path) -> np.ndarray:
+    """Fill the contiguous array `out` with the ids file's elements from index `start` on."""
     view = memoryview(out).cast("B")
-    f = _file or open(path, "rb", buffering=0)
-    try:
-        f.seek(start * dtype.itemsize)
-        done = 0
-        while done < len(view):
-            n = f.readinto(view[done:])
-            if not n:
-                raise CorpusError(f"the corpus cache {path} was cut short while training; run again to rebuild it")
-            done += n
-    finally:
-        if _file is None:
-            f.close()
+    f.seek(start * out.dtype.itemsize)
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise CorpusError(f"the corpus cache {path} was cut short while training; run again to rebuild it")
+        done += n
     return out
+
+
+def read_ids(path: Path, dtype: np.dtype, start: int, stop: int) -> np.ndarray:
+    """ids[start:stop] of an ids file, copied with ordinary reads (see FileStreams for why)."""
+    with open(path, "rb", buffering=0) as f:
+        return _read_into(f, np.empty(max(0, stop - start), dtype), start, Path(path))
 
 
 class FileStreams:
@@ -170,8 +169,7 @@ class FileStreams:
 
     def row(self, i: int) -> np.ndarray:
         """All of stream i (of this reader's rows)."""
-        start = self.rows[i] * self.length
-        return read_ids(self.path, self.dtype, start, start + self.length, _file=self._file)
+        return _read_into(self._file, np.empty(self.length, self.dtype), self.rows[i] * self.length, self.path)
 
     def block(self, start: int, width: int) -> np.ndarray:
         """Columns [start, start + width) of every stream: (B, width), like streams[:, start:start + width]."""
@@ -180,8 +178,7 @@ class FileStreams:
             hi = min(self.length, start + max(width, self.chunk))
             buf = np.empty((len(self.rows), hi - start), self.dtype)
             for i, r in enumerate(self.rows):
-                base = r * self.length
-                buf[i] = read_ids(self.path, self.dtype, base + start, base + hi, _file=self._file)
+                _read_into(self._file, buf[i], r * self.length + start, self.path)
             self._buf, self._lo, self._hi = buf, start, hi
         return self._buf[:, start - self._lo : stop - self._lo]
 

@@ -47,13 +47,15 @@ class Dist:
         torch_dist.barrier()
 
     def max(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-        return t.tolist()
+        return self._all_reduce(values, torch_dist.ReduceOp.MAX)
 
     def sum(self, *values: float) -> list[float]:
+        return self._all_reduce(values, torch_dist.ReduceOp.SUM)
+
+    def _all_reduce(self, values: tuple[float, ...], op) -> list[float]:
+        """Several scalars reduced across ranks in one call."""
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+        torch_dist.all_reduce(t, op=op)
         return t.tolist()
 
     def gather_streams(self, tensor: torch.Tensor) -> torch.Tensor:

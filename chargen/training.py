@@ -442,9 +442,10 @@ class WindowLoader:
         if device.type != "cpu" and rows * length * itemsize <= DEVICE_DATA_BYTES:
             dtype = torch.uint8 if streams.dtype == np.uint8 else torch.int32
             self.on_device = torch.empty((rows, length), dtype=dtype, device=device)
+            host_dtype = np.uint8 if dtype == torch.uint8 else np.int32
             for i in range(rows):  # a row at a time: never the whole corpus in host memory at once
                 row = streams.row(i) if isinstance(streams, FileStreams) else np.asarray(streams[i])
-                self.on_device[i].copy_(torch.from_numpy(row.astype(np.uint8 if dtype == torch.uint8 else np.int32)))
+                self.on_device[i].copy_(torch.from_numpy(row.astype(host_dtype, copy=False)))
 
     def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = k * self.seq_len
