@@ -48,7 +48,7 @@ FLOOR = r"""
 import json, sys, torch, torch.nn.functional as F
 from chargen.config import ModelConfig
 from chargen.model import CharRNN, detach_state
-from chargen.training import autocast
+from chargen.device import autocast
 used = json.loads(sys.argv[1])
 model = CharRNN(ModelConfig.from_dict(used["model"]))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)

@@ -45,12 +45,12 @@ def prose_checkpoint(path: Path) -> Path:
     from chargen.config import ModelConfig
     from chargen.model import CharRNN
     from chargen.tokenizer import Vocab
-    from chargen.training import model_weights
+    from chargen.model import weights_of
 
     vocab = Vocab.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
     config = ModelConfig(vocab_size=len(vocab), layers=2, hidden=256, embed=64)
     torch.manual_seed(0)
-    save_checkpoint(path, weights=model_weights(CharRNN(config)), model_config=config, vocab_json=vocab.to_json(),
+    save_checkpoint(path, weights=weights_of(CharRNN(config)), model_config=config, vocab_json=vocab.to_json(),
                     train_config={}, info={"line_oriented": False})
     return path
 

@@ -40,8 +40,10 @@ import torch.nn.functional as F
 
 from chargen.config import ModelConfig, TrainConfig
 from chargen.ingest import EncodedCorpus
-from chargen.model import CharRNN, detach_state, matmul_weights
-from chargen.training import TrainCallbacks, autocast, train
+from chargen.model import CharRNN, detach_state
+from chargen.callbacks import TrainCallbacks
+from chargen.device import autocast
+from chargen.training import train
 
 from common import DATA, gemm_rate, print_table, write_json
 
@@ -140,7 +142,7 @@ def main() -> None:
                     clock = StepClock()
                     chargen_run(corpus, opts, precision, WARMUP + steps + 1, eval_every=10**9, clock=clock)
                     ours = clock.rate()
-                    flops = 6 * matmul_weights(cfg)
+                    flops = 6 * cfg.matmul_weights
                     row = {"layers": layers, "hidden": hidden, "precision": precision, "steps": steps,
                            "bare_chars_per_sec": bare, "chargen_chars_per_sec": ours, "ratio": ours / bare,
                            "gflops": flops * ours / 1e9, "peak_gflops": peak[precision] / 1e9}
@@ -178,7 +180,7 @@ def main() -> None:
             row = {"layers": 2, "hidden": hidden, "precision": precision, "steps": steps, "chars": chars,
                    "chargen_wall": wall, "bare_wall": bare_wall, "chargen_chars_per_sec": chars / wall,
                    "bare_chars_per_sec": chars / bare_wall, "ratio": bare_wall / wall,
-                   "val_loss": result.best_val_loss, "gflops": 6 * matmul_weights(cfg) * chars / wall / 1e9,
+                   "val_loss": result.best_val_loss, "gflops": 6 * cfg.matmul_weights * chars / wall / 1e9,
                    "typical_step": typical, "outside_steps": outside, "outside_share": outside / wall}
             runs.append(row)
             print(f"run 2x{hidden} {precision}: chargen {wall:.1f}s  bare {bare_wall:.1f}s  "

@@ -21,9 +21,10 @@ from .errors import (
     TrainingInterrupted,
     UsageError,
     VocabularyError,
+    WriteError,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "__version__",
@@ -39,6 +40,7 @@ __all__ = [
     "TrainingInterrupted",
     "UsageError",
     "VocabularyError",
+    "WriteError",
 ]
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 from .checkpoint import BEST, Checkpoint, read_checkpoint
 from .config import SampleConfig
-from .errors import CheckpointError, UsageError
+from .data import read_corpus
+from .errors import CheckpointError, TrainingInterrupted, UsageError
 
 ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
 BUNDLED_NAME = "names.safetensors"
@@ -53,14 +54,12 @@ class Model:
 
             self.stepper = NumpyCharRNN(checkpoint.model_config, checkpoint.weights)
         else:
-            from .model import CharRNN
+            from .device import resolve_device
+            from .model import from_weights
             from .sampling import TorchStepper
-            from .training import load_weights, resolve_device
 
-            model = CharRNN(checkpoint.model_config)
-            load_weights(model, checkpoint.weights)
             dev = resolve_device(device or "auto")
-            self.stepper = TorchStepper(model.to(dev), dev)
+            self.stepper = TorchStepper(from_weights(checkpoint.model_config, checkpoint.weights).to(dev), dev)
         self._training_lines: Optional[set[str]] = None
 
     @property
@@ -88,8 +87,10 @@ class Model:
         novel: bool = False,
         on_char=None,
     ) -> Iterator["Sample"]:  # noqa: F821
-        """Yield `n` Sample objects (text, prompt, logprob) per prompt, in order."""
-        from .sampling import derive_key, generate, random_seed
+        """`n` Sample objects (text, prompt, logprob) per prompt, in order, as they are drawn.
+
+        The options are checked here, before the first sample: a bad one raises at once."""
+        from .sampling import check_prompt, random_seed
 
         line_mode = self.line_oriented if lines is None else lines
         cfg = SampleConfig(num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -98,8 +99,15 @@ class Model:
         if novel and self.training_lines is None:
             raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
                              f"so --novel cannot be checked")
-        base_seed = random_seed() if seed is None else seed
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        for p in prompts:
+            check_prompt(self.vocab, p, line_mode)
+        return self._draw(prompts, cfg, random_seed() if seed is None else seed, on_char)
+
+    def _draw(self, prompts: list[str], cfg: SampleConfig, base_seed: int, on_char) -> Iterator["Sample"]:  # noqa: F821
+        from .sampling import derive_key, generate
+
+        line_mode, novel = cfg.lines, cfg.novel
         seen: set[str] = set()
         for j, p in enumerate(prompts):
             key = derive_key(base_seed, j)
@@ -126,62 +134,30 @@ class Model:
         yield from chunks
 
     def eval(self, text: str, *, skip_unknown: bool = False, lines: Optional[bool] = None,
-             streams: int = 64) -> dict[str, float]:
+             streams: Optional[int] = None) -> dict[str, float]:
         """Loss of the model on `text`: nats and bits per character, and perplexity.
 
-        A line-oriented model (or lines=True) scores each line on its own, from its start-of-line
-        state, the newline that ends it included: as it samples, and as training validates it.
-        Otherwise the text is laid out in `streams` contiguous streams read in parallel with the
-        state carried, as in training. Characters outside the vocabulary are an error, or with
-        `skip_unknown=True` are dropped and counted.
+        Defined as training's validation loss (chargen.evaluation): a line-oriented model (or
+        lines=True) scores each line on its own, from its start-of-line state, the newline that
+        ends it included, as it samples. Otherwise the text is laid out in `streams` (default 32)
+        contiguous streams read in parallel with the state carried, in the checkpoint's windows.
+        Characters outside the vocabulary are an error, or with `skip_unknown=True` are dropped
+        and counted.
         """
-        import math
-
         import numpy as np
 
-        from .data import line_ids
-        from .sampling import initial_state, log_softmax
+        from .evaluation import EVAL_STREAMS, NumpyScorer, TorchScorer, evaluate_text
 
-        unknown = self.vocab.count_unknown(text) if skip_unknown else 0
-        ids = self.vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)
-        if len(ids) < 1:
-            raise UsageError("the text is too short to evaluate: it holds no known character")
-        # Context for the first character: the start of a line, as when sampling.
-        start = self.vocab.index.get("\n", self.vocab.index.get(" ", 0))
-        line_mode = (self.line_oriented if lines is None else lines) and "\n" in self.vocab
-        if line_mode:
-            rows = line_ids(self.vocab, self.vocab.decode(ids))
-            if not rows:
-                raise UsageError("the text holds no non-empty line to evaluate")
-            count = sum(len(r) for r in rows)
-            width = max(len(r) for r in rows)
-            targets = np.full((len(rows), width), -1, dtype=np.int64)
-            for i, r in enumerate(rows):
-                targets[i, : len(r)] = r
-            inputs = np.concatenate([np.full((len(rows), 1), start), np.maximum(targets[:, :-1], 0)], axis=1)
+        c = self.checkpoint.model_config
+        if self.backend == "torch":
+            scorer = TorchScorer(self.stepper.model, self.stepper.device)
         else:
-            ids = np.concatenate([[start], ids])
-            count = len(ids) - 1  # every character after the start-of-line context
-            n_streams = max(1, min(streams, count // 64))
-            length = -(-count // n_streams)  # ceil: the last stream is padded and its padding masked
-            padded = np.full(n_streams * length + 1, start, dtype=np.int64)
-            padded[: len(ids)] = ids
-            inputs = padded[:-1].reshape(n_streams, length)  # (B, L)
-            targets = padded[1:].reshape(n_streams, length)
-            targets = np.where((np.arange(n_streams * length) < count).reshape(n_streams, length), targets, -1)
-        total = 0.0
-        start_state = initial_state(self.stepper, self.checkpoint.start_state)
-        for r0 in range(0, len(inputs), 4096):  # bounded memory however many lines there are
-            x, y = inputs[r0 : r0 + 4096], targets[r0 : r0 + 4096]
-            state = self.stepper.repeat(start_state, len(x))
-            for t in range(x.shape[1]):
-                logits, state = self.stepper.step(x[:, t], state)
-                real = y[:, t] >= 0
-                nll = -np.take_along_axis(log_softmax(logits), np.maximum(y[:, t], 0)[:, None], axis=-1)[:, 0]
-                total += float(nll[real].sum())
-        loss = total / count
-        return {"loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(loss), "chars": count,
-                "skipped": unknown}
+            scorer = NumpyScorer(self.stepper)
+        start_state = self.checkpoint.start_state or [np.zeros((c.layers, c.hidden), np.float32)] * c.state_tensors
+        result = evaluate_text(scorer, self.vocab, text, lines=self.line_oriented if lines is None else lines,
+                               start_state=start_state, seq_len=int(self.checkpoint.train_config.get("seq_len", 128)),
+                               streams=streams or EVAL_STREAMS, skip_unknown=skip_unknown)
+        return result.to_dict()
 
     def __repr__(self) -> str:
         c = self.checkpoint.model_config
@@ -201,10 +177,11 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
 
     `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
     (batch_size, seq_len, lr, max_steps, epochs, time in seconds, patience, device, ...); an
-    unknown one is a ConfigError. `resume` continues the run in a run directory (or from its
-    last.safetensors) exactly; its corpus and validation file are read again from the paths it
-    recorded unless given. `callbacks` is a chargen.training.TrainCallbacks. A run stopped by
-    Ctrl-C or SIGTERM raises TrainingInterrupted after saving.
+    unknown one is a ConfigError. What is left unset of the model and batch sizes is chosen from
+    the corpus size and time budget (chargen.sizing). `resume` continues the run in a run
+    directory (or from its last.safetensors) exactly; its corpus and validation file are read
+    again from the paths it recorded unless given. `callbacks` is a chargen.callbacks.TrainCallbacks.
+    A run stopped by Ctrl-C or SIGTERM raises TrainingInterrupted after saving.
 
         >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)
     """
@@ -212,6 +189,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
     from .distributed import setup as setup_distributed
     from .distributed import teardown as teardown_distributed
+    from .training import train as run_training
 
     model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
     train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
@@ -240,53 +218,58 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
     dist = setup_distributed(config.device)  # None unless started by torchrun
+    clean = False
     try:
-        return _train(paths, config, model_options, train_options, out_dir, val_file, precision, resume, overwrite,
-                      callbacks, dist)
+        corpus = _ingest(paths, dist, callbacks)
+        val_text = read_corpus([val_file]).text if val_file else None
+        if resume is None:
+            config, model_options = _auto_size(corpus.n_chars, config, model_options, train_options, dist, callbacks)
+        out_dir = out_dir or Path("checkpoints") / corpus.name
+        result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
+                              precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist)
+        clean = True
     finally:
-        teardown_distributed(dist)
-
-
-def _train(paths, config, model_options, train_options, out_dir, val_file, precision, resume, overwrite, callbacks,
-           dist):
-    from .config import TrainConfig
-    from .data import read_corpus
-    from .errors import TrainingInterrupted
-    from .ingest import ingest
-    from .training import auto_settings, resolve_device
-    from .training import train as run_training
-
-    notice = callbacks.on_notice if callbacks is not None and (dist is None or dist.is_main) else None
-    if dist is None:
-        corpus = ingest(paths, notice=notice)
-    else:
-        if "-" in paths:
-            raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
-        # One process per machine encodes the corpus into the cache; the others then map it.
-        if dist.local_rank == 0:
-            corpus = ingest(paths, notice=notice)
-        dist.barrier()
-        if dist.local_rank != 0:
-            corpus = ingest(paths)
-    val_text = read_corpus([val_file]).text if val_file else None
-    if resume is None:
-        # What the user left unset is sized from the corpus and the time budget, and said so.
-        device = dist.device if dist is not None else resolve_device(config.device)
-        auto_model, auto_train, why = auto_settings(corpus.n_chars, config.time, device,
-                                                    set(model_options) | set(train_options))
-        if dist is not None and "batch_size" in auto_train:
-            # --batch-size is the global batch: keep each process's share as large as one alone would use.
-            auto_train["batch_size"] *= dist.world
-            why += f"; {dist.world} processes"
-        if auto_model or auto_train:
-            model_options = {**auto_model, **model_options}
-            config = TrainConfig.from_dict({**train_options, **auto_train})
-            picked = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in {**auto_model, **auto_train}.items())
-            if notice is not None:
-                notice(f"auto: {picked} ({why}; {corpus.n_chars:,} characters); set these flags to choose yourself")
-    out_dir = out_dir or Path("checkpoints") / corpus.name
-    result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
-                          precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist)
+        teardown_distributed(dist, clean)
     if result.interrupted:
         raise TrainingInterrupted(result.interrupted, out_dir)
     return out_dir
+
+
+def _notice(callbacks, dist):
+    """Where notices go: the callbacks' on_notice on rank 0, nowhere on the other ranks."""
+    return callbacks.on_notice if callbacks is not None and (dist is None or dist.is_main) else None
+
+
+def _ingest(paths: list[str], dist, callbacks):
+    """The encoded corpus; under torchrun one process per machine encodes it, the others then map it."""
+    from .ingest import ingest
+
+    notice = _notice(callbacks, dist)
+    if dist is None:
+        return ingest(paths, notice=notice)
+    if "-" in paths:
+        raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
+    corpus = ingest(paths, notice=notice) if dist.local_rank == 0 else None
+    dist.barrier()
+    return corpus if corpus is not None else ingest(paths)
+
+
+def _auto_size(n_chars: int, config, model_options: dict[str, Any], train_options: dict[str, Any], dist,
+               callbacks):
+    """Fill what the user left unset of the sizes from the corpus and the time budget, and say so."""
+    from .config import TrainConfig
+    from .device import resolve_device
+    from .sizing import auto_sizes
+
+    device = dist.device if dist is not None else resolve_device(config.device)
+    auto = auto_sizes(n_chars, config.time, device.type in ("cuda", "mps"), set(model_options) | set(train_options))
+    if dist is not None and "batch_size" in auto.train:
+        # --batch-size is the global batch: keep each process's share as large as one alone would use.
+        auto.train["batch_size"] *= dist.world
+        auto.why += f"; {dist.world} processes"
+    if not (auto.model or auto.train):
+        return config, model_options
+    notice = _notice(callbacks, dist)
+    if notice is not None:
+        notice(f"auto: {auto.describe()} ({auto.why}; {n_chars:,} characters); set these flags to choose yourself")
+    return TrainConfig.from_dict({**train_options, **auto.train}), {**auto.model, **model_options}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +29,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .config import ModelConfig
-from .errors import CheckpointError, ChargenError, TrainingError, cannot_read
+from .errors import CheckpointError, ChargenError, cannot_read
+from .files import atomic_write
 from .tokenizer import Vocab
 
 FORMAT = "chargen"
@@ -39,7 +39,6 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
-LOSS_SVG = "loss.svg"
 
 
 @dataclass
@@ -59,73 +58,32 @@ class Checkpoint:
     def line_oriented(self) -> bool:
         return bool(self.info.get("line_oriented", False))
 
-
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The weight names and shapes a model of this config has (as CharRNN.state_dict())."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
-    g, h = gates * config.hidden, config.hidden
-    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (config.vocab_size, config.embed)}
-    for layer in range(config.layers):
-        inp = config.embed if layer == 0 else h
-        shapes[f"rnn.weight_ih_l{layer}"] = (g, inp)
-        shapes[f"rnn.weight_hh_l{layer}"] = (g, h)
-        shapes[f"rnn.bias_ih_l{layer}"] = (g,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (g,)
-    shapes["head.weight"] = (config.vocab_size, h)
-    shapes["head.bias"] = (config.vocab_size,)
-    return shapes
+    def describe(self) -> dict[str, Any]:
+        """The facts `chargen info` shows (and a server's model list): JSON-ready."""
+        meta = self.info
+        return {
+            "path": str(self.path),
+            "model": self.model_config.to_dict(),
+            "parameters": self.model_config.parameters,
+            "vocab_size": len(self.vocab),
+            "vocab_preview": self.vocab.preview(),
+            "corpus": meta.get("corpus"),
+            "line_oriented": self.line_oriented,
+            "training_lines": len(self.lines) if self.lines is not None else 0,
+            "steps": meta.get("step"),
+            "chars_seen": meta.get("chars_seen"),
+            "val_loss": meta.get("val_loss"),
+            "best_val_loss": meta.get("best_val_loss"),
+            "train_config": self.train_config,
+            "device": meta.get("device"),
+            "precision": meta.get("precision"),
+            "chargen_version": meta.get("chargen_version"),
+            "torch_version": meta.get("torch_version"),
+            "saved_at": meta.get("saved_at"),
+        }
 
 
 # --- writing ----------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename over `path`, fsync the directory.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one. If the
-    write fails (disk full, read-only directory) the temp file is removed and the old file stays.
-    """
-    path = Path(path)
-    directory = path.parent
-    tmp_name = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_dir(directory)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise TrainingError(f"cannot write {path} ({reason}); the previous file, if any, is intact") from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # e.g. Windows: directories cannot be opened; rename is still atomic there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -267,7 +225,7 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         raise CheckpointError(f"{p}: vocabulary has {len(vocab)} characters but the model expects {model_config.vocab_size}")
 
     weights = {}
-    for name, shape in expected_shapes(model_config).items():
+    for name, shape in model_config.weight_shapes().items():
         if name not in tensors:
             raise CheckpointError(f"{p} lacks the tensor {name!r}")
         t = tensors[name]
@@ -286,7 +244,7 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         lines = blob.split("\n") if blob else []
 
     start_state = None
-    n_state = 2 if model_config.cell == "lstm" else 1
+    n_state = model_config.state_tensors
     if all(f"start_state.{j}" in tensors for j in range(n_state)):
         start_state = [tensors[f"start_state.{j}"].astype(np.float32) for j in range(n_state)]
         if any(t.shape != (model_config.layers, model_config.hidden) for t in start_state):

@@ -8,6 +8,7 @@ one rich console on stderr. torch and numpy are imported inside the commands tha
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from . import __version__
-from .config import SampleConfig, TrainConfig
+from ._version import __version__
+from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, DEFAULT_TIME, SampleConfig, TrainConfig, format_duration
 from .errors import ChargenError, UsageError
 
 app = typer.Typer(
@@ -109,61 +110,58 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         if not self.quiet:
             self.progress.console.print(f"[yellow]note:[/] {message}", markup=True, highlight=False)
 
-    def on_start(self, info: dict[str, Any]) -> None:
-        self.info = info
+    def on_start(self, r) -> None:  # a chargen.callbacks.StartReport
         if self.quiet:
             return
-        m = info["model_config"]
-        resumed = f", resumed at step {info['resumed_from_step']}" if info.get("resumed_from_step") is not None else ""
+        m = r.model
+        resumed = f", resumed at step {r.resumed_from_step}" if r.resumed_from_step is not None else ""
         self.con.print(
-            f"{info['corpus']}: {info['train_chars']:,} train / {info['val_chars']:,} val chars, vocab {m['vocab_size']}, "
-            f"unigram entropy {info['unigram_entropy']:.3f} nats"
-            + (", line-oriented" if info["line_oriented"] else ""),
+            f"{r.corpus}: {r.train_chars:,} train / {r.val_chars:,} val chars, vocab {m.vocab_size}, "
+            f"unigram entropy {r.unigram_entropy:.3f} nats" + (", line-oriented" if r.line_oriented else ""),
             highlight=False, markup=False,
         )
         stop = []
-        if info["max_steps"]:
-            stop.append(f"{info['max_steps']:,} steps")
-        if info["time_budget"]:
+        if r.max_steps:
+            stop.append(f"{r.max_steps:,} steps")
+        if r.time_budget:
             from .config import format_duration
 
-            stop.append(format_duration(info["time_budget"]))
+            stop.append(format_duration(r.time_budget))
         self.con.print(
-            f"model: {m['layers']}x{m['hidden']} {m['cell']}, embed {m['embed']}, dropout {m['dropout']}, "
-            f"{info['parameters']:,} parameters; batch {info['batch_size']} x seq {info['train_config']['seq_len']}; "
-            f"{info['device']} {info['precision']}; stop at {' or '.join(stop)}{resumed} -> {info['out_dir']}",
+            f"model: {m.layers}x{m.hidden} {m.cell}, embed {m.embed}, dropout {m.dropout}, "
+            f"{r.parameters:,} parameters; batch {r.batch_size} x seq {r.seq_len}; "
+            f"{r.device} {r.precision}; stop at {' or '.join(stop)}{resumed} -> {r.out_dir}",
             highlight=False, markup=False,
         )
         self.task = self.progress.add_task("train", total=1000, status="starting")
 
-    def on_step(self, p: dict[str, Any]) -> None:
+    def on_step(self, r) -> None:  # a chargen.callbacks.StepReport
         if self.task is None:
             return
-        val = f" val {p['val_loss']:.3f}" if p["val_loss"] == p["val_loss"] else ""
-        status = (f"step {p['step']:,} loss {p['loss']:.3f}{val} | {p['chars_per_sec']:,.0f} chars/s")
-        self.progress.update(self.task, completed=min(1000, int(p["progress"] * 1000)), status=status)
+        val = f" val {r.val_loss:.3f}" if math.isfinite(r.val_loss) else ""
+        status = f"step {r.step:,} loss {r.loss:.3f}{val} | {r.chars_per_sec:,.0f} chars/s"
+        self.progress.update(self.task, completed=min(1000, int(r.progress * 1000)), status=status)
 
-    def on_eval(self, m: dict[str, Any]) -> None:
+    def on_eval(self, r) -> None:  # a chargen.callbacks.EvalReport
         if self.quiet:
             return
-        mark = " *" if m["improved"] else ""
+        mark = " *" if r.improved else ""
         self.progress.console.print(
-            f"step {m['step']:>7,}  train {m['train_loss']:.4f}  val {m['val_loss']:.4f} nats "
-            f"({m['val_bpc']:.3f} bpc){mark}",
+            f"step {r.step:>7,}  train {r.train_loss:.4f}  val {r.val_loss:.4f} nats ({r.val_bpc:.3f} bpc){mark}",
             highlight=False, markup=False,
         )
-        if m.get("sample"):
+        if r.sample:
             from rich.text import Text
 
-            self.progress.console.print(Text(m["sample"], style="dim"), highlight=False)
+            self.progress.console.print(Text(r.sample, style="dim"), highlight=False)
 
     def should_stop(self, step: int) -> bool:
         return False  # Ctrl-C and SIGTERM are caught by the loop itself
 
-    def on_end(self, s: dict[str, Any]) -> None:
-        if self.task is not None and not s.get("interrupted"):
+    def on_end(self, r) -> None:  # a chargen.callbacks.EndReport
+        if self.task is not None and not r.interrupted:
             self.progress.update(self.task, completed=1000)
-        self.summary = s
+        self.summary = r
 
 
 def _print_curve(run_dir: Path) -> None:
@@ -177,9 +175,7 @@ def _print_curve(run_dir: Path) -> None:
         sys.stderr.write(terminal_chart(loss_series(records)) + f"\n        curve: {Path(run_dir) / 'loss.svg'}\n")
 
 
-def _summary_table(s: dict[str, Any]):
-    import math
-
+def _summary_table(r):  # a chargen.callbacks.EndReport
     from rich.table import Table
 
     from .config import format_duration
@@ -187,15 +183,14 @@ def _summary_table(s: dict[str, Any]):
     t = Table(title="chargen train", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("run directory", s["run_dir"])
-    t.add_row("steps", f"{s['steps']:,} ({s['chars_seen']:,} characters, {s['epochs']} full epochs)")
-    best = s["best_val_loss"]
-    if math.isfinite(best):
-        t.add_row("best val loss", f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char")
-    t.add_row("unigram entropy", f"{s['unigram_entropy']:.4f} nats/char (a model that ignores context)")
-    t.add_row("speed", f"{s['chars_per_sec']:,.0f} chars/s ({s['device']} {s['precision']}, "
-                       f"{s['chars_per_sec'] * s['flops_per_char'] / 1e9:,.1f} GFLOP/s)")
-    t.add_row("time", format_duration(s["elapsed"]))
+    t.add_row("run directory", r.run_dir)
+    t.add_row("steps", f"{r.steps:,} ({r.chars_seen:,} characters, {r.epochs} full epochs)")
+    if math.isfinite(r.best_val_loss):
+        t.add_row("best val loss", f"{r.best_val_loss:.4f} nats/char, {r.best_val_loss / math.log(2):.4f} bits/char")
+    t.add_row("unigram entropy", f"{r.unigram_entropy:.4f} nats/char (a model that ignores context)")
+    t.add_row("speed", f"{r.chars_per_sec:,.0f} chars/s ({r.device} {r.precision}, "
+                       f"{r.chars_per_sec * r.flops_per_char / 1e9:,.1f} GFLOP/s)")
+    t.add_row("time", format_duration(r.elapsed))
     return t
 
 
@@ -206,22 +201,22 @@ def train(
     val_file: Annotated[Optional[str], typer.Option("--val-file", help="Validate on this file instead of the corpus's tail.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the text, from its end, held out for validation." + _default(TrainConfig, "val_fraction"))] = None,
     cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn. [default: lstm]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: auto, from corpus size and time budget]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: auto: 128 for small corpora, 256 around 1 MB, 512 beyond, on CPU]")] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: auto: 32 or 64]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: auto: 0.2 for small corpora, else 0]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in. [default: auto: 32, or 64 for corpora over 5M characters]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length). [default: auto: 64 for small corpora, else 128]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW). [default: 3e-3; auto 5e-3 for corpora of 0.3-5M characters]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: auto, from corpus size and time budget; printed at start]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: auto, from corpus size and time budget; printed at start]")] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: auto, from corpus size and time budget; printed at start]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: auto, from corpus size and time budget; printed at start]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in. [default: auto, from corpus size and time budget; printed at start]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length). [default: auto, from corpus size and time budget; printed at start]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW)." + _default(TrainConfig, "lr") + " (or chosen with the sizes, printed at start)")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on weight matrices." + _default(TrainConfig, "weight_decay"))] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps before cosine decay." + _default(TrainConfig, "warmup"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm (0: off)." + _default(TrainConfig, "grad_clip"))] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
-    time: Annotated[Optional[str], typer.Option("--time", help="Stop after this wall-clock time: 90s, 5m, 2h. [default: 5m if no other stop is given]")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Stop after this wall-clock time: 90s, 5m, 2h." + f" [default: {format_duration(DEFAULT_TIME)} if no other stop is given]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate and save every N steps." + _default(TrainConfig, "eval_every"))] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss.")] = None,
-    sample_every: Annotated[Optional[int], typer.Option(help="Show a sample every N evaluations, on stderr (0: never). [default: 1]")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Show a sample every N evaluations, on stderr (0: never)." + _default(TrainConfig, "sample_every"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default(TrainConfig, "seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps." + _default(TrainConfig, "device"))] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units). [default: auto]")] = None,
@@ -237,29 +232,17 @@ def train(
 
     Example: chargen train corpora/shakespeare.txt --time 5m
     """
-    from .config import MODEL_KEYS, RUN_KEYS, load_toml_config, parse_duration
+    from .config import parse_duration, train_options
 
-    from_file = load_toml_config(config_file) if config_file else {}
-    given: dict[str, Any] = {
-        k: v for k, v in dict(
-            batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup,
-            grad_clip=grad_clip, max_steps=max_steps, epochs=epochs,
-            time=parse_duration(time) if time is not None else None,
-            eval_every=eval_every, patience=patience, sample_every=sample_every, val_fraction=val_fraction, seed=seed, device=device,
-        ).items() if v is not None
-    }
-    model_options = {k: v for k, v in dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout).items()
-                     if v is not None}
-    # The TOML file fills what the flags left unset.
-    model_options = {**{k: v for k, v in from_file.items() if k in MODEL_KEYS}, **model_options}
-    given = {**{k: v for k, v in from_file.items() if k not in MODEL_KEYS and k not in RUN_KEYS}, **given}
-    corpus = corpus or from_file.get("corpus")
-    out = out or (Path(from_file["out"]) if "out" in from_file else None)
-    val_file = val_file or from_file.get("val_file")
-    resume = resume or from_file.get("resume")
-    overwrite = overwrite or bool(from_file.get("overwrite", False))
-    quiet = quiet or bool(from_file.get("quiet", False))
-    precision = precision or from_file.get("precision") or "auto"
+    options = train_options(dict(
+        corpus=corpus, out=out, val_file=val_file, precision=precision, resume=resume, overwrite=overwrite,
+        quiet=quiet, cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, batch_size=batch_size,
+        seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, max_steps=max_steps,
+        epochs=epochs, time=parse_duration(time) if time is not None else None, eval_every=eval_every,
+        patience=patience, sample_every=sample_every, val_fraction=val_fraction, seed=seed, device=device,
+    ), config_file)
+    quiet = bool(options.pop("quiet", False))
+    corpus = options.pop("corpus", [])
 
     from .api import train as api_train
     from .errors import TrainingInterrupted
@@ -271,8 +254,7 @@ def train(
     callbacks = _ProgressCallbacks(quiet)
     try:
         with callbacks:
-            out_dir = api_train(corpus or [], out=out, val_file=val_file, precision=precision, resume=resume,
-                                overwrite=overwrite, callbacks=callbacks, **model_options, **given)
+            out_dir = api_train(corpus, callbacks=callbacks, **options)
     except TrainingInterrupted as stop:
         if not quiet and hasattr(callbacks, "summary"):
             console().print(_summary_table(callbacks.summary))
@@ -321,7 +303,7 @@ def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory (its best). [default: $CHARGEN_CHECKPOINT, else the bundled names model]")] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
     num: Annotated[int, typer.Option("--num", "-n", help="Samples to print (per prompt).")] = 1,
-    length: Annotated[Optional[int], typer.Option("--length", "-l", help="Maximum characters generated per sample. [default: 200 per line, 1000 for prose]")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", "-l", help=f"Maximum characters generated per sample. [default: {DEFAULT_LINE_LENGTH} per line, {DEFAULT_PROSE_LENGTH} for prose]")] = None,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Randomness: 0 is greedy, 1 the model's own distribution.")] = SampleConfig.temperature,
     top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k likeliest characters.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Draw only from the likeliest characters whose mass reaches p (nucleus).")] = None,
@@ -345,7 +327,6 @@ def sample(
     """
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
-    SampleConfig(num=num, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).validate()
 
     from .api import default_checkpoint, load
 
@@ -430,7 +411,8 @@ def export(
 
     Example: chargen export checkpoints/shakespeare --tokenizer tokenizer.json
     """
-    from .checkpoint import BEST, atomic_write, read_checkpoint
+    from .checkpoint import BEST, read_checkpoint
+    from .files import atomic_write
 
     ckpt = read_checkpoint(checkpoint, prefer=BEST)
     if tokenizer.is_dir():
@@ -455,43 +437,21 @@ def info(
     Example: chargen info checkpoints/shakespeare --plot
     """
     if plot:
-        from .checkpoint import LOSS_SVG, atomic_write
-        from .plot import loss_series, read_metrics, svg_chart, terminal_chart
+        from .plot import loss_series, read_metrics, terminal_chart, write_loss_curve
 
         run_dir = Path(path) if path is not None else None
         if run_dir is None or not run_dir.is_dir():
             raise UsageError("--plot needs a run directory (the one holding metrics.jsonl)")
-        series = loss_series(read_metrics(run_dir))
-        sys.stdout.write(terminal_chart(series) + "\n")
-        atomic_write(run_dir / LOSS_SVG, svg_chart(series, title=f"chargen: {run_dir.name}").encode())
-        console().print(f"wrote {run_dir / LOSS_SVG}", highlight=False, markup=False)
+        records = read_metrics(run_dir)
+        sys.stdout.write(terminal_chart(loss_series(records)) + "\n")
+        written = write_loss_curve(run_dir, records, title=f"chargen: {run_dir.name}")
+        console().print(f"wrote {written}", highlight=False, markup=False)
         return
-    import math
-
     from .api import default_checkpoint
-    from .checkpoint import BEST, expected_shapes, read_checkpoint
+    from .checkpoint import BEST, read_checkpoint
 
     ckpt = read_checkpoint(path if path is not None else default_checkpoint(), prefer=BEST)
-    cfg, meta = ckpt.model_config, ckpt.info
-    n_params = sum(math.prod(s) for s in expected_shapes(cfg).values())
-    facts = {
-        "path": str(ckpt.path),
-        "model": cfg.to_dict(),
-        "parameters": n_params,
-        "vocab_size": len(ckpt.vocab),
-        "vocab_preview": ckpt.vocab.preview(),
-        "corpus": meta.get("corpus"),
-        "line_oriented": ckpt.line_oriented,
-        "training_lines": len(ckpt.lines) if ckpt.lines is not None else 0,
-        "steps": meta.get("step"),
-        "chars_seen": meta.get("chars_seen"),
-        "val_loss": meta.get("val_loss"),
-        "best_val_loss": meta.get("best_val_loss"),
-        "train_config": ckpt.train_config,
-        "chargen_version": meta.get("chargen_version"),
-        "torch_version": meta.get("torch_version"),
-        "saved_at": meta.get("saved_at"),
-    }
+    cfg, meta, facts = ckpt.model_config, ckpt.info, ckpt.describe()
     if as_json:
         sys.stdout.write(json.dumps(facts, ensure_ascii=False) + "\n")
         return
@@ -505,7 +465,7 @@ def info(
     t.add_column(style="bold")
     t.add_column()
     t.add_row("model", f"{cfg.layers} x {cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}")
-    t.add_row("parameters", f"{n_params:,}")
+    t.add_row("parameters", f"{facts['parameters']:,}")
     t.add_row("vocabulary", f"{len(ckpt.vocab)} characters: {ckpt.vocab.preview()}")
     t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
     t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
@@ -516,7 +476,7 @@ def info(
     tc = ckpt.train_config
     if tc:
         t.add_row("training", f"batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "
-                              f"{meta.get('device', '?')} {meta.get('precision', '?')}")
+                              f"{facts['device'] or '?'} {facts['precision'] or '?'}")
     t.add_row("versions", f"chargen {meta.get('chargen_version', '?')}, torch {meta.get('torch_version', '?')}")
     t.add_row("saved", str(meta.get("saved_at", "?")))
     Console(highlight=False).print(t)

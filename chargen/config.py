@@ -1,7 +1,9 @@
 """Typed configuration: what the model is, how to train it, how to sample from it.
 
 CLI flags map one to one onto these fields (`--batch-size` fills `batch_size`). Every config
-validates itself, and `from_dict` refuses unknown keys, so a typo never passes silently.
+validates itself, and `from_dict` refuses unknown keys, so a typo never passes silently. The facts
+of each recurrent cell live here too (`CELLS`), torch-free: the checkpoint reader, the numpy twin
+and the training loop all ask `ModelConfig` rather than knowing them themselves.
 """
 
 from __future__ import annotations
@@ -14,7 +16,23 @@ from typing import Any, Optional, TypeVar
 
 from .errors import ConfigError, UsageError
 
-CELLS = ("lstm", "gru", "rnn")
+
+@dataclass(frozen=True)
+class CellFacts:
+    gates: int  # gate blocks stacked in each weight matrix: (gates * hidden, input)
+    state_tensors: int  # tensors in the recurrent state, each (layers, B, hidden): h, or h and c
+
+
+# The one table of cell facts. Adding a cell means a row here, its equations in model.py (torch)
+# and npmodel.py (numpy), and nothing else.
+CELLS = {
+    "lstm": CellFacts(gates=4, state_tensors=2),  # gates i, f, g, o; state (h, c)
+    "gru": CellFacts(gates=3, state_tensors=1),  # gates r, z, n; state h
+    "rnn": CellFacts(gates=1, state_tensors=1),  # tanh; state h
+}
+DEFAULT_TIME = 300.0  # seconds of training when no --max-steps, --epochs or --time is given
+DEFAULT_LINE_LENGTH = 200  # characters a line sample may run to
+DEFAULT_PROSE_LENGTH = 1000  # characters of a prose sample
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -49,12 +67,48 @@ class ModelConfig:
     dropout: float = 0.0
 
     def validate(self) -> None:
-        if self.cell not in CELLS:
+        if not isinstance(self.cell, str) or self.cell not in CELLS:
             raise UsageError(f"--cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
         for name in ("vocab_size", "layers", "hidden", "embed"):
             _positive(name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:  # False for NaN too
             raise UsageError(f"--dropout must be in [0, 1) (got {self.dropout})")
+
+    @property
+    def gates(self) -> int:
+        return CELLS[self.cell].gates
+
+    @property
+    def state_tensors(self) -> int:
+        return CELLS[self.cell].state_tensors
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The weight names and shapes of this model, as in CharRNN.state_dict()."""
+        g, h = self.gates * self.hidden, self.hidden
+        shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (self.vocab_size, self.embed)}
+        for layer in range(self.layers):
+            inp = self.embed if layer == 0 else h
+            shapes[f"rnn.weight_ih_l{layer}"] = (g, inp)
+            shapes[f"rnn.weight_hh_l{layer}"] = (g, h)
+            shapes[f"rnn.bias_ih_l{layer}"] = (g,)
+            shapes[f"rnn.bias_hh_l{layer}"] = (g,)
+        shapes["head.weight"] = (self.vocab_size, h)
+        shapes["head.bias"] = (self.vocab_size,)
+        return shapes
+
+    @property
+    def parameters(self) -> int:
+        return sum(math.prod(shape) for shape in self.weight_shapes().values())
+
+    @property
+    def matmul_weights(self) -> int:
+        """Weights touched by matrix multiplies per character (the embedding is a lookup).
+
+        Training costs about 6 FLOPs per such weight per character, sampling about 2.
+        """
+        n = sum(self.gates * self.hidden * ((self.embed if layer == 0 else self.hidden) + self.hidden)
+                for layer in range(self.layers))
+        return n + self.hidden * self.vocab_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,7 +171,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     num: int = 1
-    length: Optional[int] = None  # None: 2000 characters for prose, 100 per line in line mode
+    length: Optional[int] = None  # None: DEFAULT_LINE_LENGTH per line, DEFAULT_PROSE_LENGTH for prose
     temperature: float = 0.8
     top_k: Optional[int] = None
     top_p: Optional[float] = None
@@ -141,6 +195,9 @@ class SampleConfig:
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2**63-1 (got {self.seed})")
 
+    def max_length(self, lines: bool) -> int:
+        return self.length or (DEFAULT_LINE_LENGTH if lines else DEFAULT_PROSE_LENGTH)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SampleConfig":
         return _from_dict(cls, data, "sample config")
@@ -149,6 +206,17 @@ class SampleConfig:
 MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout")
 # Keys a TOML config may hold besides TrainConfig and ModelConfig fields (they are CLI options).
 RUN_KEYS = ("corpus", "out", "val_file", "precision", "resume", "overwrite", "quiet")
+
+
+def train_options(flags: dict[str, Any], config_file: Optional[str] = None) -> dict[str, Any]:
+    """The options of one `chargen train`: the TOML file's, then the flags given on top.
+
+    `flags` holds every flag by its field name; None (and False for a switch) means "not given",
+    so the file's value stands. Keys are ModelConfig, TrainConfig and RUN_KEYS names.
+    """
+    from_file = load_toml_config(config_file) if config_file else {}
+    given = {k: v for k, v in flags.items() if v is not None and v is not False}
+    return {**from_file, **given}
 
 
 def load_toml_config(path: str) -> dict[str, Any]:
@@ -203,4 +271,4 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "SampleConfig", "parse_duration", "format_duration"]
+__all__ = ["CELLS", "ModelConfig", "TrainConfig", "SampleConfig", "train_options", "parse_duration", "format_duration"]

@@ -15,20 +15,38 @@ How the training text becomes batches (batch_size B = 4 streams, seq_len T = 3 h
 Each row is a contiguous slice of the corpus, so the hidden state left by a window of row i is
 exactly the state the next window of row i needs: the trainer carries it over (detached).
 Characters past B * L (L = len // B) are dropped; that is fewer than B characters.
+
+`prepare_training_data` does all of it for a run: shuffle a list of lines, split off validation,
+lay the training text out into streams (this process's share of them, under torchrun) and
+gather what evaluation and the checkpoint need. `WindowLoader` hands the trainer window k.
+torch is imported only by WindowLoader, so the rest serves torch-free readers too.
 """
 
 from __future__ import annotations
 
-import io
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
 import numpy as np
 
-from .errors import CorpusError
-from .ingest import corpus_chunks, corpus_name, describe_source, line_stats, text_chunks
+from .errors import CorpusError, UsageError
+from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
+from .tokenizer import Vocab
+
+if TYPE_CHECKING:
+    import torch
+
+# A list of lines is shuffled in memory (see shuffle_lines) up to this many characters.
+MAX_SHUFFLED_CHARS = 16_000_000
+# The start-of-line state and the unigram entropy are taken from this much of the training text.
+START_STATE_CHARS = 1 << 20
+UNIGRAM_CHARS = 1 << 20
+# Validation starts at a line start if one is within this many characters of the cut.
+SPLIT_SEARCH = 1000
+# On a GPU the training streams are copied to GPU memory whole when they are at most this large.
+DEVICE_DATA_BYTES = 2 << 30
 
 
 @dataclass
@@ -41,36 +59,25 @@ class Corpus:
     sources: list[str]
 
 
-def _join(pieces: Iterator[tuple[bytes, Optional[str]]]) -> str:
-    return "".join(text if text is not None else buf.decode("ascii") for buf, text in pieces)
-
-
-def decode_corpus_bytes(raw: bytes, source: str) -> str:
-    """bytes -> text: BOM dropped, CRLF -> LF; a one-line error for anything that is not UTF-8 text."""
-    return _join(text_chunks(io.BytesIO(raw), source))
-
-
 def read_corpus(paths: list[str], stdin: Optional[BinaryIO] = None) -> Corpus:
     """Read one or more UTF-8 files ('-' is stdin) into one text; files are joined by newlines."""
-    text = _join(corpus_chunks(paths, stdin))
+    text = "".join(text if text is not None else buf.decode("ascii") for buf, text in corpus_chunks(paths, stdin))
     return Corpus(text=text, name=corpus_name(paths), sources=[describe_source(p) for p in paths])
 
 
+def split_point(n: int, val_fraction: float, find_newline: Callable[[int, int], int]) -> int:
+    """Where validation starts in a text of n characters: the last `val_fraction` of it, moved
+    to the next line start when one is near. `find_newline(lo, hi)` is the index of the first
+    newline in [lo, hi), or -1."""
+    cut = n - max(1, int(n * val_fraction))
+    at = find_newline(cut, min(n - 1, cut + SPLIT_SEARCH))
+    return at + 1 if at >= 0 else cut
+
+
 def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
-    """The last `val_fraction` of the text is validation, starting at a line start where one is near."""
-    cut = len(text) - max(1, int(len(text) * val_fraction))
-    newline = text.find("\n", cut, min(len(text) - 1, cut + 1000))
-    if newline >= 0:
-        cut = newline + 1
+    """The text, and its last `val_fraction` for validation (starting at a line where one is near)."""
+    cut = split_point(len(text), val_fraction, lambda lo, hi: text.find("\n", lo, hi))
     return text[:cut], text[cut:]
-
-
-def is_line_oriented(text: str) -> bool:
-    """A corpus of short, non-empty lines (names, band names, titles), as opposed to prose or code.
-
-    Samples from such a model are one line each. (The rule: `ingest.LineStats.line_oriented`.)
-    """
-    return line_stats(text).line_oriented()
 
 
 def shuffle_lines(text: str, seed: int) -> str:
@@ -191,18 +198,6 @@ def windows_per_epoch(streams: np.ndarray, seq_len: int) -> int:
     return max(0, (streams.shape[1] - 1) // seq_len)
 
 
-def window(streams: np.ndarray, k: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k-th window of every stream: inputs (B, T) and targets (B, T), shifted by one."""
-    start = k * seq_len
-    return streams[:, start : start + seq_len], streams[:, start + 1 : start + seq_len + 1]
-
-
-def iter_windows(streams: np.ndarray, seq_len: int, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    for k in range(start, windows_per_epoch(streams, seq_len)):
-        x, y = window(streams, k, seq_len)
-        yield k, x, y
-
-
 def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str) -> int:
     """The batch size to use: as asked, or fewer streams if the corpus is too short for that many.
 
@@ -214,3 +209,184 @@ def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str) ->
             f"--seq-len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq-len"
         )
     return min(batch_size, n_train // (seq_len + 1))
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """Process `rank`'s share of n items out of `world` (contiguous; the last ones may get one fewer)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return slice(start, start + per + (1 if rank < extra else 0))
+
+
+# --- windows for the trainer ------------------------------------------------------------------
+
+
+class WindowLoader:
+    """Window k of every stream as (inputs, targets) long tensors (B, T) on the device.
+
+    `streams` is an array (B, L), or FileStreams over a cache file: then each window is read
+    from the file when needed, so a corpus larger than memory costs a few megabytes of buffer.
+    On a GPU the streams go to GPU memory once when they fit, or else each window goes through
+    pinned memory without blocking.
+    """
+
+    def __init__(self, streams: np.ndarray | FileStreams, seq_len: int, device: "torch.device | str" = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.streams, self.seq_len, self.device = streams, seq_len, torch.device(device)
+        self.on_device = None
+        rows, length = streams.shape
+        if self.device.type != "cpu" and rows * length * streams.dtype.itemsize <= DEVICE_DATA_BYTES:
+            dtype = torch.uint8 if streams.dtype == np.uint8 else torch.int32
+            self.on_device = torch.empty((rows, length), dtype=dtype, device=self.device)
+            host_dtype = np.uint8 if dtype == torch.uint8 else np.int32
+            for i in range(rows):  # a row at a time: never the whole corpus in host memory at once
+                row = streams.row(i) if isinstance(streams, FileStreams) else np.asarray(streams[i])
+                self.on_device[i].copy_(torch.from_numpy(row.astype(host_dtype, copy=False)))
+
+    def __len__(self) -> int:
+        """Windows per epoch."""
+        return windows_per_epoch(self.streams, self.seq_len)
+
+    def window(self, k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        start = k * self.seq_len
+        if self.on_device is not None:
+            block = self.on_device[:, start : start + self.seq_len + 1].long()
+        else:
+            if isinstance(self.streams, FileStreams):
+                raw = self.streams.block(start, self.seq_len + 1)
+            else:
+                raw = np.asarray(self.streams[:, start : start + self.seq_len + 1])
+            block = self.torch.from_numpy(raw.astype(np.int64))
+            if self.device.type == "cuda":
+                block = block.pin_memory().to(self.device, non_blocking=True)
+            elif self.device.type != "cpu":
+                block = block.to(self.device)
+        return block[:, :-1], block[:, 1:]  # (B, T) each
+
+    def close(self) -> None:
+        if isinstance(self.streams, FileStreams):
+            self.streams.close()
+
+
+# --- everything a training run needs of its corpus --------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """A corpus prepared for one run (one process's share of it, under torchrun)."""
+
+    vocab: Vocab
+    source: str  # the corpus files, for messages
+    digest: str  # of the training text (and validation file): a resumed run checks it
+    line_oriented: bool
+    streams: np.ndarray | FileStreams  # (B / world, L): this process's rows of the global layout
+    rows: slice  # which rows of the global (B, L) layout `streams` holds
+    batch_size: int  # B, the global number of streams
+    seq_len: int  # T, characters per window
+    n_windows: int  # windows per epoch
+    train_chars: int
+    val_chars: int
+    val_ids: np.ndarray  # int64: this process's share of the validation text (prose)
+    val_lines: Optional[list[np.ndarray]]  # this process's share of the validation lines (lists)
+    start_ids: np.ndarray  # int64: the head of the training text, for the start-of-line state
+    unigram_entropy: float
+    training_lines: Optional[list[str]]  # the distinct lines of a list, for `sample --novel`
+
+    @property
+    def chars_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: Optional[str] = None,
+                          rank: int = 0, world: int = 1,
+                          notice: Callable[[str], None] = lambda message: None) -> TrainData:
+    """Split, shuffle (lists) and lay out the corpus for training with `config` (a TrainConfig)."""
+    if isinstance(corpus, Corpus):
+        corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
+    source = ", ".join(corpus.sources)
+    vocab = corpus.vocab
+    line_oriented = corpus.lines.line_oriented()
+    if line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
+        line_oriented = False
+        notice(f"a list of {corpus.lines.lines:,} lines is too large to shuffle in memory; "
+               f"training on it as running text, in file order")
+    # A large corpus is a cache file: the parts needed are read from it, not touched through its
+    # memory map, which would pin megabytes of read-ahead per touch (see FileStreams).
+    from_file = corpus.cache_file if isinstance(corpus.ids, np.memmap) and not line_oriented else None
+
+    def head(part: np.ndarray, offset: Optional[int], n: int) -> np.ndarray:
+        """part[:n] in memory; `part` starts at `offset` in the corpus (None: it is not the corpus's)."""
+        n = min(n, len(part))
+        if from_file is not None and offset is not None:
+            return read_ids(from_file, part.dtype, offset, offset + n)
+        return np.asarray(part[:n])
+
+    training_lines, val_part, val_offset = None, None, None
+    if line_oriented:
+        # Lists are small: shuffle them as text (see shuffle_lines), then encode again.
+        full_text = corpus.text()
+        training_lines = unique_lines(full_text)
+        text = shuffle_lines(full_text, config.seed)
+        if val_text is None:
+            text, val_part = split_train_val(text, config.val_fraction)
+        train_ids = vocab.encode(text)
+    elif val_text is None:
+        # Running text is split in place: the ids may be a memory-mapped file larger than memory.
+        ids = corpus.ids
+        newline = vocab.index.get("\n")
+
+        def find_newline(lo: int, hi: int) -> int:
+            if newline is None or hi <= lo:
+                return -1
+            near = np.flatnonzero(head(ids[lo:hi], lo, hi - lo) == newline)
+            return lo + int(near[0]) if near.size else -1
+
+        cut = split_point(len(ids), config.val_fraction, find_newline)
+        train_ids, val_ids, val_offset = ids[:cut], ids[cut:], cut
+    else:
+        train_ids = corpus.ids
+    if val_text is not None:
+        val_ids = vocab.encode(val_text, skip_unknown=True)
+    elif val_part is not None:
+        val_ids = vocab.encode(val_part)
+    batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source)
+    if len(val_ids) < 2:
+        raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
+                          f"character(s); use a longer corpus, a larger --val-fraction or --val-file")
+    if world > 1:
+        if config.batch_size % world:
+            raise UsageError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world}): "
+                             f"each trains an equal share of the streams")
+        batch_size -= batch_size % world
+        if batch_size == 0:
+            raise CorpusError(f"{source} is too short to give each of {world} processes one stream")
+    if batch_size < config.batch_size:
+        notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
+    layout = stream_view(train_ids, batch_size)  # (B, L): the global layout, whatever the world size
+    rows = shard(batch_size, rank, world)  # this process's streams: a contiguous block of B / world
+    if from_file is not None:  # the same layout, read from the file (train_ids is a prefix of it)
+        streams = FileStreams(from_file, train_ids.dtype, batch_size, layout.shape[1], rows=rows)
+    else:
+        streams = layout[rows]
+
+    val_head = head(val_ids, val_offset, config.eval_chars)
+    val_lines = None
+    if line_oriented:
+        # A list is scored line by line from its start-of-line state, as it samples; carrying the
+        # state over from the previous (unrelated) line would flatter it.
+        val_lines = line_ids(vocab, vocab.decode(val_head))
+        val_lines = val_lines[shard(len(val_lines), rank, world)]
+    stream_ids = val_head.astype(np.int64)
+    return TrainData(
+        vocab=vocab, source=source,
+        digest=corpus.digest if val_text is None else text_digest(corpus.digest + val_text),
+        line_oriented=line_oriented, streams=streams, rows=rows, batch_size=batch_size,
+        n_windows=windows_per_epoch(layout, config.seq_len), seq_len=config.seq_len,
+        train_chars=int(len(train_ids)), val_chars=int(len(val_ids)),
+        val_ids=stream_ids[shard(stream_ids.size, rank, world)], val_lines=val_lines,
+        start_ids=head(train_ids, 0, START_STATE_CHARS).astype(np.int64),
+        unigram_entropy=unigram_entropy(head(train_ids, 0, UNIGRAM_CHARS), len(vocab)),
+        training_lines=training_lines,
+    )

@@ -66,9 +66,9 @@ class Dist:
 
     def shard(self, n: int) -> slice:
         """This rank's share of n items (contiguous; the last ranks may get one fewer)."""
-        per, extra = divmod(n, self.world)
-        start = self.rank * per + min(self.rank, extra)
-        return slice(start, start + per + (1 if self.rank < extra else 0))
+        from .data import shard
+
+        return shard(n, self.rank, self.world)
 
 
 def under_torchrun() -> bool:
@@ -103,6 +103,13 @@ def setup(device_name: str) -> Optional[Dist]:
     return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend, device=device)
 
 
-def teardown(dist: Optional[Dist]) -> None:
-    if dist is not None and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+def teardown(dist: Optional[Dist], clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others: a rank
+    that tore its gloo connections down while rank 0 was still writing its last checkpoint was
+    seen to abort at exit ("terminate called without an active exception", SIGABRT). After a
+    failure no rank waits (the others may never arrive) and nothing is torn down: the process is
+    about to exit, and torchrun stops the rest."""
+    if dist is None or not torch_dist.is_initialized() or not clean:
+        return
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()

@@ -42,7 +42,11 @@ class SamplingError(ChargenError):
 
 
 class TrainingError(ChargenError):
-    """Training cannot go on (divergence, disk full)."""
+    """Training cannot go on (divergence)."""
+
+
+class WriteError(ChargenError):
+    """A file cannot be written (disk full, read-only directory); the previous file is intact."""
 
 
 class TrainingInterrupted(ChargenError):

@@ -2,13 +2,15 @@
 
 No I/O here. The recurrent state is explicit: `forward` takes the state in and hands the new one
 back, so the training loop can carry it from one window to the next (truncated BPTT) and the
-sampler can carry it from one character to the next without re-running the prefix.
+sampler can carry it from one character to the next without re-running the prefix. Weights go
+in and out as numpy arrays (`weights_of`, `load_weights`), the form checkpoints hold.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,10 +58,8 @@ class CharRNN(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         c = self.config
         device = device if device is not None else self.head.weight.device
-        zeros = torch.zeros(c.layers, batch_size, c.hidden, device=device)
-        if c.cell == "lstm":
-            return (zeros, zeros.clone())
-        return zeros
+        zeros = [torch.zeros(c.layers, batch_size, c.hidden, device=device) for _ in range(c.state_tensors)]
+        return state_from_tensors(zeros)
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """idx (B, T) of token ids -> logits (B, T, V) and the state after the last step."""
@@ -80,21 +80,62 @@ def detach_state(state: State) -> State:
 
 
 def state_tensors(state: State) -> list[torch.Tensor]:
+    """The state as a list of (layers, B, hidden) tensors: [h] or [h, c]."""
     return list(state) if isinstance(state, tuple) else [state]
 
 
-def state_from_tensors(cell: str, tensors: list[torch.Tensor]) -> State:
-    return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]
+def state_from_tensors(tensors: list[torch.Tensor]) -> State:
+    """The inverse of state_tensors: what nn.LSTM (two tensors) or nn.GRU/nn.RNN (one) take."""
+    return tuple(tensors) if len(tensors) > 1 else tensors[0]  # type: ignore[return-value]
 
 
-def matmul_weights(config: ModelConfig) -> int:
-    """Weights touched by matrix multiplies per character (the embedding is a lookup).
+# --- weights in and out -----------------------------------------------------------------------
 
-    Training costs about 6 FLOPs per such weight per character, sampling about 2.
+
+def weights_of(model: CharRNN) -> dict[str, np.ndarray]:
+    """The weights as float32 numpy arrays, named as in state_dict(): what a checkpoint holds."""
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def load_weights(model: CharRNN, weights: dict[str, np.ndarray]) -> None:
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+
+
+def from_weights(config: ModelConfig, weights: dict[str, np.ndarray]) -> CharRNN:
+    model = CharRNN(config)
+    load_weights(model, weights)
+    return model
+
+
+# --- the state a line starts from -------------------------------------------------------------
+
+
+@torch.no_grad()
+def line_start_state(model: CharRNN, streams: torch.Tensor, newline_id: Optional[int], context: int = 128,
+                     count: int = 128) -> list[np.ndarray]:
+    """The model's typical state at the end of a line, just before it reads "\\n".
+
+    Sampling and evaluation start from here instead of from zeros: during training the state
+    is never zero at a line start (it is carried over), so a zero state is out of distribution
+    and spoils the first characters. It is the mean of the states after `count` real contexts of
+    `context` characters, each ending right before a newline (anywhere, for text without one).
+    Returned as arrays of shape (layers, hidden): [h] or [h, c] for an LSTM.
     """
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
-    n = 0
-    for layer in range(config.layers):
-        inp = config.embed if layer == 0 else config.hidden
-        n += gates * config.hidden * (inp + config.hidden)
-    return n + config.hidden * config.vocab_size
+    flat = streams.reshape(-1)
+    n = flat.numel()
+    context = min(context, n - 1)
+    if newline_id is not None:
+        ends = torch.nonzero(flat[context:] == newline_id).flatten() + context
+    else:
+        ends = torch.empty(0, dtype=torch.long, device=flat.device)
+    if ends.numel() == 0:
+        ends = torch.arange(context, n, device=flat.device)
+    pick = ends[torch.linspace(0, ends.numel() - 1, min(count, ends.numel()), device=flat.device).long()]
+    windows = torch.stack([flat[e - context : e] for e in pick.tolist()]).long()  # (count, context)
+    was_training = model.training
+    model.eval()
+    try:
+        _, state = model(windows)
+    finally:
+        model.train(was_training)
+    return [t.float().mean(dim=1).cpu().numpy() for t in state_tensors(state)]  # each (layers, H)

@@ -56,8 +56,7 @@ class NumpyCharRNN:
         self.head_b = f32(weights["head.bias"])
 
     def init_state(self, batch_size: int) -> NpState:
-        h = self.config.hidden
-        n = 2 if self.config.cell == "lstm" else 1
+        h, n = self.config.hidden, self.config.state_tensors
         return [tuple(np.zeros((batch_size, h), np.float32) for _ in range(n)) for _ in range(self.config.layers)]
 
     def state_from_arrays(self, arrays: list[np.ndarray]) -> NpState:

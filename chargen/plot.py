@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
+from .files import atomic_write
+
+LOSS_SVG = "loss.svg"
 
 Series = dict[str, list[tuple[float, float]]]  # name -> [(characters seen, loss)]
 
@@ -119,6 +122,13 @@ def svg_chart(series: Series, title: str = "chargen training") -> str:
         out.append(f'<text x="{ml + pw - 94}" y="{mt + 20 + 18 * k}">{name}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def write_loss_curve(run_dir: str | Path, records: Sequence[dict[str, Any]], title: str) -> Path:
+    """Draw `records` (metrics.jsonl) into the run directory's loss.svg; the one writer of that file."""
+    path = Path(run_dir) / LOSS_SVG
+    atomic_write(path, svg_chart(loss_series(records), title=title).encode())
+    return path
 
 
 def _escape(text: str) -> str:

@@ -18,8 +18,6 @@ from .config import SampleConfig
 from .errors import SamplingError, UsageError, VocabularyError
 from .tokenizer import Vocab
 
-DEFAULT_LINE_LENGTH = 200
-DEFAULT_PROSE_LENGTH = 1000
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
 
 
@@ -50,9 +48,10 @@ class TorchStepper:
         return self.model.init_state(batch_size, self.device)
 
     def state_from_arrays(self, arrays: list[np.ndarray]):
-        tensors = [self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None].to(self.device)
-                   for a in arrays]  # (layers, 1, hidden)
-        return tuple(tensors) if len(tensors) == 2 else tensors[0]
+        from .model import state_from_tensors
+
+        return state_from_tensors([self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None]
+                                   .to(self.device) for a in arrays])  # each (layers, 1, hidden)
 
     def select(self, state, rows: np.ndarray):
         idx = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
@@ -162,14 +161,18 @@ def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
     return stepper.init_state(1) if start_state is None else stepper.state_from_arrays(start_state)
 
 
-def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state: Optional[list[np.ndarray]] = None):
-    """Run "\\n" (start of a line) and the prompt through the network once: (logits (V,), state)."""
+def check_prompt(vocab: Vocab, prompt: str, lines: bool) -> None:
     bad = vocab.unknown_chars(prompt)
     if bad:
         shown = ", ".join(repr(c) for c in bad)
         raise VocabularyError(f"the prompt holds {shown}, not in the model's vocabulary")
     if lines and "\n" in prompt:
         raise UsageError("a prompt in line mode cannot hold a newline")
+
+
+def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state: Optional[list[np.ndarray]] = None):
+    """Run "\\n" (start of a line) and the prompt through the network once: (logits (V,), state)."""
+    check_prompt(vocab, prompt, lines)
     start = "\n" if "\n" in vocab else (" " if " " in vocab else vocab.chars[0])
     ids = vocab.encode(start + prompt).astype(np.int64)
     state = initial_state(stepper, start_state)
@@ -236,14 +239,13 @@ def generate(
     on_char: Optional[Callable[[str], None]] = None,
     start_state: Optional[list[np.ndarray]] = None,
 ) -> Iterator[Sample]:
-    """Yield cfg.num samples for one prompt, in order.
+    """Yield cfg.num samples for one prompt, in order (cfg is validated by the caller).
 
     Line mode redraws empty samples, and repeats (`unique`) or training lines (`novel`); a
     bounded number of draws (cfg.max_tries per wanted sample) guards against a model that
     cannot produce enough. `on_char` streams the characters of a lone prose sample as drawn.
     """
-    cfg.validate()
-    max_len = cfg.length or (DEFAULT_LINE_LENGTH if lines else DEFAULT_PROSE_LENGTH)
+    max_len = cfg.max_length(lines)
     prompt_logits, prompt_state = prime(stepper, vocab, prompt, lines, start_state)
     seen = seen if seen is not None else set()
     budget = cfg.num * cfg.max_tries + 100

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chargen.checkpoint import BEST, FORMAT_VERSION, LAST, atomic_write, read_checkpoint
-from chargen.errors import CheckpointError, TrainingError
+from chargen.checkpoint import BEST, FORMAT_VERSION, LAST, read_checkpoint
+from chargen.errors import CheckpointError, WriteError
+from chargen.files import atomic_write
 
 
 def _rewrite(src: Path, dst: Path, *, metadata=None, drop=None, reshape=None):
@@ -174,7 +175,7 @@ def test_atomic_write_keeps_the_old_file_when_the_directory_is_read_only(tmp_pat
     atomic_write(target, b"old")
     tmp_path.chmod(0o500)
     try:
-        with pytest.raises(TrainingError, match="intact"):
+        with pytest.raises(WriteError, match="intact"):
             atomic_write(target, b"new")
     finally:
         tmp_path.chmod(0o700)
@@ -190,7 +191,7 @@ def test_atomic_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(TrainingError, match="No space left"):
+    with pytest.raises(WriteError, match="No space left"):
         atomic_write(target, b"new" * 1000)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

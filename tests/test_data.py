@@ -3,17 +3,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import io
+
 from chargen.data import (
+    WindowLoader,
     check_trainable,
-    decode_corpus_bytes,
-    is_line_oriented,
-    iter_windows,
     read_corpus,
     split_train_val,
     stream_view,
     windows_per_epoch,
 )
 from chargen.errors import CorpusError
+from chargen.ingest import line_stats, text_chunks
+
+
+def decode(raw: bytes, source: str) -> str:
+    return "".join(t if t is not None else b.decode("ascii") for b, t in text_chunks(io.BytesIO(raw), source))
+
+
+def windows(streams, seq):
+    """Every window of an epoch as the trainer's loader hands them out, as numpy arrays."""
+    loader = WindowLoader(streams, seq)
+    for k in range(len(loader)):
+        x, y = loader.window(k)
+        yield k, x.numpy(), y.numpy()
 
 
 @given(n=st.integers(2, 3000), batch=st.integers(1, 16), seq=st.integers(1, 64))
@@ -25,7 +38,7 @@ def test_tbptt_layout_sees_each_character_once_in_order(n, batch, seq):
     streams = stream_view(ids, batch)
     length = n // batch
     seen_inputs = [[] for _ in range(batch)]
-    for k, x, y in iter_windows(streams, seq):
+    for k, x, y in windows(streams, seq):
         assert x.shape == y.shape == (batch, seq)
         assert (y == x + 1).all()  # targets are the next character
         for i in range(batch):
@@ -43,13 +56,13 @@ def test_tbptt_layout_sees_each_character_once_in_order(n, batch, seq):
 
 def test_window_k_plus_one_follows_window_k():
     streams = stream_view(np.arange(100), 4)
-    windows = list(iter_windows(streams, 5))
-    for (_, x0, _), (_, x1, _) in zip(windows, windows[1:]):
+    ws = list(windows(streams, 5))
+    for (_, x0, _), (_, x1, _) in zip(ws, ws[1:]):
         assert (x1[:, 0] == x0[:, -1] + 1).all()
 
 
 def test_bom_and_crlf():
-    assert decode_corpus_bytes(b"\xef\xbb\xbfab\r\ncd\r\n", "f") == "ab\ncd\n"
+    assert decode(b"\xef\xbb\xbfab\r\ncd\r\n", "f") == "ab\ncd\n"
 
 
 @pytest.mark.parametrize(
@@ -65,7 +78,7 @@ def test_bom_and_crlf():
 )
 def test_bad_bytes(raw, needle):
     with pytest.raises(CorpusError, match=needle):
-        decode_corpus_bytes(raw, "corpus.txt")
+        decode(raw, "corpus.txt")
 
 
 def test_read_corpus_joins_files_and_names_errors(tmp_path):
@@ -97,11 +110,11 @@ def test_too_short_for_one_window():
 def test_line_orientation():
     from tests.conftest import make_names
 
-    assert is_line_oriented(make_names(100))
+    assert line_stats(make_names(100)).line_oriented()
     prose = ("It was the best of times, it was the worst of times, it was the age of wisdom.\n"
              "It was the age of foolishness.\n\n") * 50
-    assert not is_line_oriented(prose)
-    assert not is_line_oriented("one long line without any newline " * 100)
+    assert not line_stats(prose).line_oriented()
+    assert not line_stats("one long line without any newline " * 100).line_oriented()
 
 
 @given(n=st.integers(2, 2000), batch=st.integers(1, 9), seq=st.integers(1, 40), chunk=st.integers(1, 50),

@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from chargen.config import ModelConfig
-from chargen.model import CharRNN, detach_state
+from chargen.model import CharRNN, detach_state, weights_of
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import TorchStepper, log_softmax
-from chargen.training import model_weights
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -18,7 +17,7 @@ def test_numpy_backend_matches_torch(cell, layers):
     with torch.no_grad():  # random biases too, so every term of the equations is exercised
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    npm = NumpyCharRNN(config, model_weights(model))
+    npm = NumpyCharRNN(config, weights_of(model))
     ids = np.random.default_rng(0).integers(0, 23, size=(5, 17))
     with torch.no_grad():
         logits, _ = model(torch.from_numpy(ids))

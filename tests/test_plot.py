@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 from chargen.config import TrainConfig
 from chargen.data import read_corpus
 from chargen.plot import loss_series, svg_chart, terminal_chart
-from chargen.training import TrainCallbacks, train
+from chargen.callbacks import TrainCallbacks
+from chargen.training import train
 
 from .conftest import make_names, run
 
@@ -35,14 +36,14 @@ def test_training_writes_the_curve_and_shows_samples(tmp_path):
     seen = []
 
     class Collect(TrainCallbacks):
-        def on_eval(self, metrics):
-            seen.append(metrics)
+        def on_eval(self, report):
+            seen.append(report)
 
     config = TrainConfig(batch_size=8, seq_len=32, max_steps=40, eval_every=20, warmup=2, lr=1e-2, sample_every=1)
     train(read_corpus([str(corpus)]), config, {"layers": 1, "hidden": 32, "embed": 8}, out_dir=tmp_path / "run",
           precision="fp32", callbacks=Collect())
-    assert len(seen) == 2 and all(isinstance(m["sample"], str) and m["sample"] for m in seen)
-    assert len(seen[-1]["sample"].splitlines()) == 5  # line-oriented: five names
+    assert len(seen) == 2 and all(isinstance(r.sample, str) and r.sample for r in seen)
+    assert len(seen[-1].sample.splitlines()) == 5  # line-oriented: five names
     ET.parse(tmp_path / "run" / "loss.svg")
     p = run(["info", str(tmp_path / "run"), "--plot"])
     assert p.returncode == 0, p.stderr

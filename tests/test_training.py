@@ -10,7 +10,7 @@ import torch
 from chargen.checkpoint import BEST, LAST, METRICS, read_checkpoint
 from chargen.config import TrainConfig
 from chargen.data import read_corpus
-from chargen.errors import CorpusError, TrainingError, UsageError
+from chargen.errors import CorpusError, TrainingError, UsageError, WriteError
 from chargen.training import TrainCallbacks, learning_rate, train
 
 from .conftest import make_names
@@ -116,8 +116,8 @@ def test_a_stop_request_saves_a_resumable_checkpoint(tmp_path):
     corpus = _corpus(tmp_path, make_names(300))
 
     class StopAtStep(TrainCallbacks):
-        def on_step(self, p):
-            if p["step"] >= 3:
+        def on_step(self, report):
+            if report.step >= 3:
                 os.kill(os.getpid(), signal.SIGINT)
 
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=1000, eval_every=500, warmup=1)
@@ -191,8 +191,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
                 raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("chargen.checkpoint.os.replace", replace)
-    with pytest.raises(TrainingError, match="No space left on device.*intact"):
+    monkeypatch.setattr("chargen.files.os.replace", replace)
+    with pytest.raises(WriteError, match="No space left on device.*intact"):
         train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
     last = read_checkpoint(tmp_path / "run", prefer=LAST, with_resume=True)
     assert last.resume["step"] == 10  # the first save, whole
@@ -221,42 +221,39 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert learning_rate(c, 99, 1.0) == pytest.approx(0.1)
 
 
-def test_auto_settings_follow_corpus_size_and_respect_given_flags():
-    from chargen.training import auto_settings
+def test_auto_sizes_follow_corpus_size_and_respect_given_flags():
+    from chargen.sizing import auto_sizes
 
-    cpu = torch.device("cpu")
-    model, train_opts, why = auto_settings(50_000, 300, cpu, set())
-    assert model["hidden"] == 128 and model["dropout"] > 0 and train_opts["seq_len"] == 64 and "small" in why
-    model, train_opts, _ = auto_settings(1_000_000, 300, cpu, set())
-    assert model["hidden"] == 256 and train_opts["lr"] == 5e-3
-    model, _, _ = auto_settings(50_000_000, 300, cpu, set())
-    assert model["hidden"] == 512
-    model, _, why = auto_settings(1_000_000, 60, cpu, set())
-    assert model["hidden"] == 128 and "short budget" in why
-    model, train_opts, _ = auto_settings(1_000_000, 300, cpu, {"hidden", "batch_size"})
-    assert "hidden" not in model and "batch_size" not in train_opts and model["layers"] == 2
-    gpu_model, _, _ = auto_settings(1_000_000, 300, torch.device("cuda"), set())
-    assert gpu_model["hidden"] > 256
+    auto = auto_sizes(50_000, 300, False, set())
+    assert auto.model["hidden"] == 128 and auto.model["dropout"] > 0 and auto.train["seq_len"] == 64 and "small" in auto.why
+    auto = auto_sizes(1_000_000, 300, False, set())
+    assert auto.model["hidden"] == 256 and auto.train["lr"] == 5e-3
+    assert auto_sizes(50_000_000, 300, False, set()).model["hidden"] == 512
+    auto = auto_sizes(1_000_000, 60, False, set())
+    assert auto.model["hidden"] == 128 and "short budget" in auto.why
+    auto = auto_sizes(1_000_000, 300, False, {"hidden", "batch_size"})
+    assert "hidden" not in auto.model and "batch_size" not in auto.train and auto.model["layers"] == 2
+    assert auto_sizes(1_000_000, 300, True, set()).model["hidden"] > 256
 
 
 def test_precision_falls_back_with_a_notice(monkeypatch):
-    from chargen import training
+    from chargen import device as dev
     from chargen.config import ModelConfig
 
     cpu = torch.device("cpu")
     notices = []
-    assert training.resolve_precision("fp16", cpu, notices.append) == "fp32"
+    assert dev.resolve_precision("fp16", cpu, notices.append) == "fp32"
     assert "fp16 is only used on CUDA" in notices[-1]
     # The real trial step works for every cell in bf16 on this CPU ...
     for cell in ("lstm", "gru", "rnn"):
-        assert training._precision_problem(cpu, "bf16", cell) is None
+        assert dev.precision_problem(cpu, "bf16", cell) is None
     # ... and when it fails, the run goes on in fp32, saying why in one line.
-    monkeypatch.setattr(training, "_precision_problem", lambda *a: "no bf16 kernel for this cell")
-    assert training.resolve_precision("bf16", cpu, notices.append) == "fp32"
+    monkeypatch.setattr(dev, "precision_problem", lambda *a: "no bf16 kernel for this cell")
+    assert dev.resolve_precision("bf16", cpu, notices.append) == "fp32"
     assert notices[-1] == "bf16 does not work here (no bf16 kernel for this cell); training in fp32"
     # `auto` never insists: it quietly keeps fp32; tiny models stay in fp32 anyway.
     count = len(notices)
-    assert training.resolve_precision("auto", cpu, notices.append) == "fp32" and len(notices) == count
+    assert dev.resolve_precision("auto", cpu, notices.append) == "fp32" and len(notices) == count
     monkeypatch.undo()
     small = ModelConfig(vocab_size=10, hidden=64)
-    assert training.resolve_precision("auto", cpu, notices.append, small) == "fp32"
+    assert dev.resolve_precision("auto", cpu, notices.append, small) == "fp32"

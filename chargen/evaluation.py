@@ -1,0 +1,193 @@
+r"""The two losses chargen reports, defined once, computed by torch or by numpy.
+
+Training's validation, `chargen eval` and `Model.eval` all go through `stream_sums` and
+`line_sums`; only the scorer differs: `TorchScorer` runs a CharRNN over whole windows (training,
+the torch backend), `NumpyScorer` steps the numpy twin a character at a time (`chargen eval`
+without torch). Both return sums of negative log-likelihood in nats, and their count, so that
+shares of the text scored by several processes under torchrun add up.
+
+    stream loss (prose, code)   the text laid out in S parallel streams (S = min(32, (N-1) // T),
+                                each stream at least one window of T = seq_len long), read from
+                                the zero state as training starts its streams, state carried
+                                from window to window; every character but the first of each
+                                stream is predicted. Characters past S * (N // S) are left out.
+
+    line loss (lists)           each line on its own, from the model's start-of-line state:
+                                read "\n", then predict every character of the line and the
+                                newline that ends it, exactly as a line sample is drawn.
+                                Carrying the state over from the previous (unrelated) line
+                                would flatter the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+import numpy as np
+
+from .errors import UsageError
+
+PAD = -1  # target id of padding: not scored
+EVAL_STREAMS = 32  # streams of the stream loss
+LINE_BATCH = 512  # lines scored together (sorted by length, so padding stays small)
+
+
+class Scorer(Protocol):
+    """What the losses need of a network: a state for `rows` rows, and the summed NLL of a window."""
+
+    def initial(self, start_state: Optional[list[np.ndarray]], rows: int) -> Any:
+        """The zero state (start_state None), or start_state ([h] or [h, c], each (layers, H)) for every row."""
+
+    def score(self, inputs: np.ndarray, targets: np.ndarray, state: Any) -> tuple[Any, Any]:
+        """inputs, targets (B, T) int64, PAD where not scored -> (summed NLL, the state after the window)."""
+
+
+def stream_sums(scorer: Scorer, ids: np.ndarray, seq_len: int, streams: int = EVAL_STREAMS) -> tuple[float, int]:
+    """The stream loss of `ids` as (summed NLL, characters scored)."""
+    n = len(ids)
+    if n < 2:
+        return 0.0, 0
+    streams = max(1, min(streams, (n - 1) // max(seq_len, 1)))
+    length = n // streams
+    data = np.asarray(ids[: streams * length], dtype=np.int64).reshape(streams, length)  # (S, L)
+    state = scorer.initial(None, streams)
+    total: Any = 0.0
+    count = 0
+    for start in range(0, length - 1, seq_len):
+        y = data[:, start + 1 : start + seq_len + 1]  # (S, T): the next character of each input
+        x = data[:, start : start + y.shape[1]]
+        nll, state = scorer.score(x, y, state)
+        total = total + nll
+        count += y.size
+    return float(total), count
+
+
+def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,
+              batch: int = LINE_BATCH) -> tuple[float, int]:
+    """The line loss of `lines` (id arrays, each ending with the newline id) as (summed NLL, characters scored)."""
+    total: Any = 0.0
+    count = 0
+    order = sorted(range(len(lines)), key=lambda i: len(lines[i]))  # similar lengths batch together
+    for b0 in range(0, len(order), batch):
+        group = [lines[i] for i in order[b0 : b0 + batch]]
+        width = max(len(g) for g in group)
+        targets = np.full((len(group), width), PAD, dtype=np.int64)  # (B, W)
+        inputs = np.full((len(group), width), newline_id, dtype=np.int64)  # (B, W): "\n", then the line
+        for r, g in enumerate(group):
+            targets[r, : len(g)] = g
+            inputs[r, 1 : len(g)] = g[:-1]
+        nll, _ = scorer.score(inputs, targets, scorer.initial(start_state, len(group)))
+        total = total + nll
+        count += int((targets != PAD).sum())
+    return float(total), count
+
+
+# --- the scorers ------------------------------------------------------------------------------
+
+
+class TorchScorer:
+    """A CharRNN over whole windows, in eval mode, under the training precision's autocast."""
+
+    def __init__(self, model, device, precision: str = "fp32"):
+        self.model, self.device, self.precision = model, device, precision
+
+    def initial(self, start_state: Optional[list[np.ndarray]], rows: int):
+        if start_state is None:
+            return None  # nn.LSTM/GRU/RNN start from zeros
+        from .model import state_from_tensors
+        import torch
+
+        return state_from_tensors([torch.from_numpy(a).to(self.device)[:, None].expand(-1, rows, -1).contiguous()
+                                   for a in start_state])  # each (layers, rows, H)
+
+    def score(self, inputs: np.ndarray, targets: np.ndarray, state):
+        import torch
+        import torch.nn.functional as F
+
+        from .device import autocast
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                x = torch.from_numpy(inputs).to(self.device)
+                y = torch.from_numpy(np.ascontiguousarray(targets)).to(self.device)
+                with autocast(self.device, self.precision):
+                    logits, state = self.model(x, state)  # (B, T, V)
+                nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                      ignore_index=PAD, reduction="sum")
+        finally:
+            self.model.train(was_training)
+        return nll.double(), state  # summed on the device; one sync when the caller takes float()
+
+
+class NumpyScorer:
+    """The numpy twin, stepped a character at a time (no torch needed)."""
+
+    def __init__(self, stepper):
+        self.stepper = stepper
+
+    def initial(self, start_state: Optional[list[np.ndarray]], rows: int):
+        if start_state is None:
+            return self.stepper.init_state(rows)
+        return self.stepper.repeat(self.stepper.state_from_arrays(start_state), rows)
+
+    def score(self, inputs: np.ndarray, targets: np.ndarray, state):
+        from .sampling import log_softmax
+
+        total = 0.0
+        for t in range(inputs.shape[1]):
+            logits, state = self.stepper.step(inputs[:, t], state)
+            real = targets[:, t] != PAD
+            if real.any():
+                logp = log_softmax(logits[real])  # (R, V)
+                total -= float(np.take_along_axis(logp, targets[real, t][:, None], axis=-1).sum())
+        return total, state
+
+
+# --- a text, scored ---------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    loss: float  # nats per character
+    chars: int  # characters scored
+    skipped: int = 0  # characters dropped as unknown
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"loss": self.loss, "bpc": self.bpc, "perplexity": self.perplexity, "chars": self.chars,
+                "skipped": self.skipped}
+
+
+def evaluate_text(scorer: Scorer, vocab, text: str, *, lines: bool, start_state: list[np.ndarray],
+                  seq_len: int, streams: int = EVAL_STREAMS, skip_unknown: bool = False) -> EvalResult:
+    """The line loss (lines=True, from `start_state`) or stream loss of `text`, as training reports it."""
+    from .data import line_ids
+
+    unknown = vocab.count_unknown(text) if skip_unknown else 0
+    ids = vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)
+    if len(ids) < 1:
+        raise UsageError("the text is too short to evaluate: it holds no known character")
+    if lines:
+        if "\n" not in vocab:
+            raise UsageError("line mode needs a model whose vocabulary holds the newline")
+        rows = line_ids(vocab, vocab.decode(ids))
+        if not rows:
+            raise UsageError("the text holds no non-empty line to evaluate")
+        total, count = line_sums(scorer, rows, start_state, vocab.index["\n"])
+    else:
+        total, count = stream_sums(scorer, ids, seq_len, streams)
+        if count == 0:
+            raise UsageError("the text is too short to evaluate: it needs at least two characters")
+    return EvalResult(loss=total / count, chars=count, skipped=unknown)
+

@@ -1,0 +1,73 @@
+"""Writing files so that a crash at any moment leaves the old file or the new one, never a torn one.
+
+Every file chargen writes (checkpoints, metrics, loss curves, exported tokenizers, the corpus
+cache) goes through `atomic_writer`: a temp file in the same directory, fsync, rename over the
+target, fsync the directory. Temp files are named `.<name>.<random>.tmp`, so a reader of a run
+directory or of the cache can recognise (and remove) those a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .errors import WriteError
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield a binary file; when the block ends without an exception, it replaces `path` whole.
+
+    If writing fails (disk full, read-only directory) the temp file is removed, the old file
+    stays, and a WriteError says so; any other exception also removes the temp file and leaves
+    `path` untouched.
+    """
+    path = Path(path)
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        fsync_dir(path.parent)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise WriteError(f"cannot write {path} ({reason}); the previous file, if any, is intact") from None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data` atomically (see atomic_writer)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: directories cannot be opened; rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,141 @@
+"""A run directory: what a training run saves and restores (`RunState`), and the files it writes.
+
+    best.safetensors   the model with the best validation loss so far
+    last.safetensors   the latest model plus the RunState, for --resume
+    metrics.jsonl      one JSON object per evaluation
+    loss.svg           the loss curve, redrawn at every evaluation
+    config.json        the resolved configuration the run trains with
+
+Only rank 0 writes (under torchrun); every file goes through an atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
+from .errors import UsageError
+from .files import atomic_write
+from .plot import write_loss_curve
+
+# Settings a resumed run must share with the run it continues (the rest may change).
+RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed")
+
+
+@dataclass
+class RunState:
+    """Everything a run saves and restores besides its weights: where it is in the data and the
+    schedule, how it is doing, and the optimizer, RNG and hidden state that make resuming exact.
+
+    Stored in last.safetensors as the "resume" metadata (the scalars, as JSON) and "resume.*"
+    tensors (optimizer moments "optim.<i>.<key>", the hidden state of every stream "state.<j>",
+    the RNG states "rng.cpu" and "rng.cuda").
+    """
+
+    step: int = 0
+    epoch: int = 0
+    window: int = 0  # the next window of the epoch
+    chars_seen: int = 0
+    elapsed: float = 0.0  # seconds of training so far
+    best_val_loss: float = math.inf
+    last_val_loss: float = math.nan
+    lr_scale: float = 1.0  # halved by each divergence rollback
+    corpus_digest: str = ""
+    world_size: int = 1
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)  # "<i>.<key>" -> moment
+    hidden: Optional[list[np.ndarray]] = None  # [h] or [h, c], each (layers, B, H) for all B streams
+    rng_cpu: Optional[np.ndarray] = None
+    rng_cuda: Optional[np.ndarray] = None
+
+    _SCALARS = ("step", "epoch", "window", "chars_seen", "elapsed", "best_val_loss", "last_val_loss", "lr_scale",
+                "param_groups", "corpus_digest", "world_size")
+
+    def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(resume metadata, resume tensors) for save_checkpoint."""
+        meta = {k: getattr(self, k) for k in self._SCALARS}
+        tensors = {f"optim.{k}": v for k, v in self.optimizer.items()}
+        for j, t in enumerate(self.hidden or []):
+            tensors[f"state.{j}"] = t
+        if self.rng_cpu is not None:
+            tensors["rng.cpu"] = self.rng_cpu
+        if self.rng_cuda is not None:
+            tensors["rng.cuda"] = self.rng_cuda
+        return meta, tensors
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> "RunState":
+        """The state saved in a last.safetensors read with_resume=True."""
+        r, t = ckpt.resume or {}, ckpt.resume_tensors
+        known = {f.name for f in fields(cls)}
+        scalars = {k: v for k, v in r.items() if k in known}
+        hidden = [np.array(t[f"state.{j}"]) for j in range(ckpt.model_config.state_tensors)] if "state.0" in t else None
+        return cls(**{**scalars,
+                      "best_val_loss": float(r.get("best_val_loss", math.inf)),
+                      "last_val_loss": float(r.get("last_val_loss", math.nan))},
+                   optimizer={k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")},
+                   hidden=hidden, rng_cpu=t.get("rng.cpu"), rng_cuda=t.get("rng.cuda"))
+
+
+def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:
+    """A UsageError unless `ckpt` holds training state and `train_config` keeps its data layout."""
+    if ckpt.resume is None:
+        raise UsageError(f"{ckpt.path} holds no training state (only last.safetensors does); cannot resume from it")
+    for key in RESUME_FIXED:
+        if key in ckpt.train_config and train_config[key] != ckpt.train_config[key]:
+            raise UsageError(
+                f"--{key.replace('_', '-')} {train_config[key]} differs from the run being resumed "
+                f"({ckpt.train_config[key]}); a resumed run keeps its data layout, so drop the flag"
+            )
+
+
+class RunDir:
+    """The files of one run. `main` is False on the other ranks under torchrun: they write nothing."""
+
+    def __init__(self, path: str | Path, main: bool = True):
+        self.path, self.main = Path(path), main
+
+    def refuse_existing(self, overwrite: bool) -> None:
+        # Rank 0 alone decides (the others would see the step-0 checkpoint it is about to write).
+        if self.main and (self.path / LAST).exists() and not overwrite:
+            raise UsageError(f"{self.path} already holds a run; continue it with --resume {self.path}, "
+                             f"or pass --overwrite or another --out")
+
+    def prepare(self) -> None:
+        """Create the directory; remove temp files of a process killed mid-write (they are useless)."""
+        if not self.main:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from None
+        for stale in [*self.path.glob(".*.safetensors.*.tmp"), *self.path.glob(f".{METRICS}.*.tmp")]:
+            stale.unlink(missing_ok=True)
+
+    def save(self, name: str, **checkpoint: Any) -> None:
+        """save_checkpoint into this directory (see checkpoint.save_checkpoint for the keywords)."""
+        if self.main:
+            save_checkpoint(self.path / name, **checkpoint)
+
+    def write_config(self, resolved: dict[str, Any]) -> None:
+        if self.main:
+            atomic_write(self.path / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
+
+    def read_metrics(self, up_to_step: int) -> list[dict[str, Any]]:
+        """The evaluations recorded so far, up to the step a resumed run continues from."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [m for m in records if m.get("step", 0) <= up_to_step]
+
+    def write_metrics(self, records: list[dict[str, Any]], title: str) -> None:
+        if self.main:
+            atomic_write(self.path / METRICS, "".join(json.dumps(m) + "\n" for m in records).encode())
+            write_loss_curve(self.path, records, title)

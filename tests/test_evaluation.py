@@ -1,0 +1,83 @@
+"""The two losses, defined once: training's validation, `chargen eval` and Model.eval agree."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import chargen
+from chargen.checkpoint import LAST, read_checkpoint
+from chargen.config import ModelConfig, TrainConfig
+from chargen.data import line_ids, read_corpus, split_train_val
+from chargen.evaluation import NumpyScorer, TorchScorer, line_sums, stream_sums
+from chargen.model import CharRNN, weights_of
+from chargen.npmodel import NumpyCharRNN
+from chargen.training import train
+
+from .conftest import run
+
+
+def _prose(n_lines: int = 400) -> str:
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog while it rains on the mat".split()
+    return "".join(" ".join(rng.choice(words, size=rng.integers(5, 12))) + ".\n" for _ in range(n_lines))
+
+
+@pytest.fixture(scope="module")
+def prose_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prose-eval")
+    (d / "prose.txt").write_text(_prose())
+    config = TrainConfig(batch_size=8, seq_len=32, max_steps=40, eval_every=20, warmup=5, lr=1e-2, sample_every=0)
+    train(read_corpus([str(d / "prose.txt")]), config, {"layers": 2, "hidden": 32, "embed": 8},
+          out_dir=d / "run", precision="fp32")
+    return d
+
+
+def test_training_validation_equals_chargen_eval_on_the_held_out_prose(prose_run):
+    """The val loss a prose run reports is what the installed `chargen eval` says of its held-out text."""
+    last = read_checkpoint(prose_run / "run", prefer=LAST)
+    assert not last.line_oriented
+    _, held_out = split_train_val((prose_run / "prose.txt").read_text(), last.train_config["val_fraction"])
+    (prose_run / "held-out.txt").write_text(held_out)
+    reported = last.info["val_loss"]
+    for backend in ("numpy", "torch"):
+        p = run(["eval", str(prose_run / "run" / LAST), str(prose_run / "held-out.txt"), "--json", "--backend", backend])
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["loss"] == pytest.approx(reported, abs=1e-4), backend
+    # and the definition matters: scored as one stream, or from another layout, the number moves
+    model = chargen.load(prose_run / "run" / LAST)
+    assert model.eval(held_out, streams=1)["loss"] != pytest.approx(reported, abs=1e-3)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_numpy_and_torch_scorers_give_the_same_sums(cell):
+    torch.manual_seed(1)
+    config = ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=24, embed=6)
+    model = CharRNN(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    twin = NumpyCharRNN(config, weights_of(model))
+    torch_scorer, numpy_scorer = TorchScorer(model, torch.device("cpu")), NumpyScorer(twin)
+    ids = np.random.default_rng(2).integers(0, 11, size=1000)
+    a, b = stream_sums(torch_scorer, ids, 16), stream_sums(numpy_scorer, ids, 16)
+    assert a[1] == b[1] == 32 * (1000 // 32 - 1)  # 32 streams, the first character of each is context
+    assert a[0] == pytest.approx(b[0], rel=1e-5)
+    lines = [np.append(np.random.default_rng(i).integers(1, 11, size=1 + i % 9), 0) for i in range(40)]
+    start = [np.random.default_rng(3).normal(size=(2, 24)).astype(np.float32) for _ in range(config.state_tensors)]
+    a, b = line_sums(torch_scorer, lines, start, 0, batch=7), line_sums(numpy_scorer, lines, start, 0)
+    assert a[1] == b[1] == sum(len(x) for x in lines)
+    assert a[0] == pytest.approx(b[0], rel=1e-5)
+
+
+def test_line_loss_is_the_sum_of_each_lines_own_log_probability(trained_names):
+    """Scoring a line = the log-probability the sampler gives it, newline included."""
+    model = chargen.load(trained_names)
+    samples = list(model.samples(n=20, seed=5, temperature=1.0))
+    text = "".join(s.text + "\n" for s in samples)
+    r = model.eval(text)
+    assert r["chars"] == sum(s.n_chars for s in samples)
+    assert r["loss"] * r["chars"] == pytest.approx(-sum(s.logprob for s in samples), rel=1e-4)
+    rows = line_ids(model.vocab, text)
+    assert [len(x) for x in rows] == [s.n_chars for s in samples]
