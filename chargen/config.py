@@ -39,14 +39,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 T = TypeVar("T")
 
 
-def _from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {what} key(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    obj = cls(**data)
-    obj.validate()  # type: ignore[attr-defined]
-    return obj
+class _Config:
+    """to_dict / from_dict for the config dataclasses; from_dict refuses unknown keys and validates."""
+
+    _what = "config"  # how errors name it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls._what} key(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")  # type: ignore[attr-defined]
+        obj = cls(**data)
+        obj.validate()  # type: ignore[attr-defined]
+        return obj
 
 
 def _positive(name: str, value: float | int | None, *, allow_none: bool = False) -> None:
@@ -58,7 +67,9 @@ def _positive(name: str, value: float | int | None, *, allow_none: bool = False)
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Config):
+    _what = "model config"
+
     vocab_size: int
     cell: str = "lstm"
     layers: int = 2
@@ -110,16 +121,12 @@ class ModelConfig:
                 for layer in range(self.layers))
         return n + self.hidden * self.vocab_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, data, "model config")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Config):
+    _what = "training config"
+
     batch_size: int = 64
     seq_len: int = 128
     lr: float = 3e-3
@@ -160,16 +167,12 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, data, "training config")
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(_Config):
+    _what = "sample config"
+
     num: int = 1
     length: Optional[int] = None  # None: DEFAULT_LINE_LENGTH per line, DEFAULT_PROSE_LENGTH for prose
     temperature: float = 0.8
@@ -198,9 +201,6 @@ class SampleConfig:
     def max_length(self, lines: bool) -> int:
         return self.length or (DEFAULT_LINE_LENGTH if lines else DEFAULT_PROSE_LENGTH)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SampleConfig":
-        return _from_dict(cls, data, "sample config")
 
 
 MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout")

@@ -48,6 +48,10 @@ class TrainingError(ChargenError):
 class WriteError(ChargenError):
     """A file cannot be written (disk full, read-only directory); the previous file is intact."""
 
+    def __init__(self, path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write {path} ({reason}); the previous file, if any, is intact")
+
 
 class TrainingInterrupted(ChargenError):
     """Training was stopped by Ctrl-C, SIGTERM or a callback, after saving a resumable checkpoint."""

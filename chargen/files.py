@@ -38,8 +38,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp_name = None
         fsync_dir(path.parent)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise WriteError(f"cannot write {path} ({reason}); the previous file, if any, is intact") from None
+        raise WriteError(path, exc.strerror or str(exc)) from None
     finally:
         if tmp_name is not None:
             try:

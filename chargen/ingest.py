@@ -32,7 +32,8 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, CorpusError, UsageError, cannot_read
+from .errors import CheckpointError, CorpusError, UsageError, WriteError, cannot_read
+from .files import atomic_write, atomic_writer
 from .tokenizer import Vocab
 
 CHUNK_BYTES = 16 << 20
@@ -415,9 +416,8 @@ def _build_entry(paths, read_paths, sources, meta_path: Path, ids_path: Path, ch
     # ASCII chunks of a byte-sized vocabulary are translated by bytes.translate, 5x faster than numpy.
     table = bytes(lut[:256].astype(np.uint8)) if vocab.dtype == np.uint8 else None
     n_chars = 0
-    tmp = ids_path.with_name(f".{ids_path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as out:
+        with atomic_writer(ids_path) as out:  # renamed into place only when complete
             for buf, text in corpus_chunks(read_paths, chunk_bytes=chunk_bytes, names=sources):
                 if text is None and table is not None:
                     encoded = buf.translate(table)
@@ -425,24 +425,15 @@ def _build_entry(paths, read_paths, sources, meta_path: Path, ids_path: Path, ch
                     encoded = lut[codepoints(buf, text)]
                 n_chars += len(encoded)
                 out.write(encoded)
-            out.flush()
-            os.fsync(out.fileno())
-        if _stamp(read_paths) != before:
-            raise CorpusError(f"{', '.join(sources)} changed while it was being read; try again")
-        os.replace(tmp, ids_path)
+            if _stamp(read_paths) != before:
+                raise CorpusError(f"{', '.join(sources)} changed while it was being read; try again")
         meta = {"format": CACHE_FORMAT, "n_chars": n_chars, "n_bytes": n_bytes, "digest": h.hexdigest()[:16],
                 "vocab": vocab.to_json(), "lines": lines.finish().to_dict(), "sources": sources,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, meta_path)  # last: an entry without its .json is not an entry
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write the corpus cache in {ids_path.parent} ({exc.strerror or exc}); "
+        atomic_write(meta_path, json.dumps(meta).encode())  # last: an entry without its .json is not an entry
+    except WriteError as exc:
+        raise UsageError(f"cannot write the corpus cache in {ids_path.parent} ({exc.reason}); "
                          f"set CHARGEN_CACHE_DIR to a writable folder with room for it") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     elapsed = time.perf_counter() - t0
     if notice is not None and n_bytes >= 8 * CHUNK_BYTES:
         notice(f"encoded {n_bytes / 1e6:,.0f} MB in {elapsed:.1f} s ({n_bytes / 1e6 / max(elapsed, 1e-9):,.0f} MB/s) "

@@ -49,10 +49,6 @@ class Vocab:
     def from_text(cls, text: str) -> "Vocab":
         return cls(sorted(set(text)))
 
-    @classmethod
-    def from_chars(cls, chars: Iterable[str]) -> "Vocab":
-        return cls(sorted(set(chars)))
-
     def __len__(self) -> int:
         return len(self.chars)
 

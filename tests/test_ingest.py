@@ -135,3 +135,21 @@ def test_smallest_dtype_for_large_vocabularies(tmp_path):
     assert enc.ids.dtype == np.uint16 and len(enc.vocab) == 301
     assert enc.text() == chars * 3 + "\n"
     assert enc.vocab == Vocab.from_text(read_corpus([str(p)]).text)
+
+
+def test_a_cache_that_cannot_be_written_is_one_clear_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from chargen.errors import UsageError
+
+    p = tmp_path / "c.txt"
+    p.write_text("hello world\n" * 100)
+    cache = tmp_path / "cache"
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("chargen.files.os.replace", full)
+    with pytest.raises(UsageError, match=r"corpus cache .*No space left on device.*CHARGEN_CACHE_DIR"):
+        ingest([str(p)], cache_dir=cache)
+    assert list(cache.iterdir()) == []  # no half-written entry, no temp file

@@ -257,3 +257,20 @@ def test_precision_falls_back_with_a_notice(monkeypatch):
     monkeypatch.undo()
     small = ModelConfig(vocab_size=10, hidden=64)
     assert dev.resolve_precision("auto", cpu, notices.append, small) == "fp32"
+
+
+def test_training_leaves_the_callers_random_state_alone(tmp_path):
+    """The run seeds its own randomness; the caller's global generator is as it was, and what the
+    caller drew before does not change the run."""
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=6, eval_every=3, warmup=1)
+    model = {**SMALL, "layers": 2, "dropout": 0.2}
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train(corpus, config, model, out_dir=tmp_path / "a", precision="fp32")
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(1000)  # the caller draws: the next run must not notice
+    train(corpus, config, model, out_dir=tmp_path / "b", precision="fp32")
+    a, b = read_checkpoint(tmp_path / "a", prefer=LAST), read_checkpoint(tmp_path / "b", prefer=LAST)
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
