@@ -13,6 +13,7 @@ from .checkpoint import BEST, Checkpoint, read_checkpoint
 from .config import SampleConfig
 from .data import read_corpus
 from .errors import CheckpointError, TrainingInterrupted, UsageError
+from .extras import require_torch
 
 ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
 BUNDLED_NAME = "names.safetensors"
@@ -54,6 +55,7 @@ class Model:
 
             self.stepper = NumpyCharRNN(checkpoint.model_config, checkpoint.weights)
         else:
+            require_torch("the torch backend")
             from .device import resolve_device
             from .model import from_weights
             from .sampling import TorchStepper
@@ -185,6 +187,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
 
         >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)
     """
+    require_torch("training")
     from .checkpoint import LAST, read_checkpoint
     from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
     from .distributed import setup as setup_distributed

@@ -233,7 +233,9 @@ def train(
     Example: chargen train corpora/shakespeare.txt --time 5m
     """
     from .config import parse_duration, train_options
+    from .extras import require_torch
 
+    require_torch("chargen train")
     options = train_options(dict(
         corpus=corpus, out=out, val_file=val_file, precision=precision, resume=resume, overwrite=overwrite,
         quiet=quiet, cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, batch_size=batch_size,

@@ -25,6 +25,10 @@ class ConfigError(UsageError):
     """A configuration holds an unknown key or a bad value."""
 
 
+class MissingExtra(ChargenError):
+    """An optional dependency the command needs is not installed; the message names the install command."""
+
+
 class CorpusError(ChargenError):
     """A corpus cannot be read or is unfit for training (bad UTF-8, empty, too short)."""
 
@@ -39,6 +43,10 @@ class CheckpointError(ChargenError):
 
 class SamplingError(ChargenError):
     """Sampling cannot produce what was asked (e.g. not enough unique samples)."""
+
+
+class RunInUse(UsageError):
+    """Another process is training into the same run directory."""
 
 
 class TrainingError(ChargenError):

@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
@@ -339,14 +340,42 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
             key = _file_key(paths)
         meta_path, ids_path = cache / f"{key}.json", cache / f"{key}.ids"
         sources = [describe_source(p) for p in paths]
-        found = _load_entry(meta_path, ids_path, paths, sources)
-        if found is not None:
-            os.utime(meta_path)  # most recently used
-            return found
-        return _build_entry(paths, read_paths, sources, meta_path, ids_path, chunk_bytes, notice)
+        # One process builds an entry; another that wants it at the same time waits, then reuses it.
+        with _entry_lock(cache / f".{key}.lock", notice):
+            found = _load_entry(meta_path, ids_path, paths, sources)
+            if found is not None:
+                os.utime(meta_path)  # most recently used
+                return found
+            return _build_entry(paths, read_paths, sources, meta_path, ids_path, chunk_bytes, notice)
     finally:
         if spool is not None:
             spool.unlink(missing_ok=True)
+
+
+@contextmanager
+def _entry_lock(path: Path, notice: Optional[Callable[[str], None]]) -> Iterator[None]:
+    """An exclusive flock on the entry's lock file for the block (released by the kernel if the
+    process dies). Where locks cannot be taken (some network file systems) it goes on without:
+    entries are still written by atomic renames, so the worst case is encoding twice."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if notice is not None:
+                notice("another process is encoding the same corpus into the cache; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def _spool_stdin(stdin: Optional[BinaryIO], cache: Path, chunk_bytes: int) -> tuple[Path, str]:
@@ -452,6 +481,7 @@ def _prune(cache: Path, keep: str) -> None:
             if meta.stem != keep:
                 meta.unlink(missing_ok=True)
                 meta.with_suffix(".ids").unlink(missing_ok=True)
+                (cache / f".{meta.stem}.lock").unlink(missing_ok=True)
         day_ago = time.time() - 86400
         for tmp in cache.glob(".*.tmp"):
             if tmp.stat().st_mtime < day_ago:

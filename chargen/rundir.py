@@ -6,24 +6,34 @@
     loss.svg           the loss curve, redrawn at every evaluation
     config.json        the resolved configuration the run trains with
 
-Only rank 0 writes (under torchrun); every file goes through an atomic rename.
+    .lock              held (flock) by the one process training into the directory, with its
+                       PID, host and start time; the kernel releases it when that process ends,
+                       however it ends, so a killed run never blocks the next
+
+Only rank 0 writes (under torchrun), only while it holds the lock, and every file goes through an
+atomic rename. Readers (sample, eval, info, export) need no lock: they only ever see whole files.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from .checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
-from .errors import UsageError
+from .errors import RunInUse, UsageError
 from .files import atomic_write
 from .plot import write_loss_curve
 
+LOCK = ".lock"
 # Settings a resumed run must share with the run it continues (the rest may change).
 RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed")
 
@@ -100,6 +110,61 @@ class RunDir:
 
     def __init__(self, path: str | Path, main: bool = True):
         self.path, self.main = Path(path), main
+        self._lock_fd: Optional[int] = None
+        self._created: list[Path] = []
+
+    def lock(self) -> None:
+        """Become the directory's one writer (rank 0), or raise RunInUse naming the process that is.
+
+        Creates the directory if needed, and nothing else: a refused run changes no file.
+        """
+        if not self.main or self._lock_fd is not None:
+            return
+        import fcntl
+
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunInUse(f"{self.path} is in use by another chargen train ({holder}); wait for it to end or "
+                           f"stop it, or train into another --out") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._lock_fd = fd
+        self._created = missing  # removed again if the run fails before writing anything
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the lock for the block; if the block fails before writing anything, leave no trace."""
+        self.lock()
+        try:
+            yield
+        except BaseException:
+            self.unlock(failed=True)
+            raise
+        self.unlock()
+
+    def unlock(self, failed: bool = False) -> None:
+        """Release the lock. After a failure, directories this run created and left empty go too."""
+        if self._lock_fd is None:
+            return
+        if failed and self._created and [p.name for p in self.path.iterdir()] == [LOCK]:
+            (self.path / LOCK).unlink(missing_ok=True)
+            for p in self._created:  # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+        os.close(self._lock_fd)  # closing the descriptor releases the flock
+        self._lock_fd = None
 
     def refuse_existing(self, overwrite: bool) -> None:
         # Rank 0 alone decides (the others would see the step-0 checkpoint it is about to write).
@@ -108,13 +173,10 @@ class RunDir:
                              f"or pass --overwrite or another --out")
 
     def prepare(self) -> None:
-        """Create the directory; remove temp files of a process killed mid-write (they are useless)."""
+        """Remove temp files of a process killed mid-write (they are useless; the lock says no
+        other process is writing here)."""
         if not self.main:
             return
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from None
         for stale in [*self.path.glob(".*.safetensors.*.tmp"), *self.path.glob(f".{METRICS}.*.tmp")]:
             stale.unlink(missing_ok=True)
 
@@ -139,3 +201,12 @@ class RunDir:
         if self.main:
             atomic_write(self.path / METRICS, "".join(json.dumps(m) + "\n" for m in records).encode())
             write_loss_curve(self.path, records, title)
+
+
+def _read_holder(fd: int) -> str:
+    """Who holds the lock, from the info its holder wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its details are not written yet"

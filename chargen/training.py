@@ -87,38 +87,39 @@ def train(
     cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()  # the other ranks stay quiet
     config.validate()
     run_dir = RunDir(out_dir, main)
-    ckpt = None
-    if resume is not None:
-        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
-        check_resumable(ckpt, config.to_dict())
-    else:
-        run_dir.refuse_existing(overwrite)
-    data = prepare_training_data(corpus, config, val_text=val_text, rank=dist.rank if dist else 0,
-                                 world=dist.world if dist else 1, notice=cb.on_notice)
-    if ckpt is not None:
-        _check_same_corpus(ckpt, data)
-    device = dist.device if dist is not None else resolve_device(config.device)
-    # The run's randomness (initial weights, dropout masks) comes from torch's global generator,
-    # the only one nn.Dropout draws from: seeded here, restored for the caller when the run ends.
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
-                    run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source)
-        t.start()
-        flag = StopFlag()
-        with stop_on_signals(flag):
-            while not t.should_stop(flag):
-                if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
-                    t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
-                if not t.step(*t.batches.window(t.run.window)):
-                    continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
-                t.report_progress()
-                if t.run.step % config.eval_every == 0:
-                    t.evaluate()
-                    if config.patience is not None and t.evals_since_best >= config.patience:
-                        cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
-                        break
-        return t.finish(flag)
+    with run_dir.locked():  # one writer per run directory, or a RunInUse error that changes nothing
+        ckpt = None
+        if resume is not None:
+            ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
+            check_resumable(ckpt, config.to_dict())
+        else:
+            run_dir.refuse_existing(overwrite)
+        data = prepare_training_data(corpus, config, val_text=val_text, rank=dist.rank if dist else 0,
+                                     world=dist.world if dist else 1, notice=cb.on_notice)
+        if ckpt is not None:
+            _check_same_corpus(ckpt, data)
+        device = dist.device if dist is not None else resolve_device(config.device)
+        # The run's randomness (initial weights, dropout masks) comes from torch's global generator,
+        # the only one nn.Dropout draws from: seeded here, restored for the caller when the run ends.
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
+                        run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source)
+            t.start()
+            flag = StopFlag()
+            with stop_on_signals(flag):
+                while not t.should_stop(flag):
+                    if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
+                        t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
+                    if not t.step(*t.batches.window(t.run.window)):
+                        continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
+                    t.report_progress()
+                    if t.run.step % config.eval_every == 0:
+                        t.evaluate()
+                        if config.patience is not None and t.evals_since_best >= config.patience:
+                            cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
+                            break
+            return t.finish(flag)
 
 
 def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
@@ -356,6 +357,9 @@ class Trainer:
             chars_per_sec=round(self.chars_per_sec(), 1), elapsed=round(elapsed, 2),
             best_val_loss=run.best_val_loss, improved=improved)
         self.metrics.append(report.metrics())
+        # The metrics first, then last.safetensors: a run killed in between resumes from the
+        # previous checkpoint and drops the newer record, so the history never has a gap.
+        self.run_dir.write_metrics(self.metrics, title=f"chargen: {self.run_info['corpus']}")
         if improved:
             self.save(BEST, with_resume=False, val_loss=val_loss, start=start)
         self.save(LAST, with_resume=True, val_loss=val_loss, start=start)
@@ -363,7 +367,6 @@ class Trainer:
         self.steps_since_eval = 0
         if not self.main:
             return
-        self.run_dir.write_metrics(self.metrics, title=f"chargen: {self.run_info['corpus']}")
         if self.config.sample_every and len(self.metrics) % self.config.sample_every == 0:
             report = report.with_sample(self.preview(start))
         self.cb.on_eval(report)

@@ -18,7 +18,7 @@ def test_train_then_sample_end_to_end(tmp_path, names_file):
     assert "Traceback" not in err
     assert p.stdout == b""  # training writes nothing to stdout
     assert "val" in err and "best val loss" in err
-    assert {f.name for f in out.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl", "config.json", "loss.svg"}
+    assert {f.name for f in out.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl", "config.json", "loss.svg", ".lock"}
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["model"]["hidden"] == 32 and resolved["train"]["max_steps"] == 40
 

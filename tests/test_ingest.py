@@ -1,6 +1,7 @@
 """Streaming ingest and the encoded-corpus cache."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from chargen.data import read_corpus
 from chargen.errors import CorpusError
-from chargen.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats
+from chargen.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats, text_digest
 from chargen.tokenizer import Vocab
 
 TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301")), min_size=1, max_size=300).filter(
@@ -152,4 +153,57 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error_and_leaves_no_temp_fi
     monkeypatch.setattr("chargen.files.os.replace", full)
     with pytest.raises(UsageError, match=r"corpus cache .*No space left on device.*CHARGEN_CACHE_DIR"):
         ingest([str(p)], cache_dir=cache)
-    assert list(cache.iterdir()) == []  # no half-written entry, no temp file
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # no entry, no temp file
+
+
+_INGEST = ("import sys; from pathlib import Path; from chargen.ingest import ingest; "
+           "c = ingest([sys.argv[1]], cache_dir=Path(sys.argv[2])); print(c.digest, c.n_chars, c.reused)")
+
+
+def _big_corpus(path, mb: int) -> str:
+    line = "".join(chr(97 + (i * 7) % 26) for i in range(79)) + "\n"
+    text = line * (mb * (1 << 20) // 80)
+    path.write_text(text)
+    return text
+
+
+def test_two_processes_ingesting_the_same_corpus_end_with_one_valid_entry(tmp_path):
+    import subprocess
+    import sys
+
+    text = _big_corpus(tmp_path / "big.txt", 24)
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", _INGEST, str(tmp_path / "big.txt"), str(cache)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1].decode()[-2000:] for o in outs]
+    results = [o[0].decode().split() for o in outs]
+    assert results[0][:2] == results[1][:2] == [text_digest(text), str(len(text))]
+    assert sorted(r[2] for r in results) == ["False", "True"]  # one encoded it, the other waited and reused it
+    assert len(list(cache.glob("*.json"))) == 1 and len(list(cache.glob("*.ids"))) == 1
+    assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*.tmp"))
+
+
+def test_a_process_killed_mid_ingest_leaves_nothing_taken_for_an_entry(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = _big_corpus(tmp_path / "big.txt", 24)
+    cache = tmp_path / "cache"
+    rng = random.Random(0)
+    for trial in range(4):
+        p = subprocess.Popen([sys.executable, "-c", _INGEST, str(tmp_path / "big.txt"), str(cache)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.3, 1.2))  # import, pass 1, pass 2: somewhere in there
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+        for meta in cache.glob("*.json"):  # whatever is left as an entry is whole
+            ids = meta.with_suffix(".ids")
+            assert ids.stat().st_size == json.loads(meta.read_text())["n_chars"], trial
+        for entry in list(cache.glob("*.json")) + list(cache.glob("*.ids")):
+            entry.unlink()  # start the next trial from nothing again
+    enc = ingest([str(tmp_path / "big.txt")], cache_dir=cache)
+    assert enc.n_chars == len(text) and enc.vocab.decode_ids(enc.ids[:160]) == text[:160]

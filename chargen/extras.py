@@ -1,0 +1,38 @@
+"""Optional dependencies: what each extra brings, and the one-line error when one is missing.
+
+The base install samples, scores, describes and exports with numpy alone. Training (and the
+torch sampling backend) needs the `train` extra, PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from urllib.parse import unquote, urlparse
+
+from .errors import MissingExtra
+
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
+def install_command(extra: str) -> str:
+    """The pip command that adds `extra` to this install: from the folder it was installed from
+    (a clone: `pip install '/path/to/chargen[train]'`), else from the package index."""
+    try:
+        from importlib.metadata import distribution
+
+        direct = json.loads(distribution("chargen").read_text("direct_url.json") or "null")
+    except Exception:  # not installed (run from a source tree), or metadata unreadable
+        direct = None
+    if isinstance(direct, dict) and "dir_info" in direct and str(direct.get("url", "")).startswith("file://"):
+        return f"pip install '{unquote(urlparse(direct['url']).path)}[{extra}]'"
+    return f"pip install 'chargen[{extra}]'"
+
+
+def require_torch(what: str) -> None:
+    """A MissingExtra naming the install command unless PyTorch can be imported."""
+    if importlib.util.find_spec("torch") is None:
+        raise MissingExtra(
+            f"{what} needs PyTorch, which is not installed; add it with: {install_command('train')} "
+            f"(on a machine without an NVIDIA GPU, first get the CPU build, gigabytes smaller: {CPU_TORCH})"
+        )

@@ -1,0 +1,96 @@
+"""A run directory has one writer: the lock, what a refused run leaves, and readers during training."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import chargen
+from chargen.checkpoint import LAST, METRICS, read_checkpoint
+from chargen.errors import RunInUse
+from chargen.rundir import LOCK, RunDir
+
+from .conftest import TINY, assert_clean_error, chargen_exe, make_names, run
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    first = RunDir(tmp_path / "run")
+    first.lock()
+    with pytest.raises(RunInUse, match=rf"in use by another chargen train \(pid {os.getpid()} on "):
+        RunDir(tmp_path / "run").lock()
+    first.unlock()
+    again = RunDir(tmp_path / "run")
+    again.lock()  # released: the next writer gets it
+    again.unlock()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory_behind(tmp_path):
+    d = RunDir(tmp_path / "a" / "b")
+    with pytest.raises(ValueError):
+        with d.locked():
+            raise ValueError("the corpus was too short")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _start_training(corpus, out, *extra):
+    return subprocess.Popen([chargen_exe(), "train", str(corpus), "--out", str(out), "--max-steps", "100000",
+                             "--eval-every", "5", *TINY, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for(path, timeout=60):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_train_resume_and_overwrite_into_a_directory_in_use_are_refused(tmp_path):
+    corpus = tmp_path / "names.txt"
+    corpus.write_text(make_names(400), encoding="utf-8")
+    out = tmp_path / "run"
+    proc = _start_training(corpus, out)
+    try:
+        _wait_for(out / METRICS)
+        before = {p.name for p in out.iterdir()}
+        for args in (["train", str(corpus), "--out", str(out), "--max-steps", "10", *TINY],
+                     ["train", str(corpus), "--out", str(out), "--overwrite", "--max-steps", "10", *TINY],
+                     ["train", "--resume", str(out), "--max-steps", "800", "--quiet"]):
+            p = run(args, cwd=tmp_path)
+            assert p.returncode == 2, p.stderr
+            assert_clean_error(p, f"{out} is in use by another chargen train (pid {proc.pid} on ")
+        assert {p.name for p in out.iterdir() if not p.name.endswith(".tmp")} >= before
+        proc.send_signal(signal.SIGKILL)  # the kernel releases the lock of a killed process
+        proc.wait(timeout=30)
+        step = read_checkpoint(out, prefer=LAST, with_resume=True).resume["step"]
+        p = run(["train", "--resume", str(out), "--max-steps", str(step + 5), "--quiet"], cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        steps = [json.loads(line)["step"] for line in (out / METRICS).read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == step + 5  # one history, no repeats
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_readers_see_whole_checkpoints_while_training_writes(tmp_path):
+    corpus = tmp_path / "names.txt"
+    corpus.write_text(make_names(400), encoding="utf-8")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([chargen_exe(), "train", str(corpus), "--out", str(out), "--max-steps", "120",
+                             "--eval-every", "2", *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(out / "best.safetensors")
+        reads = 0
+        while proc.poll() is None:
+            model = chargen.load(out)  # best.safetensors, replaced every few steps
+            assert len(model.sample(n=3, seed=reads)) == 3
+            assert read_checkpoint(out, prefer=LAST, with_resume=True).resume is not None
+            reads += 1
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        assert reads >= 5, reads
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert (out / LOCK).exists()  # the lock file stays; its lock does not
