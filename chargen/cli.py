@@ -338,7 +338,16 @@ def sample(
     if prompt == "-":
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError("--prompt - reads prompts from stdin, but stdin is closed")
-        prompts = [line.rstrip("\r\n") for line in sys.stdin]
+        raw = getattr(sys.stdin, "buffer", None)
+        data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"the prompts on stdin are not UTF-8 (byte {exc.start}); convert them, "
+                             f"e.g. iconv -f latin1 -t utf-8") from None
+        prompts = [line.rstrip("\r") for line in text.split("\n")]
+        if prompts and prompts[-1] == "":
+            prompts.pop()  # the newline that ends the last line starts no prompt
     else:
         prompts = [prompt]
 

@@ -39,6 +39,22 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 T = TypeVar("T")
 
 
+_KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"), "str": ((str,), "text"),
+          "bool": ((bool,), "true or false")}
+
+
+def check_type(name: str, value: Any, annotation: str) -> None:
+    """A ConfigError unless `value` fits the field's annotation ("int", "Optional[float]", ...)."""
+    optional = annotation.startswith("Optional[")
+    kind = annotation[len("Optional[") : -1] if optional else annotation
+    if value is None and optional:
+        return
+    types, what = _KINDS[kind]
+    if not isinstance(value, types) or (isinstance(value, bool) and kind != "bool"):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {shown})")
+
+
 class _Config:
     """to_dict / from_dict for the config dataclasses; from_dict refuses unknown keys and validates."""
 
@@ -49,10 +65,14 @@ class _Config:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
+        """From untrusted keys and values (a TOML file, a checkpoint, keyword arguments): unknown
+        keys and values of the wrong type are ConfigErrors, then the values are validated."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown {cls._what} key(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")  # type: ignore[attr-defined]
+            raise ConfigError(f"unknown {cls._what} key(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")  # type: ignore[attr-defined]
+        for name, value in data.items():
+            check_type(name, value, str(fields[name].type))
         obj = cls(**data)
         obj.validate()  # type: ignore[attr-defined]
         return obj
@@ -248,7 +268,16 @@ def load_toml_config(path: str) -> dict[str, Any]:
         data["time"] = parse_duration(data["time"])
     if isinstance(data.get("corpus"), str):
         data["corpus"] = [data["corpus"]]
+    if "corpus" in data and not (isinstance(data["corpus"], list) and all(isinstance(c, str) for c in data["corpus"])):
+        raise ConfigError(f"--config {path}: corpus must be a file name or a list of them")
+    for name, annotation in _RUN_KEY_TYPES.items():
+        if name in data:
+            check_type(name, data[name], annotation)
     return data
+
+
+_RUN_KEY_TYPES = {"out": "str", "val_file": "str", "precision": "str", "resume": "str", "overwrite": "bool",
+                  "quiet": "bool"}
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)

@@ -87,7 +87,8 @@ def train(
     cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()  # the other ranks stay quiet
     config.validate()
     run_dir = RunDir(out_dir, main)
-    with run_dir.locked():  # one writer per run directory, or a RunInUse error that changes nothing
+    flag = StopFlag()  # Ctrl-C or SIGTERM from here on ends the run at its next step, saved
+    with stop_on_signals(flag), run_dir.locked():  # one writer per run directory, else RunInUse, nothing changed
         ckpt = None
         if resume is not None:
             ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
@@ -106,19 +107,17 @@ def train(
             t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
                         run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source)
             t.start()
-            flag = StopFlag()
-            with stop_on_signals(flag):
-                while not t.should_stop(flag):
-                    if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
-                        t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
-                    if not t.step(*t.batches.window(t.run.window)):
-                        continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
-                    t.report_progress()
-                    if t.run.step % config.eval_every == 0:
-                        t.evaluate()
-                        if config.patience is not None and t.evals_since_best >= config.patience:
-                            cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
-                            break
+            while not t.should_stop(flag):
+                if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
+                    t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
+                if not t.step(*t.batches.window(t.run.window)):
+                    continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
+                t.report_progress()
+                if t.run.step % config.eval_every == 0:
+                    t.evaluate()
+                    if config.patience is not None and t.evals_since_best >= config.patience:
+                        cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
+                        break
             return t.finish(flag)
 
 
