@@ -56,7 +56,7 @@ def main() -> None:
 
     env = {**os.environ, **env_cache}
     counts = {"starts": 0, "SIGKILL": 0, "SIGTERM": 0, "SIGINT": 0, "ended_by_itself": 0, "second_writer_refused": 0,
-              "second_writer_not_refused": 0, "bad_exit": 0, "samples_ok": 0, "sample_errors": 0}
+              "second_writer_not_refused": 0, "bad_exit": 0, "hung": 0, "samples_ok": 0, "sample_errors": 0}
     errors: list[str] = []
     stop = threading.Event()
 
@@ -98,7 +98,18 @@ def main() -> None:
             counts[sig.name] += 1
         else:
             counts["ended_by_itself"] += 1
-        rc = proc.wait(timeout=120)
+        try:
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # record where it is stuck, then end it
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            dump = subprocess.run([spy, "dump", "--native", "--pid", str(proc.pid)], capture_output=True, text=True) \
+                if Path(spy).exists() else None
+            errors.append(f"train did not exit within 120 s of {sig.name}: "
+                          + (dump.stdout[-1500:] if dump is not None else "(py-spy not installed for a stack)"))
+            proc.kill()
+            rc = proc.wait()
+            counts["hung"] += 1
+            continue
         expected = {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
         if rc not in (expected, 0):  # 0: it ended by itself, or had just started and not yet ...
             counts["bad_exit"] += 1

@@ -22,14 +22,14 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from .checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
-from .errors import RunInUse, UsageError
+from .errors import CheckpointError, RunInUse, UsageError
 from .files import atomic_write
 from .plot import write_loss_curve
 
@@ -81,16 +81,36 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> "RunState":
-        """The state saved in a last.safetensors read with_resume=True."""
+        """The state saved in a last.safetensors read with_resume=True; a CheckpointError if malformed."""
         r, t = ckpt.resume or {}, ckpt.resume_tensors
-        known = {f.name for f in fields(cls)}
-        scalars = {k: v for k, v in r.items() if k in known}
-        hidden = [np.array(t[f"state.{j}"]) for j in range(ckpt.model_config.state_tensors)] if "state.0" in t else None
-        return cls(**{**scalars,
-                      "best_val_loss": float(r.get("best_val_loss", math.inf)),
-                      "last_val_loss": float(r.get("last_val_loss", math.nan))},
-                   optimizer={k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")},
-                   hidden=hidden, rng_cpu=t.get("rng.cpu"), rng_cuda=t.get("rng.cuda"))
+        scalars = {}
+        for name, kinds in _SCALAR_TYPES.items():
+            if name not in r:
+                continue
+            value = r[name]
+            if not isinstance(value, kinds) or isinstance(value, bool) or (kinds is int and value < 0):
+                raise CheckpointError(f"{ckpt.path}: the saved training state has a malformed {name!r}")
+            scalars[name] = value
+        if not all(isinstance(g, dict) for g in scalars.get("param_groups", [])):
+            raise CheckpointError(f"{ckpt.path}: the saved training state has malformed optimizer settings")
+        c = ckpt.model_config
+        hidden = None
+        if "state.0" in t:
+            hidden = [np.array(t.get(f"state.{j}", np.zeros(0))) for j in range(c.state_tensors)]
+            if any(h.ndim != 3 or h.shape[0] != c.layers or h.shape[2] != c.hidden or h.dtype.kind != "f"
+                   for h in hidden):
+                raise CheckpointError(f"{ckpt.path}: the saved hidden state does not fit its model")
+        if "rng.cpu" not in t or t["rng.cpu"].dtype != np.uint8:
+            raise CheckpointError(f"{ckpt.path}: the saved training state lacks its random generator state")
+        return cls(**scalars, optimizer={k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")},
+                   hidden=hidden, rng_cpu=t["rng.cpu"], rng_cuda=t.get("rng.cuda"))
+
+
+_SCALAR_TYPES: dict[str, Any] = {
+    "step": int, "epoch": int, "window": int, "chars_seen": int, "elapsed": (int, float),
+    "best_val_loss": (int, float), "last_val_loss": (int, float), "lr_scale": (int, float),
+    "param_groups": list, "corpus_digest": str, "world_size": int,
+}
 
 
 def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:

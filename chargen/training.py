@@ -32,7 +32,7 @@ from .config import DEFAULT_TIME, ModelConfig, TrainConfig, format_duration
 from .data import Corpus, TrainData, WindowLoader, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
-from .errors import ChargenError, TrainingError, UsageError
+from .errors import ChargenError, CheckpointError, TrainingError, UsageError
 from .evaluation import TorchScorer, line_sums, stream_sums
 from .ingest import EncodedCorpus
 from .model import CharRNN, State, detach_state, line_start_state, load_weights, state_from_tensors, state_tensors, weights_of
@@ -169,7 +169,7 @@ class Trainer:
         self.metrics: list[dict[str, Any]] = []
         self.resumed_from = None
         if ckpt is not None:
-            self._restore(RunState.from_checkpoint(ckpt))
+            self._restore(ckpt)
         self.budget = Budget.of(config, data.n_windows, callbacks.on_notice)
 
         lines_blob = encode_lines(data.training_lines) if data.training_lines is not None else None
@@ -190,20 +190,32 @@ class Trainer:
 
     # --- the RunState and the live objects ---
 
-    def _restore(self, saved: RunState) -> None:
+    def _restore(self, ckpt: Checkpoint) -> None:
+        saved = RunState.from_checkpoint(ckpt)
         self.resumed_from = saved.step
         self.run = RunState(**{**saved.__dict__, "corpus_digest": self.data.digest, "world_size": self.run.world_size})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in saved.optimizer.items():
-            idx, key = name.split(".", 1)
-            state.setdefault(int(idx), {})[key] = torch.from_numpy(np.array(value))
-        self.optimizer.load_state_dict({"state": state, "param_groups": saved.param_groups})
-        if saved.hidden is not None:  # saved for all streams (layers, B, H); this rank takes its own
-            self.state = state_from_tensors([torch.from_numpy(t)[:, self.data.rows].contiguous().to(self.device)
-                                             for t in saved.hidden])
-        torch.set_rng_state(torch.from_numpy(np.array(saved.rng_cpu)))
-        if self.device.type == "cuda" and saved.rng_cuda is not None:
-            torch.cuda.set_rng_state(torch.from_numpy(np.array(saved.rng_cuda)))
+        try:
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in saved.optimizer.items():
+                idx, key = name.split(".", 1)
+                state.setdefault(int(idx), {})[key] = torch.from_numpy(np.array(value))
+            self.optimizer.load_state_dict({"state": state, "param_groups": saved.param_groups})
+            for group in self.optimizer.param_groups:  # torch accepts moments of any shape; the step would not
+                for p in group["params"]:
+                    for key, moment in self.optimizer.state.get(p, {}).items():
+                        if moment.dim() and moment.shape != p.shape:
+                            raise ValueError(f"{key} of shape {tuple(moment.shape)} for a parameter of {tuple(p.shape)}")
+            if saved.hidden is not None:  # saved for all streams (layers, B, H); this rank takes its own
+                if saved.hidden[0].shape[1] != self.data.batch_size:
+                    raise ValueError(f"hidden state of {saved.hidden[0].shape[1]} streams, not {self.data.batch_size}")
+                self.state = state_from_tensors([torch.from_numpy(t)[:, self.data.rows].contiguous().to(self.device)
+                                                 for t in saved.hidden])
+            torch.set_rng_state(torch.from_numpy(np.array(saved.rng_cpu)))
+            if self.device.type == "cuda" and saved.rng_cuda is not None:
+                torch.cuda.set_rng_state(torch.from_numpy(np.array(saved.rng_cuda)))
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise CheckpointError(f"{ckpt.path}: the saved training state does not fit its model ({reason})") from None
         self.metrics = self.run_dir.read_metrics(up_to_step=saved.step)
 
     def _capture(self, hidden: Optional[list[torch.Tensor]]) -> RunState:

@@ -274,3 +274,26 @@ def test_training_leaves_the_callers_random_state_alone(tmp_path):
     a, b = read_checkpoint(tmp_path / "a", prefer=LAST), read_checkpoint(tmp_path / "b", prefer=LAST)
     for name in a.weights:
         np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
+
+
+def test_resuming_from_a_tampered_training_state_is_a_checkpoint_error(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from chargen.errors import CheckpointError
+
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=4, eval_every=2, warmup=1)
+    train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    last = tmp_path / "run" / LAST
+    with safe_open(str(last), framework="numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["resume.optim.0.exp_avg"] = np.zeros((3, 3), np.float32)  # the wrong shape for its parameter
+    save_file(tensors, str(last), metadata=meta)
+    longer = TrainConfig(**{**config.to_dict(), "max_steps": 6})
+    with pytest.raises(CheckpointError, match="training state does not fit"):
+        train(corpus, longer, None, out_dir=tmp_path / "run", resume=tmp_path / "run", precision="fp32")
+    meta["resume"] = meta["resume"].replace('"step": 4', '"step": "four"')
+    save_file(tensors, str(last), metadata=meta)
+    with pytest.raises(CheckpointError, match="malformed 'step'"):
+        train(corpus, longer, None, out_dir=tmp_path / "run", resume=tmp_path / "run", precision="fp32")
