@@ -15,7 +15,19 @@ import os
 import sys
 from pathlib import Path
 
-from common import HERE, print_table, run_measured, write_json
+import subprocess
+import time
+
+from common import HERE, print_table, write_json
+
+
+def run_child(cmd: list[str], env: dict) -> tuple[int, str, float, float]:
+    """(exit code, output, wall seconds, the child's peak RSS in MB); a failure is reported, not fatal."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace"), time.perf_counter() - t, usage.ru_maxrss / 1024
 
 READERS = ("checkpoint", "corpus", "config", "prompt")
 
@@ -31,12 +43,12 @@ def main() -> None:
     for reader in args.readers.split(","):
         test = f"{HERE.parent / 'tests' / 'test_fuzz.py'}::test_{reader}_reader"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "--hypothesis-show-statistics"]
-        done, wall, rss = run_measured(cmd, env=env)
-        results.append({"reader": reader, "examples": args.examples, "passed": done.returncode == 0,
-                        "seconds": round(wall, 1), "peak_rss_mb": round(rss, 1)})
-        rows.append([reader, f"{args.examples:,}", "pass" if done.returncode == 0 else "FAIL", f"{wall:,.0f}",
-                     f"{rss:,.0f}"])
-        print(done.stdout.decode()[-1500:], file=sys.stderr)
+        code, out, wall, rss = run_child(cmd, env)
+        failure = "\n".join(line for line in out.splitlines() if line.startswith(("E ", "FAILED")) or ".py:" in line)
+        results.append({"reader": reader, "examples": args.examples, "passed": code == 0,
+                        "seconds": round(wall, 1), "peak_rss_mb": round(rss, 1), "failure": failure[-3000:]})
+        rows.append([reader, f"{args.examples:,}", "pass" if code == 0 else "FAIL", f"{wall:,.0f}", f"{rss:,.0f}"])
+        print(out[-1500:] if code == 0 else failure[-3000:], file=sys.stderr)
     print_table("fuzzing the readers", ["reader", "cases", "result", "seconds", "peak RSS MB"], rows)
     write_json(args.json, {"results": results})
 

@@ -203,7 +203,7 @@ class Trainer:
             for group in self.optimizer.param_groups:  # torch accepts moments of any shape; the step would not
                 for p in group["params"]:
                     for key, moment in self.optimizer.state.get(p, {}).items():
-                        if moment.dim() and moment.shape != p.shape:
+                        if key != "step" and moment.shape != p.shape:
                             raise ValueError(f"{key} of shape {tuple(moment.shape)} for a parameter of {tuple(p.shape)}")
             if saved.hidden is not None:  # saved for all streams (layers, B, H); this rank takes its own
                 if saved.hidden[0].shape[1] != self.data.batch_size:
