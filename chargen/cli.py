@@ -45,8 +45,9 @@ def console():
 
 
 def error_line(message: str) -> None:
-    # Plain write, not rich markup: a message may hold brackets, and must stay one line.
-    sys.stderr.write(f"Error: {message}\n")
+    # Plain write, not rich markup: a message may hold brackets. It stays one line whatever it quotes.
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    sys.stderr.write(f"Error: {one_line}\n")
     sys.stderr.flush()
 
 

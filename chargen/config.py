@@ -70,7 +70,8 @@ class _Config:
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown {cls._what} key(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")  # type: ignore[attr-defined]
+            shown = ", ".join(repr(k)[:40] for k in unknown)  # repr: a key may hold any character, a newline too
+            raise ConfigError(f"unknown {cls._what} key(s): {shown} (known: {', '.join(sorted(fields))})")  # type: ignore[attr-defined]
         for name, value in data.items():
             check_type(name, value, str(fields[name].type))
         obj = cls(**data)
