@@ -81,7 +81,10 @@ def main() -> None:
         resume = (run / "last.safetensors").exists()
         cmd = [chargen(), "train", *(["--resume", str(run)] if resume else [str(corpus), "--out", str(run), *FLAGS]),
                "--max-steps", "10000000", "--quiet"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        # Children get the default SIGINT disposition: started in the background, this script
+        # itself may ignore SIGINT, and chargen (like any program) keeps an inherited "ignore".
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         counts["starts"] += 1
         time.sleep(rng.uniform(1.0, 15.0))
         if rounds % 5 == 0 and proc.poll() is None:
@@ -111,7 +114,8 @@ def main() -> None:
             counts["hung"] += 1
             continue
         expected = {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
-        if rc not in (expected, 0):  # 0: it ended by itself, or had just started and not yet ...
+        # 0: it ended by itself; -signal: the signal came before Python had started chargen
+        if rc not in (expected, 0, -int(sig)):
             counts["bad_exit"] += 1
             errors.append(f"train after {sig.name}: rc {rc}: {proc.stderr.read().decode()[-300:]}")
     stop.set()

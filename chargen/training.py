@@ -598,8 +598,9 @@ def stop_on_signals(flag: StopFlag) -> Iterator[None]:
         flag.signal = name
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, handler)
+    for s, before in previous.items():
+        if before is not signal.SIG_IGN:  # a background job (`cmd &`) ignores Ctrl-C: keep it so
+            signal.signal(s, handler)
     try:
         yield
     finally:
