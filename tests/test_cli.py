@@ -242,8 +242,8 @@ def test_signals_save_and_tell_how_to_resume(tmp_path, names_file, sig, code):
     assert f"chargen train --resume {out}" in err
     from chargen.checkpoint import LAST, read_checkpoint
 
+    # (step 0 when the signal came during start-up, on a loaded machine: saved and resumable all the same)
     step = read_checkpoint(out, prefer=LAST, with_resume=True).resume["step"]
-    assert step > 0
     p = run(["train", "--resume", str(out), "--max-steps", str(step + 3), "--quiet"])
     assert p.returncode == 0, p.stderr
     assert read_checkpoint(out, prefer=LAST, with_resume=True).resume["step"] == step + 3
