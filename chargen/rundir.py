@@ -64,12 +64,9 @@ class RunState:
     rng_cpu: Optional[np.ndarray] = None
     rng_cuda: Optional[np.ndarray] = None
 
-    _SCALARS = ("step", "epoch", "window", "chars_seen", "elapsed", "best_val_loss", "last_val_loss", "lr_scale",
-                "param_groups", "corpus_digest", "world_size")
-
     def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(resume metadata, resume tensors) for save_checkpoint."""
-        meta = {k: getattr(self, k) for k in self._SCALARS}
+        meta = {k: getattr(self, k) for k in _SCALAR_TYPES}  # the resume metadata, in this order
         tensors = {f"optim.{k}": v for k, v in self.optimizer.items()}
         for j, t in enumerate(self.hidden or []):
             tensors[f"state.{j}"] = t
