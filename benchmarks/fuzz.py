@@ -44,8 +44,9 @@ def main() -> None:
         test = f"{HERE.parent / 'tests' / 'test_fuzz.py'}::test_{reader}_reader"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "--hypothesis-show-statistics"]
         code, out, wall, rss = run_child(cmd, env)
-        failure = "\n".join(line[:500] for line in out.splitlines()  # the failing input itself can be megabytes
-                            if line.startswith(("E ", "FAILED")) or ".py:" in line)
+        failure = "" if code == 0 else "\n".join(
+            line[:500] for line in out.splitlines()  # the failing input itself can be megabytes
+            if line.startswith(("E ", "FAILED")) or ".py:" in line)
         results.append({"reader": reader, "examples": args.examples, "passed": code == 0,
                         "seconds": round(wall, 1), "peak_rss_mb": round(rss, 1), "failure": failure[-3000:]})
         rows.append([reader, f"{args.examples:,}", "pass" if code == 0 else "FAIL", f"{wall:,.0f}", f"{rss:,.0f}"])
