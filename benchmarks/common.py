@@ -14,12 +14,15 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 
 
-def machine() -> dict:
-    cpu = platform.processor()
+def host() -> dict:
+    """The CPU (model name and the vector flags that change speed), commit and command; torch-free."""
+    cpu, flags = platform.processor(), []
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))]
                 break
     except OSError:
         pass
@@ -30,12 +33,17 @@ def machine() -> dict:
                                     cwd=HERE).stdout.strip())
     except OSError:
         commit, dirty = "", False
+    return {"cpu": cpu, "cpu_flags": " ".join(flags), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "commit": commit + ("+dirty" if dirty else ""), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def machine() -> dict:
+    """host() plus the torch version and GPU."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "commit": commit + ("+dirty" if dirty else ""),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {**host(), "gpu": gpu, "torch": torch.__version__}
 
 
 def gemm_rate(dtype, device: str = "cpu", n: int = 2048) -> float:

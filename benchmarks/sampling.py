@@ -7,6 +7,12 @@ Rows: `python -c "import torch"` (the cost chargen avoids), `chargen --help`, `c
 with the bundled model, names per second for `-n 20000` (and `-n 10000`), and characters per second
 for one long prose sample from a 2x256 LSTM (random weights: speed does not depend on training).
 Each is the median of --repeat runs, all in this one process, so the ratios are fair.
+
+Constrained sampling (issue 16), with the bundled model at the default temperature 0.8: names
+per second drawn in one warm process (no start-up, so the ratios are the sampler's own) for no
+constraint and three constraint sets, exact (the default) and --guided, and the time to list the
+100 most likely names (--top 100) in-process and through the command. `--only constraints`
+runs just these rows.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import run_measured
+from common import host, run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,27 +61,82 @@ def prose_checkpoint(path: Path) -> Path:
     return path
 
 
+CONSTRAINT_CASES = [
+    ("no constraint", {}, []),
+    ("--max-len 8 --ends-with a", {"max_len": 8, "ends_with": "a"}, ["--max-len", "8", "--ends-with", "a"]),
+    ("--regex '[A-Z][a-z]*(el|ia)'", {"regex": "[A-Z][a-z]*(el|ia)"}, ["--regex", "[A-Z][a-z]*(el|ia)"]),
+    ("--contains th --min-len 6", {"contains": "th", "min_len": 6}, ["--contains", "th", "--min-len", "6"]),
+]
+
+
+def constraint_rows(repeat: int, n: int = 20000) -> list[dict]:
+    """Names/s in this process for each constraint set, exact and guided; --top 100 times."""
+    import time
+
+    import chargen
+    from chargen.sampling import SampleStats
+
+    model = chargen.load()
+    rows = []
+    base = None
+    for label, kw, flags in CONSTRAINT_CASES:
+        for guided in (False, True) if kw else (False,):
+            times, stats = [], SampleStats()
+            for r in range(repeat):
+                stats = SampleStats()
+                t = time.perf_counter()
+                list(model.samples(n, seed=r + 1, guided=guided, stats=stats, **kw))
+                times.append(time.perf_counter() - t)
+            rate = n / statistics.median(times)
+            base = base or rate
+            rows.append({"config": label + (" --guided" if guided else "") + f" (-n {n}, in-process)",
+                         "seconds": statistics.median(times), "names_per_sec": rate, "vs_unconstrained": rate / base,
+                         "met_constraints": stats.satisfied_share})
+    for label, kw, flags in CONSTRAINT_CASES:
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            top = list(model.top(100, **kw))
+            times.append(time.perf_counter() - t)
+        rows.append({"config": f"--top 100 {label if kw else ''} (in-process)".replace("  ", " "),
+                     "seconds": statistics.median(times), "first": top[0].text, "last": top[-1].text})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path("bench-out/sampling.json"))
+    ap.add_argument("--only", choices=["constraints"], help="run only the constrained-sampling rows")
     ap.add_argument("--make-prose-checkpoint", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_prose_checkpoint:
         prose_checkpoint(args.make_prose_checkpoint)
         return
     cg = chargen_cmd()
-    env_note = {k: os.environ.get(k) for k in ("CHARGEN_CHECKPOINT",) if os.environ.get(k)}
+    rows = []
+    if args.only != "constraints":
+        rows += startup_and_speed_rows(cg, args.repeat)
+    rows += constraint_rows(args.repeat)
+    t, rss = timed([*cg, "sample", "--top", "100"], args.repeat)
+    rows.append({"config": "chargen sample --top 100 (command, start-up included)", "seconds": t, "peak_rss_mb": rss})
+    t, rss = timed([*cg, "sample", "-n", "20000", "--seed", "1", "--max-len", "8", "--ends-with", "a"], args.repeat)
+    rows.append({"config": "chargen sample -n 20000 --max-len 8 --ends-with a (command)", "seconds": t,
+                 "names_per_sec": 20000 / t, "peak_rss_mb": rss})
+    report(rows, args)
+
+
+def startup_and_speed_rows(cg: list[str], repeat: int) -> list[dict]:
     rows = []
 
-    t_torch, rss_torch = timed([sys.executable, "-c", "import torch"], args.repeat)
+    t_torch, rss_torch = timed([sys.executable, "-c", "import torch"], repeat)
     rows.append({"config": 'python -c "import torch"', "seconds": t_torch, "peak_rss_mb": rss_torch})
-    t_help, rss_help = timed([*cg, "--help"], args.repeat)
+    t_help, rss_help = timed([*cg, "--help"], repeat)
     rows.append({"config": "chargen --help", "seconds": t_help, "vs_import_torch": t_help / t_torch, "peak_rss_mb": rss_help})
-    t10, rss10 = timed([*cg, "sample", "-n", "10"], args.repeat)
+    t10, rss10 = timed([*cg, "sample", "-n", "10"], repeat)
     rows.append({"config": "chargen sample -n 10", "seconds": t10, "vs_import_torch": t10 / t_torch, "peak_rss_mb": rss10})
     for n in (10000, 20000):
-        t, rss = timed([*cg, "sample", "-n", str(n), "--seed", "1"], args.repeat)
+        t, rss = timed([*cg, "sample", "-n", str(n), "--seed", "1"], repeat)
         rows.append({"config": f"chargen sample -n {n}", "seconds": t, "names_per_sec": n / t, "peak_rss_mb": rss})
     with tempfile.TemporaryDirectory() as tmp:
         # Made in a child process: importing torch here would inflate every later child's peak
@@ -83,25 +144,32 @@ def main() -> None:
         ckpt = Path(tmp) / "prose.safetensors"
         subprocess.run([sys.executable, __file__, "--make-prose-checkpoint", str(ckpt)], check=True)
         length = 20000
-        t, rss = timed([*cg, "sample", "-c", str(ckpt), "-l", str(length), "--seed", "1"], max(1, args.repeat // 2))
+        t, rss = timed([*cg, "sample", "-c", str(ckpt), "-l", str(length), "--seed", "1"], max(1, repeat // 2))
         rows.append({"config": f"one prose sample, -l {length} (2x256 LSTM)", "seconds": t,
                      "chars_per_sec": length / t, "peak_rss_mb": rss})
+    return rows
 
+
+def report(rows: list[dict], args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"chargen sampling ({platform.node()}, {os.cpu_count()} CPUs, median of {args.repeat})")
-    for col in ("config", "time (s)", "names/s", "chars/s", "x import torch", "peak RSS (MB)"):
+    facts = host()
+    table = Table(title=f"chargen sampling ({facts['cpu']}, {facts['cpus']} CPUs, commit {facts['commit']}, "
+                        f"median of {args.repeat})")
+    for col in ("config", "time (s)", "names/s", "chars/s", "x import torch", "x unconstrained", "met", "peak RSS (MB)"):
         table.add_column(col, justify="left" if col == "config" else "right")
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         table.add_row(r["config"], fmt(r["seconds"], ".3f"), fmt(r.get("names_per_sec"), ",.0f"),
                       fmt(r.get("chars_per_sec"), ",.0f"), fmt(r.get("vs_import_torch"), ".2f"),
+                      fmt(r.get("vs_unconstrained"), ".2f"), fmt(r.get("met_constraints"), ".1%"),
                       fmt(r.get("peak_rss_mb"), ".0f"))
     Console(width=140).print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
-                                     "cpus": os.cpu_count(), "env": env_note, "rows": rows}, indent=2))
+    env_note = {k: os.environ.get(k) for k in ("CHARGEN_CHECKPOINT",) if os.environ.get(k)}
+    args.json.write_text(json.dumps({"machine": platform.platform(), **host(), "env": env_note, "rows": rows},
+                                    indent=2))
     print(f"wrote {args.json}", file=sys.stderr)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from .checkpoint import BEST, Checkpoint, read_checkpoint
 from .config import SampleConfig
@@ -87,35 +87,126 @@ class Model:
         lines: Optional[bool] = None,
         unique: bool = False,
         novel: bool = False,
+        min_len: Optional[int] = None,
+        max_len: Optional[int] = None,
+        ends_with: Optional[str] = None,
+        contains: str | Sequence[str] = (),
+        regex: Optional[str] = None,
+        guided: bool = False,
+        exclude: Optional[Iterable[str]] = None,
+        stats: Optional["SampleStats"] = None,  # noqa: F821
         on_char=None,
     ) -> Iterator["Sample"]:  # noqa: F821
-        """`n` Sample objects (text, prompt, logprob) per prompt, in order, as they are drawn.
+        """`n` Sample objects (text, prompt, logprob, kept) per prompt, in order, as they are drawn.
 
-        The options are checked here, before the first sample: a bad one raises at once."""
-        from .sampling import check_prompt, random_seed
+        Line samples can be constrained: `min_len`/`max_len` characters (prompt included),
+        `ends_with`, `contains` (one text or several), `regex` (the whole sample must match).
+        By default the samples follow the model's distribution conditioned on the constraints
+        exactly (a sample is dropped at the first character that rules it out); `guided=True`
+        draws only among allowed characters instead: never wasted, but not the conditional
+        distribution. `exclude` lists lines never to return. `stats` (a SampleStats) is filled
+        in with the draws made. The options are checked here, before the first sample: a bad
+        one raises at once."""
+        from .sampling import SampleStats, check_prompt, random_seed
 
         line_mode = self.line_oriented if lines is None else lines
-        cfg = SampleConfig(num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                           seed=seed, lines=line_mode, unique=unique, novel=novel)
-        cfg.validate()
+        cfg = SampleConfig.from_dict(dict(
+            num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lines=line_mode,
+            unique=unique, novel=novel, min_len=min_len, max_len=max_len, ends_with=ends_with,
+            contains=[contains] if isinstance(contains, str) else list(contains), regex=regex, guided=guided))
         if novel and self.training_lines is None:
             raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
                              f"so --novel cannot be checked")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        for p in prompts:
-            check_prompt(self.vocab, p, line_mode)
-        return self._draw(prompts, cfg, random_seed() if seed is None else seed, on_char)
+        automaton = self._automaton(cfg, prompts)
+        if automaton is None:
+            for p in prompts:
+                check_prompt(self.vocab, p, line_mode)
+        banned = self._exclude(exclude, line_mode)
+        return self._draw(prompts, cfg, random_seed() if seed is None else seed, on_char, automaton, banned,
+                          stats if stats is not None else SampleStats())
 
-    def _draw(self, prompts: list[str], cfg: SampleConfig, base_seed: int, on_char) -> Iterator["Sample"]:  # noqa: F821
+    def top(
+        self,
+        n: int = 10,
+        prompt: str | Sequence[str] = "",
+        *,
+        length: Optional[int] = None,
+        novel: bool = False,
+        min_len: Optional[int] = None,
+        max_len: Optional[int] = None,
+        ends_with: Optional[str] = None,
+        contains: str | Sequence[str] = (),
+        regex: Optional[str] = None,
+        exclude: Optional[Iterable[str]] = None,
+    ) -> Iterator["Sample"]:  # noqa: F821
+        """The `n` most probable complete line samples under the model (temperature 1) per prompt,
+        best first, constraints included: exact best-first search (chargen.search)."""
+        from .constraints import Automaton, Constraints
+        from .search import most_likely
+
+        if n < 1:
+            raise UsageError(f"--top must be at least 1 (got {n})")
+        cfg = SampleConfig.from_dict(dict(
+            num=n, length=length, lines=True, novel=novel, min_len=min_len, max_len=max_len, ends_with=ends_with,
+            contains=[contains] if isinstance(contains, str) else list(contains), regex=regex))
+        if novel and self.training_lines is None:
+            raise UsageError(f"{self.checkpoint.path} keeps no training lines, so --novel cannot be checked")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        automaton = self._automaton(cfg, prompts) or Automaton(Constraints(), self.vocab)
+        bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
+        for p in prompts:
+            bounded[p].start(p, self.vocab)  # raises now if nothing can start with this prompt
+        banned = self._exclude(exclude, True) or set()
+        training = self.training_lines if novel else set()
+
+        def skip(text: str) -> bool:
+            return text in banned or text in training
+
+        def results() -> Iterator["Sample"]:  # noqa: F821
+            for p in prompts:
+                yield from most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip,
+                                       start_state=self.checkpoint.start_state)
+
+        return results()
+
+    def _automaton(self, cfg: SampleConfig, prompts: list[str]):
+        """The constraints compiled for this vocabulary (None without any), checked for every prompt."""
+        constraints = cfg.constraints()
+        if not constraints:
+            return None
+        if not cfg.lines:
+            raise UsageError(f"constraints ({', '.join(constraints.flags())}) apply to line samples only; "
+                             + ("drop --no-lines" if self.line_oriented else
+                                "this model writes prose: pass --lines to sample lines from it"))
+        from .constraints import Automaton
+        from .sampling import check_prompt, guide_for
+
+        automaton = Automaton(constraints, self.vocab)
+        for p in prompts:
+            check_prompt(self.vocab, p, True)
+            guide_for(automaton, self.vocab, p, cfg, True)
+        return automaton
+
+    def _exclude(self, lines: Optional[Iterable[str]], line_mode: bool) -> Optional[set[str]]:
+        if lines is None:
+            return None
+        if not line_mode:
+            raise UsageError("--exclude applies to line samples only; "
+                             + ("drop --no-lines" if self.line_oriented else "this model writes prose: pass --lines"))
+        return {line for line in lines}
+
+    def _draw(self, prompts: list[str], cfg: SampleConfig, base_seed: int, on_char, automaton, exclude,
+              stats) -> Iterator["Sample"]:  # noqa: F821
         from .sampling import derive_key, generate
 
-        line_mode, novel = cfg.lines, cfg.novel
         seen: set[str] = set()
         for j, p in enumerate(prompts):
             key = derive_key(base_seed, j)
-            yield from generate(self.stepper, self.vocab, p, cfg, lines=line_mode, key=key, seen=seen,
-                                training_lines=self.training_lines if novel else None, on_char=on_char,
-                                start_state=self.checkpoint.start_state)
+            yield from generate(self.stepper, self.vocab, p, cfg, lines=cfg.lines, key=key, seen=seen,
+                                training_lines=self.training_lines if cfg.novel else None, exclude=exclude,
+                                on_char=on_char, start_state=self.checkpoint.start_state, automaton=automaton,
+                                stats=stats)
 
     def sample(self, n: int = 10, prompt: str = "", **options: Any) -> list[str]:
         """`n` samples as strings, e.g. `model.sample(n=10, prompt="Ma", temperature=0.8, seed=1)`."""
@@ -174,7 +265,8 @@ def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device
 
 def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = None,
           val_file: Optional[str] = None, precision: str = "auto", resume: str | os.PathLike | None = None,
-          overwrite: bool = False, callbacks=None, **options: Any) -> Path:
+          start_from: str | os.PathLike | None = None, overwrite: bool = False, callbacks=None,
+          **options: Any) -> Path:
     """Train on text files ('-' is stdin) and return the run directory.
 
     `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
@@ -183,7 +275,10 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     the corpus size and time budget (chargen.sizing). `resume` continues the run in a run
     directory (or from its last.safetensors) exactly; its corpus and validation file are read
     again from the paths it recorded unless given. `callbacks` is a chargen.callbacks.TrainCallbacks.
-    A run stopped by Ctrl-C or SIGTERM raises TrainingInterrupted after saving.
+    A run stopped by Ctrl-C or SIGTERM raises TrainingInterrupted after saving. `start_from`
+    (a checkpoint, run directory, or "names" for the bundled model; "none" or None: from
+    scratch) adapts that model to the corpus (chargen.finetune): its shape is kept, its
+    vocabulary grows, and the training options left unset get values suited to adapting.
 
         >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)
     """
@@ -198,6 +293,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
     if model_options:  # check before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
+    base = _base_model(start_from, resume, model_options)
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     config = TrainConfig.from_dict(train_options)
@@ -225,17 +321,65 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     try:
         corpus = _ingest(paths, dist, callbacks)
         val_text = read_corpus([val_file]).text if val_file else None
-        if resume is None:
+        if base is not None:
+            corpus = corpus.recoded(base.vocab.union(corpus.vocab))
+            config, model_options = _finetune_options(base, corpus, config, model_options, train_options, dist,
+                                                      callbacks)
+        elif resume is None:
             config, model_options = _auto_size(corpus.n_chars, config, model_options, train_options, dist, callbacks)
+        else:
+            corpus = _in_run_vocab(corpus, ckpt)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
-                              precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist)
+                              precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,
+                              base=base)
         clean = True
     finally:
         teardown_distributed(dist, clean)
     if result.interrupted:
         raise TrainingInterrupted(result.interrupted, out_dir)
     return out_dir
+
+
+def _base_model(start_from, resume, model_options: dict[str, Any]):
+    """The checkpoint a new run starts from (None: from scratch), its shape checked against the flags."""
+    if start_from is None or str(start_from) == "none":
+        return None
+    if resume is not None:
+        raise UsageError("--from starts a new run from a model; --resume continues a run (which remembers "
+                         "the model it started from): give one of them")
+    from .finetune import check_architecture, resolve_base
+
+    base = read_checkpoint(resolve_base(str(start_from)), prefer=BEST)
+    check_architecture(base.model_config, model_options, base.path)
+    return base
+
+
+def _in_run_vocab(corpus, ckpt):
+    """A resumed run encodes the corpus with its own vocabulary, which may hold more characters
+    (a fine-tuned run keeps its base model's); a corpus with characters outside it is refused later."""
+    if all(c in ckpt.vocab for c in corpus.vocab.chars):
+        return corpus.recoded(ckpt.vocab)
+    return corpus
+
+
+def _finetune_options(base, corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], dist,
+                      callbacks):
+    """The base model's shape, and training options suited to adapting it for those left unset."""
+    from .config import TrainConfig
+    from .finetune import ARCHITECTURE
+    from .sizing import finetune_defaults
+
+    auto = finetune_defaults(corpus.n_chars, set(model_options) | set(train_options))
+    shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
+    notice = _notice(callbacks, dist)
+    if notice is not None:
+        c = base.model_config
+        new = len(corpus.vocab) - len(base.vocab)
+        notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
+               + (f" + {new} new characters" if new else "")
+               + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
+    return TrainConfig.from_dict({**train_options, **auto.train}), {**shape, **auto.model, **model_options}
 
 
 def _notice(callbacks, dist):

@@ -61,7 +61,7 @@ class EvalReport:
     step: int
     epoch: int
     chars_seen: int
-    train_loss: float  # mean training loss since the previous evaluation
+    train_loss: float  # mean training loss since the previous evaluation (NaN before the first step)
     val_loss: float
     val_bpc: float
     lr: float
@@ -74,8 +74,9 @@ class EvalReport:
     METRICS = ("step", "epoch", "chars_seen", "train_loss", "val_loss", "val_bpc", "lr", "chars_per_sec", "elapsed")
 
     def metrics(self) -> dict[str, Any]:
-        """The metrics.jsonl record."""
-        return {k: getattr(self, k) for k in self.METRICS}
+        """The metrics.jsonl record: strict JSON, so a loss that is not a number is null."""
+        values = {k: getattr(self, k) for k in self.METRICS}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
     def with_sample(self, sample: Optional[str]) -> "EvalReport":
         return dataclasses.replace(self, sample=sample)

@@ -74,6 +74,7 @@ class Checkpoint:
             "chars_seen": meta.get("chars_seen"),
             "val_loss": meta.get("val_loss"),
             "best_val_loss": meta.get("best_val_loss"),
+            "from": meta.get("from"),  # a fine-tuned run: the model it started from, and its loss before
             "train_config": self.train_config,
             "device": meta.get("device"),
             "precision": meta.get("precision"),

@@ -148,7 +148,8 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             return
         mark = " *" if r.improved else ""
         self.progress.console.print(
-            f"step {r.step:>7,}  train {r.train_loss:.4f}  val {r.val_loss:.4f} nats ({r.val_bpc:.3f} bpc){mark}",
+            f"step {r.step:>7,}  train {f'{r.train_loss:.4f}' if math.isfinite(r.train_loss) else '-':>6}  "
+            f"val {r.val_loss:.4f} nats ({r.val_bpc:.3f} bpc){mark}",
             highlight=False, markup=False,
         )
         if r.sample:
@@ -223,6 +224,7 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units). [default: auto]")] = None,
     config_file: Annotated[Optional[str], typer.Option("--config", help="Read options from a TOML file (keys named like the flags); flags given here win.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory (or from this last.safetensors).")] = None,
+    start_from: Annotated[Optional[str], typer.Option("--from", help="Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or 'names' (the bundled model). Its shape is kept, its vocabulary grows by the corpus's new characters; none: from scratch.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.")] = False,
 ) -> None:
@@ -239,7 +241,7 @@ def train(
     require_torch("chargen train")
     options = train_options(dict(
         corpus=corpus, out=out, val_file=val_file, precision=precision, resume=resume, overwrite=overwrite,
-        quiet=quiet, cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, batch_size=batch_size,
+        quiet=quiet, start_from=start_from, cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, batch_size=batch_size,
         seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, max_steps=max_steps,
         epochs=epochs, time=parse_duration(time) if time is not None else None, eval_every=eval_every,
         patience=patience, sample_every=sample_every, val_fraction=val_fraction, seed=seed, device=device,
@@ -307,14 +309,22 @@ def sample(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
     num: Annotated[int, typer.Option("--num", "-n", help="Samples to print (per prompt).")] = 1,
     length: Annotated[Optional[int], typer.Option("--length", "-l", help=f"Maximum characters generated per sample. [default: {DEFAULT_LINE_LENGTH} per line, {DEFAULT_PROSE_LENGTH} for prose]")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Randomness: 0 is greedy, 1 the model's own distribution.")] = SampleConfig.temperature,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help=f"Randomness: 0 is greedy, 1 the model's own distribution. [default: {SampleConfig.temperature}]", show_default=False)] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k likeliest characters.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Draw only from the likeliest characters whose mass reaches p (nucleus).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same output.")] = None,
     lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="One line per sample, ending at the newline. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
     unique: Annotated[bool, typer.Option(help="Never print the same sample twice.")] = False,
-    novel: Annotated[bool, typer.Option(help="Never print a line of the training corpus.")] = False,
-    output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char per line).")] = "text",
+    novel: Annotated[bool, typer.Option(help="Never print a line of the training corpus (of a model adapted with train --from: your list, not the base model's corpus; add that with --exclude).")] = False,
+    exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list).", rich_help_panel="Constraints (line samples)")] = None,
+    min_len: Annotated[Optional[int], typer.Option(help="At least this many characters per sample, the prompt included, the newline not.", rich_help_panel="Constraints (line samples)")] = None,
+    max_len: Annotated[Optional[int], typer.Option(help="At most this many characters per sample, the prompt included, the newline not.", rich_help_panel="Constraints (line samples)")] = None,
+    ends_with: Annotated[Optional[str], typer.Option(help="Every sample ends with this text.", rich_help_panel="Constraints (line samples)")] = None,
+    contains: Annotated[Optional[list[str]], typer.Option(help="Every sample contains this text (repeat for several).", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
+    regex: Annotated[Optional[str], typer.Option(help="The whole sample (prompt included) must match this Python regular expression; supported: literals, escapes, ., [classes], \\w \\d \\s, groups, |, * + ? {m,n}, (?i); not lookaround, backreferences or \\b.", rich_help_panel="Constraints (line samples)")] = None,
+    guided: Annotated[bool, typer.Option(help="Draw only among characters that can still satisfy the constraints: never wastes a draw, but favours early choices with many ways to finish. Default: exact, the model's distribution conditioned on the constraints.", rich_help_panel="Constraints (line samples)")] = False,
+    top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
+    output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided).")] = "text",
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
 ) -> None:
@@ -326,53 +336,97 @@ def sample(
 
       chargen sample -n 1000 --unique | sort | head
 
+      chargen sample -n 5 --max-len 8 --ends-with a --seed 1
+
+      chargen sample --top 20 --ends-with a --format jsonl
+
       chargen sample -c checkpoints/shakespeare -p "ROMEO:" -l 500
     """
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
 
     from .api import default_checkpoint, load
+    from .sampling import SampleStats
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     line_mode = model.line_oriented if lines is None else lines
-
-    if prompt == "-":
-        if sys.stdin is None or sys.stdin.closed:
-            raise UsageError("--prompt - reads prompts from stdin, but stdin is closed")
-        raw = getattr(sys.stdin, "buffer", None)
-        data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"the prompts on stdin are not UTF-8 (byte {exc.start}); convert them, "
-                             f"e.g. iconv -f latin1 -t utf-8") from None
-        prompts = [line.rstrip("\r") for line in text.split("\n")]
-        if prompts and prompts[-1] == "":
-            prompts.pop()  # the newline that ends the last line starts no prompt
-    else:
-        prompts = [prompt]
-
+    prompts = _read_prompts() if prompt == "-" else [prompt]
+    constraints = dict(min_len=min_len, max_len=max_len, ends_with=ends_with, contains=contains or [], regex=regex,
+                       exclude=_read_lines(exclude) if exclude is not None else None, novel=novel)
+    constrained = any(v for k, v in constraints.items() if k not in ("exclude", "novel"))
     out = _Output()
-    streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
-    samples = model.samples(
-        num, prompts, temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed,
-        lines=line_mode, unique=unique, novel=novel,
-        on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None,
-    )
-    if streaming:
-        out.write(prompts[0], flush=True)
+    stats = SampleStats()
+    streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1 and top is None
+    if top is not None:
+        given = [flag for flag, v in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p),
+                                      ("--seed", seed), ("--unique", unique), ("--guided", guided))
+                 if v is not None and v is not False]
+        if given:
+            raise UsageError(f"--top ranks by the model's own probabilities and never repeats; drop {', '.join(given)}")
+        if lines is False or not line_mode:
+            raise UsageError("--top lists line samples; this model writes prose (pass --lines)")
+        samples = model.top(top, prompts, length=length, **constraints)
+        constrained = True
+    else:
+        samples = model.samples(
+            num, prompts, temperature=SampleConfig.temperature if temperature is None else temperature,
+            top_k=top_k, top_p=top_p, length=length, seed=seed, lines=line_mode, unique=unique, guided=guided,
+            stats=stats, on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None, **constraints)
+        if streaming:
+            out.write(prompts[0], flush=True)
     for i, s in enumerate(samples):
         if output_format == "jsonl":
-            out.write(json.dumps({"text": s.text, "prompt": s.prompt, "logprob": round(s.logprob, 4),
-                                  "logprob_per_char": round(s.logprob_per_char, 4), "chars": s.n_chars},
-                                 ensure_ascii=False) + "\n")
+            record = {"text": s.text, "prompt": s.prompt, "logprob": round(s.logprob, 4),
+                      "logprob_per_char": round(s.logprob_per_char, 4), "chars": s.n_chars}
+            if constrained and top is None:
+                record.update(kept=round(s.kept, 4), logprob_guided=round(s.logprob_guided, 4))
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif streaming:
             out.write("\n")
-        elif line_mode:
+        elif line_mode or top is not None:
             out.write(s.text + "\n")
         else:
             # Prose samples hold newlines of their own: a blank line keeps them apart.
             out.write(("\n" if i else "") + s.text + "\n")
+    if constrained and top is None and not guided and stats.rejected_by_constraints:
+        console().print(f"note: {stats.satisfied:,} of {stats.draws:,} draws ({stats.satisfied_share:.1%}) met the "
+                        f"constraints; exact sampling drops the rest (--guided drops none, but is biased)",
+                        highlight=False, markup=False, soft_wrap=True)
+
+
+def _read_prompts() -> list[str]:
+    """`--prompt -`: one prompt per line of stdin, decoded strictly as UTF-8."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise UsageError("--prompt - reads prompts from stdin, but stdin is closed")
+    raw = getattr(sys.stdin, "buffer", None)
+    data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the prompts on stdin are not UTF-8 (byte {exc.start}); convert them, "
+                         f"e.g. iconv -f latin1 -t utf-8") from None
+    prompts = [line.rstrip("\r") for line in text.split("\n")]
+    if prompts and prompts[-1] == "":
+        prompts.pop()  # the newline that ends the last line starts no prompt
+    return prompts
+
+
+def _read_lines(path: Path) -> list[str]:
+    """--exclude: the file's lines (UTF-8, \\n or \\r\\n); an empty file excludes nothing."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--exclude {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"--exclude {path} is a directory; name a file with one line per entry") from None
+    except OSError as exc:
+        raise UsageError(f"--exclude {path} cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--exclude {path} is not UTF-8 (byte {exc.start}); convert it, "
+                         f"e.g. iconv -f latin1 -t utf-8") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.rstrip("\r")]
 
 
 # --- eval -------------------------------------------------------------------------------------
@@ -485,6 +539,11 @@ def info(
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
     t.add_row("val loss", loss(meta.get("val_loss")))
     t.add_row("best val loss", loss(meta.get("best_val_loss")))
+    lineage = meta.get("from")
+    if isinstance(lineage, dict):
+        t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]}), "
+                                  f"val loss before training {loss(lineage.get('val_loss'))}"
+                                  + (f", {lineage.get('new_chars')} new characters" if lineage.get("new_chars") else ""))
     tc = ckpt.train_config
     if tc:
         t.add_row("training", f"batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "

@@ -49,6 +49,10 @@ def check_type(name: str, value: Any, annotation: str) -> None:
     kind = annotation[len("Optional[") : -1] if optional else annotation
     if value is None and optional:
         return
+    if kind == "list[str]":  # a TOML array or JSON list of text
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a list of text (got {repr(value)[:40]})")
+        return
     types, what = _KINDS[kind]
     if not isinstance(value, types) or (isinstance(value, bool) and kind != "bool"):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
@@ -204,6 +208,13 @@ class SampleConfig(_Config):
     unique: bool = False
     novel: bool = False
     max_tries: int = 50  # redraw budget per wanted sample, for --unique / --novel / empty samples
+    # Constraints on line samples (chargen.constraints); lengths count the prompt's characters too.
+    min_len: Optional[int] = None
+    max_len: Optional[int] = None
+    ends_with: Optional[str] = None
+    contains: list[str] = dataclasses.field(default_factory=list)
+    regex: Optional[str] = None
+    guided: bool = False  # renormalise over allowed characters instead of exact (rejecting) sampling
 
     def validate(self) -> None:
         if self.num < 1:
@@ -218,15 +229,24 @@ class SampleConfig(_Config):
             raise UsageError(f"--top-p must be in (0, 1] (got {self.top_p})")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2**63-1 (got {self.seed})")
+        self.constraints()
 
     def max_length(self, lines: bool) -> int:
         return self.length or (DEFAULT_LINE_LENGTH if lines else DEFAULT_PROSE_LENGTH)
+
+    def constraints(self):
+        from .constraints import Constraints
+
+        c = Constraints(min_len=self.min_len, max_len=self.max_len, ends_with=self.ends_with,
+                        contains=tuple(self.contains), regex=self.regex)
+        c.validate()
+        return c
 
 
 
 MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout")
 # Keys a TOML config may hold besides TrainConfig and ModelConfig fields (they are CLI options).
-RUN_KEYS = ("corpus", "out", "val_file", "precision", "resume", "overwrite", "quiet")
+RUN_KEYS = ("corpus", "out", "val_file", "precision", "resume", "overwrite", "quiet", "start_from")
 
 
 def train_options(flags: dict[str, Any], config_file: Optional[str] = None) -> dict[str, Any]:
@@ -261,7 +281,7 @@ def load_toml_config(path: str) -> dict[str, Any]:
     known = set(MODEL_KEYS) | set(RUN_KEYS) | {f.name for f in dataclasses.fields(TrainConfig)}
     data: dict[str, Any] = {}
     for key, value in raw.items():
-        name = key.replace("-", "_")
+        name = "start_from" if key == "from" else key.replace("-", "_")  # `from`, as the flag --from
         if name not in known:
             raise ConfigError(f"--config {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         data[name] = value
@@ -278,7 +298,7 @@ def load_toml_config(path: str) -> dict[str, Any]:
 
 
 _RUN_KEY_TYPES = {"out": "str", "val_file": "str", "precision": "str", "resume": "str", "overwrite": "bool",
-                  "quiet": "bool"}
+                  "quiet": "bool", "start_from": "str"}
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)

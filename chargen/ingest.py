@@ -20,6 +20,7 @@ the least recently used entries beyond MAX_ENTRIES are removed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, CorpusError, UsageError, WriteError, cannot_read
+from .errors import CheckpointError, CorpusError, UsageError, VocabularyError, WriteError, cannot_read
 from .files import atomic_write, atomic_writer
 from .tokenizer import Vocab
 
@@ -279,6 +280,17 @@ class EncodedCorpus:
     def text(self) -> str:
         """The whole text (decoded again); only for corpora that fit in memory."""
         return self.vocab.decode_ids(self.ids)
+
+    def recoded(self, vocab: Vocab) -> "EncodedCorpus":
+        """The same text as ids of `vocab`, which must hold every character of this one's (e.g.
+        a model's vocabulary grown by this corpus's characters). In memory."""
+        missing = [c for c in self.vocab.chars if c not in vocab]
+        if missing:
+            raise VocabularyError(f"the vocabulary lacks {', '.join(map(repr, missing[:5]))} of the corpus")
+        if vocab == self.vocab:
+            return self
+        lut = np.array([vocab.index[c] for c in self.vocab.chars], dtype=vocab.dtype)
+        return dataclasses.replace(self, ids=lut[np.asarray(self.ids)], vocab=vocab, cache_file=None)
 
     @classmethod
     def from_text(cls, text: str, name: str = "corpus", sources: Optional[list[str]] = None) -> "EncodedCorpus":

@@ -72,6 +72,11 @@ class NumpyCharRNN:
     def repeat(state: NpState, batch_size: int) -> NpState:
         return [tuple(np.repeat(t, batch_size, axis=0) for t in layer) for layer in state]
 
+    @staticmethod
+    def concat(states: list[NpState]) -> NpState:
+        """Batches of rows -> one batch, row order kept."""
+        return [tuple(np.concatenate(parts, axis=0) for parts in zip(*layers)) for layers in zip(*states)]
+
     def step(self, ids: np.ndarray, state: NpState) -> tuple[np.ndarray, NpState]:
         """ids (B,) -> logits (B, V) for the next character, and the new state."""
         new_state: NpState = []

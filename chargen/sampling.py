@@ -30,6 +30,7 @@ class Stepper(Protocol):
     def state_from_arrays(self, arrays: list[np.ndarray]): ...
     def select(self, state, rows: np.ndarray): ...
     def repeat(self, state, batch_size: int): ...
+    def concat(self, states: list): ...
     def step(self, ids: np.ndarray, state) -> tuple[np.ndarray, object]: ...
 
 
@@ -63,6 +64,11 @@ class TorchStepper:
         if isinstance(state, tuple):
             return tuple(s.repeat(1, batch_size, 1) for s in state)
         return state.repeat(1, batch_size, 1)
+
+    def concat(self, states: list):
+        if isinstance(states[0], tuple):
+            return tuple(self.torch.cat(parts, dim=1) for parts in zip(*states))
+        return self.torch.cat(states, dim=1)
 
     def step(self, ids: np.ndarray, state):
         with self.torch.no_grad():
@@ -150,10 +156,55 @@ class Sample:
     prompt: str
     logprob: float  # log-probability under the model (temperature 1) of every generated char,
     n_chars: int  # including the newline that ended a line; n_chars counts them
+    kept: float = 0.0  # constrained samples: log of the model's mass the constraints allowed, summed over steps
 
     @property
     def logprob_per_char(self) -> float:
         return self.logprob / self.n_chars if self.n_chars else 0.0
+
+    @property
+    def logprob_guided(self) -> float:
+        """Log-probability under the model renormalised at each step over what the constraints allow."""
+        return self.logprob - self.kept
+
+
+@dataclass
+class SampleStats:
+    """What drawing cost: filled in as samples are drawn (draws = samples tried, accepted = kept)."""
+
+    draws: int = 0
+    accepted: int = 0
+    rejected_by_constraints: int = 0
+
+    @property
+    def satisfied(self) -> int:
+        return self.draws - self.rejected_by_constraints
+
+    @property
+    def satisfied_share(self) -> float:
+        """Share of draws that met the constraints: under exact sampling, an estimate of the
+        probability the model (at these settings) gives to the constraints."""
+        return self.satisfied / self.draws if self.draws else 1.0
+
+
+@dataclass
+class Guide:
+    """Constraints for one prompt: the automaton, its state after the prompt, and how to use it.
+
+    exact (guided=False): draw from the model's distribution and reject a sample at the first
+    character from which the constraints can no longer be met; accepted samples then follow the
+    model's distribution conditioned on the constraints. guided: draw only among the allowed
+    characters, renormalised; no draw is wasted, but the distribution is not the conditional one.
+    """
+
+    automaton: "Automaton"  # noqa: F821
+    start: int
+    n0: int  # characters of the prompt
+    guided: bool = False
+
+    @property
+    def steps(self) -> int:
+        return self.automaton.max_len - self.n0 + 1  # the last step can only be the newline
 
 
 def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
@@ -184,31 +235,46 @@ def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state:
 
 def _run_batch(stepper: Stepper, vocab: Vocab, prompt_logits: np.ndarray, prompt_state, indices: np.ndarray,
                cfg: SampleConfig, key: np.uint64, lines: bool, max_len: int,
-               on_char: Optional[Callable[[str], None]] = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+               on_char: Optional[Callable[[str], None]] = None,
+               guide: Optional[Guide] = None) -> tuple[list[Optional[str]], np.ndarray, np.ndarray, np.ndarray]:
     """Advance len(indices) samples together until each ends (newline in line mode) or hits max_len.
 
-    Returns the generated texts (without the ending newline), their log-probabilities and how
-    many characters each log-probability covers.
+    Returns the generated texts (without the ending newline; None where a guide rejected the
+    sample), their log-probabilities, how many characters each covers, and the log of the mass
+    the constraints kept along each.
     """
     b = len(indices)
     newline = vocab.index.get("\n", -1) if lines else -1
     codepoints = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
-    out = np.zeros((b, max_len), dtype=np.uint32)  # code points; 0 pads (NUL is never in a vocabulary)
-    logp = np.zeros(b)
+    steps = guide.steps if guide is not None else max_len
+    out = np.zeros((b, steps), dtype=np.uint32)  # code points; 0 pads (NUL is never in a vocabulary)
+    logp, kept = np.zeros(b), np.zeros(b)
     scored = np.zeros(b, dtype=np.int64)
+    rejected = np.zeros(b, dtype=bool)
     active = np.arange(b)  # rows still generating
+    dfa = np.full(b, guide.start if guide is not None else 0, dtype=np.int64)  # automaton state per active row
     state = stepper.repeat(prompt_state, b)
     logits = np.broadcast_to(prompt_logits, (b, prompt_logits.shape[-1]))
-    for t in range(max_len):
+    for t in range(steps):
+        lsm = log_softmax(logits)  # (b_active, V), the model's own distribution
+        allowed = guide.automaton.allowed(dfa, guide.n0 + t) if guide is not None else None
+        if allowed is not None:
+            kept[active] += np.log(np.where(allowed, np.exp(lsm), 0.0).sum(axis=-1))
+        masked = logits if allowed is None or not (guide.guided or cfg.temperature == 0) else \
+            np.where(allowed, logits, -np.inf)
         if cfg.temperature == 0:
-            ids = logits.argmax(axis=-1)
+            ids = masked.argmax(axis=-1)
         else:
-            p = sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+            p = sampling_probs(masked, cfg.temperature, cfg.top_k, cfg.top_p)
             ids = draw(p, uniforms(key, indices[active], t))
-        lp = np.take_along_axis(log_softmax(logits), ids[:, None], axis=-1)[:, 0]
-        logp[active] += lp
+        logp[active] += np.take_along_axis(lsm, ids[:, None], axis=-1)[:, 0]
         scored[active] += 1
         ended = ids == newline
+        if allowed is not None:
+            bad = ~allowed[np.arange(len(ids)), ids]
+            rejected[active[bad]] = True
+            ended |= bad
+            dfa = guide.automaton.advance(dfa, ids)
         out[active, t] = np.where(ended, 0, codepoints[ids])
         if on_char is not None and not ended[0]:
             on_char(vocab.chars[int(ids[0])])
@@ -216,13 +282,13 @@ def _run_batch(stepper: Stepper, vocab: Vocab, prompt_logits: np.ndarray, prompt
             keep = np.flatnonzero(~ended)
             if keep.size == 0:
                 break
-            active, ids = active[keep], ids[keep]
+            active, ids, dfa = active[keep], ids[keep], dfa[keep]
             state = stepper.select(state, keep)
-        if t + 1 < max_len:
+        if t + 1 < steps:
             logits, state = stepper.step(ids, state)
     # A row of code points viewed as a fixed-width numpy string drops its trailing NUL padding.
-    texts = np.ascontiguousarray(out).view(f"<U{max_len}").ravel().tolist()
-    return texts, logp, scored
+    texts = np.ascontiguousarray(out).view(f"<U{steps}").ravel().tolist()
+    return [None if r else text for text, r in zip(texts, rejected.tolist())], logp, scored, kept
 
 
 def generate(
@@ -235,53 +301,89 @@ def generate(
     key: np.uint64,
     seen: Optional[set[str]] = None,
     training_lines: Optional[set[str]] = None,
+    exclude: Optional[set[str]] = None,
     batch_size: int = MAX_BATCH,
     on_char: Optional[Callable[[str], None]] = None,
     start_state: Optional[list[np.ndarray]] = None,
+    automaton: Optional["Automaton"] = None,  # noqa: F821
+    stats: Optional[SampleStats] = None,
 ) -> Iterator[Sample]:
     """Yield cfg.num samples for one prompt, in order (cfg is validated by the caller).
 
-    Line mode redraws empty samples, and repeats (`unique`) or training lines (`novel`); a
-    bounded number of draws (cfg.max_tries per wanted sample) guards against a model that
-    cannot produce enough. `on_char` streams the characters of a lone prose sample as drawn.
+    Line mode redraws empty samples, repeats (`unique`), training lines (`novel`), lines in
+    `exclude` and, under an exact `automaton`, samples that break the constraints; a bounded
+    number of draws per wanted sample guards against a model that cannot produce enough.
+    Attempt i always uses random stream i, so what is printed does not depend on batch size.
+    `on_char` streams the characters of a lone prose sample as drawn.
     """
+    guide = guide_for(automaton, vocab, prompt, cfg, lines)
     max_len = cfg.max_length(lines)
     prompt_logits, prompt_state = prime(stepper, vocab, prompt, lines, start_state)
     seen = seen if seen is not None else set()
-    budget = cfg.num * cfg.max_tries + 100
+    stats = stats if stats is not None else SampleStats()
+    rejecting = guide is not None and not guide.guided and cfg.temperature > 0
+    budget = cfg.num * (CONSTRAINED_TRIES if rejecting else cfg.max_tries) + 100
     produced, attempt = 0, 0
     while produced < cfg.num:
         if attempt >= budget:
-            why = []
-            if cfg.unique:
-                why.append("unique")
-            if cfg.novel:
-                why.append("novel")
-            what = " and ".join(why) + " " if why else "non-empty "
-            raise SamplingError(
-                f"the model produced only {produced} of {cfg.num} {what}samples in {attempt} draws; "
-                f"ask for fewer, raise --temperature, or drop --unique/--novel"
-            )
+            raise SamplingError(_shortfall(cfg, produced, attempt, rejecting))
         need = cfg.num - produced
-        # Redraws are likely with --unique/--novel: overdraw a little so one batch usually suffices.
-        want = need if not (cfg.unique or cfg.novel) else int(need * 1.25) + 8
+        # Redraws are likely with --unique/--novel/--exclude and constraints: overdraw by the
+        # rate seen so far, so one batch usually suffices (extra draws are wasted work only).
+        if cfg.unique or cfg.novel or exclude or rejecting:
+            rate = produced / attempt if attempt else (0.5 if rejecting else 0.8)
+            want = int(need / max(rate, 0.02) * 1.1) + 8
+        else:
+            want = need
         b = max(1, min(want, batch_size, budget - attempt))
         indices = np.arange(attempt, attempt + b, dtype=np.int64)
         stream = on_char if (b == 1 and cfg.num == 1 and not lines) else None
-        texts, logps, counts = _run_batch(stepper, vocab, prompt_logits, prompt_state, indices, cfg, key, lines,
-                                          max_len, stream)
-        for generated, logprob, n_scored in zip(texts, logps.tolist(), counts.tolist()):
-            attempt += 1
+        texts, logps, counts, kept = _run_batch(stepper, vocab, prompt_logits, prompt_state, indices, cfg, key,
+                                                lines, max_len, stream, guide)
+        for generated, logprob, n_scored, k in zip(texts, logps.tolist(), counts.tolist(), kept.tolist()):
             if produced >= cfg.num:
                 break
+            attempt += 1
+            stats.draws += 1
+            if generated is None:
+                stats.rejected_by_constraints += 1
+                continue
             text = prompt + generated
             if lines and not text:
                 continue
             if cfg.unique and text in seen:
                 continue
-            if cfg.novel and training_lines is not None and text in training_lines:
+            if (cfg.novel and training_lines is not None and text in training_lines) or (exclude and text in exclude):
                 continue
             if cfg.unique:
                 seen.add(text)
             produced += 1
-            yield Sample(text=text, prompt=prompt, logprob=logprob, n_chars=n_scored)
+            stats.accepted += 1
+            yield Sample(text=text, prompt=prompt, logprob=logprob, n_chars=n_scored, kept=k)
+
+
+CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
+
+
+def guide_for(automaton, vocab: Vocab, prompt: str, cfg: SampleConfig, lines: bool) -> Optional[Guide]:
+    """The constraints for this prompt, with the length cap the sample options set; checked up front."""
+    if automaton is None:
+        return None
+    if not lines:
+        raise UsageError("constraints apply to line samples; this is prose (pass --lines to sample lines)")
+    bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
+    start = bounded.start(prompt, vocab)
+    if cfg.unique:
+        possible = bounded.count(start, len(prompt))
+        if possible < cfg.num:
+            raise UsageError(f"only {int(possible):,} distinct samples satisfy the constraints, fewer than the "
+                             f"{cfg.num:,} asked for with --unique; ask for fewer (--top {int(possible)} lists them all)")
+    return Guide(bounded, start, len(prompt), guided=cfg.guided)
+
+
+def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool) -> str:
+    why = [name for name, on in (("unique", cfg.unique), ("novel", cfg.novel)) if on]
+    what = " and ".join(why) + " " if why else ("" if rejecting else "non-empty ")
+    advice = "loosen the constraints, raise --temperature, or pass --guided" if rejecting else \
+        "ask for fewer, raise --temperature, or drop --unique/--novel/--exclude"
+    return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws; {advice}"

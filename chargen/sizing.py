@@ -56,3 +56,19 @@ def auto_sizes(n_chars: int, time_budget: Optional[float], accelerator: bool, gi
         why += f"; a short budget ({format_duration(budget)}), so half the width"
     return AutoSizes(model={k: v for k, v in model.items() if k not in given},
                      train={k: v for k, v in train.items() if k not in given}, why=why)
+
+
+def finetune_defaults(n_chars: int, given: set[str]) -> AutoSizes:
+    """Training options for adapting a trained model to a corpus of `n_chars` characters (the
+    shape comes from the model), leaving out the options in `given`. Chosen by measurement
+    (benchmarks/finetune.py, docs/benchmarks.md): a lower peak learning rate than from scratch
+    and a short warmup, so the first steps do not wreck what the model knows; frequent
+    evaluation and early stopping, since a small list is learnt (and then overfit) in seconds."""
+    train = {"batch_size": 32, "seq_len": 64, "lr": FINETUNE_LR, "warmup": 20, "eval_every": 25, "patience": 8}
+    model = {"dropout": 0.2}
+    return AutoSizes(model={k: v for k, v in model.items() if k not in given},
+                     train={k: v for k, v in train.items() if k not in given},
+                     why="adapting a trained model: lower learning rate, evaluate often, stop when it stops improving")
+
+
+FINETUNE_LR = 1e-3

@@ -49,6 +49,10 @@ class Vocab:
     def from_text(cls, text: str) -> "Vocab":
         return cls(sorted(set(text)))
 
+    def union(self, other: "Vocab") -> "Vocab":
+        """Both vocabularies' characters, sorted by code point (as from_text orders them)."""
+        return Vocab(sorted(set(self.chars) | set(other.chars)))
+
     def __len__(self) -> int:
         return len(self.chars)
 

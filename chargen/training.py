@@ -75,13 +75,16 @@ def train(
     overwrite: bool = False,
     callbacks: Optional[TrainCallbacks] = None,
     dist: Optional[Dist] = None,
+    base: Optional[Checkpoint] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` and write best/last checkpoints and metrics to `out_dir`.
 
     `resume` continues the run whose last checkpoint it names (a file or run directory):
     model, optimizer, hidden state, data position and RNG come back exactly.
     `dist` (from chargen.distributed.setup, under torchrun) trains this rank's share of the
-    streams with DistributedDataParallel; only rank 0 reports and writes.
+    streams with DistributedDataParallel; only rank 0 reports and writes. `base` (a trained
+    model's checkpoint) starts a new run from its weights, grown to the corpus's vocabulary
+    (chargen.finetune); the run records it and evaluates it before the first step.
     """
     main = dist is None or dist.is_main
     cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()  # the other ranks stay quiet
@@ -105,7 +108,7 @@ def train(
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
-                        run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source)
+                        run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base)
             t.start()
             while not t.should_stop(flag):
                 if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
@@ -139,7 +142,7 @@ class Trainer:
     def __init__(self, data: TrainData, config: TrainConfig, model_options: Optional[dict[str, Any]],
                  ckpt: Optional[Checkpoint], *, device: torch.device, precision: str, dist: Optional[Dist],
                  run_dir: RunDir, callbacks: TrainCallbacks, corpus: Corpus | EncodedCorpus,
-                 val_source: Optional[str]):
+                 val_source: Optional[str], base: Optional[Checkpoint] = None):
         self.data, self.config, self.device, self.dist, self.run_dir, self.cb = data, config, device, dist, run_dir, callbacks
         self.main = dist is None or dist.is_main
         if ckpt is not None:
@@ -148,8 +151,19 @@ class Trainer:
             self.model_config = ModelConfig(vocab_size=len(data.vocab), **(model_options or {}))
             self.model_config.validate()
         self.model = CharRNN(self.model_config)
+        self.lineage = None  # where a fine-tuned run started (chargen.finetune.Lineage as a dict)
         if ckpt is not None:
             load_weights(self.model, ckpt.weights)
+            self.lineage = ckpt.info.get("from")
+        elif base is not None:
+            from .finetune import Lineage, file_sha256, grow_weights
+
+            load_weights(self.model, grow_weights(base.weights, base.vocab, data.vocab))
+            fresh = np.array([c not in base.vocab for c in data.vocab.chars])
+            if fresh.any():
+                calibrate_new_chars(self.model, fresh, data.start_ids)
+            self.lineage = Lineage(path=str(base.path), sha256=file_sha256(base.path),
+                                   new_chars=int(fresh.sum())).to_dict()
         self.model.to(device)
         self.precision = resolve_precision(precision, device, callbacks.on_notice, self.model_config)
         self.optimizer = make_optimizer(self.model, config)
@@ -181,6 +195,8 @@ class Trainer:
             "train_chars": data.train_chars, "val_chars": data.val_chars, "unigram_entropy": data.unigram_entropy,
             "precision": self.precision, "device": device.type,
         }
+        if self.lineage is not None:
+            self.run_info["from"] = self.lineage
         self.meter = LossMeter(device)
         self.guard: Optional[DivergenceGuard] = None
         self.evals_since_best = 0
@@ -249,6 +265,13 @@ class Trainer:
             # From the first moment, the run directory holds a resumable checkpoint: it is the
             # first file written into it, so a kill at any moment leaves nothing else without it.
             self.save(LAST, with_resume=True, val_loss=self.run.last_val_loss)
+            if self.lineage is not None:
+                # What the model it starts from scores on this run's held-out text: step 0 of the
+                # metrics and the loss curve, and the bar adapting has to clear (best.safetensors
+                # starts as the base model, grown).
+                start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
+                self.lineage["val_loss"] = round(self.validation_loss(start), 5)
+                self.evaluate()
         # The resolved configuration this run trains with, for the record (and `--config` reuse).
         self.run_dir.write_config({"corpus": self.run_info["sources"], "model": self.model_config.to_dict(),
                                    "train": self.config.to_dict(), "precision": self.precision,
@@ -444,6 +467,18 @@ class Trainer:
                            interrupted=flag.signal, metrics=self.metrics)
 
 
+def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, text_ids: np.ndarray) -> None:
+    """Start each new character of a grown model at its frequency in `text_ids` (chargen.finetune)."""
+    from .finetune import calibrated_bias
+
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(text_ids[None, :]).to(model.head.weight.device))  # (1, T, V)
+        old_lse = torch.logsumexp(logits[0][:, torch.from_numpy(~fresh)].double(), dim=-1).mean().item()
+        counts = np.bincount(text_ids, minlength=len(fresh))
+        bias = calibrated_bias(model.head.bias.detach().cpu().numpy(), fresh, counts, old_lse)
+        model.head.bias.copy_(torch.from_numpy(bias))
+
+
 def make_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on the weight matrices only (not biases or the embedding)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
@@ -525,7 +560,7 @@ class LossMeter:
         total, count = self.total, self.count
         if dist is not None:
             total, count = dist.sum(total, count)
-        return total / max(count, 1)
+        return total / count if count else float("nan")  # no step since: an evaluation before training
 
     def new_window(self) -> None:
         self.total, self.count = 0.0, 0

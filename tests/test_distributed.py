@@ -96,3 +96,20 @@ def test_batch_must_split_evenly(names_corpus):
     assert b"Error: --batch-size 7 must be a multiple of the number of processes (2)" in proc.stderr
     # torchrun's launcher reports the failed workers with its own traceback; ours print none.
     assert not re.search(rb'File "[^"]*chargen/', proc.stderr), proc.stderr.decode()[-2000:]
+
+
+def test_a_fine_tuned_run_under_torchrun_matches_one_process(names_corpus):
+    """--from under torchrun: every rank grows and calibrates the same base model, the step-0
+    evaluation is one collective, and the weights match a single process's."""
+    d = names_corpus
+    (d / "accents.txt").write_text(make_names(300, seed=8).replace("a", "á").replace("o", "ø"), encoding="utf-8")
+    run(["train", "names.txt", *FLAGS, "--max-steps", "3", "--out", "base", "--quiet"], cwd=d)
+    flags = ["--batch-size", "8", "--seq-len", "16", "--eval-every", "3", "--precision", "fp32", "--sample-every", "0",
+             "--dropout", "0"]
+    single = run(["train", "accents.txt", "--from", "base", *flags, "--max-steps", "6", "--out", "ft1", "--quiet"], cwd=d)
+    assert single.returncode == 0, single.stderr.decode()
+    torchrun(2, ["accents.txt", "--from", "base", *flags, "--max-steps", "6", "--out", "ft2"], d)
+    a, b = _assert_same_weights(d / "ft1", d / "ft2")
+    assert a.info["from"] == b.info["from"] and a.info["from"]["new_chars"] == 2
+    mb = [json.loads(x) for x in (d / "ft2" / METRICS).read_text().splitlines()]
+    assert [m["step"] for m in mb] == [0, 3, 6] and mb[0]["val_loss"] == pytest.approx(a.info["from"]["val_loss"], abs=1e-4)

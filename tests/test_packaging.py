@@ -77,6 +77,11 @@ def test_the_base_install_samples_scores_describes_and_exports_without_torch(bas
     assert p.returncode == 0 and p.stderr == b"", p.stderr
     names = p.stdout.decode().splitlines()
     assert len(names) == 10 and all(n and n[0].isupper() for n in names)
+    p = _run([exe, "sample", "-n", "5", "--seed", "1", "--regex", "[A-Z][a-z]*(el|ia)", "--max-len", "8"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr  # the regex library comes with the base install
+    assert all(n.endswith(("el", "ia")) and len(n) <= 8 for n in p.stdout.decode().splitlines())
+    p = _run([exe, "sample", "--top", "3", "--ends-with", "a"], cwd=tmp_path)
+    assert p.returncode == 0 and len(p.stdout.decode().splitlines()) == 3, p.stderr
 
     (tmp_path / "some.txt").write_text("Anna\nMaria\nJohn\n")
     p = _run([exe, "eval", str(base_env / "lib"), str(tmp_path / "some.txt")], cwd=tmp_path)  # not a checkpoint
@@ -91,7 +96,7 @@ def test_the_base_install_samples_scores_describes_and_exports_without_torch(bas
     p = _run([exe, "export", str(bundled), "--tokenizer", str(tmp_path / "tok.json")], cwd=tmp_path)
     assert p.returncode == 0 and json.loads((tmp_path / "tok.json").read_text())["model"]["type"] == "WordLevel"
 
-    code = ("import sys, chargen; names = chargen.load().sample(n=3, seed=1); "
+    code = ("import sys, chargen; names = chargen.load().sample(n=3, seed=1, contains='an'); "
             "assert len(names) == 3 and 'torch' not in sys.modules, sys.modules.keys(); print('ok')")
     p = _run([str(base_env / "bin" / "python"), "-c", code], cwd=tmp_path)
     assert p.stdout.strip() == b"ok", p.stderr

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Adapting the bundled model against training from scratch, on lists of 50 to 5,000 names.
+
+    python benchmarks/finetune_lists.py      # once: builds bench-out/lists/ from Faker's data
+    python benchmarks/finetune.py [--time 60] [--sizes 50 200 1000 5000] [--sources ...] \\
+        [--json bench-out/finetune.json] [--extra "--lr 2e-3"]
+
+For each source list and size N: the first N lines of the (seeded, shuffled) list, split 90/10
+with seed 0 into train.txt and val.txt. Then, through the installed command and with the same
+wall-clock budget (--time), `chargen train train.txt --val-file val.txt` twice: from scratch
+(chargen's automatic settings) and `--from names` (the bundled model, adapting defaults). For
+each: the held-out loss of best.safetensors (`chargen eval --lines` on val.txt: the same
+number for both), the wall time at which the best checkpoint was written (from metrics.jsonl),
+the run's whole wall time (early stopping ends adapting runs sooner), and the share of 1,000
+samples (seed 1, temperature 0.8) that are lines of train.txt. One run at a time: nothing else
+should run on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from common import host, print_table, run_measured, write_json
+from sampling import chargen_cmd
+
+SOURCES = ["it-places", "surnames", "first-names", "cyrillic"]
+
+
+def split(lines: list[str], seed: int = 0) -> tuple[list[str], list[str]]:
+    order = random.Random(seed).sample(lines, len(lines))
+    n_val = max(1, round(len(order) * 0.1))
+    return order[n_val:], order[:n_val]
+
+
+def best_record(run_dir: Path) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return min(records, key=lambda r: r["val_loss"] if r["val_loss"] is not None else float("inf"))
+
+
+def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, adapt: bool, extra: list[str]) -> dict:
+    cmd = [*cg, "train", str(train), "--val-file", str(val), "--time", f"{time_s}s", "-o", str(out), "-q",
+           "--sample-every", "0", *(["--from", "names"] if adapt else []), *extra]
+    _, wall, rss = run_measured(cmd)
+    # A held-out character that train.txt lacks is outside a from-scratch model's vocabulary: it
+    # is skipped (and counted), which if anything flatters the from-scratch model.
+    done, _, _ = run_measured([*cg, "eval", str(out), str(val), "--lines", "--json", "--skip-unknown"])
+    scored = json.loads(done.stdout)
+    loss = scored["loss"]
+    done, _, _ = run_measured([*cg, "sample", "-c", str(out), "-n", "1000", "--seed", "1"])
+    train_lines = set(train.read_text(encoding="utf-8").splitlines())
+    samples = done.stdout.decode().splitlines()
+    best = best_record(out)
+    return {"loss": loss, "skipped": scored["skipped"], "best_at_s": best["elapsed"], "best_step": best["step"], "wall_s": wall, "peak_rss_mb": rss,
+            "copied": sum(s in train_lines for s in samples) / len(samples)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lists", type=Path, default=Path("bench-out/lists"))
+    ap.add_argument("--sources", nargs="+", default=SOURCES)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[50, 200, 1000, 5000])
+    ap.add_argument("--time", type=float, default=60.0, help="seconds of training per run (both ways)")
+    ap.add_argument("--modes", nargs="+", default=["scratch", "adapt"], choices=["scratch", "adapt"])
+    ap.add_argument("--extra", default="", help="more flags for every `chargen train` (e.g. to try a setting)")
+    ap.add_argument("--json", type=Path, default=Path("bench-out/finetune.json"))
+    args = ap.parse_args()
+    cg = chargen_cmd()
+    rows, results = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in args.sources:
+            path = args.lists / f"{source}.txt"
+            if not path.exists():
+                raise SystemExit(f"{path} is missing: run python benchmarks/finetune_lists.py first")
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for size in args.sizes:
+                if size > len(lines):
+                    print(f"{source}: {len(lines)} lines, fewer than {size}; skipped", file=sys.stderr)
+                    continue
+                train_lines, val_lines = split(lines[:size])
+                d = Path(tmp) / f"{source}-{size}"
+                d.mkdir()
+                (d / "train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+                (d / "val.txt").write_text("\n".join(val_lines) + "\n", encoding="utf-8")
+                r = {"source": source, "lines": size}
+                for mode in args.modes:
+                    r[mode] = one_run(cg, d / "train.txt", d / "val.txt", d / mode, args.time, mode == "adapt",
+                                      shlex.split(args.extra))
+                    print(f"{source} {size} {mode}: {r[mode]}", file=sys.stderr, flush=True)
+                results.append(r)
+                s, a = r.get("scratch"), r.get("adapt")
+                gain = f"{s['loss'] - a['loss']:+.3f}" if s and a else ""
+                rows.append([source, f"{size:,}",
+                             *(f"{x['loss']:.3f}" if x else "" for x in (s, a)), gain,
+                             *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" if x else "" for x in (s, a)),
+                             *(f"{x['copied']:.1%}" if x else "" for x in (s, a))])
+    facts = host()
+    print_table(f"adapting vs from scratch, {args.time:.0f} s each ({facts['cpu']}, {facts['cpus']} CPUs, "
+                f"commit {facts['commit']})",
+                ["list", "lines", "scratch loss", "adapted loss", "gain", "scratch best/wall s", "adapted best/wall s",
+                 "scratch copies", "adapted copies"], rows)
+    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Constraints on line samples, compiled into one automaton over the vocabulary's characters.
+
+A line sample (prompt included, without its newline) must have a length in [min_len, max_len],
+end with `ends_with`, contain every `contains` text and fully match `regex`. Each of the text
+constraints is a regular language; interegular turns each into a finite automaton, and their
+product, read over the model's own characters, is a DFA whose transitions are a dense table
+(state, id) -> state. Length is not in the DFA: a table `feasible[n, s]` says whether, from
+state s with n characters written, some accepted sample of allowed length can still be reached.
+Then at every step the characters worth drawing are exactly those whose next state is feasible
+one character later, and the newline is allowed only in an accepting state of allowed length.
+
+Supported regular expression syntax is Python's `re` without anchors-in-the-middle, lookaround,
+backreferences and word boundaries (interegular's subset): literals and escapes, `.`, classes
+`[a-z]`/`[^...]`/`\\w\\d\\s`, groups `( )` and `(?: )`, `|`, `* + ? {m,n}`, `(?i)`. A leading `^`
+and a trailing `$` are accepted and change nothing: the whole sample must match anyway.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .tokenizer import Vocab
+
+MAX_STATES = 20_000  # product automaton size beyond which the constraints are refused as too complex
+DEAD = -1
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a line sample must satisfy; every field None/empty means no constraint."""
+
+    min_len: Optional[int] = None
+    max_len: Optional[int] = None
+    ends_with: Optional[str] = None
+    contains: tuple[str, ...] = ()
+    regex: Optional[str] = None
+
+    def __bool__(self) -> bool:
+        return any((self.min_len, self.max_len is not None, self.ends_with, self.contains, self.regex))
+
+    def flags(self) -> list[str]:
+        """The options given, as a user typed them (for messages)."""
+        named = [("--min-len", self.min_len), ("--max-len", self.max_len), ("--ends-with", self.ends_with),
+                 ("--contains", self.contains), ("--regex", self.regex)]
+        return [flag for flag, value in named if value not in (None, "", ())]
+
+    def validate(self) -> None:
+        if self.min_len is not None and self.min_len < 0:
+            raise UsageError(f"--min-len must be 0 or more (got {self.min_len})")
+        if self.max_len is not None and self.max_len < 1:
+            raise UsageError(f"--max-len must be at least 1 (got {self.max_len})")
+        if self.min_len is not None and self.max_len is not None and self.min_len > self.max_len:
+            raise UsageError(f"--min-len {self.min_len} is above --max-len {self.max_len}: no sample can satisfy both")
+        for flag, text in [("--ends-with", self.ends_with)] + [("--contains", c) for c in self.contains]:
+            if text is not None and "\n" in text:
+                raise UsageError(f"{flag} cannot hold a newline: a line sample has none")
+
+    def patterns(self) -> list[tuple[str, str]]:
+        """(flag, regular expression) for each text constraint."""
+        out = [("--contains", ".*" + re.escape(c) + ".*") for c in self.contains if c]
+        if self.ends_with:
+            out.append(("--ends-with", ".*" + re.escape(self.ends_with)))
+        if self.regex is not None:
+            out.append(("--regex", _strip_anchors(self.regex)))
+        return out
+
+
+def _strip_anchors(pattern: str) -> str:
+    if pattern.startswith("^"):
+        pattern = pattern[1:]
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1]
+    return pattern
+
+
+def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """One regular expression as a dense DFA over `chars`: (transitions (S, C), accepting (S,), start)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
+    from interegular import parse_pattern
+    from interegular.fsm import anything_else
+
+    try:
+        fsm = parse_pattern(pattern).to_fsm()
+    except Exception as exc:  # interegular signals unsupported syntax with its own exception types
+        why = str(exc).strip() or type(exc).__name__
+        raise UsageError(f"{flag} {pattern!r} uses syntax chargen cannot compile ({why}); "
+                         f"see `chargen sample --help` for what is supported") from None
+    states = sorted(fsm.states, key=repr)
+    number = {s: i for i, s in enumerate(states)}
+    symbols = []
+    for ch in chars:
+        try:
+            symbols.append(fsm.alphabet[ch])
+        except KeyError:
+            symbols.append(fsm.alphabet[anything_else] if anything_else in fsm.alphabet else None)
+    table = np.full((len(states), len(chars)), DEAD, dtype=np.int64)
+    for s in states:
+        row = fsm.map.get(s, {})
+        for j, sym in enumerate(symbols):
+            if sym is not None and sym in row:
+                table[number[s], j] = number[row[sym]]
+    accepting = np.array([s in fsm.finals for s in states])
+    return table, accepting, number[fsm.initial]
+
+
+class Automaton:
+    """The constraints compiled for one vocabulary: which ids may come next, state by state.
+
+    States are numbered 0..S-1; `trans` (S, V) holds the next state or DEAD (the newline's
+    column is always DEAD: it ends the sample instead). Length n counts the sample's characters
+    so far, the prompt included; `feasible[n, s]` for n in 0..max_len+1.
+    """
+
+    def __init__(self, constraints: Constraints, vocab: Vocab, limit: int = 0):
+        constraints.validate()
+        self.constraints = constraints
+        self.newline = vocab.index.get("\n", DEAD)
+        if self.newline == DEAD:
+            raise UsageError("this model's vocabulary has no newline, so its samples have no end to constrain")
+        for flag, text in [("--ends-with", constraints.ends_with)] + [("--contains", c) for c in constraints.contains]:
+            missing = vocab.unknown_chars(text or "")
+            if missing:
+                raise UsageError(f"{flag} {text!r} holds {', '.join(map(repr, missing))}, not in the model's "
+                                 f"vocabulary: no sample can satisfy it")
+        self.min_len = max(constraints.min_len or 0, 1)  # line samples are never empty
+        self.max_len = min(constraints.max_len, limit) if constraints.max_len is not None else limit
+        chars = [c if i != self.newline else None for i, c in enumerate(vocab.chars)]
+        text_chars = [c for c in chars if c is not None]
+        columns = [i for i, c in enumerate(chars) if c is not None]
+        parts = [_component(flag, p, vocab, text_chars) for flag, p in constraints.patterns()]
+        trans, accepting, self.start_state = _product(parts, len(text_chars))
+        self.trans = np.full((len(trans), len(vocab)), DEAD, dtype=np.int64)
+        self.trans[:, columns] = trans
+        self.accepting = accepting
+        self.feasible = self._feasibility()
+
+    def bounded(self, limit: int) -> "Automaton":
+        """The same automaton with samples capped at `limit` characters (or --max-len if lower)."""
+        c = self.constraints
+        other = copy.copy(self)
+        other.max_len = min(c.max_len, limit) if c.max_len is not None else limit
+        other.feasible = other._feasibility()
+        return other
+
+    @property
+    def n_states(self) -> int:
+        return len(self.accepting)
+
+    def _feasibility(self) -> np.ndarray:
+        """feasible[n, s]: from state s after n characters, an accepted end within the bounds is reachable."""
+        S = self.n_states
+        feasible = np.zeros((self.max_len + 2, S), dtype=bool)
+        target = np.where(self.trans >= 0, self.trans, 0)  # (S, V)
+        live = self.trans >= 0
+        for n in range(self.max_len, -1, -1):
+            can_end = self.accepting & (n >= self.min_len)
+            can_go = (live & feasible[n + 1][target]).any(axis=1)
+            feasible[n] = can_end | can_go
+        return feasible
+
+    def start(self, prompt: str, vocab: Vocab) -> int:
+        """The state after the prompt; a UsageError if no sample that starts with it can satisfy the constraints."""
+        state = self.start_state
+        for i in vocab.encode(prompt).tolist():
+            state = int(self.trans[state, i])
+            if state == DEAD:
+                break
+        n = len(prompt)
+        if n > self.max_len:
+            raise UsageError(f"the prompt {prompt!r} is longer than the {self.max_len} characters a sample may have")
+        if state == DEAD or n > self.max_len or not self.feasible[n, state]:
+            what = f"starts with the prompt {prompt!r} and " if prompt else ""
+            raise UsageError(f"no sample {what}satisfies {' '.join(self.constraints.flags())} "
+                             f"within {self.max_len} characters with this model's vocabulary")
+        return state
+
+    def allowed(self, states: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+        """(B,) states after n characters -> (B, V) bool: the ids that keep a complete sample reachable."""
+        nxt = self.trans[states]  # (B, V)
+        n = np.broadcast_to(np.asarray(n), states.shape)
+        ok = (nxt >= 0) & self.feasible[np.minimum(n + 1, self.max_len + 1)[:, None], np.maximum(nxt, 0)]
+        ok[:, self.newline] = self.accepting[states] & (n >= self.min_len) & (n <= self.max_len)
+        return ok
+
+    def advance(self, states: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Next states; a newline (or a forbidden id) gives DEAD."""
+        return self.trans[states, ids]
+
+    def count(self, start: int, n0: int) -> float:
+        """How many distinct samples from `start` after n0 characters satisfy the constraints (as a float)."""
+        ways = np.zeros(self.n_states)  # ways[s]: completions from s with the current length
+        target = np.where(self.trans >= 0, self.trans, 0)
+        live = self.trans >= 0
+        for n in range(self.max_len, n0 - 1, -1):
+            ends = (self.accepting & (n >= self.min_len)).astype(np.float64)
+            ways = ends + np.where(live, ways[target], 0.0).sum(axis=1) if n < self.max_len else ends
+        return float(ways[start])
+
+
+def _product(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], n_chars: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The product DFA of the components, over the reachable tuples of states (one state if none)."""
+    if not parts:
+        return np.zeros((1, n_chars), dtype=np.int64), np.ones(1, dtype=bool), 0
+    start = tuple(p[2] for p in parts)
+    number = {start: 0}
+    order = [start]
+    rows = []
+    i = 0
+    while i < len(order):
+        tup = order[i]
+        nxt = np.stack([p[0][s] for p, s in zip(parts, tup)])  # (components, C)
+        dead = (nxt == DEAD).any(axis=0)
+        row = np.full(n_chars, DEAD, dtype=np.int64)
+        for j in np.flatnonzero(~dead).tolist():
+            key = tuple(nxt[:, j].tolist())
+            if key not in number:
+                if len(order) >= MAX_STATES:
+                    raise UsageError(f"the constraints together need more than {MAX_STATES:,} automaton states; "
+                                     f"simplify the --regex or drop a --contains")
+                number[key] = len(order)
+                order.append(key)
+            row[j] = number[key]
+        rows.append(row)
+        i += 1
+    accepting = np.array([all(p[1][s] for p, s in zip(parts, tup)) for tup in order])
+    return np.stack(rows), accepting, 0

@@ -1,0 +1,261 @@
+"""Constrained sampling and the most likely samples, checked against brute-force enumeration.
+
+A tiny random network over "abc" + newline has few enough samples of up to 6 characters that
+every one's exact probability can be listed. Then: the exact sampler's frequencies must fit the
+model's distribution conditioned on the constraints (a chi-square test the guided sampler, which
+renormalises step by step, must fail); the guided sampler must fit its own stated probabilities
+(logprob - kept); --top must be the enumeration's best, in order; and for random constraints
+every sample satisfies them, and "unsatisfiable" is said exactly when the enumeration is empty.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import chargen
+from chargen.config import ModelConfig, SampleConfig
+from chargen.constraints import Automaton, Constraints
+from chargen.errors import SamplingError, UsageError
+from chargen.npmodel import NumpyCharRNN
+from chargen.sampling import SampleStats, derive_key, generate, log_softmax, prime
+from chargen.search import most_likely
+from chargen.tokenizer import Vocab
+
+from .conftest import assert_clean_error, run
+
+VOCAB = Vocab(["\n", "a", "b", "c"])
+LIMIT = 6  # characters a sample may have in these tests
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_stepper() -> NumpyCharRNN:
+    config = ModelConfig(vocab_size=len(VOCAB), cell="lstm", layers=1, hidden=8, embed=4)
+    rng = np.random.default_rng(5)
+    weights = {name: rng.normal(0, 0.8, shape).astype(np.float32) for name, shape in config.weight_shapes().items()}
+    weights["head.bias"] = np.array([-0.6, 0.3, 0.0, -0.2], np.float32)  # newline ends ~1 in 4 steps
+    return NumpyCharRNN(config, weights)
+
+
+@functools.lru_cache(maxsize=1)
+def enumerate_probs() -> dict[str, float]:
+    """Every line sample of 1..LIMIT characters and its probability under the model (temperature 1)."""
+    stepper = tiny_stepper()
+    logits, state = prime(stepper, VOCAB, "", True)
+    frontier = [("", 0.0, logits, state)]
+    probs: dict[str, float] = {}
+    for n in range(LIMIT + 1):
+        nxt = []
+        for text, lp, logits, state in frontier:
+            lsm = log_softmax(logits[None])[0]
+            if text:
+                probs[text] = math.exp(lp + lsm[0])
+            if n == LIMIT:
+                continue
+            for i in (1, 2, 3):
+                step_logits, step_state = stepper.step(np.array([i]), state)
+                nxt.append((text + VOCAB.chars[i], lp + lsm[i], step_logits[0], step_state))
+        frontier = nxt
+    return probs
+
+
+@pytest.fixture
+def stepper() -> NumpyCharRNN:
+    return tiny_stepper()
+
+
+@pytest.fixture
+def exact_probs() -> dict[str, float]:
+    return enumerate_probs()
+
+
+def satisfies(text: str, c: Constraints) -> bool:
+    return ((c.min_len is None or len(text) >= c.min_len) and (c.max_len is None or len(text) <= c.max_len)
+            and (not c.ends_with or text.endswith(c.ends_with)) and all(s in text for s in c.contains)
+            and (c.regex is None or re.fullmatch(c.regex, text) is not None))
+
+
+def draw_many(stepper, n: int, guided: bool = False, seed: int = 1, batch_size: int = 1024, **constraints):
+    cfg = SampleConfig(num=n, temperature=1.0, length=LIMIT, guided=guided, **constraints)
+    stats = SampleStats()
+    automaton = Automaton(cfg.constraints(), VOCAB)
+    samples = list(generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(seed), automaton=automaton,
+                            stats=stats, batch_size=batch_size))
+    return samples, stats
+
+
+def chi_square_fits(counts: dict[str, int], expected_p: dict[str, float], alpha_z: float = 3.72) -> tuple[bool, float, float]:
+    """Pearson's chi-square goodness of fit, bins with expected count < 5 merged; the critical
+    value at the normal quantile alpha_z (3.72: alpha = 1e-4) by Wilson-Hilferty."""
+    n = sum(counts.values())
+    total = sum(expected_p.values())
+    big = {k: v / total * n for k, v in expected_p.items() if v / total * n >= 5}
+    rest_expected = n - sum(big.values())
+    rest_observed = n - sum(counts.get(k, 0) for k in big)
+    stat = sum((counts.get(k, 0) - e) ** 2 / e for k, e in big.items())
+    df = len(big) - 1
+    if rest_expected >= 5:
+        stat += (rest_observed - rest_expected) ** 2 / rest_expected
+        df += 1
+    else:
+        assert rest_observed <= 5 + 3 * math.sqrt(max(rest_expected, 1)), "mass where the model puts none"
+    critical = df * (1 - 2 / (9 * df) + alpha_z * math.sqrt(2 / (9 * df))) ** 3
+    return stat < critical, stat, critical
+
+
+CONSTRAINED = dict(max_len=5, ends_with="a", contains=["b"])
+
+
+def test_exact_sampler_follows_the_conditional_distribution_and_guided_does_not(stepper, exact_probs):
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
+    assert 10 < len(target) < 200
+    samples, stats = draw_many(stepper, 20_000, **CONSTRAINED)
+    assert all(satisfies(s.text, c) for s in samples)
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.text] = counts.get(s.text, 0) + 1
+    ok, stat, critical = chi_square_fits(counts, target)
+    assert ok, (stat, critical)
+    # The acceptance rate estimates the constraints' probability under the model.
+    p_constraint = sum(target.values())
+    assert abs(stats.satisfied_share - p_constraint) < 4 * math.sqrt(p_constraint * (1 - p_constraint) / stats.draws)
+    # The same test rejects the step-by-step renormalised (guided) sampler: it has power.
+    guided, guided_stats = draw_many(stepper, 20_000, guided=True, **CONSTRAINED)
+    assert guided_stats.draws == 20_000 and all(satisfies(s.text, c) for s in guided)
+    g_counts: dict[str, int] = {}
+    for s in guided:
+        g_counts[s.text] = g_counts.get(s.text, 0) + 1
+    ok, stat, critical = chi_square_fits(g_counts, target)
+    assert not ok and stat > 3 * critical, (stat, critical)
+    # ...while it fits the distribution it states: exp(logprob - kept) per sample.
+    stated = {s.text: math.exp(s.logprob_guided) for s in guided}
+    assert abs(sum(stated.values()) - 1) < 0.05  # nearly every sample of the language was drawn
+    ok, stat, critical = chi_square_fits(g_counts, stated)
+    assert ok, (stat, critical)
+
+
+def test_logprobs_and_kept_are_the_models(stepper, exact_probs):
+    samples, _ = draw_many(stepper, 200, **CONSTRAINED)
+    for s in samples:
+        assert s.logprob == pytest.approx(math.log(exact_probs[s.text]), abs=1e-4)
+        assert s.kept <= 0 and s.n_chars == len(s.text) + 1
+
+
+def test_same_seed_same_samples_whatever_the_batch_size(stepper):
+    a, _ = draw_many(stepper, 300, seed=9, **CONSTRAINED)
+    b, _ = draw_many(stepper, 300, seed=9, batch_size=17, **CONSTRAINED)
+    assert [s.text for s in a] == [s.text for s in b]
+    # Exact sampling keeps, in order, the unconstrained draws that satisfy the constraints.
+    cfg = SampleConfig(num=3000, temperature=1.0, length=LIMIT)
+    plain = [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(9))]
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    kept = [t for t in plain if satisfies(t, c)]
+    assert [s.text for s in a][: len(kept)] == kept[:300]
+
+
+def test_top_is_the_enumerations_best_in_order(stepper, exact_probs):
+    for constraints in ({}, CONSTRAINED, dict(regex="(ab|c)+", min_len=3)):
+        c = Constraints(**{k: tuple(v) if k == "contains" else v for k, v in constraints.items()})
+        best = sorted(((p, t) for t, p in exact_probs.items() if satisfies(t, c)), reverse=True)[:15]
+        automaton = Automaton(c, VOCAB).bounded(LIMIT)
+        found = list(most_likely(stepper, VOCAB, "", 15, automaton, batch=4))
+        assert [s.text for s in found] == [t for _, t in best]
+        np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
+
+
+def test_top_lists_the_whole_language_when_it_is_small(stepper, exact_probs):
+    c = Constraints(max_len=3, ends_with="ca")
+    automaton = Automaton(c, VOCAB).bounded(LIMIT)
+    found = [s.text for s in most_likely(stepper, VOCAB, "", 100, automaton)]
+    assert sorted(found) == ["aca", "bca", "ca", "cca"]
+    assert automaton.count(automaton.start("", VOCAB), 0) == 4
+
+
+PATTERNS = [None, "a+b*c?", "(ab|ba)+c*", "[^c]*c[^c]*", "a.*a", "(?:a|b){2,4}", ".*(bb|cc)"]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(min_len=st.one_of(st.none(), st.integers(0, 5)), max_len=st.one_of(st.none(), st.integers(1, 6)),
+       ends_with=st.one_of(st.none(), st.text("abc", min_size=1, max_size=2)),
+       contains=st.lists(st.text("abc", min_size=1, max_size=2), max_size=2), regex=st.sampled_from(PATTERNS),
+       prompt=st.sampled_from(["", "a", "bc"]))
+def test_random_constraints_are_always_met(min_len, max_len, ends_with, contains, regex, prompt):
+    stepper, exact_probs = tiny_stepper(), enumerate_probs()
+    c = Constraints(min_len=min_len, max_len=max_len, ends_with=ends_with, contains=tuple(contains), regex=regex)
+    language = [t for t in exact_probs if t.startswith(prompt) and satisfies(t, c)]
+    cfg = SampleConfig(num=20, temperature=1.0, length=LIMIT - len(prompt), min_len=min_len, max_len=max_len,
+                       ends_with=ends_with, contains=list(contains), regex=regex)
+    if min_len is not None and max_len is not None and min_len > max_len:
+        with pytest.raises(UsageError, match="above"):
+            cfg.validate()
+        return
+    automaton = Automaton(c, VOCAB)
+    if not language:
+        with pytest.raises(UsageError, match="no sample|longer than"):
+            automaton.bounded(LIMIT).start(prompt, VOCAB)
+        return
+    # Exact sampling makes a bounded number of draws: a language this rare under the model
+    # (given the prompt) must end in a SamplingError that points to --guided; a common one must not.
+    rate = sum(exact_probs[t] for t in language) / sum(p for t, p in exact_probs.items() if t.startswith(prompt))
+    try:
+        exact = list(generate(stepper, VOCAB, prompt, cfg, lines=True, key=derive_key(3), automaton=automaton))
+        assert rate > 2e-4 and all(s.text in language for s in exact)
+    except SamplingError as exc:
+        assert rate < 5e-3 and "--guided" in str(exc)
+    cfg.guided = True
+    guided = list(generate(stepper, VOCAB, prompt, cfg, lines=True, key=derive_key(3), automaton=automaton))
+    assert len(guided) == 20 and all(s.text in language for s in guided), [s.text for s in guided]
+    top = [s.text for s in most_likely(stepper, VOCAB, prompt, 3, automaton.bounded(LIMIT))]
+    assert top == sorted(language, key=lambda t: -exact_probs[t])[:3]
+
+
+def test_bad_constraints_fail_before_sampling(trained_names):
+    model = chargen.load(trained_names)
+    cases = [
+        (dict(min_len=9, max_len=4), "above"),
+        (dict(ends_with="#"), "'#'"),
+        (dict(contains=["\u00e9"]), "not in the model's vocabulary"),
+        (dict(regex="(ab"), "not a valid regular expression"),
+        (dict(regex=r"a\b"), "cannot compile"),
+        (dict(regex="[0-9]+"), "no sample"),
+        (dict(max_len=2, contains=["Kal"]), "no sample"),
+        (dict(lines=False, ends_with="a"), "--no-lines"),
+        (dict(n=50, unique=True, max_len=1), "distinct samples"),
+    ]
+    for options, message in cases:
+        options = {"n": 1, **options}
+        with pytest.raises(UsageError, match=re.escape(message)):
+            model.samples(seed=1, **options)
+    assert all(s.endswith("a") and len(s) <= 8 for s in model.sample(n=30, seed=2, max_len=8, ends_with="a"))
+    assert [s.text for s in model.top(5, ends_with="a")] == [s.text for s in model.top(5, ends_with="a")]
+
+
+def test_installed_command_constrains_and_ranks(trained_names, tmp_path):
+    exclude = tmp_path / "banned.txt"
+    top = run(["sample", "-c", str(trained_names), "--top", "8", "--ends-with", "a", "--format", "jsonl"])
+    assert top.returncode == 0, top.stderr.decode()
+    import json
+
+    records = [json.loads(line) for line in top.stdout.decode().splitlines()]
+    assert len(records) == 8 and all(r["text"].endswith("a") for r in records)
+    assert [r["logprob"] for r in records] == sorted((r["logprob"] for r in records), reverse=True)
+    exclude.write_text("\n".join(r["text"] for r in records[:3]) + "\n", encoding="utf-8")
+    after = run(["sample", "-c", str(trained_names), "--top", "5", "--ends-with", "a", "--exclude", str(exclude)])
+    assert after.stdout.decode().splitlines() == [r["text"] for r in records[3:8]]
+    drawn = run(["sample", "-c", str(trained_names), "-n", "40", "--seed", "4", "--regex", "[A-Z][a-z]*n",
+                 "--min-len", "4", "--format", "jsonl"])
+    assert drawn.returncode == 0, drawn.stderr.decode()
+    for line in drawn.stdout.decode().splitlines():
+        r = json.loads(line)
+        assert re.fullmatch("[A-Z][a-z]*n", r["text"]) and len(r["text"]) >= 4
+        assert r["kept"] <= 0 and r["logprob_guided"] == pytest.approx(r["logprob"] - r["kept"], abs=2e-4)
+    assert_clean_error(run(["sample", "-c", str(trained_names), "--regex", "(a"]), "regular expression")
+    assert_clean_error(run(["sample", "-c", str(trained_names), "--top", "3", "--temperature", "0.5"]), "--temperature")
+    assert_clean_error(run(["sample", "-c", str(trained_names), "--min-len", "5", "--max-len", "3"]), "above")

@@ -1,0 +1,126 @@
+"""Fine-tuning (`--from`): exact vocabulary growth, lineage, resume, errors, and that it pays."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import chargen
+from chargen.checkpoint import BEST, LAST, read_checkpoint
+from chargen.errors import UsageError
+from chargen.finetune import NEW_CHAR_MASS, calibrated_bias, grow_weights
+from chargen.npmodel import NumpyCharRNN
+from chargen.sampling import log_softmax, prime
+from chargen.tokenizer import Vocab
+
+from .conftest import assert_clean_error, make_names, run
+
+FAST = dict(max_steps=40, eval_every=20, batch_size=8, seq_len=32, precision="fp32", sample_every=0)
+
+
+def per_char_logprobs(model: NumpyCharRNN, vocab: Vocab, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probability of each character of `text` (one line, then its newline) and the mass
+    the model puts on `extra` ids at each step (returned as the full log-softmax rows)."""
+    logits, state = prime(model, vocab, "", True)
+    rows, ids = [], vocab.encode(text + "\n").tolist()
+    for i in ids:
+        rows.append(log_softmax(logits[None])[0])
+        logits, state = model.step(np.array([i]), state)
+        logits = logits[0]
+    rows = np.array(rows)
+    return rows[np.arange(len(ids)), ids], rows
+
+
+def test_growing_the_vocabulary_leaves_old_text_exactly_as_likely(trained_names):
+    ckpt = read_checkpoint(trained_names, prefer=BEST)
+    new_vocab = ckpt.vocab.union(Vocab(list("éßΩЖ")))
+    assert len(new_vocab) == len(ckpt.vocab) + 4 and new_vocab.chars == sorted(new_vocab.chars)
+    grown = grow_weights(ckpt.weights, ckpt.vocab, new_vocab)
+    config = ckpt.model_config.__class__.from_dict({**ckpt.model_config.to_dict(), "vocab_size": len(new_vocab)})
+    before = NumpyCharRNN(ckpt.model_config, ckpt.weights)
+    after = NumpyCharRNN(config, grown)
+    fresh = np.array([c in "éßΩЖ" for c in new_vocab.chars])
+    for line in make_names(20, seed=11).splitlines():
+        old_lp, _ = per_char_logprobs(before, ckpt.vocab, line)
+        new_lp, rows = per_char_logprobs(after, new_vocab, line)
+        np.testing.assert_allclose(new_lp, old_lp, atol=2e-6, rtol=0)  # float32 resolution, nothing more
+        new_mass = np.exp(rows[:, fresh]).sum(axis=1)
+        assert (new_mass < NEW_CHAR_MASS).all() and (new_mass > 0).all()  # rare, but not impossible
+    # Old characters keep their rows wherever they moved to.
+    for c in ckpt.vocab.chars:
+        np.testing.assert_array_equal(grown["head.weight"][new_vocab.index[c]], ckpt.weights["head.weight"][ckpt.vocab.index[c]])
+        np.testing.assert_array_equal(grown["embedding.weight"][new_vocab.index[c]],
+                                      ckpt.weights["embedding.weight"][ckpt.vocab.index[c]])
+
+
+def test_calibration_starts_new_characters_at_their_frequency():
+    bias = np.zeros(5, np.float32)
+    fresh = np.array([False, False, False, True, True])
+    counts = np.array([50, 30, 10, 8, 2])
+    b = calibrated_bias(bias, fresh, counts, old_lse=math.log(3))  # old logits all 0: normaliser 3
+    p = np.exp(b) / np.exp(b).sum()
+    np.testing.assert_allclose(p[3:], [8.5 / 102.5, 2.5 / 102.5], rtol=1e-5)
+    np.testing.assert_allclose(b[:3], 0)
+
+
+def test_a_list_in_another_script_trains_samples_and_records_its_lineage(trained_names, tmp_path):
+    greek = tmp_path / "greek.txt"
+    rng = np.random.default_rng(0)
+    syllables = ["α", "λε", "ξαν", "δρο", "κα", "τε", "ρι", "νη", "μα", "ος", "ης"]
+    names = {"".join(rng.choice(syllables, size=rng.integers(2, 4))).capitalize() for _ in range(200)}
+    greek.write_text("\n".join(sorted(names)) + "\n", encoding="utf-8")
+    out = chargen.train([str(greek)], out=tmp_path / "run", start_from=str(trained_names), **FAST)
+    ckpt = read_checkpoint(out, prefer=LAST)
+    lineage = ckpt.info["from"]
+    assert lineage["path"] == str(read_checkpoint(trained_names, prefer=BEST).path)
+    assert len(lineage["sha256"]) == 64 and lineage["new_chars"] >= 10
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["step"] == 0 and metrics[0]["train_loss"] is None
+    assert metrics[0]["val_loss"] == pytest.approx(lineage["val_loss"], abs=1e-4)
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3  # it learnt the new alphabet
+    samples = chargen.load(out).sample(n=20, seed=1)
+    assert sum(any("\u0370" <= ch <= "\u03ff" for ch in s) for s in samples) >= 15
+    info = run(["info", str(out), "--json"])
+    assert json.loads(info.stdout)["from"]["sha256"] == lineage["sha256"]
+
+
+def test_adapting_beats_training_from_scratch_on_a_tiny_list(trained_names, tmp_path):
+    """A base model that learnt the pseudo-name patterns, adapted to 60 new names of the same
+    kind, against the same network from scratch: same steps, same seed, same data."""
+    small = tmp_path / "small.txt"
+    base_names = set(make_names().splitlines())
+    fresh = [n for n in make_names(400, seed=9).splitlines() if n not in base_names][:60]
+    small.write_text("\n".join(fresh) + "\n", encoding="utf-8")
+    c = read_checkpoint(trained_names, prefer=BEST).model_config
+    common = dict(FAST, max_steps=60, eval_every=20, lr=3e-3, warmup=5, dropout=0.0, patience=None)
+    tuned = chargen.train([str(small)], out=tmp_path / "tuned", start_from=str(trained_names), **common)
+    scratch = chargen.train([str(small)], out=tmp_path / "scratch", layers=c.layers, hidden=c.hidden, embed=c.embed,
+                            **common)
+    best = {name: read_checkpoint(d, prefer=BEST).info["best_val_loss"] for name, d in
+            (("tuned", tuned), ("scratch", scratch))}
+    assert best["tuned"] < best["scratch"] - 0.3, best
+
+
+def test_a_fine_tuned_run_resumes_exactly(trained_names, tmp_path, names_file):
+    whole = chargen.train([str(names_file)], out=tmp_path / "whole", start_from=str(trained_names), **FAST)
+    part = chargen.train([str(names_file)], out=tmp_path / "part", start_from=str(trained_names),
+                         **{**FAST, "max_steps": 20})
+    chargen.train([str(names_file)], resume=part, max_steps=40)
+    a, b = read_checkpoint(whole, prefer=LAST), read_checkpoint(part, prefer=LAST)
+    assert b.info["from"] == a.info["from"]
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name])
+
+
+def test_flags_that_contradict_the_base_model_fail_clearly(trained_names, names_file, tmp_path):
+    hidden = read_checkpoint(trained_names, prefer=BEST).model_config.hidden
+    p = run(["train", str(names_file), "--from", str(trained_names), "--hidden", str(hidden * 2), "-o",
+             str(tmp_path / "x")])
+    assert_clean_error(p, f"--hidden {hidden * 2}", f"hidden {hidden}")
+    assert not (tmp_path / "x").exists()
+    assert_clean_error(run(["train", str(names_file), "--from", str(tmp_path / "nothing")]), "nothing")
+    with pytest.raises(UsageError, match="--resume"):
+        chargen.train([str(names_file)], start_from=str(trained_names), resume=trained_names)
