@@ -152,6 +152,7 @@ def startup_and_speed_rows(cg: list[str], repeat: int) -> list[dict]:
 
 def report(rows: list[dict], args) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     facts = host()
@@ -161,7 +162,7 @@ def report(rows: list[dict], args) -> None:
         table.add_column(col, justify="left" if col == "config" else "right")
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     for r in rows:
-        table.add_row(r["config"], fmt(r["seconds"], ".3f"), fmt(r.get("names_per_sec"), ",.0f"),
+        table.add_row(escape(r["config"]), fmt(r["seconds"], ".3f"), fmt(r.get("names_per_sec"), ",.0f"),
                       fmt(r.get("chars_per_sec"), ",.0f"), fmt(r.get("vs_import_torch"), ".2f"),
                       fmt(r.get("vs_unconstrained"), ".2f"), fmt(r.get("met_constraints"), ".1%"),
                       fmt(r.get("peak_rss_mb"), ".0f"))
