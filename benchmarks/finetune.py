@@ -45,7 +45,7 @@ def best_record(run_dir: Path) -> dict:
 
 def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, adapt: bool, extra: list[str]) -> dict:
     cmd = [*cg, "train", str(train), "--val-file", str(val), "--time", f"{time_s}s", "-o", str(out), "-q",
-           "--sample-every", "0", *(["--from", "names"] if adapt else []), *extra]
+           "--sample-every", "0", "--from", "names" if adapt else "none", *extra]
     _, wall, rss = run_measured(cmd)
     # A held-out character that train.txt lacks is outside a from-scratch model's vocabulary: it
     # is skipped (and counted), which if anything flatters the from-scratch model.

@@ -321,6 +321,8 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     try:
         corpus = _ingest(paths, dist, callbacks)
         val_text = read_corpus([val_file]).text if val_file else None
+        if base is None and resume is None and start_from is None:
+            base = _default_base(corpus, model_options, callbacks, dist)
         if base is not None:
             corpus = corpus.recoded(base.vocab.union(corpus.vocab))
             config, model_options = _finetune_options(base, corpus, config, model_options, train_options, dist,
@@ -352,6 +354,26 @@ def _base_model(start_from, resume, model_options: dict[str, Any]):
 
     base = read_checkpoint(resolve_base(str(start_from)), prefer=BEST)
     check_architecture(base.model_config, model_options, base.path)
+    return base
+
+
+def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
+    """A small list of names starts from the bundled model unless a shape or --from is given:
+    adapting it beats training from scratch there (docs/benchmarks.md, issue 15)."""
+    from .finetune import ARCHITECTURE, DEFAULT_FROM_MAX_LINES
+
+    if any(k in model_options for k in ARCHITECTURE) or not corpus.lines.line_oriented():
+        return None
+    if corpus.lines.lines > DEFAULT_FROM_MAX_LINES:
+        return None
+    try:
+        base = read_checkpoint(bundled_checkpoint(), prefer=BEST)
+    except CheckpointError:
+        return None  # an install without the bundled model trains from scratch
+    notice = _notice(callbacks, dist)
+    if notice is not None:
+        notice(f"a list of {corpus.lines.lines:,} lines: starting from the bundled names model, which beats "
+               f"training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains from scratch")
     return base
 
 

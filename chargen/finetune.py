@@ -31,6 +31,9 @@ from .tokenizer import Vocab
 NEW_CHAR_MASS = 1e-8  # at most this much probability on all new characters together, before training
 ARCHITECTURE = ("cell", "layers", "hidden", "embed")
 BUNDLED_ALIAS = "names"
+# Line-oriented corpora of at most this many lines start from the bundled model by default
+# (0: never). Measured, benchmarks/finetune.py: see docs/benchmarks.md.
+DEFAULT_FROM_MAX_LINES = 0
 
 
 @dataclass(frozen=True)
