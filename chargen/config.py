@@ -293,7 +293,7 @@ def load_toml_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: corpus must be a file name or a list of them")
     for name, annotation in _RUN_KEY_TYPES.items():
         if name in data:
-            check_type(name, data[name], annotation)
+            check_type("from" if name == "start_from" else name, data[name], annotation)
     return data
 
 

@@ -124,3 +124,14 @@ def test_flags_that_contradict_the_base_model_fail_clearly(trained_names, names_
     assert_clean_error(run(["train", str(names_file), "--from", str(tmp_path / "nothing")]), "nothing")
     with pytest.raises(UsageError, match="--resume"):
         chargen.train([str(names_file)], start_from=str(trained_names), resume=trained_names)
+
+
+def test_a_config_file_can_name_the_model_to_start_from(tmp_path):
+    from chargen.config import load_toml_config, train_options
+
+    f = tmp_path / "run.toml"
+    f.write_text('from = "names"\ntime = "30s"\n')
+    assert train_options({"start_from": None, "lr": 1e-3}, str(f)) == {"start_from": "names", "time": 30.0, "lr": 1e-3}
+    f.write_text("from = 3\n")
+    with pytest.raises(UsageError, match="--from must be text"):
+        load_toml_config(str(f))

@@ -3,7 +3,7 @@
 Each reader is fed mutations of a valid input (hypothesis): checkpoints (bytes, the safetensors
 header's JSON, dtypes, shapes, offsets, and every metadata field, the vocabulary and the resume
 state), corpora (random and broken UTF-8 bytes across chunk boundaries, NUL, long lines, mixed
-newlines), `--config` TOML files and prompts. CI runs a few hundred cases per reader
+newlines), `--config` TOML files and prompts. CI runs up to 750 cases per fuzz test (10 tests)
 (derandomized); `CHARGEN_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py` is the long
 run recorded in docs/reliability.md.
 """
@@ -28,7 +28,7 @@ from chargen.errors import ChargenError
 from chargen.ingest import ingest
 from chargen.tokenizer import Vocab
 
-EXAMPLES = int(os.environ.get("CHARGEN_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("CHARGEN_FUZZ_EXAMPLES", "750"))
 LONG_RUN = "CHARGEN_FUZZ_EXAMPLES" in os.environ
 _TMP = Path(tempfile.mkdtemp(prefix="chargen-fuzz-"))  # one scratch folder: hypothesis reruns examples
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG_RUN, database=None,
