@@ -110,13 +110,9 @@ class Model:
         from .sampling import SampleStats, check_prompt, random_seed
 
         line_mode = self.line_oriented if lines is None else lines
-        cfg = SampleConfig.from_dict(dict(
-            num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lines=line_mode,
-            unique=unique, novel=novel, min_len=min_len, max_len=max_len, ends_with=ends_with,
-            contains=[contains] if isinstance(contains, str) else list(contains), regex=regex, guided=guided))
-        if novel and self.training_lines is None:
-            raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
-                             f"so --novel cannot be checked")
+        cfg = self._config(num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                           lines=line_mode, unique=unique, novel=novel, min_len=min_len, max_len=max_len,
+                           ends_with=ends_with, contains=contains, regex=regex, guided=guided)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         automaton = self._automaton(cfg, prompts)
         if automaton is None:
@@ -147,11 +143,8 @@ class Model:
 
         if n < 1:
             raise UsageError(f"--top must be at least 1 (got {n})")
-        cfg = SampleConfig.from_dict(dict(
-            num=n, length=length, lines=True, novel=novel, min_len=min_len, max_len=max_len, ends_with=ends_with,
-            contains=[contains] if isinstance(contains, str) else list(contains), regex=regex))
-        if novel and self.training_lines is None:
-            raise UsageError(f"{self.checkpoint.path} keeps no training lines, so --novel cannot be checked")
+        cfg = self._config(num=n, length=length, lines=True, novel=novel, min_len=min_len, max_len=max_len,
+                           ends_with=ends_with, contains=contains, regex=regex)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         automaton = self._automaton(cfg, prompts) or Automaton(Constraints(), self.vocab)
         bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
@@ -169,6 +162,14 @@ class Model:
                                        start_state=self.checkpoint.start_state)
 
         return results()
+
+    def _config(self, contains: str | Sequence[str], **fields: Any) -> SampleConfig:
+        """The sample options of `samples` and `top`, checked (`contains` may be one text)."""
+        cfg = SampleConfig.from_dict({**fields, "contains": [contains] if isinstance(contains, str) else list(contains)})
+        if cfg.novel and self.training_lines is None:
+            raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
+                             f"so --novel cannot be checked")
+        return cfg
 
     def _automaton(self, cfg: SampleConfig, prompts: list[str]):
         """The constraints compiled for this vocabulary (None without any), checked for every prompt."""

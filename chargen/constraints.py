@@ -141,15 +141,22 @@ class Automaton:
         self.trans = np.full((len(trans), len(vocab)), DEAD, dtype=np.int64)
         self.trans[:, columns] = trans
         self.accepting = accepting
+        self._live = self.trans >= 0  # (S, V): transitions that exist
+        self._target = np.where(self._live, self.trans, 0)  # (S, V): their states, DEAD read as 0 and masked
+        self._bounded: dict[int, Automaton] = {}
         self.feasible = self._feasibility()
 
     def bounded(self, limit: int) -> "Automaton":
-        """The same automaton with samples capped at `limit` characters (or --max-len if lower)."""
+        """The same automaton with samples capped at `limit` characters (or --max-len if lower).
+        Kept per limit: checking the prompts up front and drawing then share one table."""
         c = self.constraints
-        other = copy.copy(self)
-        other.max_len = min(c.max_len, limit) if c.max_len is not None else limit
-        other.feasible = other._feasibility()
-        return other
+        max_len = min(c.max_len, limit) if c.max_len is not None else limit
+        if max_len not in self._bounded:
+            other = copy.copy(self)
+            other.max_len = max_len
+            other.feasible = other._feasibility()
+            self._bounded[max_len] = other
+        return self._bounded[max_len]
 
     @property
     def n_states(self) -> int:
@@ -157,13 +164,10 @@ class Automaton:
 
     def _feasibility(self) -> np.ndarray:
         """feasible[n, s]: from state s after n characters, an accepted end within the bounds is reachable."""
-        S = self.n_states
-        feasible = np.zeros((self.max_len + 2, S), dtype=bool)
-        target = np.where(self.trans >= 0, self.trans, 0)  # (S, V)
-        live = self.trans >= 0
+        feasible = np.zeros((self.max_len + 2, self.n_states), dtype=bool)
         for n in range(self.max_len, -1, -1):
             can_end = self.accepting & (n >= self.min_len)
-            can_go = (live & feasible[n + 1][target]).any(axis=1)
+            can_go = (self._live & feasible[n + 1][self._target]).any(axis=1)
             feasible[n] = can_end | can_go
         return feasible
 
@@ -198,11 +202,9 @@ class Automaton:
     def count(self, start: int, n0: int) -> float:
         """How many distinct samples from `start` after n0 characters satisfy the constraints (as a float)."""
         ways = np.zeros(self.n_states)  # ways[s]: completions from s with the current length
-        target = np.where(self.trans >= 0, self.trans, 0)
-        live = self.trans >= 0
         for n in range(self.max_len, n0 - 1, -1):
             ends = (self.accepting & (n >= self.min_len)).astype(np.float64)
-            ways = ends + np.where(live, ways[target], 0.0).sum(axis=1) if n < self.max_len else ends
+            ways = ends + np.where(self._live, ways[self._target], 0.0).sum(axis=1) if n < self.max_len else ends
         return float(ways[start])
 
 

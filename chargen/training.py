@@ -270,8 +270,9 @@ class Trainer:
                 # metrics and the loss curve, and the bar adapting has to clear (best.safetensors
                 # starts as the base model, grown).
                 start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
-                self.lineage["val_loss"] = round(self.validation_loss(start), 5)
-                self.evaluate()
+                val_loss = self.validation_loss(start)
+                self.lineage["val_loss"] = round(val_loss, 5)  # in every checkpoint, from the first
+                self.evaluate((start, val_loss))
         # The resolved configuration this run trains with, for the record (and `--config` reuse).
         self.run_dir.write_config({"corpus": self.run_info["sources"], "model": self.model_config.to_dict(),
                                    "train": self.config.to_dict(), "precision": self.precision,
@@ -368,13 +369,16 @@ class Trainer:
             total, count = self.dist.sum(total, count)
         return total / count if count else float("nan")
 
-    def evaluate(self) -> None:
-        """Validate, record the metrics, save best (if better) and last, and report."""
+    def evaluate(self, measured: Optional[tuple[list[np.ndarray], float]] = None) -> None:
+        """Validate, record the metrics, save best (if better) and last, and report. `measured`:
+        the start-of-line state and validation loss, when the caller has just computed them."""
         self.meter.drain()
         run = self.run
         elapsed = self.elapsed()
-        start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
-        val_loss = self.validation_loss(start)
+        if measured is None:
+            start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
+            measured = start, self.validation_loss(start)
+        start, val_loss = measured
         train_loss = self.meter.window_mean(self.dist)
         run.last_val_loss = val_loss
         if math.isfinite(val_loss):
