@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Adapting the bundled model against training from scratch, on lists of 50 to 5,000 names.
+"""Adapting the bundled models against training from scratch, on lists of 50 to 5,000 names.
 
     python benchmarks/finetune_lists.py      # once: builds bench-out/lists/ from Faker's data
     python benchmarks/finetune.py [--time 60] [--sizes 50 200 1000 5000] [--sources ...] \\
-        [--json bench-out/finetune.json] [--extra "--lr 2e-3"]
+        [--modes scratch names base] [--json bench-out/finetune.json] [--extra "--lr 2e-3"]
 
 For each source list and size N: the first N lines of the (seeded, shuffled) list, split 90/10
 with seed 0 into train.txt and val.txt. Then, through the installed command and with the same
-wall-clock budget (--time), `chargen train train.txt --val-file val.txt` twice: from scratch
-(chargen's automatic settings) and `--from names` (the bundled model, adapting defaults). For
+wall-clock budget (--time), `chargen train train.txt --val-file val.txt` once per mode: from
+scratch (`--from none`, chargen's automatic settings), `--from names` (the bundled US-first-names
+model) and `--from base` (the bundled base model of many languages and kinds), the last two
+with the adapting defaults. For
 each: the held-out loss of best.safetensors (`chargen eval --lines` on val.txt: the same
 number for both), the wall time at which the best checkpoint was written (from metrics.jsonl),
 the run's whole wall time (early stopping ends adapting runs sooner), and the share of 1,000
@@ -43,9 +45,12 @@ def best_record(run_dir: Path) -> dict:
     return min(records, key=lambda r: r["val_loss"] if r["val_loss"] is not None else float("inf"))
 
 
-def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, adapt: bool, extra: list[str]) -> dict:
+MODES = {"scratch": "none", "names": "names", "base": "base"}  # mode -> chargen train --from
+
+
+def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, mode: str, extra: list[str]) -> dict:
     cmd = [*cg, "train", str(train), "--val-file", str(val), "--time", f"{time_s}s", "-o", str(out), "-q",
-           "--sample-every", "0", "--from", "names" if adapt else "none", *extra]
+           "--sample-every", "0", "--from", MODES[mode], *extra]
     _, wall, rss = run_measured(cmd)
     # A held-out character that train.txt lacks is outside a from-scratch model's vocabulary: it
     # is skipped (and counted), which if anything flatters the from-scratch model.
@@ -66,7 +71,7 @@ def main() -> None:
     ap.add_argument("--sources", nargs="+", default=SOURCES)
     ap.add_argument("--sizes", nargs="+", type=int, default=[50, 200, 1000, 5000])
     ap.add_argument("--time", type=float, default=60.0, help="seconds of training per run (both ways)")
-    ap.add_argument("--modes", nargs="+", default=["scratch", "adapt"], choices=["scratch", "adapt"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--extra", default="", help="more flags for every `chargen train` (e.g. to try a setting)")
     ap.add_argument("--json", type=Path, default=Path("bench-out/finetune.json"))
     args = ap.parse_args()
@@ -89,21 +94,23 @@ def main() -> None:
                 (d / "val.txt").write_text("\n".join(val_lines) + "\n", encoding="utf-8")
                 r = {"source": source, "lines": size}
                 for mode in args.modes:
-                    r[mode] = one_run(cg, d / "train.txt", d / "val.txt", d / mode, args.time, mode == "adapt",
+                    r[mode] = one_run(cg, d / "train.txt", d / "val.txt", d / mode, args.time, mode,
                                       shlex.split(args.extra))
                     print(f"{source} {size} {mode}: {r[mode]}", file=sys.stderr, flush=True)
                 results.append(r)
-                s, a = r.get("scratch"), r.get("adapt")
-                gain = f"{s['loss'] - a['loss']:+.3f}" if s and a else ""
-                rows.append([source, f"{size:,}",
-                             *(f"{x['loss']:.3f}" if x else "" for x in (s, a)), gain,
-                             *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" if x else "" for x in (s, a)),
-                             *(f"{x['copied']:.1%}" if x else "" for x in (s, a))])
+                runs = [r[m] for m in args.modes]
+                gains = [f"{r['scratch']['loss'] - r[m]['loss']:+.3f}" for m in args.modes
+                         if m != "scratch" and "scratch" in r]
+                rows.append([source, f"{size:,}", *(f"{x['loss']:.3f}" for x in runs), *gains,
+                             *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" for x in runs),
+                             *(f"{x['copied']:.1%}" for x in runs)])
     facts = host()
+    adapted = [m for m in args.modes if m != "scratch"]
     print_table(f"adapting vs from scratch, {args.time:.0f} s each ({facts['cpu']}, {facts['cpus']} CPUs, "
                 f"commit {facts['commit']})",
-                ["list", "lines", "scratch loss", "adapted loss", "gain", "scratch best/wall s", "adapted best/wall s",
-                 "scratch copies", "adapted copies"], rows)
+                ["list", "lines", *(f"{m} loss" for m in args.modes),
+                 *(f"gain {m}" for m in adapted if "scratch" in args.modes),
+                 *(f"{m} best/wall s" for m in args.modes), *(f"{m} copies" for m in args.modes)], rows)
     write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "results": results})
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Install size and time: the base install (sampling, no PyTorch) against `[train]` with PyTorch's CPU build.
+"""Install size and time: the base install (sampling, no PyTorch), `[serve]`, and `[train]` with PyTorch's CPU build.
 
     python benchmarks/install.py [--torch "torch==2.13.0"] [--torch-index URL] [--json bench-out/install.json]
 
@@ -10,6 +10,7 @@ run it twice and keep the second (warm cache) numbers for comparisons, and say w
 
 Rows:
   base    pip install chargen.whl                                    (what `chargen sample` needs)
+  serve   pip install 'chargen.whl[serve]'                           (what `chargen serve` needs)
   train   pip install TORCH [--index-url TORCH_INDEX] && pip install 'chargen.whl[train]'
 On a machine without an NVIDIA GPU a user gets the CPU build with
   --torch torch --torch-index https://download.pytorch.org/whl/cpu
@@ -56,13 +57,13 @@ def main() -> None:
         venv.create(tmp / "empty", with_pip=True)
         empty = du_mb(tmp / "empty")
         rows, results = [], []
-        for name in ("base", "train"):
+        for name in ("base", "serve", "train"):
             env = tmp / name
             venv.create(env, with_pip=True)
             seconds = 0.0
             if name == "train":
                 seconds += pip(env, args.torch, *(["--index-url", args.torch_index] if args.torch_index else []))
-            seconds += pip(env, f"{wheel}[train]" if name == "train" else str(wheel))
+            seconds += pip(env, str(wheel) if name == "base" else f"{wheel}[{name}]")
             size = du_mb(env) - empty
             check = subprocess.run([str(env / "bin" / "chargen"), "sample", "-n", "3", "--seed", "1"],
                                    capture_output=True, text=True)

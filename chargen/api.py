@@ -6,6 +6,8 @@ Nothing here prints or exits; every failure is a ChargenError.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -16,21 +18,35 @@ from .errors import CheckpointError, TrainingInterrupted, UsageError
 from .extras import require_torch
 
 ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
-BUNDLED_NAME = "names.safetensors"
+# The bundled models, by the names a user gives them (`-c base`, `--from names`): `names` is the
+# default for sampling (US first names, small and fast); `base` (names of many languages and
+# kinds) is what short lists are adapted from (checkpoints/README.md).
+BUNDLED = {"names": "names.safetensors", "base": "base.safetensors"}
+PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
 
 
-def bundled_checkpoint() -> Path:
-    """The pretrained names model: inside the installed package, or in the source tree's checkpoints/."""
+def bundled_checkpoint(name: str = "names") -> Path:
+    """A bundled model: inside the installed package, or in the source tree's checkpoints/."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "_bundled" / BUNDLED_NAME, here.parent / "checkpoints" / BUNDLED_NAME):
+    file = BUNDLED[name]
+    for candidate in (here / "_bundled" / file, here.parent / "checkpoints" / file):
         if candidate.is_file():
             return candidate
-    raise CheckpointError(f"the bundled model {BUNDLED_NAME} is missing from this install; pass --checkpoint")
+    raise CheckpointError(f"the bundled model {file} is missing from this install; pass --checkpoint")
+
+
+def checkpoint_path(spec: str | os.PathLike) -> Path:
+    """A checkpoint or run directory given by path, or a bundled model by its name (`names`,
+    `base`) when no file of that name is here."""
+    path = Path(spec)
+    if str(spec) in BUNDLED and not path.exists():
+        return bundled_checkpoint(str(spec))
+    return path
 
 
 def default_checkpoint() -> Path:
     env = os.environ.get(ENV_CHECKPOINT)
-    return Path(env) if env else bundled_checkpoint()
+    return checkpoint_path(env) if env else bundled_checkpoint()
 
 
 class Model:
@@ -63,6 +79,8 @@ class Model:
             dev = resolve_device(device or "auto")
             self.stepper = TorchStepper(from_weights(checkpoint.model_config, checkpoint.weights).to(dev), dev)
         self._training_lines: Optional[set[str]] = None
+        self._primed: OrderedDict[tuple[str, bool], tuple] = OrderedDict()  # prompt -> (logits, state) after it
+        self._primed_lock = threading.Lock()
 
     @property
     def line_oriented(self) -> bool:
@@ -107,20 +125,60 @@ class Model:
         distribution. `exclude` lists lines never to return. `stats` (a SampleStats) is filled
         in with the draws made. The options are checked here, before the first sample: a bad
         one raises at once."""
-        from .sampling import SampleStats, check_prompt, random_seed
+        from .sampling import run
+
+        return run(self.stepper, self.vocab, self.draws(
+            n, prompt, temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, lines=lines,
+            unique=unique, novel=novel, min_len=min_len, max_len=max_len, ends_with=ends_with, contains=contains,
+            regex=regex, guided=guided, exclude=exclude, stats=stats, on_char=on_char))
+
+    def draws(self, n: int = 1, prompt: str | Sequence[str] = "", *, lines: Optional[bool] = None,
+              contains: str | Sequence[str] = (), exclude: Optional[Iterable[str]] = None,
+              stats: Optional["SampleStats"] = None, on_char=None,  # noqa: F821
+              **options: Any) -> Iterator["Drawing"]:  # noqa: F821
+        """What `samples` runs: one chargen.sampling.Drawing per prompt, in order, made as they are
+        needed. The options (those of `samples`) are checked here, before the first one: a bad one
+        raises at once. A caller that runs several calls' drawings together (`chargen serve`)
+        gets the same samples as `samples` would."""
+        from .sampling import Drawing, SampleStats, check_prompt, derive_key, random_seed
 
         line_mode = self.line_oriented if lines is None else lines
-        cfg = self._config(num=n, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                           lines=line_mode, unique=unique, novel=novel, min_len=min_len, max_len=max_len,
-                           ends_with=ends_with, contains=contains, regex=regex, guided=guided)
+        cfg = self._config(num=n, lines=line_mode, contains=contains, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         automaton = self._automaton(cfg, prompts)
         if automaton is None:
             for p in prompts:
                 check_prompt(self.vocab, p, line_mode)
         banned = self._exclude(exclude, line_mode)
-        return self._draw(prompts, cfg, random_seed() if seed is None else seed, on_char, automaton, banned,
-                          stats if stats is not None else SampleStats())
+        base_seed = random_seed() if cfg.seed is None else cfg.seed
+        stats = stats if stats is not None else SampleStats()
+        training = self.training_lines if cfg.novel else None
+
+        def drawings() -> Iterator[Drawing]:
+            seen: set[str] = set()
+            for j, p in enumerate(prompts):
+                yield Drawing(self.stepper, self.vocab, p, cfg, lines=line_mode, key=derive_key(base_seed, j), seen=seen,
+                              training_lines=training, exclude=banned, on_char=on_char, automaton=automaton,
+                              stats=stats, primed=self._prime(p, line_mode))
+
+        return drawings()
+
+    def _prime(self, prompt: str, lines: bool) -> tuple:
+        """The network's logits and state after a prompt, kept for the most recent prompts: a
+        server sees the same few prompts (the empty one above all) again and again."""
+        from .sampling import prime
+
+        key = (prompt, lines)
+        with self._primed_lock:
+            if key in self._primed:
+                self._primed.move_to_end(key)
+                return self._primed[key]
+        primed = prime(self.stepper, self.vocab, prompt, lines, self.checkpoint.start_state)
+        with self._primed_lock:
+            self._primed[key] = primed
+            while len(self._primed) > PRIMED_PROMPTS:
+                self._primed.popitem(last=False)
+        return primed
 
     def top(
         self,
@@ -197,18 +255,6 @@ class Model:
                              + ("drop --no-lines" if self.line_oriented else "this model writes prose: pass --lines"))
         return {line for line in lines}
 
-    def _draw(self, prompts: list[str], cfg: SampleConfig, base_seed: int, on_char, automaton, exclude,
-              stats) -> Iterator["Sample"]:  # noqa: F821
-        from .sampling import derive_key, generate
-
-        seen: set[str] = set()
-        for j, p in enumerate(prompts):
-            key = derive_key(base_seed, j)
-            yield from generate(self.stepper, self.vocab, p, cfg, lines=cfg.lines, key=key, seen=seen,
-                                training_lines=self.training_lines if cfg.novel else None, exclude=exclude,
-                                on_char=on_char, start_state=self.checkpoint.start_state, automaton=automaton,
-                                stats=stats)
-
     def sample(self, n: int = 10, prompt: str = "", **options: Any) -> list[str]:
         """`n` samples as strings, e.g. `model.sample(n=10, prompt="Ma", temperature=0.8, seed=1)`."""
         return [s.text for s in self.samples(n, prompt, **options)]
@@ -259,8 +305,9 @@ class Model:
 
 
 def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:
-    """Load a checkpoint file or run directory (its best checkpoint); the bundled names model by default."""
-    return Model(read_checkpoint(path if path is not None else default_checkpoint(), prefer=BEST),
+    """Load a checkpoint file or run directory (its best checkpoint), or a bundled model by name
+    ("names", "base"); the bundled names model by default."""
+    return Model(read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST),
                  backend=backend, device=device)
 
 
@@ -361,20 +408,21 @@ def _base_model(start_from, resume, model_options: dict[str, Any]):
 def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
     """A small list of names starts from the bundled model unless a shape or --from is given:
     adapting it beats training from scratch there (docs/benchmarks.md, issue 15)."""
-    from .finetune import ARCHITECTURE, DEFAULT_FROM_MAX_LINES
+    from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES
 
     if any(k in model_options for k in ARCHITECTURE) or not corpus.lines.line_oriented():
         return None
     if corpus.lines.lines > DEFAULT_FROM_MAX_LINES:
         return None
     try:
-        base = read_checkpoint(bundled_checkpoint(), prefer=BEST)
+        base = read_checkpoint(bundled_checkpoint(DEFAULT_FROM), prefer=BEST)
     except CheckpointError:
         return None  # an install without the bundled model trains from scratch
     notice = _notice(callbacks, dist)
     if notice is not None:
-        notice(f"a list of {corpus.lines.lines:,} lines: starting from the bundled names model, which beats "
-               f"training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains from scratch")
+        notice(f"a list of {corpus.lines.lines:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
+               f"beats training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains "
+               f"from scratch")
     return base
 
 

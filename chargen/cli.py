@@ -376,11 +376,7 @@ def sample(
             out.write(prompts[0], flush=True)
     for i, s in enumerate(samples):
         if output_format == "jsonl":
-            record = {"text": s.text, "prompt": s.prompt, "logprob": round(s.logprob, 4),
-                      "logprob_per_char": round(s.logprob_per_char, 4), "chars": s.n_chars}
-            if constrained and top is None:
-                record.update(kept=round(s.kept, 4), logprob_guided=round(s.logprob_guided, 4))
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(json.dumps(s.record(constrained and top is None), ensure_ascii=False) + "\n")
         elif streaming:
             out.write("\n")
         elif line_mode or top is not None:
@@ -427,6 +423,50 @@ def _read_lines(path: Path) -> list[str]:
         raise UsageError(f"--exclude {path} is not UTF-8 (byte {exc.start}); convert it, "
                          f"e.g. iconv -f latin1 -t utf-8") from None
     return [line.rstrip("\r") for line in text.split("\n") if line.rstrip("\r")]
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="A model to serve: a checkpoint file or run directory, named after its run directory, or NAME=PATH; repeat for several; names is the bundled model. [default: names]", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but localhost exposes the API, so set --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one, printed at start).")] = 8000,
+    token: Annotated[Optional[str], typer.Option(help="Require this bearer token on the API (Authorization: Bearer TOKEN). [default: $CHARGEN_SERVE_TOKEN, else none]", show_default=False)] = None,
+    max_n: Annotated[int, typer.Option(help="Most samples one request may ask for, all its prompts together.")] = 1000,
+    max_length: Annotated[int, typer.Option(help="Most characters a sample may run to.")] = 2000,
+    max_prompts: Annotated[int, typer.Option(help="Most prompts in one request.")] = 100,
+    max_body: Annotated[int, typer.Option(help="Most bytes in a request body.")] = 1 << 20,
+    max_streams: Annotated[int, typer.Option(help="Most /v1/stream responses open at once.")] = 4,
+    window: Annotated[float, typer.Option(help="Seconds an idle model waits to gather requests into one batch.")] = 0.002,
+    backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log each request on stderr.")] = False,
+) -> None:
+    """Serve models over HTTP: a JSON API under /v1/ and a playground page at /.
+
+    Needs the serve extra: pip install "chargen[serve]". Requests that arrive together are
+    sampled together as one batch; Ctrl-C or SIGTERM stops after the requests in flight.
+
+    Examples:
+
+      chargen serve                                  # the bundled names model on http://127.0.0.1:8000
+
+      chargen serve -c checkpoints/shakespeare -c names --port 9000
+
+      curl -s localhost:8000/v1/sample -H 'Content-Type: application/json' -d '{"n": 5, "seed": 1}'
+    """
+    from .serve import ServeConfig, serve as run_server, token_from_env
+
+    config = ServeConfig(host=host, port=port, token=token_from_env(token), max_n=max_n, max_length=max_length,
+                         max_prompts=max_prompts, max_body=max_body, max_streams=max_streams, window=window)
+
+    def notice(message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    run_server(checkpoint or [], config, backend=backend, device=device, notice=notice, access_log=access_log)
 
 
 # --- eval -------------------------------------------------------------------------------------

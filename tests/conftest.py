@@ -103,3 +103,18 @@ def trained_names(tmp_path_factory) -> Path:
     config = TrainConfig(batch_size=16, seq_len=32, max_steps=150, eval_every=50, warmup=10, lr=1e-2)
     train(read_corpus([str(corpus)]), config, {"layers": 1, "hidden": 64, "embed": 16}, out_dir=d / "run", precision="fp32")
     return d / "run"
+
+
+@pytest.fixture(scope="session")
+def trained_prose(tmp_path_factory) -> Path:
+    """A tiny prose model (not line-oriented) trained once per session through the library."""
+    from chargen.config import TrainConfig
+    from chargen.data import read_corpus
+    from chargen.training import train
+
+    d = tmp_path_factory.mktemp("prose")
+    corpus = d / "prose.txt"
+    corpus.write_text(("the quick brown fox jumps over the lazy dog. " * 3 + "\n\n") * 60, encoding="utf-8")
+    config = TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30, warmup=5, lr=1e-2)
+    train(read_corpus([str(corpus)]), config, {"layers": 1, "hidden": 32, "embed": 16}, out_dir=d / "run", precision="fp32")
+    return d / "run"

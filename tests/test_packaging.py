@@ -37,6 +37,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_package_and_bundled_model_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "chargen/_bundled/names.safetensors" in names and "chargen/cli.py" in names
+    assert {"chargen/static/playground.html", "chargen/static/playground.js", "chargen/static/playground.css",
+            "chargen/static/favicon.svg"} <= set(names)
     top = {n.split("/")[0] for n in names}
     assert top == {"chargen", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}, top
     assert not [n for n in names if "/tests/" in n or n.startswith(("tests/", "corpora/", "benchmarks/", "scripts/"))]
@@ -46,7 +48,10 @@ def test_the_wheel_holds_the_package_and_bundled_model_and_nothing_else(wheel):
     assert torch_reqs and all("extra ==" in r for r in torch_reqs), requires  # never in the base install
     assert any("extra == 'train'" in r or 'extra == "train"' in r for r in torch_reqs), requires
     assert meta["Requires-Python"] == ">=3.10" and meta["License-Expression"] == "MIT"
-    assert "train" in meta.get_all("Provides-Extra") and "test" in meta.get_all("Provides-Extra")
+    assert {"train", "serve", "test"} <= set(meta.get_all("Provides-Extra"))
+    serve_reqs = [r for r in requires if r.startswith(("starlette", "uvicorn", "httptools", "uvloop"))]
+    assert serve_reqs and all("extra ==" in r for r in serve_reqs), requires  # never in the base install
+    assert len([r for r in serve_reqs if "extra == 'serve'" in r or 'extra == "serve"' in r]) == 4, serve_reqs
     assert any("Programming Language :: Python :: 3" == c for c in meta.get_all("Classifier"))
 
 
@@ -109,6 +114,8 @@ def test_what_needs_torch_says_how_to_install_it(base_env, tmp_path):
                     "chargen train needs PyTorch", "pip install 'chargen[train]'", "download.pytorch.org/whl/cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt"]  # nothing written
     _one_error_line(_run([exe, "sample", "--backend", "torch"], cwd=tmp_path), "torch backend needs PyTorch")
+    _one_error_line(_run([exe, "serve", "--port", "0"], cwd=tmp_path),
+                    "chargen serve needs starlette and uvicorn", "pip install 'chargen[serve]'")
     code = "import chargen\ntry:\n    chargen.train(['list.txt'])\nexcept chargen.MissingExtra as e:\n    print(e)"
     p = _run([str(base_env / "bin" / "python"), "-c", code], cwd=tmp_path)
     assert b"training needs PyTorch" in p.stdout, p.stderr

@@ -87,3 +87,47 @@ def test_draws_follow_the_distribution():
     np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.015)
     u = uniforms(derive_key(1), np.arange(1000), 5)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.05
+
+
+def test_the_integer_key_derivation_is_the_vectorised_hash():
+    """derive_key hashes Python ints; the per-character hash is numpy's: both are splitmix64 mod 2**64."""
+    import random
+
+    from chargen.sampling import _GOLD, _mix, _mix_int
+
+    rng = random.Random(0)
+    values = [0, 1, 2**63 - 1, 2**64 - 1] + [rng.getrandbits(64) for _ in range(200)]
+    assert [_mix_int(v) for v in values] == _mix(np.array(values, dtype=np.uint64)).tolist()
+    for seed in values[:20]:
+        z = _mix(np.array([seed], dtype=np.uint64))
+        with np.errstate(over="ignore"):
+            z = _mix(z ^ _mix(np.array([5], dtype=np.uint64) + _GOLD))
+        assert derive_key(seed, 5) == z[0]
+
+
+def test_rows_that_join_a_running_batch_get_what_they_get_alone(trained_names):
+    """Continuous batching: batches of other prompts and settings, constrained or not, joining
+    the engine at different steps, each draw exactly what they draw alone."""
+    from chargen.sampling import RowEngine, run_rows
+
+    model = chargen.load(trained_names)
+    options = [dict(n=30, seed=1), dict(n=20, seed=2, prompt="Ka", temperature=1.2, top_k=4),
+               dict(n=25, seed=3, ends_with="a", max_len=6), dict(n=15, seed=4, temperature=0, contains="o"),
+               dict(n=10, seed=5, guided=True, regex="[A-Z][a-z]*n"), dict(n=12, seed=6, top_p=0.7, prompt="Ma")]
+    batches = [next(model.draws(**o)).next_rows() for o in options]
+    alone = [run_rows(model.stepper, model.vocab, [b])[0] for b in batches]
+    engine = RowEngine(model.stepper, model.vocab)
+    jobs, done = {}, {}
+    for i, b in enumerate(batches):  # one more batch joins after each step
+        jobs[engine.add(b)] = i
+        done.update(engine.step())
+    while engine.busy:
+        done.update(engine.step())
+    assert len(done) == len(batches)
+    for job, drawn in done.items():
+        expected = alone[jobs[job]]
+        assert drawn.texts == expected.texts
+        np.testing.assert_array_equal(drawn.scored, expected.scored)
+        np.testing.assert_allclose(drawn.logp, expected.logp, atol=1e-4)
+        np.testing.assert_allclose(drawn.kept, expected.kept, atol=1e-4)
+    assert not engine.groups and engine.size == 0  # nothing is left behind

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""`chargen serve` under load: concurrent clients on the loopback interface, against the
+in-process sampler measured in the same run.
+
+    python benchmarks/serve.py [--clients 64] [--seconds 30] [--n 10] [--window 0.002] [--json bench-out/serve.json]
+
+First, with nothing else running, the in-process sampler's names/s with the bundled model: one
+call per 10 names (what a request asks for) and one bulk call (10,000 names: the sampler's best).
+Then `chargen serve` starts as its own process, and `--clients` connections (HTTP/1.1 keep-alive,
+a minimal asyncio client so that the client costs little of the 2 cores) each POST
+{"n": 10} to /v1/sample as fast as answers come, for `--seconds`. Reported: names/s through
+HTTP, requests/s, latency p50/p90/p99/max, errors (non-200 or wrong answers: must be 0), the
+server's peak resident memory, and its batching (network steps per second, rows per step).
+Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loads.
+Targets (issue 17): at least half the in-process sampler's names/s, p99 under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import host, print_table, write_json
+
+HERE = Path(__file__).resolve().parent
+
+
+def in_process_rates(n: int, seconds: float = 5.0) -> dict[str, float]:
+    import chargen
+
+    model = chargen.load()
+    model.sample(n=1000, seed=0)  # warm up
+
+    def rate(per_call: int) -> float:
+        t, made, seed = time.perf_counter(), 0, 0
+        while time.perf_counter() - t < seconds:
+            made += len(model.sample(n=per_call, seed=seed))
+            seed += 1
+        return made / (time.perf_counter() - t)
+
+    return {"per_request": rate(n), "bulk": rate(10_000)}
+
+
+async def client(host_: str, port: int, body: bytes, n: int, until: float, latencies: list, errors: list) -> None:
+    reader, writer = await asyncio.open_connection(host_, port)
+    request = (f"POST /v1/sample HTTP/1.1\r\nHost: {host_}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            payload = await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t)
+            if status != 200 or len(json.loads(payload)["samples"]) != n:
+                errors.append(status)
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        errors.append(repr(exc))
+    finally:
+        writer.close()
+
+
+async def load(port: int, clients: int, seconds: float, n: int) -> tuple[list[float], list, float]:
+    body = json.dumps({"n": n}).encode()
+    latencies: list[float] = []
+    errors: list = []
+    start = time.perf_counter()
+    until = start + seconds
+    await asyncio.gather(*(client("127.0.0.1", port, body, n, until, latencies, errors) for _ in range(clients)))
+    return latencies, errors, time.perf_counter() - start
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def health(port: int) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health") as r:
+        return json.loads(r.read())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--n", type=int, default=10, help="names per request")
+    ap.add_argument("--window", type=float, default=None, help="the server's batching window (default: its own)")
+    ap.add_argument("--sweep", default="8,16,32", help="fewer clients to try after the main run, 10 s each "
+                                                       "(comma-separated; '' for none)")
+    ap.add_argument("--json", type=Path, default=Path("bench-out/serve.json"))
+    args = ap.parse_args()
+
+    inproc = in_process_rates(args.n)
+    exe = Path(sys.executable).with_name("chargen")
+    cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else [])
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        line = proc.stderr.readline().decode()
+        startup = time.perf_counter() - started
+        port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
+        asyncio.run(load(port, 4, 1.0, args.n))  # warm up
+        before = health(port)["batching"]["names"]
+        latencies, errors, wall = asyncio.run(load(port, args.clients, args.seconds, args.n))
+        after = health(port)["batching"]["names"]
+        rss = peak_rss_mb(proc.pid)
+        sweep = []
+        for clients in [int(c) for c in args.sweep.split(",") if c.strip()]:
+            lat_c, err_c, wall_c = asyncio.run(load(port, clients, 10.0, args.n))
+            lat_c.sort()
+            sweep.append({"clients": clients, "names_per_s": len(lat_c) * args.n / wall_c, "errors": len(err_c),
+                          "p50_ms": 1000 * lat_c[len(lat_c) // 2], "p99_ms": 1000 * lat_c[int(0.99 * len(lat_c))]})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    requests = len(latencies)
+    names_per_s = requests * args.n / wall
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]
+
+    steps = after["steps"] - before["steps"]
+    row_steps = after["mean_batch"] * after["steps"] - before["mean_batch"] * before["steps"]
+    result = {
+        "clients": args.clients, "seconds": args.seconds, "n": args.n, "requests": requests, "errors": len(errors),
+        "names_per_s": names_per_s, "requests_per_s": requests / wall,
+        "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": 1000 * lat[-1],
+                       "mean": 1000 * statistics.fmean(lat)},
+        "server_peak_rss_mb": rss, "server_startup_s": startup,
+        "in_process_names_per_s": inproc, "ratio_to_in_process_bulk": names_per_s / inproc["bulk"],
+        "ratio_to_in_process_per_request": names_per_s / inproc["per_request"],
+        "batching": {"steps": steps, "steps_per_s": steps / wall, "mean_batch": row_steps / steps if steps else 0,
+                     "busy_share": (after["busy_seconds"] - before["busy_seconds"]) / wall},
+        "error_samples": errors[:5],
+        "sweep": sweep,
+    }
+    h = host()
+    print_table(f"chargen serve, {args.clients} clients x {args.seconds:.0f} s, {args.n} names a request "
+                f"({h['cpu']}; {h['cpu_flags']})",
+                ["measure", "value"],
+                [["in-process, 10 names a call", f"{inproc['per_request']:,.0f} names/s"],
+                 ["in-process, 10,000 names a call", f"{inproc['bulk']:,.0f} names/s"],
+                 ["through HTTP", f"{names_per_s:,.0f} names/s ({requests / wall:,.0f} requests/s)"],
+                 ["  vs in-process bulk / per call", f"{result['ratio_to_in_process_bulk']:.2f}x / "
+                                                     f"{result['ratio_to_in_process_per_request']:.2f}x"],
+                 ["latency p50 / p90 / p99 / max", " / ".join(f"{result['latency_ms'][k]:.1f}"
+                                                              for k in ("p50", "p90", "p99", "max")) + " ms"],
+                 ["errors", f"{len(errors)} of {requests:,}"],
+                 ["server peak RSS", f"{rss:.0f} MB"],
+                 ["server start to listening", f"{startup:.2f} s"],
+                 ["batching", f"{steps / wall:,.0f} network steps/s, {result['batching']['mean_batch']:.0f} rows "
+                              f"a step on average, worker busy {result['batching']['busy_share']:.0%}"]])
+    if sweep:
+        print_table("fewer clients (10 s each, same server)", ["clients", "names/s", "p50 ms", "p99 ms", "errors"],
+                    [[str(s["clients"]), f"{s['names_per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",
+                      str(s["errors"])] for s in sweep])
+    write_json(args.json, {"serve": result})
+
+
+if __name__ == "__main__":
+    main()

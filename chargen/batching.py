@@ -1,0 +1,160 @@
+"""Sampling many callers' requests together: one worker thread per model advances the rows of
+every request it holds as one batch (chargen.sampling.RowEngine), one network step for all of
+them per character, so concurrent requests share the network's steps instead of queueing.
+
+Continuous batching: a request that arrives while others are being drawn joins the batch at the
+next step (a few milliseconds), and leaves it as soon as its own rows have ended; it never waits
+for a whole batch to finish. When the worker is idle, the first request to arrive waits the
+batching window (`window`, 2 ms by default) for others to arrive with it. At most `max_rows` rows
+advance together (memory and step time); requests beyond that wait their turn in arrival order.
+A request that needs more draws (redraws under --unique, --novel or constraints) goes on with
+its next attempts as soon as its first ones end.
+
+A row's randomness and settings are its own (counter-based random numbers), so a request gets
+the samples `Model.samples` gives for the same seed, whatever it is batched with (log-
+probabilities to float32 rounding). Torch-free and server-free: `chargen serve` drives it from
+its event loop; tests drive it alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from .sampling import MAX_BATCH, Drawing, RowEngine, Sample, Stepper
+from .tokenizer import Vocab
+
+DEFAULT_WINDOW = 0.002  # seconds an idle worker waits for more requests before a round
+DEFAULT_MAX_ROWS = 2048  # rows in one round, all requests together: bounds memory and a round's length
+
+
+@dataclass
+class BatchStats:
+    """What the worker did: network steps, rows advanced over them, rows and requests served."""
+
+    steps: int = 0
+    row_steps: int = 0  # rows advanced, summed over steps: row_steps / steps is the mean batch
+    rows: int = 0
+    requests: int = 0
+    busy_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "mean_batch": round(self.row_steps / self.steps, 1) if self.steps else 0.0,
+                "rows": self.rows, "requests": self.requests, "busy_seconds": round(self.busy_seconds, 3)}
+
+
+class _Request:
+    """One caller's drawings, run in turn; its samples; the future that hands them back."""
+
+    def __init__(self, drawings: Iterator[Drawing]):
+        self.drawings = drawings
+        self.current: Optional[Drawing] = None
+        self.samples: list[Sample] = []
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def advance(self) -> bool:
+        """Move past finished drawings; False, with the samples handed back, once none is left."""
+        while self.current is None or self.current.done:
+            self.current = next(self.drawings, None)
+            if self.current is None:
+                if not self.future.done():
+                    self.future.set_result(self.samples)
+                return False
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class Batcher:
+    """Runs `Model.draws(...)` of concurrent callers together on one model's stepper.
+
+        batcher = Batcher(model.stepper, model.vocab)
+        samples = batcher.submit(model.draws(10, "Ma", seed=1)).result()  # == list(model.samples(...))
+    """
+
+    def __init__(self, stepper: Stepper, vocab: Vocab, *, window: float = DEFAULT_WINDOW,
+                 max_rows: int = DEFAULT_MAX_ROWS, name: str = "chargen-batcher"):
+        self.stats = BatchStats()
+        self.engine = RowEngine(stepper, vocab)
+        self.window, self.max_rows = window, max_rows
+        self._waiting: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, drawings: Iterator[Drawing]) -> concurrent.futures.Future:
+        """Queue a request; its future gives its samples (a list), or raises what drawing raised."""
+        request = _Request(drawings)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._waiting.append(request)
+            self._cond.notify()
+        return request.future
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Finish the requests already queued, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        engine = self.engine
+        owners: dict[int, _Request] = {}  # engine job -> the request whose rows it is
+        queue: deque[_Request] = deque()  # requests waiting for room, oldest first
+        while True:
+            with self._cond:
+                if not engine.busy and not queue:
+                    while not self._waiting and not self._closed:
+                        self._cond.wait()
+                    if not self._waiting:
+                        return  # closed, and nothing left to do
+                    if self.window > 0:  # gather the requests that arrive together
+                        self._cond.wait(self.window)
+                queue.extend(self._waiting)
+                self._waiting.clear()
+            started = time.perf_counter()
+            while queue and engine.size < self.max_rows:
+                self._admit(queue.popleft(), owners)
+            if engine.busy:
+                steps = engine.steps
+                try:
+                    done = engine.step()
+                except Exception as exc:  # never leave a caller waiting: all in the batch get the error
+                    for request in owners.values():
+                        request.fail(exc)
+                    owners.clear()
+                    engine = self.engine = RowEngine(engine.stepper, engine.vocab)
+                    continue
+                for job, drawn in done:
+                    request = owners.pop(job)
+                    request.samples.extend(request.current.take(drawn))
+                    self._admit(request, owners)
+                self.stats.steps += engine.steps - steps
+            self.stats.row_steps = engine.row_steps
+            self.stats.busy_seconds += time.perf_counter() - started
+
+    def _admit(self, request: _Request, owners: dict[int, _Request]) -> None:
+        """Start the request's next rows in the engine, or hand back what it has (or its error)."""
+        if request.future.cancelled():  # its caller went away
+            return
+        try:
+            if not request.advance():
+                self.stats.requests += 1
+                return
+            room = max(1, self.max_rows - self.engine.size)
+            rows = request.current.next_rows(min(room, MAX_BATCH))
+        except Exception as exc:  # a ChargenError (a SamplingError, say) goes back to its caller
+            request.fail(exc)
+            self.stats.requests += 1
+            return
+        owners[self.engine.add(rows)] = request
+        self.stats.rows += len(rows.indices)

@@ -1,0 +1,634 @@
+"""`chargen serve`: a JSON API and a playground page over one or more loaded models.
+
+    chargen serve                                  # the bundled names model, http://127.0.0.1:8000
+    chargen serve -c names -c bard=checkpoints/shakespeare --port 9000
+
+The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a traceback):
+
+    GET  /v1/health    liveness, the models' names and the batcher's counters (no token needed)
+    GET  /v1/models    what `chargen info` shows of each model, and its validation curve
+    POST /v1/sample    {"model", "n", "prompt", "temperature", "seed", ..., constraints} -> {"samples": [...]}
+    POST /v1/top       the most likely samples: {"model", "n", "prompt", constraints} -> {"samples": [...]}
+    POST /v1/eval      {"model", "text"} -> {"loss", "bpc", "perplexity", "chars", "skipped"}
+    POST /v1/stream    one prose sample (or a line model's samples) as Server-Sent Events
+
+Sampling requests that arrive together are drawn together as one batch (chargen.batching), in a
+worker thread per model, so the event loop never waits on the network; a request gets the
+samples `chargen sample` prints for the same seed. Clients name models by name only: nothing a
+client sends is ever used as a path. This module imports the ASGI stack (the `serve` extra);
+nothing else in chargen does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Optional
+
+from .api import BUNDLED, Model, load
+from .batching import DEFAULT_MAX_ROWS, DEFAULT_WINDOW, Batcher
+from .checkpoint import METRICS
+from .errors import ChargenError, SamplingError, UsageError
+from .extras import require_serve
+from .sampling import SampleStats
+
+require_serve()
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+ENV_TOKEN = "CHARGEN_SERVE_TOKEN"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CURVE_POINTS = 200  # validation points per model in /v1/models
+
+
+@dataclass
+class ServeConfig:
+    """How the server listens and what it allows a request (each a `chargen serve` flag)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: Optional[str] = None  # bearer token the API requires; None: none
+    max_n: int = 1000  # samples per request, all prompts together
+    max_length: int = 2000  # characters a sample may run to (--length)
+    max_prompts: int = 100  # prompts per request
+    max_body: int = 1 << 20  # bytes of a request body (eval's text included)
+    max_streams: int = 4  # concurrent /v1/stream responses (each holds a thread while it draws)
+    window: float = DEFAULT_WINDOW  # seconds an idle batcher waits to gather requests
+    max_rows: int = DEFAULT_MAX_ROWS  # rows in one batched round
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port must be between 0 and 65535 (got {self.port})")
+        for name in ("max_n", "max_length", "max_prompts", "max_body", "max_streams", "max_rows"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not 0 <= self.window <= 1:
+            raise UsageError(f"--window must be between 0 and 1 second (got {self.window})")
+        if self.token is not None and not self.token.strip():
+            raise UsageError("--token is empty; give a secret, or leave it out")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiError(Exception):
+    """A request the server refuses: an HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# --- the models -------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """One loaded model: its name, its batcher, and the facts /v1/models reports."""
+
+    name: str
+    model: Model
+    batcher: Batcher
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_model_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """`-c` values -> (name, path): `name=path`, or a path named after its run directory
+    (`names` stands for the bundled model)."""
+    out: list[tuple[str, str]] = []
+    for spec in specs or ["names"]:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            p = Path(spec)
+            if spec in BUNDLED and not p.exists():
+                name = spec
+            elif p.is_dir():
+                name = p.resolve().name
+            else:
+                name = p.parent.resolve().name if p.stem in ("best", "last") else p.stem
+        if not NAME_PATTERN.fullmatch(name):
+            raise UsageError(f"model name {name!r} is not a short name (letters, digits, '.', '_', '-'); "
+                             f"name it: -c NAME={path}")
+        if any(name == n for n, _ in out):
+            raise UsageError(f"two models are named {name!r}; name them apart: -c NAME=PATH")
+        out.append((name, path))
+    return out
+
+
+def load_models(specs: list[tuple[str, str]], config: ServeConfig, backend: str = "auto",
+                device: Optional[str] = None) -> list[Served]:
+    served = []
+    for name, path in specs:
+        model = load(path, backend=backend, device=device)
+        batcher = Batcher(model.stepper, model.vocab, window=config.window, max_rows=config.max_rows,
+                          name=f"chargen-batcher-{name}")
+        served.append(Served(name, model, batcher, model_info(name, model)))
+    return served
+
+
+def model_info(name: str, model: Model) -> dict[str, Any]:
+    """What `chargen info --json` says, without file paths (the base model by its file name),
+    and the validation curve of its run directory if it has one."""
+    facts = model.checkpoint.describe()
+    facts.pop("path", None)
+    base = facts.get("from")
+    if isinstance(base, dict) and base.get("path"):
+        facts["from"] = {**base, "path": Path(str(base["path"])).name}
+    facts["name"] = name
+    facts["curve"] = _curve(model.checkpoint.path.parent / METRICS)
+    return facts
+
+
+def _curve(path: Path) -> list[list[float]]:
+    """[[chars_seen, val_loss], ...] from a run's metrics.jsonl, thinned to CURVE_POINTS."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    points = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+            x, y = float(r["chars_seen"]), float(r["val_loss"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(x) and math.isfinite(y):
+            points.append([x, round(y, 4)])
+    stride = max(1, math.ceil(len(points) / CURVE_POINTS))
+    return points[::stride] + ([points[-1]] if points and (len(points) - 1) % stride else [])
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+# The fields each endpoint takes besides "model": the Python API's keywords, by their names.
+SAMPLE_FIELDS = {"n": int, "prompt": (str, list), "length": int, "temperature": (int, float), "top_k": int,
+                 "top_p": (int, float), "seed": int, "lines": bool, "unique": bool, "novel": bool, "min_len": int,
+                 "max_len": int, "ends_with": str, "contains": (str, list), "regex": str, "guided": bool,
+                 "exclude": list}
+TOP_FIELDS = {k: SAMPLE_FIELDS[k] for k in ("n", "prompt", "length", "novel", "min_len", "max_len", "ends_with",
+                                             "contains", "regex", "exclude")}
+STREAM_FIELDS = {k: SAMPLE_FIELDS[k] for k in ("n", "prompt", "length", "temperature", "top_k", "top_p", "seed", "lines",
+                                                "unique", "novel")}
+EVAL_FIELDS = {"text": str, "skip_unknown": bool, "lines": bool}
+TEXT_CONSTRAINTS = ("ends_with", "contains", "regex", "min_len", "max_len")
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, refused past `limit` bytes (chunked bodies too) or if malformed."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "send a JSON body with Content-Type: application/json "
+                            "(curl: -H 'Content-Type: application/json')")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the body is {int(declared):,} bytes, above this server's limit of {limit:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the body is above this server's limit of {limit:,} bytes")
+    try:
+        data = json.loads(bytes(body).decode("utf-8")) if body else {}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"the body is not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def check_fields(data: dict[str, Any], allowed: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`data` without "model", its fields known and of the right JSON type; None means "not given"."""
+    unknown = sorted(k for k in data if k != "model" and k not in allowed)
+    if unknown:
+        shown = ", ".join(repr(k)[:40] for k in unknown)
+        raise ApiError(400, f"unknown field(s) {shown} (known: model, {', '.join(sorted(allowed))})")
+    out = {}
+    for key, kind in allowed.items():
+        value = data.get(key)
+        if value is None:
+            if key in required:
+                raise ApiError(400, f"the field {key!r} is required")
+            continue
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise ApiError(400, f"{key!r} must be {_kind_name(kinds)} (got {json.dumps(value)[:40]})")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ApiError(400, f"{key!r} must be a list of text")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(400, f"{key!r} must be a finite number")
+        out[key] = value
+    return out
+
+
+def _kind_name(kinds: tuple) -> str:
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", list: "a list of text"}
+    return " or ".join(dict.fromkeys(names[k] for k in kinds if k in names))
+
+
+class Server:
+    """The ASGI app's state and handlers: the models, the limits, the streams open."""
+
+    def __init__(self, served: list[Served], config: ServeConfig):
+        self.models = {s.name: s for s in served}
+        self.config = config
+        self.streams = 0
+        self.started = time.time()
+        self.page = _asset("playground.html")
+        self.assets = {"/playground.js": (_asset("playground.js"), "text/javascript; charset=utf-8"),
+                       "/playground.css": (_asset("playground.css"), "text/css; charset=utf-8"),
+                       "/favicon.svg": (_asset("favicon.svg"), "image/svg+xml")}
+
+    def model(self, data: dict[str, Any]) -> Served:
+        name = data.get("model")
+        if name is None:
+            return next(iter(self.models.values()))
+        if not isinstance(name, str) or name not in self.models:
+            shown = json.dumps(name)[:40]
+            raise ApiError(404, f"no model named {shown} here (models: {', '.join(self.models)})")
+        return self.models[name]
+
+    def limit_sample(self, fields: dict[str, Any], n_default: int = 1) -> int:
+        c = self.config
+        prompts = fields.get("prompt", "")
+        count = 1 if isinstance(prompts, str) else len(prompts)
+        if count > c.max_prompts:
+            raise ApiError(400, f"{count} prompts is above this server's limit of {c.max_prompts}")
+        n = fields.get("n", n_default)
+        if n * count > c.max_n:
+            raise ApiError(400, f"n {n} x {count} prompt(s) is above this server's limit of {c.max_n} samples a request")
+        if fields.get("length", 0) > c.max_length:
+            raise ApiError(400, f"length {fields['length']} is above this server's limit of {c.max_length}")
+        return n
+
+    # --- handlers ---
+
+    async def index(self, request: Request) -> Response:
+        return Response(self.page, media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'",
+                                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+    async def asset(self, request: Request) -> Response:
+        body, media = self.assets[request.url.path]
+        return Response(body, media_type=media, headers={"X-Content-Type-Options": "nosniff",
+                                                         "Cache-Control": "no-cache"})
+
+    async def health(self, request: Request) -> Response:
+        from ._version import __version__
+
+        return JSONResponse({"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
+                             "models": list(self.models), "streams": self.streams,
+                             "batching": {name: s.batcher.stats.to_dict() for name, s in self.models.items()}})
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse({"models": [s.info for s in self.models.values()]})
+
+    async def sample(self, request: Request) -> Response:
+        data = await read_json(request, self.config.max_body)
+        served = self.model(data)
+        fields = check_fields(data, SAMPLE_FIELDS)
+        n = self.limit_sample(fields)
+        options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
+        prompt = fields.get("prompt", "")
+        stats = SampleStats()
+        constrained = any(k in fields for k in TEXT_CONSTRAINTS)
+        if constrained:  # checking them compiles an automaton: off the event loop, like drawing
+            drawings = await asyncio.to_thread(served.model.draws, n, prompt, stats=stats, **options)
+        else:
+            drawings = served.model.draws(n, prompt, stats=stats, **options)
+        samples = await asyncio.wrap_future(served.batcher.submit(drawings))
+        return JSONResponse({"model": served.name, "samples": [s.record(constrained) for s in samples],
+                             "draws": stats.draws, "accepted": stats.accepted}, headers=_json_headers())
+
+    async def top(self, request: Request) -> Response:
+        data = await read_json(request, self.config.max_body)
+        served = self.model(data)
+        fields = check_fields(data, TOP_FIELDS)
+        n = self.limit_sample(fields, n_default=10)
+        options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
+
+        def search() -> list:
+            return list(served.model.top(n, fields.get("prompt", ""), **options))
+
+        samples = await asyncio.to_thread(search)
+        return JSONResponse({"model": served.name, "samples": [s.record() for s in samples]}, headers=_json_headers())
+
+    async def eval(self, request: Request) -> Response:
+        data = await read_json(request, self.config.max_body)
+        served = self.model(data)
+        fields = check_fields(data, EVAL_FIELDS, required=("text",))
+        text = fields.pop("text")
+        result = await asyncio.to_thread(served.model.eval, text, **fields)
+        return JSONResponse({"model": served.name, **result}, headers=_json_headers())
+
+    async def stream(self, request: Request) -> Response:
+        data = await read_json(request, self.config.max_body)
+        served = self.model(data)
+        fields = check_fields(data, STREAM_FIELDS)
+        if not isinstance(fields.get("prompt", ""), str):
+            raise ApiError(400, "'prompt' must be text: a stream draws from one prompt")
+        n = self.limit_sample(fields)
+        line_mode = served.model.line_oriented if fields.get("lines") is None else fields["lines"]
+        if n > 1 and not line_mode:
+            raise ApiError(400, "a prose stream draws one sample: drop 'n'")
+        if self.streams >= self.config.max_streams:
+            raise ApiError(429, f"{self.streams} streams are open, this server's limit; try again shortly")
+        relay = _Relay(asyncio.get_running_loop())
+        options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
+        # Checked now, so that a bad option is a 400 rather than an error event.
+        draws = served.model.draws(n, fields.get("prompt", ""), on_char=None if line_mode else relay.on_char, **options)
+        return StreamingResponse(self._events(served, fields.get("prompt", ""), draws, relay, line_mode), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _events(self, served: Served, prompt: str, draws, relay: "_Relay",
+                      line_mode: bool) -> AsyncIterator[str]:
+        """SSE: `text` events with what was drawn since the last one (prose: characters, the
+        prompt first; a line model: one line each), `sample` with each sample's record, then
+        `done`; or `error` with a one-line message."""
+        from .sampling import run as run_drawings
+
+        def run() -> None:
+            try:
+                for s in run_drawings(served.model.stepper, served.model.vocab, draws):
+                    if line_mode:
+                        relay.put("text", {"text": s.text})
+                    relay.put("sample", s.record())
+            except _ClientGone:
+                pass
+            except ChargenError as exc:
+                relay.put("error", {"error": api_words(str(exc))})
+            except Exception:  # logged here, never sent
+                traceback.print_exc()
+                relay.put("error", {"error": "internal error (see the server's log)"})
+            finally:
+                relay.put("end", None)
+
+        self.streams += 1
+        worker = asyncio.get_running_loop().run_in_executor(None, run)
+        try:
+            if prompt and not line_mode:
+                yield _event("text", {"text": prompt})
+            while True:
+                kind, value = await relay.queue.get()
+                if kind == "char":  # coalesce the characters that arrived meanwhile
+                    chars, kind = [value], None
+                    while not relay.queue.empty():
+                        kind, value = relay.queue.get_nowait()
+                        if kind != "char":
+                            break
+                        chars.append(value)
+                        kind = None
+                    yield _event("text", {"text": "".join(chars)})
+                    if kind is None:
+                        continue
+                if kind == "end":
+                    yield _event("done", {})
+                    break
+                yield _event(kind, value)
+        finally:
+            relay.gone = True
+            self.streams -= 1
+            await asyncio.shield(worker)
+
+
+class _Relay:
+    """Hands what a drawing thread produces to the event loop's queue, in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.gone = False
+
+    def put(self, kind: str, value: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+
+    def on_char(self, ch: str) -> None:
+        if self.gone:
+            raise _ClientGone()  # stops the drawing: nobody is reading
+        self.put("char", ch)
+
+
+class _ClientGone(Exception):
+    """Raised inside the drawing thread when the stream's client has disconnected."""
+
+
+def _json_headers() -> dict[str, str]:
+    return {"Cache-Control": "no-store"}
+
+
+def _event(kind: str, data: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("chargen").joinpath("static", name).read_bytes()
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+def _error(status: int, message: str) -> JSONResponse:
+    one_line = " ".join(str(message).split())
+    return JSONResponse({"error": one_line}, status_code=status, headers=_json_headers())
+
+
+_FLAG = re.compile(r"(?:-n/)?--([a-z]+(?:-[a-z]+)*)")
+_FIELD_OF_FLAG = {"num": "n", "top": "n"}
+
+
+def api_words(message: str) -> str:
+    """A library message in the API's words: `--min-len` is the field `min_len`, `-n/--num` is `n`."""
+    known = set(SAMPLE_FIELDS) | set(EVAL_FIELDS)
+
+    def field(m: re.Match) -> str:
+        name = _FIELD_OF_FLAG.get(m.group(1), m.group(1).replace("-", "_"))
+        return f"'{name}'" if name in known else m.group(0)
+
+    return _FLAG.sub(field, message)
+
+
+def build_app(served: list[Served], config: ServeConfig) -> Starlette:
+    """The ASGI app: routes, the token and host checks, JSON errors for everything."""
+    from starlette.exceptions import HTTPException
+
+    server = Server(served, config)
+
+    def wrap(handler: Callable) -> Callable:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return _error(exc.status, str(exc))
+            except SamplingError as exc:  # the model cannot produce what was asked
+                return _error(422, api_words(str(exc)))
+            except ChargenError as exc:  # a bad option: what `chargen sample` would print as Error:
+                return _error(400, api_words(str(exc)))
+        return endpoint
+
+    routes = [
+        Route("/", server.index, methods=["GET"]),
+        Route("/playground.js", server.asset, methods=["GET"]),
+        Route("/playground.css", server.asset, methods=["GET"]),
+        Route("/favicon.svg", server.asset, methods=["GET"]),
+        Route("/v1/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.list_models, methods=["GET"]),
+        Route("/v1/sample", wrap(server.sample), methods=["POST"]),
+        Route("/v1/top", wrap(server.top), methods=["POST"]),
+        Route("/v1/eval", wrap(server.eval), methods=["POST"]),
+        Route("/v1/stream", wrap(server.stream), methods=["POST"]),
+    ]
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        message = {404: f"no such endpoint: {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+        return _error(exc.status_code, message)
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        traceback.print_exception(exc, file=sys.stderr)  # the log has it; the client never does
+        return _error(500, "internal error (see the server's log)")
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+    app.state.server = server
+    return _Guard(app, config)
+
+
+class _Guard:
+    """ASGI middleware: the Host check (a server on localhost answers only to local names, against
+    DNS rebinding) and the bearer token on /v1/ (but /v1/health)."""
+
+    def __init__(self, app, config: ServeConfig):
+        self.app, self.config = app, config
+        self.state = app.state
+        self.token = config.token.encode() if config.token else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            refusal = self._refusal(scope["path"], headers)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> Optional[Response]:
+        if self.config.loopback:
+            host = headers.get(b"host", b"").decode("latin-1")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if not is_loopback(name):
+                return _error(421, f"this server answers to localhost only, not {host[:60]!r} "
+                                   f"(serve with --host to be reached by other names)")
+        if self.token is not None and path.startswith("/v1/") and path != "/v1/health":
+            auth = headers.get(b"authorization", b"")
+            scheme, _, given = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                response = _error(401, "this server needs a token: send Authorization: Bearer TOKEN")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return None
+
+
+# --- running it -------------------------------------------------------------------------------
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound here so that a taken port is one clear error (port 0: any free one)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}"
+
+
+def uvicorn_server(app, **options):
+    """uvicorn's Server, stopping on SIGINT and SIGTERM as uvicorn does (no new connections, the
+    requests in flight answered) but then returning where uvicorn would raise the signal again:
+    a stop that was asked for is a clean exit, code 0."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server(uvicorn.Config(app, **options))
+
+
+def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", device: Optional[str] = None,
+          notice: Callable[[str], None] = lambda _: None, access_log: bool = False) -> None:
+    """Load the models, listen, and serve until SIGINT or SIGTERM; requests in flight finish."""
+    config.validate()
+    named = parse_model_specs(specs)
+    sock = listen(config.host, config.port)
+    served = load_models(named, config, backend=backend, device=device)
+    app = build_app(served, config)
+    server = uvicorn_server(app, log_level="warning", access_log=access_log, lifespan="off",
+                          timeout_graceful_shutdown=10, server_header=False)
+    url = url_of(sock, config.host)
+    if not config.loopback and config.token is None:
+        notice(f"warning: serving on {config.host} without --token: anyone who can reach this port can use the API")
+    models = ", ".join(f"{s.name} ({s.model.checkpoint.model_config.layers}x{s.model.checkpoint.model_config.hidden}"
+                       f" {s.model.checkpoint.model_config.cell}{', lines' if s.model.line_oriented else ', prose'})"
+                       for s in served)
+    notice(f"chargen serve: {url}/ (playground) and {url}/v1/ (API); models: {models}; Ctrl-C stops")
+    try:
+        server.run(sockets=[sock])  # returns once a signal has stopped it and requests in flight are answered
+    finally:
+        for s in served:
+            s.batcher.close(10.0)
+    notice("chargen serve: stopped")
+
+
+def token_from_env(token: Optional[str]) -> Optional[str]:
+    return token if token is not None else (os.environ.get(ENV_TOKEN) or None)

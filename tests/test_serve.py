@@ -1,0 +1,392 @@
+"""`chargen serve`: the API against the app (httpx), batching, errors, security, and the command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette", reason="chargen serve needs the serve extra: pip install -e '.[test]'")
+httpx = pytest.importorskip("httpx", reason="the API tests need httpx: pip install -e '.[test]'")
+
+import chargen  # noqa: E402
+from chargen.batching import Batcher  # noqa: E402
+from chargen.serve import ServeConfig, build_app, load_models  # noqa: E402
+
+from .conftest import chargen_exe, run  # noqa: E402
+
+
+def make_app(trained_names: Path, trained_prose: Path, **limits):
+    config = ServeConfig(**limits)
+    served = load_models([("names", "names"), ("tiny", str(trained_names)), ("prose", str(trained_prose))], config)
+    return build_app(served, config), served
+
+
+@pytest.fixture(scope="module")
+def app(trained_names, trained_prose):
+    application, served = make_app(trained_names, trained_prose)
+    yield application
+    for s in served:
+        s.batcher.close()
+
+
+@pytest.fixture
+def client(app):
+    from starlette.testclient import TestClient
+
+    with TestClient(app, base_url="http://localhost") as c:
+        yield c
+
+
+def post(client, path: str, body, **kw):
+    return client.post(path, json=body, **kw)
+
+
+def records(model, *args, constrained=False, **kw):
+    return [s.record(constrained) for s in model.samples(*args, **kw)]
+
+
+# --- what the API answers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    {"n": 20, "seed": 3},
+    {"n": 12, "seed": 4, "prompt": "Ma", "temperature": 1.3, "top_k": 5},
+    {"n": 8, "seed": 5, "prompt": ["Jo", "El"], "unique": True, "novel": True, "top_p": 0.9},
+    {"n": 6, "seed": 6, "ends_with": "a", "max_len": 7, "contains": ["r"]},
+    {"n": 5, "seed": 7, "regex": "[A-Z][a-z]*(el|ia)", "guided": True, "exclude": ["Mariel"]},
+])
+def test_sample_gives_what_the_python_api_gives_for_the_same_seed(client, body):
+    model = chargen.load()
+    r = post(client, "/v1/sample", body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    constrained = any(k in body for k in ("ends_with", "contains", "regex", "min_len", "max_len"))
+    options = {k: v for k, v in body.items() if k not in ("n", "prompt")}
+    assert data["model"] == "names"
+    assert data["samples"] == records(model, body["n"], body.get("prompt", ""), constrained=constrained, **options)
+    assert data["accepted"] == len(data["samples"]) and data["draws"] >= data["accepted"]
+
+
+def test_sample_matches_the_installed_cli_for_the_same_seed(client):
+    cli = run(["sample", "-n", "15", "--seed", "11", "-p", "Ka", "--max-len", "7", "--format", "jsonl"])
+    assert cli.returncode == 0, cli.stderr
+    expected = [json.loads(line) for line in cli.stdout.decode().splitlines()]
+    r = post(client, "/v1/sample", {"n": 15, "seed": 11, "prompt": "Ka", "max_len": 7})
+    assert r.json()["samples"] == expected
+
+
+def test_top_eval_and_models(client, trained_names):
+    model = chargen.load()
+    r = post(client, "/v1/top", {"n": 5, "ends_with": "a", "max_len": 6})
+    assert r.status_code == 200, r.text
+    assert r.json()["samples"] == [s.record() for s in model.top(5, ends_with="a", max_len=6)]
+    text = "Mara\nTeli\nBodon\n"
+    r = post(client, "/v1/eval", {"model": "tiny", "text": text})
+    assert r.status_code == 200
+    assert r.json()["loss"] == pytest.approx(chargen.load(trained_names).eval(text)["loss"], abs=1e-9)
+
+    models = client.get("/v1/models").json()["models"]
+    assert [m["name"] for m in models] == ["names", "tiny", "prose"]
+    tiny = models[1]
+    assert tiny["line_oriented"] and tiny["parameters"] > 0 and tiny["training_lines"] == 400
+    assert len(tiny["curve"]) >= 2 and all(len(p) == 2 for p in tiny["curve"])  # from the run's metrics.jsonl
+    assert "path" not in json.dumps(models)  # clients never see the server's files
+    health = client.get("/v1/health").json()
+    assert health["status"] == "ok" and health["models"] == ["names", "tiny", "prose"]
+
+
+def test_prose_streams_as_server_sent_events_and_matches_sampling(client, trained_prose):
+    body = {"model": "prose", "prompt": "the ", "seed": 9, "length": 300, "temperature": 1.0}
+    with client.stream("POST", "/v1/stream", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = []
+        for block in r.read().decode().split("\n\n"):
+            if block.strip():
+                kind, data = block.split("\n")
+                events.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    kinds = [k for k, _ in events]
+    assert kinds[-2:] == ["sample", "done"] and set(kinds[:-2]) == {"text"} and len(kinds) > 3
+    streamed = "".join(d["text"] for k, d in events if k == "text")
+    expected = chargen.load(trained_prose).sample(1, "the ", seed=9, length=300, temperature=1.0)[0]
+    assert streamed == expected == events[-2][1]["text"]
+    same = post(client, "/v1/sample", {**body, "n": 1}).json()["samples"][0]
+    assert same["text"] == expected
+
+
+def test_a_line_model_streams_one_line_per_event(client):
+    with client.stream("POST", "/v1/stream", json={"n": 4, "seed": 2}) as r:
+        body = r.read().decode()
+    texts = [json.loads(b.split("\ndata: ")[1])["text"] for b in body.split("\n\n") if b.startswith("event: text")]
+    assert texts == chargen.load().sample(4, seed=2)
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_sampled_together_with_unchanged_results(trained_names, trained_prose):
+    """32 requests sent at once take far fewer rounds and network steps than one by one, and each
+    gets exactly what it gets alone."""
+    bodies = [{"model": "names", "n": 10, "seed": i, "prompt": ["", "Ma", "Jo"][i % 3],
+               "temperature": [0.8, 1.0][i % 2], **({"unique": True} if i % 4 == 0 else {})} for i in range(32)]
+
+    async def send_all(application, together: bool):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            if together:
+                responses = await asyncio.gather(*(c.post("/v1/sample", json=b) for b in bodies))
+            else:
+                responses = [await c.post("/v1/sample", json=b) for b in bodies]
+        return [r.json()["samples"] for r in responses]
+
+    stats = {}
+    results = {}
+    for together in (False, True):
+        application, served = make_app(trained_names, trained_prose, window=0.02)
+        results[together] = asyncio.run(send_all(application, together))
+        stats[together] = served[0].batcher.stats
+        for s in served:
+            s.batcher.close()
+    # The same samples; log-probabilities agree to float32 rounding (a row's matrix product may be
+    # summed in another order in a bigger batch, as in `chargen sample` with another -n).
+    assert [[s["text"] for s in r] for r in results[True]] == [[s["text"] for s in r] for r in results[False]]
+    for together, alone in zip(results[True], results[False]):
+        assert [s["logprob"] for s in together] == pytest.approx([s["logprob"] for s in alone], abs=5e-4)
+    assert stats[True].requests == stats[False].requests == 32
+    # One by one, a step advances one request's rows; together, most of them at once.
+    alone, together = stats[False].to_dict(), stats[True].to_dict()
+    assert together["mean_batch"] > 4 * alone["mean_batch"], (together, alone)
+    assert stats[True].steps * 3 < stats[False].steps, (together, alone)
+
+
+def test_the_batcher_alone_matches_the_python_api():
+    model = chargen.load()
+    batcher = Batcher(model.stepper, model.vocab, window=0.01)
+    try:
+        options = [dict(n=7, seed=i, prompt="Ka" if i % 2 else "", ends_with="a" if i % 3 == 0 else None,
+                        guided=i % 5 == 0, temperature=0 if i == 7 else 0.9) for i in range(20)]
+        futures = [batcher.submit(model.draws(**o)) for o in options]
+        for future, o in zip(futures, options):
+            assert [s.text for s in future.result(timeout=30)] == model.sample(**o)
+        failing = batcher.submit(model.draws(n=5, temperature=0, unique=True))  # greedy: one distinct sample
+        with pytest.raises(chargen.SamplingError):
+            failing.result(timeout=30)
+    finally:
+        batcher.close()
+
+
+# --- errors: 4xx JSON with one line, never a traceback ---------------------------------------------
+
+
+@pytest.mark.parametrize("send, status, needle", [
+    (lambda c: c.post("/v1/sample", content=b"{not json", headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
+    (lambda c: c.post("/v1/sample", content=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
+    (lambda c: post(c, "/v1/sample", [1, 2]), 400, "must be a JSON object"),
+    (lambda c: post(c, "/v1/sample", {"n": 3, "num_samples": 3}), 400, "unknown field(s) 'num_samples'"),
+    (lambda c: post(c, "/v1/sample", {"n": "3"}), 400, "'n' must be a whole number"),
+    (lambda c: post(c, "/v1/sample", {"n": True}), 400, "'n' must be a whole number"),
+    (lambda c: post(c, "/v1/sample", {"n": 0}), 400, "'n' must be at least 1"),
+    (lambda c: post(c, "/v1/sample", {"temperature": -1}), 400, "'temperature' must be 0"),
+    (lambda c: post(c, "/v1/sample", {"top_p": 1.5}), 400, "'top_p' must be in (0, 1]"),
+    (lambda c: post(c, "/v1/sample", {"n": 5000}), 400, "limit of 1000 samples"),
+    (lambda c: post(c, "/v1/sample", {"length": 10**6}), 400, "limit of 2000"),
+    (lambda c: post(c, "/v1/sample", {"prompt": "Ma€"}), 400, "not in the model's vocabulary"),
+    (lambda c: post(c, "/v1/sample", {"min_len": 9, "max_len": 3}), 400, "'min_len' 9 is above 'max_len' 3"),
+    (lambda c: post(c, "/v1/sample", {"regex": "(a"}), 400, "regex"),
+    (lambda c: post(c, "/v1/sample", {"exclude": "/etc/passwd"}), 400, "'exclude' must be a list of text"),
+    (lambda c: post(c, "/v1/sample", {"n": 5, "temperature": 0, "unique": True}), 422, "produced only 1 of 5"),
+    (lambda c: post(c, "/v1/sample", {"model": "nope"}), 404, "no model named \"nope\""),
+    (lambda c: post(c, "/v1/sample", {"model": "../../etc/passwd"}), 404, "no model named"),
+    (lambda c: post(c, "/v1/top", {"temperature": 1}), 400, "unknown field(s) 'temperature'"),
+    (lambda c: post(c, "/v1/eval", {"model": "tiny"}), 400, "'text' is required"),
+    (lambda c: post(c, "/v1/eval", {"model": "tiny", "text": "Zz€"}), 400, "not in"),
+    (lambda c: post(c, "/v1/stream", {"model": "prose", "n": 3}), 400, "one sample"),
+    (lambda c: post(c, "/v1/stream", {"prompt": ["a", "b"]}), 400, "'prompt' must be text"),
+    (lambda c: c.post("/v1/sample", content=b'{"n": 1}'), 415, "Content-Type: application/json"),
+    (lambda c: c.post("/v1/sample", content=b" " * (2 << 20), headers={"Content-Type": "application/json"}), 413, "limit"),
+    (lambda c: c.get("/v1/sample"), 405, "GET is not allowed"),
+    (lambda c: c.get("/v1/nothing"), 404, "no such endpoint"),
+    (lambda c: c.get("/../../etc/passwd"), 404, "no such endpoint"),
+])
+def test_bad_requests_get_one_line_json_errors(client, send, status, needle):
+    r = send(client)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert needle in error and "\n" not in error and "Traceback" not in r.text and "File \"" not in r.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused(client):
+    def chunks():
+        for _ in range(40):
+            yield b" " * 65536
+
+    r = client.post("/v1/sample", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_an_internal_error_is_a_500_without_the_stack(app, monkeypatch, capsys):
+    from starlette.testclient import TestClient
+
+    client = TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
+    served = app.state.server.models["names"]
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret detail /home/user/.ssh/id_rsa")
+
+    monkeypatch.setattr(served.model, "draws", boom)
+    r = post(client, "/v1/sample", {"n": 1})
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error (see the server's log)"}
+    assert "secret" not in r.text and "Traceback" not in r.text
+    assert "secret detail" in capsys.readouterr().err  # the server's own log has it
+
+
+def test_too_many_streams_is_a_429(client, app):
+    server = app.state.server
+    server.streams = server.config.max_streams
+    try:
+        r = post(client, "/v1/stream", {"model": "prose"})
+    finally:
+        server.streams = 0
+    assert r.status_code == 429 and "limit" in r.json()["error"]
+
+
+def test_a_token_guards_the_api_but_not_the_health_check(trained_names, trained_prose):
+    from starlette.testclient import TestClient
+
+    application, served = make_app(trained_names, trained_prose, token="s3cret")
+    with TestClient(application, base_url="http://localhost") as c:
+        assert c.get("/v1/health").status_code == 200
+        assert c.get("/").status_code == 200  # the page itself holds no data
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            r = c.post("/v1/sample", json={"n": 1}, headers=headers)
+            assert r.status_code == 401 and "token" in r.json()["error"], headers
+            assert c.get("/v1/models", headers=headers).status_code == 401
+        ok = c.post("/v1/sample", json={"n": 2, "seed": 1}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and len(ok.json()["samples"]) == 2
+    for s in served:
+        s.batcher.close()
+
+
+def test_a_localhost_server_refuses_other_host_names(client):
+    r = client.get("/v1/health", headers={"Host": "attacker.example:8000"})
+    assert r.status_code == 421 and "localhost" in r.json()["error"]
+    assert client.get("/v1/health", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+    assert client.get("/v1/health", headers={"Host": "[::1]:8000"}).status_code == 200
+
+
+def test_the_page_and_its_assets_are_served_from_the_package(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/playground.js"' in page.text and "http" not in page.text.split("<body>")[1]  # no CDN
+    assert client.get("/playground.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/playground.css").status_code == 200
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def start_server(*args: str, env=None, notes: list | None = None) -> tuple[subprocess.Popen, str]:
+    """`chargen serve --port 0 ...`, and the URL it prints once it listens (lines before it go to `notes`)."""
+    proc = subprocess.Popen([chargen_exe(), "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    for _ in range(5):
+        line = proc.stderr.readline().decode()
+        if line.startswith("chargen serve: http://") or not line:
+            break
+        if notes is not None:
+            notes.append(line)
+    assert line.startswith("chargen serve: http://"), line + proc.stderr.read().decode()
+    return proc, line.split()[2].rstrip("/")
+
+
+def test_the_command_serves_and_stops_cleanly_on_sigterm_after_requests_in_flight(trained_names):
+    proc, url = start_server("-c", "names", "-c", f"mine={trained_names}")
+    try:
+        assert httpx.get(url + "/v1/health").json()["models"] == ["names", "mine"]
+        r = httpx.post(url + "/v1/sample", json={"model": "mine", "n": 3, "seed": 1})
+        assert [s["text"] for s in r.json()["samples"]] == chargen.load(trained_names).sample(3, seed=1)
+        # A slow request in flight when SIGTERM arrives still gets its answer.
+        slow = {}
+        body = {"n": 1000, "seed": 2, "contains": "th", "min_len": 7}
+        t = threading.Thread(target=lambda: slow.update(r=httpx.post(url + "/v1/sample", json=body, timeout=60)))
+        t.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert slow["r"].status_code == 200 and len(slow["r"].json()["samples"]) == 1000
+        assert proc.wait(30) == 0
+        err = proc.stderr.read().decode()
+        assert "Traceback" not in err and "stopped" in err
+        assert proc.stdout.read() == b""  # nothing on stdout
+    finally:
+        proc.kill()
+
+
+def test_the_command_stops_on_ctrl_c(trained_names):
+    proc, url = start_server()
+    try:
+        assert httpx.post(url + "/v1/sample", json={"n": 2}).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "Traceback" not in proc.stderr.read().decode()
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-c", "nowhere.safetensors"], "does not exist"),
+    (["-c", "names", "-c", "names"], "two models are named 'names'"),
+    (["-c", "a b=names"], "not a short name"),
+    (["--max-n", "0"], "--max-n must be at least 1"),
+    (["--token", " "], "--token is empty"),
+])
+def test_bad_serve_options_are_one_error_line(args, needle):
+    from .conftest import assert_clean_error
+
+    assert_clean_error(run(["serve", "--port", "0", *args], timeout=30), needle)
+
+
+def test_a_taken_port_is_one_error_line():
+    import socket
+
+    from .conftest import assert_clean_error
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert_clean_error(run(["serve", "--port", str(port)], timeout=30), f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_exposed_without_a_token_warns_and_answers_any_host_name():
+    notes: list[str] = []
+    proc, url = start_server("--host", "0.0.0.0", notes=notes)
+    try:
+        port = url.rsplit(":", 1)[1]
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/health", headers={"Host": f"names.example:{port}"})
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert any("warning: serving on 0.0.0.0 without --token" in n for n in notes), notes
+
+
+def test_serving_never_imports_torch(trained_names):
+    code = ("import sys; from chargen.serve import ServeConfig, build_app, load_models; "
+            f"app = build_app(load_models([('names', 'names'), ('mine', {str(trained_names)!r})], ServeConfig()), ServeConfig()); "
+            "import starlette.testclient as t; c = t.TestClient(app, base_url='http://localhost'); "
+            "assert c.post('/v1/sample', json={'n': 3}).status_code == 200; "
+            "assert 'torch' not in sys.modules; print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.stdout.strip() == b"ok", p.stderr.decode()
