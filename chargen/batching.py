@@ -25,11 +25,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+from .config import ServeConfig
 from .sampling import MAX_BATCH, Drawing, RowEngine, Sample, Stepper
 from .tokenizer import Vocab
 
-DEFAULT_WINDOW = 0.002  # seconds an idle worker waits for more requests before a round
-DEFAULT_MAX_ROWS = 2048  # rows in one round, all requests together: bounds memory and a round's length
 
 
 @dataclass
@@ -78,8 +77,8 @@ class Batcher:
         samples = batcher.submit(model.draws(10, "Ma", seed=1)).result()  # == list(model.samples(...))
     """
 
-    def __init__(self, stepper: Stepper, vocab: Vocab, *, window: float = DEFAULT_WINDOW,
-                 max_rows: int = DEFAULT_MAX_ROWS, name: str = "chargen-batcher"):
+    def __init__(self, stepper: Stepper, vocab: Vocab, *, window: float = ServeConfig.window,
+                 max_rows: int = ServeConfig.max_rows, name: str = "chargen-batcher"):
         self.stats = BatchStats()
         self.engine = RowEngine(stepper, vocab)
         self.window, self.max_rows = window, max_rows

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ._version import __version__
-from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, DEFAULT_TIME, SampleConfig, TrainConfig, format_duration
+from .config import (DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, DEFAULT_TIME, SampleConfig, ServeConfig, TrainConfig,
+                     format_duration)
 from .errors import ChargenError, UsageError
 
 app = typer.Typer(
@@ -431,15 +432,15 @@ def _read_lines(path: Path) -> list[str]:
 @app.command()
 def serve(
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="A model to serve: a checkpoint file or run directory, named after its run directory, or NAME=PATH; repeat for several; names is the bundled model. [default: names]", show_default=False)] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but localhost exposes the API, so set --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one, printed at start).")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but localhost exposes the API, so set --token.")] = ServeConfig.host,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one, printed at start).")] = ServeConfig.port,
     token: Annotated[Optional[str], typer.Option(help="Require this bearer token on the API (Authorization: Bearer TOKEN). [default: $CHARGEN_SERVE_TOKEN, else none]", show_default=False)] = None,
-    max_n: Annotated[int, typer.Option(help="Most samples one request may ask for, all its prompts together.")] = 1000,
-    max_length: Annotated[int, typer.Option(help="Most characters a sample may run to.")] = 2000,
-    max_prompts: Annotated[int, typer.Option(help="Most prompts in one request.")] = 100,
-    max_body: Annotated[int, typer.Option(help="Most bytes in a request body.")] = 1 << 20,
-    max_streams: Annotated[int, typer.Option(help="Most /v1/stream responses open at once.")] = 4,
-    window: Annotated[float, typer.Option(help="Seconds an idle model waits to gather requests into one batch.")] = 0.002,
+    max_n: Annotated[int, typer.Option(help="Most samples one request may ask for, all its prompts together.")] = ServeConfig.max_n,
+    max_length: Annotated[int, typer.Option(help="Most characters a sample may run to.")] = ServeConfig.max_length,
+    max_prompts: Annotated[int, typer.Option(help="Most prompts in one request.")] = ServeConfig.max_prompts,
+    max_body: Annotated[int, typer.Option(help="Most bytes in a request body.")] = ServeConfig.max_body,
+    max_streams: Annotated[int, typer.Option(help="Most /v1/stream responses open at once.")] = ServeConfig.max_streams,
+    window: Annotated[float, typer.Option(help="Seconds an idle model waits to gather requests into one batch.")] = ServeConfig.window,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log each request on stderr.")] = False,
@@ -457,7 +458,7 @@ def serve(
 
       curl -s localhost:8000/v1/sample -H 'Content-Type: application/json' -d '{"n": 5, "seed": 1}'
     """
-    from .serve import ServeConfig, serve as run_server, token_from_env
+    from .serve import serve as run_server, token_from_env
 
     config = ServeConfig(host=host, port=port, token=token_from_env(token), max_n=max_n, max_length=max_length,
                          max_prompts=max_prompts, max_body=max_body, max_streams=max_streams, window=window)
@@ -517,10 +518,11 @@ def export(
 
     Example: chargen export checkpoints/shakespeare --tokenizer tokenizer.json
     """
+    from .api import checkpoint_path
     from .checkpoint import BEST, read_checkpoint
     from .files import atomic_write
 
-    ckpt = read_checkpoint(checkpoint, prefer=BEST)
+    ckpt = read_checkpoint(checkpoint_path(checkpoint), prefer=BEST)
     if tokenizer.is_dir():
         raise UsageError(f"--tokenizer {tokenizer} is a directory; name a file such as {tokenizer / 'tokenizer.json'}")
     if not tokenizer.parent.exists():
@@ -553,10 +555,10 @@ def info(
         written = write_loss_curve(run_dir, records, title=f"chargen: {run_dir.name}")
         console().print(f"wrote {written}", highlight=False, markup=False)
         return
-    from .api import default_checkpoint
+    from .api import checkpoint_path, default_checkpoint
     from .checkpoint import BEST, read_checkpoint
 
-    ckpt = read_checkpoint(path if path is not None else default_checkpoint(), prefer=BEST)
+    ckpt = read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST)
     cfg, meta, facts = ckpt.model_config, ckpt.info, ckpt.describe()
     if as_json:
         sys.stdout.write(json.dumps(facts, ensure_ascii=False) + "\n")

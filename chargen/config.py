@@ -9,6 +9,7 @@ and the training loop all ask `ModelConfig` rather than knowing them themselves.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 from dataclasses import dataclass
@@ -242,6 +243,48 @@ class SampleConfig(_Config):
         c.validate()
         return c
 
+
+
+@dataclass
+class ServeConfig(_Config):
+    """How `chargen serve` listens and what it allows a request (each field a flag)."""
+
+    _what = "serve config"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: Optional[str] = None  # bearer token the API requires; None: none
+    max_n: int = 1000  # samples per request, all prompts together
+    max_length: int = 2000  # characters a sample may run to (--length)
+    max_prompts: int = 100  # prompts per request
+    max_body: int = 1 << 20  # bytes of a request body (eval's text included)
+    max_streams: int = 4  # concurrent /v1/stream responses (each holds a thread while it draws)
+    window: float = 0.002  # seconds an idle model's batcher waits to gather requests that arrive together
+    max_rows: int = 2048  # rows advancing together in one model's batch: bounds memory and a step's time
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port must be between 0 and 65535 (got {self.port})")
+        for name in ("max_n", "max_length", "max_prompts", "max_body", "max_streams", "max_rows"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not 0 <= self.window <= 1:
+            raise UsageError(f"--window must be between 0 and 1 second (got {self.window})")
+        if self.token is not None and not self.token.strip():
+            raise UsageError("--token is empty; give a secret, or leave it out")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout")

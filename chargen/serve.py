@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
 from .api import BUNDLED, Model, load
-from .batching import DEFAULT_MAX_ROWS, DEFAULT_WINDOW, Batcher
+from .batching import Batcher
 from .checkpoint import METRICS
+from .config import ServeConfig, is_loopback
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
 from .sampling import SampleStats
@@ -55,46 +56,6 @@ from starlette.routing import Route  # noqa: E402
 ENV_TOKEN = "CHARGEN_SERVE_TOKEN"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CURVE_POINTS = 200  # validation points per model in /v1/models
-
-
-@dataclass
-class ServeConfig:
-    """How the server listens and what it allows a request (each a `chargen serve` flag)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: Optional[str] = None  # bearer token the API requires; None: none
-    max_n: int = 1000  # samples per request, all prompts together
-    max_length: int = 2000  # characters a sample may run to (--length)
-    max_prompts: int = 100  # prompts per request
-    max_body: int = 1 << 20  # bytes of a request body (eval's text included)
-    max_streams: int = 4  # concurrent /v1/stream responses (each holds a thread while it draws)
-    window: float = DEFAULT_WINDOW  # seconds an idle batcher waits to gather requests
-    max_rows: int = DEFAULT_MAX_ROWS  # rows in one batched round
-
-    def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port must be between 0 and 65535 (got {self.port})")
-        for name in ("max_n", "max_length", "max_prompts", "max_body", "max_streams", "max_rows"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if not 0 <= self.window <= 1:
-            raise UsageError(f"--window must be between 0 and 1 second (got {self.window})")
-        if self.token is not None and not self.token.strip():
-            raise UsageError("--token is empty; give a secret, or leave it out")
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class ApiError(Exception):

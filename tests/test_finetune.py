@@ -135,3 +135,21 @@ def test_a_config_file_can_name_the_model_to_start_from(tmp_path):
     f.write_text("from = 3\n")
     with pytest.raises(UsageError, match="--from must be text"):
         load_toml_config(str(f))
+
+
+def test_the_bundled_models_are_named_base_and_names(tmp_path):
+    """`--from base` is the broad bundled model (names of many languages and kinds), `--from names`
+    the US first names; both load by name wherever no file of that name is in the way."""
+    from chargen.api import BUNDLED, bundled_checkpoint, checkpoint_path
+    from chargen.finetune import DEFAULT_FROM, resolve_base
+
+    assert DEFAULT_FROM in BUNDLED
+    for name, file in BUNDLED.items():
+        assert resolve_base(name) == bundled_checkpoint(name) and resolve_base(name).name == file
+    base = chargen.load("base")
+    greek, hebrew = set("αβγδε"), set("אבגד")
+    assert greek <= set(base.vocab.chars) and hebrew <= set(base.vocab.chars)  # broad: other scripts
+    assert not greek & set(chargen.load("names").vocab.chars)
+    assert base.line_oriented and base.checkpoint.lines is not None
+    (tmp_path / "base").write_text("not a model")  # a file called base here is taken for what it is
+    assert checkpoint_path(tmp_path / "base") == tmp_path / "base"

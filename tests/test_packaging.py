@@ -36,7 +36,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_package_and_bundled_model_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "chargen/_bundled/names.safetensors" in names and "chargen/cli.py" in names
+    assert {"chargen/_bundled/names.safetensors", "chargen/_bundled/base.safetensors", "chargen/cli.py"} <= set(names)
     assert {"chargen/static/playground.html", "chargen/static/playground.js", "chargen/static/playground.css",
             "chargen/static/favicon.svg"} <= set(names)
     top = {n.split("/")[0] for n in names}

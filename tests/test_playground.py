@@ -49,6 +49,7 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1200, "height": 800})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -74,6 +75,12 @@ def test_type_a_prompt_press_generate_and_see_names(page, server):
     logprobs = page.locator("#results tbody td:last-child").all_inner_texts()
     assert len(logprobs) == 8 and all(float(v) < 0 for v in logprobs)
     assert "8 samples" in page.locator("#status").inner_text()
+    page.locator("#results tbody td.sample button").nth(2).click()  # a click copies one name
+    sync_api.expect(page.locator("#status")).to_contain_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == rows[2]
+    page.click("#copy")  # and the button, all of them
+    sync_api.expect(page.locator("#status")).to_contain_text("copied 8")
+    assert page.evaluate("navigator.clipboard.readText()") == "\n".join(rows) + "\n"
 
     # Keyboard only: constraints typed in, Enter in a field generates again.
     page.click("#constraints summary")

@@ -19,7 +19,8 @@ httpx = pytest.importorskip("httpx", reason="the API tests need httpx: pip insta
 
 import chargen  # noqa: E402
 from chargen.batching import Batcher  # noqa: E402
-from chargen.serve import ServeConfig, build_app, load_models  # noqa: E402
+from chargen.config import ServeConfig
+from chargen.serve import build_app, load_models  # noqa: E402
 
 from .conftest import chargen_exe, run  # noqa: E402
 
@@ -383,7 +384,7 @@ def test_exposed_without_a_token_warns_and_answers_any_host_name():
 
 
 def test_serving_never_imports_torch(trained_names):
-    code = ("import sys; from chargen.serve import ServeConfig, build_app, load_models; "
+    code = ("import sys; from chargen.config import ServeConfig; from chargen.serve import build_app, load_models; "
             f"app = build_app(load_models([('names', 'names'), ('mine', {str(trained_names)!r})], ServeConfig()), ServeConfig()); "
             "import starlette.testclient as t; c = t.TestClient(app, base_url='http://localhost'); "
             "assert c.post('/v1/sample', json={'n': 3}).status_code == 200; "

@@ -246,11 +246,24 @@ async function streamProse(started) {
 
 async function copy(value, message) {
   try {
-    await navigator.clipboard.writeText(value);
+    if (navigator.clipboard && window.isSecureContext) await navigator.clipboard.writeText(value);
+    else copyByHand(value);  // plain http from another machine: no Clipboard API there
     setStatus(message);
   } catch (e) {
     setStatus("the browser refused the clipboard; select the text instead", true);
   }
+}
+
+function copyByHand(value) {
+  const area = document.createElement("textarea");
+  area.value = value;
+  area.setAttribute("readonly", "");
+  area.className = "offscreen";
+  document.body.append(area);
+  area.select();
+  const ok = document.execCommand("copy");
+  area.remove();
+  if (!ok) throw new Error("copy refused");
 }
 
 function init() {
