@@ -225,7 +225,7 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units). [default: auto]")] = None,
     config_file: Annotated[Optional[str], typer.Option("--config", help="Read options from a TOML file (keys named like the flags); flags given here win.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory (or from this last.safetensors).")] = None,
-    start_from: Annotated[Optional[str], typer.Option("--from", help="Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or 'names' (the bundled model). Its shape is kept, its vocabulary grows by the corpus's new characters; none: from scratch.", show_default=False)] = None,
+    start_from: Annotated[Optional[str], typer.Option("--from", help="Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or a bundled model: 'base' (names of many languages and kinds) or 'names' (US first names). Its shape is kept, its vocabulary grows by the corpus's new characters; none: from scratch. [default: base for a list of at most 5,000 lines given no model shape, else none]", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.")] = False,
 ) -> None:
@@ -306,7 +306,7 @@ class _Output:
 
 @app.command()
 def sample(
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory (its best). [default: $CHARGEN_CHECKPOINT, else the bundled names model]")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory (its best), or a bundled model: names, base. [default: $CHARGEN_CHECKPOINT, else the bundled names model]")] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
     num: Annotated[int, typer.Option("--num", "-n", help="Samples to print (per prompt).")] = 1,
     length: Annotated[Optional[int], typer.Option("--length", "-l", help=f"Maximum characters generated per sample. [default: {DEFAULT_LINE_LENGTH} per line, {DEFAULT_PROSE_LENGTH} for prose]")] = None,
