@@ -7,6 +7,8 @@ next step (a few milliseconds), and leaves it as soon as its own rows have ended
 for a whole batch to finish. When the worker is idle, the first request to arrive waits the
 batching window (`window`, 2 ms by default) for others to arrive with it. At most `max_rows` rows
 advance together (memory and step time); requests beyond that wait their turn in arrival order.
+With `max_draws`, a request that would draw more than that many samples in all (a rare
+constraint redraws) ends with a SamplingError instead of holding the batch for minutes.
 A request that needs more draws (redraws under --unique, --novel or constraints) goes on with
 its next attempts as soon as its first ones end.
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from .config import ServeConfig
+from .errors import SamplingError
 from .sampling import MAX_BATCH, Drawing, RowEngine, Sample, Stepper
 from .tokenizer import Vocab
 
@@ -53,6 +56,7 @@ class _Request:
         self.drawings = drawings
         self.current: Optional[Drawing] = None
         self.samples: list[Sample] = []
+        self.draws = 0  # rows started for it so far
         self.future: concurrent.futures.Future = concurrent.futures.Future()
 
     def advance(self) -> bool:
@@ -78,10 +82,10 @@ class Batcher:
     """
 
     def __init__(self, stepper: Stepper, vocab: Vocab, *, window: float = ServeConfig.window,
-                 max_rows: int = ServeConfig.max_rows, name: str = "chargen-batcher"):
+                 max_rows: int = ServeConfig.max_rows, max_draws: Optional[int] = None, name: str = "chargen-batcher"):
         self.stats = BatchStats()
         self.engine = RowEngine(stepper, vocab)
-        self.window, self.max_rows = window, max_rows
+        self.window, self.max_rows, self.max_draws = window, max_rows, max_draws
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -151,6 +155,11 @@ class Batcher:
                 return
             room = max(1, self.max_rows - self.engine.size)
             rows = request.current.next_rows(min(room, MAX_BATCH))
+            request.draws += len(rows.indices)
+            if self.max_draws is not None and request.draws > self.max_draws:
+                raise SamplingError(f"this request needs more than {self.max_draws:,} draws, this server's limit "
+                                    f"({len(request.samples):,} samples found so far); ask for fewer, or loosen the "
+                                    f"constraints (guided drops none)")
         except Exception as exc:  # a ChargenError (a SamplingError, say) goes back to its caller
             request.fail(exc)
             self.stats.requests += 1

@@ -441,6 +441,7 @@ def serve(
     max_body: Annotated[int, typer.Option(help="Most bytes in a request body.")] = ServeConfig.max_body,
     max_streams: Annotated[int, typer.Option(help="Most /v1/stream responses open at once.")] = ServeConfig.max_streams,
     window: Annotated[float, typer.Option(help="Seconds an idle model waits to gather requests into one batch.")] = ServeConfig.window,
+    max_draws: Annotated[int, typer.Option(help="Most draws one sample request may cost (rare constraints draw many); past it, a 422.")] = ServeConfig.max_draws,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log each request on stderr.")] = False,
@@ -461,7 +462,8 @@ def serve(
     from .serve import serve as run_server, token_from_env
 
     config = ServeConfig(host=host, port=port, token=token_from_env(token), max_n=max_n, max_length=max_length,
-                         max_prompts=max_prompts, max_body=max_body, max_streams=max_streams, window=window)
+                         max_prompts=max_prompts, max_body=max_body, max_streams=max_streams, window=window,
+                         max_draws=max_draws)
 
     def notice(message: str) -> None:
         sys.stderr.write(message + "\n")

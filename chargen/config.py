@@ -261,11 +261,12 @@ class ServeConfig(_Config):
     max_streams: int = 4  # concurrent /v1/stream responses (each holds a thread while it draws)
     window: float = 0.002  # seconds an idle model's batcher waits to gather requests that arrive together
     max_rows: int = 2048  # rows advancing together in one model's batch: bounds memory and a step's time
+    max_draws: int = 200_000  # draws one sample request may cost (rare constraints redraw): bounds its time
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port must be between 0 and 65535 (got {self.port})")
-        for name in ("max_n", "max_length", "max_prompts", "max_body", "max_streams", "max_rows"):
+        for name in ("max_n", "max_length", "max_prompts", "max_body", "max_streams", "max_rows", "max_draws"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not 0 <= self.window <= 1:

@@ -108,7 +108,7 @@ def load_models(specs: list[tuple[str, str]], config: ServeConfig, backend: str 
     for name, path in specs:
         model = load(path, backend=backend, device=device)
         batcher = Batcher(model.stepper, model.vocab, window=config.window, max_rows=config.max_rows,
-                          name=f"chargen-batcher-{name}")
+                          max_draws=config.max_draws, name=f"chargen-batcher-{name}")
         served.append(Served(name, model, batcher, model_info(name, model)))
     return served
 

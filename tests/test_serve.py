@@ -225,6 +225,20 @@ def test_bad_requests_get_one_line_json_errors(client, send, status, needle):
     assert needle in error and "\n" not in error and "Traceback" not in r.text and "File \"" not in r.text
 
 
+def test_a_request_past_the_draw_limit_is_a_422_and_others_go_on(trained_names, trained_prose):
+    """A rare constraint redraws: past --max-draws the request ends, the batch is not held."""
+    from starlette.testclient import TestClient
+
+    application, served = make_app(trained_names, trained_prose, max_draws=500)
+    with TestClient(application, base_url="http://localhost") as c:
+        r = c.post("/v1/sample", json={"n": 200, "seed": 1, "contains": "ss", "min_len": 8})
+        assert r.status_code == 422 and "500 draws, this server's limit" in r.json()["error"], r.text
+        ok = c.post("/v1/sample", json={"n": 20, "seed": 1})
+        assert ok.status_code == 200 and len(ok.json()["samples"]) == 20
+    for s in served:
+        s.batcher.close()
+
+
 def test_a_chunked_body_over_the_limit_is_refused(client):
     def chunks():
         for _ in range(40):
