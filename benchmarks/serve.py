@@ -136,7 +136,7 @@ def main() -> None:
         return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]
 
     steps = after["steps"] - before["steps"]
-    row_steps = after["mean_batch"] * after["steps"] - before["mean_batch"] * before["steps"]
+    row_steps = after["row_steps"] - before["row_steps"]
     result = {
         "clients": args.clients, "seconds": args.seconds, "n": args.n, "requests": requests, "errors": len(errors),
         "names_per_s": names_per_s, "requests_per_s": requests / wall,

@@ -45,7 +45,8 @@ class BatchStats:
     busy_seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "mean_batch": round(self.row_steps / self.steps, 1) if self.steps else 0.0,
+        return {"steps": self.steps, "row_steps": self.row_steps,
+                "mean_batch": round(self.row_steps / self.steps, 1) if self.steps else 0.0,
                 "rows": self.rows, "requests": self.requests, "busy_seconds": round(self.busy_seconds, 3)}
 
 
@@ -128,7 +129,7 @@ class Batcher:
             while queue and engine.size < self.max_rows:
                 self._admit(queue.popleft(), owners)
             if engine.busy:
-                steps = engine.steps
+                steps, row_steps = engine.steps, engine.row_steps
                 try:
                     done = engine.step()
                 except Exception as exc:  # never leave a caller waiting: all in the batch get the error
@@ -142,7 +143,7 @@ class Batcher:
                     request.samples.extend(request.current.take(drawn))
                     self._admit(request, owners)
                 self.stats.steps += engine.steps - steps
-            self.stats.row_steps = engine.row_steps
+                self.stats.row_steps += engine.row_steps - row_steps
             self.stats.busy_seconds += time.perf_counter() - started
 
     def _admit(self, request: _Request, owners: dict[int, _Request]) -> None:

@@ -234,6 +234,12 @@ class Server:
             raise ApiError(404, f"no model named {shown} here (models: {', '.join(self.models)})")
         return self.models[name]
 
+    async def parse(self, request: Request, allowed: dict[str, Any],
+                    required: tuple[str, ...] = ()) -> tuple[Served, dict[str, Any]]:
+        """A request's model and its checked fields (each endpoint names the fields it takes)."""
+        data = await read_json(request, self.config.max_body)
+        return self.model(data), check_fields(data, allowed, required)
+
     def limit_sample(self, fields: dict[str, Any], n_default: int = 1) -> int:
         c = self.config
         prompts = fields.get("prompt", "")
@@ -270,9 +276,7 @@ class Server:
         return JSONResponse({"models": [s.info for s in self.models.values()]})
 
     async def sample(self, request: Request) -> Response:
-        data = await read_json(request, self.config.max_body)
-        served = self.model(data)
-        fields = check_fields(data, SAMPLE_FIELDS)
+        served, fields = await self.parse(request, SAMPLE_FIELDS)
         n = self.limit_sample(fields)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
         prompt = fields.get("prompt", "")
@@ -287,9 +291,7 @@ class Server:
                              "draws": stats.draws, "accepted": stats.accepted}, headers=_json_headers())
 
     async def top(self, request: Request) -> Response:
-        data = await read_json(request, self.config.max_body)
-        served = self.model(data)
-        fields = check_fields(data, TOP_FIELDS)
+        served, fields = await self.parse(request, TOP_FIELDS)
         n = self.limit_sample(fields, n_default=10)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
 
@@ -300,17 +302,13 @@ class Server:
         return JSONResponse({"model": served.name, "samples": [s.record() for s in samples]}, headers=_json_headers())
 
     async def eval(self, request: Request) -> Response:
-        data = await read_json(request, self.config.max_body)
-        served = self.model(data)
-        fields = check_fields(data, EVAL_FIELDS, required=("text",))
+        served, fields = await self.parse(request, EVAL_FIELDS, required=("text",))
         text = fields.pop("text")
         result = await asyncio.to_thread(served.model.eval, text, **fields)
         return JSONResponse({"model": served.name, **result}, headers=_json_headers())
 
     async def stream(self, request: Request) -> Response:
-        data = await read_json(request, self.config.max_body)
-        served = self.model(data)
-        fields = check_fields(data, STREAM_FIELDS)
+        served, fields = await self.parse(request, STREAM_FIELDS)
         if not isinstance(fields.get("prompt", ""), str):
             raise ApiError(400, "'prompt' must be text: a stream draws from one prompt")
         n = self.limit_sample(fields)
