@@ -320,7 +320,8 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
     (batch_size, seq_len, lr, max_steps, epochs, time in seconds, patience, device, ...); an
     unknown one is a ConfigError. What is left unset of the model and batch sizes is chosen from
-    the corpus size and time budget (chargen.sizing). `resume` continues the run in a run
+    the corpus size, the budget and this device's measured speed (chargen.sizing), and recorded
+    in config.json. `resume` continues the run in a run
     directory (or from its last.safetensors) exactly; its corpus and validation file are read
     again from the paths it recorded unless given. `callbacks` is a chargen.callbacks.TrainCallbacks.
     A run stopped by Ctrl-C or SIGTERM raises TrainingInterrupted after saving. `start_from`
@@ -369,6 +370,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     try:
         corpus = _ingest(paths, dist, callbacks)
         val_text = read_corpus([val_file]).text if val_file else None
+        sizing = None  # the record of the automatic sizes, when they were chosen
         if base is None and resume is None and start_from is None:
             base = _default_base(corpus, model_options, callbacks, dist)
         if base is not None:
@@ -376,13 +378,14 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
             config, model_options = _finetune_options(base, corpus, config, model_options, train_options, dist,
                                                       callbacks)
         elif resume is None:
-            config, model_options = _auto_size(corpus.n_chars, config, model_options, train_options, dist, callbacks)
+            config, model_options, sizing = _auto_size(corpus, config, model_options, train_options, precision, dist,
+                                                       callbacks)
         else:
             corpus = _in_run_vocab(corpus, ckpt)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
                               precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,
-                              base=base)
+                              base=base, sizing=sizing)
         clean = True
     finally:
         teardown_distributed(dist, clean)
@@ -472,22 +475,45 @@ def _ingest(paths: list[str], dist, callbacks):
     return corpus if corpus is not None else ingest(paths)
 
 
-def _auto_size(n_chars: int, config, model_options: dict[str, Any], train_options: dict[str, Any], dist,
+def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], precision: str, dist,
                callbacks):
-    """Fill what the user left unset of the sizes from the corpus and the time budget, and say so."""
+    """Fill what the user left unset of the sizes from the corpus, the budget and the measured
+    speed of this device (chargen.sizing, chargen.probe), and say so. Returns the training
+    config, the model options and the record of the choice (None: nothing was chosen)."""
     from .config import TrainConfig
     from .device import resolve_device
+    from .probe import measure_rate
     from .sizing import auto_sizes
 
     device = dist.device if dist is not None else resolve_device(config.device)
-    auto = auto_sizes(n_chars, config.time, device.type in ("cuda", "mps"), set(model_options) | set(train_options))
+    world = dist.world if dist is not None else 1
+    given = {**train_options, **model_options}
+
+    def measure(options, batch_size, seq_len, seconds):
+        # Under torchrun each process trains its share of the batch; the slowest one sets the pace,
+        # and every process must take the same decisions, so the numbers are agreed on.
+        rate, spent = measure_rate(options, len(corpus.vocab), max(1, batch_size // world), seq_len, device=device,
+                                   precision=precision, seconds=seconds)
+        if dist is not None:
+            per_char, spent = dist.max(1.0 / rate, spent)
+            rate = 1.0 / per_char
+        return rate * world, spent
+
+    auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time, max_steps=config.max_steps,
+                      epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
+                      val_fraction=config.val_fraction)
     if dist is not None and "batch_size" in auto.train:
         # --batch-size is the global batch: keep each process's share as large as one alone would use.
         auto.train["batch_size"] *= dist.world
         auto.why += f"; {dist.world} processes"
     if not (auto.model or auto.train):
-        return config, model_options
+        return config, model_options, None
     notice = _notice(callbacks, dist)
     if notice is not None:
-        notice(f"auto: {auto.describe()} ({auto.why}; {n_chars:,} characters); set these flags to choose yourself")
-    return TrainConfig.from_dict({**train_options, **auto.train}), {**auto.model, **model_options}
+        if auto.measured:
+            rates = ", ".join(f"{m['shape']} {m['chars_per_sec']:,.0f}" for m in auto.measured)
+            share = f" ({auto.probe_seconds / auto.time_budget:.1%} of the budget)" if auto.time_budget else ""
+            notice(f"measured chars/s on {device.type}: {rates}, in {auto.probe_seconds:.1f} s{share}")
+        notice(f"auto: {auto.describe()} ({auto.why}; {corpus.n_chars:,} characters); set these flags to choose "
+               f"yourself")
+    return TrainConfig.from_dict({**train_options, **auto.train}), {**auto.model, **model_options}, auto.record()

@@ -36,6 +36,7 @@ class StartReport:
     time_budget: Optional[float]  # seconds
     resumed_from_step: Optional[int]  # None for a new run
     flops_per_char: int  # training FLOPs per character (6 per matmul weight)
+    patience: Optional[int] = None  # evaluations without a better val loss that end the run (None: never)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class EndReport:
     device: str
     parameters: int
     flops_per_char: int
+    stopped: str = ""  # why the run ended: its budget, early stopping, a signal
 
 
 class TrainCallbacks:

@@ -129,6 +129,8 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             from .config import format_duration
 
             stop.append(format_duration(r.time_budget))
+        if r.patience:
+            stop.append(f"{r.patience} evaluations without a better val loss")
         self.con.print(
             f"model: {m.layers}x{m.hidden} {m.cell}, embed {m.embed}, dropout {m.dropout}, "
             f"{r.parameters:,} parameters; batch {r.batch_size} x seq {r.seq_len}; "
@@ -194,6 +196,8 @@ def _summary_table(r):  # a chargen.callbacks.EndReport
     t.add_row("speed", f"{r.chars_per_sec:,.0f} chars/s ({r.device} {r.precision}, "
                        f"{r.chars_per_sec * r.flops_per_char / 1e9:,.1f} GFLOP/s)")
     t.add_row("time", format_duration(r.elapsed))
+    if r.stopped:
+        t.add_row("stopped", r.stopped)
     return t
 
 
@@ -204,12 +208,12 @@ def train(
     val_file: Annotated[Optional[str], typer.Option("--val-file", help="Validate on this file instead of the corpus's tail.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the text, from its end, held out for validation." + _default(TrainConfig, "val_fraction"))] = None,
     cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn. [default: lstm]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: auto, from corpus size and time budget; printed at start]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: auto, from corpus size and time budget; printed at start]")] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: auto, from corpus size and time budget; printed at start]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: auto, from corpus size and time budget; printed at start]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in. [default: auto, from corpus size and time budget; printed at start]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length). [default: auto, from corpus size and time budget; printed at start]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length). [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW)." + _default(TrainConfig, "lr") + " (or chosen with the sizes, printed at start)")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on weight matrices." + _default(TrainConfig, "weight_decay"))] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps before cosine decay." + _default(TrainConfig, "warmup"))] = None,
@@ -218,7 +222,7 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="Stop after this wall-clock time: 90s, 5m, 2h." + f" [default: {format_duration(DEFAULT_TIME)} if no other stop is given]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate and save every N steps." + _default(TrainConfig, "eval_every"))] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss; 0: never. [default: 5 unless --max-steps or --epochs is given]")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help="Show a sample every N evaluations, on stderr (0: never)." + _default(TrainConfig, "sample_every"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default(TrainConfig, "seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps." + _default(TrainConfig, "device"))] = None,

@@ -32,6 +32,7 @@ CELLS = {
     "rnn": CellFacts(gates=1, state_tensors=1),  # tanh; state h
 }
 DEFAULT_TIME = 300.0  # seconds of training when no --max-steps, --epochs or --time is given
+DEFAULT_PATIENCE = 5  # evaluations without a better val loss that end a run with no --max-steps or --epochs
 DEFAULT_LINE_LENGTH = 200  # characters a line sample may run to
 DEFAULT_PROSE_LENGTH = 1000  # characters of a prose sample
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -164,7 +165,7 @@ class TrainConfig(_Config):
     epochs: Optional[float] = None
     time: Optional[float] = None  # seconds of wall clock
     eval_every: int = 200
-    patience: Optional[int] = None  # stop after this many evaluations without a new best
+    patience: Optional[int] = None  # stop after this many evaluations without a new best (None: auto, 0: never)
     sample_every: int = 1  # show a sample every N evaluations (0: never)
     eval_chars: int = 200_000  # cap on validation characters per evaluation, so evals stay cheap
     val_fraction: float = 0.1
@@ -176,8 +177,10 @@ class TrainConfig(_Config):
             _positive(name, getattr(self, name))
         for name in ("lr",):
             _positive(name, getattr(self, name))
-        for name in ("max_steps", "epochs", "time", "patience"):
+        for name in ("max_steps", "epochs", "time"):
             _positive(name, getattr(self, name), allow_none=True)
+        if not (self.patience is None or self.patience >= 0):
+            raise UsageError(f"--patience must be 0 (never stop early) or more (got {self.patience})")
         if not (0 <= self.weight_decay < math.inf):
             raise UsageError(f"--weight-decay must be 0 or more (got {self.weight_decay})")
         if not self.sample_every >= 0:

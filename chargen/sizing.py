@@ -1,61 +1,173 @@
 """Automatic model and batch sizes for the options a user leaves unset (torch-free).
 
-In a fixed time budget the model that wins is the largest one that still sees the corpus
-several times: char-rnn's rule of thumb is parameters of the order of the characters seen.
-Measured on a 2-core CPU in 5 minutes (docs/benchmarks.md): a 2x256 LSTM at about 35k chars/s
-sees 10M characters, right for a 1 MB corpus; a 36 KB list of names overfits anything larger
-than 2x128 within a minute, and wants dropout. A GPU sees ~30x more characters in the same
-time, so there the sizes step up.
+In a fixed budget the model that wins is the largest one that still sees enough characters per
+parameter, and that the corpus can feed without memorising it. So the rule is written in
+characters, not in corpus bytes: the characters the run will see (steps x batch x window, epochs
+x corpus, or for a time budget the measured speed of each candidate shape on this device and
+precision x the time), over the parameters of the shape. A shape is chosen when it sees at least
+SEEN_PER_PARAMETER characters per parameter and has at most DATA_PARAMETERS_PER_CHAR parameters
+per training character; a run that will go over its corpus many times gets dropout.
+
+The constants come from 5-minute runs on tinyshakespeare and names.txt on three CPUs
+(docs/benchmarks.md, "Automatic sizes"): on an AMX CPU a 2x256 LSTM sees 10M characters in
+5 minutes (11 per parameter) and beat the smaller shapes; on an AVX2-only CPU it sees 4-6M
+(5-7 per parameter) and a 2x192 (12 per parameter) beat it.
+
+How the speed is measured is not this module's business: `auto_sizes` takes a `measure` callable
+(chargen.probe times real training steps; the tests pass fake devices).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .config import DEFAULT_TIME, format_duration
+from .config import DEFAULT_TIME, ModelConfig, format_duration
 
-SMALL_CORPUS = 300_000  # characters: lists of names, titles
-MEDIUM_CORPUS = 5_000_000  # characters: about a megabyte of prose
-SHORT_BUDGET = 120.0  # seconds: below this a CPU run halves the width
+SMALL_CORPUS = 300_000  # characters: lists of names, titles (the default learning rate)
+LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
+SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shape to be trained enough
+DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
+DROPOUT_EPOCHS = 20.0  # a run that sees its corpus this many times or more gets dropout
+DROPOUT = 0.2
+PROBE_SHARE = 0.03  # of a time budget, at most, spent timing candidate shapes
+MIN_PROBE_SECONDS = 0.5  # a time budget whose share is below this is not measured: the smallest shape
+
+# The candidate shapes, smallest first: (layers, hidden, embed).
+LADDER = ((2, 64, 32), (2, 96, 32), (2, 128, 32), (2, 192, 64), (2, 256, 64), (2, 384, 64), (2, 512, 64),
+          (2, 768, 64), (3, 1024, 64))
+
+# measure(model options, batch_size, seq_len, seconds) -> (chars per second, seconds it took)
+Measure = Callable[[dict[str, Any], int, int, float], tuple[float, float]]
 
 
 @dataclass
 class AutoSizes:
-    """What was chosen, split by where it goes, and why (printed at start)."""
+    """What was chosen, split by where it goes, why, and what was measured to choose it."""
 
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     why: str = ""
+    measured: list[dict[str, Any]] = field(default_factory=list)  # {"shape", "parameters", "chars_per_sec", "seconds"}
+    probe_seconds: float = 0.0  # wall time spent measuring (part of the time budget)
+    time_budget: Optional[float] = None  # the time budget the sizes were chosen for (seconds)
 
     def describe(self) -> str:
         return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in {**self.model, **self.train}.items())
 
+    def record(self) -> dict[str, Any]:
+        """What config.json keeps of the choice (a resumed run reads its sizes, never re-measures)."""
+        return {"chosen": {**self.model, **self.train}, "why": self.why, "measured": self.measured,
+                "probe_seconds": round(self.probe_seconds, 3)}
 
-def auto_sizes(n_chars: int, time_budget: Optional[float], accelerator: bool, given: set[str]) -> AutoSizes:
-    """Sizes for a corpus of `n_chars` characters trained for `time_budget` seconds (None: the
-    default budget) on a GPU (`accelerator`) or a CPU, leaving out the options in `given`."""
-    budget = time_budget or DEFAULT_TIME
+
+def train_options(n_chars: int, accelerator: bool) -> dict[str, Any]:
+    """Batch, window and learning rate by corpus kind and device. On a CPU a budget of minutes is
+    short of updates, not of characters: at equal wall time on tinyshakespeare (5 minutes, 2x192,
+    AVX2-only CPU, docs/benchmarks.md) windows of 256, 128 and 64 characters reached 1.680, 1.597
+    and 1.527 at about the same characters per second (batch 64 x 128 against 32 x 128 on an AMX
+    CPU: 1.580 against 1.489). A GPU runs wider steps in about the time of narrow ones."""
+    if accelerator:
+        if n_chars >= LARGE_CORPUS:
+            return {"batch_size": 128, "seq_len": 128}  # a GPU needs wide batches to be busy
+        return {"batch_size": 32, "seq_len": 64} if n_chars < SMALL_CORPUS else \
+            {"batch_size": 32, "seq_len": 128, "lr": 5e-3}
     if n_chars < SMALL_CORPUS:
-        model = {"layers": 2, "hidden": 256 if accelerator else 128, "embed": 32, "dropout": 0.2}
-        train = {"batch_size": 32, "seq_len": 64}
-        why = "a small corpus: a small model with dropout, short windows"
-    elif n_chars < MEDIUM_CORPUS:
-        # Measured: in 5 minutes on 2 cores, tinyshakespeare reached 1.489 with these settings,
-        # 1.580 with batch 64 and lr 3e-3 (half the updates), and 1.621 with dropout 0.15 (slower
-        # to learn; the budget ends before overfitting matters).
-        model = {"layers": 2, "hidden": 512 if accelerator else 256, "embed": 64, "dropout": 0.0}
-        train = {"batch_size": 32, "seq_len": 128, "lr": 5e-3}
-        why = "a corpus of about a megabyte"
+        return {"batch_size": 32, "seq_len": 64}
+    return {"batch_size": 32, "seq_len": 64, "lr": 5e-3}
+
+
+def candidates(given_model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shapes to choose from, smallest first, with the given model options kept: a given
+    --hidden leaves one shape (2 layers unless given), a given --layers or --embed the ladder's widths."""
+    if "hidden" in given_model:
+        hidden = given_model["hidden"]
+        return [{"layers": 2, "embed": 32 if hidden <= 128 else 64, **given_model}]
+    shapes = [{"layers": layers, "hidden": hidden, "embed": embed, **given_model} for layers, hidden, embed in LADDER]
+    return [s for i, s in enumerate(shapes) if s not in shapes[:i]]
+
+
+def shape_name(options: dict[str, Any]) -> str:
+    return f"{options['layers']}x{options['hidden']}"
+
+
+def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], max_steps: Optional[int] = None,
+               epochs: Optional[float] = None, accelerator: bool, given: dict[str, Any],
+               measure: Optional[Measure] = None, val_fraction: float = 0.1) -> AutoSizes:
+    """Sizes for a corpus of `n_chars` characters and `vocab_size` symbols, trained for
+    `time_budget` seconds and/or `max_steps` steps or `epochs` (none of the three: the default
+    time), on a GPU (`accelerator`) or a CPU. `given` holds the options the user set (model and
+    training); they are kept, and the chosen ones leave them out. `measure` times a shape on the
+    device (needed only for a time budget; without it the smallest shape is taken)."""
+    if max_steps is None and epochs is None and time_budget is None:
+        time_budget = DEFAULT_TIME
+    train = {k: v for k, v in train_options(n_chars, accelerator).items() if k not in given}
+    batch, seq_len = given.get("batch_size", train.get("batch_size")), given.get("seq_len", train.get("seq_len"))
+    train_chars = max(1, int(n_chars * (1 - given.get("val_fraction", val_fraction))))
+    model_given = {k: v for k, v in given.items() if k in ("layers", "hidden", "embed", "cell")}
+
+    def parameters(options: dict[str, Any]) -> int:
+        return ModelConfig(vocab_size=vocab_size, **{k: v for k, v in options.items() if k != "dropout"}).parameters
+
+    ladder = candidates(model_given)
+    cap = DATA_PARAMETERS_PER_CHAR * train_chars
+    feedable = [o for o in ladder if parameters(o) <= cap] or ladder[:1]
+    seen_cap = min(max_steps * batch * seq_len if max_steps else math.inf, epochs * train_chars if epochs else math.inf)
+
+    measured: list[dict[str, Any]] = []
+    spent = 0.0
+    pick, seen = feedable[0], seen_cap
+    if time_budget is not None:
+        probe_budget = PROBE_SHARE * time_budget
+        needed = len(feedable) > 1 or "dropout" not in given  # a shape to choose, or whether it needs dropout
+        if needed and probe_budget >= MIN_PROBE_SECONDS and measure is not None:
+            for options in feedable:
+                if measured:  # a warm-up and a timed step of the next shape must fit in what is left
+                    last = measured[-1]
+                    step = batch * seq_len / last["chars_per_sec"] * parameters(options) / last["parameters"]
+                    if spent + 2 * step > probe_budget:
+                        break
+                rate, seconds = measure(options, batch, seq_len, probe_budget - spent)
+                spent += seconds
+                n_seen = min(seen_cap, rate * (time_budget - probe_budget))
+                measured.append({"shape": shape_name(options), "parameters": parameters(options),
+                                 "chars_per_sec": round(rate, 1), "seconds": round(seconds, 3)})
+                if options is not feedable[0] and n_seen < SEEN_PER_PARAMETER * parameters(options):
+                    break
+                pick, seen = options, n_seen
+        else:
+            seen = math.nan  # not measured: the smallest shape, no estimate
     else:
-        model = {"layers": 3 if accelerator else 2, "hidden": 1024 if accelerator else 512, "embed": 64, "dropout": 0.0}
-        train = {"batch_size": 128 if accelerator else 64, "seq_len": 128}
-        why = "a large corpus: a large model, seen less than once, needs no dropout"
-    if not accelerator and budget < SHORT_BUDGET and model["hidden"] > 128:
-        model["hidden"] //= 2
-        why += f"; a short budget ({format_duration(budget)}), so half the width"
-    return AutoSizes(model={k: v for k, v in model.items() if k not in given},
-                     train={k: v for k, v in train.items() if k not in given}, why=why)
+        for options in feedable:
+            if options is feedable[0] or seen_cap >= SEEN_PER_PARAMETER * parameters(options):
+                pick = options
+    model = {k: v for k, v in pick.items() if k not in given}
+    epochs_seen = seen / train_chars
+    if "dropout" not in given and math.isfinite(epochs_seen):
+        model["dropout"] = DROPOUT if epochs_seen >= DROPOUT_EPOCHS else 0.0
+    why = _why(pick, parameters(pick), seen, epochs_seen, cap, feedable, measured, time_budget)
+    return AutoSizes(model=model, train=train, why=why, measured=measured, probe_seconds=spent,
+                     time_budget=time_budget)
+
+
+def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap: float, feedable: list,
+         measured: list[dict[str, Any]], time_budget: Optional[float]) -> str:
+    """One line: what the chosen shape will see, and what stopped the next one."""
+    name = shape_name(pick)
+    if not math.isfinite(seen):
+        if time_budget is not None and not measured:
+            return f"{name}: a budget of {format_duration(time_budget)} is too short to measure shapes"
+        return f"{name}: the given shape"
+    why = f"{name} ({params:,} parameters) sees about {seen / 1e6:.1f}M characters, {seen / params:.0f} per parameter, " \
+          f"{epochs_seen:.1f} epochs"
+    if pick is feedable[-1] and len(feedable) < len(LADDER):
+        why += f"; the corpus feeds at most {cap / 1e6:.2g}M parameters"
+    elif pick is not feedable[-1]:
+        why += f"; the next shape would see under {SEEN_PER_PARAMETER:g} characters per parameter"
+    if epochs_seen >= DROPOUT_EPOCHS:
+        why += f"; dropout {DROPOUT} for {epochs_seen:.0f} epochs"
+    return why
 
 
 def finetune_defaults(n_chars: int, given: set[str]) -> AutoSizes:
@@ -72,4 +184,3 @@ def finetune_defaults(n_chars: int, given: set[str]) -> AutoSizes:
     return AutoSizes(model={k: v for k, v in model.items() if k not in given},
                      train={k: v for k, v in train.items() if k not in given},
                      why="adapting a trained model: evaluate often, stop when it stops improving")
-

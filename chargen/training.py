@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ._version import __version__
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from .checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
-from .config import DEFAULT_TIME, ModelConfig, TrainConfig, format_duration
+from .config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, TrainConfig, format_duration
 from .data import Corpus, TrainData, WindowLoader, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
@@ -59,6 +59,7 @@ class TrainResult:
     last_val_loss: float
     elapsed: float
     interrupted: Optional[str] = None  # "SIGINT" / "SIGTERM" / "request" when stopped early
+    stopped: str = ""  # why it ended (EndReport.stopped)
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -76,6 +77,7 @@ def train(
     callbacks: Optional[TrainCallbacks] = None,
     dist: Optional[Dist] = None,
     base: Optional[Checkpoint] = None,
+    sizing: Optional[dict[str, Any]] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` and write best/last checkpoints and metrics to `out_dir`.
 
@@ -84,7 +86,9 @@ def train(
     `dist` (from chargen.distributed.setup, under torchrun) trains this rank's share of the
     streams with DistributedDataParallel; only rank 0 reports and writes. `base` (a trained
     model's checkpoint) starts a new run from its weights, grown to the corpus's vocabulary
-    (chargen.finetune); the run records it and evaluates it before the first step.
+    (chargen.finetune); the run records it and evaluates it before the first step. `sizing` (a
+    chargen.sizing.AutoSizes record) is kept in config.json and the checkpoints, and the time it
+    took to measure counts against the time budget.
     """
     main = dist is None or dist.is_main
     cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()  # the other ranks stay quiet
@@ -108,7 +112,8 @@ def train(
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
-                        run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base)
+                        run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base,
+                        sizing=sizing)
             t.start()
             while not t.should_stop(flag):
                 if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
@@ -118,10 +123,21 @@ def train(
                 t.report_progress()
                 if t.run.step % config.eval_every == 0:
                     t.evaluate()
-                    if config.patience is not None and t.evals_since_best >= config.patience:
-                        cb.on_notice(f"early stop: no better validation loss in {config.patience} evaluations")
+                    if t.budget.patience and t.evals_since_best >= t.budget.patience:
+                        t.stopped = (f"early stop: no better validation loss in {t.budget.patience} evaluations "
+                                     f"(best {t.run.best_val_loss:.4f} at step {t.best_step:,})")
                         break
             return t.finish(flag)
+
+
+def _best_so_far(metrics: list[dict[str, Any]], step: int) -> tuple[int, int]:
+    """The step of the best validation loss in `metrics`, and the evaluations since it (a resumed
+    run stops early exactly where the uninterrupted one would have)."""
+    losses = [m["val_loss"] for m in metrics]
+    if not losses or not any(math.isfinite(v) for v in losses):
+        return step, 0
+    best = min(range(len(losses)), key=lambda i: (not math.isfinite(losses[i]), losses[i]))
+    return metrics[best]["step"], len(losses) - 1 - best
 
 
 def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
@@ -142,7 +158,8 @@ class Trainer:
     def __init__(self, data: TrainData, config: TrainConfig, model_options: Optional[dict[str, Any]],
                  ckpt: Optional[Checkpoint], *, device: torch.device, precision: str, dist: Optional[Dist],
                  run_dir: RunDir, callbacks: TrainCallbacks, corpus: Corpus | EncodedCorpus,
-                 val_source: Optional[str], base: Optional[Checkpoint] = None):
+                 val_source: Optional[str], base: Optional[Checkpoint] = None,
+                 sizing: Optional[dict[str, Any]] = None):
         self.data, self.config, self.device, self.dist, self.run_dir, self.cb = data, config, device, dist, run_dir, callbacks
         self.main = dist is None or dist.is_main
         if ckpt is not None:
@@ -197,9 +214,15 @@ class Trainer:
         }
         if self.lineage is not None:
             self.run_info["from"] = self.lineage
+        self.sizing = ckpt.info.get("auto") if ckpt is not None else sizing
+        if self.sizing is not None:
+            self.run_info["auto"] = self.sizing
+            if ckpt is None:  # measuring the sizes was part of the budget
+                self.run.elapsed = float(self.sizing.get("probe_seconds", 0.0))
+        self.stopped: Optional[str] = None  # why the run ended before its budget, when it did
         self.meter = LossMeter(device)
         self.guard: Optional[DivergenceGuard] = None
-        self.evals_since_best = 0
+        self.best_step, self.evals_since_best = _best_so_far(self.metrics, self.run.step)
         self.steps_since_eval = 0
         self.last_report = 0.0
         self.now = 0.0
@@ -255,7 +278,7 @@ class Trainer:
             parameters=self.model.num_parameters(), batch_size=self.data.batch_size, seq_len=self.config.seq_len,
             device=self.device.type, precision=self.precision, max_steps=self.budget.max_steps,
             time_budget=self.budget.time, resumed_from_step=self.resumed_from,
-            flops_per_char=6 * self.model_config.matmul_weights))
+            flops_per_char=6 * self.model_config.matmul_weights, patience=self.budget.patience))
         self.run_dir.prepare()
         self.model.train()
         self.t0 = time.perf_counter()
@@ -276,7 +299,8 @@ class Trainer:
         # The resolved configuration this run trains with, for the record (and `--config` reuse).
         self.run_dir.write_config({"corpus": self.run_info["sources"], "model": self.model_config.to_dict(),
                                    "train": self.config.to_dict(), "precision": self.precision,
-                                   "device": self.device.type, "batch_size_used": self.data.batch_size})
+                                   "device": self.device.type, "batch_size_used": self.data.batch_size,
+                                   **({"auto": self.sizing} if self.sizing is not None else {})})
 
     def elapsed(self, now: Optional[float] = None) -> float:
         return self.elapsed_before + (time.perf_counter() if now is None else now) - self.t0
@@ -312,17 +336,9 @@ class Trainer:
         finite: then the weights stay as they were, and a persistent divergence is rolled back."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        with autocast(self.device, self.precision):
-            logits, new_state = self.net(x, self.state)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        loss, grad_norm, new_state = loss_and_gradients(self.net, self.model, self.optimizer, x, y, self.state,
+                                                        self.device, self.precision, self.config.grad_clip,
+                                                        self.scaler)
         self.run.window += 1
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -386,7 +402,7 @@ class Trainer:
         improved = val_loss < run.best_val_loss
         if improved:
             run.best_val_loss = val_loss
-            self.evals_since_best = 0
+            self.best_step, self.evals_since_best = run.step, 0
         else:
             self.evals_since_best += 1
         report = EvalReport(
@@ -449,6 +465,15 @@ class Trainer:
                           lines_blob=self.lines_blob, resume=resume_meta, resume_tensors=resume_tensors,
                           start_state=start)
 
+    def why_stopped(self, flag: "StopFlag") -> str:
+        if flag:
+            return {"request": "stopped on request"}.get(flag.signal, f"stopped by {flag.signal}") + ", saved"
+        if self.stopped is not None:
+            return self.stopped
+        if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
+            return f"{self.budget.max_steps:,} steps done"
+        return f"the time budget of {format_duration(self.budget.time)} was spent" if self.budget.time else "done"
+
     def finish(self, flag: "StopFlag") -> TrainResult:
         self.meter.drain()
         self.batches.close()
@@ -460,7 +485,8 @@ class Trainer:
         elif self.steps_since_eval or not self.metrics:
             self.evaluate()
         run, elapsed = self.run, self.elapsed()
-        self.cb.on_end(EndReport(
+        stopped = self.why_stopped(flag)
+        self.cb.on_end(EndReport(stopped=stopped,
             run_dir=str(self.run_dir.path), steps=run.step, epochs=run.epoch, chars_seen=run.chars_seen,
             best_val_loss=run.best_val_loss, last_val_loss=run.last_val_loss, elapsed=elapsed,
             chars_per_sec=self.chars_per_sec(), interrupted=flag.signal,
@@ -468,7 +494,27 @@ class Trainer:
             parameters=self.model.num_parameters(), flops_per_char=6 * self.model_config.matmul_weights))
         return TrainResult(run_dir=self.run_dir.path, steps=run.step, chars_seen=run.chars_seen,
                            best_val_loss=run.best_val_loss, last_val_loss=run.last_val_loss, elapsed=elapsed,
-                           interrupted=flag.signal, metrics=self.metrics)
+                           interrupted=flag.signal, stopped=stopped, metrics=self.metrics)
+
+
+def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                       y: torch.Tensor, state: Optional[State], device: torch.device, precision: str,
+                       grad_clip: float, scaler: Optional[torch.amp.GradScaler] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, State]:
+    """The compute of one training step on window (x, y), both (B, T), up to the optimizer step:
+    the loss, the gradients (unscaled, clipped to `grad_clip`; 0: not clipped) and their norm
+    before clipping, and the state after the window. `net` is `model`, or its DDP wrapper."""
+    with autocast(device, precision):
+        logits, new_state = net(x, state)  # (B, T, V)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    return loss, grad_norm, new_state
 
 
 def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, text_ids: np.ndarray) -> None:
@@ -497,21 +543,28 @@ def make_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
 
 @dataclass
 class Budget:
-    """When to stop: after max_steps, or after `time` seconds (whichever comes first)."""
+    """When to stop: after max_steps, or after `time` seconds (whichever comes first), or after
+    `patience` evaluations without a better validation loss."""
 
     max_steps: Optional[int]
     time: Optional[float]
+    patience: Optional[int] = None
 
     @classmethod
     def of(cls, config: TrainConfig, n_windows: int, notice) -> "Budget":
-        time_budget = config.time
-        if config.max_steps is None and config.epochs is None and config.time is None:
-            time_budget = DEFAULT_TIME
-            notice(f"no --max-steps, --epochs or --time given: training for {format_duration(DEFAULT_TIME)} "
-                   f"(Ctrl-C stops early and saves)")
+        # A run with no count of steps or epochs stops when validation stops improving, unless
+        # --patience says otherwise (0: never); with none of the three it also gets a default time.
+        open_ended = config.max_steps is None and config.epochs is None
+        time_budget = DEFAULT_TIME if open_ended and config.time is None else config.time
+        patience = config.patience if config.patience is not None else (DEFAULT_PATIENCE if open_ended else None)
+        if open_ended and config.time is None:
+            early = (f", less if validation stops improving for {patience} evaluations (--patience 0: never)"
+                     if patience else "")
+            notice(f"no --max-steps, --epochs or --time given: training for up to {format_duration(DEFAULT_TIME)}"
+                   f"{early}; Ctrl-C stops early and saves")
         limits = [s for s in (config.max_steps,
                               math.ceil(config.epochs * n_windows) if config.epochs is not None else None) if s]
-        return cls(max_steps=min(limits) if limits else None, time=time_budget)
+        return cls(max_steps=min(limits) if limits else None, time=time_budget, patience=patience or None)
 
     def progress(self, step: int, elapsed: float) -> float:
         """0 at the start, 1 when the budget is spent (steps or time, whichever is further along)."""

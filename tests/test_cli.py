@@ -36,6 +36,24 @@ def test_train_then_sample_end_to_end(tmp_path, names_file):
     assert facts["line_oriented"] and facts["steps"] == 40 and facts["training_lines"] == 400
 
 
+def test_automatic_sizes_are_measured_printed_and_recorded(tmp_path, prose_file):
+    # No shape flags and a time budget: the installed command times the candidate shapes here,
+    # says what it measured and chose, records it, and says at the end why it stopped.
+    out = tmp_path / "auto"
+    p = run(["train", str(prose_file), "--out", str(out), "--time", "17s", "--eval-every", "10", "--patience", "2",
+             "--sample-every", "0", "--precision", "fp32"])
+    err = p.stderr.decode()
+    assert p.returncode == 0 and "Traceback" not in err, err
+    assert "measured chars/s on cpu: 2x64 " in err and "auto: layers 2, hidden 64" in err, err
+    assert "or 2 evaluations without a better val loss" in err and "stopped" in err
+    auto = json.loads((out / "config.json").read_text())["auto"]
+    assert auto["measured"][0]["shape"] == "2x64" and auto["measured"][0]["chars_per_sec"] > 0
+    # The 3% share, plus what the first measurement pays once for torch's CPU start-up (1.4 s on a
+    # 2-core VM; the run's first step would pay it otherwise) and a step that overran the share.
+    assert 0 < auto["probe_seconds"] <= 0.03 * 17 + 2.0
+    assert auto["chosen"]["hidden"] == 64 and "the corpus feeds at most" in auto["why"]
+
+
 def test_prose_training_from_stdin_and_streaming_sample(tmp_path, prose_file):
     out = tmp_path / "prose"
     p = run(["train", "-", "--out", str(out), "--max-steps", "10", *TINY], input=prose_file.read_bytes())

@@ -232,19 +232,134 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert learning_rate(c, 99, 1.0) == pytest.approx(0.1)
 
 
-def test_auto_sizes_follow_corpus_size_and_respect_given_flags():
-    from chargen.sizing import auto_sizes
+def _fake_device(flops_per_sec: float, overhead: float = 0.0):
+    """A device that trains at `flops_per_sec` (6 FLOPs per matmul weight per character) after a
+    fixed per-character `overhead` in seconds; each measurement takes a second of its time."""
+    from chargen.config import ModelConfig
 
-    auto = auto_sizes(50_000, 300, False, set())
-    assert auto.model["hidden"] == 128 and auto.model["dropout"] > 0 and auto.train["seq_len"] == 64 and "small" in auto.why
-    auto = auto_sizes(1_000_000, 300, False, set())
-    assert auto.model["hidden"] == 256 and auto.train["lr"] == 5e-3
-    assert auto_sizes(50_000_000, 300, False, set()).model["hidden"] == 512
-    auto = auto_sizes(1_000_000, 60, False, set())
-    assert auto.model["hidden"] == 128 and "short budget" in auto.why
-    auto = auto_sizes(1_000_000, 300, False, {"hidden", "batch_size"})
-    assert "hidden" not in auto.model and "batch_size" not in auto.train and auto.model["layers"] == 2
-    assert auto_sizes(1_000_000, 300, True, set()).model["hidden"] > 256
+    calls = []
+
+    def measure(options, batch_size, seq_len, seconds):
+        calls.append((options["layers"], options["hidden"], batch_size, seq_len, seconds))
+        weights = ModelConfig(vocab_size=65, **options).matmul_weights
+        return 1.0 / (overhead + 6 * weights / flops_per_sec), min(1.0, seconds)
+
+    measure.calls = calls
+    return measure
+
+
+def test_auto_sizes_follow_the_measured_speed():
+    from chargen.sizing import SEEN_PER_PARAMETER, auto_sizes
+
+    def sizes(device, n_chars=1_000_000, time_budget=300.0, **kw):
+        return auto_sizes(n_chars, 65, time_budget=time_budget, accelerator=False, given=kw.pop("given", {}),
+                          measure=device, **kw)
+
+    slow, fast, very_fast = _fake_device(30e9), _fake_device(120e9), _fake_device(10e12)
+    a_slow, a_fast, a_gpu = sizes(slow), sizes(fast), sizes(very_fast)
+    # A slower machine picks a smaller model for the same corpus and budget; each pick sees enough
+    # characters per parameter, and the shape after it would not have (or the corpus caps it).
+    assert a_slow.model["hidden"] < a_fast.model["hidden"] <= a_gpu.model["hidden"], (a_slow.why, a_fast.why)
+    for auto in (a_slow, a_fast):
+        last = auto.measured[-1]
+        assert last["chars_per_sec"] * 300 * 0.97 < SEEN_PER_PARAMETER * last["parameters"], auto.measured
+        chosen = next(m for m in auto.measured if m["shape"] == f"2x{auto.model['hidden']}")
+        assert chosen["chars_per_sec"] * 300 * 0.97 >= SEEN_PER_PARAMETER * chosen["parameters"]
+    # The corpus caps the model however fast the device: 1M characters feed at most ~1.2M parameters.
+    assert "the corpus feeds at most" in a_gpu.why and a_gpu.model["hidden"] == 256
+    assert sizes(very_fast, n_chars=50_000_000).model["hidden"] > 256
+    # Measuring stays within 3% of the budget, and is reported.
+    for auto, device in ((a_slow, slow), (a_fast, fast)):
+        assert 0 < auto.probe_seconds <= 0.03 * 300 and len(auto.measured) == len(device.calls)
+    # A list of names: short windows, a small model, and dropout for the many epochs it will see.
+    names = sizes(fast, n_chars=200_000)
+    assert names.train["seq_len"] == 64 and names.model["hidden"] <= 128 and names.model["dropout"] > 0
+    # A shorter budget on the same machine: a smaller model, or the same.
+    assert sizes(slow, time_budget=60).model["hidden"] <= a_slow.model["hidden"]
+    # Given flags are kept, and used for measuring: here the batch and the depth.
+    device = _fake_device(30e9)
+    auto = sizes(device, given={"batch_size": 16, "layers": 3})
+    assert "batch_size" not in auto.train and "layers" not in auto.model
+    assert {(c[0], c[2]) for c in device.calls} == {(3, 16)}
+    # A step budget needs no measuring: the characters seen are known.
+    device = _fake_device(30e9)
+    stepped = sizes(device, time_budget=None, max_steps=4000)  # 4000 x 32 x 64 = 8.2M characters
+    assert device.calls == [] and stepped.model["hidden"] == 192 and stepped.measured == []
+    # A budget too short to measure in 3% of it: the smallest shape, no measuring.
+    device = _fake_device(30e9)
+    assert sizes(device, time_budget=5).model["hidden"] == 64 and device.calls == []
+
+
+def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypatch):
+    import chargen
+    from chargen import probe
+
+    corpus = tmp_path / "prose.txt"
+    # Prose of 300,000 characters (lines of 120): room in the corpus for shapes up to 2x128.
+    corpus.write_text("\n".join(" ".join(["the cat sat on the mat", "a dog ran in the fog"] * 3)[:119]
+                                 for _ in range(2500)) + "\n")
+    slow, fast = _fake_device(3e9, overhead=1e-6), _fake_device(300e9)
+
+    class StopAfter3(TrainCallbacks):  # a 100 s budget, cut short after 3 steps (saved, resumable)
+        def should_stop(self, step):
+            return step >= 3
+
+    chosen = {}
+    for name, device in (("slow", slow), ("fast", fast)):
+        monkeypatch.setattr(probe, "measure_rate", lambda options, vocab, b, t, device=None, precision=None,
+                            seconds=0.0, fake=device: fake(options, b, t, seconds))
+        with pytest.raises(chargen.TrainingInterrupted):
+            chargen.train([str(corpus)], out=tmp_path / name, time=100, eval_every=50, sample_every=0,
+                          callbacks=StopAfter3())
+        run = tmp_path / name
+        config = json.loads((run / "config.json").read_text())
+        assert config["auto"]["measured"] and config["auto"]["probe_seconds"] <= 3.0
+        assert config["auto"]["chosen"]["hidden"] == config["model"]["hidden"]
+        chosen[name] = config["model"]["hidden"]
+    assert chosen["slow"] < chosen["fast"], chosen
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resumed run measured again")
+
+    monkeypatch.setattr(probe, "measure_rate", refuse)
+    chargen.train(resume=tmp_path / "slow", max_steps=6)
+    config = json.loads((tmp_path / "slow" / "config.json").read_text())
+    assert config["model"]["hidden"] == chosen["slow"] and config["auto"]["chosen"]["hidden"] == chosen["slow"]
+    assert read_checkpoint(tmp_path / "slow", prefer=LAST).info["step"] == 6
+
+
+def test_the_probe_times_real_steps_and_leaves_the_run_rng_alone():
+    from chargen.probe import measure_rate
+
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    small = measure_rate({"layers": 1, "hidden": 16, "embed": 8}, 20, 4, 16, device=torch.device("cpu"),
+                         precision="fp32", seconds=5.0)
+    large = measure_rate({"layers": 2, "hidden": 256, "embed": 64}, 20, 4, 16, device=torch.device("cpu"),
+                         precision="fp32", seconds=5.0)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert small[0] > 1.5 * large[0] > 0, (small, large)  # 2x256 does ~300x the work of 1x16
+    assert 0 < small[1] < 5.0 and 0 < large[1] < 5.0
+    # No time for timed steps: the warm-up step alone gives the estimate, on the slow side.
+    hurried = measure_rate({"layers": 2, "hidden": 256, "embed": 64}, 20, 4, 16, device=torch.device("cpu"),
+                           precision="fp32", seconds=1e-3)
+    assert hurried[1] < large[1] and 0 < hurried[0] < 3 * large[0], (hurried, large)
+
+
+def test_a_run_with_no_step_count_stops_when_validation_stops_improving(tmp_path):
+    corpus = _corpus(tmp_path, make_names(60))  # a tiny list: overfit within a few hundred steps
+    config = TrainConfig(batch_size=8, seq_len=16, time=120, eval_every=20, warmup=5, lr=1e-2, sample_every=0)
+    model = {"layers": 1, "hidden": 128, "embed": 16}
+    result = train(corpus, config, model, out_dir=tmp_path / "run", precision="fp32")
+    assert result.stopped.startswith("early stop: no better validation loss in 5 evaluations"), result.stopped
+    assert result.elapsed < 60 and result.metrics[-1]["step"] < 5000
+    best = min(result.metrics, key=lambda m: m["val_loss"])
+    assert result.metrics[-1]["step"] - best["step"] == 5 * 20
+    assert f"at step {best['step']:,}" in result.stopped
+    # A step count alone runs to its end.
+    again = train(corpus, TrainConfig(**{**config.__dict__, "time": None, "max_steps": 400}), model,
+                  out_dir=tmp_path / "steps", precision="fp32")
+    assert again.steps == 400 and again.stopped == "400 steps done"
 
 
 def test_precision_falls_back_with_a_notice(monkeypatch):
