@@ -499,7 +499,7 @@ def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dic
             rate = 1.0 / per_char
         return rate * world, spent
 
-    auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time, max_steps=config.max_steps,
+    auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
                       epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
                       val_fraction=config.val_fraction)
     if dist is not None and "batch_size" in auto.train:

@@ -172,6 +172,13 @@ class TrainConfig(_Config):
     seed: int = 1337
     device: str = "auto"
 
+    @property
+    def time_budget(self) -> Optional[float]:
+        """Seconds the run may train: --time, or DEFAULT_TIME when no stop at all is given."""
+        if self.time is None and self.max_steps is None and self.epochs is None:
+            return DEFAULT_TIME
+        return self.time
+
     def validate(self) -> None:
         for name in ("batch_size", "seq_len", "eval_every", "eval_chars"):
             _positive(name, getattr(self, name))

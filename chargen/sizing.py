@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .config import DEFAULT_TIME, ModelConfig, format_duration
+from .config import MODEL_KEYS, ModelConfig, format_duration
 
 SMALL_CORPUS = 300_000  # characters: lists of names, titles (the default learning rate)
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
@@ -96,19 +96,17 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
                epochs: Optional[float] = None, accelerator: bool, given: dict[str, Any],
                measure: Optional[Measure] = None, val_fraction: float = 0.1) -> AutoSizes:
     """Sizes for a corpus of `n_chars` characters and `vocab_size` symbols, trained for
-    `time_budget` seconds and/or `max_steps` steps or `epochs` (none of the three: the default
-    time), on a GPU (`accelerator`) or a CPU. `given` holds the options the user set (model and
+    `time_budget` seconds (TrainConfig.time_budget, the default time included) and/or `max_steps`
+    steps or `epochs`, on a GPU (`accelerator`) or a CPU. `given` holds the options the user set (model and
     training); they are kept, and the chosen ones leave them out. `measure` times a shape on the
     device (needed only for a time budget; without it the smallest shape is taken)."""
-    if max_steps is None and epochs is None and time_budget is None:
-        time_budget = DEFAULT_TIME
     train = {k: v for k, v in train_options(n_chars, accelerator).items() if k not in given}
     batch, seq_len = given.get("batch_size", train.get("batch_size")), given.get("seq_len", train.get("seq_len"))
     train_chars = max(1, int(n_chars * (1 - given.get("val_fraction", val_fraction))))
-    model_given = {k: v for k, v in given.items() if k in ("layers", "hidden", "embed", "cell")}
+    model_given = {k: v for k, v in given.items() if k in MODEL_KEYS and k != "dropout"}  # the shape's keys
 
     def parameters(options: dict[str, Any]) -> int:
-        return ModelConfig(vocab_size=vocab_size, **{k: v for k, v in options.items() if k != "dropout"}).parameters
+        return ModelConfig(vocab_size=vocab_size, **options).parameters
 
     ladder = candidates(model_given)
     cap = DATA_PARAMETERS_PER_CHAR * train_chars

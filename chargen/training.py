@@ -555,7 +555,6 @@ class Budget:
         # A run with no count of steps or epochs stops when validation stops improving, unless
         # --patience says otherwise (0: never); with none of the three it also gets a default time.
         open_ended = config.max_steps is None and config.epochs is None
-        time_budget = DEFAULT_TIME if open_ended and config.time is None else config.time
         patience = config.patience if config.patience is not None else (DEFAULT_PATIENCE if open_ended else None)
         if open_ended and config.time is None:
             early = (f", less if validation stops improving for {patience} evaluations (--patience 0: never)"
@@ -564,7 +563,7 @@ class Budget:
                    f"{early}; Ctrl-C stops early and saves")
         limits = [s for s in (config.max_steps,
                               math.ceil(config.epochs * n_windows) if config.epochs is not None else None) if s]
-        return cls(max_steps=min(limits) if limits else None, time=time_budget, patience=patience or None)
+        return cls(max_steps=min(limits) if limits else None, time=config.time_budget, patience=patience or None)
 
     def progress(self, step: int, elapsed: float) -> float:
         """0 at the start, 1 when the budget is spent (steps or time, whichever is further along)."""
