@@ -144,14 +144,16 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
     epochs_seen = seen / train_chars
     if "dropout" not in given and math.isfinite(epochs_seen):
         model["dropout"] = DROPOUT if epochs_seen >= DROPOUT_EPOCHS else 0.0
-    why = _why(pick, parameters(pick), seen, epochs_seen, cap, feedable, measured, time_budget)
+    why = _why(pick, parameters(pick), seen, epochs_seen, cap if len(feedable) < len(ladder) else None, feedable,
+               measured, time_budget)
     return AutoSizes(model=model, train=train, why=why, measured=measured, probe_seconds=spent,
                      time_budget=time_budget)
 
 
-def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap: float, feedable: list,
+def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap: Optional[float], feedable: list,
          measured: list[dict[str, Any]], time_budget: Optional[float]) -> str:
-    """One line: what the chosen shape will see, and what stopped the next one."""
+    """One line: what the chosen shape will see, and what stopped the next one (`cap`: the most
+    parameters the corpus feeds, when it ruled out candidates)."""
     name = shape_name(pick)
     if not math.isfinite(seen):
         if time_budget is not None and not measured:
@@ -159,7 +161,7 @@ def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap
         return f"{name}: the given shape"
     why = f"{name} ({params:,} parameters) sees about {seen / 1e6:.1f}M characters, {seen / params:.0f} per parameter, " \
           f"{epochs_seen:.1f} epochs"
-    if pick is feedable[-1] and len(feedable) < len(LADDER):
+    if pick is feedable[-1] and cap is not None:
         why += f"; the corpus feeds at most {cap / 1e6:.2g}M parameters"
     elif pick is not feedable[-1]:
         why += f"; the next shape would see under {SEEN_PER_PARAMETER:g} characters per parameter"

@@ -281,6 +281,9 @@ def test_auto_sizes_follow_the_measured_speed():
     auto = sizes(device, given={"batch_size": 16, "layers": 3})
     assert "batch_size" not in auto.train and "layers" not in auto.model
     assert {(c[0], c[2]) for c in device.calls} == {(3, 16)}
+    # A given width is measured only for its dropout, and the reason names no corpus cap.
+    given = sizes(_fake_device(10e12), n_chars=200_000, given={"hidden": 256})
+    assert "hidden" not in given.model and given.model["dropout"] > 0 and "corpus feeds" not in given.why, given.why
     # A step budget needs no measuring: the characters seen are known.
     device = _fake_device(30e9)
     stepped = sizes(device, time_budget=None, max_steps=4000)  # 4000 x 32 x 64 = 8.2M characters
