@@ -6,7 +6,7 @@
 The corpora are tinyshakespeare's speeches drawn at random (seeded) until the size is reached,
 written once to bench-out/corpora/ and reused. Each measurement runs in a fresh process, so its
 peak resident memory (ru_maxrss) is its own:
-- "ingest (cold)": chargen.ingest.ingest on an empty cache: both passes, the cache file written;
+- "ingest (cold)": chargen.training.ingest.ingest on an empty cache: both passes, the cache file written;
 - "ingest (cached)": the same call again, which finds the cache and memory-maps it;
 - training memory: the installed `chargen train` (`--max-steps 20 --eval-every 10`) on the
   smallest and on the largest corpus with an empty cache, so ingest, training, evaluation and
@@ -35,7 +35,7 @@ SIZES = {"10M": 10 * 10**6, "100M": 100 * 10**6, "1G": 1 << 30}
 
 PROBE = r"""
 import json, resource, sys, time
-from chargen.ingest import ingest
+from chargen.training.ingest import ingest
 t = time.perf_counter()
 enc = ingest([sys.argv[1]], cache_dir=sys.argv[2])
 elapsed = time.perf_counter() - t
@@ -48,7 +48,7 @@ FLOOR = r"""
 import json, sys, torch, torch.nn.functional as F
 from chargen.config import ModelConfig
 from chargen.model import CharRNN, detach_state
-from chargen.device import autocast
+from chargen.training.device import autocast
 used = json.loads(sys.argv[1])
 model = CharRNN(ModelConfig.from_dict(used["model"]))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)

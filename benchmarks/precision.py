@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from chargen.config import TrainConfig
-from chargen.ingest import EncodedCorpus
-from chargen.training import train
+from chargen.training.ingest import EncodedCorpus
+from chargen.training.loop import train
 
 from common import DATA, print_table, write_json
 

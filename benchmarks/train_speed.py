@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from chargen.config import ModelConfig, TrainConfig
-from chargen.ingest import EncodedCorpus
+from chargen.training.ingest import EncodedCorpus
 from chargen.model import CharRNN, detach_state
-from chargen.callbacks import TrainCallbacks
-from chargen.device import autocast
-from chargen.training import train
+from chargen.training.callbacks import TrainCallbacks
+from chargen.training.device import autocast
+from chargen.training.loop import train
 
 from common import DATA, gemm_rate, print_table, write_json
 

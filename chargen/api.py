@@ -11,42 +11,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from .checkpoint import BEST, Checkpoint, read_checkpoint
+from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import SampleConfig
-from .data import read_corpus
+from .training.data import read_corpus
 from .errors import CheckpointError, TrainingInterrupted, UsageError
 from .extras import require_torch
 
-ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
-# The bundled models, by the names a user gives them (`-c base`, `--from names`): `names` is the
-# default for sampling (US first names, small and fast); `base` (names of many languages and
-# kinds) is what short lists are adapted from (checkpoints/README.md).
-BUNDLED = {"names": "names.safetensors", "base": "base.safetensors"}
 PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
-
-
-def bundled_checkpoint(name: str = "names") -> Path:
-    """A bundled model: inside the installed package, or in the source tree's checkpoints/."""
-    here = Path(__file__).resolve().parent
-    file = BUNDLED[name]
-    for candidate in (here / "_bundled" / file, here.parent / "checkpoints" / file):
-        if candidate.is_file():
-            return candidate
-    raise CheckpointError(f"the bundled model {file} is missing from this install; pass --checkpoint")
-
-
-def checkpoint_path(spec: str | os.PathLike) -> Path:
-    """A checkpoint or run directory given by path, or a bundled model by its name (`names`,
-    `base`) when no file of that name is here."""
-    path = Path(spec)
-    if str(spec) in BUNDLED and not path.exists():
-        return bundled_checkpoint(str(spec))
-    return path
-
-
-def default_checkpoint() -> Path:
-    env = os.environ.get(ENV_CHECKPOINT)
-    return checkpoint_path(env) if env else bundled_checkpoint()
 
 
 class Model:
@@ -72,9 +43,9 @@ class Model:
             self.stepper = NumpyCharRNN(checkpoint.model_config, checkpoint.weights)
         else:
             require_torch("the torch backend")
-            from .device import resolve_device
+            from .training.device import resolve_device
             from .model import from_weights
-            from .sampling import TorchStepper
+            from .model import TorchStepper
 
             dev = resolve_device(device or "auto")
             self.stepper = TorchStepper(from_weights(checkpoint.model_config, checkpoint.weights).to(dev), dev)
@@ -125,7 +96,7 @@ class Model:
         distribution. `exclude` lists lines never to return. `stats` (a SampleStats) is filled
         in with the draws made. The options are checked here, before the first sample: a bad
         one raises at once."""
-        from .sampling import run
+        from .sampling.drawing import run
 
         return run(self.stepper, self.vocab, self.draws(
             n, prompt, temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, lines=lines,
@@ -140,7 +111,8 @@ class Model:
         needed. The options (those of `samples`) are checked here, before the first one: a bad one
         raises at once. A caller that runs several calls' drawings together (`chargen serve`)
         gets the same samples as `samples` would."""
-        from .sampling import Drawing, SampleStats, check_prompt, derive_key, random_seed
+        from .sampling.drawing import Drawing, SampleStats, check_prompt
+        from .sampling.randomness import derive_key, random_seed
 
         line_mode = self.line_oriented if lines is None else lines
         cfg = self._config(num=n, lines=line_mode, contains=contains, **options)
@@ -166,7 +138,7 @@ class Model:
     def _prime(self, prompt: str, lines: bool) -> tuple:
         """The network's logits and state after a prompt, kept for the most recent prompts: a
         server sees the same few prompts (the empty one above all) again and again."""
-        from .sampling import prime
+        from .sampling.drawing import prime
 
         key = (prompt, lines)
         with self._primed_lock:
@@ -196,8 +168,8 @@ class Model:
     ) -> Iterator["Sample"]:  # noqa: F821
         """The `n` most probable complete line samples under the model (temperature 1) per prompt,
         best first, constraints included: exact best-first search (chargen.search)."""
-        from .constraints import Automaton, Constraints
-        from .search import most_likely
+        from .sampling.constraints import Automaton, Constraints
+        from .sampling.search import most_likely
 
         if n < 1:
             raise UsageError(f"--top must be at least 1 (got {n})")
@@ -238,8 +210,8 @@ class Model:
             raise UsageError(f"constraints ({', '.join(constraints.flags())}) apply to line samples only; "
                              + ("drop --no-lines" if self.line_oriented else
                                 "this model writes prose: pass --lines to sample lines from it"))
-        from .constraints import Automaton
-        from .sampling import check_prompt, guide_for
+        from .sampling.constraints import Automaton
+        from .sampling.drawing import check_prompt, guide_for
 
         automaton = Automaton(constraints, self.vocab)
         for p in prompts:
@@ -286,10 +258,12 @@ class Model:
         """
         import numpy as np
 
-        from .evaluation import EVAL_STREAMS, NumpyScorer, TorchScorer, evaluate_text
+        from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 
         c = self.checkpoint.model_config
         if self.backend == "torch":
+            from .training.scorer import TorchScorer  # imports torch: the torch backend only
+
             scorer = TorchScorer(self.stepper.model, self.stepper.device)
         else:
             scorer = NumpyScorer(self.stepper)
@@ -332,188 +306,7 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
         >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)
     """
     require_torch("training")
-    from .checkpoint import LAST, read_checkpoint
-    from .config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
-    from .distributed import setup as setup_distributed
-    from .distributed import teardown as teardown_distributed
-    from .training import train as run_training
+    from .training.setup import train_run  # imports torch
 
-    model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
-    train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
-    if model_options:  # check before reading a possibly large corpus
-        ModelConfig.from_dict({"vocab_size": 1, **model_options})
-    base = _base_model(start_from, resume, model_options)
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    config = TrainConfig.from_dict(train_options)
-    paths = list(corpus_paths)
-    out_dir = Path(out) if out is not None else None
-    if resume is not None:
-        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
-        if model_options:
-            raise UsageError("the model shape is fixed by the run being resumed; drop "
-                             + ", ".join("--" + k for k in model_options))
-        # A resumed run keeps its settings; options given now override them, and the training
-        # loop refuses those that would change the data layout (batch size, window, split, seed).
-        config = TrainConfig.from_dict({**ckpt.train_config, **train_options})
-        out_dir = out_dir or ckpt.path.parent
-        if not paths:
-            sources = ckpt.info.get("sources") or []
-            if not sources or "stdin" in sources:
-                raise UsageError("give the corpus again: the run was trained on stdin")
-            paths = list(sources)
-        val_file = val_file or ckpt.info.get("val_source")
-    if not paths:
-        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
-    dist = setup_distributed(config.device)  # None unless started by torchrun
-    clean = False
-    try:
-        corpus = _ingest(paths, dist, callbacks)
-        val_text = read_corpus([val_file]).text if val_file else None
-        sizing = None  # the record of the automatic sizes, when they were chosen
-        if base is None and resume is None and start_from is None:
-            base = _default_base(corpus, model_options, callbacks, dist)
-        if base is not None:
-            corpus = corpus.recoded(base.vocab.union(corpus.vocab))
-            config, model_options = _finetune_options(base, corpus, config, model_options, train_options, dist,
-                                                      callbacks)
-        elif resume is None:
-            config, model_options, sizing = _auto_size(corpus, config, model_options, train_options, precision, dist,
-                                                       callbacks)
-        else:
-            corpus = _in_run_vocab(corpus, ckpt)
-        out_dir = out_dir or Path("checkpoints") / corpus.name
-        result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
-                              precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,
-                              base=base, sizing=sizing)
-        clean = True
-    finally:
-        teardown_distributed(dist, clean)
-    if result.interrupted:
-        raise TrainingInterrupted(result.interrupted, out_dir)
-    return out_dir
-
-
-def _base_model(start_from, resume, model_options: dict[str, Any]):
-    """The checkpoint a new run starts from (None: from scratch), its shape checked against the flags."""
-    if start_from is None or str(start_from) == "none":
-        return None
-    if resume is not None:
-        raise UsageError("--from starts a new run from a model; --resume continues a run (which remembers "
-                         "the model it started from): give one of them")
-    from .finetune import check_architecture, resolve_base
-
-    base = read_checkpoint(resolve_base(str(start_from)), prefer=BEST)
-    check_architecture(base.model_config, model_options, base.path)
-    return base
-
-
-def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
-    """A small list of names starts from the bundled model unless a shape or --from is given:
-    adapting it beats training from scratch there (docs/benchmarks.md, issue 15)."""
-    from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES
-
-    if any(k in model_options for k in ARCHITECTURE) or not corpus.lines.line_oriented():
-        return None
-    if corpus.lines.lines > DEFAULT_FROM_MAX_LINES:
-        return None
-    try:
-        base = read_checkpoint(bundled_checkpoint(DEFAULT_FROM), prefer=BEST)
-    except CheckpointError:
-        return None  # an install without the bundled model trains from scratch
-    notice = _notice(callbacks, dist)
-    if notice is not None:
-        notice(f"a list of {corpus.lines.lines:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
-               f"beats training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains "
-               f"from scratch")
-    return base
-
-
-def _in_run_vocab(corpus, ckpt):
-    """A resumed run encodes the corpus with its own vocabulary, which may hold more characters
-    (a fine-tuned run keeps its base model's); a corpus with characters outside it is refused later."""
-    if all(c in ckpt.vocab for c in corpus.vocab.chars):
-        return corpus.recoded(ckpt.vocab)
-    return corpus
-
-
-def _finetune_options(base, corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], dist,
-                      callbacks):
-    """The base model's shape, and training options suited to adapting it for those left unset."""
-    from .config import TrainConfig
-    from .finetune import ARCHITECTURE
-    from .sizing import finetune_defaults
-
-    auto = finetune_defaults(corpus.n_chars, set(model_options) | set(train_options))
-    shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
-    notice = _notice(callbacks, dist)
-    if notice is not None:
-        c = base.model_config
-        new = len(corpus.vocab) - len(base.vocab)
-        notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
-               + (f" + {new} new characters" if new else "")
-               + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
-    return TrainConfig.from_dict({**train_options, **auto.train}), {**shape, **auto.model, **model_options}
-
-
-def _notice(callbacks, dist):
-    """Where notices go: the callbacks' on_notice on rank 0, nowhere on the other ranks."""
-    return callbacks.on_notice if callbacks is not None and (dist is None or dist.is_main) else None
-
-
-def _ingest(paths: list[str], dist, callbacks):
-    """The encoded corpus; under torchrun one process per machine encodes it, the others then map it."""
-    from .ingest import ingest
-
-    notice = _notice(callbacks, dist)
-    if dist is None:
-        return ingest(paths, notice=notice)
-    if "-" in paths:
-        raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
-    corpus = ingest(paths, notice=notice) if dist.local_rank == 0 else None
-    dist.barrier()
-    return corpus if corpus is not None else ingest(paths)
-
-
-def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], precision: str, dist,
-               callbacks):
-    """Fill what the user left unset of the sizes from the corpus, the budget and the measured
-    speed of this device (chargen.sizing, chargen.probe), and say so. Returns the training
-    config, the model options and the record of the choice (None: nothing was chosen)."""
-    from .config import TrainConfig
-    from .device import resolve_device
-    from .probe import measure_rate
-    from .sizing import auto_sizes
-
-    device = dist.device if dist is not None else resolve_device(config.device)
-    world = dist.world if dist is not None else 1
-    given = {**train_options, **model_options}
-
-    def measure(options, batch_size, seq_len, seconds):
-        # Under torchrun each process trains its share of the batch; the slowest one sets the pace,
-        # and every process must take the same decisions, so the numbers are agreed on.
-        rate, spent = measure_rate(options, len(corpus.vocab), max(1, batch_size // world), seq_len, device=device,
-                                   precision=precision, seconds=seconds)
-        if dist is not None:
-            per_char, spent = dist.max(1.0 / rate, spent)
-            rate = 1.0 / per_char
-        return rate * world, spent
-
-    auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
-                      epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
-                      val_fraction=config.val_fraction)
-    if dist is not None and "batch_size" in auto.train:
-        # --batch-size is the global batch: keep each process's share as large as one alone would use.
-        auto.train["batch_size"] *= dist.world
-        auto.why += f"; {dist.world} processes"
-    if not (auto.model or auto.train):
-        return config, model_options, None
-    notice = _notice(callbacks, dist)
-    if notice is not None:
-        if auto.measured:
-            rates = ", ".join(f"{m['shape']} {m['chars_per_sec']:,.0f}" for m in auto.measured)
-            share = f" ({auto.probe_seconds / auto.time_budget:.1%} of the budget)" if auto.time_budget else ""
-            notice(f"measured chars/s on {device.type}: {rates}, in {auto.probe_seconds:.1f} s{share}")
-        notice(f"auto: {auto.describe()} ({auto.why}; {corpus.n_chars:,} characters); set these flags to choose "
-               f"yourself")
-    return TrainConfig.from_dict({**train_options, **auto.train}), {**auto.model, **model_options}, auto.record()
+    return train_run(corpus_paths, out=out, val_file=val_file, precision=precision, resume=resume,
+                     start_from=start_from, overwrite=overwrite, callbacks=callbacks, **options)

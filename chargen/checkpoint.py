@@ -265,3 +265,36 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         lines=lines,
         start_state=start_state,
     )
+
+
+# --- the bundled models -----------------------------------------------------------------------
+
+ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
+# The bundled models, by the names a user gives them (`-c base`, `--from names`): `names` is the
+# default for sampling (US first names, small and fast); `base` (names of many languages and
+# kinds) is what short lists are adapted from (checkpoints/README.md).
+BUNDLED = {"names": "names.safetensors", "base": "base.safetensors"}
+
+
+def bundled_checkpoint(name: str = "names") -> Path:
+    """A bundled model: inside the installed package, or in the source tree's checkpoints/."""
+    here = Path(__file__).resolve().parent
+    file = BUNDLED[name]
+    for candidate in (here / "_bundled" / file, here.parent / "checkpoints" / file):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"the bundled model {file} is missing from this install; pass --checkpoint")
+
+
+def checkpoint_path(spec: str | os.PathLike) -> Path:
+    """A checkpoint or run directory given by path, or a bundled model by its name (`names`,
+    `base`) when no file of that name is here."""
+    path = Path(spec)
+    if str(spec) in BUNDLED and not path.exists():
+        return bundled_checkpoint(str(spec))
+    return path
+
+
+def default_checkpoint() -> Path:
+    env = os.environ.get(ENV_CHECKPOINT)
+    return checkpoint_path(env) if env else bundled_checkpoint()

@@ -170,7 +170,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
 
 
 def _print_curve(run_dir: Path) -> None:
-    from .plot import loss_series, read_metrics, terminal_chart
+    from .training.plot import loss_series, read_metrics, terminal_chart
 
     try:
         records = read_metrics(run_dir)
@@ -257,7 +257,7 @@ def train(
     from .api import train as api_train
     from .errors import TrainingInterrupted
 
-    from .distributed import rank_from_env
+    from .training.distributed import rank_from_env
 
     rank = rank_from_env()  # under torchrun, rank 0 alone shows progress
     quiet = quiet or rank != 0
@@ -350,8 +350,9 @@ def sample(
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
 
-    from .api import default_checkpoint, load
-    from .sampling import SampleStats
+    from .api import load
+    from .checkpoint import default_checkpoint
+    from .sampling.drawing import SampleStats
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     line_mode = model.line_oriented if lines is None else lines
@@ -494,7 +495,7 @@ def eval_command(
     Example: chargen eval checkpoints/shakespeare corpora/shakespeare.txt
     """
     from .api import load
-    from .data import read_corpus
+    from .training.data import read_corpus
 
     model = load(checkpoint, backend=backend, device=device)
     for path in files:
@@ -524,8 +525,7 @@ def export(
 
     Example: chargen export checkpoints/shakespeare --tokenizer tokenizer.json
     """
-    from .api import checkpoint_path
-    from .checkpoint import BEST, read_checkpoint
+    from .checkpoint import BEST, checkpoint_path, read_checkpoint
     from .files import atomic_write
 
     ckpt = read_checkpoint(checkpoint_path(checkpoint), prefer=BEST)
@@ -551,7 +551,7 @@ def info(
     Example: chargen info checkpoints/shakespeare --plot
     """
     if plot:
-        from .plot import loss_series, read_metrics, terminal_chart, write_loss_curve
+        from .training.plot import loss_series, read_metrics, terminal_chart, write_loss_curve
 
         run_dir = Path(path) if path is not None else None
         if run_dir is None or not run_dir.is_dir():
@@ -561,8 +561,7 @@ def info(
         written = write_loss_curve(run_dir, records, title=f"chargen: {run_dir.name}")
         console().print(f"wrote {written}", highlight=False, markup=False)
         return
-    from .api import checkpoint_path, default_checkpoint
-    from .checkpoint import BEST, read_checkpoint
+    from .checkpoint import BEST, checkpoint_path, default_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST)
     cfg, meta, facts = ckpt.model_config, ckpt.info, ckpt.describe()

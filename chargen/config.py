@@ -246,7 +246,7 @@ class SampleConfig(_Config):
         return self.length or (DEFAULT_LINE_LENGTH if lines else DEFAULT_PROSE_LENGTH)
 
     def constraints(self):
-        from .constraints import Constraints
+        from .sampling.constraints import Constraints
 
         c = Constraints(min_len=self.min_len, max_len=self.max_len, ends_with=self.ends_with,
                         contains=tuple(self.contains), regex=self.regex)

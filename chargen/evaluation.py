@@ -1,7 +1,7 @@
 r"""The two losses chargen reports, defined once, computed by torch or by numpy.
 
 Training's validation, `chargen eval` and `Model.eval` all go through `stream_sums` and
-`line_sums`; only the scorer differs: `TorchScorer` runs a CharRNN over whole windows (training,
+`line_sums`; only the scorer differs: `TorchScorer` (chargen.training.scorer) runs a CharRNN over whole windows (training,
 the torch backend), `NumpyScorer` steps the numpy twin a character at a time (`chargen eval`
 without torch). Both return sums of negative log-likelihood in nats, and their count, so that
 shares of the text scored by several processes under torchrun add up.
@@ -87,42 +87,6 @@ def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndar
 # --- the scorers ------------------------------------------------------------------------------
 
 
-class TorchScorer:
-    """A CharRNN over whole windows, in eval mode, under the training precision's autocast."""
-
-    def __init__(self, model, device, precision: str = "fp32"):
-        self.model, self.device, self.precision = model, device, precision
-
-    def initial(self, start_state: Optional[list[np.ndarray]], rows: int):
-        if start_state is None:
-            return None  # nn.LSTM/GRU/RNN start from zeros
-        from .model import state_from_tensors
-        import torch
-
-        return state_from_tensors([torch.from_numpy(a).to(self.device)[:, None].expand(-1, rows, -1).contiguous()
-                                   for a in start_state])  # each (layers, rows, H)
-
-    def score(self, inputs: np.ndarray, targets: np.ndarray, state):
-        import torch
-        import torch.nn.functional as F
-
-        from .device import autocast
-
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                x = torch.from_numpy(inputs).to(self.device)
-                y = torch.from_numpy(np.ascontiguousarray(targets)).to(self.device)
-                with autocast(self.device, self.precision):
-                    logits, state = self.model(x, state)  # (B, T, V)
-                nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                      ignore_index=PAD, reduction="sum")
-        finally:
-            self.model.train(was_training)
-        return nll.double(), state  # summed on the device; one sync when the caller takes float()
-
-
 class NumpyScorer:
     """The numpy twin, stepped a character at a time (no torch needed)."""
 
@@ -135,7 +99,7 @@ class NumpyScorer:
         return self.stepper.repeat(self.stepper.state_from_arrays(start_state), rows)
 
     def score(self, inputs: np.ndarray, targets: np.ndarray, state):
-        from .sampling import log_softmax
+        from .sampling.engine import log_softmax
 
         total = 0.0
         for t in range(inputs.shape[1]):
@@ -172,7 +136,7 @@ class EvalResult:
 def evaluate_text(scorer: Scorer, vocab, text: str, *, lines: bool, start_state: list[np.ndarray],
                   seq_len: int, streams: int = EVAL_STREAMS, skip_unknown: bool = False) -> EvalResult:
     """The line loss (lines=True, from `start_state`) or stream loss of `text`, as training reports it."""
-    from .data import line_ids
+    from .training.data import line_ids
 
     unknown = vocab.count_unknown(text) if skip_unknown else 0
     ids = vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)

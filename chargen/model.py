@@ -139,3 +139,45 @@ def line_start_state(model: CharRNN, streams: torch.Tensor, newline_id: Optional
     finally:
         model.train(was_training)
     return [t.float().mean(dim=1).cpu().numpy() for t in state_tensors(state)]  # each (layers, H)
+
+
+# --- the sampler's adapter ----------------------------------------------------------------------
+
+
+class TorchStepper:
+    """Adapter that lets the sampler drive a torch CharRNN (on any device)."""
+
+    def __init__(self, model: CharRNN, device: Optional[torch.device] = None):
+        self.torch = torch
+        self.model = model.eval()
+        self.device = device or next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
+
+    def init_state(self, batch_size: int):
+        return self.model.init_state(batch_size, self.device)
+
+    def state_from_arrays(self, arrays: list[np.ndarray]):
+        return state_from_tensors([self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None]
+                                   .to(self.device) for a in arrays])  # each (layers, 1, hidden)
+
+    def select(self, state, rows: np.ndarray):
+        idx = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, idx) for s in state)
+        return state.index_select(1, idx)
+
+    def repeat(self, state, batch_size: int):
+        if isinstance(state, tuple):
+            return tuple(s.repeat(1, batch_size, 1) for s in state)
+        return state.repeat(1, batch_size, 1)
+
+    def concat(self, states: list):
+        if isinstance(states[0], tuple):
+            return tuple(self.torch.cat(parts, dim=1) for parts in zip(*states))
+        return self.torch.cat(states, dim=1)
+
+    def step(self, ids: np.ndarray, state):
+        with self.torch.no_grad():
+            x = self.torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[:, None]  # (B, 1)
+            logits, state = self.model(x, state)
+        return logits[:, 0].float().cpu().numpy(), state

@@ -37,13 +37,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
-from .api import BUNDLED, Model, load
-from .batching import Batcher
+from .api import Model, load
+from .checkpoint import BUNDLED
+from .sampling.batching import Batcher
 from .checkpoint import METRICS
 from .config import ServeConfig, is_loopback
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
-from .sampling import SampleStats
+from .sampling.drawing import SampleStats
 
 require_serve()
 
@@ -329,7 +330,7 @@ class Server:
         """SSE: `text` events with what was drawn since the last one (prose: characters, the
         prompt first; a line model: one line each), `sample` with each sample's record, then
         `done`; or `error` with a one-line message."""
-        from .sampling import run as run_drawings
+        from .sampling.drawing import run as run_drawings
 
         def run() -> None:
             try:

@@ -94,8 +94,8 @@ TINY = ["--layers", "1", "--hidden", "32", "--embed", "16", "--batch-size", "8",
 def trained_names(tmp_path_factory) -> Path:
     """A tiny names model trained once per session through the library (fast)."""
     from chargen.config import TrainConfig
-    from chargen.data import read_corpus
-    from chargen.training import train
+    from chargen.training.data import read_corpus
+    from chargen.training.loop import train
 
     d = tmp_path_factory.mktemp("names")
     corpus = d / "names.txt"
@@ -109,8 +109,8 @@ def trained_names(tmp_path_factory) -> Path:
 def trained_prose(tmp_path_factory) -> Path:
     """A tiny prose model (not line-oriented) trained once per session through the library."""
     from chargen.config import TrainConfig
-    from chargen.data import read_corpus
-    from chargen.training import train
+    from chargen.training.data import read_corpus
+    from chargen.training.loop import train
 
     d = tmp_path_factory.mktemp("prose")
     corpus = d / "prose.txt"

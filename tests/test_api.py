@@ -93,7 +93,7 @@ def test_line_mode_eval_scores_each_line_on_its_own(trained_names):
 def test_training_validation_equals_chargen_eval_on_the_held_out_lines(trained_names):
     """The val loss training reports for a names model is what `chargen eval` says of the held-out names."""
     from chargen.checkpoint import LAST, read_checkpoint
-    from chargen.data import shuffle_lines, split_train_val
+    from chargen.training.data import shuffle_lines, split_train_val
 
     last = read_checkpoint(trained_names, prefer=LAST)
     text = (trained_names.parent / "names.txt").read_text()

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 import chargen
 from chargen.config import ModelConfig, SampleConfig
-from chargen.constraints import Automaton, Constraints
+from chargen.sampling.constraints import Automaton, Constraints
 from chargen.errors import SamplingError, UsageError
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import SampleStats, derive_key, generate, log_softmax, prime
-from chargen.search import most_likely
+from chargen.sampling.search import most_likely
 from chargen.tokenizer import Vocab
 
 from .conftest import assert_clean_error, run

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import io
 
-from chargen.data import (
+from chargen.training.data import (
     WindowLoader,
     check_trainable,
     read_corpus,
@@ -14,7 +14,7 @@ from chargen.data import (
     windows_per_epoch,
 )
 from chargen.errors import CorpusError
-from chargen.ingest import line_stats, text_chunks
+from chargen.training.ingest import line_stats, text_chunks
 
 
 def decode(raw: bytes, source: str) -> str:
@@ -122,7 +122,7 @@ def test_line_orientation():
 @settings(max_examples=100, deadline=None)
 def test_file_streams_read_the_same_windows_as_the_view(tmp_path_factory, n, batch, seq, chunk, wide, data):
     """FileStreams (reads from the ids file) == stream_view (slices of the array), rows and all."""
-    from chargen.data import FileStreams
+    from chargen.training.data import FileStreams
 
     if n // batch < 2:
         return

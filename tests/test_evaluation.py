@@ -9,11 +9,12 @@ import torch
 import chargen
 from chargen.checkpoint import LAST, read_checkpoint
 from chargen.config import ModelConfig, TrainConfig
-from chargen.data import line_ids, read_corpus, split_train_val
-from chargen.evaluation import NumpyScorer, TorchScorer, line_sums, stream_sums
+from chargen.training.data import line_ids, read_corpus, split_train_val
+from chargen.evaluation import NumpyScorer, line_sums, stream_sums
+from chargen.training.scorer import TorchScorer
 from chargen.model import CharRNN, weights_of
 from chargen.npmodel import NumpyCharRNN
-from chargen.training import train
+from chargen.training.loop import train
 
 from .conftest import run
 

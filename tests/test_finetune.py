@@ -11,7 +11,7 @@ import pytest
 import chargen
 from chargen.checkpoint import BEST, LAST, read_checkpoint
 from chargen.errors import UsageError
-from chargen.finetune import NEW_CHAR_MASS, calibrated_bias, grow_weights
+from chargen.training.finetune import NEW_CHAR_MASS, calibrated_bias, grow_weights
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import log_softmax, prime
 from chargen.tokenizer import Vocab
@@ -140,12 +140,12 @@ def test_a_config_file_can_name_the_model_to_start_from(tmp_path):
 def test_the_bundled_models_are_named_base_and_names(tmp_path):
     """`--from base` is the broad bundled model (names of many languages and kinds), `--from names`
     the US first names; both load by name wherever no file of that name is in the way."""
-    from chargen.api import BUNDLED, bundled_checkpoint, checkpoint_path
-    from chargen.finetune import DEFAULT_FROM, resolve_base
+    from chargen.checkpoint import BUNDLED, bundled_checkpoint, checkpoint_path
+    from chargen.training.finetune import DEFAULT_FROM
 
     assert DEFAULT_FROM in BUNDLED
     for name, file in BUNDLED.items():
-        assert resolve_base(name) == bundled_checkpoint(name) and resolve_base(name).name == file
+        assert checkpoint_path(name) == bundled_checkpoint(name) and checkpoint_path(name).name == file
     base = chargen.load("base")
     greek, hebrew = set("αβγδε"), set("אבגד")
     assert greek <= set(base.vocab.chars) and hebrew <= set(base.vocab.chars)  # broad: other scripts

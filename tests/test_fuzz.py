@@ -25,7 +25,7 @@ import chargen
 from chargen.checkpoint import read_checkpoint, save_checkpoint
 from chargen.config import ModelConfig, TrainConfig, load_toml_config
 from chargen.errors import ChargenError
-from chargen.ingest import ingest
+from chargen.training.ingest import ingest
 from chargen.tokenizer import Vocab
 
 EXAMPLES = int(os.environ.get("CHARGEN_FUZZ_EXAMPLES", "750"))
@@ -142,7 +142,7 @@ def mutated_bytes(draw) -> bytes:
 
 
 def _read_checkpoint_fully(data: bytes, tmp: Path) -> None:
-    from chargen.rundir import RunState
+    from chargen.training.rundir import RunState
 
     path = tmp / "last.safetensors"
     path.write_bytes(data)
@@ -181,7 +181,7 @@ corpus_bytes = st.one_of(
 @FUZZ
 @given(raw=corpus_bytes, chunk=st.integers(1, 16))
 def test_corpus_reader(raw, chunk):
-    from chargen.data import read_corpus
+    from chargen.training.data import read_corpus
 
     path = _TMP / "corpus.txt"
     path.write_bytes(raw)

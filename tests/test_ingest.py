@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chargen.data import read_corpus
+from chargen.training.data import read_corpus
 from chargen.errors import CorpusError
-from chargen.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats, text_digest
+from chargen.training.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats, text_digest
 from chargen.tokenizer import Vocab
 
 TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301")), min_size=1, max_size=300).filter(
@@ -156,7 +156,7 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error_and_leaves_no_temp_fi
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # no entry, no temp file
 
 
-_INGEST = ("import sys; from pathlib import Path; from chargen.ingest import ingest; "
+_INGEST = ("import sys; from pathlib import Path; from chargen.training.ingest import ingest; "
            "c = ingest([sys.argv[1]], cache_dir=Path(sys.argv[2])); print(c.digest, c.n_chars, c.reused)")
 
 

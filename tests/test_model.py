@@ -5,7 +5,8 @@ import torch
 from chargen.config import ModelConfig
 from chargen.model import CharRNN, detach_state, weights_of
 from chargen.npmodel import NumpyCharRNN
-from chargen.sampling import TorchStepper, log_softmax
+from chargen.model import TorchStepper
+from chargen.sampling import log_softmax
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

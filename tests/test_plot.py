@@ -4,10 +4,10 @@ import json
 import xml.etree.ElementTree as ET
 
 from chargen.config import TrainConfig
-from chargen.data import read_corpus
-from chargen.plot import loss_series, svg_chart, terminal_chart
-from chargen.callbacks import TrainCallbacks
-from chargen.training import train
+from chargen.training.data import read_corpus
+from chargen.training.plot import loss_series, svg_chart, terminal_chart
+from chargen.training.callbacks import TrainCallbacks
+from chargen.training.loop import train
 
 from .conftest import make_names, run
 

@@ -11,7 +11,7 @@ import pytest
 import chargen
 from chargen.checkpoint import LAST, METRICS, read_checkpoint
 from chargen.errors import RunInUse
-from chargen.rundir import LOCK, RunDir
+from chargen.training.rundir import LOCK, RunDir
 
 from .conftest import TINY, assert_clean_error, chargen_exe, make_names, run
 

@@ -5,6 +5,7 @@ import pytest
 
 import chargen
 from chargen.errors import SamplingError, UsageError, VocabularyError
+from chargen.config import SampleConfig
 from chargen.sampling import derive_key, draw, sampling_probs, uniforms
 
 
@@ -13,7 +14,7 @@ def test_same_seed_same_output_whatever_the_batch_size(trained_names):
     a = model.sample(n=50, seed=7, unique=True)
     import chargen.sampling as s
 
-    b = [x.text for x in s.generate(model.stepper, model.vocab, "", s.SampleConfig(num=50, unique=True), lines=True,
+    b = [x.text for x in s.generate(model.stepper, model.vocab, "", SampleConfig(num=50, unique=True), lines=True,
                                     key=derive_key(7, 0), seen=set(), batch_size=3,
                                     start_state=model.checkpoint.start_state)]
     assert a == b
@@ -93,7 +94,7 @@ def test_the_integer_key_derivation_is_the_vectorised_hash():
     """derive_key hashes Python ints; the per-character hash is numpy's: both are splitmix64 mod 2**64."""
     import random
 
-    from chargen.sampling import _GOLD, _mix, _mix_int
+    from chargen.sampling.randomness import _GOLD, _mix, _mix_int
 
     rng = random.Random(0)
     values = [0, 1, 2**63 - 1, 2**64 - 1] + [rng.getrandbits(64) for _ in range(200)]

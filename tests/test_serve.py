@@ -18,7 +18,7 @@ pytest.importorskip("starlette", reason="chargen serve needs the serve extra: pi
 httpx = pytest.importorskip("httpx", reason="the API tests need httpx: pip install -e '.[test]'")
 
 import chargen  # noqa: E402
-from chargen.batching import Batcher  # noqa: E402
+from chargen.sampling.batching import Batcher  # noqa: E402
 from chargen.config import ServeConfig
 from chargen.serve import build_app, load_models  # noqa: E402
 

@@ -9,10 +9,10 @@ import torch
 
 from chargen.checkpoint import BEST, LAST, METRICS, read_checkpoint
 from chargen.config import TrainConfig
-from chargen.device import cpu_has_bf16_matmul
-from chargen.data import read_corpus
+from chargen.training.device import cpu_has_bf16_matmul
+from chargen.training.data import read_corpus
 from chargen.errors import CorpusError, TrainingError, UsageError, WriteError
-from chargen.training import TrainCallbacks, learning_rate, train
+from chargen.training.loop import TrainCallbacks, learning_rate, train
 
 from .conftest import make_names
 
@@ -79,10 +79,10 @@ def test_resume_is_exact(tmp_path):
 def test_a_cached_corpus_read_from_its_file_trains_like_the_text(tmp_path, monkeypatch):
     """Large corpora are read from the ingest cache file (FileStreams), a few characters per
     stream at a time; the run must be the same, step for step, as from the text in memory."""
-    import chargen.data
-    from chargen.ingest import EncodedCorpus, ingest
+    import chargen.training.data
+    from chargen.training.ingest import EncodedCorpus, ingest
 
-    monkeypatch.setattr(chargen.data, "STREAM_CHUNK", 23)  # refill the buffers every step or so
+    monkeypatch.setattr(chargen.training.data, "STREAM_CHUNK", 23)  # refill the buffers every step or so
     text = "".join(f"line {i} of some prose, with {i % 7} commas,\n" for i in range(300))
     p = tmp_path / "prose.txt"
     p.write_text(text)
@@ -165,7 +165,7 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
             self.notes.append(message)
 
     # Two bad windows: skipped, training goes on, no rollback.
-    monkeypatch.setattr("chargen.training.F.cross_entropy", nan_on({3, 4}))
+    monkeypatch.setattr("chargen.training.loop.F.cross_entropy", nan_on({3, 4}))
     notes = Notes()
     result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32", callbacks=notes)
     assert result.steps == 30 and not notes.notes
@@ -173,7 +173,7 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
 
     # A burst of bad windows after the first evaluation: one rollback with a halved learning rate.
     # (training calls the loss once per step; evaluation calls it once per window, 2 windows here)
-    monkeypatch.setattr("chargen.training.F.cross_entropy", nan_on(set(range(16, 23))))
+    monkeypatch.setattr("chargen.training.loop.F.cross_entropy", nan_on(set(range(16, 23))))
     notes = Notes()
     result = train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32", callbacks=notes)
     assert result.steps == 30
@@ -182,7 +182,7 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
     assert all(np.isfinite(w).all() for w in read_checkpoint(tmp_path / "run2").weights.values())
 
     # Always non-finite: it gives up with a clear message.
-    monkeypatch.setattr("chargen.training.F.cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    monkeypatch.setattr("chargen.training.loop.F.cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(TrainingError, match="diverged.*rollbacks"):
         train(corpus, config, SMALL, out_dir=tmp_path / "run3", precision="fp32")
 
@@ -249,7 +249,7 @@ def _fake_device(flops_per_sec: float, overhead: float = 0.0):
 
 
 def test_auto_sizes_follow_the_measured_speed():
-    from chargen.sizing import SEEN_PER_PARAMETER, auto_sizes
+    from chargen.training.sizing import SEEN_PER_PARAMETER, auto_sizes
 
     def sizes(device, n_chars=1_000_000, time_budget=300.0, **kw):
         return auto_sizes(n_chars, 65, time_budget=time_budget, accelerator=False, given=kw.pop("given", {}),
@@ -295,7 +295,7 @@ def test_auto_sizes_follow_the_measured_speed():
 
 def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypatch):
     import chargen
-    from chargen import probe
+    from chargen.training import setup  # where the run setup calls the probe
 
     corpus = tmp_path / "prose.txt"
     # Prose of 300,000 characters (lines of 120): room in the corpus for shapes up to 2x128.
@@ -309,7 +309,7 @@ def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypa
 
     chosen = {}
     for name, device in (("slow", slow), ("fast", fast)):
-        monkeypatch.setattr(probe, "measure_rate", lambda options, vocab, b, t, device=None, precision=None,
+        monkeypatch.setattr(setup, "measure_rate", lambda options, vocab, b, t, device=None, precision=None,
                             seconds=0.0, fake=device: fake(options, b, t, seconds))
         with pytest.raises(chargen.TrainingInterrupted):
             chargen.train([str(corpus)], out=tmp_path / name, time=100, eval_every=50, sample_every=0,
@@ -324,7 +324,7 @@ def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypa
     def refuse(*args, **kwargs):
         raise AssertionError("a resumed run measured again")
 
-    monkeypatch.setattr(probe, "measure_rate", refuse)
+    monkeypatch.setattr(setup, "measure_rate", refuse)
     chargen.train(resume=tmp_path / "slow", max_steps=6)
     config = json.loads((tmp_path / "slow" / "config.json").read_text())
     assert config["model"]["hidden"] == chosen["slow"] and config["auto"]["chosen"]["hidden"] == chosen["slow"]
@@ -332,7 +332,7 @@ def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypa
 
 
 def test_the_probe_times_real_steps_and_leaves_the_run_rng_alone():
-    from chargen.probe import measure_rate
+    from chargen.training.probe import measure_rate
 
     torch.manual_seed(5)
     before = torch.get_rng_state()
@@ -366,7 +366,7 @@ def test_a_run_with_no_step_count_stops_when_validation_stops_improving(tmp_path
 
 
 def test_precision_falls_back_with_a_notice(monkeypatch):
-    from chargen import device as dev
+    from chargen.training import device as dev
     from chargen.config import ModelConfig
 
     cpu = torch.device("cpu")

@@ -24,9 +24,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import UsageError
-from .tokenizer import Vocab
+from ..config import ModelConfig
+from ..errors import UsageError
+from ..tokenizer import Vocab
 
 NEW_CHAR_MASS = 1e-8  # at most this much probability on all new characters together, before training
 ARCHITECTURE = ("cell", "layers", "hidden", "embed")
@@ -38,7 +38,7 @@ ARCHITECTURE = ("cell", "layers", "hidden", "embed")
 # -0.11 at 200 (20 held-out names: within noise) and a tie at 1,000. It beat the US-first-names
 # model on 11 of the 15 lists; larger lists were not measured.
 DEFAULT_FROM_MAX_LINES = 5000
-DEFAULT_FROM = "base"  # the bundled model they start from (chargen.api.BUNDLED)
+DEFAULT_FROM = "base"  # the bundled model they start from (chargen.checkpoint.BUNDLED)
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,6 @@ class Lineage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "new_chars": self.new_chars, "val_loss": self.val_loss}
-
-
-def resolve_base(spec: str) -> Path:
-    """`names` and `base` are the bundled models; anything else a checkpoint file or run directory."""
-    from .api import checkpoint_path
-
-    return checkpoint_path(spec)
 
 
 def file_sha256(path: Path) -> str:

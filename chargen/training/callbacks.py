@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 LN2 = math.log(2)
 

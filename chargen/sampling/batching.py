@@ -27,10 +27,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from .config import ServeConfig
-from .errors import SamplingError
-from .sampling import MAX_BATCH, Drawing, RowEngine, Sample, Stepper
-from .tokenizer import Vocab
+from ..config import ServeConfig
+from ..errors import SamplingError
+from .drawing import MAX_BATCH, Drawing, Sample
+from .engine import RowEngine, Stepper
+from ..tokenizer import Vocab
 
 
 

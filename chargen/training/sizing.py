@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .config import MODEL_KEYS, ModelConfig, format_duration
+from ..config import MODEL_KEYS, ModelConfig, format_duration
 
 SMALL_CORPUS = 300_000  # characters: lists of names, titles (the default learning rate)
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 from .device import resolve_precision
 
 WARMUP_STEPS = 1  # the first step builds oneDNN/cuDNN primitives: not timed
@@ -27,8 +27,8 @@ def measure_rate(options: dict[str, Any], vocab_size: int, batch_size: int, seq_
     the wall time the measurement took. Times at least MIN_TIMED_STEPS steps and
     MIN_TIMED_SECONDS, and stops early when `seconds` run out (the rate then rests on fewer steps,
     or on the warm-up step alone, which overstates the cost)."""
-    from .model import CharRNN, detach_state
-    from .training import loss_and_gradients, make_optimizer
+    from ..model import CharRNN, detach_state
+    from .loop import loss_and_gradients, make_optimizer
 
     t0 = time.perf_counter()
     config = ModelConfig(vocab_size=vocab_size, **options)

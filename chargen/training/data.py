@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
 import numpy as np
 
-from .errors import CorpusError, UsageError
+from ..errors import CorpusError, UsageError
 from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
-from .tokenizer import Vocab
+from ..tokenizer import Vocab
 
 if TYPE_CHECKING:
     import torch

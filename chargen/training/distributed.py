@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 import torch.distributed as torch_dist
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass

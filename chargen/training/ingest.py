@@ -34,9 +34,9 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, CorpusError, UsageError, VocabularyError, WriteError, cannot_read
-from .files import atomic_write, atomic_writer
-from .tokenizer import Vocab
+from ..errors import CheckpointError, CorpusError, UsageError, VocabularyError, WriteError, cannot_read
+from ..files import atomic_write, atomic_writer
+from ..tokenizer import Vocab
 
 CHUNK_BYTES = 16 << 20
 CACHE_FORMAT = 1

@@ -25,18 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._version import __version__
+from .._version import __version__
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
-from .checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
-from .config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, TrainConfig, format_duration
+from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
+from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, TrainConfig, format_duration
 from .data import Corpus, TrainData, WindowLoader, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
-from .errors import ChargenError, CheckpointError, TrainingError, UsageError
-from .evaluation import TorchScorer, line_sums, stream_sums
+from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
+from ..evaluation import line_sums, stream_sums
 from .ingest import EncodedCorpus
-from .model import CharRNN, State, detach_state, line_start_state, load_weights, state_from_tensors, state_tensors, weights_of
+from ..model import CharRNN, State, detach_state, line_start_state, load_weights, state_from_tensors, state_tensors, weights_of
 from .rundir import RunDir, RunState, check_resumable
+from .scorer import TorchScorer
 
 __all__ = ["train", "TrainResult", "TrainCallbacks", "learning_rate"]
 
@@ -427,8 +428,10 @@ class Trainer:
 
     def preview(self, start: list[np.ndarray]) -> str:
         """A short sample to show progress: five lines, or 200 characters of prose."""
-        from .config import SampleConfig
-        from .sampling import TorchStepper, derive_key, generate
+        from ..config import SampleConfig
+        from ..model import TorchStepper
+        from ..sampling.randomness import derive_key
+        from ..sampling.drawing import generate
 
         lines = self.data.line_oriented
         cfg = SampleConfig(num=5 if lines else 1, length=60 if lines else 200, temperature=0.8)

@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import UsageError
-from .tokenizer import Vocab
+from ..errors import UsageError
+from ..tokenizer import Vocab
 
 MAX_STATES = 20_000  # product automaton size beyond which the constraints are refused as too complex
 DEAD = -1

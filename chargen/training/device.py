@@ -7,8 +7,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import ModelConfig
-from .errors import UsageError
+from ..config import ModelConfig
+from ..errors import UsageError
 
 
 def _mps_available() -> bool:
@@ -87,7 +87,7 @@ def _unsupported(name: str, device: torch.device) -> Optional[str]:
 
 def precision_problem(device: torch.device, precision: str, cell: str) -> Optional[str]:
     """One tiny forward and backward step of the recurrent cell under the autocast; why it failed, if it did."""
-    from .model import CharRNN
+    from ..model import CharRNN
 
     try:
         probe = CharRNN(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=8, embed=4)).to(device)

@@ -28,9 +28,9 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from .checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
-from .errors import CheckpointError, RunInUse, UsageError
-from .files import atomic_write
+from ..checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
+from ..errors import CheckpointError, RunInUse, UsageError
+from ..files import atomic_write
 from .plot import write_loss_curve
 
 LOCK = ".lock"

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UsageError
-from .files import atomic_write
+from ..errors import UsageError
+from ..files import atomic_write
 
 LOSS_SVG = "loss.svg"
 

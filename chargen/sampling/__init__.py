@@ -1,0 +1,21 @@
+"""The sampling side: drawing samples from a trained network, never importing torch.
+
+    randomness.py   counter-based random numbers: attempt i's character t is a hash of (key, i, t)
+    engine.py       the row engine: rows of many requests advance together, a network step a character
+    drawing.py      which attempts to run and which results to keep (prompts, unique, novel, budgets)
+    constraints.py  regular expressions and length/ending/contains rules compiled to one automaton
+    search.py       the most likely samples, by exact best-first search
+    batching.py     a worker thread that gathers concurrent requests into one engine (chargen serve)
+
+The network itself is a `Stepper`: the numpy twin (chargen.npmodel) or a torch CharRNN through
+chargen.model.TorchStepper.
+"""
+
+from .drawing import (MAX_BATCH, Drawing, Guide, Sample, SampleStats, check_prompt, generate, guide_for, prime,
+                      run)
+from .engine import Drawn, RowEngine, Rows, Stepper, draw, log_softmax, run_rows, sampling_probs
+from .randomness import derive_key, random_seed, uniforms
+
+__all__ = ["MAX_BATCH", "Drawing", "Guide", "Sample", "SampleStats", "check_prompt", "generate", "guide_for", "prime",
+           "run", "Drawn", "RowEngine", "Rows", "Stepper", "draw", "log_softmax", "run_rows", "sampling_probs",
+           "derive_key", "random_seed", "uniforms"]

@@ -1,0 +1,246 @@
+"""Drawing samples: run the prompt through the network once, then one character at a time,
+carrying the recurrent state; many samples advance together as rows of one batch
+(chargen.sampling.engine), each attempt with its own counter-based random numbers
+(chargen.sampling.randomness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from ..config import SampleConfig
+from ..errors import SamplingError, UsageError, VocabularyError
+from ..tokenizer import Vocab
+from .engine import Drawn, Rows, Stepper, run_rows
+
+MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
+
+
+# --- samples ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    text: str  # prompt + generated text (without the newline that ended a line)
+    prompt: str
+    logprob: float  # log-probability under the model (temperature 1) of every generated char,
+    n_chars: int  # including the newline that ended a line; n_chars counts them
+    kept: float = 0.0  # constrained samples: log of the model's mass the constraints allowed, summed over steps
+
+    @property
+    def logprob_per_char(self) -> float:
+        return self.logprob / self.n_chars if self.n_chars else 0.0
+
+    @property
+    def logprob_guided(self) -> float:
+        """Log-probability under the model renormalised at each step over what the constraints allow."""
+        return self.logprob - self.kept
+
+    def record(self, constrained: bool = False) -> dict:
+        """The JSON record of `chargen sample --format jsonl` and of `chargen serve`; drawn under
+        constraints, also the mass they kept and the log-probability under --guided."""
+        out = {"text": self.text, "prompt": self.prompt, "logprob": round(self.logprob, 4),
+               "logprob_per_char": round(self.logprob_per_char, 4), "chars": self.n_chars}
+        if constrained:
+            out.update(kept=round(self.kept, 4), logprob_guided=round(self.logprob_guided, 4))
+        return out
+
+
+@dataclass
+class SampleStats:
+    """What drawing cost: filled in as samples are drawn (draws = samples tried, accepted = kept)."""
+
+    draws: int = 0
+    accepted: int = 0
+    rejected_by_constraints: int = 0
+
+    @property
+    def satisfied(self) -> int:
+        return self.draws - self.rejected_by_constraints
+
+    @property
+    def satisfied_share(self) -> float:
+        """Share of draws that met the constraints: under exact sampling, an estimate of the
+        probability the model (at these settings) gives to the constraints."""
+        return self.satisfied / self.draws if self.draws else 1.0
+
+
+@dataclass
+class Guide:
+    """Constraints for one prompt: the automaton, its state after the prompt, and how to use it.
+
+    exact (guided=False): draw from the model's distribution and reject a sample at the first
+    character from which the constraints can no longer be met; accepted samples then follow the
+    model's distribution conditioned on the constraints. guided: draw only among the allowed
+    characters, renormalised; no draw is wasted, but the distribution is not the conditional one.
+    """
+
+    automaton: "Automaton"  # noqa: F821
+    start: int
+    n0: int  # characters of the prompt
+    guided: bool = False
+
+    @property
+    def steps(self) -> int:
+        return self.automaton.max_len - self.n0 + 1  # the last step can only be the newline
+
+
+def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
+    """A batch-of-one state: the model's typical end-of-line state if the checkpoint has one."""
+    return stepper.init_state(1) if start_state is None else stepper.state_from_arrays(start_state)
+
+
+def check_prompt(vocab: Vocab, prompt: str, lines: bool) -> None:
+    bad = vocab.unknown_chars(prompt)
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise VocabularyError(f"the prompt holds {shown}, not in the model's vocabulary")
+    if lines and "\n" in prompt:
+        raise UsageError("a prompt in line mode cannot hold a newline")
+
+
+def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state: Optional[list[np.ndarray]] = None):
+    """Run "\\n" (start of a line) and the prompt through the network once: (logits (V,), state)."""
+    check_prompt(vocab, prompt, lines)
+    start = "\n" if "\n" in vocab else (" " if " " in vocab else vocab.chars[0])
+    ids = vocab.encode(start + prompt).astype(np.int64)
+    state = initial_state(stepper, start_state)
+    logits = None
+    for i in ids:  # the prefix runs once, then its state is shared by every sample
+        logits, state = stepper.step(np.array([i]), state)
+    return logits[0], state
+
+
+class Drawing:
+    """The draws that make one prompt's `cfg.num` samples: which attempts to run next
+    (`next_rows`) and which of their results to keep (`take`).
+
+    Line mode redraws empty samples, repeats (`unique`), training lines (`novel`), lines in
+    `exclude` and, under an exact `automaton`, samples that break the constraints; a bounded
+    number of draws per wanted sample guards against a model that cannot produce enough.
+    `primed` is what `prime` gives for this prompt, if the caller keeps it. Attempt i always
+    uses random stream i and results are kept in attempt order, so what is kept
+    does not depend on how many attempts run at once, nor on what they run beside.
+    """
+
+    def __init__(self, stepper: Stepper, vocab: Vocab, prompt: str, cfg: SampleConfig, *, lines: bool,
+                 key: np.uint64, seen: Optional[set[str]] = None, training_lines: Optional[set[str]] = None,
+                 exclude: Optional[set[str]] = None, on_char: Optional[Callable[[str], None]] = None,
+                 start_state: Optional[list[np.ndarray]] = None,
+                 automaton: Optional["Automaton"] = None,  # noqa: F821
+                 stats: Optional[SampleStats] = None, primed: Optional[tuple[np.ndarray, object]] = None):
+        self.guide = guide_for(automaton, vocab, prompt, cfg, lines)
+        self.prompt_logits, self.prompt_state = primed or prime(stepper, vocab, prompt, lines, start_state)
+        self.prompt, self.cfg, self.lines, self.key = prompt, cfg, lines, key
+        self.newline = vocab.index.get("\n", -1) if lines else -1
+        self.steps = self.guide.steps if self.guide is not None else cfg.max_length(lines)
+        self.seen = seen if seen is not None else set()
+        self.training_lines = training_lines if cfg.novel else None
+        self.exclude, self.on_char = exclude, on_char
+        self.stats = stats if stats is not None else SampleStats()
+        self.rejecting = self.guide is not None and not self.guide.guided and cfg.temperature > 0
+        self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
+        self.produced, self.attempt = 0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.produced >= self.cfg.num
+
+    def next_rows(self, limit: int = MAX_BATCH) -> Rows:
+        """The next attempts to run, at most `limit` of them; a SamplingError once the budget is spent."""
+        cfg = self.cfg
+        if self.attempt >= self.budget:
+            raise SamplingError(_shortfall(cfg, self.produced, self.attempt, self.rejecting))
+        need = cfg.num - self.produced
+        # Redraws are likely with --unique/--novel/--exclude and constraints: overdraw by the
+        # rate seen so far, so one batch usually suffices (extra draws are wasted work only).
+        if cfg.unique or cfg.novel or self.exclude or self.rejecting:
+            rate = self.produced / self.attempt if self.attempt else (0.5 if self.rejecting else 0.8)
+            want = int(need / max(rate, 0.02) * 1.1) + 8
+        else:
+            want = need
+        b = max(1, min(want, limit, self.budget - self.attempt))
+        stream = self.on_char if (b == 1 and cfg.num == 1 and not self.lines) else None
+        return Rows(self.prompt_logits, self.prompt_state, np.arange(self.attempt, self.attempt + b, dtype=np.int64),
+                    self.key, cfg, self.newline, self.steps, self.guide, stream)
+
+    def take(self, drawn: Drawn) -> list[Sample]:
+        """Keep what the rows of the last `next_rows` produced, in attempt order, up to cfg.num."""
+        cfg, stats, kept = self.cfg, self.stats, []
+        for generated, logprob, n_scored, k in zip(drawn.texts, drawn.logp.tolist(), drawn.scored.tolist(),
+                                                   drawn.kept.tolist()):
+            if self.produced >= cfg.num:
+                break
+            self.attempt += 1
+            stats.draws += 1
+            if generated is None:
+                stats.rejected_by_constraints += 1
+                continue
+            text = self.prompt + generated
+            if self.lines and not text:
+                continue
+            if cfg.unique and text in self.seen:
+                continue
+            if (self.training_lines is not None and text in self.training_lines) or \
+                    (self.exclude and text in self.exclude):
+                continue
+            if cfg.unique:
+                self.seen.add(text)
+            self.produced += 1
+            stats.accepted += 1
+            kept.append(Sample(text=text, prompt=self.prompt, logprob=logprob, n_chars=n_scored, kept=k))
+        return kept
+
+
+def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size: int = MAX_BATCH) -> Iterator[Sample]:
+    """The samples of each drawing in turn, its attempts run `batch_size` at a time."""
+    for drawing in drawings:
+        while not drawing.done:
+            yield from drawing.take(run_rows(stepper, vocab, [drawing.next_rows(batch_size)])[0])
+
+
+def generate(
+    stepper: Stepper,
+    vocab: Vocab,
+    prompt: str,
+    cfg: SampleConfig,
+    *,
+    lines: bool,
+    key: np.uint64,
+    batch_size: int = MAX_BATCH,
+    **options,
+) -> Iterator[Sample]:
+    """Yield cfg.num samples for one prompt, in order (cfg is validated by the caller); `options`
+    are Drawing's (seen, training_lines, exclude, on_char, start_state, automaton, stats).
+    `on_char` streams the characters of a lone prose sample as drawn."""
+    yield from run(stepper, vocab, [Drawing(stepper, vocab, prompt, cfg, lines=lines, key=key, **options)], batch_size)
+
+
+CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
+
+
+def guide_for(automaton, vocab: Vocab, prompt: str, cfg: SampleConfig, lines: bool) -> Optional[Guide]:
+    """The constraints for this prompt, with the length cap the sample options set; checked up front."""
+    if automaton is None:
+        return None
+    if not lines:
+        raise UsageError("constraints apply to line samples; this is prose (pass --lines to sample lines)")
+    bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
+    start = bounded.start(prompt, vocab)
+    if cfg.unique:
+        possible = bounded.count(start, len(prompt))
+        if possible < cfg.num:
+            raise UsageError(f"only {int(possible):,} distinct samples satisfy the constraints, fewer than the "
+                             f"{cfg.num:,} asked for with --unique; ask for fewer (--top {int(possible)} lists them all)")
+    return Guide(bounded, start, len(prompt), guided=cfg.guided)
+
+
+def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool) -> str:
+    why = [name for name, on in (("unique", cfg.unique), ("novel", cfg.novel)) if on]
+    what = " and ".join(why) + " " if why else ("" if rejecting else "non-empty ")
+    advice = "loosen the constraints, raise --temperature, or pass --guided" if rejecting else \
+        "ask for fewer, raise --temperature, or drop --unique/--novel/--exclude"
+    return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws; {advice}"

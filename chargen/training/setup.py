@@ -1,0 +1,203 @@
+"""One `chargen train`, from options to a finished run: what the training loop is handed.
+
+Resuming reads the run's settings back; a short list starts from the bundled base model unless
+told otherwise; a run from a trained model gets options suited to adapting it; the sizes left
+unset are chosen from the corpus, the budget and this device's measured speed (agreed on by all
+processes under torchrun). Then chargen.training.loop trains. Nothing here prints: notices go to
+the callbacks' on_notice (rank 0 only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
+from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
+from ..errors import CheckpointError, TrainingInterrupted, UsageError
+from .data import read_corpus
+from .device import resolve_device
+from .distributed import setup as setup_distributed
+from .distributed import teardown as teardown_distributed
+from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture
+from .ingest import ingest
+from .loop import train as run_training
+from .probe import measure_rate
+from .sizing import auto_sizes, finetune_defaults
+
+
+def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = None,
+              val_file: Optional[str] = None, precision: str = "auto", resume: str | os.PathLike | None = None,
+              start_from: str | os.PathLike | None = None, overwrite: bool = False, callbacks=None,
+              **options: Any) -> Path:
+    """chargen.train: see its docstring there."""
+    model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
+    train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    if model_options:  # check before reading a possibly large corpus
+        ModelConfig.from_dict({"vocab_size": 1, **model_options})
+    base = _base_model(start_from, resume, model_options)
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    config = TrainConfig.from_dict(train_options)
+    paths = list(corpus_paths)
+    out_dir = Path(out) if out is not None else None
+    if resume is not None:
+        ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
+        if model_options:
+            raise UsageError("the model shape is fixed by the run being resumed; drop "
+                             + ", ".join("--" + k for k in model_options))
+        # A resumed run keeps its settings; options given now override them, and the training
+        # loop refuses those that would change the data layout (batch size, window, split, seed).
+        config = TrainConfig.from_dict({**ckpt.train_config, **train_options})
+        out_dir = out_dir or ckpt.path.parent
+        if not paths:
+            sources = ckpt.info.get("sources") or []
+            if not sources or "stdin" in sources:
+                raise UsageError("give the corpus again: the run was trained on stdin")
+            paths = list(sources)
+        val_file = val_file or ckpt.info.get("val_source")
+    if not paths:
+        raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    dist = setup_distributed(config.device)  # None unless started by torchrun
+    clean = False
+    try:
+        corpus = _ingest(paths, dist, callbacks)
+        val_text = read_corpus([val_file]).text if val_file else None
+        sizing = None  # the record of the automatic sizes, when they were chosen
+        if base is None and resume is None and start_from is None:
+            base = _default_base(corpus, model_options, callbacks, dist)
+        if base is not None:
+            corpus = corpus.recoded(base.vocab.union(corpus.vocab))
+            config, model_options = _finetune_options(base, corpus, config, model_options, train_options, dist,
+                                                      callbacks)
+        elif resume is None:
+            config, model_options, sizing = _auto_size(corpus, config, model_options, train_options, precision, dist,
+                                                       callbacks)
+        else:
+            corpus = _in_run_vocab(corpus, ckpt)
+        out_dir = out_dir or Path("checkpoints") / corpus.name
+        result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
+                              precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,
+                              base=base, sizing=sizing)
+        clean = True
+    finally:
+        teardown_distributed(dist, clean)
+    if result.interrupted:
+        raise TrainingInterrupted(result.interrupted, out_dir)
+    return out_dir
+
+
+def _base_model(start_from, resume, model_options: dict[str, Any]):
+    """The checkpoint a new run starts from (None: from scratch), its shape checked against the flags."""
+    if start_from is None or str(start_from) == "none":
+        return None
+    if resume is not None:
+        raise UsageError("--from starts a new run from a model; --resume continues a run (which remembers "
+                         "the model it started from): give one of them")
+
+    base = read_checkpoint(checkpoint_path(str(start_from)), prefer=BEST)
+    check_architecture(base.model_config, model_options, base.path)
+    return base
+
+
+def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
+    """A small list of names starts from the bundled model unless a shape or --from is given:
+    adapting it beats training from scratch there (docs/benchmarks.md, issue 15)."""
+
+    if any(k in model_options for k in ARCHITECTURE) or not corpus.lines.line_oriented():
+        return None
+    if corpus.lines.lines > DEFAULT_FROM_MAX_LINES:
+        return None
+    try:
+        base = read_checkpoint(bundled_checkpoint(DEFAULT_FROM), prefer=BEST)
+    except CheckpointError:
+        return None  # an install without the bundled model trains from scratch
+    notice = _notice(callbacks, dist)
+    if notice is not None:
+        notice(f"a list of {corpus.lines.lines:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
+               f"beats training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains "
+               f"from scratch")
+    return base
+
+
+def _in_run_vocab(corpus, ckpt):
+    """A resumed run encodes the corpus with its own vocabulary, which may hold more characters
+    (a fine-tuned run keeps its base model's); a corpus with characters outside it is refused later."""
+    if all(c in ckpt.vocab for c in corpus.vocab.chars):
+        return corpus.recoded(ckpt.vocab)
+    return corpus
+
+
+def _finetune_options(base, corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], dist,
+                      callbacks):
+    """The base model's shape, and training options suited to adapting it for those left unset."""
+
+    auto = finetune_defaults(corpus.n_chars, set(model_options) | set(train_options))
+    shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
+    notice = _notice(callbacks, dist)
+    if notice is not None:
+        c = base.model_config
+        new = len(corpus.vocab) - len(base.vocab)
+        notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
+               + (f" + {new} new characters" if new else "")
+               + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
+    return TrainConfig.from_dict({**train_options, **auto.train}), {**shape, **auto.model, **model_options}
+
+
+def _notice(callbacks, dist):
+    """Where notices go: the callbacks' on_notice on rank 0, nowhere on the other ranks."""
+    return callbacks.on_notice if callbacks is not None and (dist is None or dist.is_main) else None
+
+
+def _ingest(paths: list[str], dist, callbacks):
+    """The encoded corpus; under torchrun one process per machine encodes it, the others then map it."""
+
+    notice = _notice(callbacks, dist)
+    if dist is None:
+        return ingest(paths, notice=notice)
+    if "-" in paths:
+        raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
+    corpus = ingest(paths, notice=notice) if dist.local_rank == 0 else None
+    dist.barrier()
+    return corpus if corpus is not None else ingest(paths)
+
+
+def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], precision: str, dist,
+               callbacks):
+    """Fill what the user left unset of the sizes from the corpus, the budget and the measured
+    speed of this device (chargen.sizing, chargen.probe), and say so. Returns the training
+    config, the model options and the record of the choice (None: nothing was chosen)."""
+
+    device = dist.device if dist is not None else resolve_device(config.device)
+    world = dist.world if dist is not None else 1
+    given = {**train_options, **model_options}
+
+    def measure(options, batch_size, seq_len, seconds):
+        # Under torchrun each process trains its share of the batch; the slowest one sets the pace,
+        # and every process must take the same decisions, so the numbers are agreed on.
+        rate, spent = measure_rate(options, len(corpus.vocab), max(1, batch_size // world), seq_len, device=device,
+                                   precision=precision, seconds=seconds)
+        if dist is not None:
+            per_char, spent = dist.max(1.0 / rate, spent)
+            rate = 1.0 / per_char
+        return rate * world, spent
+
+    auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
+                      epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
+                      val_fraction=config.val_fraction)
+    if dist is not None and "batch_size" in auto.train:
+        # --batch-size is the global batch: keep each process's share as large as one alone would use.
+        auto.train["batch_size"] *= dist.world
+        auto.why += f"; {dist.world} processes"
+    if not (auto.model or auto.train):
+        return config, model_options, None
+    notice = _notice(callbacks, dist)
+    if notice is not None:
+        if auto.measured:
+            rates = ", ".join(f"{m['shape']} {m['chars_per_sec']:,.0f}" for m in auto.measured)
+            share = f" ({auto.probe_seconds / auto.time_budget:.1%} of the budget)" if auto.time_budget else ""
+            notice(f"measured chars/s on {device.type}: {rates}, in {auto.probe_seconds:.1f} s{share}")
+        notice(f"auto: {auto.describe()} ({auto.why}; {corpus.n_chars:,} characters); set these flags to choose "
+               f"yourself")
+    return TrainConfig.from_dict({**train_options, **auto.train}), {**auto.model, **model_options}, auto.record()
