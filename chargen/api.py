@@ -5,19 +5,30 @@ Nothing here prints or exits; every failure is a ChargenError.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import SampleConfig
-from .training.data import read_corpus
-from .errors import CheckpointError, TrainingInterrupted, UsageError
+from .config import SampleConfig, declared
+from .errors import UsageError
+from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 from .extras import require_torch
+from .npmodel import NumpyCharRNN
+from .sampling.constraints import Automaton, Constraints
+from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, guide_for, prime, run
+from .sampling.randomness import derive_key, random_seed
+from .sampling.search import most_likely
 
 PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
+# Options a `top` request refuses: it ranks by the model's own probabilities (temperature 1, no
+# truncation), needs no seed, never repeats, and has no guided mode. `lines` has a message of its own.
+_TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d.takes("top") and name != "max_tries")
 
 
 class Model:
@@ -29,23 +40,20 @@ class Model:
 
     def __init__(self, checkpoint: Checkpoint, backend: str = "auto", device: Optional[str] = None):
         if backend not in ("auto", "numpy", "torch"):
-            raise UsageError(f"--backend must be auto, numpy or torch (got {backend!r})")
+            raise UsageError(f"`backend` must be auto, numpy or torch (got {backend!r})")
         if backend == "auto":
             backend = "torch" if device not in (None, "cpu") else "numpy"
         if backend == "numpy" and device not in (None, "cpu"):
-            raise UsageError(f"the numpy backend runs on the CPU only; use --backend torch for --device {device}")
+            raise UsageError(f"the numpy backend runs on the CPU only; use `backend` torch for `device` {device}")
         self.checkpoint = checkpoint
         self.vocab = checkpoint.vocab
         self.backend = backend
         if backend == "numpy":
-            from .npmodel import NumpyCharRNN
-
             self.stepper = NumpyCharRNN(checkpoint.model_config, checkpoint.weights)
         else:
             require_torch("the torch backend")
+            from .model import TorchStepper, from_weights  # these import torch: the torch backend only
             from .training.device import resolve_device
-            from .model import from_weights
-            from .model import TorchStepper
 
             dev = resolve_device(device or "auto")
             self.stepper = TorchStepper(from_weights(checkpoint.model_config, checkpoint.weights).to(dev), dev)
@@ -63,65 +71,34 @@ class Model:
             self._training_lines = set(self.checkpoint.lines)
         return self._training_lines
 
-    def samples(
-        self,
-        n: int = 1,
-        prompt: str | Sequence[str] = "",
-        *,
-        temperature: float = 0.8,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        length: Optional[int] = None,
-        seed: Optional[int] = None,
-        lines: Optional[bool] = None,
-        unique: bool = False,
-        novel: bool = False,
-        min_len: Optional[int] = None,
-        max_len: Optional[int] = None,
-        ends_with: Optional[str] = None,
-        contains: str | Sequence[str] = (),
-        regex: Optional[str] = None,
-        guided: bool = False,
-        exclude: Optional[Iterable[str]] = None,
-        stats: Optional["SampleStats"] = None,  # noqa: F821
-        on_char=None,
-    ) -> Iterator["Sample"]:  # noqa: F821
+    def samples(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
+                on_char: Optional[Callable[[str], None]] = None, **options: Any) -> Iterator[Sample]:
         """`n` Sample objects (text, prompt, logprob, kept) per prompt, in order, as they are drawn.
 
-        Line samples can be constrained: `min_len`/`max_len` characters (prompt included),
-        `ends_with`, `contains` (one text or several), `regex` (the whole sample must match).
-        By default the samples follow the model's distribution conditioned on the constraints
-        exactly (a sample is dropped at the first character that rules it out); `guided=True`
-        draws only among allowed characters instead: never wasted, but not the conditional
-        distribution. `exclude` lists lines never to return. `stats` (a SampleStats) is filled
-        in with the draws made. The options are checked here, before the first sample: a bad
-        one raises at once."""
-        from .sampling.drawing import run
+        `options` are chargen.SampleConfig's (temperature, top_k, top_p, seed, lines, unique,
+        novel, exclude, and the constraints min_len, max_len, ends_with, contains, regex, guided):
+        `help(chargen.SampleConfig)` and the README list them. Under constraints the samples follow
+        the model's distribution conditioned on them exactly (a sample is dropped at the first
+        character that rules it out); `guided=True` draws only among allowed characters instead:
+        never wasted, but not the conditional distribution. `stats` (a SampleStats) is filled in
+        with the draws made; `on_char` receives a lone prose sample's characters as drawn. The
+        options are checked here, before the first sample: a bad one raises at once."""
+        return run(self.stepper, self.vocab, self.draws(n, prompt, stats=stats, on_char=on_char, **options))
 
-        return run(self.stepper, self.vocab, self.draws(
-            n, prompt, temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, lines=lines,
-            unique=unique, novel=novel, min_len=min_len, max_len=max_len, ends_with=ends_with, contains=contains,
-            regex=regex, guided=guided, exclude=exclude, stats=stats, on_char=on_char))
-
-    def draws(self, n: int = 1, prompt: str | Sequence[str] = "", *, lines: Optional[bool] = None,
-              contains: str | Sequence[str] = (), exclude: Optional[Iterable[str]] = None,
-              stats: Optional["SampleStats"] = None, on_char=None,  # noqa: F821
-              **options: Any) -> Iterator["Drawing"]:  # noqa: F821
+    def draws(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
+              on_char: Optional[Callable[[str], None]] = None, **options: Any) -> Iterator[Drawing]:
         """What `samples` runs: one chargen.sampling.Drawing per prompt, in order, made as they are
-        needed. The options (those of `samples`) are checked here, before the first one: a bad one
-        raises at once. A caller that runs several calls' drawings together (`chargen serve`)
-        gets the same samples as `samples` would."""
-        from .sampling.drawing import Drawing, SampleStats, check_prompt
-        from .sampling.randomness import derive_key, random_seed
-
-        line_mode = self.line_oriented if lines is None else lines
-        cfg = self._config(num=n, lines=line_mode, contains=contains, **options)
+        needed. The options are checked here, before the first one: a bad one raises at once. A
+        caller that runs several calls' drawings together (`chargen serve`) gets the same samples
+        as `samples` would."""
+        cfg = self._config(n, options)
+        line_mode = self.line_oriented if cfg.lines is None else cfg.lines
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        automaton = self._automaton(cfg, prompts)
+        automaton = self._automaton(cfg, prompts, line_mode)
         if automaton is None:
             for p in prompts:
                 check_prompt(self.vocab, p, line_mode)
-        banned = self._exclude(exclude, line_mode)
+        banned = self._exclude(cfg.exclude, line_mode)
         base_seed = random_seed() if cfg.seed is None else cfg.seed
         stats = stats if stats is not None else SampleStats()
         training = self.training_lines if cfg.novel else None
@@ -138,8 +115,6 @@ class Model:
     def _prime(self, prompt: str, lines: bool) -> tuple:
         """The network's logits and state after a prompt, kept for the most recent prompts: a
         server sees the same few prompts (the empty one above all) again and again."""
-        from .sampling.drawing import prime
-
         key = (prompt, lines)
         with self._primed_lock:
             if key in self._primed:
@@ -152,67 +127,54 @@ class Model:
                 self._primed.popitem(last=False)
         return primed
 
-    def top(
-        self,
-        n: int = 10,
-        prompt: str | Sequence[str] = "",
-        *,
-        length: Optional[int] = None,
-        novel: bool = False,
-        min_len: Optional[int] = None,
-        max_len: Optional[int] = None,
-        ends_with: Optional[str] = None,
-        contains: str | Sequence[str] = (),
-        regex: Optional[str] = None,
-        exclude: Optional[Iterable[str]] = None,
-    ) -> Iterator["Sample"]:  # noqa: F821
+    def top(self, n: int = 10, prompt: str | Sequence[str] = "", **options: Any) -> Iterator[Sample]:
         """The `n` most probable complete line samples under the model (temperature 1) per prompt,
-        best first, constraints included: exact best-first search (chargen.search)."""
-        from .sampling.constraints import Automaton, Constraints
-        from .sampling.search import most_likely
-
+        best first: exact best-first search (chargen.sampling.search). `options` are those of
+        SampleConfig that a top request takes (length, lines, novel, exclude, the constraints)."""
+        refused = [f"`{k}`" for k, v in options.items()
+                   if k in _TOP_REFUSED and v is not None and v is not False]
+        if refused:
+            raise UsageError(f"`top` ranks by the model's own probabilities and never repeats; drop {', '.join(refused)}")
         if n < 1:
-            raise UsageError(f"--top must be at least 1 (got {n})")
-        cfg = self._config(num=n, length=length, lines=True, novel=novel, min_len=min_len, max_len=max_len,
-                           ends_with=ends_with, contains=contains, regex=regex)
+            raise UsageError(f"`top` must be at least 1 (got {n})")
+        cfg = self._config(n, options)
+        if cfg.lines is False or (cfg.lines is None and not self.line_oriented):
+            raise UsageError("`top` lists line samples; this model writes prose (pass `lines`)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        automaton = self._automaton(cfg, prompts) or Automaton(Constraints(), self.vocab)
+        automaton = self._automaton(cfg, prompts, True) or Automaton(Constraints(), self.vocab)
         bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
         for p in prompts:
             bounded[p].start(p, self.vocab)  # raises now if nothing can start with this prompt
-        banned = self._exclude(exclude, True) or set()
-        training = self.training_lines if novel else set()
+        banned = self._exclude(cfg.exclude, True) or set()
+        training = self.training_lines if cfg.novel else set()
 
         def skip(text: str) -> bool:
             return text in banned or text in training
 
-        def results() -> Iterator["Sample"]:  # noqa: F821
+        def results() -> Iterator[Sample]:
             for p in prompts:
                 yield from most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip,
                                        start_state=self.checkpoint.start_state)
 
         return results()
 
-    def _config(self, contains: str | Sequence[str], **fields: Any) -> SampleConfig:
-        """The sample options of `samples` and `top`, checked (`contains` may be one text)."""
-        cfg = SampleConfig.from_dict({**fields, "contains": [contains] if isinstance(contains, str) else list(contains)})
+    def _config(self, n: int, options: dict[str, Any]) -> SampleConfig:
+        """The sample options of `samples` and `top`, checked."""
+        cfg = SampleConfig.of(num=n, **options)
         if cfg.novel and self.training_lines is None:
             raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
-                             f"so --novel cannot be checked")
+                             f"so `novel` cannot be checked")
         return cfg
 
-    def _automaton(self, cfg: SampleConfig, prompts: list[str]):
+    def _automaton(self, cfg: SampleConfig, prompts: list[str], line_mode: bool) -> Optional[Automaton]:
         """The constraints compiled for this vocabulary (None without any), checked for every prompt."""
-        constraints = cfg.constraints()
+        constraints = Constraints.of(cfg)
         if not constraints:
             return None
-        if not cfg.lines:
-            raise UsageError(f"constraints ({', '.join(constraints.flags())}) apply to line samples only; "
+        if not line_mode:
+            raise UsageError(f"constraints ({', '.join(constraints.names())}) apply to line samples only; "
                              + ("drop --no-lines" if self.line_oriented else
-                                "this model writes prose: pass --lines to sample lines from it"))
-        from .sampling.constraints import Automaton
-        from .sampling.drawing import check_prompt, guide_for
-
+                                "this model writes prose: pass `lines` to sample lines from it"))
         automaton = Automaton(constraints, self.vocab)
         for p in prompts:
             check_prompt(self.vocab, p, True)
@@ -223,9 +185,9 @@ class Model:
         if lines is None:
             return None
         if not line_mode:
-            raise UsageError("--exclude applies to line samples only; "
-                             + ("drop --no-lines" if self.line_oriented else "this model writes prose: pass --lines"))
-        return {line for line in lines}
+            raise UsageError("`exclude` applies to line samples only; "
+                             + ("drop --no-lines" if self.line_oriented else "this model writes prose: pass `lines`"))
+        return set(lines)
 
     def sample(self, n: int = 10, prompt: str = "", **options: Any) -> list[str]:
         """`n` samples as strings, e.g. `model.sample(n=10, prompt="Ma", temperature=0.8, seed=1)`."""
@@ -256,10 +218,6 @@ class Model:
         Characters outside the vocabulary are an error, or with `skip_unknown=True` are dropped
         and counted.
         """
-        import numpy as np
-
-        from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
-
         c = self.checkpoint.model_config
         if self.backend == "torch":
             from .training.scorer import TorchScorer  # imports torch: the torch backend only
@@ -276,6 +234,23 @@ class Model:
     def __repr__(self) -> str:
         c = self.checkpoint.model_config
         return f"chargen.Model({self.checkpoint.path}, {c.layers}x{c.hidden} {c.cell}, vocab {c.vocab_size})"
+
+
+def _list_options(method: Callable, request: str) -> None:
+    """Show the options a method takes (`**options`) in its signature, so that help() and editors
+    list them: SampleConfig's declarations are the one source."""
+    params = list(inspect.signature(method).parameters.values())
+    keep = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    declared_options = [inspect.Parameter(d.field, inspect.Parameter.KEYWORD_ONLY, default=d.default,
+                                          annotation=d.annotation)
+                        for name, d in declared(SampleConfig).items() if name != "num" and (d.takes(request) or
+                                                                                          not d.opt.requests)]
+    method.__signature__ = inspect.Signature(keep + declared_options)  # type: ignore[attr-defined]
+
+
+for _method, _request in ((Model.samples, "sample"), (Model.draws, "sample"), (Model.top, "top"),
+                          (Model.sample, "sample")):
+    _list_options(_method, _request)
 
 
 def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:

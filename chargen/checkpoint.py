@@ -283,7 +283,7 @@ def bundled_checkpoint(name: str = "names") -> Path:
     for candidate in (here / "_bundled" / file, here.parent / "checkpoints" / file):
         if candidate.is_file():
             return candidate
-    raise CheckpointError(f"the bundled model {file} is missing from this install; pass --checkpoint")
+    raise CheckpointError(f"the bundled model {file} is missing from this install; pass `checkpoint`")
 
 
 def checkpoint_path(spec: str | os.PathLike) -> Path:

@@ -7,19 +7,21 @@ one rich console on stderr. torch and numpy are imported inside the commands tha
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from ._version import __version__
-from .config import (DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, DEFAULT_TIME, SampleConfig, ServeConfig, TrainConfig,
-                     format_duration)
-from .errors import ChargenError, UsageError
+from .config import (Declared, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
+                     format_duration, parse_duration, train_options)
+from .errors import ChargenError, TrainingInterrupted, UsageError
 
 app = typer.Typer(
     name="chargen",
@@ -43,6 +45,59 @@ def console():
 
         _console = Console(stderr=True, highlight=False)
     return _console
+
+
+# --- options from their declarations ------------------------------------------------------------
+
+_CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
+
+
+def spelling(name: str) -> str:
+    """How the command line spells an option named in a message: its flag (`-n/--num`, `--from`)."""
+    for cls in _CONFIGS:
+        d = declared(cls).get(name)
+        if d is not None:
+            flags = [f.split("/")[0] for f in d.flags]
+            return "/".join(flags) if not flags[0].startswith("--") else flags[0]
+    return "--" + name.replace("_", "-")
+
+
+def _typer_option(d: Declared, hint: Any, cli_default: Any) -> inspect.Parameter:
+    """One declared option as a Typer parameter: its flags, help, panel and shown default."""
+    default = d.opt.default_help or (d.default if d.default not in (None, False, []) else "")
+    help_text = d.opt.help + (f" [default: {default}]" if default != "" else "")
+    flags = d.opt.flags  # none given: Typer derives --kebab-name (and --no-x for a switch)
+    option = typer.Option(*flags, help=help_text, rich_help_panel=d.opt.panel or None, show_default=False)
+    return inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=cli_default,
+                             annotation=Annotated[hint, option])
+
+
+def with_options(*configs: type, skip: tuple[str, ...] = ()) -> Callable:
+    """Add the declared options of `configs` to a command: the function takes them as **options,
+    each None (a switch: False) when not given, so a config file or the library's default stands."""
+
+    def decorate(func: Callable) -> Callable:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added = []
+        for cls in configs:
+            hints = typing.get_type_hints(cls)
+            for name, d in declared(cls).items():
+                if d.opt.cli and name not in skip:
+                    hint = hints[name]
+                    if hint is bool:
+                        added.append(_typer_option(d, bool, False))
+                    else:
+                        optional = hint if type(None) in typing.get_args(hint) else Optional[hint]
+                        added.append(_typer_option(d, optional, None))
+        func.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line: None (and False for a switch) means not given."""
+    return {k: v for k, v in options.items() if v is not None and v is not False}
 
 
 def error_line(message: str) -> None:
@@ -202,36 +257,13 @@ def _summary_table(r):  # a chargen.callbacks.EndReport
 
 
 @app.command()
+@with_options(RunConfig, ModelConfig, TrainConfig, skip=("corpus",))
 def train(
-    corpus: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, or - for stdin.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. [default: checkpoints/<corpus name>]")] = None,
-    val_file: Annotated[Optional[str], typer.Option("--val-file", help="Validate on this file instead of the corpus's tail.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the text, from its end, held out for validation." + _default(TrainConfig, "val_fraction"))] = None,
-    cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn. [default: lstm]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Character embedding size. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams the text is laid out in. [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Characters per window (BPTT length). [default: auto, from the corpus, the budget and the measured speed; printed at start]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW)." + _default(TrainConfig, "lr") + " (or chosen with the sizes, printed at start)")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on weight matrices." + _default(TrainConfig, "weight_decay"))] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Linear warmup steps before cosine decay." + _default(TrainConfig, "warmup"))] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm (0: off)." + _default(TrainConfig, "grad_clip"))] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
-    time: Annotated[Optional[str], typer.Option("--time", help="Stop after this wall-clock time: 90s, 5m, 2h." + f" [default: {format_duration(DEFAULT_TIME)} if no other stop is given]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate and save every N steps." + _default(TrainConfig, "eval_every"))] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop early after this many evaluations without a better val loss; 0: never. [default: 5 unless --max-steps or --epochs is given]")] = None,
-    sample_every: Annotated[Optional[int], typer.Option(help="Show a sample every N evaluations, on stderr (0: never)." + _default(TrainConfig, "sample_every"))] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default(TrainConfig, "seed"))] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps." + _default(TrainConfig, "device"))] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units). [default: auto]")] = None,
+    corpus: Annotated[Optional[list[str]], typer.Argument(help=declared(RunConfig)["corpus"].opt.help, show_default=False)] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help=declared(TrainConfig)["time"].opt.help + " [default: "
+                                                + declared(TrainConfig)["time"].opt.default_help + "]")] = None,
     config_file: Annotated[Optional[str], typer.Option("--config", help="Read options from a TOML file (keys named like the flags); flags given here win.")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory (or from this last.safetensors).")] = None,
-    start_from: Annotated[Optional[str], typer.Option("--from", help="Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or a bundled model: 'base' (names of many languages and kinds) or 'names' (US first names). Its shape is kept, its vocabulary grows by the corpus's new characters; none: from scratch. [default: base for a list of at most 5,000 lines given no model shape, else none]", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.")] = False,
+    **options: Any,
 ) -> None:
     """Train a character-level LSTM on text files.
 
@@ -240,23 +272,15 @@ def train(
 
     Example: chargen train corpora/shakespeare.txt --time 5m
     """
-    from .config import parse_duration, train_options
     from .extras import require_torch
 
     require_torch("chargen train")
-    options = train_options(dict(
-        corpus=corpus, out=out, val_file=val_file, precision=precision, resume=resume, overwrite=overwrite,
-        quiet=quiet, start_from=start_from, cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, batch_size=batch_size,
-        seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, max_steps=max_steps,
-        epochs=epochs, time=parse_duration(time) if time is not None else None, eval_every=eval_every,
-        patience=patience, sample_every=sample_every, val_fraction=val_fraction, seed=seed, device=device,
-    ), config_file)
+    options = train_options({**options, "corpus": corpus, "time": parse_duration(time) if time is not None else None},
+                            config_file)
     quiet = bool(options.pop("quiet", False))
     corpus = options.pop("corpus", [])
 
     from .api import train as api_train
-    from .errors import TrainingInterrupted
-
     from .training.distributed import rank_from_env
 
     rank = rank_from_env()  # under torchrun, rank 0 alone shows progress
@@ -309,29 +333,16 @@ class _Output:
 
 
 @app.command()
+@with_options(SampleConfig)
 def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory (its best), or a bundled model: names, base. [default: $CHARGEN_CHECKPOINT, else the bundled names model]")] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
-    num: Annotated[int, typer.Option("--num", "-n", help="Samples to print (per prompt).")] = 1,
-    length: Annotated[Optional[int], typer.Option("--length", "-l", help=f"Maximum characters generated per sample. [default: {DEFAULT_LINE_LENGTH} per line, {DEFAULT_PROSE_LENGTH} for prose]")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help=f"Randomness: 0 is greedy, 1 the model's own distribution. [default: {SampleConfig.temperature}]", show_default=False)] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k likeliest characters.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Draw only from the likeliest characters whose mass reaches p (nucleus).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same output.")] = None,
-    lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="One line per sample, ending at the newline. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
-    unique: Annotated[bool, typer.Option(help="Never print the same sample twice.")] = False,
-    novel: Annotated[bool, typer.Option(help="Never print a line of the training corpus (of a model adapted with train --from: your list, not the base model's corpus; add that with --exclude).")] = False,
     exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list).", rich_help_panel="Constraints (line samples)")] = None,
-    min_len: Annotated[Optional[int], typer.Option(help="At least this many characters per sample, the prompt included, the newline not.", rich_help_panel="Constraints (line samples)")] = None,
-    max_len: Annotated[Optional[int], typer.Option(help="At most this many characters per sample, the prompt included, the newline not.", rich_help_panel="Constraints (line samples)")] = None,
-    ends_with: Annotated[Optional[str], typer.Option(help="Every sample ends with this text.", rich_help_panel="Constraints (line samples)")] = None,
-    contains: Annotated[Optional[list[str]], typer.Option(help="Every sample contains this text (repeat for several).", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
-    regex: Annotated[Optional[str], typer.Option(help="The whole sample (prompt included) must match this Python regular expression; supported: literals, escapes, ., [classes], \\w \\d \\s, groups, |, * + ? {m,n}, (?i); not lookaround, backreferences or \\b.", rich_help_panel="Constraints (line samples)")] = None,
-    guided: Annotated[bool, typer.Option(help="Draw only among characters that can still satisfy the constraints: never wastes a draw, but favours early choices with many ways to finish. Default: exact, the model's distribution conditioned on the constraints.", rich_help_panel="Constraints (line samples)")] = False,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided).")] = "text",
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
+    **options: Any,
 ) -> None:
     """Generate text from a trained model, one sample per line.
 
@@ -348,52 +359,51 @@ def sample(
       chargen sample -c checkpoints/shakespeare -p "ROMEO:" -l 500
     """
     if output_format not in ("text", "jsonl"):
-        raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
-
+        raise UsageError(f"`format` must be text or jsonl (got {output_format!r})")
     from .api import load
     from .checkpoint import default_checkpoint
     from .sampling.drawing import SampleStats
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
-    line_mode = model.line_oriented if lines is None else lines
+    options = given(options)
+    if exclude is not None:
+        options["exclude"] = _read_lines(exclude)
+    num = options.pop("num", 1)
+    line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
     prompts = _read_prompts() if prompt == "-" else [prompt]
-    constraints = dict(min_len=min_len, max_len=max_len, ends_with=ends_with, contains=contains or [], regex=regex,
-                       exclude=_read_lines(exclude) if exclude is not None else None, novel=novel)
-    constrained = any(v for k, v in constraints.items() if k not in ("exclude", "novel"))
     out = _Output()
     stats = SampleStats()
-    streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1 and top is None
+    streaming = False
     if top is not None:
-        given = [flag for flag, v in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p),
-                                      ("--seed", seed), ("--unique", unique), ("--guided", guided))
-                 if v is not None and v is not False]
-        if given:
-            raise UsageError(f"--top ranks by the model's own probabilities and never repeats; drop {', '.join(given)}")
-        if lines is False or not line_mode:
-            raise UsageError("--top lists line samples; this model writes prose (pass --lines)")
-        samples = model.top(top, prompts, length=length, **constraints)
-        constrained = True
+        samples, constrained = model.top(top, prompts, **options), True
     else:
-        samples = model.samples(
-            num, prompts, temperature=SampleConfig.temperature if temperature is None else temperature,
-            top_k=top_k, top_p=top_p, length=length, seed=seed, lines=line_mode, unique=unique, guided=guided,
-            stats=stats, on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None, **constraints)
+        constrained = bool(SampleConfig.of(**options).given("constraint"))
+        streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
+        samples = model.samples(num, prompts, stats=stats,
+                                on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None, **options)
         if streaming:
             out.write(prompts[0], flush=True)
+    _print_samples(out, samples, output_format, jsonl_constrained=constrained and top is None,
+                   lines=line_mode or top is not None, streaming=streaming)
+    if constrained and top is None and not options.get("guided") and stats.rejected_by_constraints:
+        console().print(f"note: {stats.satisfied:,} of {stats.draws:,} draws ({stats.satisfied_share:.1%}) met the "
+                        f"constraints; exact sampling drops the rest (--guided drops none, but is biased)",
+                        highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constrained: bool, lines: bool,
+                   streaming: bool) -> None:
+    """One sample a line (jsonl: a record a line); prose samples apart by a blank line."""
     for i, s in enumerate(samples):
         if output_format == "jsonl":
-            out.write(json.dumps(s.record(constrained and top is None), ensure_ascii=False) + "\n")
+            out.write(json.dumps(s.record(jsonl_constrained), ensure_ascii=False) + "\n")
         elif streaming:
             out.write("\n")
-        elif line_mode or top is not None:
+        elif lines:
             out.write(s.text + "\n")
         else:
             # Prose samples hold newlines of their own: a blank line keeps them apart.
             out.write(("\n" if i else "") + s.text + "\n")
-    if constrained and top is None and not guided and stats.rejected_by_constraints:
-        console().print(f"note: {stats.satisfied:,} of {stats.draws:,} draws ({stats.satisfied_share:.1%}) met the "
-                        f"constraints; exact sampling drops the rest (--guided drops none, but is biased)",
-                        highlight=False, markup=False, soft_wrap=True)
 
 
 def _read_prompts() -> list[str]:
@@ -612,7 +622,7 @@ def main() -> None:
         if isinstance(rv, int):  # click hands typer.Exit(code) back as a return value here
             code = rv
     except ChargenError as exc:
-        error_line(str(exc))
+        error_line(exc.render(spelling))
         code = exc.exit_code
     except (BrokenPipeError, _PipeClosed):
         code = 0
@@ -626,7 +636,10 @@ def main() -> None:
     except Exception as exc:
         # Click's usage errors (bad option values, unknown options) and aborts. Typer may vendor its
         # own copy of click, so recognise them by shape rather than by class.
-        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `chargen`: the help, formatted, as git and llm do
+            sys.stdout.write(exc.ctx.get_help() + "\n")
+            code = 0
+        elif hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             error_line(" ".join(exc.format_message().split()) + hint)

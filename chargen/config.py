@@ -13,7 +13,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from .errors import ConfigError, UsageError
 
@@ -41,24 +41,138 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 T = TypeVar("T")
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '2h', '1.5h', '300' (seconds) -> seconds."""
+    m = _DURATION.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"`time` must be a positive duration such as 90s, 5m or 2h (got {text!r})")
+    unit = m.group(2).lower() if m.group(2) else None
+    return float(m.group(1)) * _UNIT[unit]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+# --- declaring an option ----------------------------------------------------------------------
+
+REQUESTS = ("sample", "top", "stream")  # the kinds of sampling request a front end makes
+# An option's role says how the sampler treats it: a `setting` decides how a row's next character
+# is picked from its logits (rows of batched requests are grouped by their settings), a
+# `constraint` limits which samples count (compiled to an automaton), a `filter` drops finished
+# samples (repeats, training lines), `output` shapes what is drawn (count, length, seed, mode).
+ROLES = ("setting", "constraint", "filter", "output")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """What every front end needs to offer one option: help, spelling, bounds, where it applies.
+
+    The option's name, type and default are its dataclass field's. `flags` are the command-line
+    spellings when they are not just --kebab-name; `field` its name in JSON and Python keywords
+    when not the field name (`num` is `n`); `default_help` what help says of a default chosen at
+    run time. `check` and `rule` bound the value: `check(value)` false is the error
+    "`name` RULE (got value)"."""
+
+    help: str
+    flags: tuple[str, ...] = ()
+    field: str = ""
+    requests: tuple[str, ...] = ()
+    role: str = "output"
+    check: Optional[Callable[[Any], bool]] = None
+    rule: str = ""
+    default_help: str = ""
+    panel: str = ""  # the --help section it is listed under
+    cli: bool = True  # False: the command line declares its own flag (exclude reads a file there) or none
+
+    def __post_init__(self) -> None:
+        assert self.role in ROLES and set(self.requests) <= set(REQUESTS), self
+
+
+def option(default: Any = None, help: str = "", *, factory: Optional[Callable[[], Any]] = None, **facts: Any) -> Any:
+    """A dataclass field declared as an option (see Opt)."""
+    meta = {"option": Opt(help=help, **facts)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One option as the front ends read it: its field's name, type and default, and its Opt."""
+
+    name: str
+    annotation: str
+    default: Any
+    opt: Opt
+
+    @property
+    def field(self) -> str:
+        return self.opt.field or self.name
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.opt.flags or ("--" + self.name.replace("_", "-"),)
+
+    def takes(self, request: str) -> bool:
+        return request in self.opt.requests
+
+    def check(self, value: Any) -> None:
+        """A ConfigError unless the value has the option's type, a UsageError unless it is in bounds."""
+        check_type(self.name, value, self.annotation)
+        self.check_bounds(value)
+
+    def check_bounds(self, value: Any) -> None:
+        if value is not None and self.opt.check is not None and not self.opt.check(value):
+            shown = repr(value) if isinstance(value, str) else value
+            raise UsageError(f"`{self.name}` {self.opt.rule} (got {shown})")
+
+
+def declared(cls: type) -> dict[str, Declared]:
+    """The options a config dataclass declares, by field name, in declaration order."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "option" in f.metadata:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out[f.name] = Declared(f.name, str(f.type), default, f.metadata["option"])
+    return out
+
+
 _KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"), "str": ((str,), "text"),
           "bool": ((bool,), "true or false")}
 
 
 def check_type(name: str, value: Any, annotation: str) -> None:
-    """A ConfigError unless `value` fits the field's annotation ("int", "Optional[float]", ...)."""
+    """A ConfigError unless `value` fits the field's annotation ("int", "Optional[float]",
+    "list[str]", "str | list[str]", ...); finite numbers only."""
     optional = annotation.startswith("Optional[")
     kind = annotation[len("Optional[") : -1] if optional else annotation
     if value is None and optional:
         return
-    if kind == "list[str]":  # a TOML array or JSON list of text
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a list of text (got {repr(value)[:40]})")
+    kinds = [k.strip() for k in kind.split("|")]
+    if "list[str]" in kinds and isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"`{name}` must be a list of text (got {_shown(value)})")
         return
-    types, what = _KINDS[kind]
-    if not isinstance(value, types) or (isinstance(value, bool) and kind != "bool"):
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ConfigError(f"--{name.replace('_', '-')} must be {what} (got {shown})")
+    for k in kinds:
+        types, _ = _KINDS.get(k, ((), ""))
+        if isinstance(value, types) and not (isinstance(value, bool) and k != "bool"):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"`{name}` must be a finite number (got {_shown(value)})")
+            return
+    what = " or ".join(_KINDS[k][1] if k in _KINDS else "a list of text" for k in kinds)
+    raise ConfigError(f"`{name}` must be {what} (got {_shown(value)})")
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
 
 
 class _Config:
@@ -84,33 +198,47 @@ class _Config:
         obj.validate()  # type: ignore[attr-defined]
         return obj
 
+    def validate(self) -> None:
+        """Every declared option's bounds; a subclass adds the rules that tie options together."""
+        for name, d in declared(type(self)).items():
+            d.check_bounds(getattr(self, name))
 
-def _positive(name: str, value: float | int | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    # `not (value > 0)` also catches NaN, which compares False with everything.
-    if value is None or not (value > 0) or not math.isfinite(value):
-        raise UsageError(f"--{name.replace('_', '-')} must be a number greater than 0 (got {value})")
+
+def _positive(value: Any) -> bool:
+    # `value > 0` is False for NaN too.
+    return value > 0 and math.isfinite(value)
+
+
+def _at_least(n: float) -> Callable[[Any], bool]:
+    return lambda v: v >= n
+
+
+POSITIVE = dict(check=_positive, rule="must be a number greater than 0")
+_AT_LEAST_1 = dict(check=_at_least(1), rule="must be at least 1")
+NOT_NEGATIVE = dict(check=lambda v: 0 <= v < math.inf, rule="must be 0 or more")
+AUTO = "auto, from the corpus, the budget and the measured speed; printed at start"
+
+
+def _one_of(choices) -> dict[str, Any]:
+    return dict(check=lambda v: v in choices, rule=f"must be one of {', '.join(choices)}")
 
 
 @dataclass
 class ModelConfig(_Config):
     _what = "model config"
 
-    vocab_size: int
-    cell: str = "lstm"
-    layers: int = 2
-    hidden: int = 256
-    embed: int = 64
-    dropout: float = 0.0
+    vocab_size: int  # the corpus's, not an option
+    cell: str = option("lstm", "Recurrent cell: lstm, gru or rnn.", **_one_of(tuple(CELLS)))
+    layers: int = option(2, "Stacked recurrent layers.", default_help=AUTO, **POSITIVE)
+    hidden: int = option(256, "Hidden units per layer.", default_help=AUTO, **POSITIVE)
+    embed: int = option(64, "Character embedding size.", default_help=AUTO, **POSITIVE)
+    dropout: float = option(0.0, "Dropout between layers and before the head.", default_help=AUTO,
+                            check=lambda v: 0.0 <= v < 1.0, rule="must be in [0, 1)")
 
     def validate(self) -> None:
-        if not isinstance(self.cell, str) or self.cell not in CELLS:
-            raise UsageError(f"--cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
-        for name in ("vocab_size", "layers", "hidden", "embed"):
-            _positive(name, getattr(self, name))
-        if not 0.0 <= self.dropout < 1.0:  # False for NaN too
-            raise UsageError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not _positive(self.vocab_size):
+            raise UsageError(f"`vocab_size` must be a number greater than 0 (got {self.vocab_size})")
+        super().validate()
 
     @property
     def gates(self) -> int:
@@ -150,27 +278,43 @@ class ModelConfig(_Config):
 
 
 
+
+
+# The shape of a model, as options: every ModelConfig field but the vocabulary (the corpus's).
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
+
+
 @dataclass
 class TrainConfig(_Config):
     _what = "training config"
 
-    batch_size: int = 64
-    seq_len: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    max_steps: Optional[int] = None
-    epochs: Optional[float] = None
-    time: Optional[float] = None  # seconds of wall clock
-    eval_every: int = 200
-    patience: Optional[int] = None  # stop after this many evaluations without a new best (None: auto, 0: never)
-    sample_every: int = 1  # show a sample every N evaluations (0: never)
-    eval_chars: int = 200_000  # cap on validation characters per evaluation, so evals stay cheap
-    val_fraction: float = 0.1
-    seed: int = 1337
-    device: str = "auto"
+    batch_size: int = option(64, "Parallel streams the text is laid out in.", default_help=AUTO, **POSITIVE)
+    seq_len: int = option(128, "Characters per window (BPTT length).", default_help=AUTO, **POSITIVE)
+    lr: float = option(3e-3, "Peak learning rate (AdamW).", default_help="3e-3 (or chosen with the sizes, printed at start)",
+                       **POSITIVE)
+    weight_decay: float = option(0.01, "AdamW weight decay on weight matrices.", **NOT_NEGATIVE)
+    warmup: int = option(100, "Linear warmup steps before cosine decay.", **NOT_NEGATIVE)
+    min_lr_ratio: float = option(0.1, "The learning rate at the end, as a share of the peak.",
+                                 check=lambda v: 0.0 <= v <= 1.0, rule="must be in [0, 1]")
+    grad_clip: float = option(1.0, "Clip the global gradient norm (0: off).", check=lambda v: 0 <= v < math.inf,
+                              rule="must be 0 (off) or more")
+    max_steps: Optional[int] = option(None, "Stop after this many steps.", **POSITIVE)
+    epochs: Optional[float] = option(None, "Stop after this many passes over the text.", **POSITIVE)
+    time: Optional[float] = option(None, "Stop after this wall-clock time: 90s, 5m, 2h.",  # seconds
+                                   default_help=f"{format_duration(DEFAULT_TIME)} if no other stop is given", cli=False,
+                                   **POSITIVE)  # the command line takes a duration (--time 5m): cli.py declares it
+    eval_every: int = option(200, "Evaluate and save every N steps.", **POSITIVE)
+    patience: Optional[int] = option(None, "Stop early after this many evaluations without a better val loss; 0: never.",
+                                     default_help=f"{DEFAULT_PATIENCE} unless --max-steps or --epochs is given",
+                                     check=lambda v: v >= 0, rule="must be 0 (never stop early) or more")
+    sample_every: int = option(1, "Show a sample every N evaluations, on stderr (0: never).", check=lambda v: v >= 0,
+                               rule="must be 0 (off) or more")
+    eval_chars: int = option(200_000, "Cap on validation characters per evaluation, so evaluations stay cheap.",
+                             **POSITIVE)
+    val_fraction: float = option(0.1, "Fraction of the text, from its end, held out for validation.",
+                                 check=lambda v: 0.0 < v < 1.0, rule="must be between 0 and 1")
+    seed: int = option(1337, "Random seed.")
+    device: str = option("auto", "auto, cpu, cuda or mps.", **_one_of(DEVICES))
 
     @property
     def time_budget(self) -> Optional[float]:
@@ -179,80 +323,128 @@ class TrainConfig(_Config):
             return DEFAULT_TIME
         return self.time
 
-    def validate(self) -> None:
-        for name in ("batch_size", "seq_len", "eval_every", "eval_chars"):
-            _positive(name, getattr(self, name))
-        for name in ("lr",):
-            _positive(name, getattr(self, name))
-        for name in ("max_steps", "epochs", "time"):
-            _positive(name, getattr(self, name), allow_none=True)
-        if not (self.patience is None or self.patience >= 0):
-            raise UsageError(f"--patience must be 0 (never stop early) or more (got {self.patience})")
-        if not (0 <= self.weight_decay < math.inf):
-            raise UsageError(f"--weight-decay must be 0 or more (got {self.weight_decay})")
-        if not self.sample_every >= 0:
-            raise UsageError(f"--sample-every must be 0 (off) or more (got {self.sample_every})")
-        if not self.warmup >= 0:
-            raise UsageError(f"--warmup must be 0 or more (got {self.warmup})")
-        if not (0 <= self.grad_clip < math.inf):
-            raise UsageError(f"--grad-clip must be 0 (off) or more (got {self.grad_clip})")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UsageError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UsageError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
-        if self.device not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
 
+@dataclass
+class RunConfig(_Config):
+    """The options of `chargen train` that are neither the model's nor the loop's (chargen.train's
+    keywords; the command line's flags; a TOML config's keys)."""
+
+    _what = "run config"
+
+    corpus: list[str] = option(help="UTF-8 text files, or - for stdin.", factory=list)
+    out: Optional[str] = option(None, "Run directory.", flags=("--out", "-o"), default_help="checkpoints/<corpus name>")
+    val_file: Optional[str] = option(None, "Validate on this file instead of the corpus's tail.")
+    precision: str = option("auto", "auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units).",
+                            **_one_of(PRECISIONS))
+    resume: Optional[str] = option(None, "Continue the run in this directory (or from this last.safetensors).")
+    start_from: Optional[str] = option(
+        None, "Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or a "
+        "bundled model: 'base' (names of many languages and kinds) or 'names' (US first names). Its shape is kept, "
+        "its vocabulary grows by the corpus's new characters; none: from scratch.", flags=("--from",),
+        default_help="base for a list of at most 5,000 lines given no model shape, else none")
+    overwrite: bool = option(False, "Replace a run already in --out.")
+    quiet: bool = option(False, "No progress output; errors only.", flags=("--quiet", "-q"))
+
+
+# --- sampling options -------------------------------------------------------------------------
+
+CONSTRAINTS_PANEL = "Constraints (line samples)"
 
 
 @dataclass
 class SampleConfig(_Config):
+    """Every sampling option, declared once: the CLI's flags and help, the Python API's keywords,
+    the server's JSON fields and its type check, the batching key and the refusal lists all read
+    these declarations (`declared(SampleConfig)`)."""
+
     _what = "sample config"
 
-    num: int = 1
-    length: Optional[int] = None  # None: DEFAULT_LINE_LENGTH per line, DEFAULT_PROSE_LENGTH for prose
-    temperature: float = 0.8
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    seed: Optional[int] = None
-    lines: Optional[bool] = None  # None: as the checkpoint says
-    unique: bool = False
-    novel: bool = False
-    max_tries: int = 50  # redraw budget per wanted sample, for --unique / --novel / empty samples
-    # Constraints on line samples (chargen.constraints); lengths count the prompt's characters too.
-    min_len: Optional[int] = None
-    max_len: Optional[int] = None
-    ends_with: Optional[str] = None
-    contains: list[str] = dataclasses.field(default_factory=list)
-    regex: Optional[str] = None
-    guided: bool = False  # renormalise over allowed characters instead of exact (rejecting) sampling
+    num: int = option(1, "Samples to print (per prompt).", flags=("-n", "--num"), field="n", requests=REQUESTS,
+                      check=_at_least(1), rule="must be at least 1")
+    length: Optional[int] = option(None, "Maximum characters generated per sample.", flags=("--length", "-l"),
+                                   requests=REQUESTS, check=_at_least(1), rule="must be at least 1",
+                                   default_help=f"{DEFAULT_LINE_LENGTH} per line, {DEFAULT_PROSE_LENGTH} for prose")
+    temperature: float = option(0.8, "Randomness: 0 is greedy, 1 the model's own distribution.",
+                                flags=("--temperature", "-t"), requests=("sample", "stream"), role="setting",
+                                check=lambda v: 0 <= v < math.inf, rule="must be 0 (greedy) or more")
+    top_k: Optional[int] = option(None, "Draw only from the k likeliest characters.", requests=("sample", "stream"),
+                                  role="setting", check=_at_least(1), rule="must be at least 1")
+    top_p: Optional[float] = option(None, "Draw only from the likeliest characters whose mass reaches p (nucleus).",
+                                    requests=("sample", "stream"), role="setting", check=lambda v: 0.0 < v <= 1.0,
+                                    rule="must be in (0, 1]")
+    seed: Optional[int] = option(None, "Random seed: same seed, same output.", requests=("sample", "stream"),
+                                 check=lambda v: 0 <= v < 2**63, rule="must be between 0 and 2**63-1")
+    lines: Optional[bool] = option(None, "One line per sample, ending at the newline.", flags=("--lines/--no-lines",),
+                                   requests=REQUESTS, default_help="as the model's corpus: on for names, off for prose")
+    unique: bool = option(False, "Never print the same sample twice.", requests=("sample", "stream"), role="filter")
+    novel: bool = option(False, "Never print a line of the training corpus (of a model adapted with train --from: "
+                                "your list, not the base model's corpus; add that with --exclude).",
+                         requests=REQUESTS, role="filter")
+    exclude: Optional[list[str]] = option(None, "Never return one of these lines (like novel, for any list).",
+                                          requests=("sample", "top"), role="filter", cli=False)
+    max_tries: int = option(50, "Draws per wanted sample before giving up, for unique, novel and empty samples.",
+                            cli=False, check=_at_least(1), rule="must be at least 1")
+    # Constraints on line samples (chargen.sampling.constraints); lengths count the prompt's characters too.
+    min_len: Optional[int] = option(None, "At least this many characters per sample, the prompt included, the "
+                                          "newline not.", requests=("sample", "top"), role="constraint",
+                                    check=lambda v: v >= 0, rule="must be 0 or more", panel=CONSTRAINTS_PANEL)
+    max_len: Optional[int] = option(None, "At most this many characters per sample, the prompt included, the "
+                                          "newline not.", requests=("sample", "top"), role="constraint",
+                                    check=_at_least(1), rule="must be at least 1", panel=CONSTRAINTS_PANEL)
+    ends_with: Optional[str] = option(None, "Every sample ends with this text.", requests=("sample", "top"),
+                                      role="constraint", panel=CONSTRAINTS_PANEL)
+    contains: list[str] = option(help="Every sample contains this text (repeat for several).", factory=list,
+                                 requests=("sample", "top"), role="constraint", panel=CONSTRAINTS_PANEL)
+    regex: Optional[str] = option(
+        None, "The whole sample (prompt included) must match this Python regular expression; supported: literals, "
+        "escapes, ., [classes], \\w \\d \\s, groups, |, * + ? {m,n}, (?i); not lookaround, backreferences or \\b.",
+        requests=("sample", "top"), role="constraint", panel=CONSTRAINTS_PANEL)
+    guided: bool = option(False, "Draw only among characters that can still satisfy the constraints: never wastes a "
+                                 "draw, but favours early choices with many ways to finish. Default: exact, the "
+                                 "model's distribution conditioned on the constraints.", requests=("sample",),
+                          panel=CONSTRAINTS_PANEL)
+
+    @classmethod
+    def of(cls, **options: Any) -> "SampleConfig":
+        """From the API's keywords: `n` is num, `contains` may be one text, `exclude` any iterable."""
+        fields = {("num" if k == "n" else k): v for k, v in options.items()}
+        if isinstance(fields.get("contains"), str):
+            fields["contains"] = [fields["contains"]]
+        if fields.get("exclude") is not None and not isinstance(fields["exclude"], (list, str)):
+            fields["exclude"] = list(fields["exclude"])
+        return cls.from_dict(fields)
 
     def validate(self) -> None:
-        if self.num < 1:
-            raise UsageError(f"-n/--num must be at least 1 (got {self.num})")
-        if self.length is not None and self.length < 1:
-            raise UsageError(f"--length must be at least 1 (got {self.length})")
-        if not (0 <= self.temperature < math.inf):
-            raise UsageError(f"--temperature must be 0 (greedy) or more (got {self.temperature})")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1 (got {self.top_k})")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"--top-p must be in (0, 1] (got {self.top_p})")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise UsageError(f"--seed must be between 0 and 2**63-1 (got {self.seed})")
-        self.constraints()
+        super().validate()
+        if self.min_len is not None and self.max_len is not None and self.min_len > self.max_len:
+            raise UsageError(f"`min_len` {self.min_len} is above `max_len` {self.max_len}: no sample can satisfy both")
+        for name, text in [("ends_with", self.ends_with)] + [("contains", c) for c in self.contains]:
+            if text is not None and "\n" in text:
+                raise UsageError(f"`{name}` cannot hold a newline: a line sample has none")
 
     def max_length(self, lines: bool) -> int:
         return self.length or (DEFAULT_LINE_LENGTH if lines else DEFAULT_PROSE_LENGTH)
 
-    def constraints(self):
-        from .sampling.constraints import Constraints
+    def given(self, role: str) -> list[str]:
+        """The options of this role that are set (not None, False, 0 or empty), by name."""
+        return [name for name, d in declared(SampleConfig).items() if d.opt.role == role and getattr(self, name)]
 
-        c = Constraints(min_len=self.min_len, max_len=self.max_len, ends_with=self.ends_with,
-                        contains=tuple(self.contains), regex=self.regex)
-        c.validate()
-        return c
+    def settings(self) -> tuple:
+        """What decides how a row's next character is picked from its logits: rows of batched
+        requests with equal settings are picked together."""
+        return tuple(getattr(self, name) for name, d in declared(SampleConfig).items() if d.opt.role == "setting")
 
+
+# The prompt, a field of every sampling request besides the options above.
+PROMPT = Declared("prompt", "str | list[str]", "", Opt(
+    help="Text each sample starts with; several prompts draw n samples each.", requests=REQUESTS))
+
+
+def request_fields(request: str) -> dict[str, Declared]:
+    """The JSON fields (Python keywords) a sampling request takes, by field name."""
+    fields = {"prompt": PROMPT}
+    fields.update({d.field: d for d in declared(SampleConfig).values() if d.takes(request)})
+    return fields
 
 
 @dataclass
@@ -261,28 +453,27 @@ class ServeConfig(_Config):
 
     _what = "serve config"
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: Optional[str] = None  # bearer token the API requires; None: none
-    max_n: int = 1000  # samples per request, all prompts together
-    max_length: int = 2000  # characters a sample may run to (--length)
-    max_prompts: int = 100  # prompts per request
-    max_body: int = 1 << 20  # bytes of a request body (eval's text included)
-    max_streams: int = 4  # concurrent /v1/stream responses (each holds a thread while it draws)
-    window: float = 0.002  # seconds an idle model's batcher waits to gather requests that arrive together
-    max_rows: int = 2048  # rows advancing together in one model's batch: bounds memory and a step's time
-    max_draws: int = 200_000  # draws one sample request may cost (rare constraints redraw): bounds its time
+    host: str = option("127.0.0.1", "Address to listen on; anything but localhost exposes the API, so set --token.")
+    port: int = option(8000, "Port to listen on (0: any free one, printed at start).",
+                       check=lambda v: 0 <= v <= 65535, rule="must be between 0 and 65535")
+    token: Optional[str] = option(None, "Require this bearer token on the API (Authorization: Bearer TOKEN).",
+                                  default_help="$CHARGEN_SERVE_TOKEN, else none")
+    max_n: int = option(1000, "Most samples one request may ask for, all its prompts together.", **_AT_LEAST_1)
+    max_length: int = option(2000, "Most characters a sample may run to.", **_AT_LEAST_1)
+    max_prompts: int = option(100, "Most prompts in one request.", **_AT_LEAST_1)
+    max_body: int = option(1 << 20, "Most bytes in a request body.", **_AT_LEAST_1)
+    max_streams: int = option(4, "Most /v1/stream responses open at once.", **_AT_LEAST_1)
+    window: float = option(0.002, "Seconds an idle model waits to gather requests into one batch.",
+                           check=lambda v: 0 <= v <= 1, rule="must be between 0 and 1 second")
+    max_rows: int = option(2048, "Most rows advancing together in one model's batch: bounds memory and a step's time.",
+                           **_AT_LEAST_1)
+    max_draws: int = option(200_000, "Most draws one sample request may cost (rare constraints draw many); past it, "
+                                     "a 422.", **_AT_LEAST_1)
 
     def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port must be between 0 and 65535 (got {self.port})")
-        for name in ("max_n", "max_length", "max_prompts", "max_body", "max_streams", "max_rows", "max_draws"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if not 0 <= self.window <= 1:
-            raise UsageError(f"--window must be between 0 and 1 second (got {self.window})")
+        super().validate()
         if self.token is not None and not self.token.strip():
-            raise UsageError("--token is empty; give a secret, or leave it out")
+            raise UsageError("`token` is empty; give a secret, or leave it out")
 
     @property
     def loopback(self) -> bool:
@@ -298,16 +489,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout")
-# Keys a TOML config may hold besides TrainConfig and ModelConfig fields (they are CLI options).
-RUN_KEYS = ("corpus", "out", "val_file", "precision", "resume", "overwrite", "quiet", "start_from")
 
 
 def train_options(flags: dict[str, Any], config_file: Optional[str] = None) -> dict[str, Any]:
     """The options of one `chargen train`: the TOML file's, then the flags given on top.
 
     `flags` holds every flag by its field name; None (and False for a switch) means "not given",
-    so the file's value stands. Keys are ModelConfig, TrainConfig and RUN_KEYS names.
+    so the file's value stands. Keys are ModelConfig, TrainConfig and RunConfig names.
     """
     from_file = load_toml_config(config_file) if config_file else {}
     given = {k: v for k, v in flags.items() if v is not None and v is not False}
@@ -327,52 +515,30 @@ def load_toml_config(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     except FileNotFoundError:
-        raise UsageError(f"--config {path} does not exist") from None
+        raise UsageError(f"`config` {path} does not exist") from None
     except OSError as exc:
-        raise UsageError(f"--config {path} cannot be read ({exc.strerror or exc})") from None
+        raise UsageError(f"`config` {path} cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path} is not valid TOML ({exc})") from None
-    known = set(MODEL_KEYS) | set(RUN_KEYS) | {f.name for f in dataclasses.fields(TrainConfig)}
+        raise ConfigError(f"`config` {path} is not valid TOML ({exc})") from None
+    run_keys = declared(RunConfig)
+    known = set(MODEL_KEYS) | set(run_keys) | set(declared(TrainConfig))
     data: dict[str, Any] = {}
     for key, value in raw.items():
         name = "start_from" if key == "from" else key.replace("-", "_")  # `from`, as the flag --from
         if name not in known:
-            raise ConfigError(f"--config {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"`config` {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         data[name] = value
     if isinstance(data.get("time"), str):
         data["time"] = parse_duration(data["time"])
     if isinstance(data.get("corpus"), str):
         data["corpus"] = [data["corpus"]]
     if "corpus" in data and not (isinstance(data["corpus"], list) and all(isinstance(c, str) for c in data["corpus"])):
-        raise ConfigError(f"--config {path}: corpus must be a file name or a list of them")
-    for name, annotation in _RUN_KEY_TYPES.items():
-        if name in data:
-            check_type("from" if name == "start_from" else name, data[name], annotation)
+        raise ConfigError(f"`config` {path}: corpus must be a file name or a list of them")
+    for name, d in run_keys.items():
+        if name in data and name != "corpus":
+            check_type(name, data[name], d.annotation.replace("Optional[", "").rstrip("]") if d.annotation.startswith("Optional[") else d.annotation)
     return data
 
 
-_RUN_KEY_TYPES = {"out": "str", "val_file": "str", "precision": "str", "resume": "str", "overwrite": "bool",
-                  "quiet": "bool", "start_from": "str"}
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
-_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '5m', '2h', '1.5h', '300' (seconds) -> seconds."""
-    m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"--time must be a positive duration such as 90s, 5m or 2h (got {text!r})")
-    unit = m.group(2).lower() if m.group(2) else None
-    return float(m.group(1)) * _UNIT[unit]
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-__all__ = ["CELLS", "ModelConfig", "TrainConfig", "SampleConfig", "train_options", "parse_duration", "format_duration"]
+__all__ = ["CELLS", "ModelConfig", "TrainConfig", "RunConfig", "SampleConfig", "ServeConfig", "declared", "request_fields",
+           "train_options", "parse_duration", "format_duration"]

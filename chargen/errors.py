@@ -1,6 +1,16 @@
-"""The exceptions chargen raises. Only cli.py turns them into `Error: ...` and an exit code."""
+"""The exceptions chargen raises. Only cli.py turns them into `Error: ...` and an exit code.
+
+A message names an option by its field name in backticks (`min_len`), and each front end spells
+it its own way with `render`: `--min-len` on the command line, `'min_len'` in JSON, `min_len` in
+Python (`str(exc)`).
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Callable
+
+_OPTION = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
 def cannot_read(what: object, exc: OSError) -> str:
@@ -13,6 +23,22 @@ class ChargenError(Exception):
     """Base class of every error chargen reports to a user; the message is one line."""
 
     exit_code = 1
+
+    @property
+    def options(self) -> list[str]:
+        """The options the message names (field names), in order."""
+        return _OPTION.findall(self.message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def render(self, spell: Callable[[str], str] = str) -> str:
+        """The message with each option named as `spell(field name)` says."""
+        return _OPTION.sub(lambda m: spell(m.group(1)), self.message)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class UsageError(ChargenError):

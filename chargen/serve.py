@@ -41,7 +41,7 @@ from .api import Model, load
 from .checkpoint import BUNDLED
 from .sampling.batching import Batcher
 from .checkpoint import METRICS
-from .config import ServeConfig, is_loopback
+from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback, request_fields
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
 from .sampling.drawing import SampleStats
@@ -148,17 +148,21 @@ def _curve(path: Path) -> list[list[float]]:
 
 # --- requests ---------------------------------------------------------------------------------
 
-# The fields each endpoint takes besides "model": the Python API's keywords, by their names.
-SAMPLE_FIELDS = {"n": int, "prompt": (str, list), "length": int, "temperature": (int, float), "top_k": int,
-                 "top_p": (int, float), "seed": int, "lines": bool, "unique": bool, "novel": bool, "min_len": int,
-                 "max_len": int, "ends_with": str, "contains": (str, list), "regex": str, "guided": bool,
-                 "exclude": list}
-TOP_FIELDS = {k: SAMPLE_FIELDS[k] for k in ("n", "prompt", "length", "novel", "min_len", "max_len", "ends_with",
-                                             "contains", "regex", "exclude")}
-STREAM_FIELDS = {k: SAMPLE_FIELDS[k] for k in ("n", "prompt", "length", "temperature", "top_k", "top_p", "seed", "lines",
-                                                "unique", "novel")}
-EVAL_FIELDS = {"text": str, "skip_unknown": bool, "lines": bool}
-TEXT_CONSTRAINTS = ("ends_with", "contains", "regex", "min_len", "max_len")
+# The fields each endpoint takes besides "model": the Python API's keywords, declared once in
+# chargen.config (SampleConfig); eval's are its own.
+SAMPLE_FIELDS = {name: d.annotation for name, d in request_fields("sample").items()}
+TOP_FIELDS = {name: d.annotation for name, d in request_fields("top").items()}
+STREAM_FIELDS = {name: d.annotation for name, d in request_fields("stream").items()}
+EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]"}
+CONSTRAINT_FIELDS = tuple(d.field for d in declared(SampleConfig).values() if d.opt.role == "constraint")
+
+
+def spelling(name: str) -> str:
+    """How the API spells an option named in a message: its JSON field, quoted ('n' for num)."""
+    if name == "top":
+        return "/v1/top with 'n'"
+    d = declared(SampleConfig).get(name)
+    return f"'{d.field if d is not None else name}'"
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -184,33 +188,22 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
-def check_fields(data: dict[str, Any], allowed: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`data` without "model", its fields known and of the right JSON type; None means "not given"."""
+def check_fields(data: dict[str, Any], allowed: dict[str, str], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`data` without "model", its fields known and of their declared types; None means "not given"."""
     unknown = sorted(k for k in data if k != "model" and k not in allowed)
     if unknown:
         shown = ", ".join(repr(k)[:40] for k in unknown)
         raise ApiError(400, f"unknown field(s) {shown} (known: model, {', '.join(sorted(allowed))})")
     out = {}
-    for key, kind in allowed.items():
+    for key, annotation in allowed.items():
         value = data.get(key)
         if value is None:
             if key in required:
                 raise ApiError(400, f"the field {key!r} is required")
             continue
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise ApiError(400, f"{key!r} must be {_kind_name(kinds)} (got {json.dumps(value)[:40]})")
-        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise ApiError(400, f"{key!r} must be a list of text")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ApiError(400, f"{key!r} must be a finite number")
+        check_type(key, value, annotation)
         out[key] = value
     return out
-
-
-def _kind_name(kinds: tuple) -> str:
-    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", list: "a list of text"}
-    return " or ".join(dict.fromkeys(names[k] for k in kinds if k in names))
 
 
 class Server:
@@ -282,7 +275,7 @@ class Server:
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
         prompt = fields.get("prompt", "")
         stats = SampleStats()
-        constrained = any(k in fields for k in TEXT_CONSTRAINTS)
+        constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         if constrained:  # checking them compiles an automaton: off the event loop, like drawing
             drawings = await asyncio.to_thread(served.model.draws, n, prompt, stats=stats, **options)
         else:
@@ -341,7 +334,7 @@ class Server:
             except _ClientGone:
                 pass
             except ChargenError as exc:
-                relay.put("error", {"error": api_words(str(exc))})
+                relay.put("error", {"error": exc.render(spelling)})
             except Exception:  # logged here, never sent
                 traceback.print_exc()
                 relay.put("error", {"error": "internal error (see the server's log)"})
@@ -416,21 +409,6 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": one_line}, status_code=status, headers=_json_headers())
 
 
-_FLAG = re.compile(r"(?:-n/)?--([a-z]+(?:-[a-z]+)*)")
-_FIELD_OF_FLAG = {"num": "n", "top": "n"}
-
-
-def api_words(message: str) -> str:
-    """A library message in the API's words: `--min-len` is the field `min_len`, `-n/--num` is `n`."""
-    known = set(SAMPLE_FIELDS) | set(EVAL_FIELDS)
-
-    def field(m: re.Match) -> str:
-        name = _FIELD_OF_FLAG.get(m.group(1), m.group(1).replace("-", "_"))
-        return f"'{name}'" if name in known else m.group(0)
-
-    return _FLAG.sub(field, message)
-
-
 def build_app(served: list[Served], config: ServeConfig) -> Starlette:
     """The ASGI app: routes, the token and host checks, JSON errors for everything."""
     from starlette.exceptions import HTTPException
@@ -444,9 +422,9 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
             except ApiError as exc:
                 return _error(exc.status, str(exc))
             except SamplingError as exc:  # the model cannot produce what was asked
-                return _error(422, api_words(str(exc)))
+                return _error(422, exc.render(spelling))
             except ChargenError as exc:  # a bad option: what `chargen sample` would print as Error:
-                return _error(400, api_words(str(exc)))
+                return _error(400, exc.render(spelling))
         return endpoint
 
     routes = [
@@ -519,7 +497,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise UsageError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+        raise UsageError(f"`host` {host}: cannot resolve it ({exc.strerror})") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

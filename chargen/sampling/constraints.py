@@ -44,30 +44,25 @@ class Constraints:
     def __bool__(self) -> bool:
         return any((self.min_len, self.max_len is not None, self.ends_with, self.contains, self.regex))
 
-    def flags(self) -> list[str]:
-        """The options given, as a user typed them (for messages)."""
-        named = [("--min-len", self.min_len), ("--max-len", self.max_len), ("--ends-with", self.ends_with),
-                 ("--contains", self.contains), ("--regex", self.regex)]
-        return [flag for flag, value in named if value not in (None, "", ())]
+    @classmethod
+    def of(cls, cfg) -> "Constraints":
+        """The constraints a chargen.config.SampleConfig sets (it has checked them)."""
+        return cls(min_len=cfg.min_len, max_len=cfg.max_len, ends_with=cfg.ends_with, contains=tuple(cfg.contains),
+                   regex=cfg.regex)
 
-    def validate(self) -> None:
-        if self.min_len is not None and self.min_len < 0:
-            raise UsageError(f"--min-len must be 0 or more (got {self.min_len})")
-        if self.max_len is not None and self.max_len < 1:
-            raise UsageError(f"--max-len must be at least 1 (got {self.max_len})")
-        if self.min_len is not None and self.max_len is not None and self.min_len > self.max_len:
-            raise UsageError(f"--min-len {self.min_len} is above --max-len {self.max_len}: no sample can satisfy both")
-        for flag, text in [("--ends-with", self.ends_with)] + [("--contains", c) for c in self.contains]:
-            if text is not None and "\n" in text:
-                raise UsageError(f"{flag} cannot hold a newline: a line sample has none")
+    def names(self) -> list[str]:
+        """The options given, named for messages (each front end spells them)."""
+        named = [("`min_len`", self.min_len), ("`max_len`", self.max_len), ("`ends_with`", self.ends_with),
+                 ("`contains`", self.contains), ("`regex`", self.regex)]
+        return [flag for flag, value in named if value not in (None, "", ())]
 
     def patterns(self) -> list[tuple[str, str]]:
         """(flag, regular expression) for each text constraint."""
-        out = [("--contains", ".*" + re.escape(c) + ".*") for c in self.contains if c]
+        out = [("`contains`", ".*" + re.escape(c) + ".*") for c in self.contains if c]
         if self.ends_with:
-            out.append(("--ends-with", ".*" + re.escape(self.ends_with)))
+            out.append(("`ends_with`", ".*" + re.escape(self.ends_with)))
         if self.regex is not None:
-            out.append(("--regex", _strip_anchors(self.regex)))
+            out.append(("`regex`", _strip_anchors(self.regex)))
         return out
 
 
@@ -121,12 +116,11 @@ class Automaton:
     """
 
     def __init__(self, constraints: Constraints, vocab: Vocab, limit: int = 0):
-        constraints.validate()
         self.constraints = constraints
         self.newline = vocab.index.get("\n", DEAD)
         if self.newline == DEAD:
             raise UsageError("this model's vocabulary has no newline, so its samples have no end to constrain")
-        for flag, text in [("--ends-with", constraints.ends_with)] + [("--contains", c) for c in constraints.contains]:
+        for flag, text in [("`ends_with`", constraints.ends_with)] + [("`contains`", c) for c in constraints.contains]:
             missing = vocab.unknown_chars(text or "")
             if missing:
                 raise UsageError(f"{flag} {text!r} holds {', '.join(map(repr, missing))}, not in the model's "
@@ -183,7 +177,7 @@ class Automaton:
             raise UsageError(f"the prompt {prompt!r} is longer than the {self.max_len} characters a sample may have")
         if state == DEAD or n > self.max_len or not self.feasible[n, state]:
             what = f"starts with the prompt {prompt!r} and " if prompt else ""
-            raise UsageError(f"no sample {what}satisfies {' '.join(self.constraints.flags())} "
+            raise UsageError(f"no sample {what}satisfies {' '.join(self.constraints.names())} "
                              f"within {self.max_len} characters with this model's vocabulary")
         return state
 
@@ -228,7 +222,7 @@ def _product(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], n_chars: int) 
             if key not in number:
                 if len(order) >= MAX_STATES:
                     raise UsageError(f"the constraints together need more than {MAX_STATES:,} automaton states; "
-                                     f"simplify the --regex or drop a --contains")
+                                     f"simplify the `regex` or drop a `contains`")
                 number[key] = len(order)
                 order.append(key)
             row[j] = number[key]

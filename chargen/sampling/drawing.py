@@ -227,14 +227,14 @@ def guide_for(automaton, vocab: Vocab, prompt: str, cfg: SampleConfig, lines: bo
     if automaton is None:
         return None
     if not lines:
-        raise UsageError("constraints apply to line samples; this is prose (pass --lines to sample lines)")
+        raise UsageError("constraints apply to line samples; this is prose (pass `lines` to sample lines)")
     bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
     start = bounded.start(prompt, vocab)
     if cfg.unique:
         possible = bounded.count(start, len(prompt))
         if possible < cfg.num:
             raise UsageError(f"only {int(possible):,} distinct samples satisfy the constraints, fewer than the "
-                             f"{cfg.num:,} asked for with --unique; ask for fewer (--top {int(possible)} lists them all)")
+                             f"{cfg.num:,} asked for with `unique`; ask for fewer (`top` {int(possible)} lists them all)")
     return Guide(bounded, start, len(prompt), guided=cfg.guided)
 
 

@@ -209,8 +209,8 @@ class RowEngine:
         new = [self.jobs[j] for j in self.pending]
         sizes = [len(job.rows.indices) for job in new]
         for job in new:
-            if _settings(job.rows.cfg) not in self.groups:
-                self.groups[_settings(job.rows.cfg)] = (self._ids, job.rows.cfg)  # any id not used before will do
+            if job.rows.cfg.settings() not in self.groups:
+                self.groups[job.rows.cfg.settings()] = (self._ids, job.rows.cfg)  # any id not used before will do
                 self._ids += 1
         per_job = {  # one value per joining batch, repeated over its rows
             "job": (self.pending, np.int64),
@@ -218,7 +218,7 @@ class RowEngine:
             "limit": ([job.rows.steps for job in new], np.int64),
             "newline": ([job.rows.newline for job in new], np.int64),
             "dfa": ([job.rows.guide.start if job.rows.guide else 0 for job in new], np.int64),
-            "group": ([self.groups[_settings(job.rows.cfg)][0] for job in new], np.int64),
+            "group": ([self.groups[job.rows.cfg.settings()][0] for job in new], np.int64),
             "masking": ([job.rows.guide is not None and (job.rows.guide.guided or job.rows.cfg.temperature == 0)
                          for job in new], bool),
             "guided": ([job.rows.guide is not None for job in new], bool),
@@ -273,11 +273,6 @@ class RowEngine:
         self.state = self.stepper.select(self.state, keep) if keep.size else None
         present = set(np.unique(self.rows["group"]).tolist())
         self.groups = {k: v for k, v in self.groups.items() if v[0] in present}
-
-
-def _settings(cfg: SampleConfig) -> tuple:
-    """What decides how a row's next character is picked from its logits."""
-    return cfg.temperature, cfg.top_k, cfg.top_p
 
 
 class _Job:

@@ -206,7 +206,7 @@ def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str) ->
     if n_train < seq_len + 1:
         raise CorpusError(
             f"{source} is too short: its training part has {n_train} characters, but one window needs "
-            f"--seq-len + 1 = {seq_len + 1}; use a longer corpus or a smaller --seq-len"
+            f"`seq_len` + 1 = {seq_len + 1}; use a longer corpus or a smaller `seq_len`"
         )
     return min(batch_size, n_train // (seq_len + 1))
 
@@ -354,10 +354,10 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source)
     if len(val_ids) < 2:
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
-                          f"character(s); use a longer corpus, a larger --val-fraction or --val-file")
+                          f"character(s); use a longer corpus, a larger `val_fraction` or `val_file`")
     if world > 1:
         if config.batch_size % world:
-            raise UsageError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world}): "
+            raise UsageError(f"`batch_size` {config.batch_size} must be a multiple of the number of processes ({world}): "
                              f"each trains an equal share of the streams")
         batch_size -= batch_size % world
         if batch_size == 0:

@@ -22,9 +22,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
+        raise UsageError("`device` cuda was asked for, but torch sees no CUDA GPU")
     if name == "mps" and not _mps_available():
-        raise UsageError("--device mps was asked for, but torch sees no Apple GPU")
+        raise UsageError("`device` mps was asked for, but torch sees no Apple GPU")
     return torch.device(name)
 
 

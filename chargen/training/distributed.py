@@ -87,7 +87,7 @@ def setup(device_name: str) -> Optional[Dist]:
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
+            raise UsageError("`device` cuda was asked for, but torch sees no CUDA GPU")
         if local_rank >= torch.cuda.device_count():
             raise UsageError(f"torchrun started {local_rank + 1}+ processes on this machine but it has "
                              f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node={torch.cuda.device_count()}")
@@ -97,7 +97,7 @@ def setup(device_name: str) -> Optional[Dist]:
     elif device_name in ("auto", "cpu"):
         device, backend = torch.device("cpu"), "gloo"
     else:
-        raise UsageError(f"--device {device_name} is not supported under torchrun; use cuda or cpu")
+        raise UsageError(f"`device` {device_name} is not supported under torchrun; use cuda or cpu")
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend, device=device)

@@ -66,8 +66,8 @@ def check_architecture(base: ModelConfig, given: dict[str, Any], base_path: Path
     """A flag that contradicts the base model's shape is an error naming both values."""
     for key in ARCHITECTURE:
         if key in given and given[key] != getattr(base, key):
-            raise UsageError(f"--{key} {given[key]} contradicts the model you start from ({base_path}: "
-                             f"{key} {getattr(base, key)}); drop --{key}, the shape comes from --from")
+            raise UsageError(f"`{key}` {given[key]} contradicts the model you start from ({base_path}: "
+                             f"{key} {getattr(base, key)}); drop `{key}`, the shape comes from `start_from`")
 
 
 def grow_weights(weights: dict[str, np.ndarray], old: Vocab, new: Vocab) -> dict[str, np.ndarray]:

@@ -653,7 +653,7 @@ class DivergenceGuard:
         if self.rollbacks >= MAX_ROLLBACKS:
             raise TrainingError(
                 f"training diverged: the loss stayed non-finite after {self.rollbacks} rollbacks to step "
-                f"{self.good_step_no} with a lower learning rate; try a lower --lr or --grad-clip")
+                f"{self.good_step_no} with a lower learning rate; try a lower `lr` or `grad_clip`")
         self.model.load_state_dict(self.good_model)
         self.optimizer.load_state_dict(self.good_optimizer)
         self.rollbacks += 1

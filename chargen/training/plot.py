@@ -23,7 +23,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.exists():
-        raise UsageError(f"{path} does not exist; --plot needs a run directory with metrics.jsonl")
+        raise UsageError(f"{path} does not exist; `plot` needs a run directory with metrics.jsonl")
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():

@@ -117,7 +117,7 @@ def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:
     for key in RESUME_FIXED:
         if key in ckpt.train_config and train_config[key] != ckpt.train_config[key]:
             raise UsageError(
-                f"--{key.replace('_', '-')} {train_config[key]} differs from the run being resumed "
+                f"`{key}` {train_config[key]} differs from the run being resumed "
                 f"({ckpt.train_config[key]}); a resumed run keeps its data layout, so drop the flag"
             )
 
@@ -151,7 +151,7 @@ class RunDir:
             holder = _read_holder(fd)
             os.close(fd)
             raise RunInUse(f"{self.path} is in use by another chargen train ({holder}); wait for it to end or "
-                           f"stop it, or train into another --out") from None
+                           f"stop it, or train into another `out`") from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
@@ -186,8 +186,8 @@ class RunDir:
     def refuse_existing(self, overwrite: bool) -> None:
         # Rank 0 alone decides (the others would see the step-0 checkpoint it is about to write).
         if self.main and (self.path / LAST).exists() and not overwrite:
-            raise UsageError(f"{self.path} already holds a run; continue it with --resume {self.path}, "
-                             f"or pass --overwrite or another --out")
+            raise UsageError(f"{self.path} already holds a run; continue it with `resume` {self.path}, "
+                             f"or pass `overwrite` or another `out`")
 
     def prepare(self) -> None:
         """Remove temp files of a process killed mid-write (they are useless; the lock says no

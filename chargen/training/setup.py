@@ -38,7 +38,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
     base = _base_model(start_from, resume, model_options)
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        raise UsageError(f"`precision` must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     config = TrainConfig.from_dict(train_options)
     paths = list(corpus_paths)
     out_dir = Path(out) if out is not None else None
@@ -46,7 +46,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
         if model_options:
             raise UsageError("the model shape is fixed by the run being resumed; drop "
-                             + ", ".join("--" + k for k in model_options))
+                             + ", ".join(f"`{k}`" for k in model_options))
         # A resumed run keeps its settings; options given now override them, and the training
         # loop refuses those that would change the data layout (batch size, window, split, seed).
         config = TrainConfig.from_dict({**ckpt.train_config, **train_options})
@@ -93,7 +93,7 @@ def _base_model(start_from, resume, model_options: dict[str, Any]):
     if start_from is None or str(start_from) == "none":
         return None
     if resume is not None:
-        raise UsageError("--from starts a new run from a model; --resume continues a run (which remembers "
+        raise UsageError("`start_from` starts a new run from a model; `resume` continues a run (which remembers "
                          "the model it started from): give one of them")
 
     base = read_checkpoint(checkpoint_path(str(start_from)), prefer=BEST)
