@@ -32,6 +32,7 @@ __all__ = [
     "load",
     "train",
     "Model",
+    "SampleConfig",
     "ChargenError",
     "CheckpointError",
     "ConfigError",
@@ -54,4 +55,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "SampleConfig":  # every sampling option, declared once (help(chargen.SampleConfig))
+        from .config import SampleConfig
+
+        return SampleConfig
     raise AttributeError(f"module 'chargen' has no attribute {name!r}")

@@ -243,8 +243,8 @@ def _list_options(method: Callable, request: str) -> None:
     keep = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     declared_options = [inspect.Parameter(d.field, inspect.Parameter.KEYWORD_ONLY, default=d.default,
                                           annotation=d.annotation)
-                        for name, d in declared(SampleConfig).items() if name != "num" and (d.takes(request) or
-                                                                                          not d.opt.requests)]
+                        for name, d in declared(SampleConfig).items()
+                        if name != "num" and (d.takes(request) or (not d.opt.requests and request == "sample"))]
     method.__signature__ = inspect.Signature(keep + declared_options)  # type: ignore[attr-defined]
 
 

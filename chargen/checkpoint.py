@@ -159,6 +159,20 @@ def _sniff(path: Path, head: bytes, size: int) -> str:
     return f"{path} is not a safetensors file, or it is truncated (no safetensors header)"
 
 
+def _check_version(p: Path, metadata: dict[str, str]) -> None:
+    """A CheckpointError unless the format version is one this chargen reads."""
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{p} has a malformed format version {metadata.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} is chargen checkpoint format {version}, newer than this chargen reads ({FORMAT_VERSION}); upgrade chargen"
+        )
+    if version < 1:
+        raise CheckpointError(f"{p} has an invalid format version {version}")
+
+
 def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume: bool = False) -> Checkpoint:
     """Load and validate a checkpoint with numpy alone. Any defect is a CheckpointError."""
     p = resolve_checkpoint(path, prefer)
@@ -190,16 +204,7 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{p} is corrupt or not a safetensors file ({msg})") from None
 
-    try:
-        version = int(metadata.get("format_version", ""))
-    except ValueError:
-        raise CheckpointError(f"{p} has a malformed format version {metadata.get('format_version')!r}") from None
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{p} is chargen checkpoint format {version}, newer than this chargen reads ({FORMAT_VERSION}); upgrade chargen"
-        )
-    if version < 1:
-        raise CheckpointError(f"{p} has an invalid format version {version}")
+    _check_version(p, metadata)
 
     def load_json(key: str, required: bool = True) -> Any:
         raw = metadata.get(key)

@@ -445,21 +445,13 @@ def _read_lines(path: Path) -> list[str]:
 
 
 @app.command()
+@with_options(ServeConfig)
 def serve(
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="A model to serve: a checkpoint file or run directory, named after its run directory, or NAME=PATH; repeat for several; names is the bundled model. [default: names]", show_default=False)] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but localhost exposes the API, so set --token.")] = ServeConfig.host,
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one, printed at start).")] = ServeConfig.port,
-    token: Annotated[Optional[str], typer.Option(help="Require this bearer token on the API (Authorization: Bearer TOKEN). [default: $CHARGEN_SERVE_TOKEN, else none]", show_default=False)] = None,
-    max_n: Annotated[int, typer.Option(help="Most samples one request may ask for, all its prompts together.")] = ServeConfig.max_n,
-    max_length: Annotated[int, typer.Option(help="Most characters a sample may run to.")] = ServeConfig.max_length,
-    max_prompts: Annotated[int, typer.Option(help="Most prompts in one request.")] = ServeConfig.max_prompts,
-    max_body: Annotated[int, typer.Option(help="Most bytes in a request body.")] = ServeConfig.max_body,
-    max_streams: Annotated[int, typer.Option(help="Most /v1/stream responses open at once.")] = ServeConfig.max_streams,
-    window: Annotated[float, typer.Option(help="Seconds an idle model waits to gather requests into one batch.")] = ServeConfig.window,
-    max_draws: Annotated[int, typer.Option(help="Most draws one sample request may cost (rare constraints draw many); past it, a 422.")] = ServeConfig.max_draws,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log each request on stderr.")] = False,
+    **options: Any,
 ) -> None:
     """Serve models over HTTP: a JSON API under /v1/ and a playground page at /.
 
@@ -476,9 +468,8 @@ def serve(
     """
     from .serve import serve as run_server, token_from_env
 
-    config = ServeConfig(host=host, port=port, token=token_from_env(token), max_n=max_n, max_length=max_length,
-                         max_prompts=max_prompts, max_body=max_body, max_streams=max_streams, window=window,
-                         max_draws=max_draws)
+    options = given(options)
+    config = ServeConfig.from_dict({**options, "token": token_from_env(options.get("token"))})
 
     def notice(message: str) -> None:
         sys.stderr.write(message + "\n")

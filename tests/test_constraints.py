@@ -170,6 +170,34 @@ def test_top_is_the_enumerations_best_in_order(stepper, exact_probs):
         np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
 
 
+def test_the_search_expands_batch_prefixes_per_step_and_finds_the_same(stepper):
+    """`batch` bounds the prefixes run through the network together; the answer does not depend on it."""
+    widths = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def step(self, ids, state):
+            widths.append(len(ids))
+            return self.inner.step(ids, state)
+
+    automaton = Automaton(Constraints(**{k: tuple(v) if k == "contains" else v for k, v in CONSTRAINED.items()}),
+                          VOCAB).bounded(LIMIT)
+    results = {}
+    for batch in (1, 4, 64):
+        widths.clear()
+        results[batch] = [(s.text, s.logprob) for s in most_likely(Counting(stepper), VOCAB, "", 15, automaton,
+                                                                    batch=batch)]
+        assert max(widths) <= max(batch, 1), (batch, max(widths))
+        if batch == 4:
+            assert max(widths) == 4  # it did batch
+    assert results[1] == results[4] == results[64]
+
+
 def test_top_lists_the_whole_language_when_it_is_small(stepper, exact_probs):
     c = Constraints(max_len=3, ends_with="ca")
     automaton = Automaton(c, VOCAB).bounded(LIMIT)

@@ -17,6 +17,7 @@ from ..tokenizer import Vocab
 from .engine import Drawn, Rows, Stepper, run_rows
 
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
+CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
 
 
 # --- samples ----------------------------------------------------------------------------------
@@ -217,9 +218,6 @@ def generate(
     are Drawing's (seen, training_lines, exclude, on_char, start_state, automaton, stats).
     `on_char` streams the characters of a lone prose sample as drawn."""
     yield from run(stepper, vocab, [Drawing(stepper, vocab, prompt, cfg, lines=lines, key=key, **options)], batch_size)
-
-
-CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
 
 
 def guide_for(automaton, vocab: Vocab, prompt: str, cfg: SampleConfig, lines: bool) -> Optional[Guide]:

@@ -51,7 +51,7 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
     complete samples (--novel, --exclude) without ending the search.
     """
-    search = _Search(stepper, vocab, automaton, prompt, start_state)
+    search = _Search(stepper, vocab, automaton, prompt, start_state, batch)
     found = 0
     while found < n:
         entry = search.pop()

@@ -64,12 +64,6 @@ class Dist:
         torch_dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=1)
 
-    def shard(self, n: int) -> slice:
-        """This rank's share of n items (contiguous; the last ranks may get one fewer)."""
-        from .data import shard
-
-        return shard(n, self.rank, self.world)
-
 
 def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ

@@ -24,19 +24,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import MODEL_KEYS, ModelConfig
 from ..errors import UsageError
 from ..tokenizer import Vocab
 
 NEW_CHAR_MASS = 1e-8  # at most this much probability on all new characters together, before training
-ARCHITECTURE = ("cell", "layers", "hidden", "embed")
+ARCHITECTURE = tuple(k for k in MODEL_KEYS if k != "dropout")  # what a run from a model keeps of it
 # Line-oriented corpora of at most this many lines start from a bundled model by default: the
-# base model (names of many languages and kinds). Measured (benchmarks/finetune.py,
-# docs/benchmarks.md, 60 s each, four kinds of list the base never saw): adapting the base beat
-# training from scratch by 0.75-2.6 nats at 50 lines, 0.15-0.44 at 200 and 0.09-0.13 at 1,000 on
-# Latin-script lists, and 0.06-0.13 at 5,000; on Cyrillic names (a script new to it) +1.0 at 50,
-# -0.11 at 200 (20 held-out names: within noise) and a tie at 1,000. It beat the US-first-names
-# model on 11 of the 15 lists; larger lists were not measured.
+# base model (names of many languages and kinds), which beat training from scratch on lists up
+# to this size (benchmarks/finetune.py; docs/benchmarks.md, "Adapting the broad base model").
 DEFAULT_FROM_MAX_LINES = 5000
 DEFAULT_FROM = "base"  # the bundled model they start from (chargen.checkpoint.BUNDLED)
 

@@ -24,18 +24,23 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from .._version import __version__
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
-from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, TrainConfig, format_duration
+from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, SampleConfig, TrainConfig, format_duration
 from .data import Corpus, TrainData, WindowLoader, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
 from ..evaluation import line_sums, stream_sums
 from .ingest import EncodedCorpus
-from ..model import CharRNN, State, detach_state, line_start_state, load_weights, state_from_tensors, state_tensors, weights_of
+from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
+                     state_tensors, weights_of)
+from ..sampling.drawing import generate
+from ..sampling.randomness import derive_key
+from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights
 from .rundir import RunDir, RunState, check_resumable
 from .scorer import TorchScorer
 
@@ -116,12 +121,17 @@ def train(
                         run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base,
                         sizing=sizing)
             t.start()
-            while not t.should_stop(flag):
+            while True:
+                clock = t.clock(flag)  # agreed on by every rank
+                if t.should_stop(clock):
+                    if not t.budget_spent(clock):  # a signal (this rank's, or another's) or a callback's request
+                        flag.signal = flag.signal or ("SIGTERM" if clock.signalled else "request")
+                    break
                 if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
                     t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
-                if not t.step(*t.batches.window(t.run.window)):
+                if not t.step(*t.batches.window(t.run.window), lr=t.learning_rate(clock)):
                     continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
-                t.report_progress()
+                t.report_progress(clock.now)
                 if t.run.step % config.eval_every == 0:
                     t.evaluate()
                     if t.budget.patience and t.evals_since_best >= t.budget.patience:
@@ -163,35 +173,13 @@ class Trainer:
                  sizing: Optional[dict[str, Any]] = None):
         self.data, self.config, self.device, self.dist, self.run_dir, self.cb = data, config, device, dist, run_dir, callbacks
         self.main = dist is None or dist.is_main
-        if ckpt is not None:
-            self.model_config = ckpt.model_config
-        else:
-            self.model_config = ModelConfig(vocab_size=len(data.vocab), **(model_options or {}))
-            self.model_config.validate()
-        self.model = CharRNN(self.model_config)
-        self.lineage = None  # where a fine-tuned run started (chargen.finetune.Lineage as a dict)
-        if ckpt is not None:
-            load_weights(self.model, ckpt.weights)
-            self.lineage = ckpt.info.get("from")
-        elif base is not None:
-            from .finetune import Lineage, file_sha256, grow_weights
-
-            load_weights(self.model, grow_weights(base.weights, base.vocab, data.vocab))
-            fresh = np.array([c not in base.vocab for c in data.vocab.chars])
-            if fresh.any():
-                calibrate_new_chars(self.model, fresh, data.start_ids)
-            self.lineage = Lineage(path=str(base.path), sha256=file_sha256(base.path),
-                                   new_chars=int(fresh.sum())).to_dict()
+        self.model_config, self.model, self.lineage = build_model(data, model_options, ckpt, base)
         self.model.to(device)
         self.precision = resolve_precision(precision, device, callbacks.on_notice, self.model_config)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         # Training steps go through `net`: under torchrun, DDP averages the gradients in backward.
-        self.net: torch.nn.Module = self.model
-        if dist is not None:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net: torch.nn.Module = self.model if dist is None else wrap_ddp(self.model, device)
         self.batches = WindowLoader(data.streams, config.seq_len, device)
         self.start_ids = torch.from_numpy(data.start_ids).to(device)
         self.scorer = TorchScorer(self.model, device, self.precision)
@@ -226,7 +214,9 @@ class Trainer:
         self.best_step, self.evals_since_best = _best_so_far(self.metrics, self.run.step)
         self.steps_since_eval = 0
         self.last_report = 0.0
-        self.now = 0.0
+        # The run's clock: started by start(); what came before (a resumed run, the size probe) counts.
+        self.t0 = time.perf_counter()
+        self.elapsed_before, self.chars_at_start = self.run.elapsed, self.run.chars_seen
 
     # --- the RunState and the live objects ---
 
@@ -283,7 +273,6 @@ class Trainer:
         self.run_dir.prepare()
         self.model.train()
         self.t0 = time.perf_counter()
-        self.elapsed_before, self.chars_at_start = self.run.elapsed, self.run.chars_seen
         self.guard = DivergenceGuard(self.model, self.optimizer, self.run.step)
         if self.resumed_from is None:
             # From the first moment, the run directory holds a resumable checkpoint: it is the
@@ -293,7 +282,7 @@ class Trainer:
                 # What the model it starts from scores on this run's held-out text: step 0 of the
                 # metrics and the loss curve, and the bar adapting has to clear (best.safetensors
                 # starts as the base model, grown).
-                start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
+                start = self.start_state()
                 val_loss = self.validation_loss(start)
                 self.lineage["val_loss"] = round(val_loss, 5)  # in every checkpoint, from the first
                 self.evaluate((start, val_loss))
@@ -303,40 +292,47 @@ class Trainer:
                                    "device": self.device.type, "batch_size_used": self.data.batch_size,
                                    **({"auto": self.sizing} if self.sizing is not None else {})})
 
+    def start_state(self) -> list[np.ndarray]:
+        """The model's typical start-of-line state now (saved with every checkpoint; lines are scored from it)."""
+        return line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
+
     def elapsed(self, now: Optional[float] = None) -> float:
         return self.elapsed_before + (time.perf_counter() if now is None else now) - self.t0
 
     def chars_per_sec(self) -> float:
         return (self.run.chars_seen - self.chars_at_start) / max(time.perf_counter() - self.t0, 1e-9)
 
-    def should_stop(self, flag: "StopFlag") -> bool:
-        """The step or time budget is spent, or a signal or request came (agreed on by every rank)."""
-        self.now = time.perf_counter()
-        elapsed = self.elapsed(self.now)
-        if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
-            return True
+    def clock(self, flag: "StopFlag") -> "Clock":
+        """The time and the stop requests now: under torchrun, the latest clock and any rank's
+        request, agreed in one small all-reduce, so every rank stops at the same step and follows
+        the same (time-based) schedule."""
+        now = time.perf_counter()
+        elapsed = self.elapsed(now)
         signalled, requested = bool(flag), self.cb.should_stop(self.run.step)
         if self.dist is not None:
-            # Every rank must stop at the same step, and follow the same (time-based) schedule:
-            # agree on the latest clock and on any stop request, in one small all-reduce.
             elapsed, sig_any, req_any = self.dist.max(elapsed, float(signalled), float(requested))
             signalled, requested = sig_any > 0, req_any > 0
-        if self.budget.time is not None and elapsed >= self.budget.time:
-            return True
-        if signalled:
-            flag.signal = flag.signal or "SIGTERM"  # seen by another rank
-            return True
-        if requested:
-            flag.signal = "request"
-            return True
-        self.lr = learning_rate(self.config, self.run.step, self.budget.progress(self.run.step, elapsed)) * self.run.lr_scale
-        return False
+        return Clock(now, elapsed, signalled, requested)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """One optimizer step on window (x, y), both (B, T); False if its loss or gradient was not
-        finite: then the weights stay as they were, and a persistent divergence is rolled back."""
+    def should_stop(self, clock: "Clock") -> bool:
+        """The step or time budget is spent, or a signal or request came."""
+        return self.budget_spent(clock) or clock.signalled or clock.requested
+
+    def budget_spent(self, clock: "Clock") -> bool:
+        if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
+            return True
+        return self.budget.time is not None and clock.elapsed >= self.budget.time
+
+    def learning_rate(self, clock: "Clock") -> float:
+        progress = self.budget.progress(self.run.step, clock.elapsed)
+        return learning_rate(self.config, self.run.step, progress) * self.run.lr_scale
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> bool:
+        """One optimizer step at learning rate `lr` on window (x, y), both (B, T); False if its loss
+        or gradient was not finite: then the weights stay as they were, and a persistent divergence
+        is rolled back."""
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = lr
         loss, grad_norm, new_state = loss_and_gradients(self.net, self.model, self.optimizer, x, y, self.state,
                                                         self.device, self.precision, self.config.grad_clip,
                                                         self.scaler)
@@ -363,11 +359,11 @@ class Trainer:
         self.run.chars_seen += self.data.chars_per_step
         return True
 
-    def report_progress(self) -> None:
-        if not (self.now - self.last_report > REPORT_SECONDS or self.meter.pending >= REPORT_STEPS):
+    def report_progress(self, now: float) -> None:
+        if not (now - self.last_report > REPORT_SECONDS or self.meter.pending >= REPORT_STEPS):
             return
         mean_loss = self.meter.drain()
-        self.last_report = self.now
+        self.last_report = now
         elapsed = self.elapsed()
         self.cb.on_step(StepReport(
             step=self.run.step, max_steps=self.budget.max_steps, epoch=self.run.epoch, loss=mean_loss,
@@ -393,7 +389,7 @@ class Trainer:
         run = self.run
         elapsed = self.elapsed()
         if measured is None:
-            start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
+            start = self.start_state()
             measured = start, self.validation_loss(start)
         start, val_loss = measured
         train_loss = self.meter.window_mean(self.dist)
@@ -428,11 +424,6 @@ class Trainer:
 
     def preview(self, start: list[np.ndarray]) -> str:
         """A short sample to show progress: five lines, or 200 characters of prose."""
-        from ..config import SampleConfig
-        from ..model import TorchStepper
-        from ..sampling.randomness import derive_key
-        from ..sampling.drawing import generate
-
         lines = self.data.line_oriented
         cfg = SampleConfig(num=5 if lines else 1, length=60 if lines else 200, temperature=0.8)
         try:
@@ -462,7 +453,7 @@ class Trainer:
         }
         resume_meta, resume_tensors = self._capture(hidden).to_checkpoint() if with_resume else (None, None)
         if start is None:
-            start = line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
+            start = self.start_state()
         self.run_dir.save(name, weights=weights_of(self.model), model_config=self.model_config,
                           vocab_json=self.data.vocab.to_json(), train_config=self.config.to_dict(), info=info,
                           lines_blob=self.lines_blob, resume=resume_meta, resume_tensors=resume_tensors,
@@ -500,6 +491,30 @@ class Trainer:
                            interrupted=flag.signal, stopped=stopped, metrics=self.metrics)
 
 
+def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: Optional[Checkpoint],
+                base: Optional[Checkpoint]) -> tuple[ModelConfig, CharRNN, Optional[dict[str, Any]]]:
+    """The run's model: restored from the checkpoint it resumes, grown from the model it starts
+    from (and its lineage), or new; with its config."""
+    if ckpt is not None:
+        model = CharRNN(ckpt.model_config)
+        load_weights(model, ckpt.weights)
+        return ckpt.model_config, model, ckpt.info.get("from")
+    config = ModelConfig(vocab_size=len(data.vocab), **(model_options or {}))
+    config.validate()
+    model = CharRNN(config)
+    if base is None:
+        return config, model, None
+    load_weights(model, grow_weights(base.weights, base.vocab, data.vocab))
+    fresh = np.array([c not in base.vocab for c in data.vocab.chars])
+    if fresh.any():
+        calibrate_new_chars(model, fresh, data.start_ids)
+    return config, model, Lineage(path=str(base.path), sha256=file_sha256(base.path), new_chars=int(fresh.sum())).to_dict()
+
+
+def wrap_ddp(model: CharRNN, device: torch.device) -> torch.nn.Module:
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                        y: torch.Tensor, state: Optional[State], device: torch.device, precision: str,
                        grad_clip: float, scaler: Optional[torch.amp.GradScaler] = None
@@ -522,8 +537,6 @@ def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.op
 
 def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, text_ids: np.ndarray) -> None:
     """Start each new character of a grown model at its frequency in `text_ids` (chargen.finetune)."""
-    from .finetune import calibrated_bias
-
     with torch.no_grad():
         logits, _ = model(torch.from_numpy(text_ids[None, :]).to(model.head.weight.device))  # (1, T, V)
         old_lse = torch.logsumexp(logits[0][:, torch.from_numpy(~fresh)].double(), dim=-1).mean().item()
@@ -664,6 +677,16 @@ class DivergenceGuard:
 
 
 # --- stop requests (Ctrl-C, SIGTERM) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clock:
+    """One reading, before a step, of the run's clock and of the stop requests (Trainer.clock)."""
+
+    now: float  # time.perf_counter()
+    elapsed: float  # seconds of training, earlier sessions of a resumed run included
+    signalled: bool  # SIGINT or SIGTERM, on any rank
+    requested: bool  # the callbacks asked to stop, on any rank
 
 
 class StopFlag:

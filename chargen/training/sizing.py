@@ -8,10 +8,8 @@ precision x the time), over the parameters of the shape. A shape is chosen when 
 SEEN_PER_PARAMETER characters per parameter and has at most DATA_PARAMETERS_PER_CHAR parameters
 per training character; a run that will go over its corpus many times gets dropout.
 
-The constants come from 5-minute runs on tinyshakespeare and names.txt on three CPUs
-(docs/benchmarks.md, "Automatic sizes"): on an AMX CPU a 2x256 LSTM sees 10M characters in
-5 minutes (11 per parameter) and beat the smaller shapes; on an AVX2-only CPU it sees 4-6M
-(5-7 per parameter) and a 2x192 (12 per parameter) beat it.
+The constants come from 5-minute runs on tinyshakespeare and names.txt on three CPUs: the
+measurements are in docs/benchmarks.md, "Automatic sizes".
 
 How the speed is measured is not this module's business: `auto_sizes` takes a `measure` callable
 (chargen.probe times real training steps; the tests pass fake devices).
@@ -64,10 +62,9 @@ class AutoSizes:
 
 def train_options(n_chars: int, accelerator: bool) -> dict[str, Any]:
     """Batch, window and learning rate by corpus kind and device. On a CPU a budget of minutes is
-    short of updates, not of characters: at equal wall time on tinyshakespeare (5 minutes, 2x192,
-    AVX2-only CPU, docs/benchmarks.md) windows of 256, 128 and 64 characters reached 1.680, 1.597
-    and 1.527 at about the same characters per second (batch 64 x 128 against 32 x 128 on an AMX
-    CPU: 1.580 against 1.489). A GPU runs wider steps in about the time of narrow ones."""
+    short of updates, not of characters, so windows are short (equal-time measurements of the
+    window and batch: docs/benchmarks.md, "Automatic sizes"). A GPU runs wider steps in about the
+    time of narrow ones."""
     if accelerator:
         if n_chars >= LARGE_CORPUS:
             return {"batch_size": 128, "seq_len": 128}  # a GPU needs wide batches to be busy
@@ -172,13 +169,10 @@ def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap
 
 def finetune_defaults(n_chars: int, given: set[str]) -> AutoSizes:
     """Training options for adapting a trained model to a corpus of `n_chars` characters (the
-    shape comes from the model), leaving out the options in `given`. Chosen by measurement
-    (benchmarks/finetune.py, docs/benchmarks.md): a short warmup; frequent
+    shape comes from the model), leaving out the options in `given`: a short warmup, frequent
     evaluation and early stopping, since a small list is learnt (and then overfit) in seconds.
-    Swept on Italian place names and surnames of 200 and 1,000 lines (45 s each): peak learning
-    rate 1e-3, 3e-3, 6e-3, 1e-2 (held-out loss fell with the rate up to 6e-3, then flat) and
-    dropout 0.2 against 0.4 at 6e-3 (0.4 better by 0.006 on average); the best checkpoint came
-    after 25-150 steps in every case, so evaluating every 25 steps matters more than the budget."""
+    The rate, dropout and evaluation interval come from a sweep (benchmarks/finetune.py; the
+    numbers are in docs/benchmarks.md, "Adapting the bundled model to your own list")."""
     train = {"batch_size": 32, "seq_len": 64, "lr": 6e-3, "warmup": 20, "eval_every": 25, "patience": 8}
     model = {"dropout": 0.4}
     return AutoSizes(model={k: v for k, v in model.items() if k not in given},

@@ -1,0 +1,112 @@
+"""Every option is declared once (chargen.config) and every front end reads that declaration: the
+command line's flags, the Python API's keywords, the server's fields, the playground and README."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import typer
+
+import chargen
+from chargen.cli import app, spelling
+from chargen.config import ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared, request_fields
+from chargen.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command(name: str):
+    return typer.main.get_command(app).commands[name]
+
+
+def flags_of(name: str) -> dict[str, set[str]]:
+    """A command's parameters: {parameter name: its flags}."""
+    return {p.name: set(p.opts) | set(p.secondary_opts) for p in command(name).params}
+
+
+@pytest.mark.parametrize("cmd, configs", [("sample", (SampleConfig,)), ("train", (RunConfig, ModelConfig, TrainConfig)),
+                                          ("serve", (ServeConfig,))])
+def test_the_command_line_offers_each_declared_option_with_its_help(cmd, configs):
+    params = {p.name: p for p in command(cmd).params}
+    for cls in configs:
+        for name, d in declared(cls).items():
+            if not d.opt.cli or name == "corpus":
+                continue
+            assert name in params, f"{cmd}: no flag for {name}"
+            p = params[name]
+            if d.opt.flags:
+                assert set(d.opt.flags[0].split("/")) <= set(p.opts) | set(p.secondary_opts), (name, p.opts)
+            else:
+                assert "--" + name.replace("_", "-") in p.opts
+            assert d.opt.help.split(".")[0] in (p.help or ""), (name, p.help)
+
+
+def test_the_api_lists_the_options_each_method_takes():
+    sample = inspect.signature(chargen.Model.samples).parameters
+    top = inspect.signature(chargen.Model.top).parameters
+    for name, d in declared(SampleConfig).items():
+        if name == "num":
+            continue
+        assert (d.field in sample) == (d.takes("sample") or not d.opt.requests), name
+        assert (d.field in top) == d.takes("top"), name
+        if d.field in sample:
+            assert sample[d.field].default == d.default
+
+
+def test_the_server_takes_the_declared_fields():
+    from chargen import serve
+
+    for request, fields in (("sample", serve.SAMPLE_FIELDS), ("top", serve.TOP_FIELDS), ("stream", serve.STREAM_FIELDS)):
+        assert set(fields) == set(request_fields(request))
+        assert "n" in fields and "prompt" in fields and "num" not in fields
+    assert "temperature" not in serve.TOP_FIELDS and "regex" not in serve.STREAM_FIELDS
+
+
+def test_the_batching_key_is_the_options_declared_as_settings():
+    settings = [n for n, d in declared(SampleConfig).items() if d.opt.role == "setting"]
+    assert settings == ["temperature", "top_k", "top_p"]
+    a, b = SampleConfig(temperature=1.0, top_k=5), SampleConfig(temperature=1.0, top_k=5, seed=3, unique=True)
+    assert a.settings() == b.settings() != SampleConfig(temperature=1.0, top_k=6).settings()
+
+
+def test_an_error_names_the_field_and_each_front_end_spells_it():
+    from chargen.serve import spelling as json_spelling
+
+    with pytest.raises(UsageError) as info:
+        SampleConfig.of(min_len=-1)
+    exc = info.value
+    assert exc.options == ["min_len"]
+    assert str(exc) == "min_len must be 0 or more (got -1)"
+    assert exc.render(spelling) == "--min-len must be 0 or more (got -1)"
+    assert exc.render(json_spelling) == "'min_len' must be 0 or more (got -1)"
+    assert spelling("num") == "-n/--num" and json_spelling("num") == "'n'"
+    assert spelling("start_from") == "--from" and spelling("lines") == "--lines"
+    with pytest.raises(chargen.ConfigError, match="unknown sample config key"):
+        chargen.load().sample(3, temprature=1.0)  # a typo is an error, not a silent default
+
+
+def test_the_playground_sends_only_known_fields():
+    js = (ROOT / "chargen" / "static" / "playground.js").read_text()
+    sent = set(re.findall(r"\bbody\.(\w+)\s*=", js))
+    for block in re.findall(r"Object\.assign\(body, \{(.*?)\}\)", js, re.S):
+        sent |= set(re.findall(r"(\w+):", block))
+    known = set(request_fields("sample")) | set(request_fields("top")) | set(request_fields("stream")) | {"model"}
+    assert sent and sent <= known, sent - known
+    assert {"temperature", "top_k", "min_len", "n"} <= sent
+
+
+def test_the_readme_names_only_flags_chargen_has():
+    cli = typer.main.get_command(app)
+    known = {"--help", "--version", "--install-completion", "--show-completion"}
+    for name in cli.commands:
+        for flags in flags_of(name).values():
+            known |= flags
+    text = (ROOT / "README.md").read_text()
+    used = set()
+    for line in text.splitlines():
+        if "chargen " in line or line.startswith("| `-"):
+            code = " ".join(re.findall(r"`([^`]*)`", line)) if line.startswith("|") else line
+            used |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", code.split("torchrun")[0]))
+    used -= {"--index-url", "--nproc"}  # pip's and torchrun's
+    assert used and used <= known, sorted(used - known)
