@@ -173,7 +173,7 @@ class Model:
             return None
         if not line_mode:
             raise UsageError(f"constraints ({', '.join(constraints.names())}) apply to line samples only; "
-                             + ("drop --no-lines" if self.line_oriented else
+                             + ("drop `no_lines`" if self.line_oriented else
                                 "this model writes prose: pass `lines` to sample lines from it"))
         automaton = Automaton(constraints, self.vocab)
         for p in prompts:
@@ -186,7 +186,7 @@ class Model:
             return None
         if not line_mode:
             raise UsageError("`exclude` applies to line samples only; "
-                             + ("drop --no-lines" if self.line_oriented else "this model writes prose: pass `lines`"))
+                             + ("drop `no_lines`" if self.line_oriented else "this model writes prose: pass `lines`"))
         return set(lines)
 
     def sample(self, n: int = 10, prompt: str = "", **options: Any) -> list[str]:

@@ -11,6 +11,7 @@ import re
 from typing import Callable
 
 _OPTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+_PYTHON = {"num": "n", "no_lines": "lines=False"}  # Python keywords where they differ from the field
 
 
 def cannot_read(what: object, exc: OSError) -> str:
@@ -33,8 +34,8 @@ class ChargenError(Exception):
     def message(self) -> str:
         return str(self.args[0]) if self.args else ""
 
-    def render(self, spell: Callable[[str], str] = str) -> str:
-        """The message with each option named as `spell(field name)` says."""
+    def render(self, spell: Callable[[str], str] = lambda name: _PYTHON.get(name, name)) -> str:
+        """The message with each option named as `spell(field name)` says (in Python: the keyword)."""
         return _OPTION.sub(lambda m: spell(m.group(1)), self.message)
 
     def __str__(self) -> str:

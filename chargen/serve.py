@@ -161,6 +161,8 @@ def spelling(name: str) -> str:
     """How the API spells an option named in a message: its JSON field, quoted ('n' for num)."""
     if name == "top":
         return "/v1/top with 'n'"
+    if name == "no_lines":
+        return "'lines': false"
     d = declared(SampleConfig).get(name)
     return f"'{d.field if d is not None else name}'"
 

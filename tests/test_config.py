@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chargen.config import ModelConfig, SampleConfig, TrainConfig, parse_duration
+from chargen.cli import spelling
 from chargen.errors import ConfigError, UsageError
 
 ints = st.integers(-(2**40), 2**40)
@@ -20,7 +21,7 @@ def test_train_config_validation(batch_size, seq_len, lr, weight_decay, grad_cli
     try:
         cfg.validate()
     except UsageError as exc:
-        assert str(exc).startswith("--") and "\n" not in str(exc)
+        assert exc.options and exc.render(spelling).startswith("--") and "\n" not in str(exc)
     else:
         assert batch_size > 0 and seq_len > 0 and lr > 0 and weight_decay >= 0 and grad_clip >= 0
         assert 0 < val_fraction < 1 and (max_steps is None or max_steps > 0) and (time is None or time > 0)
@@ -65,5 +66,5 @@ def test_durations(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "soon", "-5m", "0s", "5 parsecs", "m5"])
 def test_bad_durations(text):
-    with pytest.raises(UsageError, match="--time"):
+    with pytest.raises(UsageError, match="^time must be a positive duration"):
         parse_duration(text)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import chargen
+from chargen.cli import spelling
 from chargen.checkpoint import BEST, LAST, read_checkpoint
 from chargen.errors import UsageError
 from chargen.training.finetune import NEW_CHAR_MASS, calibrated_bias, grow_weights
@@ -122,7 +123,7 @@ def test_flags_that_contradict_the_base_model_fail_clearly(trained_names, names_
     assert_clean_error(p, f"--hidden {hidden * 2}", f"hidden {hidden}")
     assert not (tmp_path / "x").exists()
     assert_clean_error(run(["train", str(names_file), "--from", str(tmp_path / "nothing")]), "nothing")
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="resume continues a run"):
         chargen.train([str(names_file)], start_from=str(trained_names), resume=trained_names)
 
 
@@ -133,8 +134,9 @@ def test_a_config_file_can_name_the_model_to_start_from(tmp_path):
     f.write_text('from = "names"\ntime = "30s"\n')
     assert train_options({"start_from": None, "lr": 1e-3}, str(f)) == {"start_from": "names", "time": 30.0, "lr": 1e-3}
     f.write_text("from = 3\n")
-    with pytest.raises(UsageError, match="--from must be text"):
+    with pytest.raises(UsageError, match="start_from must be text") as info:
         load_toml_config(str(f))
+    assert info.value.render(spelling).startswith("--from must be text")
 
 
 def test_the_bundled_models_are_named_base_and_names(tmp_path):

@@ -239,6 +239,6 @@ def guide_for(automaton, vocab: Vocab, prompt: str, cfg: SampleConfig, lines: bo
 def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool) -> str:
     why = [name for name, on in (("unique", cfg.unique), ("novel", cfg.novel)) if on]
     what = " and ".join(why) + " " if why else ("" if rejecting else "non-empty ")
-    advice = "loosen the constraints, raise --temperature, or pass --guided" if rejecting else \
-        "ask for fewer, raise --temperature, or drop --unique/--novel/--exclude"
+    advice = "loosen the constraints, raise `temperature`, or pass `guided`" if rejecting else \
+        "ask for fewer, raise `temperature`, or drop `unique`/`novel`/`exclude`"
     return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws; {advice}"
