@@ -20,8 +20,8 @@ from .errors import UsageError
 from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
-from .sampling.constraints import Automaton, Constraints
-from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, guide_for, prime, run
+from .sampling.constraints import Automaton, Constraints, guide_for
+from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime, run
 from .sampling.randomness import derive_key, random_seed
 from .sampling.search import most_likely
 
@@ -83,9 +83,9 @@ class Model:
         never wasted, but not the conditional distribution. `stats` (a SampleStats) is filled in
         with the draws made; `on_char` receives a lone prose sample's characters as drawn. The
         options are checked here, before the first sample: a bad one raises at once."""
-        return run(self.stepper, self.vocab, self.draws(n, prompt, stats=stats, on_char=on_char, **options))
+        return run(self.stepper, self.vocab, self.drawings(n, prompt, stats=stats, on_char=on_char, **options))
 
-    def draws(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
+    def drawings(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
               on_char: Optional[Callable[[str], None]] = None, **options: Any) -> Iterator[Drawing]:
         """What `samples` runs: one chargen.sampling.Drawing per prompt, in order, made as they are
         needed. The options are checked here, before the first one: a bad one raises at once. A
@@ -248,7 +248,7 @@ def _list_options(method: Callable, request: str) -> None:
     method.__signature__ = inspect.Signature(keep + declared_options)  # type: ignore[attr-defined]
 
 
-for _method, _request in ((Model.samples, "sample"), (Model.draws, "sample"), (Model.top, "top"),
+for _method, _request in ((Model.samples, "sample"), (Model.drawings, "sample"), (Model.top, "top"),
                           (Model.sample, "sample")):
     _list_options(_method, _request)
 

@@ -91,6 +91,7 @@ class Opt:
     default_help: str = ""
     panel: str = ""  # the --help section it is listed under
     cli: bool = True  # False: the command line declares its own flag (exclude reads a file there) or none
+    accepts: str = ""  # what the API and JSON take, when more than the field's type (`contains`: one text too)
 
     def __post_init__(self) -> None:
         assert self.role in ROLES and set(self.requests) <= set(REQUESTS), self
@@ -120,6 +121,11 @@ class Declared:
     @property
     def flags(self) -> tuple[str, ...]:
         return self.opt.flags or ("--" + self.name.replace("_", "-"),)
+
+    @property
+    def accepts(self) -> str:
+        """The type the API and JSON take."""
+        return self.opt.accepts or self.annotation
 
     def takes(self, request: str) -> bool:
         return request in self.opt.requests
@@ -394,7 +400,8 @@ class SampleConfig(_Config):
     ends_with: Optional[str] = option(None, "Every sample ends with this text.", requests=("sample", "top"),
                                       role="constraint", panel=CONSTRAINTS_PANEL)
     contains: list[str] = option(help="Every sample contains this text (repeat for several).", factory=list,
-                                 requests=("sample", "top"), role="constraint", panel=CONSTRAINTS_PANEL)
+                                 requests=("sample", "top"), role="constraint", panel=CONSTRAINTS_PANEL,
+                                 accepts="str | list[str]")
     regex: Optional[str] = option(
         None, "The whole sample (prompt included) must match this Python regular expression; supported: literals, "
         "escapes, ., [classes], \\w \\d \\s, groups, |, * + ? {m,n}, (?i); not lookaround, backreferences or \\b.",

@@ -37,14 +37,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
+from ._version import __version__
 from .api import Model, load
-from .checkpoint import BUNDLED
-from .sampling.batching import Batcher
-from .checkpoint import METRICS
+from .checkpoint import BUNDLED, METRICS
 from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback, request_fields
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
+from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
+from .sampling.drawing import run as run_drawings
 
 require_serve()
 
@@ -150,9 +151,9 @@ def _curve(path: Path) -> list[list[float]]:
 
 # The fields each endpoint takes besides "model": the Python API's keywords, declared once in
 # chargen.config (SampleConfig); eval's are its own.
-SAMPLE_FIELDS = {name: d.annotation for name, d in request_fields("sample").items()}
-TOP_FIELDS = {name: d.annotation for name, d in request_fields("top").items()}
-STREAM_FIELDS = {name: d.annotation for name, d in request_fields("stream").items()}
+SAMPLE_FIELDS = {name: d.accepts for name, d in request_fields("sample").items()}
+TOP_FIELDS = {name: d.accepts for name, d in request_fields("top").items()}
+STREAM_FIELDS = {name: d.accepts for name, d in request_fields("stream").items()}
 EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]"}
 CONSTRAINT_FIELDS = tuple(d.field for d in declared(SampleConfig).values() if d.opt.role == "constraint")
 
@@ -262,8 +263,6 @@ class Server:
                                                          "Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:
-        from ._version import __version__
-
         return JSONResponse({"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
                              "models": list(self.models), "streams": self.streams,
                              "batching": {name: s.batcher.stats.to_dict() for name, s in self.models.items()}})
@@ -279,9 +278,9 @@ class Server:
         stats = SampleStats()
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         if constrained:  # checking them compiles an automaton: off the event loop, like drawing
-            drawings = await asyncio.to_thread(served.model.draws, n, prompt, stats=stats, **options)
+            drawings = await asyncio.to_thread(served.model.drawings, n, prompt, stats=stats, **options)
         else:
-            drawings = served.model.draws(n, prompt, stats=stats, **options)
+            drawings = served.model.drawings(n, prompt, stats=stats, **options)
         samples = await asyncio.wrap_future(served.batcher.submit(drawings))
         return JSONResponse({"model": served.name, "samples": [s.record(constrained) for s in samples],
                              "draws": stats.draws, "accepted": stats.accepted}, headers=_json_headers())
@@ -316,20 +315,19 @@ class Server:
         relay = _Relay(asyncio.get_running_loop())
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
         # Checked now, so that a bad option is a 400 rather than an error event.
-        draws = served.model.draws(n, fields.get("prompt", ""), on_char=None if line_mode else relay.on_char, **options)
-        return StreamingResponse(self._events(served, fields.get("prompt", ""), draws, relay, line_mode), media_type="text/event-stream",
+        drawings = served.model.drawings(n, fields.get("prompt", ""), on_char=None if line_mode else relay.on_char,
+                                         **options)
+        return StreamingResponse(self._events(served, fields.get("prompt", ""), drawings, relay, line_mode), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _events(self, served: Served, prompt: str, draws, relay: "_Relay",
+    async def _events(self, served: Served, prompt: str, drawings, relay: "_Relay",
                       line_mode: bool) -> AsyncIterator[str]:
         """SSE: `text` events with what was drawn since the last one (prose: characters, the
         prompt first; a line model: one line each), `sample` with each sample's record, then
         `done`; or `error` with a one-line message."""
-        from .sampling.drawing import run as run_drawings
-
         def run() -> None:
             try:
-                for s in run_drawings(served.model.stepper, served.model.vocab, draws):
+                for s in run_drawings(served.model.stepper, served.model.vocab, drawings):
                     if line_mode:
                         relay.put("text", {"text": s.text})
                     relay.put("sample", s.record())

@@ -72,6 +72,7 @@ SERVER_CASES: list[tuple[str, str, dict | None]] = [
     ("sample-options", "/v1/sample", {"n": 6, "seed": 2, "prompt": ["Al", "Be"], "temperature": 1.1, "top_k": 8}),
     ("sample-constrained", "/v1/sample", {"n": 6, "seed": 3, "ends_with": "a", "max_len": 7}),
     ("sample-guided", "/v1/sample", {"n": 4, "seed": 3, "regex": "[A-Z]+(el|ia)", "guided": True}),
+    ("sample-contains-text", "/v1/sample", {"n": 3, "seed": 8, "contains": "an"}),
     ("sample-base", "/v1/sample", {"model": "base", "n": 5, "seed": 4, "unique": True, "novel": True}),
     ("sample-prose", "/v1/sample", {"model": "prose", "n": 1, "seed": 5, "length": 120}),
     ("top", "/v1/top", {"n": 5, "ends_with": "y"}),

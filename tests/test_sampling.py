@@ -6,7 +6,7 @@ import pytest
 import chargen
 from chargen.errors import SamplingError, UsageError, VocabularyError
 from chargen.config import SampleConfig
-from chargen.sampling import derive_key, draw, sampling_probs, uniforms
+from chargen.sampling import derive_key, inverse_cdf, sampling_probs, uniforms
 
 
 def test_same_seed_same_output_whatever_the_batch_size(trained_names):
@@ -83,7 +83,7 @@ def test_top_k_and_top_p_filters():
 
 def test_draws_follow_the_distribution():
     p = np.tile(np.array([[0.1, 0.6, 0.3]]), (20000, 1))
-    ids = draw(p, uniforms(derive_key(1), np.arange(20000), 0))
+    ids = inverse_cdf(p, uniforms(derive_key(1), np.arange(20000), 0))
     freq = np.bincount(ids, minlength=3) / 20000
     np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.015)
     u = uniforms(derive_key(1), np.arange(1000), 5)
@@ -109,14 +109,14 @@ def test_the_integer_key_derivation_is_the_vectorised_hash():
 def test_rows_that_join_a_running_batch_get_what_they_get_alone(trained_names):
     """Continuous batching: batches of other prompts and settings, constrained or not, joining
     the engine at different steps, each draw exactly what they draw alone."""
-    from chargen.sampling import RowEngine, run_rows
+    from chargen.sampling import RowEngine, run_jobs
 
     model = chargen.load(trained_names)
     options = [dict(n=30, seed=1), dict(n=20, seed=2, prompt="Ka", temperature=1.2, top_k=4),
                dict(n=25, seed=3, ends_with="a", max_len=6), dict(n=15, seed=4, temperature=0, contains="o"),
                dict(n=10, seed=5, guided=True, regex="[A-Z][a-z]*n"), dict(n=12, seed=6, top_p=0.7, prompt="Ma")]
-    batches = [next(model.draws(**o)).next_rows() for o in options]
-    alone = [run_rows(model.stepper, model.vocab, [b])[0] for b in batches]
+    batches = [next(model.drawings(**o)).next_attempts() for o in options]
+    alone = [run_jobs(model.stepper, model.vocab, [b])[0] for b in batches]
     engine = RowEngine(model.stepper, model.vocab)
     jobs, done = {}, {}
     for i, b in enumerate(batches):  # one more batch joins after each step

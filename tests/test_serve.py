@@ -174,10 +174,10 @@ def test_the_batcher_alone_matches_the_python_api():
     try:
         options = [dict(n=7, seed=i, prompt="Ka" if i % 2 else "", ends_with="a" if i % 3 == 0 else None,
                         guided=i % 5 == 0, temperature=0 if i == 7 else 0.9) for i in range(20)]
-        futures = [batcher.submit(model.draws(**o)) for o in options]
+        futures = [batcher.submit(model.drawings(**o)) for o in options]
         for future, o in zip(futures, options):
             assert [s.text for s in future.result(timeout=30)] == model.sample(**o)
-        failing = batcher.submit(model.draws(n=5, temperature=0, unique=True))  # greedy: one distinct sample
+        failing = batcher.submit(model.drawings(n=5, temperature=0, unique=True))  # greedy: one distinct sample
         with pytest.raises(chargen.SamplingError):
             failing.result(timeout=30)
     finally:
@@ -257,7 +257,7 @@ def test_an_internal_error_is_a_500_without_the_stack(app, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise RuntimeError("secret detail /home/user/.ssh/id_rsa")
 
-    monkeypatch.setattr(served.model, "draws", boom)
+    monkeypatch.setattr(served.model, "drawings", boom)
     r = post(client, "/v1/sample", {"n": 1})
     assert r.status_code == 500
     assert r.json() == {"error": "internal error (see the server's log)"}

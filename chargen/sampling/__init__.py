@@ -11,11 +11,12 @@ The network itself is a `Stepper`: the numpy twin (chargen.npmodel) or a torch C
 chargen.model.TorchStepper.
 """
 
-from .drawing import (MAX_BATCH, Drawing, Guide, Sample, SampleStats, check_prompt, generate, guide_for, prime,
-                      run)
-from .engine import Drawn, RowEngine, Rows, Stepper, draw, log_softmax, run_rows, sampling_probs
+from .constraints import Guide, guide_for
+from .drawing import MAX_BATCH, Drawing, Sample, SampleStats, check_prompt, generate, prime, run
+from .engine import Attempts, Results, RowEngine, Stepper, inverse_cdf, log_softmax, run_jobs, sampling_probs
 from .randomness import derive_key, random_seed, uniforms
 
 __all__ = ["MAX_BATCH", "Drawing", "Guide", "Sample", "SampleStats", "check_prompt", "generate", "guide_for", "prime",
-           "run", "Drawn", "RowEngine", "Rows", "Stepper", "draw", "log_softmax", "run_rows", "sampling_probs",
+           "run", "Attempts", "Results", "RowEngine", "Stepper", "inverse_cdf", "log_softmax", "run_jobs",
+           "sampling_probs",
            "derive_key", "random_seed", "uniforms"]

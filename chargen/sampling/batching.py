@@ -77,10 +77,10 @@ class _Request:
 
 
 class Batcher:
-    """Runs `Model.draws(...)` of concurrent callers together on one model's stepper.
+    """Runs `Model.drawings(...)` of concurrent callers together on one model's stepper.
 
         batcher = Batcher(model.stepper, model.vocab)
-        samples = batcher.submit(model.draws(10, "Ma", seed=1)).result()  # == list(model.samples(...))
+        samples = batcher.submit(model.drawings(10, "Ma", seed=1)).result()  # == list(model.samples(...))
     """
 
     def __init__(self, stepper: Stepper, vocab: Vocab, *, window: float = ServeConfig.window,
@@ -156,8 +156,8 @@ class Batcher:
                 self.stats.requests += 1
                 return
             room = max(1, self.max_rows - self.engine.size)
-            rows = request.current.next_rows(min(room, MAX_BATCH))
-            request.draws += len(rows.indices)
+            attempts = request.current.next_attempts(min(room, MAX_BATCH))
+            request.draws += len(attempts.indices)
             if self.max_draws is not None and request.draws > self.max_draws:
                 raise SamplingError(f"this request needs more than {self.max_draws:,} draws, this server's limit "
                                     f"({len(request.samples):,} samples found so far); ask for fewer, or loosen the "
@@ -166,5 +166,5 @@ class Batcher:
             request.fail(exc)
             self.stats.requests += 1
             return
-        owners[self.engine.add(rows)] = request
-        self.stats.rows += len(rows.indices)
+        owners[self.engine.add(attempts)] = request
+        self.stats.rows += len(attempts.indices)

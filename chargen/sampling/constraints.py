@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..config import SampleConfig
 from ..errors import UsageError
 from ..tokenizer import Vocab
 
@@ -45,7 +46,7 @@ class Constraints:
         return any((self.min_len, self.max_len is not None, self.ends_with, self.contains, self.regex))
 
     @classmethod
-    def of(cls, cfg) -> "Constraints":
+    def of(cls, cfg: SampleConfig) -> "Constraints":
         """The constraints a chargen.config.SampleConfig sets (it has checked them)."""
         return cls(min_len=cfg.min_len, max_len=cfg.max_len, ends_with=cfg.ends_with, contains=tuple(cfg.contains),
                    regex=cfg.regex)
@@ -230,3 +231,43 @@ def _product(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], n_chars: int) 
         i += 1
     accepting = np.array([all(p[1][s] for p, s in zip(parts, tup)) for tup in order])
     return np.stack(rows), accepting, 0
+
+
+# --- the constraints of one prompt --------------------------------------------------------------
+
+
+@dataclass
+class Guide:
+    """Constraints for one prompt: the automaton, its state after the prompt, and how to use it.
+
+    exact (guided=False): draw from the model's distribution and reject a sample at the first
+    character from which the constraints can no longer be met; accepted samples then follow the
+    model's distribution conditioned on the constraints. guided: draw only among the allowed
+    characters, renormalised; no draw is wasted, but the distribution is not the conditional one.
+    """
+
+    automaton: "Automaton"
+    start: int
+    n0: int  # characters of the prompt
+    guided: bool = False
+
+    @property
+    def steps(self) -> int:
+        return self.automaton.max_len - self.n0 + 1  # the last step can only be the newline
+
+
+def guide_for(automaton: Optional[Automaton], vocab: Vocab, prompt: str, cfg: SampleConfig,
+              lines: bool) -> Optional[Guide]:
+    """The constraints for this prompt, with the length cap the sample options set; checked up front."""
+    if automaton is None:
+        return None
+    if not lines:
+        raise UsageError("constraints apply to line samples; this is prose (pass `lines` to sample lines)")
+    bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
+    start = bounded.start(prompt, vocab)
+    if cfg.unique:
+        possible = bounded.count(start, len(prompt))
+        if possible < cfg.num:
+            raise UsageError(f"only {int(possible):,} distinct samples satisfy the constraints, fewer than the "
+                             f"{cfg.num:,} asked for with `unique`; ask for fewer (`top` {int(possible)} lists them all)")
+    return Guide(bounded, start, len(prompt), guided=cfg.guided)

@@ -14,7 +14,8 @@ import numpy as np
 from ..config import SampleConfig
 from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
-from .engine import Drawn, Rows, Stepper, run_rows
+from .constraints import Automaton, Guide, guide_for
+from .engine import Attempts, Results, Stepper, run_jobs
 
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
 CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
@@ -69,26 +70,6 @@ class SampleStats:
         return self.satisfied / self.draws if self.draws else 1.0
 
 
-@dataclass
-class Guide:
-    """Constraints for one prompt: the automaton, its state after the prompt, and how to use it.
-
-    exact (guided=False): draw from the model's distribution and reject a sample at the first
-    character from which the constraints can no longer be met; accepted samples then follow the
-    model's distribution conditioned on the constraints. guided: draw only among the allowed
-    characters, renormalised; no draw is wasted, but the distribution is not the conditional one.
-    """
-
-    automaton: "Automaton"  # noqa: F821
-    start: int
-    n0: int  # characters of the prompt
-    guided: bool = False
-
-    @property
-    def steps(self) -> int:
-        return self.automaton.max_len - self.n0 + 1  # the last step can only be the newline
-
-
 def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
     """A batch-of-one state: the model's typical end-of-line state if the checkpoint has one."""
     return stepper.init_state(1) if start_state is None else stepper.state_from_arrays(start_state)
@@ -117,7 +98,7 @@ def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state:
 
 class Drawing:
     """The draws that make one prompt's `cfg.num` samples: which attempts to run next
-    (`next_rows`) and which of their results to keep (`take`).
+    (`next_attempts`) and which of their results to keep (`take`).
 
     Line mode redraws empty samples, repeats (`unique`), training lines (`novel`), lines in
     `exclude` and, under an exact `automaton`, samples that break the constraints; a bounded
@@ -131,7 +112,7 @@ class Drawing:
                  key: np.uint64, seen: Optional[set[str]] = None, training_lines: Optional[set[str]] = None,
                  exclude: Optional[set[str]] = None, on_char: Optional[Callable[[str], None]] = None,
                  start_state: Optional[list[np.ndarray]] = None,
-                 automaton: Optional["Automaton"] = None,  # noqa: F821
+                 automaton: Optional[Automaton] = None,
                  stats: Optional[SampleStats] = None, primed: Optional[tuple[np.ndarray, object]] = None):
         self.guide = guide_for(automaton, vocab, prompt, cfg, lines)
         self.prompt_logits, self.prompt_state = primed or prime(stepper, vocab, prompt, lines, start_state)
@@ -150,7 +131,7 @@ class Drawing:
     def done(self) -> bool:
         return self.produced >= self.cfg.num
 
-    def next_rows(self, limit: int = MAX_BATCH) -> Rows:
+    def next_attempts(self, limit: int = MAX_BATCH) -> Attempts:
         """The next attempts to run, at most `limit` of them; a SamplingError once the budget is spent."""
         cfg = self.cfg
         if self.attempt >= self.budget:
@@ -165,14 +146,14 @@ class Drawing:
             want = need
         b = max(1, min(want, limit, self.budget - self.attempt))
         stream = self.on_char if (b == 1 and cfg.num == 1 and not self.lines) else None
-        return Rows(self.prompt_logits, self.prompt_state, np.arange(self.attempt, self.attempt + b, dtype=np.int64),
+        return Attempts(self.prompt_logits, self.prompt_state, np.arange(self.attempt, self.attempt + b, dtype=np.int64),
                     self.key, cfg, self.newline, self.steps, self.guide, stream)
 
-    def take(self, drawn: Drawn) -> list[Sample]:
-        """Keep what the rows of the last `next_rows` produced, in attempt order, up to cfg.num."""
+    def take(self, results: Results) -> list[Sample]:
+        """Keep what the last `next_attempts` produced, in attempt order, up to cfg.num."""
         cfg, stats, kept = self.cfg, self.stats, []
-        for generated, logprob, n_scored, k in zip(drawn.texts, drawn.logp.tolist(), drawn.scored.tolist(),
-                                                   drawn.kept.tolist()):
+        for generated, logprob, n_scored, k in zip(results.texts, results.logp.tolist(),
+                                                   results.scored.tolist(), results.kept.tolist()):
             if self.produced >= cfg.num:
                 break
             self.attempt += 1
@@ -200,7 +181,7 @@ def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size:
     """The samples of each drawing in turn, its attempts run `batch_size` at a time."""
     for drawing in drawings:
         while not drawing.done:
-            yield from drawing.take(run_rows(stepper, vocab, [drawing.next_rows(batch_size)])[0])
+            yield from drawing.take(run_jobs(stepper, vocab, [drawing.next_attempts(batch_size)])[0])
 
 
 def generate(
@@ -218,22 +199,6 @@ def generate(
     are Drawing's (seen, training_lines, exclude, on_char, start_state, automaton, stats).
     `on_char` streams the characters of a lone prose sample as drawn."""
     yield from run(stepper, vocab, [Drawing(stepper, vocab, prompt, cfg, lines=lines, key=key, **options)], batch_size)
-
-
-def guide_for(automaton, vocab: Vocab, prompt: str, cfg: SampleConfig, lines: bool) -> Optional[Guide]:
-    """The constraints for this prompt, with the length cap the sample options set; checked up front."""
-    if automaton is None:
-        return None
-    if not lines:
-        raise UsageError("constraints apply to line samples; this is prose (pass `lines` to sample lines)")
-    bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
-    start = bounded.start(prompt, vocab)
-    if cfg.unique:
-        possible = bounded.count(start, len(prompt))
-        if possible < cfg.num:
-            raise UsageError(f"only {int(possible):,} distinct samples satisfy the constraints, fewer than the "
-                             f"{cfg.num:,} asked for with `unique`; ask for fewer (`top` {int(possible)} lists them all)")
-    return Guide(bounded, start, len(prompt), guided=cfg.guided)
 
 
 def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool) -> str:

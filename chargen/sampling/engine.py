@@ -8,13 +8,15 @@ its counter-based random numbers, its settings), so requests can join between an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+import itertools
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
 from ..config import SampleConfig
 from ..tokenizer import Vocab
+from .constraints import Guide
 from .randomness import uniforms
 
 class Stepper(Protocol):
@@ -60,7 +62,7 @@ def sampling_probs(logits: np.ndarray, temperature: float, top_k: Optional[int],
     return p
 
 
-def draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+def inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: row b picks the first id whose cumulative probability exceeds u[b]."""
     cdf = np.cumsum(p, axis=-1)
     ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
@@ -68,8 +70,9 @@ def draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Rows:
-    """One prompt's next draws as rows of a batch: attempts `indices`, each its own random stream."""
+class Attempts:
+    """One prompt's next attempts, to run as rows of the engine: attempt `indices`, each its own
+    random stream; a job, to the engine."""
 
     prompt_logits: np.ndarray  # (V,) after the prompt
     prompt_state: object  # batch-of-one state after the prompt
@@ -83,29 +86,69 @@ class Rows:
 
 
 @dataclass
-class Drawn:
-    """What rows produced: their texts without the ending newline (None where the guide rejected
-    the sample), log-probabilities, characters scored, and the log of the mass the constraints kept."""
+class Results:
+    """What a job's attempts produced, in attempt order: their texts without the ending newline
+    (None where the guide rejected the sample), log-probabilities, characters scored, and the log
+    of the mass the constraints kept."""
 
     texts: list[Optional[str]]
     logp: np.ndarray
     scored: np.ndarray
     kept: np.ndarray
 
+    @classmethod
+    def empty(cls, n: int) -> "Results":
+        return cls([None] * n, np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n))
+
+
+def _column(dtype: type) -> Any:
+    return field(metadata={"dtype": dtype})
+
+
+@dataclass
+class Rows:
+    """The engine's active rows: one entry per row in every column, each (B,)."""
+
+    job: np.ndarray = _column(np.int64)  # the job (Attempts) the row runs
+    slot: np.ndarray = _column(np.int64)  # its place among the job's attempts
+    key: np.ndarray = _column(np.uint64)  # the job's random key
+    index: np.ndarray = _column(np.int64)  # the attempt number: its random stream
+    t: np.ndarray = _column(np.int64)  # characters drawn so far
+    limit: np.ndarray = _column(np.int64)  # characters it may draw
+    newline: np.ndarray = _column(np.int64)  # the id that ends it (-1: none)
+    dfa: np.ndarray = _column(np.int64)  # its constraints automaton's state
+    group: np.ndarray = _column(np.int64)  # its settings group (SampleConfig.settings)
+    masking: np.ndarray = _column(bool)  # draws only among allowed characters (guided, or greedy under constraints)
+    guided: np.ndarray = _column(bool)  # has constraints
+    logp: np.ndarray = _column(np.float64)  # log-probability of what it drew
+    kept: np.ndarray = _column(np.float64)  # log of the mass its constraints allowed
+    rejected: np.ndarray = _column(bool)  # its constraints ruled it out
+
+    @classmethod
+    def empty(cls) -> "Rows":
+        return cls(**{f.name: np.zeros(0, dtype=f.metadata["dtype"]) for f in fields(cls)})
+
+    @classmethod
+    def concat(cls, parts: list["Rows"]) -> "Rows":
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def take(self, rows: np.ndarray) -> "Rows":
+        return Rows(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def __len__(self) -> int:
+        return len(self.job)
+
 
 class RowEngine:
-    """Rows of many batches advancing together, one network step for all of them per character.
+    """The rows of many jobs advancing together, one network step for all of them per character.
 
-    `add` queues a batch's rows; each `step` lets the queued rows join, draws one character for
-    every row, and returns the batches all of whose rows have ended (at their newline, when their
-    guide rejects them, or at their step limit). A row's result depends on its own batch alone: its
-    row of the matrix product, random numbers that are a function of (key, index, characters
-    drawn), its batch's settings. So batches of other prompts, settings and callers can join
-    between any two steps (continuous batching: `chargen serve`) and change nothing.
+    `add` queues a job (Attempts); each `step` lets the queued jobs' rows join, draws one character
+    for every row, and returns the jobs all of whose rows have ended (at their newline, when their
+    guide rejects them, or at their step limit) with their Results. A row's result depends on its
+    own job alone: its row of the matrix product, random numbers that are a function of (key,
+    attempt, characters drawn), its job's settings. So jobs of other prompts, settings and callers
+    can join between any two steps (continuous batching: `chargen serve`) and change nothing.
     """
-
-    _ROW_FIELDS = ("job", "slot", "keys", "indices", "t", "limit", "newline", "dfa", "group", "masking", "guided",
-                   "logp", "kept", "rejected")
 
     def __init__(self, stepper: Stepper, vocab: Vocab):
         self.stepper, self.vocab = stepper, vocab
@@ -114,8 +157,9 @@ class RowEngine:
         self.groups: dict[tuple, tuple[int, SampleConfig]] = {}  # sampling settings -> (group id, cfg)
         self.pending: list[int] = []  # jobs added since the last step
         self.streaming: list[int] = []  # jobs whose characters are handed out as drawn
-        self._ids = 0
-        self.rows: dict[str, np.ndarray] = {}  # per active row, each (B,): see _ROW_FIELDS
+        self._job_ids = itertools.count()
+        self._group_ids = itertools.count()
+        self.rows = Rows.empty()
         self.out = np.zeros((0, 0), dtype=np.uint32)  # (B, W) code points drawn; 0 pads (NUL is never in a vocabulary)
         self.logits: Optional[np.ndarray] = None  # (B, V) for each row's next character
         self.state = None
@@ -125,51 +169,43 @@ class RowEngine:
     @property
     def size(self) -> int:
         """Rows advancing now or joining at the next step."""
-        return (len(self.rows["job"]) if self.rows else 0) + sum(len(self.jobs[j].rows.indices) for j in self.pending)
+        return len(self.rows) + sum(len(self.jobs[j].attempts.indices) for j in self.pending)
 
     @property
     def busy(self) -> bool:
         return bool(self.jobs)
 
-    def add(self, rows: Rows) -> int:
-        job = self._ids
-        self._ids += 1
-        self.jobs[job] = _Job(rows)
+    def add(self, attempts: Attempts) -> int:
+        job = next(self._job_ids)
+        self.jobs[job] = _Job(attempts)
         self.pending.append(job)
-        if rows.on_char is not None:
+        if attempts.on_char is not None:
             self.streaming.append(job)
         return job
 
-    def step(self) -> list[tuple[int, Drawn]]:
-        """One character for every row; the batches that finished, with what their rows produced."""
+    def step(self) -> list[tuple[int, Results]]:
+        """One character for every row; the jobs that finished, with what their rows produced."""
         self._join()
-        r, jobs = self.rows, self.jobs
-        n = len(r["job"])
+        r = self.rows
+        n = len(r)
         lsm = log_softmax(self.logits)  # (B, V), the model's own distribution
         logits, allowed = self.logits, None
-        if r["guided"].any():
-            allowed = np.ones(logits.shape, dtype=bool)
-            for j in np.unique(r["job"][r["guided"]]).tolist():
-                mine = r["job"] == j
-                g = jobs[j].rows.guide
-                allowed[mine] = g.automaton.allowed(r["dfa"][mine], g.n0 + r["t"][mine])
-                r["kept"][mine] += np.log(np.where(allowed[mine], np.exp(lsm[mine]), 0.0).sum(axis=-1))
-            if r["masking"].any():  # greedy and --guided rows draw among the allowed characters only
-                logits = np.where(~r["masking"][:, None] | allowed, logits, -np.inf)
+        if r.guided.any():
+            allowed = self._allowed(lsm)
+            if r.masking.any():  # greedy and --guided rows draw among the allowed characters only
+                logits = np.where(~r.masking[:, None] | allowed, logits, -np.inf)
         ids = self._pick(logits)
-        r["logp"] += np.take_along_axis(lsm, ids[:, None], axis=-1)[:, 0]
-        ended = ids == r["newline"]
+        r.logp += np.take_along_axis(lsm, ids[:, None], axis=-1)[:, 0]
+        ended = ids == r.newline
         if allowed is not None:  # exact rows are rejected at the first character that rules them out
             bad = ~allowed[np.arange(n), ids]
-            r["rejected"] |= bad
+            r.rejected |= bad
             ended |= bad
-            for j in np.unique(r["job"][r["guided"]]).tolist():
-                mine = r["job"] == j
-                r["dfa"][mine] = jobs[j].rows.guide.automaton.advance(r["dfa"][mine], ids[mine])
-        self.out[np.arange(n), r["t"]] = np.where(ended, 0, self.codepoints[ids])
+            self._advance_guides(ids)
+        self.out[np.arange(n), r.t] = np.where(ended, 0, self.codepoints[ids])
         self._stream(ids, ended)
-        r["t"] += 1
-        finished = ended | (r["t"] >= r["limit"])
+        r.t += 1
+        finished = ended | (r.t >= r.limit)
         done = self._finish(np.flatnonzero(finished)) if finished.any() else []
         keep = np.flatnonzero(~finished)
         if keep.size < n:
@@ -181,124 +217,139 @@ class RowEngine:
             self.logits, self.state = self.stepper.step(ids, self.state)
         return done
 
+    def _guided_jobs(self) -> list[tuple[int, np.ndarray, Guide]]:
+        """(job, its rows as a mask, its guide) for each job with constraints."""
+        r = self.rows
+        return [(j, r.job == j, self.jobs[j].attempts.guide) for j in np.unique(r.job[r.guided]).tolist()]
+
+    def _allowed(self, lsm: np.ndarray) -> np.ndarray:
+        """(B, V): which characters each row's constraints allow next (all, for rows without); the
+        mass they allow is added to the rows' `kept`."""
+        r = self.rows
+        allowed = np.ones(lsm.shape, dtype=bool)
+        for _, mine, guide in self._guided_jobs():
+            allowed[mine] = guide.automaton.allowed(r.dfa[mine], guide.n0 + r.t[mine])
+            r.kept[mine] += np.log(np.where(allowed[mine], np.exp(lsm[mine]), 0.0).sum(axis=-1))
+        return allowed
+
+    def _advance_guides(self, ids: np.ndarray) -> None:
+        for _, mine, guide in self._guided_jobs():
+            self.rows.dfa[mine] = guide.automaton.advance(self.rows.dfa[mine], ids[mine])
+
     def _pick(self, logits: np.ndarray) -> np.ndarray:
-        """Each row's next id under its batch's settings; each group of rows with the same settings
-        goes through the same code as a lone batch with those settings would."""
+        """Each row's next id under its job's settings; each group of rows with the same settings
+        goes through the same code as a lone job with those settings would."""
         r = self.rows
         if len(self.groups) == 1:
             cfg = next(iter(self.groups.values()))[1]
-            return _pick_group(logits, cfg, r["keys"], r["indices"], r["t"])
+            return _pick_group(logits, cfg, r.key, r.index, r.t)
         ids = np.empty(len(logits), dtype=np.int64)
         for gid, cfg in self.groups.values():
-            rows = np.flatnonzero(r["group"] == gid)
-            if rows.size:
-                ids[rows] = _pick_group(logits[rows], cfg, r["keys"][rows], r["indices"][rows], r["t"][rows])
+            mine = np.flatnonzero(r.group == gid)
+            if mine.size:
+                ids[mine] = _pick_group(logits[mine], cfg, r.key[mine], r.index[mine], r.t[mine])
         return ids
 
     def _stream(self, ids: np.ndarray, ended: np.ndarray) -> None:
-        """Hand each streaming batch's (lone) row its new character."""
+        """Hand each streaming job's (lone) row its new character."""
         for j in self.streaming:
-            at = np.flatnonzero(self.rows["job"] == j)
+            at = np.flatnonzero(self.rows.job == j)
             if at.size and not ended[at[0]]:
-                self.jobs[j].rows.on_char(self.vocab.chars[int(ids[at[0]])])
+                self.jobs[j].attempts.on_char(self.vocab.chars[int(ids[at[0]])])
 
     def _join(self) -> None:
-        """The rows added since the last step join the batch, each starting from its prompt."""
+        """The jobs added since the last step join: their rows, each starting from its prompt."""
         if not self.pending:
             return
-        new = [self.jobs[j] for j in self.pending]
-        sizes = [len(job.rows.indices) for job in new]
-        for job in new:
-            if job.rows.cfg.settings() not in self.groups:
-                self.groups[job.rows.cfg.settings()] = (self._ids, job.rows.cfg)  # any id not used before will do
-                self._ids += 1
-        per_job = {  # one value per joining batch, repeated over its rows
-            "job": (self.pending, np.int64),
-            "keys": ([job.rows.key for job in new], np.uint64),
-            "limit": ([job.rows.steps for job in new], np.int64),
-            "newline": ([job.rows.newline for job in new], np.int64),
-            "dfa": ([job.rows.guide.start if job.rows.guide else 0 for job in new], np.int64),
-            "group": ([self.groups[job.rows.cfg.settings()][0] for job in new], np.int64),
-            "masking": ([job.rows.guide is not None and (job.rows.guide.guided or job.rows.cfg.temperature == 0)
-                         for job in new], bool),
-            "guided": ([job.rows.guide is not None for job in new], bool),
-        }
-        total = sum(sizes)
-        fresh = {name: np.repeat(np.array(values, dtype=dtype), sizes) for name, (values, dtype) in per_job.items()}
-        fresh.update(slot=np.concatenate([np.arange(b, dtype=np.int64) for b in sizes]),
-                     indices=np.concatenate([job.rows.indices for job in new]).astype(np.int64),
-                     t=np.zeros(total, dtype=np.int64), logp=np.zeros(total), kept=np.zeros(total),
-                     rejected=np.zeros(total, dtype=bool))
-        old = [self.rows] if self.rows and len(self.rows["job"]) else []
-        self.rows = {k: np.concatenate([o[k] for o in old] + [fresh[k]]) for k in self._ROW_FIELDS}
-        states = [self.stepper.repeat(job.rows.prompt_state, len(job.rows.indices)) for job in new]
-        logits = [np.broadcast_to(job.rows.prompt_logits, (len(job.rows.indices), job.rows.prompt_logits.shape[-1]))
-                  for job in new]
+        new = [self.jobs[j].attempts for j in self.pending]
+        for a in new:
+            if a.cfg.settings() not in self.groups:
+                self.groups[a.cfg.settings()] = (next(self._group_ids), a.cfg)
+        fresh = Rows.concat([self._new_rows(j, a) for j, a in zip(self.pending, new)])
+        old = len(self.rows)
+        self.rows = Rows.concat([self.rows, fresh])
+        states = [self.stepper.repeat(a.prompt_state, len(a.indices)) for a in new]
+        logits = [np.broadcast_to(a.prompt_logits, (len(a.indices), a.prompt_logits.shape[-1])) for a in new]
         if old:
             states.insert(0, self.state)
             logits.insert(0, self.logits)
         self.state = states[0] if len(states) == 1 else self.stepper.concat(states)
         self.logits = np.concatenate(logits)
-        width = max([self.out.shape[1]] + [job.rows.steps for job in new])
-        out = np.zeros((len(self.rows["job"]), width), dtype=np.uint32)
-        out[: len(out) - total, : self.out.shape[1]] = self.out
+        width = max([self.out.shape[1]] + [a.steps for a in new])
+        out = np.zeros((len(self.rows), width), dtype=np.uint32)
+        out[:old, : self.out.shape[1]] = self.out
         self.out = out
         self.pending = []
 
-    def _finish(self, rows: np.ndarray) -> list[tuple[int, Drawn]]:
-        """Hand the ended rows' results to their batches; return the batches now complete."""
+    def _new_rows(self, job: int, a: Attempts) -> Rows:
+        """A job's rows as they start: its values repeated, each row its own attempt."""
+        b = len(a.indices)
+
+        def same(value, dtype) -> np.ndarray:
+            return np.full(b, value, dtype=dtype)
+
+        return Rows(job=same(job, np.int64), slot=np.arange(b, dtype=np.int64), key=same(a.key, np.uint64),
+                    index=np.asarray(a.indices, dtype=np.int64), t=same(0, np.int64), limit=same(a.steps, np.int64),
+                    newline=same(a.newline, np.int64), dfa=same(a.guide.start if a.guide else 0, np.int64),
+                    group=same(self.groups[a.cfg.settings()][0], np.int64),
+                    masking=same(a.guide is not None and (a.guide.guided or a.cfg.temperature == 0), bool),
+                    guided=same(a.guide is not None, bool), logp=same(0.0, np.float64), kept=same(0.0, np.float64),
+                    rejected=same(False, bool))
+
+    def _finish(self, ended: np.ndarray) -> list[tuple[int, Results]]:
+        """Hand the ended rows' results to their jobs; return the jobs now complete."""
         r = self.rows
         # A row of code points viewed as a fixed-width numpy string drops its trailing NUL padding.
-        texts = np.ascontiguousarray(self.out[rows]).view(f"<U{self.out.shape[1]}").ravel().tolist()
+        texts = np.ascontiguousarray(self.out[ended]).view(f"<U{self.out.shape[1]}").ravel().tolist()
         done = []
-        for row, text in zip(rows.tolist(), texts):
-            j = int(r["job"][row])
+        for row, text in zip(ended.tolist(), texts):
+            j = int(r.job[row])
             job = self.jobs[j]
-            s = int(r["slot"][row])
-            job.drawn.texts[s] = None if r["rejected"][row] else text
-            job.drawn.logp[s], job.drawn.scored[s], job.drawn.kept[s] = r["logp"][row], r["t"][row], r["kept"][row]
+            s = int(r.slot[row])
+            job.results.texts[s] = None if r.rejected[row] else text
+            job.results.logp[s], job.results.scored[s], job.results.kept[s] = r.logp[row], r.t[row], r.kept[row]
             job.remaining -= 1
             if job.remaining == 0:
-                done.append((j, job.drawn))
+                done.append((j, job.results))
                 del self.jobs[j]
-                if job.rows.on_char is not None:
+                if job.attempts.on_char is not None:
                     self.streaming.remove(j)
         return done
 
     def _keep(self, keep: np.ndarray) -> None:
         """Drop the ended rows (and the settings no row uses any more)."""
-        self.rows = {k: v[keep] for k, v in self.rows.items()}
+        self.rows = self.rows.take(keep)
         self.out = self.out[keep] if keep.size else np.zeros((0, 0), dtype=np.uint32)
         self.logits = self.logits[keep]
         self.state = self.stepper.select(self.state, keep) if keep.size else None
-        present = set(np.unique(self.rows["group"]).tolist())
+        present = set(np.unique(self.rows.group).tolist())
         self.groups = {k: v for k, v in self.groups.items() if v[0] in present}
 
 
 class _Job:
-    """One batch of rows in a RowEngine, and what its rows produced so far."""
+    """One job in a RowEngine: its attempts, and what they produced so far."""
 
-    def __init__(self, rows: Rows):
-        b = len(rows.indices)
-        self.rows = rows
-        self.remaining = b
-        self.drawn = Drawn([None] * b, np.zeros(b), np.zeros(b, dtype=np.int64), np.zeros(b))
+    def __init__(self, attempts: Attempts):
+        self.attempts = attempts
+        self.remaining = len(attempts.indices)
+        self.results = Results.empty(self.remaining)
 
 
-def run_rows(stepper: Stepper, vocab: Vocab, batches: list[Rows]) -> list[Drawn]:
-    """Advance the rows of all `batches` together until each has ended (a RowEngine run dry)."""
+def run_jobs(stepper: Stepper, vocab: Vocab, jobs: list[Attempts]) -> list[Results]:
+    """Advance the rows of all `jobs` together until each has ended (a RowEngine run dry)."""
     engine = RowEngine(stepper, vocab)
-    jobs = [engine.add(b) for b in batches]
-    done: dict[int, Drawn] = {}
+    ids = [engine.add(a) for a in jobs]
+    done: dict[int, Results] = {}
     while engine.busy:
         done.update(engine.step())
-    return [done[j] for j in jobs]
+    return [done[j] for j in ids]
 
 
 def _pick_group(logits: np.ndarray, cfg: SampleConfig, keys: np.ndarray, indices: np.ndarray,
                 t: np.ndarray) -> np.ndarray:
-    """Next ids of rows sharing settings: argmax at temperature 0, else a draw with their random numbers."""
+    """Next ids of rows sharing settings: argmax at temperature 0, else an inverse-CDF pick with
+    their random numbers."""
     if cfg.temperature == 0:
         return logits.argmax(axis=-1)
     p = sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-    return draw(p, uniforms(keys, indices, t))
+    return inverse_cdf(p, uniforms(keys, indices, t))
