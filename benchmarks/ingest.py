@@ -40,7 +40,7 @@ t = time.perf_counter()
 enc = ingest([sys.argv[1]], cache_dir=sys.argv[2])
 elapsed = time.perf_counter() - t
 print(json.dumps({"seconds": elapsed, "chars": enc.n_chars, "vocab": len(enc.vocab), "dtype": str(enc.ids.dtype),
-                  "reused": enc.reused, "line_oriented": enc.lines.line_oriented()}))
+                  "reused": enc.reused, "line_oriented": enc.line_stats.line_oriented()}))
 """
 
 

@@ -20,7 +20,7 @@ from .errors import UsageError
 from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
-from .sampling.constraints import Automaton, Constraints, guide_for
+from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
 from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime, run
 from .sampling.randomness import derive_key, random_seed
 from .sampling.search import most_likely
@@ -67,8 +67,8 @@ class Model:
 
     @property
     def training_lines(self) -> Optional[set[str]]:
-        if self._training_lines is None and self.checkpoint.lines is not None:
-            self._training_lines = set(self.checkpoint.lines)
+        if self._training_lines is None and self.checkpoint.training_lines is not None:
+            self._training_lines = set(self.checkpoint.training_lines)
         return self._training_lines
 
     def samples(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
@@ -139,7 +139,7 @@ class Model:
             raise UsageError(f"`top` must be at least 1 (got {n})")
         cfg = self._config(n, options)
         if cfg.lines is False or (cfg.lines is None and not self.line_oriented):
-            raise UsageError("`top` lists line samples; this model writes prose (pass `lines`)")
+            raise line_samples_only("`top`", self.line_oriented if cfg.lines is None else True, "applies")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         automaton = self._automaton(cfg, prompts, True) or Automaton(Constraints(), self.vocab)
         bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
@@ -172,9 +172,7 @@ class Model:
         if not constraints:
             return None
         if not line_mode:
-            raise UsageError(f"constraints ({', '.join(constraints.names())}) apply to line samples only; "
-                             + ("drop `no_lines`" if self.line_oriented else
-                                "this model writes prose: pass `lines` to sample lines from it"))
+            raise line_samples_only(f"constraints ({', '.join(constraints.names())})", self.line_oriented)
         automaton = Automaton(constraints, self.vocab)
         for p in prompts:
             check_prompt(self.vocab, p, True)
@@ -185,8 +183,7 @@ class Model:
         if lines is None:
             return None
         if not line_mode:
-            raise UsageError("`exclude` applies to line samples only; "
-                             + ("drop `no_lines`" if self.line_oriented else "this model writes prose: pass `lines`"))
+            raise line_samples_only("`exclude`", self.line_oriented, "applies")
         return set(lines)
 
     def sample(self, n: int = 10, prompt: str = "", **options: Any) -> list[str]:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save
 
 from .config import ModelConfig
 from .errors import CheckpointError, ChargenError, cannot_read
@@ -51,7 +53,7 @@ class Checkpoint:
     info: dict[str, Any] = field(default_factory=dict)
     resume: Optional[dict[str, Any]] = None
     resume_tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    lines: Optional[list[str]] = None
+    training_lines: Optional[list[str]] = None
     start_state: Optional[list[np.ndarray]] = None  # [h] or [h, c], each (layers, hidden)
 
     @property
@@ -69,7 +71,7 @@ class Checkpoint:
             "vocab_preview": self.vocab.preview(),
             "corpus": meta.get("corpus"),
             "line_oriented": self.line_oriented,
-            "training_lines": len(self.lines) if self.lines is not None else 0,
+            "training_lines": len(self.training_lines) if self.training_lines is not None else 0,
             "steps": meta.get("step"),
             "chars_seen": meta.get("chars_seen"),
             "val_loss": meta.get("val_loss"),
@@ -100,8 +102,6 @@ def save_checkpoint(
     resume_tensors: Optional[dict[str, np.ndarray]] = None,
     start_state: Optional[list[np.ndarray]] = None,
 ) -> None:
-    from safetensors.numpy import save
-
     tensors: dict[str, np.ndarray] = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
     for j, t in enumerate(start_state or []):
         tensors[f"start_state.{j}"] = np.ascontiguousarray(t, dtype=np.float32)
@@ -189,8 +189,6 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         raise CheckpointError(problem)
 
     try:
-        from safetensors import safe_open
-
         with safe_open(str(p), framework="numpy") as f:
             metadata = f.metadata() or {}
             names = list(f.keys())
@@ -241,13 +239,13 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
             t = t.astype(np.float32)
         weights[name] = t
 
-    lines = None
+    training_lines = None
     if "data.lines" in tensors:
         try:
             blob = tensors["data.lines"].tobytes().decode("utf-8")
         except UnicodeDecodeError:
             raise CheckpointError(f"{p}: the stored training lines are not UTF-8") from None
-        lines = blob.split("\n") if blob else []
+        training_lines = blob.split("\n") if blob else []
 
     start_state = None
     n_state = model_config.state_tensors
@@ -267,7 +265,7 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         info=load_json("info", required=False) or {},
         resume=resume,
         resume_tensors=resume_tensors,
-        lines=lines,
+        training_lines=training_lines,
         start_state=start_state,
     )
 

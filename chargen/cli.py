@@ -20,7 +20,7 @@ import typer
 
 from ._version import __version__
 from .config import (Declared, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
-                     format_duration, parse_duration, train_options)
+                     format_duration, merge_train_options, parse_duration)
 from .errors import ChargenError, TrainingInterrupted, UsageError
 
 app = typer.Typer(
@@ -181,8 +181,6 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         if r.max_steps:
             stop.append(f"{r.max_steps:,} steps")
         if r.time_budget:
-            from .config import format_duration
-
             stop.append(format_duration(r.time_budget))
         if r.patience:
             stop.append(f"{r.patience} evaluations without a better val loss")
@@ -238,8 +236,6 @@ def _print_curve(run_dir: Path) -> None:
 def _summary_table(r):  # a chargen.callbacks.EndReport
     from rich.table import Table
 
-    from .config import format_duration
-
     t = Table(title="chargen train", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -275,7 +271,7 @@ def train(
     from .extras import require_torch
 
     require_torch("chargen train")
-    options = train_options({**options, "corpus": corpus, "time": parse_duration(time) if time is not None else None},
+    options = merge_train_options({**options, "corpus": corpus, "time": parse_duration(time) if time is not None else None},
                             config_file)
     quiet = bool(options.pop("quiet", False))
     corpus = options.pop("corpus", [])

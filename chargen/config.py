@@ -498,7 +498,7 @@ def is_loopback(host: str) -> bool:
 
 
 
-def train_options(flags: dict[str, Any], config_file: Optional[str] = None) -> dict[str, Any]:
+def merge_train_options(flags: dict[str, Any], config_file: Optional[str] = None) -> dict[str, Any]:
     """The options of one `chargen train`: the TOML file's, then the flags given on top.
 
     `flags` holds every flag by its field name; None (and False for a switch) means "not given",
@@ -548,4 +548,4 @@ def load_toml_config(path: str) -> dict[str, Any]:
 
 
 __all__ = ["CELLS", "ModelConfig", "TrainConfig", "RunConfig", "SampleConfig", "ServeConfig", "declared", "request_fields",
-           "train_options", "parse_duration", "format_duration"]
+           "merge_train_options", "parse_duration", "format_duration"]

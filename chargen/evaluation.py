@@ -28,6 +28,8 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from .errors import UsageError
+from .sampling.engine import log_softmax
+from .training.data import line_ids
 
 PAD = -1  # target id of padding: not scored
 EVAL_STREAMS = 32  # streams of the stream loss
@@ -99,8 +101,6 @@ class NumpyScorer:
         return self.stepper.repeat(self.stepper.state_from_arrays(start_state), rows)
 
     def score(self, inputs: np.ndarray, targets: np.ndarray, state):
-        from .sampling.engine import log_softmax
-
         total = 0.0
         for t in range(inputs.shape[1]):
             logits, state = self.stepper.step(inputs[:, t], state)
@@ -136,8 +136,6 @@ class EvalResult:
 def evaluate_text(scorer: Scorer, vocab, text: str, *, lines: bool, start_state: list[np.ndarray],
                   seq_len: int, streams: int = EVAL_STREAMS, skip_unknown: bool = False) -> EvalResult:
     """The line loss (lines=True, from `start_state`) or stream loss of `text`, as training reports it."""
-    from .training.data import line_ids
-
     unknown = vocab.count_unknown(text) if skip_unknown else 0
     ids = vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)
     if len(ids) < 1:

@@ -8,6 +8,7 @@ Starlette and uvicorn.
 from __future__ import annotations
 
 import importlib.util
+from importlib.metadata import distribution
 import json
 from urllib.parse import unquote, urlparse
 
@@ -20,8 +21,6 @@ def install_command(extra: str) -> str:
     """The pip command that adds `extra` to this install: from the folder it was installed from
     (a clone: `pip install '/path/to/chargen[train]'`), else from the package index."""
     try:
-        from importlib.metadata import distribution
-
         direct = json.loads(distribution("chargen").read_text("direct_url.json") or "null")
     except Exception:  # not installed (run from a source tree), or metadata unreadable
         direct = None

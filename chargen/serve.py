@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import signal
 import json
 import math
 import os
 import re
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -49,7 +51,9 @@ from .sampling.drawing import run as run_drawings
 
 require_serve()
 
+import uvicorn  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
@@ -411,8 +415,6 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def build_app(served: list[Served], config: ServeConfig) -> Starlette:
     """The ASGI app: routes, the token and host checks, JSON errors for everything."""
-    from starlette.exceptions import HTTPException
-
     server = Server(served, config)
 
     def wrap(handler: Callable) -> Callable:
@@ -521,11 +523,6 @@ def uvicorn_server(app, **options):
     """uvicorn's Server, stopping on SIGINT and SIGTERM as uvicorn does (no new connections, the
     requests in flight answered) but then returning where uvicorn would raise the signal again:
     a stop that was asked for is a clean exit, code 0."""
-    import signal
-    import threading
-
-    import uvicorn
-
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):

@@ -98,6 +98,7 @@ class Vocab:
 
     # --- tokenizers: the definition and the file format ---------------------------------------
     def to_tokenizer(self):
+        # Imported here: reading a vocabulary (to sample) does not need it, and it costs start-up time.
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
         tok = Tokenizer(models.WordLevel(vocab=dict(self.index), unk_token=_UNK))

@@ -38,7 +38,7 @@ def test_run_directory_resolves_to_best_and_last(trained_names):
     assert best.path.name == BEST and best.resume is None
     last = read_checkpoint(trained_names, prefer=LAST, with_resume=True)
     assert last.path.name == LAST and last.resume["step"] == 150
-    assert best.line_oriented and best.lines and "\n" in best.vocab
+    assert best.line_oriented and best.training_lines and "\n" in best.vocab
 
 
 def test_loading_does_not_import_torch(trained_names):

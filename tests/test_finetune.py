@@ -128,11 +128,11 @@ def test_flags_that_contradict_the_base_model_fail_clearly(trained_names, names_
 
 
 def test_a_config_file_can_name_the_model_to_start_from(tmp_path):
-    from chargen.config import load_toml_config, train_options
+    from chargen.config import load_toml_config, merge_train_options
 
     f = tmp_path / "run.toml"
     f.write_text('from = "names"\ntime = "30s"\n')
-    assert train_options({"start_from": None, "lr": 1e-3}, str(f)) == {"start_from": "names", "time": 30.0, "lr": 1e-3}
+    assert merge_train_options({"start_from": None, "lr": 1e-3}, str(f)) == {"start_from": "names", "time": 30.0, "lr": 1e-3}
     f.write_text("from = 3\n")
     with pytest.raises(UsageError, match="start_from must be text") as info:
         load_toml_config(str(f))
@@ -152,6 +152,6 @@ def test_the_bundled_models_are_named_base_and_names(tmp_path):
     greek, hebrew = set("αβγδε"), set("אבגד")
     assert greek <= set(base.vocab.chars) and hebrew <= set(base.vocab.chars)  # broad: other scripts
     assert not greek & set(chargen.load("names").vocab.chars)
-    assert base.line_oriented and base.checkpoint.lines is not None
+    assert base.line_oriented and base.checkpoint.training_lines is not None
     (tmp_path / "base").write_text("not a model")  # a file called base here is taken for what it is
     assert checkpoint_path(tmp_path / "base") == tmp_path / "base"

@@ -50,7 +50,7 @@ def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom):
     assert enc.vocab == one_shot.vocab
     assert np.array_equal(np.asarray(enc.ids), one_shot.ids)
     assert enc.digest == one_shot.digest
-    assert enc.lines.to_dict() == one_shot.lines.to_dict()
+    assert enc.line_stats.to_dict() == one_shot.line_stats.to_dict()
     assert enc.text() == expected
 
 

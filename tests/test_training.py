@@ -87,7 +87,7 @@ def test_a_cached_corpus_read_from_its_file_trains_like_the_text(tmp_path, monke
     p = tmp_path / "prose.txt"
     p.write_text(text)
     cached = ingest([str(p)], cache_dir=tmp_path / "cache")
-    assert isinstance(cached.ids, np.memmap) and not cached.lines.line_oriented()
+    assert isinstance(cached.ids, np.memmap) and not cached.line_stats.line_oriented()
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=10, warmup=3, lr=5e-3)
     a = train(EncodedCorpus.from_text(text, "prose"), config, SMALL, out_dir=tmp_path / "mem", precision="fp32")
     b = train(cached, config, SMALL, out_dir=tmp_path / "file", precision="fp32")

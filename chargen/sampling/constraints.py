@@ -81,6 +81,7 @@ def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple
         re.compile(pattern)
     except re.error as exc:
         raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
+    # Imported here: only a text constraint needs it, and `chargen sample` starts without it.
     from interegular import parse_pattern
     from interegular.fsm import anything_else
 
@@ -233,6 +234,14 @@ def _product(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], n_chars: int) 
     return np.stack(rows), accepting, 0
 
 
+def line_samples_only(subject: str, line_oriented: Optional[bool], verb: str = "apply") -> UsageError:
+    """The one wording of "this option needs line samples": what to do depends on whether the
+    model writes lines (then the caller asked for prose) or prose (None: not known)."""
+    fix = {True: "drop `no_lines`", False: "this model writes prose: pass `lines` to sample lines from it",
+           None: "pass `lines` to sample lines"}[line_oriented]
+    return UsageError(f"{subject} {verb} to line samples only; {fix}")
+
+
 # --- the constraints of one prompt --------------------------------------------------------------
 
 
@@ -262,7 +271,7 @@ def guide_for(automaton: Optional[Automaton], vocab: Vocab, prompt: str, cfg: Sa
     if automaton is None:
         return None
     if not lines:
-        raise UsageError("constraints apply to line samples; this is prose (pass `lines` to sample lines)")
+        raise line_samples_only(f"constraints ({', '.join(Constraints.of(cfg).names())})", line_oriented=None)
     bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
     start = bounded.start(prompt, vocab)
     if cfg.unique:

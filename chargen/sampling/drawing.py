@@ -116,7 +116,7 @@ class Drawing:
                  stats: Optional[SampleStats] = None, primed: Optional[tuple[np.ndarray, object]] = None):
         self.guide = guide_for(automaton, vocab, prompt, cfg, lines)
         self.prompt_logits, self.prompt_state = primed or prime(stepper, vocab, prompt, lines, start_state)
-        self.prompt, self.cfg, self.lines, self.key = prompt, cfg, lines, key
+        self.prompt, self.cfg, self.line_mode, self.key = prompt, cfg, lines, key
         self.newline = vocab.index.get("\n", -1) if lines else -1
         self.steps = self.guide.steps if self.guide is not None else cfg.max_length(lines)
         self.seen = seen if seen is not None else set()
@@ -145,7 +145,7 @@ class Drawing:
         else:
             want = need
         b = max(1, min(want, limit, self.budget - self.attempt))
-        stream = self.on_char if (b == 1 and cfg.num == 1 and not self.lines) else None
+        stream = self.on_char if (b == 1 and cfg.num == 1 and not self.line_mode) else None
         return Attempts(self.prompt_logits, self.prompt_state, np.arange(self.attempt, self.attempt + b, dtype=np.int64),
                     self.key, cfg, self.newline, self.steps, self.guide, stream)
 
@@ -162,7 +162,7 @@ class Drawing:
                 stats.rejected_by_constraints += 1
                 continue
             text = self.prompt + generated
-            if self.lines and not text:
+            if self.line_mode and not text:
                 continue
             if cfg.unique and text in self.seen:
                 continue

@@ -24,6 +24,7 @@ torch is imported only by WindowLoader, so the rest serves torch-free readers to
 
 from __future__ import annotations
 
+import random
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,8 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 import numpy as np
 
 from ..errors import CorpusError, UsageError
-from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
 from ..tokenizer import Vocab
+from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +89,6 @@ def shuffle_lines(text: str, seed: int) -> str:
     it samples one line from scratch, and a validation tail of a sorted list is one letter's
     worth of lines. Shuffled, the tail is a fair random sample.
     """
-    import random
-
     lines = text.split("\n")
     trailing = lines[-1] == ""
     if trailing:
@@ -231,7 +230,7 @@ class WindowLoader:
     """
 
     def __init__(self, streams: np.ndarray | FileStreams, seq_len: int, device: "torch.device | str" = "cpu"):
-        import torch
+        import torch  # here, not at the top: data.py also serves torch-free readers (eval, ingest)
 
         self.torch = torch
         self.streams, self.seq_len, self.device = streams, seq_len, torch.device(device)
@@ -307,10 +306,10 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
     vocab = corpus.vocab
-    line_oriented = corpus.lines.line_oriented()
+    line_oriented = corpus.line_stats.line_oriented()
     if line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
         line_oriented = False
-        notice(f"a list of {corpus.lines.lines:,} lines is too large to shuffle in memory; "
+        notice(f"a list of {corpus.line_stats.count:,} lines is too large to shuffle in memory; "
                f"training on it as running text, in file order")
     # A large corpus is a cache file: the parts needed are read from it, not touched through its
     # memory map, which would pin megabytes of read-ahead per touch (see FileStreams).

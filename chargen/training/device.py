@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import ModelConfig
+from ..model import CharRNN
 from ..errors import UsageError
 
 
@@ -87,8 +88,6 @@ def _unsupported(name: str, device: torch.device) -> Optional[str]:
 
 def precision_problem(device: torch.device, precision: str, cell: str) -> Optional[str]:
     """One tiny forward and backward step of the recurrent cell under the autocast; why it failed, if it did."""
-    from ..model import CharRNN
-
     try:
         probe = CharRNN(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=8, embed=4)).to(device)
         x = torch.zeros(2, 3, dtype=torch.long, device=device)

@@ -192,12 +192,12 @@ class LineStats:
     """Counts to decide line-orientation without holding the text: lines, and the
     histogram of non-empty line lengths (the last bucket is "LONG_LINE or longer")."""
 
-    lines: int = 0
+    count: int = 0  # lines
     nonempty: int = 0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(LONG_LINE + 1, dtype=np.int64))
 
     def add_lengths(self, lengths: np.ndarray) -> None:
-        self.lines += len(lengths)
+        self.count += len(lengths)
         filled = lengths[lengths > 0]
         self.nonempty += len(filled)
         self.hist += np.bincount(np.minimum(filled, LONG_LINE), minlength=LONG_LINE + 1)
@@ -216,12 +216,12 @@ class LineStats:
         """A corpus of short, non-empty lines (names, band names, titles), not prose or code:
         at least 20 lines, 95% of them non-empty (prose and code have blank lines between
         paragraphs and blocks), median length <= 32 and 95th percentile <= 64."""
-        if self.lines < 20 or self.nonempty / self.lines < 0.95:
+        if self.count < 20 or self.nonempty / self.count < 0.95:
             return False
         return self._percentile(50) <= 32 and self._percentile(95) <= 64
 
     def to_dict(self) -> dict:
-        return {"lines": self.lines, "nonempty": self.nonempty, "hist": self.hist.tolist()}
+        return {"lines": self.count, "nonempty": self.nonempty, "hist": self.hist.tolist()}  # the cache's key: "lines"
 
     @classmethod
     def from_dict(cls, d: dict) -> "LineStats":
@@ -269,7 +269,7 @@ class EncodedCorpus:
     name: str  # for the default run directory
     sources: list[str]
     digest: str  # SHA-256 of the text (first 16 hex digits): a resumed run checks it
-    lines: LineStats
+    line_stats: LineStats
     cache_file: Optional[Path] = None
     reused: bool = False
 
@@ -296,7 +296,7 @@ class EncodedCorpus:
     def from_text(cls, text: str, name: str = "corpus", sources: Optional[list[str]] = None) -> "EncodedCorpus":
         vocab = Vocab.from_text(text)
         return cls(ids=vocab.encode(text), vocab=vocab, name=name, sources=sources or [name],
-                   digest=text_digest(text), lines=line_stats(text))
+                   digest=text_digest(text), line_stats=line_stats(text))
 
 
 def text_digest(text: str) -> str:
@@ -419,7 +419,7 @@ def _load_entry(meta_path: Path, ids_path: Path, paths: list[str], sources: list
             return None
         ids = np.memmap(ids_path, dtype=vocab.dtype, mode="r", shape=(n,))
         return EncodedCorpus(ids=ids, vocab=vocab, name=corpus_name(paths), sources=sources, digest=meta["digest"],
-                             lines=LineStats.from_dict(meta["lines"]), cache_file=ids_path, reused=True)
+                             line_stats=LineStats.from_dict(meta["lines"]), cache_file=ids_path, reused=True)
     except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return None  # absent, half-written or from another version: build it again
 
@@ -482,7 +482,7 @@ def _build_entry(paths, read_paths, sources, meta_path: Path, ids_path: Path, ch
     _prune(ids_path.parent, keep=ids_path.stem)
     ids = np.memmap(ids_path, dtype=vocab.dtype, mode="r", shape=(n_chars,)) if n_chars else np.zeros(0, vocab.dtype)
     return EncodedCorpus(ids=ids, vocab=vocab, name=corpus_name(paths), sources=sources, digest=meta["digest"],
-                         lines=lines.stats, cache_file=ids_path)
+                         line_stats=lines.stats, cache_file=ids_path)
 
 
 def _prune(cache: Path, keep: str) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, TrainConfig
+from ..model import CharRNN, detach_state
 from .device import resolve_precision
+from .loop import loss_and_gradients, make_optimizer
 
 WARMUP_STEPS = 1  # the first step builds oneDNN/cuDNN primitives: not timed
 MIN_TIMED_STEPS = 2
@@ -27,9 +29,6 @@ def measure_rate(options: dict[str, Any], vocab_size: int, batch_size: int, seq_
     the wall time the measurement took. Times at least MIN_TIMED_STEPS steps and
     MIN_TIMED_SECONDS, and stops early when `seconds` run out (the rate then rests on fewer steps,
     or on the warm-up step alone, which overstates the cost)."""
-    from ..model import CharRNN, detach_state
-    from .loop import loss_and_gradients, make_optimizer
-
     t0 = time.perf_counter()
     config = ModelConfig(vocab_size=vocab_size, **options)
     devices = range(torch.cuda.device_count()) if device.type == "cuda" else []

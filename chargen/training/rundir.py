@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -103,11 +103,10 @@ class RunState:
                    hidden=hidden, rng_cpu=t["rng.cpu"], rng_cuda=t.get("rng.cuda"))
 
 
-_SCALAR_TYPES: dict[str, Any] = {
-    "step": int, "epoch": int, "window": int, "chars_seen": int, "elapsed": (int, float),
-    "best_val_loss": (int, float), "last_val_loss": (int, float), "lr_scale": (int, float),
-    "param_groups": list, "corpus_digest": str, "world_size": int,
-}
+# The fields saved as the resume metadata (JSON), with the JSON types each accepts: RunState's
+# fields of these annotations; the others (arrays) are saved as tensors.
+_JSON_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "list[dict[str, Any]]": list}
+_SCALAR_TYPES: dict[str, Any] = {f.name: _JSON_TYPES[str(f.type)] for f in fields(RunState) if str(f.type) in _JSON_TYPES}
 
 
 def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:

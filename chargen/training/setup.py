@@ -33,13 +33,13 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
               **options: Any) -> Path:
     """chargen.train: see its docstring there."""
     model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
-    train_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    loop_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
     if model_options:  # check before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
     base = _base_model(start_from, resume, model_options)
     if precision not in PRECISIONS:
         raise UsageError(f"`precision` must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    config = TrainConfig.from_dict(train_options)
+    config = TrainConfig.from_dict(loop_options)
     paths = list(corpus_paths)
     out_dir = Path(out) if out is not None else None
     if resume is not None:
@@ -49,7 +49,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
                              + ", ".join(f"`{k}`" for k in model_options))
         # A resumed run keeps its settings; options given now override them, and the training
         # loop refuses those that would change the data layout (batch size, window, split, seed).
-        config = TrainConfig.from_dict({**ckpt.train_config, **train_options})
+        config = TrainConfig.from_dict({**ckpt.train_config, **loop_options})
         out_dir = out_dir or ckpt.path.parent
         if not paths:
             sources = ckpt.info.get("sources") or []
@@ -69,10 +69,10 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             base = _default_base(corpus, model_options, callbacks, dist)
         if base is not None:
             corpus = corpus.recoded(base.vocab.union(corpus.vocab))
-            config, model_options = _finetune_options(base, corpus, config, model_options, train_options, dist,
+            config, model_options = _finetune_options(base, corpus, config, model_options, loop_options, dist,
                                                       callbacks)
         elif resume is None:
-            config, model_options, sizing = _auto_size(corpus, config, model_options, train_options, precision, dist,
+            config, model_options, sizing = _auto_size(corpus, config, model_options, loop_options, precision, dist,
                                                        callbacks)
         else:
             corpus = _in_run_vocab(corpus, ckpt)
@@ -105,9 +105,9 @@ def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
     """A small list of names starts from the bundled model unless a shape or --from is given:
     adapting it beats training from scratch there (docs/benchmarks.md, issue 15)."""
 
-    if any(k in model_options for k in ARCHITECTURE) or not corpus.lines.line_oriented():
+    if any(k in model_options for k in ARCHITECTURE) or not corpus.line_stats.line_oriented():
         return None
-    if corpus.lines.lines > DEFAULT_FROM_MAX_LINES:
+    if corpus.line_stats.count > DEFAULT_FROM_MAX_LINES:
         return None
     try:
         base = read_checkpoint(bundled_checkpoint(DEFAULT_FROM), prefer=BEST)
@@ -115,7 +115,7 @@ def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
         return None  # an install without the bundled model trains from scratch
     notice = _notice(callbacks, dist)
     if notice is not None:
-        notice(f"a list of {corpus.lines.lines:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
+        notice(f"a list of {corpus.line_stats.count:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
                f"beats training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains "
                f"from scratch")
     return base
@@ -129,11 +129,11 @@ def _in_run_vocab(corpus, ckpt):
     return corpus
 
 
-def _finetune_options(base, corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], dist,
+def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_options: dict[str, Any], dist,
                       callbacks):
     """The base model's shape, and training options suited to adapting it for those left unset."""
 
-    auto = finetune_defaults(corpus.n_chars, set(model_options) | set(train_options))
+    auto = finetune_defaults(corpus.n_chars, set(model_options) | set(loop_options))
     shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
     notice = _notice(callbacks, dist)
     if notice is not None:
@@ -142,7 +142,7 @@ def _finetune_options(base, corpus, config, model_options: dict[str, Any], train
         notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
                + (f" + {new} new characters" if new else "")
                + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
-    return TrainConfig.from_dict({**train_options, **auto.train}), {**shape, **auto.model, **model_options}
+    return TrainConfig.from_dict({**loop_options, **auto.train}), {**shape, **auto.model, **model_options}
 
 
 def _notice(callbacks, dist):
@@ -163,7 +163,7 @@ def _ingest(paths: list[str], dist, callbacks):
     return corpus if corpus is not None else ingest(paths)
 
 
-def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dict[str, Any], precision: str, dist,
+def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict[str, Any], precision: str, dist,
                callbacks):
     """Fill what the user left unset of the sizes from the corpus, the budget and the measured
     speed of this device (chargen.sizing, chargen.probe), and say so. Returns the training
@@ -171,7 +171,7 @@ def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dic
 
     device = dist.device if dist is not None else resolve_device(config.device)
     world = dist.world if dist is not None else 1
-    given = {**train_options, **model_options}
+    given = {**loop_options, **model_options}
 
     def measure(options, batch_size, seq_len, seconds):
         # Under torchrun each process trains its share of the batch; the slowest one sets the pace,
@@ -200,4 +200,4 @@ def _auto_size(corpus, config, model_options: dict[str, Any], train_options: dic
             notice(f"measured chars/s on {device.type}: {rates}, in {auto.probe_seconds:.1f} s{share}")
         notice(f"auto: {auto.describe()} ({auto.why}; {corpus.n_chars:,} characters); set these flags to choose "
                f"yourself")
-    return TrainConfig.from_dict({**train_options, **auto.train}), {**auto.model, **model_options}, auto.record()
+    return TrainConfig.from_dict({**loop_options, **auto.train}), {**auto.model, **model_options}, auto.record()

@@ -60,7 +60,7 @@ class AutoSizes:
                 "probe_seconds": round(self.probe_seconds, 3)}
 
 
-def train_options(n_chars: int, accelerator: bool) -> dict[str, Any]:
+def batch_defaults(n_chars: int, accelerator: bool) -> dict[str, Any]:
     """Batch, window and learning rate by corpus kind and device. On a CPU a budget of minutes is
     short of updates, not of characters, so windows are short (equal-time measurements of the
     window and batch: docs/benchmarks.md, "Automatic sizes"). A GPU runs wider steps in about the
@@ -97,7 +97,7 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
     steps or `epochs`, on a GPU (`accelerator`) or a CPU. `given` holds the options the user set (model and
     training); they are kept, and the chosen ones leave them out. `measure` times a shape on the
     device (needed only for a time budget; without it the smallest shape is taken)."""
-    train = {k: v for k, v in train_options(n_chars, accelerator).items() if k not in given}
+    train = {k: v for k, v in batch_defaults(n_chars, accelerator).items() if k not in given}
     batch, seq_len = given.get("batch_size", train.get("batch_size")), given.get("seq_len", train.get("seq_len"))
     train_chars = max(1, int(n_chars * (1 - given.get("val_fraction", val_fraction))))
     model_given = {k: v for k, v in given.items() if k in MODEL_KEYS and k != "dropout"}  # the shape's keys
