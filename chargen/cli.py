@@ -223,14 +223,14 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
 
 
 def _print_curve(run_dir: Path) -> None:
-    from .training.plot import loss_series, read_metrics, terminal_chart
+    from .training.plot import LOSS_SVG, loss_series, read_metrics, terminal_chart
 
     try:
         records = read_metrics(run_dir)
     except ChargenError:
         return
     if len(records) >= 2:
-        sys.stderr.write(terminal_chart(loss_series(records)) + f"\n        curve: {Path(run_dir) / 'loss.svg'}\n")
+        sys.stderr.write(terminal_chart(loss_series(records)) + f"\n        curve: {Path(run_dir) / LOSS_SVG}\n")
 
 
 def _summary_table(r):  # a chargen.callbacks.EndReport

@@ -234,7 +234,7 @@ class ModelConfig(_Config):
     _what = "model config"
 
     vocab_size: int  # the corpus's, not an option
-    cell: str = option("lstm", "Recurrent cell: lstm, gru or rnn.", **_one_of(tuple(CELLS)))
+    cell: str = option("lstm", f"Recurrent cell: {', '.join(CELLS)}.", **_one_of(tuple(CELLS)))
     layers: int = option(2, "Stacked recurrent layers.", default_help=AUTO, **POSITIVE)
     hidden: int = option(256, "Hidden units per layer.", default_help=AUTO, **POSITIVE)
     embed: int = option(64, "Character embedding size.", default_help=AUTO, **POSITIVE)
@@ -320,7 +320,7 @@ class TrainConfig(_Config):
     val_fraction: float = option(0.1, "Fraction of the text, from its end, held out for validation.",
                                  check=lambda v: 0.0 < v < 1.0, rule="must be between 0 and 1")
     seed: int = option(1337, "Random seed.")
-    device: str = option("auto", "auto, cpu, cuda or mps.", **_one_of(DEVICES))
+    device: str = option("auto", f"Device: {', '.join(DEVICES)}.", **_one_of(DEVICES))
 
     @property
     def time_budget(self) -> Optional[float]:
@@ -340,7 +340,8 @@ class RunConfig(_Config):
     corpus: list[str] = option(help="UTF-8 text files, or - for stdin.", factory=list)
     out: Optional[str] = option(None, "Run directory.", flags=("--out", "-o"), default_help="checkpoints/<corpus name>")
     val_file: Optional[str] = option(None, "Validate on this file instead of the corpus's tail.")
-    precision: str = option("auto", "auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has bf16 matrix units).",
+    precision: str = option("auto", f"Precision: {', '.join(PRECISIONS)} (auto: bf16 where the hardware has bf16 matrix "
+                                    "units).",
                             **_one_of(PRECISIONS))
     resume: Optional[str] = option(None, "Continue the run in this directory (or from this last.safetensors).")
     start_from: Optional[str] = option(

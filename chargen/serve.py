@@ -221,7 +221,7 @@ class Server:
         self.config = config
         self.streams = 0
         self.started = time.time()
-        self.page = _asset("playground.html")
+        self.page = playground_page()
         self.assets = {"/playground.js": (_asset("playground.js"), "text/javascript; charset=utf-8"),
                        "/playground.css": (_asset("playground.css"), "text/css; charset=utf-8"),
                        "/favicon.svg": (_asset("favicon.svg"), "image/svg+xml")}
@@ -400,6 +400,14 @@ def _json_headers() -> dict[str, str]:
 
 def _event(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def playground_page() -> bytes:
+    """The playground, its controls starting at the sampling options' declared defaults."""
+    default = declared(SampleConfig)["temperature"].default
+    page = _asset("playground.html").decode("utf-8")
+    page = page.replace("{{temperature_shown}}", f"{default:.2f}").replace("{{temperature}}", f"{default:g}")
+    return page.encode("utf-8")
 
 
 def _asset(name: str) -> bytes:

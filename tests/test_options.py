@@ -61,6 +61,16 @@ def test_the_server_takes_the_declared_fields():
         assert set(fields) == set(request_fields(request))
         assert "n" in fields and "prompt" in fields and "num" not in fields
     assert "temperature" not in serve.TOP_FIELDS and "regex" not in serve.STREAM_FIELDS
+    assert serve.SAMPLE_FIELDS["contains"] == "str | list[str]"  # one text, or several
+
+
+def test_the_playground_starts_at_the_declared_defaults():
+    from chargen.serve import playground_page
+
+    page = playground_page().decode()
+    default = declared(SampleConfig)["temperature"].default
+    assert f'id="temperature" name="temperature" type="range" min="0" max="2" step="0.05" value="{default:g}"' in page
+    assert f">{default:.2f}</output>" in page and "{{" not in page
 
 
 def test_the_batching_key_is_the_options_declared_as_settings():

@@ -94,3 +94,14 @@ def test_readers_see_whole_checkpoints_while_training_writes(tmp_path):
         proc.kill()
         proc.wait(timeout=30)
     assert (out / LOCK).exists()  # the lock file stays; its lock does not
+
+
+def test_a_restarted_run_removes_every_temp_file_a_killed_writer_left(tmp_path):
+    """A kill mid-write leaves `.<name>.<random>.tmp`; the next writer of the directory removes
+    those of every file a run writes (the kill test once found a stale loss.svg temp file)."""
+    stale = [".best.safetensors.a1.tmp", ".last.safetensors.b2.tmp", ".metrics.jsonl.c3.tmp",
+             ".config.json.d4.tmp", ".loss.svg.e5.tmp"]
+    for name in stale + [".notes.txt.f6.tmp", "keep.txt"]:
+        (tmp_path / name).write_text("x")
+    RunDir(tmp_path).prepare()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.f6.tmp", "keep.txt"]

@@ -107,7 +107,7 @@ def test_resume_refuses_a_different_layout_or_corpus(tmp_path):
     corpus = _corpus(tmp_path, make_names(200))
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=5, eval_every=5, warmup=1)
     train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
-    with pytest.raises(UsageError, match="batch-size"):
+    with pytest.raises(UsageError, match="batch_size 4 differs"):
         train(corpus, TrainConfig(**{**config.to_dict(), "batch_size": 4, "max_steps": 10}), None,
               out_dir=tmp_path / "run", resume=tmp_path / "run")
     other = _corpus(tmp_path, make_names(200, seed=5), "other.txt")

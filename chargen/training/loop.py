@@ -425,7 +425,7 @@ class Trainer:
     def preview(self, start: list[np.ndarray]) -> str:
         """A short sample to show progress: five lines, or 200 characters of prose."""
         lines = self.data.line_oriented
-        cfg = SampleConfig(num=5 if lines else 1, length=60 if lines else 200, temperature=0.8)
+        cfg = SampleConfig(num=5 if lines else 1, length=60 if lines else 200)
         try:
             samples = generate(TorchStepper(self.model), self.data.vocab, "", cfg, lines=lines,
                                key=derive_key(self.run.step, 7), start_state=start)

@@ -31,7 +31,7 @@ import numpy as np
 from ..checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
 from ..errors import CheckpointError, RunInUse, UsageError
 from ..files import atomic_write
-from .plot import write_loss_curve
+from .plot import LOSS_SVG, write_loss_curve
 
 LOCK = ".lock"
 # Settings a resumed run must share with the run it continues (the rest may change).
@@ -193,8 +193,9 @@ class RunDir:
         other process is writing here)."""
         if not self.main:
             return
-        for stale in [*self.path.glob(".*.safetensors.*.tmp"), *self.path.glob(f".{METRICS}.*.tmp")]:
-            stale.unlink(missing_ok=True)
+        for name in ("*.safetensors", METRICS, CONFIG, LOSS_SVG):  # every file a run writes (atomically)
+            for stale in self.path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def save(self, name: str, **checkpoint: Any) -> None:
         """save_checkpoint into this directory (see checkpoint.save_checkpoint for the keywords)."""
