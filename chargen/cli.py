@@ -369,9 +369,9 @@ def sample(
     prompts = _read_prompts() if prompt == "-" else [prompt]
     out = _Output()
     stats = SampleStats()
-    streaming = False
+    streaming = constrained = False
     if top is not None:
-        samples, constrained = model.top(top, prompts, **options), True
+        samples = model.top(top, prompts, **options)
     else:
         constrained = bool(SampleConfig.of(**options).given("constraint"))
         streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
@@ -379,9 +379,9 @@ def sample(
                                 on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None, **options)
         if streaming:
             out.write(prompts[0], flush=True)
-    _print_samples(out, samples, output_format, jsonl_constrained=constrained and top is None,
-                   lines=line_mode or top is not None, streaming=streaming)
-    if constrained and top is None and not options.get("guided") and stats.rejected_by_constraints:
+    _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
+                   streaming=streaming)
+    if constrained and not options.get("guided") and stats.rejected_by_constraints:
         console().print(f"note: {stats.satisfied:,} of {stats.draws:,} draws ({stats.satisfied_share:.1%}) met the "
                         f"constraints; exact sampling drops the rest (--guided drops none, but is biased)",
                         highlight=False, markup=False, soft_wrap=True)

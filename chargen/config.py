@@ -130,12 +130,8 @@ class Declared:
     def takes(self, request: str) -> bool:
         return request in self.opt.requests
 
-    def check(self, value: Any) -> None:
-        """A ConfigError unless the value has the option's type, a UsageError unless it is in bounds."""
-        check_type(self.name, value, self.annotation)
-        self.check_bounds(value)
-
     def check_bounds(self, value: Any) -> None:
+        """A UsageError unless the value is within the option's bounds (its type is checked apart)."""
         if value is not None and self.opt.check is not None and not self.opt.check(value):
             shown = repr(value) if isinstance(value, str) else value
             raise UsageError(f"`{self.name}` {self.opt.rule} (got {shown})")

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""The same `chargen sample` commands on two source trees, alternated in rounds: is a change slower?
+
+    git worktree add /tmp/before <old commit>
+    python benchmarks/before_after.py --before /tmp/before --after . [--rounds 5] [--json bench-out/ab.json]
+
+Each command runs as `python -m chargen ...` with PYTHONPATH set to the tree, so both use this
+Python and its packages; rounds alternate old and new so that the machine's drift hits both. Prints
+the median wall time of each command on each tree and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import host
+
+COMMANDS = {
+    "sample -n 20000": ["sample", "-n", "20000", "--seed", "1"],
+    "sample -n 5000 --max-len 8 --ends-with a": ["sample", "-n", "5000", "--seed", "1", "--max-len", "8",
+                                                 "--ends-with", "a"],
+    "sample --top 100": ["sample", "--top", "100"],
+    "sample -n 10 (start-up)": ["sample", "-n", "10", "--seed", "1"],
+}
+
+
+def timed(tree: Path, args: list[str]) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "chargen", *args], env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--after", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, cmd in COMMANDS.items():
+            for side, tree in (("before", args.before), ("after", args.after)):
+                times.setdefault((name, side), []).append(timed(tree, cmd))
+    rows = []
+    print(json.dumps(host()))
+    print(f"{'command':45s} {'before s':>9s} {'after s':>9s} {'after/before':>13s}")
+    for name in COMMANDS:
+        a, b = statistics.median(times[(name, "before")]), statistics.median(times[(name, "after")])
+        rows.append({"command": name, "before_s": round(a, 4), "after_s": round(b, 4), "ratio": round(b / a, 4)})
+        print(f"{name:45s} {a:9.3f} {b:9.3f} {b / a:13.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"host": host(), "rounds": args.rounds, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
