@@ -125,11 +125,6 @@ def _root(
     """
 
 
-def _default(cls, name: str) -> str:
-    value = cls.__dataclass_fields__[name].default
-    return "" if value is None else f" [default: {value}]"
-
-
 # --- train ------------------------------------------------------------------------------------
 
 

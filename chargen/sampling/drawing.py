@@ -7,6 +7,7 @@ carrying the recurrent state; many samples advance together as rows of one batch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections import deque
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -15,7 +16,7 @@ from ..config import SampleConfig
 from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
-from .engine import Attempts, Results, Stepper, run_jobs
+from .engine import Attempts, Results, RowEngine, Stepper
 
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
 CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
@@ -125,32 +126,44 @@ class Drawing:
         self.stats = stats if stats is not None else SampleStats()
         self.rejecting = self.guide is not None and not self.guide.guided and cfg.temperature > 0
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
-        self.produced, self.attempt = 0, 0
+        self.produced = 0  # samples kept
+        self.attempt = 0  # attempts whose results were taken (the next one to take)
+        self.issued = 0  # attempts handed out by next_attempts (the next one to hand out)
 
     @property
     def done(self) -> bool:
         return self.produced >= self.cfg.num
 
-    def next_attempts(self, limit: int = MAX_BATCH) -> Attempts:
-        """The next attempts to run, at most `limit` of them; a SamplingError once the budget is spent."""
+    def wanted(self) -> int:
+        """How many more attempts are worth starting now, besides those running: the samples still
+        needed, over the rate at which attempts have been kept so far when redraws are likely
+        (unique, novel, exclude, exact constraints), and never past the budget."""
         cfg = self.cfg
-        if self.attempt >= self.budget:
-            raise SamplingError(_shortfall(cfg, self.produced, self.attempt, self.rejecting))
         need = cfg.num - self.produced
         # Redraws are likely with --unique/--novel/--exclude and constraints: overdraw by the
         # rate seen so far, so one batch usually suffices (extra draws are wasted work only).
         if cfg.unique or cfg.novel or self.exclude or self.rejecting:
             rate = self.produced / self.attempt if self.attempt else (0.5 if self.rejecting else 0.8)
-            want = int(need / max(rate, 0.02) * 1.1) + 8
+            target = int(need / max(rate, 0.02) * 1.1) + 8
         else:
-            want = need
-        b = max(1, min(want, limit, self.budget - self.attempt))
+            target = need
+        return min(target - (self.issued - self.attempt), self.budget - self.issued)
+
+    def next_attempts(self, limit: int = MAX_BATCH) -> Attempts:
+        """The next attempts to run (at least one, at most `limit`); a SamplingError once the
+        budget is spent."""
+        cfg = self.cfg
+        if self.issued >= self.budget:
+            raise SamplingError(_shortfall(cfg, self.produced, self.attempt, self.rejecting))
+        b = max(1, min(self.wanted(), limit))
         stream = self.on_char if (b == 1 and cfg.num == 1 and not self.line_mode) else None
-        return Attempts(self.prompt_logits, self.prompt_state, np.arange(self.attempt, self.attempt + b, dtype=np.int64),
-                    self.key, cfg, self.newline, self.steps, self.guide, stream)
+        start, self.issued = self.issued, self.issued + b
+        return Attempts(self.prompt_logits, self.prompt_state, np.arange(start, start + b, dtype=np.int64),
+                        self.key, cfg, self.newline, self.steps, self.guide, stream)
 
     def take(self, results: Results) -> list[Sample]:
-        """Keep what the last `next_attempts` produced, in attempt order, up to cfg.num."""
+        """Keep what the oldest attempts not taken yet produced (the results of one next_attempts,
+        taken in the order they were handed out), up to cfg.num."""
         cfg, stats, kept = self.cfg, self.stats, []
         for generated, logprob, n_scored, k in zip(results.texts, results.logp.tolist(),
                                                    results.scored.tolist(), results.kept.tolist()):
@@ -178,10 +191,31 @@ class Drawing:
 
 
 def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size: int = MAX_BATCH) -> Iterator[Sample]:
-    """The samples of each drawing in turn, its attempts run `batch_size` at a time."""
+    """The samples of each drawing in turn, `batch_size` attempts running at once: as rows end,
+    the next attempts start in their place, so the batch stays full until the end."""
+    engine = RowEngine(stepper, vocab)
     for drawing in drawings:
-        while not drawing.done:
-            yield from drawing.take(run_jobs(stepper, vocab, [drawing.next_attempts(batch_size)])[0])
+        yield from _run_full(engine, drawing, batch_size)
+
+
+REFILL = 8  # the batch is topped up once 1/REFILL of it is free (each join copies the batch's buffers)
+
+
+def _run_full(engine: RowEngine, drawing: Drawing, width: int) -> Iterator[Sample]:
+    """One drawing's samples, its attempts keeping the engine `width` rows full. Results are taken
+    in attempt order (a job that ends early waits for the ones before it), so what is kept is
+    what a batch of any width keeps; attempts still running when enough are kept are dropped."""
+    running: deque[int] = deque()  # this drawing's jobs, in attempt order
+    finished: dict[int, Results] = {}
+    while not drawing.done:
+        room = width - engine.size
+        if not running or (room >= max(1, width // REFILL) and drawing.wanted() > 0):
+            running.append(engine.add(drawing.next_attempts(room)))  # with none running, past the budget: raises
+        finished.update(engine.step())
+        while running and running[0] in finished and not drawing.done:
+            yield from drawing.take(finished.pop(running.popleft()))
+    for job in running:
+        engine.cancel(job)
 
 
 def generate(

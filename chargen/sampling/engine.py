@@ -183,6 +183,16 @@ class RowEngine:
             self.streaming.append(job)
         return job
 
+    def cancel(self, job: int) -> None:
+        """Drop a job and its rows (its caller needs no more of its results)."""
+        if job in self.pending:
+            self.pending.remove(job)
+        elif job in self.jobs:
+            self._keep(np.flatnonzero(self.rows.job != job))
+        if job in self.streaming:
+            self.streaming.remove(job)
+        self.jobs.pop(job, None)
+
     def step(self) -> list[tuple[int, Results]]:
         """One character for every row; the jobs that finished, with what their rows produced."""
         self._join()
