@@ -266,13 +266,13 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
     `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
     (batch_size, seq_len, lr, max_steps, epochs, time in seconds, patience, device, ...); an
     unknown one is a ConfigError. What is left unset of the model and batch sizes is chosen from
-    the corpus size, the budget and this device's measured speed (chargen.sizing), and recorded
+    the corpus size, the budget and this device's measured speed (chargen.training.sizing), and recorded
     in config.json. `resume` continues the run in a run
     directory (or from its last.safetensors) exactly; its corpus and validation file are read
-    again from the paths it recorded unless given. `callbacks` is a chargen.callbacks.TrainCallbacks.
+    again from the paths it recorded unless given. `callbacks` is a chargen.training.callbacks.TrainCallbacks.
     A run stopped by Ctrl-C or SIGTERM raises TrainingInterrupted after saving. `start_from`
     (a checkpoint, run directory, or "names" for the bundled model; "none" or None: from
-    scratch) adapts that model to the corpus (chargen.finetune): its shape is kept, its
+    scratch) adapts that model to the corpus (chargen.training.finetune): its shape is kept, its
     vocabulary grows, and the training options left unset get values suited to adapting.
 
         >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)

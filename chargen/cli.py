@@ -162,7 +162,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         if not self.quiet:
             self.progress.console.print(f"[yellow]note:[/] {message}", markup=True, highlight=False)
 
-    def on_start(self, r) -> None:  # a chargen.callbacks.StartReport
+    def on_start(self, r) -> None:  # a chargen.training.callbacks.StartReport
         if self.quiet:
             return
         m = r.model
@@ -187,14 +187,14 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         )
         self.task = self.progress.add_task("train", total=1000, status="starting")
 
-    def on_step(self, r) -> None:  # a chargen.callbacks.StepReport
+    def on_step(self, r) -> None:  # a chargen.training.callbacks.StepReport
         if self.task is None:
             return
         val = f" val {r.val_loss:.3f}" if math.isfinite(r.val_loss) else ""
         status = f"step {r.step:,} loss {r.loss:.3f}{val} | {r.chars_per_sec:,.0f} chars/s"
         self.progress.update(self.task, completed=min(1000, int(r.progress * 1000)), status=status)
 
-    def on_eval(self, r) -> None:  # a chargen.callbacks.EvalReport
+    def on_eval(self, r) -> None:  # a chargen.training.callbacks.EvalReport
         if self.quiet:
             return
         mark = " *" if r.improved else ""
@@ -211,7 +211,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
     def should_stop(self, step: int) -> bool:
         return False  # Ctrl-C and SIGTERM are caught by the loop itself
 
-    def on_end(self, r) -> None:  # a chargen.callbacks.EndReport
+    def on_end(self, r) -> None:  # a chargen.training.callbacks.EndReport
         if self.task is not None and not r.interrupted:
             self.progress.update(self.task, completed=1000)
         self.summary = r
@@ -228,7 +228,7 @@ def _print_curve(run_dir: Path) -> None:
         sys.stderr.write(terminal_chart(loss_series(records)) + f"\n        curve: {Path(run_dir) / LOSS_SVG}\n")
 
 
-def _summary_table(r):  # a chargen.callbacks.EndReport
+def _summary_table(r):  # a chargen.training.callbacks.EndReport
     from rich.table import Table
 
     t = Table(title="chargen train", show_header=False, title_justify="left")

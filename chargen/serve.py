@@ -12,7 +12,7 @@ The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a
     POST /v1/eval      {"model", "text"} -> {"loss", "bpc", "perplexity", "chars", "skipped"}
     POST /v1/stream    one prose sample (or a line model's samples) as Server-Sent Events
 
-Sampling requests that arrive together are drawn together as one batch (chargen.batching), in a
+Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), in a
 worker thread per model, so the event loop never waits on the network; a request gets the
 samples `chargen sample` prints for the same seed. Clients name models by name only: nothing a
 client sends is ever used as a path. This module imports the ASGI stack (the `serve` extra);

@@ -120,3 +120,21 @@ def test_the_readme_names_only_flags_chargen_has():
             used |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", code.split("torchrun")[0]))
     used -= {"--index-url", "--nproc"}  # pip's and torchrun's
     assert used and used <= known, sorted(used - known)
+
+
+def test_the_python_names_the_readme_documents_exist():
+    import importlib
+
+    text = (ROOT / "README.md").read_text()
+    names = set(re.findall(r"`(chargen(?:\.[A-Za-z_]+)+)", text))
+    assert {"chargen.sampling.SampleStats", "chargen.training.callbacks.TrainCallbacks"} <= names
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)  # AttributeError: the README names something that is not there

@@ -4,7 +4,7 @@
 does its steps, evaluations and checkpoints. Everything else lives where its concern does: data
 layout and windows in data.py, device and precision in device.py, the losses in evaluation.py,
 what is saved and restored in rundir.py, automatic sizes in sizing.py. Nothing here prints:
-everything a user should see goes through a chargen.callbacks.TrainCallbacks.
+everything a user should see goes through a chargen.training.callbacks.TrainCallbacks.
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ def train(
 
     `resume` continues the run whose last checkpoint it names (a file or run directory):
     model, optimizer, hidden state, data position and RNG come back exactly.
-    `dist` (from chargen.distributed.setup, under torchrun) trains this rank's share of the
+    `dist` (from chargen.training.distributed.setup, under torchrun) trains this rank's share of the
     streams with DistributedDataParallel; only rank 0 reports and writes. `base` (a trained
     model's checkpoint) starts a new run from its weights, grown to the corpus's vocabulary
-    (chargen.finetune); the run records it and evaluates it before the first step. `sizing` (a
-    chargen.sizing.AutoSizes record) is kept in config.json and the checkpoints, and the time it
+    (chargen.training.finetune); the run records it and evaluates it before the first step. `sizing` (a
+    chargen.training.sizing.AutoSizes record) is kept in config.json and the checkpoints, and the time it
     took to measure counts against the time budget.
     """
     main = dist is None or dist.is_main
@@ -536,7 +536,7 @@ def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.op
 
 
 def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, text_ids: np.ndarray) -> None:
-    """Start each new character of a grown model at its frequency in `text_ids` (chargen.finetune)."""
+    """Start each new character of a grown model at its frequency in `text_ids` (chargen.training.finetune)."""
     with torch.no_grad():
         logits, _ = model(torch.from_numpy(text_ids[None, :]).to(model.head.weight.device))  # (1, T, V)
         old_lse = torch.logsumexp(logits[0][:, torch.from_numpy(~fresh)].double(), dim=-1).mean().item()

@@ -1,4 +1,4 @@
-"""How fast this device trains a shape: a few real training steps, timed (chargen.sizing decides).
+"""How fast this device trains a shape: a few real training steps, timed (chargen.training.sizing decides).
 
 The steps are the training loop's own (`loss_and_gradients` and AdamW) on random windows of the
 run's batch and window, in the precision the run would use for that shape, so the rate includes

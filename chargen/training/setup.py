@@ -166,7 +166,7 @@ def _ingest(paths: list[str], dist, callbacks):
 def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict[str, Any], precision: str, dist,
                callbacks):
     """Fill what the user left unset of the sizes from the corpus, the budget and the measured
-    speed of this device (chargen.sizing, chargen.probe), and say so. Returns the training
+    speed of this device (chargen.training.sizing, chargen.training.probe), and say so. Returns the training
     config, the model options and the record of the choice (None: nothing was chosen)."""
 
     device = dist.device if dist is not None else resolve_device(config.device)

@@ -12,7 +12,7 @@ The constants come from 5-minute runs on tinyshakespeare and names.txt on three 
 measurements are in docs/benchmarks.md, "Automatic sizes".
 
 How the speed is measured is not this module's business: `auto_sizes` takes a `measure` callable
-(chargen.probe times real training steps; the tests pass fake devices).
+(chargen.training.probe times real training steps; the tests pass fake devices).
 """
 
 from __future__ import annotations
