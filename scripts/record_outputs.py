@@ -15,6 +15,7 @@ they are, byte for byte; only the server's clock fields (uptime) are left out.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -203,8 +204,6 @@ def main() -> None:
         os.environ.pop("CHARGEN_CHECKPOINT", None)
         results = record(Path(tmp))
     # The temporary directory's and the source tree's names appear in some outputs: fixed words.
-    import importlib.util
-
     tree = str(Path(importlib.util.find_spec("chargen").origin).parent.parent)
     text = json.dumps(results, indent=1, sort_keys=True, ensure_ascii=False).replace(tmp, "<tmp>").replace(tree, "<tree>")
     Path(args.out).write_text(text)

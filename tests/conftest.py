@@ -118,3 +118,17 @@ def trained_prose(tmp_path_factory) -> Path:
     config = TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30, warmup=5, lr=1e-2)
     train(read_corpus([str(corpus)]), config, {"layers": 1, "hidden": 32, "embed": 16}, out_dir=d / "run", precision="fp32")
     return d / "run"
+
+
+class CountingStepper:
+    """A stepper that records how many rows each network step runs (`widths`), then steps `inner`."""
+
+    def __init__(self, inner):
+        self.inner, self.widths = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, ids, state):
+        self.widths.append(len(ids))
+        return self.inner.step(ids, state)

@@ -28,7 +28,7 @@ from chargen.sampling import SampleStats, derive_key, generate, log_softmax, pri
 from chargen.sampling.search import most_likely
 from chargen.tokenizer import Vocab
 
-from .conftest import assert_clean_error, run
+from .conftest import CountingStepper, assert_clean_error, run
 
 VOCAB = Vocab(["\n", "a", "b", "c"])
 LIMIT = 6  # characters a sample may have in these tests
@@ -172,29 +172,15 @@ def test_top_is_the_enumerations_best_in_order(stepper, exact_probs):
 
 def test_the_search_expands_batch_prefixes_per_step_and_finds_the_same(stepper):
     """`batch` bounds the prefixes run through the network together; the answer does not depend on it."""
-    widths = []
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def step(self, ids, state):
-            widths.append(len(ids))
-            return self.inner.step(ids, state)
-
     automaton = Automaton(Constraints(**{k: tuple(v) if k == "contains" else v for k, v in CONSTRAINED.items()}),
                           VOCAB).bounded(LIMIT)
     results = {}
     for batch in (1, 4, 64):
-        widths.clear()
-        results[batch] = [(s.text, s.logprob) for s in most_likely(Counting(stepper), VOCAB, "", 15, automaton,
-                                                                    batch=batch)]
-        assert max(widths) <= max(batch, 1), (batch, max(widths))
+        counting = CountingStepper(stepper)
+        results[batch] = [(s.text, s.logprob) for s in most_likely(counting, VOCAB, "", 15, automaton, batch=batch)]
+        assert max(counting.widths) <= batch, (batch, max(counting.widths))
         if batch == 4:
-            assert max(widths) == 4  # it did batch
+            assert max(counting.widths) == 4  # it did batch
     assert results[1] == results[4] == results[64]
 
 

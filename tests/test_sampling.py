@@ -6,6 +6,8 @@ import pytest
 import chargen
 from chargen.errors import SamplingError, UsageError, VocabularyError
 from chargen.config import SampleConfig
+
+from .conftest import CountingStepper
 from chargen.sampling import derive_key, inverse_cdf, run, sampling_probs, uniforms
 
 
@@ -140,22 +142,11 @@ def test_the_batch_stays_full_until_the_end(trained_names):
     different lengths), a batch topped up once 1/8 is free about 0.84 (each step ends about 1/8
     of the rows: names are about 8 characters)."""
     model = chargen.load(trained_names)
-    widths = []
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def step(self, ids, state):
-            widths.append(len(ids))
-            return self.inner.step(ids, state)
-
+    stepper = CountingStepper(model.stepper)
     width, n = 64, 2000
     drawing = next(model.drawings(n, seed=3))
-    samples = list(run(Counting(model.stepper), model.vocab, [drawing], batch_size=width))
+    samples = list(run(stepper, model.vocab, [drawing], batch_size=width))
+    widths = stepper.widths
     assert len(samples) == n
     assert max(widths) <= width
     mean = sum(widths) / len(widths) / width
