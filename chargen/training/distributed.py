@@ -20,6 +20,7 @@ by any rank is agreed on by all at the next step, and the checkpoint is written.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -102,8 +103,12 @@ def teardown(dist: Optional[Dist], clean: bool = True) -> None:
     that tore its gloo connections down while rank 0 was still writing its last checkpoint was
     seen to abort at exit ("terminate called without an active exception", SIGABRT). After a
     failure no rank waits (the others may never arrive) and nothing is torn down: the process is
-    about to exit, and torchrun stops the rest."""
+    about to exit, and torchrun stops the rest. The run's objects go first (gc.collect): a
+    DistributedDataParallel wrapper caught in a reference cycle would otherwise be freed at
+    interpreter exit, after its process group, and abort the same way (seen once more, on a
+    fine-tuned run under load, with the barrier in place)."""
     if dist is None or not torch_dist.is_initialized() or not clean:
         return
+    gc.collect()
     torch_dist.barrier()
     torch_dist.destroy_process_group()
