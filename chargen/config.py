@@ -9,11 +9,13 @@ and the training loop all ask `ModelConfig` rather than knowing them themselves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from .errors import ConfigError, UsageError
 
@@ -137,14 +139,16 @@ class Declared:
             raise UsageError(f"`{self.name}` {self.opt.rule} (got {shown})")
 
 
-def declared(cls: type) -> dict[str, Declared]:
-    """The options a config dataclass declares, by field name, in declaration order."""
+@functools.cache
+def declared(cls: type) -> Mapping[str, Declared]:
+    """The options a config dataclass declares, by field name, in declaration order (read-only:
+    computed once per class; the samplers ask for it at every batch)."""
     out = {}
     for f in dataclasses.fields(cls):
         if "option" in f.metadata:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             out[f.name] = Declared(f.name, str(f.type), default, f.metadata["option"])
-    return out
+    return MappingProxyType(out)
 
 
 _KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"), "str": ((str,), "text"),
