@@ -86,7 +86,7 @@ class Model:
         return run(self.stepper, self.vocab, self.drawings(n, prompt, stats=stats, on_char=on_char, **options))
 
     def drawings(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
-              on_char: Optional[Callable[[str], None]] = None, **options: Any) -> Iterator[Drawing]:
+                 on_char: Optional[Callable[[str], None]] = None, **options: Any) -> Iterator[Drawing]:
         """What `samples` runs: one chargen.sampling.Drawing per prompt, in order, made as they are
         needed. The options are checked here, before the first one: a bad one raises at once. A
         caller that runs several calls' drawings together (`chargen serve`) gets the same samples

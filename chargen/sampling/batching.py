@@ -29,9 +29,9 @@ from typing import Iterator, Optional
 
 from ..config import ServeConfig
 from ..errors import SamplingError
+from ..tokenizer import Vocab
 from .drawing import MAX_BATCH, Drawing, Sample
 from .engine import RowEngine, Stepper
-from ..tokenizer import Vocab
 
 
 

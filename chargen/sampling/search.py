@@ -22,11 +22,11 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .constraints import Automaton
 from ..errors import SamplingError
+from ..tokenizer import Vocab
+from .constraints import Automaton
 from .drawing import Sample, prime
 from .engine import Stepper, log_softmax
-from ..tokenizer import Vocab
 
 MAX_EXPANSIONS = 50_000  # prefixes run through the network at most (memory: one state each)
 SEARCH_BATCH = 64  # prefixes expanded together in one network step

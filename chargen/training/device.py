@@ -8,8 +8,8 @@ from typing import Callable, Optional
 import torch
 
 from ..config import ModelConfig
-from ..model import CharRNN
 from ..errors import UsageError
+from ..model import CharRNN
 
 
 def _mps_available() -> bool:

@@ -27,20 +27,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .._version import __version__
-from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
 from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, SampleConfig, TrainConfig, format_duration
-from .data import Corpus, TrainData, WindowLoader, prepare_training_data
-from .device import autocast, resolve_device, resolve_precision
-from .distributed import Dist
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
 from ..evaluation import line_sums, stream_sums
-from .ingest import EncodedCorpus
 from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
                      state_tensors, weights_of)
 from ..sampling.drawing import generate
 from ..sampling.randomness import derive_key
+from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
+from .data import Corpus, TrainData, WindowLoader, prepare_training_data
+from .device import autocast, resolve_device, resolve_precision
+from .distributed import Dist
 from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights
+from .ingest import EncodedCorpus
 from .rundir import RunDir, RunState, check_resumable
 from .scorer import TorchScorer
 
