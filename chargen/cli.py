@@ -508,25 +508,52 @@ def eval_command(
 
 @app.command()
 def export(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or run directory (its best).", show_default=False)],
-    tokenizer: Annotated[Path, typer.Option("--tokenizer", help="Write the vocabulary here as a Hugging Face tokenizer.json.")],
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, run directory (its best), or a bundled model: names, base.", show_default=False)],
+    js: Annotated[Optional[Path], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+).", show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network).", show_default=False)] = None,
+    weights: Annotated[str, typer.Option("--weights", help="Weights in --js/--html: i8 (a scale per row), f16, f32, or auto: i8 when it is lossless or moves the loss on the model's lines by under 0.005 nats, else f16.")] = "auto",
+    to_checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Write the checkpoint with the exported weights (chargen sample on it draws what the page draws).", show_default=False)] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Write the vocabulary as a Hugging Face tokenizer.json.", show_default=False)] = None,
 ) -> None:
-    """Export a checkpoint's vocabulary as a Hugging Face tokenizer.json.
+    """Export a model: a JavaScript module, a web page, a checkpoint, a tokenizer.json.
 
-    `tokenizers.Tokenizer.from_file` loads it, and it encodes text to the ids chargen uses.
+    The module and the page give, for a seed, the samples chargen sample prints; --weights says
+    when exactly.
 
-    Example: chargen export checkpoints/shakespeare --tokenizer tokenizer.json
+    Examples: chargen export names --html names.html;
+    chargen export checkpoints/shakespeare --js model.mjs --tokenizer tokenizer.json
     """
     from .checkpoint import BEST, checkpoint_path, read_checkpoint
     from .files import atomic_write
 
+    targets = {"--js": js, "--html": html, "--checkpoint": to_checkpoint, "--tokenizer": tokenizer}
+    if not any(targets.values()):
+        raise UsageError("name what to write: --js FILE, --html FILE, --checkpoint FILE or --tokenizer FILE")
+    for flag, path in targets.items():
+        if path is not None and path.is_dir():
+            raise UsageError(f"{flag} {path} is a directory; name a file in it")
+        if path is not None and not path.parent.exists():
+            raise UsageError(f"{flag}: the directory {path.parent} does not exist")
     ckpt = read_checkpoint(checkpoint_path(checkpoint), prefer=BEST)
-    if tokenizer.is_dir():
-        raise UsageError(f"--tokenizer {tokenizer} is a directory; name a file such as {tokenizer / 'tokenizer.json'}")
-    if not tokenizer.parent.exists():
-        raise UsageError(f"--tokenizer: the directory {tokenizer.parent} does not exist")
-    atomic_write(tokenizer, ckpt.vocab.to_json().encode("utf-8"))
-    console().print(f"wrote {tokenizer} ({len(ckpt.vocab)} characters)", highlight=False, markup=False)
+    say = lambda text: console().print(text, highlight=False, markup=False)  # noqa: E731
+    if tokenizer is not None:
+        atomic_write(tokenizer, ckpt.vocab.to_json().encode("utf-8"))
+        say(f"wrote {tokenizer} ({len(ckpt.vocab)} characters)")
+    if js is None and html is None and to_checkpoint is None:
+        return
+    from . import webexport
+
+    encoding = webexport.choose_encoding(ckpt, weights)
+    say(encoding.describe())
+    if js is not None:
+        atomic_write(js, webexport.module_text(ckpt, encoding).encode("utf-8"))
+        say(f"wrote {js} ({js.stat().st_size / 1024:,.0f} KB): import {{ sample }} from \"./{js.name}\"; sample({{ n: 10 }})")
+    if html is not None:
+        atomic_write(html, webexport.page_text(ckpt, encoding).encode("utf-8"))
+        say(f"wrote {html} ({html.stat().st_size / 1024:,.0f} KB): open it in a browser, no server needed")
+    if to_checkpoint is not None:
+        webexport.exported_checkpoint(ckpt, encoding, to_checkpoint)
+        say(f"wrote {to_checkpoint} ({encoding.enc} weights as a checkpoint)")
 
 
 # --- info -------------------------------------------------------------------------------------

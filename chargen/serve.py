@@ -223,6 +223,7 @@ class Server:
         self.started = time.time()
         self.page = playground_page()
         self.assets = {"/playground.js": (_asset("playground.js"), "text/javascript; charset=utf-8"),
+                       "/ui.js": (_asset("ui.js"), "text/javascript; charset=utf-8"),
                        "/playground.css": (_asset("playground.css"), "text/css; charset=utf-8"),
                        "/favicon.svg": (_asset("favicon.svg"), "image/svg+xml")}
 
@@ -440,6 +441,7 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
     routes = [
         Route("/", server.index, methods=["GET"]),
         Route("/playground.js", server.asset, methods=["GET"]),
+        Route("/ui.js", server.asset, methods=["GET"]),
         Route("/playground.css", server.asset, methods=["GET"]),
         Route("/favicon.svg", server.asset, methods=["GET"]),
         Route("/v1/health", server.health, methods=["GET"]),

@@ -1,7 +1,6 @@
 // The chargen playground: plain JavaScript over the server's own /v1/ API (no CDN, no build).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = { models: [], model: null, busy: false, rows: [] };
 
 function token() { return sessionStorage.getItem("chargen-token") || ""; }
@@ -22,11 +21,6 @@ async function api(path, body) {
     throw new Error(message);
   }
   return response;
-}
-
-function setStatus(text, isError) {
-  $("status").textContent = text;
-  $("status").classList.toggle("error", !!isError);
 }
 
 // --- models -----------------------------------------------------------------------------------
@@ -55,35 +49,8 @@ function pickModel(model) {
   showSummary(model);
 }
 
-function loss(v) {
-  return typeof v === "number" ? v.toFixed(4) + " nats (" + (v / Math.LN2).toFixed(3) + " bpc)" : "n/a";
-}
-
-function human(n) {
-  if (typeof n !== "number") return "n/a";
-  for (const [unit, size] of [["G", 1e9], ["M", 1e6], ["k", 1e3]]) if (n >= size) return (n / size).toPrecision(3) + unit;
-  return String(n);
-}
-
 function showSummary(m) {
-  const c = m.model;
-  const facts = [
-    ["shape", c.layers + " × " + c.hidden + " " + c.cell + ", embed " + c.embed],
-    ["parameters", m.parameters.toLocaleString()],
-    ["vocabulary", m.vocab_size + " characters"],
-    ["corpus", (m.corpus || "n/a") + (m.line_oriented ? " (lines)" : " (prose)")],
-    ["training lines", m.training_lines ? m.training_lines.toLocaleString() : "n/a"],
-    ["trained", (m.steps ?? "n/a") + " steps, " + human(m.chars_seen) + " characters"],
-    ["best val loss", loss(m.best_val_loss ?? m.val_loss)],
-  ];
-  if (m.from) facts.push(["started from", m.from.path + " (" + loss(m.from.val_loss) + " before)"]);
-  $("facts").replaceChildren(...facts.flatMap(([k, v]) => {
-    const dt = document.createElement("dt"); dt.textContent = k;
-    const dd = document.createElement("dd"); dd.textContent = v;
-    return [dt, dd];
-  }));
-  $("summary-line").textContent = c.layers + "×" + c.hidden + " " + c.cell + " · " +
-    (m.line_oriented ? "one sample per line" : "prose") + " · best val " + loss(m.best_val_loss ?? m.val_loss);
+  showFacts(m);
   drawCurve(m.curve || []);
 }
 
@@ -191,25 +158,6 @@ async function drawLines(started) {
   $("copy").disabled = data.samples.length === 0;
 }
 
-function row(s, i) {
-  const tr = document.createElement("tr");
-  const num = document.createElement("td"); num.textContent = i + 1;
-  const cell = document.createElement("td"); cell.className = "sample";
-  const button = document.createElement("button");
-  button.type = "button";
-  button.title = "log p " + s.logprob.toFixed(3) + " over " + s.chars + " characters (the ending newline included); click to copy";
-  if (s.prompt) {
-    const p = document.createElement("span"); p.className = "prompt"; p.textContent = s.prompt;
-    button.append(p, s.text.slice(s.prompt.length));
-  } else button.textContent = s.text;
-  button.addEventListener("click", () => copy(s.text, "copied " + JSON.stringify(s.text)));
-  cell.append(button);
-  const lp = document.createElement("td"); lp.textContent = s.logprob_per_char.toFixed(3);
-  lp.title = "total " + s.logprob.toFixed(3) + " nats";
-  tr.append(num, cell, lp);
-  return tr;
-}
-
 async function streamProse(started) {
   const response = await api("/v1/stream", request());
   const pre = $("prose");
@@ -242,28 +190,6 @@ async function streamProse(started) {
   setStatus((record ? record.chars + " characters, log p/char " + record.logprob_per_char.toFixed(3) : "done") +
             " in " + ms + " ms (" + chunks + " chunks as drawn)");
   $("copy").disabled = !record;
-}
-
-async function copy(value, message) {
-  try {
-    if (navigator.clipboard && window.isSecureContext) await navigator.clipboard.writeText(value);
-    else copyByHand(value);  // plain http from another machine: no Clipboard API there
-    setStatus(message);
-  } catch (e) {
-    setStatus("the browser refused the clipboard; select the text instead", true);
-  }
-}
-
-function copyByHand(value) {
-  const area = document.createElement("textarea");
-  area.value = value;
-  area.setAttribute("readonly", "");
-  area.className = "offscreen";
-  document.body.append(area);
-  area.select();
-  const ok = document.execCommand("copy");
-  area.remove();
-  if (!ok) throw new Error("copy refused");
 }
 
 function init() {

@@ -1,0 +1,75 @@
+// An exported page (chargen export --html): the form, and a Web Worker that draws the samples with
+// the model held in this file. Nothing is fetched: the worker starts from the page's own text.
+const page = { worker: null, ready: false, busy: false, rows: [], next: 0, lineOriented: true };
+
+function number(id) {
+  const v = $(id).value.trim();
+  return v === "" ? undefined : Number(v);
+}
+
+function options() {
+  const o = { n: number("n") ?? 1, prompt: $("prompt").value, temperature: Number($("temperature").value),
+              seed: $("seed").value.trim() === "" ? undefined : $("seed").value.trim(),
+              unique: $("unique").checked, topK: number("topK"), topP: number("topP") };
+  if (page.lineOriented) {
+    Object.assign(o, { minLen: number("minLen"), maxLen: number("maxLen"), endsWith: $("endsWith").value || undefined });
+    if ($("novel").checked) o.novel = true;
+  } else {
+    o.length = number("length");
+  }
+  return o;
+}
+
+function generate(event) {
+  event.preventDefault();
+  if (!page.ready || page.busy) return;
+  page.busy = true;
+  $("go").disabled = true;
+  $("copy").disabled = true;
+  setStatus("drawing…");
+  page.worker.postMessage({ id: ++page.next, options: options() });
+}
+
+function show(data) {
+  page.busy = false;
+  $("go").disabled = false;
+  if (data.error) { setStatus(data.error, true); return; }
+  page.rows = data.records;
+  const ms = Math.round(data.seconds * 1000);
+  if (page.lineOriented) {
+    $("prose").hidden = true;
+    $("results").hidden = false;
+    $("results").querySelector("tbody").replaceChildren(...data.records.map(row));
+    setStatus(data.records.length + " samples in " + ms + " ms · click a sample to copy it");
+  } else {
+    $("results").hidden = true;
+    $("prose").hidden = false;
+    $("prose").textContent = data.records.map((r) => r.text).join("\n\n");
+    setStatus(data.records.length + " samples in " + ms + " ms");
+  }
+  $("copy").disabled = data.records.length === 0;
+}
+
+function start() {
+  const source = $("worker-source").textContent;
+  page.worker = new Worker(URL.createObjectURL(new Blob([source], { type: "text/javascript" })));
+  page.worker.onmessage = (event) => {
+    const data = event.data;
+    if (!data.ready) { show(data); return; }
+    page.ready = true;
+    page.lineOriented = data.lineOriented;
+    for (const el of document.querySelectorAll(".for-lines")) el.hidden = !data.lineOriented;
+    for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
+    for (const el of document.querySelectorAll(".for-novel")) el.hidden = !data.lineOriented || !data.novel;
+    showFacts(data.info);
+    setStatus("Type a prompt (or none), press Enter.");
+  };
+  page.worker.onerror = (e) => { setStatus("the sampler failed to start: " + e.message, true); };
+  $("form").addEventListener("submit", generate);
+  $("temperature").addEventListener("input", () => { $("temperature-value").textContent = Number($("temperature").value).toFixed(2); });
+  $("copy").addEventListener("click", () => copy(page.rows.map((s) => s.text).join("\n") + "\n",
+                                                 "copied " + page.rows.length + " to the clipboard"));
+  $("prompt").focus();
+}
+
+start();

@@ -1,0 +1,439 @@
+// chargen's sampler in JavaScript: the network step, the counter-based random numbers and the
+// decoding rules of chargen.sampling, ported line for line so that the same options and seed give
+// the same samples as `chargen sample` (tests/test_webexport.py holds the two to it, under Node and
+// in Chromium). `chargen export --js` puts `const MODEL = {...}` (weights, vocabulary, defaults)
+// above this file and an `export` line below it; `--html` runs it in a Web Worker.
+//
+// Numbers: weights decode to float32 values (as chargen's numpy twin holds them), the arithmetic is
+// float64; the logits then agree with numpy's float32 ones to about 1e-6, and a sample differs only
+// if a random number falls within that distance of a boundary of the cumulative distribution (about
+// once in 10^6 characters). Probabilities, top-k/top-p and the inverse-CDF draw follow
+// chargen.sampling.engine in float64, operation for operation.
+
+"use strict";
+
+class ChargenError extends Error {
+  constructor(message) { super(message); this.name = "ChargenError"; }
+}
+
+// --- decoding the weights ------------------------------------------------------------------
+
+function bytesOf(b64) {
+  const bin = atob(b64);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
+  if (e === 0) return sign * f * 2 ** -24;
+  if (e === 31) return f ? NaN : sign * Infinity;
+  return sign * (1 + f / 1024) * 2 ** (e - 15);
+}
+
+// A tensor as a Float64Array of float32 values: f32 as stored, f16 widened, i8 times its row's scale
+// (rounded to float32, as numpy computes q.astype(float32) * scale).
+function decodeTensor(t) {
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const bytes = bytesOf(t.data);
+  const out = new Float64Array(n);
+  if (t.enc === "f32") {
+    out.set(new Float32Array(bytes.buffer, 0, n));
+  } else if (t.enc === "f16") {
+    const v = new Uint16Array(bytes.buffer, 0, n);
+    for (let i = 0; i < n; i++) out[i] = halfToFloat(v[i]);
+  } else if (t.enc === "i8") {
+    const q = new Int8Array(bytes.buffer, 0, n);
+    const scale = new Float32Array(bytesOf(t.scale).buffer);
+    const cols = n / t.shape[0];
+    for (let r = 0; r < t.shape[0]; r++) {
+      for (let c = 0; c < cols; c++) out[r * cols + c] = Math.fround(q[r * cols + c] * scale[r]);
+    }
+  } else {
+    throw new ChargenError(`unknown tensor encoding ${t.enc}`);
+  }
+  return out;
+}
+
+// --- the network: torch's nn.LSTM / nn.GRU / nn.RNN equations ----------------------------------
+
+const sigmoid = (x) => 1 / (1 + Math.exp(-x));
+
+// out[o + j] = bias[j] + sum_k W[j, k] * x[xo + k], for j < rows (W row-major, rows x cols).
+function affine(W, rows, cols, x, xo, bias, out, o) {
+  for (let j = 0; j < rows; j++) {
+    const w = j * cols;
+    let a0 = 0, a1 = 0, a2 = 0, a3 = 0, k = 0;
+    for (; k + 3 < cols; k += 4) {
+      a0 += W[w + k] * x[xo + k];
+      a1 += W[w + k + 1] * x[xo + k + 1];
+      a2 += W[w + k + 2] * x[xo + k + 2];
+      a3 += W[w + k + 3] * x[xo + k + 3];
+    }
+    for (; k < cols; k++) a0 += W[w + k] * x[xo + k];
+    out[o + j] = (bias ? bias[j] : 0) + ((a0 + a1) + (a2 + a3));
+  }
+}
+
+class Network {
+  constructor(model) {
+    const cfg = model.config, W = {};
+    for (const [name, t] of Object.entries(model.weights)) W[name] = decodeTensor(t);
+    this.cell = cfg.cell; this.layers = cfg.layers; this.H = cfg.hidden; this.V = cfg.vocab_size;
+    this.G = { lstm: 4, gru: 3, rnn: 1 }[cfg.cell] * cfg.hidden;
+    this.stateTensors = cfg.cell === "lstm" ? 2 : 1;
+    const G = this.G, H = this.H, E = cfg.embed;
+    this.wih = []; this.whh = []; this.bih = []; this.bhh = [];
+    for (let l = 0; l < this.layers; l++) {
+      this.wih.push(W[`rnn.weight_ih_l${l}`]); this.whh.push(W[`rnn.weight_hh_l${l}`]);
+      let bi = W[`rnn.bias_ih_l${l}`], bh = W[`rnn.bias_hh_l${l}`];
+      if (this.cell !== "gru") { bi = bi.map((v, j) => v + bh[j]); bh = null; }  // one bias suffices
+      this.bih.push(bi); this.bhh.push(bh);
+    }
+    // The first layer's input projection of every character, looked up instead of multiplied.
+    this.table = new Float64Array(this.V * G);
+    for (let v = 0; v < this.V; v++) affine(this.wih[0], G, E, W["embedding.weight"], v * E, this.bih[0], this.table, v * G);
+    this.headW = W["head.weight"]; this.headB = W["head.bias"];
+    this.gi = new Float64Array(G); this.gh = new Float64Array(G);
+    this.start = model.start_state ? model.start_state.map(decodeTensor) : null;  // [h] or [h, c], (layers, H)
+  }
+
+  // A fresh state: per layer [h] or [h, c], each a Float64Array(H); the start-of-line state if any.
+  initState() {
+    const state = [];
+    for (let l = 0; l < this.layers; l++) {
+      const parts = [];
+      for (let s = 0; s < this.stateTensors; s++) {
+        const a = new Float64Array(this.H);
+        if (this.start) a.set(this.start[s].subarray(l * this.H, (l + 1) * this.H));
+        parts.push(a);
+      }
+      state.push(parts);
+    }
+    return state;
+  }
+
+  copyState(state) { return state.map((parts) => parts.map((a) => a.slice())); }
+
+  // One character in: the state advances in place, the next character's logits come out.
+  step(id, state, logits) {
+    const H = this.H, G = this.G, gi = this.gi, gh = this.gh;
+    let x = null;
+    for (let l = 0; l < this.layers; l++) {
+      const h = state[l][0];
+      if (l === 0) gi.set(this.table.subarray(id * G, (id + 1) * G));
+      else affine(this.wih[l], G, H, x, 0, this.bih[l], gi, 0);
+      affine(this.whh[l], G, H, h, 0, this.bhh[l], gh, 0);
+      if (this.cell === "lstm") {  // gates i, f, g, o
+        const c = state[l][1];
+        for (let j = 0; j < H; j++) {
+          const i = sigmoid(gi[j] + gh[j]), f = sigmoid(gi[H + j] + gh[H + j]);
+          const g = Math.tanh(gi[2 * H + j] + gh[2 * H + j]), o = sigmoid(gi[3 * H + j] + gh[3 * H + j]);
+          c[j] = f * c[j] + i * g;
+          h[j] = o * Math.tanh(c[j]);
+        }
+      } else if (this.cell === "gru") {  // gates r, z, n
+        for (let j = 0; j < H; j++) {
+          const r = sigmoid(gi[j] + gh[j]), z = sigmoid(gi[H + j] + gh[H + j]);
+          const n = Math.tanh(gi[2 * H + j] + r * gh[2 * H + j]);
+          h[j] = (1 - z) * n + z * h[j];
+        }
+      } else {
+        for (let j = 0; j < H; j++) h[j] = Math.tanh(gi[j] + gh[j]);
+      }
+      x = h;
+    }
+    affine(this.headW, this.V, H, x, 0, this.headB, logits, 0);
+    return logits;
+  }
+}
+
+// --- counter-based random numbers (chargen.sampling.randomness) -------------------------------
+
+const M64 = (1n << 64n) - 1n, M1 = 0xbf58476d1ce4e5b9n, M2 = 0x94d049bb133111ebn, GOLD = 0x9e3779b97f4a7c15n;
+
+function mix(z) {
+  z = ((z ^ (z >> 30n)) * M1) & M64;
+  z = ((z ^ (z >> 27n)) * M2) & M64;
+  return z ^ (z >> 31n);
+}
+
+function deriveKey(seed, ...stream) {
+  let z = mix(seed & M64);
+  for (const s of stream) z = mix(z ^ mix((BigInt(s) + GOLD) & M64));
+  return z;
+}
+
+// The U[0, 1) that picks character t of attempt i: a pure function of (key, i, t).
+function uniform(key, i, t) {
+  let z = mix((BigInt(i) * GOLD + BigInt(t) + key) & M64);
+  z = mix(z ^ key);
+  return Number(z >> 11n) * (1 / 9007199254740992);
+}
+
+function randomSeed() {
+  const w = new Uint32Array(2);
+  globalThis.crypto.getRandomValues(w);
+  return ((BigInt(w[1]) << 32n) | BigInt(w[0])) >> 1n;
+}
+
+// --- one step's distribution (chargen.sampling.engine) ------------------------------------------
+
+function logSoftmaxAt(logits, V, id) {
+  let m = -Infinity;
+  for (let v = 0; v < V; v++) if (logits[v] > m) m = logits[v];
+  let s = 0;
+  for (let v = 0; v < V; v++) s += Math.exp(logits[v] - m);
+  return (logits[id] - m) - Math.log(s);
+}
+
+// Probabilities after temperature, top-k and top-p, into p (Float64Array(V)).
+function samplingProbs(logits, V, temperature, topK, topP, allowed, p) {
+  for (let v = 0; v < V; v++) p[v] = allowed && !allowed[v] ? -Infinity : logits[v] / temperature;
+  if (topK !== null && topK < V) {
+    const kth = Array.from(p).sort((a, b) => b - a)[topK - 1];
+    for (let v = 0; v < V; v++) if (p[v] < kth) p[v] = -Infinity;
+  }
+  let m = -Infinity;
+  for (let v = 0; v < V; v++) if (p[v] > m) m = p[v];
+  let s = 0;
+  for (let v = 0; v < V; v++) { p[v] = Math.exp(p[v] - m); s += p[v]; }
+  for (let v = 0; v < V; v++) p[v] /= s;
+  if (topP !== null && topP < 1) {
+    const order = Array.from({ length: V }, (_, v) => v).sort((a, b) => p[b] - p[a] || a - b);  // stable
+    let cum = 0, kept = 0;
+    const keep = new Uint8Array(V);
+    for (const v of order) { cum += p[v]; if (cum - p[v] < topP) keep[v] = 1; }
+    for (let v = 0; v < V; v++) { if (!keep[v]) p[v] = 0; kept += p[v]; }
+    for (let v = 0; v < V; v++) p[v] /= kept;
+  }
+  return p;
+}
+
+// The first id whose cumulative probability exceeds u (times the total).
+function inverseCdf(p, V, u) {
+  let total = 0;
+  for (let v = 0; v < V; v++) total += p[v];
+  const target = u * total;
+  let cum = 0, id = 0;
+  for (let v = 0; v < V; v++) { cum += p[v]; if (cum < target) id++; }
+  return Math.min(id, V - 1);
+}
+
+function argmax(logits, V, allowed) {
+  let best = -1, m = -Infinity;
+  for (let v = 0; v < V; v++) if ((!allowed || allowed[v]) && logits[v] > m) { m = logits[v]; best = v; }
+  return best < 0 ? 0 : best;
+}
+
+// --- constraints: length bounds and an ending (chargen.sampling.constraints) -------------------
+
+// The automaton of "ends with `text`" (KMP) over the vocabulary, with feasible[n][s]: from state s
+// after n characters an accepted end within [minLen, maxLen] is reachable. With no ending, one state.
+class Constraint {
+  constructor(vocab, newline, endsWith, minLen, maxLen) {
+    const pat = endsWith ? Array.from(endsWith) : [];
+    const S = pat.length + 1, V = vocab.length;
+    this.V = V; this.newline = newline; this.minLen = minLen; this.maxLen = maxLen; this.S = S;
+    this.trans = new Int32Array(S * V);  // next state; -1 for the newline
+    for (let s = 0; s < S; s++) {
+      for (let v = 0; v < V; v++) {
+        if (v === newline) { this.trans[s * V + v] = -1; continue; }
+        let k = Math.min(s + 1, pat.length);  // the longest suffix of pat[:s] + c that is a prefix of pat
+        const seq = pat.slice(0, s).concat([vocab[v]]);
+        for (; k > 0; k--) {
+          let ok = true;
+          for (let q = 0; q < k && ok; q++) ok = seq[seq.length - k + q] === pat[q];
+          if (ok) break;
+        }
+        this.trans[s * V + v] = k;
+      }
+    }
+    this.accepting = (s) => s === S - 1;
+    this.feasible = [];
+    for (let n = 0; n <= maxLen + 1; n++) this.feasible.push(new Uint8Array(S));
+    for (let n = maxLen; n >= 0; n--) {
+      for (let s = 0; s < S; s++) {
+        let ok = this.accepting(s) && n >= minLen;
+        for (let v = 0; v < V && !ok; v++) { const t = this.trans[s * V + v]; ok = t >= 0 && this.feasible[n + 1][t] === 1; }
+        this.feasible[n][s] = ok ? 1 : 0;
+      }
+    }
+  }
+
+  // Which ids keep a complete sample reachable from state s after n characters.
+  allowed(s, n, out) {
+    const V = this.V, f = this.feasible[Math.min(n + 1, this.maxLen + 1)];
+    for (let v = 0; v < V; v++) { const t = this.trans[s * V + v]; out[v] = t >= 0 && f[t] ? 1 : 0; }
+    out[this.newline] = this.accepting(s) && n >= this.minLen && n <= this.maxLen ? 1 : 0;
+    return out;
+  }
+
+  // Distinct samples from state `start` after n0 characters (as a float).
+  count(start, n0) {
+    let ways = new Float64Array(this.S);
+    for (let n = this.maxLen; n >= n0; n--) {
+      const next = new Float64Array(this.S);
+      for (let s = 0; s < this.S; s++) {
+        next[s] = this.accepting(s) && n >= this.minLen ? 1 : 0;
+        if (n < this.maxLen) for (let v = 0; v < this.V; v++) { const t = this.trans[s * this.V + v]; if (t >= 0) next[s] += ways[t]; }
+      }
+      ways = next;
+    }
+    return ways[start];
+  }
+}
+
+// --- drawing (chargen.sampling.drawing) -------------------------------------------------------
+
+const OPTIONS = Object.keys(MODEL.defaults);  // chargen's sampling options that an export takes, camelCase
+
+function checkOptions(opts) {
+  for (const k of Object.keys(opts)) {
+    if (OPTIONS.includes(k) || opts[k] === undefined) continue;
+    if (k in MODEL.not_exported) throw new ChargenError(`\`${k}\` ${MODEL.not_exported[k]}`);
+    throw new ChargenError(`unknown option \`${k}\`; the options are ${OPTIONS.join(", ")}`);
+  }
+  const o = { ...MODEL.defaults };
+  for (const k of OPTIONS) if (opts[k] !== undefined && opts[k] !== null) o[k] = opts[k];
+  const int = (k, lo) => {
+    if (o[k] === null) return;
+    if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${o[k]})`);
+  };
+  int("n", 1); int("length", 1); int("topK", 1); int("minLen", 0); int("maxLen", 1);
+  if (typeof o.temperature !== "number" || !(o.temperature >= 0) || o.temperature === Infinity) {
+    throw new ChargenError(`\`temperature\` must be 0 (greedy) or more (got ${o.temperature})`);
+  }
+  if (o.topP !== null && !(o.topP > 0 && o.topP <= 1)) throw new ChargenError(`\`topP\` must be in (0, 1] (got ${o.topP})`);
+  if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
+    throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
+  }
+  if (o.seed === null) o.seed = randomSeed();
+  try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
+  if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
+  if (o.novel && MODEL.training_lines === null) {
+    throw new ChargenError(MODEL.training_lines_note || "this model has no training lines to check `novel` against");
+  }
+  return o;
+}
+
+class Sampler {
+  constructor(model) {
+    this.net = new Network(model);
+    this.vocab = model.vocab;
+    this.index = new Map(this.vocab.map((c, i) => [c, i]));
+    this.V = this.vocab.length;
+    this.lineOriented = model.line_oriented;
+    this.training = null;
+    this.logits = new Float64Array(this.V); this.p = new Float64Array(this.V); this.allowed = new Uint8Array(this.V);
+  }
+
+  encode(text, what) {
+    const ids = [];
+    for (const ch of text) {
+      const id = this.index.get(ch);
+      if (id === undefined) throw new ChargenError(`${what} holds ${JSON.stringify(ch)}, not in the model's vocabulary`);
+      ids.push(id);
+    }
+    return ids;
+  }
+
+  // Run the start of a line and the prompt through the network once: [logits, state] after them.
+  prime(prompt, lines) {
+    if (lines && prompt.includes("\n")) throw new ChargenError("a prompt in line mode cannot hold a newline");
+    const ids = this.encode(prompt, "the prompt");
+    const start = this.index.has("\n") ? "\n" : this.index.has(" ") ? " " : this.vocab[0];
+    const state = this.net.initState(), logits = new Float64Array(this.V);
+    for (const id of [this.index.get(start), ...ids]) this.net.step(id, state, logits);
+    return [logits, state];
+  }
+
+  // The constraint and its state after the prompt, checked as chargen.sampling.constraints does.
+  guide(o, prompt, lines, cap) {
+    if (o.minLen === null && o.maxLen === null && !o.endsWith) return null;
+    if (!lines) throw new ChargenError("constraints apply to line samples only; pass `lines: true`");
+    const newline = this.index.get("\n");
+    if (newline === undefined) throw new ChargenError("this model's vocabulary has no newline, so its samples have no end to constrain");
+    if (o.endsWith) {
+      if (o.endsWith.includes("\n")) throw new ChargenError("`endsWith` cannot hold a newline: a line sample has none");
+      this.encode(o.endsWith, `\`endsWith\` ${JSON.stringify(o.endsWith)}`);
+    }
+    const n0 = Array.from(prompt).length;
+    const maxLen = o.maxLen !== null ? Math.min(o.maxLen, n0 + cap) : n0 + cap;
+    const c = new Constraint(this.vocab, newline, o.endsWith, Math.max(o.minLen || 0, 1), maxLen);
+    if (n0 > maxLen) throw new ChargenError(`the prompt ${JSON.stringify(prompt)} is longer than the ${maxLen} characters a sample may have`);
+    let s = 0;
+    for (const id of this.encode(prompt, "the prompt")) s = c.trans[s * this.V + id];
+    if (!c.feasible[n0][s]) throw new ChargenError(`no sample ${prompt ? `that starts with the prompt ${JSON.stringify(prompt)} ` : ""}satisfies the constraints within ${maxLen} characters`);
+    if (o.unique && c.count(s, n0) < o.n) throw new ChargenError(`only ${c.count(s, n0)} distinct samples satisfy the constraints, fewer than the ${o.n} asked for with \`unique\``);
+    return { c, s, n0, steps: maxLen - n0 + 1 };
+  }
+
+  // Attempt i: its characters (null if the constraints ruled it out), log-probability, steps scored.
+  attempt(primed, key, i, o, newline, steps, guide) {
+    const V = this.V, logits = this.logits, allowed = guide ? this.allowed : null;
+    const state = this.net.copyState(primed[1]);
+    logits.set(primed[0]);
+    let text = "", logprob = 0, t = 0, dfa = guide ? guide.s : 0;
+    for (;;) {
+      if (guide) guide.c.allowed(dfa, guide.n0 + t, allowed);
+      const masked = guide && o.temperature === 0 ? allowed : null;  // greedy draws among the allowed only
+      const id = o.temperature === 0 ? argmax(logits, V, masked)
+        : inverseCdf(samplingProbs(logits, V, o.temperature, o.topK, o.topP, null, this.p), V, uniform(key, i, t));
+      logprob += logSoftmaxAt(logits, V, id);
+      t++;
+      if (guide && !allowed[id]) return { text: null, logprob, chars: t };
+      if (id === newline) break;
+      text += this.vocab[id];
+      if (t >= steps) break;
+      if (guide) dfa = guide.c.trans[dfa * V + id];
+      this.net.step(id, state, logits);
+    }
+    return { text, logprob, chars: t };
+  }
+
+  *records(opts = {}) {
+    const o = checkOptions(opts);
+    const lines = o.lines === null ? this.lineOriented : o.lines;
+    const cap = o.length || (lines ? MODEL.line_length : MODEL.prose_length);
+    const prompts = typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt);
+    const guides = prompts.map((p) => this.guide(o, p, lines, cap));
+    if (o.novel && this.training === null) this.training = new Set(MODEL.training_lines.split("\n"));
+    const exclude = o.exclude ? new Set(o.exclude) : null;
+    const seen = new Set(), newline = lines ? this.index.get("\n") ?? -1 : -1;
+    for (let j = 0; j < prompts.length; j++) {
+      const prompt = prompts[j], guide = guides[j], primed = this.prime(prompt, lines), key = deriveKey(o.seed, j);
+      const rejecting = guide !== null && o.temperature > 0;
+      const budget = o.n * (rejecting ? MODEL.constrained_tries : MODEL.max_tries) + 100;
+      let produced = 0, i = 0;
+      for (; produced < o.n && i < budget; i++) {
+        const a = this.attempt(primed, key, i, o, newline, guide ? guide.steps : cap, guide);
+        if (a.text === null) continue;
+        const text = prompt + a.text;
+        if ((lines && !text) || (o.unique && seen.has(text)) || (o.novel && this.training.has(text)) ||
+            (exclude && exclude.has(text))) continue;
+        if (o.unique) seen.add(text);
+        produced++;
+        yield { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
+      }
+      if (produced < o.n) {
+        throw new ChargenError(`the model produced only ${produced} of ${o.n} samples in ${i} draws; ` +
+          (rejecting ? "loosen the constraints or raise `temperature`" : "ask for fewer, raise `temperature`, or drop `unique`/`novel`/`exclude`"));
+      }
+    }
+  }
+}
+
+let sampler = null;
+const getSampler = () => (sampler = sampler || new Sampler(MODEL));
+
+/** Samples with their log-probabilities, as `chargen sample --format jsonl` writes them (unrounded):
+ *  [{text, prompt, logprob, logprob_per_char, chars}], n per prompt, in order. */
+function sampleRecords(options = {}) { return Array.from(getSampler().records(options)); }
+
+/** Samples as strings: n per prompt, in order; the same options and seed give what `chargen sample` prints. */
+function sample(options = {}) { return sampleRecords(options).map((r) => r.text); }
+
+/** What `chargen info --json` says of the model, and how it was exported. */
+const info = MODEL.info;

@@ -1,0 +1,258 @@
+"""A checkpoint as one dependency-free JavaScript module, or one self-contained web page.
+
+The module is `const MODEL = {...}` (the weights, the vocabulary, the sampling defaults read from
+chargen.config's declarations) followed by `static/websampler.js`, chargen's sampler ported to
+JavaScript, and an `export` line. The page holds the same code, run in a Web Worker, and loads
+nothing from the network.
+
+Weights are stored in one of three encodings:
+
+    f32    as trained: the samples for a seed are exactly `chargen sample`'s.
+    f16    half the size; the logits move by ~1e-3, so now and then a draw differs.
+    i8     a quarter: each row of a weight matrix is round(w / s) * s with its own scale
+           s = max |w_row| / 127 (biases and the start state stay f32). Where a checkpoint's weights
+           already lie on that grid (the bundled models do), i8 is lossless: same seed, same names.
+
+`auto` takes i8 when it is lossless or moves the checkpoint's loss on its own lines by less than
+I8_TOLERANCE nats, else f16. `--checkpoint` writes the checkpoint with the exported weights, so
+that `chargen sample` draws what the page draws.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .checkpoint import Checkpoint, encode_lines, save_checkpoint
+from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
+from .errors import UsageError
+from .sampling.drawing import CONSTRAINED_TRIES
+
+ENCODINGS = ("auto", "i8", "f16", "f32")
+I8_TOLERANCE = 0.005  # nats per character the loss may move for `auto` to choose i8
+LOSS_LINES = 2000  # of the checkpoint's lines, scored to measure what quantising costs
+NOVEL_BUDGET = 128 * 1024  # bytes of training lines an export carries for `novel`; beyond, left out
+# The sampling options an export takes (chargen.config.SampleConfig fields); the others, and why not.
+EXPORTED = ("num", "temperature", "top_k", "top_p", "seed", "lines", "length", "unique", "novel", "exclude",
+            "min_len", "max_len", "ends_with")
+NOT_EXPORTED = {
+    "contains": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
+    "regex": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
+    "guided": "is not in an exported model: its constraints are always exact",
+    "label": "needs a labelled model; this one has no labels",
+}
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# --- the weights ------------------------------------------------------------------------------
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype="<f4")
+
+
+def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, C) float32 -> (int8 (R, C), float32 scales (R,)) with w ~ q * scale row by row. Where w is
+    already on such a grid, the scale that reproduces it exactly is found (a neighbour of
+    max|w|/127 in float32, which rounds)."""
+    w = np.asarray(w, dtype=np.float32)
+    base = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)
+    base[base == 0] = np.float32(1)
+    best_q, best_s = None, None
+    for cand in (base, np.nextafter(base, np.float32(np.inf)), np.nextafter(base, np.float32(0))):
+        q = np.clip(np.rint(w / cand[:, None]), -127, 127).astype(np.int8)
+        exact = ((q.astype(np.float32) * cand[:, None]) == w).all(axis=1)
+        if best_q is None:
+            best_q, best_s = q.copy(), cand.copy()
+        else:
+            best_q[exact], best_s[exact] = q[exact], cand[exact]
+    return best_q, best_s
+
+
+def _matrices(weights: dict[str, np.ndarray]) -> list[str]:
+    return [k for k, v in weights.items() if v.ndim == 2]
+
+
+def encode(weights: dict[str, np.ndarray], enc: str) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """The weights as the module holds them ({name: {shape, enc, data[, scale]}}, base64) and the
+    float32 values the module computes with."""
+    stored, values = {}, {}
+    for name, w in weights.items():
+        w = _f32(w)
+        entry: dict = {"shape": list(w.shape)}
+        if enc == "i8" and w.ndim == 2:
+            q, s = quantize_rows(w)
+            entry.update(enc="i8", data=_b64(q), scale=_b64(_f32(s)))
+            values[name] = (q.astype(np.float32) * s[:, None]).astype(np.float32)
+        elif enc == "f16" and w.ndim == 2:
+            h = w.astype("<f2")
+            entry.update(enc="f16", data=_b64(h))
+            values[name] = h.astype(np.float32)
+        else:  # biases, and every weight under f32
+            entry.update(enc="f32", data=_b64(w))
+            values[name] = w
+        stored[name] = entry
+    return stored, values
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def lossless(weights: dict[str, np.ndarray], enc: str) -> bool:
+    if enc == "f32":
+        return True
+    _, values = encode({k: weights[k] for k in _matrices(weights)}, enc)
+    return all(np.array_equal(values[k], _f32(weights[k])) for k in values)
+
+
+def line_loss(ckpt: Checkpoint, weights: dict[str, np.ndarray]) -> Optional[float]:
+    """The line loss of up to LOSS_LINES of the checkpoint's own lines (a seeded sample) under
+    `weights`; None for a checkpoint that holds no lines."""
+    from .evaluation import NumpyScorer, line_sums
+    from .npmodel import NumpyCharRNN
+    from .training.data import line_ids
+
+    if not ckpt.training_lines or "\n" not in ckpt.vocab:
+        return None
+    lines = list(ckpt.training_lines)
+    random.Random(0).shuffle(lines)
+    rows = line_ids(ckpt.vocab, "\n".join(lines[:LOSS_LINES]) + "\n")
+    total, count = line_sums(NumpyScorer(NumpyCharRNN(ckpt.model_config, weights)), rows, ckpt.start_state,
+                             ckpt.vocab.index["\n"])
+    return total / count if count else None
+
+
+@dataclass
+class Encoding:
+    """The encoding chosen for an export, and what it costs."""
+
+    enc: str
+    lossless: bool  # the exported weights are the checkpoint's: same seed, same samples
+    loss: Optional[float] = None  # line loss of the checkpoint's lines, as trained
+    loss_exported: Optional[float] = None  # ... with the exported weights
+
+    def describe(self) -> str:
+        what = {"i8": "int8 with a scale per row", "f16": "float16", "f32": "float32"}[self.enc]
+        if self.lossless:
+            return f"weights {what}, exactly the checkpoint's: same seed, same samples as `chargen sample`"
+        moved = (f"; line loss {self.loss:.4f} -> {self.loss_exported:.4f} nats/char on the checkpoint's lines"
+                 if self.loss is not None else "")
+        return (f"weights {what}{moved}; a sample for a seed can differ from `chargen sample`'s now and then "
+                f"(write the exported weights as a checkpoint with --checkpoint to sample exactly these)")
+
+
+def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
+    """The encoding asked for (auto: i8 if lossless or within I8_TOLERANCE, else f16), measured."""
+    if requested not in ENCODINGS:
+        raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
+    if requested != "auto":
+        return _measured(ckpt, requested)
+    for enc in ("i8", "f16"):
+        if lossless(ckpt.weights, enc):
+            return Encoding(enc, True)
+    i8 = _measured(ckpt, "i8")
+    if i8.loss is not None and i8.loss_exported - i8.loss < I8_TOLERANCE:
+        return i8
+    return _measured(ckpt, "f16")
+
+
+def _measured(ckpt: Checkpoint, enc: str) -> Encoding:
+    if lossless(ckpt.weights, enc):
+        return Encoding(enc, True)
+    base = line_loss(ckpt, ckpt.weights)
+    return Encoding(enc, False, base, line_loss(ckpt, encode(ckpt.weights, enc)[1]) if base is not None else None)
+
+
+# --- the module and the page ------------------------------------------------------------------
+
+
+def _defaults() -> dict:
+    """The exported options' defaults, camelCase, from chargen.config's declarations."""
+    fields = declared(SampleConfig)
+    out = {"prompt": ""}
+    out.update({camel(fields[name].field): getattr(SampleConfig(), name) for name in EXPORTED})
+    return out
+
+
+def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
+    stored, _ = encode(ckpt.weights, encoding.enc)
+    lines_bytes = len(encode_lines(ckpt.training_lines)) if ckpt.training_lines else 0
+    keep_lines = ckpt.training_lines is not None and lines_bytes <= NOVEL_BUDGET
+    facts = ckpt.describe()
+    facts.pop("path", None)
+    facts["export"] = {"weights": encoding.enc, "lossless": encoding.lossless, "loss": encoding.loss,
+                       "loss_exported": encoding.loss_exported, "novel": keep_lines}
+    return {
+        "config": ckpt.model_config.to_dict(),
+        "vocab": ckpt.vocab.chars,
+        "line_oriented": ckpt.line_oriented,
+        "weights": stored,
+        "start_state": [{"shape": list(s.shape), "enc": "f32", "data": _b64(_f32(s))} for s in ckpt.start_state]
+        if ckpt.start_state is not None else None,
+        "training_lines": "\n".join(ckpt.training_lines) if keep_lines else None,
+        "training_lines_note": None if keep_lines else (
+            f"`novel` is not in this export: the model's {len(ckpt.training_lines or []):,} training lines "
+            f"({lines_bytes / 1024:,.0f} KB) are over the {NOVEL_BUDGET // 1024} KB an export carries"
+            if ckpt.training_lines else "`novel` needs the training lines, and this model has none"),
+        "defaults": _defaults(),
+        "not_exported": NOT_EXPORTED,
+        "line_length": DEFAULT_LINE_LENGTH,
+        "prose_length": DEFAULT_PROSE_LENGTH,
+        "max_tries": SampleConfig().max_tries,
+        "constrained_tries": CONSTRAINED_TRIES,
+        "info": facts,
+    }
+
+
+def _static(name: str) -> str:
+    return resources.files("chargen").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
+    """MODEL and the sampler, as a classic script (the module and the page's worker both start so)."""
+    data = json.dumps(model_data(ckpt, encoding), ensure_ascii=False, separators=(",", ":"))
+    # Inside a <script>, "</" could end it: JSON allows "<\/" in strings, which parses the same.
+    data = data.replace("</", "<\\/")
+    return (f"// chargen {ckpt.describe().get('chargen_version') or ''} export of {ckpt.path.name}: "
+            f"{ckpt.model_config.layers} x {ckpt.model_config.hidden} {ckpt.model_config.cell}; {encoding.enc} weights\n"
+            f"const MODEL = {data};\n" + _static("websampler.js"))
+
+
+def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
+    return _sampler_script(ckpt, encoding) + "\nexport { sample, sampleRecords, info, ChargenError };\n"
+
+
+def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None) -> str:
+    worker = _sampler_script(ckpt, encoding) + "\n" + _static("webpage-worker.js")
+    name = title or (ckpt.info.get("corpus") or ckpt.path.stem)
+    page = _static("webpage.html")
+    fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _static("playground.css"),
+             "page_css": _static("webpage.css"), "worker": worker.replace("</script", "<\\/script"),
+             "script": _static("ui.js") + "\n" + _static("webpage.js"), "temperature": str(SampleConfig().temperature)}
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def exported_checkpoint(ckpt: Checkpoint, encoding: Encoding, path: Path) -> None:
+    """Write `ckpt` with the weights the export holds: `chargen sample` on it draws the export's samples."""
+    _, values = encode(ckpt.weights, encoding.enc)
+    save_checkpoint(path, weights=values, model_config=ckpt.model_config, vocab_json=ckpt.vocab.to_json(),
+                    train_config=ckpt.train_config, info=ckpt.info,
+                    lines_blob=encode_lines(ckpt.training_lines) if ckpt.training_lines is not None else None,
+                    start_state=ckpt.start_state)

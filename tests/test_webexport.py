@@ -1,0 +1,225 @@
+"""`chargen export --js/--html`: the exported JavaScript sampler held to the numpy sampler, the way
+the numpy twin is held to torch: same options and seed, same texts, log-probabilities within float
+rounding, over LSTM, GRU and RNN models of two and three layers, prompts, temperatures, top-k/top-p,
+constraints and seeds. Under Node (Debian's `nodejs`, which .ci/run installs) and in Chromium
+(Playwright, as the playground's test); each is skipped, saying why, where it cannot be had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chargen
+from chargen.checkpoint import encode_lines, read_checkpoint, save_checkpoint
+from chargen.config import ModelConfig
+from chargen.tokenizer import Vocab
+from chargen.webexport import Encoding, choose_encoding, encode, module_text, page_text, quantize_rows
+
+from .conftest import assert_clean_error, make_names, run
+
+NODE = shutil.which("node") or shutil.which("nodejs")
+needs_node = pytest.mark.skipif(NODE is None, reason="no Node.js to run the exported module: apt-get install nodejs")
+
+# Option sets tried on every model: camelCase for the module, snake_case for the Python API.
+CASES = [
+    {"n": 40, "seed": 1},
+    {"n": 30, "seed": 2, "temperature": 1.3, "prompt": "Ma"},
+    {"n": 30, "seed": 3, "topK": 5},
+    {"n": 30, "seed": 4, "topP": 0.7, "temperature": 1.0},
+    {"n": 25, "seed": 5, "topK": 8, "topP": 0.9, "unique": True, "prompt": ["A", "Jo"]},
+    {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a"},
+    {"n": 5, "seed": 7, "temperature": 0, "minLen": 6},
+    {"n": 10, "seed": 8, "novel": True, "temperature": 1.5},
+    {"n": 3, "seed": 9, "lines": False, "length": 60, "prompt": "Ann"},
+    {"n": 4, "seed": 2**62 + 12345, "temperature": 0.5},
+]
+
+
+def snake(options: dict) -> dict:
+    out = {}
+    for k, v in options.items():
+        name = "".join("_" + c.lower() if c.isupper() else c for c in k)
+        out["num" if name == "n" else name] = v
+    return out
+
+
+def random_model(path: Path, cell: str, layers: int, seed: int = 0) -> Path:
+    """A checkpoint with random weights: large enough that the distributions are far from uniform, and
+    a newline likely enough that lines end as names do. (Much larger weights make the recurrence
+    chaotic, as trained models are not: float rounding then grows over a long sample until a draw
+    differs, between numpy's float32 and any other arithmetic, numpy's own at another batch width too.)"""
+    names = make_names(300, seed=seed).splitlines()
+    vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | {"\n"}))
+    cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=24, embed=8)
+    rng = np.random.default_rng(seed)
+    weights = {k: (rng.standard_normal(shape) * 0.4).astype(np.float32) for k, shape in cfg.weight_shapes().items()}
+    weights["head.bias"][vocab.index["\n"]] += 2.5
+    start = [rng.standard_normal((layers, 24)).astype(np.float32) * 0.3 for _ in range(cfg.state_tensors)]
+    save_checkpoint(path, weights=weights, model_config=cfg, vocab_json=vocab.to_json(), train_config={},
+                    info={"corpus": "random", "line_oriented": True}, lines_blob=encode_lines(names), start_state=start)
+    return path
+
+
+def python_records(path: Path, options: dict) -> list[dict]:
+    o = snake(options)
+    n, prompt = o.pop("num"), o.pop("prompt", "")
+    return [{"text": s.text, "logprob": s.logprob} for s in chargen.load(path).samples(n, prompt, **o)]
+
+
+def node_records(module: Path, cases: list[dict]) -> list:
+    """Each case's records from the module under Node (or its error message)."""
+    script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
+              " if (typeof o.seed === 'string') o.seed = BigInt(o.seed);"
+              " try { return m.sampleRecords(o); } catch (e) { return { error: e.message }; } });"
+              " process.stdout.write(JSON.stringify(out)); })")
+    wire = [{**c, "seed": str(c["seed"])} if "seed" in c else c for c in cases]
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri(), json.dumps(wire)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def assert_same(js: list[dict], py: list[dict]) -> None:
+    assert [r["text"] for r in js] == [r["text"] for r in py]
+    np.testing.assert_allclose([r["logprob"] for r in js], [r["logprob"] for r in py], rtol=2e-5, atol=1e-4)  # float32 (numpy) against float64
+
+
+@needs_node
+@pytest.mark.parametrize("cell,layers", [("lstm", 2), ("gru", 3), ("rnn", 2), ("lstm", 3)])
+def test_module_matches_numpy_sampler(tmp_path, cell, layers):
+    ckpt_path = random_model(tmp_path / "m.safetensors", cell, layers, seed=layers)
+    ckpt = read_checkpoint(ckpt_path)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(ckpt, Encoding("f32", True)))
+    for case, js in zip(CASES, node_records(module, CASES)):
+        assert "error" not in js, (case, js)
+        assert_same(js, python_records(ckpt_path, case))
+
+
+@needs_node
+def test_bundled_names_module_prints_what_chargen_sample_prints(tmp_path):
+    """The README's promise, through the installed command: export, then `node -e` gives the same names."""
+    proc = run(["export", "names", "--js", str(tmp_path / "names.mjs")])
+    assert proc.returncode == 0, proc.stderr
+    assert "exactly the checkpoint's" in proc.stderr.decode()  # the bundled weights lie on the int8 grid
+    script = ("import(process.argv[1]).then((m) => process.stdout.write(m.sample({ n: 500, seed: 11, topK: 12 })"
+              ".join('\\n') + '\\n'))")
+    node = subprocess.run([NODE, "-e", script, (tmp_path / "names.mjs").as_uri()], capture_output=True, text=True,
+                          timeout=60)
+    cli = run(["sample", "-n", "500", "--seed", "11", "--top-k", "12"])
+    assert node.returncode == 0 and cli.returncode == 0, node.stderr + cli.stderr
+    assert node.stdout == cli.stdout.decode() and len(node.stdout.splitlines()) == 500
+
+
+@needs_node
+def test_module_errors_are_clear(tmp_path):
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    cases = [{"n": 1, "prompt": "Ω"}, {"n": 1, "regex": "A.*"}, {"n": 1, "tempertaure": 1}, {"n": 0},
+             {"n": 1, "minLen": 9, "maxLen": 3}, {"n": 1, "endsWith": "Ω"}, {"n": 1, "seed": -1}]
+    errors = [r.get("error", "") for r in node_records(module, cases)]
+    for needle, error in zip(["not in the model's vocabulary", "`regex` is not in an exported model",
+                              "unknown option `tempertaure`", "`n` must be", "above `maxLen`",
+                              "not in the model's vocabulary", "`seed` must be"], errors):
+        assert needle in error, errors
+
+
+def test_int8_rows_round_trip_and_auto_choice(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((50, 30)).astype(np.float32)
+    q, s = quantize_rows(w)
+    snapped = (q.astype(np.float32) * s[:, None]).astype(np.float32)
+    assert np.abs(snapped - w).max() <= s.max() / 2 + 1e-7 and np.abs(q).max() == 127
+    q2, s2 = quantize_rows(snapped)  # on the grid: found again exactly
+    assert np.array_equal((q2.astype(np.float32) * s2[:, None]).astype(np.float32), snapped)
+    # a random model: auto measures what int8 costs on its own lines and says so
+    ckpt = read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 2))
+    enc = choose_encoding(ckpt)
+    assert enc.enc in ("i8", "f16") and not enc.lossless and enc.loss is not None
+    assert enc.enc == "f16" or enc.loss_exported - enc.loss < 0.005
+    assert choose_encoding(ckpt, "f32").lossless
+    # the bundled models are stored on the int8 grid: their export is lossless and small
+    for name in ("names", "base"):
+        bundled = read_checkpoint(chargen.api.checkpoint_path(name))
+        assert choose_encoding(bundled) == Encoding("i8", True)
+    _, values = encode(ckpt.weights, "f16")
+    assert all(v.dtype == np.float32 for v in values.values())
+
+
+def test_export_command(tmp_path):
+    proc = run(["export", "names", "--html", str(tmp_path / "names.html"), "--js", str(tmp_path / "names.mjs"),
+                "--checkpoint", str(tmp_path / "same.safetensors")])
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "names.html").read_text()
+    assert (tmp_path / "names.html").stat().st_size <= 300 * 1024  # the issue's budget for the names page
+    assert "http://" not in page and "https://" not in page  # nothing to load from the network
+    assert read_checkpoint(tmp_path / "same.safetensors").model_config == read_checkpoint(
+        chargen.api.checkpoint_path("names")).model_config
+    assert_clean_error(run(["export", "names"]), "name what to write")
+    assert_clean_error(run(["export", "names", "--js", str(tmp_path / "no" / "x.mjs")]), "does not exist")
+    assert_clean_error(run(["export", "names", "--js", str(tmp_path / "x.mjs"), "--weights", "f8"]), "--weights")
+
+
+# --- the page, in Chromium ------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("CHARGEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright")
+    if CHROMIUM is None:
+        pytest.skip("no chromium to drive: apt-get install chromium (or set CHARGEN_CHROMIUM)")
+    from .test_playground import CHROMIUM_ARGS
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
+    ckpt_path = random_model(tmp_path / "m.safetensors", "gru", 2, seed=5)
+    html = tmp_path / "m.html"
+    html.write_text(page_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    context = browser.new_context(viewport={"width": 390, "height": 800}, offline=True,  # a phone, no network
+                                  bypass_csp=True)  # the page forbids eval, which wait_for_function uses
+    requests: list[str] = []
+    context.on("request", lambda r: requests.append(r.url))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html.as_uri())
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Type')")
+    page.fill("#prompt", "Ma")
+    page.fill("#n", "25")
+    page.fill("#seed", "42")
+    page.press("#prompt", "Enter")  # keyboard: Enter generates
+    page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 25")
+    texts = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+    expected = python_records(ckpt_path, {"n": 25, "seed": 42, "prompt": "Ma"})
+    assert texts == [r["text"] for r in expected]
+    # the sampler in the page's worker, called directly, agrees on log-probabilities too
+    page.click("#constraints summary")
+    page.fill("#endsWith", "a")
+    page.fill("#seed", "3")
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').textContent.includes('samples in')")
+    ends = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+    assert ends == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma",
+                                                                 "endsWith": "a"})]
+    page.fill("#endsWith", "Ω")
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').classList.contains('error')")
+    assert "not in the model's vocabulary" in page.text_content("#status")
+    assert not errors and all(u.startswith(("file:", "blob:", "data:")) for u in requests), (errors, requests)
+    context.close()
