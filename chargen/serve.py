@@ -11,6 +11,7 @@ The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a
     POST /v1/top       the most likely samples: {"model", "n", "prompt", constraints} -> {"samples": [...]}
     POST /v1/eval      {"model", "text"} -> {"loss", "bpc", "perplexity", "chars", "skipped"}
     POST /v1/stream    one prose sample (or a line model's samples) as Server-Sent Events
+    GET  /v1/export    ?model=NAME&format=html|js: the model as a web page or JS module (chargen export)
 
 Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), in a
 worker thread per model, so the event loop never waits on the network; a request gets the
@@ -220,6 +221,7 @@ class Server:
         self.models = {s.name: s for s in served}
         self.config = config
         self.streams = 0
+        self.exports: dict[tuple[str, str], bytes] = {}  # (model, format) -> the file, built on first ask
         self.started = time.time()
         self.page = playground_page()
         self.assets = {"/playground.js": (_asset("playground.js"), "text/javascript; charset=utf-8"),
@@ -271,6 +273,21 @@ class Server:
         return JSONResponse({"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
                              "models": list(self.models), "streams": self.streams,
                              "batching": {name: s.batcher.stats.to_dict() for name, s in self.models.items()}})
+
+    async def export(self, request: Request) -> Response:
+        """This model as one web page or one JS module (chargen export --html / --js): a download.
+        The model is named from this server's list; the export is built once, off the event loop."""
+        kind = request.query_params.get("format", "html")
+        if kind not in EXPORT_FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(EXPORT_FORMATS)} (got {json.dumps(kind)[:40]})")
+        served = self.model({"model": request.query_params.get("model")})
+        key = (served.name, kind)
+        if key not in self.exports:
+            self.exports[key] = await asyncio.to_thread(_export, served.model.checkpoint, kind)
+        suffix, media = EXPORT_FORMATS[kind]
+        return Response(self.exports[key], media_type=media,
+                        headers={"Content-Disposition": f'attachment; filename="{served.name}{suffix}"',
+                                 "X-Content-Type-Options": "nosniff"})
 
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"models": [s.info for s in self.models.values()]})
@@ -411,6 +428,17 @@ def playground_page() -> bytes:
     return page.encode("utf-8")
 
 
+EXPORT_FORMATS = {"html": (".html", "text/html; charset=utf-8"), "js": (".mjs", "text/javascript; charset=utf-8")}
+
+
+def _export(checkpoint, kind: str) -> bytes:
+    from . import webexport
+
+    encoding = webexport.choose_encoding(checkpoint)
+    text = webexport.page_text(checkpoint, encoding) if kind == "html" else webexport.module_text(checkpoint, encoding)
+    return text.encode("utf-8")
+
+
 def _asset(name: str) -> bytes:
     return resources.files("chargen").joinpath("static", name).read_bytes()
 
@@ -450,6 +478,7 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
         Route("/v1/top", wrap(server.top), methods=["POST"]),
         Route("/v1/eval", wrap(server.eval), methods=["POST"]),
         Route("/v1/stream", wrap(server.stream), methods=["POST"]),
+        Route("/v1/export", wrap(server.export), methods=["GET"]),
     ]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -113,6 +113,27 @@ def test_a_prose_model_streams_its_text_as_it_is_drawn(page, trained_prose):
     assert int(page.locator("#prose").get_attribute("data-chunks")) > 1  # it arrived in pieces, as drawn
 
 
+def test_the_model_downloads_as_a_page_that_works_offline(page, browser, tmp_path):
+    page.wait_for_selector("#model option[value=names]", state="attached")
+    with page.expect_download() as got:
+        page.click("#export-html")
+    saved = tmp_path / got.value.suggested_filename
+    got.value.save_as(saved)
+    assert saved.name == "names.html"
+    sync_api.expect(page.locator("#status")).to_contain_text("downloaded names.html")
+    offline = browser.new_context(offline=True, bypass_csp=True)  # bypass: Playwright's waits use eval
+    p = offline.new_page()
+    p.goto(saved.as_uri())
+    p.wait_for_function("document.getElementById('status').textContent.startsWith('Type')")
+    p.fill("#seed", "4")
+    p.fill("#n", "8")
+    p.fill("#prompt", "Ma")
+    p.press("#prompt", "Enter")
+    p.wait_for_function("document.querySelectorAll('#results tbody tr').length === 8")
+    assert p.locator("#results tbody td.sample").all_inner_texts() == chargen.load().sample(8, "Ma", seed=4)
+    offline.close()
+
+
 def test_an_error_shows_in_the_status_line(page):
     page.wait_for_selector("#model option[value=names]", state="attached")
     page.fill("#prompt", "M€")

@@ -192,7 +192,31 @@ async function streamProse(started) {
   $("copy").disabled = !record;
 }
 
+// --- this model as a web page or a JS module (GET /v1/export) ---------------------------------
+
+async function download(format) {
+  const name = state.model.name;
+  setStatus("building " + name + (format === "html" ? ".html" : ".mjs") + "…");
+  try {
+    const response = await api("/v1/export?model=" + encodeURIComponent(name) + "&format=" + format);
+    const url = URL.createObjectURL(await response.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name + (format === "html" ? ".html" : ".mjs");
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    setStatus("downloaded " + a.download + ": " + (format === "html" ? "open it in any browser, no server needed"
+                                                                      : "import { sample } from \"./" + a.download + "\""));
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
 function init() {
+  $("export-html").addEventListener("click", () => download("html"));
+  $("export-js").addEventListener("click", () => download("js"));
   $("form").addEventListener("submit", generate);
   $("form").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(e);

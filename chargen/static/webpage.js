@@ -62,6 +62,11 @@ function start() {
     for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
     for (const el of document.querySelectorAll(".for-novel")) el.hidden = !data.lineOriented || !data.novel;
     showFacts(data.info);
+    const e = data.info.export;
+    $("export-note").textContent = "Drawn in this page by chargen's sampler, with no server and no network. " +
+      (e.lossless ? "The same seed gives the samples `chargen sample` prints."
+                  : "Its weights are rounded to " + e.weights + ", so now and then a sample for a seed differs from " +
+                    "what `chargen sample` prints for the checkpoint.");
     setStatus("Type a prompt (or none), press Enter.");
   };
   page.worker.onerror = (e) => { setStatus("the sampler failed to start: " + e.message, true); };
