@@ -35,6 +35,7 @@ from .checkpoint import Checkpoint, encode_lines, save_checkpoint
 from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
 from .errors import UsageError
 from .sampling.drawing import CONSTRAINED_TRIES
+from .wasmkernel import kernel_base64
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
 I8_TOLERANCE = 0.005  # nats per character the loss may move for `auto` to choose i8
@@ -228,11 +229,11 @@ def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
     data = data.replace("</", "<\\/")
     return (f"// chargen {ckpt.describe().get('chargen_version') or ''} export of {ckpt.path.name}: "
             f"{ckpt.model_config.layers} x {ckpt.model_config.hidden} {ckpt.model_config.cell}; {encoding.enc} weights\n"
-            f"const MODEL = {data};\n" + _static("websampler.js"))
+            f"const MODEL = {data};\nconst KERNEL = \"{kernel_base64()}\";\n" + _static("websampler.js"))
 
 
 def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
-    return _sampler_script(ckpt, encoding) + "\nexport { sample, sampleRecords, info, ChargenError };\n"
+    return _sampler_script(ckpt, encoding) + "\nexport { sample, sampleRecords, info, backend, ChargenError };\n"
 
 
 def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None) -> str:

@@ -34,11 +34,10 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                         args=["--disable-gpu", "--disable-background-networking", "--no-first-run"])
-            context = browser.new_context(viewport={"width": args.width, "height": args.height}, offline=True,
-                                          bypass_csp=True)
+            context = browser.new_context(viewport={"width": args.width, "height": args.height}, offline=True)
             page = context.new_page()
             page.goto(page_file.as_uri())
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('Type')")
+            page.locator("#status").filter(has_text="Type a prompt").wait_for()
             page.fill("#prompt", "Ka")
             page.fill("#n", "12")
             page.fill("#seed", "7")
@@ -46,7 +45,7 @@ def main() -> None:
             page.fill("#endsWith", "a")
             page.fill("#maxLen", "7")
             page.press("#prompt", "Enter")
-            page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 12")
+            page.locator("#results tbody tr").nth(11).wait_for()
             page.screenshot(path=str(args.out), full_page=True)
             browser.close()
     print(f"wrote {args.out}", file=sys.stderr)

@@ -121,15 +121,15 @@ def test_the_model_downloads_as_a_page_that_works_offline(page, browser, tmp_pat
     got.value.save_as(saved)
     assert saved.name == "names.html"
     sync_api.expect(page.locator("#status")).to_contain_text("downloaded names.html")
-    offline = browser.new_context(offline=True, bypass_csp=True)  # bypass: Playwright's waits use eval
+    offline = browser.new_context(offline=True)
     p = offline.new_page()
     p.goto(saved.as_uri())
-    p.wait_for_function("document.getElementById('status').textContent.startsWith('Type')")
+    sync_api.expect(p.locator("#status")).to_contain_text("Type a prompt")
     p.fill("#seed", "4")
     p.fill("#n", "8")
     p.fill("#prompt", "Ma")
     p.press("#prompt", "Enter")
-    p.wait_for_function("document.querySelectorAll('#results tbody tr').length === 8")
+    sync_api.expect(p.locator("#results tbody tr")).to_have_count(8)
     assert p.locator("#results tbody td.sample").all_inner_texts() == chargen.load().sample(8, "Ma", seed=4)
     offline.close()
 

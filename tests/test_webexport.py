@@ -74,17 +74,21 @@ def python_records(path: Path, options: dict) -> list[dict]:
     return [{"text": s.text, "logprob": s.logprob} for s in chargen.load(path).samples(n, prompt, **o)]
 
 
-def node_records(module: Path, cases: list[dict]) -> list:
-    """Each case's records from the module under Node (or its error message)."""
+def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") -> list:
+    """Each case's records from the module under Node (or its error message); "javascript": with
+    WebAssembly hidden, as an engine without it runs the module."""
     script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
               " if (typeof o.seed === 'string') o.seed = BigInt(o.seed);"
               " try { return m.sampleRecords(o); } catch (e) { return { error: e.message }; } });"
-              " process.stdout.write(JSON.stringify(out)); })")
+              " process.stdout.write(JSON.stringify({ backend: m.backend(), out })); })")
     wire = [{**c, "seed": str(c["seed"])} if "seed" in c else c for c in cases]
-    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri(), json.dumps(wire)], capture_output=True,
-                          text=True, timeout=120)
+    flags = ["--no-expose-wasm"] if backend == "javascript" else []
+    proc = subprocess.run([NODE, *flags, "-e", script, module.resolve().as_uri(), json.dumps(wire)],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    got = json.loads(proc.stdout)
+    assert got["backend"] == backend
+    return got["out"]
 
 
 def assert_same(js: list[dict], py: list[dict]) -> None:
@@ -93,13 +97,15 @@ def assert_same(js: list[dict], py: list[dict]) -> None:
 
 
 @needs_node
-@pytest.mark.parametrize("cell,layers", [("lstm", 2), ("gru", 3), ("rnn", 2), ("lstm", 3)])
-def test_module_matches_numpy_sampler(tmp_path, cell, layers):
+@pytest.mark.parametrize("cell,layers,backend", [("lstm", 2, "wasm-simd"), ("gru", 3, "wasm-simd"),
+                                                 ("rnn", 2, "wasm-simd"), ("lstm", 3, "wasm-simd"),
+                                                 ("gru", 2, "javascript")])
+def test_module_matches_numpy_sampler(tmp_path, cell, layers, backend):
     ckpt_path = random_model(tmp_path / "m.safetensors", cell, layers, seed=layers)
     ckpt = read_checkpoint(ckpt_path)
     module = tmp_path / "m.mjs"
     module.write_text(module_text(ckpt, Encoding("f32", True)))
-    for case, js in zip(CASES, node_records(module, CASES)):
+    for case, js in zip(CASES, node_records(module, CASES, backend)):
         assert "error" not in js, (case, js)
         assert_same(js, python_records(ckpt_path, case))
 
@@ -191,20 +197,22 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     ckpt_path = random_model(tmp_path / "m.safetensors", "gru", 2, seed=5)
     html = tmp_path / "m.html"
     html.write_text(page_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
-    context = browser.new_context(viewport={"width": 390, "height": 800}, offline=True,  # a phone, no network
-                                  bypass_csp=True)  # the page forbids eval, which wait_for_function uses
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 390, "height": 800}, offline=True)  # a phone, no network
     requests: list[str] = []
     context.on("request", lambda r: requests.append(r.url))
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(html.as_uri())
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Type')")
+    expect(page.locator("#status")).to_contain_text("Type a prompt")
+    assert "WebAssembly SIMD" in page.text_content("#facts")  # the page's CSP lets the kernel compile
     page.fill("#prompt", "Ma")
     page.fill("#n", "25")
     page.fill("#seed", "42")
     page.press("#prompt", "Enter")  # keyboard: Enter generates
-    page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 25")
+    expect(page.locator("#results tbody tr")).to_have_count(25)
     texts = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
     expected = python_records(ckpt_path, {"n": 25, "seed": 42, "prompt": "Ma"})
     assert texts == [r["text"] for r in expected]
@@ -213,13 +221,13 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     page.fill("#endsWith", "a")
     page.fill("#seed", "3")
     page.click("#go")
-    page.wait_for_function("document.getElementById('status').textContent.includes('samples in')")
+    expect(page.locator("#status")).to_contain_text("samples in")
     ends = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
     assert ends == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma",
                                                                  "endsWith": "a"})]
     page.fill("#endsWith", "Ω")
     page.click("#go")
-    page.wait_for_function("document.getElementById('status').classList.contains('error')")
+    expect(page.locator("#status")).to_have_class("muted error")
     assert "not in the model's vocabulary" in page.text_content("#status")
     assert not errors and all(u.startswith(("file:", "blob:", "data:")) for u in requests), (errors, requests)
     context.close()

@@ -9,4 +9,4 @@ self.onmessage = (event) => {
     self.postMessage({ id, error: err instanceof ChargenError ? err.message : `internal error: ${err}` });
   }
 };
-self.postMessage({ ready: true, info: MODEL.info, lineOriented: MODEL.line_oriented, novel: MODEL.training_lines !== null });
+self.postMessage({ ready: true, info: MODEL.info, backend: backend(), lineOriented: MODEL.line_oriented, novel: MODEL.training_lines !== null });

@@ -62,6 +62,11 @@ function start() {
     for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
     for (const el of document.querySelectorAll(".for-novel")) el.hidden = !data.lineOriented || !data.novel;
     showFacts(data.info);
+    const dd = document.createElement("dd");
+    dd.textContent = data.backend === "wasm-simd" ? "WebAssembly SIMD, in this page" : "JavaScript, in this page";
+    const dt = document.createElement("dt");
+    dt.textContent = "sampler";
+    $("facts").append(dt, dd);
     const e = data.info.export;
     $("export-note").textContent = "Drawn in this page by chargen's sampler, with no server and no network. " +
       (e.lossless ? "The same seed gives the samples `chargen sample` prints."

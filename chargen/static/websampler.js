@@ -58,23 +58,43 @@ function decodeTensor(t) {
 
 // --- the network: torch's nn.LSTM / nn.GRU / nn.RNN equations ----------------------------------
 
-const sigmoid = (x) => 1 / (1 + Math.exp(-x));
-
-// out[o + j] = bias[j] + sum_k W[j, k] * x[xo + k], for j < rows (W row-major, rows x cols).
-function affine(W, rows, cols, x, xo, bias, out, o) {
-  for (let j = 0; j < rows; j++) {
-    const w = j * cols;
-    let a0 = 0, a1 = 0, a2 = 0, a3 = 0, k = 0;
-    for (; k + 3 < cols; k += 4) {
-      a0 += W[w + k] * x[xo + k];
-      a1 += W[w + k + 1] * x[xo + k + 1];
-      a2 += W[w + k + 2] * x[xo + k + 2];
-      a3 += W[w + k + 3] * x[xo + k + 3];
+// Matrix-vector products over one Float32Array `f` that holds the weight matrices (each row padded
+// to a multiple of 16 columns with zeros) and the vectors they multiply: in WebAssembly with 128-bit
+// SIMD where the engine has it (KERNEL, assembled by chargen/wasmkernel.py; about 9x plain
+// JavaScript), else in JavaScript. gemv(w, rows, cols, x, out): f[out + j] = sum_k f[w + j*cols + k] * f[x + k].
+class Kernel {
+  constructor(floats) {
+    const bytes = typeof WebAssembly === "object" && typeof KERNEL === "string" ? bytesOf(KERNEL) : null;
+    this.simd = false;
+    if (bytes && WebAssembly.validate(bytes)) {
+      try {  // a page's Content-Security-Policy may forbid compiling: then JavaScript it is
+        const mem = new WebAssembly.Memory({ initial: Math.ceil((floats * 4) / 65536) + 1 });
+        const gemv = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { mem } }).exports.gemv;
+        this.f = new Float32Array(mem.buffer);
+        this.gemv = (w, rows, cols, x, out) => gemv(w * 4, rows, cols, x * 4, out * 4);
+        this.simd = true;
+      } catch (err) { /* below */ }
     }
-    for (; k < cols; k++) a0 += W[w + k] * x[xo + k];
-    out[o + j] = (bias ? bias[j] : 0) + ((a0 + a1) + (a2 + a3));
+    if (!this.simd) {
+      this.f = new Float32Array(floats);
+      this.gemv = (w, rows, cols, x, out) => jsGemv(this.f, w, rows, cols, x, out);
+    }
   }
 }
+
+function jsGemv(f, w, rows, cols, x, out) {
+  for (let j = 0; j < rows; j++) {
+    const r = w + j * cols;
+    let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (let k = 0; k < cols; k += 4) {
+      a0 += f[r + k] * f[x + k]; a1 += f[r + k + 1] * f[x + k + 1];
+      a2 += f[r + k + 2] * f[x + k + 2]; a3 += f[r + k + 3] * f[x + k + 3];
+    }
+    f[out + j] = (a0 + a1) + (a2 + a3);
+  }
+}
+
+const pad16 = (n) => Math.ceil(n / 16) * 16;
 
 class Network {
   constructor(model) {
@@ -83,19 +103,40 @@ class Network {
     this.cell = cfg.cell; this.layers = cfg.layers; this.H = cfg.hidden; this.V = cfg.vocab_size;
     this.G = { lstm: 4, gru: 3, rnn: 1 }[cfg.cell] * cfg.hidden;
     this.stateTensors = cfg.cell === "lstm" ? 2 : 1;
-    const G = this.G, H = this.H, E = cfg.embed;
-    this.wih = []; this.whh = []; this.bih = []; this.bhh = [];
+    const G = this.G, H = this.H, E = cfg.embed, V = this.V, Hp = pad16(H);
+    this.Hp = Hp;
+    // The workspace: per layer W_ih (but the first's) and W_hh, (G, Hp) each; the head (V, Hp); the
+    // vector multiplied (Hp); and the products (G) and (G).
+    let at = 0;
+    const take = (n) => { const here = at; at += n; return here; };
+    this.wih = []; this.whh = [];
+    for (let l = 0; l < this.layers; l++) { this.wih.push(l ? take(G * Hp) : -1); this.whh.push(take(G * Hp)); }
+    this.head = take(V * Hp); this.x = take(Hp); this.gi = take(G); this.gh = take(pad16(Math.max(G, V)));
+    this.kernel = new Kernel(at);
+    const f = this.kernel.f;
+    const put = (src, rows, cols, dst) => {
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) f[dst + r * Hp + c] = src[r * cols + c];
+    };
+    this.bih = []; this.bhh = [];
     for (let l = 0; l < this.layers; l++) {
-      this.wih.push(W[`rnn.weight_ih_l${l}`]); this.whh.push(W[`rnn.weight_hh_l${l}`]);
+      if (l) put(W[`rnn.weight_ih_l${l}`], G, H, this.wih[l]);
+      put(W[`rnn.weight_hh_l${l}`], G, H, this.whh[l]);
       let bi = W[`rnn.bias_ih_l${l}`], bh = W[`rnn.bias_hh_l${l}`];
-      if (this.cell !== "gru") { bi = bi.map((v, j) => v + bh[j]); bh = null; }  // one bias suffices
+      if (this.cell !== "gru") { bi = bi.map((v, j) => v + bh[j]); bh = new Float64Array(G); }  // one bias suffices
       this.bih.push(bi); this.bhh.push(bh);
     }
+    put(W["head.weight"], V, H, this.head);
+    this.headB = W["head.bias"];
     // The first layer's input projection of every character, looked up instead of multiplied.
-    this.table = new Float64Array(this.V * G);
-    for (let v = 0; v < this.V; v++) affine(this.wih[0], G, E, W["embedding.weight"], v * E, this.bih[0], this.table, v * G);
-    this.headW = W["head.weight"]; this.headB = W["head.bias"];
-    this.gi = new Float64Array(G); this.gh = new Float64Array(G);
+    this.table = new Float64Array(V * G);
+    const wih0 = W["rnn.weight_ih_l0"], emb = W["embedding.weight"];
+    for (let v = 0; v < V; v++) {
+      for (let j = 0; j < G; j++) {
+        let s = 0;
+        for (let k = 0; k < E; k++) s += wih0[j * E + k] * emb[v * E + k];
+        this.table[v * G + j] = s + this.bih[0][j];
+      }
+    }
     this.start = model.start_state ? model.start_state.map(decodeTensor) : null;  // [h] or [h, c], (layers, H)
   }
 
@@ -116,38 +157,50 @@ class Network {
 
   copyState(state) { return state.map((parts) => parts.map((a) => a.slice())); }
 
+  // W (at w) times the vector v, into the workspace at `out`.
+  times(w, rows, v, out) {
+    const f = this.kernel.f;
+    for (let k = 0; k < this.H; k++) f[this.x + k] = v[k];
+    this.kernel.gemv(w, rows, this.Hp, this.x, out);
+  }
+
   // One character in: the state advances in place, the next character's logits come out.
   step(id, state, logits) {
-    const H = this.H, G = this.G, gi = this.gi, gh = this.gh;
+    const H = this.H, G = this.G, f = this.kernel.f;
     let x = null;
     for (let l = 0; l < this.layers; l++) {
-      const h = state[l][0];
-      if (l === 0) gi.set(this.table.subarray(id * G, (id + 1) * G));
-      else affine(this.wih[l], G, H, x, 0, this.bih[l], gi, 0);
-      affine(this.whh[l], G, H, h, 0, this.bhh[l], gh, 0);
+      const h = state[l][0], bi = this.bih[l], bh = this.bhh[l];
+      const gi = this.gi, gh = this.gh, t = id * G;
+      if (l === 0) { for (let j = 0; j < G; j++) f[gi + j] = 0; } else this.times(this.wih[l], G, x, gi);
+      this.times(this.whh[l], G, h, gh);
+      const a = (j) => (l === 0 ? this.table[t + j] : f[gi + j] + bi[j]);  // input part, bias included
+      const b = (j) => f[gh + j] + bh[j];  // hidden part (GRU: its own bias)
       if (this.cell === "lstm") {  // gates i, f, g, o
         const c = state[l][1];
         for (let j = 0; j < H; j++) {
-          const i = sigmoid(gi[j] + gh[j]), f = sigmoid(gi[H + j] + gh[H + j]);
-          const g = Math.tanh(gi[2 * H + j] + gh[2 * H + j]), o = sigmoid(gi[3 * H + j] + gh[3 * H + j]);
-          c[j] = f * c[j] + i * g;
+          const i = sigmoid(a(j) + b(j)), fg = sigmoid(a(H + j) + b(H + j));
+          const g = Math.tanh(a(2 * H + j) + b(2 * H + j)), o = sigmoid(a(3 * H + j) + b(3 * H + j));
+          c[j] = fg * c[j] + i * g;
           h[j] = o * Math.tanh(c[j]);
         }
       } else if (this.cell === "gru") {  // gates r, z, n
         for (let j = 0; j < H; j++) {
-          const r = sigmoid(gi[j] + gh[j]), z = sigmoid(gi[H + j] + gh[H + j]);
-          const n = Math.tanh(gi[2 * H + j] + r * gh[2 * H + j]);
+          const r = sigmoid(a(j) + b(j)), z = sigmoid(a(H + j) + b(H + j));
+          const n = Math.tanh(a(2 * H + j) + r * b(2 * H + j));
           h[j] = (1 - z) * n + z * h[j];
         }
       } else {
-        for (let j = 0; j < H; j++) h[j] = Math.tanh(gi[j] + gh[j]);
+        for (let j = 0; j < H; j++) h[j] = Math.tanh(a(j) + b(j));
       }
       x = h;
     }
-    affine(this.headW, this.V, H, x, 0, this.headB, logits, 0);
+    this.times(this.head, this.V, x, this.gh);
+    for (let v = 0; v < this.V; v++) logits[v] = f[this.gh + v] + this.headB[v];
     return logits;
   }
 }
+
+const sigmoid = (x) => 1 / (1 + Math.exp(-x));
 
 // --- counter-based random numbers (chargen.sampling.randomness) -------------------------------
 
@@ -174,7 +227,8 @@ function uniform(key, i, t) {
 
 function randomSeed() {
   const w = new Uint32Array(2);
-  globalThis.crypto.getRandomValues(w);
+  if (globalThis.crypto && globalThis.crypto.getRandomValues) globalThis.crypto.getRandomValues(w);
+  else for (let i = 0; i < 2; i++) w[i] = Math.floor(Math.random() * 2 ** 32);  // Node 18 has no global crypto
   return ((BigInt(w[1]) << 32n) | BigInt(w[0])) >> 1n;
 }
 
@@ -434,6 +488,9 @@ function sampleRecords(options = {}) { return Array.from(getSampler().records(op
 
 /** Samples as strings: n per prompt, in order; the same options and seed give what `chargen sample` prints. */
 function sample(options = {}) { return sampleRecords(options).map((r) => r.text); }
+
+/** Which arithmetic draws the samples here: "wasm-simd" or "javascript" (no WebAssembly SIMD). */
+function backend() { return getSampler().net.kernel.simd ? "wasm-simd" : "javascript"; }
 
 /** What `chargen info --json` says of the model, and how it was exported. */
 const info = MODEL.info;
