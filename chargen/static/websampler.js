@@ -113,6 +113,7 @@ class Network {
     for (let l = 0; l < this.layers; l++) { this.wih.push(l ? take(G * Hp) : -1); this.whh.push(take(G * Hp)); }
     this.head = take(V * Hp); this.x = take(Hp); this.gi = take(G); this.gh = take(pad16(Math.max(G, V)));
     this.kernel = new Kernel(at);
+    this.pre = new Float64Array(G);  // one layer's gates before their nonlinearity
     const f = this.kernel.f;
     const put = (src, rows, cols, dst) => {
       for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) f[dst + r * Hp + c] = src[r * cols + c];
@@ -122,7 +123,7 @@ class Network {
       if (l) put(W[`rnn.weight_ih_l${l}`], G, H, this.wih[l]);
       put(W[`rnn.weight_hh_l${l}`], G, H, this.whh[l]);
       let bi = W[`rnn.bias_ih_l${l}`], bh = W[`rnn.bias_hh_l${l}`];
-      if (this.cell !== "gru") { bi = bi.map((v, j) => v + bh[j]); bh = new Float64Array(G); }  // one bias suffices
+      if (this.cell !== "gru") { bi = bi.map((v, j) => v + bh[j]); bh = null; }  // one bias suffices
       this.bih.push(bi); this.bhh.push(bh);
     }
     put(W["head.weight"], V, H, this.head);
@@ -166,31 +167,36 @@ class Network {
 
   // One character in: the state advances in place, the next character's logits come out.
   step(id, state, logits) {
-    const H = this.H, G = this.G, f = this.kernel.f;
+    const H = this.H, G = this.G, f = this.kernel.f, pre = this.pre;
     let x = null;
     for (let l = 0; l < this.layers; l++) {
-      const h = state[l][0], bi = this.bih[l], bh = this.bhh[l];
-      const gi = this.gi, gh = this.gh, t = id * G;
-      if (l === 0) { for (let j = 0; j < G; j++) f[gi + j] = 0; } else this.times(this.wih[l], G, x, gi);
+      const h = state[l][0], bi = this.bih[l], bh = this.bhh[l], gi = this.gi, gh = this.gh;
       this.times(this.whh[l], G, h, gh);
-      const a = (j) => (l === 0 ? this.table[t + j] : f[gi + j] + bi[j]);  // input part, bias included
-      const b = (j) => f[gh + j] + bh[j];  // hidden part (GRU: its own bias)
+      if (l === 0) {  // the input part, bias included, looked up
+        const t = id * G;
+        for (let j = 0; j < G; j++) pre[j] = this.table[t + j];
+      } else {
+        this.times(this.wih[l], G, x, gi);
+        for (let j = 0; j < G; j++) pre[j] = f[gi + j] + bi[j];
+      }
       if (this.cell === "lstm") {  // gates i, f, g, o
         const c = state[l][1];
+        for (let j = 0; j < G; j++) pre[j] += f[gh + j];
         for (let j = 0; j < H; j++) {
-          const i = sigmoid(a(j) + b(j)), fg = sigmoid(a(H + j) + b(H + j));
-          const g = Math.tanh(a(2 * H + j) + b(2 * H + j)), o = sigmoid(a(3 * H + j) + b(3 * H + j));
+          const i = 1 / (1 + Math.exp(-pre[j])), fg = 1 / (1 + Math.exp(-pre[H + j]));
+          const g = Math.tanh(pre[2 * H + j]), o = 1 / (1 + Math.exp(-pre[3 * H + j]));
           c[j] = fg * c[j] + i * g;
           h[j] = o * Math.tanh(c[j]);
         }
-      } else if (this.cell === "gru") {  // gates r, z, n
+      } else if (this.cell === "gru") {  // gates r, z, n; the hidden part keeps its own bias
         for (let j = 0; j < H; j++) {
-          const r = sigmoid(a(j) + b(j)), z = sigmoid(a(H + j) + b(H + j));
-          const n = Math.tanh(a(2 * H + j) + r * b(2 * H + j));
+          const r = 1 / (1 + Math.exp(-(pre[j] + f[gh + j] + bh[j])));
+          const z = 1 / (1 + Math.exp(-(pre[H + j] + f[gh + H + j] + bh[H + j])));
+          const n = Math.tanh(pre[2 * H + j] + r * (f[gh + 2 * H + j] + bh[2 * H + j]));
           h[j] = (1 - z) * n + z * h[j];
         }
       } else {
-        for (let j = 0; j < H; j++) h[j] = Math.tanh(a(j) + b(j));
+        for (let j = 0; j < H; j++) h[j] = Math.tanh(pre[j] + f[gh + j]);
       }
       x = h;
     }
@@ -200,7 +206,6 @@ class Network {
   }
 }
 
-const sigmoid = (x) => 1 / (1 + Math.exp(-x));
 
 // --- counter-based random numbers (chargen.sampling.randomness) -------------------------------
 
