@@ -4,9 +4,13 @@ to plain JavaScript where WebAssembly SIMD is missing (browsers before 2021, Saf
 
     gemv(w, rows, cols, x, out):   out[j] = sum_k w[j * cols + k] * x[k]   for j < rows
 
-All five arguments are i32: w, x and out are byte offsets into the imported memory (env.mem) of
+    sigmoid(ptr, n), tanh(ptr, n): in place over n float32 at ptr (n a multiple of 4)
+
+The arguments are i32: w, x, out and ptr are byte offsets into the imported memory (env.mem) of
 float32 arrays; cols is a multiple of 16. Four f32x4 accumulators take 16 columns a turn (so the
-adds do not wait on each other), summed (a0 + a1) + (a2 + a3), then lanes (0 + 1) + (2 + 3).
+adds do not wait on each other), summed (a0 + a1) + (a2 + a3), then lanes (0 + 1) + (2 + 3). The
+nonlinearities go through a float32 exp four lanes at a time (Cephes' expf polynomial), about as
+accurate as numpy's float32 tanh, which chargen's numpy twin uses.
 """
 
 from __future__ import annotations
@@ -117,16 +121,80 @@ def _gemv_body() -> bytes:
     return _uleb(len(body)) + body
 
 
+# --- the gates' nonlinearities: exp on four float32 lanes at once ---------------------------------
+
+F32X4_ABS, F32X4_NEG, F32X4_SUB, F32X4_DIV, F32X4_MIN, F32X4_MAX, F32X4_NEAREST = 0xE0, 0xE1, 0xE5, 0xE7, 0xE8, 0xE9, 0x6A
+V128_AND, V128_OR = 0x4E, 0x50
+I32X4_SPLAT, I32X4_TRUNC_SAT_F32X4_S, I32X4_ADD, I32X4_SHL, V128_STORE = 0x11, 0xF8, 0xAE, 0xAB, 0x0B
+CALL = b"\x10"
+# Cephes' expf: x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts), exp(r) by its polynomial of degree
+# 7, 2^n put together from its bits; about 1 ulp in float32 over [-87.3, 88.3] (clamped outside).
+EXP_LO, EXP_HI, LOG2E, LN2_HI, LN2_LO = -87.3, 88.3, 1.44269504088896341, 0.693359375, -2.12194440e-4
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def f32x4(value: float) -> bytes:
+    import struct
+
+    return b"\x43" + struct.pack("<f", value) + simd(F32X4_SPLAT)
+
+
+def _exp4_body() -> bytes:
+    x, n, r, p = 0, 1, 2, 3  # the argument, then three v128 locals
+    code = (get(x) + f32x4(EXP_LO) + simd(F32X4_MAX) + f32x4(EXP_HI) + simd(F32X4_MIN) + set_(x)
+            + get(x) + f32x4(LOG2E) + simd(F32X4_MUL) + simd(F32X4_NEAREST) + set_(n)
+            + get(x) + get(n) + f32x4(LN2_HI) + simd(F32X4_MUL) + simd(F32X4_SUB)
+            + get(n) + f32x4(LN2_LO) + simd(F32X4_MUL) + simd(F32X4_SUB) + set_(r)
+            + f32x4(EXP_POLY[0]) + set_(p))
+    for c in EXP_POLY[1:]:
+        code += get(p) + get(r) + simd(F32X4_MUL) + f32x4(c) + simd(F32X4_ADD) + set_(p)
+    code += (get(p) + get(r) + simd(F32X4_MUL) + get(r) + simd(F32X4_MUL) + get(r) + simd(F32X4_ADD)
+             + f32x4(1.0) + simd(F32X4_ADD)  # p r^2 + r + 1
+             + get(n) + simd(I32X4_TRUNC_SAT_F32X4_S) + i32(127) + simd(I32X4_SPLAT) + simd(I32X4_ADD)
+             + i32(23) + simd(I32X4_SHL)  # 2^n as float32 bits
+             + simd(F32X4_MUL))
+    body = _vec([_uleb(3) + bytes([V128])]) + code + END
+    return _uleb(len(body)) + body
+
+
+def _map_body(kind: str) -> bytes:
+    """In place over n float32 at ptr (n a multiple of 4): x -> 1/(1 + exp(-x)) for "sigmoid";
+    x -> sign(x) (1 - e)/(1 + e) with e = exp(-2|x|) for "tanh" (no cancellation near 0 beyond e's
+    own rounding: about 3e-8 absolute there, 1 ulp elsewhere)."""
+    ptr, n, i, end, x, e = 0, 1, 2, 3, 4, 5
+    exp = CALL + _uleb(EXP4)
+    if kind == "sigmoid":
+        value = (f32x4(1.0) + get(x) + simd(F32X4_NEG) + exp + f32x4(1.0) + simd(F32X4_ADD) + simd(F32X4_DIV))
+    else:
+        value = (get(x) + simd(F32X4_ABS) + f32x4(-2.0) + simd(F32X4_MUL) + exp + set_(e)
+                 + f32x4(1.0) + get(e) + simd(F32X4_SUB) + f32x4(1.0) + get(e) + simd(F32X4_ADD) + simd(F32X4_DIV)
+                 + get(x) + i32(-(1 << 31)) + simd(I32X4_SPLAT) + simd(V128_AND) + simd(V128_OR))
+    code = (get(n) + i32(2) + SHL + set_(end) + i32(0) + set_(i)
+            + BLOCK + LOOP + get(i) + get(end) + GE_U + br_if(1)
+            + get(ptr) + get(i) + ADD + simd(V128_LOAD, _memarg(0)) + set_(x)
+            + get(ptr) + get(i) + ADD + value + simd(V128_STORE, _memarg(0))
+            + get(i) + i32(16) + ADD + set_(i) + br(0) + END + END)
+    body = _vec([_uleb(2) + bytes([I32]), _uleb(2) + bytes([V128])]) + code + END
+    return _uleb(len(body)) + body
+
+
+GEMV, EXP4, SIGMOID, TANH = range(4)  # function indices
+
+
 def kernel() -> bytes:
-    """The WebAssembly module's bytes."""
-    functype = b"\x60" + _vec([bytes([I32])] * 5) + _vec([])
+    """The WebAssembly module's bytes: gemv, sigmoid(ptr, n) and tanh(ptr, n) exported."""
+    gemv_type = b"\x60" + _vec([bytes([I32])] * 5) + _vec([])
+    exp_type = b"\x60" + _vec([bytes([V128])]) + _vec([bytes([V128])])
+    map_type = b"\x60" + _vec([bytes([I32])] * 2) + _vec([])
     memory_import = _name("env") + _name("mem") + b"\x02" + b"\x00" + _uleb(1)  # memory, at least one page
+    exports = [_name("gemv") + b"\x00" + _uleb(GEMV), _name("sigmoid") + b"\x00" + _uleb(SIGMOID),
+               _name("tanh") + b"\x00" + _uleb(TANH)]
     return (b"\x00asm" + b"\x01\x00\x00\x00"
-            + _section(1, _vec([functype]))
+            + _section(1, _vec([gemv_type, exp_type, map_type]))
             + _section(2, _vec([memory_import]))
-            + _section(3, _vec([_uleb(0)]))
-            + _section(7, _vec([_name("gemv") + b"\x00" + _uleb(0)]))
-            + _section(10, _vec([_gemv_body()])))
+            + _section(3, _vec([_uleb(0), _uleb(1), _uleb(2), _uleb(2)]))
+            + _section(7, _vec(exports))
+            + _section(10, _vec([_gemv_body(), _exp4_body(), _map_body("sigmoid"), _map_body("tanh")])))
 
 
 def kernel_base64() -> str:

@@ -231,3 +231,38 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     assert "not in the model's vocabulary" in page.text_content("#status")
     assert not errors and all(u.startswith(("file:", "blob:", "data:")) for u in requests), (errors, requests)
     context.close()
+
+
+@needs_node
+def test_wasm_kernel_against_float64(tmp_path):
+    """The assembled kernel: gemv to float32 rounding, sigmoid and tanh to about 1 ulp (a wrong
+    constant or opcode in chargen/wasmkernel.py fails this long before the sampler tests)."""
+    from chargen.wasmkernel import kernel
+
+    (tmp_path / "k.wasm").write_bytes(kernel())
+    script = """
+const bytes = require("fs").readFileSync(process.argv[1]);
+const mem = new WebAssembly.Memory({ initial: 4 });
+const k = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { mem } }).exports;
+const f = new Float32Array(mem.buffer), N = 4000, out = {};
+const xs = Array.from({ length: N }, (_, i) => (i < 6 ? [0, 1e-9, -1e-9, 100, -100, 88.5][i] : Math.sin(i * 7.1) * 25));
+for (const [name, ref] of [["sigmoid", (x) => 1 / (1 + Math.exp(-x))], ["tanh", Math.tanh]]) {
+  f.set(xs); k[name](0, N);
+  out[name] = Math.max(...xs.map((x, i) => Math.abs(f[i] - ref(Math.fround(x)))));
+}
+const rows = 70, cols = 48;
+for (let i = 0; i < rows * cols + cols; i++) f[i] = Math.cos(i * 0.37);
+k.gemv(0, rows, cols, rows * cols * 4, (rows * cols + cols) * 4);
+let gemv = 0;
+for (let j = 0; j < rows; j++) {
+  let s = 0;
+  for (let c = 0; c < cols; c++) s += f[j * cols + c] * f[rows * cols + c];
+  gemv = Math.max(gemv, Math.abs(s - f[rows * cols + cols + j]));
+}
+out.gemv = gemv;
+process.stdout.write(JSON.stringify(out));
+"""
+    proc = subprocess.run([NODE, "-e", script, str(tmp_path / "k.wasm")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    err = json.loads(proc.stdout)
+    assert err["sigmoid"] < 1.2e-7 and err["tanh"] < 1.2e-7 and err["gemv"] < 2e-5, err
