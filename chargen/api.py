@@ -6,6 +6,8 @@ Nothing here prints or exits; every failure is a ChargenError.
 from __future__ import annotations
 
 import inspect
+import itertools
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -16,8 +18,8 @@ import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import SampleConfig, declared
-from .errors import UsageError
-from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
+from .errors import UsageError, VocabularyError
+from .evaluation import EVAL_STREAMS, NumpyScorer, Score, evaluate_text, line_nlls
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
@@ -228,9 +230,42 @@ class Model:
                                streams=streams or EVAL_STREAMS, skip_unknown=skip_unknown)
         return result.to_dict()
 
+    def score(self, lines: Iterable[str], *, skip_unknown: bool = False, batch: int = 2048) -> Iterator[Score]:
+        """Each line's log-probability under the model, in order, as chargen.evaluation.Score: scored
+        from the start of a line as a sample is drawn (at temperature 1), the newline that ends it
+        included, so a sampled name scores its own `logprob`. A line holding a character the model
+        does not know is an error naming it, or with `skip_unknown=True` scores -inf (impossible).
+        Lines are read and scored `batch` at a time: a long input streams. Runs on numpy, whatever
+        the backend."""
+        if "\n" not in self.vocab:
+            raise UsageError("this model's vocabulary has no newline, so it cannot score lines")
+        scorer = NumpyScorer(self.stepper if self.backend == "numpy" else
+                             NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
+        newline = self.vocab.index["\n"]
+        for first, chunk in _chunks(lines, batch):
+            unknown = [tuple(self.vocab.unknown_chars(t)) for t in chunk]
+            for i, bad in enumerate(unknown):
+                if bad and not skip_unknown:
+                    raise VocabularyError(f"line {first + i + 1} holds {', '.join(map(repr, bad))}, not in the "
+                                          f"model's vocabulary (with `skip_unknown` such a line scores -inf)")
+            known = [i for i, bad in enumerate(unknown) if not bad]
+            ids = [np.append(self.vocab.encode(chunk[i]).astype(np.int64), newline) for i in known]
+            nll = dict(zip(known, line_nlls(scorer, ids, self.checkpoint.start_state, newline) if ids else []))
+            for i, text in enumerate(chunk):
+                yield Score(text, float(-nll[i]) if i in nll else -math.inf, len(text) + 1, unknown[i])
+
     def __repr__(self) -> str:
         c = self.checkpoint.model_config
         return f"chargen.Model({self.checkpoint.path}, {c.layers}x{c.hidden} {c.cell}, vocab {c.vocab_size})"
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    """(index of the first, up to `size` items) in order, reading `items` lazily."""
+    it = iter(items)
+    first = 0
+    while chunk := list(itertools.islice(it, size)):
+        yield first, chunk
+        first += len(chunk)
 
 
 def _list_options(method: Callable, request: str) -> None:

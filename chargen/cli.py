@@ -14,7 +14,7 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -501,6 +501,47 @@ def eval_command(
             sys.stdout.write(f"{r['file']}: {r['loss']:.4f} nats/char, {r['bpc']:.4f} bits/char, "
                              f"perplexity {r['perplexity']:.3f} over {r['chars']:,} characters{skipped}\n")
         sys.stdout.flush()
+
+
+# --- score ------------------------------------------------------------------------------------
+
+
+@app.command()
+def score(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, run directory (its best), or a bundled model: names, base.", show_default=False)],
+    files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line, or - for stdin. [default: stdin]", show_default=False)] = None,
+    output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
+    skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
+) -> None:
+    """Score lines: each one's log-probability under the model, one output line per input line.
+
+    Scored from the start of a line, as samples are drawn (temperature 1), the newline that ends it
+    included: a name chargen sample drew scores its own logprob. Higher is likelier.
+
+    Example: chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
+    """
+    from .api import load
+    from .training.ingest import corpus_chunks
+
+    if output_format not in ("text", "jsonl"):
+        raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
+    model = load(checkpoint)
+
+    def lines() -> Iterator[str]:
+        rest = ""
+        for buf, text in corpus_chunks(files or ["-"], sys.stdin.buffer):
+            parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
+            rest = parts.pop()
+            yield from (p[:-1] if p.endswith("\r") else p for p in parts)
+        if rest:
+            yield rest
+
+    for s in model.score(lines(), skip_unknown=skip_unknown):
+        if output_format == "jsonl":
+            sys.stdout.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}\n")
+    sys.stdout.flush()
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -66,24 +66,42 @@ def stream_sums(scorer: Scorer, ids: np.ndarray, seq_len: int, streams: int = EV
     return float(total), count
 
 
-def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,
-              batch: int = LINE_BATCH) -> tuple[float, int]:
-    """The line loss of `lines` (id arrays, each ending with the newline id) as (summed NLL, characters scored)."""
-    total: Any = 0.0
-    count = 0
+def line_batches(lines: list[np.ndarray], newline_id: int, batch: int = LINE_BATCH):
+    """The line layout both line losses read: batches of lines of similar length, as (which lines,
+    inputs (B, W), targets (B, W)): "\n" then the line in, the line then its newline out, PAD after."""
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))  # similar lengths batch together
     for b0 in range(0, len(order), batch):
-        group = [lines[i] for i in order[b0 : b0 + batch]]
+        which = order[b0 : b0 + batch]
+        group = [lines[i] for i in which]
         width = max(len(g) for g in group)
         targets = np.full((len(group), width), PAD, dtype=np.int64)  # (B, W)
         inputs = np.full((len(group), width), newline_id, dtype=np.int64)  # (B, W): "\n", then the line
         for r, g in enumerate(group):
             targets[r, : len(g)] = g
             inputs[r, 1 : len(g)] = g[:-1]
-        nll, _ = scorer.score(inputs, targets, scorer.initial(start_state, len(group)))
+        yield which, inputs, targets
+
+
+def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,
+              batch: int = LINE_BATCH) -> tuple[float, int]:
+    """The line loss of `lines` (id arrays, each ending with the newline id) as (summed NLL, characters scored)."""
+    total: Any = 0.0
+    count = 0
+    for _, inputs, targets in line_batches(lines, newline_id, batch):
+        nll, _ = scorer.score(inputs, targets, scorer.initial(start_state, len(inputs)))
         total = total + nll
         count += int((targets != PAD).sum())
     return float(total), count
+
+
+def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optional[list[np.ndarray]],
+              newline_id: int, batch: int = LINE_BATCH) -> np.ndarray:
+    """Each line's own NLL (in nats, in the order given), laid out as line_sums lays them out: the
+    log-probability `chargen score` reports, and a sample's own when it is drawn at temperature 1."""
+    out = np.zeros(len(lines))
+    for which, inputs, targets in line_batches(lines, newline_id, batch):
+        out[which], _ = scorer.score_rows(inputs, targets, scorer.initial(start_state, len(inputs)))
+    return out
 
 
 # --- the scorers ------------------------------------------------------------------------------
@@ -101,14 +119,46 @@ class NumpyScorer:
         return self.stepper.repeat(self.stepper.state_from_arrays(start_state), rows)
 
     def score(self, inputs: np.ndarray, targets: np.ndarray, state):
-        total = 0.0
+        rows, state = self.score_rows(inputs, targets, state)
+        return float(rows.sum()), state
+
+    def score_rows(self, inputs: np.ndarray, targets: np.ndarray, state) -> tuple[np.ndarray, Any]:
+        """Like score, but the NLL of each row (B,)."""
+        rows = np.zeros(len(inputs))
         for t in range(inputs.shape[1]):
             logits, state = self.stepper.step(inputs[:, t], state)
             real = targets[:, t] != PAD
             if real.any():
                 logp = log_softmax(logits[real])  # (R, V)
-                total -= float(np.take_along_axis(logp, targets[real, t][:, None], axis=-1).sum())
-        return total, state
+                rows[real] -= np.take_along_axis(logp, targets[real, t][:, None], axis=-1)[:, 0]
+        return rows, state
+
+
+# --- lines, scored one by one (chargen score) --------------------------------------------------
+
+
+@dataclass
+class Score:
+    """One line's log-probability under the model, from the start of a line as a sample is drawn
+    (temperature 1), the newline that ends it included: what `chargen score` prints."""
+
+    text: str
+    logprob: float  # -inf where the line holds a character the model does not know
+    chars: int  # characters scored: the line's and its newline
+    unknown: tuple[str, ...] = ()  # such characters
+
+    @property
+    def logprob_per_char(self) -> float:
+        return self.logprob / self.chars
+
+    def record(self) -> dict:
+        """The JSON record of `chargen score --format jsonl` and of the server (an impossible line:
+        logprob null, and the characters that make it so)."""
+        if self.unknown:
+            return {"text": self.text, "logprob": None, "logprob_per_char": None, "chars": self.chars,
+                    "unknown": list(self.unknown)}
+        return {"text": self.text, "logprob": round(self.logprob, 4), "logprob_per_char": round(self.logprob_per_char, 4),
+                "chars": self.chars}
 
 
 # --- a text, scored ---------------------------------------------------------------------------

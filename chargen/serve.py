@@ -11,6 +11,7 @@ The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a
     POST /v1/top       the most likely samples: {"model", "n", "prompt", constraints} -> {"samples": [...]}
     POST /v1/eval      {"model", "text"} -> {"loss", "bpc", "perplexity", "chars", "skipped"}
     POST /v1/stream    one prose sample (or a line model's samples) as Server-Sent Events
+    POST /v1/score     {"model", "lines": [...]} -> {"scores": [...]}, as `chargen score --format jsonl`
     GET  /v1/export    ?model=NAME&format=html|js: the model as a web page or JS module (chargen export)
 
 Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), in a
@@ -160,6 +161,7 @@ SAMPLE_FIELDS = {name: d.accepts for name, d in request_fields("sample").items()
 TOP_FIELDS = {name: d.accepts for name, d in request_fields("top").items()}
 STREAM_FIELDS = {name: d.accepts for name, d in request_fields("stream").items()}
 EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]"}
+SCORE_FIELDS = {"lines": "list[str]", "skip_unknown": "bool"}
 CONSTRAINT_FIELDS = tuple(d.field for d in declared(SampleConfig).values() if d.opt.role == "constraint")
 
 
@@ -324,6 +326,17 @@ class Server:
         result = await asyncio.to_thread(served.model.eval, text, **fields)
         return JSONResponse({"model": served.name, **result}, headers=_json_headers())
 
+    async def score(self, request: Request) -> Response:
+        served, fields = await self.parse(request, SCORE_FIELDS, required=("lines",))
+        lines = fields["lines"]
+        if len(lines) > self.config.max_n:
+            raise ApiError(400, f"{len(lines)} lines is above this server's limit of {self.config.max_n} a request")
+        if any(len(line) > self.config.max_length for line in lines):
+            raise ApiError(400, f"a line is longer than this server's limit of {self.config.max_length} characters")
+        scores = await asyncio.to_thread(lambda: [s.record() for s in served.model.score(
+            lines, skip_unknown=fields.get("skip_unknown", False))])
+        return JSONResponse({"model": served.name, "scores": scores}, headers=_json_headers())
+
     async def stream(self, request: Request) -> Response:
         served, fields = await self.parse(request, STREAM_FIELDS)
         if not isinstance(fields.get("prompt", ""), str):
@@ -478,6 +491,7 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
         Route("/v1/top", wrap(server.top), methods=["POST"]),
         Route("/v1/eval", wrap(server.eval), methods=["POST"]),
         Route("/v1/stream", wrap(server.stream), methods=["POST"]),
+        Route("/v1/score", wrap(server.score), methods=["POST"]),
         Route("/v1/export", wrap(server.export), methods=["GET"]),
     ]
 

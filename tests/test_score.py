@@ -1,0 +1,73 @@
+"""`chargen score`: each line's log-probability, by the definition samples are drawn with, so a
+sampled name scores its own logprob; the line loss is their mean; bad input is one Error: line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import chargen
+
+from .conftest import assert_clean_error, run
+
+
+def test_a_sample_scores_its_own_logprob_and_the_mean_is_the_line_loss(trained_names):
+    model = chargen.load(trained_names)
+    drawn = list(model.samples(300, seed=5, temperature=1.0, top_k=None))
+    scores = list(model.score([s.text for s in drawn], batch=64))  # several batches, lengths mixed
+    np.testing.assert_allclose([s.logprob for s in scores], [s.logprob for s in drawn], rtol=1e-5, atol=1e-5)
+    assert [s.chars for s in scores] == [s.n_chars for s in drawn]
+    text = "\n".join(s.text for s in drawn) + "\n"
+    loss = model.eval(text, lines=True)
+    assert -sum(s.logprob for s in scores) / sum(s.chars for s in scores) == pytest.approx(loss["loss"], rel=1e-9)
+
+
+def test_likelier_names_score_higher():
+    model = chargen.load()
+    by_name = {s.text: s.logprob_per_char for s in model.score(["Maria", "Xqzkvw", "Anna", "Zzzzzzzz"])}
+    assert min(by_name["Maria"], by_name["Anna"]) > max(by_name["Xqzkvw"], by_name["Zzzzzzzz"]) + 1.0
+
+
+def test_score_command_streams_lines_and_reports_bad_input(tmp_path):
+    (tmp_path / "c.txt").write_bytes("Anna\r\nMaria\n\nZoë\nBob".encode())
+    proc = run(["score", "names", str(tmp_path / "c.txt"), "--skip-unknown"])
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in proc.stdout.decode().splitlines()]
+    assert [r[0] for r in rows] == ["Anna", "Maria", "", "Zoë", "Bob"] and all(len(r) == 4 for r in rows)
+    assert rows[3][1] == "-inf" and float(rows[1][1]) < 0 and int(rows[1][3]) == 6
+    proc = run(["score", "names", "--format", "jsonl"], input="Anna\nMaria\n".encode())  # stdin by default
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert [r["text"] for r in records] == ["Anna", "Maria"] and math.isclose(float(rows[0][1]), records[0]["logprob"])
+    assert_clean_error(run(["score", "names", str(tmp_path / "c.txt")]), "line 4 holds 'ë'", "skip-unknown")
+    assert_clean_error(run(["score", "names", str(tmp_path / "nope.txt")]), "does not exist")
+    assert_clean_error(run(["score", "names", "--format", "csv"], input=b"Anna\n"), "--format")
+    (tmp_path / "bad.txt").write_bytes(b"Anna\n\xff\xfe\n")
+    assert_clean_error(run(["score", "names", str(tmp_path / "bad.txt")]), "UTF-8")
+
+
+def test_score_over_http(tmp_path):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from chargen.config import ServeConfig
+    from chargen.serve import build_app, load_models
+
+    config = ServeConfig(max_n=3)
+    served = load_models([("names", "names")], config)
+    try:
+        with TestClient(build_app(served, config), base_url="http://localhost") as client:
+            r = client.post("/v1/score", json={"lines": ["Anna", "Zoë"], "skip_unknown": True})
+            assert r.status_code == 200, r.text
+            scores = r.json()["scores"]
+            assert scores[0]["logprob"] == round(next(chargen.load().score(["Anna"])).logprob, 4)
+            assert scores[1]["logprob"] is None and scores[1]["unknown"] == ["ë"]
+            for body, needle in [({"lines": ["Zoë"]}, "line 1 holds"), ({"lines": "Anna"}, "list of text"),
+                                 ({"lines": ["a"] * 4}, "limit of 3"), ({}, "'lines' is required")]:
+                r = client.post("/v1/score", json=body)
+                assert r.status_code == 400 and needle in r.json()["error"], r.text
+    finally:
+        for s in served:
+            s.batcher.close()
