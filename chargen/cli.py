@@ -180,7 +180,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         if r.patience:
             stop.append(f"{r.patience} evaluations without a better val loss")
         self.con.print(
-            f"model: {m.layers}x{m.hidden} {m.cell}, embed {m.embed}, dropout {m.dropout}, "
+            f"model: {m.describe()}, "
             f"{r.parameters:,} parameters; batch {r.batch_size} x seq {r.seq_len}; "
             f"{r.device} {r.precision}; stop at {' or '.join(stop)}{resumed} -> {r.out_dir}",
             highlight=False, markup=False,
@@ -637,7 +637,7 @@ def info(
     t = Table(show_header=False, title=f"chargen checkpoint {ckpt.path}", title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("model", f"{cfg.layers} x {cfg.hidden} {cfg.cell}, embed {cfg.embed}, dropout {cfg.dropout}")
+    t.add_row("model", cfg.describe())
     t.add_row("parameters", f"{facts['parameters']:,}")
     t.add_row("vocabulary", f"{len(ckpt.vocab)} characters: {ckpt.vocab.preview()}")
     t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))

@@ -240,11 +240,25 @@ class ModelConfig(_Config):
     embed: int = option(64, "Character embedding size.", default_help=AUTO, **POSITIVE)
     dropout: float = option(0.0, "Dropout between layers and before the head.", default_help=AUTO,
                             check=lambda v: 0.0 <= v < 1.0, rule="must be in [0, 1)")
+    # Regularisers for small corpora (AWD-LSTM, Merity et al. 2017); training only, sampling ignores them.
+    embed_dropout: float = option(0.0, "Drop whole characters: each training step zeroes a random share of the "
+                                        "embedding's rows.", check=lambda v: 0.0 <= v < 1.0, rule="must be in [0, 1)")
+    input_dropout: float = option(0.0, "Variational dropout on the first layer's input: one mask per sequence, "
+                                        "the same at every step.", check=lambda v: 0.0 <= v < 1.0,
+                                  rule="must be in [0, 1)")
+    weight_drop: float = option(0.0, "DropConnect on the hidden-to-hidden weights: one mask per training step "
+                                      "(the fused kernels are kept).", check=lambda v: 0.0 <= v < 1.0,
+                                rule="must be in [0, 1)")
 
     def validate(self) -> None:
         if not _positive(self.vocab_size):
             raise UsageError(f"`vocab_size` must be a number greater than 0 (got {self.vocab_size})")
         super().validate()
+
+    def describe(self) -> str:
+        """"2x128 lstm, embed 32, dropout 0.2, weight drop 0.5": the shape and the regularisers set."""
+        regs = [f"{k.replace('_', ' ')} {getattr(self, k)}" for k in REGULARISERS if getattr(self, k)]
+        return ", ".join([f"{self.layers}x{self.hidden} {self.cell}, embed {self.embed}", *regs])
 
     @property
     def gates(self) -> int:
@@ -288,6 +302,9 @@ class ModelConfig(_Config):
 
 # The shape of a model, as options: every ModelConfig field but the vocabulary (the corpus's).
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
+# The model options that act in training only: a run from a trained model may set them anew.
+REGULARISERS = ("dropout", "embed_dropout", "input_dropout", "weight_drop")
+SHAPE_KEYS = tuple(k for k in MODEL_KEYS if k not in REGULARISERS)  # what the weights' shapes follow
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -63,13 +64,27 @@ class CharRNN(nn.Module):
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """idx (B, T) of token ids -> logits (B, T, V) and the state after the last step."""
-        x = self.embedding(idx)  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        c = self.config
+        x = self.embedding(idx) if not (self.training and c.embed_dropout) else \
+            F.embedding(idx, self.embedding.weight * _mask(self.embedding.weight, (c.vocab_size, 1), c.embed_dropout))
+        if self.training and c.input_dropout:  # (B, T, E): one mask per row, the same at every step
+            x = x * _mask(x, (x.shape[0], 1, x.shape[2]), c.input_dropout)
+        if self.training and c.weight_drop:  # the recurrent weights with a fresh DropConnect mask
+            dropped = {name: F.dropout(w, c.weight_drop) for name, w in self.rnn.named_parameters()
+                       if name.startswith("weight_hh")}
+            out, state = torch.func.functional_call(self.rnn, dropped, (x, state))  # (B, T, H)
+        else:
+            out, state = self.rnn(x, state)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _mask(like: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """A dropout mask of `shape` (broadcast over the rest): 0 with probability p, else 1 / (1 - p)."""
+    return like.new_empty(shape).bernoulli_(1 - p) / (1 - p)
 
 
 def detach_state(state: State) -> State:

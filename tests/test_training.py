@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chargen.checkpoint import BEST, LAST, METRICS, read_checkpoint
-from chargen.config import TrainConfig
+from chargen.config import ModelConfig, TrainConfig
 from chargen.training.device import cpu_has_bf16_matmul
 from chargen.training.data import read_corpus
 from chargen.errors import CorpusError, TrainingError, UsageError, WriteError
@@ -53,9 +53,10 @@ def test_loss_falls_far_below_unigram_entropy(tmp_path, precision):
     assert abs(metrics[-1]["val_bpc"] - metrics[-1]["val_loss"] / math.log(2)) < 1e-3
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("regularisers", [{}, {"embed_dropout": 0.1, "input_dropout": 0.2, "weight_drop": 0.3}])
+def test_resume_is_exact(tmp_path, regularisers):
     corpus = _corpus(tmp_path, make_names(300))
-    model = {"layers": 2, "hidden": 32, "embed": 8, "dropout": 0.1}  # dropout: the RNG must resume too
+    model = {"layers": 2, "hidden": 32, "embed": 8, "dropout": 0.1, **regularisers}  # dropout: the RNG must resume too
     full = TrainConfig(batch_size=8, seq_len=16, max_steps=40, eval_every=15, warmup=5, lr=5e-3)
     train(corpus, full, model, out_dir=tmp_path / "once", precision="fp32")
 
@@ -271,9 +272,12 @@ def test_auto_sizes_follow_the_measured_speed():
     # Measuring stays within 3% of the budget, and is reported.
     for auto, device in ((a_slow, slow), (a_fast, fast)):
         assert 0 < auto.probe_seconds <= 0.03 * 300 and len(auto.measured) == len(device.calls)
-    # A list of names: short windows, a small model, and dropout for the many epochs it will see.
+    # A list of names: short windows, a small model, and dropout and weight drop for the many epochs it will see.
     names = sizes(fast, n_chars=200_000)
     assert names.train["seq_len"] == 64 and names.model["hidden"] <= 128 and names.model["dropout"] > 0
+    assert names.model["weight_drop"] > 0 and "weight drop" in names.why
+    assert sizes(fast, n_chars=200_000, given={"weight_drop": 0.0}).model.get("weight_drop") is None  # given: kept
+    assert sizes(fast, n_chars=50_000_000).model["weight_drop"] == 0.0  # a big corpus, seen a few times: none
     # A shorter budget on the same machine: a smaller model, or the same.
     assert sizes(slow, time_budget=60).model["hidden"] <= a_slow.model["hidden"]
     # Given flags are kept, and used for measuring: here the batch and the depth.
@@ -434,3 +438,24 @@ def test_resuming_from_a_tampered_training_state_is_a_checkpoint_error(tmp_path)
     save_file(tensors, str(last), metadata=meta)
     with pytest.raises(CheckpointError, match="malformed 'step'"):
         train(corpus, longer, None, out_dir=tmp_path / "run", resume=tmp_path / "run", precision="fp32")
+
+
+def test_the_regularisers_act_in_training_only_and_each_one_drops():
+    import torch
+
+    from chargen.model import CharRNN
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 20, (6, 9))
+    base = ModelConfig(vocab_size=20, hidden=16, embed=8, layers=2)
+    reference = CharRNN(base)
+    for option in ("embed_dropout", "input_dropout", "weight_drop"):
+        model = CharRNN(ModelConfig(**{**base.to_dict(), option: 0.5}))
+        model.load_state_dict(reference.state_dict())  # the same weights: only the option differs
+        model.train()
+        a, _ = model(x)
+        b, _ = model(x)
+        assert not torch.equal(a, b), option  # a fresh mask each call
+        model.eval()
+        reference.eval()
+        assert torch.equal(model(x)[0], reference(x)[0]), option  # off outside training: sampling is unchanged

@@ -24,12 +24,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..config import MODEL_KEYS, ModelConfig
+from ..config import SHAPE_KEYS, ModelConfig
 from ..errors import UsageError
 from ..tokenizer import Vocab
 
 NEW_CHAR_MASS = 1e-8  # at most this much probability on all new characters together, before training
-ARCHITECTURE = tuple(k for k in MODEL_KEYS if k != "dropout")  # what a run from a model keeps of it
+ARCHITECTURE = SHAPE_KEYS  # what a run from a model keeps of it
 # Line-oriented corpora of at most this many lines start from a bundled model by default: the
 # base model (names of many languages and kinds), which beat training from scratch on lists up
 # to this size (benchmarks/finetune.py; docs/benchmarks.md, "Adapting the broad base model").

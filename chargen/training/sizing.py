@@ -6,7 +6,7 @@ characters, not in corpus bytes: the characters the run will see (steps x batch 
 x corpus, or for a time budget the measured speed of each candidate shape on this device and
 precision x the time), over the parameters of the shape. A shape is chosen when it sees at least
 SEEN_PER_PARAMETER characters per parameter and has at most DATA_PARAMETERS_PER_CHAR parameters
-per training character; a run that will go over its corpus many times gets dropout.
+per training character; a run that will go over its corpus many times gets dropout and weight drop.
 
 The constants come from 5-minute runs on tinyshakespeare and names.txt on three CPUs: the
 measurements are in docs/benchmarks.md, "Automatic sizes".
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..config import MODEL_KEYS, ModelConfig, format_duration
+from ..config import SHAPE_KEYS, ModelConfig, format_duration
 
 SMALL_CORPUS = 300_000  # characters: lists of names, titles (the default learning rate)
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
@@ -29,6 +29,10 @@ SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shap
 DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
 DROPOUT_EPOCHS = 20.0  # a run that sees its corpus this many times or more gets dropout
 DROPOUT = 0.2
+WEIGHT_DROP = 0.5  # DropConnect on the recurrent weights (issue 29's runs, docs/benchmarks.md) ...
+WEIGHT_DROP_EPOCHS = 15.0  # ... for a run that sees its corpus this many times (measured to help at 18 and 265)
+# Each regulariser a run gets when it will see its corpus at least this many times: (field, value, epochs).
+REGULARISED = (("dropout", DROPOUT, DROPOUT_EPOCHS), ("weight_drop", WEIGHT_DROP, WEIGHT_DROP_EPOCHS))
 PROBE_SHARE = 0.03  # of a time budget, at most, spent timing candidate shapes
 MIN_PROBE_SECONDS = 0.5  # a time budget whose share is below this is not measured: the smallest shape
 
@@ -100,7 +104,7 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
     train = {k: v for k, v in batch_defaults(n_chars, accelerator).items() if k not in given}
     batch, seq_len = given.get("batch_size", train.get("batch_size")), given.get("seq_len", train.get("seq_len"))
     train_chars = max(1, int(n_chars * (1 - given.get("val_fraction", val_fraction))))
-    model_given = {k: v for k, v in given.items() if k in MODEL_KEYS and k != "dropout"}  # the shape's keys
+    model_given = {k: v for k, v in given.items() if k in SHAPE_KEYS}  # the shape's keys
 
     def parameters(options: dict[str, Any]) -> int:
         return ModelConfig(vocab_size=vocab_size, **options).parameters
@@ -115,7 +119,7 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
     pick, seen = feedable[0], seen_cap
     if time_budget is not None:
         probe_budget = PROBE_SHARE * time_budget
-        needed = len(feedable) > 1 or "dropout" not in given  # a shape to choose, or whether it needs dropout
+        needed = len(feedable) > 1 or any(key not in given for key, _, _ in REGULARISED)  # a shape, or the regularisers
         if needed and probe_budget >= MIN_PROBE_SECONDS and measure is not None:
             for options in feedable:
                 if measured:  # a warm-up and a timed step of the next shape must fit in what is left
@@ -139,8 +143,10 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
                 pick = options
     model = {k: v for k, v in pick.items() if k not in given}
     epochs_seen = seen / train_chars
-    if "dropout" not in given and math.isfinite(epochs_seen):
-        model["dropout"] = DROPOUT if epochs_seen >= DROPOUT_EPOCHS else 0.0
+    if math.isfinite(epochs_seen):
+        for key, value, epochs in REGULARISED:
+            if key not in given:
+                model[key] = value if epochs_seen >= epochs else 0.0
     why = _why(pick, parameters(pick), seen, epochs_seen, cap if len(feedable) < len(ladder) else None, feedable,
                measured, time_budget)
     return AutoSizes(model=model, train=train, why=why, measured=measured, probe_seconds=spent,
@@ -162,8 +168,9 @@ def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap
         why += f"; the corpus feeds at most {cap / 1e6:.2g}M parameters"
     elif pick is not feedable[-1]:
         why += f"; the next shape would see under {SEEN_PER_PARAMETER:g} characters per parameter"
-    if epochs_seen >= DROPOUT_EPOCHS:
-        why += f"; dropout {DROPOUT} for {epochs_seen:.0f} epochs"
+    regularised = [f"{key.replace('_', ' ')} {value}" for key, value, epochs in REGULARISED if epochs_seen >= epochs]
+    if regularised:
+        why += f"; {' and '.join(regularised)} for {epochs_seen:.0f} epochs"
     return why
 
 
