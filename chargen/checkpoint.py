@@ -86,6 +86,17 @@ class Checkpoint:
         }
 
 
+    def public_facts(self) -> dict[str, Any]:
+        """describe() without file paths (a model it started from by its file name): what a server's
+        model list and an exported page show."""
+        facts = self.describe()
+        facts.pop("path", None)
+        base = facts.get("from")
+        if isinstance(base, dict) and base.get("path"):
+            facts["from"] = {**base, "path": Path(str(base["path"])).name}
+        return facts
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 

@@ -124,11 +124,7 @@ def load_models(specs: list[tuple[str, str]], config: ServeConfig, backend: str 
 def model_info(name: str, model: Model) -> dict[str, Any]:
     """What `chargen info --json` says, without file paths (the base model by its file name),
     and the validation curve of its run directory if it has one."""
-    facts = model.checkpoint.describe()
-    facts.pop("path", None)
-    base = facts.get("from")
-    if isinstance(base, dict) and base.get("path"):
-        facts["from"] = {**base, "path": Path(str(base["path"])).name}
+    facts = model.checkpoint.public_facts()
     facts["name"] = name
     facts["curve"] = _curve(model.checkpoint.path.parent / METRICS)
     return facts

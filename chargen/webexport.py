@@ -192,8 +192,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
     stored, _ = encode(ckpt.weights, encoding.enc)
     lines_bytes = len(encode_lines(ckpt.training_lines)) if ckpt.training_lines else 0
     keep_lines = ckpt.training_lines is not None and lines_bytes <= NOVEL_BUDGET
-    facts = ckpt.describe()
-    facts.pop("path", None)
+    facts = ckpt.public_facts()
     facts["export"] = {"weights": encoding.enc, "lossless": encoding.lossless, "loss": encoding.loss,
                        "loss_exported": encoding.loss_exported, "novel": keep_lines}
     return {

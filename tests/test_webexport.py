@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import chargen
-from chargen.checkpoint import encode_lines, read_checkpoint, save_checkpoint
+from chargen.checkpoint import checkpoint_path, encode_lines, read_checkpoint, save_checkpoint
 from chargen.config import ModelConfig
 from chargen.tokenizer import Vocab
 from chargen.webexport import Encoding, choose_encoding, encode, module_text, page_text, quantize_rows
@@ -155,7 +155,7 @@ def test_int8_rows_round_trip_and_auto_choice(tmp_path):
     assert choose_encoding(ckpt, "f32").lossless
     # the bundled models are stored on the int8 grid: their export is lossless and small
     for name in ("names", "base"):
-        bundled = read_checkpoint(chargen.api.checkpoint_path(name))
+        bundled = read_checkpoint(checkpoint_path(name))
         assert choose_encoding(bundled) == Encoding("i8", True)
     _, values = encode(ckpt.weights, "f16")
     assert all(v.dtype == np.float32 for v in values.values())
@@ -168,8 +168,9 @@ def test_export_command(tmp_path):
     page = (tmp_path / "names.html").read_text()
     assert (tmp_path / "names.html").stat().st_size <= 300 * 1024  # the budget for the names page
     assert "http://" not in page and "https://" not in page  # nothing to load from the network
+    assert str(read_checkpoint(checkpoint_path("names")).path.parent) not in page  # nor a path here
     assert read_checkpoint(tmp_path / "same.safetensors").model_config == read_checkpoint(
-        chargen.api.checkpoint_path("names")).model_config
+        checkpoint_path("names")).model_config
     assert_clean_error(run(["export", "names"]), "name what to write")
     assert_clean_error(run(["export", "names", "--js", str(tmp_path / "no" / "x.mjs")]), "does not exist")
     assert_clean_error(run(["export", "names", "--js", str(tmp_path / "x.mjs"), "--weights", "f8"]), "--weights")
@@ -266,3 +267,10 @@ process.stdout.write(JSON.stringify(out));
     assert proc.returncode == 0, proc.stderr
     err = json.loads(proc.stdout)
     assert err["sigmoid"] < 1.2e-7 and err["tanh"] < 1.2e-7 and err["gemv"] < 2e-5, err
+
+
+def test_a_fine_tuned_export_names_its_base_by_file_name_only(trained_names, tmp_path):
+    ckpt = read_checkpoint(trained_names / "best.safetensors")
+    ckpt.info["from"] = {"path": "/home/someone/private/base.safetensors", "sha256": "0" * 64}
+    text = module_text(ckpt, Encoding("f32", True))
+    assert "/home/someone" not in text and str(trained_names) not in text and '"path":"base.safetensors"' in text
