@@ -122,18 +122,16 @@ def lossless(weights: dict[str, np.ndarray], enc: str) -> bool:
 def line_loss(ckpt: Checkpoint, weights: dict[str, np.ndarray]) -> Optional[float]:
     """The line loss of up to LOSS_LINES of the checkpoint's own lines (a seeded sample) under
     `weights`; None for a checkpoint that holds no lines."""
-    from .evaluation import NumpyScorer, line_sums
+    from .evaluation import NumpyScorer, evaluate_text
     from .npmodel import NumpyCharRNN
-    from .training.data import line_ids
 
     if not ckpt.training_lines or "\n" not in ckpt.vocab:
         return None
     lines = list(ckpt.training_lines)
     random.Random(0).shuffle(lines)
-    rows = line_ids(ckpt.vocab, "\n".join(lines[:LOSS_LINES]) + "\n")
-    total, count = line_sums(NumpyScorer(NumpyCharRNN(ckpt.model_config, weights)), rows, ckpt.start_state,
-                             ckpt.vocab.index["\n"])
-    return total / count if count else None
+    return evaluate_text(NumpyScorer(NumpyCharRNN(ckpt.model_config, weights)), ckpt.vocab,
+                         "\n".join(lines[:LOSS_LINES]) + "\n", lines=True, start_state=ckpt.start_state,
+                         seq_len=1, skip_unknown=True).loss
 
 
 @dataclass
@@ -156,25 +154,23 @@ class Encoding:
 
 
 def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
-    """The encoding asked for (auto: i8 if lossless or within I8_TOLERANCE, else f16), measured."""
+    """The encoding asked for (auto: a lossless one, else i8 within I8_TOLERANCE, else f16), and
+    what it costs on the checkpoint's own lines."""
     if requested not in ENCODINGS:
         raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
-    if requested != "auto":
-        return _measured(ckpt, requested)
-    for enc in ("i8", "f16"):
+    candidates = ("i8", "f16") if requested == "auto" else (requested,)
+    for enc in candidates:
         if lossless(ckpt.weights, enc):
             return Encoding(enc, True)
-    i8 = _measured(ckpt, "i8")
-    if i8.loss is not None and i8.loss_exported - i8.loss < I8_TOLERANCE:
-        return i8
-    return _measured(ckpt, "f16")
+    base = line_loss(ckpt, ckpt.weights)  # measured once, for every candidate
 
+    def measured(enc: str) -> Encoding:
+        return Encoding(enc, False, base, line_loss(ckpt, encode(ckpt.weights, enc)[1]) if base is not None else None)
 
-def _measured(ckpt: Checkpoint, enc: str) -> Encoding:
-    if lossless(ckpt.weights, enc):
-        return Encoding(enc, True)
-    base = line_loss(ckpt, ckpt.weights)
-    return Encoding(enc, False, base, line_loss(ckpt, encode(ckpt.weights, enc)[1]) if base is not None else None)
+    if requested != "auto":
+        return measured(requested)
+    i8 = measured("i8")
+    return i8 if base is not None and i8.loss_exported - base < I8_TOLERANCE else measured("f16")
 
 
 # --- the module and the page ------------------------------------------------------------------

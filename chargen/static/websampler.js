@@ -253,8 +253,8 @@ function logSoftmaxAt(logits, V, id) {
 }
 
 // Probabilities after temperature, top-k and top-p, into p (Float64Array(V)).
-function samplingProbs(logits, V, temperature, topK, topP, allowed, p) {
-  for (let v = 0; v < V; v++) p[v] = allowed && !allowed[v] ? -Infinity : logits[v] / temperature;
+function samplingProbs(logits, V, temperature, topK, topP, p) {
+  for (let v = 0; v < V; v++) p[v] = logits[v] / temperature;
   if (topK !== null && topK < V) {
     const kth = Array.from(p).sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (p[v] < kth) p[v] = -Infinity;
@@ -444,7 +444,7 @@ class Sampler {
       if (guide) guide.c.allowed(dfa, guide.n0 + t, allowed);
       const masked = guide && o.temperature === 0 ? allowed : null;  // greedy draws among the allowed only
       const id = o.temperature === 0 ? argmax(logits, V, masked)
-        : inverseCdf(samplingProbs(logits, V, o.temperature, o.topK, o.topP, null, this.p), V, uniform(key, i, t));
+        : inverseCdf(samplingProbs(logits, V, o.temperature, o.topK, o.topP, this.p), V, uniform(key, i, t));
       logprob += logSoftmaxAt(logits, V, id);
       t++;
       if (guide && !allowed[id]) return { text: null, logprob, chars: t };
