@@ -26,6 +26,10 @@ COMMANDS = {
     "sample -n 20000": ["sample", "-n", "20000", "--seed", "1"],
     "sample -n 5000 --max-len 8 --ends-with a": ["sample", "-n", "5000", "--seed", "1", "--max-len", "8",
                                                  "--ends-with", "a"],
+    "sample -n 5000 --regex '[A-Z][a-z]*(el|ia)'": ["sample", "-n", "5000", "--seed", "1", "--regex",
+                                                     "[A-Z][a-z]*(el|ia)"],
+    "sample -n 5000 --contains th --min-len 6": ["sample", "-n", "5000", "--seed", "1", "--contains", "th",
+                                                 "--min-len", "6"],
     "sample --top 100": ["sample", "--top", "100"],
     "sample -n 10 (start-up)": ["sample", "-n", "10", "--seed", "1"],
 }

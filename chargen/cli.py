@@ -330,7 +330,7 @@ def sample(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
     exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list).", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
-    output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided).")] = "text",
+    output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided, and p_constraints with its bounds p_constraints_lower/_upper from the adaptive exact sampler).")] = "text",
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     **options: Any,
@@ -376,10 +376,9 @@ def sample(
             out.write(prompts[0], flush=True)
     _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
                    streaming=streaming)
-    if constrained and not options.get("guided") and stats.rejected_by_constraints:
-        console().print(f"note: {stats.satisfied:,} of {stats.draws:,} draws ({stats.satisfied_share:.1%}) met the "
-                        f"constraints; exact sampling drops the rest (--guided drops none, but is biased)",
-                        highlight=False, markup=False, soft_wrap=True)
+    note = stats.constraints_note(len(prompts)) if constrained and not options.get("guided") else None
+    if note:
+        console().print(note, highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constrained: bool, lines: bool,

@@ -428,6 +428,11 @@ class SampleConfig(_Config):
                                  "draw, but favours early choices with many ways to finish. Default: exact, the "
                                  "model's distribution conditioned on the constraints.", requests=("sample",),
                           panel=CONSTRAINTS_PANEL)
+    rejection: bool = option(False, "Exact constraints by plain rejection: the samples are exactly the unconstrained "
+                                    "samples (same seed) that satisfy them, faster when most samples do. Default: the "
+                                    "adaptive exact sampler, which learns where the accepted samples are (same "
+                                    "distribution, far fewer wasted draws when the constraints are rare).",
+                             requests=("sample",), panel=CONSTRAINTS_PANEL)
 
     @classmethod
     def of(cls, **options: Any) -> "SampleConfig":

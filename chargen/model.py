@@ -191,6 +191,19 @@ class TorchStepper:
             return tuple(self.torch.cat(parts, dim=1) for parts in zip(*states))
         return self.torch.cat(states, dim=1)
 
+    def to_rows(self, state) -> np.ndarray:
+        """A state as one float32 row per sample: (B, tensors * layers * H), for a store of states."""
+        parts = [t.permute(1, 0, 2).reshape(t.shape[1], -1) for t in state_tensors(state)]
+        return self.torch.cat(parts, dim=1).float().cpu().numpy()
+
+    def from_rows(self, rows: np.ndarray):
+        """The inverse of to_rows."""
+        c = self.model.config
+        flat = self.torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
+        per = c.layers * c.hidden
+        return state_from_tensors([flat[:, k * per : (k + 1) * per].reshape(-1, c.layers, c.hidden).permute(1, 0, 2)
+                                   .contiguous() for k in range(c.state_tensors)])
+
     def step(self, ids: np.ndarray, state):
         with self.torch.no_grad():
             x = self.torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[:, None]  # (B, 1)

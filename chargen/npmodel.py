@@ -73,6 +73,17 @@ class NumpyCharRNN:
         return [tuple(np.repeat(t, batch_size, axis=0) for t in layer) for layer in state]
 
     @staticmethod
+    def to_rows(state: NpState) -> np.ndarray:
+        """A state as one float32 row per sample: (B, layers * tensors * H), for a store of states."""
+        return np.concatenate([t for layer in state for t in layer], axis=1)
+
+    def from_rows(self, rows: np.ndarray) -> NpState:
+        """The inverse of to_rows."""
+        h, n = self.config.hidden, self.config.state_tensors
+        return [tuple(np.ascontiguousarray(rows[:, (layer * n + k) * h : (layer * n + k + 1) * h]) for k in range(n))
+                for layer in range(self.config.layers)]
+
+    @staticmethod
     def concat(states: list[NpState]) -> NpState:
         """Batches of rows -> one batch, row order kept."""
         return [tuple(np.concatenate(parts, axis=0) for parts in zip(*layers)) for layers in zip(*states)]

@@ -43,7 +43,7 @@ LOSS_LINES = 2000  # of the checkpoint's lines, scored to measure what quantisin
 NOVEL_BUDGET = 128 * 1024  # bytes of training lines an export carries for `novel`; beyond, left out
 # The sampling options an export takes (chargen.config.SampleConfig fields); the others, and why not.
 EXPORTED = ("num", "temperature", "top_k", "top_p", "seed", "lines", "length", "unique", "novel", "exclude",
-            "min_len", "max_len", "ends_with")
+            "min_len", "max_len", "ends_with", "rejection")
 NOT_EXPORTED = {
     "contains": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
     "regex": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
@@ -181,6 +181,7 @@ def _defaults() -> dict:
     fields = declared(SampleConfig)
     out = {"prompt": ""}
     out.update({camel(fields[name].field): getattr(SampleConfig(), name) for name in EXPORTED})
+    out["rejection"] = True  # an export draws exact constraints by plain rejection only (no prefix tree in it)
     return out
 
 

@@ -24,7 +24,8 @@ from chargen.config import ModelConfig, SampleConfig
 from chargen.sampling.constraints import Automaton, Constraints
 from chargen.errors import SamplingError, UsageError
 from chargen.npmodel import NumpyCharRNN
-from chargen.sampling import SampleStats, derive_key, generate, log_softmax, prime
+from chargen.sampling import SampleStats, derive_key, generate, guide_for, log_softmax, prime
+from chargen.sampling.tree import PrefixTree
 from chargen.sampling.search import most_likely
 from chargen.tokenizer import Vocab
 
@@ -81,8 +82,9 @@ def satisfies(text: str, c: Constraints) -> bool:
             and (c.regex is None or re.fullmatch(c.regex, text) is not None))
 
 
-def draw_many(stepper, n: int, guided: bool = False, seed: int = 1, batch_size: int = 1024, **constraints):
-    cfg = SampleConfig(num=n, temperature=1.0, length=LIMIT, guided=guided, **constraints)
+def draw_many(stepper, n: int, guided: bool = False, seed: int = 1, batch_size: int = 1024, rejection: bool = False,
+              **constraints):
+    cfg = SampleConfig(num=n, temperature=1.0, length=LIMIT, guided=guided, rejection=rejection, **constraints)
     stats = SampleStats()
     automaton = Automaton(Constraints.of(cfg), VOCAB)
     samples = list(generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(seed), automaton=automaton,
@@ -112,20 +114,87 @@ def chi_square_fits(counts: dict[str, int], expected_p: dict[str, float], alpha_
 CONSTRAINED = dict(max_len=5, ends_with="a", contains=["b"])
 
 
-def test_exact_sampler_follows_the_conditional_distribution_and_guided_does_not(stepper, exact_probs):
+def counted(texts) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in texts:
+        counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("rejection", [False, True], ids=["adaptive", "rejection"])
+def test_exact_samplers_follow_the_conditional_distribution(stepper, exact_probs, rejection):
     c = Constraints(max_len=5, ends_with="a", contains=("b",))
     target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
     assert 10 < len(target) < 200
-    samples, stats = draw_many(stepper, 20_000, **CONSTRAINED)
+    samples, stats = draw_many(stepper, 20_000, rejection=rejection, **CONSTRAINED)
     assert all(satisfies(s.text, c) for s in samples)
-    counts: dict[str, int] = {}
-    for s in samples:
-        counts[s.text] = counts.get(s.text, 0) + 1
-    ok, stat, critical = chi_square_fits(counts, target)
+    ok, stat, critical = chi_square_fits(counted(s.text for s in samples), target)
     assert ok, (stat, critical)
-    # The acceptance rate estimates the constraints' probability under the model.
     p_constraint = sum(target.values())
-    assert abs(stats.satisfied_share - p_constraint) < 4 * math.sqrt(p_constraint * (1 - p_constraint) / stats.draws)
+    if rejection:  # the acceptance rate estimates the constraints' probability under the model
+        assert stats.mass is None
+        assert abs(stats.satisfied_share - p_constraint) < 4 * math.sqrt(p_constraint * (1 - p_constraint) / stats.draws)
+    else:  # the adaptive sampler accepts far more draws, and still estimates it, between certain bounds
+        assert stats.draws < 1.5 * 20_000 < 0.1 * 20_000 / p_constraint
+        m = stats.mass
+        assert m.lower <= p_constraint + 1e-9 and p_constraint <= m.upper + 1e-9
+        assert abs(m.estimate - p_constraint) < 0.05 * p_constraint
+        assert samples[-1].mass == m and samples[-1].record(True)["p_constraints_upper"] == pytest.approx(m.upper, rel=1e-3)
+
+
+def fresh_tree_samples(stepper, accept_step: bool, trees: int = 200, per_tree: int = 150, width: int = 16) -> list[str]:
+    """Accepted samples of many fresh adaptive samplers, each drawing rounds of `width` attempts:
+    their early draws, where the bounds are loosest, dominate."""
+    cfg = SampleConfig(temperature=1.0, length=LIMIT, **CONSTRAINED)
+    automaton = Automaton(Constraints.of(cfg), VOCAB)
+    guide = guide_for(automaton, VOCAB, "", cfg, True)
+    logits, state = prime(stepper, VOCAB, "", True)
+    texts: list[str] = []
+    for k in range(trees):
+        tree = PrefixTree(stepper, VOCAB, guide, cfg, derive_key(11, k), logits, state, accept_step=accept_step)
+        for start in range(0, per_tree, width):
+            texts += [t for t in tree.run(np.arange(start, start + width)).texts if t is not None]
+    return texts
+
+
+def test_the_adaptive_sampler_is_exact_from_its_first_draws_and_not_without_its_acceptance_step(stepper, exact_probs):
+    """Many fresh samplers, a few rounds each: the conditional distribution is met from the first
+    draws; the same sampler without the "go on with probability N(s)/psi(s)" step is biased, and
+    the same test says so."""
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
+    exact = fresh_tree_samples(stepper, accept_step=True)
+    assert all(satisfies(t, c) for t in exact)
+    ok, stat, critical = chi_square_fits(counted(exact), target)
+    assert ok, (stat, critical)
+    biased = fresh_tree_samples(stepper, accept_step=False)
+    ok, stat, critical = chi_square_fits(counted(biased), target)
+    assert not ok and stat > 2 * critical, (stat, critical)
+
+
+def test_the_adaptive_sampler_within_a_tiny_memory_bound_stays_exact(stepper, exact_probs):
+    """A cap of 16 nodes: cold leaves are evicted and round-only nodes pass no bound up; the
+    tree never keeps more than its cap between rounds, and the samples still fit."""
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
+    cfg = SampleConfig(temperature=1.0, length=LIMIT, **CONSTRAINED)
+    guide = guide_for(Automaton(Constraints.of(cfg), VOCAB), VOCAB, "", cfg, True)
+    logits, state = prime(stepper, VOCAB, "", True)
+    tree = PrefixTree(stepper, VOCAB, guide, cfg, derive_key(5), logits, state, memory=1)
+    assert tree.cap == 16
+    texts: list[str] = []
+    for start in range(0, 300_000, 256):
+        texts += [t for t in tree.run(np.arange(start, start + 256)).texts if t is not None]
+        assert tree.nodes.count <= tree.cap and not tree.nodes.temp.any()
+        if len(texts) >= 15_000:
+            break
+    ok, stat, critical = chi_square_fits(counted(texts), target)
+    assert ok, (stat, critical)
+
+
+def test_guided_fails_the_conditional_distribution_and_fits_its_own(stepper, exact_probs):
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
     # The same test rejects the step-by-step renormalised (guided) sampler: it has power.
     guided, guided_stats = draw_many(stepper, 20_000, guided=True, **CONSTRAINED)
     assert guided_stats.draws == 20_000 and all(satisfies(s.text, c) for s in guided)
@@ -149,9 +218,13 @@ def test_logprobs_and_kept_are_the_models(stepper, exact_probs):
 
 
 def test_same_seed_same_samples_whatever_the_batch_size(stepper):
-    a, _ = draw_many(stepper, 300, seed=9, **CONSTRAINED)
-    b, _ = draw_many(stepper, 300, seed=9, batch_size=17, **CONSTRAINED)
+    """Rejection: the same samples at any width, the unconstrained ones that satisfy the
+    constraints. Adaptive: the same samples at the same width (its bounds depend on the rounds)."""
+    a, _ = draw_many(stepper, 300, seed=9, rejection=True, **CONSTRAINED)
+    b, _ = draw_many(stepper, 300, seed=9, batch_size=17, rejection=True, **CONSTRAINED)
     assert [s.text for s in a] == [s.text for s in b]
+    adaptive = [[s.text for s in draw_many(stepper, 300, seed=9, batch_size=w, **CONSTRAINED)[0]] for w in (64, 64, 17)]
+    assert adaptive[0] == adaptive[1] != adaptive[2]
     # Exact sampling keeps, in order, the unconstrained draws that satisfy the constraints.
     cfg = SampleConfig(num=3000, temperature=1.0, length=LIMIT)
     plain = [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(9))]

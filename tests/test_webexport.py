@@ -71,6 +71,7 @@ def random_model(path: Path, cell: str, layers: int, seed: int = 0) -> Path:
 def python_records(path: Path, options: dict) -> list[dict]:
     o = snake(options)
     n, prompt = o.pop("num"), o.pop("prompt", "")
+    o["rejection"] = True  # what an export draws constraints by
     return [{"text": s.text, "logprob": s.logprob} for s in chargen.load(path).samples(n, prompt, **o)]
 
 

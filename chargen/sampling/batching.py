@@ -148,23 +148,32 @@ class Batcher:
             self.stats.busy_seconds += time.perf_counter() - started
 
     def _admit(self, request: _Request, owners: dict[int, _Request]) -> None:
-        """Start the request's next rows in the engine, or hand back what it has (or its error)."""
+        """Start the request's next rows in the engine, or hand back what it has (or its error).
+        A drawing under exact constraints runs its rounds of the adaptive sampler here, between
+        the engine's steps (its prefix tree is its own, so its samples are those of the command)."""
         if request.future.cancelled():  # its caller went away
             return
         try:
-            if not request.advance():
-                self.stats.requests += 1
-                return
-            room = max(1, self.max_rows - self.engine.size)
-            attempts = request.current.next_attempts(min(room, MAX_BATCH))
-            request.draws += len(attempts.indices)
-            if self.max_draws is not None and request.draws > self.max_draws:
-                raise SamplingError(f"this request needs more than {self.max_draws:,} draws, this server's limit "
-                                    f"({len(request.samples):,} samples found so far); ask for fewer, or loosen the "
-                                    f"constraints (guided drops none)")
+            while request.advance():
+                drawing = request.current
+                if drawing.tree is None:
+                    attempts = drawing.next_attempts(min(max(1, self.max_rows - self.engine.size), MAX_BATCH))
+                    self._count_draws(request, len(attempts.indices))
+                    owners[self.engine.add(attempts)] = request
+                    self.stats.rows += len(attempts.indices)
+                    return
+                issued = drawing.issued
+                request.samples.extend(drawing.draw_round(MAX_BATCH))
+                self._count_draws(request, drawing.issued - issued)
+                self.stats.rows += drawing.issued - issued
+            self.stats.requests += 1
         except Exception as exc:  # a ChargenError (a SamplingError, say) goes back to its caller
             request.fail(exc)
             self.stats.requests += 1
-            return
-        owners[self.engine.add(attempts)] = request
-        self.stats.rows += len(attempts.indices)
+
+    def _count_draws(self, request: _Request, draws: int) -> None:
+        request.draws += draws
+        if self.max_draws is not None and request.draws > self.max_draws:
+            raise SamplingError(f"this request needs more than {self.max_draws:,} draws, this server's limit "
+                                f"({len(request.samples):,} samples found so far); ask for fewer, or loosen the "
+                                f"constraints (guided drops none)")

@@ -17,6 +17,7 @@ from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
+from .tree import ConstraintMass, PrefixTree
 
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
 CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
@@ -32,6 +33,7 @@ class Sample:
     logprob: float  # log-probability under the model (temperature 1) of every generated char,
     n_chars: int  # including the newline that ended a line; n_chars counts them
     kept: float = 0.0  # constrained samples: log of the model's mass the constraints allowed, summed over steps
+    mass: Optional[ConstraintMass] = None  # drawn by the adaptive exact sampler: what it knew of the constraints' probability
 
     @property
     def logprob_per_char(self) -> float:
@@ -49,6 +51,8 @@ class Sample:
                "logprob_per_char": round(self.logprob_per_char, 4), "chars": self.n_chars}
         if constrained:
             out.update(kept=round(self.kept, 4), logprob_guided=round(self.logprob_guided, 4))
+            if self.mass is not None:
+                out.update(self.mass.record())
         return out
 
 
@@ -59,6 +63,7 @@ class SampleStats:
     draws: int = 0
     accepted: int = 0
     rejected_by_constraints: int = 0
+    mass: Optional[ConstraintMass] = None  # the adaptive exact sampler's, of the last prompt drawn by it
 
     @property
     def satisfied(self) -> int:
@@ -66,9 +71,21 @@ class SampleStats:
 
     @property
     def satisfied_share(self) -> float:
-        """Share of draws that met the constraints: under exact sampling, an estimate of the
+        """Share of draws that met the constraints: under plain rejection, an estimate of the
         probability the model (at these settings) gives to the constraints."""
         return self.satisfied / self.draws if self.draws else 1.0
+
+    def constraints_note(self, prompts: int = 1) -> Optional[str]:
+        """What exact sampling under constraints cost and learnt, for stderr; None if nothing to say."""
+        if self.mass is not None:
+            m, which = self.mass, " (the last prompt's)" if prompts > 1 else ""
+            return (f"note: the constraints hold about {m.estimate:.3g} of the model's samples at these settings"
+                    f"{which}, certainly between {m.lower:.3g} and {m.upper:.3g}; {self.accepted:,} of "
+                    f"{self.draws:,} draws kept (adaptive exact sampling)")
+        if self.rejected_by_constraints:
+            return (f"note: {self.satisfied:,} of {self.draws:,} draws ({self.satisfied_share:.1%}) met the "
+                    f"constraints; exact sampling drops the rest (--guided drops none, but is biased)")
+        return None
 
 
 def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
@@ -125,6 +142,8 @@ class Drawing:
         self.exclude, self.on_char = exclude, on_char
         self.stats = stats if stats is not None else SampleStats()
         self.rejecting = self.guide is not None and not self.guide.guided and cfg.temperature > 0
+        self.tree = PrefixTree(stepper, vocab, self.guide, cfg, key, self.prompt_logits, self.prompt_state) \
+            if self.rejecting and not cfg.rejection else None
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
         self.produced = 0  # samples kept
         self.attempt = 0  # attempts whose results were taken (the next one to take)
@@ -161,10 +180,17 @@ class Drawing:
         return Attempts(self.prompt_logits, self.prompt_state, np.arange(start, start + b, dtype=np.int64),
                         self.key, cfg, self.newline, self.steps, self.guide, stream)
 
+    def draw_round(self, limit: int = MAX_BATCH) -> list[Sample]:
+        """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept."""
+        return self.take(self.tree.run(self.next_attempts(limit).indices))
+
     def take(self, results: Results) -> list[Sample]:
         """Keep what the oldest attempts not taken yet produced (the results of one next_attempts,
         taken in the order they were handed out), up to cfg.num."""
         cfg, stats, kept = self.cfg, self.stats, []
+        mass = self.tree.mass if self.tree is not None else None
+        if mass is not None:
+            stats.mass = mass
         for generated, logprob, n_scored, k in zip(results.texts, results.logp.tolist(),
                                                    results.scored.tolist(), results.kept.tolist()):
             if self.produced >= cfg.num:
@@ -186,7 +212,7 @@ class Drawing:
                 self.seen.add(text)
             self.produced += 1
             stats.accepted += 1
-            kept.append(Sample(text=text, prompt=self.prompt, logprob=logprob, n_chars=n_scored, kept=k))
+            kept.append(Sample(text=text, prompt=self.prompt, logprob=logprob, n_chars=n_scored, kept=k, mass=mass))
         return kept
 
 
@@ -195,7 +221,11 @@ def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size:
     the next attempts start in their place, so the batch stays full until the end."""
     engine = RowEngine(stepper, vocab)
     for drawing in drawings:
-        yield from _run_full(engine, drawing, batch_size)
+        if drawing.tree is not None:
+            while not drawing.done:
+                yield from drawing.draw_round(batch_size)
+        else:
+            yield from _run_full(engine, drawing, batch_size)
 
 
 REFILL = 8  # the batch is topped up once 1/REFILL of it is free (each join copies the batch's buffers)

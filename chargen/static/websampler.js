@@ -373,6 +373,10 @@ function checkOptions(opts) {
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
   }
+  if (o.rejection !== true) {
+    throw new ChargenError("`rejection` is always on in an exported model: its exact constraints are drawn by plain "
+      + "rejection (the samples of `chargen sample --rejection`); the adaptive sampler is not exported");
+  }
   if (o.seed === null) o.seed = randomSeed();
   try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");

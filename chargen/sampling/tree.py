@@ -1,0 +1,292 @@
+"""Exact constrained sampling that learns where the accepted samples are: a tree of the prefixes
+drawn, each with an upper bound on the probability that the model completes it into a sample
+the constraints accept.
+
+Every prefix s drawn is a node holding its network state and its next-character distribution
+p(.|s) (at the sampling settings: temperature, top-k, top-p), and each of its child slots holds
+an upper bound psi(sc) on the probability that the model completes sc into an accepted sample:
+1 where the automaton can still accept within the length bounds, 0 where it cannot (the
+newline's slot is exact: 1 in an accepting state of allowed length, else 0), tighter once draws
+went there. A draw at node s, with N(s) = sum_c p(c|s) psi(sc):
+
+    go on with probability N(s) / psi(s), else the draw is rejected;
+    pick c with probability p(c|s) psi(sc) / N(s).
+
+The probability of drawing a sample x and accepting it telescopes along its path,
+
+    prod_s [N(s) / psi(s)] [p(c|s) psi(sc) / N(s)] = p(x) psi(x) / psi(root) = p(x) 1[x accepted] / psi(root),
+
+so **an accepted draw follows the model's distribution conditioned on the constraints exactly,
+from the first draw**, whatever the bounds are, as long as each is an upper bound and
+N(s) <= psi(s). After the draws, psi(s) := N(s) on every node they visited, deepest first: still
+an upper bound (its children's are) and never above the old one, so both conditions hold, and the
+acceptance rate Z / psi(root) (Z: the probability the model gives the constraints) rises towards
+1 as the bounds tighten where the mass is. A rejected draw is not wasted: it tightens the bounds
+on its path. Draws that share a prefix share its network steps (each node is computed once).
+With psi = 1 everywhere, the draw is plain rejection at the first character that rules the
+sample out: the tree only ever does better. `tests/test_constraints.py` holds it to the
+conditional distribution by enumeration, with a chi-square test that fails when the "go on"
+step is skipped (`accept_step=False`, for that test only).
+
+Rounds: attempts run in rounds of up to a batch's width, all descending with the bounds as they
+were at the round's start (one network step per depth for the new nodes they reach), and the
+bounds are updated when the round ends. Each attempt is exact given its round's bounds; which
+samples come depends on the rounds, so the same seed gives the same samples at the same width
+(the command's and the server's default, MAX_BATCH), not at any width as plain sampling does.
+
+Memory: the nodes kept between rounds take at most `memory` bytes (TREE_MEMORY, 64 MB: ~25,000
+nodes of the bundled names model). Beyond it, when a round ends, the least recently used leaves
+that never had a child are evicted: their bound stays in their parent's slot and is exactly
+what a fresh node computes again, so only the cached state is lost. When no such leaf is left,
+nodes a round creates beyond the cap live for that round only and pass no bound up: below them
+a draw is plain rejection, still exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..config import SampleConfig
+from ..tokenizer import Vocab
+from .constraints import Guide
+from .engine import Results, Stepper, log_softmax, sampling_probs
+from .randomness import uniforms
+
+TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
+
+
+@dataclass
+class ConstraintMass:
+    """What the draws so far say about Z, the probability the model (at the sampling settings)
+    gives the constraints: an unbiased estimate and certain bounds."""
+
+    estimate: float  # mean over draws of 1[accepted] * psi(root) at the draw's round: E = Z
+    lower: float  # the probability of the distinct accepted samples found
+    upper: float  # psi(root) now
+
+    def record(self) -> dict:
+        return {"p_constraints": float(f"{self.estimate:.4g}"), "p_constraints_lower": float(f"{self.lower:.4g}"),
+                "p_constraints_upper": float(f"{self.upper:.4g}")}
+
+
+class _Nodes:
+    """The tree's nodes as columns, one row per node; free rows are reused."""
+
+    def __init__(self, vocab_size: int, state_size: int, capacity: int):
+        v = vocab_size
+        self.columns = {"probs": ((v,), np.float64), "psi": ((v,), np.float64), "child": ((v,), np.int32),  # node + 1
+                        "lsm": ((v,), np.float32), "kept": ((), np.float64), "state": ((state_size,), np.float32),
+                        "dfa": ((), np.int64), "depth": ((), np.int64), "parent": ((), np.int64),
+                        "char": ((), np.int64), "used": ((), np.int64), "pristine": ((), bool),
+                        "temp": ((), bool), "children": ((), np.int32)}
+        for name, (shape, dtype) in self.columns.items():  # zeroed pages cost nothing until used
+            setattr(self, name, np.zeros((capacity,) + shape, dtype=dtype))
+        self.top = 0  # rows ever used
+        self.free: list[int] = []
+
+    @property
+    def bytes_per_node(self) -> int:
+        return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                   for shape, dtype in self.columns.values())
+
+    def alloc(self, k: int) -> np.ndarray:
+        reused = [self.free.pop() for _ in range(min(k, len(self.free)))]
+        fresh = np.arange(self.top, self.top + k - len(reused))
+        self.top += len(fresh)
+        if self.top > len(self.dfa):
+            self._grow(max(self.top, 2 * len(self.dfa)))
+        rows = np.concatenate([np.asarray(reused, dtype=np.int64), fresh])
+        self.child[rows] = 0
+        self.children[rows] = 0
+        return rows
+
+    def release(self, rows: np.ndarray) -> None:
+        self.free.extend(rows.tolist())
+
+    @property
+    def count(self) -> int:
+        return self.top - len(self.free)
+
+    def _grow(self, capacity: int) -> None:
+        for name in self.columns:
+            old = getattr(self, name)
+            new = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+
+class PrefixTree:
+    """One prompt's exact constrained draws (temperature > 0), learning where the accepted mass is.
+
+        tree = PrefixTree(stepper, vocab, guide, cfg, key, prompt_logits, prompt_state)
+        results = tree.run(np.arange(0, 512))  # attempts 0..511, one round
+    """
+
+    def __init__(self, stepper: Stepper, vocab: Vocab, guide: Guide, cfg: SampleConfig, key: np.uint64,
+                 prompt_logits: np.ndarray, prompt_state, *, memory: int = TREE_MEMORY, accept_step: bool = True):
+        self.stepper, self.guide, self.cfg, self.key = stepper, guide, cfg, key
+        self.automaton = guide.automaton
+        self.newline = self.automaton.newline
+        self.codepoints = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
+        self.steps = guide.steps
+        root_state = stepper.to_rows(prompt_state)
+        self.nodes = _Nodes(len(vocab), root_state.shape[1], 1)
+        self.cap = max(16, memory // self.nodes.bytes_per_node)
+        # Room for the cap and a round's nodes beyond it (untouched rows take no memory); grown if needed.
+        self.nodes = _Nodes(len(vocab), root_state.shape[1], self.cap + self.cap // 2 + 4096)
+        self.accept_step = accept_step
+        self.round = 0
+        self.root_psi = 1.0
+        self.draws, self.mass_sum = 0, 0.0
+        self.found: dict[str, float] = {}  # distinct accepted samples: their probability at the sampling settings
+        self.found_mass = 0.0
+        root = self.nodes.alloc(1)
+        n = self.nodes
+        n.parent[root], n.char[root], n.depth[root], n.dfa[root] = -1, -1, 0, guide.start
+        n.state[root] = root_state
+        self._fill(root, prompt_logits[None], temp=False)
+
+    @property
+    def mass(self) -> ConstraintMass:
+        return ConstraintMass(self.mass_sum / self.draws if self.draws else self.root_psi, self.found_mass,
+                              self.root_psi)
+
+    def run(self, indices: np.ndarray) -> Results:
+        """One round: attempts `indices` (each its own random stream) descend from the root with the
+        bounds as they are now; then the bounds on every node visited tighten."""
+        r = len(indices)
+        at = np.zeros(r, dtype=np.int64)  # each attempt's node (the root is row 0)
+        alive = np.ones(r, dtype=bool)
+        accepted = np.zeros(r, dtype=bool)
+        logp, kept, logq = np.zeros(r), np.zeros(r), np.zeros(r)
+        t = np.zeros(r, dtype=np.int64)
+        out = np.zeros((r, self.steps), dtype=np.uint32)
+        visited: list[np.ndarray] = []
+        psi_root = self.root_psi
+        for d in range(self.steps):
+            rows = np.flatnonzero(alive)
+            if not rows.size:
+                break
+            nodes = at[rows]
+            visited.append(nodes)
+            go, c = self._step(nodes, indices[rows], d)
+            alive[rows[~go]] = False
+            rows, nodes, c = rows[go], nodes[go], c[go]
+            logp[rows] += self.nodes.lsm[nodes, c]
+            logq[rows] += np.log(self.nodes.probs[nodes, c])
+            kept[rows] += self.nodes.kept[nodes]
+            t[rows] += 1
+            end = c == self.newline
+            accepted[rows[end]] = True
+            alive[rows[end]] = False
+            out[rows[~end], d] = self.codepoints[c[~end]]
+            at[rows[~end]] = self._children(nodes[~end], c[~end])
+        texts = np.ascontiguousarray(out).view(f"<U{self.steps}").ravel().tolist()
+        self._learn(visited, psi_root, accepted, texts, logq)
+        return Results([x if ok else None for x, ok in zip(texts, accepted.tolist())], logp, t, kept)
+
+    def _step(self, nodes: np.ndarray, indices: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """For attempts at `nodes`: whether each goes on (probability N(s)/psi(s)), and the
+        character it picks (probability p(c|s) psi(sc) / N(s))."""
+        w = self.nodes.probs[nodes] * self.nodes.psi[nodes]  # (R, V)
+        total = w.sum(axis=-1)  # N(s)
+        go = total > 0
+        if self.accept_step:
+            go &= uniforms(self.key, indices, 2 * d) * self._psi(nodes) < total
+        cdf = np.cumsum(w, axis=-1)
+        u = uniforms(self.key, indices, 2 * d + 1) * cdf[:, -1]
+        c = (cdf <= u[:, None]).sum(axis=-1)  # the first id whose cumulative weight passes u: its weight is > 0
+        last = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=-1)  # (u rounding up to the total picks the last)
+        return go, np.minimum(c, last)
+
+    def _psi(self, nodes: np.ndarray) -> np.ndarray:
+        """The bounds of `nodes` themselves (kept in their parents' slots)."""
+        parent = self.nodes.parent[nodes]
+        own = self.nodes.psi[np.maximum(parent, 0), self.nodes.char[nodes]]
+        return np.where(parent < 0, self.root_psi, own)
+
+    def _children(self, parents: np.ndarray, chars: np.ndarray) -> np.ndarray:
+        """The nodes for these (parent, character) pairs, computing the new ones in one network step."""
+        n = self.nodes
+        found = n.child[parents, chars].astype(np.int64) - 1
+        new = found < 0
+        if new.any():
+            pairs, inverse = np.unique(parents[new] * len(self.codepoints) + chars[new], return_inverse=True)
+            p, c = pairs // len(self.codepoints), pairs % len(self.codepoints)
+            temp = n.temp[p] | (n.count + len(pairs) > self.cap)
+            rows = n.alloc(len(pairs))
+            logits, state = self.stepper.step(c, self.stepper.from_rows(n.state[p]))
+            n.state[rows] = self.stepper.to_rows(state)
+            n.parent[rows], n.char[rows], n.depth[rows] = p, c, n.depth[p] + 1
+            n.dfa[rows] = self.automaton.advance(n.dfa[p], c)
+            n.child[p, c] = rows + 1
+            kept = p[~temp]
+            n.children[kept] += 1
+            n.pristine[kept] = False
+            self._fill(rows, logits, temp)
+            found[new] = rows[inverse.ravel()]
+        n.used[found] = self.round
+        return found
+
+    def _fill(self, rows: np.ndarray, logits: np.ndarray, temp) -> None:
+        """New nodes' distributions and their children's first bounds (what the automaton allows)."""
+        n = self.nodes
+        n.probs[rows] = sampling_probs(logits, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
+        lsm = log_softmax(logits)
+        n.lsm[rows] = lsm
+        allowed = self.automaton.allowed(n.dfa[rows], self.guide.n0 + n.depth[rows])
+        n.psi[rows] = allowed
+        n.kept[rows] = np.log(np.where(allowed, np.exp(lsm), 0.0).sum(axis=-1))
+        n.pristine[rows], n.temp[rows], n.used[rows] = True, temp, self.round
+
+    def _learn(self, visited: list[np.ndarray], psi_root: float, accepted: np.ndarray, texts: list[str],
+               logq: np.ndarray) -> None:
+        """After a round: the estimate of Z, the samples found, psi(s) := N(s) on the nodes visited
+        (deepest first, each from its children's new bounds), then the memory bound."""
+        n = self.nodes
+        self.draws += len(accepted)
+        self.mass_sum += psi_root * int(accepted.sum())
+        for i in np.flatnonzero(accepted).tolist():
+            if texts[i] not in self.found:
+                self.found[texts[i]] = q = float(np.exp(logq[i]))
+                self.found_mass += q
+        if self.accept_step:
+            for nodes in reversed(visited):
+                nodes = np.unique(nodes)
+                nodes = nodes[~n.temp[nodes]]  # a round-only node passes no bound up
+                total = (n.probs[nodes] * n.psi[nodes]).sum(axis=-1)
+                inner = n.parent[nodes] >= 0
+                n.psi[n.parent[nodes[inner]], n.char[nodes[inner]]] = total[inner]
+                if not inner.all():
+                    self.root_psi = float(total[~inner][0])
+        self._forget_round_nodes()
+        self._evict()
+        self.round += 1
+
+    def _forget_round_nodes(self) -> None:
+        n = self.nodes
+        temp = np.flatnonzero(n.temp[: n.top])  # (a released node is never temp)
+        if temp.size:
+            n.child[n.parent[temp], n.char[temp]] = 0
+            n.temp[temp] = False
+            n.release(temp)
+
+    def _evict(self) -> None:
+        """Down to 80% of the cap, leaving room for the next round's nodes: the least recently
+        used leaves that never had a child."""
+        n = self.nodes
+        over = n.count - self.cap * 4 // 5
+        if over <= 0:
+            return
+        live = np.ones(n.top, dtype=bool)
+        live[n.free] = False
+        live[0] = False  # the root stays
+        leaves = np.flatnonzero(live & n.pristine[: n.top] & (n.children[: n.top] == 0))
+        leaves = leaves[np.argsort(n.used[leaves], kind="stable")][:over]
+        if leaves.size:
+            n.child[n.parent[leaves], n.char[leaves]] = 0
+            np.subtract.at(n.children, n.parent[leaves], 1)
+            n.release(leaves)
