@@ -38,7 +38,8 @@ COMMANDS = {
 def timed(tree: Path, args: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "chargen", *args], env=env, stdout=subprocess.DEVNULL,
+    # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH.
+    subprocess.run([sys.executable, "-m", "chargen", *args], env=env, cwd=tree, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, check=True)
     return time.perf_counter() - t
 
