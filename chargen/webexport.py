@@ -34,7 +34,8 @@ import numpy as np
 from .checkpoint import Checkpoint, encode_lines, save_checkpoint
 from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
 from .errors import UsageError
-from .sampling.drawing import CONSTRAINED_TRIES
+from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
+from .sampling.tree import node_cap
 from .wasmkernel import kernel_base64
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
@@ -181,7 +182,6 @@ def _defaults() -> dict:
     fields = declared(SampleConfig)
     out = {"prompt": ""}
     out.update({camel(fields[name].field): getattr(SampleConfig(), name) for name in EXPORTED})
-    out["rejection"] = True  # an export draws exact constraints by plain rejection only (no prefix tree in it)
     return out
 
 
@@ -210,6 +210,9 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "prose_length": DEFAULT_PROSE_LENGTH,
         "max_tries": SampleConfig().max_tries,
         "constrained_tries": CONSTRAINED_TRIES,
+        "max_batch": MAX_BATCH,
+        "tree_cap": node_cap(ckpt.model_config.vocab_size, ckpt.model_config.layers * ckpt.model_config.state_tensors
+                             * ckpt.model_config.hidden),
         "info": facts,
     }
 

@@ -173,8 +173,9 @@ def test_the_adaptive_sampler_is_exact_from_its_first_draws_and_not_without_its_
 
 
 def test_the_adaptive_sampler_within_a_tiny_memory_bound_stays_exact(stepper, exact_probs):
-    """A cap of 16 nodes: cold leaves are evicted and round-only nodes pass no bound up; the
-    tree never keeps more than its cap between rounds, and the samples still fit."""
+    """A cap of 16 nodes: cold leaves are evicted and round-only nodes pass no bound up; once a
+    round starts at the cap the tree stops growing (it keeps at most the cap plus one round's
+    nodes), and the samples still fit."""
     c = Constraints(max_len=5, ends_with="a", contains=("b",))
     target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
     cfg = SampleConfig(temperature=1.0, length=LIMIT, **CONSTRAINED)
@@ -183,11 +184,17 @@ def test_the_adaptive_sampler_within_a_tiny_memory_bound_stays_exact(stepper, ex
     tree = PrefixTree(stepper, VOCAB, guide, cfg, derive_key(5), logits, state, memory=1)
     assert tree.cap == 16
     texts: list[str] = []
+    counts = []
     for start in range(0, 300_000, 256):
+        full = tree.nodes.count >= tree.cap
         texts += [t for t in tree.run(np.arange(start, start + 256)).texts if t is not None]
-        assert tree.nodes.count <= tree.cap and not tree.nodes.temp.any()
+        assert not tree.nodes.temp.any()
+        if full:
+            assert tree.nodes.count <= counts[-1]
+        counts.append(tree.nodes.count)
         if len(texts) >= 15_000:
             break
+    assert max(counts) < 200 and counts[-1] >= tree.cap
     ok, stat, critical = chi_square_fits(counted(texts), target)
     assert ok, (stat, critical)
 

@@ -116,15 +116,15 @@ def test_the_integer_key_derivation_is_the_vectorised_hash():
     """derive_key hashes Python ints; the per-character hash is numpy's: both are splitmix64 mod 2**64."""
     import random
 
-    from chargen.sampling.randomness import _GOLD, _mix, _mix_int
+    from chargen.sampling.randomness import _GOLD, mix, _mix_int
 
     rng = random.Random(0)
     values = [0, 1, 2**63 - 1, 2**64 - 1] + [rng.getrandbits(64) for _ in range(200)]
-    assert [_mix_int(v) for v in values] == _mix(np.array(values, dtype=np.uint64)).tolist()
+    assert [_mix_int(v) for v in values] == mix(np.array(values, dtype=np.uint64)).tolist()
     for seed in values[:20]:
-        z = _mix(np.array([seed], dtype=np.uint64))
+        z = mix(np.array([seed], dtype=np.uint64))
         with np.errstate(over="ignore"):
-            z = _mix(z ^ _mix(np.array([5], dtype=np.uint64) + _GOLD))
+            z = mix(z ^ mix(np.array([5], dtype=np.uint64) + _GOLD))
         assert derive_key(seed, 5) == z[0]
 
 

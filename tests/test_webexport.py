@@ -36,6 +36,8 @@ CASES = [
     {"n": 30, "seed": 4, "topP": 0.7, "temperature": 1.0},
     {"n": 25, "seed": 5, "topK": 8, "topP": 0.9, "unique": True, "prompt": ["A", "Jo"]},
     {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a"},
+    {"n": 100, "seed": 6, "minLen": 4, "endsWith": "a"},  # the adaptive sampler over many rounds
+    {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a", "rejection": True},
     {"n": 5, "seed": 7, "temperature": 0, "minLen": 6},
     {"n": 10, "seed": 8, "novel": True, "temperature": 1.5},
     {"n": 3, "seed": 9, "lines": False, "length": 60, "prompt": "Ann"},
@@ -71,7 +73,6 @@ def random_model(path: Path, cell: str, layers: int, seed: int = 0) -> Path:
 def python_records(path: Path, options: dict) -> list[dict]:
     o = snake(options)
     n, prompt = o.pop("num"), o.pop("prompt", "")
-    o["rejection"] = True  # what an export draws constraints by
     return [{"text": s.text, "logprob": s.logprob} for s in chargen.load(path).samples(n, prompt, **o)]
 
 

@@ -15,7 +15,7 @@ _MASK, _M1_INT, _M2_INT, _GOLD_INT = (1 << 64) - 1, 0xBF58476D1CE4E5B9, 0x94D049
 _M1, _M2, _GOLD = np.uint64(_M1_INT), np.uint64(_M2_INT), np.uint64(_GOLD_INT)
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: a good 64-bit hash, vectorised."""
     with np.errstate(over="ignore"):
         z = (z ^ (z >> np.uint64(30))) * _M1
@@ -24,7 +24,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def _mix_int(z: int) -> int:
-    """_mix on one Python int, modulo 2**64 as uint64 arithmetic is (tested equal): a key is
+    """mix on one Python int, modulo 2**64 as uint64 arithmetic is (tested equal): a key is
     derived per request, where numpy's per-call cost would dominate."""
     z = ((z ^ (z >> 30)) * _M1_INT) & _MASK
     z = ((z ^ (z >> 27)) * _M2_INT) & _MASK
@@ -42,8 +42,8 @@ def uniforms(key: np.uint64 | np.ndarray, sample_idx: np.ndarray, t: int | np.nd
     """One U[0, 1) per sample for its character t, a pure function of (key, sample index, t);
     key and t may be one for all or one per sample."""
     with np.errstate(over="ignore"):
-        z = _mix(sample_idx.astype(np.uint64) * _GOLD + np.asarray(t).astype(np.uint64) + key)
-        z = _mix(z ^ key)
+        z = mix(sample_idx.astype(np.uint64) * _GOLD + np.asarray(t).astype(np.uint64) + key)
+        z = mix(z ^ key)
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 

@@ -34,12 +34,14 @@ bounds are updated when the round ends. Each attempt is exact given its round's 
 samples come depends on the rounds, so the same seed gives the same samples at the same width
 (the command's and the server's default, MAX_BATCH), not at any width as plain sampling does.
 
-Memory: the nodes kept between rounds take at most `memory` bytes (TREE_MEMORY, 64 MB: ~25,000
-nodes of the bundled names model). Beyond it, when a round ends, the least recently used leaves
-that never had a child are evicted: their bound stays in their parent's slot and is exactly
-what a fresh node computes again, so only the cached state is lost. When no such leaf is left,
-nodes a round creates beyond the cap live for that round only and pass no bound up: below them
-a draw is plain rejection, still exact.
+Memory: the nodes kept between rounds take at most `memory` bytes (TREE_MEMORY, 64 MB: 23,448
+nodes of the bundled names model), plus one round's new nodes. When a round ends above 80% of
+the cap, the least recently used leaves that never had a child are evicted (ties broken by a
+hash of the prefix): their bound stays in their parent's slot and is exactly what a fresh node
+computes again, so only the cached state is lost. A round that starts with the tree at its cap
+(no such leaf left) makes nodes that live for that round only and pass no bound up: below them
+a draw is plain rejection, still exact. These rules depend only on the draws, not on the order
+nodes are made in, so an exported page's sampler (static/websampler.js) keeps the same tree.
 """
 
 from __future__ import annotations
@@ -53,9 +55,22 @@ from ..config import SampleConfig
 from ..tokenizer import Vocab
 from .constraints import Guide
 from .engine import Results, Stepper, log_softmax, sampling_probs
-from .randomness import uniforms
+from .randomness import mix, uniforms
 
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
+
+
+def prefix_key(parent: np.ndarray, chars: np.ndarray) -> np.ndarray:
+    """A 64-bit name for a prefix, from its parent's and its last character's: eviction breaks ties
+    by it, so which nodes are kept does not depend on the order nodes were made in (an exported
+    page makes them one draw at a time, this module a depth at a time)."""
+    with np.errstate(over="ignore"):
+        return mix(parent * np.uint64(0x9E3779B97F4A7C15) + chars.astype(np.uint64) + np.uint64(1))
+
+
+def node_cap(vocab_size: int, state_size: int, memory: int = TREE_MEMORY) -> int:
+    """How many nodes a tree keeps between rounds within `memory` bytes (an exported page keeps as many)."""
+    return max(16, memory // _Nodes(vocab_size, state_size, 1).bytes_per_node)
 
 
 @dataclass
@@ -80,7 +95,7 @@ class _Nodes:
         self.columns = {"probs": ((v,), np.float64), "psi": ((v,), np.float64), "child": ((v,), np.int32),  # node + 1
                         "lsm": ((v,), np.float32), "kept": ((), np.float64), "state": ((state_size,), np.float32),
                         "dfa": ((), np.int64), "depth": ((), np.int64), "parent": ((), np.int64),
-                        "char": ((), np.int64), "used": ((), np.int64), "pristine": ((), bool),
+                        "char": ((), np.int64), "used": ((), np.int64), "key": ((), np.uint64), "pristine": ((), bool),
                         "temp": ((), bool), "children": ((), np.int32)}
         for name, (shape, dtype) in self.columns.items():  # zeroed pages cost nothing until used
             setattr(self, name, np.zeros((capacity,) + shape, dtype=dtype))
@@ -133,8 +148,7 @@ class PrefixTree:
         self.codepoints = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
         self.steps = guide.steps
         root_state = stepper.to_rows(prompt_state)
-        self.nodes = _Nodes(len(vocab), root_state.shape[1], 1)
-        self.cap = max(16, memory // self.nodes.bytes_per_node)
+        self.cap = node_cap(len(vocab), root_state.shape[1], memory)
         # Room for the cap and a round's nodes beyond it (untouched rows take no memory); grown if needed.
         self.nodes = _Nodes(len(vocab), root_state.shape[1], self.cap + self.cap // 2 + 4096)
         self.accept_step = accept_step
@@ -146,7 +160,7 @@ class PrefixTree:
         root = self.nodes.alloc(1)
         n = self.nodes
         n.parent[root], n.char[root], n.depth[root], n.dfa[root] = -1, -1, 0, guide.start
-        n.state[root] = root_state
+        n.state[root], n.key[root] = root_state, 0
         self._fill(root, prompt_logits[None], temp=False)
 
     @property
@@ -166,6 +180,7 @@ class PrefixTree:
         out = np.zeros((r, self.steps), dtype=np.uint32)
         visited: list[np.ndarray] = []
         psi_root = self.root_psi
+        self.full = self.nodes.count >= self.cap  # then this round's new nodes live for the round only
         for d in range(self.steps):
             rows = np.flatnonzero(alive)
             if not rows.size:
@@ -216,11 +231,12 @@ class PrefixTree:
         if new.any():
             pairs, inverse = np.unique(parents[new] * len(self.codepoints) + chars[new], return_inverse=True)
             p, c = pairs // len(self.codepoints), pairs % len(self.codepoints)
-            temp = n.temp[p] | (n.count + len(pairs) > self.cap)
+            temp = n.temp[p] | self.full
             rows = n.alloc(len(pairs))
             logits, state = self.stepper.step(c, self.stepper.from_rows(n.state[p]))
             n.state[rows] = self.stepper.to_rows(state)
             n.parent[rows], n.char[rows], n.depth[rows] = p, c, n.depth[p] + 1
+            n.key[rows] = prefix_key(n.key[p], c)
             n.dfa[rows] = self.automaton.advance(n.dfa[p], c)
             n.child[p, c] = rows + 1
             kept = p[~temp]
@@ -285,7 +301,7 @@ class PrefixTree:
         live[n.free] = False
         live[0] = False  # the root stays
         leaves = np.flatnonzero(live & n.pristine[: n.top] & (n.children[: n.top] == 0))
-        leaves = leaves[np.argsort(n.used[leaves], kind="stable")][:over]
+        leaves = leaves[np.lexsort((n.key[leaves], n.used[leaves]))][:over]  # oldest first, then by prefix
         if leaves.size:
             n.child[n.parent[leaves], n.char[leaves]] = 0
             np.subtract.at(n.children, n.parent[leaves], 1)

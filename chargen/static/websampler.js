@@ -373,10 +373,6 @@ function checkOptions(opts) {
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
   }
-  if (o.rejection !== true) {
-    throw new ChargenError("`rejection` is always on in an exported model: its exact constraints are drawn by plain "
-      + "rejection (the samples of `chargen sample --rejection`); the adaptive sampler is not exported");
-  }
   if (o.seed === null) o.seed = randomSeed();
   try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
@@ -384,6 +380,113 @@ function checkOptions(opts) {
     throw new ChargenError(MODEL.training_lines_note || "this model has no training lines to check `novel` against");
   }
   return o;
+}
+
+// --- exact adaptive constrained sampling (chargen.sampling.tree) -------------------------------
+
+// A tree of the prefixes drawn, each with an upper bound psi on the chance that the model completes
+// it into an accepted sample (kept in its parent's `psi` row; the root's in rootPsi). A draw at s:
+// N = sum_c p(c|s) psi(sc); go on with probability N / psi(s), else it is rejected; pick c with
+// probability p(c|s) psi(sc) / N. Accepted draws follow the conditional distribution exactly; after
+// each round psi(s) := N(s) on the nodes visited, deepest first. Rounds as chargen's: the attempts
+// of a round draw with the bounds of its start, so the same seed gives the CLI's samples (the
+// order of node creation differs, which changes nothing until the tree fills its memory cap).
+class PrefixTree {
+  constructor(sampler, guide, o, key, primed) {
+    this.sm = sampler; this.g = guide; this.o = o; this.key = key; this.V = sampler.V;
+    this.cap = MODEL.tree_cap; this.count = 0; this.round = 0; this.rootPsi = 1;
+    this.full = false;
+    this.root = this.node(null, -1, guide.s, primed[0], this.sm.net.copyState(primed[1]), false);
+  }
+
+  node(parent, ch, dfa, logits, state, temp) {
+    const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp,
+      key: parent ? mix((parent.key * GOLD + BigInt(ch) + 1n) & M64) : 0n,  // tree.prefix_key
+      logits: Float64Array.from(logits), probs: new Float64Array(V), psi: new Float64Array(V),
+      child: new Array(V).fill(null), children: 0, pristine: true, used: this.round };
+    const o = this.o;
+    samplingProbs(n.logits, V, o.temperature, o.topK, o.topP, n.probs);
+    const allowed = this.g.c.allowed(dfa, this.g.n0 + n.depth, new Uint8Array(V));
+    for (let v = 0; v < V; v++) n.psi[v] = allowed[v];
+    this.count++;
+    return n;
+  }
+
+  childOf(n, c) {
+    let ch = n.child[c];
+    if (ch === null) {
+      const state = this.sm.net.copyState(n.state), logits = new Float64Array(this.V);
+      this.sm.net.step(c, state, logits);
+      const temp = n.temp || this.full;
+      ch = n.child[c] = this.node(n, c, this.g.c.trans[n.dfa * this.V + c], logits, state, temp);
+      if (!temp) { n.children++; n.pristine = false; }
+    }
+    ch.used = this.round;
+    return ch;
+  }
+
+  // One round: attempts first .. first+b-1 with the bounds as they are; then the bounds tighten.
+  run(first, b, newline) {
+    const V = this.V, out = [], visited = [], w = new Float64Array(V);
+    this.full = this.count >= this.cap;  // then this round's new nodes live for the round only
+    for (let i = first; i < first + b; i++) {
+      let n = this.root, psi = this.rootPsi, text = "", logprob = 0, d = 0, ok = false;
+      for (; d < this.g.steps; d++) {
+        if (visited[d] === undefined) visited[d] = new Set();
+        visited[d].add(n);
+        let total = 0;
+        for (let v = 0; v < V; v++) { w[v] = n.probs[v] * n.psi[v]; total += w[v]; }
+        if (!(total > 0) || !(uniform(this.key, i, 2 * d) * psi < total)) break;
+        const c = pickWeighted(w, V, uniform(this.key, i, 2 * d + 1));
+        logprob += logSoftmaxAt(n.logits, V, c);
+        if (c === newline) { ok = true; d++; break; }
+        text += this.sm.vocab[c];
+        psi = n.psi[c];
+        n = this.childOf(n, c);
+      }
+      out.push({ text: ok ? text : null, logprob, chars: d });
+    }
+    for (let d = visited.length - 1; d >= 0; d--) {
+      for (const n of visited[d]) {
+        if (n.temp) continue;  // a round-only node passes no bound up
+        let total = 0;
+        for (let v = 0; v < V; v++) total += n.probs[v] * n.psi[v];
+        if (n.parent === null) this.rootPsi = total; else n.parent.psi[n.ch] = total;
+      }
+    }
+    for (const set of visited) for (const n of set) for (let v = 0; v < V; v++) {
+      const ch = n.child[v];
+      if (ch !== null && ch.temp) { n.child[v] = null; this.count--; }
+    }
+    this.evict();
+    this.round++;
+    return out;
+  }
+
+  // Down to 80% of the cap: the least recently used leaves that never had a child.
+  evict() {
+    const over = this.count - Math.floor(this.cap * 4 / 5);
+    if (over <= 0) return;
+    const leaves = [], stack = [this.root];
+    while (stack.length) {
+      const n = stack.pop();
+      for (const ch of n.child) if (ch !== null) stack.push(ch);
+      if (n !== this.root && n.pristine && n.children === 0) leaves.push(n);
+    }
+    leaves.sort((a, b) => a.used - b.used || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    for (const n of leaves.slice(0, over)) { n.parent.child[n.ch] = null; n.parent.children--; this.count--; }
+  }
+}
+
+// The weighted pick of chargen.sampling.tree: the first id whose cumulative weight passes u * total.
+function pickWeighted(w, V, u) {
+  let cum = 0, last = 0;
+  const cdf = new Float64Array(V);
+  for (let v = 0; v < V; v++) { cum += w[v]; cdf[v] = cum; if (w[v] > 0) last = v; }
+  const thr = u * cdf[V - 1];
+  let c = 0;
+  for (let v = 0; v < V; v++) if (cdf[v] <= thr) c++;
+  return Math.min(c, last);
 }
 
 class Sampler {
@@ -474,16 +577,32 @@ class Sampler {
       const prompt = prompts[j], guide = guides[j], primed = this.prime(prompt, lines), key = deriveKey(o.seed, j);
       const rejecting = guide !== null && o.temperature > 0;
       const budget = o.n * (rejecting ? MODEL.constrained_tries : MODEL.max_tries) + 100;
-      let produced = 0, i = 0;
-      for (; produced < o.n && i < budget; i++) {
-        const a = this.attempt(primed, key, i, o, newline, guide ? guide.steps : cap, guide);
-        if (a.text === null) continue;
+      const tree = rejecting && !o.rejection ? new PrefixTree(this, guide, o, key, primed) : null;
+      let produced = 0, i = 0, issued = 0;
+      const keep = (a) => {  // what chargen.sampling.Drawing.take keeps
+        if (a.text === null) return null;
         const text = prompt + a.text;
         if ((lines && !text) || (o.unique && seen.has(text)) || (o.novel && this.training.has(text)) ||
-            (exclude && exclude.has(text))) continue;
+            (exclude && exclude.has(text))) return null;
         if (o.unique) seen.add(text);
         produced++;
-        yield { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
+        return { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
+      };
+      while (tree !== null && produced < o.n && issued < budget) {  // rounds sized as Drawing.wanted sizes them
+        const rate = i ? produced / i : 0.5, target = Math.floor((o.n - produced) / Math.max(rate, 0.02) * 1.1) + 8;
+        const b = Math.max(1, Math.min(target - (issued - i), budget - issued, MODEL.max_batch));
+        const results = tree.run(issued, b, newline);
+        issued += b;
+        for (const a of results) {
+          if (produced >= o.n) break;
+          i++;
+          const r = keep(a);
+          if (r !== null) yield r;
+        }
+      }
+      for (; tree === null && produced < o.n && i < budget; i++) {
+        const r = keep(this.attempt(primed, key, i, o, newline, guide ? guide.steps : cap, guide));
+        if (r !== null) yield r;
       }
       if (produced < o.n) {
         throw new ChargenError(`the model produced only ${produced} of ${o.n} samples in ${i} draws; ` +
