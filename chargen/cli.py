@@ -19,7 +19,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from ._version import __version__
-from .config import (Declared, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
+from .config import (Declared, given_options, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
                      format_duration, merge_train_options, parse_duration)
 from .errors import ChargenError, TrainingInterrupted, UsageError
 
@@ -96,8 +96,8 @@ def with_options(*configs: type, skip: tuple[str, ...] = ()) -> Callable:
 
 
 def given(options: dict[str, Any]) -> dict[str, Any]:
-    """The options given on the command line: None (and False for a switch) means not given."""
-    return {k: v for k, v in options.items() if v is not None and v is not False}
+    """The options given on the command line (config.given_options: --no-lines is given)."""
+    return given_options(options, SampleConfig, ServeConfig)
 
 
 def error_line(message: str) -> None:
@@ -181,7 +181,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             stop.append(f"{r.patience} evaluations without a better val loss")
         self.con.print(
             f"model: {m.describe()}, "
-            f"{r.parameters:,} parameters; batch {r.batch_size} x seq {r.seq_len}; "
+            f"{r.parameters:,} parameters; {r.layout()}; "
             f"{r.device} {r.precision}; stop at {' or '.join(stop)}{resumed} -> {r.out_dir}",
             highlight=False, markup=False,
         )

@@ -249,6 +249,9 @@ class ModelConfig(_Config):
     weight_drop: float = option(0.0, "DropConnect on the hidden-to-hidden weights: one mask per training step "
                                       "(the fused kernels are kept).", check=lambda v: 0.0 <= v < 1.0,
                                 rule="must be in [0, 1)")
+    # Set by line-mode training (TrainConfig.line_mode), not an option: every line starts from a
+    # learned state (the checkpoint's start_state), a weight "start" (state tensors, layers, hidden).
+    learned_start: bool = False
 
     def validate(self) -> None:
         if not _positive(self.vocab_size):
@@ -280,6 +283,8 @@ class ModelConfig(_Config):
             shapes[f"rnn.bias_hh_l{layer}"] = (g,)
         shapes["head.weight"] = (self.vocab_size, h)
         shapes["head.bias"] = (self.vocab_size,)
+        if self.learned_start:
+            shapes["start"] = (self.state_tensors, self.layers, h)
         return shapes
 
     @property
@@ -304,7 +309,9 @@ class ModelConfig(_Config):
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
 # The model options that act in training only: a run from a trained model may set them anew.
 REGULARISERS = ("dropout", "embed_dropout", "input_dropout", "weight_drop")
-SHAPE_KEYS = tuple(k for k in MODEL_KEYS if k not in REGULARISERS)  # what the weights' shapes follow
+# What the weights' shapes follow and a run from a trained model keeps (learned_start follows how
+# the run trains: chargen.training.loop.build_model adds or drops the start state).
+SHAPE_KEYS = tuple(k for k in MODEL_KEYS if k not in REGULARISERS + ("learned_start",))
 
 
 @dataclass
@@ -313,6 +320,11 @@ class TrainConfig(_Config):
 
     batch_size: int = option(64, "Parallel streams the text is laid out in.", default_help=AUTO, **POSITIVE)
     seq_len: int = option(128, "Characters per window (BPTT length).", default_help=AUTO, **POSITIVE)
+    line_mode: Optional[bool] = option(None, "Train a list line by line, as it is scored and sampled: every line "
+                                             "from a learned start state, lines of similar length padded into "
+                                             "batches of about batch-size x seq-len characters.",
+                                       flags=("--line-mode/--no-line-mode",),
+                                       default_help="on for lists (lines of names, words), off for prose")
     lr: float = option(3e-3, "Peak learning rate (AdamW).", default_help="3e-3 (or chosen with the sizes, printed at start)",
                        **POSITIVE)
     weight_decay: float = option(0.01, "AdamW weight decay on weight matrices.", **NOT_NEGATIVE)
@@ -521,15 +533,22 @@ def is_loopback(host: str) -> bool:
 
 
 
+def given_options(flags: dict[str, Any], *configs: type) -> dict[str, Any]:
+    """The options given on a command line, by field name: None means not given, and so does False
+    for a switch, but for a tri-state --x/--no-x of `configs` (declared default None), whose
+    False was asked for."""
+    tri_state = {name for c in configs for name, d in declared(c).items() if d.default is None}
+    return {k: v for k, v in flags.items() if v is not None and (v is not False or k in tri_state)}
+
+
 def merge_train_options(flags: dict[str, Any], config_file: Optional[str] = None) -> dict[str, Any]:
     """The options of one `chargen train`: the TOML file's, then the flags given on top.
 
-    `flags` holds every flag by its field name; None (and False for a switch) means "not given",
-    so the file's value stands. Keys are ModelConfig, TrainConfig and RunConfig names.
+    `flags` holds every flag by its field name; not given (given_options), the file's value
+    stands. Keys are ModelConfig, TrainConfig and RunConfig names.
     """
     from_file = load_toml_config(config_file) if config_file else {}
-    given = {k: v for k, v in flags.items() if v is not None and v is not False}
-    return {**from_file, **given}
+    return {**from_file, **given_options(flags, ModelConfig, TrainConfig, RunConfig)}
 
 
 def load_toml_config(path: str) -> dict[str, Any]:

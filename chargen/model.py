@@ -38,6 +38,9 @@ class CharRNN(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
+        # Line-mode training: every line starts from this learned state (state tensors, layers, H).
+        self.start = nn.Parameter(torch.zeros(config.state_tensors, config.layers, config.hidden)) \
+            if config.learned_start else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -63,8 +66,11 @@ class CharRNN(nn.Module):
         return state_from_tensors(zeros)
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """idx (B, T) of token ids -> logits (B, T, V) and the state after the last step."""
+        """idx (B, T) of token ids -> logits (B, T, V) and the state after the last step; with no
+        state, the learned start state (line-mode models) or zeros."""
         c = self.config
+        if state is None and self.start is not None:  # (layers, B, H) each, gradients flowing to `start`
+            state = state_from_tensors([s.unsqueeze(1).expand(-1, idx.shape[0], -1).contiguous() for s in self.start])
         x = self.embedding(idx) if not (self.training and c.embed_dropout) else \
             F.embedding(idx, self.embedding.weight * _mask(self.embedding.weight, (c.vocab_size, 1), c.embed_dropout))
         if self.training and c.input_dropout:  # (B, T, E): one mask per row, the same at every step

@@ -34,9 +34,14 @@ def _assert_same_weights(a_dir, b_dir, atol=2e-5):
     assert a.weights.keys() == b.weights.keys()
     for name in a.weights:
         np.testing.assert_allclose(a.weights[name], b.weights[name], atol=atol, rtol=1e-4, err_msg=name)
-    # The hidden state of every stream is saved, whatever the number of processes.
+    # The hidden state of every stream is saved, whatever the number of processes (none in line
+    # mode: every line starts from the learned start state, a weight).
+    assert a.model_config.learned_start == b.model_config.learned_start
     for j in range(2):
-        np.testing.assert_allclose(a.resume_tensors[f"state.{j}"], b.resume_tensors[f"state.{j}"], atol=atol * 10)
+        if a.model_config.learned_start:
+            assert f"state.{j}" not in a.resume_tensors and f"state.{j}" not in b.resume_tensors
+        else:
+            np.testing.assert_allclose(a.resume_tensors[f"state.{j}"], b.resume_tensors[f"state.{j}"], atol=atol * 10)
     return a, b
 
 
@@ -47,22 +52,26 @@ def names_corpus(tmp_path_factory):
     return d
 
 
-def test_two_gloo_processes_match_one_process(names_corpus):
+@pytest.mark.parametrize("mode", ["--line-mode", "--no-line-mode"])
+def test_two_gloo_processes_match_one_process(names_corpus, mode):
+    """Line mode: each process's summed loss over the whole batch's characters / 2, so the mean of
+    the two gradients is one process's (batches differ in length). Streams: each its rows' mean."""
     d = names_corpus
-    single = run(["train", "names.txt", *FLAGS, "--max-steps", "6", "--out", "single", "--quiet"], cwd=d)
+    single = run(["train", "names.txt", *FLAGS, mode, "--max-steps", "6", "--out", "single" + mode, "--quiet"], cwd=d)
     assert single.returncode == 0, single.stderr.decode()
-    proc = torchrun(2, ["names.txt", *FLAGS, "--max-steps", "6", "--out", "ddp"], d)
+    proc = torchrun(2, ["names.txt", *FLAGS, mode, "--max-steps", "6", "--out", "ddp" + mode], d)
     assert proc.stdout.strip() == b""  # nothing but progress, on stderr, from rank 0 alone
     err = proc.stderr.decode()
     assert err.count("Sample from it") == 1, err
-    a, b = _assert_same_weights(d / "single", d / "ddp")
+    a, b = _assert_same_weights(d / ("single" + mode), d / ("ddp" + mode))
+    assert a.model_config.learned_start == (mode == "--line-mode")
     assert b.resume["world_size"] == 2 and a.resume["world_size"] == 1
     # One run directory, written once: metrics at steps 3 and 6 with the same validation loss
     # (each name is scored on its own, so splitting the names across ranks adds the same sums).
-    files = sorted(p.name for p in (d / "ddp").iterdir())
-    assert files == sorted(p.name for p in (d / "single").iterdir())
-    ma = [json.loads(x) for x in (d / "single" / METRICS).read_text().splitlines()]
-    mb = [json.loads(x) for x in (d / "ddp" / METRICS).read_text().splitlines()]
+    files = sorted(p.name for p in (d / ("ddp" + mode)).iterdir())
+    assert files == sorted(p.name for p in (d / ("single" + mode)).iterdir())
+    ma = [json.loads(x) for x in (d / ("single" + mode) / METRICS).read_text().splitlines()]
+    mb = [json.loads(x) for x in (d / ("ddp" + mode) / METRICS).read_text().splitlines()]
     assert [m["step"] for m in mb] == [3, 6]
     for x, y in zip(ma, mb):
         assert abs(x["val_loss"] - y["val_loss"]) < 1e-4 and abs(x["train_loss"] - y["train_loss"]) < 1e-4

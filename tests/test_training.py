@@ -77,6 +77,41 @@ def test_resume_is_exact(tmp_path, regularisers):
     assert steps == [15, 30, 40]
 
 
+def test_a_line_models_training_loss_is_its_evaluation_loss_on_the_same_lines(tmp_path):
+    """Line mode trains a list as it is scored: each line from the learned start state, the
+    padding masked out. The loss the trainer computes over its batches, per character, is what
+    `chargen eval` (numpy, the checkpoint's start state) gives on the same lines."""
+    import torch.nn.functional as F
+
+    import chargen
+    from chargen.model import from_weights
+    from chargen.training.data import LineLoader, prepare_training_data
+
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=12, eval_every=12, warmup=2, lr=1e-2)
+    train(corpus, config, {"layers": 2, "hidden": 16, "embed": 8}, out_dir=tmp_path / "run", precision="fp32")
+    ckpt = read_checkpoint(tmp_path / "run", prefer=LAST)
+    assert ckpt.model_config.learned_start
+    np.testing.assert_array_equal(np.stack(ckpt.start_state), ckpt.weights["start"])  # what sampling starts from
+    data = prepare_training_data(corpus, config)
+    loader = LineLoader(data.line_batches)
+    assert len(loader) == data.n_windows > 3 and data.line_batches.lines_per_batch > 4  # ~64 characters a batch
+    model = from_weights(ckpt.model_config, ckpt.weights).eval()
+    total, count, lines = 0.0, 0, []
+    for k in range(len(loader)):
+        x, y = loader.window(k)
+        assert (x[:, 0] == data.vocab.index["\n"]).all()  # every line from the start of a line
+        with torch.no_grad():
+            logits, _ = model(x)
+        real = int((y != -100).sum())
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item() * real
+        count += real
+        lines += [data.vocab.decode(row[(row >= 0)].numpy()).split("\n")[0] for row in y]
+    assert count == data.line_batches.chars == sum(len(line) + 1 for line in lines)
+    scored = chargen.load(ckpt.path).eval("\n".join(lines) + "\n")
+    assert scored["loss"] == pytest.approx(total / count, abs=2e-5)
+
+
 def test_a_cached_corpus_read_from_its_file_trains_like_the_text(tmp_path, monkeypatch):
     """Large corpora are read from the ingest cache file (FileStreams), a few characters per
     stream at a time; the run must be the same, step for step, as from the text in memory."""
@@ -220,9 +255,12 @@ def test_short_corpus_and_short_batch(tmp_path):
         def on_notice(self, message):
             notes.append(message)
 
-    result = train(_corpus(tmp_path, make_names(30), "s.txt"), TrainConfig(batch_size=64, seq_len=16, max_steps=2), SMALL,
-                   out_dir=tmp_path / "r2", callbacks=Notes(), precision="fp32")
-    assert result.steps == 2 and any("streams" in n for n in notes)
+    for line_mode, note in ((False, "streams"), (None, "lines a batch")):
+        notes.clear()
+        result = train(_corpus(tmp_path, make_names(30), "s.txt"),
+                       TrainConfig(batch_size=64, seq_len=16, max_steps=2, line_mode=line_mode), SMALL,
+                       out_dir=tmp_path / f"r2{line_mode}", callbacks=Notes(), precision="fp32")
+        assert result.steps == 2 and any(note in n for n in notes), notes
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():

@@ -37,6 +37,13 @@ class StartReport:
     resumed_from_step: Optional[int]  # None for a new run
     flops_per_char: int  # training FLOPs per character (6 per matmul weight)
     patience: Optional[int] = None  # evaluations without a better val loss that end the run (None: never)
+    lines_per_batch: Optional[int] = None  # line mode: lines a step (None: streams of batch_size x seq_len)
+
+    def layout(self) -> str:
+        """How a step's text is laid out, for the start line."""
+        if self.lines_per_batch is not None:
+            return f"line mode, {self.lines_per_batch} lines a batch"
+        return f"batch {self.batch_size} x seq {self.seq_len}"
 
 
 @dataclass(frozen=True)

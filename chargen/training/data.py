@@ -16,6 +16,18 @@ Each row is a contiguous slice of the corpus, so the hidden state left by a wind
 exactly the state the next window of row i needs: the trainer carries it over (detached).
 Characters past B * L (L = len // B) are dropped; that is fewer than B characters.
 
+A list trained line by line (line mode, the default for lists) is laid out differently: each
+line is one row, from the start of a line as it is scored and sampled, padded to its batch's
+longest line (lines of similar length share a batch; P pads, masked out of the loss):
+
+    inputs:   \n M a r y          targets:  M a r y \n
+              \n A n n P                    A n n \n P
+              \n J o P P                    J o \n P P
+
+and no state carries from one batch to the next: every row starts from the model's learned
+start state. `LineBatches` holds them; `LineLoader` hands the trainer batch k as WindowLoader
+hands window k.
+
 `prepare_training_data` does all of it for a run: shuffle a list of lines, split off validation,
 lay the training text out into streams (this process's share of them, under torchrun) and
 gather what evaluation and the checkpoint need. `WindowLoader` hands the trainer window k.
@@ -269,6 +281,66 @@ class WindowLoader:
             self.streams.close()
 
 
+# --- a list, line by line ----------------------------------------------------------------------
+
+LINE_SORT_CHUNK = 16  # lines are sorted by length within runs of this many batches (less padding)
+PAD = -1
+
+
+@dataclass
+class LineBatches:
+    """A list's training lines as padded batches, in training order: batch k is `seqs[k]`, (B, L + 2)
+    int32, each row "\n" + line + "\n" padded with PAD; this process's rows only (under torchrun)."""
+
+    seqs: list[np.ndarray]
+    counts: list[int]  # characters predicted in each batch, all processes together
+    lines_per_batch: int  # B, all processes together
+    chars: int  # characters predicted in an epoch (each line's characters and its newline), all processes
+
+    @classmethod
+    def of(cls, lines: list[np.ndarray], newline: int, lines_per_batch: int, seed: int,
+           rows: slice = slice(None)) -> "LineBatches":
+        """Lines (in their shuffled order) into batches of `lines_per_batch`: sorted by length within
+        chunks, the batches then shuffled (seeded); a last partial batch is dropped, as streams drop
+        their last partial window."""
+        b = lines_per_batch
+        n = len(lines) // b * b
+        seqs, counts = [], []
+        for lo in range(0, n, b * LINE_SORT_CHUNK):
+            chunk = sorted(lines[lo : min(lo + b * LINE_SORT_CHUNK, n)], key=len)
+            for k in range(0, len(chunk), b):
+                group = chunk[k : k + b]
+                seq = np.full((b, max(map(len, group)) + 2), PAD, dtype=np.int32)
+                for i, ids in enumerate(group):
+                    seq[i, 0], seq[i, 1 : len(ids) + 1], seq[i, len(ids) + 1] = newline, ids, newline
+                seqs.append(seq[rows])
+                counts.append(sum(len(ids) + 1 for ids in group))
+        order = random.Random(seed).sample(range(len(seqs)), len(seqs))
+        return cls([seqs[k] for k in order], [counts[k] for k in order], b, sum(counts))
+
+
+class LineLoader:
+    """Batch k of a LineBatches as (inputs, targets) long tensors (B, L + 1) on the device; the
+    targets' padding is -100, which cross-entropy ignores, so the loss is the mean over the lines'
+    real characters: the definition validation and `chargen eval` use for lists."""
+
+    def __init__(self, batches: LineBatches, device: "torch.device | str" = "cpu"):
+        import torch  # here, not at the top: data.py also serves torch-free readers (eval, ingest)
+
+        self.torch, self.batches, self.device = torch, batches, torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.batches.seqs)
+
+    def window(self, k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        seq = self.torch.from_numpy(self.batches.seqs[k].astype(np.int64)).to(self.device)
+        x, y = seq[:, :-1], seq[:, 1:]
+        return x.clamp(min=0), y.masked_fill(y == PAD, -100)  # (B, L + 1) each
+
+    def close(self) -> None:
+        pass
+
+
 # --- everything a training run needs of its corpus --------------------------------------------
 
 
@@ -292,9 +364,13 @@ class TrainData:
     start_ids: np.ndarray  # int64: the head of the training text, for the start-of-line state
     unigram_entropy: float
     training_lines: Optional[list[str]]  # the distinct lines of a list, for `sample --novel`
+    line_batches: Optional[LineBatches] = None  # line mode: the batches (then `streams` is unused)
 
     @property
     def chars_per_step(self) -> int:
+        """Characters predicted per step, all processes together."""
+        if self.line_batches is not None:
+            return self.line_batches.chars // max(1, self.n_windows)
         return self.batch_size * self.seq_len
 
 
@@ -350,7 +426,11 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         val_ids = vocab.encode(val_text, skip_unknown=True)
     elif val_part is not None:
         val_ids = vocab.encode(val_part)
-    batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source)
+    line_batches = None
+    if line_oriented and config.line_mode is not False:
+        line_batches = _line_batches(train_ids, vocab, config, source, rank, world, notice)
+    batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source) \
+        if line_batches is None else config.batch_size
     if len(val_ids) < 2:
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
                           f"character(s); use a longer corpus, a larger `val_fraction` or `val_file`")
@@ -363,7 +443,8 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
             raise CorpusError(f"{source} is too short to give each of {world} processes one stream")
     if batch_size < config.batch_size:
         notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
-    layout = stream_view(train_ids, batch_size)  # (B, L): the global layout, whatever the world size
+    # (B, L): the global layout, whatever the world size; none in line mode (the lines are in line_batches)
+    layout = stream_view(train_ids if line_batches is None else train_ids[:0], batch_size)
     rows = shard(batch_size, rank, world)  # this process's streams: a contiguous block of B / world
     if from_file is not None:  # the same layout, read from the file (train_ids is a prefix of it)
         streams = FileStreams(from_file, train_ids.dtype, batch_size, layout.shape[1], rows=rows)
@@ -382,10 +463,27 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         vocab=vocab, source=source,
         digest=corpus.digest if val_text is None else text_digest(corpus.digest + val_text),
         line_oriented=line_oriented, streams=streams, rows=rows, batch_size=batch_size,
-        n_windows=windows_per_epoch(layout, config.seq_len), seq_len=config.seq_len,
-        train_chars=int(len(train_ids)), val_chars=int(len(val_ids)),
+        n_windows=len(line_batches.seqs) if line_batches else windows_per_epoch(layout, config.seq_len),
+        seq_len=config.seq_len,
+        train_chars=line_batches.chars if line_batches else int(len(train_ids)), val_chars=int(len(val_ids)),
         val_ids=stream_ids[shard(stream_ids.size, rank, world)], val_lines=val_lines,
         start_ids=head(train_ids, 0, START_STATE_CHARS).astype(np.int64),
         unigram_entropy=unigram_entropy(head(train_ids, 0, UNIGRAM_CHARS), len(vocab)),
-        training_lines=training_lines,
+        training_lines=training_lines, line_batches=line_batches,
     )
+
+
+def _line_batches(train_ids: np.ndarray, vocab: Vocab, config, source: str, rank: int, world: int,
+                  notice: Callable[[str], None]) -> LineBatches:
+    """Line mode's batches: batch_size x k lines, k the lines that fill seq_len characters on
+    average (so a step sees about batch_size x seq_len characters, as with streams, and the
+    batches are the same whatever the number of processes), fewer for a short list."""
+    lines = [ids[:-1] for ids in line_ids(vocab, vocab.decode(train_ids))]  # without their newlines
+    mean = sum(len(ids) + 1 for ids in lines) / max(1, len(lines))
+    per_batch = config.batch_size * max(1, min(round(config.seq_len / mean), len(lines) // (4 * config.batch_size)))
+    if per_batch > len(lines):
+        per_batch = len(lines) // world * world
+        if per_batch == 0:
+            raise CorpusError(f"{source} is too short to give each of {world} processes one line")
+        notice(f"the list is short: {per_batch} lines a batch")
+    return LineBatches.of(lines, vocab.index["\n"], per_batch, config.seed, shard(per_batch, rank, world))

@@ -36,7 +36,7 @@ from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_stat
 from ..sampling.drawing import generate
 from ..sampling.randomness import derive_key
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
-from .data import Corpus, TrainData, WindowLoader, prepare_training_data
+from .data import Corpus, LineLoader, TrainData, WindowLoader, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
 from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights
@@ -129,7 +129,7 @@ def train(
                     break
                 if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
                     t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
-                if not t.step(*t.batches.window(t.run.window), lr=t.learning_rate(clock)):
+                if not t.step(*t.batches.window(t.run.window), lr=t.learning_rate(clock), chars=t.loss_chars()):
                     continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
                 t.report_progress(clock.now)
                 if t.run.step % config.eval_every == 0:
@@ -180,7 +180,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         # Training steps go through `net`: under torchrun, DDP averages the gradients in backward.
         self.net: torch.nn.Module = self.model if dist is None else wrap_ddp(self.model, device)
-        self.batches = WindowLoader(data.streams, config.seq_len, device)
+        self.batches = WindowLoader(data.streams, config.seq_len, device) if data.line_batches is None else \
+            LineLoader(data.line_batches, device)
         self.start_ids = torch.from_numpy(data.start_ids).to(device)
         self.scorer = TorchScorer(self.model, device, self.precision)
 
@@ -267,6 +268,7 @@ class Trainer:
             val_chars=self.data.val_chars, line_oriented=self.data.line_oriented,
             unigram_entropy=self.data.unigram_entropy, model=self.model_config,
             parameters=self.model.num_parameters(), batch_size=self.data.batch_size, seq_len=self.config.seq_len,
+            lines_per_batch=self.data.line_batches.lines_per_batch if self.data.line_batches else None,
             device=self.device.type, precision=self.precision, max_steps=self.budget.max_steps,
             time_budget=self.budget.time, resumed_from_step=self.resumed_from,
             flops_per_char=6 * self.model_config.matmul_weights, patience=self.budget.patience))
@@ -293,7 +295,10 @@ class Trainer:
                                    **({"auto": self.sizing} if self.sizing is not None else {})})
 
     def start_state(self) -> list[np.ndarray]:
-        """The model's typical start-of-line state now (saved with every checkpoint; lines are scored from it)."""
+        """The state a line starts from (saved with every checkpoint; lines are scored from it): the
+        learned one of a line-mode model, else the model's typical state at a line's end now."""
+        if self.model.start is not None:
+            return [t.detach().float().cpu().numpy() for t in self.model.start]  # each (layers, H)
         return line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
 
     def elapsed(self, now: Optional[float] = None) -> float:
@@ -327,15 +332,23 @@ class Trainer:
         progress = self.budget.progress(self.run.step, clock.elapsed)
         return learning_rate(self.config, self.run.step, progress) * self.run.lr_scale
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> bool:
+    def loss_chars(self) -> Optional[float]:
+        """Line mode: what this process divides its batch's summed loss by, the characters of the
+        whole batch over the number of processes, so that DDP's mean of the processes' gradients
+        is the gradient of the mean over the batch (batches differ in length); None: the mean."""
+        if self.data.line_batches is None:
+            return None
+        return self.data.line_batches.counts[self.run.window] / (self.dist.world if self.dist is not None else 1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, chars: Optional[float] = None) -> bool:
         """One optimizer step at learning rate `lr` on window (x, y), both (B, T); False if its loss
         or gradient was not finite: then the weights stay as they were, and a persistent divergence
-        is rolled back."""
+        is rolled back. `chars`: as loss_and_gradients takes it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, grad_norm, new_state = loss_and_gradients(self.net, self.model, self.optimizer, x, y, self.state,
                                                         self.device, self.precision, self.config.grad_clip,
-                                                        self.scaler)
+                                                        self.scaler, chars)
         self.run.window += 1
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -352,7 +365,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.state = detach_state(new_state)
+        self.state = detach_state(new_state) if self.data.line_batches is None else None  # lines start afresh
         self.meter.add(loss)
         self.run.step += 1
         self.steps_since_eval += 1
@@ -499,12 +512,18 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
         model = CharRNN(ckpt.model_config)
         load_weights(model, ckpt.weights)
         return ckpt.model_config, model, ckpt.info.get("from")
-    config = ModelConfig(vocab_size=len(data.vocab), **(model_options or {}))
+    config = ModelConfig(vocab_size=len(data.vocab), **{**(model_options or {}),
+                                                        "learned_start": data.line_batches is not None})
     config.validate()
     model = CharRNN(config)
     if base is None:
         return config, model, None
-    load_weights(model, grow_weights(base.weights, base.vocab, data.vocab))
+    weights = grow_weights(base.weights, base.vocab, data.vocab)
+    weights.pop("start", None)
+    if config.learned_start:  # lines start where the base model starts them
+        weights["start"] = np.stack(base.start_state) if base.start_state is not None else \
+            np.zeros(config.weight_shapes()["start"], np.float32)
+    load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
     if fresh.any():
         calibrate_new_chars(model, fresh, data.start_ids)
@@ -517,14 +536,16 @@ def wrap_ddp(model: CharRNN, device: torch.device) -> torch.nn.Module:
 
 def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                        y: torch.Tensor, state: Optional[State], device: torch.device, precision: str,
-                       grad_clip: float, scaler: Optional[torch.amp.GradScaler] = None
+                       grad_clip: float, scaler: Optional[torch.amp.GradScaler] = None, chars: Optional[float] = None
                        ) -> tuple[torch.Tensor, torch.Tensor, State]:
     """The compute of one training step on window (x, y), both (B, T), up to the optimizer step:
     the loss, the gradients (unscaled, clipped to `grad_clip`; 0: not clipped) and their norm
-    before clipping, and the state after the window. `net` is `model`, or its DDP wrapper."""
+    before clipping, and the state after the window. `net` is `model`, or its DDP wrapper. The loss
+    is the mean over the targets (-100: padding, not counted), or their sum over `chars`."""
     with autocast(device, precision):
         logits, new_state = net(x, state)  # (B, T, V)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    flat = (logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss = F.cross_entropy(*flat) if chars is None else F.cross_entropy(*flat, reduction="sum") / chars
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -546,9 +567,10 @@ def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, text_ids: np.ndarray)
 
 
 def make_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the weight matrices only (not biases or the embedding)."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embedding")]
+    """AdamW with weight decay on the weight matrices only (not biases, the embedding or the start state)."""
+    decayed = lambda n, p: p.dim() >= 2 and not n.startswith("embedding") and n != "start"  # noqa: E731
+    decay = [p for n, p in model.named_parameters() if decayed(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decayed(n, p)]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.99), foreach=True)
