@@ -652,7 +652,8 @@ def info(
                                   + (f", {lineage.get('new_chars')} new characters" if lineage.get("new_chars") else ""))
     tc = ckpt.train_config
     if tc:
-        t.add_row("training", f"batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "
+        layout = "line mode, " if ckpt.model_config.learned_start else ""
+        t.add_row("training", f"{layout}batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "
                               f"{facts['device'] or '?'} {facts['precision'] or '?'}")
     t.add_row("versions", f"chargen {meta.get('chargen_version', '?')}, torch {meta.get('torch_version', '?')}")
     t.add_row("saved", str(meta.get("saved_at", "?")))

@@ -186,7 +186,8 @@ def _defaults() -> dict:
 
 
 def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
-    stored, _ = encode(ckpt.weights, encoding.enc)
+    # A line-mode model's "start" weight is its start_state, which the module carries as such.
+    stored, _ = encode({k: w for k, w in ckpt.weights.items() if k != "start"}, encoding.enc)
     lines_bytes = len(encode_lines(ckpt.training_lines)) if ckpt.training_lines else 0
     keep_lines = ckpt.training_lines is not None and lines_bytes <= NOVEL_BUDGET
     facts = ckpt.public_facts()
