@@ -460,6 +460,8 @@ class SampleConfig(_Config):
         super().validate()
         if self.min_len is not None and self.max_len is not None and self.min_len > self.max_len:
             raise UsageError(f"`min_len` {self.min_len} is above `max_len` {self.max_len}: no sample can satisfy both")
+        if self.guided and self.rejection:
+            raise UsageError("`guided` and `rejection` are two ways of drawing under constraints; choose one")
         for name, text in [("ends_with", self.ends_with)] + [("contains", c) for c in self.contains]:
             if text is not None and "\n" in text:
                 raise UsageError(f"`{name}` cannot hold a newline: a line sample has none")

@@ -322,6 +322,7 @@ def test_bad_constraints_fail_before_sampling(trained_names):
         (dict(max_len=2, contains=["Kal"]), "no sample"),
         (dict(lines=False, ends_with="a"), "drop lines=False"),
         (dict(n=50, unique=True, max_len=1), "distinct samples"),
+        (dict(guided=True, rejection=True, ends_with="a"), "choose one"),
     ]
     for options, message in cases:
         options = {"n": 1, **options}

@@ -90,6 +90,13 @@ def test_type_a_prompt_press_generate_and_see_names(page, server):
     sync_api.expect(page.locator("#status")).to_contain_text("draws kept")
     rows = page.locator("#results tbody td.sample").all_inner_texts()
     assert len(rows) == 8 and all(r.startswith("Ma") and r.endswith("a") and len(r) <= 6 for r in rows), rows
+    assert rows == chargen.load().sample(8, "Ma", seed=4, ends_with="a", max_len=6)  # the adaptive exact sampler
+    page.check("#rejection")  # plain rejection: the unconstrained samples that satisfy the constraints
+    page.click("#go")
+    plain = chargen.load().sample(8, "Ma", seed=4, ends_with="a", max_len=6, rejection=True)
+    assert plain != rows
+    sync_api.expect(page.locator("#results tbody td.sample")).to_have_text(plain)  # waits for the answer
+    page.uncheck("#rejection")
 
     page.check("input[value=top]")
     page.click("#go")

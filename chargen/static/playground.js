@@ -118,6 +118,7 @@ function request() {
     const contains = ($("contains").value || "").split(",").map((s) => s.trim()).filter(Boolean);
     if (contains.length) body.contains = contains;
     if (mode() === "sample" && $("guided").checked) body.guided = true;
+    if (mode() === "sample" && $("rejection").checked) body.rejection = true;
   }
   for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
   return body;
