@@ -428,7 +428,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         val_ids = vocab.encode(val_part)
     line_batches = None
     if line_oriented and config.line_mode is not False:
-        line_batches = _line_batches(train_ids, vocab, config, source, rank, world, notice)
+        line_batches = _line_batches(text, vocab, config, source, rank, world, notice)  # text: the training lines
     batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source) \
         if line_batches is None else config.batch_size
     if len(val_ids) < 2:
@@ -473,12 +473,12 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     )
 
 
-def _line_batches(train_ids: np.ndarray, vocab: Vocab, config, source: str, rank: int, world: int,
+def _line_batches(text: str, vocab: Vocab, config, source: str, rank: int, world: int,
                   notice: Callable[[str], None]) -> LineBatches:
     """Line mode's batches: batch_size x k lines, k the lines that fill seq_len characters on
     average (so a step sees about batch_size x seq_len characters, as with streams, and the
     batches are the same whatever the number of processes), fewer for a short list."""
-    lines = [ids[:-1] for ids in line_ids(vocab, vocab.decode(train_ids))]  # without their newlines
+    lines = [ids[:-1] for ids in line_ids(vocab, text)]  # without their newlines
     mean = sum(len(ids) + 1 for ids in lines) / max(1, len(lines))
     per_batch = config.batch_size * max(1, min(round(config.seq_len / mean), len(lines) // (4 * config.batch_size)))
     if per_batch > len(lines):
