@@ -64,6 +64,12 @@ def sampling_probs(logits: np.ndarray, temperature: float, top_k: Optional[int],
     return p
 
 
+def texts_of(codes: np.ndarray) -> list[str]:
+    """(B, W) uint32 code points, 0-padded at the end (NUL is never in a vocabulary) -> B strings:
+    a row viewed as a fixed-width numpy string drops its trailing NULs."""
+    return np.ascontiguousarray(codes).view(f"<U{codes.shape[1]}").ravel().tolist()
+
+
 def inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: row b picks the first id whose cumulative probability exceeds u[b]."""
     cdf = np.cumsum(p, axis=-1)
@@ -311,8 +317,7 @@ class RowEngine:
     def _finish(self, ended: np.ndarray) -> list[tuple[int, Results]]:
         """Hand the ended rows' results to their jobs; return the jobs now complete."""
         r = self.rows
-        # A row of code points viewed as a fixed-width numpy string drops its trailing NUL padding.
-        texts = np.ascontiguousarray(self.out[ended]).view(f"<U{self.out.shape[1]}").ravel().tolist()
+        texts = texts_of(self.out[ended])
         done = []
         for row, text in zip(ended.tolist(), texts):
             j = int(r.job[row])

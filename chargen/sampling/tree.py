@@ -54,7 +54,7 @@ import numpy as np
 from ..config import SampleConfig
 from ..tokenizer import Vocab
 from .constraints import Guide
-from .engine import Results, Stepper, log_softmax, sampling_probs
+from .engine import Results, Stepper, log_softmax, sampling_probs, texts_of
 from .randomness import mix, uniforms
 
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
@@ -199,7 +199,7 @@ class PrefixTree:
             alive[rows[end]] = False
             out[rows[~end], d] = self.codepoints[c[~end]]
             at[rows[~end]] = self._children(nodes[~end], c[~end])
-        texts = np.ascontiguousarray(out).view(f"<U{self.steps}").ravel().tolist()
+        texts = texts_of(out)
         self._learn(visited, psi_root, accepted, texts, logq)
         return Results([x if ok else None for x, ok in zip(texts, accepted.tolist())], logp, t, kept)
 
