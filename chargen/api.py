@@ -19,11 +19,13 @@ import numpy as np
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import SampleConfig, declared
 from .errors import UsageError, VocabularyError
-from .evaluation import EVAL_STREAMS, NumpyScorer, Score, evaluate_text, line_nlls
+from .evaluation import EVAL_STREAMS, EvalResult, NumpyScorer, Score, evaluate_text, line_nlls, mixture_nlls
+from .training.data import line_ids
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
 from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime, run
+from .sampling.labels import LabelMix, resolve_labels
 from .sampling.randomness import derive_key, random_seed
 from .sampling.search import most_likely
 
@@ -68,6 +70,15 @@ class Model:
         return self.checkpoint.line_oriented
 
     @property
+    def labels(self) -> Optional[list[str]]:
+        """A labelled model's labels (sample with `label=`); None for a model without."""
+        return self.checkpoint.labels
+
+    def label_mix(self, label: Optional[str]) -> Optional[LabelMix]:
+        """What `label=` asks of this model (chargen.sampling.labels); None for a model without labels."""
+        return resolve_labels(label, self.checkpoint.labels, self.checkpoint.label_counts)
+
+    @property
     def training_lines(self) -> Optional[set[str]]:
         if self._training_lines is None and self.checkpoint.training_lines is not None:
             self._training_lines = set(self.checkpoint.training_lines)
@@ -104,25 +115,28 @@ class Model:
         base_seed = random_seed() if cfg.seed is None else cfg.seed
         stats = stats if stats is not None else SampleStats()
         training = self.training_lines if cfg.novel else None
+        mix = self.label_mix(cfg.label)
 
         def drawings() -> Iterator[Drawing]:
             seen: set[str] = set()
             for j, p in enumerate(prompts):
                 yield Drawing(self.stepper, self.vocab, p, cfg, lines=line_mode, key=derive_key(base_seed, j), seen=seen,
                               training_lines=training, exclude=banned, on_char=on_char, automaton=automaton,
-                              stats=stats, primed=self._prime(p, line_mode))
+                              stats=stats, primed=self._prime(p, line_mode, mix), labels=mix,
+                              start_state=self.checkpoint.start_state)
 
         return drawings()
 
-    def _prime(self, prompt: str, lines: bool) -> tuple:
-        """The network's logits and state after a prompt, kept for the most recent prompts: a
-        server sees the same few prompts (the empty one above all) again and again."""
-        key = (prompt, lines)
+    def _prime(self, prompt: str, lines: bool, mix: Optional[LabelMix] = None) -> tuple:
+        """The network's logits and state after a prompt (from each label of `mix`), kept for the
+        most recent prompts: a server sees the same few prompts (the empty one above all) again and again."""
+        key = (prompt, lines, (tuple(mix.names), tuple(mix.weights.tolist())) if mix is not None else None)
         with self._primed_lock:
             if key in self._primed:
                 self._primed.move_to_end(key)
                 return self._primed[key]
-        primed = prime(self.stepper, self.vocab, prompt, lines, self.checkpoint.start_state)
+        start = self.checkpoint.start_state
+        primed = prime(self.stepper, self.vocab, prompt, lines, start, starts=mix.start_states(start) if mix else None)
         with self._primed_lock:
             self._primed[key] = primed
             while len(self._primed) > PRIMED_PROMPTS:
@@ -149,14 +163,21 @@ class Model:
             bounded[p].start(p, self.vocab)  # raises now if nothing can start with this prompt
         banned = self._exclude(cfg.exclude, True) or set()
         training = self.training_lines if cfg.novel else set()
+        mix = self.label_mix(cfg.label)
+        if mix is not None and len(mix.names) > 1:
+            raise UsageError(f"`top` ranks under one label; this asks for {len(mix.names)} "
+                             f"({', '.join(mix.names[:5])}{', ...' if len(mix.names) > 5 else ''}): pick one with `label`")
+        start_state = mix.start_states(self.checkpoint.start_state)[0] if mix is not None else self.checkpoint.start_state
+        label = mix.names[0] if mix is not None else None
 
         def skip(text: str) -> bool:
-            return text in banned or text in training
+            return text in banned or (text if label is None else f"{label}\t{text}") in training
 
         def results() -> Iterator[Sample]:
             for p in prompts:
-                yield from most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip,
-                                       start_state=self.checkpoint.start_state)
+                for s in most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, start_state=start_state):
+                    s.label = label
+                    yield s
 
         return results()
 
@@ -207,7 +228,7 @@ class Model:
         yield from chunks
 
     def eval(self, text: str, *, skip_unknown: bool = False, lines: Optional[bool] = None,
-             streams: Optional[int] = None) -> dict[str, float]:
+             streams: Optional[int] = None, label: Optional[str] = None) -> dict[str, float]:
         """Loss of the model on `text`: nats and bits per character, and perplexity.
 
         Defined as training's validation loss (chargen.evaluation): a line-oriented model (or
@@ -215,8 +236,13 @@ class Model:
         ends it included, as it samples. Otherwise the text is laid out in `streams` (default 32)
         contiguous streams read in parallel with the state carried, in the checkpoint's windows.
         Characters outside the vocabulary are an error, or with `skip_unknown=True` are dropped
-        and counted.
+        and counted. A labelled model scores each line under `label` (as `samples` takes it; a
+        blend or a part: the mixture's probability), by default under every label in training
+        proportions: the model's own probability of the line when it does not know its label.
         """
+        mix = self.label_mix(label)
+        if mix is not None:
+            return self._eval_labelled(text, mix, skip_unknown, lines)
         c = self.checkpoint.model_config
         if self.backend == "torch":
             from .training.scorer import TorchScorer  # imports torch: the torch backend only
@@ -230,15 +256,36 @@ class Model:
                                streams=streams or EVAL_STREAMS, skip_unknown=skip_unknown)
         return result.to_dict()
 
-    def score(self, lines: Iterable[str], *, skip_unknown: bool = False, batch: int = 2048) -> Iterator[Score]:
+    def _eval_labelled(self, text: str, mix: LabelMix, skip_unknown: bool, lines: Optional[bool]) -> dict[str, float]:
+        if lines is False:
+            raise UsageError("a labelled model scores lines, each from its label's start state; drop `lines=False`")
+        unknown = self.vocab.count_unknown(text) if skip_unknown else 0
+        rows = line_ids(self.vocab, self.vocab.decode(self.vocab.encode(text, skip_unknown=skip_unknown)))
+        if not rows:
+            raise UsageError("the text holds no non-empty line to evaluate")
+        scorer = NumpyScorer(self.stepper if self.backend == "numpy" else
+                             NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
+        nll, _ = mixture_nlls(scorer, rows, mix.start_states(self.checkpoint.start_state), mix.weights,
+                              self.vocab.index["\n"])
+        count = sum(len(r) for r in rows)
+        return EvalResult(loss=float(nll.sum()) / count, chars=count, skipped=unknown).to_dict()
+
+    def score(self, lines: Iterable[str], *, skip_unknown: bool = False, batch: int = 2048, label: Optional[str] = None,
+              by_label: bool = False) -> Iterator[Score]:
         """Each line's log-probability under the model, in order, as chargen.evaluation.Score: scored
         from the start of a line as a sample is drawn (at temperature 1), the newline that ends it
         included, so a sampled name scores its own `logprob`. A line holding a character the model
         does not know is an error naming it, or with `skip_unknown=True` scores -inf (impossible).
         Lines are read and scored `batch` at a time: a long input streams. Runs on numpy, whatever
-        the backend."""
+        the backend. A labelled model scores under `label` (as `samples` takes it: one, a part, a
+        blend: the mixture's probability; default: every label in training proportions), and with
+        `by_label` also under each of those labels, with the likeliest label and its posterior
+        probability (the blend's weights as the prior): a classifier."""
         if "\n" not in self.vocab:
             raise UsageError("this model's vocabulary has no newline, so it cannot score lines")
+        mix = self.label_mix(label)
+        if by_label and mix is None:
+            raise UsageError("`by_label` needs a labelled model; this one has no labels")
         scorer = NumpyScorer(self.stepper if self.backend == "numpy" else
                              NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
         newline = self.vocab.index["\n"]
@@ -250,13 +297,36 @@ class Model:
                                           f"model's vocabulary (with `skip_unknown` such a line scores -inf)")
             known = [i for i, bad in enumerate(unknown) if not bad]
             ids = [np.append(self.vocab.encode(chunk[i]).astype(np.int64), newline) for i in known]
-            nll = dict(zip(known, line_nlls(scorer, ids, self.checkpoint.start_state, newline) if ids else []))
+            if mix is None:
+                nll = dict(zip(known, line_nlls(scorer, ids, self.checkpoint.start_state, newline) if ids else []))
+                per = {}
+            else:
+                mixed, each = mixture_nlls(scorer, ids, mix.start_states(self.checkpoint.start_state), mix.weights,
+                                           newline) if ids else ([], [])
+                nll, per = dict(zip(known, mixed)), dict(zip(known, each))
             for i, text in enumerate(chunk):
-                yield Score(text, float(-nll[i]) if i in nll else -math.inf, len(text) + 1, unknown[i])
+                score = Score(text, float(-nll[i]) if i in nll else -math.inf, len(text) + 1, unknown[i])
+                if by_label:
+                    _classify(score, mix, per.get(i))
+                yield score
 
     def __repr__(self) -> str:
         c = self.checkpoint.model_config
         return f"chargen.Model({self.checkpoint.path}, {c.layers}x{c.hidden} {c.cell}, vocab {c.vocab_size})"
+
+
+def _classify(score: Score, mix: LabelMix, nlls: Optional[np.ndarray]) -> None:
+    """Fill in a score's log-probability under each label of `mix` (NLLs `nlls`, None for an
+    impossible line), and the likeliest label with its posterior (the mix's weights as the prior)."""
+    if nlls is None:
+        score.by_label = {name: -math.inf for name in mix.names}
+        return
+    score.by_label = {name: float(-v) for name, v in zip(mix.names, nlls)}
+    post = np.log(mix.weights) - nlls
+    post = np.exp(post - post.max())
+    post /= post.sum()
+    best = int(np.argmax(post))
+    score.likeliest, score.p_likeliest = mix.names[best], float(post[best])
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:

@@ -5,7 +5,9 @@ Layout of a chargen checkpoint (format version 1):
     tensors   model weights, float32, named as in CharRNN.state_dict() ("embedding.weight",
               "rnn.weight_ih_l0", ..., "head.bias");
               "start_state.<j>": the model's typical state at a line end, (layers, hidden) each,
-              h then c for an LSTM; sampling and eval start from it;
+              h then c for an LSTM; sampling and eval start from it (a labelled model's are
+              (labels, layers, hidden): one per label, whose names, training line counts and
+              held-out losses are in info["labels"]);
               "data.lines": the training corpus's distinct lines as UTF-8 bytes joined by "\n"
               (line-oriented corpora only; what `sample --novel` checks against);
               "resume.*": in last.safetensors only, what resuming needs: optimizer moments
@@ -54,11 +56,21 @@ class Checkpoint:
     resume: Optional[dict[str, Any]] = None
     resume_tensors: dict[str, np.ndarray] = field(default_factory=dict)
     training_lines: Optional[list[str]] = None
-    start_state: Optional[list[np.ndarray]] = None  # [h] or [h, c], each (layers, hidden)
+    start_state: Optional[list[np.ndarray]] = None  # [h] or [h, c], each (layers, hidden); labelled: (labels, ...)
 
     @property
     def line_oriented(self) -> bool:
         return bool(self.info.get("line_oriented", False))
+
+    @property
+    def labels(self) -> Optional[list[str]]:
+        """A labelled model's labels, in index order; None for a model without."""
+        return list(self.info["labels"]["names"]) if self.model_config.n_labels else None
+
+    @property
+    def label_counts(self) -> Optional[list[int]]:
+        """How many training lines each label had: a labelled model samples in these proportions by default."""
+        return list(self.info["labels"]["lines"]) if self.model_config.n_labels else None
 
     def describe(self) -> dict[str, Any]:
         """The facts `chargen info` shows (and a server's model list): JSON-ready."""
@@ -72,6 +84,7 @@ class Checkpoint:
             "corpus": meta.get("corpus"),
             "line_oriented": self.line_oriented,
             "training_lines": len(self.training_lines) if self.training_lines is not None else 0,
+            "labels": meta.get("labels"),  # a labelled model's: names, training lines and held-out loss of each
             "steps": meta.get("step"),
             "chars_seen": meta.get("chars_seen"),
             "val_loss": meta.get("val_loss"),
@@ -258,12 +271,8 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
             raise CheckpointError(f"{p}: the stored training lines are not UTF-8") from None
         training_lines = blob.split("\n") if blob else []
 
-    start_state = None
-    n_state = model_config.state_tensors
-    if all(f"start_state.{j}" in tensors for j in range(n_state)):
-        start_state = [tensors[f"start_state.{j}"].astype(np.float32) for j in range(n_state)]
-        if any(t.shape != (model_config.layers, model_config.hidden) for t in start_state):
-            raise CheckpointError(f"{p}: the stored start state has the wrong shape for its config")
+    info = load_json("info", required=False) or {}
+    start_state = _start_state(p, tensors, model_config, info)
 
     resume = load_json("resume", required=False) if with_resume else None
     resume_tensors = {n[len("resume."):]: t for n, t in tensors.items() if n.startswith("resume.")}
@@ -273,12 +282,33 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         vocab=vocab,
         weights=weights,
         train_config=load_json("train_config", required=False) or {},
-        info=load_json("info", required=False) or {},
+        info=info,
         resume=resume,
         resume_tensors=resume_tensors,
         training_lines=training_lines,
         start_state=start_state,
     )
+
+
+def _start_state(p: Path, tensors: dict[str, np.ndarray], model_config: ModelConfig,
+                 info: dict[str, Any]) -> Optional[list[np.ndarray]]:
+    """The stored start state ([h] or [h, c], each (layers, hidden), or (labels, layers, hidden) for a
+    labelled model, which must also list its labels in info); None if there is none."""
+    start_state = None
+    n_state = model_config.state_tensors
+    if all(f"start_state.{j}" in tensors for j in range(n_state)):
+        start_state = [tensors[f"start_state.{j}"].astype(np.float32) for j in range(n_state)]
+        shape = ((model_config.n_labels,) if model_config.n_labels else ()) + (model_config.layers, model_config.hidden)
+        if any(t.shape != shape for t in start_state):
+            raise CheckpointError(f"{p}: the stored start state has the wrong shape for its config")
+    if model_config.n_labels:
+        labels = info.get("labels")
+        ok = isinstance(labels, dict) and all(isinstance(labels.get(k), list) and len(labels[k]) == model_config.n_labels
+                                              for k in ("names", "lines"))
+        if not ok or start_state is None:
+            raise CheckpointError(f"{p}: a labelled model without its {model_config.n_labels} labels' names, line "
+                                  f"counts and start states")
+    return start_state
 
 
 # --- the bundled models -----------------------------------------------------------------------

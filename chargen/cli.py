@@ -52,6 +52,9 @@ def console():
 _CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
 
 
+LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
+
+
 def spelling(name: str) -> str:
     """How the command line spells an option named in a message: its flag (`-n/--num`, `--from`)."""
     for cls in _CONFIGS:
@@ -480,6 +483,7 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
+    label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False)] = None,
 ) -> None:
     """Score text with a model: loss in nats and bits per character, and perplexity.
 
@@ -491,7 +495,7 @@ def eval_command(
     model = load(checkpoint, backend=backend, device=device)
     for path in files:
         text = read_corpus([path]).text
-        r = model.eval(text, skip_unknown=skip_unknown, lines=lines)
+        r = model.eval(text, skip_unknown=skip_unknown, lines=lines, **({"label": label} if label else {}))
         r = {"file": "stdin" if path == "-" else path, **r}
         if as_json:
             sys.stdout.write(json.dumps(r) + "\n")
@@ -511,6 +515,8 @@ def score(
     files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line, or - for stdin. [default: stdin]", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
+    label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False)] = None,
+    by_label: Annotated[bool, typer.Option("--by-label", help="A labelled model: also the log-probability under each label and the likeliest label with its probability (text: LABEL=logp columns, then the likeliest and its probability).")] = False,
 ) -> None:
     """Score lines: each one's log-probability under the model, one output line per input line.
 
@@ -535,11 +541,15 @@ def score(
         if rest:
             yield rest
 
-    for s in model.score(lines(), skip_unknown=skip_unknown):
+    for s in model.score(lines(), skip_unknown=skip_unknown, label=label, by_label=by_label):
         if output_format == "jsonl":
             sys.stdout.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
         else:
-            sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}\n")
+            extra = ""
+            if s.by_label is not None:
+                extra = "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
+                extra += f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
+            sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n")
     sys.stdout.flush()
 
 
@@ -641,6 +651,12 @@ def info(
     t.add_row("vocabulary", f"{len(ckpt.vocab)} characters: {ckpt.vocab.preview()}")
     t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
     t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
+    labels = facts.get("labels")
+    if labels:
+        shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
+                 + ")" for n, c in zip(labels["names"], labels["lines"])]
+        t.add_row("labels", f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
+                  + " (sample with --label; chargen info --json lists all)")
     if meta.get("step") is not None:
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
     t.add_row("val loss", loss(meta.get("val_loss")))

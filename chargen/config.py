@@ -252,10 +252,15 @@ class ModelConfig(_Config):
     # Set by line-mode training (TrainConfig.line_mode), not an option: every line starts from a
     # learned state (the checkpoint's start_state), a weight "start" (state tensors, layers, hidden).
     learned_start: bool = False
+    # Set by a labelled corpus (TrainConfig.labels), not an option: how many labels; each line then
+    # starts from its label's learned state, a weight "start" (labels, state tensors, layers, hidden).
+    n_labels: int = 0
 
     def validate(self) -> None:
         if not _positive(self.vocab_size):
             raise UsageError(f"`vocab_size` must be a number greater than 0 (got {self.vocab_size})")
+        if self.n_labels and not self.learned_start:
+            raise UsageError("a labelled model starts each line from its label's learned state (`learned_start`)")
         super().validate()
 
     def describe(self) -> str:
@@ -284,7 +289,7 @@ class ModelConfig(_Config):
         shapes["head.weight"] = (self.vocab_size, h)
         shapes["head.bias"] = (self.vocab_size,)
         if self.learned_start:
-            shapes["start"] = (self.state_tensors, self.layers, h)
+            shapes["start"] = ((self.n_labels,) if self.n_labels else ()) + (self.state_tensors, self.layers, h)
         return shapes
 
     @property
@@ -311,7 +316,7 @@ MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != 
 REGULARISERS = ("dropout", "embed_dropout", "input_dropout", "weight_drop")
 # What the weights' shapes follow and a run from a trained model keeps (learned_start follows how
 # the run trains: chargen.training.loop.build_model adds or drops the start state).
-SHAPE_KEYS = tuple(k for k in MODEL_KEYS if k not in REGULARISERS + ("learned_start",))
+SHAPE_KEYS = tuple(k for k in MODEL_KEYS if k not in REGULARISERS + ("learned_start", "n_labels"))
 
 
 @dataclass
@@ -348,6 +353,10 @@ class TrainConfig(_Config):
                              **POSITIVE)
     val_fraction: float = option(0.1, "Fraction of the text, from its end, held out for validation.",
                                  check=lambda v: 0.0 < v < 1.0, rule="must be between 0 and 1")
+    labels: Optional[str] = option(None, "Label every line: 'file' (each file's name without its extension labels "
+                                         "its lines) or 'tab' (LABEL<TAB>TEXT lines). A labelled list trains line "
+                                         "by line; sample with --label.", check=lambda v: v in ("file", "tab"),
+                                   rule="must be one of file, tab")
     seed: int = option(1337, "Random seed.")
     device: str = option("auto", f"Device: {', '.join(DEVICES)}.", **_one_of(DEVICES))
 
@@ -410,6 +419,10 @@ class SampleConfig(_Config):
                                     rule="must be in (0, 1]")
     seed: Optional[int] = option(None, "Random seed: same seed, same output.", requests=("sample", "stream"),
                                  check=lambda v: 0 <= v < 2**63, rule="must be between 0 and 2**63-1")
+    label: Optional[str] = option(None, "A labelled model's label: a name (el_GR:first), a part of names (el_GR: "
+                                        "every label with it, in training proportions), or a blend it=0.7,es=0.3 "
+                                        "(a mixture of their distributions).", requests=REQUESTS,
+                                  default_help="all labels, in training proportions")
     lines: Optional[bool] = option(None, "One line per sample, ending at the newline.", flags=("--lines/--no-lines",),
                                    requests=REQUESTS, default_help="as the model's corpus: on for names, off for prose")
     unique: bool = option(False, "Never print the same sample twice.", requests=("sample", "stream"), role="filter")

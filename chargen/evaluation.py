@@ -94,6 +94,18 @@ def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndar
     return float(total), count
 
 
+def label_line_sums(scorer: Scorer, lines: list[np.ndarray], labels: np.ndarray, start_states: list[np.ndarray],
+                    newline_id: int, n_labels: int, batch: int = LINE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled list's line loss, label by label: each line from its label's start state
+    (start_states: [h] or [h, c], each (labels, layers, H)). Returns (summed NLL, characters) per label."""
+    totals, counts = np.zeros(n_labels), np.zeros(n_labels, dtype=np.int64)
+    for k in np.unique(labels).tolist():
+        rows = np.flatnonzero(labels == k).tolist()
+        totals[k], counts[k] = line_sums(scorer, [lines[i] for i in rows], [t[k] for t in start_states], newline_id,
+                                         batch)
+    return totals, counts
+
+
 def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optional[list[np.ndarray]],
               newline_id: int, batch: int = LINE_BATCH) -> np.ndarray:
     """Each line's own NLL (in nats, in the order given), laid out as line_sums lays them out: the
@@ -102,6 +114,16 @@ def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optio
     for which, inputs, targets in line_batches(lines, newline_id, batch):
         out[which], _ = scorer.score_rows(inputs, targets, scorer.initial(start_state, len(inputs)))
     return out
+
+
+def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[list[np.ndarray]], weights: np.ndarray,
+                 newline_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled model's line NLLs under a mixture of labels (starts: each label's start state;
+    weights summing to 1): (-log sum_k w_k p_k(line) per line (n,), -log p_k(line) per line and label (n, P))."""
+    per = np.stack([line_nlls(scorer, lines, start, newline_id) for start in starts], axis=1)  # (n, P)
+    logp = np.log(weights)[None, :] - per
+    top = logp.max(axis=1, keepdims=True)
+    return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per
 
 
 # --- the scorers ------------------------------------------------------------------------------
@@ -146,6 +168,9 @@ class Score:
     logprob: float  # -inf where the line holds a character the model does not know
     chars: int  # characters scored: the line's and its newline
     unknown: tuple[str, ...] = ()  # such characters
+    by_label: Optional[dict[str, float]] = None  # a labelled model's, asked for: the logprob under each label
+    likeliest: Optional[str] = None  # with by_label: the label likeliest to have made the line (prior: the mix's weights)
+    p_likeliest: Optional[float] = None  # its posterior probability
 
     @property
     def logprob_per_char(self) -> float:
@@ -157,8 +182,12 @@ class Score:
         if self.unknown:
             return {"text": self.text, "logprob": None, "logprob_per_char": None, "chars": self.chars,
                     "unknown": list(self.unknown)}
-        return {"text": self.text, "logprob": round(self.logprob, 4), "logprob_per_char": round(self.logprob_per_char, 4),
-                "chars": self.chars}
+        out = {"text": self.text, "logprob": round(self.logprob, 4), "logprob_per_char": round(self.logprob_per_char, 4),
+               "chars": self.chars}
+        if self.by_label is not None:
+            out.update(by_label={k: round(v, 4) for k, v in self.by_label.items()}, likeliest=self.likeliest,
+                       p_likeliest=round(self.p_likeliest, 4))
+        return out
 
 
 # --- a text, scored ---------------------------------------------------------------------------

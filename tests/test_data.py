@@ -25,7 +25,7 @@ def windows(streams, seq):
     """Every window of an epoch as the trainer's loader hands them out, as numpy arrays."""
     loader = WindowLoader(streams, seq)
     for k in range(len(loader)):
-        x, y = loader.window(k)
+        x, y, _ = loader.window(k)
         yield k, x.numpy(), y.numpy()
 
 

@@ -31,8 +31,8 @@ CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-
 
 
 @pytest.fixture(scope="module")
-def server(trained_prose):
-    proc, url = start_server("-c", "names", "-c", f"prose={trained_prose}")
+def server(trained_prose, trained_labels):
+    proc, url = start_server("-c", "names", "-c", f"prose={trained_prose}", "-c", f"kinds={trained_labels}")
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
@@ -103,6 +103,31 @@ def test_type_a_prompt_press_generate_and_see_names(page, server):
     sync_api.expect(page.locator("#status")).to_contain_text("most likely")
     rows = page.locator("#results tbody td.sample").all_inner_texts()
     assert rows == [s.text for s in chargen.load().top(8, "Ma", ends_with="a", max_len=6)]
+
+
+def test_a_labelled_model_offers_its_labels_and_draws_under_one(page, trained_labels):
+    page.wait_for_selector("#model option[value=kinds]", state="attached")
+    assert page.locator(".for-labels").is_hidden()  # the names model has no labels
+    page.select_option("#model", "kinds")
+    assert page.locator(".for-labels").is_visible()
+    assert page.locator("#label-list option").evaluate_all("os => os.map(o => o.value)") == ["abc", "xyz"]
+    page.fill("#label", "xyz")
+    page.fill("#n", "8")
+    page.fill("#seed", "4")
+    page.click("#go")
+    page.wait_for_selector("#results tbody tr")
+    expected = chargen.load(trained_labels).sample(8, seed=4, label="xyz")
+    assert page.locator("#results tbody td.sample button").all_inner_texts() == expected
+    assert page.locator("#results tbody td.sample .label").all_inner_texts() == ["xyz"] * 8
+    page.fill("#label", "abc=0.5,xyz=0.5")  # a blend: each sample says its label
+    page.click("#go")
+    blend = list(chargen.load(trained_labels).samples(8, seed=4, label="abc=0.5,xyz=0.5"))
+    sync_api.expect(page.locator("#results tbody td.sample .label")).to_have_text([s.label for s in blend])
+    page.fill("#label", "abd")  # an unknown label: the server's error, in the status line
+    page.click("#go")
+    sync_api.expect(page.locator("#status")).to_contain_text("unknown label 'abd'")
+    assert all("status of 400" in e for e in page.script_errors), page.script_errors  # the console notes the 400
+    page.script_errors.clear()
 
 
 def test_a_prose_model_streams_its_text_as_it_is_drawn(page, trained_prose):

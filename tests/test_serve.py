@@ -417,3 +417,33 @@ def test_export_downloads_a_model_by_name_never_a_path(client, trained_names):
     for query, status in [("model=/etc/passwd", 404), (f"model={trained_names}", 404), ("format=exe", 400)]:
         r = client.get("/v1/export?" + query)
         assert r.status_code == status and set(r.json()) == {"error"}, r.text
+
+
+def test_a_labelled_model_takes_a_label_everywhere(trained_labels):
+    from starlette.testclient import TestClient
+
+    config = ServeConfig()
+    served = load_models([("kinds", str(trained_labels))], config)
+    model = chargen.load(str(trained_labels))
+    try:
+        with TestClient(build_app(served, config), base_url="http://localhost") as c:
+            info = c.get("/v1/models").json()["models"][0]
+            assert info["labels"]["names"] == ["abc", "xyz"]
+            body = {"model": "kinds", "n": 20, "seed": 3, "label": "abc=0.4,xyz=0.6", "max_len": 5}
+            got = post(c, "/v1/sample", body).json()["samples"]
+            assert got == records(model, 20, seed=3, label="abc=0.4,xyz=0.6", max_len=5, constrained=True)
+            assert {r["label"] for r in got} == {"abc", "xyz"}
+            top = post(c, "/v1/top", {"model": "kinds", "n": 5, "label": "xyz"}).json()["samples"]
+            assert [r["text"] for r in top] == [s.text for s in model.top(5, label="xyz")]
+            assert all(r["label"] == "xyz" and set(r["text"]) <= set("xyz") for r in top)
+            scores = post(c, "/v1/score", {"model": "kinds", "lines": ["abca", "zyx"], "by_label": True}).json()
+            assert [s["likeliest"] for s in scores["scores"]] == ["abc", "xyz"]
+            loss = post(c, "/v1/eval", {"model": "kinds", "text": "abca\ncab\n", "label": "abc"}).json()["loss"]
+            assert loss == pytest.approx(model.eval("abca\ncab\n", label="abc")["loss"])
+            bad = post(c, "/v1/sample", {"model": "kinds", "label": "abd"})
+            assert bad.status_code == 400 and "unknown label 'abd'" in bad.json()["error"]
+            bad = post(c, "/v1/top", {"model": "kinds", "n": 3})
+            assert bad.status_code == 400 and "one label" in bad.json()["error"]
+    finally:
+        for s in served:
+            s.batcher.close()

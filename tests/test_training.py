@@ -99,7 +99,7 @@ def test_a_line_models_training_loss_is_its_evaluation_loss_on_the_same_lines(tm
     model = from_weights(ckpt.model_config, ckpt.weights).eval()
     total, count, lines = 0.0, 0, []
     for k in range(len(loader)):
-        x, y = loader.window(k)
+        x, y, _ = loader.window(k)
         assert (x[:, 0] == data.vocab.index["\n"]).all()  # every line from the start of a line
         with torch.no_grad():
             logits, _ = model(x)

@@ -17,7 +17,8 @@ from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
-from .tree import ConstraintMass, PrefixTree
+from .labels import LabelMix
+from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
 
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
 CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: down to ~0.05% acceptance
@@ -34,6 +35,7 @@ class Sample:
     n_chars: int  # including the newline that ended a line; n_chars counts them
     kept: float = 0.0  # constrained samples: log of the model's mass the constraints allowed, summed over steps
     mass: Optional[ConstraintMass] = None  # drawn by the adaptive exact sampler: what it knew of the constraints' probability
+    label: Optional[str] = None  # a labelled model's: the label it was drawn under
 
     @property
     def logprob_per_char(self) -> float:
@@ -49,6 +51,8 @@ class Sample:
         constraints, also the mass they kept and the log-probability under --guided."""
         out = {"text": self.text, "prompt": self.prompt, "logprob": round(self.logprob, 4),
                "logprob_per_char": round(self.logprob_per_char, 4), "chars": self.n_chars}
+        if self.label is not None:
+            out["label"] = self.label
         if constrained:
             out.update(kept=round(self.kept, 4), logprob_guided=round(self.logprob_guided, 4))
             if self.mass is not None:
@@ -102,16 +106,21 @@ def check_prompt(vocab: Vocab, prompt: str, lines: bool) -> None:
         raise UsageError("a prompt in line mode cannot hold a newline")
 
 
-def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state: Optional[list[np.ndarray]] = None):
-    """Run "\\n" (start of a line) and the prompt through the network once: (logits (V,), state)."""
+def prime(stepper: Stepper, vocab: Vocab, prompt: str, lines: bool, start_state: Optional[list[np.ndarray]] = None,
+          starts: Optional[list[list[np.ndarray]]] = None):
+    """Run "\\n" (start of a line) and the prompt through the network once: (logits (V,), state);
+    with `starts` (a blend's start states, one per label), from each: (logits (P, V), state of P rows)."""
     check_prompt(vocab, prompt, lines)
     start = "\n" if "\n" in vocab else (" " if " " in vocab else vocab.chars[0])
     ids = vocab.encode(start + prompt).astype(np.int64)
-    state = initial_state(stepper, start_state)
+    if starts is None:
+        state = initial_state(stepper, start_state)
+    else:
+        state = stepper.concat([stepper.state_from_arrays(s) for s in starts])
     logits = None
     for i in ids:  # the prefix runs once, then its state is shared by every sample
-        logits, state = stepper.step(np.array([i]), state)
-    return logits[0], state
+        logits, state = stepper.step(np.full(len(starts) if starts else 1, i), state)
+    return (logits[0] if starts is None else logits), state
 
 
 class Drawing:
@@ -131,8 +140,16 @@ class Drawing:
                  exclude: Optional[set[str]] = None, on_char: Optional[Callable[[str], None]] = None,
                  start_state: Optional[list[np.ndarray]] = None,
                  automaton: Optional[Automaton] = None,
-                 stats: Optional[SampleStats] = None, primed: Optional[tuple[np.ndarray, object]] = None):
+                 stats: Optional[SampleStats] = None, primed: Optional[tuple[np.ndarray, object]] = None,
+                 labels: Optional[LabelMix] = None):
         self.guide = guide_for(automaton, vocab, prompt, cfg, lines)
+        # A labelled model: `labels` the mix to draw from, `start_state` each label's ((labels, layers, H) each).
+        self.labels = labels
+        if labels is not None:
+            starts = labels.start_states(start_state)
+            primed = primed or prime(stepper, vocab, prompt, lines, starts=starts)
+            if len(starts) == 1:
+                primed = primed[0][0], primed[1]
         self.prompt_logits, self.prompt_state = primed or prime(stepper, vocab, prompt, lines, start_state)
         self.prompt, self.cfg, self.line_mode, self.key = prompt, cfg, lines, key
         self.newline = vocab.index.get("\n", -1) if lines else -1
@@ -142,12 +159,26 @@ class Drawing:
         self.exclude, self.on_char = exclude, on_char
         self.stats = stats if stats is not None else SampleStats()
         self.rejecting = self.guide is not None and not self.guide.guided and cfg.temperature > 0
-        self.tree = PrefixTree(stepper, vocab, self.guide, cfg, key, self.prompt_logits, self.prompt_state) \
-            if self.rejecting and not cfg.rejection else None
+        self.tree = self._tree(stepper, vocab) if self.rejecting and not cfg.rejection else None
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
         self.produced = 0  # samples kept
         self.attempt = 0  # attempts whose results were taken (the next one to take)
         self.issued = 0  # attempts handed out by next_attempts (the next one to hand out)
+
+    def _tree(self, stepper: Stepper, vocab: Vocab) -> "PrefixTree | LabelTree":
+        """The adaptive exact sampler for this prompt: one prefix tree, or a blend's, one per label."""
+        if not self.blend:
+            return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state)
+        share = TREE_MEMORY // len(self.labels.names)  # the blend's trees share one tree's memory
+        trees = [PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits[k],
+                            stepper.select(self.prompt_state, np.array([k])), memory=share)
+                 for k in range(len(self.labels.names))]
+        return LabelTree(trees, self.labels.weights, self.key)
+
+    @property
+    def blend(self) -> bool:
+        """Each attempt draws its label: its prompt state is one of several."""
+        return self.labels is not None and len(self.labels.names) > 1
 
     @property
     def done(self) -> bool:
@@ -177,8 +208,9 @@ class Drawing:
         b = max(1, min(self.wanted(), limit))
         stream = self.on_char if (b == 1 and cfg.num == 1 and not self.line_mode) else None
         start, self.issued = self.issued, self.issued + b
-        return Attempts(self.prompt_logits, self.prompt_state, np.arange(start, start + b, dtype=np.int64),
-                        self.key, cfg, self.newline, self.steps, self.guide, stream)
+        indices = np.arange(start, start + b, dtype=np.int64)
+        return Attempts(self.prompt_logits, self.prompt_state, indices, self.key, cfg, self.newline, self.steps,
+                        self.guide, stream, starts=self.labels.pick(self.key, indices) if self.blend else None)
 
     def draw_round(self, limit: int = MAX_BATCH) -> list[Sample]:
         """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept."""
@@ -191,8 +223,9 @@ class Drawing:
         mass = self.tree.mass if self.tree is not None else None
         if mass is not None:
             stats.mass = mass
-        for generated, logprob, n_scored, k in zip(results.texts, results.logp.tolist(),
-                                                   results.scored.tolist(), results.kept.tolist()):
+        names = self._labels_of(len(results.texts))
+        for j, (generated, logprob, n_scored, k) in enumerate(zip(results.texts, results.logp.tolist(),
+                                                                  results.scored.tolist(), results.kept.tolist())):
             if self.produced >= cfg.num:
                 break
             self.attempt += 1
@@ -205,15 +238,29 @@ class Drawing:
                 continue
             if cfg.unique and text in self.seen:
                 continue
-            if (self.training_lines is not None and text in self.training_lines) or \
-                    (self.exclude and text in self.exclude):
+            label = names[j] if names is not None else None
+            if (self.training_lines is not None and (text if label is None else f"{label}\t{text}") in self.training_lines) \
+                    or (self.exclude and text in self.exclude):
                 continue
             if cfg.unique:
                 self.seen.add(text)
             self.produced += 1
             stats.accepted += 1
-            kept.append(Sample(text=text, prompt=self.prompt, logprob=logprob, n_chars=n_scored, kept=k, mass=mass))
+            kept.append(Sample(text=text, prompt=self.prompt, logprob=logprob, n_chars=n_scored, kept=k, mass=mass,
+                               label=label))
         return kept
+
+    def _labels_of(self, n: int) -> Optional[list[str]]:
+        """The labels of the next n attempts to take (a labelled model's), as their draws picked them."""
+        if self.labels is None:
+            return None
+        if not self.blend:
+            return self.labels.names * n
+        if self.tree is not None:
+            picked = self.tree.picked
+        else:
+            picked = self.labels.pick(self.key, np.arange(self.attempt, self.attempt + n, dtype=np.int64))
+        return [self.labels.names[k] if k >= 0 else None for k in picked.tolist()]
 
 
 def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size: int = MAX_BATCH) -> Iterator[Sample]:

@@ -80,10 +80,11 @@ def inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
 @dataclass
 class Attempts:
     """One prompt's next attempts, to run as rows of the engine: attempt `indices`, each its own
-    random stream; a job, to the engine."""
+    random stream; a job, to the engine. A blend of labels primes the prompt once per label: then
+    `starts` says which of those each attempt starts from."""
 
-    prompt_logits: np.ndarray  # (V,) after the prompt
-    prompt_state: object  # batch-of-one state after the prompt
+    prompt_logits: np.ndarray  # (V,) after the prompt; (P, V) with `starts`
+    prompt_state: object  # batch-of-one state after the prompt; P rows with `starts`
     indices: np.ndarray  # (b,) attempt numbers
     key: np.uint64
     cfg: SampleConfig
@@ -91,6 +92,14 @@ class Attempts:
     steps: int  # characters to draw at most
     guide: Optional[Guide] = None
     on_char: Optional[Callable[[str], None]] = None  # streams the characters of a lone row
+    starts: Optional[np.ndarray] = None  # (b,): the primed row each attempt starts from
+
+    def start_rows(self, stepper: "Stepper") -> tuple[object, np.ndarray]:
+        """Each attempt's starting state and logits: (state of b rows, (b, V))."""
+        b = len(self.indices)
+        if self.starts is None:
+            return stepper.repeat(self.prompt_state, b), np.broadcast_to(self.prompt_logits, (b, self.prompt_logits.shape[-1]))
+        return stepper.select(self.prompt_state, self.starts), self.prompt_logits[self.starts]
 
 
 @dataclass
@@ -286,8 +295,7 @@ class RowEngine:
         fresh = Rows.concat([self._new_rows(j, a) for j, a in zip(self.pending, new)])
         old = len(self.rows)
         self.rows = Rows.concat([self.rows, fresh])
-        states = [self.stepper.repeat(a.prompt_state, len(a.indices)) for a in new]
-        logits = [np.broadcast_to(a.prompt_logits, (len(a.indices), a.prompt_logits.shape[-1])) for a in new]
+        states, logits = map(list, zip(*(a.start_rows(self.stepper) for a in new)))
         if old:
             states.insert(0, self.state)
             logits.insert(0, self.logits)

@@ -150,7 +150,7 @@ class PrefixTree:
         root_state = stepper.to_rows(prompt_state)
         self.cap = node_cap(len(vocab), root_state.shape[1], memory)
         # Room for the cap and a round's nodes beyond it (untouched rows take no memory); grown if needed.
-        self.nodes = _Nodes(len(vocab), root_state.shape[1], self.cap + self.cap // 2 + 4096)
+        self.nodes = _Nodes(len(vocab), root_state.shape[1], self.cap + self.cap // 2 + min(4096, self.cap))
         self.accept_step = accept_step
         self.round = 0
         self.root_psi = 1.0
@@ -306,3 +306,54 @@ class PrefixTree:
             n.child[n.parent[leaves], n.char[leaves]] = 0
             np.subtract.at(n.children, n.parent[leaves], 1)
             n.release(leaves)
+
+
+class LabelTree:
+    """A blend of labels under exact constraints: the label is the draw's first choice, above one
+    PrefixTree per label, with the same rule one level up. With w_k the blend's weights and psi_k
+    the root bound of label k's tree, N = sum_k w_k psi_k and psi the bound of this top node:
+
+        go on with probability N / psi, else the draw is rejected;
+        pick label k with probability w_k psi_k / N, then draw in k's tree.
+
+    A draw returning x under label k then has probability w_k p_k(x) 1[x accepted] / psi: the
+    mixture conditioned on the constraints, exactly (so a label the constraints rarely allow comes
+    less often, as it should). After each round psi := N.
+    """
+
+    def __init__(self, trees: list[PrefixTree], weights: np.ndarray, key: np.uint64):
+        self.trees, self.weights, self.key = trees, weights, key
+        self.psi = 1.0
+        self.draws, self.mass_sum = 0, 0.0
+
+    @property
+    def mass(self) -> ConstraintMass:
+        lower = float(sum(w * t.found_mass for w, t in zip(self.weights, self.trees)))
+        return ConstraintMass(self.mass_sum / self.draws if self.draws else self.psi, lower, self.psi)
+
+    def run(self, indices: np.ndarray) -> Results:
+        """One round: each attempt picks its label (or is rejected), then descends in that label's tree."""
+        w = self.weights * np.array([t.root_psi for t in self.trees])  # (P,)
+        total, psi = float(w.sum()), self.psi
+        r = len(indices)
+        go = (uniforms(self.key, indices, LABEL_GO) * psi < total) if total > 0 else np.zeros(r, dtype=bool)
+        u = uniforms(self.key, indices, LABEL_PICK) * total
+        pick = np.minimum((np.cumsum(w)[None, :] <= u[:, None]).sum(axis=-1), len(w) - 1)
+        texts: list[Optional[str]] = [None] * r
+        logp, scored, kept = np.zeros(r), np.zeros(r, dtype=np.int64), np.zeros(r)
+        self.picked = np.where(go, pick, -1)  # each attempt's label (-1: rejected before one)
+        for k, tree in enumerate(self.trees):
+            rows = np.flatnonzero(go & (pick == k))
+            if rows.size:
+                res = tree.run(indices[rows])
+                for i, text in zip(rows.tolist(), res.texts):
+                    texts[i] = text
+                logp[rows], scored[rows], kept[rows] = res.logp, res.scored, res.kept
+        self.draws += r
+        self.mass_sum += psi * sum(text is not None for text in texts)
+        self.psi = float((self.weights * np.array([t.root_psi for t in self.trees])).sum())
+        return Results(texts, logp, scored, kept)
+
+
+# The attempt's random stream at these "characters" takes the blend's two steps (PrefixTree uses 0, 1, 2, ...).
+LABEL_GO, LABEL_PICK = np.uint64((1 << 62) + 1), np.uint64((1 << 62) + 2)

@@ -45,6 +45,10 @@ function pickModel(model) {
   document.querySelector("input[value=top]").disabled = !lines;
   $("n").value = lines ? ($("n").value || 10) : 1;
   $("n").disabled = !lines;
+  const labels = model.labels ? model.labels.names : [];
+  document.querySelector(".for-labels").hidden = labels.length === 0;
+  $("label-list").replaceChildren(...labels.map((name) => new Option(name, name)));
+  $("label").value = "";
   syncMode();
   showSummary(model);
 }
@@ -103,6 +107,7 @@ function text(id) {
 
 function request() {
   const body = { model: state.model.name, prompt: $("prompt").value };
+  if (state.model.labels && text("label")) body.label = text("label").trim();
   const lines = state.model.line_oriented;
   if (lines) body.n = number("n");
   if (mode() === "sample") {

@@ -53,6 +53,11 @@ function row(s, i) {
   } else button.textContent = s.text;
   button.addEventListener("click", () => copy(s.text, "copied " + JSON.stringify(s.text)));
   cell.append(button);
+  if (s.label) {
+    const label = document.createElement("span"); label.className = "label"; label.textContent = s.label;
+    label.title = "drawn under this label";
+    cell.append(" ", label);
+  }
   const lp = document.createElement("td"); lp.textContent = s.logprob_per_char.toFixed(3);
   lp.title = "total " + s.logprob.toFixed(3) + " nats";
   tr.append(num, cell, lp);

@@ -47,6 +47,7 @@ import numpy as np
 from ..errors import CorpusError, UsageError
 from ..tokenizer import Vocab
 from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
+from .labels import LineLabels
 
 if TYPE_CHECKING:
     import torch
@@ -260,7 +261,7 @@ class WindowLoader:
         """Windows per epoch."""
         return windows_per_epoch(self.streams, self.seq_len)
 
-    def window(self, k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def window(self, k: int) -> tuple["torch.Tensor", "torch.Tensor", None]:
         start = k * self.seq_len
         if self.on_device is not None:
             block = self.on_device[:, start : start + self.seq_len + 1].long()
@@ -274,7 +275,7 @@ class WindowLoader:
                 block = block.pin_memory().to(self.device, non_blocking=True)
             elif self.device.type != "cpu":
                 block = block.to(self.device)
-        return block[:, :-1], block[:, 1:]  # (B, T) each
+        return block[:, :-1], block[:, 1:], None  # (B, T) each; no labels
 
     def close(self) -> None:
         if isinstance(self.streams, FileStreams):
@@ -296,27 +297,32 @@ class LineBatches:
     counts: list[int]  # characters predicted in each batch, all processes together
     lines_per_batch: int  # B, all processes together
     chars: int  # characters predicted in an epoch (each line's characters and its newline), all processes
+    labels: Optional[list[np.ndarray]] = None  # a labelled list's: batch k's rows' labels, (B,) int64
 
     @classmethod
     def of(cls, lines: list[np.ndarray], newline: int, lines_per_batch: int, seed: int,
-           rows: slice = slice(None)) -> "LineBatches":
-        """Lines (in their shuffled order) into batches of `lines_per_batch`: sorted by length within
-        chunks, the batches then shuffled (seeded); a last partial batch is dropped, as streams drop
-        their last partial window."""
+           rows: slice = slice(None), labels: Optional[np.ndarray] = None) -> "LineBatches":
+        """Lines (in their shuffled order; `labels`, one per line, with them) into batches of
+        `lines_per_batch`: sorted by length within chunks, the batches then shuffled (seeded); a last
+        partial batch is dropped, as streams drop their last partial window."""
         b = lines_per_batch
         n = len(lines) // b * b
-        seqs, counts = [], []
+        seqs, counts, batch_labels = [], [], []
         for lo in range(0, n, b * LINE_SORT_CHUNK):
-            chunk = sorted(lines[lo : min(lo + b * LINE_SORT_CHUNK, n)], key=len)
+            chunk = sorted(range(lo, min(lo + b * LINE_SORT_CHUNK, n)), key=lambda i: len(lines[i]))
             for k in range(0, len(chunk), b):
                 group = chunk[k : k + b]
-                seq = np.full((b, max(map(len, group)) + 2), PAD, dtype=np.int32)
-                for i, ids in enumerate(group):
-                    seq[i, 0], seq[i, 1 : len(ids) + 1], seq[i, len(ids) + 1] = newline, ids, newline
+                seq = np.full((b, max(len(lines[i]) for i in group) + 2), PAD, dtype=np.int32)
+                for r, i in enumerate(group):
+                    ids = lines[i]
+                    seq[r, 0], seq[r, 1 : len(ids) + 1], seq[r, len(ids) + 1] = newline, ids, newline
                 seqs.append(seq[rows])
-                counts.append(sum(len(ids) + 1 for ids in group))
+                counts.append(sum(len(lines[i]) + 1 for i in group))
+                if labels is not None:
+                    batch_labels.append(labels[group][rows].astype(np.int64))
         order = random.Random(seed).sample(range(len(seqs)), len(seqs))
-        return cls([seqs[k] for k in order], [counts[k] for k in order], b, sum(counts))
+        return cls([seqs[k] for k in order], [counts[k] for k in order], b, sum(counts),
+                   [batch_labels[k] for k in order] if labels is not None else None)
 
 
 class LineLoader:
@@ -332,10 +338,12 @@ class LineLoader:
     def __len__(self) -> int:
         return len(self.batches.seqs)
 
-    def window(self, k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def window(self, k: int) -> tuple["torch.Tensor", "torch.Tensor", Optional["torch.Tensor"]]:
         seq = self.torch.from_numpy(self.batches.seqs[k].astype(np.int64)).to(self.device)
         x, y = seq[:, :-1], seq[:, 1:]
-        return x.clamp(min=0), y.masked_fill(y == PAD, -100)  # (B, L + 1) each
+        labels = self.batches.labels
+        labels = self.torch.from_numpy(labels[k]).to(self.device) if labels is not None else None  # (B,)
+        return x.clamp(min=0), y.masked_fill(y == PAD, -100), labels  # (B, L + 1) each, and the rows' labels
 
     def close(self) -> None:
         pass
@@ -363,8 +371,10 @@ class TrainData:
     val_lines: Optional[list[np.ndarray]]  # this process's share of the validation lines (lists)
     start_ids: np.ndarray  # int64: the head of the training text, for the start-of-line state
     unigram_entropy: float
-    training_lines: Optional[list[str]]  # the distinct lines of a list, for `sample --novel`
+    training_lines: Optional[list[str]]  # the distinct lines of a list, for `sample --novel` ("LABEL\tline" if labelled)
     line_batches: Optional[LineBatches] = None  # line mode: the batches (then `streams` is unused)
+    labels: Optional[LineLabels] = None  # a labelled list's: the names, and each training line's label
+    val_labels: Optional[np.ndarray] = None  # the label of each of val_lines
 
     @property
     def chars_per_step(self) -> int:
@@ -382,8 +392,11 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
     vocab = corpus.vocab
-    line_oriented = corpus.line_stats.line_oriented()
-    if line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
+    labels = corpus.labels
+    line_oriented = corpus.line_stats.line_oriented() or labels is not None
+    if labels is not None:
+        _check_labelled(corpus, config, val_text is not None, source)
+    elif line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
         line_oriented = False
         notice(f"a list of {corpus.line_stats.count:,} lines is too large to shuffle in memory; "
                f"training on it as running text, in file order")
@@ -398,14 +411,9 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
             return read_ids(from_file, part.dtype, offset, offset + n)
         return np.asarray(part[:n])
 
-    training_lines, val_part, val_offset = None, None, None
+    training_lines, val_part, val_offset, val_labels = None, None, None, None
     if line_oriented:
-        # Lists are small: shuffle them as text (see shuffle_lines), then encode again.
-        full_text = corpus.text()
-        training_lines = unique_lines(full_text)
-        text = shuffle_lines(full_text, config.seed)
-        if val_text is None:
-            text, val_part = split_train_val(text, config.val_fraction)
+        text, val_part, labels, val_labels, training_lines = _split_list(corpus, config, val_text is not None)
         train_ids = vocab.encode(text)
     elif val_text is None:
         # Running text is split in place: the ids may be a memory-mapped file larger than memory.
@@ -428,7 +436,8 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         val_ids = vocab.encode(val_part)
     line_batches = None
     if line_oriented and config.line_mode is not False:
-        line_batches = _line_batches(text, vocab, config, source, rank, world, notice)  # text: the training lines
+        line_batches = _line_batches(text, vocab, config, source, rank, world, notice,
+                                     labels.of_line if labels is not None else None)  # text: the training lines
     batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source) \
         if line_batches is None else config.batch_size
     if len(val_ids) < 2:
@@ -457,6 +466,8 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         # A list is scored line by line from its start-of-line state, as it samples; carrying the
         # state over from the previous (unrelated) line would flatter it.
         val_lines = line_ids(vocab, vocab.decode(val_head))
+        if val_labels is not None:
+            val_labels = val_labels[: len(val_lines)][shard(len(val_lines), rank, world)]
         val_lines = val_lines[shard(len(val_lines), rank, world)]
     stream_ids = val_head.astype(np.int64)
     return TrainData(
@@ -469,12 +480,52 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         val_ids=stream_ids[shard(stream_ids.size, rank, world)], val_lines=val_lines,
         start_ids=head(train_ids, 0, START_STATE_CHARS).astype(np.int64),
         unigram_entropy=unigram_entropy(head(train_ids, 0, UNIGRAM_CHARS), len(vocab)),
-        training_lines=training_lines, line_batches=line_batches,
+        training_lines=training_lines, line_batches=line_batches, labels=labels, val_labels=val_labels,
     )
 
 
+def _split_list(corpus: EncodedCorpus, config, val_file: bool):
+    """A list shuffled (see shuffle_lines) and split: (training text, validation text or None with a
+    validation file, the training lines' labels, the validation lines' labels, the distinct lines
+    for `sample --novel`). Lists are small: shuffled as text, then encoded again."""
+    if corpus.labels is not None:
+        return _labelled_split(corpus.text(), corpus.labels, config)
+    full_text = corpus.text()
+    text, val_part = shuffle_lines(full_text, config.seed), None
+    if not val_file:
+        text, val_part = split_train_val(text, config.val_fraction)
+    return text, val_part, None, None, unique_lines(full_text)
+
+
+def _check_labelled(corpus: EncodedCorpus, config, val_file: bool, source: str) -> None:
+    """A labelled list trains line by line, shuffled in memory, and holds out its own lines."""
+    if corpus.n_chars > MAX_SHUFFLED_CHARS:
+        raise CorpusError(f"{source}: a labelled list of {corpus.n_chars:,} characters is too large to shuffle "
+                          f"in memory (at most {MAX_SHUFFLED_CHARS:,})")
+    if val_file:
+        raise UsageError("a labelled list holds out its own validation lines; drop `val_file`")
+    if config.line_mode is False:
+        raise UsageError("a labelled list trains line by line, each line from its label's start state; "
+                         "drop --no-line-mode")
+
+
+def _labelled_split(text: str, labels: LineLabels, config) -> tuple[str, str, LineLabels, np.ndarray, list[str]]:
+    """A labelled list shuffled (lines and labels together, seeded) and split as shuffle_lines and
+    split_train_val split a list: (training text, validation text, the training lines' labels, the
+    validation lines' labels, the distinct "LABEL\tline" pairs for `sample --novel`)."""
+    lines = text.split("\n")[:-1]  # every line non-empty (chargen.training.labels)
+    order = list(range(len(lines)))
+    random.Random(config.seed).shuffle(order)
+    shuffled = "\n".join(lines[i] for i in order) + "\n"
+    train, val = split_train_val(shuffled, config.val_fraction)
+    complete = train.count("\n")  # lines wholly in training; one more if the cut is inside a line
+    of_line = labels.of_line[np.array(order, dtype=np.int64)]
+    pairs = sorted({f"{labels.names[k]}\t{line}" for k, line in zip(labels.of_line.tolist(), lines)})
+    return train, val, labels.take(of_line[: complete + (not train.endswith("\n"))]), of_line[complete:], pairs
+
+
 def _line_batches(text: str, vocab: Vocab, config, source: str, rank: int, world: int,
-                  notice: Callable[[str], None]) -> LineBatches:
+                  notice: Callable[[str], None], labels: Optional[np.ndarray] = None) -> LineBatches:
     """Line mode's batches: batch_size x k lines, k the lines that fill seq_len characters on
     average (so a step sees about batch_size x seq_len characters, as with streams, and the
     batches are the same whatever the number of processes), fewer for a short list."""
@@ -486,4 +537,4 @@ def _line_batches(text: str, vocab: Vocab, config, source: str, rank: int, world
         if per_batch == 0:
             raise CorpusError(f"{source} is too short to give each of {world} processes one line")
         notice(f"the list is short: {per_batch} lines a batch")
-    return LineBatches.of(lines, vocab.index["\n"], per_batch, config.seed, shard(per_batch, rank, world))
+    return LineBatches.of(lines, vocab.index["\n"], per_batch, config.seed, shard(per_batch, rank, world), labels)

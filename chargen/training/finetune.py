@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -96,3 +97,48 @@ def calibrated_bias(head_bias: np.ndarray, fresh: np.ndarray, counts: np.ndarray
     bias = head_bias.astype(np.float64).copy()
     bias[fresh] = np.log(freq[fresh]) + old_lse - math.log(max(1.0 - new_total, 1e-3))
     return bias.astype(head_bias.dtype)
+
+
+# --- the start states of a labelled run from a model ---------------------------------------------
+
+CLOSEST_LINES = 200  # lines of a new label scored under each of the base model's labels
+
+
+def closest_label(base, lines: list[str]) -> int:
+    """The base model's label (its index) under which `lines` are likeliest per character: a new
+    label starts from its start state (base: a labelled Checkpoint). Lines with characters the
+    base does not know are left out; with none left, the label with the most training lines."""
+    from ..evaluation import NumpyScorer, line_nlls  # numpy only
+    from ..npmodel import NumpyCharRNN
+
+    newline = base.vocab.index["\n"]
+    chosen = random.Random(0).sample(lines, min(CLOSEST_LINES, len(lines)))  # (the lines come sorted)
+    ids = [np.append(base.vocab.encode(line).astype(np.int64), newline)
+           for line in chosen if not base.vocab.unknown_chars(line)]
+    if not ids:
+        return int(np.argmax(base.label_counts))
+    scorer = NumpyScorer(NumpyCharRNN(base.model_config, base.weights))
+    chars = sum(len(x) for x in ids)
+    losses = [line_nlls(scorer, ids, [t[k] for t in base.start_state], newline).sum() / chars
+              for k in range(base.model_config.n_labels)]
+    return int(np.argmin(losses))
+
+
+def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_of: dict[str, list[str]]) -> np.ndarray:
+    """The "start" weight of a run from `base`, of `config`'s shape. A label the base has keeps its
+    start state (so its distribution is unchanged until training moves it); a new label starts from
+    the base's closest label (closest_label on its lines), or from the base's one start state when
+    the base has no labels. An unlabelled run from a labelled base starts from its corpus's closest
+    label (`lines_of[""]`)."""
+    shape = config.weight_shapes()["start"]
+    if base.start_state is None:
+        return np.zeros(shape, np.float32)
+    stacked = np.stack(base.start_state)  # (S, layers, H), or (S, labels, layers, H) for a labelled base
+    if not base.model_config.n_labels:
+        return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32)
+    per_label = np.moveaxis(stacked, 1, 0)  # (labels, S, layers, H)
+    if not config.n_labels:
+        return per_label[closest_label(base, lines_of.get("", []))].astype(np.float32)
+    index = {name: k for k, name in enumerate(base.labels)}
+    rows = [index[name] if name in index else closest_label(base, lines_of.get(name, [])) for name in names]
+    return np.ascontiguousarray(per_label[rows], dtype=np.float32)

@@ -30,13 +30,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 
 from ..errors import CheckpointError, CorpusError, UsageError, VocabularyError, WriteError, cannot_read
 from ..files import atomic_write, atomic_writer
 from ..tokenizer import Vocab
+
+if TYPE_CHECKING:
+    from .labels import LineLabels
 
 CHUNK_BYTES = 16 << 20
 CACHE_FORMAT = 1
@@ -272,6 +275,7 @@ class EncodedCorpus:
     line_stats: LineStats
     cache_file: Optional[Path] = None
     reused: bool = False
+    labels: Optional["LineLabels"] = None  # a labelled corpus's (chargen.training.labels): one per line
 
     @property
     def n_chars(self) -> int:

@@ -30,16 +30,17 @@ from .._version import __version__
 from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
 from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, SampleConfig, TrainConfig, format_duration
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
-from ..evaluation import line_sums, stream_sums
+from ..evaluation import label_line_sums, line_sums, stream_sums
 from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
                      state_tensors, weights_of)
 from ..sampling.drawing import generate
+from ..sampling.labels import resolve_labels
 from ..sampling.randomness import derive_key
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from .data import Corpus, LineLoader, TrainData, WindowLoader, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
-from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights
+from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights, start_weights
 from .ingest import EncodedCorpus
 from .rundir import RunDir, RunState, check_resumable
 from .scorer import TorchScorer
@@ -210,6 +211,7 @@ class Trainer:
             if ckpt is None:  # measuring the sizes was part of the budget
                 self.run.elapsed = float(self.sizing.get("probe_seconds", 0.0))
         self.stopped: Optional[str] = None  # why the run ended before its budget, when it did
+        self.label_losses: Optional[dict[str, float]] = None  # a labelled list's, at the last validation
         self.meter = LossMeter(device)
         self.guard: Optional[DivergenceGuard] = None
         self.best_step, self.evals_since_best = _best_so_far(self.metrics, self.run.step)
@@ -297,8 +299,9 @@ class Trainer:
     def start_state(self) -> list[np.ndarray]:
         """The state a line starts from (saved with every checkpoint; lines are scored from it): the
         learned one of a line-mode model, else the model's typical state at a line's end now."""
-        if self.model.start is not None:
-            return [t.detach().float().cpu().numpy() for t in self.model.start]  # each (layers, H)
+        if self.model.start is not None:  # each (layers, H); a labelled model's (labels, layers, H)
+            start = self.model.start if not self.model_config.n_labels else self.model.start.transpose(0, 1)
+            return [t.detach().float().cpu().numpy() for t in start]
         return line_start_state(self.model, self.start_ids, self.data.vocab.index.get("\n"))
 
     def elapsed(self, now: Optional[float] = None) -> float:
@@ -340,15 +343,17 @@ class Trainer:
             return None
         return self.data.line_batches.counts[self.run.window] / (self.dist.world if self.dist is not None else 1)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, chars: Optional[float] = None) -> bool:
-        """One optimizer step at learning rate `lr` on window (x, y), both (B, T); False if its loss
+    def step(self, x: torch.Tensor, y: torch.Tensor, labels: Optional[torch.Tensor], lr: float,
+             chars: Optional[float] = None) -> bool:
+        """One optimizer step at learning rate `lr` on window (x, y), both (B, T), whose rows have
+        `labels` (B,) (a labelled list; else None); False if its loss
         or gradient was not finite: then the weights stay as they were, and a persistent divergence
         is rolled back. `chars`: as loss_and_gradients takes it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, grad_norm, new_state = loss_and_gradients(self.net, self.model, self.optimizer, x, y, self.state,
                                                         self.device, self.precision, self.config.grad_clip,
-                                                        self.scaler, chars)
+                                                        self.scaler, chars, labels)
         self.run.window += 1
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -387,6 +392,15 @@ class Trainer:
 
     def validation_loss(self, start: list[np.ndarray]) -> float:
         """The line loss (lists) or stream loss (prose) of the held-out text; summed over ranks."""
+        if self.data.labels is not None:
+            totals, counts = label_line_sums(self.scorer, self.data.val_lines, self.data.val_labels, start,
+                                             self.data.vocab.index["\n"], len(self.data.labels.names))
+            if self.dist is not None:
+                sums = self.dist.sum(*totals.tolist(), *counts.tolist())
+                totals, counts = np.array(sums[: len(totals)]), np.array(sums[len(totals):])
+            self.label_losses = {name: round(float(t / c), 5) for name, t, c
+                                 in zip(self.data.labels.names, totals, counts) if c}
+            return float(totals.sum() / counts.sum()) if counts.sum() else float("nan")
         if self.data.val_lines is not None:
             total, count = line_sums(self.scorer, self.data.val_lines, start, self.data.vocab.index["\n"])
         else:
@@ -440,8 +454,10 @@ class Trainer:
         lines = self.data.line_oriented
         cfg = SampleConfig(num=5 if lines else 1, length=60 if lines else 200)
         try:
+            labels = self.data.labels
+            mix = resolve_labels(None, labels.names, labels.counts) if labels is not None else None
             samples = generate(TorchStepper(self.model), self.data.vocab, "", cfg, lines=lines,
-                               key=derive_key(self.run.step, 7), start_state=start)
+                               key=derive_key(self.run.step, 7), start_state=start, labels=mix)
             return "\n".join(s.text for s in samples)
         except ChargenError as exc:  # e.g. a model too young to end a line: show why, do not stop training
             return f"(no sample: {exc})"
@@ -461,6 +477,7 @@ class Trainer:
             **self.run_info,
             "step": self.run.step, "epoch": self.run.epoch, "chars_seen": self.run.chars_seen,
             "val_loss": val_loss, "best_val_loss": self.run.best_val_loss,
+            **({"labels": self._labels_info()} if self.data.labels is not None else {}),
             "chargen_version": __version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -471,6 +488,15 @@ class Trainer:
                           vocab_json=self.data.vocab.to_json(), train_config=self.config.to_dict(), info=info,
                           lines_blob=self.lines_blob, resume=resume_meta, resume_tensors=resume_tensors,
                           start_state=start)
+
+    def _labels_info(self) -> dict[str, Any]:
+        """A labelled run's labels in its checkpoints: names, training lines (the base model's added,
+        for a run from one) and held-out losses at the last validation."""
+        labels = self.data.labels
+        info = {"names": labels.names, "lines": labels.counts, "val_loss": self.label_losses or {}}
+        if labels.inherited is not None:
+            info["inherited"] = labels.inherited
+        return info
 
     def why_stopped(self, flag: "StopFlag") -> str:
         if flag:
@@ -513,21 +539,31 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
         load_weights(model, ckpt.weights)
         return ckpt.model_config, model, ckpt.info.get("from")
     config = ModelConfig(vocab_size=len(data.vocab), **{**(model_options or {}),
-                                                        "learned_start": data.line_batches is not None})
+                                                        "learned_start": data.line_batches is not None,
+                                                        "n_labels": len(data.labels.names) if data.labels else 0})
     config.validate()
     model = CharRNN(config)
     if base is None:
         return config, model, None
     weights = grow_weights(base.weights, base.vocab, data.vocab)
     weights.pop("start", None)
-    if config.learned_start:  # lines start where the base model starts them
-        weights["start"] = np.stack(base.start_state) if base.start_state is not None else \
-            np.zeros(config.weight_shapes()["start"], np.float32)
+    if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
+        weights["start"] = start_weights(base, config, data.labels.names if data.labels else None,
+                                         _lines_by_label(data))
     load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
     if fresh.any():
         calibrate_new_chars(model, fresh, data.start_ids)
     return config, model, Lineage(path=str(base.path), sha256=file_sha256(base.path), new_chars=int(fresh.sum())).to_dict()
+
+
+def _lines_by_label(data: TrainData) -> dict[str, list[str]]:
+    """The run's distinct lines by label ("" for an unlabelled list), in a fixed order."""
+    out: dict[str, list[str]] = {}
+    for entry in data.training_lines or []:
+        label, tab, line = entry.partition("\t") if data.labels is not None else ("", "", entry)
+        out.setdefault(label, []).append(line)
+    return out
 
 
 def wrap_ddp(model: CharRNN, device: torch.device) -> torch.nn.Module:
@@ -536,14 +572,15 @@ def wrap_ddp(model: CharRNN, device: torch.device) -> torch.nn.Module:
 
 def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                        y: torch.Tensor, state: Optional[State], device: torch.device, precision: str,
-                       grad_clip: float, scaler: Optional[torch.amp.GradScaler] = None, chars: Optional[float] = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, State]:
+                       grad_clip: float, scaler: Optional[torch.amp.GradScaler] = None, chars: Optional[float] = None,
+                       labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, State]:
     """The compute of one training step on window (x, y), both (B, T), up to the optimizer step:
     the loss, the gradients (unscaled, clipped to `grad_clip`; 0: not clipped) and their norm
     before clipping, and the state after the window. `net` is `model`, or its DDP wrapper. The loss
-    is the mean over the targets (-100: padding, not counted), or their sum over `chars`."""
+    is the mean over the targets (-100: padding, not counted), or their sum over `chars`. `labels`
+    (B,): a labelled list's rows' labels, whose start states they start from."""
     with autocast(device, precision):
-        logits, new_state = net(x, state)  # (B, T, V)
+        logits, new_state = net(x, state, labels)  # (B, T, V)
     flat = (logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
     loss = F.cross_entropy(*flat) if chars is None else F.cross_entropy(*flat, reduction="sum") / chars
     optimizer.zero_grad(set_to_none=True)

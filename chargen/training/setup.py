@@ -22,6 +22,7 @@ from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture
 from .ingest import ingest
+from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
 from .sizing import auto_sizes, finetune_defaults
@@ -62,13 +63,15 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
     dist = setup_distributed(config.device)  # None unless started by torchrun
     clean = False
     try:
-        corpus = _ingest(paths, dist, callbacks)
+        corpus = _ingest(paths, dist, callbacks) if config.labels is None else read_labelled(paths, config.labels)
         val_text = read_corpus([val_file]).text if val_file else None
         sizing = None  # the record of the automatic sizes, when they were chosen
         if base is None and resume is None and start_from is None:
             base = _default_base(corpus, model_options, callbacks, dist)
         if base is not None:
             corpus = corpus.recoded(base.vocab.union(corpus.vocab))
+            if corpus.labels is not None and base.labels is not None:  # the base's labels stay; new ones join
+                corpus.labels = corpus.labels.after(base.labels, base.label_counts)
             config, model_options = _finetune_options(base, corpus, config, model_options, loop_options, dist,
                                                       callbacks)
         elif resume is None:
@@ -76,6 +79,9 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
                                                        callbacks)
         else:
             corpus = _in_run_vocab(corpus, ckpt)
+            inherited = ckpt.info.get("labels", {}).get("inherited")
+            if corpus.labels is not None and inherited is not None:  # a run from a labelled model: its label order
+                corpus.labels = corpus.labels.after(ckpt.labels, inherited)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
                               precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""A labelled model against the same shape trained without labels, on the base corpus (issue 27).
+
+    python benchmarks/labels.py [--time 10m] [--corpus corpora/many-names.tsv] [--json bench-out/labels.json] \\
+                                [-- EXTRA TRAIN FLAGS]
+
+The labelled corpus (LABEL<TAB>NAME lines, corpora/build.py) is split 90/10 (seed 0) into
+train.tsv and test.tsv. Then, through the installed command, one after the other with nothing
+else running and the same wall-clock budget and flags: `chargen train train.tsv --labels tab`
+and `chargen train train.txt` (the same lines without their labels). On test.tsv:
+
+- held-out loss per label: the labelled model under each line's own label (`chargen eval --label
+  L` on that label's lines), the unlabelled one on the same lines; and over all test lines;
+- `chargen score --by-label`: the share of test lines whose likeliest label is their own, per
+  kind (the part after ':') and overall; and whose likeliest locale (the part before) is right;
+- per non-Latin label (most of its letters outside Latin script): the share of 200 samples
+  (`--label L --seed 1`) written in the label's script, and the share that copy a training line;
+- sampling speed: `chargen sample -n 20000` as a command, labelled (all labels) and unlabelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+
+from common import host, print_table, run_measured, write_json
+from sampling import chargen_cmd
+
+
+def script(text: str) -> str:
+    """The script most letters of `text` are in (LATIN, GREEK, ARABIC, ...)."""
+    names = [unicodedata.name(c, "").split(" ")[0] for c in text if c.isalpha()]
+    return max(set(names), key=names.count) if names else ""
+
+
+def split(lines: list[str], seed: int = 0) -> tuple[list[str], list[str]]:
+    order = random.Random(seed).sample(lines, len(lines))
+    n_test = round(len(order) * 0.1)
+    return order[n_test:], order[:n_test]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--time", default="10m")
+    ap.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parent.parent / "corpora" / "many-names.tsv")
+    ap.add_argument("--json", type=Path, default=Path("bench-out/labels.json"))
+    ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("extra", nargs="*", help="flags passed on to both chargen train (after --)")
+    args = ap.parse_args()
+    cg = chargen_cmd()
+    lines = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if line]
+    train, test = split(lines)
+    work = args.work or Path(tempfile.mkdtemp(prefix="chargen-labels-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train.tsv").write_text("".join(x + "\n" for x in train), encoding="utf-8")
+    (work / "train.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in train), encoding="utf-8")
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for x in test:
+        label, text = x.split("\t", 1)
+        by_label[label].append(text)
+    runs = {}
+    for name, corpus, flags in (("labelled", "train.tsv", ["--labels", "tab"]), ("unlabelled", "train.txt", [])):
+        out = work / name
+        _, wall, rss = run_measured([*cg, "train", str(work / corpus), *flags, "--time", args.time, "--from", "none",
+                                     "--out", str(out), "--overwrite", "--quiet", *args.extra], capture=False)
+        info = json.loads(run_measured([*cg, "info", str(out), "--json"])[0].stdout)
+        runs[name] = {"dir": out, "wall": wall, "rss_mb": rss, "best_val_loss": info["best_val_loss"],
+                      "steps": info["steps"], "model": info["model"]}
+        print(f"{name}: {info['steps']:,} steps in {wall:.0f} s, best val {info['best_val_loss']:.4f}", file=sys.stderr)
+
+    import chargen  # in-process for the per-label losses: hundreds of labels
+
+    labelled, unlabelled = chargen.load(str(runs["labelled"]["dir"])), chargen.load(str(runs["unlabelled"]["dir"]))
+    per_label = []
+    for label, texts in sorted(by_label.items()):
+        text = "".join(t + "\n" for t in texts)
+        with_label = labelled.eval(text, label=label, skip_unknown=True)
+        without = unlabelled.eval(text, lines=True, skip_unknown=True)
+        per_label.append({"label": label, "lines": len(texts), "chars": with_label["chars"],
+                          "labelled": with_label["loss"], "unlabelled": without["loss"]})
+    chars = sum(r["chars"] for r in per_label)
+    overall = {k: sum(r[k] * r["chars"] for r in per_label) / chars for k in ("labelled", "unlabelled")}
+
+    (work / "test.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in test), encoding="utf-8")
+    scored = run_measured([*cg, "score", str(runs["labelled"]["dir"]), str(work / "test.txt"), "--by-label",
+                           "--format", "jsonl", "--skip-unknown"])[0].stdout.decode().splitlines()
+    hits: dict[str, list[int]] = defaultdict(list)
+    locale_hits = []
+    for x, record in zip(test, scored):
+        label = x.split("\t", 1)[0]
+        guess = json.loads(record).get("likeliest") or ""
+        hits[label.split(":")[-1]].append(guess == label)
+        locale_hits.append(guess.split(":")[0] == label.split(":")[0])
+    accuracy = {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
+    accuracy["all"] = sum(sum(v) for v in hits.values()) / len(test)
+
+    training = {x.split("\t", 1)[1] for x in train}
+    scripts = []
+    for label, texts in sorted(by_label.items()):
+        own = script("".join(texts))
+        if own in ("LATIN", ""):
+            continue
+        out = run_measured([*cg, "sample", "-c", str(runs["labelled"]["dir"]), "--label", label, "-n", "200",
+                            "--seed", "1"])[0].stdout.decode().splitlines()
+        scripts.append({"label": label, "script": own, "in_script": sum(script(s) == own for s in out) / len(out),
+                        "copies": sum(s in training for s in out) / len(out)})
+
+    speed = {}
+    for name in ("labelled", "unlabelled"):
+        walls = [run_measured([*cg, "sample", "-c", str(runs[name]["dir"]), "-n", "20000", "--seed", "1"],
+                              capture=False)[1] for _ in range(3)]
+        speed[name] = 20000 / statistics.median(walls)
+
+    h = host()
+    print_table(f"labelled vs unlabelled, {args.time} each ({h['cpu']}, {h['cpu_flags']}, {h['cpus']} CPUs, "
+                f"commit {h['commit']})", ["", "labelled", "unlabelled"],
+                [["best val (own split)", f"{runs['labelled']['best_val_loss']:.4f}",
+                  f"{runs['unlabelled']['best_val_loss']:.4f}"],
+                 ["test loss, all lines", f"{overall['labelled']:.4f}", f"{overall['unlabelled']:.4f}"],
+                 ["labels better / all", f"{sum(r['labelled'] < r['unlabelled'] for r in per_label)} / {len(per_label)}", ""],
+                 ["steps", f"{runs['labelled']['steps']:,}", f"{runs['unlabelled']['steps']:,}"],
+                 ["sample -n 20000, names/s", f"{speed['labelled']:,.0f}", f"{speed['unlabelled']:,.0f}"]])
+    print_table("score --by-label: the likeliest label is the line's own", ["kind", "accuracy"],
+                [[k, f"{v:.1%}"] for k, v in accuracy.items()] + [["locale", f"{sum(locale_hits) / len(test):.1%}"]])
+    print_table("non-Latin labels: 200 samples each", ["label", "script", "in its script", "copies a training line"],
+                [[r["label"], r["script"], f"{r['in_script']:.1%}", f"{r['copies']:.1%}"] for r in scripts])
+    write_json(args.json, {"time": args.time, "runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()},
+                           "per_label": per_label, "overall": overall, "accuracy": accuracy,
+                           "locale_accuracy": sum(locale_hits) / len(test), "scripts": scripts, "names_per_s": speed})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Which labels a labelled model samples from: one, a blend, or all of them as trained.
+
+    --label el_GR:first         one label
+    --label el_GR               every label with that part (labels are parts joined by ':'), in
+                                the proportions of their training lines
+    --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
+    (no --label)                every label, in the proportions of their training lines
+
+A blend is a proper mixture: each sample first draws its label with the blend's weights (from its
+own random stream, so the same seed gives the same samples at any batch width), then is drawn
+from that label's distribution; under constraints the mixture is conditioned exactly (the label
+is the first choice of the prefix tree, chargen.sampling.tree.LabelTree).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..errors import UsageError
+from .engine import inverse_cdf
+from .randomness import uniforms
+
+# The attempt's random stream at this "character" picks its label (characters use 0, 1, 2, ...).
+LABEL_DRAW = np.uint64(1 << 62)
+
+
+@dataclass
+class LabelMix:
+    """The labels a drawing samples from and their weights (summing to 1)."""
+
+    names: list[str]
+    index: np.ndarray  # (P,) the labels' indices in the model
+    weights: np.ndarray  # (P,) float64
+
+    def describe(self) -> str:
+        if len(self.names) == 1:
+            return self.names[0]
+        return ",".join(f"{n}={w:.3g}" for n, w in zip(self.names, self.weights))
+
+    def pick(self, key: np.uint64, indices: np.ndarray) -> np.ndarray:
+        """Each attempt's component (P = 1: all 0), from the attempt's own random stream."""
+        if len(self.names) == 1:
+            return np.zeros(len(indices), dtype=np.int64)
+        u = uniforms(key, indices, LABEL_DRAW)
+        return inverse_cdf(np.broadcast_to(self.weights, (len(indices), len(self.weights))), u)
+
+    def start_states(self, start_state: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Each component's start state, from a labelled model's ([h] or [h, c], each (labels, layers, H))."""
+        return [[t[k] for t in start_state] for k in self.index.tolist()]
+
+
+def _matching(term: str, names: list[str]) -> list[int]:
+    if term in names:
+        return [names.index(term)]
+    return [i for i, name in enumerate(names) if term in name.split(":")]
+
+
+def _unknown(term: str, names: list[str]) -> UsageError:
+    parts = sorted({p for name in names for p in name.split(":")} | set(names))
+    close = difflib.get_close_matches(term, parts, n=5, cutoff=0.5)
+    hint = f"; close: {', '.join(close)}" if close else \
+        f"; it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+    return UsageError(f"unknown label {term!r}{hint} (chargen info lists them)")
+
+
+def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Optional[list[int]]) -> Optional[LabelMix]:
+    """The LabelMix `spec` asks for (see the module docstring); None for a model without labels
+    and no spec. A one-line UsageError for a bad spec, an unknown label (with close matches), or a
+    label asked of a model without labels."""
+    if not names:
+        if spec:
+            raise UsageError("this model has no labels; `label` needs a model trained with --labels")
+        return None
+    counts = list(counts or [1] * len(names))
+    weights = np.zeros(len(names))
+    if not spec:
+        weights[:] = counts
+    else:
+        for term in spec.split(","):
+            label, eq, share = term.strip().partition("=")
+            label = label.strip()
+            try:
+                w = float(share) if eq else 1.0
+            except ValueError:
+                w = math.nan
+            if not (math.isfinite(w) and w > 0):
+                raise UsageError(f"`label`: the weight in {term.strip()!r} must be a number above 0 "
+                                 f"(a blend: it=0.7,es=0.3)")
+            if not label:
+                raise UsageError(f"`label`: {term.strip()!r} names no label (a blend: it=0.7,es=0.3)")
+            found = _matching(label, names)
+            if not found:
+                raise _unknown(label, names)
+            within = np.array([counts[i] for i in found], dtype=np.float64)
+            weights[found] += w * within / within.sum()
+    chosen = np.flatnonzero(weights > 0)
+    return LabelMix([names[i] for i in chosen], chosen.astype(np.int64), weights[chosen] / weights[chosen].sum())

@@ -1,0 +1,123 @@
+r"""Labelled corpora: each line of a list with the kind it is (a language, a kind of name).
+
+    chargen train it.txt el.txt --labels file     each file's name without its extension labels its lines
+    chargen train names.tsv --labels tab          LABEL<TAB>TEXT on every line (stdin too)
+
+A labelled corpus is a list: it trains line by line (line mode), each line from its label's own
+learned start state, so the network knows the kind before the first character. It is read whole
+and checked before anything is written: a bad line is one error naming its file and line number.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+import numpy as np
+
+from ..errors import CorpusError, UsageError
+from .ingest import EncodedCorpus, check_paths, corpus_chunks, corpus_name, describe_source, text_digest
+
+LABEL_MODES = ("file", "tab")
+MAX_LABEL_CHARS = 64
+# A label per file: more distinct files than this, each with fewer lines than MIN_LINES_PER_LABEL
+# on average, is taken for a mistake (a directory of documents, not of kinds).
+MAX_FILE_LABELS = 1000
+MIN_LINES_PER_LABEL = 5
+
+
+@dataclass
+class LineLabels:
+    """The label of every line of a labelled corpus's text, in text order."""
+
+    names: list[str]  # label index -> name: sorted, or a base model's labels then the new ones (sorted)
+    of_line: np.ndarray  # (lines,) int32: each line's label index
+    inherited: Optional[list[int]] = None  # a run from a labelled model: its labels' training lines (0 for new ones)
+
+    @property
+    def counts(self) -> list[int]:
+        """Lines per label: what a labelled model samples in proportion to by default."""
+        own = np.bincount(self.of_line, minlength=len(self.names))
+        return (own + np.array(self.inherited or 0)).tolist()
+
+    def take(self, of_line: np.ndarray) -> "LineLabels":
+        """The same labels for other lines."""
+        return LineLabels(self.names, of_line, self.inherited)
+
+    def after(self, base_names: list[str], base_counts: list[int]) -> "LineLabels":
+        """These labels as a run from a labelled model has them: its labels first (in its order, with
+        their line counts), then the new ones."""
+        new = sorted(set(self.names) - set(base_names))
+        names = list(base_names) + new
+        index = {name: i for i, name in enumerate(names)}
+        remap = np.array([index[name] for name in self.names], dtype=np.int32)
+        return LineLabels(names, remap[self.of_line], list(base_counts) + [0] * len(new))
+
+
+def check_label(label: str, where: str) -> str:
+    """A label as given, or a one-line CorpusError saying what is wrong with it at `where`."""
+    if not label:
+        raise CorpusError(f"{where}: the label is empty")
+    if len(label) > MAX_LABEL_CHARS:
+        raise CorpusError(f"{where}: the label {label[:20]!r}... is longer than {MAX_LABEL_CHARS} characters")
+    bad = [c for c in label if unicodedata.category(c)[0] in "CZ" and c != " "]
+    if bad or label != label.strip():
+        raise CorpusError(f"{where}: the label {label!r} holds control characters or surrounding spaces")
+    if "=" in label or "," in label:
+        raise CorpusError(f"{where}: the label {label!r} holds '=' or ',' (they write blends: --label a=0.7,b=0.3)")
+    return label
+
+
+def _file_text(path: str, stdin: Optional[BinaryIO]) -> str:
+    return "".join(text if text is not None else buf.decode("ascii") for buf, text in corpus_chunks([path], stdin))
+
+
+def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None) -> EncodedCorpus:
+    """The corpus's lines (empty ones dropped) as an EncodedCorpus of their text, with their labels."""
+    if mode not in LABEL_MODES:
+        raise UsageError(f"`labels` must be one of {', '.join(LABEL_MODES)} (got {mode!r})")
+    check_paths(paths)
+    lines: list[str] = []
+    labels: list[str] = []
+    if mode == "file":
+        if "-" in paths:
+            raise UsageError("--labels file takes each file's name as its label; stdin has none (use --labels tab)")
+        stems = [Path(p).stem for p in paths]
+        if len(set(stems)) >= MAX_FILE_LABELS:
+            raise UsageError(f"--labels file would make {len(set(stems)):,} labels, one per file; give files of one "
+                             f"kind each (it.txt, el.txt), or LABEL<TAB>TEXT lines with --labels tab")
+        for path, stem in zip(paths, stems):
+            check_label(stem, f"{path} (its name is its label)")
+            for line in _file_text(path, stdin).split("\n"):
+                if line:
+                    lines.append(line)
+                    labels.append(stem)
+    else:
+        for path in paths:
+            where = describe_source(path)
+            for number, line in enumerate(_file_text(path, stdin).split("\n"), 1):
+                if not line:
+                    continue
+                label, tab, text = line.partition("\t")
+                if not tab:
+                    raise CorpusError(f"{where}, line {number}: no TAB; --labels tab reads LABEL<TAB>TEXT lines")
+                check_label(label, f"{where}, line {number}")
+                if not text:
+                    raise CorpusError(f"{where}, line {number}: the text after the label is empty")
+                lines.append(text)
+                labels.append(label)
+    if not lines:
+        raise CorpusError(f"{', '.join(map(describe_source, paths))} holds no labelled line")
+    names = sorted(set(labels))
+    if mode == "file" and len(names) > 1 and len(lines) / len(names) < MIN_LINES_PER_LABEL and \
+            len(names) >= MAX_FILE_LABELS // 10:
+        raise UsageError(f"{len(names):,} labels for {len(lines):,} lines: --labels file labels each file's lines "
+                         f"with the file's name; did you mean to train on them unlabelled?")
+    index = {name: i for i, name in enumerate(names)}
+    text = "\n".join(lines) + "\n"
+    corpus = EncodedCorpus.from_text(text, corpus_name(paths), [describe_source(p) for p in paths])
+    corpus.labels = LineLabels(names, np.array([index[label] for label in labels], dtype=np.int32))
+    corpus.digest = text_digest("".join(f"{label}\t{line}\n" for label, line in zip(labels, lines)))  # labels count
+    return corpus

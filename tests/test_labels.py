@@ -1,0 +1,219 @@
+"""Labelled models: --labels file|tab, --label (one, a part, a blend), score --by-label.
+
+A toy corpus with two perfectly separable labels (words of a, b, c against words of x, y, z) is
+learnt: each label samples only its own letters, a blend draws both in its proportions, the
+classifier tells them apart. A blend under exact constraints is held to the enumerated mixture
+conditioned on them by a chi-square test; resume is exact, torchrun matches one process, both
+backends draw the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import chargen
+from chargen.checkpoint import LAST, read_checkpoint
+from chargen.config import ModelConfig, SampleConfig
+from chargen.npmodel import NumpyCharRNN
+from chargen.sampling import derive_key, generate, log_softmax, prime
+from chargen.sampling.constraints import Automaton, Constraints
+from chargen.sampling.labels import resolve_labels
+from chargen.tokenizer import Vocab
+
+from .conftest import LABEL_FLAGS, assert_clean_error, run, toy_words
+from .test_constraints import chi_square_fits, counted, satisfies
+
+FLAGS = LABEL_FLAGS
+
+
+@pytest.fixture(scope="module")
+def toy(trained_labels):
+    return trained_labels.parent
+
+
+def test_each_label_samples_only_its_own_kind(toy):
+    for label, own in (("abc", set("abc")), ("xyz", set("xyz"))):
+        proc = run(["sample", "-c", str(toy / "run"), "--label", label, "-n", "200", "--seed", "3"])
+        assert proc.returncode == 0, proc.stderr.decode()
+        names = proc.stdout.decode().splitlines()
+        assert len(names) == 200
+        assert all(set(n) <= own for n in names), [n for n in names if not set(n) <= own][:5]
+    info = json.loads(run(["info", str(toy / "run"), "--json"]).stdout)
+    assert info["labels"]["names"] == ["abc", "xyz"] and 850 < sum(info["labels"]["lines"]) < 950
+    assert set(info["labels"]["val_loss"]) == {"abc", "xyz"}
+
+
+def test_a_blend_draws_both_kinds_in_its_proportions(toy):
+    proc = run(["sample", "-c", str(toy / "run"), "--label", "abc=0.3,xyz=0.7", "-n", "1000", "--seed", "4",
+                "--format", "jsonl"])
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    kinds = [r["label"] for r in records]
+    assert all(set(r["text"]) <= set(r["label"]) for r in records)  # each drawn from its own label
+    share = kinds.count("abc") / len(kinds)
+    assert abs(share - 0.3) < 4 * math.sqrt(0.3 * 0.7 / len(kinds)), share
+    # With no --label, the labels as trained (equal line counts here); a part of a name selects.
+    default = chargen.load(str(toy / "run")).samples(1000, seed=5)
+    share = sum(s.label == "abc" for s in default) / 1000
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / 1000), share
+
+
+def test_blend_samples_do_not_depend_on_the_batch_width(toy):
+    model = chargen.load(str(toy / "run"))
+    a = [(s.text, s.label) for s in model.samples(300, seed=8, label="abc=0.5,xyz=0.5")]
+    from chargen.sampling.drawing import run as run_drawings
+
+    b = [(s.text, s.label) for s in run_drawings(model.stepper, model.vocab,
+                                                  model.drawings(300, seed=8, label="abc=0.5,xyz=0.5"), batch_size=7)]
+    assert a == b
+
+
+def test_score_by_label_tells_the_kinds_apart(toy):
+    lines = toy_words("abc", 50, 9) + toy_words("xyz", 50, 10)
+    proc = run(["score", str(toy / "run"), "--by-label", "--format", "jsonl"], input=lines.encode())
+    assert proc.returncode == 0, proc.stderr.decode()
+    records = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert len(records) == 100
+    assert all(r["likeliest"] == ("abc" if set(r["text"]) <= set("abc") else "xyz") for r in records)
+    counts = chargen.load(str(toy / "run")).checkpoint.label_counts
+    r = records[0]  # the mixture's probability: log sum_k w_k p_k, w in training proportions
+    mixed = math.log(sum(math.exp(v) * n / sum(counts) for v, n in zip(r["by_label"].values(), counts)))
+    assert r["logprob"] == pytest.approx(mixed, abs=1e-3)
+    one = run(["score", str(toy / "run"), "--label", "xyz"], input=(r["text"] + "\n").encode()).stdout.decode()
+    assert float(one.split("\t")[1]) == pytest.approx(r["by_label"]["xyz"], abs=1e-3)
+    # eval under the own label beats eval under the other
+    own = chargen.load(str(toy / "run")).eval(toy_words("abc", 100, 11), label="abc")["loss"]
+    other = chargen.load(str(toy / "run")).eval(toy_words("abc", 100, 11), label="xyz")["loss"]
+    assert own < 1.4 < 3 < other
+
+
+def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
+    assert_clean_error(run(["sample", "-c", str(toy / "run"), "--label", "abd"]), "unknown label 'abd'", "abc")
+    assert_clean_error(run(["sample", "-c", str(toy / "run"), "--label", "abc=x"]), "weight")
+    assert_clean_error(run(["sample", "--label", "abc"]), "no labels")
+    (tmp_path / "t.tsv").write_text("it\tMario\nes Juan\n")
+    assert_clean_error(run(["train", "t.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
+                       "t.tsv, line 2", "no TAB")
+    (tmp_path / "e.tsv").write_text("it\tMario\n\tJuan\n")
+    assert_clean_error(run(["train", "e.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
+                       "e.tsv, line 2", "empty")
+    (tmp_path / "c.tsv").write_text("it\tMario\nes\x07\tJuan\n")
+    assert_clean_error(run(["train", "c.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
+                       "c.tsv, line 2", "control")
+    assert_clean_error(run(["train", "-", "--labels", "file", "--max-steps", "1"], input=b"a\n", cwd=tmp_path),
+                       "--labels tab")
+    assert not (tmp_path / "checkpoints").exists()  # nothing written
+
+
+def test_tab_labels_from_stdin_train(tmp_path):
+    lines = "".join(f"abc\t{w}\n" for w in toy_words("abc", 200, 1).split()) + \
+        "".join(f"xyz\t{w}\n" for w in toy_words("xyz", 200, 2).split())
+    proc = run(["train", "-", "--labels", "tab", *FLAGS, "--max-steps", "20", "--out", "run", "--quiet"],
+               input=lines.encode(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert read_checkpoint(tmp_path / "run", prefer=LAST).labels == ["abc", "xyz"]
+
+
+def test_labelled_resume_is_exact(toy, tmp_path):
+    for f in ("abc.txt", "xyz.txt"):
+        (tmp_path / f).write_text((toy / f).read_text())
+    common = ["abc.txt", "xyz.txt", "--labels", "file", *FLAGS, "--eval-every", "10"]
+    assert run(["train", *common, "--max-steps", "20", "--out", "whole", "--quiet"], cwd=tmp_path).returncode == 0
+    assert run(["train", *common, "--max-steps", "10", "--out", "split", "--quiet"], cwd=tmp_path).returncode == 0
+    assert run(["train", "--resume", "split", "--max-steps", "20", "--quiet"], cwd=tmp_path).returncode == 0
+    a = read_checkpoint(tmp_path / "whole", prefer=LAST)
+    b = read_checkpoint(tmp_path / "split", prefer=LAST)
+    assert a.labels == b.labels == ["abc", "xyz"]
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
+    assert a.info["labels"] == b.info["labels"]
+
+
+def test_numpy_and_torch_backends_draw_the_same_labelled_samples(toy):
+    a = chargen.load(str(toy / "run"), backend="numpy")
+    b = chargen.load(str(toy / "run"), backend="torch")
+    options = dict(seed=2, label="abc=0.5,xyz=0.5", max_len=5, ends_with="a")
+    assert [(s.text, s.label) for s in a.samples(100, **options)] == [(s.text, s.label) for s in b.samples(100, **options)]
+
+
+# --- a blend under exact constraints, against enumeration -----------------------------------------
+
+VOCAB = Vocab(["\n", "a", "b", "c"])
+LIMIT = 6
+
+
+def labelled_stepper():
+    """A random 1-layer LSTM with two labels' start states (as a labelled checkpoint holds them)."""
+    config = ModelConfig(vocab_size=len(VOCAB), layers=1, hidden=8, embed=4, learned_start=True, n_labels=2)
+    rng = np.random.default_rng(7)
+    weights = {name: rng.normal(0, 0.8, shape).astype(np.float32) for name, shape in config.weight_shapes().items()}
+    weights["head.bias"] = np.array([-0.6, 0.3, 0.0, -0.2], np.float32)
+    starts = [rng.normal(0, 1.5, (2, 1, 8)).astype(np.float32) for _ in range(2)]  # [h, c], each (labels, layers, H)
+    return NumpyCharRNN(config, weights), starts
+
+
+def enumerate_label(stepper, start) -> dict[str, float]:
+    logits, state = prime(stepper, VOCAB, "", True, start)
+    frontier, probs = [("", 0.0, logits, state)], {}
+    for n in range(LIMIT + 1):
+        nxt = []
+        for text, lp, logits, state in frontier:
+            lsm = log_softmax(logits[None])[0]
+            if text:
+                probs[text] = math.exp(lp + lsm[0])
+            if n < LIMIT:
+                for i in (1, 2, 3):
+                    step_logits, step_state = stepper.step(np.array([i]), state)
+                    nxt.append((text + VOCAB.chars[i], lp + lsm[i], step_logits[0], step_state))
+        frontier = nxt
+    return probs
+
+
+@pytest.mark.parametrize("rejection", [False, True], ids=["adaptive", "rejection"])
+def test_a_blend_under_constraints_is_the_mixture_conditioned_exactly(rejection):
+    stepper, starts = labelled_stepper()
+    c = Constraints(max_len=5, contains=("b",), ends_with="a")
+    mix = resolve_labels("p=0.3,q=0.7", ["p", "q"], [1, 1])
+    target = {}
+    for k, name in enumerate(mix.names):
+        for text, p in enumerate_label(stepper, [t[k] for t in starts]).items():
+            if satisfies(text, c):
+                target[f"{name}:{text}"] = mix.weights[k] * p
+    cfg = SampleConfig(num=20_000, temperature=1.0, length=LIMIT, rejection=rejection, max_len=5, contains=["b"],
+                       ends_with="a")
+    samples = list(generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(3), labels=mix, start_state=starts,
+                            automaton=Automaton(Constraints.of(cfg), VOCAB)))
+    assert all(satisfies(s.text, c) for s in samples)
+    ok, stat, critical = chi_square_fits(counted(f"{s.label}:{s.text}" for s in samples), target)
+    assert ok, (stat, critical)
+
+
+def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy, tmp_path):
+    """--labels file --from a labelled model: its labels keep their rows and start states (their
+    log-probabilities unchanged to float32 rounding before the first step), the new one joins."""
+    from chargen.errors import TrainingInterrupted
+    from chargen.training.callbacks import TrainCallbacks
+
+    class StopAtOnce(TrainCallbacks):
+        def should_stop(self, step: int) -> bool:
+            return True
+
+    (tmp_path / "abz.txt").write_text(toy_words("abz", 300, 12))
+    with pytest.raises(TrainingInterrupted):
+        chargen.train([str(tmp_path / "abz.txt")], labels="file", start_from=str(toy / "run"), out=tmp_path / "ft",
+                      max_steps=5, precision="fp32", callbacks=StopAtOnce())
+    base = chargen.load(str(toy / "run"))
+    tuned = chargen.load(str(tmp_path / "ft" / "last.safetensors"))
+    assert tuned.labels == ["abc", "xyz", "abz"]
+    counts = tuned.checkpoint.label_counts
+    assert counts[:2] == base.checkpoint.label_counts and counts[2] > 200
+    for label, letters in (("abc", "abc"), ("xyz", "xyz")):
+        lines = toy_words(letters, 30, 13).split()
+        old = [s.logprob for s in base.score(lines, label=label)]
+        new = [s.logprob for s in tuned.score(lines, label=label)]
+        np.testing.assert_allclose(new, old, atol=1e-4)
+    # The new label starts from the closest old one: abz words score best under abc.
+    np.testing.assert_array_equal([t[2] for t in tuned.checkpoint.start_state], [t[0] for t in base.checkpoint.start_state])
