@@ -159,6 +159,9 @@ def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
     what it costs on the checkpoint's own lines."""
     if requested not in ENCODINGS:
         raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
+    if ckpt.model_config.n_labels:
+        raise UsageError(f"{ckpt.path} is a labelled model: exporting one (a page, a module, an int8 checkpoint) "
+                         f"is not supported yet; sample it with chargen sample --label or chargen serve")
     candidates = ("i8", "f16") if requested == "auto" else (requested,)
     for enc in candidates:
         if lossless(ckpt.weights, enc):

@@ -46,9 +46,12 @@ def tiny_stepper() -> NumpyCharRNN:
 
 @functools.lru_cache(maxsize=1)
 def enumerate_probs() -> dict[str, float]:
+    return enumerate_probs_of(tiny_stepper())
+
+
+def enumerate_probs_of(stepper, start_state=None) -> dict[str, float]:
     """Every line sample of 1..LIMIT characters and its probability under the model (temperature 1)."""
-    stepper = tiny_stepper()
-    logits, state = prime(stepper, VOCAB, "", True)
+    logits, state = prime(stepper, VOCAB, "", True, start_state)
     frontier = [("", 0.0, logits, state)]
     probs: dict[str, float] = {}
     for n in range(LIMIT + 1):

@@ -122,3 +122,19 @@ def test_a_fine_tuned_run_under_torchrun_matches_one_process(names_corpus):
     assert a.info["from"] == b.info["from"] and a.info["from"]["new_chars"] == 2
     mb = [json.loads(x) for x in (d / "ft2" / METRICS).read_text().splitlines()]
     assert [m["step"] for m in mb] == [0, 3, 6] and mb[0]["val_loss"] == pytest.approx(a.info["from"]["val_loss"], abs=1e-4)
+
+
+def test_a_labelled_list_under_torchrun_matches_one_process(tmp_path):
+    """--labels file: each process trains its share of every batch's rows, each row from its label's start."""
+    from .conftest import toy_words
+
+    (tmp_path / "abc.txt").write_text(toy_words("abc", 300, 1))
+    (tmp_path / "xyz.txt").write_text(toy_words("xyz", 300, 2))
+    args = ["abc.txt", "xyz.txt", "--labels", "file", "--from", "none", *FLAGS, "--max-steps", "6"]
+    single = run(["train", *args, "--out", "single", "--quiet"], cwd=tmp_path)
+    assert single.returncode == 0, single.stderr.decode()
+    torchrun(2, [*args, "--out", "ddp"], tmp_path)
+    a, b = _assert_same_weights(tmp_path / "single", tmp_path / "ddp")
+    assert a.labels == b.labels == ["abc", "xyz"]
+    for name in ("abc", "xyz"):  # the held-out loss of each label, summed over the ranks' shares
+        assert abs(a.info["labels"]["val_loss"][name] - b.info["labels"]["val_loss"][name]) < 1e-4

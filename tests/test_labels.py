@@ -19,13 +19,12 @@ import chargen
 from chargen.checkpoint import LAST, read_checkpoint
 from chargen.config import ModelConfig, SampleConfig
 from chargen.npmodel import NumpyCharRNN
-from chargen.sampling import derive_key, generate, log_softmax, prime
+from chargen.sampling import derive_key, generate
 from chargen.sampling.constraints import Automaton, Constraints
 from chargen.sampling.labels import resolve_labels
-from chargen.tokenizer import Vocab
 
 from .conftest import LABEL_FLAGS, assert_clean_error, run, toy_words
-from .test_constraints import chi_square_fits, counted, satisfies
+from .test_constraints import LIMIT, VOCAB, chi_square_fits, counted, enumerate_probs_of, satisfies
 
 FLAGS = LABEL_FLAGS
 
@@ -42,6 +41,13 @@ def test_each_label_samples_only_its_own_kind(toy):
         names = proc.stdout.decode().splitlines()
         assert len(names) == 200
         assert all(set(n) <= own for n in names), [n for n in names if not set(n) <= own][:5]
+    # --novel: never a line of the sample's own label
+    model = chargen.load(str(toy / "run"))
+    abc_lines = set((toy / "abc.txt").read_text().split())
+    novel = [s.text for s in model.samples(300, seed=1, label="abc", novel=True)]
+    assert not set(novel) & abc_lines and len(set(novel)) > 100
+    plain = [s.text for s in model.samples(300, seed=1, label="abc")]
+    assert set(plain) & abc_lines  # (without --novel, it does write some)
     info = json.loads(run(["info", str(toy / "run"), "--json"]).stdout)
     assert info["labels"]["names"] == ["abc", "xyz"] and 850 < sum(info["labels"]["lines"]) < 950
     assert set(info["labels"]["val_loss"]) == {"abc", "xyz"}
@@ -106,6 +112,9 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
     assert_clean_error(run(["train", "-", "--labels", "file", "--max-steps", "1"], input=b"a\n", cwd=tmp_path),
                        "--labels tab")
     assert not (tmp_path / "checkpoints").exists()  # nothing written
+    assert_clean_error(run(["export", str(toy / "run"), "--html", str(tmp_path / "p.html")]), "labelled model",
+                       "not supported yet")
+    assert not (tmp_path / "p.html").exists()
 
 
 def test_tab_labels_from_stdin_train(tmp_path):
@@ -141,10 +150,6 @@ def test_numpy_and_torch_backends_draw_the_same_labelled_samples(toy):
 
 # --- a blend under exact constraints, against enumeration -----------------------------------------
 
-VOCAB = Vocab(["\n", "a", "b", "c"])
-LIMIT = 6
-
-
 def labelled_stepper():
     """A random 1-layer LSTM with two labels' start states (as a labelled checkpoint holds them)."""
     config = ModelConfig(vocab_size=len(VOCAB), layers=1, hidden=8, embed=4, learned_start=True, n_labels=2)
@@ -155,23 +160,6 @@ def labelled_stepper():
     return NumpyCharRNN(config, weights), starts
 
 
-def enumerate_label(stepper, start) -> dict[str, float]:
-    logits, state = prime(stepper, VOCAB, "", True, start)
-    frontier, probs = [("", 0.0, logits, state)], {}
-    for n in range(LIMIT + 1):
-        nxt = []
-        for text, lp, logits, state in frontier:
-            lsm = log_softmax(logits[None])[0]
-            if text:
-                probs[text] = math.exp(lp + lsm[0])
-            if n < LIMIT:
-                for i in (1, 2, 3):
-                    step_logits, step_state = stepper.step(np.array([i]), state)
-                    nxt.append((text + VOCAB.chars[i], lp + lsm[i], step_logits[0], step_state))
-        frontier = nxt
-    return probs
-
-
 @pytest.mark.parametrize("rejection", [False, True], ids=["adaptive", "rejection"])
 def test_a_blend_under_constraints_is_the_mixture_conditioned_exactly(rejection):
     stepper, starts = labelled_stepper()
@@ -179,7 +167,7 @@ def test_a_blend_under_constraints_is_the_mixture_conditioned_exactly(rejection)
     mix = resolve_labels("p=0.3,q=0.7", ["p", "q"], [1, 1])
     target = {}
     for k, name in enumerate(mix.names):
-        for text, p in enumerate_label(stepper, [t[k] for t in starts]).items():
+        for text, p in enumerate_probs_of(stepper, [t[k] for t in starts]).items():
             if satisfies(text, c):
                 target[f"{name}:{text}"] = mix.weights[k] * p
     cfg = SampleConfig(num=20_000, temperature=1.0, length=LIMIT, rejection=rejection, max_len=5, contains=["b"],

@@ -1,8 +1,9 @@
 """Which labels a labelled model samples from: one, a blend, or all of them as trained.
 
     --label el_GR:first         one label
-    --label el_GR               every label with that part (labels are parts joined by ':'), in
-                                the proportions of their training lines
+    --label el_GR               every label with that part (labels are parts joined by ':'; a
+                                locale's language asks too: el), in the proportions of their
+                                training lines
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines
 
@@ -54,14 +55,21 @@ class LabelMix:
         return [[t[k] for t in start_state] for k in self.index.tolist()]
 
 
+def _parts(name: str) -> set[str]:
+    """What asks for a label besides its name: each ':'-separated part, and a locale's language
+    (el_GR:first: el_GR, first and el)."""
+    parts = name.split(":")
+    return set(parts) | {p.split("_")[0] for p in parts if "_" in p}
+
+
 def _matching(term: str, names: list[str]) -> list[int]:
     if term in names:
         return [names.index(term)]
-    return [i for i, name in enumerate(names) if term in name.split(":")]
+    return [i for i, name in enumerate(names) if term in _parts(name)]
 
 
 def _unknown(term: str, names: list[str]) -> UsageError:
-    parts = sorted({p for name in names for p in name.split(":")} | set(names))
+    parts = sorted(set().union(*map(_parts, names)) | set(names))
     close = difflib.get_close_matches(term, parts, n=5, cutoff=0.5)
     hint = f"; close: {', '.join(close)}" if close else \
         f"; it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from ..config import SHAPE_KEYS, ModelConfig, format_duration
 
-SMALL_CORPUS = 300_000  # characters: lists of names, titles (the default learning rate)
+SMALL_CORPUS = 300_000  # characters: lists of names, titles (on a GPU: the window and learning rate)
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
 SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shape to be trained enough
 DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
@@ -74,8 +74,8 @@ def batch_defaults(n_chars: int, accelerator: bool) -> dict[str, Any]:
             return {"batch_size": 128, "seq_len": 128}  # a GPU needs wide batches to be busy
         return {"batch_size": 32, "seq_len": 64} if n_chars < SMALL_CORPUS else \
             {"batch_size": 32, "seq_len": 128, "lr": 5e-3}
-    if n_chars < SMALL_CORPUS:
-        return {"batch_size": 32, "seq_len": 64}
+    # On a CPU 5e-3 for lists too: names.txt in 5 minutes, 1.949 against 2.000 and 1.979 at 3e-3 on an
+    # AVX2-only CPU (4,000 steps), 0.001 better on two seeds with bf16 units (16,000 steps).
     return {"batch_size": 32, "seq_len": 64, "lr": 5e-3}
 
 
