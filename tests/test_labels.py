@@ -103,14 +103,20 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
     (tmp_path / "t.tsv").write_text("it\tMario\nes Juan\n")
     assert_clean_error(run(["train", "t.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
                        "t.tsv, line 2", "no TAB")
-    (tmp_path / "e.tsv").write_text("it\tMario\n\tJuan\n")
-    assert_clean_error(run(["train", "e.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
-                       "e.tsv, line 2", "empty")
-    (tmp_path / "c.tsv").write_text("it\tMario\nes\x07\tJuan\n")
-    assert_clean_error(run(["train", "c.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
-                       "c.tsv, line 2", "control")
-    assert_clean_error(run(["train", "-", "--labels", "file", "--max-steps", "1"], input=b"a\n", cwd=tmp_path),
-                       "--labels tab")
+    from chargen.errors import ChargenError
+    from chargen.training.labels import read_labelled
+
+    for name, text, needles in (("e.tsv", "it\tMario\n\tJuan\n", ("e.tsv, line 2", "empty")),
+                                ("c.tsv", "it\tMario\nes\x07\tJuan\n", ("c.tsv, line 2", "control")),
+                                ("b.tsv", "it\tMario\nes=1\tJuan\n", ("b.tsv, line 2", "'='")),
+                                ("t.tsv", "it\tMario\n", ())):
+        (tmp_path / name).write_text(text)
+        if needles:
+            with pytest.raises(ChargenError) as bad:
+                read_labelled([str(tmp_path / name)], "tab")
+            assert all(n in str(bad.value) for n in needles) and "\n" not in str(bad.value), str(bad.value)
+    with pytest.raises(ChargenError, match="--labels tab"):
+        read_labelled(["-"], "file")
     assert not (tmp_path / "checkpoints").exists()  # nothing written
     assert_clean_error(run(["export", str(toy / "run"), "--html", str(tmp_path / "p.html")]), "labelled model",
                        "not supported yet")
@@ -127,12 +133,12 @@ def test_tab_labels_from_stdin_train(tmp_path):
 
 
 def test_labelled_resume_is_exact(toy, tmp_path):
-    for f in ("abc.txt", "xyz.txt"):
-        (tmp_path / f).write_text((toy / f).read_text())
-    common = ["abc.txt", "xyz.txt", "--labels", "file", *FLAGS, "--eval-every", "10"]
-    assert run(["train", *common, "--max-steps", "20", "--out", "whole", "--quiet"], cwd=tmp_path).returncode == 0
-    assert run(["train", *common, "--max-steps", "10", "--out", "split", "--quiet"], cwd=tmp_path).returncode == 0
-    assert run(["train", "--resume", "split", "--max-steps", "20", "--quiet"], cwd=tmp_path).returncode == 0
+    files = [str(toy / "abc.txt"), str(toy / "xyz.txt")]
+    common = dict(labels="file", start_from="none", layers=1, hidden=48, embed=16, dropout=0.0, weight_drop=0.0,
+                  batch_size=16, lr=1e-2, warmup=10, eval_every=10, sample_every=0, precision="fp32")
+    chargen.train(files, out=tmp_path / "whole", max_steps=20, **common)
+    chargen.train(files, out=tmp_path / "split", max_steps=10, **common)
+    chargen.train(resume=tmp_path / "split", max_steps=20)
     a = read_checkpoint(tmp_path / "whole", prefer=LAST)
     b = read_checkpoint(tmp_path / "split", prefer=LAST)
     assert a.labels == b.labels == ["abc", "xyz"]
