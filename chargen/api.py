@@ -25,7 +25,7 @@ from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
 from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime, run
-from .sampling.labels import LabelMix, resolve_labels
+from .sampling.labels import LabelMix, line_key, resolve_labels
 from .sampling.randomness import derive_key, random_seed
 from .sampling.search import most_likely
 
@@ -171,7 +171,7 @@ class Model:
         label = mix.names[0] if mix is not None else None
 
         def skip(text: str) -> bool:
-            return text in banned or (text if label is None else f"{label}\t{text}") in training
+            return text in banned or line_key(label, text) in training
 
         def results() -> Iterator[Sample]:
             for p in prompts:
@@ -256,6 +256,11 @@ class Model:
                                streams=streams or EVAL_STREAMS, skip_unknown=skip_unknown)
         return result.to_dict()
 
+    def _numpy_scorer(self) -> NumpyScorer:
+        """The numpy twin a line at a time (score and labelled eval run on numpy whatever the backend)."""
+        return NumpyScorer(self.stepper if self.backend == "numpy" else
+                           NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
+
     def _eval_labelled(self, text: str, mix: LabelMix, skip_unknown: bool, lines: Optional[bool]) -> dict[str, float]:
         if lines is False:
             raise UsageError("a labelled model scores lines, each from its label's start state; drop `lines=False`")
@@ -263,9 +268,7 @@ class Model:
         rows = line_ids(self.vocab, self.vocab.decode(self.vocab.encode(text, skip_unknown=skip_unknown)))
         if not rows:
             raise UsageError("the text holds no non-empty line to evaluate")
-        scorer = NumpyScorer(self.stepper if self.backend == "numpy" else
-                             NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
-        nll, _ = mixture_nlls(scorer, rows, mix.start_states(self.checkpoint.start_state), mix.weights,
+        nll, _ = mixture_nlls(self._numpy_scorer(), rows, mix.start_states(self.checkpoint.start_state), mix.weights,
                               self.vocab.index["\n"])
         count = sum(len(r) for r in rows)
         return EvalResult(loss=float(nll.sum()) / count, chars=count, skipped=unknown).to_dict()
@@ -286,8 +289,7 @@ class Model:
         mix = self.label_mix(label)
         if by_label and mix is None:
             raise UsageError("`by_label` needs a labelled model; this one has no labels")
-        scorer = NumpyScorer(self.stepper if self.backend == "numpy" else
-                             NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
+        scorer = self._numpy_scorer()
         newline = self.vocab.index["\n"]
         for first, chunk in _chunks(lines, batch):
             unknown = [tuple(self.vocab.unknown_chars(t)) for t in chunk]

@@ -17,7 +17,7 @@ from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
-from .labels import LabelMix
+from .labels import LabelMix, line_key
 from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
 
 MAX_BATCH = 1024  # rows advanced together; bounds memory (state is MAX_BATCH x hidden per layer)
@@ -239,7 +239,7 @@ class Drawing:
             if cfg.unique and text in self.seen:
                 continue
             label = names[j] if names is not None else None
-            if (self.training_lines is not None and (text if label is None else f"{label}\t{text}") in self.training_lines) \
+            if (self.training_lines is not None and line_key(label, text) in self.training_lines) \
                     or (self.exclude and text in self.exclude):
                 continue
             if cfg.unique:

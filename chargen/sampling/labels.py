@@ -26,8 +26,16 @@ from ..errors import UsageError
 from .engine import inverse_cdf
 from .randomness import uniforms
 
-# The attempt's random stream at this "character" picks its label (characters use 0, 1, 2, ...).
-LABEL_DRAW = np.uint64(1 << 62)
+# An attempt's random stream at these "characters" (characters use 0, 1, 2, ...): the label it
+# draws (plain and rejection sampling), and a blend's two steps in the adaptive exact sampler
+# (chargen.sampling.tree.LabelTree: go on, then pick).
+LABEL_DRAW, LABEL_GO, LABEL_PICK = (np.uint64((1 << 62) + k) for k in range(3))
+
+
+def line_key(label: Optional[str], text: str) -> str:
+    """How a labelled model keeps a training line for `novel`: "LABEL<TAB>line" (the line alone
+    without a label), so a sample is novel against its own label's lines."""
+    return text if label is None else f"{label}\t{text}"
 
 
 @dataclass

@@ -55,6 +55,7 @@ from ..config import SampleConfig
 from ..tokenizer import Vocab
 from .constraints import Guide
 from .engine import Results, Stepper, log_softmax, sampling_probs, texts_of
+from .labels import LABEL_GO, LABEL_PICK
 from .randomness import mix, uniforms
 
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
@@ -131,6 +132,16 @@ class _Nodes:
             new = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
+
+
+def pick_weighted(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Row r picks index i with probability w[r, i] / sum(w[r]) (u: U[0, 1) per row), never one of
+    weight 0: the first index whose cumulative weight passes u * total, and the last of positive
+    weight when rounding takes u * total up to the total."""
+    cdf = np.cumsum(w, axis=-1)
+    c = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=-1)
+    last = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=-1)
+    return np.minimum(c, last)
 
 
 class PrefixTree:
@@ -211,11 +222,7 @@ class PrefixTree:
         go = total > 0
         if self.accept_step:
             go &= uniforms(self.key, indices, 2 * d) * self._psi(nodes) < total
-        cdf = np.cumsum(w, axis=-1)
-        u = uniforms(self.key, indices, 2 * d + 1) * cdf[:, -1]
-        c = (cdf <= u[:, None]).sum(axis=-1)  # the first id whose cumulative weight passes u: its weight is > 0
-        last = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=-1)  # (u rounding up to the total picks the last)
-        return go, np.minimum(c, last)
+        return go, pick_weighted(w, uniforms(self.key, indices, 2 * d + 1))
 
     def _psi(self, nodes: np.ndarray) -> np.ndarray:
         """The bounds of `nodes` themselves (kept in their parents' slots)."""
@@ -337,8 +344,8 @@ class LabelTree:
         total, psi = float(w.sum()), self.psi
         r = len(indices)
         go = (uniforms(self.key, indices, LABEL_GO) * psi < total) if total > 0 else np.zeros(r, dtype=bool)
-        u = uniforms(self.key, indices, LABEL_PICK) * total
-        pick = np.minimum((np.cumsum(w)[None, :] <= u[:, None]).sum(axis=-1), len(w) - 1)
+        pick = pick_weighted(np.broadcast_to(w, (r, len(w))), uniforms(self.key, indices, LABEL_PICK)) \
+            if total > 0 else np.zeros(r, dtype=np.int64)
         texts: list[Optional[str]] = [None] * r
         logp, scored, kept = np.zeros(r), np.zeros(r, dtype=np.int64), np.zeros(r)
         self.picked = np.where(go, pick, -1)  # each attempt's label (-1: rejected before one)
@@ -354,6 +361,3 @@ class LabelTree:
         self.psi = float((self.weights * np.array([t.root_psi for t in self.trees])).sum())
         return Results(texts, logp, scored, kept)
 
-
-# The attempt's random stream at these "characters" takes the blend's two steps (PrefixTree uses 0, 1, 2, ...).
-LABEL_GO, LABEL_PICK = np.uint64((1 << 62) + 1), np.uint64((1 << 62) + 2)

@@ -47,6 +47,7 @@ import numpy as np
 from ..errors import CorpusError, UsageError
 from ..tokenizer import Vocab
 from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
+from ..sampling.labels import line_key
 from .labels import LineLabels
 
 if TYPE_CHECKING:
@@ -520,7 +521,7 @@ def _labelled_split(text: str, labels: LineLabels, config) -> tuple[str, str, Li
     train, val = split_train_val(shuffled, config.val_fraction)
     complete = train.count("\n")  # lines wholly in training; one more if the cut is inside a line
     of_line = labels.of_line[np.array(order, dtype=np.int64)]
-    pairs = sorted({f"{labels.names[k]}\t{line}" for k, line in zip(labels.of_line.tolist(), lines)})
+    pairs = sorted({line_key(labels.names[k], line) for k, line in zip(labels.of_line.tolist(), lines)})
     return train, val, labels.take(of_line[: complete + (not train.endswith("\n"))]), of_line[complete:], pairs
 
 
