@@ -164,19 +164,19 @@ class Model:
         banned = self._exclude(cfg.exclude, True) or set()
         training = self.training_lines if cfg.novel else set()
         mix = self.label_mix(cfg.label)
-        if mix is not None and len(mix.names) > 1:
-            raise UsageError(f"`top` ranks under one label; this asks for {len(mix.names)} "
-                             f"({', '.join(mix.names[:5])}{', ...' if len(mix.names) > 5 else ''}): pick one with `label`")
-        start_state = mix.start_states(self.checkpoint.start_state)[0] if mix is not None else self.checkpoint.start_state
-        label = mix.names[0] if mix is not None else None
+        # Under a blend (or a part) the samples are ranked by their mixture probability.
+        starts = mix.start_states(self.checkpoint.start_state) if mix is not None else [self.checkpoint.start_state]
+        weights = mix.weights if mix is not None else np.ones(1)
+        labels = mix.names if mix is not None else [None]
 
         def skip(text: str) -> bool:
-            return text in banned or line_key(label, text) in training
+            return text in banned or any(line_key(label, text) in training for label in labels)
 
         def results() -> Iterator[Sample]:
             for p in prompts:
-                for s in most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, start_state=start_state):
-                    s.label = label
+                for s in most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, starts=starts,
+                                     weights=weights):
+                    s.label = labels[0] if len(labels) == 1 else mix.describe()
                     yield s
 
         return results()

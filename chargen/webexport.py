@@ -35,7 +35,7 @@ from .checkpoint import Checkpoint, encode_lines, save_checkpoint
 from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
 from .errors import UsageError
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
-from .sampling.tree import node_cap
+from .sampling.tree import TREE_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
@@ -44,12 +44,11 @@ LOSS_LINES = 2000  # of the checkpoint's lines, scored to measure what quantisin
 NOVEL_BUDGET = 128 * 1024  # bytes of training lines an export carries for `novel`; beyond, left out
 # The sampling options an export takes (chargen.config.SampleConfig fields); the others, and why not.
 EXPORTED = ("num", "temperature", "top_k", "top_p", "seed", "lines", "length", "unique", "novel", "exclude",
-            "min_len", "max_len", "ends_with", "rejection")
+            "min_len", "max_len", "ends_with", "rejection", "label")
 NOT_EXPORTED = {
     "contains": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
     "regex": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
     "guided": "is not in an exported model: its constraints are always exact",
-    "label": "needs a labelled model; this one has no labels",
 }
 
 
@@ -123,16 +122,25 @@ def lossless(weights: dict[str, np.ndarray], enc: str) -> bool:
 def line_loss(ckpt: Checkpoint, weights: dict[str, np.ndarray]) -> Optional[float]:
     """The line loss of up to LOSS_LINES of the checkpoint's own lines (a seeded sample) under
     `weights`; None for a checkpoint that holds no lines."""
-    from .evaluation import NumpyScorer, evaluate_text
+    from .evaluation import NumpyScorer, evaluate_text, label_line_sums
     from .npmodel import NumpyCharRNN
 
     if not ckpt.training_lines or "\n" not in ckpt.vocab:
         return None
     lines = list(ckpt.training_lines)
     random.Random(0).shuffle(lines)
-    return evaluate_text(NumpyScorer(NumpyCharRNN(ckpt.model_config, weights)), ckpt.vocab,
-                         "\n".join(lines[:LOSS_LINES]) + "\n", lines=True, start_state=ckpt.start_state,
-                         seq_len=1, skip_unknown=True).loss
+    scorer = NumpyScorer(NumpyCharRNN(ckpt.model_config, weights))
+    if ckpt.labels is None:
+        return evaluate_text(scorer, ckpt.vocab, "\n".join(lines[:LOSS_LINES]) + "\n", lines=True,
+                             start_state=ckpt.start_state, seq_len=1, skip_unknown=True).loss
+    # A labelled model keeps "LABEL<TAB>line": each line under its own label.
+    index = {name: k for k, name in enumerate(ckpt.labels)}
+    pairs = [line.split("\t", 1) for line in lines[:LOSS_LINES]]
+    known = [(index[label], ckpt.vocab.encode(text)) for label, text in pairs
+             if label in index and all(c in ckpt.vocab.index for c in text)]
+    totals, counts = label_line_sums(scorer, [ids for _, ids in known], np.array([k for k, _ in known]),
+                                     ckpt.start_state, ckpt.vocab.index["\n"], len(ckpt.labels))
+    return float(totals.sum() / counts.sum())
 
 
 @dataclass
@@ -159,9 +167,6 @@ def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
     what it costs on the checkpoint's own lines."""
     if requested not in ENCODINGS:
         raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
-    if ckpt.model_config.n_labels:
-        raise UsageError(f"{ckpt.path} is a labelled model: exporting one (a page, a module, an int8 checkpoint) "
-                         f"is not supported yet; sample it with chargen sample --label or chargen serve")
     candidates = ("i8", "f16") if requested == "auto" else (requested,)
     for enc in candidates:
         if lossless(ckpt.weights, enc):
@@ -180,12 +185,18 @@ def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
 # --- the module and the page ------------------------------------------------------------------
 
 
-def _defaults() -> dict:
-    """The exported options' defaults, camelCase, from chargen.config's declarations."""
+def _defaults(labelled: bool) -> dict:
+    """The exported options' defaults, camelCase, from chargen.config's declarations (`label` for a
+    labelled model only)."""
     fields = declared(SampleConfig)
     out = {"prompt": ""}
-    out.update({camel(fields[name].field): getattr(SampleConfig(), name) for name in EXPORTED})
+    out.update({camel(fields[name].field): getattr(SampleConfig(), name) for name in EXPORTED
+                if name != "label" or labelled})
     return out
+
+
+def _not_exported(labelled: bool) -> dict:
+    return NOT_EXPORTED if labelled else {**NOT_EXPORTED, "label": "needs a labelled model; this one has no labels"}
 
 
 def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
@@ -208,15 +219,18 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
             f"`novel` is not in this export: the model's {len(ckpt.training_lines or []):,} training lines "
             f"({lines_bytes / 1024:,.0f} KB) are over the {NOVEL_BUDGET // 1024} KB an export carries"
             if ckpt.training_lines else "`novel` needs the training lines, and this model has none"),
-        "defaults": _defaults(),
-        "not_exported": NOT_EXPORTED,
+        "labels": {"names": ckpt.labels, "counts": ckpt.label_counts} if ckpt.labels else None,
+        "defaults": _defaults(bool(ckpt.labels)),
+        "not_exported": _not_exported(bool(ckpt.labels)),
         "line_length": DEFAULT_LINE_LENGTH,
         "prose_length": DEFAULT_PROSE_LENGTH,
         "max_tries": SampleConfig().max_tries,
         "constrained_tries": CONSTRAINED_TRIES,
         "max_batch": MAX_BATCH,
-        "tree_cap": node_cap(ckpt.model_config.vocab_size, ckpt.model_config.layers * ckpt.model_config.state_tensors
-                             * ckpt.model_config.hidden),
+        # A tree keeps node_cap(V, S, memory) nodes; a blend's trees share that memory (chargen.sampling.drawing).
+        "tree_memory": TREE_MEMORY,
+        "tree_node_bytes": node_bytes(ckpt.model_config.vocab_size, ckpt.model_config.layers
+                                      * ckpt.model_config.state_tensors * ckpt.model_config.hidden),
         "info": facts,
     }
 

@@ -118,9 +118,6 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
     with pytest.raises(ChargenError, match="--labels tab"):
         read_labelled(["-"], "file")
     assert not (tmp_path / "checkpoints").exists()  # nothing written
-    assert_clean_error(run(["export", str(toy / "run"), "--html", str(tmp_path / "p.html")]), "labelled model",
-                       "not supported yet")
-    assert not (tmp_path / "p.html").exists()
 
 
 def test_tab_labels_from_stdin_train(tmp_path):
@@ -183,6 +180,39 @@ def test_a_blend_under_constraints_is_the_mixture_conditioned_exactly(rejection)
     assert all(satisfies(s.text, c) for s in samples)
     ok, stat, critical = chi_square_fits(counted(f"{s.label}:{s.text}" for s in samples), target)
     assert ok, (stat, critical)
+
+
+@pytest.mark.parametrize("constraints", [{}, dict(max_len=5, contains=("b",))], ids=["free", "constrained"])
+def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints):
+    """--top with a blend ranks by the mixture probability sum_l w_l P_l(x), exactly."""
+    from chargen.sampling.search import most_likely
+
+    stepper, starts = labelled_stepper()
+    c = Constraints(**constraints)
+    weights = np.array([0.3, 0.7])
+    mixture: dict[str, float] = {}
+    for k in range(2):
+        for text, p in enumerate_probs_of(stepper, [t[k] for t in starts]).items():
+            mixture[text] = mixture.get(text, 0.0) + weights[k] * p
+    best = sorted(((p, t) for t, p in mixture.items() if satisfies(t, c)), reverse=True)[:15]
+    found = list(most_likely(stepper, VOCAB, "", 15, Automaton(c, VOCAB).bounded(LIMIT), batch=4,
+                             starts=[[t[k] for t in starts] for k in range(2)], weights=weights))
+    assert [s.text for s in found] == [t for _, t in best]
+    np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
+    # Not the best of either label alone: the ranking is the mixture's.
+    alone = [sorted(enumerate_probs_of(stepper, [t[k] for t in starts]).items(), key=lambda kv: -kv[1]) for k in range(2)]
+    assert [s.text for s in found] != [t for t, _ in alone[0][:15]]
+
+
+def test_top_with_a_blend_through_the_api(trained_labels):
+    model = chargen.load(str(trained_labels))
+    mixed = list(model.top(6, label="abc=0.5,xyz=0.5"))
+    assert [s.logprob for s in mixed] == sorted((s.logprob for s in mixed), reverse=True)
+    assert {s.text[0] for s in mixed} & set("abc") and {s.text[0] for s in mixed} & set("xyz")
+    for s in mixed:  # each one's mixture probability, from the per-label scores
+        by = next(model.score([s.text], by_label=True)).by_label
+        assert s.logprob == pytest.approx(math.log(0.5 * math.exp(by["abc"]) + 0.5 * math.exp(by["xyz"])), abs=1e-4)
+        assert s.label == "abc=0.5,xyz=0.5"
 
 
 def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy, tmp_path):

@@ -442,8 +442,8 @@ def test_a_labelled_model_takes_a_label_everywhere(trained_labels):
             assert loss == pytest.approx(model.eval("abca\ncab\n", label="abc")["loss"])
             bad = post(c, "/v1/sample", {"model": "kinds", "label": "abd"})
             assert bad.status_code == 400 and "unknown label 'abd'" in bad.json()["error"]
-            bad = post(c, "/v1/top", {"model": "kinds", "n": 3})
-            assert bad.status_code == 400 and "one label" in bad.json()["error"]
+            blended = post(c, "/v1/top", {"model": "kinds", "n": 4, "label": "abc=0.5,xyz=0.5"}).json()["samples"]
+            assert [r["text"] for r in blended] == [s.text for s in model.top(4, label="abc=0.5,xyz=0.5")]
     finally:
         for s in served:
             s.batcher.close()

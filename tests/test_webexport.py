@@ -73,7 +73,8 @@ def random_model(path: Path, cell: str, layers: int, seed: int = 0) -> Path:
 def python_records(path: Path, options: dict) -> list[dict]:
     o = snake(options)
     n, prompt = o.pop("num"), o.pop("prompt", "")
-    return [{"text": s.text, "logprob": s.logprob} for s in chargen.load(path).samples(n, prompt, **o)]
+    return [{"text": s.text, "logprob": s.logprob, **({"label": s.label} if s.label else {})}
+            for s in chargen.load(path).samples(n, prompt, **o)]
 
 
 def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") -> list:
@@ -95,6 +96,7 @@ def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") ->
 
 def assert_same(js: list[dict], py: list[dict]) -> None:
     assert [r["text"] for r in js] == [r["text"] for r in py]
+    assert [r.get("label") for r in js] == [r.get("label") for r in py]
     np.testing.assert_allclose([r["logprob"] for r in js], [r["logprob"] for r in py], rtol=2e-5, atol=1e-4)  # float32 (numpy) against float64
 
 
@@ -110,6 +112,52 @@ def test_module_matches_numpy_sampler(tmp_path, cell, layers, backend):
     for case, js in zip(CASES, node_records(module, CASES, backend)):
         assert "error" not in js, (case, js)
         assert_same(js, python_records(ckpt_path, case))
+
+
+LABELS = ["it_IT:first", "it_IT:surname", "el_GR:first", "es_ES:city"]
+LABEL_CASES = [
+    {"n": 40, "seed": 1},  # every label, in training proportions
+    {"n": 20, "seed": 2, "label": "el_GR:first"},
+    {"n": 30, "seed": 3, "label": "it"},  # a part: both Italian labels
+    {"n": 30, "seed": 4, "label": "it_IT:first=0.2,es_ES:city=0.8", "temperature": 1.2, "prompt": ["", "Ma"]},
+    {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
+    {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
+    {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
+    {"n": 5, "seed": 8, "label": "el_GR:first=1,es_ES:city=1", "temperature": 0},
+]
+
+
+def random_labelled_model(path: Path, seed: int = 3) -> Path:
+    """random_model with four labels: a start state per label, training lines "LABEL<TAB>line"."""
+    names = make_names(400, seed=seed).splitlines()
+    vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | {"\n"}))
+    cfg = ModelConfig(vocab_size=len(vocab), layers=2, hidden=24, embed=8, learned_start=True, n_labels=len(LABELS))
+    rng = np.random.default_rng(seed)
+    weights = {k: (rng.standard_normal(shape) * 0.4).astype(np.float32) for k, shape in cfg.weight_shapes().items()}
+    weights["head.bias"][vocab.index["\n"]] += 2.5
+    start = [rng.standard_normal((len(LABELS), 2, 24)).astype(np.float32) * 1.5 for _ in range(cfg.state_tensors)]
+    lines = [f"{LABELS[i % len(LABELS)]}\t{name}" for i, name in enumerate(names)]
+    info = {"corpus": "random", "line_oriented": True,
+            "labels": {"names": LABELS, "lines": [100, 50, 150, 100], "val_loss": {}}}
+    save_checkpoint(path, weights=weights, model_config=cfg, vocab_json=vocab.to_json(), train_config={},
+                    info=info, lines_blob=encode_lines(lines), start_state=start)
+    return path
+
+
+@needs_node
+def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
+    ckpt_path = random_labelled_model(tmp_path / "m.safetensors")
+    ckpt = read_checkpoint(ckpt_path)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(ckpt, Encoding("f32", True)))
+    bad = [{"n": 2, "label": "it_IT:frist"}, {"n": 2, "label": "it=x"}]
+    got = node_records(module, LABEL_CASES + bad)
+    for case, js in zip(LABEL_CASES, got):
+        assert "error" not in js, (case, js)
+        assert_same(js, python_records(ckpt_path, case))
+    assert {r["label"] for r in got[3]} == {"it_IT:first", "es_ES:city"}
+    assert "unknown label 'it_IT:frist'" in got[-2]["error"] and "it_IT:first" in got[-2]["error"]
+    assert "weight" in got[-1]["error"]
 
 
 @needs_node
@@ -233,6 +281,38 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     expect(page.locator("#status")).to_have_class("muted error")
     assert "not in the model's vocabulary" in page.text_content("#status")
     assert not errors and all(u.startswith(("file:", "blob:", "data:")) for u in requests), (errors, requests)
+    context.close()
+
+
+def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp_path):
+    ckpt_path = random_labelled_model(tmp_path / "m.safetensors")
+    html = tmp_path / "m.html"
+    html.write_text(page_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    from playwright.sync_api import expect
+
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html.as_uri())
+    expect(page.locator("#status")).to_contain_text("Type a prompt")
+    assert page.is_visible("#label")
+    options = page.eval_on_selector_all("#label-list option", "os => os.map(o => o.value)")
+    assert options == LABELS
+    page.fill("#label", "it_IT:first=0.3,el_GR:first=0.7")
+    page.fill("#n", "20")
+    page.fill("#seed", "11")
+    page.click("#go")
+    expect(page.locator("#results tbody tr")).to_have_count(20)
+    texts = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+    labels = page.eval_on_selector_all("#results td.sample span.label", "ss => ss.map(s => s.textContent)")
+    expected = python_records(ckpt_path, {"n": 20, "seed": 11, "label": "it_IT:first=0.3,el_GR:first=0.7"})
+    assert texts == [r["text"] for r in expected] and labels == [r["label"] for r in expected]
+    page.fill("#label", "xx_XX")
+    page.click("#go")
+    expect(page.locator("#status")).to_have_class("muted error")
+    assert "unknown label 'xx_XX'" in page.text_content("#status")
+    assert not errors, errors
     context.close()
 
 

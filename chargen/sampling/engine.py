@@ -43,6 +43,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def log_normalizer(logits: np.ndarray) -> np.ndarray:
+    """(B, V) logits -> (B,) log of the softmax's denominator, in float32 (a row's log-probability
+    of id v is logits[v] minus it): the engine needs it for the drawn ids only."""
+    m = logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits - m)
+    return (m[:, 0] + np.log(e.sum(axis=-1))).astype(np.float64)
+
+
 def sampling_probs(logits: np.ndarray, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> np.ndarray:
     """(B, V) logits -> (B, V) probabilities after temperature, top-k and top-p (nucleus)."""
     z = logits.astype(np.float64) / temperature
@@ -215,14 +223,14 @@ class RowEngine:
         self._join()
         r = self.rows
         n = len(r)
-        lsm = log_softmax(self.logits)  # (B, V), the model's own distribution
+        lse = log_normalizer(self.logits)  # (B,): log p(v) = logit(v) - lse, the model's own distribution
         logits, allowed = self.logits, None
         if r.guided.any():
-            allowed = self._allowed(lsm)
+            allowed = self._allowed(lse)
             if r.masking.any():  # greedy and --guided rows draw among the allowed characters only
                 logits = np.where(~r.masking[:, None] | allowed, logits, -np.inf)
         ids = self._pick(logits)
-        r.logp += np.take_along_axis(lsm, ids[:, None], axis=-1)[:, 0]
+        r.logp += np.take_along_axis(self.logits, ids[:, None], axis=-1)[:, 0] - lse
         ended = ids == r.newline
         if allowed is not None:  # exact rows are rejected at the first character that rules them out
             bad = ~allowed[np.arange(n), ids]
@@ -249,14 +257,15 @@ class RowEngine:
         r = self.rows
         return [(j, r.job == j, self.jobs[j].attempts.guide) for j in np.unique(r.job[r.guided]).tolist()]
 
-    def _allowed(self, lsm: np.ndarray) -> np.ndarray:
+    def _allowed(self, lse: np.ndarray) -> np.ndarray:
         """(B, V): which characters each row's constraints allow next (all, for rows without); the
         mass they allow is added to the rows' `kept`."""
         r = self.rows
-        allowed = np.ones(lsm.shape, dtype=bool)
+        allowed = np.ones(self.logits.shape, dtype=bool)
         for _, mine, guide in self._guided_jobs():
             allowed[mine] = guide.automaton.allowed(r.dfa[mine], guide.n0 + r.t[mine])
-            r.kept[mine] += np.log(np.where(allowed[mine], np.exp(lsm[mine]), 0.0).sum(axis=-1))
+            lsm = self.logits[mine].astype(np.float64) - lse[mine, None]
+            r.kept[mine] += np.log(np.where(allowed[mine], np.exp(lsm), 0.0).sum(axis=-1))
         return allowed
 
     def _advance_guides(self, ids: np.ndarray) -> None:

@@ -115,4 +115,5 @@ def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Opti
             within = np.array([counts[i] for i in found], dtype=np.float64)
             weights[found] += w * within / within.sum()
     chosen = np.flatnonzero(weights > 0)
-    return LabelMix([names[i] for i in chosen], chosen.astype(np.int64), weights[chosen] / weights[chosen].sum())
+    # Summed in order (a cumulative sum's last entry), as an exported page sums them.
+    return LabelMix([names[i] for i in chosen], chosen.astype(np.int64), weights[chosen] / np.cumsum(weights[chosen])[-1])

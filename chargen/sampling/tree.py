@@ -69,9 +69,15 @@ def prefix_key(parent: np.ndarray, chars: np.ndarray) -> np.ndarray:
         return mix(parent * np.uint64(0x9E3779B97F4A7C15) + chars.astype(np.uint64) + np.uint64(1))
 
 
+def node_bytes(vocab_size: int, state_size: int) -> int:
+    """The memory one node takes (an exported page counts its nodes by it too)."""
+    return _Nodes(vocab_size, state_size, 1).bytes_per_node
+
+
 def node_cap(vocab_size: int, state_size: int, memory: int = TREE_MEMORY) -> int:
-    """How many nodes a tree keeps between rounds within `memory` bytes (an exported page keeps as many)."""
-    return max(16, memory // _Nodes(vocab_size, state_size, 1).bytes_per_node)
+    """How many nodes a tree keeps between rounds within `memory` bytes (an exported page keeps as
+    many: websampler.js's nodeCap)."""
+    return max(16, memory // node_bytes(vocab_size, state_size))
 
 
 @dataclass
@@ -340,8 +346,8 @@ class LabelTree:
 
     def run(self, indices: np.ndarray) -> Results:
         """One round: each attempt picks its label (or is rejected), then descends in that label's tree."""
-        w = self.weights * np.array([t.root_psi for t in self.trees])  # (P,)
-        total, psi = float(w.sum()), self.psi
+        w = self._mixed()  # (P,)
+        total, psi = float(np.cumsum(w)[-1]), self.psi  # summed in order, as an exported page sums
         r = len(indices)
         go = (uniforms(self.key, indices, LABEL_GO) * psi < total) if total > 0 else np.zeros(r, dtype=bool)
         pick = pick_weighted(np.broadcast_to(w, (r, len(w))), uniforms(self.key, indices, LABEL_PICK)) \
@@ -358,6 +364,10 @@ class LabelTree:
                 logp[rows], scored[rows], kept[rows] = res.logp, res.scored, res.kept
         self.draws += r
         self.mass_sum += psi * sum(text is not None for text in texts)
-        self.psi = float((self.weights * np.array([t.root_psi for t in self.trees])).sum())
+        self.psi = float(np.cumsum(self._mixed())[-1])
         return Results(texts, logp, scored, kept)
+
+    def _mixed(self) -> np.ndarray:
+        """w_k psi_k: each label's weight times its tree's root bound."""
+        return self.weights * np.array([t.root_psi for t in self.trees])
 

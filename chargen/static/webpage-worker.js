@@ -9,4 +9,5 @@ self.onmessage = (event) => {
     self.postMessage({ id, error: err instanceof ChargenError ? err.message : `internal error: ${err}` });
   }
 };
-self.postMessage({ ready: true, info: MODEL.info, backend: backend(), lineOriented: MODEL.line_oriented, novel: MODEL.training_lines !== null });
+self.postMessage({ ready: true, info: MODEL.info, backend: backend(), lineOriented: MODEL.line_oriented, novel: MODEL.training_lines !== null,
+                  labels: MODEL.labels ? MODEL.labels.names : [] });

@@ -1,6 +1,6 @@
 // An exported page (chargen export --html): the form, and a Web Worker that draws the samples with
 // the model held in this file. Nothing is fetched: the worker starts from the page's own text.
-const page = { worker: null, ready: false, busy: false, rows: [], next: 0, lineOriented: true };
+const page = { worker: null, ready: false, busy: false, rows: [], next: 0, lineOriented: true, labelled: false };
 
 function number(id) {
   const v = $(id).value.trim();
@@ -11,6 +11,7 @@ function options() {
   const o = { n: number("n") ?? 1, prompt: $("prompt").value, temperature: Number($("temperature").value),
               seed: $("seed").value.trim() === "" ? undefined : $("seed").value.trim(),
               unique: $("unique").checked, topK: number("topK"), topP: number("topP") };
+  if (page.labelled && $("label").value.trim()) o.label = $("label").value.trim();
   if (page.lineOriented) {
     Object.assign(o, { minLen: number("minLen"), maxLen: number("maxLen"), endsWith: $("endsWith").value || undefined });
     if ($("novel").checked) o.novel = true;
@@ -61,6 +62,9 @@ function start() {
     for (const el of document.querySelectorAll(".for-lines")) el.hidden = !data.lineOriented;
     for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
     for (const el of document.querySelectorAll(".for-novel")) el.hidden = !data.lineOriented || !data.novel;
+    page.labelled = data.labels.length > 0;
+    document.querySelector(".for-labels").hidden = !page.labelled;
+    $("label-list").replaceChildren(...data.labels.map((name) => new Option(name, name)));
     showFacts(data.info);
     const dd = document.createElement("dd");
     dd.textContent = data.backend === "wasm-simd" ? "WebAssembly SIMD, in this page" : "JavaScript, in this page";

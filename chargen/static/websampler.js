@@ -149,17 +149,19 @@ class Network {
         this.table[v * G + j] = s + this.bih[0][j];
       }
     }
-    this.start = model.start_state ? model.start_state.map(decodeTensor) : null;  // [h] or [h, c], (layers, H)
+    // [h] or [h, c], each (layers, H); a labelled model's (labels, layers, H): one start per label.
+    this.start = model.start_state ? model.start_state.map(decodeTensor) : null;
   }
 
-  // A fresh state: per layer [h] or [h, c], each a Float64Array(H); the start-of-line state if any.
-  initState() {
-    const state = [];
+  // A fresh state: per layer [h] or [h, c], each a Float64Array(H); the start-of-line state if any
+  // (a labelled model's: label k's).
+  initState(label = 0) {
+    const state = [], at = label * this.layers * this.H;
     for (let l = 0; l < this.layers; l++) {
       const parts = [];
       for (let s = 0; s < this.stateTensors; s++) {
         const a = new Float64Array(this.H);
-        if (this.start) a.set(this.start[s].subarray(l * this.H, (l + 1) * this.H));
+        if (this.start) a.set(this.start[s].subarray(at + l * this.H, at + (l + 1) * this.H));
         parts.push(a);
       }
       state.push(parts);
@@ -392,9 +394,9 @@ function checkOptions(opts) {
 // of a round draw with the bounds of its start, so the same seed gives the CLI's samples (the
 // order of node creation differs, which changes nothing until the tree fills its memory cap).
 class PrefixTree {
-  constructor(sampler, guide, o, key, primed) {
+  constructor(sampler, guide, o, key, primed, cap) {
     this.sm = sampler; this.g = guide; this.o = o; this.key = key; this.V = sampler.V;
-    this.cap = MODEL.tree_cap; this.count = 0; this.round = 0; this.rootPsi = 1;
+    this.cap = cap; this.count = 0; this.round = 0; this.rootPsi = 1;
     this.full = false;
     this.root = this.node(null, -1, guide.s, primed[0], this.sm.net.copyState(primed[1]), false);
   }
@@ -425,11 +427,11 @@ class PrefixTree {
     return ch;
   }
 
-  // One round: attempts first .. first+b-1 with the bounds as they are; then the bounds tighten.
-  run(first, b, newline) {
+  // One round: the attempts `indices` with the bounds as they are; then the bounds tighten.
+  run(indices, newline) {
     const V = this.V, out = [], visited = [], w = new Float64Array(V);
     this.full = this.count >= this.cap;  // then this round's new nodes live for the round only
-    for (let i = first; i < first + b; i++) {
+    for (const i of indices) {
       let n = this.root, psi = this.rootPsi, text = "", logprob = 0, d = 0, ok = false;
       for (; d < this.g.steps; d++) {
         if (visited[d] === undefined) visited[d] = new Set();
@@ -489,6 +491,96 @@ function pickWeighted(w, V, u) {
   return Math.min(c, last);
 }
 
+// How many nodes a tree keeps within `memory` bytes (chargen.sampling.tree.node_cap).
+function nodeCap(memory) { return Math.max(16, Math.floor(memory / MODEL.tree_node_bytes)); }
+
+// A blend of labels under exact constraints (chargen.sampling.tree.LabelTree): the label is the
+// draw's first choice, above one PrefixTree per label. With w_k the blend's weights and psi_k the
+// root bound of label k's tree, N = sum_k w_k psi_k: go on with probability N / psi, pick label k
+// with probability w_k psi_k / N, draw in k's tree; after each round psi := N.
+class LabelTree {
+  constructor(trees, weights, key) { this.trees = trees; this.weights = weights; this.key = key; this.psi = 1; }
+
+  mixed() {
+    const w = new Float64Array(this.trees.length);
+    let total = 0;
+    for (let k = 0; k < w.length; k++) { w[k] = this.weights[k] * this.trees[k].rootPsi; total += w[k]; }
+    return [w, total];
+  }
+
+  run(indices, newline) {
+    const P = this.trees.length, [w, total] = this.mixed(), psi = this.psi;
+    const picked = indices.map((i) => {
+      if (!(total > 0) || !(uniform(this.key, i, LABEL_GO) * psi < total)) return -1;
+      return pickWeighted(w, P, uniform(this.key, i, LABEL_PICK));
+    });
+    const out = indices.map(() => ({ text: null, logprob: 0, chars: 0 }));
+    for (let k = 0; k < P; k++) {
+      const rows = [];
+      picked.forEach((p, r) => { if (p === k) rows.push(r); });
+      if (!rows.length) continue;
+      const res = this.trees[k].run(rows.map((r) => indices[r]), newline);
+      rows.forEach((r, j) => { out[r] = res[j]; });
+    }
+    out.forEach((a, r) => { a.label = picked[r]; });
+    this.psi = this.mixed()[1];
+    return out;
+  }
+}
+
+// --- labels (chargen.sampling.labels) ------------------------------------------------------------
+
+// An attempt's random stream at these "characters": the label it draws; a blend's go-on and pick
+// in the adaptive exact sampler.
+const LABEL_DRAW = 1n << 62n, LABEL_GO = (1n << 62n) + 1n, LABEL_PICK = (1n << 62n) + 2n;
+
+// What asks for a label besides its name: each ':'-separated part, and a locale's language.
+function labelParts(name) {
+  const parts = name.split(":"), out = new Set(parts);
+  for (const p of parts) if (p.includes("_")) out.add(p.split("_")[0]);
+  return out;
+}
+
+function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), as difflib's ratio roughly
+  const x = Array.from(a), y = Array.from(b);
+  let prev = new Array(y.length + 1).fill(0);
+  for (let i = 1; i <= x.length; i++) {
+    const row = [0];
+    for (let j = 1; j <= y.length; j++) row.push(x[i - 1] === y[j - 1] ? prev[j - 1] + 1 : Math.max(prev[j], row[j - 1]));
+    prev = row;
+  }
+  return x.length + y.length ? 2 * prev[y.length] / (x.length + y.length) : 1;
+}
+
+// The labels `spec` asks for, with their weights (summing to 1): {names, index, weights}.
+function resolveLabels(spec, labels) {
+  const names = labels.names, counts = labels.counts, weights = new Float64Array(names.length);
+  if (!spec) counts.forEach((c, k) => { weights[k] = c; });
+  for (const raw of spec ? String(spec).split(",") : []) {
+    const term = raw.trim(), eq = term.indexOf("=");
+    const label = (eq < 0 ? term : term.slice(0, eq)).trim();
+    const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
+    if (!(Number.isFinite(w) && w > 0)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 (a blend: it=0.7,es=0.3)`);
+    if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
+    const found = names.includes(label) ? [names.indexOf(label)] : names.flatMap((n, k) => (labelParts(n).has(label) ? [k] : []));
+    if (!found.length) {
+      const all = new Set(names);
+      for (const n of names) for (const p of labelParts(n)) all.add(p);
+      const close = Array.from(all).map((p) => [similarity(label, p), p]).filter(([r]) => r >= 0.5)
+        .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
+      const hint = close.length ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${names.slice(0, 12).join(", ")}${names.length > 12 ? ", ..." : ""}`;
+      throw new ChargenError(`unknown label '${label}'${hint} (its info lists them)`);
+    }
+    let within = 0;
+    for (const k of found) within += counts[k];
+    for (const k of found) weights[k] += w * counts[k] / within;
+  }
+  const index = [];
+  let total = 0;
+  weights.forEach((w, k) => { if (w > 0) { index.push(k); total += w; } });
+  return { names: index.map((k) => names[k]), index, weights: Float64Array.from(index, (k) => weights[k] / total) };
+}
+
 class Sampler {
   constructor(model) {
     this.net = new Network(model);
@@ -511,11 +603,11 @@ class Sampler {
   }
 
   // Run the start of a line and the prompt through the network once: [logits, state] after them.
-  prime(prompt, lines) {
+  prime(prompt, lines, label = 0) {
     if (lines && prompt.includes("\n")) throw new ChargenError("a prompt in line mode cannot hold a newline");
     const ids = this.encode(prompt, "the prompt");
     const start = this.index.has("\n") ? "\n" : this.index.has(" ") ? " " : this.vocab[0];
-    const state = this.net.initState(), logits = new Float64Array(this.V);
+    const state = this.net.initState(label), logits = new Float64Array(this.V);
     for (const id of [this.index.get(start), ...ids]) this.net.step(id, state, logits);
     return [logits, state];
   }
@@ -573,25 +665,34 @@ class Sampler {
     if (o.novel && this.training === null) this.training = new Set(MODEL.training_lines.split("\n"));
     const exclude = o.exclude ? new Set(o.exclude) : null;
     const seen = new Set(), newline = lines ? this.index.get("\n") ?? -1 : -1;
+    const mix = MODEL.labels ? resolveLabels(o.label, MODEL.labels) : null;  // a labelled model's labels to draw from
+    const blend = mix !== null && mix.names.length > 1;
     for (let j = 0; j < prompts.length; j++) {
-      const prompt = prompts[j], guide = guides[j], primed = this.prime(prompt, lines), key = deriveKey(o.seed, j);
+      const prompt = prompts[j], guide = guides[j], key = deriveKey(o.seed, j);
+      const primed = mix ? mix.index.map((k) => this.prime(prompt, lines, k)) : [this.prime(prompt, lines)];
       const rejecting = guide !== null && o.temperature > 0;
       const budget = o.n * (rejecting ? MODEL.constrained_tries : MODEL.max_tries) + 100;
-      const tree = rejecting && !o.rejection ? new PrefixTree(this, guide, o, key, primed) : null;
+      let tree = null;
+      if (rejecting && !o.rejection) {  // the blend's trees share one tree's memory
+        const trees = primed.map((pr) => new PrefixTree(this, guide, o, key, pr, nodeCap(Math.floor(MODEL.tree_memory / primed.length))));
+        tree = blend ? new LabelTree(trees, mix.weights, key) : trees[0];
+      }
       let produced = 0, i = 0, issued = 0;
       const keep = (a) => {  // what chargen.sampling.Drawing.take keeps
         if (a.text === null) return null;
-        const text = prompt + a.text;
-        if ((lines && !text) || (o.unique && seen.has(text)) || (o.novel && this.training.has(text)) ||
+        const text = prompt + a.text, label = mix ? mix.names[a.label ?? 0] : null;
+        if ((lines && !text) || (o.unique && seen.has(text)) || (o.novel && this.training.has(label === null ? text : `${label}\t${text}`)) ||
             (exclude && exclude.has(text))) return null;
         if (o.unique) seen.add(text);
         produced++;
-        return { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
+        const r = { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
+        if (label !== null) r.label = label;
+        return r;
       };
       while (tree !== null && produced < o.n && issued < budget) {  // rounds sized as Drawing.wanted sizes them
         const rate = i ? produced / i : 0.5, target = Math.floor((o.n - produced) / Math.max(rate, 0.02) * 1.1) + 8;
         const b = Math.max(1, Math.min(target - (issued - i), budget - issued, MODEL.max_batch));
-        const results = tree.run(issued, b, newline);
+        const results = tree.run(Array.from({ length: b }, (_, r) => issued + r), newline);
         issued += b;
         for (const a of results) {
           if (produced >= o.n) break;
@@ -601,7 +702,10 @@ class Sampler {
         }
       }
       for (; tree === null && produced < o.n && i < budget; i++) {
-        const r = keep(this.attempt(primed, key, i, o, newline, guide ? guide.steps : cap, guide));
+        const k = blend ? inverseCdf(mix.weights, mix.weights.length, uniform(key, i, LABEL_DRAW)) : 0;
+        const a = this.attempt(primed[k], key, i, o, newline, guide ? guide.steps : cap, guide);
+        a.label = k;
+        const r = keep(a);
         if (r !== null) yield r;
       }
       if (produced < o.n) {
