@@ -3,6 +3,7 @@
 
     python benchmarks/labels.py [--time 10m] [--corpus corpora/many-names.tsv] [--json bench-out/labels.json] \\
                                 [-- EXTRA TRAIN FLAGS]
+    python benchmarks/labels.py --model base [--json ...]   # only the script/copy shares of a trained model
 
 The labelled corpus (LABEL<TAB>NAME lines, corpora/build.py) is split 90/10 (seed 0) into
 train.tsv and test.tsv. Then, through the installed command, one after the other with nothing
@@ -46,16 +47,52 @@ def split(lines: list[str], seed: int = 0) -> tuple[list[str], list[str]]:
     return order[n_test:], order[:n_test]
 
 
+def script_shares(cg: list[str], model: str, by_label: dict[str, list[str]], training: set[str], n: int = 200) -> list[dict]:
+    """Per non-Latin label (most of its letters outside Latin script): the share of n samples
+    (`--label L --seed 1`) written in the label's script, and the share that copy a training line."""
+    rows = []
+    for label, texts in sorted(by_label.items()):
+        own = script("".join(texts))
+        if own in ("LATIN", ""):
+            continue
+        out = run_measured([*cg, "sample", "-c", model, "--label", label, "-n", str(n), "--seed", "1"])[0] \
+            .stdout.decode().splitlines()
+        rows.append({"label": label, "script": own, "in_script": sum(script(s) == own for s in out) / len(out),
+                     "copies": sum(s in training for s in out) / len(out)})
+    return rows
+
+
+def print_scripts(rows: list[dict]) -> None:
+    print_table("non-Latin labels: 200 samples each", ["label", "script", "in its script", "copies a training line"],
+                [[r["label"], r["script"], f"{r['in_script']:.1%}", f"{r['copies']:.1%}"] for r in rows])
+
+
+def model_only(cg: list[str], model: str, lines: list[str], out: Path) -> None:
+    """--model: the script and copy shares of a trained labelled model (the bundled base), on its corpus."""
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for x in lines:
+        label, text = x.split("\t", 1)
+        by_label[label].append(text)
+    rows = script_shares(cg, model, by_label, {x.split("\t", 1)[1] for x in lines})
+    h = host()
+    print(f"{model} ({h['cpu']}, {h['cpu_flags']}, commit {h['commit']})")
+    print_scripts(rows)
+    write_json(out, {"model": model, "scripts": rows})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", default="10m")
     ap.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parent.parent / "corpora" / "many-names.tsv")
     ap.add_argument("--json", type=Path, default=Path("bench-out/labels.json"))
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--model", help="measure only the script and copy shares of this labelled model (e.g. base)")
     ap.add_argument("extra", nargs="*", help="flags passed on to both chargen train (after --)")
     args = ap.parse_args()
     cg = chargen_cmd()
     lines = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if line]
+    if args.model:
+        return model_only(cg, args.model, lines, args.json)
     train, test = split(lines)
     work = args.work or Path(tempfile.mkdtemp(prefix="chargen-labels-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -101,16 +138,7 @@ def main() -> None:
     accuracy = {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
     accuracy["all"] = sum(sum(v) for v in hits.values()) / len(test)
 
-    training = {x.split("\t", 1)[1] for x in train}
-    scripts = []
-    for label, texts in sorted(by_label.items()):
-        own = script("".join(texts))
-        if own in ("LATIN", ""):
-            continue
-        out = run_measured([*cg, "sample", "-c", str(runs["labelled"]["dir"]), "--label", label, "-n", "200",
-                            "--seed", "1"])[0].stdout.decode().splitlines()
-        scripts.append({"label": label, "script": own, "in_script": sum(script(s) == own for s in out) / len(out),
-                        "copies": sum(s in training for s in out) / len(out)})
+    scripts = script_shares(cg, str(runs["labelled"]["dir"]), by_label, {x.split("\t", 1)[1] for x in train})
 
     speed = {}
     for name in ("labelled", "unlabelled"):
@@ -129,8 +157,7 @@ def main() -> None:
                  ["sample -n 20000, names/s", f"{speed['labelled']:,.0f}", f"{speed['unlabelled']:,.0f}"]])
     print_table("score --by-label: the likeliest label is the line's own", ["kind", "accuracy"],
                 [[k, f"{v:.1%}"] for k, v in accuracy.items()] + [["locale", f"{sum(locale_hits) / len(test):.1%}"]])
-    print_table("non-Latin labels: 200 samples each", ["label", "script", "in its script", "copies a training line"],
-                [[r["label"], r["script"], f"{r['in_script']:.1%}", f"{r['copies']:.1%}"] for r in scripts])
+    print_scripts(scripts)
     write_json(args.json, {"time": args.time, "runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()},
                            "per_label": per_label, "overall": overall, "accuracy": accuracy,
                            "locale_accuracy": sum(locale_hits) / len(test), "scripts": scripts, "names_per_s": speed})

@@ -257,7 +257,10 @@ def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None)
     worker = _sampler_script(ckpt, encoding) + "\n" + _static("webpage-worker.js")
     name = title or (ckpt.info.get("corpus") or ckpt.path.stem)
     page = _static("webpage.html")
+    # The label picker is the playground's (one definition): its `for-labels` block.
+    picker = re.search(r'\n( *<div class="for-labels".*?</div>\n)', _static("playground.html"), re.S).group(1)
     fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _static("playground.css"),
+             "label_picker": picker,
              "page_css": _static("webpage.css"), "worker": worker.replace("</script", "<\\/script"),
              "script": _static("ui.js") + "\n" + _static("webpage.js"), "temperature": str(SampleConfig().temperature)}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)

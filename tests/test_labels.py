@@ -120,6 +120,25 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # nothing written
 
 
+def test_what_a_label_spec_asks_for():
+    names = ["it_IT:first", "it_IT:surname", "es_ES:city", "es_MX:city", "es_ES:first", "el_GR:first"]
+    counts = [100, 300, 50, 150, 200, 10]
+
+    def asked(spec):
+        mix = resolve_labels(spec, names, counts)
+        return dict(zip(mix.names, np.round(mix.weights, 6)))
+
+    assert asked(None) == {n: round(c / 810, 6) for n, c in zip(names, counts)}  # as trained
+    assert asked("it_IT:surname") == {"it_IT:surname": 1.0}
+    assert asked("it") == {"it_IT:first": 0.25, "it_IT:surname": 0.75}  # a locale's language
+    assert asked("es:city") == {"es_ES:city": 0.25, "es_MX:city": 0.75}  # two parts: both
+    assert asked("first") == {"it_IT:first": round(100 / 310, 6), "es_ES:first": round(200 / 310, 6),
+                              "el_GR:first": round(10 / 310, 6)}
+    assert asked("el_GR:first=3,it=1") == {"it_IT:first": 0.0625, "it_IT:surname": 0.1875, "el_GR:first": 0.75}
+    with pytest.raises(chargen.UsageError, match="unknown label 'es:citi'.*close"):
+        resolve_labels("es:citi", names, counts)
+
+
 def test_tab_labels_from_stdin_train(tmp_path):
     lines = "".join(f"abc\t{w}\n" for w in toy_words("abc", 200, 1).split()) + \
         "".join(f"xyz\t{w}\n" for w in toy_words("xyz", 200, 2).split())

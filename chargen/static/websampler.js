@@ -562,7 +562,9 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(Number.isFinite(w) && w > 0)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 (a blend: it=0.7,es=0.3)`);
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    const found = names.includes(label) ? [names.indexOf(label)] : names.flatMap((n, k) => (labelParts(n).has(label) ? [k] : []));
+    const pieces = label.split(":");  // a name, else every label with each of these parts
+    const found = names.includes(label) ? [names.indexOf(label)]
+      : names.flatMap((n, k) => (pieces.every((p) => labelParts(n).has(p)) ? [k] : []));
     if (!found.length) {
       const all = new Set(names);
       for (const n of names) for (const p of labelParts(n)) all.add(p);
