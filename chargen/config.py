@@ -419,9 +419,9 @@ class SampleConfig(_Config):
                                     rule="must be in (0, 1]")
     seed: Optional[int] = option(None, "Random seed: same seed, same output.", requests=("sample", "stream"),
                                  check=lambda v: 0 <= v < 2**63, rule="must be between 0 and 2**63-1")
-    label: Optional[str] = option(None, "A labelled model's label: a name (el_GR:first), a part of names (el_GR: "
-                                        "every label with it, in training proportions), or a blend it=0.7,es=0.3 "
-                                        "(a mixture of their distributions).", requests=REQUESTS,
+    label: Optional[str] = option(None, "A labelled model's label: a name (el_GR:first), a part of names (el_GR or "
+                                        "el: every label with it, in training proportions; de:city: with both), or "
+                                        "a blend it=0.7,es=0.3 (a mixture of their distributions).", requests=REQUESTS,
                                   default_help="all labels, in training proportions")
     lines: Optional[bool] = option(None, "One line per sample, ending at the newline.", flags=("--lines/--no-lines",),
                                    requests=REQUESTS, default_help="as the model's corpus: on for names, off for prose")

@@ -4,7 +4,7 @@
     --label el_GR               every label with that part (labels are parts joined by ':'; a
                                 locale's language asks too: el), in the proportions of their
                                 training lines
-    --label es:city             every label with both parts (Spanish city lists of every locale)
+    --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines
 
@@ -73,7 +73,7 @@ def _parts(name: str) -> set[str]:
 
 def _matching(term: str, names: list[str]) -> list[int]:
     """A label by its name, else every label that has each of the term's ':'-separated parts
-    (es:city: es_ES:city, es_MX:city, ...)."""
+    (de:city: de_AT:city, de_CH:city, de_DE:city)."""
     if term in names:
         return [names.index(term)]
     pieces = term.split(":")
