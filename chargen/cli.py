@@ -665,7 +665,9 @@ def info(
     if isinstance(lineage, dict):
         t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]}), "
                                   f"val loss before training {loss(lineage.get('val_loss'))}"
-                                  + (f", {lineage.get('new_chars')} new characters" if lineage.get("new_chars") else ""))
+                                  + (f", {lineage.get('new_chars')} new characters" if lineage.get("new_chars") else "")
+                                  + (", lines from its label " + ", ".join(lineage["start_labels"].values())
+                                     if lineage.get("start_labels") else ""))
     tc = ckpt.train_config
     if tc:
         layout = "line mode, " if ckpt.model_config.learned_start else ""

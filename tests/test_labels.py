@@ -260,3 +260,5 @@ def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy,
         np.testing.assert_allclose(new, old, atol=1e-4)
     # The new label starts from the closest old one: abz words score best under abc.
     np.testing.assert_array_equal([t[2] for t in tuned.checkpoint.start_state], [t[0] for t in base.checkpoint.start_state])
+    assert tuned.checkpoint.info["from"]["start_labels"] == {"abz": "abc"}  # recorded, and told (the notice)
+

@@ -46,9 +46,14 @@ class Lineage:
     sha256: str
     new_chars: int
     val_loss: Optional[float] = None  # the base model's loss on this run's validation text, before any step
+    # A labelled base: the base label each new label (or an unlabelled list, "") starts from.
+    start_labels: Optional[dict[str, str]] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "new_chars": self.new_chars, "val_loss": self.val_loss}
+        out = {"path": self.path, "sha256": self.sha256, "new_chars": self.new_chars, "val_loss": self.val_loss}
+        if self.start_labels:
+            out["start_labels"] = self.start_labels
+        return out
 
 
 def file_sha256(path: Path) -> str:
@@ -124,21 +129,25 @@ def closest_label(base, lines: list[str]) -> int:
     return int(np.argmin(losses))
 
 
-def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_of: dict[str, list[str]]) -> np.ndarray:
-    """The "start" weight of a run from `base`, of `config`'s shape. A label the base has keeps its
-    start state (so its distribution is unchanged until training moves it); a new label starts from
-    the base's closest label (closest_label on its lines), or from the base's one start state when
-    the base has no labels. An unlabelled run from a labelled base starts from its corpus's closest
-    label (`lines_of[""]`)."""
+def start_weights(base, config: ModelConfig, names: Optional[list[str]],
+                  lines_of: dict[str, list[str]]) -> tuple[np.ndarray, dict[str, str]]:
+    """The "start" weight of a run from `base`, of `config`'s shape, and which base label each new
+    label (an unlabelled run: "") starts from. A label the base has keeps its start state (so its
+    distribution is unchanged until training moves it); a new label starts from the base's closest
+    label (closest_label on its lines), or from the base's one start state when the base has no
+    labels. An unlabelled run from a labelled base starts from its corpus's closest label
+    (`lines_of[""]`)."""
     shape = config.weight_shapes()["start"]
     if base.start_state is None:
-        return np.zeros(shape, np.float32)
+        return np.zeros(shape, np.float32), {}
     stacked = np.stack(base.start_state)  # (S, layers, H), or (S, labels, layers, H) for a labelled base
     if not base.model_config.n_labels:
-        return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32)
+        return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32), {}
     per_label = np.moveaxis(stacked, 1, 0)  # (labels, S, layers, H)
     if not config.n_labels:
-        return per_label[closest_label(base, lines_of.get("", []))].astype(np.float32)
+        k = closest_label(base, lines_of.get("", []))
+        return per_label[k].astype(np.float32), {"": base.labels[k]}
     index = {name: k for k, name in enumerate(base.labels)}
     rows = [index[name] if name in index else closest_label(base, lines_of.get(name, [])) for name in names]
-    return np.ascontiguousarray(per_label[rows], dtype=np.float32)
+    starts = {name: base.labels[k] for name, k in zip(names, rows) if name not in index}
+    return np.ascontiguousarray(per_label[rows], dtype=np.float32), starts

@@ -205,6 +205,11 @@ class Trainer:
         }
         if self.lineage is not None:
             self.run_info["from"] = self.lineage
+            starts = self.lineage.get("start_labels") or {}
+            if starts and ckpt is None and self.main:
+                callbacks.on_notice("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " "
+                                    + ", ".join(f"{b}" if not new else f"{b} ({new})" for new, b in starts.items())
+                                    + ", the closest to them; training moves it")
         self.sizing = ckpt.info.get("auto") if ckpt is not None else sizing
         if self.sizing is not None:
             self.run_info["auto"] = self.sizing
@@ -547,14 +552,16 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
         return config, model, None
     weights = grow_weights(base.weights, base.vocab, data.vocab)
     weights.pop("start", None)
+    starts: dict[str, str] = {}
     if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
-        weights["start"] = start_weights(base, config, data.labels.names if data.labels else None,
-                                         _lines_by_label(data))
+        weights["start"], starts = start_weights(base, config, data.labels.names if data.labels else None,
+                                                 _lines_by_label(data))
     load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
     if fresh.any():
         calibrate_new_chars(model, fresh, data.start_ids)
-    return config, model, Lineage(path=str(base.path), sha256=file_sha256(base.path), new_chars=int(fresh.sum())).to_dict()
+    return config, model, Lineage(path=str(base.path), sha256=file_sha256(base.path), new_chars=int(fresh.sum()),
+                                  start_labels=starts or None).to_dict()
 
 
 def _lines_by_label(data: TrainData) -> dict[str, list[str]]:
