@@ -176,7 +176,7 @@ class Model:
             for p in prompts:
                 for s in most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, starts=starts,
                                      weights=weights):
-                    s.label = labels[0] if len(labels) == 1 else mix.describe()
+                    s.label = mix.describe() if mix is not None else None  # one label: its name
                     yield s
 
         return results()

@@ -133,11 +133,12 @@ def line_loss(ckpt: Checkpoint, weights: dict[str, np.ndarray]) -> Optional[floa
     if ckpt.labels is None:
         return evaluate_text(scorer, ckpt.vocab, "\n".join(lines[:LOSS_LINES]) + "\n", lines=True,
                              start_state=ckpt.start_state, seq_len=1, skip_unknown=True).loss
-    # A labelled model keeps "LABEL<TAB>line": each line under its own label.
+    # A labelled model keeps its lines as sampling.labels.line_key writes them, "LABEL<TAB>line":
+    # each line under its own label.
     index = {name: k for k, name in enumerate(ckpt.labels)}
     pairs = [line.split("\t", 1) for line in lines[:LOSS_LINES]]
     known = [(index[label], ckpt.vocab.encode(text)) for label, text in pairs
-             if label in index and all(c in ckpt.vocab.index for c in text)]
+             if label in index and not ckpt.vocab.unknown_chars(text)]
     totals, counts = label_line_sums(scorer, [ids for _, ids in known], np.array([k for k, _ in known]),
                                      ckpt.start_state, ckpt.vocab.index["\n"], len(ckpt.labels))
     return float(totals.sum() / counts.sum())

@@ -157,6 +157,9 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
         assert "error" not in js, (case, js)
         assert_same(js, python_records(ckpt_path, case))
     assert {r["label"] for r in got[3]} == {"it_IT:first", "es_ES:city"}
+    # int8's cost is measured on the stored lines, each under its own label (a loss, not None)
+    enc = choose_encoding(ckpt, "i8")
+    assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05
     assert "unknown label 'it_IT:frist'" in got[-2]["error"] and "it_IT:first" in got[-2]["error"]
     assert "weight" in got[-1]["error"]
 

@@ -49,26 +49,29 @@ class _Node:
 
 def logsumexp(a: np.ndarray) -> np.ndarray:
     """log(sum(exp(a), axis=0)); exactly a[0] for one row."""
-    m = a.max(axis=0)
     if a.shape[0] == 1:
         return a[0]
+    m = a.max(axis=0)
     return m + np.log(np.exp(a - m).sum(axis=0))
 
 
 def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: Automaton, *,
-                start_state: Optional[list[np.ndarray]] = None, starts: Optional[list[list[np.ndarray]]] = None,
-                weights: Optional[np.ndarray] = None, skip: Callable[[str], bool] = lambda text: False,
+                starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
+                skip: Callable[[str], bool] = lambda text: False,
                 max_expansions: int = MAX_EXPANSIONS, batch: int = SEARCH_BATCH) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
-    complete samples (--novel, --exclude) without ending the search. A blend of labels gives each
-    label's start state (`starts`) and its weight (`weights`, summing to 1): the samples are then
-    ranked by their mixture probability, and each node holds P states, so at most
-    max_expansions / P prefixes are expanded (the same memory).
+    complete samples (--novel, --exclude) without ending the search. `starts` holds the start
+    state lines begin from (default: one, zeros); a blend of labels gives each label's and its
+    weight (`weights`, summing to 1): the samples are then ranked by their mixture probability,
+    and each node holds P states, so at most max_expansions / P prefixes are expanded (the same
+    memory).
     """
     if starts is None:
-        starts, weights = [start_state], np.ones(1)
+        starts = [None]
+    if weights is None:
+        weights = np.ones(1)
     search = _Search(stepper, vocab, automaton, prompt, starts, np.log(np.asarray(weights, dtype=np.float64)), batch)
     limit = max(1, max_expansions // len(starts))
     found = 0
