@@ -3,6 +3,7 @@
 
     git worktree add /tmp/before <old commit>
     python benchmarks/before_after.py --before /tmp/before --after . [--rounds 5] [--json bench-out/ab.json]
+        [--before-packages /tmp/t29/x]   # the before side with the dependency versions it shipped with
 
 Each command runs as `python -m chargen ...` with PYTHONPATH set to the tree, so both use this
 Python and its packages; rounds alternate old and new so that the machine's drift hits both. Prints
@@ -35,8 +36,8 @@ COMMANDS = {
 }
 
 
-def timed(tree: Path, args: list[str]) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p.resolve()) for p in [tree, *ahead])}
     t = time.perf_counter()
     # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH.
     subprocess.run([sys.executable, "-m", "chargen", *args], env=env, cwd=tree, stdout=subprocess.DEVNULL,
@@ -49,13 +50,16 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True)
     parser.add_argument("--after", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before-packages", type=Path, action="append", default=[],
+                        help="a folder of packages the before side imports ahead of the installed ones (the "
+                             "dependency versions it shipped with, e.g. an unpacked wheel); repeatable")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, cmd in COMMANDS.items():
-            for side, tree in (("before", args.before), ("after", args.after)):
-                times.setdefault((name, side), []).append(timed(tree, cmd))
+            for side, tree, ahead in (("before", args.before, args.before_packages), ("after", args.after, [])):
+                times.setdefault((name, side), []).append(timed(tree, cmd, ahead))
     rows = []
     print(json.dumps(host()))
     print(f"{'command':45s} {'before s':>9s} {'after s':>9s} {'after/before':>13s}")
@@ -65,7 +69,8 @@ def main() -> None:
         print(f"{name:45s} {a:9.3f} {b:9.3f} {b / a:13.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"host": host(), "rounds": args.rounds, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"host": host(), "rounds": args.rounds, "rows": rows,
+                                         "before_packages": [str(p) for p in args.before_packages]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
     python benchmarks/labels.py [--time 10m] [--corpus corpora/many-names.tsv] [--json bench-out/labels.json] \\
                                 [-- EXTRA TRAIN FLAGS]
-    python benchmarks/labels.py --model base [--json ...]   # only the script/copy shares of a trained model
+    python benchmarks/labels.py --model base [--accuracy-lines 2000] [--json ...]   # a trained model alone
 
 The labelled corpus (LABEL<TAB>NAME lines, corpora/build.py) is split 90/10 (seed 0) into
 train.tsv and test.tsv. Then, through the installed command, one after the other with nothing
@@ -67,17 +67,66 @@ def print_scripts(rows: list[dict]) -> None:
                 [[r["label"], r["script"], f"{r['in_script']:.1%}", f"{r['copies']:.1%}"] for r in rows])
 
 
-def model_only(cg: list[str], model: str, lines: list[str], out: Path) -> None:
-    """--model: the script and copy shares of a trained labelled model (the bundled base), on its corpus."""
+def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) -> tuple[dict, float]:
+    """`chargen score MODEL --by-label` on test's LABEL<TAB>NAME lines: the share whose likeliest
+    label is their own, per kind (the part after ':') and "all"; and the share whose locale is right."""
+    (work / "test.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in test), encoding="utf-8")
+    scored = run_measured([*cg, "score", model, str(work / "test.txt"), "--by-label", "--format", "jsonl",
+                           "--skip-unknown"])[0].stdout.decode().splitlines()
+    hits: dict[str, list[int]] = defaultdict(list)
+    locale_hits = []
+    for x, record in zip(test, scored, strict=True):
+        label = x.split("\t", 1)[0]
+        guess = json.loads(record).get("likeliest") or ""
+        hits[label.split(":")[-1]].append(guess == label)
+        locale_hits.append(guess.split(":")[0] == label.split(":")[0])
+    accuracy = {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
+    accuracy["all"] = sum(sum(v) for v in hits.values()) / len(test)
+    return accuracy, sum(locale_hits) / len(test)
+
+
+def held_out_lines(model: str, corpus: Path) -> list[str]:
+    """The LABEL<TAB>NAME lines a labelled run held out of `corpus` (whole lines only), split again
+    as `chargen train --labels tab` split it: its seed and validation share from the checkpoint."""
+    from types import SimpleNamespace
+
+    import chargen
+    from chargen.training.data import _labelled_split
+    from chargen.training.labels import read_labelled
+
+    tc = chargen.load(model).checkpoint.train_config
+    labelled = read_labelled([str(corpus)], "tab")
+    train, val, _, val_labels, _ = _labelled_split(labelled.text(), labelled.labels,
+                                                    SimpleNamespace(seed=tc["seed"], val_fraction=tc["val_fraction"]))
+    pairs = list(zip(val_labels.tolist(), val.split("\n")[:-1], strict=True))
+    if not train.endswith("\n"):
+        pairs = pairs[1:]  # the first is the tail of a line cut in two
+    return [f"{labelled.labels.names[k]}\t{text}" for k, text in pairs]
+
+
+def model_only(cg: list[str], model: str, lines: list[str], corpus: Path, accuracy_lines: int, out: Path) -> None:
+    """--model: a trained labelled model (the bundled base): the script and copy shares of its
+    samples, and score --by-label's accuracy on (a seeded sample of) the lines its run held out."""
     by_label: dict[str, list[str]] = defaultdict(list)
     for x in lines:
         label, text = x.split("\t", 1)
         by_label[label].append(text)
     rows = script_shares(cg, model, by_label, {x.split("\t", 1)[1] for x in lines})
+    test = held_out_lines(model, corpus)
+    test = random.Random(0).sample(test, min(accuracy_lines, len(test)))
+    with tempfile.TemporaryDirectory() as work:
+        accuracy, locale = by_label_accuracy(cg, model, test, Path(work))
     h = host()
     print(f"{model} ({h['cpu']}, {h['cpu_flags']}, commit {h['commit']})")
     print_scripts(rows)
-    write_json(out, {"model": model, "scripts": rows})
+    print_accuracy(accuracy, locale, len(test))
+    write_json(out, {"model": model, "scripts": rows, "accuracy": accuracy, "locale_accuracy": locale,
+                     "accuracy_lines": len(test)})
+
+
+def print_accuracy(accuracy: dict, locale: float, n: int) -> None:
+    print_table(f"score --by-label on {n:,} held-out lines: the likeliest label is the line's own", ["kind", "accuracy"],
+                [[k, f"{v:.1%}"] for k, v in accuracy.items()] + [["locale", f"{locale:.1%}"]])
 
 
 def main() -> None:
@@ -86,13 +135,15 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parent.parent / "corpora" / "many-names.tsv")
     ap.add_argument("--json", type=Path, default=Path("bench-out/labels.json"))
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
-    ap.add_argument("--model", help="measure only the script and copy shares of this labelled model (e.g. base)")
+    ap.add_argument("--model", help="measure only this trained labelled model (e.g. base): script and copy shares, "
+                                    "and score --by-label's accuracy on the lines its run held out of --corpus")
+    ap.add_argument("--accuracy-lines", type=int, default=2000, help="with --model: held-out lines to classify")
     ap.add_argument("extra", nargs="*", help="flags passed on to both chargen train (after --)")
     args = ap.parse_args()
     cg = chargen_cmd()
     lines = [line for line in args.corpus.read_text(encoding="utf-8").splitlines() if line]
     if args.model:
-        return model_only(cg, args.model, lines, args.json)
+        return model_only(cg, args.model, lines, args.corpus, args.accuracy_lines, args.json)
     train, test = split(lines)
     work = args.work or Path(tempfile.mkdtemp(prefix="chargen-labels-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -125,18 +176,7 @@ def main() -> None:
     chars = sum(r["chars"] for r in per_label)
     overall = {k: sum(r[k] * r["chars"] for r in per_label) / chars for k in ("labelled", "unlabelled")}
 
-    (work / "test.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in test), encoding="utf-8")
-    scored = run_measured([*cg, "score", str(runs["labelled"]["dir"]), str(work / "test.txt"), "--by-label",
-                           "--format", "jsonl", "--skip-unknown"])[0].stdout.decode().splitlines()
-    hits: dict[str, list[int]] = defaultdict(list)
-    locale_hits = []
-    for x, record in zip(test, scored):
-        label = x.split("\t", 1)[0]
-        guess = json.loads(record).get("likeliest") or ""
-        hits[label.split(":")[-1]].append(guess == label)
-        locale_hits.append(guess.split(":")[0] == label.split(":")[0])
-    accuracy = {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
-    accuracy["all"] = sum(sum(v) for v in hits.values()) / len(test)
+    accuracy, locale = by_label_accuracy(cg, str(runs["labelled"]["dir"]), test, work)
 
     scripts = script_shares(cg, str(runs["labelled"]["dir"]), by_label, {x.split("\t", 1)[1] for x in train})
 
@@ -155,12 +195,11 @@ def main() -> None:
                  ["labels better / all", f"{sum(r['labelled'] < r['unlabelled'] for r in per_label)} / {len(per_label)}", ""],
                  ["steps", f"{runs['labelled']['steps']:,}", f"{runs['unlabelled']['steps']:,}"],
                  ["sample -n 20000, names/s", f"{speed['labelled']:,.0f}", f"{speed['unlabelled']:,.0f}"]])
-    print_table("score --by-label: the likeliest label is the line's own", ["kind", "accuracy"],
-                [[k, f"{v:.1%}"] for k, v in accuracy.items()] + [["locale", f"{sum(locale_hits) / len(test):.1%}"]])
+    print_accuracy(accuracy, locale, len(test))
     print_scripts(scripts)
     write_json(args.json, {"time": args.time, "runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()},
                            "per_label": per_label, "overall": overall, "accuracy": accuracy,
-                           "locale_accuracy": sum(locale_hits) / len(test), "scripts": scripts, "names_per_s": speed})
+                           "locale_accuracy": locale, "scripts": scripts, "names_per_s": speed})
 
 
 if __name__ == "__main__":

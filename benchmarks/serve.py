@@ -5,7 +5,9 @@ in-process sampler measured in the same run.
     python benchmarks/serve.py [--clients 64] [--seconds 30] [--n 10] [--window 0.002] [--json bench-out/serve.json]
 
 First, with nothing else running, the in-process sampler's names/s with the bundled model: one
-call per 10 names (what a request asks for) and one bulk call (10,000 names: the sampler's best).
+call per 10 names (what a request asks for) and one bulk call (10,000 names: the sampler's best);
+and the server's batcher with no HTTP (--clients threads asking for 10 names each, 10 s), so that
+HTTP's share of the latency shows.
 Then `chargen serve` starts as its own process, and `--clients` connections (HTTP/1.1 keep-alive,
 a minimal asyncio client so that the client costs little of the 2 cores) each POST
 {"n": 10} to /v1/sample as fast as answers come, for `--seconds`. Reported: names/s through
@@ -46,6 +48,38 @@ def in_process_rates(n: int, seconds: float = 5.0) -> dict[str, float]:
         return made / (time.perf_counter() - t)
 
     return {"per_request": rate(n), "bulk": rate(10_000)}
+
+
+def in_process_batcher(clients: int, n: int, seconds: float = 10.0) -> dict[str, float]:
+    """The server's batcher with no HTTP: `clients` threads each asking for n names as fast as
+    answers come (what the HTTP clients do), so the cost of HTTP shows apart from the sampler's."""
+    import threading
+
+    import chargen
+    from chargen.sampling.batching import Batcher
+
+    model = chargen.load()
+    batcher = Batcher(model.stepper, model.vocab)
+    latencies: list[float] = []
+    until = time.perf_counter() + seconds
+
+    def caller(k: int) -> None:
+        seed = k << 32
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            batcher.submit(model.drawings(n, seed=seed)).result()
+            latencies.append(time.perf_counter() - t)
+            seed += 1
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    lat = sorted(latencies)
+    return {"requests_per_s": len(lat) / seconds, "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[int(0.99 * len(lat))]}
 
 
 async def client(host_: str, port: int, body: bytes, n: int, until: float, latencies: list, errors: list) -> None:
@@ -106,6 +140,7 @@ def main() -> None:
     args = ap.parse_args()
 
     inproc = in_process_rates(args.n)
+    batcher = in_process_batcher(args.clients, args.n)
     exe = Path(sys.executable).with_name("chargen")
     cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else [])
     started = time.perf_counter()
@@ -143,7 +178,7 @@ def main() -> None:
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": 1000 * lat[-1],
                        "mean": 1000 * statistics.fmean(lat)},
         "server_peak_rss_mb": rss, "server_startup_s": startup,
-        "in_process_names_per_s": inproc, "ratio_to_in_process_bulk": names_per_s / inproc["bulk"],
+        "in_process_names_per_s": inproc, "in_process_batcher": batcher, "ratio_to_in_process_bulk": names_per_s / inproc["bulk"],
         "ratio_to_in_process_per_request": names_per_s / inproc["per_request"],
         "batching": {"steps": steps, "steps_per_s": steps / wall, "mean_batch": row_steps / steps if steps else 0,
                      "busy_share": (after["busy_seconds"] - before["busy_seconds"]) / wall},
@@ -156,6 +191,9 @@ def main() -> None:
                 ["measure", "value"],
                 [["in-process, 10 names a call", f"{inproc['per_request']:,.0f} names/s"],
                  ["in-process, 10,000 names a call", f"{inproc['bulk']:,.0f} names/s"],
+                 [f"in-process batcher, {args.clients} callers (no HTTP)",
+                  f"{batcher['requests_per_s'] * args.n:,.0f} names/s, p50 / p99 {batcher['p50_ms']:.1f} / "
+                  f"{batcher['p99_ms']:.1f} ms"],
                  ["through HTTP", f"{names_per_s:,.0f} names/s ({requests / wall:,.0f} requests/s)"],
                  ["  vs in-process bulk / per call", f"{result['ratio_to_in_process_bulk']:.2f}x / "
                                                      f"{result['ratio_to_in_process_per_request']:.2f}x"],

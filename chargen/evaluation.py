@@ -117,10 +117,18 @@ def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optio
 
 
 def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[list[np.ndarray]], weights: np.ndarray,
-                 newline_id: int) -> tuple[np.ndarray, np.ndarray]:
+                 newline_id: int, rows: int = LINE_BATCH) -> tuple[np.ndarray, np.ndarray]:
     """A labelled model's line NLLs under a mixture of labels (starts: each label's start state;
-    weights summing to 1): (-log sum_k w_k p_k(line) per line (n,), -log p_k(line) per line and label (n, P))."""
-    per = np.stack([line_nlls(scorer, lines, start, newline_id) for start in starts], axis=1)  # (n, P)
+    weights summing to 1): (-log sum_k w_k p_k(line) per line (n,), -log p_k(line) per line and label (n, P)).
+    Each batch runs its lines under every label at once (about `rows` rows: a few lines under 248
+    labels fill a batch as well as many lines under one)."""
+    n_labels = len(starts)
+    per = np.zeros((len(lines), n_labels))
+    for which, inputs, targets in line_batches(lines, newline_id, max(1, rows // n_labels)):
+        b = len(which)
+        state = scorer.stepper.concat([scorer.initial(start, b) for start in starts])  # label-major: (P * b rows)
+        nll, _ = scorer.score_rows(np.tile(inputs, (n_labels, 1)), np.tile(targets, (n_labels, 1)), state)
+        per[which] = nll.reshape(n_labels, b).T
     logp = np.log(weights)[None, :] - per
     top = logp.max(axis=1, keepdims=True)
     return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per

@@ -8,7 +8,6 @@ Starlette and uvicorn.
 from __future__ import annotations
 
 import importlib.util
-from importlib.metadata import distribution
 import json
 from urllib.parse import unquote, urlparse
 
@@ -20,6 +19,8 @@ CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 def install_command(extra: str) -> str:
     """The pip command that adds `extra` to this install: from the folder it was installed from
     (a clone: `pip install '/path/to/chargen[train]'`), else from the package index."""
+    from importlib.metadata import distribution  # here: importing it costs every command ~15 ms of start-up
+
     try:
         direct = json.loads(distribution("chargen").read_text("direct_url.json") or "null")
     except Exception:  # not installed (run from a source tree), or metadata unreadable

@@ -182,6 +182,24 @@ def labelled_stepper():
     return NumpyCharRNN(config, weights), starts
 
 
+@pytest.mark.parametrize("rows", [2, 5, 512])
+def test_score_under_every_label_at_once_equals_one_label_at_a_time(rows):
+    """mixture_nlls runs a batch's lines under all labels together (label-major rows); each label's
+    NLLs must be what scoring the lines from that label's start state alone gives."""
+    from chargen.evaluation import NumpyScorer, line_nlls, mixture_nlls
+
+    stepper, starts = labelled_stepper()
+    rng = np.random.default_rng(2)
+    lines = [np.append(rng.integers(1, len(VOCAB), rng.integers(0, 7)), 0) for _ in range(9)]  # id 0 ends a line
+    per_label = [[t[k] for t in starts] for k in range(2)]
+    weights = np.array([0.25, 0.75])
+    mixed, each = mixture_nlls(NumpyScorer(stepper), lines, per_label, weights, 0, rows=rows)
+    alone = np.stack([line_nlls(NumpyScorer(stepper), lines, s, 0) for s in per_label], axis=1)
+    np.testing.assert_allclose(each, alone, rtol=1e-6)
+    np.testing.assert_allclose(mixed, -np.log(np.exp(-alone) @ weights), rtol=1e-6)
+    assert not np.allclose(alone[:, 0], alone[:, 1])  # the labels do differ
+
+
 @pytest.mark.parametrize("rejection", [False, True], ids=["adaptive", "rejection"])
 def test_a_blend_under_constraints_is_the_mixture_conditioned_exactly(rejection):
     stepper, starts = labelled_stepper()

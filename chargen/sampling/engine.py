@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import numpy as np
 
@@ -102,12 +102,9 @@ class Attempts:
     on_char: Optional[Callable[[str], None]] = None  # streams the characters of a lone row
     starts: Optional[np.ndarray] = None  # (b,): the primed row each attempt starts from
 
-    def start_rows(self, stepper: "Stepper") -> tuple[object, np.ndarray]:
-        """Each attempt's starting state and logits: (state of b rows, (b, V))."""
-        b = len(self.indices)
-        if self.starts is None:
-            return stepper.repeat(self.prompt_state, b), np.broadcast_to(self.prompt_logits, (b, self.prompt_logits.shape[-1]))
-        return stepper.select(self.prompt_state, self.starts), self.prompt_logits[self.starts]
+    def primed_rows(self) -> np.ndarray:
+        """Which of the prompt's primed rows each attempt starts from: (b,)."""
+        return self.starts if self.starts is not None else np.zeros(len(self.indices), dtype=np.int64)
 
 
 @dataclass
@@ -149,19 +146,24 @@ class Rows:
     kept: np.ndarray = _column(np.float64)  # log of the mass its constraints allowed
     rejected: np.ndarray = _column(bool)  # its constraints ruled it out
 
+    COLUMNS: ClassVar[tuple[str, ...]]  # the names above (set below: once, not per step)
+
     @classmethod
     def empty(cls) -> "Rows":
         return cls(**{f.name: np.zeros(0, dtype=f.metadata["dtype"]) for f in fields(cls)})
 
     @classmethod
     def concat(cls, parts: list["Rows"]) -> "Rows":
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.COLUMNS})
 
     def take(self, rows: np.ndarray) -> "Rows":
-        return Rows(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return Rows(**{name: getattr(self, name)[rows] for name in self.COLUMNS})
 
     def __len__(self) -> int:
         return len(self.job)
+
+
+Rows.COLUMNS = tuple(f.name for f in fields(Rows))
 
 
 class RowEngine:
@@ -255,7 +257,7 @@ class RowEngine:
     def _guided_jobs(self) -> list[tuple[int, np.ndarray, Guide]]:
         """(job, its rows as a mask, its guide) for each job with constraints."""
         r = self.rows
-        return [(j, r.job == j, self.jobs[j].attempts.guide) for j in np.unique(r.job[r.guided]).tolist()]
+        return [(j, r.job == j, self.jobs[j].attempts.guide) for j in sorted(set(r.job[r.guided].tolist()))]
 
     def _allowed(self, lse: np.ndarray) -> np.ndarray:
         """(B, V): which characters each row's constraints allow next (all, for rows without); the
@@ -301,50 +303,65 @@ class RowEngine:
         for a in new:
             if a.cfg.settings() not in self.groups:
                 self.groups[a.cfg.settings()] = (next(self._group_ids), a.cfg)
-        fresh = Rows.concat([self._new_rows(j, a) for j, a in zip(self.pending, new)])
         old = len(self.rows)
-        self.rows = Rows.concat([self.rows, fresh])
-        states, logits = map(list, zip(*(a.start_rows(self.stepper) for a in new)))
-        if old:
-            states.insert(0, self.state)
-            logits.insert(0, self.logits)
-        self.state = states[0] if len(states) == 1 else self.stepper.concat(states)
-        self.logits = np.concatenate(logits)
+        self.rows = Rows.concat([self.rows, self._new_rows(self.pending, new)])
+        state, logits = self._start_rows(new)
+        self.state = self.stepper.concat([self.state, state]) if old else state
+        self.logits = np.concatenate([self.logits, logits]) if old else logits
         width = max([self.out.shape[1]] + [a.steps for a in new])
         out = np.zeros((len(self.rows), width), dtype=np.uint32)
         out[:old, : self.out.shape[1]] = self.out
         self.out = out
         self.pending = []
 
-    def _new_rows(self, job: int, a: Attempts) -> Rows:
-        """A job's rows as they start: its values repeated, each row its own attempt."""
-        b = len(a.indices)
+    def _start_rows(self, new: list[Attempts]) -> tuple[object, np.ndarray]:
+        """The new jobs' rows' starting states and logits: each job's primed rows stacked once,
+        then one selection of every new row's own (a job's attempts repeat its prompt's row)."""
+        logits = [np.atleast_2d(a.prompt_logits) for a in new]  # (1, V), or (P, V) for a blend
+        offsets = np.cumsum([0] + [len(x) for x in logits[:-1]])
+        rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
+        primed = new[0].prompt_state if len(new) == 1 else self.stepper.concat([a.prompt_state for a in new])
+        return self.stepper.select(primed, rows), np.concatenate(logits)[rows]
 
-        def same(value, dtype) -> np.ndarray:
-            return np.full(b, value, dtype=dtype)
+    def _new_rows(self, jobs: list[int], new: list[Attempts]) -> Rows:
+        """New jobs' rows as they start: each job's values repeated, each row its own attempt."""
+        counts = np.array([len(a.indices) for a in new])
+        n = int(counts.sum())
 
-        return Rows(job=same(job, np.int64), slot=np.arange(b, dtype=np.int64), key=same(a.key, np.uint64),
-                    index=np.asarray(a.indices, dtype=np.int64), t=same(0, np.int64), limit=same(a.steps, np.int64),
-                    newline=same(a.newline, np.int64), dfa=same(a.guide.start if a.guide else 0, np.int64),
-                    group=same(self.groups[a.cfg.settings()][0], np.int64),
-                    masking=same(a.guide is not None and (a.guide.guided or a.cfg.temperature == 0), bool),
-                    guided=same(a.guide is not None, bool), logp=same(0.0, np.float64), kept=same(0.0, np.float64),
-                    rejected=same(False, bool))
+        def per_job(values: list, dtype) -> np.ndarray:
+            return np.repeat(np.array(values, dtype=dtype), counts)
+
+        def zeros(dtype) -> np.ndarray:
+            return np.zeros(n, dtype=dtype)
+
+        first = np.cumsum(counts) - counts
+        return Rows(job=per_job(jobs, np.int64), slot=np.arange(n, dtype=np.int64) - np.repeat(first, counts),
+                    key=per_job([a.key for a in new], np.uint64),
+                    index=np.concatenate([a.indices for a in new]).astype(np.int64, copy=False),
+                    t=zeros(np.int64), limit=per_job([a.steps for a in new], np.int64),
+                    newline=per_job([a.newline for a in new], np.int64),
+                    dfa=per_job([a.guide.start if a.guide else 0 for a in new], np.int64),
+                    group=per_job([self.groups[a.cfg.settings()][0] for a in new], np.int64),
+                    masking=per_job([a.guide is not None and (a.guide.guided or a.cfg.temperature == 0) for a in new], bool),
+                    guided=per_job([a.guide is not None for a in new], bool), logp=zeros(np.float64),
+                    kept=zeros(np.float64), rejected=zeros(bool))
 
     def _finish(self, ended: np.ndarray) -> list[tuple[int, Results]]:
         """Hand the ended rows' results to their jobs; return the jobs now complete."""
         r = self.rows
         texts = texts_of(self.out[ended])
+        jobs = r.job[ended]
         done = []
-        for row, text in zip(ended.tolist(), texts):
-            j = int(r.job[row])
-            job = self.jobs[j]
-            s = int(r.slot[row])
-            job.results.texts[s] = None if r.rejected[row] else text
-            job.results.logp[s], job.results.scored[s], job.results.kept[s] = r.logp[row], r.t[row], r.kept[row]
-            job.remaining -= 1
+        for j in sorted(set(jobs.tolist())):
+            mine = np.flatnonzero(jobs == j)
+            rows, job = ended[mine], self.jobs[j]
+            slots, res = r.slot[rows], job.results
+            for s, text, rejected in zip(slots.tolist(), [texts[k] for k in mine.tolist()], r.rejected[rows].tolist()):
+                res.texts[s] = None if rejected else text
+            res.logp[slots], res.scored[slots], res.kept[slots] = r.logp[rows], r.t[rows], r.kept[rows]
+            job.remaining -= len(rows)
             if job.remaining == 0:
-                done.append((j, job.results))
+                done.append((j, res))
                 del self.jobs[j]
                 if job.attempts.on_char is not None:
                     self.streaming.remove(j)
@@ -356,7 +373,9 @@ class RowEngine:
         self.out = self.out[keep] if keep.size else np.zeros((0, 0), dtype=np.uint32)
         self.logits = self.logits[keep]
         self.state = self.stepper.select(self.state, keep) if keep.size else None
-        present = set(np.unique(self.rows.group).tolist())
+        if len(self.groups) == 1 and keep.size:
+            return
+        present = set(self.rows.group.tolist())  # (np.unique would import numpy.ma: 10 ms of start-up)
         self.groups = {k: v for k, v in self.groups.items() if v[0] in present}
 
 

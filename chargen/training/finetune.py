@@ -113,7 +113,7 @@ def closest_label(base, lines: list[str]) -> int:
     """The base model's label (its index) under which `lines` are likeliest per character: a new
     label starts from its start state (base: a labelled Checkpoint). Lines with characters the
     base does not know are left out; with none left, the label with the most training lines."""
-    from ..evaluation import NumpyScorer, line_nlls  # numpy only
+    from ..evaluation import NumpyScorer, mixture_nlls  # numpy only
     from ..npmodel import NumpyCharRNN
 
     newline = base.vocab.index["\n"]
@@ -123,10 +123,9 @@ def closest_label(base, lines: list[str]) -> int:
     if not ids:
         return int(np.argmax(base.label_counts))
     scorer = NumpyScorer(NumpyCharRNN(base.model_config, base.weights))
-    chars = sum(len(x) for x in ids)
-    losses = [line_nlls(scorer, ids, [t[k] for t in base.start_state], newline).sum() / chars
-              for k in range(base.model_config.n_labels)]
-    return int(np.argmin(losses))
+    n = base.model_config.n_labels
+    _, per = mixture_nlls(scorer, ids, [[t[k] for t in base.start_state] for k in range(n)], np.full(n, 1 / n), newline)
+    return int(np.argmin(per.sum(axis=0)))  # (the same characters under every label: sums compare as means)
 
 
 def start_weights(base, config: ModelConfig, names: Optional[list[str]],
