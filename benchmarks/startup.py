@@ -14,22 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from common import host
+from common import host, run_measured, write_json
+from sampling import chargen_cmd
 
 COMMANDS = [["sample", "-n", "10", "--seed", "1"], ["--help"], ["info"]]
-
-
-def timed(cmd: list[str], env: dict) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -38,14 +29,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    exe = Path(sys.executable).with_name("chargen")
-    chargen = str(exe) if exe.exists() else shutil.which("chargen") or "chargen"
+    chargen = chargen_cmd()
     sides = {"installed": dict(os.environ), "ahead": {**os.environ, "PYTHONPATH": str(args.ahead.resolve())}}
     times = {(" ".join(c), side): [] for c in COMMANDS for side in sides}
     for _ in range(args.rounds):
         for c in COMMANDS:
             for side, env in sides.items():
-                times[(" ".join(c), side)].append(timed([chargen, *c], env))
+                times[(" ".join(c), side)].append(run_measured([*chargen, *c], env, capture=False)[1])
     rows = []
     print(json.dumps(host()))
     print(f"{'command':28} {'installed s':>12} {'ahead s':>9} {'ahead/installed':>16}")
@@ -56,8 +46,7 @@ def main() -> None:
         rows.append({"command": name, "installed_s": a, "ahead_s": b,
                      "min_installed_s": min(times[(name, 'installed')]), "min_ahead_s": min(times[(name, 'ahead')])})
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"host": host(), "ahead": str(args.ahead), "rows": rows}, indent=1))
+        write_json(args.json, {"host": host(), "ahead": str(args.ahead), "rows": rows})
 
 
 if __name__ == "__main__":
