@@ -15,13 +15,17 @@ DATA = HERE.parent.parent / "shared" / "data"
 
 
 def host() -> dict:
-    """The CPU (model name and the vector flags that change speed), commit and command; torch-free."""
-    cpu, flags = platform.processor(), []
+    """The CPU (model name, family and model: a VM's model name can be just "AMD EPYC" for several
+    generations; the vector flags that change speed), commit and command; torch-free."""
+    cpu, flags, ids = platform.processor(), [], {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            key = line.split(":", 1)[0].strip()
+            if key == "model name":
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
+            elif key in ("cpu family", "model"):
+                ids[key] = line.split(":", 1)[1].strip()
+            elif key == "flags":
                 flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))]
                 break
     except OSError:
@@ -33,6 +37,8 @@ def host() -> dict:
                                     cwd=HERE).stdout.strip())
     except OSError:
         commit, dirty = "", False
+    if ids:
+        cpu += f" (family {ids.get('cpu family', '?')}, model {ids.get('model', '?')})"
     return {"cpu": cpu, "cpu_flags": " ".join(flags), "cpus": os.cpu_count(), "python": platform.python_version(),
             "commit": commit + ("+dirty" if dirty else ""), "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -39,6 +39,14 @@ DEFAULT_LINE_LENGTH = 200  # characters a line sample may run to
 DEFAULT_PROSE_LENGTH = 1000  # characters of a prose sample
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECAY_TAIL = 0.2  # "wsd": the share of the run, at its end, over which the rate falls to its floor
+# The learning rate's shapes after warmup: the share of the way from the floor to the peak at
+# progress p (0 at the start, 1 when the budget is spent).
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "linear": lambda p: 1.0 - p,
+    "wsd": lambda p: min(1.0, (1.0 - p) / DECAY_TAIL),  # warmup, stable at the peak, then a linear decay
+}
 
 T = TypeVar("T")
 
@@ -333,7 +341,10 @@ class TrainConfig(_Config):
     lr: float = option(3e-3, "Peak learning rate (AdamW).", default_help="3e-3 (or chosen with the sizes, printed at start)",
                        **POSITIVE)
     weight_decay: float = option(0.01, "AdamW weight decay on weight matrices.", **NOT_NEGATIVE)
-    warmup: int = option(100, "Linear warmup steps before cosine decay.", **NOT_NEGATIVE)
+    warmup: int = option(100, "Linear warmup steps before the decay.", **NOT_NEGATIVE)
+    schedule: str = option("cosine", "The learning rate's decay to its floor after warmup: cosine, linear, or "
+                                     f"wsd (the peak until the last {DECAY_TAIL:.0%} of the run, then linear).",
+                           **_one_of(tuple(SCHEDULES)))
     min_lr_ratio: float = option(0.1, "The learning rate at the end, as a share of the peak.",
                                  check=lambda v: 0.0 <= v <= 1.0, rule="must be in [0, 1]")
     grad_clip: float = option(1.0, "Clip the global gradient norm (0: off).", check=lambda v: 0 <= v < math.inf,

@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 import io
 
 from chargen.training.data import (
+    PAD,
+    LineBatches,
     WindowLoader,
     check_trainable,
     read_corpus,
@@ -141,3 +143,38 @@ def test_file_streams_read_the_same_windows_as_the_view(tmp_path_factory, n, bat
     for i in range(view.shape[0]):
         assert np.array_equal(streams.row(i), view[i])
     streams.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_lines=st.integers(1, 300), per_batch=st.integers(1, 40), world=st.sampled_from([1, 2, 4]),
+       seed=st.integers(-2**40, 2**40), data=st.data())
+def test_every_epoch_batches_each_line_once_and_differently(n_lines, per_batch, world, seed, data):
+    """Line mode regroups a list every epoch: each epoch's batches hold every line once (but the
+    last partial batch's), "\n" + line + "\n" padded, with its label; the same epoch is the same
+    batches again (resuming is exact), and the processes' rows make up the whole batch."""
+    per_batch = per_batch * world
+    rng = np.random.default_rng(abs(seed))
+    lines = [rng.integers(0, 50, data.draw(st.integers(0, 9))) for _ in range(n_lines)]
+    labels = np.arange(n_lines)  # a line's label is its index: which line each row holds
+    full = LineBatches.of(lines, 99, per_batch, seed, labels=labels)
+    shards = [LineBatches.of(lines, 99, per_batch, seed, slice(r * per_batch // world, (r + 1) * per_batch // world),
+                             labels) for r in range(world)]
+    groupings = set()
+    for epoch in range(4):
+        batches = full.for_epoch(epoch)
+        assert len(batches.seqs) == n_lines // per_batch
+        held = np.concatenate(batches.labels) if batches.seqs else np.zeros(0, int)
+        assert len(set(held.tolist())) == held.size == n_lines // per_batch * per_batch
+        for seq, which, count in zip(batches.seqs, batches.labels, batches.counts):
+            assert count == sum(len(lines[i]) + 1 for i in which)
+            for row, i in zip(seq, which):
+                body = row[row != PAD]
+                assert body[0] == body[-1] == 99 and body[1:-1].tolist() == lines[i].tolist()
+        again = full.for_epoch(epoch)
+        assert all((a == b).all() for a, b in zip(batches.seqs, again.seqs))
+        parts = [s.for_epoch(epoch) for s in shards]
+        for k, seq in enumerate(batches.seqs):
+            assert (np.concatenate([p.seqs[k] for p in parts]) == seq).all()
+        groupings.add(tuple(tuple(sorted(w.tolist())) for w in batches.labels))
+    if n_lines // per_batch >= 6:  # 720 orders of the batches alone: four equal epochs would be a 1-in-3e8 chance
+        assert len(groupings) > 1  # the epochs do not all repeat one grouping

@@ -271,6 +271,17 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert learning_rate(c, 99, 1.0) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
+def test_every_schedule_falls_from_the_peak_to_the_floor_without_rising(schedule):
+    c = TrainConfig(lr=2.0, warmup=0, min_lr_ratio=0.25, schedule=schedule)
+    rates = [learning_rate(c, 1, p / 100) for p in range(101)]
+    assert rates[0] == pytest.approx(2.0) and rates[-1] == pytest.approx(0.5)
+    assert all(b <= a + 1e-12 for a, b in zip(rates, rates[1:]))
+    halfway = {"cosine": 1.25, "linear": 1.25, "wsd": 2.0}[schedule]  # wsd holds the peak until 80%
+    assert rates[50] == pytest.approx(halfway)
+    assert (rates[80] == pytest.approx(2.0)) == (schedule == "wsd")
+
+
 def _fake_device(flops_per_sec: float, overhead: float = 0.0):
     """A device that trains at `flops_per_sec` (6 FLOPs per matmul weight per character) after a
     fixed per-character `overhead` in seconds; each measurement takes a second of its time."""
@@ -333,6 +344,16 @@ def test_auto_sizes_follow_the_measured_speed():
     # A budget too short to measure in 3% of it: the smallest shape, no measuring.
     device = _fake_device(30e9)
     assert sizes(device, time_budget=5).model["hidden"] == 64 and device.calls == []
+
+
+@pytest.mark.parametrize("epochs, dropout, weight_drop", [(10, 0.0, 0.0), (16, 0.0, 0.25), (50, 0.2, 0.25),
+                                                           (149, 0.2, 0.25), (200, 0.2, 0.5)])
+def test_the_regularisers_grow_with_the_epochs_a_run_will_see(epochs, dropout, weight_drop):
+    from chargen.training.sizing import auto_sizes
+
+    auto = auto_sizes(200_000, 30, time_budget=None, epochs=epochs, accelerator=False, given={})
+    assert (auto.model["dropout"], auto.model["weight_drop"]) == (dropout, weight_drop), auto.why
+    assert ("weight drop 0.5" in auto.why, "weight drop 0.25" in auto.why) == (weight_drop == 0.5, weight_drop == 0.25)
 
 
 def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypatch):

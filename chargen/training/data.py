@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import random
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
@@ -291,39 +291,86 @@ PAD = -1
 
 @dataclass
 class LineBatches:
-    """A list's training lines as padded batches, in training order: batch k is `seqs[k]`, (B, L + 2)
-    int32, each row "\n" + line + "\n" padded with PAD; this process's rows only (under torchrun)."""
+    """A list's training lines as padded batches for one epoch, in training order: batch k is `seqs[k]`,
+    (B, L + 2) int32, each row "\n" + line + "\n" padded with PAD; this process's rows only (under
+    torchrun). Each epoch groups the lines anew (`for_epoch`, seeded by the run's seed and the epoch,
+    so a resumed run gets the same batches): a list seen a hundred times is not the same batches in
+    the same order a hundred times."""
 
     seqs: list[np.ndarray]
     counts: list[int]  # characters predicted in each batch, all processes together
     lines_per_batch: int  # B, all processes together
     chars: int  # characters predicted in an epoch (each line's characters and its newline), all processes
     labels: Optional[list[np.ndarray]] = None  # a labelled list's: batch k's rows' labels, (B,) int64
+    epoch: int = 0
+    pool: Optional["LinePool"] = field(default=None, repr=False)  # what every epoch's batches are made of
 
     @classmethod
     def of(cls, lines: list[np.ndarray], newline: int, lines_per_batch: int, seed: int,
            rows: slice = slice(None), labels: Optional[np.ndarray] = None) -> "LineBatches":
-        """Lines (in their shuffled order; `labels`, one per line, with them) into batches of
-        `lines_per_batch`: sorted by length within chunks, the batches then shuffled (seeded); a last
-        partial batch is dropped, as streams drop their last partial window."""
-        b = lines_per_batch
-        n = len(lines) // b * b
-        seqs, counts, batch_labels = [], [], []
-        for lo in range(0, n, b * LINE_SORT_CHUNK):
-            chunk = sorted(range(lo, min(lo + b * LINE_SORT_CHUNK, n)), key=lambda i: len(lines[i]))
-            for k in range(0, len(chunk), b):
-                group = chunk[k : k + b]
-                seq = np.full((b, max(len(lines[i]) for i in group) + 2), PAD, dtype=np.int32)
-                for r, i in enumerate(group):
-                    ids = lines[i]
-                    seq[r, 0], seq[r, 1 : len(ids) + 1], seq[r, len(ids) + 1] = newline, ids, newline
-                seqs.append(seq[rows])
-                counts.append(sum(len(lines[i]) + 1 for i in group))
-                if labels is not None:
-                    batch_labels.append(labels[group][rows].astype(np.int64))
-        order = random.Random(seed).sample(range(len(seqs)), len(seqs))
-        return cls([seqs[k] for k in order], [counts[k] for k in order], b, sum(counts),
-                   [batch_labels[k] for k in order] if labels is not None else None)
+        """Lines (in their shuffled order; `labels`, one per line, with them) into epoch 0's batches of
+        `lines_per_batch` (see LinePool.batches); a last partial batch is dropped, as streams drop
+        their last partial window."""
+        return LinePool.of(lines, newline, lines_per_batch, seed, rows, labels).batches(0)
+
+    def for_epoch(self, epoch: int) -> "LineBatches":
+        return self if epoch == self.epoch or self.pool is None else self.pool.batches(epoch)
+
+
+@dataclass
+class LinePool:
+    """A list's training lines, end to end in one array, and how they are batched."""
+
+    flat: np.ndarray  # int32: every line's ids, one after the other (no newlines)
+    starts: np.ndarray  # int64 (N,): where each line begins in `flat`
+    lengths: np.ndarray  # int64 (N,)
+    labels: Optional[np.ndarray]  # int64 (N,): a labelled list's line labels
+    newline: int
+    lines_per_batch: int
+    seed: int
+    rows: slice  # this process's rows of every batch
+
+    @classmethod
+    def of(cls, lines: list[np.ndarray], newline: int, lines_per_batch: int, seed: int, rows: slice,
+           labels: Optional[np.ndarray]) -> "LinePool":
+        lengths = np.array([len(ids) for ids in lines], dtype=np.int64)
+        flat = np.concatenate(lines).astype(np.int32) if lines else np.zeros(0, np.int32)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lines else lengths
+        return cls(flat, starts, lengths, None if labels is None else np.asarray(labels, dtype=np.int64), newline,
+                   lines_per_batch, seed, rows)
+
+    def batches(self, epoch: int) -> LineBatches:
+        """Epoch `epoch`'s batches: the lines in their shuffled order (epoch 0) or a permutation of
+        them seeded by (seed, epoch), sorted by length within runs of LINE_SORT_CHUNK batches (less
+        padding), cut into batches, the batches then shuffled."""
+        b = self.lines_per_batch
+        n_batches = len(self.lengths) // b
+        if epoch == 0:
+            order = np.arange(len(self.lengths))
+            batch_order = random.Random(self.seed).sample(range(n_batches), n_batches)
+        else:
+            rng = np.random.default_rng([self.seed % 2**64, epoch])  # any int seed, negative too
+            order = rng.permutation(len(self.lengths))
+            batch_order = rng.permutation(n_batches).tolist()
+        order = order[: n_batches * b]
+        chunk = np.arange(order.size) // (b * LINE_SORT_CHUNK)
+        order = order[np.lexsort((self.lengths[order], chunk))]  # stable: ties keep their order
+        groups = [order[k * b : (k + 1) * b] for k in batch_order]
+        counts = [int(self.lengths[g].sum()) + b for g in groups]  # each line's characters and its newline
+        return LineBatches([self._padded(g)[self.rows] for g in groups], counts, b, sum(counts),
+                           None if self.labels is None else [self.labels[g][self.rows] for g in groups],
+                           epoch, self)
+
+    def _padded(self, group: np.ndarray) -> np.ndarray:
+        """(B, L + 2) int32: each line of `group` as "\n" + line + "\n", padded with PAD."""
+        lengths = self.lengths[group]
+        seq = np.full((len(group), int(lengths.max()) + 2), PAD, dtype=np.int32)
+        cols = np.arange(seq.shape[1] - 2)
+        inside = cols[None, :] < lengths[:, None]  # (B, L)
+        seq[:, 1:-1][inside] = self.flat[(self.starts[group][:, None] + cols[None, :])[inside]]
+        seq[:, 0] = self.newline
+        seq[np.arange(len(group)), lengths + 1] = self.newline
+        return seq
 
 
 class LineLoader:

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._version import __version__
 from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
-from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, ModelConfig, SampleConfig, TrainConfig, format_duration
+from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, SCHEDULES, ModelConfig, SampleConfig, TrainConfig, format_duration
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
 from ..evaluation import label_line_sums, line_sums, stream_sums
 from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
@@ -128,8 +128,8 @@ def train(
                     if not t.budget_spent(clock):  # a signal (this rank's, or another's) or a callback's request
                         flag.signal = flag.signal or ("SIGTERM" if clock.signalled else "request")
                     break
-                if t.run.window >= data.n_windows:  # an epoch is done: back to the start of every stream
-                    t.run.epoch, t.run.window, t.state = t.run.epoch + 1, 0, None
+                if t.run.window >= data.n_windows:
+                    t.next_epoch()
                 if not t.step(*t.batches.window(t.run.window), lr=t.learning_rate(clock), chars=t.loss_chars()):
                     continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
                 t.report_progress(clock.now)
@@ -181,8 +181,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         # Training steps go through `net`: under torchrun, DDP averages the gradients in backward.
         self.net: torch.nn.Module = self.model if dist is None else wrap_ddp(self.model, device)
-        self.batches = WindowLoader(data.streams, config.seq_len, device) if data.line_batches is None else \
-            LineLoader(data.line_batches, device)
         self.start_ids = torch.from_numpy(data.start_ids).to(device)
         self.scorer = TorchScorer(self.model, device, self.precision)
 
@@ -192,6 +190,9 @@ class Trainer:
         self.resumed_from = None
         if ckpt is not None:
             self._restore(ckpt)
+        self.line_batches = data.line_batches.for_epoch(self.run.epoch) if data.line_batches is not None else None
+        self.batches = WindowLoader(data.streams, config.seq_len, device) if self.line_batches is None else \
+            LineLoader(self.line_batches, device)
         self.budget = Budget.of(config, data.n_windows, callbacks.on_notice)
 
         lines_blob = encode_lines(data.training_lines) if data.training_lines is not None else None
@@ -344,9 +345,16 @@ class Trainer:
         """Line mode: what this process divides its batch's summed loss by, the characters of the
         whole batch over the number of processes, so that DDP's mean of the processes' gradients
         is the gradient of the mean over the batch (batches differ in length); None: the mean."""
-        if self.data.line_batches is None:
+        if self.line_batches is None:
             return None
-        return self.data.line_batches.counts[self.run.window] / (self.dist.world if self.dist is not None else 1)
+        return self.line_batches.counts[self.run.window] / (self.dist.world if self.dist is not None else 1)
+
+    def next_epoch(self) -> None:
+        """An epoch is done: back to the start of every stream, or a list's lines in new batches."""
+        self.run.epoch, self.run.window, self.state = self.run.epoch + 1, 0, None
+        if self.line_batches is not None:
+            self.line_batches = self.line_batches.for_epoch(self.run.epoch)
+            self.batches = LineLoader(self.line_batches, self.device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, labels: Optional[torch.Tensor], lr: float,
              chars: Optional[float] = None) -> bool:
@@ -658,12 +666,12 @@ class Budget:
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over `warmup` steps, then cosine decay to min_lr_ratio * lr at progress 1."""
+    """Linear warmup over `warmup` steps, then the schedule's decay to min_lr_ratio * lr at progress 1."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = min(max(progress, 0.0), 1.0)
     floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (config.lr - floor) * SCHEDULES[config.schedule](progress)
 
 
 # --- the training loss, and divergence --------------------------------------------------------

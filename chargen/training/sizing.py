@@ -27,12 +27,13 @@ SMALL_CORPUS = 300_000  # characters: lists of names, titles (on a GPU: the wind
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
 SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shape to be trained enough
 DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
-DROPOUT_EPOCHS = 20.0  # a run that sees its corpus this many times or more gets dropout
-DROPOUT = 0.2
-WEIGHT_DROP = 0.5  # DropConnect on the recurrent weights (issue 29's runs, docs/benchmarks.md) ...
-WEIGHT_DROP_EPOCHS = 15.0  # ... for a run that sees its corpus this many times (measured to help at 18 and 265)
-# Each regulariser a run gets when it will see its corpus at least this many times: (field, value, epochs).
-REGULARISED = (("dropout", DROPOUT, DROPOUT_EPOCHS), ("weight_drop", WEIGHT_DROP, WEIGHT_DROP_EPOCHS))
+# The regularisers a run gets by the number of times it will see its corpus: (field, ((epochs, value), ...)),
+# the value of the last step reached, else 0. Dropout 0.2 from 20 epochs; weight drop (DropConnect on the
+# recurrent weights) 0.25 from 15 epochs and 0.5 from 150: on names.txt 0.25 was better at 50 and 111
+# epochs (by 0.010-0.025), 0.5 at 155-265 (by 0.003-0.005); on tinyshakespeare 0.5 helped at 18
+# epochs and 0.25 hurt at 7-10 (issue 29's runs, docs/benchmarks.md).
+REGULARISED = (("dropout", ((20.0, 0.2),)), ("weight_drop", ((15.0, 0.25), (150.0, 0.5))))
+
 PROBE_SHARE = 0.03  # of a time budget, at most, spent timing candidate shapes
 MIN_PROBE_SECONDS = 0.5  # a time budget whose share is below this is not measured: the smallest shape
 
@@ -42,6 +43,11 @@ LADDER = ((2, 64, 32), (2, 96, 32), (2, 128, 32), (2, 192, 64), (2, 256, 64), (2
 
 # measure(model options, batch_size, seq_len, seconds) -> (chars per second, seconds it took)
 Measure = Callable[[dict[str, Any], int, int, float], tuple[float, float]]
+
+
+def regulariser(steps: tuple[tuple[float, float], ...], epochs_seen: float) -> float:
+    """The value of the last of `steps` ((epochs, value), ascending) that `epochs_seen` reaches; 0 before the first."""
+    return next((value for epochs, value in reversed(steps) if epochs_seen >= epochs), 0.0)
 
 
 @dataclass
@@ -119,7 +125,7 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
     pick, seen = feedable[0], seen_cap
     if time_budget is not None:
         probe_budget = PROBE_SHARE * time_budget
-        needed = len(feedable) > 1 or any(key not in given for key, _, _ in REGULARISED)  # a shape, or the regularisers
+        needed = len(feedable) > 1 or any(key not in given for key, _ in REGULARISED)  # a shape, or the regularisers
         if needed and probe_budget >= MIN_PROBE_SECONDS and measure is not None:
             for options in feedable:
                 if measured:  # a warm-up and a timed step of the next shape must fit in what is left
@@ -144,19 +150,19 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
     model = {k: v for k, v in pick.items() if k not in given}
     epochs_seen = seen / train_chars
     if math.isfinite(epochs_seen):
-        for key, value, epochs in REGULARISED:
+        for key, steps in REGULARISED:
             if key not in given:
-                model[key] = value if epochs_seen >= epochs else 0.0
+                model[key] = regulariser(steps, epochs_seen)
     why = _why(pick, parameters(pick), seen, epochs_seen, cap if len(feedable) < len(ladder) else None, feedable,
-               measured, time_budget)
+               measured, time_budget, {key: model[key] for key, _ in REGULARISED if model.get(key)})
     return AutoSizes(model=model, train=train, why=why, measured=measured, probe_seconds=spent,
                      time_budget=time_budget)
 
 
 def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap: Optional[float], feedable: list,
-         measured: list[dict[str, Any]], time_budget: Optional[float]) -> str:
-    """One line: what the chosen shape will see, and what stopped the next one (`cap`: the most
-    parameters the corpus feeds, when it ruled out candidates)."""
+         measured: list[dict[str, Any]], time_budget: Optional[float], regularised: dict[str, float]) -> str:
+    """One line: what the chosen shape will see, what stopped the next one (`cap`: the most
+    parameters the corpus feeds, when it ruled out candidates), and the regularisers chosen (not given)."""
     name = shape_name(pick)
     if not math.isfinite(seen):
         if time_budget is not None and not measured:
@@ -168,9 +174,9 @@ def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap
         why += f"; the corpus feeds at most {cap / 1e6:.2g}M parameters"
     elif pick is not feedable[-1]:
         why += f"; the next shape would see under {SEEN_PER_PARAMETER:g} characters per parameter"
-    regularised = [f"{key.replace('_', ' ')} {value}" for key, value, epochs in REGULARISED if epochs_seen >= epochs]
     if regularised:
-        why += f"; {' and '.join(regularised)} for {epochs_seen:.0f} epochs"
+        chosen = " and ".join(f"{key.replace('_', ' ')} {value}" for key, value in regularised.items())
+        why += f"; {chosen} for {epochs_seen:.0f} epochs"
     return why
 
 
