@@ -47,6 +47,10 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "linear": lambda p: 1.0 - p,
     "wsd": lambda p: min(1.0, (1.0 - p) / DECAY_TAIL),  # warmup, stable at the peak, then a linear decay
 }
+# Schedules that hold the peak until this share of the run: when validation stalls before it, early
+# stopping starts their decay there (the run ends DECAY_TAIL later, in its own proportion) instead
+# of ending the run at the peak rate.
+STABLE_UNTIL: dict[str, float] = {"wsd": 1.0 - DECAY_TAIL}
 
 T = TypeVar("T")
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -426,6 +427,47 @@ def test_a_run_with_no_step_count_stops_when_validation_stops_improving(tmp_path
     again = train(corpus, TrainConfig(**{**config.__dict__, "time": None, "max_steps": 400}), model,
                   out_dir=tmp_path / "steps", precision="fp32")
     assert again.steps == 400 and again.stopped == "400 steps done"
+
+
+def test_a_stall_at_the_peak_starts_the_decay_instead_of_ending_the_run(tmp_path):
+    """wsd holds the peak rate, where validation plateaus: a stall there starts the decay (over the
+    share of the run it would have had) instead of ending the run before it; resuming after the
+    stall goes on exactly as the uninterrupted run."""
+    corpus = _corpus(tmp_path, make_names(60))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=4000, patience=5, eval_every=20, warmup=5, lr=1e-2,
+                         sample_every=0, schedule="wsd", min_lr_ratio=0.0)
+    model = {"layers": 1, "hidden": 128, "embed": 16}
+    notices = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notices.append(message)
+
+    result = train(corpus, config, model, out_dir=tmp_path / "run", precision="fp32", callbacks=Notes())
+    stall = next(m["step"] for k, m in enumerate(result.metrics)
+                 if k >= 5 and all(m2["val_loss"] >= min(x["val_loss"] for x in result.metrics[:k - 4])
+                                   for m2 in result.metrics[k - 4:k + 1]))
+    assert stall < 0.8 * 4000, "the run never stalled at its peak: the test needs a smaller list"
+    assert result.steps == math.ceil(stall / 0.8) < 4000, (stall, result.steps)  # the decay's share: 20% of the run
+    assert result.stopped.startswith("validation stalled at the peak learning rate and the decay begun then is done")
+    assert any("the learning rate decays to its floor from here" in n for n in notices), notices
+    rates = [m["lr"] for m in result.metrics]
+    peak = [r for m, r in zip(result.metrics, rates) if m["step"] <= stall]
+    after = [r for m, r in zip(result.metrics, rates) if m["step"] > stall]
+    assert all(r == pytest.approx(1e-2) for r in peak) and len(after) >= 3
+    assert all(b < a for a, b in zip([peak[-1], *after], after)) and after[-1] < 1e-3  # falling, to the floor
+    # Killed (-9) right after the stall's evaluation, and resumed: the same run to the same weights.
+    class CopyAtStall(TrainCallbacks):
+        def on_eval(self, report):
+            if report.step == stall:
+                shutil.copytree(tmp_path / "twice", tmp_path / "killed", ignore=shutil.ignore_patterns(".lock"))
+
+    train(corpus, config, model, out_dir=tmp_path / "twice", precision="fp32", callbacks=CopyAtStall())
+    again = train(corpus, config, None, out_dir=tmp_path / "killed", precision="fp32", resume=tmp_path / "killed")
+    assert again.steps == result.steps and again.stopped == result.stopped
+    a, b = read_checkpoint(tmp_path / "run", prefer=LAST), read_checkpoint(tmp_path / "killed", prefer=LAST)
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
 
 
 def test_precision_falls_back_with_a_notice(monkeypatch):

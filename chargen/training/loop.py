@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._version import __version__
 from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
-from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, SCHEDULES, ModelConfig, SampleConfig, TrainConfig, format_duration
+from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, SCHEDULES, STABLE_UNTIL, ModelConfig, SampleConfig, TrainConfig, format_duration
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
 from ..evaluation import label_line_sums, line_sums, stream_sums
 from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
@@ -134,10 +134,8 @@ def train(
                     continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
                 t.report_progress(clock.now)
                 if t.run.step % config.eval_every == 0:
-                    t.evaluate()
-                    if t.budget.patience and t.evals_since_best >= t.budget.patience:
-                        t.stopped = (f"early stop: no better validation loss in {t.budget.patience} evaluations "
-                                     f"(best {t.run.best_val_loss:.4f} at step {t.best_step:,})")
+                    t.evaluate(progress=t.budget.progress(t.run.step, clock.elapsed))
+                    if t.stopped is not None:
                         break
             return t.finish(flag)
 
@@ -333,13 +331,15 @@ class Trainer:
         return self.budget_spent(clock) or clock.signalled or clock.requested
 
     def budget_spent(self, clock: "Clock") -> bool:
-        if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
-            return True
-        return self.budget.time is not None and clock.elapsed >= self.budget.time
+        return self.progress(clock.elapsed) >= 1.0
+
+    def progress(self, elapsed: float) -> float:
+        """0 at the start, 1 at the run's end: when its budget is spent, or sooner when a stall began the
+        schedule's decay early (RunState.end)."""
+        return self.budget.progress(self.run.step, elapsed) / self.run.end
 
     def learning_rate(self, clock: "Clock") -> float:
-        progress = self.budget.progress(self.run.step, clock.elapsed)
-        return learning_rate(self.config, self.run.step, progress) * self.run.lr_scale
+        return learning_rate(self.config, self.run.step, self.progress(clock.elapsed)) * self.run.lr_scale
 
     def loss_chars(self) -> Optional[float]:
         """Line mode: what this process divides its batch's summed loss by, the characters of the
@@ -400,7 +400,7 @@ class Trainer:
             step=self.run.step, max_steps=self.budget.max_steps, epoch=self.run.epoch, loss=mean_loss,
             lr=self.optimizer.param_groups[0]["lr"], chars_seen=self.run.chars_seen,
             chars_per_sec=self.chars_per_sec(), elapsed=elapsed, time_budget=self.budget.time,
-            progress=self.budget.progress(self.run.step, elapsed), best_val_loss=self.run.best_val_loss,
+            progress=self.progress(elapsed), best_val_loss=self.run.best_val_loss,
             val_loss=self.run.last_val_loss))
 
     def validation_loss(self, start: list[np.ndarray]) -> float:
@@ -422,9 +422,11 @@ class Trainer:
             total, count = self.dist.sum(total, count)
         return total / count if count else float("nan")
 
-    def evaluate(self, measured: Optional[tuple[list[np.ndarray], float]] = None) -> None:
-        """Validate, record the metrics, save best (if better) and last, and report. `measured`:
-        the start-of-line state and validation loss, when the caller has just computed them."""
+    def evaluate(self, measured: Optional[tuple[list[np.ndarray], float]] = None,
+                 progress: Optional[float] = None) -> None:
+        """Validate, record the metrics, act on a stall (with `progress`, the budget's share spent, as
+        every rank agrees on it), save best (if better) and last, and report. `measured`: the
+        start-of-line state and validation loss, when the caller has just computed them."""
         self.meter.drain()
         run = self.run
         elapsed = self.elapsed()
@@ -442,6 +444,8 @@ class Trainer:
             self.best_step, self.evals_since_best = run.step, 0
         else:
             self.evals_since_best += 1
+        if progress is not None and self.budget.patience and self.evals_since_best >= self.budget.patience:
+            self.after_stall(progress)  # before last.safetensors is written: a resumed run goes on as this one
         report = EvalReport(
             step=run.step, epoch=run.epoch, chars_seen=run.chars_seen, train_loss=round(train_loss, 5),
             val_loss=round(val_loss, 5), val_bpc=round(val_loss / LN2, 5), lr=self.optimizer.param_groups[0]["lr"],
@@ -461,6 +465,22 @@ class Trainer:
         if self.config.sample_every and len(self.metrics) % self.config.sample_every == 0:
             report = report.with_sample(self.preview(start))
         self.cb.on_eval(report)
+
+    def after_stall(self, progress: float) -> None:
+        """`patience` evaluations without a better validation loss, at `progress` of the budget. A run
+        still at its schedule's peak (wsd before its decay) starts the decay now, and ends when the
+        decay has taken the share of the run it would have had (at 40% of the budget, the run ends at
+        50%); a run decaying since an earlier stall goes on to its end; any other run ends now."""
+        run, stable = self.run, STABLE_UNTIL.get(self.config.schedule)
+        if run.end < 1.0:
+            return
+        best = f"best {run.best_val_loss:.4f} at step {self.best_step:,}"
+        if stable is None or not 0.0 < progress < stable:
+            self.stopped = f"early stop: no better validation loss in {self.budget.patience} evaluations ({best})"
+            return
+        run.end = progress / stable
+        self.cb.on_notice(f"no better validation loss in {self.budget.patience} evaluations ({best}): the learning "
+                          f"rate decays to its floor from here, and the run ends at {run.end:.0%} of its budget")
 
     def preview(self, start: list[np.ndarray]) -> str:
         """A short sample to show progress: five lines, or 200 characters of prose."""
@@ -516,6 +536,9 @@ class Trainer:
             return {"request": "stopped on request"}.get(flag.signal, f"stopped by {flag.signal}") + ", saved"
         if self.stopped is not None:
             return self.stopped
+        if self.run.end < 1.0 and self.progress(self.elapsed()) >= 1.0:
+            return (f"validation stalled at the peak learning rate and the decay begun then is done "
+                    f"(best {self.run.best_val_loss:.4f} at step {self.best_step:,})")
         if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
             return f"{self.budget.max_steps:,} steps done"
         return f"the time budget of {format_duration(self.budget.time)} was spent" if self.budget.time else "done"

@@ -56,6 +56,7 @@ class RunState:
     best_val_loss: float = math.inf
     last_val_loss: float = math.nan
     lr_scale: float = 1.0  # halved by each divergence rollback
+    end: float = 1.0  # the share of the budget at which the run ends: less once a stall began the decay early
     corpus_digest: str = ""
     world_size: int = 1
     param_groups: list[dict[str, Any]] = field(default_factory=list)
@@ -88,6 +89,8 @@ class RunState:
             if not isinstance(value, kinds) or isinstance(value, bool) or (kinds is int and value < 0):
                 raise CheckpointError(f"{ckpt.path}: the saved training state has a malformed {name!r}")
             scalars[name] = value
+        if not 0.0 < scalars.get("end", 1.0) <= 1.0:
+            raise CheckpointError(f"{ckpt.path}: the saved training state has a malformed 'end'")
         if not all(isinstance(g, dict) for g in scalars.get("param_groups", [])):
             raise CheckpointError(f"{ckpt.path}: the saved training state has malformed optimizer settings")
         c = ckpt.model_config
