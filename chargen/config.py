@@ -346,10 +346,11 @@ class TrainConfig(_Config):
                        **POSITIVE)
     weight_decay: float = option(0.01, "AdamW weight decay on weight matrices.", **NOT_NEGATIVE)
     warmup: int = option(100, "Linear warmup steps before the decay.", **NOT_NEGATIVE)
-    schedule: str = option("cosine", "The learning rate's decay to its floor after warmup: cosine, linear, or "
-                                     f"wsd (the peak until the last {DECAY_TAIL:.0%} of the run, then linear).",
+    schedule: str = option("wsd", f"The learning rate after warmup: wsd holds the peak until the last {DECAY_TAIL:.0%} "
+                                  "of the run, then falls linearly (a stall before that starts the fall: see "
+                                  "--patience); cosine and linear fall from the start.",
                            **_one_of(tuple(SCHEDULES)))
-    min_lr_ratio: float = option(0.1, "The learning rate at the end, as a share of the peak.",
+    min_lr_ratio: float = option(0.0, "The learning rate at the end, as a share of the peak.",
                                  check=lambda v: 0.0 <= v <= 1.0, rule="must be in [0, 1]")
     grad_clip: float = option(1.0, "Clip the global gradient norm (0: off).", check=lambda v: 0 <= v < math.inf,
                               rule="must be 0 (off) or more")
@@ -359,7 +360,8 @@ class TrainConfig(_Config):
                                    default_help=f"{format_duration(DEFAULT_TIME)} if no other stop is given", cli=False,
                                    **POSITIVE)  # the command line takes a duration (--time 5m): cli.py declares it
     eval_every: int = option(200, "Evaluate and save every N steps.", **POSITIVE)
-    patience: Optional[int] = option(None, "Stop early after this many evaluations without a better val loss; 0: never.",
+    patience: Optional[int] = option(None, "Stop early after this many evaluations without a better val loss (0: "
+                                           "never); with wsd at its peak, start the decay instead.",
                                      default_help=f"{DEFAULT_PATIENCE} unless --max-steps or --epochs is given",
                                      check=lambda v: v >= 0, rule="must be 0 (never stop early) or more")
     sample_every: int = option(1, "Show a sample every N evaluations, on stderr (0: never).", check=lambda v: v >= 0,

@@ -55,7 +55,7 @@ def _valid_checkpoint() -> bytes:
                         train_config=TrainConfig().to_dict(), info={"line_oriented": True, "step": 3},
                         lines_blob=np.frombuffer(b"abc\nbad", np.uint8),
                         resume={"step": 3, "epoch": 0, "window": 3, "chars_seen": 99, "elapsed": 1.5,
-                                "best_val_loss": 2.0, "last_val_loss": 2.1, "lr_scale": 1.0, "param_groups": [],
+                                "best_val_loss": 2.0, "last_val_loss": 2.1, "lr_scale": 1.0, "end": 1.0, "param_groups": [],
                                 "corpus_digest": "abc", "world_size": 1},
                         resume_tensors={"optim.0.exp_avg": np.zeros(3, np.float32),
                                         "state.0": np.zeros((2, 4, 8), np.float32),

@@ -265,7 +265,7 @@ def test_short_corpus_and_short_batch(tmp_path):
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    c = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1)
+    c = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1, schedule="cosine")
     assert learning_rate(c, 0, 0.0) == pytest.approx(0.1)
     assert learning_rate(c, 10, 0.0) == pytest.approx(1.0)
     assert learning_rate(c, 50, 0.5) == pytest.approx(0.55)
@@ -415,7 +415,8 @@ def test_the_probe_times_real_steps_and_leaves_the_run_rng_alone():
 
 def test_a_run_with_no_step_count_stops_when_validation_stops_improving(tmp_path):
     corpus = _corpus(tmp_path, make_names(60))  # a tiny list: overfit within a few hundred steps
-    config = TrainConfig(batch_size=8, seq_len=16, time=120, eval_every=20, warmup=5, lr=1e-2, sample_every=0)
+    config = TrainConfig(batch_size=8, seq_len=16, time=120, eval_every=20, warmup=5, lr=1e-2, sample_every=0,
+                         schedule="cosine")  # a schedule that falls from the start (wsd: the next test)
     model = {"layers": 1, "hidden": 128, "embed": 16}
     result = train(corpus, config, model, out_dir=tmp_path / "run", precision="fp32")
     assert result.stopped.startswith("early stop: no better validation loss in 5 evaluations"), result.stopped
@@ -435,7 +436,8 @@ def test_a_stall_at_the_peak_starts_the_decay_instead_of_ending_the_run(tmp_path
     stall goes on exactly as the uninterrupted run."""
     corpus = _corpus(tmp_path, make_names(60))
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=4000, patience=5, eval_every=20, warmup=5, lr=1e-2,
-                         sample_every=0, schedule="wsd", min_lr_ratio=0.0)
+                         sample_every=0)
+    assert (config.schedule, config.min_lr_ratio) == ("wsd", 0.0)  # the defaults
     model = {"layers": 1, "hidden": 128, "embed": 16}
     notices = []
 
@@ -538,6 +540,10 @@ def test_resuming_from_a_tampered_training_state_is_a_checkpoint_error(tmp_path)
     meta["resume"] = meta["resume"].replace('"step": 4', '"step": "four"')
     save_file(tensors, str(last), metadata=meta)
     with pytest.raises(CheckpointError, match="malformed 'step'"):
+        train(corpus, longer, None, out_dir=tmp_path / "run", resume=tmp_path / "run", precision="fp32")
+    meta["resume"] = meta["resume"].replace('"step": "four"', '"step": 4').replace('"end": 1.0', '"end": 0.0')
+    save_file(tensors, str(last), metadata=meta)
+    with pytest.raises(CheckpointError, match="malformed 'end'"):  # the run's end as a share of its budget
         train(corpus, longer, None, out_dir=tmp_path / "run", resume=tmp_path / "run", precision="fp32")
 
 
