@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -71,6 +72,12 @@ def gemm_rate(dtype, device: str = "cpu", n: int = 2048) -> float:
             torch.cuda.synchronize()
         best = max(best, reps * 2 * n**3 / (time.perf_counter() - t))
     return best
+
+
+def chargen_cmd() -> list[str]:
+    """The installed `chargen` command beside this interpreter (a virtual environment's), else on PATH."""
+    exe = Path(sys.executable).with_name("chargen")
+    return [str(exe)] if exe.exists() else [shutil.which("chargen") or "chargen"]
 
 
 def run_measured(cmd: list[str], env: dict | None = None, capture: bool = True):

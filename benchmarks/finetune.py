@@ -28,8 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import host, print_table, run_measured, write_json
-from sampling import chargen_cmd
+from common import chargen_cmd, host, print_table, run_measured, write_json
 
 SOURCES = ["it-places", "surnames", "first-names", "cyrillic"]
 

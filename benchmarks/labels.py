@@ -31,8 +31,7 @@ import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
-from common import host, print_table, run_measured, write_json
-from sampling import chargen_cmd
+from common import chargen_cmd, host, print_table, run_measured, write_json
 
 
 def script(text: str) -> str:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, host, print_table, run_measured, write_json  # noqa: E402
+from common import DATA, chargen_cmd, host, print_table, run_measured, write_json  # noqa: E402
 
 # (target with bf16 matrix units or a GPU, target on a CPU without them, reference)
 TARGETS = {
@@ -30,11 +29,6 @@ TARGETS = {
                                         "word_language_model 2x512 LSTM 1.954 (5 min, AMX machine)"),
     "names.txt": (1.90, 1.90, "makemore transformer 1.971, makemore GRU 1.995 (5 min); ~1.92 after long training"),
 }
-
-
-def chargen_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("chargen")
-    return [str(exe)] if exe.exists() else [shutil.which("chargen") or "chargen"]
 
 
 def has_bf16_units() -> bool:

@@ -22,21 +22,15 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import host, run_measured
+from common import chargen_cmd, host, run_measured
 
 HERE = Path(__file__).resolve().parent
-
-
-def chargen_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("chargen")
-    return [str(exe)] if exe.exists() else [shutil.which("chargen") or "chargen"]
 
 
 def timed(cmd: list[str], repeat: int) -> tuple[float, float]:

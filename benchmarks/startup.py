@@ -17,8 +17,7 @@ import os
 import statistics
 from pathlib import Path
 
-from common import host, run_measured, write_json
-from sampling import chargen_cmd
+from common import chargen_cmd, host, run_measured, write_json
 
 COMMANDS = [["sample", "-n", "10", "--seed", "1"], ["--help"], ["info"]]
 
