@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._version import __version__
 from ..checkpoint import BEST, LAST, Checkpoint, encode_lines, read_checkpoint
-from ..config import DEFAULT_PATIENCE, DEFAULT_TIME, SCHEDULES, STABLE_UNTIL, ModelConfig, SampleConfig, TrainConfig, format_duration
+from ..config import (DEFAULT_PATIENCE, DEFAULT_TIME, SCHEDULES, STABLE_UNTIL, ModelConfig, SampleConfig, TrainConfig,
+                      format_duration)
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
 from ..evaluation import label_line_sums, line_sums, stream_sums
 from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
