@@ -475,13 +475,16 @@ class Trainer:
         run, stable = self.run, STABLE_UNTIL.get(self.config.schedule)
         if run.end < 1.0:
             return
-        best = f"best {run.best_val_loss:.4f} at step {self.best_step:,}"
+        best = self.best_so_far()
         if stable is None or not 0.0 < progress < stable:
             self.stopped = f"early stop: no better validation loss in {self.budget.patience} evaluations ({best})"
             return
         run.end = progress / stable
         self.cb.on_notice(f"no better validation loss in {self.budget.patience} evaluations ({best}): the learning "
                           f"rate decays to its floor from here, and the run ends at {run.end:.0%} of its budget")
+
+    def best_so_far(self) -> str:
+        return f"best {self.run.best_val_loss:.4f} at step {self.best_step:,}"
 
     def preview(self, start: list[np.ndarray]) -> str:
         """A short sample to show progress: five lines, or 200 characters of prose."""
@@ -539,7 +542,7 @@ class Trainer:
             return self.stopped
         if self.run.end < 1.0 and self.progress(self.elapsed()) >= 1.0:
             return (f"validation stalled at the peak learning rate and the decay begun then is done "
-                    f"(best {self.run.best_val_loss:.4f} at step {self.best_step:,})")
+                    f"({self.best_so_far()})")
         if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
             return f"{self.budget.max_steps:,} steps done"
         return f"the time budget of {format_duration(self.budget.time)} was spent" if self.budget.time else "done"
