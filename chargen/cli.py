@@ -67,7 +67,8 @@ def spelling(name: str) -> str:
 
 def _typer_option(d: Declared, hint: Any, cli_default: Any) -> inspect.Parameter:
     """One declared option as a Typer parameter: its flags, help, panel and shown default."""
-    default = d.opt.default_help or (d.default if d.default not in (None, False, []) else "")
+    shown = not (d.default is None or d.default is False or d.default == [])  # 0 is shown (0 == False)
+    default = d.opt.default_help or (d.default if shown else "")
     help_text = d.opt.help + (f" [default: {default}]" if default != "" else "")
     flags = d.opt.flags  # none given: Typer derives --kebab-name (and --no-x for a switch)
     option = typer.Option(*flags, help=help_text, rich_help_panel=d.opt.panel or None, show_default=False)

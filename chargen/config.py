@@ -259,8 +259,8 @@ class ModelConfig(_Config):
                                         "the same at every step.", check=lambda v: 0.0 <= v < 1.0,
                                   rule="must be in [0, 1)")
     weight_drop: float = option(0.0, "DropConnect on the hidden-to-hidden weights: one mask per training step "
-                                      "(the fused kernels are kept).", check=lambda v: 0.0 <= v < 1.0,
-                                rule="must be in [0, 1)")
+                                      "(the fused kernels are kept).", default_help=AUTO,
+                                check=lambda v: 0.0 <= v < 1.0, rule="must be in [0, 1)")
     # Set by line-mode training (TrainConfig.line_mode), not an option: every line starts from a
     # learned state (the checkpoint's start_state), a weight "start" (state tensors, layers, hidden).
     learned_start: bool = False
@@ -361,7 +361,7 @@ class TrainConfig(_Config):
                                    **POSITIVE)  # the command line takes a duration (--time 5m): cli.py declares it
     eval_every: int = option(200, "Evaluate and save every N steps.", **POSITIVE)
     patience: Optional[int] = option(None, "Stop early after this many evaluations without a better val loss (0: "
-                                           "never); with wsd at its peak, start the decay instead.",
+                                           "never); with wsd, start the decay instead (in the decay, go on to its end).",
                                      default_help=f"{DEFAULT_PATIENCE} unless --max-steps or --epochs is given",
                                      check=lambda v: v >= 0, rule="must be 0 (never stop early) or more")
     sample_every: int = option(1, "Show a sample every N evaluations, on stderr (0: never).", check=lambda v: v >= 0,

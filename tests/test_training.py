@@ -472,6 +472,25 @@ def test_a_stall_at_the_peak_starts_the_decay_instead_of_ending_the_run(tmp_path
         np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
 
 
+def test_a_stall_in_the_decay_does_not_end_the_run(tmp_path, monkeypatch):
+    """wsd's decay brings its gain in its last steps: a stall during the decay on schedule (here a
+    validation curve that improves until 85% of the run, then stays flat) lets the run go to its end."""
+    from chargen.training.loop import Trainer
+
+    flat_from = 170
+    monkeypatch.setattr(Trainer, "validation_loss", lambda self, start: 5.0 - 0.01 * min(self.run.step, flat_from))
+    corpus = _corpus(tmp_path, make_names(60))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=200, patience=2, eval_every=10, warmup=5, sample_every=0)
+    result = train(corpus, config, {"layers": 1, "hidden": 16, "embed": 8}, out_dir=tmp_path / "run", precision="fp32")
+    steps = [m["step"] for m in result.metrics]
+    assert steps[-1] == 200 and result.steps == 200 and result.stopped == "200 steps done", (steps, result.stopped)
+    assert result.metrics[-1]["lr"] < result.metrics[steps.index(flat_from)]["lr"]  # the decay ran on
+    # The same curve under cosine, whose stall policy is unchanged, stops two evaluations after its best.
+    cosine = train(corpus, TrainConfig(**{**config.__dict__, "schedule": "cosine"}), {"layers": 1, "hidden": 16, "embed": 8},
+                   out_dir=tmp_path / "cosine", precision="fp32")
+    assert cosine.steps == flat_from + 2 * 10 and cosine.stopped.startswith("early stop"), cosine.stopped
+
+
 def test_precision_falls_back_with_a_notice(monkeypatch):
     from chargen.training import device as dev
     from chargen.config import ModelConfig

@@ -471,12 +471,13 @@ class Trainer:
         """`patience` evaluations without a better validation loss, at `progress` of the budget. A run
         still at its schedule's peak (wsd before its decay) starts the decay now, and ends when the
         decay has taken the share of the run it would have had (at 40% of the budget, the run ends at
-        50%); a run decaying since an earlier stall goes on to its end; any other run ends now."""
+        50%); a run in its decay (begun by an earlier stall or on schedule) goes on to its end, as the
+        decay's last steps are where it gains most; any other run ends now."""
         run, stable = self.run, STABLE_UNTIL.get(self.config.schedule)
-        if run.end < 1.0:
+        if stable is not None and (run.end < 1.0 or progress >= stable):
             return
         best = self.best_so_far()
-        if stable is None or not 0.0 < progress < stable:
+        if stable is None or progress <= 0.0:
             self.stopped = f"early stop: no better validation loss in {self.budget.patience} evaluations ({best})"
             return
         run.end = progress / stable
