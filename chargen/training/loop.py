@@ -135,7 +135,7 @@ def train(
                     continue  # a non-finite loss: the step was skipped (and rolled back if it persists)
                 t.report_progress(clock.now)
                 if t.run.step % config.eval_every == 0:
-                    t.evaluate(progress=t.budget.progress(t.run.step, clock.elapsed))
+                    t.evaluate(spent=t.budget.progress(t.run.step, clock.elapsed))
                     if t.stopped is not None:
                         break
             return t.finish(flag)
@@ -424,8 +424,8 @@ class Trainer:
         return total / count if count else float("nan")
 
     def evaluate(self, measured: Optional[tuple[list[np.ndarray], float]] = None,
-                 progress: Optional[float] = None) -> None:
-        """Validate, record the metrics, act on a stall (with `progress`, the budget's share spent, as
+                 spent: Optional[float] = None) -> None:
+        """Validate, record the metrics, act on a stall (with `spent`, the budget's share spent, as
         every rank agrees on it), save best (if better) and last, and report. `measured`: the
         start-of-line state and validation loss, when the caller has just computed them."""
         self.meter.drain()
@@ -445,8 +445,8 @@ class Trainer:
             self.best_step, self.evals_since_best = run.step, 0
         else:
             self.evals_since_best += 1
-        if progress is not None and self.budget.patience and self.evals_since_best >= self.budget.patience:
-            self.after_stall(progress)  # before last.safetensors is written: a resumed run goes on as this one
+        if spent is not None and self.budget.patience and self.evals_since_best >= self.budget.patience:
+            self.after_stall(spent)  # before last.safetensors is written: a resumed run goes on as this one
         report = EvalReport(
             step=run.step, epoch=run.epoch, chars_seen=run.chars_seen, train_loss=round(train_loss, 5),
             val_loss=round(val_loss, 5), val_bpc=round(val_loss / LN2, 5), lr=self.optimizer.param_groups[0]["lr"],
@@ -467,20 +467,20 @@ class Trainer:
             report = report.with_sample(self.preview(start))
         self.cb.on_eval(report)
 
-    def after_stall(self, progress: float) -> None:
-        """`patience` evaluations without a better validation loss, at `progress` of the budget. A run
+    def after_stall(self, spent: float) -> None:
+        """`patience` evaluations without a better validation loss, with `spent` of the budget spent. A run
         still at its schedule's peak (wsd before its decay) starts the decay now, and ends when the
         decay has taken the share of the run it would have had (at 40% of the budget, the run ends at
         50%); a run in its decay (begun by an earlier stall or on schedule) goes on to its end, as the
         decay's last steps are where it gains most; any other run ends now."""
         run, stable = self.run, STABLE_UNTIL.get(self.config.schedule)
-        if stable is not None and (run.end < 1.0 or progress >= stable):
+        if stable is not None and (run.end < 1.0 or spent >= stable):
             return
         best = self.best_so_far()
-        if stable is None or progress <= 0.0:
+        if stable is None or spent <= 0.0:
             self.stopped = f"early stop: no better validation loss in {self.budget.patience} evaluations ({best})"
             return
-        run.end = progress / stable
+        run.end = spent / stable
         self.cb.on_notice(f"no better validation loss in {self.budget.patience} evaluations ({best}): the learning "
                           f"rate decays to its floor from here, and the run ends at {run.end:.0%} of its budget")
 
