@@ -29,9 +29,8 @@ import numpy as np
 
 from .errors import UsageError
 from .sampling.engine import log_softmax
-from .training.data import line_ids
+from .training.data import PAD, line_ids, padded_lines  # PAD: the target id of padding, not scored
 
-PAD = -1  # target id of padding: not scored
 EVAL_STREAMS = 32  # streams of the stream loss
 LINE_BATCH = 512  # lines scored together (sorted by length, so padding stays small)
 
@@ -67,19 +66,18 @@ def stream_sums(scorer: Scorer, ids: np.ndarray, seq_len: int, streams: int = EV
 
 
 def line_batches(lines: list[np.ndarray], newline_id: int, batch: int = LINE_BATCH):
-    """The line layout both line losses read: batches of lines of similar length, as (which lines,
-    inputs (B, W), targets (B, W)): "\n" then the line in, the line then its newline out, PAD after."""
+    """Batches of lines of similar length, as (which lines, inputs (B, W), targets (B, W)) in the
+    layout of every line loss (training's too: chargen.training.data.padded_lines): "\n" then the
+    line in, the line then its newline out, PAD after (as an input: the newline)."""
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))  # similar lengths batch together
     for b0 in range(0, len(order), batch):
         which = order[b0 : b0 + batch]
-        group = [lines[i] for i in which]
-        width = max(len(g) for g in group)
-        targets = np.full((len(group), width), PAD, dtype=np.int64)  # (B, W)
-        inputs = np.full((len(group), width), newline_id, dtype=np.int64)  # (B, W): "\n", then the line
-        for r, g in enumerate(group):
-            targets[r, : len(g)] = g
-            inputs[r, 1 : len(g)] = g[:-1]
-        yield which, inputs, targets
+        group = [lines[i] for i in which]  # each ends with its newline
+        sizes = np.array([len(g) for g in group], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        seq = padded_lines(np.concatenate(group), starts, sizes - 1, newline_id, np.int64)  # (B, W + 1)
+        inputs, targets = seq[:, :-1], seq[:, 1:]
+        yield which, np.where(inputs == PAD, newline_id, inputs), targets
 
 
 def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,

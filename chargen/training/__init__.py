@@ -1,7 +1,7 @@
 """The training side: everything that needs PyTorch, and what prepares its input.
 
     setup.py        one `chargen train` from options to a run: resume, the base model, sizes
-    loop.py         the loop: truncated BPTT over contiguous streams, AdamW, warmup + cosine
+    loop.py         the loop: truncated BPTT over streams (lists: line by line), AdamW, the schedule
     data.py         corpus text -> streams, windows, the train/validation split
     ingest.py       files -> an encoded, cached corpus (large corpora without holding them in memory)
     rundir.py       the run directory: lock, checkpoints, metrics, the RunState that resumes

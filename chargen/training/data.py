@@ -286,7 +286,7 @@ class WindowLoader:
 # --- a list, line by line ----------------------------------------------------------------------
 
 LINE_SORT_CHUNK = 16  # lines are sorted by length within runs of this many batches (less padding)
-PAD = -1
+PAD = -1  # the id of padding in a batch of lines: not an input, not scored (evaluation reads it from here)
 
 
 @dataclass
@@ -362,15 +362,26 @@ class LinePool:
                            epoch, self)
 
     def _padded(self, group: np.ndarray) -> np.ndarray:
-        """(B, L + 2) int32: each line of `group` as "\n" + line + "\n", padded with PAD."""
-        lengths = self.lengths[group]
-        seq = np.full((len(group), int(lengths.max()) + 2), PAD, dtype=np.int32)
-        cols = np.arange(seq.shape[1] - 2)
-        inside = cols[None, :] < lengths[:, None]  # (B, L)
-        seq[:, 1:-1][inside] = self.flat[(self.starts[group][:, None] + cols[None, :])[inside]]
-        seq[:, 0] = self.newline
-        seq[np.arange(len(group)), lengths + 1] = self.newline
-        return seq
+        return padded_lines(self.flat, self.starts[group], self.lengths[group], self.newline)
+
+
+def padded_lines(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, newline: int,
+                 dtype: type = np.int32) -> np.ndarray:
+    """(B, max length + 2): line k, the `lengths[k]` ids of `flat` from `starts[k]`, as "\n" + line +
+    "\n", then PAD. The layout of every line loss, training's and evaluation's: inputs are the
+    columns [:-1] (PAD there is not read), targets the columns [1:] (PAD there is not scored)::
+
+        "\n"  K    a    t    e   "\n" PAD      <- a row: Kate
+         |--------- inputs --------|
+              |--------- targets --------|
+    """
+    seq = np.full((len(lengths), int(lengths.max()) + 2), PAD, dtype=dtype)
+    cols = np.arange(seq.shape[1] - 2)
+    inside = cols[None, :] < lengths[:, None]  # (B, L)
+    seq[:, 1:-1][inside] = flat[(starts[:, None] + cols[None, :])[inside]]
+    seq[:, 0] = newline
+    seq[np.arange(len(lengths)), lengths + 1] = newline
+    return seq
 
 
 class LineLoader:

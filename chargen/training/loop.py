@@ -1,4 +1,5 @@
-"""The training loop: truncated BPTT over contiguous streams, AdamW, warmup + cosine decay.
+"""The training loop: truncated BPTT over contiguous streams (a list: line by line), AdamW, warmup
+then the schedule (warmup-stable-decay by default; config.SCHEDULES).
 
 `train()` is the algorithm; `Trainer` holds one run's model, optimizer, data and RunState and
 does its steps, evaluations and checkpoints. Everything else lives where its concern does: data
