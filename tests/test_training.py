@@ -347,8 +347,8 @@ def test_auto_sizes_follow_the_measured_speed():
     assert sizes(device, time_budget=5).model["hidden"] == 64 and device.calls == []
 
 
-@pytest.mark.parametrize("epochs, dropout, weight_drop", [(10, 0.0, 0.0), (16, 0.0, 0.25), (50, 0.2, 0.25),
-                                                           (149, 0.2, 0.25), (200, 0.2, 0.5)])
+@pytest.mark.parametrize("epochs, dropout, weight_drop", [(10, 0.0, 0.0), (16, 0.0, 0.25), (50, 0.1, 0.25),
+                                                           (149, 0.1, 0.25), (150, 0.2, 0.5), (200, 0.2, 0.5)])
 def test_the_regularisers_grow_with_the_epochs_a_run_will_see(epochs, dropout, weight_drop):
     from chargen.training.sizing import auto_sizes
 
