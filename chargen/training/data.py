@@ -357,23 +357,21 @@ class LinePool:
         order = order[np.lexsort((self.lengths[order], chunk))]  # stable: ties keep their order
         groups = [order[k * b : (k + 1) * b] for k in batch_order]
         counts = [int(self.lengths[g].sum()) + b for g in groups]  # each line's characters and its newline
-        return LineBatches([self._padded(g)[self.rows] for g in groups], counts, b, sum(counts),
+        seqs = [padded_lines(self.flat, self.starts[g], self.lengths[g], self.newline)[self.rows] for g in groups]
+        return LineBatches(seqs, counts, b, sum(counts),
                            None if self.labels is None else [self.labels[g][self.rows] for g in groups],
                            epoch, self)
-
-    def _padded(self, group: np.ndarray) -> np.ndarray:
-        return padded_lines(self.flat, self.starts[group], self.lengths[group], self.newline)
 
 
 def padded_lines(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, newline: int,
                  dtype: type = np.int32) -> np.ndarray:
     """(B, max length + 2): line k, the `lengths[k]` ids of `flat` from `starts[k]`, as "\n" + line +
-    "\n", then PAD. The layout of every line loss, training's and evaluation's: inputs are the
-    columns [:-1] (PAD there is not read), targets the columns [1:] (PAD there is not scored)::
+    "\n", then PAD. The layout of every line loss, training's and evaluation's. Kate, in a batch
+    whose longest line has 5 characters::
 
-        "\n"  K    a    t    e   "\n" PAD      <- a row: Kate
-         |--------- inputs --------|
-              |--------- targets --------|
+        row                     \n K a t e \n PAD
+        inputs: columns [:-1]   \n K a t e \n       (what follows the line's newline is never scored)
+        targets: columns [1:]      K a t e \n PAD   (PAD is not scored)
     """
     seq = np.full((len(lengths), int(lengths.max()) + 2), PAD, dtype=dtype)
     cols = np.arange(seq.shape[1] - 2)

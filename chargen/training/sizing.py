@@ -29,7 +29,7 @@ SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shap
 DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
 # The regularisers a run gets by the number of times it will see its corpus: (field, ((epochs, value), ...)),
 # the value of the last step reached, else 0. Dropout (on the layers' outputs) 0.1 from 20 epochs and 0.2
-# from 150: with weight decay 0.1, names.txt at 90-110 epochs 1.8967 / 1.9063 with 0.1 against 1.9008 /
+# from 150: with weight decay 0.1, names.txt at 74-110 epochs 1.8967 / 1.9063 with 0.1 against 1.9008 /
 # 1.9123 with 0.2 (two seeds); a list seen hundreds of times keeps the 0.2 it was measured with. Weight
 # drop (DropConnect on the recurrent weights) 0.25 from 15 epochs and 0.5 from 150: on names.txt 0.25 was
 # better at 50 and 111 epochs (by 0.010-0.025), 0.5 at 155-265 (by 0.003-0.005); on tinyshakespeare 0.5
