@@ -17,12 +17,10 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 
 def label_facts(model: str) -> list[tuple[str, int, float | None]]:
-    exe = Path(sys.executable).with_name("chargen")
-    done = subprocess.run([str(exe) if exe.exists() else "chargen", "info", model, "--json"],
+    done = subprocess.run([sys.executable, "-m", "chargen", "info", model, "--json"],
                           capture_output=True, text=True, check=True)
     labels = json.loads(done.stdout)["labels"]
     if not labels:
