@@ -667,6 +667,8 @@ def info(
         t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]}), "
                                   f"val loss before training {loss(lineage.get('val_loss'))}"
                                   + (f", {lineage.get('new_chars')} new characters" if lineage.get("new_chars") else "")
+                                  + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)"
+                                     if lineage.get("stand_ins") else "")
                                   + (", lines from its label " + ", ".join(lineage["start_labels"].values())
                                      if lineage.get("start_labels") else ""))
     tc = ckpt.train_config

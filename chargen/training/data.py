@@ -406,6 +406,20 @@ class LineLoader:
         pass
 
 
+
+def calibration_rows(data: "TrainData", max_chars: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """About `max_chars` characters of the training text as the model reads it, to measure a model
+    on before training (chargen.training.finetune's calibration); the same in every process. A
+    list: a seeded sample of its lines as `padded_lines` rows (B, L + 2), and their labels (B,) for a
+    labelled list. Prose: its head, as one row. Inputs are a row's columns [:-1], targets [1:]."""
+    pool = data.line_batches.pool if data.line_batches is not None else None
+    if pool is None:
+        return data.start_ids[None, : max_chars + 1], None
+    order = np.random.default_rng(0).permutation(len(pool.lengths))
+    take = order[: int(np.searchsorted(np.cumsum(pool.lengths[order] + 1), max_chars)) + 1]
+    seq = padded_lines(pool.flat, pool.starts[take], pool.lengths[take], pool.newline, np.int64)
+    return seq, (pool.labels[take] if pool.labels is not None else None)
+
 # --- everything a training run needs of its corpus --------------------------------------------
 
 

@@ -1,17 +1,27 @@
 """Starting a run from a trained model (`chargen train LIST --from CHECKPOINT`): torch-free.
 
 The base model's architecture is kept; its vocabulary grows by the new corpus's characters.
-Growing is exact: each new character gets an embedding row (the mean of the old ones: a
-typical input) and an output row with zero weights and a bias so low that, whatever the hidden
-state, all new characters together get less than NEW_CHAR_MASS of the probability, so the
-log-probabilities of text in the old vocabulary change by less than float32 can show
-(`grow_weights`, tested). At that level a new character costs ~20 nats each time it appears,
-and AdamW moves a bias by about the learning rate per step: thousands of steps to learn a new
-alphabet. So before the run's first step (and before it is saved or evaluated) the new rows'
-biases are calibrated (`calibrated_bias`): each new character starts at its frequency in the
-training text, in the model's typical context, which shifts the old characters' log-probabilities
-by log(1 - that total frequency) and nothing more. Characters the new corpus lacks stay, so the
-model can still write them.
+A new character that has a stand-in among the old ones (`stand_in`: a Cyrillic letter's Latin
+transliteration, an accented letter's bare letter, the other case of a known letter) starts as a
+copy of it: its embedding row and its output row, so the network reads "Иван" as it reads "Ivan"
+and predicts "и" where it would predict "i". One without starts from the mean embedding row (a
+typical input) and an output row of zero weights. Either way growing is exact: the new rows'
+output biases are set so low that, whatever the hidden state, all new characters together get
+less than NEW_CHAR_MASS of the probability, so the log-probabilities of text in the old
+vocabulary change by less than float32 can show (`grow_weights`, tested). At that level a new
+character costs ~20 nats each time it appears, and AdamW moves a bias by about the learning rate
+per step: thousands of steps to learn a new alphabet. So before the run's first step (and before
+it is saved or evaluated) the output biases are calibrated (`calibrated_bias`): each new
+character gets on average, over the contexts of the training text, its frequency there (a copied
+row keeps its stand-in's dependence on the context). A run that keeps the base's labels
+calibrates the new characters only, which shifts the old characters' log-probabilities by about
+log(1 - the new ones' total frequency) and nothing more. A run without labels, which becomes the
+model of its list alone, also calibrates the stand-ins that the list never uses: the Latin
+letters behind a Cyrillic list's letters make way for their copies, while the line ends keep the
+share the base gives them and the letters the list shares with the base keep their biases
+(calibrating every character instead fits a short list's letter counts too closely:
+docs/benchmarks.md, "A new script's letters start from their transliterations"). Characters the
+new corpus lacks stay, so the model can still write them.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import unicodedata
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -45,12 +57,15 @@ class Lineage:
     path: str
     sha256: str
     new_chars: int
+    stand_ins: Optional[dict[str, str]] = None  # new character -> the old one it started as a copy of
     val_loss: Optional[float] = None  # the base model's loss on this run's validation text, before any step
     # A labelled base: the base label each new label (or an unlabelled list, "") starts from.
     start_labels: Optional[dict[str, str]] = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"path": self.path, "sha256": self.sha256, "new_chars": self.new_chars, "val_loss": self.val_loss}
+        if self.stand_ins:
+            out["stand_ins"] = self.stand_ins
         if self.start_labels:
             out["start_labels"] = self.start_labels
         return out
@@ -72,36 +87,85 @@ def check_architecture(base: ModelConfig, given: dict[str, Any], base_path: Path
                              f"{key} {getattr(base, key)}); drop `{key}`, the shape comes from `start_from`")
 
 
+# Cyrillic letters (Russian, Ukrainian, Belarusian, Bulgarian, Serbian, Macedonian) -> the Latin
+# letters that transliterate them, as Czech, Slovak, Slovene and Croatian spell the same sounds:
+# the base model (chargen.checkpoint.BUNDLED) knows those letters from the names of places in
+# those languages, and its corpus holds no Cyrillic (it is left out for benchmarks/finetune.py).
+# One letter each; where a transliteration takes two (ю ju) the vowel. Where the base read the
+# Cyrillic list of benchmarks/finetune.py better through another letter (ы i not y, ъ a not ă),
+# that one (docs/benchmarks.md, "A new script's letters start from their transliterations").
+# The other scripts the base knows (Greek, Arabic, Hebrew, Armenian, Georgian...) need none.
+CYRILLIC_STAND_INS = dict(zip(
+    "абвгдеёжзийклмнопрстуфхцчшщъыьэюяєіїґўјљњћђџѕѓќ",
+    "abvgdeežzijklmnoprstufhcčššaijeuaeiigujlnćđdzgk"))
+
+
+def stand_in(char: str, known: Container[str]) -> Optional[str]:
+    """The known character a new character `char` starts as a copy of, or None: its Latin
+    transliteration (CYRILLIC_STAND_INS, in the same case), that letter without its accents, the
+    character itself without its accents (é -> e), or its other case (Ə -> ə); the first known."""
+    lower = char.lower()
+    translit = CYRILLIC_STAND_INS.get(lower, "")
+    if translit and char != lower:
+        translit = translit.upper()
+    candidates = [translit, unicodedata.normalize("NFKD", translit)[:1], unicodedata.normalize("NFKD", char)[:1],
+                  char.swapcase()]
+    return next((c for c in candidates if c and c != char and c in known), None)
+
+
+def stand_ins(old: Vocab, new: Vocab) -> dict[str, str]:
+    """Each character of `new` that `old` lacks -> its stand-in in `old` (those that have one)."""
+    found = {c: stand_in(c, old.index) for c in new.chars if c not in old.index}
+    return {c: t for c, t in found.items() if t is not None}
+
+
 def grow_weights(weights: dict[str, np.ndarray], old: Vocab, new: Vocab) -> dict[str, np.ndarray]:
     """The base weights for the vocabulary `new` (a superset of `old`, in any order)."""
     missing = [c for c in old.chars if c not in new]
     if missing:
         raise ValueError(f"the new vocabulary drops {missing!r}")
-    rows = np.array([old.index.get(c, -1) for c in new.chars])  # old row of each new id, -1 if new
-    fresh = rows < 0
+    copies = stand_ins(old, new)
+    fresh = np.array([c not in old.index for c in new.chars])
+    rows = np.array([old.index.get(copies.get(c, c), -1) for c in new.chars])  # the old row each id starts from
+    alone = rows < 0  # new characters with no stand-in
     grown = dict(weights)
     emb, head_w, head_b = weights["embedding.weight"], weights["head.weight"], weights["head.bias"]
-    grown["embedding.weight"] = np.where(fresh[:, None], emb.mean(axis=0, keepdims=True), emb[rows]).astype(emb.dtype)
-    grown["head.weight"] = np.where(fresh[:, None], 0.0, head_w[rows]).astype(head_w.dtype)
-    # Every hidden unit lies in (-1, 1), so an old logit is at least b_j - |w_j|_1: the largest
-    # such floor bounds the softmax's normaliser from below, whatever the context.
+    grown["embedding.weight"] = np.where(alone[:, None], emb.mean(axis=0, keepdims=True), emb[rows]).astype(emb.dtype)
+    grown["head.weight"] = np.where(alone[:, None], 0.0, head_w[rows]).astype(head_w.dtype)
+    # Each new character gets at most NEW_CHAR_MASS / n_new. A copy's logit is its stand-in's
+    # plus log(that share), so its probability is at most that share of its stand-in's. A row of
+    # zero weights has its bias as logit, and every hidden unit lies in (-1, 1), so an old
+    # logit is at least b_j - |w_j|_1: the largest such floor bounds the softmax's normaliser from
+    # below, whatever the context.
+    share = math.log(NEW_CHAR_MASS / max(int(fresh.sum()), 1))
     floor = float(np.max(head_b.astype(np.float64) - np.abs(head_w.astype(np.float64)).sum(axis=1)))
-    n_new = int(fresh.sum())
-    new_bias = floor + math.log(NEW_CHAR_MASS / max(n_new, 1))
-    grown["head.bias"] = np.where(fresh, new_bias, head_b[rows]).astype(head_b.dtype)
+    bias = np.where(alone, floor, head_b[rows]) + np.where(fresh, share, 0.0)
+    grown["head.bias"] = bias.astype(head_b.dtype)
     return grown
 
 
-def calibrated_bias(head_bias: np.ndarray, fresh: np.ndarray, counts: np.ndarray, old_lse: float) -> np.ndarray:
-    """Output biases where each new character (`fresh`, a bool mask) gets about its frequency in
-    the training text (`counts` per id): with zero output weights its logit is its bias, and
-    `old_lse` is the old characters' mean log-normaliser over real contexts, so
-    p(new c) = f_c needs b_c = log f_c + old_lse - log(1 - sum of new f)."""
+def calibrated_bias(logits: np.ndarray, bias: np.ndarray, fit: np.ndarray, counts: np.ndarray,
+                    rounds: int = 200) -> np.ndarray:
+    """Output biases under which each character of `fit` (a bool mask over ids) gets on average,
+    over the contexts of `logits` ((T, V), computed with `bias`), its frequency in the training
+    text (`counts` per id, plus a half: a character the text lacks gets a little), the others'
+    biases unchanged. Those are the biases that make the text likeliest with the rest of the
+    network fixed: at that optimum a softmax's mean prediction of each id whose bias is free
+    equals the id's frequency. Found by iterative scaling (each round adds log(frequency / mean
+    prediction) to the free biases: generalised iterative scaling, which converges since each
+    id has one bias), to 1e-4 nats."""
     freq = (counts.astype(np.float64) + 0.5) / (counts.sum() + 0.5 * len(counts))
-    new_total = float(freq[fresh].sum())
-    bias = head_bias.astype(np.float64).copy()
-    bias[fresh] = np.log(freq[fresh]) + old_lse - math.log(max(1.0 - new_total, 1e-3))
-    return bias.astype(head_bias.dtype)
+    z = logits.astype(np.float64)  # (T, V)
+    shift = np.zeros(len(bias))
+    for _ in range(rounds):
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        step = np.where(fit, np.log(freq) - np.log(p.mean(axis=0)), 0.0)
+        shift += step
+        z += step
+        if np.abs(step).max() < 1e-4:
+            break
+    return (bias.astype(np.float64) + shift).astype(bias.dtype)
 
 
 # --- the start states of a labelled run from a model ---------------------------------------------
@@ -109,15 +173,18 @@ def calibrated_bias(head_bias: np.ndarray, fresh: np.ndarray, counts: np.ndarray
 CLOSEST_LINES = 200  # lines of a new label scored under each of the base model's labels
 
 
-def closest_label(base, lines: list[str]) -> int:
+def closest_label(base, lines: list[str], copies: Mapping[str, str]) -> int:
     """The base model's label (its index) under which `lines` are likeliest per character: a new
-    label starts from its start state (base: a labelled Checkpoint). Lines with characters the
-    base does not know are left out; with none left, the label with the most training lines."""
+    label starts from its start state (base: a labelled Checkpoint). New characters are read as
+    their stand-ins (`copies`, from `stand_ins`: the network starts by reading them so); lines
+    with other characters the base does not know are left out; with none left, the label with
+    the most training lines."""
     from ..evaluation import NumpyScorer, mixture_nlls  # numpy only
     from ..npmodel import NumpyCharRNN
 
     newline = base.vocab.index["\n"]
     chosen = random.Random(0).sample(lines, min(CLOSEST_LINES, len(lines)))  # (the lines come sorted)
+    chosen = [line.translate(str.maketrans(dict(copies))) for line in chosen]
     ids = [np.append(base.vocab.encode(line).astype(np.int64), newline)
            for line in chosen if not base.vocab.unknown_chars(line)]
     if not ids:
@@ -128,12 +195,12 @@ def closest_label(base, lines: list[str]) -> int:
     return int(np.argmin(per.sum(axis=0)))  # (the same characters under every label: sums compare as means)
 
 
-def start_weights(base, config: ModelConfig, names: Optional[list[str]],
-                  lines_of: dict[str, list[str]]) -> tuple[np.ndarray, dict[str, str]]:
+def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_of: dict[str, list[str]],
+                  copies: Mapping[str, str]) -> tuple[np.ndarray, dict[str, str]]:
     """The "start" weight of a run from `base`, of `config`'s shape, and which base label each new
     label (an unlabelled run: "") starts from. A label the base has keeps its start state (so its
     distribution is unchanged until training moves it); a new label starts from the base's closest
-    label (closest_label on its lines), or from the base's one start state when the base has no
+    label (closest_label on its lines, new characters read as `copies`), or from the base's one start state when the base has no
     labels. An unlabelled run from a labelled base starts from its corpus's closest label
     (`lines_of[""]`)."""
     shape = config.weight_shapes()["start"]
@@ -144,9 +211,9 @@ def start_weights(base, config: ModelConfig, names: Optional[list[str]],
         return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32), {}
     per_label = np.moveaxis(stacked, 1, 0)  # (labels, S, layers, H)
     if not config.n_labels:
-        k = closest_label(base, lines_of.get("", []))
+        k = closest_label(base, lines_of.get("", []), copies)
         return per_label[k].astype(np.float32), {"": base.labels[k]}
     index = {name: k for k, name in enumerate(base.labels)}
-    rows = [index[name] if name in index else closest_label(base, lines_of.get(name, [])) for name in names]
+    rows = [index[name] if name in index else closest_label(base, lines_of.get(name, []), copies) for name in names]
     starts = {name: base.labels[k] for name, k in zip(names, rows) if name not in index}
     return np.ascontiguousarray(per_label[rows], dtype=np.float32), starts

@@ -39,10 +39,10 @@ from ..sampling.drawing import generate
 from ..sampling.labels import resolve_labels
 from ..sampling.randomness import derive_key
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
-from .data import Corpus, LineLoader, TrainData, WindowLoader, prepare_training_data
+from .data import PAD, Corpus, LineLoader, TrainData, WindowLoader, calibration_rows, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
-from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights, start_weights
+from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_weights
 from .ingest import EncodedCorpus
 from .rundir import RunDir, RunState, check_resumable
 from .scorer import TorchScorer
@@ -589,16 +589,18 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
         return config, model, None
     weights = grow_weights(base.weights, base.vocab, data.vocab)
     weights.pop("start", None)
+    copies = stand_ins(base.vocab, data.vocab)
     starts: dict[str, str] = {}
     if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
         weights["start"], starts = start_weights(base, config, data.labels.names if data.labels else None,
-                                                 _lines_by_label(data))
+                                                 _lines_by_label(data), copies)
     load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
-    if fresh.any():
-        calibrate_new_chars(model, fresh, data.start_ids)
+    if fresh.any():  # a run that keeps the base's labels moves the new characters only (finetune.calibrated_bias)
+        copied = set(copies.values()) if not config.n_labels else set()
+        calibrate_new_chars(model, fresh, np.array([c in copied for c in data.vocab.chars]), data)
     return config, model, Lineage(path=str(base.path), sha256=file_sha256(base.path), new_chars=int(fresh.sum()),
-                                  start_labels=starts or None).to_dict()
+                                  stand_ins=copies or None, start_labels=starts or None).to_dict()
 
 
 def _lines_by_label(data: TrainData) -> dict[str, list[str]]:
@@ -637,13 +639,25 @@ def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.op
     return loss, grad_norm, new_state
 
 
-def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, text_ids: np.ndarray) -> None:
-    """Start each new character of a grown model at its frequency in `text_ids` (chargen.training.finetune)."""
+CALIBRATION_CHARS = 1 << 14  # the characters of the training text calibrate_new_chars reads the model on
+
+
+def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, yielding: np.ndarray, data: TrainData) -> None:
+    """Start each new character (`fresh`, a bool mask over ids) at its frequency in the training
+    text, with those of `yielding` (the stand-ins of a run without labels) that the text never
+    uses (chargen.training.finetune.calibrated_bias)."""
+    seq, labels = calibration_rows(data, CALIBRATION_CHARS)
+    device = model.head.weight.device
+    was_training = model.training
     with torch.no_grad():
-        logits, _ = model(torch.from_numpy(text_ids[None, :]).to(model.head.weight.device))  # (1, T, V)
-        old_lse = torch.logsumexp(logits[0][:, torch.from_numpy(~fresh)].double(), dim=-1).mean().item()
-        counts = np.bincount(text_ids, minlength=len(fresh))
-        bias = calibrated_bias(model.head.bias.detach().cpu().numpy(), fresh, counts, old_lse)
+        x = torch.from_numpy(seq[:, :-1]).clamp(min=0).to(device)
+        logits, _ = model.eval()(x, None, torch.from_numpy(labels).to(device) if labels is not None else None)
+        model.train(was_training)
+        targets = seq[:, 1:]
+        scored = targets != PAD
+        counts = np.bincount(targets[scored], minlength=len(fresh))
+        bias = calibrated_bias(logits.double().cpu().numpy()[scored], model.head.bias.detach().cpu().numpy(),
+                               fresh | (yielding & (counts == 0)), counts)
         model.head.bias.copy_(torch.from_numpy(bias))
 
 

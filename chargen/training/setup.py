@@ -20,7 +20,7 @@ from .data import read_corpus
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
-from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture
+from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture, stand_ins
 from .ingest import ingest
 from .labels import read_labelled
 from .loop import train as run_training
@@ -145,8 +145,10 @@ def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_
     if notice is not None:
         c = base.model_config
         new = len(corpus.vocab) - len(base.vocab)
+        copies = len(stand_ins(base.vocab, corpus.vocab))
         notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
                + (f" + {new} new characters" if new else "")
+               + (f" ({copies} start as copies of letters it knows)" if copies else "")
                + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
     return TrainConfig.from_dict({**loop_options, **auto.train}), {**shape, **auto.model, **model_options}
 
