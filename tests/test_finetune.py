@@ -86,7 +86,7 @@ def test_calibration_fits_each_chosen_character_to_its_frequency_over_the_contex
         z = logits + bias
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        np.testing.assert_allclose(p.mean(0)[fit], freq[fit], rtol=1e-3)
+        np.testing.assert_allclose(p.mean(0)[fit], freq[fit], rtol=0.02)  # (the fit stops within 0.01 nats)
         assert not bias[~fit].any()
 
 
