@@ -187,7 +187,8 @@ def closest_label(base, lines: list[str], copies: Mapping[str, str]) -> int:
 
     newline = base.vocab.index["\n"]
     chosen = random.Random(0).sample(lines, min(CLOSEST_LINES, len(lines)))  # (the lines come sorted)
-    chosen = [line.translate(str.maketrans(dict(copies))) for line in chosen]
+    as_read = str.maketrans(dict(copies))
+    chosen = [line.translate(as_read) for line in chosen]
     ids = [np.append(base.vocab.encode(line).astype(np.int64), newline)
            for line in chosen if not base.vocab.unknown_chars(line)]
     if not ids:
@@ -203,9 +204,9 @@ def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_o
     """The "start" weight of a run from `base`, of `config`'s shape, and which base label each new
     label (an unlabelled run: "") starts from. A label the base has keeps its start state (so its
     distribution is unchanged until training moves it); a new label starts from the base's closest
-    label (closest_label on its lines, new characters read as `copies`), or from the base's one start state when the base has no
-    labels. An unlabelled run from a labelled base starts from its corpus's closest label
-    (`lines_of[""]`)."""
+    label (closest_label on its lines, new characters read as their `copies`), or from the base's
+    one start state when the base has no labels. An unlabelled run from a labelled base starts from
+    its corpus's closest label (`lines_of[""]`)."""
     shape = config.weight_shapes()["start"]
     if base.start_state is None:
         return np.zeros(shape, np.float32), {}
