@@ -119,12 +119,13 @@ def stand_ins(old: Vocab, new: Vocab) -> dict[str, str]:
     return {c: t for c, t in found.items() if t is not None}
 
 
-def grow_weights(weights: dict[str, np.ndarray], old: Vocab, new: Vocab) -> dict[str, np.ndarray]:
-    """The base weights for the vocabulary `new` (a superset of `old`, in any order)."""
+def grow_weights(weights: dict[str, np.ndarray], old: Vocab, new: Vocab,
+                 copies: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The base weights for the vocabulary `new` (a superset of `old`, in any order), each new
+    character of `copies` (`stand_ins(old, new)`) a copy of its stand-in."""
     missing = [c for c in old.chars if c not in new]
     if missing:
         raise ValueError(f"the new vocabulary drops {missing!r}")
-    copies = stand_ins(old, new)
     fresh = np.array([c not in old.index for c in new.chars])
     rows = np.array([old.index.get(copies.get(c, c), -1) for c in new.chars])  # the old row each id starts from
     alone = rows < 0  # new characters with no stand-in

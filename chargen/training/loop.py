@@ -587,9 +587,9 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
     model = CharRNN(config)
     if base is None:
         return config, model, None
-    weights = grow_weights(base.weights, base.vocab, data.vocab)
-    weights.pop("start", None)
     copies = stand_ins(base.vocab, data.vocab)
+    weights = grow_weights(base.weights, base.vocab, data.vocab, copies)
+    weights.pop("start", None)
     starts: dict[str, str] = {}
     if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
         weights["start"], starts = start_weights(base, config, data.labels.names if data.labels else None,
