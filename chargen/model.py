@@ -8,7 +8,8 @@ in and out as numpy arrays (`weights_of`, `load_weights`), the form checkpoints 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -139,6 +140,17 @@ def from_weights(config: ModelConfig, weights: dict[str, np.ndarray]) -> CharRNN
     return model
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode (no dropout, no weight drop) for the block, then in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 # --- the state a line starts from -------------------------------------------------------------
 
 
@@ -164,12 +176,8 @@ def line_start_state(model: CharRNN, streams: torch.Tensor, newline_id: Optional
         ends = torch.arange(context, n, device=flat.device)
     pick = ends[torch.linspace(0, ends.numel() - 1, min(count, ends.numel()), device=flat.device).long()]
     windows = torch.stack([flat[e - context : e] for e in pick.tolist()]).long()  # (count, context)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         _, state = model(windows)
-    finally:
-        model.train(was_training)
     return [t.float().mean(dim=1).cpu().numpy() for t in state_tensors(state)]  # each (layers, H)
 
 

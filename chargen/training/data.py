@@ -406,7 +406,6 @@ class LineLoader:
         pass
 
 
-
 def calibration_rows(data: "TrainData", max_chars: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """About `max_chars` characters of the training text as the model reads it, to measure a model
     on before training (chargen.training.finetune's calibration); the same in every process. A
@@ -419,6 +418,7 @@ def calibration_rows(data: "TrainData", max_chars: int) -> tuple[np.ndarray, Opt
     take = order[: int(np.searchsorted(np.cumsum(pool.lengths[order] + 1), max_chars)) + 1]
     seq = padded_lines(pool.flat, pool.starts[take], pool.lengths[take], pool.newline, np.int64)
     return seq, (pool.labels[take] if pool.labels is not None else None)
+
 
 # --- everything a training run needs of its corpus --------------------------------------------
 

@@ -33,8 +33,8 @@ from ..config import (DEFAULT_PATIENCE, DEFAULT_TIME, SCHEDULES, STABLE_UNTIL, M
                       format_duration)
 from ..errors import ChargenError, CheckpointError, TrainingError, UsageError
 from ..evaluation import label_line_sums, line_sums, stream_sums
-from ..model import (CharRNN, State, TorchStepper, detach_state, line_start_state, load_weights, state_from_tensors,
-                     state_tensors, weights_of)
+from ..model import (CharRNN, State, TorchStepper, detach_state, evaluating, line_start_state, load_weights,
+                     state_from_tensors, state_tensors, weights_of)
 from ..sampling.drawing import generate
 from ..sampling.labels import resolve_labels
 from ..sampling.randomness import derive_key
@@ -648,11 +648,11 @@ def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, yielding: np.ndarray,
     uses (chargen.training.finetune.calibrated_bias)."""
     seq, labels = calibration_rows(data, CALIBRATION_CHARS)
     device = model.head.weight.device
-    was_training = model.training
     with torch.no_grad():
-        x = torch.from_numpy(seq[:, :-1]).clamp(min=0).to(device)
-        logits, _ = model.eval()(x, None, torch.from_numpy(labels).to(device) if labels is not None else None)
-        model.train(was_training)
+        x = torch.from_numpy(seq[:, :-1]).clamp(min=0).to(device)  # (B, L + 1)
+        rows = torch.from_numpy(labels).to(device) if labels is not None else None
+        with evaluating(model):
+            logits, _ = model(x, None, rows)  # (B, L + 1, V)
         targets = seq[:, 1:]
         scored = targets != PAD
         counts = np.bincount(targets[scored], minlength=len(fresh))

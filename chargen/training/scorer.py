@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation import PAD
-from ..model import state_from_tensors
+from ..model import evaluating, state_from_tensors
 from .device import autocast
 
 
@@ -27,16 +27,11 @@ class TorchScorer:
                                    for a in start_state])  # each (layers, rows, H)
 
     def score(self, inputs: np.ndarray, targets: np.ndarray, state):
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                x = torch.from_numpy(inputs).to(self.device)
-                y = torch.from_numpy(np.ascontiguousarray(targets)).to(self.device)
-                with autocast(self.device, self.precision):
-                    logits, state = self.model(x, state)  # (B, T, V)
-                nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                      ignore_index=PAD, reduction="sum")
-        finally:
-            self.model.train(was_training)
+        with evaluating(self.model), torch.no_grad():
+            x = torch.from_numpy(inputs).to(self.device)
+            y = torch.from_numpy(np.ascontiguousarray(targets)).to(self.device)
+            with autocast(self.device, self.precision):
+                logits, state = self.model(x, state)  # (B, T, V)
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                  ignore_index=PAD, reduction="sum")
         return nll.double(), state  # summed on the device; one sync when the caller takes float()
