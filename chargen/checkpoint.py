@@ -171,13 +171,13 @@ def _sniff(path: Path, head: bytes, size: int) -> str:
     """Why this is not a safetensors file, or "" if it looks like one (8-byte length, then '{')."""
     if not head:
         return f"{path} is empty, not a chargen checkpoint"
+    if head.startswith(b"PK\x03\x04"):  # before the header test: as a length these bytes say 67 MB of JSON
+        return (f"{path} is a zip archive (such as a torch.save file), not a chargen checkpoint; "
+                f"chargen reads only safetensors and never unpickles")
     if len(head) >= 9 and head[8:9] == b"{":
         if int.from_bytes(head[:8], "little") > size - 8:
             return f"{path} is truncated or corrupt (its safetensors header runs past the end of the file)"
         return ""
-    if head.startswith(b"PK\x03\x04"):
-        return (f"{path} is a zip archive (such as a torch.save file), not a chargen checkpoint; "
-                f"chargen reads only safetensors and never unpickles")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return f"{path} is a pickle file, not a chargen checkpoint; chargen never unpickles"
     return f"{path} is not a safetensors file, or it is truncated (no safetensors header)"

@@ -94,6 +94,7 @@ def test_code_in_a_pickle_never_runs(tmp_path, trained_names):
         (b"hello, I am a text file\n", "not a safetensors file"),
         (os.urandom(4096), None),
         (b"PK\x03\x04" + os.urandom(100), "zip"),
+        (b"PK\x03\x04" + bytes(4) + b"{" + os.urandom(100), "zip"),  # a zip whose ninth byte looks like a header
     ],
 )
 def test_garbage_files(tmp_path, content, needle):
