@@ -11,7 +11,9 @@ Each is the median of --repeat runs, all in this one process, so the ratios are 
 Constrained sampling (issues 16 and 28), with the bundled model at the default temperature 0.8:
 names per second drawn in one warm process (no start-up, so the ratios are the sampler's own)
 for no constraint (-n 20000, beside the matrix-work floor: FLOPs per name over numpy's measured
-GEMM rate) and three constraint sets (-n 5000), with the adaptive exact sampler (the default),
+GEMM rate; by default in worker processes, and in one: --workers 1, the like-for-like rate for
+the adaptive exact sampler, which runs in one) and three constraint sets (-n 5000), with the
+adaptive exact sampler (the default),
 --rejection and --guided, and the time to list the 100 most likely names (--top 100) in-process
 and through the command. `--only constraints` runs just these rows.
 """
@@ -93,6 +95,9 @@ def floor_row(model, names: list) -> dict:
 
 
 SAMPLERS = [("", {}), (" --rejection", {"rejection": True}), (" --guided", {"guided": True})]
+# Unconstrained: the default (worker processes, one per core, from 4,096 names on Linux) and one
+# process, the like-for-like rate for the adaptive exact sampler, which runs in one.
+UNCONSTRAINED = [("", {}), (" --workers 1", {"workers": 1})]
 
 
 def constraint_rows(repeat: int, n: int = 20000, n_constrained: int = 5000) -> list[dict]:
@@ -105,9 +110,9 @@ def constraint_rows(repeat: int, n: int = 20000, n_constrained: int = 5000) -> l
 
     model = chargen.load()
     rows = []
-    base = None
+    base = one = None
     for label, kw, flags in CONSTRAINT_CASES:
-        for name, how in SAMPLERS if kw else [("", {})]:
+        for name, how in SAMPLERS if kw else UNCONSTRAINED:
             count = n_constrained if kw else n
             times, stats = [], SampleStats()
             for r in range(repeat):
@@ -119,13 +124,18 @@ def constraint_rows(repeat: int, n: int = 20000, n_constrained: int = 5000) -> l
             if base is None:
                 base = rate
                 floor = floor_row(model, drawn)
+            elif one is None:
+                one = rate
             row = {"config": label + name + f" (-n {count}, in-process)", "seconds": statistics.median(times),
                    "names_per_sec": rate, "vs_unconstrained": rate / base, "kept_share": stats.accepted / stats.draws}
+            if one is not None:
+                row["vs_one_process"] = rate / one
             if stats.mass is not None:
                 row.update(p_constraints=stats.mass.estimate, p_lower=stats.mass.lower, p_upper=stats.mass.upper)
             rows.append(row)
     rows.insert(1, floor)
     rows[0]["vs_floor"] = rows[0]["names_per_sec"] / floor["names_per_sec"]
+    rows[2]["vs_floor"] = rows[2]["names_per_sec"] / floor["names_per_sec"]
     for label, kw, flags in CONSTRAINT_CASES:
         times = []
         for _ in range(repeat):
@@ -192,14 +202,15 @@ def report(rows: list[dict], args) -> None:
     facts = host()
     table = Table(title=f"chargen sampling ({facts['cpu']}, {facts['cpus']} CPUs, commit {facts['commit']}, "
                         f"median of {args.repeat})")
-    for col in ("config", "time (s)", "names/s", "chars/s", "x import torch", "x unconstrained", "draws kept",
-                "peak RSS (MB)"):
+    for col in ("config", "time (s)", "names/s", "chars/s", "x import torch", "x unconstrained",
+                "x unconstr., 1 process", "draws kept", "peak RSS (MB)"):
         table.add_column(col, justify="left" if col == "config" else "right")
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         table.add_row(escape(r["config"]), fmt(r.get("seconds"), ".3f"), fmt(r.get("names_per_sec"), ",.0f"),
                       fmt(r.get("chars_per_sec"), ",.0f"), fmt(r.get("vs_import_torch"), ".2f"),
-                      fmt(r.get("vs_unconstrained"), ".2f"), fmt(r.get("kept_share"), ".1%"),
+                      fmt(r.get("vs_unconstrained"), ".2f"), fmt(r.get("vs_one_process"), ".2f"),
+                      fmt(r.get("kept_share"), ".1%"),
                       fmt(r.get("peak_rss_mb"), ".0f"))
     Console(width=140).print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class NumpyCharRNN:
     """Inference-only twin of model.CharRNN built from a checkpoint's weights."""
 
+    fork_safe = True  # plain numpy arrays: a forked worker process can step it (chargen.sampling.parallel)
+
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray]):
         self.config = config
         self.vocab_size = config.vocab_size

@@ -64,8 +64,10 @@ def test_prose_training_from_stdin_and_streaming_sample(tmp_path, prose_file):
     assert text.startswith("the ") and text.endswith("\n") and len(text) == 4 + 50 + 1
 
 
-def test_head_of_pipe_exits_quietly(trained_names):
-    cmd = f"set -o pipefail; '{chargen_exe()}' sample -c '{trained_names}' -n 100000 | head -n 3"
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_head_of_pipe_exits_quietly(trained_names, workers):
+    """One process or worker processes (chargen.sampling.parallel): `| head` ends them all, quietly."""
+    cmd = f"set -o pipefail; '{chargen_exe()}' sample -c '{trained_names}' -n 1000000 --workers {workers} | head -n 3"
     p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stderr == b""

@@ -6,6 +6,7 @@
     constraints.py  regular expressions and length/ending/contains rules compiled to one automaton
     search.py       the most likely samples, by exact best-first search
     batching.py     a worker thread that gathers concurrent requests into one engine (chargen serve)
+    parallel.py     worker processes, one per core, each with its own engine (many samples, Linux)
 
 The network itself is a `Stepper`: the numpy twin (chargen.npmodel) or a torch CharRNN through
 chargen.model.TorchStepper.

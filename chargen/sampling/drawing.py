@@ -18,6 +18,8 @@ from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
+from .parallel import MIN_PARALLEL, Workers, cores, run_parallel
+from .parallel import available as parallel_available
 from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
 
 MAX_BATCH = 1024  # attempts a round of the adaptive exact sampler runs (its samples depend on it; a page's too)
@@ -271,14 +273,37 @@ class Drawing:
 def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size: Optional[int] = None) -> Iterator[Sample]:
     """The samples of each drawing in turn, `batch_size` attempts running at once (default: rounds
     of MAX_BATCH for the adaptive exact sampler, ENGINE_WIDTH rows otherwise): as rows end, the next
-    attempts start in their place, so the batch stays full until the end."""
-    engine = RowEngine(stepper, vocab)
-    for drawing in drawings:
-        if drawing.tree is not None:
-            while not drawing.done:
-                yield from drawing.draw_round(batch_size or MAX_BATCH)
-        else:
-            yield from _run_full(engine, drawing, batch_size or ENGINE_WIDTH)
+    attempts start in their place, so the batch stays full until the end. Plain and rejection
+    sampling may run in worker processes (`workers_for`), the rows split among them: the same
+    samples either way."""
+    engine, pool = RowEngine(stepper, vocab), None
+    try:
+        for drawing in drawings:
+            if drawing.tree is not None:
+                while not drawing.done:
+                    yield from drawing.draw_round(batch_size or MAX_BATCH)
+                continue
+            n = pool.n if pool is not None else workers_for(stepper, drawing)
+            if n == 1:
+                yield from _run_full(engine, drawing, batch_size or ENGINE_WIDTH)
+                continue
+            pool = pool or Workers(stepper, vocab, n, max(1, (batch_size or ENGINE_WIDTH) // n))
+            yield from run_parallel(pool, drawing)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def workers_for(stepper: Stepper, drawing: Drawing) -> int:
+    """How many processes draw this drawing's attempts: cfg.workers if given, else one per core
+    for MIN_PARALLEL samples or more where chargen.sampling.parallel can run. One (this process)
+    for a model on torch (forking it is not safe) and for a streamed sample."""
+    cfg = drawing.cfg
+    if not getattr(stepper, "fork_safe", False) or (drawing.on_char is not None and cfg.num == 1):
+        return 1
+    if cfg.workers is not None:
+        return cfg.workers
+    return cores() if cfg.num >= MIN_PARALLEL and parallel_available() else 1
 
 
 REFILL = 8  # the batch is topped up once 1/REFILL of it is free (each join copies the batch's buffers)

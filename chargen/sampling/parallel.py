@@ -1,0 +1,208 @@
+"""Drawing on every core: worker processes, each with its own row engine, run a drawing's attempts
+in chunks, and the parent takes their results in attempt order.
+
+Attempt i's result depends on (key, i) and the model alone (chargen.sampling.randomness), and
+`Drawing.take` keeps results in attempt order, so the samples are those one process draws, at
+any number of workers (tested), as at any batch width: up to float32 rounding, since a row's
+matrix product differs in its last bits with the rows beside it (about one name in 100,000 has
+a draw moved across a boundary by it, in one process or several: docs/benchmarks.md). What runs
+here: plain and rejection sampling (the adaptive exact sampler's rounds depend on each other
+through its tree, and a streamed sample is one row).
+
+    parent                                    worker k (forked: the model is shared, copy-on-write)
+    Drawing.next_attempts(chunk) --[tag, Attempts]--> RowEngine: keeps `width` rows full, one
+      ...while a worker has room                      network step a character for all of them
+    Drawing.take(results), in tag order <--[tag, Results]-- as each chunk's rows have all ended
+
+Why processes: numpy releases the GIL inside a ufunc, but a step's many small calls and the
+engine's bookkeeping hold it, and the LSTM's elementwise work runs on one core; two processes on
+the 2-core AVX2 VM drew 20,000 names in 0.77 s against 1.47 s in one (docs/benchmarks.md). Each
+worker first limits numpy's BLAS to one thread: two workers with two BLAS threads each ran at a
+quarter of that speed. Workers start by fork (the model and its loaded weights carry over for
+free), so this runs where fork is the platform's safe default (Linux); elsewhere one process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import sys
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import Iterator, Optional
+
+from ..errors import SamplingError, UsageError
+from ..tokenizer import Vocab
+from .engine import Attempts, Results, RowEngine, Stepper
+
+CHUNKS = 4  # a message carries 1/CHUNKS of a worker's width of attempts (its engine tops itself up from them)
+AHEAD = 2  # a worker holds up to AHEAD x its width of attempts (a chunk counts until its last row ends)
+# Below this many attempts a drawing runs in the parent: a worker's start (a fork, its BLAS
+# threads) costs about what one process needs for this many names (docs/benchmarks.md).
+MIN_PARALLEL = 4096
+_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                 "openblas_set_num_threads64_", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _blas_thread_setters() -> list:
+    """The loaded BLAS libraries' "set the number of threads" functions (Linux: from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)}
+    except OSError:
+        return []
+    found = []
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        found += [getattr(lib, name) for name in _BLAS_SETTERS if hasattr(lib, name)]
+    return found
+
+
+def can_fork() -> bool:
+    """Whether worker processes can start here: by fork, where it is the platform's safe default."""
+    return sys.platform.startswith("linux")
+
+
+def available() -> bool:
+    """Whether workers are worth starting by default: more than one core, fork, and numpy's BLAS
+    can be held to one thread in each."""
+    return can_fork() and cores() > 1 and bool(_blas_thread_setters())
+
+
+def _worker(conn: Connection, inherited: list[Connection], stepper: Stepper, vocab: Vocab, width: int) -> None:
+    """A worker's loop: take chunks of attempts, keep the engine `width` rows full, send back each
+    chunk's Results as its rows end; None stops it, "drop" drops every chunk it holds, and the
+    parent's end of the pipe closing (it exited, or was killed) ends it too."""
+    try:
+        for other in inherited:  # the parent's ends of the pipes, forked with it: held here, no EOF would come
+            other.close()
+        for setter in _blas_thread_setters():
+            setter(1)
+        engine, tags, queued = RowEngine(stepper, vocab), {}, deque()
+        while True:
+            while not (engine.busy or queued) or conn.poll():
+                message = conn.recv()
+                if message is None:
+                    return
+                if message == "drop":
+                    for job in list(tags):
+                        engine.cancel(job)
+                    tags.clear()
+                    queued.clear()
+                else:
+                    queued.append(message)
+            while queued and engine.size < width:
+                tag, attempts = queued.popleft()
+                tags[engine.add(attempts)] = tag
+            for job, results in engine.step():
+                conn.send((tags.pop(job), results))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except OSError:
+            pass
+
+
+class Workers:
+    """`n` worker processes drawing for this process; close() (or leaving a `with`) stops them."""
+
+    def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
+        if not can_fork():
+            raise UsageError(f"`workers` above 1 needs Linux (worker processes start by fork; this is {sys.platform})")
+        ctx = multiprocessing.get_context("fork")
+        self.n, self.width, self.chunk, self.conns, self.procs = n, width, max(1, width // CHUNKS), [], []
+        self.load = [0] * n  # attempts each worker holds
+        self.owner: dict[int, int] = {}  # chunk tag -> its worker
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(child, [*self.conns, parent], stepper, vocab, width), daemon=True)
+            p.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(p)
+        self._tags = 0
+
+    def room(self) -> int:
+        """The worker with the most room, if it has room for a chunk; else -1."""
+        k = min(range(len(self.load)), key=self.load.__getitem__)
+        return k if self.load[k] + self.chunk <= AHEAD * self.width else -1
+
+    def submit(self, k: int, attempts: Attempts) -> int:
+        tag, self._tags = self._tags, self._tags + 1
+        self.conns[k].send((tag, attempts))
+        self.load[k] += len(attempts.indices)
+        self.owner[tag] = k
+        return tag
+
+    def receive(self) -> list[tuple[int, Results]]:
+        """Results of chunks that have ended (at least one; waits for it)."""
+        out = []
+        for conn in wait(self.conns):
+            try:
+                tag, results = conn.recv()
+            except EOFError:
+                raise SamplingError("a sampling worker process ended unexpectedly") from None
+            if tag == "error":
+                raise SamplingError(f"a sampling worker failed: {results}")
+            k = self.owner.pop(tag, None)
+            if k is not None:
+                self.load[k] -= len(results.texts)
+                out.append((tag, results))
+        return out
+
+    def drop(self) -> None:
+        """Forget every chunk handed out (a drawing has what it needs)."""
+        for conn in self.conns:
+            conn.send("drop")
+        self.owner.clear()
+        self.load = [0] * len(self.load)
+
+    def close(self) -> None:
+        for conn, p in zip(self.conns, self.procs):
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            conn.close()
+        for p in self.procs:
+            p.join(timeout=1)
+            if p.is_alive():
+                p.terminate()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_parallel(workers: Workers, drawing) -> Iterator:
+    """One drawing's samples from the workers' results, taken in attempt order (as _run_full
+    takes them from one engine), the workers kept full until enough are kept."""
+    running: deque[int] = deque()  # chunk tags, in attempt order
+    finished: dict[int, Results] = {}
+    while not drawing.done:
+        while True:
+            k = workers.room()
+            if running and (k < 0 or drawing.wanted() <= 0):
+                break
+            running.append(workers.submit(max(k, 0), drawing.next_attempts(workers.chunk)))  # none running, past the budget: raises
+        finished.update(workers.receive())
+        while running and running[0] in finished and not drawing.done:
+            yield from drawing.take(finished.pop(running.popleft()))
+    if running:
+        workers.drop()
