@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--n", type=int, default=10, help="names per request")
     ap.add_argument("--window", type=float, default=None, help="the server's batching window (default: its own)")
+    ap.add_argument("--workers", type=int, default=None, help="the server's engine processes (default: its own)")
     ap.add_argument("--sweep", default="8,16,32", help="fewer clients to try after the main run, 10 s each "
                                                        "(comma-separated; '' for none)")
     ap.add_argument("--json", type=Path, default=Path("bench-out/serve.json"))
@@ -142,7 +143,8 @@ def main() -> None:
     inproc = in_process_rates(args.n)
     batcher = in_process_batcher(args.clients, args.n)
     exe = Path(sys.executable).with_name("chargen")
-    cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else [])
+    cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else []) \
+        + (["--workers", str(args.workers)] if args.workers is not None else [])
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     try:

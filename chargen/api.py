@@ -26,7 +26,7 @@ from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
 from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime, run
 from .sampling.labels import LabelMix, line_key, resolve_labels
-from .sampling.randomness import derive_key, random_seed
+from .sampling.randomness import Seeds, derive_key
 from .sampling.search import most_likely
 
 PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
@@ -64,6 +64,7 @@ class Model:
         self._training_lines: Optional[set[str]] = None
         self._primed: OrderedDict[tuple[str, bool], tuple] = OrderedDict()  # prompt -> (logits, state) after it
         self._primed_lock = threading.Lock()
+        self._seeds = Seeds()  # for calls without a seed
 
     @property
     def line_oriented(self) -> bool:
@@ -112,7 +113,7 @@ class Model:
             for p in prompts:
                 check_prompt(self.vocab, p, line_mode)
         banned = self._exclude(cfg.exclude, line_mode)
-        base_seed = random_seed() if cfg.seed is None else cfg.seed
+        base_seed = self._seeds() if cfg.seed is None else cfg.seed
         stats = stats if stats is not None else SampleStats()
         training = self.training_lines if cfg.novel else None
         mix = self.label_mix(cfg.label)

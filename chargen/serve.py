@@ -14,8 +14,9 @@ The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a
     POST /v1/score     {"model", "lines": [...]} -> {"scores": [...]}, as `chargen score --format jsonl`
     GET  /v1/export    ?model=NAME&format=html|js: the model as a web page or JS module (chargen export)
 
-Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), in a
-worker thread per model, so the event loop never waits on the network; a request gets the
+Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), by a
+worker thread per model (its network steps in a worker process, `engine_processes`), so the event
+loop never waits on the network; a request gets the
 samples `chargen sample` prints for the same seed. Clients name models by name only: nothing a
 client sends is ever used as a path. This module imports the ASGI stack (the `serve` extra);
 nothing else in chargen does.
@@ -47,6 +48,7 @@ from .checkpoint import BUNDLED, METRICS
 from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback, request_fields
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
+from .sampling import parallel
 from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
 from .sampling.drawing import run as run_drawings
@@ -116,9 +118,22 @@ def load_models(specs: list[tuple[str, str]], config: ServeConfig, backend: str 
     for name, path in specs:
         model = load(path, backend=backend, device=device)
         batcher = Batcher(model.stepper, model.vocab, window=config.window, max_rows=config.max_rows,
-                          max_draws=config.max_draws, name=f"chargen-batcher-{name}")
+                          max_draws=config.max_draws, workers=engine_processes(config, model.stepper),
+                          name=f"chargen-batcher-{name}")
         served.append(Served(name, model, batcher, model_info(name, model)))
     return served
+
+
+def engine_processes(config: ServeConfig, stepper) -> int:
+    """How many worker processes advance a model's batch: --workers, by default one where they can
+    run (measured on 2 cores with the load client beside it: +13% names/s and a p99 13% lower than
+    in a thread of the server's process, docs/benchmarks.md); none for a model on torch (forking
+    it is not safe)."""
+    if not getattr(stepper, "fork_safe", False):
+        return 0
+    if config.workers is not None:
+        return config.workers
+    return 1 if parallel.available() else 0
 
 
 def model_info(name: str, model: Model) -> dict[str, Any]:

@@ -130,3 +130,58 @@ def _running(pid: str) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_servers_batcher_in_a_worker_process_gives_the_same_samples(trained_names):
+    """chargen serve --workers 1: the batch advances in a worker process; every request gets what
+    Model.samples gives it (constrained ones run the adaptive sampler in the server's thread)."""
+    from chargen.sampling.batching import Batcher
+
+    model = chargen.load(trained_names)
+    options = [dict(n=10, seed=1), dict(n=5, seed=2, prompt="Ka", temperature=1.2, top_k=4),
+               dict(n=8, seed=3, ends_with="a", max_len=6), dict(n=6, seed=4, unique=True),
+               dict(n=4, seed=5, ends_with="n", rejection=True)] * 20
+    batcher = Batcher(model.stepper, model.vocab, workers=1)
+    try:
+        futures = [batcher.submit(model.drawings(**o)) for o in options]
+        got = [[s.text for s in f.result(60)] for f in futures]
+        assert batcher.stats.steps > 0 and batcher.stats.row_steps >= batcher.stats.steps
+    finally:
+        batcher.close(10)
+    assert got == [model.sample(**o) for o in options]
+    assert multiprocessing.active_children() == []
+
+
+def test_a_failed_worker_process_fails_its_requests_and_the_next_ones_are_served(trained_names):
+    from chargen.sampling.batching import Batcher
+
+    model = chargen.load(trained_names)
+    batcher = Batcher(_FailingWide(model.stepper), model.vocab, workers=1)
+    try:
+        with pytest.raises(SamplingError, match="worker failed: RuntimeError: too wide"):
+            batcher.submit(model.drawings(20, seed=1)).result(60)
+        # The worker process that failed is replaced: a request it can step is served.
+        assert [s.text for s in batcher.submit(model.drawings(5, seed=2)).result(60)] == model.sample(5, seed=2)
+    finally:
+        batcher.close(10)
+    assert multiprocessing.active_children() == []
+
+
+class _FailingWide(_Failing):
+    """A stepper that raises on a step of more than 10 rows."""
+
+    def step(self, ids, state):
+        if len(ids) > 10:
+            raise RuntimeError("too wide")
+        return self.inner.step(ids, state)
+
+
+def test_the_server_advances_its_batches_in_a_worker_process_by_default(trained_names):
+    from chargen.config import ServeConfig
+    from chargen.serve import engine_processes
+
+    model = chargen.load(trained_names)
+    assert engine_processes(ServeConfig(), model.stepper) == (1 if parallel.available() else 0)
+    assert engine_processes(ServeConfig(workers=0), model.stepper) == 0
+    assert engine_processes(ServeConfig(workers=2), model.stepper) == 2
+    assert engine_processes(ServeConfig(workers=2), chargen.load(trained_names, backend="torch").stepper) == 0

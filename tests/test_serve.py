@@ -55,6 +55,19 @@ def records(model, *args, constrained=False, **kw):
     return [s.record(constrained) for s in model.samples(*args, **kw)]
 
 
+def assert_same_records(got: list[dict], expected: list[dict]) -> None:
+    """The same samples; their log-probabilities to float32 rounding (the server's worker process
+    steps them in other batches than the caller's process, and a record rounds to 4 decimals)."""
+    assert [r["text"] for r in got] == [r["text"] for r in expected]
+    for a, b in zip(got, expected):
+        assert a.keys() == b.keys()
+        for key, value in b.items():
+            if isinstance(value, float):
+                assert a[key] == pytest.approx(value, abs=2e-4), key
+            else:
+                assert a[key] == value, key
+
+
 # --- what the API answers ------------------------------------------------------------------------
 
 
@@ -73,7 +86,8 @@ def test_sample_gives_what_the_python_api_gives_for_the_same_seed(client, body):
     constrained = any(k in body for k in ("ends_with", "contains", "regex", "min_len", "max_len"))
     options = {k: v for k, v in body.items() if k not in ("n", "prompt")}
     assert data["model"] == "names"
-    assert data["samples"] == records(model, body["n"], body.get("prompt", ""), constrained=constrained, **options)
+    assert_same_records(data["samples"], records(model, body["n"], body.get("prompt", ""), constrained=constrained,
+                                                 **options))
     assert data["accepted"] == len(data["samples"]) and data["draws"] >= data["accepted"]
 
 
@@ -82,7 +96,7 @@ def test_sample_matches_the_installed_cli_for_the_same_seed(client):
     assert cli.returncode == 0, cli.stderr
     expected = [json.loads(line) for line in cli.stdout.decode().splitlines()]
     r = post(client, "/v1/sample", {"n": 15, "seed": 11, "prompt": "Ka", "max_len": 7})
-    assert r.json()["samples"] == expected
+    assert_same_records(r.json()["samples"], expected)
 
 
 def test_top_eval_and_models(client, trained_names):
@@ -431,7 +445,7 @@ def test_a_labelled_model_takes_a_label_everywhere(trained_labels):
             assert info["labels"]["names"] == ["abc", "xyz"]
             body = {"model": "kinds", "n": 20, "seed": 3, "label": "abc=0.4,xyz=0.6", "max_len": 5}
             got = post(c, "/v1/sample", body).json()["samples"]
-            assert got == records(model, 20, seed=3, label="abc=0.4,xyz=0.6", max_len=5, constrained=True)
+            assert_same_records(got, records(model, 20, seed=3, label="abc=0.4,xyz=0.6", max_len=5, constrained=True))
             assert {r["label"] for r in got} == {"abc", "xyz"}
             top = post(c, "/v1/top", {"model": "kinds", "n": 5, "label": "xyz"}).json()["samples"]
             assert [r["text"] for r in top] == [s.text for s in model.top(5, label="xyz")]

@@ -1,6 +1,8 @@
 """Sampling many callers' requests together: one worker thread per model advances the rows of
 every request it holds as one batch (chargen.sampling.RowEngine), one network step for all of
-them per character, so concurrent requests share the network's steps instead of queueing.
+them per character, so concurrent requests share the network's steps instead of queueing. With
+`workers`, the engine runs in worker processes (chargen.sampling.parallel.ProcessEngine) and
+the thread only hands out rows and takes results: the steps leave this process's GIL to HTTP.
 
 Continuous batching: a request that arrives while others are being drawn joins the batch at the
 next step (a few milliseconds), and leaves it as soon as its own rows have ended; it never waits
@@ -32,6 +34,7 @@ from ..errors import SamplingError
 from ..tokenizer import Vocab
 from .drawing import MAX_BATCH, Drawing, Sample
 from .engine import RowEngine, Stepper
+from .parallel import ProcessEngine
 
 
 
@@ -84,15 +87,18 @@ class Batcher:
     """
 
     def __init__(self, stepper: Stepper, vocab: Vocab, *, window: float = ServeConfig.window,
-                 max_rows: int = ServeConfig.max_rows, max_draws: Optional[int] = None, name: str = "chargen-batcher"):
+                 max_rows: int = ServeConfig.max_rows, max_draws: Optional[int] = None, workers: int = 0,
+                 name: str = "chargen-batcher"):
         self.stats = BatchStats()
-        self.engine = RowEngine(stepper, vocab)
+        self.stepper, self.vocab, self.workers = stepper, vocab, workers
         self.window, self.max_rows, self.max_draws = window, max_rows, max_draws
+        self.engine = self._new_engine()
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        # Started by the first request: a server forks every model's worker processes before any
+        # batcher thread runs (fork copies one thread; a lock another thread held would stay held).
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
 
     def submit(self, drawings: Iterator[Drawing]) -> concurrent.futures.Future:
         """Queue a request; its future gives its samples (a list), or raises what drawing raised."""
@@ -102,14 +108,29 @@ class Batcher:
                 raise RuntimeError("the batcher is closed")
             self._waiting.append(request)
             self._cond.notify()
+            if self._thread.ident is None:
+                self._thread.start()
+        if isinstance(self.engine, ProcessEngine):  # waiting for results, not on the condition
+            self.engine.wake()
         return request.future
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Finish the requests already queued, then stop the worker."""
+        """Finish the requests already queued, then stop the worker (and its processes)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout)
+        if isinstance(self.engine, ProcessEngine):
+            self.engine.wake()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if isinstance(self.engine, ProcessEngine):
+            self.engine.close()
+
+    def _new_engine(self) -> "RowEngine | ProcessEngine":
+        """The rows' engine: in this thread, or (workers > 0) in worker processes."""
+        if self.workers:
+            return ProcessEngine(self.stepper, self.vocab, self.workers, self.max_rows)
+        return RowEngine(self.stepper, self.vocab)
 
     def _loop(self) -> None:
         engine = self.engine
@@ -132,12 +153,19 @@ class Batcher:
             if engine.busy:
                 steps, row_steps = engine.steps, engine.row_steps
                 try:
-                    done = engine.step()
+                    if isinstance(engine, ProcessEngine):  # waiting for the workers is not this thread's work
+                        waited = time.perf_counter()
+                        done = engine.step()
+                        started += time.perf_counter() - waited
+                    else:
+                        done = engine.step()
                 except Exception as exc:  # never leave a caller waiting: all in the batch get the error
                     for request in owners.values():
                         request.fail(exc)
                     owners.clear()
-                    engine = self.engine = RowEngine(engine.stepper, engine.vocab)
+                    if isinstance(engine, ProcessEngine):
+                        engine.close()
+                    engine = self.engine = self._new_engine()
                     continue
                 for job, drawn in done:
                     request = owners.pop(job)

@@ -107,7 +107,7 @@ def _worker(conn: Connection, inherited: list[Connection], stepper: Stepper, voc
                 tag, attempts = queued.popleft()
                 tags[engine.add(attempts)] = tag
             for job, results in engine.step():
-                conn.send((tags.pop(job), results))
+                conn.send((tags.pop(job), results, engine.steps, engine.row_steps))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
@@ -127,6 +127,7 @@ class Workers:
         self.n, self.width, self.chunk, self.conns, self.procs = n, width, max(1, width // CHUNKS), [], []
         self.load = [0] * n  # attempts each worker holds
         self.owner: dict[int, int] = {}  # chunk tag -> its worker
+        self.steps, self.row_steps = [0] * n, [0] * n  # each worker's engine's, as of its last results
         for _ in range(n):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=_worker, args=(child, [*self.conns, parent], stepper, vocab, width), daemon=True)
@@ -136,9 +137,12 @@ class Workers:
             self.procs.append(p)
         self._tags = 0
 
+    def least_loaded(self) -> int:
+        return min(range(len(self.load)), key=self.load.__getitem__)
+
     def room(self) -> int:
         """The worker with the most room, if it has room for a chunk; else -1."""
-        k = min(range(len(self.load)), key=self.load.__getitem__)
+        k = self.least_loaded()
         return k if self.load[k] + self.chunk <= AHEAD * self.width else -1
 
     def submit(self, k: int, attempts: Attempts) -> int:
@@ -148,19 +152,25 @@ class Workers:
         self.owner[tag] = k
         return tag
 
-    def receive(self) -> list[tuple[int, Results]]:
-        """Results of chunks that have ended (at least one; waits for it)."""
+    def receive(self, wake: Optional[int] = None) -> list[tuple[int, Results]]:
+        """Results of chunks that have ended: waits for some, or for a byte on the file
+        descriptor `wake` (then perhaps none)."""
         out = []
-        for conn in wait(self.conns):
+        for ready in wait([*self.conns, *([wake] if wake is not None else [])]):
+            if ready == wake:
+                os.read(wake, 4096)
+                continue
             try:
-                tag, results = conn.recv()
+                message = ready.recv()
             except EOFError:
                 raise SamplingError("a sampling worker process ended unexpectedly") from None
-            if tag == "error":
-                raise SamplingError(f"a sampling worker failed: {results}")
+            if message[0] == "error":
+                raise SamplingError(f"a sampling worker failed: {message[1]}")
+            tag, results, steps, row_steps = message
             k = self.owner.pop(tag, None)
             if k is not None:
                 self.load[k] -= len(results.texts)
+                self.steps[k], self.row_steps[k] = steps, row_steps
                 out.append((tag, results))
         return out
 
@@ -183,12 +193,6 @@ class Workers:
             if p.is_alive():
                 p.terminate()
 
-    def __enter__(self) -> "Workers":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def run_parallel(workers: Workers, drawing) -> Iterator:
     """One drawing's samples from the workers' results, taken in attempt order (as _run_full
@@ -206,3 +210,56 @@ def run_parallel(workers: Workers, drawing) -> Iterator:
             yield from drawing.take(finished.pop(running.popleft()))
     if running:
         workers.drop()
+
+
+class ProcessEngine:
+    """A RowEngine's face (add, size, busy, step, steps, row_steps) on `n` worker processes, for a
+    caller that keeps jobs of many requests in flight (`chargen serve`'s batcher): the network
+    steps run in the workers, so the caller's process (its event loop, its GIL) only hands jobs
+    out and takes results. `step` waits for the next jobs to end, or for `wake()` (a new
+    request: its rows should join now), and returns those that ended."""
+
+    def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
+        self.stepper, self.vocab = stepper, vocab
+        self.workers = Workers(stepper, vocab, n, width)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._woken = False  # a wake-up is pending: another would only cost a system call
+
+    @property
+    def size(self) -> int:
+        return sum(self.workers.load)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.workers.owner)
+
+    @property
+    def steps(self) -> int:
+        return sum(self.workers.steps)
+
+    @property
+    def row_steps(self) -> int:
+        return sum(self.workers.row_steps)
+
+    def add(self, attempts: Attempts) -> int:
+        return self.workers.submit(self.workers.least_loaded(), attempts)
+
+    def step(self) -> list[tuple[int, Results]]:
+        results = self.workers.receive(self._wake_r)
+        self._woken = False  # (a wake-up sent after receive drained the pipe stays, and wakes the next wait)
+        return results
+
+    def wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:  # the pipe is full of wake-ups already
+            pass
+
+    def close(self) -> None:
+        self.workers.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

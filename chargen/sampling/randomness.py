@@ -7,6 +7,7 @@ torch) computed the probabilities, and however many earlier draws were rejected.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -49,3 +50,15 @@ def uniforms(key: np.uint64 | np.ndarray, sample_idx: np.ndarray, t: int | np.nd
 
 def random_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+class Seeds:
+    """Seeds for calls that give none: a key from the OS once, then a hash of (key, count) per
+    call. A server draws one per unseeded request, and os.urandom per request is a system call
+    that hands the GIL to the batcher's thread and waits to get it back."""
+
+    def __init__(self) -> None:
+        self._key, self._count = random_seed(), itertools.count()
+
+    def __call__(self) -> int:
+        return int(derive_key(self._key, next(self._count))) >> 1  # next() on a count is atomic under the GIL
