@@ -147,11 +147,35 @@ def constraint_rows(repeat: int, n: int = 20000, n_constrained: int = 5000) -> l
     return rows
 
 
+def workers_rows(repeat: int) -> list[dict]:
+    """Where worker processes start to pay: -n N in this process, one process against two
+    workers (started afresh by each call, as a command starts them), N from 500 to 16,384."""
+    import time
+
+    import chargen
+
+    model = chargen.load()
+    model.sample(1000, seed=0, workers=1)
+    rows = []
+    for n in (500, 1000, 2000, 4096, 8192, 16384):
+        times = {1: [], 2: []}
+        for r in range(repeat):
+            for w in (1, 2):  # alternated: the machine's drift hits both
+                t = time.perf_counter()
+                model.sample(n, seed=r + 1, workers=w)
+                times[w].append(time.perf_counter() - t)
+        one, two = statistics.median(times[1]), statistics.median(times[2])
+        rows.append({"config": f"-n {n}: one process / two workers (in-process)", "seconds": two,
+                     "names_per_sec": n / two, "one_process_seconds": one, "vs_one_process": one / two})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path("bench-out/sampling.json"))
-    ap.add_argument("--only", choices=["constraints"], help="run only the constrained-sampling rows")
+    ap.add_argument("--only", choices=["constraints", "workers"], help="run only the constrained-sampling rows, or "
+                    "only the worker processes' break-even rows")
     ap.add_argument("--make-prose-checkpoint", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_prose_checkpoint:
@@ -159,6 +183,9 @@ def main() -> None:
         return
     cg = chargen_cmd()
     rows = []
+    if args.only == "workers":
+        report(workers_rows(args.repeat), args)
+        return
     if args.only != "constraints":
         rows += startup_and_speed_rows(cg, args.repeat)
     rows += constraint_rows(args.repeat)
@@ -203,7 +230,7 @@ def report(rows: list[dict], args) -> None:
     table = Table(title=f"chargen sampling ({facts['cpu']}, {facts['cpus']} CPUs, commit {facts['commit']}, "
                         f"median of {args.repeat})")
     for col in ("config", "time (s)", "names/s", "chars/s", "x import torch", "x unconstrained",
-                "x unconstr., 1 process", "draws kept", "peak RSS (MB)"):
+                "x one process", "draws kept", "peak RSS (MB)"):
         table.add_column(col, justify="left" if col == "config" else "right")
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     for r in rows:

@@ -453,7 +453,8 @@ class SampleConfig(_Config):
                                           requests=("sample", "top"), role="filter", cli=False)
     workers: Optional[int] = option(None, "Processes drawing at once (plain and --rejection sampling): the same "
                                           "samples at any count.", check=_at_least(1), rule="must be at least 1",
-                                    default_help="one per CPU core from 4,096 samples (Linux); else 1")
+                                    default_help="one per CPU core from 4,096 samples (Linux, a program without "
+                                                 "threads of its own); else 1")
     max_tries: int = option(50, "Draws per wanted sample before giving up, for unique, novel and empty samples.",
                             cli=False, check=_at_least(1), rule="must be at least 1")
     # Constraints on line samples (chargen.sampling.constraints); lengths count the prompt's characters too.

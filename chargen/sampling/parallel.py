@@ -28,6 +28,7 @@ import ctypes
 import multiprocessing
 import os
 import sys
+import threading
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Iterator, Optional
@@ -38,8 +39,10 @@ from .engine import Attempts, Results, RowEngine, Stepper
 
 CHUNKS = 4  # a message carries 1/CHUNKS of a worker's width of attempts (its engine tops itself up from them)
 AHEAD = 2  # a worker holds up to AHEAD x its width of attempts (a chunk counts until its last row ends)
-# Below this many attempts a drawing runs in the parent: a worker's start (a fork, its BLAS
-# threads) costs about what one process needs for this many names (docs/benchmarks.md).
+# Below this many samples a drawing runs in this process: two workers cost about 50 ms more to
+# start and finish (forks, the children's first touches of the model, the first chunks' round
+# trips) and broke even near 3,000 names of the bundled model on 2 cores (1.2x at 4,096, 1.6x at
+# 16,384; docs/benchmarks.md, "Every core").
 MIN_PARALLEL = 4096
 _BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
@@ -76,9 +79,11 @@ def can_fork() -> bool:
 
 
 def available() -> bool:
-    """Whether workers are worth starting by default: more than one core, fork, and numpy's BLAS
-    can be held to one thread in each."""
-    return can_fork() and cores() > 1 and bool(_blas_thread_setters())
+    """Whether workers start by default: more than one core, fork, numpy's BLAS can be held to one
+    thread in each, and this process runs one thread (as the command does): fork copies only the
+    thread that calls it, and a lock another thread held would stay held in the child, so a
+    program with threads of its own (a notebook, a web app) gets workers when it asks for them."""
+    return can_fork() and cores() > 1 and threading.active_count() == 1 and bool(_blas_thread_setters())
 
 
 def _worker(conn: Connection, inherited: list[Connection], stepper: Stepper, vocab: Vocab, width: int) -> None:
@@ -204,7 +209,8 @@ def run_parallel(workers: Workers, drawing) -> Iterator:
             k = workers.room()
             if running and (k < 0 or drawing.wanted() <= 0):
                 break
-            running.append(workers.submit(max(k, 0), drawing.next_attempts(workers.chunk)))  # none running, past the budget: raises
+            # (with none running, past the budget, next_attempts raises: as in _run_full)
+            running.append(workers.submit(max(k, 0), drawing.next_attempts(workers.chunk)))
         finished.update(workers.receive())
         while running and running[0] in finished and not drawing.done:
             yield from drawing.take(finished.pop(running.popleft()))
