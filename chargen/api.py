@@ -90,7 +90,8 @@ class Model:
         """`n` Sample objects (text, prompt, logprob, kept) per prompt, in order, as they are drawn.
 
         `options` are chargen.SampleConfig's (temperature, top_k, top_p, seed, lines, unique,
-        novel, exclude, and the constraints min_len, max_len, ends_with, contains, regex, guided):
+        novel, exclude, workers, and the constraints min_len, max_len, ends_with, contains, regex,
+        guided):
         `help(chargen.SampleConfig)` and the README list them. Under constraints the samples follow
         the model's distribution conditioned on them exactly (a sample is dropped at the first
         character that rules it out); `guided=True` draws only among allowed characters instead:

@@ -12,7 +12,7 @@ through its tree, and a streamed sample is one row).
     parent                                    worker k (forked: the model is shared, copy-on-write)
     Drawing.next_attempts(chunk) --[tag, Attempts]--> RowEngine: keeps `width` rows full, one
       ...while a worker has room                      network step a character for all of them
-    Drawing.take(results), in tag order <--[tag, Results]-- as each chunk's rows have all ended
+    Drawing.take(results), in tag order <--[(tag, Results)...]-- each step, the chunks whose rows all ended
 
 Why processes: numpy releases the GIL inside a ufunc, but a step's many small calls and the
 engine's bookkeeping hold it, and the LSTM's elementwise work runs on one core; two processes on
@@ -111,8 +111,9 @@ def _worker(conn: Connection, inherited: list[Connection], stepper: Stepper, voc
             while queued and engine.size < width:
                 tag, attempts = queued.popleft()
                 tags[engine.add(attempts)] = tag
-            for job, results in engine.step():
-                conn.send((tags.pop(job), results, engine.steps, engine.row_steps))
+            done = engine.step()
+            if done:  # one message a step: a server's step ends many small jobs
+                conn.send(([(tags.pop(job), results) for job, results in done], engine.steps, engine.row_steps))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
@@ -171,12 +172,13 @@ class Workers:
                 raise SamplingError("a sampling worker process ended unexpectedly") from None
             if message[0] == "error":
                 raise SamplingError(f"a sampling worker failed: {message[1]}")
-            tag, results, steps, row_steps = message
-            k = self.owner.pop(tag, None)
-            if k is not None:
-                self.load[k] -= len(results.texts)
-                self.steps[k], self.row_steps[k] = steps, row_steps
-                out.append((tag, results))
+            ended, steps, row_steps = message
+            for tag, results in ended:
+                k = self.owner.pop(tag, None)
+                if k is not None:  # (None: a chunk dropped since)
+                    self.load[k] -= len(results.texts)
+                    self.steps[k], self.row_steps[k] = steps, row_steps
+                    out.append((tag, results))
         return out
 
     def drop(self) -> None:
