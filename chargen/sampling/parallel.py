@@ -24,18 +24,19 @@ free), so this runs where fork is the platform's safe default (Linux); elsewhere
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
 import sys
 import threading
 from collections import deque
-from multiprocessing.connection import Connection, wait
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..errors import SamplingError, UsageError
 from ..tokenizer import Vocab
 from .engine import Attempts, Results, RowEngine, Stepper
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+# multiprocessing and ctypes are imported where workers start (12 ms: every command would pay it)
 
 CHUNKS = 4  # a message carries 1/CHUNKS of a worker's width of attempts (its engine tops itself up from them)
 AHEAD = 2  # a worker holds up to AHEAD x its width of attempts (a chunk counts until its last row ends)
@@ -58,6 +59,8 @@ def cores() -> int:
 
 def _blas_thread_setters() -> list:
     """The loaded BLAS libraries' "set the number of threads" functions (Linux: from /proc/self/maps)."""
+    import ctypes
+
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)}
@@ -86,7 +89,7 @@ def available() -> bool:
     return can_fork() and cores() > 1 and threading.active_count() == 1 and bool(_blas_thread_setters())
 
 
-def _worker(conn: Connection, inherited: list[Connection], stepper: Stepper, vocab: Vocab, width: int) -> None:
+def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper, vocab: Vocab, width: int) -> None:
     """A worker's loop: take chunks of attempts, keep the engine `width` rows full, send back each
     chunk's Results as its rows end; None stops it, "drop" drops every chunk it holds, and the
     parent's end of the pipe closing (it exited, or was killed) ends it too."""
@@ -129,6 +132,8 @@ class Workers:
     def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
         if not can_fork():
             raise UsageError(f"`workers` above 1 needs Linux (worker processes start by fork; this is {sys.platform})")
+        import multiprocessing
+
         ctx = multiprocessing.get_context("fork")
         self.n, self.width, self.chunk, self.conns, self.procs = n, width, max(1, width // CHUNKS), [], []
         self.load = [0] * n  # attempts each worker holds
@@ -161,6 +166,8 @@ class Workers:
     def receive(self, wake: Optional[int] = None) -> list[tuple[int, Results]]:
         """Results of chunks that have ended: waits for some, or for a byte on the file
         descriptor `wake` (then perhaps none)."""
+        from multiprocessing.connection import wait
+
         out = []
         for ready in wait([*self.conns, *([wake] if wake is not None else [])]):
             if ready == wake:
