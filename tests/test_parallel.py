@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import chargen
-from chargen.errors import SamplingError
+from chargen.errors import SamplingError, UsageError
 from chargen.sampling import parallel, run
 
 pytestmark = pytest.mark.skipif(not parallel.can_fork(), reason="worker processes start by fork (Linux only)")
@@ -93,7 +93,9 @@ def test_the_default_is_one_process_for_few_samples_or_a_torch_model(trained_nam
     expected = parallel.cores() if parallel.available() else 1
     assert workers_for(model.stepper, next(model.drawings(parallel.MIN_PARALLEL))) == expected
     torch_model = chargen.load(trained_names, backend="torch")
-    assert workers_for(torch_model.stepper, next(torch_model.drawings(10, workers=3))) == 1
+    assert workers_for(torch_model.stepper, next(torch_model.drawings(parallel.MIN_PARALLEL))) == 1
+    with pytest.raises(UsageError, match="numpy backend"):
+        workers_for(torch_model.stepper, next(torch_model.drawings(10, workers=3)))
 
 
 def test_workers_end_when_the_command_is_killed(trained_names):

@@ -299,7 +299,11 @@ def workers_for(stepper: Stepper, drawing: Drawing) -> int:
     for MIN_PARALLEL samples or more where chargen.sampling.parallel can run. One (this process)
     for a model on torch (forking it is not safe) and for a streamed sample."""
     cfg = drawing.cfg
-    if not getattr(stepper, "fork_safe", False) or (drawing.on_char is not None and cfg.num == 1):
+    if not getattr(stepper, "fork_safe", False):
+        if cfg.workers is not None and cfg.workers > 1:
+            raise UsageError("`workers` above 1 needs the numpy backend (a model on torch is not forked)")
+        return 1
+    if drawing.on_char is not None and cfg.num == 1:
         return 1
     if cfg.workers is not None:
         return cfg.workers
