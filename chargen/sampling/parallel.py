@@ -90,9 +90,10 @@ def available() -> bool:
 
 
 def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper, vocab: Vocab, width: int) -> None:
-    """A worker's loop: take chunks of attempts, keep the engine `width` rows full, send back each
-    chunk's Results as its rows end; None stops it, "drop" drops every chunk it holds, and the
-    parent's end of the pipe closing (it exited, or was killed) ends it too."""
+    """A worker's loop: take chunks of attempts, keep the engine `width` rows full, send back after
+    each step the Results of the chunks whose rows have all ended; None stops it, "drop" drops
+    every chunk it holds, and the parent's end of the pipe closing (it exited, or was killed) ends
+    it too."""
     try:
         for other in inherited:  # the parent's ends of the pipes, forked with it: held here, no EOF would come
             other.close()
@@ -127,7 +128,7 @@ def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper,
 
 
 class Workers:
-    """`n` worker processes drawing for this process; close() (or leaving a `with`) stops them."""
+    """`n` worker processes drawing for this process; close() stops them."""
 
     def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
         if not can_fork():
