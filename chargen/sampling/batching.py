@@ -110,8 +110,7 @@ class Batcher:
             self._cond.notify()
             if self._thread.ident is None:
                 self._thread.start()
-        if isinstance(self.engine, ProcessEngine):  # waiting for results, not on the condition
-            self.engine.wake()
+        self.engine.wake()  # with worker processes the thread may wait on them, not on the condition
         return request.future
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -119,12 +118,10 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if isinstance(self.engine, ProcessEngine):
-            self.engine.wake()
+        self.engine.wake()
         if self._thread.ident is not None:
             self._thread.join(timeout)
-        if isinstance(self.engine, ProcessEngine):
-            self.engine.close()
+        self.engine.close()
 
     def _new_engine(self) -> "RowEngine | ProcessEngine":
         """The rows' engine: in this thread, or (workers > 0) in worker processes."""
@@ -153,18 +150,14 @@ class Batcher:
             if engine.busy:
                 steps, row_steps = engine.steps, engine.row_steps
                 try:
-                    if isinstance(engine, ProcessEngine):  # waiting for the workers is not this thread's work
-                        waited = time.perf_counter()
-                        done = engine.step()
-                        started += time.perf_counter() - waited
-                    else:
-                        done = engine.step()
+                    waited = engine.waited
+                    done = engine.step()
+                    started += engine.waited - waited  # waiting for worker processes is not this thread's work
                 except Exception as exc:  # never leave a caller waiting: all in the batch get the error
                     for request in owners.values():
                         request.fail(exc)
                     owners.clear()
-                    if isinstance(engine, ProcessEngine):
-                        engine.close()
+                    engine.close()
                     engine = self.engine = self._new_engine()
                     continue
                 for job, drawn in done:

@@ -177,6 +177,8 @@ class RowEngine:
     can join between any two steps (continuous batching: `chargen serve`) and change nothing.
     """
 
+    waited = 0.0  # seconds its steps waited (chargen.sampling.parallel.ProcessEngine's face): none, it computes
+
     def __init__(self, stepper: Stepper, vocab: Vocab):
         self.stepper, self.vocab = stepper, vocab
         self.codepoints = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
@@ -209,6 +211,12 @@ class RowEngine:
         if attempts.on_char is not None:
             self.streaming.append(job)
         return job
+
+    def wake(self) -> None:
+        """Nothing to wake: its caller steps it (a ProcessEngine's step waits on its workers)."""
+
+    def close(self) -> None:
+        """Nothing to stop (a ProcessEngine stops its worker processes)."""
 
     def cancel(self, job: int) -> None:
         """Drop a job and its rows (its caller needs no more of its results)."""

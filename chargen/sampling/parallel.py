@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -132,7 +133,7 @@ class Workers:
 
     def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
         if not can_fork():
-            raise UsageError(f"`workers` above 1 needs Linux (worker processes start by fork; this is {sys.platform})")
+            raise UsageError(f"`workers` need Linux (worker processes start by fork; this is {sys.platform})")
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
@@ -229,15 +230,16 @@ def run_parallel(workers: Workers, drawing) -> Iterator:
 
 
 class ProcessEngine:
-    """A RowEngine's face (add, size, busy, step, steps, row_steps) on `n` worker processes, for a
-    caller that keeps jobs of many requests in flight (`chargen serve`'s batcher): the network
-    steps run in the workers, so the caller's process (its event loop, its GIL) only hands jobs
-    out and takes results. `step` waits for the next jobs to end, or for `wake()` (a new
-    request: its rows should join now), and returns those that ended."""
+    """A RowEngine's face (add, size, busy, step, steps, row_steps, wake, close, waited) on `n`
+    worker processes, for a caller that keeps jobs of many requests in flight (`chargen serve`'s
+    batcher): the network steps run in the workers, so the caller's process (its event loop, its
+    GIL) only hands jobs out and takes results. `step` waits for the next jobs to end, or for
+    `wake()` (a new request: its rows should join now), and returns those that ended; `waited`
+    sums the seconds spent in it."""
 
     def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
-        self.stepper, self.vocab = stepper, vocab
         self.workers = Workers(stepper, vocab, n, width)
+        self.waited = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._woken = False  # a wake-up is pending: another would only cost a system call
@@ -262,8 +264,10 @@ class ProcessEngine:
         return self.workers.submit(self.workers.least_loaded(), attempts)
 
     def step(self) -> list[tuple[int, Results]]:
+        started = time.perf_counter()
         results = self.workers.receive(self._wake_r)
         self._woken = False  # (a wake-up sent after receive drained the pipe stays, and wakes the next wait)
+        self.waited += time.perf_counter() - started
         return results
 
     def wake(self) -> None:
