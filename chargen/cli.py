@@ -355,10 +355,12 @@ def sample(
     """
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"`format` must be text or jsonl (got {output_format!r})")
+    from .allocator import keep_freed_memory
     from .api import load
     from .checkpoint import default_checkpoint
     from .sampling.drawing import SampleStats
 
+    keep_freed_memory()
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     options = given(options)
     if exclude is not None:
@@ -460,8 +462,10 @@ def serve(
 
       curl -s localhost:8000/v1/sample -H 'Content-Type: application/json' -d '{"n": 5, "seed": 1}'
     """
+    from .allocator import keep_freed_memory
     from .serve import serve as run_server, token_from_env
 
+    keep_freed_memory()
     options = given(options)
     config = ServeConfig.from_dict({**options, "token": token_from_env(options.get("token"))})
 
@@ -490,9 +494,11 @@ def eval_command(
 
     Example: chargen eval checkpoints/shakespeare corpora/shakespeare.txt
     """
+    from .allocator import keep_freed_memory
     from .api import load
     from .training.data import read_corpus
 
+    keep_freed_memory()
     model = load(checkpoint, backend=backend, device=device)
     for path in files:
         text = read_corpus([path]).text
@@ -526,9 +532,11 @@ def score(
 
     Example: chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
+    from .allocator import keep_freed_memory
     from .api import load
     from .training.ingest import corpus_chunks
 
+    keep_freed_memory()
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
     model = load(checkpoint)

@@ -163,6 +163,12 @@ def declared(cls: type) -> Mapping[str, Declared]:
     return MappingProxyType(out)
 
 
+@functools.cache
+def role_names(cls: type, role: str) -> tuple[str, ...]:
+    """The names of the options of one role, in declaration order (computed once per class and role)."""
+    return tuple(name for name, d in declared(cls).items() if d.opt.role == role)
+
+
 _KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"), "str": ((str,), "text"),
           "bool": ((bool,), "true or false")}
 
@@ -508,12 +514,12 @@ class SampleConfig(_Config):
 
     def given(self, role: str) -> list[str]:
         """The options of this role that are set (not None, False, 0 or empty), by name."""
-        return [name for name, d in declared(SampleConfig).items() if d.opt.role == role and getattr(self, name)]
+        return [name for name in role_names(SampleConfig, role) if getattr(self, name)]
 
     def settings(self) -> tuple:
         """What decides how a row's next character is picked from its logits: rows of batched
         requests with equal settings are picked together."""
-        return tuple(getattr(self, name) for name, d in declared(SampleConfig).items() if d.opt.role == "setting")
+        return tuple(getattr(self, name) for name in role_names(SampleConfig, "setting"))
 
 
 # The prompt, a field of every sampling request besides the options above.
