@@ -36,7 +36,7 @@ CASES = [
     {"n": 30, "seed": 4, "topP": 0.7, "temperature": 1.0},
     {"n": 25, "seed": 5, "topK": 8, "topP": 0.9, "unique": True, "prompt": ["A", "Jo"]},
     {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a"},
-    {"n": 100, "seed": 6, "minLen": 4, "endsWith": "a"},  # the adaptive sampler over many rounds
+    {"n": 50, "seed": 6, "minLen": 4, "endsWith": "a"},  # the adaptive sampler over many rounds (3-20 here)
     {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a", "rejection": True},
     {"n": 5, "seed": 7, "temperature": 0, "minLen": 6},
     {"n": 10, "seed": 8, "novel": True, "temperature": 1.5},
