@@ -6,9 +6,9 @@ The sampler's step allocates and frees the batch's arrays, megabytes of them, at
 so each step faulted those pages in again, zeroed. Drawing 4,000 names in one process took
 12,000 minor page faults, 50 with the memory kept, and `chargen sample -n 20000` ran 11% faster
 (docs/benchmarks.md, "Freed memory kept"). The setting is process-wide, so the library leaves it
-to the program: the `sample`, `score`, `eval` and `serve` commands call `keep_freed_memory`
-(their worker processes inherit it); a Python program may call it too. Elsewhere (macOS, musl)
-it does nothing.
+to the program: the `sample`, `score`, `eval` and `serve` commands make it
+(`cli.KEEP_FREED_MEMORY`; their worker processes inherit it); a Python program may call
+`keep_freed_memory` too. Elsewhere (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

@@ -117,8 +117,13 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+# The commands that sample or score with numpy keep the memory each step frees (chargen.allocator).
+KEEP_FREED_MEMORY = ("sample", "score", "eval", "serve")
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -127,6 +132,10 @@ def _root(
 
     Example: chargen train corpora/names.txt --time 5m && chargen sample -c checkpoints/names -n 10
     """
+    if ctx.invoked_subcommand in KEEP_FREED_MEMORY:
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -355,12 +364,10 @@ def sample(
     """
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"`format` must be text or jsonl (got {output_format!r})")
-    from .allocator import keep_freed_memory
     from .api import load
     from .checkpoint import default_checkpoint
     from .sampling.drawing import SampleStats
 
-    keep_freed_memory()
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     options = given(options)
     if exclude is not None:
@@ -462,10 +469,8 @@ def serve(
 
       curl -s localhost:8000/v1/sample -H 'Content-Type: application/json' -d '{"n": 5, "seed": 1}'
     """
-    from .allocator import keep_freed_memory
     from .serve import serve as run_server, token_from_env
 
-    keep_freed_memory()
     options = given(options)
     config = ServeConfig.from_dict({**options, "token": token_from_env(options.get("token"))})
 
@@ -494,11 +499,9 @@ def eval_command(
 
     Example: chargen eval checkpoints/shakespeare corpora/shakespeare.txt
     """
-    from .allocator import keep_freed_memory
     from .api import load
     from .training.data import read_corpus
 
-    keep_freed_memory()
     model = load(checkpoint, backend=backend, device=device)
     for path in files:
         text = read_corpus([path]).text
@@ -532,11 +535,9 @@ def score(
 
     Example: chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
-    from .allocator import keep_freed_memory
     from .api import load
     from .training.ingest import corpus_chunks
 
-    keep_freed_memory()
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
     model = load(checkpoint)
