@@ -129,7 +129,7 @@ def engine_processes(config: ServeConfig, stepper) -> int:
     run (measured on 2 cores with the load client beside it: +13% names/s and a p99 13% lower than
     in a thread of the server's process, docs/benchmarks.md); none for a model on torch (forking
     it is not safe)."""
-    if not getattr(stepper, "fork_safe", False):
+    if not parallel.forkable(stepper):
         return 0
     if config.workers is not None:
         return config.workers

@@ -18,7 +18,7 @@ from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
-from .parallel import MIN_PARALLEL, Workers, cores, run_parallel
+from .parallel import MIN_PARALLEL, Workers, cores, forkable, run_parallel
 from .parallel import available as parallel_available
 from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
 
@@ -299,7 +299,7 @@ def workers_for(stepper: Stepper, drawing: Drawing) -> int:
     for MIN_PARALLEL samples or more where chargen.sampling.parallel can run. One (this process)
     for a model on torch (forking it is not safe) and for a streamed sample."""
     cfg = drawing.cfg
-    if not getattr(stepper, "fork_safe", False):
+    if not forkable(stepper):
         if cfg.workers is not None and cfg.workers > 1:
             raise UsageError("`workers` above 1 needs the numpy backend (a model on torch is not forked)")
         return 1

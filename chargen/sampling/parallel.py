@@ -77,6 +77,12 @@ def _blas_thread_setters() -> list:
     return found
 
 
+def forkable(stepper: Stepper) -> bool:
+    """Whether a worker process may step this network (its class says so: numpy's twin does; a
+    model on torch is never forked)."""
+    return getattr(stepper, "fork_safe", False)
+
+
 def can_fork() -> bool:
     """Whether worker processes can start here: by fork, where it is the platform's safe default."""
     return sys.platform.startswith("linux")
@@ -182,11 +188,11 @@ class Workers:
             if message[0] == "error":
                 raise SamplingError(f"a sampling worker failed: {message[1]}")
             ended, steps, row_steps = message
+            k = self.conns.index(ready)
+            self.steps[k], self.row_steps[k] = steps, row_steps
             for tag, results in ended:
-                k = self.owner.pop(tag, None)
-                if k is not None:  # (None: a chunk dropped since)
+                if self.owner.pop(tag, None) is not None:  # (None: a chunk dropped since)
                     self.load[k] -= len(results.texts)
-                    self.steps[k], self.row_steps[k] = steps, row_steps
                     out.append((tag, results))
         return out
 
@@ -198,7 +204,7 @@ class Workers:
         self.load = [0] * len(self.load)
 
     def close(self) -> None:
-        for conn, p in zip(self.conns, self.procs):
+        for conn in self.conns:
             try:
                 conn.send(None)
             except OSError:
