@@ -12,15 +12,13 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import SampleConfig, declared
 from .errors import UsageError, VocabularyError
-from .evaluation import EVAL_STREAMS, EvalResult, NumpyScorer, Score, evaluate_text, line_nlls, mixture_nlls
-from .training.data import line_ids
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
@@ -28,6 +26,9 @@ from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime,
 from .sampling.labels import LabelMix, line_key, resolve_labels
 from .sampling.randomness import Seeds, derive_key
 from .sampling.search import most_likely
+
+if TYPE_CHECKING:  # scoring's modules (and training.data's file reading) load when a model scores, not to sample
+    from .evaluation import NumpyScorer, Score
 
 PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
 # Options a `top` request refuses: it ranks by the model's own probabilities (temperature 1, no
@@ -242,6 +243,8 @@ class Model:
         blend or a part: the mixture's probability), by default under every label in training
         proportions: the model's own probability of the line when it does not know its label.
         """
+        from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
+
         mix = self.label_mix(label)
         if mix is not None:
             return self._eval_labelled(text, mix, skip_unknown, lines)
@@ -260,12 +263,17 @@ class Model:
 
     def _numpy_scorer(self) -> NumpyScorer:
         """The numpy twin a line at a time (score and labelled eval run on numpy whatever the backend)."""
+        from .evaluation import NumpyScorer
+
         return NumpyScorer(self.stepper if self.backend == "numpy" else
                            NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
 
     def _eval_labelled(self, text: str, mix: LabelMix, skip_unknown: bool, lines: Optional[bool]) -> dict[str, float]:
         if lines is False:
             raise UsageError("a labelled model scores lines, each from its label's start state; drop `lines=False`")
+        from .evaluation import EvalResult, mixture_nlls
+        from .training.data import line_ids
+
         unknown = self.vocab.count_unknown(text) if skip_unknown else 0
         rows = line_ids(self.vocab, self.vocab.decode(self.vocab.encode(text, skip_unknown=skip_unknown)))
         if not rows:
@@ -286,6 +294,8 @@ class Model:
         blend: the mixture's probability; default: every label in training proportions), and with
         `by_label` also under each of those labels, with the likeliest label and its posterior
         probability (the blend's weights as the prior): a classifier."""
+        from .evaluation import Score, line_nlls, mixture_nlls
+
         if "\n" not in self.vocab:
             raise UsageError("this model's vocabulary has no newline, so it cannot score lines")
         mix = self.label_mix(label)

@@ -186,4 +186,8 @@ def test_the_server_advances_its_batches_in_a_worker_process_by_default(trained_
     assert engine_processes(ServeConfig(), model.stepper) == (1 if parallel.available() else 0)
     assert engine_processes(ServeConfig(workers=0), model.stepper) == 0
     assert engine_processes(ServeConfig(workers=2), model.stepper) == 2
-    assert engine_processes(ServeConfig(workers=2), chargen.load(trained_names, backend="torch").stepper) == 0
+    on_torch = chargen.load(trained_names, backend="torch").stepper
+    assert engine_processes(ServeConfig(), on_torch) == 0
+    assert engine_processes(ServeConfig(workers=0), on_torch) == 0
+    with pytest.raises(UsageError, match="numpy backend"):  # asked for, not silently dropped
+        engine_processes(ServeConfig(workers=2), on_torch)
