@@ -68,8 +68,9 @@ def _auto_precision(device: torch.device, hidden: int) -> str:
         # Ampere and later have bf16 tensor cores; bf16 needs no loss scaling.
         return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
     if device.type == "cpu":
-        # Measured on an AMX CPU (docs/benchmarks.md): bf16 is 1.3x fp32 at hidden 128 and
-        # about 2x from 256 up; smaller models are bound by element-wise work, not matmuls.
+        # Measured (docs/benchmarks.md): on an AMX Xeon bf16 is 1.3x fp32 at hidden 128 and about
+        # 2x from 256 up; on an AVX512-BF16 EPYC without AMX (Zen 4) 1.2-1.5x at 128 and 1.5-2.1x
+        # from 256; smaller models are bound by element-wise work, not matmuls.
         return "bf16" if cpu_has_bf16_matmul() and hidden >= 128 else "fp32"
     return "fp32"
 
