@@ -3,7 +3,7 @@
 
     python benchmarks/finetune_lists.py      # once: builds bench-out/lists/ from Faker's data
     python benchmarks/finetune.py [--time 60] [--sizes 50 200 1000 5000] [--sources ...] \\
-        [--modes scratch names base] [--json bench-out/finetune.json] [--extra "--lr 2e-3"]
+        [--modes scratch names base] [--seeds 3] [--json bench-out/finetune.json] [--extra "--lr 2e-3"]
 
 For each source list and size N: the first N lines of the (seeded, shuffled) list, split 90/10
 with seed 0 into train.txt and val.txt. Then, through the installed command and with the same
@@ -15,7 +15,13 @@ each: the held-out loss of best.safetensors (`chargen eval --lines` on val.txt: 
 number for both), the wall time at which the best checkpoint was written (from metrics.jsonl),
 the run's whole wall time (early stopping ends adapting runs sooner), and the share of 1,000
 samples (seed 1, temperature 0.8) that are lines of train.txt. One run at a time: nothing else
-should run on the machine.
+should run on the machine (a run slowed several times over reaches its schedule's clock-based
+decay early, and ends elsewhere).
+
+--seeds K trains each mode K times (`--seed` 1337, the default, then 1338, ...): the seed alone
+moves a 1,000-line list's loss by 0.02 or so, as much as many a setting does. The table then
+shows each mode's mean loss with the runs' standard deviation, and each gain over scratch with
+its standard error (the two means' errors combined).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import json
 import random
 import shlex
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +52,26 @@ def best_record(run_dir: Path) -> dict:
 
 
 MODES = {"scratch": "none", "names": "names", "base": "base"}  # mode -> chargen train --from
+SEED = 1337  # chargen train's default seed: the first run of each mode
+
+
+def summary(runs: list[dict]) -> dict:
+    """One mode's runs (one per seed) as one record: the means, and every run's loss."""
+    losses = [r["loss"] for r in runs]
+    out = {key: statistics.fmean(r[key] for r in runs) for key in ("loss", "best_at_s", "wall_s", "copied")}
+    out.update(losses=losses, sd=statistics.stdev(losses) if len(losses) > 1 else 0.0, skipped=runs[0]["skipped"],
+               best_step=[r["best_step"] for r in runs], peak_rss_mb=max(r["peak_rss_mb"] for r in runs))
+    return out
+
+
+def gain(scratch: dict, adapted: dict) -> str:
+    """scratch's mean loss less the adapted one's, with its standard error when there are seeds."""
+    g = scratch["loss"] - adapted["loss"]
+    n = len(adapted["losses"])
+    if n < 2:
+        return f"{g:+.3f}"
+    se = (scratch["sd"] ** 2 / len(scratch["losses"]) + adapted["sd"] ** 2 / n) ** 0.5
+    return f"{g:+.3f} ± {se:.3f}"
 
 
 def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, mode: str, extra: list[str]) -> dict:
@@ -72,6 +99,7 @@ def main() -> None:
     ap.add_argument("--time", type=float, default=60.0, help="seconds of training per run (both ways)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--extra", default="", help="more flags for every `chargen train` (e.g. to try a setting)")
+    ap.add_argument("--seeds", type=int, default=1, help="runs of each mode, seeds 1337, 1338, ...")
     ap.add_argument("--json", type=Path, default=Path("bench-out/finetune.json"))
     args = ap.parse_args()
     cg = chargen_cmd()
@@ -93,14 +121,17 @@ def main() -> None:
                 (d / "val.txt").write_text("\n".join(val_lines) + "\n", encoding="utf-8")
                 r = {"source": source, "lines": size}
                 for mode in args.modes:
-                    r[mode] = one_run(cg, d / "train.txt", d / "val.txt", d / mode, args.time, mode,
-                                      shlex.split(args.extra))
-                    print(f"{source} {size} {mode}: {r[mode]}", file=sys.stderr, flush=True)
+                    runs = []
+                    for k in range(args.seeds):
+                        runs.append(one_run(cg, d / "train.txt", d / "val.txt", d / f"{mode}-{k}", args.time, mode,
+                                            [*shlex.split(args.extra), "--seed", str(SEED + k)]))
+                        print(f"{source} {size} {mode} seed {SEED + k}: {runs[-1]}", file=sys.stderr, flush=True)
+                    r[mode] = summary(runs)
                 results.append(r)
                 runs = [r[m] for m in args.modes]
-                gains = [f"{r['scratch']['loss'] - r[m]['loss']:+.3f}" for m in args.modes
-                         if m != "scratch" and "scratch" in r]
-                rows.append([source, f"{size:,}", *(f"{x['loss']:.3f}" for x in runs), *gains,
+                gains = [gain(r["scratch"], r[m]) for m in args.modes if m != "scratch" and "scratch" in r]
+                shown = [f"{x['loss']:.3f}" + (f" ± {x['sd']:.3f}" if args.seeds > 1 else "") for x in runs]
+                rows.append([source, f"{size:,}", *shown, *gains,
                              *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" for x in runs),
                              *(f"{x['copied']:.1%}" for x in runs)])
     facts = host()
@@ -110,7 +141,7 @@ def main() -> None:
                 ["list", "lines", *(f"{m} loss" for m in args.modes),
                  *(f"gain {m}" for m in adapted if "scratch" in args.modes),
                  *(f"{m} best/wall s" for m in args.modes), *(f"{m} copies" for m in args.modes)], rows)
-    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "results": results})
+    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "seeds": args.seeds, "results": results})
 
 
 if __name__ == "__main__":
