@@ -140,11 +140,17 @@ class _Nodes:
             setattr(self, name, new)
 
 
-def pick_weighted(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+def in_order_sums(w: np.ndarray) -> np.ndarray:
+    """Each row's cumulative sums, added left to right as an exported page adds them (numpy's `sum`
+    adds pairwise: its last bits can differ, and a total decides whether a draw goes on)."""
+    return np.cumsum(w, axis=-1)
+
+
+def pick_weighted(w: np.ndarray, u: np.ndarray, cdf: Optional[np.ndarray] = None) -> np.ndarray:
     """Row r picks index i with probability w[r, i] / sum(w[r]) (u: U[0, 1) per row), never one of
     weight 0: the first index whose cumulative weight passes u * total, and the last of positive
-    weight when rounding takes u * total up to the total."""
-    cdf = np.cumsum(w, axis=-1)
+    weight when rounding takes u * total up to the total. `cdf`: w's in_order_sums, if known."""
+    cdf = in_order_sums(w) if cdf is None else cdf
     c = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=-1)
     last = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=-1)
     return np.minimum(c, last)
@@ -224,11 +230,12 @@ class PrefixTree:
         """For attempts at `nodes`: whether each goes on (probability N(s)/psi(s)), and the
         character it picks (probability p(c|s) psi(sc) / N(s))."""
         w = self.nodes.probs[nodes] * self.nodes.psi[nodes]  # (R, V)
-        total = w.sum(axis=-1)  # N(s)
+        cdf = in_order_sums(w)
+        total = cdf[:, -1]  # N(s)
         go = total > 0
         if self.accept_step:
             go &= uniforms(self.key, indices, 2 * d) * self._psi(nodes) < total
-        return go, pick_weighted(w, uniforms(self.key, indices, 2 * d + 1))
+        return go, pick_weighted(w, uniforms(self.key, indices, 2 * d + 1), cdf)
 
     def _psi(self, nodes: np.ndarray) -> np.ndarray:
         """The bounds of `nodes` themselves (kept in their parents' slots)."""
@@ -286,7 +293,7 @@ class PrefixTree:
             for nodes in reversed(visited):
                 nodes = np.unique(nodes)
                 nodes = nodes[~n.temp[nodes]]  # a round-only node passes no bound up
-                total = (n.probs[nodes] * n.psi[nodes]).sum(axis=-1)
+                total = in_order_sums(n.probs[nodes] * n.psi[nodes])[:, -1]
                 inner = n.parent[nodes] >= 0
                 n.psi[n.parent[nodes[inner]], n.char[nodes[inner]]] = total[inner]
                 if not inner.all():
@@ -347,7 +354,7 @@ class LabelTree:
     def run(self, indices: np.ndarray) -> Results:
         """One round: each attempt picks its label (or is rejected), then descends in that label's tree."""
         w = self._mixed()  # (P,)
-        total, psi = float(np.cumsum(w)[-1]), self.psi  # summed in order, as an exported page sums
+        total, psi = float(in_order_sums(w)[-1]), self.psi
         r = len(indices)
         go = (uniforms(self.key, indices, LABEL_GO) * psi < total) if total > 0 else np.zeros(r, dtype=bool)
         pick = pick_weighted(np.broadcast_to(w, (r, len(w))), uniforms(self.key, indices, LABEL_PICK)) \
@@ -364,7 +371,7 @@ class LabelTree:
                 logp[rows], scored[rows], kept[rows] = res.logp, res.scored, res.kept
         self.draws += r
         self.mass_sum += psi * sum(text is not None for text in texts)
-        self.psi = float(np.cumsum(self._mixed())[-1])
+        self.psi = float(in_order_sums(self._mixed())[-1])
         return Results(texts, logp, scored, kept)
 
     def _mixed(self) -> np.ndarray:
