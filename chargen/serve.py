@@ -129,9 +129,8 @@ def engine_processes(config: ServeConfig, stepper) -> int:
     run (measured on 2 cores with the load client beside it: +13% names/s and a p99 13% lower than
     in a thread of the server's process, docs/benchmarks.md); none for a model on torch (forking
     it is not safe: asking for some is an error, as `chargen sample --workers` makes it)."""
+    parallel.refuse_workers(stepper, config.workers, inline=0)
     if not parallel.forkable(stepper):
-        if config.workers:
-            raise UsageError("`workers` above 0 needs the numpy backend (a model on torch is not forked)")
         return 0
     if config.workers is not None:
         return config.workers

@@ -18,7 +18,7 @@ from ..tokenizer import Vocab
 from .constraints import Automaton, Guide, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
-from .parallel import MIN_PARALLEL, Workers, cores, forkable, run_parallel
+from .parallel import MIN_PARALLEL, Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
 from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
 
@@ -299,9 +299,8 @@ def workers_for(stepper: Stepper, drawing: Drawing) -> int:
     for MIN_PARALLEL samples or more where chargen.sampling.parallel can run. One (this process)
     for a model on torch (forking it is not safe) and for a streamed sample."""
     cfg = drawing.cfg
+    refuse_workers(stepper, cfg.workers, inline=1)
     if not forkable(stepper):
-        if cfg.workers is not None and cfg.workers > 1:
-            raise UsageError("`workers` above 1 needs the numpy backend (a model on torch is not forked)")
         return 1
     if drawing.on_char is not None and cfg.num == 1:
         return 1

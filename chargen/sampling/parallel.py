@@ -83,6 +83,14 @@ def forkable(stepper: Stepper) -> bool:
     return getattr(stepper, "fork_safe", False)
 
 
+def refuse_workers(stepper: Stepper, asked: Optional[int], inline: int) -> None:
+    """The sampler's and the server's one error for worker processes asked for (`asked` above
+    `inline`, the count that means none: 1 for the sampler, this process; 0 for the server, a
+    thread) where the network cannot be forked."""
+    if asked is not None and asked > inline and not forkable(stepper):
+        raise UsageError(f"`workers` above {inline} needs the numpy backend (a model on torch is not forked)")
+
+
 def can_fork() -> bool:
     """Whether worker processes can start here: by fork, where it is the platform's safe default."""
     return sys.platform.startswith("linux")
