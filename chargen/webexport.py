@@ -34,6 +34,7 @@ import numpy as np
 from .checkpoint import Checkpoint, encode_lines, save_checkpoint
 from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
 from .errors import UsageError
+from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
 from .sampling.tree import TREE_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
@@ -44,10 +45,9 @@ LOSS_LINES = 2000  # of the checkpoint's lines, scored to measure what quantisin
 NOVEL_BUDGET = 128 * 1024  # bytes of training lines an export carries for `novel`; beyond, left out
 # The sampling options an export takes (chargen.config.SampleConfig fields); the others, and why not.
 EXPORTED = ("num", "temperature", "top_k", "top_p", "seed", "lines", "length", "unique", "novel", "exclude",
-            "min_len", "max_len", "ends_with", "rejection", "label")
+            "min_len", "max_len", "ends_with", "contains", "rejection", "label")
 NOT_EXPORTED = {
-    "contains": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
-    "regex": "is not in an exported model (constraints there: minLen, maxLen, endsWith); use `chargen sample`",
+    "regex": "is not in an exported model (constraints there: minLen, maxLen, endsWith, contains); use `chargen sample`",
     "guided": "is not in an exported model: its constraints are always exact",
 }
 
@@ -228,6 +228,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "max_tries": SampleConfig().max_tries,
         "constrained_tries": CONSTRAINED_TRIES,
         "max_batch": MAX_BATCH,
+        "max_states": MAX_STATES,  # the most automaton states constraints may need
         # A tree keeps node_cap(V, S, memory) nodes; a blend's trees share that memory (chargen.sampling.drawing).
         "tree_memory": TREE_MEMORY,
         "tree_node_bytes": node_bytes(ckpt.model_config.vocab_size, ckpt.model_config.layers

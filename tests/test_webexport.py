@@ -38,7 +38,13 @@ CASES = [
     {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a"},
     {"n": 50, "seed": 6, "minLen": 4, "endsWith": "a"},  # the adaptive sampler over many rounds (3-20 here)
     {"n": 8, "seed": 6, "minLen": 3, "maxLen": 9, "endsWith": "a", "rejection": True},
+    {"n": 20, "seed": 10, "contains": "e"},  # one text, as the Python API takes it
+    {"n": 10, "seed": 11, "contains": ["e", "n"], "temperature": 1.2},  # a product automaton, adaptive
+    {"n": 8, "seed": 14, "contains": ["e"], "endsWith": "a", "temperature": 1.2},  # contains and ends with
+    {"n": 10, "seed": 12, "contains": ["e", "n"], "rejection": True, "temperature": 1.2},
+    {"n": 12, "seed": 13, "contains": ["e"], "unique": True, "prompt": "M", "temperature": 1.2},
     {"n": 5, "seed": 7, "temperature": 0, "minLen": 6},
+    {"n": 4, "seed": 7, "temperature": 0, "contains": ["ll"]},  # greedy among the allowed
     {"n": 10, "seed": 8, "novel": True, "temperature": 1.5},
     {"n": 3, "seed": 9, "lines": False, "length": 60, "prompt": "Ann"},
     {"n": 4, "seed": 2**62 + 12345, "temperature": 0.5},
@@ -122,6 +128,7 @@ LABEL_CASES = [
     {"n": 10, "seed": 3, "label": "it:first=0.5,es:city=0.5"},  # parts together: it_IT:first and es_ES:city
     {"n": 30, "seed": 4, "label": "it_IT:first=0.2,es_ES:city=0.8", "temperature": 1.2, "prompt": ["", "Ma"]},
     {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
+    {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},
     {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
     {"n": 5, "seed": 8, "label": "el_GR:first=1,es_ES:city=1", "temperature": 0},
@@ -185,11 +192,16 @@ def test_module_errors_are_clear(tmp_path):
     module = tmp_path / "m.mjs"
     module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
     cases = [{"n": 1, "prompt": "Ω"}, {"n": 1, "regex": "A.*"}, {"n": 1, "tempertaure": 1}, {"n": 0},
-             {"n": 1, "minLen": 9, "maxLen": 3}, {"n": 1, "endsWith": "Ω"}, {"n": 1, "seed": -1}]
+             {"n": 1, "minLen": 9, "maxLen": 3}, {"n": 1, "endsWith": "Ω"}, {"n": 1, "seed": -1},
+             {"n": 1, "contains": ["a", "Ω"]}, {"n": 1, "contains": "a\nb"}, {"n": 1, "contains": [3]},
+             {"n": 1, "contains": list("abcdefghijklmnop")}, {"n": 1, "contains": ["xyz"], "maxLen": 2}]
     errors = [r.get("error", "") for r in node_records(module, cases)]
     for needle, error in zip(["not in the model's vocabulary", "`regex` is not in an exported model",
                               "unknown option `tempertaure`", "`n` must be", "above `maxLen`",
-                              "not in the model's vocabulary", "`seed` must be"], errors):
+                              "not in the model's vocabulary", "`seed` must be",
+                              '`contains` "Ω" holds "Ω", not in the model\'s vocabulary', "cannot hold a newline",
+                              "`contains` must be a text or a list of texts", "more than 20,000 automaton states",
+                              "no sample satisfies the constraints within 2 characters"], errors, strict=True):
         assert needle in error, errors
 
 
@@ -280,6 +292,14 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     ends = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
     assert ends == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma",
                                                                  "endsWith": "a"})]
+    page.fill("#endsWith", "")
+    page.fill("#contains", "e, r")  # two texts, as the playground takes them
+    page.click("#go")
+    expect(page.locator("#status")).to_contain_text("samples in")
+    both = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+    assert both == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma",
+                                                                 "contains": ["e", "r"]})]
+    page.fill("#contains", "")
     page.fill("#endsWith", "Ω")
     page.click("#go")
     expect(page.locator("#status")).to_have_class("muted error")

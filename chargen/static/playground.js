@@ -120,7 +120,7 @@ function request() {
     if ($("novel").checked) body.novel = true;
     Object.assign(body, { min_len: number("min_len"), max_len: number("max_len"), ends_with: text("ends_with"),
                           regex: text("regex") });
-    const contains = ($("contains").value || "").split(",").map((s) => s.trim()).filter(Boolean);
+    const contains = commaList("contains");
     if (contains.length) body.contains = contains;
     if (mode() === "sample" && $("guided").checked) body.guided = true;
     if (mode() === "sample" && $("rejection").checked) body.rejection = true;

@@ -9,6 +9,11 @@ function setStatus(text, isError) {
   $("status").classList.toggle("error", !!isError);
 }
 
+// A field of texts separated by commas (`contains`: several texts), the empty ones dropped.
+function commaList(id) {
+  return ($(id).value || "").split(",").map((s) => s.trim()).filter(Boolean);
+}
+
 function loss(v) {
   return typeof v === "number" ? v.toFixed(4) + " nats (" + (v / Math.LN2).toFixed(3) + " bpc)" : "n/a";
 }

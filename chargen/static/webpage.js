@@ -14,6 +14,8 @@ function options() {
   if (page.labelled && $("label").value.trim()) o.label = $("label").value.trim();
   if (page.lineOriented) {
     Object.assign(o, { minLen: number("minLen"), maxLen: number("maxLen"), endsWith: $("endsWith").value || undefined });
+    const contains = commaList("contains");
+    if (contains.length) o.contains = contains;
     if ($("novel").checked) o.novel = true;
   } else {
     o.length = number("length");

@@ -293,30 +293,64 @@ function argmax(logits, V, allowed) {
   return best < 0 ? 0 : best;
 }
 
-// --- constraints: length bounds and an ending (chargen.sampling.constraints) -------------------
+// --- constraints: length bounds, an ending and texts to contain (chargen.sampling.constraints) ---
 
-// The automaton of "ends with `text`" (KMP) over the vocabulary, with feasible[n][s]: from state s
-// after n characters an accepted end within [minLen, maxLen] is reachable. With no ending, one state.
-class Constraint {
-  constructor(vocab, newline, endsWith, minLen, maxLen) {
-    const pat = endsWith ? Array.from(endsWith) : [];
-    const S = pat.length + 1, V = vocab.length;
-    this.V = V; this.newline = newline; this.minLen = minLen; this.maxLen = maxLen; this.S = S;
-    this.trans = new Int32Array(S * V);  // next state; -1 for the newline
-    for (let s = 0; s < S; s++) {
-      for (let v = 0; v < V; v++) {
-        if (v === newline) { this.trans[s * V + v] = -1; continue; }
-        let k = Math.min(s + 1, pat.length);  // the longest suffix of pat[:s] + c that is a prefix of pat
-        const seq = pat.slice(0, s).concat([vocab[v]]);
-        for (; k > 0; k--) {
-          let ok = true;
-          for (let q = 0; q < k && ok; q++) ok = seq[seq.length - k + q] === pat[q];
-          if (ok) break;
-        }
-        this.trans[s * V + v] = k;
+// One text constraint as a KMP automaton over the vocabulary: state k means the text so far ends
+// with pat[:k], its longest such prefix. `absorb` (contains) keeps state |pat| once reached; an
+// ending goes on from it as KMP does. Accepting: state |pat|.
+function kmp(vocab, pat, absorb) {
+  const L = pat.length, V = vocab.length, next = [];
+  for (let s = 0; s <= L; s++) {
+    const row = new Int32Array(V);
+    for (let v = 0; v < V; v++) {
+      if (absorb && s === L) { row[v] = L; continue; }
+      let k = Math.min(s + 1, L);  // the longest suffix of pat[:s] + c that is a prefix of pat
+      const seq = pat.slice(0, s).concat([vocab[v]]);
+      for (; k > 0; k--) {
+        let ok = true;
+        for (let q = 0; q < k && ok; q++) ok = seq[seq.length - k + q] === pat[q];
+        if (ok) break;
       }
+      row[v] = k;
     }
-    this.accepting = (s) => s === S - 1;
+    next.push(row);
+  }
+  return { next, final: L };
+}
+
+// The constraints as one automaton over the vocabulary: the product of an ending's and each
+// contained text's, over the reachable tuples of their states (at most MODEL.max_states, as chargen
+// caps it), with feasible[n][s]: from state s after n characters an accepted end within [minLen,
+// maxLen] is reachable. With no text constraint, one state. The states are numbered otherwise than
+// chargen's (its automata come from interegular), but a state allows the same ids, so the draws match.
+class Constraint {
+  constructor(vocab, newline, endsWith, contains, minLen, maxLen) {
+    const V = vocab.length;
+    const parts = contains.map((t) => kmp(vocab, Array.from(t), true));
+    if (endsWith) parts.push(kmp(vocab, Array.from(endsWith), false));
+    this.V = V; this.newline = newline; this.minLen = minLen; this.maxLen = maxLen;
+    const order = [parts.map(() => 0)], number = new Map([[order[0].join(","), 0]]), rows = [];
+    for (let i = 0; i < order.length; i++) {
+      const row = new Int32Array(V);
+      for (let v = 0; v < V; v++) {
+        if (v === newline) { row[v] = -1; continue; }  // the newline ends the sample instead
+        const tuple = parts.map((p, j) => p.next[order[i][j]][v]), key = tuple.join(",");
+        let t = number.get(key);
+        if (t === undefined) {
+          if (order.length >= MODEL.max_states) {
+            throw new ChargenError(`the constraints together need more than ${MODEL.max_states.toLocaleString("en-US")} automaton states; drop a \`contains\``);
+          }
+          t = order.length; number.set(key, t); order.push(tuple);
+        }
+        row[v] = t;
+      }
+      rows.push(row);
+    }
+    const S = this.S = order.length;
+    this.trans = new Int32Array(S * V);  // next state; -1 for the newline
+    rows.forEach((row, i) => this.trans.set(row, i * V));
+    const final = order.map((tuple) => parts.every((p, j) => tuple[j] === p.final));
+    this.accepting = (s) => final[s];
     this.feasible = [];
     for (let n = 0; n <= maxLen + 1; n++) this.feasible.push(new Uint8Array(S));
     for (let n = maxLen; n >= 0; n--) {
@@ -375,6 +409,12 @@ function checkOptions(opts) {
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
   }
+  if (typeof o.contains === "string") o.contains = [o.contains];  // one text, as the Python API takes it
+  if (!Array.isArray(o.contains) || o.contains.some((t) => typeof t !== "string")) {
+    throw new ChargenError("`contains` must be a text or a list of texts");
+  }
+  o.contains = o.contains.filter((t) => t.length > 0);
+  if (o.endsWith !== null && typeof o.endsWith !== "string") throw new ChargenError("`endsWith` must be a text");
   if (o.seed === null) o.seed = randomSeed();
   try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
@@ -616,7 +656,7 @@ class Sampler {
 
   // The constraint and its state after the prompt, checked as chargen.sampling.constraints does.
   guide(o, prompt, lines, cap) {
-    if (o.minLen === null && o.maxLen === null && !o.endsWith) return null;
+    if (o.minLen === null && o.maxLen === null && !o.endsWith && !o.contains.length) return null;
     if (!lines) throw new ChargenError("constraints apply to line samples only; pass `lines: true`");
     const newline = this.index.get("\n");
     if (newline === undefined) throw new ChargenError("this model's vocabulary has no newline, so its samples have no end to constrain");
@@ -624,9 +664,13 @@ class Sampler {
       if (o.endsWith.includes("\n")) throw new ChargenError("`endsWith` cannot hold a newline: a line sample has none");
       this.encode(o.endsWith, `\`endsWith\` ${JSON.stringify(o.endsWith)}`);
     }
+    for (const text of o.contains) {
+      if (text.includes("\n")) throw new ChargenError("`contains` cannot hold a newline: a line sample has none");
+      this.encode(text, `\`contains\` ${JSON.stringify(text)}`);
+    }
     const n0 = Array.from(prompt).length;
     const maxLen = o.maxLen !== null ? Math.min(o.maxLen, n0 + cap) : n0 + cap;
-    const c = new Constraint(this.vocab, newline, o.endsWith, Math.max(o.minLen || 0, 1), maxLen);
+    const c = new Constraint(this.vocab, newline, o.endsWith, o.contains, Math.max(o.minLen || 0, 1), maxLen);
     if (n0 > maxLen) throw new ChargenError(`the prompt ${JSON.stringify(prompt)} is longer than the ${maxLen} characters a sample may have`);
     let s = 0;
     for (const id of this.encode(prompt, "the prompt")) s = c.trans[s * this.V + id];
