@@ -45,9 +45,8 @@ LOSS_LINES = 2000  # of the checkpoint's lines, scored to measure what quantisin
 NOVEL_BUDGET = 128 * 1024  # bytes of training lines an export carries for `novel`; beyond, left out
 # The sampling options an export takes (chargen.config.SampleConfig fields); the others, and why not.
 EXPORTED = ("num", "temperature", "top_k", "top_p", "seed", "lines", "length", "unique", "novel", "exclude",
-            "min_len", "max_len", "ends_with", "contains", "rejection", "label")
+            "min_len", "max_len", "ends_with", "contains", "regex", "rejection", "label")
 NOT_EXPORTED = {
-    "regex": "is not in an exported model (constraints there: minLen, maxLen, endsWith, contains); use `chargen sample`",
     "guided": "is not in an exported model: its constraints are always exact",
 }
 

@@ -43,6 +43,9 @@ CASES = [
     {"n": 8, "seed": 14, "contains": ["e"], "endsWith": "a", "temperature": 1.2},  # contains and ends with
     {"n": 10, "seed": 12, "contains": ["e", "n"], "rejection": True, "temperature": 1.2},
     {"n": 12, "seed": 13, "contains": ["e"], "unique": True, "prompt": "M", "temperature": 1.2},
+    {"n": 15, "seed": 15, "regex": "[A-Z][a-z]{1,4}(e|n)", "temperature": 1.2},  # a regex, adaptive
+    {"n": 10, "seed": 16, "regex": "(?i)m[^x]*", "contains": ["e"], "maxLen": 9},  # a regex in a product
+    {"n": 10, "seed": 17, "regex": "[A-Za-z]+e", "rejection": True, "temperature": 1.2},
     {"n": 5, "seed": 7, "temperature": 0, "minLen": 6},
     {"n": 4, "seed": 7, "temperature": 0, "contains": ["ll"]},  # greedy among the allowed
     {"n": 10, "seed": 8, "novel": True, "temperature": 1.5},
@@ -191,17 +194,20 @@ def test_module_errors_are_clear(tmp_path):
     ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
     module = tmp_path / "m.mjs"
     module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
-    cases = [{"n": 1, "prompt": "Ω"}, {"n": 1, "regex": "A.*"}, {"n": 1, "tempertaure": 1}, {"n": 0},
+    cases = [{"n": 1, "prompt": "Ω"}, {"n": 1, "guided": True}, {"n": 1, "tempertaure": 1}, {"n": 0},
              {"n": 1, "minLen": 9, "maxLen": 3}, {"n": 1, "endsWith": "Ω"}, {"n": 1, "seed": -1},
              {"n": 1, "contains": ["a", "Ω"]}, {"n": 1, "contains": "a\nb"}, {"n": 1, "contains": [3]},
-             {"n": 1, "contains": list("abcdefghijklmnop")}, {"n": 1, "contains": ["xyz"], "maxLen": 2}]
+             {"n": 1, "contains": list("abcdefghijklmnop")}, {"n": 1, "contains": ["xyz"], "maxLen": 2},
+             {"n": 1, "regex": "a(b"}, {"n": 1, "regex": 7}]
     errors = [r.get("error", "") for r in node_records(module, cases)]
-    for needle, error in zip(["not in the model's vocabulary", "`regex` is not in an exported model",
+    for needle, error in zip(["not in the model's vocabulary", "`guided` is not in an exported model",
                               "unknown option `tempertaure`", "`n` must be", "above `maxLen`",
                               "not in the model's vocabulary", "`seed` must be",
                               '`contains` "Ω" holds "Ω", not in the model\'s vocabulary', "cannot hold a newline",
                               "`contains` must be a text or a list of texts", "more than 20,000 automaton states",
-                              "no sample satisfies the constraints within 2 characters"], errors, strict=True):
+                              "no sample satisfies the constraints within 2 characters",
+                              '`regex` "a(b" is not a regular expression an exported model compiles',
+                              "`regex` must be a text"], errors, strict=True):
         assert needle in error, errors
 
 
@@ -283,23 +289,17 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     texts = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
     expected = python_records(ckpt_path, {"n": 25, "seed": 42, "prompt": "Ma"})
     assert texts == [r["text"] for r in expected]
-    # the sampler in the page's worker, called directly, agrees on log-probabilities too
     page.click("#constraints summary")
-    page.fill("#endsWith", "a")
     page.fill("#seed", "3")
-    page.click("#go")
-    expect(page.locator("#status")).to_contain_text("samples in")
-    ends = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
-    assert ends == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma",
-                                                                 "endsWith": "a"})]
-    page.fill("#endsWith", "")
-    page.fill("#contains", "e, r")  # two texts, as the playground takes them
-    page.click("#go")
-    expect(page.locator("#status")).to_contain_text("samples in")
-    both = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
-    assert both == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma",
-                                                                 "contains": ["e", "r"]})]
-    page.fill("#contains", "")
+    # each constraint field in turn (contains: two texts, as the playground takes them)
+    for field, value, option in [("#endsWith", "a", {"endsWith": "a"}), ("#contains", "e, r", {"contains": ["e", "r"]}),
+                                 ("#regex", "Ma[a-z]*(e|n)", {"regex": "Ma[a-z]*(e|n)"})]:
+        page.fill(field, value)
+        page.click("#go")
+        expect(page.locator("#status")).to_contain_text("samples in")
+        got = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+        assert got == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma", **option})]
+        page.fill(field, "")
     page.fill("#endsWith", "Ω")
     page.click("#go")
     expect(page.locator("#status")).to_have_class("muted error")
@@ -380,3 +380,55 @@ def test_a_fine_tuned_export_names_its_base_by_file_name_only(trained_names, tmp
     ckpt.info["from"] = {"path": "/home/someone/private/base.safetensors", "sha256": "0" * 64}
     text = module_text(ckpt, Encoding("f32", True))
     assert "/home/someone" not in text and str(trained_names) not in text and '"path":"base.safetensors"' in text
+
+
+# Patterns in the syntax chargen compiles (interegular's), and strings to read with them.
+REGEXES = ["[A-Z][a-z]*(ab|c)", "a|b|", "(ab)*c?", "[^ab]+", "[a-c1]{2}", "a{1,3}b{,2}c{2,}", "(?:ab|ba)+",
+           "(?i)AB[c]", "a(?i:B)c", "(?i:[^a])b", "\\w\\d?\\s*", "\\W+", "[\\w-]+", "[a\\-z]", "[\\d\\s]a",
+           "[\\Wb]", ".a.", "a*?b+?", "a*+", "a?+", "(?P<x>ab)c", "\\x41\\061?", "[^]ab]",
+           "^ab$", "a\\$", "\\.", "(a|(b|c)d)*", "((a)|b){0,2}", "(?s)a.b"]
+REGEX_ERRORS = ["a(?#note)b", "(a)\\1", "\\bab", "a**", "a{3,2}", "a(?i)b", "(ab", "[a-", "\\p{L}", "(?m)a", "[z-a]", "[]"]
+EXPORT_REFUSES = ["(?=a)b", "a(?!b)"]  # lookaround: chargen compiles it, an export does not
+
+
+@needs_node
+def test_module_regex_accepts_what_chargen_accepts(tmp_path):
+    """The module's regex automaton against chargen's (interegular's), string by string: every string
+    up to 4 characters over an alphabet that meets each pattern's corner cases."""
+    from itertools import product as strings
+
+    from chargen.sampling.constraints import Automaton, Constraints
+
+    chars = ["\n", " ", "-", ".", "$", "1", "A", "B", "a", "b", "c", "d", "]", "é"]
+    vocab = Vocab(chars)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 2)),
+                                  Encoding("f32", True)) + "export { Constraint };\n")
+    texts = ["".join(t) for k in range(5) for t in strings([c for c in chars if c != "\n"], repeat=k)]
+    script = ("import(process.argv[1]).then((m) => {"
+              " const [vocab, patterns, texts] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              " const out = patterns.map((p) => { try { const c = new m.Constraint(vocab, 0, null, [], p, 1, 6);"
+              " return texts.map((t) => { let s = 0; for (const ch of t) { s = s < 0 ? s : c.trans[s * vocab.length"
+              " + vocab.indexOf(ch)]; } return s >= 0 && c.accepting(s); }); } catch (e) { return e.message; } });"
+              " process.stdout.write(JSON.stringify(out)); })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], input=json.dumps([chars, REGEXES + REGEX_ERRORS + EXPORT_REFUSES, texts]),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for pattern, js in zip(REGEXES, got):
+        automaton = Automaton(Constraints(regex=pattern), vocab, limit=6)
+        expected = []
+        for t in texts:
+            s = automaton.start_state
+            for ch in t:
+                s = s if s < 0 else int(automaton.trans[s, vocab.index[ch]])
+            expected.append(bool(s >= 0 and automaton.accepting[s]))
+        assert isinstance(js, list), (pattern, js)
+        assert sum(expected) > 0
+        assert js == expected, (pattern, [t for t, a, b in zip(texts, js, expected) if a != b][:10])
+    for pattern, js in zip(REGEX_ERRORS, got[len(REGEXES):]):
+        with pytest.raises(chargen.ChargenError):  # chargen refuses each too
+            Automaton(Constraints(regex=pattern), vocab, limit=6)
+        assert isinstance(js, str) and "`regex`" in js, (pattern, js)
+    for js in got[len(REGEXES) + len(REGEX_ERRORS):]:
+        assert "lookaround is not in an exported model" in js

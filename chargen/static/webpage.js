@@ -16,6 +16,7 @@ function options() {
     Object.assign(o, { minLen: number("minLen"), maxLen: number("maxLen"), endsWith: $("endsWith").value || undefined });
     const contains = commaList("contains");
     if (contains.length) o.contains = contains;
+    if ($("regex").value) o.regex = $("regex").value;
     if ($("novel").checked) o.novel = true;
   } else {
     o.length = number("length");

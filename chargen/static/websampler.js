@@ -295,9 +295,249 @@ function argmax(logits, V, allowed) {
 
 // --- constraints: length bounds, an ending and texts to contain (chargen.sampling.constraints) ---
 
+// --- regular expressions: `regex` parsed as chargen parses it (interegular's syntax) -----------
+
+// A pattern's tree: {set: Set of characters, neg} (one character), {cat: [...]}, {alt: [...]},
+// {rep: node, min, max (null: unbounded)}, {flags: "i"/"", off: "i"/"", node}. The parser is a port
+// of interegular's (the library chargen compiles `regex` with), quirks included: each rule gives
+// its characters back when it fails, and what it cannot read is an error, as there.
+class NoMatch extends Error {}  // a rule did not match here (another may)
+class RegexSyntax extends Error {}  // the pattern cannot be compiled
+const WORD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_";
+const CLASSES = { w: [WORD, false], W: [WORD, true], d: ["0123456789", false], D: ["0123456789", true],
+  s: [" \t\n\r\f\v", false], S: [" \t\n\r\f\v", true], a: ["\x07", false], b: ["\b", false], f: ["\f", false],
+  n: ["\n", false], r: ["\r", false], t: ["\t", false], v: ["\v", false] };
+const SPECIAL = "+?*.$^\\()[|", SPECIAL_INNER = "\\]", RESERVED = "uUAZbB";
+const charSet = (chars, neg = false) => ({ set: new Set(Array.from(chars)), neg });
+
+class RegexParser {
+  constructor(pattern) { this.s = Array.from(pattern); this.i = 0; this.global = ""; this.flagsEnd = 0; }
+  parse() {
+    let tree;
+    try { tree = this.rule("pattern"); } catch (e) { if (e instanceof NoMatch) this.fail(); throw e; }
+    if (this.i < this.s.length) this.fail();
+    return this.global ? { flags: this.global, off: "", node: tree } : tree;
+  }
+  fail(why) { throw new RegexSyntax(why || "invalid syntax"); }
+  rule(name, ...args) {  // interegular's every rule: on failure, the characters it read are given back
+    const at = this.i;
+    try { return this[name](...args); } catch (e) { if (e instanceof NoMatch) this.i = at; throw e; }
+  }
+  eat(c) { if (this.s[this.i] === c) { this.i++; return true; } return false; }
+  need(c) { if (!this.eat(c)) throw new NoMatch(); }
+  any() { if (this.i >= this.s.length) throw new NoMatch(); return this.s[this.i++]; }
+  anyBut(chars) { if (this.i >= this.s.length || chars.includes(this.s[this.i])) throw new NoMatch(); return this.s[this.i++]; }
+  digits(chars, lo, hi) {
+    let out = "";
+    for (let k = 0; k < lo; k++) { if (this.i + k >= this.s.length || !chars.includes(this.s[this.i + k])) throw new NoMatch(); }
+    out = this.s.slice(this.i, this.i + lo).join(""); this.i += lo;
+    while ((hi === null || out.length < hi) && this.i < this.s.length && chars.includes(this.s[this.i])) out += this.s[this.i++];
+    return out;
+  }
+  pattern() {
+    const options = [this.rule("conc")];
+    while (this.eat("|")) options.push(this.rule("conc"));
+    return options.length === 1 ? options[0] : { alt: options };
+  }
+  conc() {
+    const parts = [];
+    for (;;) { try { parts.push(this.rule("obj")); } catch (e) { if (e instanceof NoMatch) break; throw e; } }
+    return { cat: parts };
+  }
+  obj() {
+    if (this.eat("(")) return this.rule("group");
+    const atom = this.rule("atom");
+    if (atom.rep && "*?{".includes(this.s[this.i] || "~")) this.fail("multiple repeat");  // as Python's re
+    return this.rule("repetition", atom);
+  }
+  group() {
+    if (this.eat("?")) return this.rule("extension");
+    const p = this.rule("pattern");
+    this.need(")");
+    return this.rule("repetition", p);
+  }
+  flagLetters(lo) { return this.digits("aiLmsux", lo, null); }
+  extension() {
+    const at = this.i - 2, c = this.any();  // at: where "(?" began
+    if ("aiLmsux-".includes(c)) {
+      this.i--;
+      const added = this.flagLetters(0), removed = this.eat("-") ? this.flagLetters(1) : "";
+      const flags = (f) => { for (const x of f) if (!"is".includes(x)) this.fail(`the flag ${x} is not supported`); return f; };
+      if (this.eat(":")) {
+        const p = this.rule("pattern");
+        this.need(")");
+        return this.rule("repetition", { flags: flags(added), off: flags(removed), node: p });
+      }
+      if (removed !== "") throw new NoMatch();
+      this.need(")");
+      if (at !== this.flagsEnd) this.fail("global flags not at the start of the expression");  // as Python's re
+      this.flagsEnd = this.i;
+      this.global = flags(added);
+      return { cat: [] };
+    }
+    if (c === ":") { const p = this.rule("pattern"); this.need(")"); return this.rule("repetition", p); }
+    if (c === "P" && this.eat("<")) {
+      this.digits(WORD, 1, null); this.need(">");
+      const p = this.rule("pattern"); this.need(")");
+      return this.rule("repetition", p);
+    }
+    this.fail(c === "=" || c === "!" || c === "<" ? "lookaround is not in an exported model" : "this group is not supported");
+  }
+  atom() {
+    if (this.eat("[")) return this.rule("repetition", this.rule("chargroup"));
+    if (this.eat("\\")) return this.rule("repetition", this.rule("escaped", false));
+    if (this.eat(".")) return this.rule("repetition", { set: new Set(["\n"]), neg: true });
+    if (this.s[this.i] === "$" || this.s[this.i] === "^") this.fail(`'${this.s[this.i]}' is only allowed at the ends`);
+    return this.rule("repetition", charSet(this.anyBut(SPECIAL)));
+  }
+  repetition(base) {
+    const lazy = () => this.eat("?");
+    if (this.eat("*")) { lazy(); return { rep: base, min: 0, max: null }; }
+    if (this.eat("+")) { lazy(); return { rep: base, min: 1, max: null }; }
+    if (this.eat("?")) { lazy(); return { rep: base, min: 0, max: 1 }; }
+    if (this.eat("{")) {
+      let n = 0, m;
+      try { n = Number(this.rule("digits", "0123456789", 1, null)); } catch (e) { if (!(e instanceof NoMatch)) throw e; }
+      if (this.eat(",")) {
+        m = null;
+        try { m = Number(this.rule("digits", "0123456789", 1, null)); } catch (e) { if (!(e instanceof NoMatch)) throw e; }
+      } else m = n;
+      this.need("}");
+      lazy();
+      if (m !== null && m < n) this.fail(`{${n},${m}}: the minimum is above the maximum`);
+      return { rep: base, min: n, max: m };
+    }
+    return base;
+  }
+  escaped(inner) {
+    if (this.eat("x")) return charSet(String.fromCodePoint(parseInt(this.rule("digits", "0123456789abcdefABCDEF", 2, 2), 16)));
+    if (this.eat("0")) return charSet(String.fromCodePoint(parseInt(this.rule("digits", "01234567", 1, 2), 8)));
+    if ("NpPuU".includes(this.s[this.i])) this.fail("unicode properties are not supported");
+    const octal = (lo, hi) => { try { return this.rule("digits", "01234567", lo, hi); } catch (e) { if (e instanceof NoMatch) return null; throw e; } };
+    if (!inner) {
+      const o = octal(3, 3);
+      if (o !== null) return charSet(String.fromCodePoint(parseInt(o, 8)));
+      if (/[0-9]/.test(this.s[this.i] || "")) this.fail("group references are not supported");
+      if (RESERVED.includes(this.s[this.i] || "~")) this.fail(`the escape \\${this.s[this.i]} is not supported`);
+    } else {
+      const o = octal(1, 3);
+      if (o !== null) return charSet(String.fromCodePoint(parseInt(o, 8)));
+    }
+    const c = this.s[this.i];
+    if (c !== undefined && c in CLASSES) { this.i++; return charSet(...CLASSES[c]); }
+    const lit = this.anyBut("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    if (/\p{L}/u.test(lit)) throw new NoMatch();
+    return charSet(lit);
+  }
+  chargroup() {
+    const negate = this.eat("^"), groups = [];
+    // "[]" is an empty class to chargen's parser; Python's re, which checks a pattern first, reads
+    // the "]" as a character and needs another to close the class
+    if (this.s[this.i] === "]" && !this.s.slice(this.i + 1).includes("]")) this.fail("unterminated character set");
+    for (;;) { try { groups.push(this.rule("chargroupInner")); } catch (e) { if (e instanceof NoMatch) break; throw e; } }
+    this.need("]");
+    if (groups.length === 1) return { set: groups[0].set, neg: negate !== groups[0].neg };
+    if (groups.length === 0) return { set: new Set(), neg: negate };
+    const pos = new Set(), negs = new Set();
+    for (const g of groups) for (const c of g.set) (g.neg ? negs : pos).add(c);
+    if (negs.size) return { set: new Set([...negs].filter((c) => !pos.has(c))), neg: !negate };
+    return { set: pos, neg: negate };  // (pos less the empty negs)
+  }
+  chargroupInner() {
+    const start = this.i;
+    const base = this.eat("\\") ? this.rule("escaped", true) : charSet(this.anyBut(SPECIAL_INNER));
+    if (!this.eat("-")) return base;
+    let end;
+    if (this.eat("\\")) end = this.rule("escaped", true);
+    else if (this.s[this.i] === "]") return { set: new Set([...base.set, "-"]), neg: false };
+    else end = charSet(this.anyBut(SPECIAL_INNER));
+    if (base.set.size !== 1 || end.set.size !== 1) this.fail(`invalid range ${this.s.slice(start, this.i).join("")}`);
+    const lo = [...base.set][0].codePointAt(0), hi = [...end.set][0].codePointAt(0);
+    if (lo > hi) this.fail(`invalid range ${this.s.slice(start, this.i).join("")}`);
+    const set = new Set();
+    for (let k = lo; k <= hi; k++) set.add(String.fromCodePoint(k));
+    return { set, neg: false };
+  }
+}
+
+// `regex` as a DFA over the vocabulary (the newline left out: it ends a sample): a Thompson NFA of
+// the pattern's tree, then the subsets of its states that the characters reach. -1: no way on.
+function regexPart(vocab, newline, pattern) {
+  if (pattern.startsWith("^")) pattern = pattern.slice(1);  // chargen strips the ends' anchors too
+  if (pattern.endsWith("$") && !pattern.endsWith("\\$")) pattern = pattern.slice(0, -1);
+  const what = `\`regex\` ${JSON.stringify(pattern)}`;
+  let tree;
+  try { tree = new RegexParser(pattern).parse(); } catch (e) {
+    if (!(e instanceof RegexSyntax)) throw e;
+    throw new ChargenError(`${what} is not a regular expression an exported model compiles (${e.message}); see \`chargen sample --help\` for the syntax`);
+  }
+  const V = vocab.length, eps = [], edges = [];  // per NFA state: epsilon targets; [matches (Uint8Array over ids), target]
+  const state = () => { eps.push([]); edges.push([]); if (eps.length > 200000) throw new ChargenError(`${what} is too large to compile here`); return eps.length - 1; };
+  const build = (node, ci) => {  // -> [start, end]
+    const s = state();
+    if (node.set) {
+      const chars = new Set(node.set);
+      if (ci) for (const c of node.set) { chars.add(c.toLowerCase()); chars.add(c.toUpperCase()); }
+      const m = new Uint8Array(V);
+      for (let v = 0; v < V; v++) m[v] = v !== newline && chars.has(vocab[v]) !== node.neg ? 1 : 0;
+      const e = state(); edges[s].push([m, e]); return [s, e];
+    }
+    if (node.flags !== undefined) return build(node.node, (ci || node.flags.includes("i")) && !node.off.includes("i"));
+    if (node.cat) {
+      let end = s;
+      for (const part of node.cat) { const [a, b] = build(part, ci); eps[end].push(a); end = b; }
+      return [s, end];
+    }
+    if (node.alt) {
+      const e = state();
+      for (const option of node.alt) { const [a, b] = build(option, ci); eps[s].push(a); eps[b].push(e); }
+      return [s, e];
+    }
+    let end = s;  // a repetition: min copies, then max - min optional ones (or a loop)
+    for (let k = 0; k < node.min; k++) { const [a, b] = build(node.rep, ci); eps[end].push(a); end = b; }
+    if (node.max === null) {
+      const [a, b] = build(node.rep, ci), e = state();
+      eps[end].push(a, e); eps[b].push(a, e);
+      return [s, e];
+    }
+    const e = state();
+    for (let k = node.min; k < node.max; k++) { const [a, b] = build(node.rep, ci); eps[end].push(a, e); end = b; }
+    eps[end].push(e);
+    return [s, e];
+  };
+  const [start, final] = build(tree, false);
+  const closure = (set) => {
+    const out = new Set(set), stack = [...set];
+    while (stack.length) for (const t of eps[stack.pop()]) if (!out.has(t)) { out.add(t); stack.push(t); }
+    return [...out].sort((a, b) => a - b);
+  };
+  const first = closure([start]), order = [first], number = new Map([[first.join(","), 0]]), next = [];
+  for (let i = 0; i < order.length; i++) {
+    const row = new Int32Array(V).fill(-1);
+    for (let v = 0; v < V; v++) {
+      const moved = [];
+      for (const q of order[i]) for (const [m, t] of edges[q]) if (m[v]) moved.push(t);
+      if (!moved.length) continue;
+      const to = closure(moved), key = to.join(",");
+      let t = number.get(key);
+      if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(to); }
+      row[v] = t;
+    }
+    next.push(row);
+  }
+  return { next, accepting: order.map((set) => set.includes(final)) };
+}
+
+function tooMany(states) {
+  if (states >= MODEL.max_states) {
+    throw new ChargenError(`the constraints together need more than ${MODEL.max_states.toLocaleString("en-US")} automaton states; simplify the \`regex\` or drop a \`contains\``);
+  }
+}
+
 // One text constraint as a KMP automaton over the vocabulary: state k means the text so far ends
 // with pat[:k], its longest such prefix. `absorb` (contains) keeps state |pat| once reached; an
-// ending goes on from it as KMP does. Accepting: state |pat|.
+// ending goes on from it as KMP does. Accepting: state |pat|. (A part: {next: a row of next states
+// per state, -1 where none; accepting}, state 0 first.)
 function kmp(vocab, pat, absorb) {
   const L = pat.length, V = vocab.length, next = [];
   for (let s = 0; s <= L; s++) {
@@ -315,33 +555,32 @@ function kmp(vocab, pat, absorb) {
     }
     next.push(row);
   }
-  return { next, final: L };
+  return { next, accepting: next.map((_, k) => k === L) };
 }
 
-// The constraints as one automaton over the vocabulary: the product of an ending's and each
-// contained text's, over the reachable tuples of their states (at most MODEL.max_states, as chargen
-// caps it), with feasible[n][s]: from state s after n characters an accepted end within [minLen,
-// maxLen] is reachable. With no text constraint, one state. The states are numbered otherwise than
-// chargen's (its automata come from interegular), but a state allows the same ids, so the draws match.
+// The constraints as one automaton over the vocabulary: the product of the parts (an ending's, each
+// contained text's, the regex's), over the reachable tuples of their states (at most
+// MODEL.max_states, as chargen caps it), with feasible[n][s]: from state s after n characters an
+// accepted end within [minLen, maxLen] is reachable. With no text constraint, one state. The states
+// are numbered otherwise than chargen's (its automata come from interegular), but a state allows the
+// same ids, so the draws match.
 class Constraint {
-  constructor(vocab, newline, endsWith, contains, minLen, maxLen) {
+  constructor(vocab, newline, endsWith, contains, regex, minLen, maxLen) {
     const V = vocab.length;
     const parts = contains.map((t) => kmp(vocab, Array.from(t), true));
     if (endsWith) parts.push(kmp(vocab, Array.from(endsWith), false));
+    if (regex !== null) parts.push(regexPart(vocab, newline, regex));
     this.V = V; this.newline = newline; this.minLen = minLen; this.maxLen = maxLen;
     const order = [parts.map(() => 0)], number = new Map([[order[0].join(","), 0]]), rows = [];
     for (let i = 0; i < order.length; i++) {
-      const row = new Int32Array(V);
+      const row = new Int32Array(V).fill(-1);  // -1: the newline (it ends the sample instead), or no way on
       for (let v = 0; v < V; v++) {
-        if (v === newline) { row[v] = -1; continue; }  // the newline ends the sample instead
-        const tuple = parts.map((p, j) => p.next[order[i][j]][v]), key = tuple.join(",");
+        if (v === newline) continue;
+        const tuple = parts.map((p, j) => p.next[order[i][j]][v]);
+        if (tuple.includes(-1)) continue;
+        const key = tuple.join(",");
         let t = number.get(key);
-        if (t === undefined) {
-          if (order.length >= MODEL.max_states) {
-            throw new ChargenError(`the constraints together need more than ${MODEL.max_states.toLocaleString("en-US")} automaton states; drop a \`contains\``);
-          }
-          t = order.length; number.set(key, t); order.push(tuple);
-        }
+        if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(tuple); }
         row[v] = t;
       }
       rows.push(row);
@@ -349,7 +588,7 @@ class Constraint {
     const S = this.S = order.length;
     this.trans = new Int32Array(S * V);  // next state; -1 for the newline
     rows.forEach((row, i) => this.trans.set(row, i * V));
-    const final = order.map((tuple) => parts.every((p, j) => tuple[j] === p.final));
+    const final = order.map((tuple) => parts.every((p, j) => p.accepting[tuple[j]]));
     this.accepting = (s) => final[s];
     this.feasible = [];
     for (let n = 0; n <= maxLen + 1; n++) this.feasible.push(new Uint8Array(S));
@@ -415,6 +654,7 @@ function checkOptions(opts) {
   }
   o.contains = o.contains.filter((t) => t.length > 0);
   if (o.endsWith !== null && typeof o.endsWith !== "string") throw new ChargenError("`endsWith` must be a text");
+  if (o.regex !== null && typeof o.regex !== "string") throw new ChargenError("`regex` must be a text");
   if (o.seed === null) o.seed = randomSeed();
   try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
@@ -656,7 +896,7 @@ class Sampler {
 
   // The constraint and its state after the prompt, checked as chargen.sampling.constraints does.
   guide(o, prompt, lines, cap) {
-    if (o.minLen === null && o.maxLen === null && !o.endsWith && !o.contains.length) return null;
+    if (o.minLen === null && o.maxLen === null && !o.endsWith && !o.contains.length && o.regex === null) return null;
     if (!lines) throw new ChargenError("constraints apply to line samples only; pass `lines: true`");
     const newline = this.index.get("\n");
     if (newline === undefined) throw new ChargenError("this model's vocabulary has no newline, so its samples have no end to constrain");
@@ -670,11 +910,11 @@ class Sampler {
     }
     const n0 = Array.from(prompt).length;
     const maxLen = o.maxLen !== null ? Math.min(o.maxLen, n0 + cap) : n0 + cap;
-    const c = new Constraint(this.vocab, newline, o.endsWith, o.contains, Math.max(o.minLen || 0, 1), maxLen);
+    const c = new Constraint(this.vocab, newline, o.endsWith, o.contains, o.regex, Math.max(o.minLen || 0, 1), maxLen);
     if (n0 > maxLen) throw new ChargenError(`the prompt ${JSON.stringify(prompt)} is longer than the ${maxLen} characters a sample may have`);
     let s = 0;
-    for (const id of this.encode(prompt, "the prompt")) s = c.trans[s * this.V + id];
-    if (!c.feasible[n0][s]) throw new ChargenError(`no sample ${prompt ? `that starts with the prompt ${JSON.stringify(prompt)} ` : ""}satisfies the constraints within ${maxLen} characters`);
+    for (const id of this.encode(prompt, "the prompt")) if (s >= 0) s = c.trans[s * this.V + id];
+    if (s < 0 || !c.feasible[n0][s]) throw new ChargenError(`no sample ${prompt ? `that starts with the prompt ${JSON.stringify(prompt)} ` : ""}satisfies the constraints within ${maxLen} characters`);
     if (o.unique && c.count(s, n0) < o.n) throw new ChargenError(`only ${c.count(s, n0)} distinct samples satisfy the constraints, fewer than the ${o.n} asked for with \`unique\``);
     return { c, s, n0, steps: maxLen - n0 + 1 };
   }
