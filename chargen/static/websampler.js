@@ -293,8 +293,6 @@ function argmax(logits, V, allowed) {
   return best < 0 ? 0 : best;
 }
 
-// --- constraints: length bounds, an ending and texts to contain (chargen.sampling.constraints) ---
-
 // --- regular expressions: `regex` parsed as chargen parses it (interegular's syntax) -----------
 
 // A pattern's tree: {set: Set of characters, neg} (one character), {cat: [...]}, {alt: [...]},
@@ -533,6 +531,8 @@ function tooMany(states) {
     throw new ChargenError(`the constraints together need more than ${MODEL.max_states.toLocaleString("en-US")} automaton states; simplify the \`regex\` or drop a \`contains\``);
   }
 }
+
+// --- constraints: an ending, texts to contain, a regex, length bounds (chargen.sampling.constraints)
 
 // One text constraint as a KMP automaton over the vocabulary: state k means the text so far ends
 // with pat[:k], its longest such prefix. `absorb` (contains) keeps state |pat| once reached; an
