@@ -240,6 +240,14 @@ def _static(name: str) -> str:
     return resources.files("chargen").joinpath("static", name).read_text(encoding="utf-8")
 
 
+def _script(name: str) -> str:
+    """One of static/'s scripts as an export carries it: without its whole-line comments, blank lines
+    and indentation (the names page's size budget, 300 KB; the readable source is the package's).
+    Safe for these files: none holds a string that spans lines (tests/test_webexport.py checks)."""
+    kept = (line.lstrip(" ") for line in _static(name).split("\n"))
+    return "\n".join(line for line in kept if line and not line.startswith("//")) + "\n"
+
+
 def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
     """MODEL and the sampler, as a classic script (the module and the page's worker both start so)."""
     data = json.dumps(model_data(ckpt, encoding), ensure_ascii=False, separators=(",", ":"))
@@ -247,7 +255,7 @@ def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
     data = data.replace("</", "<\\/")
     return (f"// chargen {ckpt.describe().get('chargen_version') or ''} export of {ckpt.path.name}: "
             f"{ckpt.model_config.layers} x {ckpt.model_config.hidden} {ckpt.model_config.cell}; {encoding.enc} weights\n"
-            f"const MODEL = {data};\nconst KERNEL = \"{kernel_base64()}\";\n" + _static("websampler.js"))
+            f"const MODEL = {data};\nconst KERNEL = \"{kernel_base64()}\";\n" + _script("websampler.js"))
 
 
 def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
@@ -255,7 +263,7 @@ def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
 
 
 def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None) -> str:
-    worker = _sampler_script(ckpt, encoding) + "\n" + _static("webpage-worker.js")
+    worker = _sampler_script(ckpt, encoding) + "\n" + _script("webpage-worker.js")
     name = title or (ckpt.info.get("corpus") or ckpt.path.stem)
     page = _static("webpage.html")
     # The label picker is the playground's (one definition): its `for-labels` block.
@@ -263,7 +271,7 @@ def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None)
     fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _static("playground.css"),
              "label_picker": picker,
              "page_css": _static("webpage.css"), "worker": worker.replace("</script", "<\\/script"),
-             "script": _static("ui.js") + "\n" + _static("webpage.js"), "temperature": str(SampleConfig().temperature)}
+             "script": _script("ui.js") + "\n" + _script("webpage.js"), "temperature": str(SampleConfig().temperature)}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)
 
 

@@ -432,3 +432,15 @@ def test_module_regex_accepts_what_chargen_accepts(tmp_path):
         assert isinstance(js, str) and "`regex`" in js, (pattern, js)
     for js in got[len(REGEXES) + len(REGEX_ERRORS):]:
         assert "lookaround is not in an exported model" in js
+
+
+def test_exported_scripts_lose_only_comments_and_indentation():
+    """An export carries static/'s scripts without whole-line comments and indentation: safe only while
+    no string in them spans lines (a template literal's line could start with //)."""
+    from chargen.webexport import _script, _static
+
+    for name in ["websampler.js", "ui.js", "webpage.js", "webpage-worker.js"]:
+        source = _static(name).split("\n")
+        assert not [k for k, line in enumerate(source) if line.count("`") % 2 and not line.lstrip().startswith("//")]
+        code = [line.strip() for line in source if line.strip() and not line.lstrip().startswith("//")]
+        assert _script(name).splitlines() == code
