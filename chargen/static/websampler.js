@@ -586,7 +586,7 @@ class Constraint {
       rows.push(row);
     }
     const S = this.S = order.length;
-    this.trans = new Int32Array(S * V);  // next state; -1 for the newline
+    this.trans = new Int32Array(S * V);  // next state; -1 for the newline and where there is no way on
     rows.forEach((row, i) => this.trans.set(row, i * V));
     const final = order.map((tuple) => parts.every((p, j) => p.accepting[tuple[j]]));
     this.accepting = (s) => final[s];
