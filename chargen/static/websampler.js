@@ -900,13 +900,9 @@ class Sampler {
     if (!lines) throw new ChargenError("constraints apply to line samples only; pass `lines: true`");
     const newline = this.index.get("\n");
     if (newline === undefined) throw new ChargenError("this model's vocabulary has no newline, so its samples have no end to constrain");
-    if (o.endsWith) {
-      if (o.endsWith.includes("\n")) throw new ChargenError("`endsWith` cannot hold a newline: a line sample has none");
-      this.encode(o.endsWith, `\`endsWith\` ${JSON.stringify(o.endsWith)}`);
-    }
-    for (const text of o.contains) {
-      if (text.includes("\n")) throw new ChargenError("`contains` cannot hold a newline: a line sample has none");
-      this.encode(text, `\`contains\` ${JSON.stringify(text)}`);
+    for (const [flag, text] of [["endsWith", o.endsWith || ""], ...o.contains.map((t) => ["contains", t])]) {
+      if (text.includes("\n")) throw new ChargenError(`\`${flag}\` cannot hold a newline: a line sample has none`);
+      this.encode(text, `\`${flag}\` ${JSON.stringify(text)}`);
     }
     const n0 = Array.from(prompt).length;
     const maxLen = o.maxLen !== null ? Math.min(o.maxLen, n0 + cap) : n0 + cap;
