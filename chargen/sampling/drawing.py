@@ -15,7 +15,7 @@ import numpy as np
 from ..config import SampleConfig
 from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
-from .constraints import Automaton, Guide, guide_for
+from .constraints import Automaton, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
 from .parallel import MIN_PARALLEL, Workers, cores, forkable, refuse_workers, run_parallel
