@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     import chargen
     from chargen.checkpoint import checkpoint_path, read_checkpoint
-    from chargen.webexport import choose_encoding, encode, line_loss, module_text, page_text
+    from chargen.webexport import choose_encoding, line_loss, module_text, page_text
 
     results: dict = {"host": host(), "sizes": [], "speed": [], "loss": []}
     tmp = Path(tempfile.mkdtemp())
@@ -95,10 +95,10 @@ def main() -> None:
         (tmp / f"{Path(spec).stem}.mjs").write_bytes(module)
         results["sizes"].append({"checkpoint": spec, "parameters": ckpt.model_config.parameters, "weights": enc.enc,
                                  "lossless": enc.lossless, "page_kb": len(page) / 1024, "module_kb": len(module) / 1024})
-        base = line_loss(ckpt, ckpt.weights)
+        base = line_loss(ckpt)
         row = {"checkpoint": spec, "stored": base}
         for kind in ("i8", "f16"):
-            row[kind] = line_loss(ckpt, encode(ckpt.weights, kind)[1])
+            row[kind] = line_loss(ckpt, kind)
         results["loss"].append(row)
 
     model = chargen.load("names")

@@ -9,9 +9,10 @@ Weights are stored in one of three encodings:
 
     f32    as trained: the samples for a seed are exactly `chargen sample`'s.
     f16    half the size; the logits move by ~1e-3, so now and then a draw differs.
-    i8     a quarter: each row of a weight matrix is round(w / s) * s with its own scale
-           s = max |w_row| / 127 (biases and the start state stay f32). Where a checkpoint's weights
-           already lie on that grid (the bundled models do), i8 is lossless: same seed, same names.
+    i8     a quarter: each row of a weight matrix, and each label's and layer's start state, is
+           round(w / s) * s with its own scale s = max |w_row| / 127 (biases stay f32). Where a
+           checkpoint's weights already lie on that grid (the bundled models' do), i8 is lossless:
+           same seed, same names.
 
 `auto` takes i8 when it is lossless or moves the checkpoint's loss on its own lines by less than
 I8_TOLERANCE nats, else f16. `--checkpoint` writes the checkpoint with the exported weights, so
@@ -81,10 +82,6 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best_q, best_s
 
 
-def _matrices(weights: dict[str, np.ndarray]) -> list[str]:
-    return [k for k, v in weights.items() if v.ndim == 2]
-
-
 def encode(weights: dict[str, np.ndarray], enc: str) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """The weights as the module holds them ({name: {shape, enc, data[, scale]}}, base64) and the
     float32 values the module computes with."""
@@ -111,35 +108,66 @@ def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
 
 
-def lossless(weights: dict[str, np.ndarray], enc: str) -> bool:
+def _weights(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    """The weights an export holds: all but a line-mode model's `start`, its start state, which the
+    module carries as such (_starts)."""
+    return {k: w for k, w in ckpt.weights.items() if k != "start"}
+
+
+def _starts(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    """The start state's tensors as `start_state.<j>`, each as rows of H values (one per label and
+    layer), so that every row gets its own int8 scale."""
+    return {f"start_state.{j}": s.reshape(-1, s.shape[-1]) for j, s in enumerate(ckpt.start_state or [])}
+
+
+def encoded(ckpt: Checkpoint, enc: str, start_enc: Optional[str] = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """encode() of the weights under `enc` and of the start state's rows under `start_enc` (default `enc`)."""
+    stored, values = encode(_weights(ckpt), enc)
+    stored_start, start_values = encode(_starts(ckpt), start_enc or enc)
+    return {**stored, **stored_start}, {**values, **start_values}
+
+
+def exported(ckpt: Checkpoint, enc: str, start_enc: Optional[str] = None
+             ) -> tuple[dict[str, np.ndarray], Optional[list[np.ndarray]]]:
+    """The weights and the start state an export computes with, float32 in the checkpoint's shapes
+    (its `start` weight, where it has one, is its start state stacked)."""
+    _, values = encoded(ckpt, enc, start_enc)
+    start = [values.pop(f"start_state.{j}").reshape(s.shape) for j, s in enumerate(ckpt.start_state or [])] or None
+    if "start" in ckpt.weights:
+        values["start"] = np.stack(start, axis=1 if ckpt.labels else 0)
+    return values, start
+
+
+def lossless(tensors: dict[str, np.ndarray], enc: str) -> bool:
     if enc == "f32":
         return True
-    _, values = encode({k: weights[k] for k in _matrices(weights)}, enc)
-    return all(np.array_equal(values[k], _f32(weights[k])) for k in values)
+    _, values = encode(tensors, enc)
+    return all(np.array_equal(values[k], _f32(tensors[k])) for k in tensors)
 
 
-def line_loss(ckpt: Checkpoint, weights: dict[str, np.ndarray]) -> Optional[float]:
-    """The line loss of up to LOSS_LINES of the checkpoint's own lines (a seeded sample) under
-    `weights`; None for a checkpoint that holds no lines."""
+def line_loss(ckpt: Checkpoint, enc: Optional[str] = None) -> Optional[float]:
+    """The line loss of up to LOSS_LINES of the checkpoint's own lines (a seeded sample) as trained
+    (enc None) or as exported under `enc`; None for a checkpoint that holds no lines."""
     from .evaluation import NumpyScorer, evaluate_text, label_line_sums
     from .npmodel import NumpyCharRNN
 
     if not ckpt.training_lines or "\n" not in ckpt.vocab:
         return None
+    weights, start_state = (ckpt.weights, ckpt.start_state) if enc is None else exported(ckpt, enc)
     lines = list(ckpt.training_lines)
     random.Random(0).shuffle(lines)
     scorer = NumpyScorer(NumpyCharRNN(ckpt.model_config, weights))
     if ckpt.labels is None:
         return evaluate_text(scorer, ckpt.vocab, "\n".join(lines[:LOSS_LINES]) + "\n", lines=True,
-                             start_state=ckpt.start_state, seq_len=1, skip_unknown=True).loss
+                             start_state=start_state, seq_len=1, skip_unknown=True).loss
     # A labelled model keeps its lines as sampling.labels.line_key writes them, "LABEL<TAB>line":
     # each line under its own label.
     index = {name: k for k, name in enumerate(ckpt.labels)}
     pairs = [line.split("\t", 1) for line in lines[:LOSS_LINES]]
-    known = [(index[label], ckpt.vocab.encode(text)) for label, text in pairs
+    known = [(index[label], ckpt.vocab.encode(text + "\n")) for label, text in pairs  # each ends with its newline
              if label in index and not ckpt.vocab.unknown_chars(text)]
     totals, counts = label_line_sums(scorer, [ids for _, ids in known], np.array([k for k, _ in known]),
-                                     ckpt.start_state, ckpt.vocab.index["\n"], len(ckpt.labels))
+                                     start_state, ckpt.vocab.index["\n"], len(ckpt.labels))
     return float(totals.sum() / counts.sum())
 
 
@@ -151,9 +179,13 @@ class Encoding:
     lossless: bool  # the exported weights are the checkpoint's: same seed, same samples
     loss: Optional[float] = None  # line loss of the checkpoint's lines, as trained
     loss_exported: Optional[float] = None  # ... with the exported weights
+    # The start state's encoding where it is not `enc`: f32 when the weights are on enc's grid and the
+    # start state is not, which keeps the export lossless.
+    start: Optional[str] = None
 
     def describe(self) -> str:
-        what = {"i8": "int8 with a scale per row", "f16": "float16", "f32": "float32"}[self.enc]
+        names = {"i8": "int8 with a scale per row", "f16": "float16", "f32": "float32"}
+        what = names[self.enc] + (f" (the start state {names[self.start]})" if self.start not in (None, self.enc) else "")
         if self.lossless:
             return f"weights {what}, exactly the checkpoint's: same seed, same samples as `chargen sample`"
         moved = (f"; line loss {self.loss:.4f} -> {self.loss_exported:.4f} nats/char on the checkpoint's lines"
@@ -169,12 +201,14 @@ def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
         raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
     candidates = ("i8", "f16") if requested == "auto" else (requested,)
     for enc in candidates:
-        if lossless(ckpt.weights, enc):
+        if lossless(_weights(ckpt), enc) and lossless(_starts(ckpt), enc):
             return Encoding(enc, True)
-    base = line_loss(ckpt, ckpt.weights)  # measured once, for every candidate
+        if lossless(_weights(ckpt), enc) and requested == "auto":  # a start state off the grid stays float32
+            return Encoding(enc, True, start="f32")
+    base = line_loss(ckpt)  # measured once, for every candidate
 
     def measured(enc: str) -> Encoding:
-        return Encoding(enc, False, base, line_loss(ckpt, encode(ckpt.weights, enc)[1]) if base is not None else None)
+        return Encoding(enc, False, base, line_loss(ckpt, enc) if base is not None else None)
 
     if requested != "auto":
         return measured(requested)
@@ -200,8 +234,8 @@ def _not_exported(labelled: bool) -> dict:
 
 
 def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
-    # A line-mode model's "start" weight is its start_state, which the module carries as such.
-    stored, _ = encode({k: w for k, w in ckpt.weights.items() if k != "start"}, encoding.enc)
+    stored, _ = encoded(ckpt, encoding.enc, encoding.start)
+    start_state = [stored.pop(f"start_state.{j}") for j in range(len(ckpt.start_state or []))] or None
     lines_bytes = len(encode_lines(ckpt.training_lines)) if ckpt.training_lines else 0
     keep_lines = ckpt.training_lines is not None and lines_bytes <= NOVEL_BUDGET
     facts = ckpt.public_facts()
@@ -212,8 +246,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "vocab": ckpt.vocab.chars,
         "line_oriented": ckpt.line_oriented,
         "weights": stored,
-        "start_state": [{"shape": list(s.shape), "enc": "f32", "data": _b64(_f32(s))} for s in ckpt.start_state]
-        if ckpt.start_state is not None else None,
+        "start_state": start_state,  # each (labels x layers, H) or (layers, H)
         "training_lines": "\n".join(ckpt.training_lines) if keep_lines else None,
         "training_lines_note": None if keep_lines else (
             f"`novel` is not in this export: the model's {len(ckpt.training_lines or []):,} training lines "
@@ -281,8 +314,8 @@ def _html(text: str) -> str:
 
 def exported_checkpoint(ckpt: Checkpoint, encoding: Encoding, path: Path) -> None:
     """Write `ckpt` with the weights the export holds: `chargen sample` on it draws the export's samples."""
-    _, values = encode(ckpt.weights, encoding.enc)
+    values, start_state = exported(ckpt, encoding.enc, encoding.start)
     save_checkpoint(path, weights=values, model_config=ckpt.model_config, vocab_json=ckpt.vocab.to_json(),
                     train_config=ckpt.train_config, info=ckpt.info,
                     lines_blob=encode_lines(ckpt.training_lines) if ckpt.training_lines is not None else None,
-                    start_state=ckpt.start_state)
+                    start_state=start_state)

@@ -21,7 +21,8 @@ import chargen
 from chargen.checkpoint import checkpoint_path, encode_lines, read_checkpoint, save_checkpoint
 from chargen.config import ModelConfig
 from chargen.tokenizer import Vocab
-from chargen.webexport import Encoding, choose_encoding, encode, module_text, page_text, quantize_rows
+from chargen.webexport import (Encoding, choose_encoding, encode, exported_checkpoint, line_loss, module_text,
+                               page_text, quantize_rows)
 
 from .conftest import assert_clean_error, make_names, run
 
@@ -174,6 +175,56 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     assert "weight" in got[-1]["error"]
 
 
+def test_the_bundled_models_pages_stay_within_their_budgets():
+    """Issue 30's sizes: the names page at most 300 KB, the base model's at most 1.5 MB (its 248 labels'
+    start states as int8 rows; as float32 they alone were 1 MB of a 1.86 MB page); each lossless."""
+    for name, budget in (("names", 300 * 1024), ("base", 1536 * 1024)):
+        ckpt = read_checkpoint(checkpoint_path(name))
+        enc = choose_encoding(ckpt)
+        assert enc.lossless and len(page_text(ckpt, enc).encode()) <= budget, name
+
+
+def test_the_cost_of_int8_is_measured_on_whole_lines_each_under_its_label(tmp_path):
+    """line_loss, which `auto` weighs int8 by, is the loss `score` gives each stored line under its own
+    label, its newline included (it once left the newlines out)."""
+    path = random_labelled_model(tmp_path / "m.safetensors")
+    ckpt, model = read_checkpoint(path), chargen.load(path)
+    total = chars = 0.0
+    for line in ckpt.training_lines:
+        label, text = line.split("\t", 1)
+        (score,) = model.score([text], label=label)
+        total, chars = total - score.logprob, chars + score.chars
+    assert line_loss(ckpt) == pytest.approx(total / chars, rel=1e-5)
+
+
+@needs_node
+def test_start_states_on_the_int8_grid_export_exactly(tmp_path):
+    """`--weights i8` puts each label's and layer's start state on the int8 grid with the weights; the
+    checkpoint it writes then exports lossless, its start states as int8 rows, and the module draws
+    what chargen draws. Where only the weights lie on the grid, `auto` keeps the start state float32."""
+    ckpt = read_checkpoint(random_labelled_model(tmp_path / "m.safetensors"))
+    enc = choose_encoding(ckpt, "i8")
+    assert not enc.lossless and enc.start is None and enc.loss_exported != enc.loss
+    exported_checkpoint(ckpt, enc, tmp_path / "q.safetensors")
+    snapped = read_checkpoint(tmp_path / "q.safetensors")
+    assert not np.array_equal(snapped.start_state[0], ckpt.start_state[0])
+    assert np.array_equal(np.stack(snapped.start_state, axis=1), snapped.weights["start"])
+    assert choose_encoding(snapped) == Encoding("i8", True)
+    module = tmp_path / "q.mjs"
+    module.write_text(module_text(snapped, Encoding("i8", True)))
+    assert '"start_state":[{"shape":[8,24],"enc":"i8"' in module.read_text()  # 4 labels x 2 layers
+    for case, js in zip(LABEL_CASES[:4], node_records(module, LABEL_CASES[:4])):
+        assert_same(js, python_records(tmp_path / "q.safetensors", case))
+    # the snapped weights with the first start states: lossless only with the start state as float32
+    save_checkpoint(tmp_path / "off.safetensors", weights={**snapped.weights, "start": ckpt.weights["start"]},
+                    model_config=snapped.model_config, vocab_json=snapped.vocab.to_json(), train_config={},
+                    info=snapped.info, lines_blob=encode_lines(snapped.training_lines), start_state=ckpt.start_state)
+    off = read_checkpoint(tmp_path / "off.safetensors")
+    assert choose_encoding(off) == Encoding("i8", True, start="f32")
+    assert "(the start state float32), exactly the checkpoint's" in choose_encoding(off).describe()
+    assert not choose_encoding(off, "i8").lossless
+
+
 @needs_node
 def test_bundled_names_module_prints_what_chargen_sample_prints(tmp_path):
     """The README's promise, through the installed command: export, then `node -e` gives the same names."""
@@ -225,10 +276,10 @@ def test_int8_rows_round_trip_and_auto_choice(tmp_path):
     assert enc.enc in ("i8", "f16") and not enc.lossless and enc.loss is not None
     assert enc.enc == "f16" or enc.loss_exported - enc.loss < 0.005
     assert choose_encoding(ckpt, "f32").lossless
-    # the bundled models are stored on the int8 grid: their export is lossless and small
-    for name in ("names", "base"):
-        bundled = read_checkpoint(checkpoint_path(name))
-        assert choose_encoding(bundled) == Encoding("i8", True)
+    # the bundled models are stored on the int8 grid: their export is lossless and small (the base
+    # model's 248 labels' start states too; the names model's one start state is float32)
+    assert choose_encoding(read_checkpoint(checkpoint_path("base"))) == Encoding("i8", True)
+    assert choose_encoding(read_checkpoint(checkpoint_path("names"))) == Encoding("i8", True, start="f32")
     _, values = encode(ckpt.weights, "f16")
     assert all(v.dtype == np.float32 for v in values.values())
 
