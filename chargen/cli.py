@@ -526,7 +526,7 @@ def score(
     output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
     label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False)] = None,
-    by_label: Annotated[bool, typer.Option("--by-label", help="A labelled model: also the log-probability under each label and the likeliest label with its probability (text: LABEL=logp columns, then the likeliest and its probability).")] = False,
+    by_label: Annotated[bool, typer.Option("--by-label", help="A labelled model: also the likeliest label with its probability and the log-probability under each label (text: columns 5 and 6, then LABEL=logp columns).")] = False,
 ) -> None:
     """Score lines: each one's log-probability under the model, one output line per input line.
 
@@ -556,9 +556,9 @@ def score(
             sys.stdout.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
         else:
             extra = ""
-            if s.by_label is not None:
-                extra = "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
-                extra += f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
+            if s.by_label is not None:  # the likeliest first, at the same columns whatever the number of labels
+                extra = f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
+                extra += "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
             sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n")
     sys.stdout.flush()
 

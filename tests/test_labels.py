@@ -88,6 +88,14 @@ def test_score_by_label_tells_the_kinds_apart(toy):
     r = records[0]  # the mixture's probability: log sum_k w_k p_k, w in training proportions
     mixed = math.log(sum(math.exp(v) * n / sum(counts) for v, n in zip(r["by_label"].values(), counts)))
     assert r["logprob"] == pytest.approx(mixed, abs=1e-3)
+    # text: the likeliest label and its probability at columns 5 and 6 (cut -f5,6), then LABEL=logp
+    text = run(["score", str(toy / "run"), "--by-label"], input=lines.encode()).stdout.decode().splitlines()
+    for row, rec in zip(text, records, strict=True):
+        cols = row.split("\t")
+        assert cols[4] == rec["likeliest"] and float(cols[5]) == pytest.approx(rec["p_likeliest"], abs=1e-4)
+        logps = dict(c.split("=") for c in cols[6:])
+        assert list(logps) == list(rec["by_label"])
+        assert all(float(logps[k]) == pytest.approx(v, abs=1e-4) for k, v in rec["by_label"].items())
     one = run(["score", str(toy / "run"), "--label", "xyz"], input=(r["text"] + "\n").encode()).stdout.decode()
     assert float(one.split("\t")[1]) == pytest.approx(r["by_label"]["xyz"], abs=1e-3)
     # eval under the own label beats eval under the other
