@@ -226,18 +226,24 @@ def test_start_states_on_the_int8_grid_export_exactly(tmp_path):
 
 
 @needs_node
-def test_bundled_names_module_prints_what_chargen_sample_prints(tmp_path):
+@pytest.mark.parametrize("name, options, flags", [
+    ("names", "n: 500, seed: 11, topK: 12", ["-n", "500", "--seed", "11", "--top-k", "12"]),
+    # the base model: its labels' start states as int8 rows, a label and a blend of two parts
+    ("base", "n: 300, seed: 3, label: 'el_GR:first=0.5,it=0.5'", ["-n", "300", "--seed", "3", "--label",
+                                                                  "el_GR:first=0.5,it=0.5"]),
+])
+def test_bundled_modules_print_what_chargen_sample_prints(tmp_path, name, options, flags):
     """The README's promise, through the installed command: export, then `node -e` gives the same names."""
-    proc = run(["export", "names", "--js", str(tmp_path / "names.mjs")])
+    proc = run(["export", name, "--js", str(tmp_path / "m.mjs")])
     assert proc.returncode == 0, proc.stderr
     assert "exactly the checkpoint's" in " ".join(proc.stderr.decode().split())  # the weights lie on the int8 grid
-    script = ("import(process.argv[1]).then((m) => process.stdout.write(m.sample({ n: 500, seed: 11, topK: 12 })"
-              ".join('\\n') + '\\n'))")
-    node = subprocess.run([NODE, "-e", script, (tmp_path / "names.mjs").as_uri()], capture_output=True, text=True,
-                          timeout=60)
-    cli = run(["sample", "-n", "500", "--seed", "11", "--top-k", "12"])
-    assert node.returncode == 0 and cli.returncode == 0, node.stderr + cli.stderr
-    assert node.stdout == cli.stdout.decode() and len(node.stdout.splitlines()) == 500
+    script = f"import(process.argv[1]).then((m) => process.stdout.write(m.sample({{ {options} }}).join('\\n') + '\\n'))"
+    node = subprocess.run([NODE, "-e", script, (tmp_path / "m.mjs").as_uri()], capture_output=True, text=True,
+                          timeout=120)
+    cli = run(["sample", "-c", name, *flags])
+    assert node.returncode == 0 and cli.returncode == 0, node.stderr + cli.stderr.decode()
+    n = int(flags[1])
+    assert node.stdout == cli.stdout.decode() and len(node.stdout.splitlines()) == n
 
 
 @needs_node
