@@ -15,8 +15,9 @@ Weights are stored in one of three encodings:
            same seed, same names.
 
 `auto` takes i8 when it is lossless or moves the checkpoint's loss on its own lines by less than
-I8_TOLERANCE nats, else f16. `--checkpoint` writes the checkpoint with the exported weights, so
-that `chargen sample` draws what the page draws.
+I8_TOLERANCE nats, else f16; where the weights lie on the grid and the start state does not, it
+keeps the start state f32, and the export lossless. `--checkpoint` writes the checkpoint with the
+exported weights, so that `chargen sample` draws what the page draws.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _starts(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return {f"start_state.{j}": s.reshape(-1, s.shape[-1]) for j, s in enumerate(ckpt.start_state or [])}
 
 
-def encoded(ckpt: Checkpoint, enc: str, start_enc: Optional[str] = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+def encoded(ckpt: Checkpoint, enc: str, start_enc: Optional[str] = None
+            ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """encode() of the weights under `enc` and of the start state's rows under `start_enc` (default `enc`)."""
     stored, values = encode(_weights(ckpt), enc)
     stored_start, start_values = encode(_starts(ckpt), start_enc or enc)
@@ -133,7 +135,7 @@ def exported(ckpt: Checkpoint, enc: str, start_enc: Optional[str] = None
     (its `start` weight, where it has one, is its start state stacked)."""
     _, values = encoded(ckpt, enc, start_enc)
     start = [values.pop(f"start_state.{j}").reshape(s.shape) for j, s in enumerate(ckpt.start_state or [])] or None
-    if "start" in ckpt.weights:
+    if "start" in ckpt.weights and start is not None:
         values["start"] = np.stack(start, axis=1 if ckpt.labels else 0)
     return values, start
 
@@ -201,10 +203,11 @@ def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
         raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
     candidates = ("i8", "f16") if requested == "auto" else (requested,)
     for enc in candidates:
-        if lossless(_weights(ckpt), enc) and lossless(_starts(ckpt), enc):
-            return Encoding(enc, True)
-        if lossless(_weights(ckpt), enc) and requested == "auto":  # a start state off the grid stays float32
-            return Encoding(enc, True, start="f32")
+        if lossless(_weights(ckpt), enc):
+            if lossless(_starts(ckpt), enc):
+                return Encoding(enc, True)
+            if requested == "auto":  # a start state off the grid stays float32: still lossless
+                return Encoding(enc, True, start="f32")
     base = line_loss(ckpt)  # measured once, for every candidate
 
     def measured(enc: str) -> Encoding:
