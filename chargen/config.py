@@ -477,7 +477,8 @@ class SampleConfig(_Config):
                                  accepts="str | list[str]")
     regex: Optional[str] = option(
         None, "The whole sample (prompt included) must match this Python regular expression; supported: literals, "
-        "escapes, ., [classes], \\w \\d \\s, groups, |, * + ? {m,n}, (?i); not lookaround, backreferences or \\b.",
+        "escapes, ., [classes], \\w \\d \\s, groups, |, * + ? {m,n}, (?i), lookahead; not lookbehind, backreferences "
+        "or \\b.",
         requests=("sample", "top"), role="constraint", panel=CONSTRAINTS_PANEL)
     guided: bool = option(False, "Draw only among characters that can still satisfy the constraints: never wastes a "
                                  "draw, but favours early choices with many ways to finish. Default: exact, the "

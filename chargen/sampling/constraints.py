@@ -9,9 +9,10 @@ state s with n characters written, some accepted sample of allowed length can st
 Then at every step the characters worth drawing are exactly those whose next state is feasible
 one character later, and the newline is allowed only in an accepting state of allowed length.
 
-Supported regular expression syntax is Python's `re` without anchors-in-the-middle, lookaround,
+Supported regular expression syntax is Python's `re` without anchors-in-the-middle, lookbehind,
 backreferences and word boundaries (interegular's subset): literals and escapes, `.`, classes
-`[a-z]`/`[^...]`/`\\w\\d\\s`, groups `( )` and `(?: )`, `|`, `* + ? {m,n}`, `(?i)`. A leading `^`
+`[a-z]`/`[^...]`/`\\w\\d\\s`, groups `( )` and `(?: )`, `|`, `* + ? {m,n}`, `(?i)`, and lookahead
+(`(?=...)`, `(?!...)`; one reaching past the pattern's end stands for that many more characters). A leading `^`
 and a trailing `$` are accepted and change nothing: the whole sample must match anyway.
 """
 

@@ -379,7 +379,14 @@ class RegexParser {
       const p = this.rule("pattern"); this.need(")");
       return this.rule("repetition", p);
     }
-    this.fail(c === "=" || c === "!" || c === "<" ? "lookaround is not in an exported model" : "this group is not supported");
+    // A lookaround: a part of a concatenation that reads nothing (not repeatable, as there).
+    if (c === "=" || c === "!") { const p = this.rule("pattern"); this.need(")"); return { look: p, neg: c === "!", back: false }; }
+    if (c === "<" && (this.eat("=") || this.eat("!"))) {
+      const neg = this.s[this.i - 1] === "!", p = this.rule("pattern");
+      this.need(")");
+      return { look: p, neg, back: true };
+    }
+    this.fail("this group is not supported");
   }
   atom() {
     if (this.eat("[")) return this.rule("repetition", this.rule("chargroup"));
@@ -458,72 +465,203 @@ class RegexParser {
   }
 }
 
-// `regex` as a DFA over the vocabulary (the newline left out: it ends a sample): a Thompson NFA of
-// the pattern's tree, then the subsets of its states that the characters reach. -1: no way on.
+// How many characters a regex tree reads: [least, most (null: unbounded)]; lookarounds read none.
+function regexLengths(node) {
+  if (node.set) return [1, 1];
+  if (node.flags !== undefined) return regexLengths(node.node);
+  if (node.cat) {
+    let lo = 0, hi = 0;
+    for (const p of node.cat) if (!p.look) { const [a, b] = regexLengths(p); lo += a; hi = hi === null || b === null ? null : hi + b; }
+    return [lo, hi];
+  }
+  if (node.alt) {
+    const all = node.alt.map(regexLengths);
+    return [Math.min(...all.map((x) => x[0])), all.some((x) => x[1] === null) ? null : Math.max(...all.map((x) => x[1]))];
+  }
+  const [a, b] = regexLengths(node.rep);
+  return [a * node.min, b === null || node.max === null ? null : b * node.max];
+}
+
+// How far a tree's lookarounds reach past its ends, [before, after] (interegular's prefix_postfix):
+// that many "any character"s pad it.
+function regexReach(node) {
+  if (node.set) return [0, 0];
+  if (node.flags !== undefined) return regexReach(node.node);
+  if (node.rep) return regexReach(node.rep);
+  if (node.alt) return node.alt.map(regexReach).reduce((x, y) => [Math.max(x[0], y[0]), Math.max(x[1], y[1])], [0, 0]);
+  let pre = 0, post = 0, off = 0;
+  for (const p of node.cat) {
+    if (!p.look) { off += regexLengths(p)[0]; continue; }
+    if (!p.back) continue;
+    const [a, b] = regexLengths(p.look);
+    if (a !== b) throw new RegexSyntax("lookbehinds need a fixed length");
+    pre = Math.max(pre, a - off);
+  }
+  off = 0;
+  for (const p of [...node.cat].reverse()) {
+    if (!p.look) { off += regexLengths(p)[0]; continue; }
+    if (p.back) continue;
+    const [a, b] = regexLengths(p.look);
+    post = Math.max(post, (b === null ? a : b) - off);
+  }
+  return [pre, post];
+}
+
+// A Thompson NFA over the vocabulary's ids (the newline left out: it ends a sample), built from a
+// regex tree, and the DFAs of its fragments ({next: a row of next states per state, -1 where
+// none; accepting}, state 0 first). A fragment is [start, end].
+class Nfa {
+  constructor(vocab, newline, what) {
+    this.vocab = vocab; this.newline = newline; this.what = what; this.V = vocab.length;
+    this.eps = []; this.edges = [];  // per state: epsilon targets; [matches (Uint8Array over ids), target]
+    this.anyChar = new Uint8Array(this.V).map((_, v) => (v !== newline ? 1 : 0));
+  }
+  state() {
+    this.eps.push([]); this.edges.push([]);
+    if (this.eps.length > 200000) throw new ChargenError(`${this.what} is too large to compile here`);
+    return this.eps.length - 1;
+  }
+  chain(fragments) {  // one after the other
+    const s = this.state();
+    let end = s;
+    for (const [a, b] of fragments) { this.eps[end].push(a); end = b; }
+    return [s, end];
+  }
+  anyOf(n, loop = false) {  // n any characters, or (loop) any number of them
+    const s = this.state();
+    if (loop) { this.edges[s].push([this.anyChar, s]); return [s, s]; }
+    let end = s;
+    for (let k = 0; k < n; k++) { const e = this.state(); this.edges[end].push([this.anyChar, e]); end = e; }
+    return [s, end];
+  }
+  // A tree's fragment: ci, case-insensitive; pad, the any-characters around a concatenation.
+  build(node, ci, pad) {
+    if (node.flags !== undefined) return this.build(node.node, (ci || node.flags.includes("i")) && !node.off.includes("i"), pad);
+    if (node.alt) {
+      const s = this.state(), e = this.state();
+      for (const option of node.alt) { const [a, b] = this.build(option, ci, pad); this.eps[s].push(a); this.eps[b].push(e); }
+      return [s, e];
+    }
+    if (node.cat) {
+      const [pre, post] = regexReach(node);
+      if (pre > pad[0] || post > pad[1]) throw new RegexSyntax("a lookaround may not reach past its group");
+      if (pad[0] || pad[1] || node.cat.some((p) => p.look)) return this.embed(this.lookahead(node.cat, ci, pad));
+      return this.chain(node.cat.map((p) => this.build(p, ci, [0, 0])));
+    }
+    const s = this.state();
+    if (node.set) {
+      const chars = new Set(node.set);
+      if (ci) for (const c of node.set) { chars.add(c.toLowerCase()); chars.add(c.toUpperCase()); }
+      const m = new Uint8Array(this.V);
+      for (let v = 0; v < this.V; v++) m[v] = v !== this.newline && chars.has(this.vocab[v]) !== node.neg ? 1 : 0;
+      const e = this.state(); this.edges[s].push([m, e]); return [s, e];
+    }
+    let end = s;  // a repetition: min copies, then max - min optional ones (or a loop)
+    for (let k = 0; k < node.min; k++) { const [a, b] = this.build(node.rep, ci, [0, 0]); this.eps[end].push(a); end = b; }
+    const e = this.state();
+    if (node.max === null) {
+      const [a, b] = this.build(node.rep, ci, [0, 0]);
+      this.eps[end].push(a, e); this.eps[b].push(a, e);
+      return [s, e];
+    }
+    for (let k = node.min; k < node.max; k++) { const [a, b] = this.build(node.rep, ci, [0, 0]); this.eps[end].push(a, e); end = b; }
+    this.eps[end].push(e);
+    return [s, e];
+  }
+  // A padded concatenation with lookaheads as a DFA (interegular's _Concatenation.to_fsm): from the
+  // right, each lookahead intersects what follows it with its own language followed by anything
+  // (or, negated, subtracts that).
+  lookahead(parts, ci, pad) {
+    const pieces = [];
+    let current = [this.anyOf(pad[0])];
+    for (const p of parts) {
+      if (!p.look) { current.push(this.build(p, ci, [0, 0])); continue; }
+      if (p.back) throw new RegexSyntax("lookbehind is not supported");
+      pieces.push([null, current], [p, this.determinize(this.build(p.look, ci, [0, 0]))]);
+      current = [];
+    }
+    current.push(this.anyOf(pad[1]));
+    let dfa = this.determinize(this.chain(current));
+    for (let k = pieces.length - 1; k >= 0; k--) {
+      const [look, part] = pieces[k];
+      dfa = look === null ? this.determinize(this.chain([...part, this.embed(dfa)]))
+        : this.combine(dfa, this.determinize(this.chain([this.embed(part), this.anyOf(0, true)])), look.neg);
+    }
+    return dfa;
+  }
+  embed(dfa) {  // a DFA as a fragment
+    const at = dfa.next.map(() => this.state()), end = this.state();
+    dfa.next.forEach((row, i) => {
+      const to = new Map();
+      for (let v = 0; v < this.V; v++) {
+        if (row[v] < 0) continue;
+        if (!to.has(row[v])) to.set(row[v], new Uint8Array(this.V));
+        to.get(row[v])[v] = 1;
+      }
+      for (const [t, m] of to) this.edges[at[i]].push([m, at[t]]);
+      if (dfa.accepting[i]) this.eps[at[i]].push(end);
+    });
+    return [at[0], end];
+  }
+  closure(set) {
+    const out = new Set(set), stack = [...set];
+    while (stack.length) for (const t of this.eps[stack.pop()]) if (!out.has(t)) { out.add(t); stack.push(t); }
+    return [...out].sort((a, b) => a - b);
+  }
+  determinize([start, final]) {  // the subsets of states that the characters reach
+    const first = this.closure([start]), order = [first], number = new Map([[first.join(","), 0]]), next = [];
+    for (let i = 0; i < order.length; i++) {
+      const row = new Int32Array(this.V).fill(-1);
+      for (let v = 0; v < this.V; v++) {
+        const moved = [];
+        for (const q of order[i]) for (const [m, t] of this.edges[q]) if (m[v]) moved.push(t);
+        if (!moved.length) continue;
+        const to = this.closure(moved), key = to.join(",");
+        let t = number.get(key);
+        if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(to); }
+        row[v] = t;
+      }
+      next.push(row);
+    }
+    return { next, accepting: order.map((set) => set.includes(final)) };
+  }
+  combine(a, b, negated) {  // a's strings that b accepts (negated: that b does not), by pairs of states
+    const order = [[0, 0]], number = new Map([["0,0", 0]]), next = [];
+    for (let i = 0; i < order.length; i++) {
+      const [x, y] = order[i], row = new Int32Array(this.V).fill(-1);
+      for (let v = 0; v < this.V; v++) {
+        const x2 = a.next[x][v], y2 = y < 0 ? -1 : b.next[y][v];
+        if (x2 < 0 || (y2 < 0 && !negated)) continue;
+        const key = `${x2},${y2}`;
+        let t = number.get(key);
+        if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push([x2, y2]); }
+        row[v] = t;
+      }
+      next.push(row);
+    }
+    return { next, accepting: order.map(([x, y]) => a.accepting[x] && (y >= 0 && b.accepting[y]) !== negated) };
+  }
+}
+
+// `regex` as a DFA over the vocabulary, compiled as interegular compiles it for chargen, quirks
+// included: a lookahead that reaches past the pattern's end pads it with that many any-characters
+// ("a(?!b)" is "a" then one character other than "b"; every top-level option gets the largest
+// padding), a group's lookaheads may not reach past it, and lookbehind is refused.
 function regexPart(vocab, newline, pattern) {
   if (pattern.startsWith("^")) pattern = pattern.slice(1);  // chargen strips the ends' anchors too
   if (pattern.endsWith("$") && !pattern.endsWith("\\$")) pattern = pattern.slice(0, -1);
   const what = `\`regex\` ${JSON.stringify(pattern)}`;
-  let tree;
-  try { tree = new RegexParser(pattern).parse(); } catch (e) {
+  try {
+    let tree = new RegexParser(pattern).parse();
+    // interegular's simplify(): a pattern that is one group is that group (its lookaheads then
+    // reach past the pattern's ends, not the group's)
+    while (tree.cat && tree.cat.length === 1 && (tree.cat[0].cat || tree.cat[0].alt || tree.cat[0].flags !== undefined)) tree = tree.cat[0];
+    const nfa = new Nfa(vocab, newline, what);
+    return nfa.determinize(nfa.build(tree, false, regexReach(tree)));
+  } catch (e) {
     if (!(e instanceof RegexSyntax)) throw e;
     throw new ChargenError(`${what} is not a regular expression an exported model compiles (${e.message}); see \`chargen sample --help\` for the syntax`);
   }
-  const V = vocab.length, eps = [], edges = [];  // per NFA state: epsilon targets; [matches (Uint8Array over ids), target]
-  const state = () => { eps.push([]); edges.push([]); if (eps.length > 200000) throw new ChargenError(`${what} is too large to compile here`); return eps.length - 1; };
-  const build = (node, ci) => {  // -> [start, end]
-    const s = state();
-    if (node.set) {
-      const chars = new Set(node.set);
-      if (ci) for (const c of node.set) { chars.add(c.toLowerCase()); chars.add(c.toUpperCase()); }
-      const m = new Uint8Array(V);
-      for (let v = 0; v < V; v++) m[v] = v !== newline && chars.has(vocab[v]) !== node.neg ? 1 : 0;
-      const e = state(); edges[s].push([m, e]); return [s, e];
-    }
-    if (node.flags !== undefined) return build(node.node, (ci || node.flags.includes("i")) && !node.off.includes("i"));
-    if (node.cat) {
-      let end = s;
-      for (const part of node.cat) { const [a, b] = build(part, ci); eps[end].push(a); end = b; }
-      return [s, end];
-    }
-    if (node.alt) {
-      const e = state();
-      for (const option of node.alt) { const [a, b] = build(option, ci); eps[s].push(a); eps[b].push(e); }
-      return [s, e];
-    }
-    let end = s;  // a repetition: min copies, then max - min optional ones (or a loop)
-    for (let k = 0; k < node.min; k++) { const [a, b] = build(node.rep, ci); eps[end].push(a); end = b; }
-    if (node.max === null) {
-      const [a, b] = build(node.rep, ci), e = state();
-      eps[end].push(a, e); eps[b].push(a, e);
-      return [s, e];
-    }
-    const e = state();
-    for (let k = node.min; k < node.max; k++) { const [a, b] = build(node.rep, ci); eps[end].push(a, e); end = b; }
-    eps[end].push(e);
-    return [s, e];
-  };
-  const [start, final] = build(tree, false);
-  const closure = (set) => {
-    const out = new Set(set), stack = [...set];
-    while (stack.length) for (const t of eps[stack.pop()]) if (!out.has(t)) { out.add(t); stack.push(t); }
-    return [...out].sort((a, b) => a - b);
-  };
-  const first = closure([start]), order = [first], number = new Map([[first.join(","), 0]]), next = [];
-  for (let i = 0; i < order.length; i++) {
-    const row = new Int32Array(V).fill(-1);
-    for (let v = 0; v < V; v++) {
-      const moved = [];
-      for (const q of order[i]) for (const [m, t] of edges[q]) if (m[v]) moved.push(t);
-      if (!moved.length) continue;
-      const to = closure(moved), key = to.join(",");
-      let t = number.get(key);
-      if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(to); }
-      row[v] = t;
-    }
-    next.push(row);
-  }
-  return { next, accepting: order.map((set) => set.includes(final)) };
 }
 
 function tooMany(states) {
