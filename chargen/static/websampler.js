@@ -609,38 +609,40 @@ class Nfa {
     return [...out].sort((a, b) => a - b);
   }
   determinize([start, final]) {  // the subsets of states that the characters reach
-    const first = this.closure([start]), order = [first], number = new Map([[first.join(","), 0]]), next = [];
-    for (let i = 0; i < order.length; i++) {
-      const row = new Int32Array(this.V).fill(-1);
-      for (let v = 0; v < this.V; v++) {
-        const moved = [];
-        for (const q of order[i]) for (const [m, t] of this.edges[q]) if (m[v]) moved.push(t);
-        if (!moved.length) continue;
-        const to = this.closure(moved), key = to.join(",");
-        let t = number.get(key);
-        if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(to); }
-        row[v] = t;
-      }
-      next.push(row);
-    }
+    const [order, next] = explore(this.closure([start]), this.V, (set, v) => {
+      const moved = [];
+      for (const q of set) for (const [m, t] of this.edges[q]) if (m[v]) moved.push(t);
+      return moved.length ? this.closure(moved) : null;
+    });
     return { next, accepting: order.map((set) => set.includes(final)) };
   }
   combine(a, b, negated) {  // a's strings that b accepts (negated: that b does not), by pairs of states
-    const order = [[0, 0]], number = new Map([["0,0", 0]]), next = [];
-    for (let i = 0; i < order.length; i++) {
-      const [x, y] = order[i], row = new Int32Array(this.V).fill(-1);
-      for (let v = 0; v < this.V; v++) {
-        const x2 = a.next[x][v], y2 = y < 0 ? -1 : b.next[y][v];
-        if (x2 < 0 || (y2 < 0 && !negated)) continue;
-        const key = `${x2},${y2}`;
-        let t = number.get(key);
-        if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push([x2, y2]); }
-        row[v] = t;
-      }
-      next.push(row);
-    }
+    const [order, next] = explore([0, 0], this.V, ([x, y], v) => {
+      const x2 = a.next[x][v], y2 = y < 0 ? -1 : b.next[y][v];
+      return x2 < 0 || (y2 < 0 && !negated) ? null : [x2, y2];
+    });
     return { next, accepting: order.map(([x, y]) => a.accepting[x] && (y >= 0 && b.accepting[y]) !== negated) };
   }
+}
+
+// The states reachable from `first` one character at a time, numbered in the order found (first:
+// 0), each an array named by its joined values: step(state, v) gives the next, or null where there
+// is no way on. Returns [the states, a row of next numbers per state (-1: none)].
+function explore(first, V, step) {
+  const order = [first], number = new Map([[first.join(","), 0]]), rows = [];
+  for (let i = 0; i < order.length; i++) {
+    const row = new Int32Array(V).fill(-1);
+    for (let v = 0; v < V; v++) {
+      const to = step(order[i], v);
+      if (to === null) continue;
+      const key = to.join(",");
+      let t = number.get(key);
+      if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(to); }
+      row[v] = t;
+    }
+    rows.push(row);
+  }
+  return [order, rows];
 }
 
 // `regex` as a DFA over the vocabulary, compiled as interegular compiles it for chargen, quirks
@@ -709,20 +711,11 @@ class Constraint {
     if (endsWith) parts.push(kmp(vocab, Array.from(endsWith), false));
     if (regex !== null) parts.push(regexPart(vocab, newline, regex));
     this.V = V; this.newline = newline; this.minLen = minLen; this.maxLen = maxLen;
-    const order = [parts.map(() => 0)], number = new Map([[order[0].join(","), 0]]), rows = [];
-    for (let i = 0; i < order.length; i++) {
-      const row = new Int32Array(V).fill(-1);  // -1: the newline (it ends the sample instead), or no way on
-      for (let v = 0; v < V; v++) {
-        if (v === newline) continue;
-        const tuple = parts.map((p, j) => p.next[order[i][j]][v]);
-        if (tuple.includes(-1)) continue;
-        const key = tuple.join(",");
-        let t = number.get(key);
-        if (t === undefined) { tooMany(order.length); t = order.length; number.set(key, t); order.push(tuple); }
-        row[v] = t;
-      }
-      rows.push(row);
-    }
+    const [order, rows] = explore(parts.map(() => 0), V, (state, v) => {
+      if (v === newline) return null;  // -1 for the newline: it ends the sample instead
+      const tuple = parts.map((p, j) => p.next[state[j]][v]);
+      return tuple.includes(-1) ? null : tuple;
+    });
     const S = this.S = order.length;
     this.trans = new Int32Array(S * V);  // next state; -1 for the newline and where there is no way on
     rows.forEach((row, i) => this.trans.set(row, i * V));
