@@ -165,11 +165,11 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         self.task = None
 
     def __enter__(self):
-        self.progress.__enter__()
-        return self
+        return self  # the bar starts with training (on_start): an error before it stays one line
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.task is not None:
+            self.progress.__exit__(*exc)
 
     def on_notice(self, message: str) -> None:
         if not self.quiet:
@@ -198,6 +198,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             f"{r.device} {r.precision}; stop at {' or '.join(stop)}{resumed} -> {r.out_dir}",
             highlight=False, markup=False,
         )
+        self.progress.start()
         self.task = self.progress.add_task("train", total=1000, status="starting")
 
     def on_step(self, r) -> None:  # a chargen.training.callbacks.StepReport

@@ -143,6 +143,7 @@ def test_exact_samplers_follow_the_conditional_distribution(stepper, exact_probs
         # (float32 logits from batches of other widths differ in their last bits: 1e-6 relative)
         assert m.lower <= p_constraint * (1 + 1e-6) and p_constraint <= m.upper * (1 + 1e-6)
         assert abs(m.estimate - p_constraint) < 0.05 * p_constraint
+        assert m.lower <= m.estimate <= m.upper
         assert samples[-1].mass == m and samples[-1].record(True)["p_constraints_upper"] == pytest.approx(m.upper, rel=1e-3)
 
 
@@ -331,6 +332,8 @@ def test_bad_constraints_fail_before_sampling(trained_names):
         (dict(lines=False, ends_with="a"), "drop lines=False"),
         (dict(n=50, unique=True, max_len=1), "distinct samples"),
         (dict(guided=True, rejection=True, ends_with="a"), "choose one"),
+        (dict(regex=".*a.{20}"), "automaton states"),  # 2**21 states: refused at 20,000, not after hours
+        (dict(regex="a{1000000}"), "automaton states"),
     ]
     for options, message in cases:
         options = {"n": 1, **options}
@@ -338,6 +341,40 @@ def test_bad_constraints_fail_before_sampling(trained_names):
             model.samples(seed=1, **options)
     assert all(s.endswith("a") and len(s) <= 8 for s in model.sample(n=30, seed=2, max_len=8, ends_with="a"))
     assert [s.text for s in model.top(5, ends_with="a")] == [s.text for s in model.top(5, ends_with="a")]
+
+
+def test_the_estimate_of_the_constraints_probability_stays_within_its_certain_bounds():
+    from chargen.sampling.tree import ConstraintMass
+
+    assert ConstraintMass.of(0.5, 100, 0.001, 0.2).estimate == 0.005  # the mean, when within
+    assert ConstraintMass.of(1.5e-5, 133, 1.89e-8, 1.9e-8).estimate == 1.9e-8  # 1.1e-7 by chance: above
+    assert ConstraintMass.of(0.0, 50, 0.01, 0.3).estimate == 0.01  # no draw kept, yet samples were found
+    assert ConstraintMass.of(0.0, 0, 0.0, 0.7).estimate == 0.7  # no draw yet: the root's bound
+
+
+def test_the_bounded_crawl_builds_interegulars_automata_and_stops_at_the_cap():
+    """constraints.py swaps interegular's crawl for a hashed, bounded one while it compiles: the same
+    automata, state for state, and a pattern past the cap stops within a second."""
+    import time
+
+    import interegular.fsm
+    from interegular import parse_pattern
+
+    from chargen.sampling.constraints import _bounded_crawl, _TooManyStates
+
+    original = interegular.fsm.crawl
+    for pattern in ["[A-Z][a-z]*(el|ia)", "(ab|cd){30}", ".*a.{6}", "(?i)(?!x).*ab", "(a|b)*(?!ab).{2}", "(.{3,7}){4}"]:
+        with _bounded_crawl():
+            assert interegular.fsm.crawl is not original
+            ours = parse_pattern(pattern).to_fsm()
+        theirs = parse_pattern(pattern).to_fsm()
+        assert (ours.states, ours.initial, ours.finals, ours.map) == (theirs.states, theirs.initial, theirs.finals,
+                                                                      theirs.map), pattern
+    assert interegular.fsm.crawl is original
+    start = time.perf_counter()
+    with pytest.raises(_TooManyStates), _bounded_crawl():
+        parse_pattern(".*a.{20}").to_fsm()
+    assert time.perf_counter() - start < 5 and interegular.fsm.crawl is original
 
 
 def test_installed_command_constrains_and_ranks(trained_names, tmp_path):

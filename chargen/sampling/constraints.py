@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -87,7 +89,11 @@ def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple
     from interegular.fsm import anything_else
 
     try:
-        fsm = parse_pattern(pattern).to_fsm()
+        with _bounded_crawl():
+            fsm = parse_pattern(pattern).to_fsm()
+    except _TooManyStates:
+        raise UsageError(f"{flag} {pattern!r} needs more than {MAX_STATES:,} automaton states; simplify it "
+                         f"(a repeat such as {{1000}}, or .* before a fixed count, makes automata large)") from None
     except Exception as exc:  # interegular signals unsupported syntax with its own exception types
         why = str(exc).strip() or type(exc).__name__
         raise UsageError(f"{flag} {pattern!r} uses syntax chargen cannot compile ({why}); "
@@ -108,6 +114,65 @@ def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple
                 table[number[s], j] = number[row[sym]]
     accepting = np.array([s in fsm.finals for s in states])
     return table, accepting, number[fsm.initial]
+
+
+class _TooManyStates(Exception):
+    pass
+
+
+_CRAWL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _bounded_crawl():
+    """interegular builds every automaton with `interegular.fsm.crawl`, which enumerates the
+    states reachable from the initial one with no bound (and finds each in a list: quadratic).
+    `a{1000000}` then takes hours and `.*a.{20}` needs 2**21 states, so a pattern anyone types (or
+    a client of `chargen serve` sends) would hang the process. For one compile, crawl is this one:
+    the same states in the same order, found by hash, and an error past MAX_STATES."""
+    import interegular.fsm as fsm_module
+
+    original = fsm_module.crawl
+
+    def crawl(alphabet, initial, final, follow):
+        states, index, finals, table = [initial], {_hashable(initial): 0}, set(), {}
+        i = 0
+        while i < len(states):
+            state = states[i]
+            if final(state):
+                finals.add(i)
+            table[i] = {}
+            for transition in alphabet.by_transition:
+                try:
+                    nxt = follow(state, transition)
+                except fsm_module.OblivionError:
+                    continue
+                key = _hashable(nxt)
+                j = index.get(key)
+                if j is None:
+                    if len(states) >= MAX_STATES:
+                        raise _TooManyStates
+                    j = index[key] = len(states)
+                    states.append(nxt)
+                table[i][transition] = j
+            i += 1
+        return fsm_module.FSM(alphabet=alphabet, states=range(len(states)), initial=0, finals=finals, map=table,
+                              __no_validation__=True)
+
+    with _CRAWL_LOCK:
+        fsm_module.crawl = crawl
+        try:
+            yield
+        finally:
+            fsm_module.crawl = original
+
+
+def _hashable(state):
+    """interegular's crawled states (sets, dicts, tuples of the FSMs' integer states) as keys that
+    are equal exactly when the states are: crawl compares them with ==."""
+    if isinstance(state, dict):
+        return frozenset(state.items())
+    return frozenset(state) if isinstance(state, set) else state
 
 
 class Automaton:

@@ -85,9 +85,17 @@ class ConstraintMass:
     """What the draws so far say about Z, the probability the model (at the sampling settings)
     gives the constraints: an unbiased estimate and certain bounds."""
 
-    estimate: float  # mean over draws of 1[accepted] * psi(root) at the draw's round: E = Z
+    estimate: float  # mean over draws of 1[accepted] * psi(root) at the draw's round (E = Z), within the bounds
     lower: float  # the probability of the distinct accepted samples found
     upper: float  # psi(root) now
+
+    @classmethod
+    def of(cls, mass_sum: float, draws: int, lower: float, upper: float) -> "ConstraintMass":
+        """The unbiased mean, moved into the certain bounds where chance put it outside (two
+        accepted draws in a hundred may say 1e-7 of a constraint found to hold 1.9e-8): never
+        further from Z than the mean itself."""
+        mean = mass_sum / draws if draws else upper
+        return cls(min(max(mean, lower), upper), lower, upper)
 
     def record(self) -> dict:
         return {"p_constraints": float(f"{self.estimate:.4g}"), "p_constraints_lower": float(f"{self.lower:.4g}"),
@@ -188,8 +196,7 @@ class PrefixTree:
 
     @property
     def mass(self) -> ConstraintMass:
-        return ConstraintMass(self.mass_sum / self.draws if self.draws else self.root_psi, self.found_mass,
-                              self.root_psi)
+        return ConstraintMass.of(self.mass_sum, self.draws, self.found_mass, self.root_psi)
 
     def run(self, indices: np.ndarray) -> Results:
         """One round: attempts `indices` (each its own random stream) descend from the root with the
@@ -349,7 +356,7 @@ class LabelTree:
     @property
     def mass(self) -> ConstraintMass:
         lower = float(sum(w * t.found_mass for w, t in zip(self.weights, self.trees)))
-        return ConstraintMass(self.mass_sum / self.draws if self.draws else self.psi, lower, self.psi)
+        return ConstraintMass.of(self.mass_sum, self.draws, lower, self.psi)
 
     def run(self, indices: np.ndarray) -> Results:
         """One round: each attempt picks its label (or is rejected), then descends in that label's tree."""
