@@ -1,0 +1,89 @@
+"""The README's console examples are real output: each `$ chargen sample ...` or `... | chargen
+score ...` on a bundled model (seeded, or exact search), run by bash with the installed command,
+prints what the README shows, where `...` within a line stands for any text and a line of `...`
+for any further lines. (Training examples, a server's curl and models or files of your own are
+left out: they depend on time, a running server or your files.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, chargen_exe
+
+BUNDLED = ("names", "base")
+
+
+def console_examples() -> list[tuple[str, list[str]]]:
+    """(command, the lines the README shows after it) for every `$ ` line of its console blocks."""
+    examples = []
+    for block in re.findall(r"```console\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        lines = block.rstrip("\n").split("\n")
+        starts = [i for i, line in enumerate(lines) if line.startswith("$ ")] + [len(lines)]
+        for a, b in zip(starts, starts[1:]):
+            examples.append((lines[a][2:], lines[a + 1 : b]))
+    return examples
+
+
+def reproducible(command: str) -> bool:
+    """A sampling or scoring command on a bundled model with a seed (or no randomness: top, score)."""
+    words = re.sub(r"\s+#.*$", "", command)
+    if not re.search(r"(^|\| )chargen (sample|score)\b", words) or "curl" in words:
+        return False
+    model = re.search(r"(?:-c |chargen score )(\S+)", words)
+    if model and model.group(1) not in BUNDLED:
+        return False
+    if re.search(r"\S+\.(txt|tsv)\b", words):  # a file of the reader's own
+        return False
+    return "--seed" in words or "--top" in words or "chargen score" in words
+
+
+def shows(shown: list[str], printed: list[str]) -> bool:
+    """Whether `printed` is what `shown` shows, its `...` elisions included."""
+    pattern = "".join(r"(?:[^\n]*\n)*" if line == "..." else
+                      ".*".join(map(re.escape, line.split("..."))) + r"\n" for line in shown)
+    return re.fullmatch(pattern, "".join(line + "\n" for line in printed)) is not None
+
+
+EXAMPLES = [(cmd, shown) for cmd, shown in console_examples() if reproducible(cmd)]
+
+
+def test_the_readme_has_reproducible_examples():
+    assert len(EXAMPLES) >= 10, [cmd for cmd, _ in EXAMPLES]
+    assert shows(["{\"a\": 1, ...}", "..."], ['{"a": 1, "b": 2}', "x", "y"]) and shows(["a...c"], ["abc"])
+    assert not shows(["{\"a\": 1, ...}"], ['{"a": 2}']) and not shows(["a", "..."], ["b"])
+    assert not shows(["a"], ["a", "b"])
+
+
+@pytest.mark.parametrize("command, shown", EXAMPLES, ids=[cmd[:60] for cmd, _ in EXAMPLES])
+def test_a_readme_example_prints_what_the_readme_shows(command, shown, tmp_path):
+    bin_dir = str(Path(chargen_exe()).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "COLUMNS": "100"}
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in shown if line.startswith("note: ")]
+    assert shows([line for line in shown if not line.startswith("note: ")], proc.stdout.splitlines()), proc.stdout
+    # stderr's notes as the README shows them, however rich wraps them
+    assert " ".join(proc.stderr.split()) == " ".join(" ".join(notes).split())
+
+
+def test_the_readmes_python_session_prints_what_the_readme_shows(monkeypatch):
+    """The Python API block, as doctest runs it (`...` elides): every example that shows output,
+    and the lines before them that set up what they use (training and your own checkpoints left out)."""
+    import doctest
+
+    block = re.search(r"## Python API.*?```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    examples = doctest.DocTestParser().get_examples(block)
+    kept = [e for e in examples if e.want or re.match(r"(import chargen|model = chargen\.load\(\))", e.source)]
+    assert len(kept) >= 8 and any("score" in e.source for e in kept)
+    monkeypatch.chdir(REPO)  # it reads corpora/names.txt
+    test = doctest.DocTest(kept, {}, "README.md", None, None, None)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    out: list[str] = []
+    runner.run(test, out=out.append)
+    assert runner.failures == 0, "".join(out)
