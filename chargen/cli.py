@@ -625,6 +625,7 @@ def info(
     path: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run directory. [default: the bundled names model]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Chart the run's train and val loss, and write loss.svg into the run directory.")] = False,
+    list_labels: Annotated[bool, typer.Option("--labels", help="List a labelled model's labels, one a line: LABEL<TAB>training lines<TAB>held-out loss (- where none).")] = False,
 ) -> None:
     """Describe a checkpoint: model, vocabulary, training, losses, versions.
 
@@ -645,6 +646,13 @@ def info(
 
     ckpt = read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST)
     cfg, meta, facts = ckpt.model_config, ckpt.info, ckpt.describe()
+    labels = facts.get("labels")
+    if list_labels:
+        if not labels:
+            raise UsageError(f"{ckpt.path} has no labels (a model trained with --labels has)")
+        val = labels.get("val_loss", {})
+        sys.stdout.writelines(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n" for n, c in zip(labels["names"], labels["lines"]))
+        return
     if as_json:
         sys.stdout.write(json.dumps(facts, ensure_ascii=False) + "\n")
         return
@@ -662,12 +670,11 @@ def info(
     t.add_row("vocabulary", f"{len(ckpt.vocab)} characters: {ckpt.vocab.preview()}")
     t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
     t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
-    labels = facts.get("labels")
     if labels:
         shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
                  + ")" for n, c in zip(labels["names"], labels["lines"])]
         t.add_row("labels", f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
-                  + " (sample with --label; chargen info --json lists all)")
+                  + " (sample with --label; chargen info --labels lists all)")
     if meta.get("step") is not None:
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
     t.add_row("val loss", loss(meta.get("val_loss")))

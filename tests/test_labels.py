@@ -51,6 +51,10 @@ def test_each_label_samples_only_its_own_kind(toy):
     info = json.loads(run(["info", str(toy / "run"), "--json"]).stdout)
     assert info["labels"]["names"] == ["abc", "xyz"] and 850 < sum(info["labels"]["lines"]) < 950
     assert set(info["labels"]["val_loss"]) == {"abc", "xyz"}
+    listed = [line.split("\t") for line in run(["info", str(toy / "run"), "--labels"]).stdout.decode().splitlines()]
+    assert [(n, int(c), float(v)) for n, c, v in listed] == [
+        (n, c, round(info["labels"]["val_loss"][n], 4)) for n, c in zip(info["labels"]["names"], info["labels"]["lines"])]
+    assert_clean_error(run(["info", "names", "--labels"]), "has no labels")
 
 
 def test_a_blend_draws_both_kinds_in_its_proportions(toy):

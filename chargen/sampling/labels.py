@@ -85,7 +85,7 @@ def _unknown(term: str, names: list[str]) -> UsageError:
     close = difflib.get_close_matches(term, parts, n=5, cutoff=0.5)
     hint = f"; close: {', '.join(close)}" if close else \
         f"; it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
-    return UsageError(f"unknown label {term!r}{hint} (chargen info lists them)")
+    return UsageError(f"unknown label {term!r}{hint} (chargen info --labels lists them)")
 
 
 def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Optional[list[int]]) -> Optional[LabelMix]:
