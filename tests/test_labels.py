@@ -144,6 +144,7 @@ def test_what_a_label_spec_asks_for():
     assert asked("it_IT:surname") == {"it_IT:surname": 1.0}
     assert asked("it") == {"it_IT:first": 0.25, "it_IT:surname": 0.75}  # a locale's language
     assert asked("es:city") == {"es_ES:city": 0.25, "es_MX:city": 0.75}  # two parts: both
+    assert asked("MX") == {"es_MX:city": 1.0} and asked("ES:first") == {"es_ES:first": 1.0}  # a territory
     assert asked("first") == {"it_IT:first": round(100 / 310, 6), "es_ES:first": round(200 / 310, 6),
                               "el_GR:first": round(10 / 310, 6)}
     assert asked("el_GR:first=3,it=1") == {"it_IT:first": 0.0625, "it_IT:surname": 0.1875, "el_GR:first": 0.75}

@@ -2,8 +2,9 @@
 
     --label el_GR:first         one label
     --label el_GR               every label with that part (labels are parts joined by ':'; a
-                                locale's language asks too: el), in the proportions of their
-                                training lines
+                                locale's language and territory ask too: el, GR), in the
+                                proportions of their training lines
+    --label CH:first            de_CH:first and fr_CH:first (a territory, and a kind)
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines
@@ -65,10 +66,10 @@ class LabelMix:
 
 
 def _parts(name: str) -> set[str]:
-    """What asks for a label besides its name: each ':'-separated part, and a locale's language
-    (el_GR:first: el_GR, first and el)."""
+    """What asks for a label besides its name: each ':'-separated part, and a locale's language and
+    territory (el_GR:first: el_GR, first, el and GR)."""
     parts = name.split(":")
-    return set(parts) | {p.split("_")[0] for p in parts if "_" in p}
+    return set(parts) | {piece for p in parts if "_" in p for piece in p.split("_", 1)}
 
 
 def _matching(term: str, names: list[str]) -> list[int]:
