@@ -131,6 +131,7 @@ LABEL_CASES = [
     {"n": 20, "seed": 2, "label": "el_GR:first"},
     {"n": 30, "seed": 3, "label": "it"},  # a part: both Italian labels
     {"n": 10, "seed": 3, "label": "it:first=0.5,es:city=0.5"},  # parts together: it_IT:first and es_ES:city
+    {"n": 20, "seed": 10, "label": "IT=0.5,ES:city=0.5"},  # territories: it_IT's two labels and es_ES:city
     {"n": 30, "seed": 4, "label": "it_IT:first=0.2,es_ES:city=0.8", "temperature": 1.2, "prompt": ["", "Ma"]},
     {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
     {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},

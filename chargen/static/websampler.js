@@ -945,10 +945,14 @@ class LabelTree {
 // in the adaptive exact sampler.
 const LABEL_DRAW = 1n << 62n, LABEL_GO = (1n << 62n) + 1n, LABEL_PICK = (1n << 62n) + 2n;
 
-// What asks for a label besides its name: each ':'-separated part, and a locale's language.
+// What asks for a label besides its name: each ':'-separated part, and a locale's language and
+// territory (el_GR:first: el_GR, first, el and GR).
 function labelParts(name) {
   const parts = name.split(":"), out = new Set(parts);
-  for (const p of parts) if (p.includes("_")) out.add(p.split("_")[0]);
+  for (const p of parts) {
+    const i = p.indexOf("_");
+    if (i >= 0) { out.add(p.slice(0, i)); out.add(p.slice(i + 1)); }
+  }
   return out;
 }
 
