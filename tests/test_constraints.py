@@ -334,6 +334,9 @@ def test_bad_constraints_fail_before_sampling(trained_names):
         (dict(guided=True, rejection=True, ends_with="a"), "choose one"),
         (dict(regex=".*a.{20}"), "automaton states"),  # 2**21 states: refused at 20,000, not after hours
         (dict(regex="a{1000000}"), "automaton states"),
+        (dict(regex="(" * 5000 + "a" + ")" * 5000), "nests its groups too deeply"),  # RecursionError in re
+        (dict(regex="(?:a|" * 300 + "b" + ")" * 300), "nests its groups too deeply"),  # in interegular
+        (dict(regex="a{99999999999}"), "not a valid regular expression"),  # OverflowError in re
     ]
     for options, message in cases:
         options = {"n": 1, **options}

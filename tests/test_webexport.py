@@ -454,7 +454,9 @@ REGEXES = ["[A-Z][a-z]*(ab|c)", "a|b|", "(ab)*c?", "[^ab]+", "[a-c1]{2}", "a{1,3
 REGEX_ERRORS = ["a(?#note)b", "(a)\\1", "\\bab", "a**", "a{3,2}", "a(?i)b", "(ab", "[a-", "\\p{L}", "(?m)a", "[z-a]", "[]",
                 "[a-z]+(?<=a)", "a(?<=a)", "(?<!b)a", "(x(?=y)|z)y", "(a(?=b))b", "(a(?=b))*", "(?=a)*b", "(?<x>a)",
                 # automata too large to build: chargen stops at MAX_STATES, not after hours
-                ".*a.{20}", "a{1000000}", "((a{100}){100}){100}"]
+                ".*a.{20}", "a{1000000}", "((a{100}){100}){100}", "a{99999999999}",
+                # groups nested past what a recursive parser takes
+                "(" * 5000 + "a" + ")" * 5000]
 
 
 @needs_node

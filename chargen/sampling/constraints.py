@@ -80,10 +80,13 @@ def _strip_anchors(pattern: str) -> str:
 
 def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """One regular expression as a dense DFA over `chars`: (transitions (S, C), accepting (S,), start)."""
+    shown = repr(pattern if len(pattern) <= 80 else pattern[:60] + "...")  # an error stays a readable line
     try:
         re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
+    except (re.error, OverflowError) as exc:  # (a repeat past 2**32 - 2: OverflowError)
+        raise UsageError(f"{flag} {shown} is not a valid regular expression: {exc}") from None
+    except RecursionError:  # Python's own parser recurses once per group
+        raise UsageError(f"{flag} {shown} nests its groups too deeply") from None
     # Imported here: only a text constraint needs it, and `chargen sample` starts without it.
     from interegular import parse_pattern
     from interegular.fsm import anything_else
@@ -91,12 +94,14 @@ def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple
     try:
         with _bounded_crawl():
             fsm = parse_pattern(pattern).to_fsm()
+    except RecursionError:  # interegular's parser and its automata recurse over the groups
+        raise UsageError(f"{flag} {shown} nests its groups too deeply") from None
     except _TooManyStates:
-        raise UsageError(f"{flag} {pattern!r} needs more than {MAX_STATES:,} automaton states; simplify it "
+        raise UsageError(f"{flag} {shown} needs more than {MAX_STATES:,} automaton states; simplify it "
                          f"(a repeat such as {{1000}}, or .* before a fixed count, makes automata large)") from None
     except Exception as exc:  # interegular signals unsupported syntax with its own exception types
         why = str(exc).strip() or type(exc).__name__
-        raise UsageError(f"{flag} {pattern!r} uses syntax chargen cannot compile ({why}); "
+        raise UsageError(f"{flag} {shown} uses syntax chargen cannot compile ({why}); "
                          f"see `chargen sample --help` for what is supported") from None
     states = sorted(fsm.states, key=repr)
     number = {s: i for i, s in enumerate(states)}

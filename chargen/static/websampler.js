@@ -652,7 +652,7 @@ function explore(first, V, step) {
 function regexPart(vocab, newline, pattern) {
   if (pattern.startsWith("^")) pattern = pattern.slice(1);  // chargen strips the ends' anchors too
   if (pattern.endsWith("$") && !pattern.endsWith("\\$")) pattern = pattern.slice(0, -1);
-  const what = `\`regex\` ${JSON.stringify(pattern)}`;
+  const what = `\`regex\` ${JSON.stringify(pattern.length <= 80 ? pattern : pattern.slice(0, 60) + "...")}`;  // one readable line
   try {
     let tree = new RegexParser(pattern).parse();
     // interegular's simplify(): a pattern that is one group is that group (its lookaheads then
@@ -661,6 +661,7 @@ function regexPart(vocab, newline, pattern) {
     const nfa = new Nfa(vocab, newline, what);
     return nfa.determinize(nfa.build(tree, false, regexReach(tree)));
   } catch (e) {
+    if (e instanceof RangeError) throw new ChargenError(`${what} nests its groups too deeply`);  // the parser's stack
     if (!(e instanceof RegexSyntax)) throw e;
     throw new ChargenError(`${what} is not a regular expression an exported model compiles (${e.message}); see \`chargen sample --help\` for the syntax`);
   }
