@@ -29,7 +29,7 @@ def run_child(cmd: list[str], env: dict) -> tuple[int, str, float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace"), time.perf_counter() - t, usage.ru_maxrss / 1024
 
-READERS = ("checkpoint", "corpus", "config", "prompt")
+READERS = ("checkpoint", "corpus", "config", "prompt", "regex")
 
 
 def main() -> None:

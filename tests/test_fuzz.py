@@ -3,7 +3,8 @@
 Each reader is fed mutations of a valid input (hypothesis): checkpoints (bytes, the safetensors
 header's JSON, dtypes, shapes, offsets, and every metadata field, the vocabulary and the resume
 state), corpora (random and broken UTF-8 bytes across chunk boundaries, NUL, long lines, mixed
-newlines), `--config` TOML files and prompts. CI runs up to 750 cases per fuzz test (10 tests)
+newlines), `--config` TOML files, prompts and regular expressions. CI runs up to 750 cases per fuzz
+test (11 tests)
 (derandomized); `CHARGEN_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py` is the long
 run recorded in docs/reliability.md.
 """
@@ -255,3 +256,30 @@ def test_stdin_prompts_of_any_bytes(raw):
     assert "Traceback" not in err
     if p.returncode != 0:
         assert err.startswith("Error: ") and len(err.strip().splitlines()) == 1, err
+
+
+# --- regular expressions (`--regex`, and a server's client) ------------------------------------
+
+_REGEX_PIECES = st.sampled_from(list("ab.()[]{}|*+?^$\\-,:=!<>#0123456789") +
+                                ["(?=", "(?!", "(?<=", "(?:", "(?i)", "{2}", "{1,3}", "{0,}", "\\d", "\\w", "[^a]",
+                                "{99}", "{4294967296}", "(" * 40, ")" * 40, ".*", "a{5}"])
+
+
+@FUZZ
+@given(pieces=st.lists(_REGEX_PIECES, max_size=16))
+def test_regex_reader(pieces):
+    """Any pattern: an automaton or one line of UsageError, never another exception or a warning
+    (on a command's stderr), within seconds."""
+    import time
+    import warnings
+
+    from chargen.sampling.constraints import Automaton, Constraints
+
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Automaton(Constraints(regex="".join(pieces)), _NAMES.vocab)
+    except ChargenError as exc:
+        _one_line(exc)
+    assert time.perf_counter() - start < 10

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import re
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -82,7 +83,9 @@ def _component(flag: str, pattern: str, vocab: Vocab, chars: list[str]) -> tuple
     """One regular expression as a dense DFA over `chars`: (transitions (S, C), accepting (S,), start)."""
     shown = repr(pattern if len(pattern) <= 80 else pattern[:60] + "...")  # an error stays a readable line
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():  # re's FutureWarnings ("possible nested set") are not the user's concern
+            warnings.simplefilter("ignore")
+            re.compile(pattern)
     except (re.error, OverflowError) as exc:  # (a repeat past 2**32 - 2: OverflowError)
         raise UsageError(f"{flag} {shown} is not a valid regular expression: {exc}") from None
     except RecursionError:  # Python's own parser recurses once per group
