@@ -18,7 +18,7 @@ import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import SampleConfig, declared
-from .errors import UsageError, VocabularyError
+from .errors import ConfigError, UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
@@ -35,6 +35,14 @@ PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
 # truncation), needs no seed, never repeats, and has no guided mode. `lines` has a message of its own.
 _TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d.takes("top") and name != "max_tries")
 
+
+
+def _prompts(prompt: Any) -> list[str]:
+    """`prompt` as a list: one text, or any iterable of texts (one drawing each)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else None
+    if prompts is None or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError(f"`prompt` must be a text or a list of texts (got {prompt!r:.60})")
+    return prompts
 
 class Model:
     """A trained chargen model, ready to sample from.
@@ -109,7 +117,7 @@ class Model:
         as `samples` would."""
         cfg = self._config(n, options)
         line_mode = self.line_oriented if cfg.lines is None else cfg.lines
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = _prompts(prompt)
         automaton = self._automaton(cfg, prompts, line_mode)
         if automaton is None:
             for p in prompts:
@@ -159,7 +167,7 @@ class Model:
         cfg = self._config(n, options)
         if cfg.lines is False or (cfg.lines is None and not self.line_oriented):
             raise line_samples_only("`top`", self.line_oriented if cfg.lines is None else True, "applies")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = _prompts(prompt)
         automaton = self._automaton(cfg, prompts, True) or Automaton(Constraints(), self.vocab)
         bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
         for p in prompts:

@@ -97,6 +97,9 @@ def test_an_error_names_the_field_and_each_front_end_spells_it():
     assert spelling("start_from") == "--from" and spelling("lines") == "--lines"
     with pytest.raises(chargen.ConfigError, match="unknown sample config key"):
         chargen.load().sample(3, temprature=1.0)  # a typo is an error, not a silent default
+    for prompt in (5, ["Ma", 5], None):  # not a text, nor texts: an error, not a TypeError or no samples
+        with pytest.raises(chargen.ConfigError, match="prompt must be a text or a list of texts"):
+            chargen.load().sample(3, prompt=prompt)
 
 
 def test_the_playground_sends_only_known_fields():

@@ -761,6 +761,8 @@ class Constraint {
 const OPTIONS = Object.keys(MODEL.defaults);  // chargen's sampling options that an export takes, camelCase
 
 function checkOptions(opts) {
+  if (opts === undefined || opts === null) opts = {};
+  if (typeof opts !== "object" || Array.isArray(opts)) throw new ChargenError(`the options must be an object (got ${JSON.stringify(opts)})`);
   for (const k of Object.keys(opts)) {
     if (OPTIONS.includes(k) || opts[k] === undefined) continue;
     if (k in MODEL.not_exported) throw new ChargenError(`\`${k}\` ${MODEL.not_exported[k]}`);
@@ -773,12 +775,21 @@ function checkOptions(opts) {
     if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${o[k]})`);
   };
   int("n", 1); int("length", 1); int("topK", 1); int("minLen", 0); int("maxLen", 1);
+  for (const k of ["unique", "novel", "rejection", "lines"]) {
+    if (o[k] !== null && typeof o[k] !== "boolean") throw new ChargenError(`\`${k}\` must be true or false (got ${JSON.stringify(o[k])})`);
+  }
   if (typeof o.temperature !== "number" || !(o.temperature >= 0) || o.temperature === Infinity) {
     throw new ChargenError(`\`temperature\` must be 0 (greedy) or more (got ${o.temperature})`);
   }
   if (o.topP !== null && !(o.topP > 0 && o.topP <= 1)) throw new ChargenError(`\`topP\` must be in (0, 1] (got ${o.topP})`);
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
+  }
+  if (typeof o.prompt !== "string" && !(Array.isArray(o.prompt) && o.prompt.every((t) => typeof t === "string"))) {
+    throw new ChargenError(`\`prompt\` must be a text or a list of texts (got ${o.prompt})`);
+  }
+  if (o.exclude !== null && !(Array.isArray(o.exclude) && o.exclude.every((t) => typeof t === "string"))) {
+    throw new ChargenError("`exclude` must be a list of texts");
   }
   if (typeof o.contains === "string") o.contains = [o.contains];  // one text, as the Python API takes it
   if (!Array.isArray(o.contains) || o.contains.some((t) => typeof t !== "string")) {
