@@ -337,6 +337,8 @@ def test_bad_constraints_fail_before_sampling(trained_names):
         (dict(regex="(" * 5000 + "a" + ")" * 5000), "nests its groups too deeply"),  # RecursionError in re
         (dict(regex="(?:a|" * 300 + "b" + ")" * 300), "nests its groups too deeply"),  # in interegular
         (dict(regex="a{99999999999}"), "not a valid regular expression"),  # OverflowError in re
+        (dict(contains=["ab" * 5000]), "no sample"),  # built in a blink (interegular's .*text.*: minutes)
+        (dict(ends_with="a" * 30000), "automaton states"),
     ]
     for options, message in cases:
         options = {"n": 1, **options}
@@ -353,6 +355,29 @@ def test_the_estimate_of_the_constraints_probability_stays_within_its_certain_bo
     assert ConstraintMass.of(1.5e-5, 133, 1.89e-8, 1.9e-8).estimate == 1.9e-8  # 1.1e-7 by chance: above
     assert ConstraintMass.of(0.0, 50, 0.01, 0.3).estimate == 0.01  # no draw kept, yet samples were found
     assert ConstraintMass.of(0.0, 0, 0.0, 0.7).estimate == 0.7  # no draw yet: the root's bound
+
+
+def test_a_text_to_contain_or_end_with_is_the_automaton_interegular_builds_for_it():
+    """_kmp against `.*text.*` and `.*text` compiled by interegular: the same strings accepted, every
+    string over three letters up to 7 long."""
+    from itertools import product
+
+    from chargen.sampling.constraints import _component, _kmp
+
+    chars = list("abc")
+    vocab = Vocab(["\n", *chars])
+    for text in ["a", "ab", "aa", "aba", "abab", "abcab", "aab", "bba", "cc"]:
+        for absorb in (True, False):
+            ours = _kmp(text, chars, absorb)
+            theirs = _component("x", ".*" + re.escape(text) + (".*" if absorb else ""), vocab, chars)
+            for length in range(8):
+                for word in product(range(3), repeat=length):
+                    accepted = []
+                    for table, accepting, state in (ours, theirs):
+                        for j in word:
+                            state = table[state, j] if state >= 0 else state
+                        accepted.append(bool(state >= 0 and accepting[state]))
+                    assert accepted[0] == accepted[1], (text, absorb, word)
 
 
 def test_the_bounded_crawl_builds_interegulars_automata_and_stops_at_the_cap():

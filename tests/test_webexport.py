@@ -503,6 +503,41 @@ def test_module_regex_accepts_what_chargen_accepts(tmp_path):
         assert isinstance(js, str) and "`regex`" in js, (pattern, js)
 
 
+@needs_node
+def test_module_texts_to_contain_or_end_with_accept_what_chargen_accepts(tmp_path):
+    """The module's KMP automata (websampler.js's kmp) against chargen's (_kmp), through each side's
+    product: every string up to 6 characters over three letters, for overlapping texts."""
+    from itertools import product as strings
+
+    from chargen.sampling.constraints import Automaton, Constraints
+
+    chars = ["\n", "a", "b", "c"]
+    vocab = Vocab(chars)
+    cases = [(None, ["aba"]), ("ab", []), ("abab", []), (None, ["aab", "bb"]), ("bba", ["ab"]), ("aa", ["c"])]
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 2)),
+                                  Encoding("f32", True)) + "export { Constraint };\n")
+    texts = ["".join(t) for k in range(7) for t in strings("abc", repeat=k)]
+    script = ("import(process.argv[1]).then((m) => {"
+              " const [vocab, cases, texts] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              " const out = cases.map(([ends, contains]) => { const c = new m.Constraint(vocab, 0, ends, contains, null, 1, 6);"
+              " return texts.map((t) => { let s = 0; for (const ch of t) { s = s < 0 ? s : c.trans[s * vocab.length"
+              " + vocab.indexOf(ch)]; } return s >= 0 && c.accepting(s); }); });"
+              " process.stdout.write(JSON.stringify(out)); })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], input=json.dumps([chars, cases, texts]),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for (ends, contains), js in zip(cases, json.loads(proc.stdout)):
+        automaton = Automaton(Constraints(ends_with=ends, contains=tuple(contains)), vocab, limit=6)
+        expected = []
+        for t in texts:
+            s = automaton.start_state
+            for ch in t:
+                s = s if s < 0 else int(automaton.trans[s, vocab.index[ch]])
+            expected.append(bool(s >= 0 and automaton.accepting[s]))
+        assert 0 < sum(expected) < len(texts) and js == expected, (ends, contains)
+
+
 def test_exported_scripts_lose_only_comments_and_indentation():
     """An export carries static/'s scripts without whole-line comments and indentation: safe only while
     no string in them spans lines (a template literal's line could start with //)."""

@@ -678,24 +678,17 @@ function tooMany(states) {
 // One text constraint as a KMP automaton over the vocabulary: state k means the text so far ends
 // with pat[:k], its longest such prefix. `absorb` (contains) keeps state |pat| once reached; an
 // ending goes on from it as KMP does. Accepting: state |pat|. (A part: {next: a row of next states
-// per state, -1 where none; accepting}, state 0 first.)
+// per state, -1 where none; accepting}, state 0 first.) Built as chargen's _kmp builds it: row k
+// is the row of the state text[1:k] falls back to, but for text[k], in O(|pat| x V).
 function kmp(vocab, pat, absorb) {
-  const L = pat.length, V = vocab.length, next = [];
-  for (let s = 0; s <= L; s++) {
-    const row = new Int32Array(V);
-    for (let v = 0; v < V; v++) {
-      if (absorb && s === L) { row[v] = L; continue; }
-      let k = Math.min(s + 1, L);  // the longest suffix of pat[:s] + c that is a prefix of pat
-      const seq = pat.slice(0, s).concat([vocab[v]]);
-      for (; k > 0; k--) {
-        let ok = true;
-        for (let q = 0; q < k && ok; q++) ok = seq[seq.length - k + q] === pat[q];
-        if (ok) break;
-      }
-      row[v] = k;
-    }
-    next.push(row);
+  const L = pat.length, V = vocab.length, next = [new Int32Array(V)];
+  let restart = 0;  // where text[1:k] leads
+  for (let k = 0; k < L; k++) {
+    const id = vocab.indexOf(pat[k]);
+    if (k) { next.push(next[restart].slice()); restart = next[restart][id]; }
+    next[k][id] = k + 1;
   }
+  next.push(absorb ? new Int32Array(V).fill(L) : next[restart].slice());
   return { next, accepting: next.map((_, k) => k === L) };
 }
 
@@ -703,7 +696,7 @@ function kmp(vocab, pat, absorb) {
 // contained text's, the regex's), over the reachable tuples of their states (at most
 // MODEL.max_states, as chargen caps it), with feasible[n][s]: from state s after n characters an
 // accepted end within [minLen, maxLen] is reachable. With no text constraint, one state. The states
-// are numbered otherwise than chargen's (its automata come from interegular), but a state allows the
+// are numbered otherwise than chargen's (its regex automata come from interegular), but a state allows the
 // same ids, so the draws match.
 class Constraint {
   constructor(vocab, newline, endsWith, contains, regex, minLen, maxLen) {
