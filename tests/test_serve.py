@@ -219,6 +219,7 @@ def test_the_batcher_alone_matches_the_python_api():
     (lambda c: post(c, "/v1/sample", {"regex": ".*a.{20}"}), 400, "automaton states"),  # not a thread spun for hours
     (lambda c: post(c, "/v1/top", {"regex": "a{1000000}"}), 400, "automaton states"),
     (lambda c: post(c, "/v1/sample", {"regex": "(" * 5000 + "a" + ")" * 5000}), 400, "nests its groups too deeply"),
+    (lambda c: post(c, "/v1/sample", {"contains": "a" * 500_000}), 400, "automaton states"),  # no table of 500,000 rows
     (lambda c: post(c, "/v1/sample", {"exclude": "/etc/passwd"}), 400, "'exclude' must be a list of text"),
     (lambda c: post(c, "/v1/sample", {"n": 5, "temperature": 0, "unique": True}), 422, "produced only 1 of 5"),
     (lambda c: post(c, "/v1/sample", {"model": "nope"}), 404, "no model named \"nope\""),

@@ -258,7 +258,7 @@ def test_module_errors_are_clear(tmp_path):
              {"n": 1, "contains": ["a", "Ω"]}, {"n": 1, "contains": "a\nb"}, {"n": 1, "contains": [3]},
              {"n": 1, "contains": list("abcdefghijklmnop")}, {"n": 1, "contains": ["xyz"], "maxLen": 2},
              {"n": 1, "regex": "a(b"}, {"n": 1, "regex": 7}, {"n": 1, "prompt": 5}, {"n": 1, "prompt": ["a", 5]},
-             {"n": 1, "exclude": "Anna"}, {"n": 1, "unique": "yes"}, "n=1"]
+             {"n": 1, "exclude": "Anna"}, {"n": 1, "unique": "yes"}, "n=1", {"n": 1, "endsWith": "a" * 30000}]
     errors = [r.get("error", "") for r in node_records(module, cases)]
     for needle, error in zip(["not in the model's vocabulary", "`guided` is not in an exported model",
                               "unknown option `tempertaure`", "`n` must be", "above `maxLen`",
@@ -269,7 +269,8 @@ def test_module_errors_are_clear(tmp_path):
                               '`regex` "a(b" is not a regular expression an exported model compiles',
                               "`regex` must be a text", "`prompt` must be a text or a list of texts",
                               "`prompt` must be a text or a list of texts", "`exclude` must be a list of texts",
-                              "`unique` must be true or false", "the options must be an object"], errors, strict=True):
+                              "`unique` must be true or false", "the options must be an object",
+                              "more than 20,000 automaton states"], errors, strict=True):
         assert needle in error, errors
 
 

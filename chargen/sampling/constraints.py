@@ -220,6 +220,8 @@ class Automaton:
         chars = [c if i != self.newline else None for i, c in enumerate(vocab.chars)]
         text_chars = [c for c in chars if c is not None]
         columns = [i for i, c in enumerate(chars) if c is not None]
+        if max(map(len, [*constraints.contains, constraints.ends_with or ""]), default=0) >= MAX_STATES:
+            raise _too_many_states()  # (each of a text's states is reachable: its automaton alone is too large)
         parts = [_kmp(c, text_chars, absorb=True) for c in constraints.contains if c]
         if constraints.ends_with:
             parts.append(_kmp(constraints.ends_with, text_chars, absorb=False))
@@ -297,6 +299,11 @@ class Automaton:
         return float(ways[start])
 
 
+def _too_many_states() -> UsageError:
+    return UsageError(f"the constraints together need more than {MAX_STATES:,} automaton states; "
+                      f"simplify the `regex`, drop a `contains` or shorten a text")
+
+
 def _product(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], n_chars: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The product DFA of the components, over the reachable tuples of states (one state if none)."""
     if not parts:
@@ -315,8 +322,7 @@ def _product(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], n_chars: int) 
             key = tuple(nxt[:, j].tolist())
             if key not in number:
                 if len(order) >= MAX_STATES:
-                    raise UsageError(f"the constraints together need more than {MAX_STATES:,} automaton states; "
-                                     f"simplify the `regex` or drop a `contains`")
+                    raise _too_many_states()
                 number[key] = len(order)
                 order.append(key)
             row[j] = number[key]

@@ -669,7 +669,7 @@ function regexPart(vocab, newline, pattern) {
 
 function tooMany(states) {
   if (states >= MODEL.max_states) {
-    throw new ChargenError(`the constraints together need more than ${MODEL.max_states.toLocaleString("en-US")} automaton states; simplify the \`regex\` or drop a \`contains\``);
+    throw new ChargenError(`the constraints together need more than ${MODEL.max_states.toLocaleString("en-US")} automaton states; simplify the \`regex\`, drop a \`contains\` or shorten a text`);
   }
 }
 
@@ -701,6 +701,7 @@ function kmp(vocab, pat, absorb) {
 class Constraint {
   constructor(vocab, newline, endsWith, contains, regex, minLen, maxLen) {
     const V = vocab.length;
+    tooMany(Math.max(0, ...[...contains, endsWith ?? ""].map((t) => Array.from(t).length)));  // a text's states are all reachable
     const parts = contains.map((t) => kmp(vocab, Array.from(t), true));
     if (endsWith) parts.push(kmp(vocab, Array.from(endsWith), false));
     if (regex !== null) parts.push(regexPart(vocab, newline, regex));
