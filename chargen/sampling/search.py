@@ -83,8 +83,8 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
         next_id = int(search.nodes[node].ids[rank])
         if next_id != automaton.newline:
             if len(search.nodes) + len(search.pending) >= limit:
-                raise SamplingError(f"the search for the {n} likeliest samples stopped after {limit:,} "
-                                    f"expansions with {found} found (those are exact); ask for fewer or constrain more")
+                raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {limit:,} "
+                                    f"expansions with {found:,} found (those are exact); ask for fewer or constrain more")
             search.defer(node, rank)
         elif not skip(search.nodes[node].text):
             found += 1
