@@ -38,12 +38,13 @@ _console = None
 
 
 def console():
-    """The one stderr console (created lazily: rich costs import time)."""
+    """The one stderr console (created lazily: rich costs import time). Into a file or a pipe its
+    lines are not wrapped (a log keeps one note a line, for grep); tables keep their width."""
     global _console
     if _console is None:
         from rich.console import Console
 
-        _console = Console(stderr=True, highlight=False)
+        _console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
     return _console
 
 

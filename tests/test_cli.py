@@ -18,6 +18,8 @@ def test_train_then_sample_end_to_end(tmp_path, names_file):
     assert "Traceback" not in err
     assert p.stdout == b""  # training writes nothing to stdout
     assert "val" in err and "best val loss" in err
+    # into a pipe (a log), a report is one line however long: no wrapping at the console's width
+    assert any(line.startswith("model: ") and line.endswith(f"-> {out}") and len(line) > 100 for line in err.splitlines()), err
     assert {f.name for f in out.iterdir()} == {"best.safetensors", "last.safetensors", "metrics.jsonl", "config.json", "loss.svg", ".lock"}
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["model"]["hidden"] == 32 and resolved["train"]["max_steps"] == 40
