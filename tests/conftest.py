@@ -161,3 +161,17 @@ class CountingStepper:
     def step(self, ids, state):
         self.widths.append(len(ids))
         return self.inner.step(ids, state)
+
+
+def start_server(*args: str, env=None, notes: list | None = None) -> tuple[subprocess.Popen, str]:
+    """`chargen serve --port 0 ...`, and the URL it prints once it listens (lines before it go to `notes`)."""
+    proc = subprocess.Popen([chargen_exe(), "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    for _ in range(5):
+        line = proc.stderr.readline().decode()
+        if line.startswith("chargen serve: http://") or not line:
+            break
+        if notes is not None:
+            notes.append(line)
+    assert line.startswith("chargen serve: http://"), line + proc.stderr.read().decode()
+    return proc, line.split()[2].rstrip("/")

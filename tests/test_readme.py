@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, chargen_exe
+from .conftest import REPO, chargen_exe, start_server
 
 BUNDLED = ("names", "base")
 
@@ -87,3 +89,24 @@ def test_the_readmes_python_session_prints_what_the_readme_shows(monkeypatch):
     out: list[str] = []
     runner.run(test, out=out.append)
     assert runner.failures == 0, "".join(out)
+
+
+def test_the_readmes_curl_examples_get_what_the_readme_shows():
+    """Each `curl ... localhost:8000/v1/...` example on the bundled model, against `chargen serve`
+    (the installed command, on a free port): the body the README shows."""
+    pytest.importorskip("starlette", reason="chargen serve needs the serve extra: pip install -e '.[test]'")
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    examples = [(cmd, shown) for cmd, shown in console_examples()
+                if cmd.startswith("curl ") and "localhost:8000" in cmd and '"model"' not in cmd]
+    assert len(examples) >= 3
+    proc, url = start_server()
+    try:
+        for command, shown in examples:
+            got = subprocess.run(["bash", "-c", command.replace("http://localhost:8000", url).replace("localhost:8000", url)],
+                                 capture_output=True, text=True, timeout=60)
+            assert got.returncode == 0, got.stderr
+            assert shows(shown, got.stdout.rstrip("\n").split("\n")), (command, got.stdout)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

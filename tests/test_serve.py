@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from chargen.sampling.batching import Batcher  # noqa: E402
 from chargen.config import ServeConfig
 from chargen.serve import build_app, load_models  # noqa: E402
 
-from .conftest import chargen_exe, run  # noqa: E402
+from .conftest import run, start_server  # noqa: E402
 
 
 def make_app(trained_names: Path, trained_prose: Path, **limits):
@@ -327,20 +326,6 @@ def test_the_page_and_its_assets_are_served_from_the_package(client):
 
 
 # --- the command ---------------------------------------------------------------------------------
-
-
-def start_server(*args: str, env=None, notes: list | None = None) -> tuple[subprocess.Popen, str]:
-    """`chargen serve --port 0 ...`, and the URL it prints once it listens (lines before it go to `notes`)."""
-    proc = subprocess.Popen([chargen_exe(), "serve", "--port", "0", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    for _ in range(5):
-        line = proc.stderr.readline().decode()
-        if line.startswith("chargen serve: http://") or not line:
-            break
-        if notes is not None:
-            notes.append(line)
-    assert line.startswith("chargen serve: http://"), line + proc.stderr.read().decode()
-    return proc, line.split()[2].rstrip("/")
 
 
 def test_the_command_serves_and_stops_cleanly_on_sigterm_after_requests_in_flight(trained_names):
