@@ -36,13 +36,13 @@ PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
 _TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d.takes("top") and name != "max_tries")
 
 
-
 def _prompts(prompt: Any) -> list[str]:
     """`prompt` as a list: one text, or any iterable of texts (one drawing each)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else None
     if prompts is None or not all(isinstance(p, str) for p in prompts):
         raise ConfigError(f"`prompt` must be a text or a list of texts (got {prompt!r:.60})")
     return prompts
+
 
 class Model:
     """A trained chargen model, ready to sample from.

@@ -4,11 +4,11 @@ A line sample (prompt included, without its newline) must have a length in [min_
 end with `ends_with`, contain every `contains` text and fully match `regex`. Each of the text
 constraints is a regular language: a text to contain or end with is a KMP automaton, a regex
 interegular's finite automaton, and their product, read over the model's own characters, is a
-DFA whose transitions are a dense table
-(state, id) -> state. Length is not in the DFA: a table `feasible[n, s]` says whether, from
-state s with n characters written, some accepted sample of allowed length can still be reached.
-Then at every step the characters worth drawing are exactly those whose next state is feasible
-one character later, and the newline is allowed only in an accepting state of allowed length.
+DFA whose transitions are a dense table (state, id) -> state. Length is not in the DFA: a table
+`feasible[n, s]` says whether, from state s with n characters written, some accepted sample of
+allowed length can still be reached. Then at every step the characters worth drawing are exactly
+those whose next state is feasible one character later, and the newline is allowed only in an
+accepting state of allowed length.
 
 Supported regular expression syntax is Python's `re` without anchors-in-the-middle, lookbehind,
 backreferences and word boundaries (interegular's subset): literals and escapes, `.`, classes
@@ -61,7 +61,6 @@ class Constraints:
         named = [("`min_len`", self.min_len), ("`max_len`", self.max_len), ("`ends_with`", self.ends_with),
                  ("`contains`", self.contains), ("`regex`", self.regex)]
         return [flag for flag, value in named if value not in (None, "", ())]
-
 
 
 def _strip_anchors(pattern: str) -> str:

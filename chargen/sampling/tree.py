@@ -83,7 +83,7 @@ def node_cap(vocab_size: int, state_size: int, memory: int = TREE_MEMORY) -> int
 @dataclass
 class ConstraintMass:
     """What the draws so far say about Z, the probability the model (at the sampling settings)
-    gives the constraints: an unbiased estimate and certain bounds."""
+    gives the constraints: an estimate (an unbiased mean, moved into the bounds) and certain bounds."""
 
     estimate: float  # mean over draws of 1[accepted] * psi(root) at the draw's round (E = Z), within the bounds
     lower: float  # the probability of the distinct accepted samples found
