@@ -463,44 +463,59 @@ REGEX_ERRORS = ["a(?#note)b", "(a)\\1", "\\bab", "a**", "a{3,2}", "a(?i)b", "(ab
                 "(" * 5000 + "a" + ")" * 5000]
 
 
+def module_accepts(tmp_path: Path, chars: list[str], cases: list[list], texts: list[str]) -> list:
+    """For each case, the constructor arguments (endsWith, contains, regex) of the exported module's
+    Constraint over `chars` (lengths 1 to 6): whether it accepts each text, or its error message."""
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 2)),
+                                  Encoding("f32", True)) + "export { Constraint };\n")
+    script = ("import(process.argv[1]).then((m) => {"
+              " const [vocab, cases, texts] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              " const out = cases.map(([ends, contains, regex]) => { try {"
+              " const c = new m.Constraint(vocab, 0, ends, contains, regex, 1, 6);"
+              " return texts.map((t) => { let s = 0; for (const ch of t) { s = s < 0 ? s : c.trans[s * vocab.length"
+              " + vocab.indexOf(ch)]; } return s >= 0 && c.accepting(s); }); } catch (e) { return e.message; } });"
+              " process.stdout.write(JSON.stringify(out)); })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], input=json.dumps([chars, cases, texts]),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def chargen_accepts(constraints, vocab: Vocab, texts: list[str]) -> list[bool]:
+    """Whether chargen's automaton for `constraints` (lengths 1 to 6) accepts each text."""
+    from chargen.sampling.constraints import Automaton
+
+    automaton = Automaton(constraints, vocab, limit=6)
+    accepted = []
+    for t in texts:
+        s = automaton.start_state
+        for ch in t:
+            s = s if s < 0 else int(automaton.trans[s, vocab.index[ch]])
+        accepted.append(bool(s >= 0 and automaton.accepting[s]))
+    return accepted
+
+
 @needs_node
 def test_module_regex_accepts_what_chargen_accepts(tmp_path):
     """The module's regex automaton against chargen's (interegular's), string by string: every string
     up to 4 characters over an alphabet that meets each pattern's corner cases."""
     from itertools import product as strings
 
-    from chargen.sampling.constraints import Automaton, Constraints
+    from chargen.sampling.constraints import Constraints
 
     chars = ["\n", " ", "-", ".", "$", "1", "A", "B", "a", "b", "c", "d", "]", "é"]
     vocab = Vocab(chars)
-    module = tmp_path / "m.mjs"
-    module.write_text(module_text(read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 2)),
-                                  Encoding("f32", True)) + "export { Constraint };\n")
     texts = ["".join(t) for k in range(5) for t in strings([c for c in chars if c != "\n"], repeat=k)]
-    script = ("import(process.argv[1]).then((m) => {"
-              " const [vocab, patterns, texts] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
-              " const out = patterns.map((p) => { try { const c = new m.Constraint(vocab, 0, null, [], p, 1, 6);"
-              " return texts.map((t) => { let s = 0; for (const ch of t) { s = s < 0 ? s : c.trans[s * vocab.length"
-              " + vocab.indexOf(ch)]; } return s >= 0 && c.accepting(s); }); } catch (e) { return e.message; } });"
-              " process.stdout.write(JSON.stringify(out)); })")
-    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], input=json.dumps([chars, REGEXES + REGEX_ERRORS, texts]),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    got = module_accepts(tmp_path, chars, [[None, [], p] for p in REGEXES + REGEX_ERRORS], texts)
     for pattern, js in zip(REGEXES, got):
-        automaton = Automaton(Constraints(regex=pattern), vocab, limit=6)
-        expected = []
-        for t in texts:
-            s = automaton.start_state
-            for ch in t:
-                s = s if s < 0 else int(automaton.trans[s, vocab.index[ch]])
-            expected.append(bool(s >= 0 and automaton.accepting[s]))
+        expected = chargen_accepts(Constraints(regex=pattern), vocab, texts)
         assert isinstance(js, list), (pattern, js)
         assert sum(expected) > 0
         assert js == expected, (pattern, [t for t, a, b in zip(texts, js, expected) if a != b][:10])
     for pattern, js in zip(REGEX_ERRORS, got[len(REGEXES):]):
         with pytest.raises(chargen.ChargenError):  # chargen refuses each too
-            Automaton(Constraints(regex=pattern), vocab, limit=6)
+            chargen_accepts(Constraints(regex=pattern), vocab, texts[:1])
         assert isinstance(js, str) and "`regex`" in js, (pattern, js)
 
 
@@ -510,32 +525,15 @@ def test_module_texts_to_contain_or_end_with_accept_what_chargen_accepts(tmp_pat
     product: every string up to 6 characters over three letters, for overlapping texts."""
     from itertools import product as strings
 
-    from chargen.sampling.constraints import Automaton, Constraints
+    from chargen.sampling.constraints import Constraints
 
     chars = ["\n", "a", "b", "c"]
     vocab = Vocab(chars)
     cases = [(None, ["aba"]), ("ab", []), ("abab", []), (None, ["aab", "bb"]), ("bba", ["ab"]), ("aa", ["c"])]
-    module = tmp_path / "m.mjs"
-    module.write_text(module_text(read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 2)),
-                                  Encoding("f32", True)) + "export { Constraint };\n")
     texts = ["".join(t) for k in range(7) for t in strings("abc", repeat=k)]
-    script = ("import(process.argv[1]).then((m) => {"
-              " const [vocab, cases, texts] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
-              " const out = cases.map(([ends, contains]) => { const c = new m.Constraint(vocab, 0, ends, contains, null, 1, 6);"
-              " return texts.map((t) => { let s = 0; for (const ch of t) { s = s < 0 ? s : c.trans[s * vocab.length"
-              " + vocab.indexOf(ch)]; } return s >= 0 && c.accepting(s); }); });"
-              " process.stdout.write(JSON.stringify(out)); })")
-    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], input=json.dumps([chars, cases, texts]),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for (ends, contains), js in zip(cases, json.loads(proc.stdout)):
-        automaton = Automaton(Constraints(ends_with=ends, contains=tuple(contains)), vocab, limit=6)
-        expected = []
-        for t in texts:
-            s = automaton.start_state
-            for ch in t:
-                s = s if s < 0 else int(automaton.trans[s, vocab.index[ch]])
-            expected.append(bool(s >= 0 and automaton.accepting[s]))
+    got = module_accepts(tmp_path, chars, [[ends, contains, None] for ends, contains in cases], texts)
+    for (ends, contains), js in zip(cases, got):
+        expected = chargen_accepts(Constraints(ends_with=ends, contains=tuple(contains)), vocab, texts)
         assert 0 < sum(expected) < len(texts) and js == expected, (ends, contains)
 
 
