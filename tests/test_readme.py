@@ -1,8 +1,9 @@
 """The README's console examples are real output: each `$ chargen sample ...` or `... | chargen
 score ...` on a bundled model (seeded, or exact search), run by bash with the installed command,
 prints what the README shows, where `...` within a line stands for any text and a line of `...`
-for any further lines. (Training examples, a server's curl and models or files of your own are
-left out: they depend on time, a running server or your files.)"""
+for any further lines; so do the Python session and the `curl` requests to a `chargen serve`.
+(Training examples and models or files of your own are left out: they depend on time or on your
+files.)"""
 
 from __future__ import annotations
 
