@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, S
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import SampleConfig, declared
-from .errors import ConfigError, UsageError, VocabularyError
+from .config import SampleConfig, check_type, declared
+from .errors import UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
@@ -38,10 +38,10 @@ _TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d
 
 def _prompts(prompt: Any) -> list[str]:
     """`prompt` as a list: one text, or any iterable of texts (one drawing each)."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else None
-    if prompts is None or not all(isinstance(p, str) for p in prompts):
-        raise ConfigError(f"`prompt` must be a text or a list of texts (got {prompt!r:.60})")
-    return prompts
+    if isinstance(prompt, Iterable) and not isinstance(prompt, str):
+        prompt = list(prompt)
+    check_type("prompt", prompt, "str | list[str]")
+    return [prompt] if isinstance(prompt, str) else prompt
 
 
 class Model:

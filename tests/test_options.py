@@ -97,8 +97,9 @@ def test_an_error_names_the_field_and_each_front_end_spells_it():
     assert spelling("start_from") == "--from" and spelling("lines") == "--lines"
     with pytest.raises(chargen.ConfigError, match="unknown sample config key"):
         chargen.load().sample(3, temprature=1.0)  # a typo is an error, not a silent default
-    for prompt in (5, ["Ma", 5], None):  # not a text, nor texts: an error, not a TypeError or no samples
-        with pytest.raises(chargen.ConfigError, match="prompt must be a text or a list of texts"):
+    for prompt, message in ((5, "prompt must be text or a list of text"), (["Ma", 5], "prompt must be a list of text"),
+                            (None, "prompt must be text or a list of text")):  # an error, not a TypeError or no samples
+        with pytest.raises(chargen.ConfigError, match=re.escape(message)):
             chargen.load().sample(3, prompt=prompt)
 
 

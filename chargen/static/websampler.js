@@ -779,16 +779,11 @@ function checkOptions(opts) {
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
   }
-  if (typeof o.prompt !== "string" && !(Array.isArray(o.prompt) && o.prompt.every((t) => typeof t === "string"))) {
-    throw new ChargenError(`\`prompt\` must be a text or a list of texts (got ${o.prompt})`);
-  }
-  if (o.exclude !== null && !(Array.isArray(o.exclude) && o.exclude.every((t) => typeof t === "string"))) {
-    throw new ChargenError("`exclude` must be a list of texts");
-  }
+  const texts = (a) => Array.isArray(a) && a.every((t) => typeof t === "string");
+  if (typeof o.prompt !== "string" && !texts(o.prompt)) throw new ChargenError(`\`prompt\` must be a text or a list of texts (got ${o.prompt})`);
+  if (o.exclude !== null && !texts(o.exclude)) throw new ChargenError("`exclude` must be a list of texts");
   if (typeof o.contains === "string") o.contains = [o.contains];  // one text, as the Python API takes it
-  if (!Array.isArray(o.contains) || o.contains.some((t) => typeof t !== "string")) {
-    throw new ChargenError("`contains` must be a text or a list of texts");
-  }
+  if (!texts(o.contains)) throw new ChargenError("`contains` must be a text or a list of texts");
   o.contains = o.contains.filter((t) => t.length > 0);
   if (o.endsWith !== null && typeof o.endsWith !== "string") throw new ChargenError("`endsWith` must be a text");
   if (o.regex !== null && typeof o.regex !== "string") throw new ChargenError("`regex` must be a text");
