@@ -103,6 +103,12 @@ def test_split_starts_validation_at_a_line():
     assert 0.08 < len(val) / len(text) < 0.12
 
 
+def test_a_short_list_holds_out_whole_lines():
+    # Ten percent of a few names falls inside the last one: that line is held out whole.
+    for text, last in [("Ada\nBo\nCyrielle\n", "Cyrielle\n"), ("Ada\nBo\n", "Bo\n"), ("Ada\nBo\nCyrielle", "Cyrielle")]:
+        assert split_train_val(text, 0.1) == (text[: -len(last)], last)
+
+
 def test_too_short_for_one_window():
     with pytest.raises(CorpusError, match="too short"):
         check_trainable(10, seq_len=32, batch_size=4, source="x.txt")
@@ -117,6 +123,10 @@ def test_line_orientation():
              "It was the age of foolishness.\n\n") * 50
     assert not line_stats(prose).line_oriented()
     assert not line_stats("one long line without any newline " * 100).line_oriented()
+    # A few short lines are a list too (too short to train on as running text), one line is not.
+    assert line_stats("Ada\nBo\nCyrielle\n").line_oriented()
+    assert not line_stats("Ada\n").line_oriented()
+    assert not line_stats("Ada\nBo\n\nCyrielle\n").line_oriented()
 
 
 @given(n=st.integers(2, 2000), batch=st.integers(1, 9), seq=st.integers(1, 40), chunk=st.integers(1, 50),

@@ -165,6 +165,18 @@ def test_adapting_beats_training_from_scratch_on_a_tiny_list(trained_names, tmp_
     assert best["tuned"] < best["scratch"] - 0.3, best
 
 
+def test_a_list_of_five_names_adapts_a_model(trained_names, tmp_path):
+    """Too short for one window of running text, a few names are a list: they adapt the model, one
+    of them held out whole for validation."""
+    few = tmp_path / "few.txt"
+    few.write_text("Mirabel\nOrsolya\nTeodric\nVanessa\nIlario\n", encoding="utf-8")
+    out = chargen.train([str(few)], out=tmp_path / "few", start_from=str(trained_names), **{**FAST, "max_steps": 10})
+    ckpt = read_checkpoint(out, prefer=LAST)
+    assert ckpt.line_oriented and ckpt.info["from"]["path"]
+    assert ckpt.info["train_chars"] + ckpt.info["val_chars"] == 39 and ckpt.info["val_chars"] in (7, 8)
+    assert len(chargen.load(out).sample(n=5, seed=1)) == 5
+
+
 def test_a_fine_tuned_run_resumes_exactly(trained_names, tmp_path, names_file):
     whole = chargen.train([str(names_file)], out=tmp_path / "whole", start_from=str(trained_names), **FAST)
     part = chargen.train([str(names_file)], out=tmp_path / "part", start_from=str(trained_names),

@@ -59,16 +59,16 @@ def _reference_line_oriented(text):
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    if len(lines) < 20:
+    if len(lines) < 2:
         return False
     lengths = np.array([len(x) for x in lines])
     if (lengths > 0).mean() < 0.95:
         return False
     lengths = lengths[lengths > 0]
-    return bool(np.median(lengths) <= 32 and np.percentile(lengths, 95) <= 64)
+    return bool(np.median(lengths) <= 32 and np.percentile(lengths, 95, method="lower") <= 64)
 
 
-@given(lengths=st.lists(st.integers(0, 90), min_size=0, max_size=80), trailing=st.booleans())
+@given(lengths=st.lists(st.integers(0, 200), min_size=0, max_size=80), trailing=st.booleans())
 @settings(max_examples=300, deadline=None)
 def test_line_statistics_match_the_rule(lengths, trailing):
     text = "\n".join("x" * n for n in lengths) + ("\n" if trailing else "")

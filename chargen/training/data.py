@@ -90,8 +90,11 @@ def split_point(n: int, val_fraction: float, find_newline: Callable[[int, int], 
 
 
 def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
-    """The text, and its last `val_fraction` for validation (starting at a line where one is near)."""
+    """A list's text, and its last `val_fraction` for validation (starting at a line where one is
+    near; a short list's cut inside its last line holds that line out whole)."""
     cut = split_point(len(text), val_fraction, lambda lo, hi: text.find("\n", lo, hi))
+    if text[cut - 1] != "\n" and text.rfind("\n", 0, cut) > 0:
+        cut = text.rfind("\n", 0, cut) + 1
     return text[:cut], text[cut:]
 
 

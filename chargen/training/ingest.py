@@ -208,20 +208,25 @@ class LineStats:
     def _order_stat(self, k: int) -> int:
         return int(np.searchsorted(np.cumsum(self.hist), k, side="right"))
 
-    def _percentile(self, q: float) -> float:
-        """np.percentile(lengths, q) (linear interpolation) from the histogram."""
-        pos = q / 100 * (self.nonempty - 1)
-        lo, frac = int(pos), pos - int(pos)
-        a = self._order_stat(lo)
-        return a + frac * (self._order_stat(lo + 1) - a) if frac else float(a)
+    def _median(self) -> float:
+        """np.median(lengths) from the histogram (exact: a capped length is above 32 either way)."""
+        a, b = self._order_stat((self.nonempty - 1) // 2), self._order_stat(self.nonempty // 2)
+        return (a + b) / 2
+
+    def _percentile_lower(self, q: float) -> int:
+        """np.percentile(lengths, q, method="lower"): exact from the histogram up to LONG_LINE
+        (an interpolated percentile would need the lengths the last bucket caps)."""
+        return self._order_stat(int(q / 100 * (self.nonempty - 1)))
 
     def line_oriented(self) -> bool:
         """A corpus of short, non-empty lines (names, band names, titles), not prose or code:
-        at least 20 lines, 95% of them non-empty (prose and code have blank lines between
-        paragraphs and blocks), median length <= 32 and 95th percentile <= 64."""
-        if self.count < 20 or self.nonempty / self.count < 0.95:
+        at least two lines, 95% of them non-empty (prose and code have blank lines between
+        paragraphs and blocks), median length <= 32 and 95th percentile (the lower rank) <= 64. (A few short
+        lines are too short to train on as running text anyway: one window needs --seq-len + 1
+        characters; as a list they adapt a trained model.)"""
+        if self.count < 2 or self.nonempty / self.count < 0.95:
             return False
-        return self._percentile(50) <= 32 and self._percentile(95) <= 64
+        return self._median() <= 32 and self._percentile_lower(95) <= 64
 
     def to_dict(self) -> dict:
         return {"lines": self.count, "nonempty": self.nonempty, "hist": self.hist.tolist()}  # the cache's key: "lines"
