@@ -161,7 +161,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             transient=False,
             redirect_stdout=False,  # stdout is for generated text only; see docs in STYLE.md
             redirect_stderr=False,
-            disable=quiet,
+            disable=quiet or not self.con.is_terminal,  # in a log, the evaluation lines are the progress
         )
         self.task = None
 

@@ -55,17 +55,20 @@ STABLE_UNTIL: dict[str, float] = {"wsd": 1.0 - DECAY_TAIL}
 T = TypeVar("T")
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(sec|s|min|m|hr|h|d)?\s*", re.IGNORECASE)
 _UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """'90s', '5m', '2h', '1.5h', '300' (seconds) -> seconds."""
-    m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"`time` must be a positive duration such as 90s, 5m or 2h (got {text!r})")
-    unit = m.group(2).lower() if m.group(2) else None
-    return float(m.group(1)) * _UNIT[unit]
+    """'90s', '5m', '2h', '1.5h', '300' (seconds), '1h30m' and format_duration's '1h05m00s' -> seconds."""
+    parts, at = [], 0
+    while at < len(text) and (m := _DURATION_PART.match(text, at)):  # one number and unit at a time: no backtracking
+        parts.append((float(m.group(1)), m.group(2).lower() if m.group(2) else None))
+        at = m.end()
+    seconds = sum(n * _UNIT[unit] for n, unit in parts)
+    if at < len(text) or not parts or seconds <= 0 or (len(parts) > 1 and None in [u for _, u in parts]):
+        raise UsageError(f"`time` must be a positive duration such as 90s, 5m, 2h or 1h30m (got {text!r})")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -365,7 +368,7 @@ class TrainConfig(_Config):
                               rule="must be 0 (off) or more")
     max_steps: Optional[int] = option(None, "Stop after this many steps.", **POSITIVE)
     epochs: Optional[float] = option(None, "Stop after this many passes over the text.", **POSITIVE)
-    time: Optional[float] = option(None, "Stop after this wall-clock time: 90s, 5m, 2h.",  # seconds
+    time: Optional[float] = option(None, "Stop after this wall-clock time: 90s, 5m, 2h, 1h30m.",  # seconds
                                    default_help=f"{format_duration(DEFAULT_TIME)} if no other stop is given", cli=False,
                                    **POSITIVE)  # the command line takes a duration (--time 5m): cli.py declares it
     eval_every: int = option(200, "Evaluate and save every N steps.", **POSITIVE)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chargen.config import ModelConfig, SampleConfig, TrainConfig, parse_duration
+from chargen.config import ModelConfig, SampleConfig, TrainConfig, format_duration, parse_duration
 from chargen.cli import spelling
 from chargen.errors import ConfigError, UsageError
 
@@ -59,12 +59,14 @@ def test_unknown_keys_are_errors():
         ModelConfig.from_dict({"vocab_size": 3, "hiden": 3})
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("2h", 7200), ("1.5h", 5400), ("300", 300)])
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("2h", 7200), ("1.5h", 5400), ("300", 300),
+                                           ("1h30m", 5400), ("1h05m00s", 3900), ("2m 30s", 150), ("5min", 300), ("1 sec", 1)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds  # what a summary prints can be given back
 
 
-@pytest.mark.parametrize("text", ["", "soon", "-5m", "0s", "5 parsecs", "m5"])
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "0s", "5 parsecs", "m5", "1h30", "5m-1s", "0m0s", "1" * 40 + "x"])
 def test_bad_durations(text):
     with pytest.raises(UsageError, match="^time must be a positive duration"):
         parse_duration(text)
