@@ -221,9 +221,9 @@ class LineStats:
     def line_oriented(self) -> bool:
         """A corpus of short, non-empty lines (names, band names, titles), not prose or code:
         at least two lines, 95% of them non-empty (prose and code have blank lines between
-        paragraphs and blocks), median length <= 32 and 95th percentile (the lower rank) <= 64. (A few short
-        lines are too short to train on as running text anyway: one window needs --seq-len + 1
-        characters; as a list they adapt a trained model.)"""
+        paragraphs and blocks), median length <= 32 and 95th percentile (the lower rank) <= 64.
+        (A few short lines are too short to train on as running text anyway: one window needs
+        --seq-len + 1 characters; as a list they adapt a trained model.)"""
         if self.count < 2 or self.nonempty / self.count < 0.95:
             return False
         return self._median() <= 32 and self._percentile_lower(95) <= 64
