@@ -210,8 +210,8 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         self.progress.update(self.task, completed=min(1000, int(r.progress * 1000)), status=status)
 
     def on_eval(self, r) -> None:  # a chargen.training.callbacks.EvalReport
-        if self.quiet:
-            return
+        if self.quiet or not (r.improved or r.written or r.sample):
+            return  # a short list evaluated every step shows its better ones, and one every 25 steps
         mark = " *" if r.improved else ""
         self.progress.console.print(
             f"step {r.step:>7,}  train {f'{r.train_loss:.4f}' if math.isfinite(r.train_loss) else '-':>6}  "

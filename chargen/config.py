@@ -371,7 +371,8 @@ class TrainConfig(_Config):
     time: Optional[float] = option(None, "Stop after this wall-clock time: 90s, 5m, 2h, 1h30m.",  # seconds
                                    default_help=f"{format_duration(DEFAULT_TIME)} if no other stop is given", cli=False,
                                    **POSITIVE)  # the command line takes a duration (--time 5m): cli.py declares it
-    eval_every: int = option(200, "Evaluate and save every N steps.", **POSITIVE)
+    eval_every: int = option(200, "Evaluate every N steps (saving best.safetensors when better, last.safetensors "
+                                        "at most every 25 steps).", **POSITIVE)
     patience: Optional[int] = option(None, "Stop early after this many evaluations without a better val loss (0: "
                                            "never); with wsd, start the decay instead (in the decay, go on to its end).",
                                      default_help=f"{DEFAULT_PATIENCE} unless --max-steps or --epochs is given",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from chargen.cli import spelling
 from chargen.checkpoint import BEST, LAST, read_checkpoint
 from chargen.errors import UsageError
 from chargen.training import finetune
+from chargen.training.data import lines_per_batch
 from chargen.training.finetune import NEW_CHAR_MASS, calibrated_bias, grow_weights, stand_in
+from chargen.training.sizing import finetune_defaults
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import log_softmax, prime
 from chargen.tokenizer import Vocab
@@ -175,6 +178,22 @@ def test_a_list_of_five_names_adapts_a_model(trained_names, tmp_path):
     assert ckpt.line_oriented and ckpt.info["from"]["path"]
     assert ckpt.info["train_chars"] + ckpt.info["val_chars"] == 39 and ckpt.info["val_chars"] in (7, 8)
     assert len(chargen.load(out).sample(n=5, seed=1)) == 5
+
+
+def test_a_short_list_is_evaluated_every_epoch_with_the_same_patience_in_steps():
+    """Ten names are one step an epoch: evaluated every step (they are best after about ten
+    epochs, overfit after twenty); a long list or running text every 25 steps; the patience is
+    the same 200 steps."""
+    def cadence(n_chars, n_lines, **given):
+        train = finetune_defaults(n_chars, n_lines, given).train
+        return train.get("eval_every"), train["patience"]
+
+    assert cadence(70, 10) == (1, 200)
+    per_step = lines_per_batch(1000, 9.0, 32, 64)
+    assert per_step == 224 and cadence(9000, 1000) == (math.ceil(1000 / per_step), 40)
+    assert cadence(450_000, 50_000) == cadence(300_000, None) == (25, 8)
+    assert cadence(70, 10, eval_every=10) == (None, 20)  # a given interval is kept, the patience follows it
+    assert cadence(9000, 1000, batch_size=8) == (18, 12)  # 56 lines a step: 18 steps an epoch
 
 
 def test_a_fine_tuned_run_resumes_exactly(trained_names, tmp_path, names_file):

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from chargen.config import ModelConfig, TrainConfig
 from chargen.training.device import cpu_has_bf16_matmul
 from chargen.training.data import read_corpus
 from chargen.errors import CorpusError, TrainingError, UsageError, WriteError
-from chargen.training.loop import TrainCallbacks, learning_rate, train
+from chargen.training.loop import WRITE_EVERY_STEPS, TrainCallbacks, learning_rate, train
 
 from .conftest import make_names
 
@@ -224,18 +225,51 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
         train(corpus, config, SMALL, out_dir=tmp_path / "run3", precision="fp32")
 
 
+def test_a_run_evaluated_every_step_writes_its_state_every_few_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    """Evaluating every step (a short list adapting does) writes best.safetensors at every better
+    evaluation but last.safetensors and the metrics only past each multiple of WRITE_EVERY_STEPS
+    and at the end; a run that dies in between resumes from the last write exactly."""
+    import os
+
+    corpus = _corpus(tmp_path, make_names(300))
+    every = WRITE_EVERY_STEPS
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=2 * every + 10, eval_every=1, warmup=5, lr=5e-3)
+    real_replace, writes = os.replace, []
+    monkeypatch.setattr("chargen.files.os.replace",
+                        lambda src, dst: (writes.append(Path(dst).name), real_replace(src, dst))[1])
+    train(corpus, config, SMALL, out_dir=tmp_path / "once", precision="fp32")
+    assert writes.count(LAST) == 4  # at the start, past 25 and 50 steps, at the end (60)
+    assert writes.count(BEST) >= 5  # every better evaluation
+
+    class Crash(TrainCallbacks):
+        def on_eval(self, report):
+            if report.step == every + 12:
+                raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "twice", precision="fp32", callbacks=Crash())
+    assert read_checkpoint(tmp_path / "twice", prefer=LAST).info["step"] == every
+    train(corpus, config, None, out_dir=tmp_path / "twice", precision="fp32", resume=tmp_path / "twice")
+    a, b = (read_checkpoint(tmp_path / run, prefer=LAST) for run in ("once", "twice"))
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "twice" / METRICS).read_text().splitlines()]
+    assert steps == list(range(1, 2 * every + 11))  # each evaluation once: the lost ones again, none twice
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import os
 
     corpus = _corpus(tmp_path, make_names(200))
-    config = TrainConfig(batch_size=8, seq_len=16, max_steps=40, eval_every=10, warmup=1)
+    every = WRITE_EVERY_STEPS  # last.safetensors is written at evaluations this far apart at least
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=3 * every, eval_every=every, warmup=1)
     real_replace = os.replace
     calls = {"n": 0}
 
     def replace(src, dst):
         if str(dst).endswith(LAST):
             calls["n"] += 1
-            if calls["n"] >= 3:  # the 1st save is at step 0, the 2nd at step 10
+            if calls["n"] >= 3:  # the 1st save is at step 0, the 2nd at the first evaluation
                 raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
@@ -243,7 +277,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     with pytest.raises(WriteError, match="No space left on device.*intact"):
         train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
     last = read_checkpoint(tmp_path / "run", prefer=LAST, with_resume=True)
-    assert last.resume["step"] == 10  # the first save, whole
+    assert last.resume["step"] == every  # the save before, whole
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 

@@ -77,6 +77,7 @@ class EvalReport:
     elapsed: float
     best_val_loss: float
     improved: bool
+    written: bool = True  # last.safetensors and the metrics were written at it (chargen.training.loop.WRITE_EVERY_STEPS)
     sample: Optional[str] = None  # a short preview sample, when one was drawn
 
     METRICS = ("step", "epoch", "chars_seen", "train_loss", "val_loss", "val_bpc", "lr", "chars_per_sec", "elapsed")

@@ -598,6 +598,15 @@ def _labelled_split(text: str, labels: LineLabels, config) -> tuple[str, str, Li
     return train, val, labels.take(of_line[: complete + (not train.endswith("\n"))]), of_line[complete:], pairs
 
 
+def lines_per_batch(n_lines: int, mean_chars: float, batch_size: int, seq_len: int) -> int:
+    """Line mode's lines a step: batch_size x k, k the lines that fill seq_len characters on
+    average (`mean_chars` a line, its newline included), so that a step sees about batch_size x
+    seq_len characters as with streams; fewer for a short list (k is at most a quarter of its
+    batches), and every line of a list shorter than one batch."""
+    k = max(1, min(round(seq_len / mean_chars), n_lines // (4 * batch_size)))
+    return min(batch_size * k, n_lines)
+
+
 def _line_batches(text: str, vocab: Vocab, config, source: str, rank: int, world: int,
                   notice: Callable[[str], None], labels: Optional[np.ndarray] = None) -> LineBatches:
     """Line mode's batches: batch_size x k lines, k the lines that fill seq_len characters on
@@ -605,8 +614,8 @@ def _line_batches(text: str, vocab: Vocab, config, source: str, rank: int, world
     batches are the same whatever the number of processes), fewer for a short list."""
     lines = [ids[:-1] for ids in line_ids(vocab, text)]  # without their newlines
     mean = sum(len(ids) + 1 for ids in lines) / max(1, len(lines))
-    per_batch = config.batch_size * max(1, min(round(config.seq_len / mean), len(lines) // (4 * config.batch_size)))
-    if per_batch > len(lines):
+    per_batch = lines_per_batch(len(lines), mean, config.batch_size, config.seq_len)
+    if per_batch < config.batch_size:  # every line, and still not one batch
         per_batch = len(lines) // world * world
         if per_batch == 0:
             raise CorpusError(f"{source} is too short to give each of {world} processes one line")

@@ -57,6 +57,13 @@ MAX_ROLLBACKS = 3
 # Progress is reported (one device sync) after this many seconds or steps, whichever comes first.
 REPORT_SECONDS = 0.25
 REPORT_STEPS = 50
+# last.safetensors (the run's whole state, the optimizer's included: 7 MB for the base model) and
+# the metrics files are written at the first evaluation past each multiple of this many steps
+# (every evaluation at the default --eval-every), at a stall and at the end. A short list adapting
+# is evaluated every step, and writing them at each made its run five times longer; best.safetensors
+# is still written at every better evaluation. A run killed in between resumes from the previous
+# write, exactly, and evaluates again what came after it.
+WRITE_EVERY_STEPS = 25
 
 
 @dataclass
@@ -222,6 +229,8 @@ class Trainer:
         self.guard: Optional[DivergenceGuard] = None
         self.best_step, self.evals_since_best = _best_so_far(self.metrics, self.run.step)
         self.steps_since_eval = 0
+        # At the last write of last.safetensors and the metrics: the step, and the evaluations recorded.
+        self.written_step, self.written_evals = self.run.step, len(self.metrics)
         self.last_report = 0.0
         # The run's clock: started by start(); what came before (a resumed run, the size probe) counts.
         self.t0 = time.perf_counter()
@@ -446,27 +455,34 @@ class Trainer:
             self.best_step, self.evals_since_best = run.step, 0
         else:
             self.evals_since_best += 1
+        write = run.step // WRITE_EVERY_STEPS > self.written_step // WRITE_EVERY_STEPS  # a multiple of it passed
         if spent is not None and self.budget.patience and self.evals_since_best >= self.budget.patience:
             self.after_stall(spent)  # before last.safetensors is written: a resumed run goes on as this one
+            write = write or self.evals_since_best == self.budget.patience  # where the stall was met
         report = EvalReport(
             step=run.step, epoch=run.epoch, chars_seen=run.chars_seen, train_loss=round(train_loss, 5),
             val_loss=round(val_loss, 5), val_bpc=round(val_loss / LN2, 5), lr=self.optimizer.param_groups[0]["lr"],
             chars_per_sec=round(self.chars_per_sec(), 1), elapsed=round(elapsed, 2),
-            best_val_loss=run.best_val_loss, improved=improved)
+            best_val_loss=run.best_val_loss, improved=improved, written=write)
         self.metrics.append(report.metrics())
-        # The metrics first, then last.safetensors: a run killed in between resumes from the
-        # previous checkpoint and drops the newer record, so the history never has a gap.
-        self.run_dir.write_metrics(self.metrics, title=f"chargen: {self.run_info['corpus']}")
         if improved:
             self.save(BEST, with_resume=False, val_loss=val_loss, start=start)
-        self.save(LAST, with_resume=True, val_loss=val_loss, start=start)
+        if write:
+            self.write_state(val_loss, start)
         self.meter.new_window()
         self.steps_since_eval = 0
         if not self.main:
             return
-        if self.config.sample_every and len(self.metrics) % self.config.sample_every == 0:
+        if self.config.sample_every and run.step // self.config.eval_every % self.config.sample_every == 0:
             report = report.with_sample(self.preview(start))
         self.cb.on_eval(report)
+
+    def write_state(self, val_loss: float, start: Optional[list[np.ndarray]] = None) -> None:
+        """The metrics first, then last.safetensors: a run killed in between resumes from the
+        previous checkpoint and drops the newer records, so the history never has a gap."""
+        self.run_dir.write_metrics(self.metrics, title=f"chargen: {self.run_info['corpus']}")
+        self.save(LAST, with_resume=True, val_loss=val_loss, start=start)
+        self.written_step, self.written_evals = self.run.step, len(self.metrics)
 
     def after_stall(self, spent: float) -> None:
         """`patience` evaluations without a better validation loss, with `spent` of the budget spent. A run
@@ -554,11 +570,14 @@ class Trainer:
         self.batches.close()
         if flag:
             # Stopped by a signal: save where we are at once (no evaluation), so resuming is exact.
-            self.save(LAST, with_resume=True, val_loss=self.run.last_val_loss)
+            self.write_state(self.run.last_val_loss)
             if not (self.run_dir.path / BEST).exists():
                 self.save(BEST, with_resume=False, val_loss=self.run.last_val_loss)
-        elif self.steps_since_eval or not self.metrics:
-            self.evaluate()
+        else:
+            if self.steps_since_eval or not self.metrics:
+                self.evaluate()
+            if (self.written_step, self.written_evals) != (self.run.step, len(self.metrics)):
+                self.write_state(self.run.last_val_loss)
         run, elapsed = self.run, self.elapsed()
         stopped = self.why_stopped(flag)
         self.cb.on_end(EndReport(stopped=stopped,

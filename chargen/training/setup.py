@@ -139,7 +139,8 @@ def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_
                       callbacks):
     """The base model's shape, and training options suited to adapting it for those left unset."""
 
-    auto = finetune_defaults(corpus.n_chars, set(model_options) | set(loop_options))
+    lines = corpus.line_stats.count if corpus.line_stats.line_oriented() or corpus.labels is not None else None
+    auto = finetune_defaults(corpus.n_chars, lines, {**model_options, **loop_options})
     shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
     notice = _notice(callbacks, dist)
     if notice is not None:

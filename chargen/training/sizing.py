@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..config import SHAPE_KEYS, ModelConfig, format_duration
+from .data import lines_per_batch
 
 SMALL_CORPUS = 300_000  # characters: lists of names, titles (on a GPU: the window and learning rate)
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
@@ -182,15 +183,32 @@ def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap
     return why
 
 
-def finetune_defaults(n_chars: int, given: set[str]) -> AutoSizes:
-    """Training options for adapting a trained model to a corpus of `n_chars` characters (the
-    shape comes from the model), leaving out the options in `given`: a short warmup, frequent
-    evaluation and early stopping, since a small list is learnt (and then overfit) in seconds.
-    The rate, dropout and evaluation interval come from a sweep (benchmarks/finetune.py; the
-    numbers are in docs/benchmarks.md, "Adapting the bundled model to your own list"); weight
-    drop from adapting the labelled base to eight lists on two CPUs ("Weight drop when adapting")."""
-    train = {"batch_size": 32, "seq_len": 64, "lr": 6e-3, "warmup": 20, "eval_every": 25, "patience": 8}
+ADAPT_EVAL_EVERY = 25  # steps between evaluations when adapting, at most
+ADAPT_PATIENCE_STEPS = 200  # steps without a better validation loss before adapting stops (or decays)
+
+
+def finetune_defaults(n_chars: int, n_lines: Optional[int], given: dict[str, Any]) -> AutoSizes:
+    """Training options for adapting a trained model to a corpus of `n_chars` characters
+    (`n_lines` lines for a list trained line by line; None for running text; the shape comes from
+    the model), leaving out the options in `given`: a short warmup, frequent evaluation and early
+    stopping, since a small list is learnt (and then overfit) in seconds. The rate, dropout and
+    evaluation interval come from a sweep (benchmarks/finetune.py; the numbers are in
+    docs/benchmarks.md, "Adapting the bundled model to your own list"); weight drop from adapting
+    the labelled base to eight lists on two CPUs ("Weight drop when adapting"). A list shorter
+    than 25 steps an epoch is evaluated every epoch (a list of 10 names is best after about 10
+    epochs and overfit after 20: "Adapting a list of 5 to 100 names"), with the same patience in
+    steps."""
+    train = {"batch_size": 32, "seq_len": 64, "lr": 6e-3, "warmup": 20}
+    batch_size, seq_len = (given.get(k, train[k]) for k in ("batch_size", "seq_len"))
+    if n_lines:
+        chars_a_step = lines_per_batch(n_lines, n_chars / n_lines, batch_size, seq_len) * n_chars / n_lines
+    else:
+        chars_a_step = batch_size * seq_len
+    eval_every = given.get("eval_every", max(1, min(ADAPT_EVAL_EVERY, math.ceil(n_chars / chars_a_step))))
+    train.update(eval_every=eval_every, patience=math.ceil(ADAPT_PATIENCE_STEPS / eval_every),
+                 sample_every=math.ceil(ADAPT_EVAL_EVERY / eval_every))  # a sample every 25 steps or so
     model = {"dropout": 0.4, "weight_drop": 0.5}
+    often = "every epoch" if "eval_every" not in given and eval_every < ADAPT_EVAL_EVERY else "often"
     return AutoSizes(model={k: v for k, v in model.items() if k not in given},
                      train={k: v for k, v in train.items() if k not in given},
-                     why="adapting a trained model: evaluate often, stop when it stops improving")
+                     why=f"adapting a trained model: evaluate {often}, stop when it stops improving")

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Adapting the base model to a list of 5 to 100 names, as a user does it, scored on 500 others.
+
+    python benchmarks/finetune_lists.py      # once: builds bench-out/lists/ from Faker's data
+    python benchmarks/finetune_tiny.py [--sizes 5 10 20 50 100] [--sources it-places surnames first-names] \\
+        [--subsets 3] [--extra "--eval-every 25 --patience 8"] [--json bench-out/finetune_tiny.json]
+
+For each source list and subset k (a seeded shuffle of it): the first 500 lines are the test
+names, and the next N lines the user's list. `chargen train list.txt` runs with its defaults (no
+--val-file: the list holds out its own last line or lines, as a user's run does; --from base, as
+any list under 5,000 lines) plus --extra, for at most --time seconds; its best.safetensors is
+scored on the 500 test names (`chargen eval --lines --skip-unknown`). So is the start: the base
+model grown and calibrated for the list, under the label the list is closest to (`--max-steps 1
+--lr 1e-9`: one step that moves nothing). The table: per size, the mean gain of the adapted model
+over its start (nats per character on the test names), its standard error over the runs, the
+worst run's gain, and the steps at which the best checkpoints were taken.
+
+Lists this short hold out one to ten names for validation, so which checkpoint a run keeps is
+decided on a few names: what this measures is whether that choice helps on names it never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import chargen_cmd, host, print_table, run_measured, write_json
+
+SOURCES = ["it-places", "surnames", "first-names"]
+TEST_LINES = 500
+
+
+def test_loss(cg: list[str], checkpoint: Path, test: Path) -> float:
+    done, _, _ = run_measured([*cg, "eval", str(checkpoint), str(test), "--lines", "--json", "--skip-unknown"])
+    return json.loads(done.stdout)["loss"]
+
+
+def one_list(cg: list[str], d: Path, names: list[str], test: Path, time_s: float, extra: list[str]) -> dict:
+    (d / "list.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    common = [*cg, "train", str(d / "list.txt"), "-q", "--sample-every", "0", "--from", "base"]
+    run_measured([*common, "-o", str(d / "start"), "--max-steps", "1", "--lr", "1e-9"])
+    run_measured([*common, "-o", str(d / "run"), "--time", f"{time_s}s", *extra])
+    records = [json.loads(line) for line in (d / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    best = min(records, key=lambda r: r["val_loss"] if r["val_loss"] is not None else float("inf"))
+    start, adapted = test_loss(cg, d / "start" / "last.safetensors", test), test_loss(cg, d / "run", test)
+    return {"start": start, "adapted": adapted, "gain": start - adapted, "best_step": best["step"],
+            "steps": records[-1]["step"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lists", type=Path, default=Path("bench-out/lists"))
+    ap.add_argument("--sources", nargs="+", default=SOURCES)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[5, 10, 20, 50, 100])
+    ap.add_argument("--subsets", type=int, default=3, help="lists of each size per source (seeded shuffles)")
+    ap.add_argument("--time", type=float, default=60.0, help="seconds of training per run at most")
+    ap.add_argument("--extra", default="", help="more flags for every adapting run (e.g. an old setting)")
+    ap.add_argument("--json", type=Path, default=Path("bench-out/finetune_tiny.json"))
+    args = ap.parse_args()
+    cg, extra = chargen_cmd(), shlex.split(args.extra)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in args.sources:
+            path = args.lists / f"{source}.txt"
+            if not path.exists():
+                raise SystemExit(f"{path} is missing: run python benchmarks/finetune_lists.py first")
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for subset in range(args.subsets):
+                order = random.Random(subset).sample(lines, len(lines))
+                test = Path(tmp) / f"{source}-{subset}-test.txt"
+                test.write_text("\n".join(order[:TEST_LINES]) + "\n", encoding="utf-8")
+                for size in args.sizes:
+                    d = Path(tmp) / f"{source}-{subset}-{size}"
+                    d.mkdir()
+                    r = {"source": source, "subset": subset, "size": size,
+                         **one_list(cg, d, order[TEST_LINES:TEST_LINES + size], test, args.time, extra)}
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
+    rows = []
+    for size in args.sizes:
+        runs = [r for r in results if r["size"] == size]
+        gains = [r["gain"] for r in runs]
+        se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
+        rows.append([f"{size:,}", f"{statistics.fmean(r['start'] for r in runs):.3f}",
+                     f"{statistics.fmean(r['adapted'] for r in runs):.3f}", f"{statistics.fmean(gains):+.3f} ± {se:.3f}",
+                     f"{min(gains):+.3f}", " ".join(str(r["best_step"]) for r in runs)])
+    facts = host()
+    print_table(f"adapting the base to 5-100 names, scored on {TEST_LINES} others ({facts['cpu']}, {facts['cpus']} "
+                f"CPUs, commit {facts['commit']}{', ' + args.extra if args.extra else ''})",
+                ["names", "start loss", "adapted loss", "gain (mean ± s.e.)", "worst gain", "best steps"], rows)
+    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "results": results})
+
+
+if __name__ == "__main__":
+    main()
