@@ -103,6 +103,14 @@ def run_measured(cmd: list[str], env: dict | None = None, capture: bool = True):
     return done, wall, usage.ru_maxrss / 1024
 
 
+def read_list(lists: Path, source: str) -> list[str]:
+    """The lines of a list benchmarks/finetune_lists.py built (bench-out/lists/SOURCE.txt)."""
+    path = lists / f"{source}.txt"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run python benchmarks/finetune_lists.py first")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 def peak_rss_mb() -> float:
     import resource
 

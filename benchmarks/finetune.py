@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import chargen_cmd, host, print_table, run_measured, write_json
+from common import chargen_cmd, host, print_table, read_list, run_measured, write_json
 
 SOURCES = ["it-places", "surnames", "first-names", "cyrillic"]
 
@@ -106,10 +106,7 @@ def main() -> None:
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for source in args.sources:
-            path = args.lists / f"{source}.txt"
-            if not path.exists():
-                raise SystemExit(f"{path} is missing: run python benchmarks/finetune_lists.py first")
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_list(args.lists, source)
             for size in args.sizes:
                 if size > len(lines):
                     print(f"{source}: {len(lines)} lines, fewer than {size}; skipped", file=sys.stderr)

@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import chargen_cmd, host, print_table, run_measured, write_json
+from common import chargen_cmd, host, print_table, read_list, run_measured, write_json
 
 SOURCES = ["it-places", "surnames", "first-names"]
 TEST_LINES = 500
@@ -66,10 +66,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for source in args.sources:
-            path = args.lists / f"{source}.txt"
-            if not path.exists():
-                raise SystemExit(f"{path} is missing: run python benchmarks/finetune_lists.py first")
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_list(args.lists, source)
             for subset in range(args.subsets):
                 order = random.Random(subset).sample(lines, len(lines))
                 test = Path(tmp) / f"{source}-{subset}-test.txt"
