@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..config import SHAPE_KEYS, ModelConfig, format_duration
+from ..config import SHAPE_KEYS, ModelConfig, TrainConfig, declared, format_duration
 from .data import lines_per_batch
 
 SMALL_CORPUS = 300_000  # characters: lists of names, titles (on a GPU: the window and learning rate)
@@ -185,6 +185,8 @@ def _why(pick: dict[str, Any], params: int, seen: float, epochs_seen: float, cap
 
 ADAPT_EVAL_EVERY = 25  # steps between evaluations when adapting, at most
 ADAPT_PATIENCE_STEPS = 200  # steps without a better validation loss before adapting stops (or decays)
+ADAPT_MIN_VAL_LINES = 5  # a short list holds out this many lines to choose its checkpoint on, up to
+ADAPT_MAX_VAL_FRACTION = 0.3  # this share of it ("Adapting a list of 5 to 100 names")
 
 
 def finetune_defaults(n_chars: int, n_lines: Optional[int], given: dict[str, Any]) -> AutoSizes:
@@ -197,7 +199,8 @@ def finetune_defaults(n_chars: int, n_lines: Optional[int], given: dict[str, Any
     the labelled base to eight lists on two CPUs ("Weight drop when adapting"). A list shorter
     than 25 steps an epoch is evaluated every epoch (a list of 10 names is best after about 10
     epochs and overfit after 20: "Adapting a list of 5 to 100 names"), with the same patience in
-    steps."""
+    steps, and a list of under 50 lines holds out 5 of them (30% at most) where 10% would be one
+    or two, too few to choose a checkpoint on."""
     train = {"batch_size": 32, "seq_len": 64, "lr": 6e-3, "warmup": 20}
     batch_size, seq_len = (given.get(k, train[k]) for k in ("batch_size", "seq_len"))
     if n_lines:
@@ -207,6 +210,8 @@ def finetune_defaults(n_chars: int, n_lines: Optional[int], given: dict[str, Any
     eval_every = given.get("eval_every", max(1, min(ADAPT_EVAL_EVERY, math.ceil(n_chars / chars_a_step))))
     train.update(eval_every=eval_every, patience=math.ceil(ADAPT_PATIENCE_STEPS / eval_every),
                  sample_every=math.ceil(ADAPT_EVAL_EVERY / eval_every))  # a sample every 25 steps or so
+    if n_lines and ADAPT_MIN_VAL_LINES / n_lines > declared(TrainConfig)["val_fraction"].default:
+        train["val_fraction"] = round(min(ADAPT_MAX_VAL_FRACTION, ADAPT_MIN_VAL_LINES / n_lines), 3)
     model = {"dropout": 0.4, "weight_drop": 0.5}
     often = "every epoch" if "eval_every" not in given and eval_every < ADAPT_EVAL_EVERY else "often"
     return AutoSizes(model={k: v for k, v in model.items() if k not in given},
