@@ -93,8 +93,9 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     """A list's text, and its last `val_fraction` for validation (starting at a line where one is
     near; a short list's cut inside its last line holds that line out whole)."""
     cut = split_point(len(text), val_fraction, lambda lo, hi: text.find("\n", lo, hi))
-    if text[cut - 1] != "\n" and text.rfind("\n", 0, cut) > 0:
-        cut = text.rfind("\n", 0, cut) + 1
+    line_start = text.rfind("\n", 0, cut) + 1
+    if text[cut - 1] != "\n" and line_start > 1:
+        cut = line_start
     return text[:cut], text[cut:]
 
 
