@@ -459,6 +459,11 @@ class TrainData:
         return self.batch_size * self.seq_len
 
 
+def is_list(corpus: EncodedCorpus) -> bool:
+    """A corpus trained as a set of lines: short, non-empty lines (LineStats.line_oriented), or labelled."""
+    return corpus.line_stats.line_oriented() or corpus.labels is not None
+
+
 def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: Optional[str] = None,
                           rank: int = 0, world: int = 1,
                           notice: Callable[[str], None] = lambda message: None) -> TrainData:
@@ -468,7 +473,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     source = ", ".join(corpus.sources)
     vocab = corpus.vocab
     labels = corpus.labels
-    line_oriented = corpus.line_stats.line_oriented() or labels is not None
+    line_oriented = is_list(corpus)
     if labels is not None:
         _check_labelled(corpus, config, val_text is not None, source)
     elif line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:

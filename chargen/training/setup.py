@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
 from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
 from ..errors import CheckpointError, TrainingInterrupted, UsageError
-from .data import read_corpus
+from .data import is_list, read_corpus
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
@@ -139,8 +139,8 @@ def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_
                       callbacks):
     """The base model's shape, and training options suited to adapting it for those left unset."""
 
-    lines = corpus.line_stats.count if corpus.line_stats.line_oriented() or corpus.labels is not None else None
-    auto = finetune_defaults(corpus.n_chars, lines, {**model_options, **loop_options})
+    auto = finetune_defaults(corpus.n_chars, corpus.line_stats.count if is_list(corpus) else None,
+                             {**model_options, **loop_options})
     shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
     notice = _notice(callbacks, dist)
     if notice is not None:
