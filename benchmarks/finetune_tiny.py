@@ -7,8 +7,9 @@
 
 For each source list and subset k (a seeded shuffle of it): the first 500 lines are the test
 names, and the next N lines the user's list. `chargen train list.txt` runs with its defaults (no
---val-file: the list holds out its own last line or lines, as a user's run does; --from base, as
-any list under 5,000 lines) plus --extra, for at most --time seconds; its best.safetensors is
+--val-file: a list of one batch chooses its length by cross-validation, a longer one holds out its
+own lines, as a user's run does; --from base, as any list under 5,000 lines) plus --extra, for
+at most --time seconds; its best.safetensors is
 scored on the 500 test names (`chargen eval --lines --skip-unknown`). So is the start: the base
 model grown and calibrated for the list, under the label the list is closest to (`--max-steps 1
 --lr 1e-9`: one step that moves nothing). The table: per size, the mean gain of the adapted model
@@ -44,12 +45,13 @@ def one_list(cg: list[str], d: Path, names: list[str], test: Path, time_s: float
     (d / "list.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     common = [*cg, "train", str(d / "list.txt"), "-q", "--sample-every", "0", "--from", "base"]
     run_measured([*common, "-o", str(d / "start"), "--max-steps", "1", "--lr", "1e-9"])
-    run_measured([*common, "-o", str(d / "run"), "--time", f"{time_s}s", *extra])
+    _, seconds, _ = run_measured([*common, "-o", str(d / "run"), "--time", f"{time_s}s", *extra])
     records = [json.loads(line) for line in (d / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    best = min(records, key=lambda r: r["val_loss"] if r["val_loss"] is not None else float("inf"))
+    validated = [r for r in records if r["val_loss"] is not None]
+    best = min(validated, key=lambda r: r["val_loss"])["step"] if validated else records[-1]["step"]
     start, adapted = test_loss(cg, d / "start" / "last.safetensors", test), test_loss(cg, d / "run", test)
-    return {"start": start, "adapted": adapted, "gain": start - adapted, "best_step": best["step"],
-            "steps": records[-1]["step"]}
+    return {"start": start, "adapted": adapted, "gain": start - adapted, "best_step": best,
+            "steps": records[-1]["step"], "seconds": round(seconds, 2)}
 
 
 def main() -> None:

@@ -215,7 +215,7 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         mark = " *" if r.improved else ""
         self.progress.console.print(
             f"step {r.step:>7,}  train {f'{r.train_loss:.4f}' if math.isfinite(r.train_loss) else '-':>6}  "
-            f"val {r.val_loss:.4f} nats ({r.val_bpc:.3f} bpc){mark}",
+            + (f"val {r.val_loss:.4f} nats ({r.val_bpc:.3f} bpc){mark}" if math.isfinite(r.val_loss) else ""),
             highlight=False, markup=False,
         )
         if r.sample:
@@ -298,7 +298,9 @@ def train(
     except TrainingInterrupted as stop:
         if not quiet and hasattr(callbacks, "summary"):
             console().print(_summary_table(callbacks.summary))
-        if rank == 0:
+        if rank == 0 and stop.run_dir is None:
+            sys.stderr.write(f"Stopped by {stop.reason} before training began; nothing was written.\n")
+        elif rank == 0:
             sys.stderr.write(f"Stopped by {stop.reason}; saved {stop.run_dir / 'last.safetensors'}. Resume with:\n"
                              f"  chargen train --resume {stop.run_dir}\n")
         raise typer.Exit(stop.exit_code) from None
@@ -680,6 +682,11 @@ def info(
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
     t.add_row("val loss", loss(meta.get("val_loss")))
     t.add_row("best val loss", loss(meta.get("best_val_loss")))
+    folds = (meta.get("auto") or {}).get("cross_validation") if isinstance(meta.get("auto"), dict) else None
+    if isinstance(folds, dict):
+        t.add_row("cross-validated", f"{loss(folds.get('val_loss'))} held out after {folds.get('steps')} steps, "
+                                     f"{loss(folds.get('start_loss'))} before ({folds.get('folds')} folds, "
+                                     f"each line held out once)")
     lineage = meta.get("from")
     if isinstance(lineage, dict):
         t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]}), "

@@ -381,8 +381,9 @@ class TrainConfig(_Config):
                                rule="must be 0 (off) or more")
     eval_chars: int = option(200_000, "Cap on validation characters per evaluation, so evaluations stay cheap.",
                              **POSITIVE)
-    val_fraction: float = option(0.1, "Fraction of the text, from its end, held out for validation.",
-                                 check=lambda v: 0.0 < v < 1.0, rule="must be between 0 and 1")
+    val_fraction: float = option(0.1, "Fraction of the text, from its end, held out for validation (0: none, "
+                                      "so no early stopping: the last step is the model).",
+                                 check=lambda v: 0.0 <= v < 1.0, rule="must be at least 0 and below 1")
     labels: Optional[str] = option(None, "Label every line: 'file' (each file's name without its extension labels "
                                          "its lines) or 'tab' (LABEL<TAB>TEXT lines). A labelled list trains line "
                                          "by line; sample with --label.", check=lambda v: v in ("file", "tab"),

@@ -89,11 +89,13 @@ class WriteError(ChargenError):
 
 
 class TrainingInterrupted(ChargenError):
-    """Training was stopped by Ctrl-C, SIGTERM or a callback, after saving a resumable checkpoint."""
+    """Training was stopped by Ctrl-C, SIGTERM or a callback, after saving a resumable checkpoint
+    (run_dir None: before the run began, while its length was chosen; nothing written)."""
 
     def __init__(self, reason: str, run_dir) -> None:
         self.reason = reason
         self.run_dir = run_dir
         self.exit_code = {"SIGINT": 130, "SIGTERM": 143}.get(reason, 1)
         super().__init__(f"training was stopped by {reason}; saved {run_dir}/last.safetensors. "
-                         f"Resume with: chargen train --resume {run_dir}")
+                         f"Resume with: chargen train --resume {run_dir}" if run_dir is not None else
+                         f"training was stopped by {reason} before its first step; nothing was written")

@@ -82,8 +82,10 @@ def read_corpus(paths: list[str], stdin: Optional[BinaryIO] = None) -> Corpus:
 
 def split_point(n: int, val_fraction: float, find_newline: Callable[[int, int], int]) -> int:
     """Where validation starts in a text of n characters: the last `val_fraction` of it, moved
-    to the next line start when one is near. `find_newline(lo, hi)` is the index of the first
-    newline in [lo, hi), or -1."""
+    to the next line start when one is near (n for 0: nothing held out). `find_newline(lo, hi)` is
+    the index of the first newline in [lo, hi), or -1."""
+    if val_fraction == 0:
+        return n
     cut = n - max(1, int(n * val_fraction))
     at = find_newline(cut, min(n - 1, cut + SPLIT_SEARCH))
     return at + 1 if at >= 0 else cut
@@ -94,7 +96,7 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     near; a short list's cut inside its last line holds that line out whole)."""
     cut = split_point(len(text), val_fraction, lambda lo, hi: text.find("\n", lo, hi))
     line_start = text.rfind("\n", 0, cut) + 1
-    if text[cut - 1] != "\n" and line_start > 1:
+    if cut < len(text) and text[cut - 1] != "\n" and line_start > 1:
         cut = line_start
     return text[:cut], text[cut:]
 
@@ -520,7 +522,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
                                      labels.of_line if labels is not None else None)  # text: the training lines
     batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source) \
         if line_batches is None else config.batch_size
-    if len(val_ids) < 2:
+    if len(val_ids) < 2 and (val_text is not None or config.val_fraction > 0):
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
                           f"character(s); use a longer corpus, a larger `val_fraction` or `val_file`")
     if world > 1:

@@ -152,7 +152,7 @@ def train(
 def _best_so_far(metrics: list[dict[str, Any]], step: int) -> tuple[int, int]:
     """The step of the best validation loss in `metrics`, and the evaluations since it (a resumed
     run stops early exactly where the uninterrupted one would have)."""
-    losses = [m["val_loss"] for m in metrics]
+    losses = [math.nan if m.get("val_loss") is None else m["val_loss"] for m in metrics]  # null: not a number
     if not losses or not any(math.isfinite(v) for v in losses):
         return step, 0
     best = min(range(len(losses)), key=lambda i: (not math.isfinite(losses[i]), losses[i]))
@@ -200,7 +200,10 @@ class Trainer:
         self.line_batches = data.line_batches.for_epoch(self.run.epoch) if data.line_batches is not None else None
         self.batches = WindowLoader(data.streams, config.seq_len, device) if self.line_batches is None else \
             LineLoader(self.line_batches, device)
-        self.budget = Budget.of(config, data.n_windows, callbacks.on_notice)
+        # With nothing held out (val_fraction 0) there is no validation: no early stopping, and the
+        # model the run ends with is best.safetensors.
+        self.validates = data.val_chars > 0
+        self.budget = Budget.of(config, data.n_windows, callbacks.on_notice, self.validates)
 
         lines_blob = encode_lines(data.training_lines) if data.training_lines is not None else None
         self.lines_blob = lines_blob if lines_blob is not None and lines_blob.nbytes <= MAX_LINES_BYTES else None
@@ -297,7 +300,7 @@ class Trainer:
             # From the first moment, the run directory holds a resumable checkpoint: it is the
             # first file written into it, so a kill at any moment leaves nothing else without it.
             self.save(LAST, with_resume=True, val_loss=self.run.last_val_loss)
-            if self.lineage is not None:
+            if self.lineage is not None and self.validates:
                 # What the model it starts from scores on this run's held-out text: step 0 of the
                 # metrics and the loss curve, and the bar adapting has to clear (best.safetensors
                 # starts as the base model, grown).
@@ -415,7 +418,10 @@ class Trainer:
             val_loss=self.run.last_val_loss))
 
     def validation_loss(self, start: list[np.ndarray]) -> float:
-        """The line loss (lists) or stream loss (prose) of the held-out text; summed over ranks."""
+        """The line loss (lists) or stream loss (prose) of the held-out text, summed over ranks; NaN
+        with none."""
+        if not self.validates:
+            return math.nan
         if self.data.labels is not None:
             totals, counts = label_line_sums(self.scorer, self.data.val_lines, self.data.val_labels, start,
                                              self.data.vocab.index["\n"], len(self.data.labels.names))
@@ -447,7 +453,7 @@ class Trainer:
         start, val_loss = measured
         train_loss = self.meter.window_mean(self.dist)
         run.last_val_loss = val_loss
-        if math.isfinite(val_loss):
+        if math.isfinite(val_loss if self.validates else train_loss):
             self.guard.remember(run.step)
         improved = val_loss < run.best_val_loss
         if improved:
@@ -578,6 +584,8 @@ class Trainer:
                 self.evaluate()
             if (self.written_step, self.written_evals) != (self.run.step, len(self.metrics)):
                 self.write_state(self.run.last_val_loss)
+            if not self.validates:  # nothing to choose a step by: the model is where the run ended
+                self.save(BEST, with_resume=False, val_loss=math.nan)
         run, elapsed = self.run, self.elapsed()
         stopped = self.why_stopped(flag)
         self.cb.on_end(EndReport(stopped=stopped,
@@ -703,11 +711,13 @@ class Budget:
     patience: Optional[int] = None
 
     @classmethod
-    def of(cls, config: TrainConfig, n_windows: int, notice) -> "Budget":
+    def of(cls, config: TrainConfig, n_windows: int, notice, validates: bool = True) -> "Budget":
         # A run with no count of steps or epochs stops when validation stops improving, unless
-        # --patience says otherwise (0: never); with none of the three it also gets a default time.
+        # --patience says otherwise (0: never) or nothing is held out; with none of the three it
+        # also gets a default time.
         open_ended = config.max_steps is None and config.epochs is None
-        patience = config.patience if config.patience is not None else (DEFAULT_PATIENCE if open_ended else None)
+        patience = config.patience if config.patience is not None else (
+            DEFAULT_PATIENCE if open_ended and validates else None)
         if open_ended and config.time is None:
             early = (f", less if validation stops improving for {patience} evaluations (--patience 0: never)"
                      if patience else "")

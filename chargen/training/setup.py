@@ -20,6 +20,7 @@ from .data import is_list, read_corpus
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
+from .folds import FOLDS, cross_validate, cross_validates
 from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture, stand_ins
 from .ingest import ingest
 from .labels import read_labelled
@@ -60,6 +61,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         val_file = val_file or ckpt.info.get("val_source")
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    if config.val_fraction == 0 and config.patience and not val_file:
+        raise UsageError("`patience` watches the held-out text, and `val_fraction` 0 holds out none: drop one")
     dist = setup_distributed(config.device)  # None unless started by torchrun
     clean = False
     try:
@@ -72,8 +75,10 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             corpus = corpus.recoded(base.vocab.union(corpus.vocab))
             if corpus.labels is not None and base.labels is not None:  # the base's labels stay; new ones join
                 corpus.labels = corpus.labels.after(base.labels, base.label_counts)
-            config, model_options = _finetune_options(base, corpus, config, model_options, loop_options, dist,
-                                                      callbacks)
+            config, model_options, folds = _finetune_options(base, corpus, config, model_options, loop_options,
+                                                             val_file, dist, callbacks)
+            if folds:
+                config, sizing = _cross_validate(corpus, config, model_options, base, precision, callbacks)
         elif resume is None:
             config, model_options, sizing = _auto_size(corpus, config, model_options, loop_options, precision, dist,
                                                        callbacks)
@@ -135,12 +140,18 @@ def _in_run_vocab(corpus, ckpt):
     return corpus
 
 
-def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_options: dict[str, Any], dist,
-                      callbacks):
-    """The base model's shape, and training options suited to adapting it for those left unset."""
+def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_options: dict[str, Any],
+                      val_file: Optional[str], dist, callbacks):
+    """The base model's shape, training options suited to adapting it for those left unset, and
+    whether the run's length is to be chosen by cross-validation (chargen.training.folds)."""
 
     auto = finetune_defaults(corpus.n_chars, corpus.line_stats.count if is_list(corpus) else None,
                              {**model_options, **loop_options})
+    config = TrainConfig.from_dict({**loop_options, **auto.train})
+    folds = cross_validates(corpus, config, loop_options, val_file, dist is not None)
+    if folds:  # the held-out lines and the stopping they are for give way to the folds
+        auto.train = {k: v for k, v in auto.train.items() if k not in ("val_fraction", "patience")}
+        auto.why = "adapting a trained model: evaluate every step"
     shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
     notice = _notice(callbacks, dist)
     if notice is not None:
@@ -151,7 +162,24 @@ def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_
                + (f" + {new} new characters" if new else "")
                + (f" ({copies} start as copies of letters it knows)" if copies else "")
                + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
-    return TrainConfig.from_dict({**loop_options, **auto.train}), {**shape, **auto.model, **model_options}
+    return config, {**shape, **auto.model, **model_options}, folds
+
+
+def _cross_validate(corpus, config, model_options: dict[str, Any], base, precision: str, callbacks):
+    """The run's length chosen by k-fold cross-validation on the list (chargen.training.folds): the
+    config that trains every line that long, holding none out, and the record of the choice."""
+    notice = _notice(callbacks, None)
+    n = corpus.line_stats.count
+    if notice is not None:
+        notice(f"a list of {n:,} lines, one batch: choosing how many steps to adapt by "
+               f"{min(FOLDS, n)}-fold cross-validation (each line held out once)")
+    cv = cross_validate(corpus, config, model_options, base=base, precision=precision, train=run_training,
+                        callbacks=callbacks)
+    if notice is not None:
+        notice(f"{cv.why()}, in {cv.seconds:.1f} s: training on all {n:,} lines for {cv.steps} steps, holding none "
+               f"out")
+    record = cv.record()
+    return TrainConfig.from_dict({**config.to_dict(), **record["chosen"], "patience": None}), record
 
 
 def _notice(callbacks, dist):

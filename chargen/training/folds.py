@@ -1,0 +1,142 @@
+"""How long to adapt a short list: k-fold cross-validation.
+
+Ten names adapting the base model are best after about ten epochs and learnt by heart after
+twenty (docs/benchmarks.md, "Adapting a list of 5 to 100 names"), so the step a run keeps matters;
+but held-out names to choose it on are names not trained on, and a few of them choose badly. So a
+list that is one batch (every line in every step: a step is an epoch) is dealt, in the run's
+seeded shuffle, into k folds (every k-th line; k = FOLDS, or one line a fold for fewer lines).
+For each fold, a run adapts the model to the other lines and scores that fold after every step,
+until FOLD_PATIENCE steps bring nothing better. Every line is held out once, so the held-out
+losses summed over the folds at step s (each weighted by its characters) are the loss per
+character of s steps of adapting, measured on every name of the list:
+
+    fold 0   held out: lines 0, k, 2k, ...      trained on the rest -> curve_0(s), s = 0, 1, ...
+    ...
+    fold k-1 held out: lines k-1, 2k-1, ...                         -> curve_{k-1}(s)
+    loss(s) = sum_f chars_f * curve_f(s) / sum_f chars_f      steps = argmin over s >= 1 of loss(s)
+
+Then the run itself trains on every line for that many steps, holding none out (val_fraction 0:
+best.safetensors is where it ends). The folds' runs and that one take the same learning rate at
+each step (the warmup, then the peak: min_lr_ratio 1, no decay to time), so the folds measured
+the curve the run follows, on 4/5 of its names.
+
+Cross-validation replaces the held-out lines only where nothing else asks for them: no
+--val-file, --val-fraction, --max-steps, --epochs, --patience or --eval-every given, an
+unlabelled list, one process (not torchrun), a new run. A --time given caps each fold and the
+run, whose budget the folds' time is part of.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..config import TrainConfig
+from ..errors import TrainingInterrupted
+from .callbacks import TrainCallbacks
+from .data import is_list, lines_per_batch, shuffle_lines
+from .ingest import EncodedCorpus
+
+FOLDS = 5
+FOLD_PATIENCE = 10  # steps past a fold's best before it stops
+FOLD_MAX_STEPS = 200
+# What a user gives that chooses the length or the held-out text, or watches it: no cross-validation then.
+# (--time is a cap on the run, the folds' time included, and chooses nothing.)
+CHOSEN_BY_USER = ("val_fraction", "max_steps", "epochs", "patience", "eval_every")
+# The learning rate of the folds and of the run that follows them: warmup, then the peak to the end.
+CONSTANT_RATE = {"schedule": "linear", "min_lr_ratio": 1.0}
+
+
+@dataclass
+class CrossValidation:
+    """What the folds measured, and the steps chosen from it (kept in config.json and the checkpoints)."""
+
+    folds: int
+    steps: int  # the number of steps chosen: the least held-out loss after at least one
+    val_loss: float  # the held-out loss per character after `steps`, over every line
+    start_loss: float  # the same of the model the run starts from (step 0)
+    curve: list[float]  # the held-out loss after 0, 1, 2, ... steps
+    seconds: float  # wall time the folds took
+
+    def record(self) -> dict[str, Any]:
+        chosen = {"max_steps": self.steps, "val_fraction": 0.0, **CONSTANT_RATE}
+        return {"chosen": chosen, "why": self.why(), "probe_seconds": round(self.seconds, 3),
+                "cross_validation": {"folds": self.folds, "steps": self.steps, "val_loss": round(self.val_loss, 5),
+                                     "start_loss": round(self.start_loss, 5),
+                                     "curve": [round(v, 5) for v in self.curve]}}
+
+    def why(self) -> str:
+        return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {self.steps} steps "
+                f"({self.start_loss:.4f} before any), each line held out once")
+
+
+def cross_validates(corpus: EncodedCorpus, config: TrainConfig, given: dict[str, Any], val_file: Optional[str],
+                    distributed: bool) -> bool:
+    """Whether a new run adapting a trained model to `corpus` chooses its length by cross-validation
+    (see the module docstring): a list of two lines or more that is one batch, with nothing given
+    that chooses the length or the held-out text."""
+    if val_file is not None or distributed or corpus.labels is not None or not is_list(corpus):
+        return False
+    if config.line_mode is False or any(k in given for k in CHOSEN_BY_USER):
+        return False
+    n = corpus.line_stats.count
+    return n >= 2 and lines_per_batch(n, corpus.n_chars / n, config.batch_size, config.seq_len) == n
+
+
+def deal(lines: list[str], k: int) -> list[tuple[list[str], list[str]]]:
+    """The k folds of `lines`: (training lines, held-out lines), the held-out ones every k-th line
+    from the fold's index, so that every line is held out exactly once."""
+    return [([line for i, line in enumerate(lines) if i % k != f], lines[f::k]) for f in range(k)]
+
+
+def combine(curves: list[list[float]], weights: list[int]) -> list[float]:
+    """The folds' held-out losses per character after 0, 1, 2, ... steps, weighted by their
+    held-out characters: the loss per character over every line, up to the step all folds reached."""
+    n = min(len(c) for c in curves)
+    total = sum(weights)
+    return [sum(w * c[s] for c, w in zip(curves, weights)) / total for s in range(n)]
+
+
+def choose_steps(curve: list[float]) -> int:
+    """The step of the least held-out loss, one at least (the run adapts, however little)."""
+    return min(range(1, len(curve)), key=lambda s: (not math.isfinite(curve[s]), curve[s]))
+
+
+class _Quiet(TrainCallbacks):
+    """A fold's runs report nothing; a stop the run's callbacks ask for stops them too."""
+
+    def __init__(self, callbacks: Optional[TrainCallbacks]):
+        self.outer = callbacks
+
+    def should_stop(self, step: int) -> bool:
+        return self.outer is not None and self.outer.should_stop(step)
+
+
+def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: dict[str, Any], *, base,
+                   precision: str, train: Callable[..., Any], callbacks: Optional[TrainCallbacks] = None
+                   ) -> CrossValidation:
+    """Run the folds (`train`: chargen.training.loop.train, each in a temporary directory, quiet)."""
+    t0 = time.perf_counter()
+    lines = shuffle_lines(corpus.text(), config.seed).split("\n")[:-1]
+    folds = deal(lines, min(FOLDS, len(lines)))
+    fold_config = TrainConfig.from_dict({**config.to_dict(), **CONSTANT_RATE, "max_steps": FOLD_MAX_STEPS,
+                                         "patience": FOLD_PATIENCE, "eval_every": 1, "sample_every": 0})
+    curves, weights = [], []
+    with tempfile.TemporaryDirectory(prefix="chargen-folds-") as tmp:
+        for f, (kept, held) in enumerate(folds):
+            fold = EncodedCorpus.from_text("\n".join(kept) + "\n", corpus.name, corpus.sources).recoded(corpus.vocab)
+            result = train(fold, fold_config, model_options, out_dir=Path(tmp) / f"fold{f}",
+                           val_text="\n".join(held) + "\n", precision=precision, base=base, callbacks=_Quiet(callbacks))
+            if result.interrupted:
+                raise TrainingInterrupted(result.interrupted, None)
+            by_step = {m["step"]: m["val_loss"] for m in result.metrics}
+            curves.append([by_step.get(s, math.nan) for s in range(max(by_step) + 1)])
+            weights.append(sum(len(line) + 1 for line in held))
+    curve = combine(curves, weights)
+    steps = choose_steps(curve)
+    return CrossValidation(folds=len(folds), steps=steps, val_loss=curve[steps], start_loss=curve[0], curve=curve,
+                           seconds=time.perf_counter() - t0)

@@ -1,0 +1,150 @@
+"""A short list's adapting length chosen by k-fold cross-validation (chargen.training.folds), and
+runs that hold nothing out (val_fraction 0)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import chargen
+from chargen.checkpoint import BEST, LAST, read_checkpoint
+from chargen.config import TrainConfig
+from chargen.errors import TrainingInterrupted
+from chargen.training.callbacks import TrainCallbacks
+from chargen.training.folds import FOLDS, choose_steps, combine, cross_validate, cross_validates, deal
+from chargen.training.ingest import EncodedCorpus
+
+from .conftest import assert_clean_error, make_names, run
+
+def short_list(n: int, seed: int = 3) -> str:
+    names = list(dict.fromkeys(make_names(4 * n, seed=seed).splitlines()))[:n]
+    return "\n".join(names) + "\n"
+
+
+def test_every_line_is_held_out_exactly_once_and_never_trained_on_in_its_fold():
+    lines = [f"name{i}" for i in range(13)]
+    folds = deal(lines, 5)
+    assert len(folds) == 5
+    held_all = [line for _, held in folds for line in held]
+    assert sorted(held_all) == sorted(lines)  # each once
+    for kept, held in folds:
+        assert not set(kept) & set(held) and sorted(kept + held) == sorted(lines)
+    assert [len(h) for _, h in deal(lines[:3], 3)] == [1, 1, 1]  # fewer lines than FOLDS: one line a fold
+
+
+def test_the_folds_curves_are_weighted_by_their_held_out_characters():
+    """Fold A (1 character held out) is best at step 1, fold B (3 characters) at step 2: over every
+    character the loss is least at step 2, where an unweighted mean of the curves would pick 1."""
+    curve = combine([[3.0, 0.0, 2.0, 9.0], [3.0, 2.0, 1.0]], [1, 3])
+    assert curve == pytest.approx([3.0, 1.5, 1.25])  # up to the step both folds reached
+    assert choose_steps(curve) == 2
+    assert choose_steps([1.0, 2.0, 3.0]) == 1  # the start is no choice: the run adapts, however little
+    assert choose_steps([2.0, math.nan, 1.5]) == 2
+
+
+def test_cross_validate_trains_each_fold_on_the_others_and_scores_its_own_lines():
+    """The folds' runs, with a stand-in trainer: what each is given, and the choice from what they
+    report. A trainer whose loss is least after as many steps as its fold's lines shows that the
+    curves are combined by held-out characters and step."""
+    lines = short_list(12).splitlines()
+    corpus = EncodedCorpus.from_text("\n".join(lines) + "\n")
+    calls = []
+
+    def fake_train(fold, config, model_options, *, out_dir, val_text, precision, base, callbacks):
+        kept, held = fold.text().splitlines(), val_text.splitlines()
+        calls.append((kept, held, config))
+        curve = [abs(s - len(held)) + 1.0 for s in range(12)]
+        return SimpleNamespace(interrupted=None, metrics=[{"step": s, "val_loss": v} for s, v in enumerate(curve)])
+
+    config = TrainConfig(lr=6e-3, warmup=20, eval_every=25, patience=3)
+    cv = cross_validate(corpus, config, {}, base=None, precision="fp32", train=fake_train)
+    assert len(calls) == FOLDS == cv.folds
+    for kept, held, fold_config in calls:
+        assert sorted(kept + held) == sorted(lines) and not set(kept) & set(held)
+        assert fold_config.eval_every == 1 and fold_config.min_lr_ratio == 1.0 and fold_config.lr == 6e-3
+    assert sorted(len(h) for _, h, _ in calls) == [2, 2, 2, 3, 3]  # 12 lines in 5 folds
+    chars = [sum(len(x) + 1 for x in h) for _, h, _ in calls]
+    weight3 = sum(c for c, (_, h, _) in zip(chars, calls) if len(h) == 3) / sum(chars)
+    assert cv.steps == (3 if weight3 > 0.5 else 2)
+    assert cv.curve[0] == pytest.approx(4.0 * weight3 + 3.0 * (1 - weight3))
+    assert cv.val_loss == cv.curve[cv.steps] and cv.start_loss == cv.curve[0]
+    record = cv.record()
+    assert record["chosen"]["max_steps"] == cv.steps and record["chosen"]["val_fraction"] == 0.0
+
+
+def test_cross_validation_is_for_a_list_of_one_batch_with_nothing_chosen_by_the_user():
+    ten, fifty = (EncodedCorpus.from_text(short_list(n)) for n in (10, 50))
+    config = TrainConfig(batch_size=32, seq_len=64)
+    assert cross_validates(ten, config, {}, None, False)
+    assert not cross_validates(fifty, config, {}, None, False)  # two batches: 10% held out, as before
+    for given in ({"val_fraction": 0.2}, {"max_steps": 30}, {"epochs": 3.0}, {"patience": 5}, {"eval_every": 5}):
+        assert not cross_validates(ten, config, given, None, False), given
+    assert cross_validates(ten, config, {"time": 60.0}, None, False)  # a cap, not a choice of length
+    assert not cross_validates(ten, config, {}, "val.txt", False)
+    assert not cross_validates(ten, config, {}, None, True)  # torchrun
+    assert not cross_validates(ten, TrainConfig(batch_size=4, seq_len=64), {"batch_size": 4}, None, False)
+
+
+def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained_names, tmp_path):
+    """Twelve names of a new kind (the model's pseudo-names, each ending in -tor): five folds choose
+    the steps, then the run trains all twelve for exactly that many, holding none out; the folds
+    find that adapting helps on names they held out."""
+    small = tmp_path / "twelve.txt"
+    small.write_text("".join(name + "tor\n" for name in short_list(12, seed=11).splitlines()), encoding="utf-8")
+    out = chargen.train([str(small)], out=tmp_path / "run", start_from=str(trained_names), precision="fp32",
+                        sample_every=0)
+    best, last = read_checkpoint(out, prefer=BEST), read_checkpoint(out, prefer=LAST)
+    cv = best.info["auto"]["cross_validation"]
+    curve = cv["curve"]
+    assert cv["folds"] == FOLDS and cv["steps"] == 1 + int(np.argmin(curve[1:])) and cv["val_loss"] == curve[cv["steps"]]
+    assert cv["val_loss"] < cv["start_loss"] - 0.05, cv  # adapting to names of its own kind helps on held-out ones
+    assert best.info["step"] == last.info["step"] == cv["steps"]
+    assert best.info["val_chars"] == 0 and best.info["train_chars"] == len(small.read_text())
+    assert best.info["training_lines"] == 12 and best.train_config["val_fraction"] == 0.0
+    for name in best.weights:
+        np.testing.assert_array_equal(best.weights[name], last.weights[name])
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto"]["cross_validation"] == cv and config["train"]["min_lr_ratio"] == 1.0
+
+
+def test_a_stop_while_the_folds_run_writes_nothing(trained_names, tmp_path):
+    class StopNow(TrainCallbacks):
+        def should_stop(self, step: int) -> bool:
+            return True
+
+    small = tmp_path / "ten.txt"
+    small.write_text(short_list(10), encoding="utf-8")
+    with pytest.raises(TrainingInterrupted) as stopped:
+        chargen.train([str(small)], out=tmp_path / "run", start_from=str(trained_names), precision="fp32",
+                      callbacks=StopNow())
+    assert stopped.value.run_dir is None and "nothing was written" in str(stopped.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_holding_nothing_out_trains_on_everything_and_keeps_the_last_step(prose_file, tmp_path):
+    common = dict(layers=1, hidden=16, embed=8, batch_size=4, seq_len=16, eval_every=5, precision="fp32",
+                  sample_every=0, val_fraction=0.0)
+    whole = chargen.train([str(prose_file)], out=tmp_path / "whole", max_steps=20, **common)
+    best, last = read_checkpoint(whole, prefer=BEST), read_checkpoint(whole, prefer=LAST)
+    assert best.info["val_chars"] == 0 and best.info["train_chars"] == len(prose_file.read_text())
+    assert best.info["step"] == 20 and not math.isfinite(best.info["best_val_loss"])
+    for name in best.weights:
+        np.testing.assert_array_equal(best.weights[name], last.weights[name])
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20] and all(r["val_loss"] is None for r in records)
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+    part = chargen.train([str(prose_file)], out=tmp_path / "part", max_steps=10, **common)
+    chargen.train([str(prose_file)], resume=part, max_steps=20)  # resumed, exactly
+    resumed = read_checkpoint(part, prefer=BEST)
+    for name in best.weights:
+        np.testing.assert_array_equal(best.weights[name], resumed.weights[name])
+
+
+def test_patience_with_nothing_held_out_is_one_clear_error(prose_file, tmp_path):
+    proc = run(["train", str(prose_file), "--from", "none", "--val-fraction", "0", "--patience", "3",
+                "--max-steps", "5", "--layers", "1", "--hidden", "16", "-o", str(tmp_path / "r")])
+    assert_clean_error(proc, "patience", "val-fraction")
