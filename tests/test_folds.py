@@ -15,7 +15,7 @@ from chargen.checkpoint import BEST, LAST, read_checkpoint
 from chargen.config import TrainConfig
 from chargen.errors import TrainingInterrupted
 from chargen.training.callbacks import TrainCallbacks
-from chargen.training.folds import FOLDS, choose_steps, combine, cross_validate, cross_validates, deal
+from chargen.training.folds import CV_MAX_LINES, FOLDS, choose_steps, combine, cross_validate, cross_validates, deal
 from chargen.training.ingest import EncodedCorpus
 
 from .conftest import assert_clean_error, make_names, run
@@ -76,17 +76,19 @@ def test_cross_validate_trains_each_fold_on_the_others_and_scores_its_own_lines(
     assert record["chosen"]["max_steps"] == cv.steps and record["chosen"]["val_fraction"] == 0.0
 
 
-def test_cross_validation_is_for_a_list_of_one_batch_with_nothing_chosen_by_the_user():
-    ten, fifty = (EncodedCorpus.from_text(short_list(n)) for n in (10, 50))
+def test_cross_validation_is_for_a_list_of_up_to_100_lines_with_nothing_chosen_by_the_user():
+    one, ten, hundred, more = (EncodedCorpus.from_text(short_list(n)) for n in (1, 10, CV_MAX_LINES, CV_MAX_LINES + 1))
     config = TrainConfig(batch_size=32, seq_len=64)
-    assert cross_validates(ten, config, {}, None, False)
-    assert not cross_validates(fifty, config, {}, None, False)  # two batches: 10% held out, as before
+    assert cross_validates(ten, config, {}, None, False) and cross_validates(hundred, config, {}, None, False)
+    assert not cross_validates(more, config, {}, None, False)  # 10% held out, as before
+    assert not cross_validates(one, config, {}, None, False)
     for given in ({"val_fraction": 0.2}, {"max_steps": 30}, {"epochs": 3.0}, {"patience": 5}, {"eval_every": 5}):
         assert not cross_validates(ten, config, given, None, False), given
     assert cross_validates(ten, config, {"time": 60.0}, None, False)  # a cap, not a choice of length
     assert not cross_validates(ten, config, {}, "val.txt", False)
     assert not cross_validates(ten, config, {}, None, True)  # torchrun
-    assert not cross_validates(ten, TrainConfig(batch_size=4, seq_len=64), {"batch_size": 4}, None, False)
+    assert cross_validates(ten, TrainConfig(batch_size=4, seq_len=64), {"batch_size": 4}, None, False)
+    assert not cross_validates(ten, TrainConfig(line_mode=False), {"line_mode": False}, None, False)
 
 
 def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained_names, tmp_path):

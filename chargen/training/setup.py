@@ -151,7 +151,7 @@ def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_
     folds = cross_validates(corpus, config, loop_options, val_file, dist is not None)
     if folds:  # the held-out lines and the stopping they are for give way to the folds
         auto.train = {k: v for k, v in auto.train.items() if k not in ("val_fraction", "patience")}
-        auto.why = "adapting a trained model: evaluate every step"
+        auto.why = "adapting a trained model, for as many steps as cross-validation finds best"
     shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
     notice = _notice(callbacks, dist)
     if notice is not None:
@@ -171,7 +171,7 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, precisi
     notice = _notice(callbacks, None)
     n = corpus.line_stats.count
     if notice is not None:
-        notice(f"a list of {n:,} lines, one batch: choosing how many steps to adapt by "
+        notice(f"a list of {n:,} lines: choosing how many steps to adapt by "
                f"{min(FOLDS, n)}-fold cross-validation (each line held out once)")
     cv = cross_validate(corpus, config, model_options, base=base, precision=precision, train=run_training,
                         callbacks=callbacks)

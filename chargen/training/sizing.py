@@ -200,8 +200,8 @@ def finetune_defaults(n_chars: int, n_lines: Optional[int], given: dict[str, Any
     than 25 steps an epoch is evaluated every epoch (a list of 10 names is best after about 10
     epochs and overfit after 20: "Adapting a list of 5 to 100 names"), with the same patience in
     steps, and a list of under 50 lines holds out 5 of them (30% at most) where 10% would be one
-    or two, too few to choose a checkpoint on; a list of one batch chooses its length by
-    cross-validation instead (chargen.training.folds), and drops these two."""
+    or two, too few to choose a checkpoint on; a list of up to 100 lines chooses its length by
+    cross-validation instead where nothing given stops it (chargen.training.folds), and drops these two."""
     train = {"batch_size": 32, "seq_len": 64, "lr": 6e-3, "warmup": 20}
     batch_size, seq_len = (given.get(k, train[k]) for k in ("batch_size", "seq_len"))
     if n_lines:
