@@ -98,12 +98,13 @@ def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained
     small = tmp_path / "twelve.txt"
     small.write_text("".join(name + "tor\n" for name in short_list(12, seed=11).splitlines()), encoding="utf-8")
     out = chargen.train([str(small)], out=tmp_path / "run", start_from=str(trained_names), precision="fp32",
-                        sample_every=0)
+                        sample_every=0, time=60.0)  # a cap on each fold and on the run, which gets all of it
     best, last = read_checkpoint(out, prefer=BEST), read_checkpoint(out, prefer=LAST)
     cv = best.info["auto"]["cross_validation"]
     curve = cv["curve"]
     assert cv["folds"] == FOLDS and cv["steps"] == 1 + int(np.argmin(curve[1:])) and cv["val_loss"] == curve[cv["steps"]]
     assert cv["val_loss"] < cv["start_loss"] - 0.05, cv  # adapting to names of its own kind helps on held-out ones
+    assert best.info["auto"].get("probe_seconds") is None and cv["seconds"] > 0
     assert best.info["step"] == last.info["step"] == cv["steps"]
     assert best.info["val_chars"] == 0 and best.info["train_chars"] == len(small.read_text())
     assert best.info["training_lines"] == 12 and best.train_config["val_fraction"] == 0.0
