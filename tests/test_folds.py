@@ -151,3 +151,30 @@ def test_patience_with_nothing_held_out_is_one_clear_error(prose_file, tmp_path)
     proc = run(["train", str(prose_file), "--from", "none", "--val-fraction", "0", "--patience", "3",
                 "--max-steps", "5", "--layers", "1", "--hidden", "16", "-o", str(tmp_path / "r")])
     assert_clean_error(proc, "patience", "val-fraction")
+
+
+def test_a_cross_validated_run_stopped_after_the_folds_resumes_exactly(trained_names, tmp_path):
+    """The run after the folds is a run like any other: stopped, it resumes with the steps chosen
+    (read back from its checkpoint, the folds not run again) and ends where an unstopped one does."""
+    class StopInTheRun(TrainCallbacks):  # the folds report no start; the run does
+        started = False
+
+        def on_start(self, report) -> None:
+            self.started = True
+
+        def should_stop(self, step: int) -> bool:
+            return self.started and step >= 3
+
+    small = tmp_path / "ten.txt"
+    small.write_text("".join(name + "tor\n" for name in short_list(10, seed=5).splitlines()), encoding="utf-8")
+    common = dict(start_from=str(trained_names), precision="fp32", sample_every=0)
+    whole = chargen.train([str(small)], out=tmp_path / "whole", **common)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        chargen.train([str(small)], out=tmp_path / "part", callbacks=StopInTheRun(), **common)
+    assert stopped.value.run_dir == tmp_path / "part"
+    assert read_checkpoint(tmp_path / "part", prefer=LAST).info["step"] == 3
+    chargen.train([str(small)], resume=tmp_path / "part")
+    a, b = read_checkpoint(whole, prefer=BEST), read_checkpoint(tmp_path / "part", prefer=BEST)
+    assert a.info["step"] == b.info["step"] == a.info["auto"]["cross_validation"]["steps"] > 3
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name])
