@@ -13,7 +13,7 @@ import pytest
 import chargen
 from chargen.checkpoint import BEST, LAST, read_checkpoint
 from chargen.config import TrainConfig
-from chargen.errors import TrainingInterrupted
+from chargen.errors import TrainingInterrupted, UsageError
 from chargen.training.callbacks import TrainCallbacks
 from chargen.training.folds import CV_MAX_LINES, FOLDS, choose_steps, combine, cross_validate, cross_validates, deal
 from chargen.training.ingest import EncodedCorpus
@@ -74,6 +74,16 @@ def test_cross_validate_trains_each_fold_on_the_others_and_scores_its_own_lines(
     assert cv.val_loss == cv.curve[cv.steps] and cv.start_loss == cv.curve[0]
     record = cv.record()
     assert record["chosen"]["max_steps"] == cv.steps and record["chosen"]["val_fraction"] == 0.0
+
+
+def test_folds_that_took_no_step_are_one_clear_error():
+    corpus = EncodedCorpus.from_text(short_list(10))
+
+    def no_step(fold, config, model_options, **kwargs):  # a --time spent before the first step
+        return SimpleNamespace(interrupted=None, metrics=[{"step": 0, "val_loss": 2.0}])
+
+    with pytest.raises(UsageError, match="took a step"):
+        cross_validate(corpus, TrainConfig(), {}, base=None, precision="fp32", train=no_step)
 
 
 def test_cross_validation_is_for_a_list_of_up_to_100_lines_with_nothing_chosen_by_the_user():

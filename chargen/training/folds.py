@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import TrainConfig
-from ..errors import TrainingInterrupted
+from ..errors import TrainingInterrupted, UsageError
 from .callbacks import TrainCallbacks
 from .data import is_list, shuffle_lines
 from .ingest import EncodedCorpus
@@ -77,8 +77,12 @@ class CrossValidation:
                                      "curve": [round(v, 5) for v in self.curve]}}
 
     def why(self) -> str:
-        return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {self.steps} steps "
+        return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {_steps(self.steps)} "
                 f"({self.start_loss:.4f} before any), each line held out once")
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" + ("s" if n != 1 else "")
 
 
 def cross_validates(corpus: EncodedCorpus, config: TrainConfig, given: dict[str, Any], val_file: Optional[str],
@@ -139,10 +143,13 @@ def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: di
                            val_text="\n".join(held) + "\n", precision=precision, base=base, callbacks=_Quiet(callbacks))
             if result.interrupted:
                 raise TrainingInterrupted(result.interrupted, None)
-            by_step = {m["step"]: m["val_loss"] for m in result.metrics}
+            by_step = {m["step"]: math.nan if m["val_loss"] is None else m["val_loss"] for m in result.metrics}
             curves.append([by_step.get(s, math.nan) for s in range(max(by_step) + 1)])
             weights.append(sum(len(line) + 1 for line in held))
     curve = combine(curves, weights)
+    if len(curve) < 2:
+        raise UsageError("`time` ran out before a fold of the cross-validation took a step: give more time, or "
+                         "`max_steps` to choose the length yourself")
     steps = choose_steps(curve)
     return CrossValidation(folds=len(folds), steps=steps, val_loss=curve[steps], start_loss=curve[0], curve=curve,
                            seconds=time.perf_counter() - t0)

@@ -176,8 +176,8 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, precisi
     cv = cross_validate(corpus, config, model_options, base=base, precision=precision, train=run_training,
                         callbacks=callbacks)
     if notice is not None:
-        notice(f"{cv.why()}, in {cv.seconds:.1f} s: training on all {n:,} lines for {cv.steps} steps, holding none "
-               f"out")
+        notice(f"{cv.why()}, in {cv.seconds:.1f} s: training on all {n:,} lines for {cv.steps} "
+               f"step{'s' if cv.steps != 1 else ''}, holding none out")
     record = cv.record()
     return TrainConfig.from_dict({**config.to_dict(), **record["chosen"], "patience": None}), record
 
