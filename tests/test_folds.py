@@ -88,17 +88,16 @@ def test_folds_that_took_no_step_are_one_clear_error():
 
 def test_cross_validation_is_for_a_list_of_up_to_100_lines_with_nothing_chosen_by_the_user():
     one, ten, hundred, more = (EncodedCorpus.from_text(short_list(n)) for n in (1, 10, CV_MAX_LINES, CV_MAX_LINES + 1))
-    config = TrainConfig(batch_size=32, seq_len=64)
-    assert cross_validates(ten, config, {}, None, False) and cross_validates(hundred, config, {}, None, False)
-    assert not cross_validates(more, config, {}, None, False)  # 10% held out, as before
-    assert not cross_validates(one, config, {}, None, False)
+    assert cross_validates(ten, {}, None, False) and cross_validates(hundred, {}, None, False)
+    assert not cross_validates(more, {}, None, False)  # 10% held out, as before
+    assert not cross_validates(one, {}, None, False)
     for given in ({"val_fraction": 0.2}, {"max_steps": 30}, {"epochs": 3.0}, {"patience": 5}, {"eval_every": 5}):
-        assert not cross_validates(ten, config, given, None, False), given
-    assert cross_validates(ten, config, {"time": 60.0}, None, False)  # a cap, not a choice of length
-    assert not cross_validates(ten, config, {}, "val.txt", False)
-    assert not cross_validates(ten, config, {}, None, True)  # torchrun
-    assert cross_validates(ten, TrainConfig(batch_size=4, seq_len=64), {"batch_size": 4}, None, False)
-    assert not cross_validates(ten, TrainConfig(line_mode=False), {"line_mode": False}, None, False)
+        assert not cross_validates(ten, given, None, False), given
+    assert cross_validates(ten, {"time": 60.0}, None, False)  # a cap, not a choice of length
+    assert not cross_validates(ten, {}, "val.txt", False)
+    assert not cross_validates(ten, {}, None, True)  # torchrun
+    assert cross_validates(ten, {"batch_size": 4}, None, False)
+    assert not cross_validates(ten, {"line_mode": False}, None, False)
 
 
 def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained_names, tmp_path):

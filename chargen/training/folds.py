@@ -76,6 +76,11 @@ class CrossValidation:
                                      "start_loss": round(self.start_loss, 5), "seconds": round(self.seconds, 3),
                                      "curve": [round(v, 5) for v in self.curve]}}
 
+    def plan(self, n_lines: int) -> str:
+        """What the run does with the choice, for a notice."""
+        return (f"{self.why()}, in {self.seconds:.1f} s: training on all {n_lines:,} lines for {_steps(self.steps)}, "
+                f"holding none out")
+
     def why(self) -> str:
         return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {_steps(self.steps)} "
                 f"({self.start_loss:.4f} before any), each line held out once")
@@ -85,14 +90,13 @@ def _steps(n: int) -> str:
     return f"{n} step" + ("s" if n != 1 else "")
 
 
-def cross_validates(corpus: EncodedCorpus, config: TrainConfig, given: dict[str, Any], val_file: Optional[str],
-                    distributed: bool) -> bool:
+def cross_validates(corpus: EncodedCorpus, given: dict[str, Any], val_file: Optional[str], distributed: bool) -> bool:
     """Whether a new run adapting a trained model to `corpus` chooses its length by cross-validation
     (see the module docstring): a list of 2 to CV_MAX_LINES lines, with nothing given that chooses
     the length or the held-out text."""
     if val_file is not None or distributed or corpus.labels is not None or not is_list(corpus):
         return False
-    if config.line_mode is False or any(k in given for k in CHOSEN_BY_USER):
+    if given.get("line_mode") is False or any(k in given for k in CHOSEN_BY_USER):
         return False
     return 2 <= corpus.line_stats.count <= CV_MAX_LINES
 

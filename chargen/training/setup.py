@@ -75,8 +75,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             corpus = corpus.recoded(base.vocab.union(corpus.vocab))
             if corpus.labels is not None and base.labels is not None:  # the base's labels stay; new ones join
                 corpus.labels = corpus.labels.after(base.labels, base.label_counts)
-            config, model_options, folds = _finetune_options(base, corpus, config, model_options, loop_options,
-                                                             val_file, dist, callbacks)
+            config, model_options, folds = _finetune_options(base, corpus, model_options, loop_options, val_file,
+                                                             dist, callbacks)
             if folds:
                 config, sizing = _cross_validate(corpus, config, model_options, base, precision, callbacks)
         elif resume is None:
@@ -140,18 +140,18 @@ def _in_run_vocab(corpus, ckpt):
     return corpus
 
 
-def _finetune_options(base, corpus, config, model_options: dict[str, Any], loop_options: dict[str, Any],
+def _finetune_options(base, corpus, model_options: dict[str, Any], loop_options: dict[str, Any],
                       val_file: Optional[str], dist, callbacks):
     """The base model's shape, training options suited to adapting it for those left unset, and
     whether the run's length is to be chosen by cross-validation (chargen.training.folds)."""
 
     auto = finetune_defaults(corpus.n_chars, corpus.line_stats.count if is_list(corpus) else None,
                              {**model_options, **loop_options})
-    config = TrainConfig.from_dict({**loop_options, **auto.train})
-    folds = cross_validates(corpus, config, loop_options, val_file, dist is not None)
+    folds = cross_validates(corpus, loop_options, val_file, dist is not None)
     if folds:  # the held-out lines and the stopping they are for give way to the folds
         auto.train = {k: v for k, v in auto.train.items() if k not in ("val_fraction", "patience")}
         auto.why = "adapting a trained model, for as many steps as cross-validation finds best"
+    config = TrainConfig.from_dict({**loop_options, **auto.train})
     shape = {k: getattr(base.model_config, k) for k in ARCHITECTURE}
     notice = _notice(callbacks, dist)
     if notice is not None:
@@ -176,8 +176,7 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, precisi
     cv = cross_validate(corpus, config, model_options, base=base, precision=precision, train=run_training,
                         callbacks=callbacks)
     if notice is not None:
-        notice(f"{cv.why()}, in {cv.seconds:.1f} s: training on all {n:,} lines for {cv.steps} "
-               f"step{'s' if cv.steps != 1 else ''}, holding none out")
+        notice(cv.plan(n))
     record = cv.record()
     return TrainConfig.from_dict({**config.to_dict(), **record["chosen"], "patience": None}), record
 
