@@ -7,8 +7,8 @@
 
 For each source list and subset k (a seeded shuffle of it): the first 500 lines are the test
 names, and the next N lines the user's list. `chargen train list.txt` runs with its defaults (no
---val-file: a list of one batch chooses its length by cross-validation, a longer one holds out its
-own lines, as a user's run does; --from base, as any list under 5,000 lines) plus --extra, for
+--val-file: a list of up to 100 lines chooses its length by cross-validation, a longer one holds
+out its own lines, as a user's run does; --from base, as any list under 5,000 lines) plus --extra, for
 at most --time seconds; its best.safetensors is
 scored on the 500 test names (`chargen eval --lines --skip-unknown`). So is the start: the base
 model grown and calibrated for the list, under the label the list is closest to (`--max-steps 1
@@ -16,8 +16,9 @@ model grown and calibrated for the list, under the label the list is closest to 
 over its start (nats per character on the test names), its standard error over the runs, the
 worst run's gain, and the steps at which the best checkpoints were taken.
 
-Lists this short hold out one to ten names for validation, so which checkpoint a run keeps is
-decided on a few names: what this measures is whether that choice helps on names it never saw.
+Lists this short have few names to choose a checkpoint (or a number of steps) on: what this
+measures is whether that choice helps on names it never saw. With --extra "--val-fraction F" a
+list holds out F of its names instead of cross-validating (the rule before chargen.training.folds).
 """
 
 from __future__ import annotations

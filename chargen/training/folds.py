@@ -51,7 +51,7 @@ CV_MAX_LINES = 100
 FOLD_PATIENCE = 10  # steps past a fold's best before it stops
 FOLD_MAX_STEPS = 200
 # What a user gives that chooses the length or the held-out text, or watches it: no cross-validation then.
-# (--time is a cap on the run, the folds' time included, and chooses nothing.)
+# (--time caps each fold and the run after them, and chooses nothing.)
 CHOSEN_BY_USER = ("val_fraction", "max_steps", "epochs", "patience", "eval_every")
 # The learning rate of the folds and of the run that follows them: warmup, then the peak to the end.
 CONSTANT_RATE = {"schedule": "linear", "min_lr_ratio": 1.0}
@@ -84,6 +84,11 @@ class CrossValidation:
     def why(self) -> str:
         return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {_steps(self.steps)} "
                 f"({self.start_loss:.4f} before any), each line held out once")
+
+
+def fold_count(n_lines: int) -> int:
+    """How many folds a list of `n_lines` is dealt into: FOLDS, or one line a fold below that."""
+    return min(FOLDS, n_lines)
 
 
 def _steps(n: int) -> str:
@@ -136,7 +141,7 @@ def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: di
     """Run the folds (`train`: chargen.training.loop.train, each in a temporary directory, quiet)."""
     t0 = time.perf_counter()
     lines = shuffle_lines(corpus.text(), config.seed).split("\n")[:-1]
-    folds = deal(lines, min(FOLDS, len(lines)))
+    folds = deal(lines, fold_count(len(lines)))
     fold_config = TrainConfig.from_dict({**config.to_dict(), **CONSTANT_RATE, "max_steps": FOLD_MAX_STEPS,
                                          "patience": FOLD_PATIENCE, "eval_every": 1, "sample_every": 0})
     curves, weights = [], []

@@ -20,7 +20,7 @@ from .data import is_list, read_corpus
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
-from .folds import FOLDS, cross_validate, cross_validates
+from .folds import cross_validate, cross_validates, fold_count
 from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture, stand_ins
 from .ingest import ingest
 from .labels import read_labelled
@@ -172,7 +172,7 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, precisi
     n = corpus.line_stats.count
     if notice is not None:
         notice(f"a list of {n:,} lines: choosing how many steps to adapt by "
-               f"{min(FOLDS, n)}-fold cross-validation (each line held out once)")
+               f"{fold_count(n)}-fold cross-validation (each line held out once)")
     cv = cross_validate(corpus, config, model_options, base=base, precision=precision, train=run_training,
                         callbacks=callbacks)
     if notice is not None:
