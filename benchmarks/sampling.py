@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import chargen_cmd, host, run_measured
+from common import chargen_cmd, compiled, host, installed_package, run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -182,6 +182,7 @@ def main() -> None:
         prose_checkpoint(args.make_prose_checkpoint)
         return
     cg = chargen_cmd()
+    compiled(installed_package())
     rows = []
     if args.only == "workers":
         report(workers_rows(args.repeat), args)

@@ -17,7 +17,7 @@ import os
 import statistics
 from pathlib import Path
 
-from common import chargen_cmd, host, run_measured, write_json
+from common import chargen_cmd, compiled, host, installed_package, run_measured, write_json
 
 COMMANDS = [["sample", "-n", "10", "--seed", "1"], ["--help"], ["info"]]
 
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     chargen = chargen_cmd()
+    compiled(installed_package(), args.ahead)
     sides = {"installed": dict(os.environ), "ahead": {**os.environ, "PYTHONPATH": str(args.ahead.resolve())}}
     times = {(" ".join(c), side): [] for c in COMMANDS for side in sides}
     for _ in range(args.rounds):
