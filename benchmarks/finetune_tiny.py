@@ -3,7 +3,7 @@
 
     python benchmarks/finetune_lists.py      # once: builds bench-out/lists/ from Faker's data
     python benchmarks/finetune_tiny.py [--sizes 5 10 20 50 100] [--sources it-places surnames first-names] \\
-        [--subsets 3] [--extra "--eval-every 25 --patience 8"] [--json bench-out/finetune_tiny.json]
+        [--subsets 3] [--extra "--eval-every 25 --patience 8"] [--labelled] [--json bench-out/finetune_tiny.json]
 
 For each source list and subset k (a seeded shuffle of it): the first 500 lines are the test
 names, and the next N lines the user's list. `chargen train list.txt` runs with its defaults (no
@@ -19,6 +19,8 @@ worst run's gain, and the steps at which the best checkpoints were taken.
 Lists this short have few names to choose a checkpoint (or a number of steps) on: what this
 measures is whether that choice helps on names it never saw. With --extra "--val-fraction F" a
 list holds out F of its names instead of cross-validating (the rule before chargen.training.folds).
+With --labelled each list is a file named after its source, trained with `--labels file`: the base
+gains that label (issue 27's flow), and the start and the adapted model are scored under it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import shlex
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from common import chargen_cmd, host, print_table, read_list, run_measured, write_json
 
@@ -37,20 +40,25 @@ SOURCES = ["it-places", "surnames", "first-names"]
 TEST_LINES = 500
 
 
-def test_loss(cg: list[str], checkpoint: Path, test: Path) -> float:
-    done, _, _ = run_measured([*cg, "eval", str(checkpoint), str(test), "--lines", "--json", "--skip-unknown"])
+def test_loss(cg: list[str], checkpoint: Path, test: Path, label: Optional[str]) -> float:
+    done, _, _ = run_measured([*cg, "eval", str(checkpoint), str(test), "--lines", "--json", "--skip-unknown",
+                               *(["--label", label] if label else [])])
     return json.loads(done.stdout)["loss"]
 
 
-def one_list(cg: list[str], d: Path, names: list[str], test: Path, time_s: float, extra: list[str]) -> dict:
-    (d / "list.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    common = [*cg, "train", str(d / "list.txt"), "-q", "--sample-every", "0", "--from", "base"]
+def one_list(cg: list[str], d: Path, names: list[str], test: Path, time_s: float, extra: list[str],
+             label: Optional[str] = None) -> dict:
+    """`label`: the list is a file of that name, trained with --labels file (the base gains the label)."""
+    listed = d / f"{label or 'list'}.txt"
+    listed.write_text("\n".join(names) + "\n", encoding="utf-8")
+    common = [*cg, "train", str(listed), "-q", "--sample-every", "0", "--from", "base",
+              *(["--labels", "file"] if label else [])]
     run_measured([*common, "-o", str(d / "start"), "--max-steps", "1", "--lr", "1e-9"])
     _, seconds, _ = run_measured([*common, "-o", str(d / "run"), "--time", f"{time_s}s", *extra])
     records = [json.loads(line) for line in (d / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     validated = [r for r in records if r["val_loss"] is not None]
     best = min(validated, key=lambda r: r["val_loss"])["step"] if validated else records[-1]["step"]
-    start, adapted = test_loss(cg, d / "start" / "last.safetensors", test), test_loss(cg, d / "run", test)
+    start, adapted = test_loss(cg, d / "start" / "last.safetensors", test, label), test_loss(cg, d / "run", test, label)
     return {"start": start, "adapted": adapted, "gain": start - adapted, "best_step": best,
             "steps": records[-1]["step"], "seconds": round(seconds, 2)}
 
@@ -63,6 +71,8 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=3, help="lists of each size per source (seeded shuffles)")
     ap.add_argument("--time", type=float, default=60.0, help="seconds of training per run at most")
     ap.add_argument("--extra", default="", help="more flags for every adapting run (e.g. an old setting)")
+    ap.add_argument("--labelled", action="store_true", help="each list as a new label of the base (--labels file, "
+                    "the file named after its source), scored under it")
     ap.add_argument("--json", type=Path, default=Path("bench-out/finetune_tiny.json"))
     args = ap.parse_args()
     cg, extra = chargen_cmd(), shlex.split(args.extra)
@@ -78,7 +88,8 @@ def main() -> None:
                     d = Path(tmp) / f"{source}-{subset}-{size}"
                     d.mkdir()
                     r = {"source": source, "subset": subset, "size": size,
-                         **one_list(cg, d, order[TEST_LINES:TEST_LINES + size], test, args.time, extra)}
+                         **one_list(cg, d, order[TEST_LINES:TEST_LINES + size], test, args.time, extra,
+                                    source if args.labelled else None)}
                     results.append(r)
                     print(json.dumps(r), flush=True)
     rows = []
@@ -91,9 +102,11 @@ def main() -> None:
                      f"{min(gains):+.3f}", " ".join(str(r["best_step"]) for r in runs)])
     facts = host()
     print_table(f"adapting the base to 5-100 names, scored on {TEST_LINES} others ({facts['cpu']}, {facts['cpus']} "
-                f"CPUs, commit {facts['commit']}{', ' + args.extra if args.extra else ''})",
+                f"CPUs, commit {facts['commit']}{', labelled' if args.labelled else ''}"
+                f"{', ' + args.extra if args.extra else ''})",
                 ["names", "start loss", "adapted loss", "gain (mean ± s.e.)", "worst gain", "best steps"], rows)
-    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "results": results})
+    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "labelled": args.labelled,
+                           "results": results})
 
 
 if __name__ == "__main__":

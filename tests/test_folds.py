@@ -15,6 +15,7 @@ from chargen.checkpoint import BEST, LAST, read_checkpoint
 from chargen.config import TrainConfig
 from chargen.errors import TrainingInterrupted, UsageError
 from chargen.training.callbacks import TrainCallbacks
+from chargen.training.data import prepare_training_data, shuffled_order
 from chargen.training.folds import CV_MAX_LINES, FOLDS, choose_steps, combine, cross_validate, cross_validates, deal
 from chargen.training.ingest import EncodedCorpus
 
@@ -25,15 +26,44 @@ def short_list(n: int, seed: int = 3) -> str:
     return "\n".join(names) + "\n"
 
 
-def test_every_line_is_held_out_exactly_once_and_never_trained_on_in_its_fold():
-    lines = [f"name{i}" for i in range(13)]
-    folds = deal(lines, 5)
-    assert len(folds) == 5
-    held_all = [line for _, held in folds for line in held]
-    assert sorted(held_all) == sorted(lines)  # each once
-    for kept, held in folds:
-        assert not set(kept) & set(held) and sorted(kept + held) == sorted(lines)
-    assert [len(h) for _, h in deal(lines[:3], 3)] == [1, 1, 1]  # fewer lines than FOLDS: one line a fold
+def read_labelled_text(text: str) -> EncodedCorpus:
+    import io
+
+    from chargen.training.labels import read_labelled
+
+    return read_labelled(["-"], "tab", stdin=io.BytesIO(text.encode()))
+
+
+def _fold_lines(corpus: EncodedCorpus, held: list[int], seed: int):
+    """What a fold trains on and validates on: (training lines, held-out lines, their labels or None)."""
+    config = TrainConfig(batch_size=2, seed=seed)
+    data = prepare_training_data(corpus, config, holdout=held)
+    pool, vocab = data.line_batches.pool, data.vocab
+    kept = [vocab.decode(pool.flat[a : a + n].tolist()) for a, n in zip(pool.starts, pool.lengths)]
+    held_lines = [vocab.decode(ids.tolist()).strip("\n") for ids in data.val_lines]
+    names = None if data.labels is None else [data.labels.names[k] for k in data.val_labels]
+    return kept, held_lines, names
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_every_line_is_held_out_exactly_once_and_never_trained_on_in_its_fold(labelled):
+    """The folds deal the list's seeded order; each fold's run (prepare_training_data with the
+    fold's `holdout`) trains on every other line and validates on the fold's own, with their labels."""
+    lines = short_list(13).splitlines()
+    if labelled:  # two labels; the last line without its newline, as a file may end
+        text = "".join(f"{'ab'[i % 2]}\t{line}\n" for i, line in enumerate(lines))[:-1]
+        corpus = read_labelled_text(text)
+        label_of = {line: "ab"[i % 2] for i, line in enumerate(lines)}
+    else:
+        corpus = EncodedCorpus.from_text("\n".join(lines))  # no final newline: every line counts still
+    folds = deal(shuffled_order(13, 5), 5)
+    assert len(folds) == 5 and sorted(i for held in folds for i in held) == list(range(13))
+    for held in folds:
+        kept, held_lines, names = _fold_lines(corpus, held, seed=5)
+        assert held_lines == [lines[i] for i in held]
+        assert not set(kept) & set(held_lines) and sorted(kept + held_lines) == sorted(lines)
+        assert names == (None if not labelled else [label_of[line] for line in held_lines])
+    assert [len(h) for h in deal(list(range(3)), 3)] == [1, 1, 1]  # fewer lines than FOLDS: one line a fold
 
 
 def test_the_folds_curves_are_weighted_by_their_held_out_characters():
@@ -54,9 +84,10 @@ def test_cross_validate_trains_each_fold_on_the_others_and_scores_its_own_lines(
     corpus = EncodedCorpus.from_text("\n".join(lines) + "\n")
     calls = []
 
-    def fake_train(fold, config, model_options, *, out_dir, val_text, precision, base, callbacks):
-        kept, held = fold.text().splitlines(), val_text.splitlines()
-        calls.append((kept, held, config))
+    def fake_train(whole, config, model_options, *, out_dir, holdout, precision, base, callbacks):
+        assert whole is corpus
+        held = [lines[i] for i in holdout]
+        calls.append(([line for line in lines if line not in held], held, config))
         curve = [abs(s - len(held)) + 1.0 for s in range(12)]
         return SimpleNamespace(interrupted=None, metrics=[{"step": s, "val_loss": v} for s, v in enumerate(curve)])
 
@@ -98,6 +129,8 @@ def test_cross_validation_is_for_a_list_of_up_to_100_lines_with_nothing_chosen_b
     assert not cross_validates(ten, {}, None, True)  # torchrun
     assert cross_validates(ten, {"batch_size": 4}, None, False)
     assert not cross_validates(ten, {"line_mode": False}, None, False)
+    labelled = read_labelled_text("".join(f"{'ab'[i % 2]}\t{line}\n" for i, line in enumerate(short_list(10).split())))
+    assert cross_validates(labelled, {}, None, False)  # a labelled list's folds are dealt from all its lines
 
 
 def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained_names, tmp_path):

@@ -40,7 +40,7 @@ import random
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -109,12 +109,37 @@ def shuffle_lines(text: str, seed: int) -> str:
     it samples one line from scratch, and a validation tail of a sorted list is one letter's
     worth of lines. Shuffled, the tail is a fair random sample.
     """
+    lines = list_lines(text)
+    return joined(lines, shuffled_order(len(lines), seed), trailing=text.endswith("\n"))
+
+
+def list_lines(text: str) -> list[str]:
+    """A list's lines: its text split at newlines, less the empty string after a final newline."""
     lines = text.split("\n")
-    trailing = lines[-1] == ""
-    if trailing:
+    if lines[-1] == "":
         lines.pop()
-    random.Random(seed).shuffle(lines)
-    return "\n".join(lines) + ("\n" if trailing else "")
+    return lines
+
+
+def shuffled_order(n_lines: int, seed: int) -> list[int]:
+    """The seeded order in which a list of `n_lines` lines trains (shuffle_lines's: a shuffle depends
+    only on the seed and the number of items)."""
+    order = list(range(n_lines))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def held_out(order: list[int], holdout: Sequence[int]) -> tuple[list[int], list[int]]:
+    """`order` without the lines in `holdout` (the training lines, in their order), and `holdout`."""
+    held = set(holdout)
+    if not held <= set(order) or len(held) != len(holdout):
+        raise ValueError("holdout must be distinct line indices of the list")
+    return [i for i in order if i not in held], list(holdout)
+
+
+def joined(lines: list[str], order: list[int], trailing: bool = True) -> str:
+    """The lines `order` names, one a line (each ended by a newline; the last not, with trailing=False)."""
+    return "\n".join(lines[i] for i in order) + ("\n" if trailing and order else "")
 
 
 def line_ids(vocab, text: str) -> list[np.ndarray]:
@@ -467,9 +492,11 @@ def is_list(corpus: EncodedCorpus) -> bool:
 
 
 def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: Optional[str] = None,
-                          rank: int = 0, world: int = 1,
+                          holdout: Optional[Sequence[int]] = None, rank: int = 0, world: int = 1,
                           notice: Callable[[str], None] = lambda message: None) -> TrainData:
-    """Split, shuffle (lists) and lay out the corpus for training with `config` (a TrainConfig)."""
+    """Split, shuffle (lists) and lay out the corpus for training with `config` (a TrainConfig).
+    `holdout`: the lines of a list (indices in the corpus's order) to validate on, instead of the
+    last `val_fraction` of its shuffled lines (cross-validation's folds; not with `val_text`)."""
     if isinstance(corpus, Corpus):
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
@@ -493,9 +520,11 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
             return read_ids(from_file, part.dtype, offset, offset + n)
         return np.asarray(part[:n])
 
+    if holdout is not None and (val_text is not None or not line_oriented):
+        raise ValueError("holdout: the lines of a list, instead of a validation text")
     training_lines, val_part, val_offset, val_labels = None, None, None, None
     if line_oriented:
-        text, val_part, labels, val_labels, training_lines = _split_list(corpus, config, val_text is not None)
+        text, val_part, labels, val_labels, training_lines = _split_list(corpus, config, val_text is not None, holdout)
         train_ids = vocab.encode(text)
     elif val_text is None:
         # Running text is split in place: the ids may be a memory-mapped file larger than memory.
@@ -566,13 +595,17 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     )
 
 
-def _split_list(corpus: EncodedCorpus, config, val_file: bool):
+def _split_list(corpus: EncodedCorpus, config, val_file: bool, holdout: Optional[Sequence[int]] = None):
     """A list shuffled (see shuffle_lines) and split: (training text, validation text or None with a
     validation file, the training lines' labels, the validation lines' labels, the distinct lines
     for `sample --novel`). Lists are small: shuffled as text, then encoded again."""
     if corpus.labels is not None:
-        return _labelled_split(corpus.text(), corpus.labels, config)
+        return _labelled_split(corpus.text(), corpus.labels, config, holdout)
     full_text = corpus.text()
+    if holdout is not None:
+        lines = list_lines(full_text)
+        kept, held = held_out(shuffled_order(len(lines), config.seed), holdout)
+        return joined(lines, kept), joined(lines, held), None, None, unique_lines(full_text)
     text, val_part = shuffle_lines(full_text, config.seed), None
     if not val_file:
         text, val_part = split_train_val(text, config.val_fraction)
@@ -591,19 +624,25 @@ def _check_labelled(corpus: EncodedCorpus, config, val_file: bool, source: str) 
                          "drop --no-line-mode")
 
 
-def _labelled_split(text: str, labels: LineLabels, config) -> tuple[str, str, LineLabels, np.ndarray, list[str]]:
+def _labelled_split(text: str, labels: LineLabels, config, holdout: Optional[Sequence[int]] = None
+                    ) -> tuple[str, str, LineLabels, np.ndarray, list[str]]:
     """A labelled list shuffled (lines and labels together, seeded) and split as shuffle_lines and
-    split_train_val split a list: (training text, validation text, the training lines' labels, the
-    validation lines' labels, the distinct "LABEL\tline" pairs for `sample --novel`)."""
-    lines = text.split("\n")[:-1]  # every line non-empty (chargen.training.labels)
-    order = list(range(len(lines)))
-    random.Random(config.seed).shuffle(order)
-    shuffled = "\n".join(lines[i] for i in order) + "\n"
-    train, val = split_train_val(shuffled, config.val_fraction)
-    complete = train.count("\n")  # lines wholly in training; one more if the cut is inside a line
-    of_line = labels.of_line[np.array(order, dtype=np.int64)]
-    pairs = sorted({line_key(labels.names[k], line) for k, line in zip(labels.of_line.tolist(), lines)})
-    return train, val, labels.take(of_line[: complete + (not train.endswith("\n"))]), of_line[complete:], pairs
+    split_train_val split a list, or `holdout` held out: (training text, validation text, the
+    training lines' labels, the validation lines' labels, the distinct "LABEL\tline" pairs for
+    `sample --novel`)."""
+    lines = list_lines(text)  # every line non-empty (chargen.training.labels)
+    order = shuffled_order(len(lines), config.seed)
+    if holdout is None:
+        train, val = split_train_val(joined(lines, order), config.val_fraction)
+        complete = train.count("\n")  # lines wholly in training; one more if the cut is inside a line
+        kept, held = order[: complete + (not train.endswith("\n"))], order[complete:]
+    else:
+        kept, held = held_out(order, holdout)
+        train, val = joined(lines, kept), joined(lines, held)
+    of_line = labels.of_line
+    pairs = sorted({line_key(labels.names[k], line) for k, line in zip(of_line.tolist(), lines)})
+    index = lambda rows: np.array(rows, dtype=np.int64)  # noqa: E731
+    return train, val, labels.take(of_line[index(kept)]), of_line[index(held)], pairs
 
 
 def lines_per_batch(n_lines: int, mean_chars: float, batch_size: int, seq_len: int) -> int:

@@ -23,8 +23,9 @@ the curve the run follows, on 4/5 of its names. (Steps, not epochs: a step is a 
 run on every line for 14 of 20 lists of 5 to 50 names, measured against 500 names neither saw.)
 
 Cross-validation replaces the held-out lines only where nothing else asks for them: no
---val-file, --val-fraction, --max-steps, --epochs, --patience or --eval-every given, an
-unlabelled list, one process (not torchrun), a new run. A --time given caps each fold, and the
+--val-file, --val-fraction, --max-steps, --epochs, --patience or --eval-every given, one
+process (not torchrun), a new run. A labelled list's folds are dealt from all its lines, whatever
+their labels (each fold's held-out loss is over the labels of its lines, as a held-out tenth's is). A --time given caps each fold, and the
 run after them: the run gets the whole of it, so that it can train the steps chosen.
 """
 
@@ -40,7 +41,7 @@ from typing import Any, Callable, Optional
 from ..config import TrainConfig
 from ..errors import TrainingInterrupted, UsageError
 from .callbacks import TrainCallbacks
-from .data import is_list, shuffle_lines
+from .data import is_list, list_lines, shuffled_order
 from .ingest import EncodedCorpus
 
 FOLDS = 5
@@ -97,19 +98,19 @@ def _steps(n: int) -> str:
 
 def cross_validates(corpus: EncodedCorpus, given: dict[str, Any], val_file: Optional[str], distributed: bool) -> bool:
     """Whether a new run adapting a trained model to `corpus` chooses its length by cross-validation
-    (see the module docstring): a list of 2 to CV_MAX_LINES lines, with nothing given that chooses
-    the length or the held-out text."""
-    if val_file is not None or distributed or corpus.labels is not None or not is_list(corpus):
+    (see the module docstring): a list of 2 to CV_MAX_LINES lines, labelled or not, with nothing
+    given that chooses the length or the held-out text."""
+    if val_file is not None or distributed or not is_list(corpus):
         return False
     if given.get("line_mode") is False or any(k in given for k in CHOSEN_BY_USER):
         return False
     return 2 <= corpus.line_stats.count <= CV_MAX_LINES
 
 
-def deal(lines: list[str], k: int) -> list[tuple[list[str], list[str]]]:
-    """The k folds of `lines`: (training lines, held-out lines), the held-out ones every k-th line
+def deal(order: list[int], k: int) -> list[list[int]]:
+    """The k folds' held-out lines: every k-th of `order` (the list's lines in their seeded order)
     from the fold's index, so that every line is held out exactly once."""
-    return [([line for i, line in enumerate(lines) if i % k != f], lines[f::k]) for f in range(k)]
+    return [order[f::k] for f in range(k)]
 
 
 def combine(curves: list[list[float]], weights: list[int]) -> list[float]:
@@ -140,21 +141,20 @@ def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: di
                    ) -> CrossValidation:
     """Run the folds (`train`: chargen.training.loop.train, each in a temporary directory, quiet)."""
     t0 = time.perf_counter()
-    lines = shuffle_lines(corpus.text(), config.seed).split("\n")[:-1]
-    folds = deal(lines, fold_count(len(lines)))
+    lines = list_lines(corpus.text())
+    folds = deal(shuffled_order(len(lines), config.seed), fold_count(len(lines)))
     fold_config = TrainConfig.from_dict({**config.to_dict(), **CONSTANT_RATE, "max_steps": FOLD_MAX_STEPS,
                                          "patience": FOLD_PATIENCE, "eval_every": 1, "sample_every": 0})
     curves, weights = [], []
     with tempfile.TemporaryDirectory(prefix="chargen-folds-") as tmp:
-        for f, (kept, held) in enumerate(folds):
-            fold = EncodedCorpus.from_text("\n".join(kept) + "\n", corpus.name, corpus.sources).recoded(corpus.vocab)
-            result = train(fold, fold_config, model_options, out_dir=Path(tmp) / f"fold{f}",
-                           val_text="\n".join(held) + "\n", precision=precision, base=base, callbacks=_Quiet(callbacks))
+        for f, held in enumerate(folds):
+            result = train(corpus, fold_config, model_options, out_dir=Path(tmp) / f"fold{f}", holdout=held,
+                           precision=precision, base=base, callbacks=_Quiet(callbacks))
             if result.interrupted:
                 raise TrainingInterrupted(result.interrupted, None)
             by_step = {m["step"]: math.nan if m["val_loss"] is None else m["val_loss"] for m in result.metrics}
             curves.append([by_step.get(s, math.nan) for s in range(max(by_step) + 1)])
-            weights.append(sum(len(line) + 1 for line in held))
+            weights.append(sum(len(lines[i]) + 1 for i in held))
     curve = combine(curves, weights)
     if len(curve) < 2:
         raise UsageError("`time` ran out before a fold of the cross-validation took a step: give more time, or "

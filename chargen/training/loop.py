@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +86,7 @@ def train(
     *,
     out_dir: str | os.PathLike,
     val_text: Optional[str] = None,
+    holdout: Optional[Sequence[int]] = None,
     val_source: Optional[str] = None,
     precision: str = "auto",
     resume: Optional[str | os.PathLike] = None,
@@ -104,7 +105,8 @@ def train(
     model's checkpoint) starts a new run from its weights, grown to the corpus's vocabulary
     (chargen.training.finetune); the run records it and evaluates it before the first step. `sizing` (a
     chargen.training.sizing.AutoSizes record) is kept in config.json and the checkpoints, and the time it
-    took to measure counts against the time budget.
+    took to measure counts against the time budget. `holdout`: a list's lines to validate on (their
+    indices in the corpus), instead of its last `val_fraction` (chargen.training.folds).
     """
     main = dist is None or dist.is_main
     cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()  # the other ranks stay quiet
@@ -118,8 +120,9 @@ def train(
             check_resumable(ckpt, config.to_dict())
         else:
             run_dir.refuse_existing(overwrite)
-        data = prepare_training_data(corpus, config, val_text=val_text, rank=dist.rank if dist else 0,
-                                     world=dist.world if dist else 1, notice=cb.on_notice)
+        data = prepare_training_data(corpus, config, val_text=val_text, holdout=holdout,
+                                     rank=dist.rank if dist else 0, world=dist.world if dist else 1,
+                                     notice=cb.on_notice)
         if ckpt is not None:
             _check_same_corpus(ckpt, data)
         device = dist.device if dist is not None else resolve_device(config.device)
