@@ -19,7 +19,7 @@ from chargen.training.data import prepare_training_data, shuffled_order
 from chargen.training.folds import CV_MAX_LINES, FOLDS, choose_steps, combine, cross_validate, cross_validates, deal
 from chargen.training.ingest import EncodedCorpus
 
-from .conftest import assert_clean_error, make_names, run
+from .conftest import assert_clean_error, make_names, run, toy_words
 
 def short_list(n: int, seed: int = 3) -> str:
     names = list(dict.fromkeys(make_names(4 * n, seed=seed).splitlines()))[:n]
@@ -154,6 +154,30 @@ def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained
         np.testing.assert_array_equal(best.weights[name], last.weights[name])
     config = json.loads((out / "config.json").read_text())
     assert config["auto"]["cross_validation"] == cv and config["train"]["min_lr_ratio"] == 1.0
+
+
+def test_new_labels_on_a_short_list_are_cross_validated_with_a_held_out_loss_each(trained_labels, tmp_path):
+    """Two new labels of 12 lines each, added to a labelled model: the folds deal the 24 lines
+    whatever their labels, the run trains all of them for the steps chosen, and each label's
+    cross-validated loss is kept as its held-out loss; weighted by the labels' characters, they make
+    the overall one."""
+    files = {"abz": toy_words("abz", 12, 21), "xyc": toy_words("xyc", 12, 22)}
+    for name, text in files.items():
+        (tmp_path / f"{name}.txt").write_text(text)
+    out = chargen.train([str(tmp_path / f"{name}.txt") for name in files], labels="file", out=tmp_path / "run",
+                        start_from=str(trained_labels), precision="fp32", sample_every=0, time=60.0)
+    best = read_checkpoint(out, prefer=BEST)
+    cv = best.info["auto"]["cross_validation"]
+    assert cv["folds"] == FOLDS and best.info["step"] == cv["steps"] and best.train_config["val_fraction"] == 0.0
+    assert cv["val_loss"] < cv["start_loss"], cv
+    per_label = cv["label_val_loss"]
+    assert set(per_label) == {"abz", "xyc"}
+    assert best.info["labels"]["names"] == ["abc", "xyz", "abz", "xyc"] and best.info["labels"]["val_loss"] == per_label
+    chars = {name: len(text) for name, text in files.items()}  # each line's characters and its newline
+    overall = sum(chars[k] * per_label[k] for k in chars) / sum(chars.values())
+    assert overall == pytest.approx(cv["val_loss"], abs=2e-5)
+    listed = dict(line.split("\t")[::2] for line in run(["info", str(out), "--labels"]).stdout.decode().splitlines())
+    assert float(listed["abz"]) == round(per_label["abz"], 4) and listed["abc"] == "-"
 
 
 def test_a_stop_while_the_folds_run_writes_nothing(trained_names, tmp_path):

@@ -79,6 +79,7 @@ class EvalReport:
     improved: bool
     written: bool = True  # last.safetensors and the metrics were written at it (chargen.training.loop.WRITE_EVERY_STEPS)
     sample: Optional[str] = None  # a short preview sample, when one was drawn
+    label_losses: Optional[dict[str, float]] = None  # a labelled list's held-out loss per label (not in metrics.jsonl)
 
     METRICS = ("step", "epoch", "chars_seen", "train_loss", "val_loss", "val_bpc", "lr", "chars_per_sec", "elapsed")
 

@@ -24,9 +24,10 @@ run on every line for 14 of 20 lists of 5 to 50 names, measured against 500 name
 
 Cross-validation replaces the held-out lines only where nothing else asks for them: no
 --val-file, --val-fraction, --max-steps, --epochs, --patience or --eval-every given, one
-process (not torchrun), a new run. A labelled list's folds are dealt from all its lines, whatever
-their labels (each fold's held-out loss is over the labels of its lines, as a held-out tenth's is). A --time given caps each fold, and the
-run after them: the run gets the whole of it, so that it can train the steps chosen.
+process (not torchrun), a new run. A labelled list's folds are dealt from all its lines whatever
+their labels, and each label's losses are summed over the folds as the whole's are: the run keeps
+them as its labels' held-out losses. A --time given caps each fold, and the run after them: the
+run gets the whole of it, so that it can train the steps chosen.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class CrossValidation:
     start_loss: float  # the same of the model the run starts from (step 0)
     curve: list[float]  # the held-out loss after 0, 1, 2, ... steps
     seconds: float  # wall time the folds took
+    label_losses: Optional[dict[str, float]] = None  # a labelled list's: each label's held-out loss after `steps`
 
     def record(self) -> dict[str, Any]:
         chosen = {"max_steps": self.steps, "val_fraction": 0.0, **CONSTANT_RATE}
@@ -75,7 +77,9 @@ class CrossValidation:
         return {"chosen": chosen, "why": self.why(),
                 "cross_validation": {"folds": self.folds, "steps": self.steps, "val_loss": round(self.val_loss, 5),
                                      "start_loss": round(self.start_loss, 5), "seconds": round(self.seconds, 3),
-                                     "curve": [round(v, 5) for v in self.curve]}}
+                                     "curve": [round(v, 5) for v in self.curve],
+                                     **({"label_val_loss": {k: round(v, 5) for k, v in self.label_losses.items()}}
+                                        if self.label_losses is not None else {})}}
 
     def plan(self, n_lines: int) -> str:
         """What the run does with the choice, for a notice."""
@@ -126,11 +130,37 @@ def choose_steps(curve: list[float]) -> int:
     return min(range(1, len(curve)), key=lambda s: (not math.isfinite(curve[s]), curve[s]))
 
 
+def by_label(label_curves: list[dict[int, dict[str, float]]], weights: list[dict[str, int]], step: int
+             ) -> dict[str, float]:
+    """Each label's held-out loss per character after `step` steps: its folds' losses (`label_curves`:
+    per fold, step -> label -> loss) weighted by the characters of its lines each held out."""
+    out = {}
+    for name in dict.fromkeys(n for w in weights for n in w):  # in the order the folds met them
+        pairs = [(w[name], curve[step][name]) for curve, w in zip(label_curves, weights) if name in curve.get(step, {})]
+        if pairs:
+            out[name] = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
+    return out
+
+
+def _chars_by_label(lines: list[tuple[str, str]]) -> dict[str, int]:
+    """(label, line) pairs -> the characters each label's lines are scored on (their newlines too)."""
+    chars: dict[str, int] = {}
+    for name, line in lines:
+        chars[name] = chars.get(name, 0) + len(line) + 1
+    return chars
+
+
 class _Quiet(TrainCallbacks):
-    """A fold's runs report nothing; a stop the run's callbacks ask for stops them too."""
+    """A fold's runs report nothing, but keep a labelled run's losses per label at each step; a stop
+    the run's callbacks ask for stops them too."""
 
     def __init__(self, callbacks: Optional[TrainCallbacks]):
         self.outer = callbacks
+        self.label_losses: dict[int, dict[str, float]] = {}
+
+    def on_eval(self, report) -> None:
+        if report.label_losses is not None:
+            self.label_losses[report.step] = report.label_losses
 
     def should_stop(self, step: int) -> bool:
         return self.outer is not None and self.outer.should_stop(step)
@@ -145,20 +175,26 @@ def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: di
     folds = deal(shuffled_order(len(lines), config.seed), fold_count(len(lines)))
     fold_config = TrainConfig.from_dict({**config.to_dict(), **CONSTANT_RATE, "max_steps": FOLD_MAX_STEPS,
                                          "patience": FOLD_PATIENCE, "eval_every": 1, "sample_every": 0})
-    curves, weights = [], []
+    labels = corpus.labels
+    curves, weights, label_curves, label_weights = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="chargen-folds-") as tmp:
         for f, held in enumerate(folds):
+            quiet = _Quiet(callbacks)
             result = train(corpus, fold_config, model_options, out_dir=Path(tmp) / f"fold{f}", holdout=held,
-                           precision=precision, base=base, callbacks=_Quiet(callbacks))
+                           precision=precision, base=base, callbacks=quiet)
             if result.interrupted:
                 raise TrainingInterrupted(result.interrupted, None)
             by_step = {m["step"]: math.nan if m["val_loss"] is None else m["val_loss"] for m in result.metrics}
             curves.append([by_step.get(s, math.nan) for s in range(max(by_step) + 1)])
             weights.append(sum(len(lines[i]) + 1 for i in held))
+            if labels is not None:
+                label_curves.append(quiet.label_losses)
+                label_weights.append(_chars_by_label([(labels.names[labels.of_line[i]], lines[i]) for i in held]))
     curve = combine(curves, weights)
     if len(curve) < 2:
         raise UsageError("`time` ran out before a fold of the cross-validation took a step: give more time, or "
                          "`max_steps` to choose the length yourself")
     steps = choose_steps(curve)
     return CrossValidation(folds=len(folds), steps=steps, val_loss=curve[steps], start_loss=curve[0], curve=curve,
-                           seconds=time.perf_counter() - t0)
+                           seconds=time.perf_counter() - t0,
+                           label_losses=by_label(label_curves, label_weights, steps) if labels is not None else None)

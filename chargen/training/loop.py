@@ -230,7 +230,10 @@ class Trainer:
             if ckpt is None:  # measuring the sizes was part of the budget
                 self.run.elapsed = float(self.sizing.get("probe_seconds", 0.0))
         self.stopped: Optional[str] = None  # why the run ended before its budget, when it did
-        self.label_losses: Optional[dict[str, float]] = None  # a labelled list's, at the last validation
+        # A labelled list's held-out loss per label: at the last validation, or, with none held out
+        # after cross-validation (chargen.training.folds), the folds' after the steps chosen.
+        self.label_losses: Optional[dict[str, float]] = \
+            (self.sizing or {}).get("cross_validation", {}).get("label_val_loss") if not self.validates else None
         self.meter = LossMeter(device)
         self.guard: Optional[DivergenceGuard] = None
         self.best_step, self.evals_since_best = _best_so_far(self.metrics, self.run.step)
@@ -472,7 +475,8 @@ class Trainer:
             step=run.step, epoch=run.epoch, chars_seen=run.chars_seen, train_loss=round(train_loss, 5),
             val_loss=round(val_loss, 5), val_bpc=round(val_loss / LN2, 5), lr=self.optimizer.param_groups[0]["lr"],
             chars_per_sec=round(self.chars_per_sec(), 1), elapsed=round(elapsed, 2),
-            best_val_loss=run.best_val_loss, improved=improved, written=write)
+            best_val_loss=run.best_val_loss, improved=improved, written=write,
+            label_losses=self.label_losses if self.validates else None)
         self.metrics.append(report.metrics())
         if improved:
             self.save(BEST, with_resume=False, val_loss=val_loss, start=start)
