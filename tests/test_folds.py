@@ -42,6 +42,10 @@ def _fold_lines(corpus: EncodedCorpus, held: list[int], seed: int):
     kept = [vocab.decode(pool.flat[a : a + n].tolist()) for a, n in zip(pool.starts, pool.lengths)]
     held_lines = [vocab.decode(ids.tolist()).strip("\n") for ids in data.val_lines]
     names = None if data.labels is None else [data.labels.names[k] for k in data.val_labels]
+    # What the fold knows of its list (--novel's lines, and the lines that choose a new label's
+    # start) is the lines it trains on, not the ones it is scored on.
+    known = [entry.rpartition("\t")[2] for entry in data.training_lines]
+    assert sorted(known) == sorted(set(kept)), (known, kept)
     return kept, held_lines, names
 
 

@@ -602,10 +602,10 @@ def _split_list(corpus: EncodedCorpus, config, val_file: bool, holdout: Optional
     if corpus.labels is not None:
         return _labelled_split(corpus.text(), corpus.labels, config, holdout)
     full_text = corpus.text()
-    if holdout is not None:
+    if holdout is not None:  # the lines a fold trains on: what it knows (--novel, its start label) is those
         lines = list_lines(full_text)
         kept, held = held_out(shuffled_order(len(lines), config.seed), holdout)
-        return joined(lines, kept), joined(lines, held), None, None, unique_lines(full_text)
+        return joined(lines, kept), joined(lines, held), None, None, unique_lines(joined(lines, kept))
     text, val_part = shuffle_lines(full_text, config.seed), None
     if not val_file:
         text, val_part = split_train_val(text, config.val_fraction)
@@ -640,7 +640,8 @@ def _labelled_split(text: str, labels: LineLabels, config, holdout: Optional[Seq
         kept, held = held_out(order, holdout)
         train, val = joined(lines, kept), joined(lines, held)
     of_line = labels.of_line
-    pairs = sorted({line_key(labels.names[k], line) for k, line in zip(of_line.tolist(), lines)})
+    known = range(len(lines)) if holdout is None else kept  # a fold knows only the lines it trains on
+    pairs = sorted({line_key(labels.names[of_line[i]], lines[i]) for i in known})
     index = lambda rows: np.array(rows, dtype=np.int64)  # noqa: E731
     return train, val, labels.take(of_line[index(kept)]), of_line[index(held)], pairs
 
