@@ -382,7 +382,8 @@ class TrainConfig(_Config):
     eval_chars: int = option(200_000, "Cap on validation characters per evaluation, so evaluations stay cheap.",
                              **POSITIVE)
     val_fraction: float = option(0.1, "Fraction of the text, from its end, held out for validation (0: none, "
-                                      "so no early stopping: the last step is the model).",
+                                      "so no early stopping: the last step is the model). Unset when adapting a "
+                                      "list of up to 100 lines: none, its length cross-validated instead.",
                                  check=lambda v: 0.0 <= v < 1.0, rule="must be at least 0 and below 1")
     labels: Optional[str] = option(None, "Label every line: 'file' (each file's name without its extension labels "
                                          "its lines) or 'tab' (LABEL<TAB>TEXT lines). A labelled list trains line "

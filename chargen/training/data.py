@@ -554,13 +554,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     if len(val_ids) < 2 and (val_text is not None or config.val_fraction > 0):
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
                           f"character(s); use a longer corpus, a larger `val_fraction` or `val_file`")
-    if world > 1:
-        if config.batch_size % world:
-            raise UsageError(f"`batch_size` {config.batch_size} must be a multiple of the number of processes ({world}): "
-                             f"each trains an equal share of the streams")
-        batch_size -= batch_size % world
-        if batch_size == 0:
-            raise CorpusError(f"{source} is too short to give each of {world} processes one stream")
+    batch_size = _shared_out(batch_size, config.batch_size, world, source)
     if batch_size < config.batch_size:
         notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
     # (B, L): the global layout, whatever the world size; none in line mode (the lines are in line_batches)
@@ -593,6 +587,19 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         unigram_entropy=unigram_entropy(head(train_ids, 0, UNIGRAM_CHARS), len(vocab)),
         training_lines=training_lines, line_batches=line_batches, labels=labels, val_labels=val_labels,
     )
+
+
+def _shared_out(batch_size: int, asked: int, world: int, source: str) -> int:
+    """The streams (at most `batch_size`, of the `asked` --batch-size) that `world` processes share equally."""
+    if world == 1:
+        return batch_size
+    if asked % world:
+        raise UsageError(f"`batch_size` {asked} must be a multiple of the number of processes ({world}): "
+                         f"each trains an equal share of the streams")
+    batch_size -= batch_size % world
+    if batch_size == 0:
+        raise CorpusError(f"{source} is too short to give each of {world} processes one stream")
+    return batch_size
 
 
 def _split_list(corpus: EncodedCorpus, config, val_file: bool, holdout: Optional[Sequence[int]] = None):
