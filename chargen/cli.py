@@ -680,8 +680,8 @@ def info(
                   + " (sample with --label; chargen info --labels lists all)")
     if meta.get("step") is not None:
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
-    t.add_row("val loss", loss(meta.get("val_loss")))
-    t.add_row("best val loss", loss(meta.get("best_val_loss")))
+    for row, key in (("val loss", "val_loss"), ("best val loss", "best_val_loss")):  # --val-fraction 0: none
+        t.add_row(row, "none held out" if meta.get("val_chars") == 0 else loss(meta.get(key)))
     folds = (meta.get("auto") or {}).get("cross_validation") if isinstance(meta.get("auto"), dict) else None
     if isinstance(folds, dict):
         t.add_row("cross-validated", f"{loss(folds.get('val_loss'))} held out after {folds.get('steps')} steps, "

@@ -210,6 +210,8 @@ def test_holding_nothing_out_trains_on_everything_and_keeps_the_last_step(prose_
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20] and all(r["val_loss"] is None for r in records)
     assert all(math.isfinite(r["train_loss"]) for r in records)
+    shown = run(["info", str(whole)]).stdout.decode()
+    assert "none held out" in shown and "n/a" not in shown.split("best val loss")[1].split("\n")[0]
     part = chargen.train([str(prose_file)], out=tmp_path / "part", max_steps=10, **common)
     chargen.train([str(prose_file)], resume=part, max_steps=20)  # resumed, exactly
     resumed = read_checkpoint(part, prefer=BEST)
