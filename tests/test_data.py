@@ -10,6 +10,8 @@ from chargen.training.data import (
     LineBatches,
     WindowLoader,
     check_trainable,
+    lines_per_batch,
+    prepare_training_data,
     read_corpus,
     split_train_val,
     stream_view,
@@ -188,3 +190,20 @@ def test_every_epoch_batches_each_line_once_and_differently(n_lines, per_batch, 
         groupings.add(tuple(tuple(sorted(w.tolist())) for w in batches.labels))
     if n_lines // per_batch >= 6:  # 720 orders of the batches alone: four equal epochs would be a 1-in-3e8 chance
         assert len(groupings) > 1  # the epochs do not all repeat one grouping
+
+
+def test_a_list_shorter_than_two_batches_trains_every_line_each_epoch():
+    """50 lines at batch size 32: one batch of all 50 each epoch (it was 32 of them, the other 18
+    left out of the epoch); 64 lines and more: batches of 32, as before."""
+    from chargen.config import TrainConfig
+    from chargen.training.ingest import EncodedCorpus
+
+    assert lines_per_batch(50, 8.0, 32, 64) == 50 and lines_per_batch(20, 8.0, 32, 64) == 20
+    assert lines_per_batch(64, 8.0, 32, 64) == 32 and lines_per_batch(100, 8.0, 32, 64) == 32
+    text = "".join(f"name{i:02d}\n" for i in range(50))
+    notes = []
+    data = prepare_training_data(EncodedCorpus.from_text(text), TrainConfig(batch_size=32, val_fraction=0.0),
+                                 notice=notes.append)
+    assert data.n_windows == 1 and data.line_batches.lines_per_batch == 50
+    assert data.train_chars == len(text)  # every line and its newline, each epoch
+    assert "the list is short: 50 lines a batch" in notes
