@@ -18,9 +18,10 @@ character of s steps of adapting, measured on every name of the list:
 Then the run itself trains on every line for that many steps, holding none out (val_fraction 0:
 best.safetensors is where it ends). The folds' runs and that one take the same learning rate at
 each step (the warmup, then the peak: min_lr_ratio 1, no decay to time), so the folds measured
-the curve the run follows, on 4/5 of its names. (Steps, not epochs: a step is a batch of up to
---batch-size lines in both, and the step a fold chose scored within 0.01 of the best step of the
-run on every line for 14 of 20 lists of 5 to 50 names, measured against 500 names neither saw.)
+the curve the run follows, on 4/5 of its names. (Steps, not epochs: a step is a batch of lines
+in both, all of them for a list under two batches (data.lines_per_batch), and the step a fold
+chose scored within 0.01 of the best step of the run on every line for 14 of 20 lists of 5 to 50
+names, measured against 500 names neither saw.)
 
 Cross-validation replaces the held-out lines only where nothing else asks for them: no
 --val-file, --val-fraction, --max-steps, --epochs, --patience or --eval-every given, one
