@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,38 @@ def test_the_bundled_models_are_named_base_and_names(tmp_path):
     assert base.line_oriented and base.checkpoint.training_lines is not None
     (tmp_path / "base").write_text("not a model")  # a file called base here is taken for what it is
     assert checkpoint_path(tmp_path / "base") == tmp_path / "base"
+
+
+def test_the_closest_label_is_screened_to_the_same_choice_and_each_line_is_scored_once(monkeypatch):
+    """ClosestLabels scores the first SCREEN_LINES lines under every label of the bundled base and
+    the rest under the SCREEN_LABELS likeliest: on these lines the same label as scoring every line
+    under every label. Asked again for some of the same lines (a fold), it scores nothing again."""
+    from chargen import evaluation
+    from chargen.checkpoint import bundled_checkpoint
+
+    base = read_checkpoint(bundled_checkpoint("base"))
+    rows = [line.split("\t") for line in (Path(__file__).parents[1] / "corpora" / "many-names.tsv")
+            .read_text(encoding="utf-8").splitlines()]
+    lines = sorted({text for label, text in rows if label == "it_IT:surname"})[:40]
+    assert len(lines) > finetune.SCREEN_LINES and len(base.labels) > finetune.SCREEN_LABELS
+    closest = finetune.ClosestLabels(base)
+    chosen = closest.closest(lines, {})
+    newline = base.vocab.index["\n"]
+    ids = [np.append(base.vocab.encode(line).astype(np.int64), newline) for line in lines]
+    n = len(base.labels)
+    _, every = evaluation.mixture_nlls(closest.scorer, ids, closest.starts, np.full(n, 1 / n), newline)
+    assert chosen == int(np.argmin(every.sum(axis=0)))
+    assert np.sort(every.sum(axis=0))[1] > every.sum(axis=0).min()  # not a tie: the choice means something
+    assert chosen >= finetune.SCREEN_LABELS  # (an index into the screened labels would not be)
+
+    scored = []
+
+    def counted(scorer, ids, starts, *args):
+        scored.append((len(ids), len(starts)))
+        return mixture_nlls(scorer, ids, starts, *args)
+
+    mixture_nlls = evaluation.mixture_nlls
+    monkeypatch.setattr(evaluation, "mixture_nlls", counted)
+    assert closest.closest(lines, {}) == chosen and scored == []  # the same lines again: nothing to score
+    assert closest.closest(lines[::-1], {}) == chosen  # sampled in another order, other lines screen: only they
+    assert sum(n for n, labels in scored if labels == len(base.labels)) <= len(lines) - finetune.SCREEN_LINES

@@ -88,15 +88,17 @@ def test_cross_validate_trains_each_fold_on_the_others_and_scores_its_own_lines(
     corpus = EncodedCorpus.from_text("\n".join(lines) + "\n")
     calls = []
 
-    def fake_train(whole, config, model_options, *, out_dir, holdout, precision, base, callbacks):
-        assert whole is corpus
+    shared = object()  # a labelled base's ClosestLabels: every fold gets the same one
+
+    def fake_train(whole, config, model_options, *, out_dir, holdout, precision, base, closest, callbacks):
+        assert whole is corpus and closest is shared
         held = [lines[i] for i in holdout]
         calls.append(([line for line in lines if line not in held], held, config))
         curve = [abs(s - len(held)) + 1.0 for s in range(12)]
         return SimpleNamespace(interrupted=None, metrics=[{"step": s, "val_loss": v} for s, v in enumerate(curve)])
 
     config = TrainConfig(lr=6e-3, warmup=20, eval_every=25, patience=3)
-    cv = cross_validate(corpus, config, {}, base=None, precision="fp32", train=fake_train)
+    cv = cross_validate(corpus, config, {}, base=None, closest=shared, precision="fp32", train=fake_train)
     assert len(calls) == FOLDS == cv.folds
     for kept, held, fold_config in calls:
         assert sorted(kept + held) == sorted(lines) and not set(kept) & set(held)

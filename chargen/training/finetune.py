@@ -174,40 +174,70 @@ def calibrated_bias(logits: np.ndarray, bias: np.ndarray, fit: np.ndarray, count
 
 # --- the start states of a labelled run from a model ---------------------------------------------
 
-CLOSEST_LINES = 200  # lines of a new label scored under each of the base model's labels
+CLOSEST_LINES = 200  # lines of a new label that choose the base label it starts from
+SCREEN_LINES, SCREEN_LABELS = 24, 16  # the first lines, scored under every label, keep this many labels
 
 
-def closest_label(base, lines: list[str], copies: Mapping[str, str]) -> int:
-    """The base model's label (its index) under which `lines` are likeliest per character: a new
-    label starts from its start state (base: a labelled Checkpoint). New characters are read as
-    their stand-ins (`copies`, from `stand_ins`: the network starts by reading them so); lines
-    with other characters the base does not know are left out; with none left, the label with
-    the most training lines."""
-    from ..evaluation import NumpyScorer, mixture_nlls  # numpy only
-    from ..npmodel import NumpyCharRNN
+class ClosestLabels:
+    """Which of a labelled base model's labels lines are likeliest under, per character: a new
+    label (or an unlabelled list) starts from that label's start state. The cost is scoring lines
+    under every label (248 in the bundled base: 7.7 s for 200 names on a 2-core EPYC), so the
+    lines are screened: the first SCREEN_LINES of them (a random sample) under every label keep
+    the SCREEN_LABELS likeliest, and the rest are scored under those alone (the same choice as
+    every line under every label for 98-100% of random lists: docs/benchmarks.md, "The closest
+    label screened"). A line scored under the labels asked for is not scored again by the same
+    object, so the folds of a cross-validation and the run after them (chargen.training.folds)
+    share the work."""
 
-    newline = base.vocab.index["\n"]
-    chosen = random.Random(0).sample(lines, min(CLOSEST_LINES, len(lines)))  # (the lines come sorted)
-    as_read = str.maketrans(dict(copies))
-    chosen = [line.translate(as_read) for line in chosen]
-    ids = [np.append(base.vocab.encode(line).astype(np.int64), newline)
-           for line in chosen if not base.vocab.unknown_chars(line)]
-    if not ids:
-        return int(np.argmax(base.label_counts))
-    scorer = NumpyScorer(NumpyCharRNN(base.model_config, base.weights))
-    n = base.model_config.n_labels
-    _, per = mixture_nlls(scorer, ids, [[t[k] for t in base.start_state] for k in range(n)], np.full(n, 1 / n), newline)
-    return int(np.argmin(per.sum(axis=0)))  # (the same characters under every label: sums compare as means)
+    def __init__(self, base):
+        from ..evaluation import NumpyScorer  # numpy only
+        from ..npmodel import NumpyCharRNN
+
+        self.base = base
+        self.scorer = NumpyScorer(NumpyCharRNN(base.model_config, base.weights))
+        self.starts = [[t[k] for t in base.start_state] for k in range(base.model_config.n_labels)]
+        self.newline = base.vocab.index["\n"]
+        self.known: dict[str, np.ndarray] = {}  # line -> its NLL under each label (nan: not scored yet)
+
+    def closest(self, lines: list[str], copies: Mapping[str, str]) -> int:
+        """The label (its index) for `lines`, new characters read as their stand-ins (`copies`,
+        from `stand_ins`: the network starts by reading them so); lines with other characters the
+        base does not know are left out; with none left, the label with the most training lines."""
+        chosen = random.Random(0).sample(lines, min(CLOSEST_LINES, len(lines)))  # (the lines come sorted)
+        as_read = str.maketrans(dict(copies))
+        chosen = [line for line in (line.translate(as_read) for line in chosen) if not self.base.vocab.unknown_chars(line)]
+        if not chosen:
+            return int(np.argmax(self.base.label_counts))
+        every = np.arange(len(self.starts))
+        screened = np.argsort(self.nlls(chosen[:SCREEN_LINES], every).sum(axis=0), kind="stable")[:SCREEN_LABELS]
+        # (the same characters under every label: sums compare as means)
+        return int(screened[np.argmin(self.nlls(chosen, screened).sum(axis=0))])
+
+    def nlls(self, lines: list[str], labels: np.ndarray) -> np.ndarray:
+        """(len(lines), len(labels)): each line's NLL (nats, its newline included) under each
+        label, scoring only the lines not yet scored under all of them."""
+        from ..evaluation import mixture_nlls
+
+        todo = [line for line in dict.fromkeys(lines)
+                if np.isnan(self.known.setdefault(line, np.full(len(self.starts), np.nan))[labels]).any()]
+        if todo:
+            ids = [np.append(self.base.vocab.encode(line).astype(np.int64), self.newline) for line in todo]
+            _, per = mixture_nlls(self.scorer, ids, [self.starts[k] for k in labels], np.full(len(labels), 1 / len(labels)),
+                                  self.newline)
+            for line, row in zip(todo, per):
+                self.known[line][labels] = row
+        return np.stack([self.known[line][labels] for line in lines])
 
 
 def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_of: dict[str, list[str]],
-                  copies: Mapping[str, str]) -> tuple[np.ndarray, dict[str, str]]:
+                  copies: Mapping[str, str], closest: Optional[ClosestLabels] = None) -> tuple[np.ndarray, dict[str, str]]:
     """The "start" weight of a run from `base`, of `config`'s shape, and which base label each new
     label (an unlabelled run: "") starts from. A label the base has keeps its start state (so its
     distribution is unchanged until training moves it); a new label starts from the base's closest
-    label (closest_label on its lines, new characters read as their `copies`), or from the base's
-    one start state when the base has no labels. An unlabelled run from a labelled base starts from
-    its corpus's closest label (`lines_of[""]`)."""
+    label (ClosestLabels on its lines, new characters read as their `copies`; pass `closest` to
+    share its scores between runs), or from the base's one start state when the base has no
+    labels. An unlabelled run from a labelled base starts from its corpus's closest label
+    (`lines_of[""]`)."""
     shape = config.weight_shapes()["start"]
     if base.start_state is None:
         return np.zeros(shape, np.float32), {}
@@ -215,10 +245,11 @@ def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_o
     if not base.model_config.n_labels:
         return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32), {}
     per_label = np.moveaxis(stacked, 1, 0)  # (labels, S, layers, H)
+    closest = closest or ClosestLabels(base)
     if not config.n_labels:
-        k = closest_label(base, lines_of.get("", []), copies)
+        k = closest.closest(lines_of.get("", []), copies)
         return per_label[k].astype(np.float32), {"": base.labels[k]}
     index = {name: k for k, name in enumerate(base.labels)}
-    rows = [index[name] if name in index else closest_label(base, lines_of.get(name, []), copies) for name in names]
+    rows = [index[name] if name in index else closest.closest(lines_of.get(name, []), copies) for name in names]
     starts = {name: base.labels[k] for name, k in zip(names, rows) if name not in index}
     return np.ascontiguousarray(per_label[rows], dtype=np.float32), starts

@@ -168,9 +168,10 @@ class _Quiet(TrainCallbacks):
 
 
 def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: dict[str, Any], *, base,
-                   precision: str, train: Callable[..., Any], callbacks: Optional[TrainCallbacks] = None
+                   closest=None, precision: str, train: Callable[..., Any], callbacks: Optional[TrainCallbacks] = None
                    ) -> CrossValidation:
-    """Run the folds (`train`: chargen.training.loop.train, each in a temporary directory, quiet)."""
+    """Run the folds (`train`: chargen.training.loop.train, each in a temporary directory, quiet;
+    `closest`: a labelled base's ClosestLabels, which the folds share)."""
     t0 = time.perf_counter()
     lines = list_lines(corpus.text())
     folds = deal(shuffled_order(len(lines), config.seed), fold_count(len(lines)))
@@ -182,7 +183,7 @@ def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: di
         for f, held in enumerate(folds):
             quiet = _Quiet(callbacks)
             result = train(corpus, fold_config, model_options, out_dir=Path(tmp) / f"fold{f}", holdout=held,
-                           precision=precision, base=base, callbacks=quiet)
+                           precision=precision, base=base, closest=closest, callbacks=quiet)
             if result.interrupted:
                 raise TrainingInterrupted(result.interrupted, None)
             by_step = {m["step"]: math.nan if m["val_loss"] is None else m["val_loss"] for m in result.metrics}

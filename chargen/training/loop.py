@@ -42,7 +42,7 @@ from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, Trai
 from .data import PAD, Corpus, LineLoader, TrainData, WindowLoader, calibration_rows, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
-from .finetune import Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_weights
+from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_weights
 from .ingest import EncodedCorpus
 from .rundir import RunDir, RunState, check_resumable
 from .scorer import TorchScorer
@@ -94,6 +94,7 @@ def train(
     callbacks: Optional[TrainCallbacks] = None,
     dist: Optional[Dist] = None,
     base: Optional[Checkpoint] = None,
+    closest: Optional[ClosestLabels] = None,
     sizing: Optional[dict[str, Any]] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` and write best/last checkpoints and metrics to `out_dir`.
@@ -103,7 +104,8 @@ def train(
     `dist` (from chargen.training.distributed.setup, under torchrun) trains this rank's share of the
     streams with DistributedDataParallel; only rank 0 reports and writes. `base` (a trained
     model's checkpoint) starts a new run from its weights, grown to the corpus's vocabulary
-    (chargen.training.finetune); the run records it and evaluates it before the first step. `sizing` (a
+    (chargen.training.finetune); the run records it and evaluates it before the first step (`closest`:
+    the ClosestLabels of a labelled base, shared by the runs of a cross-validation). `sizing` (a
     chargen.training.sizing.AutoSizes record) is kept in config.json and the checkpoints, and the time it
     took to measure counts against the time budget. `holdout`: a list's lines to validate on (their
     indices in the corpus), instead of its last `val_fraction` (chargen.training.folds).
@@ -132,7 +134,7 @@ def train(
             torch.manual_seed(config.seed)
             t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
                         run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base,
-                        sizing=sizing)
+                        closest=closest, sizing=sizing)
             t.start()
             while True:
                 clock = t.clock(flag)  # agreed on by every rank
@@ -181,10 +183,10 @@ class Trainer:
                  ckpt: Optional[Checkpoint], *, device: torch.device, precision: str, dist: Optional[Dist],
                  run_dir: RunDir, callbacks: TrainCallbacks, corpus: Corpus | EncodedCorpus,
                  val_source: Optional[str], base: Optional[Checkpoint] = None,
-                 sizing: Optional[dict[str, Any]] = None):
+                 closest: Optional[ClosestLabels] = None, sizing: Optional[dict[str, Any]] = None):
         self.data, self.config, self.device, self.dist, self.run_dir, self.cb = data, config, device, dist, run_dir, callbacks
         self.main = dist is None or dist.is_main
-        self.model_config, self.model, self.lineage = build_model(data, model_options, ckpt, base)
+        self.model_config, self.model, self.lineage = build_model(data, model_options, ckpt, base, closest)
         self.model.to(device)
         self.precision = resolve_precision(precision, device, callbacks.on_notice, self.model_config)
         self.optimizer = make_optimizer(self.model, config)
@@ -607,7 +609,8 @@ class Trainer:
 
 
 def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: Optional[Checkpoint],
-                base: Optional[Checkpoint]) -> tuple[ModelConfig, CharRNN, Optional[dict[str, Any]]]:
+                base: Optional[Checkpoint], closest: Optional[ClosestLabels] = None
+                ) -> tuple[ModelConfig, CharRNN, Optional[dict[str, Any]]]:
     """The run's model: restored from the checkpoint it resumes, grown from the model it starts
     from (and its lineage), or new; with its config."""
     if ckpt is not None:
@@ -627,7 +630,7 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
     starts: dict[str, str] = {}
     if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
         weights["start"], starts = start_weights(base, config, data.labels.names if data.labels else None,
-                                                 _lines_by_label(data), copies)
+                                                 _lines_by_label(data), copies, closest)
     load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
     if fresh.any():  # a run that keeps the base's labels moves the new characters only (finetune.calibrated_bias)

@@ -21,7 +21,7 @@ from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .folds import cross_validate, cross_validates, fold_count
-from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, check_architecture, stand_ins
+from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, ClosestLabels, check_architecture, stand_ins
 from .ingest import ingest
 from .labels import read_labelled
 from .loop import train as run_training
@@ -69,6 +69,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else read_labelled(paths, config.labels)
         val_text = read_corpus([val_file]).text if val_file else None
         sizing = None  # the record of the automatic sizes, when they were chosen
+        closest = None  # a labelled base's ClosestLabels, shared by a cross-validation's runs
         if base is None and resume is None and start_from is None:
             base = _default_base(corpus, model_options, callbacks, dist)
         if base is not None:
@@ -78,7 +79,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             config, model_options, folds = _finetune_options(base, corpus, model_options, loop_options, val_file,
                                                              dist, callbacks)
             if folds:
-                config, sizing = _cross_validate(corpus, config, model_options, base, precision, callbacks)
+                closest = ClosestLabels(base) if base.labels is not None else None
+                config, sizing = _cross_validate(corpus, config, model_options, base, closest, precision, callbacks)
         elif resume is None:
             config, model_options, sizing = _auto_size(corpus, config, model_options, loop_options, precision, dist,
                                                        callbacks)
@@ -90,7 +92,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         out_dir = out_dir or Path("checkpoints") / corpus.name
         result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
                               precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,
-                              base=base, sizing=sizing)
+                              base=base, closest=closest, sizing=sizing)
         clean = True
     finally:
         teardown_distributed(dist, clean)
@@ -165,7 +167,7 @@ def _finetune_options(base, corpus, model_options: dict[str, Any], loop_options:
     return config, {**shape, **auto.model, **model_options}, folds
 
 
-def _cross_validate(corpus, config, model_options: dict[str, Any], base, precision: str, callbacks):
+def _cross_validate(corpus, config, model_options: dict[str, Any], base, closest, precision: str, callbacks):
     """The run's length chosen by k-fold cross-validation on the list (chargen.training.folds): the
     config that trains every line that long, holding none out, and the record of the choice."""
     notice = _notice(callbacks, None)
@@ -173,7 +175,7 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, precisi
     if notice is not None:
         notice(f"a list of {n:,} lines: choosing how many steps to adapt by "
                f"{fold_count(n)}-fold cross-validation (each line held out once)")
-    cv = cross_validate(corpus, config, model_options, base=base, precision=precision, train=run_training,
+    cv = cross_validate(corpus, config, model_options, base=base, closest=closest, precision=precision, train=run_training,
                         callbacks=callbacks)
     if notice is not None:
         notice(cv.plan(n))
