@@ -8,7 +8,7 @@ costs, and the time each takes.
 
 For each list, `--pool` of its lines are scored under every one of the bundled base's labels once.
 Each trial draws a list of `--sizes` lines from the pool; the screened choice is what
-ClosestLabels.closest returns (its scores filled in from the pool's, so it computes nothing), the
+ClosestLabels.label_for returns (its scores filled in from the pool's, so it computes nothing), the
 exhaustive choice the label with the least NLL summed over every line of the list; the regret of
 a choice is its NLL per character on the pool's other lines minus the best label's there. Times
 are of fresh objects on the first lines of a list, one after the other, nothing else running.
@@ -59,7 +59,7 @@ def main() -> None:
                 ours, rest = order[:size], order[size:]
                 on_rest = nll[rest].sum(axis=0) / chars[rest].sum()
                 exhaustive = int(np.argmin(nll[ours].sum(axis=0)))
-                screened = scored.closest(sorted(pool[i] for i in ours), {})
+                screened = scored.label_for(sorted(pool[i] for i in ours), {})
                 same += screened == exhaustive
                 regret_screened.append(on_rest[screened] - on_rest.min())
                 regret_every.append(on_rest[exhaustive] - on_rest.min())
@@ -73,7 +73,7 @@ def main() -> None:
             t0 = time.perf_counter()
             exhaustive = int(np.argmin(ClosestLabels(base).nlls(lines, every).sum(axis=0)))
             t1 = time.perf_counter()
-            screened = ClosestLabels(base).closest(lines, {})
+            screened = ClosestLabels(base).label_for(lines, {})
             t2 = time.perf_counter()
             timing.append({"list": source, "lines": size, "every_s": t1 - t0, "screened_s": t2 - t1,
                            "same": screened == exhaustive})

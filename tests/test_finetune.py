@@ -271,7 +271,7 @@ def test_the_closest_label_is_screened_to_the_same_choice_and_each_line_is_score
     lines = sorted({text for label, text in rows if label == "it_IT:surname"})[:40]
     assert len(lines) > finetune.SCREEN_LINES and len(base.labels) > finetune.SCREEN_LABELS
     closest = finetune.ClosestLabels(base)
-    chosen = closest.closest(lines, {})
+    chosen = closest.label_for(lines, {})
     newline = base.vocab.index["\n"]
     ids = [np.append(base.vocab.encode(line).astype(np.int64), newline) for line in lines]
     n = len(base.labels)
@@ -288,6 +288,6 @@ def test_the_closest_label_is_screened_to_the_same_choice_and_each_line_is_score
 
     mixture_nlls = evaluation.mixture_nlls
     monkeypatch.setattr(evaluation, "mixture_nlls", counted)
-    assert closest.closest(lines, {}) == chosen and scored == []  # the same lines again: nothing to score
-    assert closest.closest(lines[::-1], {}) == chosen  # sampled in another order, other lines screen: only they
+    assert closest.label_for(lines, {}) == chosen and scored == []  # the same lines again: nothing to score
+    assert closest.label_for(lines[::-1], {}) == chosen  # sampled in another order, other lines screen: only they
     assert sum(n for n, labels in scored if labels == len(base.labels)) <= len(lines) - finetune.SCREEN_LINES

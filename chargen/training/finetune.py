@@ -199,7 +199,7 @@ class ClosestLabels:
         self.newline = base.vocab.index["\n"]
         self.known: dict[str, np.ndarray] = {}  # line -> its NLL under each label (nan: not scored yet)
 
-    def closest(self, lines: list[str], copies: Mapping[str, str]) -> int:
+    def label_for(self, lines: list[str], copies: Mapping[str, str]) -> int:
         """The label (its index) for `lines`, new characters read as their stand-ins (`copies`,
         from `stand_ins`: the network starts by reading them so); lines with other characters the
         base does not know are left out; with none left, the label with the most training lines."""
@@ -247,9 +247,9 @@ def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_o
     per_label = np.moveaxis(stacked, 1, 0)  # (labels, S, layers, H)
     closest = closest or ClosestLabels(base)
     if not config.n_labels:
-        k = closest.closest(lines_of.get("", []), copies)
+        k = closest.label_for(lines_of.get("", []), copies)
         return per_label[k].astype(np.float32), {"": base.labels[k]}
     index = {name: k for k, name in enumerate(base.labels)}
-    rows = [index[name] if name in index else closest.closest(lines_of.get(name, []), copies) for name in names]
+    rows = [index[name] if name in index else closest.label_for(lines_of.get(name, []), copies) for name in names]
     starts = {name: base.labels[k] for name, k in zip(names, rows) if name not in index}
     return np.ascontiguousarray(per_label[rows], dtype=np.float32), starts
