@@ -688,10 +688,12 @@ def info(
                                      f"{loss(folds.get('start_loss'))} before ({folds.get('folds')} folds, "
                                      f"each line held out once)")
     lineage = meta.get("from")
-    if isinstance(lineage, dict):
-        t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]}), "
-                                  f"val loss before training {loss(lineage.get('val_loss'))}"
-                                  + (f", {lineage.get('new_chars')} new characters" if lineage.get("new_chars") else "")
+    if isinstance(lineage, dict):  # (with none held out, its loss before training is the cross-validated one's)
+        t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]})"
+                                  + (f", val loss before training {loss(lineage.get('val_loss'))}"
+                                     if meta.get("val_chars") != 0 else "")
+                                  + (f", {lineage['new_chars']} new character" + ("s" if lineage["new_chars"] != 1 else "")
+                                     if lineage.get("new_chars") else "")
                                   + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)"
                                      if lineage.get("stand_ins") else "")
                                   + (", lines from its label " + ", ".join(lineage["start_labels"].values())

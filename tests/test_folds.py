@@ -160,6 +160,8 @@ def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained
         np.testing.assert_array_equal(best.weights[name], last.weights[name])
     config = json.loads((out / "config.json").read_text())
     assert config["auto"]["cross_validation"] == cv and config["train"]["min_lr_ratio"] == 1.0
+    shown = run(["info", str(out)]).stdout.decode()  # the start's loss is the cross-validated one: no "n/a"
+    assert "cross-validated" in shown and "started from" in shown and "n/a" not in shown
 
 
 def test_new_labels_on_a_short_list_are_cross_validated_with_a_held_out_loss_each(trained_labels, tmp_path):
