@@ -161,8 +161,9 @@ def _finetune_options(base, corpus, model_options: dict[str, Any], loop_options:
         new = len(corpus.vocab) - len(base.vocab)
         copies = len(stand_ins(base.vocab, corpus.vocab))
         notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
-               + (f" + {new} new characters" if new else "")
-               + (f" ({copies} start as copies of letters it knows)" if copies else "")
+               + (f" + {new} new character" + ("s" if new != 1 else "") if new else "")
+               + (f" ({copies} start" + ("s a copy of a letter" if copies == 1 else " as copies of letters") + " it knows)"
+                  if copies else "")
                + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
     return config, {**shape, **auto.model, **model_options}, folds
 
