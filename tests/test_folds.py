@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,8 +91,8 @@ def test_cross_validate_trains_each_fold_on_the_others_and_scores_its_own_lines(
 
     shared = object()  # a labelled base's ClosestLabels: every fold gets the same one
 
-    def fake_train(whole, config, model_options, *, out_dir, holdout, precision, base, closest, callbacks):
-        assert whole is corpus and closest is shared
+    def fake_train(whole, config, model_options, *, out_dir, holdout, precision, base, closest, callbacks, write):
+        assert whole is corpus and closest is shared and not write
         held = [lines[i] for i in holdout]
         calls.append(([line for line in lines if line not in held], held, config))
         curve = [abs(s - len(held)) + 1.0 for s in range(12)]
@@ -139,10 +140,15 @@ def test_cross_validation_is_for_a_list_of_up_to_100_lines_with_nothing_chosen_b
     assert cross_validates(labelled, {}, None, False)  # a labelled list's folds are dealt from all its lines
 
 
-def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained_names, tmp_path):
+def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained_names, tmp_path, monkeypatch):
     """Twelve names of a new kind (the model's pseudo-names, each ending in -tor): five folds choose
     the steps, then the run trains all twelve for exactly that many, holding none out; the folds
-    find that adapting helps on names they held out."""
+    find that adapting helps on names they held out, and write nothing."""
+    from chargen.training import rundir
+
+    written = []
+    save = rundir.save_checkpoint
+    monkeypatch.setattr(rundir, "save_checkpoint", lambda path, **kw: (written.append(Path(path)), save(path, **kw)))
     small = tmp_path / "twelve.txt"
     small.write_text("".join(name + "tor\n" for name in short_list(12, seed=11).splitlines()), encoding="utf-8")
     out = chargen.train([str(small)], out=tmp_path / "run", start_from=str(trained_names), precision="fp32",
@@ -160,6 +166,7 @@ def test_a_short_list_adapts_for_the_cross_validated_steps_on_every_line(trained
         np.testing.assert_array_equal(best.weights[name], last.weights[name])
     config = json.loads((out / "config.json").read_text())
     assert config["auto"]["cross_validation"] == cv and config["train"]["min_lr_ratio"] == 1.0
+    assert written and {p.parent for p in written} == {out}  # the folds wrote no checkpoint
     shown = run(["info", str(out)]).stdout.decode()  # the start's loss is the cross-validated one: no "n/a"
     assert "cross-validated" in shown and "started from" in shown and "n/a" not in shown
 

@@ -170,7 +170,7 @@ class _Quiet(TrainCallbacks):
 def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: dict[str, Any], *, base,
                    closest=None, precision: str, train: Callable[..., Any], callbacks: Optional[TrainCallbacks] = None
                    ) -> CrossValidation:
-    """Run the folds (`train`: chargen.training.loop.train, each in a temporary directory, quiet;
+    """Run the folds (`train`: chargen.training.loop.train, each writing nothing, quiet;
     `closest`: a labelled base's ClosestLabels, which the folds share)."""
     t0 = time.perf_counter()
     lines = list_lines(corpus.text())
@@ -179,19 +179,19 @@ def cross_validate(corpus: EncodedCorpus, config: TrainConfig, model_options: di
                                          "patience": FOLD_PATIENCE, "eval_every": 1, "sample_every": 0})
     labels = corpus.labels
     curves, weights, label_curves, label_weights = [], [], [], []
-    with tempfile.TemporaryDirectory(prefix="chargen-folds-") as tmp:
-        for f, held in enumerate(folds):
-            quiet = _Quiet(callbacks)
-            result = train(corpus, fold_config, model_options, out_dir=Path(tmp) / f"fold{f}", holdout=held,
-                           precision=precision, base=base, closest=closest, callbacks=quiet)
-            if result.interrupted:
-                raise TrainingInterrupted(result.interrupted, None)
-            by_step = {m["step"]: math.nan if m["val_loss"] is None else m["val_loss"] for m in result.metrics}
-            curves.append([by_step.get(s, math.nan) for s in range(max(by_step) + 1)])
-            weights.append(sum(len(lines[i]) + 1 for i in held))
-            if labels is not None:
-                label_curves.append(quiet.label_losses)
-                label_weights.append(_chars_by_label([(labels.names[labels.of_line[i]], lines[i]) for i in held]))
+    for f, held in enumerate(folds):
+        quiet = _Quiet(callbacks)
+        result = train(corpus, fold_config, model_options, out_dir=Path(tempfile.gettempdir(), f"chargen-fold{f}"),
+                       holdout=held, precision=precision, base=base, closest=closest, callbacks=quiet,
+                       write=False)  # (never created: a fold writes nothing)
+        if result.interrupted:
+            raise TrainingInterrupted(result.interrupted, None)
+        by_step = {m["step"]: math.nan if m["val_loss"] is None else m["val_loss"] for m in result.metrics}
+        curves.append([by_step.get(s, math.nan) for s in range(max(by_step) + 1)])
+        weights.append(sum(len(lines[i]) + 1 for i in held))
+        if labels is not None:
+            label_curves.append(quiet.label_losses)
+            label_weights.append(_chars_by_label([(labels.names[labels.of_line[i]], lines[i]) for i in held]))
     curve = combine(curves, weights)
     if len(curve) < 2:
         raise UsageError("`time` ran out before a fold of the cross-validation took a step: give more time, or "

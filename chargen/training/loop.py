@@ -96,6 +96,7 @@ def train(
     base: Optional[Checkpoint] = None,
     closest: Optional[ClosestLabels] = None,
     sizing: Optional[dict[str, Any]] = None,
+    write: bool = True,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` and write best/last checkpoints and metrics to `out_dir`.
 
@@ -108,12 +109,14 @@ def train(
     the ClosestLabels of a labelled base, shared by the runs of a cross-validation). `sizing` (a
     chargen.training.sizing.AutoSizes record) is kept in config.json and the checkpoints, and the time it
     took to measure counts against the time budget. `holdout`: a list's lines to validate on (their
-    indices in the corpus), instead of its last `val_fraction` (chargen.training.folds).
+    indices in the corpus), instead of its last `val_fraction` (chargen.training.folds). `write`
+    False: the run writes nothing, `out_dir` included (a cross-validation's folds: what they give is
+    the result's metrics).
     """
     main = dist is None or dist.is_main
     cb = (callbacks or TrainCallbacks()) if main else TrainCallbacks()  # the other ranks stay quiet
     config.validate()
-    run_dir = RunDir(out_dir, main)
+    run_dir = RunDir(out_dir, writes=main and write)
     flag = StopFlag()  # Ctrl-C or SIGTERM from here on ends the run at its next step, saved
     with stop_on_signals(flag), run_dir.locked():  # one writer per run directory, else RunInUse, nothing changed
         ckpt = None
@@ -541,7 +544,7 @@ class Trainer:
             hidden = state_tensors(self.state)
             if self.dist is not None:
                 hidden = [self.dist.gather_streams(t) for t in hidden]
-        if not self.main:
+        if not self.run_dir.writes:  # the other ranks, and a run that writes nothing
             return
         info = {
             **self.run_info,

@@ -125,10 +125,11 @@ def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:
 
 
 class RunDir:
-    """The files of one run. `main` is False on the other ranks under torchrun: they write nothing."""
+    """The files of one run. `writes` is False on the other ranks under torchrun, and for the folds
+    of a cross-validation (chargen.training.folds): they write nothing, not even the directory."""
 
-    def __init__(self, path: str | Path, main: bool = True):
-        self.path, self.main = Path(path), main
+    def __init__(self, path: str | Path, writes: bool = True):
+        self.path, self.writes = Path(path), writes
         self._lock_fd: Optional[int] = None
         self._created: list[Path] = []
 
@@ -137,7 +138,7 @@ class RunDir:
 
         Creates the directory if needed, and nothing else: a refused run changes no file.
         """
-        if not self.main or self._lock_fd is not None:
+        if not self.writes or self._lock_fd is not None:
             return
         import fcntl
 
@@ -187,14 +188,14 @@ class RunDir:
 
     def refuse_existing(self, overwrite: bool) -> None:
         # Rank 0 alone decides (the others would see the step-0 checkpoint it is about to write).
-        if self.main and (self.path / LAST).exists() and not overwrite:
+        if self.writes and (self.path / LAST).exists() and not overwrite:
             raise UsageError(f"{self.path} already holds a run; continue it with `resume` {self.path}, "
                              f"or pass `overwrite` or another `out`")
 
     def prepare(self) -> None:
         """Remove temp files of a process killed mid-write (they are useless; the lock says no
         other process is writing here)."""
-        if not self.main:
+        if not self.writes:
             return
         for name in ("*.safetensors", METRICS, CONFIG, LOSS_SVG):  # every file a run writes (atomically)
             for stale in self.path.glob(f".{name}.*.tmp"):
@@ -202,11 +203,11 @@ class RunDir:
 
     def save(self, name: str, **checkpoint: Any) -> None:
         """save_checkpoint into this directory (see checkpoint.save_checkpoint for the keywords)."""
-        if self.main:
+        if self.writes:
             save_checkpoint(self.path / name, **checkpoint)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
-        if self.main:
+        if self.writes:
             atomic_write(self.path / CONFIG, (json.dumps(resolved, indent=2) + "\n").encode())
 
     def read_metrics(self, up_to_step: int) -> list[dict[str, Any]]:
@@ -218,7 +219,7 @@ class RunDir:
         return [m for m in records if m.get("step", 0) <= up_to_step]
 
     def write_metrics(self, records: list[dict[str, Any]], title: str) -> None:
-        if self.main:
+        if self.writes:
             atomic_write(self.path / METRICS, "".join(json.dumps(m) + "\n" for m in records).encode())
             write_loss_curve(self.path, records, title)
 
