@@ -26,6 +26,7 @@ new corpus lacks stay, so the model can still write them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -190,14 +191,19 @@ class ClosestLabels:
     share the work."""
 
     def __init__(self, base):
-        from ..evaluation import NumpyScorer  # numpy only
-        from ..npmodel import NumpyCharRNN
-
         self.base = base
-        self.scorer = NumpyScorer(NumpyCharRNN(base.model_config, base.weights))
         self.starts = [[t[k] for t in base.start_state] for k in range(base.model_config.n_labels)]
         self.newline = base.vocab.index["\n"]
         self.known: dict[str, np.ndarray] = {}  # line -> its NLL under each label (nan: not scored yet)
+
+    @functools.cached_property
+    def scorer(self):
+        """The base's numpy network, built when a line is first scored (a run whose labels the base
+        has all scores none)."""
+        from ..evaluation import NumpyScorer  # numpy only
+        from ..npmodel import NumpyCharRNN
+
+        return NumpyScorer(NumpyCharRNN(self.base.model_config, self.base.weights))
 
     def label_for(self, lines: list[str], copies: Mapping[str, str]) -> int:
         """The label (its index) for `lines`, new characters read as their stand-ins (`copies`,
