@@ -20,7 +20,7 @@ import typer
 
 from ._version import __version__
 from .config import (Declared, given_options, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
-                     format_duration, merge_train_options, parse_duration)
+                     counted, format_duration, merge_train_options, parse_duration)
 from .errors import ChargenError, TrainingInterrupted, UsageError
 
 app = typer.Typer(
@@ -692,8 +692,7 @@ def info(
         t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]})"
                                   + (f", val loss before training {loss(lineage.get('val_loss'))}"
                                      if meta.get("val_chars") != 0 else "")
-                                  + (f", {lineage['new_chars']} new character" + ("s" if lineage["new_chars"] != 1 else "")
-                                     if lineage.get("new_chars") else "")
+                                  + (f", {counted(lineage['new_chars'], 'new character')}" if lineage.get("new_chars") else "")
                                   + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)"
                                      if lineage.get("stand_ins") else "")
                                   + (", lines from its label " + ", ".join(lineage["start_labels"].values())

@@ -71,6 +71,11 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless n is 1: "1 step", "12 steps", "1,024 new characters"."""
+    return f"{n:,} {noun}" + ("s" if n != 1 else "")
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)

@@ -612,7 +612,8 @@ def _split_list(corpus: EncodedCorpus, config, val_file: bool, holdout: Optional
     if holdout is not None:  # the lines a fold trains on: what it knows (--novel, its start label) is those
         lines = list_lines(full_text)
         kept, held = held_out(shuffled_order(len(lines), config.seed), holdout)
-        return joined(lines, kept), joined(lines, held), None, None, unique_lines(joined(lines, kept))
+        train = joined(lines, kept)
+        return train, joined(lines, held), None, None, unique_lines(train)
     text, val_part = shuffle_lines(full_text, config.seed), None
     if not val_file:
         text, val_part = split_train_val(text, config.val_fraction)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import TrainConfig
+from ..config import TrainConfig, counted
 from ..errors import TrainingInterrupted, UsageError
 from .callbacks import TrainCallbacks
 from .data import is_list, list_lines, shuffled_order
@@ -84,21 +84,17 @@ class CrossValidation:
 
     def plan(self, n_lines: int) -> str:
         """What the run does with the choice, for a notice."""
-        return (f"{self.why()}, in {self.seconds:.1f} s: training on all {n_lines:,} lines for {_steps(self.steps)}, "
+        return (f"{self.why()}, in {self.seconds:.1f} s: training on all {n_lines:,} lines for {counted(self.steps, 'step')}, "
                 f"holding none out")
 
     def why(self) -> str:
-        return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {_steps(self.steps)} "
+        return (f"{self.folds}-fold cross-validation: held-out loss {self.val_loss:.4f} after {counted(self.steps, 'step')} "
                 f"({self.start_loss:.4f} before any), each line held out once")
 
 
 def fold_count(n_lines: int) -> int:
     """How many folds a list of `n_lines` is dealt into: FOLDS, or one line a fold below that."""
     return min(FOLDS, n_lines)
-
-
-def _steps(n: int) -> str:
-    return f"{n} step" + ("s" if n != 1 else "")
 
 
 def cross_validates(corpus: EncodedCorpus, given: dict[str, Any], val_file: Optional[str], distributed: bool) -> bool:

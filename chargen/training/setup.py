@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
-from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig
+from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted
 from ..errors import CheckpointError, TrainingInterrupted, UsageError
 from .data import is_list, read_corpus
 from .device import resolve_device
@@ -161,7 +161,7 @@ def _finetune_options(base, corpus, model_options: dict[str, Any], loop_options:
         new = len(corpus.vocab) - len(base.vocab)
         copies = len(stand_ins(base.vocab, corpus.vocab))
         notice(f"from {base.path}: {c.layers}x{c.hidden} {c.cell}, vocabulary {len(base.vocab)}"
-               + (f" + {new} new character" + ("s" if new != 1 else "") if new else "")
+               + (f" + {counted(new, 'new character')}" if new else "")
                + (f" ({copies} start" + ("s a copy of a letter" if copies == 1 else " as copies of letters") + " it knows)"
                   if copies else "")
                + (f"; adapting: {auto.describe()} ({auto.why})" if auto.model or auto.train else ""))
