@@ -2,6 +2,7 @@
 """Training throughput: chargen's training loop against a bare PyTorch loop of the same shapes.
 
     python benchmarks/train_speed.py [--quick] [--seconds 3] [--run-steps 200] [--run-configs 256:fp32,512:bf16]
+                                     [--device cpu|cuda] [--batch 64] [--hidden-grid 128,256]
                                      [--skip-grid] [--skip-runs] [--json bench-out/train_speed.json]
 
 Two tables, batch 64 x seq-len 128 on tinyshakespeare, everything in this one process and back
@@ -51,16 +52,17 @@ BATCH, SEQ = 64, 128
 WARMUP = 2
 
 
-def bare_loop(cfg: ModelConfig, ids: torch.Tensor, precision: str, *, seconds: float = 0.0,
-              steps: int = 0) -> tuple[int, float]:
-    """The floor: (steps timed, seconds). Runs WARMUP steps, then `steps` steps or for `seconds`."""
+def bare_loop(cfg: ModelConfig, ids: torch.Tensor, precision: str, *, device: torch.device, batch: int = BATCH,
+              seconds: float = 0.0, steps: int = 0, synced: bool = False) -> tuple[int, float]:
+    """The floor: (steps timed, seconds). Runs WARMUP steps, then `steps` steps or for `seconds`.
+    `synced`: wait for the device at every step (reading the loss), as a loop that checks each
+    step's loss on the host does; on a GPU the difference is what such a check costs."""
     torch.manual_seed(0)
-    model = CharRNN(cfg)
+    model = CharRNN(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-    length = ids.numel() // BATCH
-    streams = ids[: BATCH * length].view(BATCH, length)
+    length = ids.numel() // batch
+    streams = ids[: batch * length].view(batch, length).to(device)
     state, k, done = None, 0, 0
-    device = torch.device("cpu")
     t0 = 0.0
     while True:
         if (k + 1) * SEQ + 1 > length:
@@ -75,21 +77,31 @@ def bare_loop(cfg: ModelConfig, ids: torch.Tensor, precision: str, *, seconds: f
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         state = detach_state(state)
+        if synced:
+            loss.item()
         k += 1
         done += 1
         if not t0 and done == WARMUP:
+            sync(device)
             t0, done = time.perf_counter(), 0
         elif t0:
             elapsed = time.perf_counter() - t0
             if (steps and done >= steps) or (not steps and elapsed >= seconds and done >= 2):
-                return done, elapsed
+                sync(device)
+                return done, time.perf_counter() - t0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class StepClock(TrainCallbacks):
     """Times the loop from the start of step WARMUP to the start of the last step."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = BATCH) -> None:
         self.marks: dict[int, float] = {}
+        self.batch = batch
 
     def should_stop(self, step: int) -> bool:
         self.marks[step] = time.perf_counter()
@@ -97,14 +109,14 @@ class StepClock(TrainCallbacks):
 
     def rate(self) -> float:
         first, last = WARMUP, max(self.marks)
-        return (last - first) * BATCH * SEQ / (self.marks[last] - self.marks[first])
+        return (last - first) * self.batch * SEQ / (self.marks[last] - self.marks[first])
 
 
 def chargen_run(corpus: EncodedCorpus, opts: dict, precision: str, steps: int, *, eval_every: int,
-                clock: StepClock | None = None):
+                clock: StepClock | None = None, device: str = "cpu", batch: int = BATCH):
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(batch_size=BATCH, seq_len=SEQ, max_steps=steps, eval_every=eval_every, lr=3e-3,
-                             warmup=min(100, steps // 4))
+        config = TrainConfig(batch_size=batch, seq_len=SEQ, max_steps=steps, eval_every=eval_every, lr=3e-3,
+                             warmup=min(100, steps // 4), device=device)
         t = time.perf_counter()
         result = train(corpus, config, opts, out_dir=Path(tmp) / "run", precision=precision, callbacks=clock)
         return result, time.perf_counter() - t
@@ -119,42 +131,62 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=TrainConfig().eval_every, help="evaluation cadence of whole runs")
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--skip-runs", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--batch", type=int, default=BATCH, help="streams per step (the grid and the runs)")
+    ap.add_argument("--hidden-grid", default=None, help="the grid's hidden sizes, comma-separated")
+    ap.add_argument("--dropout", type=float, default=0.0, help="the grid's dropout (between layers and on the output)")
     ap.add_argument("--data", type=Path, default=DATA / "tinyshakespeare.txt")
     ap.add_argument("--json", type=Path, default=Path("bench-out/train_speed.json"))
     args = ap.parse_args()
     text = args.data.read_text(encoding="utf-8")
     corpus = EncodedCorpus.from_text(text, "tinyshakespeare", [str(args.data)])
     ids = torch.from_numpy(corpus.ids.astype("int64"))
-    peak = {"fp32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}
-    print(f"GEMM 2048^2: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", file=sys.stderr)
+    device, batch = torch.device(args.device), args.batch
+    gpu = device.type == "cuda"
+    n = 8192 if gpu else 2048  # a GPU needs a large product to reach its matrix rate
+    peak = {"fp32": gemm_rate(torch.float32, args.device, n), "bf16": gemm_rate(torch.bfloat16, args.device, n)}
+    print(f"GEMM {n}^2 on {args.device}: fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s",
+          file=sys.stderr)
 
     grid = []
     if not args.skip_grid:
         layers_grid = (1, 2) if args.quick else (1, 2, 3)
         hidden_grid = (128, 256, 512) if args.quick else (128, 256, 512, 1024)
+        if args.hidden_grid:
+            hidden_grid = tuple(int(h) for h in args.hidden_grid.split(","))
         for layers in layers_grid:
             for hidden in hidden_grid:
                 for precision in ("fp32", "bf16"):
-                    opts = {"layers": layers, "hidden": hidden, "embed": 64, "dropout": 0.0}
+                    opts = {"layers": layers, "hidden": hidden, "embed": 64, "dropout": args.dropout}
                     cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts)
-                    steps, secs = bare_loop(cfg, ids, precision, seconds=args.seconds)
-                    bare = steps * BATCH * SEQ / secs
-                    clock = StepClock()
-                    chargen_run(corpus, opts, precision, WARMUP + steps + 1, eval_every=10**9, clock=clock)
+                    steps, secs = bare_loop(cfg, ids, precision, device=device, batch=batch, seconds=args.seconds)
+                    bare = steps * batch * SEQ / secs
+                    synced = None
+                    if gpu:
+                        s_steps, s_secs = bare_loop(cfg, ids, precision, device=device, batch=batch, steps=steps,
+                                                    synced=True)
+                        synced = s_steps * batch * SEQ / s_secs
+                    clock = StepClock(batch)
+                    chargen_run(corpus, opts, precision, WARMUP + steps + 1, eval_every=10**9, clock=clock,
+                                device=args.device, batch=batch)
                     ours = clock.rate()
                     flops = 6 * cfg.matmul_weights
                     row = {"layers": layers, "hidden": hidden, "precision": precision, "steps": steps,
-                           "bare_chars_per_sec": bare, "chargen_chars_per_sec": ours, "ratio": ours / bare,
+                           "bare_chars_per_sec": bare, "bare_synced_chars_per_sec": synced,
+                           "chargen_chars_per_sec": ours, "ratio": ours / bare,
                            "gflops": flops * ours / 1e9, "peak_gflops": peak[precision] / 1e9}
                     grid.append(row)
                     print(f"{layers}x{hidden} {precision}: bare {bare:,.0f}  chargen {ours:,.0f}  "
                           f"ratio {ours / bare:.3f}", file=sys.stderr, flush=True)
         print_table(
-            f"1. steady training speed, batch {BATCH} x {SEQ}, chargen's loop vs a bare loop, same steps",
-            ["config", "steps", "bare chars/s", "chargen chars/s", "chargen / bare", "GFLOP/s", "% of GEMM peak"],
+            f"1. steady training speed on {args.device}, batch {batch} x {SEQ}, dropout {args.dropout}, chargen's loop vs a bare loop, same steps"
+            + (" (bare synced: the bare loop waiting for the GPU at every step)" if gpu else ""),
+            ["config", "steps", "bare chars/s", *(["bare synced"] if gpu else []), "chargen chars/s", "chargen / bare",
+             "GFLOP/s", "% of GEMM peak"],
             [[f"{r['layers']}x{r['hidden']} {r['precision']}", str(r["steps"]), f"{r['bare_chars_per_sec']:,.0f}",
+              *([f"{r['bare_synced_chars_per_sec']:,.0f}"] if gpu else []),
               f"{r['chargen_chars_per_sec']:,.0f}", f"{r['ratio']:.3f}", f"{r['gflops']:.1f}",
-              f"{100 * r['gflops'] / r['peak_gflops']:.0f}%"] for r in grid])
+              f"{100 * r['gflops'] / r['peak_gflops']:.1f}%"] for r in grid])
 
     runs = []
     if not args.skip_runs:
@@ -165,8 +197,9 @@ def main() -> None:
         for hidden, precision, steps in plan:
             opts = {"layers": 2, "hidden": hidden, "embed": 64, "dropout": 0.0}
             cfg = ModelConfig(vocab_size=len(corpus.vocab), **opts)
-            clock = StepClock()
-            result, wall = chargen_run(corpus, opts, precision, steps, eval_every=args.eval_every, clock=clock)
+            clock = StepClock(batch)
+            result, wall = chargen_run(corpus, opts, precision, steps, eval_every=args.eval_every, clock=clock,
+                                       device=args.device, batch=batch)
             # What the run spends outside its training steps (start-up, evaluation, checkpoints,
             # the sample): the wall time less `steps` typical steps. Unlike the ratio to the bare
             # loop, this share does not depend on two separately timed loops agreeing.
@@ -174,9 +207,9 @@ def main() -> None:
             typical = statistics.median(b - a for a, b in zip(marks, marks[1:]))
             outside = max(0.0, wall - steps * typical)
             # The bare loop does the same steps (its warm-up steps counted too).
-            bare_steps, bare_secs = bare_loop(cfg, ids, precision, steps=steps - WARMUP)
+            bare_steps, bare_secs = bare_loop(cfg, ids, precision, device=device, batch=batch, steps=steps - WARMUP)
             bare_wall = bare_secs * steps / bare_steps  # warm-up steps cost about as much as the others
-            chars = steps * BATCH * SEQ
+            chars = steps * batch * SEQ
             row = {"layers": 2, "hidden": hidden, "precision": precision, "steps": steps, "chars": chars,
                    "chargen_wall": wall, "bare_wall": bare_wall, "chargen_chars_per_sec": chars / wall,
                    "bare_chars_per_sec": chars / bare_wall, "ratio": bare_wall / wall,
@@ -201,7 +234,7 @@ def main() -> None:
             delta = bf16_512[0]["val_loss"] - fp32_512[0]["val_loss"]
             print(f"bf16 vs fp32 at 2x512 after {fp32_512[0]['chars']:,} chars: {speedup:.2f}x the speed, "
                   f"val loss {delta:+.4f} nats (benchmarks/precision.py runs the long comparison)")
-    write_json(args.json, {"batch": BATCH, "seq_len": SEQ, "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
+    write_json(args.json, {"device": args.device, "batch": batch, "seq_len": SEQ, "dropout": args.dropout, "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
                            "grid": grid, "runs": runs})
 
 

@@ -151,6 +151,21 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """cuDNN's recurrent kernels and cuBLAS's products in true float32 for the block. PyTorch lets
+    cuDNN use TF32 by default (10-bit mantissas: log-probabilities off by up to 1e-2 after a few
+    steps), and a caller may have allowed it for products, so a sampler or scorer on a GPU would
+    part from the numpy twin it is held to. Training keeps the settings it finds; elsewhere than
+    on CUDA this changes nothing."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 # --- the state a line starts from -------------------------------------------------------------
 
 
@@ -230,7 +245,7 @@ class TorchStepper:
                                    .contiguous() for k in range(c.state_tensors)])
 
     def step(self, ids: np.ndarray, state):
-        with self.torch.no_grad():
+        with self.torch.no_grad(), full_fp32():
             x = self.torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[:, None]  # (B, 1)
             logits, state = self.model(x, state)
         return logits[:, 0].float().cpu().numpy(), state

@@ -65,8 +65,11 @@ def resolve_precision(name: str, device: torch.device, notice: Callable[[str], N
 
 def _auto_precision(device: torch.device, hidden: int) -> str:
     if device.type == "cuda":
-        # Ampere and later have bf16 tensor cores; bf16 needs no loss scaling.
-        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+        # Ampere and later have bf16 tensor cores (and bf16 needs no loss scaling), but there cuDNN
+        # also runs fp32 recurrences in TF32 on the same cores. Measured on an H200 (docs/benchmarks.md,
+        # "The CUDA path"): fp32 trains hidden 128-512 as fast as bf16 or faster (1.0-1.35x), and
+        # bf16 is 1.3x faster from hidden 1024.
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 and hidden >= 1024 else "fp32"
     if device.type == "cpu":
         # Measured (docs/benchmarks.md): on an AMX Xeon bf16 is 1.3x fp32 at hidden 128 and about
         # 2x from 256 up; on an AVX512-BF16 EPYC without AMX (Zen 4) 1.2-1.5x at 128 and 1.5-2.1x

@@ -198,6 +198,11 @@ class Trainer:
         self.net: torch.nn.Module = self.model if dist is None else wrap_ddp(self.model, device)
         self.start_ids = torch.from_numpy(data.start_ids).to(device)
         self.scorer = TorchScorer(self.model, device, self.precision)
+        # cuDNN draws the dropout between stacked layers from a random state of its own, which torch
+        # cannot save; it re-seeds that state from the CUDA generator once the generator's state has
+        # been set. Setting it (to itself) before every step makes each step's masks follow from the
+        # saved RNG state alone, as a resumed run's do (the resume is exact; tests/test_cuda.py).
+        self.reseeds_cudnn = device.type == "cuda" and self.model_config.layers > 1 and self.model_config.dropout > 0
 
         self.run = RunState(corpus_digest=data.digest, world_size=dist.world if dist else 1)
         self.state: Optional[State] = None  # carried from window to window
@@ -389,6 +394,8 @@ class Trainer:
         is rolled back. `chars`: as loss_and_gradients takes it."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.reseeds_cudnn:
+            torch.cuda.set_rng_state(torch.cuda.get_rng_state(self.device), self.device)
         loss, grad_norm, new_state = loss_and_gradients(self.net, self.model, self.optimizer, x, y, self.state,
                                                         self.device, self.precision, self.config.grad_clip,
                                                         self.scaler, chars, labels)

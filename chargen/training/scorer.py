@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation import PAD
-from ..model import evaluating, state_from_tensors
+from ..model import evaluating, full_fp32, state_from_tensors
 from .device import autocast
 
 
@@ -27,7 +27,7 @@ class TorchScorer:
                                    for a in start_state])  # each (layers, rows, H)
 
     def score(self, inputs: np.ndarray, targets: np.ndarray, state):
-        with evaluating(self.model), torch.no_grad():
+        with evaluating(self.model), torch.no_grad(), full_fp32():
             x = torch.from_numpy(inputs).to(self.device)
             y = torch.from_numpy(np.ascontiguousarray(targets)).to(self.device)
             with autocast(self.device, self.precision):
