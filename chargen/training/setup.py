@@ -212,15 +212,16 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
     world = dist.world if dist is not None else 1
     given = {**loop_options, **model_options}
 
-    started = []
+    started = False
 
     def measure(options, batch_size, seq_len, seconds):
+        nonlocal started
         if not started:  # what a process pays once on a device (on a GPU the CUDA context, cuDNN and
             # cuBLAS: 5 s on an H200, which made its first shape look 30x slower than it trains)
             # belongs to no shape: a tiny step pays it before the first is timed
             measure_rate({"layers": 1, "hidden": 8, "embed": 4}, len(corpus.vocab), 2, 4, device=device,
                          precision=precision, seconds=0.0)
-            started.append(True)
+            started = True
         # Under torchrun each process trains its share of the batch; the slowest one sets the pace,
         # and every process must take the same decisions, so the numbers are agreed on.
         rate, spent = measure_rate(options, len(corpus.vocab), max(1, batch_size // world), seq_len, device=device,
