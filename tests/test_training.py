@@ -417,6 +417,10 @@ def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypa
         assert config["auto"]["measured"] and config["auto"]["probe_seconds"] <= 3.0
         assert config["auto"]["chosen"]["hidden"] == config["model"]["hidden"]
         chosen[name] = config["model"]["hidden"]
+        # The device's one-time start (on a GPU: CUDA, cuDNN, cuBLAS, 5 s on an H200) is paid by a
+        # tiny untimed step first, so that it falls in no shape's timing; only the shapes are recorded.
+        assert device.calls[0] == (1, 8, 2, 4, 0.0) and device.calls[1][:2] == (2, 64), device.calls
+        assert [m["shape"] for m in config["auto"]["measured"]][0] == "2x64"
     assert chosen["slow"] < chosen["fast"], chosen
 
     def refuse(*args, **kwargs):
@@ -554,6 +558,19 @@ def test_precision_falls_back_with_a_notice(monkeypatch):
     monkeypatch.undo()
     small = ModelConfig(vocab_size=10, hidden=64)
     assert dev.resolve_precision("auto", cpu, notices.append, small) == "fp32"
+
+
+def test_auto_precision_on_a_gpu_takes_bf16_only_where_it_was_measured_faster(monkeypatch):
+    """On an H200, fp32 (TF32 in cuDNN) trained hidden 128-512 as fast as bf16 or faster, and
+    bf16 was 1.3x faster from 1024 (docs/benchmarks.md, "The CUDA path"); before Ampere there are
+    no bf16 tensor cores. The rule, without a GPU: the device's capability is what it reads."""
+    from chargen.training import device as dev
+
+    gpu = torch.device("cuda")
+    for capability, hidden, expected in (((9, 0), 512, "fp32"), ((9, 0), 1024, "bf16"), ((8, 0), 2048, "bf16"),
+                                         ((7, 5), 1024, "fp32")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert dev._auto_precision(gpu, hidden) == expected, (capability, hidden)
 
 
 def test_training_leaves_the_callers_random_state_alone(tmp_path):
