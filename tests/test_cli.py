@@ -144,6 +144,19 @@ def test_bad_values_get_one_error_line(tmp_path, trained_names, args, needle):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+def test_a_device_that_is_not_here_is_one_error_before_any_work(tmp_path, names_file):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    # A list of ten names would start from the bundled model, with notices, and cross-validate.
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "ten.txt").write_text("".join(names_file.read_text().splitlines(keepends=True)[:10]))
+    assert_clean_error(run(["train", "ten.txt", "--device", "cuda"], cwd=here), "no CUDA GPU")
+    assert sorted(p.name for p in here.iterdir()) == ["ten.txt"]
+
+
 CORPORA = {
     "empty": (b"", "empty"),
     "one_char": (b"a", "too short"),

@@ -64,6 +64,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
     if config.val_fraction == 0 and config.patience and not val_file:
         raise UsageError("`patience` watches the held-out text, and `val_fraction` 0 holds out none: drop one")
     dist = setup_distributed(config.device)  # None unless started by torchrun
+    if dist is None:
+        resolve_device(config.device)  # a device that is not here: one error, before any reading or notice
     clean = False
     try:
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else read_labelled(paths, config.labels)
