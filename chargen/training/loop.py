@@ -41,6 +41,7 @@ from ..sampling.randomness import derive_key
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from .data import PAD, Corpus, LineLoader, TrainData, WindowLoader, calibration_rows, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
+from .optimizer import AdamW
 from .distributed import Dist
 from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_weights
 from .ingest import EncodedCorpus
@@ -708,12 +709,13 @@ def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, yielding: np.ndarray,
         model.head.bias.copy_(torch.from_numpy(bias))
 
 
-def make_optimizer(model: CharRNN, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the weight matrices only (not biases, the embedding or the start state)."""
+def make_optimizer(model: CharRNN, config: TrainConfig) -> AdamW:
+    """AdamW with weight decay on the weight matrices only (not biases, the embedding or the start
+    state): torch's arithmetic, stepped without importing its compiler (chargen.training.optimizer)."""
     decayed = lambda n, p: p.dim() >= 2 and not n.startswith("embedding") and n != "start"  # noqa: E731
     decay = [p for n, p in model.named_parameters() if decayed(n, p)]
     no_decay = [p for n, p in model.named_parameters() if not decayed(n, p)]
-    return torch.optim.AdamW(
+    return AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.99), foreach=True)
 
