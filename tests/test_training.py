@@ -717,3 +717,33 @@ def test_training_never_imports_torchs_compiler(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "True"], done.stdout
+
+
+def test_chargens_adamw_under_a_gradient_scaler_is_torchs():
+    """fp16 training steps through torch's GradScaler (on CUDA; its CPU twin here): scaled, unscaled,
+    a step with an infinite gradient skipped, the same weights as torch's AdamW."""
+    import copy
+
+    from chargen.model import CharRNN
+    from chargen.training.loop import make_optimizer
+
+    torch.manual_seed(0)
+    ours_model = CharRNN(ModelConfig(vocab_size=7, layers=1, hidden=8, embed=4))
+    torch_model = copy.deepcopy(ours_model)
+    ours = make_optimizer(ours_model, TrainConfig(lr=1e-2))
+    theirs = torch.optim.AdamW([{"params": list(g["params"]), "weight_decay": g["weight_decay"]}
+                                for g in make_optimizer(torch_model, TrainConfig(lr=1e-2)).param_groups],
+                               lr=1e-2, betas=(0.9, 0.99), foreach=True)
+    for model, optimizer in ((ours_model, ours), (torch_model, theirs)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        for k in range(6):
+            x = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(k))
+            logits, _ = model(x)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(logits.logsumexp(-1).mean() * (float("inf") if k == 2 else 1.0)).backward()
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+        assert scaler.get_scale() < 2.0**10  # the infinite step was seen and skipped
+    for p, q in zip(ours_model.parameters(), torch_model.parameters()):
+        assert torch.equal(p, q)
