@@ -702,7 +702,7 @@ def test_chargens_adamw_is_torchs_bit_for_bit_without_its_compiler():
 
 
 def test_training_never_imports_torchs_compiler(tmp_path):
-    """torch._dynamo took 1.3 s of a ten-name `chargen train` (a fifth of it): a run, the automatic
+    """torch._dynamo took about 1 s of a ten-name `chargen train` (a fifth of it): a run, the automatic
     sizes' probe, weight drop and a resume included, never imports it."""
     import subprocess
     import sys

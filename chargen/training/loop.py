@@ -41,10 +41,10 @@ from ..sampling.randomness import derive_key
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from .data import PAD, Corpus, LineLoader, TrainData, WindowLoader, calibration_rows, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
-from .optimizer import AdamW
 from .distributed import Dist
 from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_weights
 from .ingest import EncodedCorpus
+from .optimizer import AdamW
 from .rundir import RunDir, RunState, check_resumable
 from .scorer import TorchScorer
 

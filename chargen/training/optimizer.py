@@ -2,9 +2,9 @@
 
 torch's optimizers import `torch._dynamo` the first time they step (to mark a graph break for
 torch.compile) and the first time a few methods run (`add_param_group`, `zero_grad`,
-`state_dict`, `load_state_dict`, wrapped to be skipped by the compiler). That import took 1.3 s
-of a 6 s `chargen train` on a ten-name list (2-core AMD EPYC Zen 4): a fifth of the command, for
-a compiler chargen never uses. This subclass steps through torch's documented functional form,
+`state_dict`, `load_state_dict`, wrapped to be skipped by the compiler). That import takes about
+1 s, a fifth of a `chargen train` on a ten-name list (6.25 s against 5.07 without it on a 2-core
+AMD EPYC Zen 4; docs/benchmarks.md), for a compiler chargen never uses. This subclass steps through torch's documented functional form,
 `torch.optim.adamw.adamw`, and calls the four methods' undecorated functions: the same arithmetic
 and the same state, bit for bit (tests/test_training.py), so checkpoints move between the two.
 """
