@@ -16,6 +16,7 @@ data=$(cd "$1" && pwd)
 out=$(mkdir -p "$2" && cd "$2" && pwd)
 parts=${3:-tests,speed,dropout,sample,train}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo" || exit 1  # tests/ and benchmarks/ are named from here
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}  # DEVICE=cpu runs the same steps on the CPU, to check this script without a GPU
 export CHARGEN_TEST_DEVICE=$device
