@@ -2,7 +2,7 @@
 """Training throughput: chargen's training loop against a bare PyTorch loop of the same shapes.
 
     python benchmarks/train_speed.py [--quick] [--seconds 3] [--run-steps 200] [--run-configs 256:fp32,512:bf16]
-                                     [--device cpu|cuda] [--batch 64] [--hidden-grid 128,256]
+                                     [--device cpu|cuda] [--batch 64] [--hidden-grid 128,256] [--dropout 0]
                                      [--skip-grid] [--skip-runs] [--json bench-out/train_speed.json]
 
 Two tables, batch 64 x seq-len 128 on tinyshakespeare, everything in this one process and back
@@ -179,7 +179,8 @@ def main() -> None:
                     print(f"{layers}x{hidden} {precision}: bare {bare:,.0f}  chargen {ours:,.0f}  "
                           f"ratio {ours / bare:.3f}", file=sys.stderr, flush=True)
         print_table(
-            f"1. steady training speed on {args.device}, batch {batch} x {SEQ}, dropout {args.dropout}, chargen's loop vs a bare loop, same steps"
+            f"1. steady training speed on {args.device}, batch {batch} x {SEQ}, dropout {args.dropout}, "
+            "chargen's loop vs a bare loop, same steps"
             + (" (bare synced: the bare loop waiting for the GPU at every step)" if gpu else ""),
             ["config", "steps", "bare chars/s", *(["bare synced"] if gpu else []), "chargen chars/s", "chargen / bare",
              "GFLOP/s", "% of GEMM peak"],
@@ -234,8 +235,8 @@ def main() -> None:
             delta = bf16_512[0]["val_loss"] - fp32_512[0]["val_loss"]
             print(f"bf16 vs fp32 at 2x512 after {fp32_512[0]['chars']:,} chars: {speedup:.2f}x the speed, "
                   f"val loss {delta:+.4f} nats (benchmarks/precision.py runs the long comparison)")
-    write_json(args.json, {"device": args.device, "batch": batch, "seq_len": SEQ, "dropout": args.dropout, "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
-                           "grid": grid, "runs": runs})
+    write_json(args.json, {"device": args.device, "batch": batch, "seq_len": SEQ, "dropout": args.dropout,
+                           "peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "grid": grid, "runs": runs})
 
 
 if __name__ == "__main__":

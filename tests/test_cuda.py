@@ -16,7 +16,7 @@ import torch
 import chargen
 from chargen.checkpoint import LAST, read_checkpoint
 from chargen.config import ModelConfig, TrainConfig
-from chargen.model import CharRNN, TorchStepper, weights_of
+from chargen.model import CharRNN, TorchStepper, full_fp32, weights_of
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import log_softmax
 from chargen.training.data import read_corpus
@@ -34,10 +34,8 @@ def _full_fp32():
     """fp32 means fp32 in these tests: cuDNN's recurrent kernels use TF32 by default (10-bit
     mantissas), which the twin and resume tests would measure instead of the code. The TF32
     default itself is held to the numpy twin by its own test, at its own tolerance."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    with full_fp32():  # restores the settings after the test, whatever it set
+        yield
 
 
 def _names_corpus(tmp_path, n=300, seed=0):
@@ -96,12 +94,14 @@ def test_the_gpu_network_matches_the_numpy_twin(cell):
 
 
 def test_train_on_the_gpu_then_sample_on_the_cpu(tmp_path):
-    """The installed command trains on the GPU in its automatic precision, learns, and writes a checkpoint that samples on the CPU (numpy) and on the GPU (torch) alike."""
+    """The installed command trains on the GPU in its automatic precision, learns, and writes a
+    checkpoint that samples on the CPU (numpy) and on the GPU (torch) alike."""
     corpus = _names_corpus(tmp_path, 600)
     out = tmp_path / "run"
     p = run(["train", str(corpus), "--device", DEVICE, "--from", "none", "--layers", "1", "--hidden", "64",
-             "--embed", "16", "--dropout", "0.1", "--weight-drop", "0.2", "--batch-size", "16", "--max-steps", "200", "--eval-every", "100", "--lr", "1e-2",
-             "--warmup", "10", "--sample-every", "0", "--out", str(out)], timeout=300)
+             "--embed", "16", "--dropout", "0.1", "--weight-drop", "0.2", "--batch-size", "16", "--max-steps", "200",
+             "--eval-every", "100", "--lr", "1e-2", "--warmup", "10", "--sample-every", "0", "--out", str(out)],
+            timeout=300)
     err = p.stderr.decode()
     assert p.returncode == 0 and "Traceback" not in err and p.stdout == b"", err
     assert "Warning" not in err, err  # e.g. cuDNN's about weights outside its one buffer (weight drop)

@@ -638,6 +638,15 @@ def test_the_regularisers_act_in_training_only_and_each_one_drops():
         assert torch.equal(model(x)[0], reference(x)[0]), option  # off outside training: sampling is unchanged
 
 
+def _torch_adamw(model, config: TrainConfig) -> torch.optim.AdamW:
+    """torch's own AdamW over make_optimizer's parameter groups of `model`, as make_optimizer sets it."""
+    from chargen.training.loop import make_optimizer
+
+    groups = make_optimizer(model, config).param_groups
+    return torch.optim.AdamW([{"params": list(g["params"]), "weight_decay": g["weight_decay"]} for g in groups],
+                             lr=config.lr, betas=(0.9, 0.99), foreach=True)
+
+
 def test_chargens_adamw_is_torchs_bit_for_bit_without_its_compiler():
     """make_optimizer's AdamW steps through torch's functional AdamW: the same weights and state as
     torch.optim.AdamW after every step (learning rates changing, a parameter without a gradient
@@ -652,15 +661,7 @@ def test_chargens_adamw_is_torchs_bit_for_bit_without_its_compiler():
     torch_model = copy.deepcopy(ours_model)
     config = TrainConfig(lr=5e-3, weight_decay=0.1)
     ours = make_optimizer(ours_model, config)
-
-    def torch_adamw(model):  # torch's own, with make_optimizer's groups of `model`'s parameters
-        index = {id(p): k for k, p in enumerate(ours_model.parameters())}
-        twins = list(model.parameters())
-        return torch.optim.AdamW([{"params": [twins[index[id(p)]] for p in g["params"]],
-                                   "weight_decay": g["weight_decay"]} for g in ours.param_groups],
-                                 lr=config.lr, betas=(0.9, 0.99), foreach=True)
-
-    theirs = torch_adamw(torch_model)
+    theirs = _torch_adamw(torch_model, config)
     assert [g["weight_decay"] for g in ours.param_groups] == [0.1, 0.0]
 
     def step(model, optimizer, k):
@@ -692,7 +693,7 @@ def test_chargens_adamw_is_torchs_bit_for_bit_without_its_compiler():
     resumed_ours, resumed_theirs = copy.deepcopy(torch_model), copy.deepcopy(ours_model)
     a = make_optimizer(resumed_ours, config)
     a.load_state_dict(copy.deepcopy(theirs.state_dict()))  # a copy, as a checkpoint's is: torch shares the tensors
-    b = torch_adamw(resumed_theirs)
+    b = _torch_adamw(resumed_theirs, config)
     b.load_state_dict(copy.deepcopy(ours.state_dict()))
     for k in range(25, 30):
         for model, optimizer in ((ours_model, ours), (resumed_ours, a), (resumed_theirs, b)):
@@ -731,9 +732,7 @@ def test_chargens_adamw_under_a_gradient_scaler_is_torchs():
     ours_model = CharRNN(ModelConfig(vocab_size=7, layers=1, hidden=8, embed=4))
     torch_model = copy.deepcopy(ours_model)
     ours = make_optimizer(ours_model, TrainConfig(lr=1e-2))
-    theirs = torch.optim.AdamW([{"params": list(g["params"]), "weight_decay": g["weight_decay"]}
-                                for g in make_optimizer(torch_model, TrainConfig(lr=1e-2)).param_groups],
-                               lr=1e-2, betas=(0.9, 0.99), foreach=True)
+    theirs = _torch_adamw(torch_model, TrainConfig(lr=1e-2))
     for model, optimizer in ((ours_model, ours), (torch_model, theirs)):
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         for k in range(6):
