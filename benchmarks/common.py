@@ -53,10 +53,23 @@ def machine() -> dict:
     return {**host(), "gpu": gpu, "torch": torch.__version__}
 
 
-def gemm_rate(dtype, device: str = "cpu", n: int = 2048) -> float:
-    """FLOP/s of an n x n matmul: the machine's matmul rate, the floor every table is held to."""
+def gemm_rate(dtype, device: str = "cpu", n: int = 2048, tf32: bool = False) -> float:
+    """FLOP/s of an n x n matmul: the machine's matmul rate, the floor every table is held to.
+
+    tf32 lets a CUDA float32 product run on TF32 tensor cores, as cuDNN's recurrent kernels do by
+    default (torch.backends.cudnn.allow_tf32): the rate fp32 training on a GPU is held to.
+    """
     import torch
 
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return _gemm_rate(torch, dtype, device, n)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _gemm_rate(torch, dtype, device: str, n: int) -> float:
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b

@@ -157,18 +157,48 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(trained_names):
 
 
 def test_the_batch_stays_full_until_the_end(trained_names):
-    """As rows end, the next attempts start in their place, so the network steps run near the full
-    width: a batch run dry until its longest row ended averaged 0.66 of it here (names end at
-    different lengths), a batch topped up once 1/8 is free about 0.84 (each step ends about 1/8
-    of the rows: names are about 8 characters)."""
+    """As rows end, the next attempts start in their place, so the engine advances near its full
+    width at every step: a batch run dry until its longest row ended averaged 0.66 of it here
+    (names end at different lengths), a batch topped up once 1/8 is free about 0.84 (each step
+    ends about 1/8 of the rows: names are about 8 characters)."""
+    from chargen.sampling import RowEngine
+    from chargen.sampling.drawing import _run_full
+
     model = chargen.load(trained_names)
-    stepper = CountingStepper(model.stepper)
     width, n = 64, 2000
-    drawing = next(model.drawings(n, seed=3))
-    samples = list(run(stepper, model.vocab, [drawing], batch_size=width))
-    widths = stepper.widths
+    engine = RowEngine(model.stepper, model.vocab)
+    samples = list(_run_full(engine, next(model.drawings(n, seed=3)), width))
     assert len(samples) == n
-    assert max(widths) <= width
-    mean = sum(widths) / len(widths) / width
-    assert mean > 0.78, mean
+    mean = engine.row_steps / engine.steps / width
+    assert 0.78 < mean <= 1, mean
     assert [x.text for x in samples] == model.sample(n, seed=3)  # the same samples as any other width
+
+
+def test_the_network_steps_each_new_prefix_once(trained_names):
+    """Rows that reach a prefix drawn before take its logits and state from the engine's cache
+    (chargen.sampling.prefixes): the network steps a fraction of the rows, never more rows than
+    are advancing, and the samples are those drawn with no cache, or with a cache too small to
+    hold them all (which stops growing at its cap)."""
+    from chargen.sampling import RowEngine
+    from chargen.sampling.drawing import _run_full
+
+    model = chargen.load(trained_names)
+
+    def draw(memory: int, width: int = 256):
+        stepper = CountingStepper(model.stepper)
+        engine = RowEngine(stepper, model.vocab, prefix_memory=memory)
+        samples = [s.text for s in _run_full(engine, next(model.drawings(3000, seed=4)), width)]
+        assert sum(stepper.widths) == engine.computed <= engine.row_steps
+        return samples, engine
+
+    plain, none = draw(0)
+    assert none.computed == none.row_steps  # no cache: every row stepped
+    cached, full = draw(32 << 20)
+    assert cached == plain
+    assert full.computed < 0.4 * full.row_steps, (full.computed, full.row_steps)
+    assert 0 < full.cache.count < full.cache.cap
+    small_memory = 4 * (2 * len(model.vocab) + full.cache.state_size) * 300  # room for 300 prefixes
+    capped, small = draw(small_memory, width=64)
+    assert capped == plain
+    assert small.cache.count == small.cache.cap == 300
+    assert full.computed < small.computed < small.row_steps

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import SampleConfig
 from ..tokenizer import Vocab
 from .constraints import Guide
+from .prefixes import PREFIX_MEMORY, PrefixCache, distinct
 from .randomness import uniforms
 
 class Stepper(Protocol):
@@ -145,6 +146,7 @@ class Rows:
     logp: np.ndarray = _column(np.float64)  # log-probability of what it drew
     kept: np.ndarray = _column(np.float64)  # log of the mass its constraints allowed
     rejected: np.ndarray = _column(bool)  # its constraints ruled it out
+    node: np.ndarray = _column(np.int64)  # its prefix's node in the engine's PrefixCache (-1: not there)
 
     COLUMNS: ClassVar[tuple[str, ...]]  # the names above (set below: once, not per step)
 
@@ -175,12 +177,14 @@ class RowEngine:
     own job alone: its row of the matrix product, random numbers that are a function of (key,
     attempt, characters drawn), its job's settings. So jobs of other prompts, settings and callers
     can join between any two steps (continuous batching: `chargen serve`) and change nothing.
+    The network steps only the prefixes not drawn before (chargen.sampling.prefixes): rows that
+    reach a prefix another row reached take its logits and state.
     """
 
     waited = 0.0  # seconds its steps waited (chargen.sampling.parallel.ProcessEngine's face): none, it computes
 
-    def __init__(self, stepper: Stepper, vocab: Vocab):
-        self.stepper, self.vocab = stepper, vocab
+    def __init__(self, stepper: Stepper, vocab: Vocab, prefix_memory: int = PREFIX_MEMORY):
+        self.stepper, self.vocab, self.prefix_memory = stepper, vocab, prefix_memory
         self.codepoints = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
         self.jobs: dict[int, _Job] = {}
         self.groups: dict[tuple, tuple[int, SampleConfig]] = {}  # sampling settings -> (group id, cfg)
@@ -190,10 +194,11 @@ class RowEngine:
         self._group_ids = itertools.count()
         self.rows = Rows.empty()
         self.out = np.zeros((0, 0), dtype=np.uint32)  # (B, W) code points drawn; 0 pads (NUL is never in a vocabulary)
-        self.logits: Optional[np.ndarray] = None  # (B, V) for each row's next character
-        self.state = None
+        self.cache: Optional[PrefixCache] = None  # each row's logits and state, at its node; made with the first rows
+        self.logits: Optional[np.ndarray] = None  # (B, V): this step's rows' logits for their next character
         self.steps = 0  # network steps taken
         self.row_steps = 0  # rows advanced, summed over steps
+        self.computed = 0  # rows the network stepped (the others' prefixes were in the cache)
 
     @property
     def size(self) -> int:
@@ -233,6 +238,7 @@ class RowEngine:
         self._join()
         r = self.rows
         n = len(r)
+        self.logits = self.cache.logits_of(r.node)  # (B, V) for each row's next character
         lse = log_normalizer(self.logits)  # (B,): log p(v) = logit(v) - lse, the model's own distribution
         logits, allowed = self.logits, None
         if r.guided.any():
@@ -259,8 +265,28 @@ class RowEngine:
         if keep.size:
             self.steps += 1
             self.row_steps += keep.size
-            self.logits, self.state = self.stepper.step(ids, self.state)
+            self._advance(ids)
         return done
+
+    def _advance(self, ids: np.ndarray) -> None:
+        """Each row's node after its new character `ids`: the cache's where its new prefix is
+        there, else a new one from one network step for each distinct new prefix (rows on their
+        own nodes are each their own)."""
+        r, cache = self.rows, self.cache
+        nodes = cache.find(r.node, ids)
+        miss = np.flatnonzero(nodes < 0)
+        parent = r.node[miss]
+        keys = np.where(parent < cache.cap, parent * len(self.codepoints) + ids[miss], miss - len(ids))
+        first, inverse = distinct(keys)  # (the rows' own: negative keys, each its own)
+        src = miss[first]
+        if src.size:
+            logits, state = self.stepper.step(ids[src], self.stepper.from_rows(cache.states_of(r.node[src])))
+            states = self.stepper.to_rows(state)
+        else:
+            logits, states = np.zeros((0, cache.vocab_size), np.float32), np.zeros((0, cache.state_size), np.float32)
+        self.computed += len(src)
+        nodes[miss] = cache.advance(parent[first], ids[src], logits, states)[inverse]
+        r.node = nodes
 
     def _guided_jobs(self) -> list[tuple[int, np.ndarray, Guide]]:
         """(job, its rows as a mask, its guide) for each job with constraints."""
@@ -312,24 +338,31 @@ class RowEngine:
             if a.cfg.settings() not in self.groups:
                 self.groups[a.cfg.settings()] = (next(self._group_ids), a.cfg)
         old = len(self.rows)
-        self.rows = Rows.concat([self.rows, self._new_rows(self.pending, new)])
-        state, logits = self._start_rows(new)
-        self.state = self.stepper.concat([self.state, state]) if old else state
-        self.logits = np.concatenate([self.logits, logits]) if old else logits
+        rows = self._new_rows(self.pending, new)
+        rows.node = self._start_nodes(new)
+        self.rows = Rows.concat([self.rows, rows])
         width = max([self.out.shape[1]] + [a.steps for a in new])
         out = np.zeros((len(self.rows), width), dtype=np.uint32)
         out[:old, : self.out.shape[1]] = self.out
         self.out = out
         self.pending = []
 
-    def _start_rows(self, new: list[Attempts]) -> tuple[object, np.ndarray]:
-        """The new jobs' rows' starting states and logits: each job's primed rows stacked once,
-        then one selection of every new row's own (a job's attempts repeat its prompt's row)."""
-        logits = [np.atleast_2d(a.prompt_logits) for a in new]  # (1, V), or (P, V) for a blend
-        offsets = np.cumsum([0] + [len(x) for x in logits[:-1]])
+    def _start_nodes(self, new: list[Attempts]) -> np.ndarray:
+        """The new jobs' rows' nodes: their primed start's (a job's attempts start from its
+        prompt's row, or a blend's rows), or each its own where the cache cannot keep it."""
+        logits = np.concatenate([np.atleast_2d(a.prompt_logits) for a in new]).astype(np.float32, copy=False)  # (P, V)
+        primed = self.stepper.to_rows(new[0].prompt_state if len(new) == 1 else
+                                      self.stepper.concat([a.prompt_state for a in new]))  # (P, S)
+        offsets = np.cumsum([0] + [len(np.atleast_2d(a.prompt_logits)) for a in new[:-1]])
         rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
-        primed = new[0].prompt_state if len(new) == 1 else self.stepper.concat([a.prompt_state for a in new])
-        return self.stepper.select(primed, rows), np.concatenate(logits)[rows]
+        if self.cache is None:
+            self.cache = PrefixCache(logits.shape[1], primed.shape[1], self.prefix_memory)
+        starts, self.rows.node = self.cache.start(primed, logits, self.rows.node)
+        nodes = starts[rows]
+        own = np.flatnonzero(nodes < 0)
+        if own.size:
+            nodes[own] = self.cache.own(logits[rows[own]], primed[rows[own]])
+        return nodes
 
     def _new_rows(self, jobs: list[int], new: list[Attempts]) -> Rows:
         """New jobs' rows as they start: each job's values repeated, each row its own attempt."""
@@ -352,7 +385,7 @@ class RowEngine:
                     group=per_job([self.groups[a.cfg.settings()][0] for a in new], np.int64),
                     masking=per_job([a.guide is not None and (a.guide.guided or a.cfg.temperature == 0) for a in new], bool),
                     guided=per_job([a.guide is not None for a in new], bool), logp=zeros(np.float64),
-                    kept=zeros(np.float64), rejected=zeros(bool))
+                    kept=zeros(np.float64), rejected=zeros(bool), node=np.full(n, -1, dtype=np.int64))
 
     def _finish(self, ended: np.ndarray) -> list[tuple[int, Results]]:
         """Hand the ended rows' results to their jobs; return the jobs now complete."""
@@ -379,8 +412,6 @@ class RowEngine:
         """Drop the ended rows (and the settings no row uses any more)."""
         self.rows = self.rows.take(keep)
         self.out = self.out[keep] if keep.size else np.zeros((0, 0), dtype=np.uint32)
-        self.logits = self.logits[keep]
-        self.state = self.stepper.select(self.state, keep) if keep.size else None
         if len(self.groups) == 1 and keep.size:
             return
         present = set(self.rows.group.tolist())  # (np.unique would import numpy.ma: 10 ms of start-up)
