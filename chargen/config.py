@@ -433,6 +433,15 @@ class RunConfig(_Config):
 CONSTRAINTS_PANEL = "Constraints (line samples)"
 
 
+# Below this many samples a drawing runs in this process: two workers cost about 50 ms more to
+# start and finish (forks, the children's first touches of the model, the first chunks' round
+# trips), and each steps the prefixes new to it (chargen.sampling.prefixes), so together they
+# step more than one process would. With that cache they broke even between 8,192 and 16,384
+# names of the bundled model on 2 cores (AVX-512 EPYC: 0.91x the time at 16,384, 0.85x at
+# 50,000, 0.69x at 100,000; before it, near 3,000: docs/benchmarks.md, "Shared prefixes run once").
+MIN_PARALLEL = 16384
+
+
 @dataclass
 class SampleConfig(_Config):
     """Every sampling option, declared once: the CLI's flags and help, the Python API's keywords,
@@ -470,8 +479,8 @@ class SampleConfig(_Config):
                                           requests=("sample", "top"), role="filter", cli=False)
     workers: Optional[int] = option(None, "Processes drawing at once (plain and --rejection sampling): the same "
                                           "samples at any count.", check=_at_least(1), rule="must be at least 1",
-                                    default_help="one per CPU core from 4,096 samples (Linux, a program without "
-                                                 "threads of its own); else 1")
+                                    default_help=f"one per CPU core from {MIN_PARALLEL:,} samples (Linux, a program "
+                                                 "without threads of its own); else 1")
     max_tries: int = option(50, "Draws per wanted sample before giving up, for unique, novel and empty samples.",
                             cli=False, check=_at_least(1), rule="must be at least 1")
     # Constraints on line samples (chargen.sampling.constraints); lengths count the prompt's characters too.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import chargen
+from chargen.config import MIN_PARALLEL
 from chargen.errors import SamplingError, UsageError
 from chargen.sampling import parallel, run
 
@@ -91,9 +92,9 @@ def test_the_default_is_one_process_for_few_samples_or_a_torch_model(trained_nam
     assert workers_for(model.stepper, next(model.drawings(10))) == 1
     assert workers_for(model.stepper, next(model.drawings(10, workers=3))) == 3
     expected = parallel.cores() if parallel.available() else 1
-    assert workers_for(model.stepper, next(model.drawings(parallel.MIN_PARALLEL))) == expected
+    assert workers_for(model.stepper, next(model.drawings(MIN_PARALLEL))) == expected
     torch_model = chargen.load(trained_names, backend="torch")
-    assert workers_for(torch_model.stepper, next(torch_model.drawings(parallel.MIN_PARALLEL))) == 1
+    assert workers_for(torch_model.stepper, next(torch_model.drawings(MIN_PARALLEL))) == 1
     with pytest.raises(UsageError, match="numpy backend"):
         workers_for(torch_model.stepper, next(torch_model.drawings(10, workers=3)))
 

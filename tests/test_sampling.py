@@ -8,7 +8,7 @@ from chargen.errors import SamplingError, UsageError, VocabularyError
 from chargen.config import SampleConfig
 
 from .conftest import CountingStepper
-from chargen.sampling import derive_key, inverse_cdf, run, sampling_probs, uniforms
+from chargen.sampling import derive_key, inverse_cdf, sampling_probs, uniforms
 
 
 def test_same_seed_same_output_whatever_the_batch_size(trained_names):

@@ -12,13 +12,13 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from ..config import SampleConfig
+from ..config import MIN_PARALLEL, SampleConfig
 from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
 from .constraints import Automaton, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
-from .parallel import MIN_PARALLEL, Workers, cores, forkable, refuse_workers, run_parallel
+from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
 from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
 

@@ -41,11 +41,6 @@ if TYPE_CHECKING:
 
 CHUNKS = 4  # a message carries 1/CHUNKS of a worker's width of attempts (its engine tops itself up from them)
 AHEAD = 2  # a worker holds up to AHEAD x its width of attempts (a chunk counts until its last row ends)
-# Below this many samples a drawing runs in this process: two workers cost about 50 ms more to
-# start and finish (forks, the children's first touches of the model, the first chunks' round
-# trips) and broke even near 3,000 names of the bundled model on 2 cores (1.2x at 4,096, 1.6x at
-# 16,384; docs/benchmarks.md, "Every core").
-MIN_PARALLEL = 4096
 _BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
 
