@@ -202,3 +202,25 @@ def test_the_network_steps_each_new_prefix_once(trained_names):
     assert capped == plain
     assert small.cache.count == small.cache.cap == 300
     assert full.computed < small.computed < small.row_steps
+
+
+def test_long_samples_keep_only_their_first_prefixes(trained_names):
+    """Past PREFIX_DEPTH characters a row's prefixes are not kept (prose shares nothing that far
+    in) and steps whose rows are all on nodes of their own skip the lookups: the same text as with
+    no cache, a cache of at most the root and PREFIX_DEPTH nodes a row."""
+    from chargen.sampling import RowEngine
+    from chargen.sampling.drawing import _run_full
+    from chargen.sampling.prefixes import PREFIX_DEPTH
+
+    model = chargen.load(trained_names)
+
+    def draw(memory: int):
+        engine = RowEngine(model.stepper, model.vocab, prefix_memory=memory)
+        drawing = next(model.drawings(3, seed=6, lines=False, length=300, prompt="Ka"))
+        return [s.text for s in _run_full(engine, drawing, 8)], engine
+
+    texts, engine = draw(32 << 20)
+    assert [len(t) for t in texts] == [302] * 3
+    assert texts == draw(0)[0]
+    assert engine.cache.count <= 1 + 3 * PREFIX_DEPTH
+    assert engine.computed > 3 * (300 - PREFIX_DEPTH)

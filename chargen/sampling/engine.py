@@ -17,7 +17,7 @@ import numpy as np
 from ..config import SampleConfig
 from ..tokenizer import Vocab
 from .constraints import Guide
-from .prefixes import PREFIX_MEMORY, PrefixCache, distinct
+from .prefixes import PREFIX_DEPTH, PREFIX_MEMORY, PrefixCache, distinct
 from .randomness import uniforms
 
 class Stepper(Protocol):
@@ -271,22 +271,31 @@ class RowEngine:
     def _advance(self, ids: np.ndarray) -> None:
         """Each row's node after its new character `ids`: the cache's where its new prefix is
         there, else a new one from one network step for each distinct new prefix (rows on their
-        own nodes are each their own)."""
+        own nodes, and rows past PREFIX_DEPTH characters, are each their own)."""
         r, cache = self.rows, self.cache
+        if (r.node >= cache.cap).all():  # every row on a node of its own (a long sample): nothing to look up
+            logits, state = self.stepper.step(ids, cache.own_native_of(r.node))
+            self.computed += len(ids)
+            r.node = cache.keep_own(logits, state)
+            return
         nodes = cache.find(r.node, ids)
         miss = np.flatnonzero(nodes < 0)
-        parent = r.node[miss]
+        parent = np.where(r.t[miss] <= PREFIX_DEPTH, r.node[miss], cache.cap)  # cache.cap and up: not kept
         keys = np.where(parent < cache.cap, parent * len(self.codepoints) + ids[miss], miss - len(ids))
         first, inverse = distinct(keys)  # (the rows' own: negative keys, each its own)
         src = miss[first]
-        if src.size:
-            logits, state = self.stepper.step(ids[src], self.stepper.from_rows(cache.states_of(r.node[src])))
-            states = self.stepper.to_rows(state)
-        else:
-            logits, states = np.zeros((0, cache.vocab_size), np.float32), np.zeros((0, cache.state_size), np.float32)
-        self.computed += len(src)
+        logits, states = self._step(ids[src], r.node[src])
         nodes[miss] = cache.advance(parent[first], ids[src], logits, states)[inverse]
         r.node = nodes
+
+    def _step(self, ids: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One network step from `nodes` with characters `ids`: logits (k, V) and states (k, S)."""
+        cache = self.cache
+        if not len(ids):
+            return np.zeros((0, cache.vocab_size), np.float32), np.zeros((0, cache.state_size), np.float32)
+        logits, state = self.stepper.step(ids, self.stepper.from_rows(cache.states_of(nodes)))
+        self.computed += len(ids)
+        return logits, self.stepper.to_rows(state)
 
     def _guided_jobs(self) -> list[tuple[int, np.ndarray, Guide]]:
         """(job, its rows as a mask, its guide) for each job with constraints."""
@@ -356,7 +365,7 @@ class RowEngine:
         offsets = np.cumsum([0] + [len(np.atleast_2d(a.prompt_logits)) for a in new[:-1]])
         rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
         if self.cache is None:
-            self.cache = PrefixCache(logits.shape[1], primed.shape[1], self.prefix_memory)
+            self.cache = PrefixCache(self.stepper, logits.shape[1], primed.shape[1], self.prefix_memory)
         starts, self.rows.node = self.cache.start(primed, logits, self.rows.node)
         nodes = starts[rows]
         own = np.flatnonzero(nodes < 0)

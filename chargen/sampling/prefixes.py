@@ -19,13 +19,20 @@ holds, the first prefixes drawn, are the ones drawn most), and is emptied when a
 a root it does not hold (a server's new prompt), so it follows what is being drawn. A row whose
 new prefix the cache does not keep holds its logits and state in a node of its own (numbered
 from the cap up) for one step: every row is a node, so the engine keeps no state of its own.
+Nor are prefixes of more than PREFIX_DEPTH characters kept: a long sample (prose) shares nothing
+past its first characters, and a step whose rows all have nodes of their own looks nothing up.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 PREFIX_MEMORY = 32 << 20  # bytes of nodes an engine keeps (17,119 nodes of the bundled names model)
+# Prefixes longer than this are not kept: past the first characters, samples rarely share them
+# (prose never does), and a row that has no prefix to share skips the lookups altogether.
+PREFIX_DEPTH = 16
 
 
 class PrefixCache:
@@ -33,12 +40,13 @@ class PrefixCache:
     own: nodes cap + i hold the rows whose prefix the cache does not keep (it is full), for one
     step."""
 
-    def __init__(self, vocab_size: int, state_size: int, memory: int = PREFIX_MEMORY):
-        self.vocab_size, self.state_size = vocab_size, state_size
+    def __init__(self, stepper, vocab_size: int, state_size: int, memory: int = PREFIX_MEMORY):
+        self.stepper, self.vocab_size, self.state_size = stepper, vocab_size, state_size
         self.cap = memory // (4 * (2 * vocab_size + state_size))  # child (int32), logits, state (float32)
         self.clear()
         self.own_logits = np.zeros((0, vocab_size), dtype=np.float32)
-        self.own_states = np.zeros((0, state_size), dtype=np.float32)
+        self._own_states: Optional[np.ndarray] = np.zeros((0, state_size), dtype=np.float32)
+        self.own_native = None  # the rows' own states as the stepper holds them, when they came from it whole
 
     def clear(self) -> None:
         # At the cap from the start: memory the kernel maps only as nodes are written to it.
@@ -52,16 +60,38 @@ class PrefixCache:
     def full(self) -> bool:
         return self.count >= self.cap
 
+    @property
+    def own_states(self) -> np.ndarray:
+        """The rows' own states as rows (S,), made from the stepper's state when first needed."""
+        if self._own_states is None:
+            self._own_states = self.stepper.to_rows(self.own_native)
+        return self._own_states
+
     def logits_of(self, nodes: np.ndarray) -> np.ndarray:
         return self._gather(nodes, self.logits, self.own_logits)
 
     def states_of(self, nodes: np.ndarray) -> np.ndarray:
         return self._gather(nodes, self.states, self.own_states)
 
+    def own_native_of(self, nodes: np.ndarray):
+        """The stepper's state for rows all on nodes of their own (`nodes` >= cap)."""
+        at = nodes - self.cap
+        if self.own_native is None:
+            return self.stepper.from_rows(self.own_states[at])
+        whole = len(at) == len(self.own_logits) and bool((at == np.arange(len(at))).all())
+        return self.own_native if whole else self.stepper.select(self.own_native, at)
+
+    def keep_own(self, logits: np.ndarray, native) -> np.ndarray:
+        """A step of rows all on nodes of their own: their new nodes, one each, in row order."""
+        self.own_logits, self.own_native, self._own_states = logits, native, None
+        return self.cap + np.arange(len(logits))
+
     def _gather(self, nodes: np.ndarray, kept: np.ndarray, own: np.ndarray) -> np.ndarray:
         if not len(own):
             return kept[nodes]
         mine = nodes >= self.cap
+        if mine.all():
+            return own[nodes - self.cap]
         out = np.empty((len(nodes), kept.shape[1]), dtype=kept.dtype)
         out[~mine], out[mine] = kept[nodes[~mine]], own[nodes[mine] - self.cap]
         return out
@@ -73,7 +103,7 @@ class PrefixCache:
         if not all(row.tobytes() in self.roots for row in state) and self.count + len(state) > self.cap:
             logits_live, states_live = self.logits_of(live), self.states_of(live)
             self.clear()
-            self.own_logits, self.own_states = logits_live, states_live
+            self.own_logits, self._own_states, self.own_native = logits_live, states_live, None
             live = self.cap + np.arange(len(live))
         nodes = np.empty(len(state), dtype=np.int64)
         for i, row in enumerate(state):
@@ -87,7 +117,7 @@ class PrefixCache:
         """Nodes for rows the cache does not keep, beside the rows' own there already."""
         at = len(self.own_logits)
         self.own_logits = np.concatenate([self.own_logits, logits])
-        self.own_states = np.concatenate([self.own_states, states])
+        self._own_states, self.own_native = np.concatenate([self.own_states, states]), None
         return self.cap + np.arange(at, at + len(logits))
 
     def find(self, nodes: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -107,7 +137,7 @@ class PrefixCache:
             nodes[kept] = self._add(logits[kept], states[kept])
             self.child[parents[kept], ids[kept]] = nodes[kept] + 1
         own = np.flatnonzero(nodes < 0)
-        self.own_logits, self.own_states = logits[own], states[own]
+        self.own_logits, self._own_states, self.own_native = logits[own], states[own], None
         nodes[own] = self.cap + np.arange(len(own))
         return nodes
 
