@@ -146,7 +146,7 @@ class Rows:
     logp: np.ndarray = _column(np.float64)  # log-probability of what it drew
     kept: np.ndarray = _column(np.float64)  # log of the mass its constraints allowed
     rejected: np.ndarray = _column(bool)  # its constraints ruled it out
-    node: np.ndarray = _column(np.int64)  # its prefix's node in the engine's PrefixCache (-1: not there)
+    node: np.ndarray = _column(np.int64)  # its prefix's node in the engine's PrefixCache (cap and up: a node of its own)
 
     COLUMNS: ClassVar[tuple[str, ...]]  # the names above (set below: once, not per step)
 
