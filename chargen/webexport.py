@@ -38,6 +38,7 @@ from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, dec
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
+from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
 from .sampling.tree import TREE_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
 
@@ -266,6 +267,9 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "max_states": MAX_STATES,  # the most automaton states constraints may need
         # A tree keeps node_cap(V, S, memory) nodes; a blend's trees share that memory (chargen.sampling.drawing).
         "tree_memory": TREE_MEMORY,
+        # Plain draws step each prefix once (chargen.sampling.prefixes): this much memory, this deep.
+        "prefix_memory": PREFIX_MEMORY,
+        "prefix_depth": PREFIX_DEPTH,
         "tree_node_bytes": node_bytes(ckpt.model_config.vocab_size, ckpt.model_config.layers
                                       * ckpt.model_config.state_tensors * ckpt.model_config.hidden),
         "info": facts,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import string
 import subprocess
@@ -246,6 +247,36 @@ def test_bundled_modules_print_what_chargen_sample_prints(tmp_path, name, option
     assert node.returncode == 0 and cli.returncode == 0, node.stderr + cli.stderr.decode()
     n = int(flags[1])
     assert node.stdout == cli.stdout.decode() and len(node.stdout.splitlines()) == n
+
+
+@needs_node
+def test_plain_draws_share_their_prefixes_and_draw_the_same(tmp_path):
+    """The module steps each prefix once (chargen.sampling.prefixes' twin in websampler.js, kept
+    between calls for the same start): with no memory for it, with room for 40 prefixes, or with
+    prefixes of one character only, every record is the same, and a second call that reuses the
+    first one's prefixes draws what a fresh module draws."""
+    from chargen.sampling.prefixes import PREFIX_MEMORY
+
+    ckpt = read_checkpoint(checkpoint_path("base"))
+    text = module_text(ckpt, choose_encoding(ckpt))
+    setting = f'"prefix_memory":{PREFIX_MEMORY}'
+    assert text.count(setting) == 1 and text.count('"prefix_depth":') == 1
+    tiny = 8 * 40 * (len(ckpt.vocab) + 2 * ckpt.model_config.layers * ckpt.model_config.hidden)
+    variants = {"default": text, "none": text.replace(setting, '"prefix_memory":0'),
+                "tiny": text.replace(setting, f'"prefix_memory":{tiny}'),
+                "shallow": re.sub(r'"prefix_depth":\d+', '"prefix_depth":1', text)}
+    cases = [{"n": 400, "seed": 1, "label": "it_IT:first"}, {"n": 400, "seed": 1, "label": "it_IT:first"},
+             {"n": 300, "seed": 2, "label": "es_ES:first=0.5,de_DE:city=0.5", "prompt": "Ma"},
+             {"n": 200, "seed": 3, "label": "en_US:first", "endsWith": "a", "rejection": True, "unique": True}]
+    got = {}
+    for name, module_source in variants.items():
+        module = tmp_path / f"{name}.mjs"
+        module.write_text(module_source)
+        got[name] = node_records(module, cases)
+    assert all("error" not in r for records in got["default"] for r in records)
+    assert got["default"][0] == got["default"][1]
+    for name in ("none", "tiny", "shallow"):
+        assert got[name] == got["default"], name
 
 
 @needs_node

@@ -903,6 +903,44 @@ function pickWeighted(w, V, u) {
   return Math.min(c, last);
 }
 
+// Each prefix plain draws reach is stepped once (chargen.sampling.prefixes): its state and logits
+// are kept, within `memory` bytes and for prefixes of up to MODEL.prefix_depth characters, and a
+// later draw that reaches it copies them instead of stepping, so the samples are the same. Node 0
+// is the primed start (its state is the draw's own copy); a node's children are found by
+// node * V + character.
+class Prefixes {
+  constructor(net, V, memory) {
+    this.H = net.H; this.S = net.layers * net.stateTensors * net.H; this.V = V;
+    this.cap = Math.floor(memory / (8 * (this.S + V)));
+    this.child = new Map();
+    this.states = []; this.logits = [];  // chunks of 256 nodes
+    this.count = 1;
+  }
+
+  find(node, id) { const n = this.child.get(node * this.V + id); return n === undefined ? -1 : n; }
+
+  load(node, state, logits) {
+    const chunk = this.states[node >> 8];
+    let k = (node & 255) * this.S;
+    for (const parts of state) for (const a of parts) { a.set(chunk.subarray(k, k + this.H)); k += this.H; }
+    const at = (node & 255) * this.V;
+    logits.set(this.logits[node >> 8].subarray(at, at + this.V));
+  }
+
+  // Prefix `node` + `id`, just stepped into `state` and `logits`: its node, or -1 past the cap.
+  add(node, id, state, logits) {
+    if (this.count >= this.cap) return -1;
+    const n = this.count++;
+    if (!(n & 255) || n === 1) { this.states.push(new Float64Array(256 * this.S)); this.logits.push(new Float64Array(256 * this.V)); }
+    const chunk = this.states[n >> 8];
+    let k = (n & 255) * this.S;
+    for (const parts of state) for (const a of parts) { chunk.set(a, k); k += this.H; }
+    this.logits[n >> 8].set(logits, (n & 255) * this.V);
+    this.child.set(node * this.V + id, n);
+    return n;
+  }
+}
+
 // How many nodes a tree keeps within `memory` bytes (chargen.sampling.tree.node_cap).
 function nodeCap(memory) { return Math.max(16, Math.floor(memory / MODEL.tree_node_bytes)); }
 
@@ -1007,7 +1045,17 @@ class Sampler {
     this.V = this.vocab.length;
     this.lineOriented = model.line_oriented;
     this.training = null;
+    this.prefixes = new Map();  // the last call's Prefixes, by primed start (prefixesFor)
     this.logits = new Float64Array(this.V); this.p = new Float64Array(this.V); this.allowed = new Uint8Array(this.V);
+  }
+
+  // The Prefixes of each primed start named by `keys` (line mode, label, prompt), sharing
+  // MODEL.prefix_memory: kept from the call before where it drew the same, else new.
+  prefixesFor(keys) {
+    const before = this.prefixes, memory = Math.floor(MODEL.prefix_memory / keys.length);
+    this.prefixes = new Map(keys.map((k) => [k, before.has(k) && before.get(k).memory === memory ? before.get(k)
+      : Object.assign(new Prefixes(this.net, this.V, memory), { memory })]));
+    return keys.map((k) => this.prefixes.get(k));
   }
 
   encode(text, what) {
@@ -1052,11 +1100,12 @@ class Sampler {
   }
 
   // Attempt i: its characters (null if the constraints ruled it out), log-probability, steps scored.
-  attempt(primed, key, i, o, newline, steps, guide) {
+  // `prefixes`: the primed start's Prefixes.
+  attempt(primed, key, i, o, newline, steps, guide, prefixes) {
     const V = this.V, logits = this.logits, allowed = guide ? this.allowed : null;
     const state = this.net.copyState(primed[1]);
     logits.set(primed[0]);
-    let text = "", logprob = 0, t = 0, dfa = guide ? guide.s : 0;
+    let text = "", logprob = 0, t = 0, dfa = guide ? guide.s : 0, node = 0;
     for (;;) {
       if (guide) guide.c.allowed(dfa, guide.n0 + t, allowed);
       const masked = guide && o.temperature === 0 ? allowed : null;  // greedy draws among the allowed only
@@ -1069,7 +1118,10 @@ class Sampler {
       text += this.vocab[id];
       if (t >= steps) break;
       if (guide) dfa = guide.c.trans[dfa * V + id];
-      this.net.step(id, state, logits);
+      const next = node >= 0 ? prefixes.find(node, id) : -1;
+      if (next >= 0) prefixes.load(next, state, logits);
+      else this.net.step(id, state, logits);
+      node = next >= 0 ? next : node >= 0 && t <= MODEL.prefix_depth ? prefixes.add(node, id, state, logits) : -1;
     }
     return { text, logprob, chars: t };
   }
@@ -1119,9 +1171,10 @@ class Sampler {
           if (r !== null) yield r;
         }
       }
+      const prefixes = tree === null ? this.prefixesFor(primed.map((pr, k) => `${lines} ${mix ? mix.index[k] : -1} ${prompt}`)) : null;
       for (; tree === null && produced < o.n && i < budget; i++) {
         const k = blend ? inverseCdf(mix.weights, mix.weights.length, uniform(key, i, LABEL_DRAW)) : 0;
-        const a = this.attempt(primed[k], key, i, o, newline, guide ? guide.steps : cap, guide);
+        const a = this.attempt(primed[k], key, i, o, newline, guide ? guide.steps : cap, guide, prefixes[k]);
         a.label = k;
         const r = keep(a);
         if (r !== null) yield r;
