@@ -359,10 +359,11 @@ class RowEngine:
     def _start_nodes(self, new: list[Attempts]) -> np.ndarray:
         """The new jobs' rows' nodes: their primed start's (a job's attempts start from its
         prompt's row, or a blend's rows), or each its own where the cache cannot keep it."""
-        logits = np.concatenate([np.atleast_2d(a.prompt_logits) for a in new]).astype(np.float32, copy=False)  # (P, V)
+        per_job = [np.atleast_2d(a.prompt_logits) for a in new]  # (1, V), or (P, V) for a blend
+        logits = np.concatenate(per_job).astype(np.float32, copy=False)  # (P, V)
         primed = self.stepper.to_rows(new[0].prompt_state if len(new) == 1 else
                                       self.stepper.concat([a.prompt_state for a in new]))  # (P, S)
-        offsets = np.cumsum([0] + [len(np.atleast_2d(a.prompt_logits)) for a in new[:-1]])
+        offsets = np.cumsum([0] + [len(x) for x in per_job[:-1]])
         rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
         if self.cache is None:
             self.cache = PrefixCache(self.stepper, logits.shape[1], primed.shape[1], self.prefix_memory)

@@ -931,7 +931,7 @@ class Prefixes {
   add(node, id, state, logits) {
     if (this.count >= this.cap) return -1;
     const n = this.count++;
-    if (!(n & 255) || n === 1) { this.states.push(new Float64Array(256 * this.S)); this.logits.push(new Float64Array(256 * this.V)); }
+    if (this.states.length <= n >> 8) { this.states.push(new Float64Array(256 * this.S)); this.logits.push(new Float64Array(256 * this.V)); }
     const chunk = this.states[n >> 8];
     let k = (n & 255) * this.S;
     for (const parts of state) for (const a of parts) { chunk.set(a, k); k += this.H; }
