@@ -181,6 +181,7 @@ def test_the_network_steps_each_new_prefix_once(trained_names):
     hold them all (which stops growing at its cap)."""
     from chargen.sampling import RowEngine
     from chargen.sampling.drawing import _run_full
+    from chargen.sampling.prefixes import node_bytes
 
     model = chargen.load(trained_names)
 
@@ -197,7 +198,7 @@ def test_the_network_steps_each_new_prefix_once(trained_names):
     assert cached == plain
     assert full.computed < 0.4 * full.row_steps, (full.computed, full.row_steps)
     assert 0 < full.cache.count < full.cache.cap
-    small_memory = 4 * (2 * len(model.vocab) + full.cache.state_size) * 300  # room for 300 prefixes
+    small_memory = node_bytes(len(model.vocab), full.cache.state_size) * 300  # room for 300 prefixes
     capped, small = draw(small_memory, width=64)
     assert capped == plain
     assert small.cache.count == small.cache.cap == 300
@@ -225,3 +226,26 @@ def test_long_samples_keep_only_their_first_prefixes(trained_names):
     assert PREFIX_DEPTH < 300
     assert 1 + PREFIX_DEPTH <= engine.cache.count <= 1 + 3 * PREFIX_DEPTH  # the root, and each row's first prefixes
     assert engine.computed > 3 * (300 - PREFIX_DEPTH)
+
+
+def test_a_node_draw_kept_for_one_setting_is_not_used_for_another(trained_names):
+    """Under one plain setting each node's draw (its cumulative probabilities and log-normaliser)
+    is computed once and kept with the prefix cache: a job with other settings after it, in the
+    same engine, draws what it draws in a fresh one, and the first job again what it drew."""
+    from chargen.sampling import RowEngine, run_jobs
+
+    model = chargen.load(trained_names)
+    jobs = [next(model.drawings(**o)).next_attempts() for o in
+            (dict(n=300, seed=1), dict(n=300, seed=2, temperature=1.3, top_k=6), dict(n=300, seed=1, top_p=0.8),
+             dict(n=300, seed=1))]
+    fresh = [run_jobs(model.stepper, model.vocab, [job])[0] for job in jobs]
+    engine = RowEngine(model.stepper, model.vocab)
+    for job, alone in zip(jobs, fresh):
+        j = engine.add(job)
+        done = {}
+        while engine.busy:
+            done.update(engine.step())
+        assert done[j].texts == alone.texts
+        np.testing.assert_allclose(done[j].logp, alone.logp, atol=1e-4)  # (float32 rows: last bits)
+    assert fresh[0].texts == fresh[3].texts and fresh[0].texts != fresh[1].texts != fresh[2].texts
+    assert engine.cache.count > 100

@@ -81,9 +81,13 @@ def texts_of(codes: np.ndarray) -> list[str]:
 
 def inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: row b picks the first id whose cumulative probability exceeds u[b]."""
-    cdf = np.cumsum(p, axis=-1)
+    return pick_from_cdf(np.cumsum(p, axis=-1), u)
+
+
+def pick_from_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """inverse_cdf, given the rows' cumulative probabilities."""
     ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
-    return np.minimum(ids, p.shape[-1] - 1)
+    return np.minimum(ids, cdf.shape[-1] - 1)
 
 
 @dataclass
@@ -238,15 +242,22 @@ class RowEngine:
         self._join()
         r = self.rows
         n = len(r)
-        self.logits = self.cache.logits_of(r.node)  # (B, V) for each row's next character
-        lse = log_normalizer(self.logits)  # (B,): log p(v) = logit(v) - lse, the model's own distribution
-        logits, allowed = self.logits, None
-        if r.guided.any():
-            allowed = self._allowed(lse)
-            if r.masking.any():  # greedy and --guided rows draw among the allowed characters only
-                logits = np.where(~r.masking[:, None] | allowed, logits, -np.inf)
-        ids = self._pick(logits)
-        r.logp += np.take_along_axis(self.logits, ids[:, None], axis=-1)[:, 0] - lse
+        plain = self._plain_settings()
+        allowed = None
+        if plain is not None:  # each node's draw computed once (the same numbers as below)
+            lse, cdf = self._node_draws(plain)
+            ids = pick_from_cdf(cdf, uniforms(r.key, r.index, r.t))
+            r.logp += self.cache.logit_of(r.node, ids) - lse
+        else:
+            self.logits = self.cache.logits_of(r.node)  # (B, V) for each row's next character
+            lse = log_normalizer(self.logits)  # (B,): log p(v) = logit(v) - lse, the model's own distribution
+            logits = self.logits
+            if r.guided.any():
+                allowed = self._allowed(lse)
+                if r.masking.any():  # greedy and --guided rows draw among the allowed characters only
+                    logits = np.where(~r.masking[:, None] | allowed, logits, -np.inf)
+            ids = self._pick(logits)
+            r.logp += np.take_along_axis(self.logits, ids[:, None], axis=-1)[:, 0] - lse
         ended = ids == r.newline
         if allowed is not None:  # exact rows are rejected at the first character that rules them out
             bad = ~allowed[np.arange(n), ids]
@@ -316,6 +327,42 @@ class RowEngine:
     def _advance_guides(self, ids: np.ndarray) -> None:
         for _, mine, guide in self._guided_jobs():
             self.rows.dfa[mine] = guide.automaton.advance(self.rows.dfa[mine], ids[mine])
+
+    def _plain_settings(self) -> Optional[SampleConfig]:
+        """The one setting every row draws under, when it is a plain random draw (no constraints,
+        temperature above 0): then the draw's work is a function of the node alone."""
+        if len(self.groups) != 1 or self.rows.guided.any():
+            return None
+        cfg = next(iter(self.groups.values()))[1]
+        return cfg if cfg.temperature > 0 else None
+
+    def _node_draws(self, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's log-normaliser (B,) and cumulative probabilities (B, V) under `cfg`, what
+        log_normalizer and _pick_group compute from its logits: kept with the cache's nodes and
+        computed once for each (again when the settings change)."""
+        r, cache = self.rows, self.cache
+        key = (cfg.temperature, cfg.top_k, cfg.top_p)
+        if cache.draw_key != key:
+            cache.draw_key = key
+            cache.drawn[:] = False
+        kept = r.node < cache.cap
+        todo = np.flatnonzero(~kept)  # rows on nodes of their own: computed here
+        new = r.node[kept][~cache.drawn[r.node[kept]]]
+        if new.size:  # the kept nodes not computed yet, once each
+            new = new[distinct(new)[0]]
+            logits = cache.logits[new]
+            cache.lse[new] = log_normalizer(logits)
+            cache.cdf[new] = np.cumsum(sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p), axis=-1)
+            cache.drawn[new] = True
+        lse = np.empty(len(r))
+        cdf = np.empty((len(r), cache.vocab_size))
+        at = np.flatnonzero(kept)
+        lse[at], cdf[at] = cache.lse[r.node[at]], cache.cdf[r.node[at]]
+        if todo.size:
+            logits = cache.logits_of(r.node[todo])
+            lse[todo] = log_normalizer(logits)
+            cdf[todo] = np.cumsum(sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p), axis=-1)
+        return lse, cdf
 
     def _pick(self, logits: np.ndarray) -> np.ndarray:
         """Each row's next id under its job's settings; each group of rows with the same settings

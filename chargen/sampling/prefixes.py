@@ -35,6 +35,12 @@ PREFIX_MEMORY = 32 << 20  # bytes of nodes an engine keeps (17,119 nodes of the 
 PREFIX_DEPTH = 16
 
 
+def node_bytes(vocab_size: int, state_size: int) -> int:
+    """A node's memory: its children (int32), logits and state (float32); the draw's cumulative
+    probabilities and log-normaliser (float64), and whether they are there."""
+    return 4 * (2 * vocab_size + state_size) + 8 * (vocab_size + 1) + 1
+
+
 class PrefixCache:
     """Each prefix's next logits and state, found by (parent node, character); and the rows'
     own: nodes cap + i hold the rows whose prefix the cache does not keep (it is full), for one
@@ -42,7 +48,7 @@ class PrefixCache:
 
     def __init__(self, stepper, vocab_size: int, state_size: int, memory: int = PREFIX_MEMORY):
         self.stepper, self.vocab_size, self.state_size = stepper, vocab_size, state_size
-        self.cap = memory // (4 * (2 * vocab_size + state_size))  # child (int32), logits, state (float32)
+        self.cap = memory // node_bytes(vocab_size, state_size)
         self.clear()
         self.own_logits = np.zeros((0, vocab_size), dtype=np.float32)
         self._own_states: Optional[np.ndarray] = np.zeros((0, state_size), dtype=np.float32)
@@ -55,6 +61,10 @@ class PrefixCache:
         self.states = np.empty((self.cap, self.state_size), dtype=np.float32)
         self.count = 0
         self.roots: dict[bytes, int] = {}
+        self.cdf = np.empty((self.cap, self.vocab_size), dtype=np.float64)
+        self.lse = np.empty(self.cap, dtype=np.float64)
+        self.drawn = np.zeros(self.cap, dtype=bool)  # cdf and lse are there, for the settings `draw_key`
+        self.draw_key: Optional[tuple] = None
 
     @property
     def full(self) -> bool:
@@ -72,6 +82,14 @@ class PrefixCache:
 
     def states_of(self, nodes: np.ndarray) -> np.ndarray:
         return self._gather(nodes, self.states, self.own_states)
+
+    def logit_of(self, nodes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Each node's logit of its id."""
+        mine = nodes >= self.cap
+        out = np.empty(len(nodes), dtype=np.float32)
+        out[~mine] = self.logits[nodes[~mine], ids[~mine]]
+        out[mine] = self.own_logits[nodes[mine] - self.cap, ids[mine]]
+        return out
 
     def own_native_of(self, nodes: np.ndarray):
         """The stepper's state for rows all on nodes of their own (`nodes` >= cap)."""
@@ -144,6 +162,7 @@ class PrefixCache:
     def _add(self, logits: np.ndarray, states: np.ndarray) -> np.ndarray:
         k, at = len(logits), self.count
         self.logits[at : at + k], self.states[at : at + k] = logits, states
+        self.drawn[at : at + k] = False
         self.count += k
         return np.arange(at, at + k)
 
