@@ -436,9 +436,10 @@ CONSTRAINTS_PANEL = "Constraints (line samples)"
 # Below this many samples a drawing runs in this process: two workers cost about 50 ms more to
 # start and finish (forks, the children's first touches of the model, the first chunks' round
 # trips), and each steps the prefixes new to it (chargen.sampling.prefixes), so together they
-# step more than one process would. With that cache they broke even between 8,192 and 16,384
-# names of the bundled model on 2 cores (AVX-512 EPYC: 0.91x the time at 16,384, 0.85x at
-# 50,000, 0.69x at 100,000; before it, near 3,000: docs/benchmarks.md, "Shared prefixes run once").
+# step more than one process would. With that cache they break even near 16,384 names of the
+# bundled model on 2 cores (AVX-512 EPYC, two workers' time over one's: 1.09 at 16,384, 0.97 at
+# 20,000, 0.91 at 32,768, 0.85 at 65,536; before it, near 3,000: docs/benchmarks.md, "Shared
+# prefixes run once").
 MIN_PARALLEL = 16384
 
 
