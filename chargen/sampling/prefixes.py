@@ -21,6 +21,9 @@ new prefix the cache does not keep holds its logits and state in a node of its o
 from the cap up) for one step: every row is a node, so the engine keeps no state of its own.
 Nor are prefixes of more than PREFIX_DEPTH characters kept: a long sample (prose) shares nothing
 past its first characters, and a step whose rows all have nodes of their own looks nothing up.
+When every row draws under one plain setting, a node also keeps its draw (cumulative
+probabilities and log-normaliser at that setting: RowEngine._node_draws), dropped when the
+setting changes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-PREFIX_MEMORY = 32 << 20  # bytes of nodes an engine keeps (17,119 nodes of the bundled names model)
+PREFIX_MEMORY = 32 << 20  # bytes of nodes an engine keeps (14,021 nodes of the bundled names model)
 # Prefixes longer than this are not kept: past the first characters, samples rarely share them
 # (prose never does), and a row that has no prefix to share skips the lookups altogether.
 PREFIX_DEPTH = 16
