@@ -251,10 +251,11 @@ def test_bundled_modules_print_what_chargen_sample_prints(tmp_path, name, option
 
 @needs_node
 def test_plain_draws_share_their_prefixes_and_draw_the_same(tmp_path):
-    """The module steps each prefix once (chargen.sampling.prefixes' twin in websampler.js, kept
-    between calls for the same start): with no memory for it, with room for 40 prefixes, or with
-    prefixes of one character only, every record is the same, and a second call that reuses the
-    first one's prefixes draws what a fresh module draws."""
+    """The module steps each prefix once and keeps its draw at one setting (chargen.sampling.prefixes'
+    twin in websampler.js, kept between calls for the same start): with no memory for it, with room
+    for 40 prefixes, or with prefixes of one character only, every record is the same, and a call
+    that reuses an earlier one's prefixes, at the same settings or others, draws what a fresh
+    module draws."""
     from chargen.sampling.prefixes import PREFIX_MEMORY
 
     ckpt = read_checkpoint(checkpoint_path("base"))
@@ -266,6 +267,8 @@ def test_plain_draws_share_their_prefixes_and_draw_the_same(tmp_path):
                 "tiny": text.replace(setting, f'"prefix_memory":{tiny}'),
                 "shallow": re.sub(r'"prefix_depth":\d+', '"prefix_depth":1', text)}
     cases = [{"n": 400, "seed": 1, "label": "it_IT:first"}, {"n": 400, "seed": 1, "label": "it_IT:first"},
+             {"n": 400, "seed": 1, "label": "it_IT:first", "temperature": 1.3, "topK": 8},  # other settings, same nodes
+             {"n": 400, "seed": 1, "label": "it_IT:first"},
              {"n": 300, "seed": 2, "label": "es_ES:first=0.5,de_DE:city=0.5", "prompt": "Ma"},
              {"n": 200, "seed": 3, "label": "en_US:first", "endsWith": "a", "rejection": True, "unique": True}]
     got = {}
@@ -274,7 +277,7 @@ def test_plain_draws_share_their_prefixes_and_draw_the_same(tmp_path):
         module.write_text(module_source)
         got[name] = node_records(module, cases)
     assert all("error" not in r for records in got["default"] for r in records)
-    assert got["default"][0] == got["default"][1]
+    assert got["default"][0] == got["default"][1] == got["default"][3] != got["default"][2]
     for name in ("none", "tiny", "shallow"):
         assert got[name] == got["default"], name
 

@@ -246,12 +246,18 @@ function randomSeed() {
 
 // --- one step's distribution (chargen.sampling.engine) ------------------------------------------
 
-function logSoftmaxAt(logits, V, id) {
+// The softmax's normaliser: {m, ls} with log p(v) = (logits[v] - m) - ls.
+function logNormalizer(logits, V) {
   let m = -Infinity;
   for (let v = 0; v < V; v++) if (logits[v] > m) m = logits[v];
   let s = 0;
   for (let v = 0; v < V; v++) s += Math.exp(logits[v] - m);
-  return (logits[id] - m) - Math.log(s);
+  return { m, ls: Math.log(s) };
+}
+
+function logSoftmaxAt(logits, V, id) {
+  const { m, ls } = logNormalizer(logits, V);
+  return (logits[id] - m) - ls;
 }
 
 // Probabilities after temperature, top-k and top-p, into p (Float64Array(V)).
@@ -907,14 +913,36 @@ function pickWeighted(w, V, u) {
 // are kept, within `memory` bytes and for prefixes of up to MODEL.prefix_depth characters, and a
 // later draw that reaches it copies them instead of stepping, so the samples are the same. Node 0
 // is the primed start (its state is the draw's own copy); a node's children are found by
-// node * V + character.
+// node * V + character. Each node's draw at one setting (`draw`) is kept with it too.
 class Prefixes {
   constructor(net, V, memory) {
     this.H = net.H; this.S = net.layers * net.stateTensors * net.H; this.V = V;
-    this.cap = Math.floor(memory / (8 * (this.S + V)));
+    this.cap = Math.floor(memory / (8 * (this.S + 2 * V + 2) + 1));
     this.child = new Map();
-    this.states = []; this.logits = [];  // chunks of 256 nodes
+    this.states = []; this.logits = []; this.p = []; this.norm = []; this.drawn = [];  // chunks of 256 nodes
     this.count = 1;
+    this.drawKey = null;
+    this.chunk();  // node 0's draw
+  }
+
+  chunk() {
+    this.states.push(new Float64Array(256 * this.S)); this.logits.push(new Float64Array(256 * this.V));
+    this.p.push(new Float64Array(256 * this.V)); this.norm.push(new Float64Array(512)); this.drawn.push(new Uint8Array(256));
+  }
+
+  // Node `node`'s probabilities at the settings of `o` (as samplingProbs gives them) and its
+  // normaliser {m, ls} (as logNormalizer), from its `logits` the first time: kept until the
+  // settings change.
+  draw(node, o, logits) {
+    const key = `${o.temperature} ${o.topK} ${o.topP}`;
+    if (key !== this.drawKey) { this.drawKey = key; for (const d of this.drawn) d.fill(0); }
+    const c = node >> 8, j = node & 255, p = this.p[c].subarray(j * this.V, (j + 1) * this.V), norm = this.norm[c];
+    if (!this.drawn[c][j]) {
+      samplingProbs(logits, this.V, o.temperature, o.topK, o.topP, p);
+      const { m, ls } = logNormalizer(logits, this.V);
+      norm[2 * j] = m; norm[2 * j + 1] = ls; this.drawn[c][j] = 1;
+    }
+    return { p, m: norm[2 * j], ls: norm[2 * j + 1] };
   }
 
   find(node, id) { const n = this.child.get(node * this.V + id); return n === undefined ? -1 : n; }
@@ -931,11 +959,12 @@ class Prefixes {
   add(node, id, state, logits) {
     if (this.count >= this.cap) return -1;
     const n = this.count++;
-    if (this.states.length <= n >> 8) { this.states.push(new Float64Array(256 * this.S)); this.logits.push(new Float64Array(256 * this.V)); }
+    if (this.states.length <= n >> 8) this.chunk();
     const chunk = this.states[n >> 8];
     let k = (n & 255) * this.S;
     for (const parts of state) for (const a of parts) { chunk.set(a, k); k += this.H; }
     this.logits[n >> 8].set(logits, (n & 255) * this.V);
+    this.drawn[n >> 8][n & 255] = 0;
     this.child.set(node * this.V + id, n);
     return n;
   }
@@ -1109,9 +1138,10 @@ class Sampler {
     for (;;) {
       if (guide) guide.c.allowed(dfa, guide.n0 + t, allowed);
       const masked = guide && o.temperature === 0 ? allowed : null;  // greedy draws among the allowed only
+      const d = o.temperature > 0 && node >= 0 ? prefixes.draw(node, o, logits) : null;  // the node's own, kept
       const id = o.temperature === 0 ? argmax(logits, V, masked)
-        : inverseCdf(samplingProbs(logits, V, o.temperature, o.topK, o.topP, this.p), V, uniform(key, i, t));
-      logprob += logSoftmaxAt(logits, V, id);
+        : inverseCdf(d ? d.p : samplingProbs(logits, V, o.temperature, o.topK, o.topP, this.p), V, uniform(key, i, t));
+      logprob += d ? (logits[id] - d.m) - d.ls : logSoftmaxAt(logits, V, id);
       t++;
       if (guide && !allowed[id]) return { text: null, logprob, chars: t };
       if (id === newline) break;
