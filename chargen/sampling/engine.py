@@ -350,18 +350,14 @@ class RowEngine:
         new = r.node[kept][~cache.drawn[r.node[kept]]]
         if new.size:  # the kept nodes not computed yet, once each
             new = new[distinct(new)[0]]
-            logits = cache.logits[new]
-            cache.lse[new] = log_normalizer(logits)
-            cache.cdf[new] = np.cumsum(sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p), axis=-1)
+            cache.lse[new], cache.cdf[new] = _draw(cache.logits[new], cfg)
             cache.drawn[new] = True
         lse = np.empty(len(r))
         cdf = np.empty((len(r), cache.vocab_size))
         at = np.flatnonzero(kept)
         lse[at], cdf[at] = cache.lse[r.node[at]], cache.cdf[r.node[at]]
         if todo.size:
-            logits = cache.logits_of(r.node[todo])
-            lse[todo] = log_normalizer(logits)
-            cdf[todo] = np.cumsum(sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p), axis=-1)
+            lse[todo], cdf[todo] = _draw(cache.logits_of(r.node[todo]), cfg)
         return lse, cdf
 
     def _pick(self, logits: np.ndarray) -> np.ndarray:
@@ -492,6 +488,12 @@ def run_jobs(stepper: Stepper, vocab: Vocab, jobs: list[Attempts]) -> list[Resul
     while engine.busy:
         done.update(engine.step())
     return [done[j] for j in ids]
+
+
+def _draw(logits: np.ndarray, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' log-normalisers and cumulative probabilities at a plain setting (temperature > 0):
+    what log_normalizer and inverse_cdf(sampling_probs(...)) compute, for RowEngine._node_draws."""
+    return log_normalizer(logits), np.cumsum(sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p), axis=-1)
 
 
 def _pick_group(logits: np.ndarray, cfg: SampleConfig, keys: np.ndarray, indices: np.ndarray,
