@@ -7,10 +7,10 @@ so each step faulted those pages in again, zeroed. Drawing 4,000 names in one pr
 12,000 minor page faults, 50 with the memory kept, and `chargen sample -n 20000` ran 11% faster
 (docs/benchmarks.md, "Freed memory kept"). Since the engine steps only prefixes it has not
 stepped before (chargen.sampling.prefixes), its steps are smaller: the same draw now takes
-2,400-3,000 faults with the defaults and 500-700 with the memory kept. The setting is process-wide, so the library leaves it
-to the program: the `sample`, `score`, `eval` and `serve` commands make it
-(`cli.KEEP_FREED_MEMORY`; their worker processes inherit it); a Python program may call
-`keep_freed_memory` too. Elsewhere (macOS, musl) it does nothing.
+2,400-3,000 faults with the defaults and 500-700 with the memory kept. The setting is
+process-wide, so the library leaves it to the program: the `sample`, `score`, `eval` and `serve`
+commands make it (`cli.KEEP_FREED_MEMORY`; their worker processes inherit it); a Python program
+may call `keep_freed_memory` too. Elsewhere (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

@@ -121,14 +121,14 @@ class PrefixCache:
         """The nodes of primed start states, (P, S) and their logits (P, V), and the new nodes of
         the `live` rows: a start not here at a full cache (a server's new prompt) empties it, so
         that it follows what is drawn now, the live rows' prefixes moving to rows' own nodes."""
-        if not all(row.tobytes() in self.roots for row in state) and self.count + len(state) > self.cap:
+        keys = [row.tobytes() for row in state]
+        if not all(key in self.roots for key in keys) and self.count + len(state) > self.cap:
             logits_live, states_live = self.logits_of(live), self.states_of(live)
             self.clear()
             self.own_logits, self._own_states, self.own_native = logits_live, states_live, None
             live = self.cap + np.arange(len(live))
         nodes = np.empty(len(state), dtype=np.int64)
-        for i, row in enumerate(state):
-            key = row.tobytes()
+        for i, key in enumerate(keys):
             if key not in self.roots and not self.full:
                 self.roots[key] = int(self._add(logits[i : i + 1], state[i : i + 1])[0])
             nodes[i] = self.roots.get(key, -1)

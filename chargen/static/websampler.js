@@ -916,7 +916,7 @@ function pickWeighted(w, V, u) {
 // node * V + character. Each node's draw at one setting (`draw`) is kept with it too.
 class Prefixes {
   constructor(net, V, memory) {
-    this.H = net.H; this.S = net.layers * net.stateTensors * net.H; this.V = V;
+    this.H = net.H; this.S = net.layers * net.stateTensors * net.H; this.V = V; this.memory = memory;
     this.cap = Math.floor(memory / (8 * (this.S + 2 * V + 2) + 1));
     this.child = new Map();
     this.states = []; this.logits = []; this.p = []; this.norm = []; this.drawn = [];  // chunks of 256 nodes
@@ -1083,7 +1083,7 @@ class Sampler {
   prefixesFor(keys) {
     const before = this.prefixes, memory = Math.floor(MODEL.prefix_memory / keys.length);
     this.prefixes = new Map(keys.map((k) => [k, before.has(k) && before.get(k).memory === memory ? before.get(k)
-      : Object.assign(new Prefixes(this.net, this.V, memory), { memory })]));
+      : new Prefixes(this.net, this.V, memory)]));
     return keys.map((k) => this.prefixes.get(k));
   }
 
