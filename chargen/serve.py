@@ -187,20 +187,27 @@ def spelling(name: str) -> str:
     return f"'{d.field if d is not None else name}'"
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object, refused past `limit` bytes (chunked bodies too) or if malformed."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def read_json(scope: dict, receive: Callable, limit: int) -> dict[str, Any]:
+    """The request's JSON object, read from the ASGI `receive`: refused past `limit` bytes (chunked
+    bodies too) or if malformed."""
+    headers = dict(scope["headers"])
+    ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise ApiError(415, "send a JSON body with Content-Type: application/json "
                             "(curl: -H 'Content-Type: application/json')")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = headers.get(b"content-length", b"").decode("latin-1")
+    if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the body is {int(declared):,} bytes, above this server's limit of {limit:,}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        body += message.get("body", b"")
         if len(body) > limit:
             raise ApiError(413, f"the body is above this server's limit of {limit:,} bytes")
+        if not message.get("more_body", False):
+            break
     try:
         data = json.loads(bytes(body).decode("utf-8")) if body else {}
     except (UnicodeDecodeError, ValueError) as exc:
@@ -252,10 +259,9 @@ class Server:
             raise ApiError(404, f"no model named {shown} here (models: {', '.join(self.models)})")
         return self.models[name]
 
-    async def parse(self, request: Request, allowed: dict[str, Any],
-                    required: tuple[str, ...] = ()) -> tuple[Served, dict[str, Any]]:
+    def parse(self, data: dict[str, Any], allowed: dict[str, Any],
+              required: tuple[str, ...] = ()) -> tuple[Served, dict[str, Any]]:
         """A request's model and its checked fields (each endpoint names the fields it takes)."""
-        data = await read_json(request, self.config.max_body)
         return self.model(data), check_fields(data, allowed, required)
 
     def limit_sample(self, fields: dict[str, Any], n_default: int = 1) -> int:
@@ -306,8 +312,8 @@ class Server:
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"models": [s.info for s in self.models.values()]})
 
-    async def sample(self, request: Request) -> Response:
-        served, fields = await self.parse(request, SAMPLE_FIELDS)
+    async def sample(self, data: dict[str, Any]) -> dict[str, Any]:
+        served, fields = self.parse(data, SAMPLE_FIELDS)
         n = self.limit_sample(fields)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
         prompt = fields.get("prompt", "")
@@ -318,11 +324,11 @@ class Server:
         else:
             drawings = served.model.drawings(n, prompt, stats=stats, **options)
         samples = await asyncio.wrap_future(served.batcher.submit(drawings))
-        return JSONResponse({"model": served.name, "samples": [s.record(constrained) for s in samples],
-                             "draws": stats.draws, "accepted": stats.accepted}, headers=_json_headers())
+        return {"model": served.name, "samples": [s.record(constrained) for s in samples],
+                "draws": stats.draws, "accepted": stats.accepted}
 
-    async def top(self, request: Request) -> Response:
-        served, fields = await self.parse(request, TOP_FIELDS)
+    async def top(self, data: dict[str, Any]) -> dict[str, Any]:
+        served, fields = self.parse(data, TOP_FIELDS)
         n = self.limit_sample(fields, n_default=10)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
 
@@ -330,16 +336,16 @@ class Server:
             return list(served.model.top(n, fields.get("prompt", ""), **options))
 
         samples = await asyncio.to_thread(search)
-        return JSONResponse({"model": served.name, "samples": [s.record() for s in samples]}, headers=_json_headers())
+        return {"model": served.name, "samples": [s.record() for s in samples]}
 
-    async def eval(self, request: Request) -> Response:
-        served, fields = await self.parse(request, EVAL_FIELDS, required=("text",))
+    async def eval(self, data: dict[str, Any]) -> dict[str, Any]:
+        served, fields = self.parse(data, EVAL_FIELDS, required=("text",))
         text = fields.pop("text")
         result = await asyncio.to_thread(served.model.eval, text, **fields)
-        return JSONResponse({"model": served.name, **result}, headers=_json_headers())
+        return {"model": served.name, **result}
 
-    async def score(self, request: Request) -> Response:
-        served, fields = await self.parse(request, SCORE_FIELDS, required=("lines",))
+    async def score(self, data: dict[str, Any]) -> dict[str, Any]:
+        served, fields = self.parse(data, SCORE_FIELDS, required=("lines",))
         lines = fields["lines"]
         if len(lines) > self.config.max_n:
             raise ApiError(400, f"{len(lines)} lines is above this server's limit of {self.config.max_n} a request")
@@ -348,10 +354,10 @@ class Server:
         scores = await asyncio.to_thread(lambda: [s.record() for s in served.model.score(
             lines, skip_unknown=fields.get("skip_unknown", False), label=fields.get("label"),
             by_label=fields.get("by_label", False))])
-        return JSONResponse({"model": served.name, "scores": scores}, headers=_json_headers())
+        return {"model": served.name, "scores": scores}
 
     async def stream(self, request: Request) -> Response:
-        served, fields = await self.parse(request, STREAM_FIELDS)
+        served, fields = self.parse(await read_json(request.scope, request.receive, self.config.max_body), STREAM_FIELDS)
         if not isinstance(fields.get("prompt", ""), str):
             raise ApiError(400, "'prompt' must be text: a stream draws from one prompt")
         n = self.limit_sample(fields)
@@ -471,12 +477,63 @@ def _asset(name: str) -> bytes:
 
 # --- the app ----------------------------------------------------------------------------------
 
+CRASHED = "internal error (see the server's log)"
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    one_line = " ".join(str(message).split())
-    return JSONResponse({"error": one_line}, status_code=status, headers=_json_headers())
+    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=_json_headers())
 
 
-def build_app(served: list[Served], config: ServeConfig) -> Starlette:
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _refused(exc: Exception) -> Optional[tuple[int, str]]:
+    """The status and message for an error the request caused; None for any other (a crash)."""
+    if isinstance(exc, ApiError):
+        return exc.status, str(exc)
+    if isinstance(exc, SamplingError):  # the model cannot produce what was asked
+        return 422, exc.render(spelling)
+    if isinstance(exc, ChargenError):  # a bad option: what `chargen sample` would print as Error:
+        return 400, exc.render(spelling)
+    return None
+
+
+class JsonEndpoint:
+    """A POST endpoint that takes a JSON object and answers one, `handler(data) -> dict`, as a bare
+    ASGI app: no Request or Response objects and, for a POST, none of Starlette's layers (the
+    front answers it directly: a third of the server's own time per /v1/sample request,
+    docs/benchmarks.md). Errors the request caused are 4xx JSON, anything else is logged and
+    answered 500, as Starlette's handlers answer the other endpoints; the body is Starlette's
+    JSONResponse's, byte for byte."""
+
+    def __init__(self, handler: Callable[[dict[str, Any]], Any], limit: int):
+        self.handler, self.limit = handler, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            status, payload = 200, await self.handler(await read_json(scope, receive, self.limit))
+            body = _json_body(payload)
+        except _ClientGone:  # nobody to answer
+            return
+        except Exception as exc:  # noqa: BLE001 - every error is an answer; a crash's goes to the log only
+            refused = _refused(exc)
+            if refused is None:
+                traceback.print_exception(exc, file=sys.stderr)
+                refused = 500, CRASHED
+            status, body = refused[0], _json_body({"error": _one_line(refused[1])})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"),
+                                *((k.lower().encode(), v.encode()) for k, v in _json_headers().items())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _json_body(payload: dict[str, Any]) -> bytes:
+    """What Starlette's JSONResponse renders."""
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+def build_app(served: list[Served], config: ServeConfig) -> "_Front":
     """The ASGI app: routes, the token and host checks, JSON errors for everything."""
     server = Server(served, config)
 
@@ -484,14 +541,14 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ApiError as exc:
-                return _error(exc.status, str(exc))
-            except SamplingError as exc:  # the model cannot produce what was asked
-                return _error(422, exc.render(spelling))
-            except ChargenError as exc:  # a bad option: what `chargen sample` would print as Error:
-                return _error(400, exc.render(spelling))
+            except _ClientGone:
+                return Response(status_code=204)  # (nobody reads it)
+            except (ApiError, ChargenError) as exc:
+                return _error(*_refused(exc))
         return endpoint
 
+    posts = {path: JsonEndpoint(handler, config.max_body) for path, handler in (
+        ("/v1/sample", server.sample), ("/v1/top", server.top), ("/v1/eval", server.eval), ("/v1/score", server.score))}
     routes = [
         Route("/", server.index, methods=["GET"]),
         Route("/playground.js", server.asset, methods=["GET"]),
@@ -500,11 +557,8 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
         Route("/favicon.svg", server.asset, methods=["GET"]),
         Route("/v1/health", server.health, methods=["GET"]),
         Route("/v1/models", server.list_models, methods=["GET"]),
-        Route("/v1/sample", wrap(server.sample), methods=["POST"]),
-        Route("/v1/top", wrap(server.top), methods=["POST"]),
-        Route("/v1/eval", wrap(server.eval), methods=["POST"]),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()),  # (their 405s)
         Route("/v1/stream", wrap(server.stream), methods=["POST"]),
-        Route("/v1/score", wrap(server.score), methods=["POST"]),
         Route("/v1/export", wrap(server.export), methods=["GET"]),
     ]
 
@@ -515,21 +569,26 @@ def build_app(served: list[Served], config: ServeConfig) -> Starlette:
 
     async def crash(request: Request, exc: Exception) -> Response:
         traceback.print_exception(exc, file=sys.stderr)  # the log has it; the client never does
-        return _error(500, "internal error (see the server's log)")
+        return _error(500, CRASHED)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
     app.state.server = server
-    return _Guard(app, config)
+    return _Front(app, config, posts)
 
 
-class _Guard:
-    """ASGI middleware: the Host check (a server on localhost answers only to local names, against
-    DNS rebinding) and the bearer token on /v1/ (but /v1/health)."""
+class _Front:
+    """The outermost ASGI app: the Host check (a server on localhost answers only to local names,
+    against DNS rebinding) and the bearer token on /v1/ (but /v1/health); then a POST to a JSON
+    endpoint goes straight to it, anything else through Starlette."""
 
-    def __init__(self, app, config: ServeConfig):
-        self.app, self.config = app, config
+    HOSTS_KEPT = 64  # Host headers whose check is remembered (a client's is the same each time)
+
+    def __init__(self, app, config: ServeConfig, posts: dict[str, JsonEndpoint]):
+        self.app, self.config, self.posts = app, config, posts
         self.state = app.state
         self.token = config.token.encode() if config.token else None
+        self.loopback = config.loopback
+        self._local: dict[bytes, bool] = {}  # Host header -> a local name
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -538,14 +597,25 @@ class _Guard:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+            endpoint = self.posts.get(scope["path"])
+            if endpoint is not None and scope["method"] == "POST":
+                await endpoint(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
+    def _local_name(self, host: bytes) -> bool:
+        if host not in self._local:
+            if len(self._local) >= self.HOSTS_KEPT:
+                self._local.clear()
+            text = host.decode("latin-1")
+            self._local[host] = is_loopback(text.rsplit(":", 1)[0] if not text.endswith("]") else text)
+        return self._local[host]
+
     def _refusal(self, path: str, headers: dict[bytes, bytes]) -> Optional[Response]:
-        if self.config.loopback:
-            host = headers.get(b"host", b"").decode("latin-1")
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if not is_loopback(name):
-                return _error(421, f"this server answers to localhost only, not {host[:60]!r} "
+        if self.loopback:
+            host = headers.get(b"host", b"")
+            if not self._local_name(host):
+                return _error(421, f"this server answers to localhost only, not {host.decode('latin-1')[:60]!r} "
                                    f"(serve with --host to be reached by other names)")
         if self.token is not None and path.startswith("/v1/") and path != "/v1/health":
             auth = headers.get(b"authorization", b"")
@@ -613,7 +683,7 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     sock = listen(config.host, config.port)
     served = load_models(named, config, backend=backend, device=device)
     app = build_app(served, config)
-    server = uvicorn_server(app, log_level="warning", access_log=access_log, lifespan="off",
+    server = uvicorn_server(app, log_level="warning", access_log=access_log, lifespan="off", proxy_headers=False,
                           timeout_graceful_shutdown=10, server_header=False)
     url = url_of(sock, config.host)
     if not config.loopback and config.token is None:

@@ -256,6 +256,25 @@ def test_a_request_past_the_draw_limit_is_a_422_and_others_go_on(trained_names, 
         s.batcher.close()
 
 
+def test_json_endpoints_answer_as_starlette_would(client):
+    """The JSON endpoints answer past Starlette's layers (chargen.serve.JsonEndpoint): the same
+    bytes as its JSONResponse (non-ASCII text as UTF-8, compact), the same headers, and a
+    Starlette route's 405 for another method."""
+    from starlette.responses import JSONResponse
+
+    for path, body in (("/v1/sample", {"n": 5, "seed": 3, "prompt": "Z"}), ("/v1/eval", {"model": "tiny", "text": "anna"}),
+                       ("/v1/top", {"n": 3}), ("/v1/score", {"lines": ["Zoë", "ann"], "skip_unknown": True})):
+        r = post(client, path, body)
+        assert r.status_code == 200, r.text
+        assert r.content == JSONResponse(r.json()).body
+        assert r.headers["content-type"] == "application/json" and r.headers["cache-control"] == "no-store"
+        assert int(r.headers["content-length"]) == len(r.content)
+        assert client.put(path, json=body).status_code == 405
+    refused = post(client, "/v1/sample", {"n": 1, "prompt": "Zoë"})  # an error names the character
+    assert refused.status_code == 400 and refused.content == JSONResponse(refused.json()).body
+    assert "ë" in refused.content.decode("utf-8")
+
+
 def test_a_chunked_body_over_the_limit_is_refused(client):
     def chunks():
         for _ in range(40):
