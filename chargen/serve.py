@@ -565,7 +565,9 @@ def build_app(served: list[Served], config: ServeConfig) -> "_Front":
     async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {404: f"no such endpoint: {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
-        return _error(exc.status_code, message)
+        response = _error(exc.status_code, message)
+        response.headers.update(exc.headers or {})  # a 405's Allow
+        return response
 
     async def crash(request: Request, exc: Exception) -> Response:
         traceback.print_exception(exc, file=sys.stderr)  # the log has it; the client never does

@@ -269,7 +269,8 @@ def test_json_endpoints_answer_as_starlette_would(client):
         assert r.content == JSONResponse(r.json()).body
         assert r.headers["content-type"] == "application/json" and r.headers["cache-control"] == "no-store"
         assert int(r.headers["content-length"]) == len(r.content)
-        assert client.put(path, json=body).status_code == 405
+        other = client.put(path, json=body)
+        assert other.status_code == 405 and other.headers["allow"] == "POST"
     refused = post(client, "/v1/sample", {"n": 1, "prompt": "Zoë"})  # an error names the character
     assert refused.status_code == 400 and refused.content == JSONResponse(refused.json()).body
     assert "ë" in refused.content.decode("utf-8")
