@@ -441,7 +441,8 @@ class _Relay:
 
 
 class _ClientGone(Exception):
-    """Raised inside the drawing thread when the stream's client has disconnected."""
+    """The client has disconnected: raised while its request's body is read, or inside a stream's
+    drawing thread."""
 
 
 def _json_headers() -> dict[str, str]:
@@ -502,8 +503,8 @@ def _refused(exc: Exception) -> Optional[tuple[int, str]]:
 class JsonEndpoint:
     """A POST endpoint that takes a JSON object and answers one, `handler(data) -> dict`, as a bare
     ASGI app: no Request or Response objects and, for a POST, none of Starlette's layers (the
-    front answers it directly: a third of the server's own time per /v1/sample request,
-    docs/benchmarks.md). Errors the request caused are 4xx JSON, anything else is logged and
+    front calls it directly: with them, a /v1/sample request took a fifth more of the server's
+    process, docs/benchmarks.md). Errors the request caused are 4xx JSON, anything else is logged and
     answered 500, as Starlette's handlers answer the other endpoints; the body is Starlette's
     JSONResponse's, byte for byte."""
 
