@@ -2,7 +2,7 @@
 """`chargen serve` under load: concurrent clients on the loopback interface, against the
 in-process sampler measured in the same run.
 
-    python benchmarks/serve.py [--clients 64] [--seconds 30] [--n 10] [--window 0.002] [--json bench-out/serve.json]
+    python benchmarks/serve.py [--clients 64] [--seconds 30] [--n 10] [--window 0.002] [--fields JSON] [--json bench-out/serve.json]
 
 First, with nothing else running, the in-process sampler's names/s with the bundled model: one
 call per 10 names (what a request asks for) and one bulk call (10,000 names: the sampler's best);
@@ -13,7 +13,9 @@ a minimal asyncio client so that the client costs little of the 2 cores) each PO
 {"n": 10} to /v1/sample as fast as answers come, for `--seconds`. Reported: names/s through
 HTTP, requests/s, latency p50/p90/p99/max, errors (non-200 or wrong answers: must be 0), the
 server's peak resident memory, and its batching (network steps per second, rows per step).
-Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loads.
+Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loads. `--fields`
+adds options to every request and in-process call, e.g. '{"regex": "[A-Z][a-z]*(el|ia)"}' (no
+call gives a seed, as a server's clients mostly do not).
 Targets (issue 17): at least half the in-process sampler's names/s, p99 under 100 ms.
 """
 
@@ -28,29 +30,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from common import host, print_table, write_json
 
 HERE = Path(__file__).resolve().parent
 
 
-def in_process_rates(n: int, seconds: float = 5.0) -> dict[str, float]:
+def in_process_rates(n: int, fields: dict, seconds: float = 5.0) -> dict[str, float]:
     import chargen
 
     model = chargen.load()
     model.sample(n=1000, seed=0)  # warm up
 
     def rate(per_call: int) -> float:
-        t, made, seed = time.perf_counter(), 0, 0
+        t, made = time.perf_counter(), 0
         while time.perf_counter() - t < seconds:
-            made += len(model.sample(n=per_call, seed=seed))
-            seed += 1
+            made += len(model.sample(n=per_call, **fields))
         return made / (time.perf_counter() - t)
 
     return {"per_request": rate(n), "bulk": rate(10_000)}
 
 
-def in_process_batcher(clients: int, n: int, seconds: float = 10.0) -> dict[str, float]:
+def in_process_batcher(clients: int, n: int, fields: dict, seconds: float = 10.0) -> dict[str, float]:
     """The server's batcher with no HTTP: `clients` threads each asking for n names as fast as
     answers come (what the HTTP clients do), so the cost of HTTP shows apart from the sampler's."""
     import threading
@@ -64,12 +66,10 @@ def in_process_batcher(clients: int, n: int, seconds: float = 10.0) -> dict[str,
     until = time.perf_counter() + seconds
 
     def caller(k: int) -> None:
-        seed = k << 32
         while time.perf_counter() < until:
             t = time.perf_counter()
-            batcher.submit(model.drawings(n, seed=seed)).result()
+            batcher.submit(model.drawings(n, **fields)).result()
             latencies.append(time.perf_counter() - t)
-            seed += 1
 
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(clients)]
     for t in threads:
@@ -104,8 +104,8 @@ async def client(host_: str, port: int, body: bytes, n: int, until: float, laten
         writer.close()
 
 
-async def load(port: int, clients: int, seconds: float, n: int) -> tuple[list[float], list, float]:
-    body = json.dumps({"n": n}).encode()
+async def load(port: int, clients: int, seconds: float, n: int, fields: Optional[dict] = None) -> tuple[list[float], list, float]:
+    body = json.dumps({"n": n, **(fields or {})}).encode()
     latencies: list[float] = []
     errors: list = []
     start = time.perf_counter()
@@ -137,11 +137,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="the server's engine processes (default: its own)")
     ap.add_argument("--sweep", default="8,16,32", help="fewer clients to try after the main run, 10 s each "
                                                        "(comma-separated; '' for none)")
+    ap.add_argument("--fields", type=json.loads, default={}, help="JSON object: more options for every request")
     ap.add_argument("--json", type=Path, default=Path("bench-out/serve.json"))
     args = ap.parse_args()
 
-    inproc = in_process_rates(args.n)
-    batcher = in_process_batcher(args.clients, args.n)
+    inproc = in_process_rates(args.n, args.fields)
+    batcher = in_process_batcher(args.clients, args.n, args.fields)
     exe = Path(sys.executable).with_name("chargen")
     cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else []) \
         + (["--workers", str(args.workers)] if args.workers is not None else [])
@@ -151,14 +152,14 @@ def main() -> None:
         line = proc.stderr.readline().decode()
         startup = time.perf_counter() - started
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
-        asyncio.run(load(port, 4, 1.0, args.n))  # warm up
+        asyncio.run(load(port, 4, 1.0, args.n, args.fields))  # warm up
         before = health(port)["batching"]["names"]
-        latencies, errors, wall = asyncio.run(load(port, args.clients, args.seconds, args.n))
+        latencies, errors, wall = asyncio.run(load(port, args.clients, args.seconds, args.n, args.fields))
         after = health(port)["batching"]["names"]
         rss = peak_rss_mb(proc.pid)
         sweep = []
         for clients in [int(c) for c in args.sweep.split(",") if c.strip()]:
-            lat_c, err_c, wall_c = asyncio.run(load(port, clients, 10.0, args.n))
+            lat_c, err_c, wall_c = asyncio.run(load(port, clients, 10.0, args.n, args.fields))
             lat_c.sort()
             sweep.append({"clients": clients, "names_per_s": len(lat_c) * args.n / wall_c, "errors": len(err_c),
                           "p50_ms": 1000 * lat_c[len(lat_c) // 2], "p99_ms": 1000 * lat_c[int(0.99 * len(lat_c))]})
@@ -175,7 +176,8 @@ def main() -> None:
     steps = after["steps"] - before["steps"]
     row_steps = after["row_steps"] - before["row_steps"]
     result = {
-        "clients": args.clients, "seconds": args.seconds, "n": args.n, "requests": requests, "errors": len(errors),
+        "clients": args.clients, "seconds": args.seconds, "n": args.n, "fields": args.fields, "requests": requests,
+        "errors": len(errors),
         "names_per_s": names_per_s, "requests_per_s": requests / wall,
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": 1000 * lat[-1],
                        "mean": 1000 * statistics.fmean(lat)},
@@ -188,7 +190,7 @@ def main() -> None:
         "sweep": sweep,
     }
     h = host()
-    print_table(f"chargen serve, {args.clients} clients x {args.seconds:.0f} s, {args.n} names a request "
+    print_table(f"chargen serve, {args.clients} clients x {args.seconds:.0f} s, {args.n} names a request {json.dumps(args.fields)} "
                 f"({h['cpu']}; {h['cpu_flags']})",
                 ["measure", "value"],
                 [["in-process, 10 names a call", f"{inproc['per_request']:,.0f} names/s"],

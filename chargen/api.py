@@ -12,7 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -26,11 +26,13 @@ from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime,
 from .sampling.labels import LabelMix, line_key, resolve_labels
 from .sampling.randomness import Seeds, derive_key
 from .sampling.search import most_likely
+from .sampling.tree import WarmTrees
 
 if TYPE_CHECKING:  # scoring's modules (and training.data's file reading) load when a model scores, not to sample
     from .evaluation import NumpyScorer, Score
 
 PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
+AUTOMATA_KEPT = 32  # sets of constraints whose compiled automaton a Model keeps (each a few ms to compile)
 # Options a `top` request refuses: it ranks by the model's own probabilities (temperature 1, no
 # truncation), needs no seed, never repeats, and has no guided mode. `lines` has a message of its own.
 _TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d.takes("top") and name != "max_tries")
@@ -42,6 +44,28 @@ def _prompts(prompt: Any) -> list[str]:
         prompt = list(prompt)
     check_type("prompt", prompt, "str | list[str]")
     return [prompt] if isinstance(prompt, str) else prompt
+
+
+class _Recent:
+    """The values made for the most recent `size` keys, for calls from any thread (a server's
+    requests): a value is made outside the lock, so two calls may both make one, to the same effect."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
 
 
 class Model:
@@ -71,9 +95,10 @@ class Model:
             dev = resolve_device(device or "auto")
             self.stepper = TorchStepper(from_weights(checkpoint.model_config, checkpoint.weights).to(dev), dev)
         self._training_lines: Optional[set[str]] = None
-        self._primed: OrderedDict[tuple[str, bool], tuple] = OrderedDict()  # prompt -> (logits, state) after it
-        self._primed_lock = threading.Lock()
+        self._primed = _Recent(PRIMED_PROMPTS)  # (prompt, lines, labels) -> (logits, state) after it
+        self._automata = _Recent(AUTOMATA_KEPT)  # Constraints -> their Automaton for this vocabulary
         self._seeds = Seeds()  # for calls without a seed
+        self._warm_trees = WarmTrees()  # the adaptive exact sampler's, kept between calls without a seed
 
     @property
     def line_oriented(self) -> bool:
@@ -134,7 +159,8 @@ class Model:
                 yield Drawing(self.stepper, self.vocab, p, cfg, lines=line_mode, key=derive_key(base_seed, j), seen=seen,
                               training_lines=training, exclude=banned, on_char=on_char, automaton=automaton,
                               stats=stats, primed=self._prime(p, line_mode, mix), labels=mix,
-                              start_state=self.checkpoint.start_state)
+                              start_state=self.checkpoint.start_state,
+                              warm=self._warm_trees if cfg.seed is None else None)
 
         return drawings()
 
@@ -142,17 +168,9 @@ class Model:
         """The network's logits and state after a prompt (from each label of `mix`), kept for the
         most recent prompts: a server sees the same few prompts (the empty one above all) again and again."""
         key = (prompt, lines, (tuple(mix.names), tuple(mix.weights.tolist())) if mix is not None else None)
-        with self._primed_lock:
-            if key in self._primed:
-                self._primed.move_to_end(key)
-                return self._primed[key]
         start = self.checkpoint.start_state
-        primed = prime(self.stepper, self.vocab, prompt, lines, start, starts=mix.start_states(start) if mix else None)
-        with self._primed_lock:
-            self._primed[key] = primed
-            while len(self._primed) > PRIMED_PROMPTS:
-                self._primed.popitem(last=False)
-        return primed
+        return self._primed.get(key, lambda: prime(self.stepper, self.vocab, prompt, lines, start,
+                                                   starts=mix.start_states(start) if mix else None))
 
     def top(self, n: int = 10, prompt: str | Sequence[str] = "", **options: Any) -> Iterator[Sample]:
         """The `n` most probable complete line samples under the model (temperature 1) per prompt,
@@ -207,7 +225,7 @@ class Model:
             return None
         if not line_mode:
             raise line_samples_only(f"constraints ({', '.join(constraints.names())})", self.line_oriented)
-        automaton = Automaton(constraints, self.vocab)
+        automaton = self._automata.get(constraints, lambda: Automaton(constraints, self.vocab))  # (compiling takes ms)
         for p in prompts:
             check_prompt(self.vocab, p, True)
             guide_for(automaton, self.vocab, p, cfg, True)

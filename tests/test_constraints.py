@@ -25,7 +25,7 @@ from chargen.sampling.constraints import Automaton, Constraints
 from chargen.errors import SamplingError, UsageError
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import SampleStats, derive_key, generate, guide_for, log_softmax, prime
-from chargen.sampling.tree import PrefixTree
+from chargen.sampling.tree import PrefixTree, WarmTrees
 from chargen.sampling.search import most_likely
 from chargen.tokenizer import Vocab
 
@@ -202,6 +202,61 @@ def test_the_adaptive_sampler_within_a_tiny_memory_bound_stays_exact(stepper, ex
     assert max(counts) < 200 and counts[-1] >= tree.cap
     ok, stat, critical = chi_square_fits(counted(texts), target)
     assert ok, (stat, critical)
+
+
+def test_calls_without_a_seed_share_a_warm_tree_and_stay_exact(stepper, exact_probs):
+    """Calls with keys of their own, 10 samples each, taking the tree the calls before them gave
+    back (chargen.sampling.tree.WarmTrees): together they fit the conditional distribution, and the
+    later calls need fewer draws than the first, since the bounds they start from are tighter."""
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
+    cfg = SampleConfig(num=10, temperature=1.0, length=LIMIT, **CONSTRAINED)
+    automaton = Automaton(Constraints.of(cfg), VOCAB)
+    warm = WarmTrees()
+    texts, draws = [], []
+    for call in range(1_500):
+        stats = SampleStats()
+        texts += [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(7, call),
+                                           automaton=automaton, stats=stats, warm=warm)]
+        draws.append(stats.draws)
+    assert len(warm) == 1
+    tree = next(iter(warm._trees.values()))
+    assert tree.draws >= sum(draws) and tree.key == derive_key(7, 1_499)  # one tree, drawn with each call's key
+    assert sum(draws[:20]) > 1.3 * sum(draws[-20:])
+    ok, stat, critical = chi_square_fits(counted(texts), target)
+    assert ok, (stat, critical)
+
+
+def test_a_seed_gets_a_fresh_tree_and_calls_without_keep_theirs(trained_names):
+    model = chargen.load(trained_names)
+    options = dict(ends_with="a", max_len=6)
+    seeded = [s.text for s in model.samples(20, seed=4, **options)]
+    assert len(model._warm_trees) == 0  # a seed's tree is not kept
+    first, second = SampleStats(), SampleStats()
+    list(model.samples(20, stats=first, **options))
+    list(model.samples(20, stats=second, **options))
+    list(model.samples(5, stats=SampleStats(), contains=["n"]))
+    assert len(model._warm_trees) == 2  # one per set of constraints
+    tree = model._warm_trees.take(next(iter(model._warm_trees._trees)), lambda: None)
+    assert tree.draws >= first.draws + second.draws
+    assert [s.text for s in model.samples(20, seed=4, **options)] == seeded  # the history changes no seed's samples
+
+
+def test_warm_trees_keep_the_most_recent_within_their_memory():
+    class Tree:
+        def __init__(self, memory):
+            self.memory = memory
+
+    warm = WarmTrees(memory=100)
+    for k in range(4):
+        warm.give_back(k, Tree(40))
+    assert list(warm._trees) == [2, 3]  # 80 bytes kept: the two given back last
+    again = warm.take(2, lambda: None)
+    assert again is not None and list(warm._trees) == [3]  # taken out while in use
+    assert warm.take(2, lambda: "new") == "new"
+    warm.give_back(2, again)
+    warm.give_back(9, Tree(500))  # larger than the whole bound: not kept
+    assert list(warm._trees) == [3, 2]
 
 
 def test_guided_fails_the_conditional_distribution_and_fits_its_own(stepper, exact_probs):

@@ -15,12 +15,12 @@ import numpy as np
 from ..config import MIN_PARALLEL, SampleConfig
 from ..errors import SamplingError, UsageError, VocabularyError
 from ..tokenizer import Vocab
-from .constraints import Automaton, guide_for
+from .constraints import Automaton, Constraints, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
 from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
-from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree
+from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree, WarmTrees
 
 MAX_BATCH = 1024  # attempts a round of the adaptive exact sampler runs (its samples depend on it; a page's too)
 # Rows the engine keeps advancing in plain and rejection sampling (whose samples do not depend on
@@ -139,7 +139,9 @@ class Drawing:
     number of draws per wanted sample guards against a model that cannot produce enough.
     `primed` is what `prime` gives for this prompt, if the caller keeps it. Attempt i always
     uses random stream i and results are kept in attempt order, so what is kept
-    does not depend on how many attempts run at once, nor on what they run beside.
+    does not depend on how many attempts run at once, nor on what they run beside. `warm`: where
+    the adaptive exact sampler's tree is taken from and given back to between calls (for calls
+    without a seed: chargen.sampling.tree.WarmTrees).
     """
 
     def __init__(self, stepper: Stepper, vocab: Vocab, prompt: str, cfg: SampleConfig, *, lines: bool,
@@ -148,7 +150,7 @@ class Drawing:
                  start_state: Optional[list[np.ndarray]] = None,
                  automaton: Optional[Automaton] = None,
                  stats: Optional[SampleStats] = None, primed: Optional[tuple[np.ndarray, object]] = None,
-                 labels: Optional[LabelMix] = None):
+                 labels: Optional[LabelMix] = None, warm: Optional[WarmTrees] = None):
         self.guide = guide_for(automaton, vocab, prompt, cfg, lines)
         # A labelled model: `labels` the mix to draw from, `start_state` each label's ((labels, layers, H) each).
         self.labels = labels
@@ -166,6 +168,7 @@ class Drawing:
         self.exclude, self.on_char = exclude, on_char
         self.stats = stats if stats is not None else SampleStats()
         self.rejecting = self.guide is not None and not self.guide.guided and cfg.temperature > 0
+        self.warm = warm
         self.tree = self._tree(stepper, vocab) if self.rejecting and not cfg.rejection else None
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
         self.produced = 0  # samples kept
@@ -173,7 +176,20 @@ class Drawing:
         self.issued = 0  # attempts handed out by next_attempts (the next one to hand out)
 
     def _tree(self, stepper: Stepper, vocab: Vocab) -> "PrefixTree | LabelTree":
-        """The adaptive exact sampler for this prompt: one prefix tree, or a blend's, one per label."""
+        """The adaptive exact sampler for this prompt: a warm one if there is, else a new one."""
+        if self.warm is None:
+            return self._new_tree(stepper, vocab)
+        tree = self.warm.take(self._warm_key(), lambda: self._new_tree(stepper, vocab))
+        tree.use_key(self.key)
+        return tree
+
+    def _warm_key(self) -> tuple:
+        """What decides a tree's bounds: calls that agree on it can share one."""
+        labels = (tuple(self.labels.names), tuple(self.labels.weights.tolist())) if self.labels is not None else None
+        return self.prompt, self.line_mode, labels, Constraints.of(self.cfg), self.cfg.settings(), self.steps
+
+    def _new_tree(self, stepper: Stepper, vocab: Vocab) -> "PrefixTree | LabelTree":
+        """One prefix tree, or a blend's, one per label."""
         if not self.blend:
             return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state)
         share = TREE_MEMORY // len(self.labels.names)  # the blend's trees share one tree's memory
@@ -220,8 +236,12 @@ class Drawing:
                         self.guide, stream, starts=self.labels.pick(self.key, indices) if self.blend else None)
 
     def draw_round(self, limit: int = MAX_BATCH) -> list[Sample]:
-        """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept."""
-        return self.take(self.tree.run(self.next_attempts(limit).indices))
+        """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept;
+        the tree goes back to `warm` with the last samples."""
+        kept = self.take(self.tree.run(self.next_attempts(limit).indices))
+        if self.done and self.warm is not None:
+            self.warm.give_back(self._warm_key(), self.tree)
+        return kept
 
     def take(self, results: Results) -> list[Sample]:
         """Keep what the oldest attempts not taken yet produced (the results of one next_attempts,

@@ -42,12 +42,22 @@ computes again, so only the cached state is lost. A round that starts with the t
 (no such leaf left) makes nodes that live for that round only and pass no bound up: below them
 a draw is plain rejection, still exact. These rules depend only on the draws, not on the order
 nodes are made in, so an exported page's sampler (static/websampler.js) keeps the same tree.
+
+Warm trees: calls that give no seed (a server's requests, a program's repeated `sample` calls)
+keep their trees between calls (WarmTrees), so a later call with the same prompt, labels,
+constraints and settings starts where the earlier ones left the bounds and the nodes. Since each
+draw is exact whatever the bounds are, its samples still follow the conditional distribution,
+independently of what came before (its random numbers come from its own key); only which samples
+it gets depends on the history, which a call without a seed never fixed. A call with a seed gets
+a fresh tree: the same seed, the same samples.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Hashable, Optional
 
 import numpy as np
 
@@ -59,6 +69,8 @@ from .labels import LABEL_GO, LABEL_PICK
 from .randomness import mix, uniforms
 
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
+WARM_MEMORY = 2 * TREE_MEMORY  # bytes of nodes WarmTrees keeps between calls (the least recently used go first)
+FOUND_KEPT = 1 << 17  # distinct accepted samples a tree remembers for Z's lower bound (a warm tree lives long)
 
 
 def prefix_key(parent: np.ndarray, chars: np.ndarray) -> np.ndarray:
@@ -198,6 +210,15 @@ class PrefixTree:
     def mass(self) -> ConstraintMass:
         return ConstraintMass.of(self.mass_sum, self.draws, self.found_mass, self.root_psi)
 
+    @property
+    def memory(self) -> int:
+        """Bytes its nodes take now."""
+        return self.nodes.count * self.nodes.bytes_per_node
+
+    def use_key(self, key: np.uint64) -> None:
+        """Draw with another call's random key from now on (a warm tree, taken by a new call)."""
+        self.key = key
+
     def run(self, indices: np.ndarray) -> Results:
         """One round: attempts `indices` (each its own random stream) descend from the root with the
         bounds as they are now; then the bounds on every node visited tighten."""
@@ -293,7 +314,7 @@ class PrefixTree:
         self.draws += len(accepted)
         self.mass_sum += psi_root * int(accepted.sum())
         for i in np.flatnonzero(accepted).tolist():
-            if texts[i] not in self.found:
+            if texts[i] not in self.found and len(self.found) < FOUND_KEPT:
                 self.found[texts[i]] = q = float(np.exp(logq[i]))
                 self.found_mass += q
         if self.accept_step:
@@ -358,6 +379,15 @@ class LabelTree:
         lower = float(sum(w * t.found_mass for w, t in zip(self.weights, self.trees)))
         return ConstraintMass.of(self.mass_sum, self.draws, lower, self.psi)
 
+    @property
+    def memory(self) -> int:
+        return sum(t.memory for t in self.trees)
+
+    def use_key(self, key: np.uint64) -> None:
+        self.key = key
+        for t in self.trees:
+            t.use_key(key)
+
     def run(self, indices: np.ndarray) -> Results:
         """One round: each attempt picks its label (or is rejected), then descends in that label's tree."""
         w = self._mixed()  # (P,)
@@ -385,3 +415,34 @@ class LabelTree:
         """w_k psi_k: each label's weight times its tree's root bound."""
         return self.weights * np.array([t.root_psi for t in self.trees])
 
+
+
+class WarmTrees:
+    """Trees kept between calls without a seed (see "Warm trees" above), by what decides their
+    bounds: the prompt, the labels, the constraints and the settings. A call takes its tree out
+    (or a new one) and gives it back when it has its samples, so a tree serves one call at a time
+    (two calls at once with the same key draw from two trees; the one given back last is kept)
+    and a call that fails keeps nothing. At most `memory` bytes of nodes are kept: the least
+    recently given back trees go first."""
+
+    def __init__(self, memory: int = WARM_MEMORY):
+        self.memory = memory
+        self._trees: OrderedDict[Hashable, "PrefixTree | LabelTree"] = OrderedDict()
+        self._lock = threading.Lock()  # a server's calls take and give back from several threads
+
+    def take(self, key: Hashable, make: Callable[[], "PrefixTree | LabelTree"]) -> "PrefixTree | LabelTree":
+        with self._lock:
+            tree = self._trees.pop(key, None)
+        return tree if tree is not None else make()
+
+    def give_back(self, key: Hashable, tree: "PrefixTree | LabelTree") -> None:
+        if tree.memory > self.memory:
+            return
+        with self._lock:
+            self._trees[key] = tree
+            self._trees.move_to_end(key)
+            while sum(t.memory for t in self._trees.values()) > self.memory:
+                self._trees.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._trees)
