@@ -177,6 +177,22 @@ def test_the_adaptive_sampler_is_exact_from_its_first_draws_and_not_without_its_
     assert not ok and stat > 2 * critical, (stat, critical)
 
 
+def assert_a_sound_tree(tree: PrefixTree) -> None:
+    """Every live node's N (over its children's bounds) at most its own bound, its parent's child
+    pointer at it, and each node's count of children the live ones pointing at it."""
+    n = tree.nodes
+    live = np.ones(n.top, dtype=bool)
+    live[n.free] = False
+    nodes = np.flatnonzero(live)
+    total = np.cumsum(n.probs[nodes] * n.psi[nodes], axis=-1)[:, -1]
+    parent = n.parent[nodes]
+    own = np.where(parent < 0, tree.root_psi, n.psi[np.maximum(parent, 0), n.char[nodes]])
+    assert (total <= own * (1 + 1e-12)).all(), np.max(total / own)
+    inner = nodes[parent >= 0]
+    assert (n.child[n.parent[inner], n.char[inner]] == inner + 1).all()
+    assert (np.bincount(n.parent[inner], minlength=n.top)[nodes] == n.children[nodes]).all()
+
+
 def test_the_adaptive_sampler_within_a_tiny_memory_bound_stays_exact(stepper, exact_probs):
     """A cap of 16 nodes: cold leaves are evicted and round-only nodes pass no bound up; once a
     round starts at the cap the tree stops growing (it keeps at most the cap plus one round's
@@ -194,6 +210,7 @@ def test_the_adaptive_sampler_within_a_tiny_memory_bound_stays_exact(stepper, ex
         full = tree.nodes.count >= tree.cap
         texts += [t for t in tree.run(np.arange(start, start + 256)).texts if t is not None]
         assert not tree.nodes.temp.any()
+        assert_a_sound_tree(tree)
         if full:
             assert tree.nodes.count <= counts[-1]
         counts.append(tree.nodes.count)

@@ -191,7 +191,8 @@ class Drawing:
     def _new_tree(self, stepper: Stepper, vocab: Vocab) -> "PrefixTree | LabelTree":
         """One prefix tree, or a blend's, one per label."""
         if not self.blend:
-            return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state)
+            return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state,
+                              memory=TREE_MEMORY)
         share = TREE_MEMORY // len(self.labels.names)  # the blend's trees share one tree's memory
         trees = [PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits[k],
                             stepper.select(self.prompt_state, np.array([k])), memory=share)

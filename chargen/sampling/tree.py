@@ -288,7 +288,7 @@ class PrefixTree:
             n.dfa[rows] = self.automaton.advance(n.dfa[p], c)
             n.child[p, c] = rows + 1
             kept = p[~temp]
-            n.children[kept] += 1
+            np.add.at(n.children, kept, 1)  # (a parent may get several children at once)
             n.pristine[kept] = False
             self._fill(rows, logits, temp)
             found[new] = rows[inverse.ravel()]
