@@ -197,6 +197,26 @@ def test_the_batcher_alone_matches_the_python_api():
         batcher.close()
 
 
+def test_a_long_constrained_request_does_not_hold_up_the_batch():
+    """A request under a rare exact constraint runs one round of its adaptive sampler between two
+    steps of the batch (it used to run all its rounds at once), so a plain request that arrives
+    with it is answered first, and each gets what it gets alone."""
+    model = chargen.load()
+    batcher = Batcher(model.stepper, model.vocab, window=0.05)  # (in this thread: its steps come in order)
+    slow = dict(n=2000, seed=3, contains="th", min_len=6)  # some 25 rounds of 1,024 draws
+    quick = dict(n=10, seed=4)  # some 15 steps
+    finished = []
+    try:
+        futures = {name: batcher.submit(model.drawings(**o)) for name, o in (("slow", slow), ("quick", quick))}
+        for name, future in futures.items():
+            future.add_done_callback(lambda _, name=name: finished.append(name))
+        results = {name: [s.text for s in f.result(timeout=120)] for name, f in futures.items()}
+    finally:
+        batcher.close()
+    assert finished == ["quick", "slow"]
+    assert results["slow"] == model.sample(**slow) and results["quick"] == model.sample(**quick)
+
+
 # --- errors: 4xx JSON with one line, never a traceback ---------------------------------------------
 
 

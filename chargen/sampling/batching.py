@@ -12,7 +12,11 @@ advance together (memory and step time); requests beyond that wait their turn in
 With `max_draws`, a request that would draw more than that many samples in all (a rare
 constraint redraws) ends with a SamplingError instead of holding the batch for minutes.
 A request that needs more draws (redraws under --unique, --novel or constraints) goes on with
-its next attempts as soon as its first ones end.
+its next attempts as soon as its first ones end. A request under exact constraints draws in
+rounds of the adaptive sampler, in this thread: the oldest runs one round between two steps of
+the batch, and the others wait for it to finish, so that each starts from the tree the one before
+it gave back (chargen.sampling.tree.WarmTrees) and the batch's rows are never held for longer
+than a round.
 
 A row's randomness and settings are its own (counter-based random numbers), so a request gets
 the samples `Model.samples` gives for the same seed, whatever it is batched with (log-
@@ -133,9 +137,10 @@ class Batcher:
         engine = self.engine
         owners: dict[int, _Request] = {}  # engine job -> the request whose rows it is
         queue: deque[_Request] = deque()  # requests waiting for room, oldest first
+        adaptive: deque[_Request] = deque()  # requests whose next drawing is exact constrained, oldest first
         while True:
             with self._cond:
-                if not engine.busy and not queue:
+                if not engine.busy and not queue and not adaptive:
                     while not self._waiting and not self._closed:
                         self._cond.wait()
                     if not self._waiting:
@@ -146,7 +151,12 @@ class Batcher:
                 self._waiting.clear()
             started = time.perf_counter()
             while queue and engine.size < self.max_rows:
-                self._admit(queue.popleft(), owners)
+                self._admit(queue.popleft(), owners, adaptive)
+            if adaptive:  # one round of the oldest such request between two steps: the batch's rows go on
+                if not self._admit(adaptive[0], owners, adaptive, head=True):
+                    adaptive.popleft()
+                if engine.busy and adaptive:
+                    engine.wake()  # (a ProcessEngine's step would wait for its workers: the next round is due)
             if engine.busy:
                 steps, row_steps = engine.steps, engine.row_steps
                 try:
@@ -163,34 +173,45 @@ class Batcher:
                 for job, drawn in done:
                     request = owners.pop(job)
                     request.samples.extend(request.current.take(drawn))
-                    self._admit(request, owners)
+                    self._admit(request, owners, adaptive)
                 self.stats.steps += engine.steps - steps
                 self.stats.row_steps += engine.row_steps - row_steps
             self.stats.busy_seconds += time.perf_counter() - started
 
-    def _admit(self, request: _Request, owners: dict[int, _Request]) -> None:
+    def _admit(self, request: _Request, owners: dict[int, _Request], adaptive: deque[_Request],
+               head: bool = False) -> bool:
         """Start the request's next rows in the engine, or hand back what it has (or its error).
-        A drawing under exact constraints runs its rounds of the adaptive sampler here, between
-        the engine's steps (its prefix tree is its own, so its samples are those of the command)."""
+        A drawing under exact constraints queues in `adaptive` instead; the request at its head
+        (`head`) runs one round of the adaptive sampler here, between two of the engine's steps,
+        so the batch's rows go on, and those queued behind it wait for it to finish, so each takes
+        its prompt's warm tree in turn (its samples are those of the command). Returns whether the
+        request waits in `adaptive`."""
         if request.future.cancelled():  # its caller went away
-            return
+            return False
         try:
+            turn = head
             while request.advance():
                 drawing = request.current
-                if drawing.tree is None:
+                if not drawing.adaptive:
                     attempts = drawing.next_attempts(min(max(1, self.max_rows - self.engine.size), MAX_BATCH))
                     self._count_draws(request, len(attempts.indices))
                     owners[self.engine.add(attempts)] = request
                     self.stats.rows += len(attempts.indices)
-                    return
+                    return False
+                if not turn:
+                    if not head:
+                        adaptive.append(request)
+                    return True
                 issued = drawing.issued
                 request.samples.extend(drawing.draw_round(MAX_BATCH))
                 self._count_draws(request, drawing.issued - issued)
                 self.stats.rows += drawing.issued - issued
+                turn = False
             self.stats.requests += 1
         except Exception as exc:  # a ChargenError (a SamplingError, say) goes back to its caller
             request.fail(exc)
             self.stats.requests += 1
+        return False
 
     def _count_draws(self, request: _Request, draws: int) -> None:
         request.draws += draws

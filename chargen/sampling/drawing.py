@@ -169,7 +169,9 @@ class Drawing:
         self.stats = stats if stats is not None else SampleStats()
         self.rejecting = self.guide is not None and not self.guide.guided and cfg.temperature > 0
         self.warm = warm
-        self.tree = self._tree(stepper, vocab) if self.rejecting and not cfg.rejection else None
+        self.adaptive = self.rejecting and not cfg.rejection  # draws in rounds of the adaptive exact sampler
+        self.stepper, self.vocab = stepper, vocab
+        self.tree: "PrefixTree | LabelTree | None" = None  # taken (or made) at its first round
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
         self.produced = 0  # samples kept
         self.attempt = 0  # attempts whose results were taken (the next one to take)
@@ -239,6 +241,8 @@ class Drawing:
     def draw_round(self, limit: int = MAX_BATCH) -> list[Sample]:
         """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept;
         the tree goes back to `warm` with the last samples."""
+        if self.tree is None:  # (not before: a drawing that waits its turn leaves a warm tree to others)
+            self.tree = self._tree(self.stepper, self.vocab)
         kept = self.take(self.tree.run(self.next_attempts(limit).indices))
         if self.done and self.warm is not None:
             self.warm.give_back(self._warm_key(), self.tree)
@@ -300,7 +304,7 @@ def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size:
     engine, pool = RowEngine(stepper, vocab), None
     try:
         for drawing in drawings:
-            if drawing.tree is not None:
+            if drawing.adaptive:
                 while not drawing.done:
                     yield from drawing.draw_round(batch_size or MAX_BATCH)
                 continue
