@@ -152,13 +152,14 @@ def peak_rss_mb() -> float:
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")  # (a regex's [a-z] is not markup)
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        table.add_column(escape(col), justify="left" if i == 0 else "right")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(escape(c) for c in r))
     Console(width=160).print(table)
 
 

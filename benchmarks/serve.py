@@ -13,9 +13,11 @@ a minimal asyncio client so that the client costs little of the 2 cores) each PO
 {"n": 10} to /v1/sample as fast as answers come, for `--seconds`. Reported: names/s through
 HTTP, requests/s, latency p50/p90/p99/max, errors (non-200 or wrong answers: must be 0), the
 server's peak resident memory, and its batching (network steps per second, rows per step).
-Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loads. `--fields`
-adds options to every request and in-process call, e.g. '{"regex": "[A-Z][a-z]*(el|ia)"}' (no
-call gives a seed, as a server's clients mostly do not).
+Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loads; `--mixed K`
+runs `--seconds` more with K of the clients sending `--fields` and the others plain requests.
+`--fields` adds options to every request and in-process call (with `--mixed`: to those K clients'
+only), e.g. '{"regex": "[A-Z][a-z]*(el|ia)"}' (no call gives a seed, as a server's clients mostly
+do not).
 Targets (issue 17): at least half the in-process sampler's names/s, p99 under 100 ms.
 """
 
@@ -105,13 +107,25 @@ async def client(host_: str, port: int, body: bytes, n: int, until: float, laten
 
 
 async def load(port: int, clients: int, seconds: float, n: int, fields: Optional[dict] = None) -> tuple[list[float], list, float]:
-    body = json.dumps({"n": n, **(fields or {})}).encode()
-    latencies: list[float] = []
-    errors: list = []
+    [(latencies, errors)], wall = await load_classes(port, [(clients, fields or {})], seconds, n)
+    return latencies, errors, wall
+
+
+async def load_classes(port: int, classes: list[tuple[int, dict]], seconds: float,
+                       n: int) -> tuple[list[tuple[list[float], list]], float]:
+    """(clients, fields) for each class of clients, all at once: each class's latencies and errors."""
+    out = [([], []) for _ in classes]
     start = time.perf_counter()
     until = start + seconds
-    await asyncio.gather(*(client("127.0.0.1", port, body, n, until, latencies, errors) for _ in range(clients)))
-    return latencies, errors, time.perf_counter() - start
+    await asyncio.gather(*(client("127.0.0.1", port, json.dumps({"n": n, **fields}).encode(), n, until, lat, err)
+                           for (count, fields), (lat, err) in zip(classes, out) for _ in range(count)))
+    return out, time.perf_counter() - start
+
+
+def latency_row(name: str, latencies: list[float], errors: list, n: int, wall: float) -> dict:
+    lat = sorted(latencies) or [float("nan")]
+    return {"class": name, "names_per_s": len(latencies) * n / wall, "errors": len(errors),
+            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))]}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -138,11 +152,14 @@ def main() -> None:
     ap.add_argument("--sweep", default="8,16,32", help="fewer clients to try after the main run, 10 s each "
                                                        "(comma-separated; '' for none)")
     ap.add_argument("--fields", type=json.loads, default={}, help="JSON object: more options for every request")
+    ap.add_argument("--mixed", type=int, default=0, help="then --seconds with this many of the clients sending "
+                                                           "--fields and the others plain requests")
     ap.add_argument("--json", type=Path, default=Path("bench-out/serve.json"))
     args = ap.parse_args()
 
-    inproc = in_process_rates(args.n, args.fields)
-    batcher = in_process_batcher(args.clients, args.n, args.fields)
+    fields = {} if args.mixed else args.fields  # (--mixed: the main run is plain)
+    inproc = in_process_rates(args.n, fields)
+    batcher = in_process_batcher(args.clients, args.n, fields)
     exe = Path(sys.executable).with_name("chargen")
     cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else []) \
         + (["--workers", str(args.workers)] if args.workers is not None else [])
@@ -152,17 +169,21 @@ def main() -> None:
         line = proc.stderr.readline().decode()
         startup = time.perf_counter() - started
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
-        asyncio.run(load(port, 4, 1.0, args.n, args.fields))  # warm up
+        asyncio.run(load(port, 4, 1.0, args.n, fields))  # warm up
         before = health(port)["batching"]["names"]
-        latencies, errors, wall = asyncio.run(load(port, args.clients, args.seconds, args.n, args.fields))
+        latencies, errors, wall = asyncio.run(load(port, args.clients, args.seconds, args.n, fields))
         after = health(port)["batching"]["names"]
         rss = peak_rss_mb(proc.pid)
         sweep = []
         for clients in [int(c) for c in args.sweep.split(",") if c.strip()]:
-            lat_c, err_c, wall_c = asyncio.run(load(port, clients, 10.0, args.n, args.fields))
-            lat_c.sort()
-            sweep.append({"clients": clients, "names_per_s": len(lat_c) * args.n / wall_c, "errors": len(err_c),
-                          "p50_ms": 1000 * lat_c[len(lat_c) // 2], "p99_ms": 1000 * lat_c[int(0.99 * len(lat_c))]})
+            lat_c, err_c, wall_c = asyncio.run(load(port, clients, 10.0, args.n, fields))
+            sweep.append({"clients": clients, **latency_row("plain", lat_c, err_c, args.n, wall_c)})
+        mixed = []
+        if args.mixed:
+            classes = [(args.clients - args.mixed, {}), (args.mixed, args.fields)]
+            got, wall_m = asyncio.run(load_classes(port, classes, args.seconds, args.n))
+            mixed = [latency_row(name, lat_m, err_m, args.n, wall_m)
+                     for name, (lat_m, err_m) in zip(("plain", json.dumps(args.fields)), got)]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -176,7 +197,7 @@ def main() -> None:
     steps = after["steps"] - before["steps"]
     row_steps = after["row_steps"] - before["row_steps"]
     result = {
-        "clients": args.clients, "seconds": args.seconds, "n": args.n, "fields": args.fields, "requests": requests,
+        "clients": args.clients, "seconds": args.seconds, "n": args.n, "fields": fields, "requests": requests,
         "errors": len(errors),
         "names_per_s": names_per_s, "requests_per_s": requests / wall,
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": 1000 * lat[-1],
@@ -187,10 +208,10 @@ def main() -> None:
         "batching": {"steps": steps, "steps_per_s": steps / wall, "mean_batch": row_steps / steps if steps else 0,
                      "busy_share": (after["busy_seconds"] - before["busy_seconds"]) / wall},
         "error_samples": errors[:5],
-        "sweep": sweep,
+        "sweep": sweep, "mixed": mixed,
     }
     h = host()
-    print_table(f"chargen serve, {args.clients} clients x {args.seconds:.0f} s, {args.n} names a request {json.dumps(args.fields)} "
+    print_table(f"chargen serve, {args.clients} clients x {args.seconds:.0f} s, {args.n} names a request {json.dumps(fields)} "
                 f"({h['cpu']}; {h['cpu_flags']})",
                 ["measure", "value"],
                 [["in-process, 10 names a call", f"{inproc['per_request']:,.0f} names/s"],
@@ -212,6 +233,11 @@ def main() -> None:
         print_table("fewer clients (10 s each, same server)", ["clients", "names/s", "p50 ms", "p99 ms", "errors"],
                     [[str(s["clients"]), f"{s['names_per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",
                       str(s["errors"])] for s in sweep])
+    if mixed:
+        print_table(f"{args.clients - args.mixed} clients plain and {args.mixed} with {json.dumps(args.fields)}, "
+                    f"{args.seconds:.0f} s, same server", ["requests", "names/s", "p50 ms", "p99 ms", "errors"],
+                    [[m["class"], f"{m['names_per_s']:,.0f}", f"{m['p50_ms']:.1f}", f"{m['p99_ms']:.1f}", str(m["errors"])]
+                     for m in mixed])
     write_json(args.json, {"serve": result})
 
 
