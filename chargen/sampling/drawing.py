@@ -177,11 +177,11 @@ class Drawing:
         self.attempt = 0  # attempts whose results were taken (the next one to take)
         self.issued = 0  # attempts handed out by next_attempts (the next one to hand out)
 
-    def _tree(self, stepper: Stepper, vocab: Vocab) -> "PrefixTree | LabelTree":
+    def _tree(self) -> "PrefixTree | LabelTree":
         """The adaptive exact sampler for this prompt: a warm one if there is, else a new one."""
         if self.warm is None:
-            return self._new_tree(stepper, vocab)
-        tree = self.warm.take(self._warm_key(), lambda: self._new_tree(stepper, vocab))
+            return self._new_tree()
+        tree = self.warm.take(self._warm_key(), self._new_tree)
         tree.use_key(self.key)
         return tree
 
@@ -190,11 +190,11 @@ class Drawing:
         labels = (tuple(self.labels.names), tuple(self.labels.weights.tolist())) if self.labels is not None else None
         return self.prompt, self.line_mode, labels, Constraints.of(self.cfg), self.cfg.settings(), self.steps
 
-    def _new_tree(self, stepper: Stepper, vocab: Vocab) -> "PrefixTree | LabelTree":
+    def _new_tree(self) -> "PrefixTree | LabelTree":
         """One prefix tree, or a blend's, one per label."""
+        stepper, vocab = self.stepper, self.vocab
         if not self.blend:
-            return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state,
-                              memory=TREE_MEMORY)
+            return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state)
         share = TREE_MEMORY // len(self.labels.names)  # the blend's trees share one tree's memory
         trees = [PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits[k],
                             stepper.select(self.prompt_state, np.array([k])), memory=share)
@@ -242,7 +242,7 @@ class Drawing:
         """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept;
         the tree goes back to `warm` with the last samples."""
         if self.tree is None:  # (not before: a drawing that waits its turn leaves a warm tree to others)
-            self.tree = self._tree(self.stepper, self.vocab)
+            self.tree = self._tree()
         kept = self.take(self.tree.run(self.next_attempts(limit).indices))
         if self.done and self.warm is not None:
             self.warm.give_back(self._warm_key(), self.tree)
