@@ -25,8 +25,10 @@ nothing else in chargen does.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
+import itertools
 import signal
 import json
 import math
@@ -51,6 +53,7 @@ from .extras import require_serve
 from .sampling import parallel
 from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
+from .sampling.randomness import Seeds
 from .sampling.drawing import run as run_drawings
 
 require_serve()
@@ -135,6 +138,109 @@ def engine_processes(config: ServeConfig, stepper) -> int:
     if config.workers is not None:
         return config.workers
     return 1 if parallel.available() else 0
+
+
+class ConstrainedProcess:
+    """A process that draws the requests under constraints, forked with the models: the adaptive
+    exact sampler's rounds are numpy and Python that hold a GIL for milliseconds at a time, and in
+    the server's process they held its event loop's (docs/benchmarks.md: with 8 of 64 clients
+    asking for a regex, the others' p99 went from 40 ms to 425 ms, with turns taken). Here they
+    hold their own, on the other core, and the process keeps its warm trees between requests
+    (chargen.sampling.tree.WarmTrees). A request is (model name, n, prompt, options): the process
+    draws it as `Model.samples` does, the same samples for a seed, within `max_draws`; errors come
+    back as the ChargenError they are. Started before any thread (fork copies one)."""
+
+    def __init__(self, served: list[Served], max_draws: Optional[int]):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        # The engines' ends of their workers' pipes are forked too: the child closes them, or a
+        # worker would never see the server end.
+        inherited = [conn for s in served if isinstance(s.batcher.engine, parallel.ProcessEngine)
+                     for conn in s.batcher.engine.workers.conns]
+        models = {s.name: s.model for s in served}
+        self.process = ctx.Process(target=_draw_constrained, args=(child, [self.conn, *inherited], models, max_draws),
+                                   name="chargen-constrained", daemon=True)
+        self.process.start()
+        child.close()
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()  # submit runs on the event loop's thread, the reader on its own
+        self._tags = itertools.count()
+        self._reader = threading.Thread(target=self._read, name="chargen-constrained-reader", daemon=True)
+
+    def submit(self, name: str, n: int, prompt: Any, options: dict[str, Any]) -> concurrent.futures.Future:
+        """The request's (records, draws, accepted), or its error."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            tag = next(self._tags)
+            self._pending[tag] = future
+            if self._reader.ident is None:
+                self._reader.start()
+            self.conn.send((tag, name, n, prompt, options))
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                tag, outcome = self.conn.recv()
+            except (EOFError, OSError):  # the process ended: nothing more will come
+                with self._lock:
+                    pending, self._pending = self._pending, {}
+                for future in pending.values():
+                    future.set_exception(RuntimeError("the constrained sampling process ended"))
+                return
+            with self._lock:
+                future = self._pending.pop(tag)
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.terminate()
+        self.conn.close()
+
+
+def _draw_constrained(conn, inherited: list, models: dict[str, Model], max_draws: Optional[int]) -> None:
+    """ConstrainedProcess's loop: one request at a time, through a batcher of its own per model
+    (in this process: the same rounds, turns and draw limit as the server's own)."""
+    for other in inherited:
+        other.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops this
+    for setter in parallel._blas_thread_setters():  # (two BLAS threads here and others beside it: a crawl)
+        setter(1)
+    batchers = {}
+    for name, model in models.items():
+        model._seeds = Seeds()  # not the server's sequence: unseeded requests there and here draw apart
+        batchers[name] = Batcher(model.stepper, model.vocab, window=0, max_draws=max_draws, name=f"chargen-constrained-{name}")
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if message is None:
+            return
+        tag, name, n, prompt, options = message
+        stats = SampleStats()
+        try:
+            samples = batchers[name].submit(models[name].drawings(n, prompt, stats=stats, **options)).result()
+            outcome: Any = ([s.record(True) for s in samples], stats.draws, stats.accepted)
+        except ChargenError as exc:
+            outcome = exc
+        except Exception:  # noqa: BLE001 - logged here; the request gets a 500
+            traceback.print_exc()
+            outcome = RuntimeError("constrained sampling failed (see the server's log)")
+        try:
+            conn.send((tag, outcome))
+        except (BrokenPipeError, OSError):
+            return
 
 
 def model_info(name: str, model: Model) -> dict[str, Any]:
@@ -238,9 +344,10 @@ def check_fields(data: dict[str, Any], allowed: dict[str, str], required: tuple[
 class Server:
     """The ASGI app's state and handlers: the models, the limits, the streams open."""
 
-    def __init__(self, served: list[Served], config: ServeConfig):
+    def __init__(self, served: list[Served], config: ServeConfig, constrained: Optional[ConstrainedProcess] = None):
         self.models = {s.name: s for s in served}
         self.config = config
+        self.constrained = constrained  # where requests under constraints are drawn (None: the batchers)
         self.streams = 0
         self.exports: dict[tuple[str, str], bytes] = {}  # (model, format) -> the file, built on first ask
         self.started = time.time()
@@ -321,6 +428,10 @@ class Server:
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         if constrained:  # checking them compiles an automaton: off the event loop, like drawing
             drawings = await asyncio.to_thread(served.model.drawings, n, prompt, stats=stats, **options)
+            if self.constrained is not None:  # drawn in a process of their own, checked here first
+                records, draws, accepted = await asyncio.wrap_future(
+                    self.constrained.submit(served.name, n, prompt, options))
+                return {"model": served.name, "samples": records, "draws": draws, "accepted": accepted}
         else:
             drawings = served.model.drawings(n, prompt, stats=stats, **options)
         samples = await asyncio.wrap_future(served.batcher.submit(drawings))
@@ -534,9 +645,9 @@ def _json_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
-def build_app(served: list[Served], config: ServeConfig) -> "_Front":
+def build_app(served: list[Served], config: ServeConfig, constrained: Optional[ConstrainedProcess] = None) -> "_Front":
     """The ASGI app: routes, the token and host checks, JSON errors for everything."""
-    server = Server(served, config)
+    server = Server(served, config, constrained)
 
     def wrap(handler: Callable) -> Callable:
         async def endpoint(request: Request) -> Response:
@@ -685,7 +796,11 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     named = parse_model_specs(specs)
     sock = listen(config.host, config.port)
     served = load_models(named, config, backend=backend, device=device)
-    app = build_app(served, config)
+    # Requests under constraints in a process of their own where the batches have worker processes
+    # (started now, before any thread: fork copies one).
+    constrained = ConstrainedProcess(served, config.max_draws) \
+        if all(isinstance(s.batcher.engine, parallel.ProcessEngine) for s in served) else None
+    app = build_app(served, config, constrained)
     # X-Forwarded-For from a proxy on this machine names the client in the access log, its only
     # reader: parsed only when there is one (it is 4% of a request's time in the server's process).
     server = uvicorn_server(app, log_level="warning", access_log=access_log, lifespan="off", proxy_headers=access_log,
@@ -702,6 +817,8 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     finally:
         for s in served:
             s.batcher.close(10.0)
+        if constrained is not None:
+            constrained.close()
     notice("chargen serve: stopped")
 
 

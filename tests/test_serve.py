@@ -391,6 +391,42 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm_after_requests_in_fligh
         proc.kill()
 
 
+def test_the_command_draws_constrained_requests_in_a_process_of_their_own(trained_names):
+    """Started with one thread, `chargen serve` forks a worker for its batches and one for requests
+    under constraints (their rounds would hold the event loop's GIL): those give what the Python
+    API gives for a seed, a plain request beside them too, past --max-draws a 422, a bad pattern
+    a 400; unseeded ones share a warm tree there; SIGTERM stops the server and both processes."""
+    proc, url = start_server("-c", "names", "--max-draws", "5000")
+
+    def children() -> list[int]:
+        return [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+
+    try:
+        assert len(children()) == 2
+        model = chargen.load()
+        for body in ({"n": 20, "seed": 3, "regex": "[A-Z][a-z]*(el|ia)"}, {"n": 5, "seed": 4, "ends_with": "a", "prompt": "Ma"},
+                     {"n": 10, "seed": 5}):
+            r = httpx.post(url + "/v1/sample", json=body, timeout=60)
+            options = {k: v for k, v in body.items() if k not in ("n", "prompt")}
+            assert [s["text"] for s in r.json()["samples"]] == model.sample(body["n"], body.get("prompt", ""), **options)
+        unseeded = [httpx.post(url + "/v1/sample", json={"n": 10, "contains": "th"}, timeout=60).json() for _ in range(8)]
+        assert all(len(u["samples"]) == 10 and all("th" in s["text"] for s in u["samples"]) for u in unseeded)
+        assert sum(u["draws"] for u in unseeded[:2]) > sum(u["draws"] for u in unseeded[-2:])  # a warm tree
+        far = httpx.post(url + "/v1/sample", json={"n": 200, "seed": 1, "contains": "zq"}, timeout=60)
+        assert far.status_code == 422 and "5,000 draws, this server's limit" in far.json()["error"]
+        bad = httpx.post(url + "/v1/sample", json={"n": 2, "regex": "("}, timeout=60)
+        assert bad.status_code == 400 and "regex" in bad.json()["error"]
+        pids = children()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "Traceback" not in proc.stderr.read().decode()
+        time.sleep(0.5)
+        assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                       for pid in pids)
+    finally:
+        proc.kill()
+
+
 def test_the_command_stops_on_ctrl_c(trained_names):
     proc, url = start_server()
     try:
