@@ -53,7 +53,6 @@ from .extras import require_serve
 from .sampling import parallel
 from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
-from .sampling.randomness import Seeds
 from .sampling.drawing import run as run_drawings
 
 require_serve()
@@ -148,7 +147,8 @@ class ConstrainedProcess:
     hold their own, on the other core, and the process keeps its warm trees between requests
     (chargen.sampling.tree.WarmTrees). A request is (model name, n, prompt, options): the process
     draws it as `Model.samples` does, the same samples for a seed, within `max_draws`; errors come
-    back as the ChargenError they are. Started before any thread (fork copies one)."""
+    back as the ChargenError they are; its unseeded requests draw seeds of its own
+    (chargen.sampling.randomness.Seeds). Started before any thread (fork copies one)."""
 
     def __init__(self, served: list[Served], max_draws: Optional[int]):
         import multiprocessing
@@ -214,12 +214,9 @@ def _draw_constrained(conn, inherited: list, models: dict[str, Model], max_draws
     for other in inherited:
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops this
-    for setter in parallel._blas_thread_setters():  # (two BLAS threads here and others beside it: a crawl)
-        setter(1)
-    batchers = {}
-    for name, model in models.items():
-        model._seeds = Seeds()  # not the server's sequence: unseeded requests there and here draw apart
-        batchers[name] = Batcher(model.stepper, model.vocab, window=0, max_draws=max_draws, name=f"chargen-constrained-{name}")
+    parallel.one_blas_thread()
+    batchers = {name: Batcher(model.stepper, model.vocab, window=0, max_draws=max_draws,
+                              name=f"chargen-constrained-{name}") for name, model in models.items()}
     while True:
         try:
             message = conn.recv()

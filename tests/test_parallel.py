@@ -2,6 +2,7 @@
 the number of workers and however their results interleave."""
 
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -192,3 +193,22 @@ def test_the_server_advances_its_batches_in_a_worker_process_by_default(trained_
     assert engine_processes(ServeConfig(workers=0), on_torch) == 0
     with pytest.raises(UsageError, match="numpy backend"):  # asked for, not silently dropped
         engine_processes(ServeConfig(workers=2), on_torch)
+
+
+def test_seeds_drawn_after_a_fork_are_the_childs_own():
+    """A server's worker processes are forked from it: their calls without a seed must not draw the
+    server's sequence of seeds (two requests would share their random numbers)."""
+    from chargen.sampling.randomness import Seeds
+
+    seeds = Seeds()
+    first = seeds()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next seed, then out
+        os.write(w, str(seeds()).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child = int(os.read(r, 100))
+    os.close(r)
+    assert child != seeds() and child != first

@@ -55,10 +55,14 @@ def random_seed() -> int:
 class Seeds:
     """Seeds for calls that give none: a key from the OS once, then a hash of (key, count) per
     call. A server draws one per unseeded request, and os.urandom per request is a system call
-    that hands the GIL to the batcher's thread and waits to get it back."""
+    that hands the GIL to the batcher's thread and waits to get it back. A process forked from
+    this one (a server's worker) draws a key of its own at its first call, so that the two never
+    draw the same seeds."""
 
     def __init__(self) -> None:
-        self._key, self._count = random_seed(), itertools.count()
+        self._pid, self._key, self._count = os.getpid(), random_seed(), itertools.count()
 
     def __call__(self) -> int:
+        if os.getpid() != self._pid:  # (getpid keeps the GIL: no hand-over)
+            self._pid, self._key, self._count = os.getpid(), random_seed(), itertools.count()
         return int(derive_key(self._key, next(self._count))) >> 1  # next() on a count is atomic under the GIL
