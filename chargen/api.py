@@ -167,7 +167,7 @@ class Model:
     def _prime(self, prompt: str, lines: bool, mix: Optional[LabelMix] = None) -> tuple:
         """The network's logits and state after a prompt (from each label of `mix`), kept for the
         most recent prompts: a server sees the same few prompts (the empty one above all) again and again."""
-        key = (prompt, lines, (tuple(mix.names), tuple(mix.weights.tolist())) if mix is not None else None)
+        key = (prompt, lines, mix.key() if mix is not None else None)
         start = self.checkpoint.start_state
         return self._primed.get(key, lambda: prime(self.stepper, self.vocab, prompt, lines, start,
                                                    starts=mix.start_states(start) if mix else None))

@@ -423,12 +423,9 @@ class Server:
         prompt = fields.get("prompt", "")
         stats = SampleStats()
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
-        if constrained and self.constrained is not None:  # drawn in a process of their own, checked here first
-            def check_and_send() -> concurrent.futures.Future:  # (off the event loop: a compile, a send)
-                served.model.drawings(n, prompt, **options)
-                return self.constrained.submit(served.name, n, prompt, options)
-
-            records, draws, accepted = await asyncio.wrap_future(await asyncio.to_thread(check_and_send))
+        if constrained and self.constrained is not None:  # drawn in a process of their own, which checks them
+            sent = await asyncio.to_thread(self.constrained.submit, served.name, n, prompt, options)  # (a full pipe blocks)
+            records, draws, accepted = await asyncio.wrap_future(sent)
             return {"model": served.name, "samples": records, "draws": draws, "accepted": accepted}
         if constrained:  # checking them compiles an automaton: off the event loop, like drawing
             drawings = await asyncio.to_thread(served.model.drawings, n, prompt, stats=stats, **options)

@@ -187,7 +187,7 @@ class Drawing:
 
     def _warm_key(self) -> tuple:
         """What decides a tree's bounds: calls that agree on it can share one."""
-        labels = (tuple(self.labels.names), tuple(self.labels.weights.tolist())) if self.labels is not None else None
+        labels = self.labels.key() if self.labels is not None else None
         return self.prompt, self.line_mode, labels, Constraints.of(self.cfg), self.cfg.settings(), self.steps
 
     def _new_tree(self) -> "PrefixTree | LabelTree":

@@ -341,7 +341,7 @@ class RowEngine:
         log_normalizer and _pick_group compute from its logits: kept with the cache's nodes and
         computed once for each (again when the settings change)."""
         r, cache = self.rows, self.cache
-        key = (cfg.temperature, cfg.top_k, cfg.top_p)
+        key = cfg.settings()
         if cache.draw_key != key:
             cache.draw_key = key
             cache.drawn[:] = False

@@ -48,6 +48,10 @@ class LabelMix:
     index: np.ndarray  # (P,) the labels' indices in the model
     weights: np.ndarray  # (P,) float64
 
+    def key(self) -> tuple:
+        """The mix as a hashable value: what a cache of its primed states or trees is found by."""
+        return tuple(self.names), tuple(self.weights.tolist())
+
     def describe(self) -> str:
         if len(self.names) == 1:
             return self.names[0]
