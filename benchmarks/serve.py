@@ -17,7 +17,8 @@ Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loa
 runs `--seconds` more with K of the clients sending `--fields` and the others plain requests.
 `--fields` adds options to every request and in-process call (with `--mixed`: to those K clients'
 only), e.g. '{"regex": "[A-Z][a-z]*(el|ia)"}' (no call gives a seed, as a server's clients mostly
-do not).
+do not); `--mixed-path` sends those K clients' requests to /v1/top or /v1/score instead (for
+/v1/score, `--fields` is the body: '{"lines": [...]}', `--n` lines).
 Targets (issue 17): at least half the in-process sampler's names/s, p99 under 100 ms.
 """
 
@@ -84,9 +85,11 @@ def in_process_batcher(clients: int, n: int, fields: dict, seconds: float = 10.0
             "p99_ms": 1000 * lat[int(0.99 * len(lat))]}
 
 
-async def client(host_: str, port: int, body: bytes, n: int, until: float, latencies: list, errors: list) -> None:
+async def client(host_: str, port: int, body: bytes, n: int, until: float, latencies: list, errors: list,
+                 path: str = "/v1/sample") -> None:
     reader, writer = await asyncio.open_connection(host_, port)
-    request = (f"POST /v1/sample HTTP/1.1\r\nHost: {host_}:{port}\r\nContent-Type: application/json\r\n"
+    answers = "scores" if path == "/v1/score" else "samples"
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host_}:{port}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     try:
         while time.perf_counter() < until:
@@ -98,7 +101,7 @@ async def client(host_: str, port: int, body: bytes, n: int, until: float, laten
                           if line.lower().startswith(b"content-length:"))
             payload = await reader.readexactly(length)
             latencies.append(time.perf_counter() - t)
-            if status != 200 or len(json.loads(payload)["samples"]) != n:
+            if status != 200 or len(json.loads(payload)[answers]) != n:
                 errors.append(status)
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         errors.append(repr(exc))
@@ -111,14 +114,20 @@ async def load(port: int, clients: int, seconds: float, n: int, fields: Optional
     return latencies, errors, wall
 
 
-async def load_classes(port: int, classes: list[tuple[int, dict]], seconds: float,
+async def load_classes(port: int, classes: list[tuple], seconds: float,
                        n: int) -> tuple[list[tuple[list[float], list]], float]:
-    """(clients, fields) for each class of clients, all at once: each class's latencies and errors."""
+    """(clients, fields[, path]) for each class of clients, all at once: each class's latencies and
+    errors. A class on /v1/score sends `fields` as they are (its "lines": n of them)."""
     out = [([], []) for _ in classes]
     start = time.perf_counter()
     until = start + seconds
-    await asyncio.gather(*(client("127.0.0.1", port, json.dumps({"n": n, **fields}).encode(), n, until, lat, err)
-                           for (count, fields), (lat, err) in zip(classes, out) for _ in range(count)))
+
+    def body(fields: dict, path: str) -> bytes:
+        return json.dumps(fields if path == "/v1/score" else {"n": n, **fields}).encode()
+
+    await asyncio.gather(*(client("127.0.0.1", port, body(c[1], path), n, until, lat, err, path)
+                           for c, (lat, err) in zip(classes, out) for path in [c[2] if len(c) > 2 else "/v1/sample"]
+                           for _ in range(c[0])))
     return out, time.perf_counter() - start
 
 
@@ -154,6 +163,8 @@ def main() -> None:
     ap.add_argument("--fields", type=json.loads, default={}, help="JSON object: more options for every request")
     ap.add_argument("--mixed", type=int, default=0, help="then --seconds with this many of the clients sending "
                                                            "--fields and the others plain requests")
+    ap.add_argument("--mixed-path", default="/v1/sample", help="where the --mixed clients send --fields: "
+                                                               "/v1/sample, /v1/top or /v1/score (fields: {\"lines\": [...]})")
     ap.add_argument("--json", type=Path, default=Path("bench-out/serve.json"))
     args = ap.parse_args()
 
@@ -180,10 +191,10 @@ def main() -> None:
             sweep.append({"clients": clients, **latency_row("plain", lat_c, err_c, args.n, wall_c)})
         mixed = []
         if args.mixed:
-            classes = [(args.clients - args.mixed, {}), (args.mixed, args.fields)]
+            classes = [(args.clients - args.mixed, {}), (args.mixed, args.fields, args.mixed_path)]
             got, wall_m = asyncio.run(load_classes(port, classes, args.seconds, args.n))
             mixed = [latency_row(name, lat_m, err_m, args.n, wall_m)
-                     for name, (lat_m, err_m) in zip(("plain", json.dumps(args.fields)), got)]
+                     for name, (lat_m, err_m) in zip(("plain", f"{args.mixed_path} {json.dumps(args.fields)}"), got)]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -234,7 +245,7 @@ def main() -> None:
                     [[str(s["clients"]), f"{s['names_per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",
                       str(s["errors"])] for s in sweep])
     if mixed:
-        print_table(f"{args.clients - args.mixed} clients plain and {args.mixed} with {json.dumps(args.fields)}, "
+        print_table(f"{args.clients - args.mixed} clients plain and {args.mixed} with {args.mixed_path} {json.dumps(args.fields)}, "
                     f"{args.seconds:.0f} s, same server", ["requests", "names/s", "p50 ms", "p99 ms", "errors"],
                     [[m["class"], f"{m['names_per_s']:,.0f}", f"{m['p50_ms']:.1f}", f"{m['p99_ms']:.1f}", str(m["errors"])]
                      for m in mixed])

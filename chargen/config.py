@@ -577,8 +577,9 @@ class ServeConfig(_Config):
     max_rows: int = option(2048, "Most rows advancing together in one model's batch: bounds memory and a step's time.",
                            **_AT_LEAST_1)
     workers: Optional[int] = option(None, "Processes advancing each model's batch, so that the network's steps do "
-                                          "not share the server's process with HTTP; with them, one more draws the "
-                                          "requests under constraints (0: a thread of that process for both). "
+                                          "not share the server's process with HTTP; with them, one more runs the slow "
+                                          "requests: samples under constraints, /v1/top, /v1/score and /v1/eval (0: "
+                                          "threads of the server's process for all). "
                                           "Same samples either way.", check=lambda v: v >= 0, rule="must be 0 or more",
                                     default_help="1 on Linux with 2 or more cores (numpy backend), else 0")
     max_draws: int = option(200_000, "Most draws one sample request may cost (rare constraints draw many); past it, "

@@ -139,16 +139,19 @@ def engine_processes(config: ServeConfig, stepper) -> int:
     return 1 if parallel.available() else 0
 
 
-class ConstrainedProcess:
-    """A process that draws the requests under constraints, forked with the models: the adaptive
-    exact sampler's rounds are numpy and Python that hold a GIL for milliseconds at a time, and in
-    the server's process they held its event loop's (docs/benchmarks.md: with 8 of 64 clients
-    asking for a regex, the others' p99 went from 40 ms to 425 ms, with turns taken). Here they
-    hold their own, on the other core, and the process keeps its warm trees between requests
-    (chargen.sampling.tree.WarmTrees). A request is (model name, n, prompt, options): the process
-    draws it as `Model.samples` does, the same samples for a seed, within `max_draws`; errors come
-    back as the ChargenError they are; its unseeded requests draw seeds of its own
-    (chargen.sampling.randomness.Seeds). Started before any thread (fork copies one)."""
+class SideProcess:
+    """A process for the requests whose work is numpy and Python that would hold the event loop's
+    GIL for milliseconds at a time: samples under constraints (the adaptive exact sampler's
+    rounds), /v1/top's searches, /v1/score and /v1/eval. In the server's process they did (with 8
+    of 64 clients asking for a regex, the others' p99 went from 40 ms to 425 ms; with 8 asking for
+    /v1/top, from 38 to 132 ms: docs/benchmarks.md); here they hold their own, on the other core.
+    Forked with the models, before any thread starts (fork copies one). A request is (kind, model
+    name, arguments), done as `side_work` does it in the server's process where there is no such
+    process; samples under constraints go through a batcher of its own per model (the same rounds,
+    turns and draw limit as the server's), and the process keeps its warm trees between requests
+    (chargen.sampling.tree.WarmTrees) and draws its own seeds for unseeded ones
+    (chargen.sampling.randomness.Seeds). Requests run at once, each in a thread of its own there,
+    as they did in the server's; errors come back as the ChargenError they are."""
 
     def __init__(self, served: list[Served], max_draws: Optional[int]):
         import multiprocessing
@@ -160,24 +163,24 @@ class ConstrainedProcess:
         inherited = [conn for s in served if isinstance(s.batcher.engine, parallel.ProcessEngine)
                      for conn in s.batcher.engine.workers.conns]
         models = {s.name: s.model for s in served}
-        self.process = ctx.Process(target=_draw_constrained, args=(child, [self.conn, *inherited], models, max_draws),
-                                   name="chargen-constrained", daemon=True)
+        self.process = ctx.Process(target=_side_loop, args=(child, [self.conn, *inherited], models, max_draws),
+                                   name="chargen-side", daemon=True)
         self.process.start()
         child.close()
         self._pending: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()  # submit runs on the event loop's thread, the reader on its own
         self._tags = itertools.count()
-        self._reader = threading.Thread(target=self._read, name="chargen-constrained-reader", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="chargen-side-reader", daemon=True)
 
-    def submit(self, name: str, n: int, prompt: Any, options: dict[str, Any]) -> concurrent.futures.Future:
-        """The request's (records, draws, accepted), or its error."""
+    def submit(self, kind: str, name: str, args: dict[str, Any]) -> concurrent.futures.Future:
+        """What side_work(kind, ...) returns, or its error."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             tag = next(self._tags)
             self._pending[tag] = future
             if self._reader.ident is None:
                 self._reader.start()
-            self.conn.send((tag, name, n, prompt, options))
+            self.conn.send((tag, kind, name, args))
         return future
 
     def _read(self) -> None:
@@ -188,7 +191,7 @@ class ConstrainedProcess:
                 with self._lock:
                     pending, self._pending = self._pending, {}
                 for future in pending.values():
-                    future.set_exception(RuntimeError("the constrained sampling process ended"))
+                    future.set_exception(RuntimeError("the server's side process ended"))
                 return
             with self._lock:
                 future = self._pending.pop(tag)
@@ -208,36 +211,54 @@ class ConstrainedProcess:
         self.conn.close()
 
 
-def _draw_constrained(conn, inherited: list, models: dict[str, Model], max_draws: Optional[int]) -> None:
-    """ConstrainedProcess's loop: one request at a time, through a batcher of its own per model
-    (in this process: the same rounds, turns and draw limit as the server's own)."""
+def side_work(model: Model, kind: str, args: dict[str, Any], batcher: Optional[Batcher] = None) -> Any:
+    """One request's work, in the side process or (where there is none) a thread of the server's:
+    "sample" (under constraints, through `batcher`): (records, draws, accepted); "top": records;
+    "score": records; "eval": eval's dict."""
+    if kind == "sample":
+        stats = SampleStats()
+        samples = batcher.submit(model.drawings(args["n"], args["prompt"], stats=stats, **args["options"])).result()
+        return [s.record(True) for s in samples], stats.draws, stats.accepted
+    if kind == "top":
+        return [s.record() for s in model.top(args["n"], args["prompt"], **args["options"])]
+    if kind == "score":
+        return [s.record() for s in model.score(args["lines"], **args["options"])]
+    if kind == "eval":
+        return model.eval(args["text"], **args["options"])
+    raise ValueError(f"no such work: {kind!r}")
+
+
+def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optional[int]) -> None:
+    """SideProcess's loop: each request in a thread of its own (samples under constraints wait
+    their turn in the model's batcher there); answers go back as they are done."""
     for other in inherited:
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops this
     parallel.one_blas_thread()
     batchers = {name: Batcher(model.stepper, model.vocab, window=0, max_draws=max_draws,
-                              name=f"chargen-constrained-{name}") for name, model in models.items()}
-    while True:
+                              name=f"chargen-side-{name}") for name, model in models.items()}
+    sending = threading.Lock()
+
+    def answer(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
         try:
-            message = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        if message is None:
-            return
-        tag, name, n, prompt, options = message
-        stats = SampleStats()
-        try:
-            samples = batchers[name].submit(models[name].drawings(n, prompt, stats=stats, **options)).result()
-            outcome: Any = ([s.record(True) for s in samples], stats.draws, stats.accepted)
+            outcome: Any = side_work(models[name], kind, args, batchers[name])
         except ChargenError as exc:
             outcome = exc
         except Exception:  # noqa: BLE001 - logged here; the request gets a 500
             traceback.print_exc()
-            outcome = RuntimeError("constrained sampling failed (see the server's log)")
-        try:
+            outcome = RuntimeError(f"{kind} failed (see the server's log)")
+        with sending, contextlib.suppress(BrokenPipeError, OSError):  # (the server has gone: nothing to tell)
             conn.send((tag, outcome))
-        except (BrokenPipeError, OSError):
-            return
+
+    with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="chargen-side") as pool:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, KeyboardInterrupt):
+                return
+            if message is None:
+                return
+            pool.submit(answer, *message)
 
 
 def model_info(name: str, model: Model) -> dict[str, Any]:
@@ -341,10 +362,10 @@ def check_fields(data: dict[str, Any], allowed: dict[str, str], required: tuple[
 class Server:
     """The ASGI app's state and handlers: the models, the limits, the streams open."""
 
-    def __init__(self, served: list[Served], config: ServeConfig, constrained: Optional[ConstrainedProcess] = None):
+    def __init__(self, served: list[Served], config: ServeConfig, side: Optional[SideProcess] = None):
         self.models = {s.name: s for s in served}
         self.config = config
-        self.constrained = constrained  # where requests under constraints are drawn (None: the batchers)
+        self.side = side  # where the slow requests run (None: threads of this process, and the batchers)
         self.streams = 0
         self.exports: dict[tuple[str, str], bytes] = {}  # (model, format) -> the file, built on first ask
         self.started = time.time()
@@ -423,9 +444,8 @@ class Server:
         prompt = fields.get("prompt", "")
         stats = SampleStats()
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
-        if constrained and self.constrained is not None:  # drawn in a process of their own, which checks them
-            sent = await asyncio.to_thread(self.constrained.submit, served.name, n, prompt, options)  # (a full pipe blocks)
-            records, draws, accepted = await asyncio.wrap_future(sent)
+        if constrained and self.side is not None:  # drawn in the side process, which checks them
+            records, draws, accepted = await self.aside("sample", served, {"n": n, "prompt": prompt, "options": options})
             return {"model": served.name, "samples": records, "draws": draws, "accepted": accepted}
         if constrained:  # checking them compiles an automaton: off the event loop, like drawing
             drawings = await asyncio.to_thread(served.model.drawings, n, prompt, stats=stats, **options)
@@ -439,30 +459,30 @@ class Server:
         served, fields = self.parse(data, TOP_FIELDS)
         n = self.limit_sample(fields, n_default=10)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
-
-        def search() -> list:
-            return list(served.model.top(n, fields.get("prompt", ""), **options))
-
-        samples = await asyncio.to_thread(search)
-        return {"model": served.name, "samples": [s.record() for s in samples]}
+        records = await self.aside("top", served, {"n": n, "prompt": fields.get("prompt", ""), "options": options})
+        return {"model": served.name, "samples": records}
 
     async def eval(self, data: dict[str, Any]) -> dict[str, Any]:
         served, fields = self.parse(data, EVAL_FIELDS, required=("text",))
         text = fields.pop("text")
-        result = await asyncio.to_thread(served.model.eval, text, **fields)
-        return {"model": served.name, **result}
+        return {"model": served.name, **await self.aside("eval", served, {"text": text, "options": fields})}
 
     async def score(self, data: dict[str, Any]) -> dict[str, Any]:
         served, fields = self.parse(data, SCORE_FIELDS, required=("lines",))
-        lines = fields["lines"]
+        lines = fields.pop("lines")
         if len(lines) > self.config.max_n:
             raise ApiError(400, f"{len(lines)} lines is above this server's limit of {self.config.max_n} a request")
         if any(len(line) > self.config.max_length for line in lines):
             raise ApiError(400, f"a line is longer than this server's limit of {self.config.max_length} characters")
-        scores = await asyncio.to_thread(lambda: [s.record() for s in served.model.score(
-            lines, skip_unknown=fields.get("skip_unknown", False), label=fields.get("label"),
-            by_label=fields.get("by_label", False))])
-        return {"model": served.name, "scores": scores}
+        return {"model": served.name, "scores": await self.aside("score", served, {"lines": lines, "options": fields})}
+
+    async def aside(self, kind: str, served: Served, args: dict[str, Any]) -> Any:
+        """side_work(kind, ...) off the event loop's GIL: in the side process where there is one,
+        else in a thread of this process."""
+        if self.side is None:
+            return await asyncio.to_thread(side_work, served.model, kind, args)
+        sent = await asyncio.to_thread(self.side.submit, kind, served.name, args)  # (a full pipe blocks)
+        return await asyncio.wrap_future(sent)
 
     async def stream(self, request: Request) -> Response:
         served, fields = self.parse(await read_json(request.scope, request.receive, self.config.max_body), STREAM_FIELDS)
@@ -642,9 +662,9 @@ def _json_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
-def build_app(served: list[Served], config: ServeConfig, constrained: Optional[ConstrainedProcess] = None) -> "_Front":
+def build_app(served: list[Served], config: ServeConfig, side: Optional[SideProcess] = None) -> "_Front":
     """The ASGI app: routes, the token and host checks, JSON errors for everything."""
-    server = Server(served, config, constrained)
+    server = Server(served, config, side)
 
     def wrap(handler: Callable) -> Callable:
         async def endpoint(request: Request) -> Response:
@@ -793,11 +813,11 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     named = parse_model_specs(specs)
     sock = listen(config.host, config.port)
     served = load_models(named, config, backend=backend, device=device)
-    # Requests under constraints in a process of their own where the batches have worker processes
+    # The slow requests in a process of their own where the batches have worker processes
     # (started now, before any thread: fork copies one).
-    constrained = ConstrainedProcess(served, config.max_draws) \
+    side = SideProcess(served, config.max_draws) \
         if all(isinstance(s.batcher.engine, parallel.ProcessEngine) for s in served) else None
-    app = build_app(served, config, constrained)
+    app = build_app(served, config, side)
     # X-Forwarded-For from a proxy on this machine names the client in the access log, its only
     # reader: parsed only when there is one (it is 4% of a request's time in the server's process).
     server = uvicorn_server(app, log_level="warning", access_log=access_log, lifespan="off", proxy_headers=access_log,
@@ -814,8 +834,8 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     finally:
         for s in served:
             s.batcher.close(10.0)
-        if constrained is not None:
-            constrained.close()
+        if side is not None:
+            side.close()
     notice("chargen serve: stopped")
 
 

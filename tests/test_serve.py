@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -391,18 +392,39 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm_after_requests_in_fligh
         proc.kill()
 
 
-def test_the_command_draws_constrained_requests_in_a_process_of_their_own(trained_names):
-    """Started with one thread, `chargen serve` forks a worker for its batches and one for requests
-    under constraints (their rounds would hold the event loop's GIL): those give what the Python
-    API gives for a seed, a plain request beside them too, past --max-draws a 422, a bad pattern
-    a 400; unseeded ones share a warm tree there; SIGTERM stops the server and both processes."""
+def test_the_command_runs_the_slow_requests_in_a_process_of_their_own(trained_names):
+    """Started with one thread, `chargen serve` forks a worker for its batches and a side process
+    for the requests whose numpy and Python would hold the event loop's GIL: samples under
+    constraints, /v1/top, /v1/score and /v1/eval. Those give what the Python API gives (a seed's
+    samples, a plain request beside them too), past --max-draws a 422, a bad pattern a 400, and
+    their CPU time is the side process's; unseeded samples share a warm tree there; SIGTERM stops
+    the server and both processes."""
     proc, url = start_server("-c", "names", "--max-draws", "5000")
 
     def children() -> list[int]:
         return [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
 
+    def cpu_seconds(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     try:
         assert len(children()) == 2
+        model = chargen.load()
+        lines = ["Mara", "Teli", "Bodon", "Ashley", "Zoë"] * 200
+        before = {pid: cpu_seconds(pid) for pid in [proc.pid, *children()]}
+        for _ in range(6):
+            scores = httpx.post(url + "/v1/score", json={"lines": lines, "skip_unknown": True}, timeout=60).json()["scores"]
+        spent = {pid: cpu_seconds(pid) - t for pid, t in before.items()}
+        assert scores == [s.record() for s in model.score(lines, skip_unknown=True)]
+        assert max(spent[pid] for pid in children()) > max(0.15, 3 * spent[proc.pid]), spent
+        top = httpx.post(url + "/v1/top", json={"n": 5, "ends_with": "a", "max_len": 6}, timeout=60)
+        assert top.json()["samples"] == [s.record() for s in model.top(5, ends_with="a", max_len=6)]
+        text = "Mara\nTeli\nBodon\n"
+        assert httpx.post(url + "/v1/eval", json={"text": text}, timeout=60).json()["loss"] == \
+            pytest.approx(model.eval(text)["loss"], abs=1e-9)
+        bad = httpx.post(url + "/v1/top", json={"regex": "a{1000000}"}, timeout=60)
+        assert bad.status_code == 400 and "automaton states" in bad.json()["error"]
         model = chargen.load()
         for body in ({"n": 20, "seed": 3, "regex": "[A-Z][a-z]*(el|ia)"}, {"n": 5, "seed": 4, "ends_with": "a", "prompt": "Ma"},
                      {"n": 10, "seed": 5}):
