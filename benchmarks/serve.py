@@ -27,13 +27,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from common import host, print_table, write_json
 
@@ -144,6 +146,33 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes(pid: int) -> dict[str, int]:
+    """The server's process and its children: with one model, its batch's worker, then the side
+    process (forked after it)."""
+    children = sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    names = ["batch worker", "side process"] if len(children) == 2 else [f"child {i + 1}" for i in range(len(children))]
+    return {"server": pid, **dict(zip(names, children))}
+
+
+def cpu_shares(pids: dict[str, int], run: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """run()'s result, and the share of a core each process (and this one, the load client) used meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    out = run()
+    wall = time.perf_counter() - started
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    shares = {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
+    shares["load client"] = (now.ru_utime - mine.ru_utime + now.ru_stime - mine.ru_stime) / wall
+    return out, shares
+
+
 def health(port: int) -> dict:
     import urllib.request
 
@@ -182,7 +211,8 @@ def main() -> None:
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
         asyncio.run(load(port, 4, 1.0, args.n, fields))  # warm up
         before = health(port)["batching"]["names"]
-        latencies, errors, wall = asyncio.run(load(port, args.clients, args.seconds, args.n, fields))
+        (latencies, errors, wall), cpu = cpu_shares(processes(proc.pid), lambda: asyncio.run(
+            load(port, args.clients, args.seconds, args.n, fields)))
         after = health(port)["batching"]["names"]
         rss = peak_rss_mb(proc.pid)
         sweep = []
@@ -217,7 +247,8 @@ def main() -> None:
         "in_process_names_per_s": inproc, "in_process_batcher": batcher, "ratio_to_in_process_bulk": names_per_s / inproc["bulk"],
         "ratio_to_in_process_per_request": names_per_s / inproc["per_request"],
         "batching": {"steps": steps, "steps_per_s": steps / wall, "mean_batch": row_steps / steps if steps else 0,
-                     "busy_share": (after["busy_seconds"] - before["busy_seconds"]) / wall},
+                     "batcher_thread_busy_share": (after["busy_seconds"] - before["busy_seconds"]) / wall},
+        "cpu_share": cpu,
         "error_samples": errors[:5],
         "sweep": sweep, "mixed": mixed,
     }
@@ -239,7 +270,9 @@ def main() -> None:
                  ["server peak RSS", f"{rss:.0f} MB"],
                  ["server start to listening", f"{startup:.2f} s"],
                  ["batching", f"{steps / wall:,.0f} network steps/s, {result['batching']['mean_batch']:.0f} rows "
-                              f"a step on average, worker busy {result['batching']['busy_share']:.0%}"]])
+                              f"a step on average, the batcher's thread busy "
+                              f"{result['batching']['batcher_thread_busy_share']:.0%}"],
+                 ["CPU, share of a core", ", ".join(f"{name} {share:.0%}" for name, share in cpu.items())]])
     if sweep:
         print_table("fewer clients (10 s each, same server)", ["clients", "names/s", "p50 ms", "p99 ms", "errors"],
                     [[str(s["clients"]), f"{s['names_per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",

@@ -283,6 +283,67 @@ def test_plain_draws_share_their_prefixes_and_draw_the_same(tmp_path):
 
 
 @needs_node
+def test_module_calls_without_a_seed_start_from_warm_trees(tmp_path):
+    """As chargen's Model does: a call without a seed takes the adaptive sampler's tree an earlier
+    call with the same prompt, constraints and settings gave back (websampler.js's WarmTrees), so
+    later calls need fewer draws (`stats`); every sample satisfies its own call's constraints (a
+    tree taken under other constraints would not), and a seeded call draws what it draws in a
+    fresh module."""
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    regex = {"regex": "[A-Z][a-z]*(e|n)", "temperature": 1.2}
+    ends = {"endsWith": "n", "minLen": 3}
+    seeded = {"n": 30, "seed": 5, **regex}
+    calls = [seeded] + [{"n": 10, **(ends if k % 3 == 2 else regex)} for k in range(60)] + [seeded]
+    script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
+              " const stats = {}; const texts = m.sampleRecords(o, stats).map((r) => r.text);"
+              " return { texts, draws: stats.draws, accepted: stats.accepted }; });"
+              " process.stdout.write(JSON.stringify(out)); })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri(), json.dumps(calls)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got[0] == got[-1] and got[0]["texts"] == [r["text"] for r in python_records(ckpt_path, seeded)]
+    for call, out in zip(calls[1:-1], got[1:-1]):
+        assert out["accepted"] == 10 and len(out["texts"]) == 10 and out["draws"] >= 10
+        if "regex" in call:
+            assert all(re.fullmatch(regex["regex"], t) for t in out["texts"]), out
+        else:
+            assert all(t.endswith("n") and len(t) >= 3 for t in out["texts"]), out
+    draws = [out["draws"] for call, out in zip(calls[1:-1], got[1:-1]) if "regex" in call]
+    assert sum(draws[:5]) > 1.5 * sum(draws[-5:]), draws
+
+
+@needs_node
+def test_a_full_tree_evicts_as_chargen_does(tmp_path, monkeypatch):
+    """With room for 1,500 nodes, the adaptive sampler's tree evicts leaves in its first rounds,
+    then finds none left and makes nodes that live for one round: the module evicts the nodes
+    chargen may evict and as many (websampler.js's set of leaves against tree.py's arrays; which
+    of them go changes no sample, only what is cached, but evicting a node with children or
+    miscounting does), so a seed still gives the same samples."""
+    from chargen.sampling.tree import TREE_MEMORY, PrefixTree, node_bytes
+
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = ckpt.model_config
+    tiny = 1500 * node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
+    text = module_text(ckpt, Encoding("f32", True))
+    setting = f'"tree_memory":{TREE_MEMORY}'
+    assert text.count(setting) == 1
+    module = tmp_path / "m.mjs"
+    module.write_text(text.replace(setting, f'"tree_memory":{tiny}'))
+    monkeypatch.setitem(PrefixTree.__init__.__kwdefaults__, "memory", tiny)
+    cases = [{"n": 200, "seed": 4, "regex": "[A-Z][a-z]*(e|n)", "temperature": 1.2},  # (rounds 1 and 2 evict some)
+             {"n": 400, "seed": 3, "endsWith": "n", "minLen": 3}]  # (from round 2 on, round-only nodes)
+    fresh = node_records(module, cases)
+    for case, js in zip(cases, fresh):
+        assert_same(js, python_records(ckpt_path, case))
+    module.write_text(text)
+    assert node_records(module, cases) != fresh  # (the cap changed which samples came)
+
+
+@needs_node
 def test_module_errors_are_clear(tmp_path):
     ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
     module = tmp_path / "m.mjs"

@@ -793,6 +793,7 @@ function checkOptions(opts) {
   o.contains = o.contains.filter((t) => t.length > 0);
   if (o.endsWith !== null && typeof o.endsWith !== "string") throw new ChargenError("`endsWith` must be a text");
   if (o.regex !== null && typeof o.regex !== "string") throw new ChargenError("`regex` must be a text");
+  o.warm = o.seed === null;  // a call without a seed may take a warm tree (WarmTrees)
   if (o.seed === null) o.seed = randomSeed();
   try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
@@ -816,8 +817,13 @@ class PrefixTree {
     this.sm = sampler; this.g = guide; this.o = o; this.key = key; this.V = sampler.V;
     this.cap = cap; this.count = 0; this.round = 0; this.rootPsi = 1;
     this.full = false;
+    this.leaves = new Set();  // the nodes eviction may take: kept, not the root, never had a child kept
     this.root = this.node(null, -1, guide.s, primed[0], this.sm.net.copyState(primed[1]), false);
   }
+
+  get memory() { return this.count * MODEL.tree_node_bytes; }  // as chargen counts a tree's nodes
+
+  useKey(key) { this.key = key; }  // draw with another call's random key (a warm tree)
 
   node(parent, ch, dfa, logits, state, temp) {
     const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp,
@@ -829,6 +835,7 @@ class PrefixTree {
     const allowed = this.g.c.allowed(dfa, this.g.n0 + n.depth, new Uint8Array(V));
     for (let v = 0; v < V; v++) n.psi[v] = allowed[v];
     this.count++;
+    if (parent !== null && !temp) this.leaves.add(n);
     return n;
   }
 
@@ -839,7 +846,7 @@ class PrefixTree {
       this.sm.net.step(c, state, logits);
       const temp = n.temp || this.full;
       ch = n.child[c] = this.node(n, c, this.g.c.trans[n.dfa * this.V + c], logits, state, temp);
-      if (!temp) { n.children++; n.pristine = false; }
+      if (!temp) { n.children++; n.pristine = false; this.leaves.delete(n); }
     }
     ch.used = this.round;
     return ch;
@@ -887,14 +894,11 @@ class PrefixTree {
   evict() {
     const over = this.count - Math.floor(this.cap * 4 / 5);
     if (over <= 0) return;
-    const leaves = [], stack = [this.root];
-    while (stack.length) {
-      const n = stack.pop();
-      for (const ch of n.child) if (ch !== null) stack.push(ch);
-      if (n !== this.root && n.pristine && n.children === 0) leaves.push(n);
-    }
+    const leaves = Array.from(this.leaves);  // (each pristine, so without children)
     leaves.sort((a, b) => a.used - b.used || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    for (const n of leaves.slice(0, over)) { n.parent.child[n.ch] = null; n.parent.children--; this.count--; }
+    for (const n of leaves.slice(0, over)) {
+      n.parent.child[n.ch] = null; n.parent.children--; this.count--; this.leaves.delete(n);
+    }
   }
 }
 
@@ -980,6 +984,10 @@ function nodeCap(memory) { return Math.max(16, Math.floor(memory / MODEL.tree_no
 class LabelTree {
   constructor(trees, weights, key) { this.trees = trees; this.weights = weights; this.key = key; this.psi = 1; }
 
+  get memory() { return this.trees.reduce((sum, t) => sum + t.memory, 0); }
+
+  useKey(key) { this.key = key; for (const t of this.trees) t.useKey(key); }
+
   mixed() {
     const w = new Float64Array(this.trees.length);
     let total = 0;
@@ -1004,6 +1012,35 @@ class LabelTree {
     out.forEach((a, r) => { a.label = picked[r]; });
     this.psi = this.mixed()[1];
     return out;
+  }
+}
+
+// Trees kept between calls without a seed (chargen.sampling.tree.WarmTrees), by what decides their
+// bounds: the prompt, line mode, labels, constraints and settings. A call takes its tree out (or
+// makes one) and gives it back when it has all its samples; every draw is exact whatever the bounds
+// are, so a warm tree only makes later calls need fewer draws. At most `memory` bytes of nodes, as
+// chargen counts them: the least recently given back go first.
+class WarmTrees {
+  constructor(memory) { this.memory = memory; this.trees = new Map(); }
+
+  take(key) {
+    const tree = this.trees.get(key);
+    if (tree === undefined) return null;
+    this.trees.delete(key);
+    return tree;
+  }
+
+  giveBack(key, tree) {
+    if (tree.memory > this.memory) return;
+    this.trees.delete(key);
+    this.trees.set(key, tree);  // (a Map iterates in insertion order: the least recent first)
+    let total = 0;
+    for (const t of this.trees.values()) total += t.memory;
+    for (const [k, t] of this.trees) {
+      if (total <= this.memory) break;
+      this.trees.delete(k);
+      total -= t.memory;
+    }
   }
 }
 
@@ -1075,6 +1112,7 @@ class Sampler {
     this.lineOriented = model.line_oriented;
     this.training = null;
     this.prefixes = new Map();  // the last call's Prefixes, by primed start (prefixesFor)
+    this.warm = new WarmTrees(MODEL.warm_memory);  // the adaptive exact sampler's, for calls without a seed
     this.logits = new Float64Array(this.V); this.p = new Float64Array(this.V); this.allowed = new Uint8Array(this.V);
   }
 
@@ -1156,7 +1194,7 @@ class Sampler {
     return { text, logprob, chars: t };
   }
 
-  *records(opts = {}) {
+  *records(opts = {}, stats = null) {
     const o = checkOptions(opts);
     const lines = o.lines === null ? this.lineOriented : o.lines;
     const cap = o.length || (lines ? MODEL.line_length : MODEL.prose_length);
@@ -1172,10 +1210,16 @@ class Sampler {
       const primed = mix ? mix.index.map((k) => this.prime(prompt, lines, k)) : [this.prime(prompt, lines)];
       const rejecting = guide !== null && o.temperature > 0;
       const budget = o.n * (rejecting ? MODEL.constrained_tries : MODEL.max_tries) + 100;
-      let tree = null;
-      if (rejecting && !o.rejection) {  // the blend's trees share one tree's memory
-        const trees = primed.map((pr) => new PrefixTree(this, guide, o, key, pr, nodeCap(Math.floor(MODEL.tree_memory / primed.length))));
-        tree = blend ? new LabelTree(trees, mix.weights, key) : trees[0];
+      let tree = null, warmKey = null;
+      if (rejecting && !o.rejection) {  // a warm tree (no seed), else a new one; a blend's trees share one tree's memory
+        warmKey = o.warm ? JSON.stringify([prompt, lines, mix && [mix.names, Array.from(mix.weights)], o.endsWith,
+          o.contains, o.regex, o.minLen, o.maxLen, o.temperature, o.topK, o.topP, guide.steps]) : null;
+        tree = warmKey !== null ? this.warm.take(warmKey) : null;
+        if (tree !== null) tree.useKey(key);
+        else {
+          const trees = primed.map((pr) => new PrefixTree(this, guide, o, key, pr, nodeCap(Math.floor(MODEL.tree_memory / primed.length))));
+          tree = blend ? new LabelTree(trees, mix.weights, key) : trees[0];
+        }
       }
       let produced = 0, i = 0, issued = 0;
       const keep = (a) => {  // what chargen.sampling.Drawing.take keeps
@@ -1201,6 +1245,7 @@ class Sampler {
           if (r !== null) yield r;
         }
       }
+      if (warmKey !== null && produced >= o.n) this.warm.giveBack(warmKey, tree);
       const prefixes = tree === null ? this.prefixesFor(primed.map((pr, k) => `${lines} ${mix ? mix.index[k] : -1} ${prompt}`)) : null;
       for (; tree === null && produced < o.n && i < budget; i++) {
         const k = blend ? inverseCdf(mix.weights, mix.weights.length, uniform(key, i, LABEL_DRAW)) : 0;
@@ -1209,6 +1254,7 @@ class Sampler {
         const r = keep(a);
         if (r !== null) yield r;
       }
+      if (stats !== null) { stats.draws = (stats.draws || 0) + i; stats.accepted = (stats.accepted || 0) + produced; }
       if (produced < o.n) {
         throw new ChargenError(`the model produced only ${produced} of ${o.n} samples in ${i} draws; ` +
           (rejecting ? "loosen the constraints or raise `temperature`" : "ask for fewer, raise `temperature`, or drop `unique`/`novel`/`exclude`"));
@@ -1221,8 +1267,9 @@ let sampler = null;
 const getSampler = () => (sampler = sampler || new Sampler(MODEL));
 
 /** Samples with their log-probabilities, as `chargen sample --format jsonl` writes them (unrounded):
- *  [{text, prompt, logprob, logprob_per_char, chars}], n per prompt, in order. */
-function sampleRecords(options = {}) { return Array.from(getSampler().records(options)); }
+ *  [{text, prompt, logprob, logprob_per_char, chars}], n per prompt, in order. `stats`, an object
+ *  if given, gets `draws` (the attempts the samples took) and `accepted`, as chargen's SampleStats. */
+function sampleRecords(options = {}, stats = null) { return Array.from(getSampler().records(options, stats)); }
 
 /** Samples as strings: n per prompt, in order; the same options and seed give what `chargen sample` prints. */
 function sample(options = {}) { return sampleRecords(options).map((r) => r.text); }
