@@ -146,12 +146,12 @@ class SideProcess:
     of 64 clients asking for a regex, the others' p99 went from 40 ms to 425 ms; with 8 asking for
     /v1/top, from 38 to 132 ms: docs/benchmarks.md); here they hold their own, on the other core.
     Forked with the models, before any thread starts (fork copies one). A request is (kind, model
-    name, arguments), done as `side_work` does it in the server's process where there is no such
-    process; samples under constraints go through a batcher of its own per model (the same rounds,
-    turns and draw limit as the server's), and the process keeps its warm trees between requests
-    (chargen.sampling.tree.WarmTrees) and draws its own seeds for unseeded ones
-    (chargen.sampling.randomness.Seeds). Requests run at once, each in a thread of its own there,
-    as they did in the server's; errors come back as the ChargenError they are."""
+    name, arguments): "sample" (n, prompt, options) goes through a batcher of its own per model
+    (the same rounds, turns and draw limit as the server's; the process keeps its warm trees
+    between requests, chargen.sampling.tree.WarmTrees, and draws its own seeds for unseeded ones,
+    chargen.sampling.randomness.Seeds); the others are done as `side_work` does them in the
+    server's process where there is no such process, at once, each in a thread of its own, as
+    they were in the server's. Errors come back as the ChargenError they are."""
 
     def __init__(self, served: list[Served], max_draws: Optional[int]):
         import multiprocessing
@@ -173,7 +173,7 @@ class SideProcess:
         self._reader = threading.Thread(target=self._read, name="chargen-side-reader", daemon=True)
 
     def submit(self, kind: str, name: str, args: dict[str, Any]) -> concurrent.futures.Future:
-        """What side_work(kind, ...) returns, or its error."""
+        """The request's answer (see the class), or its error."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             tag = next(self._tags)
@@ -211,14 +211,9 @@ class SideProcess:
         self.conn.close()
 
 
-def side_work(model: Model, kind: str, args: dict[str, Any], batcher: Optional[Batcher] = None) -> Any:
-    """One request's work, in the side process or (where there is none) a thread of the server's:
-    "sample" (under constraints, through `batcher`): (records, draws, accepted); "top": records;
-    "score": records; "eval": eval's dict."""
-    if kind == "sample":
-        stats = SampleStats()
-        samples = batcher.submit(model.drawings(args["n"], args["prompt"], stats=stats, **args["options"])).result()
-        return [s.record(True) for s in samples], stats.draws, stats.accepted
+def side_work(model: Model, kind: str, args: dict[str, Any]) -> Any:
+    """One request's work besides sampling, in the side process or (where there is none) a thread
+    of the server's: "top" and "score": records; "eval": eval's dict."""
     if kind == "top":
         return [s.record() for s in model.top(args["n"], args["prompt"], **args["options"])]
     if kind == "score":
@@ -229,8 +224,9 @@ def side_work(model: Model, kind: str, args: dict[str, Any], batcher: Optional[B
 
 
 def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optional[int]) -> None:
-    """SideProcess's loop: each request in a thread of its own (samples under constraints wait
-    their turn in the model's batcher there); answers go back as they are done."""
+    """SideProcess's loop: samples under constraints go to the model's batcher here (they take
+    turns there, each holding nothing while it waits), the other requests each to a thread of
+    their own; answers go back as they are done."""
     for other in inherited:
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops this
@@ -239,16 +235,33 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
                               name=f"chargen-side-{name}") for name, model in models.items()}
     sending = threading.Lock()
 
-    def answer(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
+    def outcome(kind: str, work: Callable[[], Any]) -> Any:
+        """What work() returns, or the error to send back."""
         try:
-            outcome: Any = side_work(models[name], kind, args, batchers[name])
+            return work()
         except ChargenError as exc:
-            outcome = exc
+            return exc
         except Exception:  # noqa: BLE001 - logged here; the request gets a 500
             traceback.print_exc()
-            outcome = RuntimeError(f"{kind} failed (see the server's log)")
+            return RuntimeError(f"{kind} failed (see the server's log)")
+
+    def send(tag: int, answer: Any) -> None:
         with sending, contextlib.suppress(BrokenPipeError, OSError):  # (the server has gone: nothing to tell)
-            conn.send((tag, outcome))
+            conn.send((tag, answer))
+
+    def other(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
+        send(tag, outcome(kind, lambda: side_work(models[name], kind, args)))
+
+    def sample(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
+        stats = SampleStats()
+        # (checking the options compiles the constraints: in a thread, not the loop that reads requests)
+        drawings = outcome("sample", lambda: models[name].drawings(args["n"], args["prompt"], stats=stats,
+                                                                   **args["options"]))
+        if isinstance(drawings, BaseException):
+            send(tag, drawings)
+            return
+        batchers[name].submit(drawings).add_done_callback(lambda done: send(tag, outcome("sample", lambda: (
+            [s.record(True) for s in done.result()], stats.draws, stats.accepted))))
 
     with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="chargen-side") as pool:
         while True:
@@ -258,7 +271,7 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
                 return
             if message is None:
                 return
-            pool.submit(answer, *message)
+            pool.submit(sample if message[1] == "sample" else other, *message)
 
 
 def model_info(name: str, model: Model) -> dict[str, Any]:
@@ -477,8 +490,8 @@ class Server:
         return {"model": served.name, "scores": await self.aside("score", served, {"lines": lines, "options": fields})}
 
     async def aside(self, kind: str, served: Served, args: dict[str, Any]) -> Any:
-        """side_work(kind, ...) off the event loop's GIL: in the side process where there is one,
-        else in a thread of this process."""
+        """A request's work off the event loop's GIL: in the side process where there is one, else
+        (side_work; a sample goes to the served batcher instead) in a thread of this process."""
         if self.side is None:
             return await asyncio.to_thread(side_work, served.model, kind, args)
         sent = await asyncio.to_thread(self.side.submit, kind, served.name, args)  # (a full pipe blocks)

@@ -39,7 +39,7 @@ from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
-from .sampling.tree import TREE_MEMORY, WARM_MEMORY, node_bytes
+from .sampling.tree import FOUND_KEPT, TREE_MEMORY, WARM_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
@@ -268,6 +268,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         # A tree keeps node_cap(V, S, memory) nodes; a blend's trees share that memory (chargen.sampling.drawing).
         "tree_memory": TREE_MEMORY,
         "warm_memory": WARM_MEMORY,  # trees kept between calls without a seed (chargen.sampling.tree.WarmTrees)
+        "found_kept": FOUND_KEPT,  # distinct accepted samples a tree remembers for Z's lower bound
         # Plain draws step each prefix once (chargen.sampling.prefixes): this much memory, this deep.
         "prefix_memory": PREFIX_MEMORY,
         "prefix_depth": PREFIX_DEPTH,

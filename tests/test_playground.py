@@ -87,7 +87,7 @@ def test_type_a_prompt_press_generate_and_see_names(page, server):
     page.fill("#ends_with", "a")
     page.fill("#max_len", "6")
     page.press("#prompt", "Enter")
-    sync_api.expect(page.locator("#status")).to_contain_text("draws kept")
+    sync_api.expect(page.locator("#status")).to_contain_text("draws kept · the constraints hold about")
     rows = page.locator("#results tbody td.sample").all_inner_texts()
     assert len(rows) == 8 and all(r.startswith("Ma") and r.endswith("a") and len(r) <= 6 for r in rows), rows
     assert rows == chargen.load().sample(8, "Ma", seed=4, ends_with="a", max_len=6)  # the adaptive exact sampler

@@ -82,11 +82,25 @@ def random_model(path: Path, cell: str, layers: int, seed: int = 0) -> Path:
     return path
 
 
+CONSTRAINT_KEYS = ("min_len", "max_len", "ends_with", "contains", "regex")
+MASS_KEYS = ("p_constraints", "p_constraints_lower", "p_constraints_upper")
+
+
 def python_records(path: Path, options: dict) -> list[dict]:
+    """The Python API's samples as the module's records, unrounded: under constraints with what
+    Sample.record adds (the mass kept, the guided log-probability, the estimate of Z and its bounds)."""
     o = snake(options)
     n, prompt = o.pop("num"), o.pop("prompt", "")
-    return [{"text": s.text, "logprob": s.logprob, **({"label": s.label} if s.label else {})}
-            for s in chargen.load(path).samples(n, prompt, **o)]
+    constrained = any(o.get(k) for k in CONSTRAINT_KEYS)
+    out = []
+    for s in chargen.load(path).samples(n, prompt, **o):
+        r = {"text": s.text, "logprob": s.logprob, **({"label": s.label} if s.label else {})}
+        if constrained:
+            r.update(kept=s.kept, logprob_guided=s.logprob_guided)
+            if s.mass is not None:
+                r.update(zip(MASS_KEYS, (s.mass.estimate, s.mass.lower, s.mass.upper)))
+        out.append(r)
+    return out
 
 
 def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") -> list:
@@ -109,7 +123,13 @@ def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") ->
 def assert_same(js: list[dict], py: list[dict]) -> None:
     assert [r["text"] for r in js] == [r["text"] for r in py]
     assert [r.get("label") for r in js] == [r.get("label") for r in py]
-    np.testing.assert_allclose([r["logprob"] for r in js], [r["logprob"] for r in py], rtol=2e-5, atol=1e-4)  # float32 (numpy) against float64
+    for key in ("logprob", "kept", "logprob_guided", *MASS_KEYS):  # float32 (numpy) against float64
+        assert [key in r for r in js] == [key in r for r in py], key
+        for a, b in zip(js, py):  # a sum over a sample's steps drifts as its log-probability does
+            if key in a:
+                tolerance = 1e-4 * abs(b[key]) + 1e-12 if key in MASS_KEYS else \
+                    1e-4 + 2e-5 * max(abs(b[key]), abs(b["logprob"]))
+                assert abs(a[key] - b[key]) <= tolerance, (key, a, b)
 
 
 @needs_node
@@ -457,6 +477,8 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
         expect(page.locator("#status")).to_contain_text("samples in")
         got = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
         assert got == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma", **option})]
+        assert re.search(r"25 of \d+ draws kept · the constraints hold about [\d.e-]+ of the model's samples",
+                         page.text_content("#status")), page.text_content("#status")  # as chargen sample's note
         page.fill(field, "")
     page.fill("#endsWith", "Ω")
     page.click("#go")

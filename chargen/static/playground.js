@@ -157,8 +157,7 @@ async function drawLines(started) {
   const tbody = $("results").tBodies[0];
   tbody.replaceChildren(...data.samples.map((s, i) => row(s, i)));
   const ms = Math.round(performance.now() - started);
-  const share = !top && data.draws > data.samples.length ?
-    " · " + data.accepted + " of " + data.draws + " draws kept" : "";
+  const share = top ? "" : drawsNote(data.samples, data.draws, data.accepted);
   setStatus(data.samples.length + (top ? " most likely" : " samples") + " in " + ms + " ms" + share +
             " · click a sample to copy it");
   $("copy").disabled = data.samples.length === 0;

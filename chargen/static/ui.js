@@ -14,6 +14,17 @@ function commaList(id) {
   return ($(id).value || "").split(",").map((s) => s.trim()).filter(Boolean);
 }
 
+// What drawing the samples cost, for the status line (as chargen sample's note on stderr): the
+// draws kept of those made, and under the adaptive exact sampler what the draws say of how much
+// of the model's samples the constraints hold.
+function drawsNote(samples, draws, accepted) {
+  if (!(draws > samples.length)) return "";
+  const last = samples[samples.length - 1];
+  const held = last && typeof last.p_constraints === "number" ?
+    " · the constraints hold about " + last.p_constraints.toPrecision(3) + " of the model's samples" : "";
+  return " · " + accepted + " of " + draws + " draws kept" + held;
+}
+
 function loss(v) {
   return typeof v === "number" ? v.toFixed(4) + " nats (" + (v / Math.LN2).toFixed(3) + " bpc)" : "n/a";
 }

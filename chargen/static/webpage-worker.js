@@ -3,8 +3,8 @@ self.onmessage = (event) => {
   const { id, options } = event.data;
   const started = performance.now();
   try {
-    const records = sampleRecords(options);
-    self.postMessage({ id, records, seconds: (performance.now() - started) / 1000 });
+    const stats = {}, records = sampleRecords(options, stats);
+    self.postMessage({ id, records, seconds: (performance.now() - started) / 1000, draws: stats.draws, accepted: stats.accepted });
   } catch (err) {
     self.postMessage({ id, error: err instanceof ChargenError ? err.message : `internal error: ${err}` });
   }

@@ -44,7 +44,8 @@ function show(data) {
     $("prose").hidden = true;
     $("results").hidden = false;
     $("results").querySelector("tbody").replaceChildren(...data.records.map(row));
-    setStatus(data.records.length + " samples in " + ms + " ms · click a sample to copy it");
+    setStatus(data.records.length + " samples in " + ms + " ms" + drawsNote(data.records, data.draws, data.accepted) +
+              " · click a sample to copy it");
   } else {
     $("results").hidden = true;
     $("prose").hidden = false;

@@ -818,10 +818,14 @@ class PrefixTree {
     this.cap = cap; this.count = 0; this.round = 0; this.rootPsi = 1;
     this.full = false;
     this.leaves = new Set();  // the nodes eviction may take: kept, not the root, never had a child kept
+    this.draws = 0; this.massSum = 0;  // what the draws say of Z (tree.ConstraintMass)
+    this.found = new Map(); this.foundMass = 0;  // distinct accepted samples: their probability at the settings
     this.root = this.node(null, -1, guide.s, primed[0], this.sm.net.copyState(primed[1]), false);
   }
 
   get memory() { return this.count * MODEL.tree_node_bytes; }  // as chargen counts a tree's nodes
+
+  get mass() { return constraintMass(this.massSum, this.draws, this.foundMass, this.rootPsi); }
 
   useKey(key) { this.key = key; }  // draw with another call's random key (a warm tree)
 
@@ -834,6 +838,7 @@ class PrefixTree {
     samplingProbs(n.logits, V, o.temperature, o.topK, o.topP, n.probs);
     const allowed = this.g.c.allowed(dfa, this.g.n0 + n.depth, new Uint8Array(V));
     for (let v = 0; v < V; v++) n.psi[v] = allowed[v];
+    n.kept = keptMass(n.logits, V, allowed, logNormalizer(n.logits, V));
     this.count++;
     if (parent !== null && !temp) this.leaves.add(n);
     return n;
@@ -854,10 +859,11 @@ class PrefixTree {
 
   // One round: the attempts `indices` with the bounds as they are; then the bounds tighten.
   run(indices, newline) {
-    const V = this.V, out = [], visited = [], w = new Float64Array(V);
+    const V = this.V, out = [], visited = [], w = new Float64Array(V), psiRoot = this.rootPsi;
     this.full = this.count >= this.cap;  // then this round's new nodes live for the round only
+    let accepted = 0;
     for (const i of indices) {
-      let n = this.root, psi = this.rootPsi, text = "", logprob = 0, d = 0, ok = false;
+      let n = this.root, psi = this.rootPsi, text = "", logprob = 0, kept = 0, logq = 0, d = 0, ok = false;
       for (; d < this.g.steps; d++) {
         if (visited[d] === undefined) visited[d] = new Set();
         visited[d].add(n);
@@ -866,13 +872,23 @@ class PrefixTree {
         if (!(total > 0) || !(uniform(this.key, i, 2 * d) * psi < total)) break;
         const c = pickWeighted(w, V, uniform(this.key, i, 2 * d + 1));
         logprob += logSoftmaxAt(n.logits, V, c);
+        logq += Math.log(n.probs[c]);
+        kept += n.kept;
         if (c === newline) { ok = true; d++; break; }
         text += this.sm.vocab[c];
         psi = n.psi[c];
         n = this.childOf(n, c);
       }
-      out.push({ text: ok ? text : null, logprob, chars: d });
+      if (ok) {
+        accepted++;
+        if (!this.found.has(text) && this.found.size < MODEL.found_kept) {
+          const q = Math.exp(logq);
+          this.found.set(text, q); this.foundMass += q;
+        }
+      }
+      out.push({ text: ok ? text : null, logprob, kept, chars: d });
     }
+    this.draws += indices.length; this.massSum += psiRoot * accepted;
     for (let d = visited.length - 1; d >= 0; d--) {
       for (const n of visited[d]) {
         if (n.temp) continue;  // a round-only node passes no bound up
@@ -900,6 +916,21 @@ class PrefixTree {
       n.parent.child[n.ch] = null; n.parent.children--; this.count--; this.leaves.delete(n);
     }
   }
+}
+
+// What the draws say of Z, the probability the model gives the constraints (tree.ConstraintMass.of):
+// the unbiased mean, moved into the certain bounds [lower, upper].
+function constraintMass(massSum, draws, lower, upper) {
+  const mean = draws ? massSum / draws : upper;
+  return { estimate: Math.min(Math.max(mean, lower), upper), lower, upper };
+}
+
+// The log of the mass (at temperature 1) of the characters `allowed` next: a step's part of a
+// constrained sample's `kept`, as chargen's engine and tree add it up.
+function keptMass(logits, V, allowed, { m, ls }) {
+  let s = 0;
+  for (let v = 0; v < V; v++) if (allowed[v]) s += Math.exp((logits[v] - m) - ls);
+  return Math.log(s);
 }
 
 // The weighted pick of chargen.sampling.tree: the first id whose cumulative weight passes u * total.
@@ -982,7 +1013,15 @@ function nodeCap(memory) { return Math.max(16, Math.floor(memory / MODEL.tree_no
 // root bound of label k's tree, N = sum_k w_k psi_k: go on with probability N / psi, pick label k
 // with probability w_k psi_k / N, draw in k's tree; after each round psi := N.
 class LabelTree {
-  constructor(trees, weights, key) { this.trees = trees; this.weights = weights; this.key = key; this.psi = 1; }
+  constructor(trees, weights, key) {
+    this.trees = trees; this.weights = weights; this.key = key; this.psi = 1; this.draws = 0; this.massSum = 0;
+  }
+
+  get mass() {
+    let lower = 0;
+    this.trees.forEach((t, k) => { lower += this.weights[k] * t.foundMass; });
+    return constraintMass(this.massSum, this.draws, lower, this.psi);
+  }
 
   get memory() { return this.trees.reduce((sum, t) => sum + t.memory, 0); }
 
@@ -1001,7 +1040,7 @@ class LabelTree {
       if (!(total > 0) || !(uniform(this.key, i, LABEL_GO) * psi < total)) return -1;
       return pickWeighted(w, P, uniform(this.key, i, LABEL_PICK));
     });
-    const out = indices.map(() => ({ text: null, logprob: 0, chars: 0 }));
+    const out = indices.map(() => ({ text: null, logprob: 0, kept: 0, chars: 0 }));
     for (let k = 0; k < P; k++) {
       const rows = [];
       picked.forEach((p, r) => { if (p === k) rows.push(r); });
@@ -1010,6 +1049,7 @@ class LabelTree {
       rows.forEach((r, j) => { out[r] = res[j]; });
     }
     out.forEach((a, r) => { a.label = picked[r]; });
+    this.draws += indices.length; this.massSum += psi * out.filter((a) => a.text !== null).length;
     this.psi = this.mixed()[1];
     return out;
   }
@@ -1172,16 +1212,19 @@ class Sampler {
     const V = this.V, logits = this.logits, allowed = guide ? this.allowed : null;
     const state = this.net.copyState(primed[1]);
     logits.set(primed[0]);
-    let text = "", logprob = 0, t = 0, dfa = guide ? guide.s : 0, node = 0;
+    let text = "", logprob = 0, kept = 0, t = 0, dfa = guide ? guide.s : 0, node = 0;
     for (;;) {
-      if (guide) guide.c.allowed(dfa, guide.n0 + t, allowed);
-      const masked = guide && o.temperature === 0 ? allowed : null;  // greedy draws among the allowed only
       const d = o.temperature > 0 && node >= 0 ? prefixes.draw(node, o, logits) : null;  // the node's own, kept
+      if (guide) {
+        guide.c.allowed(dfa, guide.n0 + t, allowed);
+        kept += keptMass(logits, V, allowed, d || logNormalizer(logits, V));
+      }
+      const masked = guide && o.temperature === 0 ? allowed : null;  // greedy draws among the allowed only
       const id = o.temperature === 0 ? argmax(logits, V, masked)
         : inverseCdf(d ? d.p : samplingProbs(logits, V, o.temperature, o.topK, o.topP, this.p), V, uniform(key, i, t));
       logprob += d ? (logits[id] - d.m) - d.ls : logSoftmaxAt(logits, V, id);
       t++;
-      if (guide && !allowed[id]) return { text: null, logprob, chars: t };
+      if (guide && !allowed[id]) return { text: null, logprob, kept, chars: t };
       if (id === newline) break;
       text += this.vocab[id];
       if (t >= steps) break;
@@ -1191,7 +1234,7 @@ class Sampler {
       else this.net.step(id, state, logits);
       node = next >= 0 ? next : node >= 0 && t <= MODEL.prefix_depth ? prefixes.add(node, id, state, logits) : -1;
     }
-    return { text, logprob, chars: t };
+    return { text, logprob, kept, chars: t };
   }
 
   *records(opts = {}, stats = null) {
@@ -1222,7 +1265,7 @@ class Sampler {
         }
       }
       let produced = 0, i = 0, issued = 0;
-      const keep = (a) => {  // what chargen.sampling.Drawing.take keeps
+      const keep = (a, mass = null) => {  // what chargen.sampling.Drawing.take keeps
         if (a.text === null) return null;
         const text = prompt + a.text, label = mix ? mix.names[a.label ?? 0] : null;
         if ((lines && !text) || (o.unique && seen.has(text)) || (o.novel && this.training.has(label === null ? text : `${label}\t${text}`)) ||
@@ -1231,17 +1274,21 @@ class Sampler {
         produced++;
         const r = { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
         if (label !== null) r.label = label;
+        if (guide) {  // as Sample.record under constraints
+          r.kept = a.kept; r.logprob_guided = a.logprob - a.kept;
+          if (mass) { r.p_constraints = mass.estimate; r.p_constraints_lower = mass.lower; r.p_constraints_upper = mass.upper; }
+        }
         return r;
       };
       while (tree !== null && produced < o.n && issued < budget) {  // rounds sized as Drawing.wanted sizes them
         const rate = i ? produced / i : 0.5, target = Math.floor((o.n - produced) / Math.max(rate, 0.02) * 1.1) + 8;
         const b = Math.max(1, Math.min(target - (issued - i), budget - issued, MODEL.max_batch));
-        const results = tree.run(Array.from({ length: b }, (_, r) => issued + r), newline);
+        const results = tree.run(Array.from({ length: b }, (_, r) => issued + r), newline), mass = tree.mass;
         issued += b;
         for (const a of results) {
           if (produced >= o.n) break;
           i++;
-          const r = keep(a);
+          const r = keep(a, mass);
           if (r !== null) yield r;
         }
       }
