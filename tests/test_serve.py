@@ -204,7 +204,7 @@ def test_a_long_constrained_request_does_not_hold_up_the_batch():
     with it is answered first, and each gets what it gets alone."""
     model = chargen.load()
     batcher = Batcher(model.stepper, model.vocab, window=0.05)  # (in this thread: its steps come in order)
-    slow = dict(n=2000, seed=3, contains="th", min_len=6)  # some 25 rounds of 1,024 draws
+    slow = dict(n=2000, seed=3, contains="th", min_len=9)  # some 28 rounds of 4,096 draws
     quick = dict(n=10, seed=4)  # some 15 steps
     finished = []
     try:

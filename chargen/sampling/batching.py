@@ -193,7 +193,7 @@ class Batcher:
             while request.advance():
                 drawing = request.current
                 if not drawing.adaptive:
-                    attempts = drawing.next_attempts(min(max(1, self.max_rows - self.engine.size), MAX_BATCH))
+                    attempts = drawing.next_attempts(max(1, self.max_rows - self.engine.size))
                     self._count_draws(request, len(attempts.indices))
                     owners[self.engine.add(attempts)] = request
                     self.stats.rows += len(attempts.indices)
