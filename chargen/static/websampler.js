@@ -838,7 +838,8 @@ class PrefixTree {
     samplingProbs(n.logits, V, o.temperature, o.topK, o.topP, n.probs);
     const allowed = this.g.c.allowed(dfa, this.g.n0 + n.depth, new Uint8Array(V));
     for (let v = 0; v < V; v++) n.psi[v] = allowed[v];
-    n.kept = keptMass(n.logits, V, allowed, logNormalizer(n.logits, V));
+    n.norm = logNormalizer(n.logits, V);  // {m, ls}: a draw's log-probability at each visit
+    n.kept = keptMass(n.logits, V, allowed, n.norm);
     this.count++;
     if (parent !== null && !temp) this.leaves.add(n);
     return n;
@@ -871,7 +872,7 @@ class PrefixTree {
         for (let v = 0; v < V; v++) { w[v] = n.probs[v] * n.psi[v]; total += w[v]; }
         if (!(total > 0) || !(uniform(this.key, i, 2 * d) * psi < total)) break;
         const c = pickWeighted(w, V, uniform(this.key, i, 2 * d + 1));
-        logprob += logSoftmaxAt(n.logits, V, c);
+        logprob += (n.logits[c] - n.norm.m) - n.norm.ls;  // (logSoftmaxAt, its normaliser kept)
         logq += Math.log(n.probs[c]);
         kept += n.kept;
         if (c === newline) { ok = true; d++; break; }
