@@ -151,9 +151,11 @@ class SideProcess:
     between requests, chargen.sampling.tree.WarmTrees, and draws its own seeds for unseeded ones,
     chargen.sampling.randomness.Seeds); the others are done as `side_work` does them in the
     server's process where there is no such process, at once, each in a thread of its own, as
-    they were in the server's. Errors come back as the ChargenError they are."""
+    they were in the server's. Errors come back as the ChargenError they are. Should the process
+    end (killed for memory, say), its requests in flight and every later one raise SideProcessGone,
+    and the server does them in its own process from then on (`on_gone` says so once)."""
 
-    def __init__(self, served: list[Served], max_draws: Optional[int]):
+    def __init__(self, served: list[Served], max_draws: Optional[int], on_gone: Callable[[str], None] = lambda _: None):
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
@@ -171,16 +173,24 @@ class SideProcess:
         self._lock = threading.Lock()  # submit runs on the event loop's thread, the reader on its own
         self._tags = itertools.count()
         self._reader = threading.Thread(target=self._read, name="chargen-side-reader", daemon=True)
+        self.gone = False
+        self._on_gone = on_gone
 
     def submit(self, kind: str, name: str, args: dict[str, Any]) -> concurrent.futures.Future:
         """The request's answer (see the class), or its error."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
+            if self.gone:
+                raise SideProcessGone()
             tag = next(self._tags)
             self._pending[tag] = future
             if self._reader.ident is None:
                 self._reader.start()
-            self.conn.send((tag, kind, name, args))
+            try:
+                self.conn.send((tag, kind, name, args))
+            except OSError:  # the process has ended; the reader is told so too
+                del self._pending[tag]
+                raise SideProcessGone() from None
         return future
 
     def _read(self) -> None:
@@ -189,9 +199,12 @@ class SideProcess:
                 tag, outcome = self.conn.recv()
             except (EOFError, OSError):  # the process ended: nothing more will come
                 with self._lock:
-                    pending, self._pending = self._pending, {}
+                    pending, self._pending, self.gone = self._pending, {}, True
                 for future in pending.values():
-                    future.set_exception(RuntimeError("the server's side process ended"))
+                    future.set_exception(SideProcessGone())
+                self.process.join(timeout=5)
+                self._on_gone(f"chargen serve: the side process ended (exit code {self.process.exitcode}); "
+                              f"the requests it ran are done in the server's process from now on")
                 return
             with self._lock:
                 future = self._pending.pop(tag)
@@ -209,6 +222,10 @@ class SideProcess:
         if self.process.is_alive():
             self.process.terminate()
         self.conn.close()
+
+
+class SideProcessGone(RuntimeError):
+    """The side process has ended: do the request here."""
 
 
 def side_work(model: Model, kind: str, args: dict[str, Any]) -> Any:
@@ -458,8 +475,10 @@ class Server:
         stats = SampleStats()
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         if constrained and self.side is not None:  # drawn in the side process, which checks them
-            records, draws, accepted = await self.aside("sample", served, {"n": n, "prompt": prompt, "options": options})
-            return {"model": served.name, "samples": records, "draws": draws, "accepted": accepted}
+            with contextlib.suppress(SideProcessGone):  # (else drawn here, below)
+                records, draws, accepted = await self._in_side("sample", served,
+                                                               {"n": n, "prompt": prompt, "options": options})
+                return {"model": served.name, "samples": records, "draws": draws, "accepted": accepted}
         if constrained:  # checking them compiles an automaton: off the event loop, like drawing
             drawings = await asyncio.to_thread(served.model.drawings, n, prompt, stats=stats, **options)
         else:
@@ -490,10 +509,14 @@ class Server:
         return {"model": served.name, "scores": await self.aside("score", served, {"lines": lines, "options": fields})}
 
     async def aside(self, kind: str, served: Served, args: dict[str, Any]) -> Any:
-        """A request's work off the event loop's GIL: in the side process where there is one, else
-        (side_work; a sample goes to the served batcher instead) in a thread of this process."""
-        if self.side is None:
-            return await asyncio.to_thread(side_work, served.model, kind, args)
+        """side_work off the event loop's GIL: in the side process where there is one (and it has
+        not ended), else in a thread of this process."""
+        if self.side is not None:
+            with contextlib.suppress(SideProcessGone):
+                return await self._in_side(kind, served, args)
+        return await asyncio.to_thread(side_work, served.model, kind, args)
+
+    async def _in_side(self, kind: str, served: Served, args: dict[str, Any]) -> Any:
         sent = await asyncio.to_thread(self.side.submit, kind, served.name, args)  # (a full pipe blocks)
         return await asyncio.wrap_future(sent)
 
@@ -828,7 +851,7 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     served = load_models(named, config, backend=backend, device=device)
     # The slow requests in a process of their own where the batches have worker processes
     # (started now, before any thread: fork copies one).
-    side = SideProcess(served, config.max_draws) \
+    side = SideProcess(served, config.max_draws, on_gone=notice) \
         if all(isinstance(s.batcher.engine, parallel.ProcessEngine) for s in served) else None
     app = build_app(served, config, side)
     # X-Forwarded-For from a proxy on this machine names the client in the access log, its only

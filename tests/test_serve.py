@@ -449,6 +449,32 @@ def test_the_command_runs_the_slow_requests_in_a_process_of_their_own(trained_na
         proc.kill()
 
 
+def test_the_server_does_the_side_processs_work_itself_once_it_has_ended(trained_names):
+    """The side process killed (for memory, say): the server says so once on stderr and answers
+    the requests it ran from its own process, with what the Python API gives, and still stops
+    cleanly."""
+    proc, url = start_server("-c", "names")
+    try:
+        side = max(int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        body = {"n": 10, "seed": 3, "regex": "[A-Z][a-z]*(el|ia)"}
+        assert httpx.post(url + "/v1/sample", json=body, timeout=60).status_code == 200
+        os.kill(side, signal.SIGKILL)
+        time.sleep(0.5)
+        model = chargen.load()
+        r = httpx.post(url + "/v1/sample", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert [s["text"] for s in r.json()["samples"]] == model.sample(10, seed=3, regex=body["regex"])
+        top = httpx.post(url + "/v1/top", json={"n": 3, "ends_with": "a"}, timeout=60)
+        assert top.status_code == 200 and top.json()["samples"] == [s.record() for s in model.top(3, ends_with="a")]
+        assert httpx.post(url + "/v1/score", json={"lines": ["Mara"]}, timeout=60).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        err = proc.stderr.read().decode()
+        assert err.count("the side process ended") == 1 and "Traceback" not in err, err
+    finally:
+        proc.kill()
+
+
 def test_the_command_stops_on_ctrl_c(trained_names):
     proc, url = start_server()
     try:
