@@ -24,9 +24,9 @@ from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree, WarmTrees
 
 # Attempts a round of the adaptive exact sampler runs (its samples depend on it; a page's too): a
 # wider round steps more new nodes a network step and makes fewer numpy calls a draw, and learns its
-# bounds a little later; measured, 5,000 names under issue 28's three constraints in-process on
-# Zen 4: 4,096 drew 1.18-1.23x as fast as 1,024 (2,048 1.10-1.21x, 8,192 1.01-1.10x), for 4-11%
-# more draws and 32 MB more at the peak (docs/benchmarks.md).
+# bounds a little later; measured (benchmarks/round_width.py), 5,000 names under issue 28's three
+# constraints in-process on Zen 4: 4,096 drew 1.08-1.23x as fast as 1,024 (2,048 1.09-1.21x, 8,192
+# 0.96-1.10x), for 4-11% more draws and 32 MB more at the peak (docs/benchmarks.md).
 MAX_BATCH = 4096
 # Rows the engine keeps advancing in plain and rejection sampling (whose samples do not depend on
 # it): wider steps share the per-step work; measured, bundled names model, 20,000 names in-process:
