@@ -860,7 +860,7 @@ class PrefixTree {
 
   // One round: the attempts `indices` with the bounds as they are; then the bounds tighten.
   run(indices, newline) {
-    const V = this.V, out = [], visited = [], w = new Float64Array(V), psiRoot = this.rootPsi;
+    const V = this.V, out = [], visited = [], w = new Float64Array(V), cdf = new Float64Array(V), psiRoot = this.rootPsi;
     this.full = this.count >= this.cap;  // then this round's new nodes live for the round only
     let accepted = 0;
     for (const i of indices) {
@@ -871,7 +871,7 @@ class PrefixTree {
         let total = 0;
         for (let v = 0; v < V; v++) { w[v] = n.probs[v] * n.psi[v]; total += w[v]; }
         if (!(total > 0) || !(uniform(this.key, i, 2 * d) * psi < total)) break;
-        const c = pickWeighted(w, V, uniform(this.key, i, 2 * d + 1));
+        const c = pickWeighted(w, V, uniform(this.key, i, 2 * d + 1), cdf);
         logprob += (n.logits[c] - n.norm.m) - n.norm.ls;  // (logSoftmaxAt, its normaliser kept)
         logq += Math.log(n.probs[c]);
         kept += n.kept;
@@ -935,9 +935,8 @@ function keptMass(logits, V, allowed, { m, ls }) {
 }
 
 // The weighted pick of chargen.sampling.tree: the first id whose cumulative weight passes u * total.
-function pickWeighted(w, V, u) {
+function pickWeighted(w, V, u, cdf = new Float64Array(V)) {  // (cdf: scratch room for V sums)
   let cum = 0, last = 0;
-  const cdf = new Float64Array(V);
   for (let v = 0; v < V; v++) { cum += w[v]; cdf[v] = cum; if (w[v] > 0) last = v; }
   const thr = u * cdf[V - 1];
   let c = 0;
