@@ -39,7 +39,7 @@ from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
-from .sampling.tree import FOUND_KEPT, TREE_MEMORY, WARM_MEMORY, node_bytes
+from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
@@ -267,7 +267,10 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "max_states": MAX_STATES,  # the most automaton states constraints may need
         # A tree keeps node_cap(V, S, memory) nodes; a blend's trees share that memory (chargen.sampling.drawing).
         "tree_memory": TREE_MEMORY,
-        "warm_memory": WARM_MEMORY,  # trees kept between calls without a seed (chargen.sampling.tree.WarmTrees)
+        # Trees kept between calls without a seed (chargen.sampling.tree.WarmTrees): one tree's worth in a
+        # page, not WARM_MEMORY's two (a JavaScript node of the base model takes ~3x what chargen counts
+        # for it; seeded calls, and so the CLI's names, do not depend on this).
+        "warm_memory": TREE_MEMORY,
         "found_kept": FOUND_KEPT,  # distinct accepted samples a tree remembers for Z's lower bound
         # Plain draws step each prefix once (chargen.sampling.prefixes): this much memory, this deep.
         "prefix_memory": PREFIX_MEMORY,

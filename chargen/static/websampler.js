@@ -793,7 +793,8 @@ function checkOptions(opts) {
   o.contains = o.contains.filter((t) => t.length > 0);
   if (o.endsWith !== null && typeof o.endsWith !== "string") throw new ChargenError("`endsWith` must be a text");
   if (o.regex !== null && typeof o.regex !== "string") throw new ChargenError("`regex` must be a text");
-  o.warm = o.seed === null;  // a call without a seed may take a warm tree (WarmTrees)
+  // A call without a seed may take a warm tree (WarmTrees)
+  o.warm = o.seed === null;
   if (o.seed === null) o.seed = randomSeed();
   try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
@@ -817,17 +818,22 @@ class PrefixTree {
     this.sm = sampler; this.g = guide; this.o = o; this.key = key; this.V = sampler.V;
     this.cap = cap; this.count = 0; this.round = 0; this.rootPsi = 1;
     this.full = false;
-    this.leaves = new Set();  // the nodes eviction may take: kept, not the root, never had a child kept
-    this.draws = 0; this.massSum = 0;  // what the draws say of Z (tree.ConstraintMass)
-    this.found = new Map(); this.foundMass = 0;  // distinct accepted samples: their probability at the settings
+    // The nodes eviction may take: kept, not the root, never had a child kept
+    this.leaves = new Set();
+    // What the draws say of Z (tree.ConstraintMass)
+    this.draws = 0; this.massSum = 0;
+    // Distinct accepted samples: their probability at the settings
+    this.found = new Map(); this.foundMass = 0;
     this.root = this.node(null, -1, guide.s, primed[0], this.sm.net.copyState(primed[1]), false);
   }
 
-  get memory() { return this.count * MODEL.tree_node_bytes; }  // as chargen counts a tree's nodes
+  // As chargen counts a tree's nodes
+  get memory() { return this.count * MODEL.tree_node_bytes; }
 
   get mass() { return constraintMass(this.massSum, this.draws, this.foundMass, this.rootPsi); }
 
-  useKey(key) { this.key = key; }  // draw with another call's random key (a warm tree)
+  // Draw with another call's random key (a warm tree)
+  useKey(key) { this.key = key; }
 
   node(parent, ch, dfa, logits, state, temp) {
     const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp,
@@ -838,7 +844,8 @@ class PrefixTree {
     samplingProbs(n.logits, V, o.temperature, o.topK, o.topP, n.probs);
     const allowed = this.g.c.allowed(dfa, this.g.n0 + n.depth, new Uint8Array(V));
     for (let v = 0; v < V; v++) n.psi[v] = allowed[v];
-    n.norm = logNormalizer(n.logits, V);  // {m, ls}: a draw's log-probability at each visit
+    // Its normaliser {m, ls}, for a draw's log-probability at each visit
+    n.norm = logNormalizer(n.logits, V);
     n.kept = keptMass(n.logits, V, allowed, n.norm);
     this.count++;
     if (parent !== null && !temp) this.leaves.add(n);
@@ -872,7 +879,8 @@ class PrefixTree {
         for (let v = 0; v < V; v++) { w[v] = n.probs[v] * n.psi[v]; total += w[v]; }
         if (!(total > 0) || !(uniform(this.key, i, 2 * d) * psi < total)) break;
         const c = pickWeighted(w, V, uniform(this.key, i, 2 * d + 1), cdf);
-        logprob += (n.logits[c] - n.norm.m) - n.norm.ls;  // (logSoftmaxAt, its normaliser kept)
+        // logSoftmaxAt's, with the node's normaliser
+        logprob += (n.logits[c] - n.norm.m) - n.norm.ls;
         logq += Math.log(n.probs[c]);
         kept += n.kept;
         if (c === newline) { ok = true; d++; break; }
@@ -911,7 +919,8 @@ class PrefixTree {
   evict() {
     const over = this.count - Math.floor(this.cap * 4 / 5);
     if (over <= 0) return;
-    const leaves = Array.from(this.leaves);  // (each pristine, so without children)
+    // (Each never had a child kept, so none has children.)
+    const leaves = Array.from(this.leaves);
     leaves.sort((a, b) => a.used - b.used || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     for (const n of leaves.slice(0, over)) {
       n.parent.child[n.ch] = null; n.parent.children--; this.count--; this.leaves.delete(n);
@@ -934,8 +943,9 @@ function keptMass(logits, V, allowed, { m, ls }) {
   return Math.log(s);
 }
 
-// The weighted pick of chargen.sampling.tree: the first id whose cumulative weight passes u * total.
-function pickWeighted(w, V, u, cdf = new Float64Array(V)) {  // (cdf: scratch room for V sums)
+// The weighted pick of chargen.sampling.tree: the first id whose cumulative weight passes u * total
+// (`cdf`: room for V sums, a caller's to reuse).
+function pickWeighted(w, V, u, cdf = new Float64Array(V)) {
   let cum = 0, last = 0;
   for (let v = 0; v < V; v++) { cum += w[v]; cdf[v] = cum; if (w[v] > 0) last = v; }
   const thr = u * cdf[V - 1];
@@ -1059,7 +1069,7 @@ class LabelTree {
 // bounds: the prompt, line mode, labels, constraints and settings. A call takes its tree out (or
 // makes one) and gives it back when it has all its samples; every draw is exact whatever the bounds
 // are, so a warm tree only makes later calls need fewer draws. At most `memory` bytes of nodes, as
-// chargen counts them: the least recently given back go first.
+// chargen counts them (an export's: one tree's worth), the least recently given back going first.
 class WarmTrees {
   constructor(memory) { this.memory = memory; this.trees = new Map(); }
 
@@ -1073,7 +1083,8 @@ class WarmTrees {
   giveBack(key, tree) {
     if (tree.memory > this.memory) return;
     this.trees.delete(key);
-    this.trees.set(key, tree);  // (a Map iterates in insertion order: the least recent first)
+    // (A Map iterates in insertion order: the least recent first.)
+    this.trees.set(key, tree);
     let total = 0;
     for (const t of this.trees.values()) total += t.memory;
     for (const [k, t] of this.trees) {
@@ -1152,7 +1163,8 @@ class Sampler {
     this.lineOriented = model.line_oriented;
     this.training = null;
     this.prefixes = new Map();  // the last call's Prefixes, by primed start (prefixesFor)
-    this.warm = new WarmTrees(MODEL.warm_memory);  // the adaptive exact sampler's, for calls without a seed
+    // The adaptive exact sampler's, for calls without a seed
+    this.warm = new WarmTrees(MODEL.warm_memory);
     this.logits = new Float64Array(this.V); this.p = new Float64Array(this.V); this.allowed = new Uint8Array(this.V);
   }
 
@@ -1254,7 +1266,8 @@ class Sampler {
       const rejecting = guide !== null && o.temperature > 0;
       const budget = o.n * (rejecting ? MODEL.constrained_tries : MODEL.max_tries) + 100;
       let tree = null, warmKey = null;
-      if (rejecting && !o.rejection) {  // a warm tree (no seed), else a new one; a blend's trees share one tree's memory
+      // A warm tree (no seed), else a new one; a blend's trees share one tree's memory
+      if (rejecting && !o.rejection) {
         warmKey = o.warm ? JSON.stringify([prompt, lines, mix && [mix.names, Array.from(mix.weights)], o.endsWith,
           o.contains, o.regex, o.minLen, o.maxLen, o.temperature, o.topK, o.topP, guide.steps]) : null;
         tree = warmKey !== null ? this.warm.take(warmKey) : null;
@@ -1274,7 +1287,8 @@ class Sampler {
         produced++;
         const r = { text, prompt, logprob: a.logprob, logprob_per_char: a.chars ? a.logprob / a.chars : 0, chars: a.chars };
         if (label !== null) r.label = label;
-        if (guide) {  // as Sample.record under constraints
+        // As Sample.record under constraints
+        if (guide) {
           r.kept = a.kept; r.logprob_guided = a.logprob - a.kept;
           if (mass) { r.p_constraints = mass.estimate; r.p_constraints_lower = mass.lower; r.p_constraints_upper = mass.upper; }
         }
