@@ -175,6 +175,7 @@ class SideProcess:
         self._reader = threading.Thread(target=self._read, name="chargen-side-reader", daemon=True)
         self.gone = False
         self._on_gone = on_gone
+        self._closing = False  # (then the process's end is no news)
 
     def submit(self, kind: str, name: str, args: dict[str, Any]) -> concurrent.futures.Future:
         """The request's answer (see the class), or its error."""
@@ -202,9 +203,10 @@ class SideProcess:
                     pending, self._pending, self.gone = self._pending, {}, True
                 for future in pending.values():
                     future.set_exception(SideProcessGone())
-                self.process.join(timeout=5)
-                self._on_gone(f"chargen serve: the side process ended (exit code {self.process.exitcode}); "
-                              f"the requests it ran are done in the server's process from now on")
+                if not self._closing:
+                    self.process.join(timeout=5)
+                    self._on_gone(f"chargen serve: the side process ended (exit code {self.process.exitcode}); "
+                                  f"the requests it ran are done in the server's process from now on")
                 return
             with self._lock:
                 future = self._pending.pop(tag)
@@ -214,6 +216,7 @@ class SideProcess:
                 future.set_result(outcome)
 
     def close(self) -> None:
+        self._closing = True
         try:
             self.conn.send(None)
         except OSError:
