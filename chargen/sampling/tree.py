@@ -416,7 +416,6 @@ class LabelTree:
         return self.weights * np.array([t.root_psi for t in self.trees])
 
 
-
 class WarmTrees:
     """Trees kept between calls without a seed (see "Warm trees" above), by what decides their
     bounds: the prompt, the labels, the constraints and the settings. A call takes its tree out
