@@ -43,14 +43,12 @@ process.stdout.write(JSON.stringify({ wall: (performance.now() - started) / 1000
 """
 
 
-def camel(options: dict) -> dict:
-    return {"".join(w.capitalize() if i else w for i, w in enumerate(k.split("_"))): v for k, v in options.items()}
-
-
 def calls_in_node(module: Path, n: int, seconds: float, options: dict) -> tuple[list[int], float, float]:
+    from chargen.webexport import camel  # (how an option is spelled in the module)
+
     node = shutil.which("node") or shutil.which("nodejs")
     proc = subprocess.run([node, "--input-type=module", "-e", NODE_CALLS, module.resolve().as_uri(),
-                           json.dumps([n, seconds, camel(options)])], capture_output=True, text=True, check=True)
+                           json.dumps([n, seconds, {camel(k): v for k, v in options.items()}])], capture_output=True, text=True, check=True)
     got = json.loads(proc.stdout)
     return got["draws"], got["wall"], got["first"]
 
