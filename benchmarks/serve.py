@@ -5,12 +5,12 @@ in-process sampler measured in the same run.
     python benchmarks/serve.py [--clients 64] [--seconds 30] [--n 10] [--window 0.002] [--fields JSON] [--json bench-out/serve.json]
 
 First, with nothing else running, the in-process sampler's names/s with the bundled model: one
-call per 10 names (what a request asks for) and one bulk call (10,000 names: the sampler's best);
-and the server's batcher with no HTTP (--clients threads asking for 10 names each, 10 s), so that
+call per --n names (what a request asks for; 10 by default) and one bulk call (10,000 names: the sampler's best);
+and the server's batcher with no HTTP (--clients threads asking for --n names each, 10 s), so that
 HTTP's share of the latency shows.
 Then `chargen serve` starts as its own process, and `--clients` connections (HTTP/1.1 keep-alive,
 a minimal asyncio client so that the client costs little of the 2 cores) each POST
-{"n": 10} to /v1/sample as fast as answers come, for `--seconds`. Reported: names/s through
+{"n": --n} to /v1/sample as fast as answers come, for `--seconds`. Reported: names/s through
 HTTP, requests/s, latency p50/p90/p99/max, errors (non-200 or wrong answers: must be 0), the
 server's peak resident memory, and its batching (network steps per second, rows per step).
 Then `--sweep` runs 10 s each with fewer clients, for the latency at lighter loads; `--mixed K`
@@ -256,7 +256,7 @@ def main() -> None:
     print_table(f"chargen serve, {args.clients} clients x {args.seconds:.0f} s, {args.n} names a request {json.dumps(fields)} "
                 f"({h['cpu']}; {h['cpu_flags']})",
                 ["measure", "value"],
-                [["in-process, 10 names a call", f"{inproc['per_request']:,.0f} names/s"],
+                [[f"in-process, {args.n:,} names a call", f"{inproc['per_request']:,.0f} names/s"],
                  ["in-process, 10,000 names a call", f"{inproc['bulk']:,.0f} names/s"],
                  [f"in-process batcher, {args.clients} callers (no HTTP)",
                   f"{batcher['requests_per_s'] * args.n:,.0f} names/s, p50 / p99 {batcher['p50_ms']:.1f} / "

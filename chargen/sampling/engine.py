@@ -386,11 +386,14 @@ class RowEngine:
         if not self.pending:
             return
         new = [self.jobs[j].attempts for j in self.pending]
+        groups = []
         for a in new:
-            if a.cfg.settings() not in self.groups:
-                self.groups[a.cfg.settings()] = (next(self._group_ids), a.cfg)
+            settings = a.cfg.settings()
+            if settings not in self.groups:
+                self.groups[settings] = (next(self._group_ids), a.cfg)
+            groups.append(self.groups[settings][0])
         old = len(self.rows)
-        rows = self._new_rows(self.pending, new)
+        rows = self._new_rows(self.pending, new, groups)
         rows.node = self._start_nodes(new)
         self.rows = Rows.concat([self.rows, rows])
         width = max([self.out.shape[1]] + [a.steps for a in new])
@@ -406,8 +409,11 @@ class RowEngine:
         logits = np.concatenate(per_job).astype(np.float32, copy=False)  # (P, V)
         primed = self.stepper.to_rows(new[0].prompt_state if len(new) == 1 else
                                       self.stepper.concat([a.prompt_state for a in new]))  # (P, S)
-        offsets = np.cumsum([0] + [len(x) for x in per_job[:-1]])
-        rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
+        if len(logits) == len(new):  # one primed row a job: its attempts all start there
+            rows = np.repeat(np.arange(len(new)), [len(a.indices) for a in new])
+        else:
+            offsets = np.cumsum([0] + [len(x) for x in per_job[:-1]])
+            rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
         if self.cache is None:
             self.cache = PrefixCache(self.stepper, logits.shape[1], primed.shape[1], self.prefix_memory)
         starts, self.rows.node = self.cache.start(primed, logits, self.rows.node)
@@ -417,43 +423,42 @@ class RowEngine:
             nodes[own] = self.cache.own(logits[rows[own]], primed[rows[own]])
         return nodes
 
-    def _new_rows(self, jobs: list[int], new: list[Attempts]) -> Rows:
+    def _new_rows(self, jobs: list[int], new: list[Attempts], groups: list[int]) -> Rows:
         """New jobs' rows as they start: each job's values repeated, each row its own attempt."""
         counts = np.array([len(a.indices) for a in new])
-        n = int(counts.sum())
-
-        def per_job(values: list, dtype) -> np.ndarray:
-            return np.repeat(np.array(values, dtype=dtype), counts)
-
-        def zeros(dtype) -> np.ndarray:
-            return np.zeros(n, dtype=dtype)
-
-        first = np.cumsum(counts) - counts
-        return Rows(job=per_job(jobs, np.int64), slot=np.arange(n, dtype=np.int64) - np.repeat(first, counts),
-                    key=per_job([a.key for a in new], np.uint64),
+        per_job = np.repeat(np.array([(j, a.steps, a.newline, a.guide.start if a.guide else 0, g,
+                                       a.guide is not None and (a.guide.guided or a.cfg.temperature == 0),
+                                       a.guide is not None) for j, a, g in zip(jobs, new, groups)],
+                                     dtype=np.int64), counts, axis=0).T  # (7, n): one job's values a column
+        n = per_job.shape[1]
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        zeros = np.zeros(n, dtype=np.float64)
+        return Rows(job=per_job[0], slot=np.arange(n, dtype=np.int64) - first,
+                    key=np.repeat(np.array([a.key for a in new], dtype=np.uint64), counts),
                     index=np.concatenate([a.indices for a in new]).astype(np.int64, copy=False),
-                    t=zeros(np.int64), limit=per_job([a.steps for a in new], np.int64),
-                    newline=per_job([a.newline for a in new], np.int64),
-                    dfa=per_job([a.guide.start if a.guide else 0 for a in new], np.int64),
-                    group=per_job([self.groups[a.cfg.settings()][0] for a in new], np.int64),
-                    masking=per_job([a.guide is not None and (a.guide.guided or a.cfg.temperature == 0) for a in new], bool),
-                    guided=per_job([a.guide is not None for a in new], bool), logp=zeros(np.float64),
-                    kept=zeros(np.float64), rejected=zeros(bool), node=np.full(n, -1, dtype=np.int64))
+                    t=np.zeros(n, dtype=np.int64), limit=per_job[1], newline=per_job[2], dfa=per_job[3],
+                    group=per_job[4], masking=per_job[5].astype(bool), guided=per_job[6].astype(bool),
+                    logp=zeros, kept=zeros.copy(), rejected=np.zeros(n, dtype=bool),
+                    node=np.full(n, -1, dtype=np.int64))
 
     def _finish(self, ended: np.ndarray) -> list[tuple[int, Results]]:
-        """Hand the ended rows' results to their jobs; return the jobs now complete."""
+        """Hand the ended rows' results to their jobs; return the jobs now complete. (A server's
+        step ends rows of dozens of jobs, a few each: the rows are taken job by job in one sorted
+        pass, each row's values as Python scalars, rather than with numpy calls per job.)"""
         r = self.rows
-        texts = texts_of(self.out[ended])
+        ended = ended[np.argsort(r.job[ended], kind="stable")]  # job by job
         jobs = r.job[ended]
+        bounds = [0, *(np.flatnonzero(jobs[1:] != jobs[:-1]) + 1).tolist(), len(ended)]
+        rows = list(zip(r.slot[ended].tolist(), texts_of(self.out[ended]), r.rejected[ended].tolist(),
+                        r.logp[ended].tolist(), r.t[ended].tolist(), r.kept[ended].tolist()))
         done = []
-        for j in sorted(set(jobs.tolist())):
-            mine = np.flatnonzero(jobs == j)
-            rows, job = ended[mine], self.jobs[j]
-            slots, res = r.slot[rows], job.results
-            for s, text, rejected in zip(slots.tolist(), [texts[k] for k in mine.tolist()], r.rejected[rows].tolist()):
-                res.texts[s] = None if rejected else text
-            res.logp[slots], res.scored[slots], res.kept[slots] = r.logp[rows], r.t[rows], r.kept[rows]
-            job.remaining -= len(rows)
+        for j, a, b in zip(jobs[bounds[:-1]].tolist(), bounds[:-1], bounds[1:]):
+            job = self.jobs[j]
+            res = job.results
+            for slot, text, rejected, logp, scored, kept in rows[a:b]:
+                res.texts[slot] = None if rejected else text
+                res.logp[slot], res.scored[slot], res.kept[slot] = logp, scored, kept
+            job.remaining -= b - a
             if job.remaining == 0:
                 done.append((j, res))
                 del self.jobs[j]

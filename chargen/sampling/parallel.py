@@ -107,9 +107,9 @@ def available() -> bool:
 
 
 def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper, vocab: Vocab, width: int) -> None:
-    """A worker's loop: take chunks of attempts, keep the engine `width` rows full, send back after
-    each step the Results of the chunks whose rows have all ended; None stops it, "drop" drops
-    every chunk it holds, and the parent's end of the pipe closing (it exited, or was killed) ends
+    """A worker's loop: take chunks of attempts (a message is a list of (tag, Attempts)), keep the
+    engine `width` rows full, send back after each step the Results of the chunks whose rows have
+    all ended; None stops it, "drop" drops every chunk it holds, and the parent's end of the pipe closing (it exited, or was killed) ends
     it too."""
     try:
         for other in inherited:  # the parent's ends of the pipes, forked with it: held here, no EOF would come
@@ -127,7 +127,7 @@ def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper,
                     tags.clear()
                     queued.clear()
                 else:
-                    queued.append(message)
+                    queued.extend(message)
             while queued and engine.size < width:
                 tag, attempts = queued.popleft()
                 tags[engine.add(attempts)] = tag
@@ -154,6 +154,7 @@ class Workers:
         ctx = multiprocessing.get_context("fork")
         self.n, self.width, self.chunk, self.conns, self.procs = n, width, max(1, width // CHUNKS), [], []
         self.load = [0] * n  # attempts each worker holds
+        self.outbox: list[list] = [[] for _ in range(n)]  # chunks held for each worker until send()
         self.owner: dict[int, int] = {}  # chunk tag -> its worker
         self.steps, self.row_steps = [0] * n, [0] * n  # each worker's engine's, as of its last results
         for _ in range(n):
@@ -173,12 +174,24 @@ class Workers:
         k = self.least_loaded()
         return k if self.load[k] + self.chunk <= AHEAD * self.width else -1
 
-    def submit(self, k: int, attempts: Attempts) -> int:
+    def submit(self, k: int, attempts: Attempts, hold: bool = False) -> int:
+        """Hand worker k a chunk; its tag. With `hold`, it waits in worker k's outbox for `send()`:
+        a server's step starts dozens of small jobs, sent as one message (one system call, and
+        their prompt's arrays, shared by them, pickled once)."""
         tag, self._tags = self._tags, self._tags + 1
-        self.conns[k].send((tag, attempts))
+        self.outbox[k].append((tag, attempts))
         self.load[k] += len(attempts.indices)
         self.owner[tag] = k
+        if not hold:
+            self.send()
         return tag
+
+    def send(self) -> None:
+        """Send every outbox's chunks."""
+        for k, chunks in enumerate(self.outbox):
+            if chunks:
+                self.conns[k].send(chunks)
+                self.outbox[k] = []
 
     def receive(self, wake: Optional[int] = None) -> list[tuple[int, Results]]:
         """Results of chunks that have ended: waits for some, or for a byte on the file
@@ -207,7 +220,8 @@ class Workers:
 
     def drop(self) -> None:
         """Forget every chunk handed out (a drawing has what it needs)."""
-        for conn in self.conns:
+        for k, conn in enumerate(self.conns):
+            self.outbox[k] = []
             conn.send("drop")
         self.owner.clear()
         self.load = [0] * len(self.load)
@@ -276,9 +290,10 @@ class ProcessEngine:
         return sum(self.workers.row_steps)
 
     def add(self, attempts: Attempts) -> int:
-        return self.workers.submit(self.workers.least_loaded(), attempts)
+        return self.workers.submit(self.workers.least_loaded(), attempts, hold=True)
 
     def step(self) -> list[tuple[int, Results]]:
+        self.workers.send()  # the jobs added since the last step
         started = time.perf_counter()
         results = self.workers.receive(self._wake_r)
         self._woken = False  # (a wake-up sent after receive drained the pipe stays, and wakes the next wait)
