@@ -739,6 +739,9 @@ def main() -> None:
         elif hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            if ctx is not None and getattr(exc, "option_name", None) in ("-c", "--checkpoint") and \
+                    any(p.name == "checkpoint" and type(p).__name__.endswith("Argument") for p in ctx.command.params):
+                hint = f" (here the checkpoint is the first argument: {ctx.command_path} CHECKPOINT ...)"
             error_line(" ".join(exc.format_message().split()) + hint)
             code = exc.exit_code
         elif type(exc).__name__ == "Abort":

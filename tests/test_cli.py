@@ -136,6 +136,9 @@ def test_bundled_model_samples_names():
         (["train", "--dropout", "1.5", "x.txt"], "dropout"),
         (["train", "--precision", "fp8", "x.txt"], "precision"),
         (["train"], "no corpus"),
+        (["sample", "--bogus"], "see: chargen sample --help"),
+        (["score", "-c", "names"], "the checkpoint is the first argument: chargen score CHECKPOINT"),
+        (["eval", "--checkpoint", "names", "x.txt"], "chargen eval CHECKPOINT"),
     ],
 )
 def test_bad_values_get_one_error_line(tmp_path, trained_names, args, needle):
