@@ -447,17 +447,22 @@ class RowEngine:
         pass, each row's values as Python scalars, rather than with numpy calls per job.)"""
         r = self.rows
         ended = ended[np.argsort(r.job[ended], kind="stable")]  # job by job
-        jobs = r.job[ended]
+        jobs, slots, logp, scored, kept = r.job[ended], r.slot[ended], r.logp[ended], r.t[ended], r.kept[ended]
         bounds = [0, *(np.flatnonzero(jobs[1:] != jobs[:-1]) + 1).tolist(), len(ended)]
-        rows = list(zip(r.slot[ended].tolist(), texts_of(self.out[ended]), r.rejected[ended].tolist(),
-                        r.logp[ended].tolist(), r.t[ended].tolist(), r.kept[ended].tolist()))
+        texts = [None if rejected else text for text, rejected in zip(texts_of(self.out[ended]), r.rejected[ended].tolist())]
+        slot_list, logp_list, scored_list, kept_list = slots.tolist(), logp.tolist(), scored.tolist(), kept.tolist()
         done = []
         for j, a, b in zip(jobs[bounds[:-1]].tolist(), bounds[:-1], bounds[1:]):
             job = self.jobs[j]
             res = job.results
-            for slot, text, rejected, logp, scored, kept in rows[a:b]:
-                res.texts[slot] = None if rejected else text
-                res.logp[slot], res.scored[slot], res.kept[slot] = logp, scored, kept
+            for slot, text in zip(slot_list[a:b], texts[a:b]):
+                res.texts[slot] = text
+            if b - a > 8:  # (a few rows: one by one, cheaper than three numpy calls)
+                res.logp[slots[a:b]], res.scored[slots[a:b]], res.kept[slots[a:b]] = logp[a:b], scored[a:b], kept[a:b]
+            else:
+                for i in range(a, b):
+                    slot = slot_list[i]
+                    res.logp[slot], res.scored[slot], res.kept[slot] = logp_list[i], scored_list[i], kept_list[i]
             job.remaining -= b - a
             if job.remaining == 0:
                 done.append((j, res))
