@@ -405,15 +405,20 @@ class RowEngine:
     def _start_nodes(self, new: list[Attempts]) -> np.ndarray:
         """The new jobs' rows' nodes: their primed start's (a job's attempts start from its
         prompt's row, or a blend's rows), or each its own where the cache cannot keep it."""
-        per_job = [np.atleast_2d(a.prompt_logits) for a in new]  # (1, V), or (P, V) for a blend
-        logits = np.concatenate(per_job).astype(np.float32, copy=False)  # (P, V)
-        primed = self.stepper.to_rows(new[0].prompt_state if len(new) == 1 else
-                                      self.stepper.concat([a.prompt_state for a in new]))  # (P, S)
-        if len(logits) == len(new):  # one primed row a job: its attempts all start there
-            rows = np.repeat(np.arange(len(new)), [len(a.indices) for a in new])
+        primes: dict[tuple[int, int], Attempts] = {}  # each primed start once: jobs of one prompt share its
+        for a in new:                                 # arrays (its Model's, or one message's to a worker)
+            primes.setdefault((id(a.prompt_logits), id(a.prompt_state)), a)
+        place = {key: k for k, key in enumerate(primes)}
+        of_job = [place[id(a.prompt_logits), id(a.prompt_state)] for a in new]
+        per_prime = [np.atleast_2d(a.prompt_logits) for a in primes.values()]  # (1, V), or (P, V) for a blend
+        logits = np.concatenate(per_prime).astype(np.float32, copy=False)  # (P, V)
+        primed = self.stepper.to_rows(new[0].prompt_state if len(primes) == 1 else
+                                      self.stepper.concat([a.prompt_state for a in primes.values()]))  # (P, S)
+        if len(logits) == len(primes):  # one primed row a prompt: its jobs' attempts all start there
+            rows = np.repeat(np.array(of_job), [len(a.indices) for a in new])
         else:
-            offsets = np.cumsum([0] + [len(x) for x in per_job[:-1]])
-            rows = np.concatenate([offset + a.primed_rows() for offset, a in zip(offsets, new)])
+            offsets = np.cumsum([0] + [len(x) for x in per_prime[:-1]])
+            rows = np.concatenate([offsets[k] + a.primed_rows() for k, a in zip(of_job, new)])
         if self.cache is None:
             self.cache = PrefixCache(self.stepper, logits.shape[1], primed.shape[1], self.prefix_memory)
         starts, self.rows.node = self.cache.start(primed, logits, self.rows.node)
