@@ -429,6 +429,48 @@ def test_the_estimate_of_the_constraints_probability_stays_within_its_certain_bo
     assert ConstraintMass.of(0.0, 0, 0.0, 0.7).estimate == 0.7  # no draw yet: the root's bound
 
 
+def _shortfall_bound(stepper, seed: int, rejection: bool, **constraints) -> float | None:
+    """The bound a failed drawing's error states ("less than X of the model's samples"); None when
+    one sample was found."""
+    try:
+        draw_many(stepper, 1, seed=seed, rejection=rejection, **constraints)
+    except SamplingError as exc:
+        found = re.search(r"hold less than ([0-9.e-]+) of the model's samples at these settings \(95% confidence\)",
+                          exc.message)
+        assert found, exc.message
+        return float(found.group(1))
+    return None
+
+
+def test_a_drawing_that_finds_none_bounds_how_rare_its_constraints_are(stepper, exact_probs):
+    # contains "bbbb" within the tests' 6 characters: P = 0.00103 under the tiny model (a draw
+    # that runs past 6 characters is not kept). One sample asked: 2,100 draws, each kept with
+    # probability at least P, so none is kept in about 11% of seeds with plain rejection,
+    # (1 - P)^2100 = 0.115. The stated bound, 3 / draws = 0.00143
+    # by the rule of three, is then above P, as it must be for all but 5% of such failures in
+    # general; a bound of 1 or 2 / draws (0.00048, 0.00095) would be below it in every one.
+    z = sum(p for t, p in exact_probs.items() if "bbbb" in t)
+    assert 0.0009 < z < 0.0012
+    bounds = [_shortfall_bound(stepper, seed, True, contains=["bbbb"]) for seed in range(200)]
+    failed = [b for b in bounds if b is not None]
+    assert 8 <= len(failed) <= 45, len(failed)  # ~23 expected
+    assert all(b == float(f"{3 / 2100:.2g}") and b > z for b in failed), failed
+    # The adaptive sampler finds these (its bounds tighten, and this tree is small); from the
+    # bundled names model, a text no name holds it does not, and states the rule of three's bound
+    # (or its own psi(root), where that is lower).
+    with pytest.raises(SamplingError, match=r"0 of 3 samples in 6,100 draws: the constraints hold less than "
+                                            r"(0\.00049|[0-9.]+e-[0-9]+) of the model's samples at these settings") as info:
+        list(chargen.load().samples(3, seed=1, contains=["zzq"]))
+    assert float(re.search(r"less than ([0-9.e-]+)", info.value.message).group(1)) <= 0.00049
+
+
+def test_a_drawing_that_cannot_succeed_says_so(stepper):
+    cfg = SampleConfig(num=2, temperature=1.0, top_k=1, length=LIMIT, ends_with="ab")
+    with pytest.raises(SamplingError, match="rule out every sample the model can draw at these settings") as info:
+        list(generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(1), automaton=Automaton(Constraints.of(cfg), VOCAB)))
+    assert "pass `guided`" in info.value.message
+
+
 def test_a_text_to_contain_or_end_with_is_the_automaton_interegular_builds_for_it():
     """_kmp against `.*text.*` and `.*text` compiled by interegular: the same strings accepted, every
     string over three letters up to 7 long."""

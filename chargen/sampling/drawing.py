@@ -180,6 +180,7 @@ class Drawing:
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
         self.produced = 0  # samples kept
         self.attempt = 0  # attempts whose results were taken (the next one to take)
+        self.satisfied = 0  # of those, the ones the constraints accepted (kept or not)
         self.issued = 0  # attempts handed out by next_attempts (the next one to hand out)
 
     def _tree(self) -> "PrefixTree | LabelTree":
@@ -235,7 +236,9 @@ class Drawing:
         budget is spent."""
         cfg = self.cfg
         if self.issued >= self.budget:
-            raise SamplingError(_shortfall(cfg, self.produced, self.attempt, self.rejecting))
+            raise SamplingError(_shortfall(cfg, self.produced, self.attempt, self.rejecting,
+                                           self.tree.mass if self.tree is not None else None,
+                                           none_kept=self.satisfied == 0))
         b = max(1, min(self.wanted(), limit))
         stream = self.on_char if (b == 1 and cfg.num == 1 and not self.line_mode) else None
         start, self.issued = self.issued, self.issued + b
@@ -270,6 +273,7 @@ class Drawing:
             if generated is None:
                 stats.rejected_by_constraints += 1
                 continue
+            self.satisfied += 1
             text = self.prompt + generated
             if self.line_mode and not text:
                 continue
@@ -376,9 +380,26 @@ def generate(
     yield from run(stepper, vocab, [Drawing(stepper, vocab, prompt, cfg, lines=lines, key=key, **options)], batch_size)
 
 
-def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool) -> str:
+def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool,
+               mass: Optional[ConstraintMass] = None, none_kept: bool = False) -> str:
     why = [name for name, on in (("unique", cfg.unique), ("novel", cfg.novel)) if on]
     what = " and ".join(why) + " " if why else ("" if rejecting else "non-empty ")
     advice = "loosen the constraints, raise `temperature`, or pass `guided`" if rejecting else \
         "ask for fewer, raise `temperature`, or drop `unique`/`novel`/`exclude`"
-    return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws; {advice}"
+    return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws" \
+           f"{_how_rare(mass, attempt, none_kept) if rejecting else ''}; {advice}"
+
+
+def _how_rare(mass: Optional[ConstraintMass], draws: int, none_kept: bool) -> str:
+    """What the draws say of Z, the probability the model gives the constraints. Each draw, exact
+    rejection or adaptive, is kept with probability at least Z (Z / psi(root), psi <= 1), whatever
+    came before it, so none kept in `draws` puts Z below 3 / draws with 95% confidence (the rule of
+    three: (1 - Z)^draws <= 0.05); the adaptive sampler's psi(root) bounds it for certain."""
+    if mass is not None and mass.upper <= 0:
+        return ": the constraints rule out every sample the model can draw at these settings"
+    if none_kept and draws:
+        below = min(3 / draws, mass.upper) if mass is not None else 3 / draws
+        return f": the constraints hold less than {below:.2g} of the model's samples at these settings (95% confidence)"
+    if mass is not None:
+        return f": the constraints hold about {mass.estimate:.2g} of the model's samples at these settings"
+    return ""
