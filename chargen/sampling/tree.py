@@ -66,6 +66,7 @@ from ..tokenizer import Vocab
 from .constraints import Guide
 from .engine import Results, Stepper, log_softmax, sampling_probs, texts_of
 from .labels import LABEL_GO, LABEL_PICK
+from .prefixes import distinct
 from .randomness import mix, uniforms
 
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
@@ -171,8 +172,17 @@ def pick_weighted(w: np.ndarray, u: np.ndarray, cdf: Optional[np.ndarray] = None
     weight 0: the first index whose cumulative weight passes u * total, and the last of positive
     weight when rounding takes u * total up to the total. `cdf`: w's in_order_sums, if known."""
     cdf = in_order_sums(w) if cdf is None else cdf
+    return pick_from_sums(cdf, last_positive(w), u)
+
+
+def last_positive(w: np.ndarray) -> np.ndarray:
+    """Each row's last index of positive weight."""
+    return w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=-1)
+
+
+def pick_from_sums(cdf: np.ndarray, last: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """pick_weighted, given the rows' in_order_sums and last_positive."""
     c = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=-1)
-    last = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=-1)
     return np.minimum(c, last)
 
 
@@ -257,13 +267,14 @@ class PrefixTree:
     def _step(self, nodes: np.ndarray, indices: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
         """For attempts at `nodes`: whether each goes on (probability N(s)/psi(s)), and the
         character it picks (probability p(c|s) psi(sc) / N(s))."""
-        w = self.nodes.probs[nodes] * self.nodes.psi[nodes]  # (R, V)
-        cdf = in_order_sums(w)
+        first, inverse = distinct(nodes)  # each node's weights summed once, however many attempts are there
+        w = self.nodes.probs[nodes[first]] * self.nodes.psi[nodes[first]]  # (U, V)
+        cdf = in_order_sums(w)[inverse]  # (R, V)
         total = cdf[:, -1]  # N(s)
         go = total > 0
         if self.accept_step:
             go &= uniforms(self.key, indices, 2 * d) * self._psi(nodes) < total
-        return go, pick_weighted(w, uniforms(self.key, indices, 2 * d + 1), cdf)
+        return go, pick_from_sums(cdf, last_positive(w)[inverse], uniforms(self.key, indices, 2 * d + 1))
 
     def _psi(self, nodes: np.ndarray) -> np.ndarray:
         """The bounds of `nodes` themselves (kept in their parents' slots)."""
