@@ -462,7 +462,7 @@ class RowEngine:
             res = job.results
             for slot, text in zip(slot_list[a:b], texts[a:b]):
                 res.texts[slot] = text
-            if b - a > 8:  # (a few rows: one by one, cheaper than three numpy calls)
+            if b - a > 8:  # many rows (a bulk chunk's): three numpy calls; a few: one by one, cheaper
                 res.logp[slots[a:b]], res.scored[slots[a:b]], res.kept[slots[a:b]] = logp[a:b], scored[a:b], kept[a:b]
             else:
                 for i in range(a, b):

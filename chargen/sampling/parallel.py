@@ -109,8 +109,8 @@ def available() -> bool:
 def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper, vocab: Vocab, width: int) -> None:
     """A worker's loop: take chunks of attempts (a message is a list of (tag, Attempts)), keep the
     engine `width` rows full, send back after each step the Results of the chunks whose rows have
-    all ended; None stops it, "drop" drops every chunk it holds, and the parent's end of the pipe closing (it exited, or was killed) ends
-    it too."""
+    all ended; None stops it, "drop" drops every chunk it holds, and the parent's end of the pipe
+    closing (it exited, or was killed) ends it too."""
     try:
         for other in inherited:  # the parent's ends of the pipes, forked with it: held here, no EOF would come
             other.close()
