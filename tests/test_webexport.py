@@ -394,6 +394,23 @@ def test_module_errors_are_clear(tmp_path):
         assert needle in error, errors
 
 
+@needs_node
+def test_a_drawing_that_finds_too_few_says_how_rare_its_constraints_are_as_chargen_does(tmp_path):
+    module = tmp_path / "names.mjs"
+    ckpt = read_checkpoint(checkpoint_path("names"))
+    module.write_text(module_text(ckpt, choose_encoding(ckpt)))
+    cases = [({"contains": "zzq"}, {"contains": "zzq"}), ({"contains": "zzq", "rejection": True}, {"contains": "zzq", "rejection": True}),
+             ({"endsWith": "q", "topK": 1}, {"ends_with": "q", "top_k": 1})]
+    errors = [r["error"] for r in node_records(module, [{"n": 3, "seed": 1, **js} for js, _ in cases])]
+    model = chargen.load("names")
+    for (_, py), error in zip(cases, errors):
+        with pytest.raises(chargen.SamplingError) as info:
+            list(model.samples(3, seed=1, **py))
+        said = [re.search(r" draws(: [^;]+);", m).group(1) for m in (info.value.message, error)]
+        assert said[0] == said[1], said
+    assert "less than 0.00049" in errors[0] and "rule out every sample" in errors[2]
+
+
 def test_int8_rows_round_trip_and_auto_choice(tmp_path):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((50, 30)).astype(np.float32)

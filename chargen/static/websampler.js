@@ -1277,9 +1277,11 @@ class Sampler {
           tree = blend ? new LabelTree(trees, mix.weights, key) : trees[0];
         }
       }
-      let produced = 0, i = 0, issued = 0;
+      let produced = 0, i = 0, issued = 0, met = 0, last = null;
       const keep = (a, mass = null) => {  // what chargen.sampling.Drawing.take keeps
+        last = mass;
         if (a.text === null) return null;
+        met++;
         const text = prompt + a.text, label = mix ? mix.names[a.label ?? 0] : null;
         if ((lines && !text) || (o.unique && seen.has(text)) || (o.novel && this.training.has(label === null ? text : `${label}\t${text}`)) ||
             (exclude && exclude.has(text))) return null;
@@ -1317,7 +1319,12 @@ class Sampler {
       }
       if (stats !== null) { stats.draws = (stats.draws || 0) + i; stats.accepted = (stats.accepted || 0) + produced; }
       if (produced < o.n) {
-        throw new ChargenError(`the model produced only ${produced} of ${o.n} samples in ${i} draws; ` +
+        // How rare the constraints are, as chargen.sampling.drawing._how_rare says
+        const hold = " of the model's samples at these settings", m = last;
+        const rare = !rejecting ? "" : m && m.upper <= 0 ? ": the constraints rule out every sample the model can draw at these settings"
+          : !met ? `: the constraints hold less than ${Math.min(3 / i, m ? m.upper : 1).toPrecision(2)}${hold} (95% confidence)`
+            : m ? `: the constraints hold about ${m.estimate.toPrecision(2)}${hold}` : "";
+        throw new ChargenError(`the model produced only ${produced} of ${o.n} samples in ${i} draws${rare}; ` +
           (rejecting ? "loosen the constraints or raise `temperature`" : "ask for fewer, raise `temperature`, or drop `unique`/`novel`/`exclude`"));
       }
     }
