@@ -106,6 +106,7 @@ def label_line_sums(scorer: Scorer, lines: list[np.ndarray], labels: np.ndarray,
 
 
 PREFIX_ROWS = 4096  # (line, label) pairs scored together by prefix_nlls: its most rows in one network step
+PREFIX_CELLS = 1 << 21  # a run's lines x its longest line at most: its padded characters (16 MB of ids)
 
 
 def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optional[list[np.ndarray]],
@@ -124,9 +125,7 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
     n_labels = len(starts)
     per = np.zeros((len(lines), n_labels))
     order = sorted(range(len(lines)), key=lambda i: lines[i].tolist())  # lines that share prefixes, together
-    chunk = max(1, rows // n_labels)
-    for c0 in range(0, len(order), chunk):
-        which = order[c0 : c0 + chunk]
+    for which in _chunks(order, [len(line) for line in lines], max(1, rows // n_labels), PREFIX_CELLS):
         group = [lines[i] for i in which]
         labels = max(1, rows // len(group))
         for k0 in range(0, n_labels, labels):
@@ -134,6 +133,22 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
     logp = np.log(weights)[None, :] - per
     top = logp.max(axis=1, keepdims=True)
     return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per
+
+
+def _chunks(order: list[int], sizes: list[int], most: int, cells: int) -> list[list[int]]:
+    """`order` cut into runs of at most `most` lines, each run's lines x its longest at most `cells`
+    (prefix_nlls holds a run's characters as one padded array: a long line among many short ones
+    gets a run of its own)."""
+    runs: list[list[int]] = []
+    run: list[int] = []
+    longest = 0
+    for i in order:
+        if run and (len(run) >= most or (len(run) + 1) * max(longest, sizes[i]) > cells):
+            runs.append(run)
+            run, longest = [], 0
+        run.append(i)
+        longest = max(longest, sizes[i])
+    return runs + [run] if run else runs
 
 
 def prefix_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],

@@ -10,6 +10,7 @@ import chargen
 from chargen.checkpoint import LAST, read_checkpoint
 from chargen.config import ModelConfig, TrainConfig
 from chargen.training.data import line_ids, read_corpus, split_train_val
+from chargen import evaluation
 from chargen.evaluation import NumpyScorer, line_batches, line_sums, mixture_nlls, stream_sums
 from chargen.training.scorer import TorchScorer
 from chargen.model import CharRNN, weights_of
@@ -73,10 +74,11 @@ def test_numpy_and_torch_scorers_give_the_same_sums(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_lines_scored_a_prefix_once_score_as_each_line_alone(cell):
+def test_lines_scored_a_prefix_once_score_as_each_line_alone(cell, monkeypatch):
     """chargen score steps each distinct (label, prefix) once (evaluation.prefix_nlls); each line's
     NLL must be what stepping the lines side by side, padded, gives: under each of three start
-    states (and from the zero state), whatever rows a chunk holds."""
+    states (and from the zero state), whatever rows a chunk holds, and with a long line cut into
+    a run of its own."""
     config = ModelConfig(vocab_size=7, cell=cell, layers=2, hidden=16, embed=4)
     rng = np.random.default_rng(4)
     twin = NumpyCharRNN(config, {name: rng.normal(0, 0.6, shape).astype(np.float32)
@@ -84,14 +86,15 @@ def test_lines_scored_a_prefix_once_score_as_each_line_alone(cell):
     scorer = NumpyScorer(twin)
     stems = [rng.integers(1, 7, size=k) for k in (0, 1, 2, 3)]  # shared beginnings, and repeated lines
     lines = [np.append(np.concatenate([stems[i % 4], rng.integers(1, 7, size=i % 5)]), 0) for i in range(60)]
-    lines += lines[:7]
+    lines += lines[:7] + [np.append(rng.integers(1, 7, size=300), 0)]
     starts = [[rng.normal(size=(2, 16)).astype(np.float32) for _ in range(config.state_tensors)] for _ in range(3)]
     starts.append(None)
     alone = np.zeros((len(lines), len(starts)))
     for k, start in enumerate(starts):
         for which, inputs, targets in line_batches(lines, 0, 5):
             alone[which, k], _ = scorer.score_rows(inputs, targets, scorer.initial(start, len(inputs)))
-    for rows in (1, 9, 4096):
+    for rows, cells in ((1, 1 << 21), (9, 1 << 21), (4096, 1 << 21), (4096, 200)):
+        monkeypatch.setattr(evaluation, "PREFIX_CELLS", cells)  # 200: the 300-character line alone
         _, each = mixture_nlls(scorer, lines, starts, np.full(4, 0.25), 0, rows=rows)
         np.testing.assert_allclose(each, alone, rtol=1e-5)
     assert alone[60:67].tolist() == alone[:7].tolist() and not np.allclose(alone[:, 0], alone[:, 1])
