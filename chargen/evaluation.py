@@ -125,7 +125,7 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
     n_labels = len(starts)
     per = np.zeros((len(lines), n_labels))
     order = sorted(range(len(lines)), key=lambda i: lines[i].tolist())  # lines that share prefixes, together
-    for which in _chunks(order, [len(line) for line in lines], max(1, rows // n_labels), PREFIX_CELLS):
+    for which in _runs(order, [len(line) for line in lines], max(1, rows // n_labels), PREFIX_CELLS):
         group = [lines[i] for i in which]
         labels = max(1, rows // len(group))
         for k0 in range(0, n_labels, labels):
@@ -135,7 +135,7 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
     return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per
 
 
-def _chunks(order: list[int], sizes: list[int], most: int, cells: int) -> list[list[int]]:
+def _runs(order: list[int], sizes: list[int], most: int, cells: int) -> list[list[int]]:
     """`order` cut into runs of at most `most` lines, each run's lines x its longest at most `cells`
     (prefix_nlls holds a run's characters as one padded array: a long line among many short ones
     gets a run of its own)."""
