@@ -113,15 +113,24 @@ def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optio
               newline_id: int) -> np.ndarray:
     """Each line's own NLL (in nats, in the order given), in the layout of line_sums: the
     log-probability `chargen score` reports, and a sample's own when it is drawn at temperature 1."""
-    return mixture_nlls(scorer, lines, [start_state], np.ones(1), newline_id)[1][:, 0]
+    return label_nlls(scorer, lines, [start_state], newline_id)[:, 0]
 
 
 def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],
                  weights: np.ndarray, newline_id: int, rows: int = PREFIX_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """A labelled model's line NLLs under a mixture of labels (starts: each label's start state;
-    weights summing to 1): (-log sum_k w_k p_k(line) per line (n,), -log p_k(line) per line and label (n, P)).
-    The lines are taken in sorted order, about `rows` (line, label) pairs at a time (a few lines under
-    248 labels, or many under one), each distinct prefix stepped once (prefix_nlls)."""
+    weights summing to 1): (-log sum_k w_k p_k(line) per line (n,), -log p_k(line) per line and label (n, P))."""
+    per = label_nlls(scorer, lines, starts, newline_id, rows)
+    logp = np.log(weights)[None, :] - per
+    top = logp.max(axis=1, keepdims=True)
+    return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per
+
+
+def label_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],
+               newline_id: int, rows: int = PREFIX_ROWS) -> np.ndarray:
+    """-log p_k(line) (n, P) for each line under each start state. The lines are taken in sorted
+    order, about `rows` (line, label) pairs at a time (a few lines under 248 labels, or many under
+    one), each distinct prefix stepped once (prefix_nlls)."""
     n_labels = len(starts)
     per = np.zeros((len(lines), n_labels))
     order = sorted(range(len(lines)), key=lambda i: lines[i].tolist())  # lines that share prefixes, together
@@ -130,9 +139,7 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
         labels = max(1, rows // len(group))
         for k0 in range(0, n_labels, labels):
             per[which, k0 : k0 + labels] = prefix_nlls(scorer, group, starts[k0 : k0 + labels], newline_id)
-    logp = np.log(weights)[None, :] - per
-    top = logp.max(axis=1, keepdims=True)
-    return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per
+    return per
 
 
 def _runs(order: list[int], sizes: list[int], most: int, cells: int) -> list[list[int]]:
@@ -171,7 +178,7 @@ def prefix_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Opt
     out = np.zeros(p * n)
     for t in range(sizes.max()):
         live = np.flatnonzero(sizes[line] > t)
-        out[live] -= np.take_along_axis(log_softmax(logits)[node[live]], ids[line[live], t][:, None], axis=-1)[:, 0]
+        out[live] -= log_softmax(logits)[node[live], ids[line[live], t]]
         going = live[sizes[line[live]] > t + 1]  # pairs whose character t is an input (not their newline)
         if not going.size:
             break
