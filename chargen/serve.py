@@ -486,7 +486,7 @@ class Server:
             drawings = await asyncio.to_thread(served.model.drawings, n, prompt, stats=stats, **options)
         else:
             drawings = served.model.drawings(n, prompt, stats=stats, **options)
-        samples = await asyncio.wrap_future(served.batcher.submit(drawings))
+        samples = await served.batcher.submit(drawings, asyncio.get_running_loop())
         return {"model": served.name, "samples": [s.record(constrained) for s in samples],
                 "draws": stats.draws, "accepted": stats.accepted}
 

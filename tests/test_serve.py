@@ -199,6 +199,40 @@ def test_the_batcher_alone_matches_the_python_api():
         batcher.close()
 
 
+def test_requests_that_end_together_wake_their_event_loop_once():
+    """An event loop's requests (a server's) are handed back together: the ones that end in the
+    same step of the batch cost the loop one wake-up, not one each; each still gets its own
+    samples (as the Python API draws them), and an error stays its own request's."""
+    model = chargen.load()
+    batcher = Batcher(model.stepper, model.vocab, window=0.05)  # the 8 requests join in one step
+    options = [dict(n=3, temperature=0, prompt="Mar")] * 4 + [dict(n=5, seed=i) for i in range(3)]
+
+    async def ask() -> tuple[list, int]:
+        loop = asyncio.get_running_loop()
+        calls = []
+        wakes = loop.call_soon_threadsafe
+
+        def counted(*args):
+            calls.append(args)
+            return wakes(*args)
+
+        loop.call_soon_threadsafe = counted
+        futures = [batcher.submit(model.drawings(**o), loop) for o in options]
+        futures.append(batcher.submit(model.drawings(n=5, temperature=0, unique=True), loop))  # fails
+        done = await asyncio.gather(*futures, return_exceptions=True)
+        return done, len(calls)
+
+    try:
+        done, wakes = asyncio.run(ask())
+    finally:
+        batcher.close()
+    for samples, o in zip(done, options):
+        assert [s.text for s in samples] == model.sample(**o)
+    assert isinstance(done[-1], chargen.SamplingError)
+    # The 4 greedy requests end in the same step; the others, their error included, in a few more.
+    assert wakes < len(done) - 3, wakes
+
+
 def test_a_long_constrained_request_does_not_hold_up_the_batch():
     """A request under a rare exact constraint runs one round of its adaptive sampler between two
     steps of the batch (it used to run all its rounds at once), so a plain request that arrives

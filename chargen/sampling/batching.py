@@ -27,11 +27,12 @@ its event loop; tests drive it alone.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..config import ServeConfig
 from ..errors import SamplingError
@@ -39,6 +40,9 @@ from ..tokenizer import Vocab
 from .drawing import MAX_BATCH, Drawing, Sample
 from .engine import RowEngine, Stepper
 from .parallel import ProcessEngine
+
+if TYPE_CHECKING:
+    import asyncio  # (22 ms to import: a server has it already)
 
 
 
@@ -61,26 +65,50 @@ class BatchStats:
 class _Request:
     """One caller's drawings, run in turn; its samples; the future that hands them back."""
 
-    def __init__(self, drawings: Iterator[Drawing]):
+    def __init__(self, drawings: Iterator[Drawing], ended: list, loop: Optional[asyncio.AbstractEventLoop] = None):
         self.drawings = drawings
         self.current: Optional[Drawing] = None
         self.samples: list[Sample] = []
         self.draws = 0  # rows started for it so far
-        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.loop, self.ended = loop, ended
+        self.future: "concurrent.futures.Future | asyncio.Future" = \
+            loop.create_future() if loop is not None else concurrent.futures.Future()
 
     def advance(self) -> bool:
         """Move past finished drawings; False, with the samples handed back, once none is left."""
         while self.current is None or self.current.done:
             self.current = next(self.drawings, None)
             if self.current is None:
-                if not self.future.done():
-                    self.future.set_result(self.samples)
+                self._end(self.samples, None)
                 return False
         return True
 
     def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+        self._end(None, exc)
+
+    def _end(self, samples: Optional[list[Sample]], exc: Optional[BaseException]) -> None:
+        """Hand back its samples or its error: at once to a thread's future; an event loop's,
+        with the others that end in this pass of the batcher's loop (Batcher._hand_over)."""
+        if self.loop is not None:
+            self.ended.append((self.loop, self.future, samples, exc))
+        else:
+            _settle(self.future, samples, exc)
+
+
+def _settle(future: "concurrent.futures.Future | asyncio.Future", samples: Optional[list[Sample]],
+            exc: Optional[BaseException]) -> None:
+    if future.done():  # cancelled: its caller went away
+        return
+    if exc is None:
+        future.set_result(samples)
+    else:
+        future.set_exception(exc)
+
+
+def _settle_all(ended: list) -> None:
+    """(In an event loop's thread) settle its requests' futures."""
+    for future, samples, exc in ended:
+        _settle(future, samples, exc)
 
 
 class Batcher:
@@ -100,13 +128,18 @@ class Batcher:
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._ended: list = []  # (loop, future, samples, error) of the requests ended, for their loops
         # Started by the first request: a server forks every model's worker processes before any
         # batcher thread runs (fork copies one thread; a lock another thread held would stay held).
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def submit(self, drawings: Iterator[Drawing]) -> concurrent.futures.Future:
-        """Queue a request; its future gives its samples (a list), or raises what drawing raised."""
-        request = _Request(drawings)
+    def submit(self, drawings: Iterator[Drawing],
+               loop: Optional[asyncio.AbstractEventLoop] = None) -> "concurrent.futures.Future | asyncio.Future":
+        """Queue a request; its future gives its samples (a list), or raises what drawing raised.
+        Called from an event loop's thread with `loop`, the future is that loop's: the requests
+        that end together are handed to it in one call (one wake-up of the loop a step, not one a
+        request: a server's step ends a few of them)."""
+        request = _Request(drawings, self._ended, loop)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -139,6 +172,7 @@ class Batcher:
         queue: deque[_Request] = deque()  # requests waiting for room, oldest first
         adaptive: deque[_Request] = deque()  # requests whose next drawing is exact constrained, oldest first
         while True:
+            self._hand_over()
             with self._cond:
                 if not engine.busy and not queue and not adaptive:
                     while not self._waiting and not self._closed:
@@ -177,6 +211,18 @@ class Batcher:
                 self.stats.steps += engine.steps - steps
                 self.stats.row_steps += engine.row_steps - row_steps
             self.stats.busy_seconds += time.perf_counter() - started
+
+    def _hand_over(self) -> None:
+        """Give each event loop the requests of its that ended: one call for all of them."""
+        if not self._ended:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, *outcome in self._ended:
+            by_loop.setdefault(loop, []).append(outcome)
+        self._ended.clear()
+        for loop, ended in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle_all, ended)
 
     def _admit(self, request: _Request, owners: dict[int, _Request], adaptive: deque[_Request],
                head: bool = False) -> bool:

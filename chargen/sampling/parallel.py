@@ -165,6 +165,8 @@ class Workers:
             self.conns.append(parent)
             self.procs.append(p)
         self._tags = 0
+        self._fds = [conn.fileno() for conn in self.conns]
+        self._poll, self._poll_wake = None, None  # (receive's: _poller)
 
     def least_loaded(self) -> int:
         return min(range(len(self.load)), key=self.load.__getitem__)
@@ -196,13 +198,13 @@ class Workers:
     def receive(self, wake: Optional[int] = None) -> list[tuple[int, Results]]:
         """Results of chunks that have ended: waits for some, or for a byte on the file
         descriptor `wake` (then perhaps none)."""
-        from multiprocessing.connection import wait
-
         out = []
-        for ready in wait([*self.conns, *([wake] if wake is not None else [])]):
-            if ready == wake:
+        for fd, _ in self._poller(wake).poll():
+            if fd == wake:
                 os.read(wake, 4096)
                 continue
+            k = self._fds.index(fd)
+            ready = self.conns[k]
             try:
                 message = ready.recv()
             except EOFError:
@@ -210,13 +212,23 @@ class Workers:
             if message[0] == "error":
                 raise SamplingError(f"a sampling worker failed: {message[1]}")
             ended, steps, row_steps = message
-            k = self.conns.index(ready)
             self.steps[k], self.row_steps[k] = steps, row_steps
             for tag, results in ended:
                 if self.owner.pop(tag, None) is not None:  # (None: a chunk dropped since)
                     self.load[k] -= len(results.texts)
                     out.append((tag, results))
         return out
+
+    def _poller(self, wake: Optional[int]):
+        """A poll object watching the workers' pipes and `wake`, made once (multiprocessing's
+        `wait` builds a selector each call: a server's step paid for it)."""
+        if self._poll is None or self._poll_wake != wake:
+            import select
+
+            self._poll, self._poll_wake = select.poll(), wake
+            for fd in [*self._fds, *([wake] if wake is not None else [])]:
+                self._poll.register(fd, select.POLLIN)
+        return self._poll
 
     def drop(self) -> None:
         """Forget every chunk handed out (a drawing has what it needs)."""
