@@ -257,7 +257,8 @@ class Model:
         yield from chunks
 
     def eval(self, text: str, *, skip_unknown: bool = False, lines: Optional[bool] = None,
-             streams: Optional[int] = None, label: Optional[str] = None) -> dict[str, float]:
+             streams: Optional[int] = None, label: Optional[str] = None,
+             progress: Optional[Callable[[float], None]] = None) -> dict[str, float]:
         """Loss of the model on `text`: nats and bits per character, and perplexity.
 
         Defined as training's validation loss (chargen.evaluation): a line-oriented model (or
@@ -268,12 +269,13 @@ class Model:
         and counted. A labelled model scores each line under `label` (as `samples` takes it; a
         blend or a part: the mixture's probability), by default under every label in training
         proportions: the model's own probability of the line when it does not know its label.
+        `progress`, if given, is told the share of the text scored so far (0 to 1) as it goes.
         """
         from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 
         mix = self.label_mix(label)
         if mix is not None:
-            return self._eval_labelled(text, mix, skip_unknown, lines)
+            return self._eval_labelled(text, mix, skip_unknown, lines, progress)
         c = self.checkpoint.model_config
         if self.backend == "torch":
             from .training.scorer import TorchScorer  # imports torch: the torch backend only
@@ -284,7 +286,7 @@ class Model:
         start_state = self.checkpoint.start_state or [np.zeros((c.layers, c.hidden), np.float32)] * c.state_tensors
         result = evaluate_text(scorer, self.vocab, text, lines=self.line_oriented if lines is None else lines,
                                start_state=start_state, seq_len=int(self.checkpoint.train_config.get("seq_len", 128)),
-                               streams=streams or EVAL_STREAMS, skip_unknown=skip_unknown)
+                               streams=streams or EVAL_STREAMS, skip_unknown=skip_unknown, progress=progress)
         return result.to_dict()
 
     def _numpy_scorer(self) -> NumpyScorer:
@@ -294,7 +296,8 @@ class Model:
         return NumpyScorer(self.stepper if self.backend == "numpy" else
                            NumpyCharRNN(self.checkpoint.model_config, self.checkpoint.weights))
 
-    def _eval_labelled(self, text: str, mix: LabelMix, skip_unknown: bool, lines: Optional[bool]) -> dict[str, float]:
+    def _eval_labelled(self, text: str, mix: LabelMix, skip_unknown: bool, lines: Optional[bool],
+                       progress: Optional[Callable[[float], None]]) -> dict[str, float]:
         if lines is False:
             raise UsageError("a labelled model scores lines, each from its label's start state; drop `lines=False`")
         from .evaluation import EvalResult, mixture_nlls
@@ -305,7 +308,7 @@ class Model:
         if not rows:
             raise UsageError("the text holds no non-empty line to evaluate")
         nll, _ = mixture_nlls(self._numpy_scorer(), rows, mix.start_states(self.checkpoint.start_state), mix.weights,
-                              self.vocab.index["\n"])
+                              self.vocab.index["\n"], progress=progress)
         count = sum(len(r) for r in rows)
         return EvalResult(loss=float(nll.sum()) / count, chars=count, skipped=unknown).to_dict()
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from .training.data import PAD, line_ids, padded_lines  # PAD: the target id of 
 
 EVAL_STREAMS = 32  # streams of the stream loss
 LINE_BATCH = 512  # lines scored together (sorted by length, so padding stays small)
+
+Progress = Optional[Callable[[float], None]]  # told the share of the work done so far, 0 to 1, as it goes
 
 
 class Scorer(Protocol):
@@ -46,7 +48,8 @@ class Scorer(Protocol):
         """inputs, targets (B, T) int64, PAD where not scored -> (summed NLL, the state after the window)."""
 
 
-def stream_sums(scorer: Scorer, ids: np.ndarray, seq_len: int, streams: int = EVAL_STREAMS) -> tuple[float, int]:
+def stream_sums(scorer: Scorer, ids: np.ndarray, seq_len: int, streams: int = EVAL_STREAMS,
+                progress: Progress = None) -> tuple[float, int]:
     """The stream loss of `ids` as (summed NLL, characters scored)."""
     n = len(ids)
     if n < 2:
@@ -63,6 +66,8 @@ def stream_sums(scorer: Scorer, ids: np.ndarray, seq_len: int, streams: int = EV
         nll, state = scorer.score(x, y, state)
         total = total + nll
         count += y.size
+        if progress is not None:
+            progress((start + y.shape[1]) / (length - 1))
     return float(total), count
 
 
@@ -82,14 +87,17 @@ def line_batches(lines: list[np.ndarray], newline_id: int, batch: int = LINE_BAT
 
 
 def line_sums(scorer: Scorer, lines: list[np.ndarray], start_state: list[np.ndarray], newline_id: int,
-              batch: int = LINE_BATCH) -> tuple[float, int]:
+              batch: int = LINE_BATCH, progress: Progress = None) -> tuple[float, int]:
     """The line loss of `lines` (id arrays, each ending with the newline id) as (summed NLL, characters scored)."""
     total: Any = 0.0
-    count = 0
-    for _, inputs, targets in line_batches(lines, newline_id, batch):
+    count = done = 0
+    for which, inputs, targets in line_batches(lines, newline_id, batch):
         nll, _ = scorer.score(inputs, targets, scorer.initial(start_state, len(inputs)))
         total = total + nll
         count += int((targets != PAD).sum())
+        done += len(which)
+        if progress is not None:
+            progress(done / len(lines))
     return float(total), count
 
 
@@ -117,28 +125,33 @@ def line_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], start_state: Optio
 
 
 def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],
-                 weights: np.ndarray, newline_id: int, rows: int = PREFIX_ROWS) -> tuple[np.ndarray, np.ndarray]:
+                 weights: np.ndarray, newline_id: int, rows: int = PREFIX_ROWS,
+                 progress: Progress = None) -> tuple[np.ndarray, np.ndarray]:
     """A labelled model's line NLLs under a mixture of labels (starts: each label's start state;
     weights summing to 1): (-log sum_k w_k p_k(line) per line (n,), -log p_k(line) per line and label (n, P))."""
-    per = label_nlls(scorer, lines, starts, newline_id, rows)
+    per = label_nlls(scorer, lines, starts, newline_id, rows, progress)
     logp = np.log(weights)[None, :] - per
     top = logp.max(axis=1, keepdims=True)
     return -(top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))), per
 
 
 def label_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],
-               newline_id: int, rows: int = PREFIX_ROWS) -> np.ndarray:
+               newline_id: int, rows: int = PREFIX_ROWS, progress: Progress = None) -> np.ndarray:
     """-log p_k(line) (n, P) for each line under each start state. The lines are taken in sorted
     order, about `rows` (line, label) pairs at a time (a few lines under 248 labels, or many under
     one), each distinct prefix stepped once (prefix_nlls)."""
     n_labels = len(starts)
     per = np.zeros((len(lines), n_labels))
     order = sorted(range(len(lines)), key=lambda i: lines[i].tolist())  # lines that share prefixes, together
+    done = 0
     for which in _runs(order, [len(line) for line in lines], max(1, rows // n_labels), PREFIX_CELLS):
         group = [lines[i] for i in which]
         labels = max(1, rows // len(group))
         for k0 in range(0, n_labels, labels):
             per[which, k0 : k0 + labels] = prefix_nlls(scorer, group, starts[k0 : k0 + labels], newline_id)
+        done += len(which)
+        if progress is not None:
+            progress(done / len(lines))
     return per
 
 
@@ -276,7 +289,8 @@ class EvalResult:
 
 
 def evaluate_text(scorer: Scorer, vocab, text: str, *, lines: bool, start_state: list[np.ndarray],
-                  seq_len: int, streams: int = EVAL_STREAMS, skip_unknown: bool = False) -> EvalResult:
+                  seq_len: int, streams: int = EVAL_STREAMS, skip_unknown: bool = False,
+                  progress: Progress = None) -> EvalResult:
     """The line loss (lines=True, from `start_state`) or stream loss of `text`, as training reports it."""
     unknown = vocab.count_unknown(text) if skip_unknown else 0
     ids = vocab.encode(text, skip_unknown=skip_unknown).astype(np.int64)
@@ -288,9 +302,9 @@ def evaluate_text(scorer: Scorer, vocab, text: str, *, lines: bool, start_state:
         rows = line_ids(vocab, vocab.decode(ids))
         if not rows:
             raise UsageError("the text holds no non-empty line to evaluate")
-        total, count = line_sums(scorer, rows, start_state, vocab.index["\n"])
+        total, count = line_sums(scorer, rows, start_state, vocab.index["\n"], progress=progress)
     else:
-        total, count = stream_sums(scorer, ids, seq_len, streams)
+        total, count = stream_sums(scorer, ids, seq_len, streams, progress)
         if count == 0:
             raise UsageError("the text is too short to evaluate: it needs at least two characters")
     return EvalResult(loss=total / count, chars=count, skipped=unknown)

@@ -110,3 +110,18 @@ def test_line_loss_is_the_sum_of_each_lines_own_log_probability(trained_names):
     assert r["loss"] * r["chars"] == pytest.approx(-sum(s.logprob for s in samples), rel=1e-4)
     rows = line_ids(model.vocab, text)
     assert [len(x) for x in rows] == [s.n_chars for s in samples]
+
+
+def test_eval_tells_how_far_it_has_got(prose_run, trained_names):
+    """Model.eval's `progress` (chargen eval's bar on a terminal) is told a rising share of the
+    work, up to 1, by each way of scoring: prose in streams, lines, a labelled model's mixture of
+    its 248 labels; and the loss is the same without it."""
+    base, names = chargen.load("base"), chargen.load(trained_names)
+    cases = [(chargen.load(prose_run / "run"), _prose(100), False),  # 12 windows
+             (names, "\n".join(names.sample(1200, seed=1)) + "\n", True),  # 3 batches of lines
+             (base, "\n".join(base.sample(40, seed=2)) + "\n", True)]  # 3 runs of 16 lines x 248 labels
+    for model, text, lines in cases:
+        seen = []
+        result = model.eval(text, lines=lines, progress=seen.append)
+        assert len(seen) >= 3 and 0 < seen[0] < 1 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0), seen
+        assert result == model.eval(text, lines=lines)
