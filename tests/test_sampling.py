@@ -130,23 +130,33 @@ def test_the_integer_key_derivation_is_the_vectorised_hash():
 
 def test_rows_that_join_a_running_batch_get_what_they_get_alone(trained_names):
     """Continuous batching: batches of other prompts and settings, constrained or not, joining
-    the engine at different steps, each draw exactly what they draw alone."""
+    the engine at different steps, each draw exactly what they draw alone; among them rows of
+    prose 90 characters long and greedy lines that run to 200, for which the engine's text columns
+    widen from 16, and narrow again once they end while later batches run on."""
     from chargen.sampling import RowEngine, run_jobs
 
     model = chargen.load(trained_names)
     options = [dict(n=30, seed=1), dict(n=20, seed=2, prompt="Ka", temperature=1.2, top_k=4),
                dict(n=25, seed=3, ends_with="a", max_len=6), dict(n=15, seed=4, temperature=0, contains="o"),
-               dict(n=10, seed=5, guided=True, regex="[A-Z][a-z]*n"), dict(n=12, seed=6, top_p=0.7, prompt="Ma")]
+               dict(n=10, seed=5, guided=True, regex="[A-Z][a-z]*n"), dict(n=12, seed=6, top_p=0.7, prompt="Ma"),
+               dict(n=2, seed=7, lines=False, length=90)]
     batches = [next(model.drawings(**o)).next_attempts() for o in options]
+    batches += [next(model.drawings(**options[k])).next_attempts() for k in (0, 2)]  # joining late
     alone = [run_jobs(model.stepper, model.vocab, [b])[0] for b in batches]
     engine = RowEngine(model.stepper, model.vocab)
-    jobs, done = {}, {}
-    for i, b in enumerate(batches):  # one more batch joins after each step
-        jobs[engine.add(b)] = i
+    jobs, done, widths = {}, {}, []
+    step = 0
+    late = {200: 7, 201: 8}  # (the greedy rows run to their limit of 200 characters)
+    while step <= 201 or engine.busy:  # a batch joins after each of the first steps, two more late
+        i = step if step < 7 else late.get(step)
+        if i is not None:
+            jobs[engine.add(batches[i])] = i
         done.update(engine.step())
-    while engine.busy:
-        done.update(engine.step())
+        widths.append(engine.out.shape[1])
+        step += 1
     assert len(done) == len(batches)
+    narrowed = [k for k in range(1, len(widths)) if widths[k] < widths[k - 1]]
+    assert max(widths) >= 128 and narrowed and narrowed[-1] < len(widths) - 1, widths  # narrowed as rows ran on
     for job, drawn in done.items():
         expected = alone[jobs[job]]
         assert drawn.texts == expected.texts

@@ -20,6 +20,9 @@ from .constraints import Guide
 from .prefixes import PREFIX_DEPTH, PREFIX_MEMORY, PrefixCache, distinct
 from .randomness import uniforms
 
+OUT_WIDTH = 16  # characters a row's drawn text holds at first (it doubles as rows draw on: names are short)
+
+
 class Stepper(Protocol):
     """What the sampler needs of a network: numpy ids in, numpy logits out, opaque state."""
 
@@ -197,7 +200,8 @@ class RowEngine:
         self._job_ids = itertools.count()
         self._group_ids = itertools.count()
         self.rows = Rows.empty()
-        self.out = np.zeros((0, 0), dtype=np.uint32)  # (B, W) code points drawn; 0 pads (NUL is never in a vocabulary)
+        self.out = np.zeros((0, OUT_WIDTH), dtype=np.uint32)  # (B, W) code points drawn; 0 pads (NUL is never in a vocabulary)
+        self.reach = 0  # the most characters a row has drawn (`out` doubles its columns to hold them, halves them after)
         self.cache: Optional[PrefixCache] = None  # each row's logits and state, at its node; made with the first rows
         self.logits: Optional[np.ndarray] = None  # (B, V): this step's rows' logits for their next character
         self.steps = 0  # network steps taken
@@ -264,7 +268,10 @@ class RowEngine:
             r.rejected |= bad
             ended |= bad
             self._advance_guides(ids)
+        if self.reach >= self.out.shape[1]:  # a row draws past the columns kept: twice as many
+            self.out = np.concatenate([self.out, np.zeros_like(self.out)], axis=1)
         self.out[np.arange(n), r.t] = np.where(ended, 0, self.codepoints[ids])
+        self.reach += 1
         self._stream(ids, ended)
         r.t += 1
         finished = ended | (r.t >= r.limit)
@@ -392,14 +399,10 @@ class RowEngine:
             if settings not in self.groups:
                 self.groups[settings] = (next(self._group_ids), a.cfg)
             groups.append(self.groups[settings][0])
-        old = len(self.rows)
         rows = self._new_rows(self.pending, new, groups)
         rows.node = self._start_nodes(new)
         self.rows = Rows.concat([self.rows, rows])
-        width = max([self.out.shape[1]] + [a.steps for a in new])
-        out = np.zeros((len(self.rows), width), dtype=np.uint32)
-        out[:old, : self.out.shape[1]] = self.out
-        self.out = out
+        self.out = np.concatenate([self.out, np.zeros((len(rows), self.out.shape[1]), dtype=np.uint32)])
         self.pending = []
 
     def _start_nodes(self, new: list[Attempts]) -> np.ndarray:
@@ -479,7 +482,11 @@ class RowEngine:
     def _keep(self, keep: np.ndarray) -> None:
         """Drop the ended rows (and the settings no row uses any more)."""
         self.rows = self.rows.take(keep)
-        self.out = self.out[keep] if keep.size else np.zeros((0, 0), dtype=np.uint32)
+        self.reach = int(self.rows.t.max()) if keep.size else 0
+        width = self.out.shape[1]
+        while width > OUT_WIDTH and self.reach < width // 4:  # the long rows have ended: half the columns
+            width //= 2
+        self.out = self.out[keep, :width]
         if len(self.groups) == 1 and keep.size:
             return
         present = set(self.rows.group.tolist())  # (np.unique would import numpy.ma: 10 ms of start-up)
