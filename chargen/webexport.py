@@ -38,6 +38,7 @@ from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, dec
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
+from .sampling.labels import label_languages
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
 from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
@@ -256,7 +257,8 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
             f"`novel` is not in this export: the model's {len(ckpt.training_lines or []):,} training lines "
             f"({lines_bytes / 1024:,.0f} KB) are over the {NOVEL_BUDGET // 1024} KB an export carries"
             if ckpt.training_lines else "`novel` needs the training lines, and this model has none"),
-        "labels": {"names": ckpt.labels, "counts": ckpt.label_counts} if ckpt.labels else None,
+        "labels": {"names": ckpt.labels, "counts": ckpt.label_counts,
+                   "languages": label_languages(ckpt.labels)} if ckpt.labels else None,
         "defaults": _defaults(bool(ckpt.labels)),
         "not_exported": _not_exported(bool(ckpt.labels)),
         "line_length": DEFAULT_LINE_LENGTH,
@@ -286,11 +288,20 @@ def _static(name: str) -> str:
 
 
 def _script(name: str) -> str:
-    """One of static/'s scripts as an export carries it: without its whole-line comments, blank lines
-    and indentation (the names page's size budget, 300 KB; the readable source is the package's).
-    Safe for these files: none holds a string that spans lines (tests/test_webexport.py checks)."""
-    kept = (line.lstrip(" ") for line in _static(name).split("\n"))
+    """One of static/'s scripts as an export carries it: without its comments, blank lines and
+    indentation (the names page's size budget, 300 KB; the readable source is the package's).
+    Safe for these files: none holds a string that spans lines (tests/test_webexport.py checks),
+    and a comment after code goes only where "  // " follows code with no slash and no open quote."""
+    kept = (_uncommented(line.lstrip(" ")) for line in _static(name).split("\n"))
     return "\n".join(line for line in kept if line and not line.startswith("//")) + "\n"
+
+
+def _uncommented(line: str) -> str:
+    """A line of script without the comment after its code, where that is certain to be one."""
+    code, mark, _ = line.partition("  // ")
+    if not mark or "/" in code or any(code.count(q) % 2 for q in "\"'`"):
+        return line
+    return code
 
 
 def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:

@@ -150,6 +150,15 @@ def test_what_a_label_spec_asks_for():
     assert asked("el_GR:first=3,it=1") == {"it_IT:first": 0.0625, "it_IT:surname": 0.1875, "el_GR:first": 0.75}
     with pytest.raises(chargen.UsageError, match="unknown label 'es:citi'.*close"):
         resolve_labels("es:citi", names, counts)
+    # A language by its English name, in any case, asks as its code does
+    assert asked("italian") == asked("Italian") == asked("it") and asked("Spanish:city") == asked("es:city")
+    assert asked("greek=1,SPANISH:first=1") == {"es_ES:first": 0.5, "el_GR:first": 0.5}
+    with pytest.raises(chargen.UsageError, match="unknown label 'Itallian'; close: italian"):
+        resolve_labels("Itallian", names, counts)
+    with pytest.raises(chargen.UsageError, match="unknown label 'german'"):  # no German label here
+        resolve_labels("german", names, counts)
+    assert resolve_labels("Italian", ["Italian:poets", "it_IT:first", "en:first"], [1, 1, 1]).names == \
+        ["Italian:poets", "it_IT:first"]  # a part as given, and a language's name
 
 
 def test_tab_labels_from_stdin_train(tmp_path):

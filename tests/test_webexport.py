@@ -156,6 +156,7 @@ LABEL_CASES = [
     {"n": 30, "seed": 4, "label": "it_IT:first=0.2,es_ES:city=0.8", "temperature": 1.2, "prompt": ["", "Ma"]},
     {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
     {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},
+    {"n": 20, "seed": 11, "label": "Italian=0.5,greek:first=0.5"},  # languages by their English names
     {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
     {"n": 5, "seed": 8, "label": "el_GR:first=1,es_ES:city=1", "temperature": 0},
@@ -185,7 +186,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     ckpt = read_checkpoint(ckpt_path)
     module = tmp_path / "m.mjs"
     module.write_text(module_text(ckpt, Encoding("f32", True)))
-    bad = [{"n": 2, "label": "it_IT:frist"}, {"n": 2, "label": "it=x"}]
+    bad = [{"n": 2, "label": "Itallian"}, {"n": 2, "label": "it_IT:frist"}, {"n": 2, "label": "it=x"}]
     got = node_records(module, LABEL_CASES + bad)
     for case, js in zip(LABEL_CASES, got):
         assert "error" not in js, (case, js)
@@ -195,6 +196,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     enc = choose_encoding(ckpt, "i8")
     assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05
     assert "unknown label 'it_IT:frist'" in got[-2]["error"] and "it_IT:first" in got[-2]["error"]
+    assert "unknown label 'Itallian'; close: italian" in got[-3]["error"]
     assert "weight" in got[-1]["error"]
 
 
@@ -677,12 +679,22 @@ def test_module_texts_to_contain_or_end_with_accept_what_chargen_accepts(tmp_pat
 
 
 def test_exported_scripts_lose_only_comments_and_indentation():
-    """An export carries static/'s scripts without whole-line comments and indentation: safe only while
-    no string in them spans lines (a template literal's line could start with //)."""
+    """An export carries static/'s scripts without comments and indentation: safe only while no
+    string in them spans lines (a template literal's line could start with //), and a comment after
+    code is cut only where it is one ("  // " after code with no slash and no open quote)."""
     from chargen.webexport import _script, _static
 
+    cut = 0
     for name in ["websampler.js", "ui.js", "webpage.js", "webpage-worker.js"]:
         source = _static(name).split("\n")
         assert not [k for k, line in enumerate(source) if line.count("`") % 2 and not line.lstrip().startswith("//")]
         code = [line.strip() for line in source if line.strip() and not line.lstrip().startswith("//")]
-        assert _script(name).splitlines() == code
+        kept = _script(name).splitlines()
+        assert len(kept) == len(code)
+        for full, line in zip(code, kept):
+            rest = full[len(line):]
+            assert full.startswith(line) and (not rest or rest.startswith("  // ")), (name, full)
+            if rest:
+                assert "/" not in line and not any(line.count(q) % 2 for q in "\"'`"), (name, full)
+                cut += len(rest)
+    assert cut > 1500  # websampler.js's comments after code, ui.js's...

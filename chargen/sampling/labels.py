@@ -5,6 +5,7 @@
                                 locale's language and territory ask too: el, GR), in the
                                 proportions of their training lines
     --label CH:first            de_CH:first and fr_CH:first (a territory, and a kind)
+    --label greek:first         a language by its English name (any case) asks as its code: el:first
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines
@@ -27,6 +28,25 @@ import numpy as np
 from ..errors import UsageError
 from .engine import inverse_cdf
 from .randomness import uniforms
+
+# A locale's language by its English name: `--label greek` asks as `--label el`. The languages of
+# the bundled base model's locales and others a list is likely to come in (ISO 639-1 codes).
+LANGUAGES = {
+    "af": "afrikaans", "am": "amharic", "ar": "arabic", "az": "azerbaijani", "be": "belarusian", "bg": "bulgarian",
+    "bn": "bengali", "bs": "bosnian", "ca": "catalan", "cs": "czech", "cy": "welsh", "da": "danish", "de": "german",
+    "el": "greek", "en": "english", "eo": "esperanto", "es": "spanish", "et": "estonian", "eu": "basque",
+    "fa": "persian", "fi": "finnish", "fil": "filipino", "fr": "french", "ga": "irish", "gl": "galician",
+    "gu": "gujarati", "ha": "hausa", "he": "hebrew", "hi": "hindi", "hr": "croatian", "hu": "hungarian",
+    "hy": "armenian", "id": "indonesian", "ig": "igbo", "is": "icelandic", "it": "italian", "ja": "japanese",
+    "ka": "georgian", "kk": "kazakh", "km": "khmer", "ko": "korean", "la": "latin", "lt": "lithuanian",
+    "lv": "latvian", "mk": "macedonian", "ml": "malayalam", "mn": "mongolian", "mr": "marathi", "ms": "malay",
+    "mt": "maltese", "my": "burmese", "nb": "norwegian", "ne": "nepali", "nl": "dutch", "no": "norwegian",
+    "pa": "punjabi", "pl": "polish", "pt": "portuguese", "ro": "romanian", "ru": "russian", "si": "sinhala",
+    "sk": "slovak", "sl": "slovenian", "so": "somali", "sq": "albanian", "sr": "serbian", "sv": "swedish",
+    "sw": "swahili", "ta": "tamil", "te": "telugu", "th": "thai", "tl": "tagalog", "tr": "turkish", "tw": "twi",
+    "uk": "ukrainian", "ur": "urdu", "uz": "uzbek", "vi": "vietnamese", "yo": "yoruba", "zh": "chinese",
+    "zu": "zulu",
+}
 
 # An attempt's random stream at these "characters" (characters use 0, 1, 2, ...): the label it
 # draws (plain and rejection sampling), and a blend's two steps in the adaptive exact sampler
@@ -69,25 +89,45 @@ class LabelMix:
         return [[t[k] for t in start_state] for k in self.index.tolist()]
 
 
-def _parts(name: str) -> set[str]:
-    """What asks for a label besides its name: each ':'-separated part, and a locale's language and
-    territory (el_GR:first: el_GR, first, el and GR)."""
+def label_languages(names: list[str]) -> dict[str, str]:
+    """The English names of the languages among these labels' parts ({"el": "greek"}): what an
+    exported page needs of LANGUAGES for its model."""
+    return {code: LANGUAGES[code] for code in sorted(set().union(*map(_own_parts, names))) if code in LANGUAGES}
+
+
+def _own_parts(name: str) -> set[str]:
+    """A label's ':'-separated parts, and a locale's language and territory (el_GR:first: el_GR,
+    first, el and GR)."""
     parts = name.split(":")
     return set(parts) | {piece for p in parts if "_" in p for piece in p.split("_", 1)}
 
 
+def _parts(name: str) -> set[str]:
+    """What asks for a label besides its name: its own parts and its language's English name."""
+    own = _own_parts(name)
+    return own | {LANGUAGES[p] for p in own if p in LANGUAGES}
+
+
+def _piece(piece: str) -> str:
+    """A piece of a term as the parts hold it: a language's name in lower case (Greek: greek)."""
+    return piece.lower() if piece.lower() in _NAMES else piece
+
+
+_NAMES = set(LANGUAGES.values())
+
+
 def _matching(term: str, names: list[str]) -> list[int]:
     """A label by its name, else every label that has each of the term's ':'-separated parts
-    (de:city: de_AT:city, de_CH:city, de_DE:city)."""
+    (de:city: de_AT:city, de_CH:city, de_DE:city; greek:first: el_GR:first)."""
     if term in names:
         return [names.index(term)]
     pieces = term.split(":")
-    return [i for i, name in enumerate(names) if all(p in _parts(name) for p in pieces)]
+    return [i for i, name in enumerate(names) if all(p in _parts(name) or _piece(p) in _parts(name) for p in pieces)]
 
 
 def _unknown(term: str, names: list[str]) -> UsageError:
     parts = sorted(set().union(*map(_parts, names)) | set(names))
-    close = difflib.get_close_matches(term, parts, n=5, cutoff=0.5)
+    close = difflib.get_close_matches(term if term in parts else term.lower(), parts, n=5, cutoff=0.5)
     hint = f"; close: {', '.join(close)}" if close else \
         f"; it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
     return UsageError(f"unknown label {term!r}{hint} (chargen info --labels lists them)")

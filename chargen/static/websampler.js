@@ -1101,14 +1101,15 @@ class WarmTrees {
 // in the adaptive exact sampler.
 const LABEL_DRAW = 1n << 62n, LABEL_GO = (1n << 62n) + 1n, LABEL_PICK = (1n << 62n) + 2n;
 
-// What asks for a label besides its name: each ':'-separated part, and a locale's language and
-// territory (el_GR:first: el_GR, first, el and GR).
-function labelParts(name) {
+// What asks for a label besides its name: each ':'-separated part, a locale's language and
+// territory (el_GR:first: el_GR, first, el and GR), and its language's English name (greek).
+function labelParts(name, languages) {
   const parts = name.split(":"), out = new Set(parts);
   for (const p of parts) {
     const i = p.indexOf("_");
     if (i >= 0) { out.add(p.slice(0, i)); out.add(p.slice(i + 1)); }
   }
+  for (const p of Array.from(out)) if (languages[p]) out.add(languages[p]);
   return out;
 }
 
@@ -1126,6 +1127,7 @@ function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), 
 // The labels `spec` asks for, with their weights (summing to 1): {names, index, weights}.
 function resolveLabels(spec, labels) {
   const names = labels.names, counts = labels.counts, weights = new Float64Array(names.length);
+  const langs = labels.languages, known = new Set(Object.values(langs));
   if (!spec) counts.forEach((c, k) => { weights[k] = c; });
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
@@ -1133,13 +1135,17 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(Number.isFinite(w) && w > 0)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 (a blend: it=0.7,es=0.3)`);
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    const pieces = label.split(":");  // a name, else every label with each of these parts
-    const found = names.includes(label) ? [names.indexOf(label)]
-      : names.flatMap((n, k) => (pieces.every((p) => labelParts(n).has(p)) ? [k] : []));
+    // a name, else every label with each of these parts (a language's name in any case)
+    const pieces = label.split(":"), lower = (p) => (known.has(p.toLowerCase()) ? p.toLowerCase() : p);
+    const found = names.includes(label) ? [names.indexOf(label)] : names.flatMap((n, k) => {
+      const parts = labelParts(n, langs);
+      return pieces.every((p) => parts.has(p) || parts.has(lower(p))) ? [k] : [];
+    });
     if (!found.length) {
       const all = new Set(names);
-      for (const n of names) for (const p of labelParts(n)) all.add(p);
-      const close = Array.from(all).map((p) => [similarity(label, p), p]).filter(([r]) => r >= 0.5)
+      for (const n of names) for (const p of labelParts(n, langs)) all.add(p);
+      const term = all.has(label) ? label : label.toLowerCase();
+      const close = Array.from(all).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
         .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
       const hint = close.length ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${names.slice(0, 12).join(", ")}${names.length > 12 ? ", ..." : ""}`;
       throw new ChargenError(`unknown label '${label}'${hint} (its info lists them)`);
