@@ -510,7 +510,7 @@ def eval_command(
     model = load(checkpoint, backend=backend, device=device)
     for path in files:
         text = read_corpus([path]).text
-        with _scoring_bar("stdin" if path == "-" else path) as progress:
+        with _progress_bar("eval", "stdin" if path == "-" else path, 1.0) as progress:
             r = model.eval(text, skip_unknown=skip_unknown, lines=lines, progress=progress,
                            **({"label": label} if label else {}))
         r = {"file": "stdin" if path == "-" else path, **r}
@@ -524,19 +524,22 @@ def eval_command(
 
 
 @contextlib.contextmanager
-def _scoring_bar(name: str) -> Iterator[Optional[Callable[[float], None]]]:
-    """A bar on stderr while a file is scored, gone when it is (a labelled model's mixture of 248
-    labels scores 32,000 names in minutes); on a terminal only: a log or a pipe gets the result alone."""
+def _progress_bar(command: str, name: str, total: Optional[float],
+                  shown: bool = True) -> Iterator[Optional[Callable[[float], None]]]:
+    """A bar on stderr while `command` works through its input (`total`: the work, or None: lines
+    counted as they go), gone when it is done (a labelled model's mixture of 248 labels scores
+    32,000 names in minutes); on a terminal only, and if `shown`: a log or a pipe gets the results alone."""
     con = console()
-    if not con.is_terminal:
+    if not (shown and con.is_terminal):
         yield None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                  TimeRemainingColumn(), console=con, transient=True,
+    columns = [BarColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()] if total is not None \
+        else [TextColumn("{task.completed:,.0f} lines"), TimeElapsedColumn()]
+    with Progress(TextColumn(f"[bold]{command}[/] {{task.description}}"), *columns, console=con, transient=True,
                   redirect_stdout=False, redirect_stderr=False) as bar:  # stdout is for results only
-        task = bar.add_task(name, total=1.0)
+        task = bar.add_task(name, total=total)
         yield lambda done: bar.update(task, completed=done)
 
 
@@ -575,16 +578,23 @@ def score(
         if rest:
             yield rest
 
-    for s in model.score(lines(), skip_unknown=skip_unknown, label=label, by_label=by_label):
-        if output_format == "jsonl":
-            sys.stdout.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
-        else:
-            extra = ""
-            if s.by_label is not None:  # the likeliest first, at the same columns whatever the number of labels
-                extra = f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
-                extra += "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
-            sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n")
+    with _progress_bar("score", ", ".join(files or ["stdin"]), None, shown=not sys.stdout.isatty()) as progress:
+        for k, s in enumerate(model.score(lines(), skip_unknown=skip_unknown, label=label, by_label=by_label), 1):
+            _print_score(s, output_format)
+            if progress is not None and k % 256 == 0:
+                progress(k)
     sys.stdout.flush()
+
+
+def _print_score(s, output_format: str) -> None:  # a chargen.evaluation.Score
+    if output_format == "jsonl":
+        sys.stdout.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
+        return
+    extra = ""
+    if s.by_label is not None:  # the likeliest first, at the same columns whatever the number of labels
+        extra = f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
+        extra += "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
+    sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n")
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -339,3 +341,40 @@ def test_malicious_files_are_refused_by_every_command(tmp_path, names_file):
         assert_clean_error(run(["train", str(names_file), "--resume", str(run_dir), "--quiet"]), "never unpickles")
     assert not marker.exists()
     assert not (tmp_path / "t.json").exists()
+
+
+def test_eval_and_score_show_a_bar_on_a_terminal_and_keep_stdout_clean(tmp_path):
+    """With stderr on a terminal, eval and score (its output redirected) show how far they have
+    got there; stdout holds the results and nothing else (rich's bar would take stdout with it
+    unless told not to: STYLE.md's trap). In a pipe, stderr stays empty."""
+    import pty
+
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"{n}\n" for n in ["Giovanni", "Maria", "Νίκος", "Müller"] * 40), encoding="utf-8")
+    for args, bar in ((["eval", "base", str(names)], "eval"), (["score", "base", str(names)], "score")):
+        main, side = pty.openpty()
+        with tempfile.TemporaryFile() as stdout:
+            proc = subprocess.Popen([chargen_exe(), *args], stdout=stdout, stderr=side, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+            os.close(side)
+            seen = b""
+            while True:  # read the terminal as the command writes it (a full terminal would stop it)
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # the command has ended: all read
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            os.close(main)
+            assert proc.wait(120) == 0, seen
+            stdout.seek(0)
+            out = stdout.read().decode().splitlines()
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))  # without the terminal's codes
+        assert f"{bar} {names}" in shown and "Error" not in shown, shown
+        if bar == "eval":
+            assert len(out) == 1 and out[0].startswith(f"{names}: ") and "nats/char" in out[0], out
+        else:
+            assert len(out) == 160 and all(len(line.split("\t")) == 4 for line in out), out[:3]
+        piped = run(args)
+        assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout.decode().splitlines() == out
