@@ -212,3 +212,27 @@ def test_seeds_drawn_after_a_fork_are_the_childs_own():
     child = int(os.read(r, 100))
     os.close(r)
     assert child != seeds() and child != first
+
+
+@pytest.mark.parametrize("n", [10, 64, 65, 1000])
+def test_jobs_and_results_cross_to_a_worker_unchanged(trained_names, n):
+    """A job (Attempts) and its Results pickle for the pipe to a worker: a few attempts as Python
+    lists (cheaper for a server's small jobs), many as numpy arrays; either way they come back
+    equal, with their dtypes."""
+    import pickle
+
+    from chargen.sampling.engine import Results
+
+    model = chargen.load(trained_names)
+    job = next(model.drawings(n, seed=3, label=None)).next_attempts(n)
+    back = pickle.loads(pickle.dumps(job))
+    assert back.indices.dtype == np.int64 and back.indices.tolist() == job.indices.tolist()
+    assert type(back.key) is np.uint64 and back.key == job.key and back.cfg == job.cfg
+    rng = np.random.default_rng(n)
+    done = Results([f"n{i}" if i % 3 else None for i in range(n)], rng.normal(size=n), rng.integers(1, 9, n),
+                   rng.normal(size=n))
+    got = pickle.loads(pickle.dumps(done))
+    assert got.texts == done.texts
+    for name in ("logp", "scored", "kept"):
+        assert getattr(got, name).dtype == getattr(done, name).dtype
+        assert getattr(got, name).tolist() == getattr(done, name).tolist()

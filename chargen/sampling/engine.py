@@ -114,6 +114,14 @@ class Attempts:
         """Which of the prompt's primed rows each attempt starts from: (b,)."""
         return self.starts if self.starts is not None else np.zeros(len(self.indices), dtype=np.int64)
 
+    def __reduce__(self):
+        """As a worker process gets it (chargen.sampling.parallel): a server's step sends a few jobs
+        of a few attempts each, whose numpy key and index array cost more to pickle than Python's
+        ints (a step's message of 4 jobs: 39 -> 22 µs, and 25 -> 16 to load)."""
+        indices = self.indices.tolist() if len(self.indices) <= FEW else self.indices
+        return _attempts, (self.prompt_logits, self.prompt_state, indices, int(self.key), self.cfg, self.newline,
+                           self.steps, self.guide, self.on_char, self.starts)
+
 
 @dataclass
 class Results:
@@ -129,6 +137,25 @@ class Results:
     @classmethod
     def empty(cls, n: int) -> "Results":
         return cls([None] * n, np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n))
+
+    def __reduce__(self):
+        """As a worker process sends it back: a few attempts' values as Python lists (a server's step
+        ends jobs of a few rows each; 4 of them pickle in 7 µs so, 35 as numpy arrays)."""
+        if len(self.texts) > FEW:
+            return Results, (self.texts, self.logp, self.scored, self.kept)
+        return _results, (self.texts, self.logp.tolist(), self.scored.tolist(), self.kept.tolist())
+
+
+FEW = 64  # attempts a job holds at most to travel between processes as Python lists, not numpy arrays
+
+
+def _attempts(prompt_logits, prompt_state, indices, key, *rest) -> Attempts:
+    return Attempts(prompt_logits, prompt_state, np.asarray(indices, dtype=np.int64), np.uint64(key), *rest)
+
+
+def _results(texts, logp, scored, kept) -> Results:
+    return Results(texts, np.array(logp, dtype=np.float64), np.array(scored, dtype=np.int64),
+                   np.array(kept, dtype=np.float64))
 
 
 def _column(dtype: type) -> Any:
