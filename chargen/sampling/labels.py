@@ -47,6 +47,7 @@ LANGUAGES = {
     "uk": "ukrainian", "ur": "urdu", "uz": "uzbek", "vi": "vietnamese", "yo": "yoruba", "zh": "chinese",
     "zu": "zulu",
 }
+_NAMES = set(LANGUAGES.values())
 
 # An attempt's random stream at these "characters" (characters use 0, 1, 2, ...): the label it
 # draws (plain and rejection sampling), and a blend's two steps in the adaptive exact sampler
@@ -113,16 +114,13 @@ def _piece(piece: str) -> str:
     return piece.lower() if piece.lower() in _NAMES else piece
 
 
-_NAMES = set(LANGUAGES.values())
-
-
 def _matching(term: str, names: list[str]) -> list[int]:
     """A label by its name, else every label that has each of the term's ':'-separated parts
     (de:city: de_AT:city, de_CH:city, de_DE:city; greek:first: el_GR:first)."""
     if term in names:
         return [names.index(term)]
-    pieces = term.split(":")
-    return [i for i, name in enumerate(names) if all(p in _parts(name) or _piece(p) in _parts(name) for p in pieces)]
+    asked = [{p, _piece(p)} for p in term.split(":")]  # each piece as given, or a language's name in lower case
+    return [i for i, parts in enumerate(map(_parts, names)) if all(forms & parts for forms in asked)]
 
 
 def _unknown(term: str, names: list[str]) -> UsageError:
