@@ -483,6 +483,8 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     page.goto(html.as_uri())
     expect(page.locator("#status")).to_contain_text("Type a prompt")
     assert "WebAssembly SIMD" in page.text_content("#facts")  # the page's CSP lets the kernel compile
+    # the playground's controls (one definition), less what only a server does
+    assert page.locator("#rejection").count() == 1 and page.locator("#guided").count() == 0
     page.fill("#prompt", "Ma")
     page.fill("#n", "25")
     page.fill("#seed", "42")
@@ -493,18 +495,21 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     assert texts == [r["text"] for r in expected]
     page.click("#constraints summary")
     page.fill("#seed", "3")
-    # each constraint field in turn (contains: two texts, as the playground takes them)
-    for field, value, option in [("#endsWith", "a", {"endsWith": "a"}), ("#contains", "e, r", {"contains": ["e", "r"]}),
-                                 ("#regex", "Ma[a-z]*(e|n)", {"regex": "Ma[a-z]*(e|n)"})]:
+    # each constraint field in turn (contains: two texts, as the playground takes them), then plain rejection
+    for field, value, option in [("#ends_with", "a", {"endsWith": "a"}), ("#contains", "e, r", {"contains": ["e", "r"]}),
+                                 ("#regex", "Ma[a-z]*(e|n)", {"regex": "Ma[a-z]*(e|n)"}),
+                                 ("#min_len", "7", {"minLen": 7, "rejection": True})]:
         page.fill(field, value)
+        page.set_checked("#rejection", "rejection" in option)
         page.click("#go")
         expect(page.locator("#status")).to_contain_text("samples in")
         got = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
         assert got == [r["text"] for r in python_records(ckpt_path, {"n": 25, "seed": 3, "prompt": "Ma", **option})]
-        assert re.search(r"25 of \d+ draws kept · the constraints hold about [\d.e-]+ of the model's samples",
-                         page.text_content("#status")), page.text_content("#status")  # as chargen sample's note
+        held = "" if "rejection" in option else r" · the constraints hold about [\d.e-]+ of the model's samples"
+        assert re.search(r"25 of \d+ draws kept" + held + "$", page.text_content("#status").split(" · click")[0]), \
+            page.text_content("#status")  # as chargen sample's note (plain rejection has no estimate)
         page.fill(field, "")
-    page.fill("#endsWith", "Ω")
+    page.fill("#ends_with", "Ω")
     page.click("#go")
     expect(page.locator("#status")).to_have_class("muted error")
     assert "not in the model's vocabulary" in page.text_content("#status")

@@ -10,14 +10,15 @@ function number(id) {
 function options() {
   const o = { n: number("n") ?? 1, prompt: $("prompt").value, temperature: Number($("temperature").value),
               seed: $("seed").value.trim() === "" ? undefined : $("seed").value.trim(),
-              unique: $("unique").checked, topK: number("topK"), topP: number("topP") };
+              unique: $("unique").checked, topK: number("top_k"), topP: number("top_p") };
   if (page.labelled && $("label").value.trim()) o.label = $("label").value.trim();
   if (page.lineOriented) {
-    Object.assign(o, { minLen: number("minLen"), maxLen: number("maxLen"), endsWith: $("endsWith").value || undefined });
+    Object.assign(o, { minLen: number("min_len"), maxLen: number("max_len"), endsWith: $("ends_with").value || undefined });
     const contains = commaList("contains");
     if (contains.length) o.contains = contains;
     if ($("regex").value) o.regex = $("regex").value;
     if ($("novel").checked) o.novel = true;
+    if ($("rejection").checked) o.rejection = true;
   } else {
     o.length = number("length");
   }
