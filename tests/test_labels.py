@@ -159,6 +159,20 @@ def test_what_a_label_spec_asks_for():
         resolve_labels("german", names, counts)
     assert resolve_labels("Italian", ["Italian:poets", "it_IT:first", "en:first"], [1, 1, 1]).names == \
         ["Italian:poets", "it_IT:first"]  # a part as given, and a language's name
+    # Pieces apart by spaces too; a kind in the plural or in capitals; "names" where no label has it
+    assert asked("greek first names") == asked("Greek First") == asked("el:first") == {"el_GR:first": 1.0}
+    assert asked("Spanish Cities") == asked("es cities") == asked("es:city") and asked("italian surnames") == \
+        {"it_IT:surname": 1.0}
+    assert asked("IT") == asked("it") and len(asked("ES")) == 2  # codes keep their case: ES, a territory
+    with pytest.raises(chargen.UsageError, match="^unknown label 'italian cities': no label has all of italian, cities"):
+        resolve_labels("italian cities", names, counts)
+    with pytest.raises(chargen.UsageError, match="^unknown label 'greek poets': no label has 'poets'"):
+        resolve_labels("greek poets", names, counts)
+    with pytest.raises(chargen.UsageError, match="^unknown label 'names'"):  # a filler alone asks for nothing
+        resolve_labels("names", names, counts)
+    assert resolve_labels("names", ["names", "b"], [1, 1]).names == ["names"]  # a label's name is its name
+    with pytest.raises(chargen.UsageError, match="no label has all of first, names"):  # where a label has "names"
+        resolve_labels("first names", ["en:names", "en:first"], [1, 1])
 
 
 def test_tab_labels_from_stdin_train(tmp_path):

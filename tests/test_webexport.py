@@ -157,6 +157,7 @@ LABEL_CASES = [
     {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
     {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},
     {"n": 20, "seed": 11, "label": "Italian=0.5,greek:first=0.5"},  # languages by their English names
+    {"n": 20, "seed": 12, "label": "greek first names=0.5,Italian Surnames=0.5"},  # pieces apart by spaces, plurals
     {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
     {"n": 5, "seed": 8, "label": "el_GR:first=1,es_ES:city=1", "temperature": 0},
@@ -186,7 +187,8 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     ckpt = read_checkpoint(ckpt_path)
     module = tmp_path / "m.mjs"
     module.write_text(module_text(ckpt, Encoding("f32", True)))
-    bad = [{"n": 2, "label": "Itallian"}, {"n": 2, "label": "it_IT:frist"}, {"n": 2, "label": "it=x"}]
+    bad = [{"n": 2, "label": "greek cities"}, {"n": 2, "label": "italian poets"},
+           {"n": 2, "label": "Itallian"}, {"n": 2, "label": "it_IT:frist"}, {"n": 2, "label": "it=x"}]
     got = node_records(module, LABEL_CASES + bad)
     for case, js in zip(LABEL_CASES, got):
         assert "error" not in js, (case, js)
@@ -197,6 +199,8 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05
     assert "unknown label 'it_IT:frist'" in got[-2]["error"] and "it_IT:first" in got[-2]["error"]
     assert "unknown label 'Itallian'; close: italian" in got[-3]["error"]
+    assert "unknown label 'italian poets': no label has 'poets'" in got[-4]["error"]
+    assert "unknown label 'greek cities': no label has all of greek, cities" in got[-5]["error"]
     assert "weight" in got[-1]["error"]
 
 

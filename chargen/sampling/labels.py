@@ -6,6 +6,7 @@
                                 proportions of their training lines
     --label CH:first            de_CH:first and fr_CH:first (a territory, and a kind)
     --label greek:first         a language by its English name (any case) asks as its code: el:first
+    --label "greek surnames"    pieces apart by spaces too, and a kind in the plural: el:surname
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines
@@ -109,26 +110,48 @@ def _parts(name: str) -> set[str]:
     return own | {LANGUAGES[p] for p in own if p in LANGUAGES}
 
 
-def _piece(piece: str) -> str:
-    """A piece of a term as the parts hold it: a language's name in lower case (Greek: greek)."""
-    return piece.lower() if piece.lower() in _NAMES else piece
+def _pieces(term: str, parts: set[str]) -> list[str]:
+    """A term's pieces, separated by ':' or spaces (greek:surname, "greek surnames"), less the word
+    "name" or "names" where no label has it ("greek first names")."""
+    return [p for p in term.replace(":", " ").split(" ")
+            if p and not (p.lower() in ("name", "names") and not _forms(p) & parts)]
+
+
+def _forms(piece: str) -> set[str]:
+    """What a piece asks as: itself, and unless it is a code (it, IT: three letters or fewer) in
+    lower case and a plural as its singular (Greek: greek, Surnames: surname, cities: city); a
+    language's name in any case (Twi: twi)."""
+    low = piece.lower()
+    if len(piece) <= 3:
+        return {piece, low} if low in _NAMES else {piece}
+    return {piece, low, low[:-3] + "y" if low.endswith("ies") else low[:-1] if low.endswith("s") else low}
 
 
 def _matching(term: str, names: list[str]) -> list[int]:
-    """A label by its name, else every label that has each of the term's ':'-separated parts
-    (de:city: de_AT:city, de_CH:city, de_DE:city; greek:first: el_GR:first)."""
+    """A label by its name, else every label that has each of the term's pieces as a part
+    (de:city: de_AT:city, de_CH:city, de_DE:city; "greek first names": el_GR:first)."""
     if term in names:
         return [names.index(term)]
-    asked = [{p, _piece(p)} for p in term.split(":")]  # each piece as given, or a language's name in lower case
-    return [i for i, parts in enumerate(map(_parts, names)) if all(forms & parts for forms in asked)]
+    label_parts = [_parts(n) for n in names]
+    asked = [_forms(p) for p in _pieces(term, set().union(*label_parts))]
+    return [i for i, parts in enumerate(label_parts) if asked and all(forms & parts for forms in asked)]
 
 
 def _unknown(term: str, names: list[str]) -> UsageError:
-    parts = sorted(set().union(*map(_parts, names)) | set(names))
-    close = difflib.get_close_matches(term if term in parts else term.lower(), parts, n=5, cutoff=0.5)
+    """The error for a term no label answers: the close matches of the piece that no label has (or
+    of the whole term), or that its pieces are there but never together."""
+    parts = set().union(*map(_parts, names)) | set(names)
+    pieces = _pieces(term, parts)
+    missing = [p for p in pieces if not _forms(p) & parts]
+    if len(pieces) > 1 and not missing:
+        return UsageError(f"unknown label {term!r}: no label has all of {', '.join(pieces)} "
+                          f"(chargen info --labels lists them)")
+    look = missing[0] if len(pieces) > 1 else term
+    close = difflib.get_close_matches(look if look in parts else look.lower(), sorted(parts), n=5, cutoff=0.5)
+    where = f": no label has {look!r}" if look != term else ""
     hint = f"; close: {', '.join(close)}" if close else \
         f"; it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
-    return UsageError(f"unknown label {term!r}{hint} (chargen info --labels lists them)")
+    return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
 
 
 def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Optional[list[int]]) -> Optional[LabelMix]:

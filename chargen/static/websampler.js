@@ -1113,6 +1113,14 @@ function labelParts(name, languages) {
   return out;
 }
 
+// What a piece of a term asks as (labels.py's _forms): itself, and unless a code (3 letters or fewer)
+// in lower case and a plural as its singular; a language's name in any case.
+function labelForms(piece, known) {
+  const low = piece.toLowerCase();
+  if (piece.length <= 3) return known.has(low) ? [piece, low] : [piece];
+  return [piece, low, low.endsWith("ies") ? low.slice(0, -3) + "y" : low.endsWith("s") ? low.slice(0, -1) : low];
+}
+
 function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), as difflib's ratio roughly
   const x = Array.from(a), y = Array.from(b);
   let prev = new Array(y.length + 1).fill(0);
@@ -1135,20 +1143,21 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(Number.isFinite(w) && w > 0)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 (a blend: it=0.7,es=0.3)`);
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    // a name, else every label with each of these parts (a language's name in any case)
-    const pieces = label.split(":"), lower = (p) => (known.has(p.toLowerCase()) ? p.toLowerCase() : p);
-    const found = names.includes(label) ? [names.indexOf(label)] : names.flatMap((n, k) => {
-      const parts = labelParts(n, langs);
-      return pieces.every((p) => parts.has(p) || parts.has(lower(p))) ? [k] : [];
-    });
+    // a name, else every label with each of the term's pieces as a part (labelForms)
+    const partsOf = names.map((n) => labelParts(n, langs)), every = new Set(names);
+    for (const ps of partsOf) for (const p of ps) every.add(p);
+    const has = (p) => labelForms(p, known).some((f) => every.has(f));
+    const pieces = label.replace(/:/g, " ").split(" ").filter((p) => p && !(/^names?$/i.test(p) && !has(p)));
+    const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
+      pieces.every((p) => labelForms(p, known).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
     if (!found.length) {
-      const all = new Set(names);
-      for (const n of names) for (const p of labelParts(n, langs)) all.add(p);
-      const term = all.has(label) ? label : label.toLowerCase();
-      const close = Array.from(all).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
+      const missing = pieces.filter((p) => !has(p));
+      if (pieces.length > 1 && !missing.length) throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")} (its info lists them)`);
+      const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
+      const close = Array.from(every).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
         .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
       const hint = close.length ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${names.slice(0, 12).join(", ")}${names.length > 12 ? ", ..." : ""}`;
-      throw new ChargenError(`unknown label '${label}'${hint} (its info lists them)`);
+      throw new ChargenError(`unknown label '${label}'${look !== label ? `: no label has '${look}'` : ""}${hint} (its info lists them)`);
     }
     let within = 0;
     for (const k of found) within += counts[k];
