@@ -128,7 +128,9 @@ def test_line_orientation():
     # A few short lines are a list too (too short to train on as running text), one line is not.
     assert line_stats("Ada\nBo\nCyrielle\n").line_oriented()
     assert not line_stats("Ada\n").line_oriented()
-    assert not line_stats("Ada\nBo\n\nCyrielle\n").line_oriented()
+    assert not line_stats("Ada\nBo\n\nCyrielle\n").line_oriented()  # a blank line inside: paragraphs
+    assert line_stats("\nAda\nBo\nCyrielle\n\n\n").line_oriented()  # at either end: nothing said
+    assert not line_stats("\n\nAda\n\n").line_oriented()
 
 
 @given(n=st.integers(2, 2000), batch=st.integers(1, 9), seq=st.integers(1, 40), chunk=st.integers(1, 50),
@@ -207,3 +209,19 @@ def test_a_list_shorter_than_two_batches_trains_every_line_each_epoch():
     assert data.n_windows == 1 and data.line_batches.lines_per_batch == 50
     assert data.train_chars == len(text)  # every line and its newline, each epoch
     assert "the list is short: 50 lines a batch" in notes
+
+
+def test_empty_lines_at_a_lists_ends_change_nothing():
+    """Ten names and an empty line after them (an editor's habit) were prose: too short to train.
+    Empty lines at either end are no lines of the list: it trains as the names alone."""
+    from chargen.config import TrainConfig
+    from chargen.training.ingest import EncodedCorpus
+
+    names = "".join(f"{n}\n" for n in ("Ada", "Bo", "Cyrielle", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Jo"))
+    config = TrainConfig(batch_size=4, val_fraction=0.3)
+    plain = prepare_training_data(EncodedCorpus.from_text(names), config)
+    for text in (names + "\n", "\n" + names + "\n\n"):
+        data = prepare_training_data(EncodedCorpus.from_text(text), config)
+        assert data.line_oriented and data.line_batches is not None
+        assert [v.tolist() for v in data.val_lines] == [v.tolist() for v in plain.val_lines]
+        assert data.train_chars == plain.train_chars and data.training_lines == plain.training_lines

@@ -57,8 +57,10 @@ def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom):
 def _reference_line_oriented(text):
     """The rule written out directly on the lines (what LineStats computes from a histogram)."""
     lines = text.split("\n")
-    if lines and lines[-1] == "":
+    while lines and lines[-1] == "":  # empty lines at either end say nothing of paragraphs
         lines.pop()
+    while lines and lines[0] == "":
+        lines.pop(0)
     if len(lines) < 2:
         return False
     lengths = np.array([len(x) for x in lines])
@@ -73,6 +75,20 @@ def _reference_line_oriented(text):
 def test_line_statistics_match_the_rule(lengths, trailing):
     text = "\n".join("x" * n for n in lengths) + ("\n" if trailing else "")
     assert line_stats(text).line_oriented() == _reference_line_oriented(text)
+
+
+@given(lengths=st.lists(st.integers(0, 3), min_size=0, max_size=40), cuts=st.lists(st.integers(0, 120), max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_line_statistics_do_not_depend_on_the_chunks(lengths, cuts):
+    """A large file's statistics come chunk by chunk (empty lines at its ends too): the same as at once."""
+    from chargen.training.ingest import _LineCounter
+
+    text = "\n".join("x" * n for n in lengths)
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    counter = _LineCounter()
+    for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(cp)]):
+        counter.add(cp[min(a, len(cp)):min(max(a, b), len(cp))])
+    assert counter.finish().to_dict() == line_stats(text).to_dict()
 
 
 def test_large_file_in_many_chunks_and_error_offsets(tmp_path):

@@ -114,11 +114,9 @@ def shuffle_lines(text: str, seed: int) -> str:
 
 
 def list_lines(text: str) -> list[str]:
-    """A list's lines: its text split at newlines, less the empty string after a final newline."""
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return lines
+    """A list's lines: the non-empty lines of its text (an empty line is no name: it would train
+    nothing, and take a place among the lines held out)."""
+    return [line for line in text.split("\n") if line]
 
 
 def shuffled_order(n_lines: int, seed: int) -> list[int]:
@@ -507,7 +505,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         _check_labelled(corpus, config, val_text is not None, source)
     elif line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
         line_oriented = False
-        notice(f"a list of {corpus.line_stats.count:,} lines is too large to shuffle in memory; "
+        notice(f"a list of {corpus.line_stats.nonempty:,} lines is too large to shuffle in memory; "
                f"training on it as running text, in file order")
     # A large corpus is a cache file: the parts needed are read from it, not touched through its
     # memory map, which would pin megabytes of read-ahead per touch (see FileStreams).

@@ -105,7 +105,7 @@ def cross_validates(corpus: EncodedCorpus, given: dict[str, Any], val_file: Opti
         return False
     if given.get("line_mode") is False or any(k in given for k in CHOSEN_BY_USER):
         return False
-    return 2 <= corpus.line_stats.count <= CV_MAX_LINES
+    return 2 <= corpus.line_stats.nonempty <= CV_MAX_LINES
 
 
 def deal(order: list[int], k: int) -> list[list[int]]:

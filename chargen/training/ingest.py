@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .labels import LineLabels
 
 CHUNK_BYTES = 16 << 20
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # what an entry holds (2: its line statistics count the empty lines at either end)
 MAX_ENTRIES = 16
 BOM = b"\xef\xbb\xbf"
 MAX_CODEPOINT = 0x110000
@@ -196,12 +196,25 @@ class LineStats:
     histogram of non-empty line lengths (the last bucket is "LONG_LINE or longer")."""
 
     count: int = 0  # lines
-    nonempty: int = 0
+    nonempty: int = 0  # a list's lines (chargen.training.data.list_lines)
     hist: np.ndarray = field(default_factory=lambda: np.zeros(LONG_LINE + 1, dtype=np.int64))
+    leading: int = 0  # empty lines before the first non-empty one
+    trailing: int = 0  # empty lines after the last non-empty one (so far)
 
     def add_lengths(self, lengths: np.ndarray) -> None:
+        """The next lines' lengths (0: an empty line), in order."""
+        filled_at = np.flatnonzero(lengths > 0)
+        if not filled_at.size:
+            if self.nonempty:
+                self.trailing += len(lengths)
+            else:
+                self.leading += len(lengths)
+        else:
+            if not self.nonempty:
+                self.leading += int(filled_at[0])
+            self.trailing = len(lengths) - 1 - int(filled_at[-1])
         self.count += len(lengths)
-        filled = lengths[lengths > 0]
+        filled = lengths[filled_at]
         self.nonempty += len(filled)
         self.hist += np.bincount(np.minimum(filled, LONG_LINE), minlength=LONG_LINE + 1)
 
@@ -221,19 +234,24 @@ class LineStats:
     def line_oriented(self) -> bool:
         """A corpus of short, non-empty lines (names, band names, titles), not prose or code:
         at least two lines, 95% of them non-empty (prose and code have blank lines between
-        paragraphs and blocks), median length <= 32 and 95th percentile (the lower rank) <= 64.
-        (A few short lines are too short to train on as running text anyway: one window needs
-        --seq-len + 1 characters; as a list they adapt a trained model.)"""
-        if self.count < 2 or self.nonempty / self.count < 0.95:
+        paragraphs and blocks; empty lines before the first line and after the last say nothing
+        of that, and are not counted: a short list often ends with one), median length <= 32 and
+        95th percentile (the lower rank) <= 64. (A few short lines are too short to train on as
+        running text anyway: one window needs --seq-len + 1 characters; as a list they adapt a
+        trained model.)"""
+        inner = self.count - self.leading - self.trailing
+        if inner < 2 or self.nonempty / inner < 0.95:
             return False
         return self._median() <= 32 and self._percentile_lower(95) <= 64
 
     def to_dict(self) -> dict:
-        return {"lines": self.count, "nonempty": self.nonempty, "hist": self.hist.tolist()}  # the cache's key: "lines"
+        return {"lines": self.count, "nonempty": self.nonempty, "hist": self.hist.tolist(),  # the cache's key: "lines"
+                "leading": self.leading, "trailing": self.trailing}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LineStats":
-        return cls(int(d["lines"]), int(d["nonempty"]), np.array(d["hist"], dtype=np.int64))
+        return cls(int(d["lines"]), int(d["nonempty"]), np.array(d["hist"], dtype=np.int64), int(d["leading"]),
+                   int(d["trailing"]))
 
 
 class _LineCounter:

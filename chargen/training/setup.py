@@ -122,7 +122,7 @@ def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
 
     if any(k in model_options for k in ARCHITECTURE) or not corpus.line_stats.line_oriented():
         return None
-    if corpus.line_stats.count > DEFAULT_FROM_MAX_LINES:
+    if corpus.line_stats.nonempty > DEFAULT_FROM_MAX_LINES:
         return None
     try:
         base = read_checkpoint(bundled_checkpoint(DEFAULT_FROM), prefer=BEST)
@@ -130,7 +130,7 @@ def _default_base(corpus, model_options: dict[str, Any], callbacks, dist):
         return None  # an install without the bundled model trains from scratch
     notice = _notice(callbacks, dist)
     if notice is not None:
-        notice(f"a list of {corpus.line_stats.count:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
+        notice(f"a list of {corpus.line_stats.nonempty:,} lines: starting from the bundled {DEFAULT_FROM} model, which "
                f"beats training from scratch on lists up to {DEFAULT_FROM_MAX_LINES:,} lines; --from none trains "
                f"from scratch")
     return base
@@ -149,7 +149,7 @@ def _finetune_options(base, corpus, model_options: dict[str, Any], loop_options:
     """The base model's shape, training options suited to adapting it for those left unset, and
     whether the run's length is to be chosen by cross-validation (chargen.training.folds)."""
 
-    auto = finetune_defaults(corpus.n_chars, corpus.line_stats.count if is_list(corpus) else None,
+    auto = finetune_defaults(corpus.n_chars, corpus.line_stats.nonempty if is_list(corpus) else None,
                              {**model_options, **loop_options})
     folds = cross_validates(corpus, loop_options, val_file, dist is not None)
     if folds:  # the held-out lines and the stopping they are for give way to the folds
@@ -174,7 +174,7 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, closest
     """The run's length chosen by k-fold cross-validation on the list (chargen.training.folds): the
     config that trains every line that long, holding none out, and the record of the choice."""
     notice = _notice(callbacks, None)
-    n = corpus.line_stats.count
+    n = corpus.line_stats.nonempty
     if notice is not None:
         notice(f"a list of {n:,} lines: choosing how many steps to adapt by "
                f"{fold_count(n)}-fold cross-validation (each line held out once)")
