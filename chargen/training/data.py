@@ -499,92 +499,114 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
     vocab = corpus.vocab
-    labels = corpus.labels
     line_oriented = is_list(corpus)
-    if labels is not None:
+    if corpus.labels is not None:
         _check_labelled(corpus, config, val_text is not None, source)
     elif line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
         line_oriented = False
         notice(f"a list of {corpus.line_stats.nonempty:,} lines is too large to shuffle in memory; "
                f"training on it as running text, in file order")
+    if holdout is not None and (val_text is not None or not line_oriented):
+        raise ValueError("holdout: the lines of a list, instead of a validation text")
     # A large corpus is a cache file: the parts needed are read from it, not touched through its
     # memory map, which would pin megabytes of read-ahead per touch (see FileStreams).
     from_file = corpus.cache_file if isinstance(corpus.ids, np.memmap) and not line_oriented else None
+    split = _split(corpus, config, val_text, holdout, line_oriented, from_file)
 
-    def head(part: np.ndarray, offset: Optional[int], n: int) -> np.ndarray:
-        """part[:n] in memory; `part` starts at `offset` in the corpus (None: it is not the corpus's)."""
-        n = min(n, len(part))
-        if from_file is not None and offset is not None:
-            return read_ids(from_file, part.dtype, offset, offset + n)
-        return np.asarray(part[:n])
-
-    if holdout is not None and (val_text is not None or not line_oriented):
-        raise ValueError("holdout: the lines of a list, instead of a validation text")
-    training_lines, val_part, val_offset, val_labels = None, None, None, None
-    if line_oriented:
-        text, val_part, labels, val_labels, training_lines = _split_list(corpus, config, val_text is not None, holdout)
-        train_ids = vocab.encode(text)
-    elif val_text is None:
-        # Running text is split in place: the ids may be a memory-mapped file larger than memory.
-        ids = corpus.ids
-        newline = vocab.index.get("\n")
-
-        def find_newline(lo: int, hi: int) -> int:
-            if newline is None or hi <= lo:
-                return -1
-            near = np.flatnonzero(head(ids[lo:hi], lo, hi - lo) == newline)
-            return lo + int(near[0]) if near.size else -1
-
-        cut = split_point(len(ids), config.val_fraction, find_newline)
-        train_ids, val_ids, val_offset = ids[:cut], ids[cut:], cut
-    else:
-        train_ids = corpus.ids
-    if val_text is not None:
-        val_ids = vocab.encode(val_text, skip_unknown=True)
-    elif val_part is not None:
-        val_ids = vocab.encode(val_part)
     line_batches = None
     if line_oriented and config.line_mode is not False:
-        line_batches = _line_batches(text, vocab, config, source, rank, world, notice,
-                                     labels.of_line if labels is not None else None)  # text: the training lines
-    batch_size = check_trainable(len(train_ids), config.seq_len, config.batch_size, source) \
+        line_batches = _line_batches(split.text, vocab, config, source, rank, world, notice,
+                                     split.labels.of_line if split.labels is not None else None)
+    batch_size = check_trainable(len(split.train_ids), config.seq_len, config.batch_size, source) \
         if line_batches is None else config.batch_size
-    if len(val_ids) < 2 and (val_text is not None or config.val_fraction > 0):
-        raise CorpusError(f"{source} is too short for validation: its validation part has {len(val_ids)} "
+    if len(split.val_ids) < 2 and (val_text is not None or config.val_fraction > 0):
+        raise CorpusError(f"{source} is too short for validation: its validation part has {len(split.val_ids)} "
                           f"character(s); use a longer corpus, a larger `val_fraction` or `val_file`")
     batch_size = _shared_out(batch_size, config.batch_size, world, source)
     if batch_size < config.batch_size:
         notice(f"the corpus is short: using {batch_size} streams instead of --batch-size {config.batch_size}")
     # (B, L): the global layout, whatever the world size; none in line mode (the lines are in line_batches)
-    layout = stream_view(train_ids if line_batches is None else train_ids[:0], batch_size)
+    layout = stream_view(split.train_ids if line_batches is None else split.train_ids[:0], batch_size)
     rows = shard(batch_size, rank, world)  # this process's streams: a contiguous block of B / world
     if from_file is not None:  # the same layout, read from the file (train_ids is a prefix of it)
-        streams = FileStreams(from_file, train_ids.dtype, batch_size, layout.shape[1], rows=rows)
+        streams = FileStreams(from_file, split.train_ids.dtype, batch_size, layout.shape[1], rows=rows)
     else:
         streams = layout[rows]
 
-    val_head = head(val_ids, val_offset, config.eval_chars)
-    val_lines = None
+    val_head = _head(split.val_ids, split.val_offset, config.eval_chars, from_file).astype(np.int64)
+    val_lines, val_labels = None, None
     if line_oriented:
         # A list is scored line by line from its start-of-line state, as it samples; carrying the
         # state over from the previous (unrelated) line would flatter it.
         val_lines = line_ids(vocab, vocab.decode(val_head))
-        if val_labels is not None:
-            val_labels = val_labels[: len(val_lines)][shard(len(val_lines), rank, world)]
+        if split.val_labels is not None:
+            val_labels = split.val_labels[: len(val_lines)][shard(len(val_lines), rank, world)]
         val_lines = val_lines[shard(len(val_lines), rank, world)]
-    stream_ids = val_head.astype(np.int64)
+    train_head = _head(split.train_ids, 0, max(START_STATE_CHARS, UNIGRAM_CHARS), from_file)
     return TrainData(
         vocab=vocab, source=source,
         digest=corpus.digest if val_text is None else text_digest(corpus.digest + val_text),
         line_oriented=line_oriented, streams=streams, rows=rows, batch_size=batch_size,
         n_windows=len(line_batches.seqs) if line_batches else windows_per_epoch(layout, config.seq_len),
         seq_len=config.seq_len,
-        train_chars=line_batches.chars if line_batches else int(len(train_ids)), val_chars=int(len(val_ids)),
-        val_ids=stream_ids[shard(stream_ids.size, rank, world)], val_lines=val_lines,
-        start_ids=head(train_ids, 0, START_STATE_CHARS).astype(np.int64),
-        unigram_entropy=unigram_entropy(head(train_ids, 0, UNIGRAM_CHARS), len(vocab)),
-        training_lines=training_lines, line_batches=line_batches, labels=labels, val_labels=val_labels,
+        train_chars=line_batches.chars if line_batches else int(len(split.train_ids)),
+        val_chars=int(len(split.val_ids)),
+        val_ids=val_head[shard(val_head.size, rank, world)], val_lines=val_lines,
+        start_ids=train_head[:START_STATE_CHARS].astype(np.int64),
+        unigram_entropy=unigram_entropy(train_head[:UNIGRAM_CHARS], len(vocab)),
+        training_lines=split.training_lines, line_batches=line_batches, labels=split.labels, val_labels=val_labels,
     )
+
+
+@dataclass
+class _Split:
+    """A corpus split for training: its training ids, its validation ids and where they start in
+    the corpus's ids (None: they are not the corpus's own); for a list, its training lines shuffled
+    (`text`), their distinct lines (for `sample --novel`) and, labelled, the training and
+    validation lines' labels."""
+
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    val_offset: Optional[int] = None
+    text: Optional[str] = None
+    training_lines: Optional[list[str]] = None
+    labels: Optional[LineLabels] = None
+    val_labels: Optional[np.ndarray] = None
+
+
+def _split(corpus: EncodedCorpus, config, val_text: Optional[str], holdout: Optional[Sequence[int]],
+           line_oriented: bool, from_file: Optional[Path]) -> _Split:
+    """Training and validation parts: a list's shuffled lines, running text cut at a newline near
+    the end (in place: the ids may be a memory-mapped file larger than memory), or all of the
+    corpus with `val_text` beside it."""
+    vocab = corpus.vocab
+    given = vocab.encode(val_text, skip_unknown=True) if val_text is not None else None
+    if line_oriented:
+        text, val_part, labels, val_labels, training_lines = _split_list(corpus, config, given is not None, holdout)
+        return _Split(vocab.encode(text), given if given is not None else vocab.encode(val_part), None, text,
+                      training_lines, labels, val_labels)
+    if given is not None:
+        return _Split(corpus.ids, given)
+    ids = corpus.ids
+    newline = vocab.index.get("\n")
+
+    def find_newline(lo: int, hi: int) -> int:
+        if newline is None or hi <= lo:
+            return -1
+        near = np.flatnonzero(_head(ids[lo:hi], lo, hi - lo, from_file) == newline)
+        return lo + int(near[0]) if near.size else -1
+
+    cut = split_point(len(ids), config.val_fraction, find_newline)
+    return _Split(ids[:cut], ids[cut:], cut)
+
+
+def _head(part: np.ndarray, offset: Optional[int], n: int, from_file: Optional[Path]) -> np.ndarray:
+    """part[:n] in memory; `part` starts at `offset` in the corpus's ids (None: it is not the
+    corpus's), read from `from_file`, the corpus's cache file, where there is one."""
+    n = min(n, len(part))
+    if from_file is not None and offset is not None:
+        return read_ids(from_file, part.dtype, offset, offset + n)
+    return np.asarray(part[:n])
 
 
 def _shared_out(batch_size: int, asked: int, world: int, source: str) -> int:
