@@ -164,7 +164,8 @@ def test_what_a_label_spec_asks_for():
     assert asked("Spanish Cities") == asked("es cities") == asked("es:city") and asked("italian surnames") == \
         {"it_IT:surname": 1.0}
     assert asked("IT") == asked("it") and len(asked("ES")) == 2  # codes keep their case: ES, a territory
-    with pytest.raises(chargen.UsageError, match="^unknown label 'italian cities': no label has all of italian, cities"):
+    with pytest.raises(chargen.UsageError, match="^unknown label 'italian cities': no label has all of italian, cities; "
+                                                 "italian: it_IT:first, it_IT:surname "):
         resolve_labels("italian cities", names, counts)
     with pytest.raises(chargen.UsageError, match="^unknown label 'greek poets': no label has 'poets'"):
         resolve_labels("greek poets", names, counts)

@@ -200,7 +200,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     assert "unknown label 'it_IT:frist'" in got[-2]["error"] and "it_IT:first" in got[-2]["error"]
     assert "unknown label 'Itallian'; close: italian" in got[-3]["error"]
     assert "unknown label 'italian poets': no label has 'poets'" in got[-4]["error"]
-    assert "unknown label 'greek cities': no label has all of greek, cities" in got[-5]["error"]
+    assert "unknown label 'greek cities': no label has all of greek, cities; greek: el_GR:first " in got[-5]["error"]
     assert "weight" in got[-1]["error"]
 
 

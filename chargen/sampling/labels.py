@@ -144,7 +144,9 @@ def _unknown(term: str, names: list[str]) -> UsageError:
     pieces = _pieces(term, parts)
     missing = [p for p in pieces if not _forms(p) & parts]
     if len(pieces) > 1 and not missing:
-        return UsageError(f"unknown label {term!r}: no label has all of {', '.join(pieces)} "
+        first = _matching(pieces[0], names)
+        shown = ", ".join(names[i] for i in first[:8]) + (", ..." if len(first) > 8 else "")
+        return UsageError(f"unknown label {term!r}: no label has all of {', '.join(pieces)}; {pieces[0]}: {shown} "
                           f"(chargen info --labels lists them)")
     look = missing[0] if len(pieces) > 1 else term
     close = difflib.get_close_matches(look if look in parts else look.lower(), sorted(parts), n=5, cutoff=0.5)

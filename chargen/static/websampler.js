@@ -1152,7 +1152,11 @@ function resolveLabels(spec, labels) {
       pieces.every((p) => labelForms(p, known).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
     if (!found.length) {
       const missing = pieces.filter((p) => !has(p));
-      if (pieces.length > 1 && !missing.length) throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")} (its info lists them)`);
+      if (pieces.length > 1 && !missing.length) {
+        const first = names.filter((n, k) => labelForms(pieces[0], known).some((f) => partsOf[k].has(f)));
+        throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")}; ${pieces[0]}: ` +
+                               `${first.slice(0, 8).join(", ")}${first.length > 8 ? ", ..." : ""} (its info lists them)`);
+      }
       const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
       const close = Array.from(every).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
         .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
