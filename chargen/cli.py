@@ -380,6 +380,7 @@ def sample(
     num = options.pop("num", 1)
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
     prompts = _read_prompts() if prompt == "-" else [prompt]
+    _label_note(model, options.get("label"))
     out = _Output()
     stats = SampleStats()
     streaming = constrained = False
@@ -397,6 +398,18 @@ def sample(
     note = stats.constraints_note(len(prompts)) if constrained and not options.get("guided") else None
     if note:
         console().print(note, highlight=False, markup=False, soft_wrap=True)
+
+
+def _label_note(model, label: Optional[str]) -> None:
+    """Which labels a --label that asks for several draws from, and how much of each: `--label
+    greek` is mostly Greek places, by their share of the training lines."""
+    mix = model.label_mix(label) if label and model.labels else None
+    if mix is None or len(mix.names) < 2:
+        return
+    order = sorted(range(len(mix.names)), key=lambda i: -mix.weights[i])
+    shares = ", ".join(f"{mix.names[i]} {mix.weights[i]:.2g}" for i in order[:6]) + (", ..." if len(order) > 6 else "")
+    console().print(f"note: --label {label} draws from {len(mix.names)} labels: {shares}", highlight=False,
+                    markup=False, soft_wrap=True)
 
 
 def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constrained: bool, lines: bool,
