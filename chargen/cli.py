@@ -401,10 +401,10 @@ def sample(
 
 
 def _label_note(model, label: Optional[str]) -> None:
-    """Which labels a --label that asks for several draws from, and how much of each: `--label
-    greek` is mostly Greek places, by their share of the training lines."""
+    """Which labels a --label whose terms ask for more labels than they name draws from, and how
+    much of each: `--label greek` is mostly Greek places, by their share of the training lines."""
     mix = model.label_mix(label) if label and model.labels else None
-    if mix is None or len(mix.names) < 2:
+    if mix is None or len(mix.names) <= len(label.split(",")):
         return
     order = sorted(range(len(mix.names)), key=lambda i: -mix.weights[i])
     shares = ", ".join(f"{mix.names[i]} {mix.weights[i]:.2g}" for i in order[:6]) + (", ..." if len(order) > 6 else "")
