@@ -400,6 +400,24 @@ def sample(
         console().print(note, highlight=False, markup=False, soft_wrap=True)
 
 
+def _labels_row(labels: dict) -> str:
+    """A labelled model's labels in `info`: each with its lines and held-out loss, or where there
+    are many, what --label can ask for by a part (their kinds and languages)."""
+    from .sampling.labels import label_kinds, label_languages
+
+    names = labels["names"]
+    kinds, languages = label_kinds(names), sorted(label_languages(names).values())
+    if len(names) > 12 and (kinds or languages):
+        asked = "; ".join(part for part in (f"kinds {', '.join(kinds)}" if kinds else "",
+                                            f"languages {', '.join(languages)}" if languages else "") if part)
+        return (f"{len(names)}: {asked} (--label asks by a name or by parts: --label greek, --label surname, "
+                f"--label \"german cities\"; chargen info --labels lists them all)")
+    shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
+             + ")" for n, c in zip(names, labels["lines"])]
+    return (f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
+            + " (sample with --label; chargen info --labels lists all)")
+
+
 def _label_note(model, label: Optional[str]) -> None:
     """Which labels a --label whose terms ask for more labels than they name draws from, and how
     much of each: `--label greek` is mostly Greek places, by their share of the training lines."""
@@ -717,10 +735,7 @@ def info(
     t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
     t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
     if labels:
-        shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
-                 + ")" for n, c in zip(labels["names"], labels["lines"])]
-        t.add_row("labels", f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
-                  + " (sample with --label; chargen info --labels lists all)")
+        t.add_row("labels", _labels_row(labels))
     if meta.get("step") is not None:
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
     for row, key in (("val loss", "val_loss"), ("best val loss", "best_val_loss")):  # --val-fraction 0: none

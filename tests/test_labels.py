@@ -320,3 +320,10 @@ def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy,
     np.testing.assert_array_equal([t[2] for t in tuned.checkpoint.start_state], [t[0] for t in base.checkpoint.start_state])
     assert tuned.checkpoint.info["from"]["start_labels"] == {"abz": "abc"}  # recorded, and told (the notice)
 
+
+
+def test_info_on_many_labels_says_what_a_label_can_ask_for():
+    """248 labels listed a dozen at a time said little; their kinds and languages say what to ask."""
+    shown = " ".join(run(["info", "base"]).stdout.decode().replace("│", " ").split())
+    assert "248: kinds city, country, first, region, street, surname; languages arabic, armenian," in shown
+    assert "greek" in shown and "it_IT:first" not in shown

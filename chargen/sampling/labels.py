@@ -97,6 +97,11 @@ def label_languages(names: list[str]) -> dict[str, str]:
     return {code: LANGUAGES[code] for code in sorted(set().union(*map(_own_parts, names))) if code in LANGUAGES}
 
 
+def label_kinds(names: list[str]) -> list[str]:
+    """The kinds among these labels: their last ':'-separated parts (first, surname, city...)."""
+    return sorted({n.rsplit(":", 1)[1] for n in names if ":" in n})
+
+
 def _own_parts(name: str) -> set[str]:
     """A label's ':'-separated parts, and a locale's language and territory (el_GR:first: el_GR,
     first, el and GR)."""
