@@ -321,12 +321,12 @@ def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
 def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None) -> str:
     worker = _sampler_script(ckpt, encoding) + "\n" + _script("webpage-worker.js")
     name = title or (ckpt.info.get("corpus") or ckpt.path.stem)
-    page = _static("webpage.html")
-    fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _static("playground.css"),
+    page = _dedented(_static("webpage.html"))
+    fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _dedented(_static("playground.css")),
              "label_picker": _playground_part('<div class="for-labels"'),
              "constraints": _playground_part('<details class="for-lines" id="constraints">'),
              "advanced": _playground_part('<details class="for-sample">'),
-             "page_css": _static("webpage.css"), "worker": worker.replace("</script", "<\\/script"),
+             "page_css": _dedented(_static("webpage.css")), "worker": worker.replace("</script", "<\\/script"),
              "script": _script("ui.js") + "\n" + _script("webpage.js"), "temperature": str(SampleConfig().temperature)}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)
 
@@ -335,7 +335,13 @@ def _playground_part(opening: str) -> str:
     """A part of the playground's form that the page shows too (one definition of its controls):
     the lines from `opening` to the closing tag at its indentation, less its `server-only` controls."""
     block = re.search(r"\n( *)" + re.escape(opening) + r".*?\n\1</\w+>\n", _static("playground.html"), re.S).group(0)[1:]
-    return re.sub(r'\n *<label class="[^"]*\bserver-only\b[^"]*">.*?</label>', "", block, flags=re.S)
+    return _dedented(re.sub(r'\n *<label class="[^"]*\bserver-only\b[^"]*">.*?</label>', "", block, flags=re.S))
+
+
+def _dedented(text: str) -> str:
+    """HTML or CSS without its lines' indentation (the names page's size budget): it means nothing
+    to a browser there (the page's one <pre> is empty)."""
+    return "\n".join(line.lstrip(" ") for line in text.split("\n"))
 
 
 def _html(text: str) -> str:

@@ -597,7 +597,7 @@ def test_a_labelled_model_takes_a_label_everywhere(trained_labels):
     try:
         with TestClient(build_app(served, config), base_url="http://localhost") as c:
             info = c.get("/v1/models").json()["models"][0]
-            assert info["labels"]["names"] == ["abc", "xyz"]
+            assert info["labels"]["names"] == ["abc", "xyz"] and info["labels"]["languages"] == {}  # none is a language
             body = {"model": "kinds", "n": 20, "seed": 3, "label": "abc=0.4,xyz=0.6", "max_len": 5}
             got = post(c, "/v1/sample", body).json()["samples"]
             assert_same_records(got, records(model, 20, seed=3, label="abc=0.4,xyz=0.6", max_len=5, constrained=True))
