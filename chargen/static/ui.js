@@ -14,15 +14,15 @@ function commaList(id) {
   return ($(id).value || "").split(",").map((s) => s.trim()).filter(Boolean);
 }
 
-// What drawing the samples cost, for the status line (as chargen sample's note on stderr): the
-// draws kept of those made, and under the adaptive exact sampler what the draws say of how much
-// of the model's samples the constraints hold.
 // The label field's suggestions: the languages and the kinds a label is asked by, then the labels.
 function labelChoices(names, languages) {
   const kinds = names.filter((n) => n.includes(":")).map((n) => n.slice(n.lastIndexOf(":") + 1)).sort();
   return [...new Set([...Object.values(languages || {}).sort(), ...kinds, ...names])];
 }
 
+// What drawing the samples cost, for the status line (as chargen sample's note on stderr): the
+// draws kept of those made, and under the adaptive exact sampler what the draws say of how much
+// of the model's samples the constraints hold.
 function drawsNote(samples, draws, accepted) {
   if (!(draws > samples.length)) return "";
   const last = samples[samples.length - 1];
