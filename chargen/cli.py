@@ -57,6 +57,24 @@ _CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
 LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
 
 
+def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
+    """`--label <TAB>` (with the shell's completion installed: chargen --install-completion): the
+    model's languages, kinds and labels that start with what is typed, the last term of a blend
+    completed; the model is -c or the CHECKPOINT argument, else the default. Nothing where it
+    cannot be read: a completion never fails."""
+    from .checkpoint import checkpoint_path, default_checkpoint, read_checkpoint
+    from .sampling.labels import label_kinds, label_languages
+
+    try:
+        spec = ctx.params.get("checkpoint") or (ctx.args[0] if ctx.args else None)  # (a half-parsed argument)
+        names = read_checkpoint(checkpoint_path(spec) if spec else default_checkpoint()).labels or []
+    except Exception:  # noqa: BLE001 - a half-typed path, a file that is no checkpoint: no suggestions
+        return []
+    head, comma, last = incomplete.rpartition(",")
+    choices = dict.fromkeys([*sorted(set(label_languages(names).values())), *label_kinds(names), *names])
+    return [head + comma + c for c in choices if c.startswith(last)]
+
+
 def spelling(name: str) -> str:
     """How the command line spells an option named in a message: its flag (`-n/--num`, `--from`)."""
     for cls in _CONFIGS:
@@ -73,7 +91,8 @@ def _typer_option(d: Declared, hint: Any, cli_default: Any) -> inspect.Parameter
     default = d.opt.default_help or (d.default if shown else "")
     help_text = d.opt.help + (f" [default: {default}]" if default != "" else "")
     flags = d.opt.flags  # none given: Typer derives --kebab-name (and --no-x for a switch)
-    option = typer.Option(*flags, help=help_text, rich_help_panel=d.opt.panel or None, show_default=False)
+    option = typer.Option(*flags, help=help_text, rich_help_panel=d.opt.panel or None, show_default=False,
+                          autocompletion=complete_label if d.name == "label" else None)
     return inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=cli_default,
                              annotation=Annotated[hint, option])
 
@@ -529,7 +548,7 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
-    label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False)] = None,
+    label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False, autocompletion=complete_label)] = None,
 ) -> None:
     """Score text with a model: loss in nats and bits per character, and perplexity.
 
@@ -583,7 +602,7 @@ def score(
     files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line, or - for stdin. [default: stdin]", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
-    label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False)] = None,
+    label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False, autocompletion=complete_label)] = None,
     by_label: Annotated[bool, typer.Option("--by-label", help="A labelled model: also the likeliest label with its probability and the log-probability under each label (text: columns 5 and 6, then LABEL=logp columns).")] = False,
 ) -> None:
     """Score lines: each one's log-probability under the model, one output line per input line.

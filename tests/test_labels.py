@@ -327,3 +327,20 @@ def test_info_on_many_labels_says_what_a_label_can_ask_for():
     shown = " ".join(run(["info", "base"]).stdout.decode().replace("│", " ").split())
     assert "248: kinds city, country, first, region, street, surname; languages arabic, armenian," in shown
     assert "greek" in shown and "it_IT:first" not in shown
+
+
+def test_label_completes_in_the_shell_from_the_models_languages_kinds_and_labels(tmp_path):
+    """`--label <TAB>` (bash's completion, as `chargen --install-completion` sets it up)."""
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        proc = run([], env={"_CHARGEN_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)})
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+        return proc.stdout.decode().split()
+
+    assert complete("chargen sample -c base --label gre") == ["greek"]
+    assert complete("chargen sample -c base --label it=0.5,sur") == ["it=0.5,surname"]  # a blend's last term
+    assert complete("chargen score base --label el_GR:f") == ["el_GR:first"]  # the checkpoint as an argument
+    assert "city" in complete("chargen eval base --label ") and "greek" in complete("chargen eval base --label ")
+    assert complete("chargen sample --label x") == []  # the names model has no labels
+    assert complete(f"chargen sample -c {tmp_path / 'none'} --label a") == []  # no checkpoint: no suggestions
