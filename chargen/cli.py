@@ -439,14 +439,37 @@ def _labels_row(labels: dict) -> str:
 
 def _label_note(model, label: Optional[str]) -> None:
     """Which labels a --label whose terms ask for more labels than they name draws from, and how
-    much of each: `--label greek` is mostly Greek places, by their share of the training lines."""
-    mix = model.label_mix(label) if label and model.labels else None
-    if mix is None or len(mix.names) <= len(label.split(",")):
+    much of each: `--label greek` is mostly Greek places, by their share of the training lines.
+    With no --label, on a terminal: that there are labels to ask for (a new user's `chargen sample
+    -c base` mixes every language and script)."""
+    if not model.labels:
+        return
+    if not label:
+        if sys.stderr.isatty():
+            console().print(f"note: this model has {len(model.labels)} labels and with no --label draws from all of "
+                            f"them, as trained; ask for some: {_label_examples(model)} (chargen info lists them)",
+                            highlight=False, markup=False, soft_wrap=True)
+        return
+    mix = model.label_mix(label)
+    if len(mix.names) <= len(label.split(",")):
         return
     order = sorted(range(len(mix.names)), key=lambda i: -mix.weights[i])
     shares = ", ".join(f"{mix.names[i]} {mix.weights[i]:.2g}" for i in order[:6]) + (", ..." if len(order) > 6 else "")
     console().print(f"note: --label {label} draws from {len(mix.names)} labels: {shares}", highlight=False,
                     markup=False, soft_wrap=True)
+
+
+def _label_examples(model) -> str:
+    """--label examples from the model's largest label: its language, then its language and kind in
+    words ("english first"); else its name."""
+    from .sampling.labels import label_languages
+
+    largest = max(zip(model.checkpoint.label_counts, model.labels))[1]
+    language = next(iter(label_languages([largest]).values()), None)
+    kind = largest.rsplit(":", 1)[1] if ":" in largest else None
+    if language is None:
+        return f"--label {largest}"
+    return f"--label {language}" + (f', --label "{language} {kind}"' if kind else "")
 
 
 def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constrained: bool, lines: bool,
