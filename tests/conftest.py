@@ -46,6 +46,31 @@ def run(args: list[str], *, input: bytes | None = None, env: dict | None = None,
                           timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
 
 
+def run_on_terminal(args: list[str], stdout_path: Path, columns: int = 100, timeout: float = 120) -> tuple[int, str]:
+    """Run the installed chargen command with stderr on a pseudo-terminal and stdout into
+    `stdout_path`: its exit code, and what the terminal showed without the terminal's codes."""
+    import pty
+    import re
+
+    main, side = pty.openpty()
+    with open(stdout_path, "wb") as stdout:
+        proc = subprocess.Popen([chargen_exe(), *args], stdout=stdout, stderr=side, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "TERM": "xterm", "COLUMNS": str(columns)})
+        os.close(side)
+        seen = b""
+        while True:  # read the terminal as the command writes it (a full terminal would stop it)
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the command has ended: all read
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(main)
+        code = proc.wait(timeout)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+
+
 def assert_clean_error(proc, *needles: str) -> str:
     """A failed command: non-zero exit, exactly one `Error:` line on stderr, no traceback, nothing on stdout."""
     err = proc.stderr.decode()

@@ -2,14 +2,12 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from .conftest import TINY, assert_clean_error, chargen_exe, run
+from .conftest import TINY, assert_clean_error, chargen_exe, run, run_on_terminal
 
 
 def test_train_then_sample_end_to_end(tmp_path, names_file):
@@ -347,30 +345,12 @@ def test_eval_and_score_show_a_bar_on_a_terminal_and_keep_stdout_clean(tmp_path)
     """With stderr on a terminal, eval and score (its output redirected) show how far they have
     got there; stdout holds the results and nothing else (rich's bar would take stdout with it
     unless told not to: STYLE.md's trap). In a pipe, stderr stays empty."""
-    import pty
-
     names = tmp_path / "names.txt"
     names.write_text("".join(f"{n}\n" for n in ["Giovanni", "Maria", "Νίκος", "Müller"] * 40), encoding="utf-8")
     for args, bar in ((["eval", "base", str(names)], "eval"), (["score", "base", str(names)], "score")):
-        main, side = pty.openpty()
-        with tempfile.TemporaryFile() as stdout:
-            proc = subprocess.Popen([chargen_exe(), *args], stdout=stdout, stderr=side, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
-            os.close(side)
-            seen = b""
-            while True:  # read the terminal as the command writes it (a full terminal would stop it)
-                try:
-                    chunk = os.read(main, 65536)
-                except OSError:  # the command has ended: all read
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            os.close(main)
-            assert proc.wait(120) == 0, seen
-            stdout.seek(0)
-            out = stdout.read().decode().splitlines()
-        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))  # without the terminal's codes
+        code, shown = run_on_terminal(args, tmp_path / "out.txt")
+        assert code == 0, shown
+        out = (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()
         assert f"{bar} {names}" in shown and "Error" not in shown, shown
         if bar == "eval":
             assert len(out) == 1 and out[0].startswith(f"{names}: ") and "nats/char" in out[0], out

@@ -23,7 +23,7 @@ from chargen.sampling import derive_key, generate
 from chargen.sampling.constraints import Automaton, Constraints
 from chargen.sampling.labels import resolve_labels
 
-from .conftest import LABEL_FLAGS, assert_clean_error, chargen_exe, run, toy_words
+from .conftest import LABEL_FLAGS, assert_clean_error, run, run_on_terminal, toy_words
 from .test_constraints import LIMIT, VOCAB, chi_square_fits, counted, enumerate_probs_of, satisfies
 
 FLAGS = LABEL_FLAGS
@@ -349,28 +349,9 @@ def test_label_completes_in_the_shell_from_the_models_languages_kinds_and_labels
 def test_on_a_terminal_a_labelled_model_says_it_has_labels_to_ask_for(tmp_path):
     """`chargen sample -c base` with no --label mixes every language and script: on a terminal, a
     note says there are labels to ask for; in a pipe, stderr stays empty."""
-    import os
-    import pty
-    import re
-    import subprocess
-
-    main, side = pty.openpty()
-    with open(tmp_path / "out.txt", "wb") as stdout:
-        proc = subprocess.Popen([chargen_exe(), "sample", "-c", "base", "-n", "3", "--seed", "1"], stdout=stdout,
-                                stderr=side, stdin=subprocess.DEVNULL, env={**os.environ, "TERM": "xterm", "COLUMNS": "200"})
-        os.close(side)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # the command has ended
-                break
-            if not chunk:
-                break
-            seen += chunk
-        os.close(main)
-        assert proc.wait(60) == 0, seen
-    shown = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode()).split())
+    code, shown = run_on_terminal(["sample", "-c", "base", "-n", "3", "--seed", "1"], tmp_path / "out.txt", columns=200)
+    assert code == 0, shown
+    shown = " ".join(shown.split())
     assert shown == ('note: this model has 248 labels and with no --label draws from all of them, as trained; ask '
                      'for some: --label english, --label "english first" (chargen info lists them)'), shown
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 3  # stdout: the samples alone
