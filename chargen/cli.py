@@ -429,8 +429,8 @@ def _labels_row(labels: dict) -> str:
     if len(names) > 12 and (kinds or languages):
         asked = "; ".join(part for part in (f"kinds {', '.join(kinds)}" if kinds else "",
                                             f"languages {', '.join(languages)}" if languages else "") if part)
-        return (f"{len(names)}: {asked} (--label asks by a name or by parts: --label greek, --label surname, "
-                f"--label \"german cities\"; chargen info --labels lists them all)")
+        return (f"{len(names)}: {asked} (--label asks by a name or by parts: "
+                f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all)")
     shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
              + ")" for n, c in zip(names, labels["lines"])]
     return (f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
@@ -447,7 +447,8 @@ def _label_note(model, label: Optional[str]) -> None:
     if not label:
         if sys.stderr.isatty():
             console().print(f"note: this model has {len(model.labels)} labels and with no --label draws from all of "
-                            f"them, as trained; ask for some: {_label_examples(model)} (chargen info lists them)",
+                            f"them, as trained; ask for some: {_label_examples(model.labels, model.checkpoint.label_counts)} "
+                            f"(chargen info lists them)",
                             highlight=False, markup=False, soft_wrap=True)
         return
     mix = model.label_mix(label)
@@ -459,12 +460,12 @@ def _label_note(model, label: Optional[str]) -> None:
                     markup=False, soft_wrap=True)
 
 
-def _label_examples(model) -> str:
+def _label_examples(names: list[str], counts: list[int]) -> str:
     """--label examples from the model's largest label: its language, then its language and kind in
     words ("english first"); else its name."""
     from .sampling.labels import label_languages
 
-    largest = max(zip(model.checkpoint.label_counts, model.labels))[1]
+    largest = max(zip(counts, names))[1]
     language = next(iter(label_languages([largest]).values()), None)
     kind = largest.rsplit(":", 1)[1] if ":" in largest else None
     if language is None:
