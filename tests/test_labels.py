@@ -327,6 +327,7 @@ def test_info_on_many_labels_says_what_a_label_can_ask_for():
     shown = " ".join(run(["info", "base"]).stdout.decode().replace("│", " ").split())
     assert "248: kinds city, country, first, region, street, surname; languages arabic, armenian," in shown
     assert "greek" in shown and "it_IT:first" not in shown
+    assert '--label english, --label "english first";' in shown  # examples from the model's largest label
 
 
 def test_label_completes_in_the_shell_from_the_models_languages_kinds_and_labels(tmp_path):
