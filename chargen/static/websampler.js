@@ -1137,16 +1137,16 @@ function resolveLabels(spec, labels) {
   const names = labels.names, counts = labels.counts, weights = new Float64Array(names.length);
   const langs = labels.languages, known = new Set(Object.values(langs));
   if (!spec) counts.forEach((c, k) => { weights[k] = c; });
+  // a term asks for a label by its name, else for every label with each of its pieces as a part (labelForms)
+  const partsOf = names.map((n) => labelParts(n, langs)), every = new Set(names);
+  for (const ps of partsOf) for (const p of ps) every.add(p);
+  const has = (p) => labelForms(p, known).some((f) => every.has(f));
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
     const label = (eq < 0 ? term : term.slice(0, eq)).trim();
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(Number.isFinite(w) && w > 0)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 (a blend: it=0.7,es=0.3)`);
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    // a name, else every label with each of the term's pieces as a part (labelForms)
-    const partsOf = names.map((n) => labelParts(n, langs)), every = new Set(names);
-    for (const ps of partsOf) for (const p of ps) every.add(p);
-    const has = (p) => labelForms(p, known).some((f) => every.has(f));
     const pieces = label.replace(/:/g, " ").split(" ").filter((p) => p && !(/^names?$/i.test(p) && !has(p)));
     const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
       pieces.every((p) => labelForms(p, known).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
