@@ -200,6 +200,30 @@ def _check_version(p: Path, metadata: dict[str, str]) -> None:
 def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume: bool = False) -> Checkpoint:
     """Load and validate a checkpoint with numpy alone. Any defect is a CheckpointError."""
     p = resolve_checkpoint(path, prefer)
+    metadata, tensors = _read_file(p, with_resume)
+    _check_version(p, metadata)
+    model_config = _model_config(p, metadata)
+    vocab = Vocab.from_json(metadata.get("vocab") or "")
+    if len(vocab) != model_config.vocab_size:
+        raise CheckpointError(f"{p}: vocabulary has {len(vocab)} characters but the model expects {model_config.vocab_size}")
+    info = _json_field(p, metadata, "info", required=False) or {}
+    return Checkpoint(
+        path=p,
+        model_config=model_config,
+        vocab=vocab,
+        weights=_weights(p, tensors, model_config),
+        train_config=_json_field(p, metadata, "train_config", required=False) or {},
+        info=info,
+        resume=_json_field(p, metadata, "resume", required=False) if with_resume else None,
+        resume_tensors={n[len("resume."):]: t for n, t in tensors.items() if n.startswith("resume.")},
+        training_lines=_training_lines(p, tensors),
+        start_state=_start_state(p, tensors, model_config, info),
+    )
+
+
+def _read_file(p: Path, with_resume: bool) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """A chargen safetensors file's metadata and tensors (the resume.* ones only `with_resume`),
+    after its first bytes say it can be one."""
     try:
         with open(p, "rb") as f:
             head = f.read(16)
@@ -211,47 +235,46 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
     problem = _sniff(p, head, size)
     if problem:
         raise CheckpointError(problem)
-
     try:
         with safe_open(str(p), framework="numpy") as f:
             metadata = f.metadata() or {}
-            names = list(f.keys())
             if metadata.get("format") != FORMAT:
                 raise CheckpointError(f"{p} is a safetensors file but not a chargen checkpoint (no chargen metadata)")
-            wanted = [n for n in names if not n.startswith("resume.") or with_resume]
-            tensors = {n: f.get_tensor(n) for n in wanted}
+            return metadata, {n: f.get_tensor(n) for n in f.keys() if with_resume or not n.startswith("resume.")}
     except ChargenError:
         raise
     except Exception as exc:  # safetensors raises its own error types, or OSError, for bad files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{p} is corrupt or not a safetensors file ({msg})") from None
 
-    _check_version(p, metadata)
 
-    def load_json(key: str, required: bool = True) -> Any:
-        raw = metadata.get(key)
-        if raw is None:
-            if required:
-                raise CheckpointError(f"{p} lacks the {key!r} metadata")
-            return None
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{p} has malformed {key!r} metadata (not JSON)") from None
-        if not isinstance(value, dict):
-            raise CheckpointError(f"{p} has malformed {key!r} metadata (not a JSON object)")
-        return value
-
+def _json_field(p: Path, metadata: dict[str, str], key: str, required: bool = True) -> Any:
+    """A metadata entry holding a JSON object; None if absent and not `required`."""
+    raw = metadata.get(key)
+    if raw is None:
+        if required:
+            raise CheckpointError(f"{p} lacks the {key!r} metadata")
+        return None
     try:
-        model_config = ModelConfig.from_dict(load_json("model_config"))
-    except (ChargenError, TypeError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"{p} has an invalid model config ({exc})") from None
-    vocab = Vocab.from_json(metadata.get("vocab") or "")
-    if len(vocab) != model_config.vocab_size:
-        raise CheckpointError(f"{p}: vocabulary has {len(vocab)} characters but the model expects {model_config.vocab_size}")
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{p} has malformed {key!r} metadata (not JSON)") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{p} has malformed {key!r} metadata (not a JSON object)")
+    return value
 
+
+def _model_config(p: Path, metadata: dict[str, str]) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(_json_field(p, metadata, "model_config"))
+    except CheckpointError:
+        raise
+    except (ChargenError, TypeError) as exc:
+        raise CheckpointError(f"{p} has an invalid model config ({exc})") from None
+
+
+def _weights(p: Path, tensors: dict[str, np.ndarray], model_config: ModelConfig) -> dict[str, np.ndarray]:
+    """The network's tensors, each of the shape its config says, in float32."""
     weights = {}
     for name, shape in model_config.weight_shapes().items():
         if name not in tensors:
@@ -259,35 +282,19 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
         t = tensors[name]
         if tuple(t.shape) != shape:
             raise CheckpointError(f"{p}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} for its config")
-        if t.dtype != np.float32:
-            t = t.astype(np.float32)
-        weights[name] = t
+        weights[name] = t if t.dtype == np.float32 else t.astype(np.float32)
+    return weights
 
-    training_lines = None
-    if "data.lines" in tensors:
-        try:
-            blob = tensors["data.lines"].tobytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise CheckpointError(f"{p}: the stored training lines are not UTF-8") from None
-        training_lines = blob.split("\n") if blob else []
 
-    info = load_json("info", required=False) or {}
-    start_state = _start_state(p, tensors, model_config, info)
-
-    resume = load_json("resume", required=False) if with_resume else None
-    resume_tensors = {n[len("resume."):]: t for n, t in tensors.items() if n.startswith("resume.")}
-    return Checkpoint(
-        path=p,
-        model_config=model_config,
-        vocab=vocab,
-        weights=weights,
-        train_config=load_json("train_config", required=False) or {},
-        info=info,
-        resume=resume,
-        resume_tensors=resume_tensors,
-        training_lines=training_lines,
-        start_state=start_state,
-    )
+def _training_lines(p: Path, tensors: dict[str, np.ndarray]) -> Optional[list[str]]:
+    """The training lines a line-oriented model stores (for --novel), if it does."""
+    if "data.lines" not in tensors:
+        return None
+    try:
+        blob = tensors["data.lines"].tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{p}: the stored training lines are not UTF-8") from None
+    return blob.split("\n") if blob else []
 
 
 def _start_state(p: Path, tensors: dict[str, np.ndarray], model_config: ModelConfig,

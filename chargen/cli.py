@@ -54,6 +54,9 @@ def console():
 _CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
 
 
+# The checkpoint a command reads (the bundled models' names: chargen.checkpoint.BUNDLED, checked by a test).
+CHECKPOINT_HELP = "Checkpoint file, run directory (its best), or a bundled model: names, base."
+CHECKPOINT_DEFAULT = " [default: $CHARGEN_CHECKPOINT, else the bundled names model]"
 LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
 
 
@@ -363,7 +366,7 @@ class _Output:
 @app.command()
 @with_options(SampleConfig)
 def sample(
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory (its best), or a bundled model: names, base. [default: $CHARGEN_CHECKPOINT, else the bundled names model]")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
     exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list).", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
@@ -529,7 +532,7 @@ def _read_lines(path: Path) -> list[str]:
 @app.command()
 @with_options(ServeConfig)
 def serve(
-    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="A model to serve: a checkpoint file or run directory, named after its run directory, or NAME=PATH; repeat for several; names is the bundled model. [default: names]", show_default=False)] = None,
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="A model to serve: a checkpoint file or run directory, named after its run directory, or NAME=PATH, or a bundled model: names, base; repeat for several. [default: names]", show_default=False)] = None,
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
     device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log each request on stderr.")] = False,
@@ -565,7 +568,7 @@ def serve(
 
 @app.command("eval")
 def eval_command(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or run directory (its best).", show_default=False)],
+    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score, or - for stdin.", show_default=False)],
     skip_unknown: Annotated[bool, typer.Option(help="Drop characters the model does not know (and count them) instead of failing.")] = False,
     lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="Score each line on its own, from the start of a line. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
@@ -622,7 +625,7 @@ def _progress_bar(command: str, name: str, total: Optional[float],
 
 @app.command()
 def score(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, run directory (its best), or a bundled model: names, base.", show_default=False)],
+    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line, or - for stdin. [default: stdin]", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
@@ -676,7 +679,7 @@ def _print_score(s, output_format: str) -> None:  # a chargen.evaluation.Score
 
 @app.command()
 def export(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, run directory (its best), or a bundled model: names, base.", show_default=False)],
+    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     js: Annotated[Optional[Path], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+).", show_default=False)] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network).", show_default=False)] = None,
     weights: Annotated[str, typer.Option("--weights", help="Weights in --js/--html: i8 (a scale per row), f16, f32, or auto: i8 when it is lossless or moves the loss on the model's lines by under 0.005 nats, else f16.")] = "auto",
@@ -729,7 +732,7 @@ def export(
 
 @app.command()
 def info(
-    path: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run directory. [default: the bundled names model]", show_default=False)] = None,
+    checkpoint: Annotated[Optional[str], typer.Argument(help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT, show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Chart the run's train and val loss, and write loss.svg into the run directory.")] = False,
     list_labels: Annotated[bool, typer.Option("--labels", help="List a labelled model's labels, one a line: LABEL<TAB>training lines<TAB>held-out loss (- where none).")] = False,
@@ -739,20 +742,11 @@ def info(
     Example: chargen info checkpoints/shakespeare --plot
     """
     if plot:
-        from .training.plot import loss_series, read_metrics, terminal_chart, write_loss_curve
-
-        run_dir = Path(path) if path is not None else None
-        if run_dir is None or not run_dir.is_dir():
-            raise UsageError("--plot needs a run directory (the one holding metrics.jsonl)")
-        records = read_metrics(run_dir)
-        sys.stdout.write(terminal_chart(loss_series(records)) + "\n")
-        written = write_loss_curve(run_dir, records, title=f"chargen: {run_dir.name}")
-        console().print(f"wrote {written}", highlight=False, markup=False)
-        return
+        return _plot_run(checkpoint)
     from .checkpoint import BEST, checkpoint_path, default_checkpoint, read_checkpoint
 
-    ckpt = read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST)
-    cfg, meta, facts = ckpt.model_config, ckpt.info, ckpt.describe()
+    ckpt = read_checkpoint(checkpoint_path(checkpoint) if checkpoint is not None else default_checkpoint(), prefer=BEST)
+    facts = ckpt.describe()
     labels = facts.get("labels")
     if list_labels:
         if not labels:
@@ -764,11 +758,32 @@ def info(
         sys.stdout.write(json.dumps(facts, ensure_ascii=False) + "\n")
         return
     from rich.console import Console
+
+    Console(highlight=False).print(_info_table(ckpt, facts))
+
+
+def _plot_run(path: Optional[str]) -> None:
+    """info --plot: the run's loss curves on the terminal, and loss.svg in its directory."""
+    from .training.plot import loss_series, read_metrics, terminal_chart, write_loss_curve
+
+    run_dir = Path(path) if path is not None else None
+    if run_dir is None or not run_dir.is_dir():
+        raise UsageError("--plot needs a run directory (the one holding metrics.jsonl)")
+    records = read_metrics(run_dir)
+    sys.stdout.write(terminal_chart(loss_series(records)) + "\n")
+    written = write_loss_curve(run_dir, records, title=f"chargen: {run_dir.name}")
+    console().print(f"wrote {written}", highlight=False, markup=False)
+
+
+def _loss(v: Any) -> str:
+    return f"{v:.4f} nats/char ({v / math.log(2):.4f} bpc)" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+def _info_table(ckpt, facts: dict):
+    """chargen info's table of a checkpoint's facts."""
     from rich.table import Table
 
-    def loss(v: Any) -> str:
-        return f"{v:.4f} nats/char ({v / math.log(2):.4f} bpc)" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
-
+    cfg, meta, labels = ckpt.model_config, ckpt.info, facts.get("labels")
     t = Table(show_header=False, title=f"chargen checkpoint {ckpt.path}", title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -782,30 +797,33 @@ def info(
     if meta.get("step") is not None:
         t.add_row("trained", f"{meta['step']:,} steps, {meta.get('chars_seen', 0):,} characters")
     for row, key in (("val loss", "val_loss"), ("best val loss", "best_val_loss")):  # --val-fraction 0: none
-        t.add_row(row, "none held out" if meta.get("val_chars") == 0 else loss(meta.get(key)))
+        t.add_row(row, "none held out" if meta.get("val_chars") == 0 else _loss(meta.get(key)))
     folds = (meta.get("auto") or {}).get("cross_validation") if isinstance(meta.get("auto"), dict) else None
     if isinstance(folds, dict):
-        t.add_row("cross-validated", f"{loss(folds.get('val_loss'))} held out after {folds.get('steps')} steps, "
-                                     f"{loss(folds.get('start_loss'))} before ({folds.get('folds')} folds, "
+        t.add_row("cross-validated", f"{_loss(folds.get('val_loss'))} held out after {folds.get('steps')} steps, "
+                                     f"{_loss(folds.get('start_loss'))} before ({folds.get('folds')} folds, "
                                      f"each line held out once)")
-    lineage = meta.get("from")
-    if isinstance(lineage, dict):  # (with none held out, its loss before training is the cross-validated one's)
-        t.add_row("started from", f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]})"
-                                  + (f", val loss before training {loss(lineage.get('val_loss'))}"
-                                     if meta.get("val_chars") != 0 else "")
-                                  + (f", {counted(lineage['new_chars'], 'new character')}" if lineage.get("new_chars") else "")
-                                  + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)"
-                                     if lineage.get("stand_ins") else "")
-                                  + (", lines from its label " + ", ".join(lineage["start_labels"].values())
-                                     if lineage.get("start_labels") else ""))
+    if isinstance(meta.get("from"), dict):
+        t.add_row("started from", _lineage(meta["from"], held_out=meta.get("val_chars") != 0))
     tc = ckpt.train_config
     if tc:
-        layout = "line mode, " if ckpt.model_config.learned_start else ""
+        layout = "line mode, " if cfg.learned_start else ""
         t.add_row("training", f"{layout}batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "
                               f"{facts['device'] or '?'} {facts['precision'] or '?'}")
     t.add_row("versions", f"chargen {meta.get('chargen_version', '?')}, torch {meta.get('torch_version', '?')}")
     t.add_row("saved", str(meta.get("saved_at", "?")))
-    Console(highlight=False).print(t)
+    return t
+
+
+def _lineage(lineage: dict, held_out: bool) -> str:
+    """info's "started from" row: the model a run started from, and what changed at the start
+    (with none held out, its loss before training is the cross-validated one's)."""
+    return (f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]})"
+            + (f", val loss before training {_loss(lineage.get('val_loss'))}" if held_out else "")
+            + (f", {counted(lineage['new_chars'], 'new character')}" if lineage.get("new_chars") else "")
+            + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)" if lineage.get("stand_ins") else "")
+            + (", lines from its label " + ", ".join(lineage["start_labels"].values())
+               if lineage.get("start_labels") else ""))
 
 
 # --- entry point ------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def test_bundled_model_samples_names():
         (["sample", "--bogus"], "see: chargen sample --help"),
         (["score", "-c", "names"], "the checkpoint is the first argument: chargen score CHECKPOINT"),
         (["eval", "--checkpoint", "names", "x.txt"], "chargen eval CHECKPOINT"),
+        (["info", "-c", "base"], "chargen info CHECKPOINT"),
     ],
 )
 def test_bad_values_get_one_error_line(tmp_path, trained_names, args, needle):
@@ -239,6 +240,19 @@ def test_every_command_has_help_with_an_example():
                 assert getattr(param, "help", None), f"{name} {param.name} has no help"
         p = run([name, "--help"])
         assert p.returncode == 0 and b"Example" in p.stdout
+
+
+def test_every_command_reading_a_checkpoint_says_which_models_are_bundled():
+    from typer.main import get_command
+
+    from chargen.checkpoint import BUNDLED
+    from chargen.cli import app
+
+    readers = {name: p for name, cmd in get_command(app).commands.items() for p in cmd.params
+               if p.name == "checkpoint" and "file" in (p.help or "")}
+    assert set(readers) == {"sample", "eval", "score", "export", "info", "serve"}
+    for name, param in readers.items():
+        assert f"a bundled model: {', '.join(BUNDLED)}" in param.help, name
 
 
 def test_version_and_help_import_neither_torch_nor_numpy():
