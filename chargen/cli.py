@@ -425,14 +425,12 @@ def sample(
 def _labels_row(labels: dict) -> str:
     """A labelled model's labels in `info`: each with its lines and held-out loss, or where there
     are many, what --label can ask for by a part (their kinds and languages)."""
-    from .sampling.labels import label_kinds, label_languages
+    from .sampling.labels import label_summary
 
     names = labels["names"]
-    kinds, languages = label_kinds(names), sorted(label_languages(names).values())
-    if len(names) > 12 and (kinds or languages):
-        asked = "; ".join(part for part in (f"kinds {', '.join(kinds)}" if kinds else "",
-                                            f"languages {', '.join(languages)}" if languages else "") if part)
-        return (f"{len(names)}: {asked} (--label asks by a name or by parts: "
+    summary = label_summary(names)
+    if summary:
+        return (f"{len(names)}: {summary} (--label asks by a name or by parts: "
                 f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all)")
     shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
              + ")" for n, c in zip(names, labels["lines"])]

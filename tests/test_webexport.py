@@ -164,21 +164,42 @@ LABEL_CASES = [
 ]
 
 
-def random_labelled_model(path: Path, seed: int = 3) -> Path:
-    """random_model with four labels: a start state per label, training lines "LABEL<TAB>line"."""
+def random_labelled_model(path: Path, seed: int = 3, labels: list[str] = LABELS,
+                          counts: tuple[int, ...] = (100, 50, 150, 100)) -> Path:
+    """random_model with labels (four by default): a start state per label, training lines
+    "LABEL<TAB>line", `counts` the labels' line counts (repeated as needed)."""
     names = make_names(400, seed=seed).splitlines()
     vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | {"\n"}))
-    cfg = ModelConfig(vocab_size=len(vocab), layers=2, hidden=24, embed=8, learned_start=True, n_labels=len(LABELS))
+    cfg = ModelConfig(vocab_size=len(vocab), layers=2, hidden=24, embed=8, learned_start=True, n_labels=len(labels))
     rng = np.random.default_rng(seed)
     weights = {k: (rng.standard_normal(shape) * 0.4).astype(np.float32) for k, shape in cfg.weight_shapes().items()}
     weights["head.bias"][vocab.index["\n"]] += 2.5
-    start = [rng.standard_normal((len(LABELS), 2, 24)).astype(np.float32) * 1.5 for _ in range(cfg.state_tensors)]
-    lines = [f"{LABELS[i % len(LABELS)]}\t{name}" for i, name in enumerate(names)]
+    start = [rng.standard_normal((len(labels), 2, 24)).astype(np.float32) * 1.5 for _ in range(cfg.state_tensors)]
+    lines = [f"{labels[i % len(labels)]}\t{name}" for i, name in enumerate(names)]
     info = {"corpus": "random", "line_oriented": True,
-            "labels": {"names": LABELS, "lines": [100, 50, 150, 100], "val_loss": {}}}
+            "labels": {"names": labels, "lines": [counts[i % len(counts)] for i in range(len(labels))], "val_loss": {}}}
     save_checkpoint(path, weights=weights, model_config=cfg, vocab_json=vocab.to_json(), train_config={},
                     info=info, lines_blob=encode_lines(lines), start_state=start)
     return path
+
+
+@needs_node
+def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
+    """No close match: a few labels are listed by name, many by their kinds and languages (as
+    chargen info shows them), in the module's words as in chargen's."""
+    many = [f"{loc}:{kind}" for loc in ("it_IT", "el_GR", "es_ES", "de_DE", "fi_FI")
+            for kind in ("first", "surname", "city")]
+    for name, labels in (("few", LABELS), ("many", many)):
+        path = random_labelled_model(tmp_path / f"{name}.safetensors", labels=labels)
+        module = tmp_path / f"{name}.mjs"
+        module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
+        js = node_records(module, [{"n": 1, "label": "xyzzy"}])[0]["error"]
+        with pytest.raises(chargen.UsageError) as python:
+            chargen.load(path).sample(1, label="xyzzy")
+        expected = ("it has 15: kinds city, first, surname; languages finnish, german, greek, italian, spanish"
+                    if name == "many" else "it has 4: it_IT:first, it_IT:surname, el_GR:first, es_ES:city")
+        assert expected in str(python.value) and expected in js, (name, js)
+        assert js.replace("its info", "chargen info --labels") == str(python.value)
 
 
 @needs_node

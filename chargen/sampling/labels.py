@@ -102,6 +102,16 @@ def label_kinds(names: list[str]) -> list[str]:
     return sorted({n.rsplit(":", 1)[1] for n in names if ":" in n})
 
 
+def label_summary(names: list[str]) -> Optional[str]:
+    """What --label can ask many labels by: "kinds city, first...; languages arabic, ..."; None
+    for a dozen labels or fewer (they are shown by name), or labels with neither."""
+    kinds, languages = label_kinds(names), sorted(set(label_languages(names).values()))
+    if len(names) <= 12 or not (kinds or languages):
+        return None
+    return "; ".join(part for part in (f"kinds {', '.join(kinds)}" if kinds else "",
+                                       f"languages {', '.join(languages)}" if languages else "") if part)
+
+
 def _own_parts(name: str) -> set[str]:
     """A label's ':'-separated parts, and a locale's language and territory (el_GR:first: el_GR,
     first, el and GR)."""
@@ -157,7 +167,7 @@ def _unknown(term: str, names: list[str]) -> UsageError:
     close = difflib.get_close_matches(look if look in parts else look.lower(), sorted(parts), n=5, cutoff=0.5)
     where = f": no label has {look!r}" if look != term else ""
     hint = f"; close: {', '.join(close)}" if close else \
-        f"; it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+        f"; it has {len(names)}: {label_summary(names) or ', '.join(names)}"
     return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
 
 
