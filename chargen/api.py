@@ -111,7 +111,7 @@ class Model:
 
     def label_mix(self, label: Optional[str]) -> Optional[LabelMix]:
         """What `label=` asks of this model (chargen.sampling.labels); None for a model without labels."""
-        return resolve_labels(label, self.checkpoint.labels, self.checkpoint.label_counts)
+        return resolve_labels(label, self.checkpoint.labels, self.checkpoint.label_counts, self.checkpoint.label_default)
 
     @property
     def training_lines(self) -> Optional[set[str]]:

@@ -69,8 +69,19 @@ class Checkpoint:
 
     @property
     def label_counts(self) -> Optional[list[int]]:
-        """How many training lines each label had: a labelled model samples in these proportions by default."""
+        """How many training lines each label had (a run from a labelled model: with that model's)."""
         return list(self.info["labels"]["lines"]) if self.model_config.n_labels else None
+
+    @property
+    def label_default(self) -> Optional[list[int]]:
+        """What a labelled model draws its labels in proportion to when asked for none: the lines of
+        its own training run. A run from a labelled model (`--labels file --from base`) trained its
+        own labels only, so it draws those; the labels it inherited are there to ask for."""
+        if not self.model_config.n_labels:
+            return None
+        lines, inherited = self.info["labels"]["lines"], self.info["labels"].get("inherited")
+        own = [c - i for c, i in zip(lines, inherited)] if inherited is not None else list(lines)
+        return own if any(own) else list(lines)
 
     def describe(self) -> dict[str, Any]:
         """The facts `chargen info` shows (and a server's model list): JSON-ready."""
@@ -309,13 +320,24 @@ def _start_state(p: Path, tensors: dict[str, np.ndarray], model_config: ModelCon
         if any(t.shape != shape for t in start_state):
             raise CheckpointError(f"{p}: the stored start state has the wrong shape for its config")
     if model_config.n_labels:
-        labels = info.get("labels")
-        ok = isinstance(labels, dict) and all(isinstance(labels.get(k), list) and len(labels[k]) == model_config.n_labels
-                                              for k in ("names", "lines"))
-        if not ok or start_state is None:
+        if not _labels_ok(info.get("labels"), model_config.n_labels) or start_state is None:
             raise CheckpointError(f"{p}: a labelled model without its {model_config.n_labels} labels' names, line "
                                   f"counts and start states")
     return start_state
+
+
+def _labels_ok(labels: Any, n: int) -> bool:
+    """Whether info["labels"] holds n distinct names and n line counts (not all 0), and the counts
+    a run from a labelled model inherited from it, if any, each at most its label's count."""
+    def counts(v: Any) -> bool:
+        return isinstance(v, list) and len(v) == n and all(type(c) is int and c >= 0 for c in v)
+
+    if not (isinstance(labels, dict) and isinstance(labels.get("names"), list) and len(set(labels["names"])) == n
+            and all(isinstance(name, str) for name in labels["names"]) and counts(labels.get("lines"))
+            and any(labels["lines"])):
+        return False
+    inherited = labels.get("inherited")
+    return inherited is None or (counts(inherited) and all(i <= c for i, c in zip(inherited, labels["lines"])))
 
 
 # --- the bundled models -----------------------------------------------------------------------

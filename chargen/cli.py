@@ -428,14 +428,24 @@ def _labels_row(labels: dict) -> str:
     from .sampling.labels import label_summary
 
     names = labels["names"]
-    summary = label_summary(names)
+    summary, own = label_summary(names), _own_labels(names, labels["lines"], labels.get("inherited"))
+    drawn = f"; with no --label, the labels its own run trained: {own}" if own else ""
     if summary:
         return (f"{len(names)}: {summary} (--label asks by a name or by parts: "
-                f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all)")
+                f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all){drawn}")
     shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
              + ")" for n, c in zip(names, labels["lines"])]
     return (f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
-            + " (sample with --label; chargen info --labels lists all)")
+            + f" (sample with --label; chargen info --labels lists all){drawn}")
+
+
+def _own_labels(names: list[str], lines: list[int], inherited: Optional[list[int]]) -> Optional[str]:
+    """A run from a labelled model: the labels its own lines had (what it draws with no --label:
+    Checkpoint.label_default), at most six shown; None for any other model."""
+    if inherited is None:
+        return None
+    own = [n for n, c, i in zip(names, lines, inherited) if c > i]
+    return ", ".join(own[:6]) + (f", ... ({len(own)})" if len(own) > 6 else "") if own else None
 
 
 def _label_note(model, label: Optional[str]) -> None:
@@ -447,10 +457,14 @@ def _label_note(model, label: Optional[str]) -> None:
         return
     if not label:
         if sys.stderr.isatty():
-            console().print(f"note: this model has {len(model.labels)} labels and with no --label draws from all of "
-                            f"them, as trained; ask for some: {_label_examples(model.labels, model.checkpoint.label_counts)} "
-                            f"(chargen info lists them)",
-                            highlight=False, markup=False, soft_wrap=True)
+            ckpt = model.checkpoint
+            examples = _label_examples(model.labels, ckpt.label_counts)
+            own = _own_labels(model.labels, ckpt.label_counts, ckpt.info["labels"].get("inherited"))
+            drawn = (f"with no --label draws from the labels its own run trained ({own}), as trained; it has "
+                     f"{len(model.labels)} in all, ask for others: {examples}" if own else
+                     f"this model has {len(model.labels)} labels and with no --label draws from all of them, as "
+                     f"trained; ask for some: {examples}")
+            console().print(f"note: {drawn} (chargen info lists them)", highlight=False, markup=False, soft_wrap=True)
         return
     mix = model.label_mix(label)
     if len(mix.names) <= len(label.split(",")):

@@ -469,7 +469,7 @@ class SampleConfig(_Config):
     label: Optional[str] = option(None, "A labelled model's label: a name (el_GR:first), a part of names (el_GR or "
                                         "el or greek: every label with it, in training proportions; de:city or \"german cities\": with both), or "
                                         "a blend it=0.7,es=0.3 (a mixture of their distributions).", requests=REQUESTS,
-                                  default_help="all labels, in training proportions")
+                                  default_help="the labels as trained, in training proportions (a model adapted with --labels: its own)")
     lines: Optional[bool] = option(None, "One line per sample, ending at the newline.", flags=("--lines/--no-lines",),
                                    requests=REQUESTS, default_help="as the model's corpus: on for names, off for prose")
     unique: bool = option(False, "Never print the same sample twice.", requests=("sample", "stream"), role="filter")

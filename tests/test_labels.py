@@ -292,6 +292,28 @@ def test_top_with_a_blend_through_the_api(trained_labels):
         assert s.label == "abc=0.5,xyz=0.5"
 
 
+@pytest.mark.parametrize("defect", [{"lines": [3, -1]}, {"lines": [3, "4"]}, {"lines": [0, 0]}, {"lines": [3, True]},
+                                    {"names": ["abc", "abc"]}, {"names": ["abc", 7]}, {"inherited": [4, 0]},
+                                    {"inherited": [1]}, {"inherited": "all"}])
+def test_a_checkpoint_with_bad_label_facts_is_reported_as_such(toy, tmp_path, defect):
+    """Label names and counts decide what is drawn: bad ones are a CheckpointError when read, one
+    Error line from the command, never a traceback later."""
+    from chargen.checkpoint import read_checkpoint, save_checkpoint
+
+    ckpt = read_checkpoint(toy / "run" / "best.safetensors")
+    info = {**ckpt.info, "labels": {"names": ["abc", "xyz"], "lines": [3, 4], **defect}}
+    bad = tmp_path / "bad.safetensors"
+    save_checkpoint(bad, weights=ckpt.weights, model_config=ckpt.model_config, vocab_json=ckpt.vocab.to_json(),
+                    train_config=ckpt.train_config, info=info, start_state=ckpt.start_state)
+    assert_clean_error(run(["sample", "-c", str(bad), "-n", "2"]), "a labelled model without its 2 labels' names")
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, weights=ckpt.weights, model_config=ckpt.model_config, vocab_json=ckpt.vocab.to_json(),
+                    train_config=ckpt.train_config, info={**info, "labels": {"names": ["abc", "xyz"], "lines": [3, 4],
+                                                                             "inherited": [3, 0]}},
+                    start_state=ckpt.start_state)
+    assert chargen.load(good).label_mix(None).names == ["xyz"]
+
+
 def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy, tmp_path):
     """--labels file --from a labelled model: its labels keep their rows and start states (their
     log-probabilities unchanged to float32 rounding before the first step), the new one joins."""
@@ -319,6 +341,18 @@ def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy,
     # The new label starts from the closest old one: abz words score best under abc.
     np.testing.assert_array_equal([t[2] for t in tuned.checkpoint.start_state], [t[0] for t in base.checkpoint.start_state])
     assert tuned.checkpoint.info["from"]["start_labels"] == {"abz": "abc"}  # recorded, and told (the notice)
+    # Asked for no label, it draws what its own run trained (abz), not the labels it inherited;
+    # those are there to ask for
+    assert tuned.label_mix(None).names == ["abz"] and base.label_mix(None).names == ["abc", "xyz"]
+    assert {s.label for s in tuned.samples(50, seed=1)} == {"abz"}
+    assert {s.label for s in tuned.samples(50, seed=1, label="xyz")} == {"xyz"}
+    shown = " ".join(run(["info", str(tmp_path / "ft" / "last.safetensors")]).stdout.decode().replace("│", " ").split())
+    assert "with no --label, the labels its own run trained: abz" in shown
+    code, note = run_on_terminal(["sample", "-c", str(tmp_path / "ft" / "last.safetensors"), "-n", "3"],
+                                 tmp_path / "out.txt", columns=300)
+    assert code == 0 and " ".join(note.split()) == (
+        "note: with no --label draws from the labels its own run trained (abz), as trained; it has 3 in all, ask "
+        "for others: --label abc (chargen info lists them)"), note
 
 
 

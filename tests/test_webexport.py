@@ -14,6 +14,7 @@ import shutil
 import string
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -165,9 +166,10 @@ LABEL_CASES = [
 
 
 def random_labelled_model(path: Path, seed: int = 3, labels: list[str] = LABELS,
-                          counts: tuple[int, ...] = (100, 50, 150, 100)) -> Path:
+                          counts: tuple[int, ...] = (100, 50, 150, 100), inherited: Optional[list[int]] = None) -> Path:
     """random_model with labels (four by default): a start state per label, training lines
-    "LABEL<TAB>line", `counts` the labels' line counts (repeated as needed)."""
+    "LABEL<TAB>line", `counts` the labels' line counts (repeated as needed); `inherited`: as a run
+    from a labelled model records the counts it started with."""
     names = make_names(400, seed=seed).splitlines()
     vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | {"\n"}))
     cfg = ModelConfig(vocab_size=len(vocab), layers=2, hidden=24, embed=8, learned_start=True, n_labels=len(labels))
@@ -177,10 +179,29 @@ def random_labelled_model(path: Path, seed: int = 3, labels: list[str] = LABELS,
     start = [rng.standard_normal((len(labels), 2, 24)).astype(np.float32) * 1.5 for _ in range(cfg.state_tensors)]
     lines = [f"{labels[i % len(labels)]}\t{name}" for i, name in enumerate(names)]
     info = {"corpus": "random", "line_oriented": True,
-            "labels": {"names": labels, "lines": [counts[i % len(counts)] for i in range(len(labels))], "val_loss": {}}}
+            "labels": {"names": labels, "lines": [counts[i % len(counts)] for i in range(len(labels))], "val_loss": {},
+                       **({"inherited": inherited} if inherited is not None else {})}}
     save_checkpoint(path, weights=weights, model_config=cfg, vocab_json=vocab.to_json(), train_config={},
                     info=info, lines_blob=encode_lines(lines), start_state=start)
     return path
+
+
+@needs_node
+def test_a_module_of_a_model_adapted_with_labels_draws_its_own_labels_by_default(tmp_path):
+    """A run from a labelled model (it inherited 100, 50 and 100 lines of three labels and trained
+    its own 50 of it_IT:surname and 150 of el_GR:first): asked for no label, chargen and the module
+    draw those two, in those proportions, the same names."""
+    path = random_labelled_model(tmp_path / "m.safetensors", inherited=[100, 0, 0, 100])
+    assert chargen.load(path).label_mix(None).names == ["it_IT:surname", "el_GR:first"]
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
+    cases = [{"n": 40, "seed": 1}, {"n": 10, "seed": 2, "label": "it"}]
+    got = node_records(module, cases)
+    for case, js in zip(cases, got):
+        assert "error" not in js, js
+        assert_same(js, python_records(path, case))
+    assert {r["label"] for r in got[0]} == {"it_IT:surname", "el_GR:first"}
+    assert {r["label"] for r in got[1]} == {"it_IT:first", "it_IT:surname"}  # a part asks among every label
 
 
 @needs_node

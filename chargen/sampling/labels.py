@@ -171,10 +171,13 @@ def _unknown(term: str, names: list[str]) -> UsageError:
     return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
 
 
-def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Optional[list[int]]) -> Optional[LabelMix]:
+def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Optional[list[int]],
+                   default: Optional[list[int]] = None) -> Optional[LabelMix]:
     """The LabelMix `spec` asks for (see the module docstring); None for a model without labels
-    and no spec. A one-line UsageError for a bad spec, an unknown label (with close matches), or a
-    label asked of a model without labels."""
+    and no spec. With no spec, the labels in proportion to `default` (a model's own training
+    run's lines: chargen.checkpoint.Checkpoint.label_default), else to `counts`. A one-line
+    UsageError for a bad spec, an unknown label (with close matches), or a label asked of a model
+    without labels."""
     if not names:
         if spec:
             raise UsageError("this model has no labels; `label` needs a model trained with --labels")
@@ -182,7 +185,7 @@ def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Opti
     counts = list(counts or [1] * len(names))
     weights = np.zeros(len(names))
     if not spec:
-        weights[:] = counts
+        weights[:] = default if default is not None else counts
     else:
         for term in spec.split(","):
             label, eq, share = term.strip().partition("=")

@@ -1145,7 +1145,7 @@ function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), 
 function resolveLabels(spec, labels) {
   const names = labels.names, counts = labels.counts, weights = new Float64Array(names.length);
   const langs = labels.languages, known = new Set(Object.values(langs));
-  if (!spec) counts.forEach((c, k) => { weights[k] = c; });
+  if (!spec) (labels.default || counts).forEach((c, k) => { weights[k] = c; });  // as Checkpoint.label_default
   // a term asks for a label by its name, else for every label with each of its pieces as a part (labelForms)
   const partsOf = names.map((n) => labelParts(n, langs)), every = new Set(names);
   for (const ps of partsOf) for (const p of ps) every.add(p);

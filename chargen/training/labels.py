@@ -37,10 +37,15 @@ class LineLabels:
     inherited: Optional[list[int]] = None  # a run from a labelled model: its labels' training lines (0 for new ones)
 
     @property
+    def own(self) -> list[int]:
+        """Lines per label in this corpus: what the model it trains samples in proportion to when
+        asked for no label (chargen.checkpoint.Checkpoint.label_default)."""
+        return np.bincount(self.of_line, minlength=len(self.names)).tolist()
+
+    @property
     def counts(self) -> list[int]:
-        """Lines per label: what a labelled model samples in proportion to by default."""
-        own = np.bincount(self.of_line, minlength=len(self.names))
-        return (own + np.array(self.inherited or 0)).tolist()
+        """Lines per label, with those a labelled model it starts from had."""
+        return (np.array(self.own) + np.array(self.inherited or 0)).tolist()
 
     def take(self, of_line: np.ndarray) -> "LineLabels":
         """The same labels for other lines."""

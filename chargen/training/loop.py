@@ -536,7 +536,7 @@ class Trainer:
         cfg = SampleConfig(num=5 if lines else 1, length=60 if lines else 200)
         try:
             labels = self.data.labels
-            mix = resolve_labels(None, labels.names, labels.counts) if labels is not None else None
+            mix = resolve_labels(None, labels.names, labels.counts, labels.own) if labels is not None else None
             samples = generate(TorchStepper(self.model), self.data.vocab, "", cfg, lines=lines,
                                key=derive_key(self.run.step, 7), start_state=start, labels=mix)
             return "\n".join(s.text for s in samples)
