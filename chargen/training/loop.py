@@ -234,7 +234,7 @@ class Trainer:
             if starts and ckpt is None and self.main:
                 callbacks.on_notice("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " "
                                     + ", ".join(f"{b}" if not new else f"{b} ({new})" for new, b in starts.items())
-                                    + ", the closest to them; training moves it")
+                                    + ", the closest to them; training moves " + ("them" if len(starts) > 1 else "it"))
         self.sizing = ckpt.info.get("auto") if ckpt is not None else sizing
         if self.sizing is not None:
             self.run_info["auto"] = self.sizing
