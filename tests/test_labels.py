@@ -320,14 +320,20 @@ def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy,
     from chargen.errors import TrainingInterrupted
     from chargen.training.callbacks import TrainCallbacks
 
+    notices = []
+
     class StopAtOnce(TrainCallbacks):
         def should_stop(self, step: int) -> bool:
             return True
+
+        def on_notice(self, message: str) -> None:
+            notices.append(message)
 
     (tmp_path / "abz.txt").write_text(toy_words("abz", 300, 12))
     with pytest.raises(TrainingInterrupted):
         chargen.train([str(tmp_path / "abz.txt")], labels="file", start_from=str(toy / "run"), out=tmp_path / "ft",
                       max_steps=5, precision="fp32", callbacks=StopAtOnce())
+    assert "lines start from the base's label abc (abz), the closest to them; training moves it" in notices, notices
     base = chargen.load(str(toy / "run"))
     tuned = chargen.load(str(tmp_path / "ft" / "last.safetensors"))
     assert tuned.labels == ["abc", "xyz", "abz"]
@@ -393,3 +399,12 @@ def test_on_a_terminal_a_labelled_model_says_it_has_labels_to_ask_for(tmp_path):
     piped = run(["sample", "-c", "base", "-n", "3", "--seed", "1"])
     assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout.decode().splitlines() == \
         (tmp_path / "out.txt").read_text().splitlines()
+
+
+def test_the_start_labels_notice_speaks_of_one_label_or_several():
+    from chargen.training.loop import _start_labels_notice
+
+    assert _start_labels_notice({"": "en:first"}) == \
+        "lines start from the base's label en:first, the closest to them; training moves it"
+    assert _start_labels_notice({"boys": "en:first", "girls": "en_US:first"}) == \
+        "lines start from the base's labels en:first (boys), en_US:first (girls), the closest to them; training moves them"

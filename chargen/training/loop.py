@@ -179,6 +179,13 @@ def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
 # --- one run ----------------------------------------------------------------------------------
 
 
+def _start_labels_notice(starts: dict[str, str]) -> str:
+    """Which of the base's labels a list's lines start from ({new label or "": base label})."""
+    return ("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " "
+            + ", ".join(f"{b}" if not new else f"{b} ({new})" for new, b in starts.items())
+            + ", the closest to them; training moves " + ("them" if len(starts) > 1 else "it"))
+
+
 class Trainer:
     """One run: the model (new, or restored with its optimizer and RunState), the windows it
     trains on, and what it reports and saves."""
@@ -230,11 +237,8 @@ class Trainer:
         }
         if self.lineage is not None:
             self.run_info["from"] = self.lineage
-            starts = self.lineage.get("start_labels") or {}
-            if starts and ckpt is None and self.main:
-                callbacks.on_notice("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " "
-                                    + ", ".join(f"{b}" if not new else f"{b} ({new})" for new, b in starts.items())
-                                    + ", the closest to them; training moves " + ("them" if len(starts) > 1 else "it"))
+            if self.lineage.get("start_labels") and ckpt is None and self.main:
+                callbacks.on_notice(_start_labels_notice(self.lineage["start_labels"]))
         self.sizing = ckpt.info.get("auto") if ckpt is not None else sizing
         if self.sizing is not None:
             self.run_info["auto"] = self.sizing
