@@ -328,6 +328,7 @@ def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None)
              "label_picker": _playground_part('<div class="for-labels"'),
              "constraints": _playground_part('<details class="for-lines" id="constraints">'),
              "advanced": _playground_part('<details class="for-sample">'),
+             "output": re.sub(r'(<p id="status"[^>]*>)[^<]*', r"\1Loading the model…", _playground_part('<section id="output"')),
              "page_css": _dedented(_static("webpage.css")), "worker": worker.replace("</script", "<\\/script"),
              "script": _script("ui.js") + "\n" + _script("webpage.js"), "temperature": str(SampleConfig().temperature)}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)
