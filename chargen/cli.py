@@ -429,14 +429,14 @@ def _labels_row(labels: dict) -> str:
 
     names = labels["names"]
     summary, own = label_summary(names), _own_labels(names, labels["lines"], labels.get("inherited"))
-    drawn = f"; with no --label, the labels its own run trained: {own}" if own else ""
+    count = f"{len(names)} (with no --label, the ones its own run trained: {own})" if own else f"{len(names)}"
     if summary:
-        return (f"{len(names)}: {summary} (--label asks by a name or by parts: "
-                f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all){drawn}")
+        return (f"{count}: {summary} (--label asks by a name or by parts: "
+                f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all)")
     shown = [f"{n} ({c:,} lines" + (f", val {labels['val_loss'][n]:.4f}" if n in labels.get("val_loss", {}) else "")
              + ")" for n, c in zip(names, labels["lines"])]
-    return (f"{len(shown)}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
-            + f" (sample with --label; chargen info --labels lists all){drawn}")
+    return (f"{count}: " + ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
+            + " (sample with --label; chargen info --labels lists all)")
 
 
 def _own_labels(names: list[str], lines: list[int], inherited: Optional[list[int]]) -> Optional[str]:
