@@ -39,7 +39,7 @@ CONSTRAINED_TRIES = 2000  # draws per wanted sample under exact constraints: dow
 # --- samples ----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     text: str  # prompt + generated text (without the newline that ended a line)
     prompt: str
@@ -264,31 +264,29 @@ class Drawing:
         if mass is not None:
             stats.mass = mass
         names = self._labels_of(len(results.texts))
+        prompt, unique, seen, training, exclude = self.prompt, cfg.unique, self.seen, self.training_lines, self.exclude
+        room, taken, satisfied = cfg.num - self.produced, 0, 0  # (counted here, stored once: a take is thousands)
         for j, (generated, logprob, n_scored, k) in enumerate(zip(results.texts, results.logp.tolist(),
                                                                   results.scored.tolist(), results.kept.tolist())):
-            if self.produced >= cfg.num:
+            if len(kept) >= room:
                 break
-            self.attempt += 1
-            stats.draws += 1
-            if generated is None:
-                stats.rejected_by_constraints += 1
+            taken += 1
+            if generated is None:  # the constraints rejected it
                 continue
-            self.satisfied += 1
-            text = self.prompt + generated
-            if self.line_mode and not text:
-                continue
-            if cfg.unique and text in self.seen:
+            satisfied += 1
+            text = prompt + generated
+            if (self.line_mode and not text) or (unique and text in seen):
                 continue
             label = names[j] if names is not None else None
-            if (self.training_lines is not None and line_key(label, text) in self.training_lines) \
-                    or (self.exclude and text in self.exclude):
+            if (training is not None and line_key(label, text) in training) or (exclude and text in exclude):
                 continue
-            if cfg.unique:
-                self.seen.add(text)
-            self.produced += 1
-            stats.accepted += 1
-            kept.append(Sample(text=text, prompt=self.prompt, logprob=logprob, n_chars=n_scored, kept=k, mass=mass,
-                               label=label))
+            if unique:
+                seen.add(text)
+            kept.append(Sample(text, prompt, logprob, n_scored, k, mass, label))
+        self.attempt, self.satisfied, self.produced = self.attempt + taken, self.satisfied + satisfied, self.produced + len(kept)
+        stats.draws += taken
+        stats.rejected_by_constraints += taken - satisfied
+        stats.accepted += len(kept)
         return kept
 
     def _labels_of(self, n: int) -> Optional[list[str]]:
