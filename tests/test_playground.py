@@ -111,6 +111,7 @@ def test_a_labelled_model_offers_its_labels_and_draws_under_one(page, trained_la
     page.select_option("#model", "kinds")
     assert page.locator(".for-labels").is_visible()
     assert page.locator("#label-list option").evaluate_all("os => os.map(o => o.value)") == ["abc", "xyz"]
+    assert "labels 2" in " ".join(page.inner_text("#facts").split())  # (trained from scratch: no "with no label")
     page.fill("#label", "xyz")
     page.fill("#n", "8")
     page.fill("#seed", "4")

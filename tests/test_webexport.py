@@ -564,7 +564,7 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
 
 
 def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp_path):
-    ckpt_path = random_labelled_model(tmp_path / "m.safetensors")
+    ckpt_path = random_labelled_model(tmp_path / "m.safetensors", inherited=[100, 0, 0, 100])  # adapted: 2 labels its own
     html = tmp_path / "m.html"
     html.write_text(page_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
     from playwright.sync_api import expect
@@ -579,6 +579,8 @@ def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp
     options = page.eval_on_selector_all("#label-list option", "os => os.map(o => o.value)")
     # suggested: the languages and the kinds the labels are asked by, then the labels
     assert options == ["greek", "italian", "spanish", "city", "first", "surname", *LABELS]
+    facts = " ".join(page.inner_text("#facts").split())
+    assert "labels 4 (with no label: it_IT:surname, el_GR:first)" in facts, facts
     page.fill("#label", "it_IT:first=0.3,el_GR:first=0.7")
     page.fill("#n", "20")
     page.fill("#seed", "11")

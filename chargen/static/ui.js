@@ -53,6 +53,8 @@ function showFacts(m) {
     ["best val loss", loss(m.best_val_loss ?? m.val_loss)],
   ];
   if (m.from) facts.push(["started from", m.from.path + " (" + loss(m.from.val_loss) + " before)"]);
+  const l = m.labels, own = l && l.inherited ? l.names.filter((n, k) => l.lines[k] > l.inherited[k]) : [];
+  if (l) facts.push(["labels", l.names.length + (own.length ? " (with no label: " + own.join(", ") + ")" : "")]);
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = v;
