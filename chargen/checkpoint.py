@@ -95,7 +95,7 @@ class Checkpoint:
             "corpus": meta.get("corpus"),
             "line_oriented": self.line_oriented,
             "training_lines": len(self.training_lines) if self.training_lines is not None else 0,
-            "labels": meta.get("labels"),  # a labelled model's: names, training lines and held-out loss of each
+            "labels": self._labels_facts(),
             "steps": meta.get("step"),
             "chars_seen": meta.get("chars_seen"),
             "val_loss": meta.get("val_loss"),
@@ -109,6 +109,16 @@ class Checkpoint:
             "saved_at": meta.get("saved_at"),
         }
 
+
+    def _labels_facts(self) -> Optional[dict[str, Any]]:
+        """A labelled model's labels: names, training lines and held-out loss of each; for a model
+        adapted from a labelled one, "own": the labels it draws with no label (label_default)."""
+        if not self.model_config.n_labels:
+            return None
+        labels = dict(self.info["labels"])
+        if self.label_default != self.label_counts:
+            labels["own"] = [name for name, w in zip(self.labels, self.label_default) if w]
+        return labels
 
     def public_facts(self) -> dict[str, Any]:
         """describe() without file paths (a model it started from by its file name): what a server's

@@ -428,7 +428,7 @@ def _labels_row(labels: dict) -> str:
     from .sampling.labels import label_summary
 
     names = labels["names"]
-    summary, own = label_summary(names), _own_labels(names, labels["lines"], labels.get("inherited"))
+    summary, own = label_summary(names), _shown(labels.get("own"))
     count = f"{len(names)} (with no --label, the ones its own run trained: {own})" if own else f"{len(names)}"
     if summary:
         return (f"{count}: {summary} (--label asks by a name or by parts: "
@@ -439,13 +439,9 @@ def _labels_row(labels: dict) -> str:
             + " (sample with --label; chargen info --labels lists all)")
 
 
-def _own_labels(names: list[str], lines: list[int], inherited: Optional[list[int]]) -> Optional[str]:
-    """A run from a labelled model: the labels its own lines had (what it draws with no --label:
-    Checkpoint.label_default), at most six shown; None for any other model."""
-    if inherited is None:
-        return None
-    own = [n for n, c, i in zip(names, lines, inherited) if c > i]
-    return ", ".join(own[:6]) + (f", ... ({len(own)})" if len(own) > 6 else "") if own else None
+def _shown(names: Optional[list[str]], most: int = 6) -> Optional[str]:
+    """Some labels, at most `most` shown; None for none."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)})" if len(names) > most else "") if names else None
 
 
 def _label_note(model, label: Optional[str]) -> None:
@@ -459,7 +455,7 @@ def _label_note(model, label: Optional[str]) -> None:
         if sys.stderr.isatty():
             ckpt = model.checkpoint
             examples = _label_examples(model.labels, ckpt.label_counts)
-            own = _own_labels(model.labels, ckpt.label_counts, ckpt.info["labels"].get("inherited"))
+            own = _shown(ckpt.describe()["labels"].get("own"))
             drawn = (f"with no --label draws from the labels its own run trained ({own}), as trained; it has "
                      f"{len(model.labels)} in all, ask for others: {examples}" if own else
                      f"this model has {len(model.labels)} labels and with no --label draws from all of them, as "

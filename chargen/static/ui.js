@@ -53,8 +53,8 @@ function showFacts(m) {
     ["best val loss", loss(m.best_val_loss ?? m.val_loss)],
   ];
   if (m.from) facts.push(["started from", m.from.path + " (" + loss(m.from.val_loss) + " before)"]);
-  const l = m.labels, own = l && l.inherited ? l.names.filter((n, k) => l.lines[k] > l.inherited[k]) : [];
-  if (l) facts.push(["labels", l.names.length + (own.length ? " (with no label: " + own.join(", ") + ")" : "")]);
+  const l = m.labels;  // (own: what a model adapted with --labels draws with no label)
+  if (l) facts.push(["labels", l.names.length + (l.own ? " (with no label: " + l.own.join(", ") + ")" : "")]);
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = v;
