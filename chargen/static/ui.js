@@ -14,10 +14,11 @@ function commaList(id) {
   return ($(id).value || "").split(",").map((s) => s.trim()).filter(Boolean);
 }
 
-// The label field's suggestions: the languages and the kinds a label is asked by, then the labels.
-function labelChoices(names, languages) {
+// The label field's suggestions: an adapted model's own labels, the languages and the kinds a
+// label is asked by, then the labels.
+function labelChoices(names, languages, own) {
   const kinds = names.filter((n) => n.includes(":")).map((n) => n.slice(n.lastIndexOf(":") + 1)).sort();
-  return [...new Set([...Object.values(languages || {}).sort(), ...kinds, ...names])];
+  return [...new Set([...own || [], ...Object.values(languages || {}).sort(), ...kinds, ...names])];
 }
 
 // What drawing the samples cost, for the status line (as chargen sample's note on stderr): the
