@@ -61,8 +61,8 @@ LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared
 
 
 def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
-    """`--label <TAB>` (with the shell's completion installed: chargen --install-completion): the
-    model's languages, kinds and labels that start with what is typed, the last term of a blend
+    """`--label <TAB>` (with the shell's completion installed: chargen --install-completion): an
+    adapted model's own labels, the model's languages, kinds and labels that start with what is typed, the last term of a blend
     completed; the model is -c or the CHECKPOINT argument, else the default. Nothing where it
     cannot be read: a completion never fails."""
     from .checkpoint import checkpoint_path, default_checkpoint, read_checkpoint
@@ -70,11 +70,12 @@ def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
 
     try:
         spec = ctx.params.get("checkpoint") or (ctx.args[0] if ctx.args else None)  # (a half-parsed argument)
-        names = read_checkpoint(checkpoint_path(spec) if spec else default_checkpoint()).labels or []
+        ckpt = read_checkpoint(checkpoint_path(spec) if spec else default_checkpoint())
     except Exception:  # noqa: BLE001 - a half-typed path, a file that is no checkpoint: no suggestions
         return []
+    names, own = ckpt.labels or [], (ckpt.describe()["labels"] or {}).get("own", [])  # an adapted model's own first
     head, comma, last = incomplete.rpartition(",")
-    choices = dict.fromkeys([*sorted(set(label_languages(names).values())), *label_kinds(names), *names])
+    choices = dict.fromkeys([*own, *sorted(set(label_languages(names).values())), *label_kinds(names), *names])
     return [head + comma + c for c in choices if c.startswith(last)]
 
 

@@ -354,6 +354,9 @@ def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy,
     assert {s.label for s in tuned.samples(50, seed=1, label="xyz")} == {"xyz"}
     shown = " ".join(run(["info", str(tmp_path / "ft" / "last.safetensors")]).stdout.decode().replace("│", " ").split())
     assert "labels 3 (with no --label, the ones its own run trained: abz): abc (" in shown
+    line = f"chargen sample -c {tmp_path / 'ft' / 'last.safetensors'} --label "  # completion: its own label first
+    proc = run([], env={"_CHARGEN_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": "5"})
+    assert proc.stdout.decode().split() == ["abz", "abc", "xyz"], proc.stdout
     code, note = run_on_terminal(["sample", "-c", str(tmp_path / "ft" / "last.safetensors"), "-n", "3"],
                                  tmp_path / "out.txt", columns=300)
     assert code == 0 and " ".join(note.split()) == (
