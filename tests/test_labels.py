@@ -411,3 +411,23 @@ def test_the_start_labels_notice_speaks_of_one_label_or_several():
         "lines start from the base's label en:first, the closest to them; training moves it"
     assert _start_labels_notice({"boys": "en:first", "girls": "en_US:first"}) == \
         "lines start from the base's labels en:first (boys), en_US:first (girls), the closest to them; training moves them"
+
+
+def test_files_of_one_name_in_two_folders_are_told_to_share_a_label(tmp_path):
+    """girls/names.txt and boys/names.txt: one label, 'names', by the rule; a notice says so
+    (shards of one kind in several folders are meant to share it), the same file twice is no news."""
+    from chargen.training.labels import read_labelled
+
+    for folder, letters in (("girls", "abc"), ("boys", "xyz")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "names.txt").write_text(toy_words(letters, 20, 1))
+    (tmp_path / "it.txt").write_text(toy_words("abc", 20, 2))
+    told: list[str] = []
+    paths = [str(tmp_path / "girls" / "names.txt"), str(tmp_path / "boys" / "names.txt"), str(tmp_path / "it.txt")]
+    corpus = read_labelled(paths, "file", notice=told.append)
+    assert corpus.labels.names == ["it", "names"] and told == [
+        f"{paths[0]} and {paths[1]} both label their lines 'names' (a file's name is its label): rename one to keep "
+        f"them apart"]
+    told.clear()
+    read_labelled([paths[0], paths[0], paths[2]], "file", notice=told.append)
+    assert told == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
@@ -79,8 +79,23 @@ def _file_text(path: str, stdin: Optional[BinaryIO]) -> str:
     return "".join(text if text is not None else buf.decode("ascii") for buf, text in corpus_chunks([path], stdin))
 
 
-def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None) -> EncodedCorpus:
-    """The corpus's lines (empty ones dropped) as an EncodedCorpus of their text, with their labels."""
+def _note_shared_names(paths: list[str], stems: list[str], notice: Optional[Callable[[str], None]]) -> None:
+    """girls/names.txt and boys/names.txt would label their lines alike: say so (shards of one
+    kind in several folders are meant to; two kinds named alike are not, and look the same)."""
+    by_stem: dict[str, list[str]] = {}
+    for path, stem in zip(paths, stems):
+        if Path(path).resolve() not in {Path(p).resolve() for p in by_stem.get(stem, [])}:
+            by_stem.setdefault(stem, []).append(path)
+    for stem, shared in by_stem.items():
+        if len(shared) > 1 and notice is not None:
+            notice(f"{', '.join(shared[:-1])} and {shared[-1]} {'both' if len(shared) == 2 else 'all'} label their "
+                   f"lines {stem!r} (a file's name is its label): rename one to keep them apart")
+
+
+def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None,
+                  notice: Optional[Callable[[str], None]] = None) -> EncodedCorpus:
+    """The corpus's lines (empty ones dropped) as an EncodedCorpus of their text, with their labels.
+    `notice` is told of files in different folders that share a name, so a label (--labels file)."""
     if mode not in LABEL_MODES:
         raise UsageError(f"`labels` must be one of {', '.join(LABEL_MODES)} (got {mode!r})")
     check_paths(paths)
@@ -93,6 +108,7 @@ def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None)
         if len(set(stems)) >= MAX_FILE_LABELS:
             raise UsageError(f"--labels file would make {len(set(stems)):,} labels, one per file; give files of one "
                              f"kind each (it.txt, el.txt), or LABEL<TAB>TEXT lines with --labels tab")
+        _note_shared_names(paths, stems, notice)
         for path, stem in zip(paths, stems):
             check_label(stem, f"{path} (its name is its label)")
             for line in _file_text(path, stdin).split("\n"):

@@ -68,7 +68,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         resolve_device(config.device)  # a device that is not here: one error, before any reading or notice
     clean = False
     try:
-        corpus = _ingest(paths, dist, callbacks) if config.labels is None else read_labelled(paths, config.labels)
+        corpus = _ingest(paths, dist, callbacks) if config.labels is None else \
+            read_labelled(paths, config.labels, notice=_notice(callbacks, dist))
         val_text = read_corpus([val_file]).text if val_file else None
         sizing = None  # the record of the automatic sizes, when they were chosen
         closest = None  # a labelled base's ClosestLabels, shared by a cross-validation's runs
