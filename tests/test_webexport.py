@@ -229,7 +229,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     ckpt = read_checkpoint(ckpt_path)
     module = tmp_path / "m.mjs"
     module.write_text(module_text(ckpt, Encoding("f32", True)))
-    bad = [{"n": 2, "label": "greek cities"}, {"n": 2, "label": "italian poets"},
+    bad = [{"n": 2, "label": "it=1e308,es=1e308"}, {"n": 2, "label": "greek cities"}, {"n": 2, "label": "italian poets"},
            {"n": 2, "label": "Itallian"}, {"n": 2, "label": "it_IT:frist"}, {"n": 2, "label": "it=x"}]
     got = node_records(module, LABEL_CASES + bad)
     for case, js in zip(LABEL_CASES, got):
@@ -244,6 +244,10 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     assert "unknown label 'italian poets': no label has 'poets'" in got[-4]["error"]
     assert "unknown label 'greek cities': no label has all of greek, cities; greek: el_GR:first " in got[-5]["error"]
     assert "weight" in got[-1]["error"]
+    with pytest.raises(chargen.UsageError) as python:  # weights whose sum would overflow: the same words
+        chargen.load(ckpt_path).sample(2, label="it=1e308,es=1e308")
+    assert got[-6]["error"].replace("`", "") == str(python.value).replace("`", "")
+    assert "at most 1,000,000,000" in got[-6]["error"]
 
 
 def test_the_bundled_models_pages_stay_within_their_budgets():

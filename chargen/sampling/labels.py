@@ -56,6 +56,9 @@ _NAMES = set(LANGUAGES.values())
 LABEL_DRAW, LABEL_GO, LABEL_PICK = (np.uint64((1 << 62) + k) for k in range(3))
 
 
+MAX_WEIGHT = 1e9  # a blend's term's weight at most (weights are shares: 1e308 and 1e308 overflowed their sum)
+
+
 def line_key(label: Optional[str], text: str) -> str:
     """How a labelled model keeps a training line for `novel`: "LABEL<TAB>line" (the line alone
     without a label), so a sample is novel against its own label's lines."""
@@ -194,9 +197,9 @@ def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Opti
                 w = float(share) if eq else 1.0
             except ValueError:
                 w = math.nan
-            if not (math.isfinite(w) and w > 0):
-                raise UsageError(f"`label`: the weight in {term.strip()!r} must be a number above 0 "
-                                 f"(a blend: it=0.7,es=0.3)")
+            if not (0 < w <= MAX_WEIGHT):  # (NaN fails; a bound, so that the shares' sum stays finite)
+                raise UsageError(f"`label`: the weight in {term.strip()!r} must be a number above 0 and at most "
+                                 f"{MAX_WEIGHT:,.0f} (a blend: it=0.7,es=0.3)")
             if not label:
                 raise UsageError(f"`label`: {term.strip()!r} names no label (a blend: it=0.7,es=0.3)")
             found = _matching(label, names)

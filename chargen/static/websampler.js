@@ -1154,7 +1154,7 @@ function resolveLabels(spec, labels) {
     const term = raw.trim(), eq = term.indexOf("=");
     const label = (eq < 0 ? term : term.slice(0, eq)).trim();
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
-    if (!(Number.isFinite(w) && w > 0)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 (a blend: it=0.7,es=0.3)`);
+    if (!(w > 0 && w <= 1e9)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 and at most 1,000,000,000 (a blend: it=0.7,es=0.3)`);  // labels.py's MAX_WEIGHT
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
     const pieces = label.replace(/:/g, " ").split(" ").filter((p) => p && !(/^names?$/i.test(p) && !has(p)));
     const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
