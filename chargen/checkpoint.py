@@ -110,15 +110,21 @@ class Checkpoint:
         }
 
 
+    @property
+    def own_labels(self) -> Optional[list[str]]:
+        """A model adapted from a labelled one: the labels it draws with no label (label_default
+        where that is not every label's lines); None for any other model."""
+        if not self.model_config.n_labels or self.label_default == self.label_counts:
+            return None
+        return [name for name, w in zip(self.labels, self.label_default) if w]
+
     def _labels_facts(self) -> Optional[dict[str, Any]]:
-        """A labelled model's labels: names, training lines and held-out loss of each; for a model
-        adapted from a labelled one, "own": the labels it draws with no label (label_default)."""
+        """A labelled model's labels: names, training lines and held-out loss of each, and "own"
+        (own_labels) where there are."""
         if not self.model_config.n_labels:
             return None
-        labels = dict(self.info["labels"])
-        if self.label_default != self.label_counts:
-            labels["own"] = [name for name, w in zip(self.labels, self.label_default) if w]
-        return labels
+        own = self.own_labels
+        return {**self.info["labels"], **({"own": own} if own else {})}
 
     def public_facts(self) -> dict[str, Any]:
         """describe() without file paths (a model it started from by its file name): what a server's

@@ -73,7 +73,7 @@ def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
         ckpt = read_checkpoint(checkpoint_path(spec) if spec else default_checkpoint())
     except Exception:  # noqa: BLE001 - a half-typed path, a file that is no checkpoint: no suggestions
         return []
-    names, own = ckpt.labels or [], (ckpt.describe()["labels"] or {}).get("own", [])  # an adapted model's own first
+    names, own = ckpt.labels or [], ckpt.own_labels or []  # an adapted model's own first
     head, comma, last = incomplete.rpartition(",")
     choices = dict.fromkeys([*own, *sorted(set(label_languages(names).values())), *label_kinds(names), *names])
     return [head + comma + c for c in choices if c.startswith(last)]
@@ -456,7 +456,7 @@ def _label_note(model, label: Optional[str]) -> None:
         if sys.stderr.isatty():
             ckpt = model.checkpoint
             examples = _label_examples(model.labels, ckpt.label_counts)
-            own = _shown(ckpt.describe()["labels"].get("own"))
+            own = _shown(ckpt.own_labels)
             drawn = (f"with no --label draws from the labels its own run trained ({own}), as trained; it has "
                      f"{len(model.labels)} in all, ask for others: {examples}" if own else
                      f"this model has {len(model.labels)} labels and with no --label draws from all of them, as "

@@ -82,11 +82,11 @@ def _file_text(path: str, stdin: Optional[BinaryIO]) -> str:
 def _note_shared_names(paths: list[str], stems: list[str], notice: Optional[Callable[[str], None]]) -> None:
     """girls/names.txt and boys/names.txt would label their lines alike: say so (shards of one
     kind in several folders are meant to; two kinds named alike are not, and look the same)."""
-    by_stem: dict[str, list[str]] = {}
+    by_stem: dict[str, dict[Path, str]] = {}  # stem -> each distinct file of that name (as given)
     for path, stem in zip(paths, stems):
-        if Path(path).resolve() not in {Path(p).resolve() for p in by_stem.get(stem, [])}:
-            by_stem.setdefault(stem, []).append(path)
-    for stem, shared in by_stem.items():
+        by_stem.setdefault(stem, {}).setdefault(Path(path).resolve(), path)
+    for stem, files in by_stem.items():
+        shared = list(files.values())
         if len(shared) > 1 and notice is not None:
             notice(f"{', '.join(shared[:-1])} and {shared[-1]} {'both' if len(shared) == 2 else 'all'} label their "
                    f"lines {stem!r} (a file's name is its label): rename one to keep them apart")
