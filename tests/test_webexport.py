@@ -209,7 +209,7 @@ def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
     """No close match: a few labels are listed by name, many by their kinds and languages (as
     chargen info shows them), in the module's words as in chargen's."""
     many = [f"{loc}:{kind}" for loc in ("it_IT", "el_GR", "es_ES", "de_DE", "fi_FI")
-            for kind in ("first", "surname", "city")]
+            for kind in ("first", "surname", "city")] + ["elves", "dwarves"]  # (neither a kind nor a language: by name)
     for name, labels in (("few", LABELS), ("many", many)):
         path = random_labelled_model(tmp_path / f"{name}.safetensors", labels=labels)
         module = tmp_path / f"{name}.mjs"
@@ -217,7 +217,8 @@ def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
         js = node_records(module, [{"n": 1, "label": "xyzzy"}])[0]["error"]
         with pytest.raises(chargen.UsageError) as python:
             chargen.load(path).sample(1, label="xyzzy")
-        expected = ("it has 15: kinds city, first, surname; languages finnish, german, greek, italian, spanish"
+        expected = ("it has 17: labels elves, dwarves; kinds city, first, surname; languages finnish, german, greek, "
+                    "italian, spanish"
                     if name == "many" else "it has 4: it_IT:first, it_IT:surname, el_GR:first, es_ES:city")
         assert expected in str(python.value) and expected in js, (name, js)
         assert js.replace("its info", "chargen info --labels") == str(python.value)

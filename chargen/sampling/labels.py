@@ -106,13 +106,17 @@ def label_kinds(names: list[str]) -> list[str]:
 
 
 def label_summary(names: list[str]) -> Optional[str]:
-    """What --label can ask many labels by: "kinds city, first...; languages arabic, ..."; None
-    for a dozen labels or fewer (they are shown by name), or labels with neither."""
-    kinds, languages = label_kinds(names), sorted(set(label_languages(names).values()))
+    """What --label can ask many labels by: "labels boys, girls; kinds city, first...; languages
+    arabic, ..." (by name those with neither a kind nor a language: an adapted model's own, often);
+    None for a dozen labels or fewer (they are shown by name), or labels with neither."""
+    codes = label_languages(names)
+    kinds, languages = label_kinds(names), sorted(set(codes.values()))
     if len(names) <= 12 or not (kinds or languages):
         return None
-    return "; ".join(part for part in (f"kinds {', '.join(kinds)}" if kinds else "",
-                                       f"languages {', '.join(languages)}" if languages else "") if part)
+    loose = [n for n in names if ":" not in n and not _own_parts(n) & codes.keys()]
+    return "; ".join(part for part in (
+        f"labels {', '.join(loose[:12])}{', ...' if len(loose) > 12 else ''}" if loose else "",
+        f"kinds {', '.join(kinds)}" if kinds else "", f"languages {', '.join(languages)}" if languages else "") if part)
 
 
 def _own_parts(name: str) -> set[str]:

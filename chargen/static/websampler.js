@@ -1113,13 +1113,15 @@ function labelParts(name, languages) {
   return out;
 }
 
-// What many labels can be asked by (labels.py's label_summary): "kinds ...; languages ...", or
-// null for a dozen labels or fewer.
+// What many labels can be asked by (labels.py's label_summary): "labels ...; kinds ...; languages
+// ...", or null for a dozen labels or fewer.
 function labelSummary(names, languages) {
   const kinds = Array.from(new Set(names.filter((n) => n.includes(":")).map((n) => n.slice(n.lastIndexOf(":") + 1)))).sort();
   const langs = Array.from(new Set(Object.values(languages))).sort();
   if (names.length <= 12 || !(kinds.length || langs.length)) return null;
-  return [kinds.length ? `kinds ${kinds.join(", ")}` : "", langs.length ? `languages ${langs.join(", ")}` : ""].filter((p) => p).join("; ");
+  const loose = names.filter((n) => !n.includes(":") && ![...labelParts(n, {})].some((p) => Object.hasOwn(languages, p)));
+  return [loose.length ? `labels ${loose.slice(0, 12).join(", ")}${loose.length > 12 ? ", ..." : ""}` : "",
+    kinds.length ? `kinds ${kinds.join(", ")}` : "", langs.length ? `languages ${langs.join(", ")}` : ""].filter((p) => p).join("; ");
 }
 
 // What a piece of a term asks as (labels.py's _forms): itself, and unless a code (3 letters or fewer)
