@@ -238,11 +238,31 @@ def _not_exported(labelled: bool) -> dict:
     return NOT_EXPORTED if labelled else {**NOT_EXPORTED, "label": "needs a labelled model; this one has no labels"}
 
 
+MAX_SHARED = 42  # leading characters a front-coded line says it shares with the line before: "0" to "Z"
+
+
+def front_coded(lines: list[str]) -> str:
+    """Training lines as an export carries them for `novel` (a third smaller for names): distinct,
+    sorted, each after one character, chr(48 + k), saying that it starts with the first k
+    characters of the line before (k at most MAX_SHARED, and only characters of Unicode's Basic
+    Multilingual Plane shared, so that k counts the same in Python and in JavaScript's UTF-16
+    strings). websampler.js's decodeLines reads them."""
+    out, prev = [], ""
+    for line in sorted(set(lines)):
+        k, most = 0, min(len(prev), len(line), MAX_SHARED)
+        while k < most and prev[k] == line[k] and ord(line[k]) < 0x10000:
+            k += 1
+        out.append(chr(48 + k) + line[k:])
+        prev = line
+    return "\n".join(out)
+
+
 def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
     stored, _ = encoded(ckpt, encoding.enc, encoding.start)
     start_state = [stored.pop(f"start_state.{j}") for j in range(len(ckpt.start_state or []))] or None
-    lines_bytes = len(encode_lines(ckpt.training_lines)) if ckpt.training_lines else 0
-    keep_lines = ckpt.training_lines is not None and lines_bytes <= NOVEL_BUDGET
+    coded = front_coded(ckpt.training_lines) if ckpt.training_lines is not None else None
+    lines_bytes = len(coded.encode("utf-8")) if coded else 0
+    keep_lines = coded is not None and lines_bytes <= NOVEL_BUDGET
     facts = ckpt.public_facts()
     facts["export"] = {"weights": encoding.enc, "lossless": encoding.lossless, "loss": encoding.loss,
                        "loss_exported": encoding.loss_exported, "novel": keep_lines}
@@ -252,7 +272,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "line_oriented": ckpt.line_oriented,
         "weights": stored,
         "start_state": start_state,  # each (labels x layers, H) or (layers, H)
-        "training_lines": "\n".join(ckpt.training_lines) if keep_lines else None,
+        "training_lines": coded if keep_lines else None,
         "training_lines_note": None if keep_lines else (
             f"`novel` is not in this export: the model's {len(ckpt.training_lines or []):,} training lines "
             f"({lines_bytes / 1024:,.0f} KB) are over the {NOVEL_BUDGET // 1024} KB an export carries"

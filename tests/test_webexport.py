@@ -759,3 +759,47 @@ def test_exported_scripts_lose_only_comments_and_indentation():
                 assert "/" not in line and not any(line.count(q) % 2 for q in "\"'`"), (name, full)
                 cut += len(rest)
     assert cut > 1500  # websampler.js's comments after code, ui.js's...
+
+
+def _decoded_as_javascript(text: str) -> list[str]:
+    """websampler.js's decodeLines, with JavaScript's strings: sliced in UTF-16 code units."""
+    out, prev = [], b""
+    for s in text.split("\n"):
+        prev = prev[: 2 * (ord(s[0]) - 48)] + s[1:].encode("utf-16-le")
+        out.append(prev.decode("utf-16-le"))
+    return out
+
+
+def test_front_coded_lines_come_back_whole_in_javascripts_strings():
+    """The lines an export carries for `novel`, front-coded: long shared prefixes (past MAX_SHARED),
+    characters past the Basic Multilingual Plane (two UTF-16 units each: never counted as shared),
+    repeats; decoded as JavaScript decodes them, the same distinct lines."""
+    from chargen.webexport import MAX_SHARED, front_coded
+
+    lines = ["A" * 60 + "b", "A" * 60 + "c", "A" * 60, "𝔄𝔅x", "𝔄𝔅y", "𝔄", "é𝔄é", "é𝔄f", "emma", "emma", "emily",
+             "ZZ", "Z", "x" * (MAX_SHARED + 5) + "1", "x" * (MAX_SHARED + 5) + "2"]
+    coded = front_coded(lines)
+    assert _decoded_as_javascript(coded) == sorted(set(lines))
+    assert len(coded) < len("\n".join(lines)) - 100  # shared prefixes are not written again
+    names = make_names(2000, seed=1).splitlines()
+    assert _decoded_as_javascript(front_coded(names)) == sorted(set(names))
+
+
+@needs_node
+def test_novel_in_a_module_refuses_the_models_own_greedy_line(tmp_path):
+    """The greedy line (temperature 0) among training lines that share long prefixes with it: chargen
+    and the module both find it there, so `novel` at temperature 0 draws nothing in either."""
+    path = random_model(tmp_path / "m.safetensors", "lstm", 2, seed=5)
+    ckpt = read_checkpoint(path)
+    greedy = chargen.load(path).sample(1, "Mo", temperature=0)[0]
+    lines = [greedy, greedy + "x", greedy[:-1], greedy * 3, "Q" * 50 + greedy] + ckpt.training_lines
+    save_checkpoint(path, weights=ckpt.weights, model_config=ckpt.model_config, vocab_json=ckpt.vocab.to_json(),
+                    train_config={}, info=ckpt.info, lines_blob=encode_lines(lines), start_state=ckpt.start_state)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
+    got = node_records(module, [{"n": 1, "prompt": "Mo", "temperature": 0, "novel": True},
+                                {"n": 1, "prompt": "Mo", "temperature": 0}])
+    assert got[1][0]["text"] == greedy  # the module's greedy line is chargen's
+    assert "produced only 0 of 1" in got[0]["error"], got[0]
+    with pytest.raises(chargen.ChargenError, match="produced only 0 of 1"):
+        chargen.load(path).sample(1, "Mo", temperature=0, novel=True)

@@ -1285,7 +1285,7 @@ class Sampler {
     const cap = o.length || (lines ? MODEL.line_length : MODEL.prose_length);
     const prompts = typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt);
     const guides = prompts.map((p) => this.guide(o, p, lines, cap));
-    if (o.novel && this.training === null) this.training = new Set(MODEL.training_lines.split("\n"));
+    if (o.novel && this.training === null) this.training = new Set(decodeLines(MODEL.training_lines));
     const exclude = o.exclude ? new Set(o.exclude) : null;
     const seen = new Set(), newline = lines ? this.index.get("\n") ?? -1 : -1;
     const mix = MODEL.labels ? resolveLabels(o.label, MODEL.labels) : null;  // a labelled model's labels to draw from
@@ -1359,6 +1359,13 @@ class Sampler {
       }
     }
   }
+}
+
+// The training lines as webexport.front_coded writes them: each after a character ("0" + k) saying
+// it starts with the first k characters of the line before.
+function decodeLines(text) {
+  let prev = "";
+  return text.split("\n").map((s) => (prev = prev.slice(0, s.charCodeAt(0) - 48) + s.slice(1)));
 }
 
 let sampler = null;
