@@ -109,14 +109,14 @@ class Checkpoint:
             "saved_at": meta.get("saved_at"),
         }
 
-
     @property
     def own_labels(self) -> Optional[list[str]]:
         """A model adapted from a labelled one: the labels it draws with no label (label_default
         where that is not every label's lines); None for any other model."""
-        if not self.model_config.n_labels or self.label_default == self.label_counts:
+        default = self.label_default
+        if default is None or default == self.label_counts:
             return None
-        return [name for name, w in zip(self.labels, self.label_default) if w]
+        return [name for name, w in zip(self.labels, default) if w]
 
     def _labels_facts(self) -> Optional[dict[str, Any]]:
         """A labelled model's labels: names, training lines and held-out loss of each, and "own"

@@ -62,9 +62,9 @@ LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared
 
 def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
     """`--label <TAB>` (with the shell's completion installed: chargen --install-completion): an
-    adapted model's own labels, the model's languages, kinds and labels that start with what is typed, the last term of a blend
-    completed; the model is -c or the CHECKPOINT argument, else the default. Nothing where it
-    cannot be read: a completion never fails."""
+    adapted model's own labels, then the model's languages, kinds and labels, that start with what
+    is typed, the last term of a blend completed; the model is -c or the CHECKPOINT argument, else
+    the default. Nothing where it cannot be read: a completion never fails."""
     from .checkpoint import checkpoint_path, default_checkpoint, read_checkpoint
     from .sampling.labels import label_kinds, label_languages
 

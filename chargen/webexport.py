@@ -278,8 +278,8 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
             f"({lines_bytes / 1024:,.0f} KB) are over the {NOVEL_BUDGET // 1024} KB an export carries"
             if ckpt.training_lines else "`novel` needs the training lines, and this model has none"),
         "labels": {"names": ckpt.labels, "counts": ckpt.label_counts,
-                   "languages": label_languages(ckpt.labels),  # with no label: the run's own (only where that differs)
-                   **({"default": ckpt.label_default} if ckpt.label_default != ckpt.label_counts else {})}
+                   "languages": label_languages(ckpt.labels),
+                   **({"default": ckpt.label_default} if ckpt.own_labels else {})}  # with no label: an adapted model's own
         if ckpt.labels else None,
         "defaults": _defaults(bool(ckpt.labels)),
         "not_exported": _not_exported(bool(ckpt.labels)),

@@ -9,7 +9,8 @@
     --label "greek surnames"    pieces apart by spaces too, and a kind in the plural: el:surname
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
-    (no --label)                every label, in the proportions of their training lines
+    (no --label)                every label, in the proportions of their training lines (a model
+                                adapted from a labelled one with --labels: its own run's labels)
 
 A blend is a proper mixture: each sample first draws its label with the blend's weights (from its
 own random stream, so the same seed gives the same samples at any batch width), then is drawn
