@@ -26,8 +26,6 @@ from .errors import ChargenError, TrainingInterrupted, UsageError
 
 app = typer.Typer(
     name="chargen",
-    help="Train a character-level LSTM on your own text, and sample from it.\n\n"
-    "Example: chargen sample -n 10 | sort -u",
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -155,7 +153,12 @@ def _root(
 ) -> None:
     """Train a character-level LSTM on your own text, and sample from it.
 
-    Example: chargen train corpora/names.txt --time 5m && chargen sample -c checkpoints/names -n 10
+    Examples:
+
+    \b
+      chargen sample -n 10 | sort -u              # names from the bundled model
+      chargen train corpora/names.txt --time 5m   # your own: writes checkpoints/names/
+      chargen sample -c checkpoints/names -n 10
     """
     if ctx.invoked_subcommand in KEEP_FREED_MEMORY:
         from .allocator import keep_freed_memory
@@ -300,7 +303,10 @@ def train(
     Writes best.safetensors (best validation loss), last.safetensors (for --resume) and
     metrics.jsonl into the run directory. Ctrl-C saves and tells how to resume.
 
-    Example: chargen train corpora/shakespeare.txt --time 5m
+    Example:
+
+    \b
+      chargen train corpora/shakespeare.txt --time 5m
     """
     from .extras import require_torch
 
@@ -380,14 +386,11 @@ def sample(
 
     Examples:
 
-      chargen sample -n 10                      # ten names from the bundled model
-
+    \b
+      chargen sample -n 10                # ten names from the bundled model
       chargen sample -n 1000 --unique | sort | head
-
       chargen sample -n 5 --max-len 8 --ends-with a --seed 1
-
       chargen sample --top 20 --ends-with a --format jsonl
-
       chargen sample -c checkpoints/shakespeare -p "ROMEO:" -l 500
     """
     if output_format not in ("text", "jsonl"):
@@ -554,10 +557,9 @@ def serve(
 
     Examples:
 
-      chargen serve                                  # the bundled names model on http://127.0.0.1:8000
-
+    \b
+      chargen serve                # the bundled names model on http://127.0.0.1:8000
       chargen serve -c checkpoints/shakespeare -c names --port 9000
-
       curl -s localhost:8000/v1/sample -H 'Content-Type: application/json' -d '{"n": 5, "seed": 1}'
     """
     from .serve import serve as run_server, token_from_env
@@ -588,7 +590,10 @@ def eval_command(
 ) -> None:
     """Score text with a model: loss in nats and bits per character, and perplexity.
 
-    Example: chargen eval checkpoints/shakespeare corpora/shakespeare.txt
+    Example:
+
+    \b
+      chargen eval checkpoints/shakespeare corpora/shakespeare.txt
     """
     from .api import load
     from .training.data import read_corpus
@@ -646,7 +651,10 @@ def score(
     Scored from the start of a line, as samples are drawn (temperature 1), the newline that ends it
     included: a name chargen sample drew scores its own logprob. Higher is likelier.
 
-    Example: chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
+    Example:
+
+    \b
+      chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
     from .api import load
     from .training.ingest import corpus_chunks
@@ -700,8 +708,11 @@ def export(
     The module and the page give, for a seed, the samples chargen sample prints; --weights says
     when exactly.
 
-    Examples: chargen export names --html names.html;
-    chargen export checkpoints/shakespeare --js model.mjs --tokenizer tokenizer.json
+    Examples:
+
+    \b
+      chargen export names --html names.html
+      chargen export checkpoints/shakespeare --js model.mjs --tokenizer tokenizer.json
     """
     from .checkpoint import BEST, checkpoint_path, read_checkpoint
     from .files import atomic_write
@@ -748,7 +759,10 @@ def info(
 ) -> None:
     """Describe a checkpoint: model, vocabulary, training, losses, versions.
 
-    Example: chargen info checkpoints/shakespeare --plot
+    Example:
+
+    \b
+      chargen info checkpoints/shakespeare --plot
     """
     if plot:
         return _plot_run(checkpoint)

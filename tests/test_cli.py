@@ -238,8 +238,17 @@ def test_every_command_has_help_with_an_example():
         for param in cmd.params:
             if param.name not in ("help",):
                 assert getattr(param, "help", None), f"{name} {param.name} has no help"
-        p = run([name, "--help"])
+        p = run([name, "--help"], env={"COLUMNS": "80"})
         assert p.returncode == 0 and b"Example" in p.stdout
+        # each example is printed whole, one line, to copy: not rewrapped at the terminal's width
+        examples = [line.strip() for line in cmd.help.splitlines() if line.strip().startswith(("chargen ", "curl "))]
+        assert examples, name
+        shown = [line.strip() for line in p.stdout.decode().splitlines()]
+        for example in examples:
+            assert example in shown, (name, example)
+    examples = [line.strip() for line in root.help.splitlines() if line.strip().startswith("chargen ")]
+    shown = [line.strip() for line in run(["--help"], env={"COLUMNS": "80"}).stdout.decode().splitlines()]
+    assert examples and all(example in shown for example in examples)
 
 
 def test_every_command_reading_a_checkpoint_says_which_models_are_bundled():
