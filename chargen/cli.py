@@ -830,9 +830,12 @@ def _info_table(ckpt, facts: dict):
         t.add_row("started from", _lineage(meta["from"], held_out=meta.get("val_chars") != 0))
     tc = ckpt.train_config
     if tc:
-        layout = "line mode, " if cfg.learned_start else ""
-        t.add_row("training", f"{layout}batch {tc.get('batch_size')} x seq {tc.get('seq_len')}, lr {tc.get('lr')}, "
-                              f"{facts['device'] or '?'} {facts['precision'] or '?'}")
+        layout = f"batch {tc.get('batch_size')} x seq {tc.get('seq_len')}"
+        if isinstance(meta.get("lines_per_batch"), int):
+            layout = f"line mode, {meta['lines_per_batch']:,} lines a batch ({layout})"
+        elif cfg.learned_start:
+            layout = f"line mode, {layout}"
+        t.add_row("training", f"{layout}, lr {tc.get('lr')}, {facts['device'] or '?'} {facts['precision'] or '?'}")
     t.add_row("versions", f"chargen {meta.get('chargen_version', '?')}, torch {meta.get('torch_version', '?')}")
     t.add_row("saved", str(meta.get("saved_at", "?")))
     return t

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,9 @@ def test_train_then_sample_end_to_end(tmp_path, names_file):
     info = run(["info", str(out), "--json"])
     facts = json.loads(info.stdout)
     assert facts["line_oriented"] and facts["steps"] == 40 and facts["training_lines"] == 400
+    # what a step was: the lines a batch training said, not the batch size it was computed from
+    step_layout = re.search(r"line mode, \d+ lines a batch", err)
+    assert step_layout and step_layout.group(0) in run(["info", str(out)], env={"COLUMNS": "200"}).stdout.decode()
 
 
 def test_automatic_sizes_are_measured_printed_and_recorded(tmp_path, prose_file):

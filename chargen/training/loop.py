@@ -235,6 +235,8 @@ class Trainer:
             "train_chars": data.train_chars, "val_chars": data.val_chars, "unigram_entropy": data.unigram_entropy,
             "precision": self.precision, "device": device.type,
         }
+        if self.line_batches is not None:  # what a step is in line mode (batch_size x seq_len sets it)
+            self.run_info["lines_per_batch"] = self.line_batches.lines_per_batch
         if self.lineage is not None:
             self.run_info["from"] = self.lineage
             if self.lineage.get("start_labels") and ckpt is None and self.main:
