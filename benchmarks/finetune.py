@@ -4,6 +4,7 @@
     python benchmarks/finetune_lists.py      # once: builds bench-out/lists/ from Faker's data
     python benchmarks/finetune.py [--time 60] [--sizes 50 200 1000 5000] [--sources ...] \\
         [--modes scratch names base] [--seeds 3] [--json bench-out/finetune.json] [--extra "--lr 2e-3"]
+    python benchmarks/finetune.py --modes scratch base old=OLD.safetensors   # another model beside the bundled
 
 For each source list and size N: the first N lines of the (seeded, shuffled) list, split 90/10
 with seed 0 into train.txt and val.txt. Then, through the installed command and with the same
@@ -52,6 +53,21 @@ def best_record(run_dir: Path) -> dict:
 
 
 MODES = {"scratch": "none", "names": "names", "base": "base"}  # mode -> chargen train --from
+
+
+def mode_arg(text: str) -> str:
+    """--modes: one of MODES, or NAME=CHECKPOINT (adapting that model, e.g. a base before a change)."""
+    if text in MODES or ("=" in text and text.split("=", 1)[0] not in MODES and all(text.split("=", 1))):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: one of {', '.join(MODES)}, or NAME=CHECKPOINT")
+
+
+def name_of(mode: str) -> str:
+    return mode.split("=", 1)[0]
+
+
+def from_of(mode: str) -> str:
+    return mode.split("=", 1)[1] if "=" in mode else MODES[mode]
 SEED = 1337  # chargen train's default seed: the first run of each mode
 
 
@@ -76,7 +92,7 @@ def gain(scratch: dict, adapted: dict) -> str:
 
 def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, mode: str, extra: list[str]) -> dict:
     cmd = [*cg, "train", str(train), "--val-file", str(val), "--time", f"{time_s}s", "-o", str(out), "-q",
-           "--sample-every", "0", "--from", MODES[mode], *extra]
+           "--sample-every", "0", "--from", from_of(mode), *extra]
     _, wall, rss = run_measured(cmd)
     # A held-out character that train.txt lacks is outside a from-scratch model's vocabulary: it
     # is skipped (and counted), which if anything flatters the from-scratch model.
@@ -97,12 +113,14 @@ def main() -> None:
     ap.add_argument("--sources", nargs="+", default=SOURCES)
     ap.add_argument("--sizes", nargs="+", type=int, default=[50, 200, 1000, 5000])
     ap.add_argument("--time", type=float, default=60.0, help="seconds of training per run (both ways)")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=list(MODES), type=mode_arg,
+                    help="scratch, names, base, or NAME=CHECKPOINT (another model to adapt)")
     ap.add_argument("--extra", default="", help="more flags for every `chargen train` (e.g. to try a setting)")
     ap.add_argument("--seeds", type=int, default=1, help="runs of each mode, seeds 1337, 1338, ...")
     ap.add_argument("--json", type=Path, default=Path("bench-out/finetune.json"))
     args = ap.parse_args()
     cg = chargen_cmd()
+    names = [name_of(m) for m in args.modes]
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for source in args.sources:
@@ -120,25 +138,26 @@ def main() -> None:
                 for mode in args.modes:
                     runs = []
                     for k in range(args.seeds):
-                        runs.append(one_run(cg, d / "train.txt", d / "val.txt", d / f"{mode}-{k}", args.time, mode,
+                        runs.append(one_run(cg, d / "train.txt", d / "val.txt", d / f"{name_of(mode)}-{k}", args.time, mode,
                                             [*shlex.split(args.extra), "--seed", str(SEED + k)]))
                         print(f"{source} {size} {mode} seed {SEED + k}: {runs[-1]}", file=sys.stderr, flush=True)
-                    r[mode] = summary(runs)
+                    r[name_of(mode)] = summary(runs)
                 results.append(r)
-                runs = [r[m] for m in args.modes]
-                gains = [gain(r["scratch"], r[m]) for m in args.modes if m != "scratch" and "scratch" in r]
+                runs = [r[m] for m in names]
+                gains = [gain(r["scratch"], r[m]) for m in names if m != "scratch" and "scratch" in r]
                 shown = [f"{x['loss']:.3f}" + (f" ± {x['sd']:.3f}" if args.seeds > 1 else "") for x in runs]
                 rows.append([source, f"{size:,}", *shown, *gains,
                              *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" for x in runs),
                              *(f"{x['copied']:.1%}" for x in runs)])
     facts = host()
-    adapted = [m for m in args.modes if m != "scratch"]
+    adapted = [m for m in names if m != "scratch"]
     print_table(f"adapting vs from scratch, {args.time:.0f} s each ({facts['cpu']}, {facts['cpus']} CPUs, "
                 f"commit {facts['commit']})",
-                ["list", "lines", *(f"{m} loss" for m in args.modes),
-                 *(f"gain {m}" for m in adapted if "scratch" in args.modes),
-                 *(f"{m} best/wall s" for m in args.modes), *(f"{m} copies" for m in args.modes)], rows)
-    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "seeds": args.seeds, "results": results})
+                ["list", "lines", *(f"{m} loss" for m in names),
+                 *(f"gain {m}" for m in adapted if "scratch" in names),
+                 *(f"{m} best/wall s" for m in names), *(f"{m} copies" for m in names)], rows)
+    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "seeds": args.seeds, "modes": args.modes,
+                           "results": results})
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # scoring's modules (and training.data's file reading) load w
 
 PRIMED_PROMPTS = 256  # prompts whose primed state a Model keeps
 AUTOMATA_KEPT = 32  # sets of constraints whose compiled automaton a Model keeps (each a few ms to compile)
-MIXES_KEPT = 256  # `label=` specs whose LabelMix a Model keeps (0.4 ms each to resolve among the base's 248 labels)
+MIXES_KEPT = 256  # `label=` specs whose LabelMix a Model keeps (0.4 ms each to resolve among the base's 248 labels, as it had then)
 # Options a `top` request refuses: it ranks by the model's own probabilities (temperature 1, no
 # truncation), needs no seed, never repeats, and has no guided mode. `lines` has a message of its own.
 _TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d.takes("top") and name != "max_tries")

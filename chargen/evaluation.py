@@ -138,7 +138,7 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
 def label_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],
                newline_id: int, rows: int = PREFIX_ROWS, progress: Progress = None) -> np.ndarray:
     """-log p_k(line) (n, P) for each line under each start state. The lines are taken in sorted
-    order, about `rows` (line, label) pairs at a time (a few lines under 248 labels, or many under
+    order, about `rows` (line, label) pairs at a time (a few lines under 283 labels, or many under
     one), each distinct prefix stepped once (prefix_nlls)."""
     n_labels = len(starts)
     per = np.zeros((len(lines), n_labels))

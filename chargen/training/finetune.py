@@ -182,7 +182,7 @@ SCREEN_LINES, SCREEN_LABELS = 24, 16  # the first lines, scored under every labe
 class ClosestLabels:
     """Which of a labelled base model's labels lines are likeliest under, per character: a new
     label (or an unlabelled list) starts from that label's start state. The cost is scoring lines
-    under every label (248 in the bundled base: 7.7 s for 200 names on a 2-core EPYC), so the
+    under every label (248 in the bundled base then: 7.7 s for 200 names on a 2-core EPYC), so the
     lines are screened: the first SCREEN_LINES of them (a random sample) under every label keep
     the SCREEN_LABELS likeliest, and the rest are scored under those alone (the same choice as
     every line under every label for 98-100% of random lists: docs/benchmarks.md, "The closest
