@@ -434,6 +434,10 @@ def _labels_row(labels: dict) -> str:
     names = labels["names"]
     summary, own = label_summary(names), _shown(labels.get("own"))
     count = f"{len(names)} (with no --label, the ones its own run trained: {own})" if own else f"{len(names)}"
+    named = f"labels {', '.join(labels.get('own') or [])}"
+    if own and summary and summary.startswith(named + "; "):  # the summary names them: say there what they are
+        count = f"{len(names)}"
+        summary = f"{named} (the ones its own run trained: what no --label draws){summary[len(named):]}"
     if summary:
         return (f"{count}: {summary} (--label asks by a name or by parts: "
                 f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all)")

@@ -446,3 +446,18 @@ def test_a_models_label_specs_are_resolved_once():
     for _ in range(2):
         with pytest.raises(chargen.UsageError, match="unknown label 'poets'"):
             model.label_mix("poets")
+
+
+def test_info_names_an_adapted_models_own_labels_once():
+    """A list adapted from a labelled base with --labels: `chargen info` named its own labels twice
+    ("250 (with no --label, the ones its own run trained: boys, girls): labels boys, girls; kinds
+    ..."); where the summary names them, it says there what they are."""
+    from chargen.cli import _labels_row
+
+    names = [f"{loc}:{kind}" for loc in ("it_IT", "el_GR", "es_ES", "de_DE") for kind in ("first", "surname", "city")]
+    names += ["boys", "girls"]
+    row = _labels_row({"names": names, "lines": [10] * 12 + [5, 6], "own": ["boys", "girls"]})
+    assert row.startswith("14: labels boys, girls (the ones its own run trained: what no --label draws); kinds "), row
+    assert row.count("boys") == 1
+    inherited_own = _labels_row({"names": names, "lines": [10] * 14, "own": ["it_IT:first"]})  # not among "labels"
+    assert inherited_own.startswith("14 (with no --label, the ones its own run trained: it_IT:first): labels boys, girls;")
