@@ -429,15 +429,15 @@ def sample(
 def _labels_row(labels: dict) -> str:
     """A labelled model's labels in `info`: each with its lines and held-out loss, or where there
     are many, what --label can ask for by a part (their kinds and languages)."""
-    from .sampling.labels import label_summary
+    from .sampling.labels import label_summary, loose_labels
 
     names = labels["names"]
-    summary, own = label_summary(names), _shown(labels.get("own"))
+    own = _shown(labels.get("own"))
+    note = " (the ones its own run trained: what no --label draws)" if own and labels["own"] == loose_labels(names) else ""
+    summary = label_summary(names, loose_note=note)
+    if summary and note:  # the summary names the own labels and says there what they are
+        own = None
     count = f"{len(names)} (with no --label, the ones its own run trained: {own})" if own else f"{len(names)}"
-    named = f"labels {', '.join(labels.get('own') or [])}"
-    if own and summary and summary.startswith(named + "; "):  # the summary names them: say there what they are
-        count = f"{len(names)}"
-        summary = f"{named} (the ones its own run trained: what no --label draws){summary[len(named):]}"
     if summary:
         return (f"{count}: {summary} (--label asks by a name or by parts: "
                 f"{_label_examples(names, labels['lines'])}; chargen info --labels lists them all)")

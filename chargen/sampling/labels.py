@@ -106,17 +106,23 @@ def label_kinds(names: list[str]) -> list[str]:
     return sorted({n.rsplit(":", 1)[1] for n in names if ":" in n})
 
 
-def label_summary(names: list[str]) -> Optional[str]:
-    """What --label can ask many labels by: "labels boys, girls; kinds city, first...; languages
-    arabic, ..." (by name those with neither a kind nor a language: an adapted model's own, often);
-    None for a dozen labels or fewer (they are shown by name), or labels with neither."""
+def loose_labels(names: list[str]) -> list[str]:
+    """The labels with neither a kind nor a language (an adapted model's own, often): label_summary
+    names them."""
     codes = label_languages(names)
-    kinds, languages = label_kinds(names), sorted(set(codes.values()))
+    return [n for n in names if ":" not in n and not _own_parts(n) & codes.keys()]
+
+
+def label_summary(names: list[str], loose_note: str = "") -> Optional[str]:
+    """What --label can ask many labels by: "labels boys, girls; kinds city, first...; languages
+    arabic, ..." (by name the loose_labels, then `loose_note`); None for a dozen labels or fewer
+    (they are shown by name), or labels with neither a kind nor a language."""
+    kinds, languages = label_kinds(names), sorted(set(label_languages(names).values()))
     if len(names) <= 12 or not (kinds or languages):
         return None
-    loose = [n for n in names if ":" not in n and not _own_parts(n) & codes.keys()]
+    loose = loose_labels(names)
     return "; ".join(part for part in (
-        f"labels {', '.join(loose[:12])}{', ...' if len(loose) > 12 else ''}" if loose else "",
+        f"labels {', '.join(loose[:12])}{', ...' if len(loose) > 12 else ''}{loose_note}" if loose else "",
         f"kinds {', '.join(kinds)}" if kinds else "", f"languages {', '.join(languages)}" if languages else "") if part)
 
 
