@@ -64,7 +64,7 @@ def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
     is typed, the last term of a blend completed; the model is -c or the CHECKPOINT argument, else
     the default. Nothing where it cannot be read: a completion never fails."""
     from .checkpoint import checkpoint_path, default_checkpoint, read_checkpoint
-    from .sampling.labels import label_kinds, label_languages
+    from .sampling.labels import label_asks
 
     try:
         spec = ctx.params.get("checkpoint") or (ctx.args[0] if ctx.args else None)  # (a half-parsed argument)
@@ -73,7 +73,7 @@ def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
         return []
     names, own = ckpt.labels or [], ckpt.own_labels or []  # an adapted model's own first
     head, comma, last = incomplete.rpartition(",")
-    choices = dict.fromkeys([*own, *sorted(set(label_languages(names).values())), *label_kinds(names), *names])
+    choices = dict.fromkeys([*label_asks(names, own), *names])
     return [head + comma + c for c in choices if c.startswith(last)]
 
 

@@ -54,7 +54,7 @@ from .sampling import parallel
 from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
 from .sampling.drawing import run as run_drawings
-from .sampling.labels import label_languages
+from .sampling.labels import label_facts
 
 require_serve()
 
@@ -300,8 +300,8 @@ def model_info(name: str, model: Model) -> dict[str, Any]:
     and the validation curve of its run directory if it has one."""
     facts = model.checkpoint.public_facts()
     facts["name"] = name
-    if facts.get("labels"):  # the languages its labels can be asked by, in English (the playground suggests them)
-        facts["labels"] = {**facts["labels"], "languages": label_languages(facts["labels"]["names"])}
+    if facts.get("labels"):  # what its labels can be asked by (the playground suggests them)
+        facts["labels"] = {**facts["labels"], **label_facts(facts["labels"]["names"], facts["labels"].get("own"))}
     facts["curve"] = _curve(model.checkpoint.path.parent / METRICS)
     return facts
 

@@ -106,6 +106,20 @@ def label_kinds(names: list[str]) -> list[str]:
     return sorted({n.rsplit(":", 1)[1] for n in names if ":" in n})
 
 
+def label_asks(names: list[str], own: Optional[list[str]] = None) -> list[str]:
+    """What a label can be asked by, to suggest before the labels themselves: an adapted model's
+    own labels, then the languages (in English) and the kinds (`--label <TAB>`, the playground's and
+    an exported page's label field)."""
+    return list(dict.fromkeys([*(own or []), *sorted(set(label_languages(names).values())), *label_kinds(names)]))
+
+
+def label_facts(names: list[str], own: Optional[list[str]] = None) -> dict:
+    """What a page needs of these labels beside their names, computed here once: the languages its
+    terms can name (websampler.js resolves terms with them), the suggestions (label_asks), and the
+    summary an unknown label's error shows (label_summary)."""
+    return {"languages": label_languages(names), "asks": label_asks(names, own), "summary": label_summary(names)}
+
+
 def loose_labels(names: list[str]) -> list[str]:
     """The labels with neither a kind nor a language (an adapted model's own, often): label_summary
     names them."""

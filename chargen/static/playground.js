@@ -47,7 +47,7 @@ function pickModel(model) {
   $("n").disabled = !lines;
   const labels = model.labels ? model.labels.names : [];
   document.querySelector(".for-labels").hidden = labels.length === 0;
-  $("label-list").replaceChildren(...labelChoices(labels, model.labels && model.labels.languages, model.labels && model.labels.own).map((v) => new Option(v, v)));
+  $("label-list").replaceChildren(...labelChoices(model.labels).map((v) => new Option(v, v)));
   $("label").value = "";
   syncMode();
   showSummary(model);

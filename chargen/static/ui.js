@@ -14,11 +14,10 @@ function commaList(id) {
   return ($(id).value || "").split(",").map((s) => s.trim()).filter(Boolean);
 }
 
-// The label field's suggestions: an adapted model's own labels, the languages and the kinds a
-// label is asked by, then the labels.
-function labelChoices(names, languages, own) {
-  const kinds = names.filter((n) => n.includes(":")).map((n) => n.slice(n.lastIndexOf(":") + 1)).sort();
-  return [...new Set([...own || [], ...Object.values(languages || {}).sort(), ...kinds, ...names])];
+// The label field's suggestions: what a label is asked by (labels.py's label_asks: an adapted
+// model's own labels, the languages, the kinds), then the labels.
+function labelChoices(labels) {
+  return labels ? [...new Set([...labels.asks || [], ...labels.names])] : [];
 }
 
 // What drawing the samples cost, for the status line (as chargen sample's note on stderr): the

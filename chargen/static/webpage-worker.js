@@ -10,4 +10,4 @@ self.onmessage = (event) => {
   }
 };
 self.postMessage({ ready: true, info: MODEL.info, backend: backend(), lineOriented: MODEL.line_oriented, novel: MODEL.training_lines !== null,
-                  labels: MODEL.labels ? MODEL.labels.names : [], languages: MODEL.labels ? MODEL.labels.languages : {} });
+                  labels: MODEL.labels });

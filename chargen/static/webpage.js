@@ -67,9 +67,9 @@ function start() {
     for (const el of document.querySelectorAll(".for-lines")) el.hidden = !data.lineOriented;
     for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
     for (const el of document.querySelectorAll(".for-novel")) el.hidden = !data.lineOriented || !data.novel;
-    page.labelled = data.labels.length > 0;
+    page.labelled = !!data.labels;
     document.querySelector(".for-labels").hidden = !page.labelled;
-    $("label-list").replaceChildren(...labelChoices(data.labels, data.languages, data.info.labels && data.info.labels.own).map((v) => new Option(v, v)));
+    $("label-list").replaceChildren(...labelChoices(data.labels).map((v) => new Option(v, v)));
     showFacts(data.info);
     const dd = document.createElement("dd");
     dd.textContent = data.backend === "wasm-simd" ? "WebAssembly SIMD, in this page" : "JavaScript, in this page";

@@ -1113,17 +1113,6 @@ function labelParts(name, languages) {
   return out;
 }
 
-// What many labels can be asked by (labels.py's label_summary): "labels ...; kinds ...; languages
-// ...", or null for a dozen labels or fewer.
-function labelSummary(names, languages) {
-  const kinds = Array.from(new Set(names.filter((n) => n.includes(":")).map((n) => n.slice(n.lastIndexOf(":") + 1)))).sort();
-  const langs = Array.from(new Set(Object.values(languages))).sort();
-  if (names.length <= 12 || !(kinds.length || langs.length)) return null;
-  const loose = names.filter((n) => !n.includes(":") && ![...labelParts(n, {})].some((p) => Object.hasOwn(languages, p)));
-  return [loose.length ? `labels ${loose.slice(0, 12).join(", ")}${loose.length > 12 ? ", ..." : ""}` : "",
-    kinds.length ? `kinds ${kinds.join(", ")}` : "", langs.length ? `languages ${langs.join(", ")}` : ""].filter((p) => p).join("; ");
-}
-
 // What a piece of a term asks as (labels.py's _forms): itself, and unless a code (3 letters or fewer)
 // in lower case and a plural as its singular; a language's name in any case.
 function labelForms(piece, known) {
@@ -1171,7 +1160,7 @@ function resolveLabels(spec, labels) {
       const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
       const close = Array.from(every).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
         .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
-      const hint = close.length ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labelSummary(names, langs) || names.join(", ")}`;
+      const hint = close.length ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
       throw new ChargenError(`unknown label '${label}'${look !== label ? `: no label has '${look}'` : ""}${hint} (its info lists them)`);
     }
     let within = 0;
