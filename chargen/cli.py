@@ -453,8 +453,9 @@ def _shown(names: Optional[list[str]], most: int = 6) -> Optional[str]:
 
 
 def _label_note(model, label: Optional[str]) -> None:
-    """Which labels a --label whose terms ask for more labels than they name draws from, and how
-    much of each: `--label greek` is mostly Greek places, by their share of the training lines.
+    """Which labels a --label whose terms are not all labels' names draws from, and how much of
+    each: `--label greek` is mostly Greek places, by their share of the training lines; `--label
+    "french cities"` is Algeria's (the one French-speaking locale with a list of cities).
     With no --label, on a terminal: that there are labels to ask for (a new user's `chargen sample
     -c base` mixes every language and script)."""
     if not model.labels:
@@ -471,12 +472,12 @@ def _label_note(model, label: Optional[str]) -> None:
             console().print(f"note: {drawn} (chargen info lists them)", highlight=False, markup=False, soft_wrap=True)
         return
     mix = model.label_mix(label)
-    if len(mix.names) <= len(label.split(",")):
-        return
+    if all(term.split("=", 1)[0].strip() in model.labels for term in label.split(",")):
+        return  # every term a label's name: what it draws is what it says
     order = sorted(range(len(mix.names)), key=lambda i: -mix.weights[i])
     shares = ", ".join(f"{mix.names[i]} {mix.weights[i]:.2g}" for i in order[:6]) + (", ..." if len(order) > 6 else "")
-    console().print(f"note: --label {label} draws from {len(mix.names)} labels: {shares}", highlight=False,
-                    markup=False, soft_wrap=True)
+    drawn = mix.names[0] if len(mix.names) == 1 else f"{len(mix.names)} labels: {shares}"
+    console().print(f"note: --label {label} draws from {drawn}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _label_examples(names: list[str], counts: list[int]) -> str:

@@ -167,6 +167,11 @@ def test_what_a_label_spec_asks_for():
     assert asked("Spanish Cities") == asked("es cities") == asked("es:city") and asked("italian surnames") == \
         {"it_IT:surname": 1.0}
     assert asked("IT") == asked("it") and len(asked("ES")) == 2  # codes keep their case: ES, a territory
+    # ... but a territory's code typed in lower case asks for it where no label has the code so
+    assert asked("mx") == asked("MX") and asked("gr first names") == {"el_GR:first": 1.0}
+    assert asked("es") == {n: w for n, w in asked("spanish").items()} and "es_MX:city" in asked("es")  # es: Spanish
+    with pytest.raises(chargen.UsageError, match="unknown label 'us'"):  # no US label here: still unknown
+        resolve_labels("us", names, counts)
     with pytest.raises(chargen.UsageError, match="^unknown label 'italian cities': no label has all of italian, cities; "
                                                  "italian: it_IT:first, it_IT:surname "):
         resolve_labels("italian cities", names, counts)
@@ -406,6 +411,18 @@ def test_on_a_terminal_a_labelled_model_says_it_has_labels_to_ask_for(tmp_path):
     piped = run(["sample", "-c", "base", "-n", "3", "--seed", "1"])
     assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout.decode().splitlines() == \
         (tmp_path / "out.txt").read_text().splitlines()
+
+
+def test_a_label_asked_by_its_parts_is_named_on_stderr():
+    """A term that is no label's name says what it drew, even where that is one label ("french
+    cities": Algeria's, the one French-speaking locale with cities); labels by their names say nothing."""
+    one = run(["sample", "-c", "base", "-n", "2", "--seed", "1", "--label", "french cities"])
+    assert one.returncode == 0 and one.stderr.decode() == "note: --label french cities draws from fr_DZ:city\n"
+    named = run(["sample", "-c", "base", "-n", "2", "--seed", "1", "--label", "fr_DZ:city=1,it_IT:first=1"])
+    assert named.returncode == 0 and named.stderr == b"" and len(named.stdout.decode().splitlines()) == 2
+    import chargen
+
+    assert one.stdout.decode().splitlines() == chargen.load("base").sample(2, seed=1, label="fr_DZ:city")
 
 
 def test_the_start_labels_notice_speaks_of_one_label_or_several():

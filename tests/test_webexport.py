@@ -154,6 +154,7 @@ LABEL_CASES = [
     {"n": 30, "seed": 3, "label": "it"},  # a part: both Italian labels
     {"n": 10, "seed": 3, "label": "it:first=0.5,es:city=0.5"},  # parts together: it_IT:first and es_ES:city
     {"n": 20, "seed": 10, "label": "IT=0.5,ES:city=0.5"},  # territories: it_IT's two labels and es_ES:city
+    {"n": 20, "seed": 13, "label": "gr first names"},  # a territory in lower case, where no label has it so
     {"n": 30, "seed": 4, "label": "it_IT:first=0.2,es_ES:city=0.8", "temperature": 1.2, "prompt": ["", "Ma"]},
     {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
     {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},
@@ -237,6 +238,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
         assert "error" not in js, (case, js)
         assert_same(js, python_records(ckpt_path, case))
     assert {r["label"] for r in got[3]} == {"it_IT:first", "es_ES:city"}
+    assert {r["label"] for r in got[5]} == {"el_GR:first"}  # gr: GR
     # int8's cost is measured on the stored lines, each under its own label (a loss, not None)
     enc = choose_encoding(ckpt, "i8")
     assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05

@@ -157,16 +157,18 @@ def _pieces(term: str, parts: set[str]) -> list[str]:
     """A term's pieces, separated by ':' or spaces (greek:surname, "greek surnames"), less the word
     "name" or "names" where no label has it ("greek first names")."""
     return [p for p in term.replace(":", " ").split(" ")
-            if p and not (p.lower() in ("name", "names") and not _forms(p) & parts)]
+            if p and not (p.lower() in ("name", "names") and not _forms(p, parts) & parts)]
 
 
-def _forms(piece: str) -> set[str]:
-    """What a piece asks as: itself, and unless it is a code (it, IT: three letters or fewer) in
-    lower case and a plural as its singular (Greek: greek, Surnames: surname, cities: city); a
-    language's name in any case (Twi: twi)."""
+def _forms(piece: str, parts: set[str]) -> set[str]:
+    """What a piece asks as, among the labels' `parts`: itself, and unless it is a code (it, IT:
+    three letters or fewer) in lower case and a plural as its singular (Greek: greek, Surnames:
+    surname, cities: city); a language's name in any case (Twi: twi); a territory's code typed in
+    lower case where no label has it so (us: US; but it stays Italian where a label is in it)."""
     low = piece.lower()
     if len(piece) <= 3:
-        return {piece, low} if low in _NAMES else {piece}
+        up = {piece.upper()} if piece == low and piece not in parts else set()
+        return {piece, low} | up if low in _NAMES else {piece} | up
     return {piece, low, low[:-3] + "y" if low.endswith("ies") else low[:-1] if low.endswith("s") else low}
 
 
@@ -176,7 +178,8 @@ def _matching(term: str, names: list[str]) -> list[int]:
     if term in names:
         return [names.index(term)]
     label_parts = [_parts(n) for n in names]
-    asked = [_forms(p) for p in _pieces(term, set().union(*label_parts))]
+    every = set().union(*label_parts)
+    asked = [_forms(p, every) for p in _pieces(term, every)]
     return [i for i, parts in enumerate(label_parts) if asked and all(forms & parts for forms in asked)]
 
 
@@ -185,7 +188,7 @@ def _unknown(term: str, names: list[str]) -> UsageError:
     of the whole term), or that its pieces are there but never together."""
     parts = set().union(*map(_parts, names)) | set(names)
     pieces = _pieces(term, parts)
-    missing = [p for p in pieces if not _forms(p) & parts]
+    missing = [p for p in pieces if not _forms(p, parts) & parts]
     if len(pieces) > 1 and not missing:
         first = _matching(pieces[0], names)
         shown = ", ".join(names[i] for i in first[:8]) + (", ..." if len(first) > 8 else "")

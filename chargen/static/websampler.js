@@ -1113,11 +1113,15 @@ function labelParts(name, languages) {
   return out;
 }
 
-// What a piece of a term asks as (labels.py's _forms): itself, and unless a code (3 letters or fewer)
-// in lower case and a plural as its singular; a language's name in any case.
-function labelForms(piece, known) {
+// What a piece of a term asks as among the labels' parts `every` (labels.py's _forms): itself, and
+// unless a code (3 letters or fewer) in lower case and a plural as its singular; a language's name
+// in any case; a territory's code typed in lower case where no label has it so (us: US).
+function labelForms(piece, known, every) {
   const low = piece.toLowerCase();
-  if (piece.length <= 3) return known.has(low) ? [piece, low] : [piece];
+  if (piece.length <= 3) {
+    const up = piece === low && !every.has(piece) ? [piece.toUpperCase()] : [];
+    return (known.has(low) ? [piece, low] : [piece]).concat(up);
+  }
   return [piece, low, low.endsWith("ies") ? low.slice(0, -3) + "y" : low.endsWith("s") ? low.slice(0, -1) : low];
 }
 
@@ -1140,7 +1144,7 @@ function resolveLabels(spec, labels) {
   // a term asks for a label by its name, else for every label with each of its pieces as a part (labelForms)
   const partsOf = names.map((n) => labelParts(n, langs)), every = new Set(names);
   for (const ps of partsOf) for (const p of ps) every.add(p);
-  const has = (p) => labelForms(p, known).some((f) => every.has(f));
+  const has = (p) => labelForms(p, known, every).some((f) => every.has(f));
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
     const label = (eq < 0 ? term : term.slice(0, eq)).trim();
@@ -1149,11 +1153,11 @@ function resolveLabels(spec, labels) {
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
     const pieces = label.replace(/:/g, " ").split(" ").filter((p) => p && !(/^names?$/i.test(p) && !has(p)));
     const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
-      pieces.every((p) => labelForms(p, known).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
+      pieces.every((p) => labelForms(p, known, every).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
     if (!found.length) {
       const missing = pieces.filter((p) => !has(p));
       if (pieces.length > 1 && !missing.length) {
-        const first = names.filter((n, k) => labelForms(pieces[0], known).some((f) => partsOf[k].has(f)));
+        const first = names.filter((n, k) => labelForms(pieces[0], known, every).some((f) => partsOf[k].has(f)));
         throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")}; ${pieces[0]}: ` +
                                `${first.slice(0, 8).join(", ")}${first.length > 8 ? ", ..." : ""} (its info lists them)`);
       }
