@@ -73,7 +73,7 @@ def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
         return []
     names, own = ckpt.labels or [], ckpt.own_labels or []  # an adapted model's own first
     head, comma, last = incomplete.rpartition(",")
-    choices = dict.fromkeys([*label_asks(names, own), *names])
+    choices = dict.fromkeys(c for c in [*label_asks(names, own), *names] if " " not in c)  # (a space ends a word)
     return [head + comma + c for c in choices if c.startswith(last)]
 
 

@@ -467,7 +467,8 @@ class SampleConfig(_Config):
     seed: Optional[int] = option(None, "Random seed: same seed, same output.", requests=("sample", "stream"),
                                  check=lambda v: 0 <= v < 2**63, rule="must be between 0 and 2**63-1")
     label: Optional[str] = option(None, "A labelled model's label: a name (el_GR:first), a part of names (el_GR or "
-                                        "el or greek: every label with it, in training proportions; de:city or \"german cities\": with both), or "
+                                        "el or greek, GR or greece: every label with it, in training proportions; de:city or \"german cities\": "
+                                        "with both), or "
                                         "a blend it=0.7,es=0.3 (a mixture of their distributions).", requests=REQUESTS,
                                   default_help="the labels as trained, in training proportions (a model adapted with --labels: its own)")
     lines: Optional[bool] = option(None, "One line per sample, ending at the newline.", flags=("--lines/--no-lines",),

@@ -9,6 +9,8 @@ backends draw the same samples.
 
 from __future__ import annotations
 
+import re
+
 import json
 import math
 
@@ -172,6 +174,17 @@ def test_what_a_label_spec_asks_for():
     assert asked("es") == {n: w for n, w in asked("spanish").items()} and "es_MX:city" in asked("es")  # es: Spanish
     with pytest.raises(chargen.UsageError, match="unknown label 'us'"):  # no US label here: still unknown
         resolve_labels("us", names, counts)
+    # A territory by its English name, in any case, asks as its code does; words that name one together
+    assert asked("spain") == asked("ES") and asked("Mexico cities") == {"es_MX:city": 1.0}
+    assert asked("Greece first names") == asked("greece:first") == {"el_GR:first": 1.0}
+    us = ["en_US:city", "en_GB:city", "en_US:first"]
+    assert resolve_labels("United States cities", us, [1, 1, 1]).names == ["en_US:city"]
+    assert resolve_labels("usa=1,britain=1", us, [1, 1, 1]).names == us
+    # A language or territory no label is in says so, with what there is instead of close matches
+    for term, said in (("russian", "in Russian (ru)"), ("ru", "in Russian (ru)"), ("RU", "from Russia (RU)"),
+                       ("Russia", "from Russia (RU)"), ("russian first", "in Russian (ru)")):
+        with pytest.raises(chargen.UsageError, match=rf"^unknown label '{term}': no label is {re.escape(said)}; it has 6: "):
+            resolve_labels(term, names, counts)
     with pytest.raises(chargen.UsageError, match="^unknown label 'italian cities': no label has all of italian, cities; "
                                                  "italian: it_IT:first, it_IT:surname "):
         resolve_labels("italian cities", names, counts)
@@ -389,7 +402,8 @@ def test_label_completes_in_the_shell_from_the_models_languages_kinds_and_labels
         assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
         return proc.stdout.decode().split()
 
-    assert complete("chargen sample -c base --label gre") == ["greek"]
+    assert complete("chargen sample -c base --label gre") == ["greek", "greece"]  # a language, a territory
+    assert complete("chargen sample -c base --label us") == ["usa"] and complete("chargen sample -c base --label sou") == []
     assert complete("chargen sample -c base --label it=0.5,sur") == ["it=0.5,surname"]  # a blend's last term
     assert complete("chargen score base --label el_GR:f") == ["el_GR:first"]  # the checkpoint as an argument
     assert "city" in complete("chargen eval base --label ") and "greek" in complete("chargen eval base --label ")

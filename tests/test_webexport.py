@@ -155,6 +155,7 @@ LABEL_CASES = [
     {"n": 10, "seed": 3, "label": "it:first=0.5,es:city=0.5"},  # parts together: it_IT:first and es_ES:city
     {"n": 20, "seed": 10, "label": "IT=0.5,ES:city=0.5"},  # territories: it_IT's two labels and es_ES:city
     {"n": 20, "seed": 13, "label": "gr first names"},  # a territory in lower case, where no label has it so
+    {"n": 20, "seed": 14, "label": "Spain cities=0.5,greece=0.5"},  # territories by their English names
     {"n": 30, "seed": 4, "label": "it_IT:first=0.2,es_ES:city=0.8", "temperature": 1.2, "prompt": ["", "Ma"]},
     {"n": 60, "seed": 5, "label": "first", "minLen": 4, "endsWith": "a"},  # the label tree, exact
     {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},
@@ -215,14 +216,17 @@ def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
         path = random_labelled_model(tmp_path / f"{name}.safetensors", labels=labels)
         module = tmp_path / f"{name}.mjs"
         module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
-        js = node_records(module, [{"n": 1, "label": "xyzzy"}])[0]["error"]
-        with pytest.raises(chargen.UsageError) as python:
-            chargen.load(path).sample(1, label="xyzzy")
+        terms = ["xyzzy", "russian", "RU", "Russia cities", "united states", "mexican"]
+        got = node_records(module, [{"n": 1, "label": term} for term in terms])
+        for term, js in zip(terms, (g["error"] for g in got)):
+            with pytest.raises(chargen.UsageError) as python:
+                chargen.load(path).sample(1, label=term)
+            assert js.replace("its info", "chargen info --labels") == str(python.value), (name, term)
         expected = ("it has 17: labels elves, dwarves; kinds city, first, surname; languages finnish, german, greek, "
                     "italian, spanish"
                     if name == "many" else "it has 4: it_IT:first, it_IT:surname, el_GR:first, es_ES:city")
-        assert expected in str(python.value) and expected in js, (name, js)
-        assert js.replace("its info", "chargen info --labels") == str(python.value)
+        assert expected in got[0]["error"] and "no label is in Russian (ru)" in got[1]["error"], (name, got)
+        assert "no label is from Russia (RU)" in got[2]["error"] and "from United States (US)" in got[4]["error"]
 
 
 @needs_node
@@ -239,6 +243,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
         assert_same(js, python_records(ckpt_path, case))
     assert {r["label"] for r in got[3]} == {"it_IT:first", "es_ES:city"}
     assert {r["label"] for r in got[5]} == {"el_GR:first"}  # gr: GR
+    assert {r["label"] for r in got[6]} == {"es_ES:city", "el_GR:first"}  # spain cities, greece
     # int8's cost is measured on the stored lines, each under its own label (a loss, not None)
     enc = choose_encoding(ckpt, "i8")
     assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05
@@ -584,10 +589,10 @@ def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp
     expect(page.locator("#status")).to_contain_text("Type a prompt")
     assert page.is_visible("#label")
     options = page.eval_on_selector_all("#label-list option", "os => os.map(o => o.value)")
-    # suggested: the labels it draws with no label (adapted: its own), the languages and the kinds
-    # the labels are asked by, then the labels
-    assert options == ["it_IT:surname", "el_GR:first", "greek", "italian", "spanish", "city", "first", "surname",
-                       "it_IT:first", "es_ES:city"]
+    # suggested: the labels it draws with no label (adapted: its own), the languages, territories and
+    # kinds the labels are asked by, then the labels
+    assert options == ["it_IT:surname", "el_GR:first", "greek", "italian", "spanish", "greece", "italy", "spain",
+                       "city", "first", "surname", "it_IT:first", "es_ES:city"]
     facts = " ".join(page.inner_text("#facts").split())
     assert "labels 4 (with no label: it_IT:surname, el_GR:first)" in facts, facts
     page.fill("#label", "it_IT:first=0.3,el_GR:first=0.7")

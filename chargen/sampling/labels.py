@@ -6,6 +6,7 @@
                                 proportions of their training lines
     --label CH:first            de_CH:first and fr_CH:first (a territory, and a kind)
     --label greek:first         a language by its English name (any case) asks as its code: el:first
+    --label "spain streets"     a territory by its English name too: ES:street ("united states": US)
     --label "greek surnames"    pieces apart by spaces too, and a kind in the plural: el:surname
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
@@ -49,7 +50,37 @@ LANGUAGES = {
     "uk": "ukrainian", "ur": "urdu", "uz": "uzbek", "vi": "vietnamese", "yo": "yoruba", "zh": "chinese",
     "zu": "zulu",
 }
-_NAMES = set(LANGUAGES.values())
+# A locale's territory by its English names, lower case: `--label spain:street` asks as `ES:street`,
+# `--label "united states"` as `US`. The base model's territories and others a list is likely to
+# come from (ISO 3166-1 codes, and Faker's own: MS is its Malaysia, QC Quebec); no name that is a
+# language's code (uk is Ukrainian, not Britain).
+TERRITORIES = {
+    "AE": ("united arab emirates", "uae", "emirates"), "AF": ("afghanistan",), "AL": ("albania",),
+    "AM": ("armenia",), "AR": ("argentina",), "AT": ("austria",), "AU": ("australia",), "AZ": ("azerbaijan",),
+    "BA": ("bosnia",), "BD": ("bangladesh",), "BE": ("belgium",), "BG": ("bulgaria",), "BH": ("bahrain",),
+    "BO": ("bolivia",), "BR": ("brazil",), "BY": ("belarus",), "CA": ("canada",), "CH": ("switzerland",),
+    "CL": ("chile",), "CN": ("china",), "CO": ("colombia",), "CR": ("costa rica",), "CU": ("cuba",),
+    "CY": ("cyprus",), "CZ": ("czechia", "czech republic"), "DE": ("germany",), "DK": ("denmark",),
+    "DZ": ("algeria",), "EC": ("ecuador",), "EE": ("estonia",), "EG": ("egypt",), "ES": ("spain",),
+    "ET": ("ethiopia",), "FI": ("finland",), "FR": ("france",), "GB": ("united kingdom", "britain", "great britain"),
+    "GE": ("georgia",), "GH": ("ghana",), "GR": ("greece",), "GT": ("guatemala",), "HK": ("hong kong",),
+    "HR": ("croatia",), "HU": ("hungary",), "ID": ("indonesia",), "IE": ("ireland",), "IL": ("israel",),
+    "IN": ("india",), "IQ": ("iraq",), "IR": ("iran",), "IS": ("iceland",), "IT": ("italy",), "JO": ("jordan",),
+    "JP": ("japan",), "KE": ("kenya",), "KH": ("cambodia",), "KR": ("south korea", "korea"), "KW": ("kuwait",),
+    "KZ": ("kazakhstan",), "LB": ("lebanon",), "LI": ("liechtenstein",), "LK": ("sri lanka",),
+    "LT": ("lithuania",), "LU": ("luxembourg",), "LV": ("latvia",), "MA": ("morocco",), "ME": ("montenegro",),
+    "MK": ("north macedonia",), "MM": ("myanmar",), "MN": ("mongolia",), "MS": ("malaysia",), "MT": ("malta",),
+    "MX": ("mexico",), "MY": ("malaysia",), "NG": ("nigeria",), "NL": ("netherlands", "holland"),
+    "NO": ("norway",), "NP": ("nepal",), "NZ": ("new zealand",), "OM": ("oman",), "PE": ("peru",),
+    "PH": ("philippines",), "PK": ("pakistan",), "PL": ("poland",), "PS": ("palestine",), "PT": ("portugal",),
+    "PY": ("paraguay",), "QA": ("qatar",), "QC": ("quebec",), "RO": ("romania",), "RS": ("serbia",),
+    "RU": ("russia",), "SA": ("saudi arabia",), "SE": ("sweden",), "SG": ("singapore",), "SI": ("slovenia",),
+    "SK": ("slovakia",), "SN": ("senegal",), "SY": ("syria",), "TH": ("thailand",), "TN": ("tunisia",),
+    "TR": ("turkey", "türkiye"), "TW": ("taiwan",), "TZ": ("tanzania",), "UA": ("ukraine",), "UG": ("uganda",),
+    "US": ("united states", "usa", "america"), "UY": ("uruguay",), "UZ": ("uzbekistan",), "VE": ("venezuela",),
+    "VN": ("vietnam",), "YE": ("yemen",), "ZA": ("south africa",),
+}
+_NAMES = set(LANGUAGES.values()) | {name for names in TERRITORIES.values() for name in names}  # asked in any case
 
 # An attempt's random stream at these "characters" (characters use 0, 1, 2, ...): the label it
 # draws (plain and rejection sampling), and a blend's two steps in the adaptive exact sampler
@@ -101,6 +132,13 @@ def label_languages(names: list[str]) -> dict[str, str]:
     return {code: LANGUAGES[code] for code in sorted(set().union(*map(_own_parts, names))) if code in LANGUAGES}
 
 
+def label_territories(names: list[str]) -> dict[str, list[str]]:
+    """The English names of the territories among these labels' parts ({"GR": ["greece"]}): what an
+    exported page needs of TERRITORIES for its model."""
+    return {code: list(TERRITORIES[code]) for code in sorted(set().union(*map(_own_parts, names)))
+            if code in TERRITORIES}
+
+
 def label_kinds(names: list[str]) -> list[str]:
     """The kinds among these labels: their last ':'-separated parts (first, surname, city...)."""
     return sorted({n.rsplit(":", 1)[1] for n in names if ":" in n})
@@ -108,16 +146,20 @@ def label_kinds(names: list[str]) -> list[str]:
 
 def label_asks(names: list[str], own: Optional[list[str]] = None) -> list[str]:
     """What a label can be asked by, to suggest before the labels themselves: an adapted model's
-    own labels, then the languages (in English) and the kinds (`--label <TAB>`, the playground's and
-    an exported page's label field)."""
-    return list(dict.fromkeys([*(own or []), *sorted(set(label_languages(names).values())), *label_kinds(names)]))
+    own labels, then the languages and the territories (in English: a territory by a name of one
+    word where it has one, usa, britain) and the kinds (`--label <TAB>`, the playground's and an
+    exported page's label field)."""
+    territories = sorted(next((n for n in ns if " " not in n), ns[0]) for ns in label_territories(names).values())
+    return list(dict.fromkeys([*(own or []), *sorted(set(label_languages(names).values())), *territories,
+                               *label_kinds(names)]))
 
 
 def label_facts(names: list[str], own: Optional[list[str]] = None) -> dict:
     """What a page needs of these labels beside their names, computed here once: the languages its
-    terms can name (websampler.js resolves terms with them), the suggestions (label_asks), and the
-    summary an unknown label's error shows (label_summary)."""
-    return {"languages": label_languages(names), "asks": label_asks(names, own), "summary": label_summary(names)}
+    terms can name and the territories (websampler.js resolves terms with them), the suggestions
+    (label_asks), and the summary an unknown label's error shows (label_summary)."""
+    return {"languages": label_languages(names), "territories": label_territories(names),
+            "asks": label_asks(names, own), "summary": label_summary(names)}
 
 
 def loose_labels(names: list[str]) -> list[str]:
@@ -148,16 +190,23 @@ def _own_parts(name: str) -> set[str]:
 
 
 def _parts(name: str) -> set[str]:
-    """What asks for a label besides its name: its own parts and its language's English name."""
+    """What asks for a label besides its name: its own parts, its language's English name and its
+    territory's (el_GR:first: greek, greece)."""
     own = _own_parts(name)
-    return own | {LANGUAGES[p] for p in own if p in LANGUAGES}
+    return own | {LANGUAGES[p] for p in own if p in LANGUAGES} | {t for p in own for t in TERRITORIES.get(p, ())}
 
 
 def _pieces(term: str, parts: set[str]) -> list[str]:
-    """A term's pieces, separated by ':' or spaces (greek:surname, "greek surnames"), less the word
-    "name" or "names" where no label has it ("greek first names")."""
-    return [p for p in term.replace(":", " ").split(" ")
-            if p and not (p.lower() in ("name", "names") and not _forms(p, parts) & parts)]
+    """A term's pieces, separated by ':' or spaces (greek:surname, "greek surnames"), words that
+    make a part or a place's name together taken together ("united states cities": united states,
+    cities), less the
+    word "name" or "names" where no label has it ("greek first names")."""
+    words, pieces = [w for w in term.replace(":", " ").split(" ") if w], []
+    while words:
+        k = next((k for k in range(len(words), 1, -1) if " ".join(words[:k]).lower() in parts | _NAMES), 1)
+        pieces.append(" ".join(words[:k]).lower() if k > 1 else words[0])
+        words = words[k:]
+    return [p for p in pieces if not (p.lower() in ("name", "names") and not _forms(p, parts) & parts)]
 
 
 def _forms(piece: str, parts: set[str]) -> set[str]:
@@ -196,10 +245,26 @@ def _unknown(term: str, names: list[str]) -> UsageError:
                           f"(chargen info --labels lists them)")
     look = missing[0] if len(pieces) > 1 else term
     close = difflib.get_close_matches(look if look in parts else look.lower(), sorted(parts), n=5, cutoff=0.5)
-    where = f": no label has {look!r}" if look != term else ""
-    hint = f"; close: {', '.join(close)}" if close else \
+    known = _known_place(look)
+    where = f": no label is {known}" if known else f": no label has {look!r}" if look != term else ""
+    hint = f"; close: {', '.join(close)}" if close and not known else \
         f"; it has {len(names)}: {label_summary(names) or ', '.join(names)}"
     return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
+
+
+def _known_place(piece: str) -> Optional[str]:
+    """A language or territory the piece names, as the error for a model with no label in it says
+    it ("in Russian (ru)", "from Russia (RU)"); None for any other piece. A code in capitals is a
+    territory, in lower case a language first."""
+    low = piece.lower()
+    languages = [c for c, n in LANGUAGES.items() if low in (c, n) and (c == piece or len(piece) > 3)]
+    territories = [c for c, ns in TERRITORIES.items() if (len(piece) <= 3 and c == piece.upper()) or low in ns]
+    if languages and not (territories and piece.isupper()):
+        return f"in {LANGUAGES[languages[0]].capitalize()} ({languages[0]})"
+    if territories:
+        name = TERRITORIES[territories[0]][0]
+        return f"from {name.title() if ' ' in name else name.capitalize()} ({territories[0]})"
+    return None
 
 
 def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Optional[list[int]],

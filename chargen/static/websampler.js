@@ -1102,15 +1102,46 @@ class WarmTrees {
 const LABEL_DRAW = 1n << 62n, LABEL_GO = (1n << 62n) + 1n, LABEL_PICK = (1n << 62n) + 2n;
 
 // What asks for a label besides its name: each ':'-separated part, a locale's language and
-// territory (el_GR:first: el_GR, first, el and GR), and its language's English name (greek).
-function labelParts(name, languages) {
+// territory (el_GR:first: el_GR, first, el and GR), and their English names (greek, greece):
+// `tables` holds labels.py's LANGUAGES and TERRITORIES.
+function labelParts(name, tables) {
   const parts = name.split(":"), out = new Set(parts);
   for (const p of parts) {
     const i = p.indexOf("_");
     if (i >= 0) { out.add(p.slice(0, i)); out.add(p.slice(i + 1)); }
   }
-  for (const p of Array.from(out)) if (languages[p]) out.add(languages[p]);
+  for (const p of Array.from(out)) {
+    if (Object.hasOwn(tables.languages, p)) out.add(tables.languages[p]);
+    if (Object.hasOwn(tables.territories, p)) for (const t of tables.territories[p]) out.add(t);
+  }
   return out;
+}
+
+// A term's pieces (labels.py's _pieces, before "names" is dropped): apart by ':' or spaces, the
+// words that make a part or a place's name together taken together ("united states cities":
+// united states, cities).
+function termPieces(label, every, known) {
+  const words = label.replace(/:/g, " ").split(" ").filter((w) => w), pieces = [];
+  const joined = (k) => words.slice(0, k).join(" ").toLowerCase();
+  while (words.length) {
+    let k = words.length;
+    while (k > 1 && !every.has(joined(k)) && !known.has(joined(k))) k--;
+    pieces.push(k > 1 ? joined(k) : words[0]);
+    words.splice(0, k);
+  }
+  return pieces;
+}
+
+// A language or territory a piece names, as an unknown label's error says it (labels.py's
+// _known_place): "in Russian (ru)", "from Russia (RU)"; null for any other piece.
+function knownPlace(piece, tables) {
+  const low = piece.toLowerCase(), upper = piece === piece.toUpperCase() && piece !== low;
+  const langs = Object.keys(tables.languages).filter((c) => (low === c || low === tables.languages[c]) && (c === piece || piece.length > 3));
+  const terrs = Object.keys(tables.territories).filter((c) => (piece.length <= 3 && c === piece.toUpperCase()) || tables.territories[c].includes(low));
+  const capital = (w) => w.charAt(0).toUpperCase() + w.slice(1);
+  if (langs.length && !(terrs.length && upper)) return `in ${capital(tables.languages[langs[0]])} (${langs[0]})`;
+  if (terrs.length) return `from ${tables.territories[terrs[0]][0].split(" ").map(capital).join(" ")} (${terrs[0]})`;
+  return null;
 }
 
 // What a piece of a term asks as among the labels' parts `every` (labels.py's _forms): itself, and
@@ -1139,10 +1170,11 @@ function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), 
 // The labels `spec` asks for, with their weights (summing to 1): {names, index, weights}.
 function resolveLabels(spec, labels) {
   const names = labels.names, counts = labels.counts, weights = new Float64Array(names.length);
-  const langs = labels.languages, known = new Set(Object.values(langs));
+  const tables = labels.tables;  // names asked in any case: the languages' and the territories'
+  const known = new Set([...Object.values(tables.languages), ...Object.values(tables.territories).flat()]);
   if (!spec) (labels.default || counts).forEach((c, k) => { weights[k] = c; });  // as Checkpoint.label_default
   // a term asks for a label by its name, else for every label with each of its pieces as a part (labelForms)
-  const partsOf = names.map((n) => labelParts(n, langs)), every = new Set(names);
+  const partsOf = names.map((n) => labelParts(n, tables)), every = new Set(names);
   for (const ps of partsOf) for (const p of ps) every.add(p);
   const has = (p) => labelForms(p, known, every).some((f) => every.has(f));
   for (const raw of spec ? String(spec).split(",") : []) {
@@ -1151,7 +1183,7 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(w > 0 && w <= 1e9)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 and at most 1,000,000,000 (a blend: it=0.7,es=0.3)`);  // labels.py's MAX_WEIGHT
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    const pieces = label.replace(/:/g, " ").split(" ").filter((p) => p && !(/^names?$/i.test(p) && !has(p)));
+    const pieces = termPieces(label, every, known).filter((p) => !(/^names?$/i.test(p) && !has(p)));
     const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
       pieces.every((p) => labelForms(p, known, every).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
     if (!found.length) {
@@ -1164,8 +1196,10 @@ function resolveLabels(spec, labels) {
       const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
       const close = Array.from(every).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
         .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
-      const hint = close.length ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
-      throw new ChargenError(`unknown label '${label}'${look !== label ? `: no label has '${look}'` : ""}${hint} (its info lists them)`);
+      const place = knownPlace(look, tables);
+      const where = place ? `: no label is ${place}` : look !== label ? `: no label has '${look}'` : "";
+      const hint = close.length && !place ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
+      throw new ChargenError(`unknown label '${label}'${where}${hint} (its info lists them)`);
     }
     let within = 0;
     for (const k of found) within += counts[k];
