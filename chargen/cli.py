@@ -482,15 +482,21 @@ def _label_note(model, label: Optional[str]) -> None:
 
 def _label_examples(names: list[str], counts: list[int]) -> str:
     """--label examples from the model's largest label: its language, then its language and kind in
-    words ("english first"); else its name."""
-    from .sampling.labels import label_languages
+    words ("english first"); else its name. Then, where labels have territories, the largest such
+    label's territory and kind (usa:street)."""
+    from .sampling.labels import label_languages, label_territories, territory_name
 
-    largest = max(zip(counts, names))[1]
+    by_size = [name for _, name in sorted(zip(counts, names), reverse=True)]
+    largest = by_size[0]
     language = next(iter(label_languages([largest]).values()), None)
     kind = largest.rsplit(":", 1)[1] if ":" in largest else None
-    if language is None:
-        return f"--label {largest}"
-    return f"--label {language}" + (f', --label "{language} {kind}"' if kind else "")
+    examples = [f"--label {largest}"] if language is None else \
+        [f"--label {language}"] + ([f'--label "{language} {kind}"'] if kind else [])
+    placed = next((name for name in by_size if ":" in name and label_territories([name])), None)
+    if placed:
+        territory, kind = territory_name(next(iter(label_territories([placed])))), placed.rsplit(":", 1)[1]
+        examples.append(f"--label {territory}:{kind}" if " " not in territory else f'--label "{territory} {kind}"')
+    return ", ".join(examples)
 
 
 def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constrained: bool, lines: bool,

@@ -390,7 +390,7 @@ def test_info_on_many_labels_says_what_a_label_can_ask_for():
     shown = " ".join(run(["info", "base"]).stdout.decode().replace("│", " ").split())
     assert f"{len(chargen.load('base').labels)}: kinds city, country, first, region, street, surname; languages arabic, armenian," in shown
     assert "greek" in shown and "it_IT:first" not in shown
-    assert '--label english, --label "english first";' in shown  # examples from the model's largest label
+    assert '--label english, --label "english first", --label greece:city;' in shown  # the largest label, the largest with a territory
 
 
 def test_label_completes_in_the_shell_from_the_models_languages_kinds_and_labels(tmp_path):
@@ -420,7 +420,7 @@ def test_on_a_terminal_a_labelled_model_says_it_has_labels_to_ask_for(tmp_path):
     import chargen
 
     assert shown == (f'note: this model has {len(chargen.load("base").labels)} labels and with no --label draws from all of them, as trained; ask '
-                     'for some: --label english, --label "english first" (chargen info lists them)'), shown
+                     'for some: --label english, --label "english first", --label greece:city (chargen info lists them)'), shown
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 3  # stdout: the samples alone
     piped = run(["sample", "-c", "base", "-n", "3", "--seed", "1"])
     assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout.decode().splitlines() == \

@@ -139,6 +139,12 @@ def label_territories(names: list[str]) -> dict[str, list[str]]:
             if code in TERRITORIES}
 
 
+def territory_name(code: str) -> str:
+    """The name a territory is suggested by: its first of one word where it has one (usa, britain),
+    so that a shell's completion can offer it."""
+    return next((n for n in TERRITORIES[code] if " " not in n), TERRITORIES[code][0])
+
+
 def label_kinds(names: list[str]) -> list[str]:
     """The kinds among these labels: their last ':'-separated parts (first, surname, city...)."""
     return sorted({n.rsplit(":", 1)[1] for n in names if ":" in n})
@@ -149,7 +155,7 @@ def label_asks(names: list[str], own: Optional[list[str]] = None) -> list[str]:
     own labels, then the languages and the territories (in English: a territory by a name of one
     word where it has one, usa, britain) and the kinds (`--label <TAB>`, the playground's and an
     exported page's label field)."""
-    territories = sorted(next((n for n in ns if " " not in n), ns[0]) for ns in label_territories(names).values())
+    territories = sorted(map(territory_name, label_territories(names)))
     return list(dict.fromkeys([*(own or []), *sorted(set(label_languages(names).values())), *territories,
                                *label_kinds(names)]))
 
