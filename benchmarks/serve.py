@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10, help="names per request")
     ap.add_argument("--window", type=float, default=None, help="the server's batching window (default: its own)")
     ap.add_argument("--workers", type=int, default=None, help="the server's engine processes (default: its own)")
+    ap.add_argument("--ahead", type=int, default=None, help="the server's samples drawn ahead per plain request "
+                    "(default: its own; 0: none, each request drawn when it comes)")
     ap.add_argument("--sweep", default="8,16,32", help="fewer clients to try after the main run, 10 s each "
                                                        "(comma-separated; '' for none)")
     ap.add_argument("--fields", type=json.loads, default={}, help="JSON object: more options for every request")
@@ -202,7 +204,8 @@ def main() -> None:
     batcher = in_process_batcher(args.clients, args.n, fields)
     exe = Path(sys.executable).with_name("chargen")
     cmd = [str(exe), "serve", "--port", "0"] + (["--window", str(args.window)] if args.window is not None else []) \
-        + (["--workers", str(args.workers)] if args.workers is not None else [])
+        + (["--workers", str(args.workers)] if args.workers is not None else []) \
+        + (["--ahead", str(args.ahead)] if args.ahead is not None else [])
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     try:
@@ -210,10 +213,10 @@ def main() -> None:
         startup = time.perf_counter() - started
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
         asyncio.run(load(port, 4, 1.0, args.n, fields))  # warm up
-        before = health(port)["batching"]["names"]
+        before, ahead_before = health(port)["batching"]["names"], health(port)["ahead"]
         (latencies, errors, wall), cpu = cpu_shares(processes(proc.pid), lambda: asyncio.run(
             load(port, args.clients, args.seconds, args.n, fields)))
-        after = health(port)["batching"]["names"]
+        after, ahead_after = health(port)["batching"]["names"], health(port)["ahead"]
         rss = peak_rss_mb(proc.pid)
         sweep = []
         for clients in [int(c) for c in args.sweep.split(",") if c.strip()]:
@@ -249,6 +252,7 @@ def main() -> None:
         "batching": {"steps": steps, "steps_per_s": steps / wall, "mean_batch": row_steps / steps if steps else 0,
                      "batcher_thread_busy_share": (after["busy_seconds"] - before["busy_seconds"]) / wall},
         "cpu_share": cpu,
+        "ahead": {k: ahead_after[k] - ahead_before[k] for k in ahead_after},  # requests answered from the stock
         "error_samples": errors[:5],
         "sweep": sweep, "mixed": mixed,
     }
@@ -272,7 +276,10 @@ def main() -> None:
                  ["batching", f"{steps / wall:,.0f} network steps/s, {result['batching']['mean_batch']:.0f} rows "
                               f"a step on average, the batcher's thread busy "
                               f"{result['batching']['batcher_thread_busy_share']:.0%}"],
-                 ["CPU, share of a core", ", ".join(f"{name} {share:.0%}" for name, share in cpu.items())]])
+                 ["CPU, share of a core", ", ".join(f"{name} {share:.0%}" for name, share in cpu.items())],
+                 ["drawn ahead", f"{result['ahead']['hits']:,} requests answered from the stock at once, "
+                                 f"{result['ahead']['waited']:,} after waiting for it, {result['ahead']['misses']:,} "
+                                 f"drawn when they came ({result['ahead']['drawn']:,} samples drawn for it)"]])
     if sweep:
         print_table("fewer clients (10 s each, same server)", ["clients", "names/s", "p50 ms", "p99 ms", "errors"],
                     [[str(s["clients"]), f"{s['names_per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",

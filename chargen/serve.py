@@ -17,7 +17,8 @@ The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a
 Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), by a
 worker thread per model (its network steps in a worker process, `engine_processes`), so the event
 loop never waits on the network; a request gets the
-samples `chargen sample` prints for the same seed. Clients name models by name only: nothing a
+samples `chargen sample` prints for the same seed. A plain request with no seed asked again and
+again is answered from samples drawn ahead for it (chargen.sampling.ahead). Clients name models by name only: nothing a
 client sends is ever used as a path. This module imports the ASGI stack (the `serve` extra);
 nothing else in chargen does.
 """
@@ -51,6 +52,7 @@ from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
 from .sampling import parallel
+from .sampling.ahead import DrawnAhead
 from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
 from .sampling.drawing import run as run_drawings
@@ -403,6 +405,7 @@ class Server:
         self.config = config
         self.side = side  # where the slow requests run (None: threads of this process, and the batchers)
         self.streams = 0
+        self.ahead = DrawnAhead(config.ahead)  # plain requests asked again and again, answered at once
         self.exports: dict[tuple[str, str], bytes] = {}  # (model, format) -> the file, built on first ask
         self.started = time.time()
         self.page = playground_page()
@@ -453,7 +456,8 @@ class Server:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
                              "models": list(self.models), "streams": self.streams,
-                             "batching": {name: s.batcher.stats.to_dict() for name, s in self.models.items()}})
+                             "batching": {name: s.batcher.stats.to_dict() for name, s in self.models.items()},
+                             "ahead": self.ahead.stats.to_dict()})
 
     async def export(self, request: Request) -> Response:
         """This model as one web page or one JS module (chargen export --html / --js): a download.
@@ -478,6 +482,15 @@ class Server:
         n = self.limit_sample(fields)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
         prompt = fields.get("prompt", "")
+        key = self._ahead_key(served, fields)
+        if key is not None:  # a plain request: from the samples drawn ahead for it, if it has some
+            waiter = asyncio.get_running_loop().create_future()
+            take = self.ahead.take(key, n, waiter)
+            for due in take.due:
+                self._draw_ahead(served, key, due, prompt, options)
+            ready = take.samples if not take.waits else await waiter  # (None: the drawing failed)
+            if ready is not None:
+                return {"model": served.name, "samples": ready, "draws": n, "accepted": n}
         stats = SampleStats()
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         if constrained and self.side is not None:  # drawn in the side process, which checks them
@@ -492,6 +505,35 @@ class Server:
         samples = await served.batcher.submit(drawings, asyncio.get_running_loop())
         return {"model": served.name, "samples": [s.record(constrained) for s in samples],
                 "draws": stats.draws, "accepted": stats.accepted}
+
+    def _ahead_key(self, served: Served, fields: dict[str, Any]) -> Optional[tuple[str, str]]:
+        """What a plain request's samples drawn ahead are kept by (chargen.sampling.ahead): the model
+        and its settings but n. None for a request whose samples are not plain independent draws
+        that any time gives alike: a seed (its own samples), constraints (their warm trees),
+        `unique` (the samples of one request apart), `novel` or `exclude` (redraws, which its
+        `draws` counts), several prompts; or prose."""
+        if any(k in fields for k in ("seed", *CONSTRAINT_FIELDS)) or any(
+                fields.get(k) for k in ("unique", "novel", "exclude")):
+            return None
+        if not isinstance(fields.get("prompt", ""), str) or not fields.get("lines", served.model.line_oriented):
+            return None
+        return served.name, json.dumps({k: v for k, v in fields.items() if k != "n"}, sort_keys=True)
+
+    def _draw_ahead(self, served: Served, key: tuple[str, str], due: int, prompt: str, options: dict[str, Any]) -> None:
+        """Draw `due` samples for the key's stock in the batch, behind the requests (nothing where
+        the settings are bad: the request's own drawing says why)."""
+        def settle(samples: list[dict[str, Any]]) -> None:
+            for waiter, ready in self.ahead.add(key, samples, due):
+                waiter.set_result(ready)
+
+        try:
+            drawings = served.model.drawings(due, prompt, **options)
+            future = served.batcher.submit(drawings, asyncio.get_running_loop())
+        except (ChargenError, RuntimeError):  # (RuntimeError: the batcher has closed)
+            settle([])
+            return
+        future.add_done_callback(lambda done: settle(
+            [s.record() for s in done.result()] if not done.cancelled() and done.exception() is None else []))
 
     async def top(self, data: dict[str, Any]) -> dict[str, Any]:
         served, fields = self.parse(data, TOP_FIELDS)

@@ -24,7 +24,7 @@ def test_train_config_validation(batch_size, seq_len, lr, weight_decay, grad_cli
         assert exc.options and exc.render(spelling).startswith("--") and "\n" not in str(exc)
     else:
         assert batch_size > 0 and seq_len > 0 and lr > 0 and weight_decay >= 0 and grad_clip >= 0
-        assert 0 < val_fraction < 1 and (max_steps is None or max_steps > 0) and (time is None or time > 0)
+        assert 0 <= val_fraction < 1 and (max_steps is None or max_steps > 0) and (time is None or time > 0)
 
 
 @given(layers=ints, hidden=ints, embed=ints, dropout=floats, cell=st.sampled_from(["lstm", "gru", "rnn", "tcn", ""]))

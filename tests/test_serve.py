@@ -312,6 +312,51 @@ def test_a_request_past_the_draw_limit_is_a_422_and_others_go_on(trained_names, 
         s.batcher.close()
 
 
+def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(trained_names, trained_prose):
+    """Unseeded plain requests asked again and again are answered from samples drawn ahead
+    (chargen.sampling.ahead): they follow the model's distribution at the request's settings as
+    samples drawn when they come do (chi-square on the first letters against 20,000 fresh samples at
+    the same temperature; against another temperature the same test fails); a seeded request, or
+    one under constraints, is drawn as it comes (the command's samples); --ahead 0 draws every one."""
+    from starlette.testclient import TestClient
+
+    from .test_constraints import chi_square_fits, counted
+
+    body = {"n": 10, "temperature": 0.7}  # the bundled names model
+    got: dict[int, list[dict]] = {}
+    for ahead in (4096, 0):
+        application, served = make_app(trained_names, trained_prose, ahead=ahead)
+        try:
+            with TestClient(application, base_url="http://localhost") as c:
+                got[ahead] = []
+                for _ in range(100):
+                    r = post(c, "/v1/sample", body)
+                    assert r.status_code == 200, r.text
+                    data = r.json()
+                    assert data["draws"] == data["accepted"] == len(data["samples"]) == 10
+                    got[ahead] += data["samples"]
+                stocked = c.get("/v1/health").json()["ahead"]
+                for other in ({**body, "seed": 3}, {**body, "ends_with": "a"}, {**body, "unique": True}):
+                    assert post(c, "/v1/sample", other).status_code == 200
+                assert c.get("/v1/health").json()["ahead"] == stocked  # drawn as they came
+                seeded = post(c, "/v1/sample", {**body, "seed": 3}).json()["samples"]
+        finally:
+            for s in served:
+                s.batcher.close()
+        model = chargen.load()
+        assert_same_records(seeded, records(model, 10, temperature=0.7, seed=3))
+        if ahead:
+            assert stocked["hits"] + stocked["waited"] == 99 and stocked["misses"] == 0  # all but the first
+        else:
+            assert stocked == {"hits": 0, "waited": 0, "misses": 0, "drawn": 0}
+    first = counted(r["text"][:1] for r in got[4096][10:])  # (the first request's were drawn as it came)
+    assert chi_square_fits(first, counted(t[:1] for t in model.sample(20000, temperature=0.7, seed=1)))[0]
+    hotter = counted(t[:1] for t in model.sample(20000, temperature=1.2, seed=1))
+    assert not chi_square_fits(first, hotter)[0]  # the test tells another temperature apart
+    scores = {s.text: s.logprob for s in model.score([r["text"] for r in got[4096][10:60]])}
+    assert all(r["logprob"] == pytest.approx(scores[r["text"]], abs=2e-4) for r in got[4096][10:60])
+
+
 def test_json_endpoints_answer_as_starlette_would(client):
     """The JSON endpoints answer past Starlette's layers (chargen.serve.JsonEndpoint): the same
     bytes as its JSONResponse (non-ASCII text as UTF-8, compact), the same headers, and a
