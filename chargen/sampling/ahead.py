@@ -19,7 +19,8 @@ batch is widest and a sample cheapest.
               instead of drawing its own beside it; should the drawings fail, it draws its own
 
 Which requests qualify is the caller's to say (chargen.serve: no seed, no constraints, no
-`unique` or `novel`, one prompt, line samples): those whose samples are independent draws, so
+`unique`, `novel` or `exclude`, one prompt, line samples): those whose samples are plain
+independent draws, so
 that taking them in any order, at any time, is the same as drawing them then. A key asked for
 once gets no stock (nothing is drawn for a request never repeated); at most `keys` keys keep
 stocks, the least recently asked dropped first (never one with samples being drawn). Nothing

@@ -205,11 +205,10 @@ def _parts(name: str) -> set[str]:
 def _pieces(term: str, parts: set[str]) -> list[str]:
     """A term's pieces, separated by ':' or spaces (greek:surname, "greek surnames"), words that
     make a part or a place's name together taken together ("united states cities": united states,
-    cities), less the
-    word "name" or "names" where no label has it ("greek first names")."""
-    words, pieces = [w for w in term.replace(":", " ").split(" ") if w], []
+    cities), less the word "name" or "names" where no label has it ("greek first names")."""
+    words, pieces, known = [w for w in term.replace(":", " ").split(" ") if w], [], parts | _NAMES
     while words:
-        k = next((k for k in range(len(words), 1, -1) if " ".join(words[:k]).lower() in parts | _NAMES), 1)
+        k = next((k for k in range(len(words), 1, -1) if " ".join(words[:k]).lower() in known), 1)
         pieces.append(" ".join(words[:k]).lower() if k > 1 else words[0])
         words = words[k:]
     return [p for p in pieces if not (p.lower() in ("name", "names") and not _forms(p, parts) & parts)]

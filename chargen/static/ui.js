@@ -15,7 +15,7 @@ function commaList(id) {
 }
 
 // The label field's suggestions: what a label is asked by (labels.py's label_asks: an adapted
-// model's own labels, the languages, the kinds), then the labels.
+// model's own labels, the languages, the territories, the kinds), then the labels.
 function labelChoices(labels) {
   return labels ? [...new Set([...labels.asks || [], ...labels.names])] : [];
 }
