@@ -357,6 +357,33 @@ def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(traine
     assert all(r["logprob"] == pytest.approx(scores[r["text"]], abs=2e-4) for r in got[4096][10:60])
 
 
+def test_requests_waiting_on_a_stock_whose_drawings_fail_draw_their_own(trained_names, trained_prose, monkeypatch):
+    """Should the drawings for a stock fail (here: every drawing without the request's own stats),
+    the requests waiting on it draw their own samples: answered all the same, counted as misses."""
+    from starlette.testclient import TestClient
+
+    application, served = make_app(trained_names, trained_prose)
+    model = served[0].model
+    drawings = model.drawings
+
+    def failing(n, *args, **kw):
+        if "stats" not in kw:  # a stock's drawing (a request's own counts its draws)
+            raise chargen.SamplingError("the stock's drawing failed")
+        return drawings(n, *args, **kw)
+
+    monkeypatch.setattr(model, "drawings", failing)
+    try:
+        with TestClient(application, base_url="http://localhost") as c:
+            for _ in range(5):
+                r = post(c, "/v1/sample", {"n": 10})
+                assert r.status_code == 200 and len(r.json()["samples"]) == 10, r.text
+            ahead = c.get("/v1/health").json()["ahead"]
+    finally:
+        for s in served:
+            s.batcher.close()
+    assert ahead["misses"] == 4 and ahead["hits"] == ahead["waited"] == 0  # (the first: no stock yet)
+
+
 def test_json_endpoints_answer_as_starlette_would(client):
     """The JSON endpoints answer past Starlette's layers (chargen.serve.JsonEndpoint): the same
     bytes as its JSONResponse (non-ASCII text as UTF-8, compact), the same headers, and a
