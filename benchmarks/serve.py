@@ -213,10 +213,10 @@ def main() -> None:
         startup = time.perf_counter() - started
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
         asyncio.run(load(port, 4, 1.0, args.n, fields))  # warm up
-        before, ahead_before = health(port)["batching"]["names"], health(port)["ahead"]
+        before, ahead_before = health(port)["batching"]["names"], health(port)["ahead"]["plain"]
         (latencies, errors, wall), cpu = cpu_shares(processes(proc.pid), lambda: asyncio.run(
             load(port, args.clients, args.seconds, args.n, fields)))
-        after, ahead_after = health(port)["batching"]["names"], health(port)["ahead"]
+        after, ahead_after = health(port)["batching"]["names"], health(port)["ahead"]["plain"]
         rss = peak_rss_mb(proc.pid)
         sweep = []
         for clients in [int(c) for c in args.sweep.split(",") if c.strip()]:

@@ -585,9 +585,10 @@ class ServeConfig(_Config):
                                     default_help="1 on Linux with 2 or more cores (numpy backend), else 0")
     max_draws: int = option(200_000, "Most draws one sample request may cost (rare constraints draw many); past it, "
                                      "a 422.", **_AT_LEAST_1)
-    ahead: int = option(4096, "Most samples drawn ahead for a plain request asked again and again (no seed, no "
-                              "constraints, unique, novel or exclude), which is then answered from them at once: "
-                              "independent samples at its settings, each given once (0: none).",
+    ahead: int = option(4096, "Most samples drawn ahead for a request asked again and again with no seed (nor "
+                              "unique, novel or exclude), which is then answered from them at once: independent "
+                              "samples at its settings, each given once; under constraints, in the side process "
+                              "(0: none).",
                         check=lambda v: v >= 0, rule="must be 0 or more")
 
     def validate(self) -> None:

@@ -17,8 +17,9 @@ The API (all JSON; errors are `{"error": "one line"}` with a 4xx status, never a
 Sampling requests that arrive together are drawn together as one batch (chargen.sampling.batching), by a
 worker thread per model (its network steps in a worker process, `engine_processes`), so the event
 loop never waits on the network; a request gets the
-samples `chargen sample` prints for the same seed. A plain request with no seed asked again and
-again is answered from samples drawn ahead for it (chargen.sampling.ahead). Clients name models by name only: nothing a
+samples `chargen sample` prints for the same seed. A request with no seed asked again and again
+is answered from samples drawn ahead for it (chargen.sampling.ahead): here for plain ones, in the
+side process for those under constraints. Clients name models by name only: nothing a
 client sends is ever used as a path. This module imports the ASGI stack (the `serve` extra);
 nothing else in chargen does.
 """
@@ -151,14 +152,16 @@ class SideProcess:
     Forked with the models, before any thread starts (fork copies one). A request is (kind, model
     name, arguments): "sample" (n, prompt, options) goes through a batcher of its own per model
     (the same rounds, turns and draw limit as the server's; the process keeps its warm trees
-    between requests, chargen.sampling.tree.WarmTrees, and draws its own seeds for unseeded ones,
-    chargen.sampling.randomness.Seeds); the others are done as `side_work` does them in the
+    between requests, chargen.sampling.tree.WarmTrees, draws its own seeds for unseeded ones,
+    chargen.sampling.randomness.Seeds, and answers those asked again from samples drawn ahead,
+    _SideStocks); the others are done as `side_work` does them in the
     server's process where there is no such process, at once, each in a thread of its own, as
     they were in the server's. Errors come back as the ChargenError they are. Should the process
     end (killed for memory, say), its requests in flight and every later one raise SideProcessGone,
     and the server does them in its own process from then on (`on_gone` says so once)."""
 
-    def __init__(self, served: list[Served], max_draws: Optional[int], on_gone: Callable[[str], None] = lambda _: None):
+    def __init__(self, served: list[Served], max_draws: Optional[int], on_gone: Callable[[str], None] = lambda _: None,
+                 ahead: int = ServeConfig.ahead):
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
@@ -168,7 +171,7 @@ class SideProcess:
         inherited = [conn for s in served if isinstance(s.batcher.engine, parallel.ProcessEngine)
                      for conn in s.batcher.engine.workers.conns]
         models = {s.name: s.model for s in served}
-        self.process = ctx.Process(target=_side_loop, args=(child, [self.conn, *inherited], models, max_draws),
+        self.process = ctx.Process(target=_side_loop, args=(child, [self.conn, *inherited], models, max_draws, ahead),
                                    name="chargen-side", daemon=True)
         self.process.start()
         child.close()
@@ -246,7 +249,63 @@ def side_work(model: Model, kind: str, args: dict[str, Any]) -> Any:
     raise ValueError(f"no such work: {kind!r}")
 
 
-def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optional[int]) -> None:
+class _SideStocks:
+    """The side process's samples drawn ahead (chargen.sampling.ahead), for the requests under
+    constraints asked again and again with no seed, as the server keeps them for plain ones: the
+    adaptive exact sampler's samples are independent draws of the conditioned distribution, so a
+    stock of them answers such a request at once. Several threads call it (under a lock). Each
+    sample is kept with its share of the draws that found it: a request's `draws` counts what its
+    samples cost."""
+
+    def __init__(self, capacity: int, models: dict[str, Model], batchers: dict[str, Batcher]):
+        self.ahead, self.models, self.batchers = DrawnAhead(capacity), models, batchers
+        self.lock = threading.Lock()
+
+    def answer(self, name: str, args: dict[str, Any], reply: Callable[[Any], None], own: Callable[[], Any]) -> None:
+        """reply((records, draws, accepted)) from the request's stock, now or when what it waits for
+        is drawn; or own(): the request draws its own samples."""
+        key = ahead_key(name, {**args["options"], "prompt": args["prompt"]}, self.models[name].line_oriented)
+        if key is None:
+            own()
+            return
+        waiter: concurrent.futures.Future = concurrent.futures.Future()
+        with self.lock:
+            take = self.ahead.take(key, args["n"], waiter)
+        for due in take.due:
+            self._draw(name, key, due, args)
+        if take.samples is not None:
+            reply(_from_stock(take.samples))
+        elif take.waits:
+            waiter.add_done_callback(lambda f: reply(_from_stock(f.result())) if f.result() is not None else own())
+        else:
+            own()
+
+    def _draw(self, name: str, key: tuple[str, str], due: int, args: dict[str, Any]) -> None:
+        stats = SampleStats()
+
+        def settle(samples: list[tuple[dict[str, Any], float]]) -> None:
+            with self.lock:
+                settled = self.ahead.add(key, samples, due)
+            for waiter, got in settled:
+                waiter.set_result(got)
+
+        def drawn(done: concurrent.futures.Future) -> None:
+            samples = done.result() if done.exception() is None else []
+            settle([(s.record(True), stats.draws / len(samples)) for s in samples])
+
+        try:
+            drawings = self.models[name].drawings(due, args["prompt"], stats=stats, **args["options"])
+            self.batchers[name].submit(drawings).add_done_callback(drawn)
+        except (ChargenError, RuntimeError):  # bad settings (the request's own drawing says why); a closed batcher
+            settle([])
+
+
+def _from_stock(samples: list[tuple[dict[str, Any], float]]) -> tuple[list[dict[str, Any]], int, int]:
+    """A request's answer from stocked samples: their records, the draws they cost, and how many."""
+    return [r for r, _ in samples], max(len(samples), round(sum(c for _, c in samples))), len(samples)
+
+
+def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optional[int], ahead: int) -> None:
     """SideProcess's loop: samples under constraints go to the model's batcher here (they take
     turns there, each holding nothing while it waits), the other requests each to a thread of
     their own; answers go back as they are done."""
@@ -273,9 +332,12 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
             conn.send((tag, answer))
 
     def other(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
+        if kind == "ahead":  # (for /v1/health)
+            send(tag, stocks.ahead.stats.to_dict())
+            return
         send(tag, outcome(kind, lambda: side_work(models[name], kind, args)))
 
-    def sample(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
+    def own(tag: int, name: str, args: dict[str, Any]) -> None:
         stats = SampleStats()
         # (checking the options compiles the constraints: in a thread, not the loop that reads requests)
         drawings = outcome("sample", lambda: models[name].drawings(args["n"], args["prompt"], stats=stats,
@@ -286,6 +348,10 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
         batchers[name].submit(drawings).add_done_callback(lambda done: send(tag, outcome("sample", lambda: (
             [s.record(True) for s in done.result()], stats.draws, stats.accepted))))
 
+    def sample(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
+        stocks.answer(name, args, lambda answer: send(tag, answer), lambda: pool.submit(own, tag, name, args))
+
+    stocks = _SideStocks(ahead, models, batchers)
     with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="chargen-side") as pool:
         while True:
             try:
@@ -397,6 +463,19 @@ def check_fields(data: dict[str, Any], allowed: dict[str, str], required: tuple[
     return out
 
 
+def ahead_key(name: str, fields: dict[str, Any], line_oriented: bool) -> Optional[tuple[str, str]]:
+    """What a request's samples drawn ahead are kept by (chargen.sampling.ahead): the model and its
+    settings but n. None for a request whose samples are not independent draws that any time
+    gives alike: a seed (its own samples), `unique` (the samples of one request apart), `novel` or
+    `exclude` (their redraws), several prompts; or prose. (Constraints qualify: exact samples are
+    independent draws of the conditioned distribution, and so are --guided's and --rejection's.)"""
+    if "seed" in fields or any(fields.get(k) for k in ("unique", "novel", "exclude")):
+        return None
+    if not isinstance(fields.get("prompt", ""), str) or not fields.get("lines", line_oriented):
+        return None
+    return name, json.dumps({k: v for k, v in fields.items() if k != "n"}, sort_keys=True)
+
+
 class Server:
     """The ASGI app's state and handlers: the models, the limits, the streams open."""
 
@@ -454,10 +533,14 @@ class Server:
                                                          "Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:
+        ahead = {"plain": self.ahead.stats.to_dict()}
+        if self.side is not None:  # the side process's stocks, for the requests under constraints
+            with contextlib.suppress(SideProcessGone):
+                ahead["constrained"] = await self._in_side("ahead", next(iter(self.models.values())), {})
         return JSONResponse({"status": "ok", "version": __version__, "uptime_s": round(time.time() - self.started, 1),
                              "models": list(self.models), "streams": self.streams,
                              "batching": {name: s.batcher.stats.to_dict() for name, s in self.models.items()},
-                             "ahead": self.ahead.stats.to_dict()})
+                             "ahead": ahead})
 
     async def export(self, request: Request) -> Response:
         """This model as one web page or one JS module (chargen export --html / --js): a download.
@@ -482,7 +565,8 @@ class Server:
         n = self.limit_sample(fields)
         options = {k: v for k, v in fields.items() if k not in ("n", "prompt")}
         prompt = fields.get("prompt", "")
-        key = self._ahead_key(served, fields)
+        constrained = any(k in fields for k in CONSTRAINT_FIELDS)
+        key = None if constrained else ahead_key(served.name, fields, served.model.line_oriented)
         if key is not None:  # a plain request: from the samples drawn ahead for it, if it has some
             waiter = asyncio.get_running_loop().create_future()
             take = self.ahead.take(key, n, waiter)
@@ -492,7 +576,6 @@ class Server:
             if ready is not None:
                 return {"model": served.name, "samples": ready, "draws": n, "accepted": n}
         stats = SampleStats()
-        constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         if constrained and self.side is not None:  # drawn in the side process, which checks them
             with contextlib.suppress(SideProcessGone):  # (else drawn here, below)
                 records, draws, accepted = await self._in_side("sample", served,
@@ -505,19 +588,6 @@ class Server:
         samples = await served.batcher.submit(drawings, asyncio.get_running_loop())
         return {"model": served.name, "samples": [s.record(constrained) for s in samples],
                 "draws": stats.draws, "accepted": stats.accepted}
-
-    def _ahead_key(self, served: Served, fields: dict[str, Any]) -> Optional[tuple[str, str]]:
-        """What a plain request's samples drawn ahead are kept by (chargen.sampling.ahead): the model
-        and its settings but n. None for a request whose samples are not plain independent draws
-        that any time gives alike: a seed (its own samples), constraints (their warm trees),
-        `unique` (the samples of one request apart), `novel` or `exclude` (redraws, which its
-        `draws` counts), several prompts; or prose."""
-        if any(k in fields for k in ("seed", *CONSTRAINT_FIELDS)) or any(
-                fields.get(k) for k in ("unique", "novel", "exclude")):
-            return None
-        if not isinstance(fields.get("prompt", ""), str) or not fields.get("lines", served.model.line_oriented):
-            return None
-        return served.name, json.dumps({k: v for k, v in fields.items() if k != "n"}, sort_keys=True)
 
     def _draw_ahead(self, served: Served, key: tuple[str, str], due: int, prompt: str, options: dict[str, Any]) -> None:
         """Draw `due` samples for the key's stock in the batch, behind the requests (nothing where
@@ -899,7 +969,7 @@ def serve(specs: list[str], config: ServeConfig, *, backend: str = "auto", devic
     served = load_models(named, config, backend=backend, device=device)
     # The slow requests in a process of their own where the batches have worker processes
     # (started now, before any thread: fork copies one).
-    side = SideProcess(served, config.max_draws, on_gone=notice) \
+    side = SideProcess(served, config.max_draws, on_gone=notice, ahead=config.ahead) \
         if all(isinstance(s.batcher.engine, parallel.ProcessEngine) for s in served) else None
     app = build_app(served, config, side)
     # X-Forwarded-For from a proxy on this machine names the client in the access log, its only

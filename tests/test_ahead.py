@@ -79,7 +79,7 @@ def test_the_level_follows_the_demand_up_to_the_capacity():
     assert big.take("k", 60, Waiter()).due == [] and big.stats.misses == 0  # more than half the capacity: its own
 
 
-def test_a_failed_drawing_sends_its_waiters_to_draw_their_own_and_one_gone_is_skipped():
+def test_a_failed_drawing_sends_its_waiters_to_draw_their_own_and_ends_the_stock_and_one_gone_is_skipped():
     ahead, draw = DrawnAhead(capacity=4096), Drawer()
     ahead.take("k", 5)
     gone, stays = Waiter(), Waiter()
@@ -95,6 +95,8 @@ def test_a_failed_drawing_sends_its_waiters_to_draw_their_own_and_one_gone_is_sk
         failed += ahead.add("k", [], due)  # every other drawing fails
     assert failed == [(late, None)]  # nothing more is being drawn: it draws its own
     assert ahead.stats.misses == 1 and ahead.stats.waited == 1
+    after = ahead.take("k", 5, Waiter())  # a key whose drawing failed is drawn ahead no more
+    assert after.samples is None and not after.waits and after.due == [] and ahead.stats.misses == 2
 
 
 def test_stocks_are_kept_for_the_most_recently_asked_keys_but_never_dropped_while_drawing():

@@ -335,10 +335,10 @@ def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(traine
                     data = r.json()
                     assert data["draws"] == data["accepted"] == len(data["samples"]) == 10
                     got[ahead] += data["samples"]
-                stocked = c.get("/v1/health").json()["ahead"]
+                stocked = c.get("/v1/health").json()["ahead"]["plain"]
                 for other in ({**body, "seed": 3}, {**body, "ends_with": "a"}, {**body, "unique": True}):
                     assert post(c, "/v1/sample", other).status_code == 200
-                assert c.get("/v1/health").json()["ahead"] == stocked  # drawn as they came
+                assert c.get("/v1/health").json()["ahead"]["plain"] == stocked  # drawn as they came
                 seeded = post(c, "/v1/sample", {**body, "seed": 3}).json()["samples"]
         finally:
             for s in served:
@@ -377,7 +377,7 @@ def test_requests_waiting_on_a_stock_whose_drawings_fail_draw_their_own(trained_
             for _ in range(5):
                 r = post(c, "/v1/sample", {"n": 10})
                 assert r.status_code == 200 and len(r.json()["samples"]) == 10, r.text
-            ahead = c.get("/v1/health").json()["ahead"]
+            ahead = c.get("/v1/health").json()["ahead"]["plain"]
     finally:
         for s in served:
             s.batcher.close()
@@ -504,8 +504,8 @@ def test_the_command_runs_the_slow_requests_in_a_process_of_their_own(trained_na
     for the requests whose numpy and Python would hold the event loop's GIL: samples under
     constraints, /v1/top, /v1/score and /v1/eval. Those give what the Python API gives (a seed's
     samples, a plain request beside them too), past --max-draws a 422, a bad pattern a 400, and
-    their CPU time is the side process's; unseeded samples share a warm tree there; SIGTERM stops
-    the server and both processes."""
+    their CPU time is the side process's; unseeded samples share a warm tree there, and those asked
+    again come from samples drawn ahead there; SIGTERM stops the server and both processes."""
     proc, url = start_server("-c", "names", "--max-draws", "5000")
 
     def children() -> list[int]:
@@ -547,6 +547,17 @@ def test_the_command_runs_the_slow_requests_in_a_process_of_their_own(trained_na
         warm = [httpx.post(url + "/v1/sample", json={"n": 10, "contains": "th"}, timeout=60).json() for _ in range(30)]
         assert all(len(u["samples"]) == 10 and all("th" in s["text"] for s in u["samples"]) for u in cold + warm)
         assert np.mean([u["draws"] for u in cold]) > 1.4 * np.mean([u["draws"] for u in warm[-10:]])
+        # Those asked again are answered from samples drawn ahead in the side process, where the
+        # draw limit lets a drawing of them end ("th": 256 of them would take more than 5,000 draws,
+        # so after that drawing failed its requests draw their own)
+        stocked = httpx.get(url + "/v1/health", timeout=60).json()["ahead"]["constrained"]
+        assert stocked["misses"] == 29 and stocked["hits"] == stocked["waited"] == 0, stocked
+        again = [httpx.post(url + "/v1/sample", json={"n": 10, "ends_with": "a", "max_len": 7}, timeout=60).json()
+                 for _ in range(20)]
+        assert all(len(u["samples"]) == 10 and all(s["text"].endswith("a") and len(s["text"]) <= 7 for s in u["samples"])
+                   and u["draws"] >= u["accepted"] == 10 for u in again)
+        stocked = httpx.get(url + "/v1/health", timeout=60).json()["ahead"]["constrained"]
+        assert stocked["hits"] + stocked["waited"] == 19 and stocked["misses"] == 29, stocked
         far = httpx.post(url + "/v1/sample", json={"n": 200, "seed": 1, "contains": "zq"}, timeout=60)
         assert far.status_code == 422 and "5,000 draws, this server's limit" in far.json()["error"]
         bad = httpx.post(url + "/v1/sample", json={"n": 2, "regex": "("}, timeout=60)

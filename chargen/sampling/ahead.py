@@ -16,11 +16,13 @@ batch is widest and a sample cheapest.
               half the level: the difference to the level, as drawings of at most CHUNK samples
               (the caller's), so that each ends within a few steps and its waiters go
     waiting:  a request that finds too few ready waits for what is being drawn (in arrival order)
-              instead of drawing its own beside it; should the drawings fail, it draws its own
+              instead of drawing its own beside it; should a drawing fail, it draws its own, and
+              so do the key's later requests (no drawing is made for it again: a constraint too
+              rare for a server's draw limit is not drawn ahead over and over)
 
-Which requests qualify is the caller's to say (chargen.serve: no seed, no constraints, no
-`unique`, `novel` or `exclude`, one prompt, line samples): those whose samples are plain
-independent draws, so
+Which requests qualify is the caller's to say (chargen.serve: no seed, no `unique`, `novel` or
+`exclude`, one prompt, line samples; plain ones in the server's process, constrained ones in its
+side process): those whose samples are independent draws, so
 that taking them in any order, at any time, is the same as drawing them then. A key asked for
 once gets no stock (nothing is drawn for a request never repeated); at most `keys` keys keep
 stocks, the least recently asked dropped first (never one with samples being drawn). Nothing
@@ -44,6 +46,7 @@ class _Stock:
     ready: deque = field(default_factory=deque)  # samples drawn and not given out, oldest first
     drawing: int = 0  # samples being drawn for it
     waiting: deque = field(default_factory=deque)  # (waiter, n) of requests waiting for them, oldest first
+    failed: bool = False  # a drawing for it failed: no more are made (its requests draw their own)
 
     def owed(self) -> int:
         return sum(n for _, n in self.waiting)
@@ -97,6 +100,9 @@ class DrawnAhead:
         stock = self._ask(key, n)
         if stock is None:
             return Take(None, False, [])
+        if stock.failed:
+            self.stats.misses += 1
+            return Take(None, False, [])
         if len(stock.ready) >= n and not stock.waiting:
             self.stats.hits += 1
             return Take([stock.ready.popleft() for _ in range(n)], False, self._due(stock))
@@ -116,6 +122,7 @@ class DrawnAhead:
             return []
         stock.drawing = max(0, stock.drawing - due)  # (a stock dropped and made anew meanwhile)
         stock.ready.extend(samples)
+        stock.failed |= due > 0 and not samples  # (a rare constraint past the draw limit: not again and again)
         settled = []
         while stock.waiting:
             waiter, n = stock.waiting[0]
@@ -125,7 +132,7 @@ class DrawnAhead:
                 stock.waiting.popleft()
                 settled.append((waiter, [stock.ready.popleft() for _ in range(n)]))
                 self.stats.waited += 1
-            elif not stock.drawing:  # nothing more coming: the rest draw their own
+            elif not stock.drawing or stock.failed:  # nothing (more) coming: the rest draw their own
                 settled.extend((w, None) for w, _ in stock.waiting)
                 self.stats.misses += len(stock.waiting)
                 stock.waiting.clear()
