@@ -332,9 +332,6 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
             conn.send((tag, answer))
 
     def other(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
-        if kind == "ahead":  # (for /v1/health)
-            send(tag, stocks.ahead.stats.to_dict())
-            return
         send(tag, outcome(kind, lambda: side_work(models[name], kind, args)))
 
     def own(tag: int, name: str, args: dict[str, Any]) -> None:
@@ -360,6 +357,9 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
                 return
             if message is None:
                 return
+            if message[1] == "ahead":  # /v1/health's counters: at once, whatever the threads are doing
+                send(message[0], stocks.ahead.stats.to_dict())
+                continue
             pool.submit(sample if message[1] == "sample" else other, *message)
 
 
