@@ -53,7 +53,7 @@ from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
 from .sampling import parallel
-from .sampling.ahead import DrawnAhead
+from .sampling.ahead import DrawnAhead, Take
 from .sampling.batching import Batcher
 from .sampling.drawing import SampleStats
 from .sampling.drawing import run as run_drawings
@@ -154,7 +154,7 @@ class SideProcess:
     (the same rounds, turns and draw limit as the server's; the process keeps its warm trees
     between requests, chargen.sampling.tree.WarmTrees, draws its own seeds for unseeded ones,
     chargen.sampling.randomness.Seeds, and answers those asked again from samples drawn ahead,
-    _SideStocks); the others are done as `side_work` does them in the
+    Stocks); the others are done as `side_work` does them in the
     server's process where there is no such process, at once, each in a thread of its own, as
     they were in the server's. Errors come back as the ChargenError they are. Should the process
     end (killed for memory, say), its requests in flight and every later one raise SideProcessGone,
@@ -249,38 +249,31 @@ def side_work(model: Model, kind: str, args: dict[str, Any]) -> Any:
     raise ValueError(f"no such work: {kind!r}")
 
 
-class _SideStocks:
-    """The side process's samples drawn ahead (chargen.sampling.ahead), for the requests under
-    constraints asked again and again with no seed, as the server keeps them for plain ones: the
-    adaptive exact sampler's samples are independent draws of the conditioned distribution, so a
-    stock of them answers such a request at once. Several threads call it (under a lock). Each
-    sample is kept with its share of the draws that found it: a request's `draws` counts what its
-    samples cost."""
+class Stocks:
+    """Samples drawn ahead (chargen.sampling.ahead) for requests asked again and again with no seed,
+    and the drawings that fill them: the server's for plain requests (its event loop calls it), the
+    side process's for those under constraints (its threads call it: hence the lock). The adaptive
+    exact sampler's samples are independent draws of the conditioned distribution whatever its
+    tree's bounds, so a stock of them answers such a request as well as drawing them then. Each
+    sample is kept as its record with its share of the draws that found it: a request's `draws`
+    counts what its samples cost."""
 
-    def __init__(self, capacity: int, models: dict[str, Model], batchers: dict[str, Batcher]):
-        self.ahead, self.models, self.batchers = DrawnAhead(capacity), models, batchers
+    def __init__(self, capacity: int, constrained: bool):
+        self.ahead, self.constrained = DrawnAhead(capacity), constrained
         self.lock = threading.Lock()
 
-    def answer(self, name: str, args: dict[str, Any], reply: Callable[[Any], None], own: Callable[[], Any]) -> None:
-        """reply((records, draws, accepted)) from the request's stock, now or when what it waits for
-        is drawn; or own(): the request draws its own samples."""
-        key = ahead_key(name, {**args["options"], "prompt": args["prompt"]}, self.models[name].line_oriented)
-        if key is None:
-            own()
-            return
-        waiter: concurrent.futures.Future = concurrent.futures.Future()
+    def take(self, key: tuple[str, str], n: int, waiter: Any, model: Model, batcher: Batcher, prompt: str,
+             options: dict[str, Any], loop: Optional[asyncio.AbstractEventLoop] = None) -> Take:
+        """DrawnAhead.take, and the drawings it makes due, started in the batcher (its futures the
+        loop's, where given; their waiters settled with (record, draws) pairs)."""
         with self.lock:
-            take = self.ahead.take(key, args["n"], waiter)
+            take = self.ahead.take(key, n, waiter)
         for due in take.due:
-            self._draw(name, key, due, args)
-        if take.samples is not None:
-            reply(_from_stock(take.samples))
-        elif take.waits:
-            waiter.add_done_callback(lambda f: reply(_from_stock(f.result())) if f.result() is not None else own())
-        else:
-            own()
+            self._draw(key, due, model, batcher, prompt, options, loop)
+        return take
 
-    def _draw(self, name: str, key: tuple[str, str], due: int, args: dict[str, Any]) -> None:
+    def _draw(self, key: tuple[str, str], due: int, model: Model, batcher: Batcher, prompt: str,
+              options: dict[str, Any], loop: Optional[asyncio.AbstractEventLoop]) -> None:
         stats = SampleStats()
 
         def settle(samples: list[tuple[dict[str, Any], float]]) -> None:
@@ -289,15 +282,32 @@ class _SideStocks:
             for waiter, got in settled:
                 waiter.set_result(got)
 
-        def drawn(done: concurrent.futures.Future) -> None:
-            samples = done.result() if done.exception() is None else []
-            settle([(s.record(True), stats.draws / len(samples)) for s in samples])
+        def drawn(done) -> None:  # (an asyncio or a concurrent future)
+            samples = done.result() if not done.cancelled() and done.exception() is None else []
+            settle([(s.record(self.constrained), stats.draws / len(samples)) for s in samples])
 
         try:
-            drawings = self.models[name].drawings(due, args["prompt"], stats=stats, **args["options"])
-            self.batchers[name].submit(drawings).add_done_callback(drawn)
+            batcher.submit(model.drawings(due, prompt, stats=stats, **options), loop).add_done_callback(drawn)
         except (ChargenError, RuntimeError):  # bad settings (the request's own drawing says why); a closed batcher
             settle([])
+
+
+def _side_answer(stocks: Stocks, model: Model, batcher: Batcher, name: str, args: dict[str, Any],
+                 reply: Callable[[Any], None], own: Callable[[], Any]) -> None:
+    """A constrained request in the side process: reply((records, draws, accepted)) from its stock,
+    now or when what it waits for is drawn; or own(): it draws its own samples."""
+    key = ahead_key(name, {**args["options"], "prompt": args["prompt"]}, model.line_oriented)
+    if key is None:
+        own()
+        return
+    waiter: concurrent.futures.Future = concurrent.futures.Future()
+    take = stocks.take(key, args["n"], waiter, model, batcher, args["prompt"], args["options"])
+    if take.samples is not None:
+        reply(_from_stock(take.samples))
+    elif take.waits:
+        waiter.add_done_callback(lambda f: reply(_from_stock(f.result())) if f.result() is not None else own())
+    else:
+        own()
 
 
 def _from_stock(samples: list[tuple[dict[str, Any], float]]) -> tuple[list[dict[str, Any]], int, int]:
@@ -346,9 +356,10 @@ def _side_loop(conn, inherited: list, models: dict[str, Model], max_draws: Optio
             [s.record(True) for s in done.result()], stats.draws, stats.accepted))))
 
     def sample(tag: int, kind: str, name: str, args: dict[str, Any]) -> None:
-        stocks.answer(name, args, lambda answer: send(tag, answer), lambda: pool.submit(own, tag, name, args))
+        _side_answer(stocks, models[name], batchers[name], name, args, lambda answer: send(tag, answer),
+                     lambda: pool.submit(own, tag, name, args))
 
-    stocks = _SideStocks(ahead, models, batchers)
+    stocks = Stocks(ahead, constrained=True)
     with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="chargen-side") as pool:
         while True:
             try:
@@ -484,7 +495,7 @@ class Server:
         self.config = config
         self.side = side  # where the slow requests run (None: threads of this process, and the batchers)
         self.streams = 0
-        self.ahead = DrawnAhead(config.ahead)  # plain requests asked again and again, answered at once
+        self.stocks = Stocks(config.ahead, constrained=False)  # plain requests asked again and again, answered at once
         self.exports: dict[tuple[str, str], bytes] = {}  # (model, format) -> the file, built on first ask
         self.started = time.time()
         self.page = playground_page()
@@ -533,7 +544,7 @@ class Server:
                                                          "Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:
-        ahead = {"plain": self.ahead.stats.to_dict()}
+        ahead = {"plain": self.stocks.ahead.stats.to_dict()}
         if self.side is not None:  # the side process's stocks, for the requests under constraints
             with contextlib.suppress(SideProcessGone):
                 ahead["constrained"] = await self._in_side("ahead", next(iter(self.models.values())), {})
@@ -568,13 +579,13 @@ class Server:
         constrained = any(k in fields for k in CONSTRAINT_FIELDS)
         key = None if constrained else ahead_key(served.name, fields, served.model.line_oriented)
         if key is not None:  # a plain request: from the samples drawn ahead for it, if it has some
-            waiter = asyncio.get_running_loop().create_future()
-            take = self.ahead.take(key, n, waiter)
-            for due in take.due:
-                self._draw_ahead(served, key, due, prompt, options)
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            take = self.stocks.take(key, n, waiter, served.model, served.batcher, prompt, options, loop)
             ready = take.samples if not take.waits else await waiter  # (None: the drawing failed)
             if ready is not None:
-                return {"model": served.name, "samples": ready, "draws": n, "accepted": n}
+                records, draws, accepted = _from_stock(ready)
+                return {"model": served.name, "samples": records, "draws": draws, "accepted": accepted}
         stats = SampleStats()
         if constrained and self.side is not None:  # drawn in the side process, which checks them
             with contextlib.suppress(SideProcessGone):  # (else drawn here, below)
@@ -588,22 +599,6 @@ class Server:
         samples = await served.batcher.submit(drawings, asyncio.get_running_loop())
         return {"model": served.name, "samples": [s.record(constrained) for s in samples],
                 "draws": stats.draws, "accepted": stats.accepted}
-
-    def _draw_ahead(self, served: Served, key: tuple[str, str], due: int, prompt: str, options: dict[str, Any]) -> None:
-        """Draw `due` samples for the key's stock in the batch, behind the requests (nothing where
-        the settings are bad: the request's own drawing says why)."""
-        def settle(samples: list[dict[str, Any]]) -> None:
-            for waiter, ready in self.ahead.add(key, samples, due):
-                waiter.set_result(ready)
-
-        try:
-            drawings = served.model.drawings(due, prompt, **options)
-            future = served.batcher.submit(drawings, asyncio.get_running_loop())
-        except (ChargenError, RuntimeError):  # (RuntimeError: the batcher has closed)
-            settle([])
-            return
-        future.add_done_callback(lambda done: settle(
-            [s.record() for s in done.result()] if not done.cancelled() and done.exception() is None else []))
 
     async def top(self, data: dict[str, Any]) -> dict[str, Any]:
         served, fields = self.parse(data, TOP_FIELDS)

@@ -358,8 +358,9 @@ def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(traine
 
 
 def test_requests_waiting_on_a_stock_whose_drawings_fail_draw_their_own(trained_names, trained_prose, monkeypatch):
-    """Should the drawings for a stock fail (here: every drawing without the request's own stats),
-    the requests waiting on it draw their own samples: answered all the same, counted as misses."""
+    """Should a drawing for a stock fail (here: every drawing of more than 100 samples, as a stock's
+    first are), the requests waiting on it draw their own samples, and so do the later ones:
+    answered all the same, counted as misses."""
     from starlette.testclient import TestClient
 
     application, served = make_app(trained_names, trained_prose)
@@ -367,7 +368,7 @@ def test_requests_waiting_on_a_stock_whose_drawings_fail_draw_their_own(trained_
     drawings = model.drawings
 
     def failing(n, *args, **kw):
-        if "stats" not in kw:  # a stock's drawing (a request's own counts its draws)
+        if n > 100:  # a stock's drawing (256 samples), not a request's own (10)
             raise chargen.SamplingError("the stock's drawing failed")
         return drawings(n, *args, **kw)
 
