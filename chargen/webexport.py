@@ -38,7 +38,7 @@ from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, dec
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
-from .sampling.labels import LANGUAGES, TERRITORIES, label_facts
+from .sampling.labels import LANGUAGES, TERRITORIES, label_asks, label_summary
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
 from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes
 from .wasmkernel import kernel_base64
@@ -278,7 +278,8 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
             f"({lines_bytes / 1024:,.0f} KB) are over the {NOVEL_BUDGET // 1024} KB an export carries"
             if ckpt.training_lines else "`novel` needs the training lines, and this model has none"),
         "labels": {"names": ckpt.labels, "counts": ckpt.label_counts,
-                   **label_facts(ckpt.labels, ckpt.own_labels),
+                   "asks": label_asks(ckpt.labels, ckpt.own_labels),  # the label field's suggestions
+                   "summary": label_summary(ckpt.labels),  # what an unknown label's error shows
                    "tables": {"languages": LANGUAGES, "territories": TERRITORIES},  # what a term's words can name
                    **({"default": ckpt.label_default} if ckpt.own_labels else {})}  # with no label: an adapted model's own
         if ckpt.labels else None,

@@ -161,9 +161,9 @@ def label_asks(names: list[str], own: Optional[list[str]] = None) -> list[str]:
 
 
 def label_facts(names: list[str], own: Optional[list[str]] = None) -> dict:
-    """What a page needs of these labels beside their names, computed here once: the languages its
-    terms can name and the territories (websampler.js resolves terms with them), the suggestions
-    (label_asks), and the summary an unknown label's error shows (label_summary)."""
+    """What /v1/models says of these labels beside their names (the playground reads it): the
+    languages and territories their terms can name, the suggestions (label_asks), and the summary
+    an unknown label's error shows (label_summary)."""
     return {"languages": label_languages(names), "territories": label_territories(names),
             "asks": label_asks(names, own), "summary": label_summary(names)}
 
