@@ -324,6 +324,7 @@ def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(traine
 
     body = {"n": 10, "temperature": 0.7}  # the bundled names model
     got: dict[int, list[dict]] = {}
+    draws: dict[int, int] = {}
     for ahead in (4096, 0):
         application, served = make_app(trained_names, trained_prose, ahead=ahead)
         try:
@@ -333,8 +334,11 @@ def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(traine
                     r = post(c, "/v1/sample", body)
                     assert r.status_code == 200, r.text
                     data = r.json()
-                    assert data["draws"] == data["accepted"] == len(data["samples"]) == 10
+                    # (draws can pass 10: line mode redraws an empty sample, in a request's own drawing
+                    # or in the stock's, whose draws its samples share)
+                    assert data["draws"] >= data["accepted"] == len(data["samples"]) == 10
                     got[ahead] += data["samples"]
+                    draws[ahead] = draws.get(ahead, 0) + data["draws"]
                 stocked = c.get("/v1/health").json()["ahead"]["plain"]
                 for other in ({**body, "seed": 3}, {**body, "ends_with": "a"}, {**body, "unique": True}):
                     assert post(c, "/v1/sample", other).status_code == 200
@@ -345,6 +349,7 @@ def test_plain_requests_asked_again_are_answered_from_samples_drawn_ahead(traine
                 s.batcher.close()
         model = chargen.load()
         assert_same_records(seeded, records(model, 10, temperature=0.7, seed=3))
+        assert draws[ahead] <= 1010  # (a redraw is rare: empty names)
         if ahead:
             assert stocked["hits"] + stocked["waited"] == 99 and stocked["misses"] == 0  # all but the first
         else:
