@@ -281,8 +281,9 @@ def _summary_table(r):  # a chargen.training.callbacks.EndReport
     if math.isfinite(r.best_val_loss):
         t.add_row("best val loss", f"{r.best_val_loss:.4f} nats/char, {r.best_val_loss / math.log(2):.4f} bits/char")
     t.add_row("unigram entropy", f"{r.unigram_entropy:.4f} nats/char (a model that ignores context)")
-    t.add_row("speed", f"{r.chars_per_sec:,.0f} chars/s ({r.device} {r.precision}, "
-                       f"{r.chars_per_sec * r.flops_per_char / 1e9:,.1f} GFLOP/s)")
+    if r.chars_per_sec > 0:  # not for a resumed run that had ended: it trained no step
+        t.add_row("speed", f"{r.chars_per_sec:,.0f} chars/s ({r.device} {r.precision}, "
+                           f"{r.chars_per_sec * r.flops_per_char / 1e9:,.1f} GFLOP/s)")
     t.add_row("time", format_duration(r.elapsed))
     if r.stopped:
         t.add_row("stopped", r.stopped)

@@ -158,6 +158,29 @@ def test_resume_refuses_a_different_layout_or_corpus(tmp_path):
         train(corpus, config, SMALL, out_dir=tmp_path / "run")
 
 
+def test_resuming_a_run_that_had_ended_says_how_to_go_on_and_changes_nothing(tmp_path):
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=6, eval_every=3, warmup=1)
+    train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    before = read_checkpoint(tmp_path / "run", prefer=LAST).weights
+    notices = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notices.append(message)
+
+    again = train(corpus, config, None, out_dir=tmp_path / "run", resume=tmp_path / "run", callbacks=Notes())
+    assert again.steps == 6
+    ended = [n for n in notices if "had ended at step 6" in n]
+    assert ended and "6 steps done" in ended[0] and "larger budget" in ended[0], notices
+    after = read_checkpoint(tmp_path / "run", prefer=LAST).weights
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    notices.clear()
+    longer = train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": 9}), None, out_dir=tmp_path / "run",
+                   resume=tmp_path / "run", callbacks=Notes())
+    assert longer.steps == 9 and not any("had ended" in n for n in notices)
+
+
 def test_a_stop_request_saves_a_resumable_checkpoint(tmp_path):
     import os
     import signal

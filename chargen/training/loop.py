@@ -140,6 +140,8 @@ def train(
                         run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base,
                         closest=closest, sizing=sizing)
             t.start()
+            if t.resumed_from is not None and t.budget_spent(t.clock(flag)):
+                cb.on_notice(t.ended_already(flag))
             while True:
                 clock = t.clock(flag)  # agreed on by every rank
                 if t.should_stop(clock):
@@ -596,6 +598,14 @@ class Trainer:
         if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
             return f"{self.budget.max_steps:,} steps done"
         return f"the time budget of {format_duration(self.budget.time)} was spent" if self.budget.time else "done"
+
+    def ended_already(self, flag: "StopFlag") -> str:
+        """What to say when a resumed run's budget was spent before it resumed: it trains no step."""
+        run = self.run
+        return (f"the run in {self.run_dir.path} had ended at step {run.step:,} ({self.why_stopped(flag)}): nothing "
+                f"to train; to go on, resume it with a larger budget (--time, --max-steps and --epochs count "
+                f"the whole run: {format_duration(self.elapsed_before)}, {run.step:,} steps, {run.epoch:,} epochs "
+                f"so far)")
 
     def finish(self, flag: "StopFlag") -> TrainResult:
         self.meter.drain()
