@@ -9,6 +9,7 @@ and the training loop all ask `ModelConfig` rather than knowing them themselves.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import ipaddress
 import math
@@ -181,6 +182,18 @@ _KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number")
           "bool": ((bool,), "true or false")}
 
 
+def unknown_keys(unknown: list[str], known) -> str:
+    """The unknown keys as an error shows them, each with the known one it likely means (a typo:
+    'temprature' (temperature?)), then every known key."""
+    known = sorted(known)
+
+    def shown(key: str) -> str:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if isinstance(key, str) else []
+        return repr(key)[:40] + (f" ({close[0]}?)" if close else "")  # repr: a key may hold any character
+
+    return f"{', '.join(map(shown, sorted(unknown, key=str)))} (known: {', '.join(known)})"
+
+
 def check_type(name: str, value: Any, annotation: str) -> None:
     """A ConfigError unless `value` fits the field's annotation ("int", "Optional[float]",
     "list[str]", "str | list[str]", ...); finite numbers only."""
@@ -222,8 +235,7 @@ class _Config:
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            shown = ", ".join(repr(k)[:40] for k in unknown)  # repr: a key may hold any character, a newline too
-            raise ConfigError(f"unknown {cls._what} key(s): {shown} (known: {', '.join(sorted(fields))})")  # type: ignore[attr-defined]
+            raise ConfigError(f"unknown {cls._what} key(s): {unknown_keys(unknown, fields)}")  # type: ignore[attr-defined]
         for name, value in data.items():
             check_type(name, value, str(fields[name].type))
         obj = cls(**data)
@@ -654,7 +666,7 @@ def load_toml_config(path: str) -> dict[str, Any]:
     for key, value in raw.items():
         name = "start_from" if key == "from" else key.replace("-", "_")  # `from`, as the flag --from
         if name not in known:
-            raise ConfigError(f"`config` {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"`config` {path}: unknown key {unknown_keys([key], known)}")
         data[name] = value
     if isinstance(data.get("time"), str):
         data["time"] = parse_duration(data["time"])

@@ -49,7 +49,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 from ._version import __version__
 from .api import Model, load
 from .checkpoint import BUNDLED, METRICS
-from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback, request_fields
+from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback, request_fields, unknown_keys
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
 from .sampling import parallel
@@ -460,8 +460,7 @@ def check_fields(data: dict[str, Any], allowed: dict[str, str], required: tuple[
     """`data` without "model", its fields known and of their declared types; None means "not given"."""
     unknown = sorted(k for k in data if k != "model" and k not in allowed)
     if unknown:
-        shown = ", ".join(repr(k)[:40] for k in unknown)
-        raise ApiError(400, f"unknown field(s) {shown} (known: model, {', '.join(sorted(allowed))})")
+        raise ApiError(400, f"unknown field(s) {unknown_keys(unknown, ['model', *allowed])}")
     out = {}
     for key, annotation in allowed.items():
         value = data.get(key)

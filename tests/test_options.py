@@ -95,8 +95,10 @@ def test_an_error_names_the_field_and_each_front_end_spells_it():
     assert exc.render(json_spelling) == "'min_len' must be 0 or more (got -1)"
     assert spelling("num") == "-n/--num" and json_spelling("num") == "'n'"
     assert spelling("start_from") == "--from" and spelling("lines") == "--lines"
-    with pytest.raises(chargen.ConfigError, match="unknown sample config key"):
-        chargen.load().sample(3, temprature=1.0)  # a typo is an error, not a silent default
+    with pytest.raises(chargen.ConfigError, match=re.escape("unknown sample config key(s): 'temprature' (temperature?) (known:")):
+        chargen.load().sample(3, temprature=1.0)  # a typo is an error, not a silent default, and says what it meant
+    with pytest.raises(chargen.ConfigError, match=re.escape("key(s): 'wibble' (known:")):
+        chargen.load().sample(3, wibble=1.0)  # nothing close: no guess
     for prompt, message in ((5, "prompt must be text or a list of text"), (["Ma", 5], "prompt must be a list of text"),
                             (None, "prompt must be text or a list of text")):  # an error, not a TypeError or no samples
         with pytest.raises(chargen.ConfigError, match=re.escape(message)):
