@@ -168,6 +168,7 @@ def test_a_device_that_is_not_here_is_one_error_before_any_work(tmp_path, names_
 CORPORA = {
     "empty": (b"", "empty"),
     "one_char": (b"a", "too short"),
+    "one_name": (b"Aragorn\n", "a list of names needs two lines at least"),
     "whitespace": (b" \n\n\t  \n", "whitespace"),
     "random": (bytes(range(256)) * 4, "UTF-8"),
     "utf16": ("hello world\n".encode("utf-16"), "UTF-16"),

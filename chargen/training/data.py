@@ -240,15 +240,17 @@ def windows_per_epoch(streams: np.ndarray, seq_len: int) -> int:
     return max(0, (streams.shape[1] - 1) // seq_len)
 
 
-def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str) -> int:
+def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str, one_line: bool = False) -> int:
     """The batch size to use: as asked, or fewer streams if the corpus is too short for that many.
 
-    A corpus that cannot fill even one window of seq_len + 1 characters is an error.
+    A corpus that cannot fill even one window of seq_len + 1 characters is an error (`one_line`:
+    it is a single line, which says what a list needs too).
     """
     if n_train < seq_len + 1:
         raise CorpusError(
             f"{source} is too short: its training part has {n_train} characters, but one window needs "
             f"`seq_len` + 1 = {seq_len + 1}; use a longer corpus or a smaller `seq_len`"
+            + ("; a list of names needs two lines at least (it then adapts a trained model)" if one_line else "")
         )
     return min(batch_size, n_train // (seq_len + 1))
 
@@ -517,8 +519,8 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     if line_oriented and config.line_mode is not False:
         line_batches = _line_batches(split.text, vocab, config, source, rank, world, notice,
                                      split.labels.of_line if split.labels is not None else None)
-    batch_size = check_trainable(len(split.train_ids), config.seq_len, config.batch_size, source) \
-        if line_batches is None else config.batch_size
+    batch_size = check_trainable(len(split.train_ids), config.seq_len, config.batch_size, source,
+                                 one_line=corpus.line_stats.nonempty <= 1) if line_batches is None else config.batch_size
     if len(split.val_ids) < 2 and (val_text is not None or config.val_fraction > 0):
         raise CorpusError(f"{source} is too short for validation: its validation part has {len(split.val_ids)} "
                           f"character(s); use a longer corpus, a larger `val_fraction` or `val_file`")
