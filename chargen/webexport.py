@@ -291,7 +291,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "constrained_tries": CONSTRAINED_TRIES,
         "max_batch": MAX_BATCH,
         "max_states": MAX_STATES,  # the most automaton states constraints may need
-        # A tree keeps node_cap(V, S, memory) nodes; a blend's trees share that memory (chargen.sampling.drawing).
+        # A tree keeps node_cap(V, S, memory) nodes (a blend's: its labels' roots share them, chargen.sampling.tree).
         "tree_memory": TREE_MEMORY,
         # Trees kept between calls without a seed (chargen.sampling.tree.WarmTrees): one tree's worth in a
         # page, not WARM_MEMORY's two (a JavaScript node of the base model takes ~3x what chargen counts

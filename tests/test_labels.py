@@ -277,6 +277,31 @@ def test_a_blend_under_constraints_is_the_mixture_conditioned_exactly(rejection)
     assert ok, (stat, critical)
 
 
+def test_a_blends_labels_are_roots_of_one_tree_that_steps_them_together(monkeypatch):
+    """The adaptive sampler draws a blend's labels in one PrefixTree with a root per label: a round
+    steps the network once a depth for every label's new prefixes (a tree per label stepped each
+    label apart), and the labels' prefixes share the tree's nodes and memory."""
+    from chargen.sampling.constraints import guide_for
+    from chargen.sampling.drawing import prime
+    from chargen.sampling.tree import LabelTree, PrefixTree
+
+    stepper, starts = labelled_stepper()
+    cfg = SampleConfig(num=100, temperature=1.0, length=LIMIT, max_len=5, contains=["b"], ends_with="a")
+    guide = guide_for(Automaton(Constraints.of(cfg), VOCAB), VOCAB, "", cfg, True)
+    logits, state = prime(stepper, VOCAB, "", True, starts=[[t[k] for t in starts] for k in range(2)])
+    key = derive_key(1)
+    tree = LabelTree(PrefixTree(stepper, VOCAB, guide, cfg, key, logits, state), np.array([0.3, 0.7]), key)
+    calls: list[int] = []
+    step = stepper.step
+    monkeypatch.setattr(stepper, "step", lambda ids, s: (calls.append(len(ids)), step(ids, s))[1])
+    tree.run(np.arange(2048))
+    assert {0, 1} <= set(tree.picked.tolist())  # both labels drawn in the round
+    assert 0 < len(calls) <= guide.steps, calls  # one step a depth for both labels
+    n = tree.tree.nodes
+    assert n.count > 2 and set(n.parent[2: n.top][n.depth[2: n.top] == 1].tolist()) == {0, 1}  # both roots grew
+    assert 0 < tree.tree.root_psi.max() <= 1 and tree.psi <= 1  # their bounds learnt, and the top one
+
+
 @pytest.mark.parametrize("constraints", [{}, dict(max_len=5, contains=("b",))], ids=["free", "constrained"])
 def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints):
     """--top with a blend ranks by the mixture probability sum_l w_l P_l(x), exactly."""

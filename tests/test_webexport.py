@@ -429,6 +429,34 @@ def test_a_full_tree_evicts_as_chargen_does(tmp_path, monkeypatch):
 
 
 @needs_node
+def test_a_blends_labels_share_one_trees_memory_as_chargen_does(tmp_path, monkeypatch):
+    """A blend's labels are roots of one tree: with room for 300 nodes, the leaves evicted are the
+    least recently used of any label, in the module as in chargen, so a seed still gives the same
+    labels and names (a tree per label with a share of the memory drew others)."""
+    from chargen.sampling.tree import TREE_MEMORY, PrefixTree, node_bytes
+
+    ckpt_path = random_labelled_model(tmp_path / "m.safetensors")
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = ckpt.model_config
+    tiny = 300 * node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
+    text = module_text(ckpt, Encoding("f32", True))
+    setting = f'"tree_memory":{TREE_MEMORY}'
+    assert text.count(setting) == 1
+    module = tmp_path / "m.mjs"
+    module.write_text(text.replace(setting, f'"tree_memory":{tiny}'))
+    monkeypatch.setitem(PrefixTree.__init__.__kwdefaults__, "memory", tiny)
+    cases = [{"n": 150, "seed": 4, "endsWith": "n", "minLen": 3},  # every label
+             {"n": 150, "seed": 5, "label": "it=0.5,el_GR:first=0.5", "regex": "[A-Z][a-z]*(e|n)", "temperature": 1.2}]
+    fresh = node_records(module, cases)
+    for case, js in zip(cases, fresh):
+        assert "error" not in js, (case, js)
+        assert_same(js, python_records(ckpt_path, case))
+        assert len({r["label"] for r in js}) >= 3
+    module.write_text(text)
+    assert node_records(module, cases) != fresh  # (the cap changed which samples came)
+
+
+@needs_node
 def test_module_errors_are_clear(tmp_path):
     ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
     module = tmp_path / "m.mjs"

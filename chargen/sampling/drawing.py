@@ -20,7 +20,7 @@ from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
 from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
-from .tree import TREE_MEMORY, ConstraintMass, LabelTree, PrefixTree, WarmTrees
+from .tree import ConstraintMass, LabelTree, PrefixTree, WarmTrees
 
 # Attempts a round of the adaptive exact sampler runs (its samples depend on it; a page's too): a
 # wider round steps more new nodes a network step and makes fewer numpy calls a draw, and learns its
@@ -197,15 +197,9 @@ class Drawing:
         return self.prompt, self.line_mode, labels, Constraints.of(self.cfg), self.cfg.settings(), self.steps
 
     def _new_tree(self) -> "PrefixTree | LabelTree":
-        """One prefix tree, or a blend's, one per label."""
-        stepper, vocab = self.stepper, self.vocab
-        if not self.blend:
-            return PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state)
-        share = TREE_MEMORY // len(self.labels.names)  # the blend's trees share one tree's memory
-        trees = [PrefixTree(stepper, vocab, self.guide, self.cfg, self.key, self.prompt_logits[k],
-                            stepper.select(self.prompt_state, np.array([k])), memory=share)
-                 for k in range(len(self.labels.names))]
-        return LabelTree(trees, self.labels.weights, self.key)
+        """One prefix tree; a blend's with a root per label, under a LabelTree."""
+        tree = PrefixTree(self.stepper, self.vocab, self.guide, self.cfg, self.key, self.prompt_logits, self.prompt_state)
+        return LabelTree(tree, self.labels.weights, self.key) if self.blend else tree
 
     @property
     def blend(self) -> bool:

@@ -42,6 +42,8 @@ computes again, so only the cached state is lost. A round that starts with the t
 (no such leaf left) makes nodes that live for that round only and pass no bound up: below them
 a draw is plain rejection, still exact. These rules depend only on the draws, not on the order
 nodes are made in, so an exported page's sampler (static/websampler.js) keeps the same tree.
+A blend's labels are the roots of one tree (LabelTree), so their prefixes compete for the same
+nodes: the labels drawn most keep the most.
 
 Warm trees: calls that give no seed (a server's requests, a program's repeated `sample` calls)
 keep their trees between calls (WarmTrees), so a later call with the same prompt, labels,
@@ -191,6 +193,10 @@ class PrefixTree:
 
         tree = PrefixTree(stepper, vocab, guide, cfg, key, prompt_logits, prompt_state)
         results = tree.run(np.arange(0, 512))  # attempts 0..511, one round
+
+    A blend's tree has a root per label (`prompt_logits` (K, V), `prompt_state` of K rows: rows
+    0..K-1 of its nodes, root k's prefixes named from k): LabelTree picks each attempt's root, and
+    the labels' draws share the tree's memory, its rounds and their network steps.
     """
 
     def __init__(self, stepper: Stepper, vocab: Vocab, guide: Guide, cfg: SampleConfig, key: np.uint64,
@@ -200,25 +206,29 @@ class PrefixTree:
         self.newline = self.automaton.newline
         self.codepoints = np.array([ord(c) for c in vocab.chars], dtype=np.uint32)
         self.steps = guide.steps
-        root_state = stepper.to_rows(prompt_state)
+        root_state = stepper.to_rows(prompt_state)  # (K, S)
+        logits = np.atleast_2d(prompt_logits)  # (K, V)
         self.cap = node_cap(len(vocab), root_state.shape[1], memory)
         # Room for the cap and a round's nodes beyond it (untouched rows take no memory); grown if needed.
         self.nodes = _Nodes(len(vocab), root_state.shape[1], self.cap + self.cap // 2 + min(4096, self.cap))
         self.accept_step = accept_step
         self.round = 0
-        self.root_psi = 1.0
+        self.roots = len(logits)
+        self.root_psi = np.ones(self.roots)  # each root's bound
         self.draws, self.mass_sum = 0, 0.0
-        self.found: dict[str, float] = {}  # distinct accepted samples: their probability at the sampling settings
-        self.found_mass = 0.0
-        root = self.nodes.alloc(1)
+        # Distinct accepted samples (root, text): their probability at the sampling settings, and its sum per root
+        self.found: dict[tuple[int, str], float] = {}
+        self.found_mass = np.zeros(self.roots)
+        roots = self.nodes.alloc(self.roots)  # rows 0..K-1
         n = self.nodes
-        n.parent[root], n.char[root], n.depth[root], n.dfa[root] = -1, -1, 0, guide.start
-        n.state[root], n.key[root] = root_state, 0
-        self._fill(root, prompt_logits[None], temp=False)
+        n.parent[roots], n.char[roots], n.depth[roots], n.dfa[roots] = -1, -1, 0, guide.start
+        n.state[roots], n.key[roots] = root_state, roots.astype(np.uint64)
+        self._fill(roots, logits, temp=False)
 
     @property
     def mass(self) -> ConstraintMass:
-        return ConstraintMass.of(self.mass_sum, self.draws, self.found_mass, self.root_psi)
+        """What the draws say of Z (one root's tree; a blend's is its LabelTree's)."""
+        return ConstraintMass.of(self.mass_sum, self.draws, float(self.found_mass[0]), float(self.root_psi[0]))
 
     @property
     def memory(self) -> int:
@@ -229,18 +239,20 @@ class PrefixTree:
         """Draw with another call's random key from now on (a warm tree, taken by a new call)."""
         self.key = key
 
-    def run(self, indices: np.ndarray) -> Results:
-        """One round: attempts `indices` (each its own random stream) descend from the root with the
-        bounds as they are now; then the bounds on every node visited tighten."""
+    def run(self, indices: np.ndarray, roots: Optional[np.ndarray] = None) -> Results:
+        """One round: attempts `indices` (each its own random stream) descend from their roots
+        (`roots`; default the first) with the bounds as they are now; then the bounds on every node
+        visited tighten."""
         r = len(indices)
-        at = np.zeros(r, dtype=np.int64)  # each attempt's node (the root is row 0)
+        start = np.zeros(r, dtype=np.int64) if roots is None else roots.astype(np.int64)  # each attempt's root
+        at = start.copy()  # each attempt's node
         alive = np.ones(r, dtype=bool)
         accepted = np.zeros(r, dtype=bool)
         logp, kept, logq = np.zeros(r), np.zeros(r), np.zeros(r)
         t = np.zeros(r, dtype=np.int64)
         out = np.zeros((r, self.steps), dtype=np.uint32)
         visited: list[np.ndarray] = []
-        psi_root = self.root_psi
+        psi_roots = self.root_psi.copy()  # the roots' bounds at the round's start
         self.full = self.nodes.count >= self.cap  # then this round's new nodes live for the round only
         for d in range(self.steps):
             rows = np.flatnonzero(alive)
@@ -261,7 +273,7 @@ class PrefixTree:
             out[rows[~end], d] = self.codepoints[c[~end]]
             at[rows[~end]] = self._children(nodes[~end], c[~end])
         texts = texts_of(out)
-        self._learn(visited, psi_root, accepted, texts, logq)
+        self._learn(visited, psi_roots, start, accepted, texts, logq)
         return Results([x if ok else None for x, ok in zip(texts, accepted.tolist())], logp, t, kept)
 
     def _step(self, nodes: np.ndarray, indices: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -277,10 +289,10 @@ class PrefixTree:
         return go, pick_from_sums(cdf, last_positive(w)[inverse], uniforms(self.key, indices, 2 * d + 1))
 
     def _psi(self, nodes: np.ndarray) -> np.ndarray:
-        """The bounds of `nodes` themselves (kept in their parents' slots)."""
+        """The bounds of `nodes` themselves (kept in their parents' slots; a root's in root_psi)."""
         parent = self.nodes.parent[nodes]
         own = self.nodes.psi[np.maximum(parent, 0), self.nodes.char[nodes]]
-        return np.where(parent < 0, self.root_psi, own)
+        return np.where(parent < 0, self.root_psi[np.where(parent < 0, nodes, 0)], own)
 
     def _children(self, parents: np.ndarray, chars: np.ndarray) -> np.ndarray:
         """The nodes for these (parent, character) pairs, computing the new ones in one network step."""
@@ -317,17 +329,20 @@ class PrefixTree:
         n.kept[rows] = np.log(np.where(allowed, np.exp(lsm), 0.0).sum(axis=-1))
         n.pristine[rows], n.temp[rows], n.used[rows] = True, temp, self.round
 
-    def _learn(self, visited: list[np.ndarray], psi_root: float, accepted: np.ndarray, texts: list[str],
-               logq: np.ndarray) -> None:
+    def _learn(self, visited: list[np.ndarray], psi_roots: np.ndarray, start: np.ndarray, accepted: np.ndarray,
+               texts: list[str], logq: np.ndarray) -> None:
         """After a round: the estimate of Z, the samples found, psi(s) := N(s) on the nodes visited
         (deepest first, each from its children's new bounds), then the memory bound."""
         n = self.nodes
         self.draws += len(accepted)
-        self.mass_sum += psi_root * int(accepted.sum())
+        counts = np.bincount(start[accepted], minlength=self.roots)  # accepted draws per root
+        for k in np.flatnonzero(counts).tolist():
+            self.mass_sum += float(psi_roots[k]) * int(counts[k])
         for i in np.flatnonzero(accepted).tolist():
-            if texts[i] not in self.found and len(self.found) < FOUND_KEPT:
-                self.found[texts[i]] = q = float(np.exp(logq[i]))
-                self.found_mass += q
+            found = (int(start[i]), texts[i])
+            if found not in self.found and len(self.found) < FOUND_KEPT:
+                self.found[found] = q = float(np.exp(logq[i]))
+                self.found_mass[found[0]] += q
         if self.accept_step:
             for nodes in reversed(visited):
                 nodes = np.unique(nodes)
@@ -335,8 +350,7 @@ class PrefixTree:
                 total = in_order_sums(n.probs[nodes] * n.psi[nodes])[:, -1]
                 inner = n.parent[nodes] >= 0
                 n.psi[n.parent[nodes[inner]], n.char[nodes[inner]]] = total[inner]
-                if not inner.all():
-                    self.root_psi = float(total[~inner][0])
+                self.root_psi[nodes[~inner]] = total[~inner]
         self._forget_round_nodes()
         self._evict()
         self.round += 1
@@ -358,7 +372,7 @@ class PrefixTree:
             return
         live = np.ones(n.top, dtype=bool)
         live[n.free] = False
-        live[0] = False  # the root stays
+        live[: self.roots] = False  # the roots stay
         leaves = np.flatnonzero(live & n.pristine[: n.top] & (n.children[: n.top] == 0))
         leaves = leaves[np.lexsort((n.key[leaves], n.used[leaves]))][:over]  # oldest first, then by prefix
         if leaves.size:
@@ -368,39 +382,42 @@ class PrefixTree:
 
 
 class LabelTree:
-    """A blend of labels under exact constraints: the label is the draw's first choice, above one
-    PrefixTree per label, with the same rule one level up. With w_k the blend's weights and psi_k
-    the root bound of label k's tree, N = sum_k w_k psi_k and psi the bound of this top node:
+    """A blend of labels under exact constraints: the label is the draw's first choice, above the
+    roots of one PrefixTree, one per label, with the same rule one level up. With w_k the blend's
+    weights and psi_k the bound of label k's root, N = sum_k w_k psi_k and psi the bound of this
+    top node:
 
         go on with probability N / psi, else the draw is rejected;
-        pick label k with probability w_k psi_k / N, then draw in k's tree.
+        pick label k with probability w_k psi_k / N, then draw from k's root.
 
     A draw returning x under label k then has probability w_k p_k(x) 1[x accepted] / psi: the
     mixture conditioned on the constraints, exactly (so a label the constraints rarely allow comes
-    less often, as it should). After each round psi := N.
+    less often, as it should). After each round psi := N. The labels' prefixes share one tree's
+    memory (its least recently used leaves go first, whatever their label) and each round's
+    network steps: a blend of hundreds of labels draws as one tree does, not as hundreds of small
+    ones.
     """
 
-    def __init__(self, trees: list[PrefixTree], weights: np.ndarray, key: np.uint64):
-        self.trees, self.weights, self.key = trees, weights, key
+    def __init__(self, tree: PrefixTree, weights: np.ndarray, key: np.uint64):
+        self.tree, self.weights, self.key = tree, weights, key
         self.psi = 1.0
         self.draws, self.mass_sum = 0, 0.0
 
     @property
     def mass(self) -> ConstraintMass:
-        lower = float(sum(w * t.found_mass for w, t in zip(self.weights, self.trees)))
+        lower = float(sum(w * m for w, m in zip(self.weights.tolist(), self.tree.found_mass.tolist())))
         return ConstraintMass.of(self.mass_sum, self.draws, lower, self.psi)
 
     @property
     def memory(self) -> int:
-        return sum(t.memory for t in self.trees)
+        return self.tree.memory
 
     def use_key(self, key: np.uint64) -> None:
         self.key = key
-        for t in self.trees:
-            t.use_key(key)
+        self.tree.use_key(key)
 
     def run(self, indices: np.ndarray) -> Results:
-        """One round: each attempt picks its label (or is rejected), then descends in that label's tree."""
+        """One round: each attempt picks its label (or is rejected), then descends from that label's root."""
         w = self._mixed()  # (P,)
         total, psi = float(in_order_sums(w)[-1]), self.psi
         r = len(indices)
@@ -410,21 +427,20 @@ class LabelTree:
         texts: list[Optional[str]] = [None] * r
         logp, scored, kept = np.zeros(r), np.zeros(r, dtype=np.int64), np.zeros(r)
         self.picked = np.where(go, pick, -1)  # each attempt's label (-1: rejected before one)
-        for k, tree in enumerate(self.trees):
-            rows = np.flatnonzero(go & (pick == k))
-            if rows.size:
-                res = tree.run(indices[rows])
-                for i, text in zip(rows.tolist(), res.texts):
-                    texts[i] = text
-                logp[rows], scored[rows], kept[rows] = res.logp, res.scored, res.kept
+        rows = np.flatnonzero(go)
+        if rows.size:
+            res = self.tree.run(indices[rows], roots=pick[rows])
+            for i, text in zip(rows.tolist(), res.texts):
+                texts[i] = text
+            logp[rows], scored[rows], kept[rows] = res.logp, res.scored, res.kept
         self.draws += r
         self.mass_sum += psi * sum(text is not None for text in texts)
         self.psi = float(in_order_sums(self._mixed())[-1])
         return Results(texts, logp, scored, kept)
 
     def _mixed(self) -> np.ndarray:
-        """w_k psi_k: each label's weight times its tree's root bound."""
-        return self.weights * np.array([t.root_psi for t in self.trees])
+        """w_k psi_k: each label's weight times its root's bound."""
+        return self.weights * self.tree.root_psi
 
 
 class WarmTrees:

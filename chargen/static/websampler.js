@@ -813,31 +813,34 @@ function checkOptions(opts) {
 // each round psi(s) := N(s) on the nodes visited, deepest first. Rounds as chargen's: the attempts
 // of a round draw with the bounds of its start, so the same seed gives the CLI's samples (the
 // order of node creation differs, which changes nothing until the tree fills its memory cap).
+// `primed`: a root per [logits, state] (a blend's labels: LabelTree picks each draw's root; their
+// prefixes share the tree's memory, root k's named from k).
 class PrefixTree {
   constructor(sampler, guide, o, key, primed, cap) {
     this.sm = sampler; this.g = guide; this.o = o; this.key = key; this.V = sampler.V;
-    this.cap = cap; this.count = 0; this.round = 0; this.rootPsi = 1;
+    this.cap = cap; this.count = 0; this.round = 0; this.rootPsi = new Float64Array(primed.length).fill(1);
     this.full = false;
-    // The nodes eviction may take: kept, not the root, never had a child kept
+    // The nodes eviction may take: kept, not a root, never had a child kept
     this.leaves = new Set();
     // What the draws say of Z (tree.ConstraintMass)
     this.draws = 0; this.massSum = 0;
-    // Distinct accepted samples: their probability at the settings
-    this.found = new Map(); this.foundMass = 0;
-    this.root = this.node(null, -1, guide.s, primed[0], this.sm.net.copyState(primed[1]), false);
+    // Distinct accepted samples ("root\ntext"): their probability at the settings, summed per root
+    this.found = new Map(); this.foundMass = new Float64Array(primed.length);
+    this.roots = primed.map((pr, k) => this.node(null, -1, guide.s, pr[0], this.sm.net.copyState(pr[1]), false, k));
   }
 
   // As chargen counts a tree's nodes
   get memory() { return this.count * MODEL.tree_node_bytes; }
 
-  get mass() { return constraintMass(this.massSum, this.draws, this.foundMass, this.rootPsi); }
+  // One root's (a blend's is its LabelTree's)
+  get mass() { return constraintMass(this.massSum, this.draws, this.foundMass[0], this.rootPsi[0]); }
 
   // Draw with another call's random key (a warm tree)
   useKey(key) { this.key = key; }
 
-  node(parent, ch, dfa, logits, state, temp) {
-    const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp,
-      key: parent ? mix((parent.key * GOLD + BigInt(ch) + 1n) & M64) : 0n,  // tree.prefix_key
+  node(parent, ch, dfa, logits, state, temp, root = parent && parent.root) {
+    const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp, root,
+      key: parent ? mix((parent.key * GOLD + BigInt(ch) + 1n) & M64) : BigInt(root),  // tree.prefix_key
       logits: Float64Array.from(logits), probs: new Float64Array(V), psi: new Float64Array(V),
       child: new Array(V).fill(null), children: 0, pristine: true, used: this.round };
     const o = this.o;
@@ -865,13 +868,15 @@ class PrefixTree {
     return ch;
   }
 
-  // One round: the attempts `indices` with the bounds as they are; then the bounds tighten.
-  run(indices, newline) {
-    const V = this.V, out = [], visited = [], w = new Float64Array(V), cdf = new Float64Array(V), psiRoot = this.rootPsi;
+  // One round: the attempts `indices`, each from its root (`roots`, else the first), with the bounds
+  // as they are; then the bounds tighten.
+  run(indices, newline, roots = null) {
+    const V = this.V, out = [], visited = [], w = new Float64Array(V), cdf = new Float64Array(V);
+    const psiRoots = Float64Array.from(this.rootPsi), accepted = new Array(this.roots.length).fill(0);
     this.full = this.count >= this.cap;  // then this round's new nodes live for the round only
-    let accepted = 0;
-    for (const i of indices) {
-      let n = this.root, psi = this.rootPsi, text = "", logprob = 0, kept = 0, logq = 0, d = 0, ok = false;
+    for (let j = 0; j < indices.length; j++) {
+      const i = indices[j], r = roots === null ? 0 : roots[j];
+      let n = this.roots[r], psi = this.rootPsi[r], text = "", logprob = 0, kept = 0, logq = 0, d = 0, ok = false;
       for (; d < this.g.steps; d++) {
         if (visited[d] === undefined) visited[d] = new Set();
         visited[d].add(n);
@@ -889,21 +894,23 @@ class PrefixTree {
         n = this.childOf(n, c);
       }
       if (ok) {
-        accepted++;
-        if (!this.found.has(text) && this.found.size < MODEL.found_kept) {
+        accepted[r]++;
+        const found = `${r}\n${text}`;
+        if (!this.found.has(found) && this.found.size < MODEL.found_kept) {
           const q = Math.exp(logq);
-          this.found.set(text, q); this.foundMass += q;
+          this.found.set(found, q); this.foundMass[r] += q;
         }
       }
       out.push({ text: ok ? text : null, logprob, kept, chars: d });
     }
-    this.draws += indices.length; this.massSum += psiRoot * accepted;
+    this.draws += indices.length;
+    accepted.forEach((a, r) => { if (a) this.massSum += psiRoots[r] * a; });
     for (let d = visited.length - 1; d >= 0; d--) {
       for (const n of visited[d]) {
         if (n.temp) continue;  // a round-only node passes no bound up
         let total = 0;
         for (let v = 0; v < V; v++) total += n.probs[v] * n.psi[v];
-        if (n.parent === null) this.rootPsi = total; else n.parent.psi[n.ch] = total;
+        if (n.parent === null) this.rootPsi[n.root] = total; else n.parent.psi[n.ch] = total;
       }
     }
     for (const set of visited) for (const n of set) for (let v = 0; v < V; v++) {
@@ -1019,43 +1026,42 @@ class Prefixes {
 function nodeCap(memory) { return Math.max(16, Math.floor(memory / MODEL.tree_node_bytes)); }
 
 // A blend of labels under exact constraints (chargen.sampling.tree.LabelTree): the label is the
-// draw's first choice, above one PrefixTree per label. With w_k the blend's weights and psi_k the
-// root bound of label k's tree, N = sum_k w_k psi_k: go on with probability N / psi, pick label k
-// with probability w_k psi_k / N, draw in k's tree; after each round psi := N.
+// draw's first choice, above a PrefixTree with a root per label. With w_k the blend's weights and
+// psi_k the bound of label k's root, N = sum_k w_k psi_k: go on with probability N / psi, pick label
+// k with probability w_k psi_k / N, draw from k's root; after each round psi := N.
 class LabelTree {
-  constructor(trees, weights, key) {
-    this.trees = trees; this.weights = weights; this.key = key; this.psi = 1; this.draws = 0; this.massSum = 0;
+  constructor(tree, weights, key) {
+    this.tree = tree; this.weights = weights; this.key = key; this.psi = 1; this.draws = 0; this.massSum = 0;
   }
 
   get mass() {
     let lower = 0;
-    this.trees.forEach((t, k) => { lower += this.weights[k] * t.foundMass; });
+    this.weights.forEach((w, k) => { lower += w * this.tree.foundMass[k]; });
     return constraintMass(this.massSum, this.draws, lower, this.psi);
   }
 
-  get memory() { return this.trees.reduce((sum, t) => sum + t.memory, 0); }
+  get memory() { return this.tree.memory; }
 
-  useKey(key) { this.key = key; for (const t of this.trees) t.useKey(key); }
+  useKey(key) { this.key = key; this.tree.useKey(key); }
 
   mixed() {
-    const w = new Float64Array(this.trees.length);
+    const w = new Float64Array(this.weights.length);
     let total = 0;
-    for (let k = 0; k < w.length; k++) { w[k] = this.weights[k] * this.trees[k].rootPsi; total += w[k]; }
+    for (let k = 0; k < w.length; k++) { w[k] = this.weights[k] * this.tree.rootPsi[k]; total += w[k]; }
     return [w, total];
   }
 
   run(indices, newline) {
-    const P = this.trees.length, [w, total] = this.mixed(), psi = this.psi;
+    const P = this.weights.length, [w, total] = this.mixed(), psi = this.psi;
     const picked = indices.map((i) => {
       if (!(total > 0) || !(uniform(this.key, i, LABEL_GO) * psi < total)) return -1;
       return pickWeighted(w, P, uniform(this.key, i, LABEL_PICK));
     });
     const out = indices.map(() => ({ text: null, logprob: 0, kept: 0, chars: 0 }));
-    for (let k = 0; k < P; k++) {
-      const rows = [];
-      picked.forEach((p, r) => { if (p === k) rows.push(r); });
-      if (!rows.length) continue;
-      const res = this.trees[k].run(rows.map((r) => indices[r]), newline);
+    const rows = [];
+    picked.forEach((p, r) => { if (p >= 0) rows.push(r); });
+    if (rows.length) {
+      const res = this.tree.run(rows.map((r) => indices[r]), newline, rows.map((r) => picked[r]));
       rows.forEach((r, j) => { out[r] = res[j]; });
     }
     out.forEach((a, r) => { a.label = picked[r]; });
@@ -1323,15 +1329,15 @@ class Sampler {
       const rejecting = guide !== null && o.temperature > 0;
       const budget = o.n * (rejecting ? MODEL.constrained_tries : MODEL.max_tries) + 100;
       let tree = null, warmKey = null;
-      // A warm tree (no seed), else a new one; a blend's trees share one tree's memory
+      // A warm tree (no seed), else a new one (a blend's: a root per label)
       if (rejecting && !o.rejection) {
         warmKey = o.warm ? JSON.stringify([prompt, lines, mix && [mix.names, Array.from(mix.weights)], o.endsWith,
           o.contains, o.regex, o.minLen, o.maxLen, o.temperature, o.topK, o.topP, guide.steps]) : null;
         tree = warmKey !== null ? this.warm.take(warmKey) : null;
         if (tree !== null) tree.useKey(key);
         else {
-          const trees = primed.map((pr) => new PrefixTree(this, guide, o, key, pr, nodeCap(Math.floor(MODEL.tree_memory / primed.length))));
-          tree = blend ? new LabelTree(trees, mix.weights, key) : trees[0];
+          const t = new PrefixTree(this, guide, o, key, primed, nodeCap(MODEL.tree_memory));
+          tree = blend ? new LabelTree(t, mix.weights, key) : t;
         }
       }
       let produced = 0, i = 0, issued = 0, met = 0, last = null;
