@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""The adaptive exact sampler's round width (chargen.sampling.drawing.MAX_BATCH): seconds and
+"""The adaptive exact sampler's round width (chargen.sampling.tree: MAX_BATCH, round_width): seconds and
 draws for issue 28's three constraint sets at several widths, alternated in one process so that
 the VM's drift hits every width alike.
 
     python benchmarks/round_width.py [--widths 1024,2048,4096,8192] [--rounds 4] [--n 5000]
-                                     [--json bench-out/round_width.json]
+                                     [--model names|base|PATH] [--json bench-out/round_width.json]
 
 A wider round steps more new nodes a network step and makes fewer numpy calls a draw, but learns
 its bounds later (every attempt of a round descends with the bounds of its start), so it needs
 more draws: the table shows both. The width is part of what a seed means for the adaptive sampler
-(the exported page reads it from the export), so it is a constant, chosen here.
+(the exported page reads it from the export), so it is a rule of the model's node size, chosen
+here: each width below is run as is (ROUND_BYTES lifted). Peak memory: run one width a process.
 """
 
 from __future__ import annotations
@@ -30,43 +31,46 @@ def main() -> None:
     ap.add_argument("--widths", default="1024,2048,4096,8192")
     ap.add_argument("--rounds", type=int, default=4, help="alternations of all widths (seeds 1..rounds)")
     ap.add_argument("--n", type=int, default=5000, help="names a call")
+    ap.add_argument("--model", default="names", help="a bundled model's name or a checkpoint")
     ap.add_argument("--json", type=Path, default=Path("bench-out/round_width.json"))
     args = ap.parse_args()
 
     import chargen
     from chargen.sampling import SampleStats
-    from chargen.sampling import drawing
+    from chargen.sampling import tree
 
     widths = [int(w) for w in args.widths.split(",")]
-    model = chargen.load()
+    model = chargen.load(args.model)
+    cfg = model.checkpoint.model_config
+    chosen = tree.round_width(tree.node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden))
     model.sample(50, seed=0, **CONSTRAINTS["regex"])  # (compiles, primes, warms the allocator)
     seconds: dict[tuple[int, str], list[float]] = {}
     draws: dict[tuple[int, str], list[int]] = {}
-    default = drawing.MAX_BATCH
+    default = tree.MAX_BATCH, tree.ROUND_BYTES
     try:
         for r in range(args.rounds):
             for width in widths:
-                drawing.MAX_BATCH = width  # (read at each round: chargen.sampling.drawing.run)
+                tree.MAX_BATCH, tree.ROUND_BYTES = width, 1 << 62  # (read at each round: PrefixTree.round_width)
                 for name, options in CONSTRAINTS.items():
                     stats, started = SampleStats(), time.perf_counter()
                     model.sample(args.n, seed=1 + r, stats=stats, **options)
                     seconds.setdefault((width, name), []).append(time.perf_counter() - started)
                     draws.setdefault((width, name), []).append(stats.draws)
     finally:
-        drawing.MAX_BATCH = default
+        tree.MAX_BATCH, tree.ROUND_BYTES = default
     out, rows = {}, []
     for name in CONSTRAINTS:
         base = statistics.median(seconds[(widths[0], name)])
         for width in widths:
             s, d = statistics.median(seconds[(width, name)]), statistics.median(draws[(width, name)])
             out[f"{name} {width}"] = {"seconds": s, "draws": d, "speed_vs_first": base / s}
-            rows.append([name, f"{width:,}" + (" (default)" if width == default else ""), f"{s:.3f}", f"{d:,.0f}",
+            rows.append([name, f"{width:,}" + (" (this model's)" if width == chosen else ""), f"{s:.3f}", f"{d:,.0f}",
                          f"{base / s:.2f}x"])
     h = host()
-    print_table(f"adaptive exact sampler, {args.n:,} names, medians of {args.rounds} alternations "
+    print_table(f"adaptive exact sampler, {args.model} model, {args.n:,} names, medians of {args.rounds} alternations "
                 f"({h['cpu']}; {h['cpu_flags']})", ["constraints", "round width", "seconds", "draws",
                                                     f"speed vs {widths[0]:,}"], rows)
-    write_json(args.json, {"round_width": out, "n": args.n, "rounds": args.rounds, "default": default,
+    write_json(args.json, {"round_width": out, "n": args.n, "rounds": args.rounds, "model": args.model, "default": chosen,
                            "peak_rss_mb": peak_rss_mb()})
 
 

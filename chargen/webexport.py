@@ -37,10 +37,10 @@ from .checkpoint import Checkpoint, encode_lines, save_checkpoint
 from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
-from .sampling.drawing import CONSTRAINED_TRIES, MAX_BATCH
+from .sampling.drawing import CONSTRAINED_TRIES
 from .sampling.labels import LANGUAGES, TERRITORIES, label_asks, label_summary
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
-from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes
+from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes, round_width
 from .wasmkernel import kernel_base64
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
@@ -264,6 +264,8 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
     lines_bytes = len(coded.encode("utf-8")) if coded else 0
     keep_lines = coded is not None and lines_bytes <= NOVEL_BUDGET
     facts = ckpt.public_facts()
+    cfg = ckpt.model_config
+    tree_node_bytes = node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
     facts["export"] = {"weights": encoding.enc, "lossless": encoding.lossless, "loss": encoding.loss,
                        "loss_exported": encoding.loss_exported, "novel": keep_lines}
     return {
@@ -289,7 +291,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "prose_length": DEFAULT_PROSE_LENGTH,
         "max_tries": SampleConfig().max_tries,
         "constrained_tries": CONSTRAINED_TRIES,
-        "max_batch": MAX_BATCH,
+        "max_batch": round_width(tree_node_bytes),  # the adaptive sampler's rounds (a seed's samples depend on it)
         "max_states": MAX_STATES,  # the most automaton states constraints may need
         # A tree keeps node_cap(V, S, memory) nodes (a blend's: its labels' roots share them, chargen.sampling.tree).
         "tree_memory": TREE_MEMORY,
@@ -301,8 +303,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         # Plain draws step each prefix once (chargen.sampling.prefixes): this much memory, this deep.
         "prefix_memory": PREFIX_MEMORY,
         "prefix_depth": PREFIX_DEPTH,
-        "tree_node_bytes": node_bytes(ckpt.model_config.vocab_size, ckpt.model_config.layers
-                                      * ckpt.model_config.state_tensors * ckpt.model_config.hidden),
+        "tree_node_bytes": tree_node_bytes,
         "info": facts,
     }
 

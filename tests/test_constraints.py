@@ -177,6 +177,19 @@ def test_the_adaptive_sampler_is_exact_from_its_first_draws_and_not_without_its_
     assert not ok and stat > 2 * critical, (stat, critical)
 
 
+def test_rounds_are_narrower_for_models_whose_nodes_are_large():
+    """A round's new nodes live until it ends, so its width shrinks as a model's nodes grow."""
+    from chargen.sampling.tree import MAX_BATCH, MIN_ROUND, ROUND_BYTES, node_bytes, round_width
+
+    assert round_width(node_bytes(53, 384)) == MAX_BATCH  # the bundled names model (2.9 KB a node)
+    assert round_width(node_bytes(351, 768)) == MAX_BATCH // 2  # the base model (11.6 KB)
+    assert round_width(node_bytes(8000, 4096)) == MIN_ROUND  # a vocabulary of thousands (CJK)
+    for size in (100, 2_000, 6_000, 11_558, 40_000, 90_000):
+        width = round_width(size)
+        assert MIN_ROUND <= width <= MAX_BATCH and (width * size <= ROUND_BYTES or width == MIN_ROUND)
+        assert width == MAX_BATCH or 2 * width * size > ROUND_BYTES  # the widest that fits
+
+
 def assert_a_sound_tree(tree: PrefixTree) -> None:
     """Every live node's N (over its children's bounds) at most its own bound, its parent's child
     pointer at it, and each node's count of children the live ones pointing at it."""

@@ -429,6 +429,30 @@ def test_a_full_tree_evicts_as_chargen_does(tmp_path, monkeypatch):
 
 
 @needs_node
+def test_a_model_with_large_nodes_runs_narrower_rounds_in_the_module_too(tmp_path, monkeypatch):
+    """The adaptive sampler's round width follows the size of a model's nodes (tree.round_width);
+    the export carries its model's, so a seed draws the CLI's names where rounds are narrow."""
+    from chargen.sampling import tree
+
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = ckpt.model_config
+    size = tree.node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
+    assert tree.round_width(size) == tree.MAX_BATCH
+    monkeypatch.setattr(tree, "ROUND_BYTES", 300 * size)  # as if its nodes were 14x larger
+    assert tree.round_width(size) == 256
+    text = module_text(ckpt, Encoding("f32", True))
+    assert '"max_batch":256' in text
+    module = tmp_path / "m.mjs"
+    module.write_text(text)
+    cases = [{"n": 300, "seed": 4, "regex": "[A-Z][a-z]*(e|n)"}]
+    narrow = node_records(module, cases)
+    assert_same(narrow[0], python_records(ckpt_path, cases[0]))
+    monkeypatch.undo()
+    assert python_records(ckpt_path, cases[0]) != narrow[0]  # (the width changed which samples came)
+
+
+@needs_node
 def test_a_blends_labels_share_one_trees_memory_as_chargen_does(tmp_path, monkeypatch):
     """A blend's labels are roots of one tree: with room for 300 nodes, the leaves evicted are the
     least recently used of any label, in the module as in chargen, so a seed still gives the same

@@ -13,9 +13,10 @@ chargen.model.TorchStepper.
 """
 
 from .constraints import Guide, guide_for
-from .drawing import MAX_BATCH, Drawing, Sample, SampleStats, check_prompt, generate, prime, run
+from .drawing import Drawing, Sample, SampleStats, check_prompt, generate, prime, run
 from .engine import Attempts, Results, RowEngine, Stepper, inverse_cdf, log_softmax, run_jobs, sampling_probs
 from .randomness import derive_key, random_seed, uniforms
+from .tree import MAX_BATCH
 
 __all__ = ["MAX_BATCH", "Drawing", "Guide", "Sample", "SampleStats", "check_prompt", "generate", "guide_for", "prime",
            "run", "Attempts", "Results", "RowEngine", "Stepper", "inverse_cdf", "log_softmax", "run_jobs",

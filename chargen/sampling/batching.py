@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from ..config import ServeConfig
 from ..errors import SamplingError
 from ..tokenizer import Vocab
-from .drawing import MAX_BATCH, Drawing, Sample
+from .drawing import Drawing, Sample
 from .engine import RowEngine, Stepper
 from .parallel import ProcessEngine
 
@@ -249,7 +249,7 @@ class Batcher:
                         adaptive.append(request)
                     return True
                 issued = drawing.issued
-                request.samples.extend(drawing.draw_round(MAX_BATCH))
+                request.samples.extend(drawing.draw_round())
                 self._count_draws(request, drawing.issued - issued)
                 self.stats.rows += drawing.issued - issued
                 turn = False

@@ -22,12 +22,6 @@ from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
 from .tree import ConstraintMass, LabelTree, PrefixTree, WarmTrees
 
-# Attempts a round of the adaptive exact sampler runs (its samples depend on it; a page's too): a
-# wider round steps more new nodes a network step and makes fewer numpy calls a draw, and learns its
-# bounds a little later; measured (benchmarks/round_width.py), 5,000 names under issue 28's three
-# constraints in-process on Zen 4: 4,096 drew 1.08-1.23x as fast as 1,024 (2,048 1.09-1.21x, 8,192
-# 0.96-1.10x), for 4-11% more draws and 32 MB more at the peak (docs/benchmarks.md).
-MAX_BATCH = 4096
 # Rows the engine keeps advancing in plain and rejection sampling (whose samples do not depend on
 # it): wider steps share the per-step work; measured, bundled names model, 20,000 names in-process:
 # 2,048 beat 1,024 by 5% on an AVX2-only EPYC and by 15% on an AVX-512 Xeon, 4,096 lost on both
@@ -225,7 +219,7 @@ class Drawing:
             target = need
         return min(target - (self.issued - self.attempt), self.budget - self.issued)
 
-    def next_attempts(self, limit: int = MAX_BATCH) -> Attempts:
+    def next_attempts(self, limit: int = ENGINE_WIDTH) -> Attempts:
         """The next attempts to run (at least one, at most `limit`); a SamplingError once the
         budget is spent."""
         cfg = self.cfg
@@ -240,12 +234,13 @@ class Drawing:
         return Attempts(self.prompt_logits, self.prompt_state, indices, self.key, cfg, self.newline, self.steps,
                         self.guide, stream, starts=self.labels.pick(self.key, indices) if self.blend else None)
 
-    def draw_round(self, limit: int = MAX_BATCH) -> list[Sample]:
-        """Adaptive exact sampling (self.tree): one round of the next attempts, and what is kept;
-        the tree goes back to `warm` with the last samples."""
+    def draw_round(self, limit: Optional[int] = None) -> list[Sample]:
+        """Adaptive exact sampling (self.tree): one round of the next attempts (at most `limit`,
+        default the tree's round_width: what a seed's samples depend on), and what is kept; the tree
+        goes back to `warm` with the last samples."""
         if self.tree is None:  # (not before: a drawing that waits its turn leaves a warm tree to others)
             self.tree = self._tree()
-        kept = self.take(self.tree.run(self.next_attempts(limit).indices))
+        kept = self.take(self.tree.run(self.next_attempts(limit or self.tree.round_width).indices))
         if self.done and self.warm is not None:
             self.warm.give_back(self._warm_key(), self.tree)
         return kept
@@ -298,7 +293,7 @@ class Drawing:
 
 def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size: Optional[int] = None) -> Iterator[Sample]:
     """The samples of each drawing in turn, `batch_size` attempts running at once (default: rounds
-    of MAX_BATCH for the adaptive exact sampler, ENGINE_WIDTH rows otherwise): as rows end, the next
+    of the tree's round_width for the adaptive exact sampler, ENGINE_WIDTH rows otherwise): as rows end, the next
     attempts start in their place, so the batch stays full until the end. Plain and rejection
     sampling may run in worker processes (`workers_for`), the rows split among them: the same
     samples either way."""
@@ -307,7 +302,7 @@ def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size:
         for drawing in drawings:
             if drawing.adaptive:
                 while not drawing.done:
-                    yield from drawing.draw_round(batch_size or MAX_BATCH)
+                    yield from drawing.draw_round(batch_size)
                 continue
             n = pool.n if pool is not None else workers_for(stepper, drawing)
             if n == 1:

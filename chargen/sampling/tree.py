@@ -30,7 +30,8 @@ step is skipped (`accept_step=False`, for that test only).
 
 Rounds: attempts run in rounds of up to a batch's width, all descending with the bounds as they
 were at the round's start (one network step per depth for the new nodes they reach), and the
-bounds are updated when the round ends. Each attempt is exact given its round's bounds; which
+bounds are updated when the round ends; a round has up to MAX_BATCH attempts, fewer for a model
+whose nodes are large (round_width). Each attempt is exact given its round's bounds; which
 samples come depends on the rounds, so the same seed gives the same samples at the same width
 (the command's and the server's default, MAX_BATCH), not at any width as plain sampling does.
 
@@ -71,6 +72,19 @@ from .labels import LABEL_GO, LABEL_PICK
 from .prefixes import distinct
 from .randomness import mix, uniforms
 
+# Attempts a round of the adaptive exact sampler runs at most (its samples depend on it; a page's
+# too): a wider round steps more new nodes a network step and makes fewer numpy calls a draw, and
+# learns its bounds a little later; measured (benchmarks/round_width.py), 5,000 names under issue
+# 28's three constraints in-process on Zen 4: 4,096 drew 1.08-1.23x as fast as 1,024 (2,048
+# 1.09-1.21x, 8,192 0.96-1.10x), for 4-11% more draws and 32 MB more at the peak (docs/benchmarks.md).
+MAX_BATCH = 4096
+# A round's new nodes live at least until it ends (up to ~8 an attempt), so a model whose nodes are
+# large (a wide vocabulary: the base model's 351 characters, 11.6 KB a node against the names
+# model's 2.9 KB) runs narrower rounds: attempts x node bytes within ROUND_BYTES (round_width).
+# Measured on the base model, 1,000-2,000 names under constraints in-process on Zen 4: 2,048 as
+# fast as 4,096 (0.85-1.03x the time) at 55-65% of the peak memory (docs/benchmarks.md).
+ROUND_BYTES = 24 << 20
+MIN_ROUND = 256
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
 WARM_MEMORY = 2 * TREE_MEMORY  # bytes of nodes WarmTrees keeps between calls (the least recently used go first)
 FOUND_KEPT = 1 << 17  # distinct accepted samples a tree remembers for Z's lower bound (a warm tree lives long)
@@ -87,6 +101,16 @@ def prefix_key(parent: np.ndarray, chars: np.ndarray) -> np.ndarray:
 def node_bytes(vocab_size: int, state_size: int) -> int:
     """The memory one node takes (an exported page counts its nodes by it too)."""
     return _Nodes(vocab_size, state_size, 1).bytes_per_node
+
+
+def round_width(bytes_per_node: int) -> int:
+    """Attempts a round runs for a tree whose nodes take `bytes_per_node`: MAX_BATCH, halved while
+    the round's attempts times a node's bytes pass ROUND_BYTES, to MIN_ROUND at least (an exported
+    page reads its model's: max_batch)."""
+    width = MAX_BATCH
+    while width > MIN_ROUND and width * bytes_per_node > ROUND_BYTES:
+        width //= 2
+    return width
 
 
 def node_cap(vocab_size: int, state_size: int, memory: int = TREE_MEMORY) -> int:
@@ -234,6 +258,10 @@ class PrefixTree:
     def memory(self) -> int:
         """Bytes its nodes take now."""
         return self.nodes.count * self.nodes.bytes_per_node
+
+    @property
+    def round_width(self) -> int:
+        return round_width(self.nodes.bytes_per_node)
 
     def use_key(self, key: np.uint64) -> None:
         """Draw with another call's random key from now on (a warm tree, taken by a new call)."""
@@ -411,6 +439,10 @@ class LabelTree:
     @property
     def memory(self) -> int:
         return self.tree.memory
+
+    @property
+    def round_width(self) -> int:
+        return self.tree.round_width
 
     def use_key(self, key: np.uint64) -> None:
         self.key = key
