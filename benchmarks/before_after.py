@@ -4,12 +4,14 @@
     git worktree add /tmp/before <old commit>
     python benchmarks/before_after.py --before /tmp/before --after . [--rounds 5] [--json bench-out/ab.json]
         [--before-packages /tmp/t29/x]   # the before side with the dependency versions it shipped with
+        [--commands issue28|base]        # the bundled names model's commands, or the base model's under constraints
 
 Each command runs as `python -m chargen ...` with PYTHONPATH set to the tree, so both use this
 Python and its packages; rounds alternate old and new so that the machine's drift hits both. Both
 trees and the packages ahead are compiled to bytecode first, as an install is (a fresh worktree
 under PYTHONDONTWRITEBYTECODE=1 would otherwise compile its sources at every start). Prints the
-median wall time of each command on each tree and their ratio.
+median wall time of each command on each tree, their ratio, and each side's peak memory (the
+largest resident set of its runs).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import shlex
 import subprocess
 import sys
 import time
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from common import compiled, host
 
-COMMANDS = {
+ISSUE28 = {
     "sample -n 20000": ["sample", "-n", "20000", "--seed", "1"],
     "sample -n 5000 --max-len 8 --ends-with a": ["sample", "-n", "5000", "--seed", "1", "--max-len", "8",
                                                  "--ends-with", "a"],
@@ -36,15 +39,26 @@ COMMANDS = {
     "sample --top 100": ["sample", "--top", "100"],
     "sample -n 10 (start-up)": ["sample", "-n", "10", "--seed", "1"],
 }
+# The base model under constraints: a blend of all its labels, a kind's labels, a language's, one label.
+BASE = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
+    "-c base -n 2000 --seed 1 --ends-with a",
+    "-c base -n 1000 --seed 1 --contains th --min-len 6",
+    "-c base --label first -n 2000 --seed 1 --ends-with a",
+    "-c base --label it -n 2000 --seed 1 --regex '[A-Z][a-z]*(el|ia)'",
+    "-c base --label en_US:first -n 2000 --seed 1 --ends-with a")}
 
 
-def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> float:
+def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> tuple[float, float]:
+    """Wall seconds and peak resident MB of one command."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p.resolve()) for p in [tree, *ahead])}
     t = time.perf_counter()
     # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH.
-    subprocess.run([sys.executable, "-m", "chargen", *args], env=env, cwd=tree, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t
+    proc = subprocess.Popen([sys.executable, "-m", "chargen", *args], env=env, cwd=tree, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{tree}: chargen {shlex.join(args)} failed")
+    return time.perf_counter() - t, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -55,24 +69,32 @@ def main() -> None:
     parser.add_argument("--before-packages", type=Path, action="append", default=[],
                         help="a folder of packages the before side imports ahead of the installed ones (the "
                              "dependency versions it shipped with, e.g. an unpacked wheel); repeatable")
+    parser.add_argument("--commands", choices=("issue28", "base"), default="issue28")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    commands = ISSUE28 if args.commands == "issue28" else BASE
     compiled(args.before / "chargen", args.after / "chargen", *args.before_packages)
     times: dict[tuple[str, str], list[float]] = {}
+    peaks: dict[tuple[str, str], float] = {}
     for _ in range(args.rounds):
-        for name, cmd in COMMANDS.items():
+        for name, cmd in commands.items():
             for side, tree, ahead in (("before", args.before, args.before_packages), ("after", args.after, [])):
-                times.setdefault((name, side), []).append(timed(tree, cmd, ahead))
+                seconds, peak = timed(tree, cmd, ahead)
+                times.setdefault((name, side), []).append(seconds)
+                peaks[(name, side)] = max(peak, peaks.get((name, side), 0.0))
     rows = []
     print(json.dumps(host()))
-    print(f"{'command':45s} {'before s':>9s} {'after s':>9s} {'after/before':>13s}")
-    for name in COMMANDS:
+    width = max(map(len, commands))
+    print(f"{'command':{width}s} {'before s':>9s} {'after s':>9s} {'after/before':>13s} {'before MB':>10s} {'after MB':>9s}")
+    for name in commands:
         a, b = statistics.median(times[(name, "before")]), statistics.median(times[(name, "after")])
-        rows.append({"command": name, "before_s": round(a, 4), "after_s": round(b, 4), "ratio": round(b / a, 4)})
-        print(f"{name:45s} {a:9.3f} {b:9.3f} {b / a:13.3f}")
+        ma, mb = peaks[(name, "before")], peaks[(name, "after")]
+        rows.append({"command": name, "before_s": round(a, 4), "after_s": round(b, 4), "ratio": round(b / a, 4),
+                     "before_peak_mb": round(ma), "after_peak_mb": round(mb)})
+        print(f"{name:{width}s} {a:9.3f} {b:9.3f} {b / a:13.3f} {ma:10.0f} {mb:9.0f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"host": host(), "rounds": args.rounds, "rows": rows,
+        args.json.write_text(json.dumps({"host": host(), "rounds": args.rounds, "commands": args.commands, "rows": rows,
                                          "before_packages": [str(p) for p in args.before_packages]}, indent=1))
 
 
