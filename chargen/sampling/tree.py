@@ -81,8 +81,9 @@ MAX_BATCH = 4096
 # A round's new nodes live at least until it ends (up to ~8 an attempt), so a model whose nodes are
 # large (a wide vocabulary: the base model's 351 characters, 11.6 KB a node against the names
 # model's 2.9 KB) runs narrower rounds: attempts x node bytes within ROUND_BYTES (round_width).
-# Measured on the base model, 1,000-2,000 names under constraints in-process on Zen 4: 2,048 as
-# fast as 4,096 (0.85-1.03x the time) at 55-65% of the peak memory (docs/benchmarks.md).
+# Measured on the base model, 1,000-2,000 names under five constraint sets and blends, in-process
+# on Zen 4: 2,048 took 0.67-1.15x the time of 4,096 (0.94 the median) at 54-90% of its peak memory;
+# 1,024 was slower still (docs/benchmarks.md).
 ROUND_BYTES = 24 << 20
 MIN_ROUND = 256
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
