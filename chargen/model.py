@@ -249,3 +249,8 @@ class TorchStepper:
             x = self.torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[:, None]  # (B, 1)
             logits, state = self.model(x, state)
         return logits[:, 0].float().cpu().numpy(), state
+
+    def head(self, state) -> np.ndarray:
+        """The next character's logits (B, V) from a state: what `step` returned with it."""
+        with self.torch.no_grad(), full_fp32():
+            return self.model.head(state_tensors(state)[0][-1]).float().cpu().numpy()  # the top layer's h

@@ -107,6 +107,10 @@ class NumpyCharRNN:
         logits = x @ self.head_w_t + self.head_b  # (B, V)
         return logits, new_state
 
+    def head(self, state: NpState) -> np.ndarray:
+        """The next character's logits (B, V) from a state: what `step` returned with it."""
+        return state[-1][0] @ self.head_w_t + self.head_b
+
     def _lstm(self, layer: int, ids: np.ndarray, x, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hsz = self.config.hidden
         if layer == 0:

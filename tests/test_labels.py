@@ -302,10 +302,14 @@ def test_a_blends_labels_are_roots_of_one_tree_that_steps_them_together(monkeypa
     assert 0 < tree.tree.root_psi.max() <= 1 and tree.psi <= 1  # their bounds learnt, and the top one
 
 
+@pytest.mark.parametrize("drop", [None, 0.5], ids=["labels-kept", "labels-dropped"])
 @pytest.mark.parametrize("constraints", [{}, dict(max_len=5, contains=("b",))], ids=["free", "constrained"])
-def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints):
-    """--top with a blend ranks by the mixture probability sum_l w_l P_l(x), exactly."""
-    from chargen.sampling.search import most_likely
+def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints, drop):
+    """--top with a blend ranks by the mixture probability sum_l w_l P_l(x), exactly; also where a
+    prefix drops a label whose mass is below e^-0.5 of its mixture (a bound on its descendants, and
+    each complete sample under such a bound scored again exactly), which the default does only
+    below e^-12."""
+    from chargen.sampling.search import DROP, most_likely
 
     stepper, starts = labelled_stepper()
     c = Constraints(**constraints)
@@ -316,12 +320,25 @@ def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints)
             mixture[text] = mixture.get(text, 0.0) + weights[k] * p
     best = sorted(((p, t) for t, p in mixture.items() if satisfies(t, c)), reverse=True)[:15]
     found = list(most_likely(stepper, VOCAB, "", 15, Automaton(c, VOCAB).bounded(LIMIT), batch=4,
-                             starts=[[t[k] for t in starts] for k in range(2)], weights=weights))
+                             starts=[[t[k] for t in starts] for k in range(2)], weights=weights, drop=drop or DROP))
     assert [s.text for s in found] == [t for _, t in best]
     np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
     # Not the best of either label alone: the ranking is the mixture's.
     alone = [sorted(enumerate_probs_of(stepper, [t[k] for t in starts]).items(), key=lambda kv: -kv[1]) for k in range(2)]
     assert [s.text for s in found] != [t for t, _ in alone[0][:15]]
+
+
+def test_top_of_a_wide_blend_of_the_base_model_is_its_mixtures_best():
+    """The base model's 54 surname labels: a prefix keeps only the labels that matter to it, so the
+    search fits its memory (with every label's state at every prefix it stopped before finding one),
+    and each name's log-probability is the blend's, as `score` gives it."""
+    model = chargen.load("base")
+    top = list(model.top(6, label="surname"))
+    assert len(top) == 6 and [s.logprob for s in top] == sorted((s.logprob for s in top), reverse=True)
+    scored = [s.logprob for s in model.score([s.text for s in top], label="surname")]
+    np.testing.assert_allclose([s.logprob for s in top], scored, atol=1e-4)
+    drawn = model.score(model.sample(200, seed=1, label="surname"), label="surname")  # under the blend too
+    assert top[0].logprob >= max(s.logprob for s in drawn) - 1e-6
 
 
 def test_top_with_a_blend_through_the_api(trained_labels):

@@ -36,6 +36,7 @@ class Stepper(Protocol):
     def to_rows(self, state) -> np.ndarray: ...  # (B, S) float32: a store of states (chargen.sampling.tree)
     def from_rows(self, rows: np.ndarray): ...
     def step(self, ids: np.ndarray, state) -> tuple[np.ndarray, object]: ...
+    def head(self, state) -> np.ndarray: ...  # (B, V): the logits step returned with this state
 
 
 # --- one step's distribution ------------------------------------------------------------------

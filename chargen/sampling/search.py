@@ -4,12 +4,24 @@ Every character multiplies a sample's probability by at most 1, so a prefix is n
 than any sample that extends it. The search keeps a priority queue of prefixes ordered by their
 log-probability; the first complete sample (a prefix followed by the newline) to reach the front
 is more likely than anything still queued or any extension of it: the exact best, then the next.
-No beam, so nothing is pruned on a guess; the only bound is the number of prefixes expanded
-(`max_expansions`), and samples printed before it is reached are exact.
+No beam, so nothing is pruned on a guess; the only bound is the memory of the recurrent states
+held (`memory`, SEARCH_MEMORY), and samples printed before it is reached are exact.
 
 Under a blend of labels (a mixture: P(x) = sum over labels l of w_l P_l(x)) the same holds: a
 prefix's mixture probability sum_l w_l P_l(prefix) bounds every sample that extends it. A node then
-carries one recurrent state and one log-probability per label, and is ranked by their mixture.
+carries a recurrent state and a log-probability per label, and is ranked by their mixture. Not
+every label's, though: a blend of hundreds (the base model's 283 labels, or its 54 "first" ones)
+would hold hundreds of states a prefix, most for labels that give it next to nothing. A prefix
+drops its least likely labels while their mass stays below e^-DROP (6e-6) of its mixture, and
+its descendants never take them back; their mass w_l P_l(prefix) is kept as a frozen bound
+(P_l never grows along a path, so it bounds those labels' part of every extension). A prefix's
+rank is then an upper bound on the mixture probability of anything extending it, and a complete
+sample whose rank holds a frozen bound is scored exactly under the labels dropped (a forward pass
+of its characters from their primed states) and queued again at its exact probability, never
+higher: the samples printed are still the exact best, in order (tests/test_labels.py holds them
+to enumeration with labels dropped at 0.5 nats). A node keeps its states and its labels' parts,
+not their next-character distributions: those are the network's head again on its states when
+a child is expanded.
 
 Two things keep it cheap. A prefix's children are queued lazily: its characters are sorted once,
 and only its best unvisited child sits in the queue (popping child r queues child r + 1). And
@@ -32,19 +44,22 @@ from .constraints import Automaton
 from .drawing import Sample, prime
 from .engine import Stepper, log_softmax
 
-MAX_EXPANSIONS = 50_000  # prefixes run through the network at most (memory: one state each)
+SEARCH_MEMORY = 256 << 20  # bytes of recurrent states the search holds at most (one a label a prefix keeps)
 SEARCH_BATCH = 64  # prefixes expanded together in one network step
+DROP = 12.0  # nats: a prefix drops its least likely labels while their mass stays below e^-DROP of its mixture
 
 
 @dataclass
 class _Node:
     text: str  # the sample so far, prompt included
     dfa: int
-    block: int  # the node's recurrent states are rows row .. row + P - 1 of states[block]
+    block: int  # the node's recurrent states are rows row .. row + len(labels) - 1 of states[block]
     row: int
+    labels: np.ndarray  # the labels it keeps, in order (a blend's; else [0])
+    parts: np.ndarray  # (A,) log(w_l) + log P_l(text) for each label kept
+    frozen: float  # log of the mass of the labels dropped on its path (-inf: none): a bound, not exact
     ids: np.ndarray  # allowed next ids, likeliest first
-    child_logprobs: np.ndarray  # (k,) the mixture log-probability of each child, same order
-    child_parts: np.ndarray  # (P, k) log(w_l) + log P_l(child) for each label l
+    child_logprobs: np.ndarray  # (k,) each child's mixture log-probability (a bound where frozen), same order
 
 
 def logsumexp(a: np.ndarray) -> np.ndarray:
@@ -57,35 +72,40 @@ def logsumexp(a: np.ndarray) -> np.ndarray:
 
 def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: Automaton, *,
                 starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
-                skip: Callable[[str], bool] = lambda text: False,
-                max_expansions: int = MAX_EXPANSIONS, batch: int = SEARCH_BATCH) -> Iterator[Sample]:
+                skip: Callable[[str], bool] = lambda text: False, memory: int = SEARCH_MEMORY,
+                batch: int = SEARCH_BATCH, drop: float = DROP) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
     complete samples (--novel, --exclude) without ending the search. `starts` holds the start
     state lines begin from (default: one, zeros); a blend of labels gives each label's and its
-    weight (`weights`, summing to 1): the samples are then ranked by their mixture probability,
-    and each node holds P states, so at most max_expansions / P prefixes are expanded (the same
-    memory).
+    weight (`weights`, summing to 1): the samples are then ranked by their mixture probability
+    (a prefix's least likely labels dropped from it while their mass stays below e^-`drop` of its
+    mixture, as a bound). At most `memory` bytes of recurrent states are held (one a label a
+    prefix keeps).
     """
     if starts is None:
         starts = [None]
     if weights is None:
         weights = np.ones(1)
-    search = _Search(stepper, vocab, automaton, prompt, starts, np.log(np.asarray(weights, dtype=np.float64)), batch)
-    limit = max(1, max_expansions // len(starts))
+    search = _Search(stepper, vocab, automaton, prompt, starts, np.log(np.asarray(weights, dtype=np.float64)), batch,
+                     drop)
+    limit = max(len(starts), memory // search.state_bytes)  # states
     found = 0
     while found < n:
         entry = search.pop()
         if entry is None:
             return  # the language holds fewer samples than asked
-        neg_lp, node, rank = entry
+        neg_lp, node, rank, exact = entry
         next_id = int(search.nodes[node].ids[rank])
         if next_id != automaton.newline:
-            if len(search.nodes) + len(search.pending) >= limit:
-                raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {limit:,} "
-                                    f"expansions with {found:,} found (those are exact); ask for fewer or constrain more")
+            if search.held + search.pending_rows + search.nodes[node].labels.size > limit:
+                fewer = ", constrain more or blend fewer labels" if len(starts) > 1 else " or constrain more"
+                raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {len(search.nodes):,} "
+                                    f"expansions with {found:,} found (those are exact); ask for fewer{fewer}")
             search.defer(node, rank)
+        elif not exact:
+            search.rescore(node, rank)  # queued again at its exact probability
         elif not skip(search.nodes[node].text):
             found += 1
             text = search.nodes[node].text
@@ -93,78 +113,131 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
 
 
 class _Search:
-    """The queue of prefixes, their recurrent states (in batched blocks, P rows a node) and the
-    pending expansions."""
+    """The queue of prefixes, their recurrent states (in batched blocks, a row per label a node
+    keeps) and the pending expansions."""
 
     def __init__(self, stepper: Stepper, vocab: Vocab, automaton: Automaton, prompt: str,
-                 starts: list[Optional[list[np.ndarray]]], log_w: np.ndarray, batch: int = SEARCH_BATCH):
-        self.stepper, self.vocab, self.automaton, self.batch = stepper, vocab, automaton, batch
-        self.P = len(starts)
+                 starts: list[Optional[list[np.ndarray]]], log_w: np.ndarray, batch: int = SEARCH_BATCH,
+                 drop: float = DROP):
+        self.stepper, self.vocab, self.automaton, self.batch, self.drop = stepper, vocab, automaton, batch, drop
+        self.prompt, self.log_w = prompt, log_w
         start = automaton.start(prompt, vocab)
         primed = [prime(stepper, vocab, prompt, True, s) for s in starts]
-        state = primed[0][1] if self.P == 1 else stepper.concat([st for _, st in primed])
-        self.blocks = [state]  # batched recurrent states; nodes point into them
+        state = primed[0][1] if len(starts) == 1 else stepper.concat([st for _, st in primed])
+        self.state_bytes = stepper.to_rows(stepper.select(state, np.arange(1))).nbytes
+        self.blocks = [state]  # batched recurrent states; nodes point into them (block 0: each label's primed)
         self.nodes: list[_Node] = []
-        self.queue: list[tuple[float, int, int, int]] = []  # (-logprob, tie-break, node, rank of its child)
+        # (-logprob, tie-break, node, rank of its child, exact): exact False where a frozen bound is in it
+        self.queue: list[tuple[float, int, int, int, bool]] = []
         self.pending: list[tuple[int, int]] = []  # (parent node, rank of the child) awaiting a step
+        self.pending_rows = 0  # states the pending expansions add at most (their parents' labels)
+        self.held = 0  # recurrent states held (rows of the nodes' blocks)
         self.counter = 0
-        self._add([prompt], [log_w], [start], np.stack([lg for lg, _ in primed])[None], 0)
+        lsm = log_softmax(np.stack([lg for lg, _ in primed]))  # (P, V)
+        self._add([prompt], [np.arange(len(starts))], [log_w], [-np.inf], [start], [lsm], 0)
 
-    def pop(self) -> Optional[tuple[float, int, int]]:
-        """The likeliest queued (-logprob, node, rank of its child) that nothing pending can beat;
-        None when exhausted."""
+    def pop(self) -> Optional[tuple[float, int, int, bool]]:
+        """The likeliest queued (-logprob, node, rank of its child, exact) that nothing pending can
+        beat; None when exhausted."""
         while True:
             if not self.queue:
                 if not self.pending:
                     return None
                 self.expand()
                 continue
-            neg_lp, tie, k, rank = self.queue[0]
+            neg_lp, tie, k, rank, exact = self.queue[0]
             next_id = int(self.nodes[k].ids[rank])
-            if next_id == self.automaton.newline and self.pending:
+            if next_id == self.automaton.newline and exact and self.pending:
                 self.expand()  # a pending prefix's children might beat this complete sample
                 continue
             heapq.heappop(self.queue)
             node = self.nodes[k]
-            if rank + 1 < node.ids.size:
-                self._push(-float(node.child_logprobs[rank + 1]), k, rank + 1)
-            return neg_lp, k, rank
+            if tie >= 0 and rank + 1 < node.ids.size:  # (an entry queued again after rescoring has tie < 0)
+                self._push(-float(node.child_logprobs[rank + 1]), k, rank + 1, exact=node.frozen == -np.inf)
+            return neg_lp, k, rank, exact
 
     def defer(self, node: int, rank: int) -> None:
         self.pending.append((node, rank))
+        self.pending_rows += self.nodes[node].labels.size
         if len(self.pending) >= self.batch:
             self.expand()
 
+    def lsm(self, nodes: list[_Node]) -> list[np.ndarray]:
+        """Each node's next-character log-probabilities (A, V) per label it keeps, from its states
+        (what its step gave: the network's head again, not kept, as a node's states are)."""
+        rows = [self.stepper.select(self.blocks[p.block], np.arange(p.row, p.row + p.labels.size)) for p in nodes]
+        logits = self.stepper.head(rows[0] if len(rows) == 1 else self.stepper.concat(rows))
+        return np.split(log_softmax(logits), np.cumsum([p.labels.size for p in nodes])[:-1])
+
+    def kept(self, parts: np.ndarray, mixture: float) -> np.ndarray:
+        """Which labels a prefix with these `parts` (its mixture bound `mixture`) keeps: all but the
+        least likely ones whose mass stays below e^-drop of it, and the likeliest always."""
+        if parts.size == 1:
+            return np.ones(1, dtype=bool)
+        order = np.argsort(parts, kind="stable")  # the least likely first
+        keep = np.ones(parts.size, dtype=bool)
+        keep[order[np.logaddexp.accumulate(parts[order]) < mixture - self.drop]] = False
+        keep[order[-1]] = True
+        return keep
+
     def expand(self) -> None:
-        """One network step for every pending prefix (P rows each); their children join the queue."""
-        P = self.P
+        """One network step for every pending prefix (a row per label it keeps); their children join the queue."""
         parents = [self.nodes[k] for k, _ in self.pending]
-        rows = [self.stepper.select(self.blocks[p.block], np.arange(p.row, p.row + P)) for p in parents]
-        state = rows[0] if len(rows) == 1 else self.stepper.concat(rows)
         ids = np.array([p.ids[r] for p, (_, r) in zip(parents, self.pending)], dtype=np.int64)
-        logits, state = self.stepper.step(np.repeat(ids, P), state)  # (B * P, V)
+        parts = [p.parts + lsm[:, i] for p, lsm, i in zip(parents, self.lsm(parents), ids.tolist())]
+        keeps = [self.kept(part, float(p.child_logprobs[r])) for p, part, (_, r) in zip(parents, parts, self.pending)]
+        rows = [self.stepper.select(self.blocks[p.block], p.row + np.flatnonzero(keep)) for p, keep in zip(parents, keeps)]
+        sizes = [int(keep.sum()) for keep in keeps]
+        logits, state = self.stepper.step(np.repeat(ids, sizes), rows[0] if len(rows) == 1 else self.stepper.concat(rows))
         self.blocks.append(state)
         texts = [p.text + self.vocab.chars[i] for p, i in zip(parents, ids.tolist())]
         dfas = self.automaton.advance(np.array([p.dfa for p in parents], dtype=np.int64), ids)
-        parts = [p.child_parts[:, r] for p, (_, r) in zip(parents, self.pending)]
-        self._add(texts, parts, dfas.tolist(), logits.reshape(len(parents), P, -1), len(self.blocks) - 1)
+        frozen = [p.frozen if keep.all() else float(np.logaddexp(p.frozen, logsumexp(part[~keep])))
+                  for p, part, keep in zip(parents, parts, keeps)]
+        self._add(texts, [p.labels[keep] for p, keep in zip(parents, keeps)], [part[keep] for part, keep in zip(parts, keeps)],
+                  frozen, dfas.tolist(), np.split(log_softmax(logits), np.cumsum(sizes)[:-1]), len(self.blocks) - 1)
         self.pending.clear()
+        self.pending_rows = 0
 
-    def _add(self, texts: list[str], parts: list[np.ndarray], dfas: list[int], logits: np.ndarray, block: int) -> None:
-        """New nodes: texts, each label's log(w) + log-probability so far (P,), automaton states, and
-        their next-character logits (B, P, V), temperature 1 (the model's own probabilities)."""
+    def rescore(self, node: int, rank: int) -> None:
+        """Queue the complete sample of the node's child `rank` (its newline) again at its exact
+        mixture probability: its kept labels' parts, and the dropped labels' scored now from
+        their primed states (block 0)."""
+        parent = self.nodes[node]
+        newline = int(parent.ids[rank])
+        kept = parent.parts + self.lsm([parent])[0][:, newline]
+        dropped = np.setdiff1d(np.arange(len(self.log_w)), parent.labels)
+        ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
+        state = self.stepper.select(self.blocks[0], dropped)
+        lp = self.log_w[dropped] + log_softmax(self.stepper.head(state))[:, ids[0]]
+        for i, nxt in zip(ids, ids[1:]):
+            logits, state = self.stepper.step(np.full(dropped.size, i), state)
+            lp = lp + log_softmax(logits)[:, nxt]
+        exact = float(np.logaddexp(logsumexp(kept), logsumexp(lp)))
+        heapq.heappush(self.queue, (-exact, -1 - self.counter, node, rank, True))
+        self.counter += 1
+
+    def _add(self, texts: list[str], labels: list[np.ndarray], parts: list[np.ndarray], frozen: list[float],
+             dfas: list[int], lsm: list[np.ndarray], block: int) -> None:
+        """New nodes: texts, the labels each keeps and their log(w) + log-probability so far, the
+        log of the mass of those dropped, automaton states, and each kept label's next-character
+        log-probabilities (A, V), temperature 1 (the model's own), whose states are the block's
+        rows in that order."""
         allowed = self.automaton.allowed(np.array(dfas, dtype=np.int64), np.array([len(t) for t in texts]))
-        lsm = log_softmax(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)  # (B, P, V)
-        for row, (text, lp, dfa) in enumerate(zip(texts, parts, dfas)):
-            ids = np.flatnonzero(allowed[row])
+        row = 0
+        for j, (text, kept, lp, dfa) in enumerate(zip(texts, labels, parts, dfas)):
+            start, row = row, row + kept.size
+            self.held += kept.size
+            ids = np.flatnonzero(allowed[j])
             if ids.size == 0:
                 continue
-            child_parts = lp[:, None] + lsm[row][:, ids]  # (P, k)
-            mixed = logsumexp(child_parts)
+            mixed = logsumexp(lp[:, None] + lsm[j][:, ids])  # (k,)
+            if frozen[j] != -np.inf:
+                mixed = np.logaddexp(mixed, frozen[j])  # a bound on every extension
             order = np.argsort(-mixed, kind="stable")
-            self.nodes.append(_Node(text, dfa, block, row * self.P, ids[order], mixed[order], child_parts[:, order]))
-            self._push(-float(self.nodes[-1].child_logprobs[0]), len(self.nodes) - 1, 0)
+            self.nodes.append(_Node(text, dfa, block, start, kept, lp, frozen[j], ids[order], mixed[order]))
+            self._push(-float(self.nodes[-1].child_logprobs[0]), len(self.nodes) - 1, 0, exact=frozen[j] == -np.inf)
 
-    def _push(self, neg_lp: float, node: int, rank: int) -> None:
-        heapq.heappush(self.queue, (neg_lp, self.counter, node, rank))
+    def _push(self, neg_lp: float, node: int, rank: int, exact: bool) -> None:
+        heapq.heappush(self.queue, (neg_lp, self.counter, node, rank, exact))
         self.counter += 1
