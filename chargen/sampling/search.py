@@ -134,7 +134,7 @@ class _Search:
         self.held = 0  # recurrent states held (rows of the nodes' blocks)
         self.counter = 0
         lsm = log_softmax(np.stack([lg for lg, _ in primed]))  # (P, V)
-        self._add([prompt], [np.arange(len(starts))], [log_w], [-np.inf], [start], [lsm], 0)
+        self._add([prompt], [np.arange(len(starts))], [log_w], [-np.inf], [start], lsm, 0)
 
     def pop(self) -> Optional[tuple[float, int, int, bool]]:
         """The likeliest queued (-logprob, node, rank of its child, exact) that nothing pending can
@@ -162,40 +162,49 @@ class _Search:
         if len(self.pending) >= self.batch:
             self.expand()
 
-    def lsm(self, nodes: list[_Node]) -> list[np.ndarray]:
-        """Each node's next-character log-probabilities (A, V) per label it keeps, from its states
-        (what its step gave: the network's head again, not kept, as a node's states are)."""
+    def states(self, nodes: list[_Node]):
+        """The nodes' states, one batch (a row per label each keeps, in order)."""
         rows = [self.stepper.select(self.blocks[p.block], np.arange(p.row, p.row + p.labels.size)) for p in nodes]
-        logits = self.stepper.head(rows[0] if len(rows) == 1 else self.stepper.concat(rows))
-        return np.split(log_softmax(logits), np.cumsum([p.labels.size for p in nodes])[:-1])
+        return rows[0] if len(rows) == 1 else self.stepper.concat(rows)
 
-    def kept(self, parts: np.ndarray, mixture: float) -> np.ndarray:
+    def lsm(self, states) -> np.ndarray:
+        """Next-character log-probabilities (rows, V) from `states` (what their step gave: the
+        network's head again, not kept, as a node's states are)."""
+        return log_softmax(self.stepper.head(states))
+
+    def kept(self, parts: np.ndarray, mixture: float) -> Optional[np.ndarray]:
         """Which labels a prefix with these `parts` (its mixture bound `mixture`) keeps: all but the
-        least likely ones whose mass stays below e^-drop of it, and the likeliest always."""
+        least likely ones whose mass stays below e^-drop of it, and the likeliest always (None: all)."""
         if parts.size == 1:
-            return np.ones(1, dtype=bool)
+            return None
         order = np.argsort(parts, kind="stable")  # the least likely first
         keep = np.ones(parts.size, dtype=bool)
         keep[order[np.logaddexp.accumulate(parts[order]) < mixture - self.drop]] = False
         keep[order[-1]] = True
-        return keep
+        return None if keep.all() else keep
 
     def expand(self) -> None:
         """One network step for every pending prefix (a row per label it keeps); their children join the queue."""
         parents = [self.nodes[k] for k, _ in self.pending]
         ids = np.array([p.ids[r] for p, (_, r) in zip(parents, self.pending)], dtype=np.int64)
-        parts = [p.parts + lsm[:, i] for p, lsm, i in zip(parents, self.lsm(parents), ids.tolist())]
+        state = self.states(parents)
+        sizes = np.array([p.labels.size for p in parents])
+        ends = np.cumsum(sizes)
+        flat = np.concatenate([p.parts for p in parents]) + self.lsm(state)[np.arange(ends[-1]), np.repeat(ids, sizes)]
+        parts = [flat[e - a: e] for a, e in zip(sizes.tolist(), ends.tolist())]  # each child's, per label its parent keeps
         keeps = [self.kept(part, float(p.child_logprobs[r])) for p, part, (_, r) in zip(parents, parts, self.pending)]
-        rows = [self.stepper.select(self.blocks[p.block], p.row + np.flatnonzero(keep)) for p, keep in zip(parents, keeps)]
-        sizes = [int(keep.sum()) for keep in keeps]
-        logits, state = self.stepper.step(np.repeat(ids, sizes), rows[0] if len(rows) == 1 else self.stepper.concat(rows))
+        if any(keep is not None for keep in keeps):
+            every = np.concatenate([np.ones(a, dtype=bool) if keep is None else keep for a, keep in zip(sizes, keeps)])
+            state = self.stepper.select(state, np.flatnonzero(every))
+        labels = [p.labels if keep is None else p.labels[keep] for p, keep in zip(parents, keeps)]
+        frozen = [p.frozen if keep is None else float(np.logaddexp(p.frozen, logsumexp(part[~keep])))
+                  for p, part, keep in zip(parents, parts, keeps)]
+        parts = [part if keep is None else part[keep] for part, keep in zip(parts, keeps)]
+        logits, state = self.stepper.step(np.repeat(ids, [kept.size for kept in labels]), state)
         self.blocks.append(state)
         texts = [p.text + self.vocab.chars[i] for p, i in zip(parents, ids.tolist())]
         dfas = self.automaton.advance(np.array([p.dfa for p in parents], dtype=np.int64), ids)
-        frozen = [p.frozen if keep.all() else float(np.logaddexp(p.frozen, logsumexp(part[~keep])))
-                  for p, part, keep in zip(parents, parts, keeps)]
-        self._add(texts, [p.labels[keep] for p, keep in zip(parents, keeps)], [part[keep] for part, keep in zip(parts, keeps)],
-                  frozen, dfas.tolist(), np.split(log_softmax(logits), np.cumsum(sizes)[:-1]), len(self.blocks) - 1)
+        self._add(texts, labels, parts, frozen, dfas.tolist(), log_softmax(logits), len(self.blocks) - 1)
         self.pending.clear()
         self.pending_rows = 0
 
@@ -205,7 +214,7 @@ class _Search:
         their primed states (block 0)."""
         parent = self.nodes[node]
         newline = int(parent.ids[rank])
-        kept = parent.parts + self.lsm([parent])[0][:, newline]
+        kept = parent.parts + self.lsm(self.states([parent]))[:, newline]
         dropped = np.setdiff1d(np.arange(len(self.log_w)), parent.labels)
         ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
         state = self.stepper.select(self.blocks[0], dropped)
@@ -218,11 +227,11 @@ class _Search:
         self.counter += 1
 
     def _add(self, texts: list[str], labels: list[np.ndarray], parts: list[np.ndarray], frozen: list[float],
-             dfas: list[int], lsm: list[np.ndarray], block: int) -> None:
+             dfas: list[int], lsm: np.ndarray, block: int) -> None:
         """New nodes: texts, the labels each keeps and their log(w) + log-probability so far, the
-        log of the mass of those dropped, automaton states, and each kept label's next-character
-        log-probabilities (A, V), temperature 1 (the model's own), whose states are the block's
-        rows in that order."""
+        log of the mass of those dropped, automaton states, and the next-character
+        log-probabilities (rows, V: a row per label a node keeps, the nodes in order), temperature
+        1 (the model's own), whose states are the block's rows in that order."""
         allowed = self.automaton.allowed(np.array(dfas, dtype=np.int64), np.array([len(t) for t in texts]))
         row = 0
         for j, (text, kept, lp, dfa) in enumerate(zip(texts, labels, parts, dfas)):
@@ -231,7 +240,7 @@ class _Search:
             ids = np.flatnonzero(allowed[j])
             if ids.size == 0:
                 continue
-            mixed = logsumexp(lp[:, None] + lsm[j][:, ids])  # (k,)
+            mixed = logsumexp(lp[:, None] + lsm[start:row, ids])  # (k,)
             if frozen[j] != -np.inf:
                 mixed = np.logaddexp(mixed, frozen[j])  # a bound on every extension
             order = np.argsort(-mixed, kind="stable")
