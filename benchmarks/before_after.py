@@ -4,14 +4,14 @@
     git worktree add /tmp/before <old commit>
     python benchmarks/before_after.py --before /tmp/before --after . [--rounds 5] [--json bench-out/ab.json]
         [--before-packages /tmp/t29/x]   # the before side with the dependency versions it shipped with
-        [--commands issue28|base]        # the bundled names model's commands, or the base model's under constraints
+        [--commands issue28|base|top]    # the names model's commands, the base model's under constraints or --top
 
 Each command runs as `python -m chargen ...` with PYTHONPATH set to the tree, so both use this
 Python and its packages; rounds alternate old and new so that the machine's drift hits both. Both
 trees and the packages ahead are compiled to bytecode first, as an install is (a fresh worktree
 under PYTHONDONTWRITEBYTECODE=1 would otherwise compile its sources at every start). Prints the
 median wall time of each command on each tree, their ratio, and each side's peak memory (the
-largest resident set of its runs).
+largest resident set of its runs); a command that fails (exit status not 0) shows "failed" and its time.
 """
 
 from __future__ import annotations
@@ -46,19 +46,21 @@ BASE = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --label first -n 2000 --seed 1 --ends-with a",
     "-c base --label it -n 2000 --seed 1 --regex '[A-Z][a-z]*(el|ia)'",
     "-c base --label en_US:first -n 2000 --seed 1 --ends-with a")}
+# The base model's most likely names: one label, two, a kind's 54, all 283 (a blend's search holds a state a label).
+TOP = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
+    "-c base --top 8 --label en_US:first", "-c base --top 8 --label it", "-c base --top 8 --label first",
+    "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8")}
 
 
-def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of one command."""
+def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> tuple[float, float, bool]:
+    """Wall seconds and peak resident MB of one command, and whether it succeeded."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p.resolve()) for p in [tree, *ahead])}
     t = time.perf_counter()
     # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH.
     proc = subprocess.Popen([sys.executable, "-m", "chargen", *args], env=env, cwd=tree, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{tree}: chargen {shlex.join(args)} failed")
-    return time.perf_counter() - t, usage.ru_maxrss / 1024
+    return time.perf_counter() - t, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status) == 0
 
 
 def main() -> None:
@@ -69,17 +71,20 @@ def main() -> None:
     parser.add_argument("--before-packages", type=Path, action="append", default=[],
                         help="a folder of packages the before side imports ahead of the installed ones (the "
                              "dependency versions it shipped with, e.g. an unpacked wheel); repeatable")
-    parser.add_argument("--commands", choices=("issue28", "base"), default="issue28")
+    parser.add_argument("--commands", choices=("issue28", "base", "top"), default="issue28")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    commands = ISSUE28 if args.commands == "issue28" else BASE
+    commands = {"issue28": ISSUE28, "base": BASE, "top": TOP}[args.commands]
     compiled(args.before / "chargen", args.after / "chargen", *args.before_packages)
     times: dict[tuple[str, str], list[float]] = {}
     peaks: dict[tuple[str, str], float] = {}
+    failed: set[tuple[str, str]] = set()
     for _ in range(args.rounds):
         for name, cmd in commands.items():
             for side, tree, ahead in (("before", args.before, args.before_packages), ("after", args.after, [])):
-                seconds, peak = timed(tree, cmd, ahead)
+                seconds, peak, ok = timed(tree, cmd, ahead)
+                if not ok:
+                    failed.add((name, side))
                 times.setdefault((name, side), []).append(seconds)
                 peaks[(name, side)] = max(peak, peaks.get((name, side), 0.0))
     rows = []
@@ -89,9 +94,11 @@ def main() -> None:
     for name in commands:
         a, b = statistics.median(times[(name, "before")]), statistics.median(times[(name, "after")])
         ma, mb = peaks[(name, "before")], peaks[(name, "after")]
+        fa, fb = (name, "before") in failed, (name, "after") in failed
         rows.append({"command": name, "before_s": round(a, 4), "after_s": round(b, 4), "ratio": round(b / a, 4),
-                     "before_peak_mb": round(ma), "after_peak_mb": round(mb)})
-        print(f"{name:{width}s} {a:9.3f} {b:9.3f} {b / a:13.3f} {ma:10.0f} {mb:9.0f}")
+                     "before_peak_mb": round(ma), "after_peak_mb": round(mb), "before_failed": fa, "after_failed": fb})
+        print(f"{name:{width}s} {a:9.3f} {b:9.3f} {b / a:13.3f} {ma:10.0f} {mb:9.0f}"
+              + (f"  ({'before' if fa else ''}{' and ' if fa and fb else ''}{'after' if fb else ''} failed)" if fa or fb else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"host": host(), "rounds": args.rounds, "commands": args.commands, "rows": rows,

@@ -100,7 +100,7 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
         next_id = int(search.nodes[node].ids[rank])
         if next_id != automaton.newline:
             if search.held + search.pending_rows + search.nodes[node].labels.size > limit:
-                fewer = ", constrain more or blend fewer labels" if len(starts) > 1 else " or constrain more"
+                fewer = ", constrain more or draw from fewer labels (`label`)" if len(starts) > 1 else " or constrain more"
                 raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {len(search.nodes):,} "
                                     f"expansions with {found:,} found (those are exact); ask for fewer{fewer}")
             search.defer(node, rank)
