@@ -400,6 +400,23 @@ def test_module_calls_without_a_seed_start_from_warm_trees(tmp_path):
     assert np.mean(cold_draws) > 1.5 * np.mean(warm_draws), (cold_draws, warm_draws)
 
 
+def module_with_tree_room(ckpt_path: Path, nodes: int, monkeypatch) -> tuple[Path, str]:
+    """The checkpoint's module (beside it) with room for `nodes` nodes in the adaptive sampler's
+    tree, and chargen's trees with as little while the test runs; and the module's usual text."""
+    from chargen.sampling.tree import TREE_MEMORY, PrefixTree, node_bytes
+
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = ckpt.model_config
+    tiny = nodes * node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
+    text = module_text(ckpt, Encoding("f32", True))
+    setting = f'"tree_memory":{TREE_MEMORY}'
+    assert text.count(setting) == 1
+    module = ckpt_path.with_suffix(".mjs")
+    module.write_text(text.replace(setting, f'"tree_memory":{tiny}'))
+    monkeypatch.setitem(PrefixTree.__init__.__kwdefaults__, "memory", tiny)
+    return module, text
+
+
 @needs_node
 def test_a_full_tree_evicts_as_chargen_does(tmp_path, monkeypatch):
     """With room for 1,500 nodes, the adaptive sampler's tree evicts leaves in its first rounds,
@@ -407,18 +424,8 @@ def test_a_full_tree_evicts_as_chargen_does(tmp_path, monkeypatch):
     chargen may evict and as many (websampler.js's set of leaves against tree.py's arrays; which
     of them go changes no sample, only what is cached, but evicting a node with children or
     miscounting does), so a seed still gives the same samples."""
-    from chargen.sampling.tree import TREE_MEMORY, PrefixTree, node_bytes
-
     ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = ckpt.model_config
-    tiny = 1500 * node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
-    text = module_text(ckpt, Encoding("f32", True))
-    setting = f'"tree_memory":{TREE_MEMORY}'
-    assert text.count(setting) == 1
-    module = tmp_path / "m.mjs"
-    module.write_text(text.replace(setting, f'"tree_memory":{tiny}'))
-    monkeypatch.setitem(PrefixTree.__init__.__kwdefaults__, "memory", tiny)
+    module, text = module_with_tree_room(ckpt_path, 1500, monkeypatch)
     cases = [{"n": 200, "seed": 4, "regex": "[A-Z][a-z]*(e|n)", "temperature": 1.2},  # (rounds 1 and 2 evict some)
              {"n": 400, "seed": 3, "endsWith": "n", "minLen": 3}]  # (from round 2 on, round-only nodes)
     fresh = node_records(module, cases)
@@ -457,18 +464,8 @@ def test_a_blends_labels_share_one_trees_memory_as_chargen_does(tmp_path, monkey
     """A blend's labels are roots of one tree: with room for 300 nodes, the leaves evicted are the
     least recently used of any label, in the module as in chargen, so a seed still gives the same
     labels and names (a tree per label with a share of the memory drew others)."""
-    from chargen.sampling.tree import TREE_MEMORY, PrefixTree, node_bytes
-
     ckpt_path = random_labelled_model(tmp_path / "m.safetensors")
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = ckpt.model_config
-    tiny = 300 * node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
-    text = module_text(ckpt, Encoding("f32", True))
-    setting = f'"tree_memory":{TREE_MEMORY}'
-    assert text.count(setting) == 1
-    module = tmp_path / "m.mjs"
-    module.write_text(text.replace(setting, f'"tree_memory":{tiny}'))
-    monkeypatch.setitem(PrefixTree.__init__.__kwdefaults__, "memory", tiny)
+    module, text = module_with_tree_room(ckpt_path, 300, monkeypatch)
     cases = [{"n": 150, "seed": 4, "endsWith": "n", "minLen": 3},  # every label
              {"n": 150, "seed": 5, "label": "it=0.5,el_GR:first=0.5", "regex": "[A-Z][a-z]*(e|n)", "temperature": 1.2}]
     fresh = node_records(module, cases)
