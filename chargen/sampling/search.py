@@ -214,7 +214,7 @@ class _Search:
         their primed states (block 0)."""
         parent = self.nodes[node]
         newline = int(parent.ids[rank])
-        kept = parent.parts + self.lsm(self.states([parent]))[:, newline]
+        own = parent.parts + self.lsm(self.states([parent]))[:, newline]  # the labels it keeps
         dropped = np.setdiff1d(np.arange(len(self.log_w)), parent.labels)
         ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
         state = self.stepper.select(self.blocks[0], dropped)
@@ -222,7 +222,7 @@ class _Search:
         for i, nxt in zip(ids, ids[1:]):
             logits, state = self.stepper.step(np.full(dropped.size, i), state)
             lp = lp + log_softmax(logits)[:, nxt]
-        exact = float(np.logaddexp(logsumexp(kept), logsumexp(lp)))
+        exact = float(np.logaddexp(logsumexp(own), logsumexp(lp)))
         heapq.heappush(self.queue, (-exact, -1 - self.counter, node, rank, True))
         self.counter += 1
 
