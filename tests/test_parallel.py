@@ -236,3 +236,29 @@ def test_jobs_and_results_cross_to_a_worker_unchanged(trained_names, n):
     for name in ("logp", "scored", "kept"):
         assert getattr(got, name).dtype == getattr(done, name).dtype
         assert getattr(got, name).tolist() == getattr(done, name).tolist()
+
+
+def test_scoring_many_lines_under_many_labels_in_worker_processes_gives_one_process_numbers(monkeypatch):
+    """label_nlls hands its runs of (line, label) pairs to worker processes where there are many:
+    each run is the same computation wherever it runs, so the NLLs are those of one process, bit
+    for bit; a worker's error is raised, not lost."""
+    from chargen import evaluation
+
+    model = chargen.load("base")
+    scorer = model._numpy_scorer()
+    lines = [model.vocab.encode(name + "\n").astype(np.int64) for name in
+             ("Maria", "Mario", "Giuseppe", "Lucia", "Anna", "Ioannis", "Dimitra", "Pedro", "Juan", "Zoe")]
+    starts = model.label_mix(None).start_states(model.checkpoint.start_state)[:40]
+    newline = model.vocab.index["\n"]
+    calls = []
+    forked = parallel.map_forked
+    monkeypatch.setattr(parallel, "map_forked", lambda *a: (calls.append(a[2]), forked(*a))[1])
+    monkeypatch.setattr(evaluation, "PARALLEL_PAIRS", 1)
+    monkeypatch.setattr(parallel, "available", lambda: True)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    several = evaluation.label_nlls(scorer, lines, starts, newline, rows=64)
+    assert calls == [2]
+    monkeypatch.setattr(parallel, "available", lambda: False)
+    np.testing.assert_array_equal(several, evaluation.label_nlls(scorer, lines, starts, newline, rows=64))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        list(forked(lambda x: 1 / x, [1, 0, 2], 2))

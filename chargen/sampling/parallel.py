@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from ..errors import SamplingError, UsageError
 from ..tokenizer import Vocab
@@ -135,6 +135,63 @@ def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper,
             if done:  # one message a step: a server's step ends many small jobs
                 conn.send(([(tags.pop(job), results) for job, results in done], engine.steps, engine.row_steps))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except OSError:
+            pass
+
+
+def map_forked(fn: Callable[[Any], Any], items: list, n: int) -> Iterator[tuple[int, Any]]:
+    """fn(item) for each item in `n` forked processes (item i in process i % n, each with one BLAS
+    thread), as (i, result) pairs in the order they come back: work whose parts are independent
+    (scoring runs of lines under labels). A worker's error is raised here as a RuntimeError; the
+    workers are stopped when the caller stops iterating. Only where `available()`."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("fork")
+    conns: list["Connection"] = []
+    procs = []
+    try:
+        for k in range(n):
+            receive, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_map_worker, args=(send, [*conns, receive], fn, items, k, n), daemon=True)
+            p.start()
+            send.close()
+            conns.append(receive)
+            procs.append(p)
+        left = {conn: len(items[k::n]) for k, conn in enumerate(conns)}
+        while any(left.values()):
+            for conn in wait([c for c, m in left.items() if m]):
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    raise RuntimeError("a worker process ended before its work was done") from None
+                if message[0] == "error":
+                    raise RuntimeError(message[1])
+                left[conn] -= 1
+                yield message
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        for conn in conns:
+            conn.close()
+
+
+def _map_worker(conn: "Connection", inherited: list["Connection"], fn: Callable[[Any], Any], items: list,
+                k: int, n: int) -> None:
+    """map_forked's worker k: items k, k + n, ..., each result sent as it is done."""
+    try:
+        for other in inherited:
+            other.close()
+        one_blas_thread()
+        for i in range(k, len(items), n):
+            conn.send((i, fn(items[i])))
+    except (BrokenPipeError, KeyboardInterrupt):
         return
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         try:
