@@ -20,7 +20,7 @@ from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
 from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
-from .tree import ConstraintMass, LabelTree, PrefixTree, WarmTrees
+from .tree import MAX_BATCH, ConstraintMass, LabelTree, PrefixTree, WarmTrees
 
 # Rows the engine keeps advancing in plain and rejection sampling (whose samples do not depend on
 # it): wider steps share the per-step work; measured, bundled names model, 20,000 names in-process:
@@ -219,7 +219,7 @@ class Drawing:
             target = need
         return min(target - (self.issued - self.attempt), self.budget - self.issued)
 
-    def next_attempts(self, limit: int = ENGINE_WIDTH) -> Attempts:
+    def next_attempts(self, limit: int = MAX_BATCH) -> Attempts:
         """The next attempts to run (at least one, at most `limit`); a SamplingError once the
         budget is spent."""
         cfg = self.cfg
