@@ -24,6 +24,7 @@ free), so this runs where fork is the platform's safe default (Linux); elsewhere
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -111,10 +112,7 @@ def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper,
     engine `width` rows full, send back after each step the Results of the chunks whose rows have
     all ended; None stops it, "drop" drops every chunk it holds, and the parent's end of the pipe
     closing (it exited, or was killed) ends it too."""
-    try:
-        for other in inherited:  # the parent's ends of the pipes, forked with it: held here, no EOF would come
-            other.close()
-        one_blas_thread()
+    with _worker_process(conn, inherited):
         engine, tags, queued = RowEngine(stepper, vocab), {}, deque()
         while True:
             while not (engine.busy or queued) or conn.poll():
@@ -134,6 +132,18 @@ def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper,
             done = engine.step()
             if done:  # one message a step: a server's step ends many small jobs
                 conn.send(([(tags.pop(job), results) for job, results in done], engine.steps, engine.row_steps))
+
+
+@contextlib.contextmanager
+def _worker_process(conn: "Connection", inherited: list["Connection"]) -> Iterator[None]:
+    """A forked worker's life: the parent's other ends of the pipes closed (held here, no EOF would
+    come), one BLAS thread; the parent's end closing or Ctrl-C ends it quietly, and any other error
+    is sent to the parent ("error", message), which raises it."""
+    try:
+        for other in inherited:
+            other.close()
+        one_blas_thread()
+        yield
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
@@ -185,19 +195,9 @@ def map_forked(fn: Callable[[Any], Any], items: list, n: int) -> Iterator[tuple[
 def _map_worker(conn: "Connection", inherited: list["Connection"], fn: Callable[[Any], Any], items: list,
                 k: int, n: int) -> None:
     """map_forked's worker k: items k, k + n, ..., each result sent as it is done."""
-    try:
-        for other in inherited:
-            other.close()
-        one_blas_thread()
+    with _worker_process(conn, inherited):
         for i in range(k, len(items), n):
             conn.send((i, fn(items[i])))
-    except (BrokenPipeError, KeyboardInterrupt):
-        return
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
-        try:
-            conn.send(("error", f"{type(e).__name__}: {e}"))
-        except OSError:
-            pass
 
 
 class Workers:
