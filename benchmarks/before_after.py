@@ -49,7 +49,8 @@ BASE = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
 # The base model's most likely names: one label, two, a kind's 54, all 283 (a blend's search holds a state a label).
 TOP = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --top 8 --label en_US:first", "-c base --top 8 --label it", "-c base --top 8 --label first",
-    "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8")}
+    "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8", "-c base --top 100",
+    "--top 100", "--top 1000", "--top 100 --contains th --min-len 6", "--top 100 --regex '[A-Z][a-z]*(el|ia)'")}
 
 
 def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> tuple[float, float, bool]:

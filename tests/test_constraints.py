@@ -26,7 +26,7 @@ from chargen.errors import SamplingError, UsageError
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import SampleStats, derive_key, generate, guide_for, log_softmax, prime
 from chargen.sampling.tree import PrefixTree, WarmTrees
-from chargen.sampling.search import most_likely
+from chargen.sampling.search import SEARCH_CACHE, most_likely
 from chargen.tokenizer import Vocab
 
 from .conftest import CountingStepper, assert_clean_error, run
@@ -338,6 +338,34 @@ def test_top_is_the_enumerations_best_in_order(stepper, exact_probs):
         found = list(most_likely(stepper, VOCAB, "", 15, automaton, batch=4))
         assert [s.text for s in found] == [t for _, t in best]
         np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
+
+
+def test_a_search_whose_states_do_not_fit_computes_them_again_and_finds_the_same(stepper, exact_probs):
+    """With a cache of 1 byte every block of states but the newest (and the root's) is dropped at
+    once, so nearly every prefix's states are computed again from an ancestor's: the same best,
+    in order, at the cost of more network steps."""
+    for constraints in ({}, CONSTRAINED):
+        c = Constraints(**{k: tuple(v) if k == "contains" else v for k, v in constraints.items()})
+        best = sorted(((p, t) for t, p in exact_probs.items() if satisfies(t, c)), reverse=True)[:15]
+        steps = {}
+        for cache in (1, SEARCH_CACHE):
+            counting = CountingStepper(stepper)
+            found = list(most_likely(counting, VOCAB, "", 15, Automaton(c, VOCAB).bounded(LIMIT), batch=4, cache=cache))
+            assert [s.text for s in found] == [t for _, t in best]
+            np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
+            steps[cache] = sum(counting.widths)
+        assert steps[1] > 1.5 * steps[SEARCH_CACHE], steps  # it did compute states again
+
+
+def test_a_search_past_its_memory_says_so():
+    """The prefixes' own data is bounded: past it, one clear error, after the samples found."""
+    automaton = Automaton(Constraints(), VOCAB).bounded(LIMIT)
+    found = []
+    with pytest.raises(SamplingError, match=r"stopped after \d+ expansions with \d+ found .*ask for fewer"):
+        for s in most_likely(tiny_stepper(), VOCAB, "", 500, automaton, memory=20_000):
+            found.append(s.text)
+    best = sorted(enumerate_probs().items(), key=lambda kv: -kv[1])
+    assert 0 < len(found) < 500 and found == [t for t, _ in best[: len(found)]]  # those found are exact
 
 
 def test_the_search_expands_batch_prefixes_per_step_and_finds_the_same(stepper):

@@ -302,14 +302,16 @@ def test_a_blends_labels_are_roots_of_one_tree_that_steps_them_together(monkeypa
     assert 0 < tree.tree.root_psi.max() <= 1 and tree.psi <= 1  # their bounds learnt, and the top one
 
 
+@pytest.mark.parametrize("cache", [None, 1], ids=["states-kept", "states-computed-again"])
 @pytest.mark.parametrize("drop", [None, 0.5], ids=["labels-kept", "labels-dropped"])
 @pytest.mark.parametrize("constraints", [{}, dict(max_len=5, contains=("b",))], ids=["free", "constrained"])
-def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints, drop):
+def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints, drop, cache):
     """--top with a blend ranks by the mixture probability sum_l w_l P_l(x), exactly; also where a
     prefix drops a label whose mass is below e^-0.5 of its mixture (a bound on its descendants, and
     each complete sample under such a bound scored again exactly), which the default does only
-    below e^-12."""
-    from chargen.sampling.search import DROP, most_likely
+    below e^-12; and where the states are dropped from the search's cache at once (a prefix's
+    computed again from an ancestor's, for the labels it still keeps)."""
+    from chargen.sampling.search import DROP, SEARCH_CACHE, most_likely
 
     stepper, starts = labelled_stepper()
     c = Constraints(**constraints)
@@ -320,7 +322,8 @@ def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints,
             mixture[text] = mixture.get(text, 0.0) + weights[k] * p
     best = sorted(((p, t) for t, p in mixture.items() if satisfies(t, c)), reverse=True)[:15]
     found = list(most_likely(stepper, VOCAB, "", 15, Automaton(c, VOCAB).bounded(LIMIT), batch=4,
-                             starts=[[t[k] for t in starts] for k in range(2)], weights=weights, drop=drop or DROP))
+                             starts=[[t[k] for t in starts] for k in range(2)], weights=weights, drop=drop or DROP,
+                             cache=cache or SEARCH_CACHE))
     assert [s.text for s in found] == [t for _, t in best]
     np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
     # Not the best of either label alone: the ranking is the mixture's.
@@ -328,16 +331,18 @@ def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints,
     assert [s.text for s in found] != [t for t, _ in alone[0][:15]]
 
 
-def test_top_of_a_wide_blend_of_the_base_model_is_its_mixtures_best():
-    """The base model's 54 surname labels: a prefix keeps only the labels that matter to it, so the
-    search fits its memory (with every label's state at every prefix it stopped before finding one),
-    and each name's log-probability is the blend's, as `score` gives it."""
+@pytest.mark.parametrize("label", ["surname", None], ids=["54-labels", "all-283"])
+def test_top_of_a_wide_blend_of_the_base_model_is_its_mixtures_best(label):
+    """The base model's 54 surname labels, and all 283 (no label: the labels as trained): a prefix
+    keeps only the labels that matter to it, and the states that do not fit the search's cache are
+    computed again (with all 283 it used to stop before finding one), and each name's
+    log-probability is the blend's, as `score` gives it."""
     model = chargen.load("base")
-    top = list(model.top(6, label="surname"))
+    top = list(model.top(6, label=label))
     assert len(top) == 6 and [s.logprob for s in top] == sorted((s.logprob for s in top), reverse=True)
-    scored = [s.logprob for s in model.score([s.text for s in top], label="surname")]
+    scored = [s.logprob for s in model.score([s.text for s in top], label=label)]
     np.testing.assert_allclose([s.logprob for s in top], scored, atol=1e-4)
-    drawn = model.score(model.sample(200, seed=1, label="surname"), label="surname")  # under the blend too
+    drawn = model.score(model.sample(200, seed=1, label=label), label=label)  # under the blend too
     assert top[0].logprob >= max(s.logprob for s in drawn) - 1e-6
 
 

@@ -4,8 +4,8 @@ Every character multiplies a sample's probability by at most 1, so a prefix is n
 than any sample that extends it. The search keeps a priority queue of prefixes ordered by their
 log-probability; the first complete sample (a prefix followed by the newline) to reach the front
 is more likely than anything still queued or any extension of it: the exact best, then the next.
-No beam, so nothing is pruned on a guess; the only bound is the memory of the recurrent states
-held (`memory`, SEARCH_MEMORY), and samples printed before it is reached are exact.
+No beam, so nothing is pruned on a guess; the only bound is memory (`memory`, SEARCH_MEMORY),
+and samples printed before it is reached are exact.
 
 Under a blend of labels (a mixture: P(x) = sum over labels l of w_l P_l(x)) the same holds: a
 prefix's mixture probability sum_l w_l P_l(prefix) bounds every sample that extends it. A node then
@@ -23,6 +23,15 @@ to enumeration with labels dropped at 0.5 nats). A node keeps its states and its
 not their next-character distributions: those are the network's head again on its states when
 a child is expanded.
 
+Memory: the prefixes' own data (text, labels' parts, sorted children) may take `memory` bytes
+(SEARCH_MEMORY), past which the search stops with an error; their recurrent states are a cache of
+`cache` bytes (SEARCH_CACHE). When it is full the oldest blocks of states are dropped, and a
+prefix whose states were dropped gets them back by running its last characters from its nearest
+ancestor that still has them (the root's are always kept), then keeps them in a new block: a
+prefix in use is computed again at most once each time the cache turns over. So a search that needs
+more states than fit (the base model's 283 labels with no `--label`: hundreds of states a
+prefix) is slower, not refused.
+
 Two things keep it cheap. A prefix's children are queued lazily: its characters are sorted once,
 and only its best unvisited child sits in the queue (popping child r queues child r + 1). And
 prefixes are expanded in batches: up to `batch` of the front's incomplete prefixes go through
@@ -33,6 +42,7 @@ pending could beat it.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -44,16 +54,20 @@ from .constraints import Automaton
 from .drawing import Sample, prime
 from .engine import Stepper, log_softmax
 
-SEARCH_MEMORY = 256 << 20  # bytes of recurrent states the search holds at most (one a label a prefix keeps)
+SEARCH_MEMORY = 256 << 20  # bytes of the prefixes' own data the search holds at most
+SEARCH_CACHE = 256 << 20  # bytes of the prefixes' recurrent states it keeps at most (the others are computed again)
+NODE_BYTES = 750  # a prefix's memory besides its arrays' data (object, text, array headers, queue entry): measured
 SEARCH_BATCH = 64  # prefixes expanded together in one network step
+SEARCH_ROWS = 2048  # or fewer, where they keep many labels: at most this many rows (a label a prefix) a step
 DROP = 12.0  # nats: a prefix drops its least likely labels while their mass stays below e^-DROP of its mixture
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
     text: str  # the sample so far, prompt included
+    parent: int  # the node it extends (-1: the root, the prompt)
     dfa: int
-    block: int  # the node's recurrent states are rows row .. row + len(labels) - 1 of states[block]
+    block: int  # the node's recurrent states are rows row .. row + len(labels) - 1 of blocks[block] (if kept)
     row: int
     labels: np.ndarray  # the labels it keeps, in order (a blend's; else [0])
     parts: np.ndarray  # (A,) log(w_l) + log P_l(text) for each label kept
@@ -73,7 +87,7 @@ def logsumexp(a: np.ndarray) -> np.ndarray:
 def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: Automaton, *,
                 starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
                 skip: Callable[[str], bool] = lambda text: False, memory: int = SEARCH_MEMORY,
-                batch: int = SEARCH_BATCH, drop: float = DROP) -> Iterator[Sample]:
+                cache: int = SEARCH_CACHE, batch: int = SEARCH_BATCH, drop: float = DROP) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
@@ -81,16 +95,15 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     state lines begin from (default: one, zeros); a blend of labels gives each label's and its
     weight (`weights`, summing to 1): the samples are then ranked by their mixture probability
     (a prefix's least likely labels dropped from it while their mass stays below e^-`drop` of its
-    mixture, as a bound). At most `memory` bytes of recurrent states are held (one a label a
-    prefix keeps).
+    mixture, as a bound). The prefixes' data may take `memory` bytes, past which it stops with an
+    error; their recurrent states (one a label a prefix keeps) are a cache of `cache` bytes.
     """
     if starts is None:
         starts = [None]
     if weights is None:
         weights = np.ones(1)
     search = _Search(stepper, vocab, automaton, prompt, starts, np.log(np.asarray(weights, dtype=np.float64)), batch,
-                     drop)
-    limit = max(len(starts), memory // search.state_bytes)  # states
+                     drop, cache)
     found = 0
     while found < n:
         entry = search.pop()
@@ -99,10 +112,11 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
         neg_lp, node, rank, exact = entry
         next_id = int(search.nodes[node].ids[rank])
         if next_id != automaton.newline:
-            if search.held + search.pending_rows + search.nodes[node].labels.size > limit:
+            if search.node_bytes > memory:
                 fewer = ", constrain more or draw from fewer labels (`label`)" if len(starts) > 1 else " or constrain more"
                 raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {len(search.nodes):,} "
-                                    f"expansions with {found:,} found (those are exact); ask for fewer{fewer}")
+                                    f"expansions with {found:,} found (those are exact): its prefixes filled its "
+                                    f"{memory / (1 << 20):.3g} MB; ask for fewer{fewer}")
             search.defer(node, rank)
         elif not exact:
             search.rescore(node, rank)  # queued again at its exact probability
@@ -113,28 +127,34 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
 
 
 class _Search:
-    """The queue of prefixes, their recurrent states (in batched blocks, a row per label a node
-    keeps) and the pending expansions."""
+    """The queue of prefixes, their recurrent states (a cache of batched blocks, a row per label a
+    node keeps) and the pending expansions."""
 
     def __init__(self, stepper: Stepper, vocab: Vocab, automaton: Automaton, prompt: str,
                  starts: list[Optional[list[np.ndarray]]], log_w: np.ndarray, batch: int = SEARCH_BATCH,
-                 drop: float = DROP):
+                 drop: float = DROP, cache: int = SEARCH_CACHE):
         self.stepper, self.vocab, self.automaton, self.batch, self.drop = stepper, vocab, automaton, batch, drop
+        self.cache = cache
         self.prompt, self.log_w = prompt, log_w
         start = automaton.start(prompt, vocab)
         primed = [prime(stepper, vocab, prompt, True, s) for s in starts]
         state = primed[0][1] if len(starts) == 1 else stepper.concat([st for _, st in primed])
         self.state_bytes = stepper.to_rows(stepper.select(state, np.arange(1))).nbytes
-        self.blocks = [state]  # batched recurrent states; nodes point into them (block 0: each label's primed)
+        # Batched recurrent states (None once dropped); nodes point into them. Block 0: each
+        # label's primed, always kept.
+        self.blocks = [state]
+        self.block_rows = [len(starts)]
+        self.cached: deque[int] = deque()  # the blocks kept but block 0, oldest first
+        self.held = 0  # recurrent states kept in blocks[1:] (rows)
+        self.node_bytes = 0  # the nodes' own memory (their arrays and NODE_BYTES each)
         self.nodes: list[_Node] = []
         # (-logprob, tie-break, node, rank of its child, exact): exact False where a frozen bound is in it
         self.queue: list[tuple[float, int, int, int, bool]] = []
         self.pending: list[tuple[int, int]] = []  # (parent node, rank of the child) awaiting a step
-        self.pending_rows = 0  # states the pending expansions add at most (their parents' labels)
-        self.held = 0  # recurrent states held (rows of the nodes' blocks)
+        self.pending_rows = 0  # their parents' labels: the rows of their step
         self.counter = 0
         lsm = log_softmax(np.stack([lg for lg, _ in primed]))  # (P, V)
-        self._add([prompt], [np.arange(len(starts))], [log_w], [-np.inf], [start], lsm, 0)
+        self._add([prompt], [-1], [np.arange(len(starts))], [log_w], [-np.inf], [start], lsm, 0)
 
     def pop(self) -> Optional[tuple[float, int, int, bool]]:
         """The likeliest queued (-logprob, node, rank of its child, exact) that nothing pending can
@@ -159,13 +179,64 @@ class _Search:
     def defer(self, node: int, rank: int) -> None:
         self.pending.append((node, rank))
         self.pending_rows += self.nodes[node].labels.size
-        if len(self.pending) >= self.batch:
+        if len(self.pending) >= self.batch or self.pending_rows >= SEARCH_ROWS:
             self.expand()
 
     def states(self, nodes: list[_Node]):
-        """The nodes' states, one batch (a row per label each keeps, in order)."""
+        """The nodes' states, one batch (a row per label each keeps, in order): those dropped from
+        the cache are computed again first."""
+        self._restore([p for p in {id(p): p for p in nodes if self.blocks[p.block] is None}.values()])
         rows = [self.stepper.select(self.blocks[p.block], np.arange(p.row, p.row + p.labels.size)) for p in nodes]
+        self._trim()
         return rows[0] if len(rows) == 1 else self.stepper.concat(rows)
+
+    def _restore(self, nodes: list[_Node]) -> None:
+        """Compute the states of `nodes` again (dropped from the cache): each from its nearest
+        ancestor that has its own, stepping the characters between, the longest runs first so that
+        the rows still stepping are always the first ones; then keep them in a new block."""
+        if not nodes:
+            return
+        runs = sorted((self._run(p) for p in nodes), key=lambda run: -run[0].size)  # (ids to step, node, state)
+        sizes = [p.labels.size for _, p, _ in runs]
+        total = sum(sizes)
+        state = self.stepper.concat([st for _, _, st in runs]) if len(runs) > 1 else runs[0][2]
+        for t in range(runs[0][0].size):
+            going = sum(1 for ids, _, _ in runs if ids.size > t)  # the first `going` runs
+            rows = sum(sizes[:going])
+            ids = np.repeat([ids[t] for ids, _, _ in runs[:going]], sizes[:going])
+            if rows == total:
+                _, state = self.stepper.step(ids, state)
+            else:
+                _, stepped = self.stepper.step(ids, self.stepper.select(state, np.arange(rows)))
+                state = self.stepper.concat([stepped, self.stepper.select(state, np.arange(rows, total))])
+        block = self._keep(state, total)
+        for (_, p, _), row in zip(runs, np.cumsum(sizes) - sizes):
+            p.block, p.row = block, int(row)
+
+    def _run(self, node: _Node) -> tuple[np.ndarray, _Node, object]:
+        """What computes a node's states again: the ids of its last characters, and the states (of
+        the labels it keeps) of its nearest ancestor whose states are in the cache."""
+        a = self.nodes[node.parent]
+        while self.blocks[a.block] is None:
+            a = self.nodes[a.parent]  # the root's block (0) is always kept
+        rows = a.row + np.searchsorted(a.labels, node.labels)  # a node keeps a subset of its ancestors' labels
+        ids = self.vocab.encode(node.text[len(a.text):]).astype(np.int64)
+        return ids, node, self.stepper.select(self.blocks[a.block], rows)
+
+    def _keep(self, state, rows: int) -> int:
+        """A new block of the cache; its index."""
+        self.blocks.append(state)
+        self.block_rows.append(rows)
+        self.cached.append(len(self.blocks) - 1)
+        self.held += rows
+        return len(self.blocks) - 1
+
+    def _trim(self) -> None:
+        """Drop the oldest blocks while the states held pass the cache's bytes (the newest stays)."""
+        while len(self.cached) > 1 and self.held * self.state_bytes > self.cache:
+            old = self.cached.popleft()
+            self.blocks[old] = None
+            self.held -= self.block_rows[old]
 
     def lsm(self, states) -> np.ndarray:
         """Next-character log-probabilities (rows, V) from `states` (what their step gave: the
@@ -201,10 +272,11 @@ class _Search:
                   for p, part, keep in zip(parents, parts, keeps)]
         parts = [part if keep is None else part[keep] for part, keep in zip(parts, keeps)]
         logits, state = self.stepper.step(np.repeat(ids, [kept.size for kept in labels]), state)
-        self.blocks.append(state)
+        block = self._keep(state, sum(kept.size for kept in labels))
         texts = [p.text + self.vocab.chars[i] for p, i in zip(parents, ids.tolist())]
         dfas = self.automaton.advance(np.array([p.dfa for p in parents], dtype=np.int64), ids)
-        self._add(texts, labels, parts, frozen, dfas.tolist(), log_softmax(logits), len(self.blocks) - 1)
+        self._add(texts, [k for k, _ in self.pending], labels, parts, frozen, dfas.tolist(), log_softmax(logits), block)
+        self._trim()
         self.pending.clear()
         self.pending_rows = 0
 
@@ -226,17 +298,16 @@ class _Search:
         heapq.heappush(self.queue, (-exact, -1 - self.counter, node, rank, True))
         self.counter += 1
 
-    def _add(self, texts: list[str], labels: list[np.ndarray], parts: list[np.ndarray], frozen: list[float],
-             dfas: list[int], lsm: np.ndarray, block: int) -> None:
-        """New nodes: texts, the labels each keeps and their log(w) + log-probability so far, the
+    def _add(self, texts: list[str], parents: list[int], labels: list[np.ndarray], parts: list[np.ndarray],
+             frozen: list[float], dfas: list[int], lsm: np.ndarray, block: int) -> None:
+        """New nodes: texts, the nodes they extend, the labels each keeps and their log(w) + log-probability so far, the
         log of the mass of those dropped, automaton states, and the next-character
         log-probabilities (rows, V: a row per label a node keeps, the nodes in order), temperature
         1 (the model's own), whose states are the block's rows in that order."""
         allowed = self.automaton.allowed(np.array(dfas, dtype=np.int64), np.array([len(t) for t in texts]))
         row = 0
-        for j, (text, kept, lp, dfa) in enumerate(zip(texts, labels, parts, dfas)):
+        for j, (text, parent, kept, lp, dfa) in enumerate(zip(texts, parents, labels, parts, dfas)):
             start, row = row, row + kept.size
-            self.held += kept.size
             ids = np.flatnonzero(allowed[j])
             if ids.size == 0:
                 continue
@@ -244,7 +315,11 @@ class _Search:
             if frozen[j] != -np.inf:
                 mixed = np.logaddexp(mixed, frozen[j])  # a bound on every extension
             order = np.argsort(-mixed, kind="stable")
-            self.nodes.append(_Node(text, dfa, block, start, kept, lp, frozen[j], ids[order], mixed[order]))
+            node = _Node(text, parent, dfa, block, start, kept, lp, frozen[j], ids[order].astype(self.vocab.dtype),
+                         mixed[order])
+            self.nodes.append(node)
+            self.node_bytes += (NODE_BYTES + len(text) + kept.nbytes + lp.nbytes + node.ids.nbytes
+                                + node.child_logprobs.nbytes)
             self._push(-float(self.nodes[-1].child_logprobs[0]), len(self.nodes) - 1, 0, exact=frozen[j] == -np.inf)
 
     def _push(self, neg_lp: float, node: int, rank: int, exact: bool) -> None:
