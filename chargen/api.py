@@ -206,10 +206,9 @@ class Model:
 
         def results() -> Iterator[Sample]:
             for p in prompts:
-                for s in most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, starts=starts,
-                                     weights=weights):
-                    s.label = mix.describe() if mix is not None else None  # one label: its name
-                    yield s
+                # Under a blend each sample's label is the one that gives it most of its probability.
+                yield from most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, starts=starts,
+                                       weights=weights, names=mix.names if mix is not None else None)
 
         return results()
 

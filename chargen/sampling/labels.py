@@ -109,11 +109,6 @@ class LabelMix:
         """The mix as a hashable value: what a cache of its primed states or trees is found by."""
         return tuple(self.names), tuple(self.weights.tolist())
 
-    def describe(self) -> str:
-        if len(self.names) == 1:
-            return self.names[0]
-        return ",".join(f"{n}={w:.3g}" for n, w in zip(self.names, self.weights))
-
     def pick(self, key: np.uint64, indices: np.ndarray) -> np.ndarray:
         """Each attempt's component (P = 1: all 0), from the attempt's own random stream."""
         if len(self.names) == 1:

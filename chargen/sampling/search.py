@@ -86,7 +86,7 @@ def logsumexp(a: np.ndarray) -> np.ndarray:
 
 def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: Automaton, *,
                 starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
-                skip: Callable[[str], bool] = lambda text: False, memory: int = SEARCH_MEMORY,
+                names: Optional[list[str]] = None, skip: Callable[[str], bool] = lambda text: False, memory: int = SEARCH_MEMORY,
                 cache: int = SEARCH_CACHE, batch: int = SEARCH_BATCH, drop: float = DROP) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
@@ -95,7 +95,8 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     state lines begin from (default: one, zeros); a blend of labels gives each label's and its
     weight (`weights`, summing to 1): the samples are then ranked by their mixture probability
     (a prefix's least likely labels dropped from it while their mass stays below e^-`drop` of its
-    mixture, as a bound). The prefixes' data may take `memory` bytes, past which it stops with an
+    mixture, as a bound), and each one's `label` is that of `names` (the labels') which gives it
+    most of its probability. The prefixes' data may take `memory` bytes, past which it stops with an
     error; their recurrent states (one a label a prefix keeps) are a cache of `cache` bytes.
     """
     if starts is None:
@@ -123,7 +124,9 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
         elif not skip(search.nodes[node].text):
             found += 1
             text = search.nodes[node].text
-            yield Sample(text=text, prompt=prompt, logprob=-neg_lp, n_chars=len(text) - len(prompt) + 1)
+            label = None if names is None else names[0 if len(names) == 1 else
+                                                     int(np.argmax(search.label_logprobs(node, rank)))]
+            yield Sample(text=text, prompt=prompt, logprob=-neg_lp, n_chars=len(text) - len(prompt) + 1, label=label)
 
 
 class _Search:
@@ -282,21 +285,29 @@ class _Search:
 
     def rescore(self, node: int, rank: int) -> None:
         """Queue the complete sample of the node's child `rank` (its newline) again at its exact
-        mixture probability: its kept labels' parts, and the dropped labels' scored now from
-        their primed states (block 0)."""
-        parent = self.nodes[node]
-        newline = int(parent.ids[rank])
-        own = parent.parts + self.lsm(self.states([parent]))[:, newline]  # the labels it keeps
-        dropped = np.setdiff1d(np.arange(len(self.log_w)), parent.labels)
-        ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
-        state = self.stepper.select(self.blocks[0], dropped)
-        lp = self.log_w[dropped] + log_softmax(self.stepper.head(state))[:, ids[0]]
-        for i, nxt in zip(ids, ids[1:]):
-            logits, state = self.stepper.step(np.full(dropped.size, i), state)
-            lp = lp + log_softmax(logits)[:, nxt]
-        exact = float(np.logaddexp(logsumexp(own), logsumexp(lp)))
+        mixture probability."""
+        exact = float(logsumexp(self.label_logprobs(node, rank)))
         heapq.heappush(self.queue, (-exact, -1 - self.counter, node, rank, True))
         self.counter += 1
+
+    def label_logprobs(self, node: int, rank: int) -> np.ndarray:
+        """(labels,) log(w_l) + log P_l(x) for the complete sample x of the node's child `rank` (its
+        newline) under every label: its kept labels' from its parts and states, the dropped ones'
+        scored now from their primed states (block 0)."""
+        parent = self.nodes[node]
+        newline = int(parent.ids[rank])
+        lp = np.empty(len(self.log_w))
+        lp[parent.labels] = parent.parts + self.lsm(self.states([parent]))[:, newline]
+        dropped = np.setdiff1d(np.arange(len(self.log_w)), parent.labels)
+        if dropped.size == 0:
+            return lp
+        ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
+        state = self.stepper.select(self.blocks[0], dropped)
+        lp[dropped] = self.log_w[dropped] + log_softmax(self.stepper.head(state))[:, ids[0]]
+        for i, nxt in zip(ids, ids[1:]):
+            logits, state = self.stepper.step(np.full(dropped.size, i), state)
+            lp[dropped] += log_softmax(logits)[:, nxt]
+        return lp
 
     def _add(self, texts: list[str], parents: list[int], labels: list[np.ndarray], parts: list[np.ndarray],
              frozen: list[float], dfas: list[int], lsm: np.ndarray, block: int) -> None:
