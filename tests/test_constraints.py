@@ -341,20 +341,54 @@ def test_top_is_the_enumerations_best_in_order(stepper, exact_probs):
 
 
 def test_a_search_whose_states_do_not_fit_computes_them_again_and_finds_the_same(stepper, exact_probs):
-    """With a cache of 1 byte every block of states but the newest (and the root's) is dropped at
-    once, so nearly every prefix's states are computed again from an ancestor's: the same best,
+    """The states are a ring of `cache` bytes. With 1 byte none is kept but the root's, so every
+    prefix's states are computed again from the root's; with room for 10 (the tiny model's states
+    are 64 bytes) blocks of up to 4 are written over one another as the ring turns: the same best,
     in order, at the cost of more network steps."""
+    row = 64
+    assert stepper.to_rows(stepper.init_state(1)).nbytes == row
     for constraints in ({}, CONSTRAINED):
         c = Constraints(**{k: tuple(v) if k == "contains" else v for k, v in constraints.items()})
         best = sorted(((p, t) for t, p in exact_probs.items() if satisfies(t, c)), reverse=True)[:15]
         steps = {}
-        for cache in (1, SEARCH_CACHE):
+        for cache in (1, 10 * row, 13 * row, SEARCH_CACHE):
             counting = CountingStepper(stepper)
             found = list(most_likely(counting, VOCAB, "", 15, Automaton(c, VOCAB).bounded(LIMIT), batch=4, cache=cache))
             assert [s.text for s in found] == [t for _, t in best]
             np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
             steps[cache] = sum(counting.widths)
-        assert steps[1] > 1.5 * steps[SEARCH_CACHE], steps  # it did compute states again
+        assert steps[1] > steps[10 * row] > 1.2 * steps[SEARCH_CACHE], steps  # it did compute states again
+
+
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(0, 40), chunk=st.integers(1, 12), sizes=st.lists(st.integers(1, 12), max_size=60))
+def test_the_search_rings_blocks_read_back_as_written_until_written_over(capacity, chunk, sizes):
+    """The search's ring of states (chunks, blocks that never straddle two, the oldest written over
+    first): every block still alive reads back what was written; the newest is alive if it fits a
+    chunk; the live rows never pass the capacity; a block is gone only once the ring has moved
+    past it (at most `capacity` rows written after it, or it did not fit)."""
+    from chargen.sampling.search import _Ring
+
+    ring = _Ring(capacity, chunk)
+    written = []
+    for i, n in enumerate(sizes):
+        rows = np.full((n, 3), float(i), dtype=np.float32)
+        rows[:, 1] = np.arange(n)
+        assert ring.keep(rows) == i
+        written.append(rows)
+        alive = [b for b in range(i + 1) if ring.alive(b)]
+        assert sum(sizes[b] for b in alive) <= ring.capacity
+        assert ring.alive(i) == (n <= min(chunk, capacity))
+        for b in alive:
+            np.testing.assert_array_equal(ring.read(b, 0), written[b])
+            np.testing.assert_array_equal(ring.read(b, sizes[b] - 1, np.array([0])), written[b][-1:])
+        # Gone only when what came after it fills the ring up to it: a block of n rows is still
+        # alive while at most capacity - n - (chunk - 1) rows were written after it.
+        fits = min(chunk, capacity)
+        for b in range(i + 1):
+            after = sum(sizes[b + 1: i + 1]) + (fits - 1) * (i - b)  # rows written or skipped since
+            if sizes[b] <= fits and after + sizes[b] < ring.capacity:
+                assert ring.alive(b), (b, i)
 
 
 def test_a_search_past_its_memory_says_so():

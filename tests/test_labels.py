@@ -302,7 +302,7 @@ def test_a_blends_labels_are_roots_of_one_tree_that_steps_them_together(monkeypa
     assert 0 < tree.tree.root_psi.max() <= 1 and tree.psi <= 1  # their bounds learnt, and the top one
 
 
-@pytest.mark.parametrize("cache", [None, 1], ids=["states-kept", "states-computed-again"])
+@pytest.mark.parametrize("cache", [None, 1, 640], ids=["states-kept", "states-computed-again", "ring-of-10"])
 @pytest.mark.parametrize("drop", [None, 0.5], ids=["labels-kept", "labels-dropped"])
 @pytest.mark.parametrize("constraints", [{}, dict(max_len=5, contains=("b",))], ids=["free", "constrained"])
 def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints, drop, cache):

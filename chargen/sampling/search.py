@@ -25,12 +25,14 @@ a child is expanded.
 
 Memory: the prefixes' own data (text, labels' parts, sorted children) may take `memory` bytes
 (SEARCH_MEMORY), past which the search stops with an error; their recurrent states are a cache of
-`cache` bytes (SEARCH_CACHE). When it is full the oldest blocks of states are dropped, and a
-prefix whose states were dropped gets them back by running its last characters from its nearest
-ancestor that still has them (the root's are always kept), then keeps them in a new block: a
-prefix in use is computed again at most once each time the cache turns over. So a search that needs
-more states than fit (the base model's 283 labels with no `--label`: hundreds of states a
-prefix) is slower, not refused.
+`cache` bytes (SEARCH_CACHE): a ring of rows, written a step's block at a time, the oldest written
+over first (chunks that live as long as the search, so that a long one does not fragment the heap
+with blocks freed among the prefixes' small arrays: a resident size twice its live data,
+measured). A prefix whose states were written over gets them back by running its last characters
+from its nearest ancestor that still has them (the root's are kept apart, always), then keeps
+them in a new block: a prefix in use is computed again at most once each time the ring turns
+over. So a search that needs more states than fit (the base model's 283 labels with no
+`--label`: hundreds of states a prefix) is slower, not refused.
 
 Two things keep it cheap. A prefix's children are queued lazily: its characters are sorted once,
 and only its best unvisited child sits in the queue (popping child r queues child r + 1). And
@@ -58,6 +60,7 @@ SEARCH_MEMORY = 256 << 20  # bytes of the prefixes' own data the search holds at
 SEARCH_CACHE = 256 << 20  # bytes of the prefixes' recurrent states it keeps at most (the others are computed again)
 NODE_BYTES = 750  # a prefix's memory besides its arrays' data (object, text, array headers, queue entry): measured
 SEARCH_BATCH = 64  # prefixes expanded together in one network step
+CHUNK_BYTES = 8 << 20  # the states' ring is allocated in chunks of about this many bytes (or one step's rows)
 SEARCH_ROWS = 2048  # or fewer, where they keep many labels: at most this many rows (a label a prefix) a step
 DROP = 12.0  # nats: a prefix drops its least likely labels while their mass stays below e^-DROP of its mixture
 
@@ -67,7 +70,7 @@ class _Node:
     text: str  # the sample so far, prompt included
     parent: int  # the node it extends (-1: the root, the prompt)
     dfa: int
-    block: int  # the node's recurrent states are rows row .. row + len(labels) - 1 of blocks[block] (if kept)
+    block: int  # the node's recurrent states are rows row .. row + len(labels) - 1 of the ring's block (-1: the root's)
     row: int
     labels: np.ndarray  # the labels it keeps, in order (a blend's; else [0])
     parts: np.ndarray  # (A,) log(w_l) + log P_l(text) for each label kept
@@ -86,8 +89,9 @@ def logsumexp(a: np.ndarray) -> np.ndarray:
 
 def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: Automaton, *,
                 starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
-                names: Optional[list[str]] = None, skip: Callable[[str], bool] = lambda text: False, memory: int = SEARCH_MEMORY,
-                cache: int = SEARCH_CACHE, batch: int = SEARCH_BATCH, drop: float = DROP) -> Iterator[Sample]:
+                names: Optional[list[str]] = None, skip: Callable[[str], bool] = lambda text: False,
+                memory: int = SEARCH_MEMORY, cache: int = SEARCH_CACHE, batch: int = SEARCH_BATCH,
+                drop: float = DROP) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
@@ -129,26 +133,75 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
             yield Sample(text=text, prompt=prompt, logprob=-neg_lp, n_chars=len(text) - len(prompt) + 1, label=label)
 
 
+class _Ring:
+    """The prefixes' recurrent states: `capacity` rows (the stepper's to_rows), written in blocks
+    one after another, starting over at the first row when a block does not fit before the last;
+    a block is gone once a later one is written over its first row. The rows are chunks of
+    `chunk` rows, allocated as the blocks reach them (a block never straddles two): under
+    CHUNK_BYTES each, so that a program that keeps freed memory (chargen.allocator) takes them
+    from its heap, warm, search after search."""
+
+    def __init__(self, capacity: int, chunk: int):
+        self.chunk = min(chunk, capacity)  # 0: nothing is kept
+        self.capacity = capacity // self.chunk * self.chunk if self.chunk else 0
+        self.chunks: list[np.ndarray] = []  # (chunk, S) float32 each
+        self.head = 0  # where the next block goes
+        self.spans: list[Optional[tuple[int, int]]] = []  # each block's (first row, rows); None once gone
+        self.live: deque[int] = deque()  # the blocks not gone, oldest first
+
+    def keep(self, rows: np.ndarray) -> int:
+        """Write a block (rows, S); its number (gone at once if it is larger than a chunk)."""
+        n = rows.shape[0]
+        self.spans.append(None)
+        if n > self.chunk:
+            return len(self.spans) - 1
+        if self.head % self.chunk + n > self.chunk:  # on to the next chunk (or the first)
+            end = self.head - self.head % self.chunk + self.chunk
+            self._overwrite(self.head, end)
+            self.head = end % self.capacity
+        self._overwrite(self.head, self.head + n)
+        k, at = divmod(self.head, self.chunk)
+        if k == len(self.chunks):
+            self.chunks.append(np.empty((self.chunk, rows.shape[1]), dtype=np.float32))
+        self.chunks[k][at: at + n] = rows
+        self.spans[-1] = (self.head, n)
+        self.live.append(len(self.spans) - 1)
+        self.head = (self.head + n) % self.capacity
+        return len(self.spans) - 1
+
+    def _overwrite(self, a: int, b: int) -> None:
+        """The blocks that start in rows a..b-1 are gone. Those not gone lie in the order they were
+        written, so those after the head (written before the ring last started over) come first."""
+        while self.live and a <= self.spans[self.live[0]][0] < b:
+            self.spans[self.live.popleft()] = None
+
+    def alive(self, block: int) -> bool:
+        return self.spans[block] is not None
+
+    def read(self, block: int, start: int, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows `rows` (default: all from `start`) of a block not gone, after its `start` first:
+        a view where they follow one another, so good only until the next block is written."""
+        first, n = self.spans[block]
+        k, at = divmod(first, self.chunk)
+        return self.chunks[k][at + start: at + n] if rows is None else self.chunks[k][at + start + rows]
+
+
 class _Search:
-    """The queue of prefixes, their recurrent states (a cache of batched blocks, a row per label a
-    node keeps) and the pending expansions."""
+    """The queue of prefixes, their recurrent states (the root's, and a ring of the others', a row
+    per label a node keeps) and the pending expansions."""
 
     def __init__(self, stepper: Stepper, vocab: Vocab, automaton: Automaton, prompt: str,
                  starts: list[Optional[list[np.ndarray]]], log_w: np.ndarray, batch: int = SEARCH_BATCH,
                  drop: float = DROP, cache: int = SEARCH_CACHE):
         self.stepper, self.vocab, self.automaton, self.batch, self.drop = stepper, vocab, automaton, batch, drop
-        self.cache = cache
         self.prompt, self.log_w = prompt, log_w
         start = automaton.start(prompt, vocab)
         primed = [prime(stepper, vocab, prompt, True, s) for s in starts]
         state = primed[0][1] if len(starts) == 1 else stepper.concat([st for _, st in primed])
-        self.state_bytes = stepper.to_rows(stepper.select(state, np.arange(1))).nbytes
-        # Batched recurrent states (None once dropped); nodes point into them. Block 0: each
-        # label's primed, always kept.
-        self.blocks = [state]
-        self.block_rows = [len(starts)]
-        self.cached: deque[int] = deque()  # the blocks kept but block 0, oldest first
-        self.held = 0  # recurrent states kept in blocks[1:] (rows)
+        self.root = stepper.to_rows(state)  # (P, S): each label's primed, the root's states
+        row = self.root[:1].nbytes
+        # A chunk holds any block: a step's rows (at most SEARCH_ROWS, and the last prefix's labels).
+        self.ring = _Ring(cache // row, max(CHUNK_BYTES // row, SEARCH_ROWS + len(starts)))
         self.node_bytes = 0  # the nodes' own memory (their arrays and NODE_BYTES each)
         self.nodes: list[_Node] = []
         # (-logprob, tie-break, node, rank of its child, exact): exact False where a frozen bound is in it
@@ -157,7 +210,7 @@ class _Search:
         self.pending_rows = 0  # their parents' labels: the rows of their step
         self.counter = 0
         lsm = log_softmax(np.stack([lg for lg, _ in primed]))  # (P, V)
-        self._add([prompt], [-1], [np.arange(len(starts))], [log_w], [-np.inf], [start], lsm, 0)
+        self._add([prompt], [-1], [np.arange(len(starts))], [log_w], [-np.inf], [start], lsm, -1)
 
     def pop(self) -> Optional[tuple[float, int, int, bool]]:
         """The likeliest queued (-logprob, node, rank of its child, exact) that nothing pending can
@@ -186,23 +239,35 @@ class _Search:
             self.expand()
 
     def states(self, nodes: list[_Node]):
-        """The nodes' states, one batch (a row per label each keeps, in order): those dropped from
-        the cache are computed again first."""
-        self._restore([p for p in {id(p): p for p in nodes if self.blocks[p.block] is None}.values()])
-        rows = [self.stepper.select(self.blocks[p.block], np.arange(p.row, p.row + p.labels.size)) for p in nodes]
-        self._trim()
-        return rows[0] if len(rows) == 1 else self.stepper.concat(rows)
+        """The nodes' states, one batch (a row per label each keeps, in order): those overwritten
+        in the ring computed again (and written again) after the others are read."""
+        restored, keep = self._restore([p for p in {id(p): p for p in nodes if not self._kept(p)}.values()])
+        rows = [restored[id(p)] if id(p) in restored else self._rows(p)[: p.labels.size] for p in nodes]
+        rows = np.concatenate(rows) if len(rows) > 1 else np.array(rows[0])  # a copy: the ring is written next
+        keep()
+        return self.stepper.from_rows(rows)
 
-    def _restore(self, nodes: list[_Node]) -> None:
-        """Compute the states of `nodes` again (dropped from the cache): each from its nearest
-        ancestor that has its own, stepping the characters between, the longest runs first so that
-        the rows still stepping are always the first ones; then keep them in a new block."""
+    def _kept(self, node: _Node) -> bool:
+        return node.block < 0 or self.ring.alive(node.block)
+
+    def _rows(self, node: _Node, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Some of a node's rows (its labels' positions among those it keeps; default: from its
+        first on), a view where they follow one another."""
+        if node.block < 0:
+            return self.root[node.row:] if rows is None else self.root[node.row + rows]
+        return self.ring.read(node.block, node.row, rows)
+
+    def _restore(self, nodes: list[_Node]) -> tuple[dict[int, np.ndarray], Callable[[], None]]:
+        """The states (rows) of `nodes` (overwritten in the ring), by id: each computed again from
+        its nearest ancestor whose states are kept, stepping the characters between, the longest
+        runs first so that the rows still stepping are always the first ones; and what writes them
+        to the ring as a new block (which may overwrite others)."""
         if not nodes:
-            return
-        runs = sorted((self._run(p) for p in nodes), key=lambda run: -run[0].size)  # (ids to step, node, state)
+            return {}, lambda: None
+        runs = sorted((self._run(p) for p in nodes), key=lambda run: -run[0].size)  # (ids to step, node, rows)
         sizes = [p.labels.size for _, p, _ in runs]
         total = sum(sizes)
-        state = self.stepper.concat([st for _, _, st in runs]) if len(runs) > 1 else runs[0][2]
+        state = self.stepper.from_rows(np.concatenate([rows for _, _, rows in runs]))
         for t in range(runs[0][0].size):
             going = sum(1 for ids, _, _ in runs if ids.size > t)  # the first `going` runs
             rows = sum(sizes[:going])
@@ -212,34 +277,24 @@ class _Search:
             else:
                 _, stepped = self.stepper.step(ids, self.stepper.select(state, np.arange(rows)))
                 state = self.stepper.concat([stepped, self.stepper.select(state, np.arange(rows, total))])
-        block = self._keep(state, total)
-        for (_, p, _), row in zip(runs, np.cumsum(sizes) - sizes):
-            p.block, p.row = block, int(row)
+        rows = self.stepper.to_rows(state)
+        starts = np.cumsum(sizes) - sizes
+
+        def keep() -> None:
+            block = self.ring.keep(rows)
+            for (_, p, _), row in zip(runs, starts):
+                p.block, p.row = block, int(row)
+
+        return {id(p): rows[row: row + p.labels.size] for (_, p, _), row in zip(runs, starts)}, keep
 
     def _run(self, node: _Node) -> tuple[np.ndarray, _Node, object]:
         """What computes a node's states again: the ids of its last characters, and the states (of
-        the labels it keeps) of its nearest ancestor whose states are in the cache."""
+        the labels it keeps) of its nearest ancestor whose states are kept."""
         a = self.nodes[node.parent]
-        while self.blocks[a.block] is None:
-            a = self.nodes[a.parent]  # the root's block (0) is always kept
-        rows = a.row + np.searchsorted(a.labels, node.labels)  # a node keeps a subset of its ancestors' labels
+        while not self._kept(a):
+            a = self.nodes[a.parent]  # the root's are always kept
         ids = self.vocab.encode(node.text[len(a.text):]).astype(np.int64)
-        return ids, node, self.stepper.select(self.blocks[a.block], rows)
-
-    def _keep(self, state, rows: int) -> int:
-        """A new block of the cache; its index."""
-        self.blocks.append(state)
-        self.block_rows.append(rows)
-        self.cached.append(len(self.blocks) - 1)
-        self.held += rows
-        return len(self.blocks) - 1
-
-    def _trim(self) -> None:
-        """Drop the oldest blocks while the states held pass the cache's bytes (the newest stays)."""
-        while len(self.cached) > 1 and self.held * self.state_bytes > self.cache:
-            old = self.cached.popleft()
-            self.blocks[old] = None
-            self.held -= self.block_rows[old]
+        return ids, node, self._rows(a, np.searchsorted(a.labels, node.labels))  # (a copy) a subset of a's labels
 
     def lsm(self, states) -> np.ndarray:
         """Next-character log-probabilities (rows, V) from `states` (what their step gave: the
@@ -275,11 +330,10 @@ class _Search:
                   for p, part, keep in zip(parents, parts, keeps)]
         parts = [part if keep is None else part[keep] for part, keep in zip(parts, keeps)]
         logits, state = self.stepper.step(np.repeat(ids, [kept.size for kept in labels]), state)
-        block = self._keep(state, sum(kept.size for kept in labels))
+        block = self.ring.keep(self.stepper.to_rows(state))
         texts = [p.text + self.vocab.chars[i] for p, i in zip(parents, ids.tolist())]
         dfas = self.automaton.advance(np.array([p.dfa for p in parents], dtype=np.int64), ids)
         self._add(texts, [k for k, _ in self.pending], labels, parts, frozen, dfas.tolist(), log_softmax(logits), block)
-        self._trim()
         self.pending.clear()
         self.pending_rows = 0
 
@@ -293,7 +347,7 @@ class _Search:
     def label_logprobs(self, node: int, rank: int) -> np.ndarray:
         """(labels,) log(w_l) + log P_l(x) for the complete sample x of the node's child `rank` (its
         newline) under every label: its kept labels' from its parts and states, the dropped ones'
-        scored now from their primed states (block 0)."""
+        scored now from their primed states (the root's)."""
         parent = self.nodes[node]
         newline = int(parent.ids[rank])
         lp = np.empty(len(self.log_w))
@@ -302,7 +356,7 @@ class _Search:
         if dropped.size == 0:
             return lp
         ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
-        state = self.stepper.select(self.blocks[0], dropped)
+        state = self.stepper.from_rows(self.root[dropped])
         lp[dropped] = self.log_w[dropped] + log_softmax(self.stepper.head(state))[:, ids[0]]
         for i, nxt in zip(ids, ids[1:]):
             logits, state = self.stepper.step(np.full(dropped.size, i), state)
