@@ -128,7 +128,9 @@ def test_line_orientation():
     # A few short lines are a list too (too short to train on as running text), one line is not.
     assert line_stats("Ada\nBo\nCyrielle\n").line_oriented()
     assert not line_stats("Ada\n").line_oriented()
-    assert not line_stats("Ada\nBo\n\nCyrielle\n").line_oriented()  # a blank line inside: paragraphs
+    assert line_stats("Ada\nBo\n\nCyrielle\n").line_oriented()  # one stray blank line: still a list
+    assert not line_stats("Ada\nBo\n\nCyrielle\n\nDu\n").line_oriented()  # two in six lines: paragraphs
+    assert not line_stats("Ada\n\n\nBo\n").line_oriented()
     assert line_stats("\nAda\nBo\nCyrielle\n\n\n").line_oriented()  # at either end: nothing said
     assert not line_stats("\n\nAda\n\n").line_oriented()
 

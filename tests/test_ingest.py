@@ -61,10 +61,8 @@ def _reference_line_oriented(text):
         lines.pop()
     while lines and lines[0] == "":
         lines.pop(0)
-    if len(lines) < 2:
-        return False
     lengths = np.array([len(x) for x in lines])
-    if (lengths > 0).mean() < 0.95:
+    if (lengths > 0).sum() < 2 or (lengths == 0).sum() > max(1, int(0.05 * len(lines))):
         return False
     lengths = lengths[lengths > 0]
     return bool(np.median(lengths) <= 32 and np.percentile(lengths, 95, method="lower") <= 64)

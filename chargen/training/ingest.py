@@ -233,14 +233,15 @@ class LineStats:
 
     def line_oriented(self) -> bool:
         """A corpus of short, non-empty lines (names, band names, titles), not prose or code:
-        at least two lines, 95% of them non-empty (prose and code have blank lines between
-        paragraphs and blocks; empty lines before the first line and after the last say nothing
-        of that, and are not counted: a short list often ends with one), median length <= 32 and
-        95th percentile (the lower rank) <= 64. (A few short lines are too short to train on as
+        at least two non-empty lines, and at most one empty line or 5% of them (prose and code
+        have blank lines between paragraphs and blocks, 10-20% of their lines; one stray blank
+        line in a list of five names is not a paragraph; empty lines before the first line and
+        after the last say nothing of that, and are not counted: a short list often ends with
+        one), median length <= 32 and 95th percentile (the lower rank) <= 64. (A few short lines are too short to train on as
         running text anyway: one window needs --seq-len + 1 characters; as a list they adapt a
         trained model.)"""
         inner = self.count - self.leading - self.trailing
-        if inner < 2 or self.nonempty / inner < 0.95:
+        if self.nonempty < 2 or inner - self.nonempty > max(1, int(0.05 * inner)):
             return False
         return self._median() <= 32 and self._percentile_lower(95) <= 64
 
