@@ -375,7 +375,7 @@ class _Output:
 @with_options(SampleConfig)
 def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text each sample starts with; - reads one prompt per line from stdin.")] = "",
+    prompt: Annotated[str, typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); - reads one prompt per line from stdin.")] = "",
     exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list).", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided, and p_constraints with its bounds p_constraints_lower/_upper from the adaptive exact sampler).")] = "text",

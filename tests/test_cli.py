@@ -97,6 +97,13 @@ def test_prompts_from_stdin_in_order(trained_names):
     assert all(lines[4:6]) and [line[:2] for line in lines[6:]] == ["Te", "Te"]
 
 
+def test_starts_with_is_the_prompt(trained_names):
+    by_prompt = run(["sample", "-c", str(trained_names), "-p", "Ka", "-n", "5", "--seed", "3"])
+    by_start = run(["sample", "-c", str(trained_names), "--starts-with", "Ka", "-n", "5", "--seed", "3"])
+    assert by_prompt.returncode == 0 and by_start.returncode == 0, by_start.stderr
+    assert by_start.stdout == by_prompt.stdout and all(line.startswith("Ka") for line in by_start.stdout.decode().split())
+
+
 def test_jsonl_unique_novel(trained_names):
     p = run(["sample", "-c", str(trained_names), "-n", "40", "--format", "jsonl", "--unique", "--novel", "--seed", "2"])
     assert p.returncode == 0, p.stderr
