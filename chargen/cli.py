@@ -825,7 +825,9 @@ def _info_table(ckpt, facts: dict):
     t.add_row("model", cfg.describe())
     t.add_row("parameters", f"{facts['parameters']:,}")
     t.add_row("vocabulary", f"{len(ckpt.vocab)} characters: {ckpt.vocab.preview()}")
-    t.add_row("corpus", f"{meta.get('corpus', '?')}" + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
+    sources = meta.get("sources") or []
+    t.add_row("corpus", (", ".join(map(str, sources)) if len(sources) > 1 else f"{meta.get('corpus', '?')}")
+              + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
     t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
     if labels:
         t.add_row("labels", _labels_row(labels))
@@ -856,12 +858,14 @@ def _info_table(ckpt, facts: dict):
 def _lineage(lineage: dict, held_out: bool) -> str:
     """info's "started from" row: the model a run started from, and what changed at the start
     (with none held out, its loss before training is the cross-validated one's)."""
+    from .training.finetune import start_labels_text
+
     return (f"{lineage.get('path')} (sha256 {str(lineage.get('sha256'))[:16]})"
             + (f", val loss before training {_loss(lineage.get('val_loss'))}" if held_out else "")
             + (f", {counted(lineage['new_chars'], 'new character')}" if lineage.get("new_chars") else "")
             + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)" if lineage.get("stand_ins") else "")
-            + (", lines from its label " + ", ".join(lineage["start_labels"].values())
-               if lineage.get("start_labels") else ""))
+            + (", lines from its label" + ("s " if len(lineage["start_labels"]) > 1 else " ")
+               + start_labels_text(lineage["start_labels"]) if lineage.get("start_labels") else ""))
 
 
 # --- entry point ------------------------------------------------------------------------------

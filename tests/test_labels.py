@@ -543,3 +543,15 @@ def test_info_names_an_adapted_models_own_labels_once():
     assert row.count("boys") == 1
     inherited_own = _labels_row({"names": names, "lines": [10] * 14, "own": ["it_IT:first"]})  # not among "labels"
     assert inherited_own.startswith("14 (with no --label, the ones its own run trained: it_IT:first): labels boys, girls;")
+
+
+def test_info_says_which_base_label_each_new_label_started_from():
+    """`chargen info` listed the base labels alone ("lines from its label zu_ZA:city, zu_ZA:city"):
+    it names the new label beside each, as the run's notice does."""
+    from chargen.cli import _lineage
+
+    row = _lineage({"path": "base.safetensors", "sha256": "ab" * 32, "start_labels": {"boys": "en:first",
+                                                                                      "girls": "en_US:first"}}, False)
+    assert row.endswith(", lines from its labels en:first (boys), en_US:first (girls)"), row
+    assert _lineage({"path": "b", "sha256": "c", "start_labels": {"": "en:first"}}, False).endswith(
+        ", lines from its label en:first")

@@ -72,6 +72,12 @@ class Lineage:
         return out
 
 
+def start_labels_text(starts: Mapping[str, str]) -> str:
+    """Lineage.start_labels for people: the base label each new label (or an unlabelled list, "")
+    starts from, "it_IT:city (places)" each."""
+    return ", ".join(base if not new else f"{base} ({new})" for new, base in starts.items())
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -42,7 +42,7 @@ from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, Trai
 from .data import PAD, Corpus, LineLoader, TrainData, WindowLoader, calibration_rows, prepare_training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Dist
-from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_weights
+from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_labels_text, start_weights
 from .ingest import EncodedCorpus
 from .optimizer import AdamW
 from .rundir import RunDir, RunState, check_resumable
@@ -183,8 +183,7 @@ def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
 
 def _start_labels_notice(starts: dict[str, str]) -> str:
     """Which of the base's labels a list's lines start from ({new label or "": base label})."""
-    return ("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " "
-            + ", ".join(f"{b}" if not new else f"{b} ({new})" for new, b in starts.items())
+    return ("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " " + start_labels_text(starts)
             + ", the closest to them; training moves " + ("them" if len(starts) > 1 else "it"))
 
 
