@@ -661,12 +661,14 @@ def load_toml_config(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"`config` {path} is not valid TOML ({exc})") from None
     run_keys = declared(RunConfig)
-    known = set(MODEL_KEYS) | set(run_keys) | set(declared(TrainConfig))
+    # The options a flag sets (not learned_start or n_labels: the corpus sets those), by the flags' names
+    known = set(declared(ModelConfig)) | set(run_keys) | set(declared(TrainConfig))
     data: dict[str, Any] = {}
     for key, value in raw.items():
         name = "start_from" if key == "from" else key.replace("-", "_")  # `from`, as the flag --from
         if name not in known:
-            raise ConfigError(f"`config` {path}: unknown key {unknown_keys([key], known)}")
+            raise ConfigError(f"`config` {path}: unknown key "
+                              f"{unknown_keys([key], (known - {'start_from'}) | {'from'})}")
         data[name] = value
     if isinstance(data.get("time"), str):
         data["time"] = parse_duration(data["time"])

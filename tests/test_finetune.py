@@ -240,6 +240,24 @@ def test_a_config_file_can_name_the_model_to_start_from(tmp_path):
     assert info.value.render(spelling).startswith("--from must be text")
 
 
+def test_a_config_file_takes_the_flags_and_names_them_as_flags(tmp_path):
+    """learned_start and n_labels are set by the corpus, not by a flag: a config file that sets them
+    is refused (n_labels = 3 used to fail later, naming a flag --learned-start that does not exist),
+    and the keys an error lists are the flags' (`from`, not start_from)."""
+    from chargen.config import load_toml_config
+
+    f = tmp_path / "run.toml"
+    for key in ("n_labels = 3", "learned_start = true", "frm = 'none'"):
+        f.write_text(key + "\n")
+        with pytest.raises(UsageError, match="unknown key") as info:
+            load_toml_config(str(f))
+        known = str(info.value).split("(known: ")[1]
+        assert "from," in known and "start_from" not in known and "n_labels" not in known, known
+    f.write_text("frm = 'none'\n")
+    with pytest.raises(UsageError, match=r"'frm' \(from\?\)"):
+        load_toml_config(str(f))
+
+
 def test_the_bundled_models_are_named_base_and_names(tmp_path):
     """`--from base` is the broad bundled model (names of many languages and kinds), `--from names`
     the US first names; both load by name wherever no file of that name is in the way."""
