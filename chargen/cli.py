@@ -22,7 +22,7 @@ import typer
 from ._version import __version__
 from .config import (Declared, given_options, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
                      counted, format_duration, merge_train_options, parse_duration)
-from .errors import ChargenError, TrainingInterrupted, UsageError
+from .errors import ChargenError, TrainingInterrupted, UsageError, VocabularyError
 
 app = typer.Typer(
     name="chargen",
@@ -614,8 +614,12 @@ def eval_command(
     for path in files:
         text = read_corpus([path]).text
         with _progress_bar("eval", "stdin" if path == "-" else path, 1.0) as progress:
-            r = model.eval(text, skip_unknown=skip_unknown, lines=lines, progress=progress,
-                           **({"label": label} if label else {}))
+            try:
+                r = model.eval(text, skip_unknown=skip_unknown, lines=lines, progress=progress,
+                               **({"label": label} if label else {}))
+            except VocabularyError as exc:
+                raise VocabularyError(f"{'stdin' if path == '-' else path}: {exc} (--skip-unknown drops such "
+                                      "characters and counts them)") from None
         r = {"file": "stdin" if path == "-" else path, **r}
         if as_json:
             sys.stdout.write(json.dumps(r) + "\n")

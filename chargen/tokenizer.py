@@ -75,9 +75,10 @@ class Vocab:
         if not known.all():
             if not skip_unknown:
                 bad = int(np.flatnonzero(~known)[0])
-                raise VocabularyError(
-                    f"character {_describe(text[bad])} at position {bad} is not in the model's vocabulary"
-                )
+                line = text.count("\n", 0, bad)  # lines before it: a text of several is told by line and column
+                where = f"line {line + 1}, column {bad - text.rfind(chr(10), 0, bad)}" if line or "\n" in text \
+                    else f"position {bad}"
+                raise VocabularyError(f"character {_describe(text[bad])} at {where} is not in the model's vocabulary")
             pos = pos[known]
         return self._sorted_ids[pos].astype(self.dtype)
 

@@ -125,3 +125,17 @@ def test_eval_tells_how_far_it_has_got(prose_run, trained_names):
         result = model.eval(text, lines=lines, progress=seen.append)
         assert len(seen) >= 3 and 0 < seen[0] < 1 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0), seen
         assert result == model.eval(text, lines=lines)
+
+
+def test_eval_names_the_file_line_and_column_of_an_unknown_character(tmp_path):
+    """`chargen eval` on a list with one character the model lacks said "at position 11" of the
+    whole text: it names the file, the line and the column, and the flag that skips such characters."""
+    bad = tmp_path / "list.txt"
+    bad.write_text("anna\nbob\ncarΩl\n")
+    p = run(["eval", "names", str(bad)])
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.decode() == (f"Error: {bad}: character 'Ω' at line 3, column 4 is not in the model's vocabulary "
+                                 "(--skip-unknown drops such characters and counts them)\n")
+    assert run(["eval", "names", str(bad), "--skip-unknown"]).returncode == 0
+    with pytest.raises(chargen.VocabularyError, match="at position 2 is"):
+        chargen.load("names").vocab.encode("abΩ")
