@@ -832,7 +832,8 @@ def _info_table(ckpt, facts: dict):
     sources = meta.get("sources") or []
     t.add_row("corpus", (", ".join(map(str, sources)) if len(sources) > 1 else f"{meta.get('corpus', '?')}")
               + (" (line-oriented)" if ckpt.line_oriented else " (prose)"))
-    t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
+    if ckpt.line_oriented or facts["training_lines"]:  # (a prose model keeps none: --novel is for lines)
+        t.add_row("training lines kept", f"{facts['training_lines']:,} (for --novel)")
     if labels:
         t.add_row("labels", _labels_row(labels))
     if meta.get("step") is not None:

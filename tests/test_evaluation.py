@@ -139,3 +139,11 @@ def test_eval_names_the_file_line_and_column_of_an_unknown_character(tmp_path):
     assert run(["eval", "names", str(bad), "--skip-unknown"]).returncode == 0
     with pytest.raises(chargen.VocabularyError, match="at position 2 is"):
         chargen.load("names").vocab.encode("abΩ")
+
+
+def test_info_on_a_prose_model_says_nothing_of_lines_kept(prose_run, trained_names):
+    """--novel is for line samples: a prose model's `chargen info` showed "training lines kept 0"."""
+    prose = run(["info", str(prose_run / "run")], env={"COLUMNS": "200"}).stdout.decode()
+    names = run(["info", str(trained_names)], env={"COLUMNS": "200"}).stdout.decode()
+    assert "(prose)" in prose and "lines kept" not in prose
+    assert "(line-oriented)" in names and "training lines kept" in names
