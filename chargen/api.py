@@ -175,10 +175,13 @@ class Model:
         return self._primed.get(key, lambda: prime(self.stepper, self.vocab, prompt, lines, start,
                                                    starts=mix.start_states(start) if mix else None))
 
-    def top(self, n: int = 10, prompt: str | Sequence[str] = "", **options: Any) -> Iterator[Sample]:
+    def top(self, n: int = 10, prompt: str | Sequence[str] = "", *, progress: Optional[Callable[[int], None]] = None,
+            **options: Any) -> Iterator[Sample]:
         """The `n` most probable complete line samples under the model (temperature 1) per prompt,
         best first: exact best-first search (chargen.sampling.search). `options` are those of
-        SampleConfig that a top request takes (length, lines, novel, exclude, the constraints)."""
+        SampleConfig that a top request takes (length, lines, novel, exclude, the constraints).
+        `progress`, if given, is told the prefixes searched so far (each prompt's search from 0)
+        after each network step of the search: a long one (a wide blend and a rare pattern) takes minutes."""
         refused = [f"`{k}`" for k, v in options.items()
                    if k in _TOP_REFUSED and v is not None and v is not False]
         if refused:
@@ -208,7 +211,8 @@ class Model:
             for p in prompts:
                 # Under a blend each sample's label is the one that gives it most of its probability.
                 yield from most_likely(self.stepper, self.vocab, p, n, bounded[p], skip=skip, starts=starts,
-                                       weights=weights, names=mix.names if mix is not None else None)
+                                       weights=weights, names=mix.names if mix is not None else None,
+                                       progress=progress)
 
         return results()
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -411,17 +412,20 @@ def sample(
     out = _Output()
     stats = SampleStats()
     streaming = constrained = False
-    if top is not None:
-        samples = model.top(top, prompts, **options)
-    else:
-        constrained = bool(SampleConfig.of(**options).given("constraint"))
-        streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
-        samples = model.samples(num, prompts, stats=stats,
-                                on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None, **options)
-        if streaming:
-            out.write(prompts[0], flush=True)
-    _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
-                   streaming=streaming)
+    with contextlib.ExitStack() as searching:
+        if top is not None:  # a long search (the base model's blends) says on a terminal how far it has got
+            progress = searching.enter_context(_progress_bar("--top", f"{top:,}:", None, unit="prefixes searched",
+                                                             shown=not sys.stdout.isatty(), delay=1.0))
+            samples = model.top(top, prompts, progress=progress, **options)
+        else:
+            constrained = bool(SampleConfig.of(**options).given("constraint"))
+            streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
+            samples = model.samples(num, prompts, stats=stats, **options,
+                                    on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
+            if streaming:
+                out.write(prompts[0], flush=True)
+        _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
+                       streaming=streaming)
     note = stats.constraints_note(len(prompts)) if constrained and not options.get("guided") else None
     if note:
         console().print(note, highlight=False, markup=False, soft_wrap=True)
@@ -631,11 +635,12 @@ def eval_command(
 
 
 @contextlib.contextmanager
-def _progress_bar(command: str, name: str, total: Optional[float],
-                  shown: bool = True) -> Iterator[Optional[Callable[[float], None]]]:
-    """A bar on stderr while `command` works through its input (`total`: the work, or None: lines
+def _progress_bar(command: str, name: str, total: Optional[float], shown: bool = True, unit: str = "lines",
+                  delay: float = 0.0) -> Iterator[Optional[Callable[[float], None]]]:
+    """A bar on stderr while `command` works through its input (`total`: the work, or None: `unit`
     counted as they go), gone when it is done (a labelled model's mixture of 283 labels scores
-    32,000 names in minutes); on a terminal only, and if `shown`: a log or a pipe gets the results alone."""
+    32,000 names in minutes); on a terminal only, and if `shown`: a log or a pipe gets the results
+    alone. It appears once `delay` seconds have passed, so that quick work does not flicker one."""
     con = console()
     if not (shown and con.is_terminal):
         yield None
@@ -643,11 +648,24 @@ def _progress_bar(command: str, name: str, total: Optional[float],
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [BarColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()] if total is not None \
-        else [TextColumn("{task.completed:,.0f} lines"), TimeElapsedColumn()]
-    with Progress(TextColumn(f"[bold]{command}[/] {{task.description}}"), *columns, console=con, transient=True,
-                  redirect_stdout=False, redirect_stderr=False) as bar:  # stdout is for results only
-        task = bar.add_task(name, total=total)
-        yield lambda done: bar.update(task, completed=done)
+        else [TextColumn(f"{{task.completed:,.0f}} {unit}"), TimeElapsedColumn()]
+    bar = Progress(TextColumn(f"[bold]{command}[/] {{task.description}}"), *columns, console=con, transient=True,
+                   redirect_stdout=False, redirect_stderr=False)  # stdout is for results only
+    task = bar.add_task(name, total=total)
+    shown_at = time.monotonic() + delay
+    if not delay:
+        bar.start()
+
+    def update(done: float) -> None:
+        if not bar.live.is_started and time.monotonic() >= shown_at:
+            bar.start()
+        bar.update(task, completed=done)
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 # --- score ------------------------------------------------------------------------------------

@@ -393,3 +393,21 @@ def test_eval_and_score_show_a_bar_on_a_terminal_and_keep_stdout_clean(tmp_path)
             assert len(out) == 160 and all(len(line.split("\t")) == 4 for line in out), out[:3]
         piped = run(args)
         assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout.decode().splitlines() == out
+
+
+def test_a_long_top_search_says_how_far_it_has_got_on_a_terminal(tmp_path):
+    """`--top` under the base model's 283 labels searches for seconds (minutes with a rare pattern):
+    with stderr on a terminal and the results redirected, a line there counts the prefixes searched,
+    from its first second on; a quick search shows none, and in a pipe stderr stays empty."""
+    code, shown = run_on_terminal(["sample", "-c", "base", "--top", "8"], tmp_path / "out.txt")
+    out = (tmp_path / "out.txt").read_text(encoding="utf-8")
+    assert code == 0 and "--top 8: " in shown and " prefixes searched" in shown, shown
+    piped = run(["sample", "-c", "base", "--top", "8"])
+    assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout.decode() == out and len(out.split()) == 8
+    code, quick = run_on_terminal(["sample", "--top", "5"], tmp_path / "quick.txt")
+    assert code == 0 and quick == "" and len((tmp_path / "quick.txt").read_text().split()) == 5
+    import chargen
+
+    seen: list[int] = []
+    assert len(list(chargen.load("names").top(20, progress=seen.append))) == 20
+    assert seen and seen == sorted(seen) and seen[0] > 0, seen

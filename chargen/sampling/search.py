@@ -91,7 +91,7 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
                 starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
                 names: Optional[list[str]] = None, skip: Callable[[str], bool] = lambda text: False,
                 memory: int = SEARCH_MEMORY, cache: int = SEARCH_CACHE, batch: int = SEARCH_BATCH,
-                drop: float = DROP) -> Iterator[Sample]:
+                drop: float = DROP, progress: Optional[Callable[[int], None]] = None) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
@@ -102,13 +102,14 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     mixture, as a bound), and each one's `label` is that of `names` (the labels') which gives it
     most of its probability. The prefixes' data may take `memory` bytes, past which it stops with an
     error; their recurrent states (one a label a prefix keeps) are a cache of `cache` bytes.
+    `progress`, if given, is told the number of prefixes expanded after each network step.
     """
     if starts is None:
         starts = [None]
     if weights is None:
         weights = np.ones(1)
     search = _Search(stepper, vocab, automaton, prompt, starts, np.log(np.asarray(weights, dtype=np.float64)), batch,
-                     drop, cache)
+                     drop, cache, progress)
     found = 0
     while found < n:
         entry = search.pop()
@@ -192,8 +193,9 @@ class _Search:
 
     def __init__(self, stepper: Stepper, vocab: Vocab, automaton: Automaton, prompt: str,
                  starts: list[Optional[list[np.ndarray]]], log_w: np.ndarray, batch: int = SEARCH_BATCH,
-                 drop: float = DROP, cache: int = SEARCH_CACHE):
+                 drop: float = DROP, cache: int = SEARCH_CACHE, progress: Optional[Callable[[int], None]] = None):
         self.stepper, self.vocab, self.automaton, self.batch, self.drop = stepper, vocab, automaton, batch, drop
+        self.progress = progress
         self.prompt, self.log_w = prompt, log_w
         start = automaton.start(prompt, vocab)
         primed = [prime(stepper, vocab, prompt, True, s) for s in starts]
@@ -336,6 +338,8 @@ class _Search:
         self._add(texts, [k for k, _ in self.pending], labels, parts, frozen, dfas.tolist(), log_softmax(logits), block)
         self.pending.clear()
         self.pending_rows = 0
+        if self.progress is not None:
+            self.progress(len(self.nodes))
 
     def rescore(self, node: int, rank: int) -> None:
         """Queue the complete sample of the node's child `rank` (its newline) again at its exact
