@@ -75,9 +75,8 @@ class Vocab:
         if not known.all():
             if not skip_unknown:
                 bad = int(np.flatnonzero(~known)[0])
-                line = text.count("\n", 0, bad)  # lines before it: a text of several is told by line and column
-                where = f"line {line + 1}, column {bad - text.rfind(chr(10), 0, bad)}" if line or "\n" in text \
-                    else f"position {bad}"
+                line, column = text.count("\n", 0, bad) + 1, bad - text.rfind("\n", 0, bad)
+                where = f"line {line}, column {column}" if "\n" in text else f"position {bad}"  # (a text of lines)
                 raise VocabularyError(f"character {_describe(text[bad])} at {where} is not in the model's vocabulary")
             pos = pos[known]
         return self._sorted_ids[pos].astype(self.dtype)
