@@ -22,7 +22,7 @@ from .errors import UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
-from .sampling.drawing import Drawing, Sample, SampleStats, check_prompt, prime, run
+from .sampling.drawing import Drawing, KeptEngine, Sample, SampleStats, check_prompt, prime, run
 from .sampling.labels import LabelMix, line_key, resolve_labels
 from .sampling.randomness import Seeds, derive_key
 from .sampling.search import most_likely
@@ -101,6 +101,7 @@ class Model:
         self._mixes = _Recent(MIXES_KEPT)  # label= -> its LabelMix (a server's requests ask the same few)
         self._seeds = Seeds()  # for calls without a seed
         self._warm_trees = WarmTrees()  # the adaptive exact sampler's, kept between calls without a seed
+        self._engine = KeptEngine(self.stepper, self.vocab)  # its prefix cache warm from call to call
 
     @property
     def line_oriented(self) -> bool:
@@ -135,7 +136,8 @@ class Model:
         never wasted, but not the conditional distribution. `stats` (a SampleStats) is filled in
         with the draws made; `on_char` receives a lone prose sample's characters as drawn. The
         options are checked here, before the first sample: a bad one raises at once."""
-        return run(self.stepper, self.vocab, self.drawings(n, prompt, stats=stats, on_char=on_char, **options))
+        return run(self.stepper, self.vocab, self.drawings(n, prompt, stats=stats, on_char=on_char, **options),
+                   kept=self._engine)
 
     def drawings(self, n: int = 1, prompt: str | Sequence[str] = "", *, stats: Optional[SampleStats] = None,
                  on_char: Optional[Callable[[str], None]] = None, **options: Any) -> Iterator[Drawing]:

@@ -8,7 +8,8 @@ import pytest
 from chargen.allocator import keep_freed_memory
 
 # Draws names in one process and prints the minor page faults of the second draw (the first, the
-# same draw, warms up: the prefix cache's memory is then touched once already).
+# same draw by another Model, warms up: its engine's memory, freed with it, is then touched once
+# already; one Model's second draw would step nothing, its engine's prefix cache warm).
 DRAW = """
 import resource, sys
 if sys.argv[1] == "keep":
@@ -17,6 +18,8 @@ if sys.argv[1] == "keep":
 import chargen
 model = chargen.load()
 model.sample(4000, seed=1, workers=1)
+del model
+model = chargen.load()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 model.sample(4000, seed=1, workers=1)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)

@@ -259,3 +259,31 @@ def test_a_node_draw_kept_for_one_setting_is_not_used_for_another(trained_names)
         np.testing.assert_allclose(done[j].logp, alone.logp, atol=1e-4)  # (float32 rows: last bits)
     assert fresh[0].texts == fresh[3].texts and fresh[0].texts != fresh[1].texts != fresh[2].texts
     assert engine.cache.count > 100
+
+
+def test_a_models_calls_share_one_warm_engine_and_change_no_sample():
+    """A Model keeps its row engine between calls, so a program's repeated small calls step only
+    prefixes no call drew before: the same call again steps none. Every call still draws what a
+    fresh model draws for its seed, whatever came before; a caller that stops reading leaves the
+    engine clean for the next; threads that sample at once each get an engine (one the kept one)."""
+    import threading
+
+    model, fresh = chargen.load(), lambda n, **kw: chargen.load().sample(n, **kw)
+    first = model.sample(100, seed=1)
+    engine = model._engine._engine
+    before = engine.computed
+    assert model.sample(100, seed=1) == first and engine.computed == before  # every prefix was there
+    assert model.sample(30, seed=2, temperature=1.3) == fresh(30, seed=2, temperature=1.3)
+    unread = model.samples(6000, seed=3)  # more attempts than the engine's width: some still running
+    next(unread)
+    assert engine.jobs  # (what the close must cancel)
+    unread.close()
+    assert model._engine._engine is engine and not engine.jobs and len(engine.rows) == 0
+    assert model.sample(10, seed=4) == fresh(10, seed=4)
+    results: dict[int, list[str]] = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, model.sample(300, seed=k))) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[k] == fresh(300, seed=k) for k in range(4))
