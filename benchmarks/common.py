@@ -87,6 +87,15 @@ def _gemm_rate(torch, dtype, device: str, n: int) -> float:
     return best
 
 
+def cold_samples(model, n: int, **options) -> list:
+    """`model.samples(n, **options)` as a command draws them: on a fresh row engine, its prefix
+    cache empty (a Model keeps its engine warm between calls, so a repeated in-process call would
+    step only the prefixes the calls before did not: a program's rate, not a command's)."""
+    from chargen.sampling.drawing import run
+
+    return list(run(model.stepper, model.vocab, model.drawings(n, **options)))
+
+
 def chargen_cmd() -> list[str]:
     """The installed `chargen` command beside this interpreter (a virtual environment's), else on PATH."""
     exe = Path(sys.executable).with_name("chargen")

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import chargen_cmd, compiled, host, installed_package, run_measured
+from common import chargen_cmd, cold_samples, compiled, host, installed_package, run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,7 +118,7 @@ def constraint_rows(repeat: int, n: int = 20000, n_constrained: int = 5000) -> l
             for r in range(repeat):
                 stats = SampleStats()
                 t = time.perf_counter()
-                drawn = list(model.samples(count, seed=r + 1, stats=stats, **how, **kw))
+                drawn = cold_samples(model, count, seed=r + 1, stats=stats, **how, **kw)  # as a command draws
                 times.append(time.perf_counter() - t)
             rate = count / statistics.median(times)
             if base is None:
@@ -155,14 +155,14 @@ def workers_rows(repeat: int) -> list[dict]:
     import chargen
 
     model = chargen.load()
-    model.sample(1000, seed=0, workers=1)
+    cold_samples(model, 1000, seed=0, workers=1)
     rows = []
     for n in (500, 1000, 2000, 4096, 8192, 16384):
         times = {1: [], 2: []}
         for r in range(repeat):
             for w in (1, 2):  # alternated: the machine's drift hits both
                 t = time.perf_counter()
-                model.sample(n, seed=r + 1, workers=w)
+                cold_samples(model, n, seed=r + 1, workers=w)  # a fresh engine each, as the workers' are
                 times[w].append(time.perf_counter() - t)
         one, two = statistics.median(times[1]), statistics.median(times[2])
         rows.append({"config": f"-n {n}: one process / two workers (in-process)", "seconds": two,
