@@ -296,7 +296,7 @@ class Drawing:
 class KeptEngine:
     """A RowEngine kept between calls (a Model's), so that its prefix cache stays warm: a program's
     repeated small calls step only the prefixes no call drew before (measured, the bundled model:
-    10 names a call 1.45x as fast, 100 names 1.9x; docs/benchmarks.md). The cache follows what is
+    one name a call 1.46x as fast, 10 names 1.2-1.3x, 100 names 1.3-1.6x; docs/benchmarks.md). The cache follows what is
     drawn (chargen.sampling.prefixes) and changes no sample. Lent to one call at a time: a call that
     finds it lent (another thread's, or an unfinished generator's) gets a fresh engine, as every
     call did before; a call that fails leaves a fresh one for the next."""
