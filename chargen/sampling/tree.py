@@ -156,11 +156,9 @@ class _Nodes:
             setattr(self, name, np.zeros((capacity,) + shape, dtype=dtype))
         self.top = 0  # rows ever used
         self.free: list[int] = []
-
-    @property
-    def bytes_per_node(self) -> int:
-        return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                   for shape, dtype in self.columns.values())
+        # (asked for by every call's round width and a warm tree's memory: summed once)
+        self.bytes_per_node = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                                  for shape, dtype in self.columns.values())
 
     def alloc(self, k: int) -> np.ndarray:
         reused = [self.free.pop() for _ in range(min(k, len(self.free)))]
