@@ -887,8 +887,7 @@ def _lineage(lineage: dict, held_out: bool) -> str:
             + (f", val loss before training {_loss(lineage.get('val_loss'))}" if held_out else "")
             + (f", {counted(lineage['new_chars'], 'new character')}" if lineage.get("new_chars") else "")
             + (f" ({len(lineage['stand_ins'])} started as copies of letters it knew)" if lineage.get("stand_ins") else "")
-            + (", lines from its label" + ("s " if len(lineage["start_labels"]) > 1 else " ")
-               + start_labels_text(lineage["start_labels"]) if lineage.get("start_labels") else ""))
+            + (f", lines from its {start_labels_text(lineage['start_labels'])}" if lineage.get("start_labels") else ""))
 
 
 # --- entry point ------------------------------------------------------------------------------

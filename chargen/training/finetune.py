@@ -74,8 +74,9 @@ class Lineage:
 
 def start_labels_text(starts: Mapping[str, str]) -> str:
     """Lineage.start_labels for people: the base label each new label (or an unlabelled list, "")
-    starts from, "it_IT:city (places)" each."""
-    return ", ".join(base if not new else f"{base} ({new})" for new, base in starts.items())
+    starts from, "label it_IT:city" or "labels it_IT:city (places), el_GR:city (greek)"."""
+    return ("labels " if len(starts) > 1 else "label ") + ", ".join(
+        base if not new else f"{base} ({new})" for new, base in starts.items())
 
 
 def file_sha256(path: Path) -> str:

@@ -183,8 +183,8 @@ def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
 
 def _start_labels_notice(starts: dict[str, str]) -> str:
     """Which of the base's labels a list's lines start from ({new label or "": base label})."""
-    return ("lines start from the base's label" + ("s" if len(starts) > 1 else "") + " " + start_labels_text(starts)
-            + ", the closest to them; training moves " + ("them" if len(starts) > 1 else "it"))
+    return (f"lines start from the base's {start_labels_text(starts)}, the closest to them; training moves "
+            + ("them" if len(starts) > 1 else "it"))
 
 
 class Trainer:
