@@ -4,7 +4,8 @@
     git worktree add /tmp/before <old commit>
     python benchmarks/before_after.py --before /tmp/before --after . [--rounds 5] [--json bench-out/ab.json]
         [--before-packages /tmp/t29/x]   # the before side with the dependency versions it shipped with
-        [--commands issue28|base|top]    # the names model's commands, the base model's under constraints or --top
+        [--commands issue28|base|top|kept]  # the names model's commands, the base model's under constraints or
+                                            # --top, samples kept out after constraints (--unique, --novel)
 
 Each command runs as `python -m chargen ...` with PYTHONPATH set to the tree, so both use this
 Python and its packages; rounds alternate old and new so that the machine's drift hits both. Both
@@ -52,6 +53,17 @@ TOP = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8", "-c base --top 100",
     "--top 100", "--top 1000", "--top 100 --contains th --min-len 6", "--top 100 --regex '[A-Z][a-z]*(el|ia)'")}
 
+# Samples kept out after the constraints (repeats, training lines), and a pattern only training lines match.
+KEPT = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
+    "-n 5000 --seed 1 --max-len 8 --ends-with a",
+    "-n 5000 --seed 1 --max-len 8 --ends-with a --novel",
+    "-n 5000 --seed 1 --max-len 8 --ends-with a --unique",
+    "-n 5000 --seed 1 --max-len 8 --ends-with a --unique --novel",
+    "-n 2000 --seed 1 --max-len 4 --ends-with a --unique",
+    "-n 1000 --seed 1 --max-len 5 --ends-with a --unique --novel",
+    "-c base --label it -n 1000 --seed 1 --ends-with a --unique --novel",
+    "-n 3 --seed 1 --novel --regex 'Anna|Emma'")}
+
 
 def timed(tree: Path, args: list[str], ahead: list[Path] = ()) -> tuple[float, float, bool]:
     """Wall seconds and peak resident MB of one command, and whether it succeeded."""
@@ -72,10 +84,10 @@ def main() -> None:
     parser.add_argument("--before-packages", type=Path, action="append", default=[],
                         help="a folder of packages the before side imports ahead of the installed ones (the "
                              "dependency versions it shipped with, e.g. an unpacked wheel); repeatable")
-    parser.add_argument("--commands", choices=("issue28", "base", "top"), default="issue28")
+    parser.add_argument("--commands", choices=("issue28", "base", "top", "kept"), default="issue28")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    commands = {"issue28": ISSUE28, "base": BASE, "top": TOP}[args.commands]
+    commands = {"issue28": ISSUE28, "base": BASE, "top": TOP, "kept": KEPT}[args.commands]
     compiled(args.before / "chargen", args.after / "chargen", *args.before_packages)
     times: dict[tuple[str, str], list[float]] = {}
     peaks: dict[tuple[str, str], float] = {}

@@ -25,7 +25,8 @@ from chargen.sampling.constraints import Automaton, Constraints
 from chargen.errors import SamplingError, UsageError
 from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import SampleStats, derive_key, generate, guide_for, log_softmax, prime
-from chargen.sampling.tree import PrefixTree, WarmTrees
+from chargen.sampling.drawing import Drawing
+from chargen.sampling.tree import TREE_MEMORY, PrefixTree, WarmTrees
 from chargen.sampling.search import SEARCH_CACHE, most_likely
 from chargen.tokenizer import Vocab
 
@@ -255,6 +256,106 @@ def test_calls_without_a_seed_share_a_warm_tree_and_stay_exact(stepper, exact_pr
     assert sum(draws[:20]) > 1.3 * sum(draws[-20:])
     ok, stat, critical = chi_square_fits(counted(texts), target)
     assert ok, (stat, critical)
+
+
+def told_tree_samples(stepper, kept_out: set[str], told: bool, trees: int = 150, per_tree: int = 480,
+                      width: int = 32, memory: int = TREE_MEMORY) -> tuple[list[str], int, list]:
+    """Fresh adaptive samplers' accepted samples that are not in `kept_out`, how many accepted
+    draws were in it, and each tree's ConstraintMass; `told`: each tree is told (tree.Excluded)."""
+    cfg = SampleConfig(temperature=1.0, length=LIMIT, **CONSTRAINED)
+    guide = guide_for(Automaton(Constraints.of(cfg), VOCAB), VOCAB, "", cfg, True)
+    logits, state = prime(stepper, VOCAB, "", True)
+    rule = (lambda root, text: text in kept_out) if told else None
+    texts, wasted, masses = [], 0, []
+    for k in range(trees):
+        tree = PrefixTree(stepper, VOCAB, guide, cfg, derive_key(12, k), logits, state, memory=memory)
+        for start in range(0, per_tree, width):
+            got = [t for t in tree.run(np.arange(start, start + width), excluded=rule).texts if t is not None]
+            texts += [t for t in got if t not in kept_out]
+            wasted += sum(t in kept_out for t in got)
+        masses.append(tree.mass)
+    return texts, wasted, masses
+
+
+def test_a_tree_told_what_is_kept_out_after_the_constraints_stops_drawing_it_and_stays_exact(stepper, exact_probs):
+    """The five likeliest samples under the constraints (a third of their mass) kept out, as
+    `novel` keeps training lines out: trees told so (tree.Excluded) still fit the conditional
+    distribution of the rest, return a kept-out sample at most in the round that finds it, so
+    waste a small part of the draws the trees not told waste, and still bound Z, the probability
+    of the constraints (the samples kept out included)."""
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    allowed = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
+    kept_out = set(sorted(allowed, key=allowed.get)[-5:])
+    z = sum(allowed.values())
+    assert 0.25 < sum(allowed[t] for t in kept_out) / z < 0.5
+    target = {t: p for t, p in allowed.items() if t not in kept_out}
+    texts, wasted, masses = told_tree_samples(stepper, kept_out, told=True)
+    ok, stat, critical = chi_square_fits(counted(texts), target)
+    assert ok, (stat, critical)
+    _, wasted_untold, _ = told_tree_samples(stepper, kept_out, told=False)
+    assert wasted < 0.2 * wasted_untold, (wasted, wasted_untold)
+    assert all(m.lower <= z * (1 + 1e-6) and z <= m.upper * (1 + 1e-6) for m in masses)
+    assert abs(np.mean([m.estimate for m in masses]) - z) < 0.05 * z
+    # Within 16 nodes, where leaves are evicted: a node that rules a sample out is kept (a fresh
+    # one would allow it again, under a bound computed without it)
+    texts, _, _ = told_tree_samples(stepper, kept_out, told=True, trees=5, per_tree=100_000, width=256, memory=1)
+    ok, stat, critical = chi_square_fits(counted(texts), target)
+    assert ok, (stat, critical)
+
+
+def unique_draws(stepper, seed: int, told: bool, monkeypatch, **constraints) -> tuple[int, list[str]]:
+    """Draws `generate` takes for every sample of a constraints' small language under `unique`."""
+    if not told:
+        monkeypatch.setattr(Drawing, "_exclusions", lambda self: (None, []))
+    cfg = SampleConfig(num=40, temperature=1.0, length=LIMIT, unique=True, **constraints)
+    stats = SampleStats()
+    texts = [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(seed), stats=stats,
+                                      automaton=Automaton(Constraints.of(cfg), VOCAB))]
+    monkeypatch.undo()
+    return stats.draws, texts
+
+
+def test_unique_tells_the_tree_what_it_drew(stepper, exact_probs, monkeypatch):
+    """All 40 samples of at most 4 characters that end in "a" (the rarest: 0.1% of their mass),
+    under `unique`: told each sample it drew, the tree draws each at most in the round that finds
+    it, so the draws fall to about a third of what rejecting the repeats takes (20 seeds each)."""
+    language = {t for t in exact_probs if len(t) <= 4 and t.endswith("a")}
+    assert len(language) == 40
+    told, untold = [], []
+    for seed in range(20):
+        draws, texts = unique_draws(stepper, seed, True, monkeypatch, max_len=4, ends_with="a")
+        assert set(texts) == language and len(texts) == 40
+        told.append(draws)
+        untold.append(unique_draws(stepper, seed, False, monkeypatch, max_len=4, ends_with="a")[0])
+    assert np.median(told) < 0.6 * np.median(untold), (told, untold)
+
+
+def test_when_every_sample_the_constraints_allow_is_kept_out_the_drawing_says_so_at_once(stepper, exact_probs):
+    """`novel` against training lines that hold every sample the constraints allow: the tree's
+    bound reaches 0 and the drawing stops with what is wrong, long before its budget (6,100
+    draws for 3 samples) runs out."""
+    cfg = SampleConfig(num=3, temperature=1.0, length=LIMIT, max_len=3, ends_with="a", novel=True)
+    training = {t for t in exact_probs if len(t) <= 3 and t.endswith("a")}
+    stats = SampleStats()
+    with pytest.raises(SamplingError, match="0 of 3 novel samples in [0-9,]+ draws: every sample that satisfies the "
+                                            "constraints at these settings is a training line; loosen the constraints "
+                                            "or drop `?novel`?"):
+        list(generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(2), automaton=Automaton(Constraints.of(cfg), VOCAB),
+                      training_lines=training, stats=stats))
+    assert stats.draws < 2_000
+
+
+def test_a_warm_tree_learns_only_what_holds_for_every_call(stepper):
+    """Calls without a seed share a tree (WarmTrees): a call's repeats under `unique` are its own,
+    so the tree given back has ruled nothing out, and the next call gets every sample again."""
+    cfg = SampleConfig(num=13, temperature=1.0, length=LIMIT, max_len=3, ends_with="a", unique=True)
+    automaton, warm = Automaton(Constraints.of(cfg), VOCAB), WarmTrees()
+    for call in range(3):
+        texts = [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(3, call),
+                                          automaton=automaton, warm=warm)]
+        assert len(set(texts)) == 13
+        tree = next(iter(warm._trees.values()))
+        assert not tree.gone.any() and tree.mass.upper == tree.root_psi[0]
 
 
 def test_a_seed_gets_a_fresh_tree_and_calls_without_keep_theirs(trained_names):

@@ -53,6 +53,9 @@ CASES = [
     {"n": 5, "seed": 7, "temperature": 0, "minLen": 6},
     {"n": 4, "seed": 7, "temperature": 0, "contains": ["ll"]},  # greedy among the allowed
     {"n": 10, "seed": 8, "novel": True, "temperature": 1.5},
+    # the tree told what is kept out after the constraints: repeats, training lines, `exclude`
+    {"n": 40, "seed": 19, "maxLen": 4, "endsWith": "a", "unique": True, "novel": True, "temperature": 1.3},
+    {"n": 30, "seed": 20, "maxLen": 3, "endsWith": "a", "exclude": [c + "a" for c in string.ascii_letters]},
     {"n": 3, "seed": 9, "lines": False, "length": 60, "prompt": "Ann"},
     {"n": 4, "seed": 2**62 + 12345, "temperature": 0.5},
 ]
@@ -163,6 +166,7 @@ LABEL_CASES = [
     {"n": 20, "seed": 12, "label": "greek first names=0.5,Italian Surnames=0.5"},  # pieces apart by spaces, plurals
     {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
+    {"n": 30, "seed": 15, "label": "it=0.5,el_GR:first=0.5", "maxLen": 4, "endsWith": "a", "novel": True, "unique": True},
     {"n": 5, "seed": 8, "label": "el_GR:first=1,es_ES:city=1", "temperature": 0},
 ]
 
@@ -427,7 +431,8 @@ def test_a_full_tree_evicts_as_chargen_does(tmp_path, monkeypatch):
     ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
     module, text = module_with_tree_room(ckpt_path, 1500, monkeypatch)
     cases = [{"n": 200, "seed": 4, "regex": "[A-Z][a-z]*(e|n)", "temperature": 1.2},  # (rounds 1 and 2 evict some)
-             {"n": 400, "seed": 3, "endsWith": "n", "minLen": 3}]  # (from round 2 on, round-only nodes)
+             {"n": 400, "seed": 3, "endsWith": "n", "minLen": 3},  # (from round 2 on, round-only nodes)
+             {"n": 400, "seed": 5, "endsWith": "n", "maxLen": 6, "unique": True}]  # (nodes that rule repeats out: kept)
     fresh = node_records(module, cases)
     for case, js in zip(cases, fresh):
         assert_same(js, python_records(ckpt_path, case))

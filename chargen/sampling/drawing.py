@@ -10,7 +10,7 @@ import contextlib
 import threading
 from dataclasses import dataclass
 from collections import deque
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
 from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
-from .tree import MAX_BATCH, ConstraintMass, LabelTree, PrefixTree, WarmTrees
+from .tree import MAX_BATCH, ConstraintMass, Excluded, LabelTree, PrefixTree, WarmTrees
 
 # Rows the engine keeps advancing in plain and rejection sampling (whose samples do not depend on
 # it): wider steps share the per-step work; measured, bundled names model, 20,000 names in-process:
@@ -173,6 +173,7 @@ class Drawing:
         self.adaptive = self.rejecting and not cfg.rejection  # draws in rounds of the adaptive exact sampler
         self.stepper, self.vocab = stepper, vocab
         self.tree: "PrefixTree | LabelTree | None" = None  # taken (or made) at its first round
+        self.excluded, self.ruled_out = self._exclusions()
         self.budget = cfg.num * (CONSTRAINED_TRIES if self.rejecting else cfg.max_tries) + 100
         self.produced = 0  # samples kept
         self.attempt = 0  # attempts whose results were taken (the next one to take)
@@ -190,7 +191,31 @@ class Drawing:
     def _warm_key(self) -> tuple:
         """What decides a tree's bounds: calls that agree on it can share one."""
         labels = self.labels.key() if self.labels is not None else None
-        return self.prompt, self.line_mode, labels, Constraints.of(self.cfg), self.cfg.settings(), self.steps
+        return (self.prompt, self.line_mode, labels, Constraints.of(self.cfg), self.cfg.settings(), self.steps,
+                self.cfg.novel)
+
+    def _exclusions(self) -> tuple[Optional[Excluded], list[tuple[str, str]]]:
+        """What the adaptive sampler's tree is told of the samples kept out after the constraints,
+        so that its later draws do not return them (tree.Excluded), and what they are, in words.
+        A warm tree serves other calls: it learns only what holds for all of them with its key
+        (the training lines, under `novel`); a call's own tree, its repeats (`unique`: every
+        sample it accepts is kept or rejected, so none may come again) and its `exclude` too."""
+        if not self.adaptive:
+            return None, []
+        own = self.warm is None
+        training, exclude, unique = self.training_lines, self.exclude if own else None, self.cfg.unique and own
+        why = [(words, flag) for words, flag, on in (("a training line", "novel", training is not None),
+                                                   ("one drawn already", "unique", unique),
+                                                   ("excluded", "exclude", bool(exclude))) if on]
+        if not why:
+            return None, []
+        names, prompt = (self.labels.names if self.labels is not None else None), self.prompt
+
+        def excluded(root: int, text: str) -> bool:
+            text = prompt + text
+            return unique or (training is not None and line_key(names[root] if names else None, text) in training) \
+                or (exclude is not None and text in exclude)
+        return excluded, why
 
     def _new_tree(self) -> "PrefixTree | LabelTree":
         """One prefix tree; a blend's with a root per label, under a LabelTree."""
@@ -225,6 +250,9 @@ class Drawing:
         """The next attempts to run (at least one, at most `limit`); a SamplingError once the
         budget is spent."""
         cfg = self.cfg
+        if self.tree is not None and self.tree.exhausted:  # no draw can be kept: say so now, not after the budget
+            raise SamplingError(_shortfall(cfg, self.produced, self.attempt, True, self.tree.mass,
+                                           ruled_out=self.ruled_out))
         if self.issued >= self.budget:
             raise SamplingError(_shortfall(cfg, self.produced, self.attempt, self.rejecting,
                                            self.tree.mass if self.tree is not None else None,
@@ -242,7 +270,7 @@ class Drawing:
         goes back to `warm` with the last samples."""
         if self.tree is None:  # (not before: a drawing that waits its turn leaves a warm tree to others)
             self.tree = self._tree()
-        kept = self.take(self.tree.run(self.next_attempts(limit or self.tree.round_width).indices))
+        kept = self.take(self.tree.run(self.next_attempts(limit or self.tree.round_width).indices, excluded=self.excluded))
         if self.done and self.warm is not None:
             self.warm.give_back(self._warm_key(), self.tree)
         return kept
@@ -405,11 +433,16 @@ def generate(
 
 
 def _shortfall(cfg: SampleConfig, produced: int, attempt: int, rejecting: bool,
-               mass: Optional[ConstraintMass] = None, none_kept: bool = False) -> str:
+               mass: Optional[ConstraintMass] = None, none_kept: bool = False,
+               ruled_out: Sequence[tuple[str, str]] = ()) -> str:
     why = [name for name, on in (("unique", cfg.unique), ("novel", cfg.novel)) if on]
     what = " and ".join(why) + " " if why else ("" if rejecting else "non-empty ")
     advice = "loosen the constraints, raise `temperature`, or pass `guided`" if rejecting else \
         "ask for fewer, raise `temperature`, or drop `unique`/`novel`/`exclude`"
+    if ruled_out and mass is not None and mass.upper > 0:
+        words, flags = " or ".join(w for w, _ in ruled_out), " or ".join(f"`{f}`" for _, f in ruled_out)
+        return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws: every " \
+               f"sample that satisfies the constraints at these settings is {words}; loosen the constraints or drop {flags}"
     return f"the model produced only {produced} of {cfg.num} {what}samples in {attempt:,} draws" \
            f"{_how_rare(mass, attempt, none_kept) if rejecting else ''}; {advice}"
 
@@ -418,7 +451,8 @@ def _how_rare(mass: Optional[ConstraintMass], draws: int, none_kept: bool) -> st
     """What the draws say of Z, the probability the model gives the constraints. Each draw, exact
     rejection or adaptive, is kept with probability at least Z (Z / psi(root), psi <= 1), whatever
     came before it, so none kept in `draws` puts Z below 3 / draws with 95% confidence (the rule of
-    three: (1 - Z)^draws <= 0.05); the adaptive sampler's psi(root) bounds it for certain."""
+    three: (1 - Z)^draws <= 0.05); the adaptive sampler's psi(root) bounds it for certain (plus
+    the probability of the samples it ruled out: none, when none was kept)."""
     if mass is not None and mass.upper <= 0:
         return ": the constraints rule out every sample the model can draw at these settings"
     if none_kept and draws:

@@ -826,6 +826,8 @@ class PrefixTree {
     this.draws = 0; this.massSum = 0;
     // Distinct accepted samples ("root\ntext"): their probability at the settings, summed per root
     this.found = new Map(); this.foundMass = new Float64Array(primed.length);
+    // The probability of the accepted samples ruled out (tree.Excluded), per root
+    this.gone = new Float64Array(primed.length);
     this.roots = primed.map((pr, k) => this.node(null, -1, guide.s, pr[0], this.sm.net.copyState(pr[1]), false, k));
   }
 
@@ -833,7 +835,10 @@ class PrefixTree {
   get memory() { return this.count * MODEL.tree_node_bytes; }
 
   // One root's (a blend's is its LabelTree's)
-  get mass() { return constraintMass(this.massSum, this.draws, this.foundMass[0], this.rootPsi[0]); }
+  get mass() { return constraintMass(this.massSum, this.draws, this.foundMass[0], this.rootPsi[0] + this.gone[0]); }
+
+  // No draw can be accepted any more (one root's tree)
+  get exhausted() { return this.rootPsi[0] <= 0; }
 
   // Draw with another call's random key (a warm tree)
   useKey(key) { this.key = key; }
@@ -869,13 +874,16 @@ class PrefixTree {
   }
 
   // One round: the attempts `indices`, each from its root (`roots`, else the first), with the bounds
-  // as they are; then the bounds tighten.
-  run(indices, newline, roots = null) {
-    const V = this.V, out = [], visited = [], w = new Float64Array(V), cdf = new Float64Array(V);
-    const psiRoots = Float64Array.from(this.rootPsi), accepted = new Array(this.roots.length).fill(0);
+  // as they are; then the bounds tighten, and the accepted samples `excluded(root, text)` rules out
+  // are never drawn again (tree.PrefixTree.run).
+  run(indices, newline, excluded = null, roots = null) {
+    const V = this.V, out = [], visited = [], w = new Float64Array(V), cdf = new Float64Array(V), ends = [];
+    const psiRoots = Float64Array.from(this.rootPsi), goneRoots = Float64Array.from(this.gone);
+    const accepted = new Array(this.roots.length).fill(0), drawn = new Array(this.roots.length).fill(0);
     this.full = this.count >= this.cap;  // then this round's new nodes live for the round only
     for (let j = 0; j < indices.length; j++) {
       const i = indices[j], r = roots === null ? 0 : roots[j];
+      drawn[r]++;
       let n = this.roots[r], psi = this.rootPsi[r], text = "", logprob = 0, kept = 0, logq = 0, d = 0, ok = false;
       for (; d < this.g.steps; d++) {
         if (visited[d] === undefined) visited[d] = new Set();
@@ -888,7 +896,7 @@ class PrefixTree {
         logprob += (n.logits[c] - n.norm.m) - n.norm.ls;
         logq += Math.log(n.probs[c]);
         kept += n.kept;
-        if (c === newline) { ok = true; d++; break; }
+        if (c === newline) { ok = true; d++; ends.push({ n, r, text, logq }); break; }
         text += this.sm.vocab[c];
         psi = n.psi[c];
         n = this.childOf(n, c);
@@ -904,7 +912,15 @@ class PrefixTree {
       out.push({ text: ok ? text : null, logprob, kept, chars: d });
     }
     this.draws += indices.length;
-    accepted.forEach((a, r) => { if (a) this.massSum += psiRoots[r] * a; });
+    drawn.forEach((k, r) => { if (k) this.massSum += psiRoots[r] * accepted[r] + goneRoots[r] * k; });
+    // The accepted draws `excluded` rules out: their newline's bound 0, their node never evicted
+    if (excluded !== null) {
+      for (const { n, r, text, logq } of ends) {
+        if (n.temp || n.psi[newline] === 0 || !excluded(r, text)) continue;
+        n.psi[newline] = 0; n.pristine = false; this.leaves.delete(n);
+        this.gone[r] += Math.exp(logq);
+      }
+    }
     for (let d = visited.length - 1; d >= 0; d--) {
       for (const n of visited[d]) {
         if (n.temp) continue;  // a round-only node passes no bound up
@@ -1034,10 +1050,15 @@ class LabelTree {
     this.tree = tree; this.weights = weights; this.key = key; this.psi = 1; this.draws = 0; this.massSum = 0;
   }
 
-  get mass() {
-    let lower = 0;
-    this.weights.forEach((w, k) => { lower += w * this.tree.foundMass[k]; });
-    return constraintMass(this.massSum, this.draws, lower, this.psi);
+  get mass() { return constraintMass(this.massSum, this.draws, this.weighted(this.tree.foundMass), this.psi + this.weighted(this.tree.gone)); }
+
+  get exhausted() { return this.psi <= 0; }
+
+  // sum_k w_k v_k, added in order (tree._weighted)
+  weighted(values) {
+    let s = 0;
+    this.weights.forEach((w, k) => { s += w * values[k]; });
+    return s;
   }
 
   get memory() { return this.tree.memory; }
@@ -1051,8 +1072,8 @@ class LabelTree {
     return [w, total];
   }
 
-  run(indices, newline) {
-    const P = this.weights.length, [w, total] = this.mixed(), psi = this.psi;
+  run(indices, newline, excluded = null) {
+    const P = this.weights.length, [w, total] = this.mixed(), psi = this.psi, gone = this.weighted(this.tree.gone);
     const picked = indices.map((i) => {
       if (!(total > 0) || !(uniform(this.key, i, LABEL_GO) * psi < total)) return -1;
       return pickWeighted(w, P, uniform(this.key, i, LABEL_PICK));
@@ -1061,11 +1082,11 @@ class LabelTree {
     const rows = [];
     picked.forEach((p, r) => { if (p >= 0) rows.push(r); });
     if (rows.length) {
-      const res = this.tree.run(rows.map((r) => indices[r]), newline, rows.map((r) => picked[r]));
+      const res = this.tree.run(rows.map((r) => indices[r]), newline, excluded, rows.map((r) => picked[r]));
       rows.forEach((r, j) => { out[r] = res[j]; });
     }
     out.forEach((a, r) => { a.label = picked[r]; });
-    this.draws += indices.length; this.massSum += psi * out.filter((a) => a.text !== null).length;
+    this.draws += indices.length; this.massSum += psi * out.filter((a) => a.text !== null).length + gone * indices.length;
     this.psi = this.mixed()[1];
     return out;
   }
@@ -1332,7 +1353,7 @@ class Sampler {
       // A warm tree (no seed), else a new one (a blend's: a root per label)
       if (rejecting && !o.rejection) {
         warmKey = o.warm ? JSON.stringify([prompt, lines, mix && [mix.names, Array.from(mix.weights)], o.endsWith,
-          o.contains, o.regex, o.minLen, o.maxLen, o.temperature, o.topK, o.topP, guide.steps]) : null;
+          o.contains, o.regex, o.minLen, o.maxLen, o.temperature, o.topK, o.topP, guide.steps, o.novel]) : null;
         tree = warmKey !== null ? this.warm.take(warmKey) : null;
         if (tree !== null) tree.useKey(key);
         else {
@@ -1340,6 +1361,16 @@ class Sampler {
           tree = blend ? new LabelTree(t, mix.weights, key) : t;
         }
       }
+      // What the tree is told of the samples kept out after the constraints (Drawing._exclusions): a
+      // warm tree only the training lines; a call's own, its repeats and `exclude` too
+      const own = warmKey === null, training = o.novel ? this.training : null;
+      const unique = o.unique && own, excl = own && exclude !== null && exclude.size ? exclude : null;
+      const ruledOut = [["a training line", "novel", training !== null], ["one drawn already", "unique", unique],
+        ["excluded", "exclude", excl !== null]].filter((x) => x[2]);
+      const excluded = tree === null || !ruledOut.length ? null : (r, text) => {
+        text = prompt + text;
+        return unique || (training !== null && training.has(mix ? `${mix.names[r]}\t${text}` : text)) || (excl !== null && excl.has(text));
+      };
       let produced = 0, i = 0, issued = 0, met = 0, last = null;
       const keep = (a, mass = null) => {  // what chargen.sampling.Drawing.take keeps
         last = mass;
@@ -1359,10 +1390,10 @@ class Sampler {
         }
         return r;
       };
-      while (tree !== null && produced < o.n && issued < budget) {  // rounds sized as Drawing.wanted sizes them
+      while (tree !== null && produced < o.n && issued < budget && !tree.exhausted) {  // rounds sized as Drawing.wanted sizes them
         const rate = i ? produced / i : 0.5, target = Math.floor((o.n - produced) / Math.max(rate, 0.02) * 1.1) + 8;
         const b = Math.max(1, Math.min(target - (issued - i), budget - issued, MODEL.max_batch));
-        const results = tree.run(Array.from({ length: b }, (_, r) => issued + r), newline), mass = tree.mass;
+        const results = tree.run(Array.from({ length: b }, (_, r) => issued + r), newline, excluded), mass = tree.mass;
         issued += b;
         for (const a of results) {
           if (produced >= o.n) break;
@@ -1383,7 +1414,12 @@ class Sampler {
       if (stats !== null) { stats.draws = (stats.draws || 0) + i; stats.accepted = (stats.accepted || 0) + produced; }
       if (produced < o.n) {
         // How rare the constraints are, as chargen.sampling.drawing._how_rare says
-        const hold = " of the model's samples at these settings", m = last;
+        const hold = " of the model's samples at these settings", m = tree !== null && tree.exhausted ? tree.mass : last;
+        if (tree !== null && tree.exhausted && ruledOut.length && m.upper > 0) {
+          throw new ChargenError(`the model produced only ${produced} of ${o.n} samples in ${i} draws: every sample that satisfies ` +
+            `the constraints at these settings is ${ruledOut.map((x) => x[0]).join(" or ")}; loosen the constraints or drop ` +
+            ruledOut.map((x) => `\`${x[1]}\``).join(" or "));
+        }
         const rare = !rejecting ? "" : m && m.upper <= 0 ? ": the constraints rule out every sample the model can draw at these settings"
           : !met ? `: the constraints hold less than ${Math.min(3 / i, m ? m.upper : 1).toPrecision(2)}${hold} (95% confidence)`
             : m ? `: the constraints hold about ${m.estimate.toPrecision(2)}${hold}` : "";
