@@ -60,6 +60,7 @@ KEPT = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-n 5000 --seed 1 --max-len 8 --ends-with a --unique",
     "-n 5000 --seed 1 --max-len 8 --ends-with a --unique --novel",
     "-n 2000 --seed 1 --max-len 4 --ends-with a --unique",
+    "-n 2000 --max-len 4 --ends-with a --unique",  # (no seed: a warm tree, as in a program or a server)
     "-n 1000 --seed 1 --max-len 5 --ends-with a --unique --novel",
     "-c base --label it -n 1000 --seed 1 --ends-with a --unique --novel",
     "-n 3 --seed 1 --novel --regex 'Anna|Emma'")}

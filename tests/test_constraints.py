@@ -345,17 +345,49 @@ def test_when_every_sample_the_constraints_allow_is_kept_out_the_drawing_says_so
     assert stats.draws < 2_000
 
 
-def test_a_warm_tree_learns_only_what_holds_for_every_call(stepper):
-    """Calls without a seed share a tree (WarmTrees): a call's repeats under `unique` are its own,
-    so the tree given back has ruled nothing out, and the next call gets every sample again."""
+def test_a_warm_tree_gives_back_what_a_call_ruled_out_for_itself(stepper, exact_probs):
+    """Calls without a seed share a tree (WarmTrees). Under `unique` a call rules its own samples
+    out as it draws them (all 13 of at most 3 characters ending in "a", so the tree's bound at
+    its root reaches 0), then gives them back (PrefixTree.end_call): the tree it leaves is sound,
+    bounds the constraints' probability again, and the next call gets every sample once more.
+    Training lines under `novel` stay ruled out: they hold for every call with the tree's key."""
+    language = {t: p for t, p in exact_probs.items() if len(t) <= 3 and t.endswith("a")}
+    z = sum(language.values())
+    automaton, warm = Automaton(Constraints(max_len=3, ends_with="a"), VOCAB), WarmTrees()
     cfg = SampleConfig(num=13, temperature=1.0, length=LIMIT, max_len=3, ends_with="a", unique=True)
-    automaton, warm = Automaton(Constraints.of(cfg), VOCAB), WarmTrees()
     for call in range(3):
         texts = [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(3, call),
                                           automaton=automaton, warm=warm)]
-        assert len(set(texts)) == 13
+        assert sorted(texts) == sorted(language)
         tree = next(iter(warm._trees.values()))
-        assert not tree.gone.any() and tree.mass.upper == tree.root_psi[0]
+        assert not tree.gone.any() and not tree.for_call and not tree.nodes.pinned.any()
+        assert_a_sound_tree(tree)
+        assert tree.root_psi[0] >= z * (1 - 1e-9) and tree.mass.upper == tree.root_psi[0]
+    novel = SampleConfig(num=12, temperature=1.0, length=LIMIT, max_len=3, ends_with="a", unique=True, novel=True)
+    texts = [s.text for s in generate(stepper, VOCAB, "", novel, lines=True, key=derive_key(4), automaton=automaton,
+                                      warm=warm, training_lines={"ba"})]
+    assert sorted(texts) == sorted(set(language) - {"ba"})
+    tree = next(t for t in warm._trees.values() if t.gone.any())
+    assert tree.gone[0] == pytest.approx(language["ba"], rel=1e-5) and tree.nodes.pinned.sum() == 1
+    assert_a_sound_tree(tree)
+
+
+def test_warm_calls_under_unique_stay_exact(stepper, exact_probs):
+    """Calls without a seed, 3 distinct samples each, sharing one tree that each call's repeats
+    pass through and are given back from: each call's first sample follows the conditional
+    distribution (its later ones are conditioned on differing from the earlier)."""
+    c = Constraints(max_len=5, ends_with="a", contains=("b",))
+    target = {t: p for t, p in exact_probs.items() if satisfies(t, c)}
+    cfg = SampleConfig(num=3, temperature=1.0, length=LIMIT, unique=True, **CONSTRAINED)
+    automaton, warm, first = Automaton(Constraints.of(cfg), VOCAB), WarmTrees(), []
+    for call in range(3_000):
+        texts = [s.text for s in generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(8, call),
+                                          automaton=automaton, warm=warm)]
+        assert len(set(texts)) == 3
+        first.append(texts[0])
+    ok, stat, critical = chi_square_fits(counted(first), target)
+    assert ok, (stat, critical)
+    assert_a_sound_tree(next(iter(warm._trees.values())))
 
 
 def test_a_seed_gets_a_fresh_tree_and_calls_without_keep_theirs(trained_names):

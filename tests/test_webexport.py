@@ -404,6 +404,25 @@ def test_module_calls_without_a_seed_start_from_warm_trees(tmp_path):
     assert np.mean(cold_draws) > 1.5 * np.mean(warm_draws), (cold_draws, warm_draws)
 
 
+@needs_node
+def test_module_calls_without_a_seed_give_back_what_unique_ruled_out(tmp_path):
+    """Warm calls under `unique` (websampler.js's PrefixTree.endCall, as chargen's end_call): three
+    calls of 20 distinct samples from a language of fewer than 60 (two characters at most, ending
+    in "n") share one tree; each succeeds, since each gives back the samples it ruled out for
+    itself before the next takes the tree (kept, they would leave the third too few)."""
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    call = {"n": 20, "unique": True, "maxLen": 2, "endsWith": "n", "temperature": 1.5}
+    with pytest.raises(chargen.UsageError, match="only [0-9]+ distinct samples"):
+        chargen.load(ckpt_path).sample(60, unique=True, max_len=2, ends_with="n")
+    got = node_records(module, [call] * 3)
+    for records in got:
+        assert "error" not in records, records
+        texts = [r["text"] for r in records]
+        assert len(set(texts)) == 20 and all(len(t) <= 2 and t.endswith("n") for t in texts)
+
+
 def module_with_tree_room(ckpt_path: Path, nodes: int, monkeypatch) -> tuple[Path, str]:
     """The checkpoint's module (beside it) with room for `nodes` nodes in the adaptive sampler's
     tree, and chargen's trees with as little while the test runs; and the module's usual text."""

@@ -22,7 +22,7 @@ from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
 from .parallel import Workers, cores, forkable, refuse_workers, run_parallel
 from .parallel import available as parallel_available
-from .tree import MAX_BATCH, ConstraintMass, Excluded, LabelTree, PrefixTree, WarmTrees
+from .tree import FOR_CALL, FOR_GOOD, KEPT, MAX_BATCH, ConstraintMass, Excluded, LabelTree, PrefixTree, WarmTrees
 
 # Rows the engine keeps advancing in plain and rejection sampling (whose samples do not depend on
 # it): wider steps share the per-step work; measured, bundled names model, 20,000 names in-process:
@@ -196,25 +196,25 @@ class Drawing:
 
     def _exclusions(self) -> tuple[Optional[Excluded], list[tuple[str, str]]]:
         """What the adaptive sampler's tree is told of the samples kept out after the constraints,
-        so that its later draws do not return them (tree.Excluded), and what they are, in words.
-        A warm tree serves other calls: it learns only what holds for all of them with its key
-        (the training lines, under `novel`); a call's own tree, its repeats (`unique`: every
-        sample it accepts is kept or rejected, so none may come again) and its `exclude` too."""
+        so that its later draws do not return them (tree.Excluded), and what they are, in words:
+        the training lines under `novel` for good (they hold for every call with the tree's key),
+        and for this call its repeats (`unique`: every sample it accepts is kept or rejected, so
+        none may come again) and its `exclude` (given back before a warm tree serves another)."""
         if not self.adaptive:
             return None, []
-        own = self.warm is None
-        training, exclude, unique = self.training_lines, self.exclude if own else None, self.cfg.unique and own
+        training, exclude, unique = self.training_lines, self.exclude or None, self.cfg.unique
         why = [(words, flag) for words, flag, on in (("a training line", "novel", training is not None),
                                                    ("one drawn already", "unique", unique),
-                                                   ("excluded", "exclude", bool(exclude))) if on]
+                                                   ("excluded", "exclude", exclude is not None)) if on]
         if not why:
             return None, []
         names, prompt = (self.labels.names if self.labels is not None else None), self.prompt
 
-        def excluded(root: int, text: str) -> bool:
+        def excluded(root: int, text: str) -> int:
             text = prompt + text
-            return unique or (training is not None and line_key(names[root] if names else None, text) in training) \
-                or (exclude is not None and text in exclude)
+            if training is not None and line_key(names[root] if names else None, text) in training:
+                return FOR_GOOD
+            return FOR_CALL if unique or (exclude is not None and text in exclude) else KEPT
         return excluded, why
 
     def _new_tree(self) -> "PrefixTree | LabelTree":
@@ -272,6 +272,7 @@ class Drawing:
             self.tree = self._tree()
         kept = self.take(self.tree.run(self.next_attempts(limit or self.tree.round_width).indices, excluded=self.excluded))
         if self.done and self.warm is not None:
+            self.tree.end_call()
             self.warm.give_back(self._warm_key(), self.tree)
         return kept
 

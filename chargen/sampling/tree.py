@@ -49,8 +49,8 @@ nodes: the labels drawn most keep the most.
 Samples kept out after the constraints (a training line under `novel`, a repeat under `unique`,
 a line of `exclude`): a drawing tells its tree which accepted samples no later draw may return
 (Excluded), and the bound in such a sample's newline slot becomes 0, its probability added to
-`gone`. Its node is then never evicted (a fresh node would allow the sample again, under bounds
-computed without it). The bounds stay upper bounds on the probability of what may still be
+`gone`. Its node is then pinned, never evicted (a fresh node would allow the sample again,
+under bounds computed without it). The bounds stay upper bounds on the probability of what may still be
 kept, so the draws stay exact for the rest, and the tree stops spending draws on what it knows
 will be rejected: `-n 5000 --max-len 8 --ends-with a --unique --novel` takes 20,242 draws against
 30,352; 5,000 distinct names of at most three characters from a model adapted to five names
@@ -66,8 +66,10 @@ constraints and settings starts where the earlier ones left the bounds and the n
 draw is exact whatever the bounds are, its samples still follow the conditional distribution,
 independently of what came before (its random numbers come from its own key); only which samples
 it gets depends on the history, which a call without a seed never fixed. A call with a seed gets
-a fresh tree: the same seed, the same samples. A warm tree is told only what holds for every call
-with its key (the training lines: `novel` is part of it), not a call's own repeats or `exclude`.
+a fresh tree: the same seed, the same samples. What a call rules out for itself (its repeats, its
+`exclude`: FOR_CALL) it gives back before the tree serves another (end_call: each such sample's
+slot is 1 again and the bounds on its path rise by what that adds); the training lines under
+`novel` (FOR_GOOD, `novel` being part of a warm tree's key) stay ruled out.
 """
 
 from __future__ import annotations
@@ -103,9 +105,12 @@ ROUND_BYTES = 24 << 20
 MIN_ROUND = 256
 TREE_MEMORY = 64 << 20  # bytes of nodes kept between rounds
 WARM_MEMORY = 2 * TREE_MEMORY  # bytes of nodes WarmTrees keeps between calls (the least recently used go first)
-# Accepted samples a tree's later draws must not return, whatever comes (a training line under
-# `novel`, a sample already drawn under `unique`): (root, text after the prompt) -> ruled out.
-Excluded = Callable[[int, str], bool]
+# Accepted samples a tree's later draws must not return: (root, text after the prompt) -> KEPT (0,
+# not ruled out), FOR_GOOD (for as long as the tree lives: a training line under `novel`, which
+# holds for every call with the tree's key) or FOR_CALL (for the call drawing now: its repeats
+# under `unique`, its `exclude`; given back by end_call before the tree serves another call).
+Excluded = Callable[[int, str], int]
+KEPT, FOR_GOOD, FOR_CALL = 0, 1, 2
 FOUND_KEPT = 1 << 17  # distinct accepted samples a tree remembers for Z's lower bound (a warm tree lives long)
 
 
@@ -169,6 +174,7 @@ class _Nodes:
                         "lsm": ((v,), np.float32), "kept": ((), np.float64), "state": ((state_size,), np.float32),
                         "dfa": ((), np.int64), "depth": ((), np.int64), "parent": ((), np.int64),
                         "char": ((), np.int64), "used": ((), np.int64), "key": ((), np.uint64), "pristine": ((), bool),
+                        "pinned": ((), bool),
                         "temp": ((), bool), "children": ((), np.int32)}
         for name, (shape, dtype) in self.columns.items():  # zeroed pages cost nothing until used
             setattr(self, name, np.zeros((capacity,) + shape, dtype=dtype))
@@ -262,6 +268,8 @@ class PrefixTree:
         self.found_mass = np.zeros(self.roots)
         # The probability (at the sampling settings) of the accepted samples ruled out (Excluded), per root
         self.gone = np.zeros(self.roots)
+        self.gone_for_good = np.zeros(self.roots)  # its part ruled out FOR_GOOD
+        self.for_call: list[tuple[int, int]] = []  # (node, root) of each sample ruled out FOR_CALL
         roots = self.nodes.alloc(self.roots)  # rows 0..K-1
         n = self.nodes
         n.parent[roots], n.char[roots], n.depth[roots], n.dfa[roots] = -1, -1, 0, guide.start
@@ -390,7 +398,7 @@ class PrefixTree:
         allowed = self.automaton.allowed(n.dfa[rows], self.guide.n0 + n.depth[rows])
         n.psi[rows] = allowed
         n.kept[rows] = np.log(np.where(allowed, np.exp(lsm), 0.0).sum(axis=-1))
-        n.pristine[rows], n.temp[rows], n.used[rows] = True, temp, self.round
+        n.pristine[rows], n.temp[rows], n.used[rows], n.pinned[rows] = True, temp, self.round, False
 
     def _learn(self, psi_roots: np.ndarray, gone_roots: np.ndarray, start: np.ndarray, accepted: np.ndarray,
                texts: list[str], logq: np.ndarray) -> None:
@@ -412,16 +420,43 @@ class PrefixTree:
     def _exclude(self, accepted: np.ndarray, ends: np.ndarray, start: np.ndarray, texts: list[str],
                  logq: np.ndarray, excluded: Excluded) -> None:
         """The accepted draws `excluded` rules out: the bound of their newline's slot becomes 0, so
-        no later draw returns them, and their node is never evicted (a fresh one would not know).
-        A round-only node keeps nothing: there the rule is the drawing's rejection alone."""
+        no later draw returns them, and their node is pinned, never evicted (a fresh one would not
+        know). A round-only node keeps nothing: there the rule is the drawing's rejection alone."""
         n, newline = self.nodes, self.newline
         for i in accepted.tolist():
             node, root = int(ends[i]), int(start[i])
-            if n.temp[node] or n.psi[node, newline] == 0 or not excluded(root, texts[i]):
+            if n.temp[node] or n.psi[node, newline] == 0:
                 continue
+            how = excluded(root, texts[i])
+            if how == KEPT:
+                continue
+            q = float(np.exp(logq[i]))
             n.psi[node, newline] = 0.0
-            n.pristine[node] = False
-            self.gone[root] += float(np.exp(logq[i]))
+            n.pinned[node] = True
+            self.gone[root] += q
+            if how == FOR_CALL:
+                self.for_call.append((node, root))
+            else:
+                self.gone_for_good[root] += q
+
+    def end_call(self) -> None:
+        """Give back what the call drawing now ruled out for itself (FOR_CALL), so that the tree can
+        serve another: each such sample's newline slot is 1 again (what the automaton allowed), and
+        every bound on its path up to the root rises by what that adds below it, so each bound stays
+        an upper bound and N(s) <= psi(s) still holds."""
+        n, newline = self.nodes, self.newline
+        for node, root in self.for_call:
+            n.psi[node, newline] = 1.0
+            n.pinned[node] = False
+            rise = float(n.probs[node, newline])
+            while n.parent[node] >= 0:
+                parent, c = int(n.parent[node]), int(n.char[node])
+                n.psi[parent, c] += rise
+                rise *= float(n.probs[parent, c])
+                node = parent
+            self.root_psi[root] += rise
+        self.gone = self.gone_for_good.copy()
+        self.for_call.clear()
 
     def _bound_up(self, visited: list[np.ndarray]) -> None:
         """psi(s) := N(s) on the nodes visited, deepest first, each from its children's new bounds."""
@@ -454,7 +489,7 @@ class PrefixTree:
         live = np.ones(n.top, dtype=bool)
         live[n.free] = False
         live[: self.roots] = False  # the roots stay
-        leaves = np.flatnonzero(live & n.pristine[: n.top] & (n.children[: n.top] == 0))
+        leaves = np.flatnonzero(live & n.pristine[: n.top] & ~n.pinned[: n.top] & (n.children[: n.top] == 0))
         leaves = leaves[np.lexsort((n.key[leaves], n.used[leaves]))][:over]  # oldest first, then by prefix
         if leaves.size:
             n.child[n.parent[leaves], n.char[leaves]] = 0
@@ -492,6 +527,12 @@ class LabelTree:
     @property
     def exhausted(self) -> bool:
         return self.psi <= 0
+
+    def end_call(self) -> None:
+        """PrefixTree.end_call, and this top node's bound raised by what its roots' rose."""
+        before = self.tree.root_psi.copy()
+        self.tree.end_call()
+        self.psi += _weighted(self.weights, self.tree.root_psi - before)
 
     def _gone(self) -> float:
         """The blend's probability of the samples ruled out (PrefixTree.gone, weighted)."""

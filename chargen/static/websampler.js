@@ -826,8 +826,9 @@ class PrefixTree {
     this.draws = 0; this.massSum = 0;
     // Distinct accepted samples ("root\ntext"): their probability at the settings, summed per root
     this.found = new Map(); this.foundMass = new Float64Array(primed.length);
-    // The probability of the accepted samples ruled out (tree.Excluded), per root
-    this.gone = new Float64Array(primed.length);
+    // The probability of the accepted samples ruled out (tree.Excluded), per root; its part ruled
+    // out for good; the nodes and roots of those ruled out for the call drawing now
+    this.gone = new Float64Array(primed.length); this.goneForGood = new Float64Array(primed.length); this.forCall = [];
     this.roots = primed.map((pr, k) => this.node(null, -1, guide.s, pr[0], this.sm.net.copyState(pr[1]), false, k));
   }
 
@@ -847,7 +848,7 @@ class PrefixTree {
     const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp, root,
       key: parent ? mix((parent.key * GOLD + BigInt(ch) + 1n) & M64) : BigInt(root),  // tree.prefix_key
       logits: Float64Array.from(logits), probs: new Float64Array(V), psi: new Float64Array(V),
-      child: new Array(V).fill(null), children: 0, pristine: true, used: this.round };
+      child: new Array(V).fill(null), children: 0, pristine: true, pinned: false, used: this.round };
     const o = this.o;
     samplingProbs(n.logits, V, o.temperature, o.topK, o.topP, n.probs);
     const allowed = this.g.c.allowed(dfa, this.g.n0 + n.depth, new Uint8Array(V));
@@ -913,12 +914,16 @@ class PrefixTree {
     }
     this.draws += indices.length;
     drawn.forEach((k, r) => { if (k) this.massSum += psiRoots[r] * accepted[r] + goneRoots[r] * k; });
-    // The accepted draws `excluded` rules out: their newline's bound 0, their node never evicted
+    // The accepted draws `excluded` rules out: their newline's bound 0, their node pinned (never evicted)
     if (excluded !== null) {
       for (const { n, r, text, logq } of ends) {
-        if (n.temp || n.psi[newline] === 0 || !excluded(r, text)) continue;
-        n.psi[newline] = 0; n.pristine = false; this.leaves.delete(n);
-        this.gone[r] += Math.exp(logq);
+        if (n.temp || n.psi[newline] === 0) continue;
+        const how = excluded(r, text);
+        if (how === KEPT) continue;
+        const q = Math.exp(logq);
+        n.psi[newline] = 0; n.pinned = true; this.leaves.delete(n);
+        this.gone[r] += q;
+        if (how === FOR_CALL) this.forCall.push([n, r]); else this.goneForGood[r] += q;
       }
     }
     for (let d = visited.length - 1; d >= 0; d--) {
@@ -938,6 +943,19 @@ class PrefixTree {
     return out;
   }
 
+  // Give back what the call drawing now ruled out for itself (tree.PrefixTree.end_call): each
+  // sample's newline slot 1 again, every bound on its path raised by what that adds below it.
+  endCall(newline) {
+    for (let [n, r] of this.forCall) {
+      n.psi[newline] = 1; n.pinned = false;
+      if (n.pristine && n.parent !== null) this.leaves.add(n);
+      let rise = n.probs[newline];
+      while (n.parent !== null) { n.parent.psi[n.ch] += rise; rise *= n.parent.probs[n.ch]; n = n.parent; }
+      this.rootPsi[r] += rise;
+    }
+    this.gone = Float64Array.from(this.goneForGood); this.forCall = [];
+  }
+
   // Down to 80% of the cap: the least recently used leaves that never had a child.
   evict() {
     const over = this.count - Math.floor(this.cap * 4 / 5);
@@ -950,6 +968,10 @@ class PrefixTree {
     }
   }
 }
+
+// What a tree is told of an accepted sample (tree.Excluded): not ruled out, ruled out for good (a
+// training line), ruled out for the call drawing now (its repeats, its `exclude`)
+const KEPT = 0, FOR_GOOD = 1, FOR_CALL = 2;
 
 // What the draws say of Z, the probability the model gives the constraints (tree.ConstraintMass.of):
 // the unbiased mean, moved into the certain bounds [lower, upper].
@@ -1053,6 +1075,13 @@ class LabelTree {
   get mass() { return constraintMass(this.massSum, this.draws, this.weighted(this.tree.foundMass), this.psi + this.weighted(this.tree.gone)); }
 
   get exhausted() { return this.psi <= 0; }
+
+  // PrefixTree.endCall, and this top node's bound raised by what its roots' rose
+  endCall(newline) {
+    const before = Float64Array.from(this.tree.rootPsi);
+    this.tree.endCall(newline);
+    this.psi += this.weighted(this.tree.rootPsi.map((a, k) => a - before[k]));
+  }
 
   // sum_k w_k v_k, added in order (tree._weighted)
   weighted(values) {
@@ -1361,15 +1390,15 @@ class Sampler {
           tree = blend ? new LabelTree(t, mix.weights, key) : t;
         }
       }
-      // What the tree is told of the samples kept out after the constraints (Drawing._exclusions): a
-      // warm tree only the training lines; a call's own, its repeats and `exclude` too
-      const own = warmKey === null, training = o.novel ? this.training : null;
-      const unique = o.unique && own, excl = own && exclude !== null && exclude.size ? exclude : null;
-      const ruledOut = [["a training line", "novel", training !== null], ["one drawn already", "unique", unique],
+      // What the tree is told of the samples kept out after the constraints (Drawing._exclusions):
+      // the training lines for good, the call's repeats and `exclude` for the call
+      const training = o.novel ? this.training : null, excl = exclude !== null && exclude.size ? exclude : null;
+      const ruledOut = [["a training line", "novel", training !== null], ["one drawn already", "unique", o.unique],
         ["excluded", "exclude", excl !== null]].filter((x) => x[2]);
       const excluded = tree === null || !ruledOut.length ? null : (r, text) => {
         text = prompt + text;
-        return unique || (training !== null && training.has(mix ? `${mix.names[r]}\t${text}` : text)) || (excl !== null && excl.has(text));
+        if (training !== null && training.has(mix ? `${mix.names[r]}\t${text}` : text)) return FOR_GOOD;
+        return o.unique || (excl !== null && excl.has(text)) ? FOR_CALL : KEPT;
       };
       let produced = 0, i = 0, issued = 0, met = 0, last = null;
       const keep = (a, mass = null) => {  // what chargen.sampling.Drawing.take keeps
@@ -1402,7 +1431,7 @@ class Sampler {
           if (r !== null) yield r;
         }
       }
-      if (warmKey !== null && produced >= o.n) this.warm.giveBack(warmKey, tree);
+      if (warmKey !== null && produced >= o.n) { tree.endCall(newline); this.warm.giveBack(warmKey, tree); }
       const prefixes = tree === null ? this.prefixesFor(primed.map((pr, k) => `${lines} ${mix ? mix.index[k] : -1} ${prompt}`)) : null;
       for (; tree === null && produced < o.n && i < budget; i++) {
         const k = blend ? inverseCdf(mix.weights, mix.weights.length, uniform(key, i, LABEL_DRAW)) : 0;
