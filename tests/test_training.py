@@ -158,6 +158,27 @@ def test_resume_refuses_a_different_layout_or_corpus(tmp_path):
         train(corpus, config, SMALL, out_dir=tmp_path / "run")
 
 
+def test_a_new_run_where_one_is_refused_before_the_machine_is_measured(tmp_path):
+    """`chargen train` into a directory that holds a run says so at once, not after a second of
+    measuring the machine's speed for the automatic sizes (nor after cross-validating a short list)."""
+    import chargen
+
+    corpus = tmp_path / "names.txt"
+    corpus.write_text(make_names(300))
+    chargen.train([str(corpus)], out=tmp_path / "run", start_from="none", layers=1, hidden=16, embed=8,
+                  batch_size=8, seq_len=16, max_steps=2, eval_every=2, precision="fp32")
+    notices = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notices.append(message)
+
+    for start_from in ("none", None):  # sizes measured; the bundled base adapted (a short list: cross-validated)
+        with pytest.raises(UsageError, match="already holds a run"):
+            chargen.train([str(corpus)], out=tmp_path / "run", start_from=start_from, max_steps=2, callbacks=Notes())
+    assert not any("measured" in n or "cross-valid" in n or "adapting" in n for n in notices), notices
+
+
 def test_resuming_a_run_that_had_ended_says_how_to_go_on_and_changes_nothing(tmp_path):
     corpus = _corpus(tmp_path, make_names(200))
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=6, eval_every=3, warmup=1)

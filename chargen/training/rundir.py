@@ -186,6 +186,13 @@ class RunDir:
         os.close(self._lock_fd)  # closing the descriptor releases the flock
         self._lock_fd = None
 
+    def refuse_early(self, overwrite: bool) -> None:
+        """refuse_existing for a new run before it spends seconds measuring the machine or
+        cross-validating: a run there in use by another process is RunInUse, as under the lock."""
+        if self.writes and (self.path / LAST).exists() and not overwrite:
+            with self.locked():
+                self.refuse_existing(overwrite)
+
     def refuse_existing(self, overwrite: bool) -> None:
         # Rank 0 alone decides (the others would see the step-0 checkpoint it is about to write).
         if self.writes and (self.path / LAST).exists() and not overwrite:

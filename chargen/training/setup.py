@@ -26,6 +26,7 @@ from .ingest import ingest
 from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
+from .rundir import RunDir
 from .sizing import auto_sizes, finetune_defaults
 
 
@@ -71,6 +72,9 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else \
             read_labelled(paths, config.labels, notice=_notice(callbacks, dist))
         val_text = read_corpus([val_file]).text if val_file else None
+        out_dir = out_dir or Path("checkpoints") / corpus.name
+        if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
+            RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
         sizing = None  # the record of the automatic sizes, when they were chosen
         closest = None  # a labelled base's ClosestLabels, shared by a cross-validation's runs
         if base is None and resume is None and start_from is None:
@@ -92,7 +96,6 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             inherited = ckpt.info.get("labels", {}).get("inherited")
             if corpus.labels is not None and inherited is not None:  # a run from a labelled model: its label order
                 corpus.labels = corpus.labels.after(ckpt.labels, inherited)
-        out_dir = out_dir or Path("checkpoints") / corpus.name
         result = run_training(corpus, config, model_options, out_dir=out_dir, val_text=val_text, val_source=val_file,
                               precision=precision, resume=resume, overwrite=overwrite, callbacks=callbacks, dist=dist,
                               base=base, closest=closest, sizing=sizing)
