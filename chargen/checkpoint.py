@@ -248,6 +248,15 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = BEST, with_resume:
     )
 
 
+def _in_a_run(p: Path) -> str:
+    """For a file that is no checkpoint beside a run's checkpoints (its config.json, its curve):
+    what to pass instead."""
+    run = p.parent
+    if p.name in (BEST, LAST) or not ((run / BEST).exists() or (run / LAST).exists()):
+        return ""
+    return f"; pass its run directory {run} (its best checkpoint) or {run / LAST}"
+
+
 def _read_file(p: Path, with_resume: bool) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """A chargen safetensors file's metadata and tensors (the resume.* ones only `with_resume`),
     after its first bytes say it can be one."""
@@ -261,7 +270,7 @@ def _read_file(p: Path, with_resume: bool) -> tuple[dict[str, str], dict[str, np
         raise CheckpointError(cannot_read(p, exc)) from None
     problem = _sniff(p, head, size)
     if problem:
-        raise CheckpointError(problem)
+        raise CheckpointError(problem + _in_a_run(p))
     try:
         with safe_open(str(p), framework="numpy") as f:
             metadata = f.metadata() or {}

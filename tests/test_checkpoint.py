@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -39,6 +40,19 @@ def test_run_directory_resolves_to_best_and_last(trained_names):
     last = read_checkpoint(trained_names, prefer=LAST, with_resume=True)
     assert last.path.name == LAST and last.resume["step"] == 150
     assert best.line_oriented and best.training_lines and "\n" in best.vocab
+
+
+def test_a_runs_other_files_given_as_a_checkpoint_say_what_to_pass(trained_names, tmp_path):
+    """A run's config.json or curve passed for a checkpoint: the error says to pass the run; a
+    stray file elsewhere gets no such hint."""
+    for name in ("config.json", "metrics.jsonl"):
+        with pytest.raises(CheckpointError, match=f"not a safetensors file.*; pass its run directory {re.escape(str(trained_names))} "):
+            read_checkpoint(Path(trained_names) / name)
+    stray = tmp_path / "config.json"
+    stray.write_text("{}")
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(stray)
+    assert "run directory" not in str(info.value)
 
 
 def test_loading_does_not_import_torch(trained_names):
