@@ -328,6 +328,12 @@ def test_unique_tells_the_tree_what_it_drew(stepper, exact_probs, monkeypatch):
         told.append(draws)
         untold.append(unique_draws(stepper, seed, False, monkeypatch, max_len=4, ends_with="a")[0])
     assert np.median(told) < 0.6 * np.median(untold), (told, untold)
+    stats = SampleStats()  # every sample drawn: the bounds on their probability meet, and the note says so
+    cfg = SampleConfig(num=40, temperature=1.0, length=LIMIT, unique=True, max_len=4, ends_with="a")
+    list(generate(stepper, VOCAB, "", cfg, lines=True, key=derive_key(1), stats=stats,
+                  automaton=Automaton(Constraints.of(cfg), VOCAB)))
+    z = sum(p for t, p in exact_probs.items() if t in language)
+    assert f"the constraints hold {z:.3g} of the model's samples at these settings (certain to 3 digits" in stats.constraints_note()
 
 
 def test_when_every_sample_the_constraints_allow_is_kept_out_the_drawing_says_so_at_once(stepper, exact_probs):

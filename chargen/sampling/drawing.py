@@ -91,9 +91,13 @@ class SampleStats:
         """What exact sampling under constraints cost and learnt, for stderr; None if nothing to say."""
         if self.mass is not None:
             m, which = self.mass, " (the last prompt's)" if prompts > 1 else ""
-            return (f"note: the constraints hold about {m.estimate:.3g} of the model's samples at these settings"
-                    f"{which}, certainly between {m.lower:.3g} and {m.upper:.3g}; {self.accepted:,} of "
-                    f"{self.draws:,} draws kept (adaptive exact sampling)")
+            if f"{m.lower:.3g}" == f"{m.upper:.3g}":  # the bounds meet: the samples drawn hold it all
+                held = f"the constraints hold {m.upper:.3g} of the model's samples at these settings{which} (certain to 3 " \
+                       f"digits: the samples drawn hold that much)"
+            else:
+                held = f"the constraints hold about {m.estimate:.3g} of the model's samples at these settings{which}, " \
+                       f"certainly between {m.lower:.3g} and {m.upper:.3g}"
+            return f"note: {held}; {self.accepted:,} of {self.draws:,} draws kept (adaptive exact sampling)"
         if self.rejected_by_constraints:
             return (f"note: {self.satisfied:,} of {self.draws:,} draws ({self.satisfied_share:.1%}) met the "
                     f"constraints; exact sampling drops the rest (--guided drops none, but is biased)")
