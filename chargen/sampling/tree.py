@@ -50,9 +50,9 @@ Samples kept out after the constraints (a training line under `novel`, a repeat 
 a line of `exclude`): a drawing tells its tree which accepted samples no later draw may return
 (Excluded), and the bound in such a sample's newline slot becomes 0, its probability added to
 `gone`. Its node is then pinned, never evicted (a fresh node would allow the sample again,
-under bounds computed without it). The bounds stay upper bounds on the probability of what may still be
-kept, so the draws stay exact for the rest, and the tree stops spending draws on what it knows
-will be rejected: `-n 5000 --max-len 8 --ends-with a --unique --novel` takes 20,242 draws against
+under bounds computed without it). The bounds stay upper bounds on the probability of what may
+still be kept, so the draws stay exact for the rest, and the tree stops spending draws on what it
+knows will be rejected: `-n 5000 --max-len 8 --ends-with a --unique --novel` takes 20,242 draws against
 30,352; 5,000 distinct names of at most three characters from a model adapted to five names
 took 2.2 million draws under `--unique`, 17,000 told (docs/benchmarks.md). When every sample the
 constraints allow is kept out, the root's bound reaches 0 and the drawing says so at once.
