@@ -200,7 +200,7 @@ def assert_a_sound_tree(tree: PrefixTree) -> None:
     nodes = np.flatnonzero(live)
     total = np.cumsum(n.probs[nodes] * n.psi[nodes], axis=-1)[:, -1]
     parent = n.parent[nodes]
-    own = np.where(parent < 0, tree.root_psi, n.psi[np.maximum(parent, 0), n.char[nodes]])
+    own = np.where(parent < 0, tree.root_psi[np.where(parent < 0, nodes, 0)], n.psi[np.maximum(parent, 0), n.char[nodes]])
     assert (total <= own * (1 + 1e-12)).all(), np.max(total / own)
     inner = nodes[parent >= 0]
     assert (n.child[n.parent[inner], n.char[inner]] == inner + 1).all()
@@ -394,6 +394,26 @@ def test_warm_calls_under_unique_stay_exact(stepper, exact_probs):
     ok, stat, critical = chi_square_fits(counted(first), target)
     assert ok, (stat, critical)
     assert_a_sound_tree(next(iter(warm._trees.values())))
+
+
+def test_a_blends_warm_tree_gives_back_what_a_call_ruled_out_too(tmp_path):
+    """A blend's tree (a LabelTree over a root per label), shared by calls without a seed under
+    `unique`: after each call its top bound still covers its labels' (N <= psi one level up) and
+    bounds the mixture's probability of the constraints again; three calls of 30 distinct samples
+    from a language of 53 each get theirs (kept ruled out, the second call would find too few)."""
+    from .test_webexport import random_labelled_model
+
+    model = chargen.load(random_labelled_model(tmp_path / "m.safetensors"))
+    options = dict(label="it=0.5,el_GR:first=0.5", unique=True, max_len=2, ends_with="a", temperature=1.5)
+    for call in range(3):
+        stats = SampleStats()
+        texts = [s.text for s in model.samples(30, stats=stats, **options)]
+        assert len(set(texts)) == 30
+        tree = next(iter(model._warm_trees._trees.values()))
+        mixed = float(np.cumsum(tree.weights * tree.tree.root_psi)[-1])
+        assert mixed <= tree.psi * (1 + 1e-12) and not tree.tree.gone.any() and not tree.tree.for_call
+        assert_a_sound_tree(tree.tree)
+        assert tree.mass.upper == tree.psi and tree.mass.lower <= tree.psi
 
 
 def test_a_seed_gets_a_fresh_tree_and_calls_without_keep_theirs(trained_names):
