@@ -421,6 +421,13 @@ def test_module_calls_without_a_seed_give_back_what_unique_ruled_out(tmp_path):
         assert "error" not in records, records
         texts = [r["text"] for r in records]
         assert len(set(texts)) == 20 and all(len(t) <= 2 and t.endswith("n") for t in texts)
+    # A blend's tree (LabelTree.endCall) through the same calls: each gets its 30 distinct samples
+    labelled = random_labelled_model(tmp_path / "l.safetensors")
+    module.write_text(module_text(read_checkpoint(labelled), Encoding("f32", True)))
+    blend = {"n": 30, "unique": True, "maxLen": 2, "endsWith": "a", "label": "it=0.5,el_GR:first=0.5", "temperature": 1.5}
+    for records in node_records(module, [blend] * 3):
+        assert "error" not in records, records
+        assert len({r["text"] for r in records}) == 30
 
 
 def module_with_tree_room(ckpt_path: Path, nodes: int, monkeypatch) -> tuple[Path, str]:
