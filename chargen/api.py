@@ -5,6 +5,7 @@ Nothing here prints or exits; every failure is a ChargenError.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import math
@@ -27,6 +28,7 @@ from .sampling.labels import LabelMix, line_key, resolve_labels
 from .sampling.randomness import Seeds, derive_key
 from .sampling.search import most_likely
 from .sampling.tree import WarmTrees
+from .tokenizer import describe_chars
 
 if TYPE_CHECKING:  # scoring's modules (and training.data's file reading) load when a model scores, not to sample
     from .evaluation import NumpyScorer, Score
@@ -147,7 +149,7 @@ class Model:
         as `samples` would."""
         cfg = self._config(n, options)
         line_mode = self.line_oriented if cfg.lines is None else cfg.lines
-        prompts = _prompts(prompt)
+        prompts = self._prompts(prompt)
         automaton = self._automaton(cfg, prompts, line_mode)
         if automaton is None:
             for p in prompts:
@@ -193,7 +195,7 @@ class Model:
         cfg = self._config(n, options)
         if cfg.lines is False or (cfg.lines is None and not self.line_oriented):
             raise line_samples_only("`top`", self.line_oriented if cfg.lines is None else True, "applies")
-        prompts = _prompts(prompt)
+        prompts = self._prompts(prompt)
         automaton = self._automaton(cfg, prompts, True) or Automaton(Constraints(), self.vocab)
         bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
         for p in prompts:
@@ -219,12 +221,19 @@ class Model:
         return results()
 
     def _config(self, n: int, options: dict[str, Any]) -> SampleConfig:
-        """The sample options of `samples` and `top`, checked."""
+        """The sample options of `samples` and `top`, checked, their texts spelt as the vocabulary
+        spells them (Vocab.conform: é typed as e and an accent is é)."""
         cfg = SampleConfig.of(num=n, **options)
         if cfg.novel and self.training_lines is None:
             raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
                              f"so `novel` cannot be checked")
-        return cfg
+        conform = self.vocab.conform
+        return dataclasses.replace(cfg, ends_with=cfg.ends_with and conform(cfg.ends_with),
+                                   contains=[conform(c) for c in cfg.contains],
+                                   exclude=None if cfg.exclude is None else [conform(x) for x in cfg.exclude])
+
+    def _prompts(self, prompt: Any) -> list[str]:
+        return [self.vocab.conform(p) for p in _prompts(prompt)]
 
     def _automaton(self, cfg: SampleConfig, prompts: list[str], line_mode: bool) -> Optional[Automaton]:
         """The constraints compiled for this vocabulary (None without any), checked for every prompt."""
@@ -281,6 +290,8 @@ class Model:
         """
         from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 
+        check_type("text", text, "str")
+        text = self.vocab.conform(text)
         mix = self.label_mix(label)
         if mix is not None:
             return self._eval_labelled(text, mix, skip_unknown, lines, progress)
@@ -341,13 +352,14 @@ class Model:
         scorer = self._numpy_scorer()
         newline = self.vocab.index["\n"]
         for first, chunk in _chunks(lines, batch):
-            unknown = [tuple(self.vocab.unknown_chars(t)) for t in chunk]
+            spelt = [self.vocab.conform(t) for t in chunk]  # (a line's score keeps its text as given)
+            unknown = [tuple(self.vocab.unknown_chars(t)) for t in spelt]
             for i, bad in enumerate(unknown):
                 if bad and not skip_unknown:
-                    raise VocabularyError(f"line {first + i + 1} holds {', '.join(map(repr, bad))}, not in the "
+                    raise VocabularyError(f"line {first + i + 1} holds {describe_chars(bad)}, not in the "
                                           f"model's vocabulary (with `skip_unknown` such a line scores -inf)")
             known = [i for i, bad in enumerate(unknown) if not bad]
-            ids = [np.append(self.vocab.encode(chunk[i]).astype(np.int64), newline) for i in known]
+            ids = [np.append(self.vocab.encode(spelt[i]).astype(np.int64), newline) for i in known]
             if mix is None:
                 nll = dict(zip(known, line_nlls(scorer, ids, self.checkpoint.start_state, newline) if ids else []))
                 per = {}
@@ -356,7 +368,7 @@ class Model:
                                            newline) if ids else ([], [])
                 nll, per = dict(zip(known, mixed)), dict(zip(known, each))
             for i, text in enumerate(chunk):
-                score = Score(text, float(-nll[i]) if i in nll else -math.inf, len(text) + 1, unknown[i])
+                score = Score(text, float(-nll[i]) if i in nll else -math.inf, len(spelt[i]) + 1, unknown[i])
                 if by_label:
                     _classify(score, mix, per.get(i))
                 yield score

@@ -12,6 +12,7 @@ faster than the tokenizers pipeline on a character model); a test proves they gi
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable
 
 import numpy as np
@@ -26,7 +27,14 @@ _UNK = "<unk>"
 
 
 def _describe(ch: str) -> str:
+    """A character for a message: its code point too where it shows as nothing or as part of another."""
+    if unicodedata.category(ch).startswith("M"):
+        return f"{ch!r} (U+{ord(ch):04X}, a combining mark)"
     return repr(ch) if ch.isprintable() and not ch.isspace() else f"{ch!r} (U+{ord(ch):04X})"
+
+
+def describe_chars(chars: Iterable[str]) -> str:
+    return ", ".join(map(_describe, chars))
 
 
 class Vocab:
@@ -62,16 +70,35 @@ class Vocab:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.chars == other.chars
 
+    def conform(self, text: str) -> str:
+        """`text` spelt as this vocabulary spells it. Text that Unicode calls canonically equivalent
+        (é as one character, or as e and a combining acute accent) is the same text to a model:
+        corpora are read in NFC (chargen.training.ingest), so the text's NFC form where the
+        vocabulary knows all its characters; else the text as given (a model trained on text that
+        was not NFC), else its NFD form; else NFC, whose characters an error then names.
+        websampler.js's conform() is the same."""
+        if text.isascii():
+            return text  # (its own NFC and NFD)
+        nfc = unicodedata.normalize("NFC", text)
+        for form in (nfc, text, unicodedata.normalize("NFD", text)):
+            if self._lookup(form)[1].all():
+                return form
+        return nfc
+
     # --- fast path --------------------------------------------------------------------------
+    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each character's position among the sorted code points, and whether it is there."""
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+        pos = np.searchsorted(self._sorted_codepoints, codepoints)
+        pos = np.minimum(pos, len(self._sorted_codepoints) - 1)
+        return pos, self._sorted_codepoints[pos] == codepoints
+
     def encode(self, text: str, *, skip_unknown: bool = False) -> np.ndarray:
         """text -> ids in the smallest unsigned dtype that fits. Unknown characters raise,
         or are dropped with skip_unknown=True."""
         if not text:
             return np.zeros(0, dtype=self.dtype)
-        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
-        pos = np.searchsorted(self._sorted_codepoints, codepoints)
-        pos = np.minimum(pos, len(self._sorted_codepoints) - 1)
-        known = self._sorted_codepoints[pos] == codepoints
+        pos, known = self._lookup(text)
         if not known.all():
             if not skip_unknown:
                 bad = int(np.flatnonzero(~known)[0])

@@ -100,3 +100,32 @@ def test_training_validation_equals_chargen_eval_on_the_held_out_lines(trained_n
     _, val = split_train_val(shuffle_lines(text, last.train_config["seed"]), last.train_config["val_fraction"])
     reported = last.info["val_loss"]
     assert chargen.load(trained_names / LAST).eval(val)["loss"] == pytest.approx(reported, abs=2e-4)
+
+
+def test_decomposed_text_is_the_same_text_to_a_model():
+    """é typed as e and a combining accent (NFD: a Mac's file names, some keyboards and scrapes) is
+    é (NFC) to the base model, whose corpus is NFC: the same samples for a prompt, an ending and
+    `exclude`, the same scores and loss, the label asked either way; a score keeps its line as given."""
+    import unicodedata
+
+    def nfd(text):
+        return unicodedata.normalize("NFD", text)
+
+    model = chargen.load("base")
+    assert nfd("José") != "José"
+    for options in [dict(prompt="José"), dict(ends_with="né", label="fr"), dict(exclude=["Renée", "René"], label="fr",
+                                                                               prompt="Ren", max_len=5)]:
+        asked = {k: nfd(v) if isinstance(v, str) and k != "label" else [nfd(x) for x in v] if k == "exclude" else v
+                 for k, v in options.items()}
+        drawn = model.sample(8, seed=3, **options)
+        assert model.sample(8, seed=3, **asked) == drawn
+        assert all(unicodedata.is_normalized("NFC", s) for s in drawn)
+    assert not {"Renée", "René"} & set(model.sample(300, seed=1, prompt=nfd("Ren"), max_len=5, label="fr",
+                                                    exclude=[nfd("Renée"), nfd("René")]))
+    names = ["Renée", "Zoë Brontë", "Hélène"]
+    given, composed = list(model.score(map(nfd, names))), list(model.score(names))
+    assert [s.text for s in given] == [nfd(n) for n in names]  # as given
+    np.testing.assert_allclose([s.logprob for s in given], [s.logprob for s in composed])
+    assert model.eval(nfd("\n".join(names)))["loss"] == pytest.approx(model.eval("\n".join(names))["loss"])
+    with pytest.raises(VocabularyError, match=r"U\+0301, a combining mark"):
+        chargen.load().sample(1, prompt="\u0301")  # the US names model has no accents: the mark is named

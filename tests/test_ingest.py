@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -14,16 +15,16 @@ from chargen.errors import CorpusError
 from chargen.training.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats, text_digest
 from chargen.tokenizer import Vocab
 
-TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301")), min_size=1, max_size=300).filter(
+TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301\u0327\u1100\u1161\u11a8")), min_size=1, max_size=300).filter(
     lambda t: t.replace("\r\n", "\n").strip())
 
 
 def _reference(paths):
-    """The one-shot reading: whole files decoded at once, as before chunking existed."""
+    """The one-shot reading: whole files decoded and normalized (NFC) at once, as before chunking existed."""
     parts = []
     for p in paths:
         raw = open(p, "rb").read()
-        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").replace("\r\n", "\n")
+        text = unicodedata.normalize("NFC", raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").replace("\r\n", "\n"))
         if parts and not parts[-1].endswith("\n"):
             parts[-1] += "\n"
         parts.append(text)
@@ -52,6 +53,49 @@ def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom):
     assert enc.digest == one_shot.digest
     assert enc.line_stats.to_dict() == one_shot.line_stats.to_dict()
     assert enc.text() == expected
+
+
+def test_the_characters_that_compose_with_the_one_before_are_unicodes():
+    """The chunks are cut before a character that composes with nothing before it: derived here
+    from unicodedata (canonical pairs whose second character has combining class 0, and Hangul's
+    vowels and final consonants), they are the ones ingest names."""
+    import sys
+
+    from chargen.training.ingest import COMPOSE_BACKWARDS
+
+    derived = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    for cp in range(sys.maxunicode + 1):
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<") and unicodedata.combining(chr(int(parts[1], 16))) == 0:
+            derived.add(int(parts[1], 16))
+    assert derived == COMPOSE_BACKWARDS
+
+
+@given(text=st.text(alphabet=st.sampled_from(list("a\né€\u0301\u0327\u1100\u1161\u11a8\u0b47\u0b3e")), max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_a_chunk_is_cut_where_normalizing_each_side_is_normalizing_the_whole(text):
+    """A cut (before a character that composes with nothing before it and lets no mark past: ASCII,
+    é, a Hangul initial, not its vowel or final, not a mark, not Oriya's length mark) is found
+    whenever there is one, and normalizing the two sides alone gives the whole's NFC."""
+    from chargen.training.ingest import _nfc_cut
+
+    k = _nfc_cut(text.encode("utf-8"))
+    left, right = text.encode("utf-8")[:k].decode("utf-8"), text.encode("utf-8")[k:].decode("utf-8")
+    assert unicodedata.normalize("NFC", left) + unicodedata.normalize("NFC", right) == unicodedata.normalize("NFC", text)
+    fresh = [i for i, ch in enumerate(text) if ch in "a\né€\u1100\u0b47" and i > 0]
+    assert (k > 0) == bool(fresh) and (not fresh or k in {len(text[:i].encode("utf-8")) for i in fresh})
+
+
+def test_a_decomposed_corpus_is_read_composed(tmp_path):
+    """é written as e and a combining accent is the character é to training (the vocabulary, the
+    ids, the lines kept for --novel), in chunks cut anywhere: the same model as from the NFC text."""
+    composed = "José\nRenée\nZoë\n한국\n" * 50
+    path = tmp_path / "nfd.txt"
+    path.write_text(unicodedata.normalize("NFD", composed), encoding="utf-8")
+    for chunk in (3, 64, 1 << 20):
+        enc = ingest([str(path)], cache_dir=tmp_path / f"cache{chunk}", chunk_bytes=chunk)
+        assert enc.text() == composed and "\u0301" not in enc.vocab and "é" in enc.vocab
+    assert read_corpus([str(path)]).text == composed
 
 
 def _reference_line_oriented(text):

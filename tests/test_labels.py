@@ -519,6 +519,21 @@ def test_files_of_one_name_in_two_folders_are_told_to_share_a_label(tmp_path):
     assert told == []
 
 
+def test_a_decomposed_file_name_labels_its_lines_composed(tmp_path):
+    """A Mac writes file names decomposed (é as e and an accent): the label is the composed name,
+    and asked either way it is found (in the module too: resolveLabels)."""
+    import unicodedata
+
+    from chargen.training.labels import read_labelled
+
+    for name, letters in (("cafe\u0301s", "abc"), ("the\u0301s", "xyz")):
+        (tmp_path / f"{name}.txt").write_text(toy_words(letters, 20, 1))
+    corpus = read_labelled(sorted(str(p) for p in tmp_path.iterdir()), "file")
+    assert corpus.labels.names == ["cafés", "thés"]
+    for spec in ("cafés=0.5,thés=0.5", unicodedata.normalize("NFD", "cafés=0.5,thés=0.5")):
+        assert resolve_labels(spec, corpus.labels.names, [20, 20]).names == ["cafés", "thés"]
+
+
 def test_a_models_label_specs_are_resolved_once():
     """A server's requests ask the same few specs: each resolved once (0.4 ms among the base's 248
     labels), the same mix after; a bad spec raises every time."""

@@ -58,3 +58,18 @@ def test_malformed_json_is_a_checkpoint_error():
         Vocab.from_json("{not json")
     with pytest.raises(CheckpointError):
         Vocab.from_json('{"model": {"type": "BPE", "vocab": {}}}')
+
+
+def test_conform_spells_text_as_the_vocabulary_does():
+    nfc, nfd = "Jos\u00e9", "Jose\u0301"
+    composed = Vocab.from_text("Jos\u00e9e")  # a model trained on NFC text (every corpus now)
+    assert composed.conform(nfd) == nfc and composed.conform(nfc) == nfc
+    decomposed = Vocab.from_text("Jose\u0301")  # one trained on decomposed text before corpora were NFC
+    assert decomposed.conform(nfc) == nfd and decomposed.conform(nfd) == nfd
+    both = Vocab.from_text("Jos\u00e9e\u0301")  # both spellings known: NFC, as the corpus had it
+    assert both.conform(nfd) == nfc
+    assert Vocab.from_text("abc").conform(nfd) == nfc  # neither: NFC, whose 'é' an error names
+    mark = Vocab.from_text("a\u0301")  # a mark no letter takes precomposed stays as it is
+    assert mark.conform("a\u0301") == "a\u0301" and mark.conform("Joe") == "Joe"
+    with pytest.raises(VocabularyError, match=r"U\+0301, a combining mark"):
+        Vocab.from_text("abc").encode("a\u0301")

@@ -69,13 +69,13 @@ def snake(options: dict) -> dict:
     return out
 
 
-def random_model(path: Path, cell: str, layers: int, seed: int = 0) -> Path:
+def random_model(path: Path, cell: str, layers: int, seed: int = 0, extra: str = "") -> Path:
     """A checkpoint with random weights: large enough that the distributions are far from uniform, and
     a newline likely enough that lines end as names do. (Much larger weights make the recurrence
     chaotic, as trained models are not: float rounding then grows over a long sample until a draw
     differs, between numpy's float32 and any other arithmetic, numpy's own at another batch width too.)"""
     names = make_names(300, seed=seed).splitlines()
-    vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | {"\n"}))
+    vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | set(extra) | {"\n"}))
     cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=24, embed=8)
     rng = np.random.default_rng(seed)
     weights = {k: (rng.standard_normal(shape) * 0.4).astype(np.float32) for k, shape in cfg.weight_shapes().items()}
@@ -148,6 +148,29 @@ def test_module_matches_numpy_sampler(tmp_path, cell, layers, backend):
     for case, js in zip(CASES, node_records(module, CASES, backend)):
         assert "error" not in js, (case, js)
         assert_same(js, python_records(ckpt_path, case))
+
+
+@needs_node
+def test_a_module_takes_decomposed_text_as_chargen_does(tmp_path):
+    """A prompt, an ending, a text to contain and lines to exclude typed decomposed (e and a
+    combining accent) are the vocabulary's é in the module as in chargen (Vocab.conform, conform())."""
+    import unicodedata
+
+    path = random_model(tmp_path / "m.safetensors", "lstm", 2, seed=5, extra="éü")
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
+    cases = [{"n": 20, "seed": 1, "prompt": "Ré"}, {"n": 20, "seed": 2, "endsWith": "é", "maxLen": 6},
+             {"n": 10, "seed": 3, "contains": ["ü"], "prompt": ["", "Mé"]},
+             {"n": 30, "seed": 4, "prompt": "Ré", "maxLen": 3, "unique": True, "exclude": ["Réa", "Rée"]}]
+
+    def nfd(v):
+        return unicodedata.normalize("NFD", v) if isinstance(v, str) else [nfd(x) for x in v] if isinstance(v, list) else v
+
+    decomposed = [{k: nfd(v) for k, v in case.items()} for case in cases]
+    assert decomposed[0]["prompt"] != cases[0]["prompt"]
+    for case, js in zip(cases, node_records(module, decomposed)):
+        assert "error" not in js, (case, js)
+        assert_same(js, python_records(path, case))
 
 
 LABELS = ["it_IT:first", "it_IT:surname", "el_GR:first", "es_ES:city"]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import SampleConfig
 from ..errors import UsageError
-from ..tokenizer import Vocab
+from ..tokenizer import Vocab, describe_chars
 
 MAX_STATES = 20_000  # product automaton size beyond which the constraints are refused as too complex
 DEAD = -1
@@ -212,7 +212,7 @@ class Automaton:
         for flag, text in [("`ends_with`", constraints.ends_with)] + [("`contains`", c) for c in constraints.contains]:
             missing = vocab.unknown_chars(text or "")
             if missing:
-                raise UsageError(f"{flag} {text!r} holds {', '.join(map(repr, missing))}, not in the model's "
+                raise UsageError(f"{flag} {text!r} holds {describe_chars(missing)}, not in the model's "
                                  f"vocabulary: no sample can satisfy it")
         self.min_len = max(constraints.min_len or 0, 1)  # line samples are never empty
         self.max_len = min(constraints.max_len, limit) if constraints.max_len is not None else limit

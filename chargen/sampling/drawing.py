@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import MIN_PARALLEL, SampleConfig
 from ..errors import SamplingError, UsageError, VocabularyError
-from ..tokenizer import Vocab
+from ..tokenizer import Vocab, describe_chars
 from .constraints import Automaton, Constraints, guide_for
 from .engine import Attempts, Results, RowEngine, Stepper
 from .labels import LabelMix, line_key
@@ -112,8 +112,7 @@ def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
 def check_prompt(vocab: Vocab, prompt: str, lines: bool) -> None:
     bad = vocab.unknown_chars(prompt)
     if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise VocabularyError(f"the prompt holds {shown}, not in the model's vocabulary")
+        raise VocabularyError(f"the prompt holds {describe_chars(bad)}, not in the model's vocabulary")
     if lines and "\n" in prompt:
         raise UsageError("a prompt in line mode cannot hold a newline")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
@@ -286,6 +287,8 @@ def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Opti
         for term in spec.split(","):
             label, eq, share = term.strip().partition("=")
             label = label.strip()
+            if label not in names:
+                label = unicodedata.normalize("NFC", label)  # (labels are read in NFC: Vocab.conform)
             try:
                 w = float(share) if eq else 1.0
             except ValueError:

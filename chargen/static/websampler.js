@@ -1235,7 +1235,8 @@ function resolveLabels(spec, labels) {
   const has = (p) => labelForms(p, known, every).some((f) => every.has(f));
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
-    const label = (eq < 0 ? term : term.slice(0, eq)).trim();
+    let label = (eq < 0 ? term : term.slice(0, eq)).trim();
+    if (!names.includes(label)) label = label.normalize("NFC");  // (labels are read in NFC: conform())
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(w > 0 && w <= 1e9)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 and at most 1,000,000,000 (a blend: it=0.7,es=0.3)`);  // labels.py's MAX_WEIGHT
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
@@ -1288,6 +1289,15 @@ class Sampler {
     this.prefixes = new Map(keys.map((k) => [k, before.has(k) && before.get(k).memory === memory ? before.get(k)
       : new Prefixes(this.net, this.V, memory)]));
     return keys.map((k) => this.prefixes.get(k));
+  }
+
+  // `text` spelt as the vocabulary spells it (chargen.tokenizer.Vocab.conform): its NFC form where
+  // every character is known, else the text as given, else its NFD form; else NFC
+  conform(text) {
+    const known = (t) => { for (const ch of t) if (!this.index.has(ch)) return false; return true; };
+    const nfc = text.normalize("NFC");
+    for (const form of [nfc, text, text.normalize("NFD")]) if (known(form)) return form;
+    return nfc;
   }
 
   encode(text, what) {
@@ -1363,10 +1373,14 @@ class Sampler {
   }
 
   *records(opts = {}, stats = null) {
-    const o = checkOptions(opts);
+    const o = checkOptions(opts), conform = (t) => this.conform(t);
     const lines = o.lines === null ? this.lineOriented : o.lines;
     const cap = o.length || (lines ? MODEL.line_length : MODEL.prose_length);
-    const prompts = typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt);
+    const prompts = (typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt)).map(conform);
+    // The texts spelt as the vocabulary spells them, as chargen.api.Model._config does
+    if (o.endsWith) o.endsWith = conform(o.endsWith);
+    o.contains = o.contains.map(conform);
+    if (o.exclude) o.exclude = o.exclude.map(conform);
     const guides = prompts.map((p) => this.guide(o, p, lines, cap));
     if (o.novel && this.training === null) this.training = new Set(decodeLines(MODEL.training_lines));
     const exclude = o.exclude ? new Set(o.exclude) : null;

@@ -3,7 +3,7 @@ r"""Streaming ingest: corpus files -> vocabulary + an encoded, memory-mapped cac
 A corpus may be larger than memory, so it is never held as one string. Two passes over the
 files, a chunk (16 MB) at a time:
 
-    files ──read──> chunks of bytes ──check──> UTF-8 text, BOM dropped, CRLF -> LF
+    files ──read──> chunks of bytes ──check──> UTF-8 text, BOM dropped, CRLF -> LF, in NFC
        pass 1: which characters occur (-> Vocab), line-length statistics, SHA-256 of the text
        pass 2: characters -> ids (a lookup table), appended to  <cache>/<key>.ids
                                                                 <cache>/<key>.json  (vocab, stats)
@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,18 @@ if TYPE_CHECKING:
     from .labels import LineLabels
 
 CHUNK_BYTES = 16 << 20
-CACHE_FORMAT = 2  # what an entry holds (2: its line statistics count the empty lines at either end)
+CACHE_FORMAT = 3  # what an entry holds (2: its line statistics count the empty lines at either end; 3: NFC)
 MAX_ENTRIES = 16
 BOM = b"\xef\xbb\xbf"
+NON_ASCII = bytes(range(0x80, 0x100))
+# The characters of canonical combining class 0 that compose with the character before them
+# (the second of a canonical pair: vowel signs of Indic scripts, Hangul's vowels and final
+# consonants); tests/test_ingest.py derives them from unicodedata.
+COMPOSE_BACKWARDS = frozenset([
+    0x09BE, 0x09D7, 0x0B3E, 0x0B56, 0x0B57, 0x0BBE, 0x0BD7, 0x0CC2, 0x0CD5, 0x0CD6, 0x0D3E, 0x0D57, 0x0DCF, 0x0DDF,
+    0x0FB5, 0x0FB7, 0x102E, 0x1B35, 0x11127, 0x1133E, 0x11357, 0x114B0, 0x114BA, 0x114BD, 0x115AF, 0x11930,
+    *range(0x1161, 0x1176), *range(0x11A8, 0x11C3)])
+NFC_CARRY = 1 << 20  # text carried past a chunk while it holds no place to cut (combining marks only)
 MAX_CODEPOINT = 0x110000
 # Line lengths are histogrammed up to this; longer lines share the last bucket. The
 # line-orientation rule only asks whether the median is <= 32 and the 95th percentile <= 64.
@@ -89,13 +99,39 @@ def _split_incomplete(buf: bytes) -> tuple[bytes, bytes]:
     return buf, b""  # only continuation bytes: invalid, the decoder will say so
 
 
-def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, Optional[str]]]:
+def _starts_fresh(ch: str) -> bool:
+    """Normalizing text cut before `ch` gives the whole text's normalization: nothing in its
+    decomposition moves before it or composes with what is before it."""
+    first = unicodedata.normalize("NFD", ch)[0]
+    return unicodedata.combining(first) == 0 and ord(first) not in COMPOSE_BACKWARDS
+
+
+def _nfc_cut(buf: bytes) -> int:
+    """The last byte offset above 0 of `buf` (whole UTF-8 characters) before a character that
+    starts fresh (an ASCII one first: found in C), or 0 where there is none."""
+    k = len(buf.rstrip(NON_ASCII)) - 1
+    if k > 0:
+        return k
+    try:
+        text = buf.decode("utf-8")
+    except UnicodeDecodeError:
+        return 0  # (the decode that follows says where)
+    i = next((i for i in range(len(text) - 1, 0, -1) if _starts_fresh(text[i])), 0)
+    return len(text[:i].encode("utf-8"))
+
+
+def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
+                nfc: bool = True) -> Iterator[tuple[bytes, Optional[str]]]:
     """The checked text of `stream` in pieces: (UTF-8 bytes, the same as str, or None when ASCII).
 
-    BOM dropped, CRLF -> LF; a one-line CorpusError for anything that is not UTF-8 text (with the
-    byte offset), a NUL byte, an empty or whitespace-only file. A multi-byte character or a CRLF
-    cut by a chunk boundary is carried into the next piece, so the pieces join to exactly the
-    text a one-shot decode gives.
+    BOM dropped, CRLF -> LF, and with `nfc` Unicode's composed form (NFC: é as one character,
+    never e and a combining accent, so that text Unicode calls the same is one string to the
+    model: chargen.tokenizer.Vocab.conform); a one-line CorpusError for anything that is not UTF-8
+    text (with the byte offset), a NUL byte, an empty or whitespace-only file. A multi-byte
+    character, a CRLF and (with `nfc`) the text from the last character that composes with nothing
+    before it on (_nfc_cut) are carried into the next piece, so the pieces join to exactly the
+    text a one-shot decode and normalization give. (Only a megabyte of combining marks with no
+    other character among them is normalized as it is cut.)
     """
     offset = 0  # file offset of buf[0]
     carry = b""
@@ -120,6 +156,10 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES) -
             first = False
         if not eof:
             buf, carry = _split_incomplete(buf)
+            if nfc:  # from the last character that composes with nothing before it on, with the next
+                k = _nfc_cut(buf)
+                if k or len(buf) <= chunk_bytes + NFC_CARRY:
+                    buf, carry = buf[:k], buf[k:] + carry
             if buf.endswith(b"\r"):  # maybe half of a CRLF
                 buf, carry = buf[:-1], b"\r" + carry
         if buf:
@@ -140,6 +180,9 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES) -
             if b"\r\n" in buf:
                 buf = buf.replace(b"\r\n", b"\n")
                 text = text.replace("\r\n", "\n") if text is not None else None
+            if nfc and text is not None and not unicodedata.is_normalized("NFC", text):
+                text = unicodedata.normalize("NFC", text)
+                buf = text.encode("utf-8")
             if not nonspace:
                 nonspace = bool((text if text is not None else buf.decode("ascii")).strip())
             offset += consumed
@@ -154,9 +197,9 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES) -
 
 
 def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_bytes: int = CHUNK_BYTES,
-                  names: Optional[list[str]] = None) -> Iterator[tuple[bytes, Optional[str]]]:
-    """The text of several sources in pieces, joined by a newline where one does not end in one.
-    `names` are what errors call the sources (default: the paths)."""
+                  names: Optional[list[str]] = None, nfc: bool = True) -> Iterator[tuple[bytes, Optional[str]]]:
+    """The text of several sources in pieces (text_chunks), joined by a newline where one does not
+    end in one. `names` are what errors call the sources (default: the paths)."""
     check_paths(paths)
     ends_in_newline = True
     for i, path in enumerate(paths):
@@ -165,7 +208,7 @@ def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_byte
             if not ends_in_newline:
                 yield b"\n", None
             name = names[i] if names is not None else describe_source(path)
-            for buf, text in text_chunks(stream, name, chunk_bytes):
+            for buf, text in text_chunks(stream, name, chunk_bytes, nfc):
                 ends_in_newline = buf.endswith(b"\n")
                 yield buf, text
         finally:
