@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 import typing
@@ -925,6 +926,8 @@ def main() -> None:
             if ctx is not None and getattr(exc, "option_name", None) in ("-c", "--checkpoint") and \
                     any(p.name == "checkpoint" and type(p).__name__.endswith("Argument") for p in ctx.command.params):
                 hint = f" (here the checkpoint is the first argument: {ctx.command_path} CHECKPOINT ...)"
+            elif ctx is not None and _checkpoint_given_as_argument(exc, ctx):
+                hint = f" (here a checkpoint is an option: {ctx.command_path} -c CHECKPOINT ...)"
             error_line(" ".join(exc.format_message().split()) + hint)
             code = exc.exit_code
         elif type(exc).__name__ == "Abort":
@@ -933,6 +936,17 @@ def main() -> None:
         else:
             raise
     _quiet_exit(code)
+
+
+def _checkpoint_given_as_argument(exc: Exception, ctx) -> bool:
+    """`chargen sample base` or `chargen serve run/`: a checkpoint where the command takes none
+    as an argument (score, eval, export and info do), but -c."""
+    from .checkpoint import BUNDLED
+
+    extra = re.match(r"Got unexpected extra argument\S* \(([^\s)]+)", exc.format_message())
+    first = extra.group(1) if extra else ""
+    return bool(first) and any(p.name == "checkpoint" and type(p).__name__.endswith("Option") for p in ctx.command.params) \
+        and (first in BUNDLED or first.endswith(".safetensors") or os.path.isdir(first))  # (never raises)
 
 
 def _quiet_exit(code: int) -> None:

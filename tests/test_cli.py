@@ -151,6 +151,9 @@ def test_bundled_model_samples_names():
         (["score", "-c", "names"], "the checkpoint is the first argument: chargen score CHECKPOINT"),
         (["eval", "--checkpoint", "names", "x.txt"], "chargen eval CHECKPOINT"),
         (["info", "-c", "base"], "chargen info CHECKPOINT"),
+        (["sample", "base", "-n", "2"], "here a checkpoint is an option: chargen sample -c CHECKPOINT"),
+        (["serve", "model.safetensors"], "here a checkpoint is an option: chargen serve -c CHECKPOINT"),
+        (["sample", "10"], "unexpected extra argument(s) (10) (see: chargen sample --help)"),  # no checkpoint
     ],
 )
 def test_bad_values_get_one_error_line(tmp_path, trained_names, args, needle):
