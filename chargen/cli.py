@@ -367,6 +367,8 @@ class _Output:
                 self.stream.flush()
         except BrokenPipeError:
             raise _PipeClosed() from None
+        except UnicodeEncodeError:
+            raise  # (a ValueError too, but no closed pipe: main says what stdout cannot write)
         except (OSError, ValueError) as exc:
             if isinstance(exc, ValueError) or self.stream.closed:
                 raise _PipeClosed() from None
@@ -907,6 +909,12 @@ def main() -> None:
         code = exc.exit_code
     except (BrokenPipeError, _PipeClosed):
         code = 0
+    except UnicodeEncodeError as exc:
+        if _codec(exc.encoding) != _codec(getattr(sys.stdout, "encoding", None)):
+            raise
+        error_line(f"stdout's encoding ({exc.encoding}) cannot write {exc.object[exc.start]!r} (U+{ord(exc.object[exc.start]):04X}); use a UTF-8 "
+                   f"locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8")
+        code = 1
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         code = 130
@@ -936,6 +944,16 @@ def main() -> None:
         else:
             raise
     _quiet_exit(code)
+
+
+def _codec(encoding: Optional[str]) -> Optional[str]:
+    """An encoding's codec by one name ('latin-1' and 'iso8859-1' are one), None if none."""
+    import codecs
+
+    try:
+        return codecs.lookup(encoding).name if encoding else None
+    except LookupError:
+        return None
 
 
 def _checkpoint_given_as_argument(exc: Exception, ctx) -> bool:

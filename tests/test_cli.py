@@ -414,3 +414,17 @@ def test_a_long_top_search_says_how_far_it_has_got_on_a_terminal(tmp_path):
     seen: list[int] = []
     assert len(list(chargen.load("names").top(20, progress=seen.append))) == 20
     assert seen and seen == sorted(seen) and seen[0] > 0, seen
+
+
+def test_text_stdout_cannot_encode_is_one_error_not_silence():
+    """stdout in ASCII or Latin-1 (PYTHONIOENCODING, an old locale) and Greek names: one `Error:`
+    line saying what to set and a failed exit, where the write used to end the command quietly
+    with nothing printed, as if a pipe had closed; ASCII names still print."""
+    for encoding in ("ascii", "latin-1"):
+        proc = run(["sample", "-c", "base", "-n", "3", "--seed", "1", "--label", "el_GR:first"],
+                   env={"PYTHONIOENCODING": encoding})
+        assert_clean_error(proc, f"stdout's encoding ({encoding}) cannot write", "PYTHONIOENCODING=utf-8")
+    assert_clean_error(run(["score", "base"], input="Ζωή\n".encode(), env={"PYTHONIOENCODING": "ascii"}),
+                       "cannot write '\\u0396' (U+0396)")  # (stderr is ASCII too: escaped)
+    plain = run(["sample", "-n", "3", "--seed", "1"], env={"PYTHONIOENCODING": "ascii"})
+    assert plain.returncode == 0 and plain.stdout.decode() == run(["sample", "-n", "3", "--seed", "1"]).stdout.decode()
