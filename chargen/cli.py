@@ -352,27 +352,38 @@ class _PipeClosed(Exception):
 
 
 class _Output:
-    """stdout, flushed per line; a closed pipe (e.g. `| head`) ends the command quietly."""
+    """stdout, flushed per line by default; a closed pipe (e.g. `| head`) ends the command quietly.
+    Every command's output goes through one (or `_piped` for a rich table)."""
 
     def __init__(self) -> None:
         self.stream = sys.stdout
 
     def write(self, text: str, flush: bool = True) -> None:
-        # Click would turn EPIPE into exit code 1; raise our own (non-OSError) signal instead.
         if self.stream is None:  # started with stdout closed (`>&-`): nobody is reading
             raise _PipeClosed()
-        try:
+        with _piped(self.stream):
             self.stream.write(text)
             if flush:
                 self.stream.flush()
-        except BrokenPipeError:
+
+    def flush(self) -> None:
+        self.write("", flush=True)
+
+
+@contextlib.contextmanager
+def _piped(stream) -> Iterator[None]:
+    """Writes to stdout whose reader went away raise _PipeClosed: click would turn EPIPE into exit
+    code 1, and `| head` is no failure."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise _PipeClosed() from None
+    except UnicodeEncodeError:
+        raise  # (a ValueError too, but no closed pipe: main says what stdout cannot write)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError) or stream is None or stream.closed:
             raise _PipeClosed() from None
-        except UnicodeEncodeError:
-            raise  # (a ValueError too, but no closed pipe: main says what stdout cannot write)
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, ValueError) or self.stream.closed:
-                raise _PipeClosed() from None
-            raise
+        raise
 
 
 @app.command()
@@ -618,6 +629,7 @@ def eval_command(
     from .training.data import read_corpus
 
     model = load(checkpoint, backend=backend, device=device)
+    out = _Output()
     for path in files:
         text = read_corpus([path]).text
         with _progress_bar("eval", "stdin" if path == "-" else path, 1.0) as progress:
@@ -629,12 +641,11 @@ def eval_command(
                                       "characters and counts them)") from None
         r = {"file": "stdin" if path == "-" else path, **r}
         if as_json:
-            sys.stdout.write(json.dumps(r) + "\n")
+            out.write(json.dumps(r) + "\n")
         else:
             skipped = f"  ({r['skipped']:,} unknown characters skipped)" if r["skipped"] else ""
-            sys.stdout.write(f"{r['file']}: {r['loss']:.4f} nats/char, {r['bpc']:.4f} bits/char, "
-                             f"perplexity {r['perplexity']:.3f} over {r['chars']:,} characters{skipped}\n")
-        sys.stdout.flush()
+            out.write(f"{r['file']}: {r['loss']:.4f} nats/char, {r['bpc']:.4f} bits/char, "
+                      f"perplexity {r['perplexity']:.3f} over {r['chars']:,} characters{skipped}\n")
 
 
 @contextlib.contextmanager
@@ -709,23 +720,24 @@ def score(
         if rest:
             yield rest
 
+    out = _Output()
     with _progress_bar("score", ", ".join(files or ["stdin"]), None, shown=not sys.stdout.isatty()) as progress:
         for k, s in enumerate(model.score(lines(), skip_unknown=skip_unknown, label=label, by_label=by_label), 1):
-            _print_score(s, output_format)
+            _print_score(out, s, output_format)
             if progress is not None and k % 256 == 0:
                 progress(k)
-    sys.stdout.flush()
+    out.flush()
 
 
-def _print_score(s, output_format: str) -> None:  # a chargen.evaluation.Score
+def _print_score(out: _Output, s, output_format: str) -> None:  # a chargen.evaluation.Score
     if output_format == "jsonl":
-        sys.stdout.write(json.dumps(s.record(), ensure_ascii=False) + "\n")
+        out.write(json.dumps(s.record(), ensure_ascii=False) + "\n", flush=False)
         return
     extra = ""
     if s.by_label is not None:  # the likeliest first, at the same columns whatever the number of labels
         extra = f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
         extra += "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
-    sys.stdout.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n")
+    out.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n", flush=False)
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -812,14 +824,16 @@ def info(
         if not labels:
             raise UsageError(f"{ckpt.path} has no labels (a model trained with --labels has)")
         val = labels.get("val_loss", {})
-        sys.stdout.writelines(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n" for n, c in zip(labels["names"], labels["lines"]))
+        _Output().write("".join(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n"
+                                for n, c in zip(labels["names"], labels["lines"])))
         return
     if as_json:
-        sys.stdout.write(json.dumps(facts, ensure_ascii=False) + "\n")
+        _Output().write(json.dumps(facts, ensure_ascii=False) + "\n")
         return
     from rich.console import Console
 
-    Console(highlight=False).print(_info_table(ckpt, facts))
+    with _piped(sys.stdout):
+        Console(highlight=False).print(_info_table(ckpt, facts))
 
 
 def _plot_run(path: Optional[str]) -> None:
@@ -830,7 +844,7 @@ def _plot_run(path: Optional[str]) -> None:
     if run_dir is None or not run_dir.is_dir():
         raise UsageError("--plot needs a run directory (the one holding metrics.jsonl)")
     records = read_metrics(run_dir)
-    sys.stdout.write(terminal_chart(loss_series(records)) + "\n")
+    _Output().write(terminal_chart(loss_series(records)) + "\n")
     written = write_loss_curve(run_dir, records, title=f"chargen: {run_dir.name}")
     console().print(f"wrote {written}", highlight=False, markup=False)
 

@@ -82,6 +82,18 @@ def test_head_of_pipe_exits_quietly(trained_names, workers):
     assert len(p.stdout.decode().splitlines()) == 3
 
 
+@pytest.mark.parametrize("command", ["score names {names} --format jsonl", "score base {names} --by-label"])
+def test_head_of_scores_pipe_exits_quietly(names_file, tmp_path, command):
+    """`| head` on score too: exit 0 and nothing on stderr under pipefail (click turned the closed
+    pipe into exit code 1, silently). Enough output to fill the pipe's buffer. (eval and info write
+    through the same _Output, but too little to fill it.)"""
+    names = tmp_path / "many.txt"
+    names.write_text(names_file.read_text() * 4)
+    cmd = f"set -o pipefail; '{chargen_exe()}' {command.format(names=names)} | head -c 10"
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == b"" and len(p.stdout) == 10, p.stderr
+
+
 def test_closed_stdout_is_quiet(trained_names):
     cmd = f"'{chargen_exe()}' sample -c '{trained_names}' -n 50 >&-"
     p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=60)
