@@ -55,6 +55,7 @@ _CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
 
 
 # The checkpoint a command reads (the bundled models' names: chargen.checkpoint.BUNDLED, checked by a test).
+STDOUT = Path("-")  # an export written to stdout (`--js -`)
 CHECKPOINT_HELP = "Checkpoint file, run directory (its best), or a bundled model: names, base."
 CHECKPOINT_DEFAULT = " [default: $CHARGEN_CHECKPOINT, else the bundled names model]"
 LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
@@ -746,11 +747,11 @@ def _print_score(out: _Output, s, output_format: str) -> None:  # a chargen.eval
 @app.command()
 def export(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
-    js: Annotated[Optional[Path], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+).", show_default=False)] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network).", show_default=False)] = None,
+    js: Annotated[Optional[Path], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+); - writes it to stdout.", show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network); - writes it to stdout.", show_default=False)] = None,
     weights: Annotated[str, typer.Option("--weights", help="Weights in --js/--html: i8 (a scale per row), f16, f32, or auto: i8 when it is lossless or moves the loss on the model's lines by under 0.005 nats, else f16.")] = "auto",
     to_checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Write the checkpoint with the exported weights (chargen sample on it draws what the page draws).", show_default=False)] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Write the vocabulary as a Hugging Face tokenizer.json.", show_default=False)] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Write the vocabulary as a Hugging Face tokenizer.json; - writes it to stdout.", show_default=False)] = None,
 ) -> None:
     """Export a model: a JavaScript module, a web page, a checkpoint, a tokenizer.json.
 
@@ -764,21 +765,26 @@ def export(
       chargen export checkpoints/shakespeare --js model.mjs --tokenizer tokenizer.json
     """
     from .checkpoint import BEST, checkpoint_path, read_checkpoint
-    from .files import atomic_write
 
     targets = {"--js": js, "--html": html, "--checkpoint": to_checkpoint, "--tokenizer": tokenizer}
     if not any(targets.values()):
         raise UsageError("name what to write: --js FILE, --html FILE, --checkpoint FILE or --tokenizer FILE")
+    to_stdout = [flag for flag, path in targets.items() if path == STDOUT]
+    if "--checkpoint" in to_stdout:
+        raise UsageError("--checkpoint writes a binary safetensors file; name a file, not -")
+    if len(to_stdout) > 1:
+        raise UsageError(f"{' and '.join(to_stdout)} both ask for stdout (-); one of them may have it")
     for flag, path in targets.items():
-        if path is not None and path.is_dir():
+        if path is None or path == STDOUT:
+            continue
+        if path.is_dir():
             raise UsageError(f"{flag} {path} is a directory; name a file in it")
-        if path is not None and not path.parent.exists():
+        if not path.parent.exists():
             raise UsageError(f"{flag}: the directory {path.parent} does not exist")
     ckpt = read_checkpoint(checkpoint_path(checkpoint), prefer=BEST)
     say = lambda text: console().print(text, highlight=False, markup=False)  # noqa: E731
     if tokenizer is not None:
-        atomic_write(tokenizer, ckpt.vocab.to_json().encode("utf-8"))
-        say(f"wrote {tokenizer} ({len(ckpt.vocab)} characters)")
+        _write_exported(tokenizer, ckpt.vocab.to_json(), say, "the tokenizer", f": {len(ckpt.vocab)} characters")
     if js is None and html is None and to_checkpoint is None:
         return
     from . import webexport
@@ -786,14 +792,25 @@ def export(
     encoding = webexport.choose_encoding(ckpt, weights)
     say(encoding.describe())
     if js is not None:
-        atomic_write(js, webexport.module_text(ckpt, encoding).encode("utf-8"))
-        say(f"wrote {js} ({js.stat().st_size / 1024:,.0f} KB): import {{ sample }} from \"./{js.name}\"; sample({{ n: 10 }})")
+        _write_exported(js, webexport.module_text(ckpt, encoding), say, "the module", f": import {{ sample }} from "
+                        f"\"./{js.name if js != STDOUT else 'model.mjs'}\"; sample({{ n: 10 }})")
     if html is not None:
-        atomic_write(html, webexport.page_text(ckpt, encoding).encode("utf-8"))
-        say(f"wrote {html} ({html.stat().st_size / 1024:,.0f} KB): open it in a browser, no server needed")
+        _write_exported(html, webexport.page_text(ckpt, encoding), say, "the page", ": open it in a browser, no server needed")
     if to_checkpoint is not None:
         webexport.exported_checkpoint(ckpt, encoding, to_checkpoint)
         say(f"wrote {to_checkpoint} ({encoding.enc} weights as a checkpoint)")
+
+
+def _write_exported(path: Path, text: str, say: Callable[[str], None], what: str, after: str = "") -> None:
+    """An export's text into its file (atomically), or to stdout for `-`; then what was written."""
+    from .files import atomic_write
+
+    data = text.encode("utf-8")
+    if path == STDOUT:
+        _Output().write(text)
+    else:
+        atomic_write(path, data)
+    say(f"wrote {what + ' to stdout' if path == STDOUT else path} ({len(data) / 1024:,.0f} KB){after}")
 
 
 # --- info -------------------------------------------------------------------------------------

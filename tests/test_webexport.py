@@ -609,6 +609,14 @@ def test_export_command(tmp_path):
     assert_clean_error(run(["export", "names"]), "name what to write")
     assert_clean_error(run(["export", "names", "--js", str(tmp_path / "no" / "x.mjs")]), "does not exist")
     assert_clean_error(run(["export", "names", "--js", str(tmp_path / "x.mjs"), "--weights", "f8"]), "--weights")
+    # `-` is stdout (a pipeline's `> page.html`, `| gzip`): the same bytes as the file, the note on stderr
+    for flag, file in (("--html", "names.html"), ("--js", "names.mjs")):
+        piped = run(["export", "names", flag, "-"], cwd=tmp_path)
+        assert piped.returncode == 0 and piped.stdout == (tmp_path / file).read_bytes(), piped.stderr
+        assert "to stdout" in piped.stderr.decode()
+    assert not (tmp_path / "-").exists()
+    assert_clean_error(run(["export", "names", "--js", "-", "--html", "-"]), "--js and --html both ask for stdout")
+    assert_clean_error(run(["export", "names", "--checkpoint", "-"]), "binary safetensors file; name a file")
 
 
 # --- the page, in Chromium ------------------------------------------------------------------------
