@@ -55,7 +55,7 @@ _CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
 
 
 # The checkpoint a command reads (the bundled models' names: chargen.checkpoint.BUNDLED, checked by a test).
-STDOUT = Path("-")  # an export written to stdout (`--js -`)
+STDOUT = Path("-")  # a file argument that is stdout (`export --js -`), or stdin (`--exclude -`)
 CHECKPOINT_HELP = "Checkpoint file, run directory (its best), or a bundled model: names, base."
 CHECKPOINT_DEFAULT = " [default: $CHARGEN_CHECKPOINT, else the bundled names model]"
 LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
@@ -392,7 +392,7 @@ def _piped(stream) -> Iterator[None]:
 def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); - reads one prompt per line from stdin.")] = "",
-    exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list).", rich_help_panel="Constraints (line samples)")] = None,
+    exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list); - reads the lines from stdin.", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided, and p_constraints with its bounds p_constraints_lower/_upper from the adaptive exact sampler).")] = "text",
     backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
@@ -418,6 +418,8 @@ def sample(
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     options = given(options)
+    if exclude == STDOUT and prompt == "-":
+        raise UsageError("--prompt - and --exclude - both read stdin; give one of them a file")
     if exclude is not None:
         options["exclude"] = _read_lines(exclude)
     num = options.pop("num", 1)
@@ -534,14 +536,18 @@ def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constra
             out.write(("\n" if i else "") + s.text + "\n")
 
 
+def _stdin_bytes(flag: str) -> bytes:
+    """All of stdin, for `flag -`."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise UsageError(f"{flag} - reads stdin, but stdin is closed")
+    raw = getattr(sys.stdin, "buffer", None)
+    return raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+
+
 def _read_prompts() -> list[str]:
     """`--prompt -`: one prompt per line of stdin, decoded strictly as UTF-8."""
-    if sys.stdin is None or sys.stdin.closed:
-        raise UsageError("--prompt - reads prompts from stdin, but stdin is closed")
-    raw = getattr(sys.stdin, "buffer", None)
-    data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
     try:
-        text = data.decode("utf-8")
+        text = _stdin_bytes("--prompt").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"the prompts on stdin are not UTF-8 (byte {exc.start}); convert them, "
                          f"e.g. iconv -f latin1 -t utf-8") from None
@@ -552,9 +558,9 @@ def _read_prompts() -> list[str]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """--exclude: the file's lines (UTF-8, \\n or \\r\\n); an empty file excludes nothing."""
+    """--exclude: the file's lines (UTF-8, \\n or \\r\\n; - is stdin); an empty file excludes nothing."""
     try:
-        data = path.read_bytes()
+        data = _stdin_bytes("--exclude") if path == STDOUT else path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"--exclude {path} does not exist") from None
     except IsADirectoryError:

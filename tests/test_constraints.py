@@ -765,6 +765,11 @@ def test_installed_command_constrains_and_ranks(trained_names, tmp_path):
     exclude.write_text("\n".join(r["text"] for r in records[:3]) + "\n", encoding="utf-8")
     after = run(["sample", "-c", str(trained_names), "--top", "5", "--ends-with", "a", "--exclude", str(exclude)])
     assert after.stdout.decode().splitlines() == [r["text"] for r in records[3:8]]
+    piped = run(["sample", "-c", str(trained_names), "--top", "5", "--ends-with", "a", "--exclude", "-"],
+                input=exclude.read_bytes())  # `-` is stdin
+    assert piped.stdout == after.stdout, piped.stderr
+    assert_clean_error(run(["sample", "-c", str(trained_names), "-p", "-", "--exclude", "-"], input=b"A\n"),
+                       "both read stdin")
     drawn = run(["sample", "-c", str(trained_names), "-n", "40", "--seed", "4", "--regex", "[A-Z][a-z]*n",
                  "--min-len", "4", "--format", "jsonl"])
     assert drawn.returncode == 0, drawn.stderr.decode()
