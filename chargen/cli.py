@@ -54,8 +54,8 @@ def console():
 _CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
 
 
+DASH = Path("-")  # a file named `-`: stdout for an export (`--js -`), stdin for `--exclude -`
 # The checkpoint a command reads (the bundled models' names: chargen.checkpoint.BUNDLED, checked by a test).
-STDOUT = Path("-")  # a file argument that is stdout (`export --js -`), or stdin (`--exclude -`)
 CHECKPOINT_HELP = "Checkpoint file, run directory (its best), or a bundled model: names, base."
 CHECKPOINT_DEFAULT = " [default: $CHARGEN_CHECKPOINT, else the bundled names model]"
 LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
@@ -418,7 +418,7 @@ def sample(
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     options = given(options)
-    if exclude == STDOUT and prompt == "-":
+    if exclude == DASH and prompt == "-":
         raise UsageError("--prompt - and --exclude - both read stdin; give one of them a file")
     if exclude is not None:
         options["exclude"] = _read_lines(exclude)
@@ -560,7 +560,7 @@ def _read_prompts() -> list[str]:
 def _read_lines(path: Path) -> list[str]:
     """--exclude: the file's lines (UTF-8, \\n or \\r\\n; - is stdin); an empty file excludes nothing."""
     try:
-        data = _stdin_bytes("--exclude") if path == STDOUT else path.read_bytes()
+        data = _stdin_bytes("--exclude") if path == DASH else path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"--exclude {path} does not exist") from None
     except IsADirectoryError:
@@ -775,13 +775,13 @@ def export(
     targets = {"--js": js, "--html": html, "--checkpoint": to_checkpoint, "--tokenizer": tokenizer}
     if not any(targets.values()):
         raise UsageError("name what to write: --js FILE, --html FILE, --checkpoint FILE or --tokenizer FILE")
-    to_stdout = [flag for flag, path in targets.items() if path == STDOUT]
+    to_stdout = [flag for flag, path in targets.items() if path == DASH]
     if "--checkpoint" in to_stdout:
         raise UsageError("--checkpoint writes a binary safetensors file; name a file, not -")
     if len(to_stdout) > 1:
         raise UsageError(f"{' and '.join(to_stdout)} both ask for stdout (-); one of them may have it")
     for flag, path in targets.items():
-        if path is None or path == STDOUT:
+        if path is None or path == DASH:
             continue
         if path.is_dir():
             raise UsageError(f"{flag} {path} is a directory; name a file in it")
@@ -799,7 +799,7 @@ def export(
     say(encoding.describe())
     if js is not None:
         _write_exported(js, webexport.module_text(ckpt, encoding), say, "the module", f": import {{ sample }} from "
-                        f"\"./{js.name if js != STDOUT else 'model.mjs'}\"; sample({{ n: 10 }})")
+                        f"\"./{js.name if js != DASH else 'model.mjs'}\"; sample({{ n: 10 }})")
     if html is not None:
         _write_exported(html, webexport.page_text(ckpt, encoding), say, "the page", ": open it in a browser, no server needed")
     if to_checkpoint is not None:
@@ -812,11 +812,11 @@ def _write_exported(path: Path, text: str, say: Callable[[str], None], what: str
     from .files import atomic_write
 
     data = text.encode("utf-8")
-    if path == STDOUT:
+    if path == DASH:
         _Output().write(text)
     else:
         atomic_write(path, data)
-    say(f"wrote {what + ' to stdout' if path == STDOUT else path} ({len(data) / 1024:,.0f} KB){after}")
+    say(f"wrote {what + ' to stdout' if path == DASH else path} ({len(data) / 1024:,.0f} KB){after}")
 
 
 # --- info -------------------------------------------------------------------------------------
