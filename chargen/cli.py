@@ -474,13 +474,21 @@ def _shown(names: Optional[list[str]], most: int = 6) -> Optional[str]:
     return ", ".join(names[:most]) + (f", ... ({len(names)})" if len(names) > most else "") if names else None
 
 
-def _label_note(model, label: Optional[str]) -> None:
+def _label_note(model, label: Optional[str], scoring: bool = False) -> None:
     """Which labels a --label whose terms are not all labels' names draws from, and how much of
     each: `--label greek` is mostly Greek places, by their share of the training lines; `--label
     "french cities"` is Algeria's (the one French-speaking locale with a list of cities).
     With no --label, on a terminal: that there are labels to ask for (a new user's `chargen sample
-    -c base` mixes every language and script)."""
+    -c base` mixes every language and script); `scoring` (score, eval): that every line is scored
+    under each of them, a label's work times their number."""
     if not model.labels:
+        return
+    if not label and scoring:
+        if sys.stderr.isatty() and len(model.labels) > 1:
+            console().print(f"note: with no --label each line is scored under all {len(model.labels)} labels (its "
+                            f"probability when its label is unknown), {len(model.labels)} times the work of one: "
+                            f"--label L scores under L alone (chargen info --labels lists them)",
+                            highlight=False, markup=False, soft_wrap=True)
         return
     if not label:
         if sys.stderr.isatty():
@@ -636,6 +644,7 @@ def eval_command(
     from .training.data import read_corpus
 
     model = load(checkpoint, backend=backend, device=device)
+    _label_note(model, label, scoring=True)
     out = _Output()
     for path in files:
         text = read_corpus([path]).text
@@ -717,6 +726,8 @@ def score(
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
     model = load(checkpoint)
+    if label or not by_label:  # (--by-label scores under every label: that is what it asks)
+        _label_note(model, label, scoring=True)
 
     def lines() -> Iterator[str]:
         rest = ""

@@ -462,6 +462,25 @@ def test_label_completes_in_the_shell_from_the_models_languages_kinds_and_labels
     assert complete(f"chargen sample -c {tmp_path / 'none'} --label a") == []  # no checkpoint: no suggestions
 
 
+def test_on_a_terminal_scoring_under_every_label_says_what_it_costs(tmp_path):
+    """`chargen score base` scores each line under all its labels (65 times the time of one on
+    2,000 names): on a terminal a note says so, and how to ask for one; not under --label or
+    --by-label (which asks for every label), not in a pipe, not for a model without labels."""
+    names = tmp_path / "names.txt"
+    names.write_text("Anna\nGiuseppe\n")
+    code, shown = run_on_terminal(["score", "base", str(names)], tmp_path / "out.txt", columns=300)
+    every = f"scored under all {len(chargen.load('base').labels)} labels"
+    assert code == 0 and every in shown and "--label L scores under L alone" in shown, shown
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
+    for args in (["score", "base", str(names), "--label", "it_IT:first"], ["score", "base", str(names), "--by-label"],
+                 ["score", "names", str(names)]):
+        code, shown = run_on_terminal(args, tmp_path / "out.txt", columns=300)
+        assert code == 0 and "note" not in shown, (args, shown)
+    code, shown = run_on_terminal(["eval", "base", str(names)], tmp_path / "out.txt", columns=300)
+    assert code == 0 and every in shown, shown
+    assert run(["score", "base", str(names)]).stderr == b""
+
+
 def test_on_a_terminal_a_labelled_model_says_it_has_labels_to_ask_for(tmp_path):
     """`chargen sample -c base` with no --label mixes every language and script: on a terminal, a
     note says there are labels to ask for; in a pipe, stderr stays empty."""
