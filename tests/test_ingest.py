@@ -265,3 +265,20 @@ def test_a_process_killed_mid_ingest_leaves_nothing_taken_for_an_entry(tmp_path)
             entry.unlink()  # start the next trial from nothing again
     enc = ingest([str(tmp_path / "big.txt")], cache_dir=cache)
     assert enc.n_chars == len(text) and enc.vocab.decode_ids(enc.ids[:160]) == text[:160]
+
+
+def test_a_run_on_decomposed_text_is_told_why_it_cannot_resume(tmp_path):
+    """A run trained before corpora were read in NFC has the accents as characters of their own:
+    its corpus now reads as other text, and the error says why (a run on NFC text resumes as before)."""
+    from types import SimpleNamespace
+
+    from chargen.errors import UsageError
+    from chargen.training.loop import _check_same_corpus
+
+    run = SimpleNamespace(resume={"corpus_digest": "before"}, vocab=Vocab.from_text("Jose\u0301\n"),
+                          path=tmp_path / "last.safetensors")
+    now = SimpleNamespace(digest="after", vocab=Vocab.from_text("Jos\u00e9\n"))
+    with pytest.raises(UsageError, match="before corpora were read in NFC: start it again"):
+        _check_same_corpus(run, now)
+    with pytest.raises(UsageError, match="same corpus files$"):  # other text: no such hint
+        _check_same_corpus(SimpleNamespace(**{**vars(run), "vocab": now.vocab}), now)

@@ -17,6 +17,7 @@ import platform
 import signal
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,12 @@ def _best_so_far(metrics: list[dict[str, Any]], step: int) -> tuple[int, int]:
 
 def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
     if ckpt.resume.get("corpus_digest") != data.digest:
+        decomposed = any(unicodedata.combining(c) for c in ckpt.vocab.chars) and not any(
+            unicodedata.combining(c) for c in data.vocab.chars)
         raise UsageError(f"the corpus differs from the one the run in {ckpt.path.parent} was trained on; "
-                         f"resume with the same corpus files")
+                         f"resume with the same corpus files" + (
+                             " (this run read it with accents as characters of their own, before corpora were "
+                             "read in NFC: start it again)" if decomposed else ""))
     if ckpt.vocab != data.vocab:
         raise UsageError(f"the corpus's characters differ from the vocabulary of the run in {ckpt.path.parent}")
 
