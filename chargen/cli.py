@@ -391,7 +391,7 @@ def _piped(stream) -> Iterator[None]:
 @with_options(SampleConfig)
 def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); - reads one prompt per line from stdin.")] = "",
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); repeat for several (-n samples each, in order); - reads one prompt per line from stdin.", show_default=False)] = None,
     exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list); - reads the lines from stdin.", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided, and p_constraints with its bounds p_constraints_lower/_upper from the adaptive exact sampler).")] = "text",
@@ -418,13 +418,16 @@ def sample(
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
     options = given(options)
-    if exclude == DASH and prompt == "-":
+    prompt = prompt or [""]
+    if "-" in prompt and len(prompt) > 1:
+        raise UsageError("--prompt - reads the prompts from stdin; give it alone, or give the prompts as flags")
+    if exclude == DASH and prompt == ["-"]:
         raise UsageError("--prompt - and --exclude - both read stdin; give one of them a file")
     if exclude is not None:
         options["exclude"] = _read_lines(exclude)
     num = options.pop("num", 1)
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
-    prompts = _read_prompts() if prompt == "-" else [prompt]
+    prompts = _read_prompts() if prompt == ["-"] else prompt
     _label_note(model, options.get("label"))
     out = _Output()
     stats = SampleStats()

@@ -107,6 +107,10 @@ def test_prompts_from_stdin_in_order(trained_names):
     assert len(lines) == 8
     assert [line[:2] for line in lines[:4]] == ["Ka", "Ka", "Mo", "Mo"]
     assert all(lines[4:6]) and [line[:2] for line in lines[6:]] == ["Te", "Te"]
+    # the prompts as repeated flags: the same samples (it kept the last one alone)
+    flags = run(["sample", "-c", str(trained_names), "-p", "Ka", "-p", "Mo", "-p", "", "-p", "Te", "-n", "2", "--seed", "5"])
+    assert flags.returncode == 0 and flags.stdout.decode().splitlines() == lines, flags.stderr
+    assert_clean_error(run(["sample", "-c", str(trained_names), "-p", "-", "-p", "Ka"], input=b"Mo\n"), "give it alone")
 
 
 def test_starts_with_is_the_prompt(trained_names):
