@@ -860,9 +860,9 @@ def info(
     if list_labels:
         if not labels:
             raise UsageError(f"{ckpt.path} has no labels (a model trained with --labels has)")
-        val = labels.get("val_loss", {})
-        _Output().write("".join(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n"
-                                for n, c in zip(labels["names"], labels["lines"])))
+        val, own = labels.get("val_loss", {}), set(labels.get("own") or ())
+        rows = sorted(zip(labels["names"], labels["lines"]), key=lambda row: row[0] not in own)  # its own first
+        _Output().write("".join(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n" for n, c in rows))
         return
     if as_json:
         _Output().write(json.dumps(facts, ensure_ascii=False) + "\n")

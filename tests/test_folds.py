@@ -191,8 +191,10 @@ def test_new_labels_on_a_short_list_are_cross_validated_with_a_held_out_loss_eac
     chars = {name: len(text) for name, text in files.items()}  # each line's characters and its newline
     overall = sum(chars[k] * per_label[k] for k in chars) / sum(chars.values())
     assert overall == pytest.approx(cv["val_loss"], abs=2e-5)
-    listed = dict(line.split("\t")[::2] for line in run(["info", str(out), "--labels"]).stdout.decode().splitlines())
+    rows = [line.split("\t") for line in run(["info", str(out), "--labels"]).stdout.decode().splitlines()]
+    listed = {name: loss for name, _, loss in rows}
     assert float(listed["abz"]) == round(per_label["abz"], 4) and listed["abc"] == "-"
+    assert [name for name, _, _ in rows] == ["abz", "xyc", "abc", "xyz"]  # its own labels first
 
 
 def test_a_stop_while_the_folds_run_writes_nothing(trained_names, tmp_path):
