@@ -734,7 +734,8 @@ def score(
 
     def lines() -> Iterator[str]:
         rest = ""
-        for buf, text in corpus_chunks(files or ["-"], sys.stdin.buffer, nfc=False):  # (scored in the model's form)
+        # (scored in the model's form; no lines in, none out, as any filter in a pipeline)
+        for buf, text in corpus_chunks(files or ["-"], sys.stdin.buffer, nfc=False, empty_ok=True):
             parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
             rest = parts.pop()
             yield from (p[:-1] if p.endswith("\r") else p for p in parts)

@@ -49,6 +49,9 @@ def test_score_command_streams_lines_and_reports_bad_input(tmp_path):
     assert_clean_error(run(["score", "names", "--format", "csv"], input=b"Anna\n"), "--format")
     (tmp_path / "bad.txt").write_bytes(b"Anna\n\xff\xfe\n")
     assert_clean_error(run(["score", "names", str(tmp_path / "bad.txt")]), "UTF-8")
+    for empty in (b"", b"\n"):  # no lines in, none out (a filter in a pipeline); an empty line is a line
+        proc = run(["score", "names"], input=empty)
+        assert proc.returncode == 0 and proc.stdout.decode().count("\n") == len(empty), proc.stderr
 
 
 def test_score_over_http(tmp_path):

@@ -121,13 +121,14 @@ def _nfc_cut(buf: bytes) -> int:
 
 
 def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
-                nfc: bool = True) -> Iterator[tuple[bytes, Optional[str]]]:
+                nfc: bool = True, empty_ok: bool = False) -> Iterator[tuple[bytes, Optional[str]]]:
     """The checked text of `stream` in pieces: (UTF-8 bytes, the same as str, or None when ASCII).
 
     BOM dropped, CRLF -> LF, and with `nfc` Unicode's composed form (NFC: é as one character,
     never e and a combining accent, so that text Unicode calls the same is one string to the
     model: chargen.tokenizer.Vocab.conform); a one-line CorpusError for anything that is not UTF-8
-    text (with the byte offset), a NUL byte, an empty or whitespace-only file. A multi-byte
+    text (with the byte offset), a NUL byte, an empty or whitespace-only file (unless `empty_ok`:
+    lines to score, where no lines is an answer, none). A multi-byte
     character, a CRLF and (with `nfc`) the text from the last character that composes with nothing
     before it on (_nfc_cut) are carried into the next piece, so the pieces join to exactly the
     text a one-shot decode and normalization give. (Only a megabyte of combining marks with no
@@ -190,6 +191,8 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
             yield buf, text
         if eof:
             break
+    if empty_ok:
+        return
     if total == 0:
         raise CorpusError(f"{source} is empty")
     if not nonspace:
@@ -197,7 +200,8 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
 
 
 def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_bytes: int = CHUNK_BYTES,
-                  names: Optional[list[str]] = None, nfc: bool = True) -> Iterator[tuple[bytes, Optional[str]]]:
+                  names: Optional[list[str]] = None, nfc: bool = True,
+                  empty_ok: bool = False) -> Iterator[tuple[bytes, Optional[str]]]:
     """The text of several sources in pieces (text_chunks), joined by a newline where one does not
     end in one. `names` are what errors call the sources (default: the paths)."""
     check_paths(paths)
@@ -208,7 +212,7 @@ def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_byte
             if not ends_in_newline:
                 yield b"\n", None
             name = names[i] if names is not None else describe_source(path)
-            for buf, text in text_chunks(stream, name, chunk_bytes, nfc):
+            for buf, text in text_chunks(stream, name, chunk_bytes, nfc, empty_ok):
                 ends_in_newline = buf.endswith(b"\n")
                 yield buf, text
         finally:
