@@ -111,6 +111,10 @@ def test_prompts_from_stdin_in_order(trained_names):
     flags = run(["sample", "-c", str(trained_names), "-p", "Ka", "-p", "Mo", "-p", "", "-p", "Te", "-n", "2", "--seed", "5"])
     assert flags.returncode == 0 and flags.stdout.decode().splitlines() == lines, flags.stderr
     assert_clean_error(run(["sample", "-c", str(trained_names), "-p", "-", "-p", "Ka"], input=b"Mo\n"), "give it alone")
+    # an unknown character: the error names the prompt it is in, before any sample is printed
+    bad = run(["sample", "-c", str(trained_names), "-p", "-"], input="Ka\nM€o\nTe\n".encode())
+    assert_clean_error(bad, "the prompt 'M€o' holds '€'")
+    assert bad.stdout == b""
 
 
 def test_starts_with_is_the_prompt(trained_names):

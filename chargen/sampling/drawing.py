@@ -112,7 +112,8 @@ def initial_state(stepper: Stepper, start_state: Optional[list[np.ndarray]]):
 def check_prompt(vocab: Vocab, prompt: str, lines: bool) -> None:
     bad = vocab.unknown_chars(prompt)
     if bad:
-        raise VocabularyError(f"the prompt holds {describe_chars(bad)}, not in the model's vocabulary")
+        shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."  # (which of several prompts; a long one cut)
+        raise VocabularyError(f"the prompt {shown!r} holds {describe_chars(bad)}, not in the model's vocabulary")
     if lines and "\n" in prompt:
         raise UsageError("a prompt in line mode cannot hold a newline")
 
