@@ -218,11 +218,11 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
         )
         stop = []
         if r.max_steps:
-            stop.append(f"{r.max_steps:,} steps")
+            stop.append(f"{r.max_steps:,} step{'s' if r.max_steps != 1 else ''}")
         if r.time_budget:
             stop.append(format_duration(r.time_budget))
         if r.patience:
-            stop.append(f"{r.patience} evaluations without a better val loss")
+            stop.append(f"{r.patience} evaluation{'s' if r.patience != 1 else ''} without a better val loss")
         self.con.print(
             f"model: {m.describe()}, "
             f"{r.parameters:,} parameters; {r.layout()}; "

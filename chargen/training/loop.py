@@ -600,7 +600,7 @@ class Trainer:
             return (f"validation stalled at the peak learning rate and the decay begun then is done "
                     f"({self.best_so_far()})")
         if self.budget.max_steps is not None and self.run.step >= self.budget.max_steps:
-            return f"{self.budget.max_steps:,} steps done"
+            return f"{self.budget.max_steps:,} step{'s' if self.budget.max_steps != 1 else ''} done"
         return f"the time budget of {format_duration(self.budget.time)} was spent" if self.budget.time else "done"
 
     def ended_already(self, flag: "StopFlag") -> str:
