@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import SampleConfig, check_type, declared
-from .errors import UsageError, VocabularyError
+from .errors import ConfigError, UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
@@ -344,6 +344,8 @@ class Model:
         probability (the blend's weights as the prior): a classifier."""
         from .evaluation import Score, line_nlls, mixture_nlls
 
+        if isinstance(lines, (str, bytes)):  # (iterating one would score each character as a line)
+            raise ConfigError(f"`lines` must be a list of lines, not one text (got {lines!r:.40}): score([text]) scores one")
         if "\n" not in self.vocab:
             raise UsageError("this model's vocabulary has no newline, so it cannot score lines")
         mix = self.label_mix(label)
@@ -421,6 +423,8 @@ for _method, _request in ((Model.samples, "sample"), (Model.drawings, "sample"),
 def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:
     """Load a checkpoint file or run directory (its best checkpoint), or a bundled model by name
     ("names", "base"); the bundled names model by default."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"`path` must be a checkpoint's path or a bundled model's name (got {path!r:.40})")
     return Model(read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST),
                  backend=backend, device=device)
 

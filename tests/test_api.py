@@ -50,8 +50,20 @@ def test_train_api_returns_the_run_directory(tmp_path, names_file):
     out = chargen.train([str(names_file)], out=str(tmp_path / "run"), max_steps=5, layers=1, hidden=16, embed=8,
                         batch_size=4, seq_len=16, precision="fp32")
     assert (out / "best.safetensors").exists()
-    with pytest.raises(ChargenError, match="unknown"):
+    # an unknown keyword is named among every keyword train takes (model shape, loop, its own), a typo with its fix
+    with pytest.raises(ChargenError, match=r"'max_step' \(max_steps\?\) \(known: .*\bhidden\b.*\bstart_from\b"):
         chargen.train([str(names_file)], out=str(tmp_path / "r2"), max_step=5)
+
+
+def test_api_refuses_arguments_of_the_wrong_kind():
+    """What would fail obscurely or quietly do the wrong thing is a ChargenError naming the argument."""
+    with pytest.raises(ChargenError, match="path must be"):
+        chargen.load(123)
+    model = chargen.load()
+    for one_text in ("Anna", b"Anna"):  # iterated, each character would be scored as a line
+        with pytest.raises(ChargenError, match="lines must be a list of lines"):
+            list(model.score(one_text))
+    assert [s.text for s in model.score(iter(["Anna", "Maria"]))] == ["Anna", "Maria"]
 
 
 def test_cli_eval_and_export_round_trip(trained_names, tmp_path):

@@ -9,13 +9,15 @@ the callbacks' on_notice (rank 0 only).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
-from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted
-from ..errors import CheckpointError, TrainingInterrupted, UsageError
+from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
+from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
 from .data import is_list, read_corpus
 from .device import resolve_device
 from .distributed import setup as setup_distributed
@@ -37,6 +39,11 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
     """chargen.train: see its docstring there."""
     model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
     loop_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    loop_keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(loop_options) - set(loop_keys), key=str)
+    if unknown:  # (named among every keyword train takes, not the loop's alone)
+        arguments = [name for name in inspect.signature(train_run).parameters if name != "options"]
+        raise ConfigError(f"unknown option(s): {unknown_keys(unknown, [*MODEL_KEYS, *loop_keys, *arguments])}")
     if model_options:  # check before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
     base = _base_model(start_from, resume, model_options)
