@@ -32,18 +32,25 @@ from .rundir import RunDir
 from .sizing import auto_sizes, finetune_defaults
 
 
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """train's keywords as the model's (ModelConfig) and the loop's (TrainConfig); an unknown one is
+    a ConfigError naming every keyword train takes, not the loop's alone."""
+    model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
+    loop_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
+    loop_keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(loop_options) - set(loop_keys), key=str)
+    if unknown:
+        arguments = [name for name in inspect.signature(train_run).parameters if name != "options"]
+        raise ConfigError(f"unknown option(s): {unknown_keys(unknown, [*MODEL_KEYS, *loop_keys, *arguments])}")
+    return model_options, loop_options
+
+
 def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = None,
               val_file: Optional[str] = None, precision: str = "auto", resume: str | os.PathLike | None = None,
               start_from: str | os.PathLike | None = None, overwrite: bool = False, callbacks=None,
               **options: Any) -> Path:
     """chargen.train: see its docstring there."""
-    model_options = {k: v for k, v in options.items() if k in MODEL_KEYS}
-    loop_options = {k: v for k, v in options.items() if k not in MODEL_KEYS}
-    loop_keys = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = sorted(set(loop_options) - set(loop_keys), key=str)
-    if unknown:  # (named among every keyword train takes, not the loop's alone)
-        arguments = [name for name in inspect.signature(train_run).parameters if name != "options"]
-        raise ConfigError(f"unknown option(s): {unknown_keys(unknown, [*MODEL_KEYS, *loop_keys, *arguments])}")
+    model_options, loop_options = _split_options(options)
     if model_options:  # check before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
     base = _base_model(start_from, resume, model_options)
