@@ -394,5 +394,13 @@ def checkpoint_path(spec: str | os.PathLike) -> Path:
 
 
 def default_checkpoint() -> Path:
+    """$CHARGEN_CHECKPOINT's model, else the bundled names model (one a user may have forgotten
+    setting: a path that is not there says where it came from)."""
     env = os.environ.get(ENV_CHECKPOINT)
-    return checkpoint_path(env) if env else bundled_checkpoint()
+    if not env:
+        return bundled_checkpoint()
+    path = checkpoint_path(env)
+    if not path.exists():
+        raise CheckpointError(f"${ENV_CHECKPOINT} is {env}, which does not exist; unset it for the bundled names "
+                              f"model, or name a checkpoint")
+    return path

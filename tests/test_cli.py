@@ -138,6 +138,8 @@ def test_default_checkpoint_env_override(trained_names):
     p = run(["sample", "-n", "3", "--seed", "1"], env={"CHARGEN_CHECKPOINT": str(trained_names)})
     q = run(["sample", "-c", str(trained_names), "-n", "3", "--seed", "1"])
     assert p.returncode == 0 and p.stdout == q.stdout
+    missing = run(["sample", "-n", "1"], env={"CHARGEN_CHECKPOINT": str(trained_names.parent / "nope")})
+    assert_clean_error(missing, "$CHARGEN_CHECKPOINT is ", "nope, which does not exist")
 
 
 def test_bundled_model_samples_names():
