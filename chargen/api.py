@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, O
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import SampleConfig, check_type, declared
+from .config import SampleConfig, check_type, declared, label_spec
 from .errors import ConfigError, UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
@@ -114,9 +114,10 @@ class Model:
         """A labelled model's labels (sample with `label=`); None for a model without."""
         return self.checkpoint.labels
 
-    def label_mix(self, label: Optional[str]) -> Optional[LabelMix]:
+    def label_mix(self, label: Optional[str | dict[str, float]]) -> Optional[LabelMix]:
         """What `label=` asks of this model (chargen.sampling.labels); None for a model without labels."""
         ckpt = self.checkpoint
+        label = label_spec(label)
         return self._mixes.get(label, lambda: resolve_labels(label, ckpt.labels, ckpt.label_counts, ckpt.label_default))
 
     @property

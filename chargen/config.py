@@ -202,6 +202,11 @@ def check_type(name: str, value: Any, annotation: str) -> None:
     if value is None and optional:
         return
     kinds = [k.strip() for k in kind.split("|")]
+    if "dict[str, float]" in kinds and isinstance(value, dict):
+        if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for k, v in value.items()):
+            raise ConfigError(f"`{name}` must map text to numbers (got {_shown(value)})")
+        return
     if "list[str]" in kinds and isinstance(value, (list, tuple)):
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"`{name}` must be a list of text (got {_shown(value)})")
@@ -212,8 +217,26 @@ def check_type(name: str, value: Any, annotation: str) -> None:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"`{name}` must be a finite number (got {_shown(value)})")
             return
-    what = " or ".join(_KINDS[k][1] if k in _KINDS else "a list of text" for k in kinds)
+    what = " or ".join(_KINDS[k][1] if k in _KINDS else _OTHER_KINDS[k] for k in kinds)
     raise ConfigError(f"`{name}` must be {what} (got {_shown(value)})")
+
+
+_OTHER_KINDS = {"list[str]": "a list of text", "dict[str, float]": "a mapping of labels to weights"}
+
+
+def label_spec(label: Any) -> Any:
+    """`label` as the text that asks for it: a blend given as a mapping, {"it": 0.7, "es": 0.3} (the
+    Python API's, the server's and an exported module's other way to write it), is it=0.7,es=0.3 (no
+    label holds ',' or '=': training refuses them); text or None as it is."""
+    check_type("label", label, f"Optional[{declared(SampleConfig)['label'].accepts}]")
+    if not isinstance(label, dict):
+        return label
+    if not label:
+        raise ConfigError("`label` is an empty mapping; give a label and its weight, or leave it out")
+    for name in label:
+        if not name.strip() or "," in name or "=" in name:
+            raise ConfigError(f"`label`: {name!r} names no label (labels hold no ',' or '=')")
+    return ",".join(f"{name}={float(weight)!r}" for name, weight in label.items())
 
 
 def _shown(value: Any) -> str:
@@ -482,6 +505,7 @@ class SampleConfig(_Config):
                                         "el or greek, GR or greece: every label with it, in training proportions; de:city or \"german cities\": "
                                         "with both), or "
                                         "a blend it=0.7,es=0.3 (a mixture of their distributions).", requests=REQUESTS,
+                                  accepts="str | dict[str, float]",
                                   default_help="the labels as trained, in training proportions (a model adapted with --labels: its own)")
     lines: Optional[bool] = option(None, "One line per sample, ending at the newline.", flags=("--lines/--no-lines",),
                                    requests=REQUESTS, default_help="as the model's corpus: on for names, off for prose")
@@ -526,8 +550,11 @@ class SampleConfig(_Config):
 
     @classmethod
     def of(cls, **options: Any) -> "SampleConfig":
-        """From the API's keywords: `n` is num, `contains` may be one text, `exclude` any iterable."""
+        """From the API's keywords: `n` is num, `contains` may be one text, `exclude` any iterable,
+        `label` a mapping of labels to weights (label_spec)."""
         fields = {("num" if k == "n" else k): v for k, v in options.items()}
+        if "label" in fields:
+            fields["label"] = label_spec(fields["label"])
         if isinstance(fields.get("contains"), str):
             fields["contains"] = [fields["contains"]]
         if fields.get("exclude") is not None and not isinstance(fields["exclude"], (list, str)):

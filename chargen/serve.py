@@ -411,8 +411,9 @@ def _curve(path: Path) -> list[list[float]]:
 SAMPLE_FIELDS = {name: d.accepts for name, d in request_fields("sample").items()}
 TOP_FIELDS = {name: d.accepts for name, d in request_fields("top").items()}
 STREAM_FIELDS = {name: d.accepts for name, d in request_fields("stream").items()}
-EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]", "label": "Optional[str]"}
-SCORE_FIELDS = {"lines": "list[str]", "skip_unknown": "bool", "label": "Optional[str]", "by_label": "bool"}
+LABEL_FIELD = declared(SampleConfig)["label"].accepts  # (eval and score take a label as sampling does)
+EVAL_FIELDS = {"text": "str", "skip_unknown": "bool", "lines": "Optional[bool]", "label": LABEL_FIELD}
+SCORE_FIELDS = {"lines": "list[str]", "skip_unknown": "bool", "label": LABEL_FIELD, "by_label": "bool"}
 CONSTRAINT_FIELDS = tuple(d.field for d in declared(SampleConfig).values() if d.opt.role == "constraint")
 
 

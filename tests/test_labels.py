@@ -9,10 +9,9 @@ backends draw the same samples.
 
 from __future__ import annotations
 
-import re
-
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -359,6 +358,25 @@ def test_top_with_a_blend_through_the_api(trained_labels):
         assert s.logprob == pytest.approx(math.log(0.5 * math.exp(by["abc"]) + 0.5 * math.exp(by["xyz"])), abs=1e-4)
         assert s.label == max(by, key=by.get)
     assert {s.label for s in mixed} == {"abc", "xyz"}
+
+
+def test_a_blend_given_as_a_mapping_is_the_blend_its_text_writes(trained_labels):
+    """label={"abc": 0.4, "xyz": 0.6} (Python, JSON, a module) asks what "abc=0.4,xyz=0.6" asks,
+    wherever a label is taken; a mapping that writes no blend is one error naming `label`."""
+    model = chargen.load(str(trained_labels))
+    mapping, text = {"abc": 0.4, "xyz": 0.6}, "abc=0.4,xyz=0.6"
+    assert model.sample(30, seed=2, label=mapping) == model.sample(30, seed=2, label=text)
+    assert model.sample(10, seed=2, label=mapping, max_len=4) == model.sample(10, seed=2, label=text, max_len=4)
+    assert [(s.text, s.label) for s in model.top(5, label=mapping)] == [(s.text, s.label) for s in model.top(5, label=text)]
+    assert [s.logprob for s in model.score(["abca", "zyx"], label=mapping)] == \
+        [s.logprob for s in model.score(["abca", "zyx"], label=text)]
+    assert model.eval("abca\nzyx\n", label={"abc": 1})["loss"] == model.eval("abca\nzyx\n", label="abc")["loss"]
+    for wrong, words in [({}, "empty mapping"), ({"abc": "x"}, "must map text to numbers"), ({"abc": True}, "must map"),
+                         ({"abc,xyz": 1}, "names no label"), ({"abc": -1}, "the weight in 'abc=-1.0'"),
+                         ({"abd": 1}, "unknown label 'abd'"), (5, "must be text or a mapping of labels to weights")]:
+        for call in (lambda: model.sample(2, label=wrong), lambda: list(model.score(["abc"], label=wrong))):
+            with pytest.raises(chargen.ChargenError, match=re.escape(words)):
+                call()
 
 
 @pytest.mark.parametrize("defect", [{"lines": [3, -1]}, {"lines": [3, "4"]}, {"lines": [0, 0]}, {"lines": [3, True]},

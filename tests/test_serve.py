@@ -691,6 +691,10 @@ def test_a_labelled_model_takes_a_label_everywhere(trained_labels):
             got = post(c, "/v1/sample", body).json()["samples"]
             assert_same_records(got, records(model, 20, seed=3, label="abc=0.4,xyz=0.6", max_len=5, constrained=True))
             assert {r["label"] for r in got} == {"abc", "xyz"}
+            as_mapping = post(c, "/v1/sample", {**body, "label": {"abc": 0.4, "xyz": 0.6}}).json()["samples"]
+            assert as_mapping == got  # a blend as a JSON object is the blend its text writes
+            wrong = post(c, "/v1/score", {"model": "kinds", "lines": ["abc"], "label": {"abc": "x"}})
+            assert wrong.status_code == 400 and "'label' must map text to numbers" in wrong.json()["error"]
             top = post(c, "/v1/top", {"model": "kinds", "n": 5, "label": "xyz"}).json()["samples"]
             assert [r["text"] for r in top] == [s.text for s in model.top(5, label="xyz")]
             assert all(r["label"] == "xyz" and set(r["text"]) <= set("xyz") for r in top)

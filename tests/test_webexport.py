@@ -191,6 +191,7 @@ LABEL_CASES = [
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
     {"n": 30, "seed": 15, "label": "it=0.5,el_GR:first=0.5", "maxLen": 4, "endsWith": "a", "novel": True, "unique": True},
     {"n": 5, "seed": 8, "label": "el_GR:first=1,es_ES:city=1", "temperature": 0},
+    {"n": 20, "seed": 16, "label": {"it": 0.3, "es_ES:city": 0.7}, "endsWith": "a"},  # a blend as a mapping
 ]
 
 
@@ -283,6 +284,15 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
         chargen.load(ckpt_path).sample(2, label="it=1e308,es=1e308")
     assert got[-6]["error"].replace("`", "") == str(python.value).replace("`", "")
     assert "at most 1,000,000,000" in got[-6]["error"]
+    # a mapping is the blend its text writes; a label of another kind is the same error in both
+    as_text = node_records(module, [{"n": 20, "seed": 16, "label": "it=0.3,es_ES:city=0.7", "endsWith": "a"}])[0]
+    assert_same(got[len(LABEL_CASES) - 1], as_text)
+    wrong = [5, ["it"], {}, {"it": "x"}, {"it": True}, {"a,b": 1}]
+    for label, js in zip(wrong, node_records(module, [{"n": 1, "label": label} for label in wrong])):
+        with pytest.raises(chargen.ChargenError) as python:
+            chargen.load(ckpt_path).sample(1, label=label)
+        # (the same words up to the value shown, which each language writes its way)
+        assert js["error"].replace("`", "").split(" (got")[0] == str(python.value).split(" (got")[0], label
 
 
 def test_the_bundled_models_pages_stay_within_their_budgets():

@@ -793,6 +793,10 @@ function checkOptions(opts) {
   o.contains = o.contains.filter((t) => t.length > 0);
   if (o.endsWith !== null && typeof o.endsWith !== "string") throw new ChargenError("`endsWith` must be a text");
   if (o.regex !== null && typeof o.regex !== "string") throw new ChargenError("`regex` must be a text");
+  if (o.label != null && typeof o.label === "object" && !Array.isArray(o.label)) o.label = labelSpec(o.label);
+  if (o.label != null && typeof o.label !== "string") {  // (null or undefined: none given, or no labels)
+    throw new ChargenError(`\`label\` must be text or a mapping of labels to weights (got ${JSON.stringify(o.label)})`);
+  }
   // A call without a seed may take a warm tree (WarmTrees)
   o.warm = o.seed === null;
   if (o.seed === null) o.seed = randomSeed();
@@ -1221,6 +1225,18 @@ function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), 
     prev = row;
   }
   return x.length + y.length ? 2 * prev[y.length] / (x.length + y.length) : 1;
+}
+
+// A blend given as a mapping, {"it": 0.7, "es": 0.3}, as the text that asks for it: it=0.7,es=0.3
+// (config.py's label_spec; no label holds ',' or '=').
+function labelSpec(weights) {
+  const entries = Object.entries(weights);
+  if (!entries.length) throw new ChargenError("`label` is an empty mapping; give a label and its weight, or leave it out");
+  for (const [name, w] of entries) {
+    if (typeof w !== "number" || !Number.isFinite(w)) throw new ChargenError(`\`label\` must map text to numbers (got ${JSON.stringify(weights)})`);
+    if (!name.trim() || name.includes(",") || name.includes("=")) throw new ChargenError(`\`label\`: '${name}' names no label (labels hold no ',' or '=')`);
+  }
+  return entries.map(([name, w]) => `${name}=${w}`).join(",");
 }
 
 // The labels `spec` asks for, with their weights (summing to 1): {names, index, weights}.
