@@ -111,10 +111,12 @@ def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") ->
     """Each case's records from the module under Node (or its error message); "javascript": with
     WebAssembly hidden, as an engine without it runs the module."""
     script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
-              " if (typeof o.seed === 'string') o.seed = BigInt(o.seed);"
+              " if (o.seed && typeof o.seed === 'object') o.seed = BigInt(o.seed.bigint);"
               " try { return m.sampleRecords(o); } catch (e) { return { error: e.message }; } });"
               " process.stdout.write(JSON.stringify({ backend: m.backend(), out })); })")
-    wire = [{**c, "seed": str(c["seed"])} if "seed" in c else c for c in cases]
+    # a Python int seed arrives as a BigInt (exact past 2**53); any other value as JSON gives it
+    wire = [{**c, "seed": {"bigint": str(c["seed"])}} if isinstance(c, dict) and type(c.get("seed")) is int else c
+            for c in cases]
     flags = ["--no-expose-wasm"] if backend == "javascript" else []
     proc = subprocess.run([NODE, *flags, "-e", script, module.resolve().as_uri(), json.dumps(wire)],
                           capture_output=True, text=True, timeout=120)
@@ -551,8 +553,10 @@ def test_module_errors_are_clear(tmp_path):
              {"n": 1, "contains": ["a", "Ω"]}, {"n": 1, "contains": "a\nb"}, {"n": 1, "contains": [3]},
              {"n": 1, "contains": list("abcdefghijklmnop")}, {"n": 1, "contains": ["xyz"], "maxLen": 2},
              {"n": 1, "regex": "a(b"}, {"n": 1, "regex": 7}, {"n": 1, "prompt": 5}, {"n": 1, "prompt": ["a", 5]},
-             {"n": 1, "exclude": "Anna"}, {"n": 1, "unique": "yes"}, "n=1", {"n": 1, "endsWith": "a" * 30000}]
-    errors = [r.get("error", "") for r in node_records(module, cases)]
+             {"n": 1, "exclude": "Anna"}, {"n": 1, "unique": "yes"}, "n=1", {"n": 1, "endsWith": "a" * 30000},
+             {"n": 1, "seed": True}, {"n": 1, "seed": "0x10"}, {"n": 1, "seed": 1.5}, {"n": 1, "topP": "0.5"},
+             {"n": "2"}, {"n": 1, "temperature": "1"}]
+    errors = [r.get("error", "") if isinstance(r, dict) else "(samples)" for r in node_records(module, cases)]
     for needle, error in zip(["not in the model's vocabulary", "`guided` is not in an exported model",
                               "unknown option `tempertaure`", "`n` must be", "above `maxLen`",
                               "not in the model's vocabulary", "`seed` must be",
@@ -563,8 +567,16 @@ def test_module_errors_are_clear(tmp_path):
                               "`regex` must be a text", "`prompt` must be a text or a list of texts",
                               "`prompt` must be a text or a list of texts", "`exclude` must be a list of texts",
                               "`unique` must be true or false", "the options must be an object",
-                              "more than 20,000 automaton states"], errors, strict=True):
+                              "more than 20,000 automaton states",
+                              # (a seed is a number, a BigInt or a decimal string; no other value is coerced)
+                              '`seed` must be an integer (got "true")', '`seed` must be an integer (got "0x10")',
+                              '`seed` must be an integer (got "1.5")', '`topP` must be in (0, 1] (got "0.5")',
+                              '`n` must be an integer of at least 1 (got "2")',
+                              '`temperature` must be 0 (greedy) or more (got "1")'], errors, strict=True):
         assert needle in error, errors
+    big = node_records(module, [{"n": 3, "seed": "9223372036854775807"}, {"n": 3, "seed": " 42 "}])
+    assert [r["text"] for r in big[0]] == [s.text for s in chargen.load(ckpt_path).samples(3, seed=2**63 - 1)]
+    assert [r["text"] for r in big[1]] == [s.text for s in chargen.load(ckpt_path).samples(3, seed=42)]
 
 
 @needs_node

@@ -772,16 +772,18 @@ function checkOptions(opts) {
   for (const k of OPTIONS) if (opts[k] !== undefined && opts[k] !== null) o[k] = opts[k];
   const int = (k, lo) => {
     if (o[k] === null) return;
-    if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${o[k]})`);
+    if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${JSON.stringify(o[k])})`);
   };
   int("n", 1); int("length", 1); int("topK", 1); int("minLen", 0); int("maxLen", 1);
   for (const k of ["unique", "novel", "rejection", "lines"]) {
     if (o[k] !== null && typeof o[k] !== "boolean") throw new ChargenError(`\`${k}\` must be true or false (got ${JSON.stringify(o[k])})`);
   }
   if (typeof o.temperature !== "number" || !(o.temperature >= 0) || o.temperature === Infinity) {
-    throw new ChargenError(`\`temperature\` must be 0 (greedy) or more (got ${o.temperature})`);
+    throw new ChargenError(`\`temperature\` must be 0 (greedy) or more (got ${JSON.stringify(o.temperature)})`);
   }
-  if (o.topP !== null && !(o.topP > 0 && o.topP <= 1)) throw new ChargenError(`\`topP\` must be in (0, 1] (got ${o.topP})`);
+  if (o.topP !== null && !(typeof o.topP === "number" && o.topP > 0 && o.topP <= 1)) {
+    throw new ChargenError(`\`topP\` must be in (0, 1] (got ${JSON.stringify(o.topP)})`);
+  }
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
   }
@@ -800,7 +802,10 @@ function checkOptions(opts) {
   // A call without a seed may take a warm tree (WarmTrees)
   o.warm = o.seed === null;
   if (o.seed === null) o.seed = randomSeed();
-  try { o.seed = BigInt(o.seed); } catch { throw new ChargenError(`\`seed\` must be an integer (got ${o.seed})`); }
+  const seedError = () => new ChargenError(`\`seed\` must be an integer (got ${JSON.stringify(String(o.seed))})`);
+  // a number, a BigInt or a decimal string (a seed past 2**53 is exact only so); not true, "0x10" or 1.5
+  if (!["number", "bigint", "string"].includes(typeof o.seed) || (typeof o.seed === "string" && !/^\s*\d+\s*$/.test(o.seed))) throw seedError();
+  try { o.seed = BigInt(o.seed); } catch { throw seedError(); }
   if (o.seed < 0n || o.seed >= 1n << 63n) throw new ChargenError("`seed` must be between 0 and 2**63-1");
   if (o.novel && MODEL.training_lines === null) {
     throw new ChargenError(MODEL.training_lines_note || "this model has no training lines to check `novel` against");
