@@ -628,7 +628,7 @@ def serve(
 @app.command("eval")
 def eval_command(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
-    files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score, or - for stdin.", show_default=False)],
+    files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score (gzip, bzip2 or xz ones too), or - for stdin.", show_default=False)],
     skip_unknown: Annotated[bool, typer.Option(help="Drop characters the model does not know (and count them) instead of failing.")] = False,
     lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="Score each line on its own, from the start of a line. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
@@ -707,7 +707,7 @@ def _progress_bar(command: str, name: str, total: Optional[float], shown: bool =
 @app.command()
 def score(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
-    files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line, or - for stdin. [default: stdin]", show_default=False)] = None,
+    files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line (gzip, bzip2 or xz ones too), or - for stdin. [default: stdin]", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
     label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False, autocompletion=complete_label)] = None,

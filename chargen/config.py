@@ -447,7 +447,7 @@ class RunConfig(_Config):
 
     _what = "run config"
 
-    corpus: list[str] = option(help="UTF-8 text files, or - for stdin.", factory=list)
+    corpus: list[str] = option(help="UTF-8 text files (gzip, bzip2 or xz ones too), or - for stdin.", factory=list)
     out: Optional[str] = option(None, "Run directory.", flags=("--out", "-o"), default_help="checkpoints/<corpus name>")
     val_file: Optional[str] = option(None, "Validate on this file instead of the corpus's tail.")
     precision: str = option("auto", f"Precision: {', '.join(PRECISIONS)} (auto: bf16 where the hardware has bf16 matrix "

@@ -1,7 +1,10 @@
 """Streaming ingest and the encoded-corpus cache."""
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import os
 import unicodedata
 
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 
 from chargen.training.data import read_corpus
 from chargen.errors import CorpusError
-from chargen.training.ingest import EncodedCorpus, corpus_chunks, ingest, line_stats, text_digest
+from chargen.training.ingest import EncodedCorpus, corpus_chunks, corpus_name, ingest, line_stats, source_stem, text_digest
 from chargen.tokenizer import Vocab
 
 TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301\u0327\u1100\u1161\u11a8")), min_size=1, max_size=300).filter(
@@ -31,16 +34,23 @@ def _reference(paths):
     return "".join(parts)
 
 
-@given(texts=st.lists(TEXTS, min_size=1, max_size=3), chunk=st.integers(1, 17), bom=st.booleans())
+COMPRESS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+
+
+@given(texts=st.lists(TEXTS, min_size=1, max_size=3), chunk=st.integers(1, 17), bom=st.booleans(),
+       compressed=st.lists(st.sampled_from([None, *COMPRESS]), min_size=3, max_size=3))
 @settings(max_examples=150, deadline=None)
-def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom):
+def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom, compressed):
     d = tmp_path_factory.mktemp("chunks")
-    paths = []
-    for i, t in enumerate(texts):
+    paths, plain = [], []
+    for i, (t, how) in enumerate(zip(texts, compressed)):  # (a compressed file is read as its text)
+        raw = (b"\xef\xbb\xbf" if bom else b"") + t.encode("utf-8")
+        (d / f"plain{i}.txt").write_bytes(raw)
         p = d / f"f{i}.txt"
-        p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + t.encode("utf-8"))
+        p.write_bytes(COMPRESS[how](raw) if how else raw)
         paths.append(str(p))
-    expected = _reference(paths)
+        plain.append(str(d / f"plain{i}.txt"))
+    expected = _reference(plain)
     # Pieces cut at any byte join to the same text ...
     pieces = list(corpus_chunks(paths, chunk_bytes=chunk))
     assert b"".join(buf for buf, _ in pieces).decode("utf-8") == expected
@@ -53,6 +63,30 @@ def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom):
     assert enc.digest == one_shot.digest
     assert enc.line_stats.to_dict() == one_shot.line_stats.to_dict()
     assert enc.text() == expected
+
+
+def test_compressed_corpora_by_their_first_bytes_and_what_is_refused(tmp_path):
+    """gzip, bzip2 and xz are read as their text whatever the name (stdin too); a damaged one, an
+    archive or zstd is one CorpusError saying what it is (before, 'not valid UTF-8 ... iconv')."""
+    text = "Anna\nMaria\n" * 50
+    cases = {"a.txt.gz": gzip.compress, "b.bz2": bz2.compress, "c.xz": lzma.compress, "d.txt": gzip.compress}
+    for name, how in cases.items():
+        (tmp_path / name).write_bytes(how(text.encode()))
+        assert b"".join(buf for buf, _ in corpus_chunks([str(tmp_path / name)], chunk_bytes=7)).decode() == text
+    stdin = io.BytesIO(lzma.compress(text.encode()))
+    assert b"".join(buf for buf, _ in corpus_chunks(["-"], stdin)).decode() == text
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(text.encode())[:-9])  # (its end-of-stream trailer cut)
+    (tmp_path / "bad.xz").write_bytes(lzma.compress(text.encode())[:12] + b"\x00" * 30)
+    (tmp_path / "a.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    (tmp_path / "a.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
+    for name, words in [("cut.gz", "cut.gz is gzip-compressed and cannot be decompressed"),
+                        ("bad.xz", "bad.xz is xz-compressed and cannot be decompressed"),
+                        ("a.zip", "a.zip is a zip archive: unpack it"), ("a.zst", "a.zst is zstd-compressed")]:
+        with pytest.raises(CorpusError, match=words):
+            list(corpus_chunks([str(tmp_path / name)]))
+    # a compressed file's name without the compression: the run's directory, --labels file's label
+    assert [source_stem(p) for p in ("it.txt.gz", "dir/el.xz", "fi.txt", "names.tar")] == ["it", "el", "fi", "names"]
+    assert corpus_name([str(tmp_path / "a.txt.gz")]) == "a"
 
 
 def test_the_characters_that_compose_with_the_one_before_are_unicodes():

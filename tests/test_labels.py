@@ -571,6 +571,18 @@ def test_a_decomposed_file_name_labels_its_lines_composed(tmp_path):
         assert resolve_labels(spec, corpus.labels.names, [20, 20]).names == ["cafés", "thés"]
 
 
+def test_a_compressed_files_label_is_its_name_without_the_compression(tmp_path):
+    import gzip
+    import lzma
+
+    from chargen.training.labels import read_labelled
+
+    (tmp_path / "girls.txt.gz").write_bytes(gzip.compress(toy_words("abc", 20, 1).encode()))
+    (tmp_path / "boys.xz").write_bytes(lzma.compress(toy_words("xyz", 20, 2).encode()))
+    corpus = read_labelled([str(tmp_path / "girls.txt.gz"), str(tmp_path / "boys.xz")], "file")
+    assert sorted(corpus.labels.names) == ["boys", "girls"]
+
+
 def test_a_models_label_specs_are_resolved_once():
     """A server's requests ask the same few specs: each resolved once (0.4 ms among the base's 248
     labels), the same mix after; a bad spec raises every time."""

@@ -4,6 +4,7 @@ A corpus may be larger than memory, so it is never held as one string. Two passe
 files, a chunk (16 MB) at a time:
 
     files ──read──> chunks of bytes ──check──> UTF-8 text, BOM dropped, CRLF -> LF, in NFC
+    (gzip, bzip2 and xz files decompressed as they are read)
        pass 1: which characters occur (-> Vocab), line-length statistics, SHA-256 of the text
        pass 2: characters -> ids (a lookup table), appended to  <cache>/<key>.ids
                                                                 <cache>/<key>.json  (vocab, stats)
@@ -66,6 +67,80 @@ LONG_LINE = 65
 
 def describe_source(path: str) -> str:
     return "stdin" if path == "-" else path
+
+
+# Compressed text is read as the text (known by its first bytes, whatever the file's name): large
+# corpora ship so, and Python reads these three itself. An archive holds files, not one text.
+COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+ARCHIVES = ((b"PK\x03\x04", "is a zip archive: unpack it and pass its text files"),
+            (b"7z\xbc\xaf\x27\x1c", "is a 7-Zip archive: unpack it and pass its text files"),
+            (b"\x28\xb5\x2f\xfd", "is zstd-compressed, which chargen does not read: decompress it (zstd -d), or pipe it "
+                                  "(zstd -dc FILE | chargen ... -)"))
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+
+
+def source_stem(path: str) -> str:
+    """A source's name without its extension, and without a compression's first (names.txt.gz: names)."""
+    p = Path(path)
+    return Path(p.stem).stem if p.suffix in COMPRESSED_SUFFIXES else p.stem
+
+
+class _Rejoined:
+    """A stream whose first bytes were read to tell what it holds, given back before the rest."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self.head, self.stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        head, self.head = self.head, b""
+        if not head:
+            return self.stream.read(n)
+        if 0 <= n <= len(head):
+            self.head = head[n:]
+            return head[:n]
+        return head + self.stream.read(-1 if n < 0 else n - len(head))  # (a whole chunk, as the file gives)
+
+
+class _Decompressed:
+    """The text of a compressed stream; damaged data is a one-line CorpusError, not a traceback."""
+
+    def __init__(self, stream: BinaryIO, kind: str, source: str):
+        import bz2
+        import gzip
+        import lzma
+
+        opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
+        self.kind, self.source, self.stream = kind, source, opener[kind](stream)
+
+    def read(self, n: int = -1) -> bytes:
+        import lzma
+        import zlib
+
+        try:
+            return self.stream.read(n)
+        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            raise CorpusError(f"{self.source} is {self.kind}-compressed and cannot be decompressed ({exc})") from None
+
+
+def _decompressed(stream: BinaryIO, source: str) -> BinaryIO:
+    """`stream`'s text: decompressed where its first bytes say gzip, bzip2 or xz; an archive refused."""
+    head = b""
+    while len(head) < 6:
+        try:
+            block = stream.read(6 - len(head))
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"cannot read {source} ({exc})") from None
+        if not block:
+            break
+        head += block
+    for magic, what in ARCHIVES:
+        if head.startswith(magic):
+            raise CorpusError(f"{source} {what}")
+    rejoined = _Rejoined(head, stream)
+    for magic, kind in COMPRESSIONS:
+        if head.startswith(magic):
+            return _Decompressed(rejoined, kind, source)  # type: ignore[return-value]
+    return rejoined  # type: ignore[return-value]
 
 
 def open_source(path: str, stdin: Optional[BinaryIO] = None) -> BinaryIO:
@@ -134,7 +209,8 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
     text a one-shot decode and normalization give. (Only a megabyte of combining marks with no
     other character among them is normalized as it is cut.)
     """
-    offset = 0  # file offset of buf[0]
+    stream = _decompressed(stream, source)
+    offset = 0  # file offset of buf[0] (in the text, where the file is compressed)
     carry = b""
     first, nonspace, total = True, False, 0
     while True:
@@ -379,7 +455,7 @@ def text_digest(text: str) -> str:
 
 
 def corpus_name(paths: list[str]) -> str:
-    return "stdin" if paths[0] == "-" else (Path(paths[0]).stem or "corpus")
+    return "stdin" if paths[0] == "-" else (source_stem(paths[0]) or "corpus")
 
 
 def default_cache_dir() -> Path:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, Optional
 import numpy as np
 
 from ..errors import CorpusError, UsageError
-from .ingest import EncodedCorpus, check_paths, corpus_chunks, corpus_name, describe_source, text_digest
+from .ingest import EncodedCorpus, check_paths, corpus_chunks, corpus_name, describe_source, source_stem, text_digest
 
 LABEL_MODES = ("file", "tab")
 MAX_LABEL_CHARS = 64
@@ -104,7 +104,7 @@ def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None,
     if mode == "file":
         if "-" in paths:
             raise UsageError("--labels file takes each file's name as its label; stdin has none (use --labels tab)")
-        stems = [unicodedata.normalize("NFC", Path(p).stem) for p in paths]  # (a Mac's file names are NFD)
+        stems = [unicodedata.normalize("NFC", source_stem(p)) for p in paths]  # (a Mac's file names are NFD)
         if len(set(stems)) >= MAX_FILE_LABELS:
             raise UsageError(f"--labels file would make {len(set(stems)):,} labels, one per file; give files of one "
                              f"kind each (it.txt, el.txt), or LABEL<TAB>TEXT lines with --labels tab")
