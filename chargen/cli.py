@@ -742,24 +742,40 @@ def score(
         if rest:
             yield rest
 
+    # Typed at a terminal: each line scored as it is entered (a pipe's are read in chunks, for speed).
+    typed = (files or ["-"]) == ["-"] and sys.stdin is not None and sys.stdin.isatty()
+    if typed:
+        console().print("note: type a line and Enter to score it; Ctrl-D ends", highlight=False, markup=False)
     out = _Output()
-    with _progress_bar("score", ", ".join(files or ["stdin"]), None, shown=not sys.stdout.isatty()) as progress:
-        for k, s in enumerate(model.score(lines(), skip_unknown=skip_unknown, label=label, by_label=by_label), 1):
-            _print_score(out, s, output_format)
+    with _progress_bar("score", ", ".join(files or ["stdin"]), None,
+                       shown=not sys.stdout.isatty() and not typed) as progress:
+        scores = model.score(_typed_lines() if typed else lines(), skip_unknown=skip_unknown, label=label,
+                             by_label=by_label, batch=1 if typed else 2048)
+        for k, s in enumerate(scores, 1):
+            _print_score(out, s, output_format, flush=typed)
             if progress is not None and k % 256 == 0:
                 progress(k)
     out.flush()
 
 
-def _print_score(out: _Output, s, output_format: str) -> None:  # a chargen.evaluation.Score
+def _typed_lines() -> Iterator[str]:
+    """The lines typed at a terminal, one at a time as Enter is pressed."""
+    for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), 1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise UsageError(f"line {number} typed is not UTF-8; set the terminal to UTF-8 (LANG=C.UTF-8)") from None
+
+
+def _print_score(out: _Output, s, output_format: str, flush: bool = False) -> None:  # a chargen.evaluation.Score
     if output_format == "jsonl":
-        out.write(json.dumps(s.record(), ensure_ascii=False) + "\n", flush=False)
+        out.write(json.dumps(s.record(), ensure_ascii=False) + "\n", flush=flush)
         return
     extra = ""
     if s.by_label is not None:  # the likeliest first, at the same columns whatever the number of labels
         extra = f"\t{s.likeliest}\t{s.p_likeliest:.4f}" if s.likeliest is not None else "\t\t"
         extra += "".join(f"\t{k}={v:.4f}" for k, v in s.by_label.items())
-    out.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n", flush=False)
+    out.write(f"{s.text}\t{s.logprob:.4f}\t{s.logprob_per_char:.4f}\t{s.chars}{extra}\n", flush=flush)
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -77,3 +77,44 @@ def test_score_over_http(tmp_path):
     finally:
         for s in served:
             s.batcher.close()
+
+
+def test_lines_typed_at_a_terminal_are_scored_as_they_are_entered():
+    """`chargen score names` at a terminal answers each line on Enter (it read until Ctrl-D, so
+    a user typing a name saw nothing and took it for hung); Ctrl-D ends it with exit code 0."""
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+    import time
+
+    from .conftest import chargen_exe
+
+    main, side = pty.openpty()
+    proc = subprocess.Popen([chargen_exe(), "score", "names"], stdin=side, stdout=side, stderr=side)
+    os.close(side)
+
+    def shown_until(pattern: bytes, limit: float = 30.0) -> re.Match:
+        seen, end = b"", time.time() + limit
+        while not re.search(pattern, seen) and time.time() < end:
+            if select.select([main], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(main, 4096)
+                except OSError:
+                    break
+        found = re.search(pattern, seen)
+        assert found, seen
+        return found
+
+    try:
+        shown_until(rb"Enter to score it; Ctrl-D ends")
+        for name in (b"Anna", b"Mxrqa"):  # each answered while the input is still open
+            os.write(main, name + b"\n")
+            assert float(shown_until(name + rb"\t(-[0-9.]+)\t").group(1)) < 0
+        os.write(main, b"\x04")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(main)
+
