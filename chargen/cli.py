@@ -551,6 +551,9 @@ def _stdin_bytes(flag: str) -> bytes:
     """All of stdin, for `flag -`."""
     if sys.stdin is None or sys.stdin.closed:
         raise UsageError(f"{flag} - reads stdin, but stdin is closed")
+    if sys.stdin.isatty():  # (else a user typing there sees nothing until Ctrl-D, and takes it for hung)
+        console().print(f"note: {flag} - reads the lines you type, one a line, until Ctrl-D", highlight=False,
+                        markup=False)
     raw = getattr(sys.stdin, "buffer", None)
     return raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
 

@@ -71,6 +71,42 @@ def run_on_terminal(args: list[str], stdout_path: Path, columns: int = 100, time
     return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
 
 
+class Terminal:
+    """The installed chargen command run on a pseudo-terminal (stdin, stdout and stderr), as a user
+    at a keyboard runs it: `type` sends keys, `shown_until` waits for a pattern to appear."""
+
+    def __init__(self, args: list[str]):
+        import pty
+
+        self.main, side = pty.openpty()
+        self.proc = subprocess.Popen([chargen_exe(), *args], stdin=side, stdout=side, stderr=side)
+        os.close(side)
+        self.seen = b""
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.main, keys)
+
+    def shown_until(self, pattern: bytes, limit: float = 30.0) -> "re.Match":
+        import re
+        import select
+        import time
+
+        end = time.time() + limit
+        while not re.search(pattern, self.seen) and time.time() < end:
+            if select.select([self.main], [], [], 0.1)[0]:
+                try:
+                    self.seen += os.read(self.main, 4096)
+                except OSError:  # the command has ended
+                    break
+        found = re.search(pattern, self.seen)
+        assert found, (pattern, self.seen)
+        return found
+
+    def close(self) -> None:
+        self.proc.kill()
+        os.close(self.main)
+
+
 def assert_clean_error(proc, *needles: str) -> str:
     """A failed command: non-zero exit, exactly one `Error:` line on stderr, no traceback, nothing on stdout."""
     err = proc.stderr.decode()

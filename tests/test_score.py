@@ -11,7 +11,7 @@ import pytest
 
 import chargen
 
-from .conftest import assert_clean_error, run
+from .conftest import Terminal, assert_clean_error, run
 
 
 def test_a_sample_scores_its_own_logprob_and_the_mean_is_the_line_loss(trained_names):
@@ -82,39 +82,26 @@ def test_score_over_http(tmp_path):
 def test_lines_typed_at_a_terminal_are_scored_as_they_are_entered():
     """`chargen score names` at a terminal answers each line on Enter (it read until Ctrl-D, so
     a user typing a name saw nothing and took it for hung); Ctrl-D ends it with exit code 0."""
-    import os
-    import pty
-    import re
-    import select
-    import subprocess
-    import time
-
-    from .conftest import chargen_exe
-
-    main, side = pty.openpty()
-    proc = subprocess.Popen([chargen_exe(), "score", "names"], stdin=side, stdout=side, stderr=side)
-    os.close(side)
-
-    def shown_until(pattern: bytes, limit: float = 30.0) -> re.Match:
-        seen, end = b"", time.time() + limit
-        while not re.search(pattern, seen) and time.time() < end:
-            if select.select([main], [], [], 0.1)[0]:
-                try:
-                    seen += os.read(main, 4096)
-                except OSError:
-                    break
-        found = re.search(pattern, seen)
-        assert found, seen
-        return found
-
+    term = Terminal(["score", "names"])
     try:
-        shown_until(rb"Enter to score it; Ctrl-D ends")
+        term.shown_until(rb"Enter to score it; Ctrl-D ends")
         for name in (b"Anna", b"Mxrqa"):  # each answered while the input is still open
-            os.write(main, name + b"\n")
-            assert float(shown_until(name + rb"\t(-[0-9.]+)\t").group(1)) < 0
-        os.write(main, b"\x04")
-        assert proc.wait(30) == 0
+            term.type(name + b"\n")
+            assert float(term.shown_until(name + rb"\t(-[0-9.]+)\t").group(1)) < 0
+        term.type(b"\x04")
+        assert term.proc.wait(30) == 0
     finally:
-        proc.kill()
-        os.close(main)
+        term.close()
 
+
+def test_prompts_typed_at_a_terminal_are_announced():
+    """`sample -p -` at a terminal reads to Ctrl-D (the prompts are checked before a sample is
+    drawn): a note says so, where a user would otherwise see nothing."""
+    term = Terminal(["sample", "-p", "-", "-n", "1", "--seed", "1"])
+    try:
+        term.shown_until(rb"--prompt - reads the lines you type, one a line, until Ctrl-D")
+        term.type(b"Ma\nJo\n\x04")
+        term.shown_until(rb"\nMa[a-z]+\r?\nJo[a-z]+")
+        assert term.proc.wait(30) == 0
+    finally:
+        term.close()
