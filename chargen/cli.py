@@ -821,7 +821,15 @@ def export(
             raise UsageError(f"{flag} {path} is a directory; name a file in it")
         if not path.parent.exists():
             raise UsageError(f"{flag}: the directory {path.parent} does not exist")
+    files = [(flag, path.resolve()) for flag, path in targets.items() if path is not None and path != DASH]
+    for i, (flag, path) in enumerate(files):  # (one would silently overwrite the other)
+        again = [other for other, p in files[i + 1:] if p == path]
+        if again:
+            raise UsageError(f"{flag} and {again[0]} both name {targets[flag]}; give each its own file")
     ckpt = read_checkpoint(checkpoint_path(checkpoint), prefer=BEST)
+    if to_checkpoint is not None and to_checkpoint.resolve() == Path(ckpt.path).resolve():
+        raise UsageError(f"--checkpoint {to_checkpoint} is the checkpoint being exported; its weights would be "
+                         f"replaced by their exported rounding: name another file")
     say = lambda text: console().print(text, highlight=False, markup=False)  # noqa: E731
     if tokenizer is not None:
         _write_exported(tokenizer, ckpt.vocab.to_json(), say, "the tokenizer", f": {len(ckpt.vocab)} characters")

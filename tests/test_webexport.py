@@ -639,6 +639,14 @@ def test_export_command(tmp_path):
     assert not (tmp_path / "-").exists()
     assert_clean_error(run(["export", "names", "--js", "-", "--html", "-"]), "--js and --html both ask for stdout")
     assert_clean_error(run(["export", "names", "--checkpoint", "-"]), "binary safetensors file; name a file")
+    # two outputs on one file, or the exported checkpoint over the one exported: refused before writing
+    assert_clean_error(run(["export", "names", "--js", "x.html", "--html", "./x.html"], cwd=tmp_path),
+                       "--js and --html both name x.html")
+    assert not (tmp_path / "x.html").exists()
+    before = (tmp_path / "same.safetensors").read_bytes()
+    assert_clean_error(run(["export", str(tmp_path / "same.safetensors"), "--checkpoint", "same.safetensors"],
+                           cwd=tmp_path), "is the checkpoint being exported")
+    assert (tmp_path / "same.safetensors").read_bytes() == before
 
 
 # --- the page, in Chromium ------------------------------------------------------------------------
