@@ -55,6 +55,31 @@ def test_train_api_returns_the_run_directory(tmp_path, names_file):
         chargen.train([str(names_file)], out=str(tmp_path / "r2"), max_step=5)
 
 
+def test_a_validation_file_the_run_trains_on_is_noted(tmp_path, names_file):
+    """--val-file naming a corpus file (or a copy of the corpus) validates on training text: early
+    stopping and the best checkpoint then follow the training loss, so a note says so; a held-out
+    file gets none."""
+    from chargen.training.callbacks import TrainCallbacks
+
+    notices: list[str] = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notices.append(message)
+
+    held_out = tmp_path / "held.txt"
+    held_out.write_text("Kato\nMira\nSelin\n")
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes(names_file.read_bytes())
+    for k, val in enumerate([names_file, copy, held_out]):
+        notices.clear()
+        chargen.train([str(names_file)], out=str(tmp_path / f"run{k}"), val_file=str(val), start_from="none",
+                      max_steps=1, layers=1, hidden=8, embed=4, batch_size=4, seq_len=8, precision="fp32",
+                      callbacks=Notes())
+        noted = [n for n in notices if "is text the run trains on" in n]
+        assert bool(noted) == (val != held_out), (val, notices)
+
+
 def test_api_refuses_arguments_of_the_wrong_kind():
     """What would fail obscurely or quietly do the wrong thing is a ChargenError naming the argument."""
     with pytest.raises(ChargenError, match="path must be"):

@@ -24,7 +24,7 @@ from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .folds import cross_validate, cross_validates, fold_count
 from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, ClosestLabels, check_architecture, stand_ins
-from .ingest import ingest
+from .ingest import ingest, text_digest
 from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
@@ -86,6 +86,10 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else \
             read_labelled(paths, config.labels, notice=_notice(callbacks, dist))
         val_text = read_corpus([val_file]).text if val_file else None
+        if val_text is not None and _trains_on(paths, val_file, val_text, corpus) and _notice(callbacks, dist):
+            _notice(callbacks, dist)(f"--val-file {val_file} is text the run trains on: its loss cannot show "
+                                     f"overfitting, so the best checkpoint and early stopping follow the training "
+                                     f"loss; hold out text the run does not see")
         out_dir = out_dir or Path("checkpoints") / corpus.name
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
@@ -202,6 +206,12 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, closest
         notice(cv.plan(n))
     record = cv.record()
     return TrainConfig.from_dict({**config.to_dict(), **record["chosen"], "patience": None}), record
+
+
+def _trains_on(paths: list[str], val_file: str, val_text: str, corpus) -> bool:
+    """Whether the validation file is one of the corpus files, or holds the very text trained on."""
+    same_file = any(p != "-" and val_file != "-" and os.path.exists(p) and os.path.samefile(p, val_file) for p in paths)
+    return same_file or text_digest(val_text) == corpus.digest
 
 
 def _notice(callbacks, dist):
