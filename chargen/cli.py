@@ -432,6 +432,7 @@ def sample(
     out = _Output()
     stats = SampleStats()
     streaming = constrained = False
+    count = None
     with contextlib.ExitStack() as searching:
         if top is not None:  # a long search (the base model's blends) says on a terminal how far it has got
             progress = searching.enter_context(_progress_bar("--top", f"{top:,}:", None, unit="prefixes searched",
@@ -444,8 +445,10 @@ def sample(
                                     on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
             if streaming:
                 out.write(prompts[0], flush=True)
+            elif sys.stderr.isatty() and not sys.stdout.isatty():
+                count = searching.enter_context(_Count(num * len(prompts)))
         _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
-                       streaming=streaming)
+                       streaming=streaming, count=count)
     note = stats.constraints_note(len(prompts)) if constrained and not options.get("guided") else None
     if note:
         console().print(note, highlight=False, markup=False, soft_wrap=True)
@@ -532,10 +535,42 @@ def _label_examples(names: list[str], counts: list[int]) -> str:
     return ", ".join(examples)
 
 
+class _Count:
+    """How many of the samples asked for are out, on stderr when it is a terminal and stdout is not
+    (`chargen sample -n 2000000 > names.txt` runs for seconds): one line rewritten in place from the
+    printing loop, at most four times a second and only after the first second, wiped at the end.
+    No thread, as a progress bar would have: a thread keeps sampling from forking its workers."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.shown = False
+        self.started = time.monotonic()
+        self.next = self.started + 1.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + 0.25
+        sys.stderr.write(f"\rsample {done:,} of {self.total:,} ({done / self.total:.0%}), {now - self.started:.0f}s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def __enter__(self) -> "_Count":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")  # (the line wiped: what follows on stderr starts clean)
+            sys.stderr.flush()
+
+
 def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constrained: bool, lines: bool,
-                   streaming: bool) -> None:
+                   streaming: bool, count: Optional[_Count] = None) -> None:
     """One sample a line (jsonl: a record a line); prose samples apart by a blank line."""
     for i, s in enumerate(samples):
+        if count is not None:
+            count(i)
         if output_format == "jsonl":
             out.write(json.dumps(s.record(jsonl_constrained), ensure_ascii=False) + "\n")
         elif streaming:

@@ -100,6 +100,18 @@ def test_closed_stdout_is_quiet(trained_names):
     assert b"Traceback" not in p.stderr and b"Broken pipe" not in p.stderr, p.stderr
 
 
+def test_a_long_sample_into_a_file_counts_on_a_terminals_stderr(tmp_path):
+    """`chargen sample -n 600000 > names.txt` takes seconds: stderr, a terminal, counts the samples
+    out (from the first second, in place, wiped at the end); stdout holds the samples alone, and
+    with stderr not a terminal nothing is shown."""
+    out = tmp_path / "names.txt"
+    code, shown = run_on_terminal(["sample", "-n", "600000", "--seed", "1"], out)
+    assert code == 0 and re.search(r"sample [\d,]+ of 600,000 \(\d+%\), \ds", shown), shown
+    assert len(out.read_bytes().splitlines()) == 600000
+    piped = run(["sample", "-n", "20000", "--seed", "1"])
+    assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout == out.read_bytes()[:len(piped.stdout)]
+
+
 def test_prompts_from_stdin_in_order(trained_names):
     p = run(["sample", "-c", str(trained_names), "-p", "-", "-n", "2", "--seed", "5"], input=b"Ka\nMo\n\nTe\n")
     assert p.returncode == 0, p.stderr
