@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import math
 import os
@@ -607,21 +608,16 @@ def _read_prompts() -> list[str]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """--exclude: the file's lines (UTF-8, \\n or \\r\\n; - is stdin); an empty file excludes nothing."""
+    """--exclude: the file's lines (- is stdin), read as score reads its lines (compressed files
+    as their text); an empty file excludes nothing."""
+    from .errors import CorpusError
+    from .training.ingest import text_lines
+
+    stdin = io.BytesIO(_stdin_bytes("--exclude")) if path == DASH else None  # (a note where stdin is typed)
     try:
-        data = _stdin_bytes("--exclude") if path == DASH else path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"--exclude {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"--exclude {path} is a directory; name a file with one line per entry") from None
-    except OSError as exc:
-        raise UsageError(f"--exclude {path} cannot be read ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--exclude {path} is not UTF-8 (byte {exc.start}); convert it, "
-                         f"e.g. iconv -f latin1 -t utf-8") from None
-    return [line.rstrip("\r") for line in text.split("\n") if line.rstrip("\r")]
+        return [line for line in text_lines([str(path)], stdin, nfc=False) if line]
+    except CorpusError as exc:
+        raise UsageError(f"--exclude: {exc}") from None
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -762,7 +758,7 @@ def score(
       chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
     from .api import load
-    from .training.ingest import corpus_chunks
+    from .training.ingest import text_lines
 
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
@@ -770,16 +766,8 @@ def score(
     if label or not by_label:  # (--by-label scores under every label: that is what it asks)
         _label_note(model, label, scoring=True)
 
-    def lines() -> Iterator[str]:
-        rest = ""
-        # (scored in the model's form; no lines in, none out, as any filter in a pipeline)
-        for buf, text in corpus_chunks(files or ["-"], sys.stdin.buffer, nfc=False, empty_ok=True):
-            parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
-            rest = parts.pop()
-            yield from (p[:-1] if p.endswith("\r") else p for p in parts)
-        if rest:
-            yield rest
-
+    # (scored in the model's form: not in NFC; no lines in, none out, as any filter in a pipeline)
+    lines = text_lines(files or ["-"], sys.stdin.buffer, nfc=False)
     # Typed at a terminal: each line scored as it is entered (a pipe's are read in chunks, for speed).
     typed = (files or ["-"]) == ["-"] and sys.stdin is not None and sys.stdin.isatty()
     if typed:
@@ -787,7 +775,7 @@ def score(
     out = _Output()
     with _progress_bar("score", ", ".join(files or ["stdin"]), None,
                        shown=not sys.stdout.isatty() and not typed) as progress:
-        scores = model.score(_typed_lines() if typed else lines(), skip_unknown=skip_unknown, label=label,
+        scores = model.score(_typed_lines() if typed else lines, skip_unknown=skip_unknown, label=label,
                              by_label=by_label, batch=1 if typed else 2048)
         for k, s in enumerate(scores, 1):
             _print_score(out, s, output_format, flush=typed)

@@ -768,6 +768,14 @@ def test_installed_command_constrains_and_ranks(trained_names, tmp_path):
     piped = run(["sample", "-c", str(trained_names), "--top", "5", "--ends-with", "a", "--exclude", "-"],
                 input=exclude.read_bytes())  # `-` is stdin
     assert piped.stdout == after.stdout, piped.stderr
+    import gzip  # read as score reads its lines: a compressed list as its text, CRLF as LF
+
+    (tmp_path / "banned.txt.gz").write_bytes(gzip.compress(exclude.read_bytes().replace(b"\n", b"\r\n")))
+    zipped = run(["sample", "-c", str(trained_names), "--top", "5", "--ends-with", "a", "--exclude",
+                  str(tmp_path / "banned.txt.gz")])
+    assert zipped.stdout == after.stdout, zipped.stderr
+    assert_clean_error(run(["sample", "-c", str(trained_names), "--exclude", str(tmp_path / "none.txt")]),
+                       "--exclude: ", "none.txt does not exist")
     assert_clean_error(run(["sample", "-c", str(trained_names), "-p", "-", "--exclude", "-"], input=b"A\n"),
                        "both read stdin")
     drawn = run(["sample", "-c", str(trained_names), "-n", "40", "--seed", "4", "--regex", "[A-Z][a-z]*n",

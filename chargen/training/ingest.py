@@ -296,6 +296,18 @@ def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_byte
                 stream.close()
 
 
+def text_lines(paths: list[str], stdin: Optional[BinaryIO] = None, nfc: bool = True) -> Iterator[str]:
+    """The lines of text files ('-' is stdin), as they are read: checked and read as corpora are
+    (text_chunks: compressed files as their text, CRLF as LF); an empty input has none."""
+    rest = ""
+    for buf, text in corpus_chunks(paths, stdin, nfc=nfc, empty_ok=True):
+        parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
+        rest = parts.pop()
+        yield from (p[:-1] if p.endswith("\r") else p for p in parts)
+    if rest:
+        yield rest
+
+
 def check_paths(paths: list[str]) -> None:
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
