@@ -595,29 +595,21 @@ def _stdin_bytes(flag: str) -> bytes:
 
 
 def _read_prompts() -> list[str]:
-    """`--prompt -`: one prompt per line of stdin, decoded strictly as UTF-8."""
-    try:
-        text = _stdin_bytes("--prompt").decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"the prompts on stdin are not UTF-8 (byte {exc.start}); convert them, "
-                         f"e.g. iconv -f latin1 -t utf-8") from None
-    prompts = [line.rstrip("\r") for line in text.split("\n")]
-    if prompts and prompts[-1] == "":
-        prompts.pop()  # the newline that ends the last line starts no prompt
-    return prompts
+    """`--prompt -`: one prompt per line of stdin (an empty line: an empty prompt)."""
+    return _read_lines(DASH, "--prompt", keep_empty=True)
 
 
-def _read_lines(path: Path) -> list[str]:
-    """--exclude: the file's lines (- is stdin), read as score reads its lines (compressed files
-    as their text); an empty file excludes nothing."""
+def _read_lines(path: Path, flag: str = "--exclude", keep_empty: bool = False) -> list[str]:
+    """The lines `flag` names (- is stdin), read as score reads its lines (compressed files as
+    their text, CRLF as LF); an empty file has none, and empty lines are dropped unless kept."""
     from .errors import CorpusError
     from .training.ingest import text_lines
 
-    stdin = io.BytesIO(_stdin_bytes("--exclude")) if path == DASH else None  # (a note where stdin is typed)
+    stdin = io.BytesIO(_stdin_bytes(flag)) if path == DASH else None  # (a note where stdin is typed)
     try:
-        return [line for line in text_lines([str(path)], stdin, nfc=False) if line]
+        return [line for line in text_lines([str(path)], stdin, nfc=False) if line or keep_empty]
     except CorpusError as exc:
-        raise UsageError(f"--exclude: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 # --- serve ------------------------------------------------------------------------------------
