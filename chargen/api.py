@@ -138,7 +138,9 @@ class Model:
         character that rules it out); `guided=True` draws only among allowed characters instead:
         never wasted, but not the conditional distribution. `stats` (a SampleStats) is filled in
         with the draws made; `on_char` receives a lone prose sample's characters as drawn. The
-        options are checked here, before the first sample: a bad one raises at once."""
+        options are checked here, before the first sample: a bad one raises at once. `prompt` may
+        be an iterator (lines typed at a terminal): each prompt is then read, checked and drawn
+        in turn, the samples a list of the same prompts gives."""
         return run(self.stepper, self.vocab, self.drawings(n, prompt, stats=stats, on_char=on_char, **options),
                    kept=self._engine)
 
@@ -150,11 +152,12 @@ class Model:
         as `samples` would."""
         cfg = self._config(n, options)
         line_mode = self.line_oriented if cfg.lines is None else cfg.lines
-        prompts = self._prompts(prompt)
-        automaton = self._automaton(cfg, prompts, line_mode)
-        if automaton is None:
-            for p in prompts:
-                check_prompt(self.vocab, p, line_mode)
+        # An iterator's prompts (lines typed at a terminal) are checked as they come, the rest before the first
+        lazy = isinstance(prompt, Iterator)
+        prompts = prompt if lazy else self._prompts(prompt)
+        automaton = self._automaton(cfg, line_mode)
+        for p in [] if lazy else prompts:
+            self._check_prompt(p, cfg, automaton, line_mode)
         banned = self._exclude(cfg.exclude, line_mode)
         base_seed = self._seeds() if cfg.seed is None else cfg.seed
         stats = stats if stats is not None else SampleStats()
@@ -164,6 +167,9 @@ class Model:
         def drawings() -> Iterator[Drawing]:
             seen: set[str] = set()
             for j, p in enumerate(prompts):
+                if lazy:
+                    p = self._prompts(p)[0]
+                    self._check_prompt(p, cfg, automaton, line_mode)
                 yield Drawing(self.stepper, self.vocab, p, cfg, lines=line_mode, key=derive_key(base_seed, j), seen=seen,
                               training_lines=training, exclude=banned, on_char=on_char, automaton=automaton,
                               stats=stats, primed=self._prime(p, line_mode, mix), labels=mix,
@@ -197,7 +203,10 @@ class Model:
         if cfg.lines is False or (cfg.lines is None and not self.line_oriented):
             raise line_samples_only("`top`", self.line_oriented if cfg.lines is None else True, "applies")
         prompts = self._prompts(prompt)
-        automaton = self._automaton(cfg, prompts, True) or Automaton(Constraints(), self.vocab)
+        automaton = self._automaton(cfg, True)
+        for p in prompts:
+            self._check_prompt(p, cfg, automaton, True)
+        automaton = automaton or Automaton(Constraints(), self.vocab)
         bounded = {p: automaton.bounded(len(p) + cfg.max_length(True)) for p in prompts}
         for p in prompts:
             bounded[p].start(p, self.vocab)  # raises now if nothing can start with this prompt
@@ -236,18 +245,20 @@ class Model:
     def _prompts(self, prompt: Any) -> list[str]:
         return [self.vocab.conform(p) for p in _prompts(prompt)]
 
-    def _automaton(self, cfg: SampleConfig, prompts: list[str], line_mode: bool) -> Optional[Automaton]:
-        """The constraints compiled for this vocabulary (None without any), checked for every prompt."""
+    def _automaton(self, cfg: SampleConfig, line_mode: bool) -> Optional[Automaton]:
+        """The constraints compiled for this vocabulary (None without any)."""
         constraints = Constraints.of(cfg)
         if not constraints:
             return None
         if not line_mode:
             raise line_samples_only(f"constraints ({', '.join(constraints.names())})", self.line_oriented)
-        automaton = self._automata.get(constraints, lambda: Automaton(constraints, self.vocab))  # (compiling takes ms)
-        for p in prompts:
-            check_prompt(self.vocab, p, True)
-            guide_for(automaton, self.vocab, p, cfg, True)
-        return automaton
+        return self._automata.get(constraints, lambda: Automaton(constraints, self.vocab))  # (compiling takes ms)
+
+    def _check_prompt(self, prompt: str, cfg: SampleConfig, automaton: Optional[Automaton], line_mode: bool) -> None:
+        """A prompt the model can start from, and (under constraints) one a sample can satisfy them from."""
+        check_prompt(self.vocab, prompt, line_mode)
+        if automaton is not None:
+            guide_for(automaton, self.vocab, prompt, cfg, True)
 
     def _exclude(self, lines: Optional[Iterable[str]], line_mode: bool) -> Optional[set[str]]:
         if lines is None:

@@ -428,7 +428,8 @@ def sample(
         options["exclude"] = _read_lines(exclude)
     num = options.pop("num", 1)
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
-    prompts = _read_prompts() if prompt == ["-"] else prompt
+    typed = prompt == ["-"] and sys.stdin is not None and sys.stdin.isatty()
+    prompts = _TypedPrompts() if typed else _read_prompts() if prompt == ["-"] else prompt
     _label_note(model, options.get("label"))
     out = _Output()
     stats = SampleStats()
@@ -442,11 +443,11 @@ def sample(
         else:
             constrained = bool(SampleConfig.of(**options).given("constraint"))
             streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
-            samples = model.samples(num, prompts, stats=stats, **options,
+            samples = model.samples(num, iter(prompts) if typed else prompts, stats=stats, **options,
                                     on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
             if streaming:
                 out.write(prompts[0], flush=True)
-            elif sys.stderr.isatty() and not sys.stdout.isatty():
+            elif sys.stderr.isatty() and not sys.stdout.isatty() and not typed:
                 count = searching.enter_context(_Count(num * len(prompts)))
         _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
                        streaming=streaming, count=count)
@@ -534,6 +535,24 @@ def _label_examples(names: list[str], counts: list[int]) -> str:
         territory, kind = territory_name(next(iter(label_territories([placed])))), placed.rsplit(":", 1)[1]
         examples.append(f"--label {territory}:{kind}" if " " not in territory else f'--label "{territory} {kind}"')
     return ", ".join(examples)
+
+
+class _TypedPrompts:
+    """`--prompt -` typed at a terminal: each prompt read as Enter is pressed, its samples drawn
+    and printed before the next is read (the same samples as the lines piped in: prompt j draws
+    from the seed's j-th key either way); its length is the prompts read so far."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        console().print("note: type a prompt and Enter for its samples; Ctrl-D ends", highlight=False, markup=False)
+
+    def __iter__(self) -> Iterator[str]:
+        for line in _typed_lines():
+            self.read += 1
+            yield line
+
+    def __len__(self) -> int:
+        return self.read
 
 
 class _Count:

@@ -80,6 +80,25 @@ def test_a_validation_file_the_run_trains_on_is_noted(tmp_path, names_file):
         assert bool(noted) == (val != held_out), (val, notices)
 
 
+def test_prompts_from_an_iterator_are_read_as_they_are_drawn():
+    """An iterator of prompts (lines typed at a terminal) is read one prompt at a time: the first
+    prompt's samples come before the second is asked for, and they are the samples a list gives."""
+    model = chargen.load()
+    asked: list[str] = []
+
+    def typed():
+        for p in ("Ma", "Jo", "Ka"):
+            asked.append(p)
+            yield p
+
+    samples = model.samples(2, typed(), seed=3, ends_with="a")
+    first = [next(samples).text for _ in range(2)]
+    assert asked == ["Ma"] and all(t.startswith("Ma") for t in first)
+    assert first + [s.text for s in samples] == model.sample(2, ["Ma", "Jo", "Ka"], seed=3, ends_with="a")
+    with pytest.raises(VocabularyError, match="the prompt 'X1'"):  # a bad one when it comes
+        list(model.samples(1, iter(["Ma", "X1"]), seed=3))
+
+
 def test_api_refuses_arguments_of_the_wrong_kind():
     """What would fail obscurely or quietly do the wrong thing is a ChargenError naming the argument."""
     with pytest.raises(ChargenError, match="path must be"):

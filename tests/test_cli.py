@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import TINY, assert_clean_error, chargen_exe, run, run_on_terminal
+from .conftest import TINY, Terminal, assert_clean_error, chargen_exe, run, run_on_terminal
 
 
 def test_train_then_sample_end_to_end(tmp_path, names_file):
@@ -127,6 +127,23 @@ def test_prompts_from_stdin_in_order(trained_names):
     bad = run(["sample", "-c", str(trained_names), "-p", "-"], input="Ka\nM€o\nTe\n".encode())
     assert_clean_error(bad, "the prompt 'M€o' holds '€'")
     assert bad.stdout == b""
+
+
+def test_prompts_typed_at_a_terminal_get_their_samples_as_they_are_entered():
+    """`sample -p -` at a terminal draws each prompt's samples on Enter (it read to Ctrl-D, so a
+    user typing one saw nothing), the samples the same lines piped in give for the seed."""
+    piped = run(["sample", "-p", "-", "-n", "2", "--seed", "1"], input=b"Ma\nJo\n").stdout.decode().split()
+    term = Terminal(["sample", "-p", "-", "-n", "2", "--seed", "1"])
+    try:
+        term.shown_until(rb"type a prompt and Enter for its samples; Ctrl-D ends")
+        for k, prompt in enumerate((b"Ma", b"Jo")):  # each answered while the input is still open
+            term.type(prompt + b"\n")
+            first, second = piped[2 * k: 2 * k + 2]
+            term.shown_until(re.escape(first.encode()) + rb"\r?\n" + re.escape(second.encode()) + rb"\r?\n")
+        term.type(b"\x04")
+        assert term.proc.wait(30) == 0
+    finally:
+        term.close()
 
 
 def test_starts_with_is_the_prompt(trained_names):
