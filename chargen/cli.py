@@ -428,7 +428,7 @@ def sample(
         options["exclude"] = _read_lines(exclude)
     num = options.pop("num", 1)
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
-    typed = prompt == ["-"] and sys.stdin is not None and sys.stdin.isatty()
+    typed = prompt == ["-"] and top is None and sys.stdin is not None and sys.stdin.isatty()  # (--top: all, then search)
     prompts = _TypedPrompts() if typed else _read_prompts() if prompt == ["-"] else prompt
     _label_note(model, options.get("label"))
     out = _Output()

@@ -144,6 +144,14 @@ def test_prompts_typed_at_a_terminal_get_their_samples_as_they_are_entered():
         assert term.proc.wait(30) == 0
     finally:
         term.close()
+    term = Terminal(["sample", "-p", "-", "--top", "1"])  # --top searches all the prompts at once: read to Ctrl-D
+    try:
+        term.shown_until(rb"--prompt - reads the lines you type, one a line, until Ctrl-D")
+        term.type(b"Ma\nJo\n\x04")
+        term.shown_until(rb"\nMa[a-z]+\r?\nJo[a-z]+")
+        assert term.proc.wait(30) == 0
+    finally:
+        term.close()
 
 
 def test_starts_with_is_the_prompt(trained_names):
