@@ -105,20 +105,19 @@ class _Decompressed:
     """The text of a compressed stream; damaged data is a one-line CorpusError, not a traceback."""
 
     def __init__(self, stream: BinaryIO, kind: str, source: str):
-        import bz2
+        import bz2  # (here, not at start-up: a command that reads no corpus never loads them)
         import gzip
-        import lzma
-
-        opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
-        self.kind, self.source, self.stream = kind, source, opener[kind](stream)
-
-    def read(self, n: int = -1) -> bytes:
         import lzma
         import zlib
 
+        opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
+        self.kind, self.source, self.stream = kind, source, opener[kind](stream)
+        self.damaged = (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError)  # (what each raises for bad data)
+
+    def read(self, n: int = -1) -> bytes:
         try:
             return self.stream.read(n)
-        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        except self.damaged as exc:
             raise CorpusError(f"{self.source} is {self.kind}-compressed and cannot be decompressed ({exc})") from None
 
 
