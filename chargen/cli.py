@@ -320,6 +320,8 @@ def train(
                             config_file)
     quiet = bool(options.pop("quiet", False))
     corpus = options.pop("corpus", [])
+    if "-" in corpus and not quiet:
+        _typed_stdin_note("- reads the corpus you type, until Ctrl-D")
 
     from .api import train as api_train
     from .training.distributed import rank_from_env
@@ -602,13 +604,18 @@ def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constra
             out.write(("\n" if i else "") + s.text + "\n")
 
 
+def _typed_stdin_note(what: str) -> None:
+    """Where stdin is a terminal and is read to its end, say so: a user typing there would see
+    nothing until Ctrl-D, and take it for hung."""
+    if sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty():
+        console().print(f"note: {what}", highlight=False, markup=False)
+
+
 def _stdin_bytes(flag: str) -> bytes:
     """All of stdin, for `flag -`."""
     if sys.stdin is None or sys.stdin.closed:
         raise UsageError(f"{flag} - reads stdin, but stdin is closed")
-    if sys.stdin.isatty():  # (else a user typing there sees nothing until Ctrl-D, and takes it for hung)
-        console().print(f"note: {flag} - reads the lines you type, one a line, until Ctrl-D", highlight=False,
-                        markup=False)
+    _typed_stdin_note(f"{flag} - reads the lines you type, one a line, until Ctrl-D")
     raw = getattr(sys.stdin, "buffer", None)
     return raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
 
@@ -695,6 +702,8 @@ def eval_command(
     _label_note(model, label, scoring=True)
     out = _Output()
     for path in files:
+        if path == "-":
+            _typed_stdin_note("- reads the text you type, until Ctrl-D")
         text = read_corpus([path]).text
         with _progress_bar("eval", "stdin" if path == "-" else path, 1.0) as progress:
             try:

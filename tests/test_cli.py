@@ -154,6 +154,19 @@ def test_prompts_typed_at_a_terminal_get_their_samples_as_they_are_entered():
         term.close()
 
 
+def test_text_typed_for_eval_ends_at_one_ctrl_d():
+    """`chargen eval names -` at a terminal says it reads what is typed, and one Ctrl-D ends it (a
+    chunked read stopped at the first and waited for a second)."""
+    term = Terminal(["eval", "names", "-"])
+    try:
+        term.shown_until(rb"note: - reads the text you type, until Ctrl-D")
+        term.type(b"Anna\nMaria\n\x04")
+        term.shown_until(rb"stdin: [0-9.]+ nats/char")
+        assert term.proc.wait(30) == 0
+    finally:
+        term.close()
+
+
 def test_starts_with_is_the_prompt(trained_names):
     by_prompt = run(["sample", "-c", str(trained_names), "-p", "Ka", "-n", "5", "--seed", "3"])
     by_start = run(["sample", "-c", str(trained_names), "--starts-with", "Ka", "-n", "5", "--seed", "3"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
@@ -148,6 +149,8 @@ def open_source(path: str, stdin: Optional[BinaryIO] = None) -> BinaryIO:
         stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
         if stream is None or getattr(stream, "closed", False):
             raise CorpusError("stdin is closed; pass a corpus file instead of -")
+        if getattr(stream, "isatty", lambda: False)():  # typed: all of it, so one Ctrl-D ends it (a read of
+            return io.BytesIO(stream.read())  # a chunk stops at Ctrl-D, and the next would wait for another)
         return stream
     p = Path(path)
     if p.is_dir():
