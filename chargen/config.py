@@ -691,21 +691,29 @@ def load_toml_config(path: str) -> dict[str, Any]:
     # The options a flag sets (not learned_start or n_labels: the corpus sets those), by the flags' names
     known = set(declared(ModelConfig)) | set(run_keys) | set(declared(TrainConfig))
     data: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # each option as the file names it
     for key, value in raw.items():
         name = "start_from" if key == "from" else key.replace("-", "_")  # `from`, as the flag --from
         if name not in known:
             raise ConfigError(f"`config` {path}: unknown key "
                               f"{unknown_keys([key], (known - {'start_from'}) | {'from'})}")
-        data[name] = value
+        data[name], spelled[name] = value, key
     if isinstance(data.get("time"), str):
         data["time"] = parse_duration(data["time"])
     if isinstance(data.get("corpus"), str):
         data["corpus"] = [data["corpus"]]
     if "corpus" in data and not (isinstance(data["corpus"], list) and all(isinstance(c, str) for c in data["corpus"])):
         raise ConfigError(f"`config` {path}: corpus must be a file name or a list of them")
-    for name, d in run_keys.items():
-        if name in data and name != "corpus":
-            check_type(name, data[name], d.annotation.replace("Optional[", "").rstrip("]") if d.annotation.startswith("Optional[") else d.annotation)
+    fields = {**declared(ModelConfig), **declared(TrainConfig), **run_keys}
+    for name, value in data.items():
+        annotation = fields[name].annotation
+        if name in run_keys:  # (a run's option in a file has a value: None is no TOML value anyway)
+            annotation = annotation.removeprefix("Optional[").removesuffix("]") if annotation.startswith("Optional[") \
+                else annotation
+        try:
+            check_type(name, value, annotation)
+        except ConfigError as exc:  # named as the file names it, not by the flag
+            raise ConfigError(f"`config` {path}: the key {spelled[name]!r} {exc.message.split('` ', 1)[1]}") from None
     return data
 
 
