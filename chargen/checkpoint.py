@@ -22,6 +22,7 @@ Nothing here is ever unpickled: safetensors holds raw tensors and a JSON header.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -190,8 +191,25 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = BEST) -> Path:
                 return p / name
         raise CheckpointError(f"{p} is a directory without {order[0]} or {order[1]}; is it a chargen run directory?")
     if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
+        raise CheckpointError(f"checkpoint {p} does not exist{_did_you_mean(p)}")
     return p
+
+
+def _did_you_mean(p: Path) -> str:
+    """What a checkpoint path that is not there likely meant: the run `chargen train` wrote under
+    checkpoints/ (`-c shakespeare` for checkpoints/shakespeare), a near name beside it (a typo), or
+    a bundled model's name."""
+    if not p.is_absolute() and len(p.parts) == 1 and (Path("checkpoints") / p).exists():
+        return f"; did you mean checkpoints/{p} (where chargen train writes its runs)?"
+    try:
+        beside = [c.name for _, c in zip(range(1000), p.parent.iterdir())] if p.parent.is_dir() else []
+    except OSError:
+        beside = []
+    bundled = list(BUNDLED) if len(p.parts) == 1 else []
+    close = difflib.get_close_matches(p.name, beside + bundled, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    return f"; did you mean {close[0] if close[0] in bundled else p.parent / close[0]}?"
 
 
 def _sniff(path: Path, head: bytes, size: int) -> str:

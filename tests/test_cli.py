@@ -313,6 +313,19 @@ def test_bad_checkpoints_on_the_command_line(tmp_path):
     assert_clean_error(run(["sample", "-c", str(tmp_path)]), "directory")
 
 
+def test_a_checkpoint_that_is_not_there_says_what_was_likely_meant(tmp_path, trained_names):
+    """`chargen train` writes checkpoints/NAME, and a new user then asks for `-c NAME`; a typo of a
+    run beside it, or of a bundled model's name, gets the name it was likely meant as."""
+    import shutil
+
+    shutil.copytree(trained_names, tmp_path / "checkpoints" / "names-run")
+    for wrong, meant in (("names-run", "did you mean checkpoints/names-run (where chargen train writes its runs)?"),
+                         ("checkpoints/names-rnu", "did you mean checkpoints/names-run?"),
+                         ("bse", "did you mean base?")):
+        assert_clean_error(run(["sample", "-c", wrong], cwd=tmp_path), f"checkpoint {wrong} does not exist; {meant}")
+    assert_clean_error(run(["info", "zzzz"], cwd=tmp_path), "checkpoint zzzz does not exist")
+
+
 def test_every_command_has_help_with_an_example():
     from typer.main import get_command
 
