@@ -102,7 +102,14 @@ class Terminal:
         assert found, (pattern, self.seen)
         return found
 
-    def close(self) -> None:
+    def ended(self, timeout: float = 30.0) -> int:
+        """The command's exit code, once it has ended."""
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> "Terminal":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.proc.kill()
         os.close(self.main)
 

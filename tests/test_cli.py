@@ -133,38 +133,29 @@ def test_prompts_typed_at_a_terminal_get_their_samples_as_they_are_entered():
     """`sample -p -` at a terminal draws each prompt's samples on Enter (it read to Ctrl-D, so a
     user typing one saw nothing), the samples the same lines piped in give for the seed."""
     piped = run(["sample", "-p", "-", "-n", "2", "--seed", "1"], input=b"Ma\nJo\n").stdout.decode().split()
-    term = Terminal(["sample", "-p", "-", "-n", "2", "--seed", "1"])
-    try:
+    with Terminal(["sample", "-p", "-", "-n", "2", "--seed", "1"]) as term:
         term.shown_until(rb"type a prompt and Enter for its samples; Ctrl-D ends")
         for k, prompt in enumerate((b"Ma", b"Jo")):  # each answered while the input is still open
             term.type(prompt + b"\n")
             first, second = piped[2 * k: 2 * k + 2]
             term.shown_until(re.escape(first.encode()) + rb"\r?\n" + re.escape(second.encode()) + rb"\r?\n")
         term.type(b"\x04")
-        assert term.proc.wait(30) == 0
-    finally:
-        term.close()
-    term = Terminal(["sample", "-p", "-", "--top", "1"])  # --top searches all the prompts at once: read to Ctrl-D
-    try:
+        assert term.ended() == 0
+    with Terminal(["sample", "-p", "-", "--top", "1"]) as term:  # --top searches all the prompts at once: read to Ctrl-D
         term.shown_until(rb"--prompt - reads the lines you type, one a line, until Ctrl-D")
         term.type(b"Ma\nJo\n\x04")
         term.shown_until(rb"\nMa[a-z]+\r?\nJo[a-z]+")
-        assert term.proc.wait(30) == 0
-    finally:
-        term.close()
+        assert term.ended() == 0
 
 
 def test_text_typed_for_eval_ends_at_one_ctrl_d():
     """`chargen eval names -` at a terminal says it reads what is typed, and one Ctrl-D ends it (a
     chunked read stopped at the first and waited for a second)."""
-    term = Terminal(["eval", "names", "-"])
-    try:
+    with Terminal(["eval", "names", "-"]) as term:
         term.shown_until(rb"note: - reads the text you type, until Ctrl-D")
         term.type(b"Anna\nMaria\n\x04")
         term.shown_until(rb"stdin: [0-9.]+ nats/char")
-        assert term.proc.wait(30) == 0
-    finally:
-        term.close()
+        assert term.ended() == 0
 
 
 def test_starts_with_is_the_prompt(trained_names):

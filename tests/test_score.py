@@ -83,13 +83,10 @@ def test_score_over_http(tmp_path):
 def test_lines_typed_at_a_terminal_are_scored_as_they_are_entered():
     """`chargen score names` at a terminal answers each line on Enter (it read until Ctrl-D, so
     a user typing a name saw nothing and took it for hung); Ctrl-D ends it with exit code 0."""
-    term = Terminal(["score", "names"])
-    try:
+    with Terminal(["score", "names"]) as term:
         term.shown_until(rb"Enter to score it; Ctrl-D ends")
         for name in (b"Anna", b"Mxrqa"):  # each answered while the input is still open
             term.type(name + b"\n")
             assert float(term.shown_until(name + rb"\t(-[0-9.]+)\t").group(1)) < 0
         term.type(b"\x04")
-        assert term.proc.wait(30) == 0
-    finally:
-        term.close()
+        assert term.ended() == 0
