@@ -86,10 +86,10 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else \
             read_labelled(paths, config.labels, notice=_notice(callbacks, dist))
         val_text = read_corpus([val_file]).text if val_file else None
-        if val_text is not None and _trains_on(paths, val_file, val_text, corpus) and _notice(callbacks, dist):
-            _notice(callbacks, dist)(f"--val-file {val_file} is text the run trains on: its loss cannot show "
-                                     f"overfitting, so the best checkpoint and early stopping follow the training "
-                                     f"loss; hold out text the run does not see")
+        notice = _notice(callbacks, dist)
+        if notice is not None and val_text is not None and _trains_on(paths, val_file, val_text, corpus):
+            notice(f"--val-file {val_file} is text the run trains on: its loss cannot show overfitting, so the best "
+                   f"checkpoint and early stopping follow the training loss; hold out text the run does not see")
         out_dir = out_dir or Path("checkpoints") / corpus.name
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
