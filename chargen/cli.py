@@ -778,7 +778,7 @@ def score(
       chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
     from .api import load
-    from .training.ingest import text_lines
+    from .training.ingest import ArrivingLines, text_lines
 
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
@@ -788,20 +788,33 @@ def score(
 
     # (scored in the model's form: not in NFC; no lines in, none out, as any filter in a pipeline)
     lines = text_lines(files or ["-"], sys.stdin.buffer, nfc=False)
-    # Typed at a terminal: each line scored as it is entered (a pipe's are read in chunks, for speed).
-    typed = (files or ["-"]) == ["-"] and sys.stdin is not None and sys.stdin.isatty()
+    # Typed at a terminal: each line scored as it is entered. From a pipe, the lines that have
+    # arrived are scored together (2,048 at most) and printed at once: `tail -f log | chargen
+    # score` answers as lines come.
+    stdin_fd = _fileno(sys.stdin) if (files or ["-"]) == ["-"] else None
+    typed = stdin_fd is not None and sys.stdin.isatty()
     if typed:
         console().print("note: type a line and Enter to score it; Ctrl-D ends", highlight=False, markup=False)
+    elif stdin_fd is not None:
+        lines = ArrivingLines(stdin_fd)
     out = _Output()
     with _progress_bar("score", ", ".join(files or ["stdin"]), None,
                        shown=not sys.stdout.isatty() and not typed) as progress:
         scores = model.score(_typed_lines() if typed else lines, skip_unknown=skip_unknown, label=label,
                              by_label=by_label, batch=1 if typed else 2048)
         for k, s in enumerate(scores, 1):
-            _print_score(out, s, output_format, flush=typed)
+            _print_score(out, s, output_format, flush=typed or (isinstance(lines, ArrivingLines) and lines.waiting()))
             if progress is not None and k % 256 == 0:
                 progress(k)
     out.flush()
+
+
+def _fileno(stream) -> Optional[int]:
+    """The file descriptor behind `stream`, or None (closed, or none: a test's stand-in)."""
+    try:
+        return stream.fileno() if stream is not None and not stream.closed else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _typed_lines() -> Iterator[str]:

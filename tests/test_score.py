@@ -55,6 +55,41 @@ def test_score_command_streams_lines_and_reports_bad_input(tmp_path):
         assert proc.returncode == 0 and proc.stdout.decode().count("\n") == len(empty), proc.stderr
 
 
+def test_score_answers_a_slow_writers_lines_as_they_come():
+    """`tail -f log | chargen score`: a line is scored when it arrives, not when 2,048 have or the
+    pipe ends (each read took 16 MB: nothing came out before the writer closed); a line whose
+    newline has not come yet waits for it, and a last one without a newline is scored at the end."""
+    import os
+    import select
+    import subprocess
+
+    from .conftest import chargen_exe
+
+    proc = subprocess.Popen([chargen_exe(), "score", "names"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def answer(seconds: float) -> bytes:  # what stdout gives within `seconds` (b"" if nothing)
+        got = b""
+        while select.select([proc.stdout], [], [], seconds)[0]:
+            got += os.read(proc.stdout.fileno(), 1 << 16)
+            if got.endswith(b"\n") or not got:
+                break
+        return got
+
+    try:
+        for text, line in ((b"A", b""), (b"nna\nMar", b"Anna\t"), (b"ia\n", b"Maria\t")):
+            proc.stdin.write(text)
+            proc.stdin.flush()  # the pipe stays open: only what has arrived can be answered
+            got = answer(60 if line else 2)
+            assert got.startswith(line) and got.count(b"\n") == (1 if line else 0), (text, got)
+        proc.stdin.write(b"Luca")
+        proc.stdin.close()
+        assert proc.stdout.read().startswith(b"Luca\t") and proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_score_over_http(tmp_path):
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient

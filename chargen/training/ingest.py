@@ -96,10 +96,10 @@ class _Rejoined:
         head, self.head = self.head, b""
         if not head:
             return self.stream.read(n)
-        if 0 <= n <= len(head):
+        if 0 <= n < len(head):
             self.head = head[n:]
             return head[:n]
-        return head + self.stream.read(-1 if n < 0 else n - len(head))  # (a whole chunk, as the file gives)
+        return head if n >= 0 else head + self.stream.read()  # (a short read: a pipe's first line is not held back)
 
 
 class _Decompressed:
@@ -125,7 +125,7 @@ class _Decompressed:
 def _decompressed(stream: BinaryIO, source: str) -> BinaryIO:
     """`stream`'s text: decompressed where its first bytes say gzip, bzip2 or xz; an archive refused."""
     head = b""
-    while len(head) < 6:
+    while len(head) < 6 and any(magic.startswith(head) for magic, _ in ARCHIVES + COMPRESSIONS):
         try:
             block = stream.read(6 - len(head))
         except (OSError, ValueError) as exc:
@@ -224,8 +224,8 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
         buf = carry + block if carry else block
         carry = b""
         if first:
-            if len(buf) < 3 and not eof:
-                carry = buf
+            if not eof and len(buf) < 3 and any(mark.startswith(buf) for mark in (BOM, b"\xff\xfe", b"\xfe\xff")):
+                carry = buf  # (maybe a byte-order mark's first bytes: a line "A" from a pipe need not wait)
                 continue
             if buf.startswith((b"\xff\xfe", b"\xfe\xff")):
                 raise CorpusError(f"{source} looks like UTF-16 (it starts with a UTF-16 byte-order mark); "
@@ -308,6 +308,51 @@ def text_lines(paths: list[str], stdin: Optional[BinaryIO] = None, nfc: bool = T
         yield from (p[:-1] if p.endswith("\r") else p for p in parts)
     if rest:
         yield rest
+
+
+class ArrivingLines:
+    """The lines of a pipe (or a terminal) as its writer sends them, where text_lines reads a chunk
+    of 16 MB before its first line: each read takes what has arrived, and `waiting()` says that
+    every line which has is given, so a reader scoring `tail -f log` in batches cuts a batch there
+    and answers at once. Checked as text_lines checks (text_chunks; compressed text too, though
+    that arrives in the decompressor's pieces)."""
+
+    READ = 1 << 16  # bytes a read asks for at most (a pipe's buffer)
+
+    def __init__(self, fd: int, source: str = "stdin"):
+        self.fd = fd
+        self.chunks = text_chunks(self, source, self.READ, nfc=False, empty_ok=True)
+        self.held: list[str] = []  # lines arrived and not given, the last first
+        self.rest = ""  # the start of a line whose newline has not arrived
+
+    def read(self, n: int = -1) -> bytes:  # (text_chunks reads this: what has arrived, up to n bytes)
+        try:
+            return os.read(self.fd, min(n, self.READ) if n >= 0 else self.READ)
+        except OSError as exc:
+            raise CorpusError(f"cannot read stdin ({exc})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        while not self.held:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                if not self.rest:
+                    raise StopIteration
+                self.held, self.rest = [self.rest], ""
+                break
+            buf, text = chunk
+            parts = (self.rest + (text if text is not None else buf.decode("ascii"))).split("\n")
+            self.rest = parts.pop()
+            self.held = [p[:-1] if p.endswith("\r") else p for p in reversed(parts)]
+        return self.held.pop()
+
+    def waiting(self) -> bool:
+        """Every line that has arrived is given: the next would wait for the writer."""
+        import select
+
+        return not self.held and not select.select([self.fd], [], [], 0)[0]
 
 
 def check_paths(paths: list[str]) -> None:
