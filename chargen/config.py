@@ -712,7 +712,8 @@ def load_toml_config(path: str) -> dict[str, Any]:
                 else annotation
         try:
             check_type(name, value, annotation)
-        except ConfigError as exc:  # named as the file names it, not by the flag
+            fields[name].check_bounds(value)
+        except UsageError as exc:  # named as the file names it, not by the flag
             raise ConfigError(f"`config` {path}: the key {spelled[name]!r} {exc.message.split('` ', 1)[1]}") from None
     return data
 

@@ -423,6 +423,9 @@ def test_toml_config_flags_override_unknown_keys_fail(tmp_path, names_file):
     bad.write_text('hidden = 16\nbatch-size = "8"\n')  # a value of the wrong type: named by its key, as written
     assert_clean_error(run(["train", "--config", str(bad), str(names_file)]),
                        f"--config {bad}: the key 'batch-size' must be a whole number (got '8')")
+    bad.write_text("layers = 0\n")  # and out of range: named by its key too, not as the flag --layers
+    assert_clean_error(run(["train", "--config", str(bad), str(names_file)]),
+                       f"--config {bad}: the key 'layers' must be a number greater than 0 (got 0)")
     broken = tmp_path / "broken.toml"
     broken.write_text("hidden = = 16\n")
     assert_clean_error(run(["train", "--config", str(broken), str(names_file)]), "not valid TOML")
