@@ -510,3 +510,16 @@ def test_text_stdout_cannot_encode_is_one_error_not_silence():
                        "cannot write '\\u0396' (U+0396)")  # (stderr is ASCII too: escaped)
     plain = run(["sample", "-n", "3", "--seed", "1"], env={"PYTHONIOENCODING": "ascii"})
     assert plain.returncode == 0 and plain.stdout.decode() == run(["sample", "-n", "3", "--seed", "1"]).stdout.decode()
+
+
+def test_temperature_zero_says_what_greedy_gives():
+    """-t 0 draws one path: several samples are one sample repeated, and under constraints the
+    likeliest allowed character at each step need not make a likely name; a note on stderr says so
+    and points to --top, and nothing on stdout changes."""
+    same = run(["sample", "-n", "3", "-t", "0"])
+    assert same.returncode == 0 and len(set(same.stdout.decode().split())) == 1
+    assert "every sample is the same" in same.stderr.decode() and "--top 3" in same.stderr.decode()
+    constrained = run(["sample", "-t", "0", "--ends-with", "a"])
+    assert constrained.returncode == 0 and "--top 5 lists the likeliest names that satisfy" in constrained.stderr.decode()
+    for quiet in (["-n", "3", "-t", "0.5"], ["-t", "0"]):  # drawn, or one greedy sample: nothing to say
+        assert run(["sample", *quiet]).stderr == b""
