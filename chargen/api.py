@@ -233,7 +233,7 @@ class Model:
     def _config(self, n: int, options: dict[str, Any]) -> SampleConfig:
         """The sample options of `samples` and `top`, checked, their texts spelt as the vocabulary
         spells them (Vocab.conform: é typed as e and an accent is é)."""
-        cfg = SampleConfig.of(num=n, **options)
+        cfg = SampleConfig.of(n=n, **options)
         if cfg.novel and self.training_lines is None:
             raise UsageError(f"{self.checkpoint.path} keeps no training lines (its corpus is not line-oriented), "
                              f"so `novel` cannot be checked")

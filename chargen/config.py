@@ -552,6 +552,12 @@ class SampleConfig(_Config):
     def of(cls, **options: Any) -> "SampleConfig":
         """From the API's keywords: `n` is num, `contains` may be one text, `exclude` any iterable,
         `label` a mapping of labels to weights (label_spec)."""
+        known = ["n" if f.name == "num" else f.name for f in dataclasses.fields(cls)]  # (as the API spells them)
+        if "num" in options:
+            raise ConfigError("unknown sample config key 'num': the number of samples is n (sample(5) or n=5)")
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown sample config key(s): {unknown_keys(unknown, known)}")
         fields = {("num" if k == "n" else k): v for k, v in options.items()}
         if "label" in fields:
             fields["label"] = label_spec(fields["label"])

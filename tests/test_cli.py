@@ -243,7 +243,8 @@ CORPORA = {
     "one_char": (b"a", "too short"),
     "one_name": (b"Aragorn\n", "a list of names needs two lines at least"),
     "whitespace": (b" \n\n\t  \n", "whitespace"),
-    "random": (bytes(range(256)) * 4, "UTF-8"),
+    "random": (bytes(range(256)) * 4, "NUL character (at byte 0)"),  # the first fault, however the file is read
+    "high_bytes": (bytes(range(1, 256)) * 4, "UTF-8 (byte 127"),  # (the NUL-free ones: invalid UTF-8 comes first)
     "utf16": ("hello world\n".encode("utf-16"), "UTF-16"),
     "latin1": ("café crème brûlée\n".encode("latin-1") * 50, "byte 3"),
     "nul": (b"abc\x00def\n" * 50, "NUL"),

@@ -97,8 +97,11 @@ def test_an_error_names_the_field_and_each_front_end_spells_it():
     assert spelling("start_from") == "--from" and spelling("lines") == "--lines"
     with pytest.raises(chargen.ConfigError, match=re.escape("unknown sample config key(s): 'temprature' (temperature?) (known:")):
         chargen.load().sample(3, temprature=1.0)  # a typo is an error, not a silent default, and says what it meant
-    with pytest.raises(chargen.ConfigError, match=re.escape("key(s): 'wibble' (known:")):
+    with pytest.raises(chargen.ConfigError, match=re.escape("key(s): 'wibble' (known:")) as info:
         chargen.load().sample(3, wibble=1.0)  # nothing close: no guess
+    assert " n, " in str(info.value) and "num" not in str(info.value)  # the keywords Python takes
+    with pytest.raises(chargen.ConfigError, match="the number of samples is n"):
+        chargen.load().sample(3, num=5)  # the field's name, not the keyword (was a TypeError)
     for prompt, message in ((5, "prompt must be text or a list of text"), (["Ma", 5], "prompt must be a list of text"),
                             (None, "prompt must be text or a list of text")):  # an error, not a TypeError or no samples
         with pytest.raises(chargen.ConfigError, match=re.escape(message)):

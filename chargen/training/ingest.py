@@ -244,15 +244,16 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
         if buf:
             consumed = len(buf)
             text = None
+            nul = buf.find(b"\x00")  # (the first fault in the file is the one reported, wherever chunks end)
             if not buf.isascii():
                 try:
                     text = buf.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise CorpusError(
-                        f"{source} is not valid UTF-8 (byte {offset + exc.start}: "
-                        f"{buf[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -f latin1 -t utf-8"
-                    ) from None
-            nul = buf.find(b"\x00")
+                    if not 0 <= nul < exc.start:
+                        raise CorpusError(
+                            f"{source} is not valid UTF-8 (byte {offset + exc.start}: "
+                            f"{buf[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -f latin1 -t utf-8"
+                        ) from None
             if nul >= 0:
                 raise CorpusError(f"{source} holds a NUL character (at byte {offset + nul}); "
                                   f"it looks like a binary file, not text")
