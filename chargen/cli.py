@@ -431,7 +431,8 @@ def sample(
     num = options.pop("num", 1)
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
     typed = prompt == ["-"] and top is None and sys.stdin is not None and sys.stdin.isatty()  # (--top: all, then search)
-    prompts = _TypedPrompts() if typed else _read_prompts() if prompt == ["-"] else prompt
+    prompts = _TypedPrompts(lambda p: model.check_prompt(p, **options)) if typed else \
+        _read_prompts() if prompt == ["-"] else prompt
     _label_note(model, options.get("label"))
     out = _Output()
     stats = SampleStats()
@@ -457,6 +458,8 @@ def sample(
     note = stats.constraints_note(len(prompts)) if constrained and not options.get("guided") else None
     if note:
         console().print(note, highlight=False, markup=False, soft_wrap=True)
+    if typed and prompts.failed:
+        raise typer.Exit(prompts.failed)
 
 
 def _greedy_note(temperature: Optional[float], num: int, constrained: bool, line_mode: bool) -> None:
@@ -558,14 +561,24 @@ def _label_examples(names: list[str], counts: list[int]) -> str:
 class _TypedPrompts:
     """`--prompt -` typed at a terminal: each prompt read as Enter is pressed, its samples drawn
     and printed before the next is read (the same samples as the lines piped in: prompt j draws
-    from the seed's j-th key either way); its length is the prompts read so far."""
+    from the seed's j-th key either way); its length is the prompts read so far. A prompt that
+    `check` refuses (an unknown character) is said on stderr and the next one read, as a shell
+    goes on after a typo; the command then exits with 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[str], None]) -> None:
         self.read = 0
+        self.check = check
+        self.failed = 0  # the exit code of the first prompt refused
         console().print("note: type a prompt and Enter for its samples; Ctrl-D ends", highlight=False, markup=False)
 
     def __iter__(self) -> Iterator[str]:
         for line in _typed_lines():
+            try:
+                self.check(line)
+            except ChargenError as exc:  # (said as main says it)
+                error_line(exc.render(spelling))
+                self.failed = self.failed or exc.exit_code
+                continue
             self.read += 1
             yield line
 
@@ -794,6 +807,7 @@ def score(
       chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
     from .api import load
+    from .tokenizer import describe_chars
     from .training.ingest import ArrivingLines, text_lines
 
     if output_format not in ("text", "jsonl"):
@@ -816,13 +830,22 @@ def score(
     out = _Output()
     with _progress_bar("score", ", ".join(files or ["stdin"]), None,
                        shown=not sys.stdout.isatty() and not typed) as progress:
-        scores = model.score(_typed_lines() if typed else lines, skip_unknown=skip_unknown, label=label,
+        # (typed: a line the model cannot score is said and the next one read, as a shell goes on after a typo)
+        scores = model.score(_typed_lines() if typed else lines, skip_unknown=skip_unknown or typed, label=label,
                              by_label=by_label, batch=1 if typed else 2048)
+        failed = False
         for k, s in enumerate(scores, 1):
+            if typed and s.unknown and not skip_unknown:
+                error_line(f"{s.text!r} holds {describe_chars(s.unknown)}, not in the model's vocabulary "
+                           f"(with --skip-unknown such a line scores -inf)")
+                failed = True
+                continue
             _print_score(out, s, output_format, flush=typed or (isinstance(lines, ArrivingLines) and lines.waiting()))
             if progress is not None and k % 256 == 0:
                 progress(k)
     out.flush()
+    if failed:
+        raise typer.Exit(VocabularyError.exit_code)
 
 
 def _fileno(stream) -> Optional[int]:

@@ -139,8 +139,11 @@ def test_prompts_typed_at_a_terminal_get_their_samples_as_they_are_entered():
             term.type(prompt + b"\n")
             first, second = piped[2 * k: 2 * k + 2]
             term.shown_until(re.escape(first.encode()) + rb"\r?\n" + re.escape(second.encode()) + rb"\r?\n")
+            if k == 0:  # a typo is said and the session goes on (it ended it); prompt j still draws key j
+                term.type(b"M1\n")
+                term.shown_until(rb"Error: the prompt 'M1' holds '1', not in the model's vocabulary")
         term.type(b"\x04")
-        assert term.ended() == 0
+        assert term.ended() == 1  # (and a script that typed one learns of it)
     with Terminal(["sample", "-p", "-", "--top", "1"]) as term:  # --top searches all the prompts at once: read to Ctrl-D
         term.shown_until(rb"--prompt - reads the lines you type, one a line, until Ctrl-D")
         term.type(b"Ma\nJo\n\x04")
