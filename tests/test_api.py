@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,13 @@ def test_prompts_from_an_iterator_are_read_as_they_are_drawn():
     assert first + [s.text for s in samples] == model.sample(2, ["Ma", "Jo", "Ka"], seed=3, ends_with="a")
     with pytest.raises(VocabularyError, match="the prompt 'X1'"):  # a bad one when it comes
         list(model.samples(1, iter(["Ma", "X1"]), seed=3))
+    # check_prompt raises what drawing would, without drawing: a terminal's typo said before it is drawn
+    model.check_prompt("Ma", ends_with="a")
+    for prompt, options in (("X1", {}), ("Mb", {"regex": "Ma.*"})):
+        with pytest.raises(ChargenError) as drawn:
+            model.sample(1, prompt, **options)
+        with pytest.raises(type(drawn.value), match=re.escape(str(drawn.value))):
+            model.check_prompt(prompt, **options)
 
 
 def test_api_refuses_arguments_of_the_wrong_kind():
