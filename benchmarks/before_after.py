@@ -51,7 +51,8 @@ BASE = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
 TOP = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --top 8 --label en_US:first", "-c base --top 8 --label it", "-c base --top 8 --label first",
     "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8", "-c base --top 100",
-    "--top 100", "--top 1000", "--top 100 --contains th --min-len 6", "--top 100 --regex '[A-Z][a-z]*(el|ia)'")}
+    "--top 100", "--top 1000", "--top 100 --contains th --min-len 6", "--top 100 --regex '[A-Z][a-z]*(el|ia)'",
+    "--top 10000", "--top 30000", "--top 1000 --ends-with a", "-c base --top 1000 --label it_IT:first")}
 
 # Samples kept out after the constraints (repeats, training lines), and a pattern only training lines match.
 KEPT = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
