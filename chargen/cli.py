@@ -563,7 +563,7 @@ class _TypedPrompts:
     and printed before the next is read (the same samples as the lines piped in: prompt j draws
     from the seed's j-th key either way); its length is the prompts read so far. A prompt that
     `check` refuses (an unknown character) is said on stderr and the next one read, as a shell
-    goes on after a typo; the command then exits with 1."""
+    goes on after a typo; the command then exits with that error's code (`failed`)."""
 
     def __init__(self, check: Callable[[str], None]) -> None:
         self.read = 0
