@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from chargen.training.data import read_corpus
 from chargen.errors import CorpusError
-from chargen.training.ingest import EncodedCorpus, corpus_chunks, corpus_name, ingest, line_stats, source_stem, text_digest
+from chargen.training.ingest import (ArrivingLines, EncodedCorpus, corpus_chunks, corpus_name, ingest, line_stats,
+                                     source_stem, text_digest, text_lines)
 from chargen.tokenizer import Vocab
 
 TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\té€😀\u0301\u0327\u1100\u1161\u11a8")), min_size=1, max_size=300).filter(
@@ -63,6 +64,41 @@ def test_chunked_encode_equals_one_shot(tmp_path_factory, texts, chunk, bom, com
     assert enc.digest == one_shot.digest
     assert enc.line_stats.to_dict() == one_shot.line_stats.to_dict()
     assert enc.text() == expected
+
+
+@given(text=TEXTS, bom=st.booleans(), cuts=st.lists(st.integers(1, 40), max_size=12), how=st.sampled_from([None, "gzip"]))
+@settings(max_examples=120, deadline=None)
+def test_lines_read_as_they_arrive_are_the_lines_of_the_whole(text, bom, cuts, how):
+    """`chargen score` from a pipe (ArrivingLines: each read what has arrived) gives the lines a
+    whole read gives (text_lines: BOM, CRLF, a last line without a newline), however the writer
+    cut its writes: a CRLF, a character or a BOM split between two writes included."""
+    import threading
+
+    raw = (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8")
+    raw = COMPRESS[how](raw) if how else raw
+    expected = list(text_lines(["-"], io.BytesIO(raw), nfc=False))
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:  # in pieces of the drawn sizes, the rest at once
+        at = 0
+        for n in cuts:
+            os.write(write_fd, raw[at: at + n])
+            at += n
+        os.write(write_fd, raw[at:])
+        os.close(write_fd)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        lines = ArrivingLines(read_fd)
+        got = []
+        for line in lines:
+            got.append(line)
+            lines.waiting()  # (a predicate: asking changes nothing)
+        assert got == expected
+    finally:
+        writer.join()
+        os.close(read_fd)
 
 
 def test_compressed_corpora_by_their_first_bytes_and_what_is_refused(tmp_path):
