@@ -254,13 +254,16 @@ class Model:
             raise line_samples_only(f"constraints ({', '.join(constraints.names())})", self.line_oriented)
         return self._automata.get(constraints, lambda: Automaton(constraints, self.vocab))  # (compiling takes ms)
 
-    def check_prompt(self, prompt: str, **options: Any) -> None:
-        """Raise what `samples(prompt=prompt, **options)` raises for this prompt: a character the
-        model does not know, or under constraints one that no sample starting with it satisfies
-        (a prompt typed at a terminal is checked before it is drawn). The options are checked too."""
+    def check_prompt(self, prompt: str | Sequence[str], **options: Any) -> None:
+        """Raise what `samples(prompt=prompt, **options)` raises for this prompt (or these): a
+        character the model does not know, or under constraints a start that no sample satisfies
+        them from; without drawing (a prompt typed at a terminal is checked before it is drawn).
+        The options are checked too."""
         cfg = self._config(1, options)
         line_mode = self.line_oriented if cfg.lines is None else cfg.lines
-        self._check_prompt(self._prompts(prompt)[0], cfg, self._automaton(cfg, line_mode), line_mode)
+        automaton = self._automaton(cfg, line_mode)
+        for p in self._prompts(prompt):
+            self._check_prompt(p, cfg, automaton, line_mode)
 
     def _check_prompt(self, prompt: str, cfg: SampleConfig, automaton: Optional[Automaton], line_mode: bool) -> None:
         """A prompt the model can start from, and (under constraints) one a sample can satisfy them from."""

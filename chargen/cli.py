@@ -430,8 +430,12 @@ def sample(
         options["exclude"] = _read_lines(exclude)
     num = options.pop("num", 1)
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
-    typed = prompt == ["-"] and top is None and sys.stdin is not None and sys.stdin.isatty()  # (--top: all, then search)
-    prompts = _TypedPrompts(lambda p: model.check_prompt(p, **options)) if typed else \
+    # --prompt -: each prompt drawn as it is typed (Enter) or arrives through a pipe; --top searches them all at once
+    stdin_fd = _fileno(sys.stdin) if prompt == ["-"] and top is None else None
+    typed = stdin_fd is not None and sys.stdin.isatty()
+    lazy = stdin_fd is not None
+    check = lambda p: model.check_prompt(p, **options)  # noqa: E731
+    prompts = _TypedPrompts(check) if typed else _ArrivingPrompts(stdin_fd, check) if lazy else \
         _read_prompts() if prompt == ["-"] else prompt
     _label_note(model, options.get("label"))
     out = _Output()
@@ -447,11 +451,11 @@ def sample(
             constrained = bool(SampleConfig.of(**options).given("constraint"))
             _greedy_note(options.get("temperature"), num, constrained, line_mode)
             streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
-            samples = model.samples(num, iter(prompts) if typed else prompts, stats=stats, **options,
+            samples = model.samples(num, iter(prompts) if lazy else prompts, stats=stats, **options,
                                     on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
             if streaming:
                 out.write(prompts[0], flush=True)
-            elif sys.stderr.isatty() and not sys.stdout.isatty() and not typed:
+            elif sys.stderr.isatty() and not sys.stdout.isatty() and not lazy:  # (lazy: how many is not known)
                 count = searching.enter_context(_Count(num * len(prompts)))
         _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
                        streaming=streaming, count=count)
@@ -581,6 +585,44 @@ class _TypedPrompts:
                 continue
             self.read += 1
             yield line
+
+    def __len__(self) -> int:
+        return self.read
+
+
+class _ArrivingPrompts:
+    """`--prompt -` from a pipe or a file: the prompts that have arrived are checked together
+    (`check`), then drawn and printed, then the next that have: `tail -f prompts | chargen sample
+    -p -` answers each as it comes, where it read to the end of its input first, and a file or a
+    writer that is done has every prompt checked before the first sample, as before. The samples
+    are those a list of the same prompts gives; its length is the prompts read so far."""
+
+    def __init__(self, fd: int, check: Callable[[list[str]], None]) -> None:
+        from .training.ingest import ArrivingLines
+
+        self.lines = ArrivingLines(fd)
+        self.check = check
+        self.read = 0
+
+    def __iter__(self) -> Iterator[str]:
+        from .errors import CorpusError
+
+        arrived: list[str] = []
+        try:
+            for line in self.lines:
+                arrived.append(line)
+                if self.lines.waiting():
+                    yield from self._drawn(arrived)
+                    arrived = []
+        except CorpusError as exc:  # (as _read_lines says it)
+            raise UsageError(f"--prompt: {exc}") from None
+        yield from self._drawn(arrived)
+
+    def _drawn(self, prompts: list[str]) -> Iterator[str]:
+        self.check(prompts)
+        for p in prompts:
+            self.read += 1
+            yield p
 
     def __len__(self) -> int:
         return self.read

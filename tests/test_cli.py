@@ -129,6 +129,30 @@ def test_prompts_from_stdin_in_order(trained_names):
     assert bad.stdout == b""
 
 
+def test_prompts_from_a_slow_writer_are_answered_as_they_arrive():
+    """`tail -f prompts | chargen sample -p -`: a prompt's samples come out when its line arrives
+    (it read to the end of its input first: nothing until the writer closed), the samples the
+    same prompts piped at once give for the seed."""
+    import select
+
+    at_once = run(["sample", "-p", "-", "-n", "2", "--seed", "4"], input=b"Ma\nJo\n").stdout.splitlines()
+    proc = subprocess.Popen([chargen_exe(), "sample", "-p", "-", "-n", "2", "--seed", "4"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for k, prompt in enumerate((b"Ma\n", b"Jo\n")):
+            proc.stdin.write(prompt)
+            proc.stdin.flush()  # the pipe stays open
+            got = b""
+            while got.count(b"\n") < 2 and select.select([proc.stdout], [], [], 60)[0]:
+                got += os.read(proc.stdout.fileno(), 1 << 16)
+            assert got.splitlines() == at_once[2 * k: 2 * k + 2], (prompt, got)
+        proc.stdin.close()
+        assert proc.wait(60) == 0 and proc.stdout.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_prompts_typed_at_a_terminal_get_their_samples_as_they_are_entered():
     """`sample -p -` at a terminal draws each prompt's samples on Enter (it read to Ctrl-D, so a
     user typing one saw nothing), the samples the same lines piped in give for the seed."""
