@@ -378,13 +378,14 @@ class Model:
         newline = self.vocab.index["\n"]
         for first, chunk in _chunks(lines, batch):
             spelt = [self.vocab.conform(t) for t in chunk]  # (a line's score keeps its text as given)
-            unknown = [tuple(self.vocab.unknown_chars(t)) for t in spelt]
+            encoded, whole = self.vocab.encode_lines(spelt)
+            unknown = [() if ok else tuple(self.vocab.unknown_chars(t)) for t, ok in zip(spelt, whole.tolist())]
             for i, bad in enumerate(unknown):
                 if bad and not skip_unknown:
                     raise VocabularyError(f"line {first + i + 1} holds {describe_chars(bad)}, not in the "
                                           f"model's vocabulary (with `skip_unknown` such a line scores -inf)")
-            known = [i for i, bad in enumerate(unknown) if not bad]
-            ids = [np.append(self.vocab.encode(spelt[i]).astype(np.int64), newline) for i in known]
+            known = np.flatnonzero(whole).tolist()
+            ids = [encoded[i] for i in known]
             if mix is None:
                 nll = dict(zip(known, line_nlls(scorer, ids, self.checkpoint.start_state, newline) if ids else []))
                 per = {}

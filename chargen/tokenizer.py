@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -107,6 +107,17 @@ class Vocab:
                 raise VocabularyError(f"character {_describe(text[bad])} at {where} is not in the model's vocabulary")
             pos = pos[known]
         return self._sorted_ids[pos].astype(self.dtype)
+
+    def encode_lines(self, lines: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each line's ids followed by the newline's (int64; views of one array, encoded in one
+        pass where a call a line cost more than the network's scoring of it), and whether each
+        line holds only characters the vocabulary has ((L,) bool; one that does not: its ids mean
+        nothing). The vocabulary must hold the newline."""
+        if not lines:
+            return [], np.zeros(0, dtype=bool)
+        pos, known = self._lookup("\n".join(lines) + "\n")
+        ends = np.cumsum([len(line) + 1 for line in lines])  # (code points: utf-32's units, as _lookup counts)
+        return np.split(self._sorted_ids[pos], ends[:-1]), np.logical_and.reduceat(known, np.r_[0, ends[:-1]])
 
     def count_unknown(self, text: str) -> int:
         return sum(1 for ch in text if ch not in self.index)

@@ -73,3 +73,19 @@ def test_conform_spells_text_as_the_vocabulary_does():
     assert mark.conform("a\u0301") == "a\u0301" and mark.conform("Joe") == "Joe"
     with pytest.raises(VocabularyError, match=r"U\+0301, a combining mark"):
         Vocab.from_text("abc").encode("a\u0301")
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from(list("ab\n😀\udc80xé")), max_size=8), max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_lines_encoded_in_one_pass_are_each_lines_own(lines):
+    """encode_lines (score's and line_ids' one pass over a batch) gives each line what encoding it
+    alone gives, then the newline, and marks the lines holding a character the vocabulary lacks
+    (x; an astral character and a lone surrogate count as one code point each, as in _lookup)."""
+    vocab = Vocab(["\n", "a", "b", "😀", "\udc80", "é"])
+    encoded, whole = vocab.encode_lines(lines)
+    assert len(encoded) == len(lines) and whole.dtype == bool and whole.shape == (len(lines),)
+    for line, ids, ok in zip(lines, encoded, whole.tolist()):
+        assert ok == ("x" not in line)
+        if ok:
+            assert ids.dtype == np.int64
+            assert ids.tolist() == [*vocab.encode(line).tolist(), vocab.index["\n"]]

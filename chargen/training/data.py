@@ -141,10 +141,12 @@ def joined(lines: list[str], order: list[int], trailing: bool = True) -> str:
 
 
 def line_ids(vocab, text: str) -> list[np.ndarray]:
-    """The non-empty lines of `text` as id arrays, each followed by the newline id."""
-    newline = vocab.index["\n"]
-    return [np.append(vocab.encode(line, skip_unknown=True).astype(np.int64), newline)
-            for line in text.split("\n") if line]
+    """The non-empty lines of `text` as id arrays, each followed by the newline id (a character
+    the vocabulary lacks dropped)."""
+    lines = [line for line in text.split("\n") if line]
+    encoded, whole = vocab.encode_lines(lines)
+    return [ids if ok else np.append(vocab.encode(line, skip_unknown=True).astype(np.int64), vocab.index["\n"])
+            for line, ids, ok in zip(lines, encoded, whole.tolist())]
 
 
 def unique_lines(text: str) -> list[str]:
