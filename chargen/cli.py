@@ -8,6 +8,7 @@ one rich console on stderr. torch and numpy are imported inside the commands tha
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import json
@@ -434,7 +435,7 @@ def sample(
     stdin_fd = _fileno(sys.stdin) if prompt == ["-"] and top is None else None
     typed = stdin_fd is not None and sys.stdin.isatty()
     lazy = stdin_fd is not None
-    check = lambda p: model.check_prompt(p, **options)  # noqa: E731
+    check = functools.partial(model.check_prompt, **options)
     prompts = _TypedPrompts(check) if typed else _ArrivingPrompts(stdin_fd, check) if lazy else \
         _read_prompts() if prompt == ["-"] else prompt
     _label_note(model, options.get("label"))
