@@ -419,25 +419,18 @@ def _classify(score: Score, mix: LabelMix, nlls: Optional[np.ndarray]) -> None:
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
-    """(index of the first, up to `size` items) in order, reading `items` lazily; items from a
-    stream with a `waiting()` (chargen.training.ingest.ArrivingLines) end a chunk where those
-    that have arrived do, so that a slow writer's lines are answered as they come."""
-    it = iter(items)
-    waiting = getattr(items, "waiting", None)
-    if waiting is None:
-        first = 0
-        while chunk := list(itertools.islice(it, size)):
-            yield first, chunk
-            first += len(chunk)
-        return
-    first, chunk = 0, []
-    for item in it:
-        chunk.append(item)
-        if len(chunk) == size or waiting():
-            yield first, chunk
-            first, chunk = first + len(chunk), []
-    if chunk:
+    """(index of the first, up to `size` items) in order, reading `items` lazily; a stream's lines
+    (chargen.training.ingest.ArrivingLines) in its `batches`, cut where those that have arrived
+    end, so that a slow writer's lines are answered as they come."""
+    if hasattr(items, "batches"):
+        chunks = items.batches(size)
+    else:
+        it = iter(items)
+        chunks = iter(lambda: list(itertools.islice(it, size)), [])
+    first = 0
+    for chunk in chunks:
         yield first, chunk
+        first += len(chunk)
 
 
 def _list_options(method: Callable, request: str) -> None:

@@ -608,22 +608,14 @@ class _ArrivingPrompts:
     def __iter__(self) -> Iterator[str]:
         from .errors import CorpusError
 
-        arrived: list[str] = []
         try:
-            for line in self.lines:
-                arrived.append(line)
-                if self.lines.waiting():
-                    yield from self._drawn(arrived)
-                    arrived = []
+            for arrived in self.lines.batches():
+                self.check(arrived)
+                for p in arrived:
+                    self.read += 1
+                    yield p
         except CorpusError as exc:  # (as _read_lines says it)
             raise UsageError(f"--prompt: {exc}") from None
-        yield from self._drawn(arrived)
-
-    def _drawn(self, prompts: list[str]) -> Iterator[str]:
-        self.check(prompts)
-        for p in prompts:
-            self.read += 1
-            yield p
 
     def __len__(self) -> int:
         return self.read
@@ -859,22 +851,21 @@ def score(
     if label or not by_label:  # (--by-label scores under every label: that is what it asks)
         _label_note(model, label, scoring=True)
 
-    # (scored in the model's form: not in NFC; no lines in, none out, as any filter in a pipeline)
-    lines = text_lines(files or ["-"], sys.stdin.buffer, nfc=False)
     # Typed at a terminal: each line scored as it is entered. From a pipe, the lines that have
     # arrived are scored together (2,048 at most) and printed at once: `tail -f log | chargen
-    # score` answers as lines come.
+    # score` answers as lines come. (Scored in the model's form: not in NFC; no lines in, none
+    # out, as any filter in a pipeline.)
     stdin_fd = _fileno(sys.stdin) if (files or ["-"]) == ["-"] else None
     typed = stdin_fd is not None and sys.stdin.isatty()
     if typed:
         console().print("note: type a line and Enter to score it; Ctrl-D ends", highlight=False, markup=False)
-    elif stdin_fd is not None:
-        lines = ArrivingLines(stdin_fd)
+    lines = _typed_lines() if typed else ArrivingLines(stdin_fd) if stdin_fd is not None else \
+        text_lines(files or ["-"], sys.stdin.buffer, nfc=False)
     out = _Output()
     with _progress_bar("score", ", ".join(files or ["stdin"]), None,
                        shown=not sys.stdout.isatty() and not typed) as progress:
         # (typed: a line the model cannot score is said and the next one read, as a shell goes on after a typo)
-        scores = model.score(_typed_lines() if typed else lines, skip_unknown=skip_unknown or typed, label=label,
+        scores = model.score(lines, skip_unknown=skip_unknown or typed, label=label,
                              by_label=by_label, batch=1 if typed else 2048)
         failed = False
         for k, s in enumerate(scores, 1):

@@ -304,18 +304,25 @@ def text_lines(paths: list[str], stdin: Optional[BinaryIO] = None, nfc: bool = T
     (text_chunks: compressed files as their text, CRLF as LF); an empty input has none."""
     rest = ""
     for buf, text in corpus_chunks(paths, stdin, nfc=nfc, empty_ok=True):
-        parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
-        rest = parts.pop()
-        yield from (p[:-1] if p.endswith("\r") else p for p in parts)
+        lines, rest = _split_lines(rest, buf, text)
+        yield from lines
     if rest:
         yield rest
+
+
+def _split_lines(rest: str, buf: bytes, text: Optional[str]) -> tuple[list[str], str]:
+    """The lines a chunk (text_chunks': bytes, and their str unless ASCII) completes after `rest`,
+    the start of a line carried from before, and the start of a line it leaves."""
+    parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
+    rest = parts.pop()
+    return [p[:-1] if p.endswith("\r") else p for p in parts], rest
 
 
 class ArrivingLines:
     """The lines of a pipe (or a terminal) as its writer sends them, where text_lines reads a chunk
     of 16 MB before its first line: each read takes what has arrived, and `waiting()` says that
     every line which has is given, so a reader scoring `tail -f log` in batches cuts a batch there
-    and answers at once. Checked as text_lines checks (text_chunks; compressed text too, though
+    (`batches`) and answers at once. Checked as text_lines checks (text_chunks; compressed text too, though
     that arrives in the decompressor's pieces)."""
 
     READ = 1 << 16  # bytes a read asks for at most (a pipe's buffer)
@@ -343,11 +350,20 @@ class ArrivingLines:
                     raise StopIteration
                 self.held, self.rest = [self.rest], ""
                 break
-            buf, text = chunk
-            parts = (self.rest + (text if text is not None else buf.decode("ascii"))).split("\n")
-            self.rest = parts.pop()
-            self.held = [p[:-1] if p.endswith("\r") else p for p in reversed(parts)]
+            lines, self.rest = _split_lines(self.rest, *chunk)
+            self.held = lines[::-1]
         return self.held.pop()
+
+    def batches(self, most: Optional[int] = None) -> Iterator[list[str]]:
+        """The lines in batches cut where those that have arrived end (or at `most` lines)."""
+        batch: list[str] = []
+        for line in self:
+            batch.append(line)
+            if len(batch) == most or self.waiting():
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def waiting(self) -> bool:
         """Every line that has arrived is given: the next would wait for the writer."""
