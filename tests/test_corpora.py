@@ -55,8 +55,6 @@ def test_us_names_hold_out_the_names_the_bundled_model_held_out():
     """us-names.txt is validated on us-names-val.txt: names.txt's validation split as chargen cuts
     it at the defaults (what the bundled names model held out), so a us-names model's loss compares
     with the bundled one's; none of those names may be among its training lines."""
-    from collections import Counter as Births
-
     from chargen.config import TrainConfig
     from chargen.training.data import shuffle_lines, split_train_val
 
@@ -68,7 +66,7 @@ def test_us_names_hold_out_the_names_the_bundled_model_held_out():
     assert len(us) == len(set(us)) > 30_000 and not set(us) & set(held)
     assert set(names.splitlines()) - set(held) <= set(us)
     # and the rule itself, on a toy: the common names in, the rare out, the held-out ones out
-    births = Births({"Zorro": build.US_NAMES_MIN_BIRTHS, "Rarity": build.US_NAMES_MIN_BIRTHS - 1, held[0]: 10**6})
+    births = Counter({"Zorro": build.US_NAMES_MIN_BIRTHS, "Rarity": build.US_NAMES_MIN_BIRTHS - 1, held[0]: 10**6})
     corpus, val = build.build_us_names(names, births)
     assert "Zorro" in corpus.splitlines() and "Rarity" not in corpus.splitlines() and held[0] not in corpus.splitlines()
     assert val.splitlines() == held and len(corpus.splitlines()) == len(set(names.splitlines()) - set(held)) + 1
