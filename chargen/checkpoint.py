@@ -128,13 +128,14 @@ class Checkpoint:
         return {**self.info["labels"], **({"own": own} if own else {})}
 
     def public_facts(self) -> dict[str, Any]:
-        """describe() without file paths (a model it started from by its file name): what a server's
-        model list and an exported page show."""
+        """describe() without file paths (a model it started from by its name, checkpoint_name):
+        what a server's model list and an exported page show."""
         facts = self.describe()
         facts.pop("path", None)
         base = facts.get("from")
         if isinstance(base, dict) and base.get("path"):
-            facts["from"] = {**base, "path": Path(str(base["path"])).name}
+            facts["from"] = {"name": checkpoint_name(Path(str(base["path"]))),
+                             **{k: v for k, v in base.items() if k != "path"}}
         return facts
 
 
@@ -390,6 +391,12 @@ ENV_CHECKPOINT = "CHARGEN_CHECKPOINT"
 # default for sampling (US first names, small and fast); `base` (names of many languages and
 # kinds) is what short lists are adapted from (checkpoints/README.md).
 BUNDLED = {"names": "names.safetensors", "base": "base.safetensors"}
+
+
+def checkpoint_name(path: Path) -> str:
+    """A checkpoint file's short name: its run directory's for a run's best or last checkpoint
+    (runs/us-names/best.safetensors: us-names), else the file's own (base.safetensors: base)."""
+    return path.parent.name if path.name in (BEST, LAST) else path.stem
 
 
 def bundled_checkpoint(name: str = "names") -> Path:

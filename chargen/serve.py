@@ -48,7 +48,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from ._version import __version__
 from .api import Model, load
-from .checkpoint import BUNDLED, METRICS
+from .checkpoint import BUNDLED, METRICS, checkpoint_name
 from .config import SampleConfig, ServeConfig, check_type, declared, is_loopback, request_fields, unknown_keys
 from .errors import ChargenError, SamplingError, UsageError
 from .extras import require_serve
@@ -108,7 +108,7 @@ def parse_model_specs(specs: list[str]) -> list[tuple[str, str]]:
             elif p.is_dir():
                 name = p.resolve().name
             else:
-                name = p.parent.resolve().name if p.stem in ("best", "last") else p.stem
+                name = checkpoint_name(p.parent.resolve() / p.name)
         if not NAME_PATTERN.fullmatch(name):
             raise UsageError(f"model name {name!r} is not a short name (letters, digits, '.', '_', '-'); "
                              f"name it: -c NAME={path}")

@@ -181,7 +181,11 @@ def test_the_batch_stays_full_until_the_end(trained_names):
     assert len(samples) == n
     mean = engine.row_steps / engine.steps / width
     assert 0.78 < mean <= 1, mean
-    assert [x.text for x in samples] == model.sample(n, seed=3)  # the same samples as any other width
+    # The same samples as any other width, to float32 rounding: a row's logits differ in their last
+    # bits with the rows beside it, which moves a draw that falls within ~1e-7 of a character's
+    # boundary (0 of 100,000 names of the bundled model; this toy has had 1 of these 2,000).
+    others = model.sample(n, seed=3)
+    assert sum(x.text != y for x, y in zip(samples, others)) <= 2
 
 
 def test_the_network_steps_each_new_prefix_once(trained_names):

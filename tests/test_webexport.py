@@ -610,10 +610,14 @@ def test_int8_rows_round_trip_and_auto_choice(tmp_path):
     assert enc.enc in ("i8", "f16") and not enc.lossless and enc.loss is not None
     assert enc.enc == "f16" or enc.loss_exported - enc.loss < 0.005
     assert choose_encoding(ckpt, "f32").lossless
-    # the bundled models are stored on the int8 grid: their export is lossless and small (the base
-    # model's 283 labels' start states too; the names model's one start state is float32)
+    # the bundled models are stored on the int8 grid, their start states too (the base model's 283
+    # labels'): their export is lossless and small
     assert choose_encoding(read_checkpoint(checkpoint_path("base"))) == Encoding("i8", True)
-    assert choose_encoding(read_checkpoint(checkpoint_path("names"))) == Encoding("i8", True, start="f32")
+    assert choose_encoding(read_checkpoint(checkpoint_path("names"))) == Encoding("i8", True)
+    # a start state off the grid stays float32, and the export lossless
+    off = read_checkpoint(checkpoint_path("names"))
+    off.start_state = [a + np.float32(1e-3) for a in off.start_state]
+    assert choose_encoding(off) == Encoding("i8", True, start="f32")
     _, values = encode(ckpt.weights, "f16")
     assert all(v.dtype == np.float32 for v in values.values())
 
@@ -788,11 +792,14 @@ process.stdout.write(JSON.stringify(out));
     assert err["sigmoid"] < 1.2e-7 and err["tanh"] < 1.2e-7 and err["gemv"] < 2e-5, err
 
 
-def test_a_fine_tuned_export_names_its_base_by_file_name_only(trained_names, tmp_path):
+@pytest.mark.parametrize("base, name", [("/home/someone/private/base.safetensors", "base"),
+                                        ("/home/someone/runs/us-names/best.safetensors", "us-names")])
+def test_a_fine_tuned_export_names_its_base_by_name_only(trained_names, base, name):
     ckpt = read_checkpoint(trained_names / "best.safetensors")
-    ckpt.info["from"] = {"path": "/home/someone/private/base.safetensors", "sha256": "0" * 64}
+    ckpt.info["from"] = {"path": base, "sha256": "0" * 64}
     text = module_text(ckpt, Encoding("f32", True))
-    assert "/home/someone" not in text and str(trained_names) not in text and '"path":"base.safetensors"' in text
+    assert "/home/someone" not in text and str(trained_names) not in text and '"path"' not in text
+    assert f'"from":{{"name":"{name}"' in text
 
 
 # Patterns in the syntax chargen compiles (interegular's), and strings to read with them.

@@ -52,7 +52,7 @@ function showFacts(m) {
     ["trained", (m.steps ?? "n/a") + " steps, " + human(m.chars_seen) + " characters"],
     ["best val loss", loss(m.best_val_loss ?? m.val_loss)],
   ];
-  if (m.from) facts.push(["started from", m.from.path + " (" + loss(m.from.val_loss) + " before)"]);
+  if (m.from) facts.push(["started from", m.from.name + " (" + loss(m.from.val_loss) + " before)"]);
   const l = m.labels;  // (own: what a model adapted with --labels draws with no label)
   if (l) facts.push(["labels", l.names.length + (l.own ? " (with no label: " + l.own.join(", ") + ")" : "")]);
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => {
