@@ -181,8 +181,8 @@ def test_every_epoch_batches_each_line_once_and_differently(n_lines, per_batch, 
         assert len(batches.seqs) == n_lines // per_batch
         held = np.concatenate(batches.labels) if batches.seqs else np.zeros(0, int)
         assert len(set(held.tolist())) == held.size == n_lines // per_batch * per_batch
-        for seq, which, count in zip(batches.seqs, batches.labels, batches.counts):
-            assert count == sum(len(lines[i]) + 1 for i in which)
+        assert batches.chars == sum(len(lines[i]) + 1 for i in held.tolist())  # each line's characters and newline
+        for seq, which in zip(batches.seqs, batches.labels):
             for row, i in zip(seq, which):
                 body = row[row != PAD]
                 assert body[0] == body[-1] == 99 and body[1:-1].tolist() == lines[i].tolist()

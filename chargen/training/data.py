@@ -331,7 +331,6 @@ class LineBatches:
     the same order a hundred times."""
 
     seqs: list[np.ndarray]
-    counts: list[int]  # characters predicted in each batch, all processes together
     lines_per_batch: int  # B, all processes together
     chars: int  # characters predicted in an epoch (each line's characters and its newline), all processes
     labels: Optional[list[np.ndarray]] = None  # a labelled list's: batch k's rows' labels, (B,) int64
@@ -389,9 +388,9 @@ class LinePool:
         chunk = np.arange(order.size) // (b * LINE_SORT_CHUNK)
         order = order[np.lexsort((self.lengths[order], chunk))]  # stable: ties keep their order
         groups = [order[k * b : (k + 1) * b] for k in batch_order]
-        counts = [int(self.lengths[g].sum()) + b for g in groups]  # each line's characters and its newline
+        chars = sum(int(self.lengths[g].sum()) + b for g in groups)  # each line's characters and its newline
         seqs = [padded_lines(self.flat, self.starts[g], self.lengths[g], self.newline)[self.rows] for g in groups]
-        return LineBatches(seqs, counts, b, sum(counts),
+        return LineBatches(seqs, b, chars,
                            None if self.labels is None else [self.labels[g][self.rows] for g in groups],
                            epoch, self)
 
