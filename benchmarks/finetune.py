@@ -19,8 +19,9 @@ samples (seed 1, temperature 0.8) that are lines of train.txt. One run at a time
 should run on the machine (a run slowed several times over reaches its schedule's clock-based
 decay early, and ends elsewhere).
 
---seeds K trains each mode K times (`--seed` 1337, the default, then 1338, ...): the seed alone
-moves a 1,000-line list's loss by 0.02 or so, as much as many a setting does. The table then
+--seeds K trains each mode K times (`--seed` 1337, the default, then 1338, ...; `--first-seed`
+starts elsewhere, to add seeds to an earlier run): the seed alone moves a 1,000-line list's loss
+by 0.02 or so, as much as many a setting does. The table then
 shows each mode's mean loss with the runs' standard deviation, and each gain over scratch with
 its standard error (the two means' errors combined).
 """
@@ -117,6 +118,8 @@ def main() -> None:
                     help="scratch, names, base, or NAME=CHECKPOINT (another model to adapt)")
     ap.add_argument("--extra", default="", help="more flags for every `chargen train` (e.g. to try a setting)")
     ap.add_argument("--seeds", type=int, default=1, help="runs of each mode, seeds 1337, 1338, ...")
+    ap.add_argument("--first-seed", type=int, default=SEED, help="the first of those seeds (to add seeds to a run "
+                    "before: --first-seed 1339 after --seeds 2)")
     ap.add_argument("--json", type=Path, default=Path("bench-out/finetune.json"))
     args = ap.parse_args()
     cg = chargen_cmd()
@@ -139,8 +142,8 @@ def main() -> None:
                     runs = []
                     for k in range(args.seeds):
                         runs.append(one_run(cg, d / "train.txt", d / "val.txt", d / f"{name_of(mode)}-{k}", args.time, mode,
-                                            [*shlex.split(args.extra), "--seed", str(SEED + k)]))
-                        print(f"{source} {size} {mode} seed {SEED + k}: {runs[-1]}", file=sys.stderr, flush=True)
+                                            [*shlex.split(args.extra), "--seed", str(args.first_seed + k)]))
+                        print(f"{source} {size} {mode} seed {args.first_seed + k}: {runs[-1]}", file=sys.stderr, flush=True)
                     r[name_of(mode)] = summary(runs)
                 results.append(r)
                 runs = [r[m] for m in names]
@@ -156,7 +159,8 @@ def main() -> None:
                 ["list", "lines", *(f"{m} loss" for m in names),
                  *(f"gain {m}" for m in adapted if "scratch" in names),
                  *(f"{m} best/wall s" for m in names), *(f"{m} copies" for m in names)], rows)
-    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "seeds": args.seeds, "modes": args.modes,
+    write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "seeds": args.seeds,
+                           "first_seed": args.first_seed, "modes": args.modes,
                            "results": results})
 
 
