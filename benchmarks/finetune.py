@@ -19,6 +19,11 @@ samples (seed 1, temperature 0.8) that are lines of train.txt. One run at a time
 should run on the machine (a run slowed several times over reaches its schedule's clock-based
 decay early, and ends elsewhere).
 
+--train-lines M (a list's data scaling, against which to read a gain) keeps each size's held-out
+lines but trains on more: its training lines, then the list's lines after the first N, up to M in
+all (`--sizes 1000 --train-lines 3000 15000 --modes scratch`: how low a model from scratch gets on
+the same 100 held-out lines with 3x and 15x the data).
+
 --seeds K trains each mode K times (`--seed` 1337, the default, then 1338, ...; `--first-seed`
 starts elsewhere, to add seeds to an earlier run): the seed alone moves a 1,000-line list's loss
 by 0.02 or so, as much as many a setting does. The table then
@@ -91,6 +96,26 @@ def gain(scratch: dict, adapted: dict) -> str:
     return f"{g:+.3f} ± {se:.3f}"
 
 
+def datasets(lines: list[str], size: int, train_lines: list[int]):
+    """(training lines, held-out lines) for one size: its own 90/10 split, then for each M in
+    train_lines (0: none) the same held-out lines with the training lines topped up to M from the
+    list's lines after the first `size`."""
+    own, val = split(lines[:size])
+    for more in train_lines:
+        train = own + lines[size : size + max(0, more - len(own))]
+        if more and len(train) < more:
+            print(f"{len(train)} training lines, fewer than {more}: the list has no more", file=sys.stderr)
+        yield train, val
+
+
+def table_row(r: dict, names: list[str], seeds: int) -> list[str]:
+    runs = [r[m] for m in names]
+    gains = [gain(r["scratch"], r[m]) for m in names if m != "scratch" and "scratch" in r]
+    shown = [f"{x['loss']:.3f}" + (f" ± {x['sd']:.3f}" if seeds > 1 else "") for x in runs]
+    return [r["source"], f"{r['lines']:,}", f"{r['train_lines']:,}", *shown, *gains,
+            *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" for x in runs), *(f"{x['copied']:.1%}" for x in runs)]
+
+
 def one_run(cg: list[str], train: Path, val: Path, out: Path, time_s: float, mode: str, extra: list[str]) -> dict:
     cmd = [*cg, "train", str(train), "--val-file", str(val), "--time", f"{time_s}s", "-o", str(out), "-q",
            "--sample-every", "0", "--from", from_of(mode), *extra]
@@ -120,6 +145,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="runs of each mode, seeds 1337, 1338, ...")
     ap.add_argument("--first-seed", type=int, default=SEED, help="the first of those seeds (to add seeds to a run "
                     "before: --first-seed 1339 after --seeds 2)")
+    ap.add_argument("--train-lines", nargs="+", type=int, default=[0], metavar="M",
+                    help="train on M lines: each size's own, then the list's lines after it (0: the size's own)")
     ap.add_argument("--json", type=Path, default=Path("bench-out/finetune.json"))
     args = ap.parse_args()
     cg = chargen_cmd()
@@ -132,35 +159,31 @@ def main() -> None:
                 if size > len(lines):
                     print(f"{source}: {len(lines)} lines, fewer than {size}; skipped", file=sys.stderr)
                     continue
-                train_lines, val_lines = split(lines[:size])
-                d = Path(tmp) / f"{source}-{size}"
-                d.mkdir()
-                (d / "train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
-                (d / "val.txt").write_text("\n".join(val_lines) + "\n", encoding="utf-8")
-                r = {"source": source, "lines": size}
-                for mode in args.modes:
-                    runs = []
-                    for k in range(args.seeds):
-                        runs.append(one_run(cg, d / "train.txt", d / "val.txt", d / f"{name_of(mode)}-{k}", args.time, mode,
-                                            [*shlex.split(args.extra), "--seed", str(args.first_seed + k)]))
-                        print(f"{source} {size} {mode} seed {args.first_seed + k}: {runs[-1]}", file=sys.stderr, flush=True)
-                    r[name_of(mode)] = summary(runs)
-                results.append(r)
-                runs = [r[m] for m in names]
-                gains = [gain(r["scratch"], r[m]) for m in names if m != "scratch" and "scratch" in r]
-                shown = [f"{x['loss']:.3f}" + (f" ± {x['sd']:.3f}" if args.seeds > 1 else "") for x in runs]
-                rows.append([source, f"{size:,}", *shown, *gains,
-                             *(f"{x['best_at_s']:.0f} / {x['wall_s']:.0f}" for x in runs),
-                             *(f"{x['copied']:.1%}" for x in runs)])
+                for train_lines, val_lines in datasets(lines, size, args.train_lines):
+                    d = Path(tmp) / f"{source}-{size}-{len(train_lines)}"
+                    d.mkdir()
+                    (d / "train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+                    (d / "val.txt").write_text("\n".join(val_lines) + "\n", encoding="utf-8")
+                    r = {"source": source, "lines": size, "train_lines": len(train_lines)}
+                    for mode in args.modes:
+                        runs = []
+                        for k in range(args.seeds):
+                            runs.append(one_run(cg, d / "train.txt", d / "val.txt", d / f"{name_of(mode)}-{k}", args.time,
+                                                mode, [*shlex.split(args.extra), "--seed", str(args.first_seed + k)]))
+                            print(f"{source} {size}/{len(train_lines)} {mode} seed {args.first_seed + k}: {runs[-1]}",
+                                  file=sys.stderr, flush=True)
+                        r[name_of(mode)] = summary(runs)
+                    results.append(r)
+                    rows.append(table_row(r, names, args.seeds))
     facts = host()
     adapted = [m for m in names if m != "scratch"]
     print_table(f"adapting vs from scratch, {args.time:.0f} s each ({facts['cpu']}, {facts['cpus']} CPUs, "
                 f"commit {facts['commit']})",
-                ["list", "lines", *(f"{m} loss" for m in names),
+                ["list", "lines", "trained on", *(f"{m} loss" for m in names),
                  *(f"gain {m}" for m in adapted if "scratch" in names),
                  *(f"{m} best/wall s" for m in names), *(f"{m} copies" for m in names)], rows)
     write_json(args.json, {**facts, "time": args.time, "extra": args.extra, "seeds": args.seeds,
-                           "first_seed": args.first_seed, "modes": args.modes,
+                           "first_seed": args.first_seed, "modes": args.modes, "train_lines": args.train_lines,
                            "results": results})
 
 

@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import Checkpoint, encode_lines, save_checkpoint
+from .checkpoint import Checkpoint, checkpoint_name, encode_lines, save_checkpoint
 from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
@@ -345,7 +345,7 @@ def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
 
 def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None) -> str:
     worker = _sampler_script(ckpt, encoding) + "\n" + _script("webpage-worker.js")
-    name = title or (ckpt.info.get("corpus") or ckpt.path.stem)
+    name = title or ckpt.info.get("corpus") or checkpoint_name(ckpt.path)
     page = _dedented(_static("webpage.html"))
     fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _dedented(_static("playground.css")),
              "label_picker": _playground_part('<div class="for-labels"'),
