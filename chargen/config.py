@@ -458,7 +458,7 @@ class RunConfig(_Config):
         None, "Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or a "
         "bundled model: 'base' (names of many languages and kinds) or 'names' (US first names). Its shape is kept, "
         "its vocabulary grows by the corpus's new characters; none: from scratch.", flags=("--from",),
-        default_help="base for a list of at most 5,000 lines given no model shape, else none")
+        default_help="base for a list of at most 10,000 lines given no model shape, else none")
     overwrite: bool = option(False, "Replace a run already in --out.")
     quiet: bool = option(False, "No progress output; errors only.", flags=("--quiet", "-q"))
 

@@ -276,6 +276,24 @@ def test_the_bundled_models_are_named_base_and_names(tmp_path):
     assert checkpoint_path(tmp_path / "base") == tmp_path / "base"
 
 
+def test_a_list_up_to_the_bound_adapts_the_base_by_default_and_a_longer_one_trains_from_scratch(tmp_path, monkeypatch):
+    """With no --from and no shape, a list of at most DEFAULT_FROM_MAX_LINES non-empty lines starts
+    from the bundled base (its checkpoints say so), and one line more trains from scratch."""
+    from chargen.training import setup
+
+    bound = 120  # the real bound (10,000) lowered, so that both sides are small lists
+    monkeypatch.setattr(setup, "DEFAULT_FROM_MAX_LINES", bound)
+    names = make_names(bound + 1).splitlines()
+    for n, adapted in ((bound, True), (bound + 1, False)):
+        corpus = tmp_path / f"list{n}.txt"
+        corpus.write_text("\n".join(names[:n]) + "\n\n")  # an empty line is no line of the list
+        chargen.train([str(corpus)], out=tmp_path / f"run{n}", max_steps=2, eval_every=2, precision="fp32",
+                      sample_every=0)
+        ckpt = read_checkpoint(tmp_path / f"run{n}", prefer=LAST)
+        assert (ckpt.info.get("from") is not None) == adapted, (n, ckpt.info.get("from"))
+        assert (ckpt.model_config.hidden == chargen.load("base").checkpoint.model_config.hidden) == adapted
+
+
 def test_the_closest_label_is_screened_to_the_same_choice_and_each_line_is_scored_once(monkeypatch):
     """ClosestLabels scores the first SCREEN_LINES lines under every label of the bundled base and
     the rest under the SCREEN_LABELS likeliest: on these lines the same label as scoring every line
