@@ -35,6 +35,12 @@ CELLS = {
     "rnn": CellFacts(gates=1, state_tensors=1),  # tanh; state h
 }
 DEFAULT_TIME = 300.0  # seconds of training when no --max-steps, --epochs or --time is given
+# Line-oriented corpora of at most this many lines start from the bundled base model by default
+# (chargen.training.finetune), which beats training from scratch on lists up to this size
+# (benchmarks/finetune.py; docs/benchmarks.md, "Adapting the broad base model", and for the bound,
+# "Lists of 8,000 to 16,000 lines adapt too": 7,900-line lists +0.05 to +0.07 nats in half the
+# time, at the default five minutes or fifteen; 12,000 and 16,000 +0.02 to +0.03).
+DEFAULT_FROM_MAX_LINES = 10000
 DEFAULT_PATIENCE = 5  # evaluations without a better val loss that end a run with no --max-steps or --epochs
 DEFAULT_LINE_LENGTH = 200  # characters a line sample may run to
 DEFAULT_PROSE_LENGTH = 1000  # characters of a prose sample
@@ -458,7 +464,7 @@ class RunConfig(_Config):
         None, "Start from this trained model and adapt it to the corpus: a checkpoint file, a run directory, or a "
         "bundled model: 'base' (names of many languages and kinds) or 'names' (US first names). Its shape is kept, "
         "its vocabulary grows by the corpus's new characters; none: from scratch.", flags=("--from",),
-        default_help="base for a list of at most 10,000 lines given no model shape, else none")
+        default_help=f"base for a list of at most {DEFAULT_FROM_MAX_LINES:,} lines given no model shape, else none")
     overwrite: bool = option(False, "Replace a run already in --out.")
     quiet: bool = option(False, "No progress output; errors only.", flags=("--quiet", "-q"))
 

@@ -44,13 +44,7 @@ from ..tokenizer import Vocab
 
 NEW_CHAR_MASS = 1e-8  # at most this much probability on all new characters together, before training
 ARCHITECTURE = SHAPE_KEYS  # what a run from a model keeps of it
-# Line-oriented corpora of at most this many lines start from a bundled model by default: the
-# base model (names of many languages and kinds), which beats training from scratch on lists up
-# to this size (benchmarks/finetune.py; docs/benchmarks.md, "Adapting the broad base model", and
-# for the bound: "Lists of 8,000 to 16,000 lines adapt too": 7,900-line lists +0.05 to +0.07 nats
-# in half the time, at the default five minutes or fifteen; 12,000 and 16,000 +0.02 to +0.03).
-DEFAULT_FROM_MAX_LINES = 10000
-DEFAULT_FROM = "base"  # the bundled model they start from (chargen.checkpoint.BUNDLED)
+DEFAULT_FROM = "base"  # the bundled model a short list starts from (config.DEFAULT_FROM_MAX_LINES; checkpoint.BUNDLED)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
-from ..config import MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
+from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
 from .data import is_list, read_corpus
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .folds import cross_validate, cross_validates, fold_count
-from .finetune import ARCHITECTURE, DEFAULT_FROM, DEFAULT_FROM_MAX_LINES, ClosestLabels, check_architecture, stand_ins
+from .finetune import ARCHITECTURE, DEFAULT_FROM, ClosestLabels, check_architecture, stand_ins
 from .ingest import ingest, text_digest
 from .labels import read_labelled
 from .loop import train as run_training
