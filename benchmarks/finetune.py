@@ -99,13 +99,17 @@ def gain(scratch: dict, adapted: dict) -> str:
 def datasets(lines: list[str], size: int, train_lines: list[int]):
     """(training lines, held-out lines) for one size: its own 90/10 split, then for each M in
     train_lines (0: none) the same held-out lines with the training lines topped up to M from the
-    list's lines after the first `size`."""
+    list's lines after the first `size`. An M the list cannot fill gives all of it, once: a larger
+    M after it would train on the same lines again."""
     own, val = split(lines[:size])
+    done = set()
     for more in train_lines:
         train = own + lines[size : size + max(0, more - len(own))]
         if more and len(train) < more:
             print(f"{len(train)} training lines, fewer than {more}: the list has no more", file=sys.stderr)
-        yield train, val
+        if len(train) not in done:
+            done.add(len(train))
+            yield train, val
 
 
 def table_row(r: dict, names: list[str], seeds: int) -> list[str]:

@@ -284,6 +284,7 @@ def test_a_list_up_to_the_bound_adapts_the_base_by_default_and_a_longer_one_trai
     bound = 120  # the real bound (10,000) lowered, so that both sides are small lists
     monkeypatch.setattr(setup, "DEFAULT_FROM_MAX_LINES", bound)
     names = make_names(bound + 1).splitlines()
+    base_hidden = chargen.load("base").checkpoint.model_config.hidden
     for n, adapted in ((bound, True), (bound + 1, False)):
         corpus = tmp_path / f"list{n}.txt"
         corpus.write_text("\n".join(names[:n]) + "\n\n")  # an empty line is no line of the list
@@ -291,7 +292,7 @@ def test_a_list_up_to_the_bound_adapts_the_base_by_default_and_a_longer_one_trai
                       sample_every=0)
         ckpt = read_checkpoint(tmp_path / f"run{n}", prefer=LAST)
         assert (ckpt.info.get("from") is not None) == adapted, (n, ckpt.info.get("from"))
-        assert (ckpt.model_config.hidden == chargen.load("base").checkpoint.model_config.hidden) == adapted
+        assert (ckpt.model_config.hidden == base_hidden) == adapted
 
 
 def test_the_closest_label_is_screened_to_the_same_choice_and_each_line_is_scored_once(monkeypatch):
