@@ -429,6 +429,13 @@ def test_auto_sizes_follow_the_measured_speed():
     assert names.model["weight_drop"] > 0 and "weight drop" in names.why
     assert sizes(fast, n_chars=200_000, given={"weight_drop": 0.0}).model.get("weight_drop") is None  # given: kept
     assert sizes(fast, n_chars=50_000_000).model["weight_drop"] == 0.0  # a big corpus, seen a few times: none
+    # A list trained line by line feeds more parameters a character than running text of its size:
+    # 60,000 characters cap running text at 2x64 and let a list take 2x128 on a device fast enough.
+    assert sizes(very_fast, n_chars=60_000).model["hidden"] == 64
+    assert sizes(very_fast, n_chars=60_000, by_line=True).model["hidden"] == 128
+    assert sizes(very_fast, n_chars=20_000, by_line=True).model["hidden"] == 64  # a short list: the smallest
+    # Up to a 2x128's size: 200,000 characters of a list take no more (5 a character would allow 2x256).
+    assert sizes(very_fast, n_chars=200_000, by_line=True).model["hidden"] == 128
     # A shorter budget on the same machine: a smaller model, or the same.
     assert sizes(slow, time_budget=60).model["hidden"] <= a_slow.model["hidden"]
     # Given flags are kept, and used for measuring: here the batch and the depth.
@@ -489,6 +496,18 @@ def test_auto_sizes_are_recorded_and_a_resumed_run_keeps_them(tmp_path, monkeypa
         assert device.calls[0] == (1, 8, 2, 4, 0.0) and device.calls[1][:2] == (2, 64), device.calls
         assert [m["shape"] for m in config["auto"]["measured"]][0] == "2x64"
     assert chosen["slow"] < chosen["fast"], chosen
+
+    # The same fast device on a list of 60,000 characters: line by line it feeds a 2x128, and the
+    # same lines trained as running text (--no-line-mode) only the smallest shape.
+    names = tmp_path / "names.txt"
+    names.write_text(make_names(8000))
+    for line_mode, hidden in ((None, 128), (False, 64)):
+        out = tmp_path / f"names-{line_mode}"
+        with pytest.raises(chargen.TrainingInterrupted):
+            chargen.train([str(names)], out=out, start_from="none", time=100, eval_every=50, sample_every=0,
+                          line_mode=line_mode, callbacks=StopAfter3())
+        config = json.loads((out / "config.json").read_text())
+        assert config["model"]["hidden"] == hidden, config["auto"]["why"]
 
     def refuse(*args, **kwargs):
         raise AssertionError("a resumed run measured again")

@@ -492,6 +492,17 @@ def is_list(corpus: EncodedCorpus) -> bool:
     return corpus.line_stats.line_oriented() or corpus.labels is not None
 
 
+def shuffled_as_lines(corpus: EncodedCorpus) -> bool:
+    """A list that is shuffled line by line in memory: every labelled one, an unlabelled one up to
+    MAX_SHUFFLED_CHARS (a larger one trains as running text, in file order)."""
+    return is_list(corpus) and (corpus.labels is not None or corpus.n_chars <= MAX_SHUFFLED_CHARS)
+
+
+def trained_by_line(corpus: EncodedCorpus, config) -> bool:
+    """Whether `config` (a TrainConfig) trains `corpus` line by line: a list shuffled as lines, unless --no-line-mode."""
+    return shuffled_as_lines(corpus) and config.line_mode is not False
+
+
 def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: Optional[str] = None,
                           holdout: Optional[Sequence[int]] = None, rank: int = 0, world: int = 1,
                           notice: Callable[[str], None] = lambda message: None) -> TrainData:
@@ -502,11 +513,10 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
     vocab = corpus.vocab
-    line_oriented = is_list(corpus)
+    line_oriented = shuffled_as_lines(corpus)
     if corpus.labels is not None:
         _check_labelled(corpus, config, val_text is not None, source)
-    elif line_oriented and corpus.n_chars > MAX_SHUFFLED_CHARS:
-        line_oriented = False
+    elif is_list(corpus) and not line_oriented:
         notice(f"a list of {corpus.line_stats.nonempty:,} lines is too large to shuffle in memory; "
                f"training on it as running text, in file order")
     if holdout is not None and (val_text is not None or not line_oriented):
@@ -517,7 +527,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     split = _split(corpus, config, val_text, holdout, line_oriented, from_file)
 
     line_batches = None
-    if line_oriented and config.line_mode is not False:
+    if trained_by_line(corpus, config):
         line_batches = _line_batches(split.text, vocab, config, source, rank, world, notice,
                                      split.labels.of_line if split.labels is not None else None)
     batch_size = check_trainable(len(split.train_ids), config.seq_len, config.batch_size, source,

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
 from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
-from .data import is_list, read_corpus
+from .data import is_list, read_corpus, trained_by_line
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
@@ -263,7 +263,7 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
 
     auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
                       epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
-                      val_fraction=config.val_fraction)
+                      val_fraction=config.val_fraction, by_line=trained_by_line(corpus, config))
     if dist is not None and "batch_size" in auto.train:
         # --batch-size is the global batch: keep each process's share as large as one alone would use.
         auto.train["batch_size"] *= dist.world

@@ -6,10 +6,12 @@ characters, not in corpus bytes: the characters the run will see (steps x batch 
 x corpus, or for a time budget the measured speed of each candidate shape on this device and
 precision x the time), over the parameters of the shape. A shape is chosen when it sees at least
 SEEN_PER_PARAMETER characters per parameter and has at most DATA_PARAMETERS_PER_CHAR parameters
-per training character; a run that will go over its corpus many times gets dropout and weight drop.
+per training character (for a list trained line by line LIST_PARAMETERS_PER_CHAR, up to
+LIST_MAX_PARAMETERS); a run that will go over its corpus many times gets dropout and weight drop.
 
-The constants come from 5-minute runs on tinyshakespeare and names.txt on three CPUs: the
-measurements are in docs/benchmarks.md, "Automatic sizes".
+The constants come from 5-minute runs on tinyshakespeare and names.txt on three CPUs, and the lists'
+cap from lists of 2,000 to 32,000 lines from scratch: the measurements are in docs/benchmarks.md,
+"Automatic sizes" and "A list's model from scratch".
 
 How the speed is measured is not this module's business: `auto_sizes` takes a `measure` callable
 (chargen.training.probe times real training steps; the tests pass fake devices).
@@ -28,6 +30,15 @@ SMALL_CORPUS = 300_000  # characters: lists of names, titles (on a GPU: the wind
 LARGE_CORPUS = 5_000_000  # characters: on a GPU, larger batches from here
 SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shape to be trained enough
 DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
+# A list trained line by line, with the regularisers below, feeds more, up to a 2x128's size: from
+# scratch at the default budget (two seeds), 2x128 beat 2x64 by 0.036-0.042 at 7,900 lines (2.6-4.6
+# a character) on two lists of three, level on the third; at 16,000 Italian places 2x128 beat the
+# 2x96 the plain cap gave by 0.039 and 2x192 was level with it; at 2,000 lines 2x64 (2.9-5.3 a
+# character) beat the larger shapes. Uncapped, names.txt took 2x256 (5 a character allowed it) and
+# was level with its 2x128 (1.9011 against 1.9000): four times the parameters to sample for nothing,
+# hence the ceiling ("A list's model from scratch" in docs/benchmarks.md).
+LIST_PARAMETERS_PER_CHAR = 5.0
+LIST_MAX_PARAMETERS = 250_000  # the lists' cap stops here; above, the plain cap (1.2 a character) holds
 # The regularisers a run gets by the number of times it will see its corpus: (field, ((epochs, value), ...)),
 # the value of the last step reached, else 0. Dropout (on the layers' outputs) 0.1 from 20 epochs and 0.2
 # from 150: with weight decay 0.1, names.txt at 74-110 epochs 1.8967 / 1.9063 with 0.1 against 1.9008 /
@@ -104,12 +115,13 @@ def shape_name(options: dict[str, Any]) -> str:
 
 def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], max_steps: Optional[int] = None,
                epochs: Optional[float] = None, accelerator: bool, given: dict[str, Any],
-               measure: Optional[Measure] = None, val_fraction: float = 0.1) -> AutoSizes:
+               measure: Optional[Measure] = None, val_fraction: float = 0.1, by_line: bool = False) -> AutoSizes:
     """Sizes for a corpus of `n_chars` characters and `vocab_size` symbols, trained for
     `time_budget` seconds (TrainConfig.time_budget, the default time included) and/or `max_steps`
     steps or `epochs`, on a GPU (`accelerator`) or a CPU. `given` holds the options the user set (model and
     training); they are kept, and the chosen ones leave them out. `measure` times a shape on the
-    device (needed only for a time budget; without it the smallest shape is taken)."""
+    device (needed only for a time budget; without it the smallest shape is taken). `by_line`: the
+    corpus is a list trained line by line, which feeds more parameters a character."""
     train = {k: v for k, v in batch_defaults(n_chars, accelerator).items() if k not in given}
     batch, seq_len = given.get("batch_size", train.get("batch_size")), given.get("seq_len", train.get("seq_len"))
     train_chars = max(1, int(n_chars * (1 - given.get("val_fraction", val_fraction))))
@@ -120,6 +132,8 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
 
     ladder = candidates(model_given)
     cap = DATA_PARAMETERS_PER_CHAR * train_chars
+    if by_line:
+        cap = max(cap, min(LIST_PARAMETERS_PER_CHAR * train_chars, LIST_MAX_PARAMETERS))
     feedable = [o for o in ladder if parameters(o) <= cap] or ladder[:1]
     seen_cap = min(max_steps * batch * seq_len if max_steps else math.inf, epochs * train_chars if epochs else math.inf)
 
