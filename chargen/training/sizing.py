@@ -32,7 +32,7 @@ SEEN_PER_PARAMETER = 10.0  # characters seen per parameter, at least, for a shap
 DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, for a shape the corpus can feed
 # A list trained line by line, with the regularisers below, feeds more, up to a 2x128's size: from
 # scratch at the default budget (two seeds), 2x128 beat 2x64 by 0.036-0.042 at 7,900 lines (2.6-4.6
-# a character) on two lists of three, level on the third (where 2x96 did 0.02 better); at 16,000
+# a character) on two lists of three, level on the third (where 2x96 did 0.017 better); at 16,000
 # Italian places 2x128 beat the 2x96 the plain cap gave by 0.039 and 2x192 was level with it; at
 # 2,000 lines 2x64 (2.9-5.3 a character) beat the larger shapes. Uncapped, names.txt took 2x256 (5 a character allowed it) and
 # was level with its 2x128 (1.9011 against 1.9000): four times the parameters to sample for nothing,
