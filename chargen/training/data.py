@@ -499,7 +499,8 @@ def shuffled_as_lines(corpus: EncodedCorpus) -> bool:
 
 
 def trained_by_line(corpus: EncodedCorpus, config) -> bool:
-    """Whether `config` (a TrainConfig) trains `corpus` line by line: a list shuffled as lines, unless --no-line-mode."""
+    """Whether `config` (a TrainConfig) trains `corpus` line by line: a list shuffled as lines,
+    unless --no-line-mode."""
     return shuffled_as_lines(corpus) and config.line_mode is not False
 
 

@@ -34,9 +34,10 @@ DATA_PARAMETERS_PER_CHAR = 1.2  # parameters per training character, at most, fo
 # scratch at the default budget (two seeds), 2x128 beat 2x64 by 0.036-0.042 at 7,900 lines (2.6-4.6
 # a character) on two lists of three, level on the third (where 2x96 did 0.017 better); at 16,000
 # Italian places 2x128 beat the 2x96 the plain cap gave by 0.039 and 2x192 was level with it; at
-# 2,000 lines 2x64 (2.9-5.3 a character) beat the larger shapes. Uncapped, names.txt took 2x256 (5 a character allowed it) and
-# was level with its 2x128 (1.9011 against 1.9000): four times the parameters to sample for nothing,
-# hence the ceiling ("A list's model from scratch" in docs/benchmarks.md).
+# 2,000 lines 2x64 (2.9-5.3 a character) beat the larger shapes. Uncapped, names.txt took 2x256
+# (5 a character allowed it) and was level with its 2x128 (1.9011 against 1.9000): four times the
+# parameters to sample for nothing, hence the ceiling ("A list's model from scratch" in
+# docs/benchmarks.md).
 LIST_PARAMETERS_PER_CHAR = 5.0
 LIST_MAX_PARAMETERS = 250_000  # the lists' cap stops here; above, the plain cap (1.2 a character) holds
 # The regularisers a run gets by the number of times it will see its corpus: (field, ((epochs, value), ...)),
