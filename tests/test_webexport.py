@@ -237,6 +237,21 @@ def test_a_module_of_a_model_adapted_with_labels_draws_its_own_labels_by_default
 
 
 @needs_node
+def test_a_label_with_no_training_lines_gets_chargens_message_from_a_module(tmp_path):
+    """A label none of whose lines trained (the run's split held them all out) is the same one-line
+    error in the module as in chargen, and weighs nothing within a part of it."""
+    path = random_labelled_model(tmp_path / "m.safetensors", counts=(100, 0, 150, 100))
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
+    got = node_records(module, [{"n": 1, "label": "it_IT:surname"}, {"n": 20, "seed": 4, "label": "it"}])
+    with pytest.raises(chargen.UsageError) as python:
+        chargen.load(path).sample(1, label="it_IT:surname")
+    assert got[0]["error"] == str(python.value) and "no training lines" in got[0]["error"]
+    assert "error" not in got[1] and {r["label"] for r in got[1]} == {"it_IT:first"}
+    assert_same(got[1], python_records(path, {"n": 20, "seed": 4, "label": "it"}))
+
+
+@needs_node
 def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
     """No close match: a few labels are listed by name, many by their kinds and languages (as
     chargen info shows them), in the module's words as in chargen's."""

@@ -302,6 +302,9 @@ def resolve_labels(spec: Optional[str], names: Optional[list[str]], counts: Opti
             if not found:
                 raise _unknown(label, names)
             within = np.array([counts[i] for i in found], dtype=np.float64)
+            if not within.sum():  # (a small list whose lines the run's split all held out to validate)
+                raise UsageError(f"label '{label}' has no training lines in this model (the run held them all out "
+                                 "to validate it), so it has learnt nothing to draw from")
             weights[found] += w * within / within.sum()
     chosen = np.flatnonzero(weights > 0)
     # Summed in order (a cumulative sum's last entry), as an exported page sums them.

@@ -1281,6 +1281,8 @@ function resolveLabels(spec, labels) {
     }
     let within = 0;
     for (const k of found) within += counts[k];
+    if (!within) throw new ChargenError(`label '${label}' has no training lines in this model (the run held them all out ` +
+                                        "to validate it), so it has learnt nothing to draw from");  // labels.py's words
     for (const k of found) weights[k] += w * counts[k] / within;
   }
   const index = [];
