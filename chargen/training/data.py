@@ -675,10 +675,7 @@ def _labelled_split(text: str, labels: LineLabels, config, holdout: Optional[Seq
     lines = list_lines(text)  # every line non-empty (chargen.training.labels)
     order = shuffled_order(len(lines), config.seed)
     if holdout is None:
-        order = every_label_trained(lines, order, labels.of_line, config.val_fraction)
-        train, val = split_train_val(joined(lines, order), config.val_fraction)
-        complete = train.count("\n")  # lines wholly in training; one more if the cut is inside a line
-        kept, held = order[: complete + (not train.endswith("\n"))], order[complete:]
+        train, val, kept, held = every_label_trained(lines, order, labels.of_line, config.val_fraction)
     else:
         kept, held = held_out(order, holdout)
         train, val = joined(lines, kept), joined(lines, held)
@@ -689,24 +686,32 @@ def _labelled_split(text: str, labels: LineLabels, config, holdout: Optional[Seq
     return train, val, labels.take(of_line[index(kept)]), of_line[index(held)], pairs
 
 
-def every_label_trained(lines: list[str], order: list[int], of_line: np.ndarray, val_fraction: float) -> list[int]:
-    """`order`, with one line of each label that split_train_val's cut would hold out whole moved to
-    the front, so that every label trains on a line: a label of a few lines could otherwise land in
-    validation whole, its start state never trained (the base model's ko_KR:country did). Where
-    every label has a training line, as in nearly every run, `order` itself: the same split."""
+def _cut(lines: list[str], order: list[int], val_fraction: float) -> tuple[str, str, list[int], list[int]]:
+    """`order`'s lines split by split_train_val: (training text, validation text, the lines that
+    train, the lines held out); a line the cut falls inside is in both."""
+    train, val = split_train_val(joined(lines, order), val_fraction)
+    complete = train.count("\n")  # lines wholly in training; one more if the cut is inside a line
+    return train, val, order[: complete + (not train.endswith("\n"))], order[complete:]
+
+
+def every_label_trained(lines: list[str], order: list[int], of_line: np.ndarray, val_fraction: float
+                        ) -> tuple[str, str, list[int], list[int]]:
+    """The split (_cut) of `order`, with one line of each label that the cut would hold out whole
+    moved to the front, so that every label trains on a line: a label of a few lines could otherwise
+    land in validation whole, its start state never trained (the base model's ko_KR:country did).
+    Where every label has a training line, as in nearly every run, the split of `order` itself."""
     for _ in range(len(np.unique(of_line)) + 1):  # moving lines shifts the cut: a few rounds at most
-        train, _ = split_train_val(joined(lines, order), val_fraction)
-        n_kept = train.count("\n") + (not train.endswith("\n"))  # as _labelled_split counts them
-        trained = set(of_line[order[:n_kept]].tolist())
-        first_held = {}
-        for i in order[n_kept:]:
+        cut = _cut(lines, order, val_fraction)
+        trained = set(of_line[cut[2]].tolist())
+        first_held: dict[int, int] = {}
+        for i in cut[3]:
             if int(of_line[i]) not in trained:
                 first_held.setdefault(int(of_line[i]), i)
         if not first_held:
-            return order
+            return cut
         moved = set(first_held.values())
-        order = sorted(moved, key=order.index) + [i for i in order if i not in moved]
-    return order
+        order = [i for i in order if i in moved] + [i for i in order if i not in moved]
+    return _cut(lines, order, val_fraction)
 
 
 def lines_per_batch(n_lines: int, mean_chars: float, batch_size: int, seq_len: int) -> int:
