@@ -14,6 +14,8 @@ and `chargen train train.txt` (the same lines without their labels). On test.tsv
   L` on that label's lines), the unlabelled one on the same lines; and over all test lines;
 - `chargen score --by-label`: the share of test lines whose likeliest label is their own, per
   kind (the part after ':') and overall; and whose likeliest locale (the part before) is right;
+  both again, overall and balanced (the mean of each label's or locale's share), under the prior
+  `score` uses (the labels' training lines) and under equal priors (every trained label alike);
 - per non-Latin label (most of its letters outside Latin script): the share of 200 samples
   (`--label L --seed 1`) written in the label's script, and the share that copy a training line;
 - sampling speed: `chargen sample -n 20000` as a command, labelled (all labels) and unlabelled.
@@ -66,22 +68,42 @@ def print_scripts(rows: list[dict]) -> None:
                 [[r["label"], r["script"], f"{r['in_script']:.1%}", f"{r['copies']:.1%}"] for r in rows])
 
 
-def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) -> tuple[dict, float]:
+def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) -> tuple[dict, float, dict]:
     """`chargen score MODEL --by-label` on test's LABEL<TAB>NAME lines: the share whose likeliest
-    label is their own, per kind (the part after ':') and "all"; and the share whose locale is right."""
+    label is their own, per kind (the part after ':') and "all"; the share whose locale is right;
+    and both, overall and balanced (the mean over labels, or locales, of each one's share), under
+    each prior: the labels' training lines (what score prints) and equal (every trained label alike)."""
+    import chargen
+
     (work / "test.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in test), encoding="utf-8")
     scored = run_measured([*cg, "score", model, str(work / "test.txt"), "--by-label", "--format", "jsonl",
                            "--skip-unknown"])[0].stdout.decode().splitlines()
+    ckpt = chargen.load(model).checkpoint
+    trained = [name for name, count in zip(ckpt.labels, ckpt.label_counts) if count]
+    gold = [x.split("\t", 1)[0] for x in test]
+    records = [json.loads(r) for r in scored]
+    guesses = {"lines": [r.get("likeliest") or "" for r in records],
+               "equal": [max(trained, key=lambda k: r["by_label"][k]) if r.get("by_label") else "" for r in records]}
     hits: dict[str, list[int]] = defaultdict(list)
-    locale_hits = []
-    for x, record in zip(test, scored, strict=True):
-        label = x.split("\t", 1)[0]
-        guess = json.loads(record).get("likeliest") or ""
+    for label, guess in zip(gold, guesses["lines"]):
         hits[label.split(":")[-1]].append(guess == label)
-        locale_hits.append(guess.split(":")[0] == label.split(":")[0])
     accuracy = {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
     accuracy["all"] = sum(sum(v) for v in hits.values()) / len(test)
-    return accuracy, sum(locale_hits) / len(test)
+    priors = {prior: shares(gold, guess) for prior, guess in guesses.items()}
+    return accuracy, priors["lines"]["locale"], priors
+
+
+def shares(gold: list[str], guess: list[str]) -> dict:
+    """The share of right guesses of the label and of its locale (the part before ':'): overall,
+    and balanced (the mean over the true labels, or locales, of each one's share)."""
+    out = {}
+    for what, part in (("label", lambda x: x), ("locale", lambda x: x.split(":")[0])):
+        right: dict[str, list[bool]] = defaultdict(list)
+        for g, y in zip(guess, gold, strict=True):
+            right[part(y)].append(part(g) == part(y))
+        out[what] = sum(sum(v) for v in right.values()) / len(gold)
+        out[f"{what}, balanced"] = statistics.fmean(sum(v) / len(v) for v in right.values())
+    return out
 
 
 def held_out_lines(model: str, corpus: Path) -> list[str]:
@@ -119,18 +141,21 @@ def model_only(cg: list[str], model: str, lines: list[str], corpus: Path, accura
     test = held_out_lines(model, corpus)
     test = random.Random(0).sample(test, min(accuracy_lines, len(test)))
     with tempfile.TemporaryDirectory() as work:
-        accuracy, locale = by_label_accuracy(cg, model, test, Path(work))
+        accuracy, locale, priors = by_label_accuracy(cg, model, test, Path(work))
     h = host()
     print(f"{model} ({h['cpu']}, {h['cpu_flags']}, commit {h['commit']})")
     print_scripts(rows)
-    print_accuracy(accuracy, locale, len(test))
+    print_accuracy(accuracy, locale, priors, len(test))
     write_json(out, {"model": model, "scripts": rows, "accuracy": accuracy, "locale_accuracy": locale,
-                     "accuracy_lines": len(test)})
+                     "priors": priors, "accuracy_lines": len(test)})
 
 
-def print_accuracy(accuracy: dict, locale: float, n: int) -> None:
+def print_accuracy(accuracy: dict, locale: float, priors: dict, n: int) -> None:
     print_table(f"score --by-label on {n:,} held-out lines: the likeliest label is the line's own", ["kind", "accuracy"],
                 [[k, f"{v:.1%}"] for k, v in accuracy.items()] + [["locale", f"{locale:.1%}"]])
+    columns = list(priors["lines"])
+    print_table("the same lines under each prior (balanced: the mean of each label's or locale's share)",
+                ["prior", *columns], [[prior, *(f"{v[c]:.1%}" for c in columns)] for prior, v in priors.items()])
 
 
 def main() -> None:
@@ -180,7 +205,7 @@ def main() -> None:
     chars = sum(r["chars"] for r in per_label)
     overall = {k: sum(r[k] * r["chars"] for r in per_label) / chars for k in ("labelled", "unlabelled")}
 
-    accuracy, locale = by_label_accuracy(cg, str(runs["labelled"]["dir"]), test, work)
+    accuracy, locale, priors = by_label_accuracy(cg, str(runs["labelled"]["dir"]), test, work)
 
     scripts = script_shares(cg, str(runs["labelled"]["dir"]), by_label, {x.split("\t", 1)[1] for x in train})
 
@@ -199,11 +224,11 @@ def main() -> None:
                  ["labels better / all", f"{sum(r['labelled'] < r['unlabelled'] for r in per_label)} / {len(per_label)}", ""],
                  ["steps", f"{runs['labelled']['steps']:,}", f"{runs['unlabelled']['steps']:,}"],
                  ["sample -n 20000, names/s", f"{speed['labelled']:,.0f}", f"{speed['unlabelled']:,.0f}"]])
-    print_accuracy(accuracy, locale, len(test))
+    print_accuracy(accuracy, locale, priors, len(test))
     print_scripts(scripts)
     write_json(args.json, {"time": args.time, "runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()},
                            "per_label": per_label, "overall": overall, "accuracy": accuracy,
-                           "locale_accuracy": locale, "scripts": scripts, "names_per_s": speed})
+                           "locale_accuracy": locale, "priors": priors, "scripts": scripts, "names_per_s": speed})
 
 
 if __name__ == "__main__":
