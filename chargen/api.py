@@ -378,6 +378,10 @@ class Model:
         newline = self.vocab.index["\n"]
         for first, chunk in _chunks(lines, batch):
             spelt = [self.vocab.conform(t) for t in chunk]  # (a line's score keeps its text as given)
+            broken = next((i for i, t in enumerate(spelt) if "\n" in t), None)
+            if broken is not None:  # (scored on, its second part would follow the first's end, not a line's start)
+                raise UsageError(f"line {first + broken + 1} holds a newline: each item is one line (split the "
+                                 f"text into lines first: text.splitlines())")
             encoded, whole = self.vocab.encode_lines(spelt)
             unknown = [() if ok else tuple(self.vocab.unknown_chars(t)) for t, ok in zip(spelt, whole.tolist())]
             for i, bad in enumerate(unknown):

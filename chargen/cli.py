@@ -450,7 +450,8 @@ def sample(
             samples = model.top(top, prompts, progress=progress, **options)
         else:
             constrained = bool(SampleConfig.of(**options).given("constraint"))
-            _greedy_note(options.get("temperature"), num, constrained, line_mode)
+            mix = model.label_mix(options.get("label"))
+            _greedy_note(options.get("temperature"), num, constrained, line_mode, len(mix.names) if mix else 1)
             streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
             samples = model.samples(num, iter(prompts) if lazy else prompts, stats=stats, **options,
                                     on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
@@ -467,10 +468,11 @@ def sample(
         raise typer.Exit(prompts.failed)
 
 
-def _greedy_note(temperature: Optional[float], num: int, constrained: bool, line_mode: bool) -> None:
-    """At --temperature 0, what greedy drawing gives: the same sample every time, and under
-    constraints a path of likeliest allowed characters (which can run to --length), not the
-    likeliest sample that satisfies them: --top says where to find those."""
+def _greedy_note(temperature: Optional[float], num: int, constrained: bool, line_mode: bool, labels: int) -> None:
+    """At --temperature 0, what greedy drawing gives: the same sample every time (each of the
+    `labels` a blend draws from its own), and under constraints a path of likeliest allowed
+    characters (which can run to --length), not the likeliest sample that satisfies them: --top
+    says where to find those."""
     if temperature != 0 or not (constrained or num > 1):
         return
     top = f"; --top {num if num > 1 else 5} lists the likeliest names" if line_mode else ""
@@ -478,7 +480,9 @@ def _greedy_note(temperature: Optional[float], num: int, constrained: bool, line
         what = ("each step takes the likeliest character the constraints allow, which need not make a likely sample"
                 + (top.replace("names", "names that satisfy them") if top else ""))
     else:
-        what = "every sample is the same (the likeliest character at each step)" + top
+        what = ("every sample is the same (the likeliest character at each step)" if labels == 1 else
+                f"every sample of a label is the same (the likeliest character at each step; each sample draws its "
+                f"label from the {labels} asked)") + top
     console().print(f"note: at --temperature 0 {what}", highlight=False, markup=False, soft_wrap=True)
 
 

@@ -547,6 +547,9 @@ def test_temperature_zero_says_what_greedy_gives():
     same = run(["sample", "-n", "3", "-t", "0"])
     assert same.returncode == 0 and len(set(same.stdout.decode().split())) == 1
     assert "every sample is the same" in same.stderr.decode() and "--top 3" in same.stderr.decode()
+    blend = run(["sample", "-c", "base", "-n", "20", "-t", "0", "--label", "el_GR:first,it_IT:first", "--seed", "1"])
+    assert blend.returncode == 0 and len(set(blend.stdout.decode().split())) == 2  # one name a label
+    assert "every sample of a label is the same" in blend.stderr.decode() and "from the 2 asked" in blend.stderr.decode()
     constrained = run(["sample", "-t", "0", "--ends-with", "a"])
     assert constrained.returncode == 0 and "--top 5 lists the likeliest names that satisfy" in constrained.stderr.decode()
     for quiet in (["-n", "3", "-t", "0.5"], ["-t", "0"]):  # drawn, or one greedy sample: nothing to say

@@ -107,7 +107,8 @@ def test_score_over_http(tmp_path):
             assert scores[0]["logprob"] == round(next(chargen.load().score(["Anna"])).logprob, 4)
             assert scores[1]["logprob"] is None and scores[1]["unknown"] == ["ë"]
             for body, needle in [({"lines": ["Zoë"]}, "line 1 holds"), ({"lines": "Anna"}, "list of text"),
-                                 ({"lines": ["a"] * 4}, "limit of 3"), ({}, "'lines' is required")]:
+                                 ({"lines": ["a"] * 4}, "limit of 3"),
+                                 ({"lines": ["Anna", "Anna\nBob"]}, "line 2 holds a newline"), ({}, "'lines' is required")]:
                 r = client.post("/v1/score", json=body)
                 assert r.status_code == 400 and needle in r.json()["error"], r.text
     finally:
