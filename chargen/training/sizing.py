@@ -208,16 +208,18 @@ def finetune_defaults(n_chars: int, n_lines: Optional[int], given: dict[str, Any
     """Training options for adapting a trained model to a corpus of `n_chars` characters
     (`n_lines` lines for a list trained line by line; None for running text; the shape comes from
     the model), leaving out the options in `given`: a short warmup, frequent evaluation and early
-    stopping, since a small list is learnt (and then overfit) in seconds. The rate, dropout and
+    stopping, since a small list is learnt (and then overfit) in seconds. The dropout and
     evaluation interval come from a sweep (benchmarks/finetune.py; the numbers are in
-    docs/benchmarks.md, "Adapting the bundled model to your own list"); weight drop from adapting
+    docs/benchmarks.md, "Adapting the bundled model to your own list"), the rate from measuring
+    the bundled base again (3e-3 against 6e-3 and 1.2e-2 on lists of 10 to 5,000 lines: "The
+    adapting rate, again"); weight drop from adapting
     the labelled base to eight lists on two CPUs ("Weight drop when adapting"). A list shorter
     than 25 steps an epoch is evaluated every epoch (a list of 10 names is best after about 10
     epochs and overfit after 20: "Adapting a list of 5 to 100 names"), with the same patience in
     steps, and a list of under 50 lines holds out 5 of them (30% at most) where 10% would be one
     or two, too few to choose a checkpoint on; a list of up to 100 lines chooses its length by
     cross-validation instead where nothing given stops it (chargen.training.folds), and drops these two."""
-    train = {"batch_size": 32, "seq_len": 64, "lr": 6e-3, "warmup": 20}
+    train = {"batch_size": 32, "seq_len": 64, "lr": 3e-3, "warmup": 20}
     batch_size, seq_len = (given.get(k, train[k]) for k in ("batch_size", "seq_len"))
     if n_lines:
         chars_a_step = lines_per_batch(n_lines, n_chars / n_lines, batch_size, seq_len) * n_chars / n_lines
