@@ -86,15 +86,16 @@ def summary(runs: list[dict]) -> dict:
     """One mode's runs (one per seed) as one record: the means, and every run's loss (and its loss
     on the wide lines, with --wide)."""
     out = {key: statistics.fmean(r[key] for r in runs) for key in ("loss", "best_at_s", "wall_s", "copied")}
-    out.update(losses=[r["loss"] for r in runs], sd=sd(r["loss"] for r in runs), skipped=runs[0]["skipped"],
+    out.update(losses=[r["loss"] for r in runs], sd=stdev_or_zero(r["loss"] for r in runs), skipped=runs[0]["skipped"],
                best_step=[r["best_step"] for r in runs], peak_rss_mb=max(r["peak_rss_mb"] for r in runs))
     if "wide_loss" in runs[0]:
         wide = [r["wide_loss"] for r in runs]
-        out.update(wide_loss=statistics.fmean(wide), wide_loss_runs=wide, wide_sd=sd(wide))
+        out.update(wide_loss=statistics.fmean(wide), wide_loss_runs=wide, wide_sd=stdev_or_zero(wide))
     return out
 
 
-def sd(values) -> float:
+def stdev_or_zero(values) -> float:
+    """The sample standard deviation; 0 for one run."""
     values = list(values)
     return statistics.stdev(values) if len(values) > 1 else 0.0
 

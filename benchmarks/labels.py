@@ -73,13 +73,10 @@ def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) ->
     label is their own, per kind (the part after ':') and "all"; the share whose locale is right;
     and both, overall and balanced (the mean over labels, or locales, of each one's share), under
     each prior: the labels' training lines (what score prints) and equal (every trained label alike)."""
-    import chargen
-
     (work / "test.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in test), encoding="utf-8")
     scored = run_measured([*cg, "score", model, str(work / "test.txt"), "--by-label", "--format", "jsonl",
                            "--skip-unknown"])[0].stdout.decode().splitlines()
-    ckpt = chargen.load(model).checkpoint
-    trained = [name for name, count in zip(ckpt.labels, ckpt.label_counts) if count]
+    trained = trained_labels(model)
     gold = [x.split("\t", 1)[0] for x in test]
     records = [json.loads(r) for r in scored]
     guesses = {"lines": [r.get("likeliest") or "" for r in records],
@@ -91,6 +88,14 @@ def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) ->
     accuracy["all"] = sum(sum(v) for v in hits.values()) / len(test)
     priors = {prior: shares(gold, guess) for prior, guess in guesses.items()}
     return accuracy, priors["lines"]["locale"], priors
+
+
+def trained_labels(model: str) -> list[str]:
+    """The model's labels that have training lines (one with none has nothing to draw)."""
+    import chargen
+
+    ckpt = chargen.load(model).checkpoint
+    return [name for name, count in zip(ckpt.labels, ckpt.label_counts) if count]
 
 
 def shares(gold: list[str], guess: list[str]) -> dict:
@@ -128,10 +133,7 @@ def held_out_lines(model: str, corpus: Path) -> list[str]:
 def model_only(cg: list[str], model: str, lines: list[str], corpus: Path, accuracy_lines: int, out: Path) -> None:
     """--model: a trained labelled model (the bundled base): the script and copy shares of its
     samples, and score --by-label's accuracy on (a seeded sample of) the lines its run held out."""
-    import chargen
-
-    ckpt = chargen.load(model).checkpoint
-    trained = {name for name, count in zip(ckpt.labels, ckpt.label_counts) if count}  # (none: nothing to draw)
+    trained = set(trained_labels(model))
     by_label: dict[str, list[str]] = defaultdict(list)
     for x in lines:
         label, text = x.split("\t", 1)
