@@ -430,6 +430,8 @@ def sample(
     if exclude is not None:
         options["exclude"] = _read_lines(exclude)
     num = options.pop("num", 1)
+    # drawn under constraints (--top searches under them instead); a bad option is an Error: before any note
+    constrained = bool(SampleConfig.of(**options).given("constraint")) and top is None
     line_mode = model.line_oriented if options.get("lines") is None else options["lines"]
     # --prompt -: each prompt drawn as it is typed (Enter) or arrives through a pipe; --top searches them all at once
     stdin_fd = _fileno(sys.stdin) if prompt == ["-"] and top is None else None
@@ -441,7 +443,7 @@ def sample(
     _label_note(model, options.get("label"))
     out = _Output()
     stats = SampleStats()
-    streaming = constrained = False
+    streaming = False
     count = None
     with contextlib.ExitStack() as searching:
         if top is not None:  # a long search (the base model's blends) says on a terminal how far it has got
@@ -449,7 +451,6 @@ def sample(
                                                              shown=not sys.stdout.isatty(), delay=1.0))
             samples = model.top(top, prompts, progress=progress, **options)
         else:
-            constrained = bool(SampleConfig.of(**options).given("constraint"))
             mix = model.label_mix(options.get("label"))
             _greedy_note(options.get("temperature"), num, constrained, line_mode, len(mix.names) if mix else 1)
             streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
@@ -767,6 +768,7 @@ def eval_command(
     from .training.data import read_corpus
 
     model = load(checkpoint, backend=backend, device=device)
+    _check_inputs(files)
     _label_note(model, label, scoring=True)
     out = _Output()
     for path in files:
@@ -787,6 +789,15 @@ def eval_command(
             skipped = f"  ({r['skipped']:,} unknown characters skipped)" if r["skipped"] else ""
             out.write(f"{r['file']}: {r['loss']:.4f} nats/char, {r['bpc']:.4f} bits/char, "
                       f"perplexity {r['perplexity']:.3f} over {r['chars']:,} characters{skipped}\n")
+
+
+def _check_inputs(paths: list[str]) -> None:
+    """Each input file opens: one that does not is one Error: line before any note or output."""
+    from .training.ingest import open_source
+
+    for path in paths:
+        if path != "-":
+            open_source(path).close()
 
 
 @contextlib.contextmanager
@@ -852,6 +863,7 @@ def score(
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
     model = load(checkpoint)
+    _check_inputs(files or [])
     if label or not by_label:  # (--by-label scores under every label: that is what it asks)
         _label_note(model, label, scoring=True)
 

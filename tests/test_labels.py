@@ -574,6 +574,19 @@ def test_a_label_asked_by_its_parts_is_named_on_stderr():
     assert one.stdout.decode().splitlines() == chargen.load("base").sample(2, seed=1, label="fr_DZ:city")
 
 
+def test_a_bad_option_beside_a_label_by_its_parts_is_the_one_line_on_stderr(tmp_path):
+    """The options are checked before the label's note: a bad one is one Error: line, not a note
+    about what would have been drawn and then the error."""
+    for extra in ([], ["--top", "3"]):
+        bad = run(["sample", "-c", "base", "--label", "first", "--top-k", "0", *extra])
+        assert bad.returncode == 2 and bad.stdout == b"", extra
+        assert bad.stderr.decode() == "Error: --top-k must be at least 1 (got 0)\n", (extra, bad.stderr)
+    for command in ("score", "eval"):  # a file that is not there: said before the note, and nothing printed
+        missing = run([command, "base", "--label", "first", "-", str(tmp_path / "nowhere.txt")], input=b"Maria\n")
+        assert missing.returncode == 1 and missing.stdout == b"", command
+        assert missing.stderr.decode() == f"Error: {tmp_path / 'nowhere.txt'} does not exist\n", (command, missing.stderr)
+
+
 def test_the_start_labels_notice_speaks_of_one_label_or_several():
     from chargen.training.loop import _start_labels_notice
 
