@@ -292,6 +292,49 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
         train(corpus, config, SMALL, out_dir=tmp_path / "run3", precision="fp32")
 
 
+def test_running_out_of_memory_is_one_error_and_keeps_the_checkpoints_written(tmp_path, monkeypatch):
+    """torch's allocator failing mid-run (a large batch's activations, a shared GPU) is a
+    TrainingError naming what to shrink, not a traceback; the best checkpoint written before stays.
+    Any other RuntimeError is not dressed up as one."""
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=10, warmup=1)
+    real = torch.nn.functional.cross_entropy
+
+    def failing_at(call: int, message: str):
+        calls = {"n": 0}
+
+        def loss_fn(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise RuntimeError(message)
+            return real(*args, **kwargs)
+
+        return loss_fn
+
+    oom = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 64 bytes"
+    monkeypatch.setattr("chargen.training.loop.F.cross_entropy", failing_at(20, oom))
+    with pytest.raises(TrainingError, match=r"^out of memory on cpu while training: make the model smaller"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    assert read_checkpoint(tmp_path / "run").info["step"] == 10
+    monkeypatch.setattr("chargen.training.loop.F.cross_entropy", failing_at(20, "some other failure"))
+    with pytest.raises(RuntimeError, match="^some other failure$"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32")
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_it_is_allocated(tmp_path):
+    """--hidden 200000 (a typo) needs terabytes for its weights and optimizer state: the installed
+    command says so in one line, before allocating any of it, and writes nothing."""
+    from .conftest import run
+
+    (tmp_path / "names.txt").write_text("".join(n + "\n" for n in make_names(100)), encoding="utf-8")
+    for budget in (["--max-steps", "1"], ["--time", "1m"]):  # (a minute measures the shape first)
+        r = run(["train", str(tmp_path / "names.txt"), "--hidden", "200000", *budget, "-o", str(tmp_path / "run")])
+        errors = [line for line in r.stderr.decode().splitlines() if line.startswith("Error:")]
+        assert r.returncode == 1 and "Traceback" not in r.stderr.decode() and len(errors) == 1, r.stderr.decode()
+        assert "parameters) needs at least" in errors[0] and errors[0].endswith("free: make the model smaller (--hidden, --layers)")
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_run_evaluated_every_step_writes_its_state_every_few_steps_and_resumes_exactly(tmp_path, monkeypatch):
     """Evaluating every step (a short list adapting does) writes best.safetensors at every better
     evaluation but last.safetensors and the metrics only past each multiple of WRITE_EVERY_STEPS

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Callable, Optional
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from ..config import ModelConfig
-from ..errors import UsageError
+from ..errors import TrainingError, UsageError
 from ..model import CharRNN
 
 
@@ -27,6 +27,59 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not _mps_available():
         raise UsageError("`device` mps was asked for, but torch sees no Apple GPU")
     return torch.device(name)
+
+
+# Bytes each parameter holds while training, at the least: its float32 weight and gradient, Adam's
+# two moments, and the copy of weight and moments kept to roll back to (loop.DivergenceGuard).
+TRAIN_BYTES_PER_PARAMETER = 4 * 7
+SMALLER = "make the model smaller (--hidden, --layers)"
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Bytes free to train in on `device`: the GPU's free memory, or a Linux host's MemAvailable;
+    None where it is not known (macOS, MPS)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(config: ModelConfig, device: torch.device) -> None:
+    """A model whose weights and optimizer state alone exceed the device's free memory is a
+    TrainingError before any of it is allocated: a typo such as --hidden 200000 would otherwise
+    fail deep in torch's allocator, or in the kernel's OOM killer minutes in."""
+    need, free = config.parameters * TRAIN_BYTES_PER_PARAMETER, free_memory(device)
+    if free is not None and need > free:
+        raise TrainingError(f"a {config.layers}x{config.hidden} {config.cell} ({config.parameters:,} parameters) needs "
+                            f"at least {_gigabytes(need)} to train (weights, gradients and optimizer state), and "
+                            f"{device.type} has {_gigabytes(free)} free: {SMALLER}")
+
+
+@contextmanager
+def out_of_memory_reported(device: torch.device) -> Iterator[None]:
+    """An allocation that fails while training (the activations of a large batch, a GPU shared with
+    others) is one TrainingError naming what to shrink, not torch's traceback; the checkpoints
+    already written stay."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        text = str(exc).lower()
+        if not isinstance(exc, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        raise TrainingError(f"out of memory on {device.type} while training: {SMALLER}, or its batch "
+                            "(--batch-size, --seq-len)") from None
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 2**30:,.1f} GB"
 
 
 def cpu_has_bf16_matmul() -> bool:

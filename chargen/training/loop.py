@@ -41,7 +41,7 @@ from ..sampling.labels import resolve_labels
 from ..sampling.randomness import derive_key
 from .callbacks import LN2, EndReport, EvalReport, StartReport, StepReport, TrainCallbacks
 from .data import PAD, Corpus, LineLoader, TrainData, WindowLoader, calibration_rows, prepare_training_data
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, check_fits, out_of_memory_reported, resolve_device, resolve_precision
 from .distributed import Dist
 from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_labels_text, start_weights
 from .ingest import EncodedCorpus
@@ -135,7 +135,8 @@ def train(
         device = dist.device if dist is not None else resolve_device(config.device)
         # The run's randomness (initial weights, dropout masks) comes from torch's global generator,
         # the only one nn.Dropout draws from: seeded here, restored for the caller when the run ends.
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []), \
+                out_of_memory_reported(device):
             torch.manual_seed(config.seed)
             t = Trainer(data, config, model_options, ckpt, device=device, precision=precision, dist=dist,
                         run_dir=run_dir, callbacks=cb, corpus=corpus, val_source=val_source, base=base,
@@ -203,7 +204,7 @@ class Trainer:
                  closest: Optional[ClosestLabels] = None, sizing: Optional[dict[str, Any]] = None):
         self.data, self.config, self.device, self.dist, self.run_dir, self.cb = data, config, device, dist, run_dir, callbacks
         self.main = dist is None or dist.is_main
-        self.model_config, self.model, self.lineage = build_model(data, model_options, ckpt, base, closest)
+        self.model_config, self.model, self.lineage = build_model(data, model_options, ckpt, base, closest, device)
         self.model.to(device)
         self.precision = resolve_precision(precision, device, callbacks.on_notice, self.model_config)
         self.optimizer = make_optimizer(self.model, config)
@@ -647,11 +648,12 @@ class Trainer:
 
 
 def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: Optional[Checkpoint],
-                base: Optional[Checkpoint], closest: Optional[ClosestLabels] = None
+                base: Optional[Checkpoint], closest: Optional[ClosestLabels], device: torch.device
                 ) -> tuple[ModelConfig, CharRNN, Optional[dict[str, Any]]]:
     """The run's model: restored from the checkpoint it resumes, grown from the model it starts
-    from (and its lineage), or new; with its config."""
+    from (and its lineage), or new; with its config. One too large to train on `device` is an error first."""
     if ckpt is not None:
+        check_fits(ckpt.model_config, device)
         model = CharRNN(ckpt.model_config)
         load_weights(model, ckpt.weights)
         return ckpt.model_config, model, ckpt.info.get("from")
@@ -659,6 +661,7 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
                                                         "learned_start": data.line_batches is not None,
                                                         "n_labels": len(data.labels.names) if data.labels else 0})
     config.validate()
+    check_fits(config, device)
     model = CharRNN(config)
     if base is None:
         return config, model, None
