@@ -68,15 +68,15 @@ def print_scripts(rows: list[dict]) -> None:
                 [[r["label"], r["script"], f"{r['in_script']:.1%}", f"{r['copies']:.1%}"] for r in rows])
 
 
-def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) -> tuple[dict, float, dict]:
+def by_label_accuracy(cg: list[str], model: str, trained: list[str], test: list[str], work: Path) -> tuple[dict, float, dict]:
     """`chargen score MODEL --by-label` on test's LABEL<TAB>NAME lines: the share whose likeliest
     label is their own, per kind (the part after ':') and "all"; the share whose locale is right;
     and both, overall and balanced (the mean over labels, or locales, of each one's share), under
-    each prior: the labels' training lines (what score prints) and equal (every trained label alike)."""
+    each prior: the labels' training lines (what score prints) and equal (every one of `trained`, the
+    labels with training lines, alike)."""
     (work / "test.txt").write_text("".join(x.split("\t", 1)[1] + "\n" for x in test), encoding="utf-8")
     scored = run_measured([*cg, "score", model, str(work / "test.txt"), "--by-label", "--format", "jsonl",
                            "--skip-unknown"])[0].stdout.decode().splitlines()
-    trained = trained_labels(model)
     gold = [x.split("\t", 1)[0] for x in test]
     records = [json.loads(r) for r in scored]
     guesses = {"lines": [r.get("likeliest") or "" for r in records],
@@ -90,11 +90,8 @@ def by_label_accuracy(cg: list[str], model: str, test: list[str], work: Path) ->
     return accuracy, priors["lines"]["locale"], priors
 
 
-def trained_labels(model: str) -> list[str]:
-    """The model's labels that have training lines (one with none has nothing to draw)."""
-    import chargen
-
-    ckpt = chargen.load(model).checkpoint
+def trained_labels(ckpt) -> list[str]:
+    """A checkpoint's labels that have training lines (one with none has nothing to draw)."""
     return [name for name, count in zip(ckpt.labels, ckpt.label_counts) if count]
 
 
@@ -111,16 +108,15 @@ def shares(gold: list[str], guess: list[str]) -> dict:
     return out
 
 
-def held_out_lines(model: str, corpus: Path) -> list[str]:
+def held_out_lines(ckpt, corpus: Path) -> list[str]:
     """The LABEL<TAB>NAME lines a labelled run held out of `corpus` (whole lines only), split again
     as `chargen train --labels tab` split it: its seed and validation share from the checkpoint."""
     from types import SimpleNamespace
 
-    import chargen
     from chargen.training.data import _labelled_split
     from chargen.training.labels import read_labelled
 
-    tc = chargen.load(model).checkpoint.train_config
+    tc = ckpt.train_config
     labelled = read_labelled([str(corpus)], "tab")
     train, val, _, val_labels, _ = _labelled_split(labelled.text(), labelled.labels,
                                                     SimpleNamespace(seed=tc["seed"], val_fraction=tc["val_fraction"]))
@@ -133,17 +129,21 @@ def held_out_lines(model: str, corpus: Path) -> list[str]:
 def model_only(cg: list[str], model: str, lines: list[str], corpus: Path, accuracy_lines: int, out: Path) -> None:
     """--model: a trained labelled model (the bundled base): the script and copy shares of its
     samples, and score --by-label's accuracy on (a seeded sample of) the lines its run held out."""
-    trained = set(trained_labels(model))
+    import chargen
+
+    ckpt = chargen.load(model).checkpoint
+    trained = trained_labels(ckpt)
+    drawn = set(trained)
     by_label: dict[str, list[str]] = defaultdict(list)
     for x in lines:
         label, text = x.split("\t", 1)
-        if label in trained:
+        if label in drawn:
             by_label[label].append(text)
     rows = script_shares(cg, model, by_label, {x.split("\t", 1)[1] for x in lines})
-    test = held_out_lines(model, corpus)
+    test = held_out_lines(ckpt, corpus)
     test = random.Random(0).sample(test, min(accuracy_lines, len(test)))
     with tempfile.TemporaryDirectory() as work:
-        accuracy, locale, priors = by_label_accuracy(cg, model, test, Path(work))
+        accuracy, locale, priors = by_label_accuracy(cg, model, trained, test, Path(work))
     h = host()
     print(f"{model} ({h['cpu']}, {h['cpu_flags']}, commit {h['commit']})")
     print_scripts(rows)
@@ -176,6 +176,8 @@ def main() -> None:
     if args.model:
         return model_only(cg, args.model, lines, args.corpus, args.accuracy_lines, args.json)
     train, test = split(lines)
+    in_train = {x.split("\t", 1)[0] for x in train}
+    test = [x for x in test if x.split("\t", 1)[0] in in_train]  # (a label the split left no training line to)
     work = args.work or Path(tempfile.mkdtemp(prefix="chargen-labels-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.tsv").write_text("".join(x + "\n" for x in train), encoding="utf-8")
@@ -207,7 +209,8 @@ def main() -> None:
     chars = sum(r["chars"] for r in per_label)
     overall = {k: sum(r[k] * r["chars"] for r in per_label) / chars for k in ("labelled", "unlabelled")}
 
-    accuracy, locale, priors = by_label_accuracy(cg, str(runs["labelled"]["dir"]), test, work)
+    accuracy, locale, priors = by_label_accuracy(cg, str(runs["labelled"]["dir"]), trained_labels(labelled.checkpoint),
+                                                 test, work)
 
     scripts = script_shares(cg, str(runs["labelled"]["dir"]), by_label, {x.split("\t", 1)[1] for x in train})
 
