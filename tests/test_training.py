@@ -321,6 +321,30 @@ def test_running_out_of_memory_is_one_error_and_keeps_the_checkpoints_written(tm
         train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32")
 
 
+@pytest.mark.parametrize("cgroup, files, free_gb", [
+    (None, {}, 8),  # no cgroup file: the host's MemAvailable
+    ("0::/\n", {"sys/fs/cgroup/memory.max": "2147483648", "sys/fs/cgroup/memory.current": "536870912"}, 1.5),  # v2, limited
+    ("0::/\n", {"sys/fs/cgroup/memory.max": "max", "sys/fs/cgroup/memory.current": "536870912"}, 8),  # v2, no limit
+    ("0::/user.slice/run\n", {"sys/fs/cgroup/user.slice/run/memory.max": "34359738368",  # a limit above the host's free memory
+                              "sys/fs/cgroup/user.slice/run/memory.current": "0"}, 8),
+    ("4:memory:/process_api/x\n0::/\n", {"sys/fs/cgroup/memory/process_api/x/memory.limit_in_bytes": "9223372036854771712",
+                                          "sys/fs/cgroup/memory/process_api/x/memory.usage_in_bytes": "5"}, 8),  # v1, no limit
+    ("4:memory:/docker/abc\n", {"sys/fs/cgroup/memory/memory.limit_in_bytes": "1073741824",  # v1, seen from inside a container
+                                "sys/fs/cgroup/memory/memory.usage_in_bytes": "268435456"}, 0.75),
+])
+def test_the_memory_a_run_may_use_is_the_hosts_or_its_containers_limit(tmp_path, cgroup, files, free_gb):
+    from chargen.training.device import free_memory
+
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/meminfo").write_text("MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n")
+    if cgroup is not None:
+        (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    assert free_memory(torch.device("cpu"), root=str(tmp_path)) == int(free_gb * 2**30)
+
+
 def test_a_model_too_large_for_the_machine_is_refused_before_it_is_allocated(tmp_path):
     """--hidden 200000 (a typo) needs terabytes for its weights and optimizer state: the installed
     command says so in one line, before allocating any of it, and writes nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional
 
@@ -35,21 +36,54 @@ TRAIN_BYTES_PER_PARAMETER = 4 * 7
 SMALLER = "make the model smaller (--hidden, --layers)"
 
 
-def free_memory(device: torch.device) -> Optional[int]:
-    """Bytes free to train in on `device`: the GPU's free memory, or a Linux host's MemAvailable;
-    None where it is not known (macOS, MPS)."""
+def free_memory(device: torch.device, root: str = "/") -> Optional[int]:
+    """Bytes free to train in on `device`: the GPU's free memory; on a Linux host its MemAvailable,
+    or less where the process's cgroup (a container's memory limit) leaves less; None where it is
+    not known (macOS, MPS). `root`: where /proc and /sys are (a test's tree)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type != "cpu":
         return None
+    free = None
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        with open(os.path.join(root, "proc/meminfo")) as f:
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except (OSError, ValueError, IndexError):
         pass
+    headroom = _cgroup_headroom(root)
+    return free if headroom is None else headroom if free is None else min(free, headroom)
+
+
+def _cgroup_headroom(root: str) -> Optional[int]:
+    """The bytes the process's memory cgroup allows beyond what it uses (cgroup v2's memory.max,
+    or v1's limit_in_bytes), looked for at its own path and at the hierarchy's root (a container
+    sees its own cgroup there); None where no limit is set or none can be read."""
+    try:
+        with open(os.path.join(root, "proc/self/cgroup")) as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        return None
+    for _, controllers, path in entries:
+        if controllers == "":
+            base, files = os.path.join(root, "sys/fs/cgroup"), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, files = os.path.join(root, "sys/fs/cgroup/memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        for folder in (os.path.join(base, path.lstrip("/")), base):
+            try:
+                limit, used = (_read(os.path.join(folder, name)) for name in files)
+                if limit == "max" or int(limit) >= 1 << 60:  # (v1 writes "no limit" as about 2**63)
+                    break
+                return max(0, int(limit) - int(used))
+            except (OSError, ValueError):
+                continue
     return None
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 def check_fits(config: ModelConfig, device: torch.device) -> None:
