@@ -77,7 +77,11 @@ class RunInUse(UsageError):
 
 
 class TrainingError(ChargenError):
-    """Training cannot go on (divergence)."""
+    """Training cannot go on (divergence, memory)."""
+
+
+class ModelTooLarge(TrainingError):
+    """A shape's weights and optimizer state alone exceed the device's free memory."""
 
 
 class WriteError(ChargenError):

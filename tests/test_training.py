@@ -522,6 +522,29 @@ def test_auto_sizes_follow_the_measured_speed():
     assert sizes(device, time_budget=5).model["hidden"] == 64 and device.calls == []
 
 
+def test_auto_sizes_stop_at_the_shapes_the_machines_memory_can_train():
+    """A fast device with little memory: the ladder stops below the first shape that does not fit
+    (the probe's ModelTooLarge), and chooses among the shapes measured; where even the smallest
+    does not fit, that is the error."""
+    from chargen.errors import ModelTooLarge
+    from chargen.training.sizing import auto_sizes
+
+    fast = _fake_device(10e12)
+
+    def small_memory(limit):
+        def measure(options, batch_size, seq_len, seconds):
+            if ModelConfig(vocab_size=65, **options).parameters > limit:
+                raise ModelTooLarge("too large")
+            return fast(options, batch_size, seq_len, seconds)
+        return measure
+
+    free = auto_sizes(50_000_000, 65, time_budget=300.0, accelerator=False, given={}, measure=fast)
+    held = auto_sizes(50_000_000, 65, time_budget=300.0, accelerator=False, given={}, measure=small_memory(1_000_000))
+    assert free.model["hidden"] > 256 and held.model["hidden"] == 256, (free.why, held.why)  # 2x256: 0.8M parameters
+    with pytest.raises(ModelTooLarge):
+        auto_sizes(50_000_000, 65, time_budget=300.0, accelerator=False, given={}, measure=small_memory(1_000))
+
+
 @pytest.mark.parametrize("epochs, dropout, weight_drop", [(10, 0.0, 0.0), (16, 0.0, 0.25), (50, 0.1, 0.25),
                                                            (149, 0.1, 0.25), (150, 0.2, 0.5), (200, 0.2, 0.5)])
 def test_the_regularisers_grow_with_the_epochs_a_run_will_see(epochs, dropout, weight_drop):

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..config import ModelConfig
-from ..errors import TrainingError, UsageError
+from ..errors import ModelTooLarge, TrainingError, UsageError
 from ..model import CharRNN
 
 
@@ -88,11 +88,11 @@ def _read(path: str) -> str:
 
 def check_fits(config: ModelConfig, device: torch.device) -> None:
     """A model whose weights and optimizer state alone exceed the device's free memory is a
-    TrainingError before any of it is allocated: a typo such as --hidden 200000 would otherwise
-    fail deep in torch's allocator, or in the kernel's OOM killer minutes in."""
+    ModelTooLarge error before any of it is allocated: a typo such as --hidden 200000 would
+    otherwise fail deep in torch's allocator, or in the kernel's OOM killer minutes in."""
     need, free = config.parameters * TRAIN_BYTES_PER_PARAMETER, free_memory(device)
     if free is not None and need > free:
-        raise TrainingError(f"a {config.layers}x{config.hidden} {config.cell} ({config.parameters:,} parameters) needs "
+        raise ModelTooLarge(f"a {config.layers}x{config.hidden} {config.cell} ({config.parameters:,} parameters) needs "
                             f"at least {_gigabytes(need)} to train (weights, gradients and optimizer state), and "
                             f"{device.type} has {_gigabytes(free)} free: {SMALLER}")
 

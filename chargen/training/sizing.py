@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..config import SHAPE_KEYS, ModelConfig, TrainConfig, declared, format_duration
+from ..errors import ModelTooLarge
 from .data import lines_per_batch
 
 SMALL_CORPUS = 300_000  # characters: lists of names, titles (on a GPU: the window and learning rate)
@@ -56,7 +57,8 @@ MIN_PROBE_SECONDS = 0.5  # a time budget whose share is below this is not measur
 LADDER = ((2, 64, 32), (2, 96, 32), (2, 128, 32), (2, 192, 64), (2, 256, 64), (2, 384, 64), (2, 512, 64),
           (2, 768, 64), (3, 1024, 64))
 
-# measure(model options, batch_size, seq_len, seconds) -> (chars per second, seconds it took)
+# measure(model options, batch_size, seq_len, seconds) -> (chars per second, seconds it took); raises
+# ModelTooLarge for a shape the device's memory cannot train
 Measure = Callable[[dict[str, Any], int, int, float], tuple[float, float]]
 
 
@@ -151,7 +153,12 @@ def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], m
                     step = batch * seq_len / last["chars_per_sec"] * parameters(options) / last["parameters"]
                     if spent + 2 * step > probe_budget:
                         break
-                rate, seconds = measure(options, batch, seq_len, probe_budget - spent)
+                try:
+                    rate, seconds = measure(options, batch, seq_len, probe_budget - spent)
+                except ModelTooLarge:
+                    if not measured:  # (the smallest shape left: the error says what to do)
+                        raise
+                    break  # larger than the machine's memory holds: the choice is among the shapes measured
                 spent += seconds
                 n_seen = min(seen_cap, rate * (time_budget - probe_budget))
                 measured.append({"shape": shape_name(options), "parameters": parameters(options),
