@@ -208,7 +208,7 @@ def _did_you_mean(p: Path) -> str:
         beside = []
     bundled = list(BUNDLED) if len(p.parts) == 1 else []
     close = difflib.get_close_matches(p.name, beside + bundled, n=1, cutoff=0.75)
-    if not close:
+    if not close or close[0] == str(p):  # (a bundled model's own name, where a path is read)
         return ""
     return f"; did you mean {close[0] if close[0] in bundled else p.parent / close[0]}?"
 

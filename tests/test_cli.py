@@ -489,6 +489,19 @@ def test_malicious_files_are_refused_by_every_command(tmp_path, names_file):
     assert not (tmp_path / "t.json").exists()
 
 
+def test_resuming_a_bundled_model_says_to_start_from_it_instead(names_file, tmp_path):
+    """`--resume names` (the bundled model, which holds no training state): one line saying what
+    --resume takes and what does that job (--from), not "checkpoint names does not exist; did you
+    mean names?"; nothing is written."""
+    (tmp_path / "work").mkdir()
+    for name in ("names", "base"):
+        err = assert_clean_error(run(["train", str(names_file), "--resume", name, "--max-steps", "3"],
+                                     cwd=tmp_path / "work"),
+                                 "--resume continues a run of your own", f"start a new run from it with --from {name}")
+        assert "did you mean" not in err
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_eval_and_score_show_a_bar_on_a_terminal_and_keep_stdout_clean(tmp_path):
     """With stderr on a terminal, eval and score (its output redirected) show how far they have
     got there; stdout holds the results and nothing else (rich's bar would take stdout with it

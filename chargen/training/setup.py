@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..checkpoint import BEST, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
+from ..checkpoint import BEST, BUNDLED, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
 from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
 from .data import is_list, read_corpus, trained_by_line
@@ -60,6 +60,9 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
     paths = list(corpus_paths)
     out_dir = Path(out) if out is not None else None
     if resume is not None:
+        if str(resume) in BUNDLED and not Path(resume).exists():
+            raise UsageError(f"--resume continues a run of your own (its directory or its last.safetensors); {resume} "
+                             f"is a bundled model, with no training state: start a new run from it with --from {resume}")
         ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
         if model_options:
             raise UsageError("the model shape is fixed by the run being resumed; drop "
