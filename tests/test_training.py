@@ -323,6 +323,8 @@ def test_running_out_of_memory_is_one_error_and_keeps_the_checkpoints_written(tm
 
 @pytest.mark.parametrize("cgroup, files, free_gb", [
     (None, {}, 8),  # no cgroup file: the host's MemAvailable
+    (None, {"proc/meminfo": "MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\nSwapFree:        2097152 kB"},
+     10),  # and its free swap
     ("0::/\n", {"sys/fs/cgroup/memory.max": "2147483648", "sys/fs/cgroup/memory.current": "536870912"}, 1.5),  # v2, limited
     ("0::/\n", {"sys/fs/cgroup/memory.max": "max", "sys/fs/cgroup/memory.current": "536870912"}, 8),  # v2, no limit
     ("0::/user.slice/run\n", {"sys/fs/cgroup/user.slice/run/memory.max": "34359738368",  # a limit above the host's free memory
@@ -336,7 +338,7 @@ def test_the_memory_a_run_may_use_is_the_hosts_or_its_containers_limit(tmp_path,
     from chargen.training.device import free_memory
 
     (tmp_path / "proc/self").mkdir(parents=True)
-    (tmp_path / "proc/meminfo").write_text("MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n")
+    (tmp_path / "proc/meminfo").write_text("MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\nSwapFree:              0 kB\n")
     if cgroup is not None:
         (tmp_path / "proc/self/cgroup").write_text(cgroup)
     for name, text in files.items():

@@ -37,9 +37,10 @@ SMALLER = "make the model smaller (--hidden, --layers)"
 
 
 def free_memory(device: torch.device, root: str = "/") -> Optional[int]:
-    """Bytes free to train in on `device`: the GPU's free memory; on a Linux host its MemAvailable,
-    or less where the process's cgroup (a container's memory limit) leaves less; None where it is
-    not known (macOS, MPS). `root`: where /proc and /sys are (a test's tree)."""
+    """Bytes free to train in on `device`: the GPU's free memory; on a Linux host its MemAvailable
+    and free swap (the check refuses what cannot run, not what would run slowly), or less where
+    the process's cgroup (a container's memory limit) leaves less; None where it is not known
+    (macOS, MPS). `root`: where /proc and /sys are (a test's tree)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type != "cpu":
@@ -47,7 +48,8 @@ def free_memory(device: torch.device, root: str = "/") -> Optional[int]:
     free = None
     try:
         with open(os.path.join(root, "proc/meminfo")) as f:
-            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+            fields = {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in f) if v.strip()}
+        free = fields["MemAvailable"] + fields.get("SwapFree", 0) if "MemAvailable" in fields else None
     except (OSError, ValueError, IndexError):
         pass
     headroom = _cgroup_headroom(root)
