@@ -321,6 +321,24 @@ def test_running_out_of_memory_is_one_error_and_keeps_the_checkpoints_written(tm
         train(corpus, config, SMALL, out_dir=tmp_path / "run2", precision="fp32")
 
 
+def test_a_run_resumed_where_its_model_does_not_fit_says_to_resume_it_elsewhere(tmp_path, monkeypatch):
+    """Resuming, the shape is the run's own: the advice is where to resume it, not to make the model
+    smaller; the run's checkpoints stay as they were."""
+    from chargen.errors import ModelTooLarge
+
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=6, eval_every=3, warmup=1)
+    train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32")
+    before = (tmp_path / "run" / LAST).read_bytes()
+    monkeypatch.setattr("chargen.training.device.free_memory", lambda device: 1000)
+    with pytest.raises(ModelTooLarge, match=r"free: resume it where more memory is free$"):
+        train(corpus, TrainConfig(batch_size=8, seq_len=16, max_steps=9, eval_every=3, warmup=1), None,
+              out_dir=tmp_path / "run", precision="fp32", resume=tmp_path / "run")
+    with pytest.raises(ModelTooLarge, match=r"free: make the model smaller \(--hidden, --layers\)$"):
+        train(corpus, config, SMALL, out_dir=tmp_path / "new", precision="fp32")
+    assert (tmp_path / "run" / LAST).read_bytes() == before
+
+
 @pytest.mark.parametrize("cgroup, files, free_gb", [
     (None, {}, 8),  # no cgroup file: the host's MemAvailable
     (None, {"proc/meminfo": "MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\nSwapFree:        2097152 kB"},

@@ -88,15 +88,17 @@ def _read(path: str) -> str:
         return f.read().strip()
 
 
-def check_fits(config: ModelConfig, device: torch.device) -> None:
+def check_fits(config: ModelConfig, device: torch.device, resuming: bool = False) -> None:
     """A model whose weights and optimizer state alone exceed the device's free memory is a
     ModelTooLarge error before any of it is allocated: a typo such as --hidden 200000 would
-    otherwise fail deep in torch's allocator, or in the kernel's OOM killer minutes in."""
+    otherwise fail deep in torch's allocator, or in the kernel's OOM killer minutes in. (`resuming`:
+    the shape is the run's, so the advice is where to resume it.)"""
     need, free = config.parameters * TRAIN_BYTES_PER_PARAMETER, free_memory(device)
     if free is not None and need > free:
+        advice = "resume it where more memory is free" if resuming else SMALLER
         raise ModelTooLarge(f"a {config.layers}x{config.hidden} {config.cell} ({config.parameters:,} parameters) needs "
                             f"at least {_gigabytes(need)} to train (weights, gradients and optimizer state), and "
-                            f"{device.type} has {_gigabytes(free)} free: {SMALLER}")
+                            f"{device.type} has {_gigabytes(free)} free: {advice}")
 
 
 @contextmanager

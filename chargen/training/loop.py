@@ -653,7 +653,7 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
     """The run's model: restored from the checkpoint it resumes, grown from the model it starts
     from (and its lineage), or new; with its config. One too large to train on `device` is an error first."""
     if ckpt is not None:
-        check_fits(ckpt.model_config, device)
+        check_fits(ckpt.model_config, device, resuming=True)
         model = CharRNN(ckpt.model_config)
         load_weights(model, ckpt.weights)
         return ckpt.model_config, model, ckpt.info.get("from")
