@@ -565,6 +565,21 @@ def test_auto_sizes_stop_at_the_shapes_the_machines_memory_can_train():
         auto_sizes(50_000_000, 65, time_budget=300.0, accelerator=False, given={}, measure=small_memory(1_000))
 
 
+def test_a_shape_whose_timing_runs_out_of_memory_is_too_large_for_the_sizes(monkeypatch):
+    """Torch's allocator failing while a shape is timed (a batch's activations on a small GPU) is
+    ModelTooLarge, where the automatic sizes stop their ladder, not an error that ends the run."""
+    from chargen.errors import ModelTooLarge
+    from chargen.training.probe import measure_rate
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("chargen.training.probe.loss_and_gradients", no_memory)
+    with pytest.raises(ModelTooLarge, match="^out of memory on cpu while training"):
+        measure_rate({"layers": 1, "hidden": 8, "embed": 4}, 10, 2, 4, device=torch.device("cpu"), precision="fp32",
+                     seconds=1.0)
+
+
 @pytest.mark.parametrize("epochs, dropout, weight_drop", [(10, 0.0, 0.0), (16, 0.0, 0.25), (50, 0.1, 0.25),
                                                            (149, 0.1, 0.25), (150, 0.2, 0.5), (200, 0.2, 0.5)])
 def test_the_regularisers_grow_with_the_epochs_a_run_will_see(epochs, dropout, weight_drop):

@@ -50,7 +50,7 @@ def free_memory(device: torch.device, root: str = "/") -> Optional[int]:
         with open(os.path.join(root, "proc/meminfo")) as f:
             fields = {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in f) if v.strip()}
         free = fields["MemAvailable"] + fields.get("SwapFree", 0) if "MemAvailable" in fields else None
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         pass
     headroom = _cgroup_headroom(root)
     return free if headroom is None else headroom if free is None else min(free, headroom)
@@ -102,18 +102,18 @@ def check_fits(config: ModelConfig, device: torch.device, resuming: bool = False
 
 
 @contextmanager
-def out_of_memory_reported(device: torch.device) -> Iterator[None]:
+def out_of_memory_reported(device: torch.device, error: type[TrainingError] = TrainingError) -> Iterator[None]:
     """An allocation that fails while training (the activations of a large batch, a GPU shared with
-    others) is one TrainingError naming what to shrink, not torch's traceback; the checkpoints
-    already written stay."""
+    others) is one `error` naming what to shrink, not torch's traceback; the checkpoints already
+    written stay. (The timing of a shape raises ModelTooLarge: the automatic sizes stop there.)"""
     try:
         yield
     except (RuntimeError, MemoryError) as exc:
         text = str(exc).lower()
         if not isinstance(exc, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
             raise
-        raise TrainingError(f"out of memory on {device.type} while training: {SMALLER}, or its batch "
-                            "(--batch-size, --seq-len)") from None
+        raise error(f"out of memory on {device.type} while training: {SMALLER}, or its batch "
+                    "(--batch-size, --seq-len)") from None
 
 
 def _gigabytes(n: int) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..model import CharRNN, detach_state
+from ..errors import ModelTooLarge
 from .device import check_fits, out_of_memory_reported, resolve_precision
 from .loop import loss_and_gradients, make_optimizer
 
@@ -33,7 +34,7 @@ def measure_rate(options: dict[str, Any], vocab_size: int, batch_size: int, seq_
     config = ModelConfig(vocab_size=vocab_size, **options)
     check_fits(config, device)  # (a shape given too large for the machine: one error, before allocating it)
     devices = range(torch.cuda.device_count()) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), out_of_memory_reported(device):
+    with torch.random.fork_rng(devices=devices), out_of_memory_reported(device, ModelTooLarge):
         torch.manual_seed(seed)
         model = CharRNN(config).to(device)
         precision = resolve_precision(precision, device, lambda message: None, config)
