@@ -580,6 +580,18 @@ def test_a_shape_whose_timing_runs_out_of_memory_is_too_large_for_the_sizes(monk
                      seconds=1.0)
 
 
+@pytest.mark.parametrize("by_line, n_labels", [(False, 0), (True, 0), (True, 7)])
+def test_the_sizes_note_counts_the_parameters_the_run_builds(by_line, n_labels):
+    # A list's model learns a start state (one a label): the note counts it as the model does.
+    from chargen.model import CharRNN
+    from chargen.training.sizing import auto_sizes
+
+    auto = auto_sizes(200_000, 30, time_budget=None, epochs=10, accelerator=False, given={}, by_line=by_line,
+                      n_labels=n_labels)
+    built = CharRNN(ModelConfig(vocab_size=30, learned_start=by_line, n_labels=n_labels, **auto.model))
+    assert f"({built.num_parameters():,} parameters)" in auto.why, auto.why
+
+
 @pytest.mark.parametrize("epochs, dropout, weight_drop", [(10, 0.0, 0.0), (16, 0.0, 0.25), (50, 0.1, 0.25),
                                                            (149, 0.1, 0.25), (150, 0.2, 0.5), (200, 0.2, 0.5)])
 def test_the_regularisers_grow_with_the_epochs_a_run_will_see(epochs, dropout, weight_drop):

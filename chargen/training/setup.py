@@ -266,7 +266,8 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
 
     auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
                       epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
-                      val_fraction=config.val_fraction, by_line=trained_by_line(corpus, config))
+                      val_fraction=config.val_fraction, by_line=trained_by_line(corpus, config),
+                      n_labels=len(corpus.labels.names) if corpus.labels is not None else 0)
     if dist is not None and "batch_size" in auto.train:
         # --batch-size is the global batch: keep each process's share as large as one alone would use.
         auto.train["batch_size"] *= dist.world

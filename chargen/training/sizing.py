@@ -118,20 +118,22 @@ def shape_name(options: dict[str, Any]) -> str:
 
 def auto_sizes(n_chars: int, vocab_size: int, *, time_budget: Optional[float], max_steps: Optional[int] = None,
                epochs: Optional[float] = None, accelerator: bool, given: dict[str, Any],
-               measure: Optional[Measure] = None, val_fraction: float = 0.1, by_line: bool = False) -> AutoSizes:
+               measure: Optional[Measure] = None, val_fraction: float = 0.1, by_line: bool = False,
+               n_labels: int = 0) -> AutoSizes:
     """Sizes for a corpus of `n_chars` characters and `vocab_size` symbols, trained for
     `time_budget` seconds (TrainConfig.time_budget, the default time included) and/or `max_steps`
     steps or `epochs`, on a GPU (`accelerator`) or a CPU. `given` holds the options the user set (model and
     training); they are kept, and the chosen ones leave them out. `measure` times a shape on the
     device (needed only for a time budget; without it the smallest shape is taken). `by_line`: the
-    corpus is a list trained line by line, which feeds more parameters a character."""
+    corpus is a list trained line by line, which feeds more parameters a character (and whose model
+    learns a start state, one for each of `n_labels` labels)."""
     train = {k: v for k, v in batch_defaults(n_chars, accelerator).items() if k not in given}
     batch, seq_len = given.get("batch_size", train.get("batch_size")), given.get("seq_len", train.get("seq_len"))
     train_chars = max(1, int(n_chars * (1 - given.get("val_fraction", val_fraction))))
     model_given = {k: v for k, v in given.items() if k in SHAPE_KEYS}  # the shape's keys
 
     def parameters(options: dict[str, Any]) -> int:
-        return ModelConfig(vocab_size=vocab_size, **options).parameters
+        return ModelConfig(vocab_size=vocab_size, learned_start=by_line, n_labels=n_labels, **options).parameters
 
     ladder = candidates(model_given)
     cap = DATA_PARAMETERS_PER_CHAR * train_chars
