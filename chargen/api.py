@@ -197,7 +197,7 @@ class Model:
                    if k in _TOP_REFUSED and v is not None and v is not False]
         if refused:
             raise UsageError(f"`top` ranks by the model's own probabilities and never repeats; drop {', '.join(refused)}")
-        if n < 1:
+        if isinstance(n, int) and n < 1:  # (a count of another type is refused as sample's is)
             raise UsageError(f"`top` must be at least 1 (got {n})")
         cfg = self._config(n, options)
         if cfg.lines is False or (cfg.lines is None and not self.line_oriented):

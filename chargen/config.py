@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, TypeVar
@@ -569,8 +570,11 @@ class SampleConfig(_Config):
             fields["label"] = label_spec(fields["label"])
         if isinstance(fields.get("contains"), str):
             fields["contains"] = [fields["contains"]]
-        if fields.get("exclude") is not None and not isinstance(fields["exclude"], (list, str)):
-            fields["exclude"] = list(fields["exclude"])
+        exclude = fields.get("exclude")
+        if exclude is not None and not isinstance(exclude, (list, str)):
+            if not isinstance(exclude, Iterable):
+                raise ConfigError(f"exclude must be a list of text (got {exclude!r})")
+            fields["exclude"] = list(exclude)
         return cls.from_dict(fields)
 
     def validate(self) -> None:

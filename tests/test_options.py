@@ -106,6 +106,12 @@ def test_an_error_names_the_field_and_each_front_end_spells_it():
                             (None, "prompt must be text or a list of text")):  # an error, not a TypeError or no samples
         with pytest.raises(chargen.ConfigError, match=re.escape(message)):
             chargen.load().sample(3, prompt=prompt)
+    for exclude in (0.5, True, 3):  # any iterable of lines is taken; anything else is an error, not a TypeError
+        with pytest.raises(chargen.ConfigError, match=re.escape(f"exclude must be a list of text (got {exclude!r})")):
+            chargen.load().sample(3, exclude=exclude)
+    assert "Maria" not in chargen.load().sample(200, seed=1, exclude=(x for x in ["Maria"]))
+    with pytest.raises(chargen.ConfigError, match=re.escape("n must be a whole number (got [])")):
+        list(chargen.load().top([]))  # was a TypeError from comparing the list with 1
 
 
 def test_the_playground_sends_only_known_fields():
