@@ -457,17 +457,24 @@ for _method, _request in ((Model.samples, "sample"), (Model.drawings, "sample"),
 def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:
     """Load a checkpoint file or run directory (its best checkpoint), or a bundled model by name
     ("names", "base"); the bundled names model by default."""
-    if path is not None and not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"`path` must be a checkpoint's path or a bundled model's name (got {path!r:.40})")
+    _check_path("path", path, "a checkpoint's path or a bundled model's name")
     return Model(read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST),
                  backend=backend, device=device)
 
 
-def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = None,
+def _check_path(name: str, value: Any, what: str) -> Optional[str]:
+    """A path keyword, a str or os.PathLike (or None), as a str (as the run records it); anything
+    else is a ConfigError naming it."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"`{name}` must be {what} (got {value!r:.40})")
+    return None if value is None else os.fspath(value)
+
+
+def train(corpus_paths: str | os.PathLike | Sequence[str | os.PathLike] = (), *, out: str | os.PathLike | None = None,
           val_file: Optional[str] = None, precision: str = "auto", resume: str | os.PathLike | None = None,
           start_from: str | os.PathLike | None = None, overwrite: bool = False, callbacks=None,
           **options: Any) -> Path:
-    """Train on text files ('-' is stdin) and return the run directory.
+    """Train on text files ('-' is stdin; one path, or a list) and return the run directory.
 
     `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
     (batch_size, seq_len, lr, max_steps, epochs, time in seconds, patience, device, ...); an
@@ -483,6 +490,15 @@ def train(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None = N
 
         >>> run_dir = chargen.train(["corpora/names.txt"], time=60, hidden=128)
     """
+    if isinstance(corpus_paths, (str, os.PathLike)):  # one file: train("names.txt") as train(["names.txt"])
+        corpus_paths = [corpus_paths]
+    if corpus_paths is None or not isinstance(corpus_paths, Iterable):
+        raise ConfigError(f"`corpus_paths` must be a list of text files' paths (got {corpus_paths!r:.40})")
+    corpus_paths = [_check_path("corpus_paths", path, "a list of text files' paths") for path in corpus_paths]
+    out = _check_path("out", out, "a directory's path")
+    val_file = _check_path("val_file", val_file, "a text file's path")
+    resume = _check_path("resume", resume, "a run directory or its last.safetensors")
+    start_from = _check_path("start_from", start_from, "a checkpoint's path or a bundled model's name")
     require_torch("training")
     from .training.setup import train_run  # imports torch
 

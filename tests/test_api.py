@@ -48,9 +48,19 @@ def test_eval_unknown_characters(trained_names):
 
 
 def test_train_api_returns_the_run_directory(tmp_path, names_file):
-    out = chargen.train([str(names_file)], out=str(tmp_path / "run"), max_steps=5, layers=1, hidden=16, embed=8,
-                        batch_size=4, seq_len=16, precision="fp32")
+    out = chargen.train(names_file, out=str(tmp_path / "run"), max_steps=5, layers=1, hidden=16, embed=8,
+                        batch_size=4, seq_len=16, precision="fp32")  # one path, as a list of one
     assert (out / "best.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["corpus"] == [str(names_file)]
+    # a path keyword of another kind is named (was a TypeError, or a str's letters read as paths)
+    for keywords, message in ((dict(corpus_paths=None), "corpus_paths must be a list of text files' paths"),
+                              (dict(corpus_paths=[names_file, 5]), "corpus_paths must be a list of text files' paths"),
+                              (dict(out=True), "out must be a directory's path"),
+                              (dict(resume=0.5), "resume must be a run directory or its last.safetensors"),
+                              (dict(start_from=1), "start_from must be a checkpoint's path or a bundled model's name"),
+                              (dict(val_file=[]), "val_file must be a text file's path")):
+        with pytest.raises(ChargenError, match=re.escape(message)):
+            chargen.train(**{"corpus_paths": [names_file], "max_steps": 1, **keywords})
     # an unknown keyword is named among every keyword train takes (model shape, loop, its own), a typo with its fix
     with pytest.raises(ChargenError, match=r"'max_step' \(max_steps\?\) \(known: .*\bhidden\b.*\bstart_from\b"):
         chargen.train([str(names_file)], out=str(tmp_path / "r2"), max_step=5)
