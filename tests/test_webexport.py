@@ -595,6 +595,24 @@ def test_module_errors_are_clear(tmp_path):
 
 
 @needs_node
+def test_a_bigint_or_nan_where_an_option_wants_another_number_is_shown_in_the_error(tmp_path):
+    """JSON.stringify throws on a BigInt: an option's error showed TypeError "Do not know how to
+    serialize a BigInt" instead of the option's own message (found by random option values)."""
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(random_model(tmp_path / "m.safetensors", "lstm", 1)),
+                                  Encoding("f32", True)))
+    script = ("import(process.argv[1]).then(m => { for (const o of [{topK: 10n}, {n: [2n]}, {temperature: NaN}, "
+              "{topP: Infinity}, {unique: 1n}]) { try { m.sample(o); console.log('(samples)') } "
+              "catch (e) { console.log(`${e instanceof m.ChargenError}: ${e.message}`) } } })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["true: `topK` must be an integer of at least 1 (got 10n)",
+                                        'true: `n` must be an integer of at least 1 (got ["2n"])',
+                                        "true: `temperature` must be 0 (greedy) or more (got NaN)",
+                                        "true: `topP` must be in (0, 1] (got Infinity)",
+                                        "true: `unique` must be true or false (got 1n)"], proc.stderr
+
+
+@needs_node
 def test_a_drawing_that_finds_too_few_says_how_rare_its_constraints_are_as_chargen_does(tmp_path):
     module = tmp_path / "names.mjs"
     ckpt = read_checkpoint(checkpoint_path("names"))

@@ -760,9 +760,14 @@ class Constraint {
 
 const OPTIONS = Object.keys(MODEL.defaults);  // chargen's sampling options that an export takes, camelCase
 
+// A value as an error message shows it: JSON, a number as itself (NaN, not null), a BigInt as 10n
+// (JSON.stringify throws on one).
+const shown = v => typeof v === "number" ? String(v) : typeof v === "bigint" ? `${v}n`
+  : JSON.stringify(v, (k, x) => typeof x === "bigint" ? `${x}n` : x) ?? String(v);
+
 function checkOptions(opts) {
   if (opts === undefined || opts === null) opts = {};
-  if (typeof opts !== "object" || Array.isArray(opts)) throw new ChargenError(`the options must be an object (got ${JSON.stringify(opts)})`);
+  if (typeof opts !== "object" || Array.isArray(opts)) throw new ChargenError(`the options must be an object (got ${shown(opts)})`);
   for (const k of Object.keys(opts)) {
     if (OPTIONS.includes(k) || opts[k] === undefined) continue;
     if (k in MODEL.not_exported) throw new ChargenError(`\`${k}\` ${MODEL.not_exported[k]}`);
@@ -772,17 +777,17 @@ function checkOptions(opts) {
   for (const k of OPTIONS) if (opts[k] !== undefined && opts[k] !== null) o[k] = opts[k];
   const int = (k, lo) => {
     if (o[k] === null) return;
-    if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${JSON.stringify(o[k])})`);
+    if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${shown(o[k])})`);
   };
   int("n", 1); int("length", 1); int("topK", 1); int("minLen", 0); int("maxLen", 1);
   for (const k of ["unique", "novel", "rejection", "lines"]) {
-    if (o[k] !== null && typeof o[k] !== "boolean") throw new ChargenError(`\`${k}\` must be true or false (got ${JSON.stringify(o[k])})`);
+    if (o[k] !== null && typeof o[k] !== "boolean") throw new ChargenError(`\`${k}\` must be true or false (got ${shown(o[k])})`);
   }
   if (typeof o.temperature !== "number" || !(o.temperature >= 0) || o.temperature === Infinity) {
-    throw new ChargenError(`\`temperature\` must be 0 (greedy) or more (got ${JSON.stringify(o.temperature)})`);
+    throw new ChargenError(`\`temperature\` must be 0 (greedy) or more (got ${shown(o.temperature)})`);
   }
   if (o.topP !== null && !(typeof o.topP === "number" && o.topP > 0 && o.topP <= 1)) {
-    throw new ChargenError(`\`topP\` must be in (0, 1] (got ${JSON.stringify(o.topP)})`);
+    throw new ChargenError(`\`topP\` must be in (0, 1] (got ${shown(o.topP)})`);
   }
   if (o.minLen !== null && o.maxLen !== null && o.minLen > o.maxLen) {
     throw new ChargenError(`\`minLen\` ${o.minLen} is above \`maxLen\` ${o.maxLen}: no sample can satisfy both`);
@@ -797,7 +802,7 @@ function checkOptions(opts) {
   if (o.regex !== null && typeof o.regex !== "string") throw new ChargenError("`regex` must be a text");
   if (o.label != null && typeof o.label === "object" && !Array.isArray(o.label)) o.label = labelSpec(o.label);
   if (o.label != null && typeof o.label !== "string") {  // (null or undefined: none given, or no labels)
-    throw new ChargenError(`\`label\` must be text or a mapping of labels to weights (got ${JSON.stringify(o.label)})`);
+    throw new ChargenError(`\`label\` must be text or a mapping of labels to weights (got ${shown(o.label)})`);
   }
   // A call without a seed may take a warm tree (WarmTrees)
   o.warm = o.seed === null;
@@ -1238,7 +1243,7 @@ function labelSpec(weights) {
   const entries = Object.entries(weights);
   if (!entries.length) throw new ChargenError("`label` is an empty mapping; give a label and its weight, or leave it out");
   for (const [name, w] of entries) {
-    if (typeof w !== "number" || !Number.isFinite(w)) throw new ChargenError(`\`label\` must map text to numbers (got ${JSON.stringify(weights)})`);
+    if (typeof w !== "number" || !Number.isFinite(w)) throw new ChargenError(`\`label\` must map text to numbers (got ${shown(weights)})`);
     if (!name.trim() || name.includes(",") || name.includes("=")) throw new ChargenError(`\`label\`: '${name}' names no label (labels hold no ',' or '=')`);
   }
   return entries.map(([name, w]) => `${name}=${w}`).join(",");
