@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, O
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import SampleConfig, check_type, declared, label_spec
+from .config import DEVICES, SampleConfig, check_type, declared, label_spec
 from .errors import ConfigError, UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
@@ -81,6 +81,8 @@ class Model:
     def __init__(self, checkpoint: Checkpoint, backend: str = "auto", device: Optional[str] = None):
         if backend not in ("auto", "numpy", "torch"):
             raise UsageError(f"`backend` must be auto, numpy or torch (got {backend!r})")
+        if device is not None and device not in DEVICES:  # (torch's own words for another are a RuntimeError)
+            raise UsageError(f"`device` must be one of {', '.join(DEVICES)} (got {device!r:.40})")
         if backend == "auto":
             backend = "torch" if device not in (None, "cpu") else "numpy"
         if backend == "numpy" and device not in (None, "cpu"):
