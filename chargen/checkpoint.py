@@ -184,6 +184,7 @@ def encode_lines(lines: list[str]) -> np.ndarray:
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = BEST) -> Path:
     """A run directory means its best (or last) checkpoint; a file means itself."""
+    _not_empty(path)
     p = Path(path)
     if p.is_dir():
         order = [prefer, LAST if prefer == BEST else BEST]
@@ -409,9 +410,15 @@ def bundled_checkpoint(name: str = "names") -> Path:
     raise CheckpointError(f"the bundled model {file} is missing from this install; pass `checkpoint`")
 
 
+def _not_empty(path: str | os.PathLike) -> None:
+    if not os.fspath(path):  # (Path("") is the current directory)
+        raise CheckpointError("the checkpoint's path is empty: name a checkpoint, a run directory or a bundled model")
+
+
 def checkpoint_path(spec: str | os.PathLike) -> Path:
     """A checkpoint or run directory given by path, or a bundled model by its name (`names`,
     `base`) when no file of that name is here."""
+    _not_empty(spec)
     path = Path(spec)
     if str(spec) in BUNDLED and not path.exists():
         return bundled_checkpoint(str(spec))

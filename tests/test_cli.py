@@ -244,6 +244,11 @@ def test_bundled_model_samples_names():
         (["sample", "base", "-n", "2"], "here a checkpoint is an option: chargen sample -c CHECKPOINT"),
         (["serve", "model.safetensors"], "here a checkpoint is an option: chargen serve -c CHECKPOINT"),
         (["sample", "10"], "unexpected extra argument(s) (10) (see: chargen sample --help)"),  # no checkpoint
+        # an empty path is not the current directory (--out "" wrote the run among its files)
+        (["train", "x.txt", "--out", ""], "--out is empty: name the run's directory (. for this one)"),
+        (["train", ""], "a corpus path is empty: name a text file, or - for stdin"),
+        (["sample", "-c", ""], "the checkpoint's path is empty"),
+        (["train", "--resume", ""], "the checkpoint's path is empty"),
         # a device torch has no name for was its RuntimeError (cuda:0 an AssertionError on a CPU build)
         (["sample", "--backend", "torch", "--device", "nonsense"], "--device must be one of auto, cpu, cuda, mps"),
         (["eval", "names", "x.txt", "--device", "cuda:0"], "--device must be one of auto, cpu, cuda, mps (got 'cuda:0')"),

@@ -152,6 +152,8 @@ def open_source(path: str, stdin: Optional[BinaryIO] = None) -> BinaryIO:
         if getattr(stream, "isatty", lambda: False)():  # typed: all of it, so one Ctrl-D ends it (a read of
             return io.BytesIO(stream.read())  # a chunk stops at Ctrl-D, and the next would wait for another)
         return stream
+    if not path:  # (Path("") is the current directory)
+        raise CorpusError("a corpus path is empty: name a text file, or - for stdin")
     p = Path(path)
     if p.is_dir():
         raise CorpusError(f"{path} is a directory; pass the text files inside it")
