@@ -289,6 +289,12 @@ def _at_least(n: float) -> Callable[[Any], bool]:
 
 POSITIVE = dict(check=_positive, rule="must be a number greater than 0")
 _AT_LEAST_1 = dict(check=_at_least(1), rule="must be at least 1")
+# The longest a sample may run to: months of drawing, and far from the 2**63 that the row engine's
+# tables hold (10**30 was an OverflowError).
+MAX_LENGTH = 10**12
+_LENGTH = dict(check=lambda v: 1 <= v <= MAX_LENGTH, rule=f"must be between 1 and {MAX_LENGTH:,}")
+# The most worker processes a command forks: 10**30 was an OverflowError, a million a fork bomb.
+MAX_WORKERS = 1024
 NOT_NEGATIVE = dict(check=lambda v: 0 <= v < math.inf, rule="must be 0 or more")
 AUTO = "auto, from the corpus, the budget and the measured speed; printed at start"
 
@@ -496,7 +502,7 @@ class SampleConfig(_Config):
     num: int = option(1, "Samples to print (per prompt).", flags=("-n", "--num"), field="n", requests=REQUESTS,
                       check=_at_least(1), rule="must be at least 1")
     length: Optional[int] = option(None, "Maximum characters generated per sample.", flags=("--length", "-l"),
-                                   requests=REQUESTS, check=_at_least(1), rule="must be at least 1",
+                                   requests=REQUESTS, **_LENGTH,
                                    default_help=f"{DEFAULT_LINE_LENGTH} per line, {DEFAULT_PROSE_LENGTH} for prose")
     temperature: float = option(0.8, "Randomness: 0 is greedy, 1 the model's own distribution.",
                                 flags=("--temperature", "-t"), requests=("sample", "stream"), role="setting",
@@ -523,7 +529,8 @@ class SampleConfig(_Config):
     exclude: Optional[list[str]] = option(None, "Never return one of these lines (like novel, for any list).",
                                           requests=("sample", "top"), role="filter", cli=False)
     workers: Optional[int] = option(None, "Processes drawing at once (plain and --rejection sampling): the same "
-                                          "samples at any count.", check=_at_least(1), rule="must be at least 1",
+                                          "samples at any count.", check=lambda v: 1 <= v <= MAX_WORKERS,
+                                    rule=f"must be between 1 and {MAX_WORKERS:,}",
                                     default_help=f"one per CPU core from {MIN_PARALLEL:,} samples (Linux, a program "
                                                  "without threads of its own); else 1")
     max_tries: int = option(50, "Draws per wanted sample before giving up, for unique, novel and empty samples.",
@@ -624,7 +631,7 @@ class ServeConfig(_Config):
     token: Optional[str] = option(None, "Require this bearer token on the API (Authorization: Bearer TOKEN).",
                                   default_help="$CHARGEN_SERVE_TOKEN, else none")
     max_n: int = option(1000, "Most samples one request may ask for, all its prompts together.", **_AT_LEAST_1)
-    max_length: int = option(2000, "Most characters a sample may run to.", **_AT_LEAST_1)
+    max_length: int = option(2000, "Most characters a sample may run to.", **_LENGTH)
     max_prompts: int = option(100, "Most prompts in one request.", **_AT_LEAST_1)
     max_body: int = option(1 << 20, "Most bytes in a request body.", **_AT_LEAST_1)
     max_streams: int = option(4, "Most /v1/stream responses open at once.", **_AT_LEAST_1)
@@ -636,7 +643,8 @@ class ServeConfig(_Config):
                                           "not share the server's process with HTTP; with them, one more runs the slow "
                                           "requests: samples under constraints, /v1/top, /v1/score and /v1/eval (0: "
                                           "threads of the server's process for all). "
-                                          "Same samples either way.", check=lambda v: v >= 0, rule="must be 0 or more",
+                                          "Same samples either way.", check=lambda v: 0 <= v <= MAX_WORKERS,
+                                    rule=f"must be between 0 and {MAX_WORKERS:,}",
                                     default_help="1 on Linux with 2 or more cores (numpy backend), else 0")
     max_draws: int = option(200_000, "Most draws one sample request may cost (rare constraints draw many); past it, "
                                      "a 422.", **_AT_LEAST_1)

@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from .checkpoint import Checkpoint, checkpoint_name, encode_lines, save_checkpoint
-from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, SampleConfig, declared
+from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, MAX_LENGTH, SampleConfig, declared
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES
@@ -288,6 +288,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "defaults": _defaults(bool(ckpt.labels)),
         "not_exported": _not_exported(bool(ckpt.labels)),
         "line_length": DEFAULT_LINE_LENGTH,
+        "max_length": MAX_LENGTH,  # the longest `length` (as chargen refuses longer)
         "prose_length": DEFAULT_PROSE_LENGTH,
         "max_tries": SampleConfig().max_tries,
         "constrained_tries": CONSTRAINED_TRIES,

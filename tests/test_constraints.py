@@ -717,6 +717,57 @@ def test_a_drawing_that_cannot_succeed_says_so(stepper):
     assert "pass `guided`" in info.value.message
 
 
+@pytest.mark.parametrize("regex", [None, "(ab)*c?", "((ab){3})*", "(a{2})*(b{3})*", "[A-Z][a-z]*(el|ia)", "Anna|Maria"])
+def test_feasibility_from_the_rows_that_differ_is_the_whole_table(regex):
+    """Automaton.feasible holds the rows that differ (a --length of 10**9 or 10**12 was minutes and
+    gigabytes, or an allocation of a terabyte); every entry is the full table's, built row by row as
+    it was, at lengths with cycles below min_len and fixed points above. And count, now counted
+    from the short lengths up and stopped at `enough`, is the table's count (or at least `enough`)."""
+    vocab = chargen.load().vocab
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        min_len, max_len = int(rng.choice([0, 1, 2, 5, 9, 30])), [None, 3, 8, 40][rng.integers(4)]
+        if max_len is not None and min_len > max_len:
+            continue
+        ends = [None, "a", "ab"][rng.integers(3)]
+        a = Automaton(Constraints(min_len=min_len, max_len=max_len, ends_with=ends, regex=regex), vocab,
+                      int(rng.choice([1, 2, 5, 20, 60])))
+        table = np.zeros((a.max_len + 2, a.n_states), dtype=bool)
+        for n in range(a.max_len, -1, -1):
+            table[n] = (a.accepting & (n >= a.min_len)) | (a._live & table[n + 1][a._target]).any(axis=1)
+        n, s = np.arange(a.max_len + 2)[:, None], np.arange(a.n_states)[None, :]
+        assert (a.feasible[n, s] == table).all(), (min_len, max_len, ends, a.max_len)
+        for start in range(a.n_states):
+            for n0 in range(0, a.max_len + 1, max(1, a.max_len // 4)):
+                ways = np.zeros(a.n_states)  # the table's count: completions of each state, from max_len down
+                for m in range(a.max_len, n0 - 1, -1):
+                    ends_here = (a.accepting & (m >= a.min_len)).astype(float)
+                    ways = ends_here + (np.where(a._live, ways[a._target], 0.0).sum(axis=1) if m < a.max_len else 0)
+                assert a.count(start, n0) == pytest.approx(ways[start], rel=1e-12)  # (floats past 2**53)
+                for enough in (1, 5, 100):
+                    got = a.count(start, n0, enough=enough)
+                    assert got == pytest.approx(ways[start], rel=1e-12) or (got >= enough and ways[start] >= enough)
+    a = Automaton(Constraints(min_len=7, regex="(ab)*c"), vocab, 10**12)  # was a table of 10**12 rows
+    start = a.start("", vocab)
+    after_b = a.trans[start, vocab.index["b"]]
+    assert len(a.feasible.table) < 10 and a.feasible[10**12 - 1, start] and not a.feasible[10**12, start]
+    assert after_b < 0 or not a.feasible[1, after_b]  # (ab)*c: no sample starts with b
+
+
+def test_a_length_of_a_trillion_draws_what_the_default_length_draws():
+    """Constraints, unique and top under --length 10**12: the same samples as at the default length
+    (no sample comes near either), where the feasibility table alone wanted a terabyte."""
+    model = chargen.load()
+    for options in (dict(ends_with="a"), dict(regex="[A-Z][a-z]*(el|ia)"), dict(contains="th", min_len=6),
+                    dict(ends_with="a", unique=True), dict(max_len=8, rejection=True)):
+        assert model.sample(20, seed=1, length=10**12, **options) == model.sample(20, seed=1, **options), options
+    assert [s.text for s in model.top(5, length=10**12, ends_with="a")] == [s.text for s in model.top(5, ends_with="a")]
+    with pytest.raises(UsageError, match="only 2 distinct samples satisfy the constraints"):
+        model.sample(5, length=10**12, regex="Anna|Maria", unique=True)  # counted up to the longest, not to 10**12
+    with pytest.raises(chargen.ChargenError, match=re.escape("length must be between 1 and 1,000,000,000,000")):
+        model.sample(1, length=10**30)  # (an OverflowError in the row engine)
+
+
 def test_a_text_to_contain_or_end_with_is_the_automaton_interegular_builds_for_it():
     """_kmp against `.*text.*` and `.*text` compiled by interegular: the same strings accepted, every
     string over three letters up to 7 long."""

@@ -613,6 +613,29 @@ def test_a_bigint_or_nan_where_an_option_wants_another_number_is_shown_in_the_er
 
 
 @needs_node
+def test_a_module_draws_under_constraints_at_a_length_of_a_trillion_as_chargen_does(tmp_path):
+    """The module's feasibility table, like chargen's, holds only the rows that differ (it built
+    length + 2 rows: at 10**12 the engine ran out of memory), and counts for `unique` from the short
+    lengths up; the longest length is chargen's, with its words."""
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    cases = [{"n": 6, "seed": 3, "length": 10**12, "endsWith": "a"},
+             {"n": 4, "seed": 5, "length": 10**12, "regex": "(ab)*c", "minLen": 5},
+             {"n": 3, "seed": 7, "length": 10**12, "contains": "b", "unique": True}]
+    got = node_records(module, cases + [{"n": 1, "length": 10**13}, {"n": 3, "length": 10**12, "regex": "ab|ba",
+                                                                     "unique": True}])
+    for case, js in zip(cases, got):
+        assert "error" not in js, (case, js)
+        assert_same(js, python_records(ckpt_path, case))
+    with pytest.raises(chargen.ChargenError) as python:
+        chargen.load(ckpt_path).sample(1, length=10**13)
+    assert got[-2]["error"] == "`length` must be an integer between 1 and 1,000,000,000,000 (got 10000000000000)"
+    assert str(python.value).startswith("length must be between 1 and 1,000,000,000,000")
+    assert got[-1]["error"].startswith("only 2 distinct samples satisfy the constraints")
+
+
+@needs_node
 def test_a_drawing_that_finds_too_few_says_how_rare_its_constraints_are_as_chargen_does(tmp_path):
     module = tmp_path / "names.mjs"
     ckpt = read_checkpoint(checkpoint_path("names"))

@@ -20,12 +20,13 @@ and a trailing `$` are accepted and change nothing: the whole sample must match 
 from __future__ import annotations
 
 import copy
+import math
 import re
 import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -251,14 +252,10 @@ class Automaton:
     def n_states(self) -> int:
         return len(self.accepting)
 
-    def _feasibility(self) -> np.ndarray:
+    def _feasibility(self) -> "Feasibility":
         """feasible[n, s]: from state s after n characters, an accepted end within the bounds is reachable."""
-        feasible = np.zeros((self.max_len + 2, self.n_states), dtype=bool)
-        for n in range(self.max_len, -1, -1):
-            can_end = self.accepting & (n >= self.min_len)
-            can_go = (self._live & feasible[n + 1][self._target]).any(axis=1)
-            feasible[n] = can_end | can_go
-        return feasible
+        return Feasibility(self.accepting, lambda row: (self._live & row[self._target]).any(axis=1),
+                           self.min_len, self.max_len)
 
     def start(self, prompt: str, vocab: Vocab) -> int:
         """The state after the prompt; a UsageError if no sample that starts with it can satisfy the constraints."""
@@ -288,14 +285,24 @@ class Automaton:
         """Next states; a newline (or a forbidden id) gives DEAD."""
         return self.trans[states, ids]
 
-    def count(self, start: int, n0: int) -> float:
-        """How many distinct samples from `start` after n0 characters satisfy the constraints (as a float)."""
-        ways = np.zeros(self.n_states)  # ways[s]: completions from s with the current length
+    def count(self, start: int, n0: int, enough: float = math.inf) -> float:
+        """How many distinct samples from `start` after n0 characters satisfy the constraints (as a
+        float), or a number of at least `enough` once that many are found: counted length by length
+        from n0 up, so that a --length of millions costs steps only while the count is short of
+        `enough` and some state is still reachable."""
+        source, column = np.nonzero(self._live)
+        target = self.trans[source, column]
+        ways = np.zeros(self.n_states)  # ways[s]: the texts of the current length that lead to s
+        ways[start] = 1.0
+        found = 0.0
         with np.errstate(over="ignore"):  # beyond 1e308 ways is inf: more than anyone asks for
-            for n in range(self.max_len, n0 - 1, -1):
-                ends = (self.accepting & (n >= self.min_len)).astype(np.float64)
-                ways = ends + np.where(self._live, ways[self._target], 0.0).sum(axis=1) if n < self.max_len else ends
-        return float(ways[start])
+            for n in range(n0, self.max_len + 1):
+                if n >= self.min_len:
+                    found += ways[self.accepting].sum()
+                if found >= enough or n == self.max_len or not ways.any():
+                    break
+                ways = np.bincount(target, weights=ways[source], minlength=self.n_states)
+        return float(found)
 
 
 def _too_many_states() -> UsageError:
@@ -339,6 +346,66 @@ def line_samples_only(subject: str, line_oriented: Optional[bool], verb: str = "
     return UsageError(f"{subject} {verb} to line samples only; {fix}")
 
 
+class Feasibility:
+    """feasible[n, s] for n in 0..max_len+1 (numpy's indexing: n and s arrays that broadcast), held
+    as the rows that differ; the table itself, max_len + 2 rows, took minutes and gigabytes at a
+    --length of 10^9.
+
+    Read from max_len + 1 (no state: no character is left) down, each row is a function of the one
+    above it: at min_len and above, a state is feasible where it can end or go on to a feasible
+    state; below, where it can go on. So from the first row that repeats an earlier one of the same
+    rule on, the rows repeat. At min_len and above the rows only grow, and stop changing within S + 1
+    rows; below, they cycle (a period of 2 for `(ab)*`) or die out.
+    """
+
+    def __init__(self, accepting: np.ndarray, go: Callable[[np.ndarray], np.ndarray], min_len: int, max_len: int):
+        self.max_len = max_len
+        self.low = min(min_len, max_len + 1)  # the first length that may end
+        upper = _repeating(np.zeros_like(accepting), lambda row: accepting | go(row), max_len + 2 - self.low)
+        lower = _repeating(go(upper.row(max_len + 1 - self.low)), go, self.low)
+        self.upper, self.lower = upper, lower
+        self.table = np.concatenate([upper.rows, lower.rows])  # (R, S)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        n, s = key
+        n = np.asarray(n)
+        row = np.where(n >= self.low, self.upper.index(self.max_len + 1 - n),
+                       len(self.upper.rows) + self.lower.index(self.low - 1 - n))
+        return self.table[row, s]
+
+
+@dataclass
+class _Repeating:
+    """A run of rows, each a function of the one before: the rows up to the first repeat, and from
+    `start` on every `period`-th row the same."""
+
+    rows: np.ndarray  # (R, S)
+    start: int
+    period: int
+
+    def index(self, k: np.ndarray) -> np.ndarray:
+        """The stored row of the k-th row."""
+        return np.where(k < len(self.rows), k, self.start + (k - self.start) % self.period)
+
+    def row(self, k: int) -> np.ndarray:
+        return self.rows[int(self.index(np.asarray(k)))]
+
+
+def _repeating(first: np.ndarray, step: Callable[[np.ndarray], np.ndarray], count: int) -> _Repeating:
+    """The `count` rows first, step(first), step(step(first)), ...: stored up to the first repeat."""
+    rows: list[np.ndarray] = []
+    seen: dict[bytes, int] = {}
+    row = first
+    for k in range(count):
+        if row.tobytes() in seen:
+            start = seen[row.tobytes()]
+            return _Repeating(np.array(rows), start, k - start)
+        seen[row.tobytes()] = k
+        rows.append(row)
+        row = step(row)
+    return _Repeating(np.array(rows).reshape(len(rows), len(first)), 0, 1)  # (no row repeats: every one is stored)
+
+
 # --- the constraints of one prompt --------------------------------------------------------------
 
 
@@ -372,7 +439,7 @@ def guide_for(automaton: Optional[Automaton], vocab: Vocab, prompt: str, cfg: Sa
     bounded = automaton.bounded(len(prompt) + cfg.max_length(lines))
     start = bounded.start(prompt, vocab)
     if cfg.unique:
-        possible = bounded.count(start, len(prompt))
+        possible = bounded.count(start, len(prompt), enough=cfg.num)
         if possible < cfg.num:
             raise UsageError(f"only {int(possible):,} distinct samples satisfy the constraints, fewer than the "
                              f"{cfg.num:,} asked for with `unique`; ask for fewer (`top` {int(possible)} lists them all)")

@@ -313,7 +313,7 @@ class PrefixTree:
         ends = np.zeros(r, dtype=np.int64)  # the node each accepted attempt drew its newline at
         logp, kept, logq = np.zeros(r), np.zeros(r), np.zeros(r)
         t = np.zeros(r, dtype=np.int64)
-        out = np.zeros((r, self.steps), dtype=np.uint32)
+        out = np.zeros((r, min(self.steps, 64)), dtype=np.uint32)  # (r, D): widened as the draws go on
         visited: list[np.ndarray] = []
         psi_roots = self.root_psi.copy()  # the roots' bounds at the round's start
         gone_roots = self.gone.copy()  # and the probability of the samples ruled out by then
@@ -335,6 +335,8 @@ class PrefixTree:
             accepted[rows[end]] = True
             ends[rows[end]] = nodes[end]
             alive[rows[end]] = False
+            if d == out.shape[1]:  # (a --length of millions takes only what the draws write)
+                out = np.concatenate([out, np.zeros_like(out)], axis=1)
             out[rows[~end], d] = self.codepoints[c[~end]]
             at[rows[~end]] = self._children(nodes[~end], c[~end])
         texts = texts_of(out)

@@ -700,7 +700,7 @@ function kmp(vocab, pat, absorb) {
 
 // The constraints as one automaton over the vocabulary: the product of the parts (an ending's, each
 // contained text's, the regex's), over the reachable tuples of their states (at most
-// MODEL.max_states, as chargen caps it), with feasible[n][s]: from state s after n characters an
+// MODEL.max_states, as chargen caps it), with feasible(n)[s]: from state s after n characters an
 // accepted end within [minLen, maxLen] is reachable. With no text constraint, one state. The states
 // are numbered otherwise than chargen's (its regex automata come from interegular), but a state allows the
 // same ids, so the draws match.
@@ -722,38 +722,65 @@ class Constraint {
     rows.forEach((row, i) => this.trans.set(row, i * V));
     const final = order.map((tuple) => parts.every((p, j) => p.accepting[tuple[j]]));
     this.accepting = (s) => final[s];
-    this.feasible = [];
-    for (let n = 0; n <= maxLen + 1; n++) this.feasible.push(new Uint8Array(S));
-    for (let n = maxLen; n >= 0; n--) {
+    // feasible(n)[s] for n in 0..maxLen+1, from the rows that differ (chargen's Feasibility): read
+    // from maxLen + 1 down, each row a function of the one above (at minLen and above: s can end or go
+    // on to a feasible state; below: go on), so the rows repeat from the first repeat on.
+    const go = (row) => {
+      const out = new Uint8Array(S);
       for (let s = 0; s < S; s++) {
-        let ok = this.accepting(s) && n >= minLen;
-        for (let v = 0; v < V && !ok; v++) { const t = this.trans[s * V + v]; ok = t >= 0 && this.feasible[n + 1][t] === 1; }
-        this.feasible[n][s] = ok ? 1 : 0;
+        for (let v = 0; v < V && !out[s]; v++) { const t = this.trans[s * V + v]; out[s] = t >= 0 && row[t] === 1 ? 1 : 0; }
       }
-    }
+      return out;
+    };
+    const low = Math.min(minLen, maxLen + 1);  // the first length that may end
+    const upper = repeating(new Uint8Array(S), (row) => {
+      const out = go(row);
+      for (let s = 0; s < S; s++) if (final[s]) out[s] = 1;
+      return out;
+    }, maxLen + 2 - low);
+    const lower = repeating(go(upper(maxLen + 1 - low)), go, low);
+    this.feasible = (n) => n >= low ? upper(maxLen + 1 - n) : lower(low - 1 - n);
   }
 
   // Which ids keep a complete sample reachable from state s after n characters.
   allowed(s, n, out) {
-    const V = this.V, f = this.feasible[Math.min(n + 1, this.maxLen + 1)];
+    const V = this.V, f = this.feasible(Math.min(n + 1, this.maxLen + 1));
     for (let v = 0; v < V; v++) { const t = this.trans[s * V + v]; out[v] = t >= 0 && f[t] ? 1 : 0; }
     out[this.newline] = this.accepting(s) && n >= this.minLen && n <= this.maxLen ? 1 : 0;
     return out;
   }
 
-  // Distinct samples from state `start` after n0 characters (as a float).
-  count(start, n0) {
-    let ways = new Float64Array(this.S);
-    for (let n = this.maxLen; n >= n0; n--) {
+  // Distinct samples from state `start` after n0 characters (as a float), or a number of at least
+  // `enough` once that many are found: counted length by length from n0 up, as chargen counts them.
+  count(start, n0, enough = Infinity) {
+    let ways = new Float64Array(this.S);  // the texts of the current length that lead to each state
+    ways[start] = 1;
+    let found = 0;
+    for (let n = n0; n <= this.maxLen; n++) {
+      if (n >= this.minLen) for (let s = 0; s < this.S; s++) if (this.accepting(s)) found += ways[s];
+      if (found >= enough || n === this.maxLen || ways.every((w) => w === 0)) break;
       const next = new Float64Array(this.S);
       for (let s = 0; s < this.S; s++) {
-        next[s] = this.accepting(s) && n >= this.minLen ? 1 : 0;
-        if (n < this.maxLen) for (let v = 0; v < this.V; v++) { const t = this.trans[s * this.V + v]; if (t >= 0) next[s] += ways[t]; }
+        if (ways[s]) for (let v = 0; v < this.V; v++) { const t = this.trans[s * this.V + v]; if (t >= 0) next[t] += ways[s]; }
       }
       ways = next;
     }
-    return ways[start];
+    return found;
   }
+}
+
+// The `count` rows first, step(first), step(step(first)), ... as a function of k, stored up to the
+// first repeat (chargen.sampling.constraints._repeating).
+function repeating(first, step, count) {
+  const rows = [], seen = new Map();
+  let start = 0, period = 1;
+  for (let k = 0, row = first; k < count; k++, row = step(row)) {
+    const key = row.join("");
+    if (seen.has(key)) { start = seen.get(key); period = k - start; break; }
+    seen.set(key, k);
+    rows.push(row);
+  }
+  return (k) => rows[k < rows.length ? k : start + (k - start) % period];
 }
 
 // --- drawing (chargen.sampling.drawing) -------------------------------------------------------
@@ -775,11 +802,14 @@ function checkOptions(opts) {
   }
   const o = { ...MODEL.defaults };
   for (const k of OPTIONS) if (opts[k] !== undefined && opts[k] !== null) o[k] = opts[k];
-  const int = (k, lo) => {
+  const int = (k, lo, hi = Infinity) => {
     if (o[k] === null) return;
-    if (!Number.isInteger(o[k]) || o[k] < lo) throw new ChargenError(`\`${k}\` must be an integer of at least ${lo} (got ${shown(o[k])})`);
+    if (!Number.isInteger(o[k]) || o[k] < lo || o[k] > hi) {
+      const range = hi === Infinity ? `of at least ${lo}` : `between ${lo} and ${hi.toLocaleString("en-US")}`;
+      throw new ChargenError(`\`${k}\` must be an integer ${range} (got ${shown(o[k])})`);
+    }
   };
-  int("n", 1); int("length", 1); int("topK", 1); int("minLen", 0); int("maxLen", 1);
+  int("n", 1); int("length", 1, MODEL.max_length); int("topK", 1); int("minLen", 0); int("maxLen", 1);
   for (const k of ["unique", "novel", "rejection", "lines"]) {
     if (o[k] !== null && typeof o[k] !== "boolean") throw new ChargenError(`\`${k}\` must be true or false (got ${shown(o[k])})`);
   }
@@ -1364,8 +1394,9 @@ class Sampler {
     if (n0 > maxLen) throw new ChargenError(`the prompt ${JSON.stringify(prompt)} is longer than the ${maxLen} characters a sample may have`);
     let s = 0;
     for (const id of this.encode(prompt, "the prompt")) if (s >= 0) s = c.trans[s * this.V + id];
-    if (s < 0 || !c.feasible[n0][s]) throw new ChargenError(`no sample ${prompt ? `that starts with the prompt ${JSON.stringify(prompt)} ` : ""}satisfies the constraints within ${maxLen} characters`);
-    if (o.unique && c.count(s, n0) < o.n) throw new ChargenError(`only ${c.count(s, n0)} distinct samples satisfy the constraints, fewer than the ${o.n} asked for with \`unique\``);
+    if (s < 0 || !c.feasible(n0)[s]) throw new ChargenError(`no sample ${prompt ? `that starts with the prompt ${JSON.stringify(prompt)} ` : ""}satisfies the constraints within ${maxLen} characters`);
+    const possible = o.unique ? c.count(s, n0, o.n) : Infinity;
+    if (possible < o.n) throw new ChargenError(`only ${possible} distinct samples satisfy the constraints, fewer than the ${o.n} asked for with \`unique\``);
     return { c, s, n0, steps: maxLen - n0 + 1 };
   }
 
