@@ -754,6 +754,23 @@ def test_feasibility_from_the_rows_that_differ_is_the_whole_table(regex):
     assert after_b < 0 or not a.feasible[1, after_b]  # (ab)*c: no sample starts with b
 
 
+def test_an_automaton_keeps_the_latest_length_caps_only():
+    """A server's prompts of every length each bound the automaton anew: it keeps the latest
+    BOUNDED_KEPT caps' tables (they piled up, one for each length), and one asked again is the same."""
+    from chargen.sampling.constraints import BOUNDED_KEPT
+
+    vocab = chargen.load().vocab
+    a = Automaton(Constraints(regex="[A-Z][a-z]*(el|ia)"), vocab, 200)
+    first = a.bounded(10)
+    assert a.bounded(10) is first  # kept
+    for limit in range(11, 11 + 3 * BOUNDED_KEPT):
+        a.bounded(limit)
+    assert len(a._bounded) == BOUNDED_KEPT and 10 not in a._bounded
+    again = a.bounded(10)
+    n, s = np.arange(12)[:, None], np.arange(a.n_states)[None, :]
+    assert again is not first and (again.feasible[n, s] == first.feasible[n, s]).all()
+
+
 def test_a_length_of_a_trillion_draws_what_the_default_length_draws():
     """Constraints, unique and top under --length 10**12: the same samples as at the default length
     (no sample comes near either), where the feasibility table alone wanted a terabyte."""

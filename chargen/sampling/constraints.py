@@ -35,6 +35,7 @@ from ..errors import UsageError
 from ..tokenizer import Vocab, describe_chars
 
 MAX_STATES = 20_000  # product automaton size beyond which the constraints are refused as too complex
+BOUNDED_KEPT = 16  # length caps whose feasibility an automaton keeps (a cap is a prompt's length + --length)
 DEAD = -1
 
 
@@ -234,19 +235,25 @@ class Automaton:
         self._live = self.trans >= 0  # (S, V): transitions that exist
         self._target = np.where(self._live, self.trans, 0)  # (S, V): their states, DEAD read as 0 and masked
         self._bounded: dict[int, Automaton] = {}
+        self._bounded_lock = threading.Lock()  # (a server's requests ask from several threads)
         self.feasible = self._feasibility()
 
     def bounded(self, limit: int) -> "Automaton":
         """The same automaton with samples capped at `limit` characters (or --max-len if lower).
-        Kept per limit: checking the prompts up front and drawing then share one table."""
+        Kept per limit, the BOUNDED_KEPT latest: checking the prompts up front and drawing then share
+        one table (and a server's prompts of every length do not pile up tables)."""
         c = self.constraints
         max_len = min(c.max_len, limit) if c.max_len is not None else limit
-        if max_len not in self._bounded:
-            other = copy.copy(self)
-            other.max_len = max_len
-            other.feasible = other._feasibility()
-            self._bounded[max_len] = other
-        return self._bounded[max_len]
+        with self._bounded_lock:
+            other = self._bounded.pop(max_len, None)
+            if other is None:
+                other = copy.copy(self)
+                other.max_len = max_len
+                other.feasible = other._feasibility()
+            self._bounded[max_len] = other  # (the latest last)
+            while len(self._bounded) > BOUNDED_KEPT:
+                del self._bounded[next(iter(self._bounded))]
+        return other
 
     @property
     def n_states(self) -> int:
