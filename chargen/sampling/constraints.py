@@ -36,6 +36,8 @@ from ..tokenizer import Vocab, describe_chars
 
 MAX_STATES = 20_000  # product automaton size beyond which the constraints are refused as too complex
 BOUNDED_KEPT = 16  # length caps whose feasibility an automaton keeps (a cap is a prompt's length + --length)
+_BOUNDED_LOCK = threading.Lock()  # their dicts' (a server's requests ask from several threads; an
+# automaton's own lock would not pickle to the worker processes)
 DEAD = -1
 
 
@@ -235,7 +237,6 @@ class Automaton:
         self._live = self.trans >= 0  # (S, V): transitions that exist
         self._target = np.where(self._live, self.trans, 0)  # (S, V): their states, DEAD read as 0 and masked
         self._bounded: dict[int, Automaton] = {}
-        self._bounded_lock = threading.Lock()  # (a server's requests ask from several threads)
         self.feasible = self._feasibility()
 
     def bounded(self, limit: int) -> "Automaton":
@@ -244,12 +245,13 @@ class Automaton:
         one table (and a server's prompts of every length do not pile up tables)."""
         c = self.constraints
         max_len = min(c.max_len, limit) if c.max_len is not None else limit
-        with self._bounded_lock:
+        with _BOUNDED_LOCK:
             other = self._bounded.pop(max_len, None)
-            if other is None:
-                other = copy.copy(self)
-                other.max_len = max_len
-                other.feasible = other._feasibility()
+        if other is None:
+            other = copy.copy(self)
+            other.max_len = max_len
+            other.feasible = other._feasibility()
+        with _BOUNDED_LOCK:
             self._bounded[max_len] = other  # (the latest last)
             while len(self._bounded) > BOUNDED_KEPT:
                 del self._bounded[next(iter(self._bounded))]
