@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, O
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import DEVICES, SampleConfig, check_type, declared, label_spec
+from .config import SampleConfig, TrainConfig, check_type, declared, label_spec
 from .errors import ConfigError, UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
@@ -81,8 +81,7 @@ class Model:
     def __init__(self, checkpoint: Checkpoint, backend: str = "auto", device: Optional[str] = None):
         if backend not in ("auto", "numpy", "torch"):
             raise UsageError(f"`backend` must be auto, numpy or torch (got {backend!r})")
-        if device is not None and device not in DEVICES:  # (torch's own words for another are a RuntimeError)
-            raise UsageError(f"`device` must be one of {', '.join(DEVICES)} (got {device!r:.40})")
+        declared(TrainConfig)["device"].check_bounds(device)  # (torch's own words for another are a RuntimeError)
         if backend == "auto":
             backend = "torch" if device not in (None, "cpu") else "numpy"
         if backend == "numpy" and device not in (None, "cpu"):
@@ -498,6 +497,8 @@ def train(corpus_paths: str | os.PathLike | Sequence[str | os.PathLike] = (), *,
         raise ConfigError(f"`corpus_paths` must be a list of text files' paths (got {corpus_paths!r:.40})")
     corpus_paths = [_check_path("corpus_paths", path, "a list of text files' paths") for path in corpus_paths]
     out = _check_path("out", out, "a directory's path")
+    if out == "":  # (Path("") is the current directory: a run written among its files)
+        raise UsageError("`out` is empty: name the run's directory (. for this one)")
     val_file = _check_path("val_file", val_file, "a text file's path")
     resume = _check_path("resume", resume, "a run directory or its last.safetensors")
     start_from = _check_path("start_from", start_from, "a checkpoint's path or a bundled model's name")

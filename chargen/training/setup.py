@@ -58,8 +58,6 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         raise UsageError(f"`precision` must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     config = TrainConfig.from_dict(loop_options)
     paths = list(corpus_paths)
-    if out is not None and not os.fspath(out):  # (Path("") is the current directory: a run written among its files)
-        raise UsageError("`out` is empty: name the run's directory (. for this one)")
     out_dir = Path(out) if out is not None else None
     if resume is not None:
         if str(resume) in BUNDLED and not Path(resume).exists():
