@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, O
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import SampleConfig, TrainConfig, check_type, declared, label_spec
+from .config import LoadConfig, SampleConfig, check_type, declared, label_spec
 from .errors import ConfigError, UsageError, VocabularyError
 from .extras import require_torch
 from .npmodel import NumpyCharRNN
@@ -79,13 +79,8 @@ class Model:
     """
 
     def __init__(self, checkpoint: Checkpoint, backend: str = "auto", device: Optional[str] = None):
-        if backend not in ("auto", "numpy", "torch"):
-            raise UsageError(f"`backend` must be auto, numpy or torch (got {backend!r})")
-        declared(TrainConfig)["device"].check_bounds(device)  # (torch's own words for another are a RuntimeError)
-        if backend == "auto":
-            backend = "torch" if device not in (None, "cpu") else "numpy"
-        if backend == "numpy" and device not in (None, "cpu"):
-            raise UsageError(f"the numpy backend runs on the CPU only; use `backend` torch for `device` {device}")
+        # (a device torch does not know would be its RuntimeError: the declaration's choices are checked first)
+        backend = LoadConfig.from_dict({"backend": backend, "device": device}).chosen_backend
         self.checkpoint = checkpoint
         self.vocab = checkpoint.vocab
         self.backend = backend

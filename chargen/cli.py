@@ -24,8 +24,8 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from ._version import __version__
-from .config import (Declared, given_options, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
-                     counted, format_duration, merge_train_options, parse_duration)
+from .config import (Declared, given_options, LoadConfig, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig,
+                     declared, counted, format_duration, merge_train_options, parse_duration)
 from .errors import ChargenError, TrainingInterrupted, UsageError, VocabularyError
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ def console():
 
 # --- options from their declarations ------------------------------------------------------------
 
-_CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig)
+_CONFIGS = (SampleConfig, TrainConfig, ModelConfig, RunConfig, ServeConfig, LoadConfig)
 
 
 DASH = Path("-")  # a file named `-`: stdout for an export (`--js -`), stdin for `--exclude -`
@@ -125,6 +125,11 @@ def with_options(*configs: type, skip: tuple[str, ...] = ()) -> Callable:
         return func
 
     return decorate
+
+
+def loading(options: dict[str, Any]) -> dict[str, Any]:
+    """The LoadConfig flags given among a command's options (chargen.load's keywords), taken out of them."""
+    return {name: value for name in declared(LoadConfig) if (value := options.pop(name, None)) is not None}
 
 
 def given(options: dict[str, Any]) -> dict[str, Any]:
@@ -392,15 +397,13 @@ def _piped(stream) -> Iterator[None]:
 
 
 @app.command()
-@with_options(SampleConfig)
+@with_options(SampleConfig, LoadConfig)
 def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); repeat for several (-n samples each, in order); - reads one prompt per line from stdin.", show_default=False)] = None,
     exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list); - reads the lines from stdin.", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided, and p_constraints with its bounds p_constraints_lower/_upper from the adaptive exact sampler).")] = "text",
-    backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     **options: Any,
 ) -> None:
     """Generate text from a trained model, one sample per line.
@@ -420,7 +423,7 @@ def sample(
     from .checkpoint import default_checkpoint
     from .sampling.drawing import SampleStats
 
-    model = load(checkpoint if checkpoint is not None else default_checkpoint(), backend=backend, device=device)
+    model = load(checkpoint if checkpoint is not None else default_checkpoint(), **loading(options))
     options = given(options)
     prompt = prompt or [""]
     if "-" in prompt and len(prompt) > 1:
@@ -711,11 +714,9 @@ def _read_lines(path: Path, flag: str = "--exclude", keep_empty: bool = False) -
 
 
 @app.command()
-@with_options(ServeConfig)
+@with_options(ServeConfig, LoadConfig)
 def serve(
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="A model to serve: a checkpoint file or run directory, named after its run directory, or NAME=PATH, or a bundled model: names, base; repeat for several. [default: names]", show_default=False)] = None,
-    backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     access_log: Annotated[bool, typer.Option(help="Log each request on stderr.")] = False,
     **options: Any,
 ) -> None:
@@ -733,6 +734,7 @@ def serve(
     """
     from .serve import serve as run_server, token_from_env
 
+    load_options = loading(options)
     options = given(options)
     config = ServeConfig.from_dict({**options, "token": token_from_env(options.get("token"))})
 
@@ -740,22 +742,22 @@ def serve(
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
 
-    run_server(checkpoint or [], config, backend=backend, device=device, notice=notice, access_log=access_log)
+    run_server(checkpoint or [], config, **load_options, notice=notice, access_log=access_log)
 
 
 # --- eval -------------------------------------------------------------------------------------
 
 
 @app.command("eval")
+@with_options(LoadConfig)
 def eval_command(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score (gzip, bzip2 or xz ones too), or - for stdin.", show_default=False)],
     skip_unknown: Annotated[bool, typer.Option(help="Drop characters the model does not know (and count them) instead of failing.")] = False,
     lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="Score each line on its own, from the start of a line. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
-    backend: Annotated[str, typer.Option(help="auto, numpy (fast start, CPU) or torch.")] = "auto",
-    device: Annotated[Optional[str], typer.Option(help="Device for the torch backend: cpu, cuda, mps.")] = None,
     label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False, autocompletion=complete_label)] = None,
+    **options: Any,
 ) -> None:
     """Score text with a model: loss in nats and bits per character, and perplexity.
 
@@ -767,7 +769,7 @@ def eval_command(
     from .api import load
     from .training.data import read_corpus
 
-    model = load(checkpoint, backend=backend, device=device)
+    model = load(checkpoint, **loading(options))
     _check_inputs(files)
     _label_note(model, label, scoring=True)
     out = _Output()
@@ -838,6 +840,7 @@ def _progress_bar(command: str, name: str, total: Optional[float], shown: bool =
 
 
 @app.command()
+@with_options(LoadConfig)
 def score(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line (gzip, bzip2 or xz ones too), or - for stdin. [default: stdin]", show_default=False)] = None,
@@ -845,6 +848,7 @@ def score(
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
     label: Annotated[Optional[str], typer.Option(help=LABEL_HELP, show_default=False, autocompletion=complete_label)] = None,
     by_label: Annotated[bool, typer.Option("--by-label", help="A labelled model: also the likeliest label with its probability and the log-probability under each label (text: columns 5 and 6, then LABEL=logp columns).")] = False,
+    **options: Any,
 ) -> None:
     """Score lines: each one's log-probability under the model, one output line per input line.
 
@@ -862,7 +866,7 @@ def score(
 
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
-    model = load(checkpoint)
+    model = load(checkpoint, **loading(options))
     _check_inputs(files or [])
     if label or not by_label:  # (--by-label scores under every label: that is what it asks)
         _label_note(model, label, scoring=True)

@@ -46,6 +46,7 @@ DEFAULT_PATIENCE = 5  # evaluations without a better val loss that end a run wit
 DEFAULT_LINE_LENGTH = 200  # characters a line sample may run to
 DEFAULT_PROSE_LENGTH = 1000  # characters of a prose sample
 DEVICES = ("auto", "cpu", "cuda", "mps")
+BACKENDS = ("auto", "numpy", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECAY_TAIL = 0.2  # "wsd": the share of the run, at its end, over which the rate falls to its floor
 # The learning rate's shapes after warmup: the share of the way from the floor to the peak at
@@ -476,6 +477,31 @@ class RunConfig(_Config):
     quiet: bool = option(False, "No progress output; errors only.", flags=("--quiet", "-q"))
 
 
+@dataclass
+class LoadConfig(_Config):
+    """How a trained model runs: chargen.load's keywords, and the flags of the commands that run one
+    (sample, score, eval, serve)."""
+
+    _what = "load config"
+
+    backend: str = option("auto", "auto, numpy (fast start, CPU) or torch.", **_one_of(BACKENDS))
+    device: Optional[str] = option(None, f"Device for the torch backend: {', '.join(DEVICES)}.",
+                                   default_help="the CPU (numpy); with --backend torch, a GPU if there is one",
+                                   **_one_of(DEVICES))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.backend == "numpy" and self.device not in (None, "cpu"):
+            raise UsageError(f"the numpy backend runs on the CPU only; use `backend` torch for `device` {self.device}")
+
+    @property
+    def chosen_backend(self) -> str:
+        """The backend that runs: auto is numpy on the CPU (no torch to import), torch on any other device."""
+        if self.backend != "auto":
+            return self.backend
+        return "torch" if self.device not in (None, "cpu") else "numpy"
+
+
 # --- sampling options -------------------------------------------------------------------------
 
 CONSTRAINTS_PANEL = "Constraints (line samples)"
@@ -742,5 +768,5 @@ def load_toml_config(path: str) -> dict[str, Any]:
     return data
 
 
-__all__ = ["CELLS", "ModelConfig", "TrainConfig", "RunConfig", "SampleConfig", "ServeConfig", "declared", "request_fields",
+__all__ = ["CELLS", "ModelConfig", "TrainConfig", "RunConfig", "LoadConfig", "SampleConfig", "ServeConfig", "declared", "request_fields",
            "merge_train_options", "parse_duration", "format_duration"]

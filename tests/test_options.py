@@ -10,8 +10,9 @@ import typer
 
 import chargen
 from chargen.cli import app, spelling
-from chargen.config import ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared, request_fields
-from chargen.errors import UsageError
+from chargen.config import (LoadConfig, ModelConfig, RunConfig, SampleConfig, ServeConfig, TrainConfig, declared,
+                            request_fields)
+from chargen.errors import ChargenError, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +26,10 @@ def flags_of(name: str) -> dict[str, set[str]]:
     return {p.name: set(p.opts) | set(p.secondary_opts) for p in command(name).params}
 
 
-@pytest.mark.parametrize("cmd, configs", [("sample", (SampleConfig,)), ("train", (RunConfig, ModelConfig, TrainConfig)),
-                                          ("serve", (ServeConfig,))])
+@pytest.mark.parametrize("cmd, configs", [("sample", (SampleConfig, LoadConfig)),
+                                          ("train", (RunConfig, ModelConfig, TrainConfig)),
+                                          ("serve", (ServeConfig, LoadConfig)), ("eval", (LoadConfig,)),
+                                          ("score", (LoadConfig,))])
 def test_the_command_line_offers_each_declared_option_with_its_help(cmd, configs):
     params = {p.name: p for p in command(cmd).params}
     for cls in configs:
@@ -55,6 +58,17 @@ def test_the_api_lists_the_options_each_method_takes():
         assert (d.field in top) == d.takes("top"), name
         if d.field in sample:
             assert sample[d.field].default == d.default
+
+
+def test_loading_takes_the_declared_options_at_their_defaults():
+    for method in (chargen.load, chargen.Model):
+        params = inspect.signature(method).parameters
+        for name, d in declared(LoadConfig).items():
+            assert params[name].default == d.default, (method, name)
+    with pytest.raises(UsageError, match="backend must be one of auto, numpy, torch"):
+        chargen.load(backend="jax")
+    with pytest.raises(ChargenError, match="device must be text"):
+        chargen.load(device=0)
 
 
 def test_the_server_takes_the_declared_fields():
