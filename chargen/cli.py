@@ -401,7 +401,7 @@ def _piped(stream) -> Iterator[None]:
 def sample(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); repeat for several (-n samples each, in order); - reads one prompt per line from stdin.", show_default=False)] = None,
-    exclude: Annotated[Optional[Path], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list); - reads the lines from stdin.", rich_help_panel="Constraints (line samples)")] = None,
+    exclude: Annotated[Optional[str], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list); - reads the lines from stdin.", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, or jsonl (text, prompt, logprob, logprob_per_char, chars; with constraints also kept and logprob_guided, and p_constraints with its bounds p_constraints_lower/_upper from the adaptive exact sampler).")] = "text",
     **options: Any,
@@ -428,6 +428,7 @@ def sample(
     prompt = prompt or [""]
     if "-" in prompt and len(prompt) > 1:
         raise UsageError("--prompt - reads the prompts from stdin; give it alone, or give the prompts as flags")
+    exclude = _named_file("--exclude", exclude, "stdin")
     if exclude == DASH and prompt == ["-"]:
         raise UsageError("--prompt - and --exclude - both read stdin; give one of them a file")
     if exclude is not None:
@@ -697,6 +698,14 @@ def _read_prompts() -> list[str]:
     return _read_lines(DASH, "--prompt", keep_empty=True)
 
 
+def _named_file(flag: str, path: Optional[str], dash: str = "") -> Optional[Path]:
+    """A file a flag names, as a Path; an empty name is an error (Path("") would be ".", this
+    directory). `dash`: what - stands for there, if anything."""
+    if path is not None and not path:
+        raise UsageError(f"{flag} is empty: name a file" + (f" (- for {dash})" if dash else ""))
+    return None if path is None else Path(path)
+
+
 def _read_lines(path: Path, flag: str = "--exclude", keep_empty: bool = False) -> list[str]:
     """The lines `flag` names (- is stdin), read as score reads its lines (compressed files as
     their text, CRLF as LF); an empty file has none, and empty lines are dropped unless kept."""
@@ -936,11 +945,11 @@ def _print_score(out: _Output, s, output_format: str, flush: bool = False) -> No
 @app.command()
 def export(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
-    js: Annotated[Optional[Path], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+); - writes it to stdout.", show_default=False)] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network); - writes it to stdout.", show_default=False)] = None,
+    js: Annotated[Optional[str], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+); - writes it to stdout.", show_default=False)] = None,
+    html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network); - writes it to stdout.", show_default=False)] = None,
     weights: Annotated[str, typer.Option("--weights", help="Weights in --js/--html: i8 (a scale per row), f16, f32, or auto: i8 when it is lossless or moves the loss on the model's lines by under 0.005 nats, else f16.")] = "auto",
-    to_checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Write the checkpoint with the exported weights (chargen sample on it draws what the page draws).", show_default=False)] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Write the vocabulary as a Hugging Face tokenizer.json; - writes it to stdout.", show_default=False)] = None,
+    to_checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Write the checkpoint with the exported weights (chargen sample on it draws what the page draws).", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Write the vocabulary as a Hugging Face tokenizer.json; - writes it to stdout.", show_default=False)] = None,
 ) -> None:
     """Export a model: a JavaScript module, a web page, a checkpoint, a tokenizer.json.
 
@@ -955,7 +964,9 @@ def export(
     """
     from .checkpoint import BEST, checkpoint_path, read_checkpoint
 
-    targets = {"--js": js, "--html": html, "--checkpoint": to_checkpoint, "--tokenizer": tokenizer}
+    targets = {flag: _named_file(flag, path, "" if flag == "--checkpoint" else "stdout") for flag, path in
+               [("--js", js), ("--html", html), ("--checkpoint", to_checkpoint), ("--tokenizer", tokenizer)]}
+    js, html, to_checkpoint, tokenizer = targets.values()
     if not any(targets.values()):
         raise UsageError("name what to write: --js FILE, --html FILE, --checkpoint FILE or --tokenizer FILE")
     to_stdout = [flag for flag, path in targets.items() if path == DASH]

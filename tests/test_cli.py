@@ -249,6 +249,11 @@ def test_bundled_model_samples_names():
         (["train", ""], "a corpus path is empty: name a text file, or - for stdin"),
         (["sample", "-c", ""], "the checkpoint's path is empty"),
         (["train", "--resume", ""], "the checkpoint's path is empty"),
+        (["sample", "--exclude", ""], "--exclude is empty: name a file (- for stdin)"),
+        (["export", "names", "--js", ""], "--js is empty: name a file (- for stdout)"),
+        (["export", "names", "--html", "x.html", "--checkpoint", ""], "--checkpoint is empty: name a file"),
+        (["score", "names", "--backend", "jax"], "--backend must be one of auto, numpy, torch (got 'jax')"),
+        (["serve", "--backend", "numpy", "--device", "cuda"], "the numpy backend runs on the CPU only"),
         # a device torch has no name for was its RuntimeError (cuda:0 an AssertionError on a CPU build)
         (["sample", "--backend", "torch", "--device", "nonsense"], "--device must be one of auto, cpu, cuda, mps"),
         (["eval", "names", "x.txt", "--device", "cuda:0"], "--device must be one of auto, cpu, cuda, mps (got 'cuda:0')"),
