@@ -47,7 +47,7 @@ BASE = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --label first -n 2000 --seed 1 --ends-with a",
     "-c base --label it -n 2000 --seed 1 --regex '[A-Z][a-z]*(el|ia)'",
     "-c base --label en_US:first -n 2000 --seed 1 --ends-with a")}
-# The base model's most likely names: one label, two, a kind's 54, all 283 (a blend's search holds a state a label).
+# The base model's most likely names: one label, two, a kind's 52, all 267 (a blend's search holds a state a label).
 TOP = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --top 8 --label en_US:first", "-c base --top 8 --label it", "-c base --top 8 --label first",
     "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8", "-c base --top 100",

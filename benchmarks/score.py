@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`chargen score` through the installed command: wall time and peak memory for a list under the
-bundled names model, and under the base model's 283 labels (`--by-label`, and the blend of all
+bundled names model, and under the base model's 267 labels (`--by-label`, and the blend of all
 labels, the default), optionally beside another checkout's code in the same rounds.
 
     python benchmarks/score.py [--data ../shared/data/names.txt] [--lines 2000] [--rounds 2] \\

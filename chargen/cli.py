@@ -815,7 +815,7 @@ def _check_inputs(paths: list[str]) -> None:
 def _progress_bar(command: str, name: str, total: Optional[float], shown: bool = True, unit: str = "lines",
                   delay: float = 0.0) -> Iterator[Optional[Callable[[float], None]]]:
     """A bar on stderr while `command` works through its input (`total`: the work, or None: `unit`
-    counted as they go), gone when it is done (a labelled model's mixture of 283 labels scores
+    counted as they go), gone when it is done (a labelled model's mixture of 267 labels scores
     32,000 names in minutes); on a terminal only, and if `shown`: a log or a pipe gets the results
     alone. It appears once `delay` seconds have passed, so that quick work does not flicker one."""
     con = console()

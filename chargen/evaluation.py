@@ -117,7 +117,7 @@ def label_line_sums(scorer: Scorer, lines: list[np.ndarray], labels: np.ndarray,
 PREFIX_ROWS = 4096  # (line, label) pairs scored together by prefix_nlls: its most rows in one network step
 PREFIX_CELLS = 1 << 21  # a run's lines x its longest line at most: its padded characters (16 MB of ids)
 # (line, label) pairs from which scoring runs in a worker process a core (where sampling would):
-# starting them costs ~20 ms; 2,000 names under the base model's 283 labels are 566,000 pairs.
+# starting them costs ~20 ms; 2,000 names under the base model's 267 labels are 534,000 pairs.
 PARALLEL_PAIRS = 50_000
 
 
@@ -142,7 +142,7 @@ def mixture_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Op
 def label_nlls(scorer: "NumpyScorer", lines: list[np.ndarray], starts: list[Optional[list[np.ndarray]]],
                newline_id: int, rows: int = PREFIX_ROWS, progress: Progress = None) -> np.ndarray:
     """-log p_k(line) (n, P) for each line under each start state. The lines are taken in sorted
-    order, about `rows` (line, label) pairs at a time (a few lines under 283 labels, or many under
+    order, about `rows` (line, label) pairs at a time (a few lines under 267 labels, or many under
     one), each distinct prefix stepped once (prefix_nlls)."""
     n_labels = len(starts)
     per = np.zeros((len(lines), n_labels))

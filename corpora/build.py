@@ -87,6 +87,7 @@ MIMESIS_STREETS = {"ar": "ar_AA", "ar-ae": "ar_AE", "ar-dz": "ar_DZ", "ar-eg": "
                    "pt-br": "pt_BR"}
 MAX_MIMESIS_STREETS = 1500  # a seeded sample of a longer list (Faker's longest street list: 1,721)
 MIN_CHAR_COUNT = 25  # a base-corpus line with a rarer character is dropped (CJK would bring thousands)
+MIN_LIST_KEPT = 0.5  # and a list left with less than this share of its lines by that (common_characters)
 PLAYS = [
     "hamlet", "macbeth", "lear", "othello", "romeo_and_juliet", "tempest",
     "midsummer_nights_dream", "julius_caesar", "twelfth_night", "merchant_of_venice",
@@ -283,24 +284,39 @@ def labelled_names(wheel: Path, us_first: set[str], us_surnames: list[str], mime
     people's first names and surnames and place names from every locale Faker has but the held-out
     ones, with the US first names and surnames, and mimesis's streets for locales where Faker has
     none; no Cyrillic text, no line of any benchmark list, no character seen fewer than
-    MIN_CHAR_COUNT times (counted over the distinct names)."""
-    pairs: set[tuple[str, str]] = {("en_US:first", s) for s in us_first}
-    pairs.update(("en_US:surname", s) for s in us_surnames)
+    MIN_CHAR_COUNT times (common_characters)."""
+    lists: list[tuple[str, list[str]]] = [("en_US:first", sorted(us_first)), ("en_US:surname", us_surnames)]
     for locale, attr, values in faker_lists(wheel, "person", lambda a: a.startswith(PERSON_LISTS)):
         if locale not in HELD_OUT_NAMES and locale not in CYRILLIC_NAMES:
-            pairs.update((f"{locale}:{_kind(attr)}", v) for v in values)
+            lists.append((f"{locale}:{_kind(attr)}", values))
     for locale, attr, values in faker_lists(wheel, "address", lambda a: a in PLACE_LISTS):
         if locale not in HELD_OUT_PLACES:
-            pairs.update((f"{locale}:{_kind(attr)}", v) for v in values)
-    faker_labels = {label for label, _ in pairs}
+            lists.append((f"{locale}:{_kind(attr)}", values))
+    faker_labels = {label for label, _ in lists}
     for locale, streets in mimesis_streets(mimesis):
         if f"{locale}:street" not in faker_labels:
-            pairs.update((f"{locale}:street", v) for v in streets)
+            lists.append((f"{locale}:street", streets))
     held_out = {v for values in benchmark_lists(wheel).values() for v in values}
-    pairs = {(label, s) for label, s in pairs
-             if _is_name(s) and s not in held_out and not any("\u0400" <= c <= "\u04ff" for c in s)}
-    counts = Counter(c for s in {s for _, s in pairs} for c in s)
-    return {(label, s) for label, s in pairs if all(counts[c] >= MIN_CHAR_COUNT for c in s)}
+    return common_characters([(label, [s for s in values if _is_name(s) and s not in held_out
+                                        and not any("\u0400" <= c <= "\u04ff" for c in s)])
+                              for label, values in lists])
+
+
+def common_characters(lists: list[tuple[str, list[str]]]) -> set[tuple[str, str]]:
+    """(label, name) pairs from `lists` (a label and one source list's names; a label may have
+    several), without the names that hold a character seen fewer than MIN_CHAR_COUNT times (over
+    the distinct names), and without the lists this leaves with fewer than MIN_LIST_KEPT of their
+    names: what is left of those is a few names in the commonest characters (5 of Faker's 262
+    Japanese cities, 1 of its 192 Korean country names), which a model cannot learn the list from
+    and would answer the label with (구리시 for every Korean city). A label's other lists stay:
+    zh_TW's romanized first names, not its first names in Chinese characters."""
+    counts = Counter(c for s in {s for _, values in lists for s in values} for c in s)
+    pairs: set[tuple[str, str]] = set()
+    for label, values in lists:
+        kept = {s for s in values if all(counts[c] >= MIN_CHAR_COUNT for c in s)}
+        if len(kept) >= MIN_LIST_KEPT * len(set(values)):
+            pairs.update((label, s) for s in kept)
+    return pairs
 
 
 def build_many_names(pairs: set[tuple[str, str]]) -> str:

@@ -535,7 +535,7 @@ def test_eval_and_score_show_a_bar_on_a_terminal_and_keep_stdout_clean(tmp_path)
 
 
 def test_a_long_top_search_says_how_far_it_has_got_on_a_terminal(tmp_path):
-    """`--top` under the base model's 283 labels searches for seconds (minutes with a rare pattern):
+    """`--top` under the base model's 267 labels searches for seconds (minutes with a rare pattern):
     with stderr on a terminal and the results redirected, a line there counts the prefixes searched,
     from its first second on; a quick search shows none, and in a pipe stderr stays empty."""
     code, shown = run_on_terminal(["sample", "-c", "base", "--top", "8"], tmp_path / "out.txt")

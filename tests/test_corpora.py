@@ -41,6 +41,20 @@ def test_no_label_of_the_base_corpus_is_codes():
     assert not mostly_codes, mostly_codes
 
 
+def test_a_list_the_rare_character_filter_cuts_to_a_remnant_is_dropped():
+    """The base once had ko_KR:city with 1 of Faker's 99 Korean cities, the one name in characters
+    common enough to keep, and drew it for every Korean city asked for; a label's other lists stay."""
+    build = load_build()
+    common = ["Ab" + "a" * i for i in range(build.MIN_CHAR_COUNT)]  # A and b in each: common characters
+    rare = ["Ωmega", "Ψi", "Φo"]  # each character seen once
+    pairs = build.common_characters([("xx:city", common[:2] + rare), ("xx:first", common[:2] + rare[:1]),
+                                     ("xx:first", rare[1:]), ("yy:first", common)])
+    assert pairs == {("xx:first", n) for n in common[:2]} | {("yy:first", n) for n in common}
+    labels = Counter(row.split("\t")[0] for row in (REPO / "corpora" / "many-names.tsv")
+                     .read_text(encoding="utf-8").splitlines())
+    assert not {"ko_KR:city", "ja_JP:city", "zh_TW:street"} & set(labels) and labels["zh_TW:first"] > 100
+
+
 def test_the_base_corpus_has_the_kinds_its_readme_asks_for():
     """The README asks the base for Spanish streets and cities and Greek first names."""
     kinds = defaultdict(set)
@@ -70,3 +84,14 @@ def test_us_names_hold_out_the_names_the_bundled_model_held_out():
     corpus, val = build.build_us_names(names, births)
     assert "Zorro" in corpus.splitlines() and "Rarity" not in corpus.splitlines() and held[0] not in corpus.splitlines()
     assert val.splitlines() == held and len(corpus.splitlines()) == len(set(names.splitlines()) - set(held)) + 1
+
+
+def test_the_bundled_base_has_the_labels_of_its_corpus():
+    """The base answers every label of corpora/many-names.tsv and no other (scripts/prune_labels.py
+    dropped the remnants' labels from it), each with training lines to have learnt from."""
+    from chargen.checkpoint import checkpoint_path, read_checkpoint
+
+    base = read_checkpoint(checkpoint_path("base"))
+    rows = (REPO / "corpora" / "many-names.tsv").read_text(encoding="utf-8").splitlines()
+    assert set(base.labels) == {row.split("\t")[0] for row in rows}
+    assert all(base.label_counts)

@@ -115,11 +115,11 @@ def test_line_loss_is_the_sum_of_each_lines_own_log_probability(trained_names):
 def test_eval_tells_how_far_it_has_got(prose_run, trained_names):
     """Model.eval's `progress` (chargen eval's bar on a terminal) is told a rising share of the
     work, up to 1, by each way of scoring: prose in streams, lines, a labelled model's mixture of
-    its 283 labels; and the loss is the same without it."""
+    its 267 labels; and the loss is the same without it."""
     base, names = chargen.load("base"), chargen.load(trained_names)
     cases = [(chargen.load(prose_run / "run"), _prose(100), False),  # 12 windows
              (names, "\n".join(names.sample(1200, seed=1)) + "\n", True),  # 3 batches of lines
-             (base, "\n".join(base.sample(40, seed=2)) + "\n", True)]  # runs of 14 lines x 283 labels
+             (base, "\n".join(base.sample(40, seed=2)) + "\n", True)]  # runs of 14 lines x 267 labels
     for model, text, lines in cases:
         seen = []
         result = model.eval(text, lines=lines, progress=seen.append)

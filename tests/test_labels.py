@@ -138,7 +138,7 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
 
 def test_a_label_with_no_training_lines_is_one_error_not_a_crash(tmp_path):
     """A label whose few lines the run's split all held out to validate has a start state it never
-    trained (the base model has one: ko_KR:country, none of its lines trained): asked for, it is one
+    trained (the base model had one: ko_KR:country, none of its lines trained): asked for, it is one
     `Error:` line saying so, on the command line and in Python (it was an IndexError); asked
     within a part or with no label, it weighs nothing, as its training lines do."""
     from .test_webexport import random_labelled_model
@@ -377,11 +377,11 @@ def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints,
     assert [s.text for s in found] != [t for t, _ in alone[0][:15]]
 
 
-@pytest.mark.parametrize("label", ["surname", None], ids=["54-labels", "all-283"])
+@pytest.mark.parametrize("label", ["surname", None], ids=["52-labels", "all-267"])
 def test_top_of_a_wide_blend_of_the_base_model_is_its_mixtures_best(label):
-    """The base model's 54 surname labels, and all 283 (no label: the labels as trained): a prefix
+    """The base model's 52 surname labels, and all 267 (no label: the labels as trained): a prefix
     keeps only the labels that matter to it, and the states that do not fit the search's cache are
-    computed again (with all 283 it used to stop before finding one), and each name's
+    computed again (with all of them it used to stop before finding one), and each name's
     log-probability is the blend's, as `score` gives it."""
     model = chargen.load("base")
     top = list(model.top(6, label=label))

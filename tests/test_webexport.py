@@ -313,7 +313,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
 
 
 def test_the_bundled_models_pages_stay_within_their_budgets():
-    """Issue 30's sizes: the names page at most 300 KB, the base model's at most 1.5 MB (its 283 labels'
+    """Issue 30's sizes: the names page at most 300 KB, the base model's at most 1.5 MB (its 267 labels'
     start states as int8 rows; as float32 they alone were 1 MB of a 1.86 MB page); each lossless."""
     for name, budget in (("names", 300 * 1024), ("base", 1536 * 1024)):
         ckpt = read_checkpoint(checkpoint_path(name))
@@ -666,7 +666,7 @@ def test_int8_rows_round_trip_and_auto_choice(tmp_path):
     assert enc.enc in ("i8", "f16") and not enc.lossless and enc.loss is not None
     assert enc.enc == "f16" or enc.loss_exported - enc.loss < 0.005
     assert choose_encoding(ckpt, "f32").lossless
-    # the bundled models are stored on the int8 grid, their start states too (the base model's 283
+    # the bundled models are stored on the int8 grid, their start states too (the base model's 267
     # labels'): their export is lossless and small
     assert choose_encoding(read_checkpoint(checkpoint_path("base"))) == Encoding("i8", True)
     assert choose_encoding(read_checkpoint(checkpoint_path("names"))) == Encoding("i8", True)

@@ -10,7 +10,7 @@ and samples printed before it is reached are exact.
 Under a blend of labels (a mixture: P(x) = sum over labels l of w_l P_l(x)) the same holds: a
 prefix's mixture probability sum_l w_l P_l(prefix) bounds every sample that extends it. A node then
 carries a recurrent state and a log-probability per label, and is ranked by their mixture. Not
-every label's, though: a blend of hundreds (the base model's 283 labels, or its 54 "first" ones)
+every label's, though: a blend of hundreds (the base model's 267 labels, or its 53 "first" ones)
 would hold hundreds of states a prefix, most for labels that give it next to nothing. A prefix
 drops its least likely labels while their mass stays below e^-DROP (6e-6) of its mixture, and
 its descendants never take them back; their mass w_l P_l(prefix) is kept as a frozen bound
@@ -31,7 +31,7 @@ with blocks freed among the prefixes' small arrays: a resident size twice its li
 measured). A prefix whose states were written over gets them back by running its last characters
 from its nearest ancestor that still has them (the root's are kept apart, always), then keeps
 them in a new block: a prefix in use is computed again at most once each time the ring turns
-over. So a search that needs more states than fit (the base model's 283 labels with no
+over. So a search that needs more states than fit (the base model's 267 labels with no
 `--label`: hundreds of states a prefix) is slower, not refused.
 
 Two things keep it cheap. A prefix's children are queued lazily: its characters are sorted once,
