@@ -154,6 +154,36 @@ def test_a_label_with_no_training_lines_is_one_error_not_a_crash(tmp_path):
     assert {s.label for s in model.samples(50, seed=1, label="it")} == {"it_IT:first"}
 
 
+def test_pruning_labels_leaves_every_other_label_exactly_as_it_was(tmp_path):
+    """scripts/prune_labels.py (how the base lost the 16 labels its corpus no longer has): the
+    labels the corpus lacks go, with their start states, counts and training lines; every other
+    label draws and scores to the bit as before."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+    from .test_webexport import LABELS, random_labelled_model
+
+    path = random_labelled_model(tmp_path / "m.safetensors")
+    before = chargen.load(path)
+    gone, keep = LABELS[1], [label for label in LABELS if label != LABELS[1]]
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"{label}\tAnna\n" for label in keep), encoding="utf-8")
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "prune_labels.py"), str(path), str(corpus)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and f"dropped 1 label(s): {gone}" in p.stderr, p.stderr
+    after = chargen.load(path)
+    assert after.labels == keep and after.checkpoint.label_counts == [100, 150, 100]
+    assert not any(line.startswith(gone + "\t") for line in after.checkpoint.training_lines)
+    names = before.sample(20, seed=9)
+    for label in keep:
+        assert after.sample(30, seed=4, label=label) == before.sample(30, seed=4, label=label)
+        assert [s.logprob for s in after.score(names, label=label)] == \
+            [s.logprob for s in before.score(names, label=label)]
+    with pytest.raises(chargen.UsageError, match="unknown label"):
+        after.sample(1, label=gone)
+
+
 def test_every_label_trains_on_a_line_where_the_split_would_hold_all_of_its_lines_out(tmp_path):
     """A label of one line lands in the seeded validation tenth now and then (the base model's
     ko_KR:country did: its start state never trained). The split moves one line of such a label
