@@ -452,7 +452,8 @@ for _method, _request in ((Model.samples, "sample"), (Model.drawings, "sample"),
 
 def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:
     """Load a checkpoint file or run directory (its best checkpoint), or a bundled model by name
-    ("names", "base"); the bundled names model by default."""
+    ("names", "base"); the bundled names model by default. `backend` and `device`: the flags of
+    that name (chargen.config.LoadConfig: numpy on the CPU by default, torch for another device)."""
     _check_path("path", path, "a checkpoint's path or a bundled model's name")
     return Model(read_checkpoint(checkpoint_path(path) if path is not None else default_checkpoint(), prefer=BEST),
                  backend=backend, device=device)
