@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import LoadConfig, SampleConfig, check_type, declared, label_spec
 from .errors import ConfigError, UsageError, VocabularyError
-from .extras import require_torch
+from .extras import gpu_present, require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
 from .sampling.drawing import Drawing, KeptEngine, Sample, SampleStats, check_prompt, prime, run
@@ -80,7 +80,7 @@ class Model:
 
     def __init__(self, checkpoint: Checkpoint, backend: str = "auto", device: Optional[str] = None):
         # (a device torch does not know would be its RuntimeError: the declaration's choices are checked first)
-        backend = LoadConfig.from_dict({"backend": backend, "device": device}).chosen_backend
+        backend = LoadConfig.from_dict({"backend": backend, "device": device}).chosen_backend(gpu_present)
         self.checkpoint = checkpoint
         self.vocab = checkpoint.vocab
         self.backend = backend

@@ -485,21 +485,24 @@ class LoadConfig(_Config):
     _what = "load config"
 
     backend: str = option("auto", "auto, numpy (fast start, CPU) or torch.", **_one_of(BACKENDS))
-    device: Optional[str] = option(None, f"Device for the torch backend: {', '.join(DEVICES)}.",
+    device: Optional[str] = option(None, f"Device for the torch backend: {', '.join(DEVICES)} (auto: a GPU if "
+                                         "there is one, else the CPU, with numpy where the backend is auto).",
                                    default_help="the CPU (numpy); with --backend torch, a GPU if there is one",
                                    **_one_of(DEVICES))
 
     def validate(self) -> None:
         super().validate()
-        if self.backend == "numpy" and self.device not in (None, "cpu"):
+        if self.backend == "numpy" and self.device not in (None, "cpu", "auto"):
             raise UsageError(f"the numpy backend runs on the CPU only; use `backend` torch for `device` {self.device}")
 
-    @property
-    def chosen_backend(self) -> str:
-        """The backend that runs: auto is numpy on the CPU (no torch to import), torch on any other device."""
+    def chosen_backend(self, gpu_present: Callable[[], bool]) -> str:
+        """The backend that runs: auto is numpy on the CPU (no torch to import, and as fast for
+        models of this size), torch on a GPU; `gpu_present` is asked only for device auto."""
         if self.backend != "auto":
             return self.backend
-        return "torch" if self.device not in (None, "cpu") else "numpy"
+        if self.device == "auto":
+            return "torch" if gpu_present() else "numpy"
+        return "numpy" if self.device in (None, "cpu") else "torch"
 
 
 # --- sampling options -------------------------------------------------------------------------

@@ -30,6 +30,16 @@ def install_command(extra: str) -> str:
     return f"pip install 'chargen[{extra}]'"
 
 
+def gpu_present() -> bool:
+    """Whether PyTorch is installed and sees a GPU (CUDA or Apple's). It imports torch: ask only
+    where a device was left to choose (`--device auto`)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    from .training.device import resolve_device
+
+    return resolve_device("auto").type != "cpu"
+
+
 def require_torch(what: str) -> None:
     """A MissingExtra naming the install command unless PyTorch can be imported."""
     if importlib.util.find_spec("torch") is None:

@@ -71,6 +71,21 @@ def test_loading_takes_the_declared_options_at_their_defaults():
         chargen.load(device=0)
 
 
+def test_the_backend_follows_the_device_and_asks_for_a_gpu_only_for_auto():
+    def never() -> bool:
+        raise AssertionError("asked whether there is a GPU")
+
+    def load(backend: str = "auto", device=None, gpu: bool = False) -> str:
+        config = LoadConfig.from_dict({"backend": backend, "device": device})
+        return config.chosen_backend((lambda: gpu) if device == "auto" and backend == "auto" else never)
+
+    assert load() == load(device="cpu") == load("numpy", "auto") == "numpy"
+    assert load(device="cuda") == load(device="mps") == load("torch") == load("torch", "auto") == "torch"
+    assert load(device="auto", gpu=True) == "torch" and load(device="auto", gpu=False) == "numpy"
+    with pytest.raises(UsageError, match="the numpy backend runs on the CPU only"):
+        load("numpy", "cuda")
+
+
 def test_the_server_takes_the_declared_fields():
     from chargen import serve
 

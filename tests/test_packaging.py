@@ -107,6 +107,9 @@ def test_the_base_install_samples_scores_describes_and_exports_without_torch(bas
     p = _run([exe, "export", "names", "--js", str(tmp_path / "f16.mjs"), "--weights", "f16"], cwd=tmp_path)
     assert p.returncode == 0 and b"line loss" in p.stderr, p.stderr
 
+    # --device auto without torch: no GPU to run it on, so numpy on the CPU (it was "needs PyTorch")
+    p = _run([exe, "sample", "-n", "3", "--seed", "1", "--device", "auto"], cwd=tmp_path)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3, p.stderr
     code = ("import sys, chargen; names = chargen.load().sample(n=3, seed=1, contains='an'); "
             "assert len(names) == 3 and 'torch' not in sys.modules, sys.modules.keys(); print('ok')")
     p = _run([str(base_env / "bin" / "python"), "-c", code], cwd=tmp_path)
