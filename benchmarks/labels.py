@@ -132,6 +132,11 @@ def model_only(cg: list[str], model: str, lines: list[str], corpus: Path, accura
     import chargen
 
     ckpt = chargen.load(model).checkpoint
+    trained_on = ckpt.info.get("training_lines")
+    if trained_on not in (None, len(lines)):  # (its held-out lines are a seeded split of exactly those lines)
+        raise SystemExit(f"{corpus} has {len(lines):,} lines, the corpus {model} was trained on {trained_on:,}: its "
+                         f"held-out lines cannot be split again from it; pass that corpus with --corpus (the bundled "
+                         f"base's: git show 3c688e7:corpora/many-names.tsv)")
     trained = trained_labels(ckpt)
     drawn = set(trained)
     by_label: dict[str, list[str]] = defaultdict(list)
