@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from urllib.parse import unquote, urlparse
 
 from .errors import MissingExtra
@@ -30,10 +32,17 @@ def install_command(extra: str) -> str:
     return f"pip install 'chargen[{extra}]'"
 
 
+# A Linux GPU that torch can use shows one of these device files (NVIDIA's, AMD's ROCm, WSL's);
+# with none of them, no import of torch (a second and 200 MB) is needed to know there is no GPU.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
 def gpu_present() -> bool:
-    """Whether PyTorch is installed and sees a GPU (CUDA or Apple's). It imports torch: ask only
-    where a device was left to choose (`--device auto`)."""
+    """Whether PyTorch is installed and sees a GPU (CUDA or Apple's). It may import torch: ask
+    only where a device was left to choose (`--device auto`)."""
     if importlib.util.find_spec("torch") is None:
+        return False
+    if sys.platform.startswith("linux") and not any(os.path.exists(f) for f in GPU_DEVICE_FILES):
         return False
     from .training.device import resolve_device
 

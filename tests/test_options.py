@@ -3,6 +3,8 @@ command line's flags, the Python API's keywords, the server's fields, the playgr
 
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,19 @@ def test_the_backend_follows_the_device_and_asks_for_a_gpu_only_for_auto():
     assert load(device="auto", gpu=True) == "torch" and load(device="auto", gpu=False) == "numpy"
     with pytest.raises(UsageError, match="the numpy backend runs on the CPU only"):
         load("numpy", "cuda")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the device files are Linux's")
+def test_no_gpu_device_file_means_no_gpu_without_importing_torch():
+    """`--device auto` on a Linux machine without a GPU's device file starts as fast as without the
+    flag; with one, torch is asked (here: a file that exists, on a machine whose torch has no GPU
+    or, on a GPU machine, whatever torch says)."""
+    code = ("import sys; from chargen import extras; extras.GPU_DEVICE_FILES = ({!r},); "
+            "print(extras.gpu_present(), 'torch' in sys.modules)")
+    absent = subprocess.run([sys.executable, "-c", code.format("/nonexistent/nvidia0")], capture_output=True, text=True)
+    assert absent.stdout.split() == ["False", "False"], absent.stderr
+    present = subprocess.run([sys.executable, "-c", code.format("/dev/null")], capture_output=True, text=True)
+    assert present.stdout.split()[1] == "True", present.stderr  # torch was asked
 
 
 def test_the_server_takes_the_declared_fields():
