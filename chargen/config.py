@@ -290,10 +290,16 @@ def _at_least(n: float) -> Callable[[Any], bool]:
 
 POSITIVE = dict(check=_positive, rule="must be a number greater than 0")
 _AT_LEAST_1 = dict(check=_at_least(1), rule="must be at least 1")
+
+
+def _between(low: int, high: int) -> dict[str, Any]:
+    return dict(check=lambda v: low <= v <= high, rule=f"must be between {low:,} and {high:,}")
+
+
 # The longest a sample may run to: months of drawing, and far from the 2**63 that the row engine's
 # tables hold (10**30 was an OverflowError).
 MAX_LENGTH = 10**12
-_LENGTH = dict(check=lambda v: 1 <= v <= MAX_LENGTH, rule=f"must be between 1 and {MAX_LENGTH:,}")
+_LENGTH = _between(1, MAX_LENGTH)
 # The most worker processes a command forks: 10**30 was an OverflowError, a million a fork bomb.
 MAX_WORKERS = 1024
 NOT_NEGATIVE = dict(check=lambda v: 0 <= v < math.inf, rule="must be 0 or more")
@@ -558,8 +564,7 @@ class SampleConfig(_Config):
     exclude: Optional[list[str]] = option(None, "Never return one of these lines (like novel, for any list).",
                                           requests=("sample", "top"), role="filter", cli=False)
     workers: Optional[int] = option(None, "Processes drawing at once (plain and --rejection sampling): the same "
-                                          "samples at any count.", check=lambda v: 1 <= v <= MAX_WORKERS,
-                                    rule=f"must be between 1 and {MAX_WORKERS:,}",
+                                          "samples at any count.", **_between(1, MAX_WORKERS),
                                     default_help=f"one per CPU core from {MIN_PARALLEL:,} samples (Linux, a program "
                                                  "without threads of its own); else 1")
     max_tries: int = option(50, "Draws per wanted sample before giving up, for unique, novel and empty samples.",
@@ -672,8 +677,7 @@ class ServeConfig(_Config):
                                           "not share the server's process with HTTP; with them, one more runs the slow "
                                           "requests: samples under constraints, /v1/top, /v1/score and /v1/eval (0: "
                                           "threads of the server's process for all). "
-                                          "Same samples either way.", check=lambda v: 0 <= v <= MAX_WORKERS,
-                                    rule=f"must be between 0 and {MAX_WORKERS:,}",
+                                          "Same samples either way.", **_between(0, MAX_WORKERS),
                                     default_help="1 on Linux with 2 or more cores (numpy backend), else 0")
     max_draws: int = option(200_000, "Most draws one sample request may cost (rare constraints draw many); past it, "
                                      "a 422.", **_AT_LEAST_1)
