@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,9 @@ def prune(path: Path, corpus: Path) -> list[str]:
         raise SystemExit(f"{path} has no labels")
     if ckpt.info["labels"].get("inherited") is not None:
         raise SystemExit(f"{path} was adapted from a labelled model: its inherited labels are that model's")
-    present = Counter(line.split("\t", 1)[0] for line in corpus.read_text(encoding="utf-8").splitlines())
-    keep = [i for i, name in enumerate(ckpt.labels) if present[name]]
-    dropped = [name for name in ckpt.labels if not present[name]]
+    present = {line.split("\t", 1)[0] for line in corpus.read_text(encoding="utf-8").splitlines()}
+    keep = [i for i, name in enumerate(ckpt.labels) if name in present]
+    dropped = [name for name in ckpt.labels if name not in present]
     if not dropped:
         return []
     kept_names = [ckpt.labels[i] for i in keep]
