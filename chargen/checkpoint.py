@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -282,6 +283,9 @@ def _read_file(p: Path, with_resume: bool) -> tuple[dict[str, str], dict[str, np
     after its first bytes say it can be one."""
     try:
         with open(p, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (read, a pipe's header would be gone)
+                raise CheckpointError(f"{p} is a pipe or a device, not a file; a checkpoint is read from a "
+                                      f"file (save it to one first)")
             head = f.read(16)
         size = p.stat().st_size
     except IsADirectoryError:

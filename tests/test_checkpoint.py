@@ -7,6 +7,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -116,6 +117,27 @@ def test_garbage_files(tmp_path, content, needle):
     p.write_bytes(content)
     with pytest.raises(CheckpointError, match=needle):
         read_checkpoint(p)
+
+
+def test_a_checkpoint_in_a_pipe_is_called_a_pipe_not_corrupt(tmp_path, trained_names):
+    """`-c <(ssh host cat best.safetensors)` names a pipe: its first bytes, read to sniff it, would
+    be gone, and it has no size; it once was "truncated or corrupt"."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: _write_ignoring_a_closed_reader(fifo, (trained_names / BEST).read_bytes()))
+    writer.start()
+    with pytest.raises(CheckpointError, match="is a pipe or a device, not a file"):
+        read_checkpoint(fifo)
+    writer.join()
+    with pytest.raises(CheckpointError, match="/dev/null is a pipe or a device"):
+        read_checkpoint("/dev/null")
+
+
+def _write_ignoring_a_closed_reader(path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except BrokenPipeError:
+        pass
 
 
 def test_a_zip_that_is_not_torch(tmp_path):

@@ -6,6 +6,7 @@ import io
 import json
 import lzma
 import os
+import threading
 import unicodedata
 
 import numpy as np
@@ -254,6 +255,54 @@ def test_stdin_is_spooled_and_keyed_by_content(tmp_path):
     assert not list(cache.glob(".stdin.*"))  # the spool file is gone
     with pytest.raises(CorpusError, match="stdin is empty"):
         ingest(["-"], cache_dir=cache, stdin=io.BytesIO(b""))
+
+
+def _pipe_path(data: bytes) -> tuple[str, threading.Thread]:
+    """A pipe's path, as bash's <(...) gives one (/dev/fd/N), with a thread writing `data` into it."""
+    r, w = os.pipe()
+
+    def write():
+        with os.fdopen(w, "wb") as out:
+            out.write(data)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return f"/dev/fd/{r}", writer
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd")
+def test_a_pipe_or_fifo_corpus_is_read_once_and_keyed_by_content(tmp_path):
+    """bash's `chargen train <(zcat a.gz)` names a pipe, which holds its text for one reading: it is
+    spooled as stdin is (its two passes once read an empty second), and its key is its content,
+    not a pipe's size and date, which say nothing of what it held."""
+    cache = tmp_path / "cache"
+    plain = tmp_path / "names.txt"
+    data = "Ana\nBob\nCy\n".encode() * 3000  # several chunks, more than a pipe's buffer
+    plain.write_bytes(data)
+    path, writer = _pipe_path(data)
+    try:
+        a = ingest([path, str(plain)], cache_dir=cache, chunk_bytes=4096)
+    finally:
+        writer.join()
+        os.close(int(path.rsplit("/", 1)[1]))
+    assert a.text() == data.decode() * 2 and a.name == "pipe" and a.sources == [path, str(plain)]
+    other, writer = _pipe_path(data.upper())
+    try:
+        b = ingest([other, str(plain)], cache_dir=cache, chunk_bytes=4096)  # a new pipe may reuse the inode
+    finally:
+        writer.join()
+        os.close(int(other.rsplit("/", 1)[1]))
+    assert not b.reused and b.text() == data.decode().upper() + data.decode()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    c = ingest([str(fifo)], cache_dir=cache, chunk_bytes=4096)
+    writer.join()
+    assert c.text() == data.decode() and c.name == "fifo"
+    assert not list(cache.glob(".stdin.*"))  # the spool files are gone
+    with pytest.raises(CorpusError, match="/dev/null is empty"):
+        ingest(["/dev/null"], cache_dir=cache)
 
 
 def test_smallest_dtype_for_large_vocabularies(tmp_path):

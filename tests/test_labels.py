@@ -133,6 +133,8 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
             assert all(n in str(bad.value) for n in needles) and "\n" not in str(bad.value), str(bad.value)
     with pytest.raises(ChargenError, match="--labels tab"):
         read_labelled(["-"], "file")
+    with pytest.raises(ChargenError, match="/dev/fd/63 has none"):  # bash's <(...): a number, not a kind
+        read_labelled([str(tmp_path / "t.tsv"), "/dev/fd/63"], "file")
     assert not (tmp_path / "checkpoints").exists()  # nothing written
 
 

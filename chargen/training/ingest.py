@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -70,6 +71,17 @@ def describe_source(path: str) -> str:
     return "stdin" if path == "-" else path
 
 
+def is_stream(path: str) -> bool:
+    """Whether a corpus path can be read only once: stdin, or a pipe, FIFO or device (bash's
+    <(...) is /dev/fd/63, a pipe) rather than a regular file."""
+    if path == "-":
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False  # (opening it says what is wrong)
+
+
 # Compressed text is read as the text (known by its first bytes, whatever the file's name): large
 # corpora ship so, and Python reads these three itself. An archive holds files, not one text.
 COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
@@ -80,8 +92,15 @@ ARCHIVES = ((b"PK\x03\x04", "is a zip archive: unpack it and pass its text files
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 
 
+# Where a shell's pipes have their paths: a number that names no corpus.
+NAMELESS_PREFIXES = ("/dev/fd/", "/proc/self/fd/", "/dev/stdin")
+
+
 def source_stem(path: str) -> str:
-    """A source's name without its extension, and without a compression's first (names.txt.gz: names)."""
+    """A source's name without its extension, and without a compression's first (names.txt.gz: names);
+    "" for stdin and for a pipe named by its file descriptor (bash's <(...) is /dev/fd/63)."""
+    if path == "-" or path.startswith(NAMELESS_PREFIXES):
+        return ""
     p = Path(path)
     return Path(p.stem).stem if p.suffix in COMPRESSED_SUFFIXES else p.stem
 
@@ -538,7 +557,7 @@ def text_digest(text: str) -> str:
 
 
 def corpus_name(paths: list[str]) -> str:
-    return "stdin" if paths[0] == "-" else (source_stem(paths[0]) or "corpus")
+    return "stdin" if paths[0] == "-" else (source_stem(paths[0]) or "pipe")
 
 
 def default_cache_dir() -> Path:
@@ -564,8 +583,8 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
            chunk_bytes: int = CHUNK_BYTES, notice: Optional[Callable[[str], None]] = None) -> EncodedCorpus:
     """Read, check and encode the corpus into the cache (or find it there); ids come back memory-mapped."""
     check_paths(paths)
-    for p in paths:  # fail on a missing file before spooling stdin
-        if p != "-":
+    for p in paths:  # fail on a missing file before spooling stdin (a stream's one reading is for _spool)
+        if not is_stream(p):
             open_source(p).close()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
@@ -573,14 +592,24 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
     except OSError as exc:
         raise UsageError(f"cannot create the corpus cache {cache} ({exc.strerror or exc}); "
                          f"set CHARGEN_CACHE_DIR to a writable folder") from None
-    spool = None
+    spools: list[Path] = []
     try:
         read_paths = list(paths)
-        if "-" in paths:
-            spool, stdin_digest = _spool_stdin(stdin, cache, chunk_bytes)
-            read_paths[paths.index("-")] = str(spool)
-            key_paths = [p for p in paths if p != "-"]
-            key = hashlib.sha256(json.dumps([CACHE_FORMAT, stdin_digest, paths,
+        digests = []  # a stream's content is its key: a pipe has no name or date that says what it held
+        for i, p in enumerate(paths):
+            if is_stream(p):
+                stream = open_source(p, stdin)
+                try:
+                    spool, digest = _spool(stream, describe_source(p), cache, chunk_bytes)
+                finally:
+                    if p != "-":
+                        stream.close()
+                spools.append(spool)
+                read_paths[i] = str(spool)
+                digests.append(digest)
+        if spools:
+            key_paths = [p for p in paths if not is_stream(p)]
+            key = hashlib.sha256(json.dumps([CACHE_FORMAT, digests if len(digests) > 1 else digests[0], paths,
                                              _file_key(key_paths) if key_paths else ""]).encode()).hexdigest()[:24]
         else:
             key = _file_key(paths)
@@ -594,7 +623,7 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
                 return found
             return _build_entry(paths, read_paths, sources, meta_path, ids_path, chunk_bytes, notice)
     finally:
-        if spool is not None:
+        for spool in spools:
             spool.unlink(missing_ok=True)
 
 
@@ -624,9 +653,9 @@ def _entry_lock(path: Path, notice: Optional[Callable[[str], None]]) -> Iterator
         os.close(fd)
 
 
-def _spool_stdin(stdin: Optional[BinaryIO], cache: Path, chunk_bytes: int) -> tuple[Path, str]:
-    """Standard input can be read once; the two passes need a file."""
-    stream = open_source("-", stdin)
+def _spool(stream: BinaryIO, source: str, cache: Path, chunk_bytes: int) -> tuple[Path, str]:
+    """A stream (stdin, a pipe such as bash's <(...), a FIFO) can be read once; the two passes
+    need a file: its bytes copied into one, and their digest."""
     h = hashlib.sha256()
     fd, name = tempfile.mkstemp(prefix=".stdin.", suffix=".tmp", dir=cache)
     with os.fdopen(fd, "wb") as out:
@@ -634,7 +663,7 @@ def _spool_stdin(stdin: Optional[BinaryIO], cache: Path, chunk_bytes: int) -> tu
             try:
                 block = stream.read(chunk_bytes)
             except (OSError, ValueError) as exc:
-                raise CorpusError(f"cannot read stdin ({exc})") from None
+                raise CorpusError(f"cannot read {source} ({exc})") from None
             if not block:
                 break
             h.update(block)

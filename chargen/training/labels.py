@@ -102,9 +102,10 @@ def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None,
     lines: list[str] = []
     labels: list[str] = []
     if mode == "file":
-        if "-" in paths:
-            raise UsageError("--labels file takes each file's name as its label; stdin has none (use --labels tab)")
         stems = [unicodedata.normalize("NFC", source_stem(p)) for p in paths]  # (a Mac's file names are NFD)
+        if "" in stems:
+            nameless = "stdin" if "-" in paths else paths[stems.index("")]
+            raise UsageError(f"--labels file takes each file's name as its label; {nameless} has none (use --labels tab)")
         if len(set(stems)) >= MAX_FILE_LABELS:
             raise UsageError(f"--labels file would make {len(set(stems)):,} labels, one per file; give files of one "
                              f"kind each (it.txt, el.txt), or LABEL<TAB>TEXT lines with --labels tab")
