@@ -156,19 +156,25 @@ def calibrated_bias(logits: np.ndarray, bias: np.ndarray, fit: np.ndarray, count
     text (`counts` per id, plus a half: a character the text lacks gets a little), the others'
     biases unchanged. Those are the biases that make the text likeliest with the rest of the
     network fixed: at that optimum a softmax's mean prediction of each id whose bias is free
-    equals the id's frequency. Found by iterative scaling (each round adds log(frequency / mean
-    prediction) to the free biases: generalised iterative scaling, which converges since each
-    id has one bias) until no bias moves by `tolerance` nats in a round: a start, which training
-    moves on from. On the Cyrillic list of benchmarks/finetune.py from the base that takes about
-    20 rounds and 0.1 s, and leaves the text's likelihood 0.0002 nats a character short of the
-    optimum (the rarest characters' biases converge slowest, and matter least)."""
+    equals the id's frequency. Found by iterative scaling until no bias moves by `tolerance`
+    nats in a round: a start, which training moves on from. Each round adds to a free bias
+    log(frequency / mean prediction), and log((1 - M) / (1 - F)) to all of them, where M and F
+    are the free ids' mean predicted and wanted shares: in one context that is the exact answer
+    (the fixed ids' logits stay, so the normaliser moves by what their share must lose), where
+    the first term alone (generalised iterative scaling) converges slowly when the free ids take
+    most of the mass: 49 rounds against 9 for 8,174 new CJK characters, 17 against 8 for the
+    Cyrillic names of the README. On the Cyrillic list of benchmarks/finetune.py from the base
+    that takes 8 rounds and 0.3 s."""
     freq = (counts.astype(np.float64) + 0.5) / (counts.sum() + 0.5 * len(counts))
+    kept = float(freq[~fit].sum())  # 1 - F (0 where every id is free: then the term is a constant, and drops)
     z = logits.astype(np.float64)  # (T, V)
     shift = np.zeros(len(bias))
     for _ in range(rounds):
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        step = np.where(fit, np.log(freq) - np.log(p.mean(axis=0)), 0.0)
+        mean = p.mean(axis=0)  # (V,)
+        held = math.log(max(float(mean[~fit].sum()), 1e-300) / kept) if kept > 0 else 0.0  # log((1 - M) / (1 - F))
+        step = np.where(fit, np.log(freq) - np.log(mean) + held, 0.0)
         shift += step
         z += step
         if np.abs(step).max() < tolerance:

@@ -717,14 +717,16 @@ def loss_and_gradients(net: torch.nn.Module, model: CharRNN, optimizer: torch.op
     return loss, grad_norm, new_state
 
 
-CALIBRATION_CHARS = 1 << 14  # the characters of the training text calibrate_new_chars reads the model on
+CALIBRATION_CHARS = 1 << 14  # the characters of the training text calibrate_new_chars reads the model on,
+CALIBRATION_ENTRIES = 1 << 24  # fewer where their logits would pass this many (a vocabulary of thousands:
+CALIBRATION_MIN_CHARS = 1 << 9  # 16,384 x 8,525 CJK characters took 5 GB and 35 s), but at least these
 
 
 def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, yielding: np.ndarray, data: TrainData) -> None:
     """Start each new character (`fresh`, a bool mask over ids) at its frequency in the training
     text, with those of `yielding` (the stand-ins of a run without labels) that the text never
     uses (chargen.training.finetune.calibrated_bias)."""
-    seq, labels = calibration_rows(data, CALIBRATION_CHARS)
+    seq, labels = calibration_rows(data, max(CALIBRATION_MIN_CHARS, min(CALIBRATION_CHARS, CALIBRATION_ENTRIES // len(fresh))))
     device = model.head.weight.device
     with torch.no_grad():
         x = torch.from_numpy(seq[:, :-1]).clamp(min=0).to(device)  # (B, L + 1)
