@@ -3,12 +3,15 @@
 Every file chargen writes (checkpoints, metrics, loss curves, exported tokenizers, the corpus
 cache) goes through `atomic_writer`: a temp file in the same directory, fsync, rename over the
 target, fsync the directory. Temp files are named `.<name>.<random>.tmp`, so a reader of a run
-directory or of the cache can recognise (and remove) those a killed process left behind.
+directory or of the cache can recognise (and remove) those a killed process left behind. A
+symbolic link stays a link: the file it names is replaced. A target that is no file (a pipe, a
+device: `--js /dev/stdout`) cannot be replaced, and is written in place.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +28,12 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     stays, and a WriteError says so; any other exception also removes the temp file and leaves
     `path` untouched.
     """
-    path = Path(path)
-    tmp_name = None
+    if _not_a_file(path):
+        with _written_in_place(path) as f:
+            yield f
+        return
+    given, path = Path(path), Path(os.path.realpath(path))  # (through a link: the file it names; renaming
+    tmp_name = None  # over the link would drop it)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
@@ -38,13 +45,31 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp_name = None
         fsync_dir(path.parent)
     except OSError as exc:
-        raise WriteError(path, exc.strerror or str(exc)) from None
+        raise WriteError(given, exc.strerror or str(exc)) from None
     finally:
         if tmp_name is not None:
             try:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def _not_a_file(path: str | os.PathLike) -> bool:
+    """Whether `path` (after its links) is a pipe, a device or a socket: something to write to, not replace."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextmanager
+def _written_in_place(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    try:
+        with open(path, "wb") as f:
+            yield f
+    except OSError as exc:
+        raise WriteError(Path(path), exc.strerror or str(exc)) from None
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

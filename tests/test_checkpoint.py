@@ -232,3 +232,28 @@ def test_atomic_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
         atomic_write(target, b"new" * 1000)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_write_through_a_link_keeps_the_link_and_a_pipe_is_written_in_place(tmp_path):
+    """`export --js site/model.js`, a link into a build folder: the file it names is replaced, the
+    link stays (a rename over the link dropped it). `--js /dev/stdout` (a link to a pipe or a
+    terminal) cannot be replaced: as root the temp file and the rename in /dev replaced the link."""
+    (tmp_path / "build").mkdir()
+    real = tmp_path / "build" / "model.js"
+    real.write_bytes(b"old")
+    link = tmp_path / "model.js"
+    link.symlink_to(real)
+    atomic_write(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "model.js"]  # no temp file left
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "stdout"
+    out.symlink_to(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(out, b"through the pipe")
+    reader.join(timeout=10)  # (a write that replaced the link leaves the reader waiting)
+    assert got == [b"through the pipe"] and out.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "fifo", "model.js", "stdout"]
