@@ -1151,8 +1151,12 @@ def main() -> None:
     except UnicodeEncodeError as exc:
         if _codec(exc.encoding) != _codec(getattr(sys.stdout, "encoding", None)):
             raise
-        error_line(f"stdout's encoding ({exc.encoding}) cannot write {exc.object[exc.start]!r} (U+{ord(exc.object[exc.start]):04X}); use a UTF-8 "
-                   f"locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8")
+        char = exc.object[exc.start]
+        if "\ud800" <= char <= "\udfff":  # no encoding writes it: a byte of a name that is not UTF-8
+            error_line(f"cannot write {char!r}, a byte of a file name that is not UTF-8; rename the file")
+        else:
+            error_line(f"stdout's encoding ({exc.encoding}) cannot write {char!r} (U+{ord(char):04X}); use a UTF-8 "
+                       f"locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8")
         code = 1
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")

@@ -317,6 +317,28 @@ def test_corpora_that_must_work(tmp_path):
     assert "\r" not in vocab and "\ufeff" not in vocab
 
 
+def test_a_pipe_and_a_file_name_that_is_not_utf8_train_end_to_end(tmp_path, names_file):
+    """`chargen train <(cut -f2 names.tsv)` names a pipe (its second reading once found it empty);
+    a file name's bytes that are not UTF-8 once ended a finished run with an error (its loss
+    curve's title could not be written) and broke its export."""
+    piped = subprocess.run(["bash", "-c", f"'{chargen_exe()}' train <(cat '{names_file}') --max-steps 3 "
+                            + " ".join(TINY)], capture_output=True, cwd=tmp_path, timeout=120)
+    assert piped.returncode == 0, piped.stderr.decode()
+    assert (tmp_path / "checkpoints" / "pipe" / "best.safetensors").exists()
+    odd = os.path.join(os.fsencode(tmp_path), b"bad\xffname.txt")
+    with open(odd, "wb") as f:
+        f.write(open(names_file, "rb").read())
+    p = subprocess.run([chargen_exe(), "train", odd, "--max-steps", "3", *TINY], capture_output=True, cwd=tmp_path,
+                       timeout=120)
+    assert p.returncode == 0 and b"Error" not in p.stderr, p.stderr.decode()
+    run_dir = tmp_path / "checkpoints" / "bad\ufffdname"  # shown, and named, as text
+    assert (run_dir / "loss.svg").read_bytes().decode("utf-8")
+    assert run(["export", str(run_dir), "--html", str(tmp_path / "page.html")]).returncode == 0
+    labelled = subprocess.run([chargen_exe(), "train", odd, str(names_file), "--labels", "file", *TINY],
+                              capture_output=True, cwd=tmp_path, timeout=60)
+    assert_clean_error(labelled, "is not UTF-8 text")
+
+
 def test_missing_directory_and_unreadable_corpus_and_closed_stdin(tmp_path):
     assert_clean_error(run(["train", str(tmp_path / "nope.txt"), *TINY]), "does not exist")
     assert_clean_error(run(["train", str(tmp_path), *TINY]), "directory")

@@ -68,7 +68,10 @@ LONG_LINE = 65
 
 
 def describe_source(path: str) -> str:
-    return "stdin" if path == "-" else path
+    """A corpus path as messages, the checkpoint and a run's name show it: "stdin" for -, and a
+    file name's bytes that are not UTF-8 (Python holds them as surrogates, which no text file, web
+    page or JSON reader takes) as U+FFFD."""
+    return "stdin" if path == "-" else path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def is_stream(path: str) -> bool:
@@ -557,7 +560,7 @@ def text_digest(text: str) -> str:
 
 
 def corpus_name(paths: list[str]) -> str:
-    return "stdin" if paths[0] == "-" else (source_stem(paths[0]) or "pipe")
+    return "stdin" if paths[0] == "-" else (source_stem(describe_source(paths[0])) or "pipe")
 
 
 def default_cache_dir() -> Path:

@@ -67,6 +67,8 @@ def check_label(label: str, where: str) -> str:
         raise CorpusError(f"{where}: the label is empty")
     if len(label) > MAX_LABEL_CHARS:
         raise CorpusError(f"{where}: the label {label[:20]!r}... is longer than {MAX_LABEL_CHARS} characters")
+    if any("\ud800" <= c <= "\udfff" for c in label):  # (a file name's bytes that are not UTF-8)
+        raise CorpusError(f"{where}: the label {label!r} is not UTF-8 text; rename the file")
     bad = [c for c in label if unicodedata.category(c)[0] in "CZ" and c != " "]
     if bad or label != label.strip():
         raise CorpusError(f"{where}: the label {label!r} holds control characters or surrounding spaces")
@@ -111,7 +113,7 @@ def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None,
                              f"kind each (it.txt, el.txt), or LABEL<TAB>TEXT lines with --labels tab")
         _note_shared_names(paths, stems, notice)
         for path, stem in zip(paths, stems):
-            check_label(stem, f"{path} (its name is its label)")
+            check_label(stem, f"{describe_source(path)} (its name is its label)")
             for line in _file_text(path, stdin).split("\n"):
                 if line:
                     lines.append(line)

@@ -127,7 +127,8 @@ def svg_chart(series: Series, title: str = "chargen training") -> str:
 def write_loss_curve(run_dir: str | Path, records: Sequence[dict[str, Any]], title: str) -> Path:
     """Draw `records` (metrics.jsonl) into the run directory's loss.svg; the one writer of that file."""
     path = Path(run_dir) / LOSS_SVG
-    atomic_write(path, svg_chart(loss_series(records), title=title).encode())
+    # (a title from a file name that is not UTF-8 holds surrogates: each is drawn as "?")
+    atomic_write(path, svg_chart(loss_series(records), title=title).encode("utf-8", "replace"))
     return path
 
 
