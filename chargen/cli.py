@@ -63,6 +63,19 @@ CHECKPOINT_DEFAULT = " [default: $CHARGEN_CHECKPOINT, else the bundled names mod
 LABEL_HELP = declared(SampleConfig)["label"].opt.help + " [default: " + declared(SampleConfig)["label"].opt.default_help + "]"
 
 
+def _bundled_here(spec: Optional[str]) -> Optional[str]:
+    """A checkpoint as given; where it is a bundled model's name that a run of the user's own also
+    has (`chargen train names.txt` writes checkpoints/names, and `-c names` is the bundled model),
+    a note says which one is read and how to name the other."""
+    if spec is not None and not Path(spec).exists() and (Path("checkpoints") / spec).is_dir():
+        from .checkpoint import BUNDLED
+
+        if spec in BUNDLED:
+            console().print(f"note: {spec} is the bundled {spec} model; your run checkpoints/{spec} is "
+                            f"-c checkpoints/{spec}", highlight=False, markup=False)
+    return spec
+
+
 def complete_label(ctx: typer.Context, incomplete: str) -> list[str]:
     """`--label <TAB>` (with the shell's completion installed: chargen --install-completion): an
     adapted model's own labels, then the model's languages, kinds and labels, that start with what
@@ -326,6 +339,7 @@ def train(
                             config_file)
     quiet = bool(options.pop("quiet", False))
     corpus = options.pop("corpus", [])
+    _bundled_here(options.get("start_from"))
     if "-" in corpus and not quiet:
         _typed_stdin_note("- reads the corpus you type, until Ctrl-D")
 
@@ -399,7 +413,7 @@ def _piped(stream) -> Iterator[None]:
 @app.command()
 @with_options(SampleConfig, LoadConfig)
 def sample(
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT)] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT, callback=_bundled_here)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", "--starts-with", help="Text each sample starts with (the model's distribution given that start, so also the exact constraint); repeat for several (-n samples each, in order); - reads one prompt per line from stdin.", show_default=False)] = None,
     exclude: Annotated[Optional[str], typer.Option(help="Never print a line of this UTF-8 file (like --novel, for any list); - reads the lines from stdin.", rich_help_panel="Constraints (line samples)")] = None,
     top: Annotated[Optional[int], typer.Option(help="Print the N most probable line samples instead of drawing (exact best-first search at temperature 1; constraints, prompt, --novel and --exclude apply), best first.", rich_help_panel="Constraints (line samples)", show_default=False)] = None,
@@ -751,6 +765,8 @@ def serve(
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
 
+    for spec in checkpoint or []:
+        _bundled_here(spec)
     run_server(checkpoint or [], config, **load_options, notice=notice, access_log=access_log)
 
 
@@ -760,7 +776,7 @@ def serve(
 @app.command("eval")
 @with_options(LoadConfig)
 def eval_command(
-    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
+    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False, callback=_bundled_here)],
     files: Annotated[list[str], typer.Argument(help="UTF-8 text files to score (gzip, bzip2 or xz ones too), or - for stdin.", show_default=False)],
     skip_unknown: Annotated[bool, typer.Option(help="Drop characters the model does not know (and count them) instead of failing.")] = False,
     lines: Annotated[Optional[bool], typer.Option("--lines/--no-lines", help="Score each line on its own, from the start of a line. [default: as the model's corpus: on for names, off for prose]", show_default=False)] = None,
@@ -851,7 +867,7 @@ def _progress_bar(command: str, name: str, total: Optional[float], shown: bool =
 @app.command()
 @with_options(LoadConfig)
 def score(
-    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
+    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False, callback=_bundled_here)],
     files: Annotated[Optional[list[str]], typer.Argument(help="UTF-8 text files, one candidate a line (gzip, bzip2 or xz ones too), or - for stdin. [default: stdin]", show_default=False)] = None,
     output_format: Annotated[str, typer.Option("--format", help="text: TEXT, log p, log p per character and characters, TAB-separated; jsonl: one JSON object a line.")] = "text",
     skip_unknown: Annotated[bool, typer.Option(help="Score a line with a character the model does not know as impossible (-inf) instead of failing.")] = False,
@@ -944,7 +960,7 @@ def _print_score(out: _Output, s, output_format: str, flush: bool = False) -> No
 
 @app.command()
 def export(
-    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
+    checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP, show_default=False, callback=_bundled_here)],
     js: Annotated[Optional[str], typer.Option("--js", help="Write the model and its sampler as one dependency-free ES module (browsers, Node 18+); - writes it to stdout.", show_default=False)] = None,
     html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained web page that draws samples (no server, no network); - writes it to stdout.", show_default=False)] = None,
     weights: Annotated[str, typer.Option("--weights", help="Weights in --js/--html: i8 (a scale per row), f16, f32, or auto: i8 when it is lossless or moves the loss on the model's lines by under 0.005 nats, else f16.")] = "auto",
@@ -1026,7 +1042,7 @@ def _write_exported(path: Path, text: str, say: Callable[[str], None], what: str
 
 @app.command()
 def info(
-    checkpoint: Annotated[Optional[str], typer.Argument(help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT, show_default=False)] = None,
+    checkpoint: Annotated[Optional[str], typer.Argument(help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT, show_default=False, callback=_bundled_here)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Chart the run's train and val loss, and write loss.svg into the run directory.")] = False,
     list_labels: Annotated[bool, typer.Option("--labels", help="List a labelled model's labels, one a line: LABEL<TAB>training lines<TAB>held-out loss (- where none).")] = False,

@@ -339,6 +339,23 @@ def test_a_pipe_and_a_file_name_that_is_not_utf8_train_end_to_end(tmp_path, name
     assert_clean_error(labelled, "is not UTF-8 text")
 
 
+def test_a_bundled_name_that_a_run_of_yours_also_has_says_which_is_read(tmp_path, trained_names):
+    """`chargen train names.txt` writes checkpoints/names; `-c names` is the bundled model, and says so."""
+    import shutil
+
+    bare = run(["sample", "-c", "names", "-n", "5", "--seed", "1"], cwd=tmp_path)
+    assert bare.returncode == 0 and bare.stderr == b""
+    shutil.copytree(trained_names, tmp_path / "checkpoints" / "names")
+    for args in (["sample", "-c", "names", "-n", "5", "--seed", "1"], ["info", "names"], ["score", "names", "-"]):
+        p = run(args, cwd=tmp_path, input=b"Anna\n")
+        assert p.returncode == 0, p.stderr
+        assert p.stderr.decode().splitlines() == [
+            "note: names is the bundled names model; your run checkpoints/names is -c checkpoints/names"]
+        if args[0] == "sample":
+            assert p.stdout == bare.stdout  # the bundled model's names
+    assert run(["sample", "-c", "checkpoints/names", "-n", "5", "--seed", "1"], cwd=tmp_path).stdout != bare.stdout
+
+
 def test_missing_directory_and_unreadable_corpus_and_closed_stdin(tmp_path):
     assert_clean_error(run(["train", str(tmp_path / "nope.txt"), *TINY]), "does not exist")
     assert_clean_error(run(["train", str(tmp_path), *TINY]), "directory")
