@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..config import counted
 from ..errors import CorpusError, UsageError
 from ..tokenizer import Vocab
 from .ingest import EncodedCorpus, corpus_chunks, corpus_name, describe_source, text_digest
@@ -250,7 +251,7 @@ def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str, on
     """
     if n_train < seq_len + 1:
         raise CorpusError(
-            f"{source} is too short: its training part has {n_train} characters, but one window needs "
+            f"{source} is too short: its training part has {counted(n_train, 'character')}, but one window needs "
             f"`seq_len` + 1 = {seq_len + 1}; use a longer corpus or a smaller `seq_len`"
             + ("; a list of names needs two lines at least (it then adapts a trained model)" if one_line else "")
         )
