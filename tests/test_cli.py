@@ -325,6 +325,14 @@ def test_a_pipe_and_a_file_name_that_is_not_utf8_train_end_to_end(tmp_path, name
                             + " ".join(TINY)], capture_output=True, cwd=tmp_path, timeout=120)
     assert piped.returncode == 0, piped.stderr.decode()
     assert (tmp_path / "checkpoints" / "pipe" / "best.safetensors").exists()
+    assert_clean_error(run(["train", "--resume", "checkpoints/pipe", "--max-steps", "4"], cwd=tmp_path),
+                       "give the corpus again: the run was trained on a pipe (/dev/fd/")
+    from chargen.training.setup import _read_by_every_process  # torchrun: each process reads it
+
+    for path, needle in (("-", "stdin cannot be the corpus under torchrun"), ("/dev/fd/63", "/dev/fd/63 is a pipe")):
+        with pytest.raises(Exception, match=needle):
+            _read_by_every_process([str(names_file), path])
+    _read_by_every_process([str(names_file)])
     odd = os.path.join(os.fsencode(tmp_path), b"bad\xffname.txt")
     with open(odd, "wb") as f:
         f.write(open(names_file, "rb").read())

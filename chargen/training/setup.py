@@ -24,7 +24,7 @@ from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .folds import cross_validate, cross_validates, fold_count
 from .finetune import ARCHITECTURE, DEFAULT_FROM, ClosestLabels, check_architecture, stand_ins
-from .ingest import ingest, text_digest
+from .ingest import ingest, is_stream, source_stem, text_digest
 from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
@@ -75,6 +75,9 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             sources = ckpt.info.get("sources") or []
             if not sources or "stdin" in sources:
                 raise UsageError("give the corpus again: the run was trained on stdin")
+            piped = [s for s in sources if source_stem(s) == "" or is_stream(s)]
+            if piped:
+                raise UsageError(f"give the corpus again: the run was trained on a pipe ({piped[0]})")
             paths = list(sources)
         val_file = val_file or ckpt.info.get("val_source")
     if not paths:
@@ -84,6 +87,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
     dist = setup_distributed(config.device)  # None unless started by torchrun
     if dist is None:
         resolve_device(config.device)  # a device that is not here: one error, before any reading or notice
+    else:
+        _read_by_every_process(paths + ([val_file] if val_file else []))
     clean = False
     try:
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else \
@@ -222,14 +227,23 @@ def _notice(callbacks, dist):
     return callbacks.on_notice if callbacks is not None and (dist is None or dist.is_main) else None
 
 
+def _read_by_every_process(paths: list[str]) -> None:
+    """Under torchrun every process reads the corpus (or maps what its machine's first encoded) and
+    the validation file: stdin and pipes, which one process reads once, are refused."""
+    for path in paths:
+        if path == "-":
+            raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
+        if is_stream(path) or source_stem(path) == "":
+            raise UsageError(f"{path} is a pipe, which one process can read once; under torchrun every process "
+                             f"reads the corpus: pass files")
+
+
 def _ingest(paths: list[str], dist, callbacks):
     """The encoded corpus; under torchrun one process per machine encodes it, the others then map it."""
 
     notice = _notice(callbacks, dist)
     if dist is None:
         return ingest(paths, notice=notice)
-    if "-" in paths:
-        raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
     corpus = ingest(paths, notice=notice) if dist.local_rank == 0 else None
     dist.barrier()
     return corpus if corpus is not None else ingest(paths)
