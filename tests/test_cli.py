@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import TINY, Terminal, assert_clean_error, chargen_exe, run, run_on_terminal
+from .conftest import TINY, Terminal, assert_clean_error, chargen_exe, make_names, run, run_on_terminal
 
 
 def test_train_then_sample_end_to_end(tmp_path, names_file):
@@ -369,6 +369,8 @@ def test_missing_directory_and_unreadable_corpus_and_closed_stdin(tmp_path):
     assert_clean_error(run(["train", str(tmp_path), *TINY]), "directory")
     p = subprocess.run([chargen_exe(), "train", "-", *TINY], capture_output=True, stdin=subprocess.DEVNULL)
     assert_clean_error(p, "stdin is empty")
+    both = run(["train", "-", "--val-file", "-", *TINY], input=make_names(50).encode(), cwd=tmp_path)
+    assert_clean_error(both, "stdin (-) can be read once")  # (it said "stdin is empty")
     closed = subprocess.run(["bash", "-c", f"'{chargen_exe()}' train - --quiet <&-"], capture_output=True)
     assert_clean_error(closed, "stdin")
     if os.geteuid() != 0:

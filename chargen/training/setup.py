@@ -82,6 +82,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         val_file = val_file or ckpt.info.get("val_source")
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
+    if val_file == "-" and "-" in paths:
+        raise UsageError("stdin (-) can be read once: give the corpus or --val-file as a file")
     if config.val_fraction == 0 and config.patience and not val_file:
         raise UsageError("`patience` watches the held-out text, and `val_fraction` 0 holds out none: drop one")
     dist = setup_distributed(config.device)  # None unless started by torchrun
