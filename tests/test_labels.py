@@ -133,6 +133,13 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
             assert all(n in str(bad.value) for n in needles) and "\n" not in str(bad.value), str(bad.value)
     with pytest.raises(ChargenError, match="--labels tab"):
         read_labelled(["-"], "file")
+    notes = []  # a TSV with more columns: the rest is the text, and a note says so, naming the first line
+    (tmp_path / "more.tsv").write_text("it\tMario\nit\tLuigi\t12\nes\tJuan\t3\n")
+    kept = read_labelled([str(tmp_path / "more.tsv")], "tab", notice=notes.append)
+    assert kept.text().split("\n")[1] == "Luigi\t12"
+    assert len(notes) == 1 and "2 lines hold a second TAB" in notes[0] and "more.tsv, line 2" in notes[0]
+    read_labelled([str(tmp_path / "t.tsv")], "tab", notice=notes.append)
+    assert len(notes) == 1
     with pytest.raises(ChargenError, match="/dev/fd/63 has none"):  # bash's <(...): a number, not a kind
         read_labelled([str(tmp_path / "t.tsv"), "/dev/fd/63"], "file")
     assert not (tmp_path / "checkpoints").exists()  # nothing written

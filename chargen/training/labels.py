@@ -13,10 +13,11 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 import numpy as np
 
+from ..config import counted
 from ..errors import CorpusError, UsageError
 from .ingest import EncodedCorpus, check_paths, corpus_chunks, corpus_name, describe_source, source_stem, text_digest
 
@@ -81,6 +82,23 @@ def _file_text(path: str, stdin: Optional[BinaryIO]) -> str:
     return "".join(text if text is not None else buf.decode("ascii") for buf, text in corpus_chunks([path], stdin))
 
 
+def _tab_separated(path: str, stdin: Optional[BinaryIO]) -> Iterator[tuple[str, str, str]]:
+    """(label, text, where) for each LABEL<TAB>TEXT line of a file (empty lines skipped), or a
+    one-line CorpusError naming the line that is not one."""
+    source = describe_source(path)
+    for number, line in enumerate(_file_text(path, stdin).split("\n"), 1):
+        if not line:
+            continue
+        where = f"{source}, line {number}"
+        label, tab, text = line.partition("\t")
+        if not tab:
+            raise CorpusError(f"{where}: no TAB; --labels tab reads LABEL<TAB>TEXT lines")
+        check_label(label, where)
+        if not text:
+            raise CorpusError(f"{where}: the text after the label is empty")
+        yield label, text, where
+
+
 def _note_shared_names(paths: list[str], stems: list[str], notice: Optional[Callable[[str], None]]) -> None:
     """girls/names.txt and boys/names.txt would label their lines alike: say so (shards of one
     kind in several folders are meant to; two kinds named alike are not, and look the same)."""
@@ -119,19 +137,16 @@ def read_labelled(paths: list[str], mode: str, stdin: Optional[BinaryIO] = None,
                     lines.append(line)
                     labels.append(stem)
     else:
+        tabbed: list[str] = []  # where the lines are whose text holds a TAB too
         for path in paths:
-            where = describe_source(path)
-            for number, line in enumerate(_file_text(path, stdin).split("\n"), 1):
-                if not line:
-                    continue
-                label, tab, text = line.partition("\t")
-                if not tab:
-                    raise CorpusError(f"{where}, line {number}: no TAB; --labels tab reads LABEL<TAB>TEXT lines")
-                check_label(label, f"{where}, line {number}")
-                if not text:
-                    raise CorpusError(f"{where}, line {number}: the text after the label is empty")
+            for label, text, where in _tab_separated(path, stdin):
                 lines.append(text)
                 labels.append(label)
+                if "\t" in text:
+                    tabbed.append(where)
+        if tabbed and notice is not None:
+            notice(f"{counted(len(tabbed), 'line')} {'holds' if len(tabbed) == 1 else 'hold'} a second TAB (the first: "
+                   f"{tabbed[0]}): all after the label's TAB is the text, TABs too; to keep one column: cut -f1,2")
     if not lines:
         raise CorpusError(f"{', '.join(map(describe_source, paths))} holds no labelled line")
     names = sorted(set(labels))
