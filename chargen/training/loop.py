@@ -726,7 +726,8 @@ def calibrate_new_chars(model: CharRNN, fresh: np.ndarray, yielding: np.ndarray,
     """Start each new character (`fresh`, a bool mask over ids) at its frequency in the training
     text, with those of `yielding` (the stand-ins of a run without labels) that the text never
     uses (chargen.training.finetune.calibrated_bias)."""
-    seq, labels = calibration_rows(data, max(CALIBRATION_MIN_CHARS, min(CALIBRATION_CHARS, CALIBRATION_ENTRIES // len(fresh))))
+    chars = max(CALIBRATION_MIN_CHARS, min(CALIBRATION_CHARS, CALIBRATION_ENTRIES // len(fresh)))  # (V = len(fresh))
+    seq, labels = calibration_rows(data, chars)
     device = model.head.weight.device
     with torch.no_grad():
         x = torch.from_numpy(seq[:, :-1]).clamp(min=0).to(device)  # (B, L + 1)
