@@ -29,7 +29,7 @@ def _reference(paths):
     parts = []
     for p in paths:
         raw = open(p, "rb").read()
-        text = unicodedata.normalize("NFC", raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").replace("\r\n", "\n"))
+        text = unicodedata.normalize("NFC", raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").replace("\r\n", "\n").replace("\r", "\n"))
         if parts and not parts[-1].endswith("\n"):
             parts[-1] += "\n"
         parts.append(text)
@@ -303,6 +303,20 @@ def test_a_pipe_or_fifo_corpus_is_read_once_and_keyed_by_content(tmp_path):
     assert not list(cache.glob(".stdin.*"))  # the spool files are gone
     with pytest.raises(CorpusError, match="/dev/null is empty"):
         ingest(["/dev/null"], cache_dir=cache)
+
+
+def test_a_list_with_old_mac_line_ends_is_a_list(tmp_path):
+    """Excel for Mac's "CSV (Macintosh)" ends lines with a lone CR: read as one line of prose, its
+    names were a 27-character alphabet's soup. A lone CR ends a line, as CRLF does, wherever the
+    chunks are cut."""
+    names = [f"Name{i}" for i in range(300)]
+    p = tmp_path / "mac.txt"
+    p.write_bytes("\r".join(names).encode() + b"\r")
+    for chunk in (7, 1 << 20):
+        enc = ingest([str(p)], cache_dir=tmp_path / f"cache{chunk}", chunk_bytes=chunk)
+        assert enc.text() == "\n".join(names) + "\n" and enc.line_stats.line_oriented()
+        assert "\r" not in enc.vocab
+    assert list(text_lines([str(p)])) == names
 
 
 def test_smallest_dtype_for_large_vocabularies(tmp_path):

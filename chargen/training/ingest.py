@@ -3,7 +3,7 @@ r"""Streaming ingest: corpus files -> vocabulary + an encoded, memory-mapped cac
 A corpus may be larger than memory, so it is never held as one string. Two passes over the
 files, a chunk (16 MB) at a time:
 
-    files ──read──> chunks of bytes ──check──> UTF-8 text, BOM dropped, CRLF -> LF, in NFC
+    files ──read──> chunks of bytes ──check──> UTF-8 text, BOM dropped, CRLF, CR -> LF, in NFC
     (gzip, bzip2 and xz files decompressed as they are read)
        pass 1: which characters occur (-> Vocab), line-length statistics, SHA-256 of the text
        pass 2: characters -> ids (a lookup table), appended to  <cache>/<key>.ids
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .labels import LineLabels
 
 CHUNK_BYTES = 16 << 20
-CACHE_FORMAT = 3  # what an entry holds (2: its line statistics count the empty lines at either end; 3: NFC)
+CACHE_FORMAT = 4  # what an entry holds (2: its line statistics count the empty lines at either end; 3: NFC;
+# 4: a lone CR ends a line)
 MAX_ENTRIES = 16
 BOM = b"\xef\xbb\xbf"
 NON_ASCII = bytes(range(0x80, 0x100))
@@ -225,7 +226,7 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
                 nfc: bool = True, empty_ok: bool = False) -> Iterator[tuple[bytes, Optional[str]]]:
     """The checked text of `stream` in pieces: (UTF-8 bytes, the same as str, or None when ASCII).
 
-    BOM dropped, CRLF -> LF, and with `nfc` Unicode's composed form (NFC: é as one character,
+    BOM dropped, CRLF and a lone CR -> LF, and with `nfc` Unicode's composed form (NFC: é as one character,
     never e and a combining accent, so that text Unicode calls the same is one string to the
     model: chargen.tokenizer.Vocab.conform); a one-line CorpusError for anything that is not UTF-8
     text (with the byte offset), a NUL byte, an empty or whitespace-only file (unless `empty_ok`:
@@ -281,9 +282,9 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
             if nul >= 0:
                 raise CorpusError(f"{source} holds a NUL character (at byte {offset + nul}); "
                                   f"it looks like a binary file, not text")
-            if b"\r\n" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-                text = text.replace("\r\n", "\n") if text is not None else None
+            if b"\r" in buf:  # CRLF, and a lone CR (old Mac files, Excel's "CSV (Macintosh)"), end a line
+                buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                text = text.replace("\r\n", "\n").replace("\r", "\n") if text is not None else None
             if nfc and text is not None and not unicodedata.is_normalized("NFC", text):
                 text = unicodedata.normalize("NFC", text)
                 buf = text.encode("utf-8")
@@ -325,7 +326,7 @@ def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_byte
 
 def text_lines(paths: list[str], stdin: Optional[BinaryIO] = None, nfc: bool = True) -> Iterator[str]:
     """The lines of text files ('-' is stdin), as they are read: checked and read as corpora are
-    (text_chunks: compressed files as their text, CRLF as LF); an empty input has none."""
+    (text_chunks: compressed files as their text, CRLF and CR as LF); an empty input has none."""
     rest = ""
     for buf, text in corpus_chunks(paths, stdin, nfc=nfc, empty_ok=True):
         lines, rest = _split_lines(rest, buf, text)
@@ -339,7 +340,7 @@ def _split_lines(rest: str, buf: bytes, text: Optional[str]) -> tuple[list[str],
     the start of a line carried from before, and the start of a line it leaves."""
     parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
     rest = parts.pop()
-    return [p[:-1] if p.endswith("\r") else p for p in parts], rest
+    return parts, rest
 
 
 class ArrivingLines:
