@@ -382,8 +382,9 @@ class Model:
             unknown = [() if ok else tuple(self.vocab.unknown_chars(t)) for t, ok in zip(spelt, whole.tolist())]
             for i, bad in enumerate(unknown):
                 if bad and not skip_unknown:
+                    mac = "; a lone CR ends the lines of old Mac files: tr '\\r' '\\n' makes them LF" if "\r" in bad else ""
                     raise VocabularyError(f"line {first + i + 1} holds {describe_chars(bad)}, not in the "
-                                          f"model's vocabulary (with `skip_unknown` such a line scores -inf)")
+                                          f"model's vocabulary (with `skip_unknown` such a line scores -inf){mac}")
             known = np.flatnonzero(whole).tolist()
             ids = [encoded[i] for i in known]
             if mix is None:

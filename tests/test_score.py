@@ -48,6 +48,8 @@ def test_score_command_streams_lines_and_reports_bad_input(tmp_path):
     assert_clean_error(run(["score", "names", str(tmp_path / "c.txt")]), "line 4 holds 'ë'", "skip-unknown")
     assert_clean_error(run(["score", "names", str(tmp_path / "nope.txt")]), "does not exist")
     assert_clean_error(run(["score", "names", "--format", "csv"], input=b"Anna\n"), "--format")
+    (tmp_path / "mac.txt").write_bytes(b"Anna\rMaria\r")  # one line to wc and paste: one score, or what to do
+    assert_clean_error(run(["score", "names", str(tmp_path / "mac.txt")]), "line 1 holds '\\r'", "tr '\\r' '\\n'")
     (tmp_path / "bad.txt").write_bytes(b"Anna\n\xff\xfe\n")
     assert_clean_error(run(["score", "names", str(tmp_path / "bad.txt")]), "UTF-8")
     for empty in (b"", b"\n"):  # no lines in, none out (a filter in a pipeline); an empty line is a line

@@ -222,13 +222,14 @@ def _nfc_cut(buf: bytes) -> int:
     return len(text[:i].encode("utf-8"))
 
 
-def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
-                nfc: bool = True, empty_ok: bool = False) -> Iterator[tuple[bytes, Optional[str]]]:
+def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES, nfc: bool = True,
+                empty_ok: bool = False, lone_cr: bool = True) -> Iterator[tuple[bytes, Optional[str]]]:
     """The checked text of `stream` in pieces: (UTF-8 bytes, the same as str, or None when ASCII).
 
-    BOM dropped, CRLF and a lone CR -> LF, and with `nfc` Unicode's composed form (NFC: é as one character,
-    never e and a combining accent, so that text Unicode calls the same is one string to the
-    model: chargen.tokenizer.Vocab.conform); a one-line CorpusError for anything that is not UTF-8
+    BOM dropped, CRLF -> LF (with `lone_cr` a lone CR too: a corpus's text, not a filter's lines),
+    and with `nfc` Unicode's composed form (NFC: é as one character, never e and a combining
+    accent, so that text Unicode calls the same is one string to the model:
+    chargen.tokenizer.Vocab.conform); a one-line CorpusError for anything that is not UTF-8
     text (with the byte offset), a NUL byte, an empty or whitespace-only file (unless `empty_ok`:
     lines to score, where no lines is an answer, none). A multi-byte
     character, a CRLF and (with `nfc`) the text from the last character that composes with nothing
@@ -283,8 +284,9 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
                 raise CorpusError(f"{source} holds a NUL character (at byte {offset + nul}); "
                                   f"it looks like a binary file, not text")
             if b"\r" in buf:  # CRLF, and a lone CR (old Mac files, Excel's "CSV (Macintosh)"), end a line
-                buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                text = text.replace("\r\n", "\n").replace("\r", "\n") if text is not None else None
+                cr = "\r" if lone_cr else "\r\n"
+                buf = buf.replace(b"\r\n", b"\n").replace(cr.encode(), b"\n")
+                text = text.replace("\r\n", "\n").replace(cr, "\n") if text is not None else None
             if nfc and text is not None and not unicodedata.is_normalized("NFC", text):
                 text = unicodedata.normalize("NFC", text)
                 buf = text.encode("utf-8")
@@ -304,8 +306,8 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES,
 
 
 def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_bytes: int = CHUNK_BYTES,
-                  names: Optional[list[str]] = None, nfc: bool = True,
-                  empty_ok: bool = False) -> Iterator[tuple[bytes, Optional[str]]]:
+                  names: Optional[list[str]] = None, nfc: bool = True, empty_ok: bool = False,
+                  lone_cr: bool = True) -> Iterator[tuple[bytes, Optional[str]]]:
     """The text of several sources in pieces (text_chunks), joined by a newline where one does not
     end in one. `names` are what errors call the sources (default: the paths)."""
     check_paths(paths)
@@ -316,7 +318,7 @@ def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_byte
             if not ends_in_newline:
                 yield b"\n", None
             name = names[i] if names is not None else describe_source(path)
-            for buf, text in text_chunks(stream, name, chunk_bytes, nfc, empty_ok):
+            for buf, text in text_chunks(stream, name, chunk_bytes, nfc, empty_ok, lone_cr):
                 ends_in_newline = buf.endswith(b"\n")
                 yield buf, text
         finally:
@@ -326,9 +328,11 @@ def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_byte
 
 def text_lines(paths: list[str], stdin: Optional[BinaryIO] = None, nfc: bool = True) -> Iterator[str]:
     """The lines of text files ('-' is stdin), as they are read: checked and read as corpora are
-    (text_chunks: compressed files as their text, CRLF and CR as LF); an empty input has none."""
+    (text_chunks: compressed files as their text, CRLF as LF), but a line ends at LF alone, as
+    for wc, paste and sort (a lone CR is in its line: `score` gives a line for each of theirs);
+    an empty input has none."""
     rest = ""
-    for buf, text in corpus_chunks(paths, stdin, nfc=nfc, empty_ok=True):
+    for buf, text in corpus_chunks(paths, stdin, nfc=nfc, empty_ok=True, lone_cr=False):
         lines, rest = _split_lines(rest, buf, text)
         yield from lines
     if rest:
@@ -340,7 +344,7 @@ def _split_lines(rest: str, buf: bytes, text: Optional[str]) -> tuple[list[str],
     the start of a line carried from before, and the start of a line it leaves."""
     parts = (rest + (text if text is not None else buf.decode("ascii"))).split("\n")
     rest = parts.pop()
-    return parts, rest
+    return [p[:-1] if p.endswith("\r") else p for p in parts], rest
 
 
 class ArrivingLines:
@@ -354,7 +358,7 @@ class ArrivingLines:
 
     def __init__(self, fd: int, source: str = "stdin"):
         self.fd = fd
-        self.chunks = text_chunks(self, source, self.READ, nfc=False, empty_ok=True)
+        self.chunks = text_chunks(self, source, self.READ, nfc=False, empty_ok=True, lone_cr=False)
         self.held: list[str] = []  # lines arrived and not given, the last first
         self.rest = ""  # the start of a line whose newline has not arrived
 
