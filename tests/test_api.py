@@ -89,6 +89,14 @@ def test_a_validation_file_the_run_trains_on_is_noted(tmp_path, names_file):
                       callbacks=Notes())
         noted = [n for n in notices if "is text the run trains on" in n]
         assert bool(noted) == (val != held_out), (val, notices)
+        assert not [n for n in notices if "given twice" in n]
+    notices.clear()  # a corpus file given twice (overlapping globs): trained on twice, its held-out lines leak
+    chargen.train([str(names_file), str(held_out), str(tmp_path / "." / names_file.name)], out=str(tmp_path / "twice"),
+                  start_from="none", max_steps=1, layers=1, hidden=8, embed=4, batch_size=4, seq_len=8,
+                  precision="fp32", callbacks=Notes())
+    assert [n for n in notices if "given twice" in n] == [
+        f"{tmp_path / '.' / names_file.name} is given twice: its text is trained on twice, and held-out lines may have "
+        f"copies in training; give each file once (or mean it, to weigh it double)"]
 
 
 def test_prompts_from_an_iterator_are_read_as_they_are_drawn():

@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..checkpoint import BEST, BUNDLED, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
 from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
@@ -97,9 +97,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             read_labelled(paths, config.labels, notice=_notice(callbacks, dist))
         val_text = read_corpus([val_file]).text if val_file else None
         notice = _notice(callbacks, dist)
-        if notice is not None and val_text is not None and _trains_on(paths, val_file, val_text, corpus):
-            notice(f"--val-file {val_file} is text the run trains on: its loss cannot show overfitting, so the best "
-                   f"checkpoint and early stopping follow the training loss; hold out text the run does not see")
+        if notice is not None:
+            _note_overlaps(paths, val_file, val_text, corpus, notice)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
@@ -218,9 +217,24 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, closest
     return TrainConfig.from_dict({**config.to_dict(), **record["chosen"], "patience": None}), record
 
 
-def _trains_on(paths: list[str], val_file: str, val_text: str, corpus) -> bool:
+def _note_overlaps(paths: list[str], val_file: Optional[str], val_text: Optional[str], corpus,
+                   notice: Callable[[str], None]) -> None:
+    """Say where the run would see text twice: a corpus file given again (`chargen train *.txt
+    data/*.txt`: it is trained on twice, and a list's held-out lines have copies in training), or
+    a validation file that is text the run trains on."""
+    files = [p for p in paths if p != "-" and os.path.isfile(p)]
+    again = next((q for i, p in enumerate(files) for q in files[i + 1:] if os.path.samefile(p, q)), None)
+    if again is not None:
+        notice(f"{again} is given twice: its text is trained on twice, and held-out lines may have copies in "
+               f"training; give each file once (or mean it, to weigh it double)")
+    if val_text is not None and _trains_on(files, val_file, val_text, corpus):
+        notice(f"--val-file {val_file} is text the run trains on: its loss cannot show overfitting, so the best "
+               f"checkpoint and early stopping follow the training loss; hold out text the run does not see")
+
+
+def _trains_on(files: list[str], val_file: str, val_text: str, corpus) -> bool:
     """Whether the validation file is one of the corpus files, or holds the very text trained on."""
-    same_file = any(p != "-" and val_file != "-" and os.path.exists(p) and os.path.samefile(p, val_file) for p in paths)
+    same_file = val_file != "-" and os.path.isfile(val_file) and any(os.path.samefile(p, val_file) for p in files)
     return same_file or text_digest(val_text) == corpus.digest
 
 
