@@ -10,7 +10,7 @@ import pytest
 import chargen
 from chargen.errors import ChargenError, VocabularyError
 
-from .conftest import run
+from .conftest import make_names, run
 
 
 def test_api_load_sample_stream_eval(trained_names, tmp_path):
@@ -97,6 +97,30 @@ def test_a_validation_file_the_run_trains_on_is_noted(tmp_path, names_file):
     assert [n for n in notices if "given twice" in n] == [
         f"{tmp_path / '.' / names_file.name} is given twice: its text is trained on twice, and held-out lines may have "
         f"copies in training; give each file once (or mean it, to weigh it double)"]
+
+
+def test_a_table_of_columns_is_noted_with_how_to_keep_one(tmp_path):
+    """The US baby-name files are `Mary,F,7065` lines: trained on whole, a list of them learns to
+    write CSV. A .csv (.tsv) whose lines nearly all hold commas (TABs) gets a note with the cut."""
+    from chargen.training.callbacks import TrainCallbacks
+
+    notices: list[str] = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notices.append(message)
+
+    names = make_names(200).split()
+    for name, text, noted in (("yob.csv", "".join(f"{n},F,{i}\n" for i, n in enumerate(names)), "cut -d, -f1"),
+                              ("t.tsv", "".join(f"{n}\t{i}\n" for i, n in enumerate(names)), "cut -f1"),
+                              ("places.csv", "\n".join(names) + "\n", None),  # no commas: a list
+                              ("yob.txt", "".join(f"{n},F\n" for n in names), None)):  # not named a table
+        (tmp_path / name).write_text(text)
+        notices.clear()
+        chargen.train([str(tmp_path / name)], out=str(tmp_path / f"run-{name}"), start_from="none", max_steps=1,
+                      layers=1, hidden=8, embed=4, batch_size=4, seq_len=8, precision="fp32", callbacks=Notes())
+        said = [n for n in notices if "all its columns" in n]
+        assert (said[0].split(": ")[-1].startswith(noted) if noted else not said), (name, notices)
 
 
 def test_prompts_from_an_iterator_are_read_as_they_are_drawn():

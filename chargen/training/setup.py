@@ -99,6 +99,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         notice = _notice(callbacks, dist)
         if notice is not None:
             _note_overlaps(paths, val_file, val_text, corpus, notice)
+            if config.labels is None:
+                _note_columns(paths, notice)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
@@ -230,6 +232,27 @@ def _note_overlaps(paths: list[str], val_file: Optional[str], val_text: Optional
     if val_text is not None and _trains_on(files, val_file, val_text, corpus):
         notice(f"--val-file {val_file} is text the run trains on: its loss cannot show overfitting, so the best "
                f"checkpoint and early stopping follow the training loss; hold out text the run does not see")
+
+
+COLUMN_SEPARATORS = {".csv": ",", ".tsv": "\t"}  # a table's file name says how its columns are cut
+COLUMNS_READ = 1 << 16  # the first bytes of a table that say whether its lines hold columns
+
+
+def _note_columns(paths: list[str], notice: Callable[[str], None]) -> None:
+    """A .csv or .tsv file whose lines nearly all hold its separator (`Mary,F,7065`, as the US
+    baby-name files have them) is trained on whole lines, columns and all: say how to keep one."""
+    for path in paths:
+        sep = COLUMN_SEPARATORS.get(Path(path).suffix.lower())
+        if sep is None or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            lines = [line for line in f.read(COLUMNS_READ).decode("utf-8", "replace").splitlines()[:-1] if line]
+        if len(lines) >= 2 and sum(sep in line for line in lines) >= 0.9 * len(lines):
+            cut, one = "cut -d, -f1" if sep == "," else "cut -f1", Path(path).with_suffix(".txt").name
+            labels = "" if sep == "," else " (--labels tab reads LABEL<TAB>TEXT lines)"
+            notice(f"{path}'s lines hold {'commas' if sep == ',' else 'TABs'}: each whole line, all its columns, is "
+                   f"a line to learn; to learn one column: {cut} {path} > {one}, then chargen train {one}{labels}")
+            return
 
 
 def _trains_on(files: list[str], val_file: str, val_text: str, corpus) -> bool:
