@@ -101,7 +101,8 @@ def test_a_validation_file_the_run_trains_on_is_noted(tmp_path, names_file):
 
 def test_a_table_of_columns_is_noted_with_how_to_keep_one(tmp_path):
     """The US baby-name files are `Mary,F,7065` lines: trained on whole, a list of them learns to
-    write CSV. A .csv (.tsv) whose lines nearly all hold commas (TABs) gets a note with the cut."""
+    write CSV. A .csv (.tsv) whose lines nearly all hold commas (TABs) gets a note with the cut; a
+    list whose lines end in spaces (a spreadsheet's cells), one with the sed that strips them."""
     from chargen.training.callbacks import TrainCallbacks
 
     notices: list[str] = []
@@ -114,12 +115,15 @@ def test_a_table_of_columns_is_noted_with_how_to_keep_one(tmp_path):
     for name, text, noted in (("yob.csv", "".join(f"{n},F,{i}\n" for i, n in enumerate(names)), "cut -d, -f1"),
                               ("t.tsv", "".join(f"{n}\t{i}\n" for i, n in enumerate(names)), "cut -f1"),
                               ("places.csv", "\n".join(names) + "\n", None),  # no commas: a list
-                              ("yob.txt", "".join(f"{n},F\n" for n in names), None)):  # not named a table
+                              ("yob.txt", "".join(f"{n},F\n" for n in names), None),  # not named a table
+                              ("cells.txt", "".join(f"{n}  \n" for n in names), "sed "),
+                              ("some.txt", "".join(f"{n} \n" if i % 3 == 0 else f"{n}\n" for i, n in enumerate(names)),
+                               None)):
         (tmp_path / name).write_text(text)
         notices.clear()
         chargen.train([str(tmp_path / name)], out=str(tmp_path / f"run-{name}"), start_from="none", max_steps=1,
                       layers=1, hidden=8, embed=4, batch_size=4, seq_len=8, precision="fp32", callbacks=Notes())
-        said = [n for n in notices if "all its columns" in n]
+        said = [n for n in notices if "all its columns" in n or "start or end in spaces" in n]
         assert (said[0].split(": ")[-1].startswith(noted) if noted else not said), (name, notices)
 
 

@@ -100,7 +100,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         if notice is not None:
             _note_overlaps(paths, val_file, val_text, corpus, notice)
             if config.labels is None:
-                _note_columns(paths, notice)
+                _note_line_shapes(paths, corpus.line_stats.line_oriented(), notice)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
@@ -235,24 +235,41 @@ def _note_overlaps(paths: list[str], val_file: Optional[str], val_text: Optional
 
 
 COLUMN_SEPARATORS = {".csv": ",", ".tsv": "\t"}  # a table's file name says how its columns are cut
-COLUMNS_READ = 1 << 16  # the first bytes of a table that say whether its lines hold columns
+FIRST_BYTES = 1 << 16  # what of a file says how its lines are written
 
 
-def _note_columns(paths: list[str], notice: Callable[[str], None]) -> None:
-    """A .csv or .tsv file whose lines nearly all hold its separator (`Mary,F,7065`, as the US
-    baby-name files have them) is trained on whole lines, columns and all: say how to keep one."""
+def _note_line_shapes(paths: list[str], a_list: bool, notice: Callable[[str], None]) -> None:
+    """What the first lines of a corpus file say it teaches that its writer may not mean: a .csv or
+    .tsv whose lines nearly all hold its separator (`Mary,F,7065`, as the US baby-name files have
+    them) is learnt whole, columns and all; a list whose lines mostly start or end in spaces (a
+    spreadsheet's cells) gives samples that do too. One note each, with the command that mends it."""
+    said = set()
     for path in paths:
-        sep = COLUMN_SEPARATORS.get(Path(path).suffix.lower())
-        if sep is None or not os.path.isfile(path):
+        lines = _first_lines(path)
+        if len(lines) < 2:
             continue
-        with open(path, "rb") as f:
-            lines = [line for line in f.read(COLUMNS_READ).decode("utf-8", "replace").splitlines()[:-1] if line]
-        if len(lines) >= 2 and sum(sep in line for line in lines) >= 0.9 * len(lines):
-            cut, one = "cut -d, -f1" if sep == "," else "cut -f1", Path(path).with_suffix(".txt").name
+        one = Path(path).with_suffix(".txt").name if Path(path).suffix != ".txt" else f"{Path(path).stem}-fixed.txt"
+        sep = COLUMN_SEPARATORS.get(Path(path).suffix.lower())
+        if "columns" not in said and sep and sum(sep in line for line in lines) >= 0.9 * len(lines):
+            said.add("columns")
+            cut = "cut -d, -f1" if sep == "," else "cut -f1"
             labels = "" if sep == "," else " (--labels tab reads LABEL<TAB>TEXT lines)"
             notice(f"{path}'s lines hold {'commas' if sep == ',' else 'TABs'}: each whole line, all its columns, is "
                    f"a line to learn; to learn one column: {cut} {path} > {one}, then chargen train {one}{labels}")
-            return
+        if "spaces" not in said and a_list and sum(line != line.strip() for line in lines) >= 0.5 * len(lines):
+            said.add("spaces")
+            notice(f"most of {path}'s lines start or end in spaces, and so will the samples; to strip them: "
+                   f"sed 's/^[[:space:]]*//; s/[[:space:]]*$//' {path} > {one}")
+
+
+def _first_lines(path: str) -> list[str]:
+    """The non-empty lines of a regular file's first FIRST_BYTES (the last, maybe cut, left out)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        head = f.read(FIRST_BYTES)
+    lines = head.decode("utf-8", "replace").splitlines()
+    return [line for line in (lines if len(head) < FIRST_BYTES else lines[:-1]) if line]
 
 
 def _trains_on(files: list[str], val_file: str, val_text: str, corpus) -> bool:
