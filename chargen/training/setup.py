@@ -71,14 +71,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         # loop refuses those that would change the data layout (batch size, window, split, seed).
         config = TrainConfig.from_dict({**ckpt.train_config, **loop_options})
         out_dir = out_dir or ckpt.path.parent
-        if not paths:
-            sources = ckpt.info.get("sources") or []
-            if not sources or "stdin" in sources:
-                raise UsageError("give the corpus again: the run was trained on stdin")
-            piped = [s for s in sources if source_stem(s) == "" or is_stream(s)]
-            if piped:
-                raise UsageError(f"give the corpus again: the run was trained on a pipe ({piped[0]})")
-            paths = list(sources)
+        paths = paths or _sources_of_run(ckpt)
         val_file = val_file or ckpt.info.get("val_source")
     if not paths:
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
@@ -96,11 +89,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         corpus = _ingest(paths, dist, callbacks) if config.labels is None else \
             read_labelled(paths, config.labels, notice=_notice(callbacks, dist))
         val_text = read_corpus([val_file]).text if val_file else None
-        notice = _notice(callbacks, dist)
-        if notice is not None:
-            _note_overlaps(paths, val_file, val_text, corpus, notice)
-            if config.labels is None:
-                _note_line_shapes(paths, corpus.line_stats.line_oriented(), notice)
+        if (notice := _notice(callbacks, dist)) is not None:
+            _note_input(paths, val_file, val_text, corpus, config.labels is not None, notice)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
@@ -219,11 +209,23 @@ def _cross_validate(corpus, config, model_options: dict[str, Any], base, closest
     return TrainConfig.from_dict({**config.to_dict(), **record["chosen"], "patience": None}), record
 
 
-def _note_overlaps(paths: list[str], val_file: Optional[str], val_text: Optional[str], corpus,
-                   notice: Callable[[str], None]) -> None:
+def _sources_of_run(ckpt) -> list[str]:
+    """The corpus files a resumed run was trained on, where they can be read again."""
+    sources = ckpt.info.get("sources") or []
+    if not sources or "stdin" in sources:
+        raise UsageError("give the corpus again: the run was trained on stdin")
+    piped = [s for s in sources if source_stem(s) == "" or is_stream(s)]
+    if piped:
+        raise UsageError(f"give the corpus again: the run was trained on a pipe ({piped[0]})")
+    return list(sources)
+
+
+def _note_input(paths: list[str], val_file: Optional[str], val_text: Optional[str], corpus, labelled: bool,
+                notice: Callable[[str], None]) -> None:
     """Say where the run would see text twice: a corpus file given again (`chargen train *.txt
     data/*.txt`: it is trained on twice, and a list's held-out lines have copies in training), or
-    a validation file that is text the run trains on."""
+    a validation file that is text the run trains on; and, unlabelled, what its files' first lines
+    say it would learn that its writer may not mean (_note_line_shapes)."""
     files = [p for p in paths if p != "-" and os.path.isfile(p)]
     again = next((q for i, p in enumerate(files) for q in files[i + 1:] if os.path.samefile(p, q)), None)
     if again is not None:
@@ -232,6 +234,8 @@ def _note_overlaps(paths: list[str], val_file: Optional[str], val_text: Optional
     if val_text is not None and _trains_on(files, val_file, val_text, corpus):
         notice(f"--val-file {val_file} is text the run trains on: its loss cannot show overfitting, so the best "
                f"checkpoint and early stopping follow the training loss; hold out text the run does not see")
+    if not labelled:
+        _note_line_shapes(paths, corpus.line_stats.line_oriented(), notice)
 
 
 COLUMN_SEPARATORS = {".csv": ",", ".tsv": "\t"}  # a table's file name says how its columns are cut
