@@ -75,10 +75,15 @@ def describe_source(path: str) -> str:
     return "stdin" if path == "-" else path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+# Where a shell's pipes have their paths: a number that names no corpus.
+NAMELESS_PREFIXES = ("/dev/fd/", "/proc/self/fd/", "/dev/stdin")
+
+
 def is_stream(path: str) -> bool:
     """Whether a corpus path can be read only once: stdin, or a pipe, FIFO or device (bash's
-    <(...) is /dev/fd/63, a pipe) rather than a regular file."""
-    if path == "-":
+    <(...) is /dev/fd/63, a pipe) rather than a regular file; a pipe by its name where this
+    process has no such descriptor (a resumed run's source)."""
+    if path == "-" or path.startswith(NAMELESS_PREFIXES):
         return True
     try:
         return not stat.S_ISREG(os.stat(path).st_mode)
@@ -94,10 +99,6 @@ ARCHIVES = ((b"PK\x03\x04", "is a zip archive: unpack it and pass its text files
             (b"\x28\xb5\x2f\xfd", "is zstd-compressed, which chargen does not read: decompress it (zstd -d), or pipe it "
                                   "(zstd -dc FILE | chargen ... -)"))
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
-
-
-# Where a shell's pipes have their paths: a number that names no corpus.
-NAMELESS_PREFIXES = ("/dev/fd/", "/proc/self/fd/", "/dev/stdin")
 
 
 def source_stem(path: str) -> str:
@@ -591,8 +592,9 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
            chunk_bytes: int = CHUNK_BYTES, notice: Optional[Callable[[str], None]] = None) -> EncodedCorpus:
     """Read, check and encode the corpus into the cache (or find it there); ids come back memory-mapped."""
     check_paths(paths)
-    for p in paths:  # fail on a missing file before spooling stdin (a stream's one reading is for _spool)
-        if not is_stream(p):
+    streamed = [is_stream(p) for p in paths]  # (a stream's one reading is _spool's)
+    for p, once in zip(paths, streamed):  # fail on a missing file before spooling stdin
+        if not once:
             open_source(p).close()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
@@ -604,8 +606,8 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
     try:
         read_paths = list(paths)
         digests = []  # a stream's content is its key: a pipe has no name or date that says what it held
-        for i, p in enumerate(paths):
-            if is_stream(p):
+        for i, (p, once) in enumerate(zip(paths, streamed)):
+            if once:
                 stream = open_source(p, stdin)
                 try:
                     spool, digest = _spool(stream, describe_source(p), cache, chunk_bytes)
@@ -616,8 +618,8 @@ def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optiona
                 read_paths[i] = str(spool)
                 digests.append(digest)
         if spools:
-            key_paths = [p for p in paths if not is_stream(p)]
-            key = hashlib.sha256(json.dumps([CACHE_FORMAT, digests if len(digests) > 1 else digests[0], paths,
+            key_paths = [p for p, once in zip(paths, streamed) if not once]
+            key = hashlib.sha256(json.dumps([CACHE_FORMAT, digests, paths,
                                              _file_key(key_paths) if key_paths else ""]).encode()).hexdigest()[:24]
         else:
             key = _file_key(paths)

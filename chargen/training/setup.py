@@ -24,7 +24,7 @@ from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .folds import cross_validate, cross_validates, fold_count
 from .finetune import ARCHITECTURE, DEFAULT_FROM, ClosestLabels, check_architecture, stand_ins
-from .ingest import ingest, is_stream, source_stem, text_digest
+from .ingest import ingest, is_stream, text_digest
 from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
@@ -214,7 +214,7 @@ def _sources_of_run(ckpt) -> list[str]:
     sources = ckpt.info.get("sources") or []
     if not sources or "stdin" in sources:
         raise UsageError("give the corpus again: the run was trained on stdin")
-    piped = [s for s in sources if source_stem(s) == "" or is_stream(s)]
+    piped = [s for s in sources if is_stream(s)]
     if piped:
         raise UsageError(f"give the corpus again: the run was trained on a pipe ({piped[0]})")
     return list(sources)
@@ -227,7 +227,7 @@ def _note_input(paths: list[str], val_file: Optional[str], val_text: Optional[st
     a validation file that is text the run trains on; and, unlabelled, what its files' first lines
     say it would learn that its writer may not mean (_note_line_shapes)."""
     files = [p for p in paths if p != "-" and os.path.isfile(p)]
-    again = next((q for i, p in enumerate(files) for q in files[i + 1:] if os.path.samefile(p, q)), None)
+    again = _given_twice(files)
     if again is not None:
         notice(f"{again} is given twice: its text is trained on twice, and held-out lines may have copies in "
                f"training; give each file once (or mean it, to weigh it double)")
@@ -249,11 +249,13 @@ def _note_line_shapes(paths: list[str], a_list: bool, notice: Callable[[str], No
     spreadsheet's cells) gives samples that do too. One note each, with the command that mends it."""
     said = set()
     for path in paths:
+        sep = COLUMN_SEPARATORS.get(Path(path).suffix.lower())
+        if not (sep or a_list):  # (prose that is not a table: nothing to look for, nothing to read)
+            continue
         lines = _first_lines(path)
         if len(lines) < 2:
             continue
         one = Path(path).with_suffix(".txt").name if Path(path).suffix != ".txt" else f"{Path(path).stem}-fixed.txt"
-        sep = COLUMN_SEPARATORS.get(Path(path).suffix.lower())
         if "columns" not in said and sep and sum(sep in line for line in lines) >= 0.9 * len(lines):
             said.add("columns")
             cut = "cut -d, -f1" if sep == "," else "cut -f1"
@@ -276,6 +278,18 @@ def _first_lines(path: str) -> list[str]:
     return [line for line in (lines if len(head) < FIRST_BYTES else lines[:-1]) if line]
 
 
+def _given_twice(files: list[str]) -> Optional[str]:
+    """The first of `files` that names a file named before it (by device and inode: a stat a file,
+    where samefile on each pair would be thousands of files squared), or None."""
+    seen: set[tuple[int, int]] = set()
+    for path in files:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in seen:
+            return path
+        seen.add((st.st_dev, st.st_ino))
+    return None
+
+
 def _trains_on(files: list[str], val_file: str, val_text: str, corpus) -> bool:
     """Whether the validation file is one of the corpus files, or holds the very text trained on."""
     same_file = val_file != "-" and os.path.isfile(val_file) and any(os.path.samefile(p, val_file) for p in files)
@@ -293,7 +307,7 @@ def _read_by_every_process(paths: list[str]) -> None:
     for path in paths:
         if path == "-":
             raise UsageError("stdin cannot be the corpus under torchrun (each process has its own); pass files")
-        if is_stream(path) or source_stem(path) == "":
+        if is_stream(path):
             raise UsageError(f"{path} is a pipe, which one process can read once; under torchrun every process "
                              f"reads the corpus: pass files")
 
