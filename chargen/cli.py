@@ -67,10 +67,10 @@ def _bundled_here(spec: Optional[str]) -> Optional[str]:
     """A checkpoint as given; where it is a bundled model's name that a run of the user's own also
     has (`chargen train names.txt` writes checkpoints/names, and `-c names` is the bundled model),
     a note says which one is read and how to name the other."""
-    if spec is not None and not Path(spec).exists() and (Path("checkpoints") / spec).is_dir():
-        from .checkpoint import BUNDLED
+    if spec and (Path("checkpoints") / spec).is_dir():
+        from .checkpoint import checkpoint_path  # (its rule: a bundled name, where no file of that name is here)
 
-        if spec in BUNDLED:
+        if checkpoint_path(spec) != Path(spec):
             console().print(f"note: {spec} is the bundled {spec} model; your run checkpoints/{spec} is "
                             f"-c checkpoints/{spec}", highlight=False, markup=False)
     return spec
