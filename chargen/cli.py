@@ -28,7 +28,41 @@ from .config import (Declared, given_options, LoadConfig, ModelConfig, RunConfig
                      declared, counted, format_duration, merge_train_options, parse_duration)
 from .errors import ChargenError, TrainingInterrupted, UsageError, VocabularyError
 
+class _Commands(typer.core.TyperGroup):
+    """chargen's commands, with one check before a command parses its arguments: an option that
+    takes a value, given another of its options instead (`--resume --time 5s`), is a missing
+    value, said so, not a run in a directory called '--time'."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _check_values(command, rest)
+        return name, command, rest
+
+
+def _check_values(command, args: list[str]) -> None:
+    """Raise click's usage error where an option's value is one of the command's own flags."""
+    flags = {flag: p for p in command.params for flag in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])
+             if type(p).__name__.endswith("Option")}
+    i = 0
+    while i < len(args) - 1 and args[i] != "--":
+        p = flags.get(args[i])
+        if p is not None and not p.is_flag and not p.count:
+            other = args[i + 1].split("=", 1)[0]
+            if other in flags:
+                import click
+
+                long = next((f for f in p.opts if f.startswith("--")), args[i])
+                dash = f"a value that starts with '-' is written {long}=VALUE; " if p.type.name in ("str", "text") else ""
+                raise click.UsageError(f"{args[i]} needs a value, and {other} is an option of chargen {command.name} "
+                                       f"({dash}see: chargen {command.name} --help)")
+            i += 2
+        else:
+            i += 1
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="chargen",
     add_completion=True,
     no_args_is_help=True,

@@ -244,6 +244,15 @@ def test_bundled_model_samples_names():
         (["sample", "base", "-n", "2"], "here a checkpoint is an option: chargen sample -c CHECKPOINT"),
         (["serve", "model.safetensors"], "here a checkpoint is an option: chargen serve -c CHECKPOINT"),
         (["sample", "10"], "unexpected extra argument(s) (10) (see: chargen sample --help)"),  # no checkpoint
+        # an option where a value was due: it was the value (a run directory called '--time', a prompt '-n')
+        (["train", "x.txt", "--resume", "--time", "5s"],
+         "--resume needs a value, and --time is an option of chargen train (a value that starts with '-' is "
+         "written --resume=VALUE; see: chargen train --help)"),
+        (["train", "x.txt", "-o", "--quiet"], "-o needs a value, and --quiet is an option of chargen train"),
+        (["sample", "-p", "--seed=3"], "-p needs a value, and --seed is an option of chargen sample (a value that "
+                                      "starts with '-' is written --prompt=VALUE"),
+        (["serve", "--port", "--host", "0.0.0.0"], "--port needs a value, and --host is an option of chargen serve "
+                                                  "(see: chargen serve --help)"),
         # an empty path is not the current directory (--out "" wrote the run among its files)
         (["train", "x.txt", "--out", ""], "--out is empty: name the run's directory (. for this one)"),
         (["train", ""], "a corpus path is empty: name a text file, or - for stdin"),
