@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, O
 import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
-from .config import LoadConfig, SampleConfig, check_type, declared, label_spec
+from .config import LoadConfig, SampleConfig, check_type, declared, label_spec, parse_duration
 from .errors import ConfigError, UsageError, VocabularyError
 from .extras import gpu_present, require_torch
 from .npmodel import NumpyCharRNN
@@ -43,7 +43,7 @@ _TOP_REFUSED = tuple(name for name, d in declared(SampleConfig).items() if not d
 
 def _prompts(prompt: Any) -> list[str]:
     """`prompt` as a list: one text, or any iterable of texts (one drawing each)."""
-    if isinstance(prompt, Iterable) and not isinstance(prompt, str):
+    if isinstance(prompt, Iterable) and not isinstance(prompt, (str, bytes, bytearray)):  # (bytes: b"Ma" is no [77, 97])
         prompt = list(prompt)
     check_type("prompt", prompt, "str | list[str]")
     return [prompt] if isinstance(prompt, str) else prompt
@@ -309,6 +309,9 @@ class Model:
         """
         from .evaluation import EVAL_STREAMS, NumpyScorer, evaluate_text
 
+        if isinstance(text, (list, tuple)):
+            raise ConfigError(f"`text` must be text, one str (got a {type(text).__name__}): a list of lines is "
+                              f"'\\n'.join(lines) + '\\n', or model.score(lines) for each line's own")
         check_type("text", text, "str")
         text = self.vocab.conform(text)
         mix = self.label_mix(label)
@@ -475,7 +478,7 @@ def train(corpus_paths: str | os.PathLike | Sequence[str | os.PathLike] = (), *,
     """Train on text files ('-' is stdin; one path, or a list) and return the run directory.
 
     `options` are ModelConfig fields (cell, layers, hidden, embed, dropout) and TrainConfig fields
-    (batch_size, seq_len, lr, max_steps, epochs, time in seconds, patience, device, ...); an
+    (batch_size, seq_len, lr, max_steps, epochs, time in seconds or a duration such as "5m", patience, device, ...); an
     unknown one is a ConfigError. What is left unset of the model and batch sizes is chosen from
     the corpus size, the budget and this device's measured speed (chargen.training.sizing), and recorded
     in config.json. `resume` continues the run in a run
@@ -499,6 +502,8 @@ def train(corpus_paths: str | os.PathLike | Sequence[str | os.PathLike] = (), *,
     val_file = _check_path("val_file", val_file, "a text file's path")
     resume = _check_path("resume", resume, "a run directory or its last.safetensors")
     start_from = _check_path("start_from", start_from, "a checkpoint's path or a bundled model's name")
+    if isinstance(options.get("time"), str):  # a duration as the flag and a config file write it: "5m"
+        options["time"] = parse_duration(options["time"])
     require_torch("training")
     from .training.setup import train_run  # imports torch
 

@@ -13,6 +13,7 @@ import difflib
 import functools
 import ipaddress
 import math
+import numbers
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -236,6 +237,7 @@ def label_spec(label: Any) -> Any:
     """`label` as the text that asks for it: a blend given as a mapping, {"it": 0.7, "es": 0.3} (the
     Python API's, the server's and an exported module's other way to write it), is it=0.7,es=0.3 (no
     label holds ',' or '=': training refuses them); text or None as it is."""
+    label = plain(label)
     check_type("label", label, f"Optional[{declared(SampleConfig)['label'].accepts}]")
     if not isinstance(label, dict):
         return label
@@ -245,6 +247,21 @@ def label_spec(label: Any) -> Any:
         if not name.strip() or "," in name or "=" in name:
             raise ConfigError(f"`label`: {name!r} names no label (labels hold no ',' or '=')")
     return ",".join(f"{name}={float(weight)!r}" for name, weight in label.items())
+
+
+def plain(value: Any) -> Any:
+    """A number of another kind as Python's own (numpy's int64, float32 and bool_, a Fraction: what
+    a program computes its options with), so a config holds, compares and writes JSON as one typed
+    by hand; anything else as it is, for check_type to judge (a bool is no number here)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+        return float(value)
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "shape", None) == ():
+        return bool(value)  # numpy's bool_
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 def _shown(value: Any) -> str:
@@ -267,6 +284,7 @@ class _Config:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ConfigError(f"unknown {cls._what} key(s): {unknown_keys(unknown, fields)}")  # type: ignore[attr-defined]
+        data = {name: plain(value) for name, value in data.items()}
         for name, value in data.items():
             check_type(name, value, str(fields[name].type))
         obj = cls(**data)

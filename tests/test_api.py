@@ -64,6 +64,14 @@ def test_train_api_returns_the_run_directory(tmp_path, names_file):
     # an unknown keyword is named among every keyword train takes (model shape, loop, its own), a typo with its fix
     with pytest.raises(ChargenError, match=r"'max_step' \(max_steps\?\) \(known: .*\bhidden\b.*\bstart_from\b"):
         chargen.train([str(names_file)], out=str(tmp_path / "r2"), max_step=5)
+    # numbers a program computed, and a duration written as the flag writes it
+    np = pytest.importorskip("numpy")
+    out = chargen.train(names_file, out=str(tmp_path / "r3"), max_steps=np.int64(3), layers=1, hidden=np.int64(16),
+                        embed=8, batch_size=4, seq_len=16, lr=np.float32(0.01), time="2m", precision="fp32")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"]["hidden"], config["train"]["time"], config["train"]["max_steps"]) == (16, 120.0, 3)
+    with pytest.raises(ChargenError, match="time must be a positive duration such as 90s, 5m"):
+        chargen.train(names_file, out=str(tmp_path / "r4"), time="soon")
 
 
 def test_a_validation_file_the_run_trains_on_is_noted(tmp_path, names_file):
@@ -167,6 +175,25 @@ def test_api_refuses_arguments_of_the_wrong_kind():
         with pytest.raises(ChargenError, match="lines must be a list of lines"):
             list(model.score(one_text))
     assert [s.text for s in model.score(iter(["Anna", "Maria"]))] == ["Anna", "Maria"]
+    with pytest.raises(ChargenError, match=r"prompt must be text or a list of text \(got b'Ma'\)"):  # not [77, 97]
+        model.sample(2, prompt=b"Ma")
+    with pytest.raises(ChargenError, match=r"text must be text, one str \(got a list\).*model.score\(lines\)"):
+        model.eval(["Anna", "Maria"])
+
+
+def test_numbers_a_program_computed_are_taken_as_its_own():
+    """numpy's int64, float32 and bool_ (and a Fraction) are options as Python's numbers are: they
+    were 'n must be a whole number (got np.int64(5))', and past the check torch's TypeError."""
+    np = pytest.importorskip("numpy")
+    from fractions import Fraction
+
+    model = chargen.load()
+    assert model.sample(np.int64(5), temperature=np.float32(0.5), seed=np.uint8(7), unique=np.bool_(True)) == \
+        model.sample(5, temperature=0.5, seed=7, unique=True)
+    assert model.sample(3, top_p=Fraction(9, 10), seed=1) == model.sample(3, top_p=0.9, seed=1)
+    assert [s.text for s in model.top(np.int32(2))] == [s.text for s in model.top(2)]
+    with pytest.raises(ChargenError, match="n must be a whole number"):
+        model.sample(np.float64(2.5))
 
 
 def test_cli_eval_and_export_round_trip(trained_names, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..checkpoint import BEST, BUNDLED, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
-from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, unknown_keys
+from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, plain, unknown_keys
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
 from .data import is_list, read_corpus, trained_by_line
 from .device import resolve_device
@@ -50,7 +50,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
               start_from: str | os.PathLike | None = None, overwrite: bool = False, callbacks=None,
               **options: Any) -> Path:
     """chargen.train: see its docstring there."""
-    model_options, loop_options = _split_options(options)
+    model_options, loop_options = _split_options({name: plain(value) for name, value in options.items()})
     if model_options:  # check before reading a possibly large corpus
         ModelConfig.from_dict({"vocab_size": 1, **model_options})
     base = _base_model(start_from, resume, model_options)
