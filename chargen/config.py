@@ -324,6 +324,10 @@ NOT_NEGATIVE = dict(check=lambda v: 0 <= v < math.inf, rule="must be 0 or more")
 AUTO = "auto, from the corpus, the budget and the measured speed; printed at start"
 
 
+# A seed, training's or sampling's: what the counter-based sampler hashes and torch's generators take.
+SEED_RANGE: dict[str, Any] = dict(check=lambda v: 0 <= v < 2**63, rule="must be between 0 and 2**63-1")
+
+
 def _one_of(choices) -> dict[str, Any]:
     return dict(check=lambda v: v in choices, rule=f"must be one of {', '.join(choices)}")
 
@@ -467,7 +471,7 @@ class TrainConfig(_Config):
                                          "its lines) or 'tab' (LABEL<TAB>TEXT lines). A labelled list trains line "
                                          "by line; sample with --label.", check=lambda v: v in ("file", "tab"),
                                    rule="must be one of file, tab")
-    seed: int = option(1337, "Random seed.")
+    seed: int = option(1337, "Random seed.", **SEED_RANGE)
     device: str = option("auto", f"Device: {', '.join(DEVICES)}.", **_one_of(DEVICES))
 
     @property
@@ -566,7 +570,7 @@ class SampleConfig(_Config):
                                     requests=("sample", "stream"), role="setting", check=lambda v: 0.0 < v <= 1.0,
                                     rule="must be in (0, 1]")
     seed: Optional[int] = option(None, "Random seed: same seed, same output.", requests=("sample", "stream"),
-                                 check=lambda v: 0 <= v < 2**63, rule="must be between 0 and 2**63-1")
+                                 **SEED_RANGE)
     label: Optional[str] = option(None, "A labelled model's label: a name (el_GR:first), a part of names (el_GR or "
                                         "el or greek, GR or greece: every label with it, in training proportions; de:city or \"german cities\": "
                                         "with both), or "

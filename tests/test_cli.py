@@ -236,6 +236,9 @@ def test_bundled_model_samples_names():
         (["train", "--cell", "transformer", "x.txt"], "--cell"),
         (["train", "--dropout", "1.5", "x.txt"], "dropout"),
         (["train", "--precision", "fp8", "x.txt"], "precision"),
+        # a training seed torch cannot take was a traceback (2**64), one it can but sampling cannot ran (-1)
+        (["train", "--seed", "18446744073709551616", "x.txt"], "--seed must be between 0 and 2**63-1"),
+        (["train", "--seed", "-1", "x.txt"], "--seed must be between 0 and 2**63-1 (got -1)"),
         (["train"], "no corpus"),
         (["sample", "--bogus"], "see: chargen sample --help"),
         (["score", "-c", "names"], "the checkpoint is the first argument: chargen score CHECKPOINT"),
