@@ -35,7 +35,7 @@ class _Commands(typer.core.TyperGroup):
 
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
-        if command is not None:
+        if command is not None and not ctx.resilient_parsing:  # (resilient: completing a word, say nothing)
             _check_values(command, rest)
         return name, command, rest
 
