@@ -81,7 +81,7 @@ def console():
     if _console is None:
         from rich.console import Console
 
-        _console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
+        _console = Console(stderr=True, highlight=False, soft_wrap=not _terminal(sys.stderr))
     return _console
 
 
@@ -500,7 +500,7 @@ def sample(
     with contextlib.ExitStack() as searching:
         if top is not None:  # a long search (the base model's blends) says on a terminal how far it has got
             progress = searching.enter_context(_progress_bar("--top", f"{top:,}:", None, unit="prefixes searched",
-                                                             shown=not sys.stdout.isatty(), delay=1.0))
+                                                             shown=not _terminal(sys.stdout), delay=1.0))
             samples = model.top(top, prompts, progress=progress, **options)
         else:
             mix = model.label_mix(options.get("label"))
@@ -510,7 +510,7 @@ def sample(
                                     on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
             if streaming:
                 out.write(prompts[0], flush=True)
-            elif sys.stderr.isatty() and not sys.stdout.isatty() and not lazy:  # (lazy: how many is not known)
+            elif _terminal(sys.stderr) and not _terminal(sys.stdout) and not lazy:  # (lazy: how many is not known)
                 count = searching.enter_context(_Count(num * len(prompts)))
         _print_samples(out, samples, output_format, jsonl_constrained=constrained, lines=line_mode or top is not None,
                        streaming=streaming, count=count)
@@ -575,14 +575,14 @@ def _label_note(model, label: Optional[str], scoring: bool = False) -> None:
     if not model.labels:
         return
     if not label and scoring:
-        if sys.stderr.isatty() and len(model.labels) > 1:
+        if _terminal(sys.stderr) and len(model.labels) > 1:
             console().print(f"note: with no --label each line is scored under all {len(model.labels)} labels (its "
                             f"probability when its label is unknown), {len(model.labels)} times the work of one: "
                             f"--label L scores under L alone (chargen info --labels lists them)",
                             highlight=False, markup=False, soft_wrap=True)
         return
     if not label:
-        if sys.stderr.isatty():
+        if _terminal(sys.stderr):
             ckpt = model.checkpoint
             examples = _label_examples(model.labels, ckpt.label_counts)
             own = _shown(ckpt.own_labels)
@@ -728,7 +728,7 @@ def _print_samples(out: "_Output", samples, output_format: str, *, jsonl_constra
 def _typed_stdin_note(what: str) -> None:
     """Where stdin is a terminal and is read to its end, say so: a user typing there would see
     nothing until Ctrl-D, and take it for hung."""
-    if sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty():
+    if _terminal(sys.stdin):
         console().print(f"note: {what}", highlight=False, markup=False)
 
 
@@ -939,10 +939,10 @@ def score(
     if typed:
         console().print("note: type a line and Enter to score it; Ctrl-D ends", highlight=False, markup=False)
     lines = _typed_lines() if typed else ArrivingLines(stdin_fd) if stdin_fd is not None else \
-        text_lines(files or ["-"], sys.stdin.buffer, nfc=False)
+        text_lines(files or ["-"], getattr(sys.stdin, "buffer", None), nfc=False)
     out = _Output()
     with _progress_bar("score", ", ".join(files or ["stdin"]), None,
-                       shown=not sys.stdout.isatty() and not typed) as progress:
+                       shown=not _terminal(sys.stdout) and not typed) as progress:
         # (typed: a line the model cannot score is said and the next one read, as a shell goes on after a typo)
         scores = model.score(lines, skip_unknown=skip_unknown or typed, label=label,
                              by_label=by_label, batch=1 if typed else 2048)
@@ -959,6 +959,11 @@ def score(
     out.flush()
     if failed:
         raise typer.Exit(VocabularyError.exit_code)
+
+
+def _terminal(stream) -> bool:
+    """Whether `stream` is a terminal (a stream the caller closed, None to Python, is none)."""
+    return stream is not None and not stream.closed and stream.isatty()
 
 
 def _fileno(stream) -> Optional[int]:
@@ -1189,6 +1194,7 @@ def main() -> None:
     """Console-script entry: run the app, turning ChargenError into `Error: ...` and a closed
     stdout (`| head`) into a quiet exit."""
     code = 0
+    _standard_descriptors()
     try:
         rv = app(standalone_mode=False)
         if isinstance(rv, int):  # click hands typer.Exit(code) back as a return value here
@@ -1237,6 +1243,20 @@ def main() -> None:
         else:
             raise
     _quiet_exit(code)
+
+
+def _standard_descriptors() -> None:
+    """Descriptors 0-2 closed by the caller (`2>&-`, `<&-`, a daemon's) are /dev/null from here, so
+    no file chargen opens takes one (a checkpoint being written where a C library's warning or a
+    child's stderr goes). A closed stderr takes the notes and errors quietly (it failed the command);
+    a closed stdin or stdout stays None to Python: "stdin is closed", and nobody reading the names."""
+    for fd in (0, 1, 2):  # in order: each open takes the lowest free descriptor, this one
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
 
 
 def _codec(encoding: Optional[str]) -> Optional[str]:

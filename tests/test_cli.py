@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -641,3 +642,27 @@ def test_temperature_zero_says_what_greedy_gives():
     assert constrained.returncode == 0 and "--top 5 lists the likeliest names that satisfy" in constrained.stderr.decode()
     for quiet in (["-n", "3", "-t", "0.5"], ["-t", "0"]):  # drawn, or one greedy sample: nothing to say
         assert run(["sample", *quiet]).stderr == b""
+
+
+def test_closed_standard_streams(tmp_path, trained_names, names_file):
+    """Started with a standard stream closed (`2>&-`, `<&-`, a daemon's): a closed stderr failed
+    sampling and training (exit 1, nothing said), a closed stdin was score's AttributeError; and no
+    file chargen opens may take descriptor 0-2, where a C library's warnings or a child's output go."""
+    exe, ck = shlex.quote(chargen_exe()), shlex.quote(str(trained_names))
+
+    def shell(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], capture_output=True, timeout=120, cwd=tmp_path)
+
+    names = shell(f"{exe} sample -c {ck} -n 5 --seed 3 2>/dev/null").stdout
+    assert len(names.splitlines()) == 5
+    closed = shell(f"{exe} sample -c {ck} -n 5 --seed 3 2>&-")
+    assert (closed.returncode, closed.stdout) == (0, names)
+    trained = shell(f"{exe} train {shlex.quote(str(names_file))} -o run --max-steps 3 --hidden 16 --layers 1 "
+                    f"--batch-size 4 --seq-len 16 --from none 2>&- >&-")
+    assert trained.returncode == 0 and (tmp_path / "run" / "best.safetensors").exists()
+    scored = shell(f"{exe} score {ck} <&-")
+    assert scored.returncode == 1 and scored.stderr.decode() == "Error: stdin is closed; name a file instead of -\n"
+    # the first descriptor opened after the check is 3, not the closed 2 (or 0)
+    probe = "import os, chargen.cli as c; c._standard_descriptors(); print(os.open(os.devnull, os.O_RDONLY))"
+    opened = shell(f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)} 2>&- <&-")
+    assert opened.stdout == b"3\n", opened

@@ -172,7 +172,7 @@ def open_source(path: str, stdin: Optional[BinaryIO] = None) -> BinaryIO:
     if path == "-":
         stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
         if stream is None or getattr(stream, "closed", False):
-            raise CorpusError("stdin is closed; pass a corpus file instead of -")
+            raise CorpusError("stdin is closed; name a file instead of -")
         if getattr(stream, "isatty", lambda: False)():  # typed: all of it, so one Ctrl-D ends it (a read of
             return io.BytesIO(stream.read())  # a chunk stops at Ctrl-D, and the next would wait for another)
         return stream
