@@ -417,7 +417,7 @@ class _Output:
         self.stream = sys.stdout
 
     def write(self, text: str, flush: bool = True) -> None:
-        if self.stream is None:  # started with stdout closed (`>&-`): nobody is reading
+        if isinstance(self.stream, _Unread):  # started with stdout closed (`>&-`): nobody is reading
             raise _PipeClosed()
         with _piped(self.stream):
             self.stream.write(text)
@@ -1249,7 +1249,7 @@ def _standard_descriptors() -> None:
     """Descriptors 0-2 closed by the caller (`2>&-`, `<&-`, a daemon's) are /dev/null from here, so
     no file chargen opens takes one (a checkpoint being written where a C library's warning or a
     child's stderr goes). A closed stderr takes the notes and errors quietly (it failed the command);
-    a closed stdin or stdout stays None to Python: "stdin is closed", and nobody reading the names."""
+    a closed stdin stays None to Python ("stdin is closed"), a closed stdout is _Unread."""
     for fd in (0, 1, 2):  # in order: each open takes the lowest free descriptor, this one
         try:
             os.fstat(fd)
@@ -1257,6 +1257,13 @@ def _standard_descriptors() -> None:
             os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
     if sys.stderr is None:
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    if sys.stdout is None:
+        sys.stdout = _Unread(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+
+
+class _Unread(io.TextIOWrapper):
+    """stdout closed by the caller, /dev/null beneath: what a library asks of stdout is answered
+    (uvicorn's isatty, in serve), and chargen's own output (_Output) ends quietly: nobody reads it."""
 
 
 def _codec(encoding: Optional[str]) -> Optional[str]:

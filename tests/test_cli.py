@@ -4,8 +4,11 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -660,6 +663,22 @@ def test_closed_standard_streams(tmp_path, trained_names, names_file):
     trained = shell(f"{exe} train {shlex.quote(str(names_file))} -o run --max-steps 3 --hidden 16 --layers 1 "
                     f"--batch-size 4 --seq-len 16 --from none 2>&- >&-")
     assert trained.returncode == 0 and (tmp_path / "run" / "best.safetensors").exists()
+    # serve, its stdout and stderr closed as a supervisor may start it (uvicorn asked None's isatty)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["bash", "-c", f"exec {exe} serve -c {ck} --port {port} >&- 2>&-"])
+    try:
+        for _ in range(300):
+            try:
+                health = urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert b'"status"' in health
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
     scored = shell(f"{exe} score {ck} <&-")
     assert scored.returncode == 1 and scored.stderr.decode() == "Error: stdin is closed; name a file instead of -\n"
     # the first descriptor opened after the check is 3, not the closed 2 (or 0)
