@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dataclasses
 import io
 
 from chargen.training.data import (
@@ -227,3 +228,39 @@ def test_empty_lines_at_a_lists_ends_change_nothing():
         assert data.line_oriented and data.line_batches is not None
         assert [v.tolist() for v in data.val_lines] == [v.tolist() for v in plain.val_lines]
         assert data.train_chars == plain.train_chars and data.training_lines == plain.training_lines
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_a_lists_overlong_line_trains_its_first_characters(labelled):
+    """A list with one line of 20,000 characters trained it whole: every row of its batch stepped
+    20,000 times (a step of minutes past --time, a GB of memory). A line past MAX_LIST_LINE trains
+    its first MAX_LIST_LINE characters, and says so; the other lines are untouched, in the
+    training batches, the validation lines, the lines --novel keeps, and a validation file's."""
+    from chargen.config import TrainConfig
+    from chargen.training.data import MAX_LIST_LINE
+    from chargen.training.ingest import EncodedCorpus
+    from chargen.training.labels import LineLabels
+
+    names = [f"name{i:03d}" for i in range(199)]
+    long = "na" * 10_000
+    text = "".join(f"{n}\n" for n in names[:150]) + long + "\n" + "".join(f"{n}\n" for n in names[150:])
+    corpus = EncodedCorpus.from_text(text)
+    if labelled:
+        of_line = np.array([len(line) % 2 for line in text.splitlines()], dtype=np.int32)
+        corpus = dataclasses.replace(corpus, labels=LineLabels(["k0", "k1"], of_line))
+    notes = []
+    data = prepare_training_data(corpus, TrainConfig(batch_size=8, val_fraction=0.5), notice=notes.append)
+    assert data.line_batches is not None
+    lengths = sorted(data.line_batches.pool.lengths.tolist() + [len(v) - 1 for v in data.val_lines])
+    assert lengths[-1] == MAX_LIST_LINE and lengths[-2] == len("name000") and len(lengths) == 200
+    kept = data.training_lines if not labelled else [key.split("\t", 1)[1] for key in data.training_lines]
+    assert long[:MAX_LIST_LINE] in kept and long not in kept
+    assert notes[0] == (f"{corpus.sources[0]}: 1 line longer than {MAX_LIST_LINE} characters (line 151: 20,000) "
+                        f"trains on its first {MAX_LIST_LINE}, as a list trains each line whole; --no-line-mode "
+                        f"trains the text as running text")
+    if not labelled:  # a validation file's long line, too
+        notes.clear()
+        data = prepare_training_data(EncodedCorpus.from_text("".join(f"{n}\n" for n in names)), TrainConfig(batch_size=8),
+                                     val_text="name001\n" + long + "\n", notice=notes.append)
+        assert sorted(len(v) - 1 for v in data.val_lines) == [len("name001"), MAX_LIST_LINE]
+        assert notes[0].startswith("the validation file: 1 line longer than")

@@ -59,6 +59,12 @@ MAX_SHUFFLED_CHARS = 16_000_000
 # The start-of-line state and the unigram entropy are taken from this much of the training text.
 START_STATE_CHARS = 1 << 20
 UNIGRAM_CHARS = 1 << 20
+# The longest line a list trains: line mode trains each line whole, from the start-of-line state,
+# and one line of 200,000 characters made its batch's every row 200,000 steps long (a step of
+# minutes past --time; 1.25 GB). A longer line trains its first MAX_LIST_LINE characters: four
+# times the longest a list's lines are at the 95th percentile (LineStats.line_oriented), and more
+# than a list's samples run to (--length 200 a line by default).
+MAX_LIST_LINE = 256
 # Validation starts at a line start if one is within this many characters of the cut.
 SPLIT_SEARCH = 1000
 # On a GPU the training streams are copied to GPU memory whole when they are at most this large.
@@ -112,6 +118,20 @@ def shuffle_lines(text: str, seed: int) -> str:
     """
     lines = list_lines(text)
     return joined(lines, shuffled_order(len(lines), seed), trailing=text.endswith("\n"))
+
+
+def capped_lines(text: str, what: str, notice: Callable[[str], None]) -> str:
+    """`text` with each line longer than MAX_LIST_LINE cut to its first MAX_LIST_LINE characters,
+    said in a notice (`what`: the text, as the notice names it)."""
+    lengths = [len(line) for line in text.split("\n")]
+    long = [(number, n) for number, n in enumerate(lengths, 1) if n > MAX_LIST_LINE]
+    if not long:
+        return text
+    number, most = max(long, key=lambda pair: pair[1])
+    notice(f"{what}: {counted(len(long), 'line')} longer than {MAX_LIST_LINE:,} characters (line {number:,}: "
+           f"{most:,}) {'trains' if len(long) == 1 else 'train'} on {'its' if len(long) == 1 else 'their'} first "
+           f"{MAX_LIST_LINE:,}, as a list trains each line whole; --no-line-mode trains the text as running text")
+    return "\n".join(line[:MAX_LIST_LINE] for line in text.split("\n"))
 
 
 def list_lines(text: str) -> list[str]:
@@ -526,7 +546,7 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
     # A large corpus is a cache file: the parts needed are read from it, not touched through its
     # memory map, which would pin megabytes of read-ahead per touch (see FileStreams).
     from_file = corpus.cache_file if isinstance(corpus.ids, np.memmap) and not line_oriented else None
-    split = _split(corpus, config, val_text, holdout, line_oriented, from_file)
+    split = _split(corpus, config, val_text, holdout, line_oriented, from_file, notice)
 
     line_batches = None
     if trained_by_line(corpus, config):
@@ -590,14 +610,18 @@ class _Split:
 
 
 def _split(corpus: EncodedCorpus, config, val_text: Optional[str], holdout: Optional[Sequence[int]],
-           line_oriented: bool, from_file: Optional[Path]) -> _Split:
-    """Training and validation parts: a list's shuffled lines, running text cut at a newline near
-    the end (in place: the ids may be a memory-mapped file larger than memory), or all of the
-    corpus with `val_text` beside it."""
+           line_oriented: bool, from_file: Optional[Path], notice: Callable[[str], None]) -> _Split:
+    """Training and validation parts: a list's shuffled lines (each at most MAX_LIST_LINE
+    characters), running text cut at a newline near the end (in place: the ids may be a
+    memory-mapped file larger than memory), or all of the corpus with `val_text` beside it."""
     vocab = corpus.vocab
+    if line_oriented and val_text is not None:
+        val_text = capped_lines(val_text, "the validation file", notice)
     given = vocab.encode(val_text, skip_unknown=True) if val_text is not None else None
     if line_oriented:
-        text, val_part, labels, val_labels, training_lines = _split_list(corpus, config, given is not None, holdout)
+        text = capped_lines(corpus.text(), ", ".join(corpus.sources), notice)
+        text, val_part, labels, val_labels, training_lines = _split_list(corpus, text, config, given is not None,
+                                                                         holdout)
         return _Split(vocab.encode(text), given if given is not None else vocab.encode(val_part), None, text,
                       training_lines, labels, val_labels)
     if given is not None:
@@ -637,13 +661,14 @@ def _shared_out(batch_size: int, asked: int, world: int, source: str) -> int:
     return batch_size
 
 
-def _split_list(corpus: EncodedCorpus, config, val_file: bool, holdout: Optional[Sequence[int]] = None):
-    """A list shuffled (see shuffle_lines) and split: (training text, validation text or None with a
-    validation file, the training lines' labels, the validation lines' labels, the distinct lines
-    for `sample --novel`). Lists are small: shuffled as text, then encoded again."""
+def _split_list(corpus: EncodedCorpus, full_text: str, config, val_file: bool,
+                holdout: Optional[Sequence[int]] = None):
+    """A list (`full_text`, the corpus's text) shuffled (see shuffle_lines) and split: (training
+    text, validation text or None with a validation file, the training lines' labels, the
+    validation lines' labels, the distinct lines for `sample --novel`). Lists are small: shuffled
+    as text, then encoded again."""
     if corpus.labels is not None:
-        return _labelled_split(corpus.text(), corpus.labels, config, holdout)
-    full_text = corpus.text()
+        return _labelled_split(full_text, corpus.labels, config, holdout)
     if holdout is not None:  # the lines a fold trains on: what it knows (--novel, its start label) is those
         lines = list_lines(full_text)
         kept, held = held_out(shuffled_order(len(lines), config.seed), holdout)
