@@ -255,9 +255,10 @@ def test_a_lists_overlong_line_trains_its_first_characters(labelled):
     assert lengths[-1] == MAX_LIST_LINE and lengths[-2] == len("name000") and len(lengths) == 200
     kept = data.training_lines if not labelled else [key.split("\t", 1)[1] for key in data.training_lines]
     assert long[:MAX_LIST_LINE] in kept and long not in kept
-    assert notes[0] == (f"{corpus.sources[0]}: 1 line longer than {MAX_LIST_LINE} characters (line 151: 20,000) "
-                        f"trains on its first {MAX_LIST_LINE}, as a list trains each line whole; --no-line-mode "
-                        f"trains the text as running text")
+    where = "" if labelled else "line 151, "  # (a labelled corpus's text is not its file's lines)
+    assert notes[0] == (f"{corpus.sources[0]}: 1 line longer than {MAX_LIST_LINE} characters (the longest: {where}"
+                        f"20,000 characters, 'nananananananananananana'...) trains on its first {MAX_LIST_LINE}, "
+                        f"as a list trains each line whole; --no-line-mode trains the text as running text")
     if not labelled:  # a validation file's long line, too
         notes.clear()
         data = prepare_training_data(EncodedCorpus.from_text("".join(f"{n}\n" for n in names)), TrainConfig(batch_size=8),

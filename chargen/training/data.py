@@ -120,18 +120,21 @@ def shuffle_lines(text: str, seed: int) -> str:
     return joined(lines, shuffled_order(len(lines), seed), trailing=text.endswith("\n"))
 
 
-def capped_lines(text: str, what: str, notice: Callable[[str], None]) -> str:
+def capped_lines(text: str, what: str, notice: Callable[[str], None], numbered: bool = True) -> str:
     """`text` with each line longer than MAX_LIST_LINE cut to its first MAX_LIST_LINE characters,
-    said in a notice (`what`: the text, as the notice names it)."""
-    lengths = [len(line) for line in text.split("\n")]
-    long = [(number, n) for number, n in enumerate(lengths, 1) if n > MAX_LIST_LINE]
+    said in a notice (`what`: the text, as the notice names it; `numbered`: the longest line named
+    by its number, which means nothing in files joined, else by its start alone)."""
+    lines = text.split("\n")
+    long = [number for number, line in enumerate(lines) if len(line) > MAX_LIST_LINE]
     if not long:
         return text
-    number, most = max(long, key=lambda pair: pair[1])
-    notice(f"{what}: {counted(len(long), 'line')} longer than {MAX_LIST_LINE:,} characters (line {number:,}: "
-           f"{most:,}) {'trains' if len(long) == 1 else 'train'} on {'its' if len(long) == 1 else 'their'} first "
+    longest = max(long, key=lambda number: len(lines[number]))
+    start = lines[longest][:24]
+    notice(f"{what}: {counted(len(long), 'line')} longer than {MAX_LIST_LINE:,} characters (the longest: "
+           f"{f'line {longest + 1:,}, ' if numbered else ''}{len(lines[longest]):,} characters, {start!r}...) "
+           f"{'trains' if len(long) == 1 else 'train'} on {'its' if len(long) == 1 else 'their'} first "
            f"{MAX_LIST_LINE:,}, as a list trains each line whole; --no-line-mode trains the text as running text")
-    return "\n".join(line[:MAX_LIST_LINE] for line in text.split("\n"))
+    return "\n".join(line[:MAX_LIST_LINE] for line in lines)
 
 
 def list_lines(text: str) -> list[str]:
@@ -619,7 +622,8 @@ def _split(corpus: EncodedCorpus, config, val_text: Optional[str], holdout: Opti
         val_text = capped_lines(val_text, "the validation file", notice)
     given = vocab.encode(val_text, skip_unknown=True) if val_text is not None else None
     if line_oriented:
-        text = capped_lines(corpus.text(), ", ".join(corpus.sources), notice)
+        text = capped_lines(corpus.text(), ", ".join(corpus.sources), notice,
+                            numbered=len(corpus.sources) == 1 and corpus.labels is None)  # (a file's own numbers)
         text, val_part, labels, val_labels, training_lines = _split_list(corpus, text, config, given is not None,
                                                                          holdout)
         return _Split(vocab.encode(text), given if given is not None else vocab.encode(val_part), None, text,
