@@ -249,10 +249,15 @@ def label_spec(label: Any) -> Any:
     return ",".join(f"{name}={float(weight)!r}" for name, weight in label.items())
 
 
+_PLAIN = frozenset({int, float, bool, str, list, type(None)})
+
+
 def plain(value: Any) -> Any:
     """A number of another kind as Python's own (numpy's int64, float32 and bool_, a Fraction: what
     a program computes its options with), so a config holds, compares and writes JSON as one typed
     by hand; anything else as it is, for check_type to judge (a bool is no number here)."""
+    if type(value) in _PLAIN:  # (most values: no ABC's isinstance, in every request a server takes)
+        return value
     if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
