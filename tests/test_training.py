@@ -292,6 +292,44 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
         train(corpus, config, SMALL, out_dir=tmp_path / "run3", precision="fp32")
 
 
+def test_a_finite_divergence_is_rolled_back_then_gives_up(tmp_path, monkeypatch):
+    """--lr 1000 gave val losses of 4e19 nats a character, finite, so no guard saw them: the run
+    went on, saved them as its best and said nothing. An evaluation far above a uniform guess over
+    the vocabulary is rolled back as non-finite steps are, and is neither the best nor written."""
+    from chargen.training.loop import Trainer
+
+    corpus = _corpus(tmp_path, make_names(200))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=30, eval_every=10, warmup=1)
+    real = Trainer.validation_loss
+    calls = {"n": 0}
+
+    def blown_at_second(self, start):
+        calls["n"] += 1
+        return 1e19 if calls["n"] == 2 else real(self, start)
+
+    class Notes(TrainCallbacks):
+        def __init__(self):
+            self.notes = []
+
+        def on_notice(self, message):
+            self.notes.append(message)
+
+    monkeypatch.setattr(Trainer, "validation_loss", blown_at_second)
+    notes = Notes()
+    result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32", callbacks=notes)
+    assert result.steps == 30 and len(notes.notes) == 1, notes.notes
+    assert notes.notes[0].startswith("the loss (1e+19 nats a character at step 20) rose above a uniform guess over "
+                                     "the vocabulary (") and "rolled back to the weights of step 10" in notes.notes[0]
+    assert read_checkpoint(tmp_path / "run", prefer=LAST, with_resume=True).resume["lr_scale"] == 0.5
+    assert read_checkpoint(tmp_path / "run").info["best_val_loss"] < 5  # the blown evaluation is not the best
+    # a real one: a learning rate of 1,000 diverges at every try, and the run says so
+    monkeypatch.setattr(Trainer, "validation_loss", real)
+    with pytest.raises(TrainingError, match=r"training diverged: the loss \(.* nats a character at step \d+\) rose "
+                                            r"above a uniform guess .*after 3 rollbacks"):
+        train(corpus, TrainConfig(**{**config.to_dict(), "lr": 1000.0, "max_steps": 200}), SMALL,
+              out_dir=tmp_path / "hot", precision="fp32")
+
+
 def test_running_out_of_memory_is_one_error_and_keeps_the_checkpoints_written(tmp_path, monkeypatch):
     """torch's allocator failing mid-run (a large batch's activations, a shared GPU) is a
     TrainingError naming what to shrink, not a traceback; the best checkpoint written before stays.

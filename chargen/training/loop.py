@@ -56,6 +56,9 @@ MAX_LINES_BYTES = 8 * 1024 * 1024
 # Divergence: skip non-finite steps; after this many in a row, roll back (at most MAX_ROLLBACKS times).
 BAD_STEPS_BEFORE_ROLLBACK = 5
 MAX_ROLLBACKS = 3
+# An evaluation's loss this far above a uniform guess over the vocabulary (ln V nats a character:
+# where an untrained model starts) is a divergence too, finite as it is (--lr 1000 gave 4e19): rolled back.
+DIVERGED_ABOVE_UNIFORM = 1.0
 # Progress is reported (one device sync) after this many seconds or steps, whichever comes first.
 REPORT_SECONDS = 0.25
 REPORT_STEPS = 50
@@ -492,15 +495,23 @@ class Trainer:
         start, val_loss = measured
         train_loss = self.meter.window_mean(self.dist)
         run.last_val_loss = val_loss
-        if math.isfinite(val_loss if self.validates else train_loss):
+        watched = val_loss if self.validates else train_loss  # (agreed on by every rank)
+        uniform = math.log(self.model_config.vocab_size)
+        diverged = math.isfinite(watched) and watched > uniform + DIVERGED_ABOVE_UNIFORM
+        if diverged:  # (not the weights to keep, nor to save as the best: back to the last good ones)
+            notice = self.guard.roll_back(run, f"the loss ({watched:.4g} nats a character at step {run.step:,}) rose "
+                                               f"above a uniform guess over the vocabulary ({uniform:.3f})")
+            if self.main:
+                self.cb.on_notice(notice)
+        elif math.isfinite(watched):
             self.guard.remember(run.step)
-        improved = val_loss < run.best_val_loss
+        improved = val_loss < run.best_val_loss and not diverged
         if improved:
             run.best_val_loss = val_loss
             self.best_step, self.evals_since_best = run.step, 0
         else:
             self.evals_since_best += 1
-        write = run.step // WRITE_EVERY_STEPS > self.written_step // WRITE_EVERY_STEPS  # a multiple of it passed
+        write = run.step // WRITE_EVERY_STEPS > self.written_step // WRITE_EVERY_STEPS and not diverged
         if spent is not None and self.budget.patience and self.evals_since_best >= self.budget.patience:
             self.after_stall(spent)  # before last.safetensors is written: a resumed run goes on as this one
             write = write or self.evals_since_best == self.budget.patience  # where the stall was met
@@ -840,9 +851,10 @@ class LossMeter:
 
 
 class DivergenceGuard:
-    """Non-finite steps are skipped; after BAD_STEPS_BEFORE_ROLLBACK in a row, the model and
-    optimizer go back to the last good evaluation's and the learning rate is halved, at most
-    MAX_ROLLBACKS times, then training stops with an error."""
+    """Non-finite steps are skipped; after BAD_STEPS_BEFORE_ROLLBACK in a row, or at an evaluation
+    far worse than a uniform guess (DIVERGED_ABOVE_UNIFORM), the model and optimizer go back to the
+    last good evaluation's and the learning rate is halved, at most MAX_ROLLBACKS times, then
+    training stops with an error."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int):
         self.model, self.optimizer = model, optimizer
@@ -864,17 +876,21 @@ class DivergenceGuard:
         self.bad_steps += 1
         if self.bad_steps < BAD_STEPS_BEFORE_ROLLBACK:
             return None
+        return self.roll_back(run, f"non-finite loss for {BAD_STEPS_BEFORE_ROLLBACK} steps")
+
+    def roll_back(self, run: RunState, why: str) -> str:
+        """Back to the last good evaluation's weights and optimizer state, the learning rate halved;
+        after MAX_ROLLBACKS, a TrainingError. Returns the notice that says so."""
         if self.rollbacks >= MAX_ROLLBACKS:
             raise TrainingError(
-                f"training diverged: the loss stayed non-finite after {self.rollbacks} rollbacks to step "
-                f"{self.good_step_no} with a lower learning rate; try a lower `lr` or `grad_clip`")
+                f"training diverged: {why}, after {self.rollbacks} rollbacks to step {self.good_step_no} with a "
+                f"lower learning rate; try a lower `lr` or `grad_clip`")
         self.model.load_state_dict(self.good_model)
         self.optimizer.load_state_dict(self.good_optimizer)
         self.rollbacks += 1
         run.lr_scale *= 0.5
         self.bad_steps = 0
-        return (f"non-finite loss for {BAD_STEPS_BEFORE_ROLLBACK} steps: rolled back to the weights of "
-                f"step {self.good_step_no}, learning rate x{run.lr_scale:g}")
+        return f"{why}: rolled back to the weights of step {self.good_step_no}, learning rate x{run.lr_scale:g}"
 
 
 # --- stop requests (Ctrl-C, SIGTERM) ----------------------------------------------------------
