@@ -435,7 +435,8 @@ class TrainConfig(_Config):
     seq_len: int = option(128, "Characters per window (BPTT length).", default_help=AUTO, **POSITIVE)
     line_mode: Optional[bool] = option(None, "Train a list line by line, as it is scored and sampled: every line "
                                              "from a learned start state, lines of similar length padded into "
-                                             "batches of about batch-size x seq-len characters.",
+                                             "batches of about batch-size x seq-len characters. Given, it makes "
+                                             "any corpus a list, one sample a line (titles, sentences).",
                                        flags=("--line-mode/--no-line-mode",),
                                        default_help="on for lists (lines of names, words), off for prose")
     lr: float = option(3e-3, "Peak learning rate (AdamW).", default_help="3e-3 (or chosen with the sizes, printed at start)",

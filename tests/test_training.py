@@ -295,7 +295,10 @@ def test_nonfinite_loss_is_skipped_rolled_back_then_gives_up(tmp_path, monkeypat
 def test_a_finite_divergence_is_rolled_back_then_gives_up(tmp_path, monkeypatch):
     """--lr 1000 gave val losses of 4e19 nats a character, finite, so no guard saw them: the run
     went on, saved them as its best and said nothing. An evaluation far above a uniform guess over
-    the vocabulary is rolled back as non-finite steps are, and is neither the best nor written."""
+    the vocabulary (where a new model starts) is rolled back as non-finite steps are, and is neither
+    the best nor written. An adapted model's bar is its own loss before training, where higher: on
+    text unlike what it knows a trained model starts far above a uniform guess (a toy's 3.6 nats
+    over 7 characters, ln 7 = 1.95, in test_folds)."""
     from chargen.training.loop import Trainer
 
     corpus = _corpus(tmp_path, make_names(200))
@@ -318,14 +321,14 @@ def test_a_finite_divergence_is_rolled_back_then_gives_up(tmp_path, monkeypatch)
     notes = Notes()
     result = train(corpus, config, SMALL, out_dir=tmp_path / "run", precision="fp32", callbacks=notes)
     assert result.steps == 30 and len(notes.notes) == 1, notes.notes
-    assert notes.notes[0].startswith("the loss (1e+19 nats a character at step 20) rose above a uniform guess over "
-                                     "the vocabulary (") and "rolled back to the weights of step 10" in notes.notes[0]
+    assert notes.notes[0].startswith("the loss (1e+19 nats a character at step 20) rose more than 1 above a uniform "
+                                     "guess over the vocabulary (") and "rolled back to the weights of step 10" in notes.notes[0]
     assert read_checkpoint(tmp_path / "run", prefer=LAST, with_resume=True).resume["lr_scale"] == 0.5
     assert read_checkpoint(tmp_path / "run").info["best_val_loss"] < 5  # the blown evaluation is not the best
     # a real one: a learning rate of 1,000 diverges at every try, and the run says so
     monkeypatch.setattr(Trainer, "validation_loss", real)
     with pytest.raises(TrainingError, match=r"training diverged: the loss \(.* nats a character at step \d+\) rose "
-                                            r"above a uniform guess .*after 3 rollbacks"):
+                                            r"more than 1 above a uniform guess .*after 3 rollbacks"):
         train(corpus, TrainConfig(**{**config.to_dict(), "lr": 1000.0, "max_steps": 200}), SMALL,
               out_dir=tmp_path / "hot", precision="fp32")
 
@@ -777,7 +780,7 @@ def test_a_stall_in_the_decay_does_not_end_the_run(tmp_path, monkeypatch):
     from chargen.training.loop import Trainer
 
     flat_from = 170
-    monkeypatch.setattr(Trainer, "validation_loss", lambda self, start: 5.0 - 0.01 * min(self.run.step, flat_from))
+    monkeypatch.setattr(Trainer, "validation_loss", lambda self, start: 3.0 - 0.01 * min(self.run.step, flat_from))
     corpus = _corpus(tmp_path, make_names(60))
     config = TrainConfig(batch_size=8, seq_len=16, max_steps=200, patience=2, eval_every=10, warmup=5, sample_every=0)
     result = train(corpus, config, {"layers": 1, "hidden": 16, "embed": 8}, out_dir=tmp_path / "run", precision="fp32")

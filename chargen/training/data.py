@@ -511,21 +511,23 @@ class TrainData:
         return self.batch_size * self.seq_len
 
 
-def is_list(corpus: EncodedCorpus) -> bool:
-    """A corpus trained as a set of lines: short, non-empty lines (LineStats.line_oriented), or labelled."""
-    return corpus.line_stats.line_oriented() or corpus.labels is not None
+def is_list(corpus: EncodedCorpus, line_mode: Optional[bool] = None) -> bool:
+    """A corpus trained as a set of lines: short, non-empty lines (LineStats.line_oriented),
+    labelled, or declared one (`line_mode` True, --line-mode: a list of titles or sentences whose
+    median line is longer than a name's was trained as prose, the flag unheard)."""
+    return corpus.line_stats.line_oriented() or corpus.labels is not None or line_mode is True
 
 
-def shuffled_as_lines(corpus: EncodedCorpus) -> bool:
-    """A list that is shuffled line by line in memory: every labelled one, an unlabelled one up to
-    MAX_SHUFFLED_CHARS (a larger one trains as running text, in file order)."""
-    return is_list(corpus) and (corpus.labels is not None or corpus.n_chars <= MAX_SHUFFLED_CHARS)
+def shuffled_as_lines(corpus: EncodedCorpus, line_mode: Optional[bool] = None) -> bool:
+    """A list (is_list) that is shuffled line by line in memory: every labelled one, an unlabelled
+    one up to MAX_SHUFFLED_CHARS (a larger one trains as running text, in file order)."""
+    return is_list(corpus, line_mode) and (corpus.labels is not None or corpus.n_chars <= MAX_SHUFFLED_CHARS)
 
 
 def trained_by_line(corpus: EncodedCorpus, config) -> bool:
     """Whether `config` (a TrainConfig) trains `corpus` line by line: a list shuffled as lines,
     unless --no-line-mode."""
-    return shuffled_as_lines(corpus) and config.line_mode is not False
+    return shuffled_as_lines(corpus, config.line_mode) and config.line_mode is not False
 
 
 def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: Optional[str] = None,
@@ -538,10 +540,10 @@ def prepare_training_data(corpus: Corpus | EncodedCorpus, config, *, val_text: O
         corpus = EncodedCorpus.from_text(corpus.text, corpus.name, corpus.sources)
     source = ", ".join(corpus.sources)
     vocab = corpus.vocab
-    line_oriented = shuffled_as_lines(corpus)
+    line_oriented = shuffled_as_lines(corpus, config.line_mode)
     if corpus.labels is not None:
         _check_labelled(corpus, config, val_text is not None, source)
-    elif is_list(corpus) and not line_oriented:
+    elif is_list(corpus, config.line_mode) and not line_oriented:
         notice(f"a list of {corpus.line_stats.nonempty:,} lines is too large to shuffle in memory; "
                f"training on it as running text, in file order")
     if holdout is not None and (val_text is not None or not line_oriented):

@@ -101,7 +101,7 @@ def cross_validates(corpus: EncodedCorpus, given: dict[str, Any], val_file: Opti
     """Whether a new run adapting a trained model to `corpus` chooses its length by cross-validation
     (see the module docstring): a list of 2 to CV_MAX_LINES lines, labelled or not, with nothing
     given that chooses the length or the held-out text."""
-    if val_file is not None or distributed or not is_list(corpus):
+    if val_file is not None or distributed or not is_list(corpus, given.get("line_mode")):
         return False
     if given.get("line_mode") is False or any(k in given for k in CHOSEN_BY_USER):
         return False

@@ -56,9 +56,10 @@ MAX_LINES_BYTES = 8 * 1024 * 1024
 # Divergence: skip non-finite steps; after this many in a row, roll back (at most MAX_ROLLBACKS times).
 BAD_STEPS_BEFORE_ROLLBACK = 5
 MAX_ROLLBACKS = 3
-# An evaluation's loss this far above a uniform guess over the vocabulary (ln V nats a character:
-# where an untrained model starts) is a divergence too, finite as it is (--lr 1000 gave 4e19): rolled back.
-DIVERGED_ABOVE_UNIFORM = 1.0
+# An evaluation's loss this far above where the run started (a new model: a uniform guess over the
+# vocabulary, ln V nats a character; a model adapted: its own loss before the first step, higher
+# where the text is unlike what it knows) is a divergence too, finite as it is (--lr 1000 gave 4e19).
+DIVERGED_ABOVE_START = 1.0
 # Progress is reported (one device sync) after this many seconds or steps, whichever comes first.
 REPORT_SECONDS = 0.25
 REPORT_STEPS = 50
@@ -496,11 +497,11 @@ class Trainer:
         train_loss = self.meter.window_mean(self.dist)
         run.last_val_loss = val_loss
         watched = val_loss if self.validates else train_loss  # (agreed on by every rank)
-        uniform = math.log(self.model_config.vocab_size)
-        diverged = math.isfinite(watched) and watched > uniform + DIVERGED_ABOVE_UNIFORM
+        start_loss, started = self.start_loss()
+        diverged = start_loss is not None and math.isfinite(watched) and watched > start_loss + DIVERGED_ABOVE_START
         if diverged:  # (not the weights to keep, nor to save as the best: back to the last good ones)
             notice = self.guard.roll_back(run, f"the loss ({watched:.4g} nats a character at step {run.step:,}) rose "
-                                               f"above a uniform guess over the vocabulary ({uniform:.3f})")
+                                               f"more than {DIVERGED_ABOVE_START:g} above {started} ({start_loss:.3f})")
             if self.main:
                 self.cb.on_notice(notice)
         elif math.isfinite(watched):
@@ -533,6 +534,19 @@ class Trainer:
         if self.config.sample_every and run.step // self.config.eval_every % self.config.sample_every == 0:
             report = report.with_sample(self.preview(start))
         self.cb.on_eval(report)
+
+    def start_loss(self) -> tuple[Optional[float], str]:
+        """Where the run started, for the divergence bound (DIVERGED_ABOVE_START), and what it is:
+        a uniform guess over the vocabulary, or the adapted model's held-out loss before the first
+        step where higher (None: an adapted run that holds nothing out, whose start is not known)."""
+        uniform = math.log(self.model_config.vocab_size)
+        if self.lineage is None:
+            return uniform, "a uniform guess over the vocabulary"
+        before = self.lineage.get("val_loss") if self.validates else None
+        if before is None:
+            return None, ""
+        return (before, "the adapted model's loss before training") if before > uniform else \
+            (uniform, "a uniform guess over the vocabulary")
 
     def write_state(self, val_loss: float, start: Optional[list[np.ndarray]] = None) -> None:
         """The metrics first, then last.safetensors: a run killed in between resumes from the
@@ -852,7 +866,7 @@ class LossMeter:
 
 class DivergenceGuard:
     """Non-finite steps are skipped; after BAD_STEPS_BEFORE_ROLLBACK in a row, or at an evaluation
-    far worse than a uniform guess (DIVERGED_ABOVE_UNIFORM), the model and optimizer go back to the
+    far worse than where the run started (DIVERGED_ABOVE_START), the model and optimizer go back to the
     last good evaluation's and the learning rate is halved, at most MAX_ROLLBACKS times, then
     training stops with an error."""
 

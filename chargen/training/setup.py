@@ -172,7 +172,8 @@ def _finetune_options(base, corpus, model_options: dict[str, Any], loop_options:
     """The base model's shape, training options suited to adapting it for those left unset, and
     whether the run's length is to be chosen by cross-validation (chargen.training.folds)."""
 
-    auto = finetune_defaults(corpus.n_chars, corpus.line_stats.nonempty if is_list(corpus) else None,
+    auto = finetune_defaults(corpus.n_chars, corpus.line_stats.nonempty if is_list(corpus, loop_options.get("line_mode"))
+                             else None,
                              {**model_options, **loop_options})
     folds = cross_validates(corpus, loop_options, val_file, dist is not None)
     if folds:  # the held-out lines and the stopping they are for give way to the folds
