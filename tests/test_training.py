@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -1010,3 +1011,21 @@ def test_chargens_adamw_under_a_gradient_scaler_is_torchs():
         assert scaler.get_scale() < 2.0**10  # the infinite step was seen and skipped
     for p, q in zip(ours_model.parameters(), torch_model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_resumed_run_keeps_its_data_layout(tmp_path):
+    """The settings that lay the data out are the run's: a resumed run refuses a change of them,
+    line mode among them (a prose run resumed with --line-mode went on line by line, its model
+    without a start state of its own)."""
+    corpus = _corpus(tmp_path, "".join(f"{n} the {n} of {n}\n" for n in make_names(300).split()))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=4, eval_every=2, warmup=1)
+    run = tmp_path / "run"
+    train(corpus, config, {"layers": 1, "hidden": 16, "embed": 8}, out_dir=run, precision="fp32")
+    for change, shown in ((dict(line_mode=True), "line_mode True differs from the run being resumed (not given)"),
+                          (dict(batch_size=4), "batch_size 4 differs from the run being resumed (8)"),
+                          (dict(seed=7), "seed 7 differs from the run being resumed (1337)")):
+        with pytest.raises(UsageError, match=re.escape(shown) + "; a resumed run keeps its data layout"):
+            train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": 6, **change}), None, out_dir=run,
+                  resume=run, precision="fp32")
+    assert train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": 6}), None, out_dir=run, resume=run,
+                 precision="fp32").steps == 6

@@ -35,7 +35,7 @@ from .plot import LOSS_SVG, write_loss_curve
 
 LOCK = ".lock"
 # Settings a resumed run must share with the run it continues (the rest may change).
-RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed")
+RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed", "line_mode")
 
 
 @dataclass
@@ -118,9 +118,10 @@ def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:
         raise UsageError(f"{ckpt.path} holds no training state (only last.safetensors does); cannot resume from it")
     for key in RESUME_FIXED:
         if key in ckpt.train_config and train_config[key] != ckpt.train_config[key]:
+            was = ckpt.train_config[key]
             raise UsageError(
                 f"`{key}` {train_config[key]} differs from the run being resumed "
-                f"({ckpt.train_config[key]}); a resumed run keeps its data layout, so drop the flag"
+                f"({'not given' if was is None else was}); a resumed run keeps its data layout, so drop the flag"
             )
 
 
