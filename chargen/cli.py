@@ -1254,7 +1254,10 @@ def _standard_descriptors() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            try:
+                os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            except OSError:  # (no /dev/null: a bare chroot) as before, then
+                return
     if sys.stderr is None:
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     if sys.stdout is None:
