@@ -472,6 +472,7 @@ def sample(
     from .sampling.drawing import SampleStats
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), **loading(options))
+    _untrained_note(model.checkpoint)
     options = given(options)
     prompt = prompt or [""]
     if "-" in prompt and len(prompt) > 1:
@@ -519,6 +520,16 @@ def sample(
         console().print(note, highlight=False, markup=False, soft_wrap=True)
     if typed and prompts.failed:
         raise typer.Exit(prompts.failed)
+
+
+def _untrained_note(ckpt) -> None:
+    """A new run's checkpoint before its first step (asked for while the run begins, before its
+    first evaluation writes best.safetensors) holds the random weights a model starts from: say so,
+    or its samples look like a broken model's."""
+    if ckpt.info.get("step") == 0 and not ckpt.info.get("from"):
+        console().print(f"note: {ckpt.path} has trained no step yet (a run that has just begun; its first evaluation "
+                        f"writes best.safetensors): its weights are random, and so are its samples",
+                        highlight=False, markup=False, soft_wrap=True)
 
 
 def _greedy_note(temperature: Optional[float], num: int, constrained: bool, line_mode: bool, labels: int) -> None:
@@ -1046,6 +1057,8 @@ def export(
         raise UsageError(f"--checkpoint {to_checkpoint} is the checkpoint being exported; its weights would be "
                          f"replaced by their exported rounding: name another file")
     say = lambda text: console().print(text, highlight=False, markup=False)  # noqa: E731
+    if js is not None or html is not None:
+        _untrained_note(ckpt)
     if tokenizer is not None:
         _write_exported(tokenizer, ckpt.vocab.to_json(), say, "the tokenizer", f": {len(ckpt.vocab)} characters")
     if js is None and html is None and to_checkpoint is None:

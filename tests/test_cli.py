@@ -685,3 +685,24 @@ def test_closed_standard_streams(tmp_path, trained_names, names_file):
     probe = "import os, chargen.cli as c; c._standard_descriptors(); print(os.open(os.devnull, os.O_RDONLY))"
     opened = shell(f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)} 2>&- <&-")
     assert opened.stdout == b"3\n", opened
+
+
+def test_a_checkpoint_before_its_first_step_is_said_to_be_random(tmp_path, trained_names):
+    """Sampled (or exported) while its run begins, before the first evaluation writes
+    best.safetensors, a run's last.safetensors holds random weights: its samples looked like a
+    broken model's, without a word. A trained or adapted model's say nothing."""
+    from chargen.checkpoint import read_checkpoint, save_checkpoint
+
+    ckpt = read_checkpoint(trained_names)
+    fresh = tmp_path / "run" / "last.safetensors"
+    fresh.parent.mkdir()
+    save_checkpoint(fresh, weights=ckpt.weights, model_config=ckpt.model_config, vocab_json=ckpt.vocab.to_json(),
+                    train_config=ckpt.train_config, info={**ckpt.info, "step": 0}, start_state=ckpt.start_state)
+    note = f"note: {fresh} has trained no step yet (a run that has just begun; its first evaluation writes " \
+           f"best.safetensors): its weights are random, and so are its samples"
+    sampled = run(["sample", "-c", str(tmp_path / "run"), "-n", "2", "--seed", "1"])
+    assert sampled.returncode == 0 and len(sampled.stdout.splitlines()) == 2
+    assert note in " ".join(sampled.stderr.decode().split())
+    exported = run(["export", str(fresh), "--js", str(tmp_path / "m.mjs")])
+    assert exported.returncode == 0 and note in " ".join(exported.stderr.decode().split())
+    assert "has trained no step" not in run(["sample", "-c", str(trained_names), "-n", "1"]).stderr.decode()
