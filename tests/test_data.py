@@ -258,7 +258,7 @@ def test_a_lists_overlong_line_trains_its_first_characters(labelled):
     where = "" if labelled else "line 151, "  # (a labelled corpus's text is not its file's lines)
     assert notes[0] == (f"{corpus.sources[0]}: 1 line longer than {MAX_LIST_LINE} characters (the longest: {where}"
                         f"20,000 characters, 'nananananananananananana'...) trains on its first {MAX_LIST_LINE}, "
-                        f"as a list trains each line whole; --no-line-mode trains the text as running text")
+                        f"as a list trains each line whole")
     if not labelled:  # a validation file's long line, too
         notes.clear()
         data = prepare_training_data(EncodedCorpus.from_text("".join(f"{n}\n" for n in names)), TrainConfig(batch_size=8),

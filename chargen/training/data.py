@@ -133,7 +133,7 @@ def capped_lines(text: str, what: str, notice: Callable[[str], None], numbered: 
     notice(f"{what}: {counted(len(long), 'line')} longer than {MAX_LIST_LINE:,} characters (the longest: "
            f"{f'line {longest + 1:,}, ' if numbered else ''}{len(lines[longest]):,} characters, {start!r}...) "
            f"{'trains' if len(long) == 1 else 'train'} on {'its' if len(long) == 1 else 'their'} first "
-           f"{MAX_LIST_LINE:,}, as a list trains each line whole; --no-line-mode trains the text as running text")
+           f"{MAX_LIST_LINE:,}, as a list trains each line whole")
     return "\n".join(line[:MAX_LIST_LINE] for line in lines)
 
 
