@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, read_checkpoint
 from .config import LoadConfig, SampleConfig, check_type, declared, label_spec, parse_duration
-from .errors import ConfigError, UsageError, VocabularyError
+from .errors import CheckpointError, ConfigError, UsageError, VocabularyError
 from .extras import gpu_present, require_torch
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
@@ -84,6 +84,8 @@ class Model:
         self.checkpoint = checkpoint
         self.vocab = checkpoint.vocab
         self.backend = backend
+        self._device = device
+        self._file = _file_stamp(checkpoint.path)  # what __reduce__ checks another process loads
         if backend == "numpy":
             self.stepper = NumpyCharRNN(checkpoint.model_config, checkpoint.weights)
         else:
@@ -100,6 +102,16 @@ class Model:
         self._seeds = Seeds()  # for calls without a seed
         self._warm_trees = WarmTrees()  # the adaptive exact sampler's, kept between calls without a seed
         self._engine = KeptEngine(self.stepper, self.vocab)  # its prefix cache warm from call to call
+
+    def __reduce__(self):
+        """A Model sent to another process (multiprocessing; its spawn start, macOS's default,
+        pickles what a worker is given) is loaded there again from its file, as chargen.load
+        loads it: its engines, caches and locks are this process's own. A file changed since this
+        Model was loaded is an error there, not other weights under the same name."""
+        if self._file is None:
+            raise CheckpointError(f"this model's checkpoint {self.checkpoint.path} is not a file: it cannot be sent "
+                                  f"to another process, which loads it from its file")
+        return _load_again, (str(Path(self.checkpoint.path).resolve()), self.backend, self._device, self._file)
 
     @property
     def line_oriented(self) -> bool:
@@ -452,6 +464,24 @@ def _list_options(method: Callable, request: str) -> None:
 for _method, _request in ((Model.samples, "sample"), (Model.drawings, "sample"), (Model.top, "top"),
                           (Model.sample, "sample")):
     _list_options(_method, _request)
+
+
+def _file_stamp(path: str | os.PathLike) -> Optional[tuple[int, int]]:
+    """A file's size and modification time (as make and the corpus cache judge "unchanged"); None
+    for no file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _load_again(path: str, backend: str, device: Optional[str], stamp: tuple[int, int]) -> Model:
+    """Model.__reduce__'s other half, in the process that receives the model."""
+    if _file_stamp(path) != tuple(stamp):
+        raise CheckpointError(f"{path} changed (or went) since the model sent to this process was loaded from it; "
+                              f"load it again (chargen.load) and send that")
+    return Model(read_checkpoint(path), backend=backend, device=device)
 
 
 def load(path: str | os.PathLike | None = None, *, backend: str = "auto", device: Optional[str] = None) -> Model:

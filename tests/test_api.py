@@ -271,3 +271,25 @@ def test_decomposed_text_is_the_same_text_to_a_model():
     assert model.eval(nfd("\n".join(names)))["loss"] == pytest.approx(model.eval("\n".join(names))["loss"])
     with pytest.raises(VocabularyError, match=r"U\+0301, a combining mark"):
         chargen.load().sample(1, prompt="\u0301")  # the US names model has no accents: the mark is named
+
+
+def test_a_model_sent_to_another_process_is_loaded_there_again(tmp_path, trained_names):
+    """multiprocessing pickles what a worker is given (its spawn start is macOS's default): a Model
+    held locks, so it could not be sent. It is loaded there again from its file, the same file: one
+    changed since is an error, not other weights under the same name."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+    import pickle
+    import shutil
+
+    path = tmp_path / "m.safetensors"
+    shutil.copy(chargen.load(trained_names).checkpoint.path, path)
+    model = chargen.load(path)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as workers:
+        assert workers.submit(model.sample, 5, seed=3).result() == model.sample(5, seed=3)
+    again = pickle.loads(pickle.dumps(model))
+    assert again.sample(4, seed=1) == model.sample(4, seed=1) and again.checkpoint.path == path.resolve()
+    os.utime(path, ns=(10**18, 10**18))  # written again since
+    with pytest.raises(ChargenError, match=r"changed \(or went\) since the model sent to this process was loaded"):
+        pickle.loads(pickle.dumps(model))
