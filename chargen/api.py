@@ -21,6 +21,7 @@ from .checkpoint import BEST, Checkpoint, checkpoint_path, default_checkpoint, r
 from .config import LoadConfig, SampleConfig, check_type, declared, label_spec, parse_duration
 from .errors import CheckpointError, ConfigError, UsageError, VocabularyError
 from .extras import gpu_present, require_torch
+from .files import stamp
 from .npmodel import NumpyCharRNN
 from .sampling.constraints import Automaton, Constraints, guide_for, line_samples_only
 from .sampling.drawing import Drawing, KeptEngine, Sample, SampleStats, check_prompt, prime, run
@@ -467,13 +468,11 @@ for _method, _request in ((Model.samples, "sample"), (Model.drawings, "sample"),
 
 
 def _file_stamp(path: str | os.PathLike) -> Optional[tuple[int, int]]:
-    """A file's size and modification time (as make and the corpus cache judge "unchanged"); None
-    for no file."""
+    """files.stamp, None for no file."""
     try:
-        st = os.stat(path)
+        return stamp(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
 
 
 def _load_again(path: str, backend: str, device: Optional[str], stamp: tuple[int, int]) -> Model:

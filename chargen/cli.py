@@ -417,7 +417,7 @@ class _Output:
         self.stream = sys.stdout
 
     def write(self, text: str, flush: bool = True) -> None:
-        if isinstance(self.stream, _Unread):  # started with stdout closed (`>&-`): nobody is reading
+        if self.stream is None or isinstance(self.stream, _Unread):  # stdout closed (`>&-`): nobody is reading
             raise _PipeClosed()
         with _piped(self.stream):
             self.stream.write(text)

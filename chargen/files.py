@@ -5,7 +5,8 @@ cache) goes through `atomic_writer`: a temp file in the same directory, fsync, r
 target, fsync the directory. Temp files are named `.<name>.<random>.tmp`, so a reader of a run
 directory or of the cache can recognise (and remove) those a killed process left behind. A
 symbolic link stays a link: the file it names is replaced. A target that is no file (a pipe, a
-device: `--js /dev/stdout`) cannot be replaced, and is written in place.
+device: `--js /dev/stdout`) cannot be replaced, and is written in place. `stamp` says whether a
+file read before is the same file now.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Replace `path` with `data` atomically (see atomic_writer)."""
     with atomic_writer(path) as f:
         f.write(data)
+
+
+def stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """A file's size and modification time: "unchanged", as make and rsync judge it (the corpus
+    cache's sources, a Model sent to another process). OSError where there is none."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _umask() -> int:

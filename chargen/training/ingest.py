@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Optional
 import numpy as np
 
 from ..errors import CheckpointError, CorpusError, UsageError, VocabularyError, WriteError, cannot_read
-from ..files import atomic_write, atomic_writer
+from ..files import atomic_write, atomic_writer, stamp
 from ..tokenizer import Vocab
 
 if TYPE_CHECKING:
@@ -585,7 +585,7 @@ def _file_key(paths: list[str]) -> str:
 
 
 def _stamp(paths: list[str]) -> list[tuple[int, int]]:
-    return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, paths)]
+    return [stamp(p) for p in paths]
 
 
 def ingest(paths: list[str], *, cache_dir: Optional[Path] = None, stdin: Optional[BinaryIO] = None,
