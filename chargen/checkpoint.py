@@ -231,6 +231,16 @@ def _sniff(path: Path, head: bytes, size: int) -> str:
     return f"{path} is not a safetensors file, or it is truncated (no safetensors header)"
 
 
+def holds_safetensors(path: Path) -> bool:
+    """Whether a file is there whose first bytes are a safetensors header (a checkpoint, likely)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        return path.is_file() and head != b"" and _sniff(path, head, path.stat().st_size) == ""
+    except OSError:
+        return False
+
+
 def _check_version(p: Path, metadata: dict[str, str]) -> None:
     """A CheckpointError unless the format version is one this chargen reads."""
     try:

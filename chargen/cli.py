@@ -1053,9 +1053,10 @@ def export(
         if again:
             raise UsageError(f"{flag} and {again[0]} both name {targets[flag]}; give each its own file")
     ckpt = read_checkpoint(checkpoint_path(checkpoint), prefer=BEST)
-    if to_checkpoint is not None and to_checkpoint.resolve() == Path(ckpt.path).resolve():
-        raise UsageError(f"--checkpoint {to_checkpoint} is the checkpoint being exported; its weights would be "
-                         f"replaced by their exported rounding: name another file")
+    for flag, path in files:
+        problem = _overwrites_checkpoint(flag, path, Path(ckpt.path).resolve())
+        if problem:
+            raise UsageError(f"{flag} {targets[flag]} {problem}: name another file")
     say = lambda text: console().print(text, highlight=False, markup=False)  # noqa: E731
     if js is not None or html is not None:
         _untrained_note(ckpt)
@@ -1075,6 +1076,22 @@ def export(
     if to_checkpoint is not None:
         webexport.exported_checkpoint(ckpt, encoding, to_checkpoint)
         say(f"wrote {to_checkpoint} ({encoding.enc} weights as a checkpoint)")
+
+
+def _overwrites_checkpoint(flag: str, path: Path, exported: Path) -> str:
+    """What writing an export to `path` (resolved) would destroy, or "": the checkpoint being exported,
+    a run's checkpoint (its best, or its last with the state to resume), or, for text, any
+    safetensors file."""
+    from .checkpoint import BEST, CONFIG, LAST, holds_safetensors
+
+    if path == exported:
+        return ("is the checkpoint being exported; its weights would be replaced by their exported rounding"
+                if flag == "--checkpoint" else "is the checkpoint being exported")
+    if path.name in (BEST, LAST) and (path.parent / CONFIG).is_file() and path.exists():
+        return f"is the checkpoint of the run {path.parent}"
+    if flag != "--checkpoint" and holds_safetensors(path):
+        return "is a safetensors file (a checkpoint?) that the text would replace"
+    return ""
 
 
 def _write_exported(path: Path, text: str, say: Callable[[str], None], what: str, after: str = "") -> None:

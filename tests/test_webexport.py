@@ -707,6 +707,24 @@ def test_export_command(tmp_path):
     assert_clean_error(run(["export", str(tmp_path / "same.safetensors"), "--checkpoint", "same.safetensors"],
                            cwd=tmp_path), "is the checkpoint being exported")
     assert (tmp_path / "same.safetensors").read_bytes() == before
+    # nor a page, a module or a tokenizer over it, over a run's checkpoints (its last holds the state
+    # to resume), or over any safetensors file; --checkpoint over a lone exported one is a re-export
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    for name in ("best.safetensors", "last.safetensors"):
+        (run_dir / name).write_bytes(before)
+    for flag, target, why in (("--html", "same.safetensors", "is the checkpoint being exported"),
+                              ("--tokenizer", "same.safetensors", "is the checkpoint being exported"),
+                              ("--checkpoint", "run/last.safetensors", "is the checkpoint of the run"),
+                              ("--js", "run/best.safetensors", "is the checkpoint of the run"),
+                              ("--js", "other.safetensors", "is a safetensors file")):
+        if not (tmp_path / target).exists():
+            (tmp_path / target).write_bytes(before)
+        assert_clean_error(run(["export", "same.safetensors", flag, target], cwd=tmp_path), f"{flag} {target} {why}")
+        assert (tmp_path / target).read_bytes() == before
+    assert run(["export", "names", "--checkpoint", "other.safetensors"], cwd=tmp_path).returncode == 0
+    assert (tmp_path / "other.safetensors").read_bytes() != before
 
 
 # --- the page, in Chromium ------------------------------------------------------------------------
