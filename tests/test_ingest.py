@@ -121,6 +121,23 @@ def test_compressed_corpora_by_their_first_bytes_and_what_is_refused(tmp_path):
                         ("a.zip", "a.zip is a zip archive: unpack it"), ("a.zst", "a.zst is zstd-compressed")]:
         with pytest.raises(CorpusError, match=words):
             list(corpus_chunks([str(tmp_path / name)]))
+    # a checkpoint, an image, a document or a program passed as text: said what it is (before, "not
+    # valid UTF-8 ... convert it, e.g. iconv -f latin1"), by name or on stdin
+    from chargen.checkpoint import bundled_checkpoint
+
+    not_text = {"best.safetensors": (bundled_checkpoint("names").read_bytes()[:4000], "is a safetensors file"),
+                "a.png": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "is a PNG image"),
+                "a.pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "is a PDF document"),
+                "a.out": (b"\x7fELF\x02\x01\x01" + bytes(9), "is a program")}
+    for name, (data, words) in not_text.items():
+        (tmp_path / name).write_bytes(data)
+        for paths, stdin in (([str(tmp_path / name)], None), (["-"], io.BytesIO(data))):
+            with pytest.raises(CorpusError, match=words):
+                list(corpus_chunks(paths, stdin, chunk_bytes=3))
+    # text whose fifth to eighth bytes are NULs is no safetensors file without the JSON after them
+    (tmp_path / "nul.txt").write_bytes(b"Anna" + bytes(4) + b"xx\n")
+    with pytest.raises(CorpusError, match="holds a NUL character"):
+        list(corpus_chunks([str(tmp_path / "nul.txt")]))
     # a compressed file's name without the compression: the run's directory, --labels file's label
     assert [source_stem(p) for p in ("it.txt.gz", "dir/el.xz", "fi.txt", "names.tar")] == ["it", "el", "fi", "names"]
     assert corpus_name([str(tmp_path / "a.txt.gz")]) == "a"

@@ -105,3 +105,20 @@ def test_a_restarted_run_removes_every_temp_file_a_killed_writer_left(tmp_path):
         (tmp_path / name).write_text("x")
     RunDir(tmp_path).prepare()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.f6.tmp", "keep.txt"]
+
+
+def test_a_corpus_among_the_files_the_run_writes_is_refused_before_anything_is_written(tmp_path):
+    """`chargen train dir/metrics.jsonl --out dir` (or a held-out file there) would replace the
+    text the run reads with its own records: refused, the file as it was."""
+    out = tmp_path / "run"
+    out.mkdir()
+    text = make_names(300)
+    for name in (METRICS, "config.json", "loss.svg"):
+        (out / name).write_text(text)
+    for args in ([str(out / METRICS)], [str(tmp_path / "names.txt"), "--val-file", str(out / "config.json")],
+                 [str(out / "loss.svg")]):
+        (tmp_path / "names.txt").write_text(text)
+        assert_clean_error(run(["train", *args, "--out", str(out), "--max-steps", "2", *TINY]),
+                           "is a file the run in")
+    assert all((out / name).read_text() == text for name in (METRICS, "config.json", "loss.svg"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([METRICS, "config.json", "loss.svg"])

@@ -99,6 +99,27 @@ ARCHIVES = ((b"PK\x03\x04", "is a zip archive: unpack it and pass its text files
             (b"\x28\xb5\x2f\xfd", "is zstd-compressed, which chargen does not read: decompress it (zstd -d), or pipe it "
                                   "(zstd -dc FILE | chargen ... -)"))
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+# Files a corpus is not, said by name when one is passed by mistake (an image, a document: not
+# "convert it from latin1"); a safetensors file by its header's shape (a length, then JSON).
+NOT_TEXT = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF87a", "a GIF image"),
+            (b"GIF89a", "a GIF image"), (b"%PDF-", "a PDF document"), (b"\x7fELF", "a program (ELF)"))
+
+
+def _undecided(head: bytes) -> bool:
+    """Whether a file's first bytes can still begin a byte-order mark or what _not_text names (a
+    safetensors file's first ten bytes hold a NUL, and text never does: its first line is never held
+    back for more)."""
+    return (len(head) < 3 and any(mark.startswith(head) for mark in (BOM, b"\xff\xfe", b"\xfe\xff"))
+            or len(head) < 10 and b"\x00" in head
+            or any(magic.startswith(head) and magic != head for magic, _ in NOT_TEXT))
+
+
+def _not_text(head: bytes) -> str:
+    """What a file starting with `head` is when it is plainly not text, or ""."""
+    if len(head) >= 10 and head[4:8] == bytes(4) and head[8:10] == b'{"':  # (a header's length under 4 GB)
+        return ("is a safetensors file (a checkpoint?), not text; a checkpoint goes where one is asked for "
+                "(train --from, sample -c)")
+    return next((f"is {what}, not text" for magic, what in NOT_TEXT if head.startswith(magic)), "")
 
 
 def source_stem(path: str) -> str:
@@ -251,7 +272,7 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES, n
         buf = carry + block if carry else block
         carry = b""
         if first:
-            if not eof and len(buf) < 3 and any(mark.startswith(buf) for mark in (BOM, b"\xff\xfe", b"\xfe\xff")):
+            if not eof and _undecided(buf):
                 carry = buf  # (maybe a byte-order mark's first bytes: a line "A" from a pipe need not wait)
                 continue
             if buf.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -259,6 +280,8 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES, n
                                   f"convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
             if buf.startswith(BOM):
                 buf, offset = buf[len(BOM):], len(BOM)
+            if what := _not_text(buf):  # (its first read holds what _decompressed peeked at)
+                raise CorpusError(f"{source} {what}")
             first = False
         if not eof:
             buf, carry = _split_incomplete(buf)

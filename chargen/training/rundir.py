@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..checkpoint import CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
+from ..checkpoint import BEST, CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
 from ..errors import CheckpointError, RunInUse, UsageError
 from ..files import atomic_write
 from .plot import LOSS_SVG, write_loss_curve
@@ -208,6 +208,15 @@ class RunDir:
         for name in ("*.safetensors", METRICS, CONFIG, LOSS_SVG):  # every file a run writes (atomically)
             for stale in self.path.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
+
+    def refuse_reading_own(self, paths: list[str | Path]) -> None:
+        """A UsageError if an input (a corpus, a held-out file) is one of the files the run writes:
+        the run would replace it."""
+        own = {(self.path / name).resolve() for name in (BEST, LAST, METRICS, CONFIG, LOSS_SVG, LOCK)}
+        for p in paths:
+            if p != "-" and Path(p).resolve() in own:
+                raise UsageError(f"{p} is a file the run in {self.path} writes, and it would be replaced; "
+                                 f"move it, or train into another `out`")
 
     def save(self, name: str, **checkpoint: Any) -> None:
         """save_checkpoint into this directory (see checkpoint.save_checkpoint for the keywords)."""
