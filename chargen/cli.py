@@ -1265,6 +1265,8 @@ def main() -> None:
                 hint = f" (here the checkpoint is the first argument: {ctx.command_path} CHECKPOINT ...)"
             elif ctx is not None and _checkpoint_given_as_argument(exc, ctx):
                 hint = f" (here a checkpoint is an option: {ctx.command_path} -c CHECKPOINT ...)"
+            elif ctx is not None and (count := _count_given_as_argument(exc, ctx)):
+                hint = f" (how many: {ctx.command_path} -n {count})"
             error_line(" ".join(exc.format_message().split()) + hint)
             code = exc.exit_code
         elif type(exc).__name__ == "Abort":
@@ -1318,6 +1320,12 @@ def _checkpoint_given_as_argument(exc: Exception, ctx) -> bool:
     first = extra.group(1) if extra else ""
     return bool(first) and any(p.name == "checkpoint" and type(p).__name__.endswith("Option") for p in ctx.command.params) \
         and (first in BUNDLED or first.endswith(".safetensors") or os.path.isdir(first))  # (never raises)
+
+
+def _count_given_as_argument(exc: Exception, ctx) -> str:
+    """`chargen sample 10`: the number where the command takes -n; "" otherwise."""
+    extra = re.match(r"Got unexpected extra argument\S* \((\d+)[\s)]", exc.format_message())
+    return extra.group(1) if extra and any("-n" in getattr(p, "opts", ()) for p in ctx.command.params) else ""
 
 
 def _quiet_exit(code: int) -> None:

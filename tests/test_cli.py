@@ -250,7 +250,8 @@ def test_bundled_model_samples_names():
         (["info", "-c", "base"], "chargen info CHECKPOINT"),
         (["sample", "base", "-n", "2"], "here a checkpoint is an option: chargen sample -c CHECKPOINT"),
         (["serve", "model.safetensors"], "here a checkpoint is an option: chargen serve -c CHECKPOINT"),
-        (["sample", "10"], "unexpected extra argument(s) (10) (see: chargen sample --help)"),  # no checkpoint
+        (["sample", "10"], "unexpected extra argument(s) (10) (how many: chargen sample -n 10)"),  # no checkpoint
+        (["sample", "1e3"], "unexpected extra argument(s) (1e3) (see: chargen sample --help)"),
         # an option where a value was due: it was the value (a run directory called '--time', a prompt '-n')
         (["train", "x.txt", "--resume", "--time", "5s"],
          "--resume needs a value, and --time is an option of chargen train (a value that starts with '-' is "
