@@ -1114,7 +1114,7 @@ def info(
     checkpoint: Annotated[Optional[str], typer.Argument(help=CHECKPOINT_HELP + CHECKPOINT_DEFAULT, show_default=False, callback=_bundled_here)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Chart the run's train and val loss, and write loss.svg into the run directory.")] = False,
-    list_labels: Annotated[bool, typer.Option("--labels", help="List a labelled model's labels, one a line: LABEL<TAB>training lines<TAB>held-out loss (- where none).")] = False,
+    list_labels: Annotated[bool, typer.Option("--labels", help="List a labelled model's labels, one a line: LABEL<TAB>training lines<TAB>held-out loss (- where none); with --json, one object: {\"labels\": [{\"label\", \"lines\", \"val_loss\"}, ...]}.")] = False,
 ) -> None:
     """Describe a checkpoint: model, vocabulary, training, losses, versions.
 
@@ -1124,6 +1124,9 @@ def info(
       chargen info checkpoints/shakespeare --plot
     """
     if plot:
+        if as_json or list_labels:
+            raise UsageError(f"--plot draws a run's curve, and {'--json' if as_json else '--labels'} describes a "
+                             f"checkpoint: give one")
         return _plot_run(checkpoint)
     from .checkpoint import BEST, checkpoint_path, default_checkpoint, read_checkpoint
 
@@ -1135,7 +1138,11 @@ def info(
             raise UsageError(f"{ckpt.path} has no labels (a model trained with --labels has)")
         val, own = labels.get("val_loss", {}), set(labels.get("own") or ())
         rows = sorted(zip(labels["names"], labels["lines"]), key=lambda row: row[0] not in own)  # its own first
-        _Output().write("".join(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n" for n, c in rows))
+        if as_json:
+            _Output().write(json.dumps({"labels": [{"label": n, "lines": c, "val_loss": val.get(n)} for n, c in rows]},
+                                       ensure_ascii=False) + "\n")
+        else:
+            _Output().write("".join(f"{n}\t{c}\t{f'{val[n]:.4f}' if n in val else '-'}\n" for n, c in rows))
         return
     if as_json:
         _Output().write(json.dumps(facts, ensure_ascii=False) + "\n")

@@ -55,7 +55,11 @@ def test_each_label_samples_only_its_own_kind(toy):
     listed = [line.split("\t") for line in run(["info", str(toy / "run"), "--labels"]).stdout.decode().splitlines()]
     assert [(n, int(c), float(v)) for n, c, v in listed] == [
         (n, c, round(info["labels"]["val_loss"][n], 4)) for n, c in zip(info["labels"]["names"], info["labels"]["lines"])]
+    as_json = json.loads(run(["info", str(toy / "run"), "--labels", "--json"]).stdout)["labels"]  # (it was the TSV)
+    assert [(r["label"], r["lines"], round(r["val_loss"], 4)) for r in as_json] == [
+        (n, int(c), float(v)) for n, c, v in listed]
     assert_clean_error(run(["info", "names", "--labels"]), "has no labels")
+    assert_clean_error(run(["info", str(toy / "run"), "--plot", "--json"]), "--plot draws a run's curve")
 
 
 def test_a_blend_draws_both_kinds_in_its_proportions(toy):
