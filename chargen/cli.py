@@ -482,6 +482,8 @@ def sample(
         raise UsageError("--prompt - and --exclude - both read stdin; give one of them a file")
     if exclude is not None:
         options["exclude"] = _read_lines(exclude)
+    if top is not None and "num" in options:
+        raise UsageError(f"--top {top} is how many it lists; drop -n")
     num = options.pop("num", 1)
     # drawn under constraints (--top searches under them instead); a bad option is an Error: before any note
     constrained = bool(SampleConfig.of(**options).given("constraint")) and top is None

@@ -252,6 +252,7 @@ def test_bundled_model_samples_names():
         (["serve", "model.safetensors"], "here a checkpoint is an option: chargen serve -c CHECKPOINT"),
         (["sample", "10"], "unexpected extra argument(s) (10) (how many: chargen sample -n 10)"),  # no checkpoint
         (["sample", "1e3"], "unexpected extra argument(s) (1e3) (see: chargen sample --help)"),
+        (["sample", "--top", "3", "-n", "10"], "--top 3 is how many it lists; drop -n"),  # (-n was ignored)
         # an option where a value was due: it was the value (a run directory called '--time', a prompt '-n')
         (["train", "x.txt", "--resume", "--time", "5s"],
          "--resume needs a value, and --time is an option of chargen train (a value that starts with '-' is "
