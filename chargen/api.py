@@ -160,7 +160,7 @@ class Model:
         caller that runs several calls' drawings together (`chargen serve`) gets the same samples
         as `samples` would."""
         cfg = self._config(n, options)
-        line_mode = self.line_oriented if cfg.lines is None else cfg.lines
+        line_mode = self._line_mode(cfg)
         # An iterator's prompts (lines typed at a terminal) are checked as they come, the rest before the first
         lazy = isinstance(prompt, Iterator)
         prompts = prompt if lazy else self._prompts(prompt)
@@ -269,10 +269,19 @@ class Model:
         them from; without drawing (a prompt typed at a terminal is checked before it is drawn).
         The options are checked too."""
         cfg = self._config(1, options)
-        line_mode = self.line_oriented if cfg.lines is None else cfg.lines
+        line_mode = self._line_mode(cfg)
         automaton = self._automaton(cfg, line_mode)
         for p in self._prompts(prompt):
             self._check_prompt(p, cfg, automaton, line_mode)
+
+    def _line_mode(self, cfg: SampleConfig) -> bool:
+        """Whether samples are lines: as asked, else as the model's corpus. Prose from a model
+        trained line by line (each line from its learned start state) is refused: it never learnt
+        what follows a line's end, and past the first newline drew lone letters and blank lines."""
+        if cfg.lines is False and self.checkpoint.model_config.learned_start:
+            raise UsageError("this model learnt each line on its own, from a line's start, never what follows a "
+                             "line's end: it draws lines only; drop `no_lines` (`num` for how many)")
+        return self.line_oriented if cfg.lines is None else cfg.lines
 
     def _check_prompt(self, prompt: str, cfg: SampleConfig, automaton: Optional[Automaton], line_mode: bool) -> None:
         """A prompt the model can start from, and (under constraints) one a sample can satisfy them from."""

@@ -7,8 +7,9 @@ import chargen
 from chargen.errors import SamplingError, UsageError, VocabularyError
 from chargen.config import SampleConfig
 
-from .conftest import CountingStepper
+from .conftest import CountingStepper, make_names
 from chargen.sampling import derive_key, inverse_cdf, sampling_probs, uniforms
+from chargen.sampling.drawing import Drawing
 
 
 def test_same_seed_same_output_whatever_the_batch_size(trained_names):
@@ -72,14 +73,30 @@ def test_impossible_requests_fail_clearly(trained_names):
         model.sample(n=1, top_p=0)
 
 
-def test_length_caps_and_prose_mode(trained_names):
+def test_length_caps_and_prose_mode(trained_names, trained_prose, tmp_path):
     model = chargen.load(trained_names)
     for s in model.sample(n=20, length=3, seed=2):
         assert len(s) <= 3
-    prose = model.sample(n=1, lines=False, length=60, seed=2)[0]
-    assert len(prose) == 60 and "\n" in prose  # runs through several names
-    chars = list(model.stream(prompt="Ma", lines=False, length=30, seed=2))
-    assert "".join(chars) == model.sample(n=1, prompt="Ma", lines=False, length=30, seed=2)[0]
+    # a model trained line by line (its learned start state) never learnt what follows a line's end:
+    # prose from it (lone letters and blank lines past the first newline) is refused
+    with pytest.raises(UsageError, match="never what follows a line's end: it draws lines only; drop lines=False"):
+        model.sample(n=1, lines=False, length=60, seed=2)
+    with pytest.raises(UsageError, match="draws lines only"):
+        list(model.stream(prompt="Ma", lines=False, length=30))
+    with pytest.raises(UsageError, match="draws lines only"):
+        model.check_prompt("Ma", lines=False)
+    # a list trained as a stream (--no-line-mode) runs through several names
+    (tmp_path / "names.txt").write_text(make_names(300))
+    stream = chargen.load(chargen.train([str(tmp_path / "names.txt")], out=tmp_path / "run", start_from="none",
+                                        line_mode=False, layers=1, hidden=16, embed=8, batch_size=8, seq_len=16,
+                                        max_steps=2, eval_every=2, precision="fp32"))
+    assert stream.line_oriented and not stream.checkpoint.model_config.learned_start
+    assert "\n" in stream.sample(n=1, lines=False, length=60, seed=2)[0]
+    model = chargen.load(trained_prose)
+    prose = model.sample(n=1, length=60, seed=2)[0]
+    assert len(prose) == 60
+    chars = list(model.stream(prompt="th", length=30, seed=2))
+    assert "".join(chars) == model.sample(n=1, prompt="th", length=30, seed=2)[0]
 
 
 def test_logprobs_are_real_logprobs(trained_names):
@@ -140,8 +157,16 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(trained_names):
                dict(n=25, seed=3, ends_with="a", max_len=6), dict(n=15, seed=4, temperature=0, contains="o"),
                dict(n=10, seed=5, guided=True, regex="[A-Z][a-z]*n"), dict(n=12, seed=6, top_p=0.7, prompt="Ma"),
                dict(n=2, seed=7, lines=False, length=90)]
-    batches = [next(model.drawings(**o)).next_attempts() for o in options]
-    batches += [next(model.drawings(**options[k])).next_attempts() for k in (0, 2)]  # joining late
+
+    def drawing(o: dict):  # (prose rows from a names model: built as Drawings, the API refuses them)
+        if o.get("lines") is not False:
+            return next(model.drawings(**o))
+        cfg = SampleConfig(num=o["n"], seed=o["seed"], lines=False, length=o["length"])
+        return Drawing(model.stepper, model.vocab, "", cfg, lines=False, key=derive_key(o["seed"], 0),
+                       start_state=model.checkpoint.start_state)
+
+    batches = [drawing(o).next_attempts() for o in options]
+    batches += [drawing(options[k]).next_attempts() for k in (0, 2)]  # joining late
     alone = [run_jobs(model.stepper, model.vocab, [b])[0] for b in batches]
     engine = RowEngine(model.stepper, model.vocab)
     jobs, done, widths = {}, {}, []
@@ -219,7 +244,7 @@ def test_the_network_steps_each_new_prefix_once(trained_names):
     assert full.computed < small.computed < small.row_steps
 
 
-def test_long_samples_keep_only_their_first_prefixes(trained_names):
+def test_long_samples_keep_only_their_first_prefixes(trained_prose):
     """Past PREFIX_DEPTH characters a row's prefixes are not kept (prose shares nothing that far
     in) and steps whose rows are all on nodes of their own skip the lookups: the same text as with
     no cache, a cache of at most the root and PREFIX_DEPTH nodes a row."""
@@ -227,11 +252,11 @@ def test_long_samples_keep_only_their_first_prefixes(trained_names):
     from chargen.sampling.drawing import _run_full
     from chargen.sampling.prefixes import PREFIX_DEPTH
 
-    model = chargen.load(trained_names)
+    model = chargen.load(trained_prose)
 
     def draw(memory: int):
         engine = RowEngine(model.stepper, model.vocab, prefix_memory=memory)
-        drawing = next(model.drawings(3, seed=6, lines=False, length=300, prompt="Ka"))
+        drawing = next(model.drawings(3, seed=6, length=300, prompt="th"))
         return [s.text for s in _run_full(engine, drawing, 8)], engine
 
     texts, engine = draw(32 << 20)

@@ -69,14 +69,14 @@ def snake(options: dict) -> dict:
     return out
 
 
-def random_model(path: Path, cell: str, layers: int, seed: int = 0, extra: str = "") -> Path:
+def random_model(path: Path, cell: str, layers: int, seed: int = 0, extra: str = "", learned_start: bool = False) -> Path:
     """A checkpoint with random weights: large enough that the distributions are far from uniform, and
     a newline likely enough that lines end as names do. (Much larger weights make the recurrence
     chaotic, as trained models are not: float rounding then grows over a long sample until a draw
     differs, between numpy's float32 and any other arithmetic, numpy's own at another batch width too.)"""
     names = make_names(300, seed=seed).splitlines()
     vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | set(extra) | {"\n"}))
-    cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=24, embed=8)
+    cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=24, embed=8, learned_start=learned_start)
     rng = np.random.default_rng(seed)
     weights = {k: (rng.standard_normal(shape) * 0.4).astype(np.float32) for k, shape in cfg.weight_shapes().items()}
     weights["head.bias"][vocab.index["\n"]] += 2.5
@@ -592,6 +592,21 @@ def test_module_errors_are_clear(tmp_path):
     big = node_records(module, [{"n": 3, "seed": "9223372036854775807"}, {"n": 3, "seed": " 42 "}])
     assert [r["text"] for r in big[0]] == [s.text for s in chargen.load(ckpt_path).samples(3, seed=2**63 - 1)]
     assert [r["text"] for r in big[1]] == [s.text for s in chargen.load(ckpt_path).samples(3, seed=42)]
+
+
+@needs_node
+def test_prose_from_a_model_trained_line_by_line_is_refused_by_both(tmp_path):
+    """A model trained in line mode (its learned start state) never learnt what follows a line's end:
+    the module refuses `lines: false` as the Python sampler refuses lines=False, and draws lines."""
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2, learned_start=True)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    case = {"n": 2, "seed": 3, "lines": False, "length": 40}
+    js = node_records(module, [case, {"n": 2, "seed": 3}])
+    with pytest.raises(chargen.UsageError, match="it draws lines only") as python:
+        chargen.load(ckpt_path).sample(2, seed=3, lines=False, length=40)
+    assert js[0]["error"].split("; drop")[0] == str(python.value).split("; drop")[0]
+    assert_same(js[1], python_records(ckpt_path, {"n": 2, "seed": 3}))
 
 
 @needs_node

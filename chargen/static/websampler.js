@@ -1433,6 +1433,10 @@ class Sampler {
 
   *records(opts = {}, stats = null) {
     const o = checkOptions(opts), conform = (t) => this.conform(t);
+    if (o.lines === false && MODEL.config.learned_start) {  // as chargen.api.Model._line_mode
+      throw new ChargenError("this model learnt each line on its own, from a line's start, never what follows a " +
+        "line's end: it draws lines only; drop `lines: false` (n for how many)");
+    }
     const lines = o.lines === null ? this.lineOriented : o.lines;
     const cap = o.length || (lines ? MODEL.line_length : MODEL.prose_length);
     const prompts = (typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt)).map(conform);
