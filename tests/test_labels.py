@@ -123,6 +123,11 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
     (tmp_path / "t.tsv").write_text("it\tMario\nes Juan\n")
     assert_clean_error(run(["train", "t.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
                        "t.tsv, line 2", "no TAB")
+    # what a labelled list refuses, said before the notes of adapting the base (they came first)
+    (tmp_path / "ok.tsv").write_text("it\tMario\nes\tJuan\n" * 20)
+    for flag, needle in (("--val-file=ok.tsv", "holds out its own validation lines; drop --val-file"),
+                         ("--no-line-mode", "trains line by line")):
+        assert_clean_error(run(["train", "ok.tsv", "--labels", "tab", flag, "--max-steps", "1"], cwd=tmp_path), needle)
     from chargen.errors import ChargenError
     from chargen.training.labels import read_labelled
 

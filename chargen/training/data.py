@@ -691,6 +691,11 @@ def _check_labelled(corpus: EncodedCorpus, config, val_file: bool, source: str) 
     if corpus.n_chars > MAX_SHUFFLED_CHARS:
         raise CorpusError(f"{source}: a labelled list of {corpus.n_chars:,} characters is too large to shuffle "
                           f"in memory (at most {MAX_SHUFFLED_CHARS:,})")
+    check_labelled_options(config, val_file)
+
+
+def check_labelled_options(config, val_file) -> None:
+    """The options a labelled list refuses (checked before anything is read, and again here)."""
     if val_file:
         raise UsageError("a labelled list holds out its own validation lines; drop `val_file`")
     if config.line_mode is False:

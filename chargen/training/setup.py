@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..checkpoint import BEST, BUNDLED, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
 from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, plain, unknown_keys
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
-from .data import is_list, read_corpus, trained_by_line
+from .data import check_labelled_options, is_list, read_corpus, trained_by_line
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
@@ -77,6 +77,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         raise UsageError("no corpus given; pass one or more text files, or - for stdin")
     if val_file == "-" and "-" in paths:
         raise UsageError("stdin (-) can be read once: give the corpus or --val-file as a file")
+    if config.labels is not None:
+        check_labelled_options(config, val_file)
     if config.val_fraction == 0 and config.patience and not val_file:
         raise UsageError("`patience` watches the held-out text, and `val_fraction` 0 holds out none: drop one")
     dist = setup_distributed(config.device)  # None unless started by torchrun
