@@ -472,7 +472,6 @@ def sample(
     from .sampling.drawing import SampleStats
 
     model = load(checkpoint if checkpoint is not None else default_checkpoint(), **loading(options))
-    _untrained_note(model.checkpoint)
     options = given(options)
     prompt = prompt or [""]
     if "-" in prompt and len(prompt) > 1:
@@ -495,7 +494,6 @@ def sample(
     check = functools.partial(model.check_prompt, **options)
     prompts = _TypedPrompts(check) if typed else _ArrivingPrompts(stdin_fd, check) if lazy else \
         _read_prompts() if prompt == ["-"] else prompt
-    _label_note(model, options.get("label"))
     out = _Output()
     stats = SampleStats()
     streaming = False
@@ -506,11 +504,16 @@ def sample(
                                                              shown=not _terminal(sys.stdout), delay=1.0))
             samples = model.top(top, prompts, progress=progress, **options)
         else:
-            mix = model.label_mix(options.get("label"))
-            _greedy_note(options.get("temperature"), num, constrained, line_mode, len(mix.names) if mix else 1)
             streaming = output_format == "text" and not line_mode and num == 1 and len(prompts) == 1
             samples = model.samples(num, iter(prompts) if lazy else prompts, stats=stats, **options,
                                     on_char=(lambda ch: out.write(ch, flush=ch == "\n")) if streaming else None)
+        # the notes once the options are checked (model.samples and model.top check them when called): a bad
+        # one is the only line
+        _untrained_note(model.checkpoint)
+        _label_note(model, options.get("label"))
+        if top is None:
+            mix = model.label_mix(options.get("label"))
+            _greedy_note(options.get("temperature"), num, constrained, line_mode, len(mix.names) if mix else 1)
             if streaming:
                 out.write(prompts[0], flush=True)
             elif _terminal(sys.stderr) and not _terminal(sys.stdout) and not lazy:  # (lazy: how many is not known)

@@ -120,6 +120,12 @@ def test_unknown_label_and_bad_labelled_input_are_one_error(toy, tmp_path):
     assert_clean_error(run(["sample", "-c", str(toy / "run"), "--label", "abd"]), "unknown label 'abd'", "abc")
     assert_clean_error(run(["sample", "-c", str(toy / "run"), "--label", "abc=x"]), "weight")
     assert_clean_error(run(["sample", "--label", "abc"]), "no labels")
+    # a label's note ("--label italian draws from 2 labels") comes after the options are checked: a bad
+    # one is the only line (the note came first)
+    for bad, needle in ((["--ends-with", "Ω"], "not in the model's vocabulary"), (["--top", "3", "--seed", "1"], "drop --seed")):
+        assert_clean_error(run(["sample", "-c", "base", "--label", "italian", *bad]), needle)
+    ok = run(["sample", "-c", "base", "--label", "italian", "-n", "2", "--seed", "1"])
+    assert ok.returncode == 0 and "draws from" in ok.stderr.decode() and len(ok.stdout.splitlines()) == 2
     (tmp_path / "t.tsv").write_text("it\tMario\nes Juan\n")
     assert_clean_error(run(["train", "t.tsv", "--labels", "tab", "--max-steps", "1"], cwd=tmp_path),
                        "t.tsv, line 2", "no TAB")
