@@ -8,6 +8,7 @@ one rich console on stderr. torch and numpy are imported inside the commands tha
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import io
@@ -307,8 +308,8 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
 
             self.progress.console.print(Text(r.sample, style="dim"), highlight=False)
 
-    def should_stop(self, step: int) -> bool:
-        return False  # Ctrl-C and SIGTERM are caught by the loop itself
+    def should_stop(self, step: int) -> bool:  # (Ctrl-C and SIGTERM are caught by the loop itself)
+        return getattr(sys.stderr, "lost", False)  # the progress's reader went away (_Notes)
 
     def on_end(self, r) -> None:  # a chargen.training.callbacks.EndReport
         if self.task is not None and not r.interrupted:
@@ -441,7 +442,7 @@ def _piped(stream) -> Iterator[None]:
     except (OSError, ValueError) as exc:
         if isinstance(exc, ValueError) or stream is None or stream.closed:
             raise _PipeClosed() from None
-        raise
+        raise ChargenError(f"cannot write to stdout ({exc.strerror or exc})") from None  # a full disk, /dev/full
 
 
 @app.command()
@@ -1232,6 +1233,9 @@ def _lineage(lineage: dict, held_out: bool) -> str:
 # --- entry point ------------------------------------------------------------------------------
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # a write that failed for want of room, or the disk
+
+
 def main() -> None:
     """Console-script entry: run the app, turning ChargenError into `Error: ...` and a closed
     stdout (`| head`) into a quiet exit."""
@@ -1246,6 +1250,11 @@ def main() -> None:
         code = exc.exit_code
     except (BrokenPipeError, _PipeClosed):
         code = 0
+    except OSError as exc:
+        if exc.errno not in _FULL:  # (click's own writes, --help and --version, to a full disk or /dev/full)
+            raise
+        error_line(f"cannot write {exc.filename or 'the output'} ({exc.strerror})")
+        code = 1
     except UnicodeEncodeError as exc:
         if _codec(exc.encoding) != _codec(getattr(sys.stdout, "encoding", None)):
             raise
@@ -1267,8 +1276,14 @@ def main() -> None:
         # Click's usage errors (bad option values, unknown options) and aborts. Typer may vendor its
         # own copy of click, so recognise them by shape rather than by class.
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `chargen`: the help, formatted, as git and llm do
-            sys.stdout.write(exc.ctx.get_help() + "\n")
-            code = 0
+            try:
+                _Output().write(exc.ctx.get_help() + "\n")
+                code = 0
+            except _PipeClosed:
+                code = 0
+            except ChargenError as failed:  # (stdout on a full disk)
+                error_line(failed.render(spelling))
+                code = failed.exit_code
         elif hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
@@ -1293,7 +1308,8 @@ def _standard_descriptors() -> None:
     """Descriptors 0-2 closed by the caller (`2>&-`, `<&-`, a daemon's) are /dev/null from here, so
     no file chargen opens takes one (a checkpoint being written where a C library's warning or a
     child's stderr goes). A closed stderr takes the notes and errors quietly (it failed the command);
-    a closed stdin stays None to Python ("stdin is closed"), a closed stdout is _Unread."""
+    a closed stdin stays None to Python ("stdin is closed"), a closed stdout is _Unread. stderr is
+    then _Notes: a write to it that fails is no failure of the command."""
     for fd in (0, 1, 2):  # in order: each open takes the lowest free descriptor, this one
         try:
             os.fstat(fd)
@@ -1306,6 +1322,44 @@ def _standard_descriptors() -> None:
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     if sys.stdout is None:
         sys.stdout = _Unread(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+    if not isinstance(sys.stderr, _Notes):
+        sys.stderr = _Notes(sys.stderr)
+
+
+class _Notes:
+    """stderr, whose notes are advisory: a write that fails (its reader gone, `2>&1 | head`; a full
+    disk under `2> log`) points descriptor 2 at /dev/null, drops the notes from then on and sets
+    `lost`, instead of ending the command: samples still go to stdout, and a training run stops as
+    at Ctrl-C, saving where it is (_ProgressCallbacks.should_stop; it was a BrokenPipeError that
+    lost the steps since the last evaluation)."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self.lost = stream, False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            self._lose()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())  # (Python's own flush at exit then succeeds)
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...: the stream's
+        return getattr(self._stream, name)
 
 
 class _Unread(io.TextIOWrapper):

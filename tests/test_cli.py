@@ -689,6 +689,38 @@ def test_closed_standard_streams(tmp_path, trained_names, names_file):
     assert opened.stdout == b"3\n", opened
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail: a full disk)")
+def test_a_full_disk_or_a_gone_reader_under_stdout_or_stderr(tmp_path, trained_names, names_file):
+    """stdout on a full disk was a traceback (OSError: No space left on device), --help's and a bare
+    chargen's too; stderr's notes failing ended sampling with nothing printed, and its reader gone
+    (`2>&1 | head`) ended a training run with a BrokenPipeError, the steps since its last evaluation lost."""
+    exe, ck = shlex.quote(chargen_exe()), shlex.quote(str(trained_names))
+
+    def shell(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], capture_output=True, timeout=300, cwd=tmp_path)
+
+    for command in (f"sample -c {ck} -n 5", f"info {ck}", "--help", "sample --help", "--version", ""):
+        full = shell(f"{exe} {command} > /dev/full")
+        assert full.returncode == 1 and re.fullmatch(r"Error: cannot write (to stdout|the output) \(No space left on "
+                                                     r"device\)\n", full.stderr.decode()), (command, full.stderr)
+    names = shell(f"{exe} sample -c {ck} -n 5 --seed 3 --temperature 0 2>/dev/null").stdout  # (with a note)
+    noted = shell(f"{exe} sample -c {ck} -n 5 --seed 3 --temperature 0 2>/dev/full")
+    assert (noted.returncode, noted.stdout) == (0, names) and len(names.splitlines()) == 5
+    # training whose progress's reader stops reading: stopped as at Ctrl-C, and saved where it was
+    proc = subprocess.Popen([chargen_exe(), "train", str(names_file), "-o", "run", "--from", "none", *TINY[:8],
+                             "--eval-every", "2", "--max-steps", "100000"], cwd=tmp_path, stderr=subprocess.PIPE)
+    for _ in range(8):
+        assert proc.stderr.readline()
+    proc.stderr.close()
+    assert proc.wait(120) == 1
+    from chargen.checkpoint import read_checkpoint
+
+    last = read_checkpoint(tmp_path / "run", prefer="last.safetensors", with_resume=True)
+    assert 0 < last.info["step"] < 100000 and last.resume is not None
+    resumed = shell(f"{exe} train --resume run --max-steps {last.info['step'] + 2} --quiet")
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_a_checkpoint_before_its_first_step_is_said_to_be_random(tmp_path, trained_names):
     """Sampled (or exported) while its run begins, before the first evaluation writes
     best.safetensors, a run's last.safetensors holds random weights: its samples looked like a
