@@ -497,7 +497,7 @@ class RunConfig(_Config):
 
     corpus: list[str] = option(help="UTF-8 text files (gzip, bzip2 or xz ones too), or - for stdin.", factory=list)
     out: Optional[str] = option(None, "Run directory.", flags=("--out", "-o"), default_help="checkpoints/<corpus name>")
-    val_file: Optional[str] = option(None, "Validate on this file instead of the corpus's tail.")
+    val_file: Optional[str] = option(None, "Validate on this file instead of text held out from the corpus (a list's held-out lines are drawn at random, prose's are its tail); not with --labels.")
     precision: str = option("auto", f"Precision: {', '.join(PRECISIONS)} (auto: bf16 where the hardware has bf16 matrix "
                                     "units).",
                             **_one_of(PRECISIONS))
