@@ -99,6 +99,18 @@ def test_length_caps_and_prose_mode(trained_names, trained_prose, tmp_path):
     assert "".join(chars) == model.sample(n=1, prompt="th", length=30, seed=2)[0]
 
 
+def test_the_smallest_temperature_draws_as_greedy_does(trained_names):
+    """At a subnormal temperature the logits' quotients overflowed (inf - inf: NaN), and no sample
+    was drawn in 200 tries; the probabilities are the greedy choice's."""
+    from chargen.sampling import sampling_probs
+
+    logits = np.array([[1.0, 3.0, 2.0], [-5.0, -4.0, -9.0]], dtype=np.float32)
+    with np.errstate(all="raise"):
+        assert np.array_equal(sampling_probs(logits, 5e-324, None, None), [[0, 1, 0], [0, 1, 0]])
+    model = chargen.load(trained_names)
+    assert model.sample(n=3, temperature=5e-324, seed=1) == model.sample(n=3, temperature=0)
+
+
 def test_logprobs_are_real_logprobs(trained_names):
     model = chargen.load(trained_names)
     samples = list(model.samples(n=30, seed=4, temperature=1.0))

@@ -58,6 +58,7 @@ CASES = [
     {"n": 30, "seed": 20, "maxLen": 3, "endsWith": "a", "exclude": [c + "a" for c in string.ascii_letters]},
     {"n": 3, "seed": 9, "lines": False, "length": 60, "prompt": "Ann"},
     {"n": 4, "seed": 2**62 + 12345, "temperature": 0.5},
+    {"n": 2, "seed": 5, "temperature": 5e-324, "prompt": "Ma"},  # (the logits over it overflowed: nothing drawn)
 ]
 
 
@@ -592,6 +593,15 @@ def test_module_errors_are_clear(tmp_path):
     big = node_records(module, [{"n": 3, "seed": "9223372036854775807"}, {"n": 3, "seed": " 42 "}])
     assert [r["text"] for r in big[0]] == [s.text for s in chargen.load(ckpt_path).samples(3, seed=2**63 - 1)]
     assert [r["text"] for r in big[1]] == [s.text for s in chargen.load(ckpt_path).samples(3, seed=42)]
+
+
+@needs_node
+def test_the_smallest_temperature_draws_as_greedy_does_in_the_module(tmp_path):
+    """As chargen.sampling.engine.sampling_probs: at 5e-324 the logits' quotients overflowed."""
+    module = tmp_path / "names.mjs"
+    module.write_text(module_text(read_checkpoint(checkpoint_path("names")), Encoding("i8", True)))
+    tiny, greedy = node_records(module, [{"n": 3, "seed": 5, "temperature": 5e-324}, {"n": 3, "temperature": 0}])
+    assert [r["text"] for r in tiny] == [r["text"] for r in greedy] == chargen.load("names").sample(3, temperature=0)
 
 
 @needs_node

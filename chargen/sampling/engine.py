@@ -58,7 +58,9 @@ def log_normalizer(logits: np.ndarray) -> np.ndarray:
 
 def sampling_probs(logits: np.ndarray, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> np.ndarray:
     """(B, V) logits -> (B, V) probabilities after temperature, top-k and top-p (nucleus)."""
-    z = logits.astype(np.float64) / temperature
+    z = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # (the max first: at a temperature of 5e-324 the logits' quotients
+        z = (z - z.max(axis=-1, keepdims=True)) / temperature  # overflowed, and inf - inf drew nothing; now -inf)
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)

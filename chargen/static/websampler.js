@@ -262,7 +262,9 @@ function logSoftmaxAt(logits, V, id) {
 
 // Probabilities after temperature, top-k and top-p, into p (Float64Array(V)).
 function samplingProbs(logits, V, temperature, topK, topP, p) {
-  for (let v = 0; v < V; v++) p[v] = logits[v] / temperature;
+  let top = -Infinity;  // (the max first, as chargen.sampling.engine.sampling_probs: a tiny temperature overflows)
+  for (let v = 0; v < V; v++) if (logits[v] > top) top = logits[v];
+  for (let v = 0; v < V; v++) p[v] = (logits[v] - top) / temperature;
   if (topK !== null && topK < V) {
     const kth = Array.from(p).sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (p[v] < kth) p[v] = -Infinity;
