@@ -231,6 +231,17 @@ def _sniff(path: Path, head: bytes, size: int) -> str:
     return f"{path} is not a safetensors file, or it is truncated (no safetensors header)"
 
 
+def is_chargen_checkpoint(path: Path) -> bool:
+    """Whether `path` is a safetensors file whose metadata says chargen wrote it (its header alone is read)."""
+    if not holds_safetensors(path):
+        return False
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # (safetensors raises its own types for a bad header)
+        return False
+
+
 def holds_safetensors(path: Path) -> bool:
     """Whether a file is there whose first bytes are a safetensors header (a checkpoint, likely)."""
     try:

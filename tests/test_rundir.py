@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 import chargen
@@ -122,3 +123,33 @@ def test_a_corpus_among_the_files_the_run_writes_is_refused_before_anything_is_w
                            "is a file the run in")
     assert all((out / name).read_text() == text for name in (METRICS, "config.json", "loss.svg"))
     assert sorted(p.name for p in out.iterdir()) == sorted([METRICS, "config.json", "loss.svg"])
+
+
+def test_files_no_chargen_run_wrote_are_not_written_over(tmp_path):
+    """`--out .` in a project with a config.json of its own, or beside another tool's
+    best.safetensors: the run wrote over them. Refused, with or without --overwrite; a directory
+    whose files a chargen run wrote (one killed before its first checkpoint too) is trained into."""
+    from safetensors.numpy import save_file
+
+    corpus = tmp_path / "names.txt"
+    corpus.write_text(make_names(300))
+    args = ["train", str(corpus), "--from", "none", "--max-steps", "2", *TINY]
+    out = tmp_path / "project"
+    out.mkdir()
+    foreign = {"config.json": b'{"name": "my app"}\n', "metrics.jsonl": b"accuracy,0.9\n", "loss.svg": b"<svg>mine</svg>"}
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
+        extra = ["--overwrite"] if name == "config.json" else []  # (it replaces a run, not others' files)
+        assert_clean_error(run([*args, "--out", str(out), *extra]), f"holds {name}, not written by chargen")
+        assert (out / name).read_bytes() == data
+        (out / name).unlink()
+    save_file({"w": np.zeros(3, np.float32)}, str(out / "best.safetensors"))
+    before = (out / "best.safetensors").read_bytes()
+    assert_clean_error(run([*args, "--out", str(out)]), "holds best.safetensors, not written by chargen")
+    assert (out / "best.safetensors").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["best.safetensors"]
+    (out / "best.safetensors").unlink()
+    assert run([*args, "--out", str(out)]).returncode == 0  # an empty directory
+    (out / LAST).unlink()  # a run killed before its first checkpoint leaves its own files: trained into again
+    (out / "best.safetensors").unlink()
+    proc = run([*args, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr

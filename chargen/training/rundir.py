@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..checkpoint import BEST, CONFIG, LAST, METRICS, Checkpoint, save_checkpoint
+from ..checkpoint import BEST, CONFIG, LAST, METRICS, Checkpoint, is_chargen_checkpoint, save_checkpoint
 from ..errors import CheckpointError, RunInUse, UsageError
 from ..files import atomic_write
 from .plot import LOSS_SVG, write_loss_curve
@@ -209,6 +209,14 @@ class RunDir:
             for stale in self.path.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
 
+    def refuse_foreign_files(self) -> None:
+        """A UsageError if the directory holds a file the run would write over that no chargen run
+        wrote (`--out .` in a project with its own config.json, a best.safetensors of another tool's)."""
+        foreign = [name for name, ours in _OURS.items() if (self.path / name).exists() and not ours(self.path / name)]
+        if self.writes and foreign:
+            raise UsageError(f"{self.path} holds {', '.join(foreign)}, not written by chargen, which the run would "
+                             f"replace; train into another `out` (a new or empty directory)")
+
     def refuse_reading_own(self, paths: list[str | Path]) -> None:
         """A UsageError if an input (a corpus, a held-out file) is one of the files the run writes:
         the run would replace it."""
@@ -239,6 +247,33 @@ class RunDir:
         if self.writes:
             atomic_write(self.path / METRICS, "".join(json.dumps(m) + "\n" for m in records).encode())
             write_loss_curve(self.path, records, title)
+
+
+def _json_with(path: Path, keys: set[str], first_line: bool = False) -> bool:
+    """Whether the file (or its first line) is a JSON object with these keys."""
+    try:
+        with open(path, "rb") as f:
+            text = f.readline() if first_line else f.read(1 << 20)
+        value = json.loads(text)
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and keys <= value.keys()
+
+
+def _chargen_svg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<svg") and b"chargen" in head
+
+
+# The files a run writes, each with how to tell one a chargen run wrote (RunDir.refuse_foreign_files).
+_OURS = {BEST: is_chargen_checkpoint, LAST: is_chargen_checkpoint,
+         CONFIG: lambda p: _json_with(p, {"corpus", "model", "train"}),
+         METRICS: lambda p: _json_with(p, {"step"}, first_line=True) or p.stat().st_size == 0,
+         LOSS_SVG: _chargen_svg}
 
 
 def _read_holder(fd: int) -> str:

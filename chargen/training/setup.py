@@ -95,6 +95,8 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             _note_input(paths, val_file, val_text, corpus, config.labels is not None, notice)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         RunDir(out_dir).refuse_reading_own(paths + ([val_file] if val_file else []))
+        if resume is None:
+            RunDir(out_dir, writes=dist is None or dist.is_main).refuse_foreign_files()
         if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
             RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
         sizing = None  # the record of the automatic sizes, when they were chosen
