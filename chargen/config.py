@@ -65,15 +65,16 @@ STABLE_UNTIL: dict[str, float] = {"wsd": 1.0 - DECAY_TAIL}
 T = TypeVar("T")
 
 
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(sec|s|min|m|hr|h|d)?\s*", re.IGNORECASE)
-_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d)?\s*",
+                            re.IGNORECASE)
+_UNIT = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}  # by the unit's first letter (5m, 5min, 5 minutes)
 
 
 def parse_duration(text: str) -> float:
     """'90s', '5m', '2h', '1.5h', '300' (seconds), '1h30m' and format_duration's '1h05m00s' -> seconds."""
     parts, at = [], 0
     while at < len(text) and (m := _DURATION_PART.match(text, at)):  # one number and unit at a time: no backtracking
-        parts.append((float(m.group(1)), m.group(2).lower() if m.group(2) else None))
+        parts.append((float(m.group(1)), m.group(2)[0].lower() if m.group(2) else None))
         at = m.end()
     seconds = sum(n * _UNIT[unit] for n, unit in parts)
     if at < len(text) or not parts or seconds <= 0 or (len(parts) > 1 and None in [u for _, u in parts]):

@@ -60,13 +60,16 @@ def test_unknown_keys_are_errors():
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("2h", 7200), ("1.5h", 5400), ("300", 300),
-                                           ("1h30m", 5400), ("1h05m00s", 3900), ("2m 30s", 150), ("5min", 300), ("1 sec", 1)])
+                                           ("1h30m", 5400), ("1h05m00s", 3900), ("2m 30s", 150), ("5min", 300), ("1 sec", 1),
+                                           # words and plurals (5mins was an error)
+                                           ("5mins", 300), ("5 minutes", 300), ("1 hour 30 minutes", 5400), ("2hrs", 7200),
+                                           ("1 day", 86400), ("10 secs", 10), ("1 second", 1)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
     assert parse_duration(format_duration(seconds)) == seconds  # what a summary prints can be given back
 
 
-@pytest.mark.parametrize("text", ["", "soon", "-5m", "0s", "5 parsecs", "m5", "1h30", "5m-1s", "0m0s", "1" * 40 + "x"])
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "0s", "5 parsecs", "m5", "1h30", "5m-1s", "0m0s", "1" * 40 + "x", "5ms", "mins"])
 def test_bad_durations(text):
     with pytest.raises(UsageError, match="^time must be a positive duration"):
         parse_duration(text)
