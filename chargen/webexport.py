@@ -333,9 +333,11 @@ def _uncommented(line: str) -> str:
 def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
     """MODEL and the sampler, as a classic script (the module and the page's worker both start so)."""
     data = json.dumps(model_data(ckpt, encoding), ensure_ascii=False, separators=(",", ":"))
-    # Inside a <script>, "</" could end it: JSON allows "<\/" in strings, which parses the same.
-    data = data.replace("</", "<\\/")
-    return (f"// chargen {ckpt.describe().get('chargen_version') or ''} export of {ckpt.path.name}: "
+    # Inside a <script>, "</" could end it, and "<!--<script" (a list of HTML's lines) made the page's
+    # parser read past its end: every "<" is written "\u003c", which JSON (and JavaScript) parse the same
+    # ("<" is only ever inside a string in JSON).
+    data = data.replace("<", "\\u003c")
+    return (f"// chargen {ckpt.describe().get('chargen_version') or ''} export of {ckpt.path.name.replace('<', '?')}: "
             f"{ckpt.model_config.layers} x {ckpt.model_config.hidden} {ckpt.model_config.cell}; {encoding.enc} weights\n"
             f"const MODEL = {data};\nconst KERNEL = \"{kernel_base64()}\";\n" + _script("websampler.js"))
 

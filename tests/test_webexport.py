@@ -70,12 +70,13 @@ def snake(options: dict) -> dict:
     return out
 
 
-def random_model(path: Path, cell: str, layers: int, seed: int = 0, extra: str = "", learned_start: bool = False) -> Path:
+def random_model(path: Path, cell: str, layers: int, seed: int = 0, extra: str = "", learned_start: bool = False,
+                 more_lines: tuple[str, ...] = ()) -> Path:
     """A checkpoint with random weights: large enough that the distributions are far from uniform, and
     a newline likely enough that lines end as names do. (Much larger weights make the recurrence
     chaotic, as trained models are not: float rounding then grows over a long sample until a draw
     differs, between numpy's float32 and any other arithmetic, numpy's own at another batch width too.)"""
-    names = make_names(300, seed=seed).splitlines()
+    names = make_names(300, seed=seed).splitlines() + list(more_lines)
     vocab = Vocab(sorted(set("".join(names)) | set(string.ascii_letters) | set(extra) | {"\n"}))
     cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=layers, hidden=24, embed=8, learned_start=learned_start)
     rng = np.random.default_rng(seed)
@@ -816,6 +817,33 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     expect(page.locator("#status")).to_have_class("muted error")
     assert "not in the model's vocabulary" in page.text_content("#status")
     assert not errors and all(u.startswith(("file:", "blob:", "data:")) for u in requests), (errors, requests)
+    context.close()
+
+
+def test_a_page_whose_training_lines_hold_html_loads(browser, tmp_path):
+    """A list of HTML's lines ("<!--<script>" among them) in the page's data made its parser read on
+    past the script that holds them: the page never loaded. Its `novel` still knows them."""
+    html_lines = ("<!--<script>x", "<!--<script>", "</script>", "<b>bold</b>")
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2, more_lines=html_lines)
+    html = tmp_path / "m.html"
+    html.write_text(page_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    assert "<!--" not in html.read_text()
+    from playwright.sync_api import expect
+
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html.as_uri())
+    expect(page.locator("#status")).to_contain_text("Type a prompt")
+    page.fill("#n", "12")
+    page.fill("#seed", "4")
+    page.set_checked("#novel", True)
+    page.click("#go")
+    expect(page.locator("#results tbody tr")).to_have_count(12)
+    texts = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+    assert texts == [r["text"] for r in python_records(ckpt_path, {"n": 12, "seed": 4, "novel": True})]
+    assert not errors
     context.close()
 
 
