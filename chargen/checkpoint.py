@@ -243,11 +243,15 @@ def is_chargen_checkpoint(path: Path) -> bool:
 
 
 def holds_safetensors(path: Path) -> bool:
-    """Whether a file is there whose first bytes are a safetensors header (a checkpoint, likely)."""
+    """Whether a file is there whose first bytes are a safetensors header (a checkpoint, likely).
+    Only a regular file is opened: reading a pipe (an export to `>(gzip > x)`'s /dev/fd/63, a FIFO)
+    would wait for ever on its writer, this process."""
     try:
+        if not path.is_file():
+            return False
         with open(path, "rb") as f:
             head = f.read(16)
-        return path.is_file() and head != b"" and _sniff(path, head, path.stat().st_size) == ""
+        return head != b"" and _sniff(path, head, path.stat().st_size) == ""
     except OSError:
         return False
 

@@ -750,6 +750,17 @@ def test_export_command(tmp_path):
         assert_clean_error(run(["export", "same.safetensors", flag, target], cwd=tmp_path), f"{flag} {target} {why}")
         assert (tmp_path / target).read_bytes() == before
     assert run(["export", "names", "--checkpoint", "other.safetensors"], cwd=tmp_path).returncode == 0
+    # a pipe named as the output (bash's >(gzip > x) is /dev/fd/63): written, never read (reading it to
+    # see whether it held a checkpoint waited for ever on its writer, chargen itself)
+    import threading
+
+    os.mkfifo(tmp_path / "pipe")
+    got = []
+    reader = threading.Thread(target=lambda: got.append((tmp_path / "pipe").read_bytes()), daemon=True)
+    reader.start()
+    assert run(["export", "names", "--js", "pipe"], cwd=tmp_path, timeout=60).returncode == 0
+    reader.join(60)
+    assert got and got[0] == (tmp_path / "names.mjs").read_bytes()
     assert (tmp_path / "other.safetensors").read_bytes() != before
 
 

@@ -212,7 +212,8 @@ class RunDir:
     def refuse_foreign_files(self) -> None:
         """A UsageError if the directory holds a file the run would write over that no chargen run
         wrote (`--out .` in a project with its own config.json, a best.safetensors of another tool's)."""
-        foreign = [name for name, ours in _OURS.items() if (self.path / name).exists() and not ours(self.path / name)]
+        foreign = [name for name, ours in _OURS.items()  # (a pipe or a device there: not read, and not ours)
+                   if (self.path / name).exists() and not ((self.path / name).is_file() and ours(self.path / name))]
         if self.writes and foreign:
             raise UsageError(f"{self.path} holds {', '.join(foreign)}, not written by chargen, which the run would "
                              f"replace; train into another `out` (a new or empty directory)")
