@@ -153,3 +153,28 @@ def test_files_no_chargen_run_wrote_are_not_written_over(tmp_path):
     (out / "best.safetensors").unlink()
     proc = run([*args, "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_run_resumed_into_another_directory_is_a_branch(tmp_path):
+    """`--resume a --out b` continues run a in b. Into a b that held a run it replaced that run
+    without a word; and b's curve and early stopping began at the resumed step, without a's
+    evaluations before it. Now b holding a run is refused (but with --overwrite), and b's history
+    is a's: its weights and records are those of a resumed in place."""
+    corpus = tmp_path / "names.txt"
+    corpus.write_text(make_names(300))
+    options = dict(start_from="none", layers=1, hidden=16, embed=8, batch_size=8, seq_len=16, eval_every=2,
+                   precision="fp32")
+    a, b, other = tmp_path / "a", tmp_path / "b", tmp_path / "other"
+    chargen.train([str(corpus)], out=a, max_steps=4, **options)
+    chargen.train([str(corpus)], out=other, max_steps=2, **options)
+    with pytest.raises(chargen.UsageError, match="already holds a run"):
+        chargen.train([], resume=a, out=other, max_steps=8)
+    assert read_checkpoint(other, prefer=LAST).info["step"] == 2
+    chargen.train([], resume=a, out=other, max_steps=8, overwrite=True)
+    chargen.train([], resume=a, out=b, max_steps=8)
+    chargen.train([], resume=a, max_steps=8)  # in place
+    records = [[json.loads(line) for line in (d / METRICS).read_text().splitlines()] for d in (a, b, other)]
+    drop = lambda rs: [{k: v for k, v in r.items() if k not in ("elapsed", "chars_per_sec")} for r in rs]  # noqa: E731
+    assert drop(records[1]) == drop(records[0]) == drop(records[2]) and [r["step"] for r in records[0]] == [2, 4, 6, 8]
+    weights = [read_checkpoint(d, prefer=LAST).weights for d in (a, b)]
+    assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])

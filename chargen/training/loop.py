@@ -46,7 +46,7 @@ from .distributed import Dist
 from .finetune import ClosestLabels, Lineage, calibrated_bias, file_sha256, grow_weights, stand_ins, start_labels_text, start_weights
 from .ingest import EncodedCorpus
 from .optimizer import AdamW
-from .rundir import RunDir, RunState, check_resumable
+from .rundir import RunDir, RunState, branches, check_resumable
 from .scorer import TorchScorer
 
 __all__ = ["train", "TrainResult", "TrainCallbacks", "learning_rate"]
@@ -129,7 +129,7 @@ def train(
         if resume is not None:
             ckpt = read_checkpoint(resume, prefer=LAST, with_resume=True)
             check_resumable(ckpt, config.to_dict())
-        else:
+        if resume is None or branches(ckpt, out_dir):  # (a run resumed into another directory starts a branch there)
             run_dir.refuse_existing(overwrite)
         data = prepare_training_data(corpus, config, val_text=val_text, holdout=holdout,
                                      rank=dist.rank if dist else 0, world=dist.world if dist else 1,
@@ -301,7 +301,9 @@ class Trainer:
         except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
             raise CheckpointError(f"{ckpt.path}: the saved training state does not fit its model ({reason})") from None
-        self.metrics = self.run_dir.read_metrics(up_to_step=saved.step)
+        # the run's evaluations so far, from its own directory: a branch (resumed into another) has its curve
+        # and its early stopping's count go on from them as the run's would
+        self.metrics = RunDir(ckpt.path.parent, writes=False).read_metrics(up_to_step=saved.step)
 
     def _capture(self, hidden: Optional[list[torch.Tensor]]) -> RunState:
         sd = self.optimizer.state_dict()

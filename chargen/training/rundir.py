@@ -125,6 +125,12 @@ def check_resumable(ckpt: Checkpoint, train_config: dict[str, Any]) -> None:
             )
 
 
+def branches(ckpt: Checkpoint, out_dir: str | Path) -> bool:
+    """Whether a run resumed from `ckpt` into `out_dir` goes on elsewhere than the run's own directory
+    (a branch: the directory is then new to it, as to a new run)."""
+    return Path(out_dir).resolve() != ckpt.path.resolve().parent
+
+
 class RunDir:
     """The files of one run. `writes` is False on the other ranks under torchrun, and for the folds
     of a cross-validation (chargen.training.folds): they write nothing, not even the directory."""

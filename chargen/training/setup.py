@@ -28,7 +28,7 @@ from .ingest import ingest, is_stream, text_digest
 from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
-from .rundir import RunDir
+from .rundir import RunDir, branches
 from .sizing import auto_sizes, finetune_defaults
 
 
@@ -95,10 +95,10 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
             _note_input(paths, val_file, val_text, corpus, config.labels is not None, notice)
         out_dir = out_dir or Path("checkpoints") / corpus.name
         RunDir(out_dir).refuse_reading_own(paths + ([val_file] if val_file else []))
-        if resume is None:
-            RunDir(out_dir, writes=dist is None or dist.is_main).refuse_foreign_files()
-        if resume is None:  # now, not after seconds of measuring the machine (and again under the run's lock)
-            RunDir(out_dir, writes=dist is None or dist.is_main).refuse_early(overwrite)
+        if resume is None or branches(ckpt, out_dir):  # now, not after seconds of measuring the machine (and
+            run_dir = RunDir(out_dir, writes=dist is None or dist.is_main)  # again under the run's lock)
+            run_dir.refuse_foreign_files()
+            run_dir.refuse_early(overwrite)
         sizing = None  # the record of the automatic sizes, when they were chosen
         closest = None  # a labelled base's ClosestLabels, shared by a cross-validation's runs
         if base is None and resume is None and start_from is None:
