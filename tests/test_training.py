@@ -17,7 +17,8 @@ from chargen.training.data import read_corpus
 from chargen.errors import CorpusError, TrainingError, UsageError, WriteError
 from chargen.training.loop import WRITE_EVERY_STEPS, TrainCallbacks, learning_rate, train
 
-from .conftest import make_names
+from .conftest import assert_clean_error, make_names
+from .conftest import run as cli_run
 
 SMALL = {"layers": 1, "hidden": 64, "embed": 16}
 
@@ -1027,5 +1028,10 @@ def test_a_resumed_run_keeps_its_data_layout(tmp_path):
         with pytest.raises(UsageError, match=re.escape(shown) + "; a resumed run keeps its data layout"):
             train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": 6, **change}), None, out_dir=run,
                   resume=run, precision="fp32")
+    # from the command line, before the corpus is read: `--labels tab` read the unlabelled corpus and
+    # said its line 1 had no TAB
+    for flags, shown in ((["--labels", "tab"], "--labels tab differs from the run being resumed (not given)"),
+                         (["--batch-size", "4"], "--batch-size 4 differs")):
+        assert_clean_error(cli_run(["train", "--resume", str(run), "--max-steps", "6", *flags]), shown)
     assert train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": 6}), None, out_dir=run, resume=run,
                  precision="fp32").steps == 6

@@ -35,7 +35,7 @@ from .plot import LOSS_SVG, write_loss_curve
 
 LOCK = ".lock"
 # Settings a resumed run must share with the run it continues (the rest may change).
-RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed", "line_mode")
+RESUME_FIXED = ("batch_size", "seq_len", "val_fraction", "seed", "line_mode", "labels")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from .ingest import ingest, is_stream, text_digest
 from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
-from .rundir import RunDir, branches
+from .rundir import RunDir, branches, check_resumable
 from .sizing import auto_sizes, finetune_defaults
 
 
@@ -70,6 +70,7 @@ def train_run(corpus_paths: Sequence[str] = (), *, out: str | os.PathLike | None
         # A resumed run keeps its settings; options given now override them, and the training
         # loop refuses those that would change the data layout (batch size, window, split, seed).
         config = TrainConfig.from_dict({**ckpt.train_config, **loop_options})
+        check_resumable(ckpt, config.to_dict())  # now, before the corpus is read (and again under the run's lock)
         out_dir = out_dir or ckpt.path.parent
         paths = paths or _sources_of_run(ckpt)
         val_file = val_file or ckpt.info.get("val_source")
