@@ -1035,3 +1035,33 @@ def test_a_resumed_run_keeps_its_data_layout(tmp_path):
         assert_clean_error(cli_run(["train", "--resume", str(run), "--max-steps", "6", *flags]), shown)
     assert train(corpus, TrainConfig(**{**config.to_dict(), "max_steps": 6}), None, out_dir=run, resume=run,
                  precision="fp32").steps == 6
+
+
+def test_a_validation_file_with_characters_the_model_lacks_says_what_it_leaves_out(tmp_path):
+    """--val-file's characters outside the vocabulary were dropped without a word, and a list's line
+    lost its unknown letters ("Ωμέγα" gone, "Caffè" validated as "Caff"): a list's such lines are now
+    left out whole, prose's characters, each said; nothing left is an error naming the file's part."""
+    import chargen
+
+    corpus = tmp_path / "names.txt"
+    corpus.write_text(make_names(300))
+    notices = []
+
+    class Notes(TrainCallbacks):
+        def on_notice(self, message):
+            notices.append(message)
+
+    def trained(val: str, **options):
+        (tmp_path / "val.txt").write_text(val)
+        out = chargen.train([str(corpus)], out=tmp_path / f"run{len(notices)}", start_from="none", layers=1, hidden=16,
+                            embed=8, batch_size=8, seq_len=16, max_steps=1, precision="fp32",
+                            val_file=str(tmp_path / "val.txt"), callbacks=Notes(), **options)
+        return read_checkpoint(out).info["val_chars"]
+
+    known = "\n".join(make_names(20, seed=3).split()) + "\n"
+    assert trained(known) == len(known)
+    assert trained(known + "Ωμέγα\nCaffè\n") == len(known)  # two lines left out whole
+    said = [n for n in notices if "2 lines with characters the model does not know (" in n]
+    assert len(said) == 1 and "'Ω'" in said[0] and "'è'" in said[0] and "left out of validation" in said[0], notices
+    with pytest.raises(chargen.CorpusError, match="no line of the validation file holds only characters the model knows"):
+        trained("Ωμέγα\n")

@@ -620,6 +620,8 @@ def _split(corpus: EncodedCorpus, config, val_text: Optional[str], holdout: Opti
     characters), running text cut at a newline near the end (in place: the ids may be a
     memory-mapped file larger than memory), or all of the corpus with `val_text` beside it."""
     vocab = corpus.vocab
+    if val_text is not None:
+        val_text = _known_to(vocab, val_text, line_oriented, notice)
     if line_oriented and val_text is not None:
         val_text = capped_lines(val_text, "the validation file", notice)
     given = vocab.encode(val_text, skip_unknown=True) if val_text is not None else None
@@ -643,6 +645,29 @@ def _split(corpus: EncodedCorpus, config, val_text: Optional[str], holdout: Opti
 
     cut = split_point(len(ids), config.val_fraction, find_newline)
     return _Split(ids[:cut], ids[cut:], cut)
+
+
+def _known_to(vocab: Vocab, val_text: str, line_oriented: bool, notice: Callable[[str], None]) -> str:
+    """A validation file's text that the model can score, said in a notice where that is not all of
+    it (they were left out without a word): a list's lines without a character the vocabulary lacks
+    (what is left of a line without its unknown letters is no line of the list), prose without those
+    characters."""
+    unknown = vocab.unknown_chars(val_text)
+    if not unknown:
+        return val_text
+    shown = ", ".join(repr(ch) for ch in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+    if line_oriented:
+        lines = val_text.split("\n")
+        kept = [line for line in lines if not vocab.count_unknown(line)]
+        if not any(kept):
+            raise CorpusError(f"no line of the validation file holds only characters the model knows ({shown}); "
+                              f"validate on lines of the corpus's alphabet")
+        notice(f"the validation file: {counted(len(lines) - len(kept), 'line')} with characters the model does not know "
+               f"({shown}) left out of validation")
+        return "\n".join(kept)
+    notice(f"the validation file: {counted(vocab.count_unknown(val_text), 'character')} the model does not know "
+           f"({shown}) left out of validation")
+    return val_text
 
 
 def _head(part: np.ndarray, offset: Optional[int], n: int, from_file: Optional[Path]) -> np.ndarray:
