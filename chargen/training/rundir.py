@@ -260,7 +260,7 @@ def _json_with(path: Path, keys: set[str], first_line: bool = False) -> bool:
     """Whether the file (or its first line) is a JSON object with these keys."""
     try:
         with open(path, "rb") as f:
-            text = f.readline() if first_line else f.read(1 << 20)
+            text = f.readline() if first_line else f.read()
         value = json.loads(text)
     except (OSError, ValueError):
         return False
