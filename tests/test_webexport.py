@@ -831,6 +831,20 @@ def test_page_draws_the_cli_names_offline_and_matches_numpy(browser, tmp_path):
     context.close()
 
 
+def _opened(browser, html: Path):
+    """An offline context's page of the exported `html`, loaded (its sampler ready), and the list its
+    script errors go to."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html.as_uri())
+    expect(page.locator("#status")).to_contain_text("Type a prompt")
+    return context, page, errors
+
+
 def test_a_page_whose_training_lines_hold_html_loads(browser, tmp_path):
     """A list of HTML's lines ("<!--<script>" among them) in the page's data made its parser read on
     past the script that holds them: the page never loaded. Its `novel` still knows them."""
@@ -841,12 +855,7 @@ def test_a_page_whose_training_lines_hold_html_loads(browser, tmp_path):
     assert "<!--" not in html.read_text()
     from playwright.sync_api import expect
 
-    context = browser.new_context(offline=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(html.as_uri())
-    expect(page.locator("#status")).to_contain_text("Type a prompt")
+    context, page, errors = _opened(browser, html)
     page.fill("#n", "12")
     page.fill("#seed", "4")
     page.set_checked("#novel", True)
@@ -864,12 +873,7 @@ def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp
     html.write_text(page_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
     from playwright.sync_api import expect
 
-    context = browser.new_context(offline=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(html.as_uri())
-    expect(page.locator("#status")).to_contain_text("Type a prompt")
+    context, page, errors = _opened(browser, html)
     assert page.is_visible("#label")
     options = page.eval_on_selector_all("#label-list option", "os => os.map(o => o.value)")
     # suggested: the labels it draws with no label (adapted: its own), the languages, territories and
