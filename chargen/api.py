@@ -278,13 +278,14 @@ class Model:
         """Whether samples are lines: as asked, else as the model's corpus. Prose from a model
         trained line by line (each line from its learned start state) is refused: it never learnt
         what follows a line's end, and past the first newline drew lone letters and blank lines."""
-        if cfg.lines is False and self.checkpoint.model_config.learned_start:
-            raise self._lines_only("draws", " (`num` for how many)")
+        self._refuse_prose(cfg.lines, "draws", " (`num` for how many)")
         return self.line_oriented if cfg.lines is None else cfg.lines
 
-    def _lines_only(self, verb: str, after: str = "") -> UsageError:
-        return UsageError(f"this model learnt each line on its own, from a line's start, never what follows a "
-                          f"line's end: it {verb} lines only; drop `no_lines`{after}")
+    def _refuse_prose(self, lines: Optional[bool], verb: str, after: str = "") -> None:
+        """A UsageError for lines=False on a model trained line by line (its learned start state)."""
+        if lines is False and self.checkpoint.model_config.learned_start:
+            raise UsageError(f"this model learnt each line on its own, from a line's start, never what follows a "
+                             f"line's end: it {verb} lines only; drop `no_lines`{after}")
 
     def _check_prompt(self, prompt: str, cfg: SampleConfig, automaton: Optional[Automaton], line_mode: bool) -> None:
         """A prompt the model can start from, and (under constraints) one a sample can satisfy them from."""
@@ -338,8 +339,7 @@ class Model:
             raise ConfigError(f"`text` must be text, one str (got a {type(text).__name__}): a list of lines is "
                               f"'\\n'.join(lines) + '\\n', or model.score(lines) for each line's own")
         check_type("text", text, "str")
-        if lines is False and self.checkpoint.model_config.learned_start:  # (a stream's loss it never learnt)
-            raise self._lines_only("scores")
+        self._refuse_prose(lines, "scores")  # (a stream's loss it never learnt)
         text = self.vocab.conform(text)
         mix = self.label_mix(label)
         if mix is not None:
