@@ -61,10 +61,9 @@ def sampling_probs(logits: np.ndarray, temperature: float, top_k: Optional[int],
     z = logits.astype(np.float64)
     with np.errstate(over="ignore"):  # (the max first: at a temperature of 5e-324 the logits' quotients
         z = (z - z.max(axis=-1, keepdims=True)) / temperature  # overflowed, and inf - inf drew nothing; now -inf)
-    if top_k is not None and top_k < z.shape[-1]:
+    if top_k is not None and top_k < z.shape[-1]:  # (the max, 0, is among the k kept: z's max stays 0)
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
-    z = z - z.max(axis=-1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=-1, keepdims=True)
     if top_p is not None and top_p < 1.0:

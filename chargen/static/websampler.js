@@ -265,14 +265,12 @@ function samplingProbs(logits, V, temperature, topK, topP, p) {
   let top = -Infinity;  // (the max first, as chargen.sampling.engine.sampling_probs: a tiny temperature overflows)
   for (let v = 0; v < V; v++) if (logits[v] > top) top = logits[v];
   for (let v = 0; v < V; v++) p[v] = (logits[v] - top) / temperature;
-  if (topK !== null && topK < V) {
+  if (topK !== null && topK < V) {  // (the max, 0, is among the k kept: p's max stays 0)
     const kth = Array.from(p).sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (p[v] < kth) p[v] = -Infinity;
   }
-  let m = -Infinity;
-  for (let v = 0; v < V; v++) if (p[v] > m) m = p[v];
   let s = 0;
-  for (let v = 0; v < V; v++) { p[v] = Math.exp(p[v] - m); s += p[v]; }
+  for (let v = 0; v < V; v++) { p[v] = Math.exp(p[v]); s += p[v]; }
   for (let v = 0; v < V; v++) p[v] /= s;
   if (topP !== null && topP < 1) {
     const order = Array.from({ length: V }, (_, v) => v).sort((a, b) => p[b] - p[a] || a - b);  // stable

@@ -218,16 +218,18 @@ class RunDir:
     def refuse_foreign_files(self) -> None:
         """A UsageError if the directory holds a file the run would write over that no chargen run
         wrote (`--out .` in a project with its own config.json, a best.safetensors of another tool's)."""
+        if not self.writes:
+            return
         foreign = [name for name, ours in _OURS.items()  # (a pipe or a device there: not read, and not ours)
                    if (self.path / name).exists() and not ((self.path / name).is_file() and ours(self.path / name))]
-        if self.writes and foreign:
+        if foreign:
             raise UsageError(f"{self.path} holds {', '.join(foreign)}, not written by chargen, which the run would "
                              f"replace; train into another `out` (a new or empty directory)")
 
     def refuse_reading_own(self, paths: list[str | Path]) -> None:
         """A UsageError if an input (a corpus, a held-out file) is one of the files the run writes:
         the run would replace it."""
-        own = {(self.path / name).resolve() for name in (BEST, LAST, METRICS, CONFIG, LOSS_SVG, LOCK)}
+        own = {(self.path / name).resolve() for name in (*_OURS, LOCK)}
         for p in paths:
             if p != "-" and Path(p).resolve() in own:
                 raise UsageError(f"{p} is a file the run in {self.path} writes, and it would be replaced; "
@@ -276,7 +278,7 @@ def _chargen_svg(path: Path) -> bool:
     return head.startswith(b"<svg") and b"chargen" in head
 
 
-# The files a run writes, each with how to tell one a chargen run wrote (RunDir.refuse_foreign_files).
+# The files a run writes (with its LOCK), each with how to tell one a chargen run wrote (RunDir.refuse_foreign_files).
 _OURS = {BEST: is_chargen_checkpoint, LAST: is_chargen_checkpoint,
          CONFIG: lambda p: _json_with(p, {"corpus", "model", "train"}),
          METRICS: lambda p: _json_with(p, {"step"}, first_line=True) or p.stat().st_size == 0,
