@@ -266,8 +266,9 @@ class _ProgressCallbacks:  # a chargen.training.TrainCallbacks, without importin
             return
         m = r.model
         resumed = f", resumed at step {r.resumed_from_step}" if r.resumed_from_step is not None else ""
+        more = f" and {r.files - 1:,} more file{'s' if r.files > 2 else ''}" if r.files > 1 else ""
         self.con.print(
-            f"{r.corpus}: {r.train_chars:,} train / {r.val_chars:,} val chars, vocab {m.vocab_size}, "
+            f"{r.corpus}{more}: {r.train_chars:,} train / {r.val_chars:,} val chars, vocab {m.vocab_size}, "
             f"unigram entropy {r.unigram_entropy:.3f} nats" + (", line-oriented" if r.line_oriented else ""),
             highlight=False, markup=False,
         )

@@ -333,6 +333,9 @@ def test_corpora_that_must_work(tmp_path):
         assert s.returncode == 0, s.stderr
     vocab = json.loads(run(["info", str(tmp_path / "run-crlf"), "--json"]).stdout)["vocab_preview"]
     assert "\r" not in vocab and "\ufeff" not in vocab
+    both = run(["train", str(crlf), str(emoji), "--out", str(tmp_path / "both"), "--max-steps", "1",
+                *[a for a in TINY if a != "--quiet"]])
+    assert both.returncode == 0 and b"crlf and 1 more file:" in both.stderr, both.stderr  # not just the first
 
 
 def test_a_pipe_and_a_file_name_that_is_not_utf8_train_end_to_end(tmp_path, names_file):

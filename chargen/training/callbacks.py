@@ -38,6 +38,7 @@ class StartReport:
     flops_per_char: int  # training FLOPs per character (6 per matmul weight)
     patience: Optional[int] = None  # evaluations without a better val loss that end the run (None: never)
     lines_per_batch: Optional[int] = None  # line mode: lines a step (None: streams of batch_size x seq_len)
+    files: int = 1  # corpus files read (the corpus is named after the first)
 
     def layout(self) -> str:
         """How a step's text is laid out, for the start line."""

@@ -327,7 +327,8 @@ class Trainer:
             lines_per_batch=self.data.line_batches.lines_per_batch if self.data.line_batches else None,
             device=self.device.type, precision=self.precision, max_steps=self.budget.max_steps,
             time_budget=self.budget.time, resumed_from_step=self.resumed_from,
-            flops_per_char=6 * self.model_config.matmul_weights, patience=self.budget.patience))
+            flops_per_char=6 * self.model_config.matmul_weights, patience=self.budget.patience,
+            files=len(self.run_info["sources"])))
         self.run_dir.prepare()
         self.model.train()
         self.t0 = time.perf_counter()
