@@ -643,6 +643,40 @@ def test_a_bad_option_beside_a_label_by_its_parts_is_the_one_line_on_stderr(tmp_
         assert missing.stderr.decode() == f"Error: {tmp_path / 'nowhere.txt'} does not exist\n", (command, missing.stderr)
 
 
+def test_a_new_label_in_a_script_the_base_never_saw_starts_from_its_largest_label(toy, tmp_path):
+    """Lines the base can read none of (Greek for a base of Latin letters, with no stand-in) say
+    nothing of which label is closest: the new label starts from the base's largest, and the note
+    and the lineage say so, not "the closest"."""
+    from chargen.errors import TrainingInterrupted
+    from chargen.training.callbacks import TrainCallbacks
+
+    notices = []
+
+    class StopAtOnce(TrainCallbacks):
+        def should_stop(self, step: int) -> bool:
+            return True
+
+        def on_notice(self, message: str) -> None:
+            notices.append(message)
+
+    base = chargen.load(str(toy / "run"))
+    largest = base.labels[int(np.argmax(base.checkpoint.label_counts))]
+    (tmp_path / "greek.txt").write_text(toy_words("αβγδ", 300, 12))
+    (tmp_path / "abz.txt").write_text(toy_words("abz", 300, 12))
+    with pytest.raises(TrainingInterrupted):
+        chargen.train([str(tmp_path / "greek.txt"), str(tmp_path / "abz.txt")], labels="file",
+                      start_from=str(toy / "run"), out=tmp_path / "ft", max_steps=5, precision="fp32",
+                      callbacks=StopAtOnce())
+    assert (f"lines start from the base's label abc (abz), the closest to them, and from its largest label "
+            f"{largest} (greek), as each of their lines holds a character it does not know; training moves them") in notices, notices
+    tuned = chargen.load(str(tmp_path / "ft" / "last.safetensors"))
+    assert tuned.checkpoint.info["from"]["start_labels"] == {"greek": largest, "abz": "abc"}
+    assert tuned.checkpoint.info["from"]["start_unread"] == ["greek"]
+    k = tuned.labels.index("greek")
+    np.testing.assert_array_equal([t[k] for t in tuned.checkpoint.start_state],
+                                  [t[base.labels.index(largest)] for t in base.checkpoint.start_state])
+
+
 def test_the_start_labels_notice_speaks_of_one_label_or_several():
     from chargen.training.loop import _start_labels_notice
 
@@ -650,6 +684,8 @@ def test_the_start_labels_notice_speaks_of_one_label_or_several():
         "lines start from the base's label en:first, the closest to them; training moves it"
     assert _start_labels_notice({"boys": "en:first", "girls": "en_US:first"}) == \
         "lines start from the base's labels en:first (boys), en_US:first (girls), the closest to them; training moves them"
+    assert _start_labels_notice({"": "en_US:first"}, [""]) == \
+        "lines start from the base's largest label en_US:first, as each of their lines holds a character it does not know; training moves it"
 
 
 def test_files_of_one_name_in_two_folders_are_told_to_share_a_label(tmp_path):

@@ -58,6 +58,9 @@ class Lineage:
     val_loss: Optional[float] = None  # the base model's loss on this run's validation text, before any step
     # A labelled base: the base label each new label (or an unlabelled list, "") starts from.
     start_labels: Optional[dict[str, str]] = None
+    # Of those, the ones whose lines hold characters the base cannot read (a script it never saw):
+    # they start from its largest label, not from the closest.
+    start_unread: Optional[list[str]] = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"path": self.path, "sha256": self.sha256, "new_chars": self.new_chars, "val_loss": self.val_loss}
@@ -65,6 +68,8 @@ class Lineage:
             out["stand_ins"] = self.stand_ins
         if self.start_labels:
             out["start_labels"] = self.start_labels
+        if self.start_unread:
+            out["start_unread"] = self.start_unread
         return out
 
 
@@ -214,15 +219,15 @@ class ClosestLabels:
 
         return NumpyScorer(NumpyCharRNN(self.base.model_config, self.base.weights))
 
-    def label_for(self, lines: list[str], copies: Mapping[str, str]) -> int:
+    def label_for(self, lines: list[str], copies: Mapping[str, str]) -> Optional[int]:
         """The label (its index) for `lines`, new characters read as their stand-ins (`copies`,
         from `stand_ins`: the network starts by reading them so); lines with other characters the
-        base does not know are left out; with none left, the label with the most training lines."""
+        base does not know are left out; with none left, None (nothing says which is closest)."""
         chosen = random.Random(0).sample(lines, min(CLOSEST_LINES, len(lines)))  # (the lines come sorted)
         as_read = str.maketrans(dict(copies))
         chosen = [line for line in (line.translate(as_read) for line in chosen) if not self.base.vocab.unknown_chars(line)]
         if not chosen:
-            return int(np.argmax(self.base.label_counts))
+            return None
         every = np.arange(len(self.starts))
         screened = np.argsort(self.nlls(chosen[:SCREEN_LINES], every).sum(axis=0), kind="stable")[:SCREEN_LABELS]
         # (the same characters under every label: sums compare as means)
@@ -245,26 +250,31 @@ class ClosestLabels:
 
 
 def start_weights(base, config: ModelConfig, names: Optional[list[str]], lines_of: dict[str, list[str]],
-                  copies: Mapping[str, str], closest: Optional[ClosestLabels] = None) -> tuple[np.ndarray, dict[str, str]]:
-    """The "start" weight of a run from `base`, of `config`'s shape, and which base label each new
-    label (an unlabelled run: "") starts from. A label the base has keeps its start state (so its
-    distribution is unchanged until training moves it); a new label starts from the base's closest
-    label (ClosestLabels on its lines, new characters read as their `copies`; pass `closest` to
-    share its scores between runs), or from the base's one start state when the base has no
-    labels. An unlabelled run from a labelled base starts from its corpus's closest label
-    (`lines_of[""]`)."""
+                  copies: Mapping[str, str], closest: Optional[ClosestLabels] = None
+                  ) -> tuple[np.ndarray, dict[str, str], list[str]]:
+    """The "start" weight of a run from `base`, of `config`'s shape, which base label each new
+    label (an unlabelled run: "") starts from, and which of those the base cannot read. A label the
+    base has keeps its start state (so its distribution is unchanged until training moves it); a
+    new label starts from the base's closest label (ClosestLabels on its lines, new characters read
+    as their `copies`; pass `closest` to share its scores between runs), or from its largest label
+    when no line of it is one the base can read (those are the list returned), or from the base's
+    one start state when the base has no labels. An unlabelled run from a labelled base starts from
+    its corpus's closest label (`lines_of[""]`)."""
     shape = config.weight_shapes()["start"]
     if base.start_state is None:
-        return np.zeros(shape, np.float32), {}
+        return np.zeros(shape, np.float32), {}, []
     stacked = np.stack(base.start_state)  # (S, layers, H), or (S, labels, layers, H) for a labelled base
     if not base.model_config.n_labels:
-        return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32), {}
+        return np.ascontiguousarray(np.broadcast_to(stacked, shape), dtype=np.float32), {}, []
     per_label = np.moveaxis(stacked, 1, 0)  # (labels, S, layers, H)
     closest = closest or ClosestLabels(base)
-    if not config.n_labels:
-        k = closest.label_for(lines_of.get("", []), copies)
-        return per_label[k].astype(np.float32), {"": base.labels[k]}
     index = {name: k for k, name in enumerate(base.labels)}
-    rows = [index[name] if name in index else closest.label_for(lines_of.get(name, []), copies) for name in names]
-    starts = {name: base.labels[k] for name, k in zip(names, rows) if name not in index}
-    return np.ascontiguousarray(per_label[rows], dtype=np.float32), starts
+    new = [""] if not config.n_labels else [name for name in names if name not in index]
+    found = {name: closest.label_for(lines_of.get(name, []), copies) for name in new}
+    unread = [name for name, k in found.items() if k is None]
+    largest = int(np.argmax(base.label_counts))
+    rows_of = {**index, **{name: largest if k is None else k for name, k in found.items()}}
+    starts = {name: base.labels[rows_of[name]] for name in new}
+    if not config.n_labels:
+        return per_label[rows_of[""]].astype(np.float32), starts, unread
+    return np.ascontiguousarray(per_label[[rows_of[name] for name in names]], dtype=np.float32), starts, unread

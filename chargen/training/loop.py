@@ -191,10 +191,16 @@ def _check_same_corpus(ckpt: Checkpoint, data: TrainData) -> None:
 # --- one run ----------------------------------------------------------------------------------
 
 
-def _start_labels_notice(starts: dict[str, str]) -> str:
-    """Which of the base's labels a list's lines start from ({new label or "": base label})."""
-    return (f"lines start from the base's {start_labels_text(starts)}, the closest to them; training moves "
-            + ("them" if len(starts) > 1 else "it"))
+def _start_labels_notice(starts: dict[str, str], unread: Sequence[str] = ()) -> str:
+    """Which of the base's labels a list's lines start from ({new label or "": base label}), and
+    why: the closest to them, or (`unread`: lines of characters the base does not know) its largest."""
+    closest = {name: label for name, label in starts.items() if name not in unread}
+    largest = {name: label for name, label in starts.items() if name in unread}
+    owner = "its" if closest else "the base's"
+    why = ([f"the base's {start_labels_text(closest)}, the closest to them"] if closest else []) + (
+        [f"{owner} largest {start_labels_text(largest)}, as each of their lines holds a character it does not know"]
+        if largest else [])
+    return f"lines start from {', and from '.join(why)}; training moves " + ("them" if len(starts) > 1 else "it")
 
 
 class Trainer:
@@ -251,7 +257,7 @@ class Trainer:
         if self.lineage is not None:
             self.run_info["from"] = self.lineage
             if self.lineage.get("start_labels") and ckpt is None and self.main:
-                callbacks.on_notice(_start_labels_notice(self.lineage["start_labels"]))
+                callbacks.on_notice(_start_labels_notice(self.lineage["start_labels"], self.lineage.get("start_unread", ())))
         self.sizing = ckpt.info.get("auto") if ckpt is not None else sizing
         if self.sizing is not None:
             self.run_info["auto"] = self.sizing
@@ -697,8 +703,9 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
     weights = grow_weights(base.weights, base.vocab, data.vocab, copies)
     weights.pop("start", None)
     starts: dict[str, str] = {}
+    unread: list[str] = []
     if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
-        weights["start"], starts = start_weights(base, config, data.labels.names if data.labels else None,
+        weights["start"], starts, unread = start_weights(base, config, data.labels.names if data.labels else None,
                                                  _lines_by_label(data), copies, closest)
     load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
@@ -706,7 +713,8 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
         copied = set(copies.values()) if not config.n_labels else set()
         calibrate_new_chars(model, fresh, np.array([c in copied for c in data.vocab.chars]), data)
     return config, model, Lineage(path=str(base.path), sha256=file_sha256(base.path), new_chars=int(fresh.sum()),
-                                  stand_ins=copies or None, start_labels=starts or None).to_dict()
+                                  stand_ins=copies or None, start_labels=starts or None,
+                                  start_unread=unread or None).to_dict()
 
 
 def _lines_by_label(data: TrainData) -> dict[str, list[str]]:
