@@ -23,6 +23,7 @@ from chargen.npmodel import NumpyCharRNN
 from chargen.sampling import derive_key, generate
 from chargen.sampling.constraints import Automaton, Constraints
 from chargen.sampling.labels import resolve_labels
+from chargen.training.callbacks import TrainCallbacks
 
 from .conftest import LABEL_FLAGS, assert_clean_error, run, run_on_terminal, toy_words
 from .test_constraints import LIMIT, VOCAB, chi_square_fits, counted, enumerate_probs_of, satisfies
@@ -502,25 +503,29 @@ def test_a_checkpoint_with_bad_label_facts_is_reported_as_such(toy, tmp_path, de
     assert chargen.load(good).label_mix(None).names == ["xyz"]
 
 
+class _StopAtOnce(TrainCallbacks):
+    """Training callbacks that stop a run before its first step, keeping its notes in `notices`."""
+
+    def __init__(self, notices: list[str]):
+        self.notices = notices
+
+    def should_stop(self, step: int) -> bool:
+        return True
+
+    def on_notice(self, message: str) -> None:
+        self.notices.append(message)
+
+
 def test_fine_tuning_adds_a_label_and_leaves_the_others_unchanged_at_step_0(toy, tmp_path):
     """--labels file --from a labelled model: its labels keep their rows and start states (their
     log-probabilities unchanged to float32 rounding before the first step), the new one joins."""
     from chargen.errors import TrainingInterrupted
-    from chargen.training.callbacks import TrainCallbacks
 
     notices = []
-
-    class StopAtOnce(TrainCallbacks):
-        def should_stop(self, step: int) -> bool:
-            return True
-
-        def on_notice(self, message: str) -> None:
-            notices.append(message)
-
     (tmp_path / "abz.txt").write_text(toy_words("abz", 300, 12))
     with pytest.raises(TrainingInterrupted):
         chargen.train([str(tmp_path / "abz.txt")], labels="file", start_from=str(toy / "run"), out=tmp_path / "ft",
-                      max_steps=5, precision="fp32", callbacks=StopAtOnce())
+                      max_steps=5, precision="fp32", callbacks=_StopAtOnce(notices))
     assert "lines start from the base's label abc (abz), the closest to them; training moves it" in notices, notices
     base = chargen.load(str(toy / "run"))
     tuned = chargen.load(str(tmp_path / "ft" / "last.safetensors"))
@@ -648,17 +653,8 @@ def test_a_new_label_in_a_script_the_base_never_saw_starts_from_its_largest_labe
     nothing of which label is closest: the new label starts from the base's largest, and the note
     and the lineage say so, not "the closest"."""
     from chargen.errors import TrainingInterrupted
-    from chargen.training.callbacks import TrainCallbacks
 
     notices = []
-
-    class StopAtOnce(TrainCallbacks):
-        def should_stop(self, step: int) -> bool:
-            return True
-
-        def on_notice(self, message: str) -> None:
-            notices.append(message)
-
     base = chargen.load(str(toy / "run"))
     largest = base.labels[int(np.argmax(base.checkpoint.label_counts))]
     (tmp_path / "greek.txt").write_text(toy_words("αβγδ", 300, 12))
@@ -666,7 +662,7 @@ def test_a_new_label_in_a_script_the_base_never_saw_starts_from_its_largest_labe
     with pytest.raises(TrainingInterrupted):
         chargen.train([str(tmp_path / "greek.txt"), str(tmp_path / "abz.txt")], labels="file",
                       start_from=str(toy / "run"), out=tmp_path / "ft", max_steps=5, precision="fp32",
-                      callbacks=StopAtOnce())
+                      callbacks=_StopAtOnce(notices))
     assert (f"lines start from the base's label abc (abz), the closest to them, and from its largest label "
             f"{largest} (greek), as each of their lines holds a character it does not know; training moves them") in notices, notices
     tuned = chargen.load(str(tmp_path / "ft" / "last.safetensors"))
