@@ -175,6 +175,18 @@ def with_options(*configs: type, skip: tuple[str, ...] = ()) -> Callable:
     return decorate
 
 
+def _load_for_command(checkpoint, options: dict[str, Any]):
+    """chargen.load for a command that steps the network (sample, score, eval), taking the
+    LoadConfig flags out of `options`, with numpy's BLAS threads set for a command
+    (chargen.sampling.parallel.blas_for_command)."""
+    from .api import load
+    from .sampling.parallel import blas_for_command
+
+    model = load(checkpoint, **loading(options))
+    blas_for_command(model.checkpoint.model_config.matmul_weights)
+    return model
+
+
 def loading(options: dict[str, Any]) -> dict[str, Any]:
     """The LoadConfig flags given among a command's options (chargen.load's keywords), taken out of them."""
     return {name: value for name in declared(LoadConfig) if (value := options.pop(name, None)) is not None}
@@ -469,11 +481,10 @@ def sample(
     """
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"`format` must be text or jsonl (got {output_format!r})")
-    from .api import load
     from .checkpoint import default_checkpoint
     from .sampling.drawing import SampleStats
 
-    model = load(checkpoint if checkpoint is not None else default_checkpoint(), **loading(options))
+    model = _load_for_command(checkpoint if checkpoint is not None else default_checkpoint(), options)
     options = given(options)
     prompt = prompt or [""]
     if "-" in prompt and len(prompt) > 1:
@@ -843,10 +854,9 @@ def eval_command(
     \b
       chargen eval checkpoints/shakespeare corpora/shakespeare.txt
     """
-    from .api import load
     from .training.data import read_corpus
 
-    model = load(checkpoint, **loading(options))
+    model = _load_for_command(checkpoint, options)
     _check_inputs(files)
     _label_note(model, label, scoring=True)
     out = _Output()
@@ -937,13 +947,12 @@ def score(
     \b
       chargen score names candidates.txt | sort -t$'\\t' -k3 -gr | head
     """
-    from .api import load
     from .tokenizer import describe_chars
     from .training.ingest import ArrivingLines, text_lines
 
     if output_format not in ("text", "jsonl"):
         raise UsageError(f"--format must be text or jsonl (got {output_format!r})")
-    model = load(checkpoint, **loading(options))
+    model = _load_for_command(checkpoint, options)
     _check_inputs(files or [])
     if label or not by_label:  # (--by-label scores under every label: that is what it asks)
         _label_note(model, label, scoring=True)

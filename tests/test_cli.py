@@ -489,6 +489,56 @@ def test_sample_does_not_import_torch(trained_names):
     assert len(p.stdout.decode().splitlines()) == 3
 
 
+_BLAS_THREADS = """
+import ctypes
+def blas_threads():
+    with open("/proc/self/maps") as f:
+        paths = sorted({line.split()[-1] for line in f if ".so" in line and "blas" in line})
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads64_",
+                     "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2, reason="Linux, 2+ cores")
+@pytest.mark.parametrize("command", ["sample", "score", "eval", "sample --top"])
+def test_a_command_runs_a_small_network_on_one_blas_thread(tmp_path, command):
+    """Beside any other busy process, two BLAS threads ran the bundled models' commands 1.3-4.4x
+    slower (docs/benchmarks.md, "One BLAS thread for small networks"): sample, score and eval hold a
+    network under SMALL_NETWORK weights to one; a larger one, or a count the environment sets, keeps
+    BLAS's own."""
+    from chargen.checkpoint import bundled_checkpoint, read_checkpoint, save_checkpoint
+    from chargen.config import ModelConfig
+    from chargen.model import CharRNN
+    from chargen.sampling.parallel import SMALL_NETWORK
+
+    names = read_checkpoint(bundled_checkpoint("names"))
+    assert names.model_config.matmul_weights < SMALL_NETWORK
+    big_config = ModelConfig(**{**names.model_config.to_dict(), "hidden": 320, "learned_start": False})
+    assert big_config.matmul_weights > SMALL_NETWORK
+    big = tmp_path / "big.safetensors"
+    weights = {k: v.detach().numpy() for k, v in CharRNN(big_config).state_dict().items()}
+    save_checkpoint(big, weights=weights, model_config=big_config, vocab_json=names.vocab.to_json(),
+                    train_config=names.train_config, info=names.info, start_state=None)
+    (tmp_path / "in.txt").write_text("Anna\nBob\n")
+    args = {"sample": ["sample", "-c", "{model}", "-n", "2"], "score": ["score", "{model}", str(tmp_path / "in.txt")],
+            "eval": ["eval", "{model}", str(tmp_path / "in.txt")], "sample --top": ["sample", "-c", "{model}", "--top", "2"]}
+    for model, env, expected in (("names", {}, 1), (str(big), {}, None), ("names", {"OPENBLAS_NUM_THREADS": "2"}, 2)):
+        code = (_BLAS_THREADS + "import sys, numpy\nfrom chargen.cli import main\nbefore = blas_threads()\n"
+                f"sys.argv = ['chargen', *{[a.format(model=model) for a in args[command]]!r}]\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                "print(before, blas_threads(), file=sys.stderr)\n")
+        clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**clean, **env})
+        assert p.returncode == 0, p.stderr
+        before, after = map(int, p.stderr.decode().split("\n")[-2].split())
+        assert before >= 2, before  # (BLAS's own count on 2+ cores)
+        assert after == (before if expected is None else expected), (model, env, before, after)
+
+
 @pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_signals_save_and_tell_how_to_resume(tmp_path, names_file, sig, code):
     import signal
@@ -728,7 +778,7 @@ def test_a_checkpoint_before_its_first_step_is_said_to_be_random(tmp_path, train
     """Sampled (or exported) while its run begins, before the first evaluation writes
     best.safetensors, a run's last.safetensors holds random weights: its samples looked like a
     broken model's, without a word. A trained or adapted model's say nothing."""
-    from chargen.checkpoint import read_checkpoint, save_checkpoint
+    from chargen.checkpoint import bundled_checkpoint, read_checkpoint, save_checkpoint
 
     ckpt = read_checkpoint(trained_names)
     fresh = tmp_path / "run" / "last.safetensors"

@@ -61,6 +61,27 @@ def one_blas_thread() -> None:
         setter(1)
 
 
+# A network with fewer matrix weights than this runs a command's numpy steps on one BLAS thread.
+# Measured on a 2-core AMD EPYC VM (`python benchmarks/blas_threads.py`; docs/benchmarks.md, "One
+# BLAS thread for small networks"): for the bundled names (128k weights) and base (559k) models a
+# second thread sampled and scored at most 1.14x faster on an idle machine (and sometimes slower),
+# but beside one busy process (a training run, the other end of a pipeline, xargs -P) 1.13-1.81x
+# slower, as OpenBLAS's threads wait for each other (1.3-4.4x beside a training run, and once over
+# 15x); from 2x256 (859k) up a second thread was 1.15-1.6x faster idle, so those keep BLAS's own.
+SMALL_NETWORK = 700_000
+
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def blas_for_command(matmul_weights: int) -> None:
+    """A command that steps a network of `matmul_weights` in numpy (sample, score, eval) holds
+    BLAS to one thread where the network is small (SMALL_NETWORK), unless the environment sets
+    BLAS's threads itself (BLAS_THREAD_VARIABLES); a library caller's process is left as it is."""
+    if matmul_weights < SMALL_NETWORK and not any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+        one_blas_thread()
+
+
 def _blas_thread_setters() -> list:
     """The loaded BLAS libraries' "set the number of threads" functions (Linux: from /proc/self/maps)."""
     import ctypes
