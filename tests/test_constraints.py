@@ -368,7 +368,8 @@ def test_a_warm_tree_gives_back_what_a_call_ruled_out_for_itself(stepper, exact_
         tree = next(iter(warm._trees.values()))
         assert not tree.gone.any() and not tree.for_call and not tree.nodes.pinned.any()
         assert_a_sound_tree(tree)
-        assert tree.root_psi[0] >= z * (1 - 1e-9) and tree.mass.upper == tree.root_psi[0]
+        # (z summed from other batches of rows than the tree's: float32 rounding apart)
+        assert tree.root_psi[0] >= z * (1 - 1e-6) and tree.mass.upper == tree.root_psi[0]
     novel = SampleConfig(num=12, temperature=1.0, length=LIMIT, max_len=3, ends_with="a", unique=True, novel=True)
     texts = [s.text for s in generate(stepper, VOCAB, "", novel, lines=True, key=derive_key(4), automaton=automaton,
                                       warm=warm, training_lines={"ba"})]

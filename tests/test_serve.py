@@ -530,7 +530,12 @@ def test_the_command_runs_the_slow_requests_in_a_process_of_their_own(trained_na
         for _ in range(10):
             scores = httpx.post(url + "/v1/score", json={"lines": lines, "skip_unknown": True}, timeout=60).json()["scores"]
         spent = {pid: cpu_seconds(pid) - t for pid, t in before.items()}
-        assert scores == [s.record() for s in model.score(lines, skip_unknown=True)]
+        alone = [s.record() for s in model.score(lines, skip_unknown=True)]
+        assert [{**r, "logprob": None, "logprob_per_char": None} for r in scores] == \
+            [{**r, "logprob": None, "logprob_per_char": None} for r in alone]
+        for r, a in zip(scores, alone):  # (batched otherwise: to float32 rounding, printed to 4 decimals)
+            if r["logprob"] is not None:
+                assert abs(r["logprob"] - a["logprob"]) <= 1.5e-4 and abs(r["logprob_per_char"] - a["logprob_per_char"]) <= 1.5e-4, (r, a)
         assert max(spent[pid] for pid in children()) > max(0.15, 3 * spent[proc.pid]), spent
         top = httpx.post(url + "/v1/top", json={"n": 5, "ends_with": "a", "max_len": 6}, timeout=60)
         assert top.json()["samples"] == [s.record() for s in model.top(5, ends_with="a", max_len=6)]
