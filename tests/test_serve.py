@@ -530,18 +530,13 @@ def test_the_command_runs_the_slow_requests_in_a_process_of_their_own(trained_na
         for _ in range(10):
             scores = httpx.post(url + "/v1/score", json={"lines": lines, "skip_unknown": True}, timeout=60).json()["scores"]
         spent = {pid: cpu_seconds(pid) - t for pid, t in before.items()}
-        alone = [s.record() for s in model.score(lines, skip_unknown=True)]
-        assert [{**r, "logprob": None, "logprob_per_char": None} for r in scores] == \
-            [{**r, "logprob": None, "logprob_per_char": None} for r in alone]
-        for r, a in zip(scores, alone):  # (batched otherwise: to float32 rounding, printed to 4 decimals)
-            if r["logprob"] is not None:
-                assert abs(r["logprob"] - a["logprob"]) <= 1.5e-4 and abs(r["logprob_per_char"] - a["logprob_per_char"]) <= 1.5e-4, (r, a)
+        assert_same_records(scores, [s.record() for s in model.score(lines, skip_unknown=True)])
         assert max(spent[pid] for pid in children()) > max(0.15, 3 * spent[proc.pid]), spent
         top = httpx.post(url + "/v1/top", json={"n": 5, "ends_with": "a", "max_len": 6}, timeout=60)
-        assert top.json()["samples"] == [s.record() for s in model.top(5, ends_with="a", max_len=6)]
+        assert_same_records(top.json()["samples"], [s.record() for s in model.top(5, ends_with="a", max_len=6)])
         text = "Mara\nTeli\nBodon\n"
         assert httpx.post(url + "/v1/eval", json={"text": text}, timeout=60).json()["loss"] == \
-            pytest.approx(model.eval(text)["loss"], abs=1e-9)
+            pytest.approx(model.eval(text)["loss"], abs=1e-6)
         bad = httpx.post(url + "/v1/top", json={"regex": "a{1000000}"}, timeout=60)
         assert bad.status_code == 400 and "automaton states" in bad.json()["error"]
         model = chargen.load()
