@@ -1081,7 +1081,9 @@ def export(
     if js is None and html is None and to_checkpoint is None:
         return
     from . import webexport
+    from .sampling.parallel import blas_for_command
 
+    blas_for_command(ckpt.model_config.matmul_weights)  # (choosing the encoding scores lines)
     encoding = webexport.choose_encoding(ckpt, weights)
     say(encoding.describe())
     if js is not None:

@@ -504,10 +504,10 @@ def blas_threads():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2, reason="Linux, 2+ cores")
-@pytest.mark.parametrize("command", ["sample", "score", "eval", "sample --top"])
+@pytest.mark.parametrize("command", ["sample", "score", "eval", "sample --top", "export"])
 def test_a_command_runs_a_small_network_on_one_blas_thread(tmp_path, command):
     """Beside any other busy process, two BLAS threads ran the bundled models' commands 1.3-4.4x
-    slower (docs/benchmarks.md, "One BLAS thread for small networks"): sample, score and eval hold a
+    slower (docs/benchmarks.md, "One BLAS thread for small networks"): sample, score, eval and export hold a
     network under SMALL_NETWORK weights to one; a larger one, or a count the environment sets, keeps
     BLAS's own."""
     from chargen.checkpoint import bundled_checkpoint, read_checkpoint, save_checkpoint
@@ -525,7 +525,8 @@ def test_a_command_runs_a_small_network_on_one_blas_thread(tmp_path, command):
                     train_config=names.train_config, info=names.info, start_state=None)
     (tmp_path / "in.txt").write_text("Anna\nBob\n")
     args = {"sample": ["sample", "-c", "{model}", "-n", "2"], "score": ["score", "{model}", str(tmp_path / "in.txt")],
-            "eval": ["eval", "{model}", str(tmp_path / "in.txt")], "sample --top": ["sample", "-c", "{model}", "--top", "2"]}
+            "eval": ["eval", "{model}", str(tmp_path / "in.txt")], "sample --top": ["sample", "-c", "{model}", "--top", "2"],
+            "export": ["export", "{model}", "--js", str(tmp_path / "m.mjs")]}
     for model, env, expected in (("names", {}, 1), (str(big), {}, None), ("names", {"OPENBLAS_NUM_THREADS": "2"}, 2)):
         code = (_BLAS_THREADS + "import sys, numpy\nfrom chargen.cli import main\nbefore = blas_threads()\n"
                 f"sys.argv = ['chargen', *{[a.format(model=model) for a in args[command]]!r}]\n"

@@ -75,7 +75,7 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 
 
 def blas_for_command(matmul_weights: int) -> None:
-    """A command that steps a network of `matmul_weights` in numpy (sample, score, eval) holds
+    """A command that steps a network of `matmul_weights` in numpy (sample, score, eval, export) holds
     BLAS to one thread where the network is small (SMALL_NETWORK), unless the environment sets
     BLAS's threads itself (BLAS_THREAD_VARIABLES); a library caller's process is left as it is."""
     if matmul_weights < SMALL_NETWORK and not any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
