@@ -706,7 +706,7 @@ def build_model(data: TrainData, model_options: Optional[dict[str, Any]], ckpt: 
     unread: list[str] = []
     if config.learned_start:  # lines start where the base model starts them (chargen.training.finetune)
         weights["start"], starts, unread = start_weights(base, config, data.labels.names if data.labels else None,
-                                                 _lines_by_label(data), copies, closest)
+                                                         _lines_by_label(data), copies, closest)
     load_weights(model, weights)
     fresh = np.array([c not in base.vocab for c in data.vocab.chars])
     if fresh.any():  # a run that keeps the base's labels moves the new characters only (finetune.calibrated_bias)
