@@ -5,7 +5,9 @@ against the numpy sampler in the same run, and what quantising the weights costs
     python benchmarks/export_web.py [--n 20000] [--checkpoint names --checkpoint base]
                                     [--json bench-out/export_web.json]
 
-Sizes: the page and the module of each checkpoint (auto encoding). Speed: `--n` names at seed 1,
+Sizes: the page and the module of each checkpoint (auto encoding). The most likely names (`top`):
+each of TOP_CASES searched by the module under Node against `chargen.load(...).top` in this
+process, with whether they list the same names (one run each: the searches are deterministic). Speed: `--n` names at seed 1,
 temperature 0.8, from the bundled names model: the numpy sampler in this process
 (chargen.load().sample), the module under Node with WebAssembly SIMD and with it hidden
 (--no-expose-wasm: plain JavaScript), and the exported page in Debian's chromium (its Web Worker,
@@ -38,6 +40,38 @@ for (let r = 0; r < repeat; r++) {
 }
 process.stdout.write(JSON.stringify({ seconds: best, backend: m.backend(), text: names.join("\\n") + "\\n" }));
 """
+
+
+NODE_TOP = """
+const m = await import(process.argv[2]);
+const t = performance.now(), records = m.top(JSON.parse(process.argv[3]));
+process.stdout.write(JSON.stringify({ seconds: (performance.now() - t) / 1000, texts: records.map((r) => r.text) }));
+"""
+
+# (checkpoint, the module's options): names alone, under constraints, one label, a blend, a part, every label
+TOP_CASES = [("names", {"n": 100}), ("names", {"n": 10, "regex": "[A-Z][a-z]*(el|ia)"}),
+             ("base", {"n": 10, "label": "el_GR:first"}), ("base", {"n": 5, "prompt": "Ma", "label": "it=0.5,el=0.5"}),
+             ("base", {"n": 5, "label": "first"}), ("base", {"n": 8})]
+
+
+def node_top(module: Path, options: dict) -> dict:
+    import json
+
+    with tempfile.NamedTemporaryFile("w", suffix=".mjs", delete=False) as f:
+        f.write(NODE_TOP)
+    out = subprocess.run([shutil.which("node") or shutil.which("nodejs"), f.name, module.resolve().as_uri(),
+                          json.dumps(options)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def python_top(spec: str, options: dict) -> tuple[float, list[str]]:
+    import chargen
+
+    o = {k: v for k, v in options.items() if k != "n"}  # (these options are named alike in both)
+    model = chargen.load(spec)
+    t = time.perf_counter()
+    texts = [s.text for s in model.top(options["n"], **o)]
+    return time.perf_counter() - t, texts
 
 
 def node_rate(module: Path, n: int, repeat: int, wasm: bool) -> dict:
@@ -120,6 +154,14 @@ def main() -> None:
     for r in results["speed"]:
         r["names_per_s"] = args.n / r["seconds"]
 
+    results["top"] = []
+    for spec, options in TOP_CASES:
+        if (tmp / f"{spec}.mjs").exists():
+            js = node_top(tmp / f"{spec}.mjs", options)
+            seconds, texts = python_top(spec, options)
+            results["top"].append({"checkpoint": spec, "options": options, "node_s": js["seconds"], "python_s": seconds,
+                                   "same_names": js["texts"] == texts})
+
     h = results["host"]
     print(f"{h['cpu']} ({h['cpu_flags']}), {h['cpus']} CPUs, commit {h['commit']}")
     print_table("sizes (auto encoding)", ["checkpoint", "params", "weights", "page KB", "module KB"],
@@ -128,6 +170,10 @@ def main() -> None:
     print_table(f"{args.n:,} names, seed 1, names model (best of {args.repeat})", ["where", "s", "names/s", "same names"],
                 [[r["where"], f"{r['seconds']:.2f}", f"{r['names_per_s']:,.0f}", str(r.get("same_names", "-"))]
                  for r in results["speed"]])
+    print_table("the most likely names (top): the module under Node against chargen.load().top in-process",
+                ["checkpoint", "options", "Node s", "numpy s", "same names"],
+                [[r["checkpoint"], str(r["options"]), f"{r['node_s']:.3f}", f"{r['python_s']:.3f}", str(r["same_names"])]
+                 for r in results["top"]])
     fmt = lambda v: f"{v:.5f}" if v is not None else "n/a"  # noqa: E731
     print_table("line loss on the checkpoint's own lines (nats/char)", ["checkpoint", "stored", "int8 rows", "float16"],
                 [[r["checkpoint"], fmt(r["stored"]), fmt(r["i8"]), fmt(r["f16"])] for r in results["loss"]])

@@ -732,10 +732,10 @@ def _event(kind: str, data: dict[str, Any]) -> str:
 
 def playground_page() -> bytes:
     """The playground, its controls starting at the sampling options' declared defaults."""
-    default = declared(SampleConfig)["temperature"].default
-    page = _asset("playground.html").decode("utf-8")
-    page = page.replace("{{temperature_shown}}", f"{default:.2f}").replace("{{temperature}}", f"{default:g}")
-    return page.encode("utf-8")
+    from .webexport import control_defaults
+
+    values = control_defaults()
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], _asset("playground.html").decode("utf-8")).encode("utf-8")
 
 
 EXPORT_FORMATS = {"html": (".html", "text/html; charset=utf-8"), "js": (".mjs", "text/javascript; charset=utf-8")}

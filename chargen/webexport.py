@@ -40,6 +40,7 @@ from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES
 from .sampling.labels import LANGUAGES, TERRITORIES, label_asks, label_summary
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
+from .sampling.search import DROP, SEARCH_CACHE, SEARCH_MEMORY
 from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes, round_width
 from .wasmkernel import kernel_base64
 
@@ -266,6 +267,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
     facts = ckpt.public_facts()
     cfg = ckpt.model_config
     tree_node_bytes = node_bytes(cfg.vocab_size, cfg.layers * cfg.state_tensors * cfg.hidden)
+    fields = declared(SampleConfig)
     facts["export"] = {"weights": encoding.enc, "lossless": encoding.lossless, "loss": encoding.loss,
                        "loss_exported": encoding.loss_exported, "novel": keep_lines}
     return {
@@ -305,6 +307,12 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "prefix_memory": PREFIX_MEMORY,
         "prefix_depth": PREFIX_DEPTH,
         "tree_node_bytes": tree_node_bytes,
+        # `top`: the options it refuses (camelCase), and chargen.sampling.search's labels a prefix drops,
+        # memory for its prefixes and cache of their states
+        "top_refused": [camel(fields[name].field) for name in EXPORTED if not fields[name].takes("top")],
+        "search_drop": DROP,
+        "search_memory": SEARCH_MEMORY,
+        "search_cache": SEARCH_CACHE,
         "info": facts,
     }
 
@@ -343,21 +351,31 @@ def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
 
 
 def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:
-    return _sampler_script(ckpt, encoding) + "\nexport { sample, sampleRecords, info, backend, ChargenError };\n"
+    return _sampler_script(ckpt, encoding) + "\nexport { sample, sampleRecords, top, info, backend, ChargenError };\n"
 
 
 def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None) -> str:
     worker = _sampler_script(ckpt, encoding) + "\n" + _script("webpage-worker.js")
     name = title or ckpt.info.get("corpus") or checkpoint_name(ckpt.path)
-    page = _dedented(_static("webpage.html"))
-    fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _dedented(_static("playground.css")),
+    # the playground's controls the page shows too (their own placeholders filled below with the page's)
+    parts = {"mode": _playground_part('<fieldset class="mode">'),
              "label_picker": _playground_part('<div class="for-labels"'),
+             "settings": _playground_part('<div class="settings">'),
              "constraints": _playground_part('<details class="for-lines" id="constraints">'),
              "advanced": _playground_part('<details class="for-sample">'),
-             "output": re.sub(r'(<p id="status"[^>]*>)[^<]*', r"\1Loading the model…", _playground_part('<section id="output"')),
+             "output": re.sub(r'(<p id="status"[^>]*>)[^<]*', r"\1Loading the model…", _playground_part('<section id="output"'))}
+    page = re.sub(r"\{\{(\w+)\}\}", lambda m: parts.get(m.group(1), m.group(0)), _dedented(_static("webpage.html")))
+    fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _dedented(_static("playground.css")),
              "page_css": _dedented(_static("webpage.css")), "worker": worker.replace("</script", "<\\/script"),
-             "script": _script("ui.js") + "\n" + _script("webpage.js"), "temperature": str(SampleConfig().temperature)}
+             "script": _script("ui.js") + "\n" + _script("webpage.js"), **control_defaults()}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)
+
+
+def control_defaults() -> dict[str, str]:
+    """The placeholders of the playground's controls (and so the page's) for the sampling options'
+    declared defaults: the temperature slider's value and the number shown beside it."""
+    t = declared(SampleConfig)["temperature"].default
+    return {"temperature": f"{t:g}", "temperature_shown": f"{t:.2f}"}
 
 
 def _playground_part(opening: str) -> str:

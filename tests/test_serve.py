@@ -671,7 +671,7 @@ def test_export_downloads_a_model_by_name_never_a_path(client, trained_names):
     assert 'filename="names.html"' in page.headers["content-disposition"]
     assert "const MODEL = " in page.text and "new Worker" in page.text
     module = client.get("/v1/export?model=tiny&format=js")
-    assert module.status_code == 200 and module.text.rstrip().endswith("export { sample, sampleRecords, info, backend, ChargenError };")
+    assert module.status_code == 200 and module.text.rstrip().endswith("export { sample, sampleRecords, top, info, backend, ChargenError };")
     for query, status in [("model=/etc/passwd", 404), (f"model={trained_names}", 404), ("format=exe", 400)]:
         r = client.get("/v1/export?" + query)
         assert r.status_code == status and set(r.json()) == {"error"}, r.text

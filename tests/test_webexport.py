@@ -315,6 +315,121 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
         assert js["error"].replace("`", "").split(" (got")[0] == str(python.value).split(" (got")[0], label
 
 
+def node_top(module: Path, cases: list[dict]) -> list:
+    """Each case's `top` records from the module under Node (or its error message)."""
+    script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
+              " try { return m.top(o); } catch (e) { return { error: e.message }; } });"
+              " process.stdout.write(JSON.stringify(out)); })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri(), json.dumps(cases)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def python_top(path: Path, options: dict) -> list[dict]:
+    o = snake(options)
+    n, prompt = o.pop("num"), o.pop("prompt", "")
+    return [{"text": s.text, "logprob": s.logprob, "chars": s.n_chars, **({"label": s.label} if s.label else {})}
+            for s in chargen.load(path).top(n, prompt, **o)]
+
+
+def assert_same_top(js: list[dict], py: list[dict]) -> None:
+    """The same samples in the same order, to float32 rounding: two samples whose log-probabilities
+    lie within it may come in either order (numpy ranks in float32, the module in float64)."""
+    assert len(js) == len(py)
+    for k, (a, b) in enumerate(zip(js, py)):
+        assert abs(a["logprob"] - b["logprob"]) <= 1e-4 + 2e-5 * abs(b["logprob"]), (k, a, b)
+        if a["text"] != b["text"]:  # a near tie, swapped
+            assert {a["text"]} <= {r["text"] for r in py[max(0, k - 1): k + 2]} and abs(a["logprob"] - b["logprob"]) < 1e-4, (k, a, b)
+        else:
+            assert a["chars"] == b["chars"] and a.get("label") == b.get("label") and a["prompt"] == "".join(
+                b["text"][: len(b["text"]) - b["chars"] + 1]), (k, a, b)
+
+
+TOP_CASES = [{"n": 12}, {"n": 6, "prompt": "Ma"}, {"n": 8, "endsWith": "a", "maxLen": 6},
+             {"n": 6, "regex": "[A-Z][a-z]*(e|n)"}, {"n": 6, "contains": ["a"]}, {"n": 5, "minLen": 3},
+             {"n": 3, "prompt": ["Jo", "Ka"], "length": 4}]
+
+
+@needs_node
+@pytest.mark.parametrize("cell,layers", [("lstm", 2), ("gru", 3)])
+def test_a_modules_top_lists_the_most_likely_samples_chargen_lists(tmp_path, cell, layers):
+    """`top` in the module: the exact best-first search, the same samples in the same order as
+    `chargen sample --top` under every option it takes; `exclude` skips what it names."""
+    ckpt_path = random_model(tmp_path / "m.safetensors", cell, layers, seed=layers)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    first = python_top(ckpt_path, {"n": 3})
+    cases = TOP_CASES + [{"n": 3, "exclude": [first[0]["text"], first[2]["text"]]}]
+    for case, js in zip(cases, node_top(module, cases)):
+        assert "error" not in js, (case, js)
+        assert_same_top(js, python_top(ckpt_path, case))
+    assert [r["text"] for r in node_top(module, cases[-1:])[0]][:1] == [first[1]["text"]]
+
+
+@needs_node
+def test_the_bundled_names_modules_top_lists_what_chargen_lists(tmp_path):
+    """A trained model's most likely names (real names, many of them training lines: `novel` skips
+    those), from the module as exported by default (int8 weights: lossless for this model)."""
+    out = tmp_path / "names.mjs"
+    assert run(["export", "names", "--js", str(out)]).returncode == 0
+    cases = [{"n": 25}, {"n": 15, "novel": True}, {"n": 10, "prompt": "Ma", "endsWith": "a"},
+             {"n": 10, "regex": "[A-Z][a-z]*(el|ia)", "maxLen": 7}]
+    got = node_top(out, cases)
+    expected = [python_top(checkpoint_path("names"), case) for case in cases]
+    for case, js, py in zip(cases, got, expected):
+        assert "error" not in js, (case, js)
+        assert_same_top(js, py)
+    training = chargen.load("names").training_lines
+    assert sum(r["text"] in training for r in got[0]) >= 10 and not any(r["text"] in training for r in got[1])
+
+
+@needs_node
+def test_a_labelled_modules_top_ranks_by_the_mixture_and_drops_labels_as_chargen_does(tmp_path, monkeypatch):
+    """Under a blend a prefix drops its least likely labels and a complete sample that held one is
+    scored again under every label: the list is exact whatever is dropped, so a module dropping at
+    3 nats (and keeping the states of 40 prefixes, computing the others again) lists what chargen
+    lists dropping at 12: there the first case's search drops labels and scores 4 complete samples
+    again (counted by hand). A dropped label's mass is a floor under every extension of the prefix,
+    so dropped so close the rarer constraint's search does not end: that case runs at 12 only."""
+    import chargen.webexport as webexport
+
+    ckpt_path = random_labelled_model(tmp_path / "m.safetensors")
+    cases = [{"n": 10}, {"n": 6, "label": "it"}, {"n": 6, "label": "el_GR:first"},
+             {"n": 8, "label": "it=0.3,es_ES:city=0.7", "endsWith": "a"}, {"n": 5, "novel": True, "prompt": "A"}]
+    expected = [python_top(ckpt_path, case) for case in cases]
+    assert {r["label"] for r in expected[0]} >= {"it_IT:surname", "es_ES:city"}
+    for drop, cache in ((12.0, None), (3.0, 40)):
+        monkeypatch.setattr(webexport, "DROP", drop)
+        if cache:  # (rows of (state + V) float64s: 40 prefixes of 4 labels)
+            monkeypatch.setattr(webexport, "SEARCH_CACHE", 40 * 4 * 8 * (2 * 2 * 24 + len(read_checkpoint(ckpt_path).vocab.chars)))
+        module = tmp_path / f"m{drop}.mjs"
+        module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+        some = cases if drop == 12.0 else [c for c in cases if "endsWith" not in c]
+        for case, js in zip(some, node_top(module, some)):
+            assert "error" not in js, (drop, case, js)
+            assert_same_top(js, expected[cases.index(case)])
+
+
+@needs_node
+def test_a_modules_top_refuses_what_chargens_refuses(tmp_path):
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    """The sampling settings and prose as chargen's `top` refuses them; any other bad option as the
+    module's `sample` refuses it (its one wording)."""
+    cases = [{"n": 2, "seed": 1, "temperature": 0.5}, {"n": 2, "unique": True}, {"n": 2, "lines": False},
+             {"n": 2, "regex": "[0-9]+"}, {"n": 2, "label": "it"}, {"n": 0}, {"n": 2, "endsWith": "Ω"},
+             {"n": 2, "minLen": 5, "maxLen": 3}, {"n": 2, "prompt": 7}]
+    got = node_top(module, cases)
+    for case, js in zip(cases[:3], got):
+        with pytest.raises(chargen.UsageError) as python:
+            python_top(ckpt_path, case)
+        assert js["error"].replace("`", "").replace("lines: false", "lines=False") == str(python.value), case
+    assert got[0]["error"] == "`top` ranks by the model's own probabilities and never repeats; drop `seed`, `temperature`"
+    assert got[3:] == [{"error": r["error"]} for r in node_records(module, cases[3:])]
+
+
 def test_the_bundled_models_pages_stay_within_their_budgets():
     """Issue 30's sizes: the names page at most 300 KB, the base model's at most 1.5 MB (its 267 labels'
     start states as int8 rows; as float32 they alone were 1 MB of a 1.86 MB page); each lossless."""
@@ -892,6 +1007,19 @@ def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp
     labels = page.eval_on_selector_all("#results td.sample span.label", "ss => ss.map(s => s.textContent)")
     expected = python_records(ckpt_path, {"n": 20, "seed": 11, "label": "it_IT:first=0.3,el_GR:first=0.7"})
     assert texts == [r["text"] for r in expected] and labels == [r["label"] for r in expected]
+    # the most likely, under a part of the labels: what chargen's --top lists, the sampling settings hidden
+    page.check("input[name=mode][value=top]")
+    assert not page.is_visible("#temperature") and not page.is_visible("#unique") and page.is_visible("#label")
+    page.fill("#label", "it")
+    page.fill("#n", "8")
+    page.click("#go")
+    expect(page.locator("#status")).to_contain_text("8 most likely in")
+    texts = page.eval_on_selector_all("#results td.sample button", "bs => bs.map(b => b.textContent)")
+    labels = page.eval_on_selector_all("#results td.sample span.label", "ss => ss.map(s => s.textContent)")
+    expected = python_top(ckpt_path, {"n": 8, "label": "it"})
+    assert texts == [r["text"] for r in expected] and labels == [r["label"] for r in expected]
+    page.check("input[name=mode][value=sample]")
+    assert page.is_visible("#temperature")
     page.fill("#label", "xx_XX")
     page.click("#go")
     expect(page.locator("#status")).to_have_class("muted error")

@@ -1,10 +1,10 @@
 // The exported page's worker: draws samples off the page's thread, so the page never freezes.
 self.onmessage = (event) => {
-  const { id, options } = event.data;
+  const { id, options, mostLikely } = event.data;
   const started = performance.now();
   try {
-    const stats = {}, records = sampleRecords(options, stats);
-    self.postMessage({ id, records, seconds: (performance.now() - started) / 1000, draws: stats.draws, accepted: stats.accepted });
+    const stats = {}, records = mostLikely ? top(options) : sampleRecords(options, stats);
+    self.postMessage({ id, records, mostLikely, seconds: (performance.now() - started) / 1000, draws: stats.draws, accepted: stats.accepted });
   } catch (err) {
     self.postMessage({ id, error: err instanceof ChargenError ? err.message : `internal error: ${err}` });
   }

@@ -7,10 +7,20 @@ function number(id) {
   return v === "" ? undefined : Number(v);
 }
 
+// "sample", or "top": the most likely (a line model's)
+function mode() { return page.lineOriented ? document.querySelector("input[name=mode]:checked").value : "sample"; }
+
+// The sampling settings hidden while listing the most likely
+function syncMode() {
+  for (const el of document.querySelectorAll(".for-sample")) el.hidden = mode() !== "sample";
+}
+
 function options() {
-  const o = { n: number("n") ?? 1, prompt: $("prompt").value, temperature: Number($("temperature").value),
-              seed: $("seed").value.trim() === "" ? undefined : $("seed").value.trim(),
-              unique: $("unique").checked, topK: number("top_k"), topP: number("top_p") };
+  const sampling = mode() === "sample", o = { n: number("n") ?? 1, prompt: $("prompt").value };
+  if (sampling) {
+    Object.assign(o, { temperature: Number($("temperature").value), seed: $("seed").value.trim() === "" ? undefined : $("seed").value.trim(),
+                       unique: $("unique").checked, topK: number("top_k"), topP: number("top_p") });
+  }
   if (page.labelled && $("label").value.trim()) o.label = $("label").value.trim();
   if (page.lineOriented) {
     Object.assign(o, { minLen: number("min_len"), maxLen: number("max_len"), endsWith: $("ends_with").value || undefined });
@@ -18,7 +28,7 @@ function options() {
     if (contains.length) o.contains = contains;
     if ($("regex").value) o.regex = $("regex").value;
     if ($("novel").checked) o.novel = true;
-    if ($("rejection").checked) o.rejection = true;
+    if (sampling && $("rejection").checked) o.rejection = true;
   } else {
     o.length = number("length");
   }
@@ -31,8 +41,8 @@ function generate(event) {
   page.busy = true;
   $("go").disabled = true;
   $("copy").disabled = true;
-  setStatus("drawing…");
-  page.worker.postMessage({ id: ++page.next, options: options() });
+  setStatus(mode() === "top" ? "searching…" : "drawing…");
+  page.worker.postMessage({ id: ++page.next, options: options(), mostLikely: mode() === "top" });
 }
 
 function show(data) {
@@ -45,8 +55,8 @@ function show(data) {
     $("prose").hidden = true;
     $("results").hidden = false;
     $("results").querySelector("tbody").replaceChildren(...data.records.map(row));
-    setStatus(data.records.length + " samples in " + ms + " ms" + drawsNote(data.records, data.draws, data.accepted) +
-              " · click a sample to copy it");
+    setStatus(data.records.length + (data.mostLikely ? " most likely" : " samples") + " in " + ms + " ms" +
+              (data.mostLikely ? "" : drawsNote(data.records, data.draws, data.accepted)) + " · click a sample to copy it");
   } else {
     $("results").hidden = true;
     $("prose").hidden = false;
@@ -66,7 +76,8 @@ function start() {
     page.lineOriented = data.lineOriented;
     for (const el of document.querySelectorAll(".for-lines")) el.hidden = !data.lineOriented;
     for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
-    for (const el of document.querySelectorAll(".for-novel")) el.hidden = !data.lineOriented || !data.novel;
+    $("novel").parentElement.hidden = !data.lineOriented || !data.novel;  // (an export may not carry the lines)
+    document.querySelector("fieldset.mode").hidden = !data.lineOriented;
     page.labelled = !!data.labels;
     document.querySelector(".for-labels").hidden = !page.labelled;
     $("label-list").replaceChildren(...labelChoices(data.labels).map((v) => new Option(v, v)));
@@ -85,6 +96,7 @@ function start() {
   };
   page.worker.onerror = (e) => { setStatus("the sampler failed to start: " + e.message, true); };
   $("form").addEventListener("submit", generate);
+  for (const r of document.querySelectorAll("input[name=mode]")) r.addEventListener("change", syncMode);
   $("temperature").addEventListener("input", () => { $("temperature-value").textContent = Number($("temperature").value).toFixed(2); });
   $("copy").addEventListener("click", () => copy(page.rows.map((s) => s.text).join("\n") + "\n",
                                                  "copied " + page.rows.length + " to the clipboard"));

@@ -1,7 +1,8 @@
 // chargen's sampler in JavaScript: the network step, the counter-based random numbers and the
 // decoding rules of chargen.sampling, ported line for line so that the same options and seed give
-// the same samples as `chargen sample` (tests/test_webexport.py holds the two to it, under Node and
-// in Chromium). `chargen export --js` puts `const MODEL = {...}` (weights, vocabulary, defaults)
+// the same samples as `chargen sample`, and chargen.sampling.search's exact best-first search, so
+// that `top` lists what `chargen sample --top` lists (tests/test_webexport.py holds the two to it,
+// under Node and in Chromium). `chargen export --js` puts `const MODEL = {...}` (weights, vocabulary, defaults)
 // above this file and an `export` line below it; `--html` runs it in a Web Worker.
 //
 // Numbers: weights decode to float32 values (as chargen's numpy twin holds them); the products and
@@ -253,6 +254,35 @@ function logNormalizer(logits, V) {
   let s = 0;
   for (let v = 0; v < V; v++) s += Math.exp(logits[v] - m);
   return { m, ls: Math.log(s) };
+}
+
+const logAdd = (a, b) => a === -Infinity ? b : b === -Infinity ? a : Math.max(a, b) + Math.log1p(Math.exp(-Math.abs(a - b)));
+const logSumExp = (a) => { const m = Math.max(...a); return m === -Infinity ? m : m + Math.log(a.reduce((s, x) => s + Math.exp(x - m), 0)); };
+
+// A binary heap of [key, tie, ...] arrays, the least (key, then tie) on top.
+class Heap {
+  constructor() { this.a = []; }
+  less(i, j) { const x = this.a[i], y = this.a[j]; return x[0] < y[0] || (x[0] === y[0] && x[1] < y[1]); }
+  swap(i, j) { [this.a[i], this.a[j]] = [this.a[j], this.a[i]]; }
+  push(e) {
+    this.a.push(e);
+    for (let i = this.a.length - 1; i > 0 && this.less(i, (i - 1) >> 1); i = (i - 1) >> 1) this.swap(i, (i - 1) >> 1);
+  }
+  pop() {
+    const a = this.a, top = a[0], last = a.pop();
+    if (a.length) {
+      a[0] = last;
+      for (let i = 0; ;) {
+        const l = 2 * i + 1, r = l + 1;
+        let m = i;
+        if (l < a.length && this.less(l, m)) m = l;
+        if (r < a.length && this.less(r, m)) m = r;
+        if (m === i) break;
+        this.swap(i, m); i = m;
+      }
+    }
+    return top;
+  }
 }
 
 function logSoftmaxAt(logits, V, id) {
@@ -1379,8 +1409,9 @@ class Sampler {
   }
 
   // The constraint and its state after the prompt, checked as chargen.sampling.constraints does.
-  guide(o, prompt, lines, cap) {
-    if (o.minLen === null && o.maxLen === null && !o.endsWith && !o.contains.length && o.regex === null) return null;
+  // `always`: an automaton with no constraint but the length too (top searches within one)
+  guide(o, prompt, lines, cap, always = false) {
+    if (!always && o.minLen === null && o.maxLen === null && !o.endsWith && !o.contains.length && o.regex === null) return null;
     if (!lines) throw new ChargenError("constraints apply to line samples only; pass `lines: true`");
     const newline = this.index.get("\n");
     if (newline === undefined) throw new ChargenError("this model's vocabulary has no newline, so its samples have no end to constrain");
@@ -1431,21 +1462,26 @@ class Sampler {
     return { text, logprob, kept, chars: t };
   }
 
+  // The prompts, and the options' texts, spelt as the vocabulary spells them (chargen.api.Model._config)
+  spelt(o) {
+    const conform = (t) => this.conform(t);
+    if (o.endsWith) o.endsWith = conform(o.endsWith);
+    o.contains = o.contains.map(conform);
+    if (o.exclude) o.exclude = o.exclude.map(conform);
+    if (o.novel && this.training === null) this.training = new Set(decodeLines(MODEL.training_lines));
+    return (typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt)).map(conform);
+  }
+
   *records(opts = {}, stats = null) {
-    const o = checkOptions(opts), conform = (t) => this.conform(t);
+    const o = checkOptions(opts);
     if (o.lines === false && MODEL.config.learned_start) {  // as chargen.api.Model._line_mode
       throw new ChargenError("this model learnt each line on its own, from a line's start, never what follows a " +
         "line's end: it draws lines only; drop `lines: false` (n for how many)");
     }
     const lines = o.lines === null ? this.lineOriented : o.lines;
     const cap = o.length || (lines ? MODEL.line_length : MODEL.prose_length);
-    const prompts = (typeof o.prompt === "string" ? [o.prompt] : Array.from(o.prompt)).map(conform);
-    // The texts spelt as the vocabulary spells them, as chargen.api.Model._config does
-    if (o.endsWith) o.endsWith = conform(o.endsWith);
-    o.contains = o.contains.map(conform);
-    if (o.exclude) o.exclude = o.exclude.map(conform);
+    const prompts = this.spelt(o);
     const guides = prompts.map((p) => this.guide(o, p, lines, cap));
-    if (o.novel && this.training === null) this.training = new Set(decodeLines(MODEL.training_lines));
     const exclude = o.exclude ? new Set(o.exclude) : null;
     const seen = new Set(), newline = lines ? this.index.get("\n") ?? -1 : -1;
     const mix = MODEL.labels ? resolveLabels(o.label, MODEL.labels) : null;  // a labelled model's labels to draw from
@@ -1534,6 +1570,120 @@ class Sampler {
       }
     }
   }
+
+  // The n most likely line samples per prompt, best first (chargen.api.Model.top), under the labels
+  // asked (ranked by their mixture) and the constraints; `novel` and `exclude` skip samples.
+  *topRecords(opts = {}) {
+    const o = checkOptions(opts), refused = Object.keys(opts || {}).filter((k) => MODEL.top_refused.includes(k) && opts[k] != null && opts[k] !== false);
+    if (refused.length) throw new ChargenError(`\`top\` ranks by the model's own probabilities and never repeats; drop ${refused.map((k) => `\`${k}\``).join(", ")}`);
+    if (!(o.lines ?? this.lineOriented)) {
+      throw new ChargenError(`\`top\` applies to line samples only; ${o.lines === false ? "drop `lines: false`" : "this model writes prose: pass `lines: true` to sample lines from it"}`);
+    }
+    const prompts = this.spelt(o), cap = o.length || MODEL.line_length;
+    const guides = prompts.map((p) => this.guide(o, p, true, cap, true));
+    const mix = MODEL.labels ? resolveLabels(o.label, MODEL.labels) : null, keys = mix ? mix.names : [null];
+    const exclude = new Set(o.exclude || []), training = o.novel ? this.training : null;
+    const skip = (text) => exclude.has(text) || (training !== null && keys.some((l) => training.has(l === null ? text : `${l}\t${text}`)));
+    for (let j = 0; j < prompts.length; j++) {
+      const primed = mix ? mix.index.map((k) => this.prime(prompts[j], true, k)) : [this.prime(prompts[j], true)];
+      yield* this.search(prompts[j], primed, mix ? Array.from(mix.weights, Math.log) : [0], guides[j], o.n, skip, mix && mix.names);
+    }
+  }
+
+  // Exact best-first search (chargen.sampling.search): a prefix is never less likely than a sample
+  // that extends it, so a complete sample at the queue's front is the likeliest left. A node keeps a
+  // state per label it keeps; a label whose mass stays below e^-search_drop of the prefix's mixture is
+  // dropped, its mass kept as a bound (frozen), and a complete sample holding one is scored under
+  // every label and queued again at that. A node queues only its likeliest child not yet taken. The
+  // nodes' states and next-character log-probabilities are a cache of search_cache bytes, the
+  // oldest dropped first; a node's are computed again from its nearest ancestor's when needed.
+  *search(prompt, primed, logW, g, n, skip, names) {
+    const V = this.V, net = this.net, queue = new Heap(), S = net.layers * net.stateTensors * net.H;
+    const cache = new Map(), row = (S + V) * 8;
+    let bytes = 0, cached = 0, nodes = 0, tie = 0, found = 0;
+    const step = (id, state) => { const logits = new Float64Array(V); net.step(id, state, logits); return logits; };
+    const lsmOf = (lg) => { const { m, ls } = logNormalizer(lg, V); return lg.map((x) => x - m - ls); };
+    const keep = (p, rows) => {
+      cache.set(p, rows); cached += p.labels.length * row;
+      for (const [q, r] of cache) {  // the oldest first
+        if (cached <= MODEL.search_cache || q === p) break;
+        if (q.parent) { cache.delete(q); cached -= r.states.length * row; }
+      }
+      return rows;
+    };
+    const rowsOf = (p) => {  // the node's {states, lsm}, a row per label it keeps
+      if (cache.has(p)) return cache.get(p);
+      const path = [];
+      let a = p;
+      for (; !cache.has(a); a = a.parent) path.push(a.id);
+      const from = cache.get(a), states = p.labels.map((k) => net.copyState(from.states[a.labels.indexOf(k)]));
+      let logits = [];
+      for (const id of path.reverse()) logits = states.map((st) => step(id, st));
+      return keep(p, { states, lsm: logits.map(lsmOf) });
+    };
+    const add = (parent, id, text, dfa, len, labels, parts, frozen, rows) => {
+      const allowed = g.c.allowed(dfa, len, new Uint8Array(V)), ids = [], lp = [];
+      for (let v = 0; v < V; v++) {
+        if (!allowed[v]) continue;
+        let s = -Infinity;
+        for (let a = 0; a < labels.length; a++) s = logAdd(s, parts[a] + rows.lsm[a][v]);
+        ids.push(v); lp.push(s);
+      }
+      if (!ids.length) return;
+      const order = ids.map((_, k) => k).sort((x, y) => lp[y] - lp[x] || x - y);
+      const node = { parent, id, text, dfa, len, labels, parts, frozen, ids: order.map((k) => ids[k]), lp: order.map((k) => logAdd(lp[k], frozen)) };
+      keep(node, rows);
+      bytes += 256 + labels.length * 16 + ids.length * 16; nodes++;
+      queue.push([-node.lp[0], tie++, node, 0]);
+    };
+    const child = (p, r, id) => {  // one network step a label the child keeps
+      const rows = rowsOf(p), parts = p.parts.map((x, a) => x + rows.lsm[a][id]);
+      const order = parts.map((_, a) => a).sort((x, y) => parts[x] - parts[y] || x - y), keeps = parts.map(() => true);
+      let low = -Infinity, frozen = p.frozen;
+      for (const a of order.slice(0, -1)) { low = logAdd(low, parts[a]); if (low < p.lp[r] - MODEL.search_drop) keeps[a] = false; }
+      const labels = [], kept = [], states = [], lsm = [];
+      for (let a = 0; a < parts.length; a++) {
+        if (!keeps[a]) { frozen = logAdd(frozen, parts[a]); continue; }
+        const state = net.copyState(rows.states[a]);
+        lsm.push(lsmOf(step(id, state))); labels.push(p.labels[a]); kept.push(parts[a]); states.push(state);
+      }
+      add(p, id, p.text + this.vocab[id], g.c.trans[p.dfa * V + id], p.len + 1, labels, kept, frozen, { states, lsm });
+    };
+    const byLabel = (p, id) => {  // log(w_l) + log P_l(sample) under every label, the dropped ones' scored now
+      const rows = rowsOf(p);
+      return logW.map((w, k) => {
+        const a = p.labels.indexOf(k);
+        if (a >= 0) return p.parts[a] + rows.lsm[a][id];
+        const ids = [...this.encode(p.text.slice(prompt.length), "a sample"), id], state = net.copyState(primed[k][1]);
+        let x = w + logSoftmaxAt(primed[k][0], V, ids[0]);
+        for (let t = 0; t + 1 < ids.length; t++) x += logSoftmaxAt(step(ids[t], state), V, ids[t + 1]);
+        return x;
+      });
+    };
+    add(null, -1, prompt, g.s, g.n0, logW.map((_, k) => k), logW, -Infinity,
+        { states: primed.map((p) => net.copyState(p[1])), lsm: primed.map((p) => lsmOf(p[0])) });
+    while (found < n) {
+      const e = queue.pop();
+      if (e === undefined) return;  // the constraints hold fewer samples than asked
+      const [neg, t, p, r] = e, id = p.ids[r];
+      if (t >= 0 && r + 1 < p.ids.length) queue.push([-p.lp[r + 1], tie++, p, r + 1]);
+      if (id !== g.c.newline) {
+        if (bytes > MODEL.search_memory) {
+          throw new ChargenError(`the search for the ${n.toLocaleString("en-US")} likeliest samples stopped after ${nodes.toLocaleString("en-US")} ` +
+            `expansions with ${found} found (those are exact): its prefixes filled its ${MODEL.search_memory / 2 ** 20} MB; ask for fewer` +
+            (logW.length > 1 ? ", constrain more or draw from fewer labels (`label`)" : " or constrain more"));
+        }
+        child(p, r, id);
+      } else if (t >= 0 && p.frozen > -Infinity) {
+        queue.push([-logSumExp(byLabel(p, id)), -1 - tie++, p, r]);  // at its exact probability
+      } else if (!skip(p.text)) {
+        found++;
+        const chars = p.len - g.n0 + 1, rec = { text: p.text, prompt, logprob: -neg, logprob_per_char: -neg / chars, chars };
+        if (names) rec.label = names[names.length === 1 ? 0 : argmax(byLabel(p, id), names.length)];
+        yield rec;
+      }
+    }
+  }
 }
 
 // The training lines as webexport.front_coded writes them: each after a character ("0" + k) saying
@@ -1553,6 +1703,11 @@ function sampleRecords(options = {}, stats = null) { return Array.from(getSample
 
 /** Samples as strings: n per prompt, in order; the same options and seed give what `chargen sample` prints. */
 function sample(options = {}) { return sampleRecords(options).map((r) => r.text); }
+
+/** The n most likely line samples per prompt, best first, with their log-probabilities: what
+ *  `chargen sample --top N --format jsonl` writes (unrounded). The options are sample's less the
+ *  sampling settings (temperature, topK, topP, seed, unique, rejection). */
+function top(options = {}) { return Array.from(getSampler().topRecords(options)); }
 
 /** Which arithmetic draws the samples here: "wasm-simd" or "javascript" (no WebAssembly SIMD). */
 function backend() { return getSampler().net.kernel.simd ? "wasm-simd" : "javascript"; }
