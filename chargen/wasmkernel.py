@@ -15,7 +15,6 @@ accurate as numpy's float32 tanh, which chargen's numpy twin uses.
 
 from __future__ import annotations
 
-import base64
 
 I32, V128 = 0x7F, 0x7B
 # Parameters 0-4: w, rows, cols, x, out; then the locals.
@@ -196,6 +195,3 @@ def kernel() -> bytes:
             + _section(7, _vec(exports))
             + _section(10, _vec([_gemv_body(), _exp4_body(), _map_body("sigmoid"), _map_body("tanh")])))
 
-
-def kernel_base64() -> str:
-    return base64.b64encode(kernel()).decode("ascii")

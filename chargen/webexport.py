@@ -42,7 +42,7 @@ from .sampling.labels import LANGUAGES, TERRITORIES, label_asks, label_summary
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
 from .sampling.search import DROP, SEARCH_CACHE, SEARCH_MEMORY
 from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes, round_width
-from .wasmkernel import kernel_base64
+from .wasmkernel import kernel
 
 ENCODINGS = ("auto", "i8", "f16", "f32")
 I8_TOLERANCE = 0.005  # nats per character the loss may move for `auto` to choose i8
@@ -87,7 +87,7 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode(weights: dict[str, np.ndarray], enc: str) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """The weights as the module holds them ({name: {shape, enc, data[, scale]}}, base64) and the
+    """The weights as the module holds them ({name: {shape, enc, data[, scale]}}, as_text) and the
     float32 values the module computes with."""
     stored, values = {}, {}
     for name, w in weights.items():
@@ -95,21 +95,29 @@ def encode(weights: dict[str, np.ndarray], enc: str) -> tuple[dict[str, dict], d
         entry: dict = {"shape": list(w.shape)}
         if enc == "i8" and w.ndim == 2:
             q, s = quantize_rows(w)
-            entry.update(enc="i8", data=_b64(q), scale=_b64(_f32(s)))
+            entry.update(enc="i8", data=_text(q), scale=_text(_f32(s)))
             values[name] = (q.astype(np.float32) * s[:, None]).astype(np.float32)
         elif enc == "f16" and w.ndim == 2:
             h = w.astype("<f2")
-            entry.update(enc="f16", data=_b64(h))
+            entry.update(enc="f16", data=_text(h))
             values[name] = h.astype(np.float32)
         else:  # biases, and every weight under f32
-            entry.update(enc="f32", data=_b64(w))
+            entry.update(enc="f32", data=_text(w))
             values[name] = w
         stored[name] = entry
     return stored, values
 
 
-def _b64(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+def as_text(data: bytes) -> str:
+    """Bytes as an export holds them: Base85 (RFC 1924's alphabet, as base64.b85encode writes it: 5
+    characters for 4 bytes, the last group shorter, where base64 takes 5.33), its "<" written "." so
+    that the text never needs escaping in a page (a "<" in the page's data is written "\\u003c", six
+    bytes). websampler.js's bytesOf reads it."""
+    return base64.b85encode(data).decode("ascii").replace("<", ".")
+
+
+def _text(a: np.ndarray) -> str:
+    return as_text(np.ascontiguousarray(a).tobytes())
 
 
 def _weights(ckpt: Checkpoint) -> dict[str, np.ndarray]:
@@ -347,7 +355,7 @@ def _sampler_script(ckpt: Checkpoint, encoding: Encoding) -> str:
     data = data.replace("<", "\\u003c")
     return (f"// chargen {ckpt.describe().get('chargen_version') or ''} export of {ckpt.path.name.replace('<', '?')}: "
             f"{ckpt.model_config.layers} x {ckpt.model_config.hidden} {ckpt.model_config.cell}; {encoding.enc} weights\n"
-            f"const MODEL = {data};\nconst KERNEL = \"{kernel_base64()}\";\n" + _script("websampler.js"))
+            f"const MODEL = {data};\nconst KERNEL = \"{as_text(kernel())}\";\n" + _script("websampler.js"))
 
 
 def module_text(ckpt: Checkpoint, encoding: Encoding) -> str:

@@ -1165,6 +1165,25 @@ def test_module_texts_to_contain_or_end_with_accept_what_chargen_accepts(tmp_pat
         assert 0 < sum(expected) < len(texts) and js == expected, (ends, contains)
 
 
+@needs_node
+def test_bytes_come_back_whole_from_an_exports_base85():
+    """webexport.as_text (Base85, "<" written ".") read back by websampler.js's bytesOf: every length
+    of last group, every byte value, the digits that were "<"."""
+    from chargen.webexport import _static, as_text
+
+    source = _static("websampler.js")
+    reader = source[source.index("const B85 = "): source.index("function halfToFloat")]
+    rng = np.random.default_rng(0)
+    blobs = [bytes(range(256)), b"", b"\xff" * 7, *(rng.integers(0, 256, size=k, dtype=np.uint8).tobytes() for k in range(1, 14)),
+             rng.integers(0, 256, size=5000, dtype=np.uint8).tobytes()]
+    texts = [as_text(b) for b in blobs]
+    assert sum(t.count(".") for t in texts) > 10 and not any("<" in t for t in texts)
+    script = reader + "process.stdout.write(JSON.stringify(JSON.parse(process.argv[1]).map((t) => Array.from(bytesOf(t)))));"
+    proc = subprocess.run([NODE, "-e", script, json.dumps(texts)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [bytes(b) for b in json.loads(proc.stdout)] == blobs
+
+
 def test_exported_scripts_lose_only_comments_and_indentation():
     """An export carries static/'s scripts without comments and indentation: safe only while no
     string in them spans lines (a template literal's line could start with //), and a comment after

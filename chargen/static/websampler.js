@@ -20,10 +20,19 @@ class ChargenError extends Error {
 
 // --- decoding the weights ------------------------------------------------------------------
 
-function bytesOf(b64) {
-  const bin = atob(b64);
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+// webexport.as_text's Base85: each 5 characters 4 bytes (big-endian), a last group of k + 1
+// characters k bytes (read as if padded with the last digit, as base64.b85decode reads it).
+const B85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;.=>?@^_\x60{|}~";  // (\x60: a backquote)
+const DIGIT = new Uint8Array(128);
+for (let i = 0; i < B85.length; i++) DIGIT[B85.charCodeAt(i)] = i;
+
+function bytesOf(text) {
+  const n = text.length, out = new Uint8Array(Math.floor(n / 5) * 4 + Math.max(0, (n % 5) - 1));
+  for (let i = 0, o = 0; i < n; i += 5, o += 4) {
+    let v = 0;
+    for (let k = i; k < i + 5; k++) v = v * 85 + (k < n ? DIGIT[text.charCodeAt(k)] : 84);
+    for (let k = 0; k < 4 && o + k < out.length; k++) out[o + k] = (v >>> (24 - 8 * k)) & 255;  // (v < 2 ** 32)
+  }
   return out;
 }
 
