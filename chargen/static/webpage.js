@@ -78,6 +78,7 @@ function start() {
     for (const el of document.querySelectorAll(".for-prose")) el.hidden = data.lineOriented;
     $("novel").parentElement.hidden = !data.lineOriented || !data.novel;  // (an export may not carry the lines)
     document.querySelector("fieldset.mode").hidden = !data.lineOriented;
+    syncMode();  // (a reload may have kept "the most likely" checked)
     page.labelled = !!data.labels;
     document.querySelector(".for-labels").hidden = !page.labelled;
     $("label-list").replaceChildren(...labelChoices(data.labels).map((v) => new Option(v, v)));
