@@ -368,6 +368,25 @@ def test_a_modules_top_lists_the_most_likely_samples_chargen_lists(tmp_path, cel
 
 
 @needs_node
+def test_a_modules_top_tells_its_progress_as_chargens_does(tmp_path):
+    """`top(options, progress)`: the prefixes searched so far, rising, as `model.top(progress=)` is told
+    them (by the module every 64 expansions, by chargen after each batch of them)."""
+    ckpt_path = random_model(tmp_path / "m.safetensors", "lstm", 2, seed=2)
+    module = tmp_path / "m.mjs"
+    module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
+    script = ("import(process.argv[1]).then((m) => { const seen = [];"
+              " const r = m.top({ n: 20, minLen: 3 }, (k) => seen.push(k));"
+              " process.stdout.write(JSON.stringify({ seen, texts: r.map((x) => x.text) })); })")
+    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri()], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got, told = json.loads(proc.stdout), []
+    expected = [s.text for s in chargen.load(ckpt_path).top(20, min_len=3, progress=told.append)]
+    assert got["texts"] == expected and len(got["seen"]) >= 2
+    assert got["seen"] == sorted(got["seen"]) and all(k % 64 == 0 for k in got["seen"])
+    assert got["seen"][-1] <= told[-1] < got["seen"][-1] + 64 + 256  # (chargen's last batch: up to 256 prefixes)
+
+
+@needs_node
 def test_the_bundled_names_modules_top_lists_what_chargen_lists(tmp_path):
     """A trained model's most likely names (real names, many of them training lines: `novel` skips
     those), from the module as exported by default (int8 weights: lossless for this model)."""

@@ -71,6 +71,7 @@ function start() {
   page.worker = new Worker(URL.createObjectURL(new Blob([source], { type: "text/javascript" })));
   page.worker.onmessage = (event) => {
     const data = event.data;
+    if (data.searched !== undefined) { setStatus("searching… " + data.searched.toLocaleString() + " prefixes"); return; }
     if (!data.ready) { show(data); return; }
     page.ready = true;
     page.lineOriented = data.lineOriented;

@@ -1582,7 +1582,8 @@ class Sampler {
 
   // The n most likely line samples per prompt, best first (chargen.api.Model.top), under the labels
   // asked (ranked by their mixture) and the constraints; `novel` and `exclude` skip samples.
-  *topRecords(opts = {}) {
+  // `progress(k)`, if given, is told the prefixes searched so far (each prompt's from 0) every 64 expansions.
+  *topRecords(opts = {}, progress = null) {
     const o = checkOptions(opts), refused = Object.keys(opts || {}).filter((k) => MODEL.top_refused.includes(k) && opts[k] != null && opts[k] !== false);
     if (refused.length) throw new ChargenError(`\`top\` ranks by the model's own probabilities and never repeats; drop ${refused.map((k) => `\`${k}\``).join(", ")}`);
     if (!(o.lines ?? this.lineOriented)) {
@@ -1595,7 +1596,7 @@ class Sampler {
     const skip = (text) => exclude.has(text) || (training !== null && keys.some((l) => training.has(l === null ? text : `${l}\t${text}`)));
     for (let j = 0; j < prompts.length; j++) {
       const primed = mix ? mix.index.map((k) => this.prime(prompts[j], true, k)) : [this.prime(prompts[j], true)];
-      yield* this.search(prompts[j], primed, mix ? Array.from(mix.weights, Math.log) : [0], guides[j], o.n, skip, mix && mix.names);
+      yield* this.search(prompts[j], primed, mix ? Array.from(mix.weights, Math.log) : [0], guides[j], o.n, skip, mix && mix.names, progress);
     }
   }
 
@@ -1606,7 +1607,7 @@ class Sampler {
   // every label and queued again at that. A node queues only its likeliest child not yet taken. The
   // nodes' states and next-character log-probabilities are a cache of search_cache bytes, the
   // oldest dropped first; a node's are computed again from its nearest ancestor's when needed.
-  *search(prompt, primed, logW, g, n, skip, names) {
+  *search(prompt, primed, logW, g, n, skip, names, progress) {
     const V = this.V, net = this.net, queue = new Heap(), S = net.layers * net.stateTensors * net.H;
     const cache = new Map(), row = (S + V) * 8;
     let bytes = 0, cached = 0, nodes = 0, tie = 0, found = 0;
@@ -1683,6 +1684,7 @@ class Sampler {
             (logW.length > 1 ? ", constrain more or draw from fewer labels (`label`)" : " or constrain more"));
         }
         child(p, r, id);
+        if (progress !== null && nodes % 64 === 0) progress(nodes);
       } else if (t >= 0 && p.frozen > -Infinity) {
         queue.push([-logSumExp(byLabel(p, id)), -1 - tie++, p, r]);  // at its exact probability
       } else if (!skip(p.text)) {
@@ -1715,8 +1717,9 @@ function sample(options = {}) { return sampleRecords(options).map((r) => r.text)
 
 /** The n most likely line samples per prompt, best first, with their log-probabilities: what
  *  `chargen sample --top N --format jsonl` writes (unrounded). The options are sample's less the
- *  sampling settings (temperature, topK, topP, seed, unique, rejection). */
-function top(options = {}) { return Array.from(getSampler().topRecords(options)); }
+ *  sampling settings (temperature, topK, topP, seed, unique, rejection). `progress`, a function if
+ *  given, is told the prefixes searched so far as the search goes (a wide blend's takes seconds). */
+function top(options = {}, progress = null) { return Array.from(getSampler().topRecords(options, progress)); }
 
 /** Which arithmetic draws the samples here: "wasm-simd" or "javascript" (no WebAssembly SIMD). */
 function backend() { return getSampler().net.kernel.simd ? "wasm-simd" : "javascript"; }
