@@ -363,7 +363,8 @@ def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size:
     of the tree's round_width for the adaptive exact sampler, ENGINE_WIDTH rows otherwise): as rows end, the next
     attempts start in their place, so the batch stays full until the end. Plain and rejection
     sampling may run in worker processes (`workers_for`), the rows split among them: the same
-    samples either way. `kept`: the engine to borrow (a Model's), else a fresh one."""
+    samples either way. `kept`: the engine to borrow (a Model's), else a fresh one; workers start from
+    a copy of it."""
     pool = None
     with kept.lend() if kept is not None else contextlib.nullcontext(RowEngine(stepper, vocab)) as engine:
         try:
@@ -376,7 +377,8 @@ def run(stepper: Stepper, vocab: Vocab, drawings: Iterable[Drawing], batch_size:
                 if n == 1:
                     yield from _run_full(engine, drawing, batch_size or ENGINE_WIDTH)
                     continue
-                pool = pool or Workers(stepper, vocab, n, max(1, (batch_size or ENGINE_WIDTH) // n))
+                # (each worker starts from a copy of this engine, idle here: a Model's warm prefix cache)
+                pool = pool or Workers(stepper, vocab, n, max(1, (batch_size or ENGINE_WIDTH) // n), engine)
                 yield from run_parallel(pool, drawing)
         finally:
             if pool is not None:

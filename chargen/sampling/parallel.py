@@ -128,13 +128,15 @@ def available() -> bool:
     return can_fork() and cores() > 1 and threading.active_count() == 1 and bool(_blas_thread_setters())
 
 
-def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper, vocab: Vocab, width: int) -> None:
+def _worker(conn: "Connection", inherited: list["Connection"], stepper: Stepper, vocab: Vocab, width: int,
+            engine: Optional[RowEngine] = None) -> None:
     """A worker's loop: take chunks of attempts (a message is a list of (tag, Attempts)), keep the
     engine `width` rows full, send back after each step the Results of the chunks whose rows have
     all ended; None stops it, "drop" drops every chunk it holds, and the parent's end of the pipe
-    closing (it exited, or was killed) ends it too."""
+    closing (it exited, or was killed) ends it too. `engine`: the parent's (idle), copied by the
+    fork with its prefix cache; else a new one."""
     with _worker_process(conn, inherited):
-        engine, tags, queued = RowEngine(stepper, vocab), {}, deque()
+        engine, tags, queued = RowEngine(stepper, vocab) if engine is None else engine, {}, deque()
         while True:
             while not (engine.busy or queued) or conn.poll():
                 message = conn.recv()
@@ -224,7 +226,7 @@ def _map_worker(conn: "Connection", inherited: list["Connection"], fn: Callable[
 class Workers:
     """`n` worker processes drawing for this process; close() stops them."""
 
-    def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int):
+    def __init__(self, stepper: Stepper, vocab: Vocab, n: int, width: int, engine: Optional[RowEngine] = None):
         if not can_fork():
             raise UsageError(f"`workers` need Linux (worker processes start by fork; this is {sys.platform})")
         import multiprocessing
@@ -237,7 +239,7 @@ class Workers:
         self.steps, self.row_steps = [0] * n, [0] * n  # each worker's engine's, as of its last results
         for _ in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, [*self.conns, parent], stepper, vocab, width), daemon=True)
+            p = ctx.Process(target=_worker, args=(child, [*self.conns, parent], stepper, vocab, width, engine), daemon=True)
             p.start()
             child.close()
             self.conns.append(parent)
