@@ -732,10 +732,9 @@ def _event(kind: str, data: dict[str, Any]) -> str:
 
 def playground_page() -> bytes:
     """The playground, its controls starting at the sampling options' declared defaults."""
-    from .webexport import control_defaults
+    from .webexport import control_defaults, filled
 
-    values = control_defaults()
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], _asset("playground.html").decode("utf-8")).encode("utf-8")
+    return filled(_asset("playground.html").decode("utf-8"), control_defaults()).encode("utf-8")
 
 
 EXPORT_FORMATS = {"html": (".html", "text/html; charset=utf-8"), "js": (".mjs", "text/javascript; charset=utf-8")}

@@ -372,11 +372,20 @@ def page_text(ckpt: Checkpoint, encoding: Encoding, title: Optional[str] = None)
              "constraints": _playground_part('<details class="for-lines" id="constraints">'),
              "advanced": _playground_part('<details class="for-sample">'),
              "output": re.sub(r'(<p id="status"[^>]*>)[^<]*', r"\1Loading the model…", _playground_part('<section id="output"'))}
-    page = re.sub(r"\{\{(\w+)\}\}", lambda m: parts.get(m.group(1), m.group(0)), _dedented(_static("webpage.html")))
+    page = filled(_dedented(_static("webpage.html")), parts, strict=False)
     fills = {"title": _html(f"{name}: chargen"), "name": _html(name), "css": _dedented(_static("playground.css")),
              "page_css": _dedented(_static("webpage.css")), "worker": worker.replace("</script", "<\\/script"),
              "script": _script("ui.js") + "\n" + _script("webpage.js"), **control_defaults()}
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], page)
+    return filled(page, fills)
+
+
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")  # {{name}} in static/'s pages
+
+
+def filled(template: str, values: dict[str, str], strict: bool = True) -> str:
+    """`template` with each {{name}} replaced by values[name], in one pass (what is put in is not
+    read again); a name without a value is a KeyError, or (strict=False) stays as it is."""
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)] if strict or m.group(1) in values else m.group(0), template)
 
 
 def control_defaults() -> dict[str, str]:

@@ -109,12 +109,12 @@ def python_records(path: Path, options: dict) -> list[dict]:
     return out
 
 
-def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd") -> list:
-    """Each case's records from the module under Node (or its error message); "javascript": with
-    WebAssembly hidden, as an engine without it runs the module."""
+def node_records(module: Path, cases: list[dict], backend: str = "wasm-simd", call: str = "sampleRecords") -> list:
+    """Each case's records from the module's `call` (sampleRecords, or top) under Node (or its error
+    message); "javascript": with WebAssembly hidden, as an engine without it runs the module."""
     script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
               " if (o.seed && typeof o.seed === 'object') o.seed = BigInt(o.seed.bigint);"
-              " try { return m.sampleRecords(o); } catch (e) { return { error: e.message }; } });"
+              f" try {{ return m.{call}(o); }} catch (e) {{ return {{ error: e.message }}; }} }});"
               " process.stdout.write(JSON.stringify({ backend: m.backend(), out })); })")
     # a Python int seed arrives as a BigInt (exact past 2**53); any other value as JSON gives it
     wire = [{**c, "seed": {"bigint": str(c["seed"])}} if isinstance(c, dict) and type(c.get("seed")) is int else c
@@ -315,17 +315,6 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
         assert js["error"].replace("`", "").split(" (got")[0] == str(python.value).split(" (got")[0], label
 
 
-def node_top(module: Path, cases: list[dict]) -> list:
-    """Each case's `top` records from the module under Node (or its error message)."""
-    script = ("import(process.argv[1]).then((m) => { const out = JSON.parse(process.argv[2]).map((o) => {"
-              " try { return m.top(o); } catch (e) { return { error: e.message }; } });"
-              " process.stdout.write(JSON.stringify(out)); })")
-    proc = subprocess.run([NODE, "-e", script, module.resolve().as_uri(), json.dumps(cases)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def python_top(path: Path, options: dict) -> list[dict]:
     o = snake(options)
     n, prompt = o.pop("num"), o.pop("prompt", "")
@@ -361,10 +350,10 @@ def test_a_modules_top_lists_the_most_likely_samples_chargen_lists(tmp_path, cel
     module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
     first = python_top(ckpt_path, {"n": 3})
     cases = TOP_CASES + [{"n": 3, "exclude": [first[0]["text"], first[2]["text"]]}]
-    for case, js in zip(cases, node_top(module, cases)):
+    for case, js in zip(cases, node_records(module, cases, call="top")):
         assert "error" not in js, (case, js)
         assert_same_top(js, python_top(ckpt_path, case))
-    assert [r["text"] for r in node_top(module, cases[-1:])[0]][:1] == [first[1]["text"]]
+    assert [r["text"] for r in node_records(module, cases[-1:], call="top")[0]][:1] == [first[1]["text"]]
 
 
 @needs_node
@@ -394,7 +383,7 @@ def test_the_bundled_names_modules_top_lists_what_chargen_lists(tmp_path):
     assert run(["export", "names", "--js", str(out)]).returncode == 0
     cases = [{"n": 25}, {"n": 15, "novel": True}, {"n": 10, "prompt": "Ma", "endsWith": "a"},
              {"n": 10, "regex": "[A-Z][a-z]*(el|ia)", "maxLen": 7}]
-    got = node_top(out, cases)
+    got = node_records(out, cases, call="top")
     expected = [python_top(checkpoint_path("names"), case) for case in cases]
     for case, js, py in zip(cases, got, expected):
         assert "error" not in js, (case, js)
@@ -425,7 +414,7 @@ def test_a_labelled_modules_top_ranks_by_the_mixture_and_drops_labels_as_chargen
         module = tmp_path / f"m{drop}.mjs"
         module.write_text(module_text(read_checkpoint(ckpt_path), Encoding("f32", True)))
         some = cases if drop == 12.0 else [c for c in cases if "endsWith" not in c]
-        for case, js in zip(some, node_top(module, some)):
+        for case, js in zip(some, node_records(module, some, call="top")):
             assert "error" not in js, (drop, case, js)
             assert_same_top(js, expected[cases.index(case)])
 
@@ -440,7 +429,7 @@ def test_a_modules_top_refuses_what_chargens_refuses(tmp_path):
     cases = [{"n": 2, "seed": 1, "temperature": 0.5}, {"n": 2, "unique": True}, {"n": 2, "lines": False},
              {"n": 2, "regex": "[0-9]+"}, {"n": 2, "label": "it"}, {"n": 0}, {"n": 2, "endsWith": "Ω"},
              {"n": 2, "minLen": 5, "maxLen": 3}, {"n": 2, "prompt": 7}]
-    got = node_top(module, cases)
+    got = node_records(module, cases, call="top")
     for case, js in zip(cases[:3], got):
         with pytest.raises(chargen.UsageError) as python:
             python_top(ckpt_path, case)
