@@ -318,6 +318,14 @@ def test_bad_corpora(tmp_path, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f.name]
 
 
+def test_a_corpus_too_short_for_any_window_is_refused_before_the_machine_is_measured(tmp_path):
+    # With the sizes left to chargen, the error came after a probe of the machine and its notes.
+    f = tmp_path / "short.txt"
+    f.write_text("hello there\n")
+    assert_clean_error(run(["train", str(f)], cwd=tmp_path), "short.txt is too short: it has 12 characters", "65")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f.name]
+
+
 def test_corpora_that_must_work(tmp_path):
     crlf = tmp_path / "crlf.txt"
     crlf.write_bytes(b"\xef\xbb\xbf" + b"line one\r\nline two\r\n" * 40)

@@ -266,15 +266,16 @@ def windows_per_epoch(streams: np.ndarray, seq_len: int) -> int:
     return max(0, (streams.shape[1] - 1) // seq_len)
 
 
-def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str, one_line: bool = False) -> int:
+def check_trainable(n_train: int, seq_len: int, batch_size: int, source: str, one_line: bool = False,
+                    part: str = "its training part") -> int:
     """The batch size to use: as asked, or fewer streams if the corpus is too short for that many.
 
     A corpus that cannot fill even one window of seq_len + 1 characters is an error (`one_line`:
-    it is a single line, which says what a list needs too).
+    it is a single line, which says what a list needs too; `part`: what n_train counts).
     """
     if n_train < seq_len + 1:
         raise CorpusError(
-            f"{source} is too short: its training part has {counted(n_train, 'character')}, but one window needs "
+            f"{source} is too short: {part} has {counted(n_train, 'character')}, but one window needs "
             f"`seq_len` + 1 = {seq_len + 1}; use a longer corpus or a smaller `seq_len`"
             + ("; a list of names needs two lines at least (it then adapts a trained model)" if one_line else "")
         )

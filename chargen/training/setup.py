@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..checkpoint import BEST, BUNDLED, LAST, bundled_checkpoint, checkpoint_path, read_checkpoint
 from ..config import DEFAULT_FROM_MAX_LINES, MODEL_KEYS, PRECISIONS, ModelConfig, TrainConfig, counted, plain, unknown_keys
 from ..errors import CheckpointError, ConfigError, TrainingInterrupted, UsageError
-from .data import check_labelled_options, is_list, read_corpus, trained_by_line
+from .data import check_labelled_options, check_trainable, is_list, read_corpus, trained_by_line
 from .device import resolve_device
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
@@ -29,7 +29,7 @@ from .labels import read_labelled
 from .loop import train as run_training
 from .probe import measure_rate
 from .rundir import RunDir, branches, check_resumable
-from .sizing import auto_sizes, finetune_defaults
+from .sizing import auto_sizes, batch_defaults, finetune_defaults
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -339,6 +339,11 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
     device = dist.device if dist is not None else resolve_device(config.device)
     world = dist.world if dist is not None else 1
     given = {**loop_options, **model_options}
+    by_line = trained_by_line(corpus, config)
+    if not by_line:  # a corpus too short for any window: its error now, not after measuring the machine
+        seq_len = given.get("seq_len", batch_defaults(corpus.n_chars, device.type in ("cuda", "mps"))["seq_len"])
+        check_trainable(corpus.n_chars, seq_len, 1, ", ".join(corpus.sources),
+                        one_line=corpus.line_stats.nonempty <= 1, part="it")
 
     started = False
 
@@ -361,7 +366,7 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
 
     auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
                       epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
-                      val_fraction=config.val_fraction, by_line=trained_by_line(corpus, config),
+                      val_fraction=config.val_fraction, by_line=by_line,
                       n_labels=len(corpus.labels.names) if corpus.labels is not None else 0)
     if dist is not None and "batch_size" in auto.train:
         # --batch-size is the global batch: keep each process's share as large as one alone would use.
