@@ -1632,12 +1632,14 @@ class Sampler {
       return keep(p, { states, lsm: logits.map(lsmOf) });
     };
     const add = (parent, id, text, dfa, len, labels, parts, frozen, rows) => {
-      const allowed = g.c.allowed(dfa, len, new Uint8Array(V)), ids = [], lp = [];
-      for (let v = 0; v < V; v++) {
+      const allowed = g.c.allowed(dfa, len, new Uint8Array(V)), ids = [], lp = [], K = labels.length;
+      for (let v = 0; v < V; v++) {  // the mixture as search.logsumexp sums it: one exp a label
         if (!allowed[v]) continue;
-        let s = -Infinity;
-        for (let a = 0; a < labels.length; a++) s = logAdd(s, parts[a] + rows.lsm[a][v]);
-        ids.push(v); lp.push(s);
+        let m = parts[0] + rows.lsm[0][v];
+        for (let a = 1; a < K; a++) m = Math.max(m, parts[a] + rows.lsm[a][v]);
+        let s = 0;
+        if (K > 1 && m > -Infinity) { for (let a = 0; a < K; a++) s += Math.exp(parts[a] + rows.lsm[a][v] - m); }
+        ids.push(v); lp.push(K > 1 && m > -Infinity ? m + Math.log(s) : m);
       }
       if (!ids.length) return;
       const order = ids.map((_, k) => k).sort((x, y) => lp[y] - lp[x] || x - y);
