@@ -1044,8 +1044,10 @@ def export(
       chargen export names --html names.html
       chargen export checkpoints/shakespeare --js model.mjs --tokenizer tokenizer.json
     """
+    from . import webexport
     from .checkpoint import BEST, checkpoint_path, read_checkpoint
 
+    webexport.check_encoding(weights)  # before anything is written (a tokenizer comes first)
     targets = {flag: _named_file(flag, path, "" if flag == "--checkpoint" else "stdout") for flag, path in
                [("--js", js), ("--html", html), ("--checkpoint", to_checkpoint), ("--tokenizer", tokenizer)]}
     js, html, to_checkpoint, tokenizer = targets.values()
@@ -1080,7 +1082,6 @@ def export(
         _write_exported(tokenizer, ckpt.vocab.to_json(), say, "the tokenizer", f": {len(ckpt.vocab)} characters")
     if js is None and html is None and to_checkpoint is None:
         return
-    from . import webexport
     from .sampling.parallel import blas_for_command
 
     blas_for_command(ckpt.model_config.matmul_weights)  # (choosing the encoding scores lines)

@@ -207,11 +207,16 @@ class Encoding:
                 f"(write the exported weights as a checkpoint with --checkpoint to sample exactly these)")
 
 
+def check_encoding(requested: str) -> None:
+    """An encoding --weights may name (checked before an export writes anything)."""
+    if requested not in ENCODINGS:
+        raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
+
+
 def choose_encoding(ckpt: Checkpoint, requested: str = "auto") -> Encoding:
     """The encoding asked for (auto: a lossless one, else i8 within I8_TOLERANCE, else f16), and
     what it costs on the checkpoint's own lines."""
-    if requested not in ENCODINGS:
-        raise UsageError(f"--weights must be one of {', '.join(ENCODINGS)} (got {requested!r})")
+    check_encoding(requested)
     candidates = ("i8", "f16") if requested == "auto" else (requested,)
     for enc in candidates:
         if lossless(_weights(ckpt), enc):

@@ -841,6 +841,10 @@ def test_export_command(tmp_path):
     assert_clean_error(run(["export", "names"]), "name what to write")
     assert_clean_error(run(["export", "names", "--js", str(tmp_path / "no" / "x.mjs")]), "does not exist")
     assert_clean_error(run(["export", "names", "--js", str(tmp_path / "x.mjs"), "--weights", "f8"]), "--weights")
+    # (the tokenizer is written first: it went to stdout before the error, found by random command lines)
+    assert_clean_error(run(["export", "names", "--tokenizer", "-", "--html", str(tmp_path / "x.html"),
+                            "--weights", "f8"]), "--weights")
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "x.mjs").exists()
     # `-` is stdout (a pipeline's `> page.html`, `| gzip`): the same bytes as the file, the note on stderr
     for flag, file in (("--html", "names.html"), ("--js", "names.mjs")):
         piped = run(["export", "names", flag, "-"], cwd=tmp_path)
