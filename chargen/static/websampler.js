@@ -124,6 +124,7 @@ class Network {
     this.cell = cfg.cell; this.layers = cfg.layers; this.H = cfg.hidden; this.V = cfg.vocab_size;
     this.G = { lstm: 4, gru: 3, rnn: 1 }[cfg.cell] * cfg.hidden;
     this.stateTensors = cfg.cell === "lstm" ? 2 : 1;
+    this.S = this.layers * this.stateTensors * this.H;  // a state's numbers
     const G = this.G, H = this.H, E = cfg.embed, V = this.V, Hp = pad16(H);
     this.Hp = Hp;
     // The workspace: per layer W_ih (but the first's) and W_hh, (G, Hp) each; the head (V, Hp); the
@@ -163,62 +164,62 @@ class Network {
     this.start = model.start_state ? model.start_state.map(decodeTensor) : null;
   }
 
-  // A fresh state: per layer [h] or [h, c], each a Float64Array(H); the start-of-line state if any
-  // (a labelled model's: label k's).
+  // A fresh state: one Float64Array(S), per layer h then (LSTM) c, H numbers each; the
+  // start-of-line state if any (a labelled model's: label k's).
   initState(label = 0) {
-    const state = [], at = label * this.layers * this.H;
-    for (let l = 0; l < this.layers; l++) {
-      const parts = [];
-      for (let s = 0; s < this.stateTensors; s++) {
-        const a = new Float64Array(this.H);
-        if (this.start) a.set(this.start[s].subarray(at + l * this.H, at + (l + 1) * this.H));
-        parts.push(a);
+    const state = new Float64Array(this.S), H = this.H, at = label * this.layers * H;
+    if (this.start) {
+      for (let l = 0; l < this.layers; l++) {
+        for (let s = 0; s < this.stateTensors; s++) {
+          state.set(this.start[s].subarray(at + l * H, at + (l + 1) * H), (l * this.stateTensors + s) * H);
+        }
       }
-      state.push(parts);
     }
     return state;
   }
 
-  copyState(state) { return state.map((parts) => parts.map((a) => a.slice())); }
+  copyState(state) { return state.slice(); }
 
-  // W (at w) times the vector v, into the workspace at `out`.
-  times(w, rows, v, out) {
+  // W (at w) times the H numbers of v from `from`, into the workspace at `out`.
+  times(w, rows, v, from, out) {
     const f = this.kernel.f;
-    for (let k = 0; k < this.H; k++) f[this.x + k] = v[k];
+    for (let k = 0; k < this.H; k++) f[this.x + k] = v[from + k];
     this.kernel.gemv(w, rows, this.Hp, this.x, out);
   }
 
   // One character in: the state advances in place, the next character's logits come out.
   step(id, state, logits) {
     const H = this.H, G = this.G, k = this.kernel, f = k.f, pre = this.pre, gi = this.gi, gh = this.gh, tc = this.tc;
-    let x = null;
+    let x = -1;  // where the layer below's h starts in `state`
     for (let l = 0; l < this.layers; l++) {
-      const h = state[l][0], bi = this.bih[l], bh = this.bhh[l], t = id * G;
-      this.times(this.whh[l], G, h, gh);
+      const h = l * this.stateTensors * H, bi = this.bih[l], bh = this.bhh[l], t = id * G;
+      this.times(this.whh[l], G, state, h, gh);
       if (l === 0) { for (let j = 0; j < G; j++) f[gi + j] = this.table[t + j]; }  // input part and bias, looked up
-      else { this.times(this.wih[l], G, x, gi); for (let j = 0; j < G; j++) f[gi + j] += bi[j]; }
+      else { this.times(this.wih[l], G, state, x, gi); for (let j = 0; j < G; j++) f[gi + j] += bi[j]; }
       if (this.cell === "lstm") {  // gates i, f, g, o
-        const c = state[l][1];
+        const c = h + H;
         for (let j = 0; j < G; j++) f[pre + j] = f[gi + j] + f[gh + j];
         k.sigmoid(pre, 2 * H); k.tanh(pre + 2 * H, H); k.sigmoid(pre + 3 * H, H);
-        for (let j = 0; j < H; j++) { c[j] = f[pre + H + j] * c[j] + f[pre + j] * f[pre + 2 * H + j]; f[tc + j] = c[j]; }
+        for (let j = 0; j < H; j++) {
+          state[c + j] = f[pre + H + j] * state[c + j] + f[pre + j] * f[pre + 2 * H + j]; f[tc + j] = state[c + j];
+        }
         k.tanh(tc, H);
-        for (let j = 0; j < H; j++) h[j] = f[pre + 3 * H + j] * f[tc + j];
+        for (let j = 0; j < H; j++) state[h + j] = f[pre + 3 * H + j] * f[tc + j];
       } else if (this.cell === "gru") {  // gates r, z, n; the hidden part keeps its own bias
         for (let j = 0; j < G; j++) f[gh + j] += bh[j];
         for (let j = 0; j < 2 * H; j++) f[pre + j] = f[gi + j] + f[gh + j];
         k.sigmoid(pre, 2 * H);
         for (let j = 0; j < H; j++) f[tc + j] = f[gi + 2 * H + j] + f[pre + j] * f[gh + 2 * H + j];
         k.tanh(tc, H);
-        for (let j = 0; j < H; j++) { const z = f[pre + H + j]; h[j] = (1 - z) * f[tc + j] + z * h[j]; }
+        for (let j = 0; j < H; j++) { const z = f[pre + H + j]; state[h + j] = (1 - z) * f[tc + j] + z * state[h + j]; }
       } else {
         for (let j = 0; j < H; j++) f[pre + j] = f[gi + j] + f[gh + j];
         k.tanh(pre, H);
-        for (let j = 0; j < H; j++) h[j] = f[pre + j];
+        for (let j = 0; j < H; j++) state[h + j] = f[pre + j];
       }
       x = h;
     }
-    this.times(this.head, this.V, x, gh);
+    this.times(this.head, this.V, state, x, gh);
     for (let v = 0; v < this.V; v++) logits[v] = f[gh + v] + this.headB[v];
     return logits;
   }
@@ -1089,7 +1090,7 @@ function pickWeighted(w, V, u, cdf = new Float64Array(V)) {
 // node * V + character. Each node's draw at one setting (`draw`) is kept with it too.
 class Prefixes {
   constructor(net, V, memory) {
-    this.H = net.H; this.S = net.layers * net.stateTensors * net.H; this.V = V; this.memory = memory;
+    this.S = net.S; this.V = V; this.memory = memory;
     this.cap = Math.floor(memory / (8 * (this.S + 2 * V + 2) + 1));
     this.child = new Map();
     this.states = []; this.logits = []; this.p = []; this.norm = []; this.drawn = [];  // chunks of 256 nodes
@@ -1121,9 +1122,8 @@ class Prefixes {
   find(node, id) { const n = this.child.get(node * this.V + id); return n === undefined ? -1 : n; }
 
   load(node, state, logits) {
-    const chunk = this.states[node >> 8];
-    let k = (node & 255) * this.S;
-    for (const parts of state) for (const a of parts) { a.set(chunk.subarray(k, k + this.H)); k += this.H; }
+    const k = (node & 255) * this.S;
+    state.set(this.states[node >> 8].subarray(k, k + this.S));
     const at = (node & 255) * this.V;
     logits.set(this.logits[node >> 8].subarray(at, at + this.V));
   }
@@ -1133,9 +1133,7 @@ class Prefixes {
     if (this.count >= this.cap) return -1;
     const n = this.count++;
     if (this.states.length <= n >> 8) this.chunk();
-    const chunk = this.states[n >> 8];
-    let k = (n & 255) * this.S;
-    for (const parts of state) for (const a of parts) { chunk.set(a, k); k += this.H; }
+    this.states[n >> 8].set(state, (n & 255) * this.S);
     this.logits[n >> 8].set(logits, (n & 255) * this.V);
     this.drawn[n >> 8][n & 255] = 0;
     this.child.set(node * this.V + id, n);
@@ -1608,7 +1606,7 @@ class Sampler {
   // nodes' states and next-character log-probabilities are a cache of search_cache bytes, the
   // oldest dropped first; a node's are computed again from its nearest ancestor's when needed.
   *search(prompt, primed, logW, g, n, skip, names, progress) {
-    const V = this.V, net = this.net, queue = new Heap(), S = net.layers * net.stateTensors * net.H;
+    const V = this.V, net = this.net, queue = new Heap(), S = net.S;
     const cache = new Map(), row = (S + V) * 8;
     let bytes = 0, cached = 0, nodes = 0, tie = 0, found = 0;
     const step = (id, state) => { const logits = new Float64Array(V); net.step(id, state, logits); return logits; };
