@@ -913,7 +913,7 @@ class PrefixTree {
     // The probability of the accepted samples ruled out (tree.Excluded), per root; its part ruled
     // out for good; the nodes and roots of those ruled out for the call drawing now
     this.gone = new Float64Array(primed.length); this.goneForGood = new Float64Array(primed.length); this.forCall = [];
-    this.roots = primed.map((pr, k) => this.node(null, -1, guide.s, pr[0], this.sm.net.copyState(pr[1]), false, k));
+    this.roots = primed.map((pr, k) => this.node(null, -1, guide.s, pr[0].slice(), this.sm.net.copyState(pr[1]), false, k));
   }
 
   // As chargen counts a tree's nodes
@@ -928,10 +928,11 @@ class PrefixTree {
   // Draw with another call's random key (a warm tree)
   useKey(key) { this.key = key; }
 
+  // A node for a prefix whose next-character `logits` and `state` it keeps (its own arrays, not copied)
   node(parent, ch, dfa, logits, state, temp, root = parent && parent.root) {
     const V = this.V, n = { parent, ch, dfa, depth: parent ? parent.depth + 1 : 0, state, temp, root,
       key: parent ? mix((parent.key * GOLD + BigInt(ch) + 1n) & M64) : BigInt(root),  // tree.prefix_key
-      logits: Float64Array.from(logits), probs: new Float64Array(V), psi: new Float64Array(V),
+      logits, probs: new Float64Array(V), psi: new Float64Array(V),
       child: new Array(V).fill(null), children: 0, pristine: true, pinned: false, used: this.round };
     const o = this.o;
     samplingProbs(n.logits, V, o.temperature, o.topK, o.topP, n.probs);
