@@ -270,6 +270,13 @@ def test_what_a_label_spec_asks_for():
     assert asked("Spanish Cities") == asked("es cities") == asked("es:city") and asked("italian surnames") == \
         {"it_IT:surname": 1.0}
     assert asked("IT") == asked("it") and len(asked("ES")) == 2  # codes keep their case: ES, a territory
+    # A kind by other words: last names are surnames, towns cities, given names first names
+    assert asked("italian last names") == asked("Italian Family Names") == asked("it:surname")
+    assert asked("spanish towns") == asked("es:city") and asked("Greek given names") == asked("el:first")
+    assert resolve_labels("forenames", ["elves:first", "elves:last"], [1, 1]).names == ["elves:first"]
+    assert resolve_labels("last", ["elves:first", "elves:last"], [1, 1]).names == ["elves:last"]  # a part as given
+    with pytest.raises(chargen.UsageError, match="no label has all of greek, towns"):
+        resolve_labels("greek towns", names, counts)
     # ... but a territory's code typed in lower case asks for it where no label has the code so
     assert asked("mx") == asked("MX") and asked("gr first names") == {"el_GR:first": 1.0}
     assert asked("es") == {n: w for n, w in asked("spanish").items()} and "es_MX:city" in asked("es")  # es: Spanish

@@ -192,6 +192,7 @@ LABEL_CASES = [
     {"n": 20, "seed": 9, "label": "it=0.5,el_GR:first=0.5", "contains": ["e"]},
     {"n": 20, "seed": 11, "label": "Italian=0.5,greek:first=0.5"},  # languages by their English names
     {"n": 20, "seed": 12, "label": "greek first names=0.5,Italian Surnames=0.5"},  # pieces apart by spaces, plurals
+    {"n": 20, "seed": 17, "label": "Greek given names=0.5,italian last names=0.5"},  # kinds by other words
     {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
     {"n": 30, "seed": 15, "label": "it=0.5,el_GR:first=0.5", "maxLen": 4, "endsWith": "a", "novel": True, "unique": True},

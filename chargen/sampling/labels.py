@@ -8,6 +8,7 @@
     --label greek:first         a language by its English name (any case) asks as its code: el:first
     --label "spain streets"     a territory by its English name too: ES:street ("united states": US)
     --label "greek surnames"    pieces apart by spaces too, and a kind in the plural: el:surname
+    --label "italian last names"  a kind in other words (KINDS): it:surname
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines (a model
@@ -80,6 +81,14 @@ TERRITORIES = {
     "TR": ("turkey", "türkiye"), "TW": ("taiwan",), "TZ": ("tanzania",), "UA": ("ukraine",), "UG": ("uganda",),
     "US": ("united states", "usa", "america"), "UY": ("uruguay",), "UZ": ("uzbekistan",), "VE": ("venezuela",),
     "VN": ("vietnam",), "YE": ("yemen",), "ZA": ("south africa",),
+}
+# A kind of list by other words: `--label "italian last names"` asks as `it:surname`, `--label "spanish
+# towns"` as `es:city`. The kinds are the bundled base model's (corpora/build.py); a label of a list
+# of one's own with such a part (`elves:first`) is asked so too.
+KINDS = {
+    "first": ("given", "forename", "firstname"), "surname": ("last", "lastname", "family"),
+    "city": ("town", "village", "municipality"), "street": ("road", "avenue"),
+    "region": ("province", "state", "county"), "country": ("nation",),
 }
 _NAMES = set(LANGUAGES.values()) | {name for names in TERRITORIES.values() for name in names}  # asked in any case
 
@@ -193,9 +202,10 @@ def _own_parts(name: str) -> set[str]:
 
 def _parts(name: str) -> set[str]:
     """What asks for a label besides its name: its own parts, its language's English name and its
-    territory's (el_GR:first: greek, greece)."""
+    territory's, its kind's other words (el_GR:first: greek, greece, given, forename, firstname)."""
     own = _own_parts(name)
-    return own | {LANGUAGES[p] for p in own if p in LANGUAGES} | {t for p in own for t in TERRITORIES.get(p, ())}
+    return own | {LANGUAGES[p] for p in own if p in LANGUAGES} | {t for p in own for t in TERRITORIES.get(p, ())} \
+        | {w for p in own for w in KINDS.get(p, ())}
 
 
 def _pieces(term: str, parts: set[str]) -> list[str]:

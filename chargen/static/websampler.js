@@ -1240,8 +1240,9 @@ class WarmTrees {
 const LABEL_DRAW = 1n << 62n, LABEL_GO = (1n << 62n) + 1n, LABEL_PICK = (1n << 62n) + 2n;
 
 // What asks for a label besides its name: each ':'-separated part, a locale's language and
-// territory (el_GR:first: el_GR, first, el and GR), and their English names (greek, greece):
-// `tables` holds labels.py's LANGUAGES and TERRITORIES.
+// territory (el_GR:first: el_GR, first, el and GR), their English names (greek, greece) and the
+// kind's other words (given, forename, firstname): `tables` holds labels.py's LANGUAGES,
+// TERRITORIES and KINDS.
 function labelParts(name, tables) {
   const parts = name.split(":"), out = new Set(parts);
   for (const p of parts) {
@@ -1251,6 +1252,7 @@ function labelParts(name, tables) {
   for (const p of Array.from(out)) {
     if (Object.hasOwn(tables.languages, p)) out.add(tables.languages[p]);
     if (Object.hasOwn(tables.territories, p)) for (const t of tables.territories[p]) out.add(t);
+    if (Object.hasOwn(tables.kinds, p)) for (const w of tables.kinds[p]) out.add(w);
   }
   return out;
 }
