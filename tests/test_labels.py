@@ -298,8 +298,14 @@ def test_what_a_label_spec_asks_for():
         resolve_labels("italian cities", names, counts)
     with pytest.raises(chargen.UsageError, match="^unknown label 'greek poets': no label has 'poets'"):
         resolve_labels("greek poets", names, counts)
-    with pytest.raises(chargen.UsageError, match="^unknown label 'names'"):  # a filler alone asks for nothing
-        resolve_labels("names", names, counts)
+    # "names" or "people" with no kind asks for people's names: the first names and surnames
+    assert asked("italian names") == asked("Italian People") == asked("it") and asked("greek names") == asked("el:first")
+    assert set(asked("names")) == {"it_IT:first", "it_IT:surname", "es_ES:first", "el_GR:first"}
+    with pytest.raises(chargen.UsageError, match="no label has all of es, names; es: es_ES:city"):
+        resolve_labels("es names", ["es_ES:city", "it_IT:first"], [1, 1])  # Spanish places are no people
+    assert resolve_labels("es names", ["es_ES:city", "it_IT:street"], [1, 1]).names == ["es_ES:city"]  # nobody: a filler
+    with pytest.raises(chargen.UsageError, match="^unknown label 'names'"):  # a filler alone, and no people
+        resolve_labels("names", ["es_ES:city", "it_IT:street"], [1, 1])
     assert resolve_labels("names", ["names", "b"], [1, 1]).names == ["names"]  # a label's name is its name
     with pytest.raises(chargen.UsageError, match="no label has all of first, names"):  # where a label has "names"
         resolve_labels("first names", ["en:names", "en:first"], [1, 1])

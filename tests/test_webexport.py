@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import random
 import shutil
 import string
 import subprocess
@@ -193,6 +194,7 @@ LABEL_CASES = [
     {"n": 20, "seed": 11, "label": "Italian=0.5,greek:first=0.5"},  # languages by their English names
     {"n": 20, "seed": 12, "label": "greek first names=0.5,Italian Surnames=0.5"},  # pieces apart by spaces, plurals
     {"n": 20, "seed": 17, "label": "Greek given names=0.5,italian last names=0.5"},  # kinds by other words
+    {"n": 20, "seed": 18, "label": "greek names=0.5,Italian People=0.5"},  # with no kind: people's names
     {"n": 20, "seed": 6, "label": "first", "minLen": 4, "endsWith": "a", "rejection": True},
     {"n": 20, "seed": 7, "label": "it=0.5,el_GR:first=0.5", "novel": True, "unique": True, "temperature": 1.5},
     {"n": 30, "seed": 15, "label": "it=0.5,el_GR:first=0.5", "maxLen": 4, "endsWith": "a", "novel": True, "unique": True},
@@ -255,6 +257,14 @@ def test_a_label_with_no_training_lines_gets_chargens_message_from_a_module(tmp_
     assert_same(got[1], python_records(path, {"n": 20, "seed": 4, "label": "it"}))
 
 
+def resolves(path: Path, label: str) -> bool:
+    try:
+        chargen.load(path).label_mix(label)
+    except chargen.UsageError:
+        return False
+    return True
+
+
 @needs_node
 def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
     """No close match: a few labels are listed by name, many by their kinds and languages (as
@@ -265,7 +275,13 @@ def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
         path = random_labelled_model(tmp_path / f"{name}.safetensors", labels=labels)
         module = tmp_path / f"{name}.mjs"
         module.write_text(module_text(read_checkpoint(path), Encoding("f32", True)))
-        terms = ["xyzzy", "russian", "RU", "Russia cities", "united states", "mexican"]
+        # and typos, whose close matches are difflib's (its ratio, ties the greater word first)
+        rng = random.Random(len(labels))
+        typos = ["".join(rng.sample(w, len(w))) if rng.random() < 0.3 else w[:-1] + rng.choice("aeiouxyz")
+                 for w in rng.choices(["italian", "greek", "surnames", "cities", "finnish", "elves", "it", "el_GR",
+                                       "germany", "first names", "spanish"], k=40)]
+        terms = ["xyzzy", "russian", "RU", "Russia cities", "united states", "mexican", "dwarves towns", "elves people",
+                 "greek roads", *[t for t in dict.fromkeys(typos) if not resolves(path, t)]]
         got = node_records(module, [{"n": 1, "label": term} for term in terms])
         for term, js in zip(terms, (g["error"] for g in got)):
             with pytest.raises(chargen.UsageError) as python:
@@ -296,7 +312,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     # int8's cost is measured on the stored lines, each under its own label (a loss, not None)
     enc = choose_encoding(ckpt, "i8")
     assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05
-    assert "unknown label 'it_IT:frist'" in got[-2]["error"] and "it_IT:first" in got[-2]["error"]
+    assert "unknown label 'it_IT:frist': no label has 'frist'; close: first, " in got[-2]["error"]
     assert "unknown label 'Itallian'; close: italian" in got[-3]["error"]
     assert "unknown label 'italian poets': no label has 'poets'" in got[-4]["error"]
     assert "unknown label 'greek cities': no label has all of greek, cities; greek: el_GR:first " in got[-5]["error"]

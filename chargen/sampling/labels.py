@@ -9,6 +9,7 @@
     --label "spain streets"     a territory by its English name too: ES:street ("united states": US)
     --label "greek surnames"    pieces apart by spaces too, and a kind in the plural: el:surname
     --label "italian last names"  a kind in other words (KINDS): it:surname
+    --label "spanish names"     names, or people, with no kind: people's names, es:first and es:surname
     --label de:city             every label with both parts (de_AT:city, de_CH:city, de_DE:city)
     --label it=0.7,es=0.3       a blend: a mixture of the labels' distributions with these weights
     (no --label)                every label, in the proportions of their training lines (a model
@@ -90,6 +91,11 @@ KINDS = {
     "city": ("town", "village", "municipality"), "street": ("road", "avenue"),
     "region": ("province", "state", "county"), "country": ("nation",),
 }
+_KIND_WORDS = set(KINDS).union(*KINDS.values())
+# Words that ask for no part themselves where no label has them ("greek first names": el:first);
+# in a term that names no kind they ask for people's names ("spanish names": es:first, es:surname).
+FILLERS = ("name", "names", "people", "person")
+PEOPLE = ("first", "surname")
 _NAMES = set(LANGUAGES.values()) | {name for names in TERRITORIES.values() for name in names}  # asked in any case
 
 # An attempt's random stream at these "characters" (characters use 0, 1, 2, ...): the label it
@@ -211,16 +217,29 @@ def _parts(name: str) -> set[str]:
 def _pieces(term: str, parts: set[str]) -> list[str]:
     """A term's pieces, separated by ':' or spaces (greek:surname, "greek surnames"), words that
     make a part or a place's name together taken together ("united states cities": united states,
-    cities), less the word "name" or "names" where no label has it ("greek first names")."""
+    cities), less the FILLERS where another piece names a kind ("greek first names") or no label is
+    a person's name."""
     words, pieces, known = [w for w in term.replace(":", " ").split(" ") if w], [], parts | _NAMES
     while words:
         k = next((k for k in range(len(words), 1, -1) if " ".join(words[:k]).lower() in known), 1)
         pieces.append(" ".join(words[:k]).lower() if k > 1 else words[0])
         words = words[k:]
-    return [p for p in pieces if not (p.lower() in ("name", "names") and not _forms(p, parts) & parts)]
+    kind = any(_forms(p, parts) & _KIND_WORDS for p in pieces if not _filler(p, parts))
+    return [p for p in pieces if not (_filler(p, parts) and (kind or not _forms(p, parts) & parts))]
+
+
+def _filler(piece: str, parts: set[str]) -> bool:
+    """One of the FILLERS, where no label has the word itself."""
+    return piece.lower() in FILLERS and not _own_forms(piece, parts) & parts
 
 
 def _forms(piece: str, parts: set[str]) -> set[str]:
+    """What a piece asks as, among the labels' `parts` (_own_forms); a filler, people's names."""
+    forms = _own_forms(piece, parts)
+    return forms | set(PEOPLE) if _filler(piece, parts) else forms
+
+
+def _own_forms(piece: str, parts: set[str]) -> set[str]:
     """What a piece asks as, among the labels' `parts`: itself, and unless it is a code (it, IT:
     three letters or fewer) in lower case and a plural as its singular (Greek: greek, Surnames:
     surname, cities: city); a language's name in any case (Twi: twi); a territory's code typed in

@@ -1284,10 +1284,10 @@ function knownPlace(piece, tables) {
   return null;
 }
 
-// What a piece of a term asks as among the labels' parts `every` (labels.py's _forms): itself, and
+// What a piece of a term asks as among the labels' parts `every` (labels.py's _own_forms): itself, and
 // unless a code (3 letters or fewer) in lower case and a plural as its singular; a language's name
 // in any case; a territory's code typed in lower case where no label has it so (us: US).
-function labelForms(piece, known, every) {
+function ownForms(piece, known, every) {
   const low = piece.toLowerCase();
   if (piece.length <= 3) {
     const up = piece === low && !every.has(piece) ? [piece.toUpperCase()] : [];
@@ -1296,15 +1296,45 @@ function labelForms(piece, known, every) {
   return [piece, low, low.endsWith("ies") ? low.slice(0, -3) + "y" : low.endsWith("s") ? low.slice(0, -1) : low];
 }
 
-function similarity(a, b) {  // 2 * (longest common subsequence) / (|a| + |b|), as difflib's ratio roughly
-  const x = Array.from(a), y = Array.from(b);
-  let prev = new Array(y.length + 1).fill(0);
-  for (let i = 1; i <= x.length; i++) {
-    const row = [0];
-    for (let j = 1; j <= y.length; j++) row.push(x[i - 1] === y[j - 1] ? prev[j - 1] + 1 : Math.max(prev[j], row[j - 1]));
-    prev = row;
+// One of labels.py's FILLERS (name, names, people, person) where no label has the word itself
+function isFiller(piece, known, every, tables) {
+  return tables.fillers.includes(piece.toLowerCase()) && !ownForms(piece, known, every).some((f) => every.has(f));
+}
+
+// labels.py's _forms: a filler asks for people's names
+function labelForms(piece, known, every, tables) {
+  const forms = ownForms(piece, known, every);
+  return isFiller(piece, known, every, tables) ? forms.concat(tables.people) : forms;
+}
+
+// difflib.SequenceMatcher(None, a, b).ratio() for short texts (no junk; b under 200 characters, so
+// no "popular" characters): 2 M / (|a| + |b|), M the characters of the matching blocks, each the
+// longest match left (the earliest in a, then in b) with the blocks on either side of it matched alike.
+function ratio(a, b) {
+  const x = Array.from(a), y = Array.from(b), b2j = new Map();
+  y.forEach((c, j) => { if (!b2j.has(c)) b2j.set(c, []); b2j.get(c).push(j); });
+  let matched = 0;
+  const queue = [[0, x.length, 0, y.length]];
+  while (queue.length) {
+    const [alo, ahi, blo, bhi] = queue.pop();
+    let besti = alo, bestj = blo, best = 0, j2len = new Map();
+    for (let i = alo; i < ahi; i++) {
+      const next = new Map();
+      for (const j of b2j.get(x[i]) || []) {
+        if (j < blo) continue;
+        if (j >= bhi) break;
+        const k = (j2len.get(j - 1) || 0) + 1;
+        next.set(j, k);
+        if (k > best) { besti = i - k + 1; bestj = j - k + 1; best = k; }
+      }
+      j2len = next;
+    }
+    if (!best) continue;
+    matched += best;
+    if (alo < besti && blo < bestj) queue.push([alo, besti, blo, bestj]);
+    if (besti + best < ahi && bestj + best < bhi) queue.push([besti + best, ahi, bestj + best, bhi]);
   }
-  return x.length + y.length ? 2 * prev[y.length] / (x.length + y.length) : 1;
+  return x.length + y.length ? 2 * matched / (x.length + y.length) : 1;
 }
 
 // A blend given as a mapping, {"it": 0.7, "es": 0.3}, as the text that asks for it: it=0.7,es=0.3
@@ -1328,7 +1358,8 @@ function resolveLabels(spec, labels) {
   // a term asks for a label by its name, else for every label with each of its pieces as a part (labelForms)
   const partsOf = names.map((n) => labelParts(n, tables)), every = new Set(names);
   for (const ps of partsOf) for (const p of ps) every.add(p);
-  const has = (p) => labelForms(p, known, every).some((f) => every.has(f));
+  const has = (p) => labelForms(p, known, every, tables).some((f) => every.has(f));
+  const kindWords = new Set(Object.entries(tables.kinds).flat(2)), filler = (p) => isFiller(p, known, every, tables);
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
     let label = (eq < 0 ? term : term.slice(0, eq)).trim();
@@ -1336,19 +1367,23 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(w > 0 && w <= 1e9)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 and at most 1,000,000,000 (a blend: it=0.7,es=0.3)`);  // labels.py's MAX_WEIGHT
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    const pieces = termPieces(label, every, known).filter((p) => !(/^names?$/i.test(p) && !has(p)));
+    // (labels.py's _pieces: the fillers dropped where another piece names a kind or no label is a person's name)
+    const all = termPieces(label, every, known);
+    const kind = all.some((p) => !filler(p) && labelForms(p, known, every, tables).some((f) => kindWords.has(f)));
+    const pieces = all.filter((p) => !(filler(p) && (kind || !has(p))));
     const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
-      pieces.every((p) => labelForms(p, known, every).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
+      pieces.every((p) => labelForms(p, known, every, tables).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
     if (!found.length) {
       const missing = pieces.filter((p) => !has(p));
       if (pieces.length > 1 && !missing.length) {
-        const first = names.filter((n, k) => labelForms(pieces[0], known, every).some((f) => partsOf[k].has(f)));
+        const first = names.filter((n, k) => labelForms(pieces[0], known, every, tables).some((f) => partsOf[k].has(f)));
         throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")}; ${pieces[0]}: ` +
                                `${first.slice(0, 8).join(", ")}${first.length > 8 ? ", ..." : ""} (its info lists them)`);
       }
       const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
-      const close = Array.from(every).map((p) => [similarity(term, p), p]).filter(([r]) => r >= 0.5)
-        .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1)).slice(0, 5).map(([, p]) => p);
+      // difflib.get_close_matches(term, every, n=5, cutoff=0.5): by ratio, ties the greater word first
+      const close = Array.from(every).map((p) => [ratio(p, term), p]).filter(([r]) => r >= 0.5)
+        .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? 1 : -1)).slice(0, 5).map(([, p]) => p);
       const place = knownPlace(look, tables);
       const where = place ? `: no label is ${place}` : look !== label ? `: no label has '${look}'` : "";
       const hint = close.length && !place ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
