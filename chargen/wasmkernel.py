@@ -2,13 +2,18 @@
 here byte by byte (no toolchain): `chargen export --js/--html` embeds it, and the sampler falls back
 to plain JavaScript where WebAssembly SIMD is missing (browsers before 2021, Safari before 16.4).
 
-    gemv(w, rows, cols, x, out):   out[j] = sum_k w[j * cols + k] * x[k]   for j < rows
+    gemm(w, rows, cols, x, n, out):   out[v * rows + j] = sum_k w[j * cols + k] * x[v * cols + k]
+                                      for j < rows, v < n
 
     sigmoid(ptr, n), tanh(ptr, n): in place over n float32 at ptr (n a multiple of 4)
 
 The arguments are i32: w, x, out and ptr are byte offsets into the imported memory (env.mem) of
-float32 arrays; cols is a multiple of 16. Four f32x4 accumulators take 16 columns a turn (so the
-adds do not wait on each other), summed (a0 + a1) + (a2 + a3), then lanes (0 + 1) + (2 + 3). The
+float32 arrays; rows is a multiple of 4, cols of 16 (the rows and columns past the matrix's are
+zeros). Four rows go at once, each weight loaded once for two vectors (then for the last one
+alone, where n is odd): an f32x4 accumulator for each row and vector takes 4 columns a turn, its
+lanes summed (0 + 1) + (2 + 3), so a vector's products are the same bits whichever vector it is
+paired with, or none (eight accumulators keep the adds from waiting on each other: 1.6x the
+rate of one vector's). The
 nonlinearities go through a float32 exp four lanes at a time (Cephes' expf polynomial), about as
 accurate as numpy's float32 tanh, which chargen's numpy twin uses.
 """
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 
 I32, V128 = 0x7F, 0x7B
-# Parameters 0-4: w, rows, cols, x, out; then the locals.
-W, ROWS, COLS, X, OUT = range(5)
-J, K, WP, ROWBYTES = range(5, 9)  # i32 locals
-A = range(9, 13)  # v128 accumulators
-
+# Parameters 0-5: w, rows, cols, x, n, out; then the locals.
+W, ROWS, COLS, X, N, OUT = range(6)
+J, VEC, K, ROWBYTES, XP = range(6, 11)  # i32 locals
+WP = range(11, 15)  # i32: the four rows' start
+ACC = [range(15, 19), range(19, 23)]  # v128: ACC[vector][row]
+WT, XT = range(23, 27), range(27, 29)  # v128: a turn's weights (a row each) and vectors
 
 def _uleb(n: int) -> bytes:
     out = bytearray()
@@ -88,34 +94,49 @@ def br_if(depth: int) -> bytes:
     return b"\x0d" + _uleb(depth)
 
 
-def _gemv_body() -> bytes:
+def _block(vectors: int) -> bytes:
+    """Rows J..J+3 times `vectors` (1 or 2) vectors from XP (each ROWBYTES apart), into out."""
     zero = F32_CONST0 + simd(F32X4_SPLAT)
-    turn = b""  # a_i += w[wp + k + 16 i] * x[x + k + 16 i], i = 0..3
-    for i, acc in enumerate(A):
-        turn += (get(acc) + get(WP) + get(K) + ADD + simd(V128_LOAD, _memarg(16 * i))
-                 + get(X) + get(K) + ADD + simd(V128_LOAD, _memarg(16 * i)) + simd(F32X4_MUL)
-                 + simd(F32X4_ADD) + set_(acc))
-    total = (get(A[0]) + get(A[1]) + simd(F32X4_ADD) + get(A[2]) + get(A[3]) + simd(F32X4_ADD) + simd(F32X4_ADD)
-             + set_(A[0]))
-    lanes = (get(A[0]) + simd(F32X4_EXTRACT, b"\x00") + get(A[0]) + simd(F32X4_EXTRACT, b"\x01") + F32_ADD
-             + get(A[0]) + simd(F32X4_EXTRACT, b"\x02") + get(A[0]) + simd(F32X4_EXTRACT, b"\x03") + F32_ADD + F32_ADD)
+    turn = b"".join(get(WP[r]) + get(K) + ADD + simd(V128_LOAD, _memarg(0)) + set_(WT[r]) for r in range(4))
+    for v in range(vectors):
+        turn += get(XP) + (get(ROWBYTES) + ADD if v else b"") + get(K) + ADD + simd(V128_LOAD, _memarg(0)) + set_(XT[v])
+        for r in range(4):  # acc += w * x
+            turn += get(ACC[v][r]) + get(WT[r]) + get(XT[v]) + simd(F32X4_MUL) + simd(F32X4_ADD) + set_(ACC[v][r])
+    store = b""
+    for v in range(vectors):
+        for r in range(4):  # out[(VEC + v) * rows + J + r] = lanes (0 + 1) + (2 + 3)
+            a = ACC[v][r]
+            lanes = (get(a) + simd(F32X4_EXTRACT, b"\x00") + get(a) + simd(F32X4_EXTRACT, b"\x01") + F32_ADD
+                     + get(a) + simd(F32X4_EXTRACT, b"\x02") + get(a) + simd(F32X4_EXTRACT, b"\x03") + F32_ADD + F32_ADD)
+            store += (get(OUT) + get(VEC) + i32(v) + ADD + get(ROWS) + MUL + get(J) + ADD + i32(r) + ADD + i32(2) + SHL
+                      + ADD + lanes + F32_STORE + _memarg(0))
+    return (b"".join(zero + set_(ACC[v][r]) for v in range(vectors) for r in range(4))
+            + get(X) + get(VEC) + get(ROWBYTES) + MUL + ADD + set_(XP) + i32(0) + set_(K)
+            + BLOCK + LOOP  # over the columns, 4 a turn
+            + get(K) + get(ROWBYTES) + GE_U + br_if(1)
+            + turn
+            + get(K) + i32(16) + ADD + set_(K) + br(0)
+            + END + END
+            + store)
+
+
+def _gemm_body() -> bytes:
     code = (
         get(COLS) + i32(2) + SHL + set_(ROWBYTES) + i32(0) + set_(J)
-        + BLOCK + LOOP  # over the rows
+        + BLOCK + LOOP  # over the rows, 4 at a time
         + get(J) + get(ROWS) + GE_U + br_if(1)
-        + b"".join(zero + set_(a) for a in A)
-        + get(W) + get(J) + get(ROWBYTES) + MUL + ADD + set_(WP) + i32(0) + set_(K)
-        + BLOCK + LOOP  # over the columns, 16 a turn
-        + get(K) + get(ROWBYTES) + GE_U + br_if(1)
-        + turn
-        + get(K) + i32(64) + ADD + set_(K) + br(0)
+        + b"".join(get(W) + get(J) + i32(r) + ADD + get(ROWBYTES) + MUL + ADD + set_(WP[r]) for r in range(4))
+        + i32(0) + set_(VEC)
+        + BLOCK + LOOP  # over the vectors, two at a time
+        + get(VEC) + i32(2) + ADD + get(N) + b"\x4b" + br_if(1)  # (i32.gt_u: VEC + 2 > N)
+        + _block(2)
+        + get(VEC) + i32(2) + ADD + set_(VEC) + br(0)
         + END + END
-        + total
-        + get(OUT) + get(J) + i32(2) + SHL + ADD + lanes + F32_STORE + _memarg(0)
-        + get(J) + i32(1) + ADD + set_(J) + br(0)
+        + get(VEC) + get(N) + b"\x49" + b"\x04\x40" + _block(1) + END  # (i32.lt_u, if: the last one alone)
+        + get(J) + i32(4) + ADD + set_(J) + br(0)
         + END + END
     )
-    locals_ = _vec([_uleb(4) + bytes([I32]), _uleb(4) + bytes([V128])])
+    locals_ = _vec([_uleb(9) + bytes([I32]), _uleb(14) + bytes([V128])])
     body = locals_ + code + END
     return _uleb(len(body)) + body
 
@@ -177,21 +198,21 @@ def _map_body(kind: str) -> bytes:
     return _uleb(len(body)) + body
 
 
-GEMV, EXP4, SIGMOID, TANH = range(4)  # function indices
+GEMM, EXP4, SIGMOID, TANH = range(4)  # function indices
 
 
 def kernel() -> bytes:
-    """The WebAssembly module's bytes: gemv, sigmoid(ptr, n) and tanh(ptr, n) exported."""
-    gemv_type = b"\x60" + _vec([bytes([I32])] * 5) + _vec([])
+    """The WebAssembly module's bytes: gemm, sigmoid(ptr, n) and tanh(ptr, n) exported."""
+    gemm_type = b"\x60" + _vec([bytes([I32])] * 6) + _vec([])
     exp_type = b"\x60" + _vec([bytes([V128])]) + _vec([bytes([V128])])
     map_type = b"\x60" + _vec([bytes([I32])] * 2) + _vec([])
     memory_import = _name("env") + _name("mem") + b"\x02" + b"\x00" + _uleb(1)  # memory, at least one page
-    exports = [_name("gemv") + b"\x00" + _uleb(GEMV), _name("sigmoid") + b"\x00" + _uleb(SIGMOID),
+    exports = [_name("gemm") + b"\x00" + _uleb(GEMM), _name("sigmoid") + b"\x00" + _uleb(SIGMOID),
                _name("tanh") + b"\x00" + _uleb(TANH)]
     return (b"\x00asm" + b"\x01\x00\x00\x00"
-            + _section(1, _vec([gemv_type, exp_type, map_type]))
+            + _section(1, _vec([gemm_type, exp_type, map_type]))
             + _section(2, _vec([memory_import]))
             + _section(3, _vec([_uleb(0), _uleb(1), _uleb(2), _uleb(2)]))
             + _section(7, _vec(exports))
-            + _section(10, _vec([_gemv_body(), _exp4_body(), _map_body("sigmoid"), _map_body("tanh")])))
+            + _section(10, _vec([_gemm_body(), _exp4_body(), _map_body("sigmoid"), _map_body("tanh")])))
 

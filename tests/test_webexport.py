@@ -1059,8 +1059,10 @@ def test_a_labelled_page_has_a_label_picker_and_draws_the_cli_names(browser, tmp
 
 @needs_node
 def test_wasm_kernel_against_float64(tmp_path):
-    """The assembled kernel: gemv to float32 rounding, sigmoid and tanh to about 1 ulp (a wrong
-    constant or opcode in chargen/wasmkernel.py fails this long before the sampler tests)."""
+    """The assembled kernel: gemm to float32 rounding, each vector's products the same bits alone
+    as beside another (a state's step must not depend on how states are grouped), sigmoid and tanh
+    to about 1 ulp (a wrong constant or opcode in chargen/wasmkernel.py fails this long before the
+    sampler tests)."""
     from chargen.wasmkernel import kernel
 
     (tmp_path / "k.wasm").write_bytes(kernel())
@@ -1074,22 +1076,25 @@ for (const [name, ref] of [["sigmoid", (x) => 1 / (1 + Math.exp(-x))], ["tanh", 
   f.set(xs); k[name](0, N);
   out[name] = Math.max(...xs.map((x, i) => Math.abs(f[i] - ref(Math.fround(x)))));
 }
-const rows = 70, cols = 48;
-for (let i = 0; i < rows * cols + cols; i++) f[i] = Math.cos(i * 0.37);
-k.gemv(0, rows, cols, rows * cols * 4, (rows * cols + cols) * 4);
-let gemv = 0;
-for (let j = 0; j < rows; j++) {
-  let s = 0;
-  for (let c = 0; c < cols; c++) s += f[j * cols + c] * f[rows * cols + c];
-  gemv = Math.max(gemv, Math.abs(s - f[rows * cols + cols + j]));
+const rows = 72, cols = 48, n = 5, x = rows * cols, o = x + n * cols, alone = o + n * rows;
+for (let i = 0; i < o; i++) f[i] = Math.cos(i * 0.37);
+k.gemm(0, rows, cols, x * 4, n, o * 4);
+out.gemm = 0; out.alone = true;
+for (let v = 0; v < n; v++) {
+  for (let j = 0; j < rows; j++) {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += f[j * cols + c] * f[x + v * cols + c];
+    out.gemm = Math.max(out.gemm, Math.abs(s - f[o + v * rows + j]));
+  }
+  k.gemm(0, rows, cols, (x + v * cols) * 4, 1, alone * 4);
+  for (let j = 0; j < rows; j++) if (f[alone + j] !== f[o + v * rows + j]) out.alone = false;
 }
-out.gemv = gemv;
 process.stdout.write(JSON.stringify(out));
 """
     proc = subprocess.run([NODE, "-e", script, str(tmp_path / "k.wasm")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     err = json.loads(proc.stdout)
-    assert err["sigmoid"] < 1.2e-7 and err["tanh"] < 1.2e-7 and err["gemv"] < 2e-5, err
+    assert err["sigmoid"] < 1.2e-7 and err["tanh"] < 1.2e-7 and err["gemm"] < 2e-5 and err["alone"], err
 
 
 @pytest.mark.parametrize("base, name", [("/home/someone/private/base.safetensors", "base"),

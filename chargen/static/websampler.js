@@ -69,10 +69,11 @@ function decodeTensor(t) {
 
 // --- the network: torch's nn.LSTM / nn.GRU / nn.RNN equations ----------------------------------
 
-// Matrix-vector products over one Float32Array `f` that holds the weight matrices (each row padded
-// to a multiple of 16 columns with zeros) and the vectors they multiply: in WebAssembly with 128-bit
-// SIMD where the engine has it (KERNEL, assembled by chargen/wasmkernel.py; about 9x plain
-// JavaScript), else in JavaScript. gemv(w, rows, cols, x, out): f[out + j] = sum_k f[w + j*cols + k] * f[x + k];
+// Matrix products over one Float32Array `f` that holds the weight matrices (rows padded to a
+// multiple of 4 and each row to 16 columns with zeros) and the vectors they multiply: in
+// WebAssembly with 128-bit SIMD where the engine has it (KERNEL, assembled by chargen/wasmkernel.py;
+// about 9x plain JavaScript), else in JavaScript. gemm(w, rows, cols, x, n, out): for the n vectors
+// at x (cols apart), f[out + v*rows + j] = sum_k f[w + j*cols + k] * f[x + v*cols + k];
 // sigmoid(at, n) and tanh(at, n) in place over f[at .. at + n) (in WebAssembly a float32 exp, four
 // lanes at a time: about 1 ulp, as numpy's float32 tanh; 6x faster than Math.tanh).
 class Kernel {
@@ -84,7 +85,7 @@ class Kernel {
         const mem = new WebAssembly.Memory({ initial: Math.ceil((floats * 4) / 65536) + 1 });
         const wasm = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { mem } }).exports;
         this.f = new Float32Array(mem.buffer);
-        this.gemv = (w, rows, cols, x, out) => wasm.gemv(w * 4, rows, cols, x * 4, out * 4);
+        this.gemm = (w, rows, cols, x, n, out) => wasm.gemm(w * 4, rows, cols, x * 4, n, out * 4);
         // Four lanes at a time in WebAssembly; the last n % 4 values here.
         this.sigmoid = (at, n) => { const n4 = n & ~3; wasm.sigmoid(at * 4, n4); jsSigmoid(this.f, at + n4, n - n4); };
         this.tanh = (at, n) => { const n4 = n & ~3; wasm.tanh(at * 4, n4); jsTanh(this.f, at + n4, n - n4); };
@@ -93,29 +94,34 @@ class Kernel {
     }
     if (!this.simd) {
       this.f = new Float32Array(floats);
-      this.gemv = (w, rows, cols, x, out) => jsGemv(this.f, w, rows, cols, x, out);
+      this.gemm = (w, rows, cols, x, n, out) => jsGemm(this.f, w, rows, cols, x, n, out);
       this.sigmoid = (at, n) => jsSigmoid(this.f, at, n);
       this.tanh = (at, n) => jsTanh(this.f, at, n);
     }
   }
 }
 
-function jsGemv(f, w, rows, cols, x, out) {
-  for (let j = 0; j < rows; j++) {
-    const r = w + j * cols;
-    let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (let k = 0; k < cols; k += 4) {
-      a0 += f[r + k] * f[x + k]; a1 += f[r + k + 1] * f[x + k + 1];
-      a2 += f[r + k + 2] * f[x + k + 2]; a3 += f[r + k + 3] * f[x + k + 3];
+function jsGemm(f, w, rows, cols, x, n, out) {
+  for (let v = 0; v < n; v++) {
+    const xv = x + v * cols, ov = out + v * rows;
+    for (let j = 0; j < rows; j++) {
+      const r = w + j * cols;
+      let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      for (let k = 0; k < cols; k += 4) {
+        a0 += f[r + k] * f[xv + k]; a1 += f[r + k + 1] * f[xv + k + 1];
+        a2 += f[r + k + 2] * f[xv + k + 2]; a3 += f[r + k + 3] * f[xv + k + 3];
+      }
+      f[ov + j] = (a0 + a1) + (a2 + a3);
     }
-    f[out + j] = (a0 + a1) + (a2 + a3);
   }
 }
 
 function jsSigmoid(f, at, n) { for (let j = at; j < at + n; j++) f[j] = 1 / (1 + Math.exp(-f[j])); }
 function jsTanh(f, at, n) { for (let j = at; j < at + n; j++) f[j] = Math.tanh(f[j]); }
 
-const pad16 = (n) => Math.ceil(n / 16) * 16;
+const pad16 = (n) => Math.ceil(n / 16) * 16, pad4 = (n) => Math.ceil(n / 4) * 4;
+// How many states a step takes at once (Network.stepMany)
+const STEP_BATCH = 16;
 
 class Network {
   constructor(model) {
@@ -125,16 +131,17 @@ class Network {
     this.G = { lstm: 4, gru: 3, rnn: 1 }[cfg.cell] * cfg.hidden;
     this.stateTensors = cfg.cell === "lstm" ? 2 : 1;
     this.S = this.layers * this.stateTensors * this.H;  // a state's numbers
-    const G = this.G, H = this.H, E = cfg.embed, V = this.V, Hp = pad16(H);
-    this.Hp = Hp;
-    // The workspace: per layer W_ih (but the first's) and W_hh, (G, Hp) each; the head (V, Hp); the
-    // vector multiplied (Hp); and the products (G) and (G).
+    const G = this.G, H = this.H, E = cfg.embed, V = this.V, Hp = pad16(H), B = STEP_BATCH;
+    this.Hp = Hp; this.Gp = pad4(G); this.Vp = pad4(V);
+    // The workspace: per layer W_ih (but the first's) and W_hh, (Gp, Hp) each; the head (Vp, Hp); for
+    // each of B states at once the vector multiplied (Hp), the products (Gp) and (max(Gp, Vp)), a
+    // layer's gates (Gp) and tanh(c) (LSTM) or the candidate (GRU) (Hp).
     let at = 0;
     const take = (n) => { const here = at; at += n; return here; };
     this.wih = []; this.whh = [];
-    for (let l = 0; l < this.layers; l++) { this.wih.push(l ? take(G * Hp) : -1); this.whh.push(take(G * Hp)); }
-    this.head = take(V * Hp); this.x = take(Hp); this.gi = take(G); this.gh = take(pad16(Math.max(G, V)));
-    this.pre = take(pad16(G)); this.tc = take(Hp);  // a layer's gates; tanh(c) (LSTM) or the candidate (GRU)
+    for (let l = 0; l < this.layers; l++) { this.wih.push(l ? take(this.Gp * Hp) : -1); this.whh.push(take(this.Gp * Hp)); }
+    this.head = take(this.Vp * Hp); this.x = take(B * Hp); this.gi = take(B * this.Gp);
+    this.gh = take(B * Math.max(this.Gp, this.Vp)); this.pre = take(B * this.Gp); this.tc = take(B * Hp);
     this.kernel = new Kernel(at);
     const f = this.kernel.f;
     const put = (src, rows, cols, dst) => {
@@ -180,48 +187,65 @@ class Network {
 
   copyState(state) { return state.slice(); }
 
-  // W (at w) times the H numbers of v from `from`, into the workspace at `out`.
-  times(w, rows, v, from, out) {
-    const f = this.kernel.f;
-    for (let k = 0; k < this.H; k++) f[this.x + k] = v[from + k];
-    this.kernel.gemv(w, rows, this.Hp, this.x, out);
+  // One character in: the state advances in place, the next character's logits come out.
+  step(id, state, logits) { this.stepBatch(id, [state], [logits]); return logits; }
+
+  // The same character into each of `states` (each advances in place), each one's next logits
+  // into `logits`' arrays: up to STEP_BATCH at a time, each weight loaded once for two states.
+  stepMany(id, states, logits) {
+    for (let b = 0; b < states.length; b += STEP_BATCH) {
+      this.stepBatch(id, states.slice(b, b + STEP_BATCH), logits.slice(b, b + STEP_BATCH));
+    }
   }
 
-  // One character in: the state advances in place, the next character's logits come out.
-  step(id, state, logits) {
-    const H = this.H, G = this.G, k = this.kernel, f = k.f, pre = this.pre, gi = this.gi, gh = this.gh, tc = this.tc;
-    let x = -1;  // where the layer below's h starts in `state`
+  // The h of layer `at` (its offset in a state) of each state into the workspace's vectors
+  gather(states, at) {
+    const f = this.kernel.f, H = this.H, Hp = this.Hp;
+    states.forEach((state, b) => { for (let k = 0; k < H; k++) f[this.x + b * Hp + k] = state[at + k]; });
+  }
+
+  stepBatch(id, states, logitsOut) {
+    const H = this.H, G = this.G, Gp = this.Gp, Hp = this.Hp, n = states.length, k = this.kernel, f = k.f;
+    let x = -1;  // where the layer below's h starts in a state
     for (let l = 0; l < this.layers; l++) {
       const h = l * this.stateTensors * H, bi = this.bih[l], bh = this.bhh[l], t = id * G;
-      this.times(this.whh[l], G, state, h, gh);
-      if (l === 0) { for (let j = 0; j < G; j++) f[gi + j] = this.table[t + j]; }  // input part and bias, looked up
-      else { this.times(this.wih[l], G, state, x, gi); for (let j = 0; j < G; j++) f[gi + j] += bi[j]; }
-      if (this.cell === "lstm") {  // gates i, f, g, o
-        const c = h + H;
-        for (let j = 0; j < G; j++) f[pre + j] = f[gi + j] + f[gh + j];
-        k.sigmoid(pre, 2 * H); k.tanh(pre + 2 * H, H); k.sigmoid(pre + 3 * H, H);
-        for (let j = 0; j < H; j++) {
-          state[c + j] = f[pre + H + j] * state[c + j] + f[pre + j] * f[pre + 2 * H + j]; f[tc + j] = state[c + j];
+      this.gather(states, h);
+      k.gemm(this.whh[l], Gp, Hp, this.x, n, this.gh);
+      if (l > 0) { this.gather(states, x); k.gemm(this.wih[l], Gp, Hp, this.x, n, this.gi); }
+      for (let b = 0; b < n; b++) {
+        const state = states[b], gi = this.gi + b * Gp, gh = this.gh + b * Gp, pre = this.pre + b * Gp, tc = this.tc + b * Hp;
+        if (l === 0) { for (let j = 0; j < G; j++) f[gi + j] = this.table[t + j]; }  // input part and bias, looked up
+        else { for (let j = 0; j < G; j++) f[gi + j] += bi[j]; }
+        if (this.cell === "lstm") {  // gates i, f, g, o
+          const c = h + H;
+          for (let j = 0; j < G; j++) f[pre + j] = f[gi + j] + f[gh + j];
+          k.sigmoid(pre, 2 * H); k.tanh(pre + 2 * H, H); k.sigmoid(pre + 3 * H, H);
+          for (let j = 0; j < H; j++) {
+            state[c + j] = f[pre + H + j] * state[c + j] + f[pre + j] * f[pre + 2 * H + j]; f[tc + j] = state[c + j];
+          }
+          k.tanh(tc, H);
+          for (let j = 0; j < H; j++) state[h + j] = f[pre + 3 * H + j] * f[tc + j];
+        } else if (this.cell === "gru") {  // gates r, z, n; the hidden part keeps its own bias
+          for (let j = 0; j < G; j++) f[gh + j] += bh[j];
+          for (let j = 0; j < 2 * H; j++) f[pre + j] = f[gi + j] + f[gh + j];
+          k.sigmoid(pre, 2 * H);
+          for (let j = 0; j < H; j++) f[tc + j] = f[gi + 2 * H + j] + f[pre + j] * f[gh + 2 * H + j];
+          k.tanh(tc, H);
+          for (let j = 0; j < H; j++) { const z = f[pre + H + j]; state[h + j] = (1 - z) * f[tc + j] + z * state[h + j]; }
+        } else {
+          for (let j = 0; j < H; j++) f[pre + j] = f[gi + j] + f[gh + j];
+          k.tanh(pre, H);
+          for (let j = 0; j < H; j++) state[h + j] = f[pre + j];
         }
-        k.tanh(tc, H);
-        for (let j = 0; j < H; j++) state[h + j] = f[pre + 3 * H + j] * f[tc + j];
-      } else if (this.cell === "gru") {  // gates r, z, n; the hidden part keeps its own bias
-        for (let j = 0; j < G; j++) f[gh + j] += bh[j];
-        for (let j = 0; j < 2 * H; j++) f[pre + j] = f[gi + j] + f[gh + j];
-        k.sigmoid(pre, 2 * H);
-        for (let j = 0; j < H; j++) f[tc + j] = f[gi + 2 * H + j] + f[pre + j] * f[gh + 2 * H + j];
-        k.tanh(tc, H);
-        for (let j = 0; j < H; j++) { const z = f[pre + H + j]; state[h + j] = (1 - z) * f[tc + j] + z * state[h + j]; }
-      } else {
-        for (let j = 0; j < H; j++) f[pre + j] = f[gi + j] + f[gh + j];
-        k.tanh(pre, H);
-        for (let j = 0; j < H; j++) state[h + j] = f[pre + j];
       }
       x = h;
     }
-    this.times(this.head, this.V, state, x, gh);
-    for (let v = 0; v < this.V; v++) logits[v] = f[gh + v] + this.headB[v];
-    return logits;
+    this.gather(states, x);
+    k.gemm(this.head, this.Vp, Hp, this.x, n, this.gh);
+    for (let b = 0; b < n; b++) {
+      const logits = logitsOut[b], out = this.gh + b * this.Vp;
+      for (let v = 0; v < this.V; v++) logits[v] = f[out + v] + this.headB[v];
+    }
   }
 }
 
@@ -1663,8 +1687,8 @@ class Sampler {
       let a = p;
       for (; !cache.has(a); a = a.parent) path.push(a.id);
       const from = cache.get(a), states = p.labels.map((k) => net.copyState(from.states[a.labels.indexOf(k)]));
-      let logits = [];
-      for (const id of path.reverse()) logits = states.map((st) => step(id, st));
+      const logits = states.map(() => new Float64Array(V));
+      for (const id of path.reverse()) net.stepMany(id, states, logits);
       return keep(p, { states, lsm: logits.map(lsmOf) });
     };
     const add = (parent, id, text, dfa, len, labels, parts, frozen, rows) => {
@@ -1689,13 +1713,15 @@ class Sampler {
       const order = parts.map((_, a) => a).sort((x, y) => parts[x] - parts[y] || x - y), keeps = parts.map(() => true);
       let low = -Infinity, frozen = p.frozen;
       for (const a of order.slice(0, -1)) { low = logAdd(low, parts[a]); if (low < p.lp[r] - MODEL.search_drop) keeps[a] = false; }
-      const labels = [], kept = [], states = [], lsm = [];
+      const labels = [], kept = [], states = [];
       for (let a = 0; a < parts.length; a++) {
         if (!keeps[a]) { frozen = logAdd(frozen, parts[a]); continue; }
-        const state = net.copyState(rows.states[a]);
-        lsm.push(lsmOf(step(id, state))); labels.push(p.labels[a]); kept.push(parts[a]); states.push(state);
+        labels.push(p.labels[a]); kept.push(parts[a]); states.push(net.copyState(rows.states[a]));
       }
-      add(p, id, p.text + this.vocab[id], g.c.trans[p.dfa * V + id], p.len + 1, labels, kept, frozen, { states, lsm });
+      const logits = states.map(() => new Float64Array(V));
+      net.stepMany(id, states, logits);  // the labels' states together
+      add(p, id, p.text + this.vocab[id], g.c.trans[p.dfa * V + id], p.len + 1, labels, kept, frozen,
+          { states, lsm: logits.map(lsmOf) });
     };
     const byLabel = (p, id) => {  // log(w_l) + log P_l(sample) under every label, the dropped ones' scored now
       const rows = rowsOf(p);
