@@ -1671,7 +1671,6 @@ class Sampler {
     const V = this.V, net = this.net, queue = new Heap(), S = net.S;
     const cache = new Map(), row = (S + V) * 8;
     let bytes = 0, cached = 0, nodes = 0, tie = 0, found = 0;
-    const step = (id, state) => { const logits = new Float64Array(V); net.step(id, state, logits); return logits; };
     const lsmOf = (lg) => { const { m, ls } = logNormalizer(lg, V); return lg.map((x) => x - m - ls); };
     const keep = (p, rows) => {
       cache.set(p, rows); cached += p.labels.length * row;
@@ -1724,15 +1723,18 @@ class Sampler {
           { states, lsm: logits.map(lsmOf) });
     };
     const byLabel = (p, id) => {  // log(w_l) + log P_l(sample) under every label, the dropped ones' scored now
-      const rows = rowsOf(p);
-      return logW.map((w, k) => {
+      const rows = rowsOf(p), ids = [...this.encode(p.text.slice(prompt.length), "a sample"), id];
+      const x = logW.map((w, k) => {
         const a = p.labels.indexOf(k);
-        if (a >= 0) return p.parts[a] + rows.lsm[a][id];
-        const ids = [...this.encode(p.text.slice(prompt.length), "a sample"), id], state = net.copyState(primed[k][1]);
-        let x = w + logSoftmaxAt(primed[k][0], V, ids[0]);
-        for (let t = 0; t + 1 < ids.length; t++) x += logSoftmaxAt(step(ids[t], state), V, ids[t + 1]);
-        return x;
+        return a >= 0 ? p.parts[a] + rows.lsm[a][id] : w + logSoftmaxAt(primed[k][0], V, ids[0]);
       });
+      const dropped = logW.flatMap((_, k) => p.labels.includes(k) ? [] : [k]);  // stepped together
+      const states = dropped.map((k) => net.copyState(primed[k][1])), logits = dropped.map(() => new Float64Array(V));
+      for (let t = 0; t + 1 < ids.length && dropped.length; t++) {
+        net.stepMany(ids[t], states, logits);
+        dropped.forEach((k, i) => { x[k] += logSoftmaxAt(logits[i], V, ids[t + 1]); });
+      }
+      return x;
     };
     add(null, -1, prompt, g.s, g.n0, logW.map((_, k) => k), logW, -Infinity,
         { states: primed.map((p) => net.copyState(p[1])), lsm: primed.map((p) => lsmOf(p[0])) });
