@@ -339,9 +339,9 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
     device = dist.device if dist is not None else resolve_device(config.device)
     world = dist.world if dist is not None else 1
     given = {**loop_options, **model_options}
-    by_line = trained_by_line(corpus, config)
+    by_line, accelerator = trained_by_line(corpus, config), device.type in ("cuda", "mps")
     if not by_line:  # a corpus too short for any window: its error now, not after measuring the machine
-        seq_len = given.get("seq_len", batch_defaults(corpus.n_chars, device.type in ("cuda", "mps"))["seq_len"])
+        seq_len = given.get("seq_len", batch_defaults(corpus.n_chars, accelerator)["seq_len"])
         check_trainable(corpus.n_chars, seq_len, 1, ", ".join(corpus.sources),
                         one_line=corpus.line_stats.nonempty <= 1, part="it")
 
@@ -365,7 +365,7 @@ def _auto_size(corpus, config, model_options: dict[str, Any], loop_options: dict
         return rate * world, spent
 
     auto = auto_sizes(corpus.n_chars, len(corpus.vocab), time_budget=config.time_budget, max_steps=config.max_steps,
-                      epochs=config.epochs, accelerator=device.type in ("cuda", "mps"), given=given, measure=measure,
+                      epochs=config.epochs, accelerator=accelerator, given=given, measure=measure,
                       val_fraction=config.val_fraction, by_line=by_line,
                       n_labels=len(corpus.labels.names) if corpus.labels is not None else 0)
     if dist is not None and "batch_size" in auto.train:
