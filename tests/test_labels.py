@@ -296,8 +296,11 @@ def test_what_a_label_spec_asks_for():
     with pytest.raises(chargen.UsageError, match="^unknown label 'italian cities': no label has all of italian, cities; "
                                                  "italian: it_IT:first, it_IT:surname "):
         resolve_labels("italian cities", names, counts)
-    with pytest.raises(chargen.UsageError, match="^unknown label 'greek poets': no label has 'poets'"):
-        resolve_labels("greek poets", names, counts)
+    with pytest.raises(chargen.UsageError, match="^unknown label 'greek poets': no label has 'poets'.*; greek: el_GR:first "):
+        resolve_labels("greek poets", names, counts)  # and what the other pieces ask for
+    with pytest.raises(chargen.UsageError, match=r"^unknown label 'it:frist': no label has 'frist'; close: first.*"
+                                                 r"; it: it_IT:first, it_IT:surname \(chargen"):
+        resolve_labels("it:frist", names, counts)
     # "names" or "people" with no kind asks for people's names: the first names and surnames
     assert asked("italian names") == asked("Italian People") == asked("it") and asked("greek names") == asked("el:first")
     assert set(asked("names")) == {"it_IT:first", "it_IT:surname", "es_ES:first", "el_GR:first"}

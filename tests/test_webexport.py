@@ -281,7 +281,7 @@ def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
                  for w in rng.choices(["italian", "greek", "surnames", "cities", "finnish", "elves", "it", "el_GR",
                                        "germany", "first names", "spanish"], k=40)]
         terms = ["xyzzy", "russian", "RU", "Russia cities", "united states", "mexican", "dwarves towns", "elves people",
-                 "greek roads", *[t for t in dict.fromkeys(typos) if not resolves(path, t)]]
+                 "greek roads", "italian poets", "it_IT:frist", *[t for t in dict.fromkeys(typos) if not resolves(path, t)]]
         got = node_records(module, [{"n": 1, "label": term} for term in terms])
         for term, js in zip(terms, (g["error"] for g in got)):
             with pytest.raises(chargen.UsageError) as python:

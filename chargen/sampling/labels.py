@@ -256,29 +256,41 @@ def _matching(term: str, names: list[str]) -> list[int]:
     (de:city: de_AT:city, de_CH:city, de_DE:city; "greek first names": el_GR:first)."""
     if term in names:
         return [names.index(term)]
+    return _having(_pieces(term, set().union(*map(_parts, names))), names)
+
+
+def _having(pieces: list[str], names: list[str]) -> list[int]:
+    """The labels that have each of a term's `pieces` as a part (none for no pieces)."""
     label_parts = [_parts(n) for n in names]
     every = set().union(*label_parts)
-    asked = [_forms(p, every) for p in _pieces(term, every)]
+    asked = [_forms(p, every) for p in pieces]
     return [i for i, parts in enumerate(label_parts) if asked and all(forms & parts for forms in asked)]
+
+
+def _shown(found: list[int], names: list[str]) -> str:
+    """Labels as an error lists them: the first 8, and ... for more."""
+    return ", ".join(names[i] for i in found[:8]) + (", ..." if len(found) > 8 else "")
 
 
 def _unknown(term: str, names: list[str]) -> UsageError:
     """The error for a term no label answers: the close matches of the piece that no label has (or
-    of the whole term), or that its pieces are there but never together."""
+    of the whole term) and the labels its other pieces ask for ("italian places": italian:
+    it_IT:first, ...), or that its pieces are there but never together."""
     parts = set().union(*map(_parts, names)) | set(names)
     pieces = _pieces(term, parts)
     missing = [p for p in pieces if not _forms(p, parts) & parts]
     if len(pieces) > 1 and not missing:
-        first = _matching(pieces[0], names)
-        shown = ", ".join(names[i] for i in first[:8]) + (", ..." if len(first) > 8 else "")
-        return UsageError(f"unknown label {term!r}: no label has all of {', '.join(pieces)}; {pieces[0]}: {shown} "
-                          f"(chargen info --labels lists them)")
+        return UsageError(f"unknown label {term!r}: no label has all of {', '.join(pieces)}; {pieces[0]}: "
+                          f"{_shown(_matching(pieces[0], names), names)} (chargen info --labels lists them)")
     look = missing[0] if len(pieces) > 1 else term
     close = difflib.get_close_matches(look if look in parts else look.lower(), sorted(parts), n=5, cutoff=0.5)
     known = _known_place(look)
     where = f": no label is {known}" if known else f": no label has {look!r}" if look != term else ""
     hint = f"; close: {', '.join(close)}" if close and not known else \
         f"; it has {len(names)}: {label_summary(names) or ', '.join(names)}"
+    rest = [p for p in pieces if p not in missing] if len(pieces) > 1 and not known else []
+    if found := _having(rest, names):
+        hint += f"; {' '.join(rest)}: {_shown(found, names)}"
     return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
 
 

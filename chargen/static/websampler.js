@@ -1384,6 +1384,10 @@ function resolveLabels(spec, labels) {
   for (const ps of partsOf) for (const p of ps) every.add(p);
   const has = (p) => labelForms(p, known, every, tables).some((f) => every.has(f));
   const kindWords = new Set(Object.entries(tables.kinds).flat(2)), filler = (p) => isFiller(p, known, every, tables);
+  // the labels with each of `pieces` as a part (labels.py's _having), as an error lists them (_shown)
+  const having = (pieces) => pieces.length ? names.flatMap((n, k) =>
+    pieces.every((p) => labelForms(p, known, every, tables).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
+  const shownAs = (found) => found.slice(0, 8).map((k) => names[k]).join(", ") + (found.length > 8 ? ", ..." : "");
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
     let label = (eq < 0 ? term : term.slice(0, eq)).trim();
@@ -1395,14 +1399,12 @@ function resolveLabels(spec, labels) {
     const all = termPieces(label, every, known);
     const kind = all.some((p) => !filler(p) && labelForms(p, known, every, tables).some((f) => kindWords.has(f)));
     const pieces = all.filter((p) => !(filler(p) && (kind || !has(p))));
-    const found = names.includes(label) ? [names.indexOf(label)] : pieces.length ? names.flatMap((n, k) =>
-      pieces.every((p) => labelForms(p, known, every, tables).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
+    const found = names.includes(label) ? [names.indexOf(label)] : having(pieces);
     if (!found.length) {
       const missing = pieces.filter((p) => !has(p));
       if (pieces.length > 1 && !missing.length) {
-        const first = names.filter((n, k) => labelForms(pieces[0], known, every, tables).some((f) => partsOf[k].has(f)));
         throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")}; ${pieces[0]}: ` +
-                               `${first.slice(0, 8).join(", ")}${first.length > 8 ? ", ..." : ""} (its info lists them)`);
+                               `${shownAs(having([pieces[0]]))} (its info lists them)`);
       }
       const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
       // difflib.get_close_matches(term, every, n=5, cutoff=0.5): by ratio, ties the greater word first
@@ -1410,7 +1412,9 @@ function resolveLabels(spec, labels) {
         .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? 1 : -1)).slice(0, 5).map(([, p]) => p);
       const place = knownPlace(look, tables);
       const where = place ? `: no label is ${place}` : look !== label ? `: no label has '${look}'` : "";
-      const hint = close.length && !place ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
+      let hint = close.length && !place ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
+      const rest = pieces.length > 1 && !place ? pieces.filter((p) => !missing.includes(p)) : [], others = having(rest);
+      if (others.length) hint += `; ${rest.join(" ")}: ${shownAs(others)}`;  // the labels the other pieces ask for
       throw new ChargenError(`unknown label '${label}'${where}${hint} (its info lists them)`);
     }
     let within = 0;
