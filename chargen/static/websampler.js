@@ -204,6 +204,8 @@ class Network {
     states.forEach((state, b) => { for (let k = 0; k < H; k++) f[this.x + b * Hp + k] = state[at + k]; });
   }
 
+  // stepMany for at most STEP_BATCH states: each layer's products for all of them in one gemm,
+  // then each state's gates
   stepBatch(id, states, logitsOut) {
     const H = this.H, G = this.G, Gp = this.Gp, Hp = this.Hp, n = states.length, k = this.kernel, f = k.f;
     let x = -1;  // where the layer below's h starts in a state
