@@ -38,7 +38,7 @@ from .config import DEFAULT_LINE_LENGTH, DEFAULT_PROSE_LENGTH, MAX_LENGTH, Sampl
 from .errors import UsageError
 from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES
-from .sampling.labels import FILLERS, KINDS, LANGUAGES, PEOPLE, TERRITORIES, label_asks, label_summary
+from .sampling.labels import CUTOFFS, FILLERS, KINDS, LANGUAGES, PEOPLE, TERRITORIES, label_asks, label_summary
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
 from .sampling.search import DROP, SEARCH_CACHE, SEARCH_MEMORY
 from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes, round_width
@@ -298,7 +298,7 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
                    "asks": label_asks(ckpt.labels, ckpt.own_labels),  # the label field's suggestions
                    "summary": label_summary(ckpt.labels),  # what an unknown label's error shows
                    "tables": {"languages": LANGUAGES, "territories": TERRITORIES, "kinds": KINDS,  # what a term's words can name
-                              "fillers": FILLERS, "people": PEOPLE},
+                              "fillers": FILLERS, "people": PEOPLE, "cutoffs": CUTOFFS},
                    **({"default": ckpt.label_default} if ckpt.own_labels else {})}  # with no label: an adapted model's own
         if ckpt.labels else None,
         "defaults": _defaults(bool(ckpt.labels)),

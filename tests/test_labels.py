@@ -254,7 +254,7 @@ def test_what_a_label_spec_asks_for():
     assert asked("first") == {"it_IT:first": round(100 / 310, 6), "es_ES:first": round(200 / 310, 6),
                               "el_GR:first": round(10 / 310, 6)}
     assert asked("el_GR:first=3,it=1") == {"it_IT:first": 0.0625, "it_IT:surname": 0.1875, "el_GR:first": 0.75}
-    with pytest.raises(chargen.UsageError, match="unknown label 'es:citi'.*close"):
+    with pytest.raises(chargen.UsageError, match="unknown label 'es:citi': no label has 'citi'; did you mean 'es:city'"):
         resolve_labels("es:citi", names, counts)
     # A language by its English name, in any case, asks as its code does
     assert asked("italian") == asked("Italian") == asked("it") and asked("Spanish:city") == asked("es:city")
@@ -298,9 +298,11 @@ def test_what_a_label_spec_asks_for():
         resolve_labels("italian cities", names, counts)
     with pytest.raises(chargen.UsageError, match="^unknown label 'greek poets': no label has 'poets'.*; greek: el_GR:first "):
         resolve_labels("greek poets", names, counts)  # and what the other pieces ask for
-    with pytest.raises(chargen.UsageError, match=r"^unknown label 'it:frist': no label has 'frist'; close: first.*"
-                                                 r"; it: it_IT:first, it_IT:surname \(chargen"):
-        resolve_labels("it:frist", names, counts)
+    # a mistyped word: the term with the closest word that makes it ask for labels, where one is close
+    for typed, meant in (("it:frist", "it:first"), ("grek first names", "greek first names"),
+                         ("Italain surnames", "italian surnames")):
+        with pytest.raises(chargen.UsageError, match=rf"no label has '\w+'; did you mean '{meant}'\? \(chargen"):
+            resolve_labels(typed, names, counts)
     # "names" or "people" with no kind asks for people's names: the first names and surnames
     assert asked("italian names") == asked("Italian People") == asked("it") and asked("greek names") == asked("el:first")
     assert set(asked("names")) == {"it_IT:first", "it_IT:surname", "es_ES:first", "el_GR:first"}

@@ -281,7 +281,7 @@ def test_an_unknown_label_gets_chargens_message_from_a_module(tmp_path):
                  for w in rng.choices(["italian", "greek", "surnames", "cities", "finnish", "elves", "it", "el_GR",
                                        "germany", "first names", "spanish"], k=40)]
         terms = ["xyzzy", "russian", "RU", "Russia cities", "united states", "mexican", "dwarves towns", "elves people",
-                 "greek roads", "italian poets", "it_IT:frist", *[t for t in dict.fromkeys(typos) if not resolves(path, t)]]
+                 "greek roads", "italian poets", "it_IT:frist", "grek first names", *[t for t in dict.fromkeys(typos) if not resolves(path, t)]]
         got = node_records(module, [{"n": 1, "label": term} for term in terms])
         for term, js in zip(terms, (g["error"] for g in got)):
             with pytest.raises(chargen.UsageError) as python:
@@ -312,7 +312,7 @@ def test_a_labelled_module_draws_the_labels_and_names_chargen_draws(tmp_path):
     # int8's cost is measured on the stored lines, each under its own label (a loss, not None)
     enc = choose_encoding(ckpt, "i8")
     assert enc.loss is not None and 1.0 < enc.loss < 10.0 and abs(enc.loss_exported - enc.loss) < 0.05
-    assert "unknown label 'it_IT:frist': no label has 'frist'; close: first, " in got[-2]["error"]
+    assert "unknown label 'it_IT:frist': no label has 'frist'; did you mean 'it_IT:first'?" in got[-2]["error"]
     assert "unknown label 'Itallian'; close: italian" in got[-3]["error"]
     assert "unknown label 'italian poets': no label has 'poets'" in got[-4]["error"]
     assert "unknown label 'greek cities': no label has all of greek, cities; greek: el_GR:first " in got[-5]["error"]

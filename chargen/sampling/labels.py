@@ -96,6 +96,9 @@ _KIND_WORDS = set(KINDS).union(*KINDS.values())
 # in a term that names no kind they ask for people's names ("spanish names": es:first, es:surname).
 FILLERS = ("name", "names", "people", "person")
 PEOPLE = ("first", "surname")
+# How close (difflib's ratio) a word must be to be shown for an unknown one, and to be proposed in
+# its place ("did you mean 'it_IT:first'?": frist -> first 0.8; places -> last 0.6 is not)
+CUTOFFS = {"close": 0.5, "meant": 0.7}
 _NAMES = set(LANGUAGES.values()) | {name for names in TERRITORIES.values() for name in names}  # asked in any case
 
 # An attempt's random stream at these "characters" (characters use 0, 1, 2, ...): the label it
@@ -283,13 +286,20 @@ def _unknown(term: str, names: list[str]) -> UsageError:
         return UsageError(f"unknown label {term!r}: no label has all of {', '.join(pieces)}; {pieces[0]}: "
                           f"{_shown(_matching(pieces[0], names), names)} (chargen info --labels lists them)")
     look = missing[0] if len(pieces) > 1 else term
-    close = difflib.get_close_matches(look if look in parts else look.lower(), sorted(parts), n=5, cutoff=0.5)
+    word = look if look in parts else look.lower()
+    close = difflib.get_close_matches(word, sorted(parts), n=5, cutoff=CUTOFFS["close"])
     known = _known_place(look)
     where = f": no label is {known}" if known else f": no label has {look!r}" if look != term else ""
     hint = f"; close: {', '.join(close)}" if close and not known else \
         f"; it has {len(names)}: {label_summary(names) or ', '.join(names)}"
     rest = [p for p in pieces if p not in missing] if len(pieces) > 1 and not known else []
-    if found := _having(rest, names):
+    # the term with its one unknown word as the closest word that makes it ask for labels
+    meant = next((t for t in (term.replace(look, c, 1) for c in close
+                              if difflib.SequenceMatcher(None, c, word).ratio() >= CUTOFFS["meant"])
+                  if _matching(t, names)), None) if rest and len(missing) == 1 else None
+    if meant is not None:
+        hint = f"; did you mean {meant!r}?"
+    elif found := _having(rest, names):
         hint += f"; {' '.join(rest)}: {_shown(found, names)}"
     return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
 

@@ -1390,6 +1390,13 @@ function resolveLabels(spec, labels) {
   const having = (pieces) => pieces.length ? names.flatMap((n, k) =>
     pieces.every((p) => labelForms(p, known, every, tables).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
   const shownAs = (found) => found.slice(0, 8).map((k) => names[k]).join(", ") + (found.length > 8 ? ", ..." : "");
+  // a term's pieces (labels.py's _pieces: the fillers dropped where another piece names a kind or no label is a person's name)
+  const piecesOf = (t) => {
+    const all = termPieces(t, every, known);
+    const kind = all.some((p) => !filler(p) && labelForms(p, known, every, tables).some((f) => kindWords.has(f)));
+    return all.filter((p) => !(filler(p) && (kind || !has(p))));
+  };
+  const matching = (t) => names.includes(t) ? [names.indexOf(t)] : having(piecesOf(t));  // labels.py's _matching
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
     let label = (eq < 0 ? term : term.slice(0, eq)).trim();
@@ -1397,11 +1404,7 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(w > 0 && w <= 1e9)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 and at most 1,000,000,000 (a blend: it=0.7,es=0.3)`);  // labels.py's MAX_WEIGHT
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    // (labels.py's _pieces: the fillers dropped where another piece names a kind or no label is a person's name)
-    const all = termPieces(label, every, known);
-    const kind = all.some((p) => !filler(p) && labelForms(p, known, every, tables).some((f) => kindWords.has(f)));
-    const pieces = all.filter((p) => !(filler(p) && (kind || !has(p))));
-    const found = names.includes(label) ? [names.indexOf(label)] : having(pieces);
+    const pieces = piecesOf(label), found = matching(label);
     if (!found.length) {
       const missing = pieces.filter((p) => !has(p));
       if (pieces.length > 1 && !missing.length) {
@@ -1409,14 +1412,18 @@ function resolveLabels(spec, labels) {
                                `${shownAs(having([pieces[0]]))} (its info lists them)`);
       }
       const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
-      // difflib.get_close_matches(term, every, n=5, cutoff=0.5): by ratio, ties the greater word first
-      const close = Array.from(every).map((p) => [ratio(p, term), p]).filter(([r]) => r >= 0.5)
-        .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? 1 : -1)).slice(0, 5).map(([, p]) => p);
+      // difflib.get_close_matches(term, every, n=5, cutoff): by ratio, ties the greater word first
+      const close = Array.from(every).map((p) => [ratio(p, term), p]).filter(([r]) => r >= tables.cutoffs.close)
+        .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? 1 : -1)).slice(0, 5);
       const place = knownPlace(look, tables);
       const where = place ? `: no label is ${place}` : look !== label ? `: no label has '${look}'` : "";
-      let hint = close.length && !place ? `; close: ${close.join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
+      let hint = close.length && !place ? `; close: ${close.map(([, p]) => p).join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
       const rest = pieces.length > 1 && !place ? pieces.filter((p) => !missing.includes(p)) : [], others = having(rest);
-      if (others.length) hint += `; ${rest.join(" ")}: ${shownAs(others)}`;  // the labels the other pieces ask for
+      // the term with its one unknown word as the closest word that makes it ask for labels (labels.py's)
+      const meant = rest.length && missing.length === 1 ? close.filter(([r]) => r >= tables.cutoffs.meant)
+        .map(([, c]) => label.replace(look, () => c)).find((t) => matching(t).length) : undefined;
+      if (meant !== undefined) hint = `; did you mean '${meant}'?`;
+      else if (others.length) hint += `; ${rest.join(" ")}: ${shownAs(others)}`;  // the labels the other pieces ask for
       throw new ChargenError(`unknown label '${label}'${where}${hint} (its info lists them)`);
     }
     let within = 0;
