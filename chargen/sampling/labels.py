@@ -293,15 +293,22 @@ def _unknown(term: str, names: list[str]) -> UsageError:
     hint = f"; close: {', '.join(close)}" if close and not known else \
         f"; it has {len(names)}: {label_summary(names) or ', '.join(names)}"
     rest = [p for p in pieces if p not in missing] if len(pieces) > 1 and not known else []
-    # the term with its one unknown word as the closest word that makes it ask for labels
-    meant = next((t for t in (term.replace(look, c, 1) for c in close
-                              if difflib.SequenceMatcher(None, c, word).ratio() >= CUTOFFS["meant"])
-                  if _matching(t, names)), None) if rest and len(missing) == 1 else None
+    meant = _meant(term, look, word, close, names) if rest and len(missing) == 1 else None
     if meant is not None:
         hint = f"; did you mean {meant!r}?"
     elif found := _having(rest, names):
         hint += f"; {' '.join(rest)}: {_shown(found, names)}"
     return UsageError(f"unknown label {term!r}{where}{hint} (chargen info --labels lists them)")
+
+
+def _meant(term: str, look: str, word: str, close: list[str], names: list[str]) -> Optional[str]:
+    """The term with its one unknown word `look` (`word` as compared) as the closest of `close` that
+    is at least CUTOFFS["meant"] from it and makes the term ask for labels; None if none does."""
+    for c in close:
+        if difflib.SequenceMatcher(None, c, word).ratio() >= CUTOFFS["meant"]:
+            if _matching(meant := term.replace(look, c, 1), names):
+                return meant
+    return None
 
 
 def _known_place(piece: str) -> Optional[str]:
