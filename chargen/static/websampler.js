@@ -1375,28 +1375,74 @@ function labelSpec(weights) {
   return entries.map(([name, w]) => `${name}=${w}`).join(",");
 }
 
+// What the terms of a `label` ask for among a model's labels (labels.py's _matching and _unknown).
+class LabelTerms {
+  constructor(labels) {
+    const tables = this.tables = labels.tables;
+    this.names = labels.names; this.summary = labels.summary;
+    // names asked in any case: the languages' and the territories'
+    this.known = new Set([...Object.values(tables.languages), ...Object.values(tables.territories).flat()]);
+    this.partsOf = this.names.map((n) => labelParts(n, tables));
+    this.every = new Set(this.names);
+    for (const ps of this.partsOf) for (const p of ps) this.every.add(p);
+    this.kindWords = new Set(Object.entries(tables.kinds).flat(2));
+  }
+
+  forms(p) { return labelForms(p, this.known, this.every, this.tables); }
+  has(p) { return this.forms(p).some((f) => this.every.has(f)); }
+  filler(p) { return isFiller(p, this.known, this.every, this.tables); }
+
+  // A term's pieces (labels.py's _pieces: the fillers dropped where another piece names a kind or
+  // no label is a person's name)
+  pieces(t) {
+    const all = termPieces(t, this.every, this.known);
+    const kind = all.some((p) => !this.filler(p) && this.forms(p).some((f) => this.kindWords.has(f)));
+    return all.filter((p) => !(this.filler(p) && (kind || !this.has(p))));
+  }
+
+  // The labels with each of `pieces` as a part (labels.py's _having)
+  having(pieces) {
+    return pieces.length ? this.names.flatMap((n, k) =>
+      pieces.every((p) => this.forms(p).some((f) => this.partsOf[k].has(f))) ? [k] : []) : [];
+  }
+
+  // A label by its name, else every label with each of the term's pieces as a part
+  matching(t) { return this.names.includes(t) ? [this.names.indexOf(t)] : this.having(this.pieces(t)); }
+
+  // Labels as an error lists them (labels.py's _shown)
+  shown(found) { return found.slice(0, 8).map((k) => this.names[k]).join(", ") + (found.length > 8 ? ", ..." : ""); }
+
+  // The error for a term no label answers (labels.py's _unknown)
+  unknown(label) {
+    const pieces = this.pieces(label), missing = pieces.filter((p) => !this.has(p));
+    if (pieces.length > 1 && !missing.length) {
+      return new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")}; ${pieces[0]}: ` +
+                              `${this.shown(this.having([pieces[0]]))} (its info lists them)`);
+    }
+    const look = pieces.length > 1 ? missing[0] : label, word = this.every.has(look) ? look : look.toLowerCase();
+    // difflib.get_close_matches(word, every, n=5, cutoff): by ratio, ties the greater word first
+    const close = Array.from(this.every).map((p) => [ratio(p, word), p]).filter(([r]) => r >= this.tables.cutoffs.close)
+      .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? 1 : -1)).slice(0, 5);
+    const place = knownPlace(look, this.tables);
+    const where = place ? `: no label is ${place}` : look !== label ? `: no label has '${look}'` : "";
+    let hint = close.length && !place ? `; close: ${close.map(([, p]) => p).join(", ")}`
+      : `; it has ${this.names.length}: ${this.summary || this.names.join(", ")}`;
+    const rest = pieces.length > 1 && !place ? pieces.filter((p) => !missing.includes(p)) : [], others = this.having(rest);
+    // the term with its one unknown word as the closest word that makes it ask for labels (labels.py's _meant)
+    const meant = rest.length && missing.length === 1 ? close.filter(([r]) => r >= this.tables.cutoffs.meant)
+      .map(([, c]) => label.replace(look, () => c)).find((t) => this.matching(t).length) : undefined;
+    if (meant !== undefined) hint = `; did you mean '${meant}'?`;
+    else if (others.length) hint += `; ${rest.join(" ")}: ${this.shown(others)}`;  // what the other pieces ask for
+    return new ChargenError(`unknown label '${label}'${where}${hint} (its info lists them)`);
+  }
+}
+
 // The labels `spec` asks for, with their weights (summing to 1): {names, index, weights}.
 function resolveLabels(spec, labels) {
   const names = labels.names, counts = labels.counts, weights = new Float64Array(names.length);
-  const tables = labels.tables;  // names asked in any case: the languages' and the territories'
-  const known = new Set([...Object.values(tables.languages), ...Object.values(tables.territories).flat()]);
   if (!spec) (labels.default || counts).forEach((c, k) => { weights[k] = c; });  // as Checkpoint.label_default
-  // a term asks for a label by its name, else for every label with each of its pieces as a part (labelForms)
-  const partsOf = names.map((n) => labelParts(n, tables)), every = new Set(names);
-  for (const ps of partsOf) for (const p of ps) every.add(p);
-  const has = (p) => labelForms(p, known, every, tables).some((f) => every.has(f));
-  const kindWords = new Set(Object.entries(tables.kinds).flat(2)), filler = (p) => isFiller(p, known, every, tables);
-  // the labels with each of `pieces` as a part (labels.py's _having), as an error lists them (_shown)
-  const having = (pieces) => pieces.length ? names.flatMap((n, k) =>
-    pieces.every((p) => labelForms(p, known, every, tables).some((f) => partsOf[k].has(f))) ? [k] : []) : [];
-  const shownAs = (found) => found.slice(0, 8).map((k) => names[k]).join(", ") + (found.length > 8 ? ", ..." : "");
-  // a term's pieces (labels.py's _pieces: the fillers dropped where another piece names a kind or no label is a person's name)
-  const piecesOf = (t) => {
-    const all = termPieces(t, every, known);
-    const kind = all.some((p) => !filler(p) && labelForms(p, known, every, tables).some((f) => kindWords.has(f)));
-    return all.filter((p) => !(filler(p) && (kind || !has(p))));
-  };
-  const matching = (t) => names.includes(t) ? [names.indexOf(t)] : having(piecesOf(t));  // labels.py's _matching
+  // a term asks for a label by its name, else for every label with each of its pieces as a part
+  const terms = new LabelTerms(labels);
   for (const raw of spec ? String(spec).split(",") : []) {
     const term = raw.trim(), eq = term.indexOf("=");
     let label = (eq < 0 ? term : term.slice(0, eq)).trim();
@@ -1404,28 +1450,8 @@ function resolveLabels(spec, labels) {
     const w = eq < 0 ? 1 : (term.slice(eq + 1).trim() === "" ? NaN : Number(term.slice(eq + 1)));
     if (!(w > 0 && w <= 1e9)) throw new ChargenError(`\`label\`: the weight in '${term}' must be a number above 0 and at most 1,000,000,000 (a blend: it=0.7,es=0.3)`);  // labels.py's MAX_WEIGHT
     if (!label) throw new ChargenError(`\`label\`: '${term}' names no label (a blend: it=0.7,es=0.3)`);
-    const pieces = piecesOf(label), found = matching(label);
-    if (!found.length) {
-      const missing = pieces.filter((p) => !has(p));
-      if (pieces.length > 1 && !missing.length) {
-        throw new ChargenError(`unknown label '${label}': no label has all of ${pieces.join(", ")}; ${pieces[0]}: ` +
-                               `${shownAs(having([pieces[0]]))} (its info lists them)`);
-      }
-      const look = pieces.length > 1 ? missing[0] : label, term = every.has(look) ? look : look.toLowerCase();
-      // difflib.get_close_matches(term, every, n=5, cutoff): by ratio, ties the greater word first
-      const close = Array.from(every).map((p) => [ratio(p, term), p]).filter(([r]) => r >= tables.cutoffs.close)
-        .sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? 1 : -1)).slice(0, 5);
-      const place = knownPlace(look, tables);
-      const where = place ? `: no label is ${place}` : look !== label ? `: no label has '${look}'` : "";
-      let hint = close.length && !place ? `; close: ${close.map(([, p]) => p).join(", ")}` : `; it has ${names.length}: ${labels.summary || names.join(", ")}`;
-      const rest = pieces.length > 1 && !place ? pieces.filter((p) => !missing.includes(p)) : [], others = having(rest);
-      // the term with its one unknown word as the closest word that makes it ask for labels (labels.py's)
-      const meant = rest.length && missing.length === 1 ? close.filter(([r]) => r >= tables.cutoffs.meant)
-        .map(([, c]) => label.replace(look, () => c)).find((t) => matching(t).length) : undefined;
-      if (meant !== undefined) hint = `; did you mean '${meant}'?`;
-      else if (others.length) hint += `; ${rest.join(" ")}: ${shownAs(others)}`;  // the labels the other pieces ask for
-      throw new ChargenError(`unknown label '${label}'${where}${hint} (its info lists them)`);
-    }
+    const found = terms.matching(label);
+    if (!found.length) throw terms.unknown(label);
     let within = 0;
     for (const k of found) within += counts[k];
     if (!within) throw new ChargenError(`label '${label}' has no training lines in this model (the run held them all out ` +
