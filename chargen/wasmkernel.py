@@ -20,7 +20,6 @@ accurate as numpy's float32 tanh, which chargen's numpy twin uses.
 
 from __future__ import annotations
 
-
 I32, V128 = 0x7F, 0x7B
 # Parameters 0-5: w, rows, cols, x, n, out; then the locals.
 W, ROWS, COLS, X, N, OUT = range(6)
@@ -28,6 +27,7 @@ J, VEC, K, ROWBYTES, XP = range(6, 11)  # i32 locals
 WP = range(11, 15)  # i32: the four rows' start
 ACC = [range(15, 19), range(19, 23)]  # v128: ACC[vector][row]
 WT, XT = range(23, 27), range(27, 29)  # v128: a turn's weights (a row each) and vectors
+
 
 def _uleb(n: int) -> bytes:
     out = bytearray()
@@ -76,8 +76,8 @@ def simd(op: int, *imm: bytes) -> bytes:
     return b"\xfd" + _uleb(op) + b"".join(imm)
 
 
-ADD, MUL, GE_U, SHL = b"\x6a", b"\x6c", b"\x4f", b"\x74"
-BLOCK, LOOP, END = b"\x02\x40", b"\x03\x40", b"\x0b"
+ADD, MUL, LT_U, GT_U, GE_U, SHL = b"\x6a", b"\x6c", b"\x49", b"\x4b", b"\x4f", b"\x74"
+BLOCK, LOOP, IF, END = b"\x02\x40", b"\x03\x40", b"\x04\x40", b"\x0b"
 V128_LOAD, F32X4_SPLAT, F32X4_EXTRACT, F32X4_ADD, F32X4_MUL = 0x00, 0x13, 0x1F, 0xE4, 0xE6
 F32_CONST0, F32_ADD, F32_STORE = b"\x43\x00\x00\x00\x00", b"\x92", b"\x38"
 
@@ -128,11 +128,11 @@ def _gemm_body() -> bytes:
         + b"".join(get(W) + get(J) + i32(r) + ADD + get(ROWBYTES) + MUL + ADD + set_(WP[r]) for r in range(4))
         + i32(0) + set_(VEC)
         + BLOCK + LOOP  # over the vectors, two at a time
-        + get(VEC) + i32(2) + ADD + get(N) + b"\x4b" + br_if(1)  # (i32.gt_u: VEC + 2 > N)
+        + get(VEC) + i32(2) + ADD + get(N) + GT_U + br_if(1)  # (VEC + 2 > N)
         + _block(2)
         + get(VEC) + i32(2) + ADD + set_(VEC) + br(0)
         + END + END
-        + get(VEC) + get(N) + b"\x49" + b"\x04\x40" + _block(1) + END  # (i32.lt_u, if: the last one alone)
+        + get(VEC) + get(N) + LT_U + IF + _block(1) + END  # (the last one alone)
         + get(J) + i32(4) + ADD + set_(J) + br(0)
         + END + END
     )
