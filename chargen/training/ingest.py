@@ -264,58 +264,21 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES, n
     carry = b""
     first, nonspace, total = True, False, 0
     while True:
-        try:
-            block = stream.read(chunk_bytes)
-        except (OSError, ValueError) as exc:
-            raise CorpusError(f"cannot read {source} ({exc})") from None
+        block = _read_block(stream, chunk_bytes, source)
         eof = not block
-        buf = carry + block if carry else block
-        carry = b""
+        buf, carry = (carry + block if carry else block), b""
         if first:
             if not eof and _undecided(buf):
                 carry = buf  # (maybe a byte-order mark's first bytes: a line "A" from a pipe need not wait)
                 continue
-            if buf.startswith((b"\xff\xfe", b"\xfe\xff")):
-                raise CorpusError(f"{source} looks like UTF-16 (it starts with a UTF-16 byte-order mark); "
-                                  f"convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
-            if buf.startswith(BOM):
-                buf, offset = buf[len(BOM):], len(BOM)
-            if what := _not_text(buf):  # (its first read holds what _decompressed peeked at)
-                raise CorpusError(f"{source} {what}")
+            buf, offset = _opening(buf, source)
             first = False
         if not eof:
-            buf, carry = _split_incomplete(buf)
-            if nfc:  # from the last character that composes with nothing before it on, with the next
-                k = _nfc_cut(buf)
-                if k or len(buf) <= chunk_bytes + NFC_CARRY:
-                    buf, carry = buf[:k], buf[k:] + carry
-            if buf.endswith(b"\r"):  # maybe half of a CRLF
-                buf, carry = buf[:-1], b"\r" + carry
+            buf, carry = _held_back(buf, nfc, chunk_bytes)
         if buf:
             consumed = len(buf)
-            text = None
-            nul = buf.find(b"\x00")  # (the first fault in the file is the one reported, wherever chunks end)
-            if not buf.isascii():
-                try:
-                    text = buf.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    if not 0 <= nul < exc.start:
-                        raise CorpusError(
-                            f"{source} is not valid UTF-8 (byte {offset + exc.start}: "
-                            f"{buf[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -f latin1 -t utf-8"
-                        ) from None
-            if nul >= 0:
-                raise CorpusError(f"{source} holds a NUL character (at byte {offset + nul}); "
-                                  f"it looks like a binary file, not text")
-            if b"\r" in buf:  # CRLF, and a lone CR (old Mac files, Excel's "CSV (Macintosh)"), end a line
-                cr = "\r" if lone_cr else "\r\n"
-                buf = buf.replace(b"\r\n", b"\n").replace(cr.encode(), b"\n")
-                text = text.replace("\r\n", "\n").replace(cr, "\n") if text is not None else None
-            if nfc and text is not None and not unicodedata.is_normalized("NFC", text):
-                text = unicodedata.normalize("NFC", text)
-                buf = text.encode("utf-8")
-            if not nonspace:
-                nonspace = bool((text if text is not None else buf.decode("ascii")).strip())
+            buf, text = _checked_text(buf, offset, source, nfc, lone_cr)
+            nonspace = nonspace or bool((text if text is not None else buf.decode("ascii")).strip())
             offset += consumed
             total += len(buf)
             yield buf, text
@@ -327,6 +290,69 @@ def text_chunks(stream: BinaryIO, source: str, chunk_bytes: int = CHUNK_BYTES, n
         raise CorpusError(f"{source} is empty")
     if not nonspace:
         raise CorpusError(f"{source} holds only whitespace")
+
+
+def _read_block(stream: BinaryIO, size: int, source: str) -> bytes:
+    try:
+        return stream.read(size)
+    except (OSError, ValueError) as exc:
+        raise CorpusError(f"cannot read {source} ({exc})") from None
+
+
+def _opening(buf: bytes, source: str) -> tuple[bytes, int]:
+    """A file's first bytes checked (UTF-16, binary), without a UTF-8 byte-order mark; and the
+    file offset where they now begin."""
+    if buf.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CorpusError(f"{source} looks like UTF-16 (it starts with a UTF-16 byte-order mark); "
+                          f"convert it to UTF-8, e.g. iconv -f utf-16 -t utf-8")
+    offset = 0
+    if buf.startswith(BOM):
+        buf, offset = buf[len(BOM):], len(BOM)
+    if what := _not_text(buf):  # (its first read holds what _decompressed peeked at)
+        raise CorpusError(f"{source} {what}")
+    return buf, offset
+
+
+def _held_back(buf: bytes, nfc: bool, chunk_bytes: int) -> tuple[bytes, bytes]:
+    """(what of `buf` is ready, what waits for the next read): a character's first bytes, with
+    `nfc` the text from the last character that composes with nothing before it on, and a CR that
+    may be half of a CRLF."""
+    buf, carry = _split_incomplete(buf)
+    if nfc:
+        k = _nfc_cut(buf)
+        if k or len(buf) <= chunk_bytes + NFC_CARRY:
+            buf, carry = buf[:k], buf[k:] + carry
+    if buf.endswith(b"\r"):
+        buf, carry = buf[:-1], b"\r" + carry
+    return buf, carry
+
+
+def _checked_text(buf: bytes, offset: int, source: str, nfc: bool, lone_cr: bool) -> tuple[bytes, Optional[str]]:
+    """A piece of a file (starting at byte `offset`) as text: (UTF-8 bytes, the same as str or None
+    when ASCII), line ends as LF, with `nfc` composed; a CorpusError for bytes that are not UTF-8
+    or for a NUL, whichever comes first in the file (wherever chunks end)."""
+    text = None
+    nul = buf.find(b"\x00")
+    if not buf.isascii():
+        try:
+            text = buf.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if not 0 <= nul < exc.start:
+                raise CorpusError(
+                    f"{source} is not valid UTF-8 (byte {offset + exc.start}: "
+                    f"{buf[exc.start:exc.start + 1]!r}); convert it, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+    if nul >= 0:
+        raise CorpusError(f"{source} holds a NUL character (at byte {offset + nul}); "
+                          f"it looks like a binary file, not text")
+    if b"\r" in buf:  # CRLF, and a lone CR (old Mac files, Excel's "CSV (Macintosh)"), end a line
+        cr = "\r" if lone_cr else "\r\n"
+        buf = buf.replace(b"\r\n", b"\n").replace(cr.encode(), b"\n")
+        text = text.replace("\r\n", "\n").replace(cr, "\n") if text is not None else None
+    if nfc and text is not None and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+        buf = text.encode("utf-8")
+    return buf, text
 
 
 def corpus_chunks(paths: list[str], stdin: Optional[BinaryIO] = None, chunk_bytes: int = CHUNK_BYTES,
