@@ -4,8 +4,9 @@
     git worktree add /tmp/before <old commit>
     python benchmarks/before_after.py --before /tmp/before --after . [--rounds 5] [--json bench-out/ab.json]
         [--before-packages /tmp/t29/x]   # the before side with the dependency versions it shipped with
-        [--commands issue28|base|top|kept]  # the names model's commands, the base model's under constraints or
-                                            # --top, samples kept out after constraints (--unique, --novel)
+        [--commands issue28|base|top|blends|kept]  # the names model's commands, the base model's under
+                                            # constraints or --top, --top under blends, samples kept out after
+                                            # constraints (--unique, --novel)
 
 Each command runs as `python -m chargen ...` with PYTHONPATH set to the tree, so both use this
 Python and its packages; rounds alternate old and new so that the machine's drift hits both. Both
@@ -53,6 +54,15 @@ TOP = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
     "-c base --top 8 --label surname", "-c base --top 8 --label city", "-c base --top 8", "-c base --top 100",
     "--top 100", "--top 1000", "--top 100 --contains th --min-len 6", "--top 100 --regex '[A-Z][a-z]*(el|ia)'",
     "--top 10000", "--top 30000", "--top 1000 --ends-with a", "-c base --top 1000 --label it_IT:first")}
+# The base model's most likely names under blends of a few labels to all 267, free and constrained: the searches
+# whose prefixes hold a state a label (the floor's label drops, docs/benchmarks.md).
+BLENDS = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
+    "-c base --top 1 --ends-with el", "-c base --top 10 --label surname --contains th",
+    "-c base --top 1 --label surname --regex '[A-Z][a-z]*(el|ia)'", "-c base --top 100",
+    "-c base --top 100 --label first", "-c base --top 1000 --label first", "-c base --top 100 --label german",
+    "-c base --top 20 --label german --ends-with er", "-c base --top 100 --label 'spanish names'",
+    "-c base --top 300 --label 'french surname'", "-c base --top 1000 --label it_IT:first=0.7,es_ES:first=0.3",
+    "-c base --top 50 --label city --ends-with o")}
 
 # Samples kept out after the constraints (repeats, training lines), and a pattern only training lines match.
 KEPT = {cmd: ["sample", *shlex.split(cmd)] for cmd in (
@@ -86,10 +96,10 @@ def main() -> None:
     parser.add_argument("--before-packages", type=Path, action="append", default=[],
                         help="a folder of packages the before side imports ahead of the installed ones (the "
                              "dependency versions it shipped with, e.g. an unpacked wheel); repeatable")
-    parser.add_argument("--commands", choices=("issue28", "base", "top", "kept"), default="issue28")
+    parser.add_argument("--commands", choices=("issue28", "base", "top", "blends", "kept"), default="issue28")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    commands = {"issue28": ISSUE28, "base": BASE, "top": TOP, "kept": KEPT}[args.commands]
+    commands = {"issue28": ISSUE28, "base": BASE, "top": TOP, "blends": BLENDS, "kept": KEPT}[args.commands]
     compiled(args.before / "chargen", args.after / "chargen", *args.before_packages)
     times: dict[tuple[str, str], list[float]] = {}
     peaks: dict[tuple[str, str], float] = {}

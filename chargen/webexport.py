@@ -40,7 +40,7 @@ from .sampling.constraints import MAX_STATES
 from .sampling.drawing import CONSTRAINED_TRIES
 from .sampling.labels import CUTOFFS, FILLERS, KINDS, LANGUAGES, PEOPLE, TERRITORIES, label_asks, label_summary
 from .sampling.prefixes import PREFIX_DEPTH, PREFIX_MEMORY
-from .sampling.search import DROP, SEARCH_CACHE, SEARCH_MEMORY
+from .sampling.search import BEHIND, DROP, SEARCH_CACHE, SEARCH_MEMORY
 from .sampling.tree import FOUND_KEPT, TREE_MEMORY, node_bytes, round_width
 from .wasmkernel import kernel
 
@@ -321,10 +321,12 @@ def model_data(ckpt: Checkpoint, encoding: Encoding) -> dict:
         "prefix_memory": PREFIX_MEMORY,
         "prefix_depth": PREFIX_DEPTH,
         "tree_node_bytes": tree_node_bytes,
-        # `top`: the options it refuses (camelCase), and chargen.sampling.search's labels a prefix drops,
+        # `top`: the options it refuses (camelCase), and chargen.sampling.search's labels a prefix drops (below
+        # its mixture, below the floor),
         # memory for its prefixes and cache of their states
         "top_refused": [camel(fields[name].field) for name in EXPORTED if not fields[name].takes("top")],
         "search_drop": DROP,
+        "search_behind": BEHIND,
         "search_memory": SEARCH_MEMORY,
         "search_cache": SEARCH_CACHE,
         "info": facts,

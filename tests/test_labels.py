@@ -422,14 +422,18 @@ def test_a_blends_labels_are_roots_of_one_tree_that_steps_them_together(monkeypa
 
 
 @pytest.mark.parametrize("cache", [None, 1, 640], ids=["states-kept", "states-computed-again", "ring-of-10"])
-@pytest.mark.parametrize("drop", [None, 0.5], ids=["labels-kept", "labels-dropped"])
+@pytest.mark.parametrize("drop,behind", [(None, math.inf), (0.5, math.inf), (None, -1.0)],
+                         ids=["labels-kept", "labels-dropped", "labels-dropped-below-the-floor"])
 @pytest.mark.parametrize("constraints", [{}, dict(max_len=5, contains=("b",))], ids=["free", "constrained"])
-def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints, drop, cache):
+def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints, drop, behind, cache):
     """--top with a blend ranks by the mixture probability sum_l w_l P_l(x), exactly; also where a
     prefix drops a label whose mass is below e^-0.5 of its mixture (a bound on its descendants, and
     each complete sample under such a bound scored again exactly), which the default does only
-    below e^-12; and where the states are dropped from the search's cache at once (a prefix's
-    computed again from an ancestor's, for the labels it still keeps)."""
+    below e^-12; where it drops labels while the mass dropped on its path stays below e^1 times
+    the floor (the 15th likeliest complete sample seen so far: looser than the default's e^-1,
+    so that bounds, rescoring and the children left out below the floor all work hard); and
+    where the states are dropped from the search's cache at once (a prefix's computed again from
+    an ancestor's, for the labels it still keeps)."""
     from chargen.sampling.search import DROP, SEARCH_CACHE, most_likely
 
     stepper, starts = labelled_stepper()
@@ -442,7 +446,7 @@ def test_top_under_a_blend_is_the_enumerated_mixtures_best_in_order(constraints,
     best = sorted(((p, t) for t, p in mixture.items() if satisfies(t, c)), reverse=True)[:15]
     found = list(most_likely(stepper, VOCAB, "", 15, Automaton(c, VOCAB).bounded(LIMIT), batch=4,
                              starts=[[t[k] for t in starts] for k in range(2)], weights=weights, drop=drop or DROP,
-                             cache=cache or SEARCH_CACHE))
+                             behind=behind, cache=cache or SEARCH_CACHE))
     assert [s.text for s in found] == [t for _, t in best]
     np.testing.assert_allclose([s.logprob for s in found], [math.log(p) for p, _ in best], atol=1e-5)
     # Not the best of either label alone: the ranking is the mixture's.

@@ -23,6 +23,20 @@ to enumeration with labels dropped at 0.5 nats). A node keeps its states and its
 not their next-character distributions: those are the network's head again on its states when
 a child is expanded.
 
+The floor. Every complete sample the search meets as a child (a prefix whose newline the
+constraints allow) is a candidate whose probability is known at once, at least under the labels
+its prefix keeps: the n-th likeliest met so far is a floor under the n-th sample the search will
+yield. Nothing below the floor can ever be needed, so a new prefix keeps only the children that
+may reach it (none: no node; memory the search used to fill with the children of prefixes far
+below its answer: `--top 50 --label city --ends-with o` from the base model stopped at its 256 MB
+and now finds all 50). And a prefix also drops labels while the mass dropped on its whole path
+stays below e^-BEHIND of the floor: a label that will never matter near the answer. Its bound
+then stays within e^-BEHIND of the floor above the truth, so a subtree is hardly ever expanded for
+it, while the rows saved are most of a wide blend's (the 52 surname labels, `--top 1 --regex
+'[A-Z][a-z]*(el|ia)'`: 3.0x faster; `docs/benchmarks.md`, "The floor"). The complete samples
+queued under such a bound are scored again together, the likeliest RESCORE_BATCH at once, one
+pass of the network for all.
+
 Memory: the prefixes' own data (text, labels' parts, sorted children) may take `memory` bytes
 (SEARCH_MEMORY), past which the search stops with an error; their recurrent states are a cache of
 `cache` bytes (SEARCH_CACHE): a ring of rows, written a step's block at a time, the oldest written
@@ -66,6 +80,8 @@ SEARCH_BATCH = 256  # prefixes expanded together in one network step (at most: r
 CHUNK_BYTES = 8 << 20  # the states' ring is allocated in chunks of about this many bytes (or one step's rows)
 SEARCH_ROWS = 2048  # or fewer, where they keep many labels: at most this many rows (a label a prefix) a step
 DROP = 12.0  # nats: a prefix drops its least likely labels while their mass stays below e^-DROP of its mixture
+RESCORE_BATCH = 64  # complete samples rescored together (the likeliest queued at a bound)
+BEHIND = 1.0  # nats: ... or below e^-BEHIND of the n-th likeliest complete sample found so far
 
 
 @dataclass(slots=True)
@@ -94,7 +110,8 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
                 starts: Optional[list[Optional[list[np.ndarray]]]] = None, weights: Optional[np.ndarray] = None,
                 names: Optional[list[str]] = None, skip: Callable[[str], bool] = lambda text: False,
                 memory: int = SEARCH_MEMORY, cache: int = SEARCH_CACHE, batch: int = SEARCH_BATCH,
-                drop: float = DROP, progress: Optional[Callable[[int], None]] = None) -> Iterator[Sample]:
+                drop: float = DROP, behind: float = BEHIND,
+                progress: Optional[Callable[[int], None]] = None) -> Iterator[Sample]:
     """Yield the n most probable complete line samples starting with `prompt`, best first.
 
     `automaton` (already bounded to a maximum length) says which samples count; `skip` drops
@@ -102,8 +119,8 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     state lines begin from (default: one, zeros); a blend of labels gives each label's and its
     weight (`weights`, summing to 1): the samples are then ranked by their mixture probability
     (a prefix's least likely labels dropped from it while their mass stays below e^-`drop` of its
-    mixture, as a bound), and each one's `label` is that of `names` (the labels') which gives it
-    most of its probability. The prefixes' data may take `memory` bytes, past which it stops with an
+    mixture, as a bound, or while the mass dropped on its path stays below e^-`behind` of the floor),
+    and each one's `label` is that of `names` (the labels') which gives it most of its probability. The prefixes' data may take `memory` bytes, past which it stops with an
     error; their recurrent states (one a label a prefix keeps) are a cache of `cache` bytes.
     `progress`, if given, is told the number of prefixes expanded after each network step.
     """
@@ -112,7 +129,7 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     if weights is None:
         weights = np.ones(1)
     search = _Search(stepper, vocab, automaton, prompt, starts, np.log(np.asarray(weights, dtype=np.float64)), batch,
-                     drop, cache, progress)
+                     drop, cache, progress, n, skip, behind)
     found = 0
     while found < n:
         entry = search.pop()
@@ -123,17 +140,17 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
         if next_id != automaton.newline:
             if search.node_bytes > memory:
                 fewer = ", constrain more or draw from fewer labels (`label`)" if len(starts) > 1 else " or constrain more"
-                raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {len(search.nodes):,} "
+                raise SamplingError(f"the search for the {n:,} likeliest samples stopped after {search.expanded:,} "
                                     f"expansions with {found:,} found (those are exact): its prefixes filled its "
                                     f"{memory / (1 << 20):.3g} MB; ask for fewer{fewer}")
             search.defer(node, rank)
         elif not exact:
-            search.rescore(node, rank)  # queued again at its exact probability
+            search.rescore(node)  # queued again at its exact probability
         elif not skip(search.nodes[node].text):
             found += 1
             text = search.nodes[node].text
             label = None if names is None else names[0 if len(names) == 1 else
-                                                     int(np.argmax(search.label_logprobs(node, rank)))]
+                                                     int(np.argmax(search.label_logprobs(node)))]
             yield Sample(text=text, prompt=prompt, logprob=-neg_lp, n_chars=len(text) - len(prompt) + 1, label=label)
 
 
@@ -196,9 +213,16 @@ class _Search:
 
     def __init__(self, stepper: Stepper, vocab: Vocab, automaton: Automaton, prompt: str,
                  starts: list[Optional[list[np.ndarray]]], log_w: np.ndarray, batch: int = SEARCH_BATCH,
-                 drop: float = DROP, cache: int = SEARCH_CACHE, progress: Optional[Callable[[int], None]] = None):
+                 drop: float = DROP, cache: int = SEARCH_CACHE, progress: Optional[Callable[[int], None]] = None,
+                 n: int = 1, skip: Callable[[str], bool] = lambda text: False, behind: float = BEHIND):
         self.stepper, self.vocab, self.automaton, self.batch, self.drop = stepper, vocab, automaton, batch, drop
         self.progress = progress
+        # the n likeliest complete samples seen as children so far, each at its labels kept (no more than its
+        # probability): the n-th is a floor under the n-th sample the search yields
+        self.n, self.skip, self.behind, self.seen = n, skip, behind, []
+        self.rescored: dict[int, np.ndarray] = {}  # a node's complete sample's label_logprobs, once rescored
+        self.inexact: list[tuple[float, int]] = []  # (-bound, node): complete samples queued at a bound, not exact
+        self.requeued: set[int] = set()  # the nodes whose complete sample is queued again at its exact probability
         self.prompt, self.log_w = prompt, log_w
         start = automaton.start(prompt, vocab)
         primed = [prime(stepper, vocab, prompt, True, s) for s in starts]
@@ -215,6 +239,7 @@ class _Search:
         self.pending: list[tuple[int, int]] = []  # (parent node, rank of the child) awaiting a step
         self.pending_rows = 0  # their parents' labels: the rows of their step
         self.counter = 0
+        self.expanded = 0  # the prefixes whose children the network has given (the nodes are those kept of them)
         lsm = log_softmax(np.stack([lg for lg, _ in primed]))  # (P, V)
         self._add([prompt], [-1], [np.arange(len(starts))], [log_w], [-np.inf], [start], lsm, -1)
 
@@ -322,14 +347,16 @@ class _Search:
         network's head again, not kept, as a node's states are)."""
         return log_softmax(self.stepper.head(states))
 
-    def kept(self, parts: np.ndarray, mixture: float) -> Optional[np.ndarray]:
-        """Which labels a prefix with these `parts` (its mixture bound `mixture`) keeps: all but the
-        least likely ones whose mass stays below e^-drop of it, and the likeliest always (None: all)."""
+    def kept(self, parts: np.ndarray, mixture: float, frozen: float) -> Optional[np.ndarray]:
+        """Which labels a prefix with these `parts` (its mixture bound `mixture`, the mass dropped on its
+        path `frozen`) keeps: all but the least likely ones whose mass stays below e^-drop of it, or
+        with `frozen` below e^-behind of the floor, and the likeliest always (None: all)."""
         if parts.size == 1:
             return None
         order = np.argsort(parts, kind="stable")  # the least likely first
         keep = np.ones(parts.size, dtype=bool)
-        keep[order[np.logaddexp.accumulate(parts[order]) < mixture - self.drop]] = False
+        least = np.logaddexp.accumulate(parts[order])
+        keep[order[(least < mixture - self.drop) | (np.logaddexp(least, frozen) < self.floor() - self.behind)]] = False
         keep[order[-1]] = True
         return None if keep.all() else keep
 
@@ -342,7 +369,7 @@ class _Search:
         ends = np.cumsum(sizes)
         flat = np.concatenate([p.parts for p in parents]) + self.lsm(state)[np.arange(ends[-1]), np.repeat(ids, sizes)]
         parts = [flat[e - a: e] for a, e in zip(sizes.tolist(), ends.tolist())]  # each child's, per label its parent keeps
-        keeps = [self.kept(part, float(p.child_logprobs[r])) for p, part, (_, r) in zip(parents, parts, self.pending)]
+        keeps = [self.kept(part, float(p.child_logprobs[r]), p.frozen) for p, part, (_, r) in zip(parents, parts, self.pending)]
         if any(keep is not None for keep in keeps):
             every = np.concatenate([np.ones(a, dtype=bool) if keep is None else keep for a, keep in zip(sizes, keeps)])
             state = self.stepper.select(state, np.flatnonzero(every))
@@ -355,70 +382,138 @@ class _Search:
         texts = [p.text + self.vocab.chars[i] for p, i in zip(parents, ids.tolist())]
         dfas = self.automaton.advance(np.array([p.dfa for p in parents], dtype=np.int64), ids)
         self._add(texts, [k for k, _ in self.pending], labels, parts, frozen, dfas.tolist(), log_softmax(logits), block)
+        self.expanded += len(self.pending)
         self.pending.clear()
         self.pending_rows = 0
         if self.progress is not None:
-            self.progress(len(self.nodes))
+            self.progress(self.expanded)
 
-    def rescore(self, node: int, rank: int) -> None:
-        """Queue the complete sample of the node's child `rank` (its newline) again at its exact
-        mixture probability."""
-        exact = float(logsumexp(self.label_logprobs(node, rank)))
-        heapq.heappush(self.queue, (-exact, -1 - self.counter, node, rank, True))
-        self.counter += 1
+    def rescore(self, node: int) -> None:
+        """Queue the complete sample a node ends in (its newline child) again at its exact mixture
+        probability, with the likeliest other inexact complete samples queued (up to
+        RESCORE_BATCH: one pass of the network for all of them); a node's again only once."""
+        if node in self.requeued:
+            return  # (its exact entry is queued: this one was left behind)
+        batch = [node]
+        while self.inexact and len(batch) < RESCORE_BATCH and -self.inexact[0][0] >= self.floor():
+            _, k = heapq.heappop(self.inexact)
+            if k != node and k not in self.requeued:
+                batch.append(k)
+        for k, lp in zip(batch, self._label_logprobs(batch)):
+            exact = float(logsumexp(lp))
+            self.requeued.add(k)
+            if exact >= self.floor():  # (kept for naming its label when it is yielded; those below never are)
+                self.rescored[k] = lp
+            heapq.heappush(self.queue, (-exact, -1 - self.counter, k, int(np.flatnonzero(
+                self.nodes[k].ids == self.automaton.newline)[0]), True))
+            self.counter += 1
 
-    def label_logprobs(self, node: int, rank: int) -> np.ndarray:
-        """(labels,) log(w_l) + log P_l(x) for the complete sample x of the node's child `rank` (its
-        newline) under every label: its kept labels' from its parts and states, the dropped ones'
-        scored now from their primed states (the root's)."""
-        parent = self.nodes[node]
-        newline = int(parent.ids[rank])
-        lp = np.empty(len(self.log_w))
-        lp[parent.labels] = parent.parts + self.lsm(self.states([parent]))[:, newline]
-        dropped = np.setdiff1d(np.arange(len(self.log_w)), parent.labels)
-        if dropped.size == 0:
-            return lp
-        ids = [*self.vocab.encode(parent.text[len(self.prompt):]).tolist(), newline]
-        state = self.stepper.from_rows(self.root[dropped])
-        lp[dropped] = self.log_w[dropped] + log_softmax(self.stepper.head(state))[:, ids[0]]
-        for i, nxt in zip(ids, ids[1:]):
-            logits, state = self.stepper.step(np.full(dropped.size, i), state)
-            lp[dropped] += log_softmax(logits)[:, nxt]
-        return lp
+    def label_logprobs(self, node: int) -> np.ndarray:
+        """(labels,) log(w_l) + log P_l(x) for the complete sample x a node ends in, under every label."""
+        lp = self.rescored.pop(node, None)
+        return lp if lp is not None else self._label_logprobs([node])[0]
+
+    def _label_logprobs(self, nodes: list[int]) -> list[np.ndarray]:
+        """label_logprobs of each node's complete sample, in one batch: its kept labels' from its parts
+        and states, the dropped ones' from their primed states (the root's), stepping every node's
+        characters at once, the longest first so that the rows still stepping are the first ones."""
+        newline = self.automaton.newline
+        parents = [self.nodes[k] for k in nodes]
+        ends = self.lsm(self.states(parents))[:, newline]  # (rows: each node's kept labels)
+        lps, row = [], 0
+        for p in parents:
+            lp = np.empty(len(self.log_w))
+            lp[p.labels], row = p.parts + ends[row: row + p.labels.size], row + p.labels.size
+            lps.append(lp)
+        dropped = [np.setdiff1d(np.arange(len(self.log_w)), p.labels) for p in parents]
+        runs = sorted(((np.append(self.vocab.encode(p.text[len(self.prompt):]), newline), i)
+                       for i, (p, d) in enumerate(zip(parents, dropped)) if d.size), key=lambda run: -run[0].size)
+        if not runs:
+            return lps
+        sizes = [dropped[i].size for _, i in runs]
+        state = self.stepper.from_rows(np.concatenate([self.root[dropped[i]] for _, i in runs]))
+        first = np.repeat([ids[0] for ids, _ in runs], sizes)
+        logp = log_softmax(self.stepper.head(state))[np.arange(first.size), first]  # (rows,) each run's so far
+        live = first.size  # the rows in `state`
+        for t in range(1, runs[0][0].size):
+            going = sum(1 for ids, _ in runs if ids.size > t)  # the first `going` runs
+            rows = sum(sizes[:going])
+            if rows < live:
+                state, live = self.stepper.select(state, np.arange(rows)), rows
+            logits, state = self.stepper.step(np.repeat([ids[t - 1] for ids, _ in runs[:going]], sizes[:going]), state)
+            logp[:rows] += log_softmax(logits)[np.arange(rows), np.repeat([ids[t] for ids, _ in runs[:going]],
+                                                                         sizes[:going])]
+        for (_, i), part in zip(runs, np.split(logp, np.cumsum(sizes)[:-1])):
+            lps[i][dropped[i]] = self.log_w[dropped[i]] + part
+        return lps
 
     def _add(self, texts: list[str], parents: list[int], labels: list[np.ndarray], parts: list[np.ndarray],
              frozen: list[float], dfas: list[int], lsm: np.ndarray, block: int) -> None:
         """New nodes: texts, the nodes they extend, the labels each keeps and their log(w) + log-probability so far, the
         log of the mass of those dropped, automaton states, and the next-character
         log-probabilities (rows, V: a row per label a node keeps, the nodes in order), temperature
-        1 (the model's own), whose states are the block's rows in that order."""
+        1 (the model's own), whose states are the block's rows in that order. A node keeps only
+        the children that may beat the floor (and none below it: no node)."""
         allowed = self.automaton.allowed(np.array(dfas, dtype=np.int64), np.array([len(t) for t in texts]))
-        if lsm.shape[0] == len(texts):  # a row per node (one label each): every node's children sorted at once
-            scores = np.where(allowed, lsm + np.array([lp[0] for lp in parts])[:, None], -np.inf)  # (B, V)
+        children, ends = self._children(labels, parts, lsm, allowed)
+        self._see(texts, ends)
+        floor = self.floor()
+        row = 0
+        for j, (text, parent, kept, lp, dfa) in enumerate(zip(texts, parents, labels, parts, dfas)):
+            start, row = row, row + kept.size
+            ids, mixed = children[j]
+            if frozen[j] != -np.inf:
+                mixed = np.logaddexp(mixed, frozen[j])  # a bound on every extension (the order unchanged)
+            k = int(np.count_nonzero(mixed >= floor))  # (those below can never be needed)
+            if k == 0:
+                continue
+            node = _Node(text, parent, dfa, block, start, kept, lp, frozen[j], ids[:k].copy(), mixed[:k].copy())
+            self.nodes.append(node)
+            self.node_bytes += (NODE_BYTES + len(text) + kept.nbytes + lp.nbytes + node.ids.nbytes
+                                + node.child_logprobs.nbytes)
+            self._push(-float(node.child_logprobs[0]), len(self.nodes) - 1, 0, exact=frozen[j] == -np.inf)
+
+    def _children(self, labels: list[np.ndarray], parts: list[np.ndarray], lsm: np.ndarray,
+                  allowed: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """Each new node's allowed next ids, likeliest first, with their mixture log-probabilities
+        under the labels it keeps (views of the batch's arrays where a node has one row); and
+        (nodes,) the log-probability of the complete sample each one ends in (-inf where its
+        newline is not allowed), under the same labels."""
+        newline = self.automaton.newline
+        if lsm.shape[0] == len(labels):  # a row per node (one label each): every node's children sorted at once
+            lp = np.array([part[0] for part in parts])
+            scores = np.where(allowed, lsm + lp[:, None], -np.inf)  # (B, V)
             order = np.argsort(-scores, axis=1, kind="stable")  # the allowed ones first, likeliest first
             scores = np.take_along_axis(scores, order, axis=1)
             order = order.astype(self.vocab.dtype)
             counts = allowed.sum(axis=1).tolist()
-        row = 0
-        for j, (text, parent, kept, lp, dfa) in enumerate(zip(texts, parents, labels, parts, dfas)):
+            ends = np.where(allowed[:, newline], lsm[:, newline] + lp, -np.inf)
+            return [(order[j, :c], scores[j, :c]) for j, c in enumerate(counts)], ends
+        children, ends, row = [], np.full(len(labels), -np.inf), 0
+        for j, (kept, lp) in enumerate(zip(labels, parts)):
             start, row = row, row + kept.size
-            if lsm.shape[0] == len(texts):
-                ids, mixed = order[j, :counts[j]].copy(), scores[j, :counts[j]].copy()  # (not views of the batch's)
-            else:
-                ids = np.flatnonzero(allowed[j])
-                mixed = logsumexp(lp[:, None] + lsm[start:row, ids]) if ids.size else ids  # (k,)
-                by_rank = np.argsort(-mixed, kind="stable")
-                ids, mixed = ids[by_rank].astype(self.vocab.dtype), mixed[by_rank]
-            if ids.size == 0:
-                continue
-            if frozen[j] != -np.inf:
-                mixed = np.logaddexp(mixed, frozen[j])  # a bound on every extension (the order unchanged)
-            node = _Node(text, parent, dfa, block, start, kept, lp, frozen[j], ids, mixed)
-            self.nodes.append(node)
-            self.node_bytes += (NODE_BYTES + len(text) + kept.nbytes + lp.nbytes + node.ids.nbytes
-                                + node.child_logprobs.nbytes)
-            self._push(-float(self.nodes[-1].child_logprobs[0]), len(self.nodes) - 1, 0, exact=frozen[j] == -np.inf)
+            ids = np.flatnonzero(allowed[j])
+            mixed = logsumexp(lp[:, None] + lsm[start:row, ids]) if ids.size else ids  # (k,)
+            by_rank = np.argsort(-mixed, kind="stable")
+            children.append((ids[by_rank].astype(self.vocab.dtype), mixed[by_rank]))
+            if allowed[j, newline]:
+                ends[j] = mixed[np.searchsorted(ids, newline)]
+        return children, ends
+
+    def floor(self) -> float:
+        """A log-probability the n-th sample the search yields reaches at least: that of the n-th
+        likeliest complete sample seen so far (-inf until n are seen)."""
+        return self.seen[0] if len(self.seen) == self.n else -np.inf
+
+    def _see(self, texts: list[str], ends: np.ndarray) -> None:
+        """Count the complete samples new nodes end in (`ends`: their log-probabilities under the
+        labels each keeps, no more than their own) among the n likeliest seen."""
+        for j in np.flatnonzero(ends > self.floor()).tolist():
+            if (len(self.seen) < self.n or ends[j] > self.seen[0]) and not self.skip(texts[j]):
+                (heapq.heappush if len(self.seen) < self.n else heapq.heapreplace)(self.seen, float(ends[j]))
 
     def _push(self, neg_lp: float, node: int, rank: int, exact: bool) -> None:
         heapq.heappush(self.queue, (neg_lp, self.counter, node, rank, exact))
         self.counter += 1
+        if not exact and self.nodes[node].ids[rank] == self.automaton.newline:
+            heapq.heappush(self.inexact, (neg_lp, node))

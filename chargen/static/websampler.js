@@ -1701,15 +1701,25 @@ class Sampler {
 
   // Exact best-first search (chargen.sampling.search): a prefix is never less likely than a sample
   // that extends it, so a complete sample at the queue's front is the likeliest left. A node keeps a
-  // state per label it keeps; a label whose mass stays below e^-search_drop of the prefix's mixture is
-  // dropped, its mass kept as a bound (frozen), and a complete sample holding one is scored under
-  // every label and queued again at that. A node queues only its likeliest child not yet taken. The
+  // state per label it keeps; a label whose mass stays below e^-search_drop of the prefix's mixture,
+  // or while the mass dropped on its path stays below e^-search_behind of the floor (the n-th
+  // likeliest complete sample met so far), is dropped, its mass kept as a bound (frozen), and a
+  // complete sample holding one is scored under every label and queued again at that. A node keeps
+  // only the children that may reach the floor, and queues only its likeliest not yet taken. The
   // nodes' states and next-character log-probabilities are a cache of search_cache bytes, the
   // oldest dropped first; a node's are computed again from its nearest ancestor's when needed.
   *search(prompt, primed, logW, g, n, skip, names, progress) {
     const V = this.V, net = this.net, queue = new Heap(), S = net.S;
     const cache = new Map(), row = (S + V) * 8;
-    let bytes = 0, cached = 0, nodes = 0, tie = 0, found = 0;
+    let bytes = 0, cached = 0, expanded = 0, tie = 0, found = 0;
+    const seen = new Heap(), rescored = new Map();  // the n likeliest complete samples met (at their labels kept)
+    const floor = () => (seen.a.length === n ? seen.a[0][0] : -Infinity);
+    const see = (text, lp) => {
+      if (seen.a.length === n && lp <= seen.a[0][0]) return;
+      if (skip(text)) return;
+      if (seen.a.length === n) seen.pop();
+      seen.push([lp, 0]);
+    };
     const lsmOf = (lg) => { const { m, ls } = logNormalizer(lg, V); return lg.map((x) => x - m - ls); };
     const keep = (p, rows) => {
       cache.set(p, rows); cached += p.labels.length * row;
@@ -1740,17 +1750,25 @@ class Sampler {
         ids.push(v); lp.push(K > 1 && m > -Infinity ? m + Math.log(s) : m);
       }
       if (!ids.length) return;
-      const order = ids.map((_, k) => k).sort((x, y) => lp[y] - lp[x] || x - y);
+      const end = ids.indexOf(g.c.newline);  // a complete sample: a candidate, at least this likely
+      if (end >= 0) see(text, lp[end]);
+      const bound = floor(), order = ids.map((_, k) => k).sort((x, y) => lp[y] - lp[x] || x - y)
+        .filter((k) => logAdd(lp[k], frozen) >= bound);  // (those below can never be needed)
+      if (!order.length) return;
       const node = { parent, id, text, dfa, len, labels, parts, frozen, ids: order.map((k) => ids[k]), lp: order.map((k) => logAdd(lp[k], frozen)) };
       keep(node, rows);
-      bytes += 256 + labels.length * 16 + ids.length * 16; nodes++;
+      bytes += 256 + labels.length * 16 + ids.length * 16;
       queue.push([-node.lp[0], tie++, node, 0]);
     };
     const child = (p, r, id) => {  // one network step a label the child keeps
       const rows = rowsOf(p), parts = p.parts.map((x, a) => x + rows.lsm[a][id]);
       const order = parts.map((_, a) => a).sort((x, y) => parts[x] - parts[y] || x - y), keeps = parts.map(() => true);
       let low = -Infinity, frozen = p.frozen;
-      for (const a of order.slice(0, -1)) { low = logAdd(low, parts[a]); if (low < p.lp[r] - MODEL.search_drop) keeps[a] = false; }
+      const below = floor() - MODEL.search_behind;
+      for (const a of order.slice(0, -1)) {
+        low = logAdd(low, parts[a]);
+        if (low < p.lp[r] - MODEL.search_drop || logAdd(low, p.frozen) < below) keeps[a] = false;
+      }
       const labels = [], kept = [], states = [];
       for (let a = 0; a < parts.length; a++) {
         if (!keeps[a]) { frozen = logAdd(frozen, parts[a]); continue; }
@@ -1784,18 +1802,22 @@ class Sampler {
       if (t >= 0 && r + 1 < p.ids.length) queue.push([-p.lp[r + 1], tie++, p, r + 1]);
       if (id !== g.c.newline) {
         if (bytes > MODEL.search_memory) {
-          throw new ChargenError(`the search for the ${n.toLocaleString("en-US")} likeliest samples stopped after ${nodes.toLocaleString("en-US")} ` +
+          throw new ChargenError(`the search for the ${n.toLocaleString("en-US")} likeliest samples stopped after ${expanded.toLocaleString("en-US")} ` +
             `expansions with ${found} found (those are exact): its prefixes filled its ${MODEL.search_memory / 2 ** 20} MB; ask for fewer` +
             (logW.length > 1 ? ", constrain more or draw from fewer labels (`label`)" : " or constrain more"));
         }
         child(p, r, id);
-        if (progress !== null && nodes % 64 === 0) progress(nodes);
+        expanded++;
+        if (progress !== null && expanded % 64 === 0) progress(expanded);
       } else if (t >= 0 && p.frozen > -Infinity) {
-        queue.push([-logSumExp(byLabel(p, id)), -1 - tie++, p, r]);  // at its exact probability
+        const x = byLabel(p, id);
+        rescored.set(p, x);
+        queue.push([-logSumExp(x), -1 - tie++, p, r]);  // at its exact probability
       } else if (!skip(p.text)) {
         found++;
         const chars = p.len - g.n0 + 1, rec = { text: p.text, prompt, logprob: -neg, logprob_per_char: -neg / chars, chars };
-        if (names) rec.label = names[names.length === 1 ? 0 : argmax(byLabel(p, id), names.length)];
+        if (names) rec.label = names[names.length === 1 ? 0 : argmax(rescored.get(p) || byLabel(p, id), names.length)];
+        rescored.delete(p);
         yield rec;
       }
     }
