@@ -1757,7 +1757,7 @@ class Sampler {
       if (!order.length) return;
       const node = { parent, id, text, dfa, len, labels, parts, frozen, ids: order.map((k) => ids[k]), lp: order.map((k) => logAdd(lp[k], frozen)) };
       keep(node, rows);
-      bytes += 256 + labels.length * 16 + ids.length * 16;
+      bytes += 256 + labels.length * 16 + order.length * 16;
       queue.push([-node.lp[0], tie++, node, 0]);
     };
     const child = (p, r, id) => {  // one network step a label the child keeps
