@@ -120,8 +120,9 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
     weight (`weights`, summing to 1): the samples are then ranked by their mixture probability
     (a prefix's least likely labels dropped from it while their mass stays below e^-`drop` of its
     mixture, as a bound, or while the mass dropped on its path stays below e^-`behind` of the floor),
-    and each one's `label` is that of `names` (the labels') which gives it most of its probability. The prefixes' data may take `memory` bytes, past which it stops with an
-    error; their recurrent states (one a label a prefix keeps) are a cache of `cache` bytes.
+    and each one's `label` is that of `names` (the labels') which gives it most of its probability.
+    The prefixes' data may take `memory` bytes, past which it stops with an error; their recurrent
+    states (one a label a prefix keeps) are a cache of `cache` bytes.
     `progress`, if given, is told the number of prefixes expanded after each network step.
     """
     if starts is None:
@@ -145,7 +146,7 @@ def most_likely(stepper: Stepper, vocab: Vocab, prompt: str, n: int, automaton: 
                                     f"{memory / (1 << 20):.3g} MB; ask for fewer{fewer}")
             search.defer(node, rank)
         elif not exact:
-            search.rescore(node)  # queued again at its exact probability
+            search.rescore(node, rank)  # queued again at its exact probability
         elif not skip(search.nodes[node].text):
             found += 1
             text = search.nodes[node].text
@@ -221,7 +222,7 @@ class _Search:
         # probability): the n-th is a floor under the n-th sample the search yields
         self.n, self.skip, self.behind, self.seen = n, skip, behind, []
         self.rescored: dict[int, np.ndarray] = {}  # a node's complete sample's label_logprobs, once rescored
-        self.inexact: list[tuple[float, int]] = []  # (-bound, node): complete samples queued at a bound, not exact
+        self.inexact: list[tuple[float, int, int]] = []  # (-bound, node, rank): complete samples queued at a bound
         self.requeued: set[int] = set()  # the nodes whose complete sample is queued again at its exact probability
         self.prompt, self.log_w = prompt, log_w
         start = automaton.start(prompt, vocab)
@@ -312,18 +313,8 @@ class _Search:
             return {}, lambda: None
         runs = sorted((self._run(p) for p in nodes), key=lambda run: -run[0].size)  # (ids to step, node, rows)
         sizes = [p.labels.size for _, p, _ in runs]
-        total = sum(sizes)
         state = self.stepper.from_rows(np.concatenate([rows for _, _, rows in runs]))
-        for t in range(runs[0][0].size):
-            going = sum(1 for ids, _, _ in runs if ids.size > t)  # the first `going` runs
-            rows = sum(sizes[:going])
-            ids = np.repeat([ids[t] for ids, _, _ in runs[:going]], sizes[:going])
-            if rows == total:
-                _, state = self.stepper.step(ids, state)
-            else:
-                _, stepped = self.stepper.step(ids, self.stepper.select(state, np.arange(rows)))
-                state = self.stepper.concat([stepped, self.stepper.select(state, np.arange(rows, total))])
-        rows = self.stepper.to_rows(state)
+        rows = self.stepper.to_rows(self._step_runs([ids for ids, _, _ in runs], sizes, state))
         starts = np.cumsum(sizes) - sizes
 
         def keep() -> None:
@@ -332,6 +323,29 @@ class _Search:
                 p.block, p.row = block, int(row)
 
         return {id(p): rows[row: row + p.labels.size] for (_, p, _), row in zip(runs, starts)}, keep
+
+    def _step_runs(self, runs: list[np.ndarray], sizes: list[int], state, each=None, ended_kept: bool = True):
+        """Step runs of ids, the longest first, run i on the next `sizes[i]` rows of `state`: at step t
+        the runs still going are the first ones. `each(t, going, logits)`, if given, is told each
+        step's logits (the rows of the first `going` runs). The state after: every row's, a run that
+        ended keeping its last (or with `ended_kept` False, only those of the runs that went on
+        longest: the rows of the last step)."""
+        live = sum(sizes)  # the rows in `state`
+        for t in range(runs[0].size if runs else 0):
+            going = sum(1 for ids in runs if ids.size > t)  # the first `going` runs
+            rows = sum(sizes[:going])
+            ids = np.repeat([ids[t] for ids in runs[:going]], sizes[:going])
+            if rows == live:
+                logits, state = self.stepper.step(ids, state)
+            elif ended_kept:
+                logits, stepped = self.stepper.step(ids, self.stepper.select(state, np.arange(rows)))
+                state = self.stepper.concat([stepped, self.stepper.select(state, np.arange(rows, live))])
+            else:
+                logits, state = self.stepper.step(ids, self.stepper.select(state, np.arange(rows)))
+                live = rows
+            if each is not None:
+                each(t, going, logits)
+        return state
 
     def _run(self, node: _Node) -> tuple[np.ndarray, _Node, object]:
         """What computes a node's states again: the ids of its last characters, and the states (of
@@ -369,7 +383,8 @@ class _Search:
         ends = np.cumsum(sizes)
         flat = np.concatenate([p.parts for p in parents]) + self.lsm(state)[np.arange(ends[-1]), np.repeat(ids, sizes)]
         parts = [flat[e - a: e] for a, e in zip(sizes.tolist(), ends.tolist())]  # each child's, per label its parent keeps
-        keeps = [self.kept(part, float(p.child_logprobs[r]), p.frozen) for p, part, (_, r) in zip(parents, parts, self.pending)]
+        keeps = [self.kept(part, float(p.child_logprobs[r]), p.frozen)
+                 for p, part, (_, r) in zip(parents, parts, self.pending)]
         if any(keep is not None for keep in keeps):
             every = np.concatenate([np.ones(a, dtype=bool) if keep is None else keep for a, keep in zip(sizes, keeps)])
             state = self.stepper.select(state, np.flatnonzero(every))
@@ -388,24 +403,23 @@ class _Search:
         if self.progress is not None:
             self.progress(self.expanded)
 
-    def rescore(self, node: int) -> None:
-        """Queue the complete sample a node ends in (its newline child) again at its exact mixture
-        probability, with the likeliest other inexact complete samples queued (up to
+    def rescore(self, node: int, rank: int) -> None:
+        """Queue the complete sample of the node's child `rank` (its newline) again at its exact
+        mixture probability, with the likeliest other inexact complete samples queued (up to
         RESCORE_BATCH: one pass of the network for all of them); a node's again only once."""
         if node in self.requeued:
             return  # (its exact entry is queued: this one was left behind)
-        batch = [node]
+        batch = [(node, rank)]
         while self.inexact and len(batch) < RESCORE_BATCH and -self.inexact[0][0] >= self.floor():
-            _, k = heapq.heappop(self.inexact)
+            _, k, r = heapq.heappop(self.inexact)
             if k != node and k not in self.requeued:
-                batch.append(k)
-        for k, lp in zip(batch, self._label_logprobs(batch)):
+                batch.append((k, r))
+        for (k, r), lp in zip(batch, self._label_logprobs([k for k, _ in batch])):
             exact = float(logsumexp(lp))
             self.requeued.add(k)
             if exact >= self.floor():  # (kept for naming its label when it is yielded; those below never are)
                 self.rescored[k] = lp
-            heapq.heappush(self.queue, (-exact, -1 - self.counter, k, int(np.flatnonzero(
-                self.nodes[k].ids == self.automaton.newline)[0]), True))
+            heapq.heappush(self.queue, (-exact, -1 - self.counter, k, r, True))
             self.counter += 1
 
     def label_logprobs(self, node: int) -> np.ndarray:
@@ -434,15 +448,12 @@ class _Search:
         state = self.stepper.from_rows(np.concatenate([self.root[dropped[i]] for _, i in runs]))
         first = np.repeat([ids[0] for ids, _ in runs], sizes)
         logp = log_softmax(self.stepper.head(state))[np.arange(first.size), first]  # (rows,) each run's so far
-        live = first.size  # the rows in `state`
-        for t in range(1, runs[0][0].size):
-            going = sum(1 for ids, _ in runs if ids.size > t)  # the first `going` runs
-            rows = sum(sizes[:going])
-            if rows < live:
-                state, live = self.stepper.select(state, np.arange(rows)), rows
-            logits, state = self.stepper.step(np.repeat([ids[t - 1] for ids, _ in runs[:going]], sizes[:going]), state)
-            logp[:rows] += log_softmax(logits)[np.arange(rows), np.repeat([ids[t] for ids, _ in runs[:going]],
-                                                                         sizes[:going])]
+
+        def score(t: int, going: int, logits: np.ndarray) -> None:  # the character after the one stepped
+            after = np.repeat([ids[t + 1] for ids, _ in runs[:going]], sizes[:going])
+            logp[:after.size] += log_softmax(logits)[np.arange(after.size), after]
+
+        self._step_runs([ids[:-1] for ids, _ in runs], sizes, state, score, ended_kept=False)
         for (_, i), part in zip(runs, np.split(logp, np.cumsum(sizes)[:-1])):
             lps[i][dropped[i]] = self.log_w[dropped[i]] + part
         return lps
@@ -516,4 +527,4 @@ class _Search:
         heapq.heappush(self.queue, (neg_lp, self.counter, node, rank, exact))
         self.counter += 1
         if not exact and self.nodes[node].ids[rank] == self.automaton.newline:
-            heapq.heappush(self.inexact, (neg_lp, node))
+            heapq.heappush(self.inexact, (neg_lp, node, rank))
